@@ -1,0 +1,57 @@
+//! `unet_rt`: run U-Net style segmentation networks (TorchScript) on images of
+//! any size with libtorch.
+//!
+//! ```no_run
+//! use unet_rt::{Device, Model};
+//! let model = Model::load("model.pt", Device::Cpu)?;
+//! let image = ndarray::Array4::<f32>::zeros((1, 1, 204, 204));
+//! let output = model.forward_array(image.view().into_dyn())?;
+//! assert_eq!(output.shape()[0], 1);
+//! # Ok::<(), unet_rt::Error>(())
+//! ```
+
+mod build_info;
+mod convert;
+mod error;
+mod metadata;
+mod model;
+
+pub use build_info::{build_info, BuildInfo};
+pub use error::{Error, Result};
+pub use metadata::{Metadata, Normalization, OutputKind, Padding, METADATA_ENTRY};
+pub use model::Model;
+pub use tch::Device;
+
+/// Parses a device name as users write it: `cpu`, `cuda`, `cuda:N`, or `auto`
+/// (the first GPU when one is available, else the CPU).
+///
+/// ```
+/// assert_eq!(unet_rt::parse_device("cpu").unwrap(), unet_rt::Device::Cpu);
+/// assert!(unet_rt::parse_device("tpu").is_err());
+/// ```
+pub fn parse_device(name: &str) -> Result<Device> {
+    let lower = name.trim().to_ascii_lowercase();
+    match lower.as_str() {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available()),
+        "cuda" | "gpu" => cuda_device(0, name),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(index)) => cuda_device(index, name),
+            _ => Err(Error::InvalidArgument {
+                argument: "device",
+                message: format!("unknown device {name:?}; expected \"cpu\", \"cuda\", \"cuda:N\" or \"auto\""),
+            }),
+        },
+    }
+}
+
+fn cuda_device(index: usize, name: &str) -> Result<Device> {
+    let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+    if index < count {
+        Ok(Device::Cuda(index))
+    } else {
+        Err(Error::DeviceUnavailable(format!(
+            "device {name:?} was requested but this machine has {count} CUDA device(s) visible to libtorch"
+        )))
+    }
+}

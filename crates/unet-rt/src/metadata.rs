@@ -1,0 +1,227 @@
+//! The model description embedded in a TorchScript archive.
+//!
+//! It is stored as an extra file, `extra/unet_rt.json`, inside the archive's
+//! zip (what `torch.jit.save(module, f, _extra_files={"unet_rt.json": ...})`
+//! writes), so it can be read without loading the network and added to any
+//! TorchScript model without re-scripting it.
+
+use std::io::Read;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The name of the extra file that holds the metadata.
+pub const METADATA_ENTRY: &str = "unet_rt.json";
+
+/// The format tag this version understands.
+pub const FORMAT: &str = "unet_rt/1";
+
+/// What the network's output channels mean, and how to reduce them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// Class logits: softmax for probabilities, argmax for labels.
+    Softmax,
+    /// Independent masks: sigmoid per channel.
+    Sigmoid,
+    /// Raw values (regression, image-to-image).
+    Identity,
+}
+
+/// Whether the network's convolutions shrink the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Padding {
+    /// Unpadded convolutions: the output is smaller by `halo` on each side.
+    Valid,
+    /// Zero-padded convolutions: output and input have the same size.
+    Same,
+}
+
+/// How raw pixel values become network input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Normalization {
+    /// Per-image percentiles mapped to 0 and 1.
+    Percentile {
+        /// Lower percentile (0..100).
+        low: f64,
+        /// Upper percentile (0..100).
+        high: f64,
+    },
+    /// `(x - mean) / std` with fixed statistics.
+    Zscore {
+        /// Mean subtracted.
+        mean: f64,
+        /// Standard deviation divided by.
+        std: f64,
+    },
+    /// `x * factor`.
+    Scale {
+        /// Multiplier.
+        factor: f64,
+    },
+    /// Pixels are used as they are.
+    None,
+}
+
+/// Model description, schema `unet_rt/1` (see DESIGN.md section 4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Always `"unet_rt/1"`.
+    pub format: String,
+    /// Short name.
+    #[serde(default)]
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// `"unet"`, `"unet++"` or anything else.
+    #[serde(default)]
+    pub architecture: String,
+    /// 2 (images) or 3 (volumes).
+    pub spatial_dims: usize,
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Meaning of the output.
+    pub output: OutputKind,
+    /// One name per output channel (softmax models).
+    #[serde(default)]
+    pub class_names: Vec<String>,
+    /// Valid or same convolutions.
+    pub padding: Padding,
+    /// Pixels per side: the exact crop of valid models, the context margin of
+    /// same models.
+    pub halo: usize,
+    /// Valid input sizes are `size_offset + k * size_multiple`.
+    pub size_multiple: usize,
+    /// See `size_multiple`.
+    #[serde(default)]
+    pub size_offset: usize,
+    /// Raw pixels to network input.
+    #[serde(default = "default_normalization")]
+    pub normalization: Normalization,
+    /// Provenance: data set, split, epochs, held-out metrics.
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+fn default_normalization() -> Normalization {
+    Normalization::None
+}
+
+impl Metadata {
+    /// Parses and checks the JSON document; `path` is only used in messages.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self> {
+        let invalid = |reason: String| Error::InvalidMetadata { path: path.to_owned(), reason };
+        let meta: Self = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        if meta.format != FORMAT {
+            return Err(invalid(format!("format is {:?}, this version reads {FORMAT:?}", meta.format)));
+        }
+        if !(2..=3).contains(&meta.spatial_dims) {
+            return Err(invalid(format!("spatial_dims is {}, expected 2 or 3", meta.spatial_dims)));
+        }
+        if meta.in_channels == 0 || meta.out_channels == 0 {
+            return Err(invalid("in_channels and out_channels must be at least 1".to_owned()));
+        }
+        if meta.size_multiple == 0 {
+            return Err(invalid("size_multiple must be at least 1".to_owned()));
+        }
+        if !meta.class_names.is_empty() && meta.class_names.len() != meta.out_channels {
+            return Err(invalid(format!(
+                "{} class names for {} output channels",
+                meta.class_names.len(),
+                meta.out_channels
+            )));
+        }
+        Ok(meta)
+    }
+
+    /// Reads the metadata entry from a TorchScript archive without loading the
+    /// network. `Ok(None)` for archives without one (third-party models).
+    pub fn read_from_archive(path: &Path) -> Result<Option<Self>> {
+        let file = std::fs::File::open(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => Error::ModelNotFound(path.to_owned()),
+            _ => Error::Io { path: path.to_owned(), source },
+        })?;
+        let mut archive = zip::ZipArchive::new(file).map_err(|e| Error::InvalidModel {
+            path: path.to_owned(),
+            reason: format!("not a TorchScript archive (a zip file is expected): {e}"),
+        })?;
+        let suffix = format!("/extra/{METADATA_ENTRY}");
+        let Some(name) = archive.file_names().find(|n| n.ends_with(&suffix)).map(str::to_owned) else {
+            return Ok(None);
+        };
+        let mut text = String::new();
+        archive
+            .by_name(&name)
+            .map_err(|e| Error::InvalidModel { path: path.to_owned(), reason: e.to_string() })?
+            .read_to_string(&mut text)
+            .map_err(|e| Error::InvalidMetadata { path: path.to_owned(), reason: e.to_string() })?;
+        Self::from_json(&text, path).map(Some)
+    }
+
+    /// Whether `size` is an accepted input size along one axis.
+    pub fn is_valid_size(&self, size: usize) -> bool {
+        size >= self.size_offset && (size - self.size_offset) % self.size_multiple == 0
+    }
+
+    /// Output size for a valid input size along one axis.
+    pub fn output_size(&self, input: usize) -> usize {
+        match self.padding {
+            Padding::Valid => input.saturating_sub(2 * self.halo),
+            Padding::Same => input,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paper() -> String {
+        serde_json::json!({
+            "format": "unet_rt/1", "name": "paper", "architecture": "unet",
+            "spatial_dims": 2, "in_channels": 1, "out_channels": 2, "output": "softmax",
+            "class_names": ["background", "nucleus"], "padding": "valid", "halo": 92,
+            "size_multiple": 16, "size_offset": 12,
+            "normalization": {"kind": "percentile", "low": 1.0, "high": 99.8}
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn parses_the_paper_configuration() {
+        let m = Metadata::from_json(&paper(), Path::new("m.pt")).unwrap();
+        assert_eq!(m.output, OutputKind::Softmax);
+        assert_eq!(m.normalization, Normalization::Percentile { low: 1.0, high: 99.8 });
+        assert!(m.is_valid_size(572) && m.is_valid_size(188) && !m.is_valid_size(570));
+        assert_eq!(m.output_size(572), 388);
+    }
+
+    #[test]
+    fn rejects_wrong_format_and_inconsistent_classes() {
+        let bad = paper().replace("unet_rt/1", "other/9");
+        let err = Metadata::from_json(&bad, Path::new("m.pt")).unwrap_err().to_string();
+        assert!(err.contains("unet_rt/1"), "{err}");
+        let bad = paper().replace("[\"background\", \"nucleus\"]", "[\"a\"]");
+        assert!(Metadata::from_json(&bad, Path::new("m.pt")).is_err());
+        assert!(Metadata::from_json("{", Path::new("m.pt")).is_err());
+    }
+
+    #[test]
+    fn missing_and_non_zip_files_are_told_apart() {
+        let dir = std::env::temp_dir().join(format!("unet_rt_meta_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pt");
+        assert!(matches!(Metadata::read_from_archive(&missing), Err(Error::ModelNotFound(_))));
+        let junk = dir.join("junk.pt");
+        std::fs::write(&junk, b"not a zip").unwrap();
+        assert!(matches!(Metadata::read_from_archive(&junk), Err(Error::InvalidModel { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
