@@ -1,1 +1,30 @@
+//! `unet_rt._unet_rt`: the Python extension. It converts arguments, releases
+//! the GIL around engine calls and converts results; all logic lives in the
+//! `unet_rt` crate.
 
+mod errors;
+mod model;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+/// Versions and devices of this build, as a dict.
+#[pyfunction]
+fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let info = unet_rt::build_info();
+    let dict = PyDict::new(py);
+    dict.set_item("version", info.version)?;
+    dict.set_item("libtorch_version", info.libtorch_version)?;
+    dict.set_item("cuda_available", info.cuda_available)?;
+    dict.set_item("cuda_device_count", info.cuda_device_count)?;
+    dict.set_item("cpu_threads", info.cpu_threads)?;
+    Ok(dict)
+}
+
+#[pymodule]
+fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(build_info, m)?)?;
+    m.add_class::<model::Model>()?;
+    Ok(())
+}

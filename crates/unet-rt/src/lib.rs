@@ -15,11 +15,14 @@ mod convert;
 mod error;
 mod metadata;
 mod model;
+pub mod normalize;
+mod whole;
 
 pub use build_info::{build_info, BuildInfo};
 pub use error::{Error, Result};
 pub use metadata::{Metadata, Normalization, OutputKind, Padding, METADATA_ENTRY};
 pub use model::Model;
+pub use whole::{forward_whole, pad_reflect, whole_image_padding};
 pub use tch::Device;
 
 /// Parses a device name as users write it: `cpu`, `cuda`, `cuda:N`, or `auto`

@@ -165,6 +165,14 @@ impl Metadata {
         Self::from_json(&text, path).map(Some)
     }
 
+    /// The document as JSON text.
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string(self).map_err(|e| Error::InvalidMetadata {
+            path: std::path::PathBuf::new(),
+            reason: e.to_string(),
+        })
+    }
+
     /// Whether `size` is an accepted input size along one axis.
     pub fn is_valid_size(&self, size: usize) -> bool {
         size >= self.size_offset && (size - self.size_offset) % self.size_multiple == 0
@@ -208,8 +216,10 @@ mod tests {
         let bad = paper().replace("unet_rt/1", "other/9");
         let err = Metadata::from_json(&bad, Path::new("m.pt")).unwrap_err().to_string();
         assert!(err.contains("unet_rt/1"), "{err}");
-        let bad = paper().replace("[\"background\", \"nucleus\"]", "[\"a\"]");
-        assert!(Metadata::from_json(&bad, Path::new("m.pt")).is_err());
+        let mut bad: serde_json::Value = serde_json::from_str(&paper()).unwrap();
+        bad["class_names"] = serde_json::json!(["a"]);
+        let err = Metadata::from_json(&bad.to_string(), Path::new("m.pt")).unwrap_err().to_string();
+        assert!(err.contains("1 class names for 2 output channels"), "{err}");
         assert!(Metadata::from_json("{", Path::new("m.pt")).is_err());
     }
 

@@ -103,6 +103,14 @@ impl Model {
             return Err(invalid(format!("empty array of shape {shape:?}")));
         }
         if let Some(m) = &self.inner.metadata {
+            if let Some(&bad) = shape[2..].iter().find(|&&s| !m.is_valid_size(s) || m.output_size(s) == 0) {
+                let smallest = (m.size_offset..).step_by(m.size_multiple).find(|&s| s > 2 * m.halo).unwrap_or(0);
+                return Err(invalid(format!(
+                    "spatial size {bad} is not a valid input size for this model: valid sizes are \
+                     {} + k * {} from {smallest} up (shape {shape:?})",
+                    m.size_offset, m.size_multiple
+                )));
+            }
             if shape[1] != m.in_channels {
                 return Err(invalid(format!(
                     "the model takes {} input channel(s), the array has {} (shape {shape:?})",

@@ -1,0 +1,52 @@
+"""unet_rt: fast overlap-tile U-Net segmentation on libtorch.
+
+>>> import unet_rt
+>>> sorted(unet_rt.build_info())
+['cpu_threads', 'cuda_available', 'cuda_device_count', 'libtorch_version', 'version']
+"""
+
+from __future__ import annotations
+
+# torch must be imported before the extension: it loads the libtorch that the
+# extension links against, so the process holds exactly one libtorch.
+import torch as _torch  # noqa: F401  (imported for its side effect)
+
+from . import _unet_rt
+from .errors import (
+    DeviceError,
+    InferenceError,
+    InvalidArgumentError,
+    MetadataError,
+    ModelError,
+    ModelNotFoundError,
+    UnetRtError,
+    UnetRtIOError,
+)
+from .model import Model
+
+__version__: str = _unet_rt.__version__
+
+__all__ = [
+    "__version__",
+    "build_info",
+    "Model",
+    "UnetRtError",
+    "ModelError",
+    "ModelNotFoundError",
+    "MetadataError",
+    "InvalidArgumentError",
+    "DeviceError",
+    "InferenceError",
+    "UnetRtIOError",
+]
+
+
+def build_info() -> dict:
+    """Versions and devices of this build: the unet_rt version, the libtorch
+    version loaded, whether CUDA is available, the CUDA device count and the
+    CPU thread count.
+
+    >>> build_info()["libtorch_version"].startswith("2.11")
+    True
+    """
+    return dict(_unet_rt.build_info())

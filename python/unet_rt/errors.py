@@ -1,0 +1,56 @@
+"""The exceptions raised by unet_rt, rooted at :class:`UnetRtError`.
+
+Each error of the Rust core has its own class here. Bad arguments are also
+``ValueError`` and a missing model file is also ``FileNotFoundError``, so
+generic handlers keep working:
+
+>>> issubclass(InvalidArgumentError, ValueError)
+True
+>>> issubclass(ModelNotFoundError, FileNotFoundError)
+True
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "UnetRtError",
+    "ModelError",
+    "ModelNotFoundError",
+    "MetadataError",
+    "InvalidArgumentError",
+    "DeviceError",
+    "InferenceError",
+    "UnetRtIOError",
+]
+
+
+class UnetRtError(Exception):
+    """Base class of every error raised by unet_rt."""
+
+
+class ModelError(UnetRtError):
+    """The model file exists but cannot be loaded (not TorchScript, corrupt)."""
+
+
+class ModelNotFoundError(UnetRtError, FileNotFoundError):
+    """The model file does not exist."""
+
+
+class MetadataError(ModelError):
+    """The model's embedded ``unet_rt.json`` metadata is malformed."""
+
+
+class InvalidArgumentError(UnetRtError, ValueError):
+    """An argument (array shape, dtype, option) is not acceptable."""
+
+
+class DeviceError(UnetRtError, RuntimeError):
+    """The requested device is not available on this machine."""
+
+
+class InferenceError(UnetRtError, RuntimeError):
+    """libtorch failed while running the model."""
+
+
+class UnetRtIOError(UnetRtError, OSError):
+    """Reading or writing a file failed."""
