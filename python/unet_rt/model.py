@@ -25,8 +25,10 @@ class Model:
     Example::
 
         >>> import numpy as np, unet_rt
-        >>> model = unet_rt.Model(tiny_model_path)          # doctest: +SKIP
-        >>> model.forward(np.zeros((1, 1, 44, 44), np.float32)).shape  # doctest: +SKIP
+        >>> model = unet_rt.Model(tiny_model_path)
+        >>> model.metadata["halo"]
+        20
+        >>> model.forward(np.zeros((1, 1, 44, 44), np.float32)).shape
         (1, 2, 4, 4)
     """
 

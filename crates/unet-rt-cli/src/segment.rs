@@ -22,7 +22,15 @@ pub(crate) enum CliError {
 pub(crate) fn exit_code_for(err: &CliError) -> ExitCode {
     match err {
         CliError::Usage(_) => ExitCode::from(2),
-        CliError::Engine(unet_rt::Error::ModelNotFound(_) | unet_rt::Error::InvalidArgument { .. }) => ExitCode::from(2),
+        // A model that is missing or not a model, an unknown device, a bad
+        // option: the command line must change, so they are usage errors.
+        CliError::Engine(
+            unet_rt::Error::ModelNotFound(_)
+            | unet_rt::Error::InvalidModel { .. }
+            | unet_rt::Error::InvalidMetadata { .. }
+            | unet_rt::Error::InvalidArgument { .. }
+            | unet_rt::Error::DeviceUnavailable(_),
+        ) => ExitCode::from(2),
         CliError::Engine(_) => ExitCode::from(1),
     }
 }

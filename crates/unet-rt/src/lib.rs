@@ -13,6 +13,7 @@
 mod build_info;
 mod convert;
 mod error;
+pub mod geometry;
 mod metadata;
 mod model;
 pub mod normalize;

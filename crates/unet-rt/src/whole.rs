@@ -5,6 +5,7 @@
 use ndarray::{ArrayD, ArrayViewD, Axis, Dimension, IxDyn, Slice};
 
 use crate::error::{Error, Result};
+use crate::geometry::reflect_index;
 use crate::metadata::{Metadata, Padding};
 use crate::model::Model;
 use crate::normalize;
@@ -35,19 +36,10 @@ pub fn pad_reflect(image: &ArrayViewD<'_, f32>, pads: &[(usize, usize)]) -> Arra
         let mut src = idx.slice().to_vec();
         for (d, &(before, _)) in pads.iter().enumerate() {
             let i = src[d + 1] as isize - before as isize;
-            src[d + 1] = reflect(i, image.shape()[d + 1]);
+            src[d + 1] = reflect_index(i, image.shape()[d + 1]);
         }
         image[IxDyn(&src)]
     })
-}
-
-fn reflect(i: isize, n: usize) -> usize {
-    if n == 1 {
-        return 0;
-    }
-    let period = 2 * (n as isize - 1);
-    let m = i.rem_euclid(period);
-    (if m < n as isize { m } else { period - m }) as usize
 }
 
 /// Normalises a `(C, spatial...)` image as the metadata says, mirror-pads it
@@ -83,18 +75,4 @@ pub fn forward_whole(model: &Model, image: ArrayViewD<'_, f32>) -> Result<ArrayD
         cropped.slice_axis_inplace(Axis(d + 1), Slice::from(0..size));
     }
     Ok(cropped.to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reflect_matches_numpy() {
-        // numpy.pad(np.arange(4), 5, mode="reflect")
-        let want = [1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1, 0, 1, 2];
-        let got: Vec<usize> = (-5..9).map(|i| reflect(i, 4)).collect();
-        assert_eq!(got, want);
-        assert_eq!(reflect(-7, 1), 0);
-    }
 }

@@ -1,0 +1,55 @@
+"""Reference results computed by PyTorch and NumPy alone, against which the
+runtime is tested (the "whole-image oracle" of DESIGN.md section 9).
+
+>>> import numpy as np
+>>> whole_image_padding(37, halo=20, multiple=4, offset=0)
+(20, 23)
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+
+__all__ = ["normalize", "whole_image_padding", "reference_whole"]
+
+
+def normalize(image: np.ndarray, spec: Dict) -> np.ndarray:
+    """Applies a metadata ``normalization`` entry the way the runtime must."""
+    kind = spec.get("kind", "none")
+    x = image.astype(np.float64)
+    if kind == "percentile":
+        lo, hi = np.percentile(x, [spec["low"], spec["high"]])
+        rng = hi - lo if hi - lo > 1e-20 else 1.0
+        x = (x - lo) / rng
+    elif kind == "zscore":
+        x = (x - spec["mean"]) / (spec["std"] if spec["std"] > 0 else 1.0)
+    elif kind == "scale":
+        x = x * spec["factor"]
+    return x.astype(np.float32)
+
+
+def whole_image_padding(size: int, halo: int, multiple: int, offset: int) -> Tuple[int, int]:
+    """``(before, after)`` mirror padding that turns an axis of ``size`` into
+    a valid input covering it: ``halo`` before, enough after to reach a valid size."""
+    total = size + 2 * halo
+    while (total - offset) % multiple or total <= 2 * halo or total < offset:
+        total += 1
+    return halo, total - size - halo
+
+
+def reference_whole(net: torch.nn.Module, image: np.ndarray, metadata: Dict) -> np.ndarray:
+    """Raw output ``(classes, *image.shape)`` of one forward pass over the whole
+    normalised, mirror-padded 2-D or 3-D single-channel ``image``."""
+    halo = metadata["halo"] if metadata["padding"] == "valid" else 0
+    x = normalize(image, metadata.get("normalization", {"kind": "none"}))
+    pads: List[Tuple[int, int]] = [
+        whole_image_padding(s, halo, metadata["size_multiple"], metadata["size_offset"]) for s in image.shape
+    ]
+    padded = np.pad(x, pads, mode="reflect")
+    with torch.no_grad():
+        out = net(torch.from_numpy(np.ascontiguousarray(padded))[None, None])[0].float().numpy()
+    crop = (slice(None),) + tuple(slice(0, s) for s in image.shape)
+    return np.ascontiguousarray(out[crop])
