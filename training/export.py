@@ -6,21 +6,42 @@ loading the network.
 
 Before writing, the exported module is compared with the eager one on random
 inputs of two valid sizes; a mismatch raises :class:`ExportMismatchError`.
+
+From a training checkpoint (:mod:`training.checkpoint`)::
+
+    python -m training.export runs/nuclei/last.pt -o model.pt
+
+rebuilds the network from the checkpoint's config, loads its weights and
+writes it with metadata whose ``training`` entry records the provenance and
+the held-out metrics that the training run stored in the checkpoint. The
+command exits with status 1 and says why when the check fails.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from .unet import geometry
+from .unet import ARCHITECTURES, geometry, model_geometry
 
-__all__ = ["FORMAT", "METADATA_ENTRY", "ExportMismatchError", "build_metadata", "export_torchscript", "read_metadata"]
+__all__ = [
+    "FORMAT",
+    "METADATA_ENTRY",
+    "ExportMismatchError",
+    "build_metadata",
+    "export_torchscript",
+    "read_metadata",
+    "training_provenance",
+    "export_checkpoint",
+    "main",
+]
 
 FORMAT = "unet_rt/1"
 METADATA_ENTRY = "unet_rt.json"
@@ -35,20 +56,28 @@ def build_metadata(
     *,
     name: str,
     description: str = "",
-    architecture: str = "unet",
+    architecture: Optional[str] = None,
     output: str = "softmax",
     class_names: Optional[Sequence[str]] = None,
     normalization: Optional[Dict[str, Any]] = None,
     training: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The metadata document for a network built with ``config`` (the
-    keyword arguments of :class:`training.unet.UNet`).
+    keyword arguments of :class:`training.unet.UNet` or
+    :class:`training.unet.UNetPlusPlus`, optionally with ``"architecture"``).
+    ``architecture`` defaults to ``config["architecture"]``, else ``"unet"``;
+    for names other than ``"unet"``/``"unet++"`` the U-Net size rule of
+    ``depth``/``padding`` is assumed.
 
     >>> m = build_metadata({"in_channels": 1, "classes": 2, "depth": 5, "padding": "valid"}, name="paper")
     >>> (m["size_offset"], m["size_multiple"], m["halo"])
     (12, 16, 92)
     """
-    geo = geometry(config.get("depth", 5), config.get("padding", "valid"))
+    architecture = architecture or str(config.get("architecture", "unet"))
+    if architecture in ARCHITECTURES:
+        geo = model_geometry(config, architecture)
+    else:
+        geo = geometry(config.get("depth", 5), config.get("padding", "valid"))
     classes = int(config.get("classes", 2))
     if class_names is None:
         class_names = ["background"] + [f"class_{i}" for i in range(1, classes)] if output == "softmax" else []
@@ -88,13 +117,19 @@ def export_torchscript(
     check_sizes: Optional[Sequence[int]] = None,
     seed: int = 0,
 ) -> Path:
-    """Scripts ``model`` (eval mode, frozen), checks it against the eager model
-    on random inputs of two valid sizes, and writes it atomically to ``path``
+    """Scripts ``model`` in eval mode, checks it against the eager model on
+    random inputs of two valid sizes, and writes it atomically to ``path``
     with ``metadata`` embedded. Returns the path.
+
+    The module is deliberately not frozen: ``torch.jit.freeze`` folds the
+    weights into graph constants, which libtorch cannot convert afterwards,
+    while the runtime converts parameters to the requested precision (bf16,
+    fp16) and to channels-last layout when it loads a model. Eval mode and
+    the scripted graph are what inference needs.
     """
     path = Path(path)
     model = model.eval()
-    scripted = torch.jit.freeze(torch.jit.script(model))
+    scripted = torch.jit.script(model)
     gen = torch.Generator().manual_seed(seed)
     dims = metadata["spatial_dims"]
     for size in check_sizes or _check_sizes(metadata):
@@ -127,3 +162,98 @@ def read_metadata(path: os.PathLike | str) -> Optional[Dict[str, Any]]:
     extra = {METADATA_ENTRY: ""}
     torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     return json.loads(extra[METADATA_ENTRY]) if extra[METADATA_ENTRY] else None
+
+
+def training_provenance(checkpoint: Any) -> Dict[str, Any]:
+    """The metadata's ``training`` entry for a :class:`training.checkpoint.Checkpoint`:
+    data and split, schedule, loss and augmentation, seed, time, and the
+    validation and held-out (``test``) metrics recorded by the run."""
+    c, st = checkpoint.config, checkpoint.state
+    tc, metrics = c.get("train", {}), st.get("metrics", {})
+    data = c.get("data", {})
+    out: Dict[str, Any] = {
+        "trained": True,
+        "data": data.get("provenance") or {k: data.get(k) for k in ("image", "labels", "image_dir", "label_dir")},
+        "split": data.get("split"),
+        "labels": "instances" if data.get("instances", True) else "classes",
+        "steps": st.get("step"),
+        "batch_size": tc.get("batch_size"),
+        "crop": tc.get("crop"),
+        "optimizer": {k: tc.get(k) for k in ("optimizer", "lr", "min_lr", "warmup", "weight_decay")},
+        "bf16": tc.get("bf16", False),
+        "loss": c.get("loss"),
+        "augment": c.get("augment"),
+        "seed": c.get("seed"),
+        "train_seconds": round(float(st.get("train_seconds", 0.0)), 1),
+    }
+    if "test" in metrics:
+        out["held_out"] = metrics["test"]
+    if "validation" in metrics:
+        out["validation"] = metrics["validation"]
+    if "instances" in metrics:
+        out["instances"] = metrics["instances"]
+    out.update(st.get("provenance", {}))
+    return out
+
+
+def export_checkpoint(
+    checkpoint: os.PathLike | str,
+    output: os.PathLike | str,
+    *,
+    name: Optional[str] = None,
+    description: Optional[str] = None,
+) -> Path:
+    """Exports a training checkpoint (file or run folder) to a TorchScript
+    model with metadata (see the module docstring); returns the path."""
+    from .checkpoint import model_from_checkpoint
+
+    model, ck = model_from_checkpoint(checkpoint)
+    cfg = ck.config
+    ex = cfg.get("export") or {}
+    model_cfg = dict(cfg["model"])
+    classes = int(model_cfg.get("classes", 2))
+    class_names = ex.get("class_names")
+    if not class_names or len(class_names) != classes:
+        class_names = None
+    meta = build_metadata(
+        {**model.config, "architecture": model_cfg.get("architecture", "unet")},
+        name=name or ex.get("name") or cfg.get("name", "unet"),
+        description=description or ex.get("description") or cfg.get("description", ""),
+        output="softmax",
+        class_names=class_names,
+        normalization=cfg.get("data", {}).get("normalization"),
+        training=training_provenance(ck),
+    )
+    return export_torchscript(model, output, meta)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``python -m training.export``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m training.export",
+        description="Export a training checkpoint to a TorchScript model with unet_rt/1 metadata.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="checkpoint file (or run folder: its last.pt)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the .pt file to write")
+    parser.add_argument("--name", help="model name (default: the run's export.name or name)")
+    parser.add_argument("--description")
+    args = parser.parse_args(argv)
+    try:
+        path = export_checkpoint(args.checkpoint, args.output, name=args.name, description=args.description)
+    except ExportMismatchError as e:
+        print(f"export failed: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        print(f"export failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    meta = read_metadata(path)
+    held = (meta or {}).get("training", {}).get("held_out")
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB; halo {meta['halo']}, "
+          f"sizes {meta['size_offset']} + k * {meta['size_multiple']})")
+    if held:
+        print(f"held-out: iou {held['iou']:.4f}  AP50 {held['ap50']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

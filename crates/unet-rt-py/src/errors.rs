@@ -16,6 +16,7 @@ fn class_name(err: &unet_rt::Error) -> &'static str {
         E::InvalidArgument { .. } => "InvalidArgumentError",
         E::DeviceUnavailable(_) => "DeviceError",
         E::Inference(_) => "InferenceError",
+        E::Cancelled => "CancelledError",
         E::Io { .. } => "UnetRtIOError",
     }
 }

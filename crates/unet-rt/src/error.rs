@@ -44,6 +44,10 @@ pub enum Error {
     #[error("inference failed: {0}")]
     Inference(String),
 
+    /// The call was cancelled through [`crate::Options::cancel`].
+    #[error("cancelled")]
+    Cancelled,
+
     /// Reading or writing a file failed.
     #[error("{}: {source}", path.display())]
     Io {

@@ -216,10 +216,11 @@ fn next_valid_size(size: usize, offset: usize, multiple: usize) -> usize {
 // ---------------------------------------------------------------------------
 
 /// How a same-padded network's overlapping tiles are combined.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Blend {
     /// Keep each tile's centre only; every output pixel is written once.
     /// Geometrically this is the valid plan (see [`TilePlan::same`]).
+    #[default]
     Crop,
     /// Weighted average with a separable Gaussian window (nnU-Net style)
     /// over the written centre `tile - 2 * halo`: `sigma = sigma_scale *

@@ -12,17 +12,25 @@
 
 mod build_info;
 mod convert;
+mod engine;
 mod error;
 pub mod geometry;
 mod metadata;
 mod model;
 pub mod normalize;
+mod pixel;
+mod precision;
+mod probe;
 mod whole;
 
 pub use build_info::{build_info, BuildInfo};
 pub use error::{Error, Result};
 pub use metadata::{Metadata, Normalization, OutputKind, Padding, METADATA_ENTRY};
-pub use model::Model;
+pub use engine::{Layout, Options, OutputElement, OutputMode, Progress, ProgressFn, Segmenter, DEFAULT_CPU_BUDGET, DEFAULT_CUDA_BUDGET};
+pub use geometry::{Blend, TilePlan};
+pub use model::{Model, ModelInfo};
+pub use pixel::Pixel;
+pub use precision::Precision;
 pub use whole::{forward_whole, pad_reflect, whole_image_padding};
 pub use tch::Device;
 

@@ -1,6 +1,15 @@
 //! Raw pixels to network input, as the model's metadata prescribes.
 
+use ndarray::ArrayViewD;
+
 use crate::metadata::Normalization;
+use crate::pixel::Pixel;
+
+/// Above this many pixels, percentiles of float images are taken from an
+/// evenly strided sample of this size instead of every pixel, which bounds
+/// the memory of normalisation (64 MiB) on images of any size. 8- and 16-bit
+/// images are always exact (histogram).
+pub const PERCENTILE_SAMPLE: usize = 1 << 24;
 
 /// An affine map `x * scale + shift` resolved for one image.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,13 +45,73 @@ pub fn resolve(norm: &Normalization, values: impl Iterator<Item = f64>) -> Affin
         Normalization::Percentile { low, high } => {
             let mut sorted: Vec<f64> = values.collect();
             sorted.sort_by(f64::total_cmp);
-            let lo = percentile(&sorted, low);
-            let hi = percentile(&sorted, high);
-            // A flat image maps to zero rather than dividing by zero.
-            let range = if hi - lo > 1e-20 { hi - lo } else { 1.0 };
-            Affine { scale: (1.0 / range) as f32, shift: (-lo / range) as f32 }
+            affine_from_range(percentile(&sorted, low), percentile(&sorted, high))
         }
     }
+}
+
+/// Resolves `norm` for an image view of any pixel type, reading it once
+/// without copying it: an exact histogram for 8- and 16-bit pixels, a
+/// selection over (at most [`PERCENTILE_SAMPLE`]) values for floats.
+pub fn resolve_view<T: Pixel>(norm: &Normalization, image: &ArrayViewD<'_, T>) -> Affine {
+    let Normalization::Percentile { low, high } = *norm else {
+        return resolve(norm, std::iter::empty());
+    };
+    let (lo, hi) = match T::HISTOGRAM_BINS {
+        Some(bins) => {
+            let mut counts = vec![0u64; bins];
+            image.iter().for_each(|&v| counts[v.bin()] += 1);
+            (histogram_percentile::<T>(&counts, low), histogram_percentile::<T>(&counts, high))
+        }
+        None => {
+            let step = image.len().div_ceil(PERCENTILE_SAMPLE).max(1);
+            let mut values: Vec<f64> = image.iter().step_by(step).map(|&v| v.to_f64()).collect();
+            (select_percentile(&mut values, low), select_percentile(&mut values, high))
+        }
+    };
+    affine_from_range(lo, hi)
+}
+
+fn affine_from_range(lo: f64, hi: f64) -> Affine {
+    // A flat image maps to zero rather than dividing by zero.
+    let range = if hi - lo > 1e-20 { hi - lo } else { 1.0 };
+    Affine { scale: (1.0 / range) as f32, shift: (-lo / range) as f32 }
+}
+
+/// The value of rank `k` (0-based) of the multiset a histogram describes.
+fn histogram_rank<T: Pixel>(counts: &[u64], k: u64) -> f64 {
+    let mut seen = 0u64;
+    for (bin, &c) in counts.iter().enumerate() {
+        seen += c;
+        if seen > k {
+            return T::from_bin(bin);
+        }
+    }
+    0.0
+}
+
+fn histogram_percentile<T: Pixel>(counts: &[u64], q: f64) -> f64 {
+    let n: u64 = counts.iter().sum();
+    if n == 0 {
+        return 0.0;
+    }
+    let pos = (q.clamp(0.0, 100.0) / 100.0) * (n - 1) as f64;
+    let below = pos.floor() as u64;
+    let a = histogram_rank::<T>(counts, below);
+    let b = if below + 1 < n { histogram_rank::<T>(counts, below + 1) } else { a };
+    a + (b - a) * (pos - below as f64)
+}
+
+/// `numpy.percentile` by selection (linear time); reorders `values`.
+fn select_percentile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let pos = (q.clamp(0.0, 100.0) / 100.0) * (values.len() - 1) as f64;
+    let below = pos.floor() as usize;
+    let (_, &mut a, rest) = values.select_nth_unstable_by(below, f64::total_cmp);
+    let b = rest.iter().copied().min_by(f64::total_cmp).unwrap_or(a);
+    a + (b - a) * (pos - below as f64)
 }
 
 /// `numpy.percentile(values, q)` with its default linear interpolation, on
@@ -77,6 +146,29 @@ mod tests {
         assert!((a.apply(2.0)).abs() < 1e-6 && (a.apply(6.0) - 1.0).abs() < 1e-6);
         let flat = resolve(&Normalization::Percentile { low: 1.0, high: 99.0 }, [5.0; 4].into_iter());
         assert_eq!(flat.apply(5.0), 0.0);
+    }
+
+    #[test]
+    fn histogram_and_selection_agree_with_sorting() {
+        let mut state = 12345u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) as u16
+        };
+        let data: Vec<u16> = (0..1001).map(|_| next() % 700).collect();
+        let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[7, 143]), data.clone()).unwrap();
+        let f = a.mapv(f32::from);
+        let mut sorted: Vec<f64> = data.iter().map(|&v| f64::from(v)).collect();
+        sorted.sort_by(f64::total_cmp);
+        for (lo, hi) in [(1.0, 99.8), (0.0, 100.0), (37.3, 62.1)] {
+            let norm = Normalization::Percentile { low: lo, high: hi };
+            let want = affine_from_range(percentile(&sorted, lo), percentile(&sorted, hi));
+            assert_eq!(resolve_view(&norm, &a.view()), want);
+            assert_eq!(resolve_view(&norm, &f.view()), want);
+        }
+        let signed = ndarray::arr1(&[-5i16, 3, -100, 7]).into_dyn();
+        let norm = Normalization::Percentile { low: 0.0, high: 100.0 };
+        assert_eq!(resolve_view(&norm, &signed.view()), affine_from_range(-100.0, 7.0));
     }
 
     #[test]

@@ -6,23 +6,24 @@ use ndarray::{ArrayD, ArrayViewD, Axis, Dimension, IxDyn, Slice};
 
 use crate::error::{Error, Result};
 use crate::geometry::reflect_index;
-use crate::metadata::{Metadata, Padding};
-use crate::model::Model;
+use crate::metadata::Padding;
+use crate::model::{Model, ModelInfo};
 use crate::normalize;
 
-/// The padding `(before, after)` per spatial axis that makes an axis of
-/// `size` pixels a valid network input covering the whole axis: `halo`
-/// before, and after enough to reach the next valid size.
-pub fn whole_image_padding(size: usize, meta: &Metadata) -> (usize, usize) {
-    let halo = match meta.padding {
-        Padding::Valid => meta.halo,
-        Padding::Same => 0,
+/// The mirror padding `(before, after)` that makes an axis of `size` pixels a
+/// valid network input covering the whole axis: the halo before (rounded up
+/// to the pooling factor for same-padded models, as the tiled engine does),
+/// and after enough to reach the next valid size.
+pub fn whole_image_padding(size: usize, info: &ModelInfo) -> (usize, usize) {
+    let before = match info.padding {
+        Padding::Valid => info.halo,
+        Padding::Same => info.halo.div_ceil(info.size_multiple) * info.size_multiple,
     };
-    let mut total = size + 2 * halo;
-    while !meta.is_valid_size(total) || total <= 2 * halo {
+    let mut total = size + 2 * before;
+    while !info.is_valid_size(total) {
         total += 1;
     }
-    (halo, total - size - halo)
+    (before, total - size - before)
 }
 
 /// Mirror-pads the spatial axes (all but the first, the channel axis) of
@@ -42,37 +43,31 @@ pub fn pad_reflect(image: &ArrayViewD<'_, f32>, pads: &[(usize, usize)]) -> Arra
     })
 }
 
-/// Normalises a `(C, spatial...)` image as the metadata says, mirror-pads it
-/// to a valid size, runs one forward pass and crops the output to the image:
-/// returns the raw output `(classes, spatial...)`.
+/// Normalises a `(C, spatial...)` image as the model prescribes, mirror-pads
+/// it to a valid size, runs one forward pass and crops the output to the
+/// image: returns the raw output `(classes, spatial...)` as `f32`.
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] for a model without metadata or an image of the
-/// wrong rank; inference errors from libtorch.
+/// [`Error::InvalidArgument`] for an image of the wrong rank or channel
+/// count; inference errors from libtorch (including running out of memory:
+/// this path holds the whole padded image on the device).
 pub fn forward_whole(model: &Model, image: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
-    let meta = model.metadata().ok_or_else(|| Error::InvalidArgument {
-        argument: "model",
-        message: "whole-image inference needs a model with unet_rt metadata".to_owned(),
-    })?;
-    if image.ndim() != meta.spatial_dims + 1 {
+    let info = model.info();
+    if image.ndim() != info.spatial_dims + 1 {
         return Err(Error::InvalidArgument {
             argument: "image",
-            message: format!(
-                "expected (channels, {}) of rank {}, got shape {:?}",
-                if meta.spatial_dims == 2 { "y, x" } else { "z, y, x" },
-                meta.spatial_dims + 1,
-                image.shape()
-            ),
+            message: format!("expected (channels, spatial...) of rank {}, got shape {:?}", info.spatial_dims + 1, image.shape()),
         });
     }
-    let affine = normalize::resolve(&meta.normalization, image.iter().map(|&v| f64::from(v)));
+    let affine = normalize::resolve_view(&info.normalization, &image);
     let normalized = image.mapv(|v| affine.apply(v));
-    let pads: Vec<(usize, usize)> = image.shape()[1..].iter().map(|&s| whole_image_padding(s, meta)).collect();
+    let pads: Vec<(usize, usize)> = image.shape()[1..].iter().map(|&s| whole_image_padding(s, info)).collect();
     let padded = pad_reflect(&normalized.view(), &pads).insert_axis(Axis(0));
     let output = model.forward_array(padded.view())?.index_axis_move(Axis(0), 0);
     let mut cropped = output.view();
-    for (d, &size) in image.shape()[1..].iter().enumerate() {
-        cropped.slice_axis_inplace(Axis(d + 1), Slice::from(0..size));
+    for (d, (&size, &(before, _))) in image.shape()[1..].iter().zip(&pads).enumerate() {
+        let start = before - info.shrink() / 2;
+        cropped.slice_axis_inplace(Axis(d + 1), Slice::from(start..start + size));
     }
     Ok(cropped.to_owned())
 }

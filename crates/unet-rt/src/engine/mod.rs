@@ -1,0 +1,458 @@
+//! Overlap-tile execution: gather -> infer -> reduce -> stitch.
+//!
+//! Gathering and stitching run on their own threads, connected to the
+//! inference thread (the caller's) by bounded queues, so a few batches are in
+//! flight whatever the image size. libtorch's intra-op pool does the parallel
+//! work inside each forward pass.
+
+mod gather;
+mod output;
+mod plan;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, IxDyn, Slice};
+use tch::{Device, Kind, Tensor};
+
+pub use output::{OutputElement, OutputMode};
+
+use crate::error::{Error, Result};
+use crate::geometry::{Blend, Tile, TilePlan};
+use crate::metadata::Padding;
+use crate::model::{Model, ModelInfo};
+use crate::normalize;
+use crate::pixel::Pixel;
+use gather::Gatherer;
+
+/// Default memory budget for one batch of activations on the CPU.
+pub const DEFAULT_CPU_BUDGET: usize = 1 << 30;
+/// Default memory budget on a GPU.
+pub const DEFAULT_CUDA_BUDGET: usize = 4 << 30;
+/// Batches in flight between two stages.
+const QUEUE_DEPTH: usize = 2;
+
+/// Progress of one call, reported after each stitched batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Tiles written so far.
+    pub done: usize,
+    /// Tiles in all.
+    pub total: usize,
+}
+
+/// A progress callback; called from the stitching thread.
+pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// How a [`Segmenter`] runs.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// What to compute (labels by default).
+    pub output: OutputMode,
+    /// Input tile size per spatial axis; chosen from the memory budget when
+    /// `None`.
+    pub tile: Option<Vec<usize>>,
+    /// Tiles per forward pass; chosen from the memory budget when `None`.
+    pub batch_size: Option<usize>,
+    /// Bytes of activations one batch may take; a device default when `None`.
+    pub memory_budget: Option<usize>,
+    /// How tiles of same-padded models are combined (crop by default).
+    pub blend: Blend,
+    /// Called after each batch is written.
+    pub progress: Option<ProgressFn>,
+    /// Set to `true` (from any thread) to stop the call with
+    /// [`Error::Cancelled`] at the next batch.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("output", &self.output)
+            .field("tile", &self.tile)
+            .field("batch_size", &self.batch_size)
+            .field("memory_budget", &self.memory_budget)
+            .field("blend", &self.blend)
+            .field("progress", &self.progress.is_some())
+            .field("cancel", &self.cancel.is_some())
+            .finish()
+    }
+}
+
+/// The tiling chosen for one image.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The tile plan.
+    pub plan: TilePlan,
+    /// Tiles per forward pass.
+    pub batch_size: usize,
+}
+
+/// Runs a [`Model`] over images of any size with the overlap-tile strategy.
+///
+/// ```no_run
+/// use unet_rt::{Device, Model, Options, Segmenter};
+/// let model = Model::load("nuclei.pt", Device::Cpu)?;
+/// let segmenter = Segmenter::new(model, Options::default())?;
+/// let image = ndarray::Array3::<u16>::zeros((1, 2048, 2048));
+/// let labels: ndarray::ArrayD<u8> = segmenter.segment(image.view().into_dyn())?;
+/// # Ok::<(), unet_rt::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Segmenter {
+    model: Model,
+    options: Options,
+}
+
+struct Batch {
+    tiles: Vec<Tile>,
+    data: Vec<f32>,
+}
+
+struct Written<U> {
+    tiles: Vec<Tile>,
+    data: Vec<U>,
+}
+
+impl Segmenter {
+    /// Checks the options against the model.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a tile of the wrong rank or not a valid
+    /// input size of the model, or a zero batch size.
+    pub fn new(model: Model, options: Options) -> Result<Self> {
+        let info = model.info();
+        if let Some(tile) = &options.tile {
+            if tile.len() != info.spatial_dims {
+                return Err(invalid("tile", format!("{} sizes for a {}-D model", tile.len(), info.spatial_dims)));
+            }
+            if let Some(&bad) = tile.iter().find(|&&t| !info.is_valid_size(t) || t < min_tile(info)) {
+                return Err(invalid(
+                    "tile",
+                    format!(
+                        "{bad} is not a usable tile size for this model: sizes are {} + k * {} from {} up",
+                        info.size_offset,
+                        info.size_multiple,
+                        min_tile(info)
+                    ),
+                ));
+            }
+        }
+        if options.batch_size == Some(0) {
+            return Err(invalid("batch_size", "must be at least 1".to_owned()));
+        }
+        Ok(Self { model, options })
+    }
+
+    /// The model this segmenter runs.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The options.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Shape of the result for an input of shape `(C, spatial...)`.
+    pub fn output_shape(&self, input_shape: &[usize]) -> Vec<usize> {
+        let spatial = &input_shape[1.min(input_shape.len())..];
+        match self.options.output {
+            OutputMode::Labels => spatial.to_vec(),
+            _ => std::iter::once(self.model.info().out_channels).chain(spatial.iter().copied()).collect(),
+        }
+    }
+
+    /// The tiling for an image of spatial shape `image`.
+    pub fn layout(&self, image: &[usize]) -> Result<Layout> {
+        let info = self.model.info();
+        let halo = effective_halo(info);
+        let element_bytes = self.model.precision().kind().elt_size_in_bytes();
+        let budget = self.options.memory_budget.unwrap_or(match self.model.device() {
+            Device::Cuda(_) => DEFAULT_CUDA_BUDGET,
+            _ => DEFAULT_CPU_BUDGET,
+        });
+        let tile = match &self.options.tile {
+            Some(t) => t.clone(),
+            None => plan::choose_tile(info, image, halo, budget, element_bytes)
+                .into_iter()
+                .map(|t| t.max(min_tile(info)))
+                .collect(),
+        };
+        let plan = match info.padding {
+            Padding::Valid => TilePlan::valid(image, &tile, info.halo, info.size_multiple)?,
+            Padding::Same => TilePlan::same(image, &tile, halo, info.size_multiple, self.options.blend)?,
+        };
+        let batch_size = self
+            .options
+            .batch_size
+            .unwrap_or_else(|| plan::choose_batch(info, &tile, plan.len(), budget, element_bytes))
+            .min(plan.len().max(1));
+        Ok(Layout { plan, batch_size })
+    }
+
+    /// Segments an image laid out `(C, spatial...)` into a new array.
+    ///
+    /// # Errors
+    /// See [`Segmenter::segment_into`].
+    pub fn segment<T: Pixel, U: OutputElement>(&self, input: ArrayViewD<'_, T>) -> Result<ArrayD<U>> {
+        let mut out = ArrayD::<U>::default(IxDyn(&self.output_shape(input.shape())));
+        self.segment_into(input, out.view_mut())?;
+        Ok(out)
+    }
+
+    /// Segments an image laid out `(C, spatial...)` into `out`, whose shape
+    /// must be [`Segmenter::output_shape`]. The input is read tile by tile
+    /// and never copied whole; results are written straight into `out`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for shapes, channel counts or output types
+    /// that do not fit the model; [`Error::Cancelled`] when cancelled;
+    /// [`Error::Inference`] when libtorch fails.
+    pub fn segment_into<T: Pixel, U: OutputElement>(&self, input: ArrayViewD<'_, T>, out: ArrayViewMutD<'_, U>) -> Result<()> {
+        let info = self.model.info();
+        output::check_mode::<U>(self.options.output, info.output, info.out_channels)?;
+        self.check_input(input.shape())?;
+        let expected = self.output_shape(input.shape());
+        if out.shape() != expected.as_slice() {
+            return Err(invalid("out", format!("has shape {:?}, the result has shape {expected:?}", out.shape())));
+        }
+        let layout = self.layout(&input.shape()[1..])?;
+        if layout.plan.blends() {
+            return Err(invalid("blend", "blending is not implemented by the engine yet; use Blend::Crop".to_owned()));
+        }
+        let affine = normalize::resolve_view(&info.normalization, &input);
+        self.run(Gatherer::new(input, affine), &layout, out)
+    }
+
+    fn check_input(&self, shape: &[usize]) -> Result<()> {
+        let info = self.model.info();
+        if shape.len() != info.spatial_dims + 1 {
+            return Err(invalid(
+                "image",
+                format!(
+                    "expected (channels, {}) of rank {}, got shape {shape:?}",
+                    if info.spatial_dims == 2 { "y, x" } else { "z, y, x" },
+                    info.spatial_dims + 1
+                ),
+            ));
+        }
+        if shape[0] != info.in_channels {
+            return Err(invalid(
+                "image",
+                format!("the model takes {} channel(s), the image has {} (shape {shape:?})", info.in_channels, shape[0]),
+            ));
+        }
+        if shape.iter().any(|&d| d == 0) {
+            return Err(invalid("image", format!("empty image of shape {shape:?}")));
+        }
+        Ok(())
+    }
+
+    fn cancelled(&self) -> bool {
+        self.options.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
+    fn run<T: Pixel, U: OutputElement>(&self, gatherer: Gatherer<'_, T>, layout: &Layout, out: ArrayViewMutD<'_, U>) -> Result<()> {
+        let plan = &layout.plan;
+        let total = plan.len();
+        let tile_len = gatherer.tile_len(plan.input_tile_shape());
+        std::thread::scope(|scope| {
+            let (batch_tx, batch_rx) = sync_channel::<Batch>(QUEUE_DEPTH);
+            let (out_tx, out_rx) = sync_channel::<Written<U>>(QUEUE_DEPTH);
+            let gatherer = &gatherer;
+            scope.spawn(move || {
+                let tiles: Vec<Tile> = plan.tiles().collect();
+                for chunk in tiles.chunks(layout.batch_size) {
+                    if self.cancelled() {
+                        return;
+                    }
+                    let mut data = vec![0f32; tile_len * chunk.len()];
+                    for (tile, dst) in chunk.iter().zip(data.chunks_exact_mut(tile_len)) {
+                        gatherer.gather(tile, dst);
+                    }
+                    if batch_tx.send(Batch { tiles: chunk.to_vec(), data }).is_err() {
+                        return; // inference stopped
+                    }
+                }
+            });
+            let progress = self.options.progress.clone();
+            let output_mode = self.options.output;
+            let out_tile = self.reduced_tile_shape(plan);
+            let crop = self.device_crop();
+            let stitcher = scope.spawn(move || {
+                let mut out = out;
+                let mut done = 0;
+                for written in out_rx {
+                    stitch(&mut out, &written, &out_tile, output_mode, crop);
+                    done += written.tiles.len();
+                    if let Some(report) = &progress {
+                        report(Progress { done, total });
+                    }
+                }
+                done
+            });
+            let result = self.infer_all(batch_rx, out_tx, plan);
+            let written = stitcher.join().unwrap_or(0);
+            result?;
+            if self.cancelled() || written < total {
+                return Err(Error::Cancelled);
+            }
+            Ok(())
+        })
+    }
+
+    /// Shape of one reduced tile output: `([classes,] spatial...)`.
+    fn reduced_tile_shape(&self, plan: &TilePlan) -> Vec<usize> {
+        let spatial = plan.output_tile_shape().iter().map(|&o| o - 2 * self.device_crop());
+        match self.options.output {
+            OutputMode::Labels => spatial.collect(),
+            _ => std::iter::once(self.model.info().out_channels).chain(spatial).collect(),
+        }
+    }
+
+    /// Pixels cropped per side on the device: the damaged border of
+    /// same-padded models (valid models' outputs are already cropped).
+    fn device_crop(&self) -> usize {
+        let info = self.model.info();
+        match info.padding {
+            Padding::Valid => 0,
+            Padding::Same => effective_halo(info),
+        }
+    }
+
+    fn infer_all<U: OutputElement>(
+        &self,
+        batches: std::sync::mpsc::Receiver<Batch>,
+        out: std::sync::mpsc::SyncSender<Written<U>>,
+        plan: &TilePlan,
+    ) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        for batch in batches {
+            if self.cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let data = self.infer_batch::<U>(&batch, plan)?;
+            if out.send(Written { tiles: batch.tiles, data }).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn infer_batch<U: OutputElement>(&self, batch: &Batch, plan: &TilePlan) -> Result<Vec<U>> {
+        let info = self.model.info();
+        let tile = plan.input_tile_shape();
+        let n = batch.tiles.len();
+        let input = batch_tensor(&batch.data, n, tile, info.in_channels, self.model.device(), self.model.precision().kind())?;
+        let y = self.forward_splitting(&input)?;
+        let expect_spatial = plan.output_tile_shape();
+        let got = y.size();
+        let ok = got.len() == tile.len() + 2
+            && got[0] == n as i64
+            && got[1] == info.out_channels as i64
+            && got[2..].iter().zip(expect_spatial).all(|(&g, &e)| g == e as i64);
+        if !ok {
+            return Err(Error::Inference(format!(
+                "the model returned shape {got:?} for input {:?}; expected ({n}, {}, {expect_spatial:?})",
+                input.size(),
+                info.out_channels
+            )));
+        }
+        let crop = self.device_crop() as i64;
+        let mut y = y;
+        if crop > 0 {
+            for (d, &e) in expect_spatial.iter().enumerate() {
+                y = y.f_narrow(d as i64 + 2, crop, e as i64 - 2 * crop).map_err(Error::inference)?;
+            }
+        }
+        let reduced = output::reduce::<U>(&y, self.options.output, info.output)?;
+        let host = reduced.f_to_device(Device::Cpu).and_then(|t| t.f_contiguous()).map_err(Error::inference)?;
+        let numel = host.numel();
+        let mut raw = vec![U::Raw::default(); numel];
+        host.f_copy_data(&mut raw, numel).map_err(Error::inference)?;
+        Ok(raw.into_iter().map(U::from_raw).collect())
+    }
+
+    /// One forward pass; on GPU out-of-memory the batch is split in halves and
+    /// retried, which gives the same result with less memory.
+    fn forward_splitting(&self, input: &Tensor) -> Result<Tensor> {
+        match self.model.forward_tensor(input) {
+            Err(Error::Inference(msg)) if msg.contains("out of memory") && input.size()[0] > 1 => {
+                let n = input.size()[0];
+                let halves = [(0, n / 2), (n / 2, n - n / 2)];
+                let mut parts = Vec::with_capacity(2);
+                for (start, len) in halves {
+                    let part = input.f_narrow(0, start, len).map_err(Error::inference)?;
+                    parts.push(self.forward_splitting(&part)?);
+                }
+                Tensor::f_cat(&parts, 0).map_err(Error::inference)
+            }
+            other => other,
+        }
+    }
+}
+
+/// A batch tensor `(N, C, spatial...)` in channels-last memory layout from
+/// channels-last data, on `device` in `kind`.
+fn batch_tensor(data: &[f32], n: usize, tile: &[usize], channels: usize, device: Device, kind: Kind) -> Result<Tensor> {
+    let mut last: Vec<i64> = vec![n as i64];
+    last.extend(tile.iter().map(|&t| t as i64));
+    last.push(channels as i64);
+    let dims = last.len() as i64;
+    // (N, spatial..., C) -> (N, C, spatial...): a view, channels-last strides.
+    let mut order = vec![0i64, dims - 1];
+    order.extend(1..dims - 1);
+    let host = Tensor::f_from_slice(data).and_then(|t| t.f_view(last.as_slice())).map_err(Error::inference)?;
+    let moved = match device {
+        Device::Cuda(_) => host
+            .f_pin_memory(device)
+            .and_then(|p| p.f_to_device_(device, kind, true, false)),
+        _ => host.f_to_kind(kind),
+    };
+    moved.and_then(|t| t.f_permute(order.as_slice())).map_err(Error::inference)
+}
+
+/// Copies the written part of each tile of a batch into the output.
+/// `crop` pixels per side were already cut from each tile on the device.
+fn stitch<U: OutputElement>(out: &mut ArrayViewMutD<'_, U>, written: &Written<U>, tile_shape: &[usize], mode: OutputMode, crop: usize) {
+    let tile_len: usize = tile_shape.iter().product();
+    let channel_axes = usize::from(mode != OutputMode::Labels);
+    for (tile, data) in written.tiles.iter().zip(written.data.chunks_exact(tile_len)) {
+        let Ok(src) = ndarray::ArrayViewD::from_shape(IxDyn(tile_shape), data) else { continue };
+        let mut src = src;
+        let mut dst = out.view_mut();
+        for a in 0..tile.write_shape.len() {
+            let ax = ndarray::Axis(a + channel_axes);
+            let from = tile.src_start[a] - crop;
+            src.slice_axis_inplace(ax, Slice::from(from..from + tile.write_shape[a]));
+            let start = tile.write_start[a];
+            dst.slice_axis_inplace(ax, Slice::from(start..start + tile.write_shape[a]));
+        }
+        dst.assign(&src);
+    }
+}
+
+fn invalid(argument: &'static str, message: String) -> Error {
+    Error::InvalidArgument { argument, message }
+}
+
+/// Same-padded models get a halo rounded up to the pooling factor, so that
+/// every tile window starts on the pooling grid of the whole image.
+fn effective_halo(info: &ModelInfo) -> usize {
+    match info.padding {
+        Padding::Valid => info.halo,
+        Padding::Same => info.halo.div_ceil(info.size_multiple) * info.size_multiple,
+    }
+}
+
+/// The smallest input tile that leaves a stride of at least one pooling step.
+fn min_tile(info: &ModelInfo) -> usize {
+    let need = 2 * effective_halo(info) + info.size_multiple;
+    let mut t = info.smallest_valid_size();
+    while t < need {
+        t += info.size_multiple;
+    }
+    t
+}

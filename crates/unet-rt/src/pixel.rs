@@ -1,0 +1,95 @@
+//! Input element types the engine reads without converting the whole image.
+
+/// A pixel type of an input image. Conversion to `f32` happens tile by tile
+/// while gathering, so the caller's array is never copied whole.
+pub trait Pixel: Copy + Send + Sync + 'static {
+    /// The value as `f32`.
+    fn to_f32(self) -> f32;
+    /// The value as `f64` (for statistics).
+    fn to_f64(self) -> f64;
+    /// For 8- and 16-bit integers: the number of distinct values, which lets
+    /// percentiles be computed exactly from a histogram.
+    const HISTOGRAM_BINS: Option<usize> = None;
+    /// The histogram bin of the value (only called when `HISTOGRAM_BINS` is set).
+    fn bin(self) -> usize {
+        0
+    }
+    /// The value of a histogram bin.
+    fn from_bin(bin: usize) -> f64 {
+        bin as f64
+    }
+}
+
+macro_rules! float_pixel {
+    ($($t:ty),*) => {$(
+        impl Pixel for $t {
+            #[inline]
+            fn to_f32(self) -> f32 { self as f32 }
+            #[inline]
+            fn to_f64(self) -> f64 { self as f64 }
+        }
+    )*};
+}
+float_pixel!(f32, f64);
+
+impl Pixel for half::f16 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline]
+    fn to_f64(self) -> f64 {
+        self.to_f64()
+    }
+}
+
+impl Pixel for u8 {
+    const HISTOGRAM_BINS: Option<usize> = Some(256);
+    #[inline]
+    fn to_f32(self) -> f32 {
+        f32::from(self)
+    }
+    #[inline]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    #[inline]
+    fn bin(self) -> usize {
+        usize::from(self)
+    }
+}
+
+impl Pixel for u16 {
+    const HISTOGRAM_BINS: Option<usize> = Some(65536);
+    #[inline]
+    fn to_f32(self) -> f32 {
+        f32::from(self)
+    }
+    #[inline]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    #[inline]
+    fn bin(self) -> usize {
+        usize::from(self)
+    }
+}
+
+impl Pixel for i16 {
+    const HISTOGRAM_BINS: Option<usize> = Some(65536);
+    #[inline]
+    fn to_f32(self) -> f32 {
+        f32::from(self)
+    }
+    #[inline]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    #[inline]
+    fn bin(self) -> usize {
+        (i32::from(self) + 32768) as usize
+    }
+    fn from_bin(bin: usize) -> f64 {
+        bin as f64 - 32768.0
+    }
+}

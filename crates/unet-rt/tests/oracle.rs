@@ -1,0 +1,213 @@
+//! The tiling oracle: for valid-padded models the stitched result equals one
+//! forward pass over the whole mirror-padded image, for any image size, tile
+//! size and batch size (DESIGN.md section 5).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ndarray::{ArrayD, Axis, IxDyn};
+use unet_rt::{Device, Error, Model, Options, OutputMode, Precision, Progress, Segmenter};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn load(name: &str) -> Model {
+    Model::load(fixture(name), Device::Cpu).expect("fixture model")
+}
+
+/// A small deterministic generator so that failures reproduce.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn image(&mut self, shape: &[usize]) -> ArrayD<f32> {
+        ArrayD::from_shape_simple_fn(IxDyn(shape), || (self.next() % 4096) as f32)
+    }
+}
+
+fn softmax(raw: &ArrayD<f32>) -> ArrayD<f32> {
+    let max = raw.fold_axis(Axis(0), f32::NEG_INFINITY, |&a, &b| a.max(b));
+    let exp = raw - &max.insert_axis(Axis(0));
+    let exp = exp.mapv(f32::exp);
+    let sum = exp.sum_axis(Axis(0)).insert_axis(Axis(0));
+    exp / sum
+}
+
+fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn probabilities(model: &Model, image: &ArrayD<f32>, tile: Option<Vec<usize>>, batch: Option<usize>) -> ArrayD<f32> {
+    let options = Options { output: OutputMode::Probabilities, tile, batch_size: batch, ..Options::default() };
+    Segmenter::new(model.clone(), options).unwrap().segment(image.view()).unwrap()
+}
+
+fn oracle(model: &Model, image: &ArrayD<f32>) -> ArrayD<f32> {
+    softmax(&unet_rt::forward_whole(model, image.view()).unwrap())
+}
+
+#[test]
+fn valid_tiling_equals_the_whole_image_forward_for_any_size_tile_and_batch() {
+    let mut rng = Lcg(7);
+    for (name, tiles) in [("tiny_valid.pt", [48usize, 52, 60, 72, 100]), ("tiny_valid_d4.pt", [100, 108, 116, 132, 172])] {
+        let model = load(name);
+        let mut sizes = vec![[1, 1], [7, 300], [300, 7], [2, 2], [97, 61], [64, 64], [13, 131]];
+        for _ in 0..6 {
+            sizes.push([1 + rng.below(180), 1 + rng.below(180)]);
+        }
+        for size in sizes {
+            let image = rng.image(&[1, size[0], size[1]]);
+            let want = oracle(&model, &image);
+            let tile = vec![tiles[rng.below(tiles.len())], tiles[rng.below(tiles.len())]];
+            let batch = 1 + rng.below(4);
+            let got = probabilities(&model, &image, Some(tile.clone()), Some(batch));
+            let diff = max_abs_diff(&got, &want);
+            assert!(diff <= 1e-5, "{name} image {size:?} tile {tile:?} batch {batch}: max |diff| {diff}");
+        }
+    }
+}
+
+#[test]
+fn automatic_tiles_and_labels_agree_with_the_oracle() {
+    let model = load("tiny_valid_d4.pt");
+    let image = Lcg(3).image(&[1, 150, 211]);
+    let options = Options { memory_budget: Some(1 << 20), ..Options::default() };
+    let segmenter = Segmenter::new(model.clone(), options).unwrap();
+    let layout = segmenter.layout(&[150, 211]).unwrap();
+    assert!(layout.plan.len() > 1, "a small budget must give several tiles");
+    let labels: ArrayD<u8> = segmenter.segment(image.view()).unwrap();
+    let want = oracle(&model, &image);
+    let mut disagree = 0;
+    for ((idx, &l), p) in labels.indexed_iter().zip(want.lanes(Axis(0))) {
+        let best = if p[1] > p[0] { 1 } else { 0 };
+        if l != best && (p[1] - p[0]).abs() > 1e-5 {
+            disagree += 1;
+            eprintln!("label differs at {idx:?}");
+        }
+    }
+    assert_eq!(disagree, 0);
+}
+
+#[test]
+fn volumes_tile_exactly_too() {
+    let model = load("tiny_valid_3d.pt");
+    let mut rng = Lcg(11);
+    for size in [[1, 1, 1], [5, 23, 9], [31, 17, 40]] {
+        let image = rng.image(&[1, size[0], size[1], size[2]]);
+        let got = probabilities(&model, &image, Some(vec![20, 24, 28]), Some(2));
+        let diff = max_abs_diff(&got, &oracle(&model, &image));
+        assert!(diff <= 1e-5, "volume {size:?}: max |diff| {diff}");
+    }
+}
+
+#[test]
+fn every_input_type_and_layout_gives_the_same_result() {
+    let model = load("tiny_rgb.pt");
+    let image = Lcg(5).image(&[3, 40, 57]).mapv(|v| (v / 16.0).floor());
+    let want = probabilities(&model, &image, Some(vec![48, 48]), Some(2));
+    let seg = Segmenter::new(model, Options { output: OutputMode::Probabilities, tile: Some(vec![48, 48]), ..Options::default() }).unwrap();
+    let check = |got: ArrayD<f32>, what: &str| assert!(max_abs_diff(&got, &want) <= 1e-5, "{what}");
+    check(seg.segment(image.mapv(|v| v as u8).view()).unwrap(), "u8");
+    check(seg.segment(image.mapv(|v| v as u16).view()).unwrap(), "u16");
+    check(seg.segment(image.mapv(|v| v as i16).view()).unwrap(), "i16");
+    check(seg.segment(image.mapv(f64::from).view()).unwrap(), "f64");
+    check(seg.segment(image.mapv(half::f16::from_f32).view()).unwrap(), "f16");
+    // Channels last in memory, seen through a permuted (non-contiguous) view.
+    let hwc = image.view().permuted_axes(IxDyn(&[1, 2, 0])).as_standard_layout().into_owned();
+    check(seg.segment(hwc.view().permuted_axes(IxDyn(&[2, 0, 1]))).unwrap(), "strided view");
+}
+
+#[test]
+fn models_without_metadata_are_probed_and_run() {
+    let plain = load("tiny_plain.pt");
+    let info = plain.info();
+    assert!(info.probed);
+    assert_eq!((info.halo, info.size_multiple, info.size_offset, info.in_channels, info.out_channels), (20, 4, 0, 1, 2));
+    let image = Lcg(9).image(&[1, 70, 33]);
+    let options = Options { output: OutputMode::Raw, tile: Some(vec![56, 64]), ..Options::default() };
+    let got: ArrayD<f32> = Segmenter::new(plain.clone(), options).unwrap().segment(image.view()).unwrap();
+    let want = unet_rt::forward_whole(&plain, image.view()).unwrap();
+    // Unnormalised pixels up to 4096 give logits in the thousands.
+    let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+    assert!(max_abs_diff(&got, &want) / scale <= 1e-5);
+}
+
+#[test]
+fn same_padded_models_with_the_default_margin_tile_like_the_whole_image() {
+    // training/unet.py gives same-padded nets a margin one pooling step past
+    // the valid crop (24 here); with it, crop-mode tiles match the whole image.
+    let model = load("tiny_same.pt");
+    assert_eq!(model.info().halo, 24);
+    let image = Lcg(13).image(&[1, 90, 130]);
+    let got = probabilities(&model, &image, Some(vec![64, 72]), Some(3));
+    let diff = max_abs_diff(&got, &oracle(&model, &image));
+    assert!(diff <= 1e-5, "same-padded model, crop mode: max |diff| {diff}");
+}
+
+#[test]
+fn bf16_keeps_the_labels() {
+    let fp32 = load("tiny_valid_d4.pt");
+    let bf16 = Model::load_with_precision(fixture("tiny_valid_d4.pt"), Device::Cpu, Precision::Bf16).unwrap();
+    assert_eq!(bf16.precision(), Precision::Bf16);
+    let image = Lcg(17).image(&[1, 120, 140]);
+    let a: ArrayD<u8> = Segmenter::new(fp32, Options::default()).unwrap().segment(image.view()).unwrap();
+    let b: ArrayD<u8> = Segmenter::new(bf16, Options::default()).unwrap().segment(image.view()).unwrap();
+    let agree = a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64;
+    assert!(agree > 0.97, "bf16 agreement {agree}");
+}
+
+#[test]
+fn progress_is_reported_and_cancellation_stops_the_call() {
+    let model = load("tiny_valid.pt");
+    let image = Lcg(19).image(&[1, 200, 200]);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let last = Arc::new(AtomicUsize::new(0));
+    let (c, l) = (calls.clone(), last.clone());
+    let options = Options {
+        tile: Some(vec![60, 60]),
+        batch_size: Some(2),
+        progress: Some(Arc::new(move |p: Progress| {
+            c.fetch_add(1, Ordering::SeqCst);
+            l.store(p.done * 1000 + p.total, Ordering::SeqCst);
+        })),
+        ..Options::default()
+    };
+    let seg = Segmenter::new(model.clone(), options).unwrap();
+    let total = seg.layout(&[200, 200]).unwrap().plan.len();
+    let _: ArrayD<u8> = seg.segment(image.view()).unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), total.div_ceil(2));
+    assert_eq!(last.load(Ordering::SeqCst), total * 1000 + total);
+
+    let cancel = Arc::new(AtomicBool::new(true));
+    let options = Options { tile: Some(vec![60, 60]), cancel: Some(cancel), ..Options::default() };
+    let err = Segmenter::new(model, options).unwrap().segment::<f32, u8>(image.view()).unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+}
+
+#[test]
+fn bad_requests_are_refused_with_reasons() {
+    let model = load("tiny_valid.pt");
+    let bad_tile = Segmenter::new(model.clone(), Options { tile: Some(vec![45, 48]), ..Options::default() }).unwrap_err();
+    assert!(bad_tile.to_string().contains("45 is not a usable tile size"), "{bad_tile}");
+    let rank = Segmenter::new(model.clone(), Options { tile: Some(vec![48]), ..Options::default() }).unwrap_err();
+    assert!(matches!(rank, Error::InvalidArgument { argument: "tile", .. }));
+    let seg = Segmenter::new(model.clone(), Options::default()).unwrap();
+    let image = ArrayD::<f32>::zeros(IxDyn(&[2, 30, 30]));
+    let err = seg.segment::<f32, u8>(image.view()).unwrap_err();
+    assert!(err.to_string().contains("1 channel(s), the image has 2"), "{err}");
+    let err = seg.segment::<f32, f32>(ArrayD::zeros(IxDyn(&[1, 30, 30])).view()).unwrap_err();
+    assert!(err.to_string().contains("uint8 or uint16"), "{err}");
+    let mut out = ArrayD::<u8>::zeros(IxDyn(&[30, 31]));
+    let err = seg.segment_into(ArrayD::<f32>::zeros(IxDyn(&[1, 30, 30])).view(), out.view_mut()).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { argument: "out", .. }), "{err}");
+    let err = seg.segment::<f32, u8>(ArrayD::zeros(IxDyn(&[1, 0, 30])).view()).unwrap_err();
+    assert!(err.to_string().contains("empty"), "{err}");
+}
