@@ -5,7 +5,7 @@
 //! writes), so it can be read without loading the network and added to any
 //! TorchScript model without re-scripting it.
 
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -148,8 +148,14 @@ impl Metadata {
             std::io::ErrorKind::NotFound => Error::ModelNotFound(path.to_owned()),
             _ => Error::Io { path: path.to_owned(), source },
         })?;
-        let mut archive = zip::ZipArchive::new(file).map_err(|e| Error::InvalidModel {
-            path: path.to_owned(),
+        Self::read_from_zip(file, path)
+    }
+
+    /// Like [`Metadata::read_from_archive`] for an archive in any reader;
+    /// `origin` names it in messages.
+    pub fn read_from_zip<R: Read + Seek>(reader: R, origin: &Path) -> Result<Option<Self>> {
+        let mut archive = zip::ZipArchive::new(reader).map_err(|e| Error::InvalidModel {
+            path: origin.to_owned(),
             reason: format!("not a TorchScript archive (a zip file is expected): {e}"),
         })?;
         let suffix = format!("/extra/{METADATA_ENTRY}");
@@ -159,10 +165,10 @@ impl Metadata {
         let mut text = String::new();
         archive
             .by_name(&name)
-            .map_err(|e| Error::InvalidModel { path: path.to_owned(), reason: e.to_string() })?
+            .map_err(|e| Error::InvalidModel { path: origin.to_owned(), reason: e.to_string() })?
             .read_to_string(&mut text)
-            .map_err(|e| Error::InvalidMetadata { path: path.to_owned(), reason: e.to_string() })?;
-        Self::from_json(&text, path).map(Some)
+            .map_err(|e| Error::InvalidMetadata { path: origin.to_owned(), reason: e.to_string() })?;
+        Self::from_json(&text, origin).map(Some)
     }
 
     /// The document as JSON text.

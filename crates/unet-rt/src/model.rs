@@ -127,8 +127,30 @@ impl Model {
         // Reading the metadata first also tells a missing or non-zip file apart
         // from a broken network, with a message that says which.
         let metadata = Metadata::read_from_archive(path)?;
-        let invalid = |e: tch::TchError| Error::InvalidModel { path: path.to_owned(), reason: first_line(&e.to_string()) };
-        let mut module = CModule::load_on_device(path, device).map_err(invalid)?;
+        let module = CModule::load_on_device(path, device).map_err(|e| invalid_model(path, &e))?;
+        Self::from_module(module, path, metadata, device, precision)
+    }
+
+    /// Loads a model from the bytes of a TorchScript archive (a model
+    /// embedded in a program, say); `name` stands for its path in messages
+    /// and in [`Model::path`].
+    pub fn load_bytes(bytes: &[u8], name: impl AsRef<Path>, device: Device, precision: Precision) -> Result<Self> {
+        let name = name.as_ref();
+        let precision = precision.resolve(device)?;
+        let metadata = Metadata::read_from_zip(std::io::Cursor::new(bytes), name)?;
+        let module = CModule::load_data_on_device(&mut std::io::Cursor::new(bytes), device)
+            .map_err(|e| invalid_model(name, &e))?;
+        Self::from_module(module, name, metadata, device, precision)
+    }
+
+    fn from_module(
+        mut module: CModule,
+        path: &Path,
+        metadata: Option<Metadata>,
+        device: Device,
+        precision: Precision,
+    ) -> Result<Self> {
+        let invalid = |e: tch::TchError| invalid_model(path, &e);
         module.set_eval();
         let info = match &metadata {
             Some(m) => ModelInfo::from_metadata(m, first_layer_width(&module)),
@@ -214,6 +236,10 @@ impl Model {
         }
         Ok(())
     }
+}
+
+fn invalid_model(path: &Path, err: &tch::TchError) -> Error {
+    Error::InvalidModel { path: path.to_owned(), reason: first_line(&err.to_string()) }
 }
 
 fn first_layer_width(module: &CModule) -> Option<usize> {

@@ -91,3 +91,14 @@ fn devices_parse_and_missing_gpus_are_reported() {
         assert!(matches!(unet_rt::parse_device("cuda:0"), Err(Error::DeviceUnavailable(_))));
     }
 }
+
+#[test]
+fn models_load_from_bytes_with_their_metadata() {
+    let bytes = std::fs::read(fixture("tiny_valid.pt")).unwrap();
+    let model = Model::load_bytes(&bytes, "embedded:tiny", Device::Cpu, unet_rt::Precision::Fp32).unwrap();
+    assert_eq!(model.metadata().unwrap().halo, 20);
+    let out = model.forward_array(npy("batch.npy").view()).unwrap();
+    assert!(max_abs_diff(&out, &npy("batch_expected.npy")) < 1e-5);
+    let err = Model::load_bytes(b"junk", "embedded:junk", Device::Cpu, unet_rt::Precision::Fp32).unwrap_err();
+    assert!(err.to_string().contains("embedded:junk"), "{err}");
+}
