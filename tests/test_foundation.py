@@ -60,7 +60,7 @@ def test_libtorch_cuda_stays_linked(binary, cli):
 
 
 def test_python_forward_equals_pytorch(tiny_model_path):
-    model = unet_rt.Model(tiny_model_path)
+    model = unet_rt.Model(tiny_model_path, device="cpu", precision="fp32")
     batch = np.random.default_rng(1).random((2, 1, 52, 44), dtype=np.float32)
     with torch.no_grad():
         want = torch.jit.load(str(tiny_model_path))(torch.from_numpy(batch)).numpy()

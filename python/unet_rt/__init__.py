@@ -13,6 +13,7 @@ import torch as _torch  # noqa: F401  (imported for its side effect)
 
 from . import _unet_rt
 from .errors import (
+    CancelledError,
     DeviceError,
     InferenceError,
     InvalidArgumentError,
@@ -22,14 +23,17 @@ from .errors import (
     UnetRtError,
     UnetRtIOError,
 )
-from .model import Model
+from .model import Model, bundled_model_path, segment
 
 __version__: str = _unet_rt.__version__
 
 __all__ = [
     "__version__",
     "build_info",
+    "bundled_model_path",
+    "segment",
     "Model",
+    "CancelledError",
     "UnetRtError",
     "ModelError",
     "ModelNotFoundError",

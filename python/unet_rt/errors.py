@@ -21,6 +21,7 @@ __all__ = [
     "DeviceError",
     "InferenceError",
     "UnetRtIOError",
+    "CancelledError",
 ]
 
 
@@ -54,3 +55,7 @@ class InferenceError(UnetRtError, RuntimeError):
 
 class UnetRtIOError(UnetRtError, OSError):
     """Reading or writing a file failed."""
+
+
+class CancelledError(UnetRtError):
+    """The call was cancelled (by its progress callback raising, or Ctrl-C)."""

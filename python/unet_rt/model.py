@@ -1,41 +1,91 @@
-"""The :class:`Model` class: a TorchScript model loaded once by the Rust core."""
+"""The :class:`Model` class and :func:`segment`."""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Optional
+import sys
+import threading
+from collections import OrderedDict
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _unet_rt
-from .errors import InvalidArgumentError
+from ._axes import arrange
+from .errors import InvalidArgumentError, ModelNotFoundError
 
-__all__ = ["Model"]
+__all__ = ["Model", "segment", "bundled_model_path"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+ProgressArg = Union[bool, Callable[[int, int], Any], None]
+
+_SUPPORTED = (np.uint8, np.uint16, np.int16, np.float16, np.float32, np.float64)
+_OUTPUTS = ("labels", "probabilities", "raw", "instances")
+
+
+def bundled_model_path() -> Path:
+    """Path of the pretrained nuclei model shipped inside the package.
+
+    >>> bundled_model_path().name
+    'nuclei.pt'
+    """
+    return Path(str(resources.files("unet_rt") / "models" / "nuclei.pt"))
 
 
 class Model:
-    """A TorchScript model loaded once onto a device and shared by threads.
+    """A segmentation model loaded once onto a device and shared by threads.
 
     Args:
-        path: the TorchScript file (``.pt``), ideally exported with unet_rt
-            metadata (see ``training.export``).
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        path: a TorchScript file (``.pt``), ideally exported with unet_rt
+            metadata (``python -m training.export``); ``None`` loads the
+            bundled nuclei model.
+        device: ``"auto"`` (the first GPU if there is one, else the CPU),
+            ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        precision: ``"auto"`` (bf16 on GPUs and on CPUs with bf16 units, else
+            fp32), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (GPUs only).
 
-    Example::
+    Example:
 
         >>> import numpy as np, unet_rt
-        >>> model = unet_rt.Model(tiny_model_path)
-        >>> model.metadata["halo"]
-        20
-        >>> model.forward(np.zeros((1, 1, 44, 44), np.float32)).shape
-        (1, 2, 4, 4)
+        >>> model = unet_rt.Model(tiny_model_path, device="cpu", precision="fp32")
+        >>> model.halo, model.classes
+        (20, ['background', 'class_1'])
+        >>> labels = model.segment(np.random.rand(300, 400))
+        >>> labels.shape, labels.dtype
+        ((300, 400), dtype('uint8'))
+
+    A model pickles to its path (or its bytes, for models loaded with
+    :meth:`from_bytes`) and options, never to pickled weights, so it can be
+    sent to other processes (multiprocessing, dask).
     """
 
-    __slots__ = ("_inner",)
+    __slots__ = ("_inner", "_source", "_device_request", "_precision_request", "__weakref__")
 
-    def __init__(self, path: "os.PathLike[str] | str", device: str = "cpu") -> None:
-        self._inner = _unet_rt.Model(os.fspath(path), device)
+    def __init__(self, path: Optional[PathLike] = None, device: str = "auto", precision: str = "auto") -> None:
+        if path is None:
+            path = bundled_model_path()
+            if not path.exists():
+                raise ModelNotFoundError(f"model file not found: {path} (the bundled nuclei model is not installed)")
+        self._inner = _unet_rt.Model(os.fspath(path), device, precision)
+        self._source: Union[str, bytes] = os.path.abspath(os.fspath(path))
+        self._device_request = device
+        self._precision_request = precision
+
+    @classmethod
+    def from_bytes(cls, data: bytes, device: str = "auto", precision: str = "auto", name: str = "<bytes>") -> "Model":
+        """Loads a model from the bytes of a TorchScript archive."""
+        self = cls.__new__(cls)
+        self._inner = _unet_rt.Model.from_bytes(bytes(data), name, device, precision)
+        self._source = bytes(data)
+        self._device_request = device
+        self._precision_request = precision
+        return self
+
+    def __reduce__(self):
+        return (_rebuild, (self._source, self._device_request, self._precision_request))
 
     @property
     def path(self) -> str:
@@ -44,8 +94,13 @@ class Model:
 
     @property
     def device(self) -> str:
-        """The device the weights live on, e.g. ``"cpu"``."""
+        """The device the weights live on, e.g. ``"cpu"`` or ``"cuda:0"``."""
         return self._inner.device
+
+    @property
+    def precision(self) -> str:
+        """The precision the weights run in: ``"fp32"``, ``"bf16"`` or ``"fp16"``."""
+        return self._inner.precision
 
     @property
     def metadata(self) -> Optional[Dict[str, Any]]:
@@ -53,16 +108,239 @@ class Model:
         text = self._inner.metadata_json
         return None if text is None else json.loads(text)
 
-    def forward(self, batch: np.ndarray) -> np.ndarray:
-        """One forward pass of the network on a batch ``(N, C, spatial...)``.
+    @property
+    def info(self) -> Dict[str, Any]:
+        """Geometry and meaning of the network, from its metadata or, for plain
+        TorchScript, found by probing it: ``spatial_dims``, ``in_channels``,
+        ``out_channels``, ``output``, ``padding``, ``halo``, ``size_multiple``,
+        ``size_offset``, ``smallest_size``, ``probed``."""
+        return dict(self._inner.info)
 
-        The batch is converted to float32 if needed; the raw network output is
-        returned as a float32 array. The GIL is released while the network runs.
-        """
+    @property
+    def halo(self) -> int:
+        """Pixels of context per side each output pixel needs."""
+        return int(self._inner.info["halo"])
+
+    @property
+    def classes(self) -> List[str]:
+        """The names of the output channels."""
+        names = (self.metadata or {}).get("class_names") or []
+        return list(names) or [str(i) for i in range(self._inner.info["out_channels"])]
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """One forward pass of the network on a batch ``(N, C, spatial...)`` of
+        valid size; the raw output as float32. For images of any size, use
+        :meth:`segment`."""
         array = np.asarray(batch)
-        if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.number)):
+        if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
             raise InvalidArgumentError(f"invalid batch: dtype {array.dtype} is not numeric")
         return self._inner.forward(np.asarray(array, dtype=np.float32))
 
+    def layout(self, shape: Sequence[int], tile: Union[int, Sequence[int], None] = None,
+               batch_size: Optional[int] = None) -> Dict[str, Any]:
+        """The tiling :meth:`segment` would use for an image of spatial ``shape``."""
+        return dict(self._inner.layout(list(shape), _tile(tile, len(shape)), batch_size))
+
+    def segment(
+        self,
+        image: np.ndarray,
+        axes: Optional[str] = None,
+        output: str = "labels",
+        tile: Union[int, Sequence[int], None] = None,
+        batch_size: Optional[int] = None,
+        out: Optional[np.ndarray] = None,
+        progress: ProgressArg = False,
+        memory_budget: Optional[int] = None,
+    ) -> np.ndarray:
+        """Segments an image (or a stack of images) of any size.
+
+        Args:
+            image: a NumPy array (or memmap) of uint8, uint16, int16, float16,
+                float32 or float64. It is read in place, tile by tile: strided
+                and non-contiguous views are fine. The one copy made is for
+                arrays in non-native byte order.
+            axes: the axes of ``image``: ``"yx"``, ``"cyx"``, ``"yxc"``,
+                ``"zyx"``, ``"czyx"``, optionally with a leading batch axis
+                (``"byx"``, ``"bcyx"``...). Inferred when unambiguous.
+            output: ``"labels"`` (uint8, uint16 beyond 256 classes; shape of
+                the spatial axes), ``"probabilities"`` (float32, channel-first),
+                ``"raw"`` (the network output, channel-first) or
+                ``"instances"`` (uint32 connected components of the non-background
+                labels, 4-connected in 2-D and 6-connected in 3-D).
+            tile: input tile size (an int, or one per spatial axis); chosen
+                from a memory budget when ``None``.
+            batch_size: tiles per forward pass; chosen when ``None``.
+            out: an array that receives the result in place (checked shape
+                and dtype; float16 is accepted for probabilities), for example
+                a ``np.memmap`` larger than memory. Returned as is.
+            progress: ``True`` for a progress bar (tqdm if installed), or a
+                callable ``progress(done, total)`` called as tiles complete.
+            memory_budget: bytes of activations one batch may use.
+
+        Returns:
+            The result array (``out`` itself when given).
+        """
+        if output not in _OUTPUTS:
+            raise InvalidArgumentError(f"invalid output: {output!r}; expected one of {', '.join(map(repr, _OUTPUTS))}")
+        array = _check_image(image)
+        info = self._inner.info
+        view, batched, _ = arrange(array, axes, info["spatial_dims"], info["in_channels"])
+        engine_output = "labels" if output == "instances" else output
+        tiles = _tile(tile, info["spatial_dims"])
+        shape = self._result_shape(view.shape, engine_output, batched)
+        if output == "instances":
+            labels = self._run(view, engine_output, tiles, batch_size, None, progress, memory_budget, batched,
+                               (view.shape[0],) + tuple(view.shape[2:]))
+            return _instances(labels, out, batched)
+        return self._run(view, engine_output, tiles, batch_size, out, progress, memory_budget, batched, shape)
+
+    def _result_shape(self, view_shape: Tuple[int, ...], output: str, batched: bool) -> Tuple[int, ...]:
+        spatial = tuple(view_shape[2:])
+        per_image = spatial if output == "labels" else (self._inner.info["out_channels"],) + spatial
+        return ((view_shape[0],) if batched else ()) + per_image
+
+    def _run(self, view, output, tile, batch_size, out, progress, memory_budget, batched, shape):
+        if out is not None:
+            if not isinstance(out, np.ndarray):
+                raise InvalidArgumentError(f"invalid out: expected a numpy array, got {type(out).__name__}")
+            if tuple(out.shape) != tuple(shape):
+                raise InvalidArgumentError(f"invalid out: has shape {out.shape}, the result has shape {tuple(shape)}")
+        images = view if batched else view[:1]
+        per_image = self._tiles(view.shape[2:], tile, batch_size)
+        with _Progress(progress, per_image * images.shape[0]) as report:
+            results = []
+            for i in range(images.shape[0]):
+                target = None if out is None else (out[i] if batched else out)
+                # The engine counts tiles per image; the bar counts them all.
+                callback = None if report is None else (lambda done, _total, base=i * per_image: report(base + done))
+                results.append(self._inner.segment(images[i], output, tile, batch_size, memory_budget, target, callback))
+        if out is not None:
+            return out
+        return np.stack(results) if batched else results[0]
+
+    def _tiles(self, spatial: Sequence[int], tile, batch_size) -> int:
+        return int(self._inner.layout(list(spatial), tile, batch_size)["tiles"])
+
     def __repr__(self) -> str:
-        return f"Model(path={self.path!r}, device={self.device!r})"
+        return f"Model(path={self.path!r}, device={self.device!r}, precision={self.precision!r})"
+
+
+def _rebuild(source: Union[str, bytes], device: str, precision: str) -> Model:
+    if isinstance(source, bytes):
+        return Model.from_bytes(source, device, precision)
+    return Model(source, device, precision)
+
+
+def _tile(tile: Union[int, Sequence[int], None], dims: int) -> Optional[List[int]]:
+    if tile is None:
+        return None
+    if isinstance(tile, (int, np.integer)):
+        return [int(tile)] * dims
+    sizes = [int(t) for t in tile]
+    if len(sizes) != dims:
+        raise InvalidArgumentError(f"invalid tile: {len(sizes)} sizes for a {dims}-D model")
+    return sizes
+
+
+def _check_image(image: Any) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        image = np.asarray(image)
+    if image.dtype == np.bool_:
+        raise InvalidArgumentError("invalid image: boolean arrays are not images; convert with .astype(np.uint8)")
+    if image.dtype.type not in _SUPPORTED:
+        raise InvalidArgumentError(
+            f"invalid image: dtype {image.dtype} is not supported; use uint8, uint16, int16, float16, float32 "
+            f"or float64 (e.g. image.astype(np.float32))"
+        )
+    if image.size == 0:
+        raise InvalidArgumentError(f"invalid image: empty array of shape {image.shape}")
+    if not image.dtype.isnative:
+        # The one copy: the engine reads native byte order only.
+        image = image.astype(image.dtype.newbyteorder("="))
+    return image
+
+
+def _instances(labels: np.ndarray, out: Optional[np.ndarray], batched: bool) -> np.ndarray:
+    images = labels if batched else labels[np.newaxis]
+    results = [_unet_rt.connected_components(np.ascontiguousarray(img)) for img in images]
+    result = np.stack(results) if batched else results[0]
+    if out is None:
+        return result
+    if out.shape != result.shape:
+        raise InvalidArgumentError(f"invalid out: has shape {out.shape}, the result has shape {result.shape}")
+    out[...] = result
+    return out
+
+
+class _Progress:
+    """Turns the ``progress`` argument into ``report(tiles_done)``, closing
+    the bar at the end."""
+
+    def __init__(self, progress: ProgressArg, total: int) -> None:
+        self._arg, self._total, self._bar = progress, total, None
+
+    def __enter__(self) -> Optional[Callable[[int], None]]:
+        if self._arg is None or self._arg is False:
+            return None
+        total = self._total
+        if callable(self._arg):
+            user = self._arg
+            return lambda done: user(done, total)
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return lambda done: print(f"\runet_rt: {done}/{total} tiles", end="\n" if done == total else "", file=sys.stderr)
+        bar = self._bar = tqdm(total=total, unit="tile", desc="unet_rt")
+        return lambda done: bar.update(done - bar.n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+_CACHE: "OrderedDict[Tuple[Any, ...], Model]" = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 4
+
+
+def _cached_model(path: Optional[PathLike], device: str, precision: str) -> Model:
+    resolved = bundled_model_path() if path is None else Path(path)
+    try:
+        stat = resolved.stat()
+        key: Tuple[Any, ...] = (str(resolved.resolve()), stat.st_mtime_ns, stat.st_size, device, precision)
+    except OSError:
+        return Model(path, device, precision)  # raises the right error
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    model = Model(resolved, device, precision)
+    with _CACHE_LOCK:
+        _CACHE[key] = model
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return model
+
+
+def segment(
+    image: np.ndarray,
+    model: Union[Model, PathLike, None] = None,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    **options: Any,
+) -> np.ndarray:
+    """Segments ``image`` with ``model`` (the bundled nuclei model by default).
+
+    ``model`` is a :class:`Model` or a path; paths are loaded once and kept in
+    a small cache, so calling ``segment`` in a loop does not reload the model.
+    ``options`` are those of :meth:`Model.segment` (``axes``, ``output``,
+    ``tile``, ``batch_size``, ``out``, ``progress``, ``memory_budget``).
+
+    >>> import numpy as np, unet_rt
+    >>> unet_rt.segment(np.random.rand(100, 120), tiny_model_path, device="cpu").shape
+    (100, 120)
+    """
+    if not isinstance(model, Model):
+        model = _cached_model(model, device, precision)
+    return model.segment(image, **options)

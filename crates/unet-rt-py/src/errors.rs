@@ -1,10 +1,21 @@
-//! One Python exception class per `unet_rt::Error` variant. The classes are
-//! defined in `unet_rt/errors.py` (so that they can also derive from
-//! `ValueError`, `FileNotFoundError`, ...); this module only picks the class.
+//! One Python exception class per `unet_rt::Error` variant, and the one
+//! helper through which every long call releases the GIL.
+//!
+//! The classes are defined in `unet_rt/errors.py` (so that they can also
+//! derive from `ValueError`, `FileNotFoundError`, ...); this module only picks
+//! the class.
 
-use pyo3::exceptions::PyRuntimeError;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError};
 use pyo3::prelude::*;
 use pyo3::types::PyType;
+
+/// How often a waiting call looks for Ctrl-C.
+const SIGNAL_POLL: Duration = Duration::from_millis(100);
 
 /// The name of the `unet_rt.errors` class that stands for `err`.
 fn class_name(err: &unet_rt::Error) -> &'static str {
@@ -37,12 +48,44 @@ pub(crate) fn to_py_err(err: unet_rt::Error) -> PyErr {
     })
 }
 
-/// Runs `f` with the GIL released and converts its error: every long engine
-/// call goes through here so that other Python threads keep running.
-pub(crate) fn without_gil<T, F>(py: Python<'_>, f: F) -> PyResult<T>
+/// Runs `work` with the GIL released, on a worker thread, while this thread
+/// waits and looks for Ctrl-C every 100 ms: on a signal, `cancel` is set (the
+/// engine stops at its next batch) and the signal's exception (normally
+/// `KeyboardInterrupt`) is raised. Every long engine call goes through here,
+/// so other Python threads run meanwhile.
+pub(crate) fn run_released<T, F>(py: Python<'_>, cancel: &Arc<AtomicBool>, work: F) -> PyResult<T>
 where
     F: FnOnce() -> unet_rt::Result<T> + Send,
     T: Send,
 {
-    py.detach(f).map_err(to_py_err)
+    py.detach(|| {
+        std::thread::scope(|scope| {
+            let (done_tx, done_rx) = sync_channel::<unet_rt::Result<T>>(1);
+            scope.spawn(move || {
+                // The receiver only goes away after a signal; the result is moot then.
+                let _ = done_tx.send(work());
+            });
+            let mut interrupted: Option<PyErr> = None;
+            loop {
+                match done_rx.recv_timeout(SIGNAL_POLL) {
+                    Ok(result) => {
+                        return match (interrupted, result) {
+                            (Some(err), _) => Err(err),
+                            (None, result) => result.map_err(to_py_err),
+                        };
+                    }
+                    Err(RecvTimeoutError::Timeout) if interrupted.is_none() => {
+                        if let Err(err) = Python::attach(|py| py.check_signals()) {
+                            cancel.store(true, Ordering::Relaxed);
+                            interrupted = Some(err);
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        return Err(interrupted.unwrap_or_else(|| PyKeyboardInterrupt::new_err("engine thread ended")));
+                    }
+                }
+            }
+        })
+    })
 }

@@ -4,6 +4,7 @@
 
 mod errors;
 mod model;
+mod segment;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;

@@ -1,25 +1,48 @@
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use numpy::{PyArrayDyn, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use unet_rt::{OutputMode, Precision};
 
-use crate::errors::{to_py_err, without_gil};
+use crate::errors::{run_released, to_py_err};
+use crate::segment::{progress_callback, segment};
 
-/// A TorchScript model loaded once onto a device; safe to share between
-/// Python threads.
+/// A TorchScript model loaded once onto a device, in one precision; safe to
+/// share between Python threads.
 #[pyclass(frozen, module = "unet_rt._unet_rt")]
 pub(crate) struct Model {
     inner: unet_rt::Model,
 }
 
+fn parse<T: std::str::FromStr<Err = unet_rt::Error>>(value: &str) -> PyResult<T> {
+    value.parse::<T>().map_err(to_py_err)
+}
+
 #[pymethods]
 impl Model {
-    /// Loads `path` onto `device` (`"cpu"`, `"cuda"`, `"cuda:N"`, `"auto"`).
+    /// Loads `path` onto `device` (`"cpu"`, `"cuda"`, `"cuda:N"`, `"auto"`) in
+    /// `precision` (`"fp32"`, `"bf16"`, `"fp16"`, `"auto"`).
     #[new]
-    #[pyo3(signature = (path, device = "cpu"))]
-    fn new(py: Python<'_>, path: PathBuf, device: &str) -> PyResult<Self> {
+    #[pyo3(signature = (path, device = "auto", precision = "auto"))]
+    fn new(py: Python<'_>, path: PathBuf, device: &str, precision: &str) -> PyResult<Self> {
         let device = unet_rt::parse_device(device).map_err(to_py_err)?;
-        let inner = without_gil(py, || unet_rt::Model::load(&path, device))?;
+        let precision: Precision = parse(precision)?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let inner = run_released(py, &cancel, || unet_rt::Model::load_with_precision(&path, device, precision))?;
+        Ok(Self { inner })
+    }
+
+    /// Loads a model from the bytes of a TorchScript archive.
+    #[staticmethod]
+    #[pyo3(signature = (data, name, device = "auto", precision = "auto"))]
+    fn from_bytes(py: Python<'_>, data: Vec<u8>, name: String, device: &str, precision: &str) -> PyResult<Self> {
+        let device = unet_rt::parse_device(device).map_err(to_py_err)?;
+        let precision: Precision = parse(precision)?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let inner = run_released(py, &cancel, || unet_rt::Model::load_bytes(&data, &name, device, precision))?;
         Ok(Self { inner })
     }
 
@@ -27,6 +50,24 @@ impl Model {
     #[getter]
     fn metadata_json(&self) -> Option<String> {
         self.inner.metadata().and_then(|m| m.to_json().ok())
+    }
+
+    /// Geometry and meaning of the network (from metadata or probing).
+    #[getter]
+    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let i = self.inner.info();
+        let d = PyDict::new(py);
+        d.set_item("spatial_dims", i.spatial_dims)?;
+        d.set_item("in_channels", i.in_channels)?;
+        d.set_item("out_channels", i.out_channels)?;
+        d.set_item("output", format!("{:?}", i.output).to_lowercase())?;
+        d.set_item("padding", format!("{:?}", i.padding).to_lowercase())?;
+        d.set_item("halo", i.halo)?;
+        d.set_item("size_multiple", i.size_multiple)?;
+        d.set_item("size_offset", i.size_offset)?;
+        d.set_item("smallest_size", i.smallest_valid_size())?;
+        d.set_item("probed", i.probed)?;
+        Ok(d)
     }
 
     /// The file the model was loaded from.
@@ -44,21 +85,79 @@ impl Model {
         }
     }
 
+    /// The precision the weights run in: `"fp32"`, `"bf16"` or `"fp16"`.
+    #[getter]
+    fn precision(&self) -> String {
+        self.inner.precision().to_string()
+    }
+
     /// One forward pass on a float32 batch `(N, C, spatial...)`; returns the
     /// raw network output as float32.
-    fn forward<'py>(
-        &self,
-        py: Python<'py>,
-        batch: PyReadonlyArrayDyn<'py, f32>,
-    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    fn forward<'py>(&self, py: Python<'py>, batch: PyReadonlyArrayDyn<'py, f32>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let view = batch.as_array();
         let model = &self.inner;
-        let output = without_gil(py, || model.forward_array(view))?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let output = run_released(py, &cancel, || model.forward_array(view))?;
         // Moves the Vec into NumPy: no copy of the result.
         Ok(PyArrayDyn::from_owned_array(py, output))
     }
 
+    /// Segments an image laid out `(C, spatial...)`: see `unet_rt.Model.segment`.
+    #[pyo3(signature = (image, output = "labels", tile = None, batch_size = None, memory_budget = None, out = None, progress = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn segment<'py>(
+        &self,
+        py: Python<'py>,
+        image: &Bound<'py, PyAny>,
+        output: &str,
+        tile: Option<Vec<usize>>,
+        batch_size: Option<usize>,
+        memory_budget: Option<usize>,
+        out: Option<&Bound<'py, PyAny>>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let failure = Arc::new(Mutex::new(None));
+        let options = unet_rt::Options {
+            output: parse::<OutputMode>(output)?,
+            tile,
+            batch_size,
+            memory_budget,
+            progress: progress.map(|p| progress_callback(p, cancel.clone(), failure.clone())),
+            cancel: Some(cancel.clone()),
+            ..unet_rt::Options::default()
+        };
+        let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;
+        let result = segment(py, &segmenter, image, out, &cancel);
+        // An exception from the progress callback is the real cause of a cancel.
+        if let Some(err) = failure.lock().ok().and_then(|mut slot| slot.take()) {
+            return Err(err);
+        }
+        result
+    }
+
+    /// The tiling the engine would use for an image of spatial `shape`:
+    /// `{"tile": [...], "tiles": n, "batch_size": b}`.
+    #[pyo3(signature = (shape, tile = None, batch_size = None, memory_budget = None))]
+    fn layout<'py>(
+        &self,
+        py: Python<'py>,
+        shape: Vec<usize>,
+        tile: Option<Vec<usize>>,
+        batch_size: Option<usize>,
+        memory_budget: Option<usize>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let options = unet_rt::Options { tile, batch_size, memory_budget, ..unet_rt::Options::default() };
+        let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;
+        let layout = segmenter.layout(&shape).map_err(to_py_err)?;
+        let d = PyDict::new(py);
+        d.set_item("tile", layout.plan.input_tile_shape().to_vec())?;
+        d.set_item("tiles", layout.plan.len())?;
+        d.set_item("batch_size", layout.batch_size)?;
+        Ok(d)
+    }
+
     fn __repr__(&self) -> String {
-        format!("Model(path={:?}, device={:?})", self.inner.path(), self.device())
+        format!("Model(path={:?}, device={:?}, precision={:?})", self.inner.path(), self.device(), self.precision())
     }
 }

@@ -15,6 +15,7 @@ mod convert;
 mod engine;
 mod error;
 pub mod geometry;
+pub mod instances;
 mod metadata;
 mod model;
 pub mod normalize;

@@ -1,0 +1,77 @@
+//! Errors and the exit status each one maps to.
+
+use std::path::{Path, PathBuf};
+
+/// Exit status: every input was processed.
+pub(crate) const EXIT_OK: u8 = 0;
+/// Exit status: some input failed at run time; the others were processed.
+pub(crate) const EXIT_FAILURE: u8 = 1;
+/// Exit status: the command line must change (bad flag, model, device,
+/// output folder).
+pub(crate) const EXIT_USAGE: u8 = 2;
+/// Exit status after Ctrl-C or a termination signal (128 + SIGINT).
+pub(crate) const EXIT_INTERRUPTED: u8 = 130;
+
+/// An error that stops the whole command.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    /// Bad arguments, an unusable model or output folder: exit status 2.
+    #[error("{0}")]
+    Usage(String),
+    /// A failure of the engine outside any one input.
+    #[error(transparent)]
+    Engine(#[from] unet_rt::Error),
+    /// Ctrl-C or a termination signal.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl CliError {
+    /// The process exit status for this error.
+    pub(crate) fn exit_status(&self) -> u8 {
+        match self {
+            Self::Usage(_) => EXIT_USAGE,
+            Self::Interrupted | Self::Engine(unet_rt::Error::Cancelled) => EXIT_INTERRUPTED,
+            // A model that is missing or not a model, an unknown device, a bad
+            // option: the command line must change, so they are usage errors.
+            Self::Engine(
+                unet_rt::Error::ModelNotFound(_)
+                | unet_rt::Error::InvalidModel { .. }
+                | unet_rt::Error::InvalidMetadata { .. }
+                | unet_rt::Error::InvalidArgument { .. }
+                | unet_rt::Error::DeviceUnavailable(_),
+            ) => EXIT_USAGE,
+            Self::Engine(_) => EXIT_FAILURE,
+        }
+    }
+}
+
+/// A usage error with a message.
+pub(crate) fn usage(message: impl Into<String>) -> CliError {
+    CliError::Usage(message.into())
+}
+
+/// A failure tied to one file: its message names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub(crate) struct FileError {
+    /// The file concerned.
+    pub path: PathBuf,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// True when the run was interrupted while this file was processed.
+    pub interrupted: bool,
+}
+
+impl FileError {
+    /// An error about `path`.
+    pub(crate) fn new(path: &Path, message: impl ToString) -> Self {
+        Self { path: path.to_owned(), message: message.to_string(), interrupted: false }
+    }
+
+    /// An engine error while processing `path`.
+    pub(crate) fn engine(path: &Path, err: unet_rt::Error) -> Self {
+        let interrupted = matches!(err, unet_rt::Error::Cancelled);
+        Self { path: path.to_owned(), message: err.to_string(), interrupted }
+    }
+}

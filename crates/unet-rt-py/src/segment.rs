@@ -1,0 +1,106 @@
+//! `Model.segment`: dispatch on the NumPy dtypes of the image and of the
+//! result, borrow both arrays without copying, run the engine with the GIL
+//! released.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use numpy::{Element, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+use unet_rt::{OutputElement, OutputMode, Pixel, Progress, Segmenter};
+
+use crate::errors::{run_released, to_py_err};
+
+fn invalid(argument: &'static str, message: String) -> PyErr {
+    to_py_err(unet_rt::Error::InvalidArgument { argument, message })
+}
+
+/// A Python progress callable, called as `callback(done, total)` from the
+/// engine's stitching thread. An exception it raises cancels the call and
+/// is re-raised.
+pub(crate) fn progress_callback(callback: Py<PyAny>, cancel: Arc<AtomicBool>, failure: Arc<Mutex<Option<PyErr>>>) -> unet_rt::ProgressFn {
+    Arc::new(move |p: Progress| {
+        Python::attach(|py| {
+            if let Err(err) = callback.call1(py, (p.done, p.total)) {
+                cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                if let Ok(mut slot) = failure.lock() {
+                    slot.get_or_insert(err);
+                }
+            }
+        });
+    })
+}
+
+/// Segments `image` (already arranged `(C, spatial...)` by the Python layer)
+/// into `out` or a new array.
+pub(crate) fn segment<'py>(
+    py: Python<'py>,
+    segmenter: &Segmenter,
+    image: &Bound<'py, PyAny>,
+    out: Option<&Bound<'py, PyAny>>,
+    cancel: &Arc<AtomicBool>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let info = segmenter.model().info();
+    let out_dtype: Option<String> = out
+        .map(|o| o.getattr("dtype").and_then(|d| d.str()).map(|s| s.to_string()))
+        .transpose()?;
+    // The element type of the result: what `out` has, else the natural one.
+    let element = match (segmenter.options().output, out_dtype.as_deref()) {
+        (_, Some(d)) => d.to_owned(),
+        (OutputMode::Labels, None) if info.out_channels > 256 => "uint16".to_owned(),
+        (OutputMode::Labels, None) => "uint8".to_owned(),
+        (_, None) => "float32".to_owned(),
+    };
+    match element.as_str() {
+        "uint8" => by_input::<u8>(py, segmenter, image, out, cancel),
+        "uint16" => by_input::<u16>(py, segmenter, image, out, cancel),
+        "float32" => by_input::<f32>(py, segmenter, image, out, cancel),
+        "float16" => by_input::<half::f16>(py, segmenter, image, out, cancel),
+        other => Err(invalid(
+            "out",
+            format!("has dtype {other}; labels are written as uint8 or uint16, probabilities and raw output as float32 or float16"),
+        )),
+    }
+}
+
+fn by_input<'py, U: OutputElement + Element>(
+    py: Python<'py>,
+    segmenter: &Segmenter,
+    image: &Bound<'py, PyAny>,
+    out: Option<&Bound<'py, PyAny>>,
+    cancel: &Arc<AtomicBool>,
+) -> PyResult<Bound<'py, PyAny>> {
+    macro_rules! try_input {
+        ($($t:ty),*) => {$(
+            if let Ok(array) = image.cast::<PyArrayDyn<$t>>() {
+                return run::<$t, U>(py, segmenter, array, out, cancel);
+            }
+        )*};
+    }
+    try_input!(u8, u16, i16, half::f16, f32, f64);
+    let dtype = image.getattr("dtype").map(|d| d.to_string()).unwrap_or_else(|_| "unknown".to_owned());
+    Err(invalid("image", format!("dtype {dtype} is not supported; use uint8, uint16, int16, float16, float32 or float64")))
+}
+
+fn run<'py, T: Pixel + Element, U: OutputElement + Element>(
+    py: Python<'py>,
+    segmenter: &Segmenter,
+    image: &Bound<'py, PyArrayDyn<T>>,
+    out: Option<&Bound<'py, PyAny>>,
+    cancel: &Arc<AtomicBool>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let input = image.try_readonly().map_err(|e| invalid("image", e.to_string()))?;
+    let result: Bound<'py, PyArrayDyn<U>> = match out {
+        Some(o) => o.cast::<PyArrayDyn<U>>().map_err(|e| invalid("out", e.to_string()))?.clone(),
+        None => PyArrayDyn::<U>::zeros(py, segmenter.output_shape(image.shape()), false),
+    };
+    {
+        let mut writable = result.try_readwrite().map_err(|e| {
+            invalid("out", format!("cannot be written ({e}): it must be a writeable array that does not overlap the image"))
+        })?;
+        let view = input.as_array();
+        let out_view = writable.as_array_mut();
+        run_released(py, cancel, move || segmenter.segment_into(view, out_view))?;
+    }
+    Ok(result.into_any())
+}

@@ -1,0 +1,120 @@
+"""Loading, splitting and cropping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from training.augment import Augmenter
+from training.data import (
+    CropDataset,
+    Sample,
+    find_pairs,
+    load_arrays,
+    load_folder,
+    load_sample_data,
+    normalize,
+    split_files,
+    split_rows,
+)
+from training.loss import instance_targets
+
+
+def test_folder_pairs_tiff_and_png(tmp_path):
+    imgs, labs = tmp_path / "images", tmp_path / "labels"
+    imgs.mkdir()
+    labs.mkdir()
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 4000, (20, 24)).astype(np.uint16)
+    b = rng.integers(0, 255, (20, 24)).astype(np.uint8)
+    tifffile.imwrite(imgs / "a.tif", a)
+    tifffile.imwrite(labs / "a.tiff", (a > 2000).astype(np.uint16) * 3)
+    Image.fromarray(b).save(imgs / "b.png")
+    Image.fromarray((b > 100).astype(np.uint8)).save(labs / "b.png")
+    (imgs / "notes.txt").write_text("ignored")
+    pairs = find_pairs(imgs, labs)
+    assert [(i.name, l.name) for i, l in pairs] == [("a.tif", "a.tiff"), ("b.png", "b.png")]
+    samples = load_folder(imgs, labs)
+    assert [s.name for s in samples] == ["a.tif", "b.png"]
+    assert np.array_equal(samples[0].image[0], a.astype(np.float32))
+    assert np.array_equal(samples[1].labels, (b > 100).astype(np.int32))
+    Image.fromarray(b).save(imgs / "c.png")
+    with pytest.raises(ValueError, match="no labels"):
+        find_pairs(imgs, labs)
+
+
+def test_arrays_channels_and_size_check():
+    s = load_arrays([np.zeros((10, 12, 3))], [np.zeros((10, 12))])[0]
+    assert s.image.shape == (3, 10, 12)
+    with pytest.raises(ValueError):
+        load_arrays([np.zeros((10, 12))], [np.zeros((10, 11))])
+
+
+def test_normalize_percentile_matches_numpy():
+    x = np.random.default_rng(1).random((1, 30, 30)) * 1000
+    lo, hi = np.percentile(x, [1, 99.8])
+    got = normalize(x, {"kind": "percentile", "low": 1, "high": 99.8})
+    assert np.allclose(got, (x - lo) / (hi - lo), atol=1e-6)
+    assert np.allclose(normalize(x, {"kind": "zscore", "mean": 2.0, "std": 4.0}), (x - 2) / 4, atol=1e-4)
+    assert np.array_equal(normalize(np.full((3, 3), 7.0), {"kind": "percentile", "low": 1, "high": 99}), np.zeros((3, 3)))
+
+
+def test_sample_data_and_row_split():
+    s = load_sample_data()
+    assert s.image.shape == (1, 512, 512) and s.labels.max() > 100
+    parts = split_rows([s], {"train": [0, 320], "val": [320, 384], "test": [384, 512]})
+    assert [p[0].labels.shape[0] for p in (parts["train"], parts["val"], parts["test"])] == [320, 64, 128]
+    assert np.array_equal(parts["test"][0].labels, s.labels[384:])
+    with pytest.raises(ValueError, match="overlap"):
+        split_rows([s], {"train": [0, 400], "test": [384, 512]})
+
+
+def test_split_files():
+    samples = load_arrays([np.zeros((4, 4))] * 5, [np.zeros((4, 4))] * 5, names=[f"f{i}.tif" for i in range(5)])
+    parts = split_files(samples, val=["f1"], test=["f3.tif"])
+    assert [s.name for s in parts["val"]] == ["f1.tif"] and [s.name for s in parts["test"]] == ["f3.tif"]
+    assert len(parts["train"]) == 3
+    parts = split_files(samples, val=0.4, seed=2)
+    assert len(parts["val"]) == 2 and len(parts["train"]) == 3
+    assert not {s.name for s in parts["val"]} & {s.name for s in parts["train"]}
+
+
+def test_crops_are_aligned_and_cover_the_edges():
+    # An image equal to its labels shows whether targets are the input's centre.
+    rng = np.random.default_rng(2)
+    lab = np.zeros((40, 50), np.int32)
+    for k in range(1, 12):
+        y, x = rng.integers(0, 36), rng.integers(0, 46)
+        lab[y:y + 4, x:x + 4] = k
+    mask = (lab > 0).astype(np.int32)
+    s = Sample(mask[None].astype(np.float32), mask, instances=False, name="x")
+    ds = CropDataset([s], crop=30, margin=8, length=40, augmenter=None, seed=1, classes=2)
+    for i in range(40):
+        item = ds[i]
+        assert item["image"].shape == (1, 30, 30)
+        assert item["target"].shape == item["weight"].shape == (14, 14)
+        centre = item["image"][0, 8:-8, 8:-8].numpy()
+        assert np.array_equal(centre > 0, item["target"].numpy() > 0)
+    a, b = ds[3], ds[3]
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_crops_from_an_image_smaller_than_the_crop():
+    lab = np.zeros((10, 12), np.int32)
+    lab[2:6, 3:8] = 5
+    s = Sample(np.random.default_rng(0).random((1, 10, 12)).astype(np.float32), lab, True, "tiny")
+    ds = CropDataset([s], crop=44, margin=10, length=4, augmenter=Augmenter(), seed=0)
+    item = ds[0]
+    assert item["image"].shape == (1, 44, 44) and item["target"].shape == (24, 24)
+    assert set(np.unique(item["target"].numpy())) <= {0, 1}
+    assert float(item["weight"].min()) > 0
+
+
+def test_instance_targets_and_weights_in_dataset():
+    s = load_sample_data().region(rows=(0, 128)).normalized({"kind": "percentile", "low": 1, "high": 99.8})
+    ds = CropDataset([s], crop=92, margin=44, length=2, augmenter=None, seed=0)
+    assert np.array_equal(ds.targets[0], instance_targets(s.labels))
+    assert ds.weights[0].max() > 5  # the border term between touching nuclei
+    assert ds.class_weight[1] > ds.class_weight[0]

@@ -1,0 +1,79 @@
+"""Export: TorchScript round trip with metadata, the checkpoint CLI, failures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.checkpoint import model_from_checkpoint
+from training.export import ExportMismatchError, build_metadata, export_torchscript, main, read_metadata
+from training.unet import UNet, UNetPlusPlus
+
+
+@pytest.mark.parametrize(
+    "net, arch",
+    [
+        (UNet(depth=3, base=4, batch_norm=True, dropout=0.0), "unet"),
+        (UNetPlusPlus(depth=3, base=4, deep_supervision=True, batch_norm=True), "unet++"),
+        (UNetPlusPlus(depth=3, base=4, padding="same"), "unet++"),
+    ],
+)
+def test_round_trip(tmp_path, net, arch):
+    torch.manual_seed(0)
+    net.eval()
+    meta = build_metadata({**net.config, "architecture": arch}, name="t", normalization={"kind": "none"})
+    assert meta["architecture"] == arch
+    path = export_torchscript(net, tmp_path / "m.pt", meta)
+    loaded = torch.jit.load(str(path))
+    size = 60 if net.config["padding"] == "valid" else 48
+    x = torch.rand(1, 1, size, size + 8)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), net(x), atol=1e-5)
+    back = read_metadata(path)
+    assert back == meta
+    assert (back["halo"], back["size_multiple"], back["size_offset"]) == (20, 4, 0)
+
+
+def test_mismatch_fails_loudly(tmp_path):
+    class Sneaky(torch.nn.Module):
+        """Behaves differently once scripted."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            if torch.jit.is_scripting():
+                return y + 1.0
+            return y
+
+    meta = build_metadata({"depth": 1, "padding": "same", "classes": 2}, name="bad")
+    net = Sneaky()
+    with pytest.raises(ExportMismatchError, match="differs"):
+        export_torchscript(net, tmp_path / "bad.pt", meta)
+    assert not (tmp_path / "bad.pt").exists()
+
+
+def test_cli_exports_checkpoint_with_provenance(tiny_run, tmp_path, capsys):
+    out = tmp_path / "nuclei.pt"
+    assert main([tiny_run["checkpoint"], "-o", str(out)]) == 0
+    meta = read_metadata(out)
+    assert meta["name"] == "tiny-nuclei" and meta["class_names"] == ["background", "nucleus"]
+    assert meta["normalization"] == {"kind": "percentile", "low": 1.0, "high": 99.8}
+    training = meta["training"]
+    assert training["held_out"]["iou"] == tiny_run["metrics"]["test"]["iou"]
+    assert "ap50" in training["held_out"] and training["steps"] == 40
+    assert training["split"]["test"] == [384, 512] and "Data Science Bowl" in training["data"]
+    eager, _ = model_from_checkpoint(tiny_run["checkpoint"])
+    x = torch.rand(1, 1, 100, 100)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(out))(x), eager(x), atol=1e-5)
+    assert "held-out" in capsys.readouterr().out
+
+
+def test_cli_fails_on_bad_input(tmp_path, capsys):
+    bogus = tmp_path / "x.pt"
+    torch.save({"not": "a checkpoint"}, bogus)
+    assert main([str(bogus), "-o", str(tmp_path / "y.pt")]) == 1
+    assert "export failed" in capsys.readouterr().err

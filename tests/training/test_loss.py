@@ -1,0 +1,92 @@
+"""The paper's weight map and the weighted loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from training.loss import (
+    border_term,
+    class_weights,
+    instance_targets,
+    separation_borders,
+    weight_map,
+    weighted_cross_entropy,
+)
+
+
+def disks(gap: int, radius: int = 12, size=(64, 96)) -> np.ndarray:
+    """Two disks side by side, ``gap`` background pixels between them
+    (0: touching), and a third one far away."""
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    lab = np.zeros(size, np.int32)
+    cy, c1 = 32, 20
+    c2 = c1 + 2 * radius + 1 + gap
+    lab[(yy - cy) ** 2 + (xx - c1) ** 2 <= radius**2] = 1
+    lab[(yy - cy) ** 2 + (xx - c2) ** 2 <= radius**2] = 2
+    return lab
+
+
+@pytest.mark.parametrize("gap", [0, 1, 3])
+def test_weight_peaks_in_the_gap(gap: int):
+    lab = disks(gap)
+    w = weight_map(lab)
+    targets = instance_targets(lab)
+    # The gap: background pixels on the line between the two centres.
+    c2 = 20 + 25 + gap
+    cols = [x for x in range(20, c2) if targets[32, x] == 0]
+    assert cols and max(cols) - min(cols) == len(cols) - 1  # one run of pixels
+    gap_w = w[32, cols].max()
+    assert gap_w == pytest.approx(w.max())
+    far = w[2, 2]  # far background
+    assert gap_w > 5 * far
+    assert gap_w > w[targets > 0].max()  # higher than anywhere in the objects
+    # Far from the pair, the border term has vanished: only w_c remains.
+    wc = class_weights(targets, 2)
+    assert far == pytest.approx(wc[0], rel=1e-4)
+
+
+def test_touching_objects_get_separated():
+    lab = disks(0)
+    borders = separation_borders(lab)
+    assert borders.any()
+    assert set(np.unique(lab[borders])) == {1, 2}
+    t = instance_targets(lab)
+    assert ndimage.label(t)[1] == 2  # the two disks are apart in the targets
+    assert ndimage.label(lab > 0)[1] == 1  # but touch in the labels
+
+
+def test_border_term_matches_brute_force():
+    rng = np.random.default_rng(0)
+    lab = np.zeros((50, 60), np.int32)
+    for k in range(1, 7):
+        y, x = rng.integers(3, 45), rng.integers(3, 55)
+        lab[y:y + 5, x:x + 4] = k
+    ids = [k for k in np.unique(lab) if k]
+    dist = np.stack([ndimage.distance_transform_edt(lab != k) for k in ids])
+    dist.sort(axis=0)
+    want = 10 * np.exp(-((dist[0] + dist[1]) ** 2) / (2 * 25.0))
+    want[lab > 0] = 0
+    assert np.allclose(border_term(lab, 10.0, 5.0), want, atol=1e-4)
+
+
+def test_class_weights_balance():
+    t = np.array([0] * 8 + [1] * 2)
+    wc = class_weights(t, 2)
+    assert np.allclose(wc, [10 / 16, 10 / 4])
+    assert wc[t].mean() == pytest.approx(1.0)
+
+
+def test_weighted_cross_entropy():
+    torch.manual_seed(0)
+    z = torch.randn(2, 3, 5, 6)
+    t = torch.randint(0, 3, (2, 5, 6))
+    assert torch.allclose(weighted_cross_entropy(z, t), F.cross_entropy(z, t))
+    w = torch.rand(2, 5, 6)
+    manual = (F.cross_entropy(z, t, reduction="none") * w).mean()
+    assert torch.allclose(weighted_cross_entropy(z, t, w), manual)
+    assert torch.allclose(weighted_cross_entropy([z, z], t, w), manual)
+    assert weighted_cross_entropy(z.bfloat16(), t, w).dtype == torch.float32

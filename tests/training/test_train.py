@@ -1,0 +1,88 @@
+"""Training: a tiny run learns, checkpoints resume exactly, the CLI works."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.train import lr_at, main, train
+
+
+def test_tiny_run_loss_decreases(tiny_run):
+    losses = tiny_run["history"]["loss"]
+    assert len(losses) == 40
+    assert np.mean(losses[-8:]) < 0.9 * np.mean(losses[:8])
+    val = tiny_run["history"]["val"]
+    assert [v["step"] for v in val] == [20, 40]
+    run = Path(tiny_run["run"])
+    for name in ("config.json", "last.pt", "history.json", "metrics.json", "curves.png"):
+        assert (run / name).is_file(), name
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    test = tiny_run["metrics"]["test"]
+    assert 0.0 <= test["iou"] <= 1.0 and 0.0 <= test["ap50"] <= 1.0 and test["n_true"] > 0
+
+
+def test_checkpoint_loads_weights_only(tiny_run):
+    ck = load_checkpoint(tiny_run["checkpoint"])
+    assert ck.state["step"] == 40 and "test" in ck.state["metrics"]
+    # A plain weights_only load works: nothing but tensors and plain data.
+    raw = torch.load(tiny_run["checkpoint"], weights_only=True)
+    assert set(raw) >= {"config", "state", "model", "optimizer"}
+    model, _ = model_from_checkpoint(ck)
+    assert not model.training
+
+
+def test_resume_continues_exactly(tmp_path):
+    constant = {"steps": 6, "lr": 2e-3, "min_lr": 2e-3, "warmup": 0, "val_every": 3}
+    straight = train(tiny_config(tmp_path / "a", **constant))
+    first = train(tiny_config(tmp_path / "b", **{**constant, "steps": 3}))
+    assert first["step"] == 3
+    with pytest.raises(SystemExit, match="already holds a run"):
+        train(tiny_config(tmp_path / "b", **constant))
+    resumed = train(tiny_config(tmp_path / "b", **constant), resume=Path(first["checkpoint"]))
+    assert resumed["history"]["loss"][:3] == first["history"]["loss"]
+    assert np.allclose(resumed["history"]["loss"], straight["history"]["loss"], rtol=1e-5)
+    a = load_checkpoint(straight["checkpoint"]).model
+    b = load_checkpoint(resumed["checkpoint"]).model
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+
+
+def test_bf16_channels_last_unetpp(tmp_path):
+    config = tiny_config(tmp_path / "bf", steps=3, bf16=True, channels_last=True, val_every=3)
+    config["model"] = {"architecture": "unet++", "depth": 3, "base": 4, "deep_supervision": True}
+    config["data"]["split"].pop("test")
+    result = train(config)
+    assert np.isfinite(result["history"]["loss"]).all()
+    assert "validation" in result["metrics"]
+
+
+def test_cli_with_flags(tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = main(["--sample", "--depth", "2", "--base", "2", "--steps", "2", "--batch-size", "1",
+               "--crop", "52", "--no-progress", "--out", str(out), "--set", "loss.w0=5",
+               "--set", "augment.elastic_std=4"])
+    assert rc == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["loss"]["w0"] == 5 and config["augment"]["elastic_std"] == 4
+    assert config["data"]["split"]["test"] == [384, 512]
+    assert "test:" in capsys.readouterr().out
+
+
+def test_invalid_crop_is_explained(tmp_path):
+    with pytest.raises(ValueError, match="not a valid input size"):
+        train(tiny_config(tmp_path / "x", crop=91))
+
+
+def test_lr_schedule():
+    cfg = {"lr": 1e-3, "min_lr": 1e-5, "warmup": 10, "steps": 100}
+    lrs = [lr_at(s, cfg) for s in range(100)]
+    assert lrs[9] == pytest.approx(1e-3) and lrs[0] == pytest.approx(1e-4)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lr_at(100, cfg) == pytest.approx(1e-5)
