@@ -3,6 +3,7 @@
 //! `unet_rt` crate.
 
 mod errors;
+mod instances;
 mod model;
 mod segment;
 
@@ -27,5 +28,6 @@ fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     m.add_class::<model::Model>()?;
+    m.add_function(wrap_pyfunction!(instances::connected_components, m)?)?;
     Ok(())
 }

@@ -1,0 +1,362 @@
+"""The Python API: unet_rt.segment and unet_rt.Model (DESIGN.md section 7)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+import unet_rt
+from training.export import read_metadata
+from training.reference import reference_whole
+from training.tiny import export_tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_path) -> unet_rt.Model:
+    return unet_rt.Model(tiny_model_path, device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def rgb_model(tmp_path_factory) -> unet_rt.Model:
+    path = export_tiny(tmp_path_factory.mktemp("rgb") / "rgb.pt", seed=4, in_channels=3, classes=3)
+    return unet_rt.Model(path, device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def volume_model(tmp_path_factory) -> unet_rt.Model:
+    path = export_tiny(tmp_path_factory.mktemp("vol") / "vol.pt", seed=3, depth=2, base=2, dims=3)
+    return unet_rt.Model(path, device="cpu", precision="fp32")
+
+
+def softmax(raw: np.ndarray) -> np.ndarray:
+    e = np.exp(raw - raw.max(0))
+    return e / e.sum(0)
+
+
+def oracle(model: unet_rt.Model, image: np.ndarray) -> np.ndarray:
+    net = torch.jit.load(model.path)
+    return softmax(reference_whole(net, image.astype(np.float32), read_metadata(model.path)))
+
+
+# --- results -----------------------------------------------------------------
+
+
+def test_probabilities_equal_the_whole_image_oracle(model):
+    image = np.random.default_rng(0).random((157, 211)) * 1000
+    got = model.segment(image, output="probabilities", tile=64)
+    assert got.shape == (2, 157, 211) and got.dtype == np.float32
+    np.testing.assert_allclose(got, oracle(model, image), atol=1e-5)
+
+
+def test_labels_raw_and_instances(model):
+    image = np.random.default_rng(1).random((120, 90)).astype(np.float32)
+    probs = model.segment(image, output="probabilities")
+    labels = model.segment(image)
+    assert labels.dtype == np.uint8 and labels.shape == image.shape
+    decided = np.abs(probs[1] - probs[0]) > 1e-5
+    assert (labels == probs.argmax(0))[decided].all()
+    raw = model.segment(image, output="raw")
+    np.testing.assert_allclose(softmax(raw), probs, atol=1e-5)
+    instances = model.segment(image, output="instances")
+    want, _ = ndimage.label(labels > 0)
+    assert instances.dtype == np.uint32 and (instances == want).all()
+
+
+def test_module_function_uses_a_cached_model(tiny_model_path):
+    image = np.random.default_rng(2).random((60, 70))
+    a = unet_rt.segment(image, tiny_model_path, device="cpu", precision="fp32")
+    b = unet_rt.segment(image, str(tiny_model_path), device="cpu", precision="fp32", output="labels")
+    assert (a == b).all()
+    from unet_rt import model as model_module
+
+    assert len([k for k in model_module._CACHE if k[3:] == ("cpu", "fp32")]) == 1
+
+
+# --- axes --------------------------------------------------------------------
+
+
+def test_axes_are_inferred_when_unambiguous(model, rgb_model, volume_model):
+    rng = np.random.default_rng(3)
+    assert model.segment(rng.random((50, 60))).shape == (50, 60)
+    cyx = rng.random((3, 50, 60)).astype(np.float32)
+    yxc = np.ascontiguousarray(np.moveaxis(cyx, 0, -1))
+    a = rgb_model.segment(cyx, output="probabilities")
+    b = rgb_model.segment(yxc, output="probabilities")
+    assert a.shape == (3, 50, 60)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert volume_model.segment(rng.random((9, 20, 21))).shape == (9, 20, 21)
+    assert volume_model.segment(rng.random((1, 9, 20, 21)), axes="czyx").shape == (9, 20, 21)
+
+
+def test_batch_axis_gives_one_result_per_image(model, rgb_model):
+    rng = np.random.default_rng(4)
+    stack = rng.random((3, 40, 50))
+    out = model.segment(stack, axes="byx")
+    assert out.shape == (3, 40, 50)
+    for i in range(3):
+        assert (out[i] == model.segment(stack[i])).all()
+    probs = rgb_model.segment(rng.random((2, 40, 50, 3)), axes="byxc", output="probabilities")
+    assert probs.shape == (2, 3, 40, 50)
+
+
+@pytest.mark.parametrize(
+    "shape,axes,message",
+    [
+        ((3, 50, 60), None, "axes="),
+        ((50, 60), "yxc", "does not describe"),
+        ((2, 50, 60), "ybx", "must come first"),
+        ((50, 60), "yy", "does not describe"),
+    ],
+)
+def test_ambiguous_or_wrong_axes_name_the_argument(model, shape, axes, message):
+    with pytest.raises(unet_rt.InvalidArgumentError, match=message):
+        model.segment(np.zeros(shape, np.float32), axes=axes)
+
+
+# --- zero-copy I/O -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float16, np.float32, np.float64])
+def test_every_supported_dtype_gives_the_float_result(model, dtype):
+    image = (np.random.default_rng(5).random((70, 80)) * 200).astype(dtype)
+    want = model.segment(image.astype(np.float64), output="probabilities")
+    np.testing.assert_allclose(model.segment(image, output="probabilities"), want, atol=1e-5)
+
+
+def test_strided_fortran_big_endian_and_memmap_inputs(model, tmp_path):
+    base = (np.random.default_rng(6).random((90, 120)) * 1000).astype(np.float32)
+    want = model.segment(base[::-1, ::2].copy(), output="probabilities")
+    for variant in (base[::-1, ::2], np.asfortranarray(base)[::-1, ::2], base[::-1, ::2].astype(">f4")):
+        np.testing.assert_allclose(model.segment(variant, output="probabilities"), want, atol=1e-6)
+    mm = np.lib.format.open_memmap(tmp_path / "img.npy", mode="w+", dtype=np.float32, shape=base.shape)
+    mm[...] = base
+    mm.flush()
+    ro = np.load(tmp_path / "img.npy", mmap_mode="r")
+    np.testing.assert_allclose(model.segment(ro[::-1, ::2], output="probabilities"), want, atol=1e-6)
+
+
+def test_out_receives_the_result_in_place(model, tmp_path):
+    image = np.random.default_rng(7).random((64, 72))
+    out = np.lib.format.open_memmap(tmp_path / "out.npy", mode="w+", dtype=np.uint8, shape=(64, 72))
+    assert model.segment(image, out=out) is out
+    assert (out == model.segment(image)).all()
+    half = np.zeros((2, 64, 72), np.float16)
+    model.segment(image, output="probabilities", out=half)
+    np.testing.assert_allclose(half, model.segment(image, output="probabilities"), atol=1e-3)
+    strided = np.zeros((64, 144), np.uint8)[:, ::2]
+    model.segment(image, out=strided)
+    assert (strided == out).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        (dict(out=np.zeros((3, 3), np.uint8)), ValueError, "shape"),
+        (dict(out=np.zeros((64, 72), np.float32)), ValueError, "uint8 or uint16"),
+        (dict(output="probabilities", out=np.zeros((2, 64, 72), np.uint8)), ValueError, "float32 or float16"),
+        (dict(out=np.zeros((64, 72), np.int32)), ValueError, "dtype int32"),
+        (dict(tile=45), unet_rt.InvalidArgumentError, "45 is not a usable tile"),
+        (dict(tile=(60, 60, 60)), ValueError, "3 sizes"),
+        (dict(batch_size=0), ValueError, "batch_size"),
+        (dict(output="masks"), ValueError, "invalid output"),
+    ],
+)
+def test_bad_arguments_raise_value_errors_that_name_them(model, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        model.segment(np.zeros((64, 72), np.float32), **kwargs)
+
+
+def test_read_only_out_is_refused(model):
+    out = np.zeros((64, 72), np.uint8)
+    out.setflags(write=False)
+    with pytest.raises(ValueError, match="out"):
+        model.segment(np.zeros((64, 72), np.float32), out=out)
+
+
+@pytest.mark.parametrize(
+    "image,message",
+    [
+        (np.zeros((10, 10), bool), "boolean"),
+        (np.zeros((10, 10), np.int64), "int64 is not supported"),
+        (np.zeros((0, 10), np.float32), "empty"),
+        (np.zeros((2, 3, 4, 5, 6), np.float32), "axes"),
+        ("not an image", "not supported"),
+    ],
+)
+def test_unusable_images_raise_value_errors(model, image, message):
+    with pytest.raises(unet_rt.InvalidArgumentError, match=message):
+        model.segment(image)
+
+
+def test_model_errors(tmp_path, tiny_model_path):
+    with pytest.raises(FileNotFoundError):
+        unet_rt.Model(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(unet_rt.ModelError, match="not a TorchScript archive"):
+        unet_rt.Model(tmp_path / "junk.pt")
+    with pytest.raises(unet_rt.InvalidArgumentError, match="precision"):
+        unet_rt.Model(tiny_model_path, precision="int4")
+    with pytest.raises(ValueError, match="fp16 is supported on CUDA"):
+        unet_rt.Model(tiny_model_path, device="cpu", precision="fp16")
+    if not torch.cuda.is_available():
+        with pytest.raises(unet_rt.DeviceError):
+            unet_rt.Model(tiny_model_path, device="cuda:0")
+    assert issubclass(unet_rt.CancelledError, unet_rt.UnetRtError)
+
+
+# --- threads, progress, interruption -----------------------------------------
+
+
+def test_eight_threads_sharing_one_model_reproduce_serial_results(model):
+    rng = np.random.default_rng(8)
+    images = [rng.random((50 + 7 * i, 61 + 3 * i)).astype(np.float32) for i in range(8)]
+    serial = [model.segment(im, output="probabilities", tile=52) for im in images]
+    results = [None] * 8
+
+    def work(i):
+        results[i] = model.segment(images[i], output="probabilities", tile=52)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, serial):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_the_gil_is_released_during_a_long_call(model):
+    image = np.random.default_rng(9).random((600, 600)).astype(np.float32)
+    ticks = []
+    stop = threading.Event()
+
+    def ticker():
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.005)
+
+    t = threading.Thread(target=ticker)
+    t.start()
+    start = time.perf_counter()
+    model.segment(image, tile=56)
+    end = time.perf_counter()
+    stop.set()
+    t.join()
+    during = [x for x in ticks if start < x < end]
+    assert end - start > 0.2, "the call must be long enough to tell"
+    assert len(during) >= 0.3 * (end - start) / 0.005, f"{len(during)} ticks in {end - start:.2f}s"
+
+
+def test_progress_callable_and_bar(model, capsys):
+    image = np.random.default_rng(10).random((150, 150))
+    seen = []
+    model.segment(image, tile=60, progress=lambda done, total: seen.append((done, total)))
+    total = model.layout((150, 150), tile=60)["tiles"]
+    assert seen[-1] == (total, total)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    model.segment(np.stack([image, image]), axes="byx", tile=60, progress=True)
+    assert f"{2 * total}/{2 * total}" in capsys.readouterr().err
+
+
+def test_an_exception_in_the_progress_callback_stops_the_call(model):
+    def boom(done, total):
+        raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        model.segment(np.random.rand(300, 300), tile=52, progress=boom)
+
+
+def test_ctrl_c_stops_a_long_call_within_a_second(tiny_model_path, clean_env):
+    script = f"""
+import time, numpy as np, unet_rt
+m = unet_rt.Model({str(tiny_model_path)!r}, device="cpu", precision="fp32")
+image = np.random.rand(3000, 3000).astype(np.float32)
+print("start", flush=True)
+try:
+    m.segment(image, tile=48, batch_size=1)
+    print("finished")
+except KeyboardInterrupt:
+    print("interrupted", time.perf_counter(), flush=True)
+"""
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=clean_env, cwd=ROOT) as proc:
+        assert proc.stdout.readline().strip() == "start"
+        time.sleep(1.0)
+        sent = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        line = proc.stdout.readline().split()
+        proc.wait(timeout=30)
+    assert line and line[0] == "interrupted", line
+    assert float(line[1]) - sent < 1.0
+
+
+# --- pickling and typing -----------------------------------------------------
+
+
+def test_models_pickle_to_their_source_not_their_weights(model, tiny_model_path):
+    data = pickle.dumps(model)
+    assert len(data) < 1000, "a path, not weights"
+    clone = pickle.loads(data)
+    image = np.random.default_rng(11).random((40, 50))
+    assert (clone.segment(image) == model.segment(image)).all()
+    from_bytes = unet_rt.Model.from_bytes(Path(tiny_model_path).read_bytes(), device="cpu", precision="fp32")
+    assert (pickle.loads(pickle.dumps(from_bytes)).segment(image) == model.segment(image)).all()
+
+
+def test_properties_and_typing_files(model):
+    assert model.halo == 20 and model.classes == ["background", "class_1"]
+    assert model.metadata["format"] == "unet_rt/1"
+    assert model.device == "cpu" and model.precision == "fp32"
+    assert model.info["smallest_size"] == 44 and not model.info["probed"]
+    package = Path(unet_rt.__file__).parent
+    assert (package / "py.typed").exists() and (package / "_unet_rt.pyi").exists()
+    assert set(unet_rt.__all__) >= {"segment", "Model", "UnetRtError", "build_info"}
+
+
+# --- memory ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_memmap_larger_than_memory_budget_is_segmented_with_bounded_memory(tiny_model_path, tmp_path, clean_env):
+    """A 2 GiB uint8 memmap into a 2 GiB out= memmap: the process's anonymous
+    memory (not the file pages it maps) stays far below the image size."""
+    side = 46341  # 46341^2 bytes = 2.0 GiB
+    script = f"""
+import threading, time, numpy as np, unet_rt
+def anon():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+peak = [anon()]
+stop = threading.Event()
+def watch():
+    while not stop.is_set():
+        peak[0] = max(peak[0], anon()); time.sleep(0.05)
+img = np.lib.format.open_memmap({str(tmp_path / 'big.npy')!r}, mode="w+", dtype=np.uint8, shape=({side}, {side}))
+for r in range(0, {side}, 4096):
+    img[r:r + 4096] = (np.arange(r, min(r + 4096, {side}))[:, None] * 7 + np.arange({side})[None, :]) % 251
+img.flush()
+out = np.lib.format.open_memmap({str(tmp_path / 'out.npy')!r}, mode="w+", dtype=np.uint8, shape=({side}, {side}))
+m = unet_rt.Model({str(tiny_model_path)!r}, device="cpu", precision="fp32")
+base = anon()
+t = threading.Thread(target=watch); t.start()
+m.segment(img, out=out, memory_budget=64 << 20)
+stop.set(); t.join()
+print((peak[0] - base) >> 20, int(out[::4096, ::4096].max()) >= 0)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=clean_env, cwd=ROOT, timeout=1500)
+    assert proc.returncode == 0, proc.stderr
+    extra_mib = int(proc.stdout.split()[0])
+    assert extra_mib < 512, f"{extra_mib} MiB of anonymous memory above the baseline for a 2 GiB image"
