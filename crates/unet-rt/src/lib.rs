@@ -10,6 +10,8 @@
 //! # Ok::<(), unet_rt::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod build_info;
 mod convert;
 mod engine;

@@ -1,0 +1,51 @@
+//! A complete program: segment an image file with a model and save the labels.
+//!
+//! ```text
+//! cargo run --release --example segment -- MODEL.pt IMAGE.npy LABELS.npy [cpu|cuda|auto]
+//! ```
+//!
+//! The image is a 2-D `.npy` array of float32; the labels are written as a
+//! uint8 `.npy` array of the same height and width.
+
+use std::process::ExitCode;
+
+use ndarray::{ArrayD, Axis};
+use unet_rt::{Model, Options, Precision, Segmenter};
+
+fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let [model_path, image_path, output_path, rest @ ..] = args else {
+        return Err("usage: segment MODEL.pt IMAGE.npy LABELS.npy [cpu|cuda|auto]".into());
+    };
+    let device = unet_rt::parse_device(rest.first().map_or("auto", String::as_str))?;
+    let model = Model::load_with_precision(model_path, device, Precision::Auto)?;
+    println!("{} on {:?} in {}", model_path, model.device(), model.precision());
+
+    let image: ArrayD<f32> = ndarray_npy::read_npy(image_path)?;
+    if image.ndim() != 2 {
+        return Err(format!("{image_path}: expected a 2-D image, got shape {:?}", image.shape()).into());
+    }
+    // The engine takes (channels, y, x); a view adds the channel axis.
+    let input = image.view().insert_axis(Axis(0));
+
+    let options = Options {
+        progress: Some(std::sync::Arc::new(|p: unet_rt::Progress| eprint!("\rtile {}/{}", p.done, p.total))),
+        ..Options::default()
+    };
+    let segmenter = Segmenter::new(model, options)?;
+    let labels: ArrayD<u8> = segmenter.segment(input)?;
+    eprintln!();
+    ndarray_npy::write_npy(output_path, &labels)?;
+    println!("wrote {output_path} {:?}", labels.shape());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
