@@ -31,7 +31,10 @@ def test_round_trip(tmp_path, net, arch):
         assert torch.allclose(loaded(x), net(x), atol=1e-5)
     back = read_metadata(path)
     assert back == meta
-    assert (back["halo"], back["size_multiple"], back["size_offset"]) == (20, 4, 0)
+    geo = net.geometry
+    assert (back["halo"], back["size_multiple"], back["size_offset"]) == (geo.halo, geo.size_multiple, geo.size_offset)
+    if net.config["padding"] == "valid":
+        assert (geo.halo, geo.size_multiple, geo.size_offset) == (20, 4, 0)
 
 
 def test_mismatch_fails_loudly(tmp_path):

@@ -1,0 +1,266 @@
+"""On-the-fly data augmentation, seeded by a :class:`numpy.random.Generator`.
+
+The paper's elastic deformation: random displacement vectors on a coarse 3x3
+grid (standard deviation 10 pixels) are interpolated smoothly (bicubic) to a
+dense displacement field; the image is resampled with bicubic interpolation
+and the labels with nearest neighbour, so no new label value can appear.
+Then flips, 90-degree rotations and gray-value changes (gamma, contrast,
+brightness) of the image only.
+
+Sampling is done straight from the whole image: a patch at ``origin`` reads
+``image[origin + p + displacement(p)]``, and positions outside the image are
+mirrored with ``numpy.pad(mode="reflect")`` semantics (the edge pixel is not
+repeated), as the runtime does; so crops near the border work and the warp
+never exposes an artificial edge. The bicubic kernel is the interpolating
+Keys kernel (a = -0.5): at integer positions its weights are exactly 0 and 1,
+so a zero displacement reproduces the input exactly.
+
+>>> import numpy as np
+>>> img = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+>>> bool((sample_patch(img, (0, 0), (4, 4), np.zeros((2, 4, 4)), order=3) == img).all())
+True
+>>> sample_patch(img, (-1, 0), (2, 2), order=0)[0].tolist()   # row -1 mirrors row 1
+[[4.0, 5.0], [0.0, 1.0]]
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = [
+    "reflect_index",
+    "elastic_field",
+    "sample_patch",
+    "flip_rotate",
+    "gray_values",
+    "Augmenter",
+]
+
+
+def reflect_index(index: np.ndarray, n: int) -> np.ndarray:
+    """Maps integer positions into ``[0, n)`` by mirroring without repeating
+    the edge pixel (``numpy.pad(mode="reflect")``), again and again for
+    positions far outside.
+
+    >>> reflect_index(np.arange(-3, 7), 4).tolist()
+    [3, 2, 1, 0, 1, 2, 3, 2, 1, 0]
+    """
+    index = np.asarray(index)
+    if n == 1:
+        return np.zeros_like(index)
+    period = 2 * (n - 1)
+    i = np.mod(index, period)
+    return np.where(i >= n, period - i, i)
+
+
+def _keys_weights(t: np.ndarray) -> List[np.ndarray]:
+    """Keys (a = -0.5) cubic convolution weights for the taps at offsets
+    -1, 0, 1, 2 of a fractional position ``t`` in [0, 1)."""
+    a = -0.5
+
+    def k(x: np.ndarray) -> np.ndarray:
+        x = np.abs(x)
+        near = ((a + 2) * x - (a + 3)) * x * x + 1
+        far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+        return np.where(x <= 1, near, np.where(x < 2, far, 0.0))
+
+    return [k(t + 1), k(t), k(1 - t), k(2 - t)]
+
+
+def _bicubic(array: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """Samples ``array`` (..., H, W) at float positions (yy, xx) with the Keys
+    kernel and mirrored borders."""
+    h, w = array.shape[-2:]
+    y0, x0 = np.floor(yy), np.floor(xx)
+    wy, wx = _keys_weights(yy - y0), _keys_weights(xx - x0)
+    y0, x0 = y0.astype(np.int64), x0.astype(np.int64)
+    iy = [reflect_index(y0 + d, h) for d in (-1, 0, 1, 2)]
+    ix = [reflect_index(x0 + d, w) for d in (-1, 0, 1, 2)]
+    out = np.zeros(array.shape[:-2] + yy.shape, np.float64)
+    for a in range(4):
+        row = np.zeros_like(out)
+        for b in range(4):
+            row += wx[b] * array[..., iy[a], ix[b]]
+        out += wy[a] * row
+    return out
+
+
+def elastic_field(
+    shape: Tuple[int, int], rng: np.random.Generator, std: float = 10.0, grid: int = 3
+) -> np.ndarray:
+    """A smooth random displacement field ``(2, H, W)`` (dy, dx in pixels):
+    vectors drawn from N(0, std^2) on a ``grid`` x ``grid`` lattice spanning the
+    patch (corners included), interpolated bicubically to every pixel.
+
+    >>> f = elastic_field((32, 48), np.random.default_rng(0))
+    >>> f.shape
+    (2, 32, 48)
+    """
+    h, w = shape
+    coarse = rng.normal(0.0, std, size=(2, grid, grid))
+    # Bicubic interpolation on a tensor-product grid is separable:
+    # field = Wy @ coarse @ Wx^T with 1D Keys weights.
+    wy, wx = _interp_matrix(h, grid), _interp_matrix(w, grid)
+    return np.einsum("yi,cij,xj->cyx", wy, coarse, wx)
+
+
+def _interp_matrix(n: int, grid: int) -> np.ndarray:
+    """``(n, grid)`` matrix of 1D Keys weights that interpolates ``grid``
+    samples (at 0 .. grid-1, mirrored beyond) at ``n`` evenly spaced positions
+    from the first to the last sample."""
+    pos = np.linspace(0.0, grid - 1, n)
+    base = np.floor(pos)
+    weights = _keys_weights(pos - base)
+    m = np.zeros((n, grid))
+    rows = np.arange(n)
+    for d, wgt in zip((-1, 0, 1, 2), weights):
+        np.add.at(m, (rows, reflect_index(base.astype(np.int64) + d, grid)), wgt)
+    return m
+
+
+def sample_patch(
+    array: np.ndarray,
+    origin: Sequence[int],
+    size: Sequence[int],
+    displacement: Optional[np.ndarray] = None,
+    order: int = 3,
+) -> np.ndarray:
+    """The patch of ``array`` (..., H, W) with top-left corner ``origin`` and
+    spatial ``size``, read at ``origin + p + displacement[:, p]`` for each patch
+    position ``p`` with mirrored borders. ``order`` 3 is bicubic (float64 math,
+    result in ``array``'s dtype for floats, float32 otherwise), 0 is nearest
+    neighbour (dtype kept, values only copied).
+    """
+    h, w = int(size[0]), int(size[1])
+    H, W = array.shape[-2:]
+    if displacement is None:
+        iy = reflect_index(np.arange(origin[0], origin[0] + h), H)
+        ix = reflect_index(np.arange(origin[1], origin[1] + w), W)
+        return np.ascontiguousarray(array[..., iy[:, None], ix[None, :]])
+    yy = origin[0] + np.arange(h, dtype=np.float64)[:, None] + displacement[0]
+    xx = origin[1] + np.arange(w, dtype=np.float64)[None, :] + displacement[1]
+    if order == 0:
+        iy = reflect_index(np.floor(yy + 0.5).astype(np.int64), H)
+        ix = reflect_index(np.floor(xx + 0.5).astype(np.int64), W)
+        return np.ascontiguousarray(array[..., iy, ix])
+    if order != 3:
+        raise ValueError(f"order must be 0 (nearest) or 3 (bicubic), got {order}")
+    dtype = array.dtype if np.issubdtype(array.dtype, np.floating) else np.float32
+    return _bicubic(array, yy, xx).astype(dtype)
+
+
+def flip_rotate(arrays: Sequence[np.ndarray], rng: np.random.Generator, flips: bool = True,
+                rot90: bool = True) -> List[np.ndarray]:
+    """The same random flip (vertical, horizontal) and rotation by a multiple
+    of 90 degrees of the last two axes of every array (rotations by 90 or 270
+    degrees only when those axes are square)."""
+    out = list(arrays)
+    if flips:
+        for axis in (-2, -1):
+            if rng.random() < 0.5:
+                out = [np.flip(a, axis) for a in out]
+    if rot90:
+        square = all(a.shape[-1] == a.shape[-2] for a in out)
+        k = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
+        out = [np.rot90(a, k, axes=(-2, -1)) for a in out]
+    return [np.ascontiguousarray(a) for a in out]
+
+
+def gray_values(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    gamma: Optional[Tuple[float, float]] = (0.7, 1.4),
+    contrast: Optional[Tuple[float, float]] = (0.75, 1.33),
+    brightness: Optional[Tuple[float, float]] = (-0.1, 0.1),
+) -> np.ndarray:
+    """Random gray-value changes of a normalised float image: gamma (applied
+    to the patch rescaled to its own min..max, so values stay in that range),
+    contrast around the patch mean and a brightness offset; gamma and
+    contrast factors are log-uniform in their ranges, the offset uniform.
+    ``None`` disables a change."""
+    x = image.astype(np.float32, copy=True)
+    if gamma is not None:
+        g = float(np.exp(rng.uniform(np.log(gamma[0]), np.log(gamma[1]))))
+        lo, hi = float(x.min()), float(x.max())
+        if hi > lo:
+            x = lo + (hi - lo) * ((x - lo) / (hi - lo)) ** g
+    if contrast is not None:
+        c = float(np.exp(rng.uniform(np.log(contrast[0]), np.log(contrast[1]))))
+        m = float(x.mean())
+        x = m + c * (x - m)
+    if brightness is not None:
+        x = x + float(rng.uniform(brightness[0], brightness[1]))
+    return x.astype(np.float32)
+
+
+@dataclass
+class Augmenter:
+    """The training augmentation, configurable from a JSON dict
+    (``Augmenter(**config)``; ``asdict`` gives it back).
+
+    Args:
+        elastic_std: standard deviation of the coarse displacements in
+            pixels (10 in the paper); 0 disables the elastic deformation.
+        elastic_grid: coarse grid points per axis (3 in the paper).
+        flips, rot90: random flips and 90-degree rotations.
+        gamma, contrast, brightness: ranges for :func:`gray_values`, or None.
+
+    >>> aug = Augmenter()
+    >>> img = np.random.default_rng(1).random((1, 40, 40)).astype(np.float32)
+    >>> lab = (img[0] > 0.5).astype(np.int32) * 7
+    >>> a, (b,) = aug.patch(img, [lab], (0, 0), (40, 40), np.random.default_rng(2))
+    >>> a.shape, set(np.unique(b).tolist()) <= {0, 7}
+    ((1, 40, 40), True)
+    """
+
+    elastic_std: float = 10.0
+    elastic_grid: int = 3
+    flips: bool = True
+    rot90: bool = True
+    gamma: Optional[Tuple[float, float]] = (0.7, 1.4)
+    contrast: Optional[Tuple[float, float]] = (0.75, 1.33)
+    brightness: Optional[Tuple[float, float]] = (-0.1, 0.1)
+
+    def patch(
+        self,
+        image: np.ndarray,
+        nearest: Sequence[np.ndarray],
+        origin: Sequence[int],
+        size: Sequence[int],
+        rng: np.random.Generator,
+    ) -> Tuple[np.ndarray, List[np.ndarray]]:
+        """An augmented patch of ``image`` (C, H, W), bicubic, and the same
+        patch of each of ``nearest`` ((H, W) label-like arrays: labels, weight
+        maps), nearest neighbour."""
+        disp = (
+            elastic_field((int(size[0]), int(size[1])), rng, self.elastic_std, self.elastic_grid)
+            if self.elastic_std > 0 else None
+        )
+        img = sample_patch(image, origin, size, disp, order=3)
+        others = [sample_patch(a, origin, size, disp, order=0) for a in nearest]
+        img, *others = flip_rotate([img, *others], rng, self.flips, self.rot90)
+        img = gray_values(img, rng, self.gamma, self.contrast, self.brightness)
+        return img, others
+
+    def __call__(
+        self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """Augments a whole image (C, H, W) and its labels (H, W)."""
+        img, (lab,) = self.patch(image, [labels], (0, 0), labels.shape[-2:], rng)
+        return img, lab
+
+    @classmethod
+    def from_config(cls, config: Optional[Dict[str, Any]]) -> Optional["Augmenter"]:
+        """``None`` for ``None``/``{"enabled": false}``, else an Augmenter of
+        the dict's keys (lists become tuples)."""
+        if config is None or not config.get("enabled", True):
+            return None
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k != "enabled"}
+        return cls(**kw)
+
+    def to_config(self) -> Dict[str, Any]:
+        """The JSON-friendly dict of this augmenter."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}

@@ -1,0 +1,339 @@
+"""Training data: image/label pairs, splits, and random valid-size crops.
+
+Pairs come from two folders (TIFF or PNG, matched by file name without its
+extension), from arrays, or from the bundled sample (``data/dsb2018-nuclei``).
+Labels are either instance labels (0 background, one id per object: class
+targets are "object" with the paper's separation borders between touching
+objects, and the ids feed the weight map) or class masks (0..K-1).
+
+A split is by file (some files for validation or testing) or by region
+(row ranges of each image; for the bundled sample rows 0..383 are for
+training and validation and rows 384..511 are held out).
+
+:class:`CropDataset` serves random crops: an input crop of ``crop`` pixels
+per side and the targets and weights of its centre, ``crop - 2 * margin``
+(``margin`` = the halo for valid-padded networks, 0 for same-padded ones).
+Crops may extend past the image, which is mirrored (as the runtime does), so
+the output part of a crop covers the image uniformly, edges included.
+
+>>> s = load_sample_data()
+>>> s.image.shape, s.labels.shape, s.instances
+((1, 512, 512), (512, 512), True)
+>>> split = split_rows([s], {"train": [0, 320], "val": [320, 384], "test": [384, 512]})
+>>> split["test"][0].labels.shape
+(128, 512)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .augment import Augmenter, sample_patch
+from .loss import class_weights, instance_targets, weight_map
+
+__all__ = [
+    "SAMPLE_DATA_DIR",
+    "IMAGE_SUFFIXES",
+    "Sample",
+    "read_image",
+    "as_channels_first",
+    "normalize",
+    "find_pairs",
+    "load_folder",
+    "load_arrays",
+    "load_sample_data",
+    "split_rows",
+    "split_files",
+    "CropDataset",
+]
+
+SAMPLE_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "dsb2018-nuclei"
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+
+PathLike = Union[str, os.PathLike]
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Reads a TIFF (tifffile) or PNG (Pillow) file into an array, dtype kept."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        return np.asarray(tifffile.imread(path))
+    if suffix == ".png":
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return np.asarray(im)
+    raise ValueError(f"{path}: unsupported image type {suffix!r}; use one of {IMAGE_SUFFIXES}")
+
+
+def as_channels_first(image: np.ndarray) -> np.ndarray:
+    """``(H, W)`` -> ``(1, H, W)``; ``(H, W, C)`` with C <= 4 < H (RGB(A)
+    PNGs) -> ``(C, H, W)``; ``(C, H, W)`` unchanged. Returns float32.
+
+    >>> as_channels_first(np.zeros((5, 6, 3))).shape
+    (3, 5, 6)
+    """
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = a[None]
+    elif a.ndim == 3 and a.shape[-1] <= 4 < a.shape[0]:
+        a = np.moveaxis(a, -1, 0)
+    elif a.ndim != 3:
+        raise ValueError(f"expected a 2D image with optional channels, got shape {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def normalize(image: np.ndarray, spec: Optional[Dict[str, Any]]) -> np.ndarray:
+    """Applies a ``unet_rt/1`` normalisation (DESIGN section 4) exactly as the
+    runtime does, to the whole array at once: ``percentile`` maps the image's
+    ``low``/``high`` percentiles (numpy's linear interpolation, over all
+    pixels and channels) to 0 and 1; ``zscore``, ``scale``, ``none``.
+
+    >>> normalize(np.array([0.0, 5.0, 10.0]), {"kind": "percentile", "low": 0, "high": 100}).tolist()
+    [0.0, 0.5, 1.0]
+    """
+    x = np.asarray(image, dtype=np.float64)
+    kind = (spec or {"kind": "none"}).get("kind", "none")
+    if kind == "percentile":
+        lo, hi = np.percentile(x, [spec["low"], spec["high"]])
+        scale, shift = (1.0 / (hi - lo), -lo / (hi - lo)) if hi - lo > 1e-20 else (1.0, -lo)
+    elif kind == "zscore":
+        std = spec["std"] if spec["std"] > 0 else 1.0
+        scale, shift = 1.0 / std, -spec["mean"] / std
+    elif kind == "scale":
+        scale, shift = spec["factor"], 0.0
+    elif kind == "none":
+        scale, shift = 1.0, 0.0
+    else:
+        raise ValueError(f"unknown normalization kind {kind!r}")
+    return (x * scale + shift).astype(np.float32)
+
+
+@dataclass
+class Sample:
+    """One annotated image.
+
+    Attributes:
+        image: ``(C, H, W)`` float32 (raw values until :meth:`normalized`).
+        labels: ``(H, W)`` int32, instance ids or class ids.
+        instances: whether ``labels`` are instance ids.
+        name: file name (with the region, for regions).
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    instances: bool = True
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.image.shape[-2:] != self.labels.shape:
+            raise ValueError(
+                f"{self.name or 'sample'}: image {self.image.shape[-2:]} and labels {self.labels.shape} differ in size"
+            )
+
+    def region(self, rows: Optional[Sequence[int]] = None, cols: Optional[Sequence[int]] = None) -> "Sample":
+        """The rows ``[r0, r1)`` and columns ``[c0, c1)`` of this sample (views)."""
+        r = slice(*rows) if rows is not None else slice(None)
+        c = slice(*cols) if cols is not None else slice(None)
+        tag = f"[{rows[0]}:{rows[1]}" if rows is not None else "[:"
+        tag += f", {cols[0]}:{cols[1]}]" if cols is not None else ", :]"
+        return replace(self, image=self.image[:, r, c], labels=self.labels[r, c], name=self.name + tag)
+
+    def normalized(self, spec: Optional[Dict[str, Any]]) -> "Sample":
+        """This sample with its image normalised by :func:`normalize` (on this
+        sample's own pixels: normalise a region after cutting it)."""
+        return replace(self, image=normalize(self.image, spec))
+
+
+def find_pairs(image_dir: PathLike, label_dir: PathLike) -> List[Tuple[Path, Path]]:
+    """Image and label files with the same name (extension ignored) in two
+    folders, sorted by name. Raises ``ValueError`` for images without labels."""
+    image_dir, label_dir = Path(image_dir), Path(label_dir)
+
+    def files(d: Path) -> Dict[str, Path]:
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d} is not a folder")
+        return {p.stem: p for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+
+    images, labels = files(image_dir), files(label_dir)
+    missing = sorted(set(images) - set(labels))
+    if missing:
+        raise ValueError(f"no labels in {label_dir} for {len(missing)} image(s): {', '.join(missing[:5])}")
+    if not images:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}")
+    return [(images[k], labels[k]) for k in sorted(images)]
+
+
+def load_folder(image_dir: PathLike, label_dir: PathLike, instances: bool = True) -> List[Sample]:
+    """Samples from :func:`find_pairs` (images raw, not normalised)."""
+    return [
+        Sample(as_channels_first(read_image(i)), np.asarray(read_image(l), np.int32), instances, i.name)
+        for i, l in find_pairs(image_dir, label_dir)
+    ]
+
+
+def load_arrays(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    instances: bool = True,
+    names: Optional[Sequence[str]] = None,
+) -> List[Sample]:
+    """Samples from arrays (``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` images)."""
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} label arrays")
+    names = list(names) if names is not None else [f"array{i}" for i in range(len(images))]
+    return [
+        Sample(as_channels_first(i), np.asarray(l, np.int32), instances, n) for i, l, n in zip(images, labels, names)
+    ]
+
+
+def load_sample_data(folder: PathLike = SAMPLE_DATA_DIR) -> Sample:
+    """The bundled nuclei sample: 512x512 fluorescence image and instance labels
+    (see ``data/dsb2018-nuclei/README.md``)."""
+    folder = Path(folder)
+    return Sample(
+        as_channels_first(read_image(folder / "image.tif")),
+        np.asarray(read_image(folder / "labels.tif"), np.int32),
+        True,
+        folder.name,
+    )
+
+
+def split_rows(samples: Sequence[Sample], ranges: Dict[str, Sequence[int]]) -> Dict[str, List[Sample]]:
+    """Splits every sample by row ranges, ``{"train": [0, 320], "val": [320,
+    384], "test": [384, 512]}`` (half-open; missing parts are omitted).
+    Overlapping ranges are an error: held-out rows must never be trained on."""
+    spans = sorted((int(r[0]), int(r[1]), k) for k, r in ranges.items() if r is not None)
+    for (a0, a1, ka), (b0, b1, kb) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise ValueError(f"row ranges {ka} [{a0}, {a1}) and {kb} [{b0}, {b1}) overlap")
+    return {k: [s.region(rows=(r0, r1)) for s in samples] for r0, r1, k in spans}
+
+
+def split_files(
+    samples: Sequence[Sample],
+    val: Union[Sequence[str], float, None] = None,
+    test: Union[Sequence[str], float, None] = None,
+    seed: int = 0,
+) -> Dict[str, List[Sample]]:
+    """Splits by file: ``val``/``test`` are file names (with or without
+    extension) or fractions of the files (chosen at random with ``seed``);
+    the rest is ``train``."""
+    names = [s.name for s in samples]
+    order = np.random.default_rng(seed).permutation(len(samples))
+    taken: Dict[str, List[int]] = {}
+    used: set = set()
+    for part, spec in (("test", test), ("val", val)):
+        if spec is None:
+            continue
+        if isinstance(spec, (int, float)):
+            count = int(round(float(spec) * len(samples)))
+            picked = [int(i) for i in order if int(i) not in used][:count]
+        else:
+            wanted = set(spec)
+            picked = [i for i, n in enumerate(names) if n in wanted or Path(n).stem in wanted]
+            found = {names[i] for i in picked} | {Path(names[i]).stem for i in picked}
+            unknown = wanted - found
+            if unknown:
+                raise ValueError(f"{part} files not found: {', '.join(sorted(unknown))}")
+        used.update(picked)
+        taken[part] = picked
+    out = {"train": [s for i, s in enumerate(samples) if i not in used]}
+    for part, idx in taken.items():
+        out[part] = [samples[i] for i in sorted(idx)]
+    return out
+
+
+class CropDataset(Dataset):
+    """Random training crops with targets and the paper's weight map.
+
+    Item ``i`` is drawn with ``numpy.random.default_rng([seed, i])``, so a
+    run is reproducible and a resumed run continues with the same crops.
+
+    Args:
+        samples: normalised samples.
+        crop: input crop size (a valid input size of the network).
+        margin: pixels per side between input crop and target crop (the
+            halo for valid-padded networks, 0 for same-padded ones).
+        length: number of items (e.g. steps * batch size).
+        augmenter: :class:`training.augment.Augmenter` or ``None``.
+        seed: base seed.
+        classes: number of classes (2 for instance labels: background, object).
+        w0, sigma: the border term of :func:`training.loss.weight_map`
+            (``w0 = 0`` disables it).
+        balance: class-balancing weights ``w_c`` from the class frequencies
+            of all samples (else 1).
+        separate: separation borders between touching objects in the targets.
+
+    Items are dicts: ``image`` (C, crop, crop) float32, ``target``
+    (out, out) int64, ``weight`` (out, out) float32, ``out = crop - 2 * margin``.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        crop: int,
+        margin: int,
+        length: int,
+        augmenter: Optional[Augmenter] = None,
+        seed: int = 0,
+        classes: int = 2,
+        w0: float = 10.0,
+        sigma: float = 5.0,
+        balance: bool = True,
+        separate: bool = True,
+    ):
+        if crop - 2 * margin <= 0:
+            raise ValueError(f"crop {crop} leaves no output for margin {margin}")
+        if not samples:
+            raise ValueError("no training samples")
+        self.samples = list(samples)
+        self.crop, self.margin, self.length = int(crop), int(margin), int(length)
+        self.augmenter, self.seed = augmenter, int(seed)
+        self.targets = [
+            instance_targets(s.labels, separate) if s.instances else s.labels.astype(np.uint8) for s in self.samples
+        ]
+        top = max(int(t.max()) for t in self.targets)
+        if top >= classes:
+            raise ValueError(f"labels contain class {top} but the network has {classes} classes")
+        self.class_weight = class_weights(self.targets, classes) if balance else np.ones(classes)
+        self.weights = [
+            weight_map(s.labels, w0, sigma, self.class_weight, t) if s.instances
+            else self.class_weight.astype(np.float32)[t]
+            for s, t in zip(self.samples, self.targets)
+        ]
+        area = np.array([t.size for t in self.targets], np.float64)
+        self.p = area / area.sum()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, int(index)])
+        k = int(rng.choice(len(self.samples), p=self.p))
+        image, target, weight = self.samples[k].image, self.targets[k], self.weights[k]
+        m, size = self.margin, (self.crop, self.crop)
+        # Any output position of the image is equally likely to be covered.
+        origin = tuple(int(rng.integers(-m, max(n - self.crop + m, -m) + 1)) for n in target.shape)
+        if self.augmenter is not None:
+            img, (tgt, w) = self.augmenter.patch(image, [target, weight], origin, size, rng)
+        else:
+            img = sample_patch(image, origin, size)
+            tgt, w = sample_patch(target, origin, size), sample_patch(weight, origin, size)
+        if m:
+            tgt, w = tgt[m:-m, m:-m], w[m:-m, m:-m]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(img, np.float32)),
+            "target": torch.from_numpy(np.ascontiguousarray(tgt, np.int64)),
+            "weight": torch.from_numpy(np.ascontiguousarray(w, np.float32)),
+        }
