@@ -186,8 +186,13 @@ impl Model {
     }
 
     /// Runs the network on a batch tensor already on the model's device and
-    /// in its precision.
+    /// in its precision. Forward passes on one device are serialised across
+    /// all models and threads of the process: libtorch parallelises inside
+    /// each pass (intra-op threads on the CPU, the whole GPU), and concurrent
+    /// passes would only oversubscribe the cores, each caller spinning its
+    /// own OpenMP pool.
     pub(crate) fn forward_tensor(&self, input: &Tensor) -> Result<Tensor> {
+        let _turn = device_lock(self.inner.device).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.inner.module.forward_ts(&[input]).map_err(Error::inference)
     }
 
@@ -236,6 +241,17 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// One lock per device: the CPU, then CUDA devices by index.
+fn device_lock(device: Device) -> &'static std::sync::Mutex<()> {
+    const DEVICES: usize = 65;
+    static LOCKS: [std::sync::Mutex<()>; DEVICES] = [const { std::sync::Mutex::new(()) }; DEVICES];
+    let slot = match device {
+        Device::Cuda(i) => (i + 1).min(DEVICES - 1),
+        _ => 0,
+    };
+    &LOCKS[slot]
 }
 
 fn invalid_model(path: &Path, err: &tch::TchError) -> Error {

@@ -1,0 +1,54 @@
+"""The bundled nuclei model, measured by the test suite: held-out scores on
+rows 384..511 of the DSB2018 sample (never trained on), and bf16 agreement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+import unet_rt
+from training.metrics import average_precision, foreground_iou
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "dsb2018-nuclei"
+HELD_OUT = slice(384, 512)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return tifffile.imread(DATA / "image.tif"), tifffile.imread(DATA / "labels.tif")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_held_out_scores_reach_the_targets(sample, precision):
+    image, labels = sample
+    model = unet_rt.Model(device="cpu", precision=precision)
+    instances = model.segment(image[HELD_OUT], output="instances")
+    iou = foreground_iou(instances > 0, labels[HELD_OUT] > 0)
+    ap = average_precision(instances, labels[HELD_OUT])
+    assert iou >= 0.85, f"foreground IoU {iou:.4f}"
+    assert ap >= 0.80, f"AP@0.5 {ap:.4f}"
+    if precision == "fp32":
+        # The runtime reproduces the scores recorded at export.
+        recorded = model.metadata["training"]["held_out"]
+        assert iou == pytest.approx(recorded["iou"], abs=1e-5)
+        assert ap == pytest.approx(recorded["ap50"], abs=1e-5)
+
+
+def test_bf16_keeps_the_labels(sample):
+    image, _ = sample
+    fp32 = unet_rt.Model(device="cpu", precision="fp32").segment(image)
+    bf16 = unet_rt.Model(device="cpu", precision="bf16").segment(image)
+    assert (fp32 == bf16).mean() >= 0.999
+
+
+def test_the_default_segment_call_uses_the_bundled_model(sample):
+    image, _ = sample
+    labels = unet_rt.segment(image[:200, :300], device="cpu")
+    assert labels.shape == (200, 300) and labels.dtype == np.uint8
+    assert set(np.unique(labels)) <= {0, 1} and labels.any()
+    meta = unet_rt.Model(device="cpu").metadata
+    assert meta["name"] == "nuclei" and meta["class_names"] == ["background", "nucleus"]
+    assert unet_rt.bundled_model_path().stat().st_size < 5 * 2**20
