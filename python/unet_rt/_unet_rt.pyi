@@ -1,6 +1,10 @@
-"""Type stubs of the compiled extension (the Rust core's bindings)."""
+"""Type stubs of the compiled extension (the Rust core's bindings).
 
-from typing import Optional
+The public API is :mod:`unet_rt` (``unet_rt.Model``, ``unet_rt.segment``);
+this module is its engine and converts arguments only.
+"""
+
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -8,13 +12,37 @@ import numpy.typing as npt
 __version__: str
 
 def build_info() -> dict[str, object]: ...
+def connected_components(labels: npt.NDArray[Any]) -> npt.NDArray[np.uint32]: ...
 
 class Model:
-    def __init__(self, path: str, device: str = "cpu") -> None: ...
+    def __init__(self, path: str, device: str = "auto", precision: str = "auto") -> None: ...
+    @staticmethod
+    def from_bytes(data: bytes, name: str, device: str = "auto", precision: str = "auto") -> "Model": ...
     @property
     def metadata_json(self) -> Optional[str]: ...
+    @property
+    def info(self) -> dict[str, Any]: ...
     @property
     def path(self) -> str: ...
     @property
     def device(self) -> str: ...
+    @property
+    def precision(self) -> str: ...
     def forward(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+    def segment(
+        self,
+        image: npt.NDArray[Any],
+        output: str = "labels",
+        tile: Optional[Sequence[int]] = None,
+        batch_size: Optional[int] = None,
+        memory_budget: Optional[int] = None,
+        out: Optional[npt.NDArray[Any]] = None,
+        progress: Optional[Callable[[int, int], object]] = None,
+    ) -> npt.NDArray[Any]: ...
+    def layout(
+        self,
+        shape: Sequence[int],
+        tile: Optional[Sequence[int]] = None,
+        batch_size: Optional[int] = None,
+        memory_budget: Optional[int] = None,
+    ) -> dict[str, Any]: ...
