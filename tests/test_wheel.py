@@ -1,0 +1,48 @@
+"""The built wheel installs into a fresh virtual environment beside torch
+2.11 and works there (issue 5's "done when"). Slow: it builds a wheel and
+installs torch into a new venv (pip's cache makes the second time quick)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_segments_in_a_fresh_venv(tmp_path, clean_env):
+    env = dict(clean_env, PATH=f"{Path(sys.executable).parent}:{clean_env.get('PATH', '')}")
+    dist = tmp_path / "dist"
+    build = subprocess.run(
+        [sys.executable, "-m", "maturin", "build", "--release", "--out", str(dist)],
+        cwd=ROOT, env=dict(env, VIRTUAL_ENV=str(Path(sys.executable).parents[1]), LIBTORCH_USE_PYTORCH="1"),
+        capture_output=True, text=True, timeout=1800,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    wheels = list(dist.glob("unet_rt-*.whl"))
+    assert len(wheels) == 1 and "abi3" in wheels[0].name
+    assert wheels[0].stat().st_size < 20 * 2**20, "the wheel should be a few MB"
+
+    venv = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    fresh_env = {k: v for k, v in env.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", str(wheels[0])],
+        env=fresh_env, capture_output=True, text=True, timeout=1800,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    code = "import unet_rt, numpy as np; print(unet_rt.segment(np.random.rand(300, 400)).shape)"
+    run = subprocess.run([str(python), "-c", code], env=fresh_env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip() == "(300, 400)"
+    assert "site-packages" in subprocess.run(
+        [str(python), "-c", "import unet_rt; print(unet_rt.__file__)"], env=fresh_env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=600,
+    ).stdout
