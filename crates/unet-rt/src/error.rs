@@ -67,13 +67,33 @@ impl Error {
     }
 }
 
-/// libtorch messages carry a C++ backtrace after the first lines; users need
-/// only the message itself.
+/// libtorch messages carry a C++ backtrace after the first lines, and
+/// TorchScript errors a script traceback before the exception itself; users
+/// need the exception's own words.
 pub(crate) fn first_line(message: &str) -> String {
     let trimmed = message
         .split("\nException raised from")
         .next()
         .unwrap_or(message)
         .trim();
+    if trimmed.contains("failed in the TorchScript interpreter") {
+        if let Some(raised) = trimmed.lines().rev().map(str::trim).find(|l| !l.is_empty()) {
+            return format!("the model raised {raised}");
+        }
+    }
     trimmed.lines().take(6).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_line;
+
+    #[test]
+    fn keeps_the_exception_of_a_script_traceback() {
+        let msg = "Internal torch error: The following operation failed in the TorchScript interpreter.\n\
+                   Traceback of TorchScript, serialized code (most recent call last):\n  File \"code.py\", line 14\n\
+                   RuntimeError: CUDA out of memory. Tried to allocate 2 GiB\n";
+        assert_eq!(first_line(msg), "the model raised RuntimeError: CUDA out of memory. Tried to allocate 2 GiB");
+        assert_eq!(first_line("bad shape\nException raised from conv at x.cpp:1"), "bad shape");
+    }
 }

@@ -211,3 +211,16 @@ fn bad_requests_are_refused_with_reasons() {
     let err = seg.segment::<f32, u8>(ArrayD::zeros(IxDyn(&[1, 0, 30])).view()).unwrap_err();
     assert!(err.to_string().contains("empty"), "{err}");
 }
+
+#[test]
+fn out_of_memory_halves_the_batch_then_the_tile_with_identical_results() {
+    // tiny_oom.pt is tiny_valid.pt failing with "CUDA out of memory" on
+    // inputs above 60x60 elements.
+    let oom = load("tiny_oom.pt");
+    let plain = load("tiny_valid.pt");
+    let image = Lcg(23).image(&[1, 150, 170]);
+    let options = Options { output: OutputMode::Probabilities, tile: Some(vec![100, 100]), batch_size: Some(4), ..Options::default() };
+    let got: ArrayD<f32> = Segmenter::new(oom, options).unwrap().segment(image.view()).unwrap();
+    let want = probabilities(&plain, &image, Some(vec![100, 100]), Some(4));
+    assert!(max_abs_diff(&got, &want) <= 1e-5);
+}

@@ -180,6 +180,12 @@ impl Segmenter {
                 .map(|t| t.max(min_tile(info)))
                 .collect(),
         };
+        self.layout_with_tile(image, tile, budget, element_bytes)
+    }
+
+    fn layout_with_tile(&self, image: &[usize], tile: Vec<usize>, budget: usize, element_bytes: usize) -> Result<Layout> {
+        let info = self.model.info();
+        let halo = effective_halo(info);
         let plan = match info.padding {
             Padding::Valid => TilePlan::valid(image, &tile, info.halo, info.size_multiple)?,
             Padding::Same => TilePlan::same(image, &tile, halo, info.size_multiple, self.options.blend)?,
@@ -218,12 +224,47 @@ impl Segmenter {
         if out.shape() != expected.as_slice() {
             return Err(invalid("out", format!("has shape {:?}, the result has shape {expected:?}", out.shape())));
         }
-        let layout = self.layout(&input.shape()[1..])?;
+        let mut out = out;
+        let mut layout = self.layout(&input.shape()[1..])?;
         if layout.plan.blends() {
             return Err(invalid("blend", "blending is not implemented by the engine yet; use Blend::Crop".to_owned()));
         }
         let affine = normalize::resolve_view(&info.normalization, &input);
-        self.run(Gatherer::new(input, affine), &layout, out)
+        let gatherer = Gatherer::new(input, affine);
+        loop {
+            match self.run(&gatherer, &layout, out.view_mut()) {
+                // Batches already shrank to one tile: smaller tiles give the
+                // same result (the tiling is exact) in less memory.
+                Err(err) if is_out_of_memory(&err) => match self.halved(&layout)? {
+                    Some(smaller) => layout = smaller,
+                    None => return Err(err),
+                },
+                other => return other,
+            }
+        }
+    }
+
+    /// The layout with tiles about half as large per axis, or `None` when
+    /// they cannot shrink any more.
+    fn halved(&self, layout: &Layout) -> Result<Option<Layout>> {
+        let info = self.model.info();
+        let tile = layout.plan.input_tile_shape();
+        let smaller: Vec<usize> = tile
+            .iter()
+            .map(|&t| {
+                let target = (t / 2).max(min_tile(info));
+                let steps = (target.saturating_sub(min_tile(info))) / info.size_multiple;
+                min_tile(info) + steps * info.size_multiple
+            })
+            .collect();
+        if smaller == tile {
+            return Ok(None);
+        }
+        let element_bytes = self.model.precision().kind().elt_size_in_bytes();
+        self.layout_with_tile(layout.plan.image_shape(), smaller, usize::MAX, element_bytes).map(|mut l| {
+            l.batch_size = 1;
+            Some(l)
+        })
     }
 
     fn check_input(&self, shape: &[usize]) -> Result<()> {
@@ -254,14 +295,13 @@ impl Segmenter {
         self.options.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
     }
 
-    fn run<T: Pixel, U: OutputElement>(&self, gatherer: Gatherer<'_, T>, layout: &Layout, out: ArrayViewMutD<'_, U>) -> Result<()> {
+    fn run<T: Pixel, U: OutputElement>(&self, gatherer: &Gatherer<'_, T>, layout: &Layout, out: ArrayViewMutD<'_, U>) -> Result<()> {
         let plan = &layout.plan;
         let total = plan.len();
         let tile_len = gatherer.tile_len(plan.input_tile_shape());
         std::thread::scope(|scope| {
             let (batch_tx, batch_rx) = sync_channel::<Batch>(QUEUE_DEPTH);
             let (out_tx, out_rx) = sync_channel::<Written<U>>(QUEUE_DEPTH);
-            let gatherer = &gatherer;
             scope.spawn(move || {
                 let tiles: Vec<Tile> = plan.tiles().collect();
                 for chunk in tiles.chunks(layout.batch_size) {
@@ -432,6 +472,10 @@ fn stitch<U: OutputElement>(out: &mut ArrayViewMutD<'_, U>, written: &Written<U>
         }
         dst.assign(&src);
     }
+}
+
+fn is_out_of_memory(err: &Error) -> bool {
+    matches!(err, Error::Inference(msg) if msg.contains("out of memory"))
 }
 
 fn invalid(argument: &'static str, message: String) -> Error {
