@@ -74,7 +74,7 @@ def test_python_forward_equals_pytorch(tiny_model_path):
 def test_cli_raw_output_equals_the_pytorch_oracle(tiny_model_path, cli, tmp_path):
     image = (np.random.default_rng(2).random((61, 47)) * 4000).astype(np.float32)
     np.save(tmp_path / "img.npy", image)
-    proc = run([cli, "segment", tmp_path / "img.npy", "-m", tiny_model_path, "-o", tmp_path / "out", "--output-kind", "raw"])
+    proc = run([cli, "segment", tmp_path / "img.npy", "-m", tiny_model_path, "-o", tmp_path / "out", "--output-kind", "raw", "--format", "npy"])
     assert proc.returncode == 0, proc.stderr
     got = np.load(tmp_path / "out" / "img.npy")
     net = torch.jit.load(str(tiny_model_path))
@@ -126,8 +126,8 @@ def test_cli_errors_have_exit_status_and_message(tiny_model_path, cli, tmp_path)
     (tmp_path / "bad.pt").write_text("not a model")
     bad = run([cli, "segment", tmp_path / "img.npy", "-m", tmp_path / "bad.pt", "-o", out])
     assert bad.returncode == 2 and "not a TorchScript archive" in bad.stderr
-    usage = run([cli, "segment", tmp_path / "img.npy"])
-    assert usage.returncode == 2 and "--model" in usage.stderr
+    usage = run([cli, "segment", tmp_path / "img.npy"])  # no --output (--model defaults to the bundled one)
+    assert usage.returncode == 2 and "--output" in usage.stderr
     # One bad input fails (status 1) while the good one is still written.
     mixed = run([cli, "segment", tmp_path / "cube.npy", tmp_path / "img.npy", "-m", tiny_model_path, "-o", out])
     assert mixed.returncode == 1

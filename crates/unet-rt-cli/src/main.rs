@@ -1,103 +1,90 @@
 //! `unet-rt`: segment images with U-Net models from the command line.
 //!
 //! Exit status: 0 when every input was processed, 1 when some input failed
-//! at run time (the others are still processed), 2 for usage errors.
+//! at run time (the others are still processed), 2 for usage errors, 130
+//! when interrupted.
 
-mod image_io;
+// Tests may unwrap: a failure there is the test's report.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod args;
+mod atomic;
+mod axes;
+mod bench;
+mod errors;
+mod info;
+mod inputs;
+mod interrupt;
+mod loader;
+mod output;
+mod overlay;
+mod progress;
+mod read;
+mod report;
 mod segment;
+mod write;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser};
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "unet-rt",
-    version = long_version(),
-    about = "Segment images with U-Net models (TorchScript) on CPU or GPU",
-    after_help = "Examples:\n  unet-rt segment cells.tif --model nuclei.pt -o results/\n  unet-rt info nuclei.pt"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
+use crate::args::{Cli, Command};
+use crate::errors::{EXIT_OK, EXIT_USAGE};
+
+fn main() -> ExitCode {
+    quiet_panics();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            // clap: 0 for --help, 2 for usage errors.
+            return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(EXIT_USAGE));
+        }
+    };
+    if cli.version {
+        output::stdout_line(&long_version());
+        return ExitCode::from(EXIT_OK);
+    }
+    let Some(command) = cli.command else {
+        let _ = Cli::command().print_help();
+        return ExitCode::from(EXIT_USAGE);
+    };
+    interrupt::install();
+    let result = match command {
+        Command::Segment(args) => segment::run(&args),
+        Command::Info(args) => info::run(&args),
+        Command::Bench(args) => bench::run(&args),
+    };
+    match result {
+        Ok(status) => ExitCode::from(status),
+        Err(err) => {
+            eprintln!("unet-rt: error: {err}");
+            ExitCode::from(err.exit_status())
+        }
+    }
 }
 
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Segment image files (TIFF, NPY) and write one result per input.
-    Segment(SegmentArgs),
-    /// Describe a model: metadata, geometry, classes.
-    Info {
-        /// The TorchScript model file.
-        model: PathBuf,
-    },
-}
-
-/// What to write for each input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum OutputKind {
-    /// One class index per pixel (uint8, uint16 beyond 255 classes).
-    Labels,
-    /// The network's raw output, float32, channel-first.
-    Raw,
-}
-
-/// File format of the results.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Format {
-    /// TIFF (labels only).
-    Tif,
-    /// NumPy `.npy`.
-    Npy,
-}
-
-#[derive(Debug, clap::Args)]
-pub(crate) struct SegmentArgs {
-    /// Input images: 2-D TIFF or NPY files.
-    #[arg(required = true)]
-    inputs: Vec<PathBuf>,
-    /// The TorchScript model (with unet_rt metadata).
-    #[arg(short, long)]
-    model: PathBuf,
-    /// Folder for the results (created if missing).
-    #[arg(short, long)]
-    output: PathBuf,
-    /// What to write.
-    #[arg(long, value_enum, default_value_t = OutputKind::Labels)]
-    output_kind: OutputKind,
-    /// Result file format (raw output is always NPY).
-    #[arg(long, value_enum, default_value_t = Format::Tif)]
-    format: Format,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-}
-
+/// The version with libtorch's and the devices. Computed only for
+/// `--version`: asking libtorch about CUDA takes time every other command
+/// should not pay.
 fn long_version() -> String {
-    // clap wants the string at parse time; libtorch is already loaded then.
     let info = unet_rt::build_info();
     format!(
-        "{}\nlibtorch {}\nCUDA {} ({} device(s))\nCPU threads {}",
+        "unet-rt {}\nlibtorch {}\nCUDA {} ({} device(s))\nCPU threads {}\nbundled model: {}",
         info.version,
         info.libtorch_version,
         if info.cuda_available { "available" } else { "unavailable" },
         info.cuda_device_count,
-        info.cpu_threads
+        info.cpu_threads,
+        if loader::bundled_bytes().is_some() { "yes" } else { "no (--model is required)" }
     )
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Segment(args) => segment::run(&args),
-        Command::Info { model } => segment::info(&model),
-    };
-    match result {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("unet-rt: error: {err}");
-            segment::exit_code_for(&err)
-        }
-    }
+/// A panic is a bug, never a user error: say so in one line, without the
+/// backtrace `RUST_BACKTRACE` would add.
+fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("unet-rt: internal error: {info}");
+        eprintln!("unet-rt: this is a bug; please report it with the command that caused it");
+    }));
 }

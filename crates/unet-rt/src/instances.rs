@@ -153,9 +153,10 @@ fn union(parent: &mut [u32], a: u32, b: u32) -> u32 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use ndarray::{array, Array3};
+    use ndarray::{array, Array3, Dimension};
 
     /// A plain flood fill that numbers components in raster order of their
     /// first pixel: the definition the union-find must reproduce.

@@ -1,0 +1,234 @@
+//! The command line: subcommands, flags and their help.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const SEGMENT_EXAMPLES: &str = "\
+Examples:
+  unet-rt segment cells.tif -o results/                 # bundled nuclei model, labels as TIFF
+  unet-rt segment data/ -m my.pt -o out/ --device cuda  # every image in a folder, on the GPU
+  unet-rt segment 'plate1/*.png' -o out/ --output-kind instances --overlay
+  unet-rt segment stack.tif -o out/ --output-kind probabilities --format npy
+  unet-rt segment volume.npy -m cells3d.pt --axes czyx -o out/
+  unet-rt segment data/ -o out/ --skip-existing --json > log.jsonl   # resume a folder
+
+Inputs: TIFF (8/16/32-bit integer or float, multi-page, BigTIFF), PNG (8/16-bit)
+and NPY. A multi-page TIFF is a volume for a 3-D model and a stack of 2-D images,
+each segmented on its own, for a 2-D model (its result has one page per input page).
+Folders contribute their supported files (not recursively), in name order; glob
+patterns (* ? [..]) are expanded when the shell did not.
+
+Outputs: <output>/<stem>.<format>. labels: uint8 class indices (uint16 beyond 256
+classes). instances: the connected components (4-connectivity in 2-D, 6 in 3-D)
+of the non-background pixels (class > 0), numbered 1..N in raster order as
+scipy.ndimage.label does, uint16 (uint32 beyond 65535 objects). probabilities and
+raw: float32, channel-first (classes, [z,] y, x), TIFF pages or NPY.
+Each file is written to a hidden temporary file and renamed when complete.
+
+With --json, each input gives one line on stdout:
+  {\"input\", \"output\", \"shape\", \"seconds\", \"status\": ok|skipped|failed|cancelled, \"error\"}
+
+Exit status: 0 all inputs done, 1 some input failed (the others were processed),
+2 usage error (flags, model, device, output folder), 130 interrupted (Ctrl-C).";
+
+/// Segment images with U-Net models (TorchScript) on CPU or GPU.
+#[derive(Debug, Parser)]
+#[command(
+    name = "unet-rt",
+    about = "Segment images with U-Net models (TorchScript) on CPU or GPU",
+    disable_version_flag = true,
+    arg_required_else_help = true,
+    after_help = "Examples:\n  unet-rt segment cells.tif -o results/\n  unet-rt info\n  unet-rt info my-model.pt\n  unet-rt bench --device cuda --precision bf16\n\nRun 'unet-rt segment --help' for inputs, outputs and exit status."
+)]
+pub(crate) struct Cli {
+    /// Print the version, libtorch's version and the devices, then exit.
+    #[arg(short = 'V', long)]
+    pub version: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Segment image files (TIFF, PNG, NPY): one result file per input.
+    #[command(after_help = SEGMENT_EXAMPLES)]
+    Segment(SegmentArgs),
+    /// Describe a model: metadata, geometry, classes, normalization, training.
+    #[command(after_help = "Examples:\n  unet-rt info             # the bundled model\n  unet-rt info my.pt --json")]
+    Info(InfoArgs),
+    /// Measure throughput on a synthetic image.
+    #[command(after_help = "Examples:\n  unet-rt bench\n  unet-rt bench -m my.pt --device cuda --precision bf16 --size 4096x4096 --tile 1024")]
+    Bench(BenchArgs),
+}
+
+/// What to write for each input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OutputKind {
+    /// One class index per pixel.
+    Labels,
+    /// Class probabilities, float32, channel-first.
+    Probabilities,
+    /// Objects: connected components of the non-background classes.
+    Instances,
+    /// The network's raw output, float32, channel-first.
+    Raw,
+}
+
+/// File format of the results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    /// TIFF (multi-page for stacks, volumes and channels).
+    #[value(alias = "tiff")]
+    Tif,
+    /// NumPy .npy.
+    Npy,
+    /// PNG (2-D labels and instances only).
+    Png,
+}
+
+impl Format {
+    /// The file extension.
+    pub(crate) fn extension(self) -> &'static str {
+        match self {
+            Self::Tif => "tif",
+            Self::Npy => "npy",
+            Self::Png => "png",
+        }
+    }
+}
+
+/// How the model is loaded and run.
+#[derive(Debug, Args)]
+pub(crate) struct ModelArgs {
+    /// The TorchScript model (default: the bundled nuclei model).
+    #[arg(short, long, value_name = "MODEL")]
+    pub model: Option<PathBuf>,
+    /// cpu, cuda, cuda:N, or auto (the first GPU if there is one, else the CPU).
+    #[arg(short, long, default_value = "auto")]
+    pub device: String,
+    /// fp32, bf16, fp16 (GPU only) or auto (bf16 where the hardware runs it fast).
+    #[arg(short, long, default_value = "fp32")]
+    pub precision: String,
+    /// Tile size: N for every axis, or per axis as YxX (ZxYxX for 3-D); default:
+    /// chosen from the memory budget.
+    #[arg(short, long, value_name = "N|YxX", value_parser = parse_tile)]
+    pub tile: Option<Sizes>,
+    /// Tiles per forward pass (default: chosen from the memory budget).
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: Option<u64>,
+    /// CPU threads for libtorch (default: libtorch's choice, one per core).
+    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub threads: Option<u64>,
+}
+
+/// `unet-rt segment`.
+#[derive(Debug, Args)]
+pub(crate) struct SegmentArgs {
+    /// Image files, folders or glob patterns.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+    /// Folder for the results (created if missing).
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// What to write.
+    #[arg(short = 'k', long, value_enum, default_value_t = OutputKind::Labels)]
+    pub output_kind: OutputKind,
+    /// Result file format.
+    #[arg(short, long, value_enum, default_value_t = Format::Tif)]
+    pub format: Format,
+    /// Axis order of the inputs, from c (channels), z, y, x: e.g. yx, cyx, yxc,
+    /// zyx, czyx (default: from the file format, or guessed from the shape).
+    #[arg(long, value_name = "AXES", value_parser = crate::axes::parse_axes)]
+    pub axes: Option<String>,
+    /// Also write <stem>_overlay.png: the image scaled to 8-bit gray with object
+    /// outlines in colour (the middle slice of stacks and volumes).
+    #[arg(long)]
+    pub overlay: bool,
+    /// Skip inputs whose result file already exists (resume an interrupted folder).
+    #[arg(long)]
+    pub skip_existing: bool,
+    /// One JSON summary line per input on stdout, instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bars and no per-file lines (errors are still reported).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// `unet-rt info`.
+#[derive(Debug, Args)]
+pub(crate) struct InfoArgs {
+    /// The TorchScript model (default: the bundled nuclei model).
+    #[arg(value_name = "MODEL")]
+    pub model: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `unet-rt bench`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Image size: N, YxX or ZxYxX (default 2048x2048; 128x512x512 for 3-D models).
+    #[arg(short, long, value_name = "YxX", value_parser = parse_tile)]
+    pub size: Option<Sizes>,
+    /// Timed runs (after one untimed warm-up run).
+    #[arg(short, long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub repeats: u64,
+    /// What to compute.
+    #[arg(short = 'k', long, value_enum, default_value_t = OutputKind::Labels)]
+    pub output_kind: OutputKind,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Sizes per spatial axis, or one for all (`--tile`, `--size`). A newtype,
+/// so that clap takes it as one value rather than a list of values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Sizes(pub Vec<usize>);
+
+/// Parses `N`, `YxX` or `ZxYxX` (`x`, `X` or `,` between sizes).
+pub(crate) fn parse_tile(text: &str) -> Result<Sizes, String> {
+    let sizes: Result<Vec<usize>, _> = text.split(['x', 'X', ',']).map(|s| s.trim().parse::<usize>()).collect();
+    match sizes {
+        Ok(sizes) if !sizes.is_empty() && sizes.len() <= 3 && sizes.iter().all(|&s| s > 0) => Ok(Sizes(sizes)),
+        _ => Err(format!("{text:?} is not a size: expected N, YxX or ZxYxX with positive integers")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_flags_into_their_types() {
+        let cli = Cli::try_parse_from(["unet-rt", "segment", "a.tif", "-o", "out", "--tile", "64x128", "--axes", "YX"]).unwrap();
+        let Some(Command::Segment(args)) = cli.command else { panic!("not segment") };
+        assert_eq!(args.model.tile, Some(Sizes(vec![64, 128])));
+        assert_eq!(args.axes.as_deref(), Some("yx"));
+        let cli = Cli::try_parse_from(["unet-rt", "bench", "--size", "512", "-r", "2"]).unwrap();
+        let Some(Command::Bench(args)) = cli.command else { panic!("not bench") };
+        assert_eq!((args.size, args.repeats), (Some(Sizes(vec![512])), 2));
+    }
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_tile("256").unwrap().0, vec![256]);
+        assert_eq!(parse_tile("128x256").unwrap().0, vec![128, 256]);
+        assert_eq!(parse_tile("16X32,64").unwrap().0, vec![16, 32, 64]);
+        assert!(parse_tile("0").is_err() && parse_tile("a").is_err() && parse_tile("1x2x3x4").is_err());
+    }
+}

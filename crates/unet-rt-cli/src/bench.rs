@@ -1,0 +1,145 @@
+//! `unet-rt bench`: throughput of the engine on a synthetic image.
+
+use std::time::Instant;
+
+use ndarray::{ArrayD, Dimension, IxDyn};
+use serde_json::json;
+use unet_rt::{Device, Options, OutputMode, Segmenter};
+
+use crate::args::{BenchArgs, OutputKind};
+use crate::errors::{usage, CliError, EXIT_OK};
+use crate::output::stdout_line;
+use crate::{interrupt, loader};
+
+/// Runs the command; returns the exit status.
+pub(crate) fn run(args: &BenchArgs) -> Result<u8, CliError> {
+    let model = loader::load(&args.model)?;
+    let info = model.info().clone();
+    let size = match args.size.as_ref().map(|s| s.0.as_slice()) {
+        None if info.spatial_dims == 3 => vec![128, 512, 512],
+        None => vec![2048, 2048],
+        Some([one]) => vec![*one; info.spatial_dims],
+        Some(s) if s.len() == info.spatial_dims => s.to_vec(),
+        Some(s) => return Err(usage(format!("--size has {} sizes for a {}-D model", s.len(), info.spatial_dims))),
+    };
+    let options = Options {
+        output: match args.output_kind {
+            OutputKind::Labels | OutputKind::Instances => OutputMode::Labels,
+            OutputKind::Probabilities => OutputMode::Probabilities,
+            OutputKind::Raw => OutputMode::Raw,
+        },
+        tile: loader::tile_for(args.model.tile.as_ref().map(|t| t.0.as_slice()), &info)?,
+        batch_size: loader::batch_size(&args.model),
+        cancel: Some(interrupt::flag()),
+        ..Options::default()
+    };
+    let segmenter = Segmenter::new(model.clone(), options)?;
+    let layout = segmenter.layout(&size)?;
+    let image = synthetic(info.in_channels, &size);
+    let pixels: usize = size.iter().product();
+
+    // One untimed run: libtorch builds its kernels (oneDNN primitives, cuDNN
+    // plans) on first use.
+    run_once(&segmenter, &image, args.output_kind)?;
+    let mut seconds = Vec::new();
+    for _ in 0..args.repeats {
+        let start = Instant::now();
+        run_once(&segmenter, &image, args.output_kind)?;
+        seconds.push(start.elapsed().as_secs_f64());
+    }
+    let median = median(&mut seconds.clone());
+    let mpx = |s: f64| pixels as f64 / s / 1e6;
+    let tile = layout.plan.input_tile_shape().to_vec();
+    let dims = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join("x");
+    let name = model.metadata().map(|m| m.name.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| "model".to_owned());
+    let threads = tch::get_num_threads();
+    if args.json {
+        stdout_line(
+            &json!({
+                "model": model.path().display().to_string(),
+                "name": name,
+                "device": device_name(model.device()),
+                "precision": model.precision().to_string(),
+                "threads": threads,
+                "size": size,
+                "output": format!("{:?}", args.output_kind).to_lowercase(),
+                "tiles": layout.plan.len(),
+                "tile": tile,
+                "batch": layout.batch_size,
+                "seconds": seconds,
+                "median_seconds": median,
+                "megapixels_per_second": mpx(median),
+            })
+            .to_string(),
+        );
+        return Ok(EXIT_OK);
+    }
+    let lines = [
+        format!("model      {name} ({})", model.path().display()),
+        format!("device     {}, {}, {threads} CPU threads", device_name(model.device()), model.precision()),
+        format!("image      {} ({:.2} Mpx), {} channel(s), uint16 noise", dims(&size), pixels as f64 / 1e6, info.in_channels),
+        format!("tiles      {} of {}, batch {}", layout.plan.len(), dims(&tile), layout.batch_size),
+        format!("output     {:?}", args.output_kind).to_lowercase(),
+        String::new(),
+        format!("{:>6}  {:>9}  {:>8}", "run", "seconds", "Mpx/s"),
+    ];
+    for line in lines {
+        stdout_line(&line);
+    }
+    for (i, s) in seconds.iter().enumerate() {
+        stdout_line(&format!("{:>6}  {s:>9.3}  {:>8.2}", i + 1, mpx(*s)));
+    }
+    stdout_line(&format!("{:>6}  {median:>9.3}  {:>8.2}", "median", mpx(median)));
+    Ok(EXIT_OK)
+}
+
+fn run_once(segmenter: &Segmenter, image: &ArrayD<u16>, kind: OutputKind) -> Result<(), CliError> {
+    match segmenter.options().output {
+        OutputMode::Labels => {
+            let labels: ArrayD<u16> = segmenter.segment(image.view())?;
+            if kind == OutputKind::Instances {
+                unet_rt::instances::connected_components(labels.view())?;
+            }
+        }
+        _ => {
+            let _: ArrayD<f32> = segmenter.segment(image.view())?;
+        }
+    }
+    Ok(())
+}
+
+/// Deterministic 12-bit noise with a smooth background, so that percentile
+/// normalization sees a spread of values (`(C, spatial...)`).
+fn synthetic(channels: usize, size: &[usize]) -> ArrayD<u16> {
+    let mut shape = vec![channels];
+    shape.extend_from_slice(size);
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut image = ArrayD::<u16>::zeros(IxDyn(&shape));
+    for (index, v) in image.indexed_iter_mut() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let x = index.slice().last().copied().unwrap_or(0) as f64;
+        let wave = (x / 37.0).sin() * 800.0 + 1600.0;
+        *v = (wave + (state % 1024) as f64) as u16;
+    }
+    image
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// `cpu` or `cuda:N`, as `--device` takes it.
+pub(crate) fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        _ => "cpu".to_owned(),
+    }
+}
+

@@ -1,0 +1,179 @@
+//! `unet-rt info`: what a model is, what it takes and how it was trained.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+use unet_rt::{Device, Model, Normalization, Precision};
+
+use crate::args::InfoArgs;
+use crate::errors::{CliError, EXIT_OK};
+use crate::loader::{self, BUNDLED_NAME};
+use crate::output::stdout_line;
+
+/// Runs the command; returns the exit status.
+pub(crate) fn run(args: &InfoArgs) -> Result<u8, CliError> {
+    // The CPU in fp32 describes any model; nothing runs but a probe.
+    let model = loader::load_model(args.model.as_deref(), Device::Cpu, Precision::Fp32)?;
+    let file_bytes = match args.model.as_deref() {
+        Some(path) => std::fs::metadata(path).map(|m| m.len()).ok(),
+        None => loader::bundled_bytes().map(|b| b.len() as u64),
+    };
+    let description = describe(&model, args.model.as_deref(), file_bytes);
+    if args.json {
+        stdout_line(&description.to_string());
+    } else {
+        for line in text(&description) {
+            stdout_line(&line);
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// Everything known about the model, as JSON.
+fn describe(model: &Model, path: Option<&Path>, file_bytes: Option<u64>) -> Value {
+    let info = model.info();
+    let meta = model.metadata();
+    let valid: Vec<usize> = (info.smallest_valid_size()..)
+        .step_by(info.size_multiple.max(1))
+        .filter(|&s| info.is_valid_size(s))
+        .take(4)
+        .collect();
+    json!({
+        "model": path.map_or_else(|| BUNDLED_NAME.to_owned(), |p| p.display().to_string()),
+        "bundled": path.is_none(),
+        "file_bytes": file_bytes,
+        "has_metadata": meta.is_some(),
+        "name": meta.map(|m| m.name.clone()),
+        "description": meta.map(|m| m.description.clone()),
+        "architecture": meta.map(|m| m.architecture.clone()),
+        "spatial_dims": info.spatial_dims,
+        "in_channels": info.in_channels,
+        "out_channels": info.out_channels,
+        "output": serde_json::to_value(info.output).unwrap_or(Value::Null),
+        "class_names": meta.map(|m| m.class_names.clone()).unwrap_or_default(),
+        "padding": serde_json::to_value(info.padding).unwrap_or(Value::Null),
+        "halo": info.halo,
+        "size_offset": info.size_offset,
+        "size_multiple": info.size_multiple,
+        "smallest_input": info.smallest_valid_size(),
+        "valid_sizes": valid,
+        "output_shrink": info.shrink(),
+        "probed": info.probed,
+        "normalization": serde_json::to_value(&info.normalization).unwrap_or(Value::Null),
+        "training": meta.map(|m| m.training.clone()).unwrap_or(Value::Null),
+    })
+}
+
+/// The description for people, one `label  value` row per line.
+fn text(d: &Value) -> Vec<String> {
+    let s = |key: &str| d[key].as_str().unwrap_or("").to_owned();
+    let n = |key: &str| d[key].as_u64().unwrap_or(0);
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let size = d["file_bytes"].as_u64().map(|b| format!(" ({})", human_bytes(b))).unwrap_or_default();
+    rows.push(("model".into(), format!("{}{size}", s("model"))));
+    if d["has_metadata"].as_bool() == Some(true) {
+        rows.push(("name".into(), s("name")));
+        if !s("description").is_empty() {
+            rows.push(("description".into(), s("description")));
+        }
+    }
+    let arch = if s("architecture").is_empty() { String::new() } else { format!("{}, ", s("architecture")) };
+    let padding = if s("padding") == "valid" { "valid (unpadded) convolutions" } else { "same (padded) convolutions" };
+    rows.push(("architecture".into(), format!("{arch}{}-D, {padding}", n("spatial_dims"))));
+    rows.push(("channels".into(), format!("{} in, {} out ({})", n("in_channels"), n("out_channels"), s("output"))));
+    let classes: Vec<String> = d["class_names"]
+        .as_array()
+        .map(|a| a.iter().enumerate().map(|(i, c)| format!("{i} {}", c.as_str().unwrap_or(""))).collect())
+        .unwrap_or_default();
+    if !classes.is_empty() {
+        rows.push(("classes".into(), classes.join(", ")));
+    }
+    let valid: Vec<String> = d["valid_sizes"].as_array().map(|a| a.iter().map(|v| v.to_string()).collect()).unwrap_or_default();
+    rows.push((
+        "input sizes".into(),
+        format!("{} + {}k ({}, ...) per axis; images of any size are tiled", n("smallest_input"), n("size_multiple"), valid.join(", ")),
+    ));
+    let halo = n("halo");
+    rows.push((
+        "halo".into(),
+        if s("padding") == "valid" {
+            format!("{halo} px per side: each tile's output is {} px smaller than its input", n("output_shrink"))
+        } else {
+            format!("{halo} px of context per side (tiles overlap by that much)")
+        },
+    ));
+    rows.push((
+        "geometry".into(),
+        if d["probed"].as_bool() == Some(true) { "probed (the model has no unet_rt metadata)".into() } else { "from the model's metadata".into() },
+    ));
+    rows.push(("normalization".into(), normalization_text(&d["normalization"])));
+    let mut training = Vec::new();
+    flatten("", &d["training"], &mut training);
+    for (i, (key, value)) in training.into_iter().enumerate() {
+        rows.push((if i == 0 { "training".into() } else { String::new() }, format!("{key}: {value}")));
+    }
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
+    rows.into_iter().map(|(k, v)| format!("{k:width$}{v}")).collect()
+}
+
+fn normalization_text(value: &Value) -> String {
+    match serde_json::from_value::<Normalization>(value.clone()) {
+        Ok(Normalization::Percentile { low, high }) => format!("percentiles {low} to {high} of each image mapped to 0 and 1"),
+        Ok(Normalization::Zscore { mean, std }) => format!("(x - {mean}) / {std}"),
+        Ok(Normalization::Scale { factor }) => format!("x * {factor}"),
+        Ok(Normalization::None) | Err(_) => "none (pixels as they are)".to_owned(),
+    }
+}
+
+/// `key.sub: value` rows of a JSON document (provenance, metrics).
+fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
+    let join = |key: &str| if prefix.is_empty() { key.to_owned() } else { format!("{prefix}.{key}") };
+    match value {
+        Value::Null => {}
+        Value::Object(map) => {
+            for (key, v) in map {
+                flatten(&join(key), v, out);
+            }
+        }
+        Value::Array(items) if items.iter().all(|v| !v.is_object() && !v.is_array()) => {
+            let items: Vec<String> = items.iter().map(scalar).collect();
+            out.push((prefix.to_owned(), items.join(", ")));
+        }
+        Value::Array(_) => out.push((prefix.to_owned(), value.to_string())),
+        v => out.push((prefix.to_owned(), scalar(v))),
+    }
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{}", (f * 1e4).round() / 1e4),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    } else {
+        format!("{:.1} KiB", b / 1024.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flattens_training_provenance() {
+        let mut rows = Vec::new();
+        flatten("", &json!({"data": "dsb2018", "metrics": {"ap50": 0.812345, "iou": 0.9}, "epochs": 40, "sizes": [1, 2]}), &mut rows);
+        let text: Vec<String> = rows.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        assert!(text.contains(&"metrics.ap50: 0.8123".to_owned()), "{text:?}");
+        assert!(text.contains(&"epochs: 40".to_owned()) && text.contains(&"sizes: 1, 2".to_owned()));
+    }
+}

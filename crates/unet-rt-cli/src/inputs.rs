@@ -1,0 +1,94 @@
+//! Which files the `segment` inputs name: files, folders and glob patterns.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use crate::errors::FileError;
+use crate::read::{extension, EXTENSIONS};
+
+/// Expands the inputs in the order given: a file as it is, a folder as its
+/// supported image files (not recursive, hidden files skipped, sorted by
+/// name), a pattern with `*`, `?` or `[` that the shell left unexpanded as the
+/// files it matches (sorted). A name that is none of these, a folder without
+/// images and a pattern matching nothing each give an error in place, so the
+/// other inputs are still processed. Repeated files are kept once.
+pub(crate) fn discover(inputs: &[PathBuf]) -> Vec<Result<PathBuf, FileError>> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for input in inputs {
+        let found = if input.is_dir() {
+            folder(input)
+        } else if input.exists() || !is_pattern(input) {
+            if input.exists() { Ok(vec![input.clone()]) } else { Err(FileError::new(input, "no such file")) }
+        } else {
+            pattern(input)
+        };
+        match found {
+            Ok(files) => out.extend(files.into_iter().filter(|f| seen.insert(f.clone())).map(Ok)),
+            Err(e) => out.push(Err(e)),
+        }
+    }
+    out
+}
+
+fn is_pattern(path: &Path) -> bool {
+    path.to_string_lossy().contains(['*', '?', '['])
+}
+
+fn is_image_name(path: &Path) -> bool {
+    let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
+    !hidden && EXTENSIONS.contains(&extension(path).as_str())
+}
+
+fn folder(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| FileError::new(dir, format!("cannot list the folder: {e}")))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && is_image_name(p))
+        .collect();
+    if files.is_empty() {
+        return Err(FileError::new(dir, "the folder holds no .tif, .tiff, .png or .npy file"));
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn pattern(input: &Path) -> Result<Vec<PathBuf>, FileError> {
+    let text = input.to_string_lossy();
+    // Like a shell, `*` does not match a leading dot (hidden files, and the
+    // temporaries of a run in progress).
+    let options = glob::MatchOptions { require_literal_leading_dot: true, ..glob::MatchOptions::new() };
+    let paths = glob::glob_with(&text, options).map_err(|e| FileError::new(input, format!("not a valid pattern: {e}")))?;
+    let mut files: Vec<PathBuf> = paths.filter_map(Result::ok).filter(|p| p.is_file()).collect();
+    if files.is_empty() {
+        return Err(FileError::new(input, "no file matches this pattern"));
+    }
+    files.sort();
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_folders_patterns_and_reports_missing_names() {
+        let dir = std::env::temp_dir().join(format!("unet_rt_inputs_{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        for name in ["b.tif", "a.PNG", "c.npy", "notes.txt", ".hidden.tif", ".a.tif.1.partial"] {
+            std::fs::write(dir.join(name), b"").unwrap();
+        }
+        let found = discover(&[dir.clone(), dir.join("c.npy"), dir.join("*.tif"), dir.join("none*.tif"), dir.join("gone.tif")]);
+        let names: Vec<String> = found
+            .iter()
+            .map(|r| match r {
+                Ok(p) => p.file_name().unwrap().to_string_lossy().into_owned(),
+                Err(e) => format!("error: {}", e.message),
+            })
+            .collect();
+        assert_eq!(names, ["a.PNG", "b.tif", "c.npy", "error: no file matches this pattern", "error: no such file"]);
+        let empty = discover(&[dir.join("sub")]);
+        assert!(matches!(&empty[..], [Err(e)] if e.message.contains("no .tif")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

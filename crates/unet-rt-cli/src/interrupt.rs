@@ -1,0 +1,38 @@
+//! Ctrl-C and termination signals.
+//!
+//! The first signal sets the engine's cancel flag: the current batch ends, no
+//! further output is started, temporaries are removed and the command exits
+//! with status 130. A second signal removes the temporaries being written and
+//! exits at once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::atomic;
+use crate::errors::EXIT_INTERRUPTED;
+
+static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// The process-wide cancel flag, shared with the engine's `Options::cancel`.
+pub(crate) fn flag() -> Arc<AtomicBool> {
+    FLAG.get_or_init(|| Arc::new(AtomicBool::new(false))).clone()
+}
+
+/// Whether an interruption was requested.
+pub(crate) fn requested() -> bool {
+    FLAG.get().is_some_and(|f| f.load(Ordering::Relaxed))
+}
+
+/// Installs the signal handler (SIGINT, SIGTERM, SIGHUP).
+pub(crate) fn install() {
+    let flag = flag();
+    // Without a handler (one already set, which cannot happen here) the
+    // default action still ends the process; temporaries are hidden files.
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            atomic::remove_all();
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+        eprintln!("\nunet-rt: interrupted: stopping after the current batch (again to stop at once)");
+    });
+}

@@ -1,0 +1,69 @@
+//! Loading the model named by `--model`, or the bundled one, as the flags
+//! shared by `segment` and `bench` say (device, precision, threads, tile).
+
+use std::path::Path;
+
+use unet_rt::{Model, ModelInfo, Precision};
+
+use crate::args::ModelArgs;
+use crate::errors::{usage, CliError};
+
+/// The name the bundled model goes by in messages and `Model::path`.
+pub(crate) const BUNDLED_NAME: &str = "bundled:nuclei.pt";
+
+/// The bundled nuclei model, embedded at build time when
+/// `python/unet_rt/models/nuclei.pt` existed (see build.rs).
+#[cfg(unet_rt_bundled)]
+pub(crate) fn bundled_bytes() -> Option<&'static [u8]> {
+    Some(include_bytes!(env!("UNET_RT_BUNDLED_MODEL_PATH")))
+}
+
+/// The bundled nuclei model: this build has none.
+#[cfg(not(unet_rt_bundled))]
+pub(crate) fn bundled_bytes() -> Option<&'static [u8]> {
+    None
+}
+
+fn no_bundled_model() -> CliError {
+    usage(
+        "no bundled model was built into this unet-rt (python/unet_rt/models/nuclei.pt did not exist at \
+         build time): pass --model MODEL",
+    )
+}
+
+/// Loads `path`, or the bundled model when `None`.
+pub(crate) fn load_model(path: Option<&Path>, device: unet_rt::Device, precision: Precision) -> Result<Model, CliError> {
+    match path {
+        Some(path) => Ok(Model::load_with_precision(path, device, precision)?),
+        None => {
+            let bytes = bundled_bytes().ok_or_else(no_bundled_model)?;
+            Ok(Model::load_bytes(bytes, BUNDLED_NAME, device, precision)?)
+        }
+    }
+}
+
+/// Applies `--threads`, parses device and precision, and loads the model.
+pub(crate) fn load(args: &ModelArgs) -> Result<Model, CliError> {
+    if let Some(threads) = args.threads {
+        tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
+    }
+    let device = unet_rt::parse_device(&args.device)?;
+    let precision: Precision = args.precision.parse()?;
+    load_model(args.model.as_deref(), device, precision)
+}
+
+/// `--tile` for this model: one size repeated over the spatial axes, or one
+/// per axis.
+pub(crate) fn tile_for(tile: Option<&[usize]>, info: &ModelInfo) -> Result<Option<Vec<usize>>, CliError> {
+    match tile {
+        None => Ok(None),
+        Some([one]) => Ok(Some(vec![*one; info.spatial_dims])),
+        Some(sizes) if sizes.len() == info.spatial_dims => Ok(Some(sizes.to_vec())),
+        Some(sizes) => Err(usage(format!("--tile has {} sizes for a {}-D model", sizes.len(), info.spatial_dims))),
+    }
+}
+
+/// The batch size flag as the engine takes it.
+pub(crate) fn batch_size(args: &ModelArgs) -> Option<usize> {
+    args.batch_size.map(|b| usize::try_from(b).unwrap_or(usize::MAX))
+}

@@ -1,0 +1,98 @@
+//! `--overlay`: the image scaled to 8-bit gray with the outline of each
+//! object drawn in its class's colour, as an RGB PNG for a quick look.
+
+use std::path::Path;
+
+use ndarray::{Array2, ArrayView2};
+use unet_rt::Pixel;
+
+use crate::errors::FileError;
+use crate::write::write_png_bytes;
+
+/// Outline colours of classes 1, 2, ... (cycled): bright and far from gray.
+const PALETTE: [[u8; 3]; 6] = [[0, 255, 0], [255, 0, 255], [0, 255, 255], [255, 255, 0], [255, 128, 0], [64, 128, 255]];
+
+/// Percentiles that map to black and white (those of the usual microscopy
+/// normalization, so that a few bright pixels do not darken the rest).
+const LOW: f64 = 1.0;
+const HIGH: f64 = 99.8;
+
+/// Writes the overlay of `classes` (0 = background) on `image`.
+pub(crate) fn write_overlay<T: Pixel>(path: &Path, image: ArrayView2<'_, T>, classes: ArrayView2<'_, u16>) -> Result<(), FileError> {
+    let (h, w) = image.dim();
+    let rgb = render(image, classes).map_err(|m| FileError::new(path, m))?;
+    let (w32, h32) = (u32::try_from(w).map_err(|e| FileError::new(path, e))?, u32::try_from(h).map_err(|e| FileError::new(path, e))?);
+    write_png_bytes(path, w32, h32, png::ColorType::Rgb, png::BitDepth::Eight, &rgb)
+}
+
+/// The RGB bytes of the overlay, row-major.
+fn render<T: Pixel>(image: ArrayView2<'_, T>, classes: ArrayView2<'_, u16>) -> Result<Vec<u8>, String> {
+    let gray = to_gray(image);
+    let (objects, _) = unet_rt::instances::connected_components(classes.into_dyn()).map_err(|e| e.to_string())?;
+    let objects = objects.into_dimensionality::<ndarray::Ix2>().map_err(|e| e.to_string())?;
+    let (h, w) = gray.dim();
+    let mut rgb = Vec::with_capacity(h * w * 3);
+    for ((y, x), &g) in gray.indexed_iter() {
+        let id = objects[[y, x]];
+        let edge = id != 0 && {
+            // Touching objects of different classes form one instance; their
+            // class boundary is drawn too.
+            let differs = |yy: usize, xx: usize| objects[[yy, xx]] != id || classes[[yy, xx]] != classes[[y, x]];
+            (y > 0 && differs(y - 1, x)) || (y + 1 < h && differs(y + 1, x)) || (x > 0 && differs(y, x - 1)) || (x + 1 < w && differs(y, x + 1))
+        };
+        if edge {
+            let class = usize::from(classes[[y, x]]).max(1);
+            rgb.extend_from_slice(&PALETTE[(class - 1) % PALETTE.len()]);
+        } else {
+            rgb.extend_from_slice(&[g, g, g]);
+        }
+    }
+    Ok(rgb)
+}
+
+/// The image scaled from its `LOW`..`HIGH` percentiles to 0..255.
+fn to_gray<T: Pixel>(image: ArrayView2<'_, T>) -> Array2<u8> {
+    let mut values: Vec<f64> = image.iter().map(|v| v.to_f64()).filter(|v| v.is_finite()).collect();
+    let (lo, hi) = (percentile(&mut values, LOW), percentile(&mut values, HIGH));
+    let range = if hi > lo { hi - lo } else { 1.0 };
+    image.mapv(|v| {
+        let t = ((v.to_f64() - lo) / range).clamp(0.0, 1.0);
+        if t.is_nan() { 0 } else { (t * 255.0).round() as u8 }
+    })
+}
+
+/// The `q`-th percentile (nearest rank), 0 for no values.
+fn percentile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q / 100.0) * (values.len() - 1) as f64).round() as usize;
+    let (_, v, _) = values.select_nth_unstable_by(rank.min(values.len() - 1), f64::total_cmp);
+    *v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn outlines_objects_in_class_colours() {
+        let image = array![[0u8, 50, 100, 150], [200, 250, 255, 0], [0, 0, 0, 0], [0, 0, 0, 0]];
+        let classes = array![[0u16, 1, 1, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 2]];
+        let rgb = render(image.view(), classes.view()).unwrap();
+        let px = |y: usize, x: usize| &rgb[(y * 4 + x) * 3..(y * 4 + x) * 3 + 3];
+        assert_eq!(px(0, 1), PALETTE[0]); // border of the class-1 object
+        assert_eq!(px(3, 3), PALETTE[1]); // a one-pixel class-2 object is all border
+        assert_eq!(px(0, 0), [0, 0, 0]);
+        assert_eq!(px(1, 0)[0], px(1, 0)[1]); // background stays gray
+    }
+
+    #[test]
+    fn percentiles_by_rank() {
+        let mut v: Vec<f64> = (0..=100).map(f64::from).collect();
+        assert_eq!(percentile(&mut v, 50.0), 50.0);
+        assert_eq!(percentile(&mut v, 100.0), 100.0);
+        assert_eq!(percentile(&mut [], 5.0), 0.0);
+    }
+}

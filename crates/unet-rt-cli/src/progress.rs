@@ -1,0 +1,85 @@
+//! Progress bars on a terminal: one for the files, one for the tiles of the
+//! current file. Nothing is drawn when stderr is not a terminal (pipes, logs,
+//! CI), or with `--quiet`.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use unet_rt::{Progress, ProgressFn};
+
+/// The two bars of a `segment` run.
+#[derive(Debug)]
+pub(crate) struct Bars {
+    multi: MultiProgress,
+    files: ProgressBar,
+    tiles: ProgressBar,
+    /// Tiles of the pages already done in the current file (stacks are
+    /// segmented page by page; the engine counts per page).
+    base: Arc<AtomicUsize>,
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> ")
+}
+
+impl Bars {
+    /// Bars for `files` inputs, drawn only when `wanted` and stderr is a terminal.
+    pub(crate) fn new(files: usize, wanted: bool) -> Self {
+        let target = if wanted && std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let multi = MultiProgress::with_draw_target(target);
+        let file_bar = multi.add(ProgressBar::new(files as u64));
+        file_bar.set_style(style("files [{bar:30}] {pos}/{len} {wide_msg}"));
+        let tiles = multi.add(ProgressBar::new(0));
+        tiles.set_style(style("tiles [{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta})"));
+        Self { multi, files: file_bar, tiles, base: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// A file starts: `tiles` tiles in all its pages.
+    pub(crate) fn start_file(&self, name: &str, tiles: usize) {
+        self.files.set_message(name.to_owned());
+        self.base.store(0, Ordering::Relaxed);
+        self.tiles.reset();
+        self.tiles.set_length(tiles as u64);
+        self.tiles.set_position(0);
+    }
+
+    /// The engine's progress callback for the current file.
+    pub(crate) fn tile_callback(&self) -> ProgressFn {
+        let tiles = self.tiles.clone();
+        let base = self.base.clone();
+        Arc::new(move |p: Progress| tiles.set_position((base.load(Ordering::Relaxed) + p.done) as u64))
+    }
+
+    /// A page of `tiles` tiles of the current file is done.
+    pub(crate) fn page_done(&self, tiles: usize) {
+        self.base.fetch_add(tiles, Ordering::Relaxed);
+    }
+
+    /// The current file is done (or failed, or was skipped).
+    pub(crate) fn file_done(&self) {
+        self.files.inc(1);
+    }
+
+    /// Prints a line on stdout without tearing the bars.
+    pub(crate) fn println(&self, line: &str) {
+        self.multi.suspend(|| crate::output::stdout_line(line));
+    }
+
+    /// Prints a line on stderr without tearing the bars.
+    pub(crate) fn eprintln(&self, line: &str) {
+        self.multi.suspend(|| eprintln!("{line}"));
+    }
+
+    /// Removes the bars.
+    pub(crate) fn finish(&self) {
+        self.tiles.finish_and_clear();
+        self.files.finish_and_clear();
+        let _ = self.multi.clear();
+    }
+}

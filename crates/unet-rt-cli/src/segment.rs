@@ -1,0 +1,321 @@
+//! `unet-rt segment`: every input read, segmented and written in turn.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ndarray::{Array2, ArrayD, ArrayViewD, Axis, IxDyn};
+use unet_rt::{Model, Options, OutputElement, OutputKind as ModelOutput, OutputMode, Pixel, Segmenter};
+
+use crate::args::{Format, OutputKind, SegmentArgs};
+use crate::axes::{self, Arranged};
+use crate::errors::{usage, CliError, FileError, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK};
+use crate::progress::Bars;
+use crate::read::{read_image, with_pixels};
+use crate::report::{Report, Status};
+use crate::write::{write_output, Output};
+use crate::{atomic, inputs, interrupt, loader, overlay};
+
+/// Everything a single input needs.
+struct Context<'a> {
+    args: &'a SegmentArgs,
+    model: Model,
+    options: Options,
+    bars: &'a Bars,
+}
+
+/// Runs the command; returns the exit status.
+pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
+    check_flags(args)?;
+    let model = loader::load(&args.model)?;
+    if interrupt::requested() {
+        return Err(CliError::Interrupted);
+    }
+    check_model(&model, args)?;
+    let info = model.info();
+    let options = Options {
+        output: match args.output_kind {
+            OutputKind::Labels | OutputKind::Instances => OutputMode::Labels,
+            OutputKind::Probabilities => OutputMode::Probabilities,
+            OutputKind::Raw => OutputMode::Raw,
+        },
+        tile: loader::tile_for(args.model.tile.as_ref().map(|t| t.0.as_slice()), info)?,
+        batch_size: loader::batch_size(&args.model),
+        cancel: Some(interrupt::flag()),
+        ..Options::default()
+    };
+    // Checks the tile against the model once, as a usage error.
+    Segmenter::new(model.clone(), options.clone())?;
+    prepare_folder(&args.output)?;
+
+    let found = inputs::discover(&args.inputs);
+    let bars = Bars::new(found.len(), !args.quiet);
+    let context = Context { args, model, options, bars: &bars };
+    let all_inputs: HashSet<PathBuf> = found.iter().filter_map(|f| f.as_ref().ok()).map(|p| same_file_key(p)).collect();
+    let mut claimed: HashMap<PathBuf, PathBuf> = HashMap::new();
+    let mut failures = 0usize;
+    for item in found {
+        if interrupt::requested() {
+            break;
+        }
+        let report = match item {
+            Err(e) => failed(&e.path.clone(), e, Instant::now()),
+            Ok(input) => process(&context, &input, &all_inputs, &mut claimed),
+        };
+        bars.file_done();
+        if matches!(report.status, Status::Failed) {
+            failures += 1;
+        }
+        if let Some(error) = report.error.as_ref().filter(|_| report.status == Status::Failed) {
+            bars.eprintln(&format!("unet-rt: error: {}: {error}", report.input.display()));
+        }
+        if args.json {
+            bars.println(&report.json());
+        } else if let Some(line) = report.text().filter(|_| !args.quiet) {
+            bars.println(&line);
+        }
+        if report.status == Status::Cancelled {
+            break;
+        }
+    }
+    bars.finish();
+    if interrupt::requested() {
+        atomic::remove_all();
+        eprintln!("unet-rt: interrupted; results written so far are complete");
+        return Ok(EXIT_INTERRUPTED);
+    }
+    Ok(if failures == 0 { EXIT_OK } else { EXIT_FAILURE })
+}
+
+/// Flag combinations that cannot work, whatever the model.
+fn check_flags(args: &SegmentArgs) -> Result<(), CliError> {
+    let float = matches!(args.output_kind, OutputKind::Probabilities | OutputKind::Raw);
+    if float && args.format == Format::Png {
+        return Err(usage("PNG cannot hold float probabilities or raw output: use --format tif or npy"));
+    }
+    Ok(())
+}
+
+/// Output kinds the model cannot give, as usage errors before any input.
+fn check_model(model: &Model, args: &SegmentArgs) -> Result<(), CliError> {
+    let info = model.info();
+    let classes = matches!(args.output_kind, OutputKind::Labels | OutputKind::Instances | OutputKind::Probabilities);
+    if info.output == ModelOutput::Identity && (classes || args.overlay) {
+        return Err(usage(
+            "the model's output is \"identity\" (regression), which has no classes: use --output-kind raw without --overlay",
+        ));
+    }
+    let labels = matches!(args.output_kind, OutputKind::Labels | OutputKind::Instances);
+    if info.output == ModelOutput::Sigmoid && info.out_channels > 1 && labels {
+        return Err(usage(format!(
+            "labels of a {}-channel sigmoid model are ambiguous (masks may overlap): use --output-kind probabilities",
+            info.out_channels
+        )));
+    }
+    Ok(())
+}
+
+/// Creates the output folder and checks that files can be created in it.
+fn prepare_folder(dir: &Path) -> Result<(), CliError> {
+    std::fs::create_dir_all(dir).map_err(|e| usage(format!("cannot create the output folder {}: {e}", dir.display())))?;
+    let probe = dir.join(format!(".unet-rt-write-test.{}", std::process::id()));
+    std::fs::File::create(&probe).map_err(|e| usage(format!("the output folder {} is not writable: {e}", dir.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// A path's identity for comparisons: its folder resolved, so that `a.tif`
+/// and `./a.tif` are the same file.
+fn same_file_key(path: &Path) -> PathBuf {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match (std::fs::canonicalize(parent), path.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => path.to_owned(),
+    }
+}
+
+fn failed(input: &Path, error: FileError, start: Instant) -> Report {
+    let mut report = Report::new(input, if error.interrupted { Status::Cancelled } else { Status::Failed });
+    report.seconds = start.elapsed().as_secs_f64();
+    // The message names the file already (the report's input); keep the reason.
+    report.error = Some(if error.path == input { error.message } else { error.to_string() });
+    report
+}
+
+fn process(ctx: &Context<'_>, input: &Path, all_inputs: &HashSet<PathBuf>, claimed: &mut HashMap<PathBuf, PathBuf>) -> Report {
+    let start = Instant::now();
+    let stem = input.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+    let output = ctx.args.output.join(format!("{stem}.{}", ctx.args.format.extension()));
+    let key = same_file_key(&output);
+    if let Some(first) = claimed.get(&key) {
+        let message = format!("its result {} would replace that of {}: rename one of them", output.display(), first.display());
+        return failed(input, FileError::new(input, message), start);
+    }
+    if key != same_file_key(input) && all_inputs.contains(&key) {
+        let message = format!("its result {} would replace another input: choose another --output folder", output.display());
+        return failed(input, FileError::new(input, message), start);
+    }
+    claimed.insert(key, input.to_owned());
+    if ctx.args.skip_existing && output.exists() {
+        let mut report = Report::new(input, Status::Skipped);
+        report.output = Some(output);
+        return report;
+    }
+    ctx.bars.start_file(&input.display().to_string(), 0);
+    match segment_file(ctx, input, &output, stem) {
+        Ok((shape, objects)) => {
+            let mut report = Report::new(input, Status::Ok);
+            report.output = Some(output);
+            report.shape = Some(shape);
+            report.objects = objects;
+            report.seconds = start.elapsed().as_secs_f64();
+            report
+        }
+        Err((error, shape)) => {
+            let mut report = failed(input, error, start);
+            report.shape = shape;
+            report
+        }
+    }
+}
+
+type FileResult<T> = Result<T, (FileError, Option<Vec<usize>>)>;
+
+/// Reads, segments and writes one file; returns the input shape and the
+/// number of objects (instances).
+fn segment_file(ctx: &Context<'_>, input: &Path, output: &Path, stem: &str) -> FileResult<(Vec<usize>, Option<usize>)> {
+    let image = read_image(input).map_err(|m| (FileError::new(input, m), None))?;
+    let shape = image.pixels.shape().to_vec();
+    let fail = |e: FileError| (e, Some(shape.clone()));
+    let info = ctx.model.info();
+    let axes = axes::choose_axes(ctx.args.axes.as_deref(), image.axes.as_deref(), &shape, info)
+        .map_err(|m| fail(FileError::new(input, format!("{m} ({} image)", image.pixels.type_name()))))?;
+    let overlay_path = ctx.args.overlay.then(|| output.with_file_name(format!("{stem}_overlay.png")));
+    let objects = with_pixels!(&image.pixels, a => {
+        let arranged = axes::arrange(a.view(), &axes, info).map_err(|m| fail(FileError::new(input, m)))?;
+        let result = compute(ctx, input, &arranged).map_err(fail)?;
+        write_output(output, &result.output, ctx.args.format).map_err(fail)?;
+        if let (Some(path), Some(classes)) = (&overlay_path, &result.classes) {
+            let plane = middle_plane(arranged.view.index_axis(Axis(1), 0)).map_err(|m| fail(FileError::new(input, m)))?;
+            overlay::write_overlay(path, plane, classes.view()).map_err(fail)?;
+        }
+        result.objects
+    });
+    Ok((shape, objects))
+}
+
+/// What [`compute`] returns.
+struct Computed {
+    output: Output,
+    /// The class map of the overlay's plane (with `--overlay` only).
+    classes: Option<Array2<u16>>,
+    objects: Option<usize>,
+}
+
+/// Segments every page of an arranged image into the requested output.
+fn compute<T: Pixel>(ctx: &Context<'_>, input: &Path, arranged: &Arranged<'_, T>) -> Result<Computed, FileError> {
+    let options = Options { progress: Some(ctx.bars.tile_callback()), ..ctx.options.clone() };
+    let engine = |e: unet_rt::Error| FileError::engine(input, e);
+    let segmenter = Segmenter::new(ctx.model.clone(), options).map_err(engine)?;
+    let pages = arranged.view.shape()[0];
+    let tiles = segmenter.layout(&arranged.view.shape()[2..]).map_err(engine)?.plan.len();
+    ctx.bars.start_file(&input.display().to_string(), tiles * pages);
+    let run = |seg: &Segmenter| -> Result<Output, FileError> {
+        let wide = ctx.model.info().out_channels > 256;
+        Ok(match seg.options().output {
+            OutputMode::Labels if wide => Output::U16(run_pages::<T, u16>(ctx, seg, arranged, tiles).map_err(engine)?),
+            OutputMode::Labels => Output::U8(run_pages::<T, u8>(ctx, seg, arranged, tiles).map_err(engine)?),
+            _ => Output::F32(run_pages::<T, f32>(ctx, seg, arranged, tiles).map_err(engine)?),
+        })
+    };
+    let result = run(&segmenter)?;
+    let classes = match ctx.args.overlay {
+        true => Some(class_plane(&result, arranged.stacked, ctx.args.output_kind).map_err(|m| FileError::new(input, m))?),
+        false => None,
+    };
+    if ctx.args.output_kind != OutputKind::Instances {
+        return Ok(Computed { output: result, classes, objects: None });
+    }
+    let (instances, objects) = match &result {
+        Output::U8(labels) => instances(labels.view(), arranged.stacked),
+        Output::U16(labels) => instances(labels.view(), arranged.stacked),
+        _ => return Err(FileError::new(input, "internal error: instances need labels")),
+    }
+    .map_err(engine)?;
+    Ok(Computed { output: instances, classes, objects: Some(objects) })
+}
+
+/// Segments each page (batch entry) into one array `([pages,] result...)`.
+fn run_pages<T: Pixel, U: OutputElement>(
+    ctx: &Context<'_>,
+    segmenter: &Segmenter,
+    arranged: &Arranged<'_, T>,
+    tiles: usize,
+) -> Result<ArrayD<U>, unet_rt::Error> {
+    let view = &arranged.view;
+    let pages = view.shape()[0];
+    let mut shape = vec![pages];
+    shape.extend(segmenter.output_shape(&view.shape()[1..]));
+    let mut out = ArrayD::<U>::default(IxDyn(&shape));
+    for (page, target) in view.axis_iter(Axis(0)).zip(out.axis_iter_mut(Axis(0))) {
+        segmenter.segment_into(page, target)?;
+        ctx.bars.page_done(tiles);
+    }
+    Ok(if arranged.stacked { out } else { out.index_axis_move(Axis(0), 0) })
+}
+
+/// Connected components of `labels > 0`, page by page for stacks; `u16`
+/// when the objects fit, else `u32`.
+fn instances<L: unet_rt::instances::Foreground + Copy>(labels: ArrayViewD<'_, L>, stacked: bool) -> Result<(Output, usize), unet_rt::Error> {
+    let (ids, total, most) = if stacked {
+        let mut ids = ArrayD::<u32>::zeros(labels.raw_dim());
+        let (mut total, mut most) = (0, 0);
+        for (page, mut target) in labels.axis_iter(Axis(0)).zip(ids.axis_iter_mut(Axis(0))) {
+            let (page_ids, n) = unet_rt::instances::connected_components(page)?;
+            target.assign(&page_ids);
+            total += n;
+            most = most.max(n);
+        }
+        (ids, total, most)
+    } else {
+        let (ids, n) = unet_rt::instances::connected_components(labels)?;
+        (ids, n, n)
+    };
+    Ok(if most <= usize::from(u16::MAX) { (Output::U16(ids.mapv(|v| v as u16)), total) } else { (Output::U32(ids), total) })
+}
+
+/// The middle plane of a `([pages or z,] y, x)` array: what the overlay shows.
+fn middle_plane<A>(mut view: ArrayViewD<'_, A>) -> Result<ndarray::ArrayView2<'_, A>, String> {
+    while view.ndim() > 2 {
+        let middle = view.shape()[0] / 2;
+        view = view.index_axis_move(Axis(0), middle);
+    }
+    view.into_dimensionality::<ndarray::Ix2>().map_err(|e| format!("no 2-D plane for the overlay: {e}"))
+}
+
+/// The class map of the overlay's plane, from labels or from channels: the
+/// argmax, or for one channel, probability > 0.5 or raw logit > 0.
+fn class_plane(result: &Output, stacked: bool, kind: OutputKind) -> Result<Array2<u16>, String> {
+    Ok(match result {
+        Output::U8(l) => middle_plane(l.view())?.mapv(u16::from),
+        Output::U16(l) => middle_plane(l.view())?.to_owned(),
+        Output::U32(l) => middle_plane(l.view())?.mapv(|v| u16::try_from(v).unwrap_or(u16::MAX)),
+        Output::F32(values) => {
+            let channel_axis = Axis(usize::from(stacked));
+            let threshold = if kind == OutputKind::Raw { 0.0 } else { 0.5 };
+            let classes = values.map_axis(channel_axis, |c| {
+                if c.len() == 1 {
+                    return u16::from(c[0] > threshold);
+                }
+                let mut best = 0;
+                for (k, &v) in c.iter().enumerate() {
+                    if v > c[best] {
+                        best = k;
+                    }
+                }
+                u16::try_from(best).unwrap_or(u16::MAX)
+            });
+            middle_plane(classes.view())?.to_owned()
+        }
+    })
+}

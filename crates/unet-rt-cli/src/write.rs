@@ -1,0 +1,155 @@
+//! Writing results as TIFF, PNG or NPY, always through [`write_atomically`].
+
+use std::io::{Seek, Write};
+use std::path::Path;
+
+use ndarray::ArrayD;
+use ndarray_npy::WriteNpyExt;
+use tiff::encoder::{colortype, TiffEncoder, TiffKind, TiffValue};
+
+use crate::args::Format;
+use crate::atomic::write_atomically;
+use crate::errors::FileError;
+
+/// A result ready to be written.
+#[derive(Debug)]
+pub(crate) enum Output {
+    /// Class labels (up to 256 classes) or instances (up to 255).
+    U8(ArrayD<u8>),
+    /// Class labels or instances up to 65535.
+    U16(ArrayD<u16>),
+    /// Instances beyond 65535.
+    U32(ArrayD<u32>),
+    /// Probabilities or raw output, channel-first.
+    F32(ArrayD<f32>),
+}
+
+impl Output {
+    /// The result's shape.
+    pub(crate) fn shape(&self) -> &[usize] {
+        match self {
+            Self::U8(a) => a.shape(),
+            Self::U16(a) => a.shape(),
+            Self::U32(a) => a.shape(),
+            Self::F32(a) => a.shape(),
+        }
+    }
+}
+
+/// TIFF files beyond this size are written as BigTIFF (classic TIFF offsets
+/// are 32-bit; the margin leaves room for the directories).
+const BIGTIFF_FROM: usize = 4_000_000_000;
+
+/// Writes `output` to `path` in `format`.
+pub(crate) fn write_output(path: &Path, output: &Output, format: Format) -> Result<(), FileError> {
+    match format {
+        Format::Npy => write_atomically(path, |w| match output {
+            Output::U8(a) => a.write_npy(w),
+            Output::U16(a) => a.write_npy(w),
+            Output::U32(a) => a.write_npy(w),
+            Output::F32(a) => a.write_npy(w),
+        }
+        .map_err(|e| e.to_string())),
+        Format::Tif => {
+            // Check the shape before creating anything.
+            pages(output.shape()).map_err(|m| FileError::new(path, m))?;
+            write_atomically(path, |w| match output {
+                Output::U8(a) => write_tiff::<colortype::Gray8, _>(w, a),
+                Output::U16(a) => write_tiff::<colortype::Gray16, _>(w, a),
+                Output::U32(a) => write_tiff::<colortype::Gray32, _>(w, a),
+                Output::F32(a) => write_tiff::<colortype::Gray32Float, _>(w, a),
+            })
+        }
+        Format::Png => write_png(path, output),
+    }
+}
+
+/// `(pages, height, width)` of an array written as TIFF pages: every axis
+/// before the last two becomes pages, in C order.
+fn pages(shape: &[usize]) -> Result<(usize, u32, u32), String> {
+    if shape.len() < 2 {
+        return Err(format!("cannot write an array of shape {shape:?} as an image"));
+    }
+    let n = shape.len();
+    let to_u32 = |v: usize| u32::try_from(v).map_err(|_| format!("{v} pixels is too wide for TIFF"));
+    Ok((shape[..n - 2].iter().product(), to_u32(shape[n - 2])?, to_u32(shape[n - 1])?))
+}
+
+fn write_tiff<C, W>(w: &mut W, array: &ArrayD<C::Inner>) -> Result<(), String>
+where
+    C: colortype::ColorType,
+    C::Inner: Copy,
+    [C::Inner]: TiffValue,
+    W: Write + Seek,
+{
+    let bytes = array.len() * std::mem::size_of::<C::Inner>();
+    if bytes >= BIGTIFF_FROM {
+        write_pages::<C, _, tiff::encoder::TiffKindBig>(TiffEncoder::new_big(w).map_err(|e| e.to_string())?, array)
+    } else {
+        write_pages::<C, _, tiff::encoder::TiffKindStandard>(TiffEncoder::new(w).map_err(|e| e.to_string())?, array)
+    }
+}
+
+fn write_pages<C, W, K>(mut encoder: TiffEncoder<W, K>, array: &ArrayD<C::Inner>) -> Result<(), String>
+where
+    C: colortype::ColorType,
+    C::Inner: Copy,
+    [C::Inner]: TiffValue,
+    W: Write + Seek,
+    K: TiffKind,
+{
+    let (count, height, width) = pages(array.shape())?;
+    let standard = array.as_standard_layout();
+    let Some(data) = standard.as_slice() else {
+        return Err("internal error: a standard-layout array is not contiguous".to_owned());
+    };
+    let page_len = height as usize * width as usize;
+    if page_len == 0 || count == 0 {
+        return Err(format!("cannot write an empty image of shape {:?}", array.shape()));
+    }
+    for page in data.chunks_exact(page_len) {
+        encoder.write_image::<C>(width, height, page).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// PNG holds one 2-D gray image of 8 or 16 bits.
+fn write_png(path: &Path, output: &Output) -> Result<(), FileError> {
+    let fail = |m: String| FileError::new(path, m);
+    let shape = output.shape();
+    if shape.len() != 2 {
+        return Err(fail(format!("PNG holds one 2-D image, the result has shape {shape:?}: use --format tif or npy")));
+    }
+    let (height, width) = (u32::try_from(shape[0]).map_err(|e| fail(e.to_string()))?, u32::try_from(shape[1]).map_err(|e| fail(e.to_string()))?);
+    let (depth, bytes): (png::BitDepth, Vec<u8>) = match output {
+        Output::U8(a) => (png::BitDepth::Eight, a.iter().copied().collect()),
+        Output::U16(a) => (png::BitDepth::Sixteen, a.iter().flat_map(|v| v.to_be_bytes()).collect()),
+        Output::U32(a) => {
+            if a.iter().any(|&v| v > u32::from(u16::MAX)) {
+                return Err(fail("more than 65535 objects do not fit a 16-bit PNG: use --format tif or npy".to_owned()));
+            }
+            (png::BitDepth::Sixteen, a.iter().flat_map(|&v| (v as u16).to_be_bytes()).collect())
+        }
+        Output::F32(_) => return Err(fail("PNG cannot hold float results: use --format tif or npy".to_owned())),
+    };
+    write_png_bytes(path, width, height, png::ColorType::Grayscale, depth, &bytes)
+}
+
+/// Writes raw PNG sample bytes (big-endian for 16 bits).
+pub(crate) fn write_png_bytes(
+    path: &Path,
+    width: u32,
+    height: u32,
+    color: png::ColorType,
+    depth: png::BitDepth,
+    bytes: &[u8],
+) -> Result<(), FileError> {
+    write_atomically(path, |w| {
+        let mut encoder = png::Encoder::new(w, width, height);
+        encoder.set_color(color);
+        encoder.set_depth(depth);
+        let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
+        writer.write_image_data(bytes).map_err(|e| e.to_string())?;
+        writer.finish().map_err(|e| e.to_string())
+    })
+}

@@ -1,0 +1,348 @@
+"""The ``unet-rt`` command-line tool, run as a real program: results equal the
+PyTorch whole-image oracle, every input format round-trips, errors give the
+documented exit status and leave no stray files, and an interrupted run
+leaves only complete results."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from training.export import read_metadata
+from training.reference import reference_whole
+
+TILE = "64"  # a valid tile of the tiny model (44 + 4k): several tiles per image
+
+
+def run(cmd, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=120, **kw)
+
+
+def no_debris(folder: Path) -> None:
+    """No temporaries and no backtraces: what every run must leave behind."""
+    leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".")]
+    assert not leftovers, f"temporary files left in {folder}: {leftovers}"
+
+
+def no_panic(proc: subprocess.CompletedProcess) -> None:
+    assert "panicked" not in proc.stderr and "RUST_BACKTRACE" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def objects_model(tmp_path_factory) -> Path:
+    """A tiny random U-Net whose foreground is a few percent of a noisy
+    image, in hundreds of separate pieces (seed 0's covers almost all)."""
+    from training.tiny import export_tiny
+
+    return export_tiny(tmp_path_factory.mktemp("objects") / "tiny3.pt", seed=3)
+
+
+@pytest.fixture(scope="module")
+def oracle(tiny_model_path):
+    """Probabilities ``(2, *shape)`` of one forward pass over the whole image."""
+    net = torch.jit.load(str(tiny_model_path))
+    meta = read_metadata(tiny_model_path)
+
+    def probabilities(image: np.ndarray) -> np.ndarray:
+        raw = torch.from_numpy(reference_whole(net, image.astype(np.float32), meta))
+        return torch.softmax(raw, 0).numpy()
+
+    return probabilities
+
+
+def assert_labels_match(labels: np.ndarray, probs: np.ndarray) -> None:
+    """Labels equal the oracle's argmax wherever the two classes are not tied
+    within float rounding."""
+    assert labels.shape == probs.shape[1:]
+    decided = np.abs(probs[1] - probs[0]) > 1e-4
+    assert decided.mean() > 0.9
+    np.testing.assert_array_equal(labels[decided], probs.argmax(0)[decided])
+
+
+def random_image(shape, dtype, seed) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # Smooth blobs plus noise: the random network then finds objects of
+    # several sizes rather than salt and pepper alone.
+    base = ndimage.gaussian_filter(rng.random(shape), 3)
+    base = (base - base.min()) / (np.ptp(base) + 1e-9) + 0.2 * rng.random(shape)
+    if np.issubdtype(dtype, np.integer):
+        return (base / base.max() * np.iinfo(dtype).max).astype(dtype)
+    return (base * 1000).astype(dtype)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """One folder with an image of each supported kind, and the arrays."""
+    folder = tmp_path_factory.mktemp("inputs")
+    images = {
+        "u8.tif": random_image((70, 90), np.uint8, 1),
+        "u16.tif": random_image((61, 47), np.uint16, 2),
+        "f32.tif": random_image((50, 66), np.float32, 3),
+        "big.tif": random_image((52, 48), np.uint16, 4),
+        "gray8.png": random_image((45, 80), np.uint8, 5),
+        "gray16.png": random_image((64, 50), np.uint16, 6),
+        "array.npy": random_image((58, 44), np.float64, 7),
+    }
+    for name, image in images.items():
+        if name == "big.tif":
+            tifffile.imwrite(folder / name, image, bigtiff=True)
+        elif name.endswith(".tif"):
+            tifffile.imwrite(folder / name, image)
+        elif name.endswith(".png"):
+            Image.fromarray(image).save(folder / name)
+        else:
+            np.save(folder / name, image)
+    with tifffile.TiffFile(folder / "big.tif") as tif:
+        assert tif.is_bigtiff
+    return folder, images
+
+
+def test_every_format_gives_the_reference_labels(tiny_model_path, cli, inputs, oracle, tmp_path):
+    folder, images = inputs
+    out = tmp_path / "labels"
+    proc = run([cli, "segment", folder, "-m", tiny_model_path, "-o", out, "--tile", TILE, "--device", "cpu"])
+    assert proc.returncode == 0, proc.stderr
+    no_panic(proc)
+    for name, image in images.items():
+        labels = tifffile.imread(out / (Path(name).stem + ".tif"))
+        assert labels.dtype == np.uint8, name
+        assert_labels_match(labels, oracle(image))
+    no_debris(out)
+
+
+def test_probabilities_equal_the_reference_as_npy_and_float_tiff(tiny_model_path, cli, inputs, oracle, tmp_path):
+    folder, images = inputs
+    names = ["u16.tif", "gray8.png", "array.npy"]
+    for fmt in ("npy", "tif"):
+        out = tmp_path / fmt
+        cmd = [cli, "segment", *[folder / n for n in names], "-m", tiny_model_path, "-o", out]
+        proc = run(cmd + ["--output-kind", "probabilities", "--format", fmt, "--tile", "52x60", "--device", "cpu"])
+        assert proc.returncode == 0, proc.stderr
+        for name in names:
+            path = out / f"{Path(name).stem}.{fmt}"
+            got = np.load(path) if fmt == "npy" else tifffile.imread(path)
+            want = oracle(images[name])
+            assert got.dtype == np.float32 and got.shape == want.shape, (name, got.shape)
+            np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_multipage_tiff_is_a_stack_of_2d_images(tiny_model_path, cli, oracle, tmp_path):
+    stack = np.stack([random_image((60, 50), np.uint16, s) for s in (10, 11, 12)])
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    out = tmp_path / "out"
+    for kind in ("labels", "probabilities"):
+        proc = run([cli, "segment", tmp_path / "stack.tif", "-m", tiny_model_path, "-o", out / kind, "-k", kind, "--tile", TILE])
+        assert proc.returncode == 0, proc.stderr
+    labels = tifffile.imread(out / "labels" / "stack.tif")
+    probs = tifffile.imread(out / "probabilities" / "stack.tif").reshape(3, 2, 60, 50)
+    assert labels.shape == (3, 60, 50)
+    for page, image in enumerate(stack):
+        want = oracle(image)  # each page normalised on its own
+        assert_labels_match(labels[page], want)
+        np.testing.assert_allclose(probs[page], want, atol=1e-4)
+
+
+def test_npy_axes(tiny_model_path, cli, oracle, tmp_path):
+    image = random_image((48, 56), np.float32, 20)
+    np.save(tmp_path / "chw.npy", image[None])
+    np.save(tmp_path / "hwc.npy", image[:, :, None])
+    out = tmp_path / "out"
+    first = run([cli, "segment", tmp_path / "chw.npy", "-m", tiny_model_path, "-o", out, "--format", "npy"])
+    second = run([cli, "segment", tmp_path / "hwc.npy", "-m", tiny_model_path, "-o", out, "--format", "npy", "--axes", "yxc"])
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    want = oracle(image)
+    assert_labels_match(np.load(out / "chw.npy"), want)
+    assert_labels_match(np.load(out / "hwc.npy"), want)
+
+
+def test_instances_are_scipy_label_of_the_labels(objects_model, cli, tmp_path):
+    image = random_image((120, 100), np.uint16, 30)
+    stack = np.stack([image, random_image((120, 100), np.uint16, 31)])
+    tifffile.imwrite(tmp_path / "one.tif", image)
+    tifffile.imwrite(tmp_path / "two.tif", stack, photometric="minisblack")
+    inputs = [tmp_path / "one.tif", tmp_path / "two.tif"]
+    common = ["-m", objects_model, "--tile", TILE]
+    labels_run = run([cli, "segment", *inputs, "-o", tmp_path / "labels", *common])
+    inst_run = run([cli, "segment", *inputs, "-o", tmp_path / "inst", "-k", "instances", "--json", *common])
+    assert labels_run.returncode == 0 and inst_run.returncode == 0, labels_run.stderr + inst_run.stderr
+    reports = [json.loads(line) for line in inst_run.stdout.splitlines()]
+    for name, report in zip(["one", "two"], reports):
+        labels = tifffile.imread(tmp_path / "labels" / f"{name}.tif")
+        got = tifffile.imread(tmp_path / "inst" / f"{name}.tif")
+        assert got.dtype == np.uint16
+        pages = labels[None] if labels.ndim == 2 else labels
+        got_pages = got[None] if got.ndim == 2 else got
+        total = 0
+        for lab, inst in zip(pages, got_pages):
+            want, n = ndimage.label(lab > 0)  # the default structure: face connectivity
+            np.testing.assert_array_equal(inst, want)  # bit-identical numbering
+            total += n
+        assert report["objects"] == total > 1
+
+
+def test_overlay_and_png_output(objects_model, cli, tmp_path):
+    image = random_image((64, 72), np.uint8, 40)
+    Image.fromarray(image).save(tmp_path / "cells.png")
+    out = tmp_path / "out"
+    proc = run([cli, "segment", tmp_path / "cells.png", "-m", objects_model, "-o", out, "--format", "png", "--overlay", "-k", "instances"])
+    assert proc.returncode == 0, proc.stderr
+    instances = np.asarray(Image.open(out / "cells.png"))
+    assert instances.shape == (64, 72) and instances.max() >= 1
+    overlay = np.asarray(Image.open(out / "cells_overlay.png"))
+    assert overlay.shape == (64, 72, 3) and overlay.dtype == np.uint8
+    coloured = (overlay[..., 0] != overlay[..., 1]) | (overlay[..., 1] != overlay[..., 2])
+    borders = (instances > 0) & (ndimage.grey_erosion(instances, size=(3, 3)) != instances)
+    assert coloured.any() and coloured[instances == 0].sum() == 0 and borders[coloured].all()
+    no_debris(out)
+
+
+def test_runtime_errors_name_the_file_and_spare_the_others(tiny_model_path, cli, tmp_path):
+    good = random_image((50, 50), np.uint16, 50)
+    tifffile.imwrite(tmp_path / "good.tif", good)
+    (tmp_path / "corrupt.tif").write_bytes(b"II*\x00" + os.urandom(200))
+    Image.fromarray(np.zeros((50, 50, 3), np.uint8)).save(tmp_path / "rgb.png")  # 3 channels, model takes 1
+    np.save(tmp_path / "cube.npy", np.zeros((4, 50, 50), np.float32))  # ambiguous without --axes
+    out = tmp_path / "out"
+    names = ["missing.tif", "corrupt.tif", "rgb.png", "cube.npy", "good.tif"]
+    proc = run([cli, "segment", *[tmp_path / n for n in names], "-m", tiny_model_path, "-o", out, "--json"])
+    assert proc.returncode == 1, proc.stderr
+    no_panic(proc)
+    reports = {Path(r["input"]).name: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert set(reports) == set(names)
+    for name in names[:-1]:
+        assert reports[name]["status"] == "failed" and reports[name]["error"], reports[name]
+        assert f"{name}:" in proc.stderr, proc.stderr
+        assert not (out / (Path(name).stem + ".tif")).exists()
+    assert "no such file" in reports["missing.tif"]["error"]
+    assert "TIFF" in reports["corrupt.tif"]["error"]
+    assert "1 input channel" in reports["rgb.png"]["error"]
+    assert "--axes" in reports["cube.npy"]["error"]
+    assert reports["good.tif"]["status"] == "ok" and reports["good.tif"]["shape"] == [50, 50]
+    assert tifffile.imread(out / "good.tif").shape == (50, 50)
+    assert sorted(p.name for p in out.iterdir()) == ["good.tif"]
+
+
+def test_usage_errors_exit_2_before_writing_anything(tiny_model_path, cli, tmp_path):
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((50, 50), np.uint8))
+    (tmp_path / "a_file").write_text("")
+    img, model = tmp_path / "img.tif", tiny_model_path
+    cases = {
+        "output folder": [img, "-m", model, "-o", tmp_path / "a_file" / "out"],
+        "device": [img, "-m", model, "-o", tmp_path / "o1", "--device", "tpu"],
+        "precision": [img, "-m", model, "-o", tmp_path / "o2", "--precision", "int4"],
+        "tile": [img, "-m", model, "-o", tmp_path / "o3", "--tile", "45"],
+        "PNG cannot hold": [img, "-m", model, "-o", tmp_path / "o4", "-k", "probabilities", "--format", "png"],
+        "model file not found": [img, "-m", tmp_path / "nope.pt", "-o", tmp_path / "o5"],
+        "--output-kind": [img, "-m", model, "-o", tmp_path / "o6", "--output-kind", "blobs"],
+    }
+    for needle, args in cases.items():
+        proc = run([cli, "segment", *args])
+        assert proc.returncode == 2, (needle, proc.stderr)
+        assert needle in proc.stderr, (needle, proc.stderr)
+        no_panic(proc)
+    assert "a_file" in run([cli, "segment", *cases["output folder"]]).stderr
+    assert not any((tmp_path / f"o{i}").exists() and any((tmp_path / f"o{i}").iterdir()) for i in range(1, 7))
+
+
+def test_skip_existing_resumes_a_folder(tiny_model_path, cli, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        tifffile.imwrite(src / f"img{i}.tif", random_image((50, 50), np.uint8, 60 + i))
+    out = tmp_path / "out"
+    first = run([cli, "segment", src, "-m", tiny_model_path, "-o", out, "--json"])
+    assert first.returncode == 0, first.stderr
+    assert [json.loads(line)["status"] for line in first.stdout.splitlines()] == ["ok"] * 3
+    (out / "img1.tif").unlink()
+    before = (out / "img0.tif").stat().st_mtime_ns
+    again = run([cli, "segment", src, "-m", tiny_model_path, "-o", out, "--json", "--skip-existing"])
+    assert again.returncode == 0, again.stderr
+    statuses = {Path(r["input"]).name: r["status"] for r in map(json.loads, again.stdout.splitlines())}
+    assert statuses == {"img0.tif": "skipped", "img1.tif": "ok", "img2.tif": "skipped"}
+    assert (out / "img0.tif").stat().st_mtime_ns == before
+    assert (out / "img1.tif").exists()
+
+
+def test_glob_patterns_expand_without_a_shell(tiny_model_path, cli, tmp_path):
+    for name in ("a.tif", "b.tif", "c.png"):
+        (tmp_path / name).write_bytes(b"")
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((44, 44), np.uint8))
+    tifffile.imwrite(tmp_path / "b.tif", np.zeros((44, 44), np.uint8))
+    proc = run([cli, "segment", str(tmp_path / "*.tif"), "-m", tiny_model_path, "-o", tmp_path / "out", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    assert [Path(json.loads(line)["input"]).name for line in proc.stdout.splitlines()] == ["a.tif", "b.tif"]
+
+
+@pytest.mark.slow
+def test_interrupt_leaves_only_complete_results(tiny_model_path, cli, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        tifffile.imwrite(src / f"img{i}.tif", random_image((400, 400), np.uint16, 70 + i))
+    out = tmp_path / "out"
+    # The smallest tile makes each image take a while: 2,500 tiles, about a
+    # second, so the signal comes while the second image is processed.
+    cmd = [cli, "segment", src, "-m", tiny_model_path, "-o", out, "--tile", "48", "--batch-size", "4", "--threads", "1"]
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out.exists() and any(p.suffix == ".tif" for p in out.iterdir())):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "panicked" not in stderr
+    done = sorted(p.name for p in out.iterdir())
+    assert 1 <= len(done) < 6, done
+    for name in done:
+        assert name.endswith(".tif"), f"stray file {name}"
+        assert tifffile.imread(out / name).shape == (400, 400)
+    no_debris(out)
+
+
+def test_info_describes_the_model(tiny_model_path, cli):
+    text = run([cli, "info", tiny_model_path])
+    assert text.returncode == 0, text.stderr
+    for needle in ("tiny-random", "44 + 4k", "20 px per side", "percentiles 1", "from the model's metadata", "seed: 0"):
+        assert needle in text.stdout, (needle, text.stdout)
+    data = json.loads(run([cli, "info", tiny_model_path, "--json"]).stdout)
+    assert (data["halo"], data["size_offset"], data["size_multiple"], data["smallest_input"]) == (20, 0, 4, 44)
+    assert data["normalization"] == {"kind": "percentile", "low": 1.0, "high": 99.8}
+    assert data["probed"] is False and data["training"]["trained"] is False
+
+
+def test_info_without_a_model_describes_the_bundled_one(cli):
+    bundled = "bundled model: yes" in run([cli, "--version"]).stdout
+    proc = run([cli, "info"])
+    no_panic(proc)
+    if bundled:
+        assert proc.returncode == 0 and "bundled:nuclei.pt" in proc.stdout
+    else:
+        assert proc.returncode == 2 and "no bundled model" in proc.stderr and "--model" in proc.stderr
+
+
+def test_bench_prints_a_table_and_json(tiny_model_path, cli):
+    table = run([cli, "bench", "-m", tiny_model_path, "--size", "128", "--repeats", "2", "--device", "cpu"])
+    assert table.returncode == 0, table.stderr
+    assert "Mpx/s" in table.stdout and "median" in table.stdout and "128x128" in table.stdout
+    data = json.loads(run([cli, "bench", "-m", tiny_model_path, "--size", "96x128", "--repeats", "1", "--tile", TILE, "--json"]).stdout)
+    assert data["size"] == [96, 128] and data["tile"] == [64, 64] and len(data["seconds"]) == 1
+    assert data["tiles"] >= 4 and data["megapixels_per_second"] > 0
+
+
+def test_help_has_examples(cli):
+    proc = run([cli, "segment", "--help"])
+    assert proc.returncode == 0 and "Examples:" in proc.stdout and "--skip-existing" in proc.stdout
+    assert "stack of 2-D images" in proc.stdout  # what a multi-page TIFF is for a 2-D model
+    assert run([cli, "segment", "--no-such-flag"]).returncode == 2
