@@ -1,18 +1,14 @@
 #!/usr/bin/env bash
 # The README's first command: install everything, then run the main job:
-# segment the sample nuclei image and write the result to out/.
+# segment the sample nuclei image with the bundled model and write labels,
+# instances and an overlay to out/.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 scripts/install.sh
 
-model="python/unet_rt/models/nuclei.pt"
-if [ ! -f "$model" ]; then
-  # Until the trained nuclei model ships, a tiny random U-Net exercises the
-  # whole path (its labels are meaningless).
-  model="out/tiny.pt"
-  [ -f "$model" ] || python -m training.tiny "$model" >/dev/null
-fi
-mkdir -p out
-unet-rt segment data/dsb2018-nuclei/image.tif --model "$model" --output out/
-echo "[setup] wrote out/image.tif (labels) with $model"
+sample=data/dsb2018-nuclei/image.tif
+unet-rt segment "$sample" --output out/labels --quiet
+unet-rt segment "$sample" --output out/instances --output-kind instances --overlay
+echo "[setup] wrote out/labels/image.tif (classes), out/instances/image.tif (one id per nucleus)"
+echo "[setup]   and out/instances/image_overlay.png (outlines over the image)"
