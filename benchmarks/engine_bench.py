@@ -204,8 +204,11 @@ def peers(path: Path, size: int) -> None:
             return net(padded).float()
 
         out_tile = tile[0] - 2 * halo
+        # MONAI has no default window; 256 is the usual choice, taken down to
+        # the nearest size whose mirror-padded window the network accepts.
+        roi = max(r for r in range(8, 257) if (r + 2 * halo - meta["size_offset"]) % meta["size_multiple"] == 0)
         settings = {
-            "MONAI defaults (roi 256, overlap 0.25, batch 1)": dict(roi_size=(256, 256), sw_batch_size=1, overlap=0.25),
+            f"MONAI defaults (roi {roi}, overlap 0.25, batch 1)": dict(roi_size=(roi, roi), sw_batch_size=1, overlap=0.25),
             f"MONAI matched (roi {out_tile}, overlap 0, batch {batch})": dict(roi_size=(out_tile, out_tile),
                                                                                sw_batch_size=batch, overlap=0.0),
         }
