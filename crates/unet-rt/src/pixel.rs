@@ -43,53 +43,28 @@ impl Pixel for half::f16 {
     }
 }
 
-impl Pixel for u8 {
-    const HISTOGRAM_BINS: Option<usize> = Some(256);
-    #[inline]
-    fn to_f32(self) -> f32 {
-        f32::from(self)
-    }
-    #[inline]
-    fn to_f64(self) -> f64 {
-        f64::from(self)
-    }
-    #[inline]
-    fn bin(self) -> usize {
-        usize::from(self)
-    }
+/// 8- and 16-bit integers: exact percentiles from a histogram with one bin
+/// per value, shifted so that the smallest value lands in bin 0.
+macro_rules! integer_pixel {
+    ($($t:ty => $bins:expr, $shift:expr);* $(;)?) => {$(
+        impl Pixel for $t {
+            const HISTOGRAM_BINS: Option<usize> = Some($bins);
+            #[inline]
+            fn to_f32(self) -> f32 {
+                f32::from(self)
+            }
+            #[inline]
+            fn to_f64(self) -> f64 {
+                f64::from(self)
+            }
+            #[inline]
+            fn bin(self) -> usize {
+                (i32::from(self) + $shift) as usize
+            }
+            fn from_bin(bin: usize) -> f64 {
+                bin as f64 - f64::from($shift)
+            }
+        }
+    )*};
 }
-
-impl Pixel for u16 {
-    const HISTOGRAM_BINS: Option<usize> = Some(65536);
-    #[inline]
-    fn to_f32(self) -> f32 {
-        f32::from(self)
-    }
-    #[inline]
-    fn to_f64(self) -> f64 {
-        f64::from(self)
-    }
-    #[inline]
-    fn bin(self) -> usize {
-        usize::from(self)
-    }
-}
-
-impl Pixel for i16 {
-    const HISTOGRAM_BINS: Option<usize> = Some(65536);
-    #[inline]
-    fn to_f32(self) -> f32 {
-        f32::from(self)
-    }
-    #[inline]
-    fn to_f64(self) -> f64 {
-        f64::from(self)
-    }
-    #[inline]
-    fn bin(self) -> usize {
-        (i32::from(self) + 32768) as usize
-    }
-    fn from_bin(bin: usize) -> f64 {
-        bin as f64 - 32768.0
-    }
-}
+integer_pixel!(u8 => 256, 0; u16 => 65536, 0; i16 => 65536, 32768);
