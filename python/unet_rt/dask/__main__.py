@@ -1,0 +1,129 @@
+"""``python -m unet_rt.dask SOURCE.zarr DESTINATION.zarr --model M``: segment
+a zarr array into a zarr group on a Dask cluster, resumably.
+
+Examples::
+
+    # on 4 local worker processes
+    python -m unet_rt.dask image.zarr out.zarr --model model.pt --local-workers 4
+    # on a running cluster (one worker process per GPU), probabilities
+    python -m unet_rt.dask s3://bucket/image.zarr s3://bucket/out.zarr --model /shared/model.pt \\
+        --scheduler tcp://scheduler:8786 --output probabilities
+
+Rerunning the same command after an interruption resumes: blocks already
+written are skipped. Exit status: 0 done, 1 failure, 2 usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from contextlib import ExitStack
+from typing import List, Optional
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m unet_rt.dask",
+        description="Segment a zarr array into a zarr group on a Dask cluster (resumable).",
+        epilog="Rerun the same command to resume an interrupted run.",
+    )
+    parser.add_argument("source", help="the input zarr array (path or URL)")
+    parser.add_argument("destination", help="the output zarr group (path or URL); created when missing")
+    parser.add_argument("--model", "-m", default=None, help="model file (.pt), readable on every worker; default: the bundled model")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler, e.g. tcp://host:8786")
+    where.add_argument("--local-workers", type=int, metavar="N", help="start N local worker processes for this run")
+    parser.add_argument("--threads-per-worker", type=int, default=None, metavar="T",
+                        help="libtorch threads per local worker (default: the cores divided among the workers)")
+    parser.add_argument("--output", "-o", default="labels", choices=["labels", "probabilities", "raw", "instances"])
+    parser.add_argument("--axes", default=None, help="axes of the source, e.g. yx, cyx, yxc, zyx, byx (inferred when unambiguous)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (per worker; default auto)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--normalize", default="global", choices=["global", "block"],
+                        help="percentile normalization over the whole image (default) or per block")
+    parser.add_argument("--block", type=int, default=None, help="spatial block size per task (default ~1024 in 2-D, 128 in 3-D)")
+    parser.add_argument("--chunks", type=int, default=None, help="spatial chunk size of a new destination (default: the block)")
+    parser.add_argument("--shards", type=int, default=None, help="spatial shard size of a new destination (zarr v3)")
+    parser.add_argument("--resources", default=None, metavar="NAME=N[,NAME=N]",
+                        help="worker resources each segmentation task claims, e.g. GPU=1 (workers started with --resources)")
+    parser.add_argument("--no-resume", dest="resume", action="store_false", help="overwrite the destination instead of resuming")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Runs the command line; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    resources = None
+    if args.resources:
+        try:
+            resources = {k.strip(): float(v) for k, v in (item.split("=") for item in args.resources.split(","))}
+        except ValueError:
+            parser.error(f"--resources: expected NAME=N[,NAME=N], got {args.resources!r}")
+    from ..errors import UnetRtError
+    from . import segment_to_zarr
+
+    started = time.perf_counter()
+    try:
+        with ExitStack() as stack:
+            client = None
+            if args.scheduler or args.local_workers:
+                import dask
+                from distributed import Client, LocalCluster
+
+                if args.scheduler:
+                    client = stack.enter_context(Client(args.scheduler))
+                else:
+                    # One task at a time per worker, whose libtorch uses T
+                    # threads (Dask sets OMP_NUM_THREADS=MKL_NUM_THREADS=1).
+                    threads = args.threads_per_worker or max(1, (os.cpu_count() or 1) // args.local_workers)
+                    stack.enter_context(dask.config.set({
+                        f"distributed.nanny.pre-spawn-environ.{name}": threads
+                        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+                    }))
+                    cluster = stack.enter_context(
+                        LocalCluster(
+                            n_workers=args.local_workers,
+                            threads_per_worker=1,
+                            processes=True,
+                            dashboard_address=None,
+                            # /health and /metrics on a free port, not 8787.
+                            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                        )
+                    )
+                    client = stack.enter_context(Client(cluster))
+            result = segment_to_zarr(
+                args.source,
+                args.destination,
+                args.model,
+                client=client,
+                resume=args.resume,
+                progress=args.progress and sys.stderr.isatty(),
+                axes=args.axes,
+                output=args.output,
+                device=args.device,
+                precision=args.precision,
+                normalize=args.normalize,
+                block=args.block,
+                chunks=args.chunks,
+                shards=args.shards,
+                resources=resources,
+            )
+    except KeyboardInterrupt:
+        print("unet_rt.dask: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (UnetRtError, OSError, ValueError) as e:
+        print(f"unet_rt.dask: error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.destination}/{result.basename}: shape {tuple(result.shape)}, {result.dtype}, "
+          f"{time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""Lazy segmentation of Dask arrays: :func:`segment` and :func:`image_range`."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+
+import dask
+import dask.array as da
+import numpy as np
+
+from ..errors import InvalidArgumentError
+from ..model import Model
+from ._blocks import BlockPlan, dask_block
+from ._instances import block_summary, merge_summaries, relabel_block
+from ._layout import OUTPUTS, Layout, aligned_chunks, block_depth
+from ._normalize import StatsPlan, block_stats, combine_stats, finish_stats
+from ._spec import ResolvedModel, resolve_model
+
+__all__ = ["segment", "image_range"]
+
+ModelArg = Union[Model, str, "os.PathLike[str]", None]
+Normalize = Union[str, Sequence[float], np.ndarray]
+
+_SUPPORTED = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.float16, np.float32, np.float64))
+# Our names -> Dask's: Dask's "reflect" repeats the edge pixel (NumPy's
+# "symmetric"); NumPy's "reflect", the engine's own mirroring, needs no
+# padding at all (see BlockPlan.padded).
+_BOUNDARIES = {"symmetric": "reflect", "periodic": "periodic", "wrap": "periodic", "nearest": "nearest", "edge": "nearest"}
+
+
+def segment(
+    arr: Any,
+    model: ModelArg = None,
+    *,
+    axes: Optional[str] = None,
+    output: str = "labels",
+    device: str = "auto",
+    precision: str = "auto",
+    boundary: Union[str, float] = "reflect",
+    normalize: Normalize = "global",
+    tile: Union[int, Sequence[int], None] = None,
+    batch_size: Optional[int] = None,
+    memory_budget: Optional[int] = None,
+) -> da.Array:
+    """Segments a (Dask) array lazily, block by block with overlap.
+
+    The result is a Dask array; nothing runs until it is computed. Each
+    block is read with ``depth`` pixels of its neighbours on every side
+    (:func:`block_depth`: the halo rounded up to the pooling multiple) and
+    segmented by the worker's cached model; the kernel keeps its block's
+    interior (``map_overlap(..., trim=False)``). For valid-padded models the
+    result equals ``unet_rt.segment`` on the whole array exactly (labels
+    identical, probabilities to float rounding); chunks are realigned to the
+    pooling grid when needed.
+
+    Args:
+        arr: a Dask array (or anything ``dask.array.asarray`` takes) of
+            uint8, uint16, int16, float16, float32 or float64.
+        model: a :class:`unet_rt.Model`, a path, or ``None`` for the bundled
+            model. Tasks carry a small :class:`ModelSpec`; each worker process
+            loads the model once (paths must be readable on the workers; a
+            model made with :meth:`unet_rt.Model.from_bytes` travels once per
+            worker).
+        axes: as in :meth:`unet_rt.Model.segment` (``"yx"``, ``"cyx"``,
+            ``"byx"``...), inferred when unambiguous.
+        output: ``"labels"``, ``"probabilities"``, ``"raw"`` or
+            ``"instances"`` (globally consistent connected components; see
+            :mod:`unet_rt.dask`).
+        device, precision: where and how workers run the model; ``"auto"``
+            keeps those of a :class:`~unet_rt.Model` argument.
+        boundary: how the array is extended at its borders: ``"reflect"``
+            (the engine's mirroring, NumPy's ``reflect``: identical to the
+            whole-array result), ``"symmetric"``, ``"periodic"``, ``"nearest"``
+            or a constant.
+        normalize: for models with percentile normalization: ``"global"``
+            (the whole image's percentiles, as ``unet_rt.segment``; computed in
+            the same graph, which then keeps the array's blocks in cluster
+            memory until they are known: for arrays larger than the cluster's
+            memory pass precomputed values), ``"block"`` (each block with its
+            overlap normalizes itself: no extra pass, results differ), or the
+            ``(low, high)`` values from :func:`image_range` (one pair, or one
+            per image of a batch).
+        tile, batch_size, memory_budget: passed to :meth:`unet_rt.Model.segment`.
+
+    Returns:
+        A Dask array shaped as :meth:`unet_rt.Model.segment`'s result.
+
+    Example:
+
+        >>> import dask.array as da, numpy as np, unet_rt, unet_rt.dask
+        >>> image = da.from_array(np.random.default_rng(0).random((200, 150)), chunks=64)
+        >>> labels = unet_rt.dask.segment(image, tiny_model_path, device="cpu", precision="fp32")
+        >>> labels.dtype, labels.chunks
+        (dtype('uint8'), ((64, 64, 72), (64, 64, 22)))
+        >>> want = unet_rt.segment(image.compute(), tiny_model_path, device="cpu", precision="fp32")
+        >>> bool((labels.compute(scheduler="sync") == want).all())
+        True
+    """
+    if output not in OUTPUTS:
+        raise InvalidArgumentError(f"invalid output: {output!r}; expected one of {', '.join(map(repr, OUTPUTS))}")
+    check_normalize(normalize)
+    x = arr if isinstance(arr, da.Array) else da.asarray(arr)
+    _check_dtype(x.dtype)
+    resolved = resolve_model(model, device, precision)
+    info = resolved.info
+    layout = Layout.of(x.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
+    canon, depth, padded, dask_boundary = _aligned(layout.to_canonical(x), info, boundary)
+    ranges = _ranges(canon, resolved, normalize, layout)
+    engine_output = "labels" if output == "instances" else output
+    plan = BlockPlan(
+        spatial_dims=layout.spatial_dims,
+        depth=depth,
+        output=engine_output,
+        padded=padded,
+        tile=_tile(tile, layout.spatial_dims),
+        batch_size=batch_size,
+        memory_budget=memory_budget,
+    )
+    kwargs: dict = {"spec": resolved.spec.with_raw_input(ranges is not None), "plan": plan}
+    if ranges is not None:
+        kwargs["ranges"] = ranges
+    if resolved.data is not None:
+        kwargs["model_data"] = dask.delayed(resolved.data, pure=True)
+    out_channels = int(info["out_channels"])
+    if engine_output == "labels":
+        dtype = np.dtype(np.uint16 if out_channels > 256 else np.uint8)
+        chunks = (canon.chunks[0],) + canon.chunks[2:]
+        extra: dict = {"drop_axis": 1}
+    else:
+        dtype = np.dtype(np.float32)
+        chunks = (canon.chunks[0], (out_channels,)) + canon.chunks[2:]
+        extra = {}
+    result = da.map_overlap(
+        dask_block,
+        canon,
+        depth={0: 0, 1: 0, **{2 + k: depth for k in range(layout.spatial_dims)}},
+        boundary=dask_boundary,
+        trim=False,
+        allow_rechunk=False,
+        chunks=chunks,
+        dtype=dtype,
+        meta=np.empty((0,) * len(chunks), dtype),
+        token=f"unet_rt-{engine_output}",
+        **extra,
+        **kwargs,
+    )
+    if output == "instances":
+        result = instances(result)
+    return result if layout.batched else result[0]
+
+
+def instances(labels: da.Array) -> da.Array:
+    """Globally numbered instances of a canonical label array ``(b, spatial...)``.
+
+    Per block: connected components with provisional ids; across blocks: a
+    merge of the objects facing each other; then each block is relabelled.
+    The blocks' labels stay in memory until the merge is known."""
+    numblocks = labels.numblocks
+    shape = labels.shape
+    starts = [np.cumsum((0,) + c[:-1]) for c in labels.chunks]
+    blocks = labels.to_delayed(optimize_graph=False)
+    summary = dask.delayed(block_summary, pure=True)
+    parts = [summary(blocks[idx], tuple(int(s[i]) for s, i in zip(starts, idx)), shape) for idx in np.ndindex(*numblocks)]
+    mapping = dask.delayed(_merge, pure=True, nout=2)(parts, numblocks, shape)
+    ids, numbers = mapping
+    return labels.map_blocks(
+        _relabel,
+        ids=ids,
+        numbers=numbers,
+        shape=shape,
+        dtype=np.uint32,
+        meta=np.empty((0,) * labels.ndim, np.uint32),
+        token="unet_rt-instances",
+    )
+
+
+def _merge(parts: List[dict], numblocks: Tuple[int, ...], shape: Tuple[int, ...]) -> Tuple[np.ndarray, np.ndarray]:
+    return merge_summaries(parts, numblocks, shape)
+
+
+def _relabel(block: np.ndarray, ids: np.ndarray, numbers: np.ndarray, shape: Tuple[int, ...], block_info: Any = None) -> np.ndarray:
+    origin = [a for a, _ in block_info[None]["array-location"]]
+    return relabel_block(block, origin, shape, ids, numbers)
+
+
+def image_range(arr: Any, model: ModelArg = None, *, axes: Optional[str] = None) -> np.ndarray:
+    """The ``(low, high)`` percentile values with which ``unet_rt.segment``
+    would normalize the whole array (one pair, or one per image of a batch),
+    computed block by block (with the current Dask scheduler). Pass them as
+    ``segment(..., normalize=...)`` to segment an array larger than memory
+    without keeping its blocks in memory for the statistics.
+
+    >>> import dask.array as da, numpy as np, unet_rt.dask
+    >>> image = da.from_array(np.arange(10000, dtype=np.uint16).reshape(100, 100), chunks=30)
+    >>> unet_rt.dask.image_range(image, tiny_model_path).round(3).tolist()  # percentiles 1 and 99.8
+    [99.99, 9979.002]
+    """
+    x = arr if isinstance(arr, da.Array) else da.asarray(arr)
+    _check_dtype(x.dtype)
+    resolved = resolve_model(model, "cpu", "fp32")
+    info = resolved.info
+    layout = Layout.of(x.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
+    if resolved.percentiles is None:
+        raise InvalidArgumentError(
+            f"invalid model: its normalization is {resolved.normalization!r}, which needs no image statistics"
+        )
+    ranges = np.asarray(lazy_ranges(layout.to_canonical(x), resolved.percentiles).compute())
+    return ranges if layout.batched else ranges[0]
+
+
+def lazy_ranges(canon: da.Array, percentiles: Tuple[float, float]) -> Any:
+    """A Delayed ``(images, 2)`` array of per-image percentile values of a
+    canonical array, reduced as a tree over its blocks."""
+    plan = StatsPlan(tuple(int(s) for s in canon.shape[1:]), str(canon.dtype), *percentiles)
+    starts = [np.cumsum((0,) + c[:-1]) for c in canon.chunks]
+    blocks = canon.to_delayed(optimize_graph=False)
+    stats = dask.delayed(block_stats, pure=True)
+    parts = [stats(blocks[idx], tuple(int(s[i]) for s, i in zip(starts, idx)), plan) for idx in np.ndindex(*canon.numblocks)]
+    combine = dask.delayed(combine_stats, pure=True)
+    combined = tree_reduce(parts, lambda group: combine(plan, *group))
+    return dask.delayed(finish_stats, pure=True)(combined, int(canon.shape[0]), plan)
+
+
+def tree_reduce(items: List[Any], combine: Callable[[List[Any]], Any], fan_in: int = 8) -> Any:
+    """Combines ``items`` in groups of ``fan_in`` until one is left."""
+    while len(items) > 1:
+        items = [combine(items[i : i + fan_in]) for i in range(0, len(items), fan_in)]
+    return items[0]
+
+
+def _check_dtype(dtype: np.dtype) -> None:
+    if np.dtype(dtype) not in _SUPPORTED:
+        raise InvalidArgumentError(
+            f"invalid image: dtype {dtype} is not supported; use uint8, uint16, int16, float16, float32 or float64"
+        )
+
+
+def _tile(tile: Union[int, Sequence[int], None], dims: int) -> Optional[Tuple[int, ...]]:
+    if tile is None:
+        return None
+    if isinstance(tile, (int, np.integer)):
+        return (int(tile),) * dims
+    sizes = tuple(int(t) for t in tile)
+    if len(sizes) != dims:
+        raise InvalidArgumentError(f"invalid tile: {len(sizes)} sizes for a {dims}-D model")
+    return sizes
+
+
+def _aligned(canon: da.Array, info: dict, boundary: Union[str, float]) -> Tuple[da.Array, int, bool, Any]:
+    """Rechunks a canonical array so that its blocks give exact results:
+    one chunk over channels, spatial chunk boundaries on multiples of the
+    pooling multiple, chunks at least ``depth`` long."""
+    depth = block_depth(info)
+    multiple = max(1, int(info["size_multiple"]))
+    if isinstance(boundary, str):
+        if boundary in ("reflect", "none"):
+            padded, dask_boundary = False, "none"
+        elif boundary in _BOUNDARIES:
+            padded, dask_boundary = True, _BOUNDARIES[boundary]
+        else:
+            raise InvalidArgumentError(
+                f"invalid boundary: {boundary!r}; expected 'reflect', 'symmetric', 'periodic', 'nearest' or a number"
+            )
+    elif isinstance(boundary, (int, float, np.number)) and not isinstance(boundary, bool):
+        padded, dask_boundary = True, boundary
+    else:
+        raise InvalidArgumentError(f"invalid boundary: {boundary!r}")
+    chunks = (canon.chunks[0], (canon.shape[1],)) + tuple(aligned_chunks(c, multiple, depth) for c in canon.chunks[2:])
+    if chunks != canon.chunks:
+        canon = canon.rechunk(chunks)
+    return canon, depth, padded, dask_boundary
+
+
+def _ranges(canon: da.Array, resolved: ResolvedModel, normalize: Normalize, layout: Layout) -> Any:
+    """``None`` (the engine normalizes each block itself), or a Delayed
+    ``(images, 2)`` array of ``(low, high)`` for the blocks to apply."""
+    if resolved.percentiles is None:
+        return None
+    if isinstance(normalize, str):
+        if normalize == "block":
+            return None
+        return lazy_ranges(canon, resolved.percentiles)
+    return dask.delayed(given_ranges(normalize, canon.shape[0]), pure=True)
+
+
+def check_normalize(normalize: Any) -> None:
+    """Refuses a ``normalize`` string other than ``"global"`` and ``"block"``."""
+    if isinstance(normalize, str) and normalize not in ("global", "block"):
+        raise InvalidArgumentError(f"invalid normalize: {normalize!r}; expected 'global', 'block' or (low, high) values")
+
+
+def given_ranges(normalize: Any, images: int) -> np.ndarray:
+    """Checks user-given ``(low, high)`` values: one pair, or one per image."""
+    try:
+        values = np.asarray(normalize, np.float64)
+    except (TypeError, ValueError):
+        values = np.zeros(0)
+    if values.shape == (2,) and images == 1:
+        values = values[None]
+    if values.shape != (images, 2) or not np.isfinite(values).all():
+        raise InvalidArgumentError(
+            f"invalid normalize: expected 'global', 'block' or (low, high) values of shape "
+            f"{(2,) if images == 1 else (images, 2)}, got {normalize!r}"
+        )
+    return values

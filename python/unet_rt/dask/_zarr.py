@@ -1,0 +1,515 @@
+"""Zarr to zarr: :func:`segment_to_zarr`.
+
+Workers read their block (with its overlap) from the source array and write
+their result block to the destination themselves: the scheduler and the
+client only see block indices and a few small numbers. The destination is a
+zarr group::
+
+    DESTINATION.zarr/
+        labels | probabilities | raw    the network's result
+        instances                       for output="instances"
+        _done_labels, ...               one marker per block, written after
+                                        the block's data (resume)
+
+and its attributes (``unet_rt_dask``) record what was asked, so that a
+resumed run can refuse to mix two different jobs."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..errors import InvalidArgumentError
+from ._array import ModelArg, Normalize, _check_dtype, _tile, check_normalize, given_ranges, tree_reduce
+from ._blocks import BlockPlan, overlaps, segment_window
+from ._instances import block_summary, merge_summaries, relabel_block
+from ._layout import OUTPUTS, Layout, block_depth, grid_block
+from ._normalize import StatsPlan, block_stats, combine_stats, finish_stats
+from ._spec import ModelSpec, ResolvedModel, load_model, resolve_model
+
+__all__ = ["segment_to_zarr"]
+
+_FORMAT = "unet_rt.dask/1"
+_ATTRS = "unet_rt_dask"
+_TARGET_BLOCK = {2: 1024, 3: 128}
+ProgressArg = Union[bool, Callable[[int, int], Any], None]
+Size = Union[int, Sequence[int], None]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a block task needs except the model bytes and the ranges,
+    which travel once per worker: a few kilobytes."""
+
+    source: Any
+    target: Any
+    done: Any
+    layout: Layout
+    plan: BlockPlan
+    spec: ModelSpec
+    block: Tuple[int, ...]
+    shape: Tuple[int, ...]  # canonical (b, c, spatial...)
+
+    def window(self, index: Sequence[int], depth: int) -> Tuple[Tuple[slice, ...], Tuple[slice, ...], Tuple[slice, ...]]:
+        """Canonical read window, crop of the result, and spatial write slices."""
+        b, cells = index[0], index[1:]
+        read = [slice(b, b + 1), slice(0, self.shape[1])]
+        crop, write = [], []
+        for i, size, n in zip(cells, self.block, self.shape[2:]):
+            start, stop = i * size, min(i * size + size, n)
+            left, right = overlaps(start, stop, n, depth, False)
+            read.append(slice(start - left, stop + right))
+            crop.append(slice(left, left + stop - start))
+            write.append(slice(start, stop))
+        return tuple(read), tuple(crop), tuple(write)
+
+    def read(self, window: Sequence[slice]) -> np.ndarray:
+        """The canonical window ``(1, c, spatial...)`` read from the source."""
+        return self.layout.to_canonical(np.asarray(self.source[self.layout.user_slices(window)]))
+
+    def out_index(self, b: int, write: Sequence[slice], channels: bool) -> Tuple[slice, ...]:
+        lead = (slice(b, b + 1),) if self.layout.batched else ()
+        return lead + ((slice(None),) if channels else ()) + tuple(write)
+
+
+def _segment_task(job: _Job, index: Tuple[int, ...], ranges: Optional[np.ndarray] = None, model_data: Optional[bytes] = None) -> int:
+    read, crop, write = job.window(index, job.plan.depth)
+    rows = None if ranges is None else np.asarray(ranges)[index[0] : index[0] + 1]
+    result = segment_window(load_model(job.spec, model_data), job.read(read), job.plan, crop, rows)
+    job.target[job.out_index(index[0], write, result.ndim > 1 + job.plan.spatial_dims)] = (
+        result if job.layout.batched else result[0]
+    )
+    job.done[index] = 1  # after the data, never before
+    return 1
+
+
+def _stats_task(job: _Job, index: Tuple[int, ...], plan: StatsPlan) -> Dict[int, np.ndarray]:
+    read, _, _ = job.window(index, 0)
+    return block_stats(job.read(read), [r.start for r in read], plan)
+
+
+def _labels_block(labels: Any, batched: bool, index: Tuple[int, ...], block: Tuple[int, ...]) -> Tuple[np.ndarray, List[int]]:
+    b = index[0]
+    spatial = tuple(slice(i * s, i * s + s) for i, s in zip(index[1:], block))
+    data = np.asarray(labels[((slice(b, b + 1),) if batched else ()) + spatial])
+    return (data if batched else data[None]), [b] + [s.start for s in spatial]
+
+
+def _summary_task(labels: Any, batched: bool, index: Tuple[int, ...], block: Tuple[int, ...], shape: Tuple[int, ...]) -> Dict[str, Any]:
+    data, origin = _labels_block(labels, batched, index, block)
+    return block_summary(data, origin, shape)
+
+
+def _relabel_task(
+    labels: Any, target: Any, done: Any, batched: bool, index: Tuple[int, ...], block: Tuple[int, ...],
+    shape: Tuple[int, ...], keys: np.ndarray, values: np.ndarray,
+) -> int:
+    data, origin = _labels_block(labels, batched, index, block)
+    result = relabel_block(data, origin, shape, keys, values)
+    spatial = tuple(slice(o, o + n) for o, n in zip(origin[1:], data.shape[1:]))
+    target[((slice(index[0], index[0] + 1),) if batched else ()) + spatial] = result if batched else result[0]
+    done[index] = 1
+    return 1
+
+
+def segment_to_zarr(
+    source: Any,
+    destination: Any,
+    model: ModelArg = None,
+    *,
+    client: Any = None,
+    resume: bool = True,
+    progress: ProgressArg = True,
+    axes: Optional[str] = None,
+    output: str = "labels",
+    device: str = "auto",
+    precision: str = "auto",
+    normalize: Normalize = "global",
+    block: Size = None,
+    chunks: Size = None,
+    shards: Size = None,
+    tile: Size = None,
+    batch_size: Optional[int] = None,
+    memory_budget: Optional[int] = None,
+    resources: Optional[Dict[str, float]] = None,
+) -> Any:
+    """Segments a zarr array into a zarr group, block by block, on a Dask
+    cluster (or in this process), resumably.
+
+    Each task reads its block with :func:`block_depth` pixels of overlap
+    from ``source``, segments it with its worker's cached model, writes the
+    block's result into ``destination`` and then marks the block done. The
+    result equals ``unet_rt.segment`` on the whole array (see
+    :mod:`unet_rt.dask`). Blocks are whole chunks (whole shards, for sharded
+    zarr v3 arrays) of the destination, so no two tasks write the same chunk
+    or shard.
+
+    Args:
+        source: a zarr array, or the path/URL of one.
+        destination: a zarr group, or its path/URL; created when missing.
+        model: a :class:`unet_rt.Model`, a path (readable on the workers), or
+            ``None`` for the bundled model.
+        client: a ``distributed.Client``; ``None`` uses the current default
+            client when there is one, and otherwise runs in this process;
+            ``False`` always runs in this process (blocks one after the
+            other, the engine using the cores).
+        resume: skip the blocks a previous run completed (their markers are
+            written after their data, so a block cut short is redone); a
+            destination made for a different job is refused. ``False``
+            overwrites the destination.
+        progress: ``True`` for progress bars on the client (tqdm when
+            installed), or a callable ``progress(done, total)`` called as
+            blocks are written (blocks skipped by ``resume`` count as done).
+        axes, output, device, precision, normalize, tile, batch_size,
+            memory_budget: as in :func:`unet_rt.dask.segment`. With
+            ``normalize="global"`` the image statistics are computed in a
+            first pass over the source (workers read and reduce it; only the
+            percentile values come back) and stored in the destination.
+        block: spatial block size per task (int or one per axis); rounded to
+            a multiple of the pooling multiple and of the destination's
+            chunks (shards). Default about 1024 (2-D) or 128 (3-D).
+        chunks, shards: spatial chunk and shard shape of a new destination
+            (default: chunks of one block, no shards). A resumed destination
+            keeps its own block, chunks and shards.
+        resources: worker resources each segmentation task claims, e.g.
+            ``{"GPU": 1}`` on workers started with ``--resources GPU=1``
+            (statistics and merging tasks claim none).
+
+    Returns:
+        The result array (``destination[output]``).
+
+    Example:
+
+        >>> import numpy as np, zarr, unet_rt, unet_rt.dask
+        >>> tmp = str(getfixture("tmp_path"))
+        >>> image = np.random.default_rng(0).random((150, 130)).astype(np.float32)
+        >>> src = zarr.create_array(tmp + "/in.zarr", data=image, chunks=(64, 64))
+        >>> out = unet_rt.dask.segment_to_zarr(src, tmp + "/out.zarr", tiny_model_path, device="cpu", block=64, progress=False)
+        >>> want = unet_rt.segment(image, tiny_model_path, device="cpu")
+        >>> bool((out[...] == want).all()), out.chunks
+        (True, (64, 64))
+    """
+    import zarr
+
+    if output not in OUTPUTS:
+        raise InvalidArgumentError(f"invalid output: {output!r}; expected one of {', '.join(map(repr, OUTPUTS))}")
+    check_normalize(normalize)
+    src = source if isinstance(source, zarr.Array) else zarr.open_array(_path(source), mode="r")
+    _check_dtype(src.dtype)
+    resolved = resolve_model(model, device, precision)
+    info = resolved.info
+    layout = Layout.of(src.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
+    shape = layout.canonical_shape(src.shape)
+    depth = block_depth(info)
+    multiple = max(1, int(info["size_multiple"]))
+    engine_output = "labels" if output == "instances" else output
+    mode = "a" if resume else "w"
+    if isinstance(destination, zarr.Group):
+        group = zarr.open_group(store=destination.store, path=destination.path, mode=mode)
+    else:
+        group = zarr.open_group(_path(destination), mode=mode)
+    config = {
+        "format": _FORMAT,
+        "output": output,
+        "model_sha256": _model_digest(resolved),
+        "precision": resolved.spec.precision,
+        "axes": layout.axes,
+        "source_shape": [int(s) for s in src.shape],
+        "depth": depth,
+        "normalize": normalize if isinstance(normalize, str) else given_ranges(normalize, shape[0]).tolist(),
+    }
+    previous = dict(group.attrs.get(_ATTRS) or {})
+    if previous:
+        _check_same_job(previous, config, destination)
+        blocks = tuple(int(b) for b in previous["block"])
+        spatial_chunks = spatial_shards = None
+    else:
+        if len(group) and resume:
+            raise InvalidArgumentError(
+                f"invalid destination: {destination} holds data that unet_rt.dask did not write; "
+                f"choose an empty destination or pass resume=False to overwrite it"
+            )
+        blocks, spatial_chunks, spatial_shards = _choose_blocks(block, chunks, shards, shape[2:], multiple, depth)
+    plan = BlockPlan(
+        spatial_dims=layout.spatial_dims,
+        depth=depth,
+        output=engine_output,
+        tile=_tile(tile, layout.spatial_dims),
+        batch_size=batch_size,
+        memory_budget=memory_budget,
+    )
+    out_channels = int(info["out_channels"])
+    dtype = np.dtype(np.float32) if engine_output != "labels" else np.dtype(np.uint16 if out_channels > 256 else np.uint8)
+    target = _array(group, engine_output, layout.output_shape(shape, engine_output, out_channels), dtype,
+                    layout, spatial_chunks, spatial_shards, previous)
+    spatial_chunks = tuple(target.chunks[-layout.spatial_dims :])
+    spatial_shards = None if target.shards is None else tuple(target.shards[-layout.spatial_dims :])
+    numblocks = (shape[0],) + tuple(math.ceil(n / b) for n, b in zip(shape[2:], blocks))
+    done = _markers(group, "_done_" + engine_output, numblocks)
+    if not previous:
+        group.attrs[_ATTRS] = {**config, "block": list(blocks), "ranges": None}
+    runner = _Runner(client, progress)
+    ranges = _ranges(group, resolved, normalize, layout, shape, blocks, runner, src, plan)
+    spec = resolved.spec.with_raw_input(ranges is not None)
+    job = _Job(src, target, done, layout, plan, spec, blocks, shape)
+    runner.run(
+        _segment_task,
+        [((job, index), {}) for index in _todo(done, numblocks)],
+        shared={"ranges": ranges, "model_data": resolved.data},
+        total=int(np.prod(numblocks)),
+        desc=f"unet_rt {engine_output}",
+        resources=resources,
+    )
+    if output != "instances":
+        return target
+    return _instances(group, target, layout, shape, blocks, numblocks, spatial_chunks, spatial_shards, previous, runner)
+
+
+def _instances(group, labels, layout, shape, blocks, numblocks, spatial_chunks, spatial_shards, previous, runner) -> Any:
+    target = _array(group, "instances", layout.output_shape(shape, "instances", 0), np.dtype(np.uint32),
+                    layout, spatial_chunks, spatial_shards, previous)
+    done = _markers(group, "_done_instances", numblocks)
+    todo = _todo(done, numblocks)
+    if not todo:
+        return target
+    label_shape = (shape[0],) + tuple(shape[2:])
+    indices = list(np.ndindex(*numblocks))
+    summaries = runner.map(_summary_task, [((labels, layout.batched, idx, blocks, label_shape), {}) for idx in indices],
+                           desc="unet_rt merge")
+    keys, values = runner.call(merge_summaries, summaries, numblocks, label_shape)
+    runner.run(
+        _relabel_task,
+        [((labels, target, done, layout.batched, index, blocks, label_shape), {}) for index in todo],
+        shared={"keys": keys, "values": values},
+        total=len(indices),
+        desc="unet_rt instances",
+    )
+    return target
+
+
+# --- helpers ----------------------------------------------------------------
+
+
+def _path(location: Any) -> Any:
+    return os.fspath(location) if isinstance(location, os.PathLike) else location
+
+
+def _model_digest(resolved: ResolvedModel) -> str:
+    if resolved.data is not None:
+        return hashlib.sha256(resolved.data).hexdigest()
+    digest = hashlib.sha256()
+    with open(resolved.spec.source, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def _check_same_job(previous: Dict[str, Any], config: Dict[str, Any], destination: Any) -> None:
+    for key, value in config.items():
+        if previous.get(key) != value:
+            raise InvalidArgumentError(
+                f"invalid destination: {destination} was written with {key}={previous.get(key)!r}, this run asks "
+                f"for {value!r}; pass resume=False to start over, or write to another destination"
+            )
+
+
+def _choose_blocks(
+    block: Size, chunks: Size, shards: Size, spatial: Sequence[int], multiple: int, depth: int
+) -> Tuple[Tuple[int, ...], Tuple[int, ...], Optional[Tuple[int, ...]]]:
+    """Block, chunk and shard shapes (spatial) of a new destination."""
+    dims = len(spatial)
+
+    def per_axis(value: Size, name: str) -> Optional[Tuple[int, ...]]:
+        if value is None:
+            return None
+        sizes = (int(value),) * dims if isinstance(value, (int, np.integer)) else tuple(int(v) for v in value)
+        if len(sizes) != dims or min(sizes) < 1:
+            raise InvalidArgumentError(f"invalid {name}: expected a positive int or {dims} of them, got {value!r}")
+        return sizes
+
+    chunk = per_axis(chunks, "chunks")
+    shard = per_axis(shards, "shards")
+    target = per_axis(block, "block") or (_TARGET_BLOCK[dims],) * dims
+    if shard is not None and chunk is not None and any(s % c for s, c in zip(shard, chunk)):
+        raise InvalidArgumentError(f"invalid shards: {shard} must be multiples of the chunks {chunk}")
+    unit = shard or chunk
+    blocks = tuple(
+        grid_block(t, multiple if unit is None else math.lcm(multiple, u), depth, n)
+        for t, n, u in zip(target, spatial, unit or (None,) * dims)
+    )
+    return blocks, chunk or blocks, shard
+
+
+def _array(group, name, shape, dtype, layout, spatial_chunks, spatial_shards, previous) -> Any:
+    if previous and name in group:
+        array = group[name]
+        if tuple(array.shape) != tuple(shape) or array.dtype != dtype:
+            raise InvalidArgumentError(f"invalid destination: {name} has shape {array.shape} and dtype {array.dtype}, "
+                                       f"expected {shape} and {dtype}; pass resume=False to start over")
+        return array
+    lead = len(shape) - layout.spatial_dims
+    head = tuple(1 if (layout.batched and i == 0) else int(shape[i]) for i in range(lead))
+    chunks = head + tuple(spatial_chunks)
+    shards = None if spatial_shards is None else head + tuple(spatial_shards)
+    return group.create_array(name, shape=tuple(shape), dtype=dtype, chunks=chunks, shards=shards, fill_value=0, overwrite=True)
+
+
+def _markers(group, name: str, numblocks: Tuple[int, ...]) -> Any:
+    if name in group and tuple(group[name].shape) == tuple(numblocks):
+        return group[name]
+    # One chunk per block: tasks never write the same marker chunk.
+    return group.create_array(name, shape=numblocks, dtype=np.uint8, chunks=(1,) * len(numblocks), fill_value=0, overwrite=True)
+
+
+def _todo(done: Any, numblocks: Tuple[int, ...]) -> List[Tuple[int, ...]]:
+    marks = np.asarray(done[...])
+    return [tuple(int(i) for i in idx) for idx in np.ndindex(*numblocks) if not marks[idx]]
+
+
+def _ranges(group, resolved, normalize, layout, shape, blocks, runner, src, plan) -> Optional[np.ndarray]:
+    if resolved.percentiles is None or (isinstance(normalize, str) and normalize == "block"):
+        return None
+    if not isinstance(normalize, str):
+        return given_ranges(normalize, shape[0])
+    stored = group.attrs[_ATTRS].get("ranges")
+    if stored is not None:
+        return np.asarray(stored, np.float64)
+    stats_plan = StatsPlan(tuple(int(s) for s in shape[1:]), str(src.dtype), *resolved.percentiles)
+    job = _Job(src, None, None, layout, plan, resolved.spec, blocks, shape)
+    numblocks = (shape[0],) + tuple(math.ceil(n / b) for n, b in zip(shape[2:], blocks))
+    parts = [((job, idx, stats_plan), {}) for idx in np.ndindex(*numblocks)]
+    combined = runner.reduce(_stats_task, parts, lambda *group: combine_stats(stats_plan, *group), desc="unet_rt statistics")
+    ranges = finish_stats(combined, shape[0], stats_plan)
+    attrs = dict(group.attrs[_ATTRS])
+    attrs["ranges"] = ranges.tolist()
+    group.attrs[_ATTRS] = attrs
+    return ranges
+
+
+class _Runner:
+    """Runs block tasks on a distributed client, or in this process."""
+
+    def __init__(self, client: Any, progress: ProgressArg) -> None:
+        if client is False:
+            client = None
+        elif client is None:
+            try:
+                from distributed import default_client
+
+                client = default_client()
+            except (ImportError, ValueError):
+                client = None
+        self.client = client
+        self.progress = progress
+        self.token = uuid.uuid4().hex[:8]
+        self._count = 0
+
+    def _key(self, name: str) -> str:
+        self._count += 1
+        return f"unet_rt-{name}-{self.token}-{self._count}"
+
+    def _share(self, value: Any) -> Any:
+        from distributed import Future
+
+        if value is None or isinstance(value, Future) or (isinstance(value, np.ndarray) and value.nbytes < 4096):
+            return value
+        return self.client.scatter(value, broadcast=False, hash=False)
+
+    def run(self, fn: Callable[..., int], calls: List[Tuple[tuple, dict]], shared: Dict[str, Any], total: int, desc: str,
+            resources: Optional[Dict[str, float]] = None) -> None:
+        """Runs ``fn(*args, **kwargs, **shared)`` for each call, with a bar."""
+        with _Bar(self.progress, total, total - len(calls), desc) as bar:
+            if self.client is None:
+                for args, kwargs in calls:
+                    fn(*args, **kwargs, **shared)
+                    bar.update(1)
+                return
+            from distributed import as_completed
+
+            common = {k: self._share(v) for k, v in shared.items()}
+            futures = [self.client.submit(fn, *args, **kwargs, **common, key=self._key(desc.split()[-1]),
+                                          resources=resources) for args, kwargs in calls]
+            try:
+                for future in as_completed(futures):
+                    future.result()
+                    bar.update(1)
+            except BaseException:
+                self.client.cancel(futures)
+                raise
+
+    def map(self, fn: Callable[..., Any], calls: List[Tuple[tuple, dict]], desc: str) -> List[Any]:
+        """``fn`` for each call: results (locally) or futures (on a cluster)."""
+        if self.client is None:
+            return [fn(*args, **kwargs) for args, kwargs in calls]
+        return [self.client.submit(fn, *args, **kwargs, key=self._key("summary")) for args, kwargs in calls]
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` (on a worker when there is a cluster); a tuple result
+        stays on the worker as futures of its items."""
+        if self.client is None:
+            return fn(*args)
+        future = self.client.submit(fn, *args, key=self._key("merge"))
+        return tuple(self.client.submit(_item, future, i, key=self._key("item")) for i in range(2))
+
+    def reduce(self, fn: Callable[..., Any], calls: List[Tuple[tuple, dict]], combine: Callable[..., Any], desc: str) -> Any:
+        """Combines the results of ``fn`` over ``calls``; only the final
+        (small) result comes back to the client."""
+        # A progress callable counts written blocks; only bars show this pass.
+        with _Bar(self.progress if self.progress is True else None, len(calls), 0, desc) as bar:
+            if self.client is None:
+                result = None
+                for args, kwargs in calls:
+                    part = fn(*args, **kwargs)
+                    result = part if result is None else combine(result, part)
+                    bar.update(1)
+                return result
+            from distributed import as_completed
+
+            futures = [self.client.submit(fn, *args, **kwargs, key=self._key("stats")) for args, kwargs in calls]
+            final = tree_reduce(list(futures), lambda group: self.client.submit(combine, *group, key=self._key("combine")))
+            for _ in as_completed(futures):
+                bar.update(1)
+            return final.result()
+
+
+def _item(value: Sequence[Any], i: int) -> Any:
+    return value[i]
+
+
+class _Bar:
+    def __init__(self, progress: ProgressArg, total: int, initial: int, desc: str) -> None:
+        self.progress, self.total, self.done, self.desc, self.bar = progress, total, initial, desc, None
+
+    def __enter__(self) -> "_Bar":
+        if self.progress is True:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=self.total, initial=self.done, unit="block", desc=self.desc)
+            except ImportError:
+                self.bar = None
+        self._report()
+        return self
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        self._report()
+
+    def _report(self) -> None:
+        if callable(self.progress) and self.progress is not True:
+            self.progress(self.done, self.total)
+        elif self.progress is True and self.bar is None:
+            print(f"\r{self.desc}: {self.done}/{self.total} blocks", end="\n" if self.done >= self.total else "", file=sys.stderr)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()

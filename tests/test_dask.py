@@ -1,0 +1,469 @@
+"""unet_rt.dask: lazy Dask segmentation, zarr to zarr, resume, instances
+across blocks, memory per worker (the issue "Scale out on Dask")."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from distributed import Client, LocalCluster
+from scipy import ndimage
+
+import unet_rt
+import unet_rt.dask as ud
+from training.tiny import export_tiny
+from unet_rt.dask import _spec
+from unet_rt.dask._layout import aligned_chunks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- fixtures ----------------------------------------------------------------
+
+
+def local_cluster() -> LocalCluster:
+    """Two worker processes on loopback. Without a dashboard the scheduler
+    still serves /health on port 8787 unless told otherwise: a free port
+    instead, so that other clusters on the machine do not collide (and warn)."""
+    return LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1",
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+    )
+
+
+@pytest.fixture(scope="module")
+def client():
+    """Shut down at the end of the module."""
+    with local_cluster() as cluster, Client(cluster) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_path) -> unet_rt.Model:
+    return unet_rt.Model(tiny_model_path, device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def blob_model(tmp_path_factory) -> unet_rt.Model:
+    """A tiny model whose labels of smooth noise are about half foreground,
+    in thousands of objects of every size: a good test of instances."""
+    path = export_tiny(tmp_path_factory.mktemp("blob") / "blob.pt", seed=1)
+    return unet_rt.Model(path, device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def deep_model(tmp_path_factory) -> unet_rt.Model:
+    """4 levels: halo 44 is not a multiple of the pooling multiple 8."""
+    path = export_tiny(tmp_path_factory.mktemp("deep") / "deep.pt", seed=2, depth=4)
+    return unet_rt.Model(path, device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def rgb_model(tmp_path_factory) -> unet_rt.Model:
+    path = export_tiny(tmp_path_factory.mktemp("rgb") / "rgb.pt", seed=4, in_channels=3, classes=3)
+    return unet_rt.Model(path, device="cpu", precision="fp32")
+
+
+def blobs(shape, seed=0, sigma=3.0, dtype=np.float32) -> np.ndarray:
+    image = ndimage.gaussian_filter(np.random.default_rng(seed).random(shape), sigma)
+    image = (image - image.min()) / (image.max() - image.min())
+    return (image * (60000 if np.dtype(dtype).kind in "ui" else 1000)).astype(dtype)
+
+
+def random_chunks(n: int, rng: np.random.Generator, smallest: int = 8) -> tuple:
+    chunks = []
+    while sum(chunks) < n:
+        chunks.append(int(rng.integers(smallest, 90)))
+    chunks[-1] -= sum(chunks) - n
+    return tuple(c for c in chunks if c > 0)
+
+
+def sync(array: da.Array) -> np.ndarray:
+    return array.compute(scheduler="sync")
+
+
+def assert_same_labels(got: np.ndarray, model: unet_rt.Model, image: np.ndarray, **options) -> None:
+    """Labels equal ``model.segment(image)`` wherever the decision is not a
+    float tie. Blocks are segmented as tensors of other shapes than the whole
+    image, for which libtorch may pick other convolution kernels: logits then
+    differ in the last bits (never more than 1e-5, see the probability
+    tests), which can flip the argmax of a pixel whose two best logits are
+    within that much of each other."""
+    want = model.segment(image, **options)
+    raw = model.segment(image, output="raw", **options)  # (b?, classes, spatial...)
+    logits = np.sort(raw, axis=raw.ndim - model.info["spatial_dims"] - 1)
+    top = np.moveaxis(logits, raw.ndim - model.info["spatial_dims"] - 1, 0)
+    gap = top[-1] - top[-2]
+    decided = gap > 1e-5
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert (got == want)[decided].all()
+    assert (got != want).sum() <= max(2, want.size // 10000)
+
+
+# --- geometry ----------------------------------------------------------------
+
+
+def test_depth_is_the_halo_rounded_up_to_the_pooling_multiple(model, deep_model):
+    assert ud.block_depth(model.info) == 20 == model.halo
+    assert deep_model.info["size_multiple"] == 8 and deep_model.halo == 44
+    assert ud.block_depth(deep_model.info) == 48
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_aligned_chunks_are_on_the_grid_and_not_shorter_than_the_depth(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    chunks = random_chunks(n, rng, smallest=1)
+    multiple, depth = int(rng.choice([1, 4, 8, 16])), int(rng.integers(0, 60))
+    got = aligned_chunks(chunks, multiple, depth)
+    assert sum(got) == n
+    assert all(b % multiple == 0 for b in np.cumsum(got)[:-1])
+    assert len(got) == 1 or min(got) >= max(depth, multiple)
+
+
+# --- lazy segment: exactness -------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_chunkings_give_the_whole_image_result(model, seed):
+    rng = np.random.default_rng(seed)
+    dtype = [np.float32, np.uint16, np.uint8][seed]
+    image = blobs((int(rng.integers(120, 200)), int(rng.integers(120, 200))), seed, sigma=1.0, dtype=dtype)
+    chunks = (random_chunks(image.shape[0], rng), random_chunks(image.shape[1], rng))
+    x = da.from_array(image, chunks=chunks)
+    probs = ud.segment(x, model, output="probabilities")
+    labels = ud.segment(x, model)
+    assert probs.dtype == np.float32 and labels.dtype == np.uint8
+    assert probs.shape == (2,) + image.shape and labels.shape == image.shape
+    for c in labels.chunks:  # realigned: boundaries on the pooling grid, chunks >= depth
+        assert all(b % 4 == 0 for b in np.cumsum(c)[:-1]) and (len(c) == 1 or min(c) >= 20)
+    np.testing.assert_allclose(sync(probs), model.segment(image, output="probabilities"), atol=1e-5)
+    assert_same_labels(sync(labels), model, image)
+
+
+def test_halo_not_on_the_pooling_grid_is_still_exact(deep_model):
+    image = blobs((230, 170), 5, sigma=1.0)
+    x = da.from_array(image, chunks=(60, 50))
+    np.testing.assert_allclose(
+        sync(ud.segment(x, deep_model, output="probabilities")), deep_model.segment(image, output="probabilities"), atol=1e-5
+    )
+    assert_same_labels(sync(ud.segment(x, deep_model)), deep_model, image)
+
+
+def test_chunks_smaller_than_the_halo_are_merged_not_wrong(model):
+    image = blobs((100, 90), 6, sigma=1.0)
+    labels = ud.segment(da.from_array(image, chunks=7), model)
+    assert min(min(c) for c in labels.chunks) >= 20
+    assert_same_labels(sync(labels), model, image)
+
+
+def test_batches_and_channels(model, rgb_model):
+    stack = np.stack([blobs((90, 110), 7, sigma=1.0), blobs((90, 110), 8, sigma=1.0) * 3 + 50])
+    got = sync(ud.segment(da.from_array(stack, chunks=(1, 45, 40)), model, axes="byx", output="probabilities"))
+    np.testing.assert_allclose(got, model.segment(stack, axes="byx", output="probabilities"), atol=1e-5)
+    rgb = np.stack([blobs((100, 80), s, sigma=1.0) for s in (9, 10, 11)], axis=-1)  # yxc
+    got = sync(ud.segment(da.from_array(rgb, chunks=(40, 40, 1)), rgb_model, output="probabilities"))
+    assert got.shape == (3, 100, 80)
+    np.testing.assert_allclose(got, rgb_model.segment(rgb, output="probabilities"), atol=1e-5)
+
+
+def test_float_images_beyond_the_sample_size_use_the_engines_strided_sample(rgb_model):
+    # 3 x 2400 x 2400 = 17.3M values > 2**24: the engine samples every 2nd
+    # value in (c, y, x) order; block statistics must pick the same ones.
+    rng = np.random.default_rng(12)
+    rgb = (rng.random((2400, 2400, 3), dtype=np.float32) * 100).astype(np.float32)
+    rgb[:, :, 0] += np.linspace(0, 900, 2400, dtype=np.float32)  # a skewed distribution
+    x = da.from_array(rgb, chunks=(700, 900, 3))
+    low, high = ud.image_range(x, rgb_model)
+    view = np.moveaxis(rgb, -1, 0).ravel()[::2].astype(np.float64)
+    n = view.size
+    for q, got in ((1.0, low), (99.8, high)):
+        pos = q / 100 * (n - 1)
+        below = int(pos)
+        a, b = np.partition(view, [below, below + 1])[[below, below + 1]]
+        assert got == a + (b - a) * (pos - below)
+    crop = (slice(1000, 1400), slice(1900, 2400))
+    want = rgb_model.segment(rgb, output="probabilities")[(slice(None),) + crop]
+    got = ud.segment(x, rgb_model, output="probabilities")[(slice(None),) + crop]
+    np.testing.assert_allclose(sync(got), want, atol=1e-5)
+
+
+def test_volumes(tmp_path):
+    path = export_tiny(tmp_path / "vol.pt", seed=3, depth=2, base=2, dims=3)
+    volume_model = unet_rt.Model(path, device="cpu", precision="fp32")
+    volume = blobs((30, 70, 60), 24, sigma=1.0)
+    x = da.from_array(volume, chunks=(12, 30, 25))
+    got = sync(ud.segment(x, volume_model, output="probabilities"))
+    np.testing.assert_allclose(got, volume_model.segment(volume, output="probabilities"), atol=1e-5)
+    assert_same_labels(sync(ud.segment(x, volume_model)), volume_model, volume)
+    instances = sync(ud.segment(x, volume_model, output="instances"))
+    assert (instances == ndimage.label(sync(ud.segment(x, volume_model)) > 0)[0]).all()
+
+
+@pytest.mark.parametrize("mode,numpy_mode", [("periodic", "wrap"), ("symmetric", "symmetric"), ("nearest", "edge")])
+def test_boundary_modes_extend_the_array_like_numpy_pad(model, mode, numpy_mode):
+    # Without percentile normalization (statistics of a padded image differ).
+    plain = unet_rt.Model.from_bytes(_spec.without_normalization(Path(model.path).read_bytes()), "cpu", "fp32")
+    image = blobs((120, 100), 13, sigma=1.0) / 1000  # the scale the network expects
+    d = ud.block_depth(plain.info)
+    want = plain.segment(np.pad(image, d, mode=numpy_mode), output="probabilities")[:, d:-d, d:-d]
+    got = sync(ud.segment(da.from_array(image, chunks=48), plain, boundary=mode, output="probabilities"))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="boundary"):
+        ud.segment(da.from_array(image), plain, boundary="mirror")
+
+
+def test_normalize_options(model):
+    image = blobs((140, 120), 14, dtype=np.uint16)
+    x = da.from_array(image, chunks=64)
+    ranges = ud.image_range(x, model)
+    assert ranges.tolist() == [np.percentile(image, 1), np.percentile(image, 99.8)] or np.allclose(
+        ranges, np.percentile(image, [1, 99.8]), rtol=0, atol=1e-9
+    )
+    want = model.segment(image)
+    assert_same_labels(sync(ud.segment(x, model, normalize=ranges)), model, image)
+    # Per-block normalization is the engine's own on one block...
+    single = da.from_array(image, chunks=-1)
+    assert (sync(ud.segment(single, model, normalize="block")) == want).all()
+    # ... and something else once the image is cut.
+    assert sync(ud.segment(x, model, normalize="block")).shape == image.shape
+    with pytest.raises(unet_rt.InvalidArgumentError, match="normalize"):
+        ud.segment(x, model, normalize=[1.0, 2.0, 3.0])
+
+
+def test_same_padded_models_run_with_their_context_margin(tmp_path):
+    path = export_tiny(tmp_path / "same.pt", seed=0, padding="same")
+    same = unet_rt.Model(path, device="cpu", precision="fp32")
+    image = blobs((130, 110), 15, sigma=1.0)
+    got = sync(ud.segment(da.from_array(image, chunks=64), same, output="probabilities"))
+    want = same.segment(image, output="probabilities")
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() < 0.05
+
+
+def test_bad_arguments_are_value_errors(model):
+    x = da.zeros((64, 64), dtype=np.uint8)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="output"):
+        ud.segment(x, model, output="masks")
+    with pytest.raises(unet_rt.InvalidArgumentError, match="dtype"):
+        ud.segment(da.zeros((64, 64), dtype=np.int64), model)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="axes"):
+        ud.segment(da.zeros((3, 64, 64), dtype=np.uint8), model, axes="yxc")
+
+
+# --- the graph ---------------------------------------------------------------
+
+
+def test_the_graph_carries_a_small_spec_never_the_weights(model, tmp_path):
+    source = zarr.create_array(tmp_path / "in.zarr", data=blobs((300, 260), 16), chunks=(64, 64))
+    weights = Path(model.path).read_bytes()
+    signature = weights[-4096:-2048]  # part of the serialized archive
+    before = _spec.load_counts()
+    lazy = ud.segment(da.from_zarr(source), model, output="probabilities")
+    graph = dict(lazy.__dask_graph__())
+    size = len(cloudpickle.dumps(graph))
+    blocks = lazy.npartitions
+    assert signature not in cloudpickle.dumps(graph)
+    assert size < 600 * len(graph), (size, len(graph))
+    assert _spec.load_counts() == before  # building the graph ran no block
+    spec = _spec.ModelSpec.of(model.path, "cpu", "fp32")
+    assert len(pickle.dumps(spec)) < 400
+    # A model given as bytes is one piece of data in the graph, not one per task.
+    in_memory = unet_rt.Model.from_bytes(weights, "cpu", "fp32")
+    payload = cloudpickle.dumps(dict(ud.segment(da.from_zarr(source), in_memory).__dask_graph__()))
+    assert payload.count(signature) == 1 and blocks > 1
+
+
+# --- on the cluster ----------------------------------------------------------
+
+
+def test_cluster_result_equals_the_whole_image_and_models_load_once(client, model):
+    image = blobs((260, 230), 17, sigma=1.0)
+    x = da.from_array(image, chunks=(70, 64))
+    got = ud.segment(x, model, output="probabilities").compute()
+    np.testing.assert_allclose(got, model.segment(image, output="probabilities"), atol=1e-5)
+    assert_same_labels(ud.segment(x, model).compute(), model, image)
+    loads = client.run(_spec.load_counts)
+    assert len(loads) == 2
+    for counts in loads.values():
+        assert counts and all(n == 1 for n in counts.values()), loads
+    bytes_model = unet_rt.Model.from_bytes(Path(model.path).read_bytes(), "cpu", "fp32")
+    assert_same_labels(ud.segment(x, bytes_model).compute(), model, image)
+
+
+def test_instances_are_consistent_across_block_faces(client, blob_model):
+    image = blobs((300, 280), 18)
+    x = da.from_array(image, chunks=(64, 96))
+    labels = ud.segment(x, blob_model).compute()
+    assert_same_labels(labels, blob_model, image)
+    want, count = ndimage.label(labels > 0)
+    assert count > 100  # many objects, many of them cut by block faces
+    got = ud.segment(x, blob_model, output="instances")
+    assert got.dtype == np.uint32
+    got = got.compute()
+    assert (got == want).all()  # numbered in raster order, as scipy.ndimage.label
+    if (labels == blob_model.segment(image)).all():
+        assert (got == blob_model.segment(image, output="instances")).all()
+    # A batch: numbered per image, like unet_rt.segment.
+    stack = np.stack([image, blobs((300, 280), 19)])
+    chunks = (1, 100, 100)
+    labels = sync(ud.segment(da.from_array(stack, chunks=chunks), blob_model, axes="byx"))
+    got = sync(ud.segment(da.from_array(stack, chunks=chunks), blob_model, axes="byx", output="instances"))
+    for i in range(2):
+        assert (got[i] == ndimage.label(labels[i] > 0)[0]).all()
+
+
+def test_zarr_to_zarr_equals_the_in_memory_result(client, model, tmp_path):
+    image = blobs((300, 270), 20, dtype=np.uint16)
+    source = zarr.create_array(tmp_path / "in.zarr", data=image, chunks=(100, 100))
+    out = ud.segment_to_zarr(
+        tmp_path / "in.zarr", tmp_path / "out.zarr", model, client=client, progress=False,
+        output="probabilities", chunks=32, shards=64, block=128,
+    )
+    assert out.chunks == (2, 32, 32) and out.shards == (2, 64, 64)
+    group = zarr.open_group(tmp_path / "out.zarr", mode="r")
+    assert group.attrs["unet_rt_dask"]["block"] == [128, 128]  # a task writes whole shards
+    np.testing.assert_allclose(out[...], model.segment(image, output="probabilities"), atol=1e-5)
+    assert group["_done_probabilities"][...].all()
+    assert len(group.attrs["unet_rt_dask"]["ranges"]) == 1
+    # Resuming a complete run does nothing; another job is refused.
+    calls = []
+    ud.segment_to_zarr(source, tmp_path / "out.zarr", model, client=client, output="probabilities",
+                       progress=lambda done, total: calls.append((done, total)))
+    assert calls and all(done == total for done, total in calls)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="resume=False"):
+        ud.segment_to_zarr(source, tmp_path / "out.zarr", model, client=client, output="labels", progress=False)
+
+
+def test_zarr_instances_on_the_cluster(client, blob_model, tmp_path):
+    image = blobs((260, 300), 21)
+    zarr.create_array(tmp_path / "in.zarr", data=image, chunks=(64, 64))
+    out = ud.segment_to_zarr(tmp_path / "in.zarr", tmp_path / "out.zarr", blob_model, client=client,
+                             output="instances", block=64, progress=False)
+    labels = zarr.open_group(tmp_path / "out.zarr", mode="r")["labels"][...]
+    assert_same_labels(labels, blob_model, image)
+    want, _ = ndimage.label(labels > 0)
+    assert out.dtype == np.uint32 and (out[...] == want).all()
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(model, tmp_path):
+    image = blobs((256, 256), 22)
+    zarr.create_array(tmp_path / "in.zarr", data=image, chunks=(64, 64))
+
+    def stop_after_three(done, total):
+        if done >= 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ud.segment_to_zarr(tmp_path / "in.zarr", tmp_path / "out.zarr", model, client=False, block=64,
+                           progress=stop_after_three)
+    group = zarr.open_group(tmp_path / "out.zarr", mode="r+")
+    assert group["_done_labels"][...].sum() == 3
+    # A block whose data was cut short: no marker, so it is redone.
+    group["labels"][0:64, 64:128] = 7
+    group["_done_labels"][0, 0, 1] = 0
+    seen = []
+    out = ud.segment_to_zarr(tmp_path / "in.zarr", tmp_path / "out.zarr", model, client=False, block=64,
+                             progress=lambda done, total: seen.append(done))
+    assert seen[0] == 2 and seen[-1] == 16  # two blocks skipped, fourteen done
+    assert_same_labels(out[...], model, image)
+
+
+def test_killing_the_job_mid_run_then_resuming_gives_the_complete_result(client, model, tmp_path):
+    """The command line on its own local workers is killed (SIGKILL, all its
+    processes) after a few blocks; the rerun, with resume, finishes."""
+    image = blobs((512, 448), 23)
+    zarr.create_array(tmp_path / "in.zarr", data=image, chunks=(64, 64))
+    command = [
+        sys.executable, "-m", "unet_rt.dask", str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"),
+        "--model", model.path, "--local-workers", "2", "--block", "64", "--device", "cpu", "--precision", "fp32",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    job = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    markers = tmp_path / "out.zarr" / "_done_labels" / "c"
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and job.poll() is None:
+            if markers.exists() and sum(1 for p in markers.rglob("*") if p.is_file()) >= 4:
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.communicate(timeout=60)
+    done = zarr.open_group(tmp_path / "out.zarr", mode="r")["_done_labels"][...]
+    total = done.size
+    assert 4 <= done.sum() < total, "the job was not killed mid-run"
+    seen = []
+    out = ud.segment_to_zarr(tmp_path / "in.zarr", tmp_path / "out.zarr", model, client=client,
+                             progress=lambda d, t: seen.append(d))
+    assert seen[0] == done.sum() and seen[-1] == total
+    assert_same_labels(out[...], model, image)
+
+
+def test_command_line_usage_errors_exit_2():
+    run = subprocess.run([sys.executable, "-m", "unet_rt.dask", "a.zarr"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "destination" in run.stderr
+
+
+# --- memory ------------------------------------------------------------------
+
+
+def _load_and_measure(spec: _spec.ModelSpec) -> int:
+    _spec.load_model(spec)
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not
+    inherited from the process that started it)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+@pytest.mark.slow
+def test_a_zarr_of_gigabytes_keeps_worker_memory_bounded(tmp_path):
+    """1.5 GiB of float64 (4 channels) through 2 workers: each worker's peak
+    resident memory stays far below the array's size."""
+    path = export_tiny(tmp_path / "four.pt", seed=1, in_channels=4)
+    model = unet_rt.Model(path, device="cpu", precision="fp32")
+    shape = (4, 7000, 7000)
+    nbytes = int(np.prod(shape)) * 8
+    source = zarr.create_array(tmp_path / "big.zarr", shape=shape, dtype=np.float64, chunks=(4, 1000, 1000),
+                               compressors=None, fill_value=0)
+    rng = np.random.default_rng(0)
+    for y in range(0, shape[1], 1000):
+        source[:, y : y + 1000] = rng.random((4, min(1000, shape[1] - y), shape[2]))
+    try:
+        with local_cluster() as cluster, Client(cluster) as c:
+            spec = _spec.ModelSpec.of(path, "cpu", "fp32").with_raw_input()
+            loaded = c.run(_load_and_measure, spec)  # torch and the model: the floor
+            started = time.perf_counter()
+            out = ud.segment_to_zarr(source, tmp_path / "out.zarr", model, client=c, block=1000, progress=False)
+            elapsed = time.perf_counter() - started
+            peaks = c.run(_peak_rss_bytes)
+            loads = c.run(_spec.load_counts)
+        assert out[...].shape == shape[1:] and 0 < out[::50, ::50].mean() < 1
+        assert all(list(n.values()) == [1] for n in loads.values())
+        print(f"\n{nbytes / 2**30:.2f} GiB in {elapsed:.0f} s; worker memory with the model loaded "
+              + ", ".join(f"{v / 2**20:.0f} MiB" for v in loaded.values()) + "; peak "
+              + ", ".join(f"{v / 2**20:.0f} MiB" for v in peaks.values()))
+        for worker, peak in peaks.items():
+            assert peak < 2**30 and peak - loaded[worker] < nbytes / 4, (peaks, loaded, nbytes)
+    finally:
+        shutil.rmtree(tmp_path / "big.zarr", ignore_errors=True)
+        shutil.rmtree(tmp_path / "out.zarr", ignore_errors=True)
