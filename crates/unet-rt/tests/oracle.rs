@@ -224,3 +224,27 @@ fn out_of_memory_halves_the_batch_then_the_tile_with_identical_results() {
     let want = probabilities(&plain, &image, Some(vec![100, 100]), Some(4));
     assert!(max_abs_diff(&got, &want) <= 1e-5);
 }
+
+#[test]
+fn blended_same_padded_tiles_match_the_whole_image_too() {
+    // With the default margin every tile's centre is exact, so any weighted
+    // average of overlapping centres is exact as well.
+    let model = load("tiny_same.pt");
+    let image = Lcg(29).image(&[1, 90, 130]);
+    let want = oracle(&model, &image);
+    for blend in [unet_rt::Blend::gaussian(), unet_rt::Blend::Constant] {
+        let options = Options { output: OutputMode::Probabilities, tile: Some(vec![96, 104]), blend, ..Options::default() };
+        let seg = Segmenter::new(model.clone(), options).unwrap();
+        assert!(seg.layout(&[90, 130]).unwrap().plan.blends());
+        let got: ArrayD<f32> = seg.segment(image.view()).unwrap();
+        let diff = max_abs_diff(&got, &want);
+        assert!(diff <= 1e-5, "{blend:?}: max |diff| {diff}");
+        let options = Options { tile: Some(vec![96, 104]), blend, ..Options::default() };
+        let labels: ArrayD<u8> = Segmenter::new(model.clone(), options).unwrap().segment(image.view()).unwrap();
+        for (&l, p) in labels.iter().zip(want.lanes(Axis(0))) {
+            if (p[1] - p[0]).abs() > 1e-5 {
+                assert_eq!(l, u8::from(p[1] > p[0]));
+            }
+        }
+    }
+}

@@ -5,6 +5,7 @@
 //! flight whatever the image size. libtorch's intra-op pool does the parallel
 //! work inside each forward pass.
 
+mod blend;
 mod gather;
 mod output;
 mod plan;
@@ -105,12 +106,12 @@ pub struct Segmenter {
     options: Options,
 }
 
-struct Batch {
+pub(crate) struct Batch {
     tiles: Vec<Tile>,
     data: Vec<f32>,
 }
 
-struct Written<U> {
+pub(crate) struct Written<U> {
     tiles: Vec<Tile>,
     data: Vec<U>,
 }
@@ -226,13 +227,18 @@ impl Segmenter {
         }
         let mut out = out;
         let mut layout = self.layout(&input.shape()[1..])?;
-        if layout.plan.blends() {
-            return Err(invalid("blend", "blending is not implemented by the engine yet; use Blend::Crop".to_owned()));
-        }
         let affine = normalize::resolve_view(&info.normalization, &input);
         let gatherer = Gatherer::new(input, affine);
+        if layout.plan.blends() {
+            return blend::run_blended(self, &gatherer, &layout, out);
+        }
         loop {
-            match self.run(&gatherer, &layout, out.view_mut()) {
+            let crop = self.device_crop();
+            let mode = self.options.output;
+            let tile_shape = self.reduced_tile_shape(&layout.plan);
+            let mut target = out.view_mut();
+            let sink = move |written: &Written<U>| stitch(&mut target, written, &tile_shape, mode, crop);
+            match self.run(&gatherer, &layout, mode, sink) {
                 // Batches already shrank to one tile: smaller tiles give the
                 // same result (the tiling is exact) in less memory.
                 Err(err) if is_out_of_memory(&err) => match self.halved(&layout)? {
@@ -295,7 +301,16 @@ impl Segmenter {
         self.options.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
     }
 
-    fn run<T: Pixel, U: OutputElement>(&self, gatherer: &Gatherer<'_, T>, layout: &Layout, out: ArrayViewMutD<'_, U>) -> Result<()> {
+    /// Runs the pipeline over every tile of `layout`, reducing the network
+    /// output as `mode` says and handing each batch to `sink` on the
+    /// stitching thread.
+    fn run<T: Pixel, U: OutputElement, S: FnMut(&Written<U>) + Send>(
+        &self,
+        gatherer: &Gatherer<'_, T>,
+        layout: &Layout,
+        mode: OutputMode,
+        mut sink: S,
+    ) -> Result<()> {
         let plan = &layout.plan;
         let total = plan.len();
         let tile_len = gatherer.tile_len(plan.input_tile_shape());
@@ -318,14 +333,10 @@ impl Segmenter {
                 }
             });
             let progress = self.options.progress.clone();
-            let output_mode = self.options.output;
-            let out_tile = self.reduced_tile_shape(plan);
-            let crop = self.device_crop();
             let stitcher = scope.spawn(move || {
-                let mut out = out;
                 let mut done = 0;
                 for written in out_rx {
-                    stitch(&mut out, &written, &out_tile, output_mode, crop);
+                    sink(&written);
                     done += written.tiles.len();
                     if let Some(report) = &progress {
                         report(Progress { done, total });
@@ -333,7 +344,7 @@ impl Segmenter {
                 }
                 done
             });
-            let result = self.infer_all(batch_rx, out_tx, plan);
+            let result = self.infer_all(batch_rx, out_tx, plan, mode);
             let written = stitcher.join().unwrap_or(0);
             result?;
             if self.cancelled() || written < total {
@@ -356,9 +367,10 @@ impl Segmenter {
     /// same-padded models (valid models' outputs are already cropped).
     fn device_crop(&self) -> usize {
         let info = self.model.info();
-        match info.padding {
-            Padding::Valid => 0,
-            Padding::Same => effective_halo(info),
+        match (info.padding, self.options.blend) {
+            (Padding::Same, Blend::Crop) => effective_halo(info),
+            // Blending weighs whole tiles (zero weight on the damaged border).
+            _ => 0,
         }
     }
 
@@ -367,13 +379,14 @@ impl Segmenter {
         batches: std::sync::mpsc::Receiver<Batch>,
         out: std::sync::mpsc::SyncSender<Written<U>>,
         plan: &TilePlan,
+        mode: OutputMode,
     ) -> Result<()> {
         let _guard = tch::no_grad_guard();
         for batch in batches {
             if self.cancelled() {
                 return Err(Error::Cancelled);
             }
-            let data = self.infer_batch::<U>(&batch, plan)?;
+            let data = self.infer_batch::<U>(&batch, plan, mode)?;
             if out.send(Written { tiles: batch.tiles, data }).is_err() {
                 break;
             }
@@ -381,7 +394,7 @@ impl Segmenter {
         Ok(())
     }
 
-    fn infer_batch<U: OutputElement>(&self, batch: &Batch, plan: &TilePlan) -> Result<Vec<U>> {
+    fn infer_batch<U: OutputElement>(&self, batch: &Batch, plan: &TilePlan, mode: OutputMode) -> Result<Vec<U>> {
         let info = self.model.info();
         let tile = plan.input_tile_shape();
         let n = batch.tiles.len();
@@ -407,7 +420,7 @@ impl Segmenter {
                 y = y.f_narrow(d as i64 + 2, crop, e as i64 - 2 * crop).map_err(Error::inference)?;
             }
         }
-        let reduced = output::reduce::<U>(&y, self.options.output, info.output)?;
+        let reduced = output::reduce::<U>(&y, mode, info.output)?;
         let host = reduced.f_to_device(Device::Cpu).and_then(|t| t.f_contiguous()).map_err(Error::inference)?;
         let numel = host.numel();
         let mut raw = vec![U::Raw::default(); numel];

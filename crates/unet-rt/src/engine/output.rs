@@ -47,6 +47,8 @@ pub trait OutputElement: Copy + Default + Send + Sync + 'static {
     const MAX_LABEL: usize = 0;
     /// Converts the device's element.
     fn from_raw(raw: Self::Raw) -> Self;
+    /// Converts a blended value (a class index for label types).
+    fn from_f32(value: f32) -> Self;
 }
 
 impl OutputElement for u8 {
@@ -56,6 +58,9 @@ impl OutputElement for u8 {
     const MAX_LABEL: usize = 255;
     fn from_raw(raw: u8) -> Self {
         raw
+    }
+    fn from_f32(value: f32) -> Self {
+        value as u8
     }
 }
 
@@ -69,6 +74,9 @@ impl OutputElement for u16 {
     fn from_raw(raw: i16) -> Self {
         raw as u16
     }
+    fn from_f32(value: f32) -> Self {
+        value as u16
+    }
 }
 
 impl OutputElement for f32 {
@@ -78,6 +86,9 @@ impl OutputElement for f32 {
     fn from_raw(raw: f32) -> Self {
         raw
     }
+    fn from_f32(value: f32) -> Self {
+        value
+    }
 }
 
 impl OutputElement for half::f16 {
@@ -86,6 +97,9 @@ impl OutputElement for half::f16 {
     const IS_LABEL: bool = false;
     fn from_raw(raw: half::f16) -> Self {
         raw
+    }
+    fn from_f32(value: f32) -> Self {
+        half::f16::from_f32(value)
     }
 }
 
