@@ -365,3 +365,15 @@ print((peak[0] - base) >> 20, time.perf_counter() - start, int(out[::4096, ::409
     extra_mib = int(proc.stdout.split()[0])
     print(f"2 GiB uint8 memmap: {extra_mib} MiB of anonymous memory above the baseline")
     assert extra_mib < 512, f"{extra_mib} MiB of anonymous memory above the baseline for a 2 GiB image"
+
+
+def test_same_padded_models_blend_or_crop(tmp_path):
+    path = export_tiny(tmp_path / "same.pt", seed=2, padding="same", depth=3, base=4)
+    model = unet_rt.Model(path, device="cpu", precision="fp32")
+    image = np.random.default_rng(12).random((90, 130)).astype(np.float32)
+    want = oracle(model, image)
+    for blend in ("crop", "gaussian", "constant"):
+        got = model.segment(image, output="probabilities", tile=96, blend=blend)
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=blend)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="blend"):
+        model.segment(image, blend="median")

@@ -42,8 +42,15 @@ def whole_image_padding(size: int, halo: int, multiple: int, offset: int) -> Tup
 
 def reference_whole(net: torch.nn.Module, image: np.ndarray, metadata: Dict) -> np.ndarray:
     """Raw output ``(classes, *image.shape)`` of one forward pass over the whole
-    normalised, mirror-padded 2-D or 3-D single-channel ``image``."""
-    halo = metadata["halo"] if metadata["padding"] == "valid" else 0
+    normalised, mirror-padded 2-D or 3-D single-channel ``image``.
+
+    Valid models are padded by their halo; same-padded ones by their context
+    margin rounded up to the pooling factor (so that the border pixels see
+    mirrored context, as the runtime's tiles do), and their output is cropped
+    back to the image."""
+    multiple = metadata["size_multiple"]
+    valid = metadata["padding"] == "valid"
+    halo = metadata["halo"] if valid else -(-metadata["halo"] // multiple) * multiple
     x = normalize(image, metadata.get("normalization", {"kind": "none"}))
     pads: List[Tuple[int, int]] = [
         whole_image_padding(s, halo, metadata["size_multiple"], metadata["size_offset"]) for s in image.shape
@@ -51,5 +58,6 @@ def reference_whole(net: torch.nn.Module, image: np.ndarray, metadata: Dict) -> 
     padded = np.pad(x, pads, mode="reflect")
     with torch.no_grad():
         out = net(torch.from_numpy(np.ascontiguousarray(padded))[None, None])[0].float().numpy()
-    crop = (slice(None),) + tuple(slice(0, s) for s in image.shape)
+    start = 0 if valid else halo
+    crop = (slice(None),) + tuple(slice(start, start + s) for s in image.shape)
     return np.ascontiguousarray(out[crop])

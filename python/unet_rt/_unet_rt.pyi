@@ -38,6 +38,7 @@ class Model:
         memory_budget: Optional[int] = None,
         out: Optional[npt.NDArray[Any]] = None,
         progress: Optional[Callable[[int, int], object]] = None,
+        blend: str = "crop",
     ) -> npt.NDArray[Any]: ...
     def layout(
         self,

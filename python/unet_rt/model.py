@@ -151,6 +151,7 @@ class Model:
         out: Optional[np.ndarray] = None,
         progress: ProgressArg = False,
         memory_budget: Optional[int] = None,
+        blend: str = "crop",
     ) -> np.ndarray:
         """Segments an image (or a stack of images) of any size.
 
@@ -176,6 +177,11 @@ class Model:
             progress: ``True`` for a progress bar (tqdm if installed), or a
                 callable ``progress(done, total)`` called as tiles complete.
             memory_budget: bytes of activations one batch may use.
+            blend: how the tiles of same-padded models combine: ``"crop"``
+                (keep each tile's centre; exact with the default margin),
+                ``"gaussian"`` or ``"constant"`` (weighted averages of
+                overlapping tiles; memory proportional to the image).
+                Valid-padded models always crop.
 
         Returns:
             The result array (``out`` itself when given).
@@ -190,16 +196,16 @@ class Model:
         shape = self._result_shape(view.shape, engine_output, batched)
         if output == "instances":
             labels = self._run(view, engine_output, tiles, batch_size, None, progress, memory_budget, batched,
-                               (view.shape[0],) + tuple(view.shape[2:]))
+                               (view.shape[0],) + tuple(view.shape[2:]), blend)
             return _instances(labels, out, batched)
-        return self._run(view, engine_output, tiles, batch_size, out, progress, memory_budget, batched, shape)
+        return self._run(view, engine_output, tiles, batch_size, out, progress, memory_budget, batched, shape, blend)
 
     def _result_shape(self, view_shape: Tuple[int, ...], output: str, batched: bool) -> Tuple[int, ...]:
         spatial = tuple(view_shape[2:])
         per_image = spatial if output == "labels" else (self._inner.info["out_channels"],) + spatial
         return ((view_shape[0],) if batched else ()) + per_image
 
-    def _run(self, view, output, tile, batch_size, out, progress, memory_budget, batched, shape):
+    def _run(self, view, output, tile, batch_size, out, progress, memory_budget, batched, shape, blend):
         if out is not None:
             if not isinstance(out, np.ndarray):
                 raise InvalidArgumentError(f"invalid out: expected a numpy array, got {type(out).__name__}")
@@ -213,7 +219,8 @@ class Model:
                 target = None if out is None else (out[i] if batched else out)
                 # The engine counts tiles per image; the bar counts them all.
                 callback = None if report is None else (lambda done, _total, base=i * per_image: report(base + done))
-                results.append(self._inner.segment(images[i], output, tile, batch_size, memory_budget, target, callback))
+                results.append(self._inner.segment(images[i], output, tile, batch_size, memory_budget, target, callback,
+                                                   blend))
         if out is not None:
             return out
         return np.stack(results) if batched else results[0]

@@ -103,7 +103,7 @@ impl Model {
     }
 
     /// Segments an image laid out `(C, spatial...)`: see `unet_rt.Model.segment`.
-    #[pyo3(signature = (image, output = "labels", tile = None, batch_size = None, memory_budget = None, out = None, progress = None))]
+    #[pyo3(signature = (image, output = "labels", tile = None, batch_size = None, memory_budget = None, out = None, progress = None, blend = "crop"))]
     #[allow(clippy::too_many_arguments)]
     fn segment<'py>(
         &self,
@@ -115,8 +115,20 @@ impl Model {
         memory_budget: Option<usize>,
         out: Option<&Bound<'py, PyAny>>,
         progress: Option<Py<PyAny>>,
+        blend: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
         let cancel = Arc::new(AtomicBool::new(false));
+        let blend = match blend {
+            "crop" => unet_rt::Blend::Crop,
+            "gaussian" => unet_rt::Blend::gaussian(),
+            "constant" => unet_rt::Blend::Constant,
+            other => {
+                return Err(to_py_err(unet_rt::Error::InvalidArgument {
+                    argument: "blend",
+                    message: format!("unknown blend {other:?}; expected \"crop\", \"gaussian\" or \"constant\""),
+                }))
+            }
+        };
         let failure = Arc::new(Mutex::new(None));
         let options = unet_rt::Options {
             output: parse::<OutputMode>(output)?,
@@ -125,6 +137,7 @@ impl Model {
             memory_budget,
             progress: progress.map(|p| progress_callback(p, cancel.clone(), failure.clone())),
             cancel: Some(cancel.clone()),
+            blend,
             ..unet_rt::Options::default()
         };
         let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;
