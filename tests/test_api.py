@@ -377,3 +377,10 @@ def test_same_padded_models_blend_or_crop(tmp_path):
         np.testing.assert_allclose(got, want, atol=1e-5, err_msg=blend)
     with pytest.raises(unet_rt.InvalidArgumentError, match="blend"):
         model.segment(image, blend="median")
+
+
+def test_progress_totals_follow_the_memory_budget(model):
+    image = np.random.default_rng(13).random((300, 300))
+    seen = []
+    model.segment(image, memory_budget=1 << 20, progress=lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1][0] == seen[-1][1] > 1

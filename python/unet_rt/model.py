@@ -212,7 +212,9 @@ class Model:
             if tuple(out.shape) != tuple(shape):
                 raise InvalidArgumentError(f"invalid out: has shape {out.shape}, the result has shape {tuple(shape)}")
         images = view if batched else view[:1]
-        per_image = self._tiles(view.shape[2:], tile, batch_size)
+        # Only a progress report needs the tile count: keep the plain call free of it.
+        wants_progress = progress is not None and progress is not False
+        per_image = self._tiles(view.shape[2:], tile, batch_size, memory_budget) if wants_progress else 0
         with _Progress(progress, per_image * images.shape[0]) as report:
             results = []
             for i in range(images.shape[0]):
@@ -225,8 +227,8 @@ class Model:
             return out
         return np.stack(results) if batched else results[0]
 
-    def _tiles(self, spatial: Sequence[int], tile, batch_size) -> int:
-        return int(self._inner.layout(list(spatial), tile, batch_size)["tiles"])
+    def _tiles(self, spatial: Sequence[int], tile, batch_size, memory_budget) -> int:
+        return int(self._inner.layout(list(spatial), tile, batch_size, memory_budget)["tiles"])
 
     def __repr__(self) -> str:
         return f"Model(path={self.path!r}, device={self.device!r}, precision={self.precision!r})"
