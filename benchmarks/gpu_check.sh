@@ -1,18 +1,37 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE, in a copy of the repository with .gpu/ carried (see
 # gpu_prepare.sh). It uses the device's own torch 2.11 (+cu130) libraries, the
-# wheel and binary built on the CPU machine, checks the GPU results against
-# the CPU's and prints a short table (also written to $OUT/gpu_check.txt).
-set -euo pipefail
+# wheel and binary built on the CPU machine: runs the gpu-marked tests, checks
+# the CLI on CUDA against the CLI on the CPU, and prints the engine table (also
+# written to $OUT/gpu_check.txt).
+set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TORCH_VENV="${TORCH_VENV:-/opt/torch/.venv}"
 PY="$TORCH_VENV/bin/python"
 TORCH_LIB="$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PYTHONUNBUFFERED=1
-"$PY" -m pip install -q --no-deps --no-index --target /tmp/unet_rt_site .gpu/unet_rt-*.whl
+OUT="${OUT:-/tmp/gpu_out}"; mkdir -p "$OUT"
+status=0
+"$PY" -m pip install -q --no-deps --no-index --target /tmp/unet_rt_site .gpu/unet_rt-*.whl || exit 1
+export PYTHONPATH="/tmp/unet_rt_site:$PWD"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== CLI"
 .gpu/unet-rt --version
 ldd .gpu/unet-rt | grep -E "torch_cuda|not found" || true
+cli=$(mktemp -d)
+.gpu/unet-rt segment data/dsb2018-nuclei/image.tif -o "$cli/cpu" --device cpu --format npy || status=1
+.gpu/unet-rt segment data/dsb2018-nuclei/image.tif -o "$cli/cuda" --device cuda:0 --format npy || status=1
+"$PY" - "$cli" <<'PY' || status=1
+import sys, numpy as np, pathlib
+d = pathlib.Path(sys.argv[1])
+a, b = np.load(d / "cpu" / "image.npy"), np.load(d / "cuda" / "image.npy")
+agree = float((a == b).mean())
+print(f"CLI labels, cuda:0 vs cpu (fp32): agreement {agree:.6f}")
+sys.exit(0 if agree > 0.9999 else 1)
+PY
+echo "== gpu tests"
+"$PY" -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider -o addopts="-ra --strict-markers" 2>&1 | tee "$OUT/gpu_tests.txt" || status=1
 echo "== engine"
-PYTHONPATH="/tmp/unet_rt_site:$PWD" "$PY" benchmarks/gpu_check.py ${OUT:+--out "$OUT/gpu_check.txt"} "$@"
+"$PY" benchmarks/gpu_check.py --out "$OUT/gpu_check.txt" "$@" || status=1
+exit $status

@@ -23,6 +23,7 @@ from .errors import (
     UnetRtError,
     UnetRtIOError,
 )
+from ._window import Window
 from .model import Model, bundled_model_path, segment
 
 __version__: str = _unet_rt.__version__
@@ -33,6 +34,7 @@ __all__ = [
     "bundled_model_path",
     "segment",
     "Model",
+    "Window",
     "CancelledError",
     "UnetRtError",
     "ModelError",

@@ -4,7 +4,7 @@ The public API is :mod:`unet_rt` (``unet_rt.Model``, ``unet_rt.segment``);
 this module is its engine and converts arguments only.
 """
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +39,8 @@ class Model:
         out: Optional[npt.NDArray[Any]] = None,
         progress: Optional[Callable[[int, int], object]] = None,
         blend: str = "crop",
+        window: Optional[Tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int]]] = None,
+        input_range: Optional[Tuple[float, float]] = None,
     ) -> npt.NDArray[Any]: ...
     def layout(
         self,
@@ -47,3 +49,11 @@ class Model:
         batch_size: Optional[int] = None,
         memory_budget: Optional[int] = None,
     ) -> dict[str, Any]: ...
+    def needed_input(
+        self,
+        window: Tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int]],
+        tile: Optional[Sequence[int]] = None,
+        batch_size: Optional[int] = None,
+        memory_budget: Optional[int] = None,
+    ) -> Tuple[List[int], List[int]]: ...
+    def percentile_range(self, image: npt.NDArray[Any]) -> Optional[Tuple[float, float]]: ...

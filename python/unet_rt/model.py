@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _unet_rt
 from ._axes import arrange
+from ._window import Window
 from .errors import InvalidArgumentError, ModelNotFoundError
 
 __all__ = ["Model", "segment", "bundled_model_path"]
@@ -137,9 +138,56 @@ class Model:
         return self._inner.forward(np.asarray(array, dtype=np.float32))
 
     def layout(self, shape: Sequence[int], tile: Union[int, Sequence[int], None] = None,
-               batch_size: Optional[int] = None) -> Dict[str, Any]:
-        """The tiling :meth:`segment` would use for an image of spatial ``shape``."""
-        return dict(self._inner.layout(list(shape), _tile(tile, len(shape)), batch_size))
+               batch_size: Optional[int] = None, memory_budget: Optional[int] = None) -> Dict[str, Any]:
+        """The tiling :meth:`segment` would use for an image of spatial
+        ``shape``: the input ``tile``, the network's ``output_tile``, the
+        ``stride`` between tiles, the ``grid`` of tiles per axis, the number
+        of ``tiles`` and the ``batch_size``.
+
+        >>> import unet_rt
+        >>> unet_rt.Model(tiny_model_path, device="cpu", precision="fp32").layout((500, 300), tile=84)
+        {'tile': [84, 84], 'tiles': 84, 'batch_size': 16, 'stride': [44, 44], 'output_tile': [44, 44], 'grid': [12, 7]}
+        """
+        return dict(self._inner.layout(list(shape), _tile(tile, len(shape)), batch_size, memory_budget))
+
+    def needed_input(self, window: Window, tile: Union[int, Sequence[int], None] = None,
+                     batch_size: Optional[int] = None, memory_budget: Optional[int] = None) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+        """The pixels, ``(first, end)`` per spatial axis of the whole image,
+        that segmenting ``window``'s region reads (mirrored at the image's
+        borders) with these options: the array passed with the window must
+        hold at least these. See :class:`Window`.
+
+        >>> import unet_rt
+        >>> model = unet_rt.Model(tiny_model_path, device="cpu", precision="fp32")
+        >>> model.needed_input(unet_rt.Window(image=(500, 300), start=(88, 0), shape=(44, 300)), tile=84)
+        ((68, 0), (152, 300))
+        """
+        if not isinstance(window, Window):
+            raise InvalidArgumentError(f"invalid window: expected a unet_rt.Window, got {type(window).__name__}")
+        dims = len(window.image)
+        first, end = self._inner.needed_input(window.as_tuple(), _tile(tile, dims), batch_size, memory_budget)
+        return tuple(first), tuple(end)
+
+    def percentile_range(self, image: np.ndarray, axes: Optional[str] = None) -> Optional[Any]:
+        """The pixel values the model's percentile normalization maps to 0 and
+        1 in ``image``, exactly as :meth:`segment` computes them: ``(low,
+        high)``, an array of one row per image for a batch, or ``None`` when
+        the model normalizes otherwise. Pass them as ``input_range`` to
+        segment pieces of the image as the whole.
+
+        >>> import numpy as np, unet_rt
+        >>> model = unet_rt.Model(tiny_model_path, device="cpu", precision="fp32")
+        >>> low, high = model.percentile_range(np.arange(10000, dtype=np.uint16).reshape(100, 100))
+        >>> round(low, 6), round(high, 6)  # percentiles 1 and 99.8
+        (99.99, 9979.002)
+        """
+        array = _check_image(image)
+        info = self._inner.info
+        view, batched, _ = arrange(array, axes, info["spatial_dims"], info["in_channels"])
+        ranges = [self._inner.percentile_range(view[i]) for i in range(view.shape[0])]
+        if ranges[0] is None:
+            return None
+        return np.asarray(ranges, np.float64) if batched else ranges[0]
 
     def segment(
         self,
@@ -152,6 +200,8 @@ class Model:
         progress: ProgressArg = False,
         memory_budget: Optional[int] = None,
         blend: str = "crop",
+        window: Optional[Window] = None,
+        input_range: Optional[Any] = None,
     ) -> np.ndarray:
         """Segments an image (or a stack of images) of any size.
 
@@ -182,6 +232,13 @@ class Model:
                 ``"gaussian"`` or ``"constant"`` (weighted averages of
                 overlapping tiles; memory proportional to the image).
                 Valid-padded models always crop.
+            window: segment ``image`` as a piece of a larger image: the
+                result covers the window's region and equals the whole
+                image's result there bit for bit (see :class:`Window`).
+            input_range: for models with percentile normalization, the
+                ``(low, high)`` pixel values to map to 0 and 1 instead of the
+                image's own percentiles (one pair, or one per image of a
+                batch), e.g. from :meth:`percentile_range` of a whole image.
 
         Returns:
             The result array (``out`` itself when given).
@@ -193,19 +250,25 @@ class Model:
         view, batched, _ = arrange(array, axes, info["spatial_dims"], info["in_channels"])
         engine_output = "labels" if output == "instances" else output
         tiles = _tile(tile, info["spatial_dims"])
-        shape = self._result_shape(view.shape, engine_output, batched)
+        if window is not None and not isinstance(window, Window):
+            raise InvalidArgumentError(f"invalid window: expected a unet_rt.Window, got {type(window).__name__}")
+        piece = _Piece(window, _ranges(input_range, view.shape[0], batched))
+        shape = self._result_shape(view.shape, engine_output, batched, window)
         if output == "instances":
+            spatial = tuple(window.shape) if window is not None else tuple(view.shape[2:])
             labels = self._run(view, engine_output, tiles, batch_size, None, progress, memory_budget, batched,
-                               (view.shape[0],) + tuple(view.shape[2:]), blend)
+                               (view.shape[0],) + spatial, blend, piece)
             return _instances(labels, out, batched)
-        return self._run(view, engine_output, tiles, batch_size, out, progress, memory_budget, batched, shape, blend)
+        return self._run(view, engine_output, tiles, batch_size, out, progress, memory_budget, batched, shape, blend,
+                         piece)
 
-    def _result_shape(self, view_shape: Tuple[int, ...], output: str, batched: bool) -> Tuple[int, ...]:
-        spatial = tuple(view_shape[2:])
+    def _result_shape(self, view_shape: Tuple[int, ...], output: str, batched: bool,
+                      window: Optional[Window] = None) -> Tuple[int, ...]:
+        spatial = tuple(window.shape) if window is not None else tuple(view_shape[2:])
         per_image = spatial if output == "labels" else (self._inner.info["out_channels"],) + spatial
         return ((view_shape[0],) if batched else ()) + per_image
 
-    def _run(self, view, output, tile, batch_size, out, progress, memory_budget, batched, shape, blend):
+    def _run(self, view, output, tile, batch_size, out, progress, memory_budget, batched, shape, blend, piece):
         if out is not None:
             if not isinstance(out, np.ndarray):
                 raise InvalidArgumentError(f"invalid out: expected a numpy array, got {type(out).__name__}")
@@ -214,7 +277,7 @@ class Model:
         images = view if batched else view[:1]
         # Only a progress report needs the tile count: keep the plain call free of it.
         wants_progress = progress is not None and progress is not False
-        per_image = self._tiles(view.shape[2:], tile, batch_size, memory_budget) if wants_progress else 0
+        per_image = self._tiles(view.shape[2:], tile, batch_size, memory_budget, piece.window) if wants_progress else 0
         with _Progress(progress, per_image * images.shape[0]) as report:
             results = []
             for i in range(images.shape[0]):
@@ -222,16 +285,53 @@ class Model:
                 # The engine counts tiles per image; the bar counts them all.
                 callback = None if report is None else (lambda done, _total, base=i * per_image: report(base + done))
                 results.append(self._inner.segment(images[i], output, tile, batch_size, memory_budget, target, callback,
-                                                   blend))
+                                                   blend, piece.engine_window, piece.range(i)))
         if out is not None:
             return out
         return np.stack(results) if batched else results[0]
 
-    def _tiles(self, spatial: Sequence[int], tile, batch_size, memory_budget) -> int:
-        return int(self._inner.layout(list(spatial), tile, batch_size, memory_budget)["tiles"])
+    def _tiles(self, spatial: Sequence[int], tile, batch_size, memory_budget, window: Optional[Window] = None) -> int:
+        if window is None:
+            return int(self._inner.layout(list(spatial), tile, batch_size, memory_budget)["tiles"])
+        layout = self._inner.layout(list(window.image), tile, batch_size, memory_budget)
+        count = 1
+        for start, size, stride, grid in zip(window.start, window.shape, layout["stride"], layout["grid"]):
+            count *= min((start + size - 1) // stride, grid - 1) - min(start // stride, grid - 1) + 1
+        return count
 
     def __repr__(self) -> str:
         return f"Model(path={self.path!r}, device={self.device!r}, precision={self.precision!r})"
+
+
+class _Piece:
+    """The ``window`` and per-image ``input_range`` of one call."""
+
+    def __init__(self, window: Optional[Window], ranges: Optional[np.ndarray]) -> None:
+        self.window = window
+        self.engine_window = None if window is None else window.as_tuple()
+        self._ranges = ranges
+
+    def range(self, i: int) -> Optional[Tuple[float, float]]:
+        if self._ranges is None:
+            return None
+        low, high = self._ranges[i]
+        return float(low), float(high)
+
+
+def _ranges(input_range: Any, images: int, batched: bool) -> Optional[np.ndarray]:
+    """``input_range`` as one ``(low, high)`` row per image, checked."""
+    if input_range is None:
+        return None
+    try:
+        values = np.asarray(input_range, np.float64)
+    except (TypeError, ValueError):
+        values = np.zeros(0)
+    if values.shape == (2,):
+        values = np.broadcast_to(values, (images, 2))
+    if values.shape != (images, 2) or not np.isfinite(values).all():
+        wanted = "(low, high)" + (f" or {images} rows of them" if batched else "")
+        raise InvalidArgumentError(f"invalid input_range: expected {wanted} of finite numbers, got {input_range!r}")
+    return values
 
 
 def _rebuild(source: Union[str, bytes], device: str, precision: str) -> Model:

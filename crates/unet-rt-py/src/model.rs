@@ -8,7 +8,7 @@ use pyo3::types::PyDict;
 use unet_rt::{OutputMode, Precision};
 
 use crate::errors::{run_released, to_py_err};
-use crate::segment::{progress_callback, segment};
+use crate::segment::{percentile_range, progress_callback, segment};
 
 /// A TorchScript model loaded once onto a device, in one precision; safe to
 /// share between Python threads.
@@ -103,7 +103,8 @@ impl Model {
     }
 
     /// Segments an image laid out `(C, spatial...)`: see `unet_rt.Model.segment`.
-    #[pyo3(signature = (image, output = "labels", tile = None, batch_size = None, memory_budget = None, out = None, progress = None, blend = "crop"))]
+    /// `window` is `(image, origin, start, shape)`, see `unet_rt.Window`.
+    #[pyo3(signature = (image, output = "labels", tile = None, batch_size = None, memory_budget = None, out = None, progress = None, blend = "crop", window = None, input_range = None))]
     #[allow(clippy::too_many_arguments)]
     fn segment<'py>(
         &self,
@@ -116,6 +117,8 @@ impl Model {
         out: Option<&Bound<'py, PyAny>>,
         progress: Option<Py<PyAny>>,
         blend: &str,
+        window: Option<WindowArg>,
+        input_range: Option<(f64, f64)>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let cancel = Arc::new(AtomicBool::new(false));
         let blend = match blend {
@@ -138,7 +141,8 @@ impl Model {
             progress: progress.map(|p| progress_callback(p, cancel.clone(), failure.clone())),
             cancel: Some(cancel.clone()),
             blend,
-            ..unet_rt::Options::default()
+            window: window.map(to_window),
+            input_range,
         };
         let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;
         let result = segment(py, &segmenter, image, out, &cancel);
@@ -149,8 +153,31 @@ impl Model {
         result
     }
 
+    /// The pixel values percentile normalization maps to 0 and 1 in `image`
+    /// (`(C, spatial...)`), or `None` when the model normalizes otherwise.
+    fn percentile_range(&self, py: Python<'_>, image: &Bound<'_, PyAny>) -> PyResult<Option<(f64, f64)>> {
+        percentile_range(py, &self.inner, image)
+    }
+
+    /// The input `(first, end)` per spatial axis, in whole-image pixels, that
+    /// segmenting `window` (`(image, origin, start, shape)`, origin unused)
+    /// needs with these options.
+    #[pyo3(signature = (window, tile = None, batch_size = None, memory_budget = None))]
+    fn needed_input(
+        &self,
+        window: WindowArg,
+        tile: Option<Vec<usize>>,
+        batch_size: Option<usize>,
+        memory_budget: Option<usize>,
+    ) -> PyResult<(Vec<usize>, Vec<usize>)> {
+        let options = unet_rt::Options { tile, batch_size, memory_budget, ..unet_rt::Options::default() };
+        let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;
+        segmenter.needed_input(&to_window(window)).map_err(to_py_err)
+    }
+
     /// The tiling the engine would use for an image of spatial `shape`:
-    /// `{"tile": [...], "tiles": n, "batch_size": b}`.
+    /// `{"tile": [...], "tiles": n, "batch_size": b, "stride": [...],
+    /// "output_tile": [...]}`.
     #[pyo3(signature = (shape, tile = None, batch_size = None, memory_budget = None))]
     fn layout<'py>(
         &self,
@@ -167,10 +194,20 @@ impl Model {
         d.set_item("tile", layout.plan.input_tile_shape().to_vec())?;
         d.set_item("tiles", layout.plan.len())?;
         d.set_item("batch_size", layout.batch_size)?;
+        d.set_item("stride", layout.plan.stride().to_vec())?;
+        d.set_item("output_tile", layout.plan.output_tile_shape().to_vec())?;
+        d.set_item("grid", layout.plan.grid_shape().to_vec())?;
         Ok(d)
     }
 
     fn __repr__(&self) -> String {
         format!("Model(path={:?}, device={:?}, precision={:?})", self.inner.path(), self.device(), self.precision())
     }
+}
+
+/// `(image, origin, start, shape)`, one value per spatial axis each.
+type WindowArg = (Vec<usize>, Vec<usize>, Vec<usize>, Vec<usize>);
+
+fn to_window((image, origin, start, shape): WindowArg) -> unet_rt::Window {
+    unet_rt::Window { image, origin, start, shape }
 }

@@ -104,3 +104,22 @@ fn run<'py, T: Pixel + Element, U: OutputElement + Element>(
     }
     Ok(result.into_any())
 }
+
+/// The pixel values the model's percentile normalization maps to 0 and 1 in
+/// `image` (`(C, spatial...)`), or `None` for other normalizations.
+pub(crate) fn percentile_range(py: Python<'_>, model: &unet_rt::Model, image: &Bound<'_, PyAny>) -> PyResult<Option<(f64, f64)>> {
+    let norm = &model.info().normalization;
+    let cancel = Arc::new(AtomicBool::new(false));
+    macro_rules! try_input {
+        ($($t:ty),*) => {$(
+            if let Ok(array) = image.cast::<PyArrayDyn<$t>>() {
+                let input = array.try_readonly().map_err(|e| invalid("image", e.to_string()))?;
+                let view = input.as_array();
+                return run_released(py, &cancel, move || Ok(unet_rt::normalize::percentile_range(norm, &view)));
+            }
+        )*};
+    }
+    try_input!(u8, u16, i16, half::f16, f32, f64);
+    let dtype = image.getattr("dtype").map(|d| d.to_string()).unwrap_or_else(|_| "unknown".to_owned());
+    Err(invalid("image", format!("dtype {dtype} is not supported; use uint8, uint16, int16, float16, float32 or float64")))
+}

@@ -25,6 +25,7 @@ mod pixel;
 mod precision;
 mod probe;
 mod whole;
+mod window;
 
 pub use build_info::{build_info, BuildInfo};
 pub use error::{Error, Result};
@@ -35,6 +36,7 @@ pub use model::{Model, ModelInfo};
 pub use pixel::Pixel;
 pub use precision::Precision;
 pub use whole::{forward_whole, pad_reflect, whole_image_padding};
+pub use window::{mirrored_bounds, Window};
 pub use tch::Device;
 
 /// Parses a device name as users write it: `cpu`, `cuda`, `cuda:N`, or `auto`

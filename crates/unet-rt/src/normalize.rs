@@ -54,10 +54,21 @@ pub fn resolve(norm: &Normalization, values: impl Iterator<Item = f64>) -> Affin
 /// without copying it: an exact histogram for 8- and 16-bit pixels, a
 /// selection over (at most [`PERCENTILE_SAMPLE`]) values for floats.
 pub fn resolve_view<T: Pixel>(norm: &Normalization, image: &ArrayViewD<'_, T>) -> Affine {
+    match percentile_range(norm, image) {
+        Some((lo, hi)) => affine_from_range(lo, hi),
+        None => resolve(norm, std::iter::empty()),
+    }
+}
+
+/// For percentile normalization, the pixel values it maps to 0 and 1 in
+/// `image` (as [`resolve_view`] computes them); `None` for the other kinds.
+/// Pass them as [`crate::Options::input_range`] to segment pieces of
+/// `image` as the whole.
+pub fn percentile_range<T: Pixel>(norm: &Normalization, image: &ArrayViewD<'_, T>) -> Option<(f64, f64)> {
     let Normalization::Percentile { low, high } = *norm else {
-        return resolve(norm, std::iter::empty());
+        return None;
     };
-    let (lo, hi) = match T::HISTOGRAM_BINS {
+    Some(match T::HISTOGRAM_BINS {
         Some(bins) => {
             let mut counts = vec![0u64; bins];
             image.iter().for_each(|&v| counts[v.bin()] += 1);
@@ -68,11 +79,11 @@ pub fn resolve_view<T: Pixel>(norm: &Normalization, image: &ArrayViewD<'_, T>) -
             let mut values: Vec<f64> = image.iter().step_by(step).map(|&v| v.to_f64()).collect();
             (select_percentile(&mut values, low), select_percentile(&mut values, high))
         }
-    };
-    affine_from_range(lo, hi)
+    })
 }
 
-fn affine_from_range(lo: f64, hi: f64) -> Affine {
+/// The map that sends `lo` to 0 and `hi` to 1 (a flat range maps to 0).
+pub fn affine_from_range(lo: f64, hi: f64) -> Affine {
     // A flat image maps to zero rather than dividing by zero.
     let range = if hi - lo > 1e-20 { hi - lo } else { 1.0 };
     Affine { scale: (1.0 / range) as f32, shift: (-lo / range) as f32 }

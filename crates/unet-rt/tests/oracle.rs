@@ -248,3 +248,61 @@ fn blended_same_padded_tiles_match_the_whole_image_too() {
         }
     }
 }
+
+/// Pieces cut at arbitrary places, each with just the input its tiles read,
+/// give the whole image's result bit for bit: the same tiles, in batches of
+/// the same sizes, on the same input windows. These models have 2 to 4
+/// channels, whose convolution kernels do round differently for other
+/// tensor shapes, so piece-wise tiles of their own would not be identical.
+#[test]
+fn windows_give_the_whole_images_result_bit_for_bit() {
+    let mut rng = Lcg(11);
+    for (name, tiles) in [("tiny_valid.pt", [48usize, 52, 60, 84]), ("tiny_valid_d4.pt", [100, 108, 132, 172]), ("tiny_same.pt", [64, 72, 96, 120])]
+    {
+        let model = load(name);
+        for round in 0..6 {
+            let size = [20 + rng.below(220), 20 + rng.below(220)];
+            let image = rng.image(&[1, size[0], size[1]]);
+            let tile = (round > 0).then(|| vec![tiles[rng.below(4)], tiles[rng.below(4)]]);
+            let batch = (round > 1).then(|| 1 + rng.below(5));
+            let range = (round % 2 == 1).then(|| (100.0 + rng.below(500) as f64, 3000.0 + rng.below(900) as f64));
+            let options = Options { output: OutputMode::Raw, tile, batch_size: batch, input_range: range, ..Options::default() };
+            let whole: ArrayD<f32> = Segmenter::new(model.clone(), options.clone()).unwrap().segment(image.view()).unwrap();
+            for _ in 0..4 {
+                let start = [rng.below(size[0]), rng.below(size[1])];
+                let shape = [1 + rng.below(size[0] - start[0]), 1 + rng.below(size[1] - start[1])];
+                let region = unet_rt::Window { image: size.to_vec(), origin: vec![0, 0], start: start.to_vec(), shape: shape.to_vec() };
+                let probe = Segmenter::new(model.clone(), options.clone()).unwrap();
+                let (first, end) = probe.needed_input(&region).unwrap();
+                let piece = image.slice(ndarray::s![.., first[0]..end[0], first[1]..end[1]]).into_dyn();
+                let window = unet_rt::Window { origin: first.clone(), ..region };
+                // A piece cannot know the whole image's percentiles: pass them.
+                let whole_range = range.or_else(|| unet_rt::normalize::percentile_range(&model.info().normalization, &image.view()));
+                let piece_options = Options { window: Some(window), input_range: whole_range, ..options.clone() };
+                let segmenter = Segmenter::new(model.clone(), piece_options).unwrap();
+                let got: ArrayD<f32> = segmenter.segment(piece.view()).unwrap();
+                let want = whole.slice(ndarray::s![.., start[0]..start[0] + shape[0], start[1]..start[1] + shape[1]]).into_dyn();
+                if got != want {
+                    let bad: Vec<_> = got.indexed_iter().zip(want.iter()).filter(|((_, a), b)| a != b).map(|((i, a), b)| (i, a - b)).take(8).collect();
+                    panic!("{name} size {size:?} region {start:?}+{shape:?} needed {first:?}..{end:?} options {options:?}: {bad:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn windows_refuse_missing_context_and_bad_ranges() {
+    let model = load("tiny_valid.pt");
+    let image = Lcg(5).image(&[1, 90, 90]);
+    let window = unet_rt::Window { image: vec![200, 200], origin: vec![50, 50], start: vec![60, 60], shape: vec![70, 70] };
+    let options = Options { window: Some(window), ..Options::default() };
+    let err = Segmenter::new(model.clone(), options).unwrap().segment::<f32, u8>(image.view()).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { argument: "window", .. }), "{err}");
+    assert!(err.to_string().contains("holds only"), "{err}");
+    let bad = Options { input_range: Some((0.0, f64::NAN)), ..Options::default() };
+    assert!(Segmenter::new(model.clone(), bad).unwrap_err().to_string().contains("finite"));
+    let plain = load("tiny_plain.pt"); // no metadata: no normalization to override
+    let err = Segmenter::new(plain, Options { input_range: Some((0.0, 1.0)), ..Options::default() }).unwrap_err();
+    assert!(err.to_string().contains("takes no range"), "{err}");
+}

@@ -35,7 +35,8 @@ pub(super) fn run_blended<T: Pixel, U: OutputElement>(
     let mut sum = ArrayD::<f32>::zeros(IxDyn(&with_channels(image)));
     let mut weight = ArrayD::<f32>::zeros(IxDyn(image));
     let tile_shape = with_channels(layout.plan.output_tile_shape());
-    segmenter.run::<T, f32, _>(gatherer, layout, averaged, |written: &Written<f32>| {
+    let tiles: Vec<_> = layout.plan.tiles().collect();
+    segmenter.run::<T, f32, _>(gatherer, layout, &tiles, averaged, |written: &Written<f32>| {
         accumulate(&mut sum, &mut weight, written, &tile_shape, weights);
     })?;
     // Every pixel has positive weight (the plan guarantees it).

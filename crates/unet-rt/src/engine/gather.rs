@@ -3,6 +3,7 @@
 
 use ndarray::ArrayViewD;
 
+use crate::error::{Error, Result};
 use crate::geometry::{reflect_index, Tile};
 use crate::normalize::Affine;
 use crate::pixel::Pixel;
@@ -10,16 +11,31 @@ use crate::pixel::Pixel;
 /// Reads tiles of an input laid out `(C, spatial...)` into channels-last
 /// buffers: element `(position, channel)` of a tile lands at
 /// `position * C + channel`, with positions in row-major order over the tile.
+///
+/// The input may be a piece of a larger image (a [`crate::Window`]): tile
+/// coordinates are then whole-image coordinates, mirrored at the whole
+/// image's borders and read `origin` pixels into the piece.
 pub(crate) struct Gatherer<'a, T: Pixel> {
     input: ArrayViewD<'a, T>,
     affine: Affine,
     channels: usize,
+    origin: Vec<usize>,
+    image: Vec<usize>,
 }
 
 impl<'a, T: Pixel> Gatherer<'a, T> {
+    /// A gatherer over a whole image.
+    #[cfg(test)]
     pub(crate) fn new(input: ArrayViewD<'a, T>, affine: Affine) -> Self {
+        let image = input.shape()[1..].to_vec();
+        Self::piece(input, affine, vec![0; image.len()], image)
+    }
+
+    /// A gatherer over the piece of an image of spatial shape `image` whose
+    /// first pixel sits at `origin`.
+    pub(crate) fn piece(input: ArrayViewD<'a, T>, affine: Affine, origin: Vec<usize>, image: Vec<usize>) -> Self {
         let channels = input.shape()[0];
-        Self { input, affine, channels }
+        Self { input, affine, channels, origin, image }
     }
 
     /// Number of `f32` values one tile of `shape` occupies.
@@ -28,38 +44,59 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
     }
 
     /// Fills `dst` (of length [`Self::tile_len`]) with the tile's window.
-    pub(crate) fn gather(&self, tile: &Tile, dst: &mut [f32]) {
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the tile reads a pixel the input does
+    /// not hold (a window without enough context; checked beforehand by
+    /// [`crate::Window::check_context`], so this is a second line).
+    pub(crate) fn gather(&self, tile: &Tile, dst: &mut [f32]) -> Result<()> {
         let shape = &tile.read_shape;
-        let image = &self.input.shape()[1..];
+        let local = &self.input.shape()[1..];
         let strides = self.input.strides();
         // Element offsets of every mirrored coordinate, per axis: the reads
         // below are then sums of table entries.
-        let offsets: Vec<Vec<isize>> = (0..shape.len())
-            .map(|a| {
-                (0..shape[a])
-                    .map(|j| reflect_index(tile.read_start[a] + j as isize, image[a]) as isize * strides[a + 1])
-                    .collect()
-            })
-            .collect();
+        let mut offsets: Vec<Vec<isize>> = Vec::with_capacity(shape.len());
+        for a in 0..shape.len() {
+            let mut table = Vec::with_capacity(shape[a]);
+            for j in 0..shape[a] {
+                let pixel = reflect_index(tile.read_start[a] + j as isize, self.image[a]);
+                match pixel.checked_sub(self.origin[a]).filter(|&i| i < local[a]) {
+                    Some(i) => table.push(i as isize * strides[a + 1]),
+                    None => {
+                        return Err(Error::InvalidArgument {
+                            argument: "window",
+                            message: format!(
+                                "a tile reads pixel {pixel} of axis {a}, outside the input's pixels {}..{}",
+                                self.origin[a],
+                                self.origin[a] + local[a]
+                            ),
+                        })
+                    }
+                }
+            }
+            offsets.push(table);
+        }
         let channel_offsets: Vec<isize> = (0..self.channels).map(|c| c as isize * strides[0]).collect();
         let base = self.input.as_ptr();
-        let Some((last, outer)) = offsets.split_last() else { return };
+        let Some((last, outer)) = offsets.split_last() else { return Ok(()) };
         let row_len = last.len() * self.channels;
         let mut index = vec![0usize; outer.len()];
         for row in dst.chunks_exact_mut(row_len) {
             let row_offset: isize = outer.iter().zip(&index).map(|(table, &i)| table[i]).sum();
             for (pixel, &x) in row.chunks_exact_mut(self.channels).zip(last) {
                 for (value, &c) in pixel.iter_mut().zip(&channel_offsets) {
-                    // SAFETY: every index was mirrored into `0..n` of its axis by
-                    // `reflect_index` and the channel index is below the channel
-                    // count, so the offset addresses an element of the view,
-                    // which borrows the memory for `'a`.
+                    // SAFETY: every table entry is `i * stride` for an index `i`
+                    // checked above to lie in `0..n` of its axis of the view, and
+                    // the channel index is below the channel count, so the offset
+                    // addresses an element of the view, which borrows the memory
+                    // for `'a`.
                     let v = unsafe { *base.offset(row_offset + x + c) };
                     *value = self.affine.apply(v.to_f32());
                 }
             }
             advance(&mut index, outer);
         }
+        Ok(())
     }
 }
 
@@ -89,7 +126,7 @@ mod tests {
         let g = Gatherer::new(view.clone(), Affine::IDENTITY);
         let tile = plan.tile(0).unwrap();
         let mut buf = vec![0f32; g.tile_len(&tile.read_shape)];
-        g.gather(&tile, &mut buf);
+        g.gather(&tile, &mut buf).unwrap();
         let padded = ArrayD::from_shape_fn(IxDyn(&[12, 12, 2]), |i| {
             let y = reflect_index(tile.read_start[0] + i[0] as isize, 5);
             let x = reflect_index(tile.read_start[1] + i[1] as isize, 7);
@@ -105,7 +142,24 @@ mod tests {
         let plan = TilePlan::valid(&[3, 3], &[4, 4], 0, 4).unwrap();
         let tile = plan.tile(0).unwrap();
         let mut buf = vec![0f32; 16];
-        g.gather(&tile, &mut buf);
+        g.gather(&tile, &mut buf).unwrap();
         assert!(buf.iter().all(|&v| v == 6.0));
+    }
+
+    #[test]
+    fn a_piece_reads_whole_image_coordinates_and_refuses_missing_context() {
+        let whole = Array3::from_shape_fn((1, 9, 11), |(_, y, x)| (y * 20 + x) as u8);
+        let plan = TilePlan::valid(&[9, 11], &[12, 12], 4, 4).unwrap();
+        let full = Gatherer::new(whole.view().into_dyn(), Affine::IDENTITY);
+        let piece_view = whole.slice(ndarray::s![.., .., 2..]).into_dyn();
+        let piece = Gatherer::piece(piece_view, Affine::IDENTITY, vec![0, 2], vec![9, 11]);
+        let tile = plan.tile(plan.len() - 1).unwrap(); // reads columns 4..=10, mirrored
+
+        let (mut a, mut b) = (vec![0f32; 144], vec![0f32; 144]);
+        full.gather(&tile, &mut a).unwrap();
+        piece.gather(&tile, &mut b).unwrap();
+        assert_eq!(a, b);
+        let first = plan.tile(0).unwrap(); // reads column 0, which the piece lacks
+        assert!(piece.gather(&first, &mut b).unwrap_err().to_string().contains("outside the input"));
     }
 }

@@ -21,10 +21,11 @@ pub use output::{OutputElement, OutputMode};
 
 use crate::error::{Error, Result};
 use crate::geometry::{Blend, Tile, TilePlan};
-use crate::metadata::Padding;
+use crate::metadata::{Normalization, Padding};
 use crate::model::{Model, ModelInfo};
-use crate::normalize;
+use crate::normalize::{self, Affine};
 use crate::pixel::Pixel;
+use crate::window::Window;
 use gather::Gatherer;
 
 /// Default memory budget for one batch of activations on the CPU.
@@ -65,6 +66,15 @@ pub struct Options {
     /// Set to `true` (from any thread) to stop the call with
     /// [`Error::Cancelled`] at the next batch.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Segment the input as a piece of a larger image: the result covers
+    /// the window's region and equals the whole image's result there, bit
+    /// for bit (see [`Window`]). Crop plans only (valid models, or same
+    /// models with [`Blend::Crop`]).
+    pub window: Option<Window>,
+    /// For models with percentile normalization: the pixel values mapped to
+    /// 0 and 1, in place of the input's own percentiles (for example the
+    /// whole image's, when the input is a piece of it).
+    pub input_range: Option<(f64, f64)>,
 }
 
 impl std::fmt::Debug for Options {
@@ -77,6 +87,8 @@ impl std::fmt::Debug for Options {
             .field("blend", &self.blend)
             .field("progress", &self.progress.is_some())
             .field("cancel", &self.cancel.is_some())
+            .field("window", &self.window)
+            .field("input_range", &self.input_range)
             .finish()
     }
 }
@@ -107,7 +119,13 @@ pub struct Segmenter {
 }
 
 pub(crate) struct Batch {
+    /// The tiles to write, in plan order.
     tiles: Vec<Tile>,
+    /// Position of each tile in the forward pass.
+    slots: Vec<usize>,
+    /// Samples in the forward pass: the whole plan's batch this one
+    /// reproduces (see [`batch_groups`]).
+    n: usize,
     data: Vec<f32>,
 }
 
@@ -143,6 +161,23 @@ impl Segmenter {
         if options.batch_size == Some(0) {
             return Err(invalid("batch_size", "must be at least 1".to_owned()));
         }
+        if let Some(range) = options.input_range {
+            if !matches!(info.normalization, Normalization::Percentile { .. }) {
+                return Err(invalid(
+                    "input_range",
+                    format!("the model's normalization is {:?}, which takes no range (only percentile normalization does)", info.normalization),
+                ));
+            }
+            if !(range.0.is_finite() && range.1.is_finite()) {
+                return Err(invalid("input_range", format!("{range:?} must be two finite numbers")));
+            }
+        }
+        if options.window.is_some() && info.padding == Padding::Same && options.blend != Blend::Crop {
+            return Err(invalid(
+                "window",
+                "pieces of an image are segmented with crop plans: blending needs the whole image (use blend crop)".to_owned(),
+            ));
+        }
         Ok(Self { model, options })
     }
 
@@ -156,13 +191,28 @@ impl Segmenter {
         &self.options
     }
 
-    /// Shape of the result for an input of shape `(C, spatial...)`.
+    /// Shape of the result for an input of shape `(C, spatial...)`: the
+    /// window's region when there is one.
     pub fn output_shape(&self, input_shape: &[usize]) -> Vec<usize> {
-        let spatial = &input_shape[1.min(input_shape.len())..];
+        let spatial = match &self.options.window {
+            Some(window) => window.shape.as_slice(),
+            None => &input_shape[1.min(input_shape.len())..],
+        };
         match self.options.output {
             OutputMode::Labels => spatial.to_vec(),
             _ => std::iter::once(self.model.info().out_channels).chain(spatial.iter().copied()).collect(),
         }
+    }
+
+    /// The input, `(first, end)` per spatial axis in whole-image pixels,
+    /// that segmenting `window`'s region needs: pass at least this much of
+    /// the image (see [`Window::needed_input`]).
+    ///
+    /// # Errors
+    /// As [`Segmenter::layout`] for the window's image.
+    pub fn needed_input(&self, window: &Window) -> Result<(Vec<usize>, Vec<usize>)> {
+        let layout = self.layout(&window.image)?;
+        Ok(window.needed_input(&layout.plan))
     }
 
     /// The tiling for an image of spatial shape `image`.
@@ -226,27 +276,46 @@ impl Segmenter {
             return Err(invalid("out", format!("has shape {:?}, the result has shape {expected:?}", out.shape())));
         }
         let mut out = out;
-        let mut layout = self.layout(&input.shape()[1..])?;
-        let affine = normalize::resolve_view(&info.normalization, &input);
-        let gatherer = Gatherer::new(input, affine);
+        let local = input.shape()[1..].to_vec();
+        let window = match &self.options.window {
+            Some(window) => {
+                window.check(&local)?;
+                window.clone()
+            }
+            None => Window::whole(&local),
+        };
+        let mut layout = self.layout(&window.image)?;
+        let affine = self.affine(&input);
+        let gatherer = Gatherer::piece(input, affine, window.origin.clone(), window.image.clone());
         if layout.plan.blends() {
             return blend::run_blended(self, &gatherer, &layout, out);
         }
         loop {
+            window.check_context(&layout.plan, &local)?;
+            let tiles = window.tiles(&layout.plan);
             let crop = self.device_crop();
             let mode = self.options.output;
             let tile_shape = self.reduced_tile_shape(&layout.plan);
             let mut target = out.view_mut();
             let sink = move |written: &Written<U>| stitch(&mut target, written, &tile_shape, mode, crop);
-            match self.run(&gatherer, &layout, mode, sink) {
+            match self.run(&gatherer, &layout, &tiles, mode, sink) {
                 // Batches already shrank to one tile: smaller tiles give the
                 // same result (the tiling is exact) in less memory.
                 Err(err) if is_out_of_memory(&err) => match self.halved(&layout)? {
-                    Some(smaller) => layout = smaller,
-                    None => return Err(err),
+                    Some(smaller) if window.check_context(&smaller.plan, &local).is_ok() => layout = smaller,
+                    _ => return Err(err),
                 },
                 other => return other,
             }
+        }
+    }
+
+    /// The input's normalization: the model's, or the caller's range.
+    fn affine<T: Pixel>(&self, input: &ArrayViewD<'_, T>) -> Affine {
+        match self.options.input_range {
+            // `new` accepted the range for percentile models only.
+            Some((low, high)) => normalize::affine_from_range(low, high),
+            None => normalize::resolve_view(&self.model.info().normalization, input),
         }
     }
 
@@ -301,36 +370,47 @@ impl Segmenter {
         self.options.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
     }
 
-    /// Runs the pipeline over every tile of `layout`, reducing the network
-    /// output as `mode` says and handing each batch to `sink` on the
-    /// stitching thread.
+    /// Runs the pipeline over `tiles` (of `layout`'s plan, in plan order),
+    /// reducing the network output as `mode` says and handing each batch to
+    /// `sink` on the stitching thread.
     fn run<T: Pixel, U: OutputElement, S: FnMut(&Written<U>) + Send>(
         &self,
         gatherer: &Gatherer<'_, T>,
         layout: &Layout,
+        tiles: &[Tile],
         mode: OutputMode,
         mut sink: S,
     ) -> Result<()> {
         let plan = &layout.plan;
-        let total = plan.len();
+        let total = tiles.len();
         let tile_len = gatherer.tile_len(plan.input_tile_shape());
+        let groups = batch_groups(tiles, layout.batch_size, plan.len());
         std::thread::scope(|scope| {
             let (batch_tx, batch_rx) = sync_channel::<Batch>(QUEUE_DEPTH);
             let (out_tx, out_rx) = sync_channel::<Written<U>>(QUEUE_DEPTH);
-            scope.spawn(move || {
-                let tiles: Vec<Tile> = plan.tiles().collect();
-                for chunk in tiles.chunks(layout.batch_size) {
+            let gathering = scope.spawn(move || -> Result<()> {
+                for group in groups {
                     if self.cancelled() {
-                        return;
+                        return Ok(());
                     }
-                    let mut data = vec![0f32; tile_len * chunk.len()];
-                    for (tile, dst) in chunk.iter().zip(data.chunks_exact_mut(tile_len)) {
-                        gatherer.gather(tile, dst);
+                    let mut data = vec![0f32; tile_len * group.n];
+                    let chunk = &tiles[group.range.clone()];
+                    for (tile, &slot) in chunk.iter().zip(&group.slots) {
+                        gatherer.gather(tile, &mut data[slot * tile_len..(slot + 1) * tile_len])?;
                     }
-                    if batch_tx.send(Batch { tiles: chunk.to_vec(), data }).is_err() {
-                        return; // inference stopped
+                    // Slots of tiles outside a window repeat a gathered tile:
+                    // a sample's result does not depend on the other samples,
+                    // only the batch's size picks the kernels.
+                    let first = group.slots[0] * tile_len;
+                    for slot in (0..group.n).filter(|s| !group.slots.contains(s)) {
+                        data.copy_within(first..first + tile_len, slot * tile_len);
+                    }
+                    let batch = Batch { tiles: chunk.to_vec(), slots: group.slots, n: group.n, data };
+                    if batch_tx.send(batch).is_err() {
+                        return Ok(()); // inference stopped
                     }
                 }
+                Ok(())
             });
             let progress = self.options.progress.clone();
             let stitcher = scope.spawn(move || {
@@ -345,8 +425,12 @@ impl Segmenter {
                 done
             });
             let result = self.infer_all(batch_rx, out_tx, plan, mode);
+            let gathered = gathering
+                .join()
+                .unwrap_or_else(|_| Err(Error::Inference("the gathering thread panicked".to_owned())));
             let written = stitcher.join().unwrap_or(0);
             result?;
+            gathered?;
             if self.cancelled() || written < total {
                 return Err(Error::Cancelled);
             }
@@ -397,7 +481,7 @@ impl Segmenter {
     fn infer_batch<U: OutputElement>(&self, batch: &Batch, plan: &TilePlan, mode: OutputMode) -> Result<Vec<U>> {
         let info = self.model.info();
         let tile = plan.input_tile_shape();
-        let n = batch.tiles.len();
+        let n = batch.n;
         let input = batch_tensor(&batch.data, n, tile, info.in_channels, self.model.device(), self.model.precision().kind())?;
         let y = self.forward_splitting(&input)?;
         let expect_spatial = plan.output_tile_shape();
@@ -420,7 +504,14 @@ impl Segmenter {
                 y = y.f_narrow(d as i64 + 2, crop, e as i64 - 2 * crop).map_err(Error::inference)?;
             }
         }
-        let reduced = output::reduce::<U>(&y, mode, info.output)?;
+        let mut reduced = output::reduce::<U>(&y, mode, info.output)?;
+        if batch.slots.len() < n {
+            let slots: Vec<i64> = batch.slots.iter().map(|&s| s as i64).collect();
+            reduced = Tensor::f_from_slice(&slots)
+                .and_then(|index| index.f_to_device(reduced.device()))
+                .and_then(|index| reduced.f_index_select(0, &index))
+                .map_err(Error::inference)?;
+        }
         let host = reduced.f_to_device(Device::Cpu).and_then(|t| t.f_contiguous()).map_err(Error::inference)?;
         let numel = host.numel();
         let mut raw = vec![U::Raw::default(); numel];
@@ -465,6 +556,37 @@ fn batch_tensor(data: &[f32], n: usize, tile: &[usize], channels: usize, device:
         _ => host.f_to_kind(kind),
     };
     moved.and_then(|t| t.f_permute(order.as_slice())).map_err(Error::inference)
+}
+
+/// Tiles of one forward pass: `range` of the tile list, at `slots` of a
+/// batch of `n` samples.
+struct Group {
+    id: usize,
+    range: std::ops::Range<usize>,
+    slots: Vec<usize>,
+    n: usize,
+}
+
+/// Groups `tiles` (in plan order, from a plan of `total` tiles) into the
+/// forward passes of the whole plan: batch `id` holds the plan's tiles
+/// `id * batch ..`, so a window's tiles run in batches of the same sizes,
+/// at the same positions, as in the whole image (kernels are chosen by
+/// shape, batch size included). For a whole plan these are its tiles in
+/// consecutive batches of `batch`.
+fn batch_groups(tiles: &[Tile], batch: usize, total: usize) -> Vec<Group> {
+    let batch = batch.max(1);
+    let mut groups: Vec<Group> = Vec::new();
+    for (i, tile) in tiles.iter().enumerate() {
+        let id = tile.index / batch;
+        match groups.last_mut() {
+            Some(group) if group.id == id => {
+                group.range.end = i + 1;
+                group.slots.push(tile.index % batch);
+            }
+            _ => groups.push(Group { id, range: i..i + 1, slots: vec![tile.index % batch], n: batch.min(total - id * batch) }),
+        }
+    }
+    groups
 }
 
 /// Copies the written part of each tile of a batch into the output.
@@ -512,4 +634,34 @@ fn min_tile(info: &ModelInfo) -> usize {
         t += info.size_multiple;
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_groups_reproduce_the_whole_plans_batches() {
+        let plan = TilePlan::valid(&[50, 70], &[24, 24], 4, 4).unwrap(); // 4 x 5 tiles
+        let all: Vec<Tile> = plan.tiles().collect();
+        let whole = batch_groups(&all, 3, plan.len());
+        assert_eq!(whole.iter().map(|g| g.n).collect::<Vec<_>>(), vec![3, 3, 3, 3, 3, 3, 2]);
+        assert!(whole.iter().all(|g| g.slots == (0..g.n).collect::<Vec<_>>() && g.range.len() == g.n));
+        let window = Window { image: vec![50, 70], origin: vec![0, 0], start: vec![16, 16], shape: vec![34, 54] };
+        let tiles = window.tiles(&plan);
+        let indices: Vec<usize> = tiles.iter().map(|t| t.index).collect();
+        assert_eq!(indices, vec![6, 7, 8, 9, 11, 12, 13, 14, 16, 17, 18, 19]);
+        let groups = batch_groups(&tiles, 3, plan.len());
+        let summary: Vec<(usize, Vec<usize>, usize)> = groups.iter().map(|g| (g.id, g.slots.clone(), g.n)).collect();
+        assert_eq!(
+            summary,
+            vec![
+                (2, vec![0, 1, 2], 3),
+                (3, vec![0, 2], 3),
+                (4, vec![0, 1, 2], 3),
+                (5, vec![1, 2], 3),
+                (6, vec![0, 1], 2)
+            ]
+        );
+    }
 }

@@ -22,9 +22,10 @@ pub(crate) fn bytes_per_pixel(info: &ModelInfo, element_bytes: usize) -> usize {
     width * ACTIVATIONS_PER_WIDTH * element_bytes
 }
 
-/// The input tile per axis: the largest valid one within `budget` bytes, and
-/// never larger than needed to cover the image in one tile. Axes that need
-/// little leave room to the others.
+/// The input tile per axis: the largest one within `budget` bytes whose
+/// stride is on the ladder (see [`ladder_tile`]), and never larger than
+/// needed to cover the image in one tile. Axes that need little leave room
+/// to the others.
 pub(crate) fn choose_tile(info: &ModelInfo, image: &[usize], halo: usize, budget: usize, element_bytes: usize) -> Vec<usize> {
     let max_pixels = (budget / bytes_per_pixel(info, element_bytes)).max(1) as f64;
     let smallest = info.smallest_valid_size();
@@ -37,7 +38,7 @@ pub(crate) fn choose_tile(info: &ModelInfo, image: &[usize], halo: usize, budget
         let remaining_axes = (image.len() - k) as f64;
         let side = (max_pixels / used).powf(1.0 / remaining_axes);
         let cap = (side as usize).min(MAX_TILE_SIDE);
-        let fitting = round_down_valid(info, cap).unwrap_or(smallest);
+        let fitting = ladder_tile(info, cap, halo).unwrap_or(smallest);
         tile[a] = needed[a].min(fitting).max(smallest);
         used *= tile[a] as f64;
     }
@@ -50,17 +51,39 @@ pub(crate) fn choose_batch(info: &ModelInfo, tile: &[usize], tiles: usize, budge
     (budget / per_tile).clamp(1, MAX_BATCH).min(tiles.max(1))
 }
 
+/// The largest tile of at most `cap` input pixels whose stride is
+/// `multiple * 2^k` or `multiple * 3 * 2^k`, or `None` when none fits.
+///
+/// Pieces of a larger image cut at multiples of the stride (Dask blocks and
+/// zarr chunks are mostly powers of two, or three times one) then line up
+/// with the whole image's tiles, so each piece can be segmented with exactly
+/// the whole image's tiles (see [`crate::Window`]). The ladder's steps are at
+/// most 1.5x apart, so the tile loses little against the largest that fits.
+fn ladder_tile(info: &ModelInfo, cap: usize, halo: usize) -> Option<usize> {
+    let multiple = info.size_multiple.max(1);
+    let mut best = None;
+    let mut power = multiple;
+    while power <= cap {
+        for stride in [power, power / 2 * 3] {
+            // The stride of a tile is its trusted output rounded down to the
+            // multiple; rounding `stride + 2 * halo` up to a valid size adds
+            // less than one multiple, which keeps that stride.
+            let tile = round_up_valid(info, stride + 2 * halo);
+            if stride % multiple == 0 && tile <= cap && best.is_none_or(|b| tile > b) {
+                best = Some(tile);
+            }
+        }
+        power *= 2;
+    }
+    best
+}
+
 fn round_up_valid(info: &ModelInfo, size: usize) -> usize {
     let mut s = info.smallest_valid_size();
     while s < size {
         s += info.size_multiple;
     }
     s
-}
-
-fn round_down_valid(info: &ModelInfo, size: usize) -> Option<usize> {
-    let smallest = info.smallest_valid_size();
-    (size >= smallest).then(|| smallest + (size - smallest) / info.size_multiple * info.size_multiple)
 }
 
 #[cfg(test)]
@@ -87,7 +110,7 @@ mod tests {
     #[test]
     fn paper_net_in_fp32_gets_about_the_papers_tile_in_a_gigabyte() {
         let tile = choose_tile(&paper(64), &[4096, 4096], 92, 1 << 30, 4);
-        assert_eq!(tile, vec![588, 588]);
+        assert_eq!(tile, vec![572, 572]);
         assert!(tile.iter().all(|&t| (t - 12) % 16 == 0));
     }
 
@@ -107,5 +130,34 @@ mod tests {
         assert_eq!(choose_tile(&info, &[4096, 4096], 92, 1, 4), vec![188, 188]);
         assert_eq!(choose_batch(&info, &[188, 188], 3, 1 << 40, 4), 3);
         assert_eq!(choose_batch(&info, &[572, 572], 100, 1, 4), 1);
+    }
+
+    #[test]
+    fn auto_strides_are_on_the_ladder_and_lose_little() {
+        for multiple in [1usize, 4, 8, 16] {
+            let mut info = paper(32);
+            info.size_multiple = multiple;
+            info.size_offset = 4 % multiple.max(1);
+            let halo = 3 * multiple + 2;
+            info.halo = halo;
+            for budget in [1usize << 22, 1 << 24, 3 << 25, 1 << 28, 1 << 30, 5 << 30] {
+                for image in [[100_000usize, 100_000], [90, 100_000]] {
+                    let tile = choose_tile(&info, &image, halo, budget, 4);
+                    for (&t, &n) in tile.iter().zip(&image) {
+                        let plan = crate::TilePlan::valid(&[n], &[t], halo, multiple.max(1)).unwrap();
+                        if plan.len() == 1 {
+                            continue; // one tile covers the axis
+                        }
+                        let unit = plan.stride()[0] / multiple;
+                        let odd = unit >> unit.trailing_zeros();
+                        assert!(odd == 1 || odd == 3, "stride {} for multiple {multiple}: tile {tile:?} image {image:?} budget {budget}", plan.stride()[0]);
+                    }
+                    let smallest = info.smallest_valid_size().max(2 * halo + multiple);
+                    let pixels: usize = tile.iter().product();
+                    let within = pixels * bytes_per_pixel(&info, 4) <= budget;
+                    assert!(within || tile.contains(&smallest) || tile[0] <= smallest + multiple, "{tile:?} over {budget}");
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,101 @@
+"""The CUDA path: run on a machine with a GPU (``pytest -m gpu``; the device
+script ``benchmarks/gpu_check.sh`` runs them). Skipped where CUDA is not
+available to unet_rt, as in CI."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import unet_rt
+from training.tiny import export_tiny
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not unet_rt.build_info()["cuda_available"], reason="CUDA is not available to unet_rt"),
+]
+
+
+@pytest.fixture(scope="module")
+def wide_model_path(tmp_path_factory):
+    """A random 3-level model with 16 base channels: kernels of realistic width."""
+    return export_tiny(tmp_path_factory.mktemp("gpu") / "wide.pt", seed=3, base=16)
+
+
+def image(shape, seed=0) -> np.ndarray:
+    return (np.random.default_rng(seed).random(shape) * 4000).astype(np.uint16)
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a == b).mean())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_cuda_agrees_with_the_cpu(wide_model_path, precision):
+    x = image((700, 530))
+    cpu = unet_rt.Model(wide_model_path, device="cpu", precision="fp32")
+    gpu = unet_rt.Model(wide_model_path, device="cuda:0", precision=precision)
+    assert gpu.device == "cuda:0" and gpu.precision == precision
+    probs = gpu.segment(x, output="probabilities")
+    want = cpu.segment(x, output="probabilities")
+    tolerance = {"fp32": 2e-3, "bf16": 5e-2, "fp16": 2e-2}[precision]  # fp32 convolutions may use TF32
+    assert np.abs(probs - want).max() < tolerance
+    assert agreement(gpu.segment(x), cpu.segment(x)) > (0.999 if precision == "fp32" else 0.99)
+
+
+def test_auto_device_is_the_gpu_and_auto_precision_is_bf16(wide_model_path):
+    model = unet_rt.Model(wide_model_path)
+    assert model.device.startswith("cuda") and model.precision == "bf16"
+
+
+def test_tiles_batches_and_repeats_give_the_same_result(wide_model_path):
+    model = unet_rt.Model(wide_model_path, device="cuda:0", precision="fp32")
+    x = image((600, 900), seed=1)
+    first = model.segment(x, output="probabilities")
+    np.testing.assert_array_equal(model.segment(x, output="probabilities"), first)
+    small = model.segment(x, output="probabilities", tile=140, batch_size=8)
+    np.testing.assert_allclose(small, first, atol=2e-3)
+
+
+def test_a_stack_and_out_on_the_gpu(wide_model_path):
+    model = unet_rt.Model(wide_model_path, device="cuda:0", precision="fp32")
+    stack = image((3, 256, 300), seed=2)
+    out = np.zeros((3, 256, 300), np.uint8)
+    assert model.segment(stack, axes="byx", out=out) is out
+    for i in range(3):
+        np.testing.assert_array_equal(out[i], model.segment(stack[i]))
+
+
+def test_threads_share_one_gpu_model(wide_model_path):
+    model = unet_rt.Model(wide_model_path, device="cuda:0", precision="bf16")
+    images = [image((300, 300), seed=s) for s in range(6)]
+    want = [model.segment(x) for x in images]
+    got = [None] * len(images)
+
+    def work(i):
+        got[i] = model.segment(images[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(images))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_bundled_model_on_the_gpu_matches_its_cpu_labels():
+    import tifffile
+
+    x = tifffile.imread(Path(__file__).resolve().parents[1] / "data" / "dsb2018-nuclei" / "image.tif")
+    cpu = unet_rt.segment(x, device="cpu", precision="fp32")
+    assert agreement(unet_rt.segment(x, device="cuda:0", precision="fp32"), cpu) > 0.9999
+    assert agreement(unet_rt.segment(x, device="cuda:0", precision="bf16"), cpu) > 0.999
+
+
+def test_a_missing_gpu_index_is_a_device_error(wide_model_path):
+    with pytest.raises(unet_rt.DeviceError):
+        unet_rt.Model(wide_model_path, device="cuda:99")
