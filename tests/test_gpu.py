@@ -99,3 +99,18 @@ def test_the_bundled_model_on_the_gpu_matches_its_cpu_labels():
 def test_a_missing_gpu_index_is_a_device_error(wide_model_path):
     with pytest.raises(unet_rt.DeviceError):
         unet_rt.Model(wide_model_path, device="cuda:99")
+
+
+def test_windows_on_the_gpu_give_the_whole_images_result(wide_model_path):
+    """Same tiles, batch sizes and input windows: cuDNN then picks the same
+    algorithms, and the pieces equal the whole image bit for bit."""
+    model = unet_rt.Model(wide_model_path, device="cuda:0", precision="bf16")
+    x = image((900, 700), seed=5)
+    whole = model.segment(x, output="raw", tile=220, batch_size=3)
+    values = model.percentile_range(x)
+    for start, shape in [((0, 0), (300, 700)), ((350, 130), (200, 333)), ((899, 699), (1, 1))]:
+        region = unet_rt.Window(image=x.shape, start=start, shape=shape)
+        (y0, x0), (y1, x1) = model.needed_input(region, tile=220, batch_size=3)
+        got = model.segment(x[y0:y1, x0:x1], output="raw", tile=220, batch_size=3, window=region.at((y0, x0)),
+                            input_range=values)
+        np.testing.assert_array_equal(got, whole[:, start[0] : start[0] + shape[0], start[1] : start[1] + shape[1]])
