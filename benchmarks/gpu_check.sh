@@ -22,12 +22,14 @@ ldd .gpu/unet-rt | grep -E "torch_cuda|not found" || true
 cli=$(mktemp -d)
 .gpu/unet-rt segment data/dsb2018-nuclei/image.tif -o "$cli/cpu" --device cpu --format npy || status=1
 .gpu/unet-rt segment data/dsb2018-nuclei/image.tif -o "$cli/cuda" --device cuda:0 --format npy || status=1
-"$PY" - "$cli" <<'PY' || status=1
+"$PY" - "$cli" "$OUT" <<'PY' || status=1
 import sys, numpy as np, pathlib
 d = pathlib.Path(sys.argv[1])
 a, b = np.load(d / "cpu" / "image.npy"), np.load(d / "cuda" / "image.npy")
 agree = float((a == b).mean())
-print(f"CLI labels, cuda:0 vs cpu (fp32): agreement {agree:.6f}")
+line = f"CLI labels, cuda:0 vs cpu (fp32): agreement {agree:.6f}"
+print(line)
+(pathlib.Path(sys.argv[2]) / "cli.txt").write_text(line + "\n")
 sys.exit(0 if agree > 0.9999 else 1)
 PY
 echo "== gpu tests"

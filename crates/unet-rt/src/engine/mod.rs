@@ -549,10 +549,11 @@ fn batch_tensor(data: &[f32], n: usize, tile: &[usize], channels: usize, device:
     let mut order = vec![0i64, dims - 1];
     order.extend(1..dims - 1);
     let host = Tensor::f_from_slice(data).and_then(|t| t.f_view(last.as_slice())).map_err(Error::inference)?;
+    // A plain (pageable) copy: libtorch 2.11 warns on every pin_memory(device)
+    // call, the only form tch exposes, and the copy is small beside the
+    // forward pass (measured on an H100, see the README).
     let moved = match device {
-        Device::Cuda(_) => host
-            .f_pin_memory(device)
-            .and_then(|p| p.f_to_device_(device, kind, true, false)),
+        Device::Cuda(_) => host.f_to_device_(device, kind, false, false),
         _ => host.f_to_kind(kind),
     };
     moved.and_then(|t| t.f_permute(order.as_slice())).map_err(Error::inference)

@@ -38,8 +38,19 @@ pub(crate) fn choose_tile(info: &ModelInfo, image: &[usize], halo: usize, budget
         let remaining_axes = (image.len() - k) as f64;
         let side = (max_pixels / used).powf(1.0 / remaining_axes);
         let cap = (side as usize).min(MAX_TILE_SIDE);
-        let fitting = ladder_tile(info, cap, halo).unwrap_or(smallest);
-        tile[a] = needed[a].min(fitting).max(smallest);
+        let ladder = ladder_tiles(info, cap, halo);
+        tile[a] = match ladder.last() {
+            Some(&largest) if largest < needed[a] => {
+                // The fewest tiles the budget allows, and of those the
+                // smallest: a 4096 axis takes two tiles of stride 2048
+                // rather than one of 3072 and a second mostly mirrored.
+                let count = tile_count(image[a], largest, halo, info.size_multiple);
+                ladder.into_iter().find(|&t| tile_count(image[a], t, halo, info.size_multiple) == count).unwrap_or(largest)
+            }
+            Some(_) => needed[a],
+            None => needed[a].min(smallest),
+        }
+        .max(smallest);
         used *= tile[a] as f64;
     }
     tile
@@ -51,31 +62,48 @@ pub(crate) fn choose_batch(info: &ModelInfo, tile: &[usize], tiles: usize, budge
     (budget / per_tile).clamp(1, MAX_BATCH).min(tiles.max(1))
 }
 
-/// The largest tile of at most `cap` input pixels whose stride is
-/// `multiple * 2^k` or `multiple * 3 * 2^k`, or `None` when none fits.
+/// The tiles of at most `cap` input pixels whose stride is `multiple * 2^k`
+/// or `multiple * 3 * 2^k`, smallest first.
 ///
 /// Pieces of a larger image cut at multiples of the stride (Dask blocks and
 /// zarr chunks are mostly powers of two, or three times one) then line up
 /// with the whole image's tiles, so each piece can be segmented with exactly
 /// the whole image's tiles (see [`crate::Window`]). The ladder's steps are at
 /// most 1.5x apart, so the tile loses little against the largest that fits.
-fn ladder_tile(info: &ModelInfo, cap: usize, halo: usize) -> Option<usize> {
+fn ladder_tiles(info: &ModelInfo, cap: usize, halo: usize) -> Vec<usize> {
     let multiple = info.size_multiple.max(1);
-    let mut best = None;
+    let mut tiles = Vec::new();
     let mut power = multiple;
     while power <= cap {
-        for stride in [power, power / 2 * 3] {
+        for stride in [power / 2 * 3, power * 2] {
             // The stride of a tile is its trusted output rounded down to the
             // multiple; rounding `stride + 2 * halo` up to a valid size adds
             // less than one multiple, which keeps that stride.
             let tile = round_up_valid(info, stride + 2 * halo);
-            if stride % multiple == 0 && tile <= cap && best.is_none_or(|b| tile > b) {
-                best = Some(tile);
+            if stride % multiple == 0 && stride >= multiple && tile <= cap {
+                tiles.push(tile);
             }
         }
         power *= 2;
     }
-    best
+    if let Some(tile) = Some(round_up_valid(info, multiple + 2 * halo)).filter(|&t| t <= cap) {
+        tiles.insert(0, tile);
+    }
+    tiles.sort_unstable();
+    tiles.dedup();
+    tiles
+}
+
+/// Tiles a plan needs along an axis of `size` pixels with input tiles of
+/// `tile` (as [`crate::TilePlan`] counts them).
+fn tile_count(size: usize, tile: usize, halo: usize, multiple: usize) -> usize {
+    let kept = tile.saturating_sub(2 * halo).max(1);
+    let stride = (kept / multiple.max(1) * multiple.max(1)).max(1);
+    if size <= kept {
+        1
+    } else {
+        1 + (size - kept).div_ceil(stride)
+    }
 }
 
 fn round_up_valid(info: &ModelInfo, size: usize) -> usize {
@@ -159,5 +187,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_fewest_tiles_are_made_as_small_as_they_can_be() {
+        // The bundled model's geometry in bf16 on a 4 GiB GPU budget: the
+        // largest ladder tile (stride 3072) needs two per 4096 axis, and so
+        // does stride 2048, which computes a third of the pixels.
+        let mut info = paper(16);
+        info.halo = 44;
+        info.size_multiple = 8;
+        info.size_offset = 4;
+        assert_eq!(choose_tile(&info, &[4096, 4096], 44, 4 << 30, 2), vec![2140, 2140]);
+        assert_eq!(choose_tile(&info, &[5000, 5000], 44, 4 << 30, 2), vec![3164, 3164]);
     }
 }
