@@ -14,6 +14,8 @@ Rows:
                            processes whose libtorch uses T threads each
   ..., no trim             the same without Dask's MALLOC_TRIM_THRESHOLD_
 
+The "same bits" column compares each result with the whole array's.
+
 Run it on a machine of its own: the numbers are wall times.
 """
 
@@ -69,13 +71,14 @@ def run_cluster(source: str, dest: str, model: str, workers: int, threads: int, 
         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # /health on a free port, not 8787
     ) as cluster, Client(cluster) as client:
         # Start-up (torch import, model load) is not what is measured.
-        spec = ud.ModelSpec.of(model, device, "fp32").with_raw_input()
+        spec = ud.ModelSpec.of(model, device, "fp32")
         client.run(ud.load_model, spec)
-        elapsed = best_of(repeat, lambda: ud.segment_to_zarr(
+        outputs = []
+        elapsed = best_of(repeat, lambda: outputs.append(ud.segment_to_zarr(
             source, dest, model, client=client, device=device, precision="fp32", block=block, resume=False,
-            progress=False))
+            progress=False)))
         peaks = list(client.run(peak_rss).values())
-    return {"seconds": elapsed, "peaks": peaks}
+    return {"seconds": elapsed, "peaks": peaks, "result": outputs[-1][...]}
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -106,11 +109,13 @@ def main(argv: Optional[List[str]] = None) -> None:
 
         model = unet_rt.Model(model_path, device=args.device, precision="fp32")
         model.segment(image[:256, :256])  # warm-up
+        want = model.segment(image)
         seconds = best_of(args.repeat, lambda: model.segment(image))
-        rows.append(("unet_rt.segment (whole array)", seconds, [peak_rss()]))
+        rows.append(("unet_rt.segment (whole array)", seconds, [peak_rss()], True))
         seconds = best_of(args.repeat, lambda: ud.segment_to_zarr(
             work / "in.zarr", work / "local.zarr", model, client=False, block=args.block, resume=False, progress=False))
-        rows.append(("segment_to_zarr, in this process", seconds, [peak_rss()]))
+        local = zarr.open_group(work / "local.zarr")["labels"][...]
+        rows.append(("segment_to_zarr, in this process", seconds, [peak_rss()], bool((local == want).all())))
 
         configs = [(n, max(1, (cores or 1) // n)) for n in range(1, args.workers + 1)]
         if args.device.startswith("cuda"):
@@ -122,15 +127,18 @@ def main(argv: Optional[List[str]] = None) -> None:
                 result = run_cluster(str(work / "in.zarr"), str(work / f"out{workers}.zarr"), model_path, workers,
                                      threads, args.device, args.block, args.repeat, trim)
                 name = f"{workers} worker(s) x {threads} thread(s){'' if trim else ', no trim'}"
-                rows.append((name, result["seconds"], result["peaks"]))
+                rows.append((name, result["seconds"], result["peaks"], bool((result["result"] == want).all())))
 
         print(f"\n{args.size} x {args.size} uint16 ({pixels / 1e6:.1f} Mpx), blocks {args.block}, device "
               f"{args.device}, {cores} cores, {unet_rt.build_info()['libtorch_version']}, best of {args.repeat}")
-        print(f"{'how':44} {'seconds':>8} {'Mpx/s':>7} {'speed-up':>8}  peak memory per process")
+        print(f"{'how':44} {'seconds':>8} {'Mpx/s':>7} {'speed-up':>8} {'same bits':>9}  peak memory per process")
         reference = rows[0][1]
-        for name, seconds, peaks in rows:
+        for name, seconds, peaks, same in rows:
             memory = ", ".join(f"{p / 2**20:.0f} MiB" for p in peaks)
-            print(f"{name:44} {seconds:8.2f} {pixels / seconds / 1e6:7.2f} {reference / seconds:8.2f}  {memory}")
+            print(f"{name:44} {seconds:8.2f} {pixels / seconds / 1e6:7.2f} {reference / seconds:8.2f} "
+                  f"{'yes' if same else 'no':>9}  {memory}")
+        print("same bits: labels identical to the whole array's in this process (CPU fp32 kernels split their sums by "
+              "thread count, so workers with fewer threads than this process may differ in the last bits)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

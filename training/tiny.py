@@ -25,14 +25,15 @@ def tiny_unet(seed: int = 0, **overrides) -> UNet:
     return UNet(**{**TINY_CONFIG, **overrides}).eval()
 
 
-def export_tiny(path: Path | str, seed: int = 0, **overrides) -> Path:
-    """Exports :func:`tiny_unet` with metadata to ``path``."""
+def export_tiny(path: Path | str, seed: int = 0, normalization: dict | None = None, **overrides) -> Path:
+    """Exports :func:`tiny_unet` with metadata to ``path`` (percentile
+    normalization 1 to 99.8 unless ``normalization`` says otherwise)."""
     net = tiny_unet(seed, **overrides)
     meta = build_metadata(
         net.config,
         name="tiny-random",
         description="Untrained 3-level U-Net (random weights) for plumbing tests",
-        normalization={"kind": "percentile", "low": 1.0, "high": 99.8},
+        normalization=normalization or {"kind": "percentile", "low": 1.0, "high": 99.8},
         training={"trained": False, "seed": seed},
     )
     return export_torchscript(net, path, meta)

@@ -10,6 +10,9 @@ import numpy as np
 import numpy.typing as npt
 
 __version__: str
+#: Bytes of activations a batch may use by default, per device kind.
+DEFAULT_CPU_BUDGET: int
+DEFAULT_CUDA_BUDGET: int
 
 def build_info() -> dict[str, object]: ...
 def connected_components(labels: npt.NDArray[Any]) -> npt.NDArray[np.uint32]: ...

@@ -26,6 +26,10 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 #[pymodule]
 fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // Planners outside the engine (unet_rt.dask) choose tiles for a device
+    // they may not have: they need the budget the engine would default to.
+    m.add("DEFAULT_CPU_BUDGET", unet_rt::DEFAULT_CPU_BUDGET)?;
+    m.add("DEFAULT_CUDA_BUDGET", unet_rt::DEFAULT_CUDA_BUDGET)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     m.add_class::<model::Model>()?;
     m.add_function(wrap_pyfunction!(instances::connected_components, m)?)?;

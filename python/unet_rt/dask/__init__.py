@@ -7,34 +7,33 @@ and GPUs, with zarr in and out.
 * ``python -m unet_rt.dask SOURCE.zarr DESTINATION.zarr --model M`` — the
   same from the command line, on a scheduler or on local worker processes.
 
-Exactness. For valid-padded models the result equals ``unet_rt.segment`` on
-the whole array: labels identical, probabilities to float rounding. Three
-things make it so:
+Exactness. The result equals ``unet_rt.segment`` on the whole array, bit
+for bit (labels, probabilities and raw outputs alike), on any chunking:
 
-1. Geometry. A block is segmented together with ``depth`` pixels of its
-   neighbours on every side, where ``depth`` is the model's halo rounded up
-   to its pooling multiple (:func:`block_depth`), and block boundaries are
-   multiples of the pooling multiple (chunks are realigned when needed). The
-   engine anchors its tile grid at the origin of the window it receives,
-   which then lies on the whole image's pooling grid, and every output pixel
-   of the block finds all the real context it reads inside the window. At
-   the array's own borders the window simply stops, and the engine mirrors
-   there exactly as it does for the whole array (NumPy ``reflect``; Dask's
-   ``"reflect"`` boundary is NumPy's ``symmetric`` and is not used).
+1. Tiles. The whole array's tiling (tile and batch size) is chosen once, on
+   the client, as ``unet_rt.segment`` would choose it for the whole array,
+   and every block is segmented as a :class:`unet_rt.Window` of the whole
+   image: the engine runs the whole image's tiles that write into the
+   block, on the same input windows, in batches of the same sizes. Block
+   boundaries are moved onto the tile grid (chunks are realigned), so each
+   tile runs in one block only, and blocks overlap by what their tiles
+   read beyond their faces (:meth:`unet_rt.Model.needed_input`). At the
+   array's borders the engine mirrors exactly as it does for the whole
+   array (NumPy ``reflect``; Dask's ``"reflect"`` boundary is NumPy's
+   ``symmetric`` and is not used).
 2. Normalization. A model with percentile normalization scales each image
    by its own percentiles, which a block cannot see. The whole image's
-   percentiles are computed from per-block statistics as the engine computes
-   them, each block is normalized with them (float32 ``fma``, rounded as the
-   engine rounds), and workers load the model with its normalization turned
-   off (:attr:`ModelSpec.raw_input`).
+   percentiles are computed from per-block statistics as the engine
+   computes them and handed to every block as ``input_range``.
 3. Instances. Per-block connected components get ids that are unique in the
    whole array (one plus the raster index of their first pixel); objects
    touching across block faces are merged (union-find), then numbered in
    raster order, per image: ``scipy.ndimage.label``'s numbering.
 
-Same-padded models use the same overlap (their context margin rounded up to
-the pooling multiple); their result is as close to the whole-array result as
-the engine's own tiles are.
+The tiling is planned for the workers' device and precision (on a client
+without their GPU, with the GPU's default memory budget); pass ``tile`` and
+``batch_size`` to choose it. Same-padded models are tiled with ``blend="crop"``,
+``unet_rt.segment``'s default, with the same guarantee.
 
 Workers. Tasks carry a :class:`ModelSpec` (path or digest, device,
 precision): a few hundred bytes. Each worker process loads a model once and

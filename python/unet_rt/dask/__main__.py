@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--normalize", default="global", choices=["global", "block"],
                         help="percentile normalization over the whole image (default) or per block")
     parser.add_argument("--block", type=int, default=None, help="spatial block size per task (default ~1024 in 2-D, 128 in 3-D)")
+    parser.add_argument("--tile", type=int, default=None, help="input tile size (default: chosen for the whole image from a memory budget)")
+    parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default: chosen)")
     parser.add_argument("--chunks", type=int, default=None, help="spatial chunk size of a new destination (default: the block)")
     parser.add_argument("--shards", type=int, default=None, help="spatial shard size of a new destination (zarr v3)")
     parser.add_argument("--resources", default=None, metavar="NAME=N[,NAME=N]",
@@ -112,6 +114,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 block=args.block,
                 chunks=args.chunks,
                 shards=args.shards,
+                tile=args.tile,
+                batch_size=args.batch_size,
                 resources=resources,
             )
     except KeyboardInterrupt:

@@ -13,9 +13,10 @@ from ..errors import InvalidArgumentError
 from ..model import Model
 from ._blocks import BlockPlan, dask_block
 from ._instances import block_summary, merge_summaries, relabel_block
-from ._layout import OUTPUTS, Layout, aligned_chunks, block_depth
+from ._layout import OUTPUTS, Layout, block_depth
 from ._normalize import StatsPlan, block_stats, combine_stats, finish_stats
 from ._spec import ResolvedModel, resolve_model
+from ._tiling import fitted_chunks, plan_tiling
 
 __all__ = ["segment", "image_range"]
 
@@ -45,14 +46,13 @@ def segment(
 ) -> da.Array:
     """Segments a (Dask) array lazily, block by block with overlap.
 
-    The result is a Dask array; nothing runs until it is computed. Each
-    block is read with ``depth`` pixels of its neighbours on every side
-    (:func:`block_depth`: the halo rounded up to the pooling multiple) and
-    segmented by the worker's cached model; the kernel keeps its block's
-    interior (``map_overlap(..., trim=False)``). For valid-padded models the
-    result equals ``unet_rt.segment`` on the whole array exactly (labels
-    identical, probabilities to float rounding); chunks are realigned to the
-    pooling grid when needed.
+    The result is a Dask array; nothing runs until it is computed. The
+    whole array's tiling is chosen here, block boundaries are moved onto its
+    tile grid, and each block is read with the context its tiles need
+    (``map_overlap(..., trim=False)``) and segmented by the worker's cached
+    model as a :class:`unet_rt.Window` of the whole array. The result equals
+    ``unet_rt.segment`` on the whole array bit for bit (see
+    :mod:`unet_rt.dask`).
 
     Args:
         arr: a Dask array (or anything ``dask.array.asarray`` takes) of
@@ -71,8 +71,11 @@ def segment(
             keeps those of a :class:`~unet_rt.Model` argument.
         boundary: how the array is extended at its borders: ``"reflect"``
             (the engine's mirroring, NumPy's ``reflect``: identical to the
-            whole-array result), ``"symmetric"``, ``"periodic"``, ``"nearest"``
-            or a constant.
+            whole-array result), or ``"symmetric"``, ``"periodic"``,
+            ``"nearest"`` or a constant: the result is then that of the array
+            padded by :func:`block_depth` pixels with ``numpy.pad`` (modes
+            ``symmetric``, ``wrap``, ``edge``, ``constant``) over the
+            original pixels; percentiles are those of the array itself.
         normalize: for models with percentile normalization: ``"global"``
             (the whole image's percentiles, as ``unet_rt.segment``; computed in
             the same graph, which then keeps the array's blocks in cluster
@@ -81,7 +84,8 @@ def segment(
             overlap normalizes itself: no extra pass, results differ), or the
             ``(low, high)`` values from :func:`image_range` (one pair, or one
             per image of a batch).
-        tile, batch_size, memory_budget: passed to :meth:`unet_rt.Model.segment`.
+        tile, batch_size, memory_budget: choose the tiling as in
+            :meth:`unet_rt.Model.segment` (for the whole array, once).
 
     Returns:
         A Dask array shaped as :meth:`unet_rt.Model.segment`'s result.
@@ -90,10 +94,10 @@ def segment(
 
         >>> import dask.array as da, numpy as np, unet_rt, unet_rt.dask
         >>> image = da.from_array(np.random.default_rng(0).random((200, 150)), chunks=64)
-        >>> labels = unet_rt.dask.segment(image, tiny_model_path, device="cpu", precision="fp32")
-        >>> labels.dtype, labels.chunks
-        (dtype('uint8'), ((64, 64, 72), (64, 64, 22)))
-        >>> want = unet_rt.segment(image.compute(), tiny_model_path, device="cpu", precision="fp32")
+        >>> labels = unet_rt.dask.segment(image, tiny_model_path, device="cpu", precision="fp32", tile=84)
+        >>> labels.dtype, labels.chunks  # realigned on the tile stride, 44
+        (dtype('uint8'), ((44, 88, 44, 24), (44, 106)))
+        >>> want = unet_rt.segment(image.compute(), tiny_model_path, device="cpu", precision="fp32", tile=84)
         >>> bool((labels.compute(scheduler="sync") == want).all())
         True
     """
@@ -105,19 +109,26 @@ def segment(
     resolved = resolve_model(model, device, precision)
     info = resolved.info
     layout = Layout.of(x.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
-    canon, depth, padded, dask_boundary = _aligned(layout.to_canonical(x), info, boundary)
+    padded, dask_boundary = _boundary(boundary)
+    canon = layout.to_canonical(x)
+    planner, default_budget = resolved.planner()
+    tiling = plan_tiling(planner, canon.shape[2:], block_depth(info) if padded else 0, _tile(tile, layout.spatial_dims),
+                         batch_size, memory_budget if memory_budget is not None else default_budget)
+    spatial_chunks, depth = fitted_chunks(planner, tiling, canon.chunks[2:])
+    chunks = (canon.chunks[0], (canon.shape[1],)) + spatial_chunks
+    if chunks != canon.chunks:
+        canon = canon.rechunk(chunks)
     ranges = _ranges(canon, resolved, normalize, layout)
     engine_output = "labels" if output == "instances" else output
     plan = BlockPlan(
         spatial_dims=layout.spatial_dims,
-        depth=depth,
         output=engine_output,
+        tiling=tiling,
+        depth=depth,
         padded=padded,
-        tile=_tile(tile, layout.spatial_dims),
-        batch_size=batch_size,
         memory_budget=memory_budget,
     )
-    kwargs: dict = {"spec": resolved.spec.with_raw_input(ranges is not None), "plan": plan}
+    kwargs: dict = {"spec": resolved.spec, "plan": plan}
     if ranges is not None:
         kwargs["ranges"] = ranges
     if resolved.data is not None:
@@ -125,22 +136,22 @@ def segment(
     out_channels = int(info["out_channels"])
     if engine_output == "labels":
         dtype = np.dtype(np.uint16 if out_channels > 256 else np.uint8)
-        chunks = (canon.chunks[0],) + canon.chunks[2:]
+        out_chunks = (canon.chunks[0],) + canon.chunks[2:]
         extra: dict = {"drop_axis": 1}
     else:
         dtype = np.dtype(np.float32)
-        chunks = (canon.chunks[0], (out_channels,)) + canon.chunks[2:]
+        out_chunks = (canon.chunks[0], (out_channels,)) + canon.chunks[2:]
         extra = {}
     result = da.map_overlap(
         dask_block,
         canon,
-        depth={0: 0, 1: 0, **{2 + k: depth for k in range(layout.spatial_dims)}},
+        depth={0: 0, 1: 0, **{2 + k: d for k, d in enumerate(depth)}},
         boundary=dask_boundary,
         trim=False,
         allow_rechunk=False,
-        chunks=chunks,
+        chunks=out_chunks,
         dtype=dtype,
-        meta=np.empty((0,) * len(chunks), dtype),
+        meta=np.empty((0,) * len(out_chunks), dtype),
         token=f"unet_rt-{engine_output}",
         **extra,
         **kwargs,
@@ -247,29 +258,19 @@ def _tile(tile: Union[int, Sequence[int], None], dims: int) -> Optional[Tuple[in
     return sizes
 
 
-def _aligned(canon: da.Array, info: dict, boundary: Union[str, float]) -> Tuple[da.Array, int, bool, Any]:
-    """Rechunks a canonical array so that its blocks give exact results:
-    one chunk over channels, spatial chunk boundaries on multiples of the
-    pooling multiple, chunks at least ``depth`` long."""
-    depth = block_depth(info)
-    multiple = max(1, int(info["size_multiple"]))
+def _boundary(boundary: Union[str, float]) -> Tuple[bool, Any]:
+    """Whether the array is extended at its borders, and Dask's boundary."""
     if isinstance(boundary, str):
         if boundary in ("reflect", "none"):
-            padded, dask_boundary = False, "none"
-        elif boundary in _BOUNDARIES:
-            padded, dask_boundary = True, _BOUNDARIES[boundary]
-        else:
-            raise InvalidArgumentError(
-                f"invalid boundary: {boundary!r}; expected 'reflect', 'symmetric', 'periodic', 'nearest' or a number"
-            )
-    elif isinstance(boundary, (int, float, np.number)) and not isinstance(boundary, bool):
-        padded, dask_boundary = True, boundary
-    else:
-        raise InvalidArgumentError(f"invalid boundary: {boundary!r}")
-    chunks = (canon.chunks[0], (canon.shape[1],)) + tuple(aligned_chunks(c, multiple, depth) for c in canon.chunks[2:])
-    if chunks != canon.chunks:
-        canon = canon.rechunk(chunks)
-    return canon, depth, padded, dask_boundary
+            return False, "none"
+        if boundary in _BOUNDARIES:
+            return True, _BOUNDARIES[boundary]
+        raise InvalidArgumentError(
+            f"invalid boundary: {boundary!r}; expected 'reflect', 'symmetric', 'periodic', 'nearest' or a number"
+        )
+    if isinstance(boundary, (int, float, np.number)) and not isinstance(boundary, bool):
+        return True, boundary
+    raise InvalidArgumentError(f"invalid boundary: {boundary!r}")
 
 
 def _ranges(canon: da.Array, resolved: ResolvedModel, normalize: Normalize, layout: Layout) -> Any:

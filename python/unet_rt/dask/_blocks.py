@@ -7,11 +7,12 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .._window import Window
 from ..model import Model
-from ._normalize import affine, apply_affine
 from ._spec import ModelSpec, load_model
+from ._tiling import Tiling
 
-__all__ = ["BlockPlan", "segment_window", "dask_block", "overlaps"]
+__all__ = ["BlockPlan", "segment_block", "dask_block", "overlaps"]
 
 
 @dataclass(frozen=True)
@@ -20,27 +21,29 @@ class BlockPlan:
 
     Attributes:
         spatial_dims: 2 or 3.
-        depth: overlap per side (see :func:`unet_rt.dask.block_depth`).
         output: the engine output, ``"labels"``, ``"probabilities"`` or ``"raw"``.
-        padded: whether the array was extended by ``depth`` at its borders
-            (Dask boundary modes); otherwise blocks at the array's borders have
-            no overlap on that side and the engine mirrors there, exactly as it
-            does for the whole array.
-        tile, batch_size, memory_budget: passed to :meth:`unet_rt.Model.segment`.
+        tiling: the whole image's tiling, the same for every block.
+        depth: overlap per spatial axis that ``map_overlap`` adds to blocks.
+        padded: whether Dask extended the array at its borders (boundary
+            modes other than ``"reflect"``); otherwise blocks at the array's
+            borders have no overlap on that side and the engine mirrors
+            there, exactly as it does for the whole array.
+        memory_budget: passed to :meth:`unet_rt.Model.segment` (with the
+            tiling fixed it bounds nothing but the fallback after running
+            out of device memory).
     """
 
     spatial_dims: int
-    depth: int
     output: str
+    tiling: Tiling
+    depth: Tuple[int, ...] = ()
     padded: bool = False
-    tile: Optional[Tuple[int, ...]] = None
-    batch_size: Optional[int] = None
     memory_budget: Optional[int] = None
 
 
 def overlaps(start: int, stop: int, size: int, depth: int, padded: bool) -> Tuple[int, int]:
     """Pixels of context a block ``[start, stop)`` of an axis of ``size`` has
-    on its left and right.
+    on its left and right in ``map_overlap``.
 
     >>> overlaps(0, 64, 200, 20, False), overlaps(64, 128, 200, 20, False), overlaps(0, 64, 200, 20, True)
     ((0, 20), (20, 20), (20, 20))
@@ -50,38 +53,31 @@ def overlaps(start: int, stop: int, size: int, depth: int, padded: bool) -> Tupl
     return min(depth, start), min(depth, size - stop)
 
 
-def segment_window(
+def segment_block(
     model: Model,
-    window: np.ndarray,
+    data: np.ndarray,
+    window: Window,
     plan: BlockPlan,
-    crop: Sequence[slice],
     ranges: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-    """Segments a canonical window ``(b, c, spatial...)`` and keeps ``crop``
-    (one slice per spatial axis) of the result.
+    """Segments the canonical input ``data`` ``(b, c, spatial...)`` as the
+    ``window`` of the whole image it belongs to: the result is the whole
+    image's over the window's region, bit for bit.
 
-    ``ranges``, one ``(low, high)`` row per image of the window, normalizes
-    the pixels here with the whole image's percentiles; the model must then
-    have been loaded with its own normalization disabled
-    (:attr:`ModelSpec.raw_input`).
-    """
-    if ranges is not None:
-        normalized = np.empty(window.shape, np.float32)
-        for i in range(window.shape[0]):
-            scale, shift = affine(float(ranges[i][0]), float(ranges[i][1]))
-            apply_affine(window[i], scale, shift, out=normalized[i])
-        window = normalized
+    ``ranges``, one ``(low, high)`` row per image, are the whole images'
+    percentile values for models with percentile normalization (``None``:
+    each block normalizes with its own input's percentiles)."""
     spatial = "yx" if plan.spatial_dims == 2 else "zyx"
     result = model.segment(
-        window,
+        data,
         axes="bc" + spatial,
         output=plan.output,
-        tile=list(plan.tile) if plan.tile is not None else None,
-        batch_size=plan.batch_size,
+        window=window,
+        input_range=ranges,
         memory_budget=plan.memory_budget,
+        **plan.tiling.options(),
     )
-    index = (slice(None),) * (result.ndim - plan.spatial_dims) + tuple(crop)
-    return np.ascontiguousarray(result[index])
+    return np.ascontiguousarray(result)
 
 
 def dask_block(
@@ -94,27 +90,31 @@ def dask_block(
     block_info: Optional[Dict[Any, Any]] = None,
 ) -> np.ndarray:
     """The ``map_overlap`` kernel: ``block`` is a canonical block with its
-    overlap (``trim=False``); the kernel finds its place from ``block_info``,
-    segments it with the worker's cached model and returns its own interior."""
+    overlap (``trim=False``); the kernel finds its place from ``block_info``
+    and segments its own region as a window of the whole image."""
     if block_info is None:  # pragma: no cover - dtype and meta are always given
         raise RuntimeError("unet_rt.dask: the block kernel needs block_info")
     out = block_info[None]
     location, shape = out["array-location"], out["shape"]
     sd = plan.spatial_dims
-    crop = []
+    start, stop, have_start, have_stop = [], [], [], []
     for k in range(sd):
         axis = len(shape) - sd + k
-        start, stop = location[axis]
-        left, right = overlaps(start, stop, shape[axis], plan.depth, plan.padded)
+        lo, hi = location[axis]
+        left, right = overlaps(lo, hi, shape[axis], plan.depth[k], plan.padded)
         got = block.shape[block.ndim - sd + k]
-        if got != stop - start + left + right:  # pragma: no cover - guarded by the chunking
+        if got != hi - lo + left + right:  # pragma: no cover - guarded by the chunking
             raise RuntimeError(
-                f"unet_rt.dask: block of length {got} on spatial axis {k} does not hold {stop - start} pixels "
+                f"unet_rt.dask: block of length {got} on spatial axis {k} does not hold {hi - lo} pixels "
                 f"with overlaps {left} and {right}"
             )
-        crop.append(slice(left, left + stop - start))
+        start.append(lo)
+        stop.append(hi)
+        have_start.append(lo - left)
+        have_stop.append(hi + right)
+    window, index = plan.tiling.input_window(start, stop, have_start, have_stop)
     rows = None
     if ranges is not None:
         rows = np.asarray(ranges)[location[0][0] : location[0][1]]
     model = load_model(spec, model_data)
-    return segment_window(model, block, plan, crop, rows)
+    return segment_block(model, block[(slice(None), slice(None)) + index], window, plan, rows)

@@ -1,5 +1,5 @@
-"""Axes and block geometry: the canonical ``(b, c, spatial...)`` layout, the
-overlap depth, and chunkings whose blocks give exactly the whole-image result."""
+"""Axes: the canonical ``(b, c, spatial...)`` layout blocks are cut in, and
+the padding of the boundary modes that extend the array."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 from .._axes import arrange
 from ..errors import InvalidArgumentError
 
-__all__ = ["Layout", "block_depth", "aligned_chunks", "OUTPUTS"]
+__all__ = ["Layout", "block_depth", "OUTPUTS"]
 
 OUTPUTS = ("labels", "probabilities", "raw", "instances")
 _SPATIAL = {2: "yx", 3: "zyx"}
@@ -95,57 +95,14 @@ class Layout:
 
 
 def block_depth(info: Dict[str, Any]) -> int:
-    """Overlap (pixels per side) that makes blocks exact: the model's halo
-    rounded up to a multiple of its pooling multiple ``size_multiple``.
-
-    A valid U-Net's output pixel at pooling phase ``r`` reads up to
-    ``halo + r`` pixels to its left and ``halo + (multiple - 1 - r)`` to its
-    right; a block whose boundaries are multiples of ``multiple`` and which is
-    read with ``depth >= halo`` real pixels around it holds all of them, and a
-    depth that is itself a multiple keeps the window's origin on the whole
-    image's pooling grid (the engine anchors its tiles at the window origin).
+    """Pixels by which boundary modes other than ``"reflect"`` extend the
+    array on each side (:func:`unet_rt.dask.segment`'s ``boundary``): the
+    model's halo rounded up to its pooling multiple ``size_multiple``, so
+    that the extended array's result over the original pixels is that of
+    ``numpy.pad(array, block_depth(info), mode)``.
 
     >>> block_depth({"halo": 20, "size_multiple": 4}), block_depth({"halo": 92, "size_multiple": 16})
     (20, 96)
     """
     halo, multiple = int(info["halo"]), max(1, int(info["size_multiple"]))
     return math.ceil(halo / multiple) * multiple
-
-
-def aligned_chunks(chunks: Sequence[int], multiple: int, depth: int) -> Tuple[int, ...]:
-    """A chunking of the same axis whose inner boundaries are multiples of
-    ``multiple`` and whose chunks are all at least ``depth`` long (unless the
-    axis itself is shorter), close to ``chunks``: each boundary is rounded to
-    the nearest multiple, and boundaries that would leave a chunk shorter
-    than ``max(depth, multiple)`` are dropped (chunks merge).
-
-    >>> aligned_chunks((50, 50, 50), 4, 20)
-    (48, 52, 50)
-    >>> aligned_chunks((30, 5, 30, 10), 4, 20)
-    (32, 43)
-    >>> aligned_chunks((10,), 4, 20)
-    (10,)
-    """
-    total = int(sum(chunks))
-    least = max(depth, multiple, 1)
-    bounds = np.cumsum(chunks)[:-1]
-    kept = [0]
-    for b in bounds:
-        r = int(round(b / multiple)) * multiple
-        if r - kept[-1] >= least and total - r >= least:
-            kept.append(r)
-    kept.append(total)
-    return tuple(int(b - a) for a, b in zip(kept[:-1], kept[1:]))
-
-
-def grid_block(target: int, unit: int, depth: int, size: int) -> int:
-    """A block length that is a multiple of ``unit``, at least ``depth``, near
-    ``target``, and no longer than needed for an axis of ``size``.
-
-    >>> grid_block(1000, 64, 20, 5000), grid_block(10, 64, 100, 5000), grid_block(1000, 64, 20, 100)
-    (1024, 128, 128)
-    """
-    block = max(unit, int(round(target / unit)) * unit)
-    while block < depth:
-        block += unit
-    return min(block, math.ceil(size / unit) * unit)

@@ -5,9 +5,8 @@ and 1 (``"percentile"`` normalization). A block sees only part of the image,
 so its own percentiles differ; these functions compute the whole image's
 values from per-block statistics exactly as the engine does (an exact
 histogram for 8- and 16-bit pixels; for floats every value, or above
-``2**24`` values per image the same strided sample the engine takes), and
-apply the resulting affine map with the engine's single rounding
-(``fma`` in float32)."""
+``2**24`` values per image the same strided sample the engine takes). The
+blocks pass them to the engine as ``input_range``."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["StatsPlan", "block_stats", "combine_stats", "finish_stats", "affine", "apply_affine", "PERCENTILE_SAMPLE"]
+__all__ = ["StatsPlan", "block_stats", "combine_stats", "finish_stats", "PERCENTILE_SAMPLE"]
 
 #: Above this many values per image the engine samples floats with a stride.
 PERCENTILE_SAMPLE = 1 << 24
@@ -137,68 +136,3 @@ def _histogram_percentile(counts: np.ndarray, q: float, offset: int) -> float:
     a = rank(below)
     b = rank(below + 1) if below + 1 < n else a
     return a + (b - a) * (pos - below)
-
-
-def affine(low: float, high: float) -> Tuple[np.float32, np.float32]:
-    """``(scale, shift)`` in float32 that map ``low`` to 0 and ``high`` to 1,
-    rounded as the engine rounds them (a flat image maps to 0).
-
-    >>> affine(10.0, 20.0)
-    (np.float32(0.1), np.float32(-1.0))
-    """
-    span = high - low if high - low > 1e-20 else 1.0
-    return np.float32(1.0 / span), np.float32(-low / span)
-
-
-def apply_affine(values: np.ndarray, scale: np.float32, shift: np.float32, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """``fma(float32(values), scale, shift)`` rounded once to float32, as the
-    engine's ``f32::mul_add``: the float64 product of two float32 numbers is
-    exact, the sum's rounding error is recovered with TwoSum, and the one
-    case where rounding the float64 sum to float32 differs from rounding the
-    exact sum (the sum lands on a float32 midpoint) is corrected. Works in
-    slabs of about a million values, so its temporaries stay small.
-
-    >>> apply_affine(np.array([1, 2, 3], np.uint8), np.float32(0.5), np.float32(-1))
-    array([-0.5,  0. ,  0.5], dtype=float32)
-    """
-    values = np.asarray(values)
-    if out is None:
-        out = np.empty(values.shape, np.float32)
-    s, t = float(np.float32(scale)), float(np.float32(shift))
-    if values.ndim == 0:
-        out[...] = _fma32(values.reshape(1), s, t)[0]
-        return out
-    # Slabs: whole trailing axes, and a run of indices of the first axis that
-    # is not whole.
-    inner = 1
-    axis = values.ndim
-    while axis > 0 and inner * values.shape[axis - 1] <= _SLAB:
-        axis -= 1
-        inner *= values.shape[axis]
-    if axis == 0:
-        out[...] = _fma32(values, s, t)
-        return out
-    step = max(1, _SLAB // inner)
-    for index in np.ndindex(*values.shape[: axis - 1]):
-        for start in range(0, values.shape[axis - 1], step):
-            where = index + (slice(start, start + step),)
-            out[where] = _fma32(values[where], s, t)
-    return out
-
-
-_SLAB = 1 << 20
-
-
-def _fma32(values: np.ndarray, s: float, t: float) -> np.ndarray:
-    x = values.astype(np.float32).astype(np.float64)
-    product = x * s
-    total = product + t
-    z = total - product
-    error = (product - (total - z)) + (t - z)
-    rounded = total.astype(np.float32)
-    diff = total - rounded.astype(np.float64)
-    toward = np.where(diff > 0, np.float32(np.inf), np.float32(-np.inf)).astype(np.float32)
-    other = np.nextafter(rounded, toward)
-    midpoint = (diff != 0) & (2 * diff == other.astype(np.float64) - rounded.astype(np.float64))
-    bump = midpoint & (error != 0) & (np.sign(error) == np.sign(diff))
-    return np.where(bump, other, rounded)

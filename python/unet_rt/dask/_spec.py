@@ -5,21 +5,18 @@
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import os
 import threading
-import zipfile
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple, Union
 
-from ..errors import InvalidArgumentError, ModelError, ModelNotFoundError
+from ..errors import InvalidArgumentError, ModelNotFoundError
 from ..model import Model, bundled_model_path
+from ._tiling import planning_model
 
 __all__ = ["ModelSpec", "load_model", "clear_cache"]
 
-_METADATA_ENTRY = "extra/unet_rt.json"
 _BYTES_PREFIX = "sha256:"
 
 
@@ -36,20 +33,16 @@ class ModelSpec:
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``.
         stamp: ``(mtime_ns, size)`` of the file when the spec was made, so a
             model file replaced between two runs is reloaded.
-        raw_input: load the model with its normalization replaced by
-            ``{"kind": "none"}``: the caller has normalized the pixels already
-            (with whole-image statistics, see :mod:`unet_rt.dask`).
 
     >>> spec = ModelSpec.of(tiny_model_path, device="cpu", precision="fp32")
-    >>> spec.device, spec.raw_input, len(__import__("pickle").dumps(spec)) < 1000
-    ('cpu', False, True)
+    >>> spec.device, len(__import__("pickle").dumps(spec)) < 1000
+    ('cpu', True)
     """
 
     source: str
     device: str = "auto"
     precision: str = "auto"
     stamp: Tuple[int, int] = (0, 0)
-    raw_input: bool = False
 
     @classmethod
     def of(cls, path: Union[str, "os.PathLike[str]", None], device: str = "auto", precision: str = "auto") -> "ModelSpec":
@@ -70,10 +63,6 @@ class ModelSpec:
     def from_bytes(self) -> bool:
         """Whether the model travels as bytes rather than as a path."""
         return self.source.startswith(_BYTES_PREFIX)
-
-    def with_raw_input(self, raw_input: bool = True) -> "ModelSpec":
-        """The same model, loaded with (``raw_input=True``) its normalization disabled."""
-        return replace(self, raw_input=raw_input)
 
 
 _CACHE: "OrderedDict[ModelSpec, Model]" = OrderedDict()
@@ -117,60 +106,28 @@ def clear_cache() -> None:
 def load_counts() -> Dict[str, int]:
     """How many times this process loaded each spec (a diagnostic for tests)."""
     with _CACHE_LOCK:
-        return {f"{s.source}|{s.device}|{s.precision}|{s.raw_input}": n for s, n in _LOADS.items()}
+        return {f"{s.source}|{s.device}|{s.precision}": n for s, n in _LOADS.items()}
 
 
 def _load(spec: ModelSpec, data: Optional[bytes]) -> Model:
-    if spec.from_bytes:
-        if data is None:
-            raise InvalidArgumentError(f"the model {spec.source} was given as bytes, but its bytes did not reach this process")
-        name = spec.source
-    else:
-        if not spec.raw_input:
-            return Model(spec.source, spec.device, spec.precision)
-        with open(spec.source, "rb") as f:
-            data = f.read()
-        name = spec.source
-    if spec.raw_input:
-        data = without_normalization(data, name)
-    model = Model.from_bytes(data, spec.device, spec.precision, name=name)
-    if spec.raw_input and (model.metadata or {}).get("normalization", {}).get("kind") != "none":
-        raise ModelError(f"{name}: could not disable the model's normalization")
-    return model
-
-
-def without_normalization(archive: bytes, name: str = "<bytes>") -> bytes:
-    """The TorchScript archive with its ``unet_rt.json`` normalization set to
-    ``{"kind": "none"}``; weights and code are copied byte for byte."""
-    try:
-        source = zipfile.ZipFile(io.BytesIO(archive))
-    except zipfile.BadZipFile as e:
-        raise ModelError(f"{name}: not a TorchScript archive ({e})") from None
-    out = io.BytesIO()
-    found = False
-    with source, zipfile.ZipFile(out, "w") as target:
-        for entry in source.infolist():
-            body = source.read(entry)
-            if entry.filename.endswith("/" + _METADATA_ENTRY) and entry.filename.count("/") == 2:
-                meta: Dict[str, Any] = json.loads(body)
-                meta["normalization"] = {"kind": "none"}
-                body = json.dumps(meta).encode()
-                found = True
-            target.writestr(entry, body)
-    if not found:
-        return archive  # no metadata: the runtime does not normalize anyway
-    return out.getvalue()
+    if not spec.from_bytes:
+        return Model(spec.source, spec.device, spec.precision)
+    if data is None:
+        raise InvalidArgumentError(f"the model {spec.source} was given as bytes, but its bytes did not reach this process")
+    return Model.from_bytes(data, spec.device, spec.precision, name=spec.source)
 
 
 @dataclass(frozen=True)
 class ResolvedModel:
     """A user's ``model`` argument, resolved on the client: the spec tasks
-    carry, the network's geometry, its normalization, and the archive bytes
-    for models given as bytes (shipped once per worker, not per task)."""
+    carry, the network's geometry, its normalization, a model on this
+    machine to plan with, and the archive bytes for models given as bytes
+    (shipped once per worker, not per task)."""
 
     spec: ModelSpec
     info: Dict[str, Any]
     normalization: Dict[str, Any]
+    local: Model
     data: Optional[bytes] = None
 
     @property
@@ -179,6 +136,13 @@ class ResolvedModel:
         if self.normalization.get("kind") != "percentile":
             return None
         return float(self.normalization["low"]), float(self.normalization["high"])
+
+    def planner(self) -> Tuple[Model, Optional[int]]:
+        """A model on this machine that chooses tiles as the workers will,
+        and the memory budget it must be given (see
+        :func:`unet_rt.dask._tiling.planning_model`)."""
+        source = self.data if self.data is not None else self.spec.source
+        return planning_model(self.local, self.spec.device, self.spec.precision, source)
 
 
 def resolve_model(model: Union[Model, str, "os.PathLike[str]", None], device: str = "auto", precision: str = "auto") -> ResolvedModel:
@@ -191,15 +155,16 @@ def resolve_model(model: Union[Model, str, "os.PathLike[str]", None], device: st
     data: Optional[bytes] = None
     if isinstance(model, Model):
         _, (source, own_device, own_precision) = model.__reduce__()
+        same = device in ("auto", own_device) and precision in ("auto", own_precision)
         device = own_device if device == "auto" else device
         precision = own_precision if precision == "auto" else precision
         if isinstance(source, bytes):
             spec, data = ModelSpec.of_bytes(source, device, precision), source
         else:
             spec = ModelSpec.of(source, device, precision)
-        local = model
+        local = model if same else _cached_model(spec.source, "cpu", "fp32") if data is None else Model.from_bytes(data, "cpu", "fp32")
     else:
         spec = ModelSpec.of(model, device, precision)
         local = _cached_model(spec.source, "cpu", "fp32")
     normalization = dict((local.metadata or {}).get("normalization") or {"kind": "none"})
-    return ResolvedModel(spec, dict(local.info), normalization, data)
+    return ResolvedModel(spec, dict(local.info), normalization, local, data)

@@ -28,11 +28,12 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ._array import ModelArg, Normalize, _check_dtype, _tile, check_normalize, given_ranges, tree_reduce
-from ._blocks import BlockPlan, overlaps, segment_window
+from ._blocks import BlockPlan, segment_block
 from ._instances import block_summary, merge_summaries, relabel_block
-from ._layout import OUTPUTS, Layout, block_depth, grid_block
+from ._layout import OUTPUTS, Layout
 from ._normalize import StatsPlan, block_stats, combine_stats, finish_stats
 from ._spec import ModelSpec, ResolvedModel, load_model, resolve_model
+from ._tiling import Tiling, block_shape, plan_tiling
 
 __all__ = ["segment_to_zarr"]
 
@@ -57,33 +58,33 @@ class _Job:
     block: Tuple[int, ...]
     shape: Tuple[int, ...]  # canonical (b, c, spatial...)
 
-    def window(self, index: Sequence[int], depth: int) -> Tuple[Tuple[slice, ...], Tuple[slice, ...], Tuple[slice, ...]]:
-        """Canonical read window, crop of the result, and spatial write slices."""
-        b, cells = index[0], index[1:]
-        read = [slice(b, b + 1), slice(0, self.shape[1])]
-        crop, write = [], []
-        for i, size, n in zip(cells, self.block, self.shape[2:]):
-            start, stop = i * size, min(i * size + size, n)
-            left, right = overlaps(start, stop, n, depth, False)
-            read.append(slice(start - left, stop + right))
-            crop.append(slice(left, left + stop - start))
-            write.append(slice(start, stop))
-        return tuple(read), tuple(crop), tuple(write)
+    def region(self, index: Sequence[int]) -> Tuple[List[int], List[int]]:
+        """Spatial ``start`` and ``stop`` of the block ``index``."""
+        start = [i * size for i, size in zip(index[1:], self.block)]
+        stop = [min(s + size, n) for s, size, n in zip(start, self.block, self.shape[2:])]
+        return start, stop
 
-    def read(self, window: Sequence[slice]) -> np.ndarray:
-        """The canonical window ``(1, c, spatial...)`` read from the source."""
+    def read(self, b: int, start: Sequence[int], stop: Sequence[int]) -> np.ndarray:
+        """The canonical window ``(1, c, spatial...)`` of image ``b`` read from the source."""
+        window = (slice(b, b + 1), slice(0, self.shape[1])) + tuple(slice(s, e) for s, e in zip(start, stop))
         return self.layout.to_canonical(np.asarray(self.source[self.layout.user_slices(window)]))
 
-    def out_index(self, b: int, write: Sequence[slice], channels: bool) -> Tuple[slice, ...]:
+    def out_index(self, b: int, start: Sequence[int], stop: Sequence[int], channels: bool) -> Tuple[slice, ...]:
         lead = (slice(b, b + 1),) if self.layout.batched else ()
-        return lead + ((slice(None),) if channels else ()) + tuple(write)
+        return lead + ((slice(None),) if channels else ()) + tuple(slice(s, e) for s, e in zip(start, stop))
 
 
 def _segment_task(job: _Job, index: Tuple[int, ...], ranges: Optional[np.ndarray] = None, model_data: Optional[bytes] = None) -> int:
-    read, crop, write = job.window(index, job.plan.depth)
+    model = load_model(job.spec, model_data)
+    start, stop = job.region(index)
+    tiling = job.plan.tiling
+    # The block's tiles read beyond it: exactly this much (mirrored at the
+    # array's borders), with the whole array's tiling.
+    first, end = tiling.needed(model, start, stop)
     rows = None if ranges is None else np.asarray(ranges)[index[0] : index[0] + 1]
-    result = segment_window(load_model(job.spec, model_data), job.read(read), job.plan, crop, rows)
-    job.target[job.out_index(index[0], write, result.ndim > 1 + job.plan.spatial_dims)] = (
+    window = tiling.region(start, stop).at(first)
+    result = segment_block(model, job.read(index[0], first, end), window, job.plan, rows)
+    job.target[job.out_index(index[0], start, stop, result.ndim > 1 + job.plan.spatial_dims)] = (
         result if job.layout.batched else result[0]
     )
     job.done[index] = 1  # after the data, never before
@@ -91,8 +92,8 @@ def _segment_task(job: _Job, index: Tuple[int, ...], ranges: Optional[np.ndarray
 
 
 def _stats_task(job: _Job, index: Tuple[int, ...], plan: StatsPlan) -> Dict[int, np.ndarray]:
-    read, _, _ = job.window(index, 0)
-    return block_stats(job.read(read), [r.start for r in read], plan)
+    start, stop = job.region(index)
+    return block_stats(job.read(index[0], start, stop), [index[0], 0] + start, plan)
 
 
 def _labels_block(labels: Any, batched: bool, index: Tuple[int, ...], block: Tuple[int, ...]) -> Tuple[np.ndarray, List[int]]:
@@ -172,9 +173,10 @@ def segment_to_zarr(
             ``normalize="global"`` the image statistics are computed in a
             first pass over the source (workers read and reduce it; only the
             percentile values come back) and stored in the destination.
-        block: spatial block size per task (int or one per axis); rounded to
-            a multiple of the pooling multiple and of the destination's
-            chunks (shards). Default about 1024 (2-D) or 128 (3-D).
+        block: spatial block size per task (int or one per axis): a multiple
+            of the destination's chunks (shards), moved onto the tile grid
+            when that costs little. Default about 1024 (2-D) or 128 (3-D),
+            and at least one tile stride.
         chunks, shards: spatial chunk and shard shape of a new destination
             (default: chunks of one block, no shards). A resumed destination
             keeps its own block, chunks and shards.
@@ -207,8 +209,9 @@ def segment_to_zarr(
     info = resolved.info
     layout = Layout.of(src.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
     shape = layout.canonical_shape(src.shape)
-    depth = block_depth(info)
-    multiple = max(1, int(info["size_multiple"]))
+    planner, default_budget = resolved.planner()
+    tiling = plan_tiling(planner, shape[2:], 0, _tile(tile, layout.spatial_dims), batch_size,
+                         memory_budget if memory_budget is not None else default_budget)
     engine_output = "labels" if output == "instances" else output
     mode = "a" if resume else "w"
     if isinstance(destination, zarr.Group):
@@ -222,7 +225,8 @@ def segment_to_zarr(
         "precision": resolved.spec.precision,
         "axes": layout.axes,
         "source_shape": [int(s) for s in src.shape],
-        "depth": depth,
+        "tile": list(tiling.tile),
+        "batch_size": tiling.batch_size,
         "normalize": normalize if isinstance(normalize, str) else given_ranges(normalize, shape[0]).tolist(),
     }
     previous = dict(group.attrs.get(_ATTRS) or {})
@@ -236,15 +240,8 @@ def segment_to_zarr(
                 f"invalid destination: {destination} holds data that unet_rt.dask did not write; "
                 f"choose an empty destination or pass resume=False to overwrite it"
             )
-        blocks, spatial_chunks, spatial_shards = _choose_blocks(block, chunks, shards, shape[2:], multiple, depth)
-    plan = BlockPlan(
-        spatial_dims=layout.spatial_dims,
-        depth=depth,
-        output=engine_output,
-        tile=_tile(tile, layout.spatial_dims),
-        batch_size=batch_size,
-        memory_budget=memory_budget,
-    )
+        blocks, spatial_chunks, spatial_shards = _choose_blocks(block, chunks, shards, shape[2:], tiling)
+    plan = BlockPlan(spatial_dims=layout.spatial_dims, output=engine_output, tiling=tiling, memory_budget=memory_budget)
     out_channels = int(info["out_channels"])
     dtype = np.dtype(np.float32) if engine_output != "labels" else np.dtype(np.uint16 if out_channels > 256 else np.uint8)
     target = _array(group, engine_output, layout.output_shape(shape, engine_output, out_channels), dtype,
@@ -257,8 +254,7 @@ def segment_to_zarr(
         group.attrs[_ATTRS] = {**config, "block": list(blocks), "ranges": None}
     runner = _Runner(client, progress)
     ranges = _ranges(group, resolved, normalize, layout, shape, blocks, runner, src, plan)
-    spec = resolved.spec.with_raw_input(ranges is not None)
-    job = _Job(src, target, done, layout, plan, spec, blocks, shape)
+    job = _Job(src, target, done, layout, plan, resolved.spec, blocks, shape)
     runner.run(
         _segment_task,
         [((job, index), {}) for index in _todo(done, numblocks)],
@@ -321,9 +317,10 @@ def _check_same_job(previous: Dict[str, Any], config: Dict[str, Any], destinatio
 
 
 def _choose_blocks(
-    block: Size, chunks: Size, shards: Size, spatial: Sequence[int], multiple: int, depth: int
+    block: Size, chunks: Size, shards: Size, spatial: Sequence[int], tiling: Tiling
 ) -> Tuple[Tuple[int, ...], Tuple[int, ...], Optional[Tuple[int, ...]]]:
-    """Block, chunk and shard shapes (spatial) of a new destination."""
+    """Block, chunk and shard shapes (spatial) of a new destination: blocks
+    are whole shards (chunks), on the tile grid when that costs little."""
     dims = len(spatial)
 
     def per_axis(value: Size, name: str) -> Optional[Tuple[int, ...]]:
@@ -336,13 +333,14 @@ def _choose_blocks(
 
     chunk = per_axis(chunks, "chunks")
     shard = per_axis(shards, "shards")
-    target = per_axis(block, "block") or (_TARGET_BLOCK[dims],) * dims
+    # By default a block holds at least one tile stride: tiles crossing block
+    # faces would run once per block they write into.
+    target = per_axis(block, "block") or tuple(max(_TARGET_BLOCK[dims], s) for s in tiling.stride)
     if shard is not None and chunk is not None and any(s % c for s, c in zip(shard, chunk)):
         raise InvalidArgumentError(f"invalid shards: {shard} must be multiples of the chunks {chunk}")
     unit = shard or chunk
     blocks = tuple(
-        grid_block(t, multiple if unit is None else math.lcm(multiple, u), depth, n)
-        for t, n, u in zip(target, spatial, unit or (None,) * dims)
+        block_shape(t, stride, u, n) for t, stride, n, u in zip(target, tiling.stride, spatial, unit or (None,) * dims)
     )
     return blocks, chunk or blocks, shard
 
