@@ -26,6 +26,8 @@ from scipy import ndimage
 import unet_rt
 import unet_rt.dask as ud
 from training.tiny import export_tiny
+from unet_rt import _unet_rt
+from unet_rt.dask import _blocks as ud_blocks
 from unet_rt.dask import _spec
 from unet_rt.dask._tiling import grid_chunks
 
@@ -283,6 +285,39 @@ def test_same_padded_models_give_the_whole_images_crop_result(tmp_path):
     image = blobs((130, 110), 15, sigma=1.0)
     got = sync(ud.segment(da.from_array(image, chunks=64), same, output="raw", tile=64))
     assert_identical(got, same.segment(image, output="raw", tile=64))
+
+
+def test_a_client_without_the_workers_gpu_plans_for_the_gpu(tiny_model_path):
+    """Tiles depend on the device only through its default memory budget and
+    on the precision through the bytes per value: a CPU client plans GPU
+    blocks with the GPU's budget (and runs nothing while building the graph)."""
+    x = da.zeros((6000, 5000), dtype=np.uint16, chunks=1000)
+    lazy = ud.segment(x, tiny_model_path, device="cuda:0", precision="bf16")
+    bf16 = unet_rt.Model(tiny_model_path, device="cpu", precision="bf16")
+    want = bf16.layout(x.shape, memory_budget=_unet_rt.DEFAULT_CUDA_BUDGET)
+    cpu = bf16.layout(x.shape)
+    assert (want["tile"], want["batch_size"]) != (cpu["tile"], cpu["batch_size"])  # the budgets matter
+    plans = [v for v in _graph_values(lazy) if isinstance(v, ud_blocks.BlockPlan)]
+    assert plans and {p.tiling.tile for p in plans} == {tuple(want["tile"])}
+    assert {p.tiling.batch_size for p in plans} == {want["batch_size"]}
+
+
+def _graph_values(array: da.Array) -> list:
+    """Every object reachable in the graph's task arguments."""
+    found, todo = [], list(dict(array.__dask_graph__()).values())
+    while todo:
+        item = todo.pop()
+        found.append(item)
+        if isinstance(item, (tuple, list)):
+            todo.extend(item)
+        elif isinstance(item, dict):
+            todo.extend(item.values())
+        else:
+            for name in ("args", "kwargs", "value"):
+                inner = getattr(item, name, None)
+                if isinstance(inner, (tuple, list, dict)):
+                    todo.append(inner)
+    return found
 
 
 def test_bad_arguments_are_value_errors(model):

@@ -114,3 +114,21 @@ def test_windows_on_the_gpu_give_the_whole_images_result(wide_model_path):
         got = model.segment(x[y0:y1, x0:x1], output="raw", tile=220, batch_size=3, window=region.at((y0, x0)),
                             input_range=values)
         np.testing.assert_array_equal(got, whole[:, start[0] : start[0] + shape[0], start[1] : start[1] + shape[1]])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_dask_blocks_on_the_gpu_equal_the_whole_gpu_result(wide_model_path, precision, tmp_path):
+    """The tiling is planned for the GPU (its memory budget, its precision)
+    on the client; blocks run as windows of the whole image."""
+    da = pytest.importorskip("dask.array")
+    import unet_rt.dask as ud
+
+    gpu = unet_rt.Model(wide_model_path, device="cuda:0", precision=precision)
+    x = image((1500, 1300), 7)
+    lazy = ud.segment(da.from_array(x, chunks=400), wide_model_path, device="cuda:0", precision=precision,
+                      output="raw", tile=300)
+    got = lazy.compute(scheduler="sync")
+    assert (got == gpu.segment(x, output="raw", tile=300)).all()
+    # The default tiling (a 4 GiB budget) as unet_rt.segment chooses it.
+    default = ud.segment(da.from_array(x, chunks=400), gpu).compute(scheduler="sync")
+    assert (default == gpu.segment(x)).all()

@@ -30,6 +30,11 @@ for bit (labels, probabilities and raw outputs alike), on any chunking:
    touching across block faces are merged (union-find), then numbered in
    raster order, per image: ``scipy.ndimage.label``'s numbering.
 
+On the CPU, fp32 kernels also split their sums by the number of libtorch
+threads: blocks equal a whole-array run with the same thread count, so
+give workers the thread count of the run to compare with (``python -m
+unet_rt.dask --threads-per-worker``; Dask's default is one).
+
 The tiling is planned for the workers' device and precision (on a client
 without their GPU, with the GPU's default memory budget); pass ``tile`` and
 ``batch_size`` to choose it. Same-padded models are tiled with ``blend="crop"``,
