@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE, in a copy of the repository with .gpu/ carried (see
 # gpu_prepare.sh). It uses the device's own torch 2.11 (+cu130) libraries, the
-# wheel and binary built on the CPU machine: runs the gpu-marked tests, checks
+# wheel and binary built on the CPU machine (and Dask's wheels): runs the gpu-marked tests, checks
 # the CLI on CUDA against the CLI on the CPU, and prints the engine table (also
 # written to $OUT/gpu_check.txt).
 set -uo pipefail
@@ -14,7 +14,11 @@ export PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/gpu_out}"; mkdir -p "$OUT"
 status=0
 "$PY" -m pip install -q --no-deps --no-index --target /tmp/unet_rt_site .gpu/unet_rt-*.whl || exit 1
+if ! "$PY" -c "import dask.array" 2>/dev/null; then
+    "$PY" -m pip install -q --no-deps --no-index --target /tmp/unet_rt_site .gpu/wheels/*.whl || status=1
+fi
 export PYTHONPATH="/tmp/unet_rt_site:$PWD"
+"$PY" -c "import dask.array, dask; print('dask', dask.__version__)" || { echo "dask missing: the Dask GPU test will be skipped"; status=1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== CLI"
 .gpu/unet-rt --version

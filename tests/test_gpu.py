@@ -117,7 +117,7 @@ def test_windows_on_the_gpu_give_the_whole_images_result(wide_model_path):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_dask_blocks_on_the_gpu_equal_the_whole_gpu_result(wide_model_path, precision, tmp_path):
+def test_dask_blocks_on_the_gpu_equal_the_whole_gpu_result(wide_model_path, precision):
     """The tiling is planned for the GPU (its memory budget, its precision)
     on the client; blocks run as windows of the whole image."""
     da = pytest.importorskip("dask.array")

@@ -144,13 +144,13 @@ def segment_to_zarr(
     """Segments a zarr array into a zarr group, block by block, on a Dask
     cluster (or in this process), resumably.
 
-    Each task reads its block with :func:`block_depth` pixels of overlap
-    from ``source``, segments it with its worker's cached model, writes the
-    block's result into ``destination`` and then marks the block done. The
-    result equals ``unet_rt.segment`` on the whole array (see
-    :mod:`unet_rt.dask`). Blocks are whole chunks (whole shards, for sharded
-    zarr v3 arrays) of the destination, so no two tasks write the same chunk
-    or shard.
+    Each task reads its block, with the input its tiles need around it,
+    from ``source``, segments it with its worker's cached model as a window
+    of the whole image, writes the block's result into ``destination`` and
+    then marks the block done. The result equals ``unet_rt.segment`` on the
+    whole array bit for bit (see :mod:`unet_rt.dask`). Blocks are whole
+    chunks (whole shards, for sharded zarr v3 arrays) of the destination, so
+    no two tasks write the same chunk or shard.
 
     Args:
         source: a zarr array, or the path/URL of one.
