@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 from ..errors import InvalidArgumentError, ModelNotFoundError
 from ..model import Model, bundled_model_path
-from ._tiling import planning_model
+from ._tiling import local_model, planning_model
 
 __all__ = ["ModelSpec", "load_model", "clear_cache"]
 
@@ -150,8 +150,6 @@ def resolve_model(model: Union[Model, str, "os.PathLike[str]", None], device: st
     model). For a :class:`~unet_rt.Model`, ``"auto"`` keeps the device and
     precision it was created with. A path is loaded once on the client, on
     the CPU, to read its geometry (metadata or probing)."""
-    from ..model import _cached_model
-
     data: Optional[bytes] = None
     if isinstance(model, Model):
         _, (source, own_device, own_precision) = model.__reduce__()
@@ -162,9 +160,9 @@ def resolve_model(model: Union[Model, str, "os.PathLike[str]", None], device: st
             spec, data = ModelSpec.of_bytes(source, device, precision), source
         else:
             spec = ModelSpec.of(source, device, precision)
-        local = model if same else _cached_model(spec.source, "cpu", "fp32") if data is None else Model.from_bytes(data, "cpu", "fp32")
+        local = model if same else local_model(spec.source if data is None else data, "cpu", "fp32")
     else:
         spec = ModelSpec.of(model, device, precision)
-        local = _cached_model(spec.source, "cpu", "fp32")
+        local = local_model(spec.source, "cpu", "fp32")
     normalization = dict((local.metadata or {}).get("normalization") or {"kind": "none"})
     return ResolvedModel(spec, dict(local.info), normalization, local, data)

@@ -22,7 +22,7 @@ from .. import _unet_rt
 from .._window import Window
 from ..model import Model, _cached_model
 
-__all__ = ["Tiling", "plan_tiling", "grid_chunks", "planning_model"]
+__all__ = ["Tiling", "plan_tiling", "grid_chunks", "fitted_chunks", "block_shape", "planning_model", "local_model"]
 
 
 @dataclass(frozen=True)
@@ -105,13 +105,14 @@ def planning_model(model: Model, device: str, precision: str, source: object) ->
     if not target.startswith("cuda"):
         if model.device == "cpu" and precision == model.precision:
             return model, None
-        return _load(source, "cpu", precision), None  # "auto" resolves as on a CPU worker
+        return local_model(source, "cpu", precision), None  # "auto" resolves as on a CPU worker
     if model.device.startswith("cuda"):
         return model, None
-    return _load(source, "cpu", "fp32" if precision == "fp32" else "bf16"), int(_unet_rt.DEFAULT_CUDA_BUDGET)
+    return local_model(source, "cpu", "fp32" if precision == "fp32" else "bf16"), int(_unet_rt.DEFAULT_CUDA_BUDGET)
 
 
-def _load(source: object, device: str, precision: str) -> Model:
+def local_model(source: object, device: str, precision: str) -> Model:
+    """The model of a path (cached in this process) or of archive bytes."""
     if isinstance(source, bytes):
         return Model.from_bytes(source, device, precision)
     return _cached_model(source, device, precision)  # type: ignore[arg-type]
