@@ -620,6 +620,15 @@ fn choose_stride(kept: usize, multiple: usize, blending: bool) -> Option<usize> 
     fit(kept)
 }
 
+/// Tiles a valid (crop) plan puts along an axis of `size` pixels with input
+/// tiles of `tile`, or `None` when the tile is too small for the halo: the
+/// count [`TilePlan::valid`] would give, without building a plan.
+pub(crate) fn valid_tiles_along(size: usize, tile: usize, halo: usize, multiple: usize) -> Option<usize> {
+    let kept = kept_length(0, tile, halo, multiple).ok()?;
+    let stride = choose_stride(kept, multiple, false)?;
+    Some(tiles_needed(size, kept, stride))
+}
+
 /// Fewest tiles of trusted length `kept` at `stride` that cover `[0, size)`.
 fn tiles_needed(size: usize, kept: usize, stride: usize) -> usize {
     if size <= kept {

@@ -1,5 +1,6 @@
 //! Choosing the tile shape and batch size from a memory budget.
 
+use crate::geometry::valid_tiles_along;
 use crate::model::ModelInfo;
 
 /// Live activations per input pixel, in units of the first layer's width:
@@ -44,8 +45,9 @@ pub(crate) fn choose_tile(info: &ModelInfo, image: &[usize], halo: usize, budget
                 // The fewest tiles the budget allows, and of those the
                 // smallest: a 4096 axis takes two tiles of stride 2048
                 // rather than one of 3072 and a second mostly mirrored.
-                let count = tile_count(image[a], largest, halo, info.size_multiple);
-                ladder.into_iter().find(|&t| tile_count(image[a], t, halo, info.size_multiple) == count).unwrap_or(largest)
+                let count = |t: usize| valid_tiles_along(image[a], t, halo, info.size_multiple.max(1));
+                let fewest = count(largest);
+                ladder.into_iter().find(|&t| count(t) == fewest).unwrap_or(largest)
             }
             Some(_) => needed[a],
             None => needed[a].min(smallest),
@@ -92,18 +94,6 @@ fn ladder_tiles(info: &ModelInfo, cap: usize, halo: usize) -> Vec<usize> {
     tiles.sort_unstable();
     tiles.dedup();
     tiles
-}
-
-/// Tiles a plan needs along an axis of `size` pixels with input tiles of
-/// `tile` (as [`crate::TilePlan`] counts them).
-fn tile_count(size: usize, tile: usize, halo: usize, multiple: usize) -> usize {
-    let kept = tile.saturating_sub(2 * halo).max(1);
-    let stride = (kept / multiple.max(1) * multiple.max(1)).max(1);
-    if size <= kept {
-        1
-    } else {
-        1 + (size - kept).div_ceil(stride)
-    }
 }
 
 fn round_up_valid(info: &ModelInfo, size: usize) -> usize {
