@@ -16,7 +16,7 @@ from ._instances import block_summary, merge_summaries, relabel_block
 from ._layout import OUTPUTS, Layout, block_depth
 from ._normalize import StatsPlan, block_stats, combine_stats, finish_stats
 from ._spec import ResolvedModel, resolve_model
-from ._tiling import fitted_chunks, plan_tiling
+from ._tiling import fitted_chunks
 
 __all__ = ["segment", "image_range"]
 
@@ -111,9 +111,8 @@ def segment(
     layout = Layout.of(x.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
     padded, dask_boundary = _boundary(boundary)
     canon = layout.to_canonical(x)
-    planner, default_budget = resolved.planner()
-    tiling = plan_tiling(planner, canon.shape[2:], block_depth(info) if padded else 0, _tile(tile, layout.spatial_dims),
-                         batch_size, memory_budget if memory_budget is not None else default_budget)
+    planner, tiling = resolved.plan(canon.shape[2:], block_depth(info) if padded else 0,
+                                    _tile(tile, layout.spatial_dims), batch_size, memory_budget)
     spatial_chunks, depth = fitted_chunks(planner, tiling, canon.chunks[2:])
     chunks = (canon.chunks[0], (canon.shape[1],)) + spatial_chunks
     if chunks != canon.chunks:

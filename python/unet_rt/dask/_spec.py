@@ -9,11 +9,11 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from ..errors import InvalidArgumentError, ModelNotFoundError
 from ..model import Model, bundled_model_path
-from ._tiling import local_model, planning_model
+from ._tiling import Tiling, local_model, plan_tiling, planning_model
 
 __all__ = ["ModelSpec", "load_model", "clear_cache"]
 
@@ -137,12 +137,16 @@ class ResolvedModel:
             return None
         return float(self.normalization["low"]), float(self.normalization["high"])
 
-    def planner(self) -> Tuple[Model, Optional[int]]:
-        """A model on this machine that chooses tiles as the workers will,
-        and the memory budget it must be given (see
-        :func:`unet_rt.dask._tiling.planning_model`)."""
+    def plan(self, spatial: Sequence[int], pad: int, tile: Optional[Sequence[int]], batch_size: Optional[int],
+             memory_budget: Optional[int]) -> Tuple[Model, Tiling]:
+        """The whole array's tiling as the workers' device and precision
+        would choose it (see :func:`unet_rt.dask._tiling.planning_model`),
+        and the model on this machine that planned it (for the blocks'
+        context)."""
         source = self.data if self.data is not None else self.spec.source
-        return planning_model(self.local, self.spec.device, self.spec.precision, source)
+        planner, default_budget = planning_model(self.local, self.spec.device, self.spec.precision, source)
+        budget = memory_budget if memory_budget is not None else default_budget
+        return planner, plan_tiling(planner, spatial, pad, tile, batch_size, budget)
 
 
 def resolve_model(model: Union[Model, str, "os.PathLike[str]", None], device: str = "auto", precision: str = "auto") -> ResolvedModel:

@@ -33,7 +33,7 @@ from ._instances import block_summary, merge_summaries, relabel_block
 from ._layout import OUTPUTS, Layout
 from ._normalize import StatsPlan, block_stats, combine_stats, finish_stats
 from ._spec import ModelSpec, ResolvedModel, load_model, resolve_model
-from ._tiling import Tiling, block_shape, plan_tiling
+from ._tiling import Tiling, block_shape
 
 __all__ = ["segment_to_zarr"]
 
@@ -209,9 +209,7 @@ def segment_to_zarr(
     info = resolved.info
     layout = Layout.of(src.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
     shape = layout.canonical_shape(src.shape)
-    planner, default_budget = resolved.planner()
-    tiling = plan_tiling(planner, shape[2:], 0, _tile(tile, layout.spatial_dims), batch_size,
-                         memory_budget if memory_budget is not None else default_budget)
+    _, tiling = resolved.plan(shape[2:], 0, _tile(tile, layout.spatial_dims), batch_size, memory_budget)
     engine_output = "labels" if output == "instances" else output
     mode = "a" if resume else "w"
     if isinstance(destination, zarr.Group):
