@@ -16,10 +16,12 @@ from .errors import (
     CancelledError,
     DeviceError,
     InferenceError,
+    InternalError,
     InvalidArgumentError,
     MetadataError,
     ModelError,
     ModelNotFoundError,
+    NonFiniteError,
     UnetRtError,
     UnetRtIOError,
 )
@@ -43,6 +45,8 @@ __all__ = [
     "InvalidArgumentError",
     "DeviceError",
     "InferenceError",
+    "NonFiniteError",
+    "InternalError",
     "UnetRtIOError",
 ]
 

@@ -55,6 +55,8 @@ def arrange(image: np.ndarray, axes: Optional[str], spatial_dims: int, in_channe
     """
     if axes is None:
         axes = infer_axes(image.shape, spatial_dims, in_channels)
+    if not isinstance(axes, str):
+        raise TypeError(f"axes must be a str such as 'yx' or 'cyx', got {type(axes).__name__}")
     axes = axes.lower()
     spatial = _SPATIAL[spatial_dims]
     allowed = set("bc" + spatial)

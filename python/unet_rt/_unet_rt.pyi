@@ -4,7 +4,7 @@ The public API is :mod:`unet_rt` (``unet_rt.Model``, ``unet_rt.segment``);
 this module is its engine and converts arguments only.
 """
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +36,7 @@ class Model:
         self,
         image: npt.NDArray[Any],
         output: str = "labels",
-        tile: Optional[Sequence[int]] = None,
+        tile: Union[int, Sequence[int], None] = None,
         batch_size: Optional[int] = None,
         memory_budget: Optional[int] = None,
         out: Optional[npt.NDArray[Any]] = None,
@@ -44,18 +44,19 @@ class Model:
         blend: str = "crop",
         window: Optional[Tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int]]] = None,
         input_range: Optional[Tuple[float, float]] = None,
+        nonfinite: str = "raise",
     ) -> npt.NDArray[Any]: ...
     def layout(
         self,
         shape: Sequence[int],
-        tile: Optional[Sequence[int]] = None,
+        tile: Union[int, Sequence[int], None] = None,
         batch_size: Optional[int] = None,
         memory_budget: Optional[int] = None,
     ) -> dict[str, Any]: ...
     def needed_input(
         self,
         window: Tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int]],
-        tile: Optional[Sequence[int]] = None,
+        tile: Union[int, Sequence[int], None] = None,
         batch_size: Optional[int] = None,
         memory_budget: Optional[int] = None,
     ) -> Tuple[List[int], List[int]]: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Tuple
 
@@ -61,9 +62,10 @@ class Window:
             if value is None:
                 continue
             try:
-                sizes = tuple(int(v) for v in value)
-            except (TypeError, ValueError):
-                raise InvalidArgumentError(f"invalid window: {name} must be a sequence of ints, got {value!r}") from None
+                # operator.index: ints and NumPy integers, never a float or str.
+                sizes = tuple(operator.index(v) for v in value)
+            except TypeError:
+                raise TypeError(f"window {name} must be a sequence of ints, got {value!r}") from None
             if any(v < 0 for v in sizes):
                 raise InvalidArgumentError(f"invalid window: {name} {sizes} has negative values")
             object.__setattr__(self, name, sizes)
@@ -73,7 +75,7 @@ class Window:
 
     def at(self, origin: Sequence[int]) -> "Window":
         """The same window for an array whose first pixel is at ``origin``."""
-        return replace(self, origin=tuple(int(o) for o in origin))
+        return replace(self, origin=tuple(origin))
 
     def as_tuple(self) -> Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]:
         """``(image, origin, start, shape)`` as the extension takes it."""

@@ -20,8 +20,10 @@ __all__ = [
     "InvalidArgumentError",
     "DeviceError",
     "InferenceError",
+    "NonFiniteError",
     "UnetRtIOError",
     "CancelledError",
+    "InternalError",
 ]
 
 
@@ -51,6 +53,15 @@ class DeviceError(UnetRtError, RuntimeError):
 
 class InferenceError(UnetRtError, RuntimeError):
     """libtorch failed while running the model."""
+
+
+class NonFiniteError(InferenceError):
+    """The network produced NaN or infinite values (the message names the
+    first tile); pass ``nonfinite="propagate"`` to keep them instead."""
+
+
+class InternalError(UnetRtError, RuntimeError):
+    """A bug in unet_rt itself; please report it with the call that caused it."""
 
 
 class UnetRtIOError(UnetRtError, OSError):

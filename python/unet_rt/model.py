@@ -25,6 +25,8 @@ ProgressArg = Union[bool, Callable[[int, int], Any], None]
 
 _SUPPORTED = (np.uint8, np.uint16, np.int16, np.float16, np.float32, np.float64)
 _OUTPUTS = ("labels", "probabilities", "raw", "instances")
+# Instance ids count objects, which can exceed 65535: narrower types would wrap.
+_INSTANCE_DTYPES = (np.uint32, np.uint64, np.int64)
 
 
 def bundled_model_path() -> Path:
@@ -66,6 +68,8 @@ class Model:
     __slots__ = ("_inner", "_source", "_device_request", "_precision_request", "__weakref__")
 
     def __init__(self, path: Optional[PathLike] = None, device: str = "auto", precision: str = "auto") -> None:
+        if path is not None and not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
         if path is None:
             path = bundled_model_path()
             if not path.exists():
@@ -131,11 +135,16 @@ class Model:
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """One forward pass of the network on a batch ``(N, C, spatial...)`` of
         valid size; the raw output as float32. For images of any size, use
-        :meth:`segment`."""
+        :meth:`segment`. NaN or infinity in the batch raises
+        :class:`~unet_rt.InvalidArgumentError`, in the output
+        :class:`~unet_rt.NonFiniteError`."""
         array = np.asarray(batch)
         if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
             raise InvalidArgumentError(f"invalid batch: dtype {array.dtype} is not numeric")
-        return self._inner.forward(np.asarray(array, dtype=np.float32))
+        with np.errstate(over="ignore", invalid="ignore"):
+            # Values beyond float32 become infinite here; the engine refuses them.
+            batch32 = np.asarray(array, dtype=np.float32)
+        return self._inner.forward(batch32)
 
     def layout(self, shape: Sequence[int], tile: Union[int, Sequence[int], None] = None,
                batch_size: Optional[int] = None, memory_budget: Optional[int] = None) -> Dict[str, Any]:
@@ -148,7 +157,7 @@ class Model:
         >>> unet_rt.Model(tiny_model_path, device="cpu", precision="fp32").layout((500, 300), tile=84)
         {'tile': [84, 84], 'tiles': 84, 'batch_size': 16, 'stride': [44, 44], 'output_tile': [44, 44], 'grid': [12, 7]}
         """
-        return dict(self._inner.layout(list(shape), _tile(tile, len(shape)), batch_size, memory_budget))
+        return dict(self._inner.layout(shape, tile, batch_size, memory_budget))
 
     def needed_input(self, window: Window, tile: Union[int, Sequence[int], None] = None,
                      batch_size: Optional[int] = None, memory_budget: Optional[int] = None) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
@@ -164,8 +173,7 @@ class Model:
         """
         if not isinstance(window, Window):
             raise InvalidArgumentError(f"invalid window: expected a unet_rt.Window, got {type(window).__name__}")
-        dims = len(window.image)
-        first, end = self._inner.needed_input(window.as_tuple(), _tile(tile, dims), batch_size, memory_budget)
+        first, end = self._inner.needed_input(window.as_tuple(), tile, batch_size, memory_budget)
         return tuple(first), tuple(end)
 
     def percentile_range(self, image: np.ndarray, axes: Optional[str] = None) -> Optional[Any]:
@@ -202,6 +210,7 @@ class Model:
         blend: str = "crop",
         window: Optional[Window] = None,
         input_range: Optional[Any] = None,
+        nonfinite: str = "raise",
     ) -> np.ndarray:
         """Segments an image (or a stack of images) of any size.
 
@@ -239,17 +248,50 @@ class Model:
                 ``(low, high)`` pixel values to map to 0 and 1 instead of the
                 image's own percentiles (one pair, or one per image of a
                 batch), e.g. from :meth:`percentile_range` of a whole image.
+            nonfinite: ``"raise"`` (the default): NaN or infinity in the
+                image (after normalization) raises
+                :class:`~unet_rt.InvalidArgumentError`, and in the network's
+                output :class:`~unet_rt.NonFiniteError` naming the first tile
+                affected; ``"propagate"`` lets such values through.
 
         Returns:
             The result array (``out`` itself when given).
+
+        Raises:
+            TypeError: an argument of the wrong type (the message names it).
+            InvalidArgumentError: an argument with an unusable value, e.g. a
+                tile the model does not accept, or a result larger than
+                memory.
+            NonFiniteError: the network produced NaN or infinity.
+            CancelledError: cancelled by the progress callback.
+
+        >>> import numpy as np, unet_rt
+        >>> model = unet_rt.Model(tiny_model_path, device="cpu", precision="fp32")
+        >>> model.segment(np.full((60, 60), np.nan, np.float32))
+        Traceback (most recent call last):
+        ...
+        unet_rt.errors.InvalidArgumentError: invalid image: holds NaN or infinite values ...
         """
+        if not isinstance(output, str):
+            raise TypeError(f"output must be a str, got {type(output).__name__}")
         if output not in _OUTPUTS:
             raise InvalidArgumentError(f"invalid output: {output!r}; expected one of {', '.join(map(repr, _OUTPUTS))}")
+        if out is not None and not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a numpy array (or memmap), got {type(out).__name__}")
+        if output == "instances" and out is not None and out.dtype.type not in _INSTANCE_DTYPES:
+            raise InvalidArgumentError(
+                f"invalid out: has dtype {out.dtype}; instance ids are written as uint32, uint64 or int64 "
+                f"(narrower types would wrap them)"
+            )
+        if not (progress is None or isinstance(progress, bool) or callable(progress)):
+            raise TypeError(f"progress must be a bool or a callable progress(done, total), got {type(progress).__name__}")
+        if not isinstance(nonfinite, str):
+            raise TypeError(f"nonfinite must be a str, got {type(nonfinite).__name__}")
         array = _check_image(image)
         info = self._inner.info
         view, batched, _ = arrange(array, axes, info["spatial_dims"], info["in_channels"])
         engine_output = "labels" if output == "instances" else output
-        tiles = _tile(tile, info["spatial_dims"])
+        tiles = tile
         if window is not None and not isinstance(window, Window):
             raise InvalidArgumentError(f"invalid window: expected a unet_rt.Window, got {type(window).__name__}")
         piece = _Piece(window, _ranges(input_range, view.shape[0], batched))
@@ -257,10 +299,10 @@ class Model:
         if output == "instances":
             spatial = tuple(window.shape) if window is not None else tuple(view.shape[2:])
             labels = self._run(view, engine_output, tiles, batch_size, None, progress, memory_budget, batched,
-                               (view.shape[0],) + spatial, blend, piece)
+                               (view.shape[0],) + spatial, blend, piece, nonfinite)
             return _instances(labels, out, batched)
         return self._run(view, engine_output, tiles, batch_size, out, progress, memory_budget, batched, shape, blend,
-                         piece)
+                         piece, nonfinite)
 
     def _result_shape(self, view_shape: Tuple[int, ...], output: str, batched: bool,
                       window: Optional[Window] = None) -> Tuple[int, ...]:
@@ -268,10 +310,9 @@ class Model:
         per_image = spatial if output == "labels" else (self._inner.info["out_channels"],) + spatial
         return ((view_shape[0],) if batched else ()) + per_image
 
-    def _run(self, view, output, tile, batch_size, out, progress, memory_budget, batched, shape, blend, piece):
+    def _run(self, view, output, tile, batch_size, out, progress, memory_budget, batched, shape, blend, piece,
+             nonfinite):
         if out is not None:
-            if not isinstance(out, np.ndarray):
-                raise InvalidArgumentError(f"invalid out: expected a numpy array, got {type(out).__name__}")
             if tuple(out.shape) != tuple(shape):
                 raise InvalidArgumentError(f"invalid out: has shape {out.shape}, the result has shape {tuple(shape)}")
         images = view if batched else view[:1]
@@ -285,15 +326,15 @@ class Model:
                 # The engine counts tiles per image; the bar counts them all.
                 callback = None if report is None else (lambda done, _total, base=i * per_image: report(base + done))
                 results.append(self._inner.segment(images[i], output, tile, batch_size, memory_budget, target, callback,
-                                                   blend, piece.engine_window, piece.range(i)))
+                                                   blend, piece.engine_window, piece.range(i), nonfinite))
         if out is not None:
             return out
         return np.stack(results) if batched else results[0]
 
     def _tiles(self, spatial: Sequence[int], tile, batch_size, memory_budget, window: Optional[Window] = None) -> int:
         if window is None:
-            return int(self._inner.layout(list(spatial), tile, batch_size, memory_budget)["tiles"])
-        layout = self._inner.layout(list(window.image), tile, batch_size, memory_budget)
+            return int(self._inner.layout(tuple(spatial), tile, batch_size, memory_budget)["tiles"])
+        layout = self._inner.layout(window.image, tile, batch_size, memory_budget)
         count = 1
         for start, size, stride, grid in zip(window.start, window.shape, layout["stride"], layout["grid"]):
             count *= min((start + size - 1) // stride, grid - 1) - min(start // stride, grid - 1) + 1
@@ -338,17 +379,6 @@ def _rebuild(source: Union[str, bytes], device: str, precision: str) -> Model:
     if isinstance(source, bytes):
         return Model.from_bytes(source, device, precision)
     return Model(source, device, precision)
-
-
-def _tile(tile: Union[int, Sequence[int], None], dims: int) -> Optional[List[int]]:
-    if tile is None:
-        return None
-    if isinstance(tile, (int, np.integer)):
-        return [int(tile)] * dims
-    sizes = [int(t) for t in tile]
-    if len(sizes) != dims:
-        raise InvalidArgumentError(f"invalid tile: {len(sizes)} sizes for a {dims}-D model")
-    return sizes
 
 
 def _check_image(image: Any) -> np.ndarray:

@@ -27,6 +27,8 @@ fn class_name(err: &unet_rt::Error) -> &'static str {
         E::InvalidArgument { .. } => "InvalidArgumentError",
         E::DeviceUnavailable(_) => "DeviceError",
         E::Inference(_) => "InferenceError",
+        E::NonFinite(_) => "NonFiniteError",
+        E::Internal(_) => "InternalError",
         E::Cancelled => "CancelledError",
         E::Io { .. } => "UnetRtIOError",
     }
@@ -62,8 +64,18 @@ where
         std::thread::scope(|scope| {
             let (done_tx, done_rx) = sync_channel::<unet_rt::Result<T>>(1);
             scope.spawn(move || {
+                // A panic is a bug: it becomes an InternalError, never a
+                // PanicException that `except Exception` would not catch.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".to_owned());
+                    Err(unet_rt::Error::Internal(what))
+                });
                 // The receiver only goes away after a signal; the result is moot then.
-                let _ = done_tx.send(work());
+                let _ = done_tx.send(result);
             });
             let mut interrupted: Option<PyErr> = None;
             loop {

@@ -2,6 +2,7 @@
 //! the GIL around engine calls and converts results; all logic lives in the
 //! `unet_rt` crate.
 
+mod args;
 mod errors;
 mod instances;
 mod model;

@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use unet_rt::{OutputMode, Precision};
 
+use crate::args;
 use crate::errors::{run_released, to_py_err};
 use crate::segment::{percentile_range, progress_callback, segment};
 
@@ -19,6 +20,26 @@ pub(crate) struct Model {
 
 fn parse<T: std::str::FromStr<Err = unet_rt::Error>>(value: &str) -> PyResult<T> {
     value.parse::<T>().map_err(to_py_err)
+}
+
+/// A string option parsed by the core.
+fn parse_arg<T: std::str::FromStr<Err = unet_rt::Error>>(value: &Bound<'_, PyAny>, argument: &'static str) -> PyResult<T> {
+    parse(&args::text(value, argument)?)
+}
+
+/// Tile, batch size and budget options, converted with errors that name them.
+fn sizing(
+    model: &unet_rt::Model,
+    tile: Option<&Bound<'_, PyAny>>,
+    batch_size: Option<&Bound<'_, PyAny>>,
+    memory_budget: Option<&Bound<'_, PyAny>>,
+) -> PyResult<unet_rt::Options> {
+    Ok(unet_rt::Options {
+        tile: args::optional_sizes(tile, "tile", model.info().spatial_dims)?,
+        batch_size: args::optional_size(batch_size, "batch_size", 1)?,
+        memory_budget: args::optional_size(memory_budget, "memory_budget", 0)?,
+        ..unet_rt::Options::default()
+    })
 }
 
 #[pymethods]
@@ -104,24 +125,33 @@ impl Model {
 
     /// Segments an image laid out `(C, spatial...)`: see `unet_rt.Model.segment`.
     /// `window` is `(image, origin, start, shape)`, see `unet_rt.Window`.
-    #[pyo3(signature = (image, output = "labels", tile = None, batch_size = None, memory_budget = None, out = None, progress = None, blend = "crop", window = None, input_range = None))]
+    /// `nonfinite` is `"raise"` (NaN or infinity in the network's input or
+    /// output is an error) or `"propagate"`.
+    #[pyo3(signature = (image, output = None, tile = None, batch_size = None, memory_budget = None, out = None, progress = None, blend = None, window = None, input_range = None, nonfinite = None))]
     #[allow(clippy::too_many_arguments)]
     fn segment<'py>(
         &self,
         py: Python<'py>,
         image: &Bound<'py, PyAny>,
-        output: &str,
-        tile: Option<Vec<usize>>,
-        batch_size: Option<usize>,
-        memory_budget: Option<usize>,
+        output: Option<&Bound<'py, PyAny>>,
+        tile: Option<&Bound<'py, PyAny>>,
+        batch_size: Option<&Bound<'py, PyAny>>,
+        memory_budget: Option<&Bound<'py, PyAny>>,
         out: Option<&Bound<'py, PyAny>>,
         progress: Option<Py<PyAny>>,
-        blend: &str,
-        window: Option<WindowArg>,
+        blend: Option<&Bound<'py, PyAny>>,
+        window: Option<&Bound<'py, PyAny>>,
         input_range: Option<(f64, f64)>,
+        nonfinite: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let cancel = Arc::new(AtomicBool::new(false));
-        let blend = match blend {
+        if let Some(p) = &progress {
+            if !p.bind(py).is_callable() {
+                return Err(pyo3::exceptions::PyTypeError::new_err("progress must be callable as progress(done, total)"));
+            }
+        }
+        let blend = blend.filter(|b| !b.is_none()).map(|b| args::text(b, "blend")).transpose()?;
+        let blend = match blend.as_deref().unwrap_or("crop") {
             "crop" => unet_rt::Blend::Crop,
             "gaussian" => unet_rt::Blend::gaussian(),
             "constant" => unet_rt::Blend::Constant,
@@ -133,16 +163,23 @@ impl Model {
             }
         };
         let failure = Arc::new(Mutex::new(None));
+        let output = match output.filter(|o| !o.is_none()) {
+            Some(o) => parse_arg::<OutputMode>(o, "output")?,
+            None => OutputMode::Labels,
+        };
+        let nonfinite = match nonfinite.filter(|n| !n.is_none()) {
+            Some(n) => parse_arg::<unet_rt::NonFinite>(n, "nonfinite")?,
+            None => unet_rt::NonFinite::Raise,
+        };
         let options = unet_rt::Options {
-            output: parse::<OutputMode>(output)?,
-            tile,
-            batch_size,
-            memory_budget,
+            output,
             progress: progress.map(|p| progress_callback(p, cancel.clone(), failure.clone())),
             cancel: Some(cancel.clone()),
             blend,
-            window: window.map(to_window),
+            window: window.filter(|w| !w.is_none()).map(args::window).transpose()?,
             input_range,
+            nonfinite,
+            ..sizing(&self.inner, tile, batch_size, memory_budget)?
         };
         let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;
         let result = segment(py, &segmenter, image, out, &cancel);
@@ -165,14 +202,20 @@ impl Model {
     #[pyo3(signature = (window, tile = None, batch_size = None, memory_budget = None))]
     fn needed_input(
         &self,
-        window: WindowArg,
-        tile: Option<Vec<usize>>,
-        batch_size: Option<usize>,
-        memory_budget: Option<usize>,
+        window: &Bound<'_, PyAny>,
+        tile: Option<&Bound<'_, PyAny>>,
+        batch_size: Option<&Bound<'_, PyAny>>,
+        memory_budget: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<(Vec<usize>, Vec<usize>)> {
-        let options = unet_rt::Options { tile, batch_size, memory_budget, ..unet_rt::Options::default() };
+        let window = args::window(window)?;
+        let options = sizing(&self.inner, tile, batch_size, memory_budget)?;
         let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;
-        segmenter.needed_input(&to_window(window)).map_err(to_py_err)
+        let rank = self.inner.info().spatial_dims;
+        if window.image.len() != rank {
+            return Err(args::invalid("window", format!("{window:?} must give one value per spatial axis of the model ({rank})")));
+        }
+        window.check(&window.image).map_err(to_py_err)?;
+        segmenter.needed_input(&window).map_err(to_py_err)
     }
 
     /// The tiling the engine would use for an image of spatial `shape`:
@@ -182,12 +225,17 @@ impl Model {
     fn layout<'py>(
         &self,
         py: Python<'py>,
-        shape: Vec<usize>,
-        tile: Option<Vec<usize>>,
-        batch_size: Option<usize>,
-        memory_budget: Option<usize>,
+        shape: &Bound<'py, PyAny>,
+        tile: Option<&Bound<'py, PyAny>>,
+        batch_size: Option<&Bound<'py, PyAny>>,
+        memory_budget: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let options = unet_rt::Options { tile, batch_size, memory_budget, ..unet_rt::Options::default() };
+        let dims = self.inner.info().spatial_dims;
+        let shape = args::sizes(shape, "shape", None)?;
+        if shape.len() != dims {
+            return Err(args::invalid("shape", format!("{shape:?} has {} axes; the model is {dims}-D", shape.len())));
+        }
+        let options = sizing(&self.inner, tile, batch_size, memory_budget)?;
         let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;
         let layout = segmenter.layout(&shape).map_err(to_py_err)?;
         let d = PyDict::new(py);
@@ -205,9 +253,3 @@ impl Model {
     }
 }
 
-/// `(image, origin, start, shape)`, one value per spatial axis each.
-type WindowArg = (Vec<usize>, Vec<usize>, Vec<usize>, Vec<usize>);
-
-fn to_window((image, origin, start, shape): WindowArg) -> unet_rt::Window {
-    unet_rt::Window { image, origin, start, shape }
-}

@@ -92,7 +92,7 @@ fn run<'py, T: Pixel + Element, U: OutputElement + Element>(
     let input = image.try_readonly().map_err(|e| invalid("image", e.to_string()))?;
     let result: Bound<'py, PyArrayDyn<U>> = match out {
         Some(o) => o.cast::<PyArrayDyn<U>>().map_err(|e| invalid("out", e.to_string()))?.clone(),
-        None => PyArrayDyn::<U>::zeros(py, segmenter.output_shape(image.shape()), false),
+        None => new_result::<U>(py, segmenter.output_shape(image.shape()))?,
     };
     {
         let mut writable = result.try_readwrite().map_err(|e| {
@@ -103,6 +103,37 @@ fn run<'py, T: Pixel + Element, U: OutputElement + Element>(
         run_released(py, cancel, move || segmenter.segment_into(view, out_view))?;
     }
     Ok(result.into_any())
+}
+
+/// A zeroed array for the result, or an `InvalidArgumentError` that says
+/// how much memory it needed when it cannot be allocated (NumPy's own
+/// constructor raises `MemoryError`, PyO3's panics).
+fn new_result<U: Element>(py: Python<'_>, shape: Vec<usize>) -> PyResult<Bound<'_, PyArrayDyn<U>>> {
+    let bytes = shape.iter().try_fold(std::mem::size_of::<U>() as u128, |n, &d| n.checked_mul(d as u128));
+    let too_large = |need: String| {
+        invalid(
+            "image",
+            format!(
+                "the result of shape {shape:?} needs {need} of memory, which cannot be allocated: segment a smaller \
+                 image, or pass out= (e.g. a numpy.memmap on disk)"
+            ),
+        )
+    };
+    let limit = unet_rt::memory::total_memory().map_or(u128::MAX, |m| m as u128);
+    match bytes {
+        None => return Err(too_large("more bytes than can be counted".to_owned())),
+        Some(b) if b > limit || b > isize::MAX as u128 => return Err(too_large(unet_rt::memory::format_bytes(b))),
+        Some(_) => {}
+    }
+    let dtype = numpy::dtype::<U>(py);
+    let array = py.import("numpy")?.call_method1("zeros", (shape.clone(), dtype)).map_err(|e| {
+        if e.is_instance_of::<pyo3::exceptions::PyMemoryError>(py) {
+            too_large(bytes.map(unet_rt::memory::format_bytes).unwrap_or_default())
+        } else {
+            e
+        }
+    })?;
+    array.cast_into::<PyArrayDyn<U>>().map_err(PyErr::from)
 }
 
 /// The pixel values the model's percentile normalization maps to 0 and 1 in

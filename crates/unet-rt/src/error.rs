@@ -44,6 +44,15 @@ pub enum Error {
     #[error("inference failed: {0}")]
     Inference(String),
 
+    /// The network produced NaN or infinite values (see
+    /// [`crate::NonFinite`]); the message names the first tile affected.
+    #[error("{0}")]
+    NonFinite(String),
+
+    /// A bug in unet_rt itself (a panic caught at a thread or API boundary).
+    #[error("internal error (please report it): {0}")]
+    Internal(String),
+
     /// The call was cancelled through [`crate::Options::cancel`].
     #[error("cancelled")]
     Cancelled,
@@ -71,17 +80,28 @@ impl Error {
 /// TorchScript errors a script traceback before the exception itself; users
 /// need the exception's own words.
 pub(crate) fn first_line(message: &str) -> String {
-    let trimmed = message
-        .split("\nException raised from")
-        .next()
-        .unwrap_or(message)
-        .trim();
+    // Everything from the first C++ frame on is for libtorch's developers.
+    let mut kept: Vec<&str> = Vec::new();
+    for line in message.lines() {
+        let t = line.trim_start();
+        if t.starts_with("Exception raised from") || t.starts_with("frame #") || t.contains("c10::") {
+            break;
+        }
+        kept.push(line);
+    }
+    let trimmed = kept.join("\n");
+    let trimmed = trimmed.trim();
     if trimmed.contains("failed in the TorchScript interpreter") {
         if let Some(raised) = trimmed.lines().rev().map(str::trim).find(|l| !l.is_empty()) {
             return format!("the model raised {raised}");
         }
     }
-    trimmed.lines().take(6).collect::<Vec<_>>().join("\n")
+    let short: Vec<&str> = trimmed.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).take(6).collect();
+    if short.is_empty() {
+        // A message made only of frames: its first line still says something.
+        return message.lines().next().unwrap_or("").trim().chars().take(300).collect();
+    }
+    short.join("\n")
 }
 
 #[cfg(test)]
@@ -95,5 +115,10 @@ mod tests {
                    RuntimeError: CUDA out of memory. Tried to allocate 2 GiB\n";
         assert_eq!(first_line(msg), "the model raised RuntimeError: CUDA out of memory. Tried to allocate 2 GiB");
         assert_eq!(first_line("bad shape\nException raised from conv at x.cpp:1"), "bad shape");
+        let frames = "PytorchStreamReader failed reading zip archive: failed finding central directory\n\
+                      frame #0: c10::Error::Error(c10::SourceLocation, std::string) + 0x9e (0x7f in libc10.so)\n\
+                      frame #1: <unknown function> + 0x1 (0x2 in libtorch_cpu.so)";
+        assert_eq!(first_line(frames), "PytorchStreamReader failed reading zip archive: failed finding central directory");
+        assert!(!first_line("frame #0: c10::x\nframe #1: y").contains("frame #1"));
     }
 }

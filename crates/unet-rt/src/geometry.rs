@@ -202,13 +202,28 @@ pub fn check_tile_size(tile: &[usize], offset: usize, multiple: usize, halo: usi
     Ok(())
 }
 
-/// The smallest accepted size `>= size` (ignoring the planner's minimum).
+/// The smallest accepted size `>= size` (ignoring the planner's minimum),
+/// saturating at `usize::MAX`.
 fn next_valid_size(size: usize, offset: usize, multiple: usize) -> usize {
+    round_up_to_valid(size, offset, multiple).unwrap_or(usize::MAX)
+}
+
+/// The smallest size `offset + k * multiple` that is `>= size`, in closed
+/// form, or `None` when it does not fit in `usize`. A `multiple` of 0 is
+/// treated as 1.
+///
+/// ```
+/// use unet_rt::geometry::round_up_to_valid;
+/// assert_eq!(round_up_to_valid(570, 12, 16), Some(572));
+/// assert_eq!(round_up_to_valid(5, 12, 16), Some(12));
+/// assert_eq!(round_up_to_valid(usize::MAX, 12, 16), None);
+/// ```
+pub fn round_up_to_valid(size: usize, offset: usize, multiple: usize) -> Option<usize> {
     let multiple = multiple.max(1);
     if size <= offset {
-        return offset;
+        return Some(offset);
     }
-    offset.saturating_add((size - offset).div_ceil(multiple).saturating_mul(multiple))
+    offset.checked_add((size - offset).div_ceil(multiple).checked_mul(multiple)?)
 }
 
 // ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ mod engine;
 mod error;
 pub mod geometry;
 pub mod instances;
+pub mod memory;
 mod metadata;
 mod model;
 pub mod normalize;
@@ -29,8 +30,8 @@ mod window;
 
 pub use build_info::{build_info, BuildInfo};
 pub use error::{Error, Result};
-pub use metadata::{Metadata, Normalization, OutputKind, Padding, METADATA_ENTRY};
-pub use engine::{Layout, Options, OutputElement, OutputMode, Progress, ProgressFn, Segmenter, DEFAULT_CPU_BUDGET, DEFAULT_CUDA_BUDGET};
+pub use metadata::{Metadata, Normalization, OutputKind, Padding, MAX_CHANNELS, MAX_GEOMETRY, MAX_SCALE, METADATA_ENTRY};
+pub use engine::{Layout, NonFinite, Options, OutputElement, OutputMode, Progress, ProgressFn, Segmenter, DEFAULT_CPU_BUDGET, DEFAULT_CUDA_BUDGET};
 pub use geometry::{Blend, TilePlan};
 pub use model::{Model, ModelInfo};
 pub use pixel::Pixel;

@@ -18,6 +18,18 @@ pub const METADATA_ENTRY: &str = "unet_rt.json";
 /// The format tag this version understands.
 pub const FORMAT: &str = "unet_rt/1";
 
+/// Largest channel count accepted on either side of a network. Labels are
+/// written as `uint16`, so more classes than this could not be told apart.
+pub const MAX_CHANNELS: usize = 1 << 16;
+/// Largest `halo`, `size_multiple` and `size_offset` accepted. Real U-Nets
+/// stay far below (the paper's: 92, 16 and 12; eight poolings: 256); the
+/// bound keeps every size derived from them small enough that planning is
+/// plain checked arithmetic, and the smallest tile below the tile limit.
+pub const MAX_GEOMETRY: usize = 1 << 16;
+/// Largest magnitude of a normalization multiplier: beyond it, 16-bit
+/// pixels would overflow `f32` network input.
+pub const MAX_SCALE: f64 = 1e30;
+
 /// What the network's output channels mean, and how to reduce them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -114,6 +126,45 @@ fn default_normalization() -> Normalization {
     Normalization::None
 }
 
+impl Normalization {
+    /// Checks that the parameters give finite network input for any pixel
+    /// value: percentiles `0 <= low < high <= 100`, a finite positive
+    /// standard deviation, a finite non-zero factor of at most
+    /// [`MAX_SCALE`].
+    ///
+    /// # Errors
+    /// A message saying which parameter is out of bounds.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        match *self {
+            Self::Percentile { low, high } => {
+                if !(low.is_finite() && high.is_finite() && 0.0 <= low && low < high && high <= 100.0) {
+                    return Err(format!(
+                        "percentile normalization needs 0 <= low < high <= 100, got low {low} and high {high}"
+                    ));
+                }
+            }
+            Self::Zscore { mean, std } => {
+                let finite = mean.is_finite() && std.is_finite() && std > 0.0;
+                if !finite || 1.0 / std > MAX_SCALE || (mean / std).abs() > MAX_SCALE {
+                    return Err(format!(
+                        "zscore normalization needs a finite mean and a finite std > 0 \
+                         (with mean/std and 1/std at most {MAX_SCALE:e}), got mean {mean} and std {std}"
+                    ));
+                }
+            }
+            Self::Scale { factor } => {
+                if !(factor.is_finite() && factor != 0.0 && factor.abs() <= MAX_SCALE) {
+                    return Err(format!(
+                        "scale normalization needs a finite non-zero factor of magnitude at most {MAX_SCALE:e}, got {factor}"
+                    ));
+                }
+            }
+            Self::None => {}
+        }
+        Ok(())
+    }
+}
+
 impl Metadata {
     /// Parses and checks the JSON document; `path` is only used in messages.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
@@ -128,8 +179,20 @@ impl Metadata {
         if meta.in_channels == 0 || meta.out_channels == 0 {
             return Err(invalid("in_channels and out_channels must be at least 1".to_owned()));
         }
+        for (name, value) in [("in_channels", meta.in_channels), ("out_channels", meta.out_channels)] {
+            if value > MAX_CHANNELS {
+                return Err(invalid(format!("{name} is {value}, more than the {MAX_CHANNELS} supported")));
+            }
+        }
         if meta.size_multiple == 0 {
             return Err(invalid("size_multiple must be at least 1".to_owned()));
+        }
+        for (name, value) in [("halo", meta.halo), ("size_multiple", meta.size_multiple), ("size_offset", meta.size_offset)] {
+            if value > MAX_GEOMETRY {
+                return Err(invalid(format!(
+                    "{name} is {value}; at most {MAX_GEOMETRY} is supported (is the metadata corrupt?)"
+                )));
+            }
         }
         if !meta.class_names.is_empty() && meta.class_names.len() != meta.out_channels {
             return Err(invalid(format!(
@@ -138,16 +201,27 @@ impl Metadata {
                 meta.out_channels
             )));
         }
+        meta.normalization.check().map_err(invalid)?;
         Ok(meta)
     }
 
     /// Reads the metadata entry from a TorchScript archive without loading the
     /// network. `Ok(None)` for archives without one (third-party models).
     pub fn read_from_archive(path: &Path) -> Result<Option<Self>> {
-        let file = std::fs::File::open(path).map_err(|source| match source.kind() {
+        let io_error = |source: std::io::Error| match source.kind() {
             std::io::ErrorKind::NotFound => Error::ModelNotFound(path.to_owned()),
             _ => Error::Io { path: path.to_owned(), source },
-        })?;
+        };
+        // Opening a FIFO blocks until a writer comes, and a device never
+        // ends: only regular files (through links) are models.
+        let kind = std::fs::metadata(path).map_err(io_error)?.file_type();
+        if !kind.is_file() {
+            return Err(Error::InvalidModel {
+                path: path.to_owned(),
+                reason: format!("not a regular file (it is {}); a TorchScript archive (.pt) is expected", describe(kind)),
+            });
+        }
+        let file = std::fs::File::open(path).map_err(io_error)?;
         Self::read_from_zip(file, path)
     }
 
@@ -193,6 +267,28 @@ impl Metadata {
     }
 }
 
+/// What kind of file system entry `kind` is, for messages.
+fn describe(kind: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            return "a device";
+        }
+    }
+    if kind.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +326,40 @@ mod tests {
     }
 
     #[test]
+    fn rejects_absurd_geometry_channels_and_normalization() {
+        let base: serde_json::Value = serde_json::from_str(&paper()).unwrap();
+        let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+            ("halo", serde_json::json!(1u64 << 40), "halo is"),
+            ("size_multiple", serde_json::json!(1u64 << 63), "size_multiple is"),
+            ("size_offset", serde_json::json!(1_000_000_000_000_000_000u64), "size_offset is"),
+            ("size_multiple", serde_json::json!(0), "at least 1"),
+            ("in_channels", serde_json::json!(1_000_000_000), "in_channels is"),
+            ("out_channels", serde_json::json!(0), "at least 1"),
+            ("halo", serde_json::json!(-1), "invalid value"),
+            ("halo", serde_json::json!(1.5), "invalid type"),
+            ("halo", serde_json::json!("92"), "invalid type"),
+            ("spatial_dims", serde_json::json!(4), "spatial_dims"),
+            ("normalization", serde_json::json!({"kind": "scale", "factor": 1e300}), "scale normalization"),
+            ("normalization", serde_json::json!({"kind": "scale", "factor": 0.0}), "scale normalization"),
+            ("normalization", serde_json::json!({"kind": "zscore", "mean": 0.0, "std": -1.0}), "std > 0"),
+            ("normalization", serde_json::json!({"kind": "zscore", "mean": 0.0, "std": 0.0}), "std > 0"),
+            ("normalization", serde_json::json!({"kind": "zscore", "mean": 1e300, "std": 1e-300}), "std > 0"),
+            ("normalization", serde_json::json!({"kind": "percentile", "low": 99.0, "high": 1.0}), "low < high"),
+            ("normalization", serde_json::json!({"kind": "percentile", "low": 1.0, "high": 101.0}), "low < high"),
+            ("normalization", serde_json::json!({"kind": "percentile", "low": -1.0, "high": 50.0}), "low < high"),
+        ];
+        for (field, value, message) in cases {
+            let mut doc = base.clone();
+            doc[field] = value.clone();
+            let err = Metadata::from_json(&doc.to_string(), Path::new("m.pt")).unwrap_err().to_string();
+            assert!(err.contains(message), "{field} = {value}: {err}");
+        }
+        // JSON's 1e999 parses as infinity in some writers; serde rejects it as a number out of range.
+        let inf = paper().replace("99.8", "1e999");
+        assert!(Metadata::from_json(&inf, Path::new("m.pt")).is_err());
+    }
+
+    #[test]
     fn missing_and_non_zip_files_are_told_apart() {
         let dir = std::env::temp_dir().join(format!("unet_rt_meta_{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -238,6 +368,10 @@ mod tests {
         let junk = dir.join("junk.pt");
         std::fs::write(&junk, b"not a zip").unwrap();
         assert!(matches!(Metadata::read_from_archive(&junk), Err(Error::InvalidModel { .. })));
+        let err = Metadata::read_from_archive(&dir).unwrap_err().to_string();
+        assert!(err.contains("a directory"), "{err}");
+        let err = Metadata::read_from_archive(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(err.contains("a device"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,7 +1,11 @@
 //! Loading a TorchScript model and running it.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, sync_channel, RecvTimeoutError, SendError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use ndarray::{ArrayD, ArrayViewD};
 use tch::{CModule, Device, Tensor};
@@ -65,17 +69,38 @@ impl ModelInfo {
     /// Pixels an input loses along one axis (both sides together).
     pub fn shrink(&self) -> usize {
         match self.padding {
-            Padding::Valid => 2 * self.halo,
+            Padding::Valid => self.halo.saturating_mul(2),
             Padding::Same => 0,
         }
     }
 
+    /// The smallest valid input size `>= size`, in closed form (saturating
+    /// at `usize::MAX`, which no image reaches).
+    pub fn round_up_valid(&self, size: usize) -> usize {
+        let size = size.max(self.shrink().saturating_add(1));
+        crate::geometry::round_up_to_valid(size, self.size_offset, self.size_multiple).unwrap_or(usize::MAX)
+    }
+
     /// The smallest valid input size.
     pub fn smallest_valid_size(&self) -> usize {
-        (self.size_offset..)
-            .step_by(self.size_multiple)
-            .find(|&s| self.is_valid_size(s))
-            .unwrap_or(self.size_multiple)
+        self.round_up_valid(0)
+    }
+
+    /// The overlap tiles really use per side: the crop of valid models; for
+    /// same-padded models the margin rounded up to the size multiple, so
+    /// that every tile window starts on the pooling grid of the whole image.
+    pub fn effective_halo(&self) -> usize {
+        match self.padding {
+            Padding::Valid => self.halo,
+            Padding::Same => self.halo.div_ceil(self.size_multiple.max(1)).saturating_mul(self.size_multiple.max(1)),
+        }
+    }
+
+    /// The smallest input tile that leaves a stride of at least one pooling
+    /// step after the overlap is removed.
+    pub fn min_tile(&self) -> usize {
+        let need = self.effective_halo().saturating_mul(2).saturating_add(self.size_multiple.max(1));
+        self.round_up_valid(need)
     }
 }
 
@@ -191,9 +216,34 @@ impl Model {
     /// each pass (intra-op threads on the CPU, the whole GPU), and concurrent
     /// passes would only oversubscribe the cores, each caller spinning its
     /// own OpenMP pool.
-    pub(crate) fn forward_tensor(&self, input: &Tensor) -> Result<Tensor> {
-        let _turn = device_lock(self.inner.device).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.inner.module.forward_ts(&[input]).map_err(Error::inference)
+    ///
+    /// The pass runs on the device's forward thread (see [`forward_thread`]),
+    /// which also serialises it. While it runs, the caller looks at `cancel`
+    /// every [`CANCEL_POLL`]: once set, the call returns
+    /// [`Error::Cancelled`] at once, and the pass finishes in the background
+    /// with its result dropped, so that cancelling never waits for a long
+    /// forward pass.
+    pub(crate) fn forward_tensor(&self, input: &Tensor, cancel: Option<&AtomicBool>) -> Result<Tensor> {
+        let (reply_tx, reply_rx) = sync_channel::<Result<Tensor>>(1);
+        let model = self.clone();
+        let input = input.shallow_clone();
+        forward_thread(self.inner.device, Box::new(move || {
+            let output = model.inner.module.forward_ts(&[input]).map_err(Error::inference);
+            // The caller may have stopped waiting (cancelled): nothing to do then.
+            let _ = reply_tx.send(output);
+        }))?;
+        let lost = || Error::Internal("the forward thread stopped during a forward pass".to_owned());
+        let Some(cancel) = cancel else {
+            return reply_rx.recv().map_err(|_| lost())?;
+        };
+        loop {
+            match reply_rx.recv_timeout(CANCEL_POLL) {
+                Ok(output) => return output,
+                Err(RecvTimeoutError::Timeout) if cancel.load(Ordering::Relaxed) => return Err(Error::Cancelled),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Err(lost()),
+            }
+        }
     }
 
     /// One forward pass on a batch laid out as `(N, C, spatial...)`, returning
@@ -202,14 +252,26 @@ impl Model {
     /// # Errors
     /// [`Error::InvalidArgument`] for a wrong rank, channel count or spatial
     /// size; [`Error::Inference`] when libtorch fails.
+    /// NaN or infinity in the batch is [`Error::InvalidArgument`], and in
+    /// the network's output [`Error::NonFinite`].
     pub fn forward_array(&self, input: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         self.check_batch_shape(input.shape())?;
+        if input.iter().any(|v| !v.is_finite()) {
+            return Err(Error::InvalidArgument {
+                argument: "batch",
+                message: "holds NaN or infinite values (or values beyond the float32 range)".to_owned(),
+            });
+        }
         let _guard = tch::no_grad_guard();
         let tensor = tensor_from_view(&input)?
             .f_to_device(self.inner.device)
             .and_then(|t| t.f_to_kind(self.inner.precision.kind()))
             .map_err(Error::inference)?;
-        array_from_tensor(&self.forward_tensor(&tensor)?)
+        let output = array_from_tensor(&self.forward_tensor(&tensor, None)?)?;
+        if output.iter().any(|v| !v.is_finite()) {
+            return Err(Error::NonFinite("the network's output holds NaN or infinite values".to_owned()));
+        }
+        Ok(output)
     }
 
     fn check_batch_shape(&self, shape: &[usize]) -> Result<()> {
@@ -243,15 +305,51 @@ impl Model {
     }
 }
 
-/// One lock per device: the CPU, then CUDA devices by index.
-fn device_lock(device: Device) -> &'static std::sync::Mutex<()> {
+/// How often a waiting forward pass looks at its cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(20);
+
+/// Work for a forward thread.
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Runs `job` on the forward thread of `device`, started on first use: one
+/// thread per device (the CPU, then CUDA devices by index) runs every
+/// forward pass of the process, one at a time. libtorch parallelises inside
+/// each pass (intra-op threads on the CPU, the whole GPU), and concurrent
+/// passes would only oversubscribe the cores, each caller spinning its own
+/// OpenMP pool; one long-lived thread also keeps one warm pool. Callers wait
+/// for their job's reply, so the queue holds at most one job per caller.
+fn forward_thread(device: Device, job: Job) -> Result<()> {
     const DEVICES: usize = 65;
-    static LOCKS: [std::sync::Mutex<()>; DEVICES] = [const { std::sync::Mutex::new(()) }; DEVICES];
+    static QUEUES: [Mutex<Option<Sender<Job>>>; DEVICES] = [const { Mutex::new(None) }; DEVICES];
     let slot = match device {
         Device::Cuda(i) => (i + 1).min(DEVICES - 1),
         _ => 0,
     };
-    &LOCKS[slot]
+    let mut queue = QUEUES[slot].lock().unwrap_or_else(PoisonError::into_inner);
+    let job = match queue.as_ref() {
+        Some(tx) => match tx.send(job) {
+            Ok(()) => return Ok(()),
+            // The thread is gone (it cannot panic, but be safe): start another.
+            Err(SendError(job)) => job,
+        },
+        None => job,
+    };
+    let (tx, rx) = channel::<Job>();
+    std::thread::Builder::new()
+        .name(format!("unet-rt-forward-{slot}"))
+        .spawn(move || {
+            let _no_grad = tch::no_grad_guard();
+            for job in rx {
+                // A panic in a job is a bug; it must not take the thread
+                // (and every later forward pass) with it. The job's reply
+                // channel closes, which its caller reports.
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+            }
+        })
+        .map_err(|e| Error::Internal(format!("cannot start the forward thread: {e}")))?;
+    tx.send(job).map_err(|_| Error::Internal("the forward thread stopped at its start".to_owned()))?;
+    *queue = Some(tx);
+    Ok(())
 }
 
 fn invalid_model(path: &Path, err: &tch::TchError) -> Error {

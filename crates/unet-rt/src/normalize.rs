@@ -12,22 +12,46 @@ use crate::pixel::Pixel;
 pub const PERCENTILE_SAMPLE: usize = 1 << 24;
 
 /// An affine map `x * scale + shift` resolved for one image.
+///
+/// The map is kept in `f64` too, so that `f64` pixels are normalized before
+/// they are narrowed: any finite `f64` image then gives finite network
+/// input, even beyond the `f32` range (see [`Affine::apply_f64`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Affine {
     /// Multiplier.
     pub scale: f32,
     /// Added after scaling.
     pub shift: f32,
+    scale64: f64,
+    shift64: f64,
 }
 
 impl Affine {
     /// The identity map.
-    pub const IDENTITY: Self = Self { scale: 1.0, shift: 0.0 };
+    pub const IDENTITY: Self = Self { scale: 1.0, shift: 0.0, scale64: 1.0, shift64: 0.0 };
+
+    /// The map `x * scale + shift`.
+    pub fn new(scale: f64, shift: f64) -> Self {
+        Self { scale: scale as f32, shift: shift as f32, scale64: scale, shift64: shift }
+    }
 
     /// Applies the map to one value.
     #[inline]
     pub fn apply(self, x: f32) -> f32 {
         x.mul_add(self.scale, self.shift)
+    }
+
+    /// Applies the map to an `f64` value in `f64`, then narrows it to `f32`,
+    /// saturating at the largest finite `f32` (NaN stays NaN).
+    #[inline]
+    pub fn apply_f64(self, x: f64) -> f32 {
+        let y = x.mul_add(self.scale64, self.shift64);
+        y.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32
+    }
+
+    /// Whether the map sends finite values to finite values.
+    pub fn is_finite(self) -> bool {
+        self.scale.is_finite() && self.shift.is_finite() && self.scale64.is_finite() && self.shift64.is_finite()
     }
 }
 
@@ -37,11 +61,9 @@ impl Affine {
 pub fn resolve(norm: &Normalization, values: impl Iterator<Item = f64>) -> Affine {
     match *norm {
         Normalization::None => Affine::IDENTITY,
-        Normalization::Scale { factor } => Affine { scale: factor as f32, shift: 0.0 },
-        Normalization::Zscore { mean, std } => {
-            let std = if std > 0.0 { std } else { 1.0 };
-            Affine { scale: (1.0 / std) as f32, shift: (-mean / std) as f32 }
-        }
+        Normalization::Scale { factor } => Affine::new(factor, 0.0),
+        // Metadata validation guarantees a finite std > 0.
+        Normalization::Zscore { mean, std } => Affine::new(1.0 / std, -mean / std),
         Normalization::Percentile { low, high } => {
             let mut sorted: Vec<f64> = values.collect();
             sorted.sort_by(f64::total_cmp);
@@ -85,8 +107,14 @@ pub fn percentile_range<T: Pixel>(norm: &Normalization, image: &ArrayViewD<'_, T
 /// The map that sends `lo` to 0 and `hi` to 1 (a flat range maps to 0).
 pub fn affine_from_range(lo: f64, hi: f64) -> Affine {
     // A flat image maps to zero rather than dividing by zero.
-    let range = if hi - lo > 1e-20 { hi - lo } else { 1.0 };
-    Affine { scale: (1.0 / range) as f32, shift: (-lo / range) as f32 }
+    let range = hi - lo;
+    if range.is_infinite() && range > 0.0 {
+        // Extremes of f64 whose difference overflows: halve both first.
+        let scale = 0.5 / (0.5 * hi - 0.5 * lo);
+        return Affine::new(scale, -lo * scale);
+    }
+    let range = if range > 1e-20 { range } else { 1.0 };
+    Affine::new(1.0 / range, -lo / range)
 }
 
 /// The value of rank `k` (0-based) of the multiset a histogram describes.

@@ -1,10 +1,17 @@
 //! Input element types the engine reads without converting the whole image.
 
+use crate::normalize::Affine;
+
 /// A pixel type of an input image. Conversion to `f32` happens tile by tile
 /// while gathering, so the caller's array is never copied whole.
 pub trait Pixel: Copy + Send + Sync + 'static {
     /// The value as `f32`.
     fn to_f32(self) -> f32;
+    /// The network input for this value under `affine`.
+    #[inline]
+    fn normalized(self, affine: Affine) -> f32 {
+        affine.apply(self.to_f32())
+    }
     /// The value as `f64` (for statistics).
     fn to_f64(self) -> f64;
     /// For 8- and 16-bit integers: the number of distinct values, which lets
@@ -20,17 +27,33 @@ pub trait Pixel: Copy + Send + Sync + 'static {
     }
 }
 
-macro_rules! float_pixel {
-    ($($t:ty),*) => {$(
-        impl Pixel for $t {
-            #[inline]
-            fn to_f32(self) -> f32 { self as f32 }
-            #[inline]
-            fn to_f64(self) -> f64 { self as f64 }
-        }
-    )*};
+impl Pixel for f32 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
 }
-float_pixel!(f32, f64);
+
+impl Pixel for f64 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+    /// Normalized in `f64` first, so that values beyond the `f32` range
+    /// still map to finite input.
+    #[inline]
+    fn normalized(self, affine: Affine) -> f32 {
+        affine.apply_f64(self)
+    }
+    #[inline]
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
 
 impl Pixel for half::f16 {
     #[inline]

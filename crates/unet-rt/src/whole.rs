@@ -6,7 +6,6 @@ use ndarray::{ArrayD, ArrayViewD, Axis, Dimension, IxDyn, Slice};
 
 use crate::error::{Error, Result};
 use crate::geometry::reflect_index;
-use crate::metadata::Padding;
 use crate::model::{Model, ModelInfo};
 use crate::normalize;
 
@@ -15,15 +14,9 @@ use crate::normalize;
 /// to the pooling factor for same-padded models, as the tiled engine does),
 /// and after enough to reach the next valid size.
 pub fn whole_image_padding(size: usize, info: &ModelInfo) -> (usize, usize) {
-    let before = match info.padding {
-        Padding::Valid => info.halo,
-        Padding::Same => info.halo.div_ceil(info.size_multiple) * info.size_multiple,
-    };
-    let mut total = size + 2 * before;
-    while !info.is_valid_size(total) {
-        total += 1;
-    }
-    (before, total - size - before)
+    let before = info.effective_halo();
+    let total = info.round_up_valid(size.saturating_add(2 * before));
+    (before, total.saturating_sub(size + before))
 }
 
 /// Mirror-pads the spatial axes (all but the first, the channel axis) of

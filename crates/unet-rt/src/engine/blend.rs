@@ -11,6 +11,7 @@ use ndarray::{ArrayD, ArrayViewMutD, Axis, IxDyn, Slice, Zip};
 use super::gather::Gatherer;
 use super::{Layout, OutputElement, OutputMode, Segmenter, Written};
 use crate::error::{Error, Result};
+use crate::memory;
 use crate::metadata::OutputKind;
 use crate::pixel::Pixel;
 
@@ -32,8 +33,8 @@ pub(super) fn run_blended<T: Pixel, U: OutputElement>(
     };
     let image = layout.plan.image_shape();
     let with_channels = |spatial: &[usize]| -> Vec<usize> { std::iter::once(info.out_channels).chain(spatial.iter().copied()).collect() };
-    let mut sum = ArrayD::<f32>::zeros(IxDyn(&with_channels(image)));
-    let mut weight = ArrayD::<f32>::zeros(IxDyn(image));
+    let mut sum = zeros(&with_channels(image), "the blending accumulator")?;
+    let mut weight = zeros(image, "the blending weights")?;
     let tile_shape = with_channels(layout.plan.output_tile_shape());
     let tiles: Vec<_> = layout.plan.tiles().collect();
     segmenter.run::<T, f32, _>(gatherer, layout, &tiles, averaged, |written: &Written<f32>| {
@@ -56,6 +57,12 @@ pub(super) fn run_blended<T: Pixel, U: OutputElement>(
         _ => Zip::from(&mut out).and(&sum).for_each(|o, &v| *o = U::from_f32(v)),
     }
     Ok(())
+}
+
+/// An image-sized `f32` buffer, or an error saying what it needed.
+fn zeros(shape: &[usize], what: &str) -> Result<ArrayD<f32>> {
+    let data = memory::try_filled::<f32>(memory::element_count(shape, "image")?, "image", what)?;
+    ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// Adds each tile's weighted values and its weights over its write region.

@@ -21,6 +21,7 @@ pub(crate) struct Gatherer<'a, T: Pixel> {
     channels: usize,
     origin: Vec<usize>,
     image: Vec<usize>,
+    check_finite: bool,
 }
 
 impl<'a, T: Pixel> Gatherer<'a, T> {
@@ -35,7 +36,14 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
     /// first pixel sits at `origin`.
     pub(crate) fn piece(input: ArrayViewD<'a, T>, affine: Affine, origin: Vec<usize>, image: Vec<usize>) -> Self {
         let channels = input.shape()[0];
-        Self { input, affine, channels, origin, image }
+        Self { input, affine, channels, origin, image, check_finite: true }
+    }
+
+    /// Whether a tile with NaN or infinite network input is an error (the
+    /// default) or is passed on (see [`crate::NonFinite`]).
+    pub(crate) fn check_finite(mut self, check: bool) -> Self {
+        self.check_finite = check;
+        self
     }
 
     /// Number of `f32` values one tile of `shape` occupies.
@@ -81,6 +89,7 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
         let Some((last, outer)) = offsets.split_last() else { return Ok(()) };
         let row_len = last.len() * self.channels;
         let mut index = vec![0usize; outer.len()];
+        let mut finite = true;
         for row in dst.chunks_exact_mut(row_len) {
             let row_offset: isize = outer.iter().zip(&index).map(|(table, &i)| table[i]).sum();
             for (pixel, &x) in row.chunks_exact_mut(self.channels).zip(last) {
@@ -91,10 +100,21 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
                     // addresses an element of the view, which borrows the memory
                     // for `'a`.
                     let v = unsafe { *base.offset(row_offset + x + c) };
-                    *value = self.affine.apply(v.to_f32());
+                    *value = v.normalized(self.affine);
+                    finite &= value.is_finite();
                 }
             }
             advance(&mut index, outer);
+        }
+        if self.check_finite && !finite {
+            return Err(Error::InvalidArgument {
+                argument: "image",
+                message: format!(
+                    "holds NaN or infinite values (in the pixels tile {} reads, from {:?} over {:?}); \
+                     replace them (e.g. numpy.nan_to_num), or pass nonfinite=\"propagate\" to let them through",
+                    tile.index, tile.read_start, tile.read_shape
+                ),
+            });
         }
         Ok(())
     }
@@ -138,7 +158,7 @@ mod tests {
     #[test]
     fn applies_the_normalisation() {
         let data = ndarray::Array3::<u8>::from_elem((1, 3, 3), 10);
-        let g = Gatherer::new(data.view().into_dyn(), Affine { scale: 0.5, shift: 1.0 });
+        let g = Gatherer::new(data.view().into_dyn(), Affine::new(0.5, 1.0));
         let plan = TilePlan::valid(&[3, 3], &[4, 4], 0, 4).unwrap();
         let tile = plan.tile(0).unwrap();
         let mut buf = vec![0f32; 16];
@@ -161,5 +181,27 @@ mod tests {
         assert_eq!(a, b);
         let first = plan.tile(0).unwrap(); // reads column 0, which the piece lacks
         assert!(piece.gather(&first, &mut b).unwrap_err().to_string().contains("outside the input"));
+    }
+
+    #[test]
+    fn non_finite_input_is_refused_unless_let_through_and_huge_f64_stays_finite() {
+        let mut data = Array3::<f32>::from_elem((1, 6, 6), 1.0);
+        data[[0, 2, 3]] = f32::NAN;
+        let plan = TilePlan::valid(&[6, 6], &[8, 8], 0, 4).unwrap();
+        let tile = plan.tile(0).unwrap();
+        let mut buf = vec![0f32; 64];
+        let strict = Gatherer::new(data.view().into_dyn(), Affine::IDENTITY);
+        let message = strict.gather(&tile, &mut buf).unwrap_err().to_string();
+        assert!(message.contains("NaN or infinite") && message.contains("propagate"), "{message}");
+        let lenient = Gatherer::new(data.view().into_dyn(), Affine::IDENTITY).check_finite(false);
+        lenient.gather(&tile, &mut buf).unwrap();
+        assert!(buf.iter().any(|v| v.is_nan()));
+
+        let huge = Array3::<f64>::from_shape_fn((1, 6, 6), |(_, y, x)| if (y + x) % 2 == 0 { 1e300 } else { -1e308 });
+        let affine = crate::normalize::affine_from_range(-1e308, 1e300);
+        Gatherer::new(huge.view().into_dyn(), affine).gather(&tile, &mut buf).unwrap();
+        assert!(buf.iter().all(|v| v.is_finite() && (-1e-6..=1.0 + 1e-6).contains(v)), "{buf:?}");
+        Gatherer::new(huge.view().into_dyn(), Affine::IDENTITY).gather(&tile, &mut buf).unwrap();
+        assert!(buf.iter().all(|v| v.is_finite()));
     }
 }

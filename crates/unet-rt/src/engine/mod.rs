@@ -17,12 +17,13 @@ use std::sync::Arc;
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, IxDyn, Slice};
 use tch::{Device, Kind, Tensor};
 
-pub use output::{OutputElement, OutputMode};
+pub use output::{NonFinite, OutputElement, OutputMode};
 
 use crate::error::{Error, Result};
 use crate::geometry::{Blend, Tile, TilePlan};
+use crate::memory;
 use crate::metadata::{Normalization, Padding};
-use crate::model::{Model, ModelInfo};
+use crate::model::Model;
 use crate::normalize::{self, Affine};
 use crate::pixel::Pixel;
 use crate::window::Window;
@@ -75,6 +76,9 @@ pub struct Options {
     /// 0 and 1, in place of the input's own percentiles (for example the
     /// whole image's, when the input is a piece of it).
     pub input_range: Option<(f64, f64)>,
+    /// Whether NaN or infinity in the network's input or output is an error
+    /// (the default) or passed on.
+    pub nonfinite: NonFinite,
 }
 
 impl std::fmt::Debug for Options {
@@ -89,6 +93,7 @@ impl std::fmt::Debug for Options {
             .field("cancel", &self.cancel.is_some())
             .field("window", &self.window)
             .field("input_range", &self.input_range)
+            .field("nonfinite", &self.nonfinite)
             .finish()
     }
 }
@@ -146,16 +151,19 @@ impl Segmenter {
             if tile.len() != info.spatial_dims {
                 return Err(invalid("tile", format!("{} sizes for a {}-D model", tile.len(), info.spatial_dims)));
             }
-            if let Some(&bad) = tile.iter().find(|&&t| !info.is_valid_size(t) || t < min_tile(info)) {
+            if let Some(&bad) = tile.iter().find(|&&t| !info.is_valid_size(t) || t < info.min_tile()) {
                 return Err(invalid(
                     "tile",
                     format!(
                         "{bad} is not a usable tile size for this model: sizes are {} + k * {} from {} up",
                         info.size_offset,
                         info.size_multiple,
-                        min_tile(info)
+                        info.min_tile()
                     ),
                 ));
+            }
+            if let Some(&bad) = tile.iter().find(|&&t| t > crate::geometry::MAX_TILE_SIDE) {
+                return Err(invalid("tile", format!("{bad} is larger than the largest supported tile side, {}", crate::geometry::MAX_TILE_SIDE)));
             }
         }
         if options.batch_size == Some(0) {
@@ -168,8 +176,8 @@ impl Segmenter {
                     format!("the model's normalization is {:?}, which takes no range (only percentile normalization does)", info.normalization),
                 ));
             }
-            if !(range.0.is_finite() && range.1.is_finite()) {
-                return Err(invalid("input_range", format!("{range:?} must be two finite numbers")));
+            if !(range.0.is_finite() && range.1.is_finite() && range.0 <= range.1) {
+                return Err(invalid("input_range", format!("{range:?} must be two finite numbers, low <= high")));
             }
         }
         if options.window.is_some() && info.padding == Padding::Same && options.blend != Blend::Crop {
@@ -216,9 +224,14 @@ impl Segmenter {
     }
 
     /// The tiling for an image of spatial shape `image`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an image the tiles cannot cover, and
+    /// for tiles and batches whose buffers this machine cannot hold (checked
+    /// before anything is allocated; the message gives the size needed).
     pub fn layout(&self, image: &[usize]) -> Result<Layout> {
         let info = self.model.info();
-        let halo = effective_halo(info);
+        let halo = info.effective_halo();
         let element_bytes = self.model.precision().kind().elt_size_in_bytes();
         let budget = self.options.memory_budget.unwrap_or(match self.model.device() {
             Device::Cuda(_) => DEFAULT_CUDA_BUDGET,
@@ -228,15 +241,55 @@ impl Segmenter {
             Some(t) => t.clone(),
             None => plan::choose_tile(info, image, halo, budget, element_bytes)
                 .into_iter()
-                .map(|t| t.max(min_tile(info)))
+                .map(|t| t.max(info.min_tile()))
                 .collect(),
         };
-        self.layout_with_tile(image, tile, budget, element_bytes)
+        let layout = self.layout_with_tile(image, tile, budget, element_bytes)?;
+        self.check_memory(&layout)?;
+        Ok(layout)
+    }
+
+    /// Refuses a layout whose buffers cannot fit this machine: the gathered
+    /// input and reduced output of a batch on the host, and (on the CPU) the
+    /// estimated activations of its forward pass. Above physical memory a
+    /// pass would fail to allocate or, with overcommit, get the process
+    /// killed; refusing it first gives an error that says what to change.
+    fn check_memory(&self, layout: &Layout) -> Result<()> {
+        let info = self.model.info();
+        let pixels = layout.plan.input_tile_shape().iter().fold(1u128, |n, &t| n.saturating_mul(t as u128));
+        let batch = layout.batch_size as u128;
+        let element = self.model.precision().kind().elt_size_in_bytes();
+        let host = pixels * batch * 4 * (info.in_channels + info.out_channels) as u128;
+        let activations = pixels * batch * plan::bytes_per_pixel(info, element) as u128;
+        let need = match self.model.device() {
+            Device::Cuda(_) => host,
+            _ => host + activations,
+        };
+        let limit = memory::total_memory().map_or(usize::MAX as u128, |m| m as u128);
+        if need <= limit {
+            return Ok(());
+        }
+        let argument = match (&self.options.tile, self.options.batch_size) {
+            (None, Some(b)) if b > 1 => "batch_size",
+            _ => "tile",
+        };
+        let whose = if self.options.tile.is_some() { "" } else { " (the smallest this model takes)" };
+        Err(invalid(
+            argument,
+            format!(
+                "tiles of {:?}{whose} in batches of {} need about {} of memory, more than this machine's {}: \
+                 use a smaller tile or batch_size",
+                layout.plan.input_tile_shape(),
+                layout.batch_size,
+                memory::format_bytes(need),
+                memory::format_bytes(limit)
+            ),
+        ))
     }
 
     fn layout_with_tile(&self, image: &[usize], tile: Vec<usize>, budget: usize, element_bytes: usize) -> Result<Layout> {
         let info = self.model.info();
-        let halo = effective_halo(info);
+        let halo = info.effective_halo();
         let plan = match info.padding {
             Padding::Valid => TilePlan::valid(image, &tile, info.halo, info.size_multiple)?,
             Padding::Same => TilePlan::same(image, &tile, halo, info.size_multiple, self.options.blend)?,
@@ -254,7 +307,10 @@ impl Segmenter {
     /// # Errors
     /// See [`Segmenter::segment_into`].
     pub fn segment<T: Pixel, U: OutputElement>(&self, input: ArrayViewD<'_, T>) -> Result<ArrayD<U>> {
-        let mut out = ArrayD::<U>::default(IxDyn(&self.output_shape(input.shape())));
+        self.check_input(input.shape())?;
+        let shape = self.output_shape(input.shape());
+        let data = memory::try_filled::<U>(memory::element_count(&shape, "image")?, "image", "the result")?;
+        let mut out = ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|e| Error::Internal(e.to_string()))?;
         self.segment_into(input, out.view_mut())?;
         Ok(out)
     }
@@ -286,7 +342,8 @@ impl Segmenter {
         };
         let mut layout = self.layout(&window.image)?;
         let affine = self.affine(&input);
-        let gatherer = Gatherer::piece(input, affine, window.origin.clone(), window.image.clone());
+        let gatherer = Gatherer::piece(input, affine, window.origin.clone(), window.image.clone())
+            .check_finite(self.options.nonfinite == NonFinite::Raise);
         if layout.plan.blends() {
             return blend::run_blended(self, &gatherer, &layout, out);
         }
@@ -327,9 +384,9 @@ impl Segmenter {
         let smaller: Vec<usize> = tile
             .iter()
             .map(|&t| {
-                let target = (t / 2).max(min_tile(info));
-                let steps = (target.saturating_sub(min_tile(info))) / info.size_multiple;
-                min_tile(info) + steps * info.size_multiple
+                let target = (t / 2).max(info.min_tile());
+                let steps = (target.saturating_sub(info.min_tile())) / info.size_multiple;
+                info.min_tile() + steps * info.size_multiple
             })
             .collect();
         if smaller == tile {
@@ -384,6 +441,9 @@ impl Segmenter {
         let plan = &layout.plan;
         let total = tiles.len();
         let tile_len = gatherer.tile_len(plan.input_tile_shape());
+        let batch_len = tile_len.checked_mul(layout.batch_size).ok_or_else(|| {
+            invalid("tile", format!("tiles of {:?} in batches of {} are too large to address", plan.input_tile_shape(), layout.batch_size))
+        })?;
         let groups = batch_groups(tiles, layout.batch_size, plan.len());
         std::thread::scope(|scope| {
             let (batch_tx, batch_rx) = sync_channel::<Batch>(QUEUE_DEPTH);
@@ -393,7 +453,8 @@ impl Segmenter {
                     if self.cancelled() {
                         return Ok(());
                     }
-                    let mut data = vec![0f32; tile_len * group.n];
+                    // group.n <= batch size, so this cannot overflow (checked above).
+                    let mut data = memory::try_filled::<f32>(batch_len / layout.batch_size * group.n, "tile", "a batch of tiles")?;
                     let chunk = &tiles[group.range.clone()];
                     for (tile, &slot) in chunk.iter().zip(&group.slots) {
                         gatherer.gather(tile, &mut data[slot * tile_len..(slot + 1) * tile_len])?;
@@ -425,12 +486,11 @@ impl Segmenter {
                 done
             });
             let result = self.infer_all(batch_rx, out_tx, plan, mode);
-            let gathered = gathering
-                .join()
-                .unwrap_or_else(|_| Err(Error::Inference("the gathering thread panicked".to_owned())));
-            let written = stitcher.join().unwrap_or(0);
+            let gathered = gathering.join().unwrap_or_else(|_| Err(Error::Internal("the gathering thread panicked".to_owned())));
+            let written = stitcher.join().map_err(|_| Error::Internal("the stitching thread panicked".to_owned()));
             result?;
             gathered?;
+            let written = written?;
             if self.cancelled() || written < total {
                 return Err(Error::Cancelled);
             }
@@ -452,7 +512,7 @@ impl Segmenter {
     fn device_crop(&self) -> usize {
         let info = self.model.info();
         match (info.padding, self.options.blend) {
-            (Padding::Same, Blend::Crop) => effective_halo(info),
+            (Padding::Same, Blend::Crop) => info.effective_halo(),
             // Blending weighs whole tiles (zero weight on the damaged border).
             _ => 0,
         }
@@ -504,6 +564,9 @@ impl Segmenter {
                 y = y.f_narrow(d as i64 + 2, crop, e as i64 - 2 * crop).map_err(Error::inference)?;
             }
         }
+        if self.options.nonfinite == NonFinite::Raise {
+            check_finite(&y, batch)?;
+        }
         let mut reduced = output::reduce::<U>(&y, mode, info.output)?;
         if batch.slots.len() < n {
             let slots: Vec<i64> = batch.slots.iter().map(|&s| s as i64).collect();
@@ -522,7 +585,7 @@ impl Segmenter {
     /// One forward pass; on GPU out-of-memory the batch is split in halves and
     /// retried, which gives the same result with less memory.
     fn forward_splitting(&self, input: &Tensor) -> Result<Tensor> {
-        match self.model.forward_tensor(input) {
+        match self.model.forward_tensor(input, self.options.cancel.as_deref()) {
             Err(Error::Inference(msg)) if msg.contains("out of memory") && input.size()[0] > 1 => {
                 let n = input.size()[0];
                 let halves = [(0, n / 2), (n / 2, n - n / 2)];
@@ -610,31 +673,41 @@ fn stitch<U: OutputElement>(out: &mut ArrayViewMutD<'_, U>, written: &Written<U>
     }
 }
 
+/// libtorch's words for a failed allocation: CUDA's, and the CPU
+/// allocator's.
 fn is_out_of_memory(err: &Error) -> bool {
-    matches!(err, Error::Inference(msg) if msg.contains("out of memory"))
+    matches!(err, Error::Inference(msg) if ["out of memory", "not enough memory", "can't allocate memory"].iter().any(|m| msg.contains(m)))
+}
+
+/// Fails with [`Error::NonFinite`] naming the first tile of `batch` whose
+/// network output `y` (one sample per slot) holds NaN or infinity.
+fn check_finite(y: &Tensor, batch: &Batch) -> Result<()> {
+    let finite = y.f_isfinite().map_err(Error::inference)?;
+    if finite.f_all().and_then(|t| t.f_int64_value(&[])).map_err(Error::inference)? != 0 {
+        return Ok(());
+    }
+    let per_sample = finite
+        .f_reshape([batch.n as i64, -1])
+        .and_then(|t| t.f_all_dim(1, false))
+        .and_then(|t| t.f_to_device(Device::Cpu))
+        .map_err(Error::inference)?;
+    for (tile, &slot) in batch.tiles.iter().zip(&batch.slots) {
+        if per_sample.f_int64_value(&[slot as i64]).map_err(Error::inference)? == 0 {
+            return Err(Error::NonFinite(format!(
+                "the network's output holds NaN or infinite values in tile {} (its input window starts at {:?} \
+                 and spans {:?}); check the model's weights and the input's value range, or pass \
+                 nonfinite=\"propagate\" to keep such values",
+                tile.index, tile.read_start, tile.read_shape
+            )));
+        }
+    }
+    // Only slots that repeat a tile to fill the batch went wrong: nothing
+    // of theirs is written.
+    Ok(())
 }
 
 fn invalid(argument: &'static str, message: String) -> Error {
     Error::InvalidArgument { argument, message }
-}
-
-/// Same-padded models get a halo rounded up to the pooling factor, so that
-/// every tile window starts on the pooling grid of the whole image.
-fn effective_halo(info: &ModelInfo) -> usize {
-    match info.padding {
-        Padding::Valid => info.halo,
-        Padding::Same => info.halo.div_ceil(info.size_multiple) * info.size_multiple,
-    }
-}
-
-/// The smallest input tile that leaves a stride of at least one pooling step.
-fn min_tile(info: &ModelInfo) -> usize {
-    let need = 2 * effective_halo(info) + info.size_multiple;
-    let mut t = info.smallest_valid_size();
-    while t < need {
-        t += info.size_multiple;
-    }
-    t
 }
 
 #[cfg(test)]

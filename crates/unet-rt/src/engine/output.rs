@@ -34,6 +34,33 @@ impl std::str::FromStr for OutputMode {
     }
 }
 
+/// What the engine does when the network's input or output holds NaN or
+/// infinity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NonFinite {
+    /// Stop with an error naming the image ([`Error::InvalidArgument`]) or
+    /// the first tile whose output is not finite ([`Error::NonFinite`]).
+    #[default]
+    Raise,
+    /// Pass such values through to the result.
+    Propagate,
+}
+
+impl std::str::FromStr for NonFinite {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "raise" => Ok(Self::Raise),
+            "propagate" => Ok(Self::Propagate),
+            _ => Err(Error::InvalidArgument {
+                argument: "nonfinite",
+                message: format!("unknown choice {s:?}; expected \"raise\" or \"propagate\""),
+            }),
+        }
+    }
+}
+
 /// An element type the engine can write results in: `u8`/`u16` labels,
 /// `f32`/`f16` probabilities or raw values.
 pub trait OutputElement: Copy + Default + Send + Sync + 'static {

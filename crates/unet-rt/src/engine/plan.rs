@@ -11,9 +11,10 @@ use crate::model::ModelInfo;
 const ACTIVATIONS_PER_WIDTH: usize = 12;
 /// Assumed first-layer width when the model does not tell.
 const DEFAULT_WIDTH: usize = 64;
-/// No tile side beyond this: larger tiles gain nothing and risk
-/// integer-size limits in convolution kernels.
-const MAX_TILE_SIDE: usize = 4096;
+/// The planner chooses no tile side beyond this (users may ask for more, up
+/// to [`crate::geometry::MAX_TILE_SIDE`]): larger tiles gain nothing and
+/// risk integer-size limits in convolution kernels.
+const MAX_AUTO_TILE_SIDE: usize = 4096;
 /// At most this many tiles per batch.
 const MAX_BATCH: usize = 16;
 
@@ -30,7 +31,7 @@ pub(crate) fn bytes_per_pixel(info: &ModelInfo, element_bytes: usize) -> usize {
 pub(crate) fn choose_tile(info: &ModelInfo, image: &[usize], halo: usize, budget: usize, element_bytes: usize) -> Vec<usize> {
     let max_pixels = (budget / bytes_per_pixel(info, element_bytes)).max(1) as f64;
     let smallest = info.smallest_valid_size();
-    let needed: Vec<usize> = image.iter().map(|&n| round_up_valid(info, n + 2 * halo)).collect();
+    let needed: Vec<usize> = image.iter().map(|&n| info.round_up_valid(n.saturating_add(2 * halo))).collect();
     let mut order: Vec<usize> = (0..image.len()).collect();
     order.sort_by_key(|&a| needed[a]);
     let mut tile = vec![smallest; image.len()];
@@ -38,7 +39,7 @@ pub(crate) fn choose_tile(info: &ModelInfo, image: &[usize], halo: usize, budget
     for (k, &a) in order.iter().enumerate() {
         let remaining_axes = (image.len() - k) as f64;
         let side = (max_pixels / used).powf(1.0 / remaining_axes);
-        let cap = (side as usize).min(MAX_TILE_SIDE);
+        let cap = (side as usize).min(MAX_AUTO_TILE_SIDE);
         let ladder = ladder_tiles(info, cap, halo);
         tile[a] = match ladder.last() {
             Some(&largest) if largest < needed[a] => {
@@ -81,27 +82,19 @@ fn ladder_tiles(info: &ModelInfo, cap: usize, halo: usize) -> Vec<usize> {
             // The stride of a tile is its trusted output rounded down to the
             // multiple; rounding `stride + 2 * halo` up to a valid size adds
             // less than one multiple, which keeps that stride.
-            let tile = round_up_valid(info, stride + 2 * halo);
+            let tile = info.round_up_valid(stride + 2 * halo);
             if stride % multiple == 0 && stride >= multiple && tile <= cap {
                 tiles.push(tile);
             }
         }
         power *= 2;
     }
-    if let Some(tile) = Some(round_up_valid(info, multiple + 2 * halo)).filter(|&t| t <= cap) {
+    if let Some(tile) = Some(info.round_up_valid(multiple + 2 * halo)).filter(|&t| t <= cap) {
         tiles.insert(0, tile);
     }
     tiles.sort_unstable();
     tiles.dedup();
     tiles
-}
-
-fn round_up_valid(info: &ModelInfo, size: usize) -> usize {
-    let mut s = info.smallest_valid_size();
-    while s < size {
-        s += info.size_multiple;
-    }
-    s
 }
 
 #[cfg(test)]

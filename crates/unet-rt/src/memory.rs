@@ -1,0 +1,89 @@
+//! What the machine can hold, and allocation that fails with an error
+//! instead of aborting the process.
+//!
+//! A `Vec` that cannot be allocated aborts the whole process (Rust's
+//! `handle_alloc_error`), and on Linux a large allocation that does succeed
+//! can still get the process killed once it is touched. Every buffer whose
+//! size comes from the caller (tiles, batches, results) is therefore checked
+//! against the machine's memory and allocated with `try_reserve`.
+
+use crate::error::{Error, Result};
+
+/// Physical memory of the machine in bytes (`MemTotal`), when known.
+pub fn total_memory() -> Option<usize> {
+    meminfo_field("MemTotal:")
+}
+
+/// Memory available to new allocations without swapping (`MemAvailable`),
+/// when known.
+pub fn available_memory() -> Option<usize> {
+    meminfo_field("MemAvailable:")
+}
+
+/// A field of `/proc/meminfo`, in bytes. Other systems report `None`, and
+/// the checks that use it fall back to fallible allocation alone.
+fn meminfo_field(name: &str) -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    let kib: usize = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// `bytes` for people: `1.5 GiB`.
+pub fn format_bytes(bytes: u128) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The byte size of `count` elements of `T`, as a `u128` that cannot
+/// overflow for any `usize` count.
+pub(crate) fn bytes_of<T>(count: usize) -> u128 {
+    count as u128 * std::mem::size_of::<T>() as u128
+}
+
+/// A vector of `len` default values, or [`Error::InvalidArgument`] naming
+/// `argument` (with the bytes it needed) when it cannot be allocated.
+pub(crate) fn try_filled<T: Clone + Default>(len: usize, argument: &'static str, what: &str) -> Result<Vec<T>> {
+    let mut v: Vec<T> = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| Error::InvalidArgument {
+        argument,
+        message: format!("{what} needs {} of memory, which cannot be allocated", format_bytes(bytes_of::<T>(len))),
+    })?;
+    v.resize(len, T::default());
+    Ok(v)
+}
+
+/// The number of elements of `shape`, or [`Error::InvalidArgument`] naming
+/// `argument` when the product overflows.
+pub(crate) fn element_count(shape: &[usize], argument: &'static str) -> Result<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| Error::InvalidArgument {
+        argument,
+        message: format!("shape {shape:?} has more elements than this machine can address"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_readable_and_huge_requests_fail_cleanly() {
+        assert_eq!(format_bytes(512), "512 B");
+        assert_eq!(format_bytes(3 << 29), "1.5 GiB");
+        assert!(total_memory().is_none_or(|t| t > 1 << 20));
+        let err = try_filled::<f32>(usize::MAX / 8, "tile", "a batch").unwrap_err().to_string();
+        assert!(err.starts_with("invalid tile: a batch needs") && err.contains("cannot be allocated"), "{err}");
+        assert!(element_count(&[1 << 40, 1 << 40], "image").is_err());
+        assert_eq!(element_count(&[3, 4], "image").unwrap(), 12);
+    }
+}
