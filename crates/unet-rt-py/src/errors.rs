@@ -34,6 +34,27 @@ fn class_name(err: &unet_rt::Error) -> &'static str {
     }
 }
 
+/// The `unet_rt.errors` class of every core error variant, in variant
+/// order: lets the tests prove that each name resolves to its class (a typo
+/// would otherwise surface as a plain `RuntimeError` the day it is raised).
+#[pyfunction]
+pub(crate) fn error_class_names() -> Vec<&'static str> {
+    use unet_rt::Error as E;
+    let samples = [
+        E::ModelNotFound(Default::default()),
+        E::InvalidModel { path: Default::default(), reason: String::new() },
+        E::InvalidMetadata { path: Default::default(), reason: String::new() },
+        E::InvalidArgument { argument: "", message: String::new() },
+        E::DeviceUnavailable(String::new()),
+        E::Inference(String::new()),
+        E::NonFinite(String::new()),
+        E::Internal(String::new()),
+        E::Cancelled,
+        E::Io { path: Default::default(), source: std::io::Error::other("") },
+    ];
+    samples.iter().map(class_name).collect()
+}
+
 /// Converts a core error into the matching `unet_rt.errors` exception.
 pub(crate) fn to_py_err(err: unet_rt::Error) -> PyErr {
     Python::attach(|py| {

@@ -1,0 +1,301 @@
+"""Hostile input through the Python API: every bad argument is a TypeError or
+an InvalidArgumentError that names it, never OverflowError, AttributeError or
+PanicException; absurd sizes and metadata answer at once; NaN and infinity
+never come back silently; a long forward pass does not delay Ctrl-C.
+
+The randomized campaign over the same contract is tests/test_fuzz.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import unet_rt
+from unet_rt import errors
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = np.random.default_rng(0).random((64, 72)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_path) -> unet_rt.Model:
+    return unet_rt.Model(tiny_model_path, device="cpu", precision="fp32")
+
+
+def with_metadata(source: Path, target: Path, **changes) -> Path:
+    """A copy of the archive ``source`` whose metadata has ``changes``
+    (``None`` removes a field)."""
+    extra = {"unet_rt.json": ""}
+    module = torch.jit.load(str(source), map_location="cpu", _extra_files=extra)
+    meta = json.loads(extra["unet_rt.json"])
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    torch.jit.save(module, str(target), _extra_files={"unet_rt.json": json.dumps(meta)})
+    return target
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        (dict(axes=5), TypeError, "axes must be a str"),
+        (dict(axes=b"yx"), TypeError, "axes must be a str"),
+        (dict(tile=-1), unet_rt.InvalidArgumentError, "invalid tile: -1 is negative"),
+        (dict(tile=2**64), unet_rt.InvalidArgumentError, "invalid tile: .* too large"),
+        (dict(tile=10**30), unet_rt.InvalidArgumentError, "invalid tile: .* too large"),
+        (dict(tile="ab"), TypeError, "tile must be an int or a sequence of ints, got str"),
+        (dict(tile=(52, "x")), TypeError, "tile must be an int"),
+        (dict(tile=52.0), TypeError, "tile must be an int"),
+        (dict(tile=True), TypeError, "tile must be an int"),
+        (dict(tile=0), unet_rt.InvalidArgumentError, "invalid tile"),
+        (dict(tile=1 << 20), unet_rt.InvalidArgumentError, "invalid tile: .* need about .* of memory"),
+        (dict(batch_size=-1), unet_rt.InvalidArgumentError, "invalid batch_size: -1 is negative"),
+        (dict(batch_size=0), unet_rt.InvalidArgumentError, "invalid batch_size: 0 is too small"),
+        (dict(batch_size=1.5), TypeError, "batch_size must be an int, got float"),
+        (dict(batch_size=2**64), unet_rt.InvalidArgumentError, "invalid batch_size: .* too large"),
+        (dict(memory_budget=-5), unet_rt.InvalidArgumentError, "invalid memory_budget"),
+        (dict(memory_budget=2**70), unet_rt.InvalidArgumentError, "invalid memory_budget"),
+        (dict(memory_budget="1GB"), TypeError, "memory_budget must be an int"),
+        (dict(blend=5), TypeError, "blend must be a str"),
+        (dict(blend="smooth"), unet_rt.InvalidArgumentError, "invalid blend"),
+        (dict(output=3), TypeError, "output must be a str"),
+        (dict(nonfinite="ignore"), unet_rt.InvalidArgumentError, "invalid nonfinite"),
+        (dict(nonfinite=1), TypeError, "nonfinite must be a str"),
+        (dict(progress=5), TypeError, "progress must be"),
+        (dict(out=[0, 1]), TypeError, "out must be a numpy array"),
+        (dict(output="instances", out=[0, 1]), TypeError, "out must be a numpy array"),
+        (dict(output="instances", out=np.zeros((64, 72), np.uint8)), unet_rt.InvalidArgumentError, "uint32"),
+        (dict(output="instances", out=np.zeros((64, 72), np.uint16)), unet_rt.InvalidArgumentError, "wrap"),
+        (dict(output="instances", out=np.zeros((64, 72), bool)), unet_rt.InvalidArgumentError, "uint32"),
+        (dict(input_range=(1.0, 0.0)), unet_rt.InvalidArgumentError, "low <= high"),
+        (dict(window=unet_rt.Window(image=(2**64, 72), start=(0, 0), shape=(64, 72))), unet_rt.InvalidArgumentError,
+         "invalid window"),
+    ],
+)
+def test_bad_arguments_raise_type_or_value_errors_that_name_them(model, kwargs, error, message):
+    start = time.perf_counter()
+    with pytest.raises(error, match=message):
+        model.segment(IMAGE, **kwargs)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_instances_accept_wide_integer_outputs(model):
+    want = model.segment(IMAGE, output="instances")
+    for dtype in (np.uint32, np.uint64, np.int64):
+        out = np.zeros(IMAGE.shape, dtype)
+        assert model.segment(IMAGE, output="instances", out=out) is out
+        np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize(
+    "call,error,message",
+    [
+        (lambda m: m.layout((10**14, 10**14)), unet_rt.InvalidArgumentError, "more tiles than this machine can count"),
+        (lambda m: m.layout((2**64, 5)), unet_rt.InvalidArgumentError, "invalid shape"),
+        (lambda m: m.layout((-1, 5)), unet_rt.InvalidArgumentError, "invalid shape: -1 is negative"),
+        (lambda m: m.layout((100,)), unet_rt.InvalidArgumentError, "the model is 2-D"),
+        (lambda m: m.layout("ab"), TypeError, "shape must be"),
+        (lambda m: m.needed_input(unet_rt.Window(image=(10**13, 10**13), start=(5, 5), shape=(10, 10))),
+         unet_rt.InvalidArgumentError, "invalid image shape"),
+        (lambda m: unet_rt.Window(image=(1.5, 7), start=(0, 0), shape=(1, 1)), TypeError, "sequence of ints"),
+        (lambda m: m.segment(np.broadcast_to(np.float32(1), (300000, 300000))), unet_rt.InvalidArgumentError,
+         "needs 83.8 GiB of memory"),
+        (lambda m: unet_rt.Model(5), TypeError, "path must be a str"),
+        (lambda m: m.forward(np.full((1, 1, 64, 64), 1e300)), unet_rt.InvalidArgumentError, "beyond the float32"),
+    ],
+)
+def test_absurd_sizes_answer_at_once_with_a_clear_error(model, call, error, message):
+    start = time.perf_counter()
+    with pytest.raises(error, match=message):
+        call(model)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_finite_float64_of_any_magnitude_gives_finite_probabilities(model):
+    rng = np.random.default_rng(1)
+    for image in (rng.random((64, 72)) * 1e300, np.where(rng.random((64, 72)) > 0.5, 1e300, -1e308),
+                  np.full((64, 72), np.finfo(np.float64).max), rng.random((64, 72)) * 1e-300):
+        probabilities = model.segment(image, output="probabilities")
+        assert np.isfinite(probabilities).all()
+        assert (probabilities >= 0).all() and (probabilities <= 1).all()
+
+
+def test_nan_or_infinite_input_raises_unless_propagated(model):
+    for bad in (np.nan, np.inf, -np.inf):
+        image = IMAGE.copy()
+        image[10, 20] = bad
+        with pytest.raises(unet_rt.InvalidArgumentError, match="NaN or infinite"):
+            model.segment(image)
+    image = IMAGE.copy()
+    image[10, 20] = np.nan
+    raw = model.segment(image, output="raw", nonfinite="propagate")
+    assert np.isnan(raw).any() and np.isfinite(raw).any()
+
+
+def test_nan_weights_raise_non_finite_error_naming_the_tile(tmp_path):
+    from training.tiny import tiny_unet
+    from training.export import build_metadata, export_torchscript
+
+    net = tiny_unet(0)
+    meta = build_metadata(net.config, name="nan", normalization={"kind": "none"})
+    path = export_torchscript(net, tmp_path / "ok.pt", meta)
+    module = torch.jit.load(str(path))
+    with torch.no_grad():
+        next(iter(module.parameters())).fill_(float("nan"))
+    torch.jit.save(module, str(tmp_path / "nan.pt"), _extra_files={"unet_rt.json": json.dumps(meta)})
+    model = unet_rt.Model(tmp_path / "nan.pt", device="cpu", precision="fp32")
+    for output in ("labels", "probabilities", "raw", "instances"):
+        with pytest.raises(unet_rt.NonFiniteError, match="tile 0 .*nonfinite=\"propagate\""):
+            model.segment(IMAGE, output=output)
+    assert issubclass(unet_rt.NonFiniteError, unet_rt.InferenceError)
+    assert np.isnan(model.segment(IMAGE, output="raw", nonfinite="propagate")).all()
+    with pytest.raises(unet_rt.NonFiniteError):
+        model.forward(np.zeros((1, 1, 64, 64), np.float32))
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        (dict(halo=2**40), "halo is 1099511627776"),
+        (dict(size_multiple=2**63), "size_multiple is"),
+        (dict(size_offset=10**18), "size_offset is"),
+        (dict(in_channels=10**9), "in_channels is"),
+        (dict(out_channels=0), "at least 1"),
+        (dict(halo=-1), "invalid value"),
+        (dict(halo="20"), "invalid type"),
+        (dict(spatial_dims=4), "spatial_dims"),
+        (dict(normalization={"kind": "scale", "factor": 1e300}), "scale normalization"),
+        (dict(normalization={"kind": "zscore", "mean": 0, "std": -1}), "std > 0"),
+        (dict(normalization={"kind": "percentile", "low": 99, "high": 1}), "low < high"),
+        (dict(format="unet_rt/9"), "format"),
+    ],
+)
+def test_absurd_metadata_is_refused_at_load(tiny_model_path, tmp_path, changes, message):
+    path = with_metadata(tiny_model_path, tmp_path / "bad.pt", **changes)
+    start = time.perf_counter()
+    with pytest.raises(unet_rt.MetadataError, match=message):
+        unet_rt.Model(path, device="cpu")
+    assert time.perf_counter() - start < 5.0
+
+
+def test_large_but_valid_geometry_plans_in_closed_form(tiny_model_path, tmp_path):
+    # The largest accepted halo and multiple: info and planning answer at once,
+    # and segmenting says how much memory the smallest tile would need.
+    path = with_metadata(tiny_model_path, tmp_path / "big.pt", halo=65536, size_multiple=65536, size_offset=4)
+    model = unet_rt.Model(path, device="cpu", precision="fp32")
+    start = time.perf_counter()
+    assert model.info["smallest_size"] == 4 + 2 * 65536
+    with pytest.raises(unet_rt.InvalidArgumentError, match="the smallest this model takes"):
+        model.segment(IMAGE)
+    with pytest.raises(unet_rt.InvalidArgumentError):
+        model.layout((10**12, 10**12))
+    assert time.perf_counter() - start < 2.0
+
+
+def test_corrupt_archives_are_model_errors_without_cpp_frames(tiny_model_path, tmp_path):
+    data = Path(tiny_model_path).read_bytes()
+    for i, cut in enumerate((len(data) // 2, len(data) - 30, 100)):
+        path = tmp_path / f"cut{i}.pt"
+        path.write_bytes(data[:cut])
+        with pytest.raises(unet_rt.ModelError) as info:
+            unet_rt.Model(path, device="cpu")
+        text = str(info.value)
+        assert "frame #" not in text and "c10::" not in text and "Exception raised from" not in text, text
+        with pytest.raises(unet_rt.ModelError):
+            unet_rt.Model.from_bytes(data[:cut], device="cpu")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_special_files_are_not_models(tmp_path):
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(_load_error(fifo)), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert result, "loading a FIFO blocked"
+    assert isinstance(result[0], unet_rt.ModelError) and "a FIFO" in str(result[0])
+    assert isinstance(_load_error(tmp_path), unet_rt.ModelError)
+    assert "a device" in str(_load_error(Path("/dev/null")))
+
+
+def _load_error(path: Path) -> BaseException:
+    try:
+        unet_rt.Model(path, device="cpu")
+    except BaseException as err:  # noqa: BLE001  (the test classifies it)
+        return err
+    raise AssertionError(f"{path} loaded")
+
+
+def test_every_error_class_the_binding_raises_exists():
+    names = unet_rt._unet_rt.error_class_names()
+    assert len(names) == len(set(names)) == 10
+    for name in names:
+        cls = getattr(errors, name)
+        assert issubclass(cls, unet_rt.UnetRtError) and name in errors.__all__ and name in unet_rt.__all__
+
+
+SLOW_FORWARD = """
+import json, sys, time, numpy as np, torch, unet_rt
+
+class Slow(torch.nn.Module):
+    # Same-padded 3x3 convolutions, 64 wide: a forward pass of many seconds.
+    def __init__(self):
+        super().__init__()
+        layers = [torch.nn.Conv2d(1, 64, 3, padding=1)]
+        layers += [torch.nn.Conv2d(64, 64, 3, padding=1) for _ in range(8)]
+        layers += [torch.nn.Conv2d(64, 2, 3, padding=1)]
+        self.layers = torch.nn.Sequential(*layers)
+    def forward(self, x):
+        return self.layers(x)
+
+meta = dict(format="unet_rt/1", spatial_dims=2, in_channels=1, out_channels=2, output="softmax",
+            padding="same", halo=10, size_multiple=1, size_offset=0)
+torch.jit.save(torch.jit.script(Slow().eval()), sys.argv[1], _extra_files={"unet_rt.json": json.dumps(meta)})
+model = unet_rt.Model(sys.argv[1], device="cpu", precision="fp32")
+t0 = time.perf_counter()
+model.forward(np.zeros((1, 1, 128, 128), np.float32))
+per_pixel = (time.perf_counter() - t0) / 128**2
+# One tile whose single forward pass takes about 6 s on this machine.
+side = int(min(4096, max(256, (6.0 / per_pixel) ** 0.5)))
+image = np.random.rand(side - 20, side - 20).astype(np.float32)
+print("start", round(per_pixel * side**2, 2), flush=True)
+try:
+    model.segment(image, tile=side, batch_size=1)
+    print("finished", time.perf_counter(), flush=True)
+except KeyboardInterrupt:
+    print("interrupted", time.perf_counter(), flush=True)
+"""
+
+
+def test_ctrl_c_stops_a_single_long_forward_pass_within_a_second(tmp_path, clean_env):
+    script = tmp_path / "slow_forward.py"  # torch.jit.script reads the module's source
+    script.write_text(SLOW_FORWARD)
+    args = [sys.executable, str(script), str(tmp_path / "slow.pt")]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=clean_env, cwd=ROOT) as proc:
+        try:
+            first = proc.stdout.readline().split()
+            assert first and first[0] == "start", first
+            estimate = float(first[1])
+            time.sleep(1.0)  # well inside the one forward pass
+            sent = time.perf_counter()
+            proc.send_signal(signal.SIGINT)
+            line = proc.stdout.readline().split()
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert estimate > 2.0, f"the forward pass ({estimate} s) must outlast the signal for the test to tell"
+    assert line and line[0] == "interrupted", line
+    assert float(line[1]) - sent < 1.0
