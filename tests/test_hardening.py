@@ -106,6 +106,8 @@ def test_instances_accept_wide_integer_outputs(model):
         (lambda m: m.layout((2**64, 5)), unet_rt.InvalidArgumentError, "invalid shape"),
         (lambda m: m.layout((-1, 5)), unet_rt.InvalidArgumentError, "invalid shape: -1 is negative"),
         (lambda m: m.layout((100,)), unet_rt.InvalidArgumentError, "the model is 2-D"),
+        (lambda m: m.layout((100000, 100000), memory_budget=2**62), unet_rt.InvalidArgumentError,
+         "invalid memory_budget: .*chosen for the memory budget"),
         (lambda m: m.layout("ab"), TypeError, "shape must be"),
         (lambda m: m.needed_input(unet_rt.Window(image=(10**13, 10**13), start=(5, 5), shape=(10, 10))),
          unet_rt.InvalidArgumentError, "invalid image shape"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import os
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
@@ -249,12 +251,25 @@ def _check_dtype(dtype: np.dtype) -> None:
 def _tile(tile: Union[int, Sequence[int], None], dims: int) -> Optional[Tuple[int, ...]]:
     if tile is None:
         return None
-    if isinstance(tile, (int, np.integer)):
-        return (int(tile),) * dims
-    sizes = tuple(int(t) for t in tile)
+    try:
+        if hasattr(tile, "__index__"):
+            return (_index(tile),) * dims
+        if isinstance(tile, (str, bytes)):
+            raise TypeError
+        sizes = tuple(_index(t) for t in tile)
+    except TypeError:
+        raise TypeError(f"tile must be an int or a sequence of ints, got {tile!r}") from None
     if len(sizes) != dims:
         raise InvalidArgumentError(f"invalid tile: {len(sizes)} sizes for a {dims}-D model")
     return sizes
+
+
+def _index(value: Any) -> int:
+    """An int or NumPy integer, never a bool, float or string (the engine
+    checks the value itself)."""
+    if isinstance(value, bool):
+        raise TypeError
+    return operator.index(value)
 
 
 def _boundary(boundary: Union[str, float]) -> Tuple[bool, Any]:

@@ -269,11 +269,16 @@ impl Segmenter {
         if need <= limit {
             return Ok(());
         }
-        let argument = match (&self.options.tile, self.options.batch_size) {
-            (None, Some(b)) if b > 1 => "batch_size",
+        let argument = match (&self.options.tile, self.options.batch_size, self.options.memory_budget) {
+            (None, Some(b), _) if b > 1 => "batch_size",
+            (None, _, Some(_)) => "memory_budget",
             _ => "tile",
         };
-        let whose = if self.options.tile.is_some() { "" } else { " (the smallest this model takes)" };
+        let whose = match (&self.options.tile, self.options.memory_budget) {
+            (Some(_), _) => "",
+            (None, Some(_)) => " (chosen for the memory budget)",
+            (None, None) => " (the smallest this model takes)",
+        };
         Err(invalid(
             argument,
             format!(
