@@ -252,19 +252,6 @@ impl Metadata {
             reason: e.to_string(),
         })
     }
-
-    /// Whether `size` is an accepted input size along one axis.
-    pub fn is_valid_size(&self, size: usize) -> bool {
-        size >= self.size_offset && (size - self.size_offset) % self.size_multiple == 0
-    }
-
-    /// Output size for a valid input size along one axis.
-    pub fn output_size(&self, input: usize) -> usize {
-        match self.padding {
-            Padding::Valid => input.saturating_sub(2 * self.halo),
-            Padding::Same => input,
-        }
-    }
 }
 
 /// What kind of file system entry `kind` is, for messages.
@@ -309,8 +296,7 @@ mod tests {
         let m = Metadata::from_json(&paper(), Path::new("m.pt")).unwrap();
         assert_eq!(m.output, OutputKind::Softmax);
         assert_eq!(m.normalization, Normalization::Percentile { low: 1.0, high: 99.8 });
-        assert!(m.is_valid_size(572) && m.is_valid_size(188) && !m.is_valid_size(570));
-        assert_eq!(m.output_size(572), 388);
+        assert_eq!((m.halo, m.size_multiple, m.size_offset), (92, 16, 12));
     }
 
     #[test]

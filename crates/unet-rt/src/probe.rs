@@ -7,7 +7,7 @@ use tch::{CModule, Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::metadata::{Normalization, OutputKind, Padding};
-use crate::model::ModelInfo;
+use crate::info::ModelInfo;
 
 /// How far past the first working size the scan goes: enough to see the
 /// period of networks with up to six poolings (64) twice.

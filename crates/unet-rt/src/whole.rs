@@ -6,7 +6,8 @@ use ndarray::{ArrayD, ArrayViewD, Axis, Dimension, IxDyn, Slice};
 
 use crate::error::{Error, Result};
 use crate::geometry::reflect_index;
-use crate::model::{Model, ModelInfo};
+use crate::info::ModelInfo;
+use crate::model::Model;
 use crate::normalize;
 
 /// The mirror padding `(before, after)` that makes an axis of `size` pixels a

@@ -1,7 +1,7 @@
 //! Choosing the tile shape and batch size from a memory budget.
 
 use crate::geometry::valid_tiles_along;
-use crate::model::ModelInfo;
+use crate::info::ModelInfo;
 
 /// Live activations per input pixel, in units of the first layer's width:
 /// a U-Net level holds its skip map, two convolution outputs and, in the
