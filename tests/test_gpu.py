@@ -132,3 +132,18 @@ def test_dask_blocks_on_the_gpu_equal_the_whole_gpu_result(wide_model_path, prec
     # The default tiling (a 4 GiB budget) as unet_rt.segment chooses it.
     default = ud.segment(da.from_array(x, chunks=400), gpu).compute(scheduler="sync")
     assert (default == gpu.segment(x)).all()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_non_finite_output_on_the_gpu_raises_and_names_the_tile(tmp_path, precision):
+    import torch
+
+    extra = {"unet_rt.json": ""}
+    module = torch.jit.load(str(export_tiny(tmp_path / "ok.pt", seed=4)), map_location="cpu", _extra_files=extra)
+    with torch.no_grad():
+        next(iter(module.parameters())).fill_(float("inf"))
+    torch.jit.save(module, str(tmp_path / "inf.pt"), _extra_files=extra)
+    gpu = unet_rt.Model(tmp_path / "inf.pt", device="cuda:0", precision=precision)
+    with pytest.raises(unet_rt.NonFiniteError, match="tile 0"):
+        gpu.segment(image((300, 200)), output="probabilities")
+    assert not np.isfinite(gpu.segment(image((300, 200)), output="raw", nonfinite="propagate")).all()
