@@ -22,6 +22,7 @@ mod progress;
 mod read;
 mod report;
 mod segment;
+mod special_files;
 mod write;
 
 use std::process::ExitCode;
