@@ -15,6 +15,7 @@ mod errors;
 mod info;
 mod inputs;
 mod interrupt;
+mod limits;
 mod loader;
 mod output;
 mod overlay;
