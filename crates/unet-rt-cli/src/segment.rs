@@ -15,7 +15,7 @@ use crate::read::{read_image, with_pixels};
 use crate::report::{Report, Status};
 use crate::write::{write_output, Output};
 use crate::limits::{bytes_of, elements, try_filled, try_map, Memory};
-use crate::{atomic, inputs, interrupt, loader, overlay};
+use crate::{atomic, inputs, interrupt, loader, output, overlay, panics};
 
 /// Everything a single input needs.
 struct Context<'a> {
@@ -61,7 +61,7 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
         }
         let report = match item {
             Err(e) => failed(&e.path.clone(), e, Instant::now()),
-            Ok(input) => process(&context, &input, &all_inputs, &mut claimed),
+            Ok(input) => process_caught(&context, &input, &all_inputs, &mut claimed),
         };
         bars.file_done();
         if matches!(report.status, Status::Failed) {
@@ -82,7 +82,7 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
     bars.finish();
     if interrupt::requested() {
         atomic::remove_all();
-        eprintln!("unet-rt: interrupted; results written so far are complete");
+        output::stderr_line("unet-rt: interrupted; results written so far are complete");
         return Ok(EXIT_INTERRUPTED);
     }
     Ok(if failures == 0 { EXIT_OK } else { EXIT_FAILURE })
@@ -141,6 +141,17 @@ fn failed(input: &Path, error: FileError, start: Instant) -> Report {
     // The message names the file already (the report's input); keep the reason.
     report.error = Some(if error.path == input { error.message } else { error.to_string() });
     report
+}
+
+/// [`process`], with a panic (a bug) turned into this input's failure, so
+/// that the other inputs are still processed.
+fn process_caught(ctx: &Context<'_>, input: &Path, all_inputs: &HashSet<PathBuf>, claimed: &mut HashMap<PathBuf, PathBuf>) -> Report {
+    let start = Instant::now();
+    panics::catch(|| process(ctx, input, all_inputs, claimed)).unwrap_or_else(|message| {
+        // The temporary file of a result being written, if any.
+        atomic::remove_all();
+        failed(input, FileError::new(input, format!("internal error: {message}; {}", panics::BUG)), start)
+    })
 }
 
 fn process(ctx: &Context<'_>, input: &Path, all_inputs: &HashSet<PathBuf>, claimed: &mut HashMap<PathBuf, PathBuf>) -> Report {
