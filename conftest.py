@@ -22,7 +22,13 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def cli() -> Path:
-    """The installed ``unet-rt`` binary (``.venv/bin/unet-rt``)."""
+    """The installed ``unet-rt`` binary (``.venv/bin/unet-rt``), or the one
+    ``UNET_RT_CLI`` names: a build tested without installing it."""
+    override = os.environ.get("UNET_RT_CLI")
+    if override:
+        if not Path(override).is_file():
+            pytest.fail(f"UNET_RT_CLI={override} is not a file")
+        return Path(override)
     candidate = Path(sys.executable).parent / "unet-rt"
     found = candidate if candidate.exists() else shutil.which("unet-rt")
     if not found:

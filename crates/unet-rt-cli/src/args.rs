@@ -118,8 +118,10 @@ pub(crate) struct ModelArgs {
     /// Tiles per forward pass (default: chosen from the memory budget).
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: Option<u64>,
-    /// CPU threads for libtorch (default: libtorch's choice, one per core).
-    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    /// CPU threads for libtorch, at most 1024 (default: libtorch's choice, one
+    /// per core).
+    // libtorch starts every thread asked for: -j 100000000 took all memory.
+    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub threads: Option<u64>,
 }
 

@@ -49,7 +49,7 @@ pub(crate) fn choose_axes(given: Option<&str>, natural: Option<&str>, shape: &[u
     if let Some(axes) = natural {
         // A 2-D model with several input channels reads a stack of exactly
         // that many pages as the channels of one image.
-        if info.spatial_dims == 2 && axes == "zyx" && info.in_channels > 1 && shape[0] == info.in_channels {
+        if info.spatial_dims == 2 && axes == "zyx" && info.in_channels > 1 && shape.first() == Some(&info.in_channels) {
             return Ok("cyx".to_owned());
         }
         return Ok(axes.to_owned());
@@ -84,6 +84,10 @@ pub(crate) fn choose_axes(given: Option<&str>, natural: Option<&str>, shape: &[u
 pub(crate) fn arrange<'a, T>(view: ArrayViewD<'a, T>, axes: &str, info: &ModelInfo) -> Result<Arranged<'a, T>, String> {
     let has = |l: char| axes.contains(l);
     let shape = view.shape().to_vec();
+    // `permuted_axes` panics unless the letters name each axis once.
+    if axes.len() != shape.len() || axes.chars().any(|l| !LETTERS.contains(l) || axes.matches(l).count() > 1) {
+        return Err(format!("the axes {axes} do not name each axis of shape {shape:?} once"));
+    }
     let target: &[char] = if info.spatial_dims == 2 { &['z', 'c', 'y', 'x'] } else { &['c', 'z', 'y', 'x'] };
     if info.spatial_dims == 3 && !has('z') {
         return Err(format!("the model is 3-D and the image has no z axis (axes {axes}, shape {shape:?}): give a volume, or --axes"));
@@ -165,5 +169,7 @@ mod tests {
         assert_eq!(r.view[[0, 2, 1, 3]], a[[1, 3, 2]]);
         assert!(arrange(a.view(), "cyx", &info(2, 1)).unwrap_err().contains("1 input channel"));
         assert!(arrange(a.view(), "cyx", &info(3, 4)).unwrap_err().contains("no z axis"));
+        assert!(arrange(a.view(), "yx", &info(2, 1)).unwrap_err().contains("do not name each axis"));
+        assert!(arrange(a.view(), "yxx", &info(2, 1)).is_err());
     }
 }

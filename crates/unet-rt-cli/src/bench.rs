@@ -2,12 +2,13 @@
 
 use std::time::Instant;
 
-use ndarray::{ArrayD, Dimension, IxDyn};
+use ndarray::{ArrayD, Dimension};
 use serde_json::json;
 use unet_rt::{Device, Options, OutputMode, Segmenter};
 
 use crate::args::{BenchArgs, OutputKind};
 use crate::errors::{usage, CliError, EXIT_OK};
+use crate::limits::{bytes_of, elements, try_filled, Memory};
 use crate::output::stdout_line;
 use crate::{interrupt, loader};
 
@@ -33,10 +34,15 @@ pub(crate) fn run(args: &BenchArgs) -> Result<u8, CliError> {
         cancel: Some(interrupt::flag()),
         ..Options::default()
     };
+    // The image is made here: its size is checked before anything else
+    // sees it, and it is allocated fallibly.
+    let shown = size.iter().map(usize::to_string).collect::<Vec<_>>().join("x");
+    let pixels = elements(&size).ok_or_else(|| usage(format!("--size {shown} has more pixels than this machine can address")))?;
+    let image_bytes = pixels.checked_mul(info.in_channels).and_then(bytes_of::<u16>).unwrap_or(u64::MAX);
+    Memory::available().check(image_bytes, &format!("a {shown} image")).map_err(|m| usage(format!("--size: {m}")))?;
     let segmenter = Segmenter::new(model.clone(), options)?;
     let layout = segmenter.layout(&size)?;
-    let image = synthetic(info.in_channels, &size);
-    let pixels: usize = size.iter().product();
+    let image = synthetic(info.in_channels, &size).map_err(|m| usage(format!("--size {shown}: {m}")))?;
 
     // One untimed run: libtorch builds its kernels (oneDNN primitives, cuDNN
     // plans) on first use.
@@ -110,11 +116,11 @@ fn run_once(segmenter: &Segmenter, image: &ArrayD<u16>, kind: OutputKind) -> Res
 
 /// Deterministic 12-bit noise with a smooth background, so that percentile
 /// normalization sees a spread of values (`(C, spatial...)`).
-fn synthetic(channels: usize, size: &[usize]) -> ArrayD<u16> {
+fn synthetic(channels: usize, size: &[usize]) -> Result<ArrayD<u16>, String> {
     let mut shape = vec![channels];
     shape.extend_from_slice(size);
     let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut image = ArrayD::<u16>::zeros(IxDyn(&shape));
+    let mut image = try_filled(&shape, 0u16)?;
     for (index, v) in image.indexed_iter_mut() {
         state ^= state << 13;
         state ^= state >> 7;
@@ -123,7 +129,7 @@ fn synthetic(channels: usize, size: &[usize]) -> ArrayD<u16> {
         let wave = (x / 37.0).sin() * 800.0 + 1600.0;
         *v = (wave + (state % 1024) as f64) as u16;
     }
-    image
+    Ok(image)
 }
 
 fn median(values: &mut [f64]) -> f64 {

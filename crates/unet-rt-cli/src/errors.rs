@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::output::one_line;
+
 /// Exit status: every input was processed.
 pub(crate) const EXIT_OK: u8 = 0;
 /// Exit status: some input failed at run time; the others were processed.
@@ -64,14 +66,15 @@ pub(crate) struct FileError {
 }
 
 impl FileError {
-    /// An error about `path`.
+    /// An error about `path`. The message is kept on one line: it ends up
+    /// on one line of stderr and in one JSON line.
     pub(crate) fn new(path: &Path, message: impl ToString) -> Self {
-        Self { path: path.to_owned(), message: message.to_string(), interrupted: false }
+        Self { path: path.to_owned(), message: one_line(&message.to_string()), interrupted: false }
     }
 
     /// An engine error while processing `path`.
     pub(crate) fn engine(path: &Path, err: unet_rt::Error) -> Self {
         let interrupted = matches!(err, unet_rt::Error::Cancelled);
-        Self { path: path.to_owned(), message: err.to_string(), interrupted }
+        Self { interrupted, ..Self::new(path, err) }
     }
 }

@@ -16,7 +16,7 @@ pub(crate) fn run(args: &InfoArgs) -> Result<u8, CliError> {
     let model = loader::load_model(args.model.as_deref(), Device::Cpu, Precision::Fp32)?;
     let file_bytes = match args.model.as_deref() {
         Some(path) => std::fs::metadata(path).map(|m| m.len()).ok(),
-        None => loader::bundled_bytes().map(|b| b.len() as u64),
+        None => loader::bundled_bytes().and_then(|b| u64::try_from(b.len()).ok()),
     };
     let description = describe(&model, args.model.as_deref(), file_bytes);
     if args.json {
@@ -33,8 +33,11 @@ pub(crate) fn run(args: &InfoArgs) -> Result<u8, CliError> {
 fn describe(model: &Model, path: Option<&Path>, file_bytes: Option<u64>) -> Value {
     let info = model.info();
     let meta = model.metadata();
-    let valid: Vec<usize> = (info.smallest_valid_size()..)
-        .step_by(info.size_multiple.max(1))
+    // Checked steps: a model's geometry may put the sizes near usize::MAX,
+    // where an open range would overflow, or admit none.
+    let step = info.size_multiple.max(1);
+    let valid: Vec<usize> = std::iter::successors(Some(info.smallest_valid_size()), |s| s.checked_add(step))
+        .take(64)
         .filter(|&s| info.is_valid_size(s))
         .take(4)
         .collect();

@@ -5,13 +5,17 @@ use std::path::{Path, PathBuf};
 
 use crate::errors::FileError;
 use crate::read::{extension, EXTENSIONS};
+use crate::special_files::refuse_special;
 
 /// Expands the inputs in the order given: a file as it is, a folder as its
 /// supported image files (not recursive, hidden files skipped, sorted by
 /// name), a pattern with `*`, `?` or `[` that the shell left unexpanded as the
-/// files it matches (sorted). A name that is none of these, a folder without
-/// images and a pattern matching nothing each give an error in place, so the
-/// other inputs are still processed. Repeated files are kept once.
+/// files it matches (sorted). Folders and patterns take regular files only
+/// (`is_file` follows links): FIFOs, sockets and devices there are skipped,
+/// and named alone they are refused. A name that is none of these, a folder
+/// without images and a pattern matching nothing each give an error in
+/// place, so the other inputs are still processed. Repeated files are kept
+/// once.
 pub(crate) fn discover(inputs: &[PathBuf]) -> Vec<Result<PathBuf, FileError>> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
@@ -19,7 +23,7 @@ pub(crate) fn discover(inputs: &[PathBuf]) -> Vec<Result<PathBuf, FileError>> {
         let found = if input.is_dir() {
             folder(input)
         } else if input.exists() || !is_pattern(input) {
-            if input.exists() { Ok(vec![input.clone()]) } else { Err(FileError::new(input, "no such file")) }
+            if input.exists() { single(input) } else { Err(FileError::new(input, "no such file")) }
         } else {
             pattern(input)
         };
@@ -29,6 +33,13 @@ pub(crate) fn discover(inputs: &[PathBuf]) -> Vec<Result<PathBuf, FileError>> {
         }
     }
     out
+}
+
+/// A file named on the command line: special files (a FIFO, `/dev/zero`)
+/// are refused here, before anything opens them.
+fn single(input: &Path) -> Result<Vec<PathBuf>, FileError> {
+    refuse_special(input, "an image file").map_err(|m| FileError::new(input, m))?;
+    Ok(vec![input.to_owned()])
 }
 
 fn is_pattern(path: &Path) -> bool {
@@ -87,6 +98,8 @@ mod tests {
             })
             .collect();
         assert_eq!(names, ["a.PNG", "b.tif", "c.npy", "error: no file matches this pattern", "error: no such file"]);
+        let device = discover(&[PathBuf::from("/dev/null")]);
+        assert!(matches!(&device[..], [Err(e)] if e.message.contains("character device")));
         let empty = discover(&[dir.join("sub")]);
         assert!(matches!(&empty[..], [Err(e)] if e.message.contains("no .tif")));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -33,6 +33,8 @@ pub(crate) fn install() {
             atomic::remove_all();
             std::process::exit(i32::from(EXIT_INTERRUPTED));
         }
-        eprintln!("\nunet-rt: interrupted: stopping after the current batch (again to stop at once)");
+        // A line of its own, after whatever the terminal showed (`^C`).
+        crate::output::stderr_line("");
+        crate::output::stderr_line("unet-rt: interrupted: stopping after the current batch (again to stop at once)");
     });
 }

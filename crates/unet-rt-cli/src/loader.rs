@@ -7,6 +7,7 @@ use unet_rt::{Model, ModelInfo, Precision};
 
 use crate::args::ModelArgs;
 use crate::errors::{usage, CliError};
+use crate::special_files::refuse_special;
 
 /// The name the bundled model goes by in messages and `Model::path`.
 pub(crate) const BUNDLED_NAME: &str = "bundled:nuclei.pt";
@@ -34,7 +35,12 @@ fn no_bundled_model() -> CliError {
 /// Loads `path`, or the bundled model when `None`.
 pub(crate) fn load_model(path: Option<&Path>, device: unet_rt::Device, precision: Precision) -> Result<Model, CliError> {
     match path {
-        Some(path) => Ok(Model::load_with_precision(path, device, precision)?),
+        Some(path) => {
+            // A FIFO would block the load and a device never end: refuse them
+            // before the engine opens the path.
+            refuse_special(path, "a model file").map_err(|m| usage(format!("the model {} {m}", path.display())))?;
+            Ok(Model::load_with_precision(path, device, precision)?)
+        }
         None => {
             let bytes = bundled_bytes().ok_or_else(no_bundled_model)?;
             Ok(Model::load_bytes(bytes, BUNDLED_NAME, device, precision)?)

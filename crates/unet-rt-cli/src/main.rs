@@ -2,7 +2,9 @@
 //!
 //! Exit status: 0 when every input was processed, 1 when some input failed
 //! at run time (the others are still processed), 2 for usage errors, 130
-//! when interrupted.
+//! when interrupted. Never 101 or a signal: a panic is caught and reported
+//! in one line with status 1, and what an input declares is checked before
+//! it is allocated (see `limits`).
 
 // Tests may unwrap: a failure there is the test's report.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -15,13 +17,16 @@ mod errors;
 mod info;
 mod inputs;
 mod interrupt;
+mod limits;
 mod loader;
 mod output;
 mod overlay;
+mod panics;
 mod progress;
 mod read;
 mod report;
 mod segment;
+mod special_files;
 mod write;
 
 use std::process::ExitCode;
@@ -29,10 +34,23 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 
 use crate::args::{Cli, Command};
-use crate::errors::{EXIT_OK, EXIT_USAGE};
+use crate::errors::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 
 fn main() -> ExitCode {
-    quiet_panics();
+    panics::install_hook();
+    // A panic is a bug; it still ends the command with status 1 and one line.
+    match panics::catch(run) {
+        Ok(status) => status,
+        Err(message) => {
+            atomic::remove_all();
+            output::stderr_line(&format!("unet-rt: internal error: {message}; {}", panics::BUG));
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Parses the command line and runs the command.
+fn run() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -58,7 +76,7 @@ fn main() -> ExitCode {
     match result {
         Ok(status) => ExitCode::from(status),
         Err(err) => {
-            eprintln!("unet-rt: error: {err}");
+            output::stderr_line(&format!("unet-rt: error: {err}"));
             ExitCode::from(err.exit_status())
         }
     }
@@ -78,13 +96,4 @@ fn long_version() -> String {
         info.cpu_threads,
         if loader::bundled_bytes().is_some() { "yes" } else { "no (--model is required)" }
     )
-}
-
-/// A panic is a bug, never a user error: say so in one line, without the
-/// backtrace `RUST_BACKTRACE` would add.
-fn quiet_panics() {
-    std::panic::set_hook(Box::new(|info| {
-        eprintln!("unet-rt: internal error: {info}");
-        eprintln!("unet-rt: this is a bug; please report it with the command that caused it");
-    }));
 }

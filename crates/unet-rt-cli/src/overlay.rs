@@ -7,6 +7,7 @@ use ndarray::{Array2, ArrayView2};
 use unet_rt::Pixel;
 
 use crate::errors::FileError;
+use crate::limits::try_vec;
 use crate::write::write_png_bytes;
 
 /// Outline colours of classes 1, 2, ... (cycled): bright and far from gray.
@@ -27,11 +28,15 @@ pub(crate) fn write_overlay<T: Pixel>(path: &Path, image: ArrayView2<'_, T>, cla
 
 /// The RGB bytes of the overlay, row-major.
 fn render<T: Pixel>(image: ArrayView2<'_, T>, classes: ArrayView2<'_, u16>) -> Result<Vec<u8>, String> {
+    // Indexing below takes the classes at the image's pixels.
+    if image.dim() != classes.dim() {
+        return Err(format!("the overlay's classes are {:?}, the image {:?}", classes.dim(), image.dim()));
+    }
     let gray = to_gray(image);
     let (objects, _) = unet_rt::instances::connected_components(classes.into_dyn()).map_err(|e| e.to_string())?;
     let objects = objects.into_dimensionality::<ndarray::Ix2>().map_err(|e| e.to_string())?;
     let (h, w) = gray.dim();
-    let mut rgb = Vec::with_capacity(h * w * 3);
+    let mut rgb = try_vec(h.checked_mul(w).and_then(|n| n.checked_mul(3)).ok_or("the overlay is too large")?)?;
     for ((y, x), &g) in gray.indexed_iter() {
         let id = objects[[y, x]];
         let edge = id != 0 && {
@@ -86,6 +91,7 @@ mod tests {
         assert_eq!(px(3, 3), PALETTE[1]); // a one-pixel class-2 object is all border
         assert_eq!(px(0, 0), [0, 0, 0]);
         assert_eq!(px(1, 0)[0], px(1, 0)[1]); // background stays gray
+        assert!(render(image.view(), classes.slice(ndarray::s![..3, ..])).is_err());
     }
 
     #[test]

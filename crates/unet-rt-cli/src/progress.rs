@@ -33,7 +33,7 @@ impl Bars {
             ProgressDrawTarget::hidden()
         };
         let multi = MultiProgress::with_draw_target(target);
-        let file_bar = multi.add(ProgressBar::new(files as u64));
+        let file_bar = multi.add(ProgressBar::new(u64::try_from(files).unwrap_or(u64::MAX)));
         file_bar.set_style(style("files [{bar:30}] {pos}/{len} {wide_msg}"));
         let tiles = multi.add(ProgressBar::new(0));
         tiles.set_style(style("tiles [{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta})"));
@@ -45,7 +45,7 @@ impl Bars {
         self.files.set_message(name.to_owned());
         self.base.store(0, Ordering::Relaxed);
         self.tiles.reset();
-        self.tiles.set_length(tiles as u64);
+        self.tiles.set_length(u64::try_from(tiles).unwrap_or(u64::MAX));
         self.tiles.set_position(0);
     }
 
@@ -53,7 +53,10 @@ impl Bars {
     pub(crate) fn tile_callback(&self) -> ProgressFn {
         let tiles = self.tiles.clone();
         let base = self.base.clone();
-        Arc::new(move |p: Progress| tiles.set_position((base.load(Ordering::Relaxed) + p.done) as u64))
+        Arc::new(move |p: Progress| {
+            let done = base.load(Ordering::Relaxed).saturating_add(p.done);
+            tiles.set_position(u64::try_from(done).unwrap_or(u64::MAX));
+        })
     }
 
     /// A page of `tiles` tiles of the current file is done.
@@ -73,7 +76,7 @@ impl Bars {
 
     /// Prints a line on stderr without tearing the bars.
     pub(crate) fn eprintln(&self, line: &str) {
-        self.multi.suspend(|| eprintln!("{line}"));
+        self.multi.suspend(|| crate::output::stderr_line(line));
     }
 
     /// Removes the bars.

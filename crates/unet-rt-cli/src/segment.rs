@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ndarray::{Array2, ArrayD, ArrayViewD, Axis, IxDyn};
+use ndarray::{Array2, ArrayD, ArrayViewD, Axis};
 use unet_rt::{Model, Options, OutputElement, OutputKind as ModelOutput, OutputMode, Pixel, Segmenter};
 
 use crate::args::{Format, OutputKind, SegmentArgs};
@@ -14,7 +14,8 @@ use crate::progress::Bars;
 use crate::read::{read_image, with_pixels};
 use crate::report::{Report, Status};
 use crate::write::{write_output, Output};
-use crate::{atomic, inputs, interrupt, loader, overlay};
+use crate::limits::{bytes_of, elements, try_filled, try_map, Memory};
+use crate::{atomic, inputs, interrupt, loader, output, overlay, panics};
 
 /// Everything a single input needs.
 struct Context<'a> {
@@ -60,7 +61,7 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
         }
         let report = match item {
             Err(e) => failed(&e.path.clone(), e, Instant::now()),
-            Ok(input) => process(&context, &input, &all_inputs, &mut claimed),
+            Ok(input) => process_caught(&context, &input, &all_inputs, &mut claimed),
         };
         bars.file_done();
         if matches!(report.status, Status::Failed) {
@@ -81,7 +82,7 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
     bars.finish();
     if interrupt::requested() {
         atomic::remove_all();
-        eprintln!("unet-rt: interrupted; results written so far are complete");
+        output::stderr_line("unet-rt: interrupted; results written so far are complete");
         return Ok(EXIT_INTERRUPTED);
     }
     Ok(if failures == 0 { EXIT_OK } else { EXIT_FAILURE })
@@ -140,6 +141,17 @@ fn failed(input: &Path, error: FileError, start: Instant) -> Report {
     // The message names the file already (the report's input); keep the reason.
     report.error = Some(if error.path == input { error.message } else { error.to_string() });
     report
+}
+
+/// [`process`], with a panic (a bug) turned into this input's failure, so
+/// that the other inputs are still processed.
+fn process_caught(ctx: &Context<'_>, input: &Path, all_inputs: &HashSet<PathBuf>, claimed: &mut HashMap<PathBuf, PathBuf>) -> Report {
+    let start = Instant::now();
+    panics::catch(|| process(ctx, input, all_inputs, claimed)).unwrap_or_else(|message| {
+        // The temporary file of a result being written, if any.
+        atomic::remove_all();
+        failed(input, FileError::new(input, format!("internal error: {message}; {}", panics::BUG)), start)
+    })
 }
 
 fn process(ctx: &Context<'_>, input: &Path, all_inputs: &HashSet<PathBuf>, claimed: &mut HashMap<PathBuf, PathBuf>) -> Report {
@@ -219,13 +231,13 @@ fn compute<T: Pixel>(ctx: &Context<'_>, input: &Path, arranged: &Arranged<'_, T>
     let segmenter = Segmenter::new(ctx.model.clone(), options).map_err(engine)?;
     let pages = arranged.view.shape()[0];
     let tiles = segmenter.layout(&arranged.view.shape()[2..]).map_err(engine)?.plan.len();
-    ctx.bars.start_file(&input.display().to_string(), tiles * pages);
+    ctx.bars.start_file(&input.display().to_string(), tiles.saturating_mul(pages));
     let run = |seg: &Segmenter| -> Result<Output, FileError> {
         let wide = ctx.model.info().out_channels > 256;
         Ok(match seg.options().output {
-            OutputMode::Labels if wide => Output::U16(run_pages::<T, u16>(ctx, seg, arranged, tiles).map_err(engine)?),
-            OutputMode::Labels => Output::U8(run_pages::<T, u8>(ctx, seg, arranged, tiles).map_err(engine)?),
-            _ => Output::F32(run_pages::<T, f32>(ctx, seg, arranged, tiles).map_err(engine)?),
+            OutputMode::Labels if wide => Output::U16(run_pages::<T, u16>(ctx, seg, arranged, tiles, input)?),
+            OutputMode::Labels => Output::U8(run_pages::<T, u8>(ctx, seg, arranged, tiles, input)?),
+            _ => Output::F32(run_pages::<T, f32>(ctx, seg, arranged, tiles, input)?),
         })
     };
     let result = run(&segmenter)?;
@@ -237,58 +249,76 @@ fn compute<T: Pixel>(ctx: &Context<'_>, input: &Path, arranged: &Arranged<'_, T>
         return Ok(Computed { output: result, classes, objects: None });
     }
     let (instances, objects) = match &result {
-        Output::U8(labels) => instances(labels.view(), arranged.stacked),
-        Output::U16(labels) => instances(labels.view(), arranged.stacked),
+        Output::U8(labels) => instances(labels.view(), arranged.stacked, input),
+        Output::U16(labels) => instances(labels.view(), arranged.stacked, input),
         _ => return Err(FileError::new(input, "internal error: instances need labels")),
-    }
-    .map_err(engine)?;
+    }?;
     Ok(Computed { output: instances, classes, objects: Some(objects) })
 }
 
 /// Segments each page (batch entry) into one array `([pages,] result...)`.
+/// The result is allocated fallibly, after checking it fits in memory.
 fn run_pages<T: Pixel, U: OutputElement>(
     ctx: &Context<'_>,
     segmenter: &Segmenter,
     arranged: &Arranged<'_, T>,
     tiles: usize,
-) -> Result<ArrayD<U>, unet_rt::Error> {
+    input: &Path,
+) -> Result<ArrayD<U>, FileError> {
     let view = &arranged.view;
     let pages = view.shape()[0];
     let mut shape = vec![pages];
     shape.extend(segmenter.output_shape(&view.shape()[1..]));
-    let mut out = ArrayD::<U>::default(IxDyn(&shape));
+    let mut out = allocate_result::<U>(&shape).map_err(|m| FileError::new(input, m))?;
     for (page, target) in view.axis_iter(Axis(0)).zip(out.axis_iter_mut(Axis(0))) {
-        segmenter.segment_into(page, target)?;
+        segmenter.segment_into(page, target).map_err(|e| FileError::engine(input, e))?;
         ctx.bars.page_done(tiles);
     }
     Ok(if arranged.stacked { out } else { out.index_axis_move(Axis(0), 0) })
 }
 
+/// A zeroed result of `shape`: checked against the memory available, then
+/// allocated fallibly.
+fn allocate_result<U: Clone + Default>(shape: &[usize]) -> Result<ArrayD<U>, String> {
+    let bytes = elements(shape).and_then(bytes_of::<U>).unwrap_or(u64::MAX);
+    Memory::available().check(bytes, &format!("the result (shape {shape:?})"))?;
+    try_filled(shape, U::default())
+}
+
 /// Connected components of `labels > 0`, page by page for stacks; `u16`
 /// when the objects fit, else `u32`.
-fn instances<L: unet_rt::instances::Foreground + Copy>(labels: ArrayViewD<'_, L>, stacked: bool) -> Result<(Output, usize), unet_rt::Error> {
+fn instances<L: unet_rt::instances::Foreground + Copy>(labels: ArrayViewD<'_, L>, stacked: bool, input: &Path) -> Result<(Output, usize), FileError> {
+    let engine = |e: unet_rt::Error| FileError::engine(input, e);
     let (ids, total, most) = if stacked {
-        let mut ids = ArrayD::<u32>::zeros(labels.raw_dim());
-        let (mut total, mut most) = (0, 0);
+        let mut ids = allocate_result::<u32>(labels.shape()).map_err(|m| FileError::new(input, m))?;
+        let (mut total, mut most) = (0usize, 0);
         for (page, mut target) in labels.axis_iter(Axis(0)).zip(ids.axis_iter_mut(Axis(0))) {
-            let (page_ids, n) = unet_rt::instances::connected_components(page)?;
+            let (page_ids, n) = unet_rt::instances::connected_components(page).map_err(engine)?;
             target.assign(&page_ids);
-            total += n;
+            total = total.saturating_add(n);
             most = most.max(n);
         }
         (ids, total, most)
     } else {
-        let (ids, n) = unet_rt::instances::connected_components(labels)?;
+        let (ids, n) = unet_rt::instances::connected_components(labels).map_err(engine)?;
         (ids, n, n)
     };
-    Ok(if most <= usize::from(u16::MAX) { (Output::U16(ids.mapv(|v| v as u16)), total) } else { (Output::U32(ids), total) })
+    if most > usize::from(u16::MAX) {
+        return Ok((Output::U32(ids), total));
+    }
+    // Every id fits: at most `most` objects per page.
+    let narrow = try_map(&ids, |&v| u16::try_from(v).unwrap_or(u16::MAX)).map_err(|m| FileError::new(input, m))?;
+    Ok((Output::U16(narrow), total))
 }
 
 /// The middle plane of a `([pages or z,] y, x)` array: what the overlay shows.
 fn middle_plane<A>(mut view: ArrayViewD<'_, A>) -> Result<ndarray::ArrayView2<'_, A>, String> {
     while view.ndim() > 2 {
-        let middle = view.shape()[0] / 2;
-        view = view.index_axis_move(Axis(0), middle);
+        let len = view.len_of(Axis(0));
+        if len == 0 {
+            return Err(format!("no 2-D plane for the overlay in an array of shape {:?}", view.shape()));
+        }
+        view = view.index_axis_move(Axis(0), len / 2);
     }
     view.into_dimensionality::<ndarray::Ix2>().map_err(|e| format!("no 2-D plane for the overlay: {e}"))
 }

@@ -1,0 +1,130 @@
+//! Reading input images: TIFF (8/16/32-bit integer and float, multi-page,
+//! BigTIFF), PNG (8/16-bit) and NPY, in their stored element type.
+//!
+//! Each reader checks what a file declares against what it holds and the
+//! memory available before allocating anything (see [`crate::limits`]), and
+//! special files are refused before they are opened.
+
+mod npy_header;
+mod npy_reader;
+mod png_reader;
+mod tiff_reader;
+
+use std::fs::File;
+use std::path::Path;
+
+use ndarray::ArrayD;
+
+use crate::limits::Memory;
+use crate::special_files::{refuse_special, refuse_special_metadata};
+
+/// File extensions read as images (lower case).
+pub(crate) const EXTENSIONS: &[&str] = &["tif", "tiff", "png", "npy"];
+
+/// Pixels in one of the element types the engine reads directly; other
+/// stored types are widened to the nearest of these without loss.
+#[derive(Debug)]
+pub(crate) enum Pixels {
+    /// 8-bit unsigned (also bool NPY).
+    U8(ArrayD<u8>),
+    /// 16-bit unsigned.
+    U16(ArrayD<u16>),
+    /// 16-bit signed (also 8-bit signed).
+    I16(ArrayD<i16>),
+    /// 32-bit float.
+    F32(ArrayD<f32>),
+    /// 64-bit float (also 32/64-bit integers).
+    F64(ArrayD<f64>),
+}
+
+/// Runs `$body` with `$a` bound to the typed array inside a [`Pixels`].
+macro_rules! with_pixels {
+    ($pixels:expr, $a:ident => $body:expr) => {
+        match $pixels {
+            $crate::read::Pixels::U8($a) => $body,
+            $crate::read::Pixels::U16($a) => $body,
+            $crate::read::Pixels::I16($a) => $body,
+            $crate::read::Pixels::F32($a) => $body,
+            $crate::read::Pixels::F64($a) => $body,
+        }
+    };
+}
+pub(crate) use with_pixels;
+
+impl Pixels {
+    /// The array's shape.
+    pub(crate) fn shape(&self) -> &[usize] {
+        with_pixels!(self, a => a.shape())
+    }
+
+    /// The stored type, for messages.
+    pub(crate) fn type_name(&self) -> &'static str {
+        match self {
+            Self::U8(_) => "uint8",
+            Self::U16(_) => "uint16",
+            Self::I16(_) => "int16",
+            Self::F32(_) => "float32",
+            Self::F64(_) => "float64",
+        }
+    }
+}
+
+/// An image as read from a file.
+#[derive(Debug)]
+pub(crate) struct Image {
+    /// The pixels.
+    pub pixels: Pixels,
+    /// The axes the file format implies (`yx`, `yxc`, `zyx`, `zyxc`), `None`
+    /// where it implies none (NPY).
+    pub axes: Option<String>,
+}
+
+/// Reads an image file, choosing the reader by extension.
+pub(crate) fn read_image(path: &Path) -> Result<Image, String> {
+    let ext = extension(path);
+    if !EXTENSIONS.contains(&ext.as_str()) {
+        return Err(format!("unsupported file type {ext:?}; expected .tif, .tiff, .png or .npy"));
+    }
+    let (file, len) = open(path)?;
+    if len == 0 {
+        return Err("the file is empty".to_owned());
+    }
+    // Read once per file: what other files took is free again.
+    let memory = Memory::available();
+    match ext.as_str() {
+        "npy" => npy_reader::read_npy(file, len, memory),
+        "png" => png_reader::read_png(file, len, memory),
+        _ => tiff_reader::read_tiff(file, len, memory),
+    }
+}
+
+/// The lower-case extension of `path` ("" when none).
+pub(crate) fn extension(path: &Path) -> String {
+    path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase()
+}
+
+/// Opens a regular file for reading; returns it and its length. Special
+/// files are refused before opening (a FIFO would block); the file opened is
+/// checked again, in case the path changed in between.
+fn open(path: &Path) -> Result<(File, u64), String> {
+    refuse_special(path, "an image file")?;
+    let file = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_owned(),
+        _ => format!("cannot open: {e}"),
+    })?;
+    let meta = file.metadata().map_err(|e| format!("cannot read the file's size: {e}"))?;
+    refuse_special_metadata(&meta, "an image file")?;
+    if meta.is_dir() {
+        return Err("is a folder, not an image file".to_owned());
+    }
+    Ok((file, meta.len()))
+}
+
+/// Refuses an image with no pixels: nothing to segment, and a zero-length
+/// axis has no middle plane for the overlay.
+fn refuse_empty(shape: &[usize]) -> Result<(), String> {
+    if shape.contains(&0) {
+        return Err(format!("the image is empty (shape {shape:?})"));
+    }
+    Ok(())
+}

@@ -1,0 +1,383 @@
+//! Reading TIFF (and BigTIFF) files: every page, as a stack.
+//!
+//! Reading is planned before anything is decoded: a first pass reads each
+//! page's directory and checks what it declares (size computed with checked
+//! arithmetic, strips or tiles within the file, uncompressed data no larger
+//! than the file, pages equal to the first, the running total within the
+//! memory available); the second pass decodes the pages into one buffer
+//! reserved fallibly for them all. The decoder's own limits come from the
+//! file size and the memory available, never unlimited.
+
+use std::fs::File;
+use std::io::BufReader;
+
+use ndarray::{ArrayD, IxDyn};
+use tiff::decoder::{ChunkType, Decoder, DecodingResult, Limits};
+use tiff::tags::Tag;
+use tiff::ColorType;
+
+use super::{refuse_empty, Image, Pixels};
+use crate::limits::{checked_product, saturating_usize, show_bytes, try_vec, Memory};
+
+type TiffDecoder = Decoder<BufReader<File>>;
+
+/// Reads every page of a TIFF file of `file_len` bytes. Pages must share size
+/// and type; several pages make a stack with a leading page axis.
+pub(super) fn read_tiff(file: File, file_len: u64, memory: Memory) -> Result<Image, String> {
+    let mut decoder = Decoder::new(BufReader::new(file))
+        .map_err(|e| format!("not a readable TIFF file: {e}"))?
+        .with_limits(limits(file_len, memory));
+    let (page, pages) = plan(&mut decoder, file_len, memory)?;
+    let buffer = decode(&mut decoder, &page, pages)?;
+    let mut shape = Vec::with_capacity(4);
+    let mut axes = String::new();
+    if pages > 1 {
+        shape.push(pages);
+        axes.push('z');
+    }
+    shape.extend([saturating_usize(page.height.into()), saturating_usize(page.width.into())]);
+    axes.push_str("yx");
+    if page.samples > 1 {
+        shape.push(usize::from(page.samples));
+        axes.push('c');
+    }
+    refuse_empty(&shape)?;
+    Ok(Image { pixels: buffer.into_pixels(&shape)?, axes: Some(axes) })
+}
+
+/// The decoder's limits: one decoded page within the memory available, and
+/// tag values and compressed chunks within the file (the file holds them).
+fn limits(file_len: u64, memory: Memory) -> Limits {
+    let in_file = saturating_usize(file_len).min(memory.as_usize());
+    let mut limits = Limits::default();
+    limits.decoding_buffer_size = memory.as_usize();
+    limits.ifd_value_size = in_file;
+    limits.intermediate_buffer_size = in_file;
+    limits
+}
+
+/// How a page's samples are stored and what they are read into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Samples {
+    /// Unsigned integers of up to 8, 16, 32 or 64 bits.
+    Uint(u8),
+    /// Signed integers of up to 8, 16, 32 or 64 bits.
+    Int(u8),
+    /// IEEE floats of 32 or 64 bits.
+    Float(u8),
+}
+
+impl std::fmt::Display for Samples {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Uint(b) => write!(f, "{b}-bit unsigned"),
+            Self::Int(b) => write!(f, "{b}-bit signed"),
+            Self::Float(b) => write!(f, "{b}-bit float"),
+        }
+    }
+}
+
+impl Samples {
+    /// Bytes per sample as the decoder returns them.
+    fn decoded_size(self) -> u64 {
+        let bits = match self {
+            Self::Uint(b) | Self::Int(b) | Self::Float(b) => b,
+        };
+        match bits {
+            0..=8 => 1,
+            9..=16 => 2,
+            17..=32 => 4,
+            _ => 8,
+        }
+    }
+
+    /// Bytes per sample once stored: 8-bit signed becomes int16, 32/64-bit
+    /// integers become float64 (the types the engine reads).
+    fn stored_size(self) -> u64 {
+        match self {
+            Self::Uint(0..=8) => 1,
+            Self::Uint(9..=16) | Self::Int(0..=16) => 2,
+            Self::Float(32) => 4,
+            _ => 8,
+        }
+    }
+
+    /// Whether the decoded samples are converted (into a copy) to be stored.
+    fn is_converted(self) -> bool {
+        matches!(self, Self::Uint(17..) | Self::Int(0..=8) | Self::Int(17..))
+    }
+}
+
+/// What one page declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Page {
+    width: u32,
+    height: u32,
+    samples: u16,
+    bits: u8,
+    kind: Samples,
+    /// Samples in the page (width x height x samples).
+    len: usize,
+    /// Bytes the decoder returns for the page.
+    decoded_bytes: u64,
+    /// Bytes the page takes once stored in the stack.
+    stored_bytes: u64,
+}
+
+/// Reads and checks the directory of every page; returns the first page and
+/// the number of pages. Nothing is decoded.
+fn plan(decoder: &mut TiffDecoder, file_len: u64, memory: Memory) -> Result<(Page, usize), String> {
+    let first = check_page(decoder, 0, file_len, memory)?;
+    let mut pages = 1usize;
+    while decoder.more_images() {
+        decoder.next_image().map_err(|e| format!("cannot read TIFF page {}: {e}", pages + 1))?;
+        let page = check_page(decoder, pages, file_len, memory)?;
+        if (page.width, page.height, page.samples) != (first.width, first.height, first.samples) {
+            return Err(format!(
+                "page {} is {}x{} with {} sample(s), page 1 is {}x{} with {} (only stacks of equal pages are read)",
+                pages + 1,
+                page.width,
+                page.height,
+                page.samples,
+                first.width,
+                first.height,
+                first.samples
+            ));
+        }
+        if page != first {
+            return Err(format!("page {} has {} samples, page 1 has {} (only stacks of equal pages are read)", pages + 1, page.kind, first.kind));
+        }
+        pages += 1;
+        // The running total: all pages so far, and one more being decoded.
+        let total = u64::try_from(pages).ok().and_then(|n| first.stored_bytes.checked_mul(n)).and_then(|t| t.checked_add(first.decoded_bytes));
+        memory.check(total.unwrap_or(u64::MAX), &format!("the first {pages} pages ({}x{} each)", first.width, first.height))?;
+    }
+    Ok((first, pages))
+}
+
+/// Checks what the current page declares: a supported sample type, a size
+/// that can be computed and fits in memory, strips or tiles within the file,
+/// and for uncompressed data, no more than the file and its strips hold.
+fn check_page(decoder: &mut TiffDecoder, index: usize, file_len: u64, memory: Memory) -> Result<Page, String> {
+    let number = index + 1;
+    let tiff_err = |e: tiff::TiffError| format!("cannot read TIFF page {number}: {e}");
+    let (width, height) = decoder.dimensions().map_err(tiff_err)?;
+    let (samples, bits) = samples_and_bits(decoder.colortype().map_err(tiff_err)?)?;
+    let format = decoder.find_tag_unsigned_vec::<u16>(Tag::SampleFormat).map_err(tiff_err)?;
+    let format = format.as_ref().and_then(|f| f.first()).copied().unwrap_or(1);
+    let kind = sample_kind(format, bits).ok_or_else(|| {
+        format!("page {number} has unsupported samples: {bits} bits of sample format {format} (expected 1-64 bit integers or 32/64-bit floats)")
+    })?;
+    let declared = format!("page {number} declares {width}x{height} pixels with {samples} sample(s) of {bits} bits");
+    let overflow = || format!("{declared}: more than this machine can address");
+    let count = checked_product([u64::from(width), u64::from(height), u64::from(samples)]).ok_or_else(overflow)?;
+    let decoded_bytes = count.checked_mul(kind.decoded_size()).ok_or_else(overflow)?;
+    let stored_bytes = count.checked_mul(kind.stored_size()).ok_or_else(overflow)?;
+    let len = usize::try_from(count).map_err(|_| overflow())?;
+
+    let compression = decoder.find_tag_unsigned::<u16>(Tag::Compression).map_err(tiff_err)?.unwrap_or(1);
+    let (offsets_tag, counts_tag) = match decoder.get_chunk_type() {
+        ChunkType::Strip => (Tag::StripOffsets, Tag::StripByteCounts),
+        ChunkType::Tile => (Tag::TileOffsets, Tag::TileByteCounts),
+    };
+    let offsets = decoder.find_tag_unsigned_vec::<u64>(offsets_tag).map_err(tiff_err)?.unwrap_or_default();
+    let counts = decoder.find_tag_unsigned_vec::<u64>(counts_tag).map_err(tiff_err)?.unwrap_or_default();
+    let mut held = 0u64;
+    for (i, (&offset, &count)) in offsets.iter().zip(&counts).enumerate() {
+        let end = offset.checked_add(count).filter(|&end| end <= file_len).ok_or_else(|| {
+            format!(
+                "page {number}: its data chunk {} lies at bytes {offset}..{}, beyond the end of the file ({})",
+                i + 1,
+                offset.saturating_add(count),
+                show_bytes(file_len)
+            )
+        })?;
+        held = held.saturating_add(end - offset);
+    }
+    if compression == 1 {
+        // Uncompressed: the file must hold every byte of the page.
+        let (raw, tile) = raw_bytes(decoder, width, height, samples, bits);
+        let declared = match tile {
+            Some((w, h)) => format!("{declared} in tiles of {w}x{h}"),
+            None => declared,
+        };
+        let raw = raw.ok_or_else(|| format!("{declared}: more than this machine can address"))?;
+        if raw > file_len {
+            return Err(format!("{declared}: {} of uncompressed data, but the file holds {}", show_bytes(raw), show_bytes(file_len)));
+        }
+        if raw > held {
+            return Err(format!("{declared}: {} of uncompressed data, but its strips or tiles hold {}", show_bytes(raw), show_bytes(held)));
+        }
+    }
+    // The page decoded, and its widened copy if its type is widened (the
+    // running total in `plan` counts the copies of a stack's pages).
+    let copy = if kind.is_converted() { stored_bytes } else { 0 };
+    memory.check(decoded_bytes.saturating_add(copy), &format!("page {number} ({width}x{height}, {samples} sample(s) of {bits} bits)"))?;
+    Ok(Page { width, height, samples, bits, kind, len, decoded_bytes, stored_bytes })
+}
+
+/// The bytes uncompressed data of the page takes at least: whole tiles
+/// (with their padding) or rows padded to a byte; `None` when that
+/// overflows. Also the tile size, for tiled pages.
+fn raw_bytes(decoder: &mut TiffDecoder, width: u32, height: u32, samples: u16, bits: u8) -> (Option<u64>, Option<(u64, u64)>) {
+    let pixel_bits = u64::from(samples) * u64::from(bits);
+    let (across, down, tile_width, tile_height, tile) = match decoder.get_chunk_type() {
+        ChunkType::Strip => (1, 1, u64::from(width), u64::from(height), None),
+        ChunkType::Tile => {
+            // The decoder read both tags (and refused zeros) already.
+            let mut size = |tag| decoder.find_tag_unsigned::<u64>(tag).ok().flatten().unwrap_or(1).max(1);
+            let (tile_width, tile_height) = (size(Tag::TileWidth), size(Tag::TileLength));
+            let (across, down) = (u64::from(width).div_ceil(tile_width), u64::from(height).div_ceil(tile_height));
+            (across, down, tile_width, tile_height, Some((tile_width, tile_height)))
+        }
+    };
+    let row = tile_width.checked_mul(pixel_bits).map(|b| b.div_ceil(8));
+    (row.and_then(|row| checked_product([across, down, tile_height, row])), tile)
+}
+
+/// Samples per pixel and bits per sample of the colour types read.
+fn samples_and_bits(color: ColorType) -> Result<(u16, u8), String> {
+    match color {
+        ColorType::Gray(b) => Ok((1, b)),
+        ColorType::GrayA(b) => Ok((2, b)),
+        ColorType::RGB(b) => Ok((3, b)),
+        ColorType::RGBA(b) | ColorType::CMYK(b) => Ok((4, b)),
+        other => Err(format!("unsupported TIFF colour type {other:?}: expected grayscale, RGB or RGBA")),
+    }
+}
+
+/// The sample type for a `SampleFormat` value (1 unsigned, 2 signed, 3 IEEE
+/// float) and a bit depth, as the decoder reads them.
+fn sample_kind(format: u16, bits: u8) -> Option<Samples> {
+    match (format, bits) {
+        (1, 1..=64) => Some(Samples::Uint(bits)),
+        (2, 1..=64) => Some(Samples::Int(bits)),
+        (3, 32 | 64) => Some(Samples::Float(bits)),
+        _ => None,
+    }
+}
+
+/// Decodes every page into one buffer, reserved for them all at once; a
+/// single page of a type the engine reads is kept as decoded (no copy).
+fn decode(decoder: &mut TiffDecoder, page: &Page, pages: usize) -> Result<Buffer, String> {
+    if pages == 1 {
+        decoder.seek_to_image(0).map_err(|e| format!("cannot read TIFF page 1: {e}"))?;
+        let decoded = decoder.read_image().map_err(|e| format!("cannot read TIFF page 1: {e}"))?;
+        return Buffer::from_page(decoded, page.kind, page.len);
+    }
+    let total = page.len.checked_mul(pages).ok_or("the pages hold more samples than this machine can address")?;
+    let mut buffer = Buffer::reserve(page.kind, total)?;
+    for index in 0..pages {
+        let number = index + 1;
+        let tiff_err = |e: tiff::TiffError| format!("cannot read TIFF page {number}: {e}");
+        decoder.seek_to_image(index).map_err(tiff_err)?;
+        // Checked again: the directory is read again.
+        let (width, height) = decoder.dimensions().map_err(tiff_err)?;
+        if (width, height) != (page.width, page.height) {
+            return Err(format!("page {number} changed size while it was read"));
+        }
+        let decoded = decoder.read_image().map_err(tiff_err)?;
+        buffer.append(decoded, page.len).map_err(|m| format!("page {number}: {m}"))?;
+    }
+    Ok(buffer)
+}
+
+/// Pages of a TIFF appended one after the other, in the stored type.
+enum Buffer {
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+    I16(Vec<i16>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl Buffer {
+    /// An empty buffer with room for `len` samples of what `kind` is stored as.
+    fn reserve(kind: Samples, len: usize) -> Result<Self, String> {
+        Ok(match kind {
+            Samples::Uint(0..=8) => Self::U8(try_vec(len)?),
+            Samples::Uint(9..=16) => Self::U16(try_vec(len)?),
+            Samples::Int(0..=16) => Self::I16(try_vec(len)?),
+            Samples::Float(32) => Self::F32(try_vec(len)?),
+            _ => Self::F64(try_vec(len)?),
+        })
+    }
+
+    /// A buffer of one decoded page of `len` samples: the decoder's vector
+    /// itself when the engine reads its type, else a widened copy.
+    fn from_page(page: DecodingResult, kind: Samples, len: usize) -> Result<Self, String> {
+        let buffer = match page {
+            DecodingResult::U8(v) => Self::U8(v),
+            DecodingResult::U16(v) => Self::U16(v),
+            DecodingResult::I16(v) => Self::I16(v),
+            DecodingResult::F32(v) => Self::F32(v),
+            DecodingResult::F64(v) => Self::F64(v),
+            other => {
+                let mut buffer = Self::reserve(kind, len)?;
+                buffer.append(other, len)?;
+                return Ok(buffer);
+            }
+        };
+        if buffer.len() != len {
+            return Err(format!("the page holds {} samples, expected {len}", buffer.len()));
+        }
+        Ok(buffer)
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::U8(v) => v.len(),
+            Self::U16(v) => v.len(),
+            Self::I16(v) => v.len(),
+            Self::F32(v) => v.len(),
+            Self::F64(v) => v.len(),
+        }
+    }
+
+    /// Appends a decoded page of `len` samples, widened to the stored type.
+    /// The room was reserved: nothing is allocated here.
+    fn append(&mut self, page: DecodingResult, len: usize) -> Result<(), String> {
+        let got = match &page {
+            DecodingResult::U8(v) => v.len(),
+            DecodingResult::U16(v) => v.len(),
+            DecodingResult::U32(v) => v.len(),
+            DecodingResult::U64(v) => v.len(),
+            DecodingResult::I8(v) => v.len(),
+            DecodingResult::I16(v) => v.len(),
+            DecodingResult::I32(v) => v.len(),
+            DecodingResult::I64(v) => v.len(),
+            DecodingResult::F32(v) => v.len(),
+            DecodingResult::F64(v) => v.len(),
+        };
+        if got != len {
+            return Err(format!("the page holds {got} samples, expected {len}"));
+        }
+        match (self, page) {
+            (Self::U8(a), DecodingResult::U8(b)) => a.extend_from_slice(&b),
+            (Self::U16(a), DecodingResult::U16(b)) => a.extend_from_slice(&b),
+            (Self::I16(a), DecodingResult::I16(b)) => a.extend_from_slice(&b),
+            (Self::I16(a), DecodingResult::I8(b)) => a.extend(b.into_iter().map(i16::from)),
+            (Self::F32(a), DecodingResult::F32(b)) => a.extend_from_slice(&b),
+            (Self::F64(a), DecodingResult::F64(b)) => a.extend_from_slice(&b),
+            (Self::F64(a), DecodingResult::U32(b)) => a.extend(b.into_iter().map(f64::from)),
+            (Self::F64(a), DecodingResult::I32(b)) => a.extend(b.into_iter().map(f64::from)),
+            // Integers beyond 2^53 round: float64 is what the engine reads.
+            (Self::F64(a), DecodingResult::U64(b)) => a.extend(b.into_iter().map(|x| x as f64)),
+            (Self::F64(a), DecodingResult::I64(b)) => a.extend(b.into_iter().map(|x| x as f64)),
+            _ => return Err("the decoder returned another sample type than the page declares".to_owned()),
+        }
+        Ok(())
+    }
+
+    fn into_pixels(self, shape: &[usize]) -> Result<Pixels, String> {
+        let shape = IxDyn(shape);
+        let err = |e: ndarray::ShapeError| e.to_string();
+        Ok(match self {
+            Self::U8(v) => Pixels::U8(ArrayD::from_shape_vec(shape, v).map_err(err)?),
+            Self::U16(v) => Pixels::U16(ArrayD::from_shape_vec(shape, v).map_err(err)?),
+            Self::I16(v) => Pixels::I16(ArrayD::from_shape_vec(shape, v).map_err(err)?),
+            Self::F32(v) => Pixels::F32(ArrayD::from_shape_vec(shape, v).map_err(err)?),
+            Self::F64(v) => Pixels::F64(ArrayD::from_shape_vec(shape, v).map_err(err)?),
+        })
+    }
+}

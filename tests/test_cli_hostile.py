@@ -1,0 +1,429 @@
+"""The ``unet-rt`` command line against hostile input: files that declare far
+more data than they hold, sizes whose products overflow, truncated and empty
+files, and special files (FIFOs, sockets, devices) given as inputs or models.
+
+Each must be refused with a one-line ``unet-rt: ...`` message that names the
+file and an exit status of 1 (some input failed) or 2 (usage): never a panic,
+an abort, a signal, a hang or an attempt to allocate what the file declares.
+The other inputs of the run are still segmented."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+TIMEOUT = 60
+
+# What a panic, an abort or a backtrace prints; none may appear.
+FORBIDDEN = ("panicked", "capacity overflow", "frame #", "RUST_BACKTRACE", "internal error", "memory allocation")
+
+
+def run(cli: Path, *args, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
+    return subprocess.run([str(cli), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def segment(cli: Path, *inputs, out: Path, extra=()) -> subprocess.CompletedProcess:
+    # The bundled model is built into the binary: no --model needed.
+    return run(cli, "segment", *inputs, "-o", out, "--device", "cpu", *extra)
+
+
+def assert_refused(proc: subprocess.CompletedProcess, *names: str, status=(1,)) -> None:
+    """Failed as documented: a listed exit status, and every line on stderr
+    one ``unet-rt:`` message (no progress bars: stderr is not a terminal)."""
+    assert proc.returncode in status, (proc.returncode, proc.stderr)
+    for word in FORBIDDEN:
+        assert word not in proc.stderr, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines, "no message"
+    for line in lines:
+        assert line.startswith("unet-rt:"), proc.stderr
+    for name in names:
+        assert name in proc.stderr, (name, proc.stderr)
+
+
+def refused_alone(cli: Path, path: Path, tmp_path: Path) -> str:
+    """Segments `path` alone; it must be refused. Returns stderr."""
+    out = tmp_path / "out"
+    proc = segment(cli, path, out=out)
+    assert_refused(proc, path.name)
+    assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+    return proc.stderr
+
+
+def good_image(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    np.save(path, (rng.random((64, 64)) * 255).astype(np.uint8))
+    return path
+
+
+# --- NPY -------------------------------------------------------------------
+
+
+def npy(descr="'<f8'", shape="(200000, 200000)", fortran="False", data=b"", version=1, header_len=None) -> bytes:
+    """An .npy file with the header fields as written (Python literals)."""
+    text = f"{{'descr': {descr}, 'fortran_order': {fortran}, 'shape': {shape}, }}"
+    prefix = 10 if version == 1 else 12
+    text += " " * (-(prefix + len(text) + 1) % 64) + "\n"
+    length = len(text) if header_len is None else header_len
+    size = struct.pack("<H", length) if version == 1 else struct.pack("<I", length)
+    return b"\x93NUMPY" + bytes([version, 0]) + size + text.encode("latin-1") + data
+
+
+HOSTILE_NPY = {
+    # 320 GB declared, 16 bytes held.
+    "huge_shape": npy(shape="(200000, 200000)", data=b"\0" * 16),
+    "huge_shape_v2": npy(shape="(200000, 200000)", data=b"\0" * 16, version=2),
+    # 2**96 elements: the product overflows 64 bits.
+    "overflowing_shape": npy(shape="(4294967296, 4294967296, 4294967296)", data=b"\0" * 8),
+    # 2**63 elements fit, their 2**66 bytes do not.
+    "overflowing_bytes": npy(shape="(2305843009213693952, 4)", data=b"\0" * 8),
+    "shape_beyond_u64": npy(shape="(36893488147419103232,)", data=b"\0" * 8),
+    "negative_shape": npy(shape="(-1, 64)", data=b"\0" * 8),
+    "shape_not_a_tuple": npy(shape="'big'", data=b"\0" * 8),
+    # A header length of 4 GiB in a file of a hundred bytes.
+    "header_longer_than_file": npy(version=2, header_len=0xFFFFFFF0),
+    # Nesting deep enough to exhaust a recursive parser's stack.
+    "deep_nesting": npy(shape="(" * 3000 + ")" * 3000),
+    "fortran_order_not_bool": npy(fortran="'yes'", shape="(8, 8)", data=b"\0" * 512),
+    "complex": npy(descr="'<c8'", shape="(8, 8)", data=b"\0" * 512),
+    "float16": npy(descr="'<f2'", shape="(8, 8)", data=b"\0" * 128),
+    "structured": npy(descr="[('a', '<i4'), ('b', '<f8')]", shape="(8, 8)", data=b"\0" * 768),
+    "object": npy(descr="'|O'", shape="(8, 8)", data=b"\0" * 512),
+    "unicode": npy(descr="'<U4'", shape="(8, 8)", data=b"\0" * 1024),
+    "bool_not_0_or_1": npy(descr="'|b1'", shape="(64, 64)", data=b"\x02" * 4096),
+    "extra_bytes": npy(descr="'|u1'", shape="(64, 64)", data=b"\0" * 5000),
+    "empty_shape": npy(descr="'|u1'", shape="(0, 64)"),
+    "scalar": npy(descr="'<f8'", shape="()", data=b"\0" * 8),
+    "bad_magic": b"\x93NUMPX\x01\x00" + b"\0" * 100,
+    "header_cut": npy(shape="(8, 8)")[:30],
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_NPY))
+def test_hostile_npy_is_refused(cli, tmp_path, name):
+    path = tmp_path / f"{name}.npy"
+    path.write_bytes(HOSTILE_NPY[name])
+    stderr = refused_alone(cli, path, tmp_path)
+    if name.startswith("huge_shape"):
+        # Says what the file declares and what it holds.
+        assert "320000000000" in stderr and "declares" in stderr, stderr
+
+
+def test_truncated_npy_is_refused(cli, tmp_path):
+    path = tmp_path / "cut.npy"
+    np.save(path, np.ones((64, 64), np.float32))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    stderr = refused_alone(cli, path, tmp_path)
+    assert "16384" in stderr, stderr  # the bytes the header declares
+
+
+@pytest.mark.parametrize("dtype", ["bool", "u1", "i1", "<u2", ">u2", "<i2", ">i4", "<u4", "<i8", "<u8", "<f4", ">f8"])
+def test_every_supported_npy_type_reads_as_its_values(cli, tmp_path, dtype):
+    """The NPY reader reads each type, either byte order and Fortran order
+    into the same values: the same labels as the reference uint8 image."""
+    rng = np.random.default_rng(1)
+    image = (rng.random((64, 72)) > 0.5) if dtype == "bool" else (rng.random((64, 72)) * 100).astype(np.uint8)
+    np.save(tmp_path / "ref.npy", image.astype(np.uint8) if dtype == "bool" else image)
+    np.save(tmp_path / "c.npy", image.astype(dtype))
+    np.save(tmp_path / "f.npy", np.asfortranarray(image.astype(dtype)))
+    out = tmp_path / "out"
+    proc = segment(cli, tmp_path / "ref.npy", tmp_path / "c.npy", tmp_path / "f.npy", out=out, extra=["-k", "probabilities", "-f", "npy"])
+    assert proc.returncode == 0, proc.stderr
+    ref = np.load(out / "ref.npy")
+    np.testing.assert_allclose(np.load(out / "c.npy"), ref, atol=1e-6)
+    np.testing.assert_allclose(np.load(out / "f.npy"), ref, atol=1e-6)
+
+
+# --- TIFF ------------------------------------------------------------------
+
+SHORT, LONG = 3, 4
+
+
+def tiff(*pages: dict) -> bytes:
+    """A little-endian classic TIFF built by hand, so that its tags may lie.
+
+    A page: width, height; optional bits (8), samples (1), compression (1),
+    photometric (1), sample_format (1), data (b""), rows_per_strip (height),
+    strip_offset (where data lies), strip_bytes (len(data)), tiles ((w, l):
+    one tile instead of strips), counts ({tag: count} for tags whose count
+    lies; their values then point at the start of the file)."""
+    out = bytearray(b"II*\x00\x00\x00\x00\x00")
+    next_pointer = 4
+    for page in pages:
+        data = page.get("data", b"")
+        data_at = len(out)
+        out += data + b"\0" * ((len(out) + len(data)) % 2)
+        tags = {
+            256: (LONG, page["width"]),
+            257: (LONG, page["height"]),
+            258: (SHORT, page.get("bits", 8)),
+            259: (SHORT, page.get("compression", 1)),
+            262: (SHORT, page.get("photometric", 1)),
+            277: (SHORT, page.get("samples", 1)),
+            339: (SHORT, page.get("sample_format", 1)),
+        }
+        chunk_offset = page.get("strip_offset", data_at)
+        chunk_bytes = page.get("strip_bytes", len(data))
+        if "tiles" in page:
+            tags.update({322: (LONG, page["tiles"][0]), 323: (LONG, page["tiles"][1]), 324: (LONG, chunk_offset), 325: (LONG, chunk_bytes)})
+        else:
+            tags.update({273: (LONG, chunk_offset), 278: (LONG, page.get("rows_per_strip", page["height"])), 279: (LONG, chunk_bytes)})
+        counts = page.get("counts", {})
+        ifd_at = len(out)
+        struct.pack_into("<I", out, next_pointer, ifd_at)
+        out += struct.pack("<H", len(tags))
+        for tag, (kind, value) in sorted(tags.items()):
+            count = counts.get(tag, 1)
+            if count > 1:
+                out += struct.pack("<HHII", tag, kind, count, 8)
+            elif kind == SHORT:
+                out += struct.pack("<HHIHH", tag, kind, 1, value, 0)
+            else:
+                out += struct.pack("<HHII", tag, kind, 1, value)
+        next_pointer = len(out)
+        out += b"\0\0\0\0"
+    return bytes(out)
+
+
+def deflated_zeros(nbytes: int) -> bytes:
+    packer = zlib.compressobj(9)
+    chunk = bytes(1 << 20)
+    parts = [packer.compress(chunk) for _ in range(nbytes // len(chunk))]
+    return b"".join(parts) + packer.flush()
+
+
+SMALL = {"width": 16, "height": 16, "data": bytes(range(256))}
+MAX = 0xFFFFFFFF
+
+
+def hostile_tiffs() -> dict:
+    return {
+        # 40 GB of pixels declared, 16 bytes held, in one strip.
+        "declares_200000_squared": tiff({"width": 200000, "height": 200000, "data": b"\0" * 16}),
+        # 18 EB: the one that panicked with "capacity overflow".
+        "declares_ffffffff_squared": tiff({"width": MAX, "height": MAX, "data": b"\0" * 16}),
+        # Three 16-bit samples of 0xFFFFFFFF**2 pixels overflow 64 bits.
+        "declares_ffffffff_squared_rgb16": tiff({"width": MAX, "height": MAX, "bits": 16, "samples": 3, "photometric": 2, "data": b"\0" * 16}),
+        # Compressed: the file size says nothing, the memory check refuses it.
+        "deflate_declares_2g_squared": tiff({"width": 2**31 - 1, "height": 2**31 - 1, "compression": 8, "data": zlib.compress(b"\0" * 4096)}),
+        "strip_beyond_the_file": tiff({**SMALL, "strip_offset": 2**31}),
+        "strip_longer_than_the_file": tiff({**SMALL, "strip_bytes": 2**31}),
+        "strip_shorter_than_the_image": tiff({**SMALL, "strip_bytes": 100}),
+        "tile_of_ffffff00_squared": tiff({**SMALL, "tiles": (0xFFFFFF00, 0xFFFFFF00)}),
+        "samples_of_128_bits": tiff({**SMALL, "bits": 128}),
+        # Later pages lie: about their strips, their size, or the length of
+        # their strip lists (2**30 offsets: 4 GiB, in a file of a few hundred bytes).
+        "page2_strip_beyond_the_file": tiff(SMALL, {**SMALL, "strip_offset": 2**31}),
+        "page2_declares_200000_squared": tiff(SMALL, {"width": 200000, "height": 200000, "data": b"\0" * 16}),
+        "page2_declares_ffffffff_squared": tiff(SMALL, {"width": MAX, "height": MAX, "data": b"\0" * 16}),
+        "page2_strip_list_of_2g": tiff(SMALL, {**SMALL, "height": 2**30, "rows_per_strip": 1, "counts": {273: 2**30, 279: 2**30}}),
+        "garbage": b"II*\x00" + bytes(range(256)) * 2,
+        "truncated_header": b"II*\x00\x08\x00",
+        "big_endian_garbage": b"MM\x00*" + b"\xff" * 64,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(hostile_tiffs()))
+def test_hostile_tiff_is_refused(cli, tmp_path, name):
+    path = tmp_path / f"{name}.tif"
+    path.write_bytes(hostile_tiffs()[name])
+    stderr = refused_alone(cli, path, tmp_path)
+    if name == "declares_200000_squared":
+        assert "40000000000" in stderr, stderr
+
+
+def test_a_stack_whose_pages_add_up_to_more_than_memory_is_refused_before_decoding(cli, tmp_path):
+    """4096 pages share one deflated strip of 256 MiB of zeros: each page is
+    plausible, their 1 TiB total is not. Refused before any page is decoded."""
+    side = 16384
+    strip = deflated_zeros(side * side)
+    page = {"width": side, "height": side, "compression": 8, "strip_offset": 8, "strip_bytes": len(strip)}
+    # The first page's data is the strip, right after the header at byte 8.
+    data = tiff({**page, "data": strip}, *[page] * 4095)
+    path = tmp_path / "bomb.tif"
+    path.write_bytes(data)
+    with tifffile.TiffFile(path) as tif:  # the file is well formed
+        assert len(tif.pages) == 4096
+    stderr = refused_alone(cli, path, tmp_path)
+    assert "memory" in stderr, stderr
+
+
+def test_a_real_multipage_tiff_still_reads(cli, tmp_path):
+    rng = np.random.default_rng(2)
+    stack = (rng.random((3, 48, 40)) * 60000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "tiled.tif", stack[0], tile=(16, 16), compression="zlib")
+    proc = segment(cli, tmp_path / "stack.tif", tmp_path / "tiled.tif", out=tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert tifffile.imread(tmp_path / "out" / "stack.tif").shape == (3, 48, 40)
+    assert tifffile.imread(tmp_path / "out" / "tiled.tif").shape == (48, 40)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64", "uint64", "int64"])
+def test_every_tiff_sample_type_reads_as_its_values(cli, tmp_path, dtype):
+    """Pages of each sample type, alone and as a stack, read as the values
+    they hold (widened where the engine needs it): the reference's results."""
+    rng = np.random.default_rng(3)
+    stack = (rng.random((2, 48, 56)) * 100).astype(np.uint8)
+    np.save(tmp_path / "ref.npy", stack[0])
+    tifffile.imwrite(tmp_path / "one.tif", stack[0].astype(dtype))
+    tifffile.imwrite(tmp_path / "two.tif", stack.astype(dtype), photometric="minisblack")
+    out = tmp_path / "out"
+    proc = segment(cli, tmp_path / "ref.npy", tmp_path / "one.tif", tmp_path / "two.tif", out=out, extra=["-k", "probabilities", "-f", "npy"])
+    assert proc.returncode == 0, proc.stderr
+    ref = np.load(out / "ref.npy")
+    np.testing.assert_allclose(np.load(out / "one.npy"), ref, atol=1e-6)
+    np.testing.assert_allclose(np.load(out / "two.npy")[0], ref, atol=1e-6)
+
+
+# --- PNG -------------------------------------------------------------------
+
+
+def png_with_size(width: int, height: int, bit_depth=8, color_type=0) -> bytes:
+    """A valid 1x1 PNG whose IHDR then claims another size (its CRC fixed)."""
+    ihdr = struct.pack(">IIBBBBB", 1, 1, bit_depth, color_type, 0, 0, 0)
+    row = b"\0" + b"\0" * (bit_depth // 8 * {0: 1, 2: 3, 4: 2, 6: 4}[color_type])
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    good = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(row)) + chunk(b"IEND", b"")
+    claimed = struct.pack(">II", width, height) + ihdr[8:]
+    return good.replace(chunk(b"IHDR", ihdr), chunk(b"IHDR", claimed))
+
+
+HOSTILE_PNG = {
+    "claims_2g_squared": lambda: png_with_size(2**31 - 1, 2**31 - 1),
+    "claims_2g_squared_rgba16": lambda: png_with_size(2**31 - 1, 2**31 - 1, 16, 6),
+    "claims_200000_squared": lambda: png_with_size(200000, 200000),
+    "claims_zero_width": lambda: png_with_size(0, 10),
+    "truncated": lambda: png_with_size(1, 1)[:40],
+    "garbage": lambda: b"\x89PNG\r\n\x1a\n" + bytes(range(256)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_PNG))
+def test_hostile_png_is_refused(cli, tmp_path, name):
+    path = tmp_path / f"{name}.png"
+    path.write_bytes(HOSTILE_PNG[name]())
+    refused_alone(cli, path, tmp_path)
+
+
+def test_the_png_builder_makes_valid_pngs(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "one.png"
+    path.write_bytes(png_with_size(1, 1))
+    with Image.open(path) as image:
+        assert image.size == (1, 1)
+
+
+# --- Empty files, folders and special files --------------------------------
+
+
+@pytest.mark.parametrize("ext", ["tif", "tiff", "png", "npy", "TIF"])
+def test_zero_byte_files_are_refused(cli, tmp_path, ext):
+    path = tmp_path / f"empty.{ext}"
+    path.write_bytes(b"")
+    refused_alone(cli, path, tmp_path)
+
+
+def test_a_folder_named_like_an_image_is_refused(cli, tmp_path):
+    folder = tmp_path / "x.tif"
+    folder.mkdir()
+    refused_alone(cli, folder, tmp_path)
+
+
+def test_a_fifo_input_is_refused_without_blocking(cli, tmp_path):
+    fifo = tmp_path / "in.tif"
+    os.mkfifo(fifo)
+    stderr = refused_alone(cli, fifo, tmp_path)
+    assert "FIFO" in stderr, stderr
+
+
+def test_a_device_behind_an_image_name_is_refused(cli, tmp_path):
+    for name, target in [("z.npy", "/dev/zero"), ("u.tif", "/dev/urandom"), ("n.png", "/dev/null")]:
+        link = tmp_path / name
+        link.symlink_to(target)
+        stderr = refused_alone(cli, link, tmp_path)
+        assert "device" in stderr, stderr
+
+
+def test_a_socket_input_is_refused(cli, tmp_path):
+    path = tmp_path / "s.tif"
+    if len(str(path)) > 100:
+        pytest.skip("the path is too long for a Unix socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))
+        stderr = refused_alone(cli, path, tmp_path)
+    assert "socket" in stderr, stderr
+
+
+def test_special_files_in_a_folder_or_pattern_are_skipped(cli, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good_image(folder / "good.npy")
+    os.mkfifo(folder / "fifo.tif")
+    (folder / "zero.npy").symlink_to("/dev/zero")
+    for inputs in ([folder], [folder / "*.*"]):
+        out = tmp_path / f"out{len(inputs)}{inputs[0].name}"
+        proc = segment(cli, *inputs, out=out)
+        assert proc.returncode == 0, proc.stderr
+        assert sorted(p.name for p in out.iterdir()) == ["good.tif"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_special_file_as_model_is_a_usage_error(cli, tmp_path, kind):
+    model = tmp_path / "model.pt"
+    if kind == "fifo":
+        os.mkfifo(model)
+    else:
+        model.symlink_to("/dev/zero")
+    image = good_image(tmp_path / "good.npy")
+    proc = segment(cli, image, out=tmp_path / "out", extra=["--model", model])
+    assert_refused(proc, "model.pt", status=(2,))
+    assert not (tmp_path / "out" / "good.tif").exists()
+    assert_refused(run(cli, "info", model), "model.pt", status=(2,))
+    assert_refused(run(cli, "bench", "--model", model, "--size", "64"), "model.pt", status=(2,))
+
+
+# --- Hostile and good inputs together ---------------------------------------
+
+
+def test_good_inputs_are_segmented_next_to_hostile_ones(cli, tmp_path):
+    good = good_image(tmp_path / "good.npy")
+    huge = tmp_path / "huge.npy"
+    huge.write_bytes(HOSTILE_NPY["huge_shape"])
+    bomb = tmp_path / "bomb.tif"
+    bomb.write_bytes(hostile_tiffs()["declares_ffffffff_squared"])
+    fifo = tmp_path / "fifo.tif"
+    os.mkfifo(fifo)
+    zero = tmp_path / "z.npy"
+    zero.symlink_to("/dev/zero")
+    out = tmp_path / "out"
+    proc = segment(cli, huge, bomb, good, fifo, zero, out=out, extra=["--json"])
+    assert_refused(proc, "huge.npy", "bomb.tif", "fifo.tif", "z.npy")
+    assert len(proc.stderr.splitlines()) == 4, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["good.tif"]
+    reports = {Path(r["input"]).name: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert reports["good.npy"]["status"] == "ok"
+    assert all(reports[n]["status"] == "failed" for n in ("huge.npy", "bomb.tif", "fifo.tif", "z.npy"))
+
+
+# --- Flags that ask for absurd sizes -----------------------------------------
+
+
+@pytest.mark.parametrize("size", ["4294967296x4294967296", "1000000x1000000"])
+def test_bench_refuses_sizes_beyond_memory(cli, size):
+    proc = run(cli, "bench", "--size", size, "--device", "cpu", "-r", "1")
+    assert_refused(proc, status=(2,))
