@@ -230,7 +230,7 @@ def test_special_files_are_not_models(tmp_path):
     assert result, "loading a FIFO blocked"
     assert isinstance(result[0], unet_rt.ModelError) and "a FIFO" in str(result[0])
     assert isinstance(_load_error(tmp_path), unet_rt.ModelError)
-    assert "a device" in str(_load_error(Path("/dev/null")))
+    assert "a character device" in str(_load_error(Path("/dev/null")))
 
 
 def _load_error(path: Path) -> BaseException:

@@ -21,8 +21,7 @@ pub(crate) struct Memory {
 impl Memory {
     /// The memory available now.
     pub(crate) fn available() -> Self {
-        let text = std::fs::read_to_string("/proc/meminfo").ok();
-        Self { available: text.as_deref().and_then(parse_mem_available) }
+        Self { available: unet_rt::memory::available_memory().and_then(|b| u64::try_from(b).ok()) }
     }
 
     /// No limit (the memory available is unknown).
@@ -53,17 +52,6 @@ impl Memory {
     /// The limit as a decoder takes it: `usize::MAX` when unknown.
     pub(crate) fn as_usize(self) -> usize {
         self.available.map_or(usize::MAX, saturating_usize)
-    }
-}
-
-/// `MemAvailable` in bytes, from the text of `/proc/meminfo`.
-fn parse_mem_available(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?;
-    let mut words = line.split_whitespace();
-    let value: u64 = words.next()?.parse().ok()?;
-    match words.next() {
-        Some("kB") => value.checked_mul(1024),
-        _ => None,
     }
 }
 
@@ -134,15 +122,6 @@ pub(crate) fn try_map<A, B>(array: &ArrayD<A>, f: impl FnMut(&A) -> B) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_mem_available_in_bytes() {
-        let text = "MemTotal:       32768000 kB\nMemFree:  1000 kB\nMemAvailable:   23934592 kB\n";
-        assert_eq!(parse_mem_available(text), Some(23_934_592 * 1024));
-        assert_eq!(parse_mem_available("MemTotal: 5 kB\n"), None);
-        assert_eq!(parse_mem_available("MemAvailable: lots kB\n"), None);
-        assert_eq!(parse_mem_available("MemAvailable: 18446744073709551615 kB\n"), None);
-    }
 
     #[test]
     fn refuses_what_exceeds_the_memory() {

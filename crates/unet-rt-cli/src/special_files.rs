@@ -4,30 +4,10 @@
 //! judged by what it leads to, so a symbolic link `x.npy -> /dev/zero` is a
 //! device.
 
-use std::fs::{FileType, Metadata};
+use std::fs::Metadata;
 use std::path::Path;
 
-/// What a file of this type is, for messages, when it is neither a regular
-/// file nor a folder.
-pub(crate) fn special_kind(file_type: FileType) -> Option<&'static str> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if file_type.is_fifo() {
-            return Some("a FIFO (named pipe)");
-        }
-        if file_type.is_socket() {
-            return Some("a socket");
-        }
-        if file_type.is_char_device() {
-            return Some("a character device");
-        }
-        if file_type.is_block_device() {
-            return Some("a block device");
-        }
-    }
-    (!file_type.is_file() && !file_type.is_dir()).then_some("a special file")
-}
+pub(crate) use unet_rt::files::special_kind;
 
 /// An error when `path` leads to a special file; `Ok` for regular files,
 /// folders and paths that cannot be examined (opening them reports why).

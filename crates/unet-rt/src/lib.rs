@@ -16,6 +16,7 @@ mod build_info;
 mod convert;
 mod engine;
 mod error;
+pub mod files;
 pub mod geometry;
 mod info;
 pub mod instances;

@@ -23,10 +23,19 @@ pub fn available_memory() -> Option<usize> {
 /// A field of `/proc/meminfo`, in bytes. Other systems report `None`, and
 /// the checks that use it fall back to fallible allocation alone.
 fn meminfo_field(name: &str) -> Option<usize> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with(name))?;
-    let kib: usize = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
-    kib.checked_mul(1024)
+    parse_meminfo(&std::fs::read_to_string("/proc/meminfo").ok()?, name)
+}
+
+/// The field `name` (with its colon) of `/proc/meminfo`'s text, in bytes;
+/// `None` when it is missing, not in kB, or beyond `usize`.
+fn parse_meminfo(text: &str, name: &str) -> Option<usize> {
+    let line = text.lines().find_map(|l| l.strip_prefix(name))?;
+    let mut words = line.split_whitespace();
+    let value: usize = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => value.checked_mul(1024),
+        _ => None,
+    }
 }
 
 /// `bytes` for people: `1.5 GiB`.
@@ -85,5 +94,15 @@ mod tests {
         assert!(err.starts_with("invalid tile: a batch needs") && err.contains("cannot be allocated"), "{err}");
         assert!(element_count(&[1 << 40, 1 << 40], "image").is_err());
         assert_eq!(element_count(&[3, 4], "image").unwrap(), 12);
+    }
+
+    #[test]
+    fn reads_meminfo_fields_in_bytes() {
+        let text = "MemTotal:       24576000 kB\nMemAvailable:   23934592 kB\n";
+        assert_eq!(parse_meminfo(text, "MemAvailable:"), Some(23_934_592 * 1024));
+        assert_eq!(parse_meminfo(text, "MemTotal:"), Some(24_576_000 * 1024));
+        assert_eq!(parse_meminfo("MemTotal: 5 kB\n", "MemAvailable:"), None);
+        assert_eq!(parse_meminfo("MemAvailable: lots kB\n", "MemAvailable:"), None);
+        assert_eq!(parse_meminfo("MemAvailable: 18446744073709551615 kB\n", "MemAvailable:"), None);
     }
 }

@@ -218,7 +218,10 @@ impl Metadata {
         if !kind.is_file() {
             return Err(Error::InvalidModel {
                 path: path.to_owned(),
-                reason: format!("not a regular file (it is {}); a TorchScript archive (.pt) is expected", describe(kind)),
+                reason: format!(
+                    "not a regular file (it is {}); a TorchScript archive (.pt) is expected",
+                    crate::files::special_kind(kind).unwrap_or("a directory")
+                ),
             });
         }
         let file = std::fs::File::open(path).map_err(io_error)?;
@@ -251,28 +254,6 @@ impl Metadata {
             path: std::path::PathBuf::new(),
             reason: e.to_string(),
         })
-    }
-}
-
-/// What kind of file system entry `kind` is, for messages.
-fn describe(kind: std::fs::FileType) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if kind.is_fifo() {
-            return "a FIFO";
-        }
-        if kind.is_socket() {
-            return "a socket";
-        }
-        if kind.is_char_device() || kind.is_block_device() {
-            return "a device";
-        }
-    }
-    if kind.is_dir() {
-        "a directory"
-    } else {
-        "not a regular file"
     }
 }
 
@@ -357,7 +338,7 @@ mod tests {
         let err = Metadata::read_from_archive(&dir).unwrap_err().to_string();
         assert!(err.contains("a directory"), "{err}");
         let err = Metadata::read_from_archive(Path::new("/dev/zero")).unwrap_err().to_string();
-        assert!(err.contains("a device"), "{err}");
+        assert!(err.contains("a character device"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

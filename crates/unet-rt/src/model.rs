@@ -196,7 +196,7 @@ impl Model {
                 info.spatial_dims + 2
             )));
         }
-        if shape.iter().any(|&d| d == 0) {
+        if shape.contains(&0) {
             return Err(invalid(format!("empty array of shape {shape:?}")));
         }
         if let Some(&bad) = shape[2..].iter().find(|&&s| !info.is_valid_size(s)) {

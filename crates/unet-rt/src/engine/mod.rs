@@ -422,7 +422,7 @@ impl Segmenter {
                 format!("the model takes {} channel(s), the image has {} (shape {shape:?})", info.in_channels, shape[0]),
             ));
         }
-        if shape.iter().any(|&d| d == 0) {
+        if shape.contains(&0) {
             return Err(invalid("image", format!("empty image of shape {shape:?}")));
         }
         Ok(())
