@@ -2,9 +2,10 @@
 
 Each *campaign* (:mod:`tests.fuzz.worker`) throws generated hostile input at
 one part of the API (arrays, arguments, planning, ``out=`` arrays, corrupt
-model files, lying metadata, pathological networks, odd model paths) and
+model files, lying metadata, misbehaving networks with and without
+metadata, odd model paths) and
 checks every outcome against the contract in :mod:`tests.fuzz.contract`.
-``tests/test_fuzz.py`` runs each campaign in a subprocess with a timeout, so a
+``tests/fuzz/run_campaigns.py`` runs each campaign in a subprocess with a timeout, so a
 crash or a hang fails the test instead of the test run.
 
 Modules:
@@ -14,6 +15,8 @@ Modules:
 * :mod:`tests.fuzz.arrays`: array recipes and their hypothesis strategies.
 * :mod:`tests.fuzz.values`: hostile argument values.
 * :mod:`tests.fuzz.models`: valid, corrupt and lying model files.
-* :mod:`tests.fuzz.campaigns`: the campaigns.
+* :mod:`tests.fuzz.common`: the campaigns' shared context and checked calls.
+* :mod:`tests.fuzz.inputs`, :mod:`tests.fuzz.arguments`, :mod:`tests.fuzz.files`:
+  the campaigns.
 * :mod:`tests.fuzz.worker`: the command line that runs one campaign.
 """

@@ -5,8 +5,7 @@ must all be closed-form fast whatever the sizes)."""
 
 from __future__ import annotations
 
-import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 from hypothesis import strategies as st
@@ -109,6 +108,7 @@ HUGE_SIDES = (10**6, 10**9, 10**13, 10**14, 2**31, 2**32 + 44, 2**62, 2**63 - 1,
 
 
 def _side() -> st.SearchStrategy[Any]:
+    """One side length: usual, huge, an edge integer, or any hostile value."""
     return st.one_of(st.integers(1, 200), st.sampled_from(HUGE_SIDES), st.sampled_from(INTS), st.sampled_from(POOL))
 
 
@@ -148,11 +148,13 @@ def planning(ctx: Context, data: st.DataObject) -> None:
 
 
 def _planning_options() -> st.SearchStrategy[Dict[str, Any]]:
+    """``tile``, ``batch_size`` and ``memory_budget``, each absent or hostile."""
     return st.fixed_dictionaries({}, optional={"tile": hostile("tile"), "batch_size": hostile("batch_size"),
                                                "memory_budget": hostile("memory_budget")})
 
 
 def _options_problem(options: Dict[str, Any], dims: int) -> Optional[str]:
+    """Why these planning options must be refused, or ``None``."""
     for key, value in options.items():
         if not acceptable(key, value, dims):
             return f"{key}={describe(value)} is not acceptable"
@@ -171,10 +173,12 @@ def _layout(ctx: Context, data: st.DataObject, name: str, model: Any, dims: int,
 
 
 def _silent(problem: Optional[str]) -> Optional[str]:
+    """A problem of a returned result, marked as a silent one."""
     return None if problem is None else f"silent: {problem}"
 
 
 def _window_fields(dims: int) -> st.SearchStrategy[Dict[str, Any]]:
+    """The keyword arguments of a ``Window``: hostile sides, ``origin`` optional."""
     fields = {"image": _shape(dims), "start": _shape(dims), "shape": _shape(dims)}
     return st.fixed_dictionaries(fields, optional={"origin": _shape(dims)})
 
@@ -187,7 +191,7 @@ def _window_problem(fields: Dict[str, Any], dims: int) -> Optional[str]:
     for key in ("start", "origin"):
         if key in fields and not _is_sides(fields[key], dims, minimum=0):
             return f"{key}={describe(fields[key])} is not {dims} offsets"
-    if any(s + n > i for s, n, i in zip(fields["start"], fields["shape"], fields["image"])):
+    if any(int(s) + int(n) > int(i) for s, n, i in zip(fields["start"], fields["shape"], fields["image"])):
         return "the region reaches past the image"
     return None
 

@@ -180,6 +180,7 @@ def _unaligned(base: np.ndarray) -> np.ndarray:
 
 
 def _memmap(base: np.ndarray, directory: Optional[str]) -> np.ndarray:
+    """A ``.npy`` memmap in ``directory`` holding ``base``."""
     fd, path = tempfile.mkstemp(suffix=".npy", dir=directory)
     os.close(fd)
     mm = np.lib.format.open_memmap(path, mode="w+", dtype=base.dtype, shape=base.shape)
@@ -205,13 +206,15 @@ def _side(small: int, large: int) -> st.SearchStrategy[int]:
 
 
 def array_specs(max_side: int = 80, max_ndim: int = 6, dtypes: Sequence[str] = DTYPES,
-                fills: Sequence[str] = FILLS, max_elements: int = 40000) -> st.SearchStrategy[ArraySpec]:
-    """Array recipes: 0-d to ``max_ndim``-d, any dtype, fill and layout; the
-    last two axes are image-sized, the others short."""
+                fills: Sequence[str] = FILLS, max_elements: int = 40000,
+                ndims: Optional[Sequence[int]] = None) -> st.SearchStrategy[ArraySpec]:
+    """Array recipes: 0-d to ``max_ndim``-d (or one of ``ndims``), any dtype,
+    fill and layout; the last two axes are image-sized, the others short."""
 
     @st.composite
     def draw(data: st.DrawFn) -> ArraySpec:
-        ndim = data(st.integers(0, max_ndim))
+        """Draws one recipe."""
+        ndim = data(st.sampled_from(tuple(ndims)) if ndims else st.integers(0, max_ndim))
         image_axes = min(ndim, 2)
         short = [data(st.integers(0, 4)) for _ in range(ndim - image_axes)]
         sides = [data(_side(min(10, max_side), max_side)) for _ in range(image_axes)]
@@ -239,6 +242,7 @@ def huge_specs(ndim_choices: Sequence[int] = (2, 3, 4)) -> st.SearchStrategy[Hug
 
     @st.composite
     def draw(data: st.DrawFn) -> HugeSpec:
+        """Draws one recipe."""
         ndim = data(st.sampled_from(tuple(ndim_choices)))
         sides = [data(st.sampled_from(HUGE_SIDES + (1, 2, 3, 64))) for _ in range(ndim)]
         sides[-1] = data(st.sampled_from(HUGE_SIDES))

@@ -8,7 +8,7 @@ import inspect
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -46,6 +46,14 @@ class Context:
     tmp: str
     limits: Limits = field(default_factory=Limits)
     models: Dict[str, Any] = field(default_factory=dict)
+    _done: Set[str] = field(default_factory=set)
+
+    def once(self, key: str) -> bool:
+        """True the first time it is asked about ``key`` (for the fixed cases
+        a campaign runs once, whatever its example count)."""
+        first = key not in self._done
+        self._done.add(key)
+        return first
 
     @property
     def has_nonfinite(self) -> bool:
@@ -64,7 +72,7 @@ class Context:
         return self.models[name]
 
     def path(self, name: str) -> str:
-        """A fresh file name in the scratch folder."""
+        """The file ``name`` in the scratch folder."""
         return os.path.join(self.tmp, name)
 
 
@@ -81,6 +89,7 @@ _VARIANTS: Dict[str, Dict[str, Any]] = {
 
 
 def _shared_model(name: str) -> Any:
+    """Loads the shared model ``name`` (see :meth:`Context.model`)."""
     import unet_rt
 
     from .models import resave, tiny_bytes, tiny_metadata
@@ -133,7 +142,7 @@ def segment(ctx: Context, model: Any, model_name: str, array: np.ndarray, array_
     case = f"{model_name}.segment({array_desc}, {kwargs_repr(kwargs)})"
     result = ctx.rec.run(case, lambda: model.segment(array, **kwargs), expect, arguments or tuple(kwargs),
                          ctx.limits.segment)
-    propagate = kwargs.get("nonfinite") == "propagate"
+    propagate = isinstance(kwargs.get("nonfinite"), str) and kwargs["nonfinite"].lower() == "propagate"
     if check_consistency and not propagate and result is not None and expect.output in ("labels", "instances"):
         _consistency(ctx, model, model_name, array, array_desc, kwargs)
     return result
@@ -141,12 +150,15 @@ def segment(ctx: Context, model: Any, model_name: str, array: np.ndarray, array_
 
 def _consistency(ctx: Context, model: Any, model_name: str, array: np.ndarray, array_desc: str,
                  kwargs: Dict[str, Any]) -> None:
+    """Segments the same input as ``raw``: if the network output is
+    non-finite there, the labels just returned were made up."""
     raw_kwargs = {k: v for k, v in kwargs.items() if k != "out"}
     raw_kwargs["output"] = "raw"
     case = f"(consistency) {model_name}.segment({array_desc}, {kwargs_repr(raw_kwargs)})"
     outcome: Dict[str, Any] = {}
 
     def call() -> Any:
+        """The raw call, remembering what it raised."""
         try:
             return model.segment(array, **raw_kwargs)
         except BaseException as exc:  # noqa: BLE001
@@ -188,7 +200,8 @@ def inspect_model(ctx: Context, model: Any, desc: str) -> bool:
     layout: Dict[str, Any] = {}
     worked &= _ran(ctx, case, lambda: layout.update(model.layout((100, 100))))
     if layout:
-        ctx.rec.check(case, layout_problem(layout, (100, 100)))
+        problem = layout_problem(layout, (100, 100))
+        ctx.rec.check(case, problem and f"silent: {problem}")
     _ran(ctx, f"{desc}.layout((10**14, 10**14))", lambda: model.layout((10**14, 10**14)))
     return worked and len(ctx.rec.violations) == before
 

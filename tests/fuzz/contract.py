@@ -40,7 +40,8 @@ __all__ = [
 ]
 
 #: Pieces of text that only a C++ backtrace or a raw libtorch error contains.
-CPP_MARKERS: Tuple[str, ...] = ("frame #", "c10::", "Exception raised from", "torch::jit::", "at::native::")
+CPP_MARKERS: Tuple[str, ...] = ("frame #", "c10::", "Exception raised from", "torch::jit::", "at::native::", "Caffe2",
+                                "mutable_data()")
 #: Longest acceptable error message (a TorchScript traceback or an array dump is not a message).
 MAX_MESSAGE = 2000
 #: Tolerance on probabilities in [0, 1].
@@ -68,6 +69,7 @@ def is_internal_error(exc: BaseException) -> bool:
 
 
 def _qualified(exc: BaseException) -> str:
+    """The exception's class as ``module.Name``."""
     cls = type(exc)
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -164,6 +166,7 @@ def check_result(result: Any, expect: Expect) -> Optional[str]:
 
 
 def _check_labels(result: np.ndarray, expect: Expect) -> Optional[str]:
+    """Labels: an integer dtype, values in ``[0, classes)``."""
     if result.dtype.kind not in "ui" and result.dtype != np.bool_:
         return f"labels have dtype {result.dtype}"
     if result.size and (int(result.min()) < 0 or int(result.max()) >= expect.classes):
@@ -172,6 +175,7 @@ def _check_labels(result: np.ndarray, expect: Expect) -> Optional[str]:
 
 
 def _check_instances(result: np.ndarray, expect: Expect) -> Optional[str]:
+    """Instances: a dtype that cannot wrap, no negative ids."""
     if result.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64), np.dtype(np.int64)):
         return f"instances have dtype {result.dtype} (only uint32, uint64, int64 cannot wrap)"
     if result.size and int(result.min()) < 0:
@@ -180,6 +184,7 @@ def _check_instances(result: np.ndarray, expect: Expect) -> Optional[str]:
 
 
 def _check_floats(result: np.ndarray, expect: Expect) -> Optional[str]:
+    """Probabilities and raw output: float, finite (unless allowed), probabilities in [0, 1]."""
     if result.dtype.kind != "f":
         return f"{expect.output} have dtype {result.dtype}"
     values = result.astype(np.float64)
@@ -195,6 +200,7 @@ def _check_floats(result: np.ndarray, expect: Expect) -> Optional[str]:
 
 
 def _compare(result: np.ndarray, expect: Expect) -> Optional[str]:
+    """Equality with the expected result within ``atol`` (NaN where it has NaN)."""
     want = np.asarray(expect.reference)
     if want.shape != result.shape:
         return f"result has shape {result.shape}, the reference {want.shape}"

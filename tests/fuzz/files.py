@@ -15,6 +15,7 @@ import io
 import math
 import os
 import threading
+import zipfile
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -32,6 +33,7 @@ IMAGE_SHAPE = (48, 52)
 
 
 def _image(seed: int = 7, shape: Tuple[int, ...] = IMAGE_SHAPE) -> np.ndarray:
+    """A reproducible random float32 image with values in [0, 100)."""
     return (np.random.default_rng(seed).random(shape) * 100).astype(np.float32)
 
 
@@ -61,7 +63,33 @@ def corrupt(ctx: Context, data: st.DataObject) -> None:
     desc = " + ".join(map(repr, damages))
     model = load(ctx, archive, desc, via_path=data.draw(st.booleans(), label="via path"))
     if model is not None:
-        _exercise(ctx, model, "model", data.draw(st.sampled_from(OUTPUTS), label="output"))
+        lost = lost_storage(tiny_bytes(), archive)
+        _exercise(ctx, model, "model", data.draw(st.sampled_from(OUTPUTS), label="output"),
+                  {"must_fail": lost} if lost else None)
+
+
+def _storages(archive: bytes) -> Optional[Dict[str, int]]:
+    """The byte sizes of the archive's tensor storages (``data/N`` entries),
+    or ``None`` when it is no readable zip."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(archive)) as z:
+            return {i.filename.split("/", 1)[-1]: i.file_size for i in z.infolist() if "/data/" in "/" + i.filename
+                    and i.filename.rsplit("/", 1)[-1].isdigit()}
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError, NotImplementedError):
+        return None
+
+
+def lost_storage(original: bytes, damaged: bytes) -> Optional[str]:
+    """Why a model rebuilt from ``damaged`` cannot hold the original's weights:
+    a tensor storage that is missing or shorter (reading it would read past
+    its end), or ``None``."""
+    before, after = _storages(original), _storages(damaged)
+    if not before or after is None:
+        return None
+    for name, size in before.items():
+        if after.get(name, -1) < size:
+            return f"tensor storage {name} has {after.get(name, 'no')} bytes instead of {size}"
+    return None
 
 
 # --- metadata -----------------------------------------------------------------------------
@@ -77,18 +105,25 @@ def metadata(ctx: Context, data: st.DataObject) -> None:
     edits: List[MetadataEdit] = data.draw(st.lists(metadata_edits(), min_size=1, max_size=3), label="edits")
     text = edited_text(tiny_metadata(), edits)
     archive = resave(tiny_bytes(), text)
-    desc = f"tiny with metadata {_clip(text)}"
+    desc = f"tiny with metadata edits {_clip(repr(edits), 1500)}"
     model = load(ctx, archive, desc, via_path=data.draw(st.booleans(), label="via path"))
     if model is None:
         return
     output = data.draw(st.sampled_from(("probabilities", "probabilities", "raw", "labels", "instances")), label="output")
-    extra: Dict[str, Any] = {}
-    if all(e.path and e.path[0] in NEUTRAL for e in edits) and output in ("probabilities", "raw"):
-        extra = {"reference": ctx.model("tiny").segment(_image(), output=output), "atol": 1e-4}
-    _exercise(ctx, model, "model", output, extra)
+    result = _exercise(ctx, model, "model", output)
+    if isinstance(result, np.ndarray) and all(e.path and e.path[0] in NEUTRAL for e in edits) and output in (
+            "probabilities", "raw"):
+        # The contract asks lying models for a correct-looking result only: a wrong one that looks right
+        # (geometry lies the network's output sizes happen to agree with) is a note, not a violation.
+        truth = ctx.model("tiny").segment(_image(), output=output)
+        same = truth.shape == result.shape and np.allclose(truth, result, atol=1e-4)
+        if not same:
+            ctx.rec.note(f"{desc}: segment(output={output!r})",
+                         "lying metadata gave a plausible result that differs from the truthful model's")
 
 
 def _clip(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters for a log line."""
     return text if len(text) <= limit else f"{text[:limit]}...<{len(text)} chars>"
 
 
@@ -139,6 +174,7 @@ def _truth(raw: np.ndarray, output: str, kind: str) -> Optional[np.ndarray]:
 
 
 def _network_metadata(choice: str, channels: Optional[int]) -> Optional[Dict[str, Any]]:
+    """The metadata of a scripted network for one ``choice``, or ``None`` (probe)."""
     if choice == "probe":
         return None
     meta = dict(SAME_METADATA)
@@ -232,9 +268,11 @@ def _unblocking(call: Callable[[], Any], unblock: Callable[[], None], limit: flo
     (a violation: the path made loading hang)."""
 
     def run() -> Any:
+        """Runs the call on a thread; unblocks it when it hangs."""
         box: Dict[str, Any] = {}
 
         def target() -> None:
+            """The thread: keeps the result or the exception."""
             try:
                 box["result"] = call()
             except BaseException as exc:  # noqa: BLE001
@@ -311,9 +349,8 @@ def paths(ctx: Context, data: st.DataObject) -> None:
     (the campaign's cases are fixed: hypothesis only runs it once)."""
     import unet_rt
 
-    if getattr(ctx, "_paths_done", False):
+    if not ctx.once("paths"):
         return
-    setattr(ctx, "_paths_done", True)
     image = _image()
     for desc, path, unblock in _path_cases(ctx):
         loaders = (("unet_rt.Model", lambda p=path: unet_rt.Model(p, device="cpu", precision="fp32")),

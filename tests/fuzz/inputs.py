@@ -11,8 +11,9 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from .arrays import DTYPES, ArraySpec, HugeSpec, array_specs, build, build_huge, dtype_of, huge_specs
+from .arrays import DTYPES, SUPPORTED, ArraySpec, HugeSpec, array_specs, build, build_huge, dtype_of, huge_specs
 from .common import OUTPUTS, Context, model_shape, segment, segment_expect
+from .values import kwargs_repr
 from .contract import Expect
 
 __all__ = ["arrays", "numerics", "outputs"]
@@ -43,15 +44,38 @@ def _spec_problem(spec: ArraySpec) -> Optional[str]:
     return None
 
 
+#: Zero-memory arrays of huge declared shapes that every run tries once.
+FIXED_HUGE: Tuple[HugeSpec, ...] = (
+    HugeSpec((300000, 300000), "<f4", "broadcast"),
+    HugeSpec((300000, 300000), "|u1", "strided"),
+    HugeSpec((2**30, 2**30), "<f4", "broadcast"),
+    HugeSpec((10**6, 10**6), ">f4", "broadcast"),
+)
+
+
+def _fixed_huge(ctx: Context) -> None:
+    """The :data:`FIXED_HUGE` arrays, every output, on the tiny model (once per run)."""
+    if not ctx.once("fixed huge arrays"):
+        return
+    model = ctx.model("tiny")
+    for spec in FIXED_HUGE:
+        for output in OUTPUTS:
+            expect = Expect(output=output, must_fail=f"the result of a {spec.shape} image takes terabytes")
+            segment(ctx, model, "tiny", build_huge(spec), repr(spec), {"output": output}, expect)
+
+
 def arrays(ctx: Context, data: st.DataObject) -> None:
     """One hostile array into ``segment`` (mostly), ``forward`` or ``percentile_range``."""
+    _fixed_huge(ctx)
     name = data.draw(st.sampled_from(("tiny", "tiny", "rgb", "volume", "same")), label="model")
     model = ctx.model(name)
     dims = model_shape(model).spatial_dims
     if data.draw(st.integers(0, 9), label="huge?") == 0:
         return _huge(ctx, data, name, model)
-    spec = data.draw(array_specs(max_side=80 if dims == 2 else 20, max_elements=40000 if dims == 2 else 12000),
-                     label="array")
+    sizes = dict(max_side=80 if dims == 2 else 20, max_elements=40000 if dims == 2 else 12000)
+    if data.draw(st.booleans(), label="nearly valid?"):  # a pixel type and rank the model takes
+        sizes.update(dtypes=sorted(SUPPORTED), ndims=(dims, dims, dims + 1))
+    spec = data.draw(array_specs(**sizes), label="array")
     array = build(spec, ctx.tmp)
     target = data.draw(st.sampled_from(("segment", "segment", "segment", "forward", "percentile_range")), label="target")
     if target == "forward":
@@ -62,7 +86,26 @@ def arrays(ctx: Context, data: st.DataObject) -> None:
     output = data.draw(st.sampled_from(OUTPUTS), label="output")
     kwargs: Dict[str, Any] = {"output": output} if axes is None else {"axes": axes, "output": output}
     expect = segment_expect(model, array.shape, kwargs, must_fail=_spec_problem(spec))
+    if expect.must_fail is None and _is_unusual(spec):
+        _add_plain_reference(ctx, model, name, array, repr(spec), kwargs, expect)
     segment(ctx, model, name, array, repr(spec), kwargs, expect, check_consistency=spec.fill in NONFINITE_FILLS)
+
+
+def _is_unusual(spec: ArraySpec) -> bool:
+    """A supported pixel type in an unusual layout, byte order or buffer."""
+    return spec.dtype in SUPPORTED and (spec.layout != "c" or spec.dtype.startswith(">") or spec.readonly or spec.memmap)
+
+
+def _add_plain_reference(ctx: Context, model: Any, name: str, array: np.ndarray, desc: str, kwargs: Dict[str, Any],
+                         expect: Expect) -> None:
+    """Makes the result of a plain copy (C-contiguous, native byte order,
+    writeable) the reference the unusual array's result must equal."""
+    plain = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("="))
+    case = f"(reference) {name}.segment(<plain copy of {desc}>, {kwargs_repr(kwargs)})"
+    reference = ctx.rec.run(case, lambda: model.segment(plain, **kwargs), None, tuple(kwargs), ctx.limits.segment)
+    if isinstance(reference, np.ndarray):
+        expect.reference = reference
+        expect.atol = 0.0 if expect.output in ("labels", "instances") else 1e-6
 
 
 def _huge(ctx: Context, data: st.DataObject, name: str, model: Any) -> None:
@@ -146,6 +189,8 @@ def numerics(ctx: Context, data: st.DataObject) -> None:
         kwargs["nonfinite"] = "propagate"
     desc = _describe_values(array)
     expect = segment_expect(model, array.shape, kwargs, nonfinite_ok=propagate)
+    if dtype.startswith(">"):
+        _add_plain_reference(ctx, model, name, array, desc, kwargs, expect)
     segment(ctx, model, name, array, desc, kwargs, expect, check_consistency=not propagate)
 
 
@@ -173,8 +218,8 @@ def _positions(array: np.ndarray) -> str:
 
 # --- outputs -------------------------------------------------------------------------
 
-OUT_KINDS = ("array", "array", "array", "wrong_shape", "overlap", "list", "tuple", "memoryview", "bytearray",
-             "masked", "matrix", "scalar")
+OUT_KINDS = ("array",) * 12 + ("wrong_shape", "wrong_shape", "overlap", "overlap", "list", "tuple", "memoryview",
+                                "bytearray", "masked", "matrix", "scalar")
 NATURAL = {"labels": "|u1", "probabilities": "<f4", "raw": "<f4", "instances": "<u4"}
 INSTANCE_DTYPES = {"<u4", "<u8", "<i8"}
 
@@ -231,9 +276,11 @@ def _make_out(ctx: Context, kind: str, shape: Tuple[int, ...], dtype: str, layou
 
 def _run_out(ctx: Context, model: Any, name: str, image: np.ndarray, base: Dict[str, Any], out: Any, desc: str,
              why: Optional[str], reference: np.ndarray, dtype: str) -> None:
+    """Segments with ``out=``: refused when ``why``, else ``out`` filled with the reference."""
     output = base["output"]
     original = image.copy()
-    if why is None and output == "instances" and isinstance(out, np.ndarray) and out.dtype.str not in INSTANCE_DTYPES:
+    if why is None and output == "instances" and isinstance(out, np.ndarray) and (
+            out.dtype.fields or out.dtype.newbyteorder("=").str not in INSTANCE_DTYPES):
         why = f"instances into {out.dtype} could wrap"
     if why is None and isinstance(out, np.ndarray) and (out.dtype.kind in "cOMmSUV" or out.dtype.fields):
         why = f"out of dtype {out.dtype} cannot hold {output}"

@@ -60,6 +60,7 @@ def tiny_bytes(seed: int = 0, **overrides: Any) -> bytes:
 
 @lru_cache(maxsize=None)
 def _tiny_bytes(seed: int, overrides: str) -> bytes:
+    """:func:`tiny_bytes` with its overrides as JSON (so that it can be cached)."""
     from training.tiny import export_tiny
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,6 +76,7 @@ def tiny_metadata(seed: int = 0, **overrides: Any) -> Dict[str, Any]:
 
 @lru_cache(maxsize=16)
 def _scripted(data: bytes) -> torch.jit.ScriptModule:
+    """The module of an archive, loaded once."""
     return torch.jit.load(io.BytesIO(data), map_location="cpu")
 
 
@@ -114,7 +116,10 @@ class Corruption:
     offsets), ``overwrite`` (write ``value`` bytes at ``offset``), ``drop``
     (remove the zip entries whose names end with ``entry``), ``replace``
     (give those entries ``content``), ``prepend``/``append`` (``content``
-    around the archive), ``duplicate`` (write the entries twice).
+    around the archive), ``duplicate`` (write the entries twice); and,
+    inside a rebuilt zip whose checksums match, ``flip_entry`` (xor bits of
+    the entries' own bytes) and ``resize_entry`` (cut or zero-extend them
+    to a length).
     """
 
     kind: str
@@ -148,7 +153,7 @@ def corrupt(data: bytes, c: Corruption) -> bytes:
         offset, value = p
         offset %= len(data)
         return data[:offset] + value + data[offset + len(value):]
-    if kind in ("drop", "replace", "duplicate"):
+    if kind in ("drop", "replace", "duplicate", "flip_entry", "resize_entry"):
         return _rezip(data, kind, *p)
     if kind == "prepend":
         return p[0] + data
@@ -157,7 +162,7 @@ def corrupt(data: bytes, c: Corruption) -> bytes:
     raise ValueError(f"unknown corruption {kind}")
 
 
-def _rezip(data: bytes, kind: str, suffix: str = "", content: bytes = b"") -> bytes:
+def _rezip(data: bytes, kind: str, suffix: str = "", content: Any = b"") -> bytes:
     """The archive rewritten entry by entry with one entry dropped, replaced
     or duplicated (unchanged when it is no longer a readable zip)."""
     try:
@@ -166,14 +171,30 @@ def _rezip(data: bytes, kind: str, suffix: str = "", content: bytes = b"") -> by
         return data
 
 
-def _rezip_entries(data: bytes, kind: str, suffix: str, content: bytes) -> bytes:
+def _edit_entry(body: bytes, kind: str, content: Any) -> bytes:
+    """An entry's bytes after ``replace``, ``flip_entry`` or ``resize_entry``."""
+    if kind == "replace":
+        return content
+    if kind == "flip_entry" and body:
+        buf = bytearray(body)
+        for offset, bit in content:
+            buf[offset % len(buf)] ^= 1 << bit
+        return bytes(buf)
+    if kind == "resize_entry":
+        return body[:content] + b"\x00" * max(0, content - len(body))
+    return body
+
+
+def _rezip_entries(data: bytes, kind: str, suffix: str, content: Any) -> bytes:
+    """:func:`_rezip` on a readable zip."""
     out = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
         for info in src.infolist():
             hit = suffix != "" and info.filename.endswith(suffix)
             if kind == "drop" and hit:
                 continue
-            body = content if kind == "replace" and hit else src.read(info.filename)
+            body = src.read(info.filename)
+            body = _edit_entry(body, kind, content) if hit else body
             dst.writestr(info.filename, body)
             if kind == "duplicate" and hit:
                 dst.writestr(info.filename, body[::-1])
@@ -192,6 +213,12 @@ def corruptions(size: int) -> st.SearchStrategy[Corruption]:
         st.builds(lambda e: Corruption("drop", (e,)), st.sampled_from(ENTRY_SUFFIXES)),
         st.builds(lambda e, c: Corruption("replace", (e, c)), st.sampled_from(ENTRY_SUFFIXES), st.sampled_from(CONTENTS)),
         st.builds(lambda e: Corruption("duplicate", (e,)), st.sampled_from(ENTRY_SUFFIXES)),
+        st.builds(lambda e, fl: Corruption("flip_entry", (e, tuple(fl))), st.sampled_from(ENTRY_SUFFIXES),
+                  st.lists(st.tuples(st.integers(0, 10000), st.integers(0, 7)), min_size=1, max_size=4)),
+        st.builds(lambda e, fl: Corruption("flip_entry", (e, tuple(fl))), st.sampled_from(("data.pkl", "constants.pkl")),
+                  st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 7)), min_size=1, max_size=2)),
+        st.builds(lambda e, n: Corruption("resize_entry", (e, n)), st.sampled_from(ENTRY_SUFFIXES),
+                  st.one_of(st.integers(0, 64), st.integers(0, 20000))),
         st.builds(lambda c: Corruption("prepend", (c,)), st.sampled_from(CONTENTS)),
         st.builds(lambda c: Corruption("append", (c,)), st.sampled_from(CONTENTS)),
     )
@@ -208,6 +235,11 @@ class MetadataEdit:
     path: Tuple[str, ...]
     value: Any = None
     remove: bool = False
+
+    def __repr__(self) -> str:
+        value = repr(self.value)
+        value = value if len(value) <= 120 else f"{value[:100]}...<{len(value)} chars>"
+        return f"MetadataEdit({self.path!r}, {value}{', remove=True' if self.remove else ''})"
 
     def apply(self, document: Any) -> Any:
         """``document`` with this edit (a copy)."""
@@ -312,6 +344,7 @@ class _Base(nn.Module):
     """A 1x1 convolution from 1 to 2 channels (so the network has weights to probe)."""
 
     def __init__(self) -> None:
+        """Builds the layers."""
         super().__init__()
         self.conv = nn.Conv2d(1, 2, 1)
 
@@ -576,6 +609,7 @@ class ThreeChannelsIn(nn.Module):
     """Takes 3 input channels."""
 
     def __init__(self) -> None:
+        """Builds the layers."""
         super().__init__()
         self.conv = nn.Conv2d(3, 2, 1)
 
@@ -600,6 +634,8 @@ class Network:
             a 2-D, 1 to 2 channel, same-padded network (``None`` when it can).
         nonfinite: its output holds NaN or Inf.
         weights: ``"nan"``/``"inf"`` to poison its weights after building.
+        probed_wrong: why its output can never be used when the runtime
+            finds its geometry by probing (no metadata).
     """
 
     build: Callable[[], nn.Module]

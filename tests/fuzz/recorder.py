@@ -8,11 +8,14 @@ that exceeds its hard limit makes the watchdog write ``HANG`` to the log and
 to stdout and end the process with :data:`HANG_EXIT`.
 
 Violations are printed as they occur, one ``VIOLATION {json}`` line per new
-kind (so that a later crash does not lose them), and summarised at the end.
+kind (so that a later crash does not lose them), and summarised at the end;
+``InternalError``s, which the contract allows but which are bugs by their
+own account, are printed the same way as ``NOTE`` lines.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -63,16 +66,23 @@ def dedup_key(problem: str, exception: str, message: str) -> str:
     True
     >>> dedup_key("p", "E", "tile 45 is bad") == dedup_key("p", "E", "tile 77 is bad")
     True
+    >>> dedup_key("p", "E", "cannot allocate 8.00 TiB") == dedup_key("p", "E", "cannot allocate 1.6 PiB")
+    True
+    >>> dedup_key("p", "E", "expected str, not int") == dedup_key("p", "E", "expected str, not float")
+    True
     """
     def normal(text: str) -> str:
+        """``text`` with numbers and quoted values blanked, cut to 120 characters."""
         text = re.sub(r"'[^']*'|\"[^\"]*\"", "Q", text)
-        text = re.sub(r"0x[0-9a-fA-F]+|[-+]?\d+(\.\d+)?(e[-+]?\d+)?", "N", text)
+        text = re.sub(r"\b(not|got) [\w<>.]+", r"\1 T", text)  # "expected an int, not float" is one kind
+        text = re.sub(r"0x[0-9a-fA-F]+|[-+]?\d+(\.\d+)?(e[-+]?\d+)?( ?[KMGTPE]i?B)?", "N", text)
         return text[:120]
 
     return "|".join((normal(problem), exception, normal(message.splitlines()[0] if message else "")))
 
 
 def _short(text: str, limit: int = MAX_CASE) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
     text = text.replace("\n", "\\n").replace("\t", " ")
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -90,12 +100,16 @@ def _outcome(result: Any, error: Optional[BaseException]) -> str:
 class Recorder:
     """Runs and classifies the cases of one campaign."""
 
-    def __init__(self, campaign: str, log: TextIO, stdout: TextIO = sys.stdout) -> None:
+    def __init__(self, campaign: str, log: TextIO, stdout: TextIO = sys.stdout, skip: Sequence[str] = ()) -> None:
+        """Cases go to ``log``, violations to ``stdout``; ``skip`` holds fnmatch patterns of cases not to run."""
         self.campaign = campaign
+        self.skip = tuple(skip)
+        self.skipped = 0
         self.cases = 0
         self.internal_errors = 0
         self.nonfinite_errors = 0
         self.violations: List[Violation] = []
+        self.notes: List[Violation] = []
         self._seen: Dict[str, int] = {}
         self._log = log
         self._stdout = stdout
@@ -111,7 +125,11 @@ class Recorder:
         limit_s: float = 10.0,
     ) -> Any:
         """Logs ``case``, runs ``call()`` and checks the outcome; returns the
-        result, or ``None`` when the call raised."""
+        result, or ``None`` when the call raised (or matched a ``skip``
+        pattern: a known problem that would hide the others)."""
+        if any(fnmatch.fnmatchcase(case, pattern) for pattern in self.skip):
+            self.skipped += 1
+            return None
         self.cases += 1
         number = self.cases
         case = _short(case)
@@ -137,13 +155,17 @@ class Recorder:
 
     def _classify(self, number: int, case: str, result: Any, error: Optional[BaseException], expect: Expect,
                   arguments: Sequence[str]) -> None:
+        """Records what is wrong with the outcome of one call, if anything."""
         if error is None:
             problem = check_result(result, expect)
             if problem:
                 self.report(Violation(self.campaign, number, case, f"silent: {problem}"))
             return
-        self.internal_errors += is_internal_error(error)
         self.nonfinite_errors += is_nonfinite_error(error)
+        if is_internal_error(error):
+            self.internal_errors += 1
+            self._note(Violation(self.campaign, number, case, "InternalError (allowed, but a bug by its own words)",
+                                 f"{type(error).__module__}.{type(error).__qualname__}", _short(str(error), 400)))
         problem = classify_exception(error, arguments)
         if problem:
             cls = type(error)
@@ -157,6 +179,7 @@ class Recorder:
             self.report(Violation(self.campaign, self.cases, _short(case), problem))
 
     def _hang(self, number: int, case: str, hard: float) -> None:
+        """The watchdog: reports the hung case and ends the process."""
         line = f"HANG: case {number} ran for more than {hard:g} s: {case}"
         self._write_log(line + "\n")
         self._stdout.write(line + "\n")
@@ -164,6 +187,7 @@ class Recorder:
         os._exit(HANG_EXIT)
 
     def _write_log(self, text: str) -> None:
+        """Writes to the log and flushes (a crash must not lose the line)."""
         self._log.write(text)
         self._log.flush()
 
@@ -178,6 +202,21 @@ class Recorder:
             self._stdout.write(f"VIOLATION {violation.to_json()}\n")
             self._stdout.flush()
 
+    def note(self, case: str, problem: str) -> None:
+        """Records a finding the contract allows but a user would want to
+        know about, attributed to ``case``."""
+        self._note(Violation(self.campaign, self.cases, _short(case), problem))
+
+    def _note(self, note: Violation) -> None:
+        """Keeps a finding the contract allows (an ``InternalError``...);
+        prints the first of each kind as a ``NOTE`` line."""
+        key = "note|" + note.key()
+        self._seen[key] = self._seen.get(key, 0) + 1
+        if self._seen[key] == 1:
+            self.notes.append(note)
+            self._stdout.write(f"NOTE {note.to_json()}\n")
+            self._stdout.flush()
+
     def summary(self) -> str:
         """The final report: one block per kind of violation, then the
         ``CAMPAIGN: n cases, m violations`` line."""
@@ -188,12 +227,18 @@ class Recorder:
         for key, v in first.items():
             lines.append(f"[{self._seen[key]}x] {v.problem}" + (f": {v.exception}: {v.message}" if v.exception else ""))
             lines.append(f"    case {v.number}: {v.case}")
+        for note in self.notes:
+            detail = f": {note.message}" if note.message else ""
+            lines.append(f"[{self._seen['note|' + note.key()]}x] note: {note.problem}{detail}")
+            lines.append(f"    case {note.number}: {note.case}")
         extra = []
         if self.internal_errors:
             extra.append(f"{self.internal_errors} InternalError")
         if self.nonfinite_errors:
             extra.append(f"{self.nonfinite_errors} NonFiniteError")
         tail = f" ({', '.join(extra)} raised)" if extra else ""
+        if self.skipped:
+            tail += f" ({self.skipped} skipped)"
         lines.append(f"{self.campaign}: {self.cases} cases, {len(self.violations)} violations "
                      f"({len(first)} kinds){tail}")
         return "\n".join(lines)

@@ -39,6 +39,7 @@ INTS: Tuple[int, ...] = (
 
 
 def _numpy_scalars() -> List[Any]:
+    """Numpy scalars and small arrays that pose as numbers."""
     return [
         np.int64(-1), np.int64(0), np.int64(44), np.int64(2**63 - 1), np.uint64(2**64 - 1), np.uint64(44),
         np.int8(-5), np.uint8(44), np.int32(64), np.float32(44.0), np.float64(1.5), np.bool_(True),
@@ -62,7 +63,8 @@ ARGUMENT_VALUES: Dict[str, Tuple[Any, ...]] = {
     "tile": (None, 44, 48, 64, 84, (48, 64), [52, 52], 1 << 20, (44, 10**30)),
     "batch_size": (None, 1, 2, 3, 64, 10**9),
     "memory_budget": (None, 1, 1 << 10, 1 << 20, 1 << 30, 2**62),
-    "axes": (None, "yx", "YX", "xy", "byx", "cyx", "yxc", "zyx", "bb", "yxx", " yx", "y x", "yx\x00"),
+    "axes": (None, "yx", "YX", "xy", "byx", "cyx", "yxc", "zyx", "bb", "yxx", " yx", "y x", "yx\x00", 5, b"yx",
+             ["y", "x"], ("y", "x"), "ｙｘ"),
     "output": ("labels", "probabilities", "raw", "instances", "Labels", "masks", "probabilities "),
     "blend": ("crop", "gaussian", "constant", "median", "CROP"),
     "progress": (None, False, True, 0, 1, "yes", (lambda done, total: None)),
@@ -83,7 +85,9 @@ _MIN_INT = {"tile": 1, "batch_size": 1, "memory_budget": 1}
 
 
 def is_int(value: Any) -> bool:
-    """A Python or numpy integer that is not a bool."""
+    """A Python or numpy integer (or 0-d integer array) that is not a bool."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu":
+        return True
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
@@ -114,6 +118,7 @@ def acceptable(argument: str, value: Any, dims: int) -> bool:
 
 
 def _is_range(value: Any) -> bool:
+    """A pair of finite numbers (any sequence or array of two)."""
     if isinstance(value, (str, bytes)):
         return False
     try:
@@ -154,6 +159,7 @@ def draw_kwargs(arguments: Sequence[str], most: int = 3) -> st.SearchStrategy[Di
 
     @st.composite
     def draw(data: st.DrawFn) -> Dict[str, Any]:
+        """Draws the arguments and their values."""
         names = data(st.lists(st.sampled_from(tuple(arguments)), min_size=1, max_size=most, unique=True))
         return {name: data(hostile(name)) for name in names}
 
