@@ -91,6 +91,27 @@ def test_bad_arguments_raise_type_or_value_errors_that_name_them(model, kwargs, 
     assert time.perf_counter() - start < 2.0
 
 
+def test_huge_tiles_of_a_volume_model_are_refused_not_a_panic(tmp_path):
+    from training.tiny import export_tiny
+
+    path = export_tiny(tmp_path / "vol.pt", seed=3, depth=2, base=2, dims=3)
+    volume = unet_rt.Model(path, device="cpu", precision="fp32")
+    # 2^60 pixels per tile used to overflow the batch planner (division by zero).
+    for call in (lambda: volume.layout((1, 1, 100), tile=1 << 20),
+                 lambda: volume.segment(np.zeros((8, 8, 8), np.float32), tile=1 << 20)):
+        with pytest.raises(unet_rt.InvalidArgumentError, match="invalid tile"):
+            call()
+
+
+def test_read_only_out_is_refused_for_every_output(model):
+    for output, dtype in (("labels", np.uint8), ("instances", np.uint32), ("probabilities", np.float32)):
+        shape = (2, 64, 72) if output == "probabilities" else (64, 72)
+        out = np.zeros(shape, dtype)
+        out.setflags(write=False)
+        with pytest.raises(unet_rt.InvalidArgumentError, match="invalid out"):
+            model.segment(IMAGE, output=output, out=out)
+
+
 def test_instances_accept_wide_integer_outputs(model):
     want = model.segment(IMAGE, output="instances")
     for dtype in (np.uint32, np.uint64, np.int64):

@@ -278,6 +278,8 @@ class Model:
             raise InvalidArgumentError(f"invalid output: {output!r}; expected one of {', '.join(map(repr, _OUTPUTS))}")
         if out is not None and not isinstance(out, np.ndarray):
             raise TypeError(f"out must be a numpy array (or memmap), got {type(out).__name__}")
+        if out is not None and not out.flags.writeable:
+            raise InvalidArgumentError("invalid out: the array is read-only; pass a writeable array")
         if output == "instances" and out is not None and out.dtype.type not in _INSTANCE_DTYPES:
             raise InvalidArgumentError(
                 f"invalid out: has dtype {out.dtype}; instance ids are written as uint32, uint64 or int64 "

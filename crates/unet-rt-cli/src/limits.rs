@@ -62,18 +62,10 @@ pub(crate) fn saturating_usize(value: u64) -> usize {
 
 /// A byte count for people: exact, with a binary-prefixed size when large.
 pub(crate) fn show_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if bytes < 1 << 20 {
         return format!("{bytes} bytes");
     }
-    // Lossy on purpose: only the rounded size is shown this way.
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{bytes} bytes ({value:.1} {})", UNITS[unit])
+    format!("{bytes} bytes ({})", unet_rt::memory::format_bytes(u128::from(bytes)))
 }
 
 /// The product of `values`, `None` when it overflows `u64`.

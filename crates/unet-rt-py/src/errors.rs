@@ -71,6 +71,21 @@ pub(crate) fn to_py_err(err: unet_rt::Error) -> PyErr {
     })
 }
 
+/// Runs `work`, turning a panic (a bug) into [`unet_rt::Error::Internal`]:
+/// every engine call from Python goes through here, so a bug raises
+/// `InternalError`, never a `PanicException` that `except Exception` would
+/// not catch.
+pub(crate) fn catching<T>(work: impl FnOnce() -> unet_rt::Result<T>) -> unet_rt::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_owned());
+        Err(unet_rt::Error::Internal(what))
+    })
+}
+
 /// Runs `work` with the GIL released, on a worker thread, while this thread
 /// waits and looks for Ctrl-C every 100 ms: on a signal, `cancel` is set (the
 /// engine stops at its next batch) and the signal's exception (normally
@@ -85,18 +100,8 @@ where
         std::thread::scope(|scope| {
             let (done_tx, done_rx) = sync_channel::<unet_rt::Result<T>>(1);
             scope.spawn(move || {
-                // A panic is a bug: it becomes an InternalError, never a
-                // PanicException that `except Exception` would not catch.
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "a panic".to_owned());
-                    Err(unet_rt::Error::Internal(what))
-                });
                 // The receiver only goes away after a signal; the result is moot then.
-                let _ = done_tx.send(result);
+                let _ = done_tx.send(catching(work));
             });
             let mut interrupted: Option<PyErr> = None;
             loop {

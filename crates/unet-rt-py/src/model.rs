@@ -8,7 +8,7 @@ use pyo3::types::PyDict;
 use unet_rt::{OutputMode, Precision};
 
 use crate::args;
-use crate::errors::{run_released, to_py_err};
+use crate::errors::{catching, run_released, to_py_err};
 use crate::segment::{percentile_range, progress_callback, segment};
 
 /// A TorchScript model loaded once onto a device, in one precision; safe to
@@ -215,7 +215,7 @@ impl Model {
             return Err(args::invalid("window", format!("{window:?} must give one value per spatial axis of the model ({rank})")));
         }
         window.check(&window.image).map_err(to_py_err)?;
-        segmenter.needed_input(&window).map_err(to_py_err)
+        catching(|| segmenter.needed_input(&window)).map_err(to_py_err)
     }
 
     /// The tiling the engine would use for an image of spatial `shape`:
@@ -237,7 +237,7 @@ impl Model {
         }
         let options = sizing(&self.inner, tile, batch_size, memory_budget)?;
         let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;
-        let layout = segmenter.layout(&shape).map_err(to_py_err)?;
+        let layout = catching(|| segmenter.layout(&shape)).map_err(to_py_err)?;
         let d = PyDict::new(py);
         d.set_item("tile", layout.plan.input_tile_shape().to_vec())?;
         d.set_item("tiles", layout.plan.len())?;

@@ -9,9 +9,11 @@
 
 use crate::error::{Error, Result};
 
-/// Physical memory of the machine in bytes (`MemTotal`), when known.
+/// Physical memory of the machine in bytes (`MemTotal`), when known. It
+/// does not change while the process runs, so it is read once.
 pub fn total_memory() -> Option<usize> {
-    meminfo_field("MemTotal:")
+    static TOTAL: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *TOTAL.get_or_init(|| meminfo_field("MemTotal:"))
 }
 
 /// Memory available to new allocations without swapping (`MemAvailable`),

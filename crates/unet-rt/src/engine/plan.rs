@@ -21,7 +21,7 @@ const MAX_BATCH: usize = 16;
 /// Estimated bytes per input pixel of a tile during one forward pass.
 pub(crate) fn bytes_per_pixel(info: &ModelInfo, element_bytes: usize) -> usize {
     let width = info.first_layer_width.unwrap_or(DEFAULT_WIDTH).max(info.in_channels).max(1);
-    width * ACTIVATIONS_PER_WIDTH * element_bytes
+    width.saturating_mul(ACTIVATIONS_PER_WIDTH).saturating_mul(element_bytes).max(1)
 }
 
 /// The input tile per axis: the largest one within `budget` bytes whose
@@ -61,8 +61,11 @@ pub(crate) fn choose_tile(info: &ModelInfo, image: &[usize], halo: usize, budget
 
 /// Tiles per batch within the budget, at most the number of tiles.
 pub(crate) fn choose_batch(info: &ModelInfo, tile: &[usize], tiles: usize, budget: usize, element_bytes: usize) -> usize {
-    let per_tile = tile.iter().product::<usize>().max(1) * bytes_per_pixel(info, element_bytes);
-    (budget / per_tile).clamp(1, MAX_BATCH).min(tiles.max(1))
+    // In u128: a user's tile of 2^20 per axis in 3-D overflows usize.
+    let pixels = tile.iter().fold(1u128, |n, &t| n.saturating_mul(t as u128)).max(1);
+    let per_tile = pixels.saturating_mul(bytes_per_pixel(info, element_bytes) as u128);
+    let fits = usize::try_from(budget as u128 / per_tile).unwrap_or(usize::MAX);
+    fits.clamp(1, MAX_BATCH).min(tiles.max(1))
 }
 
 /// The tiles of at most `cap` input pixels whose stride is `multiple * 2^k`
@@ -141,6 +144,8 @@ mod tests {
         assert_eq!(choose_tile(&info, &[4096, 4096], 92, 1, 4), vec![188, 188]);
         assert_eq!(choose_batch(&info, &[188, 188], 3, 1 << 40, 4), 3);
         assert_eq!(choose_batch(&info, &[572, 572], 100, 1, 4), 1);
+        // 2^60 pixels times the bytes per pixel overflows usize: still one tile, no division by zero.
+        assert_eq!(choose_batch(&info, &[1 << 20; 3], 100, usize::MAX, 4), 1);
     }
 
     #[test]
