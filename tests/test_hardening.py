@@ -7,6 +7,7 @@ The randomized campaign over the same contract is tests/fuzz/run_campaigns.py.""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -238,6 +240,46 @@ def test_corrupt_archives_are_model_errors_without_cpp_frames(tiny_model_path, t
         assert "frame #" not in text and "c10::" not in text and "Exception raised from" not in text, text
         with pytest.raises(unet_rt.ModelError):
             unet_rt.Model.from_bytes(data[:cut], device="cpu")
+
+
+def _rewrite_archive(source: str, change) -> bytes:
+    """The archive at ``source`` with every entry's bytes passed through ``change(name, body)``."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(out, "w") as dst:
+        for entry in src.infolist():
+            dst.writestr(entry.filename, change(entry.filename, src.read(entry.filename)))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("record", ["data/0", "data/10", "data/25"])
+@pytest.mark.parametrize("fraction", [0.0, 0.5])
+def test_short_tensor_records_are_refused_before_libtorch_reads_them(tiny_model_path, record, fraction):
+    # libtorch takes a storage's size from data.pkl and reads the record
+    # without comparing: an emptied record segfaulted, a cut one computed
+    # from whatever memory followed it.
+    kept = []
+
+    def cut(name: str, body: bytes) -> bytes:
+        if not name.endswith("/" + record):
+            return body
+        kept.append(int(len(body) * fraction))
+        return body[: kept[-1]]
+
+    damaged = _rewrite_archive(tiny_model_path, cut)
+    with pytest.raises(unet_rt.ModelError, match=rf"tensor record \S*{record} holds {kept[0]} bytes .* truncated or damaged"):
+        unet_rt.Model.from_bytes(damaged, device="cpu")
+
+
+def test_tensors_reaching_past_their_storage_are_refused(tiny_model_path):
+    # The first convolution's weight is a (4, 1, 3, 3) view of 36 floats;
+    # a size of 9 in the last axis would reach element 42.
+    old, new = b"(K\x04K\x01K\x03K\x03t", b"(K\x04K\x01K\x03K\x09t"
+    damaged = _rewrite_archive(
+        tiny_model_path, lambda name, body: body.replace(old, new, 1) if name.endswith("/data.pkl") else body
+    )
+    assert damaged != Path(tiny_model_path).read_bytes()
+    with pytest.raises(unet_rt.ModelError, match=r"reaches element 42 but its storage has 36 elements"):
+        unet_rt.Model.from_bytes(damaged, device="cpu")
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")

@@ -22,7 +22,10 @@ fn main() {
     if model.is_file() {
         println!("cargo:rerun-if-changed={}", model.display());
         println!("cargo:rustc-cfg=unet_rt_bundled");
-        println!("cargo:rustc-env=UNET_RT_BUNDLED_MODEL_PATH={}", absolute(&model).display());
+        println!(
+            "cargo:rustc-env=UNET_RT_BUNDLED_MODEL_PATH={}",
+            absolute(&model).display()
+        );
     } else {
         // Watch the nearest folder or file that exists, so that the model's
         // arrival triggers a rebuild. A missing path would make cargo rebuild
@@ -30,9 +33,16 @@ fn main() {
         // watched because the extension module written there on each install
         // would do the same.
         let models = package.join("models");
-        let watched = if models.is_dir() { models } else { package.join("__init__.py") };
+        let watched = if models.is_dir() {
+            models
+        } else {
+            package.join("__init__.py")
+        };
         println!("cargo:rerun-if-changed={}", watched.display());
-        println!("cargo:warning=no bundled model at {}: unet-rt is built without one and needs --model", model.display());
+        println!(
+            "cargo:warning=no bundled model at {}: unet-rt is built without one and needs --model",
+            model.display()
+        );
     }
 }
 

@@ -1,1 +1,3 @@
-fn main() { torch_link::emit(torch_link::Install::SitePackage); }
+fn main() {
+    torch_link::emit(torch_link::Install::SitePackage);
+}

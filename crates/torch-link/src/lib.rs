@@ -45,7 +45,11 @@ pub fn emit(install: Install) {
     println!("cargo:rerun-if-env-changed=VIRTUAL_ENV");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let lib = libtorch_lib_dir();
-    for rpath in rpaths(&lib, install, env::var_os("VIRTUAL_ENV").map(PathBuf::from).as_deref()) {
+    for rpath in rpaths(
+        &lib,
+        install,
+        env::var_os("VIRTUAL_ENV").map(PathBuf::from).as_deref(),
+    ) {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{rpath}");
     }
     if lib.join("libtorch_cuda.so").exists() {
@@ -80,13 +84,22 @@ mod tests {
     fn venv_bin_rpath_is_relative_to_the_venv() {
         let lib = Path::new("/v/lib/python3.11/site-packages/torch/lib");
         let r = rpaths(lib, Install::VenvBin, Some(Path::new("/v")));
-        assert_eq!(r, ["$ORIGIN/../lib/python3.11/site-packages/torch/lib", lib.to_str().unwrap_or("")]);
+        assert_eq!(
+            r,
+            [
+                "$ORIGIN/../lib/python3.11/site-packages/torch/lib",
+                lib.to_str().unwrap_or("")
+            ]
+        );
     }
 
     #[test]
     fn torch_outside_the_venv_keeps_only_the_absolute_path() {
         let lib = Path::new("/opt/torch/lib");
-        assert_eq!(rpaths(lib, Install::VenvBin, Some(Path::new("/v"))), ["/opt/torch/lib"]);
+        assert_eq!(
+            rpaths(lib, Install::VenvBin, Some(Path::new("/v"))),
+            ["/opt/torch/lib"]
+        );
         assert_eq!(rpaths(lib, Install::BuildTree, None), ["/opt/torch/lib"]);
     }
 

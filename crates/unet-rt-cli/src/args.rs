@@ -56,10 +56,14 @@ pub(crate) enum Command {
     #[command(after_help = SEGMENT_EXAMPLES)]
     Segment(SegmentArgs),
     /// Describe a model: metadata, geometry, classes, normalization, training.
-    #[command(after_help = "Examples:\n  unet-rt info             # the bundled model\n  unet-rt info my.pt --json")]
+    #[command(
+        after_help = "Examples:\n  unet-rt info             # the bundled model\n  unet-rt info my.pt --json"
+    )]
     Info(InfoArgs),
     /// Measure throughput on a synthetic image.
-    #[command(after_help = "Examples:\n  unet-rt bench\n  unet-rt bench -m my.pt --device cuda --precision bf16 --size 4096x4096 --tile 1024")]
+    #[command(
+        after_help = "Examples:\n  unet-rt bench\n  unet-rt bench -m my.pt --device cuda --precision bf16 --size 4096x4096 --tile 1024"
+    )]
     Bench(BenchArgs),
 }
 
@@ -198,10 +202,17 @@ pub(crate) struct Sizes(pub Vec<usize>);
 
 /// Parses `N`, `YxX` or `ZxYxX` (`x`, `X` or `,` between sizes).
 pub(crate) fn parse_tile(text: &str) -> Result<Sizes, String> {
-    let sizes: Result<Vec<usize>, _> = text.split(['x', 'X', ',']).map(|s| s.trim().parse::<usize>()).collect();
+    let sizes: Result<Vec<usize>, _> = text
+        .split(['x', 'X', ','])
+        .map(|s| s.trim().parse::<usize>())
+        .collect();
     match sizes {
-        Ok(sizes) if !sizes.is_empty() && sizes.len() <= 3 && sizes.iter().all(|&s| s > 0) => Ok(Sizes(sizes)),
-        _ => Err(format!("{text:?} is not a size: expected N, YxX or ZxYxX with positive integers")),
+        Ok(sizes) if !sizes.is_empty() && sizes.len() <= 3 && sizes.iter().all(|&s| s > 0) => {
+            Ok(Sizes(sizes))
+        }
+        _ => Err(format!(
+            "{text:?} is not a size: expected N, YxX or ZxYxX with positive integers"
+        )),
     }
 }
 
@@ -217,12 +228,19 @@ mod tests {
 
     #[test]
     fn parses_flags_into_their_types() {
-        let cli = Cli::try_parse_from(["unet-rt", "segment", "a.tif", "-o", "out", "--tile", "64x128", "--axes", "YX"]).unwrap();
-        let Some(Command::Segment(args)) = cli.command else { panic!("not segment") };
+        let cli = Cli::try_parse_from([
+            "unet-rt", "segment", "a.tif", "-o", "out", "--tile", "64x128", "--axes", "YX",
+        ])
+        .unwrap();
+        let Some(Command::Segment(args)) = cli.command else {
+            panic!("not segment")
+        };
         assert_eq!(args.model.tile, Some(Sizes(vec![64, 128])));
         assert_eq!(args.axes.as_deref(), Some("yx"));
         let cli = Cli::try_parse_from(["unet-rt", "bench", "--size", "512", "-r", "2"]).unwrap();
-        let Some(Command::Bench(args)) = cli.command else { panic!("not bench") };
+        let Some(Command::Bench(args)) = cli.command else {
+            panic!("not bench")
+        };
         assert_eq!((args.size, args.repeats), (Some(Sizes(vec![512])), 2));
     }
 
@@ -231,6 +249,8 @@ mod tests {
         assert_eq!(parse_tile("256").unwrap().0, vec![256]);
         assert_eq!(parse_tile("128x256").unwrap().0, vec![128, 256]);
         assert_eq!(parse_tile("16X32,64").unwrap().0, vec![16, 32, 64]);
-        assert!(parse_tile("0").is_err() && parse_tile("a").is_err() && parse_tile("1x2x3x4").is_err());
+        assert!(
+            parse_tile("0").is_err() && parse_tile("a").is_err() && parse_tile("1x2x3x4").is_err()
+        );
     }
 }

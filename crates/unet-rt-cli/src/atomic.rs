@@ -17,7 +17,10 @@ static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 /// file systems would not be atomic), unique per process, and with a suffix
 /// no reader takes for a result.
 pub(crate) fn temporary_path(path: &Path) -> PathBuf {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("output");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("output");
     path.with_file_name(format!(".{name}.{}.partial", std::process::id()))
 }
 
@@ -31,7 +34,8 @@ pub(crate) fn write_atomically(
     let tmp = temporary_path(path);
     register(&tmp);
     let result = (|| {
-        let file = File::create(&tmp).map_err(|e| format!("cannot create a file in {}: {e}", folder(path)))?;
+        let file = File::create(&tmp)
+            .map_err(|e| format!("cannot create a file in {}: {e}", folder(path)))?;
         let mut out = Guarded(BufWriter::new(file));
         write(&mut out)?;
         let file = out.0.into_inner().map_err(|e| e.error().to_string())?;
@@ -46,11 +50,16 @@ pub(crate) fn write_atomically(
         let _ = std::fs::remove_file(&tmp);
     }
     unregister(&tmp);
-    result.map_err(|message| FileError { interrupted: interrupt::requested(), ..FileError::new(path, message) })
+    result.map_err(|message| FileError {
+        interrupted: interrupt::requested(),
+        ..FileError::new(path, message)
+    })
 }
 
 fn folder(path: &Path) -> String {
-    path.parent().map(|p| p.display().to_string()).unwrap_or_else(|| ".".to_owned())
+    path.parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| ".".to_owned())
 }
 
 fn register(tmp: &Path) {

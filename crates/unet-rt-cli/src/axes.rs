@@ -15,7 +15,9 @@ const LETTERS: &str = "czyx";
 pub(crate) fn parse_axes(text: &str) -> Result<String, String> {
     let axes = text.trim().to_ascii_lowercase();
     if let Some(bad) = axes.chars().find(|c| !LETTERS.contains(*c)) {
-        return Err(format!("unknown axis {bad:?} in {text:?}: use the letters c (channels), z, y and x"));
+        return Err(format!(
+            "unknown axis {bad:?} in {text:?}: use the letters c (channels), z, y and x"
+        ));
     }
     if LETTERS.chars().any(|l| axes.matches(l).count() > 1) {
         return Err(format!("an axis appears twice in {text:?}"));
@@ -37,11 +39,19 @@ pub(crate) struct Arranged<'a, T> {
 
 /// Chooses the axes of an image: `given` (`--axes`) when set, else those of
 /// the file format (`natural`), else guessed from the shape and the model.
-pub(crate) fn choose_axes(given: Option<&str>, natural: Option<&str>, shape: &[usize], info: &ModelInfo) -> Result<String, String> {
+pub(crate) fn choose_axes(
+    given: Option<&str>,
+    natural: Option<&str>,
+    shape: &[usize],
+    info: &ModelInfo,
+) -> Result<String, String> {
     let ndim = shape.len();
     if let Some(axes) = given {
         if axes.len() != ndim {
-            return Err(format!("--axes {axes} names {} axes, the image has {ndim} (shape {shape:?})", axes.len()));
+            return Err(format!(
+                "--axes {axes} names {} axes, the image has {ndim} (shape {shape:?})",
+                axes.len()
+            ));
         }
         return Ok(axes.to_owned());
     }
@@ -49,7 +59,11 @@ pub(crate) fn choose_axes(given: Option<&str>, natural: Option<&str>, shape: &[u
     if let Some(axes) = natural {
         // A 2-D model with several input channels reads a stack of exactly
         // that many pages as the channels of one image.
-        if info.spatial_dims == 2 && axes == "zyx" && info.in_channels > 1 && shape.first() == Some(&info.in_channels) {
+        if info.spatial_dims == 2
+            && axes == "zyx"
+            && info.in_channels > 1
+            && shape.first() == Some(&info.in_channels)
+        {
             return Ok("cyx".to_owned());
         }
         return Ok(axes.to_owned());
@@ -68,27 +82,48 @@ pub(crate) fn choose_axes(given: Option<&str>, natural: Option<&str>, shape: &[u
             return Ok(format!("{spatial}c"));
         }
     }
-    let channels = if info.in_channels == 1 { "1 channel".to_owned() } else { format!("{} channels", info.in_channels) };
+    let channels = if info.in_channels == 1 {
+        "1 channel".to_owned()
+    } else {
+        format!("{} channels", info.in_channels)
+    };
     let mut hint = format!(
         "shape {shape:?} does not fit a {dims}-D model with {channels}: expected {spatial}, c{spatial} or {spatial}c \
          with {channels}; pass --axes to say which axis is which"
     );
     if dims == 2 && ndim == 3 {
-        hint.push_str(&format!(" (--axes zyx segments each of the {} slices as a 2-D image)", shape[0]));
+        hint.push_str(&format!(
+            " (--axes zyx segments each of the {} slices as a 2-D image)",
+            shape[0]
+        ));
     }
     Err(hint)
 }
 
 /// Lays out `view`, whose axes are `axes`, as `(batch, channels, spatial...)`
 /// without copying.
-pub(crate) fn arrange<'a, T>(view: ArrayViewD<'a, T>, axes: &str, info: &ModelInfo) -> Result<Arranged<'a, T>, String> {
+pub(crate) fn arrange<'a, T>(
+    view: ArrayViewD<'a, T>,
+    axes: &str,
+    info: &ModelInfo,
+) -> Result<Arranged<'a, T>, String> {
     let has = |l: char| axes.contains(l);
     let shape = view.shape().to_vec();
     // `permuted_axes` panics unless the letters name each axis once.
-    if axes.len() != shape.len() || axes.chars().any(|l| !LETTERS.contains(l) || axes.matches(l).count() > 1) {
-        return Err(format!("the axes {axes} do not name each axis of shape {shape:?} once"));
+    if axes.len() != shape.len()
+        || axes
+            .chars()
+            .any(|l| !LETTERS.contains(l) || axes.matches(l).count() > 1)
+    {
+        return Err(format!(
+            "the axes {axes} do not name each axis of shape {shape:?} once"
+        ));
     }
-    let target: &[char] = if info.spatial_dims == 2 { &['z', 'c', 'y', 'x'] } else { &['c', 'z', 'y', 'x'] };
+    let target: &[char] = if info.spatial_dims == 2 {
+        &['z', 'c', 'y', 'x']
+    } else {
+        &['c', 'z', 'y', 'x']
+    };
     if info.spatial_dims == 3 && !has('z') {
         return Err(format!("the model is 3-D and the image has no z axis (axes {axes}, shape {shape:?}): give a volume, or --axes"));
     }
@@ -151,9 +186,18 @@ mod tests {
         assert_eq!(choose_axes(None, None, &[1, 5, 6], &m).unwrap(), "cyx");
         let err = choose_axes(None, None, &[4, 5, 6], &m).unwrap_err();
         assert!(err.contains("2-D") && err.contains("--axes zyx"), "{err}");
-        assert_eq!(choose_axes(None, None, &[5, 6, 3], &info(2, 3)).unwrap(), "yxc");
-        assert_eq!(choose_axes(None, Some("zyx"), &[3, 5, 6], &info(2, 3)).unwrap(), "cyx");
-        assert_eq!(choose_axes(None, Some("zyx"), &[4, 5, 6], &m).unwrap(), "zyx");
+        assert_eq!(
+            choose_axes(None, None, &[5, 6, 3], &info(2, 3)).unwrap(),
+            "yxc"
+        );
+        assert_eq!(
+            choose_axes(None, Some("zyx"), &[3, 5, 6], &info(2, 3)).unwrap(),
+            "cyx"
+        );
+        assert_eq!(
+            choose_axes(None, Some("zyx"), &[4, 5, 6], &m).unwrap(),
+            "zyx"
+        );
         assert!(choose_axes(Some("yx"), None, &[4, 5, 6], &m).is_err());
     }
 
@@ -167,9 +211,15 @@ mod tests {
         let r = arrange(a.view(), "yxc", &info(2, 6)).unwrap();
         assert_eq!(r.view.shape(), &[1, 6, 4, 5]);
         assert_eq!(r.view[[0, 2, 1, 3]], a[[1, 3, 2]]);
-        assert!(arrange(a.view(), "cyx", &info(2, 1)).unwrap_err().contains("1 input channel"));
-        assert!(arrange(a.view(), "cyx", &info(3, 4)).unwrap_err().contains("no z axis"));
-        assert!(arrange(a.view(), "yx", &info(2, 1)).unwrap_err().contains("do not name each axis"));
+        assert!(arrange(a.view(), "cyx", &info(2, 1))
+            .unwrap_err()
+            .contains("1 input channel"));
+        assert!(arrange(a.view(), "cyx", &info(3, 4))
+            .unwrap_err()
+            .contains("no z axis"));
+        assert!(arrange(a.view(), "yx", &info(2, 1))
+            .unwrap_err()
+            .contains("do not name each axis"));
         assert!(arrange(a.view(), "yxx", &info(2, 1)).is_err());
     }
 }

@@ -21,7 +21,13 @@ pub(crate) fn run(args: &BenchArgs) -> Result<u8, CliError> {
         None => vec![2048, 2048],
         Some([one]) => vec![*one; info.spatial_dims],
         Some(s) if s.len() == info.spatial_dims => s.to_vec(),
-        Some(s) => return Err(usage(format!("--size has {} sizes for a {}-D model", s.len(), info.spatial_dims))),
+        Some(s) => {
+            return Err(usage(format!(
+                "--size has {} sizes for a {}-D model",
+                s.len(),
+                info.spatial_dims
+            )))
+        }
     };
     let options = Options {
         output: match args.output_kind {
@@ -36,13 +42,27 @@ pub(crate) fn run(args: &BenchArgs) -> Result<u8, CliError> {
     };
     // The image is made here: its size is checked before anything else
     // sees it, and it is allocated fallibly.
-    let shown = size.iter().map(usize::to_string).collect::<Vec<_>>().join("x");
-    let pixels = elements(&size).ok_or_else(|| usage(format!("--size {shown} has more pixels than this machine can address")))?;
-    let image_bytes = pixels.checked_mul(info.in_channels).and_then(bytes_of::<u16>).unwrap_or(u64::MAX);
-    Memory::available().check(image_bytes, &format!("a {shown} image")).map_err(|m| usage(format!("--size: {m}")))?;
+    let shown = size
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join("x");
+    let pixels = elements(&size).ok_or_else(|| {
+        usage(format!(
+            "--size {shown} has more pixels than this machine can address"
+        ))
+    })?;
+    let image_bytes = pixels
+        .checked_mul(info.in_channels)
+        .and_then(bytes_of::<u16>)
+        .unwrap_or(u64::MAX);
+    Memory::available()
+        .check(image_bytes, &format!("a {shown} image"))
+        .map_err(|m| usage(format!("--size: {m}")))?;
     let segmenter = Segmenter::new(model.clone(), options)?;
     let layout = segmenter.layout(&size)?;
-    let image = synthetic(info.in_channels, &size).map_err(|m| usage(format!("--size {shown}: {m}")))?;
+    let image =
+        synthetic(info.in_channels, &size).map_err(|m| usage(format!("--size {shown}: {m}")))?;
 
     // One untimed run: libtorch builds its kernels (oneDNN primitives, cuDNN
     // plans) on first use.
@@ -57,7 +77,11 @@ pub(crate) fn run(args: &BenchArgs) -> Result<u8, CliError> {
     let mpx = |s: f64| pixels as f64 / s / 1e6;
     let tile = layout.plan.input_tile_shape().to_vec();
     let dims = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join("x");
-    let name = model.metadata().map(|m| m.name.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| "model".to_owned());
+    let name = model
+        .metadata()
+        .map(|m| m.name.clone())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "model".to_owned());
     let threads = tch::get_num_threads();
     if args.json {
         stdout_line(
@@ -82,9 +106,23 @@ pub(crate) fn run(args: &BenchArgs) -> Result<u8, CliError> {
     }
     let lines = [
         format!("model      {name} ({})", model.path().display()),
-        format!("device     {}, {}, {threads} CPU threads", device_name(model.device()), model.precision()),
-        format!("image      {} ({:.2} Mpx), {} channel(s), uint16 noise", dims(&size), pixels as f64 / 1e6, info.in_channels),
-        format!("tiles      {} of {}, batch {}", layout.plan.len(), dims(&tile), layout.batch_size),
+        format!(
+            "device     {}, {}, {threads} CPU threads",
+            device_name(model.device()),
+            model.precision()
+        ),
+        format!(
+            "image      {} ({:.2} Mpx), {} channel(s), uint16 noise",
+            dims(&size),
+            pixels as f64 / 1e6,
+            info.in_channels
+        ),
+        format!(
+            "tiles      {} of {}, batch {}",
+            layout.plan.len(),
+            dims(&tile),
+            layout.batch_size
+        ),
         format!("output     {:?}", args.output_kind).to_lowercase(),
         String::new(),
         format!("{:>6}  {:>9}  {:>8}", "run", "seconds", "Mpx/s"),
@@ -95,7 +133,11 @@ pub(crate) fn run(args: &BenchArgs) -> Result<u8, CliError> {
     for (i, s) in seconds.iter().enumerate() {
         stdout_line(&format!("{:>6}  {s:>9.3}  {:>8.2}", i + 1, mpx(*s)));
     }
-    stdout_line(&format!("{:>6}  {median:>9.3}  {:>8.2}", "median", mpx(median)));
+    stdout_line(&format!(
+        "{:>6}  {median:>9.3}  {:>8.2}",
+        "median",
+        mpx(median)
+    ));
     Ok(EXIT_OK)
 }
 
@@ -148,4 +190,3 @@ pub(crate) fn device_name(device: Device) -> String {
         _ => "cpu".to_owned(),
     }
 }
-

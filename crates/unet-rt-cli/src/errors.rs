@@ -69,12 +69,19 @@ impl FileError {
     /// An error about `path`. The message is kept on one line: it ends up
     /// on one line of stderr and in one JSON line.
     pub(crate) fn new(path: &Path, message: impl ToString) -> Self {
-        Self { path: path.to_owned(), message: one_line(&message.to_string()), interrupted: false }
+        Self {
+            path: path.to_owned(),
+            message: one_line(&message.to_string()),
+            interrupted: false,
+        }
     }
 
     /// An engine error while processing `path`.
     pub(crate) fn engine(path: &Path, err: unet_rt::Error) -> Self {
         let interrupted = matches!(err, unet_rt::Error::Cancelled);
-        Self { interrupted, ..Self::new(path, err) }
+        Self {
+            interrupted,
+            ..Self::new(path, err)
+        }
     }
 }

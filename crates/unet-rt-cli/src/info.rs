@@ -36,11 +36,12 @@ fn describe(model: &Model, path: Option<&Path>, file_bytes: Option<u64>) -> Valu
     // Checked steps: a model's geometry may put the sizes near usize::MAX,
     // where an open range would overflow, or admit none.
     let step = info.size_multiple.max(1);
-    let valid: Vec<usize> = std::iter::successors(Some(info.smallest_valid_size()), |s| s.checked_add(step))
-        .take(64)
-        .filter(|&s| info.is_valid_size(s))
-        .take(4)
-        .collect();
+    let valid: Vec<usize> =
+        std::iter::successors(Some(info.smallest_valid_size()), |s| s.checked_add(step))
+            .take(64)
+            .filter(|&s| info.is_valid_size(s))
+            .take(4)
+            .collect();
     json!({
         "model": path.map_or_else(|| BUNDLED_NAME.to_owned(), |p| p.display().to_string()),
         "bundled": path.is_none(),
@@ -72,7 +73,10 @@ fn text(d: &Value) -> Vec<String> {
     let s = |key: &str| d[key].as_str().unwrap_or("").to_owned();
     let n = |key: &str| d[key].as_u64().unwrap_or(0);
     let mut rows: Vec<(String, String)> = Vec::new();
-    let size = d["file_bytes"].as_u64().map(|b| format!(" ({})", human_bytes(b))).unwrap_or_default();
+    let size = d["file_bytes"]
+        .as_u64()
+        .map(|b| format!(" ({})", human_bytes(b)))
+        .unwrap_or_default();
     rows.push(("model".into(), format!("{}{size}", s("model"))));
     if d["has_metadata"].as_bool() == Some(true) {
         rows.push(("name".into(), s("name")));
@@ -80,48 +84,101 @@ fn text(d: &Value) -> Vec<String> {
             rows.push(("description".into(), s("description")));
         }
     }
-    let arch = if s("architecture").is_empty() { String::new() } else { format!("{}, ", s("architecture")) };
-    let padding = if s("padding") == "valid" { "valid (unpadded) convolutions" } else { "same (padded) convolutions" };
-    rows.push(("architecture".into(), format!("{arch}{}-D, {padding}", n("spatial_dims"))));
-    rows.push(("channels".into(), format!("{} in, {} out ({})", n("in_channels"), n("out_channels"), s("output"))));
+    let arch = if s("architecture").is_empty() {
+        String::new()
+    } else {
+        format!("{}, ", s("architecture"))
+    };
+    let padding = if s("padding") == "valid" {
+        "valid (unpadded) convolutions"
+    } else {
+        "same (padded) convolutions"
+    };
+    rows.push((
+        "architecture".into(),
+        format!("{arch}{}-D, {padding}", n("spatial_dims")),
+    ));
+    rows.push((
+        "channels".into(),
+        format!(
+            "{} in, {} out ({})",
+            n("in_channels"),
+            n("out_channels"),
+            s("output")
+        ),
+    ));
     let classes: Vec<String> = d["class_names"]
         .as_array()
-        .map(|a| a.iter().enumerate().map(|(i, c)| format!("{i} {}", c.as_str().unwrap_or(""))).collect())
+        .map(|a| {
+            a.iter()
+                .enumerate()
+                .map(|(i, c)| format!("{i} {}", c.as_str().unwrap_or("")))
+                .collect()
+        })
         .unwrap_or_default();
     if !classes.is_empty() {
         rows.push(("classes".into(), classes.join(", ")));
     }
-    let valid: Vec<String> = d["valid_sizes"].as_array().map(|a| a.iter().map(|v| v.to_string()).collect()).unwrap_or_default();
+    let valid: Vec<String> = d["valid_sizes"]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.to_string()).collect())
+        .unwrap_or_default();
     rows.push((
         "input sizes".into(),
-        format!("{} + {}k ({}, ...) per axis; images of any size are tiled", n("smallest_input"), n("size_multiple"), valid.join(", ")),
+        format!(
+            "{} + {}k ({}, ...) per axis; images of any size are tiled",
+            n("smallest_input"),
+            n("size_multiple"),
+            valid.join(", ")
+        ),
     ));
     let halo = n("halo");
     rows.push((
         "halo".into(),
         if s("padding") == "valid" {
-            format!("{halo} px per side: each tile's output is {} px smaller than its input", n("output_shrink"))
+            format!(
+                "{halo} px per side: each tile's output is {} px smaller than its input",
+                n("output_shrink")
+            )
         } else {
             format!("{halo} px of context per side (tiles overlap by that much)")
         },
     ));
     rows.push((
         "geometry".into(),
-        if d["probed"].as_bool() == Some(true) { "probed (the model has no unet_rt metadata)".into() } else { "from the model's metadata".into() },
+        if d["probed"].as_bool() == Some(true) {
+            "probed (the model has no unet_rt metadata)".into()
+        } else {
+            "from the model's metadata".into()
+        },
     ));
-    rows.push(("normalization".into(), normalization_text(&d["normalization"])));
+    rows.push((
+        "normalization".into(),
+        normalization_text(&d["normalization"]),
+    ));
     let mut training = Vec::new();
     flatten("", &d["training"], &mut training);
     for (i, (key, value)) in training.into_iter().enumerate() {
-        rows.push((if i == 0 { "training".into() } else { String::new() }, format!("{key}: {value}")));
+        rows.push((
+            if i == 0 {
+                "training".into()
+            } else {
+                String::new()
+            },
+            format!("{key}: {value}"),
+        ));
     }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
-    rows.into_iter().map(|(k, v)| format!("{k:width$}{v}")).collect()
+    rows.into_iter()
+        .map(|(k, v)| format!("{k:width$}{v}"))
+        .collect()
 }
 
 fn normalization_text(value: &Value) -> String {
     match serde_json::from_value::<Normalization>(value.clone()) {
-        Ok(Normalization::Percentile { low, high }) => format!("percentiles {low} to {high} of each image mapped to 0 and 1"),
+        Ok(Normalization::Percentile { low, high }) => {
+            format!("percentiles {low} to {high} of each image mapped to 0 and 1")
+        }
         Ok(Normalization::Zscore { mean, std }) => format!("(x - {mean}) / {std}"),
         Ok(Normalization::Scale { factor }) => format!("x * {factor}"),
         Ok(Normalization::None) | Err(_) => "none (pixels as they are)".to_owned(),
@@ -130,7 +187,13 @@ fn normalization_text(value: &Value) -> String {
 
 /// `key.sub: value` rows of a JSON document (provenance, metrics).
 fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
-    let join = |key: &str| if prefix.is_empty() { key.to_owned() } else { format!("{prefix}.{key}") };
+    let join = |key: &str| {
+        if prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{prefix}.{key}")
+        }
+    };
     match value {
         Value::Null => {}
         Value::Object(map) => {
@@ -174,9 +237,18 @@ mod tests {
     #[test]
     fn flattens_training_provenance() {
         let mut rows = Vec::new();
-        flatten("", &json!({"data": "dsb2018", "metrics": {"ap50": 0.812345, "iou": 0.9}, "epochs": 40, "sizes": [1, 2]}), &mut rows);
+        flatten(
+            "",
+            &json!({"data": "dsb2018", "metrics": {"ap50": 0.812345, "iou": 0.9}, "epochs": 40, "sizes": [1, 2]}),
+            &mut rows,
+        );
         let text: Vec<String> = rows.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-        assert!(text.contains(&"metrics.ap50: 0.8123".to_owned()), "{text:?}");
-        assert!(text.contains(&"epochs: 40".to_owned()) && text.contains(&"sizes: 1, 2".to_owned()));
+        assert!(
+            text.contains(&"metrics.ap50: 0.8123".to_owned()),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(&"epochs: 40".to_owned()) && text.contains(&"sizes: 1, 2".to_owned())
+        );
     }
 }

@@ -23,7 +23,11 @@ pub(crate) fn discover(inputs: &[PathBuf]) -> Vec<Result<PathBuf, FileError>> {
         let found = if input.is_dir() {
             folder(input)
         } else if input.exists() || !is_pattern(input) {
-            if input.exists() { single(input) } else { Err(FileError::new(input, "no such file")) }
+            if input.exists() {
+                single(input)
+            } else {
+                Err(FileError::new(input, "no such file"))
+            }
         } else {
             pattern(input)
         };
@@ -47,18 +51,25 @@ fn is_pattern(path: &Path) -> bool {
 }
 
 fn is_image_name(path: &Path) -> bool {
-    let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.starts_with('.'));
     !hidden && EXTENSIONS.contains(&extension(path).as_str())
 }
 
 fn folder(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| FileError::new(dir, format!("cannot list the folder: {e}")))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| FileError::new(dir, format!("cannot list the folder: {e}")))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && is_image_name(p))
         .collect();
     if files.is_empty() {
-        return Err(FileError::new(dir, "the folder holds no .tif, .tiff, .png or .npy file"));
+        return Err(FileError::new(
+            dir,
+            "the folder holds no .tif, .tiff, .png or .npy file",
+        ));
     }
     files.sort();
     Ok(files)
@@ -68,9 +79,16 @@ fn pattern(input: &Path) -> Result<Vec<PathBuf>, FileError> {
     let text = input.to_string_lossy();
     // Like a shell, `*` does not match a leading dot (hidden files, and the
     // temporaries of a run in progress).
-    let options = glob::MatchOptions { require_literal_leading_dot: true, ..glob::MatchOptions::new() };
-    let paths = glob::glob_with(&text, options).map_err(|e| FileError::new(input, format!("not a valid pattern: {e}")))?;
-    let mut files: Vec<PathBuf> = paths.filter_map(Result::ok).filter(|p| p.is_file()).collect();
+    let options = glob::MatchOptions {
+        require_literal_leading_dot: true,
+        ..glob::MatchOptions::new()
+    };
+    let paths = glob::glob_with(&text, options)
+        .map_err(|e| FileError::new(input, format!("not a valid pattern: {e}")))?;
+    let mut files: Vec<PathBuf> = paths
+        .filter_map(Result::ok)
+        .filter(|p| p.is_file())
+        .collect();
     if files.is_empty() {
         return Err(FileError::new(input, "no file matches this pattern"));
     }
@@ -86,10 +104,23 @@ mod tests {
     fn expands_folders_patterns_and_reports_missing_names() {
         let dir = std::env::temp_dir().join(format!("unet_rt_inputs_{}", std::process::id()));
         std::fs::create_dir_all(dir.join("sub")).unwrap();
-        for name in ["b.tif", "a.PNG", "c.npy", "notes.txt", ".hidden.tif", ".a.tif.1.partial"] {
+        for name in [
+            "b.tif",
+            "a.PNG",
+            "c.npy",
+            "notes.txt",
+            ".hidden.tif",
+            ".a.tif.1.partial",
+        ] {
             std::fs::write(dir.join(name), b"").unwrap();
         }
-        let found = discover(&[dir.clone(), dir.join("c.npy"), dir.join("*.tif"), dir.join("none*.tif"), dir.join("gone.tif")]);
+        let found = discover(&[
+            dir.clone(),
+            dir.join("c.npy"),
+            dir.join("*.tif"),
+            dir.join("none*.tif"),
+            dir.join("gone.tif"),
+        ]);
         let names: Vec<String> = found
             .iter()
             .map(|r| match r {
@@ -97,7 +128,16 @@ mod tests {
                 Err(e) => format!("error: {}", e.message),
             })
             .collect();
-        assert_eq!(names, ["a.PNG", "b.tif", "c.npy", "error: no file matches this pattern", "error: no such file"]);
+        assert_eq!(
+            names,
+            [
+                "a.PNG",
+                "b.tif",
+                "c.npy",
+                "error: no file matches this pattern",
+                "error: no such file"
+            ]
+        );
         let device = discover(&[PathBuf::from("/dev/null")]);
         assert!(matches!(&device[..], [Err(e)] if e.message.contains("character device")));
         let empty = discover(&[dir.join("sub")]);

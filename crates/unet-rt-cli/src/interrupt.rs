@@ -15,7 +15,8 @@ static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
 /// The process-wide cancel flag, shared with the engine's `Options::cancel`.
 pub(crate) fn flag() -> Arc<AtomicBool> {
-    FLAG.get_or_init(|| Arc::new(AtomicBool::new(false))).clone()
+    FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)))
+        .clone()
 }
 
 /// Whether an interruption was requested.
@@ -35,6 +36,8 @@ pub(crate) fn install() {
         }
         // A line of its own, after whatever the terminal showed (`^C`).
         crate::output::stderr_line("");
-        crate::output::stderr_line("unet-rt: interrupted: stopping after the current batch (again to stop at once)");
+        crate::output::stderr_line(
+            "unet-rt: interrupted: stopping after the current batch (again to stop at once)",
+        );
     });
 }

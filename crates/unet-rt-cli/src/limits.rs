@@ -21,7 +21,9 @@ pub(crate) struct Memory {
 impl Memory {
     /// The memory available now.
     pub(crate) fn available() -> Self {
-        Self { available: unet_rt::memory::available_memory().and_then(|b| u64::try_from(b).ok()) }
+        Self {
+            available: unet_rt::memory::available_memory().and_then(|b| u64::try_from(b).ok()),
+        }
     }
 
     /// No limit (the memory available is unknown).
@@ -33,7 +35,9 @@ impl Memory {
     /// Exactly `bytes` available.
     #[cfg(test)]
     pub(crate) fn limited(bytes: u64) -> Self {
-        Self { available: Some(bytes) }
+        Self {
+            available: Some(bytes),
+        }
     }
 
     /// Refuses `needed` bytes when they exceed the memory available; `what`
@@ -65,7 +69,10 @@ pub(crate) fn show_bytes(bytes: u64) -> String {
     if bytes < 1 << 20 {
         return format!("{bytes} bytes");
     }
-    format!("{bytes} bytes ({})", unet_rt::memory::format_bytes(u128::from(bytes)))
+    format!(
+        "{bytes} bytes ({})",
+        unet_rt::memory::format_bytes(u128::from(bytes))
+    )
 }
 
 /// The product of `values`, `None` when it overflows `u64`.
@@ -80,7 +87,9 @@ pub(crate) fn elements(shape: &[usize]) -> Option<usize> {
 
 /// The bytes `len` elements of `T` take, `None` when that overflows `u64`.
 pub(crate) fn bytes_of<T>(len: usize) -> Option<u64> {
-    u64::try_from(len).ok()?.checked_mul(u64::try_from(std::mem::size_of::<T>()).ok()?)
+    u64::try_from(len)
+        .ok()?
+        .checked_mul(u64::try_from(std::mem::size_of::<T>()).ok()?)
 }
 
 /// An empty vector with room for exactly `len` elements, or an error saying
@@ -88,16 +97,22 @@ pub(crate) fn bytes_of<T>(len: usize) -> Option<u64> {
 /// overflows): never the abort an infallible allocation ends in.
 pub(crate) fn try_vec<T>(len: usize) -> Result<Vec<T>, String> {
     let mut vec = Vec::new();
-    vec.try_reserve_exact(len).map_err(|_| match bytes_of::<T>(len) {
-        Some(bytes) => format!("could not allocate {}", show_bytes(bytes)),
-        None => format!("could not allocate {len} elements of {} bytes", std::mem::size_of::<T>()),
-    })?;
+    vec.try_reserve_exact(len)
+        .map_err(|_| match bytes_of::<T>(len) {
+            Some(bytes) => format!("could not allocate {}", show_bytes(bytes)),
+            None => format!(
+                "could not allocate {len} elements of {} bytes",
+                std::mem::size_of::<T>()
+            ),
+        })?;
     Ok(vec)
 }
 
 /// An array of `shape` filled with `value`, allocated fallibly.
 pub(crate) fn try_filled<T: Clone>(shape: &[usize], value: T) -> Result<ArrayD<T>, String> {
-    let len = elements(shape).ok_or_else(|| format!("an array of shape {shape:?} has more elements than this machine can address"))?;
+    let len = elements(shape).ok_or_else(|| {
+        format!("an array of shape {shape:?} has more elements than this machine can address")
+    })?;
     let mut data = try_vec(len)?;
     data.resize(len, value);
     ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| e.to_string())
@@ -105,7 +120,10 @@ pub(crate) fn try_filled<T: Clone>(shape: &[usize], value: T) -> Result<ArrayD<T
 
 /// `f` applied to every element of `array` (in logical order) into a new
 /// array of the same shape, allocated fallibly.
-pub(crate) fn try_map<A, B>(array: &ArrayD<A>, f: impl FnMut(&A) -> B) -> Result<ArrayD<B>, String> {
+pub(crate) fn try_map<A, B>(
+    array: &ArrayD<A>,
+    f: impl FnMut(&A) -> B,
+) -> Result<ArrayD<B>, String> {
     let mut data = try_vec(array.len())?;
     data.extend(array.iter().map(f));
     ArrayD::from_shape_vec(array.raw_dim(), data).map_err(|e| e.to_string())
@@ -120,7 +138,10 @@ mod tests {
         let memory = Memory::limited(1000);
         assert!(memory.check(1000, "it").is_ok());
         let err = memory.check(1001, "the image").unwrap_err();
-        assert_eq!(err, "the image needs 1001 bytes of memory, more than the 1000 bytes available");
+        assert_eq!(
+            err,
+            "the image needs 1001 bytes of memory, more than the 1000 bytes available"
+        );
         assert!(Memory::unlimited().check(u64::MAX, "it").is_ok());
         assert_eq!(Memory::unlimited().as_usize(), usize::MAX);
     }
@@ -128,7 +149,10 @@ mod tests {
     #[test]
     fn sizes_are_checked_not_wrapped() {
         assert_eq!(checked_product([200_000, 200_000]), Some(40_000_000_000));
-        assert_eq!(checked_product([u64::from(u32::MAX), u64::from(u32::MAX), 3]), None);
+        assert_eq!(
+            checked_product([u64::from(u32::MAX), u64::from(u32::MAX), 3]),
+            None
+        );
         assert_eq!(elements(&[1 << 32, 1 << 32]), None);
         assert_eq!(elements(&[]), Some(1));
         assert_eq!(bytes_of::<f64>(usize::MAX), None);

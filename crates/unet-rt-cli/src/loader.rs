@@ -33,12 +33,17 @@ fn no_bundled_model() -> CliError {
 }
 
 /// Loads `path`, or the bundled model when `None`.
-pub(crate) fn load_model(path: Option<&Path>, device: unet_rt::Device, precision: Precision) -> Result<Model, CliError> {
+pub(crate) fn load_model(
+    path: Option<&Path>,
+    device: unet_rt::Device,
+    precision: Precision,
+) -> Result<Model, CliError> {
     match path {
         Some(path) => {
             // A FIFO would block the load and a device never end: refuse them
             // before the engine opens the path.
-            refuse_special(path, "a model file").map_err(|m| usage(format!("the model {} {m}", path.display())))?;
+            refuse_special(path, "a model file")
+                .map_err(|m| usage(format!("the model {} {m}", path.display())))?;
             Ok(Model::load_with_precision(path, device, precision)?)
         }
         None => {
@@ -60,16 +65,24 @@ pub(crate) fn load(args: &ModelArgs) -> Result<Model, CliError> {
 
 /// `--tile` for this model: one size repeated over the spatial axes, or one
 /// per axis.
-pub(crate) fn tile_for(tile: Option<&[usize]>, info: &ModelInfo) -> Result<Option<Vec<usize>>, CliError> {
+pub(crate) fn tile_for(
+    tile: Option<&[usize]>,
+    info: &ModelInfo,
+) -> Result<Option<Vec<usize>>, CliError> {
     match tile {
         None => Ok(None),
         Some([one]) => Ok(Some(vec![*one; info.spatial_dims])),
         Some(sizes) if sizes.len() == info.spatial_dims => Ok(Some(sizes.to_vec())),
-        Some(sizes) => Err(usage(format!("--tile has {} sizes for a {}-D model", sizes.len(), info.spatial_dims))),
+        Some(sizes) => Err(usage(format!(
+            "--tile has {} sizes for a {}-D model",
+            sizes.len(),
+            info.spatial_dims
+        ))),
     }
 }
 
 /// The batch size flag as the engine takes it.
 pub(crate) fn batch_size(args: &ModelArgs) -> Option<usize> {
-    args.batch_size.map(|b| usize::try_from(b).unwrap_or(usize::MAX))
+    args.batch_size
+        .map(|b| usize::try_from(b).unwrap_or(usize::MAX))
 }

@@ -43,7 +43,10 @@ fn main() -> ExitCode {
         Ok(status) => status,
         Err(message) => {
             atomic::remove_all();
-            output::stderr_line(&format!("unet-rt: internal error: {message}; {}", panics::BUG));
+            output::stderr_line(&format!(
+                "unet-rt: internal error: {message}; {}",
+                panics::BUG
+            ));
             ExitCode::from(EXIT_FAILURE)
         }
     }
@@ -91,9 +94,17 @@ fn long_version() -> String {
         "unet-rt {}\nlibtorch {}\nCUDA {} ({} device(s))\nCPU threads {}\nbundled model: {}",
         info.version,
         info.libtorch_version,
-        if info.cuda_available { "available" } else { "unavailable" },
+        if info.cuda_available {
+            "available"
+        } else {
+            "unavailable"
+        },
         info.cuda_device_count,
         info.cpu_threads,
-        if loader::bundled_bytes().is_some() { "yes" } else { "no (--model is required)" }
+        if loader::bundled_bytes().is_some() {
+            "yes"
+        } else {
+            "no (--model is required)"
+        }
     )
 }

@@ -21,7 +21,11 @@ pub(crate) fn one_line(text: &str) -> String {
     if !text.contains(['\n', '\r']) {
         return text.to_owned();
     }
-    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -31,6 +35,9 @@ mod tests {
     #[test]
     fn joins_lines() {
         assert_eq!(one_line("a: b"), "a: b");
-        assert_eq!(one_line("syntax error:\n --> 1:3\n  |\n\n"), "syntax error: --> 1:3 |");
+        assert_eq!(
+            one_line("syntax error:\n --> 1:3\n  |\n\n"),
+            "syntax error: --> 1:3 |"
+        );
     }
 }

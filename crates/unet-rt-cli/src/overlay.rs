@@ -11,7 +11,14 @@ use crate::limits::try_vec;
 use crate::write::write_png_bytes;
 
 /// Outline colours of classes 1, 2, ... (cycled): bright and far from gray.
-const PALETTE: [[u8; 3]; 6] = [[0, 255, 0], [255, 0, 255], [0, 255, 255], [255, 255, 0], [255, 128, 0], [64, 128, 255]];
+const PALETTE: [[u8; 3]; 6] = [
+    [0, 255, 0],
+    [255, 0, 255],
+    [0, 255, 255],
+    [255, 255, 0],
+    [255, 128, 0],
+    [64, 128, 255],
+];
 
 /// Percentiles that map to black and white (those of the usual microscopy
 /// normalization, so that a few bright pixels do not darken the rest).
@@ -19,31 +26,64 @@ const LOW: f64 = 1.0;
 const HIGH: f64 = 99.8;
 
 /// Writes the overlay of `classes` (0 = background) on `image`.
-pub(crate) fn write_overlay<T: Pixel>(path: &Path, image: ArrayView2<'_, T>, classes: ArrayView2<'_, u16>) -> Result<(), FileError> {
+pub(crate) fn write_overlay<T: Pixel>(
+    path: &Path,
+    image: ArrayView2<'_, T>,
+    classes: ArrayView2<'_, u16>,
+) -> Result<(), FileError> {
     let (h, w) = image.dim();
     let rgb = render(image, classes).map_err(|m| FileError::new(path, m))?;
-    let (w32, h32) = (u32::try_from(w).map_err(|e| FileError::new(path, e))?, u32::try_from(h).map_err(|e| FileError::new(path, e))?);
-    write_png_bytes(path, w32, h32, png::ColorType::Rgb, png::BitDepth::Eight, &rgb)
+    let (w32, h32) = (
+        u32::try_from(w).map_err(|e| FileError::new(path, e))?,
+        u32::try_from(h).map_err(|e| FileError::new(path, e))?,
+    );
+    write_png_bytes(
+        path,
+        w32,
+        h32,
+        png::ColorType::Rgb,
+        png::BitDepth::Eight,
+        &rgb,
+    )
 }
 
 /// The RGB bytes of the overlay, row-major.
-fn render<T: Pixel>(image: ArrayView2<'_, T>, classes: ArrayView2<'_, u16>) -> Result<Vec<u8>, String> {
+fn render<T: Pixel>(
+    image: ArrayView2<'_, T>,
+    classes: ArrayView2<'_, u16>,
+) -> Result<Vec<u8>, String> {
     // Indexing below takes the classes at the image's pixels.
     if image.dim() != classes.dim() {
-        return Err(format!("the overlay's classes are {:?}, the image {:?}", classes.dim(), image.dim()));
+        return Err(format!(
+            "the overlay's classes are {:?}, the image {:?}",
+            classes.dim(),
+            image.dim()
+        ));
     }
     let gray = to_gray(image);
-    let (objects, _) = unet_rt::instances::connected_components(classes.into_dyn()).map_err(|e| e.to_string())?;
-    let objects = objects.into_dimensionality::<ndarray::Ix2>().map_err(|e| e.to_string())?;
+    let (objects, _) =
+        unet_rt::instances::connected_components(classes.into_dyn()).map_err(|e| e.to_string())?;
+    let objects = objects
+        .into_dimensionality::<ndarray::Ix2>()
+        .map_err(|e| e.to_string())?;
     let (h, w) = gray.dim();
-    let mut rgb = try_vec(h.checked_mul(w).and_then(|n| n.checked_mul(3)).ok_or("the overlay is too large")?)?;
+    let mut rgb = try_vec(
+        h.checked_mul(w)
+            .and_then(|n| n.checked_mul(3))
+            .ok_or("the overlay is too large")?,
+    )?;
     for ((y, x), &g) in gray.indexed_iter() {
         let id = objects[[y, x]];
         let edge = id != 0 && {
             // Touching objects of different classes form one instance; their
             // class boundary is drawn too.
-            let differs = |yy: usize, xx: usize| objects[[yy, xx]] != id || classes[[yy, xx]] != classes[[y, x]];
-            (y > 0 && differs(y - 1, x)) || (y + 1 < h && differs(y + 1, x)) || (x > 0 && differs(y, x - 1)) || (x + 1 < w && differs(y, x + 1))
+            let differs = |yy: usize, xx: usize| {
+                objects[[yy, xx]] != id || classes[[yy, xx]] != classes[[y, x]]
+            };
+            (y > 0 && differs(y - 1, x))
+                || (y + 1 < h && differs(y + 1, x))
+                || (x > 0 && differs(y, x - 1))
+                || (x + 1 < w && differs(y, x + 1))
         };
         if edge {
             let class = usize::from(classes[[y, x]]).max(1);
@@ -57,12 +97,20 @@ fn render<T: Pixel>(image: ArrayView2<'_, T>, classes: ArrayView2<'_, u16>) -> R
 
 /// The image scaled from its `LOW`..`HIGH` percentiles to 0..255.
 fn to_gray<T: Pixel>(image: ArrayView2<'_, T>) -> Array2<u8> {
-    let mut values: Vec<f64> = image.iter().map(|v| v.to_f64()).filter(|v| v.is_finite()).collect();
+    let mut values: Vec<f64> = image
+        .iter()
+        .map(|v| v.to_f64())
+        .filter(|v| v.is_finite())
+        .collect();
     let (lo, hi) = (percentile(&mut values, LOW), percentile(&mut values, HIGH));
     let range = if hi > lo { hi - lo } else { 1.0 };
     image.mapv(|v| {
         let t = ((v.to_f64() - lo) / range).clamp(0.0, 1.0);
-        if t.is_nan() { 0 } else { (t * 255.0).round() as u8 }
+        if t.is_nan() {
+            0
+        } else {
+            (t * 255.0).round() as u8
+        }
     })
 }
 
@@ -83,7 +131,12 @@ mod tests {
 
     #[test]
     fn outlines_objects_in_class_colours() {
-        let image = array![[0u8, 50, 100, 150], [200, 250, 255, 0], [0, 0, 0, 0], [0, 0, 0, 0]];
+        let image = array![
+            [0u8, 50, 100, 150],
+            [200, 250, 255, 0],
+            [0, 0, 0, 0],
+            [0, 0, 0, 0]
+        ];
         let classes = array![[0u16, 1, 1, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 2]];
         let rgb = render(image.view(), classes.view()).unwrap();
         let px = |y: usize, x: usize| &rgb[(y * 4 + x) * 3..(y * 4 + x) * 3 + 3];

@@ -21,7 +21,9 @@ pub(crate) struct Bars {
 }
 
 fn style(template: &str) -> ProgressStyle {
-    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> ")
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
 }
 
 impl Bars {
@@ -36,8 +38,15 @@ impl Bars {
         let file_bar = multi.add(ProgressBar::new(u64::try_from(files).unwrap_or(u64::MAX)));
         file_bar.set_style(style("files [{bar:30}] {pos}/{len} {wide_msg}"));
         let tiles = multi.add(ProgressBar::new(0));
-        tiles.set_style(style("tiles [{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta})"));
-        Self { multi, files: file_bar, tiles, base: Arc::new(AtomicUsize::new(0)) }
+        tiles.set_style(style(
+            "tiles [{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta})",
+        ));
+        Self {
+            multi,
+            files: file_bar,
+            tiles,
+            base: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     /// A file starts: `tiles` tiles in all its pages.
@@ -45,7 +54,8 @@ impl Bars {
         self.files.set_message(name.to_owned());
         self.base.store(0, Ordering::Relaxed);
         self.tiles.reset();
-        self.tiles.set_length(u64::try_from(tiles).unwrap_or(u64::MAX));
+        self.tiles
+            .set_length(u64::try_from(tiles).unwrap_or(u64::MAX));
         self.tiles.set_position(0);
     }
 

@@ -49,7 +49,15 @@ pub(crate) struct Report {
 impl Report {
     /// A report with only the input and a status.
     pub(crate) fn new(input: &Path, status: Status) -> Self {
-        Self { input: input.to_owned(), output: None, shape: None, seconds: 0.0, status, error: None, objects: None }
+        Self {
+            input: input.to_owned(),
+            output: None,
+            shape: None,
+            seconds: 0.0,
+            status,
+            error: None,
+            objects: None,
+        }
     }
 
     /// One JSON object on one line.
@@ -71,14 +79,32 @@ impl Report {
 
     /// A line for people (`None` for failures, which go to stderr).
     pub(crate) fn text(&self) -> Option<String> {
-        let output = self.output.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
+        let output = self
+            .output
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         match self.status {
             Status::Ok => {
-                let shape = self.shape.as_deref().map(|s| format!("{s:?}")).unwrap_or_default();
-                let objects = self.objects.map(|n| format!(", {n} objects")).unwrap_or_default();
-                Some(format!("{} -> {output} ({shape}, {:.2} s{objects})", self.input.display(), self.seconds))
+                let shape = self
+                    .shape
+                    .as_deref()
+                    .map(|s| format!("{s:?}"))
+                    .unwrap_or_default();
+                let objects = self
+                    .objects
+                    .map(|n| format!(", {n} objects"))
+                    .unwrap_or_default();
+                Some(format!(
+                    "{} -> {output} ({shape}, {:.2} s{objects})",
+                    self.input.display(),
+                    self.seconds
+                ))
             }
-            Status::Skipped => Some(format!("{} -> {output} (exists, skipped)", self.input.display())),
+            Status::Skipped => Some(format!(
+                "{} -> {output} (exists, skipped)",
+                self.input.display()
+            )),
             Status::Failed | Status::Cancelled => None,
         }
     }

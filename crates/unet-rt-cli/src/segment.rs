@@ -5,16 +5,18 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ndarray::{Array2, ArrayD, ArrayViewD, Axis};
-use unet_rt::{Model, Options, OutputElement, OutputKind as ModelOutput, OutputMode, Pixel, Segmenter};
+use unet_rt::{
+    Model, Options, OutputElement, OutputKind as ModelOutput, OutputMode, Pixel, Segmenter,
+};
 
 use crate::args::{Format, OutputKind, SegmentArgs};
 use crate::axes::{self, Arranged};
 use crate::errors::{usage, CliError, FileError, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK};
+use crate::limits::{bytes_of, elements, try_filled, try_map, Memory};
 use crate::progress::Bars;
 use crate::read::{read_image, with_pixels};
 use crate::report::{Report, Status};
 use crate::write::{write_output, Output};
-use crate::limits::{bytes_of, elements, try_filled, try_map, Memory};
 use crate::{atomic, inputs, interrupt, loader, output, overlay, panics};
 
 /// Everything a single input needs.
@@ -51,8 +53,17 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
 
     let found = inputs::discover(&args.inputs);
     let bars = Bars::new(found.len(), !args.quiet);
-    let context = Context { args, model, options, bars: &bars };
-    let all_inputs: HashSet<PathBuf> = found.iter().filter_map(|f| f.as_ref().ok()).map(|p| same_file_key(p)).collect();
+    let context = Context {
+        args,
+        model,
+        options,
+        bars: &bars,
+    };
+    let all_inputs: HashSet<PathBuf> = found
+        .iter()
+        .filter_map(|f| f.as_ref().ok())
+        .map(|p| same_file_key(p))
+        .collect();
     let mut claimed: HashMap<PathBuf, PathBuf> = HashMap::new();
     let mut failures = 0usize;
     for item in found {
@@ -67,8 +78,15 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
         if matches!(report.status, Status::Failed) {
             failures += 1;
         }
-        if let Some(error) = report.error.as_ref().filter(|_| report.status == Status::Failed) {
-            bars.eprintln(&format!("unet-rt: error: {}: {error}", report.input.display()));
+        if let Some(error) = report
+            .error
+            .as_ref()
+            .filter(|_| report.status == Status::Failed)
+        {
+            bars.eprintln(&format!(
+                "unet-rt: error: {}: {error}",
+                report.input.display()
+            ));
         }
         if args.json {
             bars.println(&report.json());
@@ -90,9 +108,14 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
 
 /// Flag combinations that cannot work, whatever the model.
 fn check_flags(args: &SegmentArgs) -> Result<(), CliError> {
-    let float = matches!(args.output_kind, OutputKind::Probabilities | OutputKind::Raw);
+    let float = matches!(
+        args.output_kind,
+        OutputKind::Probabilities | OutputKind::Raw
+    );
     if float && args.format == Format::Png {
-        return Err(usage("PNG cannot hold float probabilities or raw output: use --format tif or npy"));
+        return Err(usage(
+            "PNG cannot hold float probabilities or raw output: use --format tif or npy",
+        ));
     }
     Ok(())
 }
@@ -100,7 +123,10 @@ fn check_flags(args: &SegmentArgs) -> Result<(), CliError> {
 /// Output kinds the model cannot give, as usage errors before any input.
 fn check_model(model: &Model, args: &SegmentArgs) -> Result<(), CliError> {
     let info = model.info();
-    let classes = matches!(args.output_kind, OutputKind::Labels | OutputKind::Instances | OutputKind::Probabilities);
+    let classes = matches!(
+        args.output_kind,
+        OutputKind::Labels | OutputKind::Instances | OutputKind::Probabilities
+    );
     if info.output == ModelOutput::Identity && (classes || args.overlay) {
         return Err(usage(
             "the model's output is \"identity\" (regression), which has no classes: use --output-kind raw without --overlay",
@@ -118,9 +144,19 @@ fn check_model(model: &Model, args: &SegmentArgs) -> Result<(), CliError> {
 
 /// Creates the output folder and checks that files can be created in it.
 fn prepare_folder(dir: &Path) -> Result<(), CliError> {
-    std::fs::create_dir_all(dir).map_err(|e| usage(format!("cannot create the output folder {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        usage(format!(
+            "cannot create the output folder {}: {e}",
+            dir.display()
+        ))
+    })?;
     let probe = dir.join(format!(".unet-rt-write-test.{}", std::process::id()));
-    std::fs::File::create(&probe).map_err(|e| usage(format!("the output folder {} is not writable: {e}", dir.display())))?;
+    std::fs::File::create(&probe).map_err(|e| {
+        usage(format!(
+            "the output folder {} is not writable: {e}",
+            dir.display()
+        ))
+    })?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
@@ -128,7 +164,10 @@ fn prepare_folder(dir: &Path) -> Result<(), CliError> {
 /// A path's identity for comparisons: its folder resolved, so that `a.tif`
 /// and `./a.tif` are the same file.
 fn same_file_key(path: &Path) -> PathBuf {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     match (std::fs::canonicalize(parent), path.file_name()) {
         (Ok(dir), Some(name)) => dir.join(name),
         _ => path.to_owned(),
@@ -136,35 +175,73 @@ fn same_file_key(path: &Path) -> PathBuf {
 }
 
 fn failed(input: &Path, error: FileError, start: Instant) -> Report {
-    let mut report = Report::new(input, if error.interrupted { Status::Cancelled } else { Status::Failed });
+    let mut report = Report::new(
+        input,
+        if error.interrupted {
+            Status::Cancelled
+        } else {
+            Status::Failed
+        },
+    );
     report.seconds = start.elapsed().as_secs_f64();
     // The message names the file already (the report's input); keep the reason.
-    report.error = Some(if error.path == input { error.message } else { error.to_string() });
+    report.error = Some(if error.path == input {
+        error.message
+    } else {
+        error.to_string()
+    });
     report
 }
 
 /// [`process`], with a panic (a bug) turned into this input's failure, so
 /// that the other inputs are still processed.
-fn process_caught(ctx: &Context<'_>, input: &Path, all_inputs: &HashSet<PathBuf>, claimed: &mut HashMap<PathBuf, PathBuf>) -> Report {
+fn process_caught(
+    ctx: &Context<'_>,
+    input: &Path,
+    all_inputs: &HashSet<PathBuf>,
+    claimed: &mut HashMap<PathBuf, PathBuf>,
+) -> Report {
     let start = Instant::now();
     panics::catch(|| process(ctx, input, all_inputs, claimed)).unwrap_or_else(|message| {
         // The temporary file of a result being written, if any.
         atomic::remove_all();
-        failed(input, FileError::new(input, format!("internal error: {message}; {}", panics::BUG)), start)
+        failed(
+            input,
+            FileError::new(input, format!("internal error: {message}; {}", panics::BUG)),
+            start,
+        )
     })
 }
 
-fn process(ctx: &Context<'_>, input: &Path, all_inputs: &HashSet<PathBuf>, claimed: &mut HashMap<PathBuf, PathBuf>) -> Report {
+fn process(
+    ctx: &Context<'_>,
+    input: &Path,
+    all_inputs: &HashSet<PathBuf>,
+    claimed: &mut HashMap<PathBuf, PathBuf>,
+) -> Report {
     let start = Instant::now();
-    let stem = input.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
-    let output = ctx.args.output.join(format!("{stem}.{}", ctx.args.format.extension()));
+    let stem = input
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("image");
+    let output = ctx
+        .args
+        .output
+        .join(format!("{stem}.{}", ctx.args.format.extension()));
     let key = same_file_key(&output);
     if let Some(first) = claimed.get(&key) {
-        let message = format!("its result {} would replace that of {}: rename one of them", output.display(), first.display());
+        let message = format!(
+            "its result {} would replace that of {}: rename one of them",
+            output.display(),
+            first.display()
+        );
         return failed(input, FileError::new(input, message), start);
     }
     if key != same_file_key(input) && all_inputs.contains(&key) {
-        let message = format!("its result {} would replace another input: choose another --output folder", output.display());
+        let message = format!(
+            "its result {} would replace another input: choose another --output folder",
+            output.display()
+        );
         return failed(input, FileError::new(input, message), start);
     }
     claimed.insert(key, input.to_owned());
@@ -195,14 +272,32 @@ type FileResult<T> = Result<T, (FileError, Option<Vec<usize>>)>;
 
 /// Reads, segments and writes one file; returns the input shape and the
 /// number of objects (instances).
-fn segment_file(ctx: &Context<'_>, input: &Path, output: &Path, stem: &str) -> FileResult<(Vec<usize>, Option<usize>)> {
+fn segment_file(
+    ctx: &Context<'_>,
+    input: &Path,
+    output: &Path,
+    stem: &str,
+) -> FileResult<(Vec<usize>, Option<usize>)> {
     let image = read_image(input).map_err(|m| (FileError::new(input, m), None))?;
     let shape = image.pixels.shape().to_vec();
     let fail = |e: FileError| (e, Some(shape.clone()));
     let info = ctx.model.info();
-    let axes = axes::choose_axes(ctx.args.axes.as_deref(), image.axes.as_deref(), &shape, info)
-        .map_err(|m| fail(FileError::new(input, format!("{m} ({} image)", image.pixels.type_name()))))?;
-    let overlay_path = ctx.args.overlay.then(|| output.with_file_name(format!("{stem}_overlay.png")));
+    let axes = axes::choose_axes(
+        ctx.args.axes.as_deref(),
+        image.axes.as_deref(),
+        &shape,
+        info,
+    )
+    .map_err(|m| {
+        fail(FileError::new(
+            input,
+            format!("{m} ({} image)", image.pixels.type_name()),
+        ))
+    })?;
+    let overlay_path = ctx
+        .args
+        .overlay
+        .then(|| output.with_file_name(format!("{stem}_overlay.png")));
     let objects = with_pixels!(&image.pixels, a => {
         let arranged = axes::arrange(a.view(), &axes, info).map_err(|m| fail(FileError::new(input, m)))?;
         let result = compute(ctx, input, &arranged).map_err(fail)?;
@@ -225,35 +320,65 @@ struct Computed {
 }
 
 /// Segments every page of an arranged image into the requested output.
-fn compute<T: Pixel>(ctx: &Context<'_>, input: &Path, arranged: &Arranged<'_, T>) -> Result<Computed, FileError> {
-    let options = Options { progress: Some(ctx.bars.tile_callback()), ..ctx.options.clone() };
+fn compute<T: Pixel>(
+    ctx: &Context<'_>,
+    input: &Path,
+    arranged: &Arranged<'_, T>,
+) -> Result<Computed, FileError> {
+    let options = Options {
+        progress: Some(ctx.bars.tile_callback()),
+        ..ctx.options.clone()
+    };
     let engine = |e: unet_rt::Error| FileError::engine(input, e);
     let segmenter = Segmenter::new(ctx.model.clone(), options).map_err(engine)?;
     let pages = arranged.view.shape()[0];
-    let tiles = segmenter.layout(&arranged.view.shape()[2..]).map_err(engine)?.plan.len();
-    ctx.bars.start_file(&input.display().to_string(), tiles.saturating_mul(pages));
+    let tiles = segmenter
+        .layout(&arranged.view.shape()[2..])
+        .map_err(engine)?
+        .plan
+        .len();
+    ctx.bars
+        .start_file(&input.display().to_string(), tiles.saturating_mul(pages));
     let run = |seg: &Segmenter| -> Result<Output, FileError> {
         let wide = ctx.model.info().out_channels > 256;
         Ok(match seg.options().output {
-            OutputMode::Labels if wide => Output::U16(run_pages::<T, u16>(ctx, seg, arranged, tiles, input)?),
+            OutputMode::Labels if wide => {
+                Output::U16(run_pages::<T, u16>(ctx, seg, arranged, tiles, input)?)
+            }
             OutputMode::Labels => Output::U8(run_pages::<T, u8>(ctx, seg, arranged, tiles, input)?),
             _ => Output::F32(run_pages::<T, f32>(ctx, seg, arranged, tiles, input)?),
         })
     };
     let result = run(&segmenter)?;
     let classes = match ctx.args.overlay {
-        true => Some(class_plane(&result, arranged.stacked, ctx.args.output_kind).map_err(|m| FileError::new(input, m))?),
+        true => Some(
+            class_plane(&result, arranged.stacked, ctx.args.output_kind)
+                .map_err(|m| FileError::new(input, m))?,
+        ),
         false => None,
     };
     if ctx.args.output_kind != OutputKind::Instances {
-        return Ok(Computed { output: result, classes, objects: None });
+        return Ok(Computed {
+            output: result,
+            classes,
+            objects: None,
+        });
     }
     let (instances, objects) = match &result {
         Output::U8(labels) => instances(labels.view(), arranged.stacked, input),
         Output::U16(labels) => instances(labels.view(), arranged.stacked, input),
-        _ => return Err(FileError::new(input, "internal error: instances need labels")),
+        _ => {
+            return Err(FileError::new(
+                input,
+                "internal error: instances need labels",
+            ))
+        }
     }?;
-    Ok(Computed { output: instances, classes, objects: Some(objects) })
+    Ok(Computed {
+        output: instances,
+        classes,
+        objects: Some(objects),
+    })
 }
 
 /// Segments each page (batch entry) into one array `([pages,] result...)`.
@@ -271,10 +396,16 @@ fn run_pages<T: Pixel, U: OutputElement>(
     shape.extend(segmenter.output_shape(&view.shape()[1..]));
     let mut out = allocate_result::<U>(&shape).map_err(|m| FileError::new(input, m))?;
     for (page, target) in view.axis_iter(Axis(0)).zip(out.axis_iter_mut(Axis(0))) {
-        segmenter.segment_into(page, target).map_err(|e| FileError::engine(input, e))?;
+        segmenter
+            .segment_into(page, target)
+            .map_err(|e| FileError::engine(input, e))?;
         ctx.bars.page_done(tiles);
     }
-    Ok(if arranged.stacked { out } else { out.index_axis_move(Axis(0), 0) })
+    Ok(if arranged.stacked {
+        out
+    } else {
+        out.index_axis_move(Axis(0), 0)
+    })
 }
 
 /// A zeroed result of `shape`: checked against the memory available, then
@@ -287,10 +418,15 @@ fn allocate_result<U: Clone + Default>(shape: &[usize]) -> Result<ArrayD<U>, Str
 
 /// Connected components of `labels > 0`, page by page for stacks; `u16`
 /// when the objects fit, else `u32`.
-fn instances<L: unet_rt::instances::Foreground + Copy>(labels: ArrayViewD<'_, L>, stacked: bool, input: &Path) -> Result<(Output, usize), FileError> {
+fn instances<L: unet_rt::instances::Foreground + Copy>(
+    labels: ArrayViewD<'_, L>,
+    stacked: bool,
+    input: &Path,
+) -> Result<(Output, usize), FileError> {
     let engine = |e: unet_rt::Error| FileError::engine(input, e);
     let (ids, total, most) = if stacked {
-        let mut ids = allocate_result::<u32>(labels.shape()).map_err(|m| FileError::new(input, m))?;
+        let mut ids =
+            allocate_result::<u32>(labels.shape()).map_err(|m| FileError::new(input, m))?;
         let (mut total, mut most) = (0usize, 0);
         for (page, mut target) in labels.axis_iter(Axis(0)).zip(ids.axis_iter_mut(Axis(0))) {
             let (page_ids, n) = unet_rt::instances::connected_components(page).map_err(engine)?;
@@ -307,7 +443,8 @@ fn instances<L: unet_rt::instances::Foreground + Copy>(labels: ArrayViewD<'_, L>
         return Ok((Output::U32(ids), total));
     }
     // Every id fits: at most `most` objects per page.
-    let narrow = try_map(&ids, |&v| u16::try_from(v).unwrap_or(u16::MAX)).map_err(|m| FileError::new(input, m))?;
+    let narrow = try_map(&ids, |&v| u16::try_from(v).unwrap_or(u16::MAX))
+        .map_err(|m| FileError::new(input, m))?;
     Ok((Output::U16(narrow), total))
 }
 
@@ -316,11 +453,15 @@ fn middle_plane<A>(mut view: ArrayViewD<'_, A>) -> Result<ndarray::ArrayView2<'_
     while view.ndim() > 2 {
         let len = view.len_of(Axis(0));
         if len == 0 {
-            return Err(format!("no 2-D plane for the overlay in an array of shape {:?}", view.shape()));
+            return Err(format!(
+                "no 2-D plane for the overlay in an array of shape {:?}",
+                view.shape()
+            ));
         }
         view = view.index_axis_move(Axis(0), len / 2);
     }
-    view.into_dimensionality::<ndarray::Ix2>().map_err(|e| format!("no 2-D plane for the overlay: {e}"))
+    view.into_dimensionality::<ndarray::Ix2>()
+        .map_err(|e| format!("no 2-D plane for the overlay: {e}"))
 }
 
 /// The class map of the overlay's plane, from labels or from channels: the

@@ -43,13 +43,15 @@ const BIGTIFF_FROM: usize = 4_000_000_000;
 /// Writes `output` to `path` in `format`.
 pub(crate) fn write_output(path: &Path, output: &Output, format: Format) -> Result<(), FileError> {
     match format {
-        Format::Npy => write_atomically(path, |w| match output {
-            Output::U8(a) => a.write_npy(w),
-            Output::U16(a) => a.write_npy(w),
-            Output::U32(a) => a.write_npy(w),
-            Output::F32(a) => a.write_npy(w),
-        }
-        .map_err(|e| e.to_string())),
+        Format::Npy => write_atomically(path, |w| {
+            match output {
+                Output::U8(a) => a.write_npy(w),
+                Output::U16(a) => a.write_npy(w),
+                Output::U32(a) => a.write_npy(w),
+                Output::F32(a) => a.write_npy(w),
+            }
+            .map_err(|e| e.to_string())
+        }),
         Format::Tif => {
             // Check the shape before creating anything.
             pages(output.shape()).map_err(|m| FileError::new(path, m))?;
@@ -68,11 +70,18 @@ pub(crate) fn write_output(path: &Path, output: &Output, format: Format) -> Resu
 /// before the last two becomes pages, in C order.
 fn pages(shape: &[usize]) -> Result<(usize, u32, u32), String> {
     if shape.len() < 2 {
-        return Err(format!("cannot write an array of shape {shape:?} as an image"));
+        return Err(format!(
+            "cannot write an array of shape {shape:?} as an image"
+        ));
     }
     let n = shape.len();
-    let to_u32 = |v: usize| u32::try_from(v).map_err(|_| format!("{v} pixels is too wide for TIFF"));
-    Ok((shape[..n - 2].iter().product(), to_u32(shape[n - 2])?, to_u32(shape[n - 1])?))
+    let to_u32 =
+        |v: usize| u32::try_from(v).map_err(|_| format!("{v} pixels is too wide for TIFF"));
+    Ok((
+        shape[..n - 2].iter().product(),
+        to_u32(shape[n - 2])?,
+        to_u32(shape[n - 1])?,
+    ))
 }
 
 fn write_tiff<C, W>(w: &mut W, array: &ArrayD<C::Inner>) -> Result<(), String>
@@ -84,13 +93,22 @@ where
 {
     let bytes = array.len() * std::mem::size_of::<C::Inner>();
     if bytes >= BIGTIFF_FROM {
-        write_pages::<C, _, tiff::encoder::TiffKindBig>(TiffEncoder::new_big(w).map_err(|e| e.to_string())?, array)
+        write_pages::<C, _, tiff::encoder::TiffKindBig>(
+            TiffEncoder::new_big(w).map_err(|e| e.to_string())?,
+            array,
+        )
     } else {
-        write_pages::<C, _, tiff::encoder::TiffKindStandard>(TiffEncoder::new(w).map_err(|e| e.to_string())?, array)
+        write_pages::<C, _, tiff::encoder::TiffKindStandard>(
+            TiffEncoder::new(w).map_err(|e| e.to_string())?,
+            array,
+        )
     }
 }
 
-fn write_pages<C, W, K>(mut encoder: TiffEncoder<W, K>, array: &ArrayD<C::Inner>) -> Result<(), String>
+fn write_pages<C, W, K>(
+    mut encoder: TiffEncoder<W, K>,
+    array: &ArrayD<C::Inner>,
+) -> Result<(), String>
 where
     C: colortype::ColorType,
     C::Inner: Copy,
@@ -105,10 +123,15 @@ where
     };
     let page_len = height as usize * width as usize;
     if page_len == 0 || count == 0 {
-        return Err(format!("cannot write an empty image of shape {:?}", array.shape()));
+        return Err(format!(
+            "cannot write an empty image of shape {:?}",
+            array.shape()
+        ));
     }
     for page in data.chunks_exact(page_len) {
-        encoder.write_image::<C>(width, height, page).map_err(|e| e.to_string())?;
+        encoder
+            .write_image::<C>(width, height, page)
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -118,21 +141,46 @@ fn write_png(path: &Path, output: &Output) -> Result<(), FileError> {
     let fail = |m: String| FileError::new(path, m);
     let shape = output.shape();
     if shape.len() != 2 {
-        return Err(fail(format!("PNG holds one 2-D image, the result has shape {shape:?}: use --format tif or npy")));
+        return Err(fail(format!(
+            "PNG holds one 2-D image, the result has shape {shape:?}: use --format tif or npy"
+        )));
     }
-    let (height, width) = (u32::try_from(shape[0]).map_err(|e| fail(e.to_string()))?, u32::try_from(shape[1]).map_err(|e| fail(e.to_string()))?);
+    let (height, width) = (
+        u32::try_from(shape[0]).map_err(|e| fail(e.to_string()))?,
+        u32::try_from(shape[1]).map_err(|e| fail(e.to_string()))?,
+    );
     let (depth, bytes): (png::BitDepth, Vec<u8>) = match output {
         Output::U8(a) => (png::BitDepth::Eight, a.iter().copied().collect()),
-        Output::U16(a) => (png::BitDepth::Sixteen, a.iter().flat_map(|v| v.to_be_bytes()).collect()),
+        Output::U16(a) => (
+            png::BitDepth::Sixteen,
+            a.iter().flat_map(|v| v.to_be_bytes()).collect(),
+        ),
         Output::U32(a) => {
             if a.iter().any(|&v| v > u32::from(u16::MAX)) {
-                return Err(fail("more than 65535 objects do not fit a 16-bit PNG: use --format tif or npy".to_owned()));
+                return Err(fail(
+                    "more than 65535 objects do not fit a 16-bit PNG: use --format tif or npy"
+                        .to_owned(),
+                ));
             }
-            (png::BitDepth::Sixteen, a.iter().flat_map(|&v| (v as u16).to_be_bytes()).collect())
+            (
+                png::BitDepth::Sixteen,
+                a.iter().flat_map(|&v| (v as u16).to_be_bytes()).collect(),
+            )
         }
-        Output::F32(_) => return Err(fail("PNG cannot hold float results: use --format tif or npy".to_owned())),
+        Output::F32(_) => {
+            return Err(fail(
+                "PNG cannot hold float results: use --format tif or npy".to_owned(),
+            ))
+        }
     };
-    write_png_bytes(path, width, height, png::ColorType::Grayscale, depth, &bytes)
+    write_png_bytes(
+        path,
+        width,
+        height,
+        png::ColorType::Grayscale,
+        depth,
+        &bytes,
+    )
 }
 
 /// Writes raw PNG sample bytes (big-endian for 16 bits).

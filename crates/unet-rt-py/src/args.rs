@@ -16,40 +16,77 @@ pub(crate) fn invalid(argument: &'static str, message: String) -> PyErr {
 }
 
 fn type_name(value: &Bound<'_, PyAny>) -> String {
-    value.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".to_owned())
+    value
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".to_owned())
 }
 
 /// A non-negative integer: a Python `int` or a NumPy integer, not a bool,
 /// float or string.
 pub(crate) fn size(value: &Bound<'_, PyAny>, argument: &'static str) -> PyResult<usize> {
-    if value.is_instance_of::<PyBool>() || value.is_instance_of::<PyFloat>() || value.is_instance_of::<PyString>() {
-        return Err(PyTypeError::new_err(format!("{argument} must be an int, got {}", type_name(value))));
+    if value.is_instance_of::<PyBool>()
+        || value.is_instance_of::<PyFloat>()
+        || value.is_instance_of::<PyString>()
+    {
+        return Err(PyTypeError::new_err(format!(
+            "{argument} must be an int, got {}",
+            type_name(value)
+        )));
     }
     // `__index__` is what makes a type an integer (int, numpy.int64, ...).
-    let index = value
-        .call_method0("__index__")
-        .map_err(|_| PyTypeError::new_err(format!("{argument} must be an int, got {}", type_name(value))))?;
+    let index = value.call_method0("__index__").map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{argument} must be an int, got {}",
+            type_name(value)
+        ))
+    })?;
     match index.extract::<i128>() {
         Ok(v) if v < 0 => Err(invalid(argument, format!("{v} is negative"))),
-        Ok(v) => usize::try_from(v).map_err(|_| invalid(argument, format!("{v} is too large (at most {})", usize::MAX))),
-        Err(_) => Err(invalid(argument, format!("{} is too large (at most {})", index, usize::MAX))),
+        Ok(v) => usize::try_from(v).map_err(|_| {
+            invalid(
+                argument,
+                format!("{v} is too large (at most {})", usize::MAX),
+            )
+        }),
+        Err(_) => Err(invalid(
+            argument,
+            format!("{} is too large (at most {})", index, usize::MAX),
+        )),
     }
 }
 
 /// An optional [`size`] that must be at least `minimum`.
-pub(crate) fn optional_size(value: Option<&Bound<'_, PyAny>>, argument: &'static str, minimum: usize) -> PyResult<Option<usize>> {
-    let Some(value) = value.filter(|v| !v.is_none()) else { return Ok(None) };
+pub(crate) fn optional_size(
+    value: Option<&Bound<'_, PyAny>>,
+    argument: &'static str,
+    minimum: usize,
+) -> PyResult<Option<usize>> {
+    let Some(value) = value.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
     let v = size(value, argument)?;
     if v < minimum {
-        return Err(invalid(argument, format!("{v} is too small: it must be at least {minimum}")));
+        return Err(invalid(
+            argument,
+            format!("{v} is too small: it must be at least {minimum}"),
+        ));
     }
     Ok(Some(v))
 }
 
 /// One size per spatial axis: an int (the same on every axis) or a
 /// sequence of `dims` ints.
-pub(crate) fn sizes(value: &Bound<'_, PyAny>, argument: &'static str, dims: Option<usize>) -> PyResult<Vec<usize>> {
-    if value.is_instance_of::<PyString>() || value.is_instance_of::<PyFloat>() || value.is_instance_of::<PyBool>() {
+pub(crate) fn sizes(
+    value: &Bound<'_, PyAny>,
+    argument: &'static str,
+    dims: Option<usize>,
+) -> PyResult<Vec<usize>> {
+    if value.is_instance_of::<PyString>()
+        || value.is_instance_of::<PyFloat>()
+        || value.is_instance_of::<PyBool>()
+    {
         return Err(PyTypeError::new_err(format!(
             "{argument} must be an int or a sequence of ints, got {}",
             type_name(value)
@@ -60,24 +97,39 @@ pub(crate) fn sizes(value: &Bound<'_, PyAny>, argument: &'static str, dims: Opti
         return Ok(vec![one; dims.unwrap_or(1)]);
     }
     let items = value.try_iter().map_err(|_| {
-        PyTypeError::new_err(format!("{argument} must be an int or a sequence of ints, got {}", type_name(value)))
+        PyTypeError::new_err(format!(
+            "{argument} must be an int or a sequence of ints, got {}",
+            type_name(value)
+        ))
     })?;
     let mut out = Vec::new();
     for item in items {
         out.push(size(&item?, argument)?);
         if out.len() > 64 {
-            return Err(invalid(argument, "has more than 64 values; expected one per spatial axis".to_owned()));
+            return Err(invalid(
+                argument,
+                "has more than 64 values; expected one per spatial axis".to_owned(),
+            ));
         }
     }
     if let Some(dims) = dims.filter(|&d| d != out.len()) {
-        return Err(invalid(argument, format!("{} sizes for a {dims}-D model", out.len())));
+        return Err(invalid(
+            argument,
+            format!("{} sizes for a {dims}-D model", out.len()),
+        ));
     }
     Ok(out)
 }
 
 /// Optional [`sizes`], each at least 1.
-pub(crate) fn optional_sizes(value: Option<&Bound<'_, PyAny>>, argument: &'static str, dims: usize) -> PyResult<Option<Vec<usize>>> {
-    let Some(value) = value.filter(|v| !v.is_none()) else { return Ok(None) };
+pub(crate) fn optional_sizes(
+    value: Option<&Bound<'_, PyAny>>,
+    argument: &'static str,
+    dims: usize,
+) -> PyResult<Option<Vec<usize>>> {
+    let Some(value) = value.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
     let sizes = sizes(value, argument, Some(dims))?;
     if sizes.contains(&0) {
         return Err(invalid(argument, format!("{sizes:?} has a zero size")));
@@ -86,10 +138,16 @@ pub(crate) fn optional_sizes(value: Option<&Bound<'_, PyAny>>, argument: &'stati
 }
 
 /// A string option.
-pub(crate) fn text<'a>(value: &'a Bound<'_, PyAny>, argument: &'static str) -> PyResult<std::borrow::Cow<'a, str>> {
-    let s = value
-        .cast::<PyString>()
-        .map_err(|_| PyTypeError::new_err(format!("{argument} must be a str, got {}", type_name(value))))?;
+pub(crate) fn text<'a>(
+    value: &'a Bound<'_, PyAny>,
+    argument: &'static str,
+) -> PyResult<std::borrow::Cow<'a, str>> {
+    let s = value.cast::<PyString>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{argument} must be a str, got {}",
+            type_name(value)
+        ))
+    })?;
     s.to_cow()
 }
 
@@ -98,9 +156,16 @@ pub(crate) fn window(value: &Bound<'_, PyAny>) -> PyResult<unet_rt::Window> {
     let parts: Vec<Bound<'_, PyAny>> = value
         .try_iter()
         .and_then(|items| items.collect::<PyResult<Vec<_>>>())
-        .map_err(|_| PyTypeError::new_err(format!("window must be a unet_rt.Window, got {}", type_name(value))))?;
+        .map_err(|_| {
+            PyTypeError::new_err(format!(
+                "window must be a unet_rt.Window, got {}",
+                type_name(value)
+            ))
+        })?;
     let [image, origin, start, shape] = parts.as_slice() else {
-        return Err(PyTypeError::new_err("window must be (image, origin, start, shape)"));
+        return Err(PyTypeError::new_err(
+            "window must be (image, origin, start, shape)",
+        ));
     };
     Ok(unet_rt::Window {
         image: sizes(image, "window", None)?,

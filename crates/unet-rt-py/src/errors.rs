@@ -42,15 +42,27 @@ pub(crate) fn error_class_names() -> Vec<&'static str> {
     use unet_rt::Error as E;
     let samples = [
         E::ModelNotFound(Default::default()),
-        E::InvalidModel { path: Default::default(), reason: String::new() },
-        E::InvalidMetadata { path: Default::default(), reason: String::new() },
-        E::InvalidArgument { argument: "", message: String::new() },
+        E::InvalidModel {
+            path: Default::default(),
+            reason: String::new(),
+        },
+        E::InvalidMetadata {
+            path: Default::default(),
+            reason: String::new(),
+        },
+        E::InvalidArgument {
+            argument: "",
+            message: String::new(),
+        },
         E::DeviceUnavailable(String::new()),
         E::Inference(String::new()),
         E::NonFinite(String::new()),
         E::Internal(String::new()),
         E::Cancelled,
-        E::Io { path: Default::default(), source: std::io::Error::other("") },
+        E::Io {
+            path: Default::default(),
+            source: std::io::Error::other(""),
+        },
     ];
     samples.iter().map(class_name).collect()
 }
@@ -120,7 +132,9 @@ where
                     }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => {
-                        return Err(interrupted.unwrap_or_else(|| PyKeyboardInterrupt::new_err("engine thread ended")));
+                        return Err(interrupted.unwrap_or_else(|| {
+                            PyKeyboardInterrupt::new_err("engine thread ended")
+                        }));
                     }
                 }
             }

@@ -12,7 +12,10 @@ use crate::errors::{run_released, to_py_err};
 /// (uint8 or uint16, 2-D or 3-D; face connectivity) in raster order, as
 /// `scipy.ndimage.label` does. Returns uint32 instance ids.
 #[pyfunction]
-pub(crate) fn connected_components<'py>(py: Python<'py>, labels: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArrayDyn<u32>>> {
+pub(crate) fn connected_components<'py>(
+    py: Python<'py>,
+    labels: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyArrayDyn<u32>>> {
     let cancel = Arc::new(AtomicBool::new(false));
     macro_rules! try_type {
         ($($t:ty),*) => {$(

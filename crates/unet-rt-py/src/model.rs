@@ -23,7 +23,10 @@ fn parse<T: std::str::FromStr<Err = unet_rt::Error>>(value: &str) -> PyResult<T>
 }
 
 /// A string option parsed by the core.
-fn parse_arg<T: std::str::FromStr<Err = unet_rt::Error>>(value: &Bound<'_, PyAny>, argument: &'static str) -> PyResult<T> {
+fn parse_arg<T: std::str::FromStr<Err = unet_rt::Error>>(
+    value: &Bound<'_, PyAny>,
+    argument: &'static str,
+) -> PyResult<T> {
     parse(&args::text(value, argument)?)
 }
 
@@ -52,18 +55,28 @@ impl Model {
         let device = unet_rt::parse_device(device).map_err(to_py_err)?;
         let precision: Precision = parse(precision)?;
         let cancel = Arc::new(AtomicBool::new(false));
-        let inner = run_released(py, &cancel, || unet_rt::Model::load_with_precision(&path, device, precision))?;
+        let inner = run_released(py, &cancel, || {
+            unet_rt::Model::load_with_precision(&path, device, precision)
+        })?;
         Ok(Self { inner })
     }
 
     /// Loads a model from the bytes of a TorchScript archive.
     #[staticmethod]
     #[pyo3(signature = (data, name, device = "auto", precision = "auto"))]
-    fn from_bytes(py: Python<'_>, data: Vec<u8>, name: String, device: &str, precision: &str) -> PyResult<Self> {
+    fn from_bytes(
+        py: Python<'_>,
+        data: Vec<u8>,
+        name: String,
+        device: &str,
+        precision: &str,
+    ) -> PyResult<Self> {
         let device = unet_rt::parse_device(device).map_err(to_py_err)?;
         let precision: Precision = parse(precision)?;
         let cancel = Arc::new(AtomicBool::new(false));
-        let inner = run_released(py, &cancel, || unet_rt::Model::load_bytes(&data, &name, device, precision))?;
+        let inner = run_released(py, &cancel, || {
+            unet_rt::Model::load_bytes(&data, &name, device, precision)
+        })?;
         Ok(Self { inner })
     }
 
@@ -114,7 +127,11 @@ impl Model {
 
     /// One forward pass on a float32 batch `(N, C, spatial...)`; returns the
     /// raw network output as float32.
-    fn forward<'py>(&self, py: Python<'py>, batch: PyReadonlyArrayDyn<'py, f32>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        batch: PyReadonlyArrayDyn<'py, f32>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let view = batch.as_array();
         let model = &self.inner;
         let cancel = Arc::new(AtomicBool::new(false));
@@ -147,21 +164,27 @@ impl Model {
         let cancel = Arc::new(AtomicBool::new(false));
         if let Some(p) = &progress {
             if !p.bind(py).is_callable() {
-                return Err(pyo3::exceptions::PyTypeError::new_err("progress must be callable as progress(done, total)"));
+                return Err(pyo3::exceptions::PyTypeError::new_err(
+                    "progress must be callable as progress(done, total)",
+                ));
             }
         }
-        let blend = blend.filter(|b| !b.is_none()).map(|b| args::text(b, "blend")).transpose()?;
-        let blend = match blend.as_deref().unwrap_or("crop") {
-            "crop" => unet_rt::Blend::Crop,
-            "gaussian" => unet_rt::Blend::gaussian(),
-            "constant" => unet_rt::Blend::Constant,
-            other => {
-                return Err(to_py_err(unet_rt::Error::InvalidArgument {
+        let blend = blend
+            .filter(|b| !b.is_none())
+            .map(|b| args::text(b, "blend"))
+            .transpose()?;
+        let blend =
+            match blend.as_deref().unwrap_or("crop") {
+                "crop" => unet_rt::Blend::Crop,
+                "gaussian" => unet_rt::Blend::gaussian(),
+                "constant" => unet_rt::Blend::Constant,
+                other => return Err(to_py_err(unet_rt::Error::InvalidArgument {
                     argument: "blend",
-                    message: format!("unknown blend {other:?}; expected \"crop\", \"gaussian\" or \"constant\""),
-                }))
-            }
-        };
+                    message: format!(
+                        "unknown blend {other:?}; expected \"crop\", \"gaussian\" or \"constant\""
+                    ),
+                })),
+            };
         let failure = Arc::new(Mutex::new(None));
         let output = match output.filter(|o| !o.is_none()) {
             Some(o) => parse_arg::<OutputMode>(o, "output")?,
@@ -176,7 +199,10 @@ impl Model {
             progress: progress.map(|p| progress_callback(p, cancel.clone(), failure.clone())),
             cancel: Some(cancel.clone()),
             blend,
-            window: window.filter(|w| !w.is_none()).map(args::window).transpose()?,
+            window: window
+                .filter(|w| !w.is_none())
+                .map(args::window)
+                .transpose()?,
             input_range,
             nonfinite,
             ..sizing(&self.inner, tile, batch_size, memory_budget)?
@@ -192,7 +218,11 @@ impl Model {
 
     /// The pixel values percentile normalization maps to 0 and 1 in `image`
     /// (`(C, spatial...)`), or `None` when the model normalizes otherwise.
-    fn percentile_range(&self, py: Python<'_>, image: &Bound<'_, PyAny>) -> PyResult<Option<(f64, f64)>> {
+    fn percentile_range(
+        &self,
+        py: Python<'_>,
+        image: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<(f64, f64)>> {
         percentile_range(py, &self.inner, image)
     }
 
@@ -212,7 +242,10 @@ impl Model {
         let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;
         let rank = self.inner.info().spatial_dims;
         if window.image.len() != rank {
-            return Err(args::invalid("window", format!("{window:?} must give one value per spatial axis of the model ({rank})")));
+            return Err(args::invalid(
+                "window",
+                format!("{window:?} must give one value per spatial axis of the model ({rank})"),
+            ));
         }
         window.check(&window.image).map_err(to_py_err)?;
         catching(|| segmenter.needed_input(&window)).map_err(to_py_err)
@@ -233,7 +266,10 @@ impl Model {
         let dims = self.inner.info().spatial_dims;
         let shape = args::sizes(shape, "shape", None)?;
         if shape.len() != dims {
-            return Err(args::invalid("shape", format!("{shape:?} has {} axes; the model is {dims}-D", shape.len())));
+            return Err(args::invalid(
+                "shape",
+                format!("{shape:?} has {} axes; the model is {dims}-D", shape.len()),
+            ));
         }
         let options = sizing(&self.inner, tile, batch_size, memory_budget)?;
         let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;
@@ -249,7 +285,11 @@ impl Model {
     }
 
     fn __repr__(&self) -> String {
-        format!("Model(path={:?}, device={:?}, precision={:?})", self.inner.path(), self.device(), self.precision())
+        format!(
+            "Model(path={:?}, device={:?}, precision={:?})",
+            self.inner.path(),
+            self.device(),
+            self.precision()
+        )
     }
 }
-

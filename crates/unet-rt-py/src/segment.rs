@@ -18,7 +18,11 @@ fn invalid(argument: &'static str, message: String) -> PyErr {
 /// A Python progress callable, called as `callback(done, total)` from the
 /// engine's stitching thread. An exception it raises cancels the call and
 /// is re-raised.
-pub(crate) fn progress_callback(callback: Py<PyAny>, cancel: Arc<AtomicBool>, failure: Arc<Mutex<Option<PyErr>>>) -> unet_rt::ProgressFn {
+pub(crate) fn progress_callback(
+    callback: Py<PyAny>,
+    cancel: Arc<AtomicBool>,
+    failure: Arc<Mutex<Option<PyErr>>>,
+) -> unet_rt::ProgressFn {
     Arc::new(move |p: Progress| {
         Python::attach(|py| {
             if let Err(err) = callback.call1(py, (p.done, p.total)) {
@@ -42,7 +46,11 @@ pub(crate) fn segment<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let info = segmenter.model().info();
     let out_dtype: Option<String> = out
-        .map(|o| o.getattr("dtype").and_then(|d| d.str()).map(|s| s.to_string()))
+        .map(|o| {
+            o.getattr("dtype")
+                .and_then(|d| d.str())
+                .map(|s| s.to_string())
+        })
         .transpose()?;
     // The element type of the result: what `out` has, else the natural one.
     let element = match (segmenter.options().output, out_dtype.as_deref()) {
@@ -78,8 +86,16 @@ fn by_input<'py, U: OutputElement + Element>(
         )*};
     }
     try_input!(u8, u16, i16, half::f16, f32, f64);
-    let dtype = image.getattr("dtype").map(|d| d.to_string()).unwrap_or_else(|_| "unknown".to_owned());
-    Err(invalid("image", format!("dtype {dtype} is not supported; use uint8, uint16, int16, float16, float32 or float64")))
+    let dtype = image
+        .getattr("dtype")
+        .map(|d| d.to_string())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    Err(invalid(
+        "image",
+        format!(
+            "dtype {dtype} is not supported; use uint8, uint16, int16, float16, float32 or float64"
+        ),
+    ))
 }
 
 fn run<'py, T: Pixel + Element, U: OutputElement + Element>(
@@ -89,9 +105,14 @@ fn run<'py, T: Pixel + Element, U: OutputElement + Element>(
     out: Option<&Bound<'py, PyAny>>,
     cancel: &Arc<AtomicBool>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let input = image.try_readonly().map_err(|e| invalid("image", e.to_string()))?;
+    let input = image
+        .try_readonly()
+        .map_err(|e| invalid("image", e.to_string()))?;
     let result: Bound<'py, PyArrayDyn<U>> = match out {
-        Some(o) => o.cast::<PyArrayDyn<U>>().map_err(|e| invalid("out", e.to_string()))?.clone(),
+        Some(o) => o
+            .cast::<PyArrayDyn<U>>()
+            .map_err(|e| invalid("out", e.to_string()))?
+            .clone(),
         None => new_result::<U>(py, segmenter.output_shape(image.shape()))?,
     };
     {
@@ -109,7 +130,11 @@ fn run<'py, T: Pixel + Element, U: OutputElement + Element>(
 /// how much memory it needed when it cannot be allocated (NumPy's own
 /// constructor raises `MemoryError`, PyO3's panics).
 fn new_result<U: Element>(py: Python<'_>, shape: Vec<usize>) -> PyResult<Bound<'_, PyArrayDyn<U>>> {
-    let bytes = shape.iter().try_fold(std::mem::size_of::<U>() as u128, |n, &d| n.checked_mul(d as u128));
+    let bytes = shape
+        .iter()
+        .try_fold(std::mem::size_of::<U>() as u128, |n, &d| {
+            n.checked_mul(d as u128)
+        });
     let too_large = |need: String| {
         invalid(
             "image",
@@ -122,23 +147,32 @@ fn new_result<U: Element>(py: Python<'_>, shape: Vec<usize>) -> PyResult<Bound<'
     let limit = unet_rt::memory::total_memory().map_or(u128::MAX, |m| m as u128);
     match bytes {
         None => return Err(too_large("more bytes than can be counted".to_owned())),
-        Some(b) if b > limit || b > isize::MAX as u128 => return Err(too_large(unet_rt::memory::format_bytes(b))),
+        Some(b) if b > limit || b > isize::MAX as u128 => {
+            return Err(too_large(unet_rt::memory::format_bytes(b)))
+        }
         Some(_) => {}
     }
     let dtype = numpy::dtype::<U>(py);
-    let array = py.import("numpy")?.call_method1("zeros", (shape.clone(), dtype)).map_err(|e| {
-        if e.is_instance_of::<pyo3::exceptions::PyMemoryError>(py) {
-            too_large(bytes.map(unet_rt::memory::format_bytes).unwrap_or_default())
-        } else {
-            e
-        }
-    })?;
+    let array = py
+        .import("numpy")?
+        .call_method1("zeros", (shape.clone(), dtype))
+        .map_err(|e| {
+            if e.is_instance_of::<pyo3::exceptions::PyMemoryError>(py) {
+                too_large(bytes.map(unet_rt::memory::format_bytes).unwrap_or_default())
+            } else {
+                e
+            }
+        })?;
     array.cast_into::<PyArrayDyn<U>>().map_err(PyErr::from)
 }
 
 /// The pixel values the model's percentile normalization maps to 0 and 1 in
 /// `image` (`(C, spatial...)`), or `None` for other normalizations.
-pub(crate) fn percentile_range(py: Python<'_>, model: &unet_rt::Model, image: &Bound<'_, PyAny>) -> PyResult<Option<(f64, f64)>> {
+pub(crate) fn percentile_range(
+    py: Python<'_>,
+    model: &unet_rt::Model,
+    image: &Bound<'_, PyAny>,
+) -> PyResult<Option<(f64, f64)>> {
     let norm = &model.info().normalization;
     let cancel = Arc::new(AtomicBool::new(false));
     macro_rules! try_input {
@@ -151,6 +185,14 @@ pub(crate) fn percentile_range(py: Python<'_>, model: &unet_rt::Model, image: &B
         )*};
     }
     try_input!(u8, u16, i16, half::f16, f32, f64);
-    let dtype = image.getattr("dtype").map(|d| d.to_string()).unwrap_or_else(|_| "unknown".to_owned());
-    Err(invalid("image", format!("dtype {dtype} is not supported; use uint8, uint16, int16, float16, float32 or float64")))
+    let dtype = image
+        .getattr("dtype")
+        .map(|d| d.to_string())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    Err(invalid(
+        "image",
+        format!(
+            "dtype {dtype} is not supported; use uint8, uint16, int16, float16, float32 or float64"
+        ),
+    ))
 }

@@ -18,17 +18,28 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     };
     let device = unet_rt::parse_device(rest.first().map_or("auto", String::as_str))?;
     let model = Model::load_with_precision(model_path, device, Precision::Auto)?;
-    println!("{} on {:?} in {}", model_path, model.device(), model.precision());
+    println!(
+        "{} on {:?} in {}",
+        model_path,
+        model.device(),
+        model.precision()
+    );
 
     let image: ArrayD<f32> = ndarray_npy::read_npy(image_path)?;
     if image.ndim() != 2 {
-        return Err(format!("{image_path}: expected a 2-D image, got shape {:?}", image.shape()).into());
+        return Err(format!(
+            "{image_path}: expected a 2-D image, got shape {:?}",
+            image.shape()
+        )
+        .into());
     }
     // The engine takes (channels, y, x); a view adds the channel axis.
     let input = image.view().insert_axis(Axis(0));
 
     let options = Options {
-        progress: Some(std::sync::Arc::new(|p: unet_rt::Progress| eprint!("\rtile {}/{}", p.done, p.total))),
+        progress: Some(std::sync::Arc::new(|p: unet_rt::Progress| {
+            eprint!("\rtile {}/{}", p.done, p.total)
+        })),
         ..Options::default()
     };
     let segmenter = Segmenter::new(model, options)?;

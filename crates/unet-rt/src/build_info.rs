@@ -34,7 +34,11 @@ impl fmt::Display for BuildInfo {
             "unet_rt {} (libtorch {}, CUDA {}, {} CUDA device(s), {} CPU threads)",
             self.version,
             self.libtorch_version,
-            if self.cuda_available { "available" } else { "unavailable" },
+            if self.cuda_available {
+                "available"
+            } else {
+                "unavailable"
+            },
             self.cuda_device_count,
             self.cpu_threads
         )
@@ -49,13 +53,19 @@ fn loaded_libtorch_version() -> Option<String> {
         .lines()
         .filter_map(|line| line.split_whitespace().nth(5))
         .find(|path| path.ends_with("/libtorch_cpu.so"))?;
-    let version_py = std::path::Path::new(lib).parent()?.parent()?.join("version.py");
+    let version_py = std::path::Path::new(lib)
+        .parent()?
+        .parent()?
+        .join("version.py");
     parse_version_py(&std::fs::read_to_string(version_py).ok()?)
 }
 
 fn parse_version_py(text: &str) -> Option<String> {
     text.lines().find_map(|line| {
-        let value = line.strip_prefix("__version__")?.trim_start().strip_prefix('=')?;
+        let value = line
+            .strip_prefix("__version__")?
+            .trim_start()
+            .strip_prefix('=')?;
         let value = value.trim().trim_matches(|c| c == '\'' || c == '"');
         (!value.is_empty()).then(|| value.to_owned())
     })
@@ -67,7 +77,8 @@ mod tests {
 
     #[test]
     fn reads_the_wheel_version_file() {
-        let text = "from typing import Optional\n__version__ = '2.11.0+cu130'\ngit_version = 'abc'\n";
+        let text =
+            "from typing import Optional\n__version__ = '2.11.0+cu130'\ngit_version = 'abc'\n";
         assert_eq!(parse_version_py(text).as_deref(), Some("2.11.0+cu130"));
         assert_eq!(parse_version_py("nothing here"), None);
     }

@@ -7,7 +7,11 @@ use crate::error::{Error, Result};
 
 /// Copies an `f32` view (any strides) into a new CPU tensor of the same shape.
 pub(crate) fn tensor_from_view(view: &ArrayViewD<'_, f32>) -> Result<Tensor> {
-    let shape: Vec<i64> = view.shape().iter().map(|&d| to_i64(d)).collect::<Result<_>>()?;
+    let shape: Vec<i64> = view
+        .shape()
+        .iter()
+        .map(|&d| to_i64(d))
+        .collect::<Result<_>>()?;
     let tensor = match view.as_slice() {
         Some(slice) => Tensor::f_from_slice(slice),
         None => Tensor::f_from_slice(view.as_standard_layout().as_slice().unwrap_or_default()),
@@ -18,7 +22,11 @@ pub(crate) fn tensor_from_view(view: &ArrayViewD<'_, f32>) -> Result<Tensor> {
 
 /// Copies a tensor (any device, any float kind) into a new `f32` array.
 pub(crate) fn array_from_tensor(tensor: &Tensor) -> Result<ArrayD<f32>> {
-    let shape: Vec<usize> = tensor.size().iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
+    let shape: Vec<usize> = tensor
+        .size()
+        .iter()
+        .map(|&d| usize::try_from(d).unwrap_or(0))
+        .collect();
     let host = tensor
         .f_to_kind(Kind::Float)
         .and_then(|t| t.f_to_device(tch::Device::Cpu))
@@ -26,7 +34,8 @@ pub(crate) fn array_from_tensor(tensor: &Tensor) -> Result<ArrayD<f32>> {
         .map_err(Error::inference)?;
     let numel = shape.iter().product::<usize>();
     let mut data = vec![0f32; numel];
-    host.f_copy_data(&mut data, numel).map_err(Error::inference)?;
+    host.f_copy_data(&mut data, numel)
+        .map_err(Error::inference)?;
     ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|e| Error::Inference(e.to_string()))
 }
 

@@ -84,7 +84,8 @@ pub(crate) fn first_line(message: &str) -> String {
     let mut kept: Vec<&str> = Vec::new();
     for line in message.lines() {
         let t = line.trim_start();
-        if t.starts_with("Exception raised from") || t.starts_with("frame #") || t.contains("c10::") {
+        if t.starts_with("Exception raised from") || t.starts_with("frame #") || t.contains("c10::")
+        {
             break;
         }
         kept.push(line);
@@ -96,10 +97,22 @@ pub(crate) fn first_line(message: &str) -> String {
             return format!("the model raised {raised}");
         }
     }
-    let short: Vec<&str> = trimmed.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).take(6).collect();
+    let short: Vec<&str> = trimmed
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .take(6)
+        .collect();
     if short.is_empty() {
         // A message made only of frames: its first line still says something.
-        return message.lines().next().unwrap_or("").trim().chars().take(300).collect();
+        return message
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .chars()
+            .take(300)
+            .collect();
     }
     short.join("\n")
 }
@@ -113,12 +126,21 @@ mod tests {
         let msg = "Internal torch error: The following operation failed in the TorchScript interpreter.\n\
                    Traceback of TorchScript, serialized code (most recent call last):\n  File \"code.py\", line 14\n\
                    RuntimeError: CUDA out of memory. Tried to allocate 2 GiB\n";
-        assert_eq!(first_line(msg), "the model raised RuntimeError: CUDA out of memory. Tried to allocate 2 GiB");
-        assert_eq!(first_line("bad shape\nException raised from conv at x.cpp:1"), "bad shape");
+        assert_eq!(
+            first_line(msg),
+            "the model raised RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"
+        );
+        assert_eq!(
+            first_line("bad shape\nException raised from conv at x.cpp:1"),
+            "bad shape"
+        );
         let frames = "PytorchStreamReader failed reading zip archive: failed finding central directory\n\
                       frame #0: c10::Error::Error(c10::SourceLocation, std::string) + 0x9e (0x7f in libc10.so)\n\
                       frame #1: <unknown function> + 0x1 (0x2 in libtorch_cpu.so)";
-        assert_eq!(first_line(frames), "PytorchStreamReader failed reading zip archive: failed finding central directory");
+        assert_eq!(
+            first_line(frames),
+            "PytorchStreamReader failed reading zip archive: failed finding central directory"
+        );
         assert!(!first_line("frame #0: c10::x\nframe #1: y").contains("frame #1"));
     }
 }

@@ -96,7 +96,14 @@ pub struct Run {
 pub fn reflect_runs(start: isize, len: usize, n: usize) -> Vec<Run> {
     match n {
         0 => Vec::new(),
-        1 => (0..len).map(|dst| Run { dst, src: 0, len: 1, step: 1 }).collect(),
+        1 => (0..len)
+            .map(|dst| Run {
+                dst,
+                src: 0,
+                len: 1,
+                step: 1,
+            })
+            .collect(),
         _ => mirrored_runs(start, len, n),
     }
 }
@@ -111,10 +118,18 @@ fn mirrored_runs(start: isize, len: usize, n: usize) -> Vec<Run> {
         let phase = (start as i128 + dst as i128).rem_euclid(period);
         // The rising half of the period, phases 0 .. n-2, reads forwards up to
         // pixel n - 1; from phase n - 1 on the signal falls back to pixel 0.
-        let (src, step, available) =
-            if phase < n - 1 { (phase, 1, n - phase) } else { (period - phase, -1, period - phase + 1) };
+        let (src, step, available) = if phase < n - 1 {
+            (phase, 1, n - phase)
+        } else {
+            (period - phase, -1, period - phase + 1)
+        };
         let run_len = available.min((len - dst) as i128) as usize;
-        runs.push(Run { dst, src: src as usize, len: run_len, step });
+        runs.push(Run {
+            dst,
+            src: src as usize,
+            len: run_len,
+            step,
+        });
         dst += run_len;
     }
     runs
@@ -157,7 +172,12 @@ fn checked_smallest_valid_size(offset: usize, multiple: usize, halo: usize) -> O
 /// The largest accepted size `<= size` that a tile plan can use (see
 /// [`smallest_valid_size`]), or `None` when even the smallest is larger than
 /// `size`. Used to turn a memory-derived tile size into one the model takes.
-pub fn round_down_to_valid(size: usize, offset: usize, multiple: usize, halo: usize) -> Option<usize> {
+pub fn round_down_to_valid(
+    size: usize,
+    offset: usize,
+    multiple: usize,
+    halo: usize,
+) -> Option<usize> {
     let multiple = multiple.max(1);
     if size < checked_smallest_valid_size(offset, multiple, halo)? {
         return None;
@@ -251,7 +271,9 @@ pub enum Blend {
 impl Blend {
     /// The nnU-Net Gaussian, sigma one eighth of the window.
     pub const fn gaussian() -> Self {
-        Self::Gaussian { sigma_scale: DEFAULT_SIGMA_SCALE }
+        Self::Gaussian {
+            sigma_scale: DEFAULT_SIGMA_SCALE,
+        }
     }
 
     /// Whether tiles overlap in the output and must be accumulated.
@@ -360,7 +382,13 @@ impl TilePlan {
     ///
     /// Errors: as [`TilePlan::valid`], plus a Gaussian `sigma_scale` that is
     /// not a finite positive number.
-    pub fn same(image: &[usize], tile_in: &[usize], halo: usize, multiple: usize, blend: Blend) -> Result<Self> {
+    pub fn same(
+        image: &[usize],
+        tile_in: &[usize],
+        halo: usize,
+        multiple: usize,
+        blend: Blend,
+    ) -> Result<Self> {
         if let Blend::Gaussian { sigma_scale } = blend {
             if !(sigma_scale.is_finite() && sigma_scale > 0.0) {
                 return Err(invalid(
@@ -374,7 +402,13 @@ impl TilePlan {
 
     /// Shared by both constructors: the per-axis stride and tile count are
     /// all that differ between the modes, the tiles derive from them lazily.
-    fn build(image: &[usize], tile_in: &[usize], halo: usize, multiple: usize, mode: TileMode) -> Result<Self> {
+    fn build(
+        image: &[usize],
+        tile_in: &[usize],
+        halo: usize,
+        multiple: usize,
+        mode: TileMode,
+    ) -> Result<Self> {
         validate_arguments(image, tile_in, halo, multiple)?;
         let blend = match mode {
             TileMode::Valid => Blend::Crop,
@@ -496,7 +530,10 @@ impl TilePlan {
 
     /// All tiles in plan order.
     pub fn tiles(&self) -> Tiles<'_> {
-        Tiles { plan: self, next: 0 }
+        Tiles {
+            plan: self,
+            next: 0,
+        }
     }
 
     fn tile_at(&self, index: usize, grid_index: Vec<usize>) -> Tile {
@@ -511,7 +548,11 @@ impl TilePlan {
             src_start: Vec::with_capacity(rank),
         };
         // Same networks put the trusted centre `halo` pixels into their output.
-        let src_offset = if self.mode == TileMode::Valid { 0 } else { self.halo };
+        let src_offset = if self.mode == TileMode::Valid {
+            0
+        } else {
+            self.halo
+        };
         for axis in 0..rank {
             let k = tile.grid_index[axis];
             let origin = k * self.stride[axis];
@@ -579,9 +620,17 @@ impl<'a> IntoIterator for &'a TilePlan {
 
 /// Shape and option checks shared by all plans; after this, every axis's
 /// arithmetic stays far from overflow (see [`MAX_EXTENT`]).
-fn validate_arguments(image: &[usize], tile_in: &[usize], halo: usize, multiple: usize) -> Result<()> {
+fn validate_arguments(
+    image: &[usize],
+    tile_in: &[usize],
+    halo: usize,
+    multiple: usize,
+) -> Result<()> {
     if image.is_empty() {
-        return Err(invalid("image shape", "has no spatial axes; expected one size per spatial axis".to_owned()));
+        return Err(invalid(
+            "image shape",
+            "has no spatial axes; expected one size per spatial axis".to_owned(),
+        ));
     }
     if image.len() != tile_in.len() {
         return Err(invalid(
@@ -594,22 +643,49 @@ fn validate_arguments(image: &[usize], tile_in: &[usize], halo: usize, multiple:
         ));
     }
     if let Some(axis) = image.iter().position(|&size| size == 0) {
-        return Err(invalid("image shape", format!("{image:?} is empty along spatial axis {axis}")));
+        return Err(invalid(
+            "image shape",
+            format!("{image:?} is empty along spatial axis {axis}"),
+        ));
     }
     if multiple == 0 {
-        return Err(invalid("multiple", "must be at least 1 (use 1 for networks without pooling)".to_owned()));
+        return Err(invalid(
+            "multiple",
+            "must be at least 1 (use 1 for networks without pooling)".to_owned(),
+        ));
     }
-    if let Some((axis, &size)) = image.iter().enumerate().find(|(_, &size)| size > MAX_EXTENT) {
-        return Err(invalid("image shape", format!("size {size} on axis {axis} is beyond the supported {MAX_EXTENT}")));
+    if let Some((axis, &size)) = image
+        .iter()
+        .enumerate()
+        .find(|(_, &size)| size > MAX_EXTENT)
+    {
+        return Err(invalid(
+            "image shape",
+            format!("size {size} on axis {axis} is beyond the supported {MAX_EXTENT}"),
+        ));
     }
-    if let Some((axis, &size)) = tile_in.iter().enumerate().find(|(_, &size)| size > MAX_TILE_SIDE) {
-        return Err(invalid("tile", format!("size {size} on axis {axis} is beyond the supported {MAX_TILE_SIDE}")));
+    if let Some((axis, &size)) = tile_in
+        .iter()
+        .enumerate()
+        .find(|(_, &size)| size > MAX_TILE_SIDE)
+    {
+        return Err(invalid(
+            "tile",
+            format!("size {size} on axis {axis} is beyond the supported {MAX_TILE_SIDE}"),
+        ));
     }
     // A halo or multiple larger than the tile is rejected later as "too
     // small"; bounding them here keeps `2 * halo + multiple` from overflowing.
     if halo > MAX_TILE_SIDE || multiple > MAX_TILE_SIDE {
-        let (argument, value) = if halo > MAX_TILE_SIDE { ("halo", halo) } else { ("multiple", multiple) };
-        return Err(invalid(argument, format!("{value} is larger than any supported tile ({MAX_TILE_SIDE})")));
+        let (argument, value) = if halo > MAX_TILE_SIDE {
+            ("halo", halo)
+        } else {
+            ("multiple", multiple)
+        };
+        return Err(invalid(
+            argument,
+            format!("{value} is larger than any supported tile ({MAX_TILE_SIDE})"),
+        ));
     }
     Ok(())
 }
@@ -638,7 +714,12 @@ fn choose_stride(kept: usize, multiple: usize, blending: bool) -> Option<usize> 
 /// Tiles a valid (crop) plan puts along an axis of `size` pixels with input
 /// tiles of `tile`, or `None` when the tile is too small for the halo: the
 /// count [`TilePlan::valid`] would give, without building a plan.
-pub(crate) fn valid_tiles_along(size: usize, tile: usize, halo: usize, multiple: usize) -> Option<usize> {
+pub(crate) fn valid_tiles_along(
+    size: usize,
+    tile: usize,
+    halo: usize,
+    multiple: usize,
+) -> Option<usize> {
     let kept = kept_length(0, tile, halo, multiple).ok()?;
     let stride = choose_stride(kept, multiple, false)?;
     Some(tiles_needed(size, kept, stride))
@@ -736,7 +817,9 @@ mod tests {
 
     /// Image sides that stress the geometry: tiny, smaller than any halo,
     /// primes, near and at powers of two.
-    const AWKWARD_SIZES: &[usize] = &[1, 2, 3, 5, 7, 13, 16, 17, 31, 32, 33, 63, 97, 127, 128, 211, 300];
+    const AWKWARD_SIZES: &[usize] = &[
+        1, 2, 3, 5, 7, 13, 16, 17, 31, 32, 33, 63, 97, 127, 128, 211, 300,
+    ];
 
     /// A random (tile, halo, multiple) that a plan accepts: the output holds
     /// at least one stride, plus a little extra that is not a multiple.
@@ -784,7 +867,11 @@ mod tests {
 
     /// Row-major offset of `index + shift` in `shape`.
     fn flat_shifted(index: &[usize], shift: &[usize], shape: &[usize]) -> usize {
-        index.iter().zip(shift).zip(shape).fold(0, |acc, ((&i, &s), &n)| acc * n + i + s)
+        index
+            .iter()
+            .zip(shift)
+            .zip(shape)
+            .fold(0, |acc, ((&i, &s), &n)| acc * n + i + s)
     }
 
     // -- numpy emulation --------------------------------------------------
@@ -837,7 +924,10 @@ mod tests {
                 right_pad -= chunk_length;
             }
         }
-        padded.into_iter().map(|value| value.expect("numpy emulation left a hole")).collect()
+        padded
+            .into_iter()
+            .map(|value| value.expect("numpy emulation left a hole"))
+            .collect()
     }
 
     #[test]
@@ -848,7 +938,11 @@ mod tests {
                     let padded = numpy_reflect_pad(n, left, right);
                     for (j, &expected) in padded.iter().enumerate() {
                         let i = j as isize - left as isize;
-                        assert_eq!(reflect_index(i, n), expected, "n {n} i {i} pads ({left}, {right})");
+                        assert_eq!(
+                            reflect_index(i, n),
+                            expected,
+                            "n {n} i {i} pads ({left}, {right})"
+                        );
                     }
                 }
             }
@@ -896,7 +990,9 @@ mod tests {
                 assert!(runs.is_empty());
                 continue;
             }
-            let expected: Vec<_> = (0..len as isize).map(|j| reflect_index(start + j, n)).collect();
+            let expected: Vec<_> = (0..len as isize)
+                .map(|j| reflect_index(start + j, n))
+                .collect();
             assert_eq!(expand(&runs), expected, "start {start} len {len} n {n}");
             for pair in runs.windows(2) {
                 let last = pair[0].src as isize + (pair[0].len as isize - 1) * pair[0].step;
@@ -911,7 +1007,23 @@ mod tests {
         // The paper's first tile: 572 wide from -92 on a 512 image is one
         // mirrored run down to pixel 0 and one forward run.
         let runs = reflect_runs(-92, 572, 512);
-        assert_eq!(runs, vec![Run { dst: 0, src: 92, len: 93, step: -1 }, Run { dst: 93, src: 1, len: 479, step: 1 }]);
+        assert_eq!(
+            runs,
+            vec![
+                Run {
+                    dst: 0,
+                    src: 92,
+                    len: 93,
+                    step: -1
+                },
+                Run {
+                    dst: 93,
+                    src: 1,
+                    len: 479,
+                    step: 1
+                }
+            ]
+        );
         assert!(reflect_runs(isize::MAX - 3, 10, 7).len() <= 3);
         assert!(reflect_runs(isize::MIN, 10, usize::MAX).len() == 1);
     }
@@ -941,25 +1053,43 @@ mod tests {
                     assert!((0..smallest).all(|s| !usable(s)));
                     assert!(TilePlan::valid(&[50], &[smallest], halo, m).is_ok());
                     for size in 0..80 {
-                        assert_eq!(is_valid_size(size, offset, multiple), size >= offset && (size - offset) % m == 0);
+                        assert_eq!(
+                            is_valid_size(size, offset, multiple),
+                            size >= offset && (size - offset) % m == 0
+                        );
                         let expected = (0..=size).rev().find(|&s| usable(s));
                         assert_eq!(round_down_to_valid(size, offset, multiple, halo), expected);
-                        assert_eq!(check_tile_size(&[size], offset, multiple, halo).is_ok(), usable(size));
+                        assert_eq!(
+                            check_tile_size(&[size], offset, multiple, halo).is_ok(),
+                            usable(size)
+                        );
                     }
                 }
             }
         }
-        assert_eq!(smallest_valid_size(usize::MAX, usize::MAX, usize::MAX), usize::MAX);
+        assert_eq!(
+            smallest_valid_size(usize::MAX, usize::MAX, usize::MAX),
+            usize::MAX
+        );
         assert_eq!(round_down_to_valid(usize::MAX, 0, 0, usize::MAX), None);
     }
 
     #[test]
     fn check_tile_size_names_the_nearest_sizes() {
-        let message = check_tile_size(&[572, 570], 12, 16, 92).expect_err("570 is invalid").to_string();
-        assert!(message.contains("axis 1") && message.contains("556 or 572"), "{message}");
-        let message = check_tile_size(&[188], 12, 16, 92).expect_err("188 is too small").to_string();
+        let message = check_tile_size(&[572, 570], 12, 16, 92)
+            .expect_err("570 is invalid")
+            .to_string();
+        assert!(
+            message.contains("axis 1") && message.contains("556 or 572"),
+            "{message}"
+        );
+        let message = check_tile_size(&[188], 12, 16, 92)
+            .expect_err("188 is too small")
+            .to_string();
         assert!(message.contains("smallest usable tile is 204"), "{message}");
-        let message = check_tile_size(&[100], 12, 16, 92).expect_err("100 is invalid").to_string();
+        let message = check_tile_size(&[100], 12, 16, 92)
+            .expect_err("100 is invalid")
+            .to_string();
         assert!(message.contains("nearest usable: 204"), "{message}");
     }
 
@@ -980,10 +1110,23 @@ mod tests {
         assert_eq!(last.write_shape, vec![128, 128]);
         assert_eq!(last.src_start, vec![0, 0]);
         let first = plan.tile(0).expect("four tiles");
-        assert_eq!((first.read_start, first.write_shape), (vec![-92, -92], vec![384, 384]));
+        assert_eq!(
+            (first.read_start, first.write_shape),
+            (vec![-92, -92], vec![384, 384])
+        );
         // 388 x 388 fits in one tile.
-        assert_eq!(TilePlan::valid(&[388, 300], &[572, 572], 92, 16).expect("fits").len(), 1);
-        assert_eq!(TilePlan::valid(&[389, 1], &[572, 572], 92, 16).expect("fits").grid_shape(), &[2, 1]);
+        assert_eq!(
+            TilePlan::valid(&[388, 300], &[572, 572], 92, 16)
+                .expect("fits")
+                .len(),
+            1
+        );
+        assert_eq!(
+            TilePlan::valid(&[389, 1], &[572, 572], 92, 16)
+                .expect("fits")
+                .grid_shape(),
+            &[2, 1]
+        );
     }
 
     fn message_of(result: Result<TilePlan>) -> String {
@@ -994,14 +1137,21 @@ mod tests {
     fn invalid_arguments_are_explained() {
         assert!(message_of(TilePlan::valid(&[], &[], 0, 1)).contains("no spatial axes"));
         assert!(message_of(TilePlan::valid(&[10, 10], &[20], 0, 1)).contains("1 axes"));
-        assert!(message_of(TilePlan::valid(&[10, 0], &[20, 20], 0, 1)).contains("empty along spatial axis 1"));
+        assert!(message_of(TilePlan::valid(&[10, 0], &[20, 20], 0, 1))
+            .contains("empty along spatial axis 1"));
         assert!(message_of(TilePlan::valid(&[10], &[20], 0, 0)).contains("at least 1"));
         let message = message_of(TilePlan::valid(&[512, 512], &[572, 188], 92, 16));
-        assert!(message.contains("axis 1") && message.contains("smallest usable tile is 200"), "{message}");
-        assert!(message_of(TilePlan::valid(&[10], &[184], 92, 16)).contains("smallest usable tile is 200"));
+        assert!(
+            message.contains("axis 1") && message.contains("smallest usable tile is 200"),
+            "{message}"
+        );
+        assert!(message_of(TilePlan::valid(&[10], &[184], 92, 16))
+            .contains("smallest usable tile is 200"));
         assert!(message_of(TilePlan::valid(&[10], &[100], 92, 16)).contains("too small"));
         assert!(message_of(TilePlan::valid(&[10], &[100], usize::MAX, 16)).contains("invalid halo"));
-        assert!(message_of(TilePlan::valid(&[10], &[100], 1, usize::MAX)).contains("invalid multiple"));
+        assert!(
+            message_of(TilePlan::valid(&[10], &[100], 1, usize::MAX)).contains("invalid multiple")
+        );
         assert!(message_of(TilePlan::valid(&[usize::MAX], &[100], 1, 16)).contains("beyond"));
         assert!(message_of(TilePlan::valid(&[10], &[MAX_TILE_SIDE + 1], 1, 16)).contains("beyond"));
         for sigma_scale in [0.0, -1.0, f64::NAN, f64::INFINITY] {
@@ -1015,18 +1165,32 @@ mod tests {
     #[test]
     fn arbitrary_arguments_never_panic() {
         let mut rng = Rng(7);
-        let values =
-            [0, 1, 2, 3, 16, 92, 572, MAX_TILE_SIDE, MAX_TILE_SIDE + 1, MAX_EXTENT, MAX_EXTENT + 1, usize::MAX];
+        let values = [
+            0,
+            1,
+            2,
+            3,
+            16,
+            92,
+            572,
+            MAX_TILE_SIDE,
+            MAX_TILE_SIDE + 1,
+            MAX_EXTENT,
+            MAX_EXTENT + 1,
+            usize::MAX,
+        ];
         for _ in 0..3000 {
             let rank = rng.range(0, 3);
             let image: Vec<_> = (0..rank).map(|_| rng.pick(&values)).collect();
             let tile: Vec<_> = (0..rng.range(0, 3)).map(|_| rng.pick(&values)).collect();
             let (halo, multiple) = (rng.pick(&values), rng.pick(&values));
             let blend = random_blend(&mut rng);
-            for plan in
-                [TilePlan::valid(&image, &tile, halo, multiple), TilePlan::same(&image, &tile, halo, multiple, blend)]
-                    .into_iter()
-                    .flatten()
+            for plan in [
+                TilePlan::valid(&image, &tile, halo, multiple),
+                TilePlan::same(&image, &tile, halo, multiple, blend),
+            ]
+            .into_iter()
+            .flatten()
             {
                 // Visiting the corners of the grid exercises every formula.
                 let _ = plan.tile(0);
@@ -1046,13 +1210,24 @@ mod tests {
         let rank = rng.range(2, 3);
         let (max_side, max_halo, max_strides) = if rank == 2 { (300, 12, 6) } else { (24, 4, 3) };
         let image: Vec<_> = (0..rank)
-            .map(|_| if rng.range(0, 1) == 0 { rng.pick(AWKWARD_SIZES).min(max_side) } else { rng.range(1, max_side) })
+            .map(|_| {
+                if rng.range(0, 1) == 0 {
+                    rng.pick(AWKWARD_SIZES).min(max_side)
+                } else {
+                    rng.range(1, max_side)
+                }
+            })
             .collect();
         // Keep 2D pixel counts modest so the per-pixel checks stay fast.
-        let image = if rank == 2 && image[0] * image[1] > 10_000 { vec![image[0], image[1].min(33)] } else { image };
+        let image = if rank == 2 && image[0] * image[1] > 10_000 {
+            vec![image[0], image[1].min(33)]
+        } else {
+            image
+        };
         let (_, halo, multiple) = random_tile(rng, max_halo, max_strides);
-        let tile =
-            (0..rank).map(|_| 2 * halo + multiple * rng.range(1, max_strides) + rng.range(0, multiple - 1)).collect();
+        let tile = (0..rank)
+            .map(|_| 2 * halo + multiple * rng.range(1, max_strides) + rng.range(0, multiple - 1))
+            .collect();
         (image, tile, halo, multiple)
     }
 
@@ -1074,12 +1249,19 @@ mod tests {
                 assert!(stride > 0 && stride % multiple == 0);
                 let origin = tile.read_start[axis] + halo as isize;
                 assert_eq!(origin, (tile.grid_index[axis] * stride) as isize);
-                assert_eq!(origin % multiple as isize, 0, "read window off the pooling grid");
+                assert_eq!(
+                    origin % multiple as isize,
+                    0,
+                    "read window off the pooling grid"
+                );
                 for j in 0..tile_in[axis] as isize {
                     assert!(reflect_index(tile.read_start[axis] + j, n) < n);
                 }
                 assert!(tile.write_shape[axis] >= 1);
-                assert!(tile.write_start[axis] + tile.write_shape[axis] <= n, "write past the image");
+                assert!(
+                    tile.write_start[axis] + tile.write_shape[axis] <= n,
+                    "write past the image"
+                );
                 // Image position p comes from tile output position p - k*S (+ halo for same).
                 assert_eq!(
                     tile.src_start[axis] as isize,
@@ -1093,9 +1275,19 @@ mod tests {
             }
         }
         for axis in 0..image.len() {
-            let (count, stride, kept) = (plan.grid_shape()[axis], plan.stride()[axis], tile_in[axis] - 2 * halo);
-            assert!((count - 1) * stride + kept >= image[axis], "axis not covered");
-            assert!(count == 1 || (count - 2) * stride + kept < image[axis], "more tiles than needed");
+            let (count, stride, kept) = (
+                plan.grid_shape()[axis],
+                plan.stride()[axis],
+                tile_in[axis] - 2 * halo,
+            );
+            assert!(
+                (count - 1) * stride + kept >= image[axis],
+                "axis not covered"
+            );
+            assert!(
+                count == 1 || (count - 2) * stride + kept < image[axis],
+                "more tiles than needed"
+            );
         }
     }
 
@@ -1123,7 +1315,10 @@ mod tests {
             }
             .expect("random case is valid");
             check_common(&plan, &tile_in, halo, multiple);
-            assert!(write_counts(&plan).iter().all(|&count| count == 1), "{image:?} {tile_in:?} h {halo} m {multiple}");
+            assert!(
+                write_counts(&plan).iter().all(|&count| count == 1),
+                "{image:?} {tile_in:?} h {halo} m {multiple}"
+            );
         }
     }
 
@@ -1133,7 +1328,8 @@ mod tests {
         for _ in 0..200 {
             let (image, tile_in, halo, multiple) = random_case(&mut rng);
             let valid = TilePlan::valid(&image, &tile_in, halo, multiple).expect("valid case");
-            let same = TilePlan::same(&image, &tile_in, halo, multiple, Blend::Crop).expect("valid case");
+            let same =
+                TilePlan::same(&image, &tile_in, halo, multiple, Blend::Crop).expect("valid case");
             assert_eq!(same.output_tile_shape(), tile_in.as_slice());
             assert_eq!(valid.len(), same.len());
             for (a, b) in valid.tiles().zip(same.tiles()) {
@@ -1141,7 +1337,11 @@ mod tests {
                     (&a.read_start, &a.write_start, &a.write_shape),
                     (&b.read_start, &b.write_start, &b.write_shape)
                 );
-                assert!(a.src_start.iter().zip(&b.src_start).all(|(x, y)| x + halo == *y));
+                assert!(a
+                    .src_start
+                    .iter()
+                    .zip(&b.src_start)
+                    .all(|(x, y)| x + halo == *y));
             }
         }
     }
@@ -1152,7 +1352,8 @@ mod tests {
         for _ in 0..250 {
             let (image, tile_in, halo, multiple) = random_case(&mut rng);
             let blend = random_blend(&mut rng);
-            let plan = TilePlan::same(&image, &tile_in, halo, multiple, blend).expect("random case is valid");
+            let plan = TilePlan::same(&image, &tile_in, halo, multiple, blend)
+                .expect("random case is valid");
             check_common(&plan, &tile_in, halo, multiple);
             let weights = plan.weights().expect("blend plans have weights");
             let mut sums = vec![0.0f32; image.iter().product()];
@@ -1169,13 +1370,22 @@ mod tests {
                 for axis in 0..image.len() {
                     assert_eq!(tile.src_start[axis], halo);
                     let kept = tile_in[axis] - 2 * halo;
-                    assert_eq!(tile.write_shape[axis], kept.min(image[axis] - tile.write_start[axis]));
+                    assert_eq!(
+                        tile.write_shape[axis],
+                        kept.min(image[axis] - tile.write_start[axis])
+                    );
                 }
             }
-            assert!(sums.iter().all(|&sum| sum > 0.0), "{image:?} {tile_in:?} h {halo} m {multiple}");
+            assert!(
+                sums.iter().all(|&sum| sum > 0.0),
+                "{image:?} {tile_in:?} h {halo} m {multiple}"
+            );
             for (axis, w) in weights.iter().enumerate() {
                 assert_eq!(w.len(), tile_in[axis]);
-                assert!(w[..halo].iter().chain(&w[tile_in[axis] - halo..]).all(|&x| x == 0.0));
+                assert!(w[..halo]
+                    .iter()
+                    .chain(&w[tile_in[axis] - halo..])
+                    .all(|&x| x == 0.0));
             }
         }
     }
@@ -1183,12 +1393,24 @@ mod tests {
     #[test]
     fn blend_stride_is_half_the_window_when_possible() {
         // Centres 96 and 40: halves 48 and 20 -> strides 48 and 16.
-        let plan = TilePlan::same(&[1000, 1000], &[128, 72], 16, 16, Blend::gaussian()).expect("valid");
+        let plan =
+            TilePlan::same(&[1000, 1000], &[128, 72], 16, 16, Blend::gaussian()).expect("valid");
         assert_eq!(plan.stride(), &[48, 16]);
         // Centre 8 holds no stride of 16 at all.
-        assert!(message_of(TilePlan::same(&[10, 10], &[128, 40], 16, 16, Blend::Constant)).contains("axis 1"));
+        assert!(message_of(TilePlan::same(
+            &[10, 10],
+            &[128, 40],
+            16,
+            16,
+            Blend::Constant
+        ))
+        .contains("axis 1"));
         let plan = TilePlan::same(&[100], &[46], 16, 8, Blend::Constant).expect("valid");
-        assert_eq!(plan.stride(), &[8], "centre 14: half holds no multiple of 8, whole does");
+        assert_eq!(
+            plan.stride(),
+            &[8],
+            "centre 14: half holds no multiple of 8, whole does"
+        );
         // Centre 80, stride 32: pixels at least a centre away from the image
         // edges are covered by at least two tiles per axis.
         let plan = TilePlan::same(&[200, 200], &[96, 96], 8, 16, Blend::Constant).expect("valid");
@@ -1218,7 +1440,10 @@ mod tests {
     /// `2 * halo + 1` inputs around it. Its receptive field is exactly the
     /// halo, like a real valid U-Net's.
     fn valid_box_sum(input: &[i64], halo: usize) -> Vec<i64> {
-        input.windows(2 * halo + 1).map(|w| w.iter().sum()).collect()
+        input
+            .windows(2 * halo + 1)
+            .map(|w| w.iter().sum())
+            .collect()
     }
 
     /// The same toy as a same-padded network: zeros outside the input, so
@@ -1250,12 +1475,17 @@ mod tests {
     fn tiled_toy_network_equals_whole_signal_forward() {
         let mut rng = Rng(5);
         for case in 0..1000 {
-            let n = if case % 3 == 0 { rng.pick(AWKWARD_SIZES) } else { rng.range(1, 400) };
+            let n = if case % 3 == 0 {
+                rng.pick(AWKWARD_SIZES)
+            } else {
+                rng.range(1, 400)
+            };
             let signal: Vec<i64> = (0..n).map(|_| rng.range(0, 1000) as i64).collect();
             let (tile, halo, multiple) = random_tile(&mut rng, 20, 8);
             // Whole-signal forward of the mirror-padded signal.
-            let padded: Vec<i64> =
-                (-(halo as isize)..(n + halo) as isize).map(|i| signal[reflect_index(i, n)]).collect();
+            let padded: Vec<i64> = (-(halo as isize)..(n + halo) as isize)
+                .map(|i| signal[reflect_index(i, n)])
+                .collect();
             let whole = valid_box_sum(&padded, halo);
             let blend = match case % 4 {
                 0 => None,
@@ -1272,18 +1502,31 @@ mod tests {
             let mut weight_sum = vec![0.0f64; n];
             for t in plan.tiles() {
                 let input = gather(&signal, t.read_start[0], t.read_shape[0]);
-                let output = if blend.is_none() { valid_box_sum(&input, halo) } else { same_box_sum(&input, halo) };
+                let output = if blend.is_none() {
+                    valid_box_sum(&input, halo)
+                } else {
+                    same_box_sum(&input, halo)
+                };
                 assert_eq!(output.len(), plan.output_tile_shape()[0]);
                 for j in 0..t.write_shape[0] {
-                    let w = plan.weights().map_or(1.0, |w| f64::from(w[0][t.src_start[0] + j]));
+                    let w = plan
+                        .weights()
+                        .map_or(1.0, |w| f64::from(w[0][t.src_start[0] + j]));
                     sum[t.write_start[0] + j] += w * output[t.src_start[0] + j] as f64;
                     weight_sum[t.write_start[0] + j] += w;
                 }
             }
             for p in 0..n {
                 let tiled = sum[p] / weight_sum[p];
-                let tolerance = if plan.blends() { 1e-9 * whole[p].abs().max(1) as f64 } else { 0.0 };
-                assert!((tiled - whole[p] as f64).abs() <= tolerance, "n {n} tile {tile} h {halo} m {multiple} p {p}");
+                let tolerance = if plan.blends() {
+                    1e-9 * whole[p].abs().max(1) as f64
+                } else {
+                    0.0
+                };
+                assert!(
+                    (tiled - whole[p] as f64).abs() <= tolerance,
+                    "n {n} tile {tile} h {halo} m {multiple} p {p}"
+                );
             }
         }
     }
@@ -1291,9 +1534,18 @@ mod tests {
     /// A 2D toy network on a row-major `shape` array: box sums of side
     /// `2 * halo + 1`, valid (output smaller by the halo) or same (zeros
     /// outside the input, output the input's shape).
-    fn box_sum_2d(input: &[i64], shape: [usize; 2], halo: usize, valid: bool) -> (Vec<i64>, [usize; 2]) {
+    fn box_sum_2d(
+        input: &[i64],
+        shape: [usize; 2],
+        halo: usize,
+        valid: bool,
+    ) -> (Vec<i64>, [usize; 2]) {
         let h = halo as isize;
-        let (out_shape, shift) = if valid { ([shape[0] - 2 * halo, shape[1] - 2 * halo], h) } else { (shape, 0) };
+        let (out_shape, shift) = if valid {
+            ([shape[0] - 2 * halo, shape[1] - 2 * halo], h)
+        } else {
+            (shape, 0)
+        };
         let mut output = Vec::with_capacity(out_shape[0] * out_shape[1]);
         for y in 0..out_shape[0] as isize {
             for x in 0..out_shape[1] as isize {
@@ -1315,11 +1567,15 @@ mod tests {
         let expand_axis = |axis: usize| -> Vec<usize> {
             reflect_runs(start[axis], shape[axis], image[axis])
                 .iter()
-                .flat_map(|run| (0..run.len as isize).map(move |j| (run.src as isize + j * run.step) as usize))
+                .flat_map(|run| {
+                    (0..run.len as isize).map(move |j| (run.src as isize + j * run.step) as usize)
+                })
                 .collect()
         };
         let (rows, cols) = (expand_axis(0), expand_axis(1));
-        rows.iter().flat_map(|&y| cols.iter().map(move |&x| pixels[y * image[1] + x])).collect()
+        rows.iter()
+            .flat_map(|&y| cols.iter().map(move |&x| pixels[y * image[1] + x]))
+            .collect()
     }
 
     #[test]
@@ -1327,10 +1583,15 @@ mod tests {
         let mut rng = Rng(11);
         for case in 0..300 {
             let image = [rng.range(1, 30), rng.range(1, 30)];
-            let pixels: Vec<i64> = (0..image[0] * image[1]).map(|_| rng.range(0, 100) as i64).collect();
+            let pixels: Vec<i64> = (0..image[0] * image[1])
+                .map(|_| rng.range(0, 100) as i64)
+                .collect();
             let halo = rng.range(0, 3);
             let multiple = rng.pick(&[1, 2, 4]);
-            let tile_in = [2 * halo + multiple * rng.range(1, 4) + 1, 2 * halo + multiple * rng.range(1, 4)];
+            let tile_in = [
+                2 * halo + multiple * rng.range(1, 4) + 1,
+                2 * halo + multiple * rng.range(1, 4),
+            ];
             // Whole-image forward of the mirror-padded image.
             let padded_shape = [image[0] + 2 * halo, image[1] + 2 * halo];
             let start = [-(halo as isize), -(halo as isize)];
@@ -1349,13 +1610,24 @@ mod tests {
                 let (output, out_shape) = box_sum_2d(&input, tile_in, halo, valid);
                 assert_eq!(out_shape.as_slice(), plan.output_tile_shape());
                 for_each_index(&t.write_shape, |offset| {
-                    let src = (t.src_start[0] + offset[0]) * out_shape[1] + t.src_start[1] + offset[1];
-                    let dst = (t.write_start[0] + offset[0]) * image[1] + t.write_start[1] + offset[1];
-                    assert!(stitched[dst].replace(output[src]).is_none(), "pixel written twice");
+                    let src =
+                        (t.src_start[0] + offset[0]) * out_shape[1] + t.src_start[1] + offset[1];
+                    let dst =
+                        (t.write_start[0] + offset[0]) * image[1] + t.write_start[1] + offset[1];
+                    assert!(
+                        stitched[dst].replace(output[src]).is_none(),
+                        "pixel written twice"
+                    );
                 });
             }
-            let stitched: Vec<i64> = stitched.into_iter().map(|v| v.expect("pixel never written")).collect();
-            assert_eq!(stitched, whole, "image {image:?} tile {tile_in:?} halo {halo} multiple {multiple}");
+            let stitched: Vec<i64> = stitched
+                .into_iter()
+                .map(|v| v.expect("pixel never written"))
+                .collect();
+            assert_eq!(
+                stitched, whole,
+                "image {image:?} tile {tile_in:?} halo {halo} multiple {multiple}"
+            );
         }
     }
 }

@@ -51,7 +51,8 @@ impl ModelInfo {
 
     /// Whether `size` is a valid input size along one axis.
     pub fn is_valid_size(&self, size: usize) -> bool {
-        crate::geometry::is_valid_size(size, self.size_offset, self.size_multiple) && size > self.shrink()
+        crate::geometry::is_valid_size(size, self.size_offset, self.size_multiple)
+            && size > self.shrink()
     }
 
     /// Pixels an input loses along one axis (both sides together).
@@ -66,7 +67,8 @@ impl ModelInfo {
     /// at `usize::MAX`, which no image reaches).
     pub fn round_up_valid(&self, size: usize) -> usize {
         let size = size.max(self.shrink().saturating_add(1));
-        crate::geometry::round_up_to_valid(size, self.size_offset, self.size_multiple).unwrap_or(usize::MAX)
+        crate::geometry::round_up_to_valid(size, self.size_offset, self.size_multiple)
+            .unwrap_or(usize::MAX)
     }
 
     /// The smallest valid input size.
@@ -80,14 +82,20 @@ impl ModelInfo {
     pub fn effective_halo(&self) -> usize {
         match self.padding {
             Padding::Valid => self.halo,
-            Padding::Same => self.halo.div_ceil(self.size_multiple.max(1)).saturating_mul(self.size_multiple.max(1)),
+            Padding::Same => self
+                .halo
+                .div_ceil(self.size_multiple.max(1))
+                .saturating_mul(self.size_multiple.max(1)),
         }
     }
 
     /// The smallest input tile that leaves a stride of at least one pooling
     /// step after the overlap is removed.
     pub fn min_tile(&self) -> usize {
-        let need = self.effective_halo().saturating_mul(2).saturating_add(self.size_multiple.max(1));
+        let need = self
+            .effective_halo()
+            .saturating_mul(2)
+            .saturating_add(self.size_multiple.max(1));
         self.round_up_valid(need)
     }
 }

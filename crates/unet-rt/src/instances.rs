@@ -52,7 +52,9 @@ nonzero_foreground!(u8, u16, u32, i32, i64);
 /// # Errors
 /// [`Error::InvalidArgument`] when the mask has more components than a
 /// `u32` label holds (only possible beyond four billion pixels).
-pub fn connected_components<M: Foreground>(mask: ArrayViewD<'_, M>) -> Result<(ArrayD<u32>, usize)> {
+pub fn connected_components<M: Foreground>(
+    mask: ArrayViewD<'_, M>,
+) -> Result<(ArrayD<u32>, usize)> {
     let shape = mask.shape().to_vec();
     // Provisional labels in raster order; `parent` is a union-find forest over
     // them in which every parent is smaller than its child (union by minimum).
@@ -72,7 +74,11 @@ pub fn connected_components<M: Foreground>(mask: ArrayViewD<'_, M>) -> Result<(A
                 if neighbour == 0 {
                     continue;
                 }
-                label = if label == 0 { find(&mut parent, neighbour) } else { union(&mut parent, label, neighbour) };
+                label = if label == 0 {
+                    find(&mut parent, neighbour)
+                } else {
+                    union(&mut parent, label, neighbour)
+                };
             }
             if label == 0 {
                 label = u32::try_from(parent.len()).map_err(|_| too_many())?;
@@ -104,13 +110,19 @@ pub fn connected_components<M: Foreground>(mask: ArrayViewD<'_, M>) -> Result<(A
     for label in &mut labels {
         *label = parent[*label as usize];
     }
-    let array = ArrayD::from_shape_vec(IxDyn(&shape), labels)
-        .map_err(|e| Error::InvalidArgument { argument: "mask", message: e.to_string() })?;
+    let array =
+        ArrayD::from_shape_vec(IxDyn(&shape), labels).map_err(|e| Error::InvalidArgument {
+            argument: "mask",
+            message: e.to_string(),
+        })?;
     Ok((array, count as usize))
 }
 
 fn too_many() -> Error {
-    Error::InvalidArgument { argument: "mask", message: "more connected components than a 32-bit label holds".to_owned() }
+    Error::InvalidArgument {
+        argument: "mask",
+        message: "more connected components than a 32-bit label holds".to_owned(),
+    }
 }
 
 /// Strides of a C-ordered array of `shape`, in elements.
@@ -164,7 +176,10 @@ mod tests {
         let shape = mask.shape().to_vec();
         let mut out = ArrayD::<u32>::zeros(IxDyn(&shape));
         let mut count = 0u32;
-        let coords: Vec<Vec<usize>> = mask.indexed_iter().map(|(i, _)| i.slice().to_vec()).collect();
+        let coords: Vec<Vec<usize>> = mask
+            .indexed_iter()
+            .map(|(i, _)| i.slice().to_vec())
+            .collect();
         for start in coords {
             if !mask[start.as_slice()] || out[start.as_slice()] != 0 {
                 continue;
@@ -194,9 +209,13 @@ mod tests {
 
     /// A small deterministic generator (no dependency for tests).
     fn random_mask(shape: &[usize], seed: u64, density: u64) -> ArrayD<bool> {
-        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ArrayD::from_shape_fn(IxDyn(shape), |_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 33) % 100 < density
         })
     }
@@ -206,9 +225,19 @@ mod tests {
         // scipy.ndimage.label of this mask gives exactly these numbers: the
         // U-shaped object is found first through its left arm, and its two
         // arms join on the last row.
-        let mask = array![[1u8, 0, 1, 0, 1], [1, 0, 1, 0, 0], [1, 1, 1, 0, 1], [0, 0, 0, 1, 1]];
+        let mask = array![
+            [1u8, 0, 1, 0, 1],
+            [1, 0, 1, 0, 0],
+            [1, 1, 1, 0, 1],
+            [0, 0, 0, 1, 1]
+        ];
         let (labels, n) = connected_components(mask.view().into_dyn()).unwrap();
-        let want = array![[1u32, 0, 1, 0, 2], [1, 0, 1, 0, 0], [1, 1, 1, 0, 3], [0, 0, 0, 3, 3]];
+        let want = array![
+            [1u32, 0, 1, 0, 2],
+            [1, 0, 1, 0, 0],
+            [1, 1, 1, 0, 3],
+            [0, 0, 0, 3, 3]
+        ];
         assert_eq!(n, 3);
         assert_eq!(labels, want.into_dyn());
     }
@@ -237,7 +266,13 @@ mod tests {
 
     #[test]
     fn equals_flood_fill_on_random_masks() {
-        for (seed, shape) in [(1u64, vec![37usize, 41]), (2, vec![64, 9]), (3, vec![9, 11, 13]), (4, vec![1, 50]), (5, vec![5, 5, 5, 5])] {
+        for (seed, shape) in [
+            (1u64, vec![37usize, 41]),
+            (2, vec![64, 9]),
+            (3, vec![9, 11, 13]),
+            (4, vec![1, 50]),
+            (5, vec![5, 5, 5, 5]),
+        ] {
             for density in [20u64, 50, 60, 80] {
                 let mask = random_mask(&shape, seed * 100 + density, density);
                 let (got, n) = connected_components(mask.view()).unwrap();
@@ -256,10 +291,12 @@ mod tests {
         let transposed = mask.t().as_standard_layout().to_owned();
         let (got, m) = connected_components(transposed.t().into_dyn()).unwrap();
         assert_eq!((got, m), (want, n));
-        let (labels, n) = connected_components(ArrayD::<bool>::from_elem(IxDyn(&[4, 4]), false).view()).unwrap();
+        let (labels, n) =
+            connected_components(ArrayD::<bool>::from_elem(IxDyn(&[4, 4]), false).view()).unwrap();
         assert_eq!(n, 0);
         assert!(labels.iter().all(|&l| l == 0));
-        let (_, n) = connected_components(ArrayD::<bool>::from_elem(IxDyn(&[0, 4]), true).view()).unwrap();
+        let (_, n) =
+            connected_components(ArrayD::<bool>::from_elem(IxDyn(&[0, 4]), true).view()).unwrap();
         assert_eq!(n, 0);
     }
 }

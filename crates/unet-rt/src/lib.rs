@@ -12,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+mod archive;
 mod build_info;
 mod convert;
 mod engine;
@@ -24,6 +25,7 @@ pub mod memory;
 mod metadata;
 mod model;
 pub mod normalize;
+mod pickle;
 mod pixel;
 mod precision;
 mod probe;
@@ -31,17 +33,23 @@ mod whole;
 mod window;
 
 pub use build_info::{build_info, BuildInfo};
+pub use engine::{
+    Layout, NonFinite, Options, OutputElement, OutputMode, Progress, ProgressFn, Segmenter,
+    DEFAULT_CPU_BUDGET, DEFAULT_CUDA_BUDGET,
+};
 pub use error::{Error, Result};
-pub use metadata::{Metadata, Normalization, OutputKind, Padding, MAX_CHANNELS, MAX_GEOMETRY, MAX_SCALE, METADATA_ENTRY};
-pub use engine::{Layout, NonFinite, Options, OutputElement, OutputMode, Progress, ProgressFn, Segmenter, DEFAULT_CPU_BUDGET, DEFAULT_CUDA_BUDGET};
 pub use geometry::{Blend, TilePlan};
 pub use info::ModelInfo;
+pub use metadata::{
+    Metadata, Normalization, OutputKind, Padding, MAX_CHANNELS, MAX_GEOMETRY, MAX_SCALE,
+    METADATA_ENTRY,
+};
 pub use model::Model;
 pub use pixel::Pixel;
 pub use precision::Precision;
+pub use tch::Device;
 pub use whole::{forward_whole, pad_reflect, whole_image_padding};
 pub use window::{mirrored_bounds, Window};
-pub use tch::Device;
 
 /// Parses a device name as users write it: `cpu`, `cuda`, `cuda:N`, or `auto`
 /// (the first GPU when one is available, else the CPU).
@@ -60,7 +68,9 @@ pub fn parse_device(name: &str) -> Result<Device> {
             Some(Ok(index)) => cuda_device(index, name),
             _ => Err(Error::InvalidArgument {
                 argument: "device",
-                message: format!("unknown device {name:?}; expected \"cpu\", \"cuda\", \"cuda:N\" or \"auto\""),
+                message: format!(
+                    "unknown device {name:?}; expected \"cpu\", \"cuda\", \"cuda:N\" or \"auto\""
+                ),
             }),
         },
     }

@@ -64,12 +64,20 @@ pub(crate) fn bytes_of<T>(count: usize) -> u128 {
 
 /// A vector of `len` default values, or [`Error::InvalidArgument`] naming
 /// `argument` (with the bytes it needed) when it cannot be allocated.
-pub(crate) fn try_filled<T: Clone + Default>(len: usize, argument: &'static str, what: &str) -> Result<Vec<T>> {
+pub(crate) fn try_filled<T: Clone + Default>(
+    len: usize,
+    argument: &'static str,
+    what: &str,
+) -> Result<Vec<T>> {
     let mut v: Vec<T> = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| Error::InvalidArgument {
-        argument,
-        message: format!("{what} needs {} of memory, which cannot be allocated", format_bytes(bytes_of::<T>(len))),
-    })?;
+    v.try_reserve_exact(len)
+        .map_err(|_| Error::InvalidArgument {
+            argument,
+            message: format!(
+                "{what} needs {} of memory, which cannot be allocated",
+                format_bytes(bytes_of::<T>(len))
+            ),
+        })?;
     v.resize(len, T::default());
     Ok(v)
 }
@@ -77,10 +85,13 @@ pub(crate) fn try_filled<T: Clone + Default>(len: usize, argument: &'static str,
 /// The number of elements of `shape`, or [`Error::InvalidArgument`] naming
 /// `argument` when the product overflows.
 pub(crate) fn element_count(shape: &[usize], argument: &'static str) -> Result<usize> {
-    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| Error::InvalidArgument {
-        argument,
-        message: format!("shape {shape:?} has more elements than this machine can address"),
-    })
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| Error::InvalidArgument {
+            argument,
+            message: format!("shape {shape:?} has more elements than this machine can address"),
+        })
 }
 
 #[cfg(test)]
@@ -92,8 +103,13 @@ mod tests {
         assert_eq!(format_bytes(512), "512 B");
         assert_eq!(format_bytes(3 << 29), "1.5 GiB");
         assert!(total_memory().is_none_or(|t| t > 1 << 20));
-        let err = try_filled::<f32>(usize::MAX / 8, "tile", "a batch").unwrap_err().to_string();
-        assert!(err.starts_with("invalid tile: a batch needs") && err.contains("cannot be allocated"), "{err}");
+        let err = try_filled::<f32>(usize::MAX / 8, "tile", "a batch")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("invalid tile: a batch needs") && err.contains("cannot be allocated"),
+            "{err}"
+        );
         assert!(element_count(&[1 << 40, 1 << 40], "image").is_err());
         assert_eq!(element_count(&[3, 4], "image").unwrap(), 12);
     }
@@ -101,10 +117,19 @@ mod tests {
     #[test]
     fn reads_meminfo_fields_in_bytes() {
         let text = "MemTotal:       24576000 kB\nMemAvailable:   23934592 kB\n";
-        assert_eq!(parse_meminfo(text, "MemAvailable:"), Some(23_934_592 * 1024));
+        assert_eq!(
+            parse_meminfo(text, "MemAvailable:"),
+            Some(23_934_592 * 1024)
+        );
         assert_eq!(parse_meminfo(text, "MemTotal:"), Some(24_576_000 * 1024));
         assert_eq!(parse_meminfo("MemTotal: 5 kB\n", "MemAvailable:"), None);
-        assert_eq!(parse_meminfo("MemAvailable: lots kB\n", "MemAvailable:"), None);
-        assert_eq!(parse_meminfo("MemAvailable: 18446744073709551615 kB\n", "MemAvailable:"), None);
+        assert_eq!(
+            parse_meminfo("MemAvailable: lots kB\n", "MemAvailable:"),
+            None
+        );
+        assert_eq!(
+            parse_meminfo("MemAvailable: 18446744073709551615 kB\n", "MemAvailable:"),
+            None
+        );
     }
 }

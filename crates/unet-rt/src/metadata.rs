@@ -137,7 +137,12 @@ impl Normalization {
     pub fn check(&self) -> std::result::Result<(), String> {
         match *self {
             Self::Percentile { low, high } => {
-                if !(low.is_finite() && high.is_finite() && 0.0 <= low && low < high && high <= 100.0) {
+                if !(low.is_finite()
+                    && high.is_finite()
+                    && 0.0 <= low
+                    && low < high
+                    && high <= 100.0)
+                {
                     return Err(format!(
                         "percentile normalization needs 0 <= low < high <= 100, got low {low} and high {high}"
                     ));
@@ -168,26 +173,46 @@ impl Normalization {
 impl Metadata {
     /// Parses and checks the JSON document; `path` is only used in messages.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
-        let invalid = |reason: String| Error::InvalidMetadata { path: path.to_owned(), reason };
+        let invalid = |reason: String| Error::InvalidMetadata {
+            path: path.to_owned(),
+            reason,
+        };
         let meta: Self = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
         if meta.format != FORMAT {
-            return Err(invalid(format!("format is {:?}, this version reads {FORMAT:?}", meta.format)));
+            return Err(invalid(format!(
+                "format is {:?}, this version reads {FORMAT:?}",
+                meta.format
+            )));
         }
         if !(2..=3).contains(&meta.spatial_dims) {
-            return Err(invalid(format!("spatial_dims is {}, expected 2 or 3", meta.spatial_dims)));
+            return Err(invalid(format!(
+                "spatial_dims is {}, expected 2 or 3",
+                meta.spatial_dims
+            )));
         }
         if meta.in_channels == 0 || meta.out_channels == 0 {
-            return Err(invalid("in_channels and out_channels must be at least 1".to_owned()));
+            return Err(invalid(
+                "in_channels and out_channels must be at least 1".to_owned(),
+            ));
         }
-        for (name, value) in [("in_channels", meta.in_channels), ("out_channels", meta.out_channels)] {
+        for (name, value) in [
+            ("in_channels", meta.in_channels),
+            ("out_channels", meta.out_channels),
+        ] {
             if value > MAX_CHANNELS {
-                return Err(invalid(format!("{name} is {value}, more than the {MAX_CHANNELS} supported")));
+                return Err(invalid(format!(
+                    "{name} is {value}, more than the {MAX_CHANNELS} supported"
+                )));
             }
         }
         if meta.size_multiple == 0 {
             return Err(invalid("size_multiple must be at least 1".to_owned()));
         }
-        for (name, value) in [("halo", meta.halo), ("size_multiple", meta.size_multiple), ("size_offset", meta.size_offset)] {
+        for (name, value) in [
+            ("halo", meta.halo),
+            ("size_multiple", meta.size_multiple),
+            ("size_offset", meta.size_offset),
+        ] {
             if value > MAX_GEOMETRY {
                 return Err(invalid(format!(
                     "{name} is {value}; at most {MAX_GEOMETRY} is supported (is the metadata corrupt?)"
@@ -208,43 +233,39 @@ impl Metadata {
     /// Reads the metadata entry from a TorchScript archive without loading the
     /// network. `Ok(None)` for archives without one (third-party models).
     pub fn read_from_archive(path: &Path) -> Result<Option<Self>> {
-        let io_error = |source: std::io::Error| match source.kind() {
-            std::io::ErrorKind::NotFound => Error::ModelNotFound(path.to_owned()),
-            _ => Error::Io { path: path.to_owned(), source },
-        };
-        // Opening a FIFO blocks until a writer comes, and a device never
-        // ends: only regular files (through links) are models.
-        let kind = std::fs::metadata(path).map_err(io_error)?.file_type();
-        if !kind.is_file() {
-            return Err(Error::InvalidModel {
-                path: path.to_owned(),
-                reason: format!(
-                    "not a regular file (it is {}); a TorchScript archive (.pt) is expected",
-                    crate::files::special_kind(kind).unwrap_or("a directory")
-                ),
-            });
-        }
-        let file = std::fs::File::open(path).map_err(io_error)?;
-        Self::read_from_zip(file, path)
+        Self::read_from_zip(crate::archive::open_file(path)?, path)
     }
 
     /// Like [`Metadata::read_from_archive`] for an archive in any reader;
     /// `origin` names it in messages.
     pub fn read_from_zip<R: Read + Seek>(reader: R, origin: &Path) -> Result<Option<Self>> {
-        let mut archive = zip::ZipArchive::new(reader).map_err(|e| Error::InvalidModel {
-            path: origin.to_owned(),
-            reason: format!("not a TorchScript archive (a zip file is expected): {e}"),
-        })?;
+        Self::from_zip(&mut crate::archive::open_zip(reader, origin)?, origin)
+    }
+
+    pub(crate) fn from_zip<R: Read + Seek>(
+        archive: &mut zip::ZipArchive<R>,
+        origin: &Path,
+    ) -> Result<Option<Self>> {
         let suffix = format!("/extra/{METADATA_ENTRY}");
-        let Some(name) = archive.file_names().find(|n| n.ends_with(&suffix)).map(str::to_owned) else {
+        let Some(name) = archive
+            .file_names()
+            .find(|n| n.ends_with(&suffix))
+            .map(str::to_owned)
+        else {
             return Ok(None);
         };
         let mut text = String::new();
         archive
             .by_name(&name)
-            .map_err(|e| Error::InvalidModel { path: origin.to_owned(), reason: e.to_string() })?
+            .map_err(|e| Error::InvalidModel {
+                path: origin.to_owned(),
+                reason: e.to_string(),
+            })?
             .read_to_string(&mut text)
-            .map_err(|e| Error::InvalidMetadata { path: origin.to_owned(), reason: e.to_string() })?;
+            .map_err(|e| Error::InvalidMetadata {
+                path: origin.to_owned(),
+                reason: e.to_string(),
+            })?;
         Self::from_json(&text, origin).map(Some)
     }
 
@@ -276,18 +297,28 @@ mod tests {
     fn parses_the_paper_configuration() {
         let m = Metadata::from_json(&paper(), Path::new("m.pt")).unwrap();
         assert_eq!(m.output, OutputKind::Softmax);
-        assert_eq!(m.normalization, Normalization::Percentile { low: 1.0, high: 99.8 });
+        assert_eq!(
+            m.normalization,
+            Normalization::Percentile {
+                low: 1.0,
+                high: 99.8
+            }
+        );
         assert_eq!((m.halo, m.size_multiple, m.size_offset), (92, 16, 12));
     }
 
     #[test]
     fn rejects_wrong_format_and_inconsistent_classes() {
         let bad = paper().replace("unet_rt/1", "other/9");
-        let err = Metadata::from_json(&bad, Path::new("m.pt")).unwrap_err().to_string();
+        let err = Metadata::from_json(&bad, Path::new("m.pt"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unet_rt/1"), "{err}");
         let mut bad: serde_json::Value = serde_json::from_str(&paper()).unwrap();
         bad["class_names"] = serde_json::json!(["a"]);
-        let err = Metadata::from_json(&bad.to_string(), Path::new("m.pt")).unwrap_err().to_string();
+        let err = Metadata::from_json(&bad.to_string(), Path::new("m.pt"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("1 class names for 2 output channels"), "{err}");
         assert!(Metadata::from_json("{", Path::new("m.pt")).is_err());
     }
@@ -297,28 +328,74 @@ mod tests {
         let base: serde_json::Value = serde_json::from_str(&paper()).unwrap();
         let cases: Vec<(&str, serde_json::Value, &str)> = vec![
             ("halo", serde_json::json!(1u64 << 40), "halo is"),
-            ("size_multiple", serde_json::json!(1u64 << 63), "size_multiple is"),
-            ("size_offset", serde_json::json!(1_000_000_000_000_000_000u64), "size_offset is"),
+            (
+                "size_multiple",
+                serde_json::json!(1u64 << 63),
+                "size_multiple is",
+            ),
+            (
+                "size_offset",
+                serde_json::json!(1_000_000_000_000_000_000u64),
+                "size_offset is",
+            ),
             ("size_multiple", serde_json::json!(0), "at least 1"),
-            ("in_channels", serde_json::json!(1_000_000_000), "in_channels is"),
+            (
+                "in_channels",
+                serde_json::json!(1_000_000_000),
+                "in_channels is",
+            ),
             ("out_channels", serde_json::json!(0), "at least 1"),
             ("halo", serde_json::json!(-1), "invalid value"),
             ("halo", serde_json::json!(1.5), "invalid type"),
             ("halo", serde_json::json!("92"), "invalid type"),
             ("spatial_dims", serde_json::json!(4), "spatial_dims"),
-            ("normalization", serde_json::json!({"kind": "scale", "factor": 1e300}), "scale normalization"),
-            ("normalization", serde_json::json!({"kind": "scale", "factor": 0.0}), "scale normalization"),
-            ("normalization", serde_json::json!({"kind": "zscore", "mean": 0.0, "std": -1.0}), "std > 0"),
-            ("normalization", serde_json::json!({"kind": "zscore", "mean": 0.0, "std": 0.0}), "std > 0"),
-            ("normalization", serde_json::json!({"kind": "zscore", "mean": 1e300, "std": 1e-300}), "std > 0"),
-            ("normalization", serde_json::json!({"kind": "percentile", "low": 99.0, "high": 1.0}), "low < high"),
-            ("normalization", serde_json::json!({"kind": "percentile", "low": 1.0, "high": 101.0}), "low < high"),
-            ("normalization", serde_json::json!({"kind": "percentile", "low": -1.0, "high": 50.0}), "low < high"),
+            (
+                "normalization",
+                serde_json::json!({"kind": "scale", "factor": 1e300}),
+                "scale normalization",
+            ),
+            (
+                "normalization",
+                serde_json::json!({"kind": "scale", "factor": 0.0}),
+                "scale normalization",
+            ),
+            (
+                "normalization",
+                serde_json::json!({"kind": "zscore", "mean": 0.0, "std": -1.0}),
+                "std > 0",
+            ),
+            (
+                "normalization",
+                serde_json::json!({"kind": "zscore", "mean": 0.0, "std": 0.0}),
+                "std > 0",
+            ),
+            (
+                "normalization",
+                serde_json::json!({"kind": "zscore", "mean": 1e300, "std": 1e-300}),
+                "std > 0",
+            ),
+            (
+                "normalization",
+                serde_json::json!({"kind": "percentile", "low": 99.0, "high": 1.0}),
+                "low < high",
+            ),
+            (
+                "normalization",
+                serde_json::json!({"kind": "percentile", "low": 1.0, "high": 101.0}),
+                "low < high",
+            ),
+            (
+                "normalization",
+                serde_json::json!({"kind": "percentile", "low": -1.0, "high": 50.0}),
+                "low < high",
+            ),
         ];
         for (field, value, message) in cases {
             let mut doc = base.clone();
             doc[field] = value.clone();
-            let err = Metadata::from_json(&doc.to_string(), Path::new("m.pt")).unwrap_err().to_string();
+            let err = Metadata::from_json(&doc.to_string(), Path::new("m.pt"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(message), "{field} = {value}: {err}");
         }
         // JSON's 1e999 parses as infinity in some writers; serde rejects it as a number out of range.
@@ -331,13 +408,21 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("unet_rt_meta_{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let missing = dir.join("missing.pt");
-        assert!(matches!(Metadata::read_from_archive(&missing), Err(Error::ModelNotFound(_))));
+        assert!(matches!(
+            Metadata::read_from_archive(&missing),
+            Err(Error::ModelNotFound(_))
+        ));
         let junk = dir.join("junk.pt");
         std::fs::write(&junk, b"not a zip").unwrap();
-        assert!(matches!(Metadata::read_from_archive(&junk), Err(Error::InvalidModel { .. })));
+        assert!(matches!(
+            Metadata::read_from_archive(&junk),
+            Err(Error::InvalidModel { .. })
+        ));
         let err = Metadata::read_from_archive(&dir).unwrap_err().to_string();
         assert!(err.contains("a directory"), "{err}");
-        let err = Metadata::read_from_archive(Path::new("/dev/zero")).unwrap_err().to_string();
+        let err = Metadata::read_from_archive(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("a character device"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

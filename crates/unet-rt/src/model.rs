@@ -10,6 +10,7 @@ use std::time::Duration;
 use ndarray::{ArrayD, ArrayViewD};
 use tch::{CModule, Device, Tensor};
 
+use crate::archive;
 use crate::convert::{array_from_tensor, tensor_from_view};
 use crate::error::{first_line, Error, Result};
 use crate::info::ModelInfo;
@@ -59,12 +60,20 @@ impl Model {
     /// the device: `Auto` picks bf16 on CUDA and on CPUs with bf16 units).
     /// Convolution weights are also laid out channels-last, the layout
     /// oneDNN and cuDNN run fastest.
-    pub fn load_with_precision(path: impl AsRef<Path>, device: Device, precision: Precision) -> Result<Self> {
+    pub fn load_with_precision(
+        path: impl AsRef<Path>,
+        device: Device,
+        precision: Precision,
+    ) -> Result<Self> {
         let path = path.as_ref();
         let precision = precision.resolve(device)?;
-        // Reading the metadata first also tells a missing or non-zip file apart
-        // from a broken network, with a message that says which.
-        let metadata = Metadata::read_from_archive(path)?;
+        // Reading the archive first tells a missing or non-zip file apart from
+        // a broken network, with a message that says which, and refuses
+        // damaged tensor records before libtorch reads past their ends.
+        let mut zip = archive::open_zip(archive::open_file(path)?, path)?;
+        let metadata = Metadata::from_zip(&mut zip, path)?;
+        archive::check_records(&mut zip, path)?;
+        drop(zip);
         let module = CModule::load_on_device(path, device).map_err(|e| invalid_model(path, &e))?;
         Self::from_module(module, path, metadata, device, precision)
     }
@@ -72,10 +81,17 @@ impl Model {
     /// Loads a model from the bytes of a TorchScript archive (a model
     /// embedded in a program, say); `name` stands for its path in messages
     /// and in [`Model::path`].
-    pub fn load_bytes(bytes: &[u8], name: impl AsRef<Path>, device: Device, precision: Precision) -> Result<Self> {
+    pub fn load_bytes(
+        bytes: &[u8],
+        name: impl AsRef<Path>,
+        device: Device,
+        precision: Precision,
+    ) -> Result<Self> {
         let name = name.as_ref();
         let precision = precision.resolve(device)?;
-        let metadata = Metadata::read_from_zip(std::io::Cursor::new(bytes), name)?;
+        let mut zip = archive::open_zip(std::io::Cursor::new(bytes), name)?;
+        let metadata = Metadata::from_zip(&mut zip, name)?;
+        archive::check_records(&mut zip, name)?;
         let module = CModule::load_data_on_device(&mut std::io::Cursor::new(bytes), device)
             .map_err(|e| invalid_model(name, &e))?;
         Self::from_module(module, name, metadata, device, precision)
@@ -95,7 +111,16 @@ impl Model {
             None => probe(&module, device, path)?,
         };
         let precision = convert_weights(&mut module, device, precision).map_err(invalid)?;
-        Ok(Self { inner: Arc::new(Inner { module, device, precision, path: path.to_owned(), metadata, info }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                module,
+                device,
+                precision,
+                path: path.to_owned(),
+                metadata,
+                info,
+            }),
+        })
     }
 
     /// The embedded description, if the archive has one.
@@ -136,23 +161,37 @@ impl Model {
     /// [`Error::Cancelled`] at once, and the pass finishes in the background
     /// with its result dropped, so that cancelling never waits for a long
     /// forward pass.
-    pub(crate) fn forward_tensor(&self, input: &Tensor, cancel: Option<&AtomicBool>) -> Result<Tensor> {
+    pub(crate) fn forward_tensor(
+        &self,
+        input: &Tensor,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Tensor> {
         let (reply_tx, reply_rx) = sync_channel::<Result<Tensor>>(1);
         let model = self.clone();
         let input = input.shallow_clone();
-        forward_thread(self.inner.device, Box::new(move || {
-            let output = model.inner.module.forward_ts(&[input]).map_err(Error::inference);
-            // The caller may have stopped waiting (cancelled): nothing to do then.
-            let _ = reply_tx.send(output);
-        }))?;
-        let lost = || Error::Internal("the forward thread stopped during a forward pass".to_owned());
+        forward_thread(
+            self.inner.device,
+            Box::new(move || {
+                let output = model
+                    .inner
+                    .module
+                    .forward_ts(&[input])
+                    .map_err(Error::inference);
+                // The caller may have stopped waiting (cancelled): nothing to do then.
+                let _ = reply_tx.send(output);
+            }),
+        )?;
+        let lost =
+            || Error::Internal("the forward thread stopped during a forward pass".to_owned());
         let Some(cancel) = cancel else {
             return reply_rx.recv().map_err(|_| lost())?;
         };
         loop {
             match reply_rx.recv_timeout(CANCEL_POLL) {
                 Ok(output) => return output,
-                Err(RecvTimeoutError::Timeout) if cancel.load(Ordering::Relaxed) => return Err(Error::Cancelled),
+                Err(RecvTimeoutError::Timeout) if cancel.load(Ordering::Relaxed) => {
+                    return Err(Error::Cancelled)
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Err(lost()),
             }
@@ -172,7 +211,8 @@ impl Model {
         if input.iter().any(|v| !v.is_finite()) {
             return Err(Error::InvalidArgument {
                 argument: "batch",
-                message: "holds NaN or infinite values (or values beyond the float32 range)".to_owned(),
+                message: "holds NaN or infinite values (or values beyond the float32 range)"
+                    .to_owned(),
             });
         }
         let _guard = tch::no_grad_guard();
@@ -182,14 +222,19 @@ impl Model {
             .map_err(Error::inference)?;
         let output = array_from_tensor(&self.forward_tensor(&tensor, None)?)?;
         if output.iter().any(|v| !v.is_finite()) {
-            return Err(Error::NonFinite("the network's output holds NaN or infinite values".to_owned()));
+            return Err(Error::NonFinite(
+                "the network's output holds NaN or infinite values".to_owned(),
+            ));
         }
         Ok(output)
     }
 
     fn check_batch_shape(&self, shape: &[usize]) -> Result<()> {
         let info = &self.inner.info;
-        let invalid = |message: String| Error::InvalidArgument { argument: "batch", message };
+        let invalid = |message: String| Error::InvalidArgument {
+            argument: "batch",
+            message,
+        };
         if shape.len() != info.spatial_dims + 2 {
             return Err(invalid(format!(
                 "expected a batch of rank {} laid out as (N, C, spatial...), got shape {shape:?}",
@@ -260,13 +305,17 @@ fn forward_thread(device: Device, job: Job) -> Result<()> {
             }
         })
         .map_err(|e| Error::Internal(format!("cannot start the forward thread: {e}")))?;
-    tx.send(job).map_err(|_| Error::Internal("the forward thread stopped at its start".to_owned()))?;
+    tx.send(job)
+        .map_err(|_| Error::Internal("the forward thread stopped at its start".to_owned()))?;
     *queue = Some(tx);
     Ok(())
 }
 
 fn invalid_model(path: &Path, err: &tch::TchError) -> Error {
-    Error::InvalidModel { path: path.to_owned(), reason: first_line(&err.to_string()) }
+    Error::InvalidModel {
+        path: path.to_owned(),
+        reason: first_line(&err.to_string()),
+    }
 }
 
 fn first_layer_width(module: &CModule) -> Option<usize> {
@@ -279,7 +328,11 @@ fn first_layer_width(module: &CModule) -> Option<usize> {
 /// weights out channels-last. A frozen module keeps its weights as graph
 /// constants that cannot be converted: it stays in fp32, and the precision
 /// actually used is returned.
-fn convert_weights(module: &mut CModule, device: Device, precision: Precision) -> Result<Precision, tch::TchError> {
+fn convert_weights(
+    module: &mut CModule,
+    device: Device,
+    precision: Precision,
+) -> Result<Precision, tch::TchError> {
     let mut params = module.named_parameters()?;
     if params.is_empty() {
         return Ok(Precision::Fp32);
@@ -300,7 +353,10 @@ fn convert_weights(module: &mut CModule, device: Device, precision: Precision) -
             back[d as usize] = i as i64;
         }
         // A channels-last tensor is the NCHW view of a contiguous NHWC one.
-        let channels_last = p.f_permute(to_last)?.f_contiguous()?.f_permute(back.as_slice())?;
+        let channels_last = p
+            .f_permute(to_last)?
+            .f_contiguous()?
+            .f_permute(back.as_slice())?;
         p.f_set_data(&channels_last)?;
     }
     Ok(precision)

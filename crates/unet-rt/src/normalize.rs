@@ -28,11 +28,21 @@ pub struct Affine {
 
 impl Affine {
     /// The identity map.
-    pub const IDENTITY: Self = Self { scale: 1.0, shift: 0.0, scale64: 1.0, shift64: 0.0 };
+    pub const IDENTITY: Self = Self {
+        scale: 1.0,
+        shift: 0.0,
+        scale64: 1.0,
+        shift64: 0.0,
+    };
 
     /// The map `x * scale + shift`.
     pub fn new(scale: f64, shift: f64) -> Self {
-        Self { scale: scale as f32, shift: shift as f32, scale64: scale, shift64: shift }
+        Self {
+            scale: scale as f32,
+            shift: shift as f32,
+            scale64: scale,
+            shift64: shift,
+        }
     }
 
     /// Applies the map to one value.
@@ -51,7 +61,10 @@ impl Affine {
 
     /// Whether the map sends finite values to finite values.
     pub fn is_finite(self) -> bool {
-        self.scale.is_finite() && self.shift.is_finite() && self.scale64.is_finite() && self.shift64.is_finite()
+        self.scale.is_finite()
+            && self.shift.is_finite()
+            && self.scale64.is_finite()
+            && self.shift64.is_finite()
     }
 }
 
@@ -86,7 +99,10 @@ pub fn resolve_view<T: Pixel>(norm: &Normalization, image: &ArrayViewD<'_, T>) -
 /// `image` (as [`resolve_view`] computes them); `None` for the other kinds.
 /// Pass them as [`crate::Options::input_range`] to segment pieces of
 /// `image` as the whole.
-pub fn percentile_range<T: Pixel>(norm: &Normalization, image: &ArrayViewD<'_, T>) -> Option<(f64, f64)> {
+pub fn percentile_range<T: Pixel>(
+    norm: &Normalization,
+    image: &ArrayViewD<'_, T>,
+) -> Option<(f64, f64)> {
     let Normalization::Percentile { low, high } = *norm else {
         return None;
     };
@@ -94,12 +110,18 @@ pub fn percentile_range<T: Pixel>(norm: &Normalization, image: &ArrayViewD<'_, T
         Some(bins) => {
             let mut counts = vec![0u64; bins];
             image.iter().for_each(|&v| counts[v.bin()] += 1);
-            (histogram_percentile::<T>(&counts, low), histogram_percentile::<T>(&counts, high))
+            (
+                histogram_percentile::<T>(&counts, low),
+                histogram_percentile::<T>(&counts, high),
+            )
         }
         None => {
             let step = image.len().div_ceil(PERCENTILE_SAMPLE).max(1);
             let mut values: Vec<f64> = image.iter().step_by(step).map(|&v| v.to_f64()).collect();
-            (select_percentile(&mut values, low), select_percentile(&mut values, high))
+            (
+                select_percentile(&mut values, low),
+                select_percentile(&mut values, high),
+            )
         }
     })
 }
@@ -137,7 +159,11 @@ fn histogram_percentile<T: Pixel>(counts: &[u64], q: f64) -> f64 {
     let pos = (q.clamp(0.0, 100.0) / 100.0) * (n - 1) as f64;
     let below = pos.floor() as u64;
     let a = histogram_rank::<T>(counts, below);
-    let b = if below + 1 < n { histogram_rank::<T>(counts, below + 1) } else { a };
+    let b = if below + 1 < n {
+        histogram_rank::<T>(counts, below + 1)
+    } else {
+        a
+    };
     a + (b - a) * (pos - below as f64)
 }
 
@@ -156,7 +182,9 @@ fn select_percentile(values: &mut [f64], q: f64) -> f64 {
 /// `numpy.percentile(values, q)` with its default linear interpolation, on
 /// already sorted values.
 pub fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let Some(&last) = sorted.last() else { return 0.0 };
+    let Some(&last) = sorted.last() else {
+        return 0.0;
+    };
     let pos = (q.clamp(0.0, 100.0) / 100.0) * (sorted.len() - 1) as f64;
     let below = pos.floor() as usize;
     let frac = pos - below as f64;
@@ -181,9 +209,21 @@ mod tests {
 
     #[test]
     fn percentile_maps_low_to_zero_and_high_to_one() {
-        let a = resolve(&Normalization::Percentile { low: 0.0, high: 100.0 }, [2.0, 4.0, 6.0].into_iter());
+        let a = resolve(
+            &Normalization::Percentile {
+                low: 0.0,
+                high: 100.0,
+            },
+            [2.0, 4.0, 6.0].into_iter(),
+        );
         assert!((a.apply(2.0)).abs() < 1e-6 && (a.apply(6.0) - 1.0).abs() < 1e-6);
-        let flat = resolve(&Normalization::Percentile { low: 1.0, high: 99.0 }, [5.0; 4].into_iter());
+        let flat = resolve(
+            &Normalization::Percentile {
+                low: 1.0,
+                high: 99.0,
+            },
+            [5.0; 4].into_iter(),
+        );
         assert_eq!(flat.apply(5.0), 0.0);
     }
 
@@ -191,7 +231,9 @@ mod tests {
     fn histogram_and_selection_agree_with_sorting() {
         let mut state = 12345u64;
         let mut next = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 33) as u16
         };
         let data: Vec<u16> = (0..1001).map(|_| next() % 700).collect();
@@ -206,13 +248,25 @@ mod tests {
             assert_eq!(resolve_view(&norm, &f.view()), want);
         }
         let signed = ndarray::arr1(&[-5i16, 3, -100, 7]).into_dyn();
-        let norm = Normalization::Percentile { low: 0.0, high: 100.0 };
-        assert_eq!(resolve_view(&norm, &signed.view()), affine_from_range(-100.0, 7.0));
+        let norm = Normalization::Percentile {
+            low: 0.0,
+            high: 100.0,
+        };
+        assert_eq!(
+            resolve_view(&norm, &signed.view()),
+            affine_from_range(-100.0, 7.0)
+        );
     }
 
     #[test]
     fn zscore_and_scale() {
-        let z = resolve(&Normalization::Zscore { mean: 10.0, std: 2.0 }, std::iter::empty());
+        let z = resolve(
+            &Normalization::Zscore {
+                mean: 10.0,
+                std: 2.0,
+            },
+            std::iter::empty(),
+        );
         assert_eq!(z.apply(14.0), 2.0);
         let s = resolve(&Normalization::Scale { factor: 0.5 }, std::iter::empty());
         assert_eq!(s.apply(4.0), 2.0);

@@ -27,10 +27,16 @@ impl Precision {
     pub fn resolve(self, device: Device) -> Result<Self, Error> {
         match (self, device) {
             (Self::Auto, Device::Cuda(_)) => Ok(Self::Bf16),
-            (Self::Auto, _) => Ok(if cpu_has_fast_bf16() { Self::Bf16 } else { Self::Fp32 }),
+            (Self::Auto, _) => Ok(if cpu_has_fast_bf16() {
+                Self::Bf16
+            } else {
+                Self::Fp32
+            }),
             (Self::Fp16, Device::Cpu) => Err(Error::InvalidArgument {
                 argument: "precision",
-                message: "fp16 is supported on CUDA devices only; use \"bf16\" or \"fp32\" on the CPU".to_owned(),
+                message:
+                    "fp16 is supported on CUDA devices only; use \"bf16\" or \"fp32\" on the CPU"
+                        .to_owned(),
             }),
             (p, _) => Ok(p),
         }
@@ -68,7 +74,9 @@ impl FromStr for Precision {
             "auto" => Ok(Self::Auto),
             _ => Err(Error::InvalidArgument {
                 argument: "precision",
-                message: format!("unknown precision {s:?}; expected \"fp32\", \"bf16\", \"fp16\" or \"auto\""),
+                message: format!(
+                    "unknown precision {s:?}; expected \"fp32\", \"bf16\", \"fp16\" or \"auto\""
+                ),
             }),
         }
     }
@@ -80,7 +88,11 @@ pub fn cpu_has_fast_bf16() -> bool {
         .map(|info| {
             info.lines()
                 .find(|l| l.starts_with("flags"))
-                .is_some_and(|flags| flags.split_whitespace().any(|f| f == "amx_bf16" || f == "avx512_bf16"))
+                .is_some_and(|flags| {
+                    flags
+                        .split_whitespace()
+                        .any(|f| f == "amx_bf16" || f == "avx512_bf16")
+                })
         })
         .unwrap_or(false)
 }
@@ -94,7 +106,10 @@ mod tests {
         assert_eq!("BF16".parse::<Precision>().unwrap(), Precision::Bf16);
         assert!("int8".parse::<Precision>().is_err());
         assert!(Precision::Fp16.resolve(Device::Cpu).is_err());
-        assert_eq!(Precision::Auto.resolve(Device::Cuda(0)).unwrap(), Precision::Bf16);
+        assert_eq!(
+            Precision::Auto.resolve(Device::Cuda(0)).unwrap(),
+            Precision::Bf16
+        );
         let cpu = Precision::Auto.resolve(Device::Cpu).unwrap();
         assert_eq!(cpu == Precision::Bf16, cpu_has_fast_bf16());
     }

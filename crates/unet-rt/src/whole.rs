@@ -50,14 +50,23 @@ pub fn forward_whole(model: &Model, image: ArrayViewD<'_, f32>) -> Result<ArrayD
     if image.ndim() != info.spatial_dims + 1 {
         return Err(Error::InvalidArgument {
             argument: "image",
-            message: format!("expected (channels, spatial...) of rank {}, got shape {:?}", info.spatial_dims + 1, image.shape()),
+            message: format!(
+                "expected (channels, spatial...) of rank {}, got shape {:?}",
+                info.spatial_dims + 1,
+                image.shape()
+            ),
         });
     }
     let affine = normalize::resolve_view(&info.normalization, &image);
     let normalized = image.mapv(|v| affine.apply(v));
-    let pads: Vec<(usize, usize)> = image.shape()[1..].iter().map(|&s| whole_image_padding(s, info)).collect();
+    let pads: Vec<(usize, usize)> = image.shape()[1..]
+        .iter()
+        .map(|&s| whole_image_padding(s, info))
+        .collect();
     let padded = pad_reflect(&normalized.view(), &pads).insert_axis(Axis(0));
-    let output = model.forward_array(padded.view())?.index_axis_move(Axis(0), 0);
+    let output = model
+        .forward_array(padded.view())?
+        .index_axis_move(Axis(0), 0);
     let mut cropped = output.view();
     for (d, (&size, &(before, _))) in image.shape()[1..].iter().zip(&pads).enumerate() {
         let start = before - info.shrink() / 2;

@@ -37,7 +37,12 @@ pub struct Window {
 impl Window {
     /// The window that is the whole of an image of spatial shape `image`.
     pub fn whole(image: &[usize]) -> Self {
-        Self { image: image.to_vec(), origin: vec![0; image.len()], start: vec![0; image.len()], shape: image.to_vec() }
+        Self {
+            image: image.to_vec(),
+            origin: vec![0; image.len()],
+            start: vec![0; image.len()],
+            shape: image.to_vec(),
+        }
     }
 
     /// Checks the window against an input of spatial shape `input`: one
@@ -48,19 +53,34 @@ impl Window {
     /// [`Error::InvalidArgument`] naming `window`.
     pub fn check(&self, input: &[usize]) -> Result<()> {
         let rank = input.len();
-        if [self.image.len(), self.origin.len(), self.start.len(), self.shape.len()].iter().any(|&n| n != rank) {
+        if [
+            self.image.len(),
+            self.origin.len(),
+            self.start.len(),
+            self.shape.len(),
+        ]
+        .iter()
+        .any(|&n| n != rank)
+        {
             return Err(invalid(format!(
                 "{self:?} must give one value per spatial axis of the input ({rank} axes)"
             )));
         }
         for axis in 0..rank {
-            if self.origin[axis].checked_add(input[axis]).is_none_or(|end| end > self.image[axis]) {
+            if self.origin[axis]
+                .checked_add(input[axis])
+                .is_none_or(|end| end > self.image[axis])
+            {
                 return Err(invalid(format!(
                     "the input (spatial shape {input:?}) placed at {:?} reaches past the image of shape {:?}",
                     self.origin, self.image
                 )));
             }
-            if self.shape[axis] == 0 || self.start[axis].checked_add(self.shape[axis]).is_none_or(|end| end > self.image[axis]) {
+            if self.shape[axis] == 0
+                || self.start[axis]
+                    .checked_add(self.shape[axis])
+                    .is_none_or(|end| end > self.image[axis])
+            {
                 return Err(invalid(format!(
                     "the region of shape {:?} at {:?} must be non-empty and inside the image of shape {:?}",
                     self.shape, self.start, self.image
@@ -75,7 +95,9 @@ impl Window {
     /// relative to the region's start and `src_start` moves with it;
     /// `index` stays the tile's position in the whole plan.
     pub fn tiles(&self, plan: &TilePlan) -> Vec<Tile> {
-        let ranges: Vec<(usize, usize)> = (0..self.image.len()).map(|axis| self.grid_range(plan, axis)).collect();
+        let ranges: Vec<(usize, usize)> = (0..self.image.len())
+            .map(|axis| self.grid_range(plan, axis))
+            .collect();
         let grid = plan.grid_shape();
         let count: usize = ranges.iter().map(|&(lo, hi)| hi - lo + 1).product();
         let mut tiles = Vec::with_capacity(count);
@@ -123,11 +145,14 @@ impl Window {
     /// [`Error::InvalidArgument`] naming `window`, with the input needed.
     pub fn check_context(&self, plan: &TilePlan, input: &[usize]) -> Result<()> {
         let (first, end) = self.needed_input(plan);
-        let holds = (0..input.len()).all(|a| self.origin[a] <= first[a] && end[a] <= self.origin[a] + input[a]);
+        let holds = (0..input.len())
+            .all(|a| self.origin[a] <= first[a] && end[a] <= self.origin[a] + input[a]);
         if holds {
             return Ok(());
         }
-        let have: Vec<(usize, usize)> = (0..input.len()).map(|a| (self.origin[a], self.origin[a] + input[a])).collect();
+        let have: Vec<(usize, usize)> = (0..input.len())
+            .map(|a| (self.origin[a], self.origin[a] + input[a]))
+            .collect();
         let need: Vec<(usize, usize)> = first.into_iter().zip(end).collect();
         Err(invalid(format!(
             "the region of shape {:?} at {:?} reads the image's pixels {need:?} (first, end per axis) \
@@ -145,13 +170,17 @@ impl Window {
         let last = plan.grid_shape()[axis] - 1;
         let first_pixel = self.start[axis];
         let last_pixel = self.start[axis] + self.shape[axis] - 1;
-        ((first_pixel / stride).min(last), (last_pixel / stride).min(last))
+        (
+            (first_pixel / stride).min(last),
+            (last_pixel / stride).min(last),
+        )
     }
 
     fn clip(&self, mut tile: Tile) -> Tile {
         for axis in 0..tile.write_start.len() {
             let begin = tile.write_start[axis].max(self.start[axis]);
-            let end = (tile.write_start[axis] + tile.write_shape[axis]).min(self.start[axis] + self.shape[axis]);
+            let end = (tile.write_start[axis] + tile.write_shape[axis])
+                .min(self.start[axis] + self.shape[axis]);
             tile.src_start[axis] += begin - tile.write_start[axis];
             tile.write_start[axis] = begin - self.start[axis];
             tile.write_shape[axis] = end - begin;
@@ -164,14 +193,23 @@ impl Window {
 /// `[start, start + len)` of an axis of length `n`, mirrored at its borders
 /// (`len >= 1`, `n >= 1`).
 pub fn mirrored_bounds(start: isize, len: usize, n: usize) -> (usize, usize) {
-    reflect_runs(start, len, n).iter().fold((usize::MAX, 0), |(min, max), run| {
-        let other = if run.step > 0 { run.src + (run.len - 1) } else { run.src + 1 - run.len };
-        (min.min(run.src).min(other), max.max(run.src).max(other))
-    })
+    reflect_runs(start, len, n)
+        .iter()
+        .fold((usize::MAX, 0), |(min, max), run| {
+            let other = if run.step > 0 {
+                run.src + (run.len - 1)
+            } else {
+                run.src + 1 - run.len
+            };
+            (min.min(run.src).min(other), max.max(run.src).max(other))
+        })
 }
 
 fn invalid(message: String) -> Error {
-    Error::InvalidArgument { argument: "window", message }
+    Error::InvalidArgument {
+        argument: "window",
+        message,
+    }
 }
 
 #[cfg(test)]
@@ -189,9 +227,15 @@ mod tests {
         for n in 1..12usize {
             for start in -30isize..30 {
                 for len in 1..40usize {
-                    let reads: Vec<usize> = (0..len).map(|j| reflect_index(start + j as isize, n)).collect();
+                    let reads: Vec<usize> = (0..len)
+                        .map(|j| reflect_index(start + j as isize, n))
+                        .collect();
                     let want = (*reads.iter().min().unwrap(), *reads.iter().max().unwrap());
-                    assert_eq!(mirrored_bounds(start, len, n), want, "start {start} len {len} n {n}");
+                    assert_eq!(
+                        mirrored_bounds(start, len, n),
+                        want,
+                        "start {start} len {len} n {n}"
+                    );
                 }
             }
         }
@@ -202,17 +246,35 @@ mod tests {
     /// same source pixel of that tile's output.
     #[test]
     fn pieces_write_what_the_whole_plan_writes() {
-        for (image, tile) in [(vec![157, 203], 64), (vec![40, 97], 84), (vec![300], 48), (vec![9, 31, 50], 44)] {
+        for (image, tile) in [
+            (vec![157, 203], 64),
+            (vec![40, 97], 84),
+            (vec![300], 48),
+            (vec![9, 31, 50], 44),
+        ] {
             let plan = plan(&image, tile);
             let whole = owner_map(&image, &Window::whole(&image), &plan);
             for (first, size) in [(0usize, 16usize), (13, 29), (40, 7), (5, 1000)] {
                 let start: Vec<usize> = image.iter().map(|&n| first.min(n - 1)).collect();
-                let shape: Vec<usize> = image.iter().zip(&start).map(|(&n, &s)| size.min(n - s)).collect();
-                let window = Window { image: image.clone(), origin: vec![0; image.len()], start: start.clone(), shape: shape.clone() };
+                let shape: Vec<usize> = image
+                    .iter()
+                    .zip(&start)
+                    .map(|(&n, &s)| size.min(n - s))
+                    .collect();
+                let window = Window {
+                    image: image.clone(),
+                    origin: vec![0; image.len()],
+                    start: start.clone(),
+                    shape: shape.clone(),
+                };
                 let piece = owner_map(&shape, &window, &plan);
                 for (pixel, owner) in piece {
                     let global: Vec<usize> = pixel.iter().zip(&start).map(|(p, s)| p + s).collect();
-                    assert_eq!(whole.get(&global), Some(&owner), "image {image:?} window {window:?} pixel {global:?}");
+                    assert_eq!(
+                        whole.get(&global),
+                        Some(&owner),
+                        "image {image:?} window {window:?} pixel {global:?}"
+                    );
                 }
             }
         }
@@ -220,15 +282,30 @@ mod tests {
 
     /// Pixel (relative to the region) -> (tile index, source pixel in the
     /// tile's output); panics if a pixel is written twice or never.
-    fn owner_map(region: &[usize], window: &Window, plan: &TilePlan) -> std::collections::HashMap<Vec<usize>, (usize, Vec<usize>)> {
+    fn owner_map(
+        region: &[usize],
+        window: &Window,
+        plan: &TilePlan,
+    ) -> std::collections::HashMap<Vec<usize>, (usize, Vec<usize>)> {
         let mut map = std::collections::HashMap::new();
         for tile in window.tiles(plan) {
             let mut offset = vec![0usize; region.len()];
             loop {
-                let pixel: Vec<usize> = offset.iter().zip(&tile.write_start).map(|(o, s)| o + s).collect();
-                let src: Vec<usize> = offset.iter().zip(&tile.src_start).map(|(o, s)| o + s).collect();
+                let pixel: Vec<usize> = offset
+                    .iter()
+                    .zip(&tile.write_start)
+                    .map(|(o, s)| o + s)
+                    .collect();
+                let src: Vec<usize> = offset
+                    .iter()
+                    .zip(&tile.src_start)
+                    .map(|(o, s)| o + s)
+                    .collect();
                 assert!(pixel.iter().zip(region).all(|(p, n)| p < n));
-                assert!(map.insert(pixel, (tile.index, src)).is_none(), "written twice");
+                assert!(
+                    map.insert(pixel, (tile.index, src)).is_none(),
+                    "written twice"
+                );
                 let mut axis = region.len();
                 loop {
                     if axis == 0 {
@@ -246,7 +323,11 @@ mod tests {
                 }
             }
         }
-        assert_eq!(map.len(), region.iter().product::<usize>(), "every pixel written");
+        assert_eq!(
+            map.len(),
+            region.iter().product::<usize>(),
+            "every pixel written"
+        );
         map
     }
 
@@ -257,14 +338,29 @@ mod tests {
             for first in 0..n {
                 for size in [1, 3, 17, 64, n] {
                     let shape = size.min(n - first);
-                    let window = Window { image: vec![n], origin: vec![0], start: vec![first], shape: vec![shape] };
+                    let window = Window {
+                        image: vec![n],
+                        origin: vec![0],
+                        start: vec![first],
+                        shape: vec![shape],
+                    };
                     let reads: Vec<usize> = window
                         .tiles(&plan)
                         .iter()
-                        .flat_map(|t| (0..t.read_shape[0]).map(move |j| reflect_index(t.read_start[0] + j as isize, n)))
+                        .flat_map(|t| {
+                            (0..t.read_shape[0])
+                                .map(move |j| reflect_index(t.read_start[0] + j as isize, n))
+                        })
                         .collect();
-                    let want = (vec![*reads.iter().min().unwrap()], vec![reads.iter().max().unwrap() + 1]);
-                    assert_eq!(window.needed_input(&plan), want, "n {n} tile {tile} region {first}+{shape}");
+                    let want = (
+                        vec![*reads.iter().min().unwrap()],
+                        vec![reads.iter().max().unwrap() + 1],
+                    );
+                    assert_eq!(
+                        window.needed_input(&plan),
+                        want,
+                        "n {n} tile {tile} region {first}+{shape}"
+                    );
                 }
             }
         }
@@ -273,15 +369,44 @@ mod tests {
     #[test]
     fn context_and_shape_errors_say_what_is_missing() {
         let plan = plan(&[100, 100], 64);
-        let window = Window { image: vec![100, 100], origin: vec![40, 40], start: vec![48, 48], shape: vec![20, 20] };
+        let window = Window {
+            image: vec![100, 100],
+            origin: vec![40, 40],
+            start: vec![48, 48],
+            shape: vec![20, 20],
+        };
         assert!(window.check(&[60, 60]).is_ok());
-        let message = window.check_context(&plan, &[60, 60]).unwrap_err().to_string();
-        assert!(message.contains("reads the image's pixels") && message.contains("holds only"), "{message}");
-        let inside = Window { origin: vec![0, 0], ..window.clone() };
+        let message = window
+            .check_context(&plan, &[60, 60])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("reads the image's pixels") && message.contains("holds only"),
+            "{message}"
+        );
+        let inside = Window {
+            origin: vec![0, 0],
+            ..window.clone()
+        };
         assert!(inside.check_context(&plan, &[100, 100]).is_ok());
-        assert!(window.check(&[61, 60]).unwrap_err().to_string().contains("reaches past the image"));
-        let empty = Window { shape: vec![0, 20], ..window.clone() };
-        assert!(empty.check(&[60, 60]).unwrap_err().to_string().contains("non-empty"));
-        assert!(window.check(&[60]).unwrap_err().to_string().contains("one value per spatial axis"));
+        assert!(window
+            .check(&[61, 60])
+            .unwrap_err()
+            .to_string()
+            .contains("reaches past the image"));
+        let empty = Window {
+            shape: vec![0, 20],
+            ..window.clone()
+        };
+        assert!(empty
+            .check(&[60, 60])
+            .unwrap_err()
+            .to_string()
+            .contains("non-empty"));
+        assert!(window
+            .check(&[60])
+            .unwrap_err()
+            .to_string()
+            .contains("one value per spatial axis"));
     }
 }

@@ -8,7 +8,9 @@ use ndarray_npy::read_npy;
 use unet_rt::{Device, Error, Model};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn npy(name: &str) -> ArrayD<f32> {
@@ -17,7 +19,10 @@ fn npy(name: &str) -> ArrayD<f32> {
 
 fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
     assert_eq!(a.shape(), b.shape());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -35,7 +40,9 @@ fn strided_views_give_the_same_result() {
     let reversed = batch.slice_axis(Axis(0), ndarray::Slice::new(0, None, -1));
     let out = model.forward_array(reversed.into_dyn()).unwrap();
     let expected = npy("batch_expected.npy");
-    let expected = expected.slice_axis(Axis(0), ndarray::Slice::new(0, None, -1)).to_owned();
+    let expected = expected
+        .slice_axis(Axis(0), ndarray::Slice::new(0, None, -1))
+        .to_owned();
     assert!(max_abs_diff(&out, &expected) < 1e-5);
 }
 
@@ -43,7 +50,15 @@ fn strided_views_give_the_same_result() {
 fn metadata_is_read_and_plain_torchscript_has_none() {
     let model = Model::load(fixture("tiny_valid.pt"), Device::Cpu).unwrap();
     let meta = model.metadata().unwrap();
-    assert_eq!((meta.halo, meta.size_multiple, meta.in_channels, meta.out_channels), (20, 4, 1, 2));
+    assert_eq!(
+        (
+            meta.halo,
+            meta.size_multiple,
+            meta.in_channels,
+            meta.out_channels
+        ),
+        (20, 4, 1, 2)
+    );
     let plain = Model::load(fixture("tiny_plain.pt"), Device::Cpu).unwrap();
     assert!(plain.metadata().is_none());
     // Without metadata nothing is checked up front, and the net still runs.
@@ -62,12 +77,21 @@ fn whole_image_forward_equals_the_pytorch_oracle() {
 #[test]
 fn user_errors_are_typed_and_readable() {
     let model = Model::load(fixture("tiny_valid.pt"), Device::Cpu).unwrap();
-    let err = model.forward_array(ndarray::ArrayD::zeros(vec![44, 44]).view()).unwrap_err();
+    let err = model
+        .forward_array(ndarray::ArrayD::zeros(vec![44, 44]).view())
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
-    let err = model.forward_array(ndarray::ArrayD::zeros(vec![1, 3, 44, 44]).view()).unwrap_err();
+    let err = model
+        .forward_array(ndarray::ArrayD::zeros(vec![1, 3, 44, 44]).view())
+        .unwrap_err();
     assert!(err.to_string().contains("1 input channel"), "{err}");
-    let err = model.forward_array(ndarray::ArrayD::zeros(vec![1, 1, 45, 44]).view()).unwrap_err();
-    assert!(err.to_string().contains("45 is not a valid input size"), "{err}");
+    let err = model
+        .forward_array(ndarray::ArrayD::zeros(vec![1, 1, 45, 44]).view())
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("45 is not a valid input size"),
+        "{err}"
+    );
 
     let missing = Model::load("/definitely/not/here.pt", Device::Cpu).unwrap_err();
     assert!(matches!(missing, Error::ModelNotFound(_)));
@@ -79,26 +103,47 @@ fn user_errors_are_typed_and_readable() {
     std::fs::write(&corrupt, &bytes[..bytes.len() / 2]).unwrap();
     let err = Model::load(&corrupt, Device::Cpu).unwrap_err();
     assert!(matches!(err, Error::InvalidModel { .. }), "{err}");
-    assert!(!err.to_string().contains("Exception raised from"), "no C++ backtrace: {err}");
+    assert!(
+        !err.to_string().contains("Exception raised from"),
+        "no C++ backtrace: {err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn devices_parse_and_missing_gpus_are_reported() {
     assert_eq!(unet_rt::parse_device("CPU").unwrap(), Device::Cpu);
-    assert!(matches!(unet_rt::parse_device("npu"), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(
+        unet_rt::parse_device("npu"),
+        Err(Error::InvalidArgument { .. })
+    ));
     if !tch::Cuda::is_available() {
-        assert!(matches!(unet_rt::parse_device("cuda:0"), Err(Error::DeviceUnavailable(_))));
+        assert!(matches!(
+            unet_rt::parse_device("cuda:0"),
+            Err(Error::DeviceUnavailable(_))
+        ));
     }
 }
 
 #[test]
 fn models_load_from_bytes_with_their_metadata() {
     let bytes = std::fs::read(fixture("tiny_valid.pt")).unwrap();
-    let model = Model::load_bytes(&bytes, "embedded:tiny", Device::Cpu, unet_rt::Precision::Fp32).unwrap();
+    let model = Model::load_bytes(
+        &bytes,
+        "embedded:tiny",
+        Device::Cpu,
+        unet_rt::Precision::Fp32,
+    )
+    .unwrap();
     assert_eq!(model.metadata().unwrap().halo, 20);
     let out = model.forward_array(npy("batch.npy").view()).unwrap();
     assert!(max_abs_diff(&out, &npy("batch_expected.npy")) < 1e-5);
-    let err = Model::load_bytes(b"junk", "embedded:junk", Device::Cpu, unet_rt::Precision::Fp32).unwrap_err();
+    let err = Model::load_bytes(
+        b"junk",
+        "embedded:junk",
+        Device::Cpu,
+        unet_rt::Precision::Fp32,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("embedded:junk"), "{err}");
 }

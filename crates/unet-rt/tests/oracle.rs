@@ -10,7 +10,9 @@ use ndarray::{ArrayD, Axis, IxDyn};
 use unet_rt::{Device, Error, Model, Options, OutputMode, Precision, Progress, Segmenter};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn load(name: &str) -> Model {
@@ -21,7 +23,10 @@ fn load(name: &str) -> Model {
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     fn below(&mut self, n: usize) -> usize {
@@ -42,12 +47,28 @@ fn softmax(raw: &ArrayD<f32>) -> ArrayD<f32> {
 
 fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
     assert_eq!(a.shape(), b.shape());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
-fn probabilities(model: &Model, image: &ArrayD<f32>, tile: Option<Vec<usize>>, batch: Option<usize>) -> ArrayD<f32> {
-    let options = Options { output: OutputMode::Probabilities, tile, batch_size: batch, ..Options::default() };
-    Segmenter::new(model.clone(), options).unwrap().segment(image.view()).unwrap()
+fn probabilities(
+    model: &Model,
+    image: &ArrayD<f32>,
+    tile: Option<Vec<usize>>,
+    batch: Option<usize>,
+) -> ArrayD<f32> {
+    let options = Options {
+        output: OutputMode::Probabilities,
+        tile,
+        batch_size: batch,
+        ..Options::default()
+    };
+    Segmenter::new(model.clone(), options)
+        .unwrap()
+        .segment(image.view())
+        .unwrap()
 }
 
 fn oracle(model: &Model, image: &ArrayD<f32>) -> ArrayD<f32> {
@@ -57,9 +78,20 @@ fn oracle(model: &Model, image: &ArrayD<f32>) -> ArrayD<f32> {
 #[test]
 fn valid_tiling_equals_the_whole_image_forward_for_any_size_tile_and_batch() {
     let mut rng = Lcg(7);
-    for (name, tiles) in [("tiny_valid.pt", [48usize, 52, 60, 72, 100]), ("tiny_valid_d4.pt", [100, 108, 116, 132, 172])] {
+    for (name, tiles) in [
+        ("tiny_valid.pt", [48usize, 52, 60, 72, 100]),
+        ("tiny_valid_d4.pt", [100, 108, 116, 132, 172]),
+    ] {
         let model = load(name);
-        let mut sizes = vec![[1, 1], [7, 300], [300, 7], [2, 2], [97, 61], [64, 64], [13, 131]];
+        let mut sizes = vec![
+            [1, 1],
+            [7, 300],
+            [300, 7],
+            [2, 2],
+            [97, 61],
+            [64, 64],
+            [13, 131],
+        ];
         for _ in 0..6 {
             sizes.push([1 + rng.below(180), 1 + rng.below(180)]);
         }
@@ -70,7 +102,10 @@ fn valid_tiling_equals_the_whole_image_forward_for_any_size_tile_and_batch() {
             let batch = 1 + rng.below(4);
             let got = probabilities(&model, &image, Some(tile.clone()), Some(batch));
             let diff = max_abs_diff(&got, &want);
-            assert!(diff <= 1e-5, "{name} image {size:?} tile {tile:?} batch {batch}: max |diff| {diff}");
+            assert!(
+                diff <= 1e-5,
+                "{name} image {size:?} tile {tile:?} batch {batch}: max |diff| {diff}"
+            );
         }
     }
 }
@@ -79,10 +114,16 @@ fn valid_tiling_equals_the_whole_image_forward_for_any_size_tile_and_batch() {
 fn automatic_tiles_and_labels_agree_with_the_oracle() {
     let model = load("tiny_valid_d4.pt");
     let image = Lcg(3).image(&[1, 150, 211]);
-    let options = Options { memory_budget: Some(1 << 20), ..Options::default() };
+    let options = Options {
+        memory_budget: Some(1 << 20),
+        ..Options::default()
+    };
     let segmenter = Segmenter::new(model.clone(), options).unwrap();
     let layout = segmenter.layout(&[150, 211]).unwrap();
-    assert!(layout.plan.len() > 1, "a small budget must give several tiles");
+    assert!(
+        layout.plan.len() > 1,
+        "a small budget must give several tiles"
+    );
     let labels: ArrayD<u8> = segmenter.segment(image.view()).unwrap();
     let want = oracle(&model, &image);
     let mut disagree = 0;
@@ -113,16 +154,35 @@ fn every_input_type_and_layout_gives_the_same_result() {
     let model = load("tiny_rgb.pt");
     let image = Lcg(5).image(&[3, 40, 57]).mapv(|v| (v / 16.0).floor());
     let want = probabilities(&model, &image, Some(vec![48, 48]), Some(2));
-    let seg = Segmenter::new(model, Options { output: OutputMode::Probabilities, tile: Some(vec![48, 48]), ..Options::default() }).unwrap();
+    let seg = Segmenter::new(
+        model,
+        Options {
+            output: OutputMode::Probabilities,
+            tile: Some(vec![48, 48]),
+            ..Options::default()
+        },
+    )
+    .unwrap();
     let check = |got: ArrayD<f32>, what: &str| assert!(max_abs_diff(&got, &want) <= 1e-5, "{what}");
     check(seg.segment(image.mapv(|v| v as u8).view()).unwrap(), "u8");
     check(seg.segment(image.mapv(|v| v as u16).view()).unwrap(), "u16");
     check(seg.segment(image.mapv(|v| v as i16).view()).unwrap(), "i16");
     check(seg.segment(image.mapv(f64::from).view()).unwrap(), "f64");
-    check(seg.segment(image.mapv(half::f16::from_f32).view()).unwrap(), "f16");
+    check(
+        seg.segment(image.mapv(half::f16::from_f32).view()).unwrap(),
+        "f16",
+    );
     // Channels last in memory, seen through a permuted (non-contiguous) view.
-    let hwc = image.view().permuted_axes(IxDyn(&[1, 2, 0])).as_standard_layout().into_owned();
-    check(seg.segment(hwc.view().permuted_axes(IxDyn(&[2, 0, 1]))).unwrap(), "strided view");
+    let hwc = image
+        .view()
+        .permuted_axes(IxDyn(&[1, 2, 0]))
+        .as_standard_layout()
+        .into_owned();
+    check(
+        seg.segment(hwc.view().permuted_axes(IxDyn(&[2, 0, 1])))
+            .unwrap(),
+        "strided view",
+    );
 }
 
 #[test]
@@ -130,10 +190,26 @@ fn models_without_metadata_are_probed_and_run() {
     let plain = load("tiny_plain.pt");
     let info = plain.info();
     assert!(info.probed);
-    assert_eq!((info.halo, info.size_multiple, info.size_offset, info.in_channels, info.out_channels), (20, 4, 0, 1, 2));
+    assert_eq!(
+        (
+            info.halo,
+            info.size_multiple,
+            info.size_offset,
+            info.in_channels,
+            info.out_channels
+        ),
+        (20, 4, 0, 1, 2)
+    );
     let image = Lcg(9).image(&[1, 70, 33]);
-    let options = Options { output: OutputMode::Raw, tile: Some(vec![56, 64]), ..Options::default() };
-    let got: ArrayD<f32> = Segmenter::new(plain.clone(), options).unwrap().segment(image.view()).unwrap();
+    let options = Options {
+        output: OutputMode::Raw,
+        tile: Some(vec![56, 64]),
+        ..Options::default()
+    };
+    let got: ArrayD<f32> = Segmenter::new(plain.clone(), options)
+        .unwrap()
+        .segment(image.view())
+        .unwrap();
     let want = unet_rt::forward_whole(&plain, image.view()).unwrap();
     // Unnormalised pixels up to 4096 give logits in the thousands.
     let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
@@ -149,17 +225,28 @@ fn same_padded_models_with_the_default_margin_tile_like_the_whole_image() {
     let image = Lcg(13).image(&[1, 90, 130]);
     let got = probabilities(&model, &image, Some(vec![64, 72]), Some(3));
     let diff = max_abs_diff(&got, &oracle(&model, &image));
-    assert!(diff <= 1e-5, "same-padded model, crop mode: max |diff| {diff}");
+    assert!(
+        diff <= 1e-5,
+        "same-padded model, crop mode: max |diff| {diff}"
+    );
 }
 
 #[test]
 fn bf16_keeps_the_labels() {
     let fp32 = load("tiny_valid_d4.pt");
-    let bf16 = Model::load_with_precision(fixture("tiny_valid_d4.pt"), Device::Cpu, Precision::Bf16).unwrap();
+    let bf16 =
+        Model::load_with_precision(fixture("tiny_valid_d4.pt"), Device::Cpu, Precision::Bf16)
+            .unwrap();
     assert_eq!(bf16.precision(), Precision::Bf16);
     let image = Lcg(17).image(&[1, 120, 140]);
-    let a: ArrayD<u8> = Segmenter::new(fp32, Options::default()).unwrap().segment(image.view()).unwrap();
-    let b: ArrayD<u8> = Segmenter::new(bf16, Options::default()).unwrap().segment(image.view()).unwrap();
+    let a: ArrayD<u8> = Segmenter::new(fp32, Options::default())
+        .unwrap()
+        .segment(image.view())
+        .unwrap();
+    let b: ArrayD<u8> = Segmenter::new(bf16, Options::default())
+        .unwrap()
+        .segment(image.view())
+        .unwrap();
     let agree = a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64;
     assert!(agree > 0.97, "bf16 agreement {agree}");
 }
@@ -187,28 +274,81 @@ fn progress_is_reported_and_cancellation_stops_the_call() {
     assert_eq!(last.load(Ordering::SeqCst), total * 1000 + total);
 
     let cancel = Arc::new(AtomicBool::new(true));
-    let options = Options { tile: Some(vec![60, 60]), cancel: Some(cancel), ..Options::default() };
-    let err = Segmenter::new(model, options).unwrap().segment::<f32, u8>(image.view()).unwrap_err();
+    let options = Options {
+        tile: Some(vec![60, 60]),
+        cancel: Some(cancel),
+        ..Options::default()
+    };
+    let err = Segmenter::new(model, options)
+        .unwrap()
+        .segment::<f32, u8>(image.view())
+        .unwrap_err();
     assert!(matches!(err, Error::Cancelled), "{err}");
 }
 
 #[test]
 fn bad_requests_are_refused_with_reasons() {
     let model = load("tiny_valid.pt");
-    let bad_tile = Segmenter::new(model.clone(), Options { tile: Some(vec![45, 48]), ..Options::default() }).unwrap_err();
-    assert!(bad_tile.to_string().contains("45 is not a usable tile size"), "{bad_tile}");
-    let rank = Segmenter::new(model.clone(), Options { tile: Some(vec![48]), ..Options::default() }).unwrap_err();
-    assert!(matches!(rank, Error::InvalidArgument { argument: "tile", .. }));
+    let bad_tile = Segmenter::new(
+        model.clone(),
+        Options {
+            tile: Some(vec![45, 48]),
+            ..Options::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        bad_tile
+            .to_string()
+            .contains("45 is not a usable tile size"),
+        "{bad_tile}"
+    );
+    let rank = Segmenter::new(
+        model.clone(),
+        Options {
+            tile: Some(vec![48]),
+            ..Options::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(
+        rank,
+        Error::InvalidArgument {
+            argument: "tile",
+            ..
+        }
+    ));
     let seg = Segmenter::new(model.clone(), Options::default()).unwrap();
     let image = ArrayD::<f32>::zeros(IxDyn(&[2, 30, 30]));
     let err = seg.segment::<f32, u8>(image.view()).unwrap_err();
-    assert!(err.to_string().contains("1 channel(s), the image has 2"), "{err}");
-    let err = seg.segment::<f32, f32>(ArrayD::zeros(IxDyn(&[1, 30, 30])).view()).unwrap_err();
+    assert!(
+        err.to_string().contains("1 channel(s), the image has 2"),
+        "{err}"
+    );
+    let err = seg
+        .segment::<f32, f32>(ArrayD::zeros(IxDyn(&[1, 30, 30])).view())
+        .unwrap_err();
     assert!(err.to_string().contains("uint8 or uint16"), "{err}");
     let mut out = ArrayD::<u8>::zeros(IxDyn(&[30, 31]));
-    let err = seg.segment_into(ArrayD::<f32>::zeros(IxDyn(&[1, 30, 30])).view(), out.view_mut()).unwrap_err();
-    assert!(matches!(err, Error::InvalidArgument { argument: "out", .. }), "{err}");
-    let err = seg.segment::<f32, u8>(ArrayD::zeros(IxDyn(&[1, 0, 30])).view()).unwrap_err();
+    let err = seg
+        .segment_into(
+            ArrayD::<f32>::zeros(IxDyn(&[1, 30, 30])).view(),
+            out.view_mut(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidArgument {
+                argument: "out",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = seg
+        .segment::<f32, u8>(ArrayD::zeros(IxDyn(&[1, 0, 30])).view())
+        .unwrap_err();
     assert!(err.to_string().contains("empty"), "{err}");
 }
 
@@ -219,8 +359,16 @@ fn out_of_memory_halves_the_batch_then_the_tile_with_identical_results() {
     let oom = load("tiny_oom.pt");
     let plain = load("tiny_valid.pt");
     let image = Lcg(23).image(&[1, 150, 170]);
-    let options = Options { output: OutputMode::Probabilities, tile: Some(vec![100, 100]), batch_size: Some(4), ..Options::default() };
-    let got: ArrayD<f32> = Segmenter::new(oom, options).unwrap().segment(image.view()).unwrap();
+    let options = Options {
+        output: OutputMode::Probabilities,
+        tile: Some(vec![100, 100]),
+        batch_size: Some(4),
+        ..Options::default()
+    };
+    let got: ArrayD<f32> = Segmenter::new(oom, options)
+        .unwrap()
+        .segment(image.view())
+        .unwrap();
     let want = probabilities(&plain, &image, Some(vec![100, 100]), Some(4));
     assert!(max_abs_diff(&got, &want) <= 1e-5);
 }
@@ -233,14 +381,26 @@ fn blended_same_padded_tiles_match_the_whole_image_too() {
     let image = Lcg(29).image(&[1, 90, 130]);
     let want = oracle(&model, &image);
     for blend in [unet_rt::Blend::gaussian(), unet_rt::Blend::Constant] {
-        let options = Options { output: OutputMode::Probabilities, tile: Some(vec![96, 104]), blend, ..Options::default() };
+        let options = Options {
+            output: OutputMode::Probabilities,
+            tile: Some(vec![96, 104]),
+            blend,
+            ..Options::default()
+        };
         let seg = Segmenter::new(model.clone(), options).unwrap();
         assert!(seg.layout(&[90, 130]).unwrap().plan.blends());
         let got: ArrayD<f32> = seg.segment(image.view()).unwrap();
         let diff = max_abs_diff(&got, &want);
         assert!(diff <= 1e-5, "{blend:?}: max |diff| {diff}");
-        let options = Options { tile: Some(vec![96, 104]), blend, ..Options::default() };
-        let labels: ArrayD<u8> = Segmenter::new(model.clone(), options).unwrap().segment(image.view()).unwrap();
+        let options = Options {
+            tile: Some(vec![96, 104]),
+            blend,
+            ..Options::default()
+        };
+        let labels: ArrayD<u8> = Segmenter::new(model.clone(), options)
+            .unwrap()
+            .segment(image.view())
+            .unwrap();
         for (&l, p) in labels.iter().zip(want.lanes(Axis(0))) {
             if (p[1] - p[0]).abs() > 1e-5 {
                 assert_eq!(l, u8::from(p[1] > p[0]));
@@ -257,33 +417,81 @@ fn blended_same_padded_tiles_match_the_whole_image_too() {
 #[test]
 fn windows_give_the_whole_images_result_bit_for_bit() {
     let mut rng = Lcg(11);
-    for (name, tiles) in [("tiny_valid.pt", [48usize, 52, 60, 84]), ("tiny_valid_d4.pt", [100, 108, 132, 172]), ("tiny_same.pt", [64, 72, 96, 120])]
-    {
+    for (name, tiles) in [
+        ("tiny_valid.pt", [48usize, 52, 60, 84]),
+        ("tiny_valid_d4.pt", [100, 108, 132, 172]),
+        ("tiny_same.pt", [64, 72, 96, 120]),
+    ] {
         let model = load(name);
         for round in 0..6 {
             let size = [20 + rng.below(220), 20 + rng.below(220)];
             let image = rng.image(&[1, size[0], size[1]]);
             let tile = (round > 0).then(|| vec![tiles[rng.below(4)], tiles[rng.below(4)]]);
             let batch = (round > 1).then(|| 1 + rng.below(5));
-            let range = (round % 2 == 1).then(|| (100.0 + rng.below(500) as f64, 3000.0 + rng.below(900) as f64));
-            let options = Options { output: OutputMode::Raw, tile, batch_size: batch, input_range: range, ..Options::default() };
-            let whole: ArrayD<f32> = Segmenter::new(model.clone(), options.clone()).unwrap().segment(image.view()).unwrap();
+            let range = (round % 2 == 1).then(|| {
+                (
+                    100.0 + rng.below(500) as f64,
+                    3000.0 + rng.below(900) as f64,
+                )
+            });
+            let options = Options {
+                output: OutputMode::Raw,
+                tile,
+                batch_size: batch,
+                input_range: range,
+                ..Options::default()
+            };
+            let whole: ArrayD<f32> = Segmenter::new(model.clone(), options.clone())
+                .unwrap()
+                .segment(image.view())
+                .unwrap();
             for _ in 0..4 {
                 let start = [rng.below(size[0]), rng.below(size[1])];
-                let shape = [1 + rng.below(size[0] - start[0]), 1 + rng.below(size[1] - start[1])];
-                let region = unet_rt::Window { image: size.to_vec(), origin: vec![0, 0], start: start.to_vec(), shape: shape.to_vec() };
+                let shape = [
+                    1 + rng.below(size[0] - start[0]),
+                    1 + rng.below(size[1] - start[1]),
+                ];
+                let region = unet_rt::Window {
+                    image: size.to_vec(),
+                    origin: vec![0, 0],
+                    start: start.to_vec(),
+                    shape: shape.to_vec(),
+                };
                 let probe = Segmenter::new(model.clone(), options.clone()).unwrap();
                 let (first, end) = probe.needed_input(&region).unwrap();
-                let piece = image.slice(ndarray::s![.., first[0]..end[0], first[1]..end[1]]).into_dyn();
-                let window = unet_rt::Window { origin: first.clone(), ..region };
+                let piece = image
+                    .slice(ndarray::s![.., first[0]..end[0], first[1]..end[1]])
+                    .into_dyn();
+                let window = unet_rt::Window {
+                    origin: first.clone(),
+                    ..region
+                };
                 // A piece cannot know the whole image's percentiles: pass them.
-                let whole_range = range.or_else(|| unet_rt::normalize::percentile_range(&model.info().normalization, &image.view()));
-                let piece_options = Options { window: Some(window), input_range: whole_range, ..options.clone() };
+                let whole_range = range.or_else(|| {
+                    unet_rt::normalize::percentile_range(&model.info().normalization, &image.view())
+                });
+                let piece_options = Options {
+                    window: Some(window),
+                    input_range: whole_range,
+                    ..options.clone()
+                };
                 let segmenter = Segmenter::new(model.clone(), piece_options).unwrap();
                 let got: ArrayD<f32> = segmenter.segment(piece.view()).unwrap();
-                let want = whole.slice(ndarray::s![.., start[0]..start[0] + shape[0], start[1]..start[1] + shape[1]]).into_dyn();
+                let want = whole
+                    .slice(ndarray::s![
+                        ..,
+                        start[0]..start[0] + shape[0],
+                        start[1]..start[1] + shape[1]
+                    ])
+                    .into_dyn();
                 if got != want {
-                    let bad: Vec<_> = got.indexed_iter().zip(want.iter()).filter(|((_, a), b)| a != b).map(|((i, a), b)| (i, a - b)).take(8).collect();
+                    let bad: Vec<_> = got
+                        .indexed_iter()
+                        .zip(want.iter())
+                        .filter(|((_, a), b)| a != b)
+                        .map(|((i, a), b)| (i, a - b))
+                        .take(8)
+                        .collect();
                     panic!("{name} size {size:?} region {start:?}+{shape:?} needed {first:?}..{end:?} options {options:?}: {bad:?}");
                 }
             }
@@ -295,14 +503,47 @@ fn windows_give_the_whole_images_result_bit_for_bit() {
 fn windows_refuse_missing_context_and_bad_ranges() {
     let model = load("tiny_valid.pt");
     let image = Lcg(5).image(&[1, 90, 90]);
-    let window = unet_rt::Window { image: vec![200, 200], origin: vec![50, 50], start: vec![60, 60], shape: vec![70, 70] };
-    let options = Options { window: Some(window), ..Options::default() };
-    let err = Segmenter::new(model.clone(), options).unwrap().segment::<f32, u8>(image.view()).unwrap_err();
-    assert!(matches!(err, Error::InvalidArgument { argument: "window", .. }), "{err}");
+    let window = unet_rt::Window {
+        image: vec![200, 200],
+        origin: vec![50, 50],
+        start: vec![60, 60],
+        shape: vec![70, 70],
+    };
+    let options = Options {
+        window: Some(window),
+        ..Options::default()
+    };
+    let err = Segmenter::new(model.clone(), options)
+        .unwrap()
+        .segment::<f32, u8>(image.view())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidArgument {
+                argument: "window",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("holds only"), "{err}");
-    let bad = Options { input_range: Some((0.0, f64::NAN)), ..Options::default() };
-    assert!(Segmenter::new(model.clone(), bad).unwrap_err().to_string().contains("finite"));
+    let bad = Options {
+        input_range: Some((0.0, f64::NAN)),
+        ..Options::default()
+    };
+    assert!(Segmenter::new(model.clone(), bad)
+        .unwrap_err()
+        .to_string()
+        .contains("finite"));
     let plain = load("tiny_plain.pt"); // no metadata: no normalization to override
-    let err = Segmenter::new(plain, Options { input_range: Some((0.0, 1.0)), ..Options::default() }).unwrap_err();
+    let err = Segmenter::new(
+        plain,
+        Options {
+            input_range: Some((0.0, 1.0)),
+            ..Options::default()
+        },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("takes no range"), "{err}");
 }

@@ -11,15 +11,25 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use unet_rt::geometry::{is_valid_size, reflect_index, reflect_runs, round_up_to_valid, Blend, TilePlan};
-use unet_rt::{Metadata, ModelInfo, Normalization, OutputKind, Padding, Window, MAX_CHANNELS, MAX_GEOMETRY};
+use unet_rt::geometry::{
+    is_valid_size, reflect_index, reflect_runs, round_up_to_valid, Blend, TilePlan,
+};
+use unet_rt::{
+    Metadata, ModelInfo, Normalization, OutputKind, Padding, Window, MAX_CHANNELS, MAX_GEOMETRY,
+};
 
 /// Every planning call answers within this, whatever the sizes.
 const QUICK: Duration = Duration::from_millis(200);
 
 /// Sizes from tiny to `usize::MAX`, weighted towards the edges.
 fn any_size() -> impl Strategy<Value = usize> {
-    prop_oneof![0usize..300, 0usize..100_000, any::<usize>(), Just(usize::MAX), (0u32..64).prop_map(|k| 1usize << k)]
+    prop_oneof![
+        0usize..300,
+        0usize..100_000,
+        any::<usize>(),
+        Just(usize::MAX),
+        (0u32..64).prop_map(|k| 1usize << k)
+    ]
 }
 
 /// A JSON value of any type, for metadata fields.
@@ -27,7 +37,8 @@ fn any_json() -> impl Strategy<Value = Value> {
     prop_oneof![
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         (0u64..200).prop_map(Value::from),
         "[a-z/0-9]{0,12}".prop_map(Value::from),
         Just(Value::Null),
@@ -48,8 +59,16 @@ fn paper() -> Value {
 }
 
 const FIELDS: [&str; 10] = [
-    "format", "spatial_dims", "in_channels", "out_channels", "output", "padding", "halo", "size_multiple",
-    "size_offset", "normalization",
+    "format",
+    "spatial_dims",
+    "in_channels",
+    "out_channels",
+    "output",
+    "padding",
+    "halo",
+    "size_multiple",
+    "size_offset",
+    "normalization",
 ];
 
 fn info(halo: usize, multiple: usize, offset: usize, same: bool) -> ModelInfo {

@@ -83,7 +83,9 @@ pub(crate) struct Image {
 pub(crate) fn read_image(path: &Path) -> Result<Image, String> {
     let ext = extension(path);
     if !EXTENSIONS.contains(&ext.as_str()) {
-        return Err(format!("unsupported file type {ext:?}; expected .tif, .tiff, .png or .npy"));
+        return Err(format!(
+            "unsupported file type {ext:?}; expected .tif, .tiff, .png or .npy"
+        ));
     }
     let (file, len) = open(path)?;
     if len == 0 {
@@ -100,7 +102,10 @@ pub(crate) fn read_image(path: &Path) -> Result<Image, String> {
 
 /// The lower-case extension of `path` ("" when none).
 pub(crate) fn extension(path: &Path) -> String {
-    path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase()
+    path.extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase()
 }
 
 /// Opens a regular file for reading; returns it and its length. Special
@@ -112,7 +117,9 @@ fn open(path: &Path) -> Result<(File, u64), String> {
         std::io::ErrorKind::NotFound => "no such file".to_owned(),
         _ => format!("cannot open: {e}"),
     })?;
-    let meta = file.metadata().map_err(|e| format!("cannot read the file's size: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read the file's size: {e}"))?;
     refuse_special_metadata(&meta, "an image file")?;
     if meta.is_dir() {
         return Err("is a folder, not an image file".to_owned());

@@ -32,7 +32,10 @@ pub(super) fn parse_header(text: &str) -> Result<Header, String> {
     let value = parser.value(0)?;
     parser.skip_space();
     if parser.at < text.len() {
-        return Err(format!("unexpected text after the header dict at byte {}", parser.at));
+        return Err(format!(
+            "unexpected text after the header dict at byte {}",
+            parser.at
+        ));
     }
     let Literal::Dict(items) = value else {
         return Err("the header is not a dict".to_owned());
@@ -49,7 +52,12 @@ pub(super) fn parse_header(text: &str) -> Result<Header, String> {
     let descr = descr.ok_or("the header has no 'descr'")?;
     let fortran_order = match fortran.ok_or("the header has no 'fortran_order'")? {
         Literal::Bool(b) => b,
-        other => return Err(format!("'fortran_order' is {}, not True or False", other.show())),
+        other => {
+            return Err(format!(
+                "'fortran_order' is {}, not True or False",
+                other.show()
+            ))
+        }
     };
     let shape = match shape.ok_or("the header has no 'shape'")? {
         Literal::Tuple(dims) => dims.iter().map(dimension).collect::<Result<Vec<_>, _>>()?,
@@ -60,16 +68,24 @@ pub(super) fn parse_header(text: &str) -> Result<Header, String> {
         Literal::Str(s) => Some(s),
         _ => None,
     };
-    Ok(Header { descr, descr_text, fortran_order, shape })
+    Ok(Header {
+        descr,
+        descr_text,
+        fortran_order,
+        shape,
+    })
 }
 
 /// One entry of the shape as a size.
 fn dimension(value: &Literal) -> Result<usize, String> {
     match value {
-        Literal::Int(digits) => digits
-            .parse::<usize>()
-            .map_err(|_| format!("the shape entry {digits} is not a size (a whole number below 2^64)")),
-        other => Err(format!("the shape entry {} is not a whole number", other.show())),
+        Literal::Int(digits) => digits.parse::<usize>().map_err(|_| {
+            format!("the shape entry {digits} is not a size (a whole number below 2^64)")
+        }),
+        other => Err(format!(
+            "the shape entry {} is not a whole number",
+            other.show()
+        )),
     }
 }
 
@@ -96,10 +112,23 @@ impl Literal {
             Self::Bool(true) => "True".to_owned(),
             Self::Bool(false) => "False".to_owned(),
             Self::None => "None".to_owned(),
-            Self::Tuple(items) => format!("({})", items.iter().map(Self::show).collect::<Vec<_>>().join(", ")),
-            Self::List(items) => format!("[{}]", items.iter().map(Self::show).collect::<Vec<_>>().join(", ")),
+            Self::Tuple(items) => format!(
+                "({})",
+                items.iter().map(Self::show).collect::<Vec<_>>().join(", ")
+            ),
+            Self::List(items) => format!(
+                "[{}]",
+                items.iter().map(Self::show).collect::<Vec<_>>().join(", ")
+            ),
             Self::Dict(items) => {
-                format!("{{{}}}", items.iter().map(|(k, v)| format!("{}: {}", k.show(), v.show())).collect::<Vec<_>>().join(", "))
+                format!(
+                    "{{{}}}",
+                    items
+                        .iter()
+                        .map(|(k, v)| format!("{}: {}", k.show(), v.show()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             }
         };
         if text.chars().count() > 80 {
@@ -118,7 +147,9 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn peek(&self) -> Option<char> {
-        self.text.get(self.at..).and_then(|rest| rest.chars().next())
+        self.text
+            .get(self.at..)
+            .and_then(|rest| rest.chars().next())
     }
 
     fn bump(&mut self) -> Option<char> {
@@ -144,7 +175,9 @@ impl Parser<'_> {
     fn value(&mut self, depth: usize) -> Result<Literal, String> {
         self.skip_space();
         match self.peek() {
-            Some('{' | '(' | '[') if depth >= MAX_DEPTH => Err(format!("the header nests brackets more than {MAX_DEPTH} deep")),
+            Some('{' | '(' | '[') if depth >= MAX_DEPTH => Err(format!(
+                "the header nests brackets more than {MAX_DEPTH} deep"
+            )),
             Some('{') => self.dict(depth + 1),
             Some('(') => self.sequence(depth + 1, ')').map(|(items, comma)| {
                 // `(x)` is x; `(x,)` and `()` are tuples.
@@ -154,7 +187,9 @@ impl Parser<'_> {
                     Literal::Tuple(items)
                 }
             }),
-            Some('[') => self.sequence(depth + 1, ']').map(|(items, _)| Literal::List(items)),
+            Some('[') => self
+                .sequence(depth + 1, ']')
+                .map(|(items, _)| Literal::List(items)),
             Some(q @ ('\'' | '"')) => self.string(q),
             Some(c) if c.is_ascii_digit() || c == '-' || c == '+' => self.integer(),
             Some(c) if c.is_ascii_alphabetic() => self.word(),
@@ -252,7 +287,10 @@ impl Parser<'_> {
         if matches!(self.peek(), Some('L' | 'l')) {
             self.bump();
         }
-        if self.peek().is_some_and(|c| c.is_ascii_alphanumeric() || c == '.') {
+        if self
+            .peek()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '.')
+        {
             return Err(self.error("expected a whole number"));
         }
         Ok(Literal::Int(digits))
@@ -260,7 +298,10 @@ impl Parser<'_> {
 
     fn word(&mut self) -> Result<Literal, String> {
         let start = self.at;
-        while self.peek().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+        while self
+            .peek()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
             self.bump();
         }
         match &self.text[start..self.at] {
@@ -278,31 +319,83 @@ mod tests {
 
     #[test]
     fn parses_what_numpy_writes() {
-        let h = parse_header("{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }          \n").unwrap();
-        assert_eq!(h, Header { descr: Some("<f8".into()), descr_text: "'<f8'".into(), fortran_order: false, shape: vec![3, 4] });
-        let h = parse_header("{\"shape\": (5,), \"fortran_order\": True, \"descr\": \"|u1\"}").unwrap();
+        let h =
+            parse_header("{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }          \n")
+                .unwrap();
+        assert_eq!(
+            h,
+            Header {
+                descr: Some("<f8".into()),
+                descr_text: "'<f8'".into(),
+                fortran_order: false,
+                shape: vec![3, 4]
+            }
+        );
+        let h =
+            parse_header("{\"shape\": (5,), \"fortran_order\": True, \"descr\": \"|u1\"}").unwrap();
         assert_eq!((h.shape, h.fortran_order), (vec![5], true));
-        assert_eq!(parse_header("{'descr': '<f8', 'fortran_order': False, 'shape': ()}").unwrap().shape, Vec::<usize>::new());
-        assert_eq!(parse_header("{'descr': '<i2', 'fortran_order': False, 'shape': (2L, 3L), }").unwrap().shape, vec![2, 3]);
+        assert_eq!(
+            parse_header("{'descr': '<f8', 'fortran_order': False, 'shape': ()}")
+                .unwrap()
+                .shape,
+            Vec::<usize>::new()
+        );
+        assert_eq!(
+            parse_header("{'descr': '<i2', 'fortran_order': False, 'shape': (2L, 3L), }")
+                .unwrap()
+                .shape,
+            vec![2, 3]
+        );
         let structured = parse_header("{'descr': [('a', '<i4'), ('b', '<f8', (2,))], 'fortran_order': False, 'shape': (2,), }").unwrap();
         assert_eq!(structured.descr, None);
-        assert!(structured.descr_text.starts_with("[('a', '<i4')"), "{}", structured.descr_text);
+        assert!(
+            structured.descr_text.starts_with("[('a', '<i4')"),
+            "{}",
+            structured.descr_text
+        );
     }
 
     #[test]
     fn refuses_what_is_not_a_header() {
         let err = |text: &str| parse_header(text).unwrap_err();
-        assert!(err("{'descr': '<f8', 'fortran_order': False, 'shape': (-1, 4), }").contains("-1 is not a size"));
-        assert!(err("{'descr': '<f8', 'fortran_order': False, 'shape': (36893488147419103232,), }").contains("not a size"));
-        assert!(err("{'descr': '<f8', 'fortran_order': 'yes', 'shape': (3,), }").contains("fortran_order"));
-        assert!(err("{'descr': '<f8', 'fortran_order': False, 'shape': 'big', }").contains("not a tuple"));
-        assert!(err("{'descr': '<f8', 'fortran_order': False, 'shape': (3), }").contains("not a tuple"));
+        assert!(
+            err("{'descr': '<f8', 'fortran_order': False, 'shape': (-1, 4), }")
+                .contains("-1 is not a size")
+        );
+        assert!(err(
+            "{'descr': '<f8', 'fortran_order': False, 'shape': (36893488147419103232,), }"
+        )
+        .contains("not a size"));
+        assert!(
+            err("{'descr': '<f8', 'fortran_order': 'yes', 'shape': (3,), }")
+                .contains("fortran_order")
+        );
+        assert!(
+            err("{'descr': '<f8', 'fortran_order': False, 'shape': 'big', }")
+                .contains("not a tuple")
+        );
+        assert!(
+            err("{'descr': '<f8', 'fortran_order': False, 'shape': (3), }").contains("not a tuple")
+        );
         assert!(err("{'descr': '<f8', 'fortran_order': False, }").contains("no 'shape'"));
-        assert!(err("{'descr': '<f8', 'fortran_order': False, 'shape': (3,), 'x': 1}").contains("unexpected key"));
-        assert!(err("{'descr': '<f8', 'fortran_order': False, 'shape': (3.5,), }").contains("whole number"));
+        assert!(
+            err("{'descr': '<f8', 'fortran_order': False, 'shape': (3,), 'x': 1}")
+                .contains("unexpected key")
+        );
+        assert!(
+            err("{'descr': '<f8', 'fortran_order': False, 'shape': (3.5,), }")
+                .contains("whole number")
+        );
         assert!(err("{'descr': '<f8'").contains("end of the header"));
-        assert!(err("{'descr': '<f8', 'fortran_order': False, 'shape': (3,), } x").contains("unexpected text"));
-        let deep = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {}{}}}", "(".repeat(100_000), ")".repeat(100_000));
+        assert!(
+            err("{'descr': '<f8', 'fortran_order': False, 'shape': (3,), } x")
+                .contains("unexpected text")
+        );
+        let deep = format!(
+            "{{'descr': '<f8', 'fortran_order': False, 'shape': {}{}}}",
+            "(".repeat(100_000),
+            ")".repeat(100_000)
+        );
         assert!(err(&deep).contains("nests"));
         assert!(err("[1, 2]").contains("not a dict"));
         assert!(err("").contains("expected a value"));

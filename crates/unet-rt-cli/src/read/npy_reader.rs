@@ -30,17 +30,25 @@ const CHUNK_BYTES: usize = 1 << 20;
 pub(super) fn read_npy(file: File, file_len: u64, memory: Memory) -> Result<Image, String> {
     let mut reader = BufReader::new(file);
     let (header, data_start) = read_header(&mut reader, file_len)?;
-    let element = header.descr.as_deref().and_then(Element::parse).ok_or_else(|| {
-        format!(
+    let element = header
+        .descr
+        .as_deref()
+        .and_then(Element::parse)
+        .ok_or_else(|| {
+            format!(
             "unsupported .npy element type {}: expected bool, (u)int8/16/32/64, float32 or float64 \
              (structured, complex, float16, string and object arrays are not images)",
             header.descr_text
         )
-    })?;
+        })?;
     let shape = header.shape;
-    let too_many = || format!("the shape {shape:?} declares more data than this machine can address");
+    let too_many =
+        || format!("the shape {shape:?} declares more data than this machine can address");
     let len = elements(&shape).ok_or_else(too_many)?;
-    let declared = u64::try_from(len).ok().and_then(|n| n.checked_mul(element.size)).ok_or_else(too_many)?;
+    let declared = u64::try_from(len)
+        .ok()
+        .and_then(|n| n.checked_mul(element.size))
+        .ok_or_else(too_many)?;
     // `read_header` checked that the header ends within the file.
     let held = file_len.saturating_sub(data_start);
     if declared != held {
@@ -53,7 +61,10 @@ pub(super) fn read_npy(file: File, file_len: u64, memory: Memory) -> Result<Imag
     }
     refuse_empty(&shape)?;
     let decoded = element.decoded_bytes(len).ok_or_else(too_many)?;
-    memory.check(decoded, &format!("the image (shape {shape:?}, {})", element.name))?;
+    memory.check(
+        decoded,
+        &format!("the image (shape {shape:?}, {})", element.name),
+    )?;
     let pixels = element.read(&mut reader, &shape, header.fortran_order)?;
     Ok(Image { pixels, axes: None })
 }
@@ -75,12 +86,17 @@ fn read_header(reader: &mut impl Read, file_len: u64) -> Result<(Header, u64), S
         _ => return Err(format!("unsupported .npy format version {major}.{minor}")),
     };
     let mut length = [0u8; 4];
-    reader.read_exact(&mut length[..length_bytes]).map_err(short)?;
+    reader
+        .read_exact(&mut length[..length_bytes])
+        .map_err(short)?;
     let header_len = u32::from_le_bytes(length);
     // At most 12 + u32::MAX: no overflow.
     let data_start = 8 + u64::from(header_len) + if length_bytes == 2 { 2 } else { 4 };
     if data_start > file_len {
-        return Err(format!("the header declares {header_len} bytes but the file holds {} in all", show_bytes(file_len)));
+        return Err(format!(
+            "the header declares {header_len} bytes but the file holds {} in all",
+            show_bytes(file_len)
+        ));
     }
     let header_len = usize::try_from(header_len).unwrap_or(usize::MAX);
     if header_len > MAX_HEADER_LEN {
@@ -145,7 +161,12 @@ impl Element {
         // `=` and no mark mean the writer's native order, which numpy
         // writes out explicitly; take it as this machine's.
         let big_endian = order == ">" || (matches!(order, "=" | "") && cfg!(target_endian = "big"));
-        Some(Self { kind, big_endian, size, name })
+        Some(Self {
+            kind,
+            big_endian,
+            size,
+            name,
+        })
     }
 
     /// Bytes `len` elements take once read (some types are widened).
@@ -163,20 +184,33 @@ impl Element {
     /// widening types the engine does not take directly: int8 to int16,
     /// 32/64-bit integers to float64 (as the reader always did; 64-bit
     /// integers beyond 2^53 round).
-    fn read(self, reader: &mut impl Read, shape: &[usize], fortran: bool) -> Result<Pixels, String> {
+    fn read(
+        self,
+        reader: &mut impl Read,
+        shape: &[usize],
+        fortran: bool,
+    ) -> Result<Pixels, String> {
         let len = elements(shape).ok_or("the shape overflows")?;
         let be = self.big_endian;
         // Reads elements of one stored type, converted by `$convert`.
         macro_rules! values {
             ($t:ty, $convert:expr) => {
                 read_values(reader, len, |b| {
-                    let v = if be { <$t>::from_be_bytes(b) } else { <$t>::from_le_bytes(b) };
+                    let v = if be {
+                        <$t>::from_be_bytes(b)
+                    } else {
+                        <$t>::from_le_bytes(b)
+                    };
                     Ok($convert(v))
                 })
             };
         }
         Ok(match self.kind {
-            Kind::Bool => Pixels::U8(shaped(read_values(reader, len, |[b]: [u8; 1]| bool_byte(b))?, shape, fortran)?),
+            Kind::Bool => Pixels::U8(shaped(
+                read_values(reader, len, |[b]: [u8; 1]| bool_byte(b))?,
+                shape,
+                fortran,
+            )?),
             Kind::U8 => Pixels::U8(shaped(values!(u8, |v| v)?, shape, fortran)?),
             Kind::I8 => Pixels::I16(shaped(values!(i8, i16::from)?, shape, fortran)?),
             Kind::U16 => Pixels::U16(shaped(values!(u16, |v| v)?, shape, fortran)?),
@@ -217,7 +251,9 @@ fn read_values<T, const N: usize>(
     while remaining > 0 {
         let count = remaining.min(CHUNK_BYTES / N);
         let bytes = &mut chunk[..count * N];
-        reader.read_exact(bytes).map_err(|e| format!("cannot read the data: {e}"))?;
+        reader
+            .read_exact(bytes)
+            .map_err(|e| format!("cannot read the data: {e}"))?;
         for element in bytes.chunks_exact(N) {
             let mut array = [0u8; N];
             array.copy_from_slice(element);

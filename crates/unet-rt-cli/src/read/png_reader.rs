@@ -22,7 +22,9 @@ pub(super) fn read_png(file: File, file_len: u64, memory: Memory) -> Result<Imag
     let mut decoder = png::Decoder::new(BufReader::new(file));
     // Palettes become RGB and 1/2/4-bit gray becomes 8-bit; 16 bits stay.
     decoder.set_transformations(png::Transformations::EXPAND);
-    let mut reader = decoder.read_info().map_err(|e| format!("not a readable PNG file: {e}"))?;
+    let mut reader = decoder
+        .read_info()
+        .map_err(|e| format!("not a readable PNG file: {e}"))?;
     let info = reader.info();
     let (width, height) = info.size();
     let declared = format!("the PNG declares {width}x{height} pixels");
@@ -31,7 +33,9 @@ pub(super) fn read_png(file: File, file_len: u64, memory: Memory) -> Result<Imag
     // must hold at least (rows pad to a byte and add a filter byte each).
     let samples = u64::try_from(info.color_type.samples()).map_err(|_| overflow())?;
     let bits_per_pixel = samples * u64::from(bit_depth(info.bit_depth));
-    let pixel_bytes = checked_product([u64::from(width), u64::from(height), bits_per_pixel]).ok_or_else(overflow)? / 8;
+    let pixel_bytes = checked_product([u64::from(width), u64::from(height), bits_per_pixel])
+        .ok_or_else(overflow)?
+        / 8;
     let at_most = file_len.saturating_mul(DEFLATE_MAX_RATIO);
     if pixel_bytes > at_most {
         return Err(format!(
@@ -45,27 +49,47 @@ pub(super) fn read_png(file: File, file_len: u64, memory: Memory) -> Result<Imag
     let size_bytes = u64::try_from(size).map_err(|_| overflow())?;
     // 16-bit samples are converted into a second buffer of the same size.
     let sixteen = reader.output_color_type().1 == png::BitDepth::Sixteen;
-    let needed = if sixteen { size_bytes.saturating_mul(2) } else { size_bytes };
+    let needed = if sixteen {
+        size_bytes.saturating_mul(2)
+    } else {
+        size_bytes
+    };
     memory.check(needed, &format!("the image ({width}x{height})"))?;
     let mut bytes = try_vec::<u8>(size)?;
     bytes.resize(size, 0);
-    let frame = reader.next_frame(&mut bytes).map_err(|e| format!("cannot read the PNG image: {e}"))?;
+    let frame = reader
+        .next_frame(&mut bytes)
+        .map_err(|e| format!("cannot read the PNG image: {e}"))?;
     bytes.truncate(frame.buffer_size());
     let samples = frame.color_type.samples();
-    let (h, w) = (usize::try_from(frame.height).map_err(|_| overflow())?, usize::try_from(frame.width).map_err(|_| overflow())?);
-    let (shape, axes) = if samples == 1 { (vec![h, w], "yx") } else { (vec![h, w, samples], "yxc") };
+    let (h, w) = (
+        usize::try_from(frame.height).map_err(|_| overflow())?,
+        usize::try_from(frame.width).map_err(|_| overflow())?,
+    );
+    let (shape, axes) = if samples == 1 {
+        (vec![h, w], "yx")
+    } else {
+        (vec![h, w, samples], "yxc")
+    };
     refuse_empty(&shape)?;
     let pixels = match frame.bit_depth {
         png::BitDepth::Sixteen => {
             // PNG stores 16-bit samples big-endian.
             let mut values = try_vec::<u16>(bytes.len() / 2)?;
-            values.extend(bytes.chunks_exact(2).map(|b| u16::from_be_bytes([b[0], b[1]])));
+            values.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| u16::from_be_bytes([b[0], b[1]])),
+            );
             drop(bytes);
             Pixels::U16(ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|e| e.to_string())?)
         }
         _ => Pixels::U8(ArrayD::from_shape_vec(IxDyn(&shape), bytes).map_err(|e| e.to_string())?),
     };
-    Ok(Image { pixels, axes: Some(axes.to_owned()) })
+    Ok(Image {
+        pixels,
+        axes: Some(axes.to_owned()),
+    })
 }
 
 fn bit_depth(depth: png::BitDepth) -> u8 {

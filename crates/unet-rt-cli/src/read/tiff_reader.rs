@@ -35,14 +35,20 @@ pub(super) fn read_tiff(file: File, file_len: u64, memory: Memory) -> Result<Ima
         shape.push(pages);
         axes.push('z');
     }
-    shape.extend([saturating_usize(page.height.into()), saturating_usize(page.width.into())]);
+    shape.extend([
+        saturating_usize(page.height.into()),
+        saturating_usize(page.width.into()),
+    ]);
     axes.push_str("yx");
     if page.samples > 1 {
         shape.push(usize::from(page.samples));
         axes.push('c');
     }
     refuse_empty(&shape)?;
-    Ok(Image { pixels: buffer.into_pixels(&shape)?, axes: Some(axes) })
+    Ok(Image {
+        pixels: buffer.into_pixels(&shape)?,
+        axes: Some(axes),
+    })
 }
 
 /// The decoder's limits: one decoded page within the memory available, and
@@ -130,7 +136,9 @@ fn plan(decoder: &mut TiffDecoder, file_len: u64, memory: Memory) -> Result<(Pag
     let first = check_page(decoder, 0, file_len, memory)?;
     let mut pages = 1usize;
     while decoder.more_images() {
-        decoder.next_image().map_err(|e| format!("cannot read TIFF page {}: {e}", pages + 1))?;
+        decoder
+            .next_image()
+            .map_err(|e| format!("cannot read TIFF page {}: {e}", pages + 1))?;
         let page = check_page(decoder, pages, file_len, memory)?;
         if (page.width, page.height, page.samples) != (first.width, first.height, first.samples) {
             return Err(format!(
@@ -145,12 +153,26 @@ fn plan(decoder: &mut TiffDecoder, file_len: u64, memory: Memory) -> Result<(Pag
             ));
         }
         if page != first {
-            return Err(format!("page {} has {} samples, page 1 has {} (only stacks of equal pages are read)", pages + 1, page.kind, first.kind));
+            return Err(format!(
+                "page {} has {} samples, page 1 has {} (only stacks of equal pages are read)",
+                pages + 1,
+                page.kind,
+                first.kind
+            ));
         }
         pages += 1;
         // The running total: all pages so far, and one more being decoded.
-        let total = u64::try_from(pages).ok().and_then(|n| first.stored_bytes.checked_mul(n)).and_then(|t| t.checked_add(first.decoded_bytes));
-        memory.check(total.unwrap_or(u64::MAX), &format!("the first {pages} pages ({}x{} each)", first.width, first.height))?;
+        let total = u64::try_from(pages)
+            .ok()
+            .and_then(|n| first.stored_bytes.checked_mul(n))
+            .and_then(|t| t.checked_add(first.decoded_bytes));
+        memory.check(
+            total.unwrap_or(u64::MAX),
+            &format!(
+                "the first {pages} pages ({}x{} each)",
+                first.width, first.height
+            ),
+        )?;
     }
     Ok((first, pages))
 }
@@ -158,30 +180,55 @@ fn plan(decoder: &mut TiffDecoder, file_len: u64, memory: Memory) -> Result<(Pag
 /// Checks what the current page declares: a supported sample type, a size
 /// that can be computed and fits in memory, strips or tiles within the file,
 /// and for uncompressed data, no more than the file and its strips hold.
-fn check_page(decoder: &mut TiffDecoder, index: usize, file_len: u64, memory: Memory) -> Result<Page, String> {
+fn check_page(
+    decoder: &mut TiffDecoder,
+    index: usize,
+    file_len: u64,
+    memory: Memory,
+) -> Result<Page, String> {
     let number = index + 1;
     let tiff_err = |e: tiff::TiffError| format!("cannot read TIFF page {number}: {e}");
     let (width, height) = decoder.dimensions().map_err(tiff_err)?;
     let (samples, bits) = samples_and_bits(decoder.colortype().map_err(tiff_err)?)?;
-    let format = decoder.find_tag_unsigned_vec::<u16>(Tag::SampleFormat).map_err(tiff_err)?;
-    let format = format.as_ref().and_then(|f| f.first()).copied().unwrap_or(1);
+    let format = decoder
+        .find_tag_unsigned_vec::<u16>(Tag::SampleFormat)
+        .map_err(tiff_err)?;
+    let format = format
+        .as_ref()
+        .and_then(|f| f.first())
+        .copied()
+        .unwrap_or(1);
     let kind = sample_kind(format, bits).ok_or_else(|| {
         format!("page {number} has unsupported samples: {bits} bits of sample format {format} (expected 1-64 bit integers or 32/64-bit floats)")
     })?;
-    let declared = format!("page {number} declares {width}x{height} pixels with {samples} sample(s) of {bits} bits");
+    let declared = format!(
+        "page {number} declares {width}x{height} pixels with {samples} sample(s) of {bits} bits"
+    );
     let overflow = || format!("{declared}: more than this machine can address");
-    let count = checked_product([u64::from(width), u64::from(height), u64::from(samples)]).ok_or_else(overflow)?;
-    let decoded_bytes = count.checked_mul(kind.decoded_size()).ok_or_else(overflow)?;
+    let count = checked_product([u64::from(width), u64::from(height), u64::from(samples)])
+        .ok_or_else(overflow)?;
+    let decoded_bytes = count
+        .checked_mul(kind.decoded_size())
+        .ok_or_else(overflow)?;
     let stored_bytes = count.checked_mul(kind.stored_size()).ok_or_else(overflow)?;
     let len = usize::try_from(count).map_err(|_| overflow())?;
 
-    let compression = decoder.find_tag_unsigned::<u16>(Tag::Compression).map_err(tiff_err)?.unwrap_or(1);
+    let compression = decoder
+        .find_tag_unsigned::<u16>(Tag::Compression)
+        .map_err(tiff_err)?
+        .unwrap_or(1);
     let (offsets_tag, counts_tag) = match decoder.get_chunk_type() {
         ChunkType::Strip => (Tag::StripOffsets, Tag::StripByteCounts),
         ChunkType::Tile => (Tag::TileOffsets, Tag::TileByteCounts),
     };
-    let offsets = decoder.find_tag_unsigned_vec::<u64>(offsets_tag).map_err(tiff_err)?.unwrap_or_default();
-    let counts = decoder.find_tag_unsigned_vec::<u64>(counts_tag).map_err(tiff_err)?.unwrap_or_default();
+    let offsets = decoder
+        .find_tag_unsigned_vec::<u64>(offsets_tag)
+        .map_err(tiff_err)?
+        .unwrap_or_default();
+    let counts = decoder
+        .find_tag_unsigned_vec::<u64>(counts_tag)
+        .map_err(tiff_err)?
+        .unwrap_or_default();
     let mut held = 0u64;
     for (i, (&offset, &count)) in offsets.iter().zip(&counts).enumerate() {
         let end = offset.checked_add(count).filter(|&end| end <= file_len).ok_or_else(|| {
@@ -203,36 +250,81 @@ fn check_page(decoder: &mut TiffDecoder, index: usize, file_len: u64, memory: Me
         };
         let raw = raw.ok_or_else(|| format!("{declared}: more than this machine can address"))?;
         if raw > file_len {
-            return Err(format!("{declared}: {} of uncompressed data, but the file holds {}", show_bytes(raw), show_bytes(file_len)));
+            return Err(format!(
+                "{declared}: {} of uncompressed data, but the file holds {}",
+                show_bytes(raw),
+                show_bytes(file_len)
+            ));
         }
         if raw > held {
-            return Err(format!("{declared}: {} of uncompressed data, but its strips or tiles hold {}", show_bytes(raw), show_bytes(held)));
+            return Err(format!(
+                "{declared}: {} of uncompressed data, but its strips or tiles hold {}",
+                show_bytes(raw),
+                show_bytes(held)
+            ));
         }
     }
     // The page decoded, and its widened copy if its type is widened (the
     // running total in `plan` counts the copies of a stack's pages).
     let copy = if kind.is_converted() { stored_bytes } else { 0 };
-    memory.check(decoded_bytes.saturating_add(copy), &format!("page {number} ({width}x{height}, {samples} sample(s) of {bits} bits)"))?;
-    Ok(Page { width, height, samples, bits, kind, len, decoded_bytes, stored_bytes })
+    memory.check(
+        decoded_bytes.saturating_add(copy),
+        &format!("page {number} ({width}x{height}, {samples} sample(s) of {bits} bits)"),
+    )?;
+    Ok(Page {
+        width,
+        height,
+        samples,
+        bits,
+        kind,
+        len,
+        decoded_bytes,
+        stored_bytes,
+    })
 }
 
 /// The bytes uncompressed data of the page takes at least: whole tiles
 /// (with their padding) or rows padded to a byte; `None` when that
 /// overflows. Also the tile size, for tiled pages.
-fn raw_bytes(decoder: &mut TiffDecoder, width: u32, height: u32, samples: u16, bits: u8) -> (Option<u64>, Option<(u64, u64)>) {
+fn raw_bytes(
+    decoder: &mut TiffDecoder,
+    width: u32,
+    height: u32,
+    samples: u16,
+    bits: u8,
+) -> (Option<u64>, Option<(u64, u64)>) {
     let pixel_bits = u64::from(samples) * u64::from(bits);
     let (across, down, tile_width, tile_height, tile) = match decoder.get_chunk_type() {
         ChunkType::Strip => (1, 1, u64::from(width), u64::from(height), None),
         ChunkType::Tile => {
             // The decoder read both tags (and refused zeros) already.
-            let mut size = |tag| decoder.find_tag_unsigned::<u64>(tag).ok().flatten().unwrap_or(1).max(1);
+            let mut size = |tag| {
+                decoder
+                    .find_tag_unsigned::<u64>(tag)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(1)
+                    .max(1)
+            };
             let (tile_width, tile_height) = (size(Tag::TileWidth), size(Tag::TileLength));
-            let (across, down) = (u64::from(width).div_ceil(tile_width), u64::from(height).div_ceil(tile_height));
-            (across, down, tile_width, tile_height, Some((tile_width, tile_height)))
+            let (across, down) = (
+                u64::from(width).div_ceil(tile_width),
+                u64::from(height).div_ceil(tile_height),
+            );
+            (
+                across,
+                down,
+                tile_width,
+                tile_height,
+                Some((tile_width, tile_height)),
+            )
         }
     };
     let row = tile_width.checked_mul(pixel_bits).map(|b| b.div_ceil(8));
-    (row.and_then(|row| checked_product([across, down, tile_height, row])), tile)
+    (
+        row.and_then(|row| checked_product([across, down, tile_height, row])),
+        tile,
+    )
 }
 
 /// Samples per pixel and bits per sample of the colour types read.
@@ -242,7 +334,9 @@ fn samples_and_bits(color: ColorType) -> Result<(u16, u8), String> {
         ColorType::GrayA(b) => Ok((2, b)),
         ColorType::RGB(b) => Ok((3, b)),
         ColorType::RGBA(b) | ColorType::CMYK(b) => Ok((4, b)),
-        other => Err(format!("unsupported TIFF colour type {other:?}: expected grayscale, RGB or RGBA")),
+        other => Err(format!(
+            "unsupported TIFF colour type {other:?}: expected grayscale, RGB or RGBA"
+        )),
     }
 }
 
@@ -261,11 +355,18 @@ fn sample_kind(format: u16, bits: u8) -> Option<Samples> {
 /// single page of a type the engine reads is kept as decoded (no copy).
 fn decode(decoder: &mut TiffDecoder, page: &Page, pages: usize) -> Result<Buffer, String> {
     if pages == 1 {
-        decoder.seek_to_image(0).map_err(|e| format!("cannot read TIFF page 1: {e}"))?;
-        let decoded = decoder.read_image().map_err(|e| format!("cannot read TIFF page 1: {e}"))?;
+        decoder
+            .seek_to_image(0)
+            .map_err(|e| format!("cannot read TIFF page 1: {e}"))?;
+        let decoded = decoder
+            .read_image()
+            .map_err(|e| format!("cannot read TIFF page 1: {e}"))?;
         return Buffer::from_page(decoded, page.kind, page.len);
     }
-    let total = page.len.checked_mul(pages).ok_or("the pages hold more samples than this machine can address")?;
+    let total = page
+        .len
+        .checked_mul(pages)
+        .ok_or("the pages hold more samples than this machine can address")?;
     let mut buffer = Buffer::reserve(page.kind, total)?;
     for index in 0..pages {
         let number = index + 1;
@@ -277,7 +378,9 @@ fn decode(decoder: &mut TiffDecoder, page: &Page, pages: usize) -> Result<Buffer
             return Err(format!("page {number} changed size while it was read"));
         }
         let decoded = decoder.read_image().map_err(tiff_err)?;
-        buffer.append(decoded, page.len).map_err(|m| format!("page {number}: {m}"))?;
+        buffer
+            .append(decoded, page.len)
+            .map_err(|m| format!("page {number}: {m}"))?;
     }
     Ok(buffer)
 }
@@ -319,7 +422,10 @@ impl Buffer {
             }
         };
         if buffer.len() != len {
-            return Err(format!("the page holds {} samples, expected {len}", buffer.len()));
+            return Err(format!(
+                "the page holds {} samples, expected {len}",
+                buffer.len()
+            ));
         }
         Ok(buffer)
     }
@@ -364,7 +470,11 @@ impl Buffer {
             // Integers beyond 2^53 round: float64 is what the engine reads.
             (Self::F64(a), DecodingResult::U64(b)) => a.extend(b.into_iter().map(|x| x as f64)),
             (Self::F64(a), DecodingResult::I64(b)) => a.extend(b.into_iter().map(|x| x as f64)),
-            _ => return Err("the decoder returned another sample type than the page declares".to_owned()),
+            _ => {
+                return Err(
+                    "the decoder returned another sample type than the page declares".to_owned(),
+                )
+            }
         }
         Ok(())
     }

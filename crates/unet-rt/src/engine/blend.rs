@@ -26,35 +26,59 @@ pub(super) fn run_blended<T: Pixel, U: OutputElement>(
         .plan
         .weights()
         .ok_or_else(|| Error::Inference("a blending plan without weights".to_owned()))?;
-    let averaged = if segmenter.options.output == OutputMode::Raw || info.output == OutputKind::Identity {
-        OutputMode::Raw
-    } else {
-        OutputMode::Probabilities
-    };
+    let averaged =
+        if segmenter.options.output == OutputMode::Raw || info.output == OutputKind::Identity {
+            OutputMode::Raw
+        } else {
+            OutputMode::Probabilities
+        };
     let image = layout.plan.image_shape();
-    let with_channels = |spatial: &[usize]| -> Vec<usize> { std::iter::once(info.out_channels).chain(spatial.iter().copied()).collect() };
+    let with_channels = |spatial: &[usize]| -> Vec<usize> {
+        std::iter::once(info.out_channels)
+            .chain(spatial.iter().copied())
+            .collect()
+    };
     let mut sum = zeros(&with_channels(image), "the blending accumulator")?;
     let mut weight = zeros(image, "the blending weights")?;
     let tile_shape = with_channels(layout.plan.output_tile_shape());
     let tiles: Vec<_> = layout.plan.tiles().collect();
-    segmenter.run::<T, f32, _>(gatherer, layout, &tiles, averaged, |written: &Written<f32>| {
-        accumulate(&mut sum, &mut weight, written, &tile_shape, weights);
-    })?;
+    segmenter.run::<T, f32, _>(
+        gatherer,
+        layout,
+        &tiles,
+        averaged,
+        |written: &Written<f32>| {
+            accumulate(&mut sum, &mut weight, written, &tile_shape, weights);
+        },
+    )?;
     // Every pixel has positive weight (the plan guarantees it).
     sum /= &weight.insert_axis(Axis(0));
     match segmenter.options.output {
         OutputMode::Labels => {
             let sigmoid = info.output == OutputKind::Sigmoid;
-            Zip::from(&mut out).and(sum.lanes(Axis(0))).for_each(|o, lane| {
-                let class = if sigmoid {
-                    usize::from(lane[0] > 0.5)
-                } else {
-                    lane.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (c, &v)| if v > best.1 { (c, v) } else { best }).0
-                };
-                *o = U::from_f32(class as f32);
-            });
+            Zip::from(&mut out)
+                .and(sum.lanes(Axis(0)))
+                .for_each(|o, lane| {
+                    let class = if sigmoid {
+                        usize::from(lane[0] > 0.5)
+                    } else {
+                        lane.iter()
+                            .enumerate()
+                            .fold((0, f32::NEG_INFINITY), |best, (c, &v)| {
+                                if v > best.1 {
+                                    (c, v)
+                                } else {
+                                    best
+                                }
+                            })
+                            .0
+                    };
+                    *o = U::from_f32(class as f32);
+                });
         }
-        _ => Zip::from(&mut out).and(&sum).for_each(|o, &v| *o = U::from_f32(v)),
+        _ => Zip::from(&mut out)
+            .and(&sum)
+            .for_each(|o, &v| *o = U::from_f32(v)),
     }
     Ok(())
 }
@@ -66,10 +90,22 @@ fn zeros(shape: &[usize], what: &str) -> Result<ArrayD<f32>> {
 }
 
 /// Adds each tile's weighted values and its weights over its write region.
-fn accumulate(sum: &mut ArrayD<f32>, weight: &mut ArrayD<f32>, written: &Written<f32>, tile_shape: &[usize], weights: &[Vec<f32>]) {
+fn accumulate(
+    sum: &mut ArrayD<f32>,
+    weight: &mut ArrayD<f32>,
+    written: &Written<f32>,
+    tile_shape: &[usize],
+    weights: &[Vec<f32>],
+) {
     let tile_len: usize = tile_shape.iter().product();
-    for (tile, data) in written.tiles.iter().zip(written.data.chunks_exact(tile_len)) {
-        let Ok(mut src) = ndarray::ArrayViewD::from_shape(IxDyn(tile_shape), data) else { continue };
+    for (tile, data) in written
+        .tiles
+        .iter()
+        .zip(written.data.chunks_exact(tile_len))
+    {
+        let Ok(mut src) = ndarray::ArrayViewD::from_shape(IxDyn(tile_shape), data) else {
+            continue;
+        };
         let mut dst_sum = sum.view_mut();
         let mut dst_weight = weight.view_mut();
         for (a, (&from, &len)) in tile.src_start.iter().zip(&tile.write_shape).enumerate() {
@@ -80,11 +116,16 @@ fn accumulate(sum: &mut ArrayD<f32>, weight: &mut ArrayD<f32>, written: &Written
         }
         // The separable window over the written region.
         let window = ArrayD::from_shape_fn(IxDyn(&tile.write_shape), |idx| {
-            (0..tile.write_shape.len()).map(|a| weights[a][tile.src_start[a] + idx[a]]).product::<f32>()
+            (0..tile.write_shape.len())
+                .map(|a| weights[a][tile.src_start[a] + idx[a]])
+                .product::<f32>()
         });
         dst_weight += &window;
         for (mut channel_sum, channel) in dst_sum.outer_iter_mut().zip(src.outer_iter()) {
-            Zip::from(&mut channel_sum).and(&channel).and(&window).for_each(|s, &v, &w| *s += v * w);
+            Zip::from(&mut channel_sum)
+                .and(&channel)
+                .and(&window)
+                .for_each(|s, &v, &w| *s += v * w);
         }
     }
 }

@@ -34,9 +34,21 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
 
     /// A gatherer over the piece of an image of spatial shape `image` whose
     /// first pixel sits at `origin`.
-    pub(crate) fn piece(input: ArrayViewD<'a, T>, affine: Affine, origin: Vec<usize>, image: Vec<usize>) -> Self {
+    pub(crate) fn piece(
+        input: ArrayViewD<'a, T>,
+        affine: Affine,
+        origin: Vec<usize>,
+        image: Vec<usize>,
+    ) -> Self {
         let channels = input.shape()[0];
-        Self { input, affine, channels, origin, image, check_finite: true }
+        Self {
+            input,
+            affine,
+            channels,
+            origin,
+            image,
+            check_finite: true,
+        }
     }
 
     /// Whether a tile with NaN or infinite network input is an error (the
@@ -84,9 +96,13 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
             }
             offsets.push(table);
         }
-        let channel_offsets: Vec<isize> = (0..self.channels).map(|c| c as isize * strides[0]).collect();
+        let channel_offsets: Vec<isize> = (0..self.channels)
+            .map(|c| c as isize * strides[0])
+            .collect();
         let base = self.input.as_ptr();
-        let Some((last, outer)) = offsets.split_last() else { return Ok(()) };
+        let Some((last, outer)) = offsets.split_last() else {
+            return Ok(());
+        };
         let row_len = last.len() * self.channels;
         let mut index = vec![0usize; outer.len()];
         let mut finite = true;
@@ -180,7 +196,11 @@ mod tests {
         piece.gather(&tile, &mut b).unwrap();
         assert_eq!(a, b);
         let first = plan.tile(0).unwrap(); // reads column 0, which the piece lacks
-        assert!(piece.gather(&first, &mut b).unwrap_err().to_string().contains("outside the input"));
+        assert!(piece
+            .gather(&first, &mut b)
+            .unwrap_err()
+            .to_string()
+            .contains("outside the input"));
     }
 
     #[test]
@@ -192,16 +212,31 @@ mod tests {
         let mut buf = vec![0f32; 64];
         let strict = Gatherer::new(data.view().into_dyn(), Affine::IDENTITY);
         let message = strict.gather(&tile, &mut buf).unwrap_err().to_string();
-        assert!(message.contains("NaN or infinite") && message.contains("propagate"), "{message}");
+        assert!(
+            message.contains("NaN or infinite") && message.contains("propagate"),
+            "{message}"
+        );
         let lenient = Gatherer::new(data.view().into_dyn(), Affine::IDENTITY).check_finite(false);
         lenient.gather(&tile, &mut buf).unwrap();
         assert!(buf.iter().any(|v| v.is_nan()));
 
-        let huge = Array3::<f64>::from_shape_fn((1, 6, 6), |(_, y, x)| if (y + x) % 2 == 0 { 1e300 } else { -1e308 });
+        let huge =
+            Array3::<f64>::from_shape_fn(
+                (1, 6, 6),
+                |(_, y, x)| if (y + x) % 2 == 0 { 1e300 } else { -1e308 },
+            );
         let affine = crate::normalize::affine_from_range(-1e308, 1e300);
-        Gatherer::new(huge.view().into_dyn(), affine).gather(&tile, &mut buf).unwrap();
-        assert!(buf.iter().all(|v| v.is_finite() && (-1e-6..=1.0 + 1e-6).contains(v)), "{buf:?}");
-        Gatherer::new(huge.view().into_dyn(), Affine::IDENTITY).gather(&tile, &mut buf).unwrap();
+        Gatherer::new(huge.view().into_dyn(), affine)
+            .gather(&tile, &mut buf)
+            .unwrap();
+        assert!(
+            buf.iter()
+                .all(|v| v.is_finite() && (-1e-6..=1.0 + 1e-6).contains(v)),
+            "{buf:?}"
+        );
+        Gatherer::new(huge.view().into_dyn(), Affine::IDENTITY)
+            .gather(&tile, &mut buf)
+            .unwrap();
         assert!(buf.iter().all(|v| v.is_finite()));
     }
 }

@@ -149,9 +149,15 @@ impl Segmenter {
         let info = model.info();
         if let Some(tile) = &options.tile {
             if tile.len() != info.spatial_dims {
-                return Err(invalid("tile", format!("{} sizes for a {}-D model", tile.len(), info.spatial_dims)));
+                return Err(invalid(
+                    "tile",
+                    format!("{} sizes for a {}-D model", tile.len(), info.spatial_dims),
+                ));
             }
-            if let Some(&bad) = tile.iter().find(|&&t| !info.is_valid_size(t) || t < info.min_tile()) {
+            if let Some(&bad) = tile
+                .iter()
+                .find(|&&t| !info.is_valid_size(t) || t < info.min_tile())
+            {
                 return Err(invalid(
                     "tile",
                     format!(
@@ -163,7 +169,13 @@ impl Segmenter {
                 ));
             }
             if let Some(&bad) = tile.iter().find(|&&t| t > crate::geometry::MAX_TILE_SIDE) {
-                return Err(invalid("tile", format!("{bad} is larger than the largest supported tile side, {}", crate::geometry::MAX_TILE_SIDE)));
+                return Err(invalid(
+                    "tile",
+                    format!(
+                        "{bad} is larger than the largest supported tile side, {}",
+                        crate::geometry::MAX_TILE_SIDE
+                    ),
+                ));
             }
         }
         if options.batch_size == Some(0) {
@@ -177,10 +189,14 @@ impl Segmenter {
                 ));
             }
             if !(range.0.is_finite() && range.1.is_finite() && range.0 <= range.1) {
-                return Err(invalid("input_range", format!("{range:?} must be two finite numbers, low <= high")));
+                return Err(invalid(
+                    "input_range",
+                    format!("{range:?} must be two finite numbers, low <= high"),
+                ));
             }
         }
-        if options.window.is_some() && info.padding == Padding::Same && options.blend != Blend::Crop {
+        if options.window.is_some() && info.padding == Padding::Same && options.blend != Blend::Crop
+        {
             return Err(invalid(
                 "window",
                 "pieces of an image are segmented with crop plans: blending needs the whole image (use blend crop)".to_owned(),
@@ -208,7 +224,9 @@ impl Segmenter {
         };
         match self.options.output {
             OutputMode::Labels => spatial.to_vec(),
-            _ => std::iter::once(self.model.info().out_channels).chain(spatial.iter().copied()).collect(),
+            _ => std::iter::once(self.model.info().out_channels)
+                .chain(spatial.iter().copied())
+                .collect(),
         }
     }
 
@@ -233,10 +251,13 @@ impl Segmenter {
         let info = self.model.info();
         let halo = info.effective_halo();
         let element_bytes = self.model.precision().kind().elt_size_in_bytes();
-        let budget = self.options.memory_budget.unwrap_or(match self.model.device() {
-            Device::Cuda(_) => DEFAULT_CUDA_BUDGET,
-            _ => DEFAULT_CPU_BUDGET,
-        });
+        let budget = self
+            .options
+            .memory_budget
+            .unwrap_or(match self.model.device() {
+                Device::Cuda(_) => DEFAULT_CUDA_BUDGET,
+                _ => DEFAULT_CPU_BUDGET,
+            });
         let tile = match &self.options.tile {
             Some(t) => t.clone(),
             None => plan::choose_tile(info, image, halo, budget, element_bytes)
@@ -256,7 +277,11 @@ impl Segmenter {
     /// killed; refusing it first gives an error that says what to change.
     fn check_memory(&self, layout: &Layout) -> Result<()> {
         let info = self.model.info();
-        let pixels = layout.plan.input_tile_shape().iter().fold(1u128, |n, &t| n.saturating_mul(t as u128));
+        let pixels = layout
+            .plan
+            .input_tile_shape()
+            .iter()
+            .fold(1u128, |n, &t| n.saturating_mul(t as u128));
         let batch = layout.batch_size as u128;
         let element = self.model.precision().kind().elt_size_in_bytes();
         let host = pixels * batch * 4 * (info.in_channels + info.out_channels) as u128;
@@ -269,7 +294,11 @@ impl Segmenter {
         if need <= limit {
             return Ok(());
         }
-        let argument = match (&self.options.tile, self.options.batch_size, self.options.memory_budget) {
+        let argument = match (
+            &self.options.tile,
+            self.options.batch_size,
+            self.options.memory_budget,
+        ) {
             (None, Some(b), _) if b > 1 => "batch_size",
             (None, _, Some(_)) => "memory_budget",
             _ => "tile",
@@ -292,12 +321,20 @@ impl Segmenter {
         ))
     }
 
-    fn layout_with_tile(&self, image: &[usize], tile: Vec<usize>, budget: usize, element_bytes: usize) -> Result<Layout> {
+    fn layout_with_tile(
+        &self,
+        image: &[usize],
+        tile: Vec<usize>,
+        budget: usize,
+        element_bytes: usize,
+    ) -> Result<Layout> {
         let info = self.model.info();
         let halo = info.effective_halo();
         let plan = match info.padding {
             Padding::Valid => TilePlan::valid(image, &tile, info.halo, info.size_multiple)?,
-            Padding::Same => TilePlan::same(image, &tile, halo, info.size_multiple, self.options.blend)?,
+            Padding::Same => {
+                TilePlan::same(image, &tile, halo, info.size_multiple, self.options.blend)?
+            }
         };
         let batch_size = self
             .options
@@ -311,11 +348,19 @@ impl Segmenter {
     ///
     /// # Errors
     /// See [`Segmenter::segment_into`].
-    pub fn segment<T: Pixel, U: OutputElement>(&self, input: ArrayViewD<'_, T>) -> Result<ArrayD<U>> {
+    pub fn segment<T: Pixel, U: OutputElement>(
+        &self,
+        input: ArrayViewD<'_, T>,
+    ) -> Result<ArrayD<U>> {
         self.check_input(input.shape())?;
         let shape = self.output_shape(input.shape());
-        let data = memory::try_filled::<U>(memory::element_count(&shape, "image")?, "image", "the result")?;
-        let mut out = ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|e| Error::Internal(e.to_string()))?;
+        let data = memory::try_filled::<U>(
+            memory::element_count(&shape, "image")?,
+            "image",
+            "the result",
+        )?;
+        let mut out = ArrayD::from_shape_vec(IxDyn(&shape), data)
+            .map_err(|e| Error::Internal(e.to_string()))?;
         self.segment_into(input, out.view_mut())?;
         Ok(out)
     }
@@ -328,13 +373,23 @@ impl Segmenter {
     /// [`Error::InvalidArgument`] for shapes, channel counts or output types
     /// that do not fit the model; [`Error::Cancelled`] when cancelled;
     /// [`Error::Inference`] when libtorch fails.
-    pub fn segment_into<T: Pixel, U: OutputElement>(&self, input: ArrayViewD<'_, T>, out: ArrayViewMutD<'_, U>) -> Result<()> {
+    pub fn segment_into<T: Pixel, U: OutputElement>(
+        &self,
+        input: ArrayViewD<'_, T>,
+        out: ArrayViewMutD<'_, U>,
+    ) -> Result<()> {
         let info = self.model.info();
         output::check_mode::<U>(self.options.output, info.output, info.out_channels)?;
         self.check_input(input.shape())?;
         let expected = self.output_shape(input.shape());
         if out.shape() != expected.as_slice() {
-            return Err(invalid("out", format!("has shape {:?}, the result has shape {expected:?}", out.shape())));
+            return Err(invalid(
+                "out",
+                format!(
+                    "has shape {:?}, the result has shape {expected:?}",
+                    out.shape()
+                ),
+            ));
         }
         let mut out = out;
         let local = input.shape()[1..].to_vec();
@@ -359,12 +414,15 @@ impl Segmenter {
             let mode = self.options.output;
             let tile_shape = self.reduced_tile_shape(&layout.plan);
             let mut target = out.view_mut();
-            let sink = move |written: &Written<U>| stitch(&mut target, written, &tile_shape, mode, crop);
+            let sink =
+                move |written: &Written<U>| stitch(&mut target, written, &tile_shape, mode, crop);
             match self.run(&gatherer, &layout, &tiles, mode, sink) {
                 // Batches already shrank to one tile: smaller tiles give the
                 // same result (the tiling is exact) in less memory.
                 Err(err) if is_out_of_memory(&err) => match self.halved(&layout)? {
-                    Some(smaller) if window.check_context(&smaller.plan, &local).is_ok() => layout = smaller,
+                    Some(smaller) if window.check_context(&smaller.plan, &local).is_ok() => {
+                        layout = smaller
+                    }
                     _ => return Err(err),
                 },
                 other => return other,
@@ -398,7 +456,13 @@ impl Segmenter {
             return Ok(None);
         }
         let element_bytes = self.model.precision().kind().elt_size_in_bytes();
-        self.layout_with_tile(layout.plan.image_shape(), smaller, usize::MAX, element_bytes).map(|mut l| {
+        self.layout_with_tile(
+            layout.plan.image_shape(),
+            smaller,
+            usize::MAX,
+            element_bytes,
+        )
+        .map(|mut l| {
             l.batch_size = 1;
             Some(l)
         })
@@ -411,7 +475,11 @@ impl Segmenter {
                 "image",
                 format!(
                     "expected (channels, {}) of rank {}, got shape {shape:?}",
-                    if info.spatial_dims == 2 { "y, x" } else { "z, y, x" },
+                    if info.spatial_dims == 2 {
+                        "y, x"
+                    } else {
+                        "z, y, x"
+                    },
                     info.spatial_dims + 1
                 ),
             ));
@@ -419,7 +487,10 @@ impl Segmenter {
         if shape[0] != info.in_channels {
             return Err(invalid(
                 "image",
-                format!("the model takes {} channel(s), the image has {} (shape {shape:?})", info.in_channels, shape[0]),
+                format!(
+                    "the model takes {} channel(s), the image has {} (shape {shape:?})",
+                    info.in_channels, shape[0]
+                ),
             ));
         }
         if shape.contains(&0) {
@@ -429,7 +500,10 @@ impl Segmenter {
     }
 
     fn cancelled(&self) -> bool {
-        self.options.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+        self.options
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
     }
 
     /// Runs the pipeline over `tiles` (of `layout`'s plan, in plan order),
@@ -447,7 +521,14 @@ impl Segmenter {
         let total = tiles.len();
         let tile_len = gatherer.tile_len(plan.input_tile_shape());
         let batch_len = tile_len.checked_mul(layout.batch_size).ok_or_else(|| {
-            invalid("tile", format!("tiles of {:?} in batches of {} are too large to address", plan.input_tile_shape(), layout.batch_size))
+            invalid(
+                "tile",
+                format!(
+                    "tiles of {:?} in batches of {} are too large to address",
+                    plan.input_tile_shape(),
+                    layout.batch_size
+                ),
+            )
         })?;
         let groups = batch_groups(tiles, layout.batch_size, plan.len());
         std::thread::scope(|scope| {
@@ -459,7 +540,11 @@ impl Segmenter {
                         return Ok(());
                     }
                     // group.n <= batch size, so this cannot overflow (checked above).
-                    let mut data = memory::try_filled::<f32>(batch_len / layout.batch_size * group.n, "tile", "a batch of tiles")?;
+                    let mut data = memory::try_filled::<f32>(
+                        batch_len / layout.batch_size * group.n,
+                        "tile",
+                        "a batch of tiles",
+                    )?;
                     let chunk = &tiles[group.range.clone()];
                     for (tile, &slot) in chunk.iter().zip(&group.slots) {
                         gatherer.gather(tile, &mut data[slot * tile_len..(slot + 1) * tile_len])?;
@@ -471,7 +556,12 @@ impl Segmenter {
                     for slot in (0..group.n).filter(|s| !group.slots.contains(s)) {
                         data.copy_within(first..first + tile_len, slot * tile_len);
                     }
-                    let batch = Batch { tiles: chunk.to_vec(), slots: group.slots, n: group.n, data };
+                    let batch = Batch {
+                        tiles: chunk.to_vec(),
+                        slots: group.slots,
+                        n: group.n,
+                        data,
+                    };
                     if batch_tx.send(batch).is_err() {
                         return Ok(()); // inference stopped
                     }
@@ -491,8 +581,12 @@ impl Segmenter {
                 done
             });
             let result = self.infer_all(batch_rx, out_tx, plan, mode);
-            let gathered = gathering.join().unwrap_or_else(|_| Err(Error::Internal("the gathering thread panicked".to_owned())));
-            let written = stitcher.join().map_err(|_| Error::Internal("the stitching thread panicked".to_owned()));
+            let gathered = gathering.join().unwrap_or_else(|_| {
+                Err(Error::Internal("the gathering thread panicked".to_owned()))
+            });
+            let written = stitcher
+                .join()
+                .map_err(|_| Error::Internal("the stitching thread panicked".to_owned()));
             result?;
             gathered?;
             let written = written?;
@@ -505,10 +599,15 @@ impl Segmenter {
 
     /// Shape of one reduced tile output: `([classes,] spatial...)`.
     fn reduced_tile_shape(&self, plan: &TilePlan) -> Vec<usize> {
-        let spatial = plan.output_tile_shape().iter().map(|&o| o - 2 * self.device_crop());
+        let spatial = plan
+            .output_tile_shape()
+            .iter()
+            .map(|&o| o - 2 * self.device_crop());
         match self.options.output {
             OutputMode::Labels => spatial.collect(),
-            _ => std::iter::once(self.model.info().out_channels).chain(spatial).collect(),
+            _ => std::iter::once(self.model.info().out_channels)
+                .chain(spatial)
+                .collect(),
         }
     }
 
@@ -536,25 +635,46 @@ impl Segmenter {
                 return Err(Error::Cancelled);
             }
             let data = self.infer_batch::<U>(&batch, plan, mode)?;
-            if out.send(Written { tiles: batch.tiles, data }).is_err() {
+            if out
+                .send(Written {
+                    tiles: batch.tiles,
+                    data,
+                })
+                .is_err()
+            {
                 break;
             }
         }
         Ok(())
     }
 
-    fn infer_batch<U: OutputElement>(&self, batch: &Batch, plan: &TilePlan, mode: OutputMode) -> Result<Vec<U>> {
+    fn infer_batch<U: OutputElement>(
+        &self,
+        batch: &Batch,
+        plan: &TilePlan,
+        mode: OutputMode,
+    ) -> Result<Vec<U>> {
         let info = self.model.info();
         let tile = plan.input_tile_shape();
         let n = batch.n;
-        let input = batch_tensor(&batch.data, n, tile, info.in_channels, self.model.device(), self.model.precision().kind())?;
+        let input = batch_tensor(
+            &batch.data,
+            n,
+            tile,
+            info.in_channels,
+            self.model.device(),
+            self.model.precision().kind(),
+        )?;
         let y = self.forward_splitting(&input)?;
         let expect_spatial = plan.output_tile_shape();
         let got = y.size();
         let ok = got.len() == tile.len() + 2
             && got[0] == n as i64
             && got[1] == info.out_channels as i64
-            && got[2..].iter().zip(expect_spatial).all(|(&g, &e)| g == e as i64);
+            && got[2..]
+                .iter()
+                .zip(expect_spatial)
+                .all(|(&g, &e)| g == e as i64);
         if !ok {
             return Err(Error::Inference(format!(
                 "the model returned shape {got:?} for input {:?}; expected ({n}, {}, {expect_spatial:?})",
@@ -566,7 +686,9 @@ impl Segmenter {
         let mut y = y;
         if crop > 0 {
             for (d, &e) in expect_spatial.iter().enumerate() {
-                y = y.f_narrow(d as i64 + 2, crop, e as i64 - 2 * crop).map_err(Error::inference)?;
+                y = y
+                    .f_narrow(d as i64 + 2, crop, e as i64 - 2 * crop)
+                    .map_err(Error::inference)?;
             }
         }
         if self.options.nonfinite == NonFinite::Raise {
@@ -580,17 +702,24 @@ impl Segmenter {
                 .and_then(|index| reduced.f_index_select(0, &index))
                 .map_err(Error::inference)?;
         }
-        let host = reduced.f_to_device(Device::Cpu).and_then(|t| t.f_contiguous()).map_err(Error::inference)?;
+        let host = reduced
+            .f_to_device(Device::Cpu)
+            .and_then(|t| t.f_contiguous())
+            .map_err(Error::inference)?;
         let numel = host.numel();
         let mut raw = vec![U::Raw::default(); numel];
-        host.f_copy_data(&mut raw, numel).map_err(Error::inference)?;
+        host.f_copy_data(&mut raw, numel)
+            .map_err(Error::inference)?;
         Ok(raw.into_iter().map(U::from_raw).collect())
     }
 
     /// One forward pass; on GPU out-of-memory the batch is split in halves and
     /// retried, which gives the same result with less memory.
     fn forward_splitting(&self, input: &Tensor) -> Result<Tensor> {
-        match self.model.forward_tensor(input, self.options.cancel.as_deref()) {
+        match self
+            .model
+            .forward_tensor(input, self.options.cancel.as_deref())
+        {
             Err(Error::Inference(msg)) if msg.contains("out of memory") && input.size()[0] > 1 => {
                 let n = input.size()[0];
                 let halves = [(0, n / 2), (n / 2, n - n / 2)];
@@ -608,7 +737,14 @@ impl Segmenter {
 
 /// A batch tensor `(N, C, spatial...)` in channels-last memory layout from
 /// channels-last data, on `device` in `kind`.
-fn batch_tensor(data: &[f32], n: usize, tile: &[usize], channels: usize, device: Device, kind: Kind) -> Result<Tensor> {
+fn batch_tensor(
+    data: &[f32],
+    n: usize,
+    tile: &[usize],
+    channels: usize,
+    device: Device,
+    kind: Kind,
+) -> Result<Tensor> {
     let mut last: Vec<i64> = vec![n as i64];
     last.extend(tile.iter().map(|&t| t as i64));
     last.push(channels as i64);
@@ -616,7 +752,9 @@ fn batch_tensor(data: &[f32], n: usize, tile: &[usize], channels: usize, device:
     // (N, spatial..., C) -> (N, C, spatial...): a view, channels-last strides.
     let mut order = vec![0i64, dims - 1];
     order.extend(1..dims - 1);
-    let host = Tensor::f_from_slice(data).and_then(|t| t.f_view(last.as_slice())).map_err(Error::inference)?;
+    let host = Tensor::f_from_slice(data)
+        .and_then(|t| t.f_view(last.as_slice()))
+        .map_err(Error::inference)?;
     // A plain (pageable) copy: libtorch 2.11 warns on every pin_memory(device)
     // call, the only form tch exposes, and the copy is small beside the
     // forward pass (measured on an H100, see the README).
@@ -624,7 +762,9 @@ fn batch_tensor(data: &[f32], n: usize, tile: &[usize], channels: usize, device:
         Device::Cuda(_) => host.f_to_device_(device, kind, false, false),
         _ => host.f_to_kind(kind),
     };
-    moved.and_then(|t| t.f_permute(order.as_slice())).map_err(Error::inference)
+    moved
+        .and_then(|t| t.f_permute(order.as_slice()))
+        .map_err(Error::inference)
 }
 
 /// Tiles of one forward pass: `range` of the tile list, at `slots` of a
@@ -652,7 +792,12 @@ fn batch_groups(tiles: &[Tile], batch: usize, total: usize) -> Vec<Group> {
                 group.range.end = i + 1;
                 group.slots.push(tile.index % batch);
             }
-            _ => groups.push(Group { id, range: i..i + 1, slots: vec![tile.index % batch], n: batch.min(total - id * batch) }),
+            _ => groups.push(Group {
+                id,
+                range: i..i + 1,
+                slots: vec![tile.index % batch],
+                n: batch.min(total - id * batch),
+            }),
         }
     }
     groups
@@ -660,11 +805,23 @@ fn batch_groups(tiles: &[Tile], batch: usize, total: usize) -> Vec<Group> {
 
 /// Copies the written part of each tile of a batch into the output.
 /// `crop` pixels per side were already cut from each tile on the device.
-fn stitch<U: OutputElement>(out: &mut ArrayViewMutD<'_, U>, written: &Written<U>, tile_shape: &[usize], mode: OutputMode, crop: usize) {
+fn stitch<U: OutputElement>(
+    out: &mut ArrayViewMutD<'_, U>,
+    written: &Written<U>,
+    tile_shape: &[usize],
+    mode: OutputMode,
+    crop: usize,
+) {
     let tile_len: usize = tile_shape.iter().product();
     let channel_axes = usize::from(mode != OutputMode::Labels);
-    for (tile, data) in written.tiles.iter().zip(written.data.chunks_exact(tile_len)) {
-        let Ok(src) = ndarray::ArrayViewD::from_shape(IxDyn(tile_shape), data) else { continue };
+    for (tile, data) in written
+        .tiles
+        .iter()
+        .zip(written.data.chunks_exact(tile_len))
+    {
+        let Ok(src) = ndarray::ArrayViewD::from_shape(IxDyn(tile_shape), data) else {
+            continue;
+        };
         let mut src = src;
         let mut dst = out.view_mut();
         for a in 0..tile.write_shape.len() {
@@ -688,7 +845,12 @@ fn is_out_of_memory(err: &Error) -> bool {
 /// network output `y` (one sample per slot) holds NaN or infinity.
 fn check_finite(y: &Tensor, batch: &Batch) -> Result<()> {
     let finite = y.f_isfinite().map_err(Error::inference)?;
-    if finite.f_all().and_then(|t| t.f_int64_value(&[])).map_err(Error::inference)? != 0 {
+    if finite
+        .f_all()
+        .and_then(|t| t.f_int64_value(&[]))
+        .map_err(Error::inference)?
+        != 0
+    {
         return Ok(());
     }
     let per_sample = finite
@@ -697,7 +859,11 @@ fn check_finite(y: &Tensor, batch: &Batch) -> Result<()> {
         .and_then(|t| t.f_to_device(Device::Cpu))
         .map_err(Error::inference)?;
     for (tile, &slot) in batch.tiles.iter().zip(&batch.slots) {
-        if per_sample.f_int64_value(&[slot as i64]).map_err(Error::inference)? == 0 {
+        if per_sample
+            .f_int64_value(&[slot as i64])
+            .map_err(Error::inference)?
+            == 0
+        {
             return Err(Error::NonFinite(format!(
                 "the network's output holds NaN or infinite values in tile {} (its input window starts at {:?} \
                  and spans {:?}); check the model's weights and the input's value range, or pass \
@@ -724,14 +890,27 @@ mod tests {
         let plan = TilePlan::valid(&[50, 70], &[24, 24], 4, 4).unwrap(); // 4 x 5 tiles
         let all: Vec<Tile> = plan.tiles().collect();
         let whole = batch_groups(&all, 3, plan.len());
-        assert_eq!(whole.iter().map(|g| g.n).collect::<Vec<_>>(), vec![3, 3, 3, 3, 3, 3, 2]);
-        assert!(whole.iter().all(|g| g.slots == (0..g.n).collect::<Vec<_>>() && g.range.len() == g.n));
-        let window = Window { image: vec![50, 70], origin: vec![0, 0], start: vec![16, 16], shape: vec![34, 54] };
+        assert_eq!(
+            whole.iter().map(|g| g.n).collect::<Vec<_>>(),
+            vec![3, 3, 3, 3, 3, 3, 2]
+        );
+        assert!(whole
+            .iter()
+            .all(|g| g.slots == (0..g.n).collect::<Vec<_>>() && g.range.len() == g.n));
+        let window = Window {
+            image: vec![50, 70],
+            origin: vec![0, 0],
+            start: vec![16, 16],
+            shape: vec![34, 54],
+        };
         let tiles = window.tiles(&plan);
         let indices: Vec<usize> = tiles.iter().map(|t| t.index).collect();
         assert_eq!(indices, vec![6, 7, 8, 9, 11, 12, 13, 14, 16, 17, 18, 19]);
         let groups = batch_groups(&tiles, 3, plan.len());
-        let summary: Vec<(usize, Vec<usize>, usize)> = groups.iter().map(|g| (g.id, g.slots.clone(), g.n)).collect();
+        let summary: Vec<(usize, Vec<usize>, usize)> = groups
+            .iter()
+            .map(|g| (g.id, g.slots.clone(), g.n))
+            .collect();
         assert_eq!(
             summary,
             vec![

@@ -28,7 +28,9 @@ impl std::str::FromStr for OutputMode {
             "raw" => Ok(Self::Raw),
             _ => Err(Error::InvalidArgument {
                 argument: "output",
-                message: format!("unknown output {s:?}; expected \"labels\", \"probabilities\" or \"raw\""),
+                message: format!(
+                    "unknown output {s:?}; expected \"labels\", \"probabilities\" or \"raw\""
+                ),
             }),
         }
     }
@@ -131,12 +133,22 @@ impl OutputElement for half::f16 {
 }
 
 /// Checks that `mode` makes sense for the model's output and the element type.
-pub(crate) fn check_mode<U: OutputElement>(mode: OutputMode, kind: OutputKind, channels: usize) -> Result<()> {
-    let invalid = |message: String| Error::InvalidArgument { argument: "output", message };
+pub(crate) fn check_mode<U: OutputElement>(
+    mode: OutputMode,
+    kind: OutputKind,
+    channels: usize,
+) -> Result<()> {
+    let invalid = |message: String| Error::InvalidArgument {
+        argument: "output",
+        message,
+    };
     match mode {
         OutputMode::Labels => {
             if kind == OutputKind::Identity {
-                return Err(invalid("the model's output is \"identity\" (regression): ask for raw output".to_owned()));
+                return Err(invalid(
+                    "the model's output is \"identity\" (regression): ask for raw output"
+                        .to_owned(),
+                ));
             }
             if kind == OutputKind::Sigmoid && channels > 1 {
                 return Err(invalid(format!(
@@ -144,18 +156,30 @@ pub(crate) fn check_mode<U: OutputElement>(mode: OutputMode, kind: OutputKind, c
                 )));
             }
             if !U::IS_LABEL {
-                return Err(invalid(format!("labels are written as uint8 or uint16, not {}", U::NAME)));
+                return Err(invalid(format!(
+                    "labels are written as uint8 or uint16, not {}",
+                    U::NAME
+                )));
             }
             if channels > U::MAX_LABEL + 1 {
-                return Err(invalid(format!("{channels} classes do not fit in {}: use uint16", U::NAME)));
+                return Err(invalid(format!(
+                    "{channels} classes do not fit in {}: use uint16",
+                    U::NAME
+                )));
             }
         }
         OutputMode::Probabilities | OutputMode::Raw => {
             if mode == OutputMode::Probabilities && kind == OutputKind::Identity {
-                return Err(invalid("the model's output is \"identity\" (regression): ask for raw output".to_owned()));
+                return Err(invalid(
+                    "the model's output is \"identity\" (regression): ask for raw output"
+                        .to_owned(),
+                ));
             }
             if U::IS_LABEL {
-                return Err(invalid(format!("{mode:?} output is written as float32 or float16, not {}", U::NAME)));
+                return Err(invalid(format!(
+                    "{mode:?} output is written as float32 or float16, not {}",
+                    U::NAME
+                )));
             }
         }
     }
@@ -164,14 +188,22 @@ pub(crate) fn check_mode<U: OutputElement>(mode: OutputMode, kind: OutputKind, c
 
 /// Reduces a batch of network output `(B, K, spatial...)` on its device to
 /// what is written, cast to the element's kind.
-pub(crate) fn reduce<U: OutputElement>(y: &Tensor, mode: OutputMode, kind: OutputKind) -> Result<Tensor> {
+pub(crate) fn reduce<U: OutputElement>(
+    y: &Tensor,
+    mode: OutputMode,
+    kind: OutputKind,
+) -> Result<Tensor> {
     let target = <U::Raw as tch::kind::Element>::KIND;
     let reduced = match (mode, kind) {
         (OutputMode::Labels, OutputKind::Sigmoid) => y.f_gt(0.0).and_then(|m| m.f_squeeze_dim(1)),
         (OutputMode::Labels, _) => y.f_argmax(1, false),
-        (OutputMode::Probabilities, OutputKind::Sigmoid) => y.f_to_kind(Kind::Float).and_then(|t| t.f_sigmoid()),
+        (OutputMode::Probabilities, OutputKind::Sigmoid) => {
+            y.f_to_kind(Kind::Float).and_then(|t| t.f_sigmoid())
+        }
         (OutputMode::Probabilities, _) => y.f_softmax(1, Kind::Float),
         (OutputMode::Raw, _) => Ok(y.shallow_clone()),
     };
-    reduced.and_then(|t| t.f_to_kind(target)).map_err(Error::inference)
+    reduced
+        .and_then(|t| t.f_to_kind(target))
+        .map_err(Error::inference)
 }

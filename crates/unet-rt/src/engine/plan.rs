@@ -20,18 +20,34 @@ const MAX_BATCH: usize = 16;
 
 /// Estimated bytes per input pixel of a tile during one forward pass.
 pub(crate) fn bytes_per_pixel(info: &ModelInfo, element_bytes: usize) -> usize {
-    let width = info.first_layer_width.unwrap_or(DEFAULT_WIDTH).max(info.in_channels).max(1);
-    width.saturating_mul(ACTIVATIONS_PER_WIDTH).saturating_mul(element_bytes).max(1)
+    let width = info
+        .first_layer_width
+        .unwrap_or(DEFAULT_WIDTH)
+        .max(info.in_channels)
+        .max(1);
+    width
+        .saturating_mul(ACTIVATIONS_PER_WIDTH)
+        .saturating_mul(element_bytes)
+        .max(1)
 }
 
 /// The input tile per axis: the largest one within `budget` bytes whose
 /// stride is on the ladder (see [`ladder_tile`]), and never larger than
 /// needed to cover the image in one tile. Axes that need little leave room
 /// to the others.
-pub(crate) fn choose_tile(info: &ModelInfo, image: &[usize], halo: usize, budget: usize, element_bytes: usize) -> Vec<usize> {
+pub(crate) fn choose_tile(
+    info: &ModelInfo,
+    image: &[usize],
+    halo: usize,
+    budget: usize,
+    element_bytes: usize,
+) -> Vec<usize> {
     let max_pixels = (budget / bytes_per_pixel(info, element_bytes)).max(1) as f64;
     let smallest = info.smallest_valid_size();
-    let needed: Vec<usize> = image.iter().map(|&n| info.round_up_valid(n.saturating_add(2 * halo))).collect();
+    let needed: Vec<usize> = image
+        .iter()
+        .map(|&n| info.round_up_valid(n.saturating_add(2 * halo)))
+        .collect();
     let mut order: Vec<usize> = (0..image.len()).collect();
     order.sort_by_key(|&a| needed[a]);
     let mut tile = vec![smallest; image.len()];
@@ -46,9 +62,13 @@ pub(crate) fn choose_tile(info: &ModelInfo, image: &[usize], halo: usize, budget
                 // The fewest tiles the budget allows, and of those the
                 // smallest: a 4096 axis takes two tiles of stride 2048
                 // rather than one of 3072 and a second mostly mirrored.
-                let count = |t: usize| valid_tiles_along(image[a], t, halo, info.size_multiple.max(1));
+                let count =
+                    |t: usize| valid_tiles_along(image[a], t, halo, info.size_multiple.max(1));
                 let fewest = count(largest);
-                ladder.into_iter().find(|&t| count(t) == fewest).unwrap_or(largest)
+                ladder
+                    .into_iter()
+                    .find(|&t| count(t) == fewest)
+                    .unwrap_or(largest)
             }
             Some(_) => needed[a],
             None => needed[a].min(smallest),
@@ -60,9 +80,18 @@ pub(crate) fn choose_tile(info: &ModelInfo, image: &[usize], halo: usize, budget
 }
 
 /// Tiles per batch within the budget, at most the number of tiles.
-pub(crate) fn choose_batch(info: &ModelInfo, tile: &[usize], tiles: usize, budget: usize, element_bytes: usize) -> usize {
+pub(crate) fn choose_batch(
+    info: &ModelInfo,
+    tile: &[usize],
+    tiles: usize,
+    budget: usize,
+    element_bytes: usize,
+) -> usize {
     // In u128: a user's tile of 2^20 per axis in 3-D overflows usize.
-    let pixels = tile.iter().fold(1u128, |n, &t| n.saturating_mul(t as u128)).max(1);
+    let pixels = tile
+        .iter()
+        .fold(1u128, |n, &t| n.saturating_mul(t as u128))
+        .max(1);
     let per_tile = pixels.saturating_mul(bytes_per_pixel(info, element_bytes) as u128);
     let fits = usize::try_from(budget as u128 / per_tile).unwrap_or(usize::MAX);
     fits.clamp(1, MAX_BATCH).min(tiles.max(1))
@@ -160,7 +189,8 @@ mod tests {
                 for image in [[100_000usize, 100_000], [90, 100_000]] {
                     let tile = choose_tile(&info, &image, halo, budget, 4);
                     for (&t, &n) in tile.iter().zip(&image) {
-                        let plan = crate::TilePlan::valid(&[n], &[t], halo, multiple.max(1)).unwrap();
+                        let plan =
+                            crate::TilePlan::valid(&[n], &[t], halo, multiple.max(1)).unwrap();
                         if plan.len() == 1 {
                             continue; // one tile covers the axis
                         }
@@ -171,7 +201,10 @@ mod tests {
                     let smallest = info.smallest_valid_size().max(2 * halo + multiple);
                     let pixels: usize = tile.iter().product();
                     let within = pixels * bytes_per_pixel(&info, 4) <= budget;
-                    assert!(within || tile.contains(&smallest) || tile[0] <= smallest + multiple, "{tile:?} over {budget}");
+                    assert!(
+                        within || tile.contains(&smallest) || tile[0] <= smallest + multiple,
+                        "{tile:?} over {budget}"
+                    );
                 }
             }
         }
@@ -186,7 +219,13 @@ mod tests {
         info.halo = 44;
         info.size_multiple = 8;
         info.size_offset = 4;
-        assert_eq!(choose_tile(&info, &[4096, 4096], 44, 4 << 30, 2), vec![2140, 2140]);
-        assert_eq!(choose_tile(&info, &[5000, 5000], 44, 4 << 30, 2), vec![3164, 3164]);
+        assert_eq!(
+            choose_tile(&info, &[4096, 4096], 44, 4 << 30, 2),
+            vec![2140, 2140]
+        );
+        assert_eq!(
+            choose_tile(&info, &[5000, 5000], 44, 4 << 30, 2),
+            vec![3164, 3164]
+        );
     }
 }
