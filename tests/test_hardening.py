@@ -137,6 +137,11 @@ def test_instances_accept_wide_integer_outputs(model):
         (lambda m: unet_rt.Window(image=(1.5, 7), start=(0, 0), shape=(1, 1)), TypeError, "sequence of ints"),
         (lambda m: m.segment(np.broadcast_to(np.float32(1), (300000, 300000))), unet_rt.InvalidArgumentError,
          "needs 83.8 GiB of memory"),
+        # Each image's result fits; the batch's 58 TiB do not (this ran for ever, image after image).
+        (lambda m: m.segment(np.broadcast_to(np.float32(1), (10**6, 64, 10**6)), axes="byx"),
+         unet_rt.InvalidArgumentError, r"result of shape \[1000000, 64, 1000000\] needs 58.2 TiB"),
+        (lambda m: m.segment(np.broadcast_to(np.float32(1), (10**6, 64, 10**6)), axes="byx", output="instances"),
+         unet_rt.InvalidArgumentError, "needs 58.2 TiB"),
         (lambda m: unet_rt.Model(5), TypeError, "path must be a str"),
         (lambda m: m.forward(np.full((1, 1, 64, 64), 1e300)), unet_rt.InvalidArgumentError, "beyond the float32"),
     ],

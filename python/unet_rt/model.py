@@ -318,6 +318,10 @@ class Model:
             if tuple(out.shape) != tuple(shape):
                 raise InvalidArgumentError(f"invalid out: has shape {out.shape}, the result has shape {tuple(shape)}")
         images = view if batched else view[:1]
+        if out is None and batched:
+            # One array for the whole batch, checked against memory before
+            # any image is segmented (and no second copy from stacking).
+            out = self._inner.result_array(shape, output)
         # Only a progress report needs the tile count: keep the plain call free of it.
         wants_progress = progress is not None and progress is not False
         per_image = self._tiles(view.shape[2:], tile, batch_size, memory_budget, piece.window) if wants_progress else 0
@@ -329,9 +333,7 @@ class Model:
                 callback = None if report is None else (lambda done, _total, base=i * per_image: report(base + done))
                 results.append(self._inner.segment(images[i], output, tile, batch_size, memory_budget, target, callback,
                                                    blend, piece.engine_window, piece.range(i), nonfinite))
-        if out is not None:
-            return out
-        return np.stack(results) if batched else results[0]
+        return out if out is not None else results[0]
 
     def _tiles(self, spatial: Sequence[int], tile, batch_size, memory_budget, window: Optional[Window] = None) -> int:
         if window is None:

@@ -9,7 +9,7 @@ use unet_rt::{OutputMode, Precision};
 
 use crate::args;
 use crate::errors::{catching, run_released, to_py_err};
-use crate::segment::{percentile_range, progress_callback, segment};
+use crate::segment::{natural_element, new_natural_result, percentile_range, progress_callback, segment};
 
 /// A TorchScript model loaded once onto a device, in one precision; safe to
 /// share between Python threads.
@@ -214,6 +214,20 @@ impl Model {
             return Err(err);
         }
         result
+    }
+
+    /// A zeroed array of `shape` in the dtype `segment` gives `output` when
+    /// no `out=` is passed; its size is checked against memory first, so
+    /// that a batch whose results cannot all be held fails before any work.
+    fn result_array<'py>(
+        &self,
+        py: Python<'py>,
+        shape: &Bound<'py, PyAny>,
+        output: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let shape = args::sizes(shape, "shape", None)?;
+        let output = parse_arg::<OutputMode>(output, "output")?;
+        new_natural_result(py, shape, natural_element(output, self.inner.info()))
     }
 
     /// The pixel values percentile normalization maps to 0 and 1 in `image`

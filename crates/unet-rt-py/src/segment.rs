@@ -53,12 +53,7 @@ pub(crate) fn segment<'py>(
         })
         .transpose()?;
     // The element type of the result: what `out` has, else the natural one.
-    let element = match (segmenter.options().output, out_dtype.as_deref()) {
-        (_, Some(d)) => d.to_owned(),
-        (OutputMode::Labels, None) if info.out_channels > 256 => "uint16".to_owned(),
-        (OutputMode::Labels, None) => "uint8".to_owned(),
-        (_, None) => "float32".to_owned(),
-    };
+    let element = out_dtype.unwrap_or_else(|| natural_element(segmenter.options().output, info).to_owned());
     match element.as_str() {
         "uint8" => by_input::<u8>(py, segmenter, image, out, cancel),
         "uint16" => by_input::<u16>(py, segmenter, image, out, cancel),
@@ -96,6 +91,26 @@ fn by_input<'py, U: OutputElement + Element>(
             "dtype {dtype} is not supported; use uint8, uint16, int16, float16, float32 or float64"
         ),
     ))
+}
+
+/// The NumPy dtype of a result when the caller gives no `out=`: labels in
+/// the narrowest type that holds every class, the rest as float32.
+pub(crate) fn natural_element(output: OutputMode, info: &unet_rt::ModelInfo) -> &'static str {
+    match output {
+        OutputMode::Labels if info.out_channels > 256 => "uint16",
+        OutputMode::Labels => "uint8",
+        _ => "float32",
+    }
+}
+
+/// A zeroed result array of `shape` and a dtype [`natural_element`] names,
+/// checked against memory like every result.
+pub(crate) fn new_natural_result<'py>(py: Python<'py>, shape: Vec<usize>, element: &str) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match element {
+        "uint8" => new_result::<u8>(py, shape)?.into_any(),
+        "uint16" => new_result::<u16>(py, shape)?.into_any(),
+        _ => new_result::<f32>(py, shape)?.into_any(),
+    })
 }
 
 fn run<'py, T: Pixel + Element, U: OutputElement + Element>(
