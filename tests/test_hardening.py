@@ -17,6 +17,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
+from typing import Dict
 
 import numpy as np
 import pytest
@@ -369,3 +370,36 @@ def test_ctrl_c_stops_a_single_long_forward_pass_within_a_second(tmp_path, clean
     assert estimate > 2.0, f"the forward pass ({estimate} s) must outlast the signal for the test to tell"
     assert line and line[0] == "interrupted", line
     assert float(line[1]) - sent < 1.0
+
+
+class _DictOut(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {"out": self.conv(x)}
+
+
+class _Flat(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).flatten()
+
+
+@pytest.mark.parametrize(
+    "module,message",
+    [(_DictOut, "its forward returns a dict, not a tensor"), (_Flat, r"returns shape \[2\]: a segmentation network")],
+)
+def test_probing_stops_at_once_on_outputs_no_size_can_fix(module, message):
+    # These scanned every size up to 640 (seconds each load, gigabytes of
+    # cached executor plans) before saying "no size rule".
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(module()), buffer)
+    start = time.perf_counter()
+    with pytest.raises(unet_rt.ModelError, match=message):
+        unet_rt.Model.from_bytes(buffer.getvalue(), device="cpu", precision="fp32")
+    assert time.perf_counter() - start < 2.0

@@ -9,7 +9,9 @@ use unet_rt::{OutputMode, Precision};
 
 use crate::args;
 use crate::errors::{catching, run_released, to_py_err};
-use crate::segment::{natural_element, new_natural_result, percentile_range, progress_callback, segment};
+use crate::segment::{
+    natural_element, new_natural_result, percentile_range, progress_callback, segment,
+};
 
 /// A TorchScript model loaded once onto a device, in one precision; safe to
 /// share between Python threads.
@@ -173,18 +175,19 @@ impl Model {
             .filter(|b| !b.is_none())
             .map(|b| args::text(b, "blend"))
             .transpose()?;
-        let blend =
-            match blend.as_deref().unwrap_or("crop") {
-                "crop" => unet_rt::Blend::Crop,
-                "gaussian" => unet_rt::Blend::gaussian(),
-                "constant" => unet_rt::Blend::Constant,
-                other => return Err(to_py_err(unet_rt::Error::InvalidArgument {
+        let blend = match blend.as_deref().unwrap_or("crop") {
+            "crop" => unet_rt::Blend::Crop,
+            "gaussian" => unet_rt::Blend::gaussian(),
+            "constant" => unet_rt::Blend::Constant,
+            other => {
+                return Err(to_py_err(unet_rt::Error::InvalidArgument {
                     argument: "blend",
                     message: format!(
                         "unknown blend {other:?}; expected \"crop\", \"gaussian\" or \"constant\""
                     ),
-                })),
-            };
+                }))
+            }
+        };
         let failure = Arc::new(Mutex::new(None));
         let output = match output.filter(|o| !o.is_none()) {
             Some(o) => parse_arg::<OutputMode>(o, "output")?,

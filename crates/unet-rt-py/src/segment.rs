@@ -53,7 +53,8 @@ pub(crate) fn segment<'py>(
         })
         .transpose()?;
     // The element type of the result: what `out` has, else the natural one.
-    let element = out_dtype.unwrap_or_else(|| natural_element(segmenter.options().output, info).to_owned());
+    let element =
+        out_dtype.unwrap_or_else(|| natural_element(segmenter.options().output, info).to_owned());
     match element.as_str() {
         "uint8" => by_input::<u8>(py, segmenter, image, out, cancel),
         "uint16" => by_input::<u16>(py, segmenter, image, out, cancel),
@@ -105,7 +106,11 @@ pub(crate) fn natural_element(output: OutputMode, info: &unet_rt::ModelInfo) -> 
 
 /// A zeroed result array of `shape` and a dtype [`natural_element`] names,
 /// checked against memory like every result.
-pub(crate) fn new_natural_result<'py>(py: Python<'py>, shape: Vec<usize>, element: &str) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn new_natural_result<'py>(
+    py: Python<'py>,
+    shape: Vec<usize>,
+    element: &str,
+) -> PyResult<Bound<'py, PyAny>> {
     Ok(match element {
         "uint8" => new_result::<u8>(py, shape)?.into_any(),
         "uint16" => new_result::<u16>(py, shape)?.into_any(),
