@@ -71,7 +71,11 @@ def with_metadata(source: Path, target: Path, **changes) -> Path:
         (dict(memory_budget=-5), unet_rt.InvalidArgumentError, "invalid memory_budget"),
         (dict(memory_budget=2**70), unet_rt.InvalidArgumentError, "invalid memory_budget"),
         (dict(memory_budget="1GB"), TypeError, "memory_budget must be an int"),
+        (dict(tile=b"44"), TypeError, "tile must be an int or a sequence of ints, got bytes"),
+        (dict(tile=bytearray(b"44")), TypeError, "tile must be an int or a sequence of ints, got bytearray"),
+        (dict(memory_budget=0), unet_rt.InvalidArgumentError, "invalid memory_budget: must be at least 1 byte"),
         (dict(blend=5), TypeError, "blend must be a str"),
+        (dict(blend=None), TypeError, "blend must be a str, got NoneType"),
         (dict(blend="smooth"), unet_rt.InvalidArgumentError, "invalid blend"),
         (dict(output=3), TypeError, "output must be a str"),
         (dict(nonfinite="ignore"), unet_rt.InvalidArgumentError, "invalid nonfinite"),
@@ -144,6 +148,23 @@ def test_instances_accept_wide_integer_outputs(model):
         (lambda m: m.segment(np.broadcast_to(np.float32(1), (10**6, 64, 10**6)), axes="byx", output="instances"),
          unet_rt.InvalidArgumentError, "needs 58.2 TiB"),
         (lambda m: unet_rt.Model(5), TypeError, "path must be a str"),
+        (lambda m: unet_rt.Model("/tmp/a\x00b.pt"), unet_rt.InvalidArgumentError, "invalid path: .* NUL"),
+        (lambda m: unet_rt.Model(device=5), TypeError, "device must be a str, got int"),
+        (lambda m: unet_rt.Model(precision=None), TypeError, "precision must be a str, got NoneType"),
+        (lambda m: unet_rt.Model.from_bytes(10**12), TypeError, "data must be bytes"),
+        (lambda m: unet_rt.Model.from_bytes("PK.."), TypeError, "data must be bytes"),
+        (lambda m: unet_rt.Model.from_bytes(b"PK..", name=5), TypeError, "name must be a str"),
+        (lambda m: unet_rt.segment(IMAGE, 5), TypeError, "model must be a unet_rt.Model, a path or None, got int"),
+        (lambda m: unet_rt.segment(IMAGE, "/tmp/a\x00b.pt"), unet_rt.InvalidArgumentError, "NUL"),
+        (lambda m: unet_rt.Window(image=(10, 10), start=None, shape=(1, 1)), TypeError, "window start must be"),
+        (lambda m: unet_rt.Window(image=(True, 10), start=(0, 0), shape=(1, 1)), TypeError, "window image must be"),
+        (lambda m: unet_rt.Window(image=b"44", start=(0, 0), shape=(1, 1)), TypeError, "window image must be"),
+        (lambda m: unet_rt.Window(image=(10, 10), start=(0, 0), shape=(1, 1), origin=()),
+         unet_rt.InvalidArgumentError, "one value per spatial axis"),
+        (lambda m: unet_rt.Window(image=(), start=(), shape=()), unet_rt.InvalidArgumentError, "no axes"),
+        # The native copy of a big-endian array was attempted (numpy MemoryError, or an overcommitted kill).
+        (lambda m: m.segment(np.broadcast_to(np.array(1, ">f4"), (300000, 300000))), unet_rt.InvalidArgumentError,
+         "byte order is not native, and the native copy .* needs 335.3 GiB"),
         (lambda m: m.forward(np.full((1, 1, 64, 64), 1e300)), unet_rt.InvalidArgumentError, "beyond the float32"),
     ],
 )
@@ -403,3 +424,40 @@ def test_probing_stops_at_once_on_outputs_no_size_can_fix(module, message):
     with pytest.raises(unet_rt.ModelError, match=message):
         unet_rt.Model.from_bytes(buffer.getvalue(), device="cpu", precision="fp32")
     assert time.perf_counter() - start < 2.0
+
+
+def test_complex_network_output_is_an_inference_error_not_a_dropped_imaginary_part(tmp_path):
+    class Complex(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return torch.complex(y, y)
+
+    meta = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 2, "output": "softmax",
+            "padding": "same", "halo": 4, "size_multiple": 1, "size_offset": 0, "normalization": {"kind": "none"}}
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(Complex()), buffer, _extra_files={"unet_rt.json": json.dumps(meta)})
+    model = unet_rt.Model.from_bytes(buffer.getvalue(), device="cpu", precision="fp32")
+    for output in ("raw", "probabilities", "labels"):
+        with pytest.raises(unet_rt.InferenceError, match="returns ComplexFloat values"):
+            model.segment(IMAGE, output=output)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.where(np.arange(100) == 0, np.inf, 5.0).astype(np.float16).reshape(10, 10),
+        np.full((10, 10), -np.inf, np.float32),
+        np.full((10, 10), np.nan, np.float64),
+    ],
+)
+def test_percentile_range_refuses_non_finite_percentiles(tmp_path, tiny_model_path, image):
+    percentile = with_metadata(Path(tiny_model_path), tmp_path / "p.pt",
+                               normalization={"kind": "percentile", "low": 1.0, "high": 99.8})
+    model = unet_rt.Model(percentile, device="cpu", precision="fp32")
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid image: its percentiles are .* NaN or infinite"):
+        model.percentile_range(image)
+

@@ -6,6 +6,8 @@ import operator
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Tuple
 
+import numpy as np
+
 from .errors import InvalidArgumentError
 
 __all__ = ["Window"]
@@ -59,17 +61,16 @@ class Window:
     def __post_init__(self) -> None:
         for name in ("image", "start", "shape", "origin"):
             value = getattr(self, name)
-            if value is None:
+            if value is None and name == "origin":
                 continue
-            try:
-                # operator.index: ints and NumPy integers, never a float or str.
-                sizes = tuple(operator.index(v) for v in value)
-            except TypeError:
-                raise TypeError(f"window {name} must be a sequence of ints, got {value!r}") from None
+            sizes = _sizes(value, name)
             if any(v < 0 for v in sizes):
                 raise InvalidArgumentError(f"invalid window: {name} {sizes} has negative values")
             object.__setattr__(self, name, sizes)
-        ranks = {len(self.image), len(self.start), len(self.shape), len(self.origin or self.image)}
+        if not self.image:
+            raise InvalidArgumentError("invalid window: image () has no axes; give one value per spatial axis")
+        origin = self.image if self.origin is None else self.origin
+        ranks = {len(self.image), len(self.start), len(self.shape), len(origin)}
         if len(ranks) != 1:
             raise InvalidArgumentError(f"invalid window: {self} must give one value per spatial axis everywhere")
 
@@ -81,3 +82,22 @@ class Window:
         """``(image, origin, start, shape)`` as the extension takes it."""
         origin = self.origin if self.origin is not None else (0,) * len(self.image)
         return self.image, origin, self.start, self.shape
+
+
+def _sizes(value: object, name: str) -> Tuple[int, ...]:
+    """``value`` as a tuple of ints: ints and NumPy integers, never a bool,
+    float or string (nor bytes, whose items are ints)."""
+    wrong = TypeError(f"window {name} must be a sequence of ints, got {value!r}")
+    if isinstance(value, (str, bytes, bytearray)):
+        raise wrong
+    try:
+        items = tuple(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise wrong from None
+    if any(isinstance(v, (bool, np.bool_)) for v in items):
+        raise wrong
+    try:
+        # operator.index: ints and NumPy integers, never a float or str.
+        return tuple(operator.index(v) for v in items)
+    except TypeError:
+        raise wrong from None

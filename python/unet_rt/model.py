@@ -70,6 +70,9 @@ class Model:
     def __init__(self, path: Optional[PathLike] = None, device: str = "auto", precision: str = "auto") -> None:
         if path is not None and not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        _check_device_precision(device, precision)
+        if path is not None and "\x00" in str(os.fspath(path)):
+            raise InvalidArgumentError(f"invalid path: {os.fspath(path)!r} contains a NUL character")
         if path is None:
             path = bundled_model_path()
             if not path.exists():
@@ -81,10 +84,24 @@ class Model:
 
     @classmethod
     def from_bytes(cls, data: bytes, device: str = "auto", precision: str = "auto", name: str = "<bytes>") -> "Model":
-        """Loads a model from the bytes of a TorchScript archive."""
+        """Loads a model from the bytes of a TorchScript archive (``bytes``,
+        ``bytearray`` or ``memoryview``); ``name`` stands for its path in
+        messages.
+
+        >>> import unet_rt
+        >>> with open(tiny_model_path, "rb") as f:
+        ...     unet_rt.Model.from_bytes(f.read(), device="cpu").path
+        '<bytes>'
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes, bytearray or memoryview, got {type(data).__name__}")
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
+        _check_device_precision(device, precision)
+        data = bytes(data)
         self = cls.__new__(cls)
-        self._inner = _unet_rt.Model.from_bytes(bytes(data), name, device, precision)
-        self._source = bytes(data)
+        self._inner = _unet_rt.Model.from_bytes(data, name, device, precision)
+        self._source = data
         self._device_request = device
         self._precision_request = precision
         return self
@@ -289,6 +306,8 @@ class Model:
             raise TypeError(f"progress must be a bool or a callable progress(done, total), got {type(progress).__name__}")
         if not isinstance(nonfinite, str):
             raise TypeError(f"nonfinite must be a str, got {type(nonfinite).__name__}")
+        if not isinstance(blend, str):
+            raise TypeError(f"blend must be a str, got {type(blend).__name__}")
         array = _check_image(image)
         info = self._inner.info
         view, batched, _ = arrange(array, axes, info["spatial_dims"], info["in_channels"])
@@ -379,6 +398,12 @@ def _ranges(input_range: Any, images: int, batched: bool) -> Optional[np.ndarray
     return values
 
 
+def _check_device_precision(device: Any, precision: Any) -> None:
+    for name, value in (("device", device), ("precision", precision)):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+
+
 def _rebuild(source: Union[str, bytes], device: str, precision: str) -> Model:
     if isinstance(source, bytes):
         return Model.from_bytes(source, device, precision)
@@ -399,6 +424,7 @@ def _check_image(image: Any) -> np.ndarray:
         raise InvalidArgumentError(f"invalid image: empty array of shape {image.shape}")
     if not image.dtype.isnative:
         # The one copy: the engine reads native byte order only.
+        _unet_rt.check_image_copy(image.nbytes)
         image = image.astype(image.dtype.newbyteorder("="))
     return image
 
@@ -451,7 +477,7 @@ def _cached_model(path: Optional[PathLike], device: str, precision: str) -> Mode
     try:
         stat = resolved.stat()
         key: Tuple[Any, ...] = (str(resolved.resolve()), stat.st_mtime_ns, stat.st_size, device, precision)
-    except OSError:
+    except (OSError, ValueError):
         return Model(path, device, precision)  # raises the right error
     with _CACHE_LOCK:
         if key in _CACHE:
@@ -484,6 +510,8 @@ def segment(
     >>> unet_rt.segment(np.random.rand(100, 120), tiny_model_path, device="cpu").shape
     (100, 120)
     """
+    if not (model is None or isinstance(model, (Model, str, os.PathLike))):
+        raise TypeError(f"model must be a unet_rt.Model, a path or None, got {type(model).__name__}")
     if not isinstance(model, Model):
         model = _cached_model(model, device, precision)
     return model.segment(image, **options)

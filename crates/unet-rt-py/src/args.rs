@@ -6,7 +6,7 @@
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyFloat, PyString};
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyFloat, PyString};
 
 use crate::errors::to_py_err;
 
@@ -83,9 +83,12 @@ pub(crate) fn sizes(
     argument: &'static str,
     dims: Option<usize>,
 ) -> PyResult<Vec<usize>> {
+    // Bytes iterate as ints: b"44" would be the sizes (52, 52).
     if value.is_instance_of::<PyString>()
         || value.is_instance_of::<PyFloat>()
         || value.is_instance_of::<PyBool>()
+        || value.is_instance_of::<PyBytes>()
+        || value.is_instance_of::<PyByteArray>()
     {
         return Err(PyTypeError::new_err(format!(
             "{argument} must be an int or a sequence of ints, got {}",

@@ -35,5 +35,6 @@ fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::Model>()?;
     m.add_function(wrap_pyfunction!(instances::connected_components, m)?)?;
     m.add_function(wrap_pyfunction!(errors::error_class_names, m)?)?;
+    m.add_function(wrap_pyfunction!(segment::check_image_copy, m)?)?;
     Ok(())
 }

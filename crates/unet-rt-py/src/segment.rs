@@ -146,6 +146,27 @@ fn run<'py, T: Pixel + Element, U: OutputElement + Element>(
     Ok(result.into_any())
 }
 
+/// Refuses a copy of the image of `nbytes` (one in native byte order) that
+/// this machine cannot hold, before NumPy tries: its `MemoryError` names
+/// nothing, and with overcommit the copy may be granted and then killed.
+#[pyfunction]
+pub(crate) fn check_image_copy(nbytes: &Bound<'_, PyAny>) -> PyResult<()> {
+    let nbytes = crate::args::size(nbytes, "nbytes")? as u128;
+    let limit = unet_rt::memory::total_memory().map_or(u128::MAX, |m| m as u128);
+    if nbytes > limit {
+        return Err(invalid(
+            "image",
+            format!(
+                "its byte order is not native, and the native copy the engine reads needs {} of memory, more \
+                 than this machine has: pass an array in native byte order (e.g. a numpy.memmap with dtype \
+                 '<f4')",
+                unet_rt::memory::format_bytes(nbytes)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A zeroed array for the result, or an `InvalidArgumentError` that says
 /// how much memory it needed when it cannot be allocated (NumPy's own
 /// constructor raises `MemoryError`, PyO3's panics).
@@ -200,7 +221,7 @@ pub(crate) fn percentile_range(
             if let Ok(array) = image.cast::<PyArrayDyn<$t>>() {
                 let input = array.try_readonly().map_err(|e| invalid("image", e.to_string()))?;
                 let view = input.as_array();
-                return run_released(py, &cancel, move || Ok(unet_rt::normalize::percentile_range(norm, &view)));
+                return run_released(py, &cancel, move || unet_rt::normalize::percentile_range(norm, &view));
             }
         )*};
     }

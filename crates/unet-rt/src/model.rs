@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ndarray::{ArrayD, ArrayViewD};
-use tch::{CModule, Device, Tensor};
+use tch::{CModule, Device, Kind, Tensor};
 
 use crate::archive;
 use crate::convert::{array_from_tensor, tensor_from_view};
@@ -176,7 +176,8 @@ impl Model {
                     .inner
                     .module
                     .forward_ts(&[input])
-                    .map_err(Error::inference);
+                    .map_err(Error::inference)
+                    .and_then(floating);
                 // The caller may have stopped waiting (cancelled): nothing to do then.
                 let _ = reply_tx.send(output);
             }),
@@ -309,6 +310,18 @@ fn forward_thread(device: Device, job: Job) -> Result<()> {
         .map_err(|_| Error::Internal("the forward thread stopped at its start".to_owned()))?;
     *queue = Some(tx);
     Ok(())
+}
+
+/// The network's output if its values are real floating-point numbers:
+/// complex values would lose their imaginary part in the conversion to
+/// float32, and integers or booleans are no logits or probabilities.
+fn floating(output: Tensor) -> Result<Tensor> {
+    match output.kind() {
+        Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double => Ok(output),
+        other => Err(Error::Inference(format!(
+            "the network returns {other:?} values; unet_rt needs real floating-point logits or probabilities"
+        ))),
+    }
 }
 
 fn invalid_model(path: &Path, err: &tch::TchError) -> Error {

@@ -2,6 +2,7 @@
 
 use ndarray::ArrayViewD;
 
+use crate::error::{Error, Result};
 use crate::metadata::Normalization;
 use crate::pixel::Pixel;
 
@@ -89,7 +90,7 @@ pub fn resolve(norm: &Normalization, values: impl Iterator<Item = f64>) -> Affin
 /// without copying it: an exact histogram for 8- and 16-bit pixels, a
 /// selection over (at most [`PERCENTILE_SAMPLE`]) values for floats.
 pub fn resolve_view<T: Pixel>(norm: &Normalization, image: &ArrayViewD<'_, T>) -> Affine {
-    match percentile_range(norm, image) {
+    match range_of(norm, image) {
         Some((lo, hi)) => affine_from_range(lo, hi),
         None => resolve(norm, std::iter::empty()),
     }
@@ -99,10 +100,28 @@ pub fn resolve_view<T: Pixel>(norm: &Normalization, image: &ArrayViewD<'_, T>) -
 /// `image` (as [`resolve_view`] computes them); `None` for the other kinds.
 /// Pass them as [`crate::Options::input_range`] to segment pieces of
 /// `image` as the whole.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] (`image`) when a percentile is NaN or
+/// infinite: the image holds such values, and no input range made of them
+/// normalizes anything.
 pub fn percentile_range<T: Pixel>(
     norm: &Normalization,
     image: &ArrayViewD<'_, T>,
-) -> Option<(f64, f64)> {
+) -> Result<Option<(f64, f64)>> {
+    match range_of(norm, image) {
+        Some((lo, hi)) if !(lo.is_finite() && hi.is_finite()) => Err(Error::InvalidArgument {
+            argument: "image",
+            message: format!(
+                "its percentiles are ({lo}, {hi}): it holds NaN or infinite values (or values beyond the range \
+                 of its dtype)"
+            ),
+        }),
+        range => Ok(range),
+    }
+}
+
+fn range_of<T: Pixel>(norm: &Normalization, image: &ArrayViewD<'_, T>) -> Option<(f64, f64)> {
     let Normalization::Percentile { low, high } = *norm else {
         return None;
     };

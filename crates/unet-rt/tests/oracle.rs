@@ -469,6 +469,7 @@ fn windows_give_the_whole_images_result_bit_for_bit() {
                 // A piece cannot know the whole image's percentiles: pass them.
                 let whole_range = range.or_else(|| {
                     unet_rt::normalize::percentile_range(&model.info().normalization, &image.view())
+                        .expect("finite image")
                 });
                 let piece_options = Options {
                     window: Some(window),

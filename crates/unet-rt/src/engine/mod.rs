@@ -144,7 +144,7 @@ impl Segmenter {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a tile of the wrong rank or not a valid
-    /// input size of the model, or a zero batch size.
+    /// input size of the model, a zero batch size or memory budget.
     pub fn new(model: Model, options: Options) -> Result<Self> {
         let info = model.info();
         if let Some(tile) = &options.tile {
@@ -180,6 +180,13 @@ impl Segmenter {
         }
         if options.batch_size == Some(0) {
             return Err(invalid("batch_size", "must be at least 1".to_owned()));
+        }
+        if options.memory_budget == Some(0) {
+            return Err(invalid(
+                "memory_budget",
+                "must be at least 1 byte (it is the activation memory one batch may use)"
+                    .to_owned(),
+            ));
         }
         if let Some(range) = options.input_range {
             if !matches!(info.normalization, Normalization::Percentile { .. }) {
