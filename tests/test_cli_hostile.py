@@ -428,3 +428,22 @@ def test_good_inputs_are_segmented_next_to_hostile_ones(cli, tmp_path):
 def test_bench_refuses_sizes_beyond_memory(cli, size):
     proc = run(cli, "bench", "--size", size, "--device", "cpu", "-r", "1")
     assert_refused(proc, status=(2,))
+
+
+@pytest.mark.parametrize(
+    "args,named",
+    [
+        (["segment", "x.npy", "-o", "out", "--bogus"], "--bogus"),
+        (["segment", "x.npy", "-o", "out", "--threads", "0"], "--threads"),
+        (["segment", "x.npy", "-o", "out", "--axes", "bcyx"], "bcyx"),
+        (["segment", "x.npy", "-o", "out", "--output-kind", "LABELS"], "--output-kind"),
+        (["segment", "x.npy"], "--output"),
+        (["frobnicate"], "frobnicate"),
+    ],
+)
+def test_usage_errors_are_one_line_with_status_2(cli, tmp_path, args, named):
+    # clap's own report spans several lines (tips, usage); like every other
+    # failure, a usage error is one `unet-rt: error:` line.
+    proc = subprocess.run([str(cli), *args], capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+    assert_refused(proc, named, status=(2,))
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr

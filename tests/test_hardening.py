@@ -3,7 +3,7 @@ an InvalidArgumentError that names it, never OverflowError, AttributeError or
 PanicException; absurd sizes and metadata answer at once; NaN and infinity
 never come back silently; a long forward pass does not delay Ctrl-C.
 
-The randomized campaign over the same contract is tests/fuzz/run_campaigns.py."""
+The randomized campaign over the same contract is tests/test_fuzz.py."""
 
 from __future__ import annotations
 

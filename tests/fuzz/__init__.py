@@ -3,9 +3,9 @@
 Each *campaign* (:mod:`tests.fuzz.worker`) throws generated hostile input at
 one part of the API (arrays, arguments, planning, ``out=`` arrays, corrupt
 model files, lying metadata, misbehaving networks with and without
-metadata, odd model paths) and
+metadata, odd model paths, the ``unet-rt`` command line) and
 checks every outcome against the contract in :mod:`tests.fuzz.contract`.
-``tests/fuzz/run_campaigns.py`` runs each campaign in a subprocess with a timeout, so a
+``tests/test_fuzz.py`` runs each campaign in a subprocess with a timeout, so a
 crash or a hang fails the test instead of the test run.
 
 Modules:
@@ -16,7 +16,8 @@ Modules:
 * :mod:`tests.fuzz.values`: hostile argument values.
 * :mod:`tests.fuzz.models`: valid, corrupt and lying model files.
 * :mod:`tests.fuzz.common`: the campaigns' shared context and checked calls.
-* :mod:`tests.fuzz.inputs`, :mod:`tests.fuzz.arguments`, :mod:`tests.fuzz.files`:
+* :mod:`tests.fuzz.inputs`, :mod:`tests.fuzz.arguments`, :mod:`tests.fuzz.files`,
+  :mod:`tests.fuzz.cli`:
   the campaigns.
 * :mod:`tests.fuzz.worker`: the command line that runs one campaign.
 """

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from .arguments import arguments, planning
+from .cli import cli
 from .common import Context, Limits
 from .files import corrupt, metadata, networks, paths, probing
 from .inputs import arrays, numerics, outputs
@@ -47,6 +48,7 @@ CAMPAIGNS: Dict[str, Campaign] = {
     "networks": networks,
     "probing": probing,
     "paths": paths,
+    "cli": cli,
 }
 
 #: Address space a worker may map (GiB): a runtime that tries to allocate a

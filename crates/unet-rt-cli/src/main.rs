@@ -56,11 +56,7 @@ fn main() -> ExitCode {
 fn run() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(err) => {
-            let _ = err.print();
-            // clap: 0 for --help, 2 for usage errors.
-            return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(EXIT_USAGE));
-        }
+        Err(err) => return usage_error(&err),
     };
     if cli.version {
         output::stdout_line(&long_version());
@@ -83,6 +79,27 @@ fn run() -> ExitCode {
             ExitCode::from(err.exit_status())
         }
     }
+}
+
+/// Reports a command line clap refused: help and version as clap prints
+/// them, a usage error as one `unet-rt: error:` line (what every other
+/// failure prints, so that scripts and logs see one line per problem).
+fn usage_error(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let status = ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(EXIT_USAGE));
+    if !err.use_stderr() || err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let _ = err.print();
+        return status;
+    }
+    // clap's report: the message (which may list items on further lines),
+    // a blank line, then tips and usage. The message, on one line.
+    let text = err.render().to_string();
+    let message = text.split("\n\n").next().unwrap_or_default();
+    let message: Vec<&str> = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    output::stderr_line(&format!("unet-rt: error: {message} (see 'unet-rt --help')"));
+    status
 }
 
 /// The version with libtorch's and the devices. Computed only for

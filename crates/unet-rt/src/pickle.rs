@@ -13,6 +13,7 @@
 //! libtorch's own reader, which refuses such bytes.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 /// One storage a pickle refers to through a persistent id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,9 +77,14 @@ pub(crate) enum Scan {
 enum Value {
     Str(String),
     Int(i128),
-    Tuple(Vec<Value>),
+    /// Shared: `DUP` and memo reads copy values, and a hostile pickle could
+    /// otherwise copy one large tuple over and over.
+    Tuple(Rc<Vec<Value>>),
     Global(String, String),
-    Storage { key: String, numel: u64 },
+    Storage {
+        key: String,
+        numel: u64,
+    },
     Mark,
     Other,
 }
@@ -233,11 +239,11 @@ impl Machine {
                 }
                 b'.' => return Ok(self.records), // STOP
                 b'(' => self.push(Value::Mark)?,
-                b')' => self.push(Value::Tuple(Vec::new()))?,
+                b')' => self.push(Value::Tuple(Rc::default()))?,
                 b']' | b'}' | 0x8f | b'N' | 0x88 | 0x89 => self.push(Value::Other)?, // empty list/dict/set, None, bools
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.push(Value::Tuple(items))?;
+                    self.push(Value::Tuple(Rc::new(items)))?;
                 }
                 0x85..=0x87 => {
                     let n = usize::from(opcode - 0x84);
@@ -245,7 +251,7 @@ impl Machine {
                         return Err(malformed("stack underflow"));
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
-                    self.push(Value::Tuple(items))?;
+                    self.push(Value::Tuple(Rc::new(items)))?;
                 }
                 b'a' => {
                     self.pop()?; // APPEND
@@ -602,5 +608,27 @@ mod tests {
         assert!(matches!(long(&[0x00, 0x01]), Value::Int(256)));
         assert!(matches!(long(&[]), Value::Int(0)));
         assert!(matches!(long(&[1; 17]), Value::Int(i128::MAX)));
+    }
+
+    proptest::proptest! {
+        /// Any bytes: the scanner ends (it only moves forward) and never panics.
+        #[test]
+        fn any_bytes_scan_without_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = scan(&bytes);
+        }
+
+        /// A real weight pickle with bytes overwritten anywhere: whatever the
+        /// scan makes of it, a view it reports has a checked extent.
+        #[test]
+        fn damaged_weight_pickles_scan_without_panic(
+            edits in proptest::collection::vec((0usize..400, proptest::num::u8::ANY), 1..6),
+        ) {
+            let mut bytes = weight_pickle(36, &[4, 1, 3, 3], &[9, 9, 3, 1]);
+            for (at, value) in edits {
+                let at = at % bytes.len();
+                bytes[at] = value;
+            }
+            let _ = scan(&bytes);
+        }
     }
 }

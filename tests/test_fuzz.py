@@ -5,7 +5,7 @@ case that caused it instead of killing the test run.
 The contract the campaigns check is in ``tests/fuzz/contract.py``. Each run
 draws a fresh seed, printed in the failure message; to reproduce, set it:
 
-    UNET_RT_FUZZ_SEED=1234 UNET_RT_FUZZ_EXAMPLES=500 pytest tests/fuzz/run_campaigns.py -k corrupt
+    UNET_RT_FUZZ_SEED=1234 UNET_RT_FUZZ_EXAMPLES=500 pytest tests/test_fuzz.py -k corrupt
 
 ``UNET_RT_FUZZ_EXAMPLES`` sets the examples of every campaign (the defaults
 keep the whole file to about three minutes on two cores);
@@ -29,7 +29,7 @@ from typing import Dict, List, Optional
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 #: Examples per campaign by default: about ten thousand calls and several
 #: hundred damaged, lying or misbehaving models in all, in two to three
@@ -45,10 +45,12 @@ DEFAULT_EXAMPLES: Dict[str, int] = {
     "networks": 300,
     "probing": 3,
     "paths": 1,
+    "cli": 60,
 }
 #: Worst-case seconds per example, for the subprocess timeout (a hung call
 #: ends its worker after at most 30 s: the timeout only catches the rest).
-SECONDS_PER_EXAMPLE: Dict[str, float] = {"probing": 40.0, "corrupt": 1.0, "metadata": 1.0, "networks": 1.0}
+SECONDS_PER_EXAMPLE: Dict[str, float] = {"probing": 40.0, "corrupt": 1.0, "metadata": 1.0, "networks": 1.0,
+                                          "cli": 3.0}
 #: Exit status of a worker whose watchdog caught a hung call (tests/fuzz/recorder.py).
 HANG_EXIT = 124
 #: Exit statuses that mean the process died: abort (134), segfault (139), Rust's panic=abort (101).
@@ -163,7 +165,7 @@ def _stderr_tail(stderr: str, lines: int = 25) -> str:
 def _reproduce(run: Run) -> str:
     """The seed, example count and commands that rerun ``run``."""
     return (f"seed {run.seed}, {run.examples} examples; reproduce with UNET_RT_FUZZ_SEED={run.seed} "
-            f"UNET_RT_FUZZ_EXAMPLES={run.examples} pytest tests/fuzz/run_campaigns.py -k {run.campaign}\n"
+            f"UNET_RT_FUZZ_EXAMPLES={run.examples} pytest tests/test_fuzz.py -k {run.campaign}\n"
             f"(worker: {' '.join(run.command[1:])})")
 
 
