@@ -1,4 +1,4 @@
-"""The Python API: unet_rt.segment and unet_rt.Model (DESIGN.md section 7)."""
+"""The Python API: unet_rt.segment and unet_rt.Model (docs/design.md section 7)."""
 
 from __future__ import annotations
 
@@ -383,3 +383,20 @@ def test_progress_totals_follow_the_memory_budget(model):
     seen = []
     model.segment(image, memory_budget=1 << 20, progress=lambda done, total: seen.append((done, total)))
     assert seen and seen[-1][0] == seen[-1][1] > 1
+
+
+def test_one_default_precision_for_python_cli_and_rust(tiny_model_path, cli, tmp_path):
+    # unet-rt segment and unet_rt.segment gave different labels by default
+    # (fp32 against bf16); both now take the core's default.
+    assert unet_rt.DEFAULT_PRECISION == "fp32"
+    assert unet_rt.Model(tiny_model_path, device="cpu").precision == unet_rt.DEFAULT_PRECISION
+    image = (np.random.default_rng(3).random((90, 110)) * 255).astype(np.uint8)
+    np.save(tmp_path / "image.npy", image)
+    proc = subprocess.run([str(cli), "segment", str(tmp_path / "image.npy"), "-o", str(tmp_path / "out"), "-m",
+                           str(tiny_model_path), "--device", "cpu", "--format", "npy", "-q"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    from_cli = np.load(tmp_path / "out" / "image.npy")
+    assert np.array_equal(from_cli, unet_rt.segment(image, tiny_model_path, device="cpu"))
+    help_text = subprocess.run([str(cli), "segment", "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert f"[default: {unet_rt.DEFAULT_PRECISION}]" in help_text

@@ -85,17 +85,17 @@ def test_cli_raw_output_equals_the_pytorch_oracle(tiny_model_path, cli, tmp_path
 
 def test_cli_reads_16bit_tiff_and_writes_label_tiff(tiny_model_path, cli, tmp_path):
     image = (np.random.default_rng(3).random((50, 70)) * 65535).astype(np.uint16)
-    tifffile.imwrite(tmp_path / "cells.tif", image)
-    proc = run([cli, "segment", tmp_path / "cells.tif", "-m", tiny_model_path, "-o", tmp_path])
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "cells.tif", image)
+    proc = run([cli, "segment", tmp_path / "in" / "cells.tif", "-m", tiny_model_path, "-o", tmp_path / "out"])
     assert proc.returncode == 0, proc.stderr
-    labels = tifffile.imread(tmp_path / "out.tif" if False else tmp_path / "cells.tif")
-    # The result replaced nothing: input and output have the same stem but the
-    # output folder here is the input folder, so the label file is the .tif.
-    assert labels.dtype == np.uint8
+    labels = tifffile.imread(tmp_path / "out" / "cells.tif")
+    assert labels.dtype == np.uint8 and labels.shape == image.shape
     net = torch.jit.load(str(tiny_model_path))
     want = reference_whole(net, image.astype(np.float32), read_metadata(tiny_model_path)).argmax(0)
     assert (labels == want).mean() > 0.999
-    assert not list(tmp_path.glob(".*partial")), "no temporary files left"
+    assert np.array_equal(tifffile.imread(tmp_path / "in" / "cells.tif"), image), "the input is untouched"
+    assert not list(tmp_path.rglob(".*partial")), "no temporary files left"
 
 
 def test_python_errors_say_what_is_wrong(tiny_model_path, tmp_path):

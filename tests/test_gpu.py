@@ -47,8 +47,10 @@ def test_cuda_agrees_with_the_cpu(wide_model_path, precision):
 
 
 def test_auto_device_is_the_gpu_and_auto_precision_is_bf16(wide_model_path):
-    model = unet_rt.Model(wide_model_path)
+    model = unet_rt.Model(wide_model_path, precision="auto")
     assert model.device.startswith("cuda") and model.precision == "bf16"
+    # The default is the same everywhere: fp32.
+    assert unet_rt.Model(wide_model_path).precision == "fp32"
 
 
 def test_tiles_batches_and_repeats_give_the_same_result(wide_model_path):

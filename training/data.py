@@ -94,7 +94,7 @@ def as_channels_first(image: np.ndarray) -> np.ndarray:
 
 
 def normalize(image: np.ndarray, spec: Optional[Dict[str, Any]]) -> np.ndarray:
-    """Applies a ``unet_rt/1`` normalisation (DESIGN section 4) exactly as the
+    """Applies a ``unet_rt/1`` normalisation (docs/design.md section 4) exactly as the
     runtime does, to the whole array at once: ``percentile`` maps the image's
     ``low``/``high`` percentiles (numpy's linear interpolation, over all
     pixels and channels) to 0 and 1; ``zscore``, ``scale``, ``none``.

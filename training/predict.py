@@ -1,7 +1,7 @@
 """Whole-region inference for validation and held-out evaluation.
 
 A region is segmented in **one forward pass** of the mirror-padded region,
-which is what the runtime's overlap-tile result equals (DESIGN section 5):
+which is what the runtime's overlap-tile result equals (docs/design.md section 5):
 the region is extended by ``halo`` pixels on every side with
 ``numpy.pad(mode="reflect")`` and, at the far end, by the few extra pixels
 that make the input a valid size; the surplus output is cropped.

@@ -1,5 +1,5 @@
 """Reference results computed by PyTorch and NumPy alone, against which the
-runtime is tested (the "whole-image oracle" of DESIGN.md section 9).
+runtime is tested (the "whole-image oracle" of docs/design.md section 9).
 
 >>> import numpy as np
 >>> whole_image_padding(37, halo=20, multiple=4, offset=0)

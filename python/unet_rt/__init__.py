@@ -26,7 +26,7 @@ from .errors import (
     UnetRtIOError,
 )
 from ._window import Window
-from .model import Model, bundled_model_path, segment
+from .model import DEFAULT_PRECISION, Model, bundled_model_path, segment
 
 __version__: str = _unet_rt.__version__
 
@@ -34,6 +34,7 @@ __all__ = [
     "__version__",
     "build_info",
     "bundled_model_path",
+    "DEFAULT_PRECISION",
     "segment",
     "Model",
     "Window",

@@ -112,8 +112,9 @@ pub(crate) struct ModelArgs {
     /// cpu, cuda, cuda:N, or auto (the first GPU if there is one, else the CPU).
     #[arg(short, long, default_value = "auto")]
     pub device: String,
-    /// fp32, bf16, fp16 (GPU only) or auto (bf16 where the hardware runs it fast).
-    #[arg(short, long, default_value = "fp32")]
+    /// fp32, bf16, fp16 (GPU only) or auto (bf16 where the hardware runs it
+    /// fast; a few boundary pixels may differ from fp32).
+    #[arg(short, long, default_value = unet_rt::Precision::DEFAULT_NAME)]
     pub precision: String,
     /// Tile size: N for every axis, or per axis as YxX (ZxYxX for 3-D); default:
     /// chosen from the memory budget.

@@ -95,7 +95,11 @@ fn usage_error(err: &clap::Error) -> ExitCode {
     // a blank line, then tips and usage. The message, on one line.
     let text = err.render().to_string();
     let message = text.split("\n\n").next().unwrap_or_default();
-    let message: Vec<&str> = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let message: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let message = message.join(" ");
     let message = message.strip_prefix("error: ").unwrap_or(&message);
     output::stderr_line(&format!("unet-rt: error: {message} (see 'unet-rt --help')"));

@@ -31,6 +31,8 @@ fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // they may not have: they need the budget the engine would default to.
     m.add("DEFAULT_CPU_BUDGET", unet_rt::DEFAULT_CPU_BUDGET)?;
     m.add("DEFAULT_CUDA_BUDGET", unet_rt::DEFAULT_CUDA_BUDGET)?;
+    // One default precision for every entry point (the core's).
+    m.add("DEFAULT_PRECISION", unet_rt::Precision::DEFAULT_NAME)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     m.add_class::<model::Model>()?;
     m.add_function(wrap_pyfunction!(instances::connected_components, m)?)?;

@@ -52,7 +52,7 @@ impl Model {
     /// Loads `path` onto `device` (`"cpu"`, `"cuda"`, `"cuda:N"`, `"auto"`) in
     /// `precision` (`"fp32"`, `"bf16"`, `"fp16"`, `"auto"`).
     #[new]
-    #[pyo3(signature = (path, device = "auto", precision = "auto"))]
+    #[pyo3(signature = (path, device = "auto", precision = unet_rt::Precision::DEFAULT_NAME))]
     fn new(py: Python<'_>, path: PathBuf, device: &str, precision: &str) -> PyResult<Self> {
         let device = unet_rt::parse_device(device).map_err(to_py_err)?;
         let precision: Precision = parse(precision)?;
@@ -65,7 +65,7 @@ impl Model {
 
     /// Loads a model from the bytes of a TorchScript archive.
     #[staticmethod]
-    #[pyo3(signature = (data, name, device = "auto", precision = "auto"))]
+    #[pyo3(signature = (data, name, device = "auto", precision = unet_rt::Precision::DEFAULT_NAME))]
     fn from_bytes(
         py: Python<'_>,
         data: Vec<u8>,

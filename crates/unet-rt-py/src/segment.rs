@@ -82,16 +82,7 @@ fn by_input<'py, U: OutputElement + Element>(
         )*};
     }
     try_input!(u8, u16, i16, half::f16, f32, f64);
-    let dtype = image
-        .getattr("dtype")
-        .map(|d| d.to_string())
-        .unwrap_or_else(|_| "unknown".to_owned());
-    Err(invalid(
-        "image",
-        format!(
-            "dtype {dtype} is not supported; use uint8, uint16, int16, float16, float32 or float64"
-        ),
-    ))
+    Err(unsupported_dtype(image))
 }
 
 /// The NumPy dtype of a result when the caller gives no `out=`: labels in
@@ -226,14 +217,19 @@ pub(crate) fn percentile_range(
         )*};
     }
     try_input!(u8, u16, i16, half::f16, f32, f64);
+    Err(unsupported_dtype(image))
+}
+
+/// The error for an image whose dtype the engine does not read.
+fn unsupported_dtype(image: &Bound<'_, PyAny>) -> PyErr {
     let dtype = image
         .getattr("dtype")
         .map(|d| d.to_string())
         .unwrap_or_else(|_| "unknown".to_owned());
-    Err(invalid(
+    invalid(
         "image",
         format!(
             "dtype {dtype} is not supported; use uint8, uint16, int16, float16, float32 or float64"
         ),
-    ))
+    )
 }

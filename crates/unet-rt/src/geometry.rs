@@ -1,4 +1,4 @@
-//! Overlap-tile geometry (DESIGN.md section 5): which input window each tile
+//! Overlap-tile geometry (docs/design.md section 5): which input window each tile
 //! reads, which part of its output is kept, and where that part goes in the
 //! output image. Pure integer arithmetic on shapes, one entry per spatial
 //! axis, so the same code serves 2D images and 3D volumes.

@@ -79,7 +79,7 @@ pub enum Normalization {
     None,
 }
 
-/// Model description, schema `unet_rt/1` (see DESIGN.md section 4).
+/// Model description, schema `unet_rt/1` (see docs/design.md section 4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
     /// Always `"unet_rt/1"`.

@@ -46,14 +46,15 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    /// Loads a TorchScript archive onto `device` in fp32 and eval mode.
+    /// Loads a TorchScript archive onto `device` in eval mode, in
+    /// [`Precision::DEFAULT`] (fp32).
     ///
     /// # Errors
     /// [`Error::ModelNotFound`] when the file is missing, [`Error::InvalidModel`]
     /// when it is not a TorchScript archive (or, without metadata, cannot be
     /// probed), [`Error::InvalidMetadata`] when its description is malformed.
     pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Self> {
-        Self::load_with_precision(path, device, Precision::Fp32)
+        Self::load_with_precision(path, device, Precision::DEFAULT)
     }
 
     /// Loads a model and converts its weights to `precision` (resolved for

@@ -22,6 +22,14 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// The precision every entry point (Rust, Python, the CLI) uses unless
+    /// told otherwise: fp32, the precision the whole-image oracles hold to,
+    /// so that results are the same everywhere by default. `Auto` is the
+    /// faster choice (see docs/design.md section 6).
+    pub const DEFAULT: Precision = Precision::Fp32;
+    /// [`Precision::DEFAULT`] as users write it (for command-line defaults).
+    pub const DEFAULT_NAME: &'static str = "fp32";
+
     /// Resolves [`Precision::Auto`] for `device`; rejects fp16 on the CPU,
     /// where libtorch's half-precision convolutions are slow or missing.
     pub fn resolve(self, device: Device) -> Result<Self, Error> {
@@ -100,6 +108,15 @@ pub fn cpu_has_fast_bf16() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_is_named_as_it_prints() {
+        assert_eq!(Precision::DEFAULT.to_string(), Precision::DEFAULT_NAME);
+        assert_eq!(
+            Precision::DEFAULT_NAME.parse::<Precision>().unwrap(),
+            Precision::DEFAULT
+        );
+    }
 
     #[test]
     fn parses_and_resolves() {

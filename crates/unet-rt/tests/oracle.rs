@@ -1,6 +1,6 @@
 //! The tiling oracle: for valid-padded models the stitched result equals one
 //! forward pass over the whole mirror-padded image, for any image size, tile
-//! size and batch size (DESIGN.md section 5).
+//! size and batch size (docs/design.md section 5).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -22,6 +22,8 @@ import time
 from contextlib import ExitStack
 from typing import List, Optional
 
+from ..model import DEFAULT_PRECISION
+
 __all__ = ["main"]
 
 
@@ -42,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", "-o", default="labels", choices=["labels", "probabilities", "raw", "instances"])
     parser.add_argument("--axes", default=None, help="axes of the source, e.g. yx, cyx, yxc, zyx, byx (inferred when unambiguous)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (per worker; default auto)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=["auto", "fp32", "bf16", "fp16"],
+                        help=f"default {DEFAULT_PRECISION}; auto is bf16 where the hardware runs it fast")
     parser.add_argument("--normalize", default="global", choices=["global", "block"],
                         help="percentile normalization over the whole image (default) or per block")
     parser.add_argument("--block", type=int, default=None, help="spatial block size per task (default ~1024 in 2-D, 128 in 3-D)")

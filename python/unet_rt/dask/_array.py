@@ -12,7 +12,7 @@ import dask.array as da
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from ..model import Model
+from ..model import DEFAULT_PRECISION, Model
 from ._blocks import BlockPlan, dask_block
 from ._instances import block_summary, merge_summaries, relabel_block
 from ._layout import OUTPUTS, Layout, block_depth
@@ -39,7 +39,7 @@ def segment(
     axes: Optional[str] = None,
     output: str = "labels",
     device: str = "auto",
-    precision: str = "auto",
+    precision: str = DEFAULT_PRECISION,
     boundary: Union[str, float] = "reflect",
     normalize: Normalize = "global",
     tile: Union[int, Sequence[int], None] = None,

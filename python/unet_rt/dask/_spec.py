@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from ..errors import InvalidArgumentError, ModelNotFoundError
-from ..model import Model, bundled_model_path
+from ..model import DEFAULT_PRECISION, Model, bundled_model_path
 from ._tiling import Tiling, local_model, plan_tiling, planning_model
 
 __all__ = ["ModelSpec", "load_model", "clear_cache"]
@@ -41,11 +41,11 @@ class ModelSpec:
 
     source: str
     device: str = "auto"
-    precision: str = "auto"
+    precision: str = DEFAULT_PRECISION
     stamp: Tuple[int, int] = (0, 0)
 
     @classmethod
-    def of(cls, path: Union[str, "os.PathLike[str]", None], device: str = "auto", precision: str = "auto") -> "ModelSpec":
+    def of(cls, path: Union[str, "os.PathLike[str]", None], device: str = "auto", precision: str = DEFAULT_PRECISION) -> "ModelSpec":
         """The spec of the model file ``path`` (``None``: the bundled model)."""
         resolved = os.path.abspath(os.fspath(bundled_model_path() if path is None else path))
         try:
@@ -55,7 +55,7 @@ class ModelSpec:
         return cls(resolved, device, precision, (stat.st_mtime_ns, stat.st_size))
 
     @classmethod
-    def of_bytes(cls, data: bytes, device: str = "auto", precision: str = "auto") -> "ModelSpec":
+    def of_bytes(cls, data: bytes, device: str = "auto", precision: str = DEFAULT_PRECISION) -> "ModelSpec":
         """The spec of a model given as the bytes of its archive (identified by digest)."""
         return cls(_BYTES_PREFIX + hashlib.sha256(data).hexdigest(), device, precision, (0, len(data)))
 
@@ -149,7 +149,7 @@ class ResolvedModel:
         return planner, plan_tiling(planner, spatial, pad, tile, batch_size, budget)
 
 
-def resolve_model(model: Union[Model, str, "os.PathLike[str]", None], device: str = "auto", precision: str = "auto") -> ResolvedModel:
+def resolve_model(model: Union[Model, str, "os.PathLike[str]", None], device: str = "auto", precision: str = DEFAULT_PRECISION) -> ResolvedModel:
     """Resolves a :class:`unet_rt.Model`, a path or ``None`` (the bundled
     model). For a :class:`~unet_rt.Model`, ``"auto"`` keeps the device and
     precision it was created with. A path is loaded once on the client, on
