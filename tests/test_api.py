@@ -400,3 +400,26 @@ def test_one_default_precision_for_python_cli_and_rust(tiny_model_path, cli, tmp
     assert np.array_equal(from_cli, unet_rt.segment(image, tiny_model_path, device="cpu"))
     help_text = subprocess.run([str(cli), "segment", "--help"], capture_output=True, text=True, timeout=60).stdout
     assert f"[default: {unet_rt.DEFAULT_PRECISION}]" in help_text
+
+
+def test_python_and_the_cli_read_an_unnamed_leading_axis_alike(tiny_model_path, cli, tmp_path):
+    # One rule in the core (unet_rt::axes::infer_axes): a leading axis of
+    # the model's channel count is channels, in Python as on the command line.
+    image = (np.random.default_rng(4).random((1, 70, 90)) * 255).astype(np.uint8)
+    model = unet_rt.Model(tiny_model_path, device="cpu")
+    got = model.segment(image)
+    assert np.array_equal(got, model.segment(image[0]))
+    np.save(tmp_path / "lead.npy", image)
+    proc = subprocess.run([str(cli), "segment", str(tmp_path / "lead.npy"), "-o", str(tmp_path / "out"), "-m",
+                           str(tiny_model_path), "--device", "cpu", "--format", "npy", "-q"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert np.array_equal(np.load(tmp_path / "out" / "lead.npy"), got)
+    # An ambiguous shape is refused the same way by both.
+    square = np.zeros((1, 70, 1), np.uint8)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="cannot tell the axes .* name them"):
+        model.segment(square)
+    np.save(tmp_path / "square.npy", square)
+    proc = subprocess.run([str(cli), "segment", str(tmp_path / "square.npy"), "-o", str(tmp_path / "out"), "-m",
+                           str(tiny_model_path), "--device", "cpu", "-q"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "cannot tell the axes" in proc.stderr, proc.stderr

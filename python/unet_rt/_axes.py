@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from . import _unet_rt
 from .errors import InvalidArgumentError
 
 __all__ = ["infer_axes", "arrange"]
@@ -15,7 +16,8 @@ _SPATIAL = {2: "yx", 3: "zyx"}
 
 
 def infer_axes(shape: Tuple[int, ...], spatial_dims: int, in_channels: int) -> str:
-    """The axes of an array of ``shape`` when they are unambiguous.
+    """The axes of an array of ``shape`` when they are unambiguous: the
+    core's rule, which the command line follows too.
 
     >>> infer_axes((300, 400), 2, 1)
     'yx'
@@ -23,25 +25,10 @@ def infer_axes(shape: Tuple[int, ...], spatial_dims: int, in_channels: int) -> s
     'yxc'
     >>> infer_axes((3, 300, 400), 2, 3)
     'cyx'
+    >>> infer_axes((1, 300, 400), 2, 1)
+    'cyx'
     """
-    spatial = _SPATIAL[spatial_dims]
-    ndim = len(shape)
-    if ndim == spatial_dims:
-        return spatial
-    if ndim == spatial_dims + 1 and in_channels > 1:
-        first, last = shape[0] == in_channels, shape[-1] == in_channels
-        if last and not first:
-            return spatial + "c"
-        if first and not last:
-            return "c" + spatial
-    hint = {
-        (2, 3): "'byx' for a stack of images, or 'cyx' / 'yxc' for channels",
-        (3, 4): "'bzyx' for a stack of volumes, or 'czyx' for channels",
-    }.get((spatial_dims, ndim), f"one of '{spatial}', 'c{spatial}', '{spatial}c', 'b{spatial}', 'bc{spatial}'")
-    raise InvalidArgumentError(
-        f"invalid axes: cannot tell the axes of an array of shape {shape} for a {spatial_dims}-D model "
-        f"with {in_channels} input channel(s); pass axes=, e.g. {hint}"
-    )
+    return _unet_rt.infer_axes(tuple(int(s) for s in shape), spatial_dims, in_channels)
 
 
 def arrange(image: np.ndarray, axes: Optional[str], spatial_dims: int, in_channels: int) -> Tuple[np.ndarray, bool, str]:

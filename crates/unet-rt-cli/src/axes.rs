@@ -55,7 +55,6 @@ pub(crate) fn choose_axes(
         }
         return Ok(axes.to_owned());
     }
-    let spatial = if info.spatial_dims == 2 { "yx" } else { "zyx" };
     if let Some(axes) = natural {
         // A 2-D model with several input channels reads a stack of exactly
         // that many pages as the channels of one image.
@@ -68,36 +67,8 @@ pub(crate) fn choose_axes(
         }
         return Ok(axes.to_owned());
     }
-    // No axes in the file (NPY): the spatial axes alone, or channels first or
-    // last when the count matches the model's.
-    let dims = info.spatial_dims;
-    if ndim == dims {
-        return Ok(spatial.to_owned());
-    }
-    if ndim == dims + 1 {
-        if shape[0] == info.in_channels {
-            return Ok(format!("c{spatial}"));
-        }
-        if info.in_channels > 1 && shape[ndim - 1] == info.in_channels {
-            return Ok(format!("{spatial}c"));
-        }
-    }
-    let channels = if info.in_channels == 1 {
-        "1 channel".to_owned()
-    } else {
-        format!("{} channels", info.in_channels)
-    };
-    let mut hint = format!(
-        "shape {shape:?} does not fit a {dims}-D model with {channels}: expected {spatial}, c{spatial} or {spatial}c \
-         with {channels}; pass --axes to say which axis is which"
-    );
-    if dims == 2 && ndim == 3 {
-        hint.push_str(&format!(
-            " (--axes zyx segments each of the {} slices as a 2-D image)",
-            shape[0]
-        ));
-    }
-    Err(hint)
+    // No axes in the file (NPY): the core's rule, the one Python follows.
+    unet_rt::axes::infer_axes(shape, info.spatial_dims, info.in_channels).map_err(|e| e.to_string())
 }
 
 /// Lays out `view`, whose axes are `axes`, as `(batch, channels, spatial...)`
@@ -185,7 +156,10 @@ mod tests {
         assert_eq!(choose_axes(None, None, &[5, 6], &m).unwrap(), "yx");
         assert_eq!(choose_axes(None, None, &[1, 5, 6], &m).unwrap(), "cyx");
         let err = choose_axes(None, None, &[4, 5, 6], &m).unwrap_err();
-        assert!(err.contains("2-D") && err.contains("--axes zyx"), "{err}");
+        assert!(
+            err.contains("2-D") && err.contains("zyx on the command line"),
+            "{err}"
+        );
         assert_eq!(
             choose_axes(None, None, &[5, 6, 3], &info(2, 3)).unwrap(),
             "yxc"

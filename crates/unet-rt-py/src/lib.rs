@@ -3,9 +3,11 @@
 //! `unet_rt` crate.
 
 mod args;
+mod axes;
 mod errors;
 mod instances;
 mod model;
+mod percentiles;
 mod segment;
 
 use pyo3::prelude::*;
@@ -38,5 +40,6 @@ fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(instances::connected_components, m)?)?;
     m.add_function(wrap_pyfunction!(errors::error_class_names, m)?)?;
     m.add_function(wrap_pyfunction!(segment::check_image_copy, m)?)?;
+    m.add_function(wrap_pyfunction!(axes::infer_axes, m)?)?;
     Ok(())
 }

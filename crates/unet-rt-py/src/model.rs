@@ -9,9 +9,8 @@ use unet_rt::{OutputMode, Precision};
 
 use crate::args;
 use crate::errors::{catching, run_released, to_py_err};
-use crate::segment::{
-    natural_element, new_natural_result, percentile_range, progress_callback, segment,
-};
+use crate::percentiles::percentile_range;
+use crate::segment::{natural_element, new_natural_result, progress_callback, segment};
 
 /// A TorchScript model loaded once onto a device, in one precision; safe to
 /// share between Python threads.

@@ -198,30 +198,8 @@ fn new_result<U: Element>(py: Python<'_>, shape: Vec<usize>) -> PyResult<Bound<'
     array.cast_into::<PyArrayDyn<U>>().map_err(PyErr::from)
 }
 
-/// The pixel values the model's percentile normalization maps to 0 and 1 in
-/// `image` (`(C, spatial...)`), or `None` for other normalizations.
-pub(crate) fn percentile_range(
-    py: Python<'_>,
-    model: &unet_rt::Model,
-    image: &Bound<'_, PyAny>,
-) -> PyResult<Option<(f64, f64)>> {
-    let norm = &model.info().normalization;
-    let cancel = Arc::new(AtomicBool::new(false));
-    macro_rules! try_input {
-        ($($t:ty),*) => {$(
-            if let Ok(array) = image.cast::<PyArrayDyn<$t>>() {
-                let input = array.try_readonly().map_err(|e| invalid("image", e.to_string()))?;
-                let view = input.as_array();
-                return run_released(py, &cancel, move || unet_rt::normalize::percentile_range(norm, &view));
-            }
-        )*};
-    }
-    try_input!(u8, u16, i16, half::f16, f32, f64);
-    Err(unsupported_dtype(image))
-}
-
 /// The error for an image whose dtype the engine does not read.
-fn unsupported_dtype(image: &Bound<'_, PyAny>) -> PyErr {
+pub(crate) fn unsupported_dtype(image: &Bound<'_, PyAny>) -> PyErr {
     let dtype = image
         .getattr("dtype")
         .map(|d| d.to_string())

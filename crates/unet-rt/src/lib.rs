@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 mod archive;
+pub mod axes;
 mod build_info;
 mod convert;
 mod engine;

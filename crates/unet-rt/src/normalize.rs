@@ -109,40 +109,275 @@ pub fn percentile_range<T: Pixel>(
     norm: &Normalization,
     image: &ArrayViewD<'_, T>,
 ) -> Result<Option<(f64, f64)>> {
-    match range_of(norm, image) {
-        Some((lo, hi)) if !(lo.is_finite() && hi.is_finite()) => Err(Error::InvalidArgument {
-            argument: "image",
-            message: format!(
-                "its percentiles are ({lo}, {hi}): it holds NaN or infinite values (or values beyond the range \
-                 of its dtype)"
-            ),
-        }),
-        range => Ok(range),
-    }
+    let Normalization::Percentile { low, high } = *norm else {
+        return Ok(None);
+    };
+    PercentileStats::of_image(image)
+        .checked_range(low, high)
+        .map(Some)
 }
 
 fn range_of<T: Pixel>(norm: &Normalization, image: &ArrayViewD<'_, T>) -> Option<(f64, f64)> {
     let Normalization::Percentile { low, high } = *norm else {
         return None;
     };
-    Some(match T::HISTOGRAM_BINS {
-        Some(bins) => {
-            let mut counts = vec![0u64; bins];
-            image.iter().for_each(|&v| counts[v.bin()] += 1);
-            (
-                histogram_percentile::<T>(&counts, low),
-                histogram_percentile::<T>(&counts, high),
-            )
+    Some(PercentileStats::of_image(image).range(low, high))
+}
+
+/// What percentile normalization needs to know of (part of) one image: an
+/// exact histogram for 8- and 16-bit pixels, else the values of the image's
+/// strided sample (every value up to [`PERCENTILE_SAMPLE`], then every
+/// `n / PERCENTILE_SAMPLE`-th in C order over `(C, spatial...)`) that fall
+/// in the part. The statistics of the parts of an image, combined in any
+/// grouping, are those of the whole image: this is how a piecewise run
+/// (Dask blocks) finds the whole image's range, exactly as
+/// [`percentile_range`] finds it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PercentileStats {
+    /// Pixel counts per value: bin `i` counts the value `first + i`.
+    Histogram {
+        /// One count per possible value.
+        counts: Vec<u64>,
+        /// The value of bin 0 (-32768 for int16).
+        first: f64,
+    },
+    /// The sampled values.
+    Sample(Vec<f64>),
+}
+
+impl PercentileStats {
+    /// The statistics of a whole image (`(C, spatial...)`).
+    pub fn of_image<T: Pixel>(image: &ArrayViewD<'_, T>) -> Self {
+        match T::HISTOGRAM_BINS {
+            Some(bins) => {
+                let mut counts = vec![0u64; bins];
+                image.iter().for_each(|&v| counts[v.bin()] += 1);
+                Self::Histogram {
+                    counts,
+                    first: T::from_bin(0),
+                }
+            }
+            None => {
+                let step = sample_step(image.len());
+                Self::Sample(image.iter().step_by(step).map(|&v| v.to_f64()).collect())
+            }
         }
-        None => {
-            let step = image.len().div_ceil(PERCENTILE_SAMPLE).max(1);
-            let mut values: Vec<f64> = image.iter().step_by(step).map(|&v| v.to_f64()).collect();
-            (
+    }
+
+    /// The statistics of `part`, the region from `origin` on of an image of
+    /// shape `image_shape` (both `(C, spatial...)`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] (`origin`) when the part does not lie
+    /// inside the image.
+    pub fn of_part<T: Pixel>(
+        part: &ArrayViewD<'_, T>,
+        origin: &[usize],
+        image_shape: &[usize],
+    ) -> Result<Self> {
+        let inside = origin.len() == part.ndim()
+            && image_shape.len() == part.ndim()
+            && part
+                .shape()
+                .iter()
+                .zip(origin)
+                .zip(image_shape)
+                .all(|((&n, &o), &m)| o.checked_add(n).is_some_and(|e| e <= m));
+        if !inside {
+            return Err(Error::InvalidArgument {
+                argument: "origin",
+                message: format!(
+                    "a part of shape {:?} at {origin:?} does not lie inside an image of shape {image_shape:?}",
+                    part.shape()
+                ),
+            });
+        }
+        let total = image_shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| Error::InvalidArgument {
+                argument: "image_shape",
+                message: format!("{image_shape:?} has too many elements"),
+            })?;
+        let step = sample_step(total);
+        if T::HISTOGRAM_BINS.is_some() || step == 1 {
+            // Every value counts: the part's own statistics are its share.
+            return Ok(Self::of_image(part));
+        }
+        // C-order strides of the image; the part's elements whose flat index
+        // in the image is a multiple of the step are the sample's.
+        let mut strides = vec![1usize; image_shape.len()];
+        for axis in (0..image_shape.len().saturating_sub(1)).rev() {
+            strides[axis] = strides[axis + 1] * image_shape[axis + 1];
+        }
+        let values = part
+            .indexed_iter()
+            .filter(|(index, _)| {
+                let flat: usize = (0..strides.len())
+                    .map(|k| (index[k] + origin[k]) * strides[k])
+                    .sum();
+                flat % step == 0
+            })
+            .map(|(_, &v)| v.to_f64())
+            .collect();
+        Ok(Self::Sample(values))
+    }
+
+    /// Adds the statistics of another part of the same image.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] (`stats`) when the two are of different
+    /// kinds or histograms of different pixel types.
+    pub fn combine(&mut self, other: Self) -> Result<()> {
+        let merged = Self::merge([self.view(), other.view()])?;
+        *self = merged;
+        Ok(())
+    }
+
+    /// The statistics of several parts of one image, from borrowed views
+    /// (no part is copied before the one allocation of the result).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] (`stats`) for no parts, parts of different
+    /// kinds, or histograms of different pixel types.
+    pub fn merge<'a>(parts: impl IntoIterator<Item = StatsView<'a>>) -> Result<Self> {
+        let mismatch = |message: &str| Error::InvalidArgument {
+            argument: "stats",
+            message: message.to_owned(),
+        };
+        let parts: Vec<StatsView<'a>> = parts.into_iter().collect();
+        match parts.first() {
+            None => Err(mismatch("no statistics to combine")),
+            Some(StatsView::Histogram { counts, first }) => {
+                let (bins, first) = (counts.len(), *first);
+                let mut total = vec![0u64; bins];
+                for part in &parts {
+                    match part {
+                        StatsView::Histogram { counts, first: f }
+                            if counts.len() == bins && *f == first =>
+                        {
+                            total
+                                .iter_mut()
+                                .zip(counts.iter())
+                                .for_each(|(t, c)| *t += c);
+                        }
+                        _ => {
+                            return Err(mismatch(
+                                "statistics of different pixel types cannot be combined",
+                            ))
+                        }
+                    }
+                }
+                Ok(Self::Histogram {
+                    counts: total,
+                    first,
+                })
+            }
+            Some(StatsView::Sample(_)) => {
+                let mut length = 0usize;
+                for part in &parts {
+                    match part {
+                        StatsView::Sample(values) => length += values.len(),
+                        _ => {
+                            return Err(mismatch(
+                                "statistics of different pixel types cannot be combined",
+                            ))
+                        }
+                    }
+                }
+                let mut total = Vec::new();
+                total
+                    .try_reserve_exact(length)
+                    .map_err(|_| mismatch("the combined sample does not fit in memory"))?;
+                for part in &parts {
+                    if let StatsView::Sample(values) = part {
+                        total.extend_from_slice(values);
+                    }
+                }
+                Ok(Self::Sample(total))
+            }
+        }
+    }
+
+    /// These statistics, borrowed.
+    pub fn view(&self) -> StatsView<'_> {
+        match self {
+            Self::Histogram { counts, first } => StatsView::Histogram {
+                counts,
+                first: *first,
+            },
+            Self::Sample(values) => StatsView::Sample(values),
+        }
+    }
+
+    /// [`PercentileStats::range`], refusing non-finite percentiles.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] (`image`) when a percentile is NaN or
+    /// infinite: the image holds such values, and no input range made of
+    /// them normalizes anything.
+    pub fn checked_range(self, low: f64, high: f64) -> Result<(f64, f64)> {
+        finite_range(self.range(low, high))
+    }
+
+    /// [`PercentileStats::checked_range`] of a sample held elsewhere (a NumPy
+    /// array, say), which it reorders.
+    ///
+    /// # Errors
+    /// As [`PercentileStats::checked_range`].
+    pub fn checked_sample_range(values: &mut [f64], low: f64, high: f64) -> Result<(f64, f64)> {
+        finite_range((
+            select_percentile(values, low),
+            select_percentile(values, high),
+        ))
+    }
+
+    /// The `low` and `high` percentiles (`numpy.percentile`, linear).
+    pub fn range(self, low: f64, high: f64) -> (f64, f64) {
+        match self {
+            Self::Histogram { counts, first } => (
+                histogram_percentile(&counts, first, low),
+                histogram_percentile(&counts, first, high),
+            ),
+            Self::Sample(mut values) => (
                 select_percentile(&mut values, low),
                 select_percentile(&mut values, high),
-            )
+            ),
         }
+    }
+}
+
+/// [`PercentileStats`], borrowed (e.g. from NumPy arrays).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StatsView<'a> {
+    /// Pixel counts per value; bin `i` counts the value `first + i`.
+    Histogram {
+        /// One count per possible value.
+        counts: &'a [u64],
+        /// The value of bin 0.
+        first: f64,
+    },
+    /// Sampled values.
+    Sample(&'a [f64]),
+}
+
+/// `range` unless a percentile is NaN or infinite.
+fn finite_range((lo, hi): (f64, f64)) -> Result<(f64, f64)> {
+    if lo.is_finite() && hi.is_finite() {
+        return Ok((lo, hi));
+    }
+    Err(Error::InvalidArgument {
+        argument: "image",
+        message: format!(
+            "its percentiles are ({lo}, {hi}): it holds NaN or infinite values (or values beyond the range of its \
+             dtype)"
+        ),
     })
+}
+
+/// The stride of the float sample for an image of `n` values.
+fn sample_step(n: usize) -> usize {
+    n.div_ceil(PERCENTILE_SAMPLE).max(1)
 }
 
 /// The map that sends `lo` to 0 and `hi` to 1 (a flat range maps to 0).
@@ -159,27 +394,27 @@ pub fn affine_from_range(lo: f64, hi: f64) -> Affine {
 }
 
 /// The value of rank `k` (0-based) of the multiset a histogram describes.
-fn histogram_rank<T: Pixel>(counts: &[u64], k: u64) -> f64 {
+fn histogram_rank(counts: &[u64], first: f64, k: u64) -> f64 {
     let mut seen = 0u64;
     for (bin, &c) in counts.iter().enumerate() {
         seen += c;
         if seen > k {
-            return T::from_bin(bin);
+            return first + bin as f64;
         }
     }
     0.0
 }
 
-fn histogram_percentile<T: Pixel>(counts: &[u64], q: f64) -> f64 {
+fn histogram_percentile(counts: &[u64], first: f64, q: f64) -> f64 {
     let n: u64 = counts.iter().sum();
     if n == 0 {
         return 0.0;
     }
     let pos = (q.clamp(0.0, 100.0) / 100.0) * (n - 1) as f64;
     let below = pos.floor() as u64;
-    let a = histogram_rank::<T>(counts, below);
+    let a = histogram_rank(counts, first, below);
     let b = if below + 1 < n {
-        histogram_rank::<T>(counts, below + 1)
+        histogram_rank(counts, first, below + 1)
     } else {
         a
     };
@@ -289,5 +524,69 @@ mod tests {
         assert_eq!(z.apply(14.0), 2.0);
         let s = resolve(&Normalization::Scale { factor: 0.5 }, std::iter::empty());
         assert_eq!(s.apply(4.0), 2.0);
+    }
+
+    /// Splits `image` (`(C, Y, X)`) into blocks of `block` and combines
+    /// their statistics in reverse order.
+    fn blockwise<T: Pixel>(image: &ndarray::ArrayD<T>, block: usize) -> PercentileStats {
+        let shape = image.shape().to_vec();
+        let mut parts = Vec::new();
+        for y in (0..shape[1]).step_by(block) {
+            for x in (0..shape[2]).step_by(block) {
+                let view = image.slice(ndarray::s![
+                    ..,
+                    y..(y + block).min(shape[1]),
+                    x..(x + block).min(shape[2])
+                ]);
+                parts.push(PercentileStats::of_part(&view.into_dyn(), &[0, y, x], &shape).unwrap());
+            }
+        }
+        let mut total = parts.pop().unwrap();
+        while let Some(part) = parts.pop() {
+            total.combine(part).unwrap();
+        }
+        total
+    }
+
+    #[test]
+    fn parts_combine_to_the_whole_images_range() {
+        let ramp = |n: usize| (0..n).map(|i| ((i * 7919) % 10007) as f64);
+        let ints = ndarray::ArrayD::from_shape_vec(
+            ndarray::IxDyn(&[2, 37, 53]),
+            ramp(2 * 37 * 53).map(|v| v as i16 - 5000).collect(),
+        )
+        .unwrap();
+        assert_eq!(
+            blockwise(&ints, 10).range(1.0, 99.8),
+            PercentileStats::of_image(&ints.view()).range(1.0, 99.8)
+        );
+        // Above PERCENTILE_SAMPLE values the float sample is strided (step 2 here).
+        let side = 4100;
+        let floats = ndarray::ArrayD::from_shape_vec(
+            ndarray::IxDyn(&[1, side, side]),
+            ramp(side * side).map(|v| v as f32).collect(),
+        )
+        .unwrap();
+        let whole = PercentileStats::of_image(&floats.view());
+        let PercentileStats::Sample(sample) = &whole else {
+            panic!("floats are sampled")
+        };
+        assert_eq!(sample.len(), side * side / 2);
+        assert_eq!(
+            blockwise(&floats, 1000).range(1.0, 99.8),
+            whole.range(1.0, 99.8)
+        );
+    }
+
+    #[test]
+    fn parts_outside_the_image_and_mixed_kinds_are_refused() {
+        let a = ndarray::ArrayD::<u8>::zeros(ndarray::IxDyn(&[1, 4, 4]));
+        assert!(PercentileStats::of_part(&a.view(), &[0, 1, 0], &[1, 4, 4]).is_err());
+        assert!(PercentileStats::of_part(&a.view(), &[0, 0], &[1, 4, 4]).is_err());
+        assert!(PercentileStats::of_part(&a.view(), &[0, usize::MAX, 0], &[1, 4, 4]).is_err());
+        let mut h = PercentileStats::of_image(&a.view());
+        assert!(h.combine(PercentileStats::Sample(vec![1.0])).is_err());
+        let b = ndarray::ArrayD::<i16>::zeros(ndarray::IxDyn(&[1, 4, 4]));
+        assert!(h.combine(PercentileStats::of_image(&b.view())).is_err());
     }
 }

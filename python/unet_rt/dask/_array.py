@@ -12,7 +12,7 @@ import dask.array as da
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from ..model import DEFAULT_PRECISION, Model
+from ..model import Model
 from ._blocks import BlockPlan, dask_block
 from ._instances import block_summary, merge_summaries, relabel_block
 from ._layout import OUTPUTS, Layout, block_depth
@@ -39,7 +39,7 @@ def segment(
     axes: Optional[str] = None,
     output: str = "labels",
     device: str = "auto",
-    precision: str = DEFAULT_PRECISION,
+    precision: Optional[str] = None,
     boundary: Union[str, float] = "reflect",
     normalize: Normalize = "global",
     tile: Union[int, Sequence[int], None] = None,
@@ -69,8 +69,10 @@ def segment(
         output: ``"labels"``, ``"probabilities"``, ``"raw"`` or
             ``"instances"`` (globally consistent connected components; see
             :mod:`unet_rt.dask`).
-        device, precision: where and how workers run the model; ``"auto"``
-            keeps those of a :class:`~unet_rt.Model` argument.
+        device, precision: where and how workers run the model; device
+            ``"auto"`` and precision ``None`` keep those of a
+            :class:`~unet_rt.Model` argument (for a path, ``None`` is
+            :data:`unet_rt.DEFAULT_PRECISION`).
         boundary: how the array is extended at its borders: ``"reflect"``
             (the engine's mirroring, NumPy's ``reflect``: identical to the
             whole-array result), or ``"symmetric"``, ``"periodic"``,

@@ -149,24 +149,26 @@ class ResolvedModel:
         return planner, plan_tiling(planner, spatial, pad, tile, batch_size, budget)
 
 
-def resolve_model(model: Union[Model, str, "os.PathLike[str]", None], device: str = "auto", precision: str = DEFAULT_PRECISION) -> ResolvedModel:
+def resolve_model(model: Union[Model, str, "os.PathLike[str]", None], device: str = "auto",
+                  precision: Optional[str] = None) -> ResolvedModel:
     """Resolves a :class:`unet_rt.Model`, a path or ``None`` (the bundled
-    model). For a :class:`~unet_rt.Model`, ``"auto"`` keeps the device and
-    precision it was created with. A path is loaded once on the client, on
-    the CPU, to read its geometry (metadata or probing)."""
+    model). For a :class:`~unet_rt.Model`, device ``"auto"`` and precision
+    ``None`` keep those it was created with; for a path, precision ``None``
+    is :data:`unet_rt.DEFAULT_PRECISION`. A path is loaded once on the
+    client, on the CPU, to read its geometry (metadata or probing)."""
     data: Optional[bytes] = None
     if isinstance(model, Model):
         _, (source, own_device, own_precision) = model.__reduce__()
-        same = device in ("auto", own_device) and precision in ("auto", own_precision)
+        same = device in ("auto", own_device) and precision in (None, own_precision)
         device = own_device if device == "auto" else device
-        precision = own_precision if precision == "auto" else precision
+        precision = own_precision if precision is None else precision
         if isinstance(source, bytes):
             spec, data = ModelSpec.of_bytes(source, device, precision), source
         else:
             spec = ModelSpec.of(source, device, precision)
         local = model if same else local_model(spec.source if data is None else data, "cpu", "fp32")
     else:
-        spec = ModelSpec.of(model, device, precision)
+        spec = ModelSpec.of(model, device, DEFAULT_PRECISION if precision is None else precision)
         local = local_model(spec.source, "cpu", "fp32")
     normalization = dict((local.metadata or {}).get("normalization") or {"kind": "none"})
     return ResolvedModel(spec, dict(local.info), normalization, local, data)

@@ -27,7 +27,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from ..model import DEFAULT_PRECISION
 from ._array import ModelArg, Normalize, _check_dtype, _tile, check_normalize, given_ranges, tree_reduce
 from ._blocks import BlockPlan, segment_block
 from ._instances import block_summary, merge_summaries, relabel_block
@@ -132,7 +131,7 @@ def segment_to_zarr(
     axes: Optional[str] = None,
     output: str = "labels",
     device: str = "auto",
-    precision: str = DEFAULT_PRECISION,
+    precision: Optional[str] = None,
     normalize: Normalize = "global",
     block: Size = None,
     chunks: Size = None,
