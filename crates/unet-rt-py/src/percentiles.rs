@@ -8,7 +8,7 @@ use numpy::{PyArrayDyn, PyArrayMethods};
 use pyo3::prelude::*;
 
 use crate::args;
-use crate::errors::{run_released, to_py_err};
+use crate::errors::run_released;
 use crate::segment::unsupported_dtype;
 
 /// The pixel values the model's percentile normalization maps to 0 and 1 in
