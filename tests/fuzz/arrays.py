@@ -284,7 +284,9 @@ def infer_axes(shape: Tuple[int, ...], model: ModelShape) -> Optional[str]:
     spatial = _SPATIAL[model.spatial_dims]
     if len(shape) == model.spatial_dims:
         return spatial
-    if len(shape) == model.spatial_dims + 1 and model.in_channels > 1:
+    # A leading or trailing axis of the model's channel count (1 included)
+    # is channels, unless both ends have that length.
+    if len(shape) == model.spatial_dims + 1:
         first, last = shape[0] == model.in_channels, shape[-1] == model.in_channels
         if last and not first:
             return spatial + "c"

@@ -8,7 +8,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use crate::atomic;
 use crate::errors::EXIT_INTERRUPTED;
 
 static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
@@ -24,14 +23,17 @@ pub(crate) fn requested() -> bool {
     FLAG.get().is_some_and(|f| f.load(Ordering::Relaxed))
 }
 
-/// Installs the signal handler (SIGINT, SIGTERM, SIGHUP).
-pub(crate) fn install() {
+/// Installs the signal handler (SIGINT, SIGTERM, SIGHUP); `cleanup` runs
+/// before a second signal ends the process (it removes the temporaries
+/// being written: passed in, so that this module and `atomic`, which asks
+/// whether to stop, do not import each other).
+pub(crate) fn install(cleanup: fn()) {
     let flag = flag();
     // Without a handler (one already set, which cannot happen here) the
     // default action still ends the process; temporaries are hidden files.
     let _ = ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
-            atomic::remove_all();
+            cleanup();
             std::process::exit(i32::from(EXIT_INTERRUPTED));
         }
         // A line of its own, after whatever the terminal showed (`^C`).

@@ -66,7 +66,7 @@ fn run() -> ExitCode {
         let _ = Cli::command().print_help();
         return ExitCode::from(EXIT_USAGE);
     };
-    interrupt::install();
+    interrupt::install(atomic::remove_all);
     let result = match command {
         Command::Segment(args) => segment::run(&args),
         Command::Info(args) => info::run(&args),
