@@ -31,9 +31,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Examples per campaign by default: about ten thousand calls and several
-#: hundred damaged, lying or misbehaving models in all, in two to three
-#: minutes on two cores (``probing`` is kept tiny: a failed probe takes seconds).
+#: Examples per campaign by default: about five thousand calls, 900
+#: damaged, lying or misbehaving models and 60 command-line runs in all, in
+#: about three minutes on two cores (``probing`` is kept tiny: a failed probe
+#: takes seconds).
 DEFAULT_EXAMPLES: Dict[str, int] = {
     "arrays": 1000,
     "numerics": 800,
