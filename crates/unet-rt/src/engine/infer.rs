@@ -1,0 +1,223 @@
+//! The inference stage: batches to the device, forward passes (split in
+//! halves on GPU out-of-memory), the non-finite check and the reduction to
+//! the requested output, back on the host.
+
+use tch::{Device, Kind, Tensor};
+
+use super::{output, Batch, NonFinite, OutputElement, OutputMode, Segmenter, Written};
+use crate::error::{Error, Result};
+use crate::geometry::{Blend, TilePlan};
+use crate::metadata::Padding;
+
+impl Segmenter {
+    /// Shape of one reduced tile output: `([classes,] spatial...)`.
+    pub(super) fn reduced_tile_shape(&self, plan: &TilePlan) -> Vec<usize> {
+        let spatial = plan
+            .output_tile_shape()
+            .iter()
+            .map(|&o| o - 2 * self.device_crop());
+        match self.options.output {
+            OutputMode::Labels => spatial.collect(),
+            _ => std::iter::once(self.model.info().out_channels)
+                .chain(spatial)
+                .collect(),
+        }
+    }
+
+    /// Pixels cropped per side on the device: the damaged border of
+    /// same-padded models (valid models' outputs are already cropped).
+    pub(super) fn device_crop(&self) -> usize {
+        let info = self.model.info();
+        match (info.padding, self.options.blend) {
+            (Padding::Same, Blend::Crop) => info.effective_halo(),
+            // Blending weighs whole tiles (zero weight on the damaged border).
+            _ => 0,
+        }
+    }
+
+    pub(super) fn infer_all<U: OutputElement>(
+        &self,
+        batches: std::sync::mpsc::Receiver<Batch>,
+        out: std::sync::mpsc::SyncSender<Written<U>>,
+        plan: &TilePlan,
+        mode: OutputMode,
+    ) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        for batch in batches {
+            if self.cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let data = self.infer_batch::<U>(&batch, plan, mode)?;
+            if out
+                .send(Written {
+                    tiles: batch.tiles,
+                    data,
+                })
+                .is_err()
+            {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn infer_batch<U: OutputElement>(
+        &self,
+        batch: &Batch,
+        plan: &TilePlan,
+        mode: OutputMode,
+    ) -> Result<Vec<U>> {
+        let info = self.model.info();
+        let tile = plan.input_tile_shape();
+        let n = batch.n;
+        let input = batch_tensor(
+            &batch.data,
+            n,
+            tile,
+            info.in_channels,
+            self.model.device(),
+            self.model.precision().kind(),
+        )?;
+        let y = self.forward_splitting(&input)?;
+        let expect_spatial = plan.output_tile_shape();
+        let got = y.size();
+        let ok = got.len() == tile.len() + 2
+            && got[0] == n as i64
+            && got[1] == info.out_channels as i64
+            && got[2..]
+                .iter()
+                .zip(expect_spatial)
+                .all(|(&g, &e)| g == e as i64);
+        if !ok {
+            return Err(Error::Inference(format!(
+                "the model returned shape {got:?} for input {:?}; expected ({n}, {}, {expect_spatial:?})",
+                input.size(),
+                info.out_channels
+            )));
+        }
+        let crop = self.device_crop() as i64;
+        let mut y = y;
+        if crop > 0 {
+            for (d, &e) in expect_spatial.iter().enumerate() {
+                y = y
+                    .f_narrow(d as i64 + 2, crop, e as i64 - 2 * crop)
+                    .map_err(Error::inference)?;
+            }
+        }
+        if self.options.nonfinite == NonFinite::Raise {
+            check_finite(&y, batch)?;
+        }
+        let mut reduced = output::reduce::<U>(&y, mode, info.output)?;
+        if batch.slots.len() < n {
+            let slots: Vec<i64> = batch.slots.iter().map(|&s| s as i64).collect();
+            reduced = Tensor::f_from_slice(&slots)
+                .and_then(|index| index.f_to_device(reduced.device()))
+                .and_then(|index| reduced.f_index_select(0, &index))
+                .map_err(Error::inference)?;
+        }
+        let host = reduced
+            .f_to_device(Device::Cpu)
+            .and_then(|t| t.f_contiguous())
+            .map_err(Error::inference)?;
+        let numel = host.numel();
+        let mut raw = vec![U::Raw::default(); numel];
+        host.f_copy_data(&mut raw, numel)
+            .map_err(Error::inference)?;
+        Ok(raw.into_iter().map(U::from_raw).collect())
+    }
+
+    /// One forward pass; on GPU out-of-memory the batch is split in halves and
+    /// retried, which gives the same result with less memory.
+    pub(super) fn forward_splitting(&self, input: &Tensor) -> Result<Tensor> {
+        match self
+            .model
+            .forward_tensor(input, self.options.cancel.as_deref())
+        {
+            Err(Error::Inference(msg)) if msg.contains("out of memory") && input.size()[0] > 1 => {
+                let n = input.size()[0];
+                let halves = [(0, n / 2), (n / 2, n - n / 2)];
+                let mut parts = Vec::with_capacity(2);
+                for (start, len) in halves {
+                    let part = input.f_narrow(0, start, len).map_err(Error::inference)?;
+                    parts.push(self.forward_splitting(&part)?);
+                }
+                Tensor::f_cat(&parts, 0).map_err(Error::inference)
+            }
+            other => other,
+        }
+    }
+}
+
+/// A batch tensor `(N, C, spatial...)` in channels-last memory layout from
+/// channels-last data, on `device` in `kind`.
+fn batch_tensor(
+    data: &[f32],
+    n: usize,
+    tile: &[usize],
+    channels: usize,
+    device: Device,
+    kind: Kind,
+) -> Result<Tensor> {
+    let mut last: Vec<i64> = vec![n as i64];
+    last.extend(tile.iter().map(|&t| t as i64));
+    last.push(channels as i64);
+    let dims = last.len() as i64;
+    // (N, spatial..., C) -> (N, C, spatial...): a view, channels-last strides.
+    let mut order = vec![0i64, dims - 1];
+    order.extend(1..dims - 1);
+    let host = Tensor::f_from_slice(data)
+        .and_then(|t| t.f_view(last.as_slice()))
+        .map_err(Error::inference)?;
+    // A plain (pageable) copy: libtorch 2.11 warns on every pin_memory(device)
+    // call, the only form tch exposes, and the copy is small beside the
+    // forward pass (measured on an H100, see the README).
+    let moved = match device {
+        Device::Cuda(_) => host.f_to_device_(device, kind, false, false),
+        _ => host.f_to_kind(kind),
+    };
+    moved
+        .and_then(|t| t.f_permute(order.as_slice()))
+        .map_err(Error::inference)
+}
+
+/// libtorch's words for a failed allocation: CUDA's, and the CPU
+/// allocator's.
+pub(super) fn is_out_of_memory(err: &Error) -> bool {
+    matches!(err, Error::Inference(msg) if ["out of memory", "not enough memory", "can't allocate memory"].iter().any(|m| msg.contains(m)))
+}
+
+/// Fails with [`Error::NonFinite`] naming the first tile of `batch` whose
+/// network output `y` (one sample per slot) holds NaN or infinity.
+fn check_finite(y: &Tensor, batch: &Batch) -> Result<()> {
+    let finite = y.f_isfinite().map_err(Error::inference)?;
+    if finite
+        .f_all()
+        .and_then(|t| t.f_int64_value(&[]))
+        .map_err(Error::inference)?
+        != 0
+    {
+        return Ok(());
+    }
+    let per_sample = finite
+        .f_reshape([batch.n as i64, -1])
+        .and_then(|t| t.f_all_dim(1, false))
+        .and_then(|t| t.f_to_device(Device::Cpu))
+        .map_err(Error::inference)?;
+    for (tile, &slot) in batch.tiles.iter().zip(&batch.slots) {
+        if per_sample
+            .f_int64_value(&[slot as i64])
+            .map_err(Error::inference)?
+            == 0
+        {
+            return Err(Error::NonFinite(format!(
+                "the network's output holds NaN or infinite values in tile {} (its input window starts at {:?} \
+                 and spans {:?}); check the model's weights and the input's value range, or pass \
+                 nonfinite=\"propagate\" to keep such values",
+                tile.index, tile.read_start, tile.read_shape
+            )));
+        }
+    }
+    // Only slots that repeat a tile to fill the batch went wrong: nothing
+    // of theirs is written.
+    Ok(())
+}

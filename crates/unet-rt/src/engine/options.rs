@@ -1,0 +1,71 @@
+//! What a [`Segmenter`](super::Segmenter) is asked to do: its options and
+//! the progress it reports.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use super::{NonFinite, OutputMode};
+use crate::geometry::Blend;
+use crate::window::Window;
+
+/// Progress of one call, reported after each stitched batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Tiles written so far.
+    pub done: usize,
+    /// Tiles in all.
+    pub total: usize,
+}
+
+/// A progress callback; called from the stitching thread.
+pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// How a [`Segmenter`](super::Segmenter) runs.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// What to compute (labels by default).
+    pub output: OutputMode,
+    /// Input tile size per spatial axis; chosen from the memory budget when
+    /// `None`.
+    pub tile: Option<Vec<usize>>,
+    /// Tiles per forward pass; chosen from the memory budget when `None`.
+    pub batch_size: Option<usize>,
+    /// Bytes of activations one batch may take; a device default when `None`.
+    pub memory_budget: Option<usize>,
+    /// How tiles of same-padded models are combined (crop by default).
+    pub blend: Blend,
+    /// Called after each batch is written.
+    pub progress: Option<ProgressFn>,
+    /// Set to `true` (from any thread) to stop the call with
+    /// [`Error::Cancelled`] at the next batch.
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// Segment the input as a piece of a larger image: the result covers
+    /// the window's region and equals the whole image's result there, bit
+    /// for bit (see [`Window`]). Crop plans only (valid models, or same
+    /// models with [`Blend::Crop`]).
+    pub window: Option<Window>,
+    /// For models with percentile normalization: the pixel values mapped to
+    /// 0 and 1, in place of the input's own percentiles (for example the
+    /// whole image's, when the input is a piece of it).
+    pub input_range: Option<(f64, f64)>,
+    /// Whether NaN or infinity in the network's input or output is an error
+    /// (the default) or passed on.
+    pub nonfinite: NonFinite,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("output", &self.output)
+            .field("tile", &self.tile)
+            .field("batch_size", &self.batch_size)
+            .field("memory_budget", &self.memory_budget)
+            .field("blend", &self.blend)
+            .field("progress", &self.progress.is_some())
+            .field("cancel", &self.cancel.is_some())
+            .field("window", &self.window)
+            .field("input_range", &self.input_range)
+            .field("nonfinite", &self.nonfinite)
+            .finish()
+    }
+}

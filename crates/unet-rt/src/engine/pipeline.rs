@@ -1,0 +1,223 @@
+//! The three stages of a call, connected by bounded queues: gather (its own
+//! thread), infer (the caller's, on the device's forward thread) and stitch
+//! (its own thread), so that a few batches are in flight whatever the image
+//! size.
+
+use std::sync::mpsc::sync_channel;
+
+use ndarray::{ArrayViewMutD, IxDyn, Slice};
+
+use super::gather::Gatherer;
+use super::{
+    invalid, Batch, Layout, OutputElement, OutputMode, Progress, Segmenter, Written, QUEUE_DEPTH,
+};
+use crate::error::{Error, Result};
+use crate::geometry::Tile;
+use crate::memory;
+use crate::pixel::Pixel;
+
+impl Segmenter {
+    /// Runs the pipeline over `tiles` (of `layout`'s plan, in plan order),
+    /// reducing the network output as `mode` says and handing each batch to
+    /// `sink` on the stitching thread.
+    pub(super) fn run<T: Pixel, U: OutputElement, S: FnMut(&Written<U>) + Send>(
+        &self,
+        gatherer: &Gatherer<'_, T>,
+        layout: &Layout,
+        tiles: &[Tile],
+        mode: OutputMode,
+        mut sink: S,
+    ) -> Result<()> {
+        let plan = &layout.plan;
+        let total = tiles.len();
+        let tile_len = gatherer.tile_len(plan.input_tile_shape());
+        let batch_len = tile_len.checked_mul(layout.batch_size).ok_or_else(|| {
+            invalid(
+                "tile",
+                format!(
+                    "tiles of {:?} in batches of {} are too large to address",
+                    plan.input_tile_shape(),
+                    layout.batch_size
+                ),
+            )
+        })?;
+        let groups = batch_groups(tiles, layout.batch_size, plan.len());
+        std::thread::scope(|scope| {
+            let (batch_tx, batch_rx) = sync_channel::<Batch>(QUEUE_DEPTH);
+            let (out_tx, out_rx) = sync_channel::<Written<U>>(QUEUE_DEPTH);
+            let gathering = scope.spawn(move || -> Result<()> {
+                for group in groups {
+                    if self.cancelled() {
+                        return Ok(());
+                    }
+                    // group.n <= batch size, so this cannot overflow (checked above).
+                    let mut data = memory::try_filled::<f32>(
+                        batch_len / layout.batch_size * group.n,
+                        "tile",
+                        "a batch of tiles",
+                    )?;
+                    let chunk = &tiles[group.range.clone()];
+                    for (tile, &slot) in chunk.iter().zip(&group.slots) {
+                        gatherer.gather(tile, &mut data[slot * tile_len..(slot + 1) * tile_len])?;
+                    }
+                    // Slots of tiles outside a window repeat a gathered tile:
+                    // a sample's result does not depend on the other samples,
+                    // only the batch's size picks the kernels.
+                    let first = group.slots[0] * tile_len;
+                    for slot in (0..group.n).filter(|s| !group.slots.contains(s)) {
+                        data.copy_within(first..first + tile_len, slot * tile_len);
+                    }
+                    let batch = Batch {
+                        tiles: chunk.to_vec(),
+                        slots: group.slots,
+                        n: group.n,
+                        data,
+                    };
+                    if batch_tx.send(batch).is_err() {
+                        return Ok(()); // inference stopped
+                    }
+                }
+                Ok(())
+            });
+            let progress = self.options.progress.clone();
+            let stitcher = scope.spawn(move || {
+                let mut done = 0;
+                for written in out_rx {
+                    sink(&written);
+                    done += written.tiles.len();
+                    if let Some(report) = &progress {
+                        report(Progress { done, total });
+                    }
+                }
+                done
+            });
+            let result = self.infer_all(batch_rx, out_tx, plan, mode);
+            let gathered = gathering.join().unwrap_or_else(|_| {
+                Err(Error::Internal("the gathering thread panicked".to_owned()))
+            });
+            let written = stitcher
+                .join()
+                .map_err(|_| Error::Internal("the stitching thread panicked".to_owned()));
+            result?;
+            gathered?;
+            let written = written?;
+            if self.cancelled() || written < total {
+                return Err(Error::Cancelled);
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Tiles of one forward pass: `range` of the tile list, at `slots` of a
+/// batch of `n` samples.
+struct Group {
+    id: usize,
+    range: std::ops::Range<usize>,
+    slots: Vec<usize>,
+    n: usize,
+}
+
+/// Groups `tiles` (in plan order, from a plan of `total` tiles) into the
+/// forward passes of the whole plan: batch `id` holds the plan's tiles
+/// `id * batch ..`, so a window's tiles run in batches of the same sizes,
+/// at the same positions, as in the whole image (kernels are chosen by
+/// shape, batch size included). For a whole plan these are its tiles in
+/// consecutive batches of `batch`.
+fn batch_groups(tiles: &[Tile], batch: usize, total: usize) -> Vec<Group> {
+    let batch = batch.max(1);
+    let mut groups: Vec<Group> = Vec::new();
+    for (i, tile) in tiles.iter().enumerate() {
+        let id = tile.index / batch;
+        match groups.last_mut() {
+            Some(group) if group.id == id => {
+                group.range.end = i + 1;
+                group.slots.push(tile.index % batch);
+            }
+            _ => groups.push(Group {
+                id,
+                range: i..i + 1,
+                slots: vec![tile.index % batch],
+                n: batch.min(total - id * batch),
+            }),
+        }
+    }
+    groups
+}
+
+/// Copies the written part of each tile of a batch into the output.
+/// `crop` pixels per side were already cut from each tile on the device.
+pub(super) fn stitch<U: OutputElement>(
+    out: &mut ArrayViewMutD<'_, U>,
+    written: &Written<U>,
+    tile_shape: &[usize],
+    mode: OutputMode,
+    crop: usize,
+) {
+    let tile_len: usize = tile_shape.iter().product();
+    let channel_axes = usize::from(mode != OutputMode::Labels);
+    for (tile, data) in written
+        .tiles
+        .iter()
+        .zip(written.data.chunks_exact(tile_len))
+    {
+        let Ok(src) = ndarray::ArrayViewD::from_shape(IxDyn(tile_shape), data) else {
+            continue;
+        };
+        let mut src = src;
+        let mut dst = out.view_mut();
+        for a in 0..tile.write_shape.len() {
+            let ax = ndarray::Axis(a + channel_axes);
+            let from = tile.src_start[a] - crop;
+            src.slice_axis_inplace(ax, Slice::from(from..from + tile.write_shape[a]));
+            let start = tile.write_start[a];
+            dst.slice_axis_inplace(ax, Slice::from(start..start + tile.write_shape[a]));
+        }
+        dst.assign(&src);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geometry::TilePlan;
+    use crate::window::Window;
+
+    #[test]
+    fn batch_groups_reproduce_the_whole_plans_batches() {
+        let plan = TilePlan::valid(&[50, 70], &[24, 24], 4, 4).unwrap(); // 4 x 5 tiles
+        let all: Vec<Tile> = plan.tiles().collect();
+        let whole = batch_groups(&all, 3, plan.len());
+        assert_eq!(
+            whole.iter().map(|g| g.n).collect::<Vec<_>>(),
+            vec![3, 3, 3, 3, 3, 3, 2]
+        );
+        assert!(whole
+            .iter()
+            .all(|g| g.slots == (0..g.n).collect::<Vec<_>>() && g.range.len() == g.n));
+        let window = Window {
+            image: vec![50, 70],
+            origin: vec![0, 0],
+            start: vec![16, 16],
+            shape: vec![34, 54],
+        };
+        let tiles = window.tiles(&plan);
+        let indices: Vec<usize> = tiles.iter().map(|t| t.index).collect();
+        assert_eq!(indices, vec![6, 7, 8, 9, 11, 12, 13, 14, 16, 17, 18, 19]);
+        let groups = batch_groups(&tiles, 3, plan.len());
+        let summary: Vec<(usize, Vec<usize>, usize)> = groups
+            .iter()
+            .map(|g| (g.id, g.slots.clone(), g.n))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (2, vec![0, 1, 2], 3),
+                (3, vec![0, 2], 3),
+                (4, vec![0, 1, 2], 3),
+                (5, vec![1, 2], 3),
+                (6, vec![0, 1], 2)
+            ]
+        );
+    }
+}
