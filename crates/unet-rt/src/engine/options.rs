@@ -37,7 +37,7 @@ pub struct Options {
     /// Called after each batch is written.
     pub progress: Option<ProgressFn>,
     /// Set to `true` (from any thread) to stop the call with
-    /// [`Error::Cancelled`] at the next batch.
+    /// [`Error::Cancelled`](crate::Error::Cancelled) at the next batch.
     pub cancel: Option<Arc<AtomicBool>>,
     /// Segment the input as a piece of a larger image: the result covers
     /// the window's region and equals the whole image's result there, bit
