@@ -28,8 +28,6 @@ ProgressArg = Union[bool, Callable[[int, int], Any], None]
 
 _SUPPORTED = (np.uint8, np.uint16, np.int16, np.float16, np.float32, np.float64)
 _OUTPUTS = ("labels", "probabilities", "raw", "instances")
-# Instance ids count objects, which can exceed 65535: narrower types would wrap.
-_INSTANCE_DTYPES = (np.uint32, np.uint64, np.int64)
 
 
 def bundled_model_path() -> Path:
@@ -302,11 +300,6 @@ class Model:
             raise TypeError(f"out must be a numpy array (or memmap), got {type(out).__name__}")
         if out is not None and not out.flags.writeable:
             raise InvalidArgumentError("invalid out: the array is read-only; pass a writeable array")
-        if output == "instances" and out is not None and out.dtype.type not in _INSTANCE_DTYPES:
-            raise InvalidArgumentError(
-                f"invalid out: has dtype {out.dtype}; instance ids are written as uint32, uint64 or int64 "
-                f"(narrower types would wrap them)"
-            )
         if not (progress is None or isinstance(progress, bool) or callable(progress)):
             raise TypeError(f"progress must be a bool or a callable progress(done, total), got {type(progress).__name__}")
         if not isinstance(nonfinite, str):
@@ -316,24 +309,18 @@ class Model:
         array = _check_image(image)
         info = self._inner.info
         view, batched, _ = arrange(array, axes, info["spatial_dims"], info["in_channels"])
-        engine_output = "labels" if output == "instances" else output
         tiles = tile
         if window is not None and not isinstance(window, Window):
             raise InvalidArgumentError(f"invalid window: expected a unet_rt.Window, got {type(window).__name__}")
         piece = _Piece(window, _ranges(input_range, view.shape[0], batched))
-        shape = self._result_shape(view.shape, engine_output, batched, window)
-        if output == "instances":
-            spatial = tuple(window.shape) if window is not None else tuple(view.shape[2:])
-            labels = self._run(view, engine_output, tiles, batch_size, None, progress, memory_budget, batched,
-                               (view.shape[0],) + spatial, blend, piece, nonfinite)
-            return _instances(labels, out, batched)
-        return self._run(view, engine_output, tiles, batch_size, out, progress, memory_budget, batched, shape, blend,
+        shape = self._result_shape(view.shape, output, batched, window)
+        return self._run(view, output, tiles, batch_size, out, progress, memory_budget, batched, shape, blend,
                          piece, nonfinite)
 
     def _result_shape(self, view_shape: Tuple[int, ...], output: str, batched: bool,
                       window: Optional[Window] = None) -> Tuple[int, ...]:
         spatial = tuple(window.shape) if window is not None else tuple(view_shape[2:])
-        per_image = spatial if output == "labels" else (self._inner.info["out_channels"],) + spatial
+        per_image = spatial if output in ("labels", "instances") else (self._inner.info["out_channels"],) + spatial
         return ((view_shape[0],) if batched else ()) + per_image
 
     def _run(self, view, output, tile, batch_size, out, progress, memory_budget, batched, shape, blend, piece,
@@ -432,18 +419,6 @@ def _check_image(image: Any) -> np.ndarray:
         _unet_rt.check_image_copy(image.nbytes)
         image = image.astype(image.dtype.newbyteorder("="))
     return image
-
-
-def _instances(labels: np.ndarray, out: Optional[np.ndarray], batched: bool) -> np.ndarray:
-    images = labels if batched else labels[np.newaxis]
-    results = [_unet_rt.connected_components(np.ascontiguousarray(img)) for img in images]
-    result = np.stack(results) if batched else results[0]
-    if out is None:
-        return result
-    if out.shape != result.shape:
-        raise InvalidArgumentError(f"invalid out: has shape {out.shape}, the result has shape {result.shape}")
-    out[...] = result
-    return out
 
 
 class _Progress:

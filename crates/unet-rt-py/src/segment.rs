@@ -60,9 +60,15 @@ pub(crate) fn segment<'py>(
         "uint16" => by_input::<u16>(py, segmenter, image, out, cancel),
         "float32" => by_input::<f32>(py, segmenter, image, out, cancel),
         "float16" => by_input::<half::f16>(py, segmenter, image, out, cancel),
+        "uint32" => by_input::<u32>(py, segmenter, image, out, cancel),
+        "uint64" => by_input::<u64>(py, segmenter, image, out, cancel),
+        "int64" => by_input::<i64>(py, segmenter, image, out, cancel),
         other => Err(invalid(
             "out",
-            format!("has dtype {other}; labels are written as uint8 or uint16, probabilities and raw output as float32 or float16"),
+            format!(
+                "has dtype {other}; labels are written as uint8 or uint16, instance ids as uint32, uint64 or \
+                 int64, probabilities and raw output as float32 or float16"
+            ),
         )),
     }
 }
@@ -89,6 +95,7 @@ fn by_input<'py, U: OutputElement + Element>(
 /// the narrowest type that holds every class, the rest as float32.
 pub(crate) fn natural_element(output: OutputMode, info: &unet_rt::ModelInfo) -> &'static str {
     match output {
+        OutputMode::Instances => "uint32",
         OutputMode::Labels if info.out_channels > 256 => "uint16",
         OutputMode::Labels => "uint8",
         _ => "float32",
@@ -104,6 +111,7 @@ pub(crate) fn new_natural_result<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     Ok(match element {
         "uint8" => new_result::<u8>(py, shape)?.into_any(),
+        "uint32" => new_result::<u32>(py, shape)?.into_any(),
         "uint16" => new_result::<u16>(py, shape)?.into_any(),
         _ => new_result::<f32>(py, shape)?.into_any(),
     })

@@ -147,3 +147,46 @@ fn models_load_from_bytes_with_their_metadata() {
     .unwrap_err();
     assert!(err.to_string().contains("embedded:junk"), "{err}");
 }
+
+#[test]
+fn instances_are_the_components_of_the_labels_in_wide_ids_only() {
+    use unet_rt::{OutputMode, Segmenter};
+    let model = Model::load(fixture("tiny_valid.pt"), Device::Cpu).expect("model");
+    let image = npy("image.npy");
+    let image = image.view().insert_axis(Axis(0)).into_dyn().to_owned();
+    let segmenter = |output| {
+        Segmenter::new(
+            model.clone(),
+            unet_rt::Options {
+                output,
+                ..Default::default()
+            },
+        )
+        .expect("segmenter")
+    };
+    let labels: ArrayD<u8> = segmenter(OutputMode::Labels)
+        .segment(image.view())
+        .expect("labels");
+    let ids: ArrayD<u32> = segmenter(OutputMode::Instances)
+        .segment(image.view())
+        .expect("instances");
+    let (want, count) =
+        unet_rt::instances::connected_components(labels.view()).expect("components");
+    assert_eq!(ids, want);
+    assert_eq!(ids.iter().copied().max().unwrap_or(0) as usize, count);
+    let wide: ArrayD<i64> = segmenter(OutputMode::Instances)
+        .segment(image.view())
+        .expect("int64 ids");
+    assert_eq!(wide, want.mapv(i64::from));
+    match segmenter(OutputMode::Instances).segment::<f32, u16>(image.view()) {
+        Err(Error::InvalidArgument {
+            argument: "output",
+            message,
+        }) => assert!(message.contains("wrap"), "{message}"),
+        other => panic!("uint16 ids were accepted: {other:?}"),
+    }
+    assert_eq!(
+        "instances".parse::<OutputMode>().expect("parse"),
+        OutputMode::Instances
+    );
+}

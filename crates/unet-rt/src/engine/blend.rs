@@ -54,7 +54,7 @@ pub(super) fn run_blended<T: Pixel, U: OutputElement>(
     // Every pixel has positive weight (the plan guarantees it).
     sum /= &weight.insert_axis(Axis(0));
     match segmenter.options.output {
-        OutputMode::Labels => {
+        OutputMode::Labels | OutputMode::Instances => {
             let sigmoid = info.output == OutputKind::Sigmoid;
             Zip::from(&mut out)
                 .and(sum.lanes(Axis(0)))

@@ -17,7 +17,7 @@ impl Segmenter {
             .iter()
             .map(|&o| o - 2 * self.device_crop());
         match self.options.output {
-            OutputMode::Labels => spatial.collect(),
+            OutputMode::Labels | OutputMode::Instances => spatial.collect(),
             _ => std::iter::once(self.model.info().out_channels)
                 .chain(spatial)
                 .collect(),

@@ -30,6 +30,7 @@ pub use output::{NonFinite, OutputElement, OutputMode};
 
 use crate::error::{Error, Result};
 use crate::geometry::{Blend, Tile, TilePlan};
+use crate::instances;
 use crate::memory;
 use crate::metadata::{Normalization, Padding};
 use crate::model::Model;
@@ -179,7 +180,7 @@ impl Segmenter {
             None => &input_shape[1.min(input_shape.len())..],
         };
         match self.options.output {
-            OutputMode::Labels => spatial.to_vec(),
+            OutputMode::Labels | OutputMode::Instances => spatial.to_vec(),
             _ => std::iter::once(self.model.info().out_channels)
                 .chain(spatial.iter().copied())
                 .collect(),
@@ -244,6 +245,9 @@ impl Segmenter {
                 ),
             ));
         }
+        if self.options.output == OutputMode::Instances {
+            return self.instances_into(input, out);
+        }
         let mut out = out;
         let local = input.shape()[1..].to_vec();
         let window = match &self.options.window {
@@ -281,6 +285,37 @@ impl Segmenter {
                 other => return other,
             }
         }
+    }
+
+    /// [`OutputMode::Instances`]: the labels, then their connected
+    /// components, written into `out`.
+    fn instances_into<T: Pixel, U: OutputElement>(
+        &self,
+        input: ArrayViewD<'_, T>,
+        mut out: ArrayViewMutD<'_, U>,
+    ) -> Result<()> {
+        let labeller = Self {
+            model: self.model.clone(),
+            options: Options {
+                output: OutputMode::Labels,
+                ..self.options.clone()
+            },
+        };
+        let shape = out.shape().to_vec();
+        let data = memory::try_filled::<u16>(
+            memory::element_count(&shape, "image")?,
+            "image",
+            "the labels behind its instances",
+        )?;
+        let mut labels = ArrayD::from_shape_vec(IxDyn(&shape), data)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        labeller.segment_into(input, labels.view_mut())?;
+        if self.cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let (ids, _) = instances::connected_components(labels.view())?;
+        out.zip_mut_with(&ids, |o, &id| *o = U::from_id(id));
+        Ok(())
     }
 
     /// The input's normalization: the model's, or the caller's range.

@@ -16,6 +16,19 @@ pub enum OutputMode {
     Probabilities,
     /// The network's output as it is, channel-first.
     Raw,
+    /// Objects: the connected components (face connectivity: 4 neighbours
+    /// in 2-D, 6 in 3-D) of the pixels whose label is not 0, numbered
+    /// `1..=N` in raster order as `scipy.ndimage.label` numbers them, as
+    /// `uint32` (or `uint64`/`int64`). Shape: spatial axes. With a window,
+    /// the components of the window's labels.
+    Instances,
+}
+
+impl OutputMode {
+    /// Whether the result has the spatial shape alone (no channel axis).
+    pub fn is_spatial(self) -> bool {
+        matches!(self, Self::Labels | Self::Instances)
+    }
 }
 
 impl std::str::FromStr for OutputMode {
@@ -26,10 +39,11 @@ impl std::str::FromStr for OutputMode {
             "labels" => Ok(Self::Labels),
             "probabilities" | "probs" => Ok(Self::Probabilities),
             "raw" => Ok(Self::Raw),
+            "instances" => Ok(Self::Instances),
             _ => Err(Error::InvalidArgument {
                 argument: "output",
                 message: format!(
-                    "unknown output {s:?}; expected \"labels\", \"probabilities\" or \"raw\""
+                    "unknown output {s:?}; expected \"labels\", \"probabilities\", \"raw\" or \"instances\""
                 ),
             }),
         }
@@ -74,6 +88,11 @@ pub trait OutputElement: Copy + Default + Send + Sync + 'static {
     const IS_LABEL: bool;
     /// Largest label value the type holds.
     const MAX_LABEL: usize = 0;
+    /// True for the types instance ids are written in (wide enough never
+    /// to wrap).
+    const IS_ID: bool = false;
+    /// Converts an instance id (only called when `IS_ID`).
+    fn from_id(id: u32) -> Self;
     /// Converts the device's element.
     fn from_raw(raw: Self::Raw) -> Self;
     /// Converts a blended value (a class index for label types).
@@ -91,6 +110,9 @@ impl OutputElement for u8 {
     fn from_f32(value: f32) -> Self {
         value as u8
     }
+    fn from_id(id: u32) -> Self {
+        id as u8
+    }
 }
 
 impl OutputElement for u16 {
@@ -106,6 +128,9 @@ impl OutputElement for u16 {
     fn from_f32(value: f32) -> Self {
         value as u16
     }
+    fn from_id(id: u32) -> Self {
+        id as u16
+    }
 }
 
 impl OutputElement for f32 {
@@ -117,6 +142,9 @@ impl OutputElement for f32 {
     }
     fn from_f32(value: f32) -> Self {
         value
+    }
+    fn from_id(id: u32) -> Self {
+        id as f32
     }
 }
 
@@ -130,7 +158,33 @@ impl OutputElement for half::f16 {
     fn from_f32(value: f32) -> Self {
         half::f16::from_f32(value)
     }
+    fn from_id(id: u32) -> Self {
+        half::f16::from_f32(id as f32)
+    }
 }
+
+/// Instance ids: never written by the device (the engine labels first and
+/// numbers the components on the host), so `Raw` is only nominal.
+macro_rules! id_element {
+    ($($t:ty => $raw:ty, $name:literal);*) => {$(
+        impl OutputElement for $t {
+            type Raw = $raw;
+            const NAME: &'static str = $name;
+            const IS_LABEL: bool = false;
+            const IS_ID: bool = true;
+            fn from_raw(raw: $raw) -> Self {
+                raw as $t
+            }
+            fn from_f32(value: f32) -> Self {
+                value as $t
+            }
+            fn from_id(id: u32) -> Self {
+                <$t>::from(id)
+            }
+        }
+    )*};
+}
+id_element!(u32 => i32, "uint32"; u64 => i64, "uint64"; i64 => i64, "int64");
 
 /// Checks that `mode` makes sense for the model's output and the element type.
 pub(crate) fn check_mode<U: OutputElement>(
@@ -143,6 +197,15 @@ pub(crate) fn check_mode<U: OutputElement>(
         message,
     };
     match mode {
+        OutputMode::Instances => {
+            check_mode::<u16>(OutputMode::Labels, kind, channels)?;
+            if !U::IS_ID {
+                return Err(invalid(format!(
+                    "instance ids are written as uint32, uint64 or int64, not {} (narrower types would wrap them)",
+                    U::NAME
+                )));
+            }
+        }
         OutputMode::Labels => {
             if kind == OutputKind::Identity {
                 return Err(invalid(
@@ -195,8 +258,10 @@ pub(crate) fn reduce<U: OutputElement>(
 ) -> Result<Tensor> {
     let target = <U::Raw as tch::kind::Element>::KIND;
     let reduced = match (mode, kind) {
-        (OutputMode::Labels, OutputKind::Sigmoid) => y.f_gt(0.0).and_then(|m| m.f_squeeze_dim(1)),
-        (OutputMode::Labels, _) => y.f_argmax(1, false),
+        (OutputMode::Labels | OutputMode::Instances, OutputKind::Sigmoid) => {
+            y.f_gt(0.0).and_then(|m| m.f_squeeze_dim(1))
+        }
+        (OutputMode::Labels | OutputMode::Instances, _) => y.f_argmax(1, false),
         (OutputMode::Probabilities, OutputKind::Sigmoid) => {
             y.f_to_kind(Kind::Float).and_then(|t| t.f_sigmoid())
         }

@@ -155,7 +155,7 @@ pub(super) fn stitch<U: OutputElement>(
     crop: usize,
 ) {
     let tile_len: usize = tile_shape.iter().product();
-    let channel_axes = usize::from(mode != OutputMode::Labels);
+    let channel_axes = usize::from(!mode.is_spatial());
     for (tile, data) in written
         .tiles
         .iter()
