@@ -273,8 +273,21 @@ def test_normalize_options(model):
     # Per-block normalization is the engine's own on one block...
     single = da.from_array(image, chunks=-1)
     assert (sync(ud.segment(single, model, normalize="block")) == want).all()
-    # ... and something else once the image is cut.
-    assert sync(ud.segment(x, model, normalize="block")).shape == image.shape
+    # ... and, once the image is cut, each block's own: the engine on the
+    # input that block reads, with that input's percentiles.
+    lazy = ud.segment(x, model, normalize="block", output="raw", tile=84)
+    got = sync(lazy)
+    assert len(lazy.chunks[1]) * len(lazy.chunks[2]) > 1
+    assert got.shape == (2,) + image.shape and not np.array_equal(got, model.segment(image, output="raw", tile=84))
+    chunks = lazy.chunks[1:]
+    starts = [np.cumsum((0,) + c[:-1]) for c in chunks]
+    for index in [(0, 0), (len(chunks[0]) - 1, len(chunks[1]) - 1)]:
+        start = tuple(int(s[i]) for s, i in zip(starts, index))
+        shape = tuple(int(c[i]) for c, i in zip(chunks, index))
+        region = unet_rt.Window(image=image.shape, start=start, shape=shape)
+        (y0, x0), (y1, x1) = model.needed_input(region, tile=84)
+        own = model.segment(image[y0:y1, x0:x1], window=region.at((y0, x0)), output="raw", tile=84)
+        assert_identical(got[:, start[0]:start[0] + shape[0], start[1]:start[1] + shape[1]], own)
     with pytest.raises(unet_rt.InvalidArgumentError, match="normalize"):
         ud.segment(x, model, normalize=[1.0, 2.0, 3.0])
 
@@ -524,6 +537,14 @@ def test_a_zarr_of_gigabytes_keeps_worker_memory_bounded(tmp_path):
             peaks = c.run(_peak_rss_bytes)
             loads = c.run(_spec.load_counts)
         assert out[...].shape == shape[1:] and 0 < out[::50, ::50].mean() < 1
+        # The result, not just its shape: a region across block faces equals
+        # the engine's on the pixels that region reads, with the whole image's range.
+        region = unet_rt.Window(image=shape[1:], start=(2950, 3980), shape=(100, 60))
+        (y0, x0), (y1, x1) = model.needed_input(region, memory_budget=64 << 20)
+        ranges = zarr.open_group(tmp_path / "out.zarr").attrs["unet_rt_dask"]["ranges"]
+        want = model.segment(source[:, y0:y1, x0:x1], axes="cyx", window=region.at((y0, x0)),
+                             input_range=ranges[0], memory_budget=64 << 20)
+        assert_identical(out[2950:3050, 3980:4040], want)
         assert all(list(n.values()) == [1] for n in loads.values())
         print(f"\n{nbytes / 2**30:.2f} GiB in {elapsed:.0f} s; worker memory with the model loaded "
               + ", ".join(f"{v / 2**20:.0f} MiB" for v in loaded.values()) + "; peak "
