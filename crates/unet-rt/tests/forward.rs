@@ -189,4 +189,12 @@ fn instances_are_the_components_of_the_labels_in_wide_ids_only() {
         "instances".parse::<OutputMode>().expect("parse"),
         OutputMode::Instances
     );
+    // Id types are for instances only: raw values would be truncated.
+    for output in [OutputMode::Raw, OutputMode::Probabilities] {
+        assert!(segmenter(output).segment::<f32, i64>(image.view()).is_err());
+        assert!(segmenter(output).segment::<f32, u32>(image.view()).is_err());
+    }
+    assert!(segmenter(OutputMode::Labels)
+        .segment::<f32, u64>(image.view())
+        .is_err());
 }

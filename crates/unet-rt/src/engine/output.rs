@@ -238,7 +238,7 @@ pub(crate) fn check_mode<U: OutputElement>(
                         .to_owned(),
                 ));
             }
-            if U::IS_LABEL {
+            if U::IS_LABEL || U::IS_ID {
                 return Err(invalid(format!(
                     "{mode:?} output is written as float32 or float16, not {}",
                     U::NAME
