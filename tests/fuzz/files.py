@@ -16,6 +16,7 @@ import math
 import os
 import threading
 import zipfile
+import zlib
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -75,7 +76,8 @@ def _storages(archive: bytes) -> Optional[Dict[str, int]]:
         with zipfile.ZipFile(io.BytesIO(archive)) as z:
             return {i.filename.split("/", 1)[-1]: i.file_size for i in z.infolist() if "/data/" in "/" + i.filename
                     and i.filename.rsplit("/", 1)[-1].isdigit()}
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError, NotImplementedError):
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError, NotImplementedError,
+            zlib.error):
         return None
 
 

@@ -14,6 +14,7 @@ import json
 import math
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -167,7 +168,8 @@ def _rezip(data: bytes, kind: str, suffix: str = "", content: Any = b"") -> byte
     or duplicated (unchanged when it is no longer a readable zip)."""
     try:
         return _rezip_entries(data, kind, suffix, content)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError, NotImplementedError):
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError, NotImplementedError,
+            zlib.error):
         return data
 
 
