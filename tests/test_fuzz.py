@@ -3,7 +3,9 @@ subprocess, so that an abort, a segfault or a hang fails one test with the
 case that caused it instead of killing the test run.
 
 The contract the campaigns check is in ``tests/fuzz/contract.py``. Each run
-draws a fresh seed, printed in the failure message; to reproduce, set it:
+draws a fresh seed (under ``CI=true``, one derived from the commit, so that a
+submission's CI replays its author's run), printed in the failure message;
+to reproduce, set it:
 
     UNET_RT_FUZZ_SEED=1234 UNET_RT_FUZZ_EXAMPLES=500 pytest tests/test_fuzz.py -k corrupt
 
@@ -80,9 +82,28 @@ def _env_int(name: str) -> Optional[int]:
 
 
 def _seed() -> int:
-    """``UNET_RT_FUZZ_SEED``, else a fresh random seed."""
+    """``UNET_RT_FUZZ_SEED``; else, under CI (``CI=true``), a seed drawn
+    from the commit, so that a submission's CI run replays exactly the
+    cases its author ran and each new commit still explores new ones;
+    else a fresh random seed."""
     chosen = _env_int("UNET_RT_FUZZ_SEED")
-    return chosen if chosen is not None else random.SystemRandom().randrange(2**31)
+    if chosen is not None:
+        return chosen
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        commit = _head_commit()
+        if commit:
+            return int(commit[:8], 16) % 2**31
+    return random.SystemRandom().randrange(2**31)
+
+
+def _head_commit() -> Optional[str]:
+    """The checkout's commit, or ``None`` outside a git checkout."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = done.stdout.strip()
+    return commit if done.returncode == 0 and len(commit) >= 8 else None
 
 
 def _examples(campaign: str) -> int:
