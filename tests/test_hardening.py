@@ -108,6 +108,9 @@ def test_huge_tiles_of_a_volume_model_are_refused_not_a_panic(tmp_path):
                  lambda: volume.segment(np.zeros((8, 8, 8), np.float32), tile=1 << 20)):
         with pytest.raises(unet_rt.InvalidArgumentError, match="invalid tile"):
             call()
+    # Tile pixels times a huge batch exceeds u128: the memory check saturates.
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid (tile|batch_size)"):
+        volume.layout((2**20, 2**20, 2**20), tile=1 << 20, batch_size=2**63)
 
 
 def test_read_only_out_is_refused_for_every_output(model):

@@ -82,6 +82,17 @@ pub(crate) fn try_filled<T: Clone + Default>(
     Ok(v)
 }
 
+/// A zeroed array of `shape`, or [`Error::InvalidArgument`] (`image`) saying
+/// how much memory `what` needed when it cannot be allocated.
+pub(crate) fn try_zeros<T: Clone + Default>(
+    shape: &[usize],
+    what: &str,
+) -> Result<ndarray::ArrayD<T>> {
+    let data = try_filled::<T>(element_count(shape, "image")?, "image", what)?;
+    ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), data)
+        .map_err(|e| Error::Internal(e.to_string()))
+}
+
 /// The number of elements of `shape`, or [`Error::InvalidArgument`] naming
 /// `argument` when the product overflows.
 pub(crate) fn element_count(shape: &[usize], argument: &'static str) -> Result<usize> {

@@ -38,8 +38,8 @@ pub(super) fn run_blended<T: Pixel, U: OutputElement>(
             .chain(spatial.iter().copied())
             .collect()
     };
-    let mut sum = zeros(&with_channels(image), "the blending accumulator")?;
-    let mut weight = zeros(image, "the blending weights")?;
+    let mut sum = memory::try_zeros::<f32>(&with_channels(image), "the blending accumulator")?;
+    let mut weight = memory::try_zeros::<f32>(image, "the blending weights")?;
     let tile_shape = with_channels(layout.plan.output_tile_shape());
     let tiles: Vec<_> = layout.plan.tiles().collect();
     segmenter.run::<T, f32, _>(
@@ -81,12 +81,6 @@ pub(super) fn run_blended<T: Pixel, U: OutputElement>(
             .for_each(|o, &v| *o = U::from_f32(v)),
     }
     Ok(())
-}
-
-/// An image-sized `f32` buffer, or an error saying what it needed.
-fn zeros(shape: &[usize], what: &str) -> Result<ArrayD<f32>> {
-    let data = memory::try_filled::<f32>(memory::element_count(shape, "image")?, "image", what)?;
-    ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// Adds each tile's weighted values and its weights over its write region.

@@ -53,11 +53,14 @@ impl Segmenter {
             .fold(1u128, |n, &t| n.saturating_mul(t as u128));
         let batch = layout.batch_size as u128;
         let element = self.model.precision().kind().elt_size_in_bytes();
-        let host = pixels * batch * 4 * (info.in_channels + info.out_channels) as u128;
-        let activations = pixels * batch * plan::bytes_per_pixel(info, element) as u128;
+        // Saturating: a 3-D tile of 2^20 per axis times a huge batch exceeds
+        // even u128, and "more than can be counted" is still "too much".
+        let per_pixel = |bytes: usize| pixels.saturating_mul(batch).saturating_mul(bytes as u128);
+        let host = per_pixel(4 * (info.in_channels + info.out_channels));
+        let activations = per_pixel(plan::bytes_per_pixel(info, element));
         let need = match self.model.device() {
             Device::Cuda(_) => host,
-            _ => host + activations,
+            _ => host.saturating_add(activations),
         };
         let limit = memory::total_memory().map_or(usize::MAX as u128, |m| m as u128);
         if need <= limit {

@@ -23,7 +23,7 @@ mod plan;
 
 use std::sync::atomic::Ordering;
 
-use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, IxDyn};
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD};
 
 pub use options::{Options, Progress, ProgressFn};
 pub use output::{NonFinite, OutputElement, OutputMode};
@@ -208,13 +208,7 @@ impl Segmenter {
     ) -> Result<ArrayD<U>> {
         self.check_input(input.shape())?;
         let shape = self.output_shape(input.shape());
-        let data = memory::try_filled::<U>(
-            memory::element_count(&shape, "image")?,
-            "image",
-            "the result",
-        )?;
-        let mut out = ArrayD::from_shape_vec(IxDyn(&shape), data)
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let mut out = memory::try_zeros::<U>(&shape, "the result")?;
         self.segment_into(input, out.view_mut())?;
         Ok(out)
     }
@@ -301,14 +295,7 @@ impl Segmenter {
                 ..self.options.clone()
             },
         };
-        let shape = out.shape().to_vec();
-        let data = memory::try_filled::<u16>(
-            memory::element_count(&shape, "image")?,
-            "image",
-            "the labels behind its instances",
-        )?;
-        let mut labels = ArrayD::from_shape_vec(IxDyn(&shape), data)
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let mut labels = memory::try_zeros::<u16>(out.shape(), "the labels behind its instances")?;
         labeller.segment_into(input, labels.view_mut())?;
         if self.cancelled() {
             return Err(Error::Cancelled);
