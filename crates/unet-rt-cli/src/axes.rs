@@ -139,6 +139,9 @@ mod tests {
             normalization: Normalization::None,
             first_layer_width: None,
             probed: false,
+            min_size: 0,
+            output_key: None,
+            exactness: Default::default(),
         }
     }
 

@@ -101,7 +101,31 @@ impl Model {
         d.set_item("size_multiple", i.size_multiple)?;
         d.set_item("size_offset", i.size_offset)?;
         d.set_item("smallest_size", i.smallest_valid_size())?;
+        d.set_item("overlap", i.effective_halo())?;
+        d.set_item("overlap_reason", i.overlap_reason())?;
+        d.set_item(
+            "output_key",
+            match &i.output_key {
+                None => None,
+                Some(unet_rt::OutputKey::Name(k)) => Some(k.clone().into_pyobject(py)?.into_any()),
+                Some(unet_rt::OutputKey::Index(n)) => Some(n.into_pyobject(py)?.into_any()),
+            },
+        )?;
         d.set_item("probed", i.probed)?;
+        let exactness = &i.exactness;
+        d.set_item("exact", exactness.is_exact())?;
+        d.set_item("whole_tile_ops", exactness.whole_tile_ops.clone())?;
+        match &exactness.measured {
+            Some(m) => {
+                let measured = PyDict::new(py);
+                measured.set_item("probe_size", m.probe_size)?;
+                measured.set_item("max_difference", m.max_difference)?;
+                measured.set_item("label_agreement", m.label_agreement)?;
+                d.set_item("measured", measured)?;
+            }
+            None => d.set_item("measured", py.None())?,
+        }
+        d.set_item("warning", exactness.warning())?;
         Ok(d)
     }
 

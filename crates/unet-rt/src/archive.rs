@@ -58,6 +58,51 @@ pub(crate) fn open_zip<R: Read + Seek>(reader: R, origin: &Path) -> Result<ZipAr
     })
 }
 
+/// Operations that mix every pixel of their input: a tile then sees other
+/// values than the whole image, at any overlap. Names as TorchScript code
+/// spells them (`torch.instance_norm(...)`, `torch.adaptive_avg_pool2d(...)`).
+const WHOLE_TILE_OPS: [&str; 7] = [
+    "instance_norm",
+    "group_norm",
+    "adaptive_avg_pool",
+    "adaptive_max_pool",
+    "scaled_dot_product_attention",
+    "multi_head_attention",
+    "fft_",
+];
+
+/// Largest code file read for [`whole_tile_ops`]: generated code of real
+/// networks is kilobytes to a few megabytes.
+const MAX_CODE_BYTES: u64 = 64 << 20;
+
+/// The operations of [`WHOLE_TILE_OPS`] that the archive's TorchScript code
+/// calls, sorted. Scripted and traced modules both store their code as
+/// Python source under `<archive>/code/`; unreadable entries are skipped
+/// (libtorch judges the archive itself).
+pub(crate) fn whole_tile_ops<R: Read + Seek>(archive: &mut ZipArchive<R>) -> Vec<String> {
+    let names: Vec<String> = archive
+        .file_names()
+        .filter(|name| name.contains("/code/") && name.ends_with(".py"))
+        .map(str::to_owned)
+        .collect();
+    let mut found = std::collections::BTreeSet::new();
+    for name in names {
+        let Ok(entry) = archive.by_name(&name) else {
+            continue;
+        };
+        let mut text = String::new();
+        if entry.take(MAX_CODE_BYTES).read_to_string(&mut text).is_err() {
+            continue;
+        }
+        for op in WHOLE_TILE_OPS {
+            if text.contains(op) {
+                found.insert(op.trim_end_matches('_').to_owned());
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
 /// Refuses an archive whose tensor records are shorter than its pickles
 /// declare, or whose tensors reach past their storages.
 ///

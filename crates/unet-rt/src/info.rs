@@ -2,7 +2,84 @@
 //! follows from it: which input sizes it takes, how much a tile loses, how
 //! far tiles overlap. Each rule is written once, here, in closed form.
 
-use crate::metadata::{Metadata, Normalization, OutputKind, Padding};
+use crate::metadata::{Metadata, Normalization, OutputKey, OutputKind, Padding};
+
+/// Largest relative difference (against the output's largest magnitude)
+/// between a tile and the whole-image forward that still counts as exact:
+/// convolution kernels chosen by tensor shape round differently, about
+/// 1e-6; a pooling window off its grid or a layer that sees the whole tile
+/// differs by orders of magnitude more.
+pub const EXACT_TOLERANCE: f64 = 1e-4;
+
+/// Tiles against the whole-image forward on a random probe image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agreement {
+    /// Side of the probe image (a cube in 3-D).
+    pub probe_size: usize,
+    /// Largest difference of the output, relative to its largest magnitude.
+    pub max_difference: f64,
+    /// Fraction of pixels whose label (argmax, or > 0 for one channel) is
+    /// the same.
+    pub label_agreement: f64,
+}
+
+impl Agreement {
+    /// Whether the tile reproduced the whole-image forward to rounding.
+    pub fn is_exact(&self) -> bool {
+        self.max_difference <= EXACT_TOLERANCE
+    }
+}
+
+/// Whether tiled inference reproduces one whole-image forward pass: what
+/// the network's code calls, and what was measured.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Exactness {
+    /// Operations in the network that see the whole tile (instance or group
+    /// normalisation, adaptive pooling, attention), found in its code.
+    pub whole_tile_ops: Vec<String>,
+    /// Measured when probing, and at load for networks with such operations.
+    pub measured: Option<Agreement>,
+}
+
+impl Exactness {
+    /// The measurement when there is one, else whether no operation sees
+    /// the whole tile.
+    pub fn is_exact(&self) -> bool {
+        match &self.measured {
+            Some(m) => m.is_exact(),
+            None => self.whole_tile_ops.is_empty(),
+        }
+    }
+
+    /// What a user should be told when tiles are not exact.
+    pub fn warning(&self) -> Option<String> {
+        if self.is_exact() {
+            return None;
+        }
+        let ops = if self.whole_tile_ops.is_empty() {
+            "its output depends on more than a tile's overlap can hold".to_owned()
+        } else {
+            format!(
+                "it has layers that see the whole tile ({})",
+                self.whole_tile_ops.join(", ")
+            )
+        };
+        let measured = match &self.measured {
+            Some(m) => format!(
+                "; on a {} pixel probe image tiles agree with the whole-image forward on {:.2}% of the labels \
+                 (largest difference {:.1e} of the output's range)",
+                m.probe_size,
+                100.0 * m.label_agreement,
+                m.max_difference
+            ),
+            None => String::new(),
+        };
+        Some(format!(
+            "tiled results are approximate: {ops}{measured}; use tile=\"whole\" (--tile whole) \
+             for the exact result where the image fits in one pass"
+        ))
+    }
+}
 
 /// What the runtime needs to know about a network: taken from its metadata,
 /// or found by probing a model without metadata.
@@ -26,10 +103,16 @@ pub struct ModelInfo {
     pub size_offset: usize,
     /// Raw pixels to network input.
     pub normalization: Normalization,
+    /// The smallest input size the network takes (0: the rule's smallest).
+    pub min_size: usize,
+    /// Where the segmentation is in a dict or tuple output.
+    pub output_key: Option<OutputKey>,
     /// Output channels of the first convolution, used to estimate memory.
     pub first_layer_width: Option<usize>,
     /// True when the geometry was found by probing (no metadata).
     pub probed: bool,
+    /// Whether tiles reproduce the whole-image forward.
+    pub exactness: Exactness,
 }
 
 impl ModelInfo {
@@ -44,8 +127,11 @@ impl ModelInfo {
             size_multiple: m.size_multiple,
             size_offset: m.size_offset,
             normalization: m.normalization.clone(),
+            min_size: m.min_size,
+            output_key: m.output_key.clone(),
             first_layer_width,
             probed: false,
+            exactness: Exactness::default(),
         }
     }
 
@@ -53,6 +139,7 @@ impl ModelInfo {
     pub fn is_valid_size(&self, size: usize) -> bool {
         crate::geometry::is_valid_size(size, self.size_offset, self.size_multiple)
             && size > self.shrink()
+            && size >= self.min_size
     }
 
     /// Pixels an input loses along one axis (both sides together).
@@ -66,7 +153,7 @@ impl ModelInfo {
     /// The smallest valid input size `>= size`, in closed form (saturating
     /// at `usize::MAX`, which no image reaches).
     pub fn round_up_valid(&self, size: usize) -> usize {
-        let size = size.max(self.shrink().saturating_add(1));
+        let size = size.max(self.shrink().saturating_add(1)).max(self.min_size);
         crate::geometry::round_up_to_valid(size, self.size_offset, self.size_multiple)
             .unwrap_or(usize::MAX)
     }
@@ -78,7 +165,9 @@ impl ModelInfo {
 
     /// The overlap tiles really use per side: the crop of valid models; for
     /// same-padded models the margin rounded up to the size multiple, so
-    /// that every tile window starts on the pooling grid of the whole image.
+    /// that every tile window starts on the pooling grid of the image (the
+    /// result then also equals a plain forward of the unpadded image away
+    /// from its borders). [`ModelInfo::overlap_reason`] says which.
     pub fn effective_halo(&self) -> usize {
         match self.padding {
             Padding::Valid => self.halo,
@@ -86,6 +175,25 @@ impl ModelInfo {
                 .halo
                 .div_ceil(self.size_multiple.max(1))
                 .saturating_mul(self.size_multiple.max(1)),
+        }
+    }
+
+    /// Why [`ModelInfo::effective_halo`] is what it is, for `info` output.
+    pub fn overlap_reason(&self) -> String {
+        match self.padding {
+            Padding::Valid => format!(
+                "valid convolutions: each tile loses {} pixels per side",
+                self.halo
+            ),
+            Padding::Same if self.effective_halo() == self.halo => format!(
+                "same convolutions: the {} pixels at each tile edge see zero padding and are discarded",
+                self.halo
+            ),
+            Padding::Same => format!(
+                "same convolutions: the {} pixels at each tile edge see zero padding, rounded up to the \
+                 size multiple {} so that tiles pool on the image's grid",
+                self.halo, self.size_multiple
+            ),
         }
     }
 

@@ -15,6 +15,7 @@
 mod archive;
 pub mod axes;
 mod build_info;
+mod container;
 mod convert;
 mod engine;
 mod error;
@@ -40,9 +41,9 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use geometry::{Blend, TilePlan};
-pub use info::ModelInfo;
+pub use info::{Agreement, Exactness, ModelInfo, EXACT_TOLERANCE};
 pub use metadata::{
-    Metadata, Normalization, OutputKind, Padding, MAX_CHANNELS, MAX_GEOMETRY, MAX_SCALE,
+    Metadata, Normalization, OutputKey, OutputKind, Padding, MAX_CHANNELS, MAX_GEOMETRY, MAX_SCALE,
     METADATA_ENTRY,
 };
 pub use model::Model;

@@ -52,6 +52,27 @@ pub enum Padding {
     Same,
 }
 
+/// Which part of a network's output holds the segmentation, for networks
+/// whose forward returns a dict (torchvision's `{"out": ..., "aux": ...}`)
+/// or a tuple: written as a string (dict key) or an integer (tuple index).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OutputKey {
+    /// Position in a tuple or list.
+    Index(usize),
+    /// Key in a dict.
+    Name(String),
+}
+
+impl std::fmt::Display for OutputKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Index(i) => write!(f, "{i}"),
+            Self::Name(k) => write!(f, "{k:?}"),
+        }
+    }
+}
+
 /// How raw pixel values become network input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -114,6 +135,14 @@ pub struct Metadata {
     /// See `size_multiple`.
     #[serde(default)]
     pub size_offset: usize,
+    /// The smallest input size the network takes, when larger than the
+    /// smallest size on its rule (0: the rule's).
+    #[serde(default)]
+    pub min_size: usize,
+    /// Where the segmentation is in a dict or tuple output (absent: the
+    /// forward returns a tensor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_key: Option<OutputKey>,
     /// Raw pixels to network input.
     #[serde(default = "default_normalization")]
     pub normalization: Normalization,
@@ -212,6 +241,7 @@ impl Metadata {
             ("halo", meta.halo),
             ("size_multiple", meta.size_multiple),
             ("size_offset", meta.size_offset),
+            ("min_size", meta.min_size),
         ] {
             if value > MAX_GEOMETRY {
                 return Err(invalid(format!(

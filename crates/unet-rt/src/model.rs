@@ -11,12 +11,13 @@ use ndarray::{ArrayD, ArrayViewD};
 use tch::{CModule, Device, Kind, Tensor};
 
 use crate::archive;
+use crate::container;
 use crate::convert::{array_from_tensor, tensor_from_view};
 use crate::error::{first_line, Error, Result};
 use crate::info::ModelInfo;
 use crate::metadata::Metadata;
 use crate::precision::Precision;
-use crate::probe::probe;
+use crate::probe;
 
 /// A TorchScript model loaded once onto one device, in one precision, and
 /// shared: cloning a `Model` is cheap and clones may be used from any thread.
@@ -74,9 +75,10 @@ impl Model {
         let mut zip = archive::open_zip(archive::open_file(path)?, path)?;
         let metadata = Metadata::from_zip(&mut zip, path)?;
         archive::check_records(&mut zip, path)?;
+        let ops = archive::whole_tile_ops(&mut zip);
         drop(zip);
         let module = CModule::load_on_device(path, device).map_err(|e| invalid_model(path, &e))?;
-        Self::from_module(module, path, metadata, device, precision)
+        Self::from_module(module, path, metadata, ops, device, precision)
     }
 
     /// Loads a model from the bytes of a TorchScript archive (a model
@@ -93,23 +95,35 @@ impl Model {
         let mut zip = archive::open_zip(std::io::Cursor::new(bytes), name)?;
         let metadata = Metadata::from_zip(&mut zip, name)?;
         archive::check_records(&mut zip, name)?;
+        let ops = archive::whole_tile_ops(&mut zip);
         let module = CModule::load_data_on_device(&mut std::io::Cursor::new(bytes), device)
             .map_err(|e| invalid_model(name, &e))?;
-        Self::from_module(module, name, metadata, device, precision)
+        Self::from_module(module, name, metadata, ops, device, precision)
     }
 
     fn from_module(
         mut module: CModule,
         path: &Path,
         metadata: Option<Metadata>,
+        whole_tile_ops: Vec<String>,
         device: Device,
         precision: Precision,
     ) -> Result<Self> {
         let invalid = |e: tch::TchError| invalid_model(path, &e);
         module.set_eval();
         let info = match &metadata {
-            Some(m) => ModelInfo::from_metadata(m, first_layer_width(&module)),
-            None => probe(&module, device, path)?,
+            Some(m) => {
+                let mut info = ModelInfo::from_metadata(m, first_layer_width(&module));
+                if !whole_tile_ops.is_empty() {
+                    // Declared geometry cannot make such layers exact: say
+                    // how close tiles come. A failed measurement leaves the
+                    // finding from the code alone.
+                    info.exactness.measured = probe::measure(&module, device, path, &info).ok();
+                }
+                info.exactness.whole_tile_ops = whole_tile_ops;
+                info
+            }
+            None => probe::probe(&module, device, path, whole_tile_ops)?,
         };
         let precision = convert_weights(&mut module, device, precision).map_err(invalid)?;
         Ok(Self {
@@ -176,8 +190,13 @@ impl Model {
                 let output = model
                     .inner
                     .module
-                    .forward_ts(&[input])
+                    .forward_is(&[tch::IValue::Tensor(input)])
                     .map_err(Error::inference)
+                    .and_then(|value| {
+                        container::select(value, model.inner.info.output_key.as_ref())
+                            .map(|(tensor, _)| tensor)
+                            .map_err(Error::Inference)
+                    })
                     .and_then(floating);
                 // The caller may have stopped waiting (cancelled): nothing to do then.
                 let _ = reply_tx.send(output);

@@ -1,29 +1,48 @@
 //! Finding the geometry of a TorchScript model that carries no metadata, by
-//! running it on small zero inputs.
+//! running it: the size rule from the output sizes of zero inputs, and for
+//! networks that keep the input size (or accept any size) the overlap and
+//! the pooling factor from random probe images, where a tile is compared
+//! with the whole image. A few dozen forward passes at most, bounded in time.
 
+use std::collections::HashMap;
 use std::path::Path;
-
 use std::time::{Duration, Instant};
 
 use tch::{CModule, Device, IValue, Kind, Tensor};
 
+use crate::container;
 use crate::error::{Error, Result};
-use crate::info::ModelInfo;
-use crate::metadata::{Normalization, OutputKind, Padding};
+use crate::info::{Agreement, Exactness, ModelInfo};
+use crate::metadata::{Normalization, OutputKey, OutputKind, Padding};
 
-/// How far past the first working size the scan goes: enough to see the
-/// period of networks with up to six poolings (64) twice.
-const SCAN_PAST_FIRST: usize = 130;
-/// No U-Net needs inputs this large to produce a first output pixel.
-const SCAN_LIMIT_2D: usize = 640;
-const SCAN_LIMIT_3D: usize = 200;
+/// Input sizes tried for a first output: powers of two up to this (2-D)...
+const FIRST_LIMIT_2D: usize = 1024;
+/// ... and in 3-D.
+const FIRST_LIMIT_3D: usize = 256;
+/// Strides tried for networks that only take sizes on their pooling grid.
+const STRIDES: [usize; 17] = [
+    2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512,
+];
+/// The largest pooling factor looked for in networks that take any size.
+const MAX_HIDDEN_FACTOR: usize = 64;
+/// Probe images for the overlap start at this side and double up to the
+/// limit while a change still reaches their far edge.
+const REACH_START: [usize; 2] = [256, 64];
+const REACH_LIMIT: [usize; 2] = [1024, 128];
+/// A change counts when it moves the output by more than this, relative to
+/// the output's largest magnitude (rounding differences stay near 1e-7) ...
+const REACH_TOLERANCE: f64 = 1e-5;
+/// ... and, for networks whose every pixel depends on the whole input, the
+/// overlap is where changes fall below this.
+const APPROXIMATE_TOLERANCE: f64 = 1e-3;
 
 /// Probing gives up after this long: a model it cannot read in that time
 /// needs metadata, and a load must not take minutes.
 const PROBE_BUDGET: Duration = Duration::from_secs(30);
 
 /// Turns the graph executor's optimisations off on this thread for a scope
-/// (they are per thread, and on by default).
+/// (they are per thread, and on by default): it specialises and keeps a
+/// plan per input shape, which over many probe sizes held gigabytes.
 struct PlainExecutor;
 
 impl PlainExecutor {
@@ -39,25 +58,51 @@ impl Drop for PlainExecutor {
     }
 }
 
-/// What a non-tensor output is, for messages.
-fn ivalue_kind(value: &IValue) -> &'static str {
-    match value {
-        IValue::None => "None",
-        IValue::Tuple(_) => "a tuple",
-        IValue::GenericList(_)
-        | IValue::TensorList(_)
-        | IValue::DoubleList(_)
-        | IValue::IntList(_)
-        | IValue::BoolList(_) => "a list",
-        IValue::GenericDict(_) => "a dict",
-        IValue::Double(_) | IValue::Int(_) | IValue::Bool(_) => "a number",
-        IValue::String(_) => "a string",
-        _ => "an object",
-    }
+/// How output sizes follow input sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Growth {
+    /// Only sizes on a grid work (a concatenation fails elsewhere).
+    Strict,
+    /// Every size from some point works; the output grows in steps of the
+    /// pooling factor (floor pooling in a valid U-Net).
+    Steps,
+    /// Every size works with the same loss (resizing back, padding):
+    /// the output size says nothing of the pooling factor.
+    AnySize,
 }
 
-/// Probes `module` (already in eval mode on `device`).
-pub(crate) fn probe(module: &CModule, device: Device, path: &Path) -> Result<ModelInfo> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rule {
+    offset: usize,
+    multiple: usize,
+    lost: usize,
+    kind: Growth,
+}
+
+struct Prober<'a> {
+    module: &'a CModule,
+    device: Device,
+    path: &'a Path,
+    dims: usize,
+    channels: i64,
+    started: Instant,
+    /// The container key picked at the first output, used from then on.
+    key: Option<OutputKey>,
+    keyed: bool,
+    out_channels: usize,
+    /// Input size -> output side, `None` where it failed.
+    sides: HashMap<usize, Option<usize>>,
+}
+
+/// Probes `module` (already in eval mode on `device`); `whole_tile_ops` are
+/// the operations of its code that see the whole tile
+/// ([`crate::archive::whole_tile_ops`]).
+pub(crate) fn probe(
+    module: &CModule,
+    device: Device,
+    path: &Path,
+    whole_tile_ops: Vec<String>,
+) -> Result<ModelInfo> {
     let invalid = |reason: String| Error::InvalidModel {
         path: path.to_owned(),
         reason,
@@ -73,90 +118,27 @@ pub(crate) fn probe(module: &CModule, device: Device, path: &Path) -> Result<Mod
         ));
     };
     let weight = first.size();
-    let spatial_dims = first.dim() - 2;
-    let in_channels = usize::try_from(weight[1]).unwrap_or(1);
-    let limit = if spatial_dims == 2 {
-        SCAN_LIMIT_2D
-    } else {
-        SCAN_LIMIT_3D
-    };
-
     let _guard = tch::no_grad_guard();
-    // The graph executor specialises and keeps a plan per input shape; over
-    // hundreds of probe sizes that held gigabytes and took seconds a load.
     let _plain = PlainExecutor::enter();
-    let started = Instant::now();
-    let mut results: Vec<(usize, usize)> = Vec::new(); // (input size, size lost)
-    let mut out_channels = 0;
-    let mut first_ok: Option<usize> = None;
-    for size in 1..=limit {
-        if first_ok.is_some_and(|f| size > f + SCAN_PAST_FIRST) {
-            break;
-        }
-        if started.elapsed() > PROBE_BUDGET {
-            return Err(invalid(format!(
-                "it has no unet_rt metadata and probing its geometry gave up after {} s at input size {size} \
-                 (each forward pass is slow, or most sizes fail); export it with metadata (training/export.py)",
-                PROBE_BUDGET.as_secs()
-            )));
-        }
-        let mut shape = vec![1, weight[1]];
-        shape.extend(std::iter::repeat_n(size as i64, spatial_dims));
-        let Ok(input) = Tensor::f_zeros(shape.as_slice(), (Kind::Float, device)) else {
-            continue;
-        };
-        // An error may be the size (too small to pool, odd where even is
-        // needed): try the next. A wrong kind of output is the same at every
-        // size: say so at once.
-        let Ok(output) = module.forward_is(&[IValue::Tensor(input)]) else {
-            continue;
-        };
-        let IValue::Tensor(output) = output else {
-            return Err(invalid(format!(
-                "it has no unet_rt metadata and its forward returns {}, not a tensor",
-                ivalue_kind(&output)
-            )));
-        };
-        let out = output.size();
-        if out.len() != spatial_dims + 2 {
-            return Err(invalid(format!(
-                "it has no unet_rt metadata and for an input of shape {shape:?} it returns shape {out:?}: \
-                 a segmentation network returns (N, classes, spatial...) of rank {}",
-                spatial_dims + 2
-            )));
-        }
-        let sides: Vec<usize> = out[2..]
-            .iter()
-            .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
-            .collect();
-        // Every axis must lose the same amount, and an even one.
-        if sides
-            .iter()
-            .any(|&s| s != sides[0] || s > size || (size - s) % 2 == 1)
-        {
-            continue;
-        }
-        out_channels = usize::try_from(out[1]).unwrap_or(0);
-        first_ok.get_or_insert(size);
-        results.push((size, size - sides[0]));
-        // Three evenly spaced sizes that lose the least, with none between,
-        // show the period: scanning on only costs time (larger inputs).
-        if size_rule(&results).is_some_and(|rule| rule.evenly_seen) {
-            break;
-        }
-    }
-    let rule = size_rule(&results).ok_or_else(|| {
-        invalid(format!(
-            "it has no unet_rt metadata and its output follows no size rule for inputs up to {limit} \
-             pixels: is it fully convolutional, with {in_channels} input channel(s)?"
-        ))
-    })?;
-    Ok(ModelInfo {
-        spatial_dims,
-        in_channels,
-        out_channels,
+    let mut prober = Prober {
+        module,
+        device,
+        path,
+        dims: first.dim() - 2,
+        channels: weight[1],
+        started: Instant::now(),
+        key: None,
+        keyed: false,
+        out_channels: 0,
+        sides: HashMap::new(),
+    };
+    let rule = prober.size_rule()?;
+    let mut info = ModelInfo {
+        spatial_dims: prober.dims,
+        in_channels: usize::try_from(weight[1]).unwrap_or(1),
+        out_channels: prober.out_channels,
         // Without metadata the output is taken as logits.
-        output: if out_channels == 1 {
+        output: if prober.out_channels == 1 {
             OutputKind::Sigmoid
         } else {
             OutputKind::Softmax
@@ -170,58 +152,483 @@ pub(crate) fn probe(module: &CModule, device: Device, path: &Path) -> Result<Mod
         size_multiple: rule.multiple,
         size_offset: rule.offset,
         normalization: Normalization::None,
+        min_size: 0,
+        output_key: prober.key.clone(),
         first_layer_width: usize::try_from(weight[0]).ok(),
         probed: true,
-    })
-}
-
-#[derive(Debug, PartialEq, Eq)]
-struct SizeRule {
-    offset: usize,
-    multiple: usize,
-    lost: usize,
-    /// The last three sizes that lose the least are one `multiple` apart,
-    /// and the last of them is the newest result: the period is settled.
-    evenly_seen: bool,
-}
-
-/// The rule behind observed `(input size, pixels lost)` pairs: the sizes that
-/// lose the least are the aligned ones; their spacing is the pooling factor.
-fn size_rule(results: &[(usize, usize)]) -> Option<SizeRule> {
-    let lost = results.iter().map(|&(_, l)| l).min()?;
-    let good: Vec<usize> = results
-        .iter()
-        .filter(|&&(_, l)| l == lost)
-        .map(|&(s, _)| s)
-        .collect();
-    if good.len() < 3 {
-        return None;
+        exactness: Exactness {
+            whole_tile_ops,
+            measured: None,
+        },
+    };
+    // Valid networks lose exactly their dependence radius (the paper's
+    // proof); the others are measured.
+    if rule.lost == 0 || rule.kind == Growth::AnySize || !info.exactness.whole_tile_ops.is_empty() {
+        prober.settle_overlap(&mut info, rule)?;
     }
-    let multiple = good.windows(2).map(|w| w[1] - w[0]).fold(0, gcd);
-    let first = good[0];
-    let last = *good.last()?;
-    // Every size on the rule within the scanned range must have worked.
-    let all_on_rule = (first..=last)
-        .step_by(multiple)
-        .all(|s| good.binary_search(&s).is_ok());
-    let newest = results.last().map(|&(s, _)| s);
-    let evenly_seen = newest == Some(last)
-        && good[good.len() - 3..]
-            .windows(2)
-            .all(|w| w[1] - w[0] == multiple);
-    all_on_rule.then_some(SizeRule {
-        offset: first % multiple,
-        multiple,
-        lost,
-        evenly_seen,
-    })
+    info.min_size = prober.min_size(&info)?;
+    Ok(info)
 }
 
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
+/// Measures, for a model with metadata, how well tiles agree with the
+/// whole-image forward (for networks whose code has whole-tile layers).
+pub(crate) fn measure(module: &CModule, device: Device, path: &Path, info: &ModelInfo) -> Result<Agreement> {
+    let _guard = tch::no_grad_guard();
+    let _plain = PlainExecutor::enter();
+    let mut prober = Prober {
+        module,
+        device,
+        path,
+        dims: info.spatial_dims,
+        channels: info.in_channels as i64,
+        started: Instant::now(),
+        key: info.output_key.clone(),
+        keyed: true,
+        out_channels: info.out_channels,
+        sides: HashMap::new(),
+    };
+    let dims = usize::from(info.spatial_dims == 3);
+    let shift = info.size_multiple.max(1);
+    let size = info.round_up_valid(
+        REACH_START[dims]
+            .max(2 * info.effective_halo() + 2 * shift)
+            .max(info.min_size + shift),
+    );
+    let image = prober.noise(size, 1);
+    let whole = prober.output(&image)?;
+    let margin = match info.padding {
+        Padding::Valid => 0,
+        Padding::Same => info.effective_halo(),
+    };
+    prober.agreement(&image, &whole, shift, size - shift, margin, info.shrink())
+}
+
+impl Prober<'_> {
+    fn invalid(&self, reason: String) -> Error {
+        Error::InvalidModel {
+            path: self.path.to_owned(),
+            reason: format!("it has no unet_rt metadata and {reason}"),
+        }
+    }
+
+    /// One forward pass: `Ok(None)` when the network fails on this input
+    /// (most often its size), an error when no input can fix what it
+    /// returns, or when probing has used its time.
+    fn forward(&mut self, input: Tensor) -> Result<Option<Tensor>> {
+        if self.started.elapsed() > PROBE_BUDGET {
+            return Err(self.invalid(format!(
+                "probing its geometry gave up after {} s (each forward pass is slow, or most sizes fail); \
+                 export it with metadata (training/export.py)",
+                PROBE_BUDGET.as_secs()
+            )));
+        }
+        let Ok(output) = self.module.forward_is(&[IValue::Tensor(input)]) else {
+            return Ok(None);
+        };
+        let key = if self.keyed { self.key.as_ref() } else { None };
+        let (tensor, used) = container::select(output, key).map_err(|e| self.invalid(e))?;
+        if !self.keyed {
+            self.key = used;
+            self.keyed = true;
+        }
+        let sizes = tensor.size();
+        if sizes.len() != self.dims + 2 {
+            return Err(self.invalid(format!(
+                "it returns shape {sizes:?}: a segmentation network returns (N, classes, spatial...) of rank {}",
+                self.dims + 2
+            )));
+        }
+        if !matches!(tensor.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
+            return Err(self.invalid(format!(
+                "it returns {:?} values, not floating-point logits or probabilities",
+                tensor.kind()
+            )));
+        }
+        Ok(Some(tensor))
+    }
+
+    fn shape(&self, size: usize) -> Vec<i64> {
+        let mut shape = vec![1, self.channels];
+        shape.extend(std::iter::repeat_n(size as i64, self.dims));
+        shape
+    }
+
+    /// Output side at input size `size` (a cube of zeros), `None` if the
+    /// network fails there, changes the axes unevenly or grows the image.
+    fn side(&mut self, size: usize) -> Result<Option<usize>> {
+        if let Some(&known) = self.sides.get(&size) {
+            return Ok(known);
+        }
+        let side = match Tensor::f_zeros(self.shape(size).as_slice(), (Kind::Float, self.device)) {
+            Ok(input) => self.forward(input)?.and_then(|output| {
+                let sizes = output.size();
+                let sides: Vec<usize> = sizes[2..]
+                    .iter()
+                    .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+                    .collect();
+                let even = sides.iter().all(|&s| s == sides[0] && s <= size);
+                (even && sides[0] > 0).then(|| {
+                    self.out_channels = usize::try_from(sizes[1]).unwrap_or(0);
+                    sides[0]
+                })
+            }),
+            Err(_) => None,
+        };
+        self.sides.insert(size, side);
+        Ok(side)
+    }
+
+    /// Pixels lost per axis (both sides together) at input size `size`.
+    fn lost(&mut self, size: usize) -> Result<Option<usize>> {
+        Ok(self.side(size)?.map(|s| size - s))
+    }
+
+    fn no_rule(&self, detail: &str) -> Error {
+        self.invalid(format!(
+            "its output follows no size rule ({detail}): is it fully convolutional, with {} input channel(s)?",
+            self.channels
+        ))
+    }
+
+    /// The size rule, from as few forward passes as the network allows:
+    /// a first working size by doubling, then the next size tells how the
+    /// output follows the input.
+    fn size_rule(&mut self) -> Result<Rule> {
+        let limit = if self.dims == 2 {
+            FIRST_LIMIT_2D
+        } else {
+            FIRST_LIMIT_3D
+        };
+        let mut first = None;
+        let mut size = 1;
+        while size <= limit {
+            if self.lost(size)?.is_some() {
+                first = Some(size);
+                break;
+            }
+            size *= 2;
+        }
+        let first = first.ok_or_else(|| self.no_rule(&format!("no input size up to {limit} works")))?;
+        let lost_first = self.lost(first)?.unwrap_or(0);
+        let side_first = first - lost_first;
+        let rule = match self.lost(first + 1)? {
+            None => self.strict_rule(first, lost_first),
+            Some(lost) if first + 1 - lost == side_first => self.steps_rule(first, side_first),
+            Some(lost) if lost == lost_first => Ok(Rule {
+                offset: 0,
+                multiple: 1,
+                lost,
+                kind: Growth::AnySize,
+            }),
+            Some(_) => Err(self.no_rule(&format!(
+                "inputs of {first} and {} lose {lost_first} and a different amount",
+                first + 1
+            ))),
+        }?;
+        if rule.lost % 2 == 1 {
+            return Err(self.no_rule(&format!(
+                "it loses {} pixels per axis, which cannot be split evenly between the two sides",
+                rule.lost
+            )));
+        }
+        Ok(rule)
+    }
+
+    /// Only sizes on a grid work: the first stride that works again is the
+    /// grid, confirmed one stride further.
+    fn strict_rule(&mut self, first: usize, lost: usize) -> Result<Rule> {
+        for multiple in STRIDES {
+            if self.lost(first + multiple)?.is_some() {
+                if self.lost(first + multiple)? != Some(lost)
+                    || self.lost(first + 2 * multiple)? != Some(lost)
+                {
+                    break;
+                }
+                return Ok(Rule {
+                    offset: first % multiple,
+                    multiple,
+                    lost,
+                    kind: Growth::Strict,
+                });
+            }
+        }
+        Err(self.no_rule(&format!(
+            "input size {first} works, and no size on a grid of up to {} pixels after it does alike",
+            STRIDES[STRIDES.len() - 1]
+        )))
+    }
+
+    /// The output grows in steps: the first size where it grows is on the
+    /// grid (found by doubling, then bisection), the step is the multiple.
+    /// Sizes that fail in between (FCN-8s takes only the first few sizes of
+    /// each step) leave bisection blind: the range is then scanned.
+    fn steps_rule(&mut self, first: usize, side_first: usize) -> Result<Rule> {
+        let mut low = first + 1; // same output as `first`
+        let mut step = 2;
+        let mut blind = false;
+        let high = loop {
+            if step > 4 * STRIDES[STRIDES.len() - 1] {
+                return Err(self.no_rule("the output stops growing with the input"));
+            }
+            match self.side(first + step)? {
+                Some(side) if side == side_first => low = first + step,
+                Some(_) => break first + step,
+                None => blind = true,
+            }
+            step *= 2;
+        };
+        let (mut low, mut high) = (low, high);
+        while !blind && high - low > 1 {
+            let mid = low + (high - low) / 2;
+            match self.side(mid)? {
+                Some(side) if side == side_first => low = mid,
+                Some(_) => high = mid,
+                None => blind = true,
+            }
+        }
+        if blind {
+            for size in low + 1..high {
+                if self.side(size)?.is_some_and(|side| side != side_first) {
+                    high = size;
+                    break;
+                }
+            }
+        }
+        let aligned = high;
+        let side = self.side(aligned)?.unwrap_or(0);
+        let multiple = side.saturating_sub(side_first);
+        let lost = aligned - side;
+        if multiple == 0 {
+            return Err(self.no_rule(&format!("the output shrinks at input size {aligned}")));
+        }
+        Ok(Rule {
+            offset: aligned % multiple,
+            multiple,
+            lost,
+            kind: Growth::Steps,
+        })
+    }
+
+    /// The smallest size on the rule that works (small sizes fail fast),
+    /// where the network must lose what the rule says: this also confirms
+    /// the rule away from the sizes it was found at.
+    fn min_size(&mut self, info: &ModelInfo) -> Result<usize> {
+        let mut size = info.smallest_valid_size();
+        for _ in 0..64 {
+            match self.lost(size)? {
+                Some(lost) if lost == info.shrink() => {
+                    return Ok(if size == info.smallest_valid_size() { 0 } else { size })
+                }
+                Some(lost) => {
+                    return Err(self.no_rule(&format!(
+                        "input size {size} loses {lost} pixels per axis where the rule found says {}",
+                        info.shrink()
+                    )))
+                }
+                None => size += info.size_multiple.max(1),
+            }
+        }
+        Err(self.no_rule(&format!("no size on its rule up to {size} works")))
+    }
+
+    /// A deterministic uniform [0, 1) cube of side `size` (xorshift): the
+    /// same probe on every load, and no change to torch's random state.
+    fn noise(&self, size: usize, seed: u64) -> Tensor {
+        let count = self.shape(size).iter().product::<i64>().max(0) as usize;
+        let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03);
+        let values: Vec<f32> = (0..count)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32
+            })
+            .collect();
+        Tensor::from_slice(&values)
+            .reshape(self.shape(size).as_slice())
+            .to_device(self.device)
+    }
+
+    /// The float32 output for `input`; a failure here, on a size that
+    /// worked with zeros, is the network's and is reported.
+    fn output(&mut self, input: &Tensor) -> Result<Tensor> {
+        let shape = input.size();
+        match self.forward(input.shallow_clone())? {
+            Some(t) => Ok(t.to_kind(Kind::Float)),
+            None => Err(self.invalid(format!("its forward fails on a random input of shape {shape:?}"))),
+        }
+    }
+
+    /// How far a change of the input moves the output, per side of every
+    /// axis, at probe size `size`: the largest distance over which a change
+    /// moves the output by more than `tolerance` (relative), or `None`
+    /// when changes reach the far edge of the probe.
+    fn reach(&mut self, size: usize) -> Result<(Option<usize>, Option<usize>)> {
+        let image = self.noise(size, 1);
+        let other = self.noise(size, 2);
+        let whole = self.output(&image)?;
+        let scale = f64::from(whole.abs().max().double_value(&[]) as f32).max(f64::MIN_POSITIVE);
+        let half = size / 2;
+        let mut strict = Some(0usize);
+        let mut loose = Some(0usize);
+        for axis in 0..self.dims {
+            let dim = (axis + 2) as i64;
+            for low_half in [true, false] {
+                let changed = image.copy();
+                let (start, len) = if low_half { (0, half) } else { (half, size - half) };
+                changed
+                    .narrow(dim, start as i64, len as i64)
+                    .copy_(&other.narrow(dim, start as i64, len as i64));
+                let moved = (self.output(&changed)? - &whole).abs();
+                let others: Vec<i64> = (1..moved.dim() as i64).filter(|&d| d != dim).collect();
+                let profile: Vec<f32> = Vec::try_from(moved.amax(others.as_slice(), false).squeeze_dim(0))
+                    .map_err(|e: tch::TchError| self.invalid(e.to_string()))?;
+                for (tolerance, reach) in [(REACH_TOLERANCE, &mut strict), (APPROXIMATE_TOLERANCE, &mut loose)] {
+                    let hit = |i: &usize| f64::from(profile[*i]) > tolerance * scale;
+                    let distance = if low_half {
+                        (0..profile.len()).rev().find(hit).map(|i| (i + 1).saturating_sub(half))
+                    } else {
+                        (0..profile.len()).find(hit).map(|i| half.saturating_sub(i))
+                    };
+                    let at_edge = if low_half {
+                        profile.len().checked_sub(1).is_some_and(|last| hit(&last))
+                    } else {
+                        !profile.is_empty() && hit(&0)
+                    };
+                    *reach = match (*reach, at_edge) {
+                        (Some(r), false) => Some(r.max(distance.unwrap_or(0))),
+                        _ => None,
+                    };
+                }
+            }
+        }
+        Ok((strict, loose))
+    }
+
+    /// A tile of `image` cut `shift` pixels in on every axis against the
+    /// whole image's output `whole`, on the pixels the engine would keep:
+    /// `margin` discarded at each tile edge (same-padded), `lost` the
+    /// network's own crop (valid).
+    #[allow(clippy::too_many_arguments)]
+    fn agreement(
+        &mut self,
+        image: &Tensor,
+        whole: &Tensor,
+        shift: usize,
+        inner: usize,
+        margin: usize,
+        lost: usize,
+    ) -> Result<Agreement> {
+        let size = usize::try_from(image.size()[2]).unwrap_or(0);
+        let mut tile = image.shallow_clone();
+        for axis in 0..self.dims {
+            tile = tile.narrow((axis + 2) as i64, shift as i64, inner as i64);
+        }
+        let part = self.output(&tile)?;
+        let kept = (inner - lost).saturating_sub(2 * margin);
+        if kept == 0 {
+            return Err(self.invalid(format!(
+                "a probe of {size} pixels leaves no pixel beyond an overlap of {margin}"
+            )));
+        }
+        let (mut a, mut b) = (part, whole.shallow_clone());
+        for axis in 0..self.dims {
+            let dim = (axis + 2) as i64;
+            a = a.narrow(dim, margin as i64, kept as i64);
+            b = b.narrow(dim, (shift + margin) as i64, kept as i64);
+        }
+        let scale = f64::from(whole.abs().max().double_value(&[]) as f32).max(f64::MIN_POSITIVE);
+        let max_difference = (&a - &b).abs().max().double_value(&[]) / scale;
+        let labels = |t: &Tensor| {
+            if self.out_channels > 1 {
+                t.argmax(1, false)
+            } else {
+                t.gt(0.0).squeeze_dim(1)
+            }
+        };
+        let same = labels(&a).eq_tensor(&labels(&b));
+        let label_agreement = same.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+        Ok(Agreement {
+            probe_size: size,
+            max_difference: if max_difference.is_finite() { max_difference } else { f64::INFINITY },
+            label_agreement,
+        })
+    }
+
+    /// For networks that keep the input size or take any size: the overlap
+    /// from how far input changes reach, the pooling factor from the tile
+    /// shifts that reproduce the whole image, and the measured agreement.
+    fn settle_overlap(&mut self, info: &mut ModelInfo, rule: Rule) -> Result<()> {
+        let axis_kind = usize::from(self.dims == 3);
+        let factor = if rule.kind == Growth::AnySize {
+            MAX_HIDDEN_FACTOR
+        } else {
+            rule.multiple
+        };
+        let rule_info = info.clone();
+        let on_grid = |size: usize| rule_info.round_up_valid(size.next_multiple_of(factor));
+        let mut size = on_grid(REACH_START[axis_kind].max(4 * factor));
+        let mut halo = None;
+        let mut fallback = size / 4;
+        if rule.lost == 0 {
+            let limit = REACH_LIMIT[axis_kind].max(4 * factor);
+            loop {
+                let (strict, loose) = self.reach(size)?;
+                if strict.is_some() {
+                    halo = strict;
+                    break;
+                }
+                fallback = loose.unwrap_or(size / 4);
+                let next = on_grid(size * 2);
+                if next > limit {
+                    break;
+                }
+                size = next;
+            }
+        } else {
+            halo = Some(rule.lost / 2);
+            size = on_grid(size.max(rule.lost + 4 * factor));
+        }
+        let overlap = halo.unwrap_or(fallback);
+        info.halo = overlap;
+        // The tile compared must keep pixels beyond the overlap on both sides.
+        let size = size.max(on_grid(2 * overlap.next_multiple_of(factor) + 2 * factor));
+        let image = self.noise(size, 1);
+        let whole = self.output(&image)?;
+        let margin = |multiple: usize| {
+            if rule.lost == 0 {
+                overlap.next_multiple_of(multiple.max(1))
+            } else {
+                0
+            }
+        };
+        let measured = if rule.kind == Growth::AnySize {
+            // The smallest shift that reproduces the whole image is the
+            // pooling factor; without one, the shift that comes closest.
+            let mut best: Option<(usize, Agreement)> = None;
+            let mut shift = 1;
+            while shift <= factor {
+                let agreement =
+                    self.agreement(&image, &whole, shift, size - factor, margin(shift), rule.lost)?;
+                let exact = agreement.is_exact();
+                if best.as_ref().is_none_or(|(_, b)| agreement.max_difference < b.max_difference * 0.5) {
+                    best = Some((shift, agreement));
+                }
+                if exact {
+                    break;
+                }
+                shift *= 2;
+            }
+            let (shift, agreement) = best.ok_or_else(|| self.no_rule("no tile shift could be compared"))?;
+            info.size_multiple = shift;
+            info.size_offset = 0;
+            agreement
+        } else {
+            let shift = rule.multiple;
+            self.agreement(&image, &whole, shift, size - shift, margin(shift), rule.lost)?
+        };
+        info.exactness.measured = Some(measured);
+        Ok(())
     }
 }
 
@@ -230,59 +637,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_the_paper_rule_among_misaligned_sizes() {
-        // Aligned sizes lose 184; misaligned ones (floor pooling) lose more.
-        let mut results = vec![];
-        for s in 180..400 {
-            let lost = if s % 16 == 12 { 184 } else { 190 };
-            if s > 186 {
-                results.push((s, lost));
-            }
-        }
-        assert_eq!(
-            size_rule(&results),
-            Some(SizeRule {
-                offset: 12,
-                multiple: 16,
-                lost: 184,
-                evenly_seen: false
-            })
-        );
-    }
-
-    #[test]
-    fn same_models_and_too_few_sizes() {
-        let same: Vec<_> = (1..10).map(|k| (16 * k, 0)).collect();
-        assert_eq!(
-            size_rule(&same),
-            Some(SizeRule {
-                offset: 0,
-                multiple: 16,
-                lost: 0,
-                evenly_seen: true
-            })
-        );
-        assert_eq!(size_rule(&[(16, 0), (32, 0)]), None);
-        assert_eq!(size_rule(&[]), None);
-    }
-
-    #[test]
-    fn the_scan_stops_once_three_aligned_sizes_are_evenly_spaced() {
-        let mut results = vec![(188, 184)];
-        results.extend((189..204).map(|s| (s, 190)));
-        results.push((204, 184));
-        assert!(size_rule(&results).is_none(), "two sizes are not a period");
-        results.extend((205..220).map(|s| (s, 190)));
-        assert!(size_rule(&results).is_none(), "still two aligned sizes");
-        results.push((220, 184));
-        let rule = size_rule(&results).expect("rule");
-        assert!(rule.evenly_seen);
-        assert_eq!((rule.offset, rule.multiple, rule.lost), (12, 16, 184));
-        // A misaligned size after the third aligned one leaves the rule settled
-        // but is not the moment to stop (the scan stopped before it).
-        results.push((221, 190));
-        assert!(!size_rule(&results).expect("rule").evenly_seen);
-        // Uneven spacing is no rule yet: the scan goes on.
-        assert!(size_rule(&[(16, 0), (32, 0), (40, 0)]).is_none());
+    fn strides_are_increasing_and_cover_eight_poolings() {
+        assert!(STRIDES.windows(2).all(|w| w[0] < w[1]));
+        assert!(STRIDES.contains(&256) && STRIDES.contains(&16));
     }
 }

@@ -84,6 +84,9 @@ fn info(halo: usize, multiple: usize, offset: usize, same: bool) -> ModelInfo {
         normalization: Normalization::None,
         first_layer_width: Some(16),
         probed: false,
+        min_size: 0,
+        output_key: None,
+        exactness: Default::default(),
     }
 }
 

@@ -147,6 +147,9 @@ mod tests {
             normalization: Normalization::None,
             first_layer_width: Some(width),
             probed: false,
+            min_size: 0,
+            output_key: None,
+            exactness: Default::default(),
         }
     }
 
