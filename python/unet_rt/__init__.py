@@ -13,6 +13,7 @@ import torch as _torch  # noqa: F401  (imported for its side effect)
 
 from . import _unet_rt
 from .errors import (
+    ApproximateTilingWarning,
     CancelledError,
     DeviceError,
     InferenceError,
@@ -49,6 +50,7 @@ __all__ = [
     "NonFiniteError",
     "InternalError",
     "UnetRtIOError",
+    "ApproximateTilingWarning",
 ]
 
 

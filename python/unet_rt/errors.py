@@ -24,6 +24,7 @@ __all__ = [
     "UnetRtIOError",
     "CancelledError",
     "InternalError",
+    "ApproximateTilingWarning",
 ]
 
 
@@ -70,3 +71,11 @@ class UnetRtIOError(UnetRtError, OSError):
 
 class CancelledError(UnetRtError):
     """The call was cancelled (by its progress callback raising, or Ctrl-C)."""
+
+
+class ApproximateTilingWarning(UserWarning):
+    """Tiles do not reproduce the whole-image forward exactly for this model
+    (layers that see the whole tile, such as instance normalisation or
+    pyramid pooling); the message gives the measured label agreement.
+    Segment with ``tile="whole"`` for the exact result, or silence it with
+    :func:`warnings.filterwarnings` when the agreement is enough."""

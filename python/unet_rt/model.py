@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import threading
+import warnings
 from collections import OrderedDict
 from importlib import resources
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 from . import _unet_rt
 from ._axes import arrange
 from ._window import Window
-from .errors import InvalidArgumentError, ModelNotFoundError
+from .errors import ApproximateTilingWarning, InvalidArgumentError, ModelNotFoundError
 
 __all__ = ["Model", "segment", "bundled_model_path", "DEFAULT_PRECISION"]
 
@@ -84,6 +85,7 @@ class Model:
         self._source: Union[str, bytes] = os.path.abspath(os.fspath(path))
         self._device_request = device
         self._precision_request = precision
+        self._warn_if_approximate()
 
     @classmethod
     def from_bytes(cls, data: bytes, device: str = "auto", precision: str = DEFAULT_PRECISION, name: str = "<bytes>") -> "Model":
@@ -107,7 +109,13 @@ class Model:
         self._source = data
         self._device_request = device
         self._precision_request = precision
+        self._warn_if_approximate()
         return self
+
+    def _warn_if_approximate(self) -> None:
+        message = self._inner.info["warning"]
+        if message is not None:
+            warnings.warn(f"{self.path}: {message}", ApproximateTilingWarning, stacklevel=3)
 
     def __reduce__(self):
         return (_rebuild, (self._source, self._device_request, self._precision_request))
@@ -138,13 +146,22 @@ class Model:
         """Geometry and meaning of the network, from its metadata or, for plain
         TorchScript, found by probing it: ``spatial_dims``, ``in_channels``,
         ``out_channels``, ``output``, ``padding``, ``halo``, ``size_multiple``,
-        ``size_offset``, ``smallest_size``, ``probed``."""
+        ``size_offset``, ``smallest_size``, ``probed``; ``overlap`` (the
+        pixels per side tiles really overlap) and ``overlap_reason``;
+        ``output_key`` (where the segmentation is in a dict or tuple
+        output); ``exact`` (whether tiles reproduce the whole-image forward),
+        ``whole_tile_ops`` (layers that see the whole tile, from the
+        network's code), ``measured`` (tiles against the whole image on a
+        random probe image: ``probe_size``, ``max_difference`` relative to
+        the output's range, ``label_agreement``) and ``warning``."""
         return dict(self._inner.info)
 
     @property
     def halo(self) -> int:
-        """Pixels of context per side each output pixel needs."""
-        return int(self._inner.info["halo"])
+        """Pixels of context per side tiles really use (``info["overlap"]``):
+        the crop of valid models; for same-padded ones the margin the network
+        needs (``info["halo"]``) rounded up to its pooling factor."""
+        return int(self._inner.info["overlap"])
 
     @property
     def classes(self) -> List[str]:

@@ -62,6 +62,20 @@ fn describe(model: &Model, path: Option<&Path>, file_bytes: Option<u64>) -> Valu
         "smallest_input": info.smallest_valid_size(),
         "valid_sizes": valid,
         "output_shrink": info.shrink(),
+        "overlap": info.effective_halo(),
+        "overlap_reason": info.overlap_reason(),
+        "output_key": info.output_key.as_ref().map(|k| match k {
+            unet_rt::OutputKey::Name(n) => json!(n),
+            unet_rt::OutputKey::Index(i) => json!(i),
+        }),
+        "exact": info.exactness.is_exact(),
+        "whole_tile_ops": info.exactness.whole_tile_ops,
+        "measured": info.exactness.measured.as_ref().map(|m| json!({
+            "probe_size": m.probe_size,
+            "max_difference": m.max_difference,
+            "label_agreement": m.label_agreement,
+        })),
+        "warning": info.exactness.warning(),
         "probed": info.probed,
         "normalization": serde_json::to_value(&info.normalization).unwrap_or(Value::Null),
         "training": meta.map(|m| m.training.clone()).unwrap_or(Value::Null),
@@ -132,16 +146,33 @@ fn text(d: &Value) -> Vec<String> {
             valid.join(", ")
         ),
     ));
-    let halo = n("halo");
     rows.push((
-        "halo".into(),
-        if s("padding") == "valid" {
-            format!(
-                "{halo} px per side: each tile's output is {} px smaller than its input",
-                n("output_shrink")
-            )
+        "overlap".into(),
+        format!("{} px per side ({})", n("overlap"), s("overlap_reason")),
+    ));
+    if s("padding") == "valid" {
+        rows.push((
+            "output".into(),
+            format!("each tile's output is {} px smaller than its input", n("output_shrink")),
+        ));
+    }
+    if !d["output_key"].is_null() {
+        rows.push(("output key".into(), d["output_key"].to_string()));
+    }
+    let measured = match &d["measured"] {
+        Value::Null => String::new(),
+        m => format!(
+            "; measured on a {} px probe image: {:.2}% of labels as the whole image",
+            m["probe_size"],
+            100.0 * m["label_agreement"].as_f64().unwrap_or(0.0)
+        ),
+    };
+    rows.push((
+        "tiling".into(),
+        if d["exact"].as_bool() == Some(true) {
+            format!("exact: tiles reproduce the whole-image forward{measured}")
         } else {
-            format!("{halo} px of context per side (tiles overlap by that much)")
+            format!("approximate{measured}; use --tile whole where the image fits in one pass")
         },
     ));
     rows.push((

@@ -36,6 +36,9 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
     }
     check_model(&model, args)?;
     let info = model.info();
+    if let Some(warning) = info.exactness.warning().filter(|_| !args.quiet) {
+        crate::output::stderr_line(&format!("unet-rt: warning: {warning}"));
+    }
     let options = Options {
         output: match args.output_kind {
             OutputKind::Labels | OutputKind::Instances => OutputMode::Labels,

@@ -1,0 +1,174 @@
+"""The architectures users bring (training/zoo.py), exported as a user would
+export them (plain TorchScript, no unet_rt metadata, or with metadata), run
+through ``unet_rt.segment`` against one forward pass of the whole
+mirror-padded image: exact for the fully convolutional ones, a warning that
+states the measured agreement for PSPNet."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Dict, Tuple
+
+import numpy as np
+import pytest
+import torch
+
+import unet_rt
+from training import zoo
+from training.unet import UNet
+
+#: name -> (network, image shape (C, H, W), geometry probing must find:
+#: (padding, overlap, size_multiple)).
+CASES: Dict[str, Tuple[str, Tuple[int, int, int]]] = {
+    "unet_same": ("same", (1, 150, 170)),
+    "fcn8s": ("same", (1, 300, 260)),
+    "segnet": ("same", (1, 200, 230)),
+    "pix2pix": ("same", (3, 560, 600)),
+}
+
+
+def network(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if name == "unet_same":
+        return UNet(in_channels=1, classes=3, depth=4, base=8, padding="same").eval()
+    return zoo.build(name).eval()
+
+
+def plain_export(net: torch.nn.Module, path: Path, metadata: Dict | None = None) -> Path:
+    """What a user without unet_rt writes: ``torch.jit.script(net).save``."""
+    extra = {} if metadata is None else {"unet_rt.json": json.dumps(metadata)}
+    torch.jit.save(torch.jit.script(net), str(path), _extra_files=extra)
+    return path
+
+
+def whole_forward(net: torch.nn.Module, image: np.ndarray, overlap: int, multiple: int) -> np.ndarray:
+    """One forward pass over the whole image, mirror-padded by ``overlap``
+    and up to the size multiple, cropped back: the oracle of same-padded
+    models (docs/design.md, section 5)."""
+    pads = [(0, 0)] + [(overlap, -(s + 2 * overlap) % multiple + overlap) for s in image.shape[1:]]
+    padded = np.pad(image, pads, mode="reflect")
+    with torch.no_grad():
+        out = net(torch.from_numpy(np.ascontiguousarray(padded))[None])[0].numpy()
+    return out[(slice(None),) + tuple(slice(overlap, overlap + s) for s in image.shape[1:])]
+
+
+def small_tile(info: Dict) -> int:
+    """Tiles small enough that the image takes several of them per axis."""
+    overlap, multiple = info["overlap"], info["size_multiple"]
+    return 2 * overlap + 2 * multiple
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_plain_torchscript_is_probed_and_tiles_exactly(name, tmp_path):
+    padding, shape = CASES[name]
+    net = network(name)
+    model = unet_rt.Model(plain_export(net, tmp_path / f"{name}.pt"), device="cpu")
+    info = model.info
+    assert info["probed"] and info["padding"] == padding
+    assert info["exact"] and info["measured"]["max_difference"] < 1e-4, info
+    # The overlap is what tiles use, and at least what the network sees.
+    assert model.halo == info["overlap"] >= info["halo"] > 0
+    assert info["overlap"] % info["size_multiple"] == 0
+    image = np.random.default_rng(1).random(shape, dtype=np.float32)
+    want = whole_forward(net, image, info["overlap"], info["size_multiple"])
+    got = model.segment(image, axes="cyx", output="raw", tile=small_tile(info))
+    layout = model.layout(image.shape[1:], tile=small_tile(info))
+    assert layout["tiles"] > 1, layout
+    assert relative_error(got, want) < 1e-5
+    labels = model.segment(image, axes="cyx", tile=small_tile(info))
+    if info["out_channels"] > 1:
+        np.testing.assert_array_equal(labels, want.argmax(0))
+
+
+def test_the_size_rules_probing_finds(tmp_path):
+    found = {}
+    for name in ("fcn8s", "segnet", "pix2pix", "unet_same"):
+        info = unet_rt.Model(plain_export(network(name), tmp_path / f"{name}.pt"), device="cpu").info
+        found[name] = (info["size_multiple"], info["size_offset"], info["smallest_size"])
+    # FCN-8s: five poolings; SegNet (4 levels, each pooled): 16, restored by
+    # unpooling at any size, so found from tile shifts; pix2pix: 8 stride-2
+    # convolutions, 256 and its multiples only; U-Net (4 levels): 8.
+    assert found == {"fcn8s": (32, 0, 32), "segnet": (16, 0, 16), "pix2pix": (256, 0, 256), "unet_same": (8, 0, 8)}
+
+
+def test_the_paper_unet_is_probed_fast(tmp_path):
+    import time
+
+    torch.manual_seed(0)
+    path = plain_export(UNet(in_channels=1, classes=2).eval(), tmp_path / "paper.pt")
+    started = time.perf_counter()
+    info = unet_rt.Model(path, device="cpu").info
+    seconds = time.perf_counter() - started
+    assert (info["halo"], info["size_multiple"], info["size_offset"], info["smallest_size"]) == (92, 16, 12, 188)
+    assert info["padding"] == "valid" and info["exact"] and info["measured"] is None
+    # Not a timing assertion of the suite (machines vary): a bound that only
+    # a return to scanning every size would break.
+    assert seconds < 20, seconds
+
+
+def test_pspnet_warns_with_the_measured_agreement(tmp_path):
+    net = network("pspnet")
+    path = plain_export(net, tmp_path / "pspnet.pt")
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match=r"adaptive_avg_pool.*agree .* on \d+\.\d+% of the labels"):
+        model = unet_rt.Model(path, device="cpu")
+    info = model.info
+    assert not info["exact"] and info["whole_tile_ops"] == ["adaptive_avg_pool"]
+    assert 0.9 < info["measured"]["label_agreement"] < 1.0
+    # Tiled labels agree with the whole image on about what was measured.
+    image = np.random.default_rng(2).random((1, 400, 400), dtype=np.float32)
+    want = whole_forward(net, image, info["overlap"], info["size_multiple"]).argmax(0)
+    got = model.segment(image, axes="cyx", tile=small_tile(info))
+    assert (got == want).mean() > 0.9
+
+
+def test_dict_outputs_use_the_out_entry_with_or_without_metadata(tmp_path):
+    class TorchvisionStyle(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = network("segnet")
+            self.aux = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+            return {"aux": self.aux(x), "out": self.net(x)}
+
+    wrapped = TorchvisionStyle().eval()
+    image = np.random.default_rng(3).random((1, 120, 140), dtype=np.float32)
+    plain = unet_rt.Model(plain_export(wrapped, tmp_path / "plain.pt"), device="cpu")
+    assert plain.info["output_key"] == "out"
+    info = plain.info
+    want = whole_forward(wrapped.net, image, info["overlap"], info["size_multiple"])
+    assert relative_error(plain.segment(image, axes="cyx", output="raw"), want) < 1e-5
+    metadata = {
+        "format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+        "output": "softmax", "padding": "same", "halo": info["overlap"],
+        "size_multiple": info["size_multiple"], "output_key": "aux",
+    }
+    keyed = unet_rt.Model(plain_export(wrapped, tmp_path / "keyed.pt", metadata), device="cpu")
+    assert keyed.info["output_key"] == "aux" and not keyed.info["probed"]
+    with torch.no_grad():
+        aux = wrapped.aux(torch.from_numpy(image)[None])[0].numpy()
+    # A 3x3 convolution: only the one-pixel image border sees other padding.
+    np.testing.assert_allclose(keyed.segment(image, axes="cyx", output="raw")[:, 1:-1, 1:-1], aux[:, 1:-1, 1:-1], rtol=1e-5, atol=1e-6)
+    metadata["output_key"] = "missing"
+    wrong = unet_rt.Model(plain_export(wrapped, tmp_path / "wrong.pt", metadata), device="cpu")
+    with pytest.raises(unet_rt.InferenceError, match=r"no tensor under \"missing\""):
+        wrong.segment(image, axes="cyx")
+
+
+def test_tuple_outputs_need_a_key_when_they_hold_several_tensors(tmp_path):
+    class Pair(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+            return self.a(x), self.a(x)
+
+    with pytest.raises(unet_rt.ModelError, match="tuple of 2 items, 2 of them tensors: set output_key"):
+        unet_rt.Model(plain_export(Pair().eval(), tmp_path / "pair.pt"), device="cpu")
