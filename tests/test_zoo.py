@@ -115,16 +115,18 @@ def test_the_paper_unet_is_probed_fast(tmp_path):
 def test_pspnet_warns_with_the_measured_agreement(tmp_path):
     net = network("pspnet")
     path = plain_export(net, tmp_path / "pspnet.pt")
-    with pytest.warns(unet_rt.ApproximateTilingWarning, match=r"adaptive_avg_pool.*agree .* on \d+\.\d+% of the labels"):
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match=r"adaptive_avg_pool.*smallest tiles agree .* on \d+\.\d+% of the labels"):
         model = unet_rt.Model(path, device="cpu")
     info = model.info
     assert not info["exact"] and info["whole_tile_ops"] == ["adaptive_avg_pool"]
-    assert 0.9 < info["measured"]["label_agreement"] < 1.0
-    # Tiled labels agree with the whole image on about what was measured.
+    measured = info["measured"]["label_agreement"]
+    assert 0.3 < measured < 1.0
+    # The agreement is measured with the smallest tiles: tiles that small
+    # agree with the whole image about as well here.
     image = np.random.default_rng(2).random((1, 400, 400), dtype=np.float32)
     want = whole_forward(net, image, info["overlap"], info["size_multiple"]).argmax(0)
     got = model.segment(image, axes="cyx", tile=small_tile(info))
-    assert (got == want).mean() > 0.9
+    assert abs((got == want).mean() - measured) < 0.2
 
 
 def test_dict_outputs_use_the_out_entry_with_or_without_metadata(tmp_path):
@@ -172,3 +174,58 @@ def test_tuple_outputs_need_a_key_when_they_hold_several_tensors(tmp_path):
 
     with pytest.raises(unet_rt.ModelError, match="tuple of 2 items, 2 of them tensors: set output_key"):
         unet_rt.Model(plain_export(Pair().eval(), tmp_path / "pair.pt"), device="cpu")
+
+
+def test_whole_tile_gives_the_exact_result_where_tiles_cannot(tmp_path):
+    net = network("pspnet")
+    with pytest.warns(unet_rt.ApproximateTilingWarning):
+        model = unet_rt.Model(plain_export(net, tmp_path / "pspnet.pt"), device="cpu")
+    image = np.random.default_rng(4).random((1, 300, 260), dtype=np.float32)
+    info = model.info
+    want = whole_forward(net, image, info["overlap"], info["size_multiple"])
+    assert model.layout(image.shape[1:], tile="whole")["tiles"] == 1
+    got = model.segment(image, axes="cyx", output="raw", tile="whole")
+    assert relative_error(got, want) < 1e-5
+    with pytest.raises(unet_rt.InvalidArgumentError, match="tile"):
+        model.segment(image, axes="cyx", tile="all")
+
+
+def test_cli_info_tells_the_overlap_and_the_exactness(tmp_path):
+    import subprocess
+
+    path = plain_export(network("pix2pix"), tmp_path / "pix2pix.pt")
+    shown = json.loads(subprocess.run(["unet-rt", "info", str(path), "--json"], check=True,
+                                      capture_output=True, text=True).stdout)
+    assert (shown["overlap"], shown["size_multiple"], shown["exact"]) == (512, 256, True)
+    assert "same convolutions" in shown["overlap_reason"]
+    text = subprocess.run(["unet-rt", "info", str(path)], check=True, capture_output=True, text=True).stdout
+    assert "overlap" in text and "512 px per side" in text and "exact" in text
+    psp = plain_export(network("pspnet"), tmp_path / "pspnet.pt")
+    text = subprocess.run(["unet-rt", "info", str(psp)], check=True, capture_output=True, text=True).stdout
+    assert "approximate" in text and "--tile whole" in text
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_monai_basic_unet_is_exact_with_batch_norm_and_warns_with_instance_norm(norm, tmp_path):
+    nets = pytest.importorskip("monai.networks.nets")
+    torch.manual_seed(0)
+    net = nets.BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=(4, 4, 8, 16, 32, 4), norm=norm)
+    # He initialisation keeps the deep levels' signal, as training does
+    # (MONAI's default initialisation all but silences them in a random net).
+    net = zoo.he_init_(net).eval()
+    path = plain_export(net, tmp_path / f"monai_{norm}.pt")
+    image = np.random.default_rng(5).random((1, 200, 180), dtype=np.float32)
+    if norm == "batch":
+        model = unet_rt.Model(path, device="cpu")
+        info = model.info
+        # Four poolings, restored at any size by padding: found from shifts.
+        assert info["exact"] and info["size_multiple"] == 16 and info["overlap"] % 16 == 0
+        want = whole_forward(net, image, info["overlap"], info["size_multiple"])
+        got = model.segment(image, axes="cyx", output="raw", tile=small_tile(info))
+        assert relative_error(got, want) < 1e-5
+    else:
+        with pytest.warns(unet_rt.ApproximateTilingWarning, match="instance_norm"):
+            model = unet_rt.Model(path, device="cpu")
+        info = model.info
+        assert not info["exact"] and info["whole_tile_ops"] == ["instance_norm"]
+        assert 0.95 < info["measured"]["label_agreement"] < 1.0

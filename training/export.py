@@ -24,8 +24,9 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -35,8 +36,11 @@ __all__ = [
     "FORMAT",
     "METADATA_ENTRY",
     "ExportMismatchError",
+    "ExportGeometryError",
     "build_metadata",
     "export_torchscript",
+    "probe_metadata",
+    "verify_metadata",
     "read_metadata",
     "training_provenance",
     "export_checkpoint",
@@ -49,6 +53,10 @@ METADATA_ENTRY = "unet_rt.json"
 
 class ExportMismatchError(RuntimeError):
     """The TorchScript module disagrees with the eager model."""
+
+
+class ExportGeometryError(ValueError):
+    """The metadata declares a geometry the network does not have."""
 
 
 def build_metadata(
@@ -108,45 +116,95 @@ def _check_sizes(metadata: Dict[str, Any]) -> Sequence[int]:
     return (smallest, smallest + m)
 
 
+def _tensors(value: Any) -> List[torch.Tensor]:
+    """Every tensor in a forward's result (a tensor, or dicts, tuples and
+    lists of them), in order: scripted and eager results are compared
+    whole, whichever entry the runtime will use."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for k in value for t in _tensors(value[k])]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _compile(model: torch.nn.Module, example: Optional[torch.Tensor]) -> torch.jit.ScriptModule:
+    if isinstance(model, torch.jit.ScriptModule):
+        return model
+    if example is not None:
+        # strict=False: dict and list outputs (torchvision) are traced too.
+        return torch.jit.trace(model, example, strict=False)
+    return torch.jit.script(model)
+
+
 def export_torchscript(
     model: torch.nn.Module,
     path: os.PathLike | str,
     metadata: Dict[str, Any],
     *,
+    example: Optional[torch.Tensor] = None,
     atol: float = 1e-4,
     check_sizes: Optional[Sequence[int]] = None,
     seed: int = 0,
+    verify: bool = True,
 ) -> Path:
-    """Scripts ``model`` in eval mode, checks it against the eager model on
-    random inputs of two valid sizes, and writes it atomically to ``path``
-    with ``metadata`` embedded. Returns the path.
+    """Compiles ``model`` in eval mode, checks it, and writes it atomically
+    to ``path`` with ``metadata`` embedded. Returns the path.
+
+    ``model`` is an eager module (scripted, or traced on ``example`` when
+    one is given: models TorchScript cannot script), or an already scripted
+    or traced module, written as it is. Its forward may return a tensor or
+    a dict or tuple holding it (``metadata["output_key"]`` says which entry,
+    else the only tensor or ``"out"``).
+
+    Checks before writing: an eager module against its compiled form on
+    random inputs of two valid sizes (:class:`ExportMismatchError`), then
+    the metadata against the module through the runtime
+    (:func:`verify_metadata`, :class:`ExportGeometryError`) unless
+    ``verify`` is false.
 
     The module is deliberately not frozen: ``torch.jit.freeze`` folds the
     weights into graph constants, which libtorch cannot convert afterwards,
     while the runtime converts parameters to the requested precision (bf16,
     fp16) and to channels-last layout when it loads a model. Eval mode and
-    the scripted graph are what inference needs.
+    the compiled graph are what inference needs.
     """
     path = Path(path)
     model = model.eval()
-    scripted = torch.jit.script(model)
+    compiled = _compile(model, example)
     gen = torch.Generator().manual_seed(seed)
     dims = metadata["spatial_dims"]
-    for size in check_sizes or _check_sizes(metadata):
-        x = torch.rand((1, metadata["in_channels"]) + (size,) * dims, generator=gen)
-        with torch.no_grad():
-            want, got = model(x), scripted(x)
-        if want.shape != got.shape or not torch.allclose(want, got, atol=atol, rtol=1e-4):
-            diff = (want - got).abs().max().item() if want.shape == got.shape else float("nan")
-            raise ExportMismatchError(
-                f"TorchScript output differs from the eager model at input size {size}: "
-                f"shapes {tuple(want.shape)} vs {tuple(got.shape)}, max |diff| {diff:.3g}"
-            )
+    if compiled is not model:
+        for size in check_sizes or _check_sizes(metadata):
+            x = torch.rand((1, metadata["in_channels"]) + (size,) * dims, generator=gen)
+            try:
+                with torch.no_grad():
+                    want, got = _tensors(model(x)), _tensors(compiled(x))
+            except RuntimeError as e:
+                raise _refusal(
+                    f"at input size {size}, which it declares valid ({_geometry_text(metadata)}), "
+                    f"the network fails: {str(e).splitlines()[0]}",
+                    compiled,
+                ) from None
+            for w, g in zip(want, got):
+                if w.shape != g.shape or not torch.allclose(w, g, atol=atol, rtol=1e-4):
+                    diff = (w - g).abs().max().item() if w.shape == g.shape else float("nan")
+                    raise ExportMismatchError(
+                        f"TorchScript output differs from the eager model at input size {size}: "
+                        f"shapes {tuple(w.shape)} vs {tuple(g.shape)}, max |diff| {diff:.3g}"
+                    )
+            if len(want) != len(got):
+                raise ExportMismatchError(
+                    f"TorchScript returns {len(got)} tensors where the eager model returns {len(want)}"
+                )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        torch.jit.save(scripted, tmp, _extra_files={METADATA_ENTRY: json.dumps(metadata, indent=1)})
+        torch.jit.save(compiled, tmp, _extra_files={METADATA_ENTRY: json.dumps(metadata, indent=1)})
+        if verify:
+            verify_metadata(tmp, compiled)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise users sharing models
@@ -155,6 +213,117 @@ def export_torchscript(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def probe_metadata(module: torch.jit.ScriptModule) -> Dict[str, Any]:
+    """What the runtime finds when it probes ``module`` without metadata
+    (size rule, overlap, channels, output entry), as a metadata document.
+
+    >>> from training.zoo import build
+    >>> m = probe_metadata(torch.jit.script(build("segnet").eval()))
+    >>> (m["padding"], m["size_multiple"], m["in_channels"], m["out_channels"])
+    ('same', 16, 1, 2)
+    """
+    import unet_rt
+
+    with tempfile.TemporaryDirectory() as folder:
+        plain = Path(folder) / "plain.pt"
+        torch.jit.save(module, str(plain))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", unet_rt.ApproximateTilingWarning)
+            info = unet_rt.Model(plain, device="cpu", precision="fp32").info
+    meta: Dict[str, Any] = {
+        "format": FORMAT,
+        "spatial_dims": info["spatial_dims"],
+        "in_channels": info["in_channels"],
+        "out_channels": info["out_channels"],
+        "output": info["output"],
+        "padding": info["padding"],
+        "halo": info["halo"],
+        "size_multiple": info["size_multiple"],
+        "size_offset": info["size_offset"],
+    }
+    if info["smallest_size"] != _check_sizes(meta)[0]:
+        meta["min_size"] = info["smallest_size"]
+    if info["output_key"] is not None:
+        meta["output_key"] = info["output_key"]
+    return meta
+
+
+def _geometry_text(m: Dict[str, Any]) -> str:
+    return (f"padding {m['padding']}, halo {m['halo']}, sizes {m.get('size_offset', 0)} + k * {m['size_multiple']}, "
+            f"{m['in_channels']} -> {m['out_channels']} channels")
+
+
+def _refusal(what: str, module: Optional[torch.jit.ScriptModule]) -> ExportGeometryError:
+    """The error for metadata that does not fit, with what probing finds."""
+    import unet_rt
+
+    found = ""
+    if module is not None:
+        try:
+            found = f"; probing the network finds {_geometry_text(probe_metadata(module))}"
+        except unet_rt.UnetRtError as e:
+            found = f"; probing the network fails too: {e}"
+    return ExportGeometryError(f"the metadata does not fit the network: {what}{found}")
+
+
+def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptModule] = None) -> None:
+    """Checks the metadata embedded at ``path`` against its network, through
+    the runtime itself: the network takes the two smallest sizes the
+    metadata declares and returns the declared channels and output size
+    there, and on a random probe image its tiles (at the declared overlap
+    and size multiple) reproduce one whole-image pass to 1e-4 of the
+    output's range. Networks with layers that see the whole tile cannot be
+    tiled exactly at any overlap: they pass, and the runtime warns when
+    they are loaded.
+
+    Raises :class:`ExportGeometryError` saying what disagrees, and what
+    probing the network finds instead.
+    """
+    import numpy as np
+    import unet_rt
+
+    def refuse(what: str) -> ExportGeometryError:
+        return _refusal(what, module)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", unet_rt.ApproximateTilingWarning)
+        try:
+            model = unet_rt.Model(path, device="cpu", precision="fp32")
+        except unet_rt.MetadataError as e:
+            raise ExportGeometryError(str(e)) from None
+    info = model.info
+    meta = model.metadata or {}
+    rng = np.random.default_rng(0)
+    dims, lost = info["spatial_dims"], 2 * info["halo"] if info["padding"] == "valid" else 0
+    for size in (info["smallest_size"], info["smallest_size"] + info["size_multiple"]):
+        batch = rng.random((1, info["in_channels"]) + (size,) * dims, dtype=np.float32)
+        try:
+            out = model.forward(batch)
+        except unet_rt.UnetRtError as e:
+            raise refuse(f"at input size {size}, which it declares valid ({_geometry_text(meta)}), "
+                         f"the network fails: {e}") from None
+        want = (1, info["out_channels"]) + (size - lost,) * dims
+        if out.shape != want:
+            raise refuse(f"at input size {size} the network returns shape {out.shape}, "
+                         f"the metadata ({_geometry_text(meta)}) says {want}")
+    if not info["exact"]:
+        return
+    # A tiny budget gives the smallest tiles: an image of one tile's output
+    # and one more pooling step takes two tiles per axis.
+    layout = model.layout((1,) * dims, memory_budget=1)
+    side = layout["output_tile"][0] + info["size_multiple"]
+    image = rng.random((info["in_channels"],) + (side,) * dims, dtype=np.float32)
+    axes = "c" + "zyx"[3 - dims:]
+    whole = model.segment(image, axes=axes, output="raw", tile="whole")
+    tiled = model.segment(image, axes=axes, output="raw", memory_budget=1)
+    scale = float(np.abs(whole).max()) or 1.0
+    difference = float(np.abs(tiled - whole).max()) / scale
+    if not difference <= 1e-4:
+        raise refuse(f"tiles at overlap {info['overlap']} and size multiple {info['size_multiple']} differ from "
+                     f"one whole-image pass by {difference:.2g} of the output's range (the halo is too small, "
+                     f"or the size multiple is not the pooling factor)")
 
 
 def read_metadata(path: os.PathLike | str) -> Optional[Dict[str, Any]]:

@@ -38,7 +38,7 @@ class Model:
         self,
         image: npt.NDArray[Any],
         output: str = "labels",
-        tile: Union[int, Sequence[int], None] = None,
+        tile: Union[int, Sequence[int], str, None] = None,
         batch_size: Optional[int] = None,
         memory_budget: Optional[int] = None,
         out: Optional[npt.NDArray[Any]] = None,
@@ -51,14 +51,14 @@ class Model:
     def layout(
         self,
         shape: Sequence[int],
-        tile: Union[int, Sequence[int], None] = None,
+        tile: Union[int, Sequence[int], str, None] = None,
         batch_size: Optional[int] = None,
         memory_budget: Optional[int] = None,
     ) -> dict[str, Any]: ...
     def needed_input(
         self,
         window: Tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int]],
-        tile: Union[int, Sequence[int], None] = None,
+        tile: Union[int, Sequence[int], str, None] = None,
         batch_size: Optional[int] = None,
         memory_budget: Optional[int] = None,
     ) -> Tuple[List[int], List[int]]: ...

@@ -239,7 +239,7 @@ class Model:
         image: np.ndarray,
         axes: Optional[str] = None,
         output: str = "labels",
-        tile: Union[int, Sequence[int], None] = None,
+        tile: Union[int, Sequence[int], str, None] = None,
         batch_size: Optional[int] = None,
         out: Optional[np.ndarray] = None,
         progress: ProgressArg = False,
@@ -265,7 +265,9 @@ class Model:
                 ``"instances"`` (uint32 connected components of the non-background
                 labels, 4-connected in 2-D and 6-connected in 3-D).
             tile: input tile size (an int, or one per spatial axis); chosen
-                from a memory budget when ``None``.
+                from a memory budget when ``None``; ``"whole"`` for one tile
+                covering the image and its overlap (the exact result for
+                models whose tiles are approximate, see ``info["exact"]``).
             batch_size: tiles per forward pass; chosen when ``None``.
             out: an array that receives the result in place (checked shape
                 and dtype; float16 is accepted for probabilities), for example

@@ -189,7 +189,8 @@ def _window_problem(fields: Dict[str, Any], dims: int) -> Optional[str]:
         if not _is_sides(fields[key], dims):
             return f"{key}={describe(fields[key])} is not {dims} positive sides"
     for key in ("start", "origin"):
-        if key in fields and not _is_sides(fields[key], dims, minimum=0):
+        if key in fields and not (key == "origin" and fields[key] is None) \
+                and not _is_sides(fields[key], dims, minimum=0):
             return f"{key}={describe(fields[key])} is not {dims} offsets"
     if any(int(s) + int(n) > int(i) for s, n, i in zip(fields["start"], fields["shape"], fields["image"])):
         return "the region reaches past the image"
@@ -219,6 +220,8 @@ def _window_type_problem(fields: Dict[str, Any]) -> Optional[str]:
     sequence of non-negative non-bool ints, or fields of different lengths."""
     lengths = set()
     for key, value in fields.items():
+        if key == "origin" and value is None:
+            continue  # the documented default: the image's origin
         length = _length(value)
         if not _is_sides(value, length, minimum=0):
             return f"{key}={describe(value)} is not a sequence of offsets/sizes"

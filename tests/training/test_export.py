@@ -80,3 +80,55 @@ def test_cli_fails_on_bad_input(tmp_path, capsys):
     torch.save({"not": "a checkpoint"}, bogus)
     assert main([str(bogus), "-o", str(tmp_path / "y.pt")]) == 1
     assert "export failed" in capsys.readouterr().err
+
+
+def test_traced_and_dict_output_modules_export_and_verify(tmp_path):
+    import unet_rt
+    from training.export import probe_metadata
+    from training.zoo import build
+
+    torch.manual_seed(0)
+
+    class DictOut(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = build("segnet")
+
+        def forward(self, x: torch.Tensor):
+            return {"out": self.net(x), "aux": x}
+
+    net = DictOut().eval()
+    meta = probe_metadata(torch.jit.script(net))
+    assert meta["output_key"] == "out" and meta["size_multiple"] == 16 and meta["padding"] == "same"
+    path = export_torchscript(net, tmp_path / "dict.pt", meta)
+    model = unet_rt.Model(path, device="cpu")
+    assert not model.info["probed"] and model.info["output_key"] == "out"
+    # Traced on the fly from an example input, and an already traced module.
+    fcn = build("fcn8s").eval()
+    example = torch.rand(1, 1, 64, 64)
+    meta = probe_metadata(torch.jit.trace(fcn, example))
+    assert (meta["size_multiple"], meta["halo"]) == (32, 220)
+    export_torchscript(fcn, tmp_path / "traced.pt", meta, example=example)
+    export_torchscript(torch.jit.trace(fcn, example), tmp_path / "pretraced.pt", meta)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"halo": 8}, r"tiles at overlap 32 .* differ from one whole-image pass"),
+        ({"size_multiple": 8}, r"at input size 456, which it declares valid .* the network fails"),
+        ({"padding": "valid", "halo": 92, "size_multiple": 16, "size_offset": 12}, r"at input size 188, .* fails"),
+        ({"out_channels": 3}, r"returns shape \(1, 2, 32, 32\)"),
+    ],
+)
+def test_declared_geometry_that_the_network_does_not_have_is_refused(tmp_path, change, message):
+    from training.export import ExportGeometryError, probe_metadata
+    from training.zoo import build
+
+    torch.manual_seed(0)
+    net = build("fcn8s").eval()
+    meta = {**probe_metadata(torch.jit.script(net)), **change}
+    with pytest.raises(ExportGeometryError, match=message) as caught:
+        export_torchscript(net, tmp_path / "wrong.pt", meta)
+    assert "probing the network finds padding same, halo 220, sizes 0 + k * 32" in str(caught.value)
+    assert not (tmp_path / "wrong.pt").exists()

@@ -116,9 +116,10 @@ pub(crate) struct ModelArgs {
     /// fast; a few boundary pixels may differ from fp32).
     #[arg(short, long, default_value = unet_rt::Precision::DEFAULT_NAME)]
     pub precision: String,
-    /// Tile size: N for every axis, or per axis as YxX (ZxYxX for 3-D); default:
-    /// chosen from the memory budget.
-    #[arg(short, long, value_name = "N|YxX", value_parser = parse_tile)]
+    /// Tile size: N for every axis, or per axis as YxX (ZxYxX for 3-D), or
+    /// `whole` (one tile per image: exact for models whose tiles are
+    /// approximate); default: chosen from the memory budget.
+    #[arg(short, long, value_name = "N|YxX|whole", value_parser = parse_model_tile)]
     pub tile: Option<Sizes>,
     /// Tiles per forward pass (default: chosen from the memory budget).
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -202,6 +203,15 @@ pub(crate) struct BenchArgs {
 pub(crate) struct Sizes(pub Vec<usize>);
 
 /// Parses `N`, `YxX` or `ZxYxX` (`x`, `X` or `,` between sizes).
+/// `--tile`: sizes, or `whole` (one tile for the whole image), which is
+/// the empty list.
+pub(crate) fn parse_model_tile(text: &str) -> Result<Sizes, String> {
+    if text.trim().eq_ignore_ascii_case("whole") {
+        return Ok(Sizes(Vec::new()));
+    }
+    parse_tile(text).map_err(|e| format!("{e}, or \"whole\""))
+}
+
 pub(crate) fn parse_tile(text: &str) -> Result<Sizes, String> {
     let sizes: Result<Vec<usize>, _> = text
         .split(['x', 'X', ','])
@@ -248,6 +258,8 @@ mod tests {
     #[test]
     fn parses_sizes() {
         assert_eq!(parse_tile("256").unwrap().0, vec![256]);
+        assert!(parse_model_tile("whole").unwrap().0.is_empty());
+        assert!(parse_tile("whole").is_err());
         assert_eq!(parse_tile("128x256").unwrap().0, vec![128, 256]);
         assert_eq!(parse_tile("16X32,64").unwrap().0, vec![16, 32, 64]);
         assert!(

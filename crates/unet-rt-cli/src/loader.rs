@@ -71,6 +71,8 @@ pub(crate) fn tile_for(
 ) -> Result<Option<Vec<usize>>, CliError> {
     match tile {
         None => Ok(None),
+        // `--tile whole`: see `whole_for`.
+        Some([]) => Ok(None),
         Some([one]) => Ok(Some(vec![*one; info.spatial_dims])),
         Some(sizes) if sizes.len() == info.spatial_dims => Ok(Some(sizes.to_vec())),
         Some(sizes) => Err(usage(format!(
@@ -79,6 +81,11 @@ pub(crate) fn tile_for(
             info.spatial_dims
         ))),
     }
+}
+
+/// Whether `--tile whole` asked for one tile covering each image.
+pub(crate) fn whole_for(tile: Option<&[usize]>) -> bool {
+    tile.is_some_and(<[usize]>::is_empty)
 }
 
 /// The batch size flag as the engine takes it.

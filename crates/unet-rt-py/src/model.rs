@@ -38,8 +38,24 @@ fn sizing(
     batch_size: Option<&Bound<'_, PyAny>>,
     memory_budget: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<unet_rt::Options> {
+    // "whole": one tile for the whole image (see Options::whole).
+    let whole = match tile {
+        Some(t) if t.is_instance_of::<pyo3::types::PyString>() => {
+            let text = args::text(t, "tile")?;
+            if text != "whole" {
+                return Err(args::invalid(
+                    "tile",
+                    format!("{text:?} is not a tile: give sizes, or \"whole\" for one tile covering the image"),
+                ));
+            }
+            true
+        }
+        _ => false,
+    };
+    let tile = tile.filter(|_| !whole);
     Ok(unet_rt::Options {
         tile: args::optional_sizes(tile, "tile", model.info().spatial_dims)?,
+        whole,
         batch_size: args::optional_size(batch_size, "batch_size", 1)?,
         memory_budget: args::optional_size(memory_budget, "memory_budget", 0)?,
         ..unet_rt::Options::default()

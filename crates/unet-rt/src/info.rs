@@ -11,7 +11,8 @@ use crate::metadata::{Metadata, Normalization, OutputKey, OutputKind, Padding};
 /// differs by orders of magnitude more.
 pub const EXACT_TOLERANCE: f64 = 1e-4;
 
-/// Tiles against the whole-image forward on a random probe image.
+/// Tiles against the whole-image forward on a random probe image, with the
+/// smallest tiles the engine makes for the model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Agreement {
     /// Side of the probe image (a cube in 3-D).
@@ -66,8 +67,8 @@ impl Exactness {
         };
         let measured = match &self.measured {
             Some(m) => format!(
-                "; on a {} pixel probe image tiles agree with the whole-image forward on {:.2}% of the labels \
-                 (largest difference {:.1e} of the output's range)",
+                "; on a {} pixel probe image the smallest tiles agree with the whole-image forward on {:.2}% \
+                 of the labels (largest difference {:.1e} of the output's range; larger tiles agree more)",
                 m.probe_size,
                 100.0 * m.label_agreement,
                 m.max_difference

@@ -29,6 +29,10 @@ impl Segmenter {
             });
         let tile = match &self.options.tile {
             Some(t) => t.clone(),
+            None if self.options.whole => image
+                .iter()
+                .map(|&n| info.round_up_valid(n.saturating_add(2 * halo)).max(info.min_tile()))
+                .collect(),
             None => plan::choose_tile(info, image, halo, budget, element_bytes)
                 .into_iter()
                 .map(|t| t.max(info.min_tile()))

@@ -97,6 +97,12 @@ impl Segmenter {
     /// input size of the model, a zero batch size or memory budget.
     pub fn new(model: Model, options: Options) -> Result<Self> {
         let info = model.info();
+        if options.whole && options.tile.is_some() {
+            return Err(invalid(
+                "tile",
+                "give either tile sizes or \"whole\" (one tile for the whole image), not both".to_owned(),
+            ));
+        }
         if let Some(tile) = &options.tile {
             if tile.len() != info.spatial_dims {
                 return Err(invalid(

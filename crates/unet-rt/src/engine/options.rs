@@ -28,6 +28,11 @@ pub struct Options {
     /// Input tile size per spatial axis; chosen from the memory budget when
     /// `None`.
     pub tile: Option<Vec<usize>>,
+    /// One tile covering the whole image and its overlap: the exact result
+    /// for networks whose tiles are approximate (see
+    /// [`Exactness`](crate::Exactness)), where the image fits in one pass.
+    /// Not with `tile`.
+    pub whole: bool,
     /// Tiles per forward pass; chosen from the memory budget when `None`.
     pub batch_size: Option<usize>,
     /// Bytes of activations one batch may take; a device default when `None`.
@@ -58,6 +63,7 @@ impl std::fmt::Debug for Options {
         f.debug_struct("Options")
             .field("output", &self.output)
             .field("tile", &self.tile)
+            .field("whole", &self.whole)
             .field("batch_size", &self.batch_size)
             .field("memory_budget", &self.memory_budget)
             .field("blend", &self.blend)
