@@ -58,7 +58,7 @@ def with_metadata(source: Path, target: Path, **changes) -> Path:
         (dict(tile=-1), unet_rt.InvalidArgumentError, "invalid tile: -1 is negative"),
         (dict(tile=2**64), unet_rt.InvalidArgumentError, "invalid tile: .* too large"),
         (dict(tile=10**30), unet_rt.InvalidArgumentError, "invalid tile: .* too large"),
-        (dict(tile="ab"), TypeError, "tile must be an int or a sequence of ints, got str"),
+        (dict(tile="ab"), unet_rt.InvalidArgumentError, r"invalid tile: \"ab\" is not a tile: give sizes, or \"whole\""),
         (dict(tile=(52, "x")), TypeError, "tile must be an int"),
         (dict(tile=52.0), TypeError, "tile must be an int"),
         (dict(tile=True), TypeError, "tile must be an int"),
@@ -402,7 +402,8 @@ class _DictOut(torch.nn.Module):
         self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return {"out": self.conv(x)}
+        # Two tensors, neither under "out": no entry can be chosen.
+        return {"a": self.conv(x), "b": self.conv(x)}
 
 
 class _Flat(torch.nn.Module):
@@ -416,7 +417,7 @@ class _Flat(torch.nn.Module):
 
 @pytest.mark.parametrize(
     "module,message",
-    [(_DictOut, "its forward returns a dict, not a tensor"), (_Flat, r"returns shape \[2\]: a segmentation network")],
+    [(_DictOut, r"returns a dict with keys \"a\", \"b\" and none is \"out\": set output_key"), (_Flat, r"returns shape \[2\]: a segmentation network")],
 )
 def test_probing_stops_at_once_on_outputs_no_size_can_fix(module, message):
     # These scanned every size up to 640 (seconds each load, gigabytes of

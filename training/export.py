@@ -15,6 +15,16 @@ rebuilds the network from the checkpoint's config, loads its weights and
 writes it with metadata whose ``training`` entry records the provenance and
 the held-out metrics that the training run stored in the checkpoint. The
 command exits with status 1 and says why when the check fails.
+
+Any other network (FCN, SegNet, pix2pix, torchvision, MONAI ...), scripted or
+traced by its author::
+
+    python -m training.export their_model.pt -o model.pt --class-names background,cell
+
+probes its geometry the way the runtime would, takes the flags on top,
+verifies the result against the network (:func:`verify_metadata`) and
+writes it; from Python, :func:`export_torchscript` takes an eager module
+(scripted, or traced with ``example=``) or a compiled one.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ __all__ = [
     "export_torchscript",
     "probe_metadata",
     "verify_metadata",
+    "export_module_file",
     "read_metadata",
     "training_provenance",
     "export_checkpoint",
@@ -396,28 +407,80 @@ def export_checkpoint(
     return export_torchscript(model, output, meta)
 
 
+def export_module_file(
+    source: os.PathLike | str,
+    output: os.PathLike | str,
+    overrides: Optional[Dict[str, Any]] = None,
+) -> Path:
+    """Writes the TorchScript archive ``source`` (any scripted or traced
+    network) to ``output`` with ``unet_rt/1`` metadata: what probing finds
+    (:func:`probe_metadata`), with ``overrides`` on top (a halo, a size
+    rule, class names, normalization ...), verified against the network
+    before writing (:func:`verify_metadata`)."""
+    module = torch.jit.load(str(source), map_location="cpu").eval()
+    meta = {**probe_metadata(module), "name": Path(source).stem, **(overrides or {})}
+    return export_torchscript(module, output, meta)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive (a zip holding ``constants.pkl`` or code) rather
+    than a training checkpoint (``torch.save`` of a dict)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in n for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``python -m training.export``."""
     parser = argparse.ArgumentParser(
         prog="python -m training.export",
-        description="Export a training checkpoint to a TorchScript model with unet_rt/1 metadata.",
+        description="Export a training checkpoint, or any TorchScript network, to a TorchScript model with "
+                    "unet_rt/1 metadata. For a TorchScript file the geometry is probed, the flags below "
+                    "override it, and the result is verified against the network before it is written.",
     )
-    parser.add_argument("checkpoint", type=Path, help="checkpoint file (or run folder: its last.pt)")
+    parser.add_argument("checkpoint", type=Path,
+                        help="checkpoint file (or run folder: its last.pt), or a TorchScript archive")
     parser.add_argument("-o", "--output", type=Path, required=True, help="the .pt file to write")
     parser.add_argument("--name", help="model name (default: the run's export.name or name)")
     parser.add_argument("--description")
+    geometry_flags = parser.add_argument_group("TorchScript input: declared geometry (default: probed)")
+    geometry_flags.add_argument("--padding", choices=["valid", "same"])
+    geometry_flags.add_argument("--halo", type=int)
+    geometry_flags.add_argument("--size-multiple", type=int)
+    geometry_flags.add_argument("--size-offset", type=int)
+    geometry_flags.add_argument("--output-kind", choices=["softmax", "sigmoid", "identity"], dest="output_kind")
+    geometry_flags.add_argument("--output-key", help="dict key (or tuple index) of the segmentation")
+    geometry_flags.add_argument("--class-names", help="comma-separated, one per output channel")
     args = parser.parse_args(argv)
     try:
-        path = export_checkpoint(args.checkpoint, args.output, name=args.name, description=args.description)
-    except ExportMismatchError as e:
+        if _is_torchscript(args.checkpoint):
+            overrides: Dict[str, Any] = {
+                key: value for key, value in {
+                    "padding": args.padding, "halo": args.halo, "size_multiple": args.size_multiple,
+                    "size_offset": args.size_offset, "output": args.output_kind, "name": args.name,
+                    "description": args.description,
+                }.items() if value is not None
+            }
+            if args.output_key is not None:
+                overrides["output_key"] = int(args.output_key) if args.output_key.isdigit() else args.output_key
+            if args.class_names:
+                overrides["class_names"] = [c.strip() for c in args.class_names.split(",")]
+            path = export_module_file(args.checkpoint, args.output, overrides)
+        else:
+            path = export_checkpoint(args.checkpoint, args.output, name=args.name, description=args.description)
+    except (ExportMismatchError, ExportGeometryError) as e:
         print(f"export failed: {e}", file=sys.stderr)
         return 1
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        print(f"export failed: {type(e).__name__}: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - a one-line message, whatever failed
+        print(f"export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
         return 1
     meta = read_metadata(path)
     held = (meta or {}).get("training", {}).get("held_out")
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB; halo {meta['halo']}, "
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB; {meta['padding']}, halo {meta['halo']}, "
           f"sizes {meta['size_offset']} + k * {meta['size_multiple']})")
     if held:
         print(f"held-out: iou {held['iou']:.4f}  AP50 {held['ap50']:.4f}")

@@ -146,7 +146,8 @@ class Model:
         """Geometry and meaning of the network, from its metadata or, for plain
         TorchScript, found by probing it: ``spatial_dims``, ``in_channels``,
         ``out_channels``, ``output``, ``padding``, ``halo``, ``size_multiple``,
-        ``size_offset``, ``smallest_size``, ``probed``; ``overlap`` (the
+        ``size_offset``, ``smallest_size``, ``fixed_size`` (the only input
+        size, or ``None``), ``probed``; ``overlap`` (the
         pixels per side tiles really overlap) and ``overlap_reason``;
         ``output_key`` (where the segmentation is in a dict or tuple
         output); ``exact`` (whether tiles reproduce the whole-image forward),

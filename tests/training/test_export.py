@@ -132,3 +132,20 @@ def test_declared_geometry_that_the_network_does_not_have_is_refused(tmp_path, c
         export_torchscript(net, tmp_path / "wrong.pt", meta)
     assert "probing the network finds padding same, halo 220, sizes 0 + k * 32" in str(caught.value)
     assert not (tmp_path / "wrong.pt").exists()
+
+
+def test_cli_adds_verified_metadata_to_any_torchscript_file(tmp_path, capsys):
+    from training.zoo import build
+
+    torch.manual_seed(0)
+    plain = tmp_path / "theirs.pt"
+    torch.jit.script(build("segnet").eval()).save(str(plain))
+    out = tmp_path / "segnet.pt"
+    assert main([str(plain), "-o", str(out), "--class-names", "background,cell"]) == 0
+    meta = read_metadata(out)
+    assert (meta["padding"], meta["size_multiple"], meta["class_names"]) == ("same", 16, ["background", "cell"])
+    assert "wrote" in capsys.readouterr().out
+    assert main([str(plain), "-o", str(tmp_path / "bad.pt"), "--halo", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "export failed: the metadata does not fit the network" in err and "probing the network finds" in err
+    assert not (tmp_path / "bad.pt").exists()

@@ -140,6 +140,7 @@ mod tests {
             first_layer_width: None,
             probed: false,
             min_size: 0,
+            fixed_size: 0,
             output_key: None,
             exactness: Default::default(),
         }

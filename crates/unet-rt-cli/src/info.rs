@@ -60,6 +60,7 @@ fn describe(model: &Model, path: Option<&Path>, file_bytes: Option<u64>) -> Valu
         "size_offset": info.size_offset,
         "size_multiple": info.size_multiple,
         "smallest_input": info.smallest_valid_size(),
+        "fixed_size": (info.fixed_size > 0).then_some(info.fixed_size),
         "valid_sizes": valid,
         "output_shrink": info.shrink(),
         "overlap": info.effective_halo(),
@@ -139,12 +140,19 @@ fn text(d: &Value) -> Vec<String> {
         .unwrap_or_default();
     rows.push((
         "input sizes".into(),
-        format!(
-            "{} + {}k ({}, ...) per axis; images of any size are tiled",
-            n("smallest_input"),
-            n("size_multiple"),
-            valid.join(", ")
-        ),
+        if d["fixed_size"].is_null() {
+            format!(
+                "{} + {}k ({}, ...) per axis; images of any size are tiled",
+                n("smallest_input"),
+                n("size_multiple"),
+                valid.join(", ")
+            )
+        } else {
+            format!(
+                "{} only (fixed); images of any size are tiled",
+                n("fixed_size")
+            )
+        },
     ));
     rows.push((
         "overlap".into(),
@@ -153,7 +161,10 @@ fn text(d: &Value) -> Vec<String> {
     if s("padding") == "valid" {
         rows.push((
             "output".into(),
-            format!("each tile's output is {} px smaller than its input", n("output_shrink")),
+            format!(
+                "each tile's output is {} px smaller than its input",
+                n("output_shrink")
+            ),
         ));
     }
     if !d["output_key"].is_null() {

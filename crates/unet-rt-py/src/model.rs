@@ -117,6 +117,7 @@ impl Model {
         d.set_item("size_multiple", i.size_multiple)?;
         d.set_item("size_offset", i.size_offset)?;
         d.set_item("smallest_size", i.smallest_valid_size())?;
+        d.set_item("fixed_size", (i.fixed_size > 0).then_some(i.fixed_size))?;
         d.set_item("overlap", i.effective_halo())?;
         d.set_item("overlap_reason", i.overlap_reason())?;
         d.set_item(

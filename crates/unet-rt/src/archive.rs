@@ -91,7 +91,11 @@ pub(crate) fn whole_tile_ops<R: Read + Seek>(archive: &mut ZipArchive<R>) -> Vec
             continue;
         };
         let mut text = String::new();
-        if entry.take(MAX_CODE_BYTES).read_to_string(&mut text).is_err() {
+        if entry
+            .take(MAX_CODE_BYTES)
+            .read_to_string(&mut text)
+            .is_err()
+        {
             continue;
         }
         for op in WHOLE_TILE_OPS {

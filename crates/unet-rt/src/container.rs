@@ -212,14 +212,13 @@ mod tests {
     fn ambiguous_or_wrong_keys_say_what_is_there() {
         let two = dict(&[("a", t(1.0)), ("b", t(2.0))]);
         let err = select(two, None).unwrap_err();
-        assert!(err.contains("\"a\", \"b\"") && err.contains("output_key"), "{err}");
+        assert!(
+            err.contains("\"a\", \"b\"") && err.contains("output_key"),
+            "{err}"
+        );
         let err = select(IValue::Tuple(vec![t(1.0), t(2.0)]), None).unwrap_err();
         assert!(err.contains("2 of them tensors"), "{err}");
-        let err = select(
-            IValue::Tuple(vec![t(1.0)]),
-            Some(&OutputKey::Index(3)),
-        )
-        .unwrap_err();
+        let err = select(IValue::Tuple(vec![t(1.0)]), Some(&OutputKey::Index(3))).unwrap_err();
         assert!(err.contains("past the end"), "{err}");
         let err = select(t(1.0), Some(&OutputKey::Name("out".into()))).unwrap_err();
         assert!(err.contains("returns a tensor"), "{err}");

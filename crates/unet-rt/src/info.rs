@@ -43,13 +43,12 @@ pub struct Exactness {
 }
 
 impl Exactness {
-    /// The measurement when there is one, else whether no operation sees
-    /// the whole tile.
+    /// No operation sees the whole tile, and the measurement (if any) found
+    /// tiles exact. A network with such operations is never called exact: a
+    /// random probe may barely reach its global path (untrained weights),
+    /// a trained one does.
     pub fn is_exact(&self) -> bool {
-        match &self.measured {
-            Some(m) => m.is_exact(),
-            None => self.whole_tile_ops.is_empty(),
-        }
+        self.whole_tile_ops.is_empty() && self.measured.as_ref().is_none_or(Agreement::is_exact)
     }
 
     /// What a user should be told when tiles are not exact.
@@ -106,6 +105,8 @@ pub struct ModelInfo {
     pub normalization: Normalization,
     /// The smallest input size the network takes (0: the rule's smallest).
     pub min_size: usize,
+    /// The only input size the network takes (0: any on the rule).
+    pub fixed_size: usize,
     /// Where the segmentation is in a dict or tuple output.
     pub output_key: Option<OutputKey>,
     /// Output channels of the first convolution, used to estimate memory.
@@ -129,6 +130,7 @@ impl ModelInfo {
             size_offset: m.size_offset,
             normalization: m.normalization.clone(),
             min_size: m.min_size,
+            fixed_size: m.fixed_size,
             output_key: m.output_key.clone(),
             first_layer_width,
             probed: false,
@@ -138,6 +140,9 @@ impl ModelInfo {
 
     /// Whether `size` is a valid input size along one axis.
     pub fn is_valid_size(&self, size: usize) -> bool {
+        if self.fixed_size > 0 {
+            return size == self.fixed_size;
+        }
         crate::geometry::is_valid_size(size, self.size_offset, self.size_multiple)
             && size > self.shrink()
             && size >= self.min_size
@@ -154,6 +159,13 @@ impl ModelInfo {
     /// The smallest valid input size `>= size`, in closed form (saturating
     /// at `usize::MAX`, which no image reaches).
     pub fn round_up_valid(&self, size: usize) -> usize {
+        if self.fixed_size > 0 {
+            return if size <= self.fixed_size {
+                self.fixed_size
+            } else {
+                usize::MAX
+            };
+        }
         let size = size.max(self.shrink().saturating_add(1)).max(self.min_size);
         crate::geometry::round_up_to_valid(size, self.size_offset, self.size_multiple)
             .unwrap_or(usize::MAX)
@@ -206,5 +218,86 @@ impl ModelInfo {
             .saturating_mul(2)
             .saturating_add(self.size_multiple.max(1));
         self.round_up_valid(need)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn same(halo: usize, multiple: usize) -> ModelInfo {
+        ModelInfo {
+            spatial_dims: 2,
+            in_channels: 1,
+            out_channels: 2,
+            output: OutputKind::Softmax,
+            padding: Padding::Same,
+            halo,
+            size_multiple: multiple,
+            size_offset: 0,
+            normalization: Normalization::None,
+            min_size: 0,
+            fixed_size: 0,
+            output_key: None,
+            first_layer_width: None,
+            probed: true,
+            exactness: Exactness::default(),
+        }
+    }
+
+    #[test]
+    fn the_overlap_is_the_halo_on_the_pooling_grid_and_says_why() {
+        let info = same(128, 256);
+        assert_eq!(info.effective_halo(), 256);
+        assert!(info.overlap_reason().contains("rounded up to the size multiple 256"));
+        let info = same(64, 16);
+        assert_eq!(info.effective_halo(), 64);
+        assert!(!info.overlap_reason().contains("rounded"));
+        assert_eq!(info.min_tile(), 144);
+    }
+
+    #[test]
+    fn a_fixed_size_is_the_only_valid_size() {
+        let mut info = same(16, 16);
+        info.fixed_size = 96;
+        assert!(info.is_valid_size(96) && !info.is_valid_size(112) && !info.is_valid_size(80));
+        assert_eq!(info.round_up_valid(1), 96);
+        assert_eq!(info.round_up_valid(97), usize::MAX);
+        assert_eq!((info.smallest_valid_size(), info.min_tile()), (96, 96));
+    }
+
+    #[test]
+    fn a_min_size_raises_the_smallest_valid_size() {
+        let mut info = same(0, 8);
+        info.min_size = 40;
+        assert!(!info.is_valid_size(32) && info.is_valid_size(40));
+        assert_eq!(info.smallest_valid_size(), 40);
+    }
+
+    #[test]
+    fn whole_tile_layers_are_never_exact_and_the_warning_gives_the_measurement() {
+        let agreement = |d: f64| Agreement {
+            probe_size: 256,
+            max_difference: d,
+            label_agreement: 0.9,
+        };
+        assert!(Exactness::default().is_exact());
+        let measured_only = Exactness {
+            whole_tile_ops: vec![],
+            measured: Some(agreement(1e-7)),
+        };
+        assert!(measured_only.is_exact() && measured_only.warning().is_none());
+        let ops = Exactness {
+            whole_tile_ops: vec!["instance_norm".into()],
+            measured: Some(agreement(1e-7)),
+        };
+        assert!(!ops.is_exact());
+        let warning = ops.warning().expect("warning");
+        assert!(warning.contains("instance_norm") && warning.contains("90.00%"), "{warning}");
+        let inexact = Exactness {
+            whole_tile_ops: vec![],
+            measured: Some(agreement(0.3)),
+        };
+        assert!(inexact.warning().expect("warning").contains("more than a tile's overlap"));
     }
 }

@@ -139,6 +139,11 @@ pub struct Metadata {
     /// smallest size on its rule (0: the rule's).
     #[serde(default)]
     pub min_size: usize,
+    /// The only input size the network takes (models traced or built for
+    /// one size, such as windowed-attention networks); 0: any size on the
+    /// rule. Every tile then has this size.
+    #[serde(default)]
+    pub fixed_size: usize,
     /// Where the segmentation is in a dict or tuple output (absent: the
     /// forward returns a tensor).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -242,6 +247,7 @@ impl Metadata {
             ("size_multiple", meta.size_multiple),
             ("size_offset", meta.size_offset),
             ("min_size", meta.min_size),
+            ("fixed_size", meta.fixed_size),
         ] {
             if value > MAX_GEOMETRY {
                 return Err(invalid(format!(

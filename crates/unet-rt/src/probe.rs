@@ -163,6 +163,7 @@ pub(crate) fn probe(
         size_offset: rule.offset,
         normalization: Normalization::None,
         min_size: 0,
+        fixed_size: 0,
         output_key: prober.key.clone(),
         first_layer_width: usize::try_from(weight[0]).ok(),
         probed: true,
@@ -182,7 +183,12 @@ pub(crate) fn probe(
 
 /// Measures, for a model with metadata, how well tiles agree with the
 /// whole-image forward (for networks whose code has whole-tile layers).
-pub(crate) fn measure(module: &CModule, device: Device, path: &Path, info: &ModelInfo) -> Result<Agreement> {
+pub(crate) fn measure(
+    module: &CModule,
+    device: Device,
+    path: &Path,
+    info: &ModelInfo,
+) -> Result<Agreement> {
     let _guard = tch::no_grad_guard();
     let _plain = PlainExecutor::enter();
     let mut prober = Prober {
@@ -210,7 +216,14 @@ pub(crate) fn measure(module: &CModule, device: Device, path: &Path, info: &Mode
         Padding::Valid => 0,
         Padding::Same => info.effective_halo(),
     };
-    prober.agreement(&image, &whole, shift, info.min_tile().min(size - shift), margin, info.shrink())
+    prober.agreement(
+        &image,
+        &whole,
+        shift,
+        info.min_tile().min(size - shift),
+        margin,
+        info.shrink(),
+    )
 }
 
 impl Prober<'_> {
@@ -248,7 +261,10 @@ impl Prober<'_> {
                 self.dims + 2
             )));
         }
-        if !matches!(tensor.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
+        if !matches!(
+            tensor.kind(),
+            Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+        ) {
             return Err(self.invalid(format!(
                 "it returns {:?} values, not floating-point logits or probabilities",
                 tensor.kind()
@@ -318,7 +334,12 @@ impl Prober<'_> {
             }
             size *= 2;
         }
-        let first = first.ok_or_else(|| self.no_rule(&format!("no input size up to {limit} works")))?;
+        let first = first.ok_or_else(|| {
+            self.no_rule(&format!(
+                "no input size of 1, 2, 4 ... {limit} works; a network that takes one size only needs \
+                 metadata with fixed_size"
+            ))
+        })?;
         let lost_first = self.lost(first)?.unwrap_or(0);
         let side_first = first - lost_first;
         let rule = match self.lost(first + 1)? {
@@ -363,7 +384,8 @@ impl Prober<'_> {
             }
         }
         Err(self.no_rule(&format!(
-            "input size {first} works, and no size on a grid of up to {} pixels after it does alike",
+            "input size {first} works, and no size on a grid of up to {} pixels after it does alike; \
+             a network that takes one size only needs metadata with fixed_size",
             STRIDES[STRIDES.len() - 1]
         )))
     }
@@ -427,14 +449,16 @@ impl Prober<'_> {
         for _ in 0..64 {
             match self.lost(size)? {
                 Some(lost) if lost == info.shrink() => {
-                    return Ok(if size == info.smallest_valid_size() { 0 } else { size })
+                    return Ok(if size == info.smallest_valid_size() {
+                        0
+                    } else {
+                        size
+                    })
                 }
-                Some(lost) => {
-                    return Err(self.no_rule(&format!(
-                        "input size {size} loses {lost} pixels per axis where the rule found says {}",
-                        info.shrink()
-                    )))
-                }
+                Some(lost) => return Err(self.no_rule(&format!(
+                    "input size {size} loses {lost} pixels per axis where the rule found says {}",
+                    info.shrink()
+                ))),
                 None => size += info.size_multiple.max(1),
             }
         }
@@ -465,7 +489,9 @@ impl Prober<'_> {
         let shape = input.size();
         match self.forward(input.shallow_clone())? {
             Some(t) => Ok(t.to_kind(Kind::Float)),
-            None => Err(self.invalid(format!("its forward fails on a random input of shape {shape:?}"))),
+            None => Err(self.invalid(format!(
+                "its forward fails on a random input of shape {shape:?}"
+            ))),
         }
     }
 
@@ -485,18 +511,29 @@ impl Prober<'_> {
             let dim = (axis + 2) as i64;
             for low_half in [true, false] {
                 let changed = image.copy();
-                let (start, len) = if low_half { (0, half) } else { (half, size - half) };
+                let (start, len) = if low_half {
+                    (0, half)
+                } else {
+                    (half, size - half)
+                };
                 changed
                     .narrow(dim, start as i64, len as i64)
                     .copy_(&other.narrow(dim, start as i64, len as i64));
                 let moved = (self.output(&changed)? - &whole).abs();
                 let others: Vec<i64> = (1..moved.dim() as i64).filter(|&d| d != dim).collect();
-                let profile: Vec<f32> = Vec::try_from(moved.amax(others.as_slice(), false).squeeze_dim(0))
-                    .map_err(|e: tch::TchError| self.invalid(e.to_string()))?;
-                for (tolerance, reach) in [(REACH_TOLERANCE, &mut strict), (APPROXIMATE_TOLERANCE, &mut loose)] {
+                let profile: Vec<f32> =
+                    Vec::try_from(moved.amax(others.as_slice(), false).squeeze_dim(0))
+                        .map_err(|e: tch::TchError| self.invalid(e.to_string()))?;
+                for (tolerance, reach) in [
+                    (REACH_TOLERANCE, &mut strict),
+                    (APPROXIMATE_TOLERANCE, &mut loose),
+                ] {
                     let hit = |i: &usize| f64::from(profile[*i]) > tolerance * scale;
                     let distance = if low_half {
-                        (0..profile.len()).rev().find(hit).map(|i| (i + 1).saturating_sub(half))
+                        (0..profile.len())
+                            .rev()
+                            .find(hit)
+                            .map(|i| (i + 1).saturating_sub(half))
                     } else {
                         (0..profile.len()).find(hit).map(|i| half.saturating_sub(i))
                     };
@@ -557,10 +594,17 @@ impl Prober<'_> {
             }
         };
         let same = labels(&a).eq_tensor(&labels(&b));
-        let label_agreement = same.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+        let label_agreement = same
+            .to_kind(Kind::Double)
+            .mean(Kind::Double)
+            .double_value(&[]);
         Ok(Agreement {
             probe_size: size,
-            max_difference: if max_difference.is_finite() { max_difference } else { f64::INFINITY },
+            max_difference: if max_difference.is_finite() {
+                max_difference
+            } else {
+                f64::INFINITY
+            },
             label_agreement,
         })
     }
@@ -590,7 +634,9 @@ impl Prober<'_> {
                 }
                 fallback = loose.unwrap_or(size / 4);
                 let next = on_grid(size * 2);
-                if next > limit {
+                // Layers that see the whole tile reach every edge at any
+                // size: larger probes would only cost time.
+                if next > limit || !info.exactness.whole_tile_ops.is_empty() {
                     break;
                 }
                 size = next;
@@ -621,12 +667,16 @@ impl Prober<'_> {
             // global layers add). The smallest shift that does about as
             // well is the pooling factor; a shift off the grid moves every
             // pooling window and differs by far more.
-            let baseline = self.agreement(&image, &whole, factor, inner, margin(factor), rule.lost)?;
+            let baseline =
+                self.agreement(&image, &whole, factor, inner, margin(factor), rule.lost)?;
             let bound = SHIFT_RATIO * baseline.max_difference + SHIFT_FLOOR;
             let mut chosen = (factor, baseline.clone());
             let mut shift = 1;
-            while shift < factor {
-                let agreement = self.agreement(&image, &whole, shift, inner, margin(shift), rule.lost)?;
+            // Where even the baseline is not exact (global layers), shifts
+            // cannot be told apart: the largest factor is on every grid.
+            while shift < factor && baseline.is_exact() {
+                let agreement =
+                    self.agreement(&image, &whole, shift, inner, margin(shift), rule.lost)?;
                 if agreement.max_difference <= bound {
                     chosen = (shift, agreement);
                     break;

@@ -85,6 +85,7 @@ fn info(halo: usize, multiple: usize, offset: usize, same: bool) -> ModelInfo {
         first_layer_width: Some(16),
         probed: false,
         min_size: 0,
+        fixed_size: 0,
         output_key: None,
         exactness: Default::default(),
     }

@@ -29,10 +29,27 @@ impl Segmenter {
             });
         let tile = match &self.options.tile {
             Some(t) => t.clone(),
-            None if self.options.whole => image
-                .iter()
-                .map(|&n| info.round_up_valid(n.saturating_add(2 * halo)).max(info.min_tile()))
-                .collect(),
+            None if self.options.whole => {
+                let tile: Vec<usize> = image
+                    .iter()
+                    .map(|&n| {
+                        info.round_up_valid(n.saturating_add(2 * halo))
+                            .max(info.min_tile())
+                    })
+                    .collect();
+                if info.fixed_size > 0 && tile.iter().any(|&t| t != info.fixed_size) {
+                    return Err(invalid(
+                        "tile",
+                        format!(
+                            "\"whole\" cannot cover an image of {image:?}: the model takes only tiles of {} \
+                             pixels, which hold {} pixels of image per axis",
+                            info.fixed_size,
+                            info.fixed_size.saturating_sub(2 * halo)
+                        ),
+                    ));
+                }
+                tile
+            }
             None => plan::choose_tile(info, image, halo, budget, element_bytes)
                 .into_iter()
                 .map(|t| t.max(info.min_tile()))
@@ -125,6 +142,9 @@ impl Segmenter {
     pub(super) fn halved(&self, layout: &Layout) -> Result<Option<Layout>> {
         let info = self.model.info();
         let tile = layout.plan.input_tile_shape();
+        if info.fixed_size > 0 {
+            return Ok(None);
+        }
         let smaller: Vec<usize> = tile
             .iter()
             .map(|&t| {

@@ -100,7 +100,8 @@ impl Segmenter {
         if options.whole && options.tile.is_some() {
             return Err(invalid(
                 "tile",
-                "give either tile sizes or \"whole\" (one tile for the whole image), not both".to_owned(),
+                "give either tile sizes or \"whole\" (one tile for the whole image), not both"
+                    .to_owned(),
             ));
         }
         if let Some(tile) = &options.tile {

@@ -42,6 +42,9 @@ pub(crate) fn choose_tile(
     budget: usize,
     element_bytes: usize,
 ) -> Vec<usize> {
+    if info.fixed_size > 0 {
+        return vec![info.fixed_size; image.len()];
+    }
     let max_pixels = (budget / bytes_per_pixel(info, element_bytes)).max(1) as f64;
     let smallest = info.smallest_valid_size();
     let needed: Vec<usize> = image
@@ -148,6 +151,7 @@ mod tests {
             first_layer_width: Some(width),
             probed: false,
             min_size: 0,
+            fixed_size: 0,
             output_key: None,
             exactness: Default::default(),
         }
