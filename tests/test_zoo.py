@@ -274,3 +274,14 @@ def test_a_torchvision_segmentation_model_runs_from_its_out_entry(tmp_path):
     want = whole_forward(lambda x: net(x)["out"], image, info["overlap"], info["size_multiple"])
     got = model.segment(image, axes="cyx", output="raw", tile="whole")
     assert relative_error(got, want) < 1e-4
+
+
+def test_a_size_multiple_per_axis_tiles_on_every_axis_grid(tmp_path):
+    net = network("segnet")
+    metadata = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                "output": "softmax", "padding": "same", "halo": 64, "size_multiple": [16, 8]}
+    model = unet_rt.Model(plain_export(net, tmp_path / "axes.pt", metadata), device="cpu")
+    assert model.info["size_multiple"] == 16
+    image = np.random.default_rng(8).random((1, 150, 170), dtype=np.float32)
+    want = whole_forward(net, image, 64, 16)
+    assert relative_error(model.segment(image, axes="cyx", output="raw", tile=160), want) < 1e-5

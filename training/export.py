@@ -119,8 +119,17 @@ def build_metadata(
     }
 
 
+def _multiple(metadata: Dict[str, Any]) -> int:
+    """``size_multiple``, one number or one per axis (their least common
+    multiple, as the runtime takes it)."""
+    import math
+
+    m = metadata["size_multiple"]
+    return math.lcm(*m) if isinstance(m, (list, tuple)) else int(m)
+
+
 def _check_sizes(metadata: Dict[str, Any]) -> Sequence[int]:
-    m, o, h = metadata["size_multiple"], metadata["size_offset"], metadata["halo"]
+    m, o, h = _multiple(metadata), metadata.get("size_offset", 0), metadata["halo"]
     smallest = o
     while smallest <= 2 * h or smallest == 0:
         smallest += m
@@ -262,7 +271,7 @@ def probe_metadata(module: torch.jit.ScriptModule) -> Dict[str, Any]:
 
 
 def _geometry_text(m: Dict[str, Any]) -> str:
-    return (f"padding {m['padding']}, halo {m['halo']}, sizes {m.get('size_offset', 0)} + k * {m['size_multiple']}, "
+    return (f"padding {m['padding']}, halo {m['halo']}, sizes {m.get('size_offset', 0)} + k * {_multiple(m)}, "
             f"{m['in_channels']} -> {m['out_channels']} channels")
 
 

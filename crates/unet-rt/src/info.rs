@@ -249,7 +249,9 @@ mod tests {
     fn the_overlap_is_the_halo_on_the_pooling_grid_and_says_why() {
         let info = same(128, 256);
         assert_eq!(info.effective_halo(), 256);
-        assert!(info.overlap_reason().contains("rounded up to the size multiple 256"));
+        assert!(info
+            .overlap_reason()
+            .contains("rounded up to the size multiple 256"));
         let info = same(64, 16);
         assert_eq!(info.effective_halo(), 64);
         assert!(!info.overlap_reason().contains("rounded"));
@@ -293,11 +295,17 @@ mod tests {
         };
         assert!(!ops.is_exact());
         let warning = ops.warning().expect("warning");
-        assert!(warning.contains("instance_norm") && warning.contains("90.00%"), "{warning}");
+        assert!(
+            warning.contains("instance_norm") && warning.contains("90.00%"),
+            "{warning}"
+        );
         let inexact = Exactness {
             whole_tile_ops: vec![],
             measured: Some(agreement(0.3)),
         };
-        assert!(inexact.warning().expect("warning").contains("more than a tile's overlap"));
+        assert!(inexact
+            .warning()
+            .expect("warning")
+            .contains("more than a tile's overlap"));
     }
 }

@@ -130,7 +130,11 @@ pub struct Metadata {
     /// Pixels per side: the exact crop of valid models, the context margin of
     /// same models.
     pub halo: usize,
-    /// Valid input sizes are `size_offset + k * size_multiple`.
+    /// Valid input sizes are `size_offset + k * size_multiple`. Written as
+    /// one number, or one per spatial axis (`[16, 32]`): tiles then use
+    /// their least common multiple on every axis, which is on each axis's
+    /// grid (a little more rounding, the same exact result).
+    #[serde(deserialize_with = "one_or_per_axis")]
     pub size_multiple: usize,
     /// See `size_multiple`.
     #[serde(default)]
@@ -154,6 +158,37 @@ pub struct Metadata {
     /// Provenance: data set, split, epochs, held-out metrics.
     #[serde(default)]
     pub training: serde_json::Value,
+}
+
+/// `size_multiple` as one number or one per axis, the latter reduced to
+/// their least common multiple (saturating: an absurd product is refused
+/// by the geometry bound afterwards).
+fn one_or_per_axis<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Multiple {
+        One(usize),
+        PerAxis(Vec<usize>),
+    }
+    match Multiple::deserialize(deserializer)? {
+        Multiple::One(m) => Ok(m),
+        Multiple::PerAxis(axes) if (1..=3).contains(&axes.len()) && !axes.contains(&0) => {
+            Ok(axes.iter().fold(1usize, |l, &m| {
+                let gcd = |mut a: usize, mut b: usize| {
+                    while b != 0 {
+                        (a, b) = (b, a % b);
+                    }
+                    a
+                };
+                (l / gcd(l, m)).saturating_mul(m)
+            }))
+        }
+        Multiple::PerAxis(axes) => Err(serde::de::Error::custom(format!(
+            "size_multiple {axes:?}: give one positive number, or one per spatial axis"
+        ))),
+    }
 }
 
 fn default_normalization() -> Normalization {
@@ -341,6 +376,27 @@ mod tests {
             }
         );
         assert_eq!((m.halo, m.size_multiple, m.size_offset), (92, 16, 12));
+    }
+
+    #[test]
+    fn a_size_multiple_per_axis_becomes_their_least_common_multiple() {
+        let mut doc: serde_json::Value = serde_json::from_str(&paper()).unwrap();
+        doc["size_multiple"] = serde_json::json!([16, 24]);
+        let m = Metadata::from_json(&doc.to_string(), Path::new("m.pt")).unwrap();
+        assert_eq!(m.size_multiple, 48);
+        for bad in [
+            serde_json::json!([]),
+            serde_json::json!([16, 0]),
+            serde_json::json!([1, 2, 3, 4]),
+        ] {
+            doc["size_multiple"] = bad;
+            assert!(Metadata::from_json(&doc.to_string(), Path::new("m.pt")).is_err());
+        }
+        doc["size_multiple"] = serde_json::json!([1u64 << 40, (1u64 << 40) + 1]);
+        let err = Metadata::from_json(&doc.to_string(), Path::new("m.pt"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("size_multiple is"), "{err}");
     }
 
     #[test]

@@ -455,10 +455,12 @@ impl Prober<'_> {
                         size
                     })
                 }
-                Some(lost) => return Err(self.no_rule(&format!(
+                Some(lost) => {
+                    return Err(self.no_rule(&format!(
                     "input size {size} loses {lost} pixels per axis where the rule found says {}",
                     info.shrink()
-                ))),
+                )))
+                }
                 None => size += info.size_multiple.max(1),
             }
         }
