@@ -465,3 +465,42 @@ def test_percentile_range_refuses_non_finite_percentiles(tmp_path, tiny_model_pa
     with pytest.raises(unet_rt.InvalidArgumentError, match="invalid image: its percentiles are .* NaN or infinite"):
         model.percentile_range(image)
 
+
+
+def test_probing_a_network_too_wide_to_probe_is_an_error_not_gigabytes(tmp_path):
+    # 4096 output channels: a 256 px probe output would hold 268 M values.
+    path = tmp_path / "wide.pt"
+    torch.jit.script(torch.nn.Conv2d(1, 4096, 1).eval()).save(str(path))
+    start = time.perf_counter()
+    with pytest.raises(unet_rt.ModelError, match="more than can be probed in memory .* export it with metadata"):
+        unet_rt.Model(path, device="cpu")
+    assert time.perf_counter() - start < 10
+
+
+def test_lying_metadata_on_a_whole_tile_network_loads_quickly_and_warns(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.InstanceNorm2d(2)).eval()
+    metadata = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 2, "output": "softmax",
+                "padding": "same", "halo": 60000, "size_multiple": 65536}
+    path = tmp_path / "lying.pt"
+    torch.jit.save(torch.jit.script(net), str(path), _extra_files={"unet_rt.json": json.dumps(metadata)})
+    start = time.perf_counter()
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="instance_norm"):
+        model = unet_rt.Model(path, device="cpu")
+    assert time.perf_counter() - start < 10
+    # The probe it would need is too large to measure: found in the code only.
+    assert model.info["measured"] is None and not model.info["exact"]
+
+
+def test_a_network_with_nan_output_is_probed_without_a_crash(tmp_path):
+    class Nan(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x) * float("nan")
+
+    path = tmp_path / "nan.pt"
+    torch.jit.script(Nan().eval()).save(str(path))
+    with pytest.raises(unet_rt.ModelError, match="NaN or infinite values for a random input"):
+        unet_rt.Model(path, device="cpu")

@@ -30,6 +30,7 @@ writes it; from Python, :func:`export_torchscript` takes an eager module
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import os
 import sys
@@ -122,8 +123,6 @@ def build_metadata(
 def _multiple(metadata: Dict[str, Any]) -> int:
     """``size_multiple``, one number or one per axis (their least common
     multiple, as the runtime takes it)."""
-    import math
-
     m = metadata["size_multiple"]
     return math.lcm(*m) if isinstance(m, (list, tuple)) else int(m)
 

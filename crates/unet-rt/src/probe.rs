@@ -46,6 +46,12 @@ const APPROXIMATE_TOLERANCE: f64 = 1e-3;
 const SHIFT_RATIO: f64 = 4.0;
 const SHIFT_FLOOR: f64 = 2.4e-7;
 
+/// The largest probe tensor (values of a probe image or its output): a
+/// network with thousands of channels, or metadata asking for a huge
+/// overlap, gets an error instead of gigabytes allocated (or the process
+/// killed by the kernel).
+const MAX_PROBE_VALUES: usize = 1 << 26;
+
 /// Probing gives up after this long: a model it cannot read in that time
 /// needs metadata, and a load must not take minutes.
 const PROBE_BUDGET: Duration = Duration::from_secs(30);
@@ -130,18 +136,7 @@ pub(crate) fn probe(
     let weight = first.size();
     let _guard = tch::no_grad_guard();
     let _plain = PlainExecutor::enter();
-    let mut prober = Prober {
-        module,
-        device,
-        path,
-        dims: first.dim() - 2,
-        channels: weight[1],
-        started: Instant::now(),
-        key: None,
-        keyed: false,
-        out_channels: 0,
-        sides: HashMap::new(),
-    };
+    let mut prober = Prober::new(module, device, path, first.dim() - 2, weight[1], None);
     let rule = prober.size_rule()?;
     let mut info = ModelInfo {
         spatial_dims: prober.dims,
@@ -191,18 +186,16 @@ pub(crate) fn measure(
 ) -> Result<Agreement> {
     let _guard = tch::no_grad_guard();
     let _plain = PlainExecutor::enter();
-    let mut prober = Prober {
+    let channels = i64::try_from(info.in_channels).unwrap_or(i64::MAX);
+    let mut prober = Prober::new(
         module,
         device,
         path,
-        dims: info.spatial_dims,
-        channels: info.in_channels as i64,
-        started: Instant::now(),
-        key: info.output_key.clone(),
-        keyed: true,
-        out_channels: info.out_channels,
-        sides: HashMap::new(),
-    };
+        info.spatial_dims,
+        channels,
+        Some(info.output_key.clone()),
+    );
+    prober.out_channels = info.out_channels;
     let dims = usize::from(info.spatial_dims == 3);
     let shift = info.size_multiple.max(1);
     let size = info.round_up_valid(
@@ -210,7 +203,7 @@ pub(crate) fn measure(
             .max(2 * info.effective_halo() + 2 * shift)
             .max(info.min_size + shift),
     );
-    let image = prober.noise(size, 1);
+    let image = prober.noise(size, 1)?;
     let whole = prober.output(&image)?;
     let margin = match info.padding {
         Padding::Valid => 0,
@@ -220,13 +213,67 @@ pub(crate) fn measure(
         &image,
         &whole,
         shift,
-        info.min_tile().min(size - shift),
+        info.min_tile().min(size.saturating_sub(shift)),
         margin,
         info.shrink(),
     )
 }
 
-impl Prober<'_> {
+impl<'a> Prober<'a> {
+    /// `key`: `None` to pick the output container's entry at the first
+    /// forward, `Some(key)` to use the metadata's.
+    fn new(
+        module: &'a CModule,
+        device: Device,
+        path: &'a Path,
+        dims: usize,
+        channels: i64,
+        key: Option<Option<OutputKey>>,
+    ) -> Self {
+        Self {
+            module,
+            device,
+            path,
+            dims,
+            channels,
+            started: Instant::now(),
+            keyed: key.is_some(),
+            key: key.flatten(),
+            out_channels: 0,
+            sides: HashMap::new(),
+        }
+    }
+
+    /// A libtorch failure while probing (out of memory, a shape the network
+    /// did not give): an error naming the model, never a panic.
+    fn torch<T>(&self, result: std::result::Result<T, tch::TchError>) -> Result<T> {
+        result.map_err(|e| {
+            self.invalid(format!(
+                "probing it failed in libtorch: {}",
+                crate::error::first_line(&e.to_string())
+            ))
+        })
+    }
+
+    /// Whether a probe of side `size` (input and output) stays within
+    /// [`MAX_PROBE_VALUES`]; in checked arithmetic, so any size is answered.
+    fn fits(&self, size: usize) -> bool {
+        let channels = usize::try_from(self.channels)
+            .unwrap_or(usize::MAX)
+            .max(self.out_channels)
+            .max(1);
+        (0..self.dims)
+            .try_fold(channels, |n, _| n.checked_mul(size))
+            .is_some_and(|n| n <= MAX_PROBE_VALUES)
+    }
+
+    fn too_large(&self, size: usize) -> Error {
+        self.invalid(format!(
+            "probing it needs images of {size} pixels per axis, more than can be probed in memory \
+             ({MAX_PROBE_VALUES} values); export it with metadata (training/export.py)"
+        ))
+    }
+
     fn invalid(&self, reason: String) -> Error {
         Error::InvalidModel {
             path: self.path.to_owned(),
@@ -275,7 +322,10 @@ impl Prober<'_> {
 
     fn shape(&self, size: usize) -> Vec<i64> {
         let mut shape = vec![1, self.channels];
-        shape.extend(std::iter::repeat_n(size as i64, self.dims));
+        shape.extend(std::iter::repeat_n(
+            i64::try_from(size).unwrap_or(i64::MAX),
+            self.dims,
+        ));
         shape
     }
 
@@ -285,7 +335,12 @@ impl Prober<'_> {
         if let Some(&known) = self.sides.get(&size) {
             return Ok(known);
         }
-        let side = match Tensor::f_zeros(self.shape(size).as_slice(), (Kind::Float, self.device)) {
+        let zeros = if self.fits(size) {
+            Tensor::f_zeros(self.shape(size).as_slice(), (Kind::Float, self.device))
+        } else {
+            Err(tch::TchError::Kind("too large".to_owned()))
+        };
+        let side = match zeros {
             Ok(input) => self.forward(input)?.and_then(|output| {
                 let sizes = output.size();
                 let sides: Vec<usize> = sizes[2..]
@@ -469,20 +524,40 @@ impl Prober<'_> {
 
     /// A deterministic uniform [0, 1) cube of side `size` (xorshift): the
     /// same probe on every load, and no change to torch's random state.
-    fn noise(&self, size: usize, seed: u64) -> Tensor {
-        let count = self.shape(size).iter().product::<i64>().max(0) as usize;
+    fn noise(&self, size: usize, seed: u64) -> Result<Tensor> {
+        if !self.fits(size) {
+            return Err(self.too_large(size));
+        }
+        let count = usize::try_from(self.channels).unwrap_or(0) * size.pow(self.dims as u32);
+        let mut values: Vec<f32> = Vec::new();
+        values
+            .try_reserve_exact(count)
+            .map_err(|_| self.too_large(size))?;
         let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03);
-        let values: Vec<f32> = (0..count)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32
-            })
-            .collect();
-        Tensor::from_slice(&values)
-            .reshape(self.shape(size).as_slice())
-            .to_device(self.device)
+        values.extend((0..count).map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        }));
+        self.torch(
+            Tensor::f_from_slice(&values)
+                .and_then(|t| t.f_reshape(self.shape(size).as_slice()))
+                .and_then(|t| t.f_to_device(self.device)),
+        )
+    }
+
+    /// The largest magnitude of `t` (at least the smallest positive float,
+    /// so that relative differences are defined).
+    fn scale(&self, t: &Tensor) -> Result<f64> {
+        let max = self
+            .torch(t.f_abs().and_then(|a| a.f_max()))?
+            .double_value(&[]);
+        Ok(if max.is_finite() {
+            max.max(f64::MIN_POSITIVE)
+        } else {
+            f64::INFINITY
+        })
     }
 
     /// The float32 output for `input`; a failure here, on a size that
@@ -490,7 +565,17 @@ impl Prober<'_> {
     fn output(&mut self, input: &Tensor) -> Result<Tensor> {
         let shape = input.size();
         match self.forward(input.shallow_clone())? {
-            Some(t) => Ok(t.to_kind(Kind::Float)),
+            Some(t) => {
+                let t = self.torch(t.f_to_kind(Kind::Float))?;
+                let finite = self.torch(t.f_isfinite().and_then(|f| f.f_all()))?;
+                if !bool::try_from(finite).unwrap_or(false) {
+                    return Err(self.invalid(format!(
+                        "its output holds NaN or infinite values for a random input of shape {shape:?} \
+                         (values in [0, 1)): its geometry cannot be measured"
+                    )));
+                }
+                Ok(t)
+            }
             None => Err(self.invalid(format!(
                 "its forward fails on a random input of shape {shape:?}"
             ))),
@@ -502,30 +587,35 @@ impl Prober<'_> {
     /// moves the output by more than `tolerance` (relative), or `None`
     /// when changes reach the far edge of the probe.
     fn reach(&mut self, size: usize) -> Result<(Option<usize>, Option<usize>)> {
-        let image = self.noise(size, 1);
-        let other = self.noise(size, 2);
+        let image = self.noise(size, 1)?;
+        let other = self.noise(size, 2)?;
         let whole = self.output(&image)?;
-        let scale = f64::from(whole.abs().max().double_value(&[]) as f32).max(f64::MIN_POSITIVE);
+        let scale = self.scale(&whole)?;
         let half = size / 2;
         let mut strict = Some(0usize);
         let mut loose = Some(0usize);
         for axis in 0..self.dims {
             let dim = (axis + 2) as i64;
             for low_half in [true, false] {
-                let changed = image.copy();
                 let (start, len) = if low_half {
                     (0, half)
                 } else {
                     (half, size - half)
                 };
-                changed
-                    .narrow(dim, start as i64, len as i64)
-                    .copy_(&other.narrow(dim, start as i64, len as i64));
-                let moved = (self.output(&changed)? - &whole).abs();
-                let others: Vec<i64> = (1..moved.dim() as i64).filter(|&d| d != dim).collect();
-                let profile: Vec<f32> =
-                    Vec::try_from(moved.amax(others.as_slice(), false).squeeze_dim(0))
-                        .map_err(|e: tch::TchError| self.invalid(e.to_string()))?;
+                let (start, len) = (start as i64, len as i64); // below MAX_PROBE_VALUES
+                let changed = self.torch((|| {
+                    let mut copy = image.f_zeros_like()?;
+                    copy.f_copy_(&image)?;
+                    copy.f_narrow(dim, start, len)?
+                        .f_copy_(&other.f_narrow(dim, start, len)?)?;
+                    Ok(copy)
+                })())?;
+                let moved = self.output(&changed)?;
+                let profile: Vec<f32> = self.torch((|| {
+                    let moved = moved.f_sub(&whole)?.f_abs()?;
+                    let others: Vec<i64> = (1..moved.dim() as i64).filter(|&d| d != dim).collect();
+                    Vec::try_from(moved.f_amax(others.as_slice(), false)?.f_flatten(0, -1)?)
+                })())?;
                 for (tolerance, reach) in [
                     (REACH_TOLERANCE, &mut strict),
                     (APPROXIMATE_TOLERANCE, &mut loose),
@@ -568,13 +658,18 @@ impl Prober<'_> {
         margin: usize,
         lost: usize,
     ) -> Result<Agreement> {
-        let size = usize::try_from(image.size()[2]).unwrap_or(0);
+        let size = image
+            .size()
+            .get(2)
+            .and_then(|&s| usize::try_from(s).ok())
+            .unwrap_or(0);
+        // Every size here is below MAX_PROBE_VALUES: the casts cannot wrap.
         let mut tile = image.shallow_clone();
         for axis in 0..self.dims {
-            tile = tile.narrow((axis + 2) as i64, shift as i64, inner as i64);
+            tile = self.torch(tile.f_narrow((axis + 2) as i64, shift as i64, inner as i64))?;
         }
         let part = self.output(&tile)?;
-        let kept = (inner - lost).saturating_sub(2 * margin);
+        let kept = inner.saturating_sub(lost).saturating_sub(2 * margin);
         if kept == 0 {
             return Err(self.invalid(format!(
                 "a probe of {size} pixels leaves no pixel beyond an overlap of {margin}"
@@ -583,22 +678,26 @@ impl Prober<'_> {
         let (mut a, mut b) = (part, whole.shallow_clone());
         for axis in 0..self.dims {
             let dim = (axis + 2) as i64;
-            a = a.narrow(dim, margin as i64, kept as i64);
-            b = b.narrow(dim, (shift + margin) as i64, kept as i64);
+            a = self.torch(a.f_narrow(dim, margin as i64, kept as i64))?;
+            b = self.torch(b.f_narrow(dim, (shift + margin) as i64, kept as i64))?;
         }
-        let scale = f64::from(whole.abs().max().double_value(&[]) as f32).max(f64::MIN_POSITIVE);
-        let max_difference = (&a - &b).abs().max().double_value(&[]) / scale;
-        let labels = |t: &Tensor| {
-            if self.out_channels > 1 {
-                t.argmax(1, false)
-            } else {
-                t.gt(0.0).squeeze_dim(1)
-            }
-        };
-        let same = labels(&a).eq_tensor(&labels(&b));
-        let label_agreement = same
-            .to_kind(Kind::Double)
-            .mean(Kind::Double)
+        let scale = self.scale(whole)?;
+        let max_difference = self.scale(&self.torch(a.f_sub(&b))?)? / scale;
+        let several = self.out_channels > 1;
+        let label_agreement = self
+            .torch((|| {
+                let labels = |t: &Tensor| {
+                    if several {
+                        t.f_argmax(1, false)
+                    } else {
+                        t.f_gt(0.0)?.f_squeeze_dim(1)
+                    }
+                };
+                labels(&a)?
+                    .f_eq_tensor(&labels(&b)?)?
+                    .f_to_kind(Kind::Double)?
+                    .f_mean(Kind::Double)
+            })())?
             .double_value(&[]);
         Ok(Agreement {
             probe_size: size,
@@ -638,7 +737,7 @@ impl Prober<'_> {
                 let next = on_grid(size * 2);
                 // Layers that see the whole tile reach every edge at any
                 // size: larger probes would only cost time.
-                if next > limit || !info.exactness.whole_tile_ops.is_empty() {
+                if next > limit || !self.fits(next) || !info.exactness.whole_tile_ops.is_empty() {
                     break;
                 }
                 size = next;
@@ -651,7 +750,7 @@ impl Prober<'_> {
         info.halo = overlap;
         // The tile compared must keep pixels beyond the overlap on both sides.
         let size = size.max(on_grid(2 * overlap.next_multiple_of(factor) + 2 * factor));
-        let image = self.noise(size, 1);
+        let image = self.noise(size, 1)?;
         let whole = self.output(&image)?;
         let margin = |multiple: usize| {
             if rule.lost == 0 {
