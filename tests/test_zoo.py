@@ -112,6 +112,95 @@ def test_the_paper_unet_is_probed_fast(tmp_path):
     assert seconds < 20, seconds
 
 
+@pytest.mark.parametrize("depth,dims", [(1, 2), (2, 2), (3, 2), (4, 2), (6, 2), (2, 3), (3, 3)])
+def test_valid_unets_of_every_depth_are_probed_to_their_size_rule(depth, dims, tmp_path):
+    """The step search (sizes below the first working one, several sizes
+    per pass) against the rule the U-Net's own arithmetic gives."""
+    from training.unet import geometry, valid_sizes
+
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, classes=2, depth=depth, base=2, dims=dims).eval()
+    info = unet_rt.Model(plain_export(net, tmp_path / "valid.pt"), device="cpu").info
+    rule = geometry(depth, "valid")
+    want = (rule.halo, rule.size_multiple, rule.size_offset % rule.size_multiple, valid_sizes(depth)[0])
+    got = (info["halo"], info["size_multiple"], info["size_offset"], info["smallest_size"])
+    assert got == want and info["padding"] == "valid" and info["exact"]
+    # Tiled with the probed rule, the result is one forward over the image
+    # mirrored by the halo (the tiles' pooling grid starts there).
+    size = 3 * want[1] + 5
+    image = np.random.default_rng(2).random((size,) * dims, dtype=np.float32)
+    padded_size = next(s for s in valid_sizes(depth, up_to=size + 2 * want[0] + want[1]) if s >= size + 2 * want[0])
+    padded = np.pad(image, [(want[0], padded_size - size - want[0])] * dims, mode="reflect")
+    with torch.no_grad():
+        whole = net(torch.from_numpy(padded)[None, None])[0].numpy()
+    model = unet_rt.Model(tmp_path / "valid.pt", device="cpu")
+    got_raw = model.segment(image, axes="zyx"[-dims:], output="raw", tile=want[3] + want[1])
+    assert relative_error(got_raw, whole[(slice(None),) + (slice(0, size),) * dims]) < 1e-5
+
+
+class ModuleSegNet(torch.nn.Module):
+    """SegNet as it is mostly written: ``nn.MaxPool2d(return_indices=True)``
+    and ``nn.MaxUnpool2d`` modules. TorchScript 2.11 cannot script
+    ``MaxUnpool2d``, so users trace it; the unpooled sizes stay dynamic
+    (read from ``Tensor.size()``)."""
+
+    def __init__(self, depth: int = 3, width: int = 4) -> None:
+        super().__init__()
+        block = lambda cin: torch.nn.Sequential(  # noqa: E731
+            torch.nn.Conv2d(cin, width, 3, padding=1), torch.nn.BatchNorm2d(width), torch.nn.ReLU()
+        )
+        self.encoders = torch.nn.ModuleList(block(1 if i == 0 else width) for i in range(depth))
+        self.decoders = torch.nn.ModuleList(block(width) for _ in range(depth))
+        self.pool = torch.nn.MaxPool2d(2, 2, return_indices=True)
+        self.unpool = torch.nn.MaxUnpool2d(2, 2)
+        self.classifier = torch.nn.Conv2d(width, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        indices, sizes = [], []
+        for encoder in self.encoders:
+            x = encoder(x)
+            sizes.append(x.size())
+            x, index = self.pool(x)
+            indices.append(index)
+        for k, decoder in enumerate(self.decoders):
+            level = len(indices) - 1 - k
+            x = decoder(self.unpool(x, indices[level], output_size=sizes[level]))
+        return self.classifier(x)
+
+
+def test_a_traced_segnet_with_max_unpool_modules_is_probed_and_exported(tmp_path):
+    from training.export import export_torchscript, probe_metadata
+
+    torch.manual_seed(0)
+    net = ModuleSegNet().eval()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # non-trivial statistics
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    example = torch.rand(1, 1, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracing's deprecation and bool-conversion warnings
+        traced = torch.jit.trace(net, example)
+    traced.save(str(tmp_path / "traced.pt"))
+    model = unet_rt.Model(tmp_path / "traced.pt", device="cpu")
+    info = model.info
+    assert info["probed"] and info["exact"] and (info["size_multiple"], info["padding"]) == (8, "same")
+    image = np.random.default_rng(3).random((1, 150, 170), dtype=np.float32)
+    want = whole_forward(net, image, info["overlap"], info["size_multiple"])
+    got = model.segment(image, axes="cyx", output="raw", tile=small_tile(info))
+    assert model.layout(image.shape[1:], tile=small_tile(info))["tiles"] > 1
+    assert relative_error(got, want) < 1e-5
+    # Exported with metadata by tracing on the example, verified on writing.
+    meta = probe_metadata(traced)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = export_torchscript(net, tmp_path / "segnet.pt", meta, example=example)
+    exported = unet_rt.Model(path, device="cpu")
+    assert not exported.info["probed"] and exported.info["size_multiple"] == 8
+    np.testing.assert_allclose(exported.segment(image, axes="cyx", output="raw", tile=small_tile(info)), got,
+                               rtol=0, atol=1e-6)
+
+
 def test_pspnet_warns_with_the_measured_agreement(tmp_path):
     net = network("pspnet")
     path = plain_export(net, tmp_path / "pspnet.pt")

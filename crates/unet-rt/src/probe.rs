@@ -95,6 +95,11 @@ struct Rule {
     kind: Growth,
 }
 
+/// Distances 1, 2, 4 ... below `first` that leave a size of at least 1.
+fn below(first: usize) -> impl Iterator<Item = usize> {
+    std::iter::successors(Some(1usize), |d| d.checked_mul(2)).take_while(move |&d| d < first)
+}
+
 struct Prober<'a> {
     module: &'a CModule,
     device: Device,
@@ -258,12 +263,18 @@ impl<'a> Prober<'a> {
     /// Whether a probe of side `size` (input and output) stays within
     /// [`MAX_PROBE_VALUES`]; in checked arithmetic, so any size is answered.
     fn fits(&self, size: usize) -> bool {
+        self.fits_axes(&vec![size; self.dims])
+    }
+
+    /// [`Self::fits`] for a probe with `sizes` along its axes.
+    fn fits_axes(&self, sizes: &[usize]) -> bool {
         let channels = usize::try_from(self.channels)
             .unwrap_or(usize::MAX)
             .max(self.out_channels)
             .max(1);
-        (0..self.dims)
-            .try_fold(channels, |n, _| n.checked_mul(size))
+        sizes
+            .iter()
+            .try_fold(channels, |n, &size| n.checked_mul(size))
             .is_some_and(|n| n <= MAX_PROBE_VALUES)
     }
 
@@ -332,31 +343,81 @@ impl<'a> Prober<'a> {
     /// Output side at input size `size` (a cube of zeros), `None` if the
     /// network fails there, changes the axes unevenly or grows the image.
     fn side(&mut self, size: usize) -> Result<Option<usize>> {
-        if let Some(&known) = self.sides.get(&size) {
-            return Ok(known);
+        Ok(self.sides(&[size])?[0])
+    }
+
+    /// Output sides at the input sizes `sizes`, as [`Self::side`], probed
+    /// up to one size per axis in each forward pass: a convolutional
+    /// network's output along an axis follows the input along that axis
+    /// alone, so a pass of 257 x 258 answers for both sizes at the cost of
+    /// one. A pass that fails (it cannot tell which size did) is redone
+    /// one size at a time.
+    fn sides(&mut self, sizes: &[usize]) -> Result<Vec<Option<usize>>> {
+        let mut unknown: Vec<usize> = Vec::new();
+        for &size in sizes {
+            if !self.sides.contains_key(&size) && !unknown.contains(&size) {
+                unknown.push(size);
+            }
         }
-        let zeros = if self.fits(size) {
-            Tensor::f_zeros(self.shape(size).as_slice(), (Kind::Float, self.device))
-        } else {
-            Err(tch::TchError::Kind("too large".to_owned()))
+        for group in unknown.chunks(self.dims.max(1)) {
+            let found = self.pass(group)?;
+            if group.len() == 1 || found.is_some() {
+                for (i, &size) in group.iter().enumerate() {
+                    self.sides.insert(size, found.as_ref().map(|f| f[i]));
+                }
+            } else {
+                for &size in group {
+                    let alone = self.pass(&[size])?;
+                    self.sides.insert(size, alone.map(|f| f[0]));
+                }
+            }
+        }
+        Ok(sizes.iter().map(|size| self.sides[size]).collect())
+    }
+
+    /// One pass on zeros with `group[i]` pixels along axis `i` (the last
+    /// repeated on the remaining axes): the output side along each of
+    /// `group`'s axes, `None` if the network fails, or grows an axis.
+    fn pass(&mut self, group: &[usize]) -> Result<Option<Vec<usize>>> {
+        let last = group.last().copied().unwrap_or(1);
+        let axes: Vec<usize> = (0..self.dims)
+            .map(|axis| group.get(axis).copied().unwrap_or(last))
+            .collect();
+        if !self.fits_axes(&axes) {
+            return Ok(None);
+        }
+        let mut shape = vec![1, self.channels];
+        shape.extend(
+            axes.iter()
+                .map(|&size| i64::try_from(size).unwrap_or(i64::MAX)),
+        );
+        let Ok(input) = Tensor::f_zeros(shape.as_slice(), (Kind::Float, self.device)) else {
+            return Ok(None);
         };
-        let side = match zeros {
-            Ok(input) => self.forward(input)?.and_then(|output| {
-                let sizes = output.size();
-                let sides: Vec<usize> = sizes[2..]
-                    .iter()
-                    .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
-                    .collect();
-                let even = sides.iter().all(|&s| s == sides[0] && s <= size);
-                (even && sides[0] > 0).then(|| {
-                    self.out_channels = usize::try_from(sizes[1]).unwrap_or(0);
-                    sides[0]
-                })
-            }),
-            Err(_) => None,
+        let Some(output) = self.forward(input)? else {
+            return Ok(None);
         };
-        self.sides.insert(size, side);
-        Ok(side)
+        let sizes = output.size();
+        let sides: Vec<usize> = sizes[2..]
+            .iter()
+            .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+            .collect();
+        if sides
+            .iter()
+            .zip(&axes)
+            .any(|(&side, &size)| side == 0 || side > size)
+        {
+            return Ok(None);
+        }
+        // Equal input sizes must give equal outputs (a network that treats
+        // its axes alike).
+        let uneven =
+            (0..axes.len()).any(|i| (0..i).any(|j| axes[i] == axes[j] && sides[i] != sides[j]));
+        if uneven {
+            return Ok(None);
+        }
+        self.out_channels = usize::try_from(sizes[1]).unwrap_or(0);
+        Ok(Some(sides[..group.len()].to_vec()))
     }
 
     /// Pixels lost per axis (both sides together) at input size `size`.
@@ -397,9 +458,24 @@ impl<'a> Prober<'a> {
         })?;
         let lost_first = self.lost(first)?.unwrap_or(0);
         let side_first = first - lost_first;
-        let rule = match self.lost(first + 1)? {
+        // The size below tells the class from a pass cheaper than the one
+        // above (smaller, in memory already touched), with the first sizes
+        // `steps_below` looks at in the same pass; where it fails (the
+        // network's smallest size), the size above tells.
+        let sizes: Vec<usize> = below(first).take(self.dims).map(|d| first - d).collect();
+        self.sides(&sizes)?;
+        let probe_above = match first.checked_sub(1).filter(|&s| s > 0) {
+            Some(size) => match self.side(size)? {
+                Some(side) if side == side_first => false,
+                Some(side) => side + lost_first != size,
+                None => true,
+            },
+            None => true,
+        };
+        let next = if probe_above { first + 1 } else { first - 1 };
+        let rule = match self.lost(next)? {
             None => self.strict_rule(first, lost_first),
-            Some(lost) if first + 1 - lost == side_first => self.steps_rule(first, side_first),
+            Some(lost) if next - lost == side_first => self.steps_rule(first, side_first),
             Some(lost) if lost == lost_first => Ok(Rule {
                 offset: 0,
                 multiple: 1,
@@ -407,8 +483,7 @@ impl<'a> Prober<'a> {
                 kind: Growth::AnySize,
             }),
             Some(_) => Err(self.no_rule(&format!(
-                "inputs of {first} and {} lose {lost_first} and a different amount",
-                first + 1
+                "inputs of {first} and {next} lose {lost_first} and a different amount"
             ))),
         }?;
         if rule.lost % 2 == 1 {
@@ -445,33 +520,112 @@ impl<'a> Prober<'a> {
         )))
     }
 
+    /// The step below `first`, where passes are cheaper (smaller, and in
+    /// memory the larger passes already touched): sizes `first - d` for
+    /// `d` = 1, 2, 4 ... until the output shrinks. The step then is what
+    /// it lost (the last distance that kept it is below the step, so this
+    /// one is under two steps), and the grid point, the smallest size that
+    /// keeps `first`'s output, lies between the last two distances: found
+    /// by a search that probes one size per axis in each pass. `None` when
+    /// a size fails on the way (below the network's smallest size): the
+    /// step is then looked for above.
+    fn steps_below(&mut self, first: usize, side_first: usize) -> Result<Option<Rule>> {
+        let distances: Vec<usize> = below(first).collect();
+        let (mut same, mut shrunk) = (0, None);
+        'gallop: for group in distances.chunks(self.dims) {
+            let sizes: Vec<usize> = group.iter().map(|&d| first - d).collect();
+            for (&d, side) in group.iter().zip(self.sides(&sizes)?) {
+                match side {
+                    Some(side) if side == side_first => same = d,
+                    Some(side) if side < side_first => {
+                        shrunk = Some(d);
+                        break 'gallop;
+                    }
+                    _ => return Ok(None),
+                }
+            }
+        }
+        let Some(mut shrunk) = shrunk else {
+            return Ok(None);
+        };
+        let multiple = side_first - self.side(first - shrunk)?.unwrap_or(side_first);
+        while shrunk - same > 1 {
+            let probes = self.dims.min(shrunk - same - 1);
+            let group: Vec<usize> = (1..=probes)
+                .map(|j| same + (shrunk - same) * j / (probes + 1))
+                .collect();
+            let sizes: Vec<usize> = group.iter().map(|&d| first - d).collect();
+            let (mut next_same, mut next_shrunk) = (same, shrunk);
+            for (&d, side) in group.iter().zip(self.sides(&sizes)?) {
+                match side {
+                    Some(side) if side == side_first => next_same = next_same.max(d),
+                    Some(side) if side < side_first => next_shrunk = next_shrunk.min(d),
+                    _ => return Ok(None),
+                }
+            }
+            (same, shrunk) = (next_same, next_shrunk);
+        }
+        let aligned = first - same;
+        if multiple < 2 || aligned < side_first {
+            return Ok(None);
+        }
+        Ok(Some(Rule {
+            offset: aligned % multiple,
+            multiple,
+            lost: aligned - side_first,
+            kind: Growth::Steps,
+        }))
+    }
+
     /// The output grows in steps: the first size where it grows is on the
-    /// grid (found by doubling, then bisection), the step is the multiple.
-    /// Sizes that fail in between (FCN-8s takes only the first few sizes of
-    /// each step) leave bisection blind: the range is then scanned.
+    /// grid, the step is the multiple. Distances from `first` double until
+    /// the output grows; the first size where it does lies between the
+    /// last two, found by a search that probes one size per axis in each
+    /// pass. Sizes that fail in between (FCN-8s takes only the first few
+    /// sizes of each step) leave the search blind: the range is then
+    /// scanned.
     fn steps_rule(&mut self, first: usize, side_first: usize) -> Result<Rule> {
+        let limit = 4 * STRIDES[STRIDES.len() - 1];
+        if let Some(rule) = self.steps_below(first, side_first)? {
+            return Ok(rule);
+        }
         let mut low = first + 1; // same output as `first`
-        let mut step = 2;
         let mut blind = false;
-        let high = loop {
-            if step > 4 * STRIDES[STRIDES.len() - 1] {
+        let mut distance = 2;
+        let mut high = None;
+        while high.is_none() {
+            if distance > limit {
                 return Err(self.no_rule("the output stops growing with the input"));
             }
-            match self.side(first + step)? {
-                Some(side) if side == side_first => low = first + step,
-                Some(_) => break first + step,
-                None => blind = true,
+            let group: Vec<usize> = (0..self.dims).map(|i| first + (distance << i)).collect();
+            for (size, side) in group.iter().zip(self.sides(&group)?) {
+                match side {
+                    Some(side) if side == side_first => low = *size,
+                    Some(_) => {
+                        high = Some(*size);
+                        break;
+                    }
+                    None => blind = true,
+                }
             }
-            step *= 2;
-        };
-        let (mut low, mut high) = (low, high);
+            distance <<= self.dims;
+        }
+        let mut high = high.unwrap_or(low + 1);
         while !blind && high - low > 1 {
-            let mid = low + (high - low) / 2;
-            match self.side(mid)? {
-                Some(side) if side == side_first => low = mid,
-                Some(_) => high = mid,
-                None => blind = true,
+            let probes = self.dims.min(high - low - 1);
+            let group: Vec<usize> = (1..=probes)
+                .map(|j| low + (high - low) * j / (probes + 1))
+                .collect();
+            let sides = self.sides(&group)?;
+            let (mut next_low, mut next_high) = (low, high);
+            for (&size, side) in group.iter().zip(sides) {
+                match side {
+                    Some(side) if side == side_first => next_low = next_low.max(size),
+                    Some(_) => next_high = next_high.min(size),
+                    None => blind = true,
+                }
             }
+            (low, high) = (next_low, next_high);
         }
         if blind {
             for size in low + 1..high {
