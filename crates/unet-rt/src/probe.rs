@@ -582,8 +582,9 @@ impl<'a> Prober<'a> {
     /// the output grows; the first size where it does lies between the
     /// last two, found by a search that probes one size per axis in each
     /// pass. Sizes that fail in between (FCN-8s takes only the first few
-    /// sizes of each step) leave the search blind: the range is then
-    /// scanned.
+    /// sizes of each step, pix2pix only the first two) leave the search
+    /// blind: bisection then finds where the run of sizes with the grown
+    /// output starts.
     fn steps_rule(&mut self, first: usize, side_first: usize) -> Result<Rule> {
         let limit = 4 * STRIDES[STRIDES.len() - 1];
         if let Some(rule) = self.steps_below(first, side_first)? {
@@ -627,16 +628,40 @@ impl<'a> Prober<'a> {
             }
             (low, high) = (next_low, next_high);
         }
+        let mut side = self.side(high)?.unwrap_or(0);
         if blind {
-            for size in low + 1..high {
-                if self.side(size)?.is_some_and(|side| side != side_first) {
-                    high = size;
-                    break;
+            // The sizes that give `high`'s output are one run from the grid
+            // point up; below it sizes fail or give less: bisection, a size
+            // at a time (a failing pass tells nothing of its other sizes).
+            while high - low > 1 {
+                let mid = low + (high - low) / 2;
+                if self.side(mid)? == Some(side) {
+                    high = mid;
+                } else {
+                    low = mid;
                 }
+            }
+            // Blind doubling may have stepped over grid points: the step is
+            // then a fraction of what the output grew, and one step back
+            // from `high` keeps the output one step smaller.
+            'fraction: loop {
+                let grown = side.saturating_sub(side_first);
+                for part in [2, 3] {
+                    let step = grown / part;
+                    if grown % part == 0
+                        && step > 0
+                        && high > first + step
+                        && self.side(high - step)? == Some(side - step)
+                    {
+                        high -= step;
+                        side -= step;
+                        continue 'fraction;
+                    }
+                }
+                break;
             }
         }
         let aligned = high;
-        let side = self.side(aligned)?.unwrap_or(0);
         let multiple = side.saturating_sub(side_first);
         let lost = aligned - side;
         if multiple == 0 {
