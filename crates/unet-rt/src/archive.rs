@@ -79,10 +79,19 @@ const MAX_CODE_BYTES: u64 = 64 << 20;
 /// calls, sorted. Scripted and traced modules both store their code as
 /// Python source under `<archive>/code/`; unreadable entries are skipped
 /// (libtorch judges the archive itself).
+///
+/// The bodies of `torch.nn.functional`'s functions are not the network's
+/// code: `F.interpolate` carries `adaptive_avg_pool` for its `"area"` mode
+/// into every network that resizes. A network that calls one of these
+/// functions names it in its own code (`...functional.adaptive_avg_pool2d`).
 pub(crate) fn whole_tile_ops<R: Read + Seek>(archive: &mut ZipArchive<R>) -> Vec<String> {
     let names: Vec<String> = archive
         .file_names()
-        .filter(|name| name.contains("/code/") && name.ends_with(".py"))
+        .filter(|name| name.ends_with(".py"))
+        .filter(|name| {
+            name.split_once("/code/")
+                .is_some_and(|(_, file)| !file.starts_with("__torch__/torch/nn/functional"))
+        })
         .map(str::to_owned)
         .collect();
     let mut found = std::collections::BTreeSet::new();
@@ -226,6 +235,41 @@ mod tests {
             .collect();
         paths.push(root.join("../../python/unet_rt/models/nuclei.pt"));
         paths
+    }
+
+    fn code_archive(files: &[(&str, &str)]) -> ZipArchive<std::io::Cursor<Vec<u8>>> {
+        let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for (name, text) in files {
+            let options = zip::write::FileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored);
+            writer.start_file(*name, options).expect("entry");
+            std::io::Write::write_all(&mut writer, text.as_bytes()).expect("write");
+        }
+        ZipArchive::new(writer.finish().expect("finish")).expect("zip")
+    }
+
+    #[test]
+    fn whole_tile_ops_are_those_the_network_calls_not_torch_functional_bodies() {
+        let interpolate = "def interpolate(input: Tensor) -> Tensor:\n  \
+                           _0 = torch.adaptive_avg_pool2d(input, [1, 1])\n";
+        let bilinear_net = code_archive(&[
+            ("m/code/__torch__/torch/nn/functional.py", interpolate),
+            ("m/code/__torch__/torch/nn/functional/___torch_mangle_4.py", interpolate),
+            ("m/code/__torch__/net.py", "_0 = __torch__.torch.nn.functional.interpolate\n"),
+        ]);
+        assert!(whole_tile_ops(&mut { bilinear_net }).is_empty());
+        let pyramid_net = code_archive(&[
+            ("m/code/__torch__/torch/nn/functional.py", interpolate),
+            (
+                "m/code/__torch__/net.py",
+                "_0 = __torch__.torch.nn.functional.adaptive_avg_pool2d\n\
+                 _1 = torch.instance_norm(x, None, None, None, None, True, 0.1, 1e-5, False)\n",
+            ),
+        ]);
+        assert_eq!(
+            whole_tile_ops(&mut { pyramid_net }),
+            vec!["adaptive_avg_pool".to_owned(), "instance_norm".to_owned()]
+        );
     }
 
     /// Every archive torch writes must be followed to its end: a pickle the
