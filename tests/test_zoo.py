@@ -365,6 +365,27 @@ def test_a_torchvision_segmentation_model_runs_from_its_out_entry(tmp_path):
     assert relative_error(got, want) < 1e-4
 
 
+@pytest.mark.slow
+def test_torchvision_fcn_resnet50_is_probed_exact_and_tiles_exactly(tmp_path):
+    """FCN-ResNet50: dilated ResNet (output stride 8), bilinear resize back
+    to the input size. Probing once scanned every size for minutes; its
+    F.interpolate once read as a global layer."""
+    segmentation = pytest.importorskip("torchvision.models.segmentation")
+    torch.manual_seed(0)
+    net = segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=3).eval()
+    model = unet_rt.Model(plain_export(net, tmp_path / "fcn_resnet50.pt"), device="cpu")
+    info = model.info
+    assert (info["output_key"], info["size_multiple"], info["whole_tile_ops"]) == ("out", 8, [])
+    assert info["exact"] and info["measured"]["max_difference"] < 1e-4, info
+    image = np.random.default_rng(8).random((3, 250, 230), dtype=np.float32)
+    want = whole_forward(lambda x: net(x)["out"], image, info["overlap"], info["size_multiple"])
+    # Tiles of 128 output pixels: 4 of them (a pass each, seconds on a CPU).
+    tile = 2 * info["overlap"] + 128
+    got = model.segment(image, axes="cyx", output="raw", tile=tile)
+    assert model.layout(image.shape[1:], tile=tile)["tiles"] == 4
+    assert relative_error(got, want) < 1e-5
+
+
 def test_a_size_multiple_per_axis_tiles_on_every_axis_grid(tmp_path):
     net = network("segnet")
     metadata = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,

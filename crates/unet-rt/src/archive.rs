@@ -254,8 +254,14 @@ mod tests {
                            _0 = torch.adaptive_avg_pool2d(input, [1, 1])\n";
         let bilinear_net = code_archive(&[
             ("m/code/__torch__/torch/nn/functional.py", interpolate),
-            ("m/code/__torch__/torch/nn/functional/___torch_mangle_4.py", interpolate),
-            ("m/code/__torch__/net.py", "_0 = __torch__.torch.nn.functional.interpolate\n"),
+            (
+                "m/code/__torch__/torch/nn/functional/___torch_mangle_4.py",
+                interpolate,
+            ),
+            (
+                "m/code/__torch__/net.py",
+                "_0 = __torch__.torch.nn.functional.interpolate\n",
+            ),
         ]);
         assert!(whole_tile_ops(&mut { bilinear_net }).is_empty());
         let pyramid_net = code_archive(&[

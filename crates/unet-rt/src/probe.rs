@@ -23,7 +23,8 @@ const FIRST_LIMIT_3D: usize = 256;
 const STRIDES: [usize; 17] = [
     2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512,
 ];
-/// The largest pooling factor looked for in networks that take any size.
+/// The largest pooling factor looked for in networks that take any size
+/// (a power of two: shifts are bisected over their exponents).
 const MAX_HIDDEN_FACTOR: usize = 64;
 /// Probe images for the overlap start at this side and double up to the
 /// limit while a change still reaches their far edge.
@@ -303,7 +304,19 @@ impl<'a> Prober<'a> {
                 PROBE_BUDGET.as_secs()
             )));
         }
-        let Ok(output) = self.module.forward_is(&[IValue::Tensor(input)]) else {
+        let trace_size = input.size();
+        let t0 = Instant::now();
+        let result = self.module.forward_is(&[IValue::Tensor(input)]);
+        if std::env::var_os("PROBE_TRACE").is_some() {
+            eprintln!(
+                "TRACE {:?} {:.3} {} at {:.2}",
+                trace_size,
+                t0.elapsed().as_secs_f64(),
+                result.is_ok(),
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+        let Ok(output) = result else {
             return Ok(None);
         };
         let key = if self.keyed { self.key.as_ref() } else { None };
@@ -764,8 +777,10 @@ impl<'a> Prober<'a> {
     /// How far a change of the input moves the output, per side of every
     /// axis, at probe size `size`: the largest distance over which a change
     /// moves the output by more than `tolerance` (relative), or `None`
-    /// when changes reach the far edge of the probe.
-    fn reach(&mut self, size: usize) -> Result<(Option<usize>, Option<usize>)> {
+    /// when changes reach the far edge of the probe. Without `loose` (a
+    /// larger probe follows), it stops at the first change that reaches
+    /// the edge.
+    fn reach(&mut self, size: usize, loose_needed: bool) -> Result<(Option<usize>, Option<usize>)> {
         let image = self.noise(size, 1)?;
         let other = self.noise(size, 2)?;
         let whole = self.output(&image)?;
@@ -817,6 +832,9 @@ impl<'a> Prober<'a> {
                         (Some(r), false) => Some(r.max(distance.unwrap_or(0))),
                         _ => None,
                     };
+                }
+                if strict.is_none() && !loose_needed {
+                    return Ok((None, None));
                 }
             }
         }
@@ -907,16 +925,18 @@ impl<'a> Prober<'a> {
         if rule.lost == 0 {
             let limit = REACH_LIMIT[axis_kind].max(4 * factor);
             loop {
-                let (strict, loose) = self.reach(size)?;
+                let next = on_grid(size * 2);
+                // Layers that see the whole tile reach every edge at any
+                // size: larger probes would only cost time.
+                let last =
+                    next > limit || !self.fits(next) || !info.exactness.whole_tile_ops.is_empty();
+                let (strict, loose) = self.reach(size, last)?;
                 if strict.is_some() {
                     halo = strict;
                     break;
                 }
                 fallback = loose.unwrap_or(size / 4);
-                let next = on_grid(size * 2);
-                // Layers that see the whole tile reach every edge at any
-                // size: larger probes would only cost time.
-                if next > limit || !self.fits(next) || !info.exactness.whole_tile_ops.is_empty() {
+                if last {
                     break;
                 }
                 size = next;
@@ -951,17 +971,25 @@ impl<'a> Prober<'a> {
                 self.agreement(&image, &whole, factor, inner, margin(factor), rule.lost)?;
             let bound = SHIFT_RATIO * baseline.max_difference + SHIFT_FLOOR;
             let mut chosen = (factor, baseline.clone());
-            let mut shift = 1;
             // Where even the baseline is not exact (global layers), shifts
             // cannot be told apart: the largest factor is on every grid.
-            while shift < factor && baseline.is_exact() {
+            // Else a power of two is on the grid when it is at least the
+            // factor: bisection over the exponents.
+            let (mut low, mut high) = (0, factor.trailing_zeros());
+            if !baseline.is_exact() {
+                low = high;
+            }
+            while low < high {
+                let exponent = low + (high - low) / 2;
+                let shift = 1usize << exponent;
                 let agreement =
                     self.agreement(&image, &whole, shift, inner, margin(shift), rule.lost)?;
                 if agreement.max_difference <= bound {
                     chosen = (shift, agreement);
-                    break;
+                    high = exponent;
+                } else {
+                    low = exponent + 1;
                 }
-                shift *= 2;
             }
             info.size_multiple = chosen.0;
             info.size_offset = 0;
@@ -983,5 +1011,6 @@ mod tests {
     fn strides_are_increasing_and_cover_eight_poolings() {
         assert!(STRIDES.windows(2).all(|w| w[0] < w[1]));
         assert!(STRIDES.contains(&256) && STRIDES.contains(&16));
+        assert!(MAX_HIDDEN_FACTOR.is_power_of_two());
     }
 }
