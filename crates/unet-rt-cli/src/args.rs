@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use unet_rt::OutputMode;
 
 const SEGMENT_EXAMPLES: &str = "\
 Examples:
@@ -67,17 +68,17 @@ pub(crate) enum Command {
     Bench(BenchArgs),
 }
 
-/// What to write for each input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum OutputKind {
-    /// One class index per pixel.
-    Labels,
-    /// Class probabilities, float32, channel-first.
-    Probabilities,
-    /// Objects: connected components of the non-background classes.
-    Instances,
-    /// The network's raw output, float32, channel-first.
-    Raw,
+/// `--output-kind`: the engine's [`OutputMode`], with the help of each value.
+fn output_modes() -> impl clap::builder::TypedValueParser<Value = OutputMode> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new([
+        PossibleValue::new("labels").help("One class index per pixel"),
+        PossibleValue::new("probabilities").help("Class probabilities, float32, channel-first"),
+        PossibleValue::new("instances")
+            .help("Objects: connected components of the non-background classes"),
+        PossibleValue::new("raw").help("The network's raw output, float32, channel-first"),
+    ])
+    .try_map(|name| name.parse::<OutputMode>())
 }
 
 /// File format of the results.
@@ -143,8 +144,8 @@ pub(crate) struct SegmentArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// What to write.
-    #[arg(short = 'k', long, value_enum, default_value_t = OutputKind::Labels)]
-    pub output_kind: OutputKind,
+    #[arg(short = 'k', long, value_parser = output_modes(), default_value = "labels")]
+    pub output_kind: OutputMode,
     /// Result file format.
     #[arg(short, long, value_enum, default_value_t = Format::Tif)]
     pub format: Format,
@@ -190,8 +191,8 @@ pub(crate) struct BenchArgs {
     #[arg(short, long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub repeats: u64,
     /// What to compute.
-    #[arg(short = 'k', long, value_enum, default_value_t = OutputKind::Labels)]
-    pub output_kind: OutputKind,
+    #[arg(short = 'k', long, value_parser = output_modes(), default_value = "labels")]
+    pub output_kind: OutputMode,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,

@@ -124,14 +124,14 @@ pub(crate) fn arrange<'a, T>(
 mod tests {
     use super::*;
     use ndarray::ArrayD;
-    use unet_rt::{Normalization, OutputKind, Padding};
+    use unet_rt::{Activation, Normalization, Padding};
 
     fn info(dims: usize, channels: usize) -> ModelInfo {
         ModelInfo {
             spatial_dims: dims,
             in_channels: channels,
             out_channels: 2,
-            output: OutputKind::Softmax,
+            output: Activation::Softmax,
             padding: Padding::Valid,
             halo: 20,
             size_multiple: 4,

@@ -6,7 +6,7 @@ use ndarray::{ArrayD, Dimension};
 use serde_json::json;
 use unet_rt::{Device, Options, OutputMode, Segmenter};
 
-use crate::args::{BenchArgs, OutputKind};
+use crate::args::BenchArgs;
 use crate::errors::{usage, CliError, EXIT_OK};
 use crate::limits::{bytes_of, elements, try_filled, Memory};
 use crate::output::stdout_line;
@@ -30,11 +30,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<u8, CliError> {
         }
     };
     let options = Options {
-        output: match args.output_kind {
-            OutputKind::Labels | OutputKind::Instances => OutputMode::Labels,
-            OutputKind::Probabilities => OutputMode::Probabilities,
-            OutputKind::Raw => OutputMode::Raw,
-        },
+        output: args.output_kind,
         tile: loader::tile_for(args.model.tile.as_ref().map(|t| t.0.as_slice()), &info)?,
         whole: loader::whole_for(args.model.tile.as_ref().map(|t| t.0.as_slice())),
         batch_size: loader::batch_size(&args.model),
@@ -67,11 +63,11 @@ pub(crate) fn run(args: &BenchArgs) -> Result<u8, CliError> {
 
     // One untimed run: libtorch builds its kernels (oneDNN primitives, cuDNN
     // plans) on first use.
-    run_once(&segmenter, &image, args.output_kind)?;
+    run_once(&segmenter, &image)?;
     let mut seconds = Vec::new();
     for _ in 0..args.repeats {
         let start = Instant::now();
-        run_once(&segmenter, &image, args.output_kind)?;
+        run_once(&segmenter, &image)?;
         seconds.push(start.elapsed().as_secs_f64());
     }
     let median = median(&mut seconds.clone());
@@ -142,13 +138,13 @@ pub(crate) fn run(args: &BenchArgs) -> Result<u8, CliError> {
     Ok(EXIT_OK)
 }
 
-fn run_once(segmenter: &Segmenter, image: &ArrayD<u16>, kind: OutputKind) -> Result<(), CliError> {
+fn run_once(segmenter: &Segmenter, image: &ArrayD<u16>) -> Result<(), CliError> {
     match segmenter.options().output {
         OutputMode::Labels => {
-            let labels: ArrayD<u16> = segmenter.segment(image.view())?;
-            if kind == OutputKind::Instances {
-                unet_rt::instances::connected_components(labels.view())?;
-            }
+            let _: ArrayD<u16> = segmenter.segment(image.view())?;
+        }
+        OutputMode::Instances => {
+            let _: ArrayD<u32> = segmenter.segment(image.view())?;
         }
         _ => {
             let _: ArrayD<f32> = segmenter.segment(image.view())?;

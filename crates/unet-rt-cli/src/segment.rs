@@ -5,11 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ndarray::{Array2, ArrayD, ArrayViewD, Axis};
-use unet_rt::{
-    Model, Options, OutputElement, OutputKind as ModelOutput, OutputMode, Pixel, Segmenter,
-};
+use unet_rt::{Activation, Model, Options, OutputElement, OutputMode, Pixel, Segmenter};
 
-use crate::args::{Format, OutputKind, SegmentArgs};
+use crate::args::{Format, SegmentArgs};
 use crate::axes::{self, Arranged};
 use crate::errors::{usage, CliError, FileError, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK};
 use crate::limits::{bytes_of, elements, try_filled, try_map, Memory};
@@ -40,10 +38,12 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
         crate::output::stderr_line(&format!("unet-rt: warning: {warning}"));
     }
     let options = Options {
+        // Instances are the labels' components, found here page by page:
+        // the overlay shows the labels' classes, and ids that fit are
+        // written as u16.
         output: match args.output_kind {
-            OutputKind::Labels | OutputKind::Instances => OutputMode::Labels,
-            OutputKind::Probabilities => OutputMode::Probabilities,
-            OutputKind::Raw => OutputMode::Raw,
+            OutputMode::Instances => OutputMode::Labels,
+            mode => mode,
         },
         tile: loader::tile_for(args.model.tile.as_ref().map(|t| t.0.as_slice()), info)?,
         whole: loader::whole_for(args.model.tile.as_ref().map(|t| t.0.as_slice())),
@@ -114,7 +114,7 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
 fn check_flags(args: &SegmentArgs) -> Result<(), CliError> {
     let float = matches!(
         args.output_kind,
-        OutputKind::Probabilities | OutputKind::Raw
+        OutputMode::Probabilities | OutputMode::Raw
     );
     if float && args.format == Format::Png {
         return Err(usage(
@@ -129,15 +129,15 @@ fn check_model(model: &Model, args: &SegmentArgs) -> Result<(), CliError> {
     let info = model.info();
     let classes = matches!(
         args.output_kind,
-        OutputKind::Labels | OutputKind::Instances | OutputKind::Probabilities
+        OutputMode::Labels | OutputMode::Instances | OutputMode::Probabilities
     );
-    if info.output == ModelOutput::Identity && (classes || args.overlay) {
+    if info.output == Activation::Identity && (classes || args.overlay) {
         return Err(usage(
             "the model's output is \"identity\" (regression), which has no classes: use --output-kind raw without --overlay",
         ));
     }
-    let labels = matches!(args.output_kind, OutputKind::Labels | OutputKind::Instances);
-    if info.output == ModelOutput::Sigmoid && info.out_channels > 1 && labels {
+    let labels = matches!(args.output_kind, OutputMode::Labels | OutputMode::Instances);
+    if info.output == Activation::Sigmoid && info.out_channels > 1 && labels {
         return Err(usage(format!(
             "labels of a {}-channel sigmoid model are ambiguous (masks may overlap): use --output-kind probabilities",
             info.out_channels
@@ -361,7 +361,7 @@ fn compute<T: Pixel>(
         ),
         false => None,
     };
-    if ctx.args.output_kind != OutputKind::Instances {
+    if ctx.args.output_kind != OutputMode::Instances {
         return Ok(Computed {
             output: result,
             classes,
@@ -470,14 +470,14 @@ fn middle_plane<A>(mut view: ArrayViewD<'_, A>) -> Result<ndarray::ArrayView2<'_
 
 /// The class map of the overlay's plane, from labels or from channels: the
 /// argmax, or for one channel, probability > 0.5 or raw logit > 0.
-fn class_plane(result: &Output, stacked: bool, kind: OutputKind) -> Result<Array2<u16>, String> {
+fn class_plane(result: &Output, stacked: bool, kind: OutputMode) -> Result<Array2<u16>, String> {
     Ok(match result {
         Output::U8(l) => middle_plane(l.view())?.mapv(u16::from),
         Output::U16(l) => middle_plane(l.view())?.to_owned(),
         Output::U32(l) => middle_plane(l.view())?.mapv(|v| u16::try_from(v).unwrap_or(u16::MAX)),
         Output::F32(values) => {
             let channel_axis = Axis(usize::from(stacked));
-            let threshold = if kind == OutputKind::Raw { 0.0 } else { 0.5 };
+            let threshold = if kind == OutputMode::Raw { 0.0 } else { 0.5 };
             let classes = values.map_axis(channel_axis, |c| {
                 if c.len() == 1 {
                     return u16::from(c[0] > threshold);

@@ -2,7 +2,7 @@
 //! follows from it: which input sizes it takes, how much a tile loses, how
 //! far tiles overlap. Each rule is written once, here, in closed form.
 
-use crate::metadata::{Metadata, Normalization, OutputKey, OutputKind, Padding};
+use crate::metadata::{Activation, Metadata, Normalization, OutputKey, Padding};
 
 /// Largest relative difference (against the output's largest magnitude)
 /// between a tile and the whole-image forward that still counts as exact:
@@ -92,7 +92,7 @@ pub struct ModelInfo {
     /// Output channels.
     pub out_channels: usize,
     /// Meaning of the output channels.
-    pub output: OutputKind,
+    pub output: Activation,
     /// Valid (shrinking) or same convolutions.
     pub padding: Padding,
     /// Crop per side (valid) or context margin (same).
@@ -230,7 +230,7 @@ mod tests {
             spatial_dims: 2,
             in_channels: 1,
             out_channels: 2,
-            output: OutputKind::Softmax,
+            output: Activation::Softmax,
             padding: Padding::Same,
             halo,
             size_multiple: multiple,

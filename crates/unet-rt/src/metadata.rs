@@ -33,7 +33,7 @@ pub const MAX_SCALE: f64 = 1e30;
 /// What the network's output channels mean, and how to reduce them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum OutputKind {
+pub enum Activation {
     /// Class logits: softmax for probabilities, argmax for labels.
     Softmax,
     /// Independent masks: sigmoid per channel.
@@ -121,7 +121,7 @@ pub struct Metadata {
     /// Output channels.
     pub out_channels: usize,
     /// Meaning of the output.
-    pub output: OutputKind,
+    pub output: Activation,
     /// One name per output channel (softmax models).
     #[serde(default)]
     pub class_names: Vec<String>,
@@ -367,7 +367,7 @@ mod tests {
     #[test]
     fn parses_the_paper_configuration() {
         let m = Metadata::from_json(&paper(), Path::new("m.pt")).unwrap();
-        assert_eq!(m.output, OutputKind::Softmax);
+        assert_eq!(m.output, Activation::Softmax);
         assert_eq!(
             m.normalization,
             Normalization::Percentile {

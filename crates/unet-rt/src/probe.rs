@@ -13,7 +13,7 @@ use tch::{CModule, Device, IValue, Kind, Tensor};
 use crate::container;
 use crate::error::{Error, Result};
 use crate::info::{Agreement, Exactness, ModelInfo};
-use crate::metadata::{Normalization, OutputKey, OutputKind, Padding};
+use crate::metadata::{Activation, Normalization, OutputKey, Padding};
 
 /// Input sizes tried for a first output: powers of two up to this (2-D)...
 const FIRST_LIMIT_2D: usize = 1024;
@@ -150,9 +150,9 @@ pub(crate) fn probe(
         out_channels: prober.out_channels,
         // Without metadata the output is taken as logits.
         output: if prober.out_channels == 1 {
-            OutputKind::Sigmoid
+            Activation::Sigmoid
         } else {
-            OutputKind::Softmax
+            Activation::Softmax
         },
         padding: if rule.lost == 0 {
             Padding::Same

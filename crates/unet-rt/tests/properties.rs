@@ -15,7 +15,7 @@ use unet_rt::geometry::{
     is_valid_size, reflect_index, reflect_runs, round_up_to_valid, Blend, TilePlan,
 };
 use unet_rt::{
-    Metadata, ModelInfo, Normalization, OutputKind, Padding, Window, MAX_CHANNELS, MAX_GEOMETRY,
+    Activation, Metadata, ModelInfo, Normalization, Padding, Window, MAX_CHANNELS, MAX_GEOMETRY,
 };
 
 /// Every planning call answers within this, whatever the sizes.
@@ -76,7 +76,7 @@ fn info(halo: usize, multiple: usize, offset: usize, same: bool) -> ModelInfo {
         spatial_dims: 2,
         in_channels: 1,
         out_channels: 2,
-        output: OutputKind::Softmax,
+        output: Activation::Softmax,
         padding: if same { Padding::Same } else { Padding::Valid },
         halo,
         size_multiple: multiple,

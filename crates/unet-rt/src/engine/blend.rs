@@ -12,7 +12,7 @@ use super::gather::Gatherer;
 use super::{Layout, OutputElement, OutputMode, Segmenter, Written};
 use crate::error::{Error, Result};
 use crate::memory;
-use crate::metadata::OutputKind;
+use crate::metadata::Activation;
 use crate::pixel::Pixel;
 
 pub(super) fn run_blended<T: Pixel, U: OutputElement>(
@@ -27,7 +27,7 @@ pub(super) fn run_blended<T: Pixel, U: OutputElement>(
         .weights()
         .ok_or_else(|| Error::Inference("a blending plan without weights".to_owned()))?;
     let averaged =
-        if segmenter.options.output == OutputMode::Raw || info.output == OutputKind::Identity {
+        if segmenter.options.output == OutputMode::Raw || info.output == Activation::Identity {
             OutputMode::Raw
         } else {
             OutputMode::Probabilities
@@ -55,7 +55,7 @@ pub(super) fn run_blended<T: Pixel, U: OutputElement>(
     sum /= &weight.insert_axis(Axis(0));
     match segmenter.options.output {
         OutputMode::Labels | OutputMode::Instances => {
-            let sigmoid = info.output == OutputKind::Sigmoid;
+            let sigmoid = info.output == Activation::Sigmoid;
             Zip::from(&mut out)
                 .and(sum.lanes(Axis(0)))
                 .for_each(|o, lane| {

@@ -3,7 +3,7 @@
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::metadata::OutputKind;
+use crate::metadata::Activation;
 
 /// What to compute from the network's output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -189,7 +189,7 @@ id_element!(u32 => i32, "uint32"; u64 => i64, "uint64"; i64 => i64, "int64");
 /// Checks that `mode` makes sense for the model's output and the element type.
 pub(crate) fn check_mode<U: OutputElement>(
     mode: OutputMode,
-    kind: OutputKind,
+    kind: Activation,
     channels: usize,
 ) -> Result<()> {
     let invalid = |message: String| Error::InvalidArgument {
@@ -207,13 +207,13 @@ pub(crate) fn check_mode<U: OutputElement>(
             }
         }
         OutputMode::Labels => {
-            if kind == OutputKind::Identity {
+            if kind == Activation::Identity {
                 return Err(invalid(
                     "the model's output is \"identity\" (regression): ask for raw output"
                         .to_owned(),
                 ));
             }
-            if kind == OutputKind::Sigmoid && channels > 1 {
+            if kind == Activation::Sigmoid && channels > 1 {
                 return Err(invalid(format!(
                     "labels of a {channels}-channel sigmoid model are ambiguous (masks may overlap): ask for probabilities"
                 )));
@@ -232,7 +232,7 @@ pub(crate) fn check_mode<U: OutputElement>(
             }
         }
         OutputMode::Probabilities | OutputMode::Raw => {
-            if mode == OutputMode::Probabilities && kind == OutputKind::Identity {
+            if mode == OutputMode::Probabilities && kind == Activation::Identity {
                 return Err(invalid(
                     "the model's output is \"identity\" (regression): ask for raw output"
                         .to_owned(),
@@ -254,15 +254,15 @@ pub(crate) fn check_mode<U: OutputElement>(
 pub(crate) fn reduce<U: OutputElement>(
     y: &Tensor,
     mode: OutputMode,
-    kind: OutputKind,
+    kind: Activation,
 ) -> Result<Tensor> {
     let target = <U::Raw as tch::kind::Element>::KIND;
     let reduced = match (mode, kind) {
-        (OutputMode::Labels | OutputMode::Instances, OutputKind::Sigmoid) => {
+        (OutputMode::Labels | OutputMode::Instances, Activation::Sigmoid) => {
             y.f_gt(0.0).and_then(|m| m.f_squeeze_dim(1))
         }
         (OutputMode::Labels | OutputMode::Instances, _) => y.f_argmax(1, false),
-        (OutputMode::Probabilities, OutputKind::Sigmoid) => {
+        (OutputMode::Probabilities, Activation::Sigmoid) => {
             y.f_to_kind(Kind::Float).and_then(|t| t.f_sigmoid())
         }
         (OutputMode::Probabilities, _) => y.f_softmax(1, Kind::Float),

@@ -135,14 +135,14 @@ fn ladder_tiles(info: &ModelInfo, cap: usize, halo: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::{Normalization, OutputKind, Padding};
+    use crate::metadata::{Activation, Normalization, Padding};
 
     fn paper(width: usize) -> ModelInfo {
         ModelInfo {
             spatial_dims: 2,
             in_channels: 1,
             out_channels: 2,
-            output: OutputKind::Softmax,
+            output: Activation::Softmax,
             padding: Padding::Valid,
             halo: 92,
             size_multiple: 16,
