@@ -79,9 +79,10 @@ def test_module_function_uses_a_cached_model(tiny_model_path):
     a = unet_rt.segment(image, tiny_model_path, device="cpu", precision="fp32")
     b = unet_rt.segment(image, str(tiny_model_path), device="cpu", precision="fp32", output="labels")
     assert (a == b).all()
-    from unet_rt import model as model_module
+    from unet_rt import _cache
 
-    assert len([k for k in model_module._CACHE if k[3:] == ("cpu", "fp32")]) == 1
+    tiny = str(Path(tiny_model_path).resolve())
+    assert len([k for k in _cache._CACHE if k[0] == tiny and k[3:] == ("cpu", "fp32")]) == 1
 
 
 # --- axes --------------------------------------------------------------------
@@ -268,6 +269,24 @@ def test_progress_callable_and_bar(model, capsys):
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     model.segment(np.stack([image, image]), axes="byx", tile=60, progress=True)
     assert f"{2 * total}/{2 * total}" in capsys.readouterr().err
+
+
+def test_layout_plans_for_a_device_and_precision_this_machine_need_not_have(model):
+    shape = (6000, 5000)
+    here = model.layout(shape)
+    assert model.layout(shape, device="cpu", precision="fp32") == here
+    gpu16 = model.layout(shape, device="cuda:3", precision="fp16")
+    gpu32 = model.layout(shape, device="cuda", precision="fp32")
+    # The GPU's budget is larger than the CPU's; half the bytes per value
+    # fit larger tiles or batches in it.
+    assert (gpu32["tile"], gpu32["batch_size"]) != (here["tile"], here["batch_size"])
+    assert gpu16["tile"][0] * gpu16["batch_size"] >= gpu32["tile"][0] * gpu32["batch_size"]
+    with pytest.raises(unet_rt.InvalidArgumentError, match="device"):
+        model.layout(shape, device="tpu")
+    with pytest.raises(unet_rt.InvalidArgumentError, match="fp16"):
+        model.layout(shape, device="cpu", precision="fp16")
+    with pytest.raises(unet_rt.InvalidArgumentError, match="precision"):
+        model.layout(shape, precision="fp8")
 
 
 def test_an_exception_in_the_progress_callback_stops_the_call(model):

@@ -308,6 +308,8 @@ def test_a_client_without_the_workers_gpu_plans_for_the_gpu(tiny_model_path):
     lazy = ud.segment(x, tiny_model_path, device="cuda:0", precision="bf16")
     bf16 = unet_rt.Model(tiny_model_path, device="cpu", precision="bf16")
     want = bf16.layout(x.shape, memory_budget=_unet_rt.DEFAULT_CUDA_BUDGET)
+    # The engine plans for a device this machine does not have.
+    assert bf16.layout(x.shape, device="cuda:0", precision="bf16") == want
     cpu = bf16.layout(x.shape)
     assert (want["tile"], want["batch_size"]) != (cpu["tile"], cpu["batch_size"])  # the budgets matter
     plans = [v for v in _graph_values(lazy) if isinstance(v, ud_blocks.BlockPlan)]

@@ -54,6 +54,8 @@ class Model:
         tile: Union[int, Sequence[int], str, None] = None,
         batch_size: Optional[int] = None,
         memory_budget: Optional[int] = None,
+        device: Optional[str] = None,
+        precision: Optional[str] = None,
     ) -> dict[str, Any]: ...
     def needed_input(
         self,

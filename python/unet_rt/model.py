@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import warnings
-from collections import OrderedDict
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _unet_rt
+from . import _cache, _unet_rt
 from ._axes import arrange
 from ._window import Window
 from .errors import ApproximateTilingWarning, InvalidArgumentError, ModelNotFoundError
@@ -185,17 +183,25 @@ class Model:
         return self._inner.forward(batch32)
 
     def layout(self, shape: Sequence[int], tile: Union[int, Sequence[int], None] = None,
-               batch_size: Optional[int] = None, memory_budget: Optional[int] = None) -> Dict[str, Any]:
+               batch_size: Optional[int] = None, memory_budget: Optional[int] = None,
+               device: Optional[str] = None, precision: Optional[str] = None) -> Dict[str, Any]:
         """The tiling :meth:`segment` would use for an image of spatial
         ``shape``: the input ``tile``, the network's ``output_tile``, the
         ``stride`` between tiles, the ``grid`` of tiles per axis, the number
         of ``tiles`` and the ``batch_size``.
 
+        With ``device`` and ``precision`` (names as for loading), the tiling
+        this model would get there, planned here: the device need not exist
+        on this machine (a Dask client plans its GPU workers' tiles so).
+
         >>> import unet_rt
-        >>> unet_rt.Model(tiny_model_path, device="cpu", precision="fp32").layout((500, 300), tile=84)
+        >>> model = unet_rt.Model(tiny_model_path, device="cpu", precision="fp32")
+        >>> model.layout((500, 300), tile=84)
         {'tile': [84, 84], 'tiles': 84, 'batch_size': 16, 'stride': [44, 44], 'output_tile': [44, 44], 'grid': [12, 7]}
+        >>> model.layout((4000, 4000), device="cuda", precision="fp16")["tile"] > model.layout((4000, 4000))["tile"]
+        True
         """
-        return dict(self._inner.layout(shape, tile, batch_size, memory_budget))
+        return dict(self._inner.layout(shape, tile, batch_size, memory_budget, device, precision))
 
     def needed_input(self, window: Window, tile: Union[int, Sequence[int], None] = None,
                      batch_size: Optional[int] = None, memory_budget: Optional[int] = None) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
@@ -467,28 +473,16 @@ class _Progress:
             self._bar.close()
 
 
-_CACHE: "OrderedDict[Tuple[Any, ...], Model]" = OrderedDict()
-_CACHE_LOCK = threading.Lock()
-_CACHE_SIZE = 4
-
-
-def _cached_model(path: Optional[PathLike], device: str, precision: str) -> Model:
+def cached_model(path: Optional[PathLike], device: str, precision: str) -> Model:
+    """The model of ``path`` (``None``: the bundled one) from the process's
+    model cache, reloaded when the file changes."""
     resolved = bundled_model_path() if path is None else Path(path)
     try:
         stat = resolved.stat()
         key: Tuple[Any, ...] = (str(resolved.resolve()), stat.st_mtime_ns, stat.st_size, device, precision)
     except (OSError, ValueError):
         return Model(path, device, precision)  # raises the right error
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-    model = Model(resolved, device, precision)
-    with _CACHE_LOCK:
-        _CACHE[key] = model
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return model
+    return _cache.cached(key, lambda: Model(resolved, device, precision))
 
 
 def segment(
@@ -513,5 +507,5 @@ def segment(
     if not (model is None or isinstance(model, (Model, str, os.PathLike))):
         raise TypeError(f"model must be a unet_rt.Model, a path or None, got {type(model).__name__}")
     if not isinstance(model, Model):
-        model = _cached_model(model, device, precision)
+        model = cached_model(model, device, precision)
     return model.segment(image, **options)

@@ -310,8 +310,11 @@ impl Model {
 
     /// The tiling the engine would use for an image of spatial `shape`:
     /// `{"tile": [...], "tiles": n, "batch_size": b, "stride": [...],
-    /// "output_tile": [...]}`.
-    #[pyo3(signature = (shape, tile = None, batch_size = None, memory_budget = None))]
+    /// "output_tile": [...]}`; on `device` in `precision` (names as for
+    /// loading; the device need not exist here) when given, else where the
+    /// model is loaded.
+    #[pyo3(signature = (shape, tile = None, batch_size = None, memory_budget = None, device = None, precision = None))]
+    #[allow(clippy::too_many_arguments)]
     fn layout<'py>(
         &self,
         py: Python<'py>,
@@ -319,7 +322,17 @@ impl Model {
         tile: Option<&Bound<'py, PyAny>>,
         batch_size: Option<&Bound<'py, PyAny>>,
         memory_budget: Option<&Bound<'py, PyAny>>,
+        device: Option<&str>,
+        precision: Option<&str>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        let device = match device {
+            Some(name) => unet_rt::parse_device_name(name).map_err(to_py_err)?,
+            None => self.inner.device(),
+        };
+        let precision: Precision = match precision {
+            Some(name) => parse(name)?,
+            None => self.inner.precision(),
+        };
         let dims = self.inner.info().spatial_dims;
         let shape = args::sizes(shape, "shape", None)?;
         if shape.len() != dims {
@@ -330,7 +343,8 @@ impl Model {
         }
         let options = sizing(&self.inner, tile, batch_size, memory_budget)?;
         let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;
-        let layout = catching(|| segmenter.layout(&shape)).map_err(to_py_err)?;
+        let layout =
+            catching(|| segmenter.layout_on(&shape, device, precision)).map_err(to_py_err)?;
         let d = PyDict::new(py);
         d.set_item("tile", layout.plan.input_tile_shape().to_vec())?;
         d.set_item("tiles", layout.plan.len())?;

@@ -43,7 +43,7 @@ pub use error::{Error, Result};
 pub use geometry::{Blend, TilePlan};
 pub use info::{Agreement, Exactness, ModelInfo, EXACT_TOLERANCE};
 pub use metadata::{
-    Metadata, Normalization, OutputKey, OutputKind, Padding, MAX_CHANNELS, MAX_GEOMETRY, MAX_SCALE,
+    Activation, Metadata, Normalization, OutputKey, Padding, MAX_CHANNELS, MAX_GEOMETRY, MAX_SCALE,
     METADATA_ENTRY,
 };
 pub use model::Model;
@@ -61,13 +61,29 @@ pub use window::{mirrored_bounds, Window};
 /// assert!(unet_rt::parse_device("tpu").is_err());
 /// ```
 pub fn parse_device(name: &str) -> Result<Device> {
+    match parse_device_name(name)? {
+        Device::Cuda(index) => cuda_device(index, name),
+        device => Ok(device),
+    }
+}
+
+/// Parses a device name as [`parse_device`] does, without requiring the
+/// device on this machine: the device a plan is made for
+/// ([`Segmenter::layout_on`]), such as a Dask worker's GPU seen from a
+/// client without one.
+///
+/// ```
+/// assert_eq!(unet_rt::parse_device_name("cuda:3").unwrap(), unet_rt::Device::Cuda(3));
+/// assert!(unet_rt::parse_device_name("cuda:x").is_err());
+/// ```
+pub fn parse_device_name(name: &str) -> Result<Device> {
     let lower = name.trim().to_ascii_lowercase();
     match lower.as_str() {
         "cpu" => Ok(Device::Cpu),
         "auto" => Ok(Device::cuda_if_available()),
-        "cuda" | "gpu" => cuda_device(0, name),
+        "cuda" | "gpu" => Ok(Device::Cuda(0)),
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(index)) => cuda_device(index, name),
+            Some(Ok(index)) => Ok(Device::Cuda(index)),
             _ => Err(Error::InvalidArgument {
                 argument: "device",
                 message: format!(

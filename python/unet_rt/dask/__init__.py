@@ -56,7 +56,7 @@ device with ``CUDA_VISIBLE_DEVICES`` set) and keep ``device="auto"``; see
 from __future__ import annotations
 
 from ._array import image_range, segment
-from ._layout import block_depth
+from ._array_axes import block_depth
 from ._spec import ModelSpec, clear_cache, load_model
 from ._zarr import segment_to_zarr
 

@@ -15,7 +15,7 @@ from ..errors import InvalidArgumentError
 from ..model import Model
 from ._blocks import BlockPlan, dask_block
 from ._instances import block_summary, merge_summaries, relabel_block
-from ._layout import OUTPUTS, Layout, block_depth
+from ._array_axes import OUTPUTS, ArrayAxes, block_depth
 from ._normalize import StatsPlan, block_stats, combine_stats, finish_stats
 from ._spec import ResolvedModel, resolve_model
 from ._tiling import fitted_chunks
@@ -112,19 +112,19 @@ def segment(
     _check_dtype(x.dtype)
     resolved = resolve_model(model, device, precision)
     info = resolved.info
-    layout = Layout.of(x.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
+    array_axes = ArrayAxes.of(x.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
     padded, dask_boundary = _boundary(boundary)
-    canon = layout.to_canonical(x)
+    canon = array_axes.to_canonical(x)
     planner, tiling = resolved.plan(canon.shape[2:], block_depth(info) if padded else 0,
-                                    _tile(tile, layout.spatial_dims), batch_size, memory_budget)
+                                    _tile(tile, array_axes.spatial_dims), batch_size, memory_budget)
     spatial_chunks, depth = fitted_chunks(planner, tiling, canon.chunks[2:])
     chunks = (canon.chunks[0], (canon.shape[1],)) + spatial_chunks
     if chunks != canon.chunks:
         canon = canon.rechunk(chunks)
-    ranges = _ranges(canon, resolved, normalize, layout)
+    ranges = _ranges(canon, resolved, normalize, array_axes)
     engine_output = "labels" if output == "instances" else output
     plan = BlockPlan(
-        spatial_dims=layout.spatial_dims,
+        spatial_dims=array_axes.spatial_dims,
         output=engine_output,
         tiling=tiling,
         depth=depth,
@@ -161,7 +161,7 @@ def segment(
     )
     if output == "instances":
         result = instances(result)
-    return result if layout.batched else result[0]
+    return result if array_axes.batched else result[0]
 
 
 def instances(labels: da.Array) -> da.Array:
@@ -214,13 +214,13 @@ def image_range(arr: Any, model: ModelArg = None, *, axes: Optional[str] = None)
     _check_dtype(x.dtype)
     resolved = resolve_model(model, "cpu", "fp32")
     info = resolved.info
-    layout = Layout.of(x.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
+    array_axes = ArrayAxes.of(x.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
     if resolved.percentiles is None:
         raise InvalidArgumentError(
             f"invalid model: its normalization is {resolved.normalization!r}, which needs no image statistics"
         )
-    ranges = np.asarray(lazy_ranges(layout.to_canonical(x), resolved.percentiles).compute())
-    return ranges if layout.batched else ranges[0]
+    ranges = np.asarray(lazy_ranges(array_axes.to_canonical(x), resolved.percentiles).compute())
+    return ranges if array_axes.batched else ranges[0]
 
 
 def lazy_ranges(canon: da.Array, percentiles: Tuple[float, float]) -> Any:
@@ -289,7 +289,7 @@ def _boundary(boundary: Union[str, float]) -> Tuple[bool, Any]:
     raise InvalidArgumentError(f"invalid boundary: {boundary!r}")
 
 
-def _ranges(canon: da.Array, resolved: ResolvedModel, normalize: Normalize, layout: Layout) -> Any:
+def _ranges(canon: da.Array, resolved: ResolvedModel, normalize: Normalize, array_axes: ArrayAxes) -> Any:
     """``None`` (the engine normalizes each block itself), or a Delayed
     ``(images, 2)`` array of ``(low, high)`` for the blocks to apply."""
     if resolved.percentiles is None:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from ..errors import InvalidArgumentError, ModelNotFoundError
-from ..model import DEFAULT_PRECISION, Model, bundled_model_path
-from ._tiling import Tiling, local_model, plan_tiling, planning_model
+from .. import _cache
+from ..model import DEFAULT_PRECISION, Model, bundled_model_path, cached_model
+from ._tiling import Tiling, plan_tiling
 
 __all__ = ["ModelSpec", "load_model", "clear_cache"]
 
@@ -65,14 +64,12 @@ class ModelSpec:
         return self.source.startswith(_BYTES_PREFIX)
 
 
-_CACHE: "OrderedDict[ModelSpec, Model]" = OrderedDict()
-_CACHE_LOCK = threading.Lock()
-_CACHE_SIZE = 4
 _LOADS: Dict[ModelSpec, int] = {}
 
 
 def load_model(spec: ModelSpec, data: Optional[bytes] = None) -> Model:
-    """The model of ``spec``, loaded on first use in this process and cached.
+    """The model of ``spec``, loaded on first use in this process and cached
+    (in the cache ``unet_rt.segment`` uses).
 
     ``data`` is the archive for specs made with :meth:`ModelSpec.of_bytes`
     (ignored for paths). Worker processes call this in every task; only the
@@ -82,31 +79,22 @@ def load_model(spec: ModelSpec, data: Optional[bytes] = None) -> Model:
     >>> load_model(spec) is load_model(spec)
     True
     """
-    with _CACHE_LOCK:
-        model = _CACHE.get(spec)
-        if model is not None:
-            _CACHE.move_to_end(spec)
-            return model
-        # Loading under the lock: concurrent tasks of one worker wait for one
-        # load instead of each loading the weights.
-        model = _load(spec, data)
+
+    def load() -> Model:
         _LOADS[spec] = _LOADS.get(spec, 0) + 1
-        _CACHE[spec] = model
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-        return model
+        return _load(spec, data)
+
+    return _cache.cached(("dask", spec), load)
 
 
 def clear_cache() -> None:
     """Drops the models this process has cached (frees their device memory)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    _cache.clear()
 
 
 def load_counts() -> Dict[str, int]:
     """How many times this process loaded each spec (a diagnostic for tests)."""
-    with _CACHE_LOCK:
-        return {f"{s.source}|{s.device}|{s.precision}": n for s, n in _LOADS.items()}
+    return {f"{s.source}|{s.device}|{s.precision}": n for s, n in list(_LOADS.items())}
 
 
 def _load(spec: ModelSpec, data: Optional[bytes]) -> Model:
@@ -140,13 +128,11 @@ class ResolvedModel:
     def plan(self, spatial: Sequence[int], pad: int, tile: Optional[Sequence[int]], batch_size: Optional[int],
              memory_budget: Optional[int]) -> Tuple[Model, Tiling]:
         """The whole array's tiling as the workers' device and precision
-        would choose it (see :func:`unet_rt.dask._tiling.planning_model`),
-        and the model on this machine that planned it (for the blocks'
-        context)."""
-        source = self.data if self.data is not None else self.spec.source
-        planner, default_budget = planning_model(self.local, self.spec.device, self.spec.precision, source)
-        budget = memory_budget if memory_budget is not None else default_budget
-        return planner, plan_tiling(planner, spatial, pad, tile, batch_size, budget)
+        would choose it, and the model on this machine that planned it (for
+        the blocks' context)."""
+        tiling = plan_tiling(self.local, spatial, pad, tile, batch_size, memory_budget, self.spec.device,
+                             self.spec.precision)
+        return self.local, tiling
 
 
 def resolve_model(model: Union[Model, str, "os.PathLike[str]", None], device: str = "auto",
@@ -159,16 +145,16 @@ def resolve_model(model: Union[Model, str, "os.PathLike[str]", None], device: st
     data: Optional[bytes] = None
     if isinstance(model, Model):
         _, (source, own_device, own_precision) = model.__reduce__()
-        same = device in ("auto", own_device) and precision in (None, own_precision)
         device = own_device if device == "auto" else device
         precision = own_precision if precision is None else precision
         if isinstance(source, bytes):
             spec, data = ModelSpec.of_bytes(source, device, precision), source
         else:
             spec = ModelSpec.of(source, device, precision)
-        local = model if same else local_model(spec.source if data is None else data, "cpu", "fp32")
+        # Geometry and plans do not depend on where the model runs.
+        local = model
     else:
         spec = ModelSpec.of(model, device, DEFAULT_PRECISION if precision is None else precision)
-        local = local_model(spec.source, "cpu", "fp32")
+        local = cached_model(spec.source, "cpu", "fp32")
     normalization = dict((local.metadata or {}).get("normalization") or {"kind": "none"})
     return ResolvedModel(spec, dict(local.info), normalization, local, data)

@@ -18,11 +18,10 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import _unet_rt
 from .._window import Window
-from ..model import Model, _cached_model
+from ..model import Model
 
-__all__ = ["Tiling", "plan_tiling", "grid_chunks", "fitted_chunks", "block_shape", "planning_model", "local_model"]
+__all__ = ["Tiling", "plan_tiling", "grid_chunks", "fitted_chunks", "block_shape"]
 
 
 @dataclass(frozen=True)
@@ -91,33 +90,6 @@ class Tiling:
         return self.region(start, stop).at(origin), tuple(index)
 
 
-def planning_model(model: Model, device: str, precision: str, source: object) -> Tuple[Model, Optional[int]]:
-    """A model on this machine that plans tiles as the workers' ``device``
-    and ``precision`` would, and the memory budget to plan with.
-
-    Tiles depend on the device only through its default memory budget and
-    on the precision only through the bytes per value, so a client without
-    the workers' GPU plans on its CPU with the GPU's budget. ``model`` is
-    used as it is when it already runs where the workers will."""
-    target = device
-    if device == "auto":
-        target = "cuda" if _unet_rt.build_info()["cuda_available"] else "cpu"
-    if not target.startswith("cuda"):
-        if model.device == "cpu" and precision == model.precision:
-            return model, None
-        return local_model(source, "cpu", precision), None  # "auto" resolves as on a CPU worker
-    if model.device.startswith("cuda"):
-        return model, None
-    return local_model(source, "cpu", "fp32" if precision == "fp32" else "bf16"), int(_unet_rt.DEFAULT_CUDA_BUDGET)
-
-
-def local_model(source: object, device: str, precision: str) -> Model:
-    """The model of a path (cached in this process) or of archive bytes."""
-    if isinstance(source, bytes):
-        return Model.from_bytes(source, device, precision)
-    return _cached_model(source, device, precision)  # type: ignore[arg-type]
-
-
 def plan_tiling(
     planner: Model,
     spatial: Sequence[int],
@@ -125,12 +97,16 @@ def plan_tiling(
     tile: Optional[Sequence[int]],
     batch_size: Optional[int],
     memory_budget: Optional[int],
+    device: str,
+    precision: str,
 ) -> Tiling:
     """The tiling ``unet_rt.segment`` would choose for the whole (padded)
-    array of spatial shape ``spatial`` with these options."""
+    array of spatial shape ``spatial`` with these options on the workers'
+    ``device`` in their ``precision`` (planned here by the engine, see
+    :meth:`unet_rt.Model.layout`)."""
     image = tuple(int(n) + 2 * pad for n in spatial)
     layout = planner.layout(image, tile=list(tile) if tile is not None else None, batch_size=batch_size,
-                            memory_budget=memory_budget)
+                            memory_budget=memory_budget, device=device, precision=precision)
     return Tiling(
         image=image,
         pad=(int(pad),) * len(image),

@@ -30,7 +30,7 @@ from ..errors import InvalidArgumentError
 from ._array import ModelArg, Normalize, _check_dtype, _tile, check_normalize, given_ranges, tree_reduce
 from ._blocks import BlockPlan, segment_block
 from ._instances import block_summary, merge_summaries, relabel_block
-from ._layout import OUTPUTS, Layout
+from ._array_axes import OUTPUTS, ArrayAxes
 from ._normalize import StatsPlan, block_stats, combine_stats, finish_stats
 from ._spec import ModelSpec, ResolvedModel, load_model, resolve_model
 from ._tiling import Tiling, block_shape
@@ -52,7 +52,7 @@ class _Job:
     source: Any
     target: Any
     done: Any
-    layout: Layout
+    array_axes: ArrayAxes
     plan: BlockPlan
     spec: ModelSpec
     block: Tuple[int, ...]
@@ -67,10 +67,10 @@ class _Job:
     def read(self, b: int, start: Sequence[int], stop: Sequence[int]) -> np.ndarray:
         """The canonical window ``(1, c, spatial...)`` of image ``b`` read from the source."""
         window = (slice(b, b + 1), slice(0, self.shape[1])) + tuple(slice(s, e) for s, e in zip(start, stop))
-        return self.layout.to_canonical(np.asarray(self.source[self.layout.user_slices(window)]))
+        return self.array_axes.to_canonical(np.asarray(self.source[self.array_axes.user_slices(window)]))
 
     def out_index(self, b: int, start: Sequence[int], stop: Sequence[int], channels: bool) -> Tuple[slice, ...]:
-        lead = (slice(b, b + 1),) if self.layout.batched else ()
+        lead = (slice(b, b + 1),) if self.array_axes.batched else ()
         return lead + ((slice(None),) if channels else ()) + tuple(slice(s, e) for s, e in zip(start, stop))
 
 
@@ -85,7 +85,7 @@ def _segment_task(job: _Job, index: Tuple[int, ...], ranges: Optional[np.ndarray
     window = tiling.region(start, stop).at(first)
     result = segment_block(model, job.read(index[0], first, end), window, job.plan, rows)
     job.target[job.out_index(index[0], start, stop, result.ndim > 1 + job.plan.spatial_dims)] = (
-        result if job.layout.batched else result[0]
+        result if job.array_axes.batched else result[0]
     )
     job.done[index] = 1  # after the data, never before
     return 1
@@ -207,9 +207,9 @@ def segment_to_zarr(
     _check_dtype(src.dtype)
     resolved = resolve_model(model, device, precision)
     info = resolved.info
-    layout = Layout.of(src.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
-    shape = layout.canonical_shape(src.shape)
-    _, tiling = resolved.plan(shape[2:], 0, _tile(tile, layout.spatial_dims), batch_size, memory_budget)
+    array_axes = ArrayAxes.of(src.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
+    shape = array_axes.canonical_shape(src.shape)
+    _, tiling = resolved.plan(shape[2:], 0, _tile(tile, array_axes.spatial_dims), batch_size, memory_budget)
     engine_output = "labels" if output == "instances" else output
     mode = "a" if resume else "w"
     if isinstance(destination, zarr.Group):
@@ -221,7 +221,7 @@ def segment_to_zarr(
         "output": output,
         "model_sha256": _model_digest(resolved),
         "precision": resolved.spec.precision,
-        "axes": layout.axes,
+        "axes": array_axes.axes,
         "source_shape": [int(s) for s in src.shape],
         "tile": list(tiling.tile),
         "batch_size": tiling.batch_size,
@@ -239,20 +239,20 @@ def segment_to_zarr(
                 f"choose an empty destination or pass resume=False to overwrite it"
             )
         blocks, spatial_chunks, spatial_shards = _choose_blocks(block, chunks, shards, shape[2:], tiling)
-    plan = BlockPlan(spatial_dims=layout.spatial_dims, output=engine_output, tiling=tiling, memory_budget=memory_budget)
+    plan = BlockPlan(spatial_dims=array_axes.spatial_dims, output=engine_output, tiling=tiling, memory_budget=memory_budget)
     out_channels = int(info["out_channels"])
     dtype = np.dtype(np.float32) if engine_output != "labels" else np.dtype(np.uint16 if out_channels > 256 else np.uint8)
-    target = _array(group, engine_output, layout.output_shape(shape, engine_output, out_channels), dtype,
-                    layout, spatial_chunks, spatial_shards, previous)
-    spatial_chunks = tuple(target.chunks[-layout.spatial_dims :])
-    spatial_shards = None if target.shards is None else tuple(target.shards[-layout.spatial_dims :])
+    target = _array(group, engine_output, array_axes.output_shape(shape, engine_output, out_channels), dtype,
+                    array_axes, spatial_chunks, spatial_shards, previous)
+    spatial_chunks = tuple(target.chunks[-array_axes.spatial_dims :])
+    spatial_shards = None if target.shards is None else tuple(target.shards[-array_axes.spatial_dims :])
     numblocks = (shape[0],) + tuple(math.ceil(n / b) for n, b in zip(shape[2:], blocks))
     done = _markers(group, "_done_" + engine_output, numblocks)
     if not previous:
         group.attrs[_ATTRS] = {**config, "block": list(blocks), "ranges": None}
     runner = _Runner(client, progress)
-    ranges = _ranges(group, resolved, normalize, layout, shape, blocks, runner, src, plan)
-    job = _Job(src, target, done, layout, plan, resolved.spec, blocks, shape)
+    ranges = _ranges(group, resolved, normalize, array_axes, shape, blocks, runner, src, plan)
+    job = _Job(src, target, done, array_axes, plan, resolved.spec, blocks, shape)
     runner.run(
         _segment_task,
         [((job, index), {}) for index in _todo(done, numblocks)],
@@ -263,24 +263,24 @@ def segment_to_zarr(
     )
     if output != "instances":
         return target
-    return _instances(group, target, layout, shape, blocks, numblocks, spatial_chunks, spatial_shards, previous, runner)
+    return _instances(group, target, array_axes, shape, blocks, numblocks, spatial_chunks, spatial_shards, previous, runner)
 
 
-def _instances(group, labels, layout, shape, blocks, numblocks, spatial_chunks, spatial_shards, previous, runner) -> Any:
-    target = _array(group, "instances", layout.output_shape(shape, "instances", 0), np.dtype(np.uint32),
-                    layout, spatial_chunks, spatial_shards, previous)
+def _instances(group, labels, array_axes, shape, blocks, numblocks, spatial_chunks, spatial_shards, previous, runner) -> Any:
+    target = _array(group, "instances", array_axes.output_shape(shape, "instances", 0), np.dtype(np.uint32),
+                    array_axes, spatial_chunks, spatial_shards, previous)
     done = _markers(group, "_done_instances", numblocks)
     todo = _todo(done, numblocks)
     if not todo:
         return target
     label_shape = (shape[0],) + tuple(shape[2:])
     indices = list(np.ndindex(*numblocks))
-    summaries = runner.map(_summary_task, [((labels, layout.batched, idx, blocks, label_shape), {}) for idx in indices],
+    summaries = runner.map(_summary_task, [((labels, array_axes.batched, idx, blocks, label_shape), {}) for idx in indices],
                            desc="unet_rt merge")
     keys, values = runner.call(merge_summaries, summaries, numblocks, label_shape)
     runner.run(
         _relabel_task,
-        [((labels, target, done, layout.batched, index, blocks, label_shape), {}) for index in todo],
+        [((labels, target, done, array_axes.batched, index, blocks, label_shape), {}) for index in todo],
         shared={"keys": keys, "values": values},
         total=len(indices),
         desc="unet_rt instances",
@@ -343,15 +343,15 @@ def _choose_blocks(
     return blocks, chunk or blocks, shard
 
 
-def _array(group, name, shape, dtype, layout, spatial_chunks, spatial_shards, previous) -> Any:
+def _array(group, name, shape, dtype, array_axes, spatial_chunks, spatial_shards, previous) -> Any:
     if previous and name in group:
         array = group[name]
         if tuple(array.shape) != tuple(shape) or array.dtype != dtype:
             raise InvalidArgumentError(f"invalid destination: {name} has shape {array.shape} and dtype {array.dtype}, "
                                        f"expected {shape} and {dtype}; pass resume=False to start over")
         return array
-    lead = len(shape) - layout.spatial_dims
-    head = tuple(1 if (layout.batched and i == 0) else int(shape[i]) for i in range(lead))
+    lead = len(shape) - array_axes.spatial_dims
+    head = tuple(1 if (array_axes.batched and i == 0) else int(shape[i]) for i in range(lead))
     chunks = head + tuple(spatial_chunks)
     shards = None if spatial_shards is None else head + tuple(spatial_shards)
     return group.create_array(name, shape=tuple(shape), dtype=dtype, chunks=chunks, shards=shards, fill_value=0, overwrite=True)
@@ -369,7 +369,7 @@ def _todo(done: Any, numblocks: Tuple[int, ...]) -> List[Tuple[int, ...]]:
     return [tuple(int(i) for i in idx) for idx in np.ndindex(*numblocks) if not marks[idx]]
 
 
-def _ranges(group, resolved, normalize, layout, shape, blocks, runner, src, plan) -> Optional[np.ndarray]:
+def _ranges(group, resolved, normalize, array_axes, shape, blocks, runner, src, plan) -> Optional[np.ndarray]:
     if resolved.percentiles is None or (isinstance(normalize, str) and normalize == "block"):
         return None
     if not isinstance(normalize, str):
@@ -378,7 +378,7 @@ def _ranges(group, resolved, normalize, layout, shape, blocks, runner, src, plan
     if stored is not None:
         return np.asarray(stored, np.float64)
     stats_plan = StatsPlan(tuple(int(s) for s in shape[1:]), str(src.dtype), *resolved.percentiles)
-    job = _Job(src, None, None, layout, plan, resolved.spec, blocks, shape)
+    job = _Job(src, None, None, array_axes, plan, resolved.spec, blocks, shape)
     numblocks = (shape[0],) + tuple(math.ceil(n / b) for n, b in zip(shape[2:], blocks))
     parts = [((job, idx, stats_plan), {}) for idx in np.ndindex(*numblocks)]
     combined = runner.reduce(_stats_task, parts, lambda *group: combine_stats(stats_plan, *group), desc="unet_rt statistics")

@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::geometry::TilePlan;
 use crate::memory;
 use crate::metadata::Padding;
+use crate::precision::Precision;
 
 impl Segmenter {
     /// The tiling for an image of spatial shape `image`.
@@ -17,16 +18,33 @@ impl Segmenter {
     /// for tiles and batches whose buffers this machine cannot hold (checked
     /// before anything is allocated; the message gives the size needed).
     pub fn layout(&self, image: &[usize]) -> Result<Layout> {
+        self.layout_on(image, self.model.device(), self.model.precision())
+    }
+
+    /// The tiling a segmenter with this model and these options would use
+    /// on `device` in `precision`, without loading anything there: tiles
+    /// follow the device only through its default memory budget (and the
+    /// memory check, which counts activations on the CPU only), and the
+    /// precision only through the bytes per value. A Dask client without
+    /// the workers' GPU plans their tiles with this.
+    ///
+    /// # Errors
+    /// As [`Self::layout`]; [`Error::InvalidArgument`](crate::Error::InvalidArgument)
+    /// for fp16 on the CPU.
+    pub fn layout_on(
+        &self,
+        image: &[usize],
+        device: Device,
+        precision: Precision,
+    ) -> Result<Layout> {
+        let precision = precision.resolve(device)?;
         let info = self.model.info();
         let halo = info.effective_halo();
-        let element_bytes = self.model.precision().kind().elt_size_in_bytes();
-        let budget = self
-            .options
-            .memory_budget
-            .unwrap_or(match self.model.device() {
-                Device::Cuda(_) => DEFAULT_CUDA_BUDGET,
-                _ => DEFAULT_CPU_BUDGET,
-            });
+        let element_bytes = precision.kind().elt_size_in_bytes();
+        let budget = self.options.memory_budget.unwrap_or(match device {
+            Device::Cuda(_) => DEFAULT_CUDA_BUDGET,
+            _ => DEFAULT_CPU_BUDGET,
+        });
         let tile = match &self.options.tile {
             Some(t) => t.clone(),
             None if self.options.whole => {
@@ -56,7 +74,7 @@ impl Segmenter {
                 .collect(),
         };
         let layout = self.layout_with_tile(image, tile, budget, element_bytes)?;
-        self.check_memory(&layout)?;
+        self.check_memory(&layout, device, element_bytes)?;
         Ok(layout)
     }
 
@@ -65,7 +83,12 @@ impl Segmenter {
     /// estimated activations of its forward pass. Above physical memory a
     /// pass would fail to allocate or, with overcommit, get the process
     /// killed; refusing it first gives an error that says what to change.
-    pub(super) fn check_memory(&self, layout: &Layout) -> Result<()> {
+    pub(super) fn check_memory(
+        &self,
+        layout: &Layout,
+        device: Device,
+        element: usize,
+    ) -> Result<()> {
         let info = self.model.info();
         let pixels = layout
             .plan
@@ -73,13 +96,12 @@ impl Segmenter {
             .iter()
             .fold(1u128, |n, &t| n.saturating_mul(t as u128));
         let batch = layout.batch_size as u128;
-        let element = self.model.precision().kind().elt_size_in_bytes();
         // Saturating: a 3-D tile of 2^20 per axis times a huge batch exceeds
         // even u128, and "more than can be counted" is still "too much".
         let per_pixel = |bytes: usize| pixels.saturating_mul(batch).saturating_mul(bytes as u128);
         let host = per_pixel(4 * (info.in_channels + info.out_channels));
         let activations = per_pixel(plan::bytes_per_pixel(info, element));
-        let need = match self.model.device() {
+        let need = match device {
             Device::Cuda(_) => host,
             _ => host.saturating_add(activations),
         };

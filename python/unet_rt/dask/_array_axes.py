@@ -12,20 +12,20 @@ import numpy as np
 from .._axes import arrange
 from ..errors import InvalidArgumentError
 
-__all__ = ["Layout", "block_depth", "OUTPUTS"]
+__all__ = ["ArrayAxes", "block_depth", "OUTPUTS"]
 
 OUTPUTS = ("labels", "probabilities", "raw", "instances")
 _SPATIAL = {2: "yx", 3: "zyx"}
 
 
 @dataclass(frozen=True)
-class Layout:
+class ArrayAxes:
     """How an array with named ``axes`` maps onto the canonical layout
     ``(b, c, spatial...)`` in which blocks are cut and segmented, with the
     same rules as :meth:`unet_rt.Model.segment` (spatial axes in
     ``"zyx"`` order, results channel-first).
 
-    >>> lay = Layout.of((300, 400, 3), "yxc", spatial_dims=2, in_channels=3)
+    >>> lay = ArrayAxes.of((300, 400, 3), "yxc", spatial_dims=2, in_channels=3)
     >>> lay.canonical_shape((300, 400, 3)), lay.batched
     ((1, 3, 300, 400), False)
     >>> lay.user_slices((slice(0, 1), slice(0, 3), slice(10, 20), slice(5, 9)))
@@ -36,7 +36,7 @@ class Layout:
     spatial_dims: int
 
     @classmethod
-    def of(cls, shape: Sequence[int], axes: Optional[str], spatial_dims: int, in_channels: int) -> "Layout":
+    def of(cls, shape: Sequence[int], axes: Optional[str], spatial_dims: int, in_channels: int) -> "ArrayAxes":
         """Checks ``axes`` against ``shape`` (inferring them when ``None``)."""
         probe = np.broadcast_to(np.zeros((), np.uint8), tuple(int(s) for s in shape))
         view, _, used = arrange(probe, axes, spatial_dims, in_channels)
