@@ -36,7 +36,7 @@ class Model:
     def forward(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
     def segment(
         self,
-        image: npt.NDArray[Any],
+        image: npt.NDArray[Any],  # a batch (N, C, spatial...); the result is (N, ...)
         output: str = "labels",
         tile: Union[int, Sequence[int], str, None] = None,
         batch_size: Optional[int] = None,
@@ -45,7 +45,7 @@ class Model:
         progress: Optional[Callable[[int, int], object]] = None,
         blend: str = "crop",
         window: Optional[Tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int]]] = None,
-        input_range: Optional[Tuple[float, float]] = None,
+        input_range: Optional[Sequence[Tuple[float, float]]] = None,
         nonfinite: str = "raise",
     ) -> npt.NDArray[Any]: ...
     def layout(

@@ -354,32 +354,18 @@ class Model:
         if out is not None:
             if tuple(out.shape) != tuple(shape):
                 raise InvalidArgumentError(f"invalid out: has shape {out.shape}, the result has shape {tuple(shape)}")
-        images = view if batched else view[:1]
-        if out is None and batched:
+        else:
             # One array for the whole batch, checked against memory before
-            # any image is segmented (and no second copy from stacking).
+            # any image is segmented.
             out = self._inner.result_array(shape, output)
-        # Only a progress report needs the tile count: keep the plain call free of it.
-        wants_progress = progress is not None and progress is not False
-        per_image = self._tiles(view.shape[2:], tile, batch_size, memory_budget, piece.window) if wants_progress else 0
-        with _Progress(progress, per_image * images.shape[0]) as report:
-            results = []
-            for i in range(images.shape[0]):
-                target = None if out is None else (out[i] if batched else out)
-                # The engine counts tiles per image; the bar counts them all.
-                callback = None if report is None else (lambda done, _total, base=i * per_image: report(base + done))
-                results.append(self._inner.segment(images[i], output, tile, batch_size, memory_budget, target, callback,
-                                                   blend, piece.engine_window, piece.range(i), nonfinite))
-        return out if out is not None else results[0]
-
-    def _tiles(self, spatial: Sequence[int], tile, batch_size, memory_budget, window: Optional[Window] = None) -> int:
-        if window is None:
-            return int(self._inner.layout(tuple(spatial), tile, batch_size, memory_budget)["tiles"])
-        layout = self._inner.layout(window.image, tile, batch_size, memory_budget)
-        count = 1
-        for start, size, stride, grid in zip(window.start, window.shape, layout["stride"], layout["grid"]):
-            count *= min((start + size - 1) // stride, grid - 1) - min(start // stride, grid - 1) + 1
-        return count
+        # The engine segments the batch (N, C, spatial...) in one call, each
+        # image straight into its part of the result, and counts the tiles
+        # of the whole batch.
+        images, target = (view, out) if batched else (view[:1], out[None])
+        with _Progress(progress) as report:
+            self._inner.segment(images, output, tile, batch_size, memory_budget, target, report, blend,
+                                piece.engine_window, piece.ranges, nonfinite)
+        return out
 
     def __repr__(self) -> str:
         return f"Model(path={self.path!r}, device={self.device!r}, precision={self.precision!r})"
@@ -391,13 +377,7 @@ class _Piece:
     def __init__(self, window: Optional[Window], ranges: Optional[np.ndarray]) -> None:
         self.window = window
         self.engine_window = None if window is None else window.as_tuple()
-        self._ranges = ranges
-
-    def range(self, i: int) -> Optional[Tuple[float, float]]:
-        if self._ranges is None:
-            return None
-        low, high = self._ranges[i]
-        return float(low), float(high)
+        self.ranges = None if ranges is None else [(float(low), float(high)) for low, high in ranges]
 
 
 def _ranges(input_range: Any, images: int, batched: bool) -> Optional[np.ndarray]:
@@ -448,25 +428,29 @@ def _check_image(image: Any) -> np.ndarray:
 
 
 class _Progress:
-    """Turns the ``progress`` argument into ``report(tiles_done)``, closing
-    the bar at the end."""
+    """Turns the ``progress`` argument into the engine's ``report(done,
+    total)`` (tiles of the whole call), closing the bar at the end."""
 
-    def __init__(self, progress: ProgressArg, total: int) -> None:
-        self._arg, self._total, self._bar = progress, total, None
+    def __init__(self, progress: ProgressArg) -> None:
+        self._arg, self._bar = progress, None
 
-    def __enter__(self) -> Optional[Callable[[int], None]]:
+    def __enter__(self) -> Optional[Callable[[int, int], None]]:
         if self._arg is None or self._arg is False:
             return None
-        total = self._total
         if callable(self._arg):
-            user = self._arg
-            return lambda done: user(done, total)
+            return self._arg
         try:
             from tqdm.auto import tqdm
         except ImportError:
-            return lambda done: print(f"\runet_rt: {done}/{total} tiles", end="\n" if done == total else "", file=sys.stderr)
-        bar = self._bar = tqdm(total=total, unit="tile", desc="unet_rt")
-        return lambda done: bar.update(done - bar.n)
+            return lambda done, total: print(f"\runet_rt: {done}/{total} tiles", end="\n" if done == total else "",
+                                             file=sys.stderr)
+
+        def report(done: int, total: int) -> None:
+            if self._bar is None:
+                self._bar = tqdm(total=total, unit="tile", desc="unet_rt")
+            self._bar.update(done - self._bar.n)
+
+        return report
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:

@@ -182,8 +182,10 @@ impl Model {
         Ok(PyArrayDyn::from_owned_array(py, output))
     }
 
-    /// Segments an image laid out `(C, spatial...)`: see `unet_rt.Model.segment`.
-    /// `window` is `(image, origin, start, shape)`, see `unet_rt.Window`.
+    /// Segments a batch of images laid out `(N, C, spatial...)` into a result
+    /// `(N, ...)` in one engine call: see `unet_rt.Model.segment`. `window`
+    /// is `(image, origin, start, shape)`, see `unet_rt.Window`;
+    /// `input_range` is one `(low, high)` per image.
     /// `nonfinite` is `"raise"` (NaN or infinity in the network's input or
     /// output is an error) or `"propagate"`.
     #[pyo3(signature = (image, output = None, tile = None, batch_size = None, memory_budget = None, out = None, progress = None, blend = None, window = None, input_range = None, nonfinite = None))]
@@ -200,7 +202,7 @@ impl Model {
         progress: Option<Py<PyAny>>,
         blend: Option<&Bound<'py, PyAny>>,
         window: Option<&Bound<'py, PyAny>>,
-        input_range: Option<(f64, f64)>,
+        input_range: Option<Vec<(f64, f64)>>,
         nonfinite: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let cancel = Arc::new(AtomicBool::new(false));
@@ -246,12 +248,11 @@ impl Model {
                 .filter(|w| !w.is_none())
                 .map(args::window)
                 .transpose()?,
-            input_range,
             nonfinite,
             ..sizing(&self.inner, tile, batch_size, memory_budget)?
         };
         let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;
-        let result = segment(py, &segmenter, image, out, &cancel);
+        let result = segment(py, &segmenter, image, out, input_range.as_deref(), &cancel);
         // An exception from the progress callback is the real cause of a cancel.
         if let Some(err) = failure.lock().ok().and_then(|mut slot| slot.take()) {
             return Err(err);

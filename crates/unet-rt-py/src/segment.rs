@@ -35,13 +35,15 @@ pub(crate) fn progress_callback(
     })
 }
 
-/// Segments `image` (already arranged `(C, spatial...)` by the Python layer)
-/// into `out` or a new array.
+/// Segments a batch of images (arranged `(N, C, spatial...)` by the Python
+/// layer) into `out` or a new array `(N, ...)`; `ranges`: one input range
+/// per image.
 pub(crate) fn segment<'py>(
     py: Python<'py>,
     segmenter: &Segmenter,
     image: &Bound<'py, PyAny>,
     out: Option<&Bound<'py, PyAny>>,
+    ranges: Option<&[(f64, f64)]>,
     cancel: &Arc<AtomicBool>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let info = segmenter.model().info();
@@ -56,13 +58,13 @@ pub(crate) fn segment<'py>(
     let element =
         out_dtype.unwrap_or_else(|| natural_element(segmenter.options().output, info).to_owned());
     match element.as_str() {
-        "uint8" => by_input::<u8>(py, segmenter, image, out, cancel),
-        "uint16" => by_input::<u16>(py, segmenter, image, out, cancel),
-        "float32" => by_input::<f32>(py, segmenter, image, out, cancel),
-        "float16" => by_input::<half::f16>(py, segmenter, image, out, cancel),
-        "uint32" => by_input::<u32>(py, segmenter, image, out, cancel),
-        "uint64" => by_input::<u64>(py, segmenter, image, out, cancel),
-        "int64" => by_input::<i64>(py, segmenter, image, out, cancel),
+        "uint8" => by_input::<u8>(py, segmenter, image, out, ranges, cancel),
+        "uint16" => by_input::<u16>(py, segmenter, image, out, ranges, cancel),
+        "float32" => by_input::<f32>(py, segmenter, image, out, ranges, cancel),
+        "float16" => by_input::<half::f16>(py, segmenter, image, out, ranges, cancel),
+        "uint32" => by_input::<u32>(py, segmenter, image, out, ranges, cancel),
+        "uint64" => by_input::<u64>(py, segmenter, image, out, ranges, cancel),
+        "int64" => by_input::<i64>(py, segmenter, image, out, ranges, cancel),
         other => Err(invalid(
             "out",
             format!(
@@ -78,12 +80,13 @@ fn by_input<'py, U: OutputElement + Element>(
     segmenter: &Segmenter,
     image: &Bound<'py, PyAny>,
     out: Option<&Bound<'py, PyAny>>,
+    ranges: Option<&[(f64, f64)]>,
     cancel: &Arc<AtomicBool>,
 ) -> PyResult<Bound<'py, PyAny>> {
     macro_rules! try_input {
         ($($t:ty),*) => {$(
             if let Ok(array) = image.cast::<PyArrayDyn<$t>>() {
-                return run::<$t, U>(py, segmenter, array, out, cancel);
+                return run::<$t, U>(py, segmenter, array, out, ranges, cancel);
             }
         )*};
     }
@@ -122,6 +125,7 @@ fn run<'py, T: Pixel + Element, U: OutputElement + Element>(
     segmenter: &Segmenter,
     image: &Bound<'py, PyArrayDyn<T>>,
     out: Option<&Bound<'py, PyAny>>,
+    ranges: Option<&[(f64, f64)]>,
     cancel: &Arc<AtomicBool>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let input = image
@@ -132,7 +136,12 @@ fn run<'py, T: Pixel + Element, U: OutputElement + Element>(
             .cast::<PyArrayDyn<U>>()
             .map_err(|e| invalid("out", e.to_string()))?
             .clone(),
-        None => new_result::<U>(py, segmenter.output_shape(image.shape()))?,
+        None => {
+            let shape = image.shape();
+            let mut result = vec![shape.first().copied().unwrap_or(0)];
+            result.extend(segmenter.output_shape(shape.get(1..).unwrap_or(&[])));
+            new_result::<U>(py, result)?
+        }
     };
     {
         let mut writable = result.try_readwrite().map_err(|e| {
@@ -140,7 +149,9 @@ fn run<'py, T: Pixel + Element, U: OutputElement + Element>(
         })?;
         let view = input.as_array();
         let out_view = writable.as_array_mut();
-        run_released(py, cancel, move || segmenter.segment_into(view, out_view))?;
+        run_released(py, cancel, move || {
+            segmenter.segment_batch_into(view, out_view, ranges)
+        })?;
     }
     Ok(result.into_any())
 }

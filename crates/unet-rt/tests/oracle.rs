@@ -37,6 +37,16 @@ impl Lcg {
     }
 }
 
+/// Asserts that `result` is an `InvalidArgument` naming `argument`.
+fn assert_refused<T: std::fmt::Debug>(result: Result<T, Error>, argument: &str) {
+    match result {
+        Err(Error::InvalidArgument {
+            argument: named, ..
+        }) if named == argument => {}
+        other => panic!("expected an invalid {argument}, got {other:?}"),
+    }
+}
+
 fn softmax(raw: &ArrayD<f32>) -> ArrayD<f32> {
     let max = raw.fold_axis(Axis(0), f32::NEG_INFINITY, |&a, &b| a.max(b));
     let exp = raw - &max.insert_axis(Axis(0));
@@ -330,21 +340,12 @@ fn bad_requests_are_refused_with_reasons() {
         .unwrap_err();
     assert!(err.to_string().contains("uint8 or uint16"), "{err}");
     let mut out = ArrayD::<u8>::zeros(IxDyn(&[30, 31]));
-    let err = seg
-        .segment_into(
+    assert_refused(
+        seg.segment_into(
             ArrayD::<f32>::zeros(IxDyn(&[1, 30, 30])).view(),
             out.view_mut(),
-        )
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::InvalidArgument {
-                argument: "out",
-                ..
-            }
         ),
-        "{err}"
+        "out",
     );
     let err = seg
         .segment::<f32, u8>(ArrayD::zeros(IxDyn(&[1, 0, 30])).view())
@@ -547,4 +548,65 @@ fn windows_refuse_missing_context_and_bad_ranges() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("takes no range"), "{err}");
+}
+
+#[test]
+fn a_batch_is_one_call_with_a_range_per_image_and_progress_over_the_batch() {
+    let model = load("tiny_valid.pt");
+    let mut rng = Lcg(23);
+    let images: Vec<ArrayD<f32>> = (0..3).map(|_| rng.image(&[1, 90, 70])).collect();
+    let views: Vec<_> = images.iter().map(|i| i.view()).collect();
+    let batch = ndarray::stack(Axis(0), &views).unwrap();
+    let ranges = [(0.0, 4095.0), (100.0, 3000.0), (0.0, 1000.0)];
+    let last = Arc::new(AtomicUsize::new(0));
+    let seen = last.clone();
+    let options = Options {
+        output: OutputMode::Raw,
+        tile: Some(vec![60, 60]),
+        progress: Some(Arc::new(move |p: Progress| {
+            seen.store(p.done * 1000 + p.total, Ordering::SeqCst);
+        })),
+        ..Options::default()
+    };
+    let seg = Segmenter::new(model.clone(), options.clone()).unwrap();
+    let mut out = ArrayD::<f32>::zeros(IxDyn(&[3, 2, 90, 70]));
+    seg.segment_batch_into(batch.view(), out.view_mut(), Some(&ranges))
+        .unwrap();
+    for (i, image) in images.iter().enumerate() {
+        let single = Segmenter::new(
+            model.clone(),
+            Options {
+                input_range: Some(ranges[i]),
+                progress: None,
+                ..options.clone()
+            },
+        )
+        .unwrap();
+        let want: ArrayD<f32> = single.segment(image.view()).unwrap();
+        assert_eq!(out.index_axis(Axis(0), i), want.view(), "image {i}");
+    }
+    let per_image = seg.layout(&[90, 70]).unwrap().plan.len();
+    assert_eq!(
+        last.load(Ordering::SeqCst),
+        3 * per_image * 1000 + 3 * per_image
+    );
+    // Without ranges each image is normalized by its own statistics.
+    seg.segment_batch_into(batch.view(), out.view_mut(), None)
+        .unwrap();
+    let own: ArrayD<f32> = seg.segment(images[2].view()).unwrap();
+    assert_eq!(out.index_axis(Axis(0), 2), own.view());
+
+    let mut two = ArrayD::<f32>::zeros(IxDyn(&[2, 2, 90, 70]));
+    assert_refused(
+        seg.segment_batch_into(batch.view(), two.view_mut(), None),
+        "out",
+    );
+    assert_refused(
+        seg.segment_batch_into(batch.view(), out.view_mut(), Some(&ranges[..2])),
+        "input_range",
+    );
+    assert_refused(
+        seg.segment_batch_into(images[0].view(), out.view_mut(), None),
+        "image",
+    );
 }

@@ -22,6 +22,7 @@ mod pipeline;
 mod plan;
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD};
 
@@ -286,6 +287,76 @@ impl Segmenter {
                 other => return other,
             }
         }
+    }
+
+    /// Segments a batch of images laid out `(N, C, spatial...)` into `out`
+    /// of shape `(N, ...)` (each image's [`Segmenter::output_shape`]), one
+    /// image after the other, each written straight into its part of `out`.
+    /// `ranges` gives each image its own `input_range` (else the options'
+    /// one, or each image's own statistics). Progress counts the tiles of
+    /// the whole batch.
+    ///
+    /// # Errors
+    /// As [`Segmenter::segment_into`], and
+    /// [`Error::InvalidArgument`] when `out` or `ranges` do not have one
+    /// entry per image.
+    pub fn segment_batch_into<T: Pixel, U: OutputElement>(
+        &self,
+        images: ArrayViewD<'_, T>,
+        mut out: ArrayViewMutD<'_, U>,
+        ranges: Option<&[(f64, f64)]>,
+    ) -> Result<()> {
+        let rank = self.model.info().spatial_dims + 2;
+        if images.ndim() != rank {
+            return Err(invalid(
+                "image",
+                format!(
+                    "a batch is (N, channels, spatial...) of rank {rank}, got shape {:?}",
+                    images.shape()
+                ),
+            ));
+        }
+        let count = images.shape()[0];
+        if out.ndim() == 0 || out.shape()[0] != count {
+            return Err(invalid(
+                "out",
+                format!(
+                    "has shape {:?}, which does not hold one result for each of the {count} images",
+                    out.shape()
+                ),
+            ));
+        }
+        if let Some(ranges) = ranges.filter(|r| r.len() != count) {
+            return Err(invalid(
+                "input_range",
+                format!("has {} rows for {count} images", ranges.len()),
+            ));
+        }
+        let images_out = images.outer_iter().zip(out.outer_iter_mut());
+        for (index, (image, target)) in images_out.enumerate() {
+            if self.cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let progress = self.options.progress.clone().map(|report| {
+                let whole: ProgressFn = Arc::new(move |p: Progress| {
+                    report(Progress {
+                        done: index.saturating_mul(p.total).saturating_add(p.done),
+                        total: count.saturating_mul(p.total),
+                    })
+                });
+                whole
+            });
+            let one = Segmenter::new(
+                self.model.clone(),
+                Options {
+                    input_range: ranges.map_or(self.options.input_range, |r| Some(r[index])),
+                    progress,
+                    ..self.options.clone()
+                },
+            )?;
+            one.segment_into(image, target)?;
+        }
+        Ok(())
     }
 
     /// [`OutputMode::Instances`]: the labels, then their connected
