@@ -289,6 +289,35 @@ def test_layout_plans_for_a_device_and_precision_this_machine_need_not_have(mode
         model.layout(shape, precision="fp8")
 
 
+def test_plan_is_the_tiling_segment_would_use_without_running_anything(model, tiny_model_path):
+    shape = (6000, 5000)
+    # A Model plans where it is loaded unless told otherwise.
+    assert unet_rt.plan(shape, model) == model.layout(shape)
+    assert unet_rt.plan(shape, model, device="cuda", precision="fp16") == model.layout(
+        shape, device="cuda", precision="fp16")
+    # A path is read once on the CPU; the plan is the device's.
+    got = unet_rt.plan(shape, tiny_model_path, device="cuda:1", precision="bf16", tile=204)
+    assert got == model.layout(shape, device="cuda:1", precision="bf16", tile=204)
+    assert got["tile"] == [204, 204]
+    with pytest.raises(TypeError, match="model"):
+        unet_rt.plan(shape, 5)
+    with pytest.raises(TypeError, match="tiles"):
+        unet_rt.plan(shape, model, tiles=3)
+
+
+def test_needed_inputs_equal_needed_input_window_by_window(model):
+    windows = [unet_rt.Window(image=image, start=start, shape=shape)
+               for image, start, shape in [((500, 300), (0, 0), (44, 300)), ((500, 300), (88, 40), (100, 70)),
+                                           ((90, 1000), (10, 900), (80, 100)), ((500, 300), (456, 0), (44, 300))]]
+    want = [model.needed_input(w, tile=84, batch_size=2) for w in windows]
+    assert model.needed_inputs(windows, tile=84, batch_size=2) == want
+    assert model.needed_inputs([]) == []
+    with pytest.raises(unet_rt.InvalidArgumentError, match="windows"):
+        model.needed_inputs(windows[0])
+    with pytest.raises(unet_rt.InvalidArgumentError, match="windows"):
+        model.needed_inputs([windows[0], (1, 2)])
+
+
 def test_an_exception_in_the_progress_callback_stops_the_call(model):
     def boom(done, total):
         raise RuntimeError("stop here")

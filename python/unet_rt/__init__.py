@@ -27,7 +27,7 @@ from .errors import (
     UnetRtIOError,
 )
 from ._window import Window
-from .model import DEFAULT_PRECISION, Model, bundled_model_path, segment
+from .model import DEFAULT_PRECISION, Model, bundled_model_path, plan, segment
 
 __version__: str = _unet_rt.__version__
 
@@ -37,6 +37,7 @@ __all__ = [
     "bundled_model_path",
     "DEFAULT_PRECISION",
     "segment",
+    "plan",
     "Model",
     "Window",
     "CancelledError",

@@ -57,13 +57,13 @@ class Model:
         device: Optional[str] = None,
         precision: Optional[str] = None,
     ) -> dict[str, Any]: ...
-    def needed_input(
+    def needed_inputs(
         self,
-        window: Tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int]],
+        windows: Sequence[Tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int]]],
         tile: Union[int, Sequence[int], str, None] = None,
         batch_size: Optional[int] = None,
         memory_budget: Optional[int] = None,
-    ) -> Tuple[List[int], List[int]]: ...
+    ) -> List[Tuple[List[int], List[int]]]: ...
     def percentile_range(self, image: npt.NDArray[Any]) -> Optional[Tuple[float, float]]: ...
     def result_array(self, shape: Sequence[int], output: str) -> npt.NDArray[Any]: ...
 

@@ -17,7 +17,7 @@ from ._axes import arrange
 from ._window import Window
 from .errors import ApproximateTilingWarning, InvalidArgumentError, ModelNotFoundError
 
-__all__ = ["Model", "segment", "bundled_model_path", "DEFAULT_PRECISION"]
+__all__ = ["Model", "segment", "plan", "bundled_model_path", "DEFAULT_PRECISION"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: The precision every entry point uses unless told otherwise (the core's
@@ -198,8 +198,8 @@ class Model:
         >>> model = unet_rt.Model(tiny_model_path, device="cpu", precision="fp32")
         >>> model.layout((500, 300), tile=84)
         {'tile': [84, 84], 'tiles': 84, 'batch_size': 16, 'stride': [44, 44], 'output_tile': [44, 44], 'grid': [12, 7]}
-        >>> model.layout((4000, 4000), device="cuda", precision="fp16")["tile"] > model.layout((4000, 4000))["tile"]
-        True
+        >>> model.layout((4000, 4000))["batch_size"], model.layout((4000, 4000), device="cuda", precision="fp16")["batch_size"]
+        (1, 4)
         """
         return dict(self._inner.layout(shape, tile, batch_size, memory_budget, device, precision))
 
@@ -217,8 +217,24 @@ class Model:
         """
         if not isinstance(window, Window):
             raise InvalidArgumentError(f"invalid window: expected a unet_rt.Window, got {type(window).__name__}")
-        first, end = self._inner.needed_input(window.as_tuple(), tile, batch_size, memory_budget)
-        return tuple(first), tuple(end)
+        return self.needed_inputs([window], tile, batch_size, memory_budget)[0]
+
+    def needed_inputs(self, windows: Sequence[Window], tile: Union[int, Sequence[int], None] = None,
+                      batch_size: Optional[int] = None,
+                      memory_budget: Optional[int] = None) -> List[Tuple[Tuple[int, ...], Tuple[int, ...]]]:
+        """:meth:`needed_input` of each of ``windows``, the tiling planned
+        once per image shape (what a Dask client asks of every block).
+
+        >>> import unet_rt
+        >>> model = unet_rt.Model(tiny_model_path, device="cpu", precision="fp32")
+        >>> rows = [unet_rt.Window(image=(500, 300), start=(y, 0), shape=(44, 300)) for y in (0, 88)]
+        >>> model.needed_inputs(rows, tile=84)
+        [((0, 0), (64, 300)), ((68, 0), (152, 300))]
+        """
+        if isinstance(windows, Window) or not all(isinstance(w, Window) for w in windows):
+            raise InvalidArgumentError("invalid windows: expected a sequence of unet_rt.Window")
+        found = self._inner.needed_inputs([w.as_tuple() for w in windows], tile, batch_size, memory_budget)
+        return [(tuple(first), tuple(end)) for first, end in found]
 
     def percentile_range(self, image: np.ndarray, axes: Optional[str] = None) -> Optional[Any]:
         """The pixel values the model's percentile normalization maps to 0 and
@@ -493,3 +509,42 @@ def segment(
     if not isinstance(model, Model):
         model = cached_model(model, device, precision)
     return model.segment(image, **options)
+
+
+def plan(
+    shape: Sequence[int],
+    model: Union[Model, PathLike, None] = None,
+    *,
+    device: Optional[str] = None,
+    precision: Optional[str] = None,
+    **options: Any,
+) -> Dict[str, Any]:
+    """The tiling :func:`segment` would use for an image of spatial
+    ``shape`` on ``device`` in ``precision``, planned on this machine: the
+    device need not exist here, and nothing runs on it (see
+    :meth:`Model.layout` for the result's keys).
+
+    ``model`` is a :class:`Model` (``device`` and ``precision`` default to
+    its own) or a path (default ``"auto"`` and :data:`DEFAULT_PRECISION`,
+    as for :func:`segment`; the file is read once, on the CPU, and kept in
+    the model cache). ``options`` are ``tile``, ``batch_size`` and
+    ``memory_budget``.
+
+    >>> import unet_rt
+    >>> gpu = unet_rt.plan((4000, 4000), tiny_model_path, device="cuda", precision="fp16")
+    >>> cpu = unet_rt.plan((4000, 4000), tiny_model_path, device="cpu", precision="fp32")
+    >>> gpu["batch_size"] > cpu["batch_size"]  # the GPU's larger memory budget
+    True
+    """
+    if not (model is None or isinstance(model, (Model, str, os.PathLike))):
+        raise TypeError(f"model must be a unet_rt.Model, a path or None, got {type(model).__name__}")
+    if isinstance(model, Model):
+        device = model.device if device is None else device
+        precision = model.precision if precision is None else precision
+    else:
+        device = "auto" if device is None else device
+        precision = DEFAULT_PRECISION if precision is None else precision
+        # The geometry, and so the plan, does not depend on where the model runs.
+        model = cached_model(model, "cpu", "fp32")
+    return model.layout(shape, device=device, precision=precision, **options)
+

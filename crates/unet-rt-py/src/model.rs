@@ -284,29 +284,38 @@ impl Model {
         percentile_range(py, &self.inner, image)
     }
 
-    /// The input `(first, end)` per spatial axis, in whole-image pixels, that
-    /// segmenting `window` (`(image, origin, start, shape)`, origin unused)
-    /// needs with these options.
-    #[pyo3(signature = (window, tile = None, batch_size = None, memory_budget = None))]
-    fn needed_input(
+    /// The input, `(first, end)` per spatial axis of the whole image, that
+    /// segmenting each window of `windows` (a sequence of `(image, origin,
+    /// start, shape)`, origin unused) needs with these options; the tiling
+    /// planned once per image shape.
+    #[pyo3(signature = (windows, tile = None, batch_size = None, memory_budget = None))]
+    fn needed_inputs(
         &self,
-        window: &Bound<'_, PyAny>,
+        windows: &Bound<'_, PyAny>,
         tile: Option<&Bound<'_, PyAny>>,
         batch_size: Option<&Bound<'_, PyAny>>,
         memory_budget: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<(Vec<usize>, Vec<usize>)> {
-        let window = args::window(window)?;
+    ) -> PyResult<Vec<(Vec<usize>, Vec<usize>)>> {
+        let rank = self.inner.info().spatial_dims;
+        let windows = windows
+            .try_iter()?
+            .map(|window| {
+                let window = args::window(&window?)?;
+                if window.image.len() != rank {
+                    return Err(args::invalid(
+                        "window",
+                        format!(
+                            "{window:?} must give one value per spatial axis of the model ({rank})"
+                        ),
+                    ));
+                }
+                window.check(&window.image).map_err(to_py_err)?;
+                Ok(window)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
         let options = sizing(&self.inner, tile, batch_size, memory_budget)?;
         let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;
-        let rank = self.inner.info().spatial_dims;
-        if window.image.len() != rank {
-            return Err(args::invalid(
-                "window",
-                format!("{window:?} must give one value per spatial axis of the model ({rank})"),
-            ));
-        }
-        window.check(&window.image).map_err(to_py_err)?;
-        catching(|| segmenter.needed_input(&window)).map_err(to_py_err)
+        catching(|| segmenter.needed_inputs(&windows)).map_err(to_py_err)
     }
 
     /// The tiling the engine would use for an image of spatial `shape`:

@@ -64,17 +64,18 @@ class Tiling:
     def context(self, model: Model, axis: int, chunks: Sequence[int]) -> int:
         """The overlap along ``axis`` that gives every block of ``chunks``
         all it reads: the most any block reads beyond its own faces."""
-        full = [0] * len(self.image)
         shape = [n - 2 * p for n, p in zip(self.image, self.pad)]
-        most = 0
+        blocks = []
         start = 0
         for size in chunks:
-            lo, hi = list(full), list(shape)
+            lo, hi = [0] * len(shape), list(shape)
             lo[axis], hi[axis] = start, start + int(size)
-            first, end = self.needed(model, lo, hi)
-            most = max(most, start - first[axis], end[axis] - (start + int(size)))
+            blocks.append((lo, hi))
             start += int(size)
-        return most
+        found = model.needed_inputs([self.region(lo, hi) for lo, hi in blocks], **self.options())
+        pad = self.pad[axis]
+        return max(max(lo[axis] - (first[axis] - pad), (end[axis] - pad) - hi[axis])
+                   for (lo, hi), (first, end) in zip(blocks, found))
 
     def input_window(self, start: Sequence[int], stop: Sequence[int], have_start: Sequence[int],
                      have_stop: Sequence[int]) -> Tuple[Window, Tuple[slice, ...]]:

@@ -206,6 +206,31 @@ impl Segmenter {
         Ok(window.needed_input(&layout.plan))
     }
 
+    /// [`Segmenter::needed_input`] of many windows, the tiling planned once
+    /// per image shape (a Dask client asks this of every block).
+    ///
+    /// # Errors
+    /// As [`Segmenter::layout`] for the windows' images.
+    pub fn needed_inputs(&self, windows: &[Window]) -> Result<Vec<(Vec<usize>, Vec<usize>)>> {
+        let mut layouts: Vec<(&[usize], Layout)> = Vec::new();
+        windows
+            .iter()
+            .map(|window| {
+                let index = match layouts
+                    .iter()
+                    .position(|(image, _)| *image == window.image.as_slice())
+                {
+                    Some(index) => index,
+                    None => {
+                        layouts.push((&window.image, self.layout(&window.image)?));
+                        layouts.len() - 1
+                    }
+                };
+                Ok(window.needed_input(&layouts[index].1.plan))
+            })
+            .collect()
+    }
+
     /// Segments an image laid out `(C, spatial...)` into a new array.
     ///
     /// # Errors
