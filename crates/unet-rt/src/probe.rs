@@ -558,25 +558,22 @@ impl<'a> Prober<'a> {
                 }
             }
         }
-        let Some(mut shrunk) = shrunk else {
+        let Some(shrunk) = shrunk else {
             return Ok(None);
         };
         let multiple = side_first - self.side(first - shrunk)?.unwrap_or(side_first);
-        while shrunk - same > 1 {
-            let probes = self.dims.min(shrunk - same - 1);
-            let group: Vec<usize> = (1..=probes)
-                .map(|j| same + (shrunk - same) * j / (probes + 1))
-                .collect();
-            let sizes: Vec<usize> = group.iter().map(|&d| first - d).collect();
-            let (mut next_same, mut next_shrunk) = (same, shrunk);
-            for (&d, side) in group.iter().zip(self.sides(&sizes)?) {
-                match side {
-                    Some(side) if side == side_first => next_same = next_same.max(d),
-                    Some(side) if side < side_first => next_shrunk = next_shrunk.min(d),
-                    _ => return Ok(None),
-                }
-            }
-            (same, shrunk) = (next_same, next_shrunk);
+        let (same, _, complete) = self.narrow(
+            same,
+            shrunk,
+            |d| first - d,
+            |side| match side {
+                Some(side) if side == side_first => Some(true),
+                Some(side) if side < side_first => Some(false),
+                _ => None,
+            },
+        )?;
+        if !complete {
+            return Ok(None);
         }
         let aligned = first - same;
         if multiple < 2 || aligned < side_first {
@@ -588,6 +585,41 @@ impl<'a> Prober<'a> {
             lost: aligned - side_first,
             kind: Growth::Steps,
         }))
+    }
+
+    /// Narrows `(low, high)` to neighbours, where position `low` keeps the
+    /// first output and `high` does not, probing up to one position per
+    /// axis in each pass at input size `size(position)`. `keeps` reads a
+    /// probed output side: `Some(true)` keeps, `Some(false)` does not,
+    /// `None` (the size failed, or follows no rule) ends the search after
+    /// that pass: the last value says whether it ran to its end.
+    fn narrow(
+        &mut self,
+        mut low: usize,
+        mut high: usize,
+        size: impl Fn(usize) -> usize,
+        keeps: impl Fn(Option<usize>) -> Option<bool>,
+    ) -> Result<(usize, usize, bool)> {
+        while high - low > 1 {
+            let probes = self.dims.min(high - low - 1);
+            let positions: Vec<usize> = (1..=probes)
+                .map(|j| low + (high - low) * j / (probes + 1))
+                .collect();
+            let sizes: Vec<usize> = positions.iter().map(|&p| size(p)).collect();
+            let (mut next_low, mut next_high, mut complete) = (low, high, true);
+            for (&position, side) in positions.iter().zip(self.sides(&sizes)?) {
+                match keeps(side) {
+                    Some(true) => next_low = next_low.max(position),
+                    Some(false) => next_high = next_high.min(position),
+                    None => complete = false,
+                }
+            }
+            (low, high) = (next_low, next_high);
+            if !complete {
+                return Ok((low, high, false));
+            }
+        }
+        Ok((low, high, true))
     }
 
     /// The output grows in steps: the first size where it grows is on the
@@ -625,21 +657,11 @@ impl<'a> Prober<'a> {
             distance <<= self.dims;
         }
         let mut high = high.unwrap_or(low + 1);
-        while !blind && high - low > 1 {
-            let probes = self.dims.min(high - low - 1);
-            let group: Vec<usize> = (1..=probes)
-                .map(|j| low + (high - low) * j / (probes + 1))
-                .collect();
-            let sides = self.sides(&group)?;
-            let (mut next_low, mut next_high) = (low, high);
-            for (&size, side) in group.iter().zip(sides) {
-                match side {
-                    Some(side) if side == side_first => next_low = next_low.max(size),
-                    Some(_) => next_high = next_high.min(size),
-                    None => blind = true,
-                }
-            }
-            (low, high) = (next_low, next_high);
+        if !blind {
+            let complete;
+            (low, high, complete) =
+                self.narrow(low, high, |size| size, |side| side.map(|s| s == side_first))?;
+            blind = !complete;
         }
         let mut side = self.side(high)?.unwrap_or(0);
         if blind {
