@@ -287,6 +287,10 @@ def test_layout_plans_for_a_device_and_precision_this_machine_need_not_have(mode
         model.layout(shape, device="cpu", precision="fp16")
     with pytest.raises(unet_rt.InvalidArgumentError, match="precision"):
         model.layout(shape, precision="fp8")
+    with pytest.raises(TypeError, match="device"):
+        model.layout(shape, device=0)
+    with pytest.raises(TypeError, match="precision"):
+        unet_rt.plan(shape, model, precision=16)
 
 
 def test_plan_is_the_tiling_segment_would_use_without_running_anything(model, tiny_model_path):
@@ -316,6 +320,10 @@ def test_needed_inputs_equal_needed_input_window_by_window(model):
         model.needed_inputs(windows[0])
     with pytest.raises(unet_rt.InvalidArgumentError, match="windows"):
         model.needed_inputs([windows[0], (1, 2)])
+    with pytest.raises(unet_rt.InvalidArgumentError, match="windows"):
+        model.needed_inputs(5)
+    # Any iterable, a generator too (checked without being used up).
+    assert model.needed_inputs((w for w in windows[:2]), tile=84, batch_size=2) == want[:2]
 
 
 def test_an_exception_in_the_progress_callback_stops_the_call(model):

@@ -201,6 +201,8 @@ class Model:
         >>> model.layout((4000, 4000))["batch_size"], model.layout((4000, 4000), device="cuda", precision="fp16")["batch_size"]
         (1, 4)
         """
+        _check_device_precision(self.device if device is None else device,
+                                self.precision if precision is None else precision)
         return dict(self._inner.layout(shape, tile, batch_size, memory_budget, device, precision))
 
     def needed_input(self, window: Window, tile: Union[int, Sequence[int], None] = None,
@@ -231,9 +233,14 @@ class Model:
         >>> model.needed_inputs(rows, tile=84)
         [((0, 0), (64, 300)), ((68, 0), (152, 300))]
         """
-        if isinstance(windows, Window) or not all(isinstance(w, Window) for w in windows):
-            raise InvalidArgumentError("invalid windows: expected a sequence of unet_rt.Window")
-        found = self._inner.needed_inputs([w.as_tuple() for w in windows], tile, batch_size, memory_budget)
+        try:
+            # A list first: a generator would be used up by the check.
+            given: Optional[List[Window]] = None if isinstance(windows, Window) else list(windows)
+        except TypeError:
+            given = None
+        if given is None or not all(isinstance(w, Window) for w in given):
+            raise InvalidArgumentError(f"invalid windows: expected a sequence of unet_rt.Window, got {windows!r}")
+        found = self._inner.needed_inputs([w.as_tuple() for w in given], tile, batch_size, memory_budget)
         return [(tuple(first), tuple(end)) for first, end in found]
 
     def percentile_range(self, image: np.ndarray, axes: Optional[str] = None) -> Optional[Any]:
