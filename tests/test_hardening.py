@@ -467,6 +467,73 @@ def test_percentile_range_refuses_non_finite_percentiles(tmp_path, tiny_model_pa
 
 
 
+def _blockwise_ranges(image: np.ndarray, block: int, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+    """Percentile values of ``image`` (``(C, y, x)``) from the binding's
+    block statistics, combined in two groups as a Dask tree would."""
+    native = unet_rt._unet_rt
+    parts = []
+    for y in range(0, image.shape[1], block):
+        for x in range(0, image.shape[2], block):
+            piece = image[None, :, y : y + block, x : x + block]
+            parts.append(native.percentile_stats(piece, (0, 0, y, x), image.shape))
+    half = len(parts) // 2
+    groups = [native.combine_percentile_stats(parts[:half]), native.combine_percentile_stats(parts[half:])]
+    return native.percentile_ranges(groups, 1, low, high)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float16, np.float32, np.float64])
+def test_block_statistics_give_the_whole_images_percentiles(tmp_path, tiny_model_path, dtype):
+    percentile = with_metadata(Path(tiny_model_path), tmp_path / "p.pt",
+                               normalization={"kind": "percentile", "low": 1.0, "high": 99.8})
+    model = unet_rt.Model(percentile, device="cpu", precision="fp32")
+    rng = np.random.default_rng(4)
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+    values = rng.integers(info.min, info.max, (2, 50, 70), endpoint=True) if info else rng.normal(3, 40, (2, 50, 70))
+    image = values.astype(dtype)
+    ranges = _blockwise_ranges(image, 16)
+    assert ranges.shape == (1, 2) and ranges.dtype == np.float64
+    assert tuple(ranges[0].tolist()) == model.percentile_range(image, axes="cyx")  # exactly the engine's
+
+
+def test_block_statistics_refuse_hostile_arguments_by_name():
+    native = unet_rt._unet_rt
+    image = np.arange(2 * 10 * 12, dtype=np.float32).reshape(2, 10, 12)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid origin: a part of shape .* does not lie inside"):
+        native.percentile_stats(image[None], (0, 0, 5, 0), image.shape)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid origin: a block of shape"):
+        native.percentile_stats(image, (0, 0), image.shape)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid origin: -1 is negative"):
+        native.percentile_stats(image[None], (0, -1, 0, 0), image.shape)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid image: dtype complex64"):
+        native.percentile_stats(image[None].astype(np.complex64), (0, 0, 0, 0), image.shape)
+    floats = native.percentile_stats(image[None], (0, 0, 0, 0), image.shape)
+    counts = native.percentile_stats(image[None].astype(np.uint8), (0, 0, 0, 0), image.shape)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid stats: statistics of different pixel types"):
+        native.combine_percentile_stats([floats, counts])
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid parts: hold statistics of image 0, beyond the 0"):
+        native.percentile_ranges([floats], 0, 1.0, 99.8)
+    for bad, message in [(5, "got no sequence"), ([5], "an item is no dict"), ([{0: [None, 1]}], "a value is no tuple"),
+                         ([{0: (None,)}], "a tuple has 1 items"), ([{0: (None, np.zeros(3, np.float32))}], "float64"),
+                         ([{0: (0.0, np.zeros(3, np.int64))}], "uint64"), ([{0: ("a", np.zeros(3, np.uint64))}], "float")]:
+        with pytest.raises(TypeError, match=message):
+            native.combine_percentile_stats(bad)
+    # NaN in the image: the range is refused, not NaN passed on.
+    nan = image.copy()
+    nan[0, 0, :] = np.nan
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid image: its percentiles are .* NaN"):
+        native.percentile_ranges([native.percentile_stats(nan[None], (0, 0, 0, 0), nan.shape)], 1, 1.0, 99.8)
+    # Statistics that crossed a network may be misaligned or strided: read all the same.
+    buffer = np.zeros(floats[0][1].size * 8 + 1, np.uint8)
+    misaligned = buffer[1:].view(np.float64)
+    misaligned[:] = floats[0][1]
+    strided = np.repeat(floats[0][1], 2)[::2]
+    want = native.percentile_ranges([floats], 1, 1.0, 99.8)
+    assert np.array_equal(native.percentile_ranges([{0: (None, misaligned)}], 1, 1.0, 99.8), want)
+    assert np.array_equal(native.percentile_ranges([{0: (None, strided)}], 1, 1.0, 99.8), want)
+    # An image without statistics (no pixels) gets (0, 0).
+    assert native.percentile_ranges([floats], 2, 1.0, 99.8)[1].tolist() == [0.0, 0.0]
+
+
 def test_probing_a_network_too_wide_to_probe_is_an_error_not_gigabytes(tmp_path):
     # 4096 output channels: a 256 px probe output would hold 268 M values.
     path = tmp_path / "wide.pt"

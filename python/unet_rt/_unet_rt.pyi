@@ -4,7 +4,7 @@ The public API is :mod:`unet_rt` (``unet_rt.Model``, ``unet_rt.segment``);
 this module is its engine and converts arguments only.
 """
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -69,3 +69,12 @@ class Model:
 
 def check_image_copy(nbytes: int) -> None: ...
 def infer_axes(shape: Sequence[int], spatial_dims: int, in_channels: int) -> str: ...
+
+# Percentile statistics of one image: (first, counts) for a histogram
+# (uint64 counts; bin i counts the value first + i), (None, values) for the
+# engine's float64 sample.
+_ImageStats = Tuple[Optional[float], npt.NDArray[Any]]
+
+def percentile_stats(block: npt.NDArray[Any], origin: Sequence[int], image_shape: Sequence[int]) -> Dict[int, _ImageStats]: ...
+def combine_percentile_stats(parts: Sequence[Dict[int, _ImageStats]]) -> Dict[int, _ImageStats]: ...
+def percentile_ranges(parts: Sequence[Dict[int, _ImageStats]], images: int, low: float, high: float) -> npt.NDArray[np.float64]: ...

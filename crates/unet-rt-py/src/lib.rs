@@ -2,6 +2,25 @@
 //! the GIL around engine calls and converts results; all logic lives in the
 //! `unet_rt` crate.
 
+/// `$body` with `$array` bound to `$image` cast to a `&Bound<PyArrayDyn<T>>`
+/// of the pixel type `T` it holds (named `$t` in the body), or the error
+/// naming the unsupported dtype: the one list of pixel types the binding
+/// accepts.
+macro_rules! with_pixel_array {
+    ($image:expr, $array:ident: $t:ident => $body:expr) => {
+        with_pixel_array!(@each $image, $array, $t, $body; u8, u16, i16, half::f16, f32, f64)
+    };
+    (@each $image:expr, $array:ident, $t:ident, $body:expr; $($ty:ty),*) => {
+        $(if let Ok($array) = $image.cast::<numpy::PyArrayDyn<$ty>>() {
+            #[allow(dead_code)]
+            type $t = $ty;
+            $body
+        } else)* {
+            Err($crate::segment::unsupported_dtype($image))
+        }
+    };
+}
+
 mod args;
 mod axes;
 mod errors;
@@ -41,5 +60,8 @@ fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(errors::error_class_names, m)?)?;
     m.add_function(wrap_pyfunction!(segment::check_image_copy, m)?)?;
     m.add_function(wrap_pyfunction!(axes::infer_axes, m)?)?;
+    m.add_function(wrap_pyfunction!(percentiles::percentile_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(percentiles::combine_percentile_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(percentiles::percentile_ranges, m)?)?;
     Ok(())
 }

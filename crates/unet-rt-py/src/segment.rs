@@ -83,15 +83,7 @@ fn by_input<'py, U: OutputElement + Element>(
     ranges: Option<&[(f64, f64)]>,
     cancel: &Arc<AtomicBool>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    macro_rules! try_input {
-        ($($t:ty),*) => {$(
-            if let Ok(array) = image.cast::<PyArrayDyn<$t>>() {
-                return run::<$t, U>(py, segmenter, array, out, ranges, cancel);
-            }
-        )*};
-    }
-    try_input!(u8, u16, i16, half::f16, f32, f64);
-    Err(unsupported_dtype(image))
+    with_pixel_array!(image, array: T => run::<T, U>(py, segmenter, array, out, ranges, cancel))
 }
 
 /// The NumPy dtype of a result when the caller gives no `out=`: labels in

@@ -5,18 +5,18 @@ from __future__ import annotations
 import operator
 
 import os
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import dask
 import dask.array as da
 import numpy as np
 
+from .. import _unet_rt
 from ..errors import InvalidArgumentError
 from ..model import Model
 from ._blocks import BlockPlan, dask_block
 from ._instances import block_summary, merge_summaries, relabel_block
 from ._array_axes import OUTPUTS, ArrayAxes, block_depth
-from ._normalize import StatsPlan, block_stats, combine_stats, finish_stats
 from ._spec import ResolvedModel, resolve_model
 from ._tiling import fitted_chunks
 
@@ -24,6 +24,9 @@ __all__ = ["segment", "image_range"]
 
 ModelArg = Union[Model, str, "os.PathLike[str]", None]
 Normalize = Union[str, Sequence[float], np.ndarray]
+#: Percentile statistics per image index: ``(first, values)``, a histogram
+#: or (``first`` None) the engine's sample (see ``_unet_rt.percentile_stats``).
+Stats = Dict[int, Tuple[Optional[float], np.ndarray]]
 
 _SUPPORTED = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.float16, np.float32, np.float64))
 # Our names -> Dask's: Dask's "reflect" repeats the edge pixel (NumPy's
@@ -226,21 +229,39 @@ def image_range(arr: Any, model: ModelArg = None, *, axes: Optional[str] = None)
 def lazy_ranges(canon: da.Array, percentiles: Tuple[float, float]) -> Any:
     """A Delayed ``(images, 2)`` array of per-image percentile values of a
     canonical array, reduced as a tree over its blocks."""
-    plan = StatsPlan(tuple(int(s) for s in canon.shape[1:]), str(canon.dtype), *percentiles)
+    image_shape = tuple(int(s) for s in canon.shape[1:])
     starts = [np.cumsum((0,) + c[:-1]) for c in canon.chunks]
     blocks = canon.to_delayed(optimize_graph=False)
     stats = dask.delayed(block_stats, pure=True)
-    parts = [stats(blocks[idx], tuple(int(s[i]) for s, i in zip(starts, idx)), plan) for idx in np.ndindex(*canon.numblocks)]
-    combine = dask.delayed(combine_stats, pure=True)
-    combined = tree_reduce(parts, lambda group: combine(plan, *group))
-    return dask.delayed(finish_stats, pure=True)(combined, int(canon.shape[0]), plan)
+    parts = [stats(blocks[idx], tuple(int(s[i]) for s, i in zip(starts, idx)), image_shape) for idx in np.ndindex(*canon.numblocks)]
+    combine, finish = dask.delayed(combine_stats, pure=True), dask.delayed(finish_stats, pure=True)
+    return tree_reduce(parts, lambda group: combine(*group), lambda group: finish(int(canon.shape[0]), percentiles, *group))
 
 
-def tree_reduce(items: List[Any], combine: Callable[[List[Any]], Any], fan_in: int = 8) -> Any:
-    """Combines ``items`` in groups of ``fan_in`` until one is left."""
-    while len(items) > 1:
+# The statistics' rules are the engine's (unet_rt::normalize::PercentileStats);
+# these module-level functions are Dask's tasks, which pickle by reference.
+def block_stats(block: np.ndarray, origin: Sequence[int], image_shape: Sequence[int]) -> Stats:
+    """The percentile statistics of a canonical block ``(b, c, spatial...)``
+    at ``origin`` of an array of ``image_shape`` images, per image index."""
+    return _unet_rt.percentile_stats(np.ascontiguousarray(block), origin, image_shape)
+
+
+def combine_stats(*parts: Stats) -> Stats:
+    """The statistics of several blocks together."""
+    return _unet_rt.combine_percentile_stats(parts)
+
+
+def finish_stats(images: int, percentiles: Tuple[float, float], *parts: Stats) -> np.ndarray:
+    """The ``(images, 2)`` percentile values from all blocks' statistics."""
+    return _unet_rt.percentile_ranges(parts, images, *percentiles)
+
+
+def tree_reduce(items: List[Any], combine: Callable[[List[Any]], Any], finish: Callable[[List[Any]], Any], fan_in: int = 8) -> Any:
+    """Combines ``items`` in groups of ``fan_in`` until at most ``fan_in``
+    are left, then ``finish`` takes those."""
+    while len(items) > fan_in:
         items = [combine(items[i : i + fan_in]) for i in range(0, len(items), fan_in)]
-    return items[0]
+    return finish(items)
 
 
 def _check_dtype(dtype: np.dtype) -> None:

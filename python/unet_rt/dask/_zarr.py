@@ -16,6 +16,7 @@ resumed run can refuse to mix two different jobs."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -27,11 +28,22 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from ._array import ModelArg, Normalize, _check_dtype, _tile, check_normalize, given_ranges, tree_reduce
+from ._array import (
+    ModelArg,
+    Normalize,
+    Stats,
+    _check_dtype,
+    _tile,
+    block_stats,
+    check_normalize,
+    combine_stats,
+    finish_stats,
+    given_ranges,
+    tree_reduce,
+)
 from ._blocks import BlockPlan, segment_block
 from ._instances import block_summary, merge_summaries, relabel_block
 from ._array_axes import OUTPUTS, ArrayAxes
-from ._normalize import StatsPlan, block_stats, combine_stats, finish_stats
 from ._spec import ModelSpec, ResolvedModel, load_model, resolve_model
 from ._tiling import Tiling, block_shape
 
@@ -40,6 +52,8 @@ __all__ = ["segment_to_zarr"]
 _FORMAT = "unet_rt.dask/1"
 _ATTRS = "unet_rt_dask"
 _TARGET_BLOCK = {2: 1024, 3: 128}
+# Statistics combined per group: bounded fan-in keeps a combining task small.
+_FAN_IN = 8
 ProgressArg = Union[bool, Callable[[int, int], Any], None]
 Size = Union[int, Sequence[int], None]
 
@@ -91,9 +105,9 @@ def _segment_task(job: _Job, index: Tuple[int, ...], ranges: Optional[np.ndarray
     return 1
 
 
-def _stats_task(job: _Job, index: Tuple[int, ...], plan: StatsPlan) -> Dict[int, np.ndarray]:
+def _stats_task(job: _Job, index: Tuple[int, ...], image_shape: Tuple[int, ...]) -> Stats:
     start, stop = job.region(index)
-    return block_stats(job.read(index[0], start, stop), [index[0], 0] + start, plan)
+    return block_stats(job.read(index[0], start, stop), [index[0], 0] + start, image_shape)
 
 
 def _labels_block(labels: Any, batched: bool, index: Tuple[int, ...], block: Tuple[int, ...]) -> Tuple[np.ndarray, List[int]]:
@@ -377,12 +391,12 @@ def _ranges(group, resolved, normalize, array_axes, shape, blocks, runner, src, 
     stored = group.attrs[_ATTRS].get("ranges")
     if stored is not None:
         return np.asarray(stored, np.float64)
-    stats_plan = StatsPlan(tuple(int(s) for s in shape[1:]), str(src.dtype), *resolved.percentiles)
+    image_shape = tuple(int(s) for s in shape[1:])
     job = _Job(src, None, None, array_axes, plan, resolved.spec, blocks, shape)
     numblocks = (shape[0],) + tuple(math.ceil(n / b) for n, b in zip(shape[2:], blocks))
-    parts = [((job, idx, stats_plan), {}) for idx in np.ndindex(*numblocks)]
-    combined = runner.reduce(_stats_task, parts, lambda *group: combine_stats(stats_plan, *group), desc="unet_rt statistics")
-    ranges = finish_stats(combined, shape[0], stats_plan)
+    parts = [((job, idx, image_shape), {}) for idx in np.ndindex(*numblocks)]
+    finish = functools.partial(finish_stats, shape[0], resolved.percentiles)
+    ranges = runner.reduce(_stats_task, parts, combine_stats, finish, desc="unet_rt statistics")
     attrs = dict(group.attrs[_ATTRS])
     attrs["ranges"] = ranges.tolist()
     group.attrs[_ATTRS] = attrs
@@ -454,22 +468,31 @@ class _Runner:
         future = self.client.submit(fn, *args, key=self._key("merge"))
         return tuple(self.client.submit(_item, future, i, key=self._key("item")) for i in range(2))
 
-    def reduce(self, fn: Callable[..., Any], calls: List[Tuple[tuple, dict]], combine: Callable[..., Any], desc: str) -> Any:
-        """Combines the results of ``fn`` over ``calls``; only the final
-        (small) result comes back to the client."""
+    def reduce(
+        self, fn: Callable[..., Any], calls: List[Tuple[tuple, dict]], combine: Callable[..., Any], finish: Callable[..., Any], desc: str
+    ) -> Any:
+        """``finish`` of the results of ``fn`` over ``calls``, combined in
+        groups on the workers; only the final (small) result comes back."""
         # A progress callable counts written blocks; only bars show this pass.
         with _Bar(self.progress if self.progress is True else None, len(calls), 0, desc) as bar:
             if self.client is None:
-                result = None
+                parts: List[Any] = []
                 for args, kwargs in calls:
-                    part = fn(*args, **kwargs)
-                    result = part if result is None else combine(result, part)
+                    parts.append(fn(*args, **kwargs))
                     bar.update(1)
-                return result
+                    if len(parts) == _FAN_IN:
+                        parts = [combine(*parts)]
+                return finish(*parts)
             from distributed import as_completed
 
-            futures = [self.client.submit(fn, *args, **kwargs, key=self._key("stats")) for args, kwargs in calls]
-            final = tree_reduce(list(futures), lambda group: self.client.submit(combine, *group, key=self._key("combine")))
+            submit = self.client.submit
+            futures = [submit(fn, *args, **kwargs, key=self._key("stats")) for args, kwargs in calls]
+            final = tree_reduce(
+                list(futures),
+                lambda group: submit(combine, *group, key=self._key("combine")),
+                lambda group: submit(finish, *group, key=self._key("finish")),
+                _FAN_IN,
+            )
             for _ in as_completed(futures):
                 bar.update(1)
             return final.result()
