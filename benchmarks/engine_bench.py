@@ -10,6 +10,9 @@ Sections:
               tiles (goal <= 1.05)
   memory      peak anonymous memory above input + output for a 16384^2 uint8
               image with the bundled model (goal <= 256 MiB)
+  tta         test-time augmentation on the sample image with the bundled
+              model: time against no augmentation, and the held-out scores
+              (whole-image protocol of training.evaluate) each gives
   peers       on the same TorchScript model and device, in the same run:
               unet_rt, MONAI's sliding_window_inference (its defaults, and
               settings matched to ours) and a plain PyTorch tiling loop; speed
@@ -122,6 +125,27 @@ def overhead(models: Dict[str, Path], size: int) -> None:
             rows.append([name, precision, f"{tile[0]}x{tile[1]}", n, end_to_end, bare, end_to_end / bare])
     table(f"overhead on {size}x{size} (goal <= 1.05)", ["model", "precision", "tile", "tiles", "end-to-end s",
                                                         "bare forwards s", "ratio"], rows)
+
+
+def augmentation() -> None:
+    import tifffile
+
+    from training.evaluate import HELD_OUT_ROWS, score
+
+    data = ROOT / "data" / "dsb2018-nuclei"
+    image, labels = tifffile.imread(data / "image.tif"), tifffile.imread(data / "labels.tif")
+    lo, hi = HELD_OUT_ROWS
+    rows, base = [], None
+    for precision in ("fp32", "bf16"):
+        model = unet_rt.Model(BUNDLED, device="cpu", precision=precision)
+        model.segment(image[:256, :256])  # warm-up
+        for tta in ("none", "flips", "d4"):
+            seconds, instances = timed(lambda: model.segment(image, output="instances", tta=tta), repeats=2)
+            base = seconds if tta == "none" else base
+            s = score(instances[lo:hi], labels[lo:hi])
+            rows.append([precision, tta, seconds, seconds / base, s["iou"], s["ap"]["0.5"], s["ap"]["0.75"]])
+    table("test-time augmentation, 512x512 sample (held-out rows scored)",
+          ["precision", "tta", "seconds", "x none", "IoU", "AP@0.5", "AP@0.75"], rows)
 
 
 MEMORY_SCRIPT = """
@@ -249,13 +273,13 @@ def peers(path: Path, size: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["throughput", "overhead", "memory", "peers"], action="append")
+    parser.add_argument("--only", choices=["throughput", "overhead", "memory", "tta", "peers"], action="append")
     parser.add_argument("--size", type=int, default=4096, help="image side for throughput")
     parser.add_argument("--paper-size", type=int, default=2048, help="image side for the paper-size U-Net")
     parser.add_argument("--peer-size", type=int, default=2048, help="image side for the peer comparison")
     parser.add_argument("--memory-size", type=int, default=16384)
     args = parser.parse_args()
-    sections = args.only or ["throughput", "overhead", "memory", "peers"]
+    sections = args.only or ["throughput", "overhead", "memory", "tta", "peers"]
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"# unet_rt engine benchmarks\n\nmachine: {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -266,6 +290,8 @@ def main() -> None:
             overhead({"nuclei (bundled)": BUNDLED}, 2048)
         if "memory" in sections:
             memory(BUNDLED, args.memory_size)
+        if "tta" in sections:
+            augmentation()
         if "peers" in sections:
             peers(BUNDLED, args.peer_size)
 

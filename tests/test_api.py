@@ -112,13 +112,22 @@ def test_batch_axis_gives_one_result_per_image(model, rgb_model):
     assert probs.shape == (2, 3, 40, 50)
 
 
+def test_batch_axes_may_stand_anywhere_and_z_is_a_batch_of_a_2d_model(model):
+    stack = np.random.default_rng(7).random((3, 40, 50))
+    want = model.segment(stack, axes="byx")
+    assert (model.segment(np.moveaxis(stack, 0, -1), axes="yxb") == want).all()
+    assert (model.segment(stack, axes="zyx") == want).all()  # the pages of a stack, as on the command line
+
+
 @pytest.mark.parametrize(
     "shape,axes,message",
     [
         ((3, 50, 60), None, "axes="),
         ((50, 60), "yxc", "does not describe"),
-        ((2, 50, 60), "ybx", "must come first"),
-        ((50, 60), "yy", "does not describe"),
+        ((2, 1, 50, 60), "bzyx", "does not describe"),
+        ((2, 50, 60), "bzx", "has no y and x axes"),
+        ((2, 50, 60, 3), "byxc", "model takes 1 input channel"),
+        ((50, 60), "yy", "appears twice"),
     ],
 )
 def test_ambiguous_or_wrong_axes_name_the_argument(model, shape, axes, message):

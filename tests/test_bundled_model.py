@@ -52,3 +52,27 @@ def test_the_default_segment_call_uses_the_bundled_model(sample):
     meta = unet_rt.Model(device="cpu").metadata
     assert meta["name"] == "nuclei" and meta["class_names"] == ["background", "nucleus"]
     assert unet_rt.bundled_model_path().stat().st_size < 5 * 2**20
+
+
+def test_recorded_evaluation_is_what_the_runtime_measures_now(sample):
+    """``python -m training.evaluate --write`` recorded the held-out scores
+    per scale in the metadata; a fresh run through the runtime gives them
+    again (counts exactly, ratios to 1e-6)."""
+    from training.evaluate import SCALES, evaluate_model
+
+    image, labels = sample
+    model = unet_rt.Model(device="cpu", precision="fp32")
+    recorded = model.metadata["evaluation"]
+    assert sorted(recorded["whole"], key=float) == [f"{s:g}" for s in SCALES]
+    fresh = evaluate_model(model, image, labels)
+    for protocol in ("whole", "crop"):
+        want = recorded[protocol] if protocol == "crop" else recorded["whole"]
+        got = fresh[protocol]
+        pairs = [(got, want)] if protocol == "crop" else [(got[k], want[k]) for k in want]
+        for g, w in pairs:
+            assert {k: v for k, v in g.items() if isinstance(v, int)} == {k: v for k, v in w.items() if isinstance(v, int)}
+            assert g["iou"] == pytest.approx(w["iou"], abs=1e-6)
+            assert g["ap"] == pytest.approx(w["ap"], abs=1e-6)
+    # The runtime's instances are the training metrics' components, so the
+    # crop protocol reproduces the training run's held-out record.
+    assert recorded["crop"]["ap"]["0.5"] == pytest.approx(model.metadata["training"]["held_out"]["ap50"], abs=1e-6)

@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+import unet_rt
+
 from training.export import read_metadata
 from training.reference import reference_whole
 
@@ -135,6 +137,21 @@ def test_probabilities_equal_the_reference_as_npy_and_float_tiff(tiny_model_path
             want = oracle(images[name])
             assert got.dtype == np.float32 and got.shape == want.shape, (name, got.shape)
             np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_tta_gives_the_python_apis_augmented_result(tiny_model_path, cli, tmp_path):
+    image = random_image((60, 70), np.float32, 21)
+    np.save(tmp_path / "img.npy", image)
+    model = unet_rt.Model(tiny_model_path, device="cpu", precision="fp32")
+    for tta in ("flips", "d4"):
+        out = tmp_path / tta
+        proc = run([cli, "segment", tmp_path / "img.npy", "-m", tiny_model_path, "-o", out, "-k", "raw", "--format", "npy",
+                    "--tile", TILE, "--device", "cpu", "--tta", tta])
+        assert proc.returncode == 0, proc.stderr
+        want = model.segment(image, output="raw", tile=int(TILE), tta=tta)
+        np.testing.assert_array_equal(np.load(out / "img.npy"), want)
+    proc = run([cli, "segment", tmp_path / "img.npy", "-m", tiny_model_path, "-o", tmp_path / "bad", "--tta", "rot"])
+    assert proc.returncode == 2 and "--tta" in proc.stderr and "d4" in proc.stderr
 
 
 def test_multipage_tiff_is_a_stack_of_2d_images(tiny_model_path, cli, oracle, tmp_path):

@@ -435,7 +435,7 @@ def test_bench_refuses_sizes_beyond_memory(cli, size):
     [
         (["segment", "x.npy", "-o", "out", "--bogus"], "--bogus"),
         (["segment", "x.npy", "-o", "out", "--threads", "0"], "--threads"),
-        (["segment", "x.npy", "-o", "out", "--axes", "bcyx"], "bcyx"),
+        (["segment", "x.npy", "-o", "out", "--axes", "qcyx"], "qcyx"),
         (["segment", "x.npy", "-o", "out", "--output-kind", "LABELS"], "--output-kind"),
         (["segment", "x.npy"], "--output"),
         (["frobnicate"], "frobnicate"),

@@ -300,6 +300,25 @@ def test_same_padded_models_give_the_whole_images_crop_result(tmp_path):
     assert_identical(got, same.segment(image, output="raw", tile=64))
 
 
+def test_test_time_augmentation_keeps_blocks_exact(model, tmp_path):
+    # Each block's tiles run augmented: the result is the whole image's.
+    image = blobs((150, 130), 16, dtype=np.uint16)
+    want = model.segment(image, output="raw", tile=84, tta="d4")
+    assert not np.array_equal(want, model.segment(image, output="raw", tile=84))
+    got = sync(ud.segment(da.from_array(image, chunks=64), model, output="raw", tile=84, tta="d4"))
+    assert_identical(got, want)
+    zarr.create_array(tmp_path / "src.zarr", data=image, chunks=(64, 64))
+    out = ud.segment_to_zarr(tmp_path / "src.zarr", tmp_path / "out.zarr", model, client=False, progress=False,
+                             output="raw", tile=84, block=88, tta="d4")
+    assert_identical(out[...], want)
+    # A resumed destination made without augmentation is another job.
+    with pytest.raises(unet_rt.InvalidArgumentError, match="tta"):
+        ud.segment_to_zarr(tmp_path / "src.zarr", tmp_path / "out.zarr", model, client=False, progress=False,
+                           output="raw", tile=84, block=88)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid tta"):
+        ud.segment(da.from_array(image), model, tta="rotate")
+
+
 def test_a_client_without_the_workers_gpu_plans_for_the_gpu(tiny_model_path):
     """Tiles depend on the device only through its default memory budget and
     on the precision through the bytes per value: a CPU client plans GPU

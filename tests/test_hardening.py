@@ -490,9 +490,12 @@ def test_block_statistics_give_the_whole_images_percentiles(tmp_path, tiny_model
     info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
     values = rng.integers(info.min, info.max, (2, 50, 70), endpoint=True) if info else rng.normal(3, 40, (2, 50, 70))
     image = values.astype(dtype)
-    ranges = _blockwise_ranges(image, 16)
+    ranges = _blockwise_ranges(image[:1], 16)
     assert ranges.shape == (1, 2) and ranges.dtype == np.float64
-    assert tuple(ranges[0].tolist()) == model.percentile_range(image, axes="cyx")  # exactly the engine's
+    assert tuple(ranges[0].tolist()) == model.percentile_range(image[:1], axes="cyx")  # exactly the engine's
+    # Channels are one image's values together.
+    both = _blockwise_ranges(image, 16)[0]
+    np.testing.assert_allclose(both, np.percentile(image.astype(np.float64), [1.0, 99.8]), rtol=1e-12, atol=1e-9)
 
 
 def test_block_statistics_refuse_hostile_arguments_by_name():

@@ -3,17 +3,13 @@ layout, as views: no pixel is copied."""
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import _unet_rt
-from .errors import InvalidArgumentError
 
-__all__ = ["infer_axes", "arrange"]
-
-_SPATIAL = {2: "yx", 3: "zyx"}
-
+__all__ = ["infer_axes", "arrange", "to_engine_layout"]
 
 def infer_axes(shape: Tuple[int, ...], spatial_dims: int, in_channels: int) -> str:
     """The axes of an array of ``shape`` when they are unambiguous: the
@@ -33,34 +29,26 @@ def infer_axes(shape: Tuple[int, ...], spatial_dims: int, in_channels: int) -> s
 
 def arrange(image: np.ndarray, axes: Optional[str], spatial_dims: int, in_channels: int) -> Tuple[np.ndarray, bool, str]:
     """A view of ``image`` laid out ``(B, C, spatial...)``, whether the input
-    had a batch axis, and the axes used.
+    had a batch axis, and the axes used (the core's rule: letters ``b``,
+    ``c``, ``z``, ``y``, ``x`` in any order; a 2-D model reads ``z`` as a
+    batch).
 
     >>> a = np.zeros((2, 5, 6, 3))
     >>> v, batched, axes = arrange(a, "byxc", 2, 3)
     >>> v.shape, batched, np.shares_memory(v, a)
     ((2, 3, 5, 6), True, True)
+    >>> arrange(np.zeros((4, 5, 6)), "ZYX", 2, 1)[0].shape
+    (4, 1, 5, 6)
     """
-    if axes is None:
-        axes = infer_axes(image.shape, spatial_dims, in_channels)
-    if not isinstance(axes, str):
-        raise TypeError(f"axes must be a str such as 'yx' or 'cyx', got {type(axes).__name__}")
-    axes = axes.lower()
-    spatial = _SPATIAL[spatial_dims]
-    allowed = set("bc" + spatial)
-    if len(axes) != image.ndim or set(axes) - allowed or len(set(axes)) != len(axes) or not set(spatial) <= set(axes):
-        raise InvalidArgumentError(
-            f"invalid axes: {axes!r} does not describe an array of shape {image.shape} for a "
-            f"{spatial_dims}-D model; use the letters b (batch), c (channels) and {spatial!r}, each once"
-        )
-    if "b" in axes and axes[0] != "b":
-        raise InvalidArgumentError(f"invalid axes: the batch axis 'b' must come first, got {axes!r}")
-    view = image
-    order = axes
-    if "c" not in order:
-        view = view[..., np.newaxis]
-        order = order + "c"
-    if "b" not in order:
-        view = view[np.newaxis]
-        order = "b" + order
-    view = np.transpose(view, [order.index(a) for a in "bc" + spatial])
-    return view, "b" in axes, axes
+    used, sources = _unet_rt.arrangement(image.shape, axes, spatial_dims, in_channels)
+    return to_engine_layout(image, sources), sources[0] is not None, used
+
+
+def to_engine_layout(array: Any, sources: Sequence[Optional[int]]) -> Any:
+    """``array`` (NumPy or Dask) as the ``(B, C, spatial...)`` view that
+    ``sources`` (from the core's arrangement: the array's axis for each
+    engine axis, ``None`` for a missing one) describe."""
+    missing = sum(s is None for s in sources)
+    extended = array[(Ellipsis,) + (None,) * missing]
+    added = iter(range(array.ndim, array.ndim + missing))
+    return extended.transpose([next(added) if s is None else s for s in sources])

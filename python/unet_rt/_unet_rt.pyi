@@ -14,6 +14,12 @@ __version__: str
 DEFAULT_CPU_BUDGET: int
 DEFAULT_PRECISION: str
 DEFAULT_CUDA_BUDGET: int
+#: NumPy dtype names of the pixels the engine reads.
+PIXEL_DTYPES: List[str]
+#: The output modes' names.
+OUTPUTS: List[str]
+#: The test-time augmentation modes' names.
+TTA_MODES: List[str]
 
 def build_info() -> dict[str, object]: ...
 def connected_components(labels: npt.NDArray[Any]) -> npt.NDArray[np.uint32]: ...
@@ -47,6 +53,7 @@ class Model:
         window: Optional[Tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int]]] = None,
         input_range: Optional[Sequence[Tuple[float, float]]] = None,
         nonfinite: str = "raise",
+        tta: str = "none",
     ) -> npt.NDArray[Any]: ...
     def layout(
         self,
@@ -68,6 +75,7 @@ class Model:
     def result_array(self, shape: Sequence[int], output: str) -> npt.NDArray[Any]: ...
 
 def check_image_copy(nbytes: int) -> None: ...
+def arrangement(shape: Sequence[int], axes: Optional[str], spatial_dims: int, in_channels: int) -> Tuple[str, List[Optional[int]]]: ...
 def infer_axes(shape: Sequence[int], spatial_dims: int, in_channels: int) -> str: ...
 
 # Percentile statistics of one image: (first, counts) for a histogram

@@ -25,8 +25,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 DEFAULT_PRECISION: str = _unet_rt.DEFAULT_PRECISION
 ProgressArg = Union[bool, Callable[[int, int], Any], None]
 
-_SUPPORTED = (np.uint8, np.uint16, np.int16, np.float16, np.float32, np.float64)
-_OUTPUTS = ("labels", "probabilities", "raw", "instances")
+# The engine's names (one list each, in the binding).
+_SUPPORTED = tuple(np.dtype(name).type for name in _unet_rt.PIXEL_DTYPES)
+OUTPUTS: Tuple[str, ...] = tuple(_unet_rt.OUTPUTS)
+TTA_MODES: Tuple[str, ...] = tuple(_unet_rt.TTA_MODES)
 
 
 def bundled_model_path() -> Path:
@@ -147,6 +149,8 @@ class Model:
         ``size_offset``, ``smallest_size``, ``fixed_size`` (the only input
         size, or ``None``), ``probed``; ``overlap`` (the
         pixels per side tiles really overlap) and ``overlap_reason``;
+        ``block_depth`` (the halo rounded up to ``size_multiple``: see
+        :func:`unet_rt.dask.block_depth`);
         ``output_key`` (where the segmentation is in a dict or tuple
         output); ``exact`` (whether tiles reproduce the whole-image forward),
         ``whole_tile_ops`` (layers that see the whole tile, from the
@@ -278,6 +282,7 @@ class Model:
         window: Optional[Window] = None,
         input_range: Optional[Any] = None,
         nonfinite: str = "raise",
+        tta: str = "none",
     ) -> np.ndarray:
         """Segments an image (or a stack of images) of any size.
 
@@ -286,9 +291,10 @@ class Model:
                 float32 or float64. It is read in place, tile by tile: strided
                 and non-contiguous views are fine. The one copy made is for
                 arrays in non-native byte order.
-            axes: the axes of ``image``: ``"yx"``, ``"cyx"``, ``"yxc"``,
-                ``"zyx"``, ``"czyx"``, optionally with a leading batch axis
-                (``"byx"``, ``"bcyx"``...). Inferred when unambiguous.
+            axes: the axes of ``image``, letters ``b`` (batch), ``c``
+                (channels), ``z``, ``y``, ``x`` in any order: ``"yx"``,
+                ``"cyx"``, ``"yxc"``, ``"zyx"``, ``"czyx"``, ``"byx"``...; a
+                2-D model reads ``z`` as a batch. Inferred when unambiguous.
             output: ``"labels"`` (uint8, uint16 beyond 256 classes; shape of
                 the spatial axes), ``"probabilities"`` (float32, channel-first),
                 ``"raw"`` (the network output, channel-first) or
@@ -322,6 +328,11 @@ class Model:
                 :class:`~unet_rt.InvalidArgumentError`, and in the network's
                 output :class:`~unet_rt.NonFiniteError` naming the first tile
                 affected; ``"propagate"`` lets such values through.
+            tta: test-time augmentation: ``"none"`` (the default),
+                ``"flips"`` (every flip of the spatial axes, 4 forward passes
+                per tile in 2-D) or ``"d4"`` (flips and quarter turns in the
+                yx plane, 8 passes); the logits are averaged, and the result
+                equals the augmented whole-image forward.
 
         Returns:
             The result array (``out`` itself when given).
@@ -341,10 +352,7 @@ class Model:
         ...
         unet_rt.errors.InvalidArgumentError: invalid image: holds NaN or infinite values ...
         """
-        if not isinstance(output, str):
-            raise TypeError(f"output must be a str, got {type(output).__name__}")
-        if output not in _OUTPUTS:
-            raise InvalidArgumentError(f"invalid output: {output!r}; expected one of {', '.join(map(repr, _OUTPUTS))}")
+        check_output(output)
         if out is not None and not isinstance(out, np.ndarray):
             raise TypeError(f"out must be a numpy array (or memmap), got {type(out).__name__}")
         if out is not None and not out.flags.writeable:
@@ -364,7 +372,7 @@ class Model:
         piece = _Piece(window, _ranges(input_range, view.shape[0], batched))
         shape = self._result_shape(view.shape, output, batched, window)
         return self._run(view, output, tiles, batch_size, out, progress, memory_budget, batched, shape, blend,
-                         piece, nonfinite)
+                         piece, nonfinite, tta)
 
     def _result_shape(self, view_shape: Tuple[int, ...], output: str, batched: bool,
                       window: Optional[Window] = None) -> Tuple[int, ...]:
@@ -373,7 +381,7 @@ class Model:
         return ((view_shape[0],) if batched else ()) + per_image
 
     def _run(self, view, output, tile, batch_size, out, progress, memory_budget, batched, shape, blend, piece,
-             nonfinite):
+             nonfinite, tta):
         if out is not None:
             if tuple(out.shape) != tuple(shape):
                 raise InvalidArgumentError(f"invalid out: has shape {out.shape}, the result has shape {tuple(shape)}")
@@ -387,7 +395,7 @@ class Model:
         images, target = (view, out) if batched else (view[:1], out[None])
         with _Progress(progress) as report:
             self._inner.segment(images, output, tile, batch_size, memory_budget, target, report, blend,
-                                piece.engine_window, piece.ranges, nonfinite)
+                                piece.engine_window, piece.ranges, nonfinite, tta)
         return out
 
     def __repr__(self) -> str:
@@ -431,16 +439,42 @@ def _rebuild(source: Union[str, bytes], device: str, precision: str) -> Model:
     return Model(source, device, precision)
 
 
+def check_output(output: Any) -> None:
+    """Refuses an ``output`` that is not one of :data:`OUTPUTS` (the
+    Python API and Dask check it before shaping results)."""
+    if not isinstance(output, str):
+        raise TypeError(f"output must be a str, got {type(output).__name__}")
+    if output not in OUTPUTS:
+        raise InvalidArgumentError(f"invalid output: {output!r}; expected one of {', '.join(map(repr, OUTPUTS))}")
+
+
+def check_tta(tta: Any) -> str:
+    """``tta`` when it is one of :data:`TTA_MODES` (the Dask layer records
+    it before any block runs)."""
+    if not isinstance(tta, str):
+        raise TypeError(f"tta must be a str, got {type(tta).__name__}")
+    if tta not in TTA_MODES:
+        raise InvalidArgumentError(f"invalid tta: {tta!r}; expected one of {', '.join(map(repr, TTA_MODES))}")
+    return tta
+
+
+def check_dtype(dtype: Any) -> None:
+    """Refuses pixels of a dtype the engine does not read (checked before
+    a lazy array is computed)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        raise InvalidArgumentError("invalid image: boolean arrays are not images; convert with .astype(np.uint8)")
+    if dtype.type not in _SUPPORTED:
+        raise InvalidArgumentError(
+            f"invalid image: dtype {dtype} is not supported; use {', '.join(_unet_rt.PIXEL_DTYPES)} "
+            f"(e.g. image.astype(np.float32))"
+        )
+
+
 def _check_image(image: Any) -> np.ndarray:
     if not isinstance(image, np.ndarray):
         image = np.asarray(image)
-    if image.dtype == np.bool_:
-        raise InvalidArgumentError("invalid image: boolean arrays are not images; convert with .astype(np.uint8)")
-    if image.dtype.type not in _SUPPORTED:
-        raise InvalidArgumentError(
-            f"invalid image: dtype {image.dtype} is not supported; use uint8, uint16, int16, float16, float32 "
-            f"or float64 (e.g. image.astype(np.float32))"
-        )
+    check_dtype(image.dtype)
     if image.size == 0:
         raise InvalidArgumentError(f"invalid image: empty array of shape {image.shape}")
     if not image.dtype.isnative:

@@ -299,12 +299,14 @@ def axes_problem(shape: Tuple[int, ...], axes: str, model: ModelShape) -> Option
     """Why ``axes`` cannot describe an array of ``shape`` for ``model``, or
     ``None`` when it does."""
     spatial = _SPATIAL[model.spatial_dims]
-    if len(axes) != len(shape) or set(axes) - set("bc" + spatial) or len(set(axes)) != len(axes):
+    # b (batch) may stand anywhere; a 2-D model reads z as the batch.
+    batch = "bz" if model.spatial_dims == 2 else "b"
+    if len(axes) != len(shape) or set(axes) - set("bc" + spatial + batch) or len(set(axes)) != len(axes):
         return f"axes {axes!r} do not describe shape {shape}"
     if not set(spatial) <= set(axes):
         return f"axes {axes!r} lack spatial axes"
-    if "b" in axes and axes[0] != "b":
-        return f"batch axis of {axes!r} is not first"
+    if len(set(batch) & set(axes)) > 1:
+        return f"axes {axes!r} have two batch axes"
     channels = shape[axes.index("c")] if "c" in axes else 1
     if channels != model.in_channels:
         return f"{channels} channel(s) given to a {model.in_channels}-channel model"
@@ -332,4 +334,5 @@ def expected_shape(shape: Tuple[int, ...], axes: Optional[str], output: str,
     sizes: Dict[str, int] = dict(zip(named, shape))
     spatial = tuple(sizes[a] for a in _SPATIAL[model.spatial_dims])
     per_image = spatial if output in ("labels", "instances") else (model.out_channels,) + spatial
-    return ((sizes["b"],) if "b" in sizes else ()) + per_image, None
+    batches = [sizes[a] for a in ("b", "z") if a in sizes and a not in _SPATIAL[model.spatial_dims]]
+    return tuple(batches) + per_image, None

@@ -130,6 +130,16 @@ pub(crate) struct ModelArgs {
     // libtorch starts every thread asked for: -j 100000000 took all memory.
     #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub threads: Option<u64>,
+    /// Test-time augmentation: none, flips (every flip of the spatial axes)
+    /// or d4 (the 8 flips and quarter turns of the yx plane); the logits are
+    /// averaged, costing one forward pass per transform.
+    #[arg(long, value_name = "none|flips|d4", default_value = "none", value_parser = parse_tta)]
+    pub tta: unet_rt::Tta,
+}
+
+/// `--tta`, by the engine's names.
+fn parse_tta(text: &str) -> Result<unet_rt::Tta, String> {
+    text.parse::<unet_rt::Tta>().map_err(|e| e.to_string())
 }
 
 /// `unet-rt segment`.
@@ -149,8 +159,9 @@ pub(crate) struct SegmentArgs {
     /// Result file format.
     #[arg(short, long, value_enum, default_value_t = Format::Tif)]
     pub format: Format,
-    /// Axis order of the inputs, from c (channels), z, y, x: e.g. yx, cyx, yxc,
-    /// zyx, czyx (default: from the file format, or guessed from the shape).
+    /// Axis order of the inputs, from b (batch), c (channels), z, y, x: e.g. yx,
+    /// cyx, yxc, zyx, czyx; for a 2-D model z (like b) is a stack of images
+    /// (default: from the file format, or guessed from the shape).
     #[arg(long, value_name = "AXES", value_parser = crate::axes::parse_axes)]
     pub axes: Option<String>,
     /// Also write <stem>_overlay.png: the image scaled to 8-bit gray with object

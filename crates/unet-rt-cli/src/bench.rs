@@ -34,6 +34,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<u8, CliError> {
         tile: loader::tile_for(args.model.tile.as_ref().map(|t| t.0.as_slice()), &info)?,
         whole: loader::whole_for(args.model.tile.as_ref().map(|t| t.0.as_slice())),
         batch_size: loader::batch_size(&args.model),
+        tta: args.model.tta,
         cancel: Some(interrupt::flag()),
         ..Options::default()
     };

@@ -3,7 +3,6 @@
 //! CI), or with `--quiet`.
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -15,9 +14,6 @@ pub(crate) struct Bars {
     multi: MultiProgress,
     files: ProgressBar,
     tiles: ProgressBar,
-    /// Tiles of the pages already done in the current file (stacks are
-    /// segmented page by page; the engine counts per page).
-    base: Arc<AtomicUsize>,
 }
 
 fn style(template: &str) -> ProgressStyle {
@@ -45,33 +41,25 @@ impl Bars {
             multi,
             files: file_bar,
             tiles,
-            base: Arc::new(AtomicUsize::new(0)),
         }
     }
 
     /// A file starts: `tiles` tiles in all its pages.
     pub(crate) fn start_file(&self, name: &str, tiles: usize) {
         self.files.set_message(name.to_owned());
-        self.base.store(0, Ordering::Relaxed);
         self.tiles.reset();
         self.tiles
             .set_length(u64::try_from(tiles).unwrap_or(u64::MAX));
         self.tiles.set_position(0);
     }
 
-    /// The engine's progress callback for the current file.
+    /// The engine's progress callback for the current file (the engine
+    /// counts the tiles of all its pages).
     pub(crate) fn tile_callback(&self) -> ProgressFn {
         let tiles = self.tiles.clone();
-        let base = self.base.clone();
         Arc::new(move |p: Progress| {
-            let done = base.load(Ordering::Relaxed).saturating_add(p.done);
-            tiles.set_position(u64::try_from(done).unwrap_or(u64::MAX));
+            tiles.set_position(u64::try_from(p.done).unwrap_or(u64::MAX));
         })
-    }
-
-    /// A page of `tiles` tiles of the current file is done.
-    pub(crate) fn page_done(&self, tiles: usize) {
-        self.base.fetch_add(tiles, Ordering::Relaxed);
     }
 
     /// The current file is done (or failed, or was skipped).

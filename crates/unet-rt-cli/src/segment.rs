@@ -48,6 +48,7 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
         tile: loader::tile_for(args.model.tile.as_ref().map(|t| t.0.as_slice()), info)?,
         whole: loader::whole_for(args.model.tile.as_ref().map(|t| t.0.as_slice())),
         batch_size: loader::batch_size(&args.model),
+        tta: args.model.tta,
         cancel: Some(interrupt::flag()),
         ..Options::default()
     };
@@ -346,11 +347,9 @@ fn compute<T: Pixel>(
     let run = |seg: &Segmenter| -> Result<Output, FileError> {
         let wide = ctx.model.info().out_channels > 256;
         Ok(match seg.options().output {
-            OutputMode::Labels if wide => {
-                Output::U16(run_pages::<T, u16>(ctx, seg, arranged, tiles, input)?)
-            }
-            OutputMode::Labels => Output::U8(run_pages::<T, u8>(ctx, seg, arranged, tiles, input)?),
-            _ => Output::F32(run_pages::<T, f32>(ctx, seg, arranged, tiles, input)?),
+            OutputMode::Labels if wide => Output::U16(run_pages::<T, u16>(seg, arranged, input)?),
+            OutputMode::Labels => Output::U8(run_pages::<T, u8>(seg, arranged, input)?),
+            _ => Output::F32(run_pages::<T, f32>(seg, arranged, input)?),
         })
     };
     let result = run(&segmenter)?;
@@ -385,26 +384,21 @@ fn compute<T: Pixel>(
     })
 }
 
-/// Segments each page (batch entry) into one array `([pages,] result...)`.
-/// The result is allocated fallibly, after checking it fits in memory.
+/// Segments the pages (batch entries) into one array `([pages,] result...)`
+/// in one engine call, whose progress counts the tiles of every page. The
+/// result is allocated fallibly, after checking it fits in memory.
 fn run_pages<T: Pixel, U: OutputElement>(
-    ctx: &Context<'_>,
     segmenter: &Segmenter,
     arranged: &Arranged<'_, T>,
-    tiles: usize,
     input: &Path,
 ) -> Result<ArrayD<U>, FileError> {
     let view = &arranged.view;
-    let pages = view.shape()[0];
-    let mut shape = vec![pages];
+    let mut shape = vec![view.shape()[0]];
     shape.extend(segmenter.output_shape(&view.shape()[1..]));
     let mut out = allocate_result::<U>(&shape).map_err(|m| FileError::new(input, m))?;
-    for (page, target) in view.axis_iter(Axis(0)).zip(out.axis_iter_mut(Axis(0))) {
-        segmenter
-            .segment_into(page, target)
-            .map_err(|e| FileError::engine(input, e))?;
-        ctx.bars.page_done(tiles);
-    }
+    segmenter
+        .segment_batch_into(view.view(), out.view_mut(), None)
+        .map_err(|e| FileError::engine(input, e))?;
     Ok(if arranged.stacked {
         out
     } else {

@@ -2,6 +2,10 @@
 //! the GIL around engine calls and converts results; all logic lives in the
 //! `unet_rt` crate.
 
+/// The NumPy dtypes of the pixels the binding accepts: those of
+/// [`with_pixel_array`], in its order.
+const PIXEL_DTYPES: [&str; 6] = ["uint8", "uint16", "int16", "float16", "float32", "float64"];
+
 /// `$body` with `$array` bound to `$image` cast to a `&Bound<PyArrayDyn<T>>`
 /// of the pixel type `T` it holds (named `$t` in the body), or the error
 /// naming the unsupported dtype: the one list of pixel types the binding
@@ -54,12 +58,17 @@ fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DEFAULT_CUDA_BUDGET", unet_rt::DEFAULT_CUDA_BUDGET)?;
     // One default precision for every entry point (the core's).
     m.add("DEFAULT_PRECISION", unet_rt::Precision::DEFAULT_NAME)?;
+    // The names Python checks arguments against before converting them.
+    m.add("PIXEL_DTYPES", PIXEL_DTYPES.to_vec())?;
+    m.add("OUTPUTS", unet_rt::OutputMode::NAMES.to_vec())?;
+    m.add("TTA_MODES", unet_rt::Tta::NAMES.to_vec())?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     m.add_class::<model::Model>()?;
     m.add_function(wrap_pyfunction!(instances::connected_components, m)?)?;
     m.add_function(wrap_pyfunction!(errors::error_class_names, m)?)?;
     m.add_function(wrap_pyfunction!(segment::check_image_copy, m)?)?;
     m.add_function(wrap_pyfunction!(axes::infer_axes, m)?)?;
+    m.add_function(wrap_pyfunction!(axes::arrangement, m)?)?;
     m.add_function(wrap_pyfunction!(percentiles::percentile_stats, m)?)?;
     m.add_function(wrap_pyfunction!(percentiles::combine_percentile_stats, m)?)?;
     m.add_function(wrap_pyfunction!(percentiles::percentile_ranges, m)?)?;

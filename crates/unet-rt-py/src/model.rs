@@ -120,6 +120,7 @@ impl Model {
         d.set_item("fixed_size", (i.fixed_size > 0).then_some(i.fixed_size))?;
         d.set_item("overlap", i.effective_halo())?;
         d.set_item("overlap_reason", i.overlap_reason())?;
+        d.set_item("block_depth", i.block_depth())?;
         d.set_item(
             "output_key",
             match &i.output_key {
@@ -187,8 +188,9 @@ impl Model {
     /// is `(image, origin, start, shape)`, see `unet_rt.Window`;
     /// `input_range` is one `(low, high)` per image.
     /// `nonfinite` is `"raise"` (NaN or infinity in the network's input or
-    /// output is an error) or `"propagate"`.
-    #[pyo3(signature = (image, output = None, tile = None, batch_size = None, memory_budget = None, out = None, progress = None, blend = None, window = None, input_range = None, nonfinite = None))]
+    /// output is an error) or `"propagate"`; `tta` `"none"`, `"flips"` or
+    /// `"d4"` (test-time augmentation).
+    #[pyo3(signature = (image, output = None, tile = None, batch_size = None, memory_budget = None, out = None, progress = None, blend = None, window = None, input_range = None, nonfinite = None, tta = None))]
     #[allow(clippy::too_many_arguments)]
     fn segment<'py>(
         &self,
@@ -204,6 +206,7 @@ impl Model {
         window: Option<&Bound<'py, PyAny>>,
         input_range: Option<Vec<(f64, f64)>>,
         nonfinite: Option<&Bound<'py, PyAny>>,
+        tta: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let cancel = Arc::new(AtomicBool::new(false));
         if let Some(p) = &progress {
@@ -239,6 +242,10 @@ impl Model {
             Some(n) => parse_arg::<unet_rt::NonFinite>(n, "nonfinite")?,
             None => unet_rt::NonFinite::Raise,
         };
+        let tta = match tta.filter(|t| !t.is_none()) {
+            Some(t) => parse_arg::<unet_rt::Tta>(t, "tta")?,
+            None => unet_rt::Tta::None,
+        };
         let options = unet_rt::Options {
             output,
             progress: progress.map(|p| progress_callback(p, cancel.clone(), failure.clone())),
@@ -249,6 +256,7 @@ impl Model {
                 .map(args::window)
                 .transpose()?,
             nonfinite,
+            tta,
             ..sizing(&self.inner, tile, batch_size, memory_budget)?
         };
         let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;

@@ -218,7 +218,8 @@ pub(crate) fn unsupported_dtype(image: &Bound<'_, PyAny>) -> PyErr {
     invalid(
         "image",
         format!(
-            "dtype {dtype} is not supported; use uint8, uint16, int16, float16, float32 or float64"
+            "dtype {dtype} is not supported; use {}",
+            crate::PIXEL_DTYPES.join(", ")
         ),
     )
 }

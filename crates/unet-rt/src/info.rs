@@ -184,11 +184,17 @@ impl ModelInfo {
     pub fn effective_halo(&self) -> usize {
         match self.padding {
             Padding::Valid => self.halo,
-            Padding::Same => self
-                .halo
-                .div_ceil(self.size_multiple.max(1))
-                .saturating_mul(self.size_multiple.max(1)),
+            Padding::Same => self.block_depth(),
         }
+    }
+
+    /// The halo rounded up to the size multiple: the pixels by which an
+    /// array extended on every side (a Dask boundary mode) keeps the
+    /// original pixels on the pooling grid, so that the extended array's
+    /// result over them is that of the padded image (saturating).
+    pub fn block_depth(&self) -> usize {
+        let multiple = self.size_multiple.max(1);
+        self.halo.div_ceil(multiple).saturating_mul(multiple)
     }
 
     /// Why [`ModelInfo::effective_halo`] is what it is, for `info` output.
@@ -256,6 +262,19 @@ mod tests {
         assert_eq!(info.effective_halo(), 64);
         assert!(!info.overlap_reason().contains("rounded"));
         assert_eq!(info.min_tile(), 144);
+    }
+
+    #[test]
+    fn the_block_depth_is_the_halo_on_the_pooling_grid_for_any_padding() {
+        let mut info = same(92, 16);
+        assert_eq!(info.block_depth(), 96);
+        info.padding = Padding::Valid;
+        assert_eq!((info.block_depth(), info.effective_halo()), (96, 92));
+        info.halo = usize::MAX - 3;
+        assert_eq!(info.block_depth(), usize::MAX); // saturates, no overflow
+        info.size_multiple = 0;
+        info.halo = 7;
+        assert_eq!(info.block_depth(), 7);
     }
 
     #[test]

@@ -158,6 +158,10 @@ pub struct Metadata {
     /// Provenance: data set, split, epochs, held-out metrics.
     #[serde(default)]
     pub training: serde_json::Value,
+    /// Held-out scores measured through the runtime (`python -m
+    /// training.evaluate --write`), kept as written.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub evaluation: serde_json::Value,
 }
 
 /// `size_multiple` as one number or one per axis, the latter reduced to

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ndarray::{ArrayD, Axis, IxDyn};
-use unet_rt::{Device, Error, Model, Options, OutputMode, Precision, Progress, Segmenter};
+use unet_rt::{Device, Error, Model, Options, OutputMode, Precision, Progress, Segmenter, Tta};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -609,4 +609,102 @@ fn a_batch_is_one_call_with_a_range_per_image_and_progress_over_the_batch() {
         seg.segment_batch_into(images[0].view(), out.view_mut(), None),
         "image",
     );
+}
+
+/// `image` `(C, y, x)` under one of the square's symmetries: flips, then
+/// (with `transpose`) y and x exchanged.
+fn symmetry(image: &ArrayD<f32>, flip_y: bool, flip_x: bool, transpose: bool) -> ArrayD<f32> {
+    let mut view = image.view();
+    if flip_y {
+        view.invert_axis(Axis(1));
+    }
+    if flip_x {
+        view.invert_axis(Axis(2));
+    }
+    if transpose {
+        view.swap_axes(1, 2);
+    }
+    view.to_owned()
+}
+
+/// The whole-image augmented oracle: `mean_g g⁻¹ f(g(X))` over the padded
+/// input `X` of [`unet_rt::forward_whole`], cropped to the image, softmaxed.
+fn augmented_oracle(model: &Model, image: &ArrayD<f32>, rotations: bool) -> ArrayD<f32> {
+    let info = model.info();
+    let affine = unet_rt::normalize::resolve_view(&info.normalization, &image.view());
+    let normalized = image.mapv(|v| affine.apply(v));
+    let pads: Vec<(usize, usize)> = image.shape()[1..]
+        .iter()
+        .map(|&s| unet_rt::whole_image_padding(s, info))
+        .collect();
+    let padded = unet_rt::pad_reflect(&normalized.view(), &pads);
+    let mut sum: Option<ArrayD<f32>> = None;
+    let mut count = 0.0f32;
+    for transpose in [false, true]
+        .into_iter()
+        .take(if rotations { 2 } else { 1 })
+    {
+        for (flip_y, flip_x) in [(false, false), (true, false), (false, true), (true, true)] {
+            let input = symmetry(&padded, flip_y, flip_x, transpose).insert_axis(Axis(0));
+            let output = model
+                .forward_array(input.view())
+                .unwrap()
+                .index_axis_move(Axis(0), 0);
+            // The inverse: exchange back, then flip back.
+            let back = symmetry(
+                &symmetry(&output, false, false, transpose),
+                flip_y,
+                flip_x,
+                false,
+            );
+            sum = Some(match sum {
+                None => back,
+                Some(s) => s + back,
+            });
+            count += 1.0;
+        }
+    }
+    let mean = sum.unwrap() / count;
+    let mut cropped = mean.view();
+    for (d, (&size, &(before, _))) in image.shape()[1..].iter().zip(&pads).enumerate() {
+        let start = before - info.shrink() / 2;
+        cropped.slice_axis_inplace(Axis(d + 1), ndarray::Slice::from(start..start + size));
+    }
+    softmax(&cropped.to_owned())
+}
+
+#[test]
+fn augmented_tiles_equal_the_augmented_whole_image_forward() {
+    // Flipped and turned tiles stay on the transformed input's pooling grid
+    // (valid sizes share one offset), so the tiled average is the whole one.
+    let model = load("tiny_valid.pt");
+    let mut rng = Lcg(29);
+    for (size, tile, batch) in [
+        ([97, 61], [48, 60], 3),
+        ([64, 130], [72, 52], 2),
+        ([33, 33], [60, 60], 1),
+    ] {
+        let image = rng.image(&[1, size[0], size[1]]);
+        let plain = probabilities(&model, &image, Some(tile.to_vec()), Some(batch));
+        for (tta, rotations) in [(Tta::Flips, false), (Tta::D4, true)] {
+            let options = Options {
+                output: OutputMode::Probabilities,
+                tile: Some(tile.to_vec()),
+                batch_size: Some(batch),
+                tta,
+                ..Options::default()
+            };
+            let got = Segmenter::new(model.clone(), options)
+                .unwrap()
+                .segment(image.view())
+                .unwrap();
+            let want = augmented_oracle(&model, &image, rotations);
+            let diff = max_abs_diff(&got, &want);
+            assert!(
+                diff <= 1e-5,
+                "{tta:?} image {size:?} tile {tile:?}: max |diff| {diff}"
+            );
+            assert!(max_abs_diff(&got, &plain) > 1e-4, "{tta:?} changed nothing");
+        }
+    }
 }

@@ -22,7 +22,7 @@ import time
 from contextlib import ExitStack
 from typing import List, Optional
 
-from ..model import DEFAULT_PRECISION
+from ..model import DEFAULT_PRECISION, OUTPUTS, TTA_MODES
 
 __all__ = ["main"]
 
@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--local-workers", type=int, metavar="N", help="start N local worker processes for this run")
     parser.add_argument("--threads-per-worker", type=int, default=None, metavar="T",
                         help="libtorch threads per local worker (default: the cores divided among the workers)")
-    parser.add_argument("--output", "-o", default="labels", choices=["labels", "probabilities", "raw", "instances"])
+    parser.add_argument("--output", "-o", default="labels", choices=list(OUTPUTS))
     parser.add_argument("--axes", default=None, help="axes of the source, e.g. yx, cyx, yxc, zyx, byx (inferred when unambiguous)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (per worker; default auto)")
     parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=["auto", "fp32", "bf16", "fp16"],
@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--block", type=int, default=None, help="spatial block size per task (default ~1024 in 2-D, 128 in 3-D)")
     parser.add_argument("--tile", type=int, default=None, help="input tile size (default: chosen for the whole image from a memory budget)")
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default: chosen)")
+    parser.add_argument("--tta", default="none", choices=list(TTA_MODES),
+                        help="test-time augmentation: flips (4 passes per tile in 2-D) or d4 (8); default none")
     parser.add_argument("--chunks", type=int, default=None, help="spatial chunk size of a new destination (default: the block)")
     parser.add_argument("--shards", type=int, default=None, help="spatial shard size of a new destination (zarr v3)")
     parser.add_argument("--resources", default=None, metavar="NAME=N[,NAME=N]",
@@ -119,6 +121,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 shards=args.shards,
                 tile=args.tile,
                 batch_size=args.batch_size,
+                tta=args.tta,
                 resources=resources,
             )
     except KeyboardInterrupt:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import operator
-
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -13,10 +11,10 @@ import numpy as np
 
 from .. import _unet_rt
 from ..errors import InvalidArgumentError
-from ..model import Model
+from ..model import Model, check_dtype, check_output, check_tta
 from ._blocks import BlockPlan, dask_block
 from ._instances import block_summary, merge_summaries, relabel_block
-from ._array_axes import OUTPUTS, ArrayAxes, block_depth
+from ._array_axes import ArrayAxes, block_depth
 from ._spec import ResolvedModel, resolve_model
 from ._tiling import fitted_chunks
 
@@ -28,7 +26,6 @@ Normalize = Union[str, Sequence[float], np.ndarray]
 #: or (``first`` None) the engine's sample (see ``_unet_rt.percentile_stats``).
 Stats = Dict[int, Tuple[Optional[float], np.ndarray]]
 
-_SUPPORTED = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.float16, np.float32, np.float64))
 # Our names -> Dask's: Dask's "reflect" repeats the edge pixel (NumPy's
 # "symmetric"); NumPy's "reflect", the engine's own mirroring, needs no
 # padding at all (see BlockPlan.padded).
@@ -48,6 +45,7 @@ def segment(
     tile: Union[int, Sequence[int], None] = None,
     batch_size: Optional[int] = None,
     memory_budget: Optional[int] = None,
+    tta: str = "none",
 ) -> da.Array:
     """Segments a (Dask) array lazily, block by block with overlap.
 
@@ -93,6 +91,7 @@ def segment(
             per image of a batch).
         tile, batch_size, memory_budget: choose the tiling as in
             :meth:`unet_rt.Model.segment` (for the whole array, once).
+        tta: test-time augmentation, as in :meth:`unet_rt.Model.segment`.
 
     Returns:
         A Dask array shaped as :meth:`unet_rt.Model.segment`'s result.
@@ -108,18 +107,17 @@ def segment(
         >>> bool((labels.compute(scheduler="sync") == want).all())
         True
     """
-    if output not in OUTPUTS:
-        raise InvalidArgumentError(f"invalid output: {output!r}; expected one of {', '.join(map(repr, OUTPUTS))}")
+    check_output(output)
     check_normalize(normalize)
     x = arr if isinstance(arr, da.Array) else da.asarray(arr)
-    _check_dtype(x.dtype)
+    check_dtype(x.dtype)
     resolved = resolve_model(model, device, precision)
     info = resolved.info
     array_axes = ArrayAxes.of(x.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
     padded, dask_boundary = _boundary(boundary)
     canon = array_axes.to_canonical(x)
     planner, tiling = resolved.plan(canon.shape[2:], block_depth(info) if padded else 0,
-                                    _tile(tile, array_axes.spatial_dims), batch_size, memory_budget)
+                                    tile, batch_size, memory_budget)
     spatial_chunks, depth = fitted_chunks(planner, tiling, canon.chunks[2:])
     chunks = (canon.chunks[0], (canon.shape[1],)) + spatial_chunks
     if chunks != canon.chunks:
@@ -133,6 +131,7 @@ def segment(
         depth=depth,
         padded=padded,
         memory_budget=memory_budget,
+        tta=check_tta(tta),
     )
     kwargs: dict = {"spec": resolved.spec, "plan": plan}
     if ranges is not None:
@@ -214,7 +213,7 @@ def image_range(arr: Any, model: ModelArg = None, *, axes: Optional[str] = None)
     [99.99, 9979.002]
     """
     x = arr if isinstance(arr, da.Array) else da.asarray(arr)
-    _check_dtype(x.dtype)
+    check_dtype(x.dtype)
     resolved = resolve_model(model, "cpu", "fp32")
     info = resolved.info
     array_axes = ArrayAxes.of(x.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
@@ -262,37 +261,6 @@ def tree_reduce(items: List[Any], combine: Callable[[List[Any]], Any], finish: C
     while len(items) > fan_in:
         items = [combine(items[i : i + fan_in]) for i in range(0, len(items), fan_in)]
     return finish(items)
-
-
-def _check_dtype(dtype: np.dtype) -> None:
-    if np.dtype(dtype) not in _SUPPORTED:
-        raise InvalidArgumentError(
-            f"invalid image: dtype {dtype} is not supported; use uint8, uint16, int16, float16, float32 or float64"
-        )
-
-
-def _tile(tile: Union[int, Sequence[int], None], dims: int) -> Optional[Tuple[int, ...]]:
-    if tile is None:
-        return None
-    try:
-        if hasattr(tile, "__index__"):
-            return (_index(tile),) * dims
-        if isinstance(tile, (str, bytes)):
-            raise TypeError
-        sizes = tuple(_index(t) for t in tile)
-    except TypeError:
-        raise TypeError(f"tile must be an int or a sequence of ints, got {tile!r}") from None
-    if len(sizes) != dims:
-        raise InvalidArgumentError(f"invalid tile: {len(sizes)} sizes for a {dims}-D model")
-    return sizes
-
-
-def _index(value: Any) -> int:
-    """An int or NumPy integer, never a bool, float or string (the engine
-    checks the value itself)."""
-    if isinstance(value, bool):
-        raise TypeError
-    return operator.index(value)
 
 
 def _boundary(boundary: Union[str, float]) -> Tuple[bool, Any]:

@@ -3,27 +3,22 @@ the padding of the boundary modes that extend the array."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
-import numpy as np
 
-from .._axes import arrange
-from ..errors import InvalidArgumentError
+from .. import _unet_rt
+from .._axes import to_engine_layout
 
-__all__ = ["ArrayAxes", "block_depth", "OUTPUTS"]
-
-OUTPUTS = ("labels", "probabilities", "raw", "instances")
-_SPATIAL = {2: "yx", 3: "zyx"}
+__all__ = ["ArrayAxes", "block_depth"]
 
 
 @dataclass(frozen=True)
 class ArrayAxes:
     """How an array with named ``axes`` maps onto the canonical layout
-    ``(b, c, spatial...)`` in which blocks are cut and segmented, with the
-    same rules as :meth:`unet_rt.Model.segment` (spatial axes in
-    ``"zyx"`` order, results channel-first).
+    ``(b, c, spatial...)`` in which blocks are cut and segmented: the
+    engine's arrangement (:meth:`unet_rt.Model.segment` reads arrays the
+    same way; results are channel-first).
 
     >>> lay = ArrayAxes.of((300, 400, 3), "yxc", spatial_dims=2, in_channels=3)
     >>> lay.canonical_shape((300, 400, 3)), lay.batched
@@ -33,59 +28,38 @@ class ArrayAxes:
     """
 
     axes: str
-    spatial_dims: int
+    #: For each canonical axis, the array's axis, or ``None`` (length 1).
+    sources: Tuple[Optional[int], ...]
 
     @classmethod
     def of(cls, shape: Sequence[int], axes: Optional[str], spatial_dims: int, in_channels: int) -> "ArrayAxes":
         """Checks ``axes`` against ``shape`` (inferring them when ``None``)."""
-        probe = np.broadcast_to(np.zeros((), np.uint8), tuple(int(s) for s in shape))
-        view, _, used = arrange(probe, axes, spatial_dims, in_channels)
-        if view.shape[1] != in_channels:
-            raise InvalidArgumentError(
-                f"invalid image: the model takes {in_channels} channel(s), the array of shape {tuple(shape)} "
-                f"with axes {used!r} has {view.shape[1]}"
-            )
-        return cls(used.lower(), spatial_dims)
+        used, sources = _unet_rt.arrangement(tuple(int(s) for s in shape), axes, spatial_dims, in_channels)
+        return cls(used, tuple(sources))
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 or 3."""
+        return len(self.sources) - 2
 
     @property
     def batched(self) -> bool:
-        """Whether the array has a batch axis ``b``."""
-        return "b" in self.axes
-
-    @property
-    def spatial(self) -> str:
-        """``"yx"`` or ``"zyx"``."""
-        return _SPATIAL[self.spatial_dims]
-
-    @property
-    def canonical_axes(self) -> str:
-        """``"bc"`` followed by the spatial axes."""
-        return "bc" + self.spatial
-
-    def _order(self) -> Tuple[str, List[int]]:
-        order = self.axes + ("" if "c" in self.axes else "c")
-        order = ("" if "b" in order else "b") + order
-        return order, [order.index(a) for a in self.canonical_axes]
+        """Whether the array has a batch axis."""
+        return self.sources[0] is not None
 
     def canonical_shape(self, shape: Sequence[int]) -> Tuple[int, ...]:
         """The shape of the array in the canonical layout."""
-        sizes = dict(zip(self.axes, (int(s) for s in shape)))
-        return tuple(sizes.get(a, 1) for a in self.canonical_axes)
+        return tuple(1 if s is None else int(shape[s]) for s in self.sources)
 
     def to_canonical(self, array: Any) -> Any:
         """The array (NumPy or Dask) as a ``(b, c, spatial...)`` view."""
-        if "c" not in self.axes:
-            array = array[..., None]
-        if "b" not in self.axes:
-            array = array[None]
-        _, perm = self._order()
-        return array.transpose(perm)
+        return to_engine_layout(array, self.sources)
 
     def user_slices(self, canonical: Sequence[slice]) -> Tuple[slice, ...]:
         """The slices of the user's array that read the canonical window
         ``canonical`` (one slice per canonical axis)."""
-        index = dict(zip(self.canonical_axes, canonical))
-        return tuple(index[a] for a in self.axes)
+        index = {s: c for s, c in zip(self.sources, canonical) if s is not None}
+        return tuple(index[i] for i in range(len(self.axes)))
 
     def output_shape(self, canonical_shape: Sequence[int], output: str, out_channels: int) -> Tuple[int, ...]:
         """Shape of the result, as :meth:`unet_rt.Model.segment` returns it."""
@@ -96,13 +70,15 @@ class ArrayAxes:
 
 def block_depth(info: Dict[str, Any]) -> int:
     """Pixels by which boundary modes other than ``"reflect"`` extend the
-    array on each side (:func:`unet_rt.dask.segment`'s ``boundary``): the
-    model's halo rounded up to its pooling multiple ``size_multiple``, so
-    that the extended array's result over the original pixels is that of
+    array on each side (:func:`unet_rt.dask.segment`'s ``boundary``):
+    ``info["block_depth"]`` of a model's :attr:`~unet_rt.Model.info`, the
+    halo rounded up to its pooling multiple ``size_multiple``, so that the
+    extended array's result over the original pixels is that of
     ``numpy.pad(array, block_depth(info), mode)``.
 
-    >>> block_depth({"halo": 20, "size_multiple": 4}), block_depth({"halo": 92, "size_multiple": 16})
-    (20, 96)
+    >>> import unet_rt
+    >>> model = unet_rt.Model(device="cpu")
+    >>> model.info["halo"], model.info["size_multiple"], block_depth(model.info)
+    (44, 8, 48)
     """
-    halo, multiple = int(info["halo"]), max(1, int(info["size_multiple"]))
-    return math.ceil(halo / multiple) * multiple
+    return int(info["block_depth"])

@@ -31,6 +31,8 @@ class BlockPlan:
         memory_budget: passed to :meth:`unet_rt.Model.segment` (with the
             tiling fixed it bounds nothing but the fallback after running
             out of device memory).
+        tta: test-time augmentation, as in :meth:`unet_rt.Model.segment`
+            (tile by tile, so blocks stay exact).
     """
 
     spatial_dims: int
@@ -39,6 +41,7 @@ class BlockPlan:
     depth: Tuple[int, ...] = ()
     padded: bool = False
     memory_budget: Optional[int] = None
+    tta: str = "none"
 
 
 def overlaps(start: int, stop: int, size: int, depth: int, padded: bool) -> Tuple[int, int]:
@@ -75,6 +78,7 @@ def segment_block(
         window=window,
         input_range=ranges,
         memory_budget=plan.memory_budget,
+        tta=plan.tta,
         **plan.tiling.options(),
     )
     return np.ascontiguousarray(result)

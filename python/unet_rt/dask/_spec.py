@@ -125,7 +125,7 @@ class ResolvedModel:
             return None
         return float(self.normalization["low"]), float(self.normalization["high"])
 
-    def plan(self, spatial: Sequence[int], pad: int, tile: Optional[Sequence[int]], batch_size: Optional[int],
+    def plan(self, spatial: Sequence[int], pad: int, tile: Any, batch_size: Optional[int],
              memory_budget: Optional[int]) -> Tuple[Model, Tiling]:
         """The whole array's tiling as the workers' device and precision
         would choose it, and the model on this machine that planned it (for

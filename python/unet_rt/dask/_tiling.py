@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -95,7 +95,7 @@ def plan_tiling(
     planner: Model,
     spatial: Sequence[int],
     pad: int,
-    tile: Optional[Sequence[int]],
+    tile: Any,
     batch_size: Optional[int],
     memory_budget: Optional[int],
     device: str,
@@ -106,7 +106,7 @@ def plan_tiling(
     ``device`` in their ``precision`` (planned here by the engine, see
     :meth:`unet_rt.Model.layout`)."""
     image = tuple(int(n) + 2 * pad for n in spatial)
-    layout = planner.layout(image, tile=list(tile) if tile is not None else None, batch_size=batch_size,
+    layout = planner.layout(image, tile=tile, batch_size=batch_size,
                             memory_budget=memory_budget, device=device, precision=precision)
     return Tiling(
         image=image,

@@ -20,31 +20,28 @@ import functools
 import hashlib
 import math
 import os
-import sys
-import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from ..model import ProgressArg, check_dtype, check_output, check_tta
 from ._array import (
     ModelArg,
     Normalize,
     Stats,
-    _check_dtype,
-    _tile,
     block_stats,
     check_normalize,
     combine_stats,
     finish_stats,
     given_ranges,
-    tree_reduce,
 )
 from ._blocks import BlockPlan, segment_block
 from ._instances import block_summary, merge_summaries, relabel_block
-from ._array_axes import OUTPUTS, ArrayAxes
+from ._array_axes import ArrayAxes
 from ._spec import ModelSpec, ResolvedModel, load_model, resolve_model
+from ._runner import Runner
 from ._tiling import Tiling, block_shape
 
 __all__ = ["segment_to_zarr"]
@@ -52,9 +49,6 @@ __all__ = ["segment_to_zarr"]
 _FORMAT = "unet_rt.dask/1"
 _ATTRS = "unet_rt_dask"
 _TARGET_BLOCK = {2: 1024, 3: 128}
-# Statistics combined per group: bounded fan-in keeps a combining task small.
-_FAN_IN = 8
-ProgressArg = Union[bool, Callable[[int, int], Any], None]
 Size = Union[int, Sequence[int], None]
 
 
@@ -154,6 +148,7 @@ def segment_to_zarr(
     batch_size: Optional[int] = None,
     memory_budget: Optional[int] = None,
     resources: Optional[Dict[str, float]] = None,
+    tta: str = "none",
 ) -> Any:
     """Segments a zarr array into a zarr group, block by block, on a Dask
     cluster (or in this process), resumably.
@@ -194,6 +189,7 @@ def segment_to_zarr(
         chunks, shards: spatial chunk and shard shape of a new destination
             (default: chunks of one block, no shards). A resumed destination
             keeps its own block, chunks and shards.
+        tta: test-time augmentation, as in :meth:`unet_rt.Model.segment`.
         resources: worker resources each segmentation task claims, e.g.
             ``{"GPU": 1}`` on workers started with ``--resources GPU=1``
             (statistics and merging tasks claim none).
@@ -214,16 +210,15 @@ def segment_to_zarr(
     """
     import zarr
 
-    if output not in OUTPUTS:
-        raise InvalidArgumentError(f"invalid output: {output!r}; expected one of {', '.join(map(repr, OUTPUTS))}")
+    check_output(output)
     check_normalize(normalize)
     src = source if isinstance(source, zarr.Array) else zarr.open_array(_path(source), mode="r")
-    _check_dtype(src.dtype)
+    check_dtype(src.dtype)
     resolved = resolve_model(model, device, precision)
     info = resolved.info
     array_axes = ArrayAxes.of(src.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
     shape = array_axes.canonical_shape(src.shape)
-    _, tiling = resolved.plan(shape[2:], 0, _tile(tile, array_axes.spatial_dims), batch_size, memory_budget)
+    _, tiling = resolved.plan(shape[2:], 0, tile, batch_size, memory_budget)
     engine_output = "labels" if output == "instances" else output
     mode = "a" if resume else "w"
     if isinstance(destination, zarr.Group):
@@ -239,6 +234,7 @@ def segment_to_zarr(
         "source_shape": [int(s) for s in src.shape],
         "tile": list(tiling.tile),
         "batch_size": tiling.batch_size,
+        "tta": check_tta(tta),
         "normalize": normalize if isinstance(normalize, str) else given_ranges(normalize, shape[0]).tolist(),
     }
     previous = dict(group.attrs.get(_ATTRS) or {})
@@ -253,7 +249,8 @@ def segment_to_zarr(
                 f"choose an empty destination or pass resume=False to overwrite it"
             )
         blocks, spatial_chunks, spatial_shards = _choose_blocks(block, chunks, shards, shape[2:], tiling)
-    plan = BlockPlan(spatial_dims=array_axes.spatial_dims, output=engine_output, tiling=tiling, memory_budget=memory_budget)
+    plan = BlockPlan(spatial_dims=array_axes.spatial_dims, output=engine_output, tiling=tiling, memory_budget=memory_budget,
+                     tta=config["tta"])
     out_channels = int(info["out_channels"])
     dtype = np.dtype(np.float32) if engine_output != "labels" else np.dtype(np.uint16 if out_channels > 256 else np.uint8)
     target = _array(group, engine_output, array_axes.output_shape(shape, engine_output, out_channels), dtype,
@@ -264,7 +261,7 @@ def segment_to_zarr(
     done = _markers(group, "_done_" + engine_output, numblocks)
     if not previous:
         group.attrs[_ATTRS] = {**config, "block": list(blocks), "ranges": None}
-    runner = _Runner(client, progress)
+    runner = Runner(client, progress)
     ranges = _ranges(group, resolved, normalize, array_axes, shape, blocks, runner, src, plan)
     job = _Job(src, target, done, array_axes, plan, resolved.spec, blocks, shape)
     runner.run(
@@ -319,11 +316,15 @@ def _model_digest(resolved: ResolvedModel) -> str:
     return digest.hexdigest()
 
 
+# What destinations written before a setting existed used.
+_BEFORE = {"tta": "none"}
+
+
 def _check_same_job(previous: Dict[str, Any], config: Dict[str, Any], destination: Any) -> None:
     for key, value in config.items():
-        if previous.get(key) != value:
+        if previous.get(key, _BEFORE.get(key)) != value:
             raise InvalidArgumentError(
-                f"invalid destination: {destination} was written with {key}={previous.get(key)!r}, this run asks "
+                f"invalid destination: {destination} was written with {key}={previous.get(key, _BEFORE.get(key))!r}, this run asks "
                 f"for {value!r}; pass resume=False to start over, or write to another destination"
             )
 
@@ -401,134 +402,3 @@ def _ranges(group, resolved, normalize, array_axes, shape, blocks, runner, src, 
     attrs["ranges"] = ranges.tolist()
     group.attrs[_ATTRS] = attrs
     return ranges
-
-
-class _Runner:
-    """Runs block tasks on a distributed client, or in this process."""
-
-    def __init__(self, client: Any, progress: ProgressArg) -> None:
-        if client is False:
-            client = None
-        elif client is None:
-            try:
-                from distributed import default_client
-
-                client = default_client()
-            except (ImportError, ValueError):
-                client = None
-        self.client = client
-        self.progress = progress
-        self.token = uuid.uuid4().hex[:8]
-        self._count = 0
-
-    def _key(self, name: str) -> str:
-        self._count += 1
-        return f"unet_rt-{name}-{self.token}-{self._count}"
-
-    def _share(self, value: Any) -> Any:
-        from distributed import Future
-
-        if value is None or isinstance(value, Future) or (isinstance(value, np.ndarray) and value.nbytes < 4096):
-            return value
-        return self.client.scatter(value, broadcast=False, hash=False)
-
-    def run(self, fn: Callable[..., int], calls: List[Tuple[tuple, dict]], shared: Dict[str, Any], total: int, desc: str,
-            resources: Optional[Dict[str, float]] = None) -> None:
-        """Runs ``fn(*args, **kwargs, **shared)`` for each call, with a bar."""
-        with _Bar(self.progress, total, total - len(calls), desc) as bar:
-            if self.client is None:
-                for args, kwargs in calls:
-                    fn(*args, **kwargs, **shared)
-                    bar.update(1)
-                return
-            from distributed import as_completed
-
-            common = {k: self._share(v) for k, v in shared.items()}
-            futures = [self.client.submit(fn, *args, **kwargs, **common, key=self._key(desc.split()[-1]),
-                                          resources=resources) for args, kwargs in calls]
-            try:
-                for future in as_completed(futures):
-                    future.result()
-                    bar.update(1)
-            except BaseException:
-                self.client.cancel(futures)
-                raise
-
-    def map(self, fn: Callable[..., Any], calls: List[Tuple[tuple, dict]], desc: str) -> List[Any]:
-        """``fn`` for each call: results (locally) or futures (on a cluster)."""
-        if self.client is None:
-            return [fn(*args, **kwargs) for args, kwargs in calls]
-        return [self.client.submit(fn, *args, **kwargs, key=self._key("summary")) for args, kwargs in calls]
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)`` (on a worker when there is a cluster); a tuple result
-        stays on the worker as futures of its items."""
-        if self.client is None:
-            return fn(*args)
-        future = self.client.submit(fn, *args, key=self._key("merge"))
-        return tuple(self.client.submit(_item, future, i, key=self._key("item")) for i in range(2))
-
-    def reduce(
-        self, fn: Callable[..., Any], calls: List[Tuple[tuple, dict]], combine: Callable[..., Any], finish: Callable[..., Any], desc: str
-    ) -> Any:
-        """``finish`` of the results of ``fn`` over ``calls``, combined in
-        groups on the workers; only the final (small) result comes back."""
-        # A progress callable counts written blocks; only bars show this pass.
-        with _Bar(self.progress if self.progress is True else None, len(calls), 0, desc) as bar:
-            if self.client is None:
-                parts: List[Any] = []
-                for args, kwargs in calls:
-                    parts.append(fn(*args, **kwargs))
-                    bar.update(1)
-                    if len(parts) == _FAN_IN:
-                        parts = [combine(*parts)]
-                return finish(*parts)
-            from distributed import as_completed
-
-            submit = self.client.submit
-            futures = [submit(fn, *args, **kwargs, key=self._key("stats")) for args, kwargs in calls]
-            final = tree_reduce(
-                list(futures),
-                lambda group: submit(combine, *group, key=self._key("combine")),
-                lambda group: submit(finish, *group, key=self._key("finish")),
-                _FAN_IN,
-            )
-            for _ in as_completed(futures):
-                bar.update(1)
-            return final.result()
-
-
-def _item(value: Sequence[Any], i: int) -> Any:
-    return value[i]
-
-
-class _Bar:
-    def __init__(self, progress: ProgressArg, total: int, initial: int, desc: str) -> None:
-        self.progress, self.total, self.done, self.desc, self.bar = progress, total, initial, desc, None
-
-    def __enter__(self) -> "_Bar":
-        if self.progress is True:
-            try:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=self.total, initial=self.done, unit="block", desc=self.desc)
-            except ImportError:
-                self.bar = None
-        self._report()
-        return self
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        self._report()
-
-    def _report(self) -> None:
-        if callable(self.progress) and self.progress is not True:
-            self.progress(self.done, self.total)
-        elif self.progress is True and self.bar is None:
-            print(f"\r{self.desc}: {self.done}/{self.total} blocks", end="\n" if self.done >= self.total else "", file=sys.stderr)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.close()

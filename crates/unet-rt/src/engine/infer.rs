@@ -4,7 +4,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::{output, Batch, NonFinite, OutputElement, OutputMode, Segmenter, Written};
+use super::{output, tta, Batch, NonFinite, OutputElement, OutputMode, Segmenter, Written};
 use crate::error::{Error, Result};
 use crate::geometry::{Blend, TilePlan};
 use crate::metadata::Padding;
@@ -78,7 +78,9 @@ impl Segmenter {
             self.model.device(),
             self.model.precision().kind(),
         )?;
-        let y = self.forward_splitting(&input)?;
+        let y = tta::augmented(self.options.tta, info.spatial_dims, &input, |x| {
+            self.forward_splitting(x)
+        })?;
         let expect_spatial = plan.output_tile_shape();
         let got = y.size();
         let ok = got.len() == tile.len() + 2

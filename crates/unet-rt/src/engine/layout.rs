@@ -1,11 +1,13 @@
 //! Choosing the tiling of an image: tile and batch size from the memory
-//! budget, checked against what the machine can hold.
+//! budget, checked against what the machine can hold. The [`Planner`]
+//! needs the model's geometry and the options only, not a loaded model.
 
 use tch::Device;
 
-use super::{invalid, plan, Layout, Segmenter, DEFAULT_CPU_BUDGET, DEFAULT_CUDA_BUDGET};
+use super::{invalid, plan, Layout, Options, Segmenter, DEFAULT_CPU_BUDGET, DEFAULT_CUDA_BUDGET};
 use crate::error::Result;
 use crate::geometry::TilePlan;
+use crate::info::ModelInfo;
 use crate::memory;
 use crate::metadata::Padding;
 use crate::precision::Precision;
@@ -21,24 +23,127 @@ impl Segmenter {
         self.layout_on(image, self.model.device(), self.model.precision())
     }
 
-    /// The tiling a segmenter with this model and these options would use
-    /// on `device` in `precision`, without loading anything there: tiles
-    /// follow the device only through its default memory budget (and the
-    /// memory check, which counts activations on the CPU only), and the
-    /// precision only through the bytes per value. A Dask client without
-    /// the workers' GPU plans their tiles with this.
+    /// The tiling this segmenter would use on `device` in `precision`
+    /// ([`Planner::layout`]).
     ///
     /// # Errors
-    /// As [`Self::layout`]; [`Error::InvalidArgument`](crate::Error::InvalidArgument)
-    /// for fp16 on the CPU.
+    /// As [`Planner::layout`].
     pub fn layout_on(
         &self,
         image: &[usize],
         device: Device,
         precision: Precision,
     ) -> Result<Layout> {
+        self.planner().layout(image, device, precision)
+    }
+
+    /// The planner of this segmenter's model and options.
+    pub(super) fn planner(&self) -> Planner<'_> {
+        Planner {
+            info: self.model.info(),
+            options: &self.options,
+        }
+    }
+}
+
+/// Plans tilings in closed form from a model's geometry ([`ModelInfo`]) and
+/// the options, for any device and precision: nothing is loaded or run. The
+/// [`Segmenter`] plans with it; so can a client planning for workers.
+///
+/// ```
+/// use unet_rt::{Activation, Device, ModelInfo, Normalization, Options, Padding, Planner, Precision};
+/// // The paper's U-Net: valid sizes 12 + 16k, 92 pixels lost per side.
+/// let info = ModelInfo {
+///     spatial_dims: 2, in_channels: 1, out_channels: 2, output: Activation::Softmax,
+///     padding: Padding::Valid, halo: 92, size_multiple: 16, size_offset: 12,
+///     normalization: Normalization::None, min_size: 0, fixed_size: 0, output_key: None,
+///     first_layer_width: Some(64), probed: false, exactness: Default::default(),
+/// };
+/// let options = Options::default();
+/// let planner = Planner::new(&info, &options)?;
+/// let layout = planner.layout(&[2048, 2048], Device::Cuda(0), Precision::Fp16)?;
+/// assert!(layout.plan.len() >= 1 && layout.batch_size >= 1);
+/// # Ok::<(), unet_rt::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Planner<'a> {
+    info: &'a ModelInfo,
+    options: &'a Options,
+}
+
+impl<'a> Planner<'a> {
+    /// Checks the options that shape the tiling against the model.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument): `tile` of
+    /// the wrong rank, not a valid input size of the model, above
+    /// [`MAX_TILE_SIDE`](crate::geometry::MAX_TILE_SIDE) or together with
+    /// `whole`; a zero `batch_size` or `memory_budget`.
+    pub fn new(info: &'a ModelInfo, options: &'a Options) -> Result<Self> {
+        if options.whole && options.tile.is_some() {
+            return Err(invalid(
+                "tile",
+                "give either tile sizes or \"whole\" (one tile for the whole image), not both"
+                    .to_owned(),
+            ));
+        }
+        if let Some(tile) = &options.tile {
+            if tile.len() != info.spatial_dims {
+                return Err(invalid(
+                    "tile",
+                    format!("{} sizes for a {}-D model", tile.len(), info.spatial_dims),
+                ));
+            }
+            if let Some(&bad) = tile
+                .iter()
+                .find(|&&t| !info.is_valid_size(t) || t < info.min_tile())
+            {
+                return Err(invalid(
+                    "tile",
+                    format!(
+                        "{bad} is not a usable tile size for this model: sizes are {} + k * {} from {} up",
+                        info.size_offset,
+                        info.size_multiple,
+                        info.min_tile()
+                    ),
+                ));
+            }
+            if let Some(&bad) = tile.iter().find(|&&t| t > crate::geometry::MAX_TILE_SIDE) {
+                return Err(invalid(
+                    "tile",
+                    format!(
+                        "{bad} is larger than the largest supported tile side, {}",
+                        crate::geometry::MAX_TILE_SIDE
+                    ),
+                ));
+            }
+        }
+        if options.batch_size == Some(0) {
+            return Err(invalid("batch_size", "must be at least 1".to_owned()));
+        }
+        if options.memory_budget == Some(0) {
+            return Err(invalid(
+                "memory_budget",
+                "must be at least 1 byte (it is the activation memory one batch may use)"
+                    .to_owned(),
+            ));
+        }
+        Ok(Self { info, options })
+    }
+
+    /// The tiling for an image of spatial shape `image` on `device` in
+    /// `precision`: tiles follow the device only through its default memory
+    /// budget (and the memory check, which counts activations on the CPU
+    /// only), and the precision only through the bytes per value.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an
+    /// image the tiles cannot cover, for tiles and batches whose buffers
+    /// this machine cannot hold (checked before anything is allocated; the
+    /// message gives the size needed), and for fp16 on the CPU.
+    pub fn layout(&self, image: &[usize], device: Device, precision: Precision) -> Result<Layout> {
         let precision = precision.resolve(device)?;
-        let info = self.model.info();
+        let info = self.info;
         let halo = info.effective_halo();
         let element_bytes = precision.kind().elt_size_in_bytes();
         let budget = self.options.memory_budget.unwrap_or(match device {
@@ -89,7 +194,7 @@ impl Segmenter {
         device: Device,
         element: usize,
     ) -> Result<()> {
-        let info = self.model.info();
+        let info = self.info;
         let pixels = layout
             .plan
             .input_tile_shape()
@@ -143,7 +248,7 @@ impl Segmenter {
         budget: usize,
         element_bytes: usize,
     ) -> Result<Layout> {
-        let info = self.model.info();
+        let info = self.info;
         let halo = info.effective_halo();
         let plan = match info.padding {
             Padding::Valid => TilePlan::valid(image, &tile, info.halo, info.size_multiple)?,
@@ -161,8 +266,8 @@ impl Segmenter {
 
     /// The layout with tiles about half as large per axis, or `None` when
     /// they cannot shrink any more.
-    pub(super) fn halved(&self, layout: &Layout) -> Result<Option<Layout>> {
-        let info = self.model.info();
+    pub(super) fn halved(&self, layout: &Layout, precision: Precision) -> Result<Option<Layout>> {
+        let info = self.info;
         let tile = layout.plan.input_tile_shape();
         if info.fixed_size > 0 {
             return Ok(None);
@@ -178,7 +283,7 @@ impl Segmenter {
         if smaller == tile {
             return Ok(None);
         }
-        let element_bytes = self.model.precision().kind().elt_size_in_bytes();
+        let element_bytes = precision.kind().elt_size_in_bytes();
         self.layout_with_tile(
             layout.plan.image_shape(),
             smaller,

@@ -10,16 +10,18 @@
 //! batch size), `gather` (windows, mirroring, normalisation), `pipeline`
 //! (the three stages and stitching), `infer` (device, forward, reduction),
 //! `output` (what a result element is), `blend` (weighted same-padded
-//! tiles).
+//! tiles), `tta` (test-time augmentation).
 
 mod blend;
 mod gather;
 mod infer;
 mod layout;
+pub use layout::Planner;
 mod options;
 mod output;
 mod pipeline;
 mod plan;
+mod tta;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD};
 
 pub use options::{Options, Progress, ProgressFn};
 pub use output::{NonFinite, OutputElement, OutputMode};
+pub use tta::Tta;
 
 use crate::error::{Error, Result};
 use crate::geometry::{Blend, Tile, TilePlan};
@@ -98,54 +101,7 @@ impl Segmenter {
     /// input size of the model, a zero batch size or memory budget.
     pub fn new(model: Model, options: Options) -> Result<Self> {
         let info = model.info();
-        if options.whole && options.tile.is_some() {
-            return Err(invalid(
-                "tile",
-                "give either tile sizes or \"whole\" (one tile for the whole image), not both"
-                    .to_owned(),
-            ));
-        }
-        if let Some(tile) = &options.tile {
-            if tile.len() != info.spatial_dims {
-                return Err(invalid(
-                    "tile",
-                    format!("{} sizes for a {}-D model", tile.len(), info.spatial_dims),
-                ));
-            }
-            if let Some(&bad) = tile
-                .iter()
-                .find(|&&t| !info.is_valid_size(t) || t < info.min_tile())
-            {
-                return Err(invalid(
-                    "tile",
-                    format!(
-                        "{bad} is not a usable tile size for this model: sizes are {} + k * {} from {} up",
-                        info.size_offset,
-                        info.size_multiple,
-                        info.min_tile()
-                    ),
-                ));
-            }
-            if let Some(&bad) = tile.iter().find(|&&t| t > crate::geometry::MAX_TILE_SIDE) {
-                return Err(invalid(
-                    "tile",
-                    format!(
-                        "{bad} is larger than the largest supported tile side, {}",
-                        crate::geometry::MAX_TILE_SIDE
-                    ),
-                ));
-            }
-        }
-        if options.batch_size == Some(0) {
-            return Err(invalid("batch_size", "must be at least 1".to_owned()));
-        }
-        if options.memory_budget == Some(0) {
-            return Err(invalid(
-                "memory_budget",
-                "must be at least 1 byte (it is the activation memory one batch may use)"
-                    .to_owned(),
-            ));
-        }
+        Planner::new(info, &options)?;
         if let Some(range) = options.input_range {
             if !matches!(info.normalization, Normalization::Percentile { .. }) {
                 return Err(invalid(
@@ -303,12 +259,14 @@ impl Segmenter {
             match self.run(&gatherer, &layout, &tiles, mode, sink) {
                 // Batches already shrank to one tile: smaller tiles give the
                 // same result (the tiling is exact) in less memory.
-                Err(err) if is_out_of_memory(&err) => match self.halved(&layout)? {
-                    Some(smaller) if window.check_context(&smaller.plan, &local).is_ok() => {
-                        layout = smaller
+                Err(err) if is_out_of_memory(&err) => {
+                    match self.planner().halved(&layout, self.model.precision())? {
+                        Some(smaller) if window.check_context(&smaller.plan, &local).is_ok() => {
+                            layout = smaller
+                        }
+                        _ => return Err(err),
                     }
-                    _ => return Err(err),
-                },
+                }
                 other => return other,
             }
         }

@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use super::{NonFinite, OutputMode};
+use super::{NonFinite, OutputMode, Tta};
 use crate::geometry::Blend;
 use crate::window::Window;
 
@@ -56,6 +56,9 @@ pub struct Options {
     /// Whether NaN or infinity in the network's input or output is an error
     /// (the default) or passed on.
     pub nonfinite: NonFinite,
+    /// Test-time augmentation: each tile's logits averaged over flips (and
+    /// rotations); exact tiling is kept (see [`Tta`]).
+    pub tta: Tta,
 }
 
 impl std::fmt::Debug for Options {
@@ -72,6 +75,7 @@ impl std::fmt::Debug for Options {
             .field("window", &self.window)
             .field("input_range", &self.input_range)
             .field("nonfinite", &self.nonfinite)
+            .field("tta", &self.tta)
             .finish()
     }
 }

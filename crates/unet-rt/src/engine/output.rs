@@ -25,6 +25,9 @@ pub enum OutputMode {
 }
 
 impl OutputMode {
+    /// The name of each mode, as every entry point spells it.
+    pub const NAMES: [&'static str; 4] = ["labels", "probabilities", "raw", "instances"];
+
     /// Whether the result has the spatial shape alone (no channel axis).
     pub fn is_spatial(self) -> bool {
         matches!(self, Self::Labels | Self::Instances)
