@@ -370,15 +370,39 @@ class Model:
         if window is not None and not isinstance(window, Window):
             raise InvalidArgumentError(f"invalid window: expected a unet_rt.Window, got {type(window).__name__}")
         piece = _Piece(window, _ranges(input_range, view.shape[0], batched))
-        shape = self._result_shape(view.shape, output, batched, window)
+        shape = self.result_shape(array.shape, output, axes, window)
         return self._run(view, output, tiles, batch_size, out, progress, memory_budget, batched, shape, blend,
                          piece, nonfinite, tta)
 
-    def _result_shape(self, view_shape: Tuple[int, ...], output: str, batched: bool,
-                      window: Optional[Window] = None) -> Tuple[int, ...]:
-        spatial = tuple(window.shape) if window is not None else tuple(view_shape[2:])
-        per_image = spatial if output in ("labels", "instances") else (self._inner.info["out_channels"],) + spatial
-        return ((view_shape[0],) if batched else ()) + per_image
+    def result_shape(self, shape: Sequence[int], output: str = "labels", axes: Optional[str] = None,
+                     window: Optional[Window] = None) -> Tuple[int, ...]:
+        """The shape of :meth:`segment`'s result for an image of ``shape``
+        (with ``axes``, and of the ``window`` when given): the batch axis if
+        any, then the spatial axes, channel-first for ``"probabilities"``
+        and ``"raw"``. With :meth:`result_dtype`, what an ``out=`` array
+        needs.
+
+        >>> import unet_rt
+        >>> model = unet_rt.Model(tiny_model_path, device="cpu")
+        >>> model.result_shape((3, 300, 400), "probabilities", axes="byx"), model.result_dtype("labels")
+        ((3, 2, 300, 400), dtype('uint8'))
+        """
+        check_output(output)
+        info = self._inner.info
+        shape = tuple(int(s) for s in shape)
+        _, sources = _unet_rt.arrangement(shape, axes, info["spatial_dims"], info["in_channels"])
+        canonical = [1 if s is None else shape[s] for s in sources]
+        spatial = tuple(window.shape) if window is not None else tuple(canonical[2:])
+        per_image = tuple(self._inner.result_shape(spatial, output))
+        return ((canonical[0],) if sources[0] is not None else ()) + per_image
+
+    def result_dtype(self, output: str = "labels") -> np.dtype:
+        """The dtype of :meth:`segment`'s result when no ``out=`` is given:
+        labels in the narrowest unsigned type that holds every class
+        (uint8, uint16 beyond 256 classes), instances uint32, the rest
+        float32."""
+        check_output(output)
+        return np.dtype(self._inner.result_dtype(output))
 
     def _run(self, view, output, tile, batch_size, out, progress, memory_budget, batched, shape, blend, piece,
              nonfinite, tta):

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ndarray::{Array2, ArrayD, ArrayViewD, Axis};
-use unet_rt::{Activation, Model, Options, OutputElement, OutputMode, Pixel, Segmenter};
+use unet_rt::{
+    Activation, Model, NaturalElement, Options, OutputElement, OutputMode, Pixel, Segmenter,
+};
 
 use crate::args::{Format, SegmentArgs};
 use crate::axes::{self, Arranged};
@@ -345,10 +347,11 @@ fn compute<T: Pixel>(
     ctx.bars
         .start_file(&input.display().to_string(), tiles.saturating_mul(pages));
     let run = |seg: &Segmenter| -> Result<Output, FileError> {
-        let wide = ctx.model.info().out_channels > 256;
-        Ok(match seg.options().output {
-            OutputMode::Labels if wide => Output::U16(run_pages::<T, u16>(seg, arranged, input)?),
-            OutputMode::Labels => Output::U8(run_pages::<T, u8>(seg, arranged, input)?),
+        let out_channels = ctx.model.info().out_channels;
+        // Instances run as labels here (see `run`): U32 never comes up.
+        Ok(match seg.options().output.natural_element(out_channels) {
+            NaturalElement::U16 => Output::U16(run_pages::<T, u16>(seg, arranged, input)?),
+            NaturalElement::U8 => Output::U8(run_pages::<T, u8>(seg, arranged, input)?),
             _ => Output::F32(run_pages::<T, f32>(seg, arranged, input)?),
         })
     };

@@ -10,7 +10,7 @@ use unet_rt::{OutputMode, Precision};
 use crate::args;
 use crate::errors::{catching, run_released, to_py_err};
 use crate::percentiles::percentile_range;
-use crate::segment::{natural_element, new_natural_result, progress_callback, segment};
+use crate::segment::{new_natural_result, progress_callback, segment};
 
 /// A TorchScript model loaded once onto a device, in one precision; safe to
 /// share between Python threads.
@@ -279,7 +279,30 @@ impl Model {
     ) -> PyResult<Bound<'py, PyAny>> {
         let shape = args::sizes(shape, "shape", None)?;
         let output = parse_arg::<OutputMode>(output, "output")?;
-        new_natural_result(py, shape, natural_element(output, self.inner.info()))
+        new_natural_result(
+            py,
+            shape,
+            output.natural_element(self.inner.info().out_channels),
+        )
+    }
+
+    /// The NumPy dtype name of `output` results when no `out=` is passed.
+    fn result_dtype(&self, output: &Bound<'_, PyAny>) -> PyResult<&'static str> {
+        let output = parse_arg::<OutputMode>(output, "output")?;
+        Ok(output
+            .natural_element(self.inner.info().out_channels)
+            .name())
+    }
+
+    /// The shape of one image's `output` result for `spatial` pixels.
+    fn result_shape(
+        &self,
+        spatial: &Bound<'_, PyAny>,
+        output: &Bound<'_, PyAny>,
+    ) -> PyResult<Vec<usize>> {
+        let spatial = args::sizes(spatial, "shape", Some(self.inner.info().spatial_dims))?;
+        let output = parse_arg::<OutputMode>(output, "output")?;
+        Ok(output.result_shape(self.inner.info().out_channels, &spatial))
     }
 
     /// The pixel values percentile normalization maps to 0 and 1 in `image`

@@ -83,11 +83,7 @@ pub(crate) fn percentile_stats<'py>(
                 .collect::<unet_rt::Result<Vec<_>>>()
         })
     })?;
-    let out = PyDict::new(py);
-    for (index, stats) in stats {
-        out.set_item(index, to_python(py, stats)?)?;
-    }
-    Ok(out)
+    to_dict(py, stats)
 }
 
 /// The statistics of several blocks' statistics (dicts from
@@ -106,11 +102,7 @@ pub(crate) fn combine_percentile_stats<'py>(
             .map(|(image, parts)| Ok((image, PercentileStats::merge(parts)?)))
             .collect::<unet_rt::Result<Vec<_>>>()
     })?;
-    let out = PyDict::new(py);
-    for (index, stats) in merged {
-        out.set_item(index, to_python(py, stats)?)?;
-    }
-    Ok(out)
+    to_dict(py, merged)
 }
 
 /// The `(images, 2)` float64 array of each image's `low` and `high`
@@ -145,6 +137,15 @@ pub(crate) fn percentile_ranges<'py>(
     })?;
     PyArray2::from_vec2(py, &ranges.iter().map(|r| r.to_vec()).collect::<Vec<_>>())
         .map_err(|e| args::invalid("images", e.to_string()))
+}
+
+/// `{image index: (first, values)}`.
+fn to_dict(py: Python<'_>, stats: Vec<(usize, PercentileStats)>) -> PyResult<Bound<'_, PyDict>> {
+    let out = PyDict::new(py);
+    for (index, one) in stats {
+        out.set_item(index, to_python(py, one)?)?;
+    }
+    Ok(out)
 }
 
 /// One image's statistics as `(first, values)`; the values move into NumPy

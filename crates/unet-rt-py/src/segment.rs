@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use numpy::{Element, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
-use unet_rt::{OutputElement, OutputMode, Pixel, Progress, Segmenter};
+use unet_rt::{NaturalElement, OutputElement, Pixel, Progress, Segmenter};
 
 use crate::errors::{run_released, to_py_err};
 
@@ -55,8 +55,14 @@ pub(crate) fn segment<'py>(
         })
         .transpose()?;
     // The element type of the result: what `out` has, else the natural one.
-    let element =
-        out_dtype.unwrap_or_else(|| natural_element(segmenter.options().output, info).to_owned());
+    let element = out_dtype.unwrap_or_else(|| {
+        segmenter
+            .options()
+            .output
+            .natural_element(info.out_channels)
+            .name()
+            .to_owned()
+    });
     match element.as_str() {
         "uint8" => by_input::<u8>(py, segmenter, image, out, ranges, cancel),
         "uint16" => by_input::<u16>(py, segmenter, image, out, ranges, cancel),
@@ -86,29 +92,18 @@ fn by_input<'py, U: OutputElement + Element>(
     with_pixel_array!(image, array: T => run::<T, U>(py, segmenter, array, out, ranges, cancel))
 }
 
-/// The NumPy dtype of a result when the caller gives no `out=`: labels in
-/// the narrowest type that holds every class, the rest as float32.
-pub(crate) fn natural_element(output: OutputMode, info: &unet_rt::ModelInfo) -> &'static str {
-    match output {
-        OutputMode::Instances => "uint32",
-        OutputMode::Labels if info.out_channels > 256 => "uint16",
-        OutputMode::Labels => "uint8",
-        _ => "float32",
-    }
-}
-
-/// A zeroed result array of `shape` and a dtype [`natural_element`] names,
-/// checked against memory like every result.
+/// A zeroed result array of `shape` in `element`, checked against memory
+/// like every result.
 pub(crate) fn new_natural_result<'py>(
     py: Python<'py>,
     shape: Vec<usize>,
-    element: &str,
+    element: NaturalElement,
 ) -> PyResult<Bound<'py, PyAny>> {
     Ok(match element {
-        "uint8" => new_result::<u8>(py, shape)?.into_any(),
-        "uint32" => new_result::<u32>(py, shape)?.into_any(),
-        "uint16" => new_result::<u16>(py, shape)?.into_any(),
-        _ => new_result::<f32>(py, shape)?.into_any(),
+        NaturalElement::U8 => new_result::<u8>(py, shape)?.into_any(),
+        NaturalElement::U16 => new_result::<u16>(py, shape)?.into_any(),
+        NaturalElement::U32 => new_result::<u32>(py, shape)?.into_any(),
+        NaturalElement::F32 => new_result::<f32>(py, shape)?.into_any(),
     })
 }
 

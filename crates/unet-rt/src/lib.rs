@@ -36,8 +36,8 @@ mod window;
 
 pub use build_info::{build_info, BuildInfo};
 pub use engine::{
-    Layout, NonFinite, Options, OutputElement, OutputMode, Planner, Progress, ProgressFn,
-    Segmenter, Tta, DEFAULT_CPU_BUDGET, DEFAULT_CUDA_BUDGET,
+    Layout, NaturalElement, NonFinite, Options, OutputElement, OutputMode, Planner, Progress,
+    ProgressFn, Segmenter, Tta, DEFAULT_CPU_BUDGET, DEFAULT_CUDA_BUDGET,
 };
 pub use error::{Error, Result};
 pub use geometry::{Blend, TilePlan};

@@ -138,14 +138,12 @@ def segment(
         kwargs["ranges"] = ranges
     if resolved.data is not None:
         kwargs["model_data"] = dask.delayed(resolved.data, pure=True)
-    out_channels = int(info["out_channels"])
+    dtype = resolved.local.result_dtype(engine_output)
     if engine_output == "labels":
-        dtype = np.dtype(np.uint16 if out_channels > 256 else np.uint8)
         out_chunks = (canon.chunks[0],) + canon.chunks[2:]
         extra: dict = {"drop_axis": 1}
     else:
-        dtype = np.dtype(np.float32)
-        out_chunks = (canon.chunks[0], (out_channels,)) + canon.chunks[2:]
+        out_chunks = (canon.chunks[0], (int(info["out_channels"]),)) + canon.chunks[2:]
         extra = {}
     result = da.map_overlap(
         dask_block,

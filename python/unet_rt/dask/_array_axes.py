@@ -61,12 +61,6 @@ class ArrayAxes:
         index = {s: c for s, c in zip(self.sources, canonical) if s is not None}
         return tuple(index[i] for i in range(len(self.axes)))
 
-    def output_shape(self, canonical_shape: Sequence[int], output: str, out_channels: int) -> Tuple[int, ...]:
-        """Shape of the result, as :meth:`unet_rt.Model.segment` returns it."""
-        b, _, *spatial = canonical_shape
-        per_image = tuple(spatial) if output in ("labels", "instances") else (out_channels, *spatial)
-        return ((b,) if self.batched else ()) + per_image
-
 
 def block_depth(info: Dict[str, Any]) -> int:
     """Pixels by which boundary modes other than ``"reflect"`` extend the

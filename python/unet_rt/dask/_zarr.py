@@ -251,10 +251,8 @@ def segment_to_zarr(
         blocks, spatial_chunks, spatial_shards = _choose_blocks(block, chunks, shards, shape[2:], tiling)
     plan = BlockPlan(spatial_dims=array_axes.spatial_dims, output=engine_output, tiling=tiling, memory_budget=memory_budget,
                      tta=config["tta"])
-    out_channels = int(info["out_channels"])
-    dtype = np.dtype(np.float32) if engine_output != "labels" else np.dtype(np.uint16 if out_channels > 256 else np.uint8)
-    target = _array(group, engine_output, array_axes.output_shape(shape, engine_output, out_channels), dtype,
-                    array_axes, spatial_chunks, spatial_shards, previous)
+    target = _array(group, engine_output, resolved.local.result_shape(src.shape, engine_output, array_axes.axes),
+                    resolved.local.result_dtype(engine_output), array_axes, spatial_chunks, spatial_shards, previous)
     spatial_chunks = tuple(target.chunks[-array_axes.spatial_dims :])
     spatial_shards = None if target.shards is None else tuple(target.shards[-array_axes.spatial_dims :])
     numblocks = (shape[0],) + tuple(math.ceil(n / b) for n, b in zip(shape[2:], blocks))
@@ -274,12 +272,14 @@ def segment_to_zarr(
     )
     if output != "instances":
         return target
-    return _instances(group, target, array_axes, shape, blocks, numblocks, spatial_chunks, spatial_shards, previous, runner)
+    ids = (resolved.local.result_shape(src.shape, "instances", array_axes.axes), resolved.local.result_dtype("instances"))
+    return _instances(group, target, ids, array_axes, shape, blocks, numblocks, spatial_chunks, spatial_shards, previous,
+                      runner)
 
 
-def _instances(group, labels, array_axes, shape, blocks, numblocks, spatial_chunks, spatial_shards, previous, runner) -> Any:
-    target = _array(group, "instances", array_axes.output_shape(shape, "instances", 0), np.dtype(np.uint32),
-                    array_axes, spatial_chunks, spatial_shards, previous)
+def _instances(group, labels, ids, array_axes, shape, blocks, numblocks, spatial_chunks, spatial_shards, previous,
+               runner) -> Any:
+    target = _array(group, "instances", ids[0], ids[1], array_axes, spatial_chunks, spatial_shards, previous)
     done = _markers(group, "_done_instances", numblocks)
     todo = _todo(done, numblocks)
     if not todo:

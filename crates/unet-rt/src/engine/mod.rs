@@ -29,7 +29,7 @@ use std::sync::Arc;
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD};
 
 pub use options::{Options, Progress, ProgressFn};
-pub use output::{NonFinite, OutputElement, OutputMode};
+pub use output::{NaturalElement, NonFinite, OutputElement, OutputMode};
 pub use tta::Tta;
 
 use crate::error::{Error, Result};
@@ -143,12 +143,9 @@ impl Segmenter {
             Some(window) => window.shape.as_slice(),
             None => &input_shape[1.min(input_shape.len())..],
         };
-        match self.options.output {
-            OutputMode::Labels | OutputMode::Instances => spatial.to_vec(),
-            _ => std::iter::once(self.model.info().out_channels)
-                .chain(spatial.iter().copied())
-                .collect(),
-        }
+        self.options
+            .output
+            .result_shape(self.model.info().out_channels, spatial)
     }
 
     /// The input, `(first, end)` per spatial axis in whole-image pixels,

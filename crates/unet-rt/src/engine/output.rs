@@ -24,9 +24,56 @@ pub enum OutputMode {
     Instances,
 }
 
+/// The element a result is written in when the caller does not choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NaturalElement {
+    /// Labels of up to 256 classes.
+    U8,
+    /// Labels of more classes.
+    U16,
+    /// Instance ids.
+    U32,
+    /// Probabilities and raw values.
+    F32,
+}
+
+impl NaturalElement {
+    /// The NumPy name of the type.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::U8 => "uint8",
+            Self::U16 => "uint16",
+            Self::U32 => "uint32",
+            Self::F32 => "float32",
+        }
+    }
+}
+
 impl OutputMode {
     /// The name of each mode, as every entry point spells it.
     pub const NAMES: [&'static str; 4] = ["labels", "probabilities", "raw", "instances"];
+
+    /// The element of results of a model with `out_channels` channels:
+    /// labels in the narrowest type that holds every class.
+    pub fn natural_element(self, out_channels: usize) -> NaturalElement {
+        match self {
+            Self::Instances => NaturalElement::U32,
+            Self::Labels if out_channels > 256 => NaturalElement::U16,
+            Self::Labels => NaturalElement::U8,
+            Self::Probabilities | Self::Raw => NaturalElement::F32,
+        }
+    }
+
+    /// The shape of one image's result for `spatial` pixels: the spatial
+    /// shape, channel-first with `out_channels` for per-class outputs.
+    pub fn result_shape(self, out_channels: usize, spatial: &[usize]) -> Vec<usize> {
+        match self.is_spatial() {
+            true => spatial.to_vec(),
+            false => std::iter::once(out_channels)
+                .chain(spatial.iter().copied())
+                .collect(),
+        }
+    }
 
     /// Whether the result has the spatial shape alone (no channel axis).
     pub fn is_spatial(self) -> bool {
@@ -274,4 +321,23 @@ pub(crate) fn reduce<U: OutputElement>(
     reduced
         .and_then(|t| t.f_to_kind(target))
         .map_err(Error::inference)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn natural_elements_and_result_shapes() {
+        assert_eq!(OutputMode::Labels.natural_element(2), NaturalElement::U8);
+        assert_eq!(OutputMode::Labels.natural_element(256), NaturalElement::U8);
+        assert_eq!(OutputMode::Labels.natural_element(257), NaturalElement::U16);
+        assert_eq!(OutputMode::Instances.natural_element(300).name(), "uint32");
+        assert_eq!(OutputMode::Raw.natural_element(3).name(), "float32");
+        assert_eq!(OutputMode::Instances.result_shape(3, &[4, 5]), vec![4, 5]);
+        assert_eq!(OutputMode::Probabilities.result_shape(3, &[4, 5]), vec![3, 4, 5]);
+        for name in OutputMode::NAMES {
+            assert!(name.parse::<OutputMode>().is_ok(), "{name}");
+        }
+    }
 }
