@@ -87,6 +87,14 @@ def main() -> int:
                 failed |= not ok
                 rows.append((name, precision, layout["tile"][0], layout["batch_size"], seconds,
                              big.size / seconds / 1e6, torch.cuda.max_memory_allocated() / 2**20, agree, ok))
+        # Test-time augmentation on the GPU: the same averaged logits as on the CPU.
+        path = unet_rt.bundled_model_path()
+        check = nuclei_image(512)
+        want = unet_rt.Model(path, device="cpu", precision="fp32").segment(check, output="raw", tta="d4")
+        got = unet_rt.Model(path, device="cuda:0", precision="fp32").segment(check, output="raw", tta="d4")
+        tta_diff = float(np.abs(got - want).max() / max(1e-12, float(np.abs(want).max())))
+        failed |= tta_diff > 1e-4
+        lines.append(f"tta=d4 fp32, 512x512: max |GPU - CPU| / max |CPU| = {tta_diff:.2e} (goal <= 1e-4)")
     header = "| model | precision | tile | batch | seconds | MP/s | peak GPU MiB | agreement with CPU fp32 | goal met |"
     lines += ["", header, "|" + "---|" * 9]
     for r in rows:
