@@ -112,6 +112,21 @@ def test_batch_axis_gives_one_result_per_image(model, rgb_model):
     assert probs.shape == (2, 3, 40, 50)
 
 
+def test_result_shape_and_dtype_say_what_out_needs(model):
+    stack = np.random.default_rng(8).random((2, 40, 50))
+    for output in ("labels", "probabilities", "raw", "instances"):
+        got = model.segment(stack, axes="byx", output=output)
+        assert model.result_shape(stack.shape, output, axes="byx") == got.shape
+        assert model.result_dtype(output) == got.dtype
+    assert model.result_shape((40, 50), window=unet_rt.Window(image=(40, 50), start=(3, 4), shape=(10, 12))) == (10, 12)
+    with pytest.raises(TypeError, match="shape must be an int or a sequence"):
+        model.result_shape("abc")
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid shape: -1 is negative"):
+        model.result_shape((-1, 5))
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid output"):
+        model.result_dtype("probs")
+
+
 def test_batch_axes_may_stand_anywhere_and_z_is_a_batch_of_a_2d_model(model):
     stack = np.random.default_rng(7).random((3, 40, 50))
     want = model.segment(stack, axes="byx")

@@ -520,6 +520,11 @@ def test_block_statistics_refuse_hostile_arguments_by_name():
                          ([{0: (0.0, np.zeros(3, np.int64))}], "uint64"), ([{0: ("a", np.zeros(3, np.uint64))}], "float")]:
         with pytest.raises(TypeError, match=message):
             native.combine_percentile_stats(bad)
+    for low, high, named in [(float("nan"), 99.0, "low"), (1.0, 101.0, "high"), (-1.0, 99.0, "low")]:
+        with pytest.raises(unet_rt.InvalidArgumentError, match=f"invalid {named}: .* is not a percentile"):
+            native.percentile_ranges([floats], 1, low, high)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid images: .* more than this machine has"):
+        native.percentile_ranges([], 10**15, 1.0, 99.8)
     # NaN in the image: the range is refused, not NaN passed on.
     nan = image.copy()
     nan[0, 0, :] = np.nan

@@ -389,9 +389,10 @@ class Model:
         """
         check_output(output)
         info = self._inner.info
-        shape = tuple(int(s) for s in shape)
+        # The engine checks the shape (and names it) before it is used here.
+        shape = shape if isinstance(shape, (str, bytes)) else tuple(shape)
         _, sources = _unet_rt.arrangement(shape, axes, info["spatial_dims"], info["in_channels"])
-        canonical = [1 if s is None else shape[s] for s in sources]
+        canonical = [1 if s is None else int(shape[s]) for s in sources]
         spatial = tuple(window.shape) if window is not None else tuple(canonical[2:])
         per_image = tuple(self._inner.result_shape(spatial, output))
         return ((canonical[0],) if sources[0] is not None else ()) + per_image

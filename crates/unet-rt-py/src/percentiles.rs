@@ -118,6 +118,14 @@ pub(crate) fn percentile_ranges<'py>(
     high: f64,
 ) -> PyResult<Bound<'py, PyArray2<f64>>> {
     let images = args::size(images, "images")?;
+    for (argument, q) in [("low", low), ("high", high)] {
+        if !(0.0..=100.0).contains(&q) {
+            return Err(args::invalid(
+                argument,
+                format!("{q} is not a percentile (0 to 100)"),
+            ));
+        }
+    }
     let held = Held::of(parts)?;
     let views = held.views()?;
     if let Some(image) = views.keys().find(|&&i| i >= images) {
@@ -126,17 +134,46 @@ pub(crate) fn percentile_ranges<'py>(
             format!("hold statistics of image {image}, beyond the {images} images"),
         ));
     }
+    // The result is checked against memory, then made by NumPy (lazily
+    // zeroed; a failure is a Python error, not an abort).
+    let bytes = images.saturating_mul(16);
+    if unet_rt::memory::total_memory().is_some_and(|total| bytes > total) {
+        return Err(args::invalid(
+            "images",
+            format!(
+                "{images} images need {}, more than this machine has",
+                unet_rt::memory::format_bytes(bytes as u128)
+            ),
+        ));
+    }
     let cancel = Arc::new(AtomicBool::new(false));
-    let ranges = run_released(py, &cancel, move || {
-        let mut ranges = vec![[0.0f64; 2]; images];
-        for (image, parts) in views {
-            let (lo, hi) = PercentileStats::merge(parts)?.checked_range(low, high)?;
-            ranges[image] = [lo, hi];
-        }
-        Ok(ranges)
+    let found = run_released(py, &cancel, move || {
+        views
+            .into_iter()
+            .map(|(image, parts)| {
+                Ok((
+                    image,
+                    PercentileStats::merge(parts)?.checked_range(low, high)?,
+                ))
+            })
+            .collect::<unet_rt::Result<Vec<_>>>()
     })?;
-    PyArray2::from_vec2(py, &ranges.iter().map(|r| r.to_vec()).collect::<Vec<_>>())
-        .map_err(|e| args::invalid("images", e.to_string()))
+    let ranges = py
+        .import("numpy")?
+        .call_method1("zeros", ((images, 2), "float64"))?
+        .cast_into::<PyArray2<f64>>()
+        .map_err(PyErr::from)?;
+    {
+        let mut writable = ranges
+            .try_readwrite()
+            .map_err(|e| args::invalid("images", e.to_string()))?;
+        let mut view = writable.as_array_mut();
+        for (image, (lo, hi)) in found {
+            view[[image, 0]] = lo;
+            view[[image, 1]] = hi;
+        }
+    }
+    Ok(ranges)
 }
 
 /// `{image index: (first, values)}`.

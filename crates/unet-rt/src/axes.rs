@@ -73,6 +73,12 @@ impl Arrangement {
         spatial_dims: usize,
         in_channels: usize,
     ) -> Result<Self> {
+        if !(2..=3).contains(&spatial_dims) {
+            return Err(Error::InvalidArgument {
+                argument: "spatial_dims",
+                message: format!("{spatial_dims}: models are 2-D or 3-D"),
+            });
+        }
         let axes = match axes {
             Some(text) => parse_axes(text)?,
             None => infer_axes(shape, spatial_dims, in_channels)?,
@@ -333,6 +339,7 @@ mod tests {
                 .to_string();
             assert!(err.contains(message), "{axes} {shape:?}: {err}");
         }
+        assert!(Arrangement::of(&[4, 5], Some("yx"), 7, 1).is_err());
         let a = Arrangement::of(&[4, 5, 6], Some("zyx"), 2, 1).unwrap();
         let other = ndarray::ArrayD::<u8>::zeros(IxDyn(&[4, 5]));
         assert!(a.arrange(other.view()).is_err());

@@ -335,7 +335,10 @@ mod tests {
         assert_eq!(OutputMode::Instances.natural_element(300).name(), "uint32");
         assert_eq!(OutputMode::Raw.natural_element(3).name(), "float32");
         assert_eq!(OutputMode::Instances.result_shape(3, &[4, 5]), vec![4, 5]);
-        assert_eq!(OutputMode::Probabilities.result_shape(3, &[4, 5]), vec![3, 4, 5]);
+        assert_eq!(
+            OutputMode::Probabilities.result_shape(3, &[4, 5]),
+            vec![3, 4, 5]
+        );
         for name in OutputMode::NAMES {
             assert!(name.parse::<OutputMode>().is_ok(), "{name}");
         }
