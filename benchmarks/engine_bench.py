@@ -4,6 +4,12 @@
     .venv/bin/python benchmarks/engine_bench.py --only peers --size 2048
 
 Sections:
+  null        the host-side ceiling: the engine with a null model (two
+              elementwise channels, metadata-declared, no compute) on 4096^2
+              and 16384^2 uint8/uint16 images, labels and probabilities, in
+              MP/s, beside NumPy baselines of the same bytes (a copy, a cast
+              to float32): what gather, normalization, reduction and stitch
+              cost when the network costs nothing (issue 15)
   throughput  megapixels/s on a SIZE x SIZE image: the bundled nuclei model and
               a paper-size U-Net (base 64, random weights), fp32 and bf16
   overhead    end-to-end time over the summed bare forward time of the same
@@ -62,6 +68,45 @@ def paper_model(tmp: Path) -> Path:
     net = UNet(base=64, depth=5, dropout=0.0).eval()
     meta = build_metadata(net.config, name="paper-random", normalization={"kind": "percentile", "low": 1.0, "high": 99.8})
     return export_torchscript(net, tmp / "paper.pt", meta)
+
+
+class NullNet(torch.nn.Module):
+    """Two "classes" from one channel, elementwise: no convolution at all."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, 1.0 - x], dim=1)
+
+
+def null_model(tmp: Path) -> Path:
+    """An elementwise network (1 -> 2 channels) declared with metadata: the
+    engine's whole pipeline runs, the network costs next to nothing."""
+    net = NullNet().eval()
+    meta = {"format": "unet_rt/1", "name": "null", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+            "output": "softmax", "padding": "same", "halo": 0, "size_multiple": 1, "size_offset": 0,
+            "normalization": {"kind": "scale", "factor": 1.0 / 65535}}
+    return export_torchscript(net, tmp / "null.pt", meta)
+
+
+def host_ceiling(tmp: Path, sizes: List[int]) -> None:
+    model = unet_rt.Model(null_model(tmp), device="cpu", precision="fp32")
+    rows = []
+    for side in sizes:
+        for dtype in (np.uint8, np.uint16):
+            image = (np.arange(side * side, dtype=np.uint32).reshape(side, side) * 2654435761 >> 7).astype(dtype)
+            mp = side * side / 1e6
+            copy, _ = timed(lambda: image.copy(), repeats=2)
+            cast, _ = timed(lambda: image.astype(np.float32), repeats=2)
+            rows.append([f"{side}^2", np.dtype(dtype).name, "numpy copy", "", copy, mp / copy])
+            rows.append([f"{side}^2", np.dtype(dtype).name, "numpy astype(float32)", "", cast, mp / cast])
+            for output in ("labels", "probabilities"):
+                model.segment(image[:512, :512], output=output)  # warm-up
+                layout = model.layout(image.shape)
+                seconds, _ = timed(lambda: model.segment(image, output=output), repeats=2)
+                rows.append([f"{side}^2", np.dtype(dtype).name, f"unet_rt {output}",
+                             f"tile {layout['tile'][0]}, batch {layout['batch_size']}", seconds, mp / seconds])
+            del image
+    table("host-side ceiling: null model (elementwise, no convolution), CPU fp32",
+          ["image", "dtype", "what", "settings", "seconds", "MP/s"], rows)
 
 
 def test_image(size: int) -> np.ndarray:
@@ -273,16 +318,22 @@ def peers(path: Path, size: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["throughput", "overhead", "memory", "tta", "peers"], action="append")
+    parser.add_argument("--only", choices=["null", "throughput", "overhead", "memory", "tta", "peers"], action="append")
+    parser.add_argument("--null", action="store_true", help="the host-side ceiling only (same as --only null)")
+    parser.add_argument("--null-sizes", default="4096,16384", help="image sides for the null model (default %(default)s)")
     parser.add_argument("--size", type=int, default=4096, help="image side for throughput")
     parser.add_argument("--paper-size", type=int, default=2048, help="image side for the paper-size U-Net")
     parser.add_argument("--peer-size", type=int, default=2048, help="image side for the peer comparison")
     parser.add_argument("--memory-size", type=int, default=16384)
     args = parser.parse_args()
-    sections = args.only or ["throughput", "overhead", "memory", "tta", "peers"]
+    sections = ["null"] if args.null else args.only or ["null", "throughput", "overhead", "memory", "tta", "peers"]
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"# unet_rt engine benchmarks\n\nmachine: {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
+        if "null" in sections:
+            host_ceiling(Path(tmp), [int(s) for s in args.null_sizes.split(",")])
+        if sections == ["null"]:
+            return
         models = {"nuclei (bundled)": BUNDLED, "paper U-Net (base 64)": paper_model(Path(tmp))}
         if "throughput" in sections:
             throughput(models, args.size, args.paper_size)
