@@ -11,6 +11,7 @@ from . import _unet_rt
 
 __all__ = ["infer_axes", "arrange", "to_engine_layout"]
 
+
 def infer_axes(shape: Tuple[int, ...], spatial_dims: int, in_channels: int) -> str:
     """The axes of an array of ``shape`` when they are unambiguous: the
     core's rule, which the command line follows too.

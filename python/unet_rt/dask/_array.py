@@ -108,6 +108,7 @@ def segment(
         True
     """
     check_output(output)
+    check_tta(tta)
     check_normalize(normalize)
     x = arr if isinstance(arr, da.Array) else da.asarray(arr)
     check_dtype(x.dtype)

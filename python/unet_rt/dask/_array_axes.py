@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-
 from .. import _unet_rt
 from .._axes import to_engine_layout
 

@@ -211,6 +211,7 @@ def segment_to_zarr(
     import zarr
 
     check_output(output)
+    check_tta(tta)
     check_normalize(normalize)
     src = source if isinstance(source, zarr.Array) else zarr.open_array(_path(source), mode="r")
     check_dtype(src.dtype)
