@@ -80,7 +80,8 @@ def _overlaps(pred: np.ndarray, true: np.ndarray) -> Tuple[np.ndarray, np.ndarra
     return p_ids, t_ids, np.bincount(p_inv, minlength=len(p_ids)), np.bincount(t_inv, minlength=len(t_ids)), inter
 
 
-def error_breakdown(pred: np.ndarray, true: np.ndarray, threshold: float = 0.5) -> Dict[str, int]:
+def error_breakdown(pred: np.ndarray, true: np.ndarray, threshold: float = 0.5,
+                    overlaps: Optional[Tuple[np.ndarray, ...]] = None) -> Dict[str, int]:
     """What went wrong between instance label images (0 = background) at
     match IoU ``threshold`` (>= 0.5, so matches are one-to-one):
 
@@ -98,7 +99,7 @@ def error_breakdown(pred: np.ndarray, true: np.ndarray, threshold: float = 0.5) 
     """
     if threshold < 0.5:
         raise ValueError("matching is unique only for thresholds >= 0.5")
-    p_ids, t_ids, p_area, t_area, inter = _overlaps(pred, true)
+    p_ids, t_ids, p_area, t_area, inter = overlaps if overlaps is not None else _overlaps(pred, true)
     fg_p, fg_t = p_ids > 0, t_ids > 0
     union = p_area[:, None] + t_area[None, :] - inter
     iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
@@ -139,7 +140,9 @@ def score(pred: np.ndarray, true: np.ndarray) -> Dict[str, Any]:
     >>> s["ap"]["0.5"], s["misses"], s["n_true"], s["n_pred"]
     (0.5, 1, 2, 1)
     """
-    p_ids, t_ids, p_area, t_area, inter = _overlaps(pred, true)
+    # One overlap table serves the AP curve and the error breakdown.
+    overlaps = _overlaps(pred, true)
+    p_ids, t_ids, p_area, t_area, inter = overlaps
     fg_p, fg_t = p_ids > 0, t_ids > 0
     inter = inter[fg_p][:, fg_t]
     union = p_area[fg_p][:, None] + t_area[fg_t][None, :] - inter
@@ -156,7 +159,7 @@ def score(pred: np.ndarray, true: np.ndarray) -> Dict[str, Any]:
         "ap": ap,
         "n_true": n_true,
         "n_pred": n_pred,
-        **error_breakdown(pred, true),
+        **error_breakdown(pred, true, overlaps=overlaps),
     }
 
 

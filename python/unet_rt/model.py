@@ -370,7 +370,8 @@ class Model:
         if window is not None and not isinstance(window, Window):
             raise InvalidArgumentError(f"invalid window: expected a unet_rt.Window, got {type(window).__name__}")
         piece = _Piece(window, _ranges(input_range, view.shape[0], batched))
-        shape = self.result_shape(array.shape, output, axes, window)
+        # The arrangement is made once, above: the shape follows from the view.
+        shape = self._engine_result_shape(tuple(view.shape), batched, output, window)
         return self._run(view, output, tiles, batch_size, out, progress, memory_budget, batched, shape, blend,
                          piece, nonfinite, tta)
 
@@ -392,10 +393,15 @@ class Model:
         # The engine checks the shape (and names it) before it is used here.
         shape = shape if isinstance(shape, (str, bytes)) else tuple(shape)
         _, sources = _unet_rt.arrangement(shape, axes, info["spatial_dims"], info["in_channels"])
-        canonical = [1 if s is None else int(shape[s]) for s in sources]
+        canonical = tuple(1 if s is None else int(shape[s]) for s in sources)
+        return self._engine_result_shape(canonical, sources[0] is not None, output, window)
+
+    def _engine_result_shape(self, canonical: Tuple[int, ...], batched: bool, output: str,
+                             window: Optional[Window]) -> Tuple[int, ...]:
+        """The result shape for an input already laid out ``(B, C, spatial...)``."""
         spatial = tuple(window.shape) if window is not None else tuple(canonical[2:])
         per_image = tuple(self._inner.result_shape(spatial, output))
-        return ((canonical[0],) if sources[0] is not None else ()) + per_image
+        return ((canonical[0],) if batched else ()) + per_image
 
     def result_dtype(self, output: str = "labels") -> np.dtype:
         """The dtype of :meth:`segment`'s result when no ``out=`` is given:
