@@ -4,8 +4,10 @@ The paper's elastic deformation: random displacement vectors on a coarse 3x3
 grid (standard deviation 10 pixels) are interpolated smoothly (bicubic) to a
 dense displacement field; the image is resampled with bicubic interpolation
 and the labels with nearest neighbour, so no new label value can appear.
-Then flips, 90-degree rotations and gray-value changes (gamma, contrast,
-brightness) of the image only.
+Optionally a random zoom (``scale``: a patch pixel covers ``s`` image
+pixels, ``s`` log-uniform in the range) so that the network sees objects at
+other magnifications. Then flips, 90-degree rotations and gray-value changes
+(gamma, contrast, brightness) of the image only.
 
 Sampling is done straight from the whole image: a patch at ``origin`` reads
 ``image[origin + p + displacement(p)]``, and positions outside the image are
@@ -105,6 +107,19 @@ def elastic_field(
     # field = Wy @ coarse @ Wx^T with 1D Keys weights.
     wy, wx = _interp_matrix(h, grid), _interp_matrix(w, grid)
     return np.einsum("yi,cij,xj->cyx", wy, coarse, wx)
+
+
+def _zoom_field(shape: Tuple[int, int], s: float) -> np.ndarray:
+    """The displacement ``(2, H, W)`` that makes a patch read ``s`` image
+    pixels per patch pixel around the patch centre.
+
+    >>> _zoom_field((3, 1), 2.0)[0, :, 0].tolist()
+    [-1.0, 0.0, 1.0]
+    """
+    h, w = shape
+    dy = (np.arange(h, dtype=np.float64) - (h - 1) / 2.0) * (s - 1.0)
+    dx = (np.arange(w, dtype=np.float64) - (w - 1) / 2.0) * (s - 1.0)
+    return np.stack([np.broadcast_to(dy[:, None], (h, w)), np.broadcast_to(dx[None, :], (h, w))])
 
 
 def _interp_matrix(n: int, grid: int) -> np.ndarray:
@@ -207,6 +222,8 @@ class Augmenter:
         elastic_grid: coarse grid points per axis (3 in the paper).
         flips, rot90: random flips and 90-degree rotations.
         gamma, contrast, brightness: ranges for :func:`gray_values`, or None.
+        scale: range of the zoom factor ``s`` (image pixels per patch
+            pixel, log-uniform; 2 halves the objects' size), or None.
 
     >>> aug = Augmenter()
     >>> img = np.random.default_rng(1).random((1, 40, 40)).astype(np.float32)
@@ -223,6 +240,7 @@ class Augmenter:
     gamma: Optional[Tuple[float, float]] = (0.7, 1.4)
     contrast: Optional[Tuple[float, float]] = (0.75, 1.33)
     brightness: Optional[Tuple[float, float]] = (-0.1, 0.1)
+    scale: Optional[Tuple[float, float]] = None
 
     def patch(
         self,
@@ -239,6 +257,10 @@ class Augmenter:
             elastic_field((int(size[0]), int(size[1])), rng, self.elastic_std, self.elastic_grid)
             if self.elastic_std > 0 else None
         )
+        if self.scale is not None:
+            s = float(np.exp(rng.uniform(np.log(self.scale[0]), np.log(self.scale[1]))))
+            zoom = _zoom_field((int(size[0]), int(size[1])), s)
+            disp = zoom if disp is None else disp + zoom
         img = sample_patch(image, origin, size, disp, order=3)
         others = [sample_patch(a, origin, size, disp, order=0) for a in nearest]
         img, *others = flip_rotate([img, *others], rng, self.flips, self.rot90)

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .augment import Augmenter, sample_patch
-from .loss import class_weights, instance_targets, weight_map
+from .loss import boundary_targets, class_weights, instance_targets, weight_map
 
 __all__ = [
     "SAMPLE_DATA_DIR",
@@ -274,6 +274,10 @@ class CropDataset(Dataset):
         balance: class-balancing weights ``w_c`` from the class frequencies
             of all samples (else 1).
         separate: separation borders between touching objects in the targets.
+        boundary: three-class targets (:func:`training.loss.boundary_targets`:
+            background, interior, boundary) instead of two; they are derived
+            from each augmented patch's instance labels, so zooming and
+            warping never thin the boundary class away.
 
     Items are dicts: ``image`` (C, crop, crop) float32, ``target``
     (out, out) int64, ``weight`` (out, out) float32, ``out = crop - 2 * margin``.
@@ -292,6 +296,7 @@ class CropDataset(Dataset):
         sigma: float = 5.0,
         balance: bool = True,
         separate: bool = True,
+        boundary: bool = False,
     ):
         if crop - 2 * margin <= 0:
             raise ValueError(f"crop {crop} leaves no output for margin {margin}")
@@ -300,8 +305,10 @@ class CropDataset(Dataset):
         self.samples = list(samples)
         self.crop, self.margin, self.length = int(crop), int(margin), int(length)
         self.augmenter, self.seed = augmenter, int(seed)
+        self.boundary = bool(boundary)
         self.targets = [
-            instance_targets(s.labels, separate) if s.instances else s.labels.astype(np.uint8) for s in self.samples
+            (boundary_targets(s.labels) if boundary else instance_targets(s.labels, separate)) if s.instances
+            else s.labels.astype(np.uint8) for s in self.samples
         ]
         top = max(int(t.max()) for t in self.targets)
         if top >= classes:
@@ -325,11 +332,16 @@ class CropDataset(Dataset):
         m, size = self.margin, (self.crop, self.crop)
         # Any output position of the image is equally likely to be covered.
         origin = tuple(int(rng.integers(-m, max(n - self.crop + m, -m) + 1)) for n in target.shape)
+        sample = self.samples[k]
+        derive = self.boundary and sample.instances
+        source = sample.labels if derive else target
         if self.augmenter is not None:
-            img, (tgt, w) = self.augmenter.patch(image, [target, weight], origin, size, rng)
+            img, (tgt, w) = self.augmenter.patch(image, [source, weight], origin, size, rng)
         else:
             img = sample_patch(image, origin, size)
-            tgt, w = sample_patch(target, origin, size), sample_patch(weight, origin, size)
+            tgt, w = sample_patch(source, origin, size), sample_patch(weight, origin, size)
+        if derive:
+            tgt = boundary_targets(tgt)
         if m:
             tgt, w = tgt[m:-m, m:-m], w[m:-m, m:-m]
         return {

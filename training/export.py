@@ -412,6 +412,10 @@ def export_checkpoint(
         normalization=cfg.get("data", {}).get("normalization"),
         training=training_provenance(ck),
     )
+    # The instance read-out and the training scale (see docs/design.md).
+    for key in ("instances", "object_size"):
+        if ex.get(key) is not None:
+            meta[key] = ex[key]
     return export_torchscript(model, output, meta)
 
 

@@ -31,6 +31,8 @@ from scipy import ndimage
 __all__ = [
     "separation_borders",
     "instance_targets",
+    "boundary_targets",
+    "object_diameters",
     "class_weights",
     "border_term",
     "weight_map",
@@ -67,6 +69,49 @@ def instance_targets(instances: np.ndarray, separate: bool = True) -> np.ndarray
     if separate:
         fg &= ~separation_borders(inst)
     return fg.astype(np.uint8)
+
+
+def boundary_targets(instances: np.ndarray) -> np.ndarray:
+    """Three-class targets (uint8: 0 background, 1 interior, 2 boundary) from
+    instance labels: an object pixel is boundary when one of its face
+    neighbours (2 per axis; the image edge does not count) lies outside its
+    object. Touching objects are then kept apart by two boundary pixels, and
+    the interiors are the seeds of the runtime's instance read-out
+    (``instances`` in the model metadata), which grows them back over the
+    boundary.
+
+    >>> import numpy as np
+    >>> inst = np.zeros((1, 9), np.int32); inst[0, 1:4] = 1; inst[0, 4:7] = 2
+    >>> boundary_targets(inst)[0].tolist()
+    [0, 2, 1, 2, 2, 1, 2, 0, 0]
+    """
+    inst = np.asarray(instances)
+    edge = np.zeros(inst.shape, bool)
+    padded = np.pad(inst, 1, mode="edge")
+    centre = tuple(slice(1, -1) for _ in range(inst.ndim))
+    for axis in range(inst.ndim):
+        for shift in (0, 2):
+            neighbour = tuple(slice(shift, shift + n) if a == axis else c
+                              for a, (n, c) in enumerate(zip(inst.shape, centre)))
+            edge |= padded[neighbour] != inst
+    out = (inst > 0).astype(np.uint8)
+    out[(inst > 0) & edge] = 2
+    return out
+
+
+def object_diameters(instances: np.ndarray) -> np.ndarray:
+    """The equivalent diameter of each object (of a circle, or a sphere in
+    3-D, of the same area or volume), in pixels.
+
+    >>> import numpy as np
+    >>> object_diameters(np.pad(np.ones((10, 10), np.int32), 2)).round(2).tolist()
+    [11.28]
+    """
+    inst = np.asarray(instances)
+    _, counts = np.unique(inst[inst > 0], return_counts=True)
+    if inst.ndim == 3:
+        return np.cbrt(6.0 * counts / math.pi)
+    return np.sqrt(4.0 * counts / math.pi)
 
 
 def class_weights(targets: Union[np.ndarray, Iterable[np.ndarray]], classes: int) -> np.ndarray:
@@ -146,7 +191,10 @@ def weight_map(
     separation borders); the border term applies where they are background,
     with distances measured to the objects as they remain in the targets.
     ``class_weight`` holds ``w_c`` per class (default: balanced on this image,
-    :func:`class_weights`).
+    :func:`class_weights`). With three-class targets (:func:`boundary_targets`)
+    the objects are the interiors (class 1) and the border term applies to
+    every other pixel, boundaries included: it weighs most what separates
+    touching interiors.
 
     >>> import numpy as np
     >>> inst = np.zeros((20, 40), np.int32); inst[5:15, 5:19] = 1; inst[5:15, 21:35] = 2
@@ -161,8 +209,9 @@ def weight_map(
     if class_weight is None:
         class_weight = class_weights(targets, int(max(targets.max(), 1)) + 1)
     wc = np.asarray(class_weight, np.float32)[targets.astype(np.int64)]
-    remaining = np.where(targets > 0, inst, 0)
-    return wc + border_term(remaining, w0, sigma, background=targets == 0)
+    objects = targets == 1 if targets.max() > 1 else targets > 0
+    remaining = np.where(objects, inst, 0)
+    return wc + border_term(remaining, w0, sigma, background=~objects)
 
 
 def weighted_cross_entropy(

@@ -59,7 +59,7 @@ from .data import (
     split_files,
     split_rows,
 )
-from .loss import instance_targets, weight_map, weighted_cross_entropy
+from .loss import boundary_targets, instance_targets, object_diameters, weight_map, weighted_cross_entropy
 from .metrics import connected_components, evaluate, pool
 from .predict import predict_logits
 from .unet import build_model, model_geometry, valid_sizes
@@ -103,9 +103,10 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     },
     "model": {"architecture": "unet", "in_channels": 1, "classes": 2, "depth": 4, "base": 16,
               "padding": "valid", "batch_norm": True, "dropout": 0.0},
-    "loss": {"w0": 10.0, "sigma": 5.0, "balance": True, "separate": True},
+    # boundary: three classes (background, interior, boundary) for instance labels.
+    "loss": {"w0": 10.0, "sigma": 5.0, "balance": True, "separate": True, "boundary": False},
     "augment": {"enabled": True, "elastic_std": 10.0, "elastic_grid": 3, "flips": True, "rot90": True,
-                "gamma": [0.7, 1.4], "contrast": [0.75, 1.33], "brightness": [-0.1, 0.1]},
+                "gamma": [0.7, 1.4], "contrast": [0.75, 1.33], "brightness": [-0.1, 0.1], "scale": None},
     "train": {
         "crop": None,  # input crop; default: smallest valid size >= 2 * halo + 96
         "batch_size": 4,
@@ -239,7 +240,8 @@ class _EvalSet:
         self.sample = sample.normalized(config["data"]["normalization"])
         loss = config["loss"]
         if sample.instances:
-            self.targets = instance_targets(sample.labels, loss.get("separate", True))
+            self.targets = (boundary_targets(sample.labels) if loss.get("boundary") else
+                            instance_targets(sample.labels, loss.get("separate", True)))
             self.weights = weight_map(sample.labels, loss["w0"], loss["sigma"], class_weight, self.targets)
         else:
             self.targets = sample.labels.astype(np.uint8)
@@ -359,7 +361,14 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
         train_samples, crop, margin, steps * batch, Augmenter.from_config(config.get("augment")),
         seed=config["seed"], classes=config["model"].get("classes", 2), w0=loss_cfg["w0"],
         sigma=loss_cfg["sigma"], balance=loss_cfg.get("balance", True), separate=loss_cfg.get("separate", True),
+        boundary=bool(loss_cfg.get("boundary")),
     )
+    instance_samples = [s.labels for s in train_samples if s.instances]
+    if instance_samples and ck is None:
+        # The training scale, which `object_size=` at inference resamples to.
+        diameters = np.concatenate([object_diameters(labels) for labels in instance_samples])
+        if diameters.size:
+            config.setdefault("export", {})["object_size"] = round(float(np.median(diameters)), 2)
     val_sets = [_EvalSet(s, config, dataset.class_weight) for s in splits.get("val", [])]
     test_sets = [_EvalSet(s, config, dataset.class_weight) for s in splits.get("test", [])]
 
@@ -441,7 +450,8 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
     if test_sets:
         metrics["test"] = _public(validate(model, test_sets))
         metrics["test"]["region"] = [s.sample.name for s in test_sets]
-    metrics["instances"] = "connected components (4-connectivity) of class 1; AP50 = TP / (TP + FP + FN), match IoU > 0.5"
+    metrics["instances"] = ("connected components (4-connectivity) of class 1 (the interiors, for boundary targets); "
+                            "AP50 = TP / (TP + FP + FN), match IoU > 0.5")
     provenance = {
         "command": command,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -2,6 +2,7 @@
 //! follows from it: which input sizes it takes, how much a tile loses, how
 //! far tiles overlap. Each rule is written once, here, in closed form.
 
+use crate::instances::ReadOut;
 use crate::metadata::{Activation, Metadata, Normalization, OutputKey, Padding};
 
 /// Largest relative difference (against the output's largest magnitude)
@@ -115,6 +116,10 @@ pub struct ModelInfo {
     pub probed: bool,
     /// Whether tiles reproduce the whole-image forward.
     pub exactness: Exactness,
+    /// How labels become instances.
+    pub read_out: ReadOut,
+    /// The typical object diameter at training, in pixels.
+    pub object_size: Option<f64>,
 }
 
 impl ModelInfo {
@@ -135,6 +140,8 @@ impl ModelInfo {
             first_layer_width,
             probed: false,
             exactness: Exactness::default(),
+            read_out: m.instances.clone().unwrap_or_default(),
+            object_size: m.object_size,
         }
     }
 
@@ -228,10 +235,20 @@ impl ModelInfo {
 }
 
 #[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// A same-padded 2-D two-class model with a 4-pixel halo.
+    pub(crate) fn info() -> ModelInfo {
+        super::tests::same(4, 1)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    fn same(halo: usize, multiple: usize) -> ModelInfo {
+    pub(super) fn same(halo: usize, multiple: usize) -> ModelInfo {
         ModelInfo {
             spatial_dims: 2,
             in_channels: 1,
@@ -248,6 +265,8 @@ mod tests {
             first_layer_width: None,
             probed: true,
             exactness: Exactness::default(),
+            read_out: ReadOut::default(),
+            object_size: None,
         }
     }
 

@@ -11,6 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::instances::ReadOut;
 
 /// The name of the extra file that holds the metadata.
 pub const METADATA_ENTRY: &str = "unet_rt.json";
@@ -29,6 +30,12 @@ pub const MAX_GEOMETRY: usize = 1 << 16;
 /// Largest magnitude of a normalization multiplier: beyond it, 16-bit
 /// pixels would overflow `f32` network input.
 pub const MAX_SCALE: f64 = 1e30;
+/// Bounds of an object diameter in pixels (`object_size`): resampling by
+/// their ratio at most (a factor of 4096) keeps every resampled size in
+/// checked arithmetic.
+pub const MIN_OBJECT_SIZE: f64 = 0.5;
+/// See [`MIN_OBJECT_SIZE`].
+pub const MAX_OBJECT_SIZE: f64 = 2048.0;
 
 /// What the network's output channels mean, and how to reduce them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +169,14 @@ pub struct Metadata {
     /// training.evaluate --write`), kept as written.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub evaluation: serde_json::Value,
+    /// How labels become instances (absent: the connected components of
+    /// the non-background classes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<ReadOut>,
+    /// The typical object diameter in the training images, in pixels: the
+    /// scale that `object_size` at inference resamples images to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_size: Option<f64>,
 }
 
 /// `size_multiple` as one number or one per axis, the latter reduced to
@@ -291,6 +306,16 @@ impl Metadata {
             if value > MAX_GEOMETRY {
                 return Err(invalid(format!(
                     "{name} is {value}; at most {MAX_GEOMETRY} is supported (is the metadata corrupt?)"
+                )));
+            }
+        }
+        if let Some(read_out) = &meta.instances {
+            read_out.check(meta.out_channels.max(2)).map_err(&invalid)?;
+        }
+        if let Some(size) = meta.object_size {
+            if !(size.is_finite() && (MIN_OBJECT_SIZE..=MAX_OBJECT_SIZE).contains(&size)) {
+                return Err(invalid(format!(
+                    "object_size is {size}; expected a diameter in pixels between {MIN_OBJECT_SIZE} and {MAX_OBJECT_SIZE}"
                 )));
             }
         }

@@ -172,6 +172,8 @@ pub(crate) fn probe(
             whole_tile_ops,
             measured: None,
         },
+        read_out: crate::instances::ReadOut::default(),
+        object_size: None,
     };
     // Valid networks lose exactly their dependence radius (the paper's
     // proof); the others are measured.

@@ -21,6 +21,7 @@ mod options;
 mod output;
 mod pipeline;
 mod plan;
+pub mod rescale;
 mod tta;
 
 use std::sync::atomic::Ordering;
@@ -115,6 +116,12 @@ impl Segmenter {
                     format!("{range:?} must be two finite numbers, low <= high"),
                 ));
             }
+        }
+        if rescale::factor(info, options.object_size)?.is_some() && options.window.is_some() {
+            return Err(invalid(
+                "object_size",
+                "resampling needs the whole image: it cannot be combined with window (resample the image first, or leave object_size out)".to_owned(),
+            ));
         }
         if options.window.is_some() && info.padding == Padding::Same && options.blend != Blend::Crop
         {
@@ -224,6 +231,9 @@ impl Segmenter {
                     out.shape()
                 ),
             ));
+        }
+        if let Some(factor) = rescale::factor(info, self.options.object_size)? {
+            return self.rescaled_into(input, out, factor);
         }
         if self.options.output == OutputMode::Instances {
             return self.instances_into(input, out);
@@ -358,8 +368,69 @@ impl Segmenter {
         if self.cancelled() {
             return Err(Error::Cancelled);
         }
-        let (ids, _) = instances::connected_components(labels.view())?;
+        let (ids, _) = self.read_out().apply(labels.view())?;
         out.zip_mut_with(&ids, |o, &id| *o = U::from_id(id));
+        Ok(())
+    }
+
+    /// How this segmenter turns labels into instances: the model's read-out
+    /// with the options' `min_size` and `fill_holes`.
+    pub fn read_out(&self) -> instances::ReadOut {
+        let mut read_out = self.model.info().read_out.clone();
+        if let Some(min_size) = self.options.min_size {
+            read_out.min_size = min_size;
+        }
+        if let Some(fill_holes) = self.options.fill_holes {
+            read_out.fill_holes = fill_holes;
+        }
+        read_out
+    }
+
+    /// `object_size`: the input resampled by `factor` to the model's scale,
+    /// segmented there, and the result resampled back into `out`.
+    fn rescaled_into<T: Pixel, U: OutputElement>(
+        &self,
+        input: ArrayViewD<'_, T>,
+        mut out: ArrayViewMutD<'_, U>,
+        factor: f64,
+    ) -> Result<()> {
+        let info = self.model.info();
+        let spatial = rescale::scaled_shape(&input.shape()[1..], factor)?;
+        // Statistics of the image as given: resampling must not move them.
+        let input_range = match self.options.input_range {
+            Some(range) => Some(range),
+            None => normalize::percentile_range(&info.normalization, &input)?,
+        };
+        let resampled = rescale::resample_image(input, &spatial)?;
+        let inner = Self {
+            model: self.model.clone(),
+            options: Options {
+                object_size: None,
+                input_range,
+                ..self.options.clone()
+            },
+        };
+        let shape = inner.output_shape(resampled.shape());
+        if self.options.output == OutputMode::Instances {
+            let mut ids = memory::try_zeros::<u32>(&shape, "the instances at the model's scale")?;
+            inner.segment_into(resampled.view(), ids.view_mut())?;
+            drop(resampled);
+            let mut back = memory::try_zeros::<u32>(out.shape(), "the resampled instances")?;
+            rescale::resample_nearest(ids.view(), back.view_mut());
+            drop(ids);
+            // Resampling may drop small objects or reorder first pixels.
+            let count = back.iter().copied().max().unwrap_or(0);
+            let slice = back
+                .as_slice_mut()
+                .ok_or_else(|| Error::Internal("resampled ids are not contiguous".to_owned()))?;
+            instances::renumber(slice, count)?;
+            out.zip_mut_with(&back, |o, &id| *o = U::from_id(id));
+            return Ok(());
+        }
+        let mut small = memory::try_zeros::<U>(&shape, "the result at the model's scale")?;
+        inner.segment_into(resampled.view(), small.view_mut())?;
+        drop(resampled);
+        rescale::resample_nearest(small.view(), out.view_mut());
         Ok(())
     }
 

@@ -59,6 +59,16 @@ pub struct Options {
     /// Test-time augmentation: each tile's logits averaged over flips (and
     /// rotations); exact tiling is kept (see [`Tta`]).
     pub tta: Tta,
+    /// The typical object diameter in the input, in pixels: the image is
+    /// resampled to the model's training scale (its metadata's
+    /// `object_size`) and the result back (see [`rescale`](super::rescale)).
+    pub object_size: Option<f64>,
+    /// Instances: objects of fewer pixels (at the model's scale) are
+    /// removed; the model's read-out default when `None`.
+    pub min_size: Option<u64>,
+    /// Instances: whether background enclosed by one object joins it; the
+    /// model's read-out default when `None`.
+    pub fill_holes: Option<bool>,
 }
 
 impl std::fmt::Debug for Options {
@@ -76,6 +86,9 @@ impl std::fmt::Debug for Options {
             .field("input_range", &self.input_range)
             .field("nonfinite", &self.nonfinite)
             .field("tta", &self.tta)
+            .field("object_size", &self.object_size)
+            .field("min_size", &self.min_size)
+            .field("fill_holes", &self.fill_holes)
             .finish()
     }
 }

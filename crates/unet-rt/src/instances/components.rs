@@ -1,4 +1,4 @@
-//! Instances from a class map: connected components of a mask.
+//! Connected components of a mask.
 //!
 //! Pure Rust on `ndarray` (no tensors), so that front ends can turn labels
 //! into numbered objects without libtorch. The numbering is exactly that of
@@ -56,15 +56,41 @@ pub fn connected_components<M: Foreground>(
     mask: ArrayViewD<'_, M>,
 ) -> Result<(ArrayD<u32>, usize)> {
     let shape = mask.shape().to_vec();
+    let (labels, count) = label_components(&shape, mask.iter().map(|m| m.is_foreground()))?;
+    let array =
+        ArrayD::from_shape_vec(IxDyn(&shape), labels).map_err(|e| Error::InvalidArgument {
+            argument: "mask",
+            message: e.to_string(),
+        })?;
+    Ok((array, count as usize))
+}
+
+/// The components of the mask whose pixels `foreground` yields in C order
+/// over `shape`, numbered as [`connected_components`] numbers them: the
+/// labels in C order and their count.
+pub(super) fn label_components(
+    shape: &[usize],
+    foreground: impl Iterator<Item = bool>,
+) -> Result<(Vec<u32>, u32)> {
     // Provisional labels in raster order; `parent` is a union-find forest over
     // them in which every parent is smaller than its child (union by minimum).
-    let mut labels: Vec<u32> = Vec::with_capacity(mask.len());
+    let mut labels: Vec<u32> = Vec::new();
+    let len = foreground.size_hint().0;
+    labels
+        .try_reserve_exact(len)
+        .map_err(|_| Error::InvalidArgument {
+            argument: "image",
+            message: format!(
+                "labelling {len} pixels needs {}, which cannot be allocated",
+                crate::memory::format_bytes(crate::memory::bytes_of::<u32>(len))
+            ),
+        })?;
     let mut parent: Vec<u32> = vec![0];
-    let strides = c_strides(&shape);
+    let strides = c_strides(shape);
     let mut index = vec![0usize; shape.len()];
-    for (flat, &m) in mask.iter().enumerate() {
+    for (flat, is_foreground) in foreground.enumerate() {
         let mut label = 0u32;
-        if m.is_foreground() {
+        if is_foreground {
             // The one earlier face neighbour along each axis.
             for (axis, &stride) in strides.iter().enumerate() {
                 if index[axis] == 0 {
@@ -89,7 +115,7 @@ pub fn connected_components<M: Foreground>(
             }
         }
         labels.push(label);
-        advance(&mut index, &shape);
+        advance(&mut index, shape);
     }
     // A component's first pixel in raster order has no earlier neighbour in
     // it, so it opened the component's smallest provisional label, which is
@@ -110,15 +136,10 @@ pub fn connected_components<M: Foreground>(
     for label in &mut labels {
         *label = parent[*label as usize];
     }
-    let array =
-        ArrayD::from_shape_vec(IxDyn(&shape), labels).map_err(|e| Error::InvalidArgument {
-            argument: "mask",
-            message: e.to_string(),
-        })?;
-    Ok((array, count as usize))
+    Ok((labels, count))
 }
 
-fn too_many() -> Error {
+pub(super) fn too_many() -> Error {
     Error::InvalidArgument {
         argument: "mask",
         message: "more connected components than a 32-bit label holds".to_owned(),
@@ -126,7 +147,7 @@ fn too_many() -> Error {
 }
 
 /// Strides of a C-ordered array of `shape`, in elements.
-fn c_strides(shape: &[usize]) -> Vec<usize> {
+pub(super) fn c_strides(shape: &[usize]) -> Vec<usize> {
     let mut strides = vec![1usize; shape.len()];
     for axis in (0..shape.len().saturating_sub(1)).rev() {
         strides[axis] = strides[axis + 1] * shape[axis + 1];

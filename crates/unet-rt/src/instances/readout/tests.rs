@@ -1,0 +1,326 @@
+use super::*;
+use crate::instances::connected_components;
+use ndarray::{array, Array2, Array3, Dimension};
+
+/// A small deterministic generator (no dependency for tests).
+fn random_classes(shape: &[usize], seed: u64, classes: u64) -> ArrayD<u8> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    ArrayD::from_shape_fn(IxDyn(shape), |_| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) % classes) as u8
+    })
+}
+
+fn boundary_read_out(grow: u32) -> ReadOut {
+    ReadOut {
+        seed_classes: vec![1],
+        grow_classes: vec![2],
+        grow,
+        ..ReadOut::default()
+    }
+}
+
+/// The read-out written the plain way, pixel by pixel over multi-indices:
+/// the definition the fast one must reproduce.
+fn reference(read_out: &ReadOut, classes: &ArrayD<u8>) -> ArrayD<u32> {
+    let shape = classes.shape().to_vec();
+    let index: Vec<Vec<usize>> = classes
+        .indexed_iter()
+        .map(|(i, _)| i.slice().to_vec())
+        .collect();
+    let neighbours = |p: &[usize]| {
+        let mut out = Vec::new();
+        for axis in 0..p.len() {
+            for delta in [-1i64, 1] {
+                let v = p[axis] as i64 + delta;
+                if v >= 0 && v < shape[axis] as i64 {
+                    let mut q = p.to_vec();
+                    q[axis] = v as usize;
+                    out.push(q);
+                }
+            }
+        }
+        out
+    };
+    let kind = |c: u8| read_out.kind(u32::from(c));
+    let flood = |labels: &mut ArrayD<u32>,
+                 member: &dyn Fn(&[usize], &ArrayD<u32>) -> bool,
+                 next: &mut u32| {
+        for p in &index {
+            if labels[p.as_slice()] != 0 || !member(p, labels) {
+                continue;
+            }
+            *next += 1;
+            let mut stack: Vec<Vec<usize>> = vec![p.clone()];
+            let snapshot = labels.clone();
+            labels[p.as_slice()] = *next;
+            while let Some(q) = stack.pop() {
+                for r in neighbours(&q) {
+                    if labels[r.as_slice()] == 0 && member(&r, &snapshot) {
+                        labels[r.as_slice()] = *next;
+                        stack.push(r);
+                    }
+                }
+            }
+        }
+    };
+    let mut labels = ArrayD::<u32>::zeros(IxDyn(&shape));
+    let mut next = 0;
+    flood(&mut labels, &|p, _| kind(classes[p]) == SEED, &mut next);
+    for _ in 0..read_out.grow {
+        let before = labels.clone();
+        for p in &index {
+            if before[p.as_slice()] != 0 || kind(classes[p.as_slice()]) != GROW {
+                continue;
+            }
+            let best = neighbours(p)
+                .iter()
+                .map(|q| before[q.as_slice()])
+                .filter(|&l| l != 0)
+                .min();
+            if let Some(l) = best {
+                labels[p.as_slice()] = l;
+            }
+        }
+    }
+    flood(
+        &mut labels,
+        &|p, l| kind(classes[p]) == GROW && l[p] == 0,
+        &mut next,
+    );
+    if read_out.min_size > 1 {
+        let mut sizes = vec![0u64; next as usize + 1];
+        labels.iter().for_each(|&l| sizes[l as usize] += 1);
+        labels.mapv_inplace(|l| {
+            if sizes[l as usize] < read_out.min_size {
+                0
+            } else {
+                l
+            }
+        });
+    }
+    if read_out.fill_holes {
+        // Background reachable from the faces stays; every other region is
+        // filled when exactly one object borders it.
+        let mut regions = ArrayD::<u32>::zeros(IxDyn(&shape));
+        let mut count = 0;
+        flood(&mut regions, &|p, _| labels[p] == 0, &mut count);
+        for r in 1..=count {
+            let members: Vec<&Vec<usize>> = index
+                .iter()
+                .filter(|p| regions[p.as_slice()] == r)
+                .collect();
+            let open = members
+                .iter()
+                .any(|p| p.iter().zip(&shape).any(|(&c, &n)| c == 0 || c + 1 == n));
+            let mut owners: Vec<u32> = members
+                .iter()
+                .flat_map(|p| neighbours(p))
+                .map(|q| labels[q.as_slice()])
+                .filter(|&l| l != 0)
+                .collect();
+            owners.sort_unstable();
+            owners.dedup();
+            if !open && owners.len() == 1 {
+                for p in members {
+                    labels[p.as_slice()] = owners[0];
+                }
+            }
+        }
+    }
+    let mut number = std::collections::HashMap::new();
+    labels.mapv(|l| {
+        if l == 0 {
+            0
+        } else {
+            let n = number.len() as u32 + 1;
+            *number.entry(l).or_insert(n)
+        }
+    })
+}
+
+#[test]
+fn default_is_the_components_of_the_non_background() {
+    for (seed, shape) in [(1u64, vec![31usize, 27]), (2, vec![7, 9, 11])] {
+        let classes = random_classes(&shape, seed, 4);
+        let (got, n) = ReadOut::default().apply(classes.view()).unwrap();
+        let (want, m) = connected_components(classes.view()).unwrap();
+        assert_eq!((got, n), (want, m));
+    }
+}
+
+#[test]
+fn touching_interiors_stay_apart_and_claim_their_boundary() {
+    let classes = array![
+        [0u8, 2, 2, 2, 2, 2, 2, 0],
+        [0, 2, 1, 1, 2, 1, 2, 0],
+        [0, 2, 1, 1, 2, 1, 2, 0],
+        [0, 2, 2, 2, 2, 2, 2, 0]
+    ];
+    let (ids, n) = boundary_read_out(2)
+        .apply(classes.view().into_dyn())
+        .unwrap();
+    assert_eq!(n, 2);
+    // The boundary column between the seeds is one step from both: it goes
+    // to the smaller-numbered object.
+    let want = array![
+        [0u32, 1, 1, 1, 1, 2, 2, 0],
+        [0, 1, 1, 1, 1, 2, 2, 0],
+        [0, 1, 1, 1, 1, 2, 2, 0],
+        [0, 1, 1, 1, 1, 2, 2, 0]
+    ];
+    assert_eq!(ids, want.into_dyn());
+    // Without a boundary class the two nuclei would be one component.
+    let merged = ReadOut::default()
+        .apply(classes.view().into_dyn())
+        .unwrap()
+        .1;
+    assert_eq!(merged, 1);
+}
+
+#[test]
+fn growth_stops_after_its_steps_and_the_rest_is_its_own_object() {
+    let classes = array![[1u8, 2, 2, 2, 2, 0, 2]];
+    let (ids, n) = boundary_read_out(2)
+        .apply(classes.view().into_dyn())
+        .unwrap();
+    assert_eq!(n, 3);
+    assert_eq!(ids, array![[1u32, 1, 1, 2, 2, 0, 3]].into_dyn());
+    // A min_size removes those slivers and renumbers.
+    let read_out = ReadOut {
+        min_size: 3,
+        ..boundary_read_out(2)
+    };
+    let (ids, n) = read_out.apply(classes.view().into_dyn()).unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(ids, array![[1u32, 1, 1, 0, 0, 0, 0]].into_dyn());
+}
+
+#[test]
+fn holes_enclosed_by_one_object_are_filled_and_others_are_not() {
+    let ring = array![
+        [0u8, 0, 0, 0, 0, 0, 0],
+        [0, 1, 1, 1, 0, 1, 0],
+        [0, 1, 0, 1, 0, 1, 0],
+        [0, 1, 1, 1, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 0]
+    ];
+    let read_out = ReadOut {
+        fill_holes: true,
+        ..ReadOut::default()
+    };
+    let (ids, n) = read_out.apply(ring.view().into_dyn()).unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(ids[[2, 2]], 1);
+    // A hole that reaches the image's edge is not a hole.
+    let open = array![[1u8, 0, 1], [1, 0, 1], [1, 1, 1]];
+    let (ids, _) = read_out.apply(open.view().into_dyn()).unwrap();
+    assert_eq!(ids[[1, 1]], 0);
+    // A gap between two objects is not a hole of either.
+    let between = array![
+        [0u8, 0, 0, 0, 0],
+        [0, 1, 2, 2, 0],
+        [0, 1, 0, 2, 0],
+        [0, 1, 1, 2, 0],
+        [0, 0, 0, 0, 0]
+    ];
+    let read_out = ReadOut {
+        seed_classes: vec![1, 2],
+        fill_holes: true,
+        ..ReadOut::default()
+    };
+    let (ids, n) = read_out.apply(between.view().into_dyn()).unwrap();
+    assert_eq!(
+        n, 1,
+        "classes 1 and 2 touch: one object, and its hole is filled"
+    );
+    assert_eq!(ids[[2, 2]], 1);
+    let two = ReadOut {
+        seed_classes: vec![1],
+        grow_classes: vec![2],
+        fill_holes: true,
+        ..ReadOut::default()
+    };
+    let (ids, n) = two.apply(between.view().into_dyn()).unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(ids[[2, 2]], 0);
+}
+
+#[test]
+fn equals_the_plain_definition_on_random_maps() {
+    let read_outs = [
+        boundary_read_out(1),
+        boundary_read_out(3),
+        ReadOut {
+            fill_holes: true,
+            min_size: 3,
+            ..boundary_read_out(2)
+        },
+        ReadOut {
+            fill_holes: true,
+            ..ReadOut::default()
+        },
+        ReadOut {
+            seed_classes: vec![2],
+            grow_classes: vec![1, 3],
+            grow: 2,
+            fill_holes: true,
+            min_size: 2,
+        },
+    ];
+    for (seed, shape) in [
+        (3u64, vec![23usize, 19]),
+        (4, vec![1, 40]),
+        (5, vec![6, 7, 8]),
+    ] {
+        for classes_count in [3u64, 4] {
+            let classes = random_classes(&shape, seed * 10 + classes_count, classes_count);
+            for read_out in &read_outs {
+                let (got, n) = read_out.apply(classes.view()).unwrap();
+                let want = reference(read_out, &classes);
+                assert_eq!(got, want, "{read_out:?} on {shape:?}");
+                assert_eq!(n as u32, want.iter().copied().max().unwrap_or(0));
+            }
+        }
+    }
+}
+
+#[test]
+fn any_memory_layout() {
+    let classes: Array2<u8> = random_classes(&[17, 29], 9, 3)
+        .into_dimensionality()
+        .unwrap();
+    let read_out = ReadOut {
+        fill_holes: true,
+        min_size: 2,
+        ..boundary_read_out(2)
+    };
+    let want = read_out.apply(classes.view().into_dyn()).unwrap();
+    let fortran = classes.t().as_standard_layout().to_owned();
+    let got = read_out.apply(fortran.t().into_dyn()).unwrap();
+    assert_eq!(got, want);
+    let empty = Array3::<u16>::zeros((0, 3, 3));
+    assert_eq!(read_out.apply(empty.view().into_dyn()).unwrap().1, 0);
+}
+
+#[test]
+fn checks_name_the_field() {
+    assert!(boundary_read_out(2).check(3).is_ok());
+    let err = boundary_read_out(2).check(2).unwrap_err();
+    assert!(err.contains("grow_classes") && err.contains('2'), "{err}");
+    let both = ReadOut {
+        grow_classes: vec![1],
+        ..boundary_read_out(2)
+    };
+    assert!(both.check(3).unwrap_err().contains("both"));
+    let implicit = ReadOut {
+        grow_classes: vec![2],
+        grow: 1,
+        ..ReadOut::default()
+    };
+    assert!(implicit.check(3).unwrap_err().contains("both"));
+    let far = boundary_read_out(MAX_GROW + 1);
+    assert!(far.check(3).unwrap_err().contains("instances.grow"));
+}
