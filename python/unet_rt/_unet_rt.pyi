@@ -54,6 +54,9 @@ class Model:
         input_range: Optional[Sequence[Tuple[float, float]]] = None,
         nonfinite: str = "raise",
         tta: str = "none",
+        object_size: Optional[float] = None,
+        min_size: Optional[int] = None,
+        fill_holes: Optional[bool] = None,
     ) -> npt.NDArray[Any]: ...
     def result_dtype(self, output: str) -> str: ...
     def result_shape(self, spatial: Sequence[int], output: str) -> List[int]: ...

@@ -283,6 +283,9 @@ class Model:
         input_range: Optional[Any] = None,
         nonfinite: str = "raise",
         tta: str = "none",
+        object_size: Optional[float] = None,
+        min_size: Optional[int] = None,
+        fill_holes: Optional[bool] = None,
     ) -> np.ndarray:
         """Segments an image (or a stack of images) of any size.
 
@@ -298,8 +301,11 @@ class Model:
             output: ``"labels"`` (uint8, uint16 beyond 256 classes; shape of
                 the spatial axes), ``"probabilities"`` (float32, channel-first),
                 ``"raw"`` (the network output, channel-first) or
-                ``"instances"`` (uint32 connected components of the non-background
-                labels, 4-connected in 2-D and 6-connected in 3-D).
+                ``"instances"`` (uint32 object ids, 0 for background: the
+                model's read-out, ``info["instances"]``, e.g. nucleus interiors
+                grown over a boundary class; without one, the connected
+                components of the non-background labels, 4-connected in 2-D
+                and 6-connected in 3-D).
             tile: input tile size (an int, or one per spatial axis); chosen
                 from a memory budget when ``None``; ``"whole"`` for one tile
                 covering the image and its overlap (the exact result for
@@ -333,6 +339,17 @@ class Model:
                 per tile in 2-D) or ``"d4"`` (flips and quarter turns in the
                 yx plane, 8 passes); the logits are averaged, and the result
                 equals the augmented whole-image forward.
+            object_size: the typical object diameter in ``image``, in
+                pixels. The image is resampled to the model's training scale
+                (``info["object_size"]``), segmented, and the result resampled
+                back (nearest neighbour), so objects larger or smaller than
+                the training ones are segmented as well as those. Not with
+                ``window``.
+            min_size: instances of fewer pixels (at the model's scale) are
+                removed; the model's default (``info["instances"]``) when
+                ``None``.
+            fill_holes: whether background enclosed by one instance joins
+                it; the model's default when ``None``.
 
         Returns:
             The result array (``out`` itself when given).
@@ -372,8 +389,9 @@ class Model:
         piece = _Piece(window, _ranges(input_range, view.shape[0], batched))
         # The arrangement is made once, above: the shape follows from the view.
         shape = self._engine_result_shape(tuple(view.shape), batched, output, window)
+        read_out = {"object_size": object_size, "min_size": min_size, "fill_holes": fill_holes}
         return self._run(view, output, tiles, batch_size, out, progress, memory_budget, batched, shape, blend,
-                         piece, nonfinite, tta)
+                         piece, nonfinite, tta, read_out)
 
     def result_shape(self, shape: Sequence[int], output: str = "labels", axes: Optional[str] = None,
                      window: Optional[Window] = None) -> Tuple[int, ...]:
@@ -412,7 +430,7 @@ class Model:
         return np.dtype(self._inner.result_dtype(output))
 
     def _run(self, view, output, tile, batch_size, out, progress, memory_budget, batched, shape, blend, piece,
-             nonfinite, tta):
+             nonfinite, tta, read_out):
         if out is not None:
             if tuple(out.shape) != tuple(shape):
                 raise InvalidArgumentError(f"invalid out: has shape {out.shape}, the result has shape {tuple(shape)}")
@@ -426,7 +444,7 @@ class Model:
         images, target = (view, out) if batched else (view[:1], out[None])
         with _Progress(progress) as report:
             self._inner.segment(images, output, tile, batch_size, memory_budget, target, report, blend,
-                                piece.engine_window, piece.ranges, nonfinite, tta)
+                                piece.engine_window, piece.ranges, nonfinite, tta, **read_out)
         return out
 
     def __repr__(self) -> str:
@@ -570,7 +588,8 @@ def segment(
     ``model`` is a :class:`Model` or a path; paths are loaded once and kept in
     a small cache, so calling ``segment`` in a loop does not reload the model.
     ``options`` are those of :meth:`Model.segment` (``axes``, ``output``,
-    ``tile``, ``batch_size``, ``out``, ``progress``, ``memory_budget``).
+    ``tile``, ``batch_size``, ``out``, ``progress``, ``memory_budget``,
+    ``tta``, ``object_size``, ``min_size``, ``fill_holes`` ...).
 
     >>> import numpy as np, unet_rt
     >>> unet_rt.segment(np.random.rand(100, 120), tiny_model_path, device="cpu").shape

@@ -164,6 +164,20 @@ pub(crate) struct SegmentArgs {
     /// (default: from the file format, or guessed from the shape).
     #[arg(long, value_name = "AXES", value_parser = crate::axes::parse_axes)]
     pub axes: Option<String>,
+    /// The typical object diameter in the images, in pixels: images are
+    /// resampled to the model's training scale (its metadata's object_size)
+    /// and the results back, so larger or smaller objects are segmented as
+    /// well as the training ones.
+    #[arg(long, value_name = "PIXELS")]
+    pub object_size: Option<f64>,
+    /// Instances: remove objects of fewer pixels (default: the model's
+    /// read-out, `unet-rt info`).
+    #[arg(long, value_name = "PIXELS")]
+    pub min_size: Option<u64>,
+    /// Instances: whether background enclosed by one object joins it
+    /// (default: the model's read-out).
+    #[arg(long, value_name = "yes|no", value_parser = clap::builder::BoolishValueParser::new())]
+    pub fill_holes: Option<bool>,
     /// Also write <stem>_overlay.png: the image scaled to 8-bit gray with object
     /// outlines in colour (the middle slice of stacks and volumes).
     #[arg(long)]

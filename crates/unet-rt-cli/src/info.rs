@@ -79,6 +79,8 @@ fn describe(model: &Model, path: Option<&Path>, file_bytes: Option<u64>) -> Valu
         "warning": info.exactness.warning(),
         "probed": info.probed,
         "normalization": serde_json::to_value(&info.normalization).unwrap_or(Value::Null),
+        "instances": serde_json::to_value(&info.read_out).unwrap_or(Value::Null),
+        "object_size": info.object_size,
         "training": meta.map(|m| m.training.clone()).unwrap_or(Value::Null),
     })
 }
@@ -198,6 +200,13 @@ fn text(d: &Value) -> Vec<String> {
         "normalization".into(),
         normalization_text(&d["normalization"]),
     ));
+    rows.push(("instances".into(), read_out_text(&d["instances"])));
+    if let Some(size) = d["object_size"].as_f64() {
+        rows.push((
+            "object size".into(),
+            format!("{size} pixels at training (--object-size resamples to it)"),
+        ));
+    }
     let mut training = Vec::new();
     flatten("", &d["training"], &mut training);
     for (i, (key, value)) in training.into_iter().enumerate() {
@@ -214,6 +223,32 @@ fn text(d: &Value) -> Vec<String> {
     rows.into_iter()
         .map(|(k, v)| format!("{k:width$}{v}"))
         .collect()
+}
+
+fn read_out_text(value: &Value) -> String {
+    let Ok(r) = serde_json::from_value::<unet_rt::instances::ReadOut>(value.clone()) else {
+        return String::new();
+    };
+    let classes = |c: &[u32]| c.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+    let mut text = if r.seed_classes.is_empty() {
+        "connected components of the non-background classes".to_owned()
+    } else {
+        format!("components of class {}", classes(&r.seed_classes))
+    };
+    if r.grow > 0 && !r.grow_classes.is_empty() {
+        text += &format!(
+            ", grown up to {} pixels over class {}",
+            r.grow,
+            classes(&r.grow_classes)
+        );
+    }
+    if r.min_size > 1 {
+        text += &format!("; objects under {} pixels removed", r.min_size);
+    }
+    if r.fill_holes {
+        text += "; holes filled";
+    }
+    text
 }
 
 fn normalization_text(value: &Value) -> String {

@@ -40,7 +40,7 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
         crate::output::stderr_line(&format!("unet-rt: warning: {warning}"));
     }
     let options = Options {
-        // Instances are the labels' components, found here page by page:
+        // Instances are read out of the labels here, page by page:
         // the overlay shows the labels' classes, and ids that fit are
         // written as u16.
         output: match args.output_kind {
@@ -51,6 +51,9 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
         whole: loader::whole_for(args.model.tile.as_ref().map(|t| t.0.as_slice())),
         batch_size: loader::batch_size(&args.model),
         tta: args.model.tta,
+        object_size: args.object_size,
+        min_size: args.min_size,
+        fill_holes: args.fill_holes,
         cancel: Some(interrupt::flag()),
         ..Options::default()
     };
@@ -370,9 +373,10 @@ fn compute<T: Pixel>(
             objects: None,
         });
     }
+    let read_out = segmenter.read_out().map_err(engine)?;
     let (instances, objects) = match &result {
-        Output::U8(labels) => instances(labels.view(), arranged.stacked, input),
-        Output::U16(labels) => instances(labels.view(), arranged.stacked, input),
+        Output::U8(labels) => instances(labels.view(), &read_out, arranged.stacked, input),
+        Output::U16(labels) => instances(labels.view(), &read_out, arranged.stacked, input),
         _ => {
             return Err(FileError::new(
                 input,
@@ -417,10 +421,11 @@ fn allocate_result<U: Clone + Default>(shape: &[usize]) -> Result<ArrayD<U>, Str
     try_filled(shape, U::default())
 }
 
-/// Connected components of `labels > 0`, page by page for stacks; `u16`
-/// when the objects fit, else `u32`.
-fn instances<L: unet_rt::instances::Foreground + Copy>(
+/// The model's instances of `labels` (`read_out`), page by page for
+/// stacks; `u16` when the objects fit, else `u32`.
+fn instances<L: unet_rt::instances::ClassIndex>(
     labels: ArrayViewD<'_, L>,
+    read_out: &unet_rt::instances::ReadOut,
     stacked: bool,
     input: &Path,
 ) -> Result<(Output, usize), FileError> {
@@ -430,14 +435,14 @@ fn instances<L: unet_rt::instances::Foreground + Copy>(
             allocate_result::<u32>(labels.shape()).map_err(|m| FileError::new(input, m))?;
         let (mut total, mut most) = (0usize, 0);
         for (page, mut target) in labels.axis_iter(Axis(0)).zip(ids.axis_iter_mut(Axis(0))) {
-            let (page_ids, n) = unet_rt::instances::connected_components(page).map_err(engine)?;
+            let (page_ids, n) = read_out.apply(page).map_err(engine)?;
             target.assign(&page_ids);
             total = total.saturating_add(n);
             most = most.max(n);
         }
         (ids, total, most)
     } else {
-        let (ids, n) = unet_rt::instances::connected_components(labels).map_err(engine)?;
+        let (ids, n) = read_out.apply(labels).map_err(engine)?;
         (ids, n, n)
     };
     if most > usize::from(u16::MAX) {

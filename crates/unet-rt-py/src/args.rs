@@ -76,6 +76,48 @@ pub(crate) fn optional_size(
     Ok(Some(v))
 }
 
+/// An optional real number: an `int`, `float` or NumPy number, not a bool
+/// or string (its range is the core's to check).
+pub(crate) fn optional_number(
+    value: Option<&Bound<'_, PyAny>>,
+    argument: &'static str,
+) -> PyResult<Option<f64>> {
+    let Some(value) = value.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    if value.is_instance_of::<PyBool>() || value.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(format!(
+            "{argument} must be a number, got {}",
+            type_name(value)
+        )));
+    }
+    let number = value.call_method0("__float__").map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{argument} must be a number, got {}",
+            type_name(value)
+        ))
+    })?;
+    number.extract::<f64>().map(Some)
+}
+
+/// An optional `bool` (or NumPy bool); nothing else is taken for one.
+pub(crate) fn optional_flag(
+    value: Option<&Bound<'_, PyAny>>,
+    argument: &'static str,
+) -> PyResult<Option<bool>> {
+    let Some(value) = value.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    let is_numpy_bool = type_name(value) == "bool" || type_name(value) == "bool_";
+    if !(value.is_instance_of::<PyBool>() || is_numpy_bool) {
+        return Err(PyTypeError::new_err(format!(
+            "{argument} must be a bool, got {}",
+            type_name(value)
+        )));
+    }
+    value.is_truthy().map(Some)
+}
+
 /// One size per spatial axis: an int (the same on every axis) or a
 /// sequence of `dims` ints.
 pub(crate) fn sizes(

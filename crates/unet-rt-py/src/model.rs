@@ -121,6 +121,14 @@ impl Model {
         d.set_item("overlap", i.effective_halo())?;
         d.set_item("overlap_reason", i.overlap_reason())?;
         d.set_item("block_depth", i.block_depth())?;
+        let read_out = PyDict::new(py);
+        read_out.set_item("seed_classes", i.read_out.seed_classes.clone())?;
+        read_out.set_item("grow_classes", i.read_out.grow_classes.clone())?;
+        read_out.set_item("grow", i.read_out.grow)?;
+        read_out.set_item("fill_holes", i.read_out.fill_holes)?;
+        read_out.set_item("min_size", i.read_out.min_size)?;
+        d.set_item("instances", read_out)?;
+        d.set_item("object_size", i.object_size)?;
         d.set_item(
             "output_key",
             match &i.output_key {
@@ -189,8 +197,10 @@ impl Model {
     /// `input_range` is one `(low, high)` per image.
     /// `nonfinite` is `"raise"` (NaN or infinity in the network's input or
     /// output is an error) or `"propagate"`; `tta` `"none"`, `"flips"` or
-    /// `"d4"` (test-time augmentation).
-    #[pyo3(signature = (image, output = None, tile = None, batch_size = None, memory_budget = None, out = None, progress = None, blend = None, window = None, input_range = None, nonfinite = None, tta = None))]
+    /// `"d4"` (test-time augmentation); `object_size` the typical object
+    /// diameter in pixels (resampled to the model's training scale);
+    /// `min_size` and `fill_holes` override the model's instance read-out.
+    #[pyo3(signature = (image, output = None, tile = None, batch_size = None, memory_budget = None, out = None, progress = None, blend = None, window = None, input_range = None, nonfinite = None, tta = None, object_size = None, min_size = None, fill_holes = None))]
     #[allow(clippy::too_many_arguments)]
     fn segment<'py>(
         &self,
@@ -207,6 +217,9 @@ impl Model {
         input_range: Option<Vec<(f64, f64)>>,
         nonfinite: Option<&Bound<'py, PyAny>>,
         tta: Option<&Bound<'py, PyAny>>,
+        object_size: Option<&Bound<'py, PyAny>>,
+        min_size: Option<&Bound<'py, PyAny>>,
+        fill_holes: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let cancel = Arc::new(AtomicBool::new(false));
         if let Some(p) = &progress {
@@ -257,6 +270,9 @@ impl Model {
                 .transpose()?,
             nonfinite,
             tta,
+            object_size: args::optional_number(object_size, "object_size")?,
+            min_size: args::optional_size(min_size, "min_size", 0)?.map(|m| m as u64),
+            fill_holes: args::optional_flag(fill_holes, "fill_holes")?,
             ..sizing(&self.inner, tile, batch_size, memory_budget)?
         };
         let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;

@@ -232,11 +232,11 @@ impl Segmenter {
                 ),
             ));
         }
-        if let Some(factor) = rescale::factor(info, self.options.object_size)? {
-            return self.rescaled_into(input, out, factor);
-        }
         if self.options.output == OutputMode::Instances {
             return self.instances_into(input, out);
+        }
+        if let Some(factor) = rescale::factor(info, self.options.object_size)? {
+            return self.rescaled_into(input, out, factor);
         }
         let mut out = out;
         let local = input.shape()[1..].to_vec();
@@ -349,8 +349,8 @@ impl Segmenter {
         Ok(())
     }
 
-    /// [`OutputMode::Instances`]: the labels, then their connected
-    /// components, written into `out`.
+    /// [`OutputMode::Instances`]: the labels, then the read-out
+    /// ([`Segmenter::read_out`]), written into `out`.
     fn instances_into<T: Pixel, U: OutputElement>(
         &self,
         input: ArrayViewD<'_, T>,
@@ -368,26 +368,50 @@ impl Segmenter {
         if self.cancelled() {
             return Err(Error::Cancelled);
         }
-        let (ids, _) = self.read_out().apply(labels.view())?;
+        let (ids, _) = self.read_out()?.apply(labels.view())?;
         out.zip_mut_with(&ids, |o, &id| *o = U::from_id(id));
         Ok(())
     }
 
-    /// How this segmenter turns labels into instances: the model's read-out
-    /// with the options' `min_size` and `fill_holes`.
-    pub fn read_out(&self) -> instances::ReadOut {
-        let mut read_out = self.model.info().read_out.clone();
+    /// How this segmenter turns labels (on the image's grid) into
+    /// instances: the model's read-out with the options' `min_size` and
+    /// `fill_holes`. With `object_size`, the labels come resampled from the
+    /// model's scale, and the model's sizes (growth steps, `min_size`) are
+    /// scaled with them; a `min_size` option is in the image's pixels.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] (`object_size`) as [`rescale::factor`].
+    pub fn read_out(&self) -> Result<instances::ReadOut> {
+        let info = self.model.info();
+        let mut read_out = info.read_out.clone();
+        if let Some(factor) = rescale::factor(info, self.options.object_size)? {
+            // `factor` is model pixels per image pixel.
+            let steps = (f64::from(read_out.grow) / factor).ceil();
+            read_out.grow = if steps >= f64::from(u32::MAX) {
+                u32::MAX
+            } else {
+                steps as u32
+            };
+            let area = (read_out.min_size as f64 / factor.powi(info.spatial_dims as i32)).round();
+            read_out.min_size = if area >= u64::MAX as f64 {
+                u64::MAX
+            } else {
+                area as u64
+            };
+        }
         if let Some(min_size) = self.options.min_size {
             read_out.min_size = min_size;
         }
         if let Some(fill_holes) = self.options.fill_holes {
             read_out.fill_holes = fill_holes;
         }
-        read_out
+        Ok(read_out)
     }
 
     /// `object_size`: the input resampled by `factor` to the model's scale,
-    /// segmented there, and the result resampled back into `out`.
+    /// segmented there, and the result resampled back into `out`. Instances
+    /// do not come here: they are read out of the labels this gives (see
+    /// [`Segmenter::read_out`]).
     fn rescaled_into<T: Pixel, U: OutputElement>(
         &self,
         input: ArrayViewD<'_, T>,
@@ -411,22 +435,6 @@ impl Segmenter {
             },
         };
         let shape = inner.output_shape(resampled.shape());
-        if self.options.output == OutputMode::Instances {
-            let mut ids = memory::try_zeros::<u32>(&shape, "the instances at the model's scale")?;
-            inner.segment_into(resampled.view(), ids.view_mut())?;
-            drop(resampled);
-            let mut back = memory::try_zeros::<u32>(out.shape(), "the resampled instances")?;
-            rescale::resample_nearest(ids.view(), back.view_mut());
-            drop(ids);
-            // Resampling may drop small objects or reorder first pixels.
-            let count = back.iter().copied().max().unwrap_or(0);
-            let slice = back
-                .as_slice_mut()
-                .ok_or_else(|| Error::Internal("resampled ids are not contiguous".to_owned()))?;
-            instances::renumber(slice, count)?;
-            out.zip_mut_with(&back, |o, &id| *o = U::from_id(id));
-            return Ok(());
-        }
         let mut small = memory::try_zeros::<U>(&shape, "the result at the model's scale")?;
         inner.segment_into(resampled.view(), small.view_mut())?;
         drop(resampled);

@@ -56,7 +56,7 @@ pub fn connected_components<M: Foreground>(
     mask: ArrayViewD<'_, M>,
 ) -> Result<(ArrayD<u32>, usize)> {
     let shape = mask.shape().to_vec();
-    let (labels, count) = label_components(&shape, mask.iter().map(|m| m.is_foreground()))?;
+    let (labels, count) = label_graph(&shape, mask.iter().map(|m| m.is_foreground()), |_, _| true)?;
     let array =
         ArrayD::from_shape_vec(IxDyn(&shape), labels).map_err(|e| Error::InvalidArgument {
             argument: "mask",
@@ -65,13 +65,19 @@ pub fn connected_components<M: Foreground>(
     Ok((array, count as usize))
 }
 
-/// The components of the mask whose pixels `foreground` yields in C order
-/// over `shape`, numbered as [`connected_components`] numbers them: the
-/// labels in C order and their count.
-pub(super) fn label_components(
+/// The connected components of a graph on the pixels of `shape`: its nodes
+/// are the pixels `members` yields `true` for (in C order), and two member
+/// pixels that are face neighbours are joined when `joined(pixel, earlier)`
+/// says so (flat C-order indices; `earlier` precedes `pixel`). Components
+/// are numbered as [`connected_components`] numbers them, in the raster
+/// order of their first pixel. Returns the labels in C order and their
+/// count.
+pub(super) fn label_graph(
     shape: &[usize],
-    foreground: impl Iterator<Item = bool>,
+    members: impl Iterator<Item = bool>,
+    mut joined: impl FnMut(usize, usize) -> bool,
 ) -> Result<(Vec<u32>, u32)> {
+    let foreground = members;
     // Provisional labels in raster order; `parent` is a union-find forest over
     // them in which every parent is smaller than its child (union by minimum).
     let mut labels: Vec<u32> = Vec::new();
@@ -97,7 +103,7 @@ pub(super) fn label_components(
                     continue;
                 }
                 let neighbour = labels[flat - stride];
-                if neighbour == 0 {
+                if neighbour == 0 || !joined(flat, flat - stride) {
                     continue;
                 }
                 label = if label == 0 {

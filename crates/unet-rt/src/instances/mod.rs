@@ -15,4 +15,4 @@ mod components;
 mod readout;
 
 pub use components::{connected_components, Foreground};
-pub use readout::{renumber, ClassIndex, ReadOut, MAX_GROW};
+pub use readout::{BlockObjects, ClassIndex, ReadOut, MAX_GROW};

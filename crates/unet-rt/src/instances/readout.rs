@@ -23,7 +23,7 @@
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use serde::{Deserialize, Serialize};
 
-use super::components::{c_strides, label_components, too_many};
+use super::components::{c_strides, label_graph};
 use crate::error::{Error, Result};
 use crate::memory;
 
@@ -52,9 +52,13 @@ class_index!(u8, u16, u32);
 ///
 /// The steps, each with face connectivity (4 neighbours in 2-D, 6 in 3-D):
 /// 1. seeds: the connected components of the pixels of `seed_classes`;
-/// 2. growth: `grow` times, every pixel of `grow_classes` next to an object
-///    joins it (the smallest-numbered one when several meet), so a seed
-///    claims a band of up to `grow` pixels around it;
+/// 2. growth: a pixel of `grow_classes` at distance `t <= grow` from the
+///    seeds (counted in steps through `grow_classes`) joins the object of
+///    its first neighbour at distance `t - 1`, neighbours taken in the
+///    fixed order -z, +z, -y, +y, -x, +x: a seed claims a band of up to
+///    `grow` pixels around it, and where two meet the direction decides,
+///    which keeps the rule local (a block of an image with `grow + 1`
+///    pixels of context around it decides alone);
 /// 3. what no seed reached of `grow_classes` forms objects of its own
 ///    (an object too small for an interior);
 /// 4. objects of fewer than `min_size` pixels are removed;
@@ -84,10 +88,30 @@ pub struct ReadOut {
     pub min_size: u64,
 }
 
+/// The objects of one block of a larger class map, before sizes, holes and
+/// numbering (steps 1-3 of [`ReadOut`]), as [`ReadOut::block_objects`]
+/// finds them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockObjects {
+    /// The block's pixels (without its context) labelled by the
+    /// components of the read-out's graph within the block, `1..=count` in
+    /// the raster order of their first pixel; 0: no object.
+    pub labels: ArrayD<u32>,
+    /// The number of components.
+    pub count: u32,
+    /// Per axis, the block's first and last slice along it: whether the
+    /// pixel's object continues into the pixel across that face (as far as
+    /// this block can tell: a link from the pixel across is known to the
+    /// block across, which reports it on its own face).
+    pub faces: Vec<(ArrayD<bool>, ArrayD<bool>)>,
+}
+
 /// What a class is to the read-out.
 const NONE: u8 = 0;
 const SEED: u8 = 1;
 const GROW: u8 = 2;
+/// Distance of a pixel no seed reaches (or that is not a grow pixel).
+const FAR: u32 = u32::MAX;
 
 impl ReadOut {
     /// Checks the read-out against a model with `classes` label values.
@@ -124,6 +148,24 @@ impl ReadOut {
         Ok(())
     }
 
+    /// Whether this is the default: the components of the non-background.
+    pub fn is_components(&self) -> bool {
+        self.seed_classes.is_empty()
+            && self.grow_classes.is_empty()
+            && !self.fill_holes
+            && self.min_size <= 1
+    }
+
+    /// The context a block needs on each side to find its objects alone
+    /// ([`ReadOut::block_objects`]).
+    pub fn context(&self) -> usize {
+        if self.grow_classes.is_empty() {
+            1
+        } else {
+            self.grow as usize + 1
+        }
+    }
+
     /// What `class` is to this read-out.
     fn kind(&self, class: u32) -> u8 {
         if self.grow_classes.contains(&class) {
@@ -135,6 +177,22 @@ impl ReadOut {
         }
     }
 
+    /// The kind of each pixel of `classes`, in C order.
+    fn kinds<L: ClassIndex>(&self, classes: &ArrayViewD<'_, L>) -> Result<Vec<u8>> {
+        // A table for small class values keeps the per-pixel lookup cheap.
+        let table: Vec<u8> = (0..256u32).map(|c| self.kind(c)).collect();
+        let mut kinds: Vec<u8> =
+            memory::try_filled(classes.len(), "image", "the instance read-out")?;
+        for (k, c) in kinds.iter_mut().zip(classes.iter()) {
+            let c = c.class();
+            *k = table
+                .get(c as usize)
+                .copied()
+                .unwrap_or_else(|| self.kind(c));
+        }
+        Ok(kinds)
+    }
+
     /// The objects of `classes` (any layout, any rank; 2 and 3 in use):
     /// the instance ids (0 background, `1..=N`) in C order and `N`.
     ///
@@ -143,43 +201,10 @@ impl ReadOut {
     /// be allocated or there are more objects than a `u32` numbers.
     pub fn apply<L: ClassIndex>(&self, classes: ArrayViewD<'_, L>) -> Result<(ArrayD<u32>, usize)> {
         let shape = classes.shape().to_vec();
-        let n = memory::element_count(&shape, "image")?;
-        // A table for small class values keeps the per-pixel lookup cheap.
-        let table: Vec<u8> = (0..256u32).map(|c| self.kind(c)).collect();
-        let kind_of = |c: u32| {
-            table
-                .get(c as usize)
-                .copied()
-                .unwrap_or_else(|| self.kind(c))
-        };
-        let mut kinds: Vec<u8> = memory::try_filled(n, "image", "the instance read-out")?;
-        for (k, c) in kinds.iter_mut().zip(classes.iter()) {
-            *k = kind_of(c.class());
-        }
-        let (mut labels, seeds) = label_components(&shape, kinds.iter().map(|&k| k == SEED))?;
+        let kinds = self.kinds(&classes)?;
         let grid = Grid::new(&shape);
-        if self.grow > 0 && !self.grow_classes.is_empty() {
-            grow(&grid, &kinds, &mut labels, self.grow);
-        }
-        let mut count = seeds;
-        if kinds.contains(&GROW) {
-            let rest = kinds
-                .iter()
-                .zip(&labels)
-                .map(|(&k, &l)| k == GROW && l == 0);
-            let (extra, found) = label_components(&shape, rest)?;
-            if found > 0 {
-                count = seeds
-                    .checked_add(found)
-                    .filter(|&c| c < u32::MAX)
-                    .ok_or_else(too_many)?;
-                for (l, &e) in labels.iter_mut().zip(&extra) {
-                    if e != 0 {
-                        *l = seeds + e;
-                    }
-                }
-            }
-        }
+        let no_context = vec![(0, 0); shape.len()];
+        let (mut labels, count) = self.graph(&grid, &kinds, &no_context)?;
         drop(kinds);
         if self.min_size > 1 {
             remove_small(&mut labels, count, self.min_size)?;
@@ -191,6 +216,198 @@ impl ReadOut {
         let array = ArrayD::from_shape_vec(IxDyn(&shape), labels)
             .map_err(|e| Error::Internal(e.to_string()))?;
         Ok((array, count as usize))
+    }
+
+    /// Steps 1-3 for one block of a larger class map: `classes` is the
+    /// block with `context[axis] = (before, after)` pixels of context
+    /// around it (less at the map's faces; at least
+    /// [`ReadOut::context`] elsewhere). The objects of a whole map are the
+    /// blocks' objects joined across the faces where either side says so
+    /// (see [`BlockObjects::faces`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] (`context`) when the context does not fit
+    /// in `classes`; as [`ReadOut::apply`] otherwise.
+    pub fn block_objects<L: ClassIndex>(
+        &self,
+        classes: ArrayViewD<'_, L>,
+        context: &[(usize, usize)],
+    ) -> Result<BlockObjects> {
+        let shape = classes.shape().to_vec();
+        if context.len() != shape.len()
+            || context
+                .iter()
+                .zip(&shape)
+                .any(|(&(a, b), &n)| a.checked_add(b).is_none_or(|c| c > n))
+        {
+            return Err(Error::InvalidArgument {
+                argument: "context",
+                message: format!("{context:?} does not fit in a block of shape {shape:?}"),
+            });
+        }
+        let kinds = self.kinds(&classes)?;
+        let grid = Grid::new(&shape);
+        let (labels, count) = self.graph(&grid, &kinds, context)?;
+        let core: Vec<usize> = shape
+            .iter()
+            .zip(context)
+            .map(|(&n, &(a, b))| n - a - b)
+            .collect();
+        let labels = ArrayD::from_shape_vec(IxDyn(&core), labels)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let links = Links::new(self, &grid, &kinds)?;
+        let mut faces = Vec::with_capacity(shape.len());
+        for axis in 0..shape.len() {
+            let mut sides = Vec::with_capacity(2);
+            for (last, across) in [(false, context[axis].0 > 0), (true, context[axis].1 > 0)] {
+                let mut face_shape = core.clone();
+                face_shape.remove(axis);
+                let mut flags = ArrayD::<bool>::from_elem(IxDyn(&face_shape), false);
+                if across && core[axis] > 0 {
+                    let at = if last { core[axis] - 1 } else { 0 };
+                    let stride = grid.strides[axis];
+                    for (index, flag) in flags.indexed_iter_mut() {
+                        let mut p = 0usize;
+                        let mut k = 0usize;
+                        for (a, (&s, &(before, _))) in grid.strides.iter().zip(context).enumerate()
+                        {
+                            let c = if a == axis {
+                                at
+                            } else {
+                                k += 1;
+                                index[k - 1]
+                            };
+                            p += (c + before) * s;
+                        }
+                        let q = if last { p + stride } else { p - stride };
+                        *flag = links.joined_one_way(p, q);
+                    }
+                }
+                sides.push(flags);
+            }
+            let high = sides.pop().unwrap_or_default();
+            let low = sides.pop().unwrap_or_default();
+            faces.push((low, high));
+        }
+        Ok(BlockObjects {
+            labels,
+            count,
+            faces,
+        })
+    }
+
+    /// The components of the read-out's graph on the pixels of `grid`
+    /// within `context` (steps 1-3), in C order over the block.
+    fn graph(
+        &self,
+        grid: &Grid,
+        kinds: &[u8],
+        context: &[(usize, usize)],
+    ) -> Result<(Vec<u32>, u32)> {
+        let links = Links::new(self, grid, kinds)?;
+        let core: Vec<usize> = grid
+            .shape
+            .iter()
+            .zip(context)
+            .map(|(&n, &(a, b))| n - a - b)
+            .collect();
+        let whole = context.iter().all(|&(a, b)| a == 0 && b == 0);
+        let core_strides = c_strides(&core);
+        // The pixel of the grid at flat index `i` of the block.
+        let outer = |i: usize| -> usize {
+            if whole {
+                return i;
+            }
+            core_strides
+                .iter()
+                .zip(&core)
+                .zip(grid.strides.iter().zip(context))
+                .map(|((&cs, &n), (&s, &(before, _)))| ((i / cs) % n + before) * s)
+                .sum()
+        };
+        let count = memory::element_count(&core, "image")?;
+        label_graph(
+            &core,
+            (0..count).map(|i| kinds[outer(i)] != NONE),
+            |i, j| links.joined(outer(i), outer(j)),
+        )
+    }
+}
+
+/// The growth of one read-out over a grid: each pixel's distance from the
+/// seeds, and with it the link of each grown pixel.
+struct Links<'a> {
+    grid: &'a Grid,
+    kinds: &'a [u8],
+    distance: Vec<u32>,
+}
+
+impl<'a> Links<'a> {
+    fn new(read_out: &ReadOut, grid: &'a Grid, kinds: &'a [u8]) -> Result<Self> {
+        let mut distance: Vec<u32> =
+            memory::try_filled(kinds.len(), "image", "the growth distances")?;
+        let mut frontier: Vec<usize> = Vec::new();
+        for (i, (&k, d)) in kinds.iter().zip(distance.iter_mut()).enumerate() {
+            *d = if k == SEED { 0 } else { FAR };
+            if k == SEED && read_out.grow > 0 {
+                frontier.push(i);
+            }
+        }
+        if !read_out.grow_classes.is_empty() {
+            for step in 1..=read_out.grow {
+                let mut next = Vec::new();
+                for &i in &frontier {
+                    grid.neighbours(i, |j| {
+                        if kinds[j] == GROW && distance[j] == FAR {
+                            distance[j] = step;
+                            next.push(j);
+                        }
+                    });
+                }
+                if next.is_empty() {
+                    break;
+                }
+                frontier = next;
+            }
+        }
+        Ok(Self {
+            grid,
+            kinds,
+            distance,
+        })
+    }
+
+    /// The neighbour a grown pixel joins: its first at one step less.
+    fn link(&self, i: usize) -> Option<usize> {
+        let d = self.distance[i];
+        if d == 0 || d == FAR {
+            return None;
+        }
+        let mut found = None;
+        self.grid.neighbours(i, |j| {
+            if found.is_none() && self.distance[j] == d - 1 {
+                found = Some(j);
+            }
+        });
+        found
+    }
+
+    /// Whether `i` joins its neighbour `j` by its own kind or link: both
+    /// seeds, both grow pixels no seed reached, or `j` is `i`'s link.
+    fn joined_one_way(&self, i: usize, j: usize) -> bool {
+        let (ki, kj) = (self.kinds[i], self.kinds[j]);
+        if ki == NONE || kj == NONE {
+            return false;
+        }
+        let (di, dj) = (self.distance[i], self.distance[j]);
+        (ki == SEED && kj == SEED)
+            || (ki == GROW && kj == GROW && di == FAR && dj == FAR)
+            || self.link(i) == Some(j)
+    }
+
+    /// Whether neighbours `i` and `j` belong to one object.
+    fn joined(&self, i: usize, j: usize) -> bool {
+        self.joined_one_way(i, j) || self.link(j) == Some(i)
     }
 }
 
@@ -208,7 +425,8 @@ impl Grid {
         }
     }
 
-    /// Calls `f` with each face neighbour of `i`.
+    /// Calls `f` with each face neighbour of `i`, in the order -z, +z, -y,
+    /// +y, -x, +x (outer axes first): the order growth breaks ties in.
     #[inline]
     fn neighbours(&self, i: usize, mut f: impl FnMut(usize)) {
         for (&n, &stride) in self.shape.iter().zip(&self.strides) {
@@ -232,47 +450,6 @@ impl Grid {
     }
 }
 
-/// `steps` rounds of growth of the labelled pixels over unlabelled `GROW`
-/// pixels. A round reads only the labels of the rounds before it, so the
-/// result does not depend on the order pixels are visited in.
-fn grow(grid: &Grid, kinds: &[u8], labels: &mut [u32], steps: u32) {
-    let mut candidates: Vec<usize> = (0..kinds.len()).filter(|&i| kinds[i] == GROW).collect();
-    for _ in 0..steps {
-        let mut claims: Vec<(usize, u32)> = Vec::new();
-        for &i in &candidates {
-            if labels[i] != 0 {
-                continue;
-            }
-            let mut best = 0u32;
-            grid.neighbours(i, |j| {
-                let l = labels[j];
-                if l != 0 && (best == 0 || l < best) {
-                    best = l;
-                }
-            });
-            if best != 0 {
-                claims.push((i, best));
-            }
-        }
-        if claims.is_empty() {
-            return;
-        }
-        for &(i, l) in &claims {
-            labels[i] = l;
-        }
-        candidates.clear();
-        for &(i, _) in &claims {
-            grid.neighbours(i, |j| {
-                if labels[j] == 0 && kinds[j] == GROW {
-                    candidates.push(j);
-                }
-            });
-        }
-        candidates.sort_unstable();
-        candidates.dedup();
-    }
-}
-
 /// Sets the pixels of objects smaller than `min_size` to background.
 fn remove_small(labels: &mut [u32], count: u32, min_size: u64) -> Result<()> {
     let mut sizes: Vec<u64> = memory::try_filled(count as usize + 1, "image", "the object sizes")?;
@@ -291,7 +468,7 @@ fn remove_small(labels: &mut [u32], count: u32, min_size: u64) -> Result<()> {
 /// borders exactly one object to that object.
 fn fill_holes(grid: &Grid, labels: &mut [u32]) -> Result<()> {
     let shape = &grid.shape;
-    let (regions, count) = label_components(shape, labels.iter().map(|&l| l == 0))?;
+    let (regions, count) = label_graph(shape, labels.iter().map(|&l| l == 0), |_, _| true)?;
     if count == 0 {
         return Ok(());
     }
@@ -329,11 +506,7 @@ fn fill_holes(grid: &Grid, labels: &mut [u32]) -> Result<()> {
 
 /// Numbers the objects of `labels` (ids up to `count`) `1..=N` in the
 /// raster order of their first pixel; returns `N`.
-///
-/// # Errors
-/// [`Error::InvalidArgument`] (`image`) when the table of `count` ids cannot
-/// be allocated.
-pub fn renumber(labels: &mut [u32], count: u32) -> Result<u32> {
+fn renumber(labels: &mut [u32], count: u32) -> Result<u32> {
     let mut number: Vec<u32> = memory::try_filled(count as usize + 1, "image", "the numbering")?;
     let mut next = 0u32;
     for l in labels.iter_mut() {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::instances::components::c_strides;
 use crate::instances::connected_components;
 use ndarray::{array, Array2, Array3, Dimension};
 
@@ -75,11 +76,11 @@ fn reference(read_out: &ReadOut, classes: &ArrayD<u8>) -> ArrayD<u32> {
             if before[p.as_slice()] != 0 || kind(classes[p.as_slice()]) != GROW {
                 continue;
             }
+            // The first neighbour, in the fixed order, labelled before.
             let best = neighbours(p)
                 .iter()
                 .map(|q| before[q.as_slice()])
-                .filter(|&l| l != 0)
-                .min();
+                .find(|&l| l != 0);
             if let Some(l) = best {
                 labels[p.as_slice()] = l;
             }
@@ -163,8 +164,9 @@ fn touching_interiors_stay_apart_and_claim_their_boundary() {
         .apply(classes.view().into_dyn())
         .unwrap();
     assert_eq!(n, 2);
-    // The boundary column between the seeds is one step from both: it goes
-    // to the smaller-numbered object.
+    // The boundary column between the seeds is one step from both: its
+    // pixels join their first neighbour in the order -y, +y, -x, +x, the
+    // seed on the left.
     let want = array![
         [0u32, 1, 1, 1, 1, 2, 2, 0],
         [0, 1, 1, 1, 1, 2, 2, 0],
@@ -323,4 +325,143 @@ fn checks_name_the_field() {
     assert!(implicit.check(3).unwrap_err().contains("both"));
     let far = boundary_read_out(MAX_GROW + 1);
     assert!(far.check(3).unwrap_err().contains("instances.grow"));
+}
+
+/// Joins the objects of blocks across their faces the way a block-wise
+/// front end does: ids unique in the whole map (one plus the raster index
+/// of each block object's first pixel), joined where either side's face
+/// says so, each object named by its smallest id, numbered in that order.
+fn join_blocks(read_out: &ReadOut, classes: &ArrayD<u8>, cuts: &[Vec<usize>]) -> ArrayD<u32> {
+    let shape = classes.shape().to_vec();
+    let strides = c_strides(&shape);
+    let mut ids = ArrayD::<u64>::zeros(IxDyn(&shape));
+    // (pixel, axis, last face?, flag)
+    let mut flags: Vec<(Vec<usize>, usize, bool, bool)> = Vec::new();
+    let block_grid: Vec<usize> = cuts.iter().map(Vec::len).collect();
+    let margin = read_out.context();
+    for block in ndarray::indices(IxDyn(&block_grid)) {
+        let lo: Vec<usize> = (0..shape.len()).map(|a| cuts[a][block[a]]).collect();
+        let hi: Vec<usize> = (0..shape.len())
+            .map(|a| cuts[a].get(block[a] + 1).copied().unwrap_or(shape[a]))
+            .collect();
+        let context: Vec<(usize, usize)> = (0..shape.len())
+            .map(|a| (lo[a].min(margin), (shape[a] - hi[a]).min(margin)))
+            .collect();
+        let view = classes.slice_each_axis(|ax| {
+            let a = ax.axis.index();
+            ndarray::Slice::from(lo[a] - context[a].0..hi[a] + context[a].1)
+        });
+        let found = read_out.block_objects(view, &context).unwrap();
+        let mut first = vec![0u64; found.count as usize + 1];
+        for (index, &l) in found.labels.indexed_iter() {
+            if l == 0 {
+                continue;
+            }
+            let global: Vec<usize> = index.slice().iter().zip(&lo).map(|(i, o)| i + o).collect();
+            if first[l as usize] == 0 {
+                let flat: usize = global.iter().zip(&strides).map(|(c, s)| c * s).sum();
+                first[l as usize] = flat as u64 + 1;
+            }
+            ids[global.as_slice()] = first[l as usize];
+        }
+        for (axis, (low, high)) in found.faces.iter().enumerate() {
+            for (last, face) in [(false, low), (true, high)] {
+                for (index, &flag) in face.indexed_iter() {
+                    let mut pixel: Vec<usize> = index.slice().to_vec();
+                    pixel.insert(axis, if last { hi[axis] - 1 - lo[axis] } else { 0 });
+                    let global: Vec<usize> = pixel.iter().zip(&lo).map(|(i, o)| i + o).collect();
+                    flags.push((global, axis, last, flag));
+                }
+            }
+        }
+    }
+    // Union-find over the ids, the smallest id as the root.
+    let mut parent: std::collections::HashMap<u64, u64> =
+        ids.iter().filter(|&&i| i > 0).map(|&i| (i, i)).collect();
+    fn root(parent: &std::collections::HashMap<u64, u64>, mut i: u64) -> u64 {
+        while parent[&i] != i {
+            i = parent[&i];
+        }
+        i
+    }
+    for (pixel, axis, last, flag) in flags {
+        if !flag {
+            continue;
+        }
+        let mut other = pixel.clone();
+        if last {
+            other[axis] += 1;
+        } else {
+            other[axis] -= 1;
+        }
+        let (a, b) = (ids[pixel.as_slice()], ids[other.as_slice()]);
+        assert!(a > 0 && b > 0, "a face flag between objects");
+        let (ra, rb) = (root(&parent, a), root(&parent, b));
+        parent.insert(ra.max(rb), ra.min(rb));
+    }
+    let mut roots: Vec<u64> = ids
+        .iter()
+        .filter(|&&i| i > 0)
+        .map(|&i| root(&parent, i))
+        .collect();
+    roots.sort_unstable();
+    roots.dedup();
+    ids.mapv(|i| {
+        if i == 0 {
+            0
+        } else {
+            roots.binary_search(&root(&parent, i)).unwrap() as u32 + 1
+        }
+    })
+}
+
+#[test]
+fn blocks_joined_across_faces_equal_the_whole_map() {
+    let read_outs = [
+        ReadOut::default(),
+        boundary_read_out(1),
+        boundary_read_out(3),
+        ReadOut {
+            seed_classes: vec![2],
+            grow_classes: vec![1, 3],
+            grow: 2,
+            ..ReadOut::default()
+        },
+        ReadOut {
+            seed_classes: vec![1],
+            ..ReadOut::default()
+        },
+    ];
+    let cases: [(u64, Vec<usize>, Vec<Vec<usize>>); 3] = [
+        (11, vec![29, 31], vec![vec![0, 7, 8, 20], vec![0, 13, 14]]),
+        (12, vec![40, 9], vec![vec![0, 1, 2, 3, 30], vec![0, 4]]),
+        (
+            13,
+            vec![9, 10, 11],
+            vec![vec![0, 4], vec![0, 5, 6], vec![0, 3, 7]],
+        ),
+    ];
+    for (seed, shape, cuts) in cases {
+        for classes_count in [3u64, 4] {
+            let classes = random_classes(&shape, seed * 7 + classes_count, classes_count);
+            for read_out in &read_outs {
+                let (want, _) = read_out.apply(classes.view()).unwrap();
+                let got = join_blocks(read_out, &classes, &cuts);
+                assert_eq!(got, want, "{read_out:?} on {shape:?} cut at {cuts:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn block_context_is_checked() {
+    let classes = random_classes(&[5, 5], 1, 3);
+    let err = boundary_read_out(1)
+        .block_objects(classes.view(), &[(3, 3), (0, 0)])
+        .unwrap_err();
+    assert!(err.to_string().contains("context"), "{err}");
+    let err = boundary_read_out(1)
+        .block_objects(classes.view(), &[(0, 0)])
+        .unwrap_err();
+    assert!(err.to_string().contains("context"), "{err}");
 }
