@@ -393,6 +393,19 @@ class Model:
         return self._run(view, output, tiles, batch_size, out, progress, memory_budget, batched, shape, blend,
                          piece, nonfinite, tta, read_out)
 
+    def read_out(self, min_size: Optional[int] = None, fill_holes: Optional[bool] = None) -> Dict[str, Any]:
+        """The instance read-out :meth:`segment` applies for
+        ``output="instances"``: the model's (``info["instances"]``) with
+        ``min_size`` and ``fill_holes`` when given. Keys: ``seed_classes``
+        (empty: every class but 0), ``grow_classes``, ``grow``,
+        ``fill_holes``, ``min_size``.
+
+        >>> import unet_rt
+        >>> unet_rt.Model(tiny_model_path, device="cpu").read_out(min_size=5)["min_size"]
+        5
+        """
+        return json.loads(self._inner.read_out(min_size, fill_holes))
+
     def result_shape(self, shape: Sequence[int], output: str = "labels", axes: Optional[str] = None,
                      window: Optional[Window] = None) -> Tuple[int, ...]:
         """The shape of :meth:`segment`'s result for an image of ``shape``

@@ -284,6 +284,24 @@ impl Model {
         result
     }
 
+    /// The instance read-out `segment` applies (JSON text, see
+    /// `unet_rt._unet_rt.instance_block`): the model's, with `min_size` and
+    /// `fill_holes` when given.
+    #[pyo3(signature = (min_size = None, fill_holes = None))]
+    fn read_out(
+        &self,
+        min_size: Option<&Bound<'_, PyAny>>,
+        fill_holes: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<String> {
+        let options = unet_rt::Options {
+            min_size: args::optional_size(min_size, "min_size", 0)?.map(|m| m as u64),
+            fill_holes: args::optional_flag(fill_holes, "fill_holes")?,
+            ..unet_rt::Options::default()
+        };
+        let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;
+        Ok(segmenter.read_out().map_err(to_py_err)?.to_json())
+    }
+
     /// A zeroed array of `shape` in the dtype `segment` gives `output` when
     /// no `out=` is passed; its size is checked against memory first, so
     /// that a batch whose results cannot all be held fails before any work.

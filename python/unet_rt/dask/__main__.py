@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default: chosen)")
     parser.add_argument("--tta", default="none", choices=list(TTA_MODES),
                         help="test-time augmentation: flips (4 passes per tile in 2-D) or d4 (8); default none")
+    parser.add_argument("--min-size", type=int, default=None,
+                        help="instances: remove objects of fewer pixels (default: the model's read-out)")
+    parser.add_argument("--fill-holes", default=None, choices=["yes", "no"],
+                        help="instances: fill background enclosed by one object (default: the model's read-out)")
     parser.add_argument("--chunks", type=int, default=None, help="spatial chunk size of a new destination (default: the block)")
     parser.add_argument("--shards", type=int, default=None, help="spatial shard size of a new destination (zarr v3)")
     parser.add_argument("--resources", default=None, metavar="NAME=N[,NAME=N]",
@@ -122,6 +126,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 tile=args.tile,
                 batch_size=args.batch_size,
                 tta=args.tta,
+                min_size=args.min_size,
+                fill_holes=None if args.fill_holes is None else args.fill_holes == "yes",
                 resources=resources,
             )
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -13,7 +14,7 @@ from .. import _unet_rt
 from ..errors import InvalidArgumentError
 from ..model import Model, check_dtype, check_output, check_tta
 from ._blocks import BlockPlan, dask_block
-from ._instances import block_summary, merge_summaries, relabel_block
+from ._instances import block_summary, context_of, hole_summary, margin, merge_holes, merge_summaries, relabel_block
 from ._array_axes import ArrayAxes, block_depth
 from ._spec import ResolvedModel, resolve_model
 from ._tiling import fitted_chunks
@@ -46,6 +47,9 @@ def segment(
     batch_size: Optional[int] = None,
     memory_budget: Optional[int] = None,
     tta: str = "none",
+    min_size: Optional[int] = None,
+    fill_holes: Optional[bool] = None,
+    object_size: Optional[float] = None,
 ) -> da.Array:
     """Segments a (Dask) array lazily, block by block with overlap.
 
@@ -68,7 +72,8 @@ def segment(
         axes: as in :meth:`unet_rt.Model.segment` (``"yx"``, ``"cyx"``,
             ``"byx"``...), inferred when unambiguous.
         output: ``"labels"``, ``"probabilities"``, ``"raw"`` or
-            ``"instances"`` (globally consistent connected components; see
+            ``"instances"`` (the model's instance read-out, globally
+            consistent: equal to ``unet_rt.segment``'s; see
             :mod:`unet_rt.dask`).
         device, precision: where and how workers run the model; device
             ``"auto"`` and precision ``None`` keep those of a
@@ -92,6 +97,11 @@ def segment(
         tile, batch_size, memory_budget: choose the tiling as in
             :meth:`unet_rt.Model.segment` (for the whole array, once).
         tta: test-time augmentation, as in :meth:`unet_rt.Model.segment`.
+        min_size, fill_holes: the instance read-out's options, as in
+            :meth:`unet_rt.Model.segment`.
+        object_size: not available for Dask arrays (resampling needs the
+            whole array): an error when given. Resample the array to the
+            model's ``info["object_size"]`` first.
 
     Returns:
         A Dask array shaped as :meth:`unet_rt.Model.segment`'s result.
@@ -110,10 +120,12 @@ def segment(
     check_output(output)
     check_tta(tta)
     check_normalize(normalize)
+    check_object_size(object_size)
     x = arr if isinstance(arr, da.Array) else da.asarray(arr)
     check_dtype(x.dtype)
     resolved = resolve_model(model, device, precision)
     info = resolved.info
+    read_out = json.dumps(resolved.local.read_out(min_size, fill_holes), sort_keys=True)
     array_axes = ArrayAxes.of(x.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
     padded, dask_boundary = _boundary(boundary)
     canon = array_axes.to_canonical(x)
@@ -161,42 +173,61 @@ def segment(
         **kwargs,
     )
     if output == "instances":
-        result = instances(result)
+        result = instances(result, read_out)
     return result if array_axes.batched else result[0]
 
 
-def instances(labels: da.Array) -> da.Array:
-    """Globally numbered instances of a canonical label array ``(b, spatial...)``.
+def check_object_size(object_size: Any) -> None:
+    """Refuses ``object_size``: resampling needs the whole array."""
+    if object_size is not None:
+        raise InvalidArgumentError(
+            "invalid object_size: unet_rt.dask cannot resample (it needs the whole array); resample the array to the "
+            "model's info['object_size'] first (e.g. with dask_image.ndinterp.zoom), or use unet_rt.segment"
+        )
 
-    Per block: connected components with provisional ids; across blocks: a
-    merge of the objects facing each other; then each block is relabelled.
-    The blocks' labels stay in memory until the merge is known."""
+
+def instances(labels: da.Array, read_out: str) -> da.Array:
+    """Globally numbered instances of a canonical label array ``(b,
+    spatial...)`` by ``read_out`` (``Model.read_out``'s JSON text).
+
+    Per block (read with the read-out's context around it): the objects,
+    with ids unique in the array, and the links across its faces; across
+    blocks: a merge of the linked objects (and, with ``fill_holes``, of the
+    background regions); then each block is relabelled (see
+    :mod:`unet_rt.dask._instances`). The blocks' labels stay in memory until
+    the merges are known."""
+    settings = json.loads(read_out)
+    depth = margin(read_out)
     numblocks = labels.numblocks
-    shape = labels.shape
-    starts = [np.cumsum((0,) + c[:-1]) for c in labels.chunks]
-    blocks = labels.to_delayed(optimize_graph=False)
-    summary = dask.delayed(block_summary, pure=True)
-    parts = [summary(blocks[idx], tuple(int(s[i]) for s, i in zip(starts, idx)), shape) for idx in np.ndindex(*numblocks)]
-    mapping = dask.delayed(_merge, pure=True, nout=2)(parts, numblocks, shape)
-    ids, numbers = mapping
-    return labels.map_blocks(
-        _relabel,
-        ids=ids,
-        numbers=numbers,
-        shape=shape,
-        dtype=np.uint32,
-        meta=np.empty((0,) * labels.ndim, np.uint32),
-        token="unet_rt-instances",
-    )
+    shape = tuple(int(s) for s in labels.shape)
+    bounds = [np.cumsum((0,) + c) for c in labels.chunks]
+    blocks = []
+    for idx in np.ndindex(*numblocks):
+        start = [int(b[i]) for b, i in zip(bounds, idx)]
+        stop = [int(b[i + 1]) for b, i in zip(bounds, idx)]
+        context = context_of(start[1:], stop[1:], shape[1:], depth)
+        ext = labels[(slice(start[0], stop[0]),) + tuple(slice(a - c[0], b + c[1]) for a, b, c in zip(start[1:], stop[1:], context))]
+        blocks.append((idx, ext, context, tuple(start), tuple(b - a for a, b in zip(start, stop))))
+    delayed = lambda f: dask.delayed(f, pure=True)  # noqa: E731
+    summaries = [delayed(block_summary)(ext, ctx, origin, shape, read_out) for _, ext, ctx, origin, _ in blocks]
+    mapping = delayed(merge_summaries)(summaries, numblocks, shape, int(settings.get("min_size", 0)))
+    holes = None
+    if settings.get("fill_holes"):
+        parts = [delayed(hole_summary)(ext, ctx, origin, shape, read_out, mapping) for _, ext, ctx, origin, _ in blocks]
+        holes = delayed(merge_holes)(parts, numblocks)
+    pieces = {
+        idx: da.from_delayed(delayed(relabel_block)(ext, ctx, origin, shape, read_out, mapping, holes), shape=size,
+                             dtype=np.uint32, meta=np.empty((0,) * len(size), np.uint32))
+        for idx, ext, ctx, origin, size in blocks
+    }
+    return da.block(_nested(pieces, numblocks))
 
 
-def _merge(parts: List[dict], numblocks: Tuple[int, ...], shape: Tuple[int, ...]) -> Tuple[np.ndarray, np.ndarray]:
-    return merge_summaries(parts, numblocks, shape)
-
-
-def _relabel(block: np.ndarray, ids: np.ndarray, numbers: np.ndarray, shape: Tuple[int, ...], block_info: Any = None) -> np.ndarray:
-    origin = [a for a, _ in block_info[None]["array-location"]]
-    return relabel_block(block, origin, shape, ids, numbers)
+def _nested(pieces: Dict[Tuple[int, ...], da.Array], numblocks: Tuple[int, ...], prefix: Tuple[int, ...] = ()) -> Any:
+    """``pieces`` keyed by block index as the nested lists ``da.block`` takes."""
+    if len(prefix) == len(numblocks):
+        return pieces[prefix]
+    return [_nested(pieces, numblocks, prefix + (i,)) for i in range(numblocks[len(prefix)])]
 
 
 def image_range(arr: Any, model: ModelArg = None, *, axes: Optional[str] = None) -> np.ndarray:

@@ -78,12 +78,11 @@ class Runner:
         return [self.client.submit(fn, *args, **kwargs, key=self._key("summary")) for args, kwargs in calls]
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)`` (on a worker when there is a cluster); a tuple result
-        stays on the worker as futures of its items."""
+        """``fn(*args)`` (on a worker when there is a cluster, where the
+        result stays: a future that later tasks take as an argument)."""
         if self.client is None:
             return fn(*args)
-        future = self.client.submit(fn, *args, key=self._key("merge"))
-        return tuple(self.client.submit(_item, future, i, key=self._key("item")) for i in range(2))
+        return self.client.submit(fn, *args, key=self._key("merge"))
 
     def reduce(
         self, fn: Callable[..., Any], calls: List[Tuple[tuple, dict]], combine: Callable[..., Any], finish: Callable[..., Any], desc: str
@@ -113,10 +112,6 @@ class Runner:
             for _ in as_completed(futures):
                 bar.update(1)
             return final.result()
-
-
-def _item(value: Sequence[Any], i: int) -> Any:
-    return value[i]
 
 
 class _Bar:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -33,12 +34,13 @@ from ._array import (
     Stats,
     block_stats,
     check_normalize,
+    check_object_size,
     combine_stats,
     finish_stats,
     given_ranges,
 )
 from ._blocks import BlockPlan, segment_block
-from ._instances import block_summary, merge_summaries, relabel_block
+from ._instances import block_summary, context_of, hole_summary, margin, merge_holes, merge_summaries, relabel_block
 from ._array_axes import ArrayAxes
 from ._spec import ModelSpec, ResolvedModel, load_model, resolve_model
 from ._runner import Runner
@@ -104,25 +106,39 @@ def _stats_task(job: _Job, index: Tuple[int, ...], image_shape: Tuple[int, ...])
     return block_stats(job.read(index[0], start, stop), [index[0], 0] + start, image_shape)
 
 
-def _labels_block(labels: Any, batched: bool, index: Tuple[int, ...], block: Tuple[int, ...]) -> Tuple[np.ndarray, List[int]]:
+def _labels_block(labels: Any, batched: bool, index: Tuple[int, ...], block: Tuple[int, ...], shape: Tuple[int, ...],
+                  depth: int) -> Tuple[np.ndarray, List[Tuple[int, int]], List[int]]:
+    """Block ``index`` of the stored labels with ``depth`` pixels of
+    context (less at the image's faces): the data ``(1, spatial...)``, the
+    context per spatial axis, and the block's origin (batch first)."""
     b = index[0]
-    spatial = tuple(slice(i * s, i * s + s) for i, s in zip(index[1:], block))
+    start = [i * s for i, s in zip(index[1:], block)]
+    stop = [min(a + s, n) for a, s, n in zip(start, block, shape[1:])]
+    context = context_of(start, stop, shape[1:], depth)
+    spatial = tuple(slice(a - c[0], z + c[1]) for a, z, c in zip(start, stop, context))
     data = np.asarray(labels[((slice(b, b + 1),) if batched else ()) + spatial])
-    return (data if batched else data[None]), [b] + [s.start for s in spatial]
+    return (data if batched else data[None]), context, [b] + start
 
 
-def _summary_task(labels: Any, batched: bool, index: Tuple[int, ...], block: Tuple[int, ...], shape: Tuple[int, ...]) -> Dict[str, Any]:
-    data, origin = _labels_block(labels, batched, index, block)
-    return block_summary(data, origin, shape)
+def _summary_task(labels: Any, batched: bool, index: Tuple[int, ...], block: Tuple[int, ...], shape: Tuple[int, ...],
+                  read_out: str) -> Dict[str, Any]:
+    data, context, origin = _labels_block(labels, batched, index, block, shape, margin(read_out))
+    return block_summary(data, context, origin, shape, read_out)
+
+
+def _hole_task(labels: Any, batched: bool, index: Tuple[int, ...], block: Tuple[int, ...], shape: Tuple[int, ...],
+               read_out: str, mapping: Dict[str, np.ndarray]) -> Dict[str, Any]:
+    data, context, origin = _labels_block(labels, batched, index, block, shape, margin(read_out))
+    return hole_summary(data, context, origin, shape, read_out, mapping)
 
 
 def _relabel_task(
     labels: Any, target: Any, done: Any, batched: bool, index: Tuple[int, ...], block: Tuple[int, ...],
-    shape: Tuple[int, ...], keys: np.ndarray, values: np.ndarray,
+    shape: Tuple[int, ...], read_out: str, mapping: Dict[str, np.ndarray], holes: Optional[Dict[str, np.ndarray]],
 ) -> int:
-    data, origin = _labels_block(labels, batched, index, block)
-    result = relabel_block(data, origin, shape, keys, values)
-    spatial = tuple(slice(o, o + n) for o, n in zip(origin[1:], data.shape[1:]))
+    data, context, origin = _labels_block(labels, batched, index, block, shape, margin(read_out))
+    result = relabel_block(data, context, origin, shape, read_out, mapping, holes)
+    spatial = tuple(slice(o, o + n) for o, n in zip(origin[1:], result.shape[1:]))
     target[((slice(index[0], index[0] + 1),) if batched else ()) + spatial] = result if batched else result[0]
     done[index] = 1
     return 1
@@ -149,6 +165,9 @@ def segment_to_zarr(
     memory_budget: Optional[int] = None,
     resources: Optional[Dict[str, float]] = None,
     tta: str = "none",
+    min_size: Optional[int] = None,
+    fill_holes: Optional[bool] = None,
+    object_size: Optional[float] = None,
 ) -> Any:
     """Segments a zarr array into a zarr group, block by block, on a Dask
     cluster (or in this process), resumably.
@@ -190,6 +209,9 @@ def segment_to_zarr(
             (default: chunks of one block, no shards). A resumed destination
             keeps its own block, chunks and shards.
         tta: test-time augmentation, as in :meth:`unet_rt.Model.segment`.
+        min_size, fill_holes: the instance read-out's options, as in
+            :meth:`unet_rt.Model.segment`; recorded, like ``tta``.
+        object_size: not available (see :func:`unet_rt.dask.segment`).
         resources: worker resources each segmentation task claims, e.g.
             ``{"GPU": 1}`` on workers started with ``--resources GPU=1``
             (statistics and merging tasks claim none).
@@ -213,11 +235,13 @@ def segment_to_zarr(
     check_output(output)
     check_tta(tta)
     check_normalize(normalize)
+    check_object_size(object_size)
     src = source if isinstance(source, zarr.Array) else zarr.open_array(_path(source), mode="r")
     check_dtype(src.dtype)
     resolved = resolve_model(model, device, precision)
     info = resolved.info
     array_axes = ArrayAxes.of(src.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
+    read_out = json.dumps(resolved.local.read_out(min_size, fill_holes), sort_keys=True)
     shape = array_axes.canonical_shape(src.shape)
     _, tiling = resolved.plan(shape[2:], 0, tile, batch_size, memory_budget)
     engine_output = "labels" if output == "instances" else output
@@ -236,6 +260,7 @@ def segment_to_zarr(
         "tile": list(tiling.tile),
         "batch_size": tiling.batch_size,
         "tta": check_tta(tta),
+        "read_out": json.loads(read_out) if output == "instances" else None,
         "normalize": normalize if isinstance(normalize, str) else given_ranges(normalize, shape[0]).tolist(),
     }
     previous = dict(group.attrs.get(_ATTRS) or {})
@@ -275,11 +300,11 @@ def segment_to_zarr(
         return target
     ids = (resolved.local.result_shape(src.shape, "instances", array_axes.axes), resolved.local.result_dtype("instances"))
     return _instances(group, target, ids, array_axes, shape, blocks, numblocks, spatial_chunks, spatial_shards, previous,
-                      runner)
+                      runner, read_out)
 
 
 def _instances(group, labels, ids, array_axes, shape, blocks, numblocks, spatial_chunks, spatial_shards, previous,
-               runner) -> Any:
+               runner, read_out) -> Any:
     target = _array(group, "instances", ids[0], ids[1], array_axes, spatial_chunks, spatial_shards, previous)
     done = _markers(group, "_done_instances", numblocks)
     todo = _todo(done, numblocks)
@@ -287,13 +312,20 @@ def _instances(group, labels, ids, array_axes, shape, blocks, numblocks, spatial
         return target
     label_shape = (shape[0],) + tuple(shape[2:])
     indices = list(np.ndindex(*numblocks))
-    summaries = runner.map(_summary_task, [((labels, array_axes.batched, idx, blocks, label_shape), {}) for idx in indices],
+    settings = json.loads(read_out)
+    where = (labels, array_axes.batched)
+    summaries = runner.map(_summary_task, [(where + (idx, blocks, label_shape, read_out), {}) for idx in indices],
                            desc="unet_rt merge")
-    keys, values = runner.call(merge_summaries, summaries, numblocks, label_shape)
+    mapping = runner.call(merge_summaries, summaries, numblocks, label_shape, int(settings.get("min_size", 0)))
+    holes = None
+    if settings.get("fill_holes"):
+        parts = runner.map(_hole_task, [(where + (idx, blocks, label_shape, read_out, mapping), {}) for idx in indices],
+                           desc="unet_rt holes")
+        holes = runner.call(merge_holes, parts, numblocks)
     runner.run(
         _relabel_task,
-        [((labels, target, done, array_axes.batched, index, blocks, label_shape), {}) for index in todo],
-        shared={"keys": keys, "values": values},
+        [((labels, target, done, array_axes.batched, index, blocks, label_shape, read_out), {}) for index in todo],
+        shared={"mapping": mapping, "holes": holes},
         total=len(indices),
         desc="unet_rt instances",
     )
@@ -318,7 +350,7 @@ def _model_digest(resolved: ResolvedModel) -> str:
 
 
 # What destinations written before a setting existed used.
-_BEFORE = {"tta": "none"}
+_BEFORE = {"tta": "none", "read_out": None}
 
 
 def _check_same_job(previous: Dict[str, Any], config: Dict[str, Any], destination: Any) -> None:

@@ -148,6 +148,28 @@ impl ReadOut {
         Ok(())
     }
 
+    /// A read-out from its JSON text (the metadata's `instances` field),
+    /// checked against the largest label type (65536 classes).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] (`read_out`) naming what does not parse
+    /// or is out of bounds.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let invalid = |message: String| Error::InvalidArgument {
+            argument: "read_out",
+            message,
+        };
+        let read_out: Self =
+            serde_json::from_str(text).map_err(|e| invalid(format!("is not a read-out: {e}")))?;
+        read_out.check(1 << 16).map_err(invalid)?;
+        Ok(read_out)
+    }
+
+    /// The read-out as JSON text, as [`ReadOut::from_json`] reads it.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
     /// Whether this is the default: the components of the non-background.
     pub fn is_components(&self) -> bool {
         self.seed_classes.is_empty()
