@@ -274,7 +274,8 @@ class CropDataset(Dataset):
         balance: class-balancing weights ``w_c`` from the class frequencies
             of all samples (else 1).
         separate: separation borders between touching objects in the targets.
-        boundary: three-class targets (:func:`training.loss.boundary_targets`:
+        boundary: a width > 0: three-class targets
+            (:func:`training.loss.boundary_targets` of that width:
             background, interior, boundary) instead of two; they are derived
             from each augmented patch's instance labels, so zooming and
             warping never thin the boundary class away.
@@ -296,7 +297,7 @@ class CropDataset(Dataset):
         sigma: float = 5.0,
         balance: bool = True,
         separate: bool = True,
-        boundary: bool = False,
+        boundary: int = 0,
     ):
         if crop - 2 * margin <= 0:
             raise ValueError(f"crop {crop} leaves no output for margin {margin}")
@@ -305,9 +306,9 @@ class CropDataset(Dataset):
         self.samples = list(samples)
         self.crop, self.margin, self.length = int(crop), int(margin), int(length)
         self.augmenter, self.seed = augmenter, int(seed)
-        self.boundary = bool(boundary)
+        self.boundary = int(boundary)
         self.targets = [
-            (boundary_targets(s.labels) if boundary else instance_targets(s.labels, separate)) if s.instances
+            (boundary_targets(s.labels, boundary) if boundary else instance_targets(s.labels, separate)) if s.instances
             else s.labels.astype(np.uint8) for s in self.samples
         ]
         top = max(int(t.max()) for t in self.targets)
@@ -341,7 +342,7 @@ class CropDataset(Dataset):
             img = sample_patch(image, origin, size)
             tgt, w = sample_patch(source, origin, size), sample_patch(weight, origin, size)
         if derive:
-            tgt = boundary_targets(tgt)
+            tgt = boundary_targets(tgt, self.boundary)
         if m:
             tgt, w = tgt[m:-m, m:-m], w[m:-m, m:-m]
         return {

@@ -16,7 +16,10 @@ rows 384..511 of the DSB2018 sample (never trained on; see
 
 The ``whole`` protocol runs again on copies rescaled by 0.5, 0.75, 1.5 and 2
 (image bilinear, labels nearest), which is how a user's images at another
-magnification look to the model.
+magnification look to the model; for a model that records its training
+scale (``object_size`` in the metadata) the ``object_size`` protocol runs
+the rescaled copies once more as a user who knows their nuclei's size would:
+``object_size=`` the training scale times the magnification.
 
 Per run: foreground IoU and Dice, AP at IoU thresholds 0.5..0.9 (``TP / (TP
 + FP + FN)``, StarDist's definition) and the errors at 0.5 broken down
@@ -171,18 +174,27 @@ def evaluate_model(model: Any, image: np.ndarray, labels: np.ndarray, rows: Tupl
     docstring)."""
     lo, hi = rows
     results: Dict[str, Any] = {}
+    sized: Dict[str, Any] = {}
+    trained = model.info.get("object_size")
     for scale in scales:
         scaled, truth = rescale(image, labels, scale)
         a, b = int(round(lo * scale)), int(round(hi * scale))
         instances = model.segment(scaled, output="instances")
         results[f"{scale:g}"] = score(instances[a:b], truth[a:b])
+        if trained:
+            instances = model.segment(scaled, output="instances", object_size=trained * scale)
+            sized[f"{scale:g}"] = score(instances[a:b], truth[a:b])
     crop = model.segment(image[lo:hi], output="instances")
+    extra = {"object_size": sized} if trained else {}
     return {
         "protocol": "instances through unet_rt (fp32); whole: the whole image segmented, its held-out rows scored "
-                    "(rescaled copies: image bilinear, labels nearest); crop: the held-out rows segmented alone",
+                    "(rescaled copies: image bilinear, labels nearest); object_size: the rescaled copies segmented "
+                    "with object_size = the training scale times the magnification; crop: the held-out rows "
+                    "segmented alone",
         "region": f"rows {lo}..{hi - 1}",
         "command": "python -m training.evaluate --write",
         "whole": results,
+        **extra,
         "crop": score(crop, labels[lo:hi]),
     }
 
@@ -210,7 +222,9 @@ def write_evaluation(path: Path, evaluation: Dict[str, Any]) -> None:
 def _table(evaluation: Dict[str, Any]) -> str:
     lines = ["| scale | IoU | AP@0.5 | AP@0.75 | AP@0.9 | true | found | merges | splits | misses | false pos. |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    rows = [(f"{k}x", v) for k, v in evaluation["whole"].items()] + [("1x crop", evaluation["crop"])]
+    rows = [(f"{k}x", v) for k, v in evaluation["whole"].items()]
+    rows += [(f"{k}x, object_size", v) for k, v in evaluation.get("object_size", {}).items() if k != "1"]
+    rows += [("1x crop", evaluation["crop"])]
     for name, s in rows:
         lines.append(f"| {name} | {s['iou']:.3f} | {s['ap']['0.5']:.3f} | {s['ap']['0.75']:.3f} | {s['ap']['0.9']:.3f} "
                      f"| {s['n_true']} | {s['n_pred']} | {s['merges']} ({s['merged']}) | {s['splits']} "

@@ -71,31 +71,36 @@ def instance_targets(instances: np.ndarray, separate: bool = True) -> np.ndarray
     return fg.astype(np.uint8)
 
 
-def boundary_targets(instances: np.ndarray) -> np.ndarray:
+def boundary_targets(instances: np.ndarray, width: int = 1) -> np.ndarray:
     """Three-class targets (uint8: 0 background, 1 interior, 2 boundary) from
-    instance labels: an object pixel is boundary when one of its face
-    neighbours (2 per axis; the image edge does not count) lies outside its
-    object. Touching objects are then kept apart by two boundary pixels, and
-    the interiors are the seeds of the runtime's instance read-out
-    (``instances`` in the model metadata), which grows them back over the
-    boundary.
+    instance labels: an object pixel is boundary when it lies within
+    ``width`` face steps of a pixel outside its object (the image edge does
+    not count). Touching objects are then kept apart by ``2 * width``
+    boundary pixels, and the interiors are the seeds of the runtime's
+    instance read-out (``instances`` in the model metadata), which grows
+    them back over the boundary.
 
     >>> import numpy as np
     >>> inst = np.zeros((1, 9), np.int32); inst[0, 1:4] = 1; inst[0, 4:7] = 2
     >>> boundary_targets(inst)[0].tolist()
     [0, 2, 1, 2, 2, 1, 2, 0, 0]
+    >>> boundary_targets(np.pad(np.ones((1, 7), np.int32), ((0, 0), (1, 1))), width=2)[0].tolist()
+    [0, 2, 2, 1, 1, 1, 2, 2, 0]
     """
     inst = np.asarray(instances)
-    edge = np.zeros(inst.shape, bool)
-    padded = np.pad(inst, 1, mode="edge")
+    interior = np.where(inst > 0, inst, 0)
     centre = tuple(slice(1, -1) for _ in range(inst.ndim))
-    for axis in range(inst.ndim):
-        for shift in (0, 2):
-            neighbour = tuple(slice(shift, shift + n) if a == axis else c
-                              for a, (n, c) in enumerate(zip(inst.shape, centre)))
-            edge |= padded[neighbour] != inst
+    for _ in range(int(width)):
+        padded = np.pad(interior, 1, mode="edge")
+        keep = interior > 0
+        for axis in range(inst.ndim):
+            for shift in (0, 2):
+                neighbour = tuple(slice(shift, shift + n) if a == axis else c
+                                  for a, (n, c) in enumerate(zip(inst.shape, centre)))
+                keep &= padded[neighbour] == interior
+        interior = np.where(keep, interior, 0)
     out = (inst > 0).astype(np.uint8)
-    out[(inst > 0) & edge] = 2
+    out[(inst > 0) & (interior == 0)] = 2
     return out
 
 

@@ -118,17 +118,19 @@ def evaluate(
     object_class: int = 1,
     connectivity: int = 1,
     threshold: float = 0.5,
+    instances: "np.ndarray | None" = None,
 ) -> Dict[str, float]:
     """Metrics of a predicted class map against ground-truth instance labels:
     ``iou`` and ``dice`` (foreground: any class > 0 vs label > 0), ``ap50``
     (instances = connected components of ``classes == object_class``, see the
     module docstring), and the counts ``tp``, ``fp``, ``fn``, ``n_pred``,
     ``n_true``, ``fg_intersection``, ``fg_union``, ``fg_pred``, ``fg_true``
-    (pixels, for :func:`pool`).
+    (pixels, for :func:`pool`). ``instances``: the predicted instances when
+    they come from elsewhere (a model's read-out through the runtime).
     """
     classes = np.asarray(classes)
     true_instances = np.asarray(true_instances)
-    pred_inst = connected_components(classes == object_class, connectivity)
+    pred_inst = connected_components(classes == object_class, connectivity) if instances is None else instances
     tp, fp, fn = match_counts(pred_inst, true_instances, threshold)
     total = tp + fp + fn
     return {

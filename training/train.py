@@ -103,8 +103,9 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     },
     "model": {"architecture": "unet", "in_channels": 1, "classes": 2, "depth": 4, "base": 16,
               "padding": "valid", "batch_norm": True, "dropout": 0.0},
-    # boundary: three classes (background, interior, boundary) for instance labels.
-    "loss": {"w0": 10.0, "sigma": 5.0, "balance": True, "separate": True, "boundary": False},
+    # boundary: a width in pixels > 0 for three classes (background, interior,
+    # boundary) from instance labels; 0 for two.
+    "loss": {"w0": 10.0, "sigma": 5.0, "balance": True, "separate": True, "boundary": 0},
     "augment": {"enabled": True, "elastic_std": 10.0, "elastic_grid": 3, "flips": True, "rot90": True,
                 "gamma": [0.7, 1.4], "contrast": [0.75, 1.33], "brightness": [-0.1, 0.1], "scale": None},
     "train": {
@@ -240,7 +241,7 @@ class _EvalSet:
         self.sample = sample.normalized(config["data"]["normalization"])
         loss = config["loss"]
         if sample.instances:
-            self.targets = (boundary_targets(sample.labels) if loss.get("boundary") else
+            self.targets = (boundary_targets(sample.labels, int(loss["boundary"])) if loss.get("boundary") else
                             instance_targets(sample.labels, loss.get("separate", True)))
             self.weights = weight_map(sample.labels, loss["w0"], loss["sigma"], class_weight, self.targets)
         else:
@@ -249,9 +250,22 @@ class _EvalSet:
         self.truth = sample.labels if sample.instances else None
 
 
-def validate(model: torch.nn.Module, sets: Sequence[_EvalSet], bf16: bool = False) -> Dict[str, float]:
+def _read_out(classes: np.ndarray, read_out: Optional[Dict[str, Any]]) -> Optional[np.ndarray]:
+    """The instances the runtime reads out of ``classes`` by ``read_out``
+    (the export's ``instances``), or ``None`` without one."""
+    if not read_out:
+        return None
+    from unet_rt import _unet_rt
+
+    return _unet_rt.read_out_instances(np.ascontiguousarray(classes, np.uint16), json.dumps(read_out))
+
+
+def validate(model: torch.nn.Module, sets: Sequence[_EvalSet], bf16: bool = False,
+             read_out: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
     """Weighted loss and pooled metrics of ``model`` on evaluation regions,
-    each segmented in one forward pass of its mirror-padded image."""
+    each segmented in one forward pass of its mirror-padded image; instances
+    by ``read_out`` (the runtime's) when given, else the components of
+    class 1."""
     was_training = model.training
     model.eval()
     results, loss_sum, pixels = [], 0.0, 0
@@ -263,7 +277,8 @@ def validate(model: torch.nn.Module, sets: Sequence[_EvalSet], bf16: bool = Fals
         loss_sum += float(weighted_cross_entropy(z, t, w)) * t.numel()
         pixels += t.numel()
         truth = s.truth if s.truth is not None else connected_components(s.targets == 1)
-        results.append(evaluate(logits.argmax(0), truth))
+        classes = logits.argmax(0)
+        results.append(evaluate(classes, truth, instances=_read_out(classes, read_out)))
     model.train(was_training)
     out = pool(results)
     out["loss"] = loss_sum / max(pixels, 1)
@@ -361,7 +376,7 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
         train_samples, crop, margin, steps * batch, Augmenter.from_config(config.get("augment")),
         seed=config["seed"], classes=config["model"].get("classes", 2), w0=loss_cfg["w0"],
         sigma=loss_cfg["sigma"], balance=loss_cfg.get("balance", True), separate=loss_cfg.get("separate", True),
-        boundary=bool(loss_cfg.get("boundary")),
+        boundary=int(loss_cfg.get("boundary") or 0),
     )
     instance_samples = [s.labels for s in train_samples if s.instances]
     if instance_samples and ck is None:
@@ -369,6 +384,7 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
         diameters = np.concatenate([object_diameters(labels) for labels in instance_samples])
         if diameters.size:
             config.setdefault("export", {})["object_size"] = round(float(np.median(diameters)), 2)
+    read_out = (config.get("export") or {}).get("instances")
     val_sets = [_EvalSet(s, config, dataset.class_weight) for s in splits.get("val", [])]
     test_sets = [_EvalSet(s, config, dataset.class_weight) for s in splits.get("test", [])]
 
@@ -436,7 +452,7 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
         done = step + 1
         if done % val_every == 0 or done == steps:
             if val_sets:
-                v = validate(model, val_sets)
+                v = validate(model, val_sets, read_out=read_out)
                 v["step"] = done
                 history["val"].append(v)
                 _say(progress, f"step {done}: val loss {v['loss']:.4f}  iou {v['iou']:.3f}  "
@@ -446,12 +462,13 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
 
     metrics: Dict[str, Any] = {}
     if val_sets:
-        metrics["validation"] = _public(validate(model, val_sets))
+        metrics["validation"] = _public(validate(model, val_sets, read_out=read_out))
     if test_sets:
-        metrics["test"] = _public(validate(model, test_sets))
+        metrics["test"] = _public(validate(model, test_sets, read_out=read_out))
         metrics["test"]["region"] = [s.sample.name for s in test_sets]
-    metrics["instances"] = ("connected components (4-connectivity) of class 1 (the interiors, for boundary targets); "
-                            "AP50 = TP / (TP + FP + FN), match IoU > 0.5")
+    metrics["instances"] = (("the runtime's read-out " + json.dumps(read_out)) if read_out else
+                            "connected components (4-connectivity) of class 1") + \
+        "; AP50 = TP / (TP + FP + FN), match IoU > 0.5"
     provenance = {
         "command": command,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

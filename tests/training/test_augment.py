@@ -109,3 +109,17 @@ def test_config_round_trip():
     aug = Augmenter.from_config({"elastic_std": 5, "gamma": [0.8, 1.2]})
     assert aug.gamma == (0.8, 1.2) and Augmenter.from_config(aug.to_config()) == aug
     assert Augmenter.from_config({"enabled": False}) is None
+
+
+def test_zoom_reads_a_larger_or_smaller_region_around_the_centre():
+    img = np.arange(64 * 64, dtype=np.float32).reshape(1, 64, 64)
+    labels = np.repeat(np.arange(64)[None, :], 64, 0)
+    aug = Augmenter(elastic_std=0, flips=False, rot90=False, gamma=None, contrast=None, brightness=None, scale=(2.0, 2.0))
+    a, (b,) = aug.patch(img, [labels], (16, 16), (32, 32), np.random.default_rng(0))
+    # Twice the pixels per patch pixel: columns 0..63 seen in 32 steps of 2.
+    assert b[0, 0] == 1 and b[0, -1] == 63 and np.all(np.diff(b[0]) == 2)
+    a, (b,) = Augmenter(elastic_std=0, flips=False, rot90=False, gamma=None, contrast=None, brightness=None,
+                        scale=(0.5, 0.5)).patch(img, [labels], (16, 16), (32, 32), np.random.default_rng(0))
+    assert b[0, 0] == 24 and b[0, -1] == 39  # the central half, each pixel twice
+    zoomed = Augmenter(scale=(0.5, 2.0))
+    assert Augmenter.from_config(zoomed.to_config()) == zoomed and zoomed.to_config()["scale"] == [0.5, 2.0]

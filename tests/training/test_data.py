@@ -19,7 +19,9 @@ from training.data import (
     split_files,
     split_rows,
 )
-from training.loss import instance_targets
+from scipy import ndimage
+
+from training.loss import boundary_targets, instance_targets
 
 
 def test_folder_pairs_tiff_and_png(tmp_path):
@@ -118,3 +120,20 @@ def test_instance_targets_and_weights_in_dataset():
     assert np.array_equal(ds.targets[0], instance_targets(s.labels))
     assert ds.weights[0].max() > 5  # the border term between touching nuclei
     assert ds.class_weight[1] > ds.class_weight[0]
+
+
+def test_boundary_targets_are_derived_from_each_augmented_patch():
+    s = load_sample_data().region(rows=(0, 160)).normalized({"kind": "percentile", "low": 1, "high": 99.8})
+    aug = Augmenter(scale=(0.6, 1.6))
+    ds = CropDataset([s], crop=92, margin=44, length=6, augmenter=aug, seed=0, classes=3, boundary=2)
+    assert np.array_equal(ds.targets[0], boundary_targets(s.labels, 2))
+    assert ds.class_weight[2] > ds.class_weight[1] > ds.class_weight[0]
+    for i in range(len(ds)):
+        target = ds[i]["target"].numpy()
+        assert set(np.unique(target)) <= {0, 1, 2}
+        # Interiors never touch the background: the band survives any zoom.
+        interior = target == 1
+        grown = ndimage.binary_dilation(interior)
+        assert not (grown & (target == 0))[1:-1, 1:-1].any()
+    with pytest.raises(ValueError, match="class 2"):
+        CropDataset([s], crop=92, margin=44, length=1, classes=2, boundary=1)

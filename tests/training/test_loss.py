@@ -10,6 +10,8 @@ from scipy import ndimage
 
 from training.loss import (
     border_term,
+    boundary_targets,
+    object_diameters,
     class_weights,
     instance_targets,
     separation_borders,
@@ -90,3 +92,43 @@ def test_weighted_cross_entropy():
     assert torch.allclose(weighted_cross_entropy(z, t, w), manual)
     assert torch.allclose(weighted_cross_entropy([z, z], t, w), manual)
     assert weighted_cross_entropy(z.bfloat16(), t, w).dtype == torch.float32
+
+
+def test_boundary_targets_keep_touching_interiors_apart():
+    inst = np.zeros((20, 30), np.int32)
+    inst[3:15, 2:14] = 1
+    inst[3:15, 14:27] = 2  # touching along a column
+    for width in (1, 2):
+        t = boundary_targets(inst, width)
+        assert set(np.unique(t)) == {0, 1, 2}
+        assert ((t > 0) == (inst > 0)).all()  # objects keep their extent
+        interiors, n = ndimage.label(t == 1)
+        assert n == 2  # and their interiors are apart
+        # The band is `width` pixels on each side of every object edge.
+        assert (t[9, 14 - width:14 + width] == 2).all() and t[9, 14 - width - 1] == 1 and t[9, 14 + width] == 1
+        assert (t[3:3 + width, 5] == 2).all() and t[3 + width, 5] == 1
+    # The image edge is no boundary: an object cut by it keeps its interior there.
+    assert boundary_targets(np.ones((5, 5), np.int32))[0, 2] == 1
+    # Interiors of small objects vanish: the read-out keeps those as objects
+    # of their own (what no seed reaches of the boundary class).
+    assert (boundary_targets(np.pad(np.ones((2, 2), np.int32), 2)) != 1).all()
+
+
+def test_weight_map_of_boundary_targets_weighs_the_gap_between_interiors():
+    inst = np.zeros((20, 30), np.int32)
+    inst[3:15, 2:14] = 1
+    inst[3:15, 14:27] = 2
+    t = boundary_targets(inst, 1)
+    w = weight_map(inst, targets=t)
+    assert w[9, 13:15].min() > 5  # the boundary between the touching interiors
+    assert w[9, 13:15].min() > w[0, 0] and w[9, 13] > w[9, 8]
+
+
+def test_object_diameters():
+    inst = np.zeros((40, 40), np.int32)
+    inst[:10, :10] = 1
+    inst[20:24, 20:24] = 2
+    d = object_diameters(inst)
+    assert d == pytest.approx([np.sqrt(400 / np.pi), np.sqrt(64 / np.pi)])
+    assert object_diameters(np.zeros((4, 4, 4), np.int32)).size == 0
+    assert object_diameters(np.ones((4, 4, 4), np.int32)) == pytest.approx([np.cbrt(6 * 64 / np.pi)])

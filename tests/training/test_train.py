@@ -86,3 +86,21 @@ def test_lr_schedule():
     assert lrs[9] == pytest.approx(1e-3) and lrs[0] == pytest.approx(1e-4)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
     assert lr_at(100, cfg) == pytest.approx(1e-5)
+
+
+def test_boundary_run_exports_its_read_out_and_training_scale(tmp_path):
+    import unet_rt
+
+    config = tiny_config(tmp_path / "run", steps=4, val_every=4)
+    config["model"]["classes"] = 3
+    config["loss"]["boundary"] = 1
+    config["augment"]["scale"] = [0.7, 1.4]
+    read_out = {"seed_classes": [1], "grow_classes": [2], "grow": 2, "fill_holes": True, "min_size": 9}
+    config["export"].update(path=str(tmp_path / "model.pt"), class_names=["background", "nucleus", "boundary"],
+                            instances=read_out)
+    result = train(config)
+    model = unet_rt.Model(result["export"], device="cpu")
+    assert model.read_out() == read_out
+    # The median equivalent diameter of the training nuclei (rows 0..319).
+    assert model.info["object_size"] == pytest.approx(23.59, abs=0.01)
+    assert model.segment(np.zeros((100, 100), np.float32), output="instances").dtype == np.uint32

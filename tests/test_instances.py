@@ -1,0 +1,183 @@
+"""Instances users can trust: the model's read-out (seeds grown over a
+boundary class, small objects removed, holes filled) is one rule, applied
+the same by ``unet_rt.segment``, the CLI and ``unet_rt.dask``; and
+``object_size`` segments other magnifications at the training scale."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from scipy import ndimage
+
+import unet_rt
+import unet_rt.dask as ud
+from unet_rt import _unet_rt
+from unet_rt.dask._array import instances as dask_instances
+from training.evaluate import error_breakdown
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "dsb2018-nuclei"
+HELD_OUT = slice(384, 512)
+
+
+@pytest.fixture(scope="module")
+def model() -> unet_rt.Model:
+    return unet_rt.Model(device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return tifffile.imread(DATA / "image.tif"), tifffile.imread(DATA / "labels.tif")
+
+
+def read_out(labels: np.ndarray, rule: dict) -> np.ndarray:
+    return _unet_rt.read_out_instances(np.ascontiguousarray(labels), json.dumps(rule))
+
+
+def test_the_bundled_model_grows_interiors_over_its_boundary_class(model):
+    rule = model.read_out()
+    assert rule["seed_classes"] == [1] and rule["grow_classes"] == [2] and rule["grow"] >= 1
+    assert rule["fill_holes"] and rule["min_size"] > 1
+    assert model.info["instances"] == rule
+    assert model.info["object_size"] == pytest.approx(23.6, abs=0.5)
+    assert model.metadata["class_names"] == ["background", "nucleus", "boundary"]
+
+
+def test_instances_are_the_read_out_of_the_labels(model, sample):
+    image = sample[0][:256, :256]
+    labels = model.segment(image)
+    assert (model.segment(image, output="instances") == read_out(labels, model.read_out())).all()
+    for options in (dict(min_size=0), dict(fill_holes=False), dict(min_size=300, fill_holes=True)):
+        got = model.segment(image, output="instances", **options)
+        assert (got == read_out(labels, model.read_out(**options))).all(), options
+    assert model.segment(image, output="instances", min_size=10**9).max() == 0
+    assert unet_rt.segment(image, device="cpu", output="instances", min_size=0).max() >= \
+        model.segment(image, output="instances").max()
+
+
+def test_touching_nuclei_merge_less_than_as_plain_components(model, sample):
+    image, truth = sample
+    labels = model.segment(image)[HELD_OUT]
+    grown = error_breakdown(read_out(labels, model.read_out()), truth[HELD_OUT])
+    components = error_breakdown(read_out(labels, {"min_size": model.read_out()["min_size"]}), truth[HELD_OUT])
+    assert grown["merged"] < components["merged"], (grown, components)
+
+
+def test_read_out_arguments_are_checked(model):
+    image = np.zeros((64, 64), np.uint8)
+    for options, error, needle in [
+        (dict(min_size=1.5), TypeError, "min_size must be an int"),
+        (dict(min_size="3"), TypeError, "min_size must be an int"),
+        (dict(min_size=-1), unet_rt.InvalidArgumentError, "min_size"),
+        (dict(fill_holes=1), TypeError, "fill_holes must be a bool"),
+        (dict(fill_holes="yes"), TypeError, "fill_holes must be a bool"),
+        (dict(object_size="20"), TypeError, "object_size must be a number"),
+        (dict(object_size=True), TypeError, "object_size must be a number"),
+    ]:
+        with pytest.raises(error, match=needle):
+            model.segment(image, output="instances", **options)
+    assert model.read_out(fill_holes=np.bool_(False))["fill_holes"] is False
+    for text, needle in [("{", "read_out"), ('{"grow": 2, "grow_classes": [2]}', "both"),
+                         ('{"seed_classes": [1], "grow": 100, "grow_classes": [2]}', "grow"),
+                         ('{"colour": 1}', "colour")]:
+        with pytest.raises(unet_rt.InvalidArgumentError, match=needle):
+            _unet_rt.read_out_instances(image, text)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="labels"):
+        _unet_rt.read_out_instances(image.astype(np.float32), "{}")
+
+
+def test_object_size_resamples_to_the_training_scale_and_back(model, sample, tiny_model_path):
+    image = sample[0][:200, :180]
+    trained = model.info["object_size"]
+    # At the training scale nothing is resampled.
+    assert (model.segment(image, object_size=trained) == model.segment(image)).all()
+    # Nuclei twice as large: the result is on the image's grid, and read at
+    # the model's scale it is the 1x result.
+    big = ndimage.zoom(image.astype(np.float32), 2, order=1, mode="mirror", grid_mode=True)
+    labels = model.segment(big, object_size=2 * trained)
+    assert labels.shape == big.shape and labels.dtype == np.uint8
+    assert (labels[::2, ::2] == model.segment(image)).mean() > 0.97
+    found = model.segment(big, output="instances", object_size=2 * trained).max()
+    want = model.segment(image, output="instances").max()
+    assert abs(int(found) - int(want)) <= max(2, want // 10), (found, want)
+    probabilities = model.segment(big, output="probabilities", object_size=2 * trained)
+    assert probabilities.shape == (3,) + big.shape and np.allclose(probabilities.sum(0), 1, atol=1e-5)
+    # Errors name the argument.
+    for bad in (0, -3, float("nan"), float("inf"), 1e9):
+        with pytest.raises(unet_rt.InvalidArgumentError, match="object_size"):
+            model.segment(image, object_size=bad)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="object_size.*window"):
+        model.segment(image, object_size=30, window=unet_rt.Window(image=image.shape, start=(0, 0), shape=(50, 50)))
+    tiny = unet_rt.Model(tiny_model_path, device="cpu")
+    with pytest.raises(unet_rt.InvalidArgumentError, match="records no object size"):
+        tiny.segment(np.zeros((60, 60), np.float32), object_size=12)
+
+
+RULES = [
+    {},
+    {"seed_classes": [1], "grow_classes": [2], "grow": 2},
+    {"seed_classes": [1], "grow_classes": [2], "grow": 3, "fill_holes": True, "min_size": 5},
+    {"fill_holes": True, "min_size": 3},
+    {"seed_classes": [2], "grow_classes": [1], "grow": 1, "fill_holes": True},
+]
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: json.dumps(r, sort_keys=True))
+def test_dask_read_out_equals_the_whole_array_on_random_maps(rule):
+    rng = np.random.default_rng(len(json.dumps(rule)))
+    text = json.dumps(rule)
+    for shape, chunks in [((2, 61, 57), (1, 13, 20)), ((1, 40, 40), (1, 7, 40)), ((1, 9, 10, 11), (1, 4, 5, 6))]:
+        smooth = ndimage.gaussian_filter(rng.random(shape), (0,) + (1.5,) * (len(shape) - 1))
+        for labels in (np.digitize(smooth, [0.47, 0.53]).astype(np.uint8), rng.integers(0, 4, shape).astype(np.uint16)):
+            want = np.stack([read_out(image, rule) for image in labels])
+            got = dask_instances(da.from_array(labels, chunks=chunks), text).compute(scheduler="sync")
+            np.testing.assert_array_equal(got, want)
+
+
+def test_dask_and_zarr_instances_equal_segment(model, sample, tmp_path):
+    image = sample[0][:300, :280]
+    x = da.from_array(image, chunks=(70, 90))
+    for options in ({}, dict(min_size=0, fill_holes=False)):
+        want = model.segment(image, output="instances", **options)
+        assert want.max() > 20
+        got = ud.segment(x, model, output="instances", **options).compute(scheduler="sync")
+        np.testing.assert_array_equal(got, want)
+    src = zarr.create_array(str(tmp_path / "in.zarr"), data=image, chunks=(64, 64))
+    out = ud.segment_to_zarr(src, tmp_path / "out.zarr", model, output="instances", block=64, progress=False)
+    np.testing.assert_array_equal(out[...], model.segment(image, output="instances"))
+    # The read-out is part of the job: resuming with another one is refused.
+    with pytest.raises(unet_rt.InvalidArgumentError, match="read_out"):
+        ud.segment_to_zarr(src, tmp_path / "out.zarr", model, output="instances", block=64, progress=False, min_size=3)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="object_size"):
+        ud.segment(x, model, output="instances", object_size=30)
+
+
+def test_cli_reads_out_like_the_python_api(model, sample, cli, tmp_path):
+    image = sample[0][:160, :150]
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    common = ["-m", unet_rt.bundled_model_path(), "--device", "cpu", "--precision", "fp32", "-k", "instances",
+              "--format", "npy"]
+
+    def segment(*flags: str) -> np.ndarray:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        proc = subprocess.run([str(c) for c in [cli, "segment", tmp_path / "img.tif", "-o", out, *common, *flags]],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return np.load(out / "img.npy")
+
+    assert (segment() == model.segment(image, output="instances")).all()
+    assert (segment("--min-size", "0", "--fill-holes", "no") ==
+            model.segment(image, output="instances", min_size=0, fill_holes=False)).all()
+    size = str(model.info["object_size"] * 1.5)
+    assert (segment("--object-size", size) == model.segment(image, output="instances", object_size=float(size))).all()
+    bad = subprocess.run([str(cli), "segment", str(tmp_path / "img.tif"), "-o", str(tmp_path / "bad"), "--object-size",
+                          "0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "object_size" in bad.stderr
+    info = subprocess.run([str(cli), "info"], capture_output=True, text=True, timeout=120)
+    assert "grown up to" in info.stdout and "object size" in info.stdout
