@@ -18,7 +18,7 @@ from .values import INTS, POOL, acceptable, describe, draw_kwargs, hostile, is_i
 __all__ = ["arguments", "planning"]
 
 SEGMENT_ARGUMENTS = ("tile", "batch_size", "memory_budget", "axes", "output", "blend", "out", "progress", "window",
-                     "input_range")
+                     "input_range", "min_size", "fill_holes", "object_size")
 
 
 # --- arguments -----------------------------------------------------------------------

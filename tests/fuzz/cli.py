@@ -180,6 +180,9 @@ def _option_value(kind: str) -> st.SearchStrategy[str]:
         "--format": st.sampled_from(["tif", "npy", "png", "jpg", ""]),
         "--precision": st.sampled_from(["fp32", "bf16", "fp16", "auto", "fp64", ""]),
         "--device": st.sampled_from(["cpu", "cuda:99", "tpu", "", "cuda:-1", "cpu:0"]),
+        "--min-size": ints,
+        "--fill-holes": st.sampled_from(["yes", "no", "true", "0", "", "maybe"]),
+        "--object-size": st.sampled_from(["20", "0", "-1", "nan", "inf", "1e300", "0.4", "x", ""]),
     }
     return choices[kind]
 
@@ -189,7 +192,8 @@ def hostile_options(draw: st.DrawFn) -> List[str]:
     """Zero to three options with hostile values, or flags."""
     options: List[str] = []
     for kind in draw(st.lists(st.sampled_from(["--tile", "--batch-size", "--threads", "--axes", "--output-kind",
-                                               "--format", "--precision", "--device", "--overlay", "--json",
+                                               "--format", "--precision", "--device", "--min-size",
+                                               "--fill-holes", "--object-size", "--overlay", "--json",
                                                "--skip-existing", "--bogus"]), max_size=3), label="options"):
         if kind.startswith("--") and kind in ("--overlay", "--json", "--skip-existing", "--bogus"):
             options.append(kind)

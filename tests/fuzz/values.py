@@ -71,11 +71,15 @@ ARGUMENT_VALUES: Dict[str, Tuple[Any, ...]] = {
     "input_range": (None, (0.0, 1.0), (0, 255), (1.0, 0.0), (5.0, 5.0), (math.nan, 1.0), (0.0, math.inf),
                     (-1e308, 1e308), (0.0,), (0.0, 1.0, 2.0), "01", np.array([0.0, 1.0])),
     "nonfinite": ("raise", "propagate", "ignore", "RAISE"),
+    "min_size": (None, 0, 1, 5, 10**6, 2**63),
+    "fill_holes": (None, True, False, np.bool_(True)),
+    "object_size": (None, 10.0, 24, 47.5, 0.4, 3000, math.nan, np.float32(30.0)),
     "device": ("cpu", "CPU", "cuda", "cuda:0", "cuda:-1", "cuda:99999999999999999999", "mps", "auto", ""),
     "precision": ("fp32", "auto", "bf16", "fp16", "FP32", "int8", "float32", ""),
 }
 
-_OPTIONAL = {"tile", "batch_size", "memory_budget", "axes", "progress", "input_range", "window", "out"}
+_OPTIONAL = {"tile", "batch_size", "memory_budget", "axes", "progress", "input_range", "window", "out", "min_size",
+             "fill_holes", "object_size"}
 _STRINGS = {
     "output": {"labels", "probabilities", "raw", "instances"},
     "blend": {"crop", "gaussian", "constant"},
@@ -114,6 +118,24 @@ def acceptable(argument: str, value: Any, dims: int) -> bool:
         return isinstance(value, np.ndarray)
     if argument == "window":
         return type(value).__name__ == "Window"
+    if argument == "min_size":
+        return is_int(value) and bool(value >= 0)
+    if argument == "fill_holes":
+        return isinstance(value, (bool, np.bool_))
+    if argument == "object_size":
+        return _is_number(value)
+    return True
+
+
+def _is_number(value: Any) -> bool:
+    """A real number that is not a bool: Python or NumPy scalars and 0-d
+    arrays (anything with ``__float__``); its range is the call's to check."""
+    if isinstance(value, (bool, np.bool_, str, bytes, bytearray)) or (isinstance(value, np.ndarray) and value.ndim):
+        return False
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
     return True
 
 

@@ -85,10 +85,20 @@ pub(crate) fn optional_number(
     let Some(value) = value.filter(|v| !v.is_none()) else {
         return Ok(None);
     };
-    if value.is_instance_of::<PyBool>() || value.is_instance_of::<PyString>() {
+    let name = type_name(value);
+    // NumPy arrays of one element convert too (with a deprecation): only
+    // 0-d arrays and scalars are numbers here.
+    let shaped = value
+        .getattr("ndim")
+        .and_then(|n| n.extract::<usize>())
+        .is_ok_and(|n| n > 0);
+    if value.is_instance_of::<PyBool>()
+        || name == "bool_"
+        || value.is_instance_of::<PyString>()
+        || shaped
+    {
         return Err(PyTypeError::new_err(format!(
-            "{argument} must be a number, got {}",
-            type_name(value)
+            "{argument} must be a number, got {name}"
         )));
     }
     let number = value.call_method0("__float__").map_err(|_| {
