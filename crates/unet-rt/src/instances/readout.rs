@@ -23,7 +23,7 @@
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use serde::{Deserialize, Serialize};
 
-use super::components::{c_strides, label_graph};
+use super::components::{c_strides, label_graph, Foreground};
 use crate::error::{Error, Result};
 use crate::memory;
 
@@ -32,8 +32,8 @@ use crate::memory;
 /// read-out needs.
 pub const MAX_GROW: u32 = 64;
 
-/// A class map's element: its class index.
-pub trait ClassIndex: Copy {
+/// A class map's element: its class index (0 is background).
+pub trait ClassIndex: Foreground {
     /// The class of the pixel.
     fn class(self) -> u32;
 }
@@ -222,6 +222,11 @@ impl ReadOut {
     /// [`Error::InvalidArgument`] (`image`) when the working memory cannot
     /// be allocated or there are more objects than a `u32` numbers.
     pub fn apply<L: ClassIndex>(&self, classes: ArrayViewD<'_, L>) -> Result<(ArrayD<u32>, usize)> {
+        if self.is_components() {
+            // The same objects in the same order (tested), without the
+            // growth bookkeeping: twice as fast.
+            return super::connected_components(classes);
+        }
         let shape = classes.shape().to_vec();
         let kinds = self.kinds(&classes)?;
         let grid = Grid::new(&shape);
