@@ -100,6 +100,8 @@ mod tests {
             fixed_size: 0,
             output_key: None,
             exactness: Default::default(),
+            read_out: Default::default(),
+            object_size: None,
         }
     }
 

@@ -88,6 +88,8 @@ fn info(halo: usize, multiple: usize, offset: usize, same: bool) -> ModelInfo {
         fixed_size: 0,
         output_key: None,
         exactness: Default::default(),
+        read_out: Default::default(),
+        object_size: None,
     }
 }
 

@@ -58,6 +58,7 @@ impl Segmenter {
 ///     padding: Padding::Valid, halo: 92, size_multiple: 16, size_offset: 12,
 ///     normalization: Normalization::None, min_size: 0, fixed_size: 0, output_key: None,
 ///     first_layer_width: Some(64), probed: false, exactness: Default::default(),
+///     read_out: Default::default(), object_size: None,
 /// };
 /// let options = Options::default();
 /// let planner = Planner::new(&info, &options)?;
