@@ -24,7 +24,7 @@ def sample():
 # Floors under what the bundled model measures on the held-out rows (whole
 # image segmented; the README's table): a retrained model that scores less
 # fails here. The targets (AP@0.5 0.86, IoU 0.88) are not reached.
-FLOOR_IOU, FLOOR_AP = 0.85, 0.70
+FLOOR_IOU, FLOOR_AP = 0.87, 0.76
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
