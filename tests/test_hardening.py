@@ -579,3 +579,11 @@ def test_a_network_with_nan_output_is_probed_without_a_crash(tmp_path):
     torch.jit.script(Nan().eval()).save(str(path))
     with pytest.raises(unet_rt.ModelError, match="NaN or infinite values for a random input"):
         unet_rt.Model(path, device="cpu")
+
+
+def test_forward_refuses_a_complex_batch_instead_of_dropping_its_imaginary_part(model):
+    batch = np.zeros((1, 1, 44, 44), np.complex128)
+    for array in (batch, batch.astype(np.complex64), np.zeros((1, 1, 44, 44), bool), np.zeros((1, 1, 44, 44), "U1")):
+        with pytest.raises(unet_rt.InvalidArgumentError, match="invalid batch: dtype"):
+            model.forward(array)
+    assert model.forward(np.zeros((1, 1, 44, 44), np.int16)).shape == (1, 2, 4, 4)

@@ -179,8 +179,9 @@ class Model:
         :class:`~unet_rt.InvalidArgumentError`, in the output
         :class:`~unet_rt.NonFiniteError`."""
         array = np.asarray(batch)
-        if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
-            raise InvalidArgumentError(f"invalid batch: dtype {array.dtype} is not numeric")
+        # Integers and reals only: a complex batch would lose its imaginary part.
+        if array.dtype.kind not in "iuf":
+            raise InvalidArgumentError(f"invalid batch: dtype {array.dtype} is not an integer or real type")
         with np.errstate(over="ignore", invalid="ignore"):
             # Values beyond float32 become infinite here; the engine refuses them.
             batch32 = np.asarray(array, dtype=np.float32)
