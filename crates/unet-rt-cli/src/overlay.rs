@@ -1,9 +1,13 @@
 //! `--overlay`: the image scaled to 8-bit gray with the outline of each
-//! object drawn in its class's colour, as an RGB PNG for a quick look.
+//! object drawn, as an RGB PNG for a quick look. Objects are the model's
+//! instances (its read-out); with a read-out of its own (a boundary class
+//! grown over) each object's outline gets a colour of its own, so touching
+//! objects show apart; otherwise outlines take their class's colour.
 
 use std::path::Path;
 
 use ndarray::{Array2, ArrayView2};
+use unet_rt::instances::ReadOut;
 use unet_rt::Pixel;
 
 use crate::errors::FileError;
@@ -25,14 +29,16 @@ const PALETTE: [[u8; 3]; 6] = [
 const LOW: f64 = 1.0;
 const HIGH: f64 = 99.8;
 
-/// Writes the overlay of `classes` (0 = background) on `image`.
+/// Writes the overlay of `classes` (0 = background) on `image`, objects by
+/// `read_out`.
 pub(crate) fn write_overlay<T: Pixel>(
     path: &Path,
     image: ArrayView2<'_, T>,
     classes: ArrayView2<'_, u16>,
+    read_out: &ReadOut,
 ) -> Result<(), FileError> {
     let (h, w) = image.dim();
-    let rgb = render(image, classes).map_err(|m| FileError::new(path, m))?;
+    let rgb = render(image, classes, read_out).map_err(|m| FileError::new(path, m))?;
     let (w32, h32) = (
         u32::try_from(w).map_err(|e| FileError::new(path, e))?,
         u32::try_from(h).map_err(|e| FileError::new(path, e))?,
@@ -51,6 +57,7 @@ pub(crate) fn write_overlay<T: Pixel>(
 fn render<T: Pixel>(
     image: ArrayView2<'_, T>,
     classes: ArrayView2<'_, u16>,
+    read_out: &ReadOut,
 ) -> Result<Vec<u8>, String> {
     // Indexing below takes the classes at the image's pixels.
     if image.dim() != classes.dim() {
@@ -61,8 +68,10 @@ fn render<T: Pixel>(
         ));
     }
     let gray = to_gray(image);
-    let (objects, _) =
-        unet_rt::instances::connected_components(classes.into_dyn()).map_err(|e| e.to_string())?;
+    let (objects, _) = read_out
+        .apply(classes.into_dyn())
+        .map_err(|e| e.to_string())?;
+    let by_object = !read_out.is_components();
     let objects = objects
         .into_dimensionality::<ndarray::Ix2>()
         .map_err(|e| e.to_string())?;
@@ -78,7 +87,7 @@ fn render<T: Pixel>(
             // Touching objects of different classes form one instance; their
             // class boundary is drawn too.
             let differs = |yy: usize, xx: usize| {
-                objects[[yy, xx]] != id || classes[[yy, xx]] != classes[[y, x]]
+                objects[[yy, xx]] != id || (!by_object && classes[[yy, xx]] != classes[[y, x]])
             };
             (y > 0 && differs(y - 1, x))
                 || (y + 1 < h && differs(y + 1, x))
@@ -86,8 +95,12 @@ fn render<T: Pixel>(
                 || (x + 1 < w && differs(y, x + 1))
         };
         if edge {
-            let class = usize::from(classes[[y, x]]).max(1);
-            rgb.extend_from_slice(&PALETTE[(class - 1) % PALETTE.len()]);
+            let key = if by_object {
+                id as usize
+            } else {
+                usize::from(classes[[y, x]])
+            };
+            rgb.extend_from_slice(&PALETTE[(key.max(1) - 1) % PALETTE.len()]);
         } else {
             rgb.extend_from_slice(&[g, g, g]);
         }
@@ -138,13 +151,44 @@ mod tests {
             [0, 0, 0, 0]
         ];
         let classes = array![[0u16, 1, 1, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 2]];
-        let rgb = render(image.view(), classes.view()).unwrap();
+        let rgb = render(image.view(), classes.view(), &ReadOut::default()).unwrap();
         let px = |y: usize, x: usize| &rgb[(y * 4 + x) * 3..(y * 4 + x) * 3 + 3];
         assert_eq!(px(0, 1), PALETTE[0]); // border of the class-1 object
         assert_eq!(px(3, 3), PALETTE[1]); // a one-pixel class-2 object is all border
         assert_eq!(px(0, 0), [0, 0, 0]);
         assert_eq!(px(1, 0)[0], px(1, 0)[1]); // background stays gray
-        assert!(render(image.view(), classes.slice(ndarray::s![..3, ..])).is_err());
+        assert!(render(
+            image.view(),
+            classes.slice(ndarray::s![..3, ..]),
+            &ReadOut::default()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn touching_objects_of_a_read_out_get_colours_of_their_own() {
+        let image = Array2::<u8>::zeros((3, 6));
+        // Two interiors (1) touching along a boundary band (2).
+        let classes = array![
+            [2u16, 2, 2, 2, 2, 2],
+            [2, 1, 2, 2, 1, 2],
+            [2, 2, 2, 2, 2, 2]
+        ];
+        let read_out = ReadOut {
+            seed_classes: vec![1],
+            grow_classes: vec![2],
+            grow: 2,
+            ..ReadOut::default()
+        };
+        let rgb = render(image.view(), classes.view(), &read_out).unwrap();
+        let px = |y: usize, x: usize| &rgb[(y * 6 + x) * 3..(y * 6 + x) * 3 + 3];
+        assert_eq!(px(1, 2), PALETTE[0]); // the first object's edge, where it meets the second
+        assert_eq!(px(1, 3), PALETTE[1]); // the second object's
+        assert_eq!(px(1, 1), [0, 0, 0]); // an interior pixel inside both outlines stays gray
+                                         // As plain components, the band and interiors are one object whose
+                                         // class boundaries are drawn.
+        let rgb = render(image.view(), classes.view(), &ReadOut::default()).unwrap();
+        assert_eq!(&rgb[(6 + 2) * 3..(6 + 2) * 3 + 3], PALETTE[1]);
     }
 
     #[test]

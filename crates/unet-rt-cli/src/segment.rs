@@ -314,7 +314,7 @@ fn segment_file(
         write_output(output, &result.output, ctx.args.format).map_err(fail)?;
         if let (Some(path), Some(classes)) = (&overlay_path, &result.classes) {
             let plane = middle_plane(arranged.view.index_axis(Axis(1), 0)).map_err(|m| fail(FileError::new(input, m)))?;
-            overlay::write_overlay(path, plane, classes.view()).map_err(fail)?;
+            overlay::write_overlay(path, plane, classes.view(), &result.read_out).map_err(fail)?;
         }
         result.objects
     });
@@ -324,6 +324,8 @@ fn segment_file(
 /// What [`compute`] returns.
 struct Computed {
     output: Output,
+    /// How the labels become objects (for the overlay too).
+    read_out: unet_rt::instances::ReadOut,
     /// The class map of the overlay's plane (with `--overlay` only).
     classes: Option<Array2<u16>>,
     objects: Option<usize>,
@@ -359,6 +361,7 @@ fn compute<T: Pixel>(
         })
     };
     let result = run(&segmenter)?;
+    let read_out = segmenter.read_out().map_err(engine)?;
     let classes = match ctx.args.overlay {
         true => Some(
             class_plane(&result, arranged.stacked, ctx.args.output_kind)
@@ -369,11 +372,11 @@ fn compute<T: Pixel>(
     if ctx.args.output_kind != OutputMode::Instances {
         return Ok(Computed {
             output: result,
+            read_out,
             classes,
             objects: None,
         });
     }
-    let read_out = segmenter.read_out().map_err(engine)?;
     let (instances, objects) = match &result {
         Output::U8(labels) => instances(labels.view(), &read_out, arranged.stacked, input),
         Output::U16(labels) => instances(labels.view(), &read_out, arranged.stacked, input),
@@ -386,6 +389,7 @@ fn compute<T: Pixel>(
     }?;
     Ok(Computed {
         output: instances,
+        read_out,
         classes,
         objects: Some(objects),
     })
