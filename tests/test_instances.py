@@ -183,3 +183,23 @@ def test_cli_reads_out_like_the_python_api(model, sample, cli, tmp_path):
     assert bad.returncode == 2 and "object_size" in bad.stderr
     info = subprocess.run([str(cli), "info"], capture_output=True, text=True, timeout=120)
     assert "grown up to" in info.stdout and "object size" in info.stdout
+
+
+def test_read_out_and_object_size_in_metadata_are_checked_at_load(tiny_model_path, tmp_path):
+    import torch
+
+    extra = {"unet_rt.json": ""}
+    module = torch.jit.load(str(tiny_model_path), _extra_files=extra)
+    meta = json.loads(extra["unet_rt.json"])
+    for field, value, needle in [
+        ("instances", {"seed_classes": [5]}, "names class 5"),
+        ("instances", {"seed_classes": [1], "grow_classes": [1]}, "both a seed class and a grow class"),
+        ("instances", {"seed_classes": [1], "grow_classes": [0], "grow": 65}, "instances.grow is 65"),
+        ("instances", {"colour": 1}, "unknown field `colour`"),
+        ("object_size", 0.1, "object_size is 0.1"),
+        ("object_size", "x", "expected f64"),
+    ]:
+        path = tmp_path / f"{field}.pt"
+        torch.jit.save(module, str(path), _extra_files={"unet_rt.json": json.dumps({**meta, field: value})})
+        with pytest.raises(unet_rt.MetadataError, match=needle):
+            unet_rt.Model(path, device="cpu")
