@@ -106,3 +106,10 @@ pub(crate) fn read_out_instances<'py>(
         Ok(PyArrayDyn::from_owned_array(py, ids))
     })
 }
+
+/// The context (pixels per side) a block needs for `read_out` (JSON text)
+/// to find its objects alone: the core's `ReadOut::context`.
+#[pyfunction]
+pub(crate) fn instance_context(read_out: &str) -> PyResult<usize> {
+    Ok(parse_read_out(read_out)?.context())
+}

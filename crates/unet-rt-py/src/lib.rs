@@ -67,6 +67,7 @@ fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(instances::connected_components, m)?)?;
     m.add_function(wrap_pyfunction!(instances::instance_block, m)?)?;
     m.add_function(wrap_pyfunction!(instances::read_out_instances, m)?)?;
+    m.add_function(wrap_pyfunction!(instances::instance_context, m)?)?;
     m.add_function(wrap_pyfunction!(errors::error_class_names, m)?)?;
     m.add_function(wrap_pyfunction!(segment::check_image_copy, m)?)?;
     m.add_function(wrap_pyfunction!(axes::infer_axes, m)?)?;

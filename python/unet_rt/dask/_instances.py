@@ -26,7 +26,6 @@ without one) computed block by block, with the same result as
 
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -56,8 +55,7 @@ def margin(read_out: str) -> int:
     >>> margin('{"seed_classes": [1], "grow_classes": [2], "grow": 2}'), margin("{}")
     (3, 1)
     """
-    r = json.loads(read_out)
-    return int(r.get("grow", 0)) + 1 if r.get("grow_classes") else 1
+    return int(_unet_rt.instance_context(read_out))
 
 
 def context_of(start: Sequence[int], stop: Sequence[int], shape: Sequence[int], depth: int) -> List[Tuple[int, int]]:

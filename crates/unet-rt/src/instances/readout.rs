@@ -231,7 +231,7 @@ impl ReadOut {
         let kinds = self.kinds(&classes)?;
         let grid = Grid::new(&shape);
         let no_context = vec![(0, 0); shape.len()];
-        let (mut labels, count) = self.graph(&grid, &kinds, &no_context)?;
+        let (mut labels, count) = Self::graph(&Links::new(self, &grid, &kinds)?, &no_context)?;
         drop(kinds);
         if self.min_size > 1 {
             remove_small(&mut labels, count, self.min_size)?;
@@ -274,7 +274,9 @@ impl ReadOut {
         }
         let kinds = self.kinds(&classes)?;
         let grid = Grid::new(&shape);
-        let (labels, count) = self.graph(&grid, &kinds, context)?;
+        // One growth for the block's objects and its faces.
+        let links = Links::new(self, &grid, &kinds)?;
+        let (labels, count) = Self::graph(&links, context)?;
         let core: Vec<usize> = shape
             .iter()
             .zip(context)
@@ -282,7 +284,6 @@ impl ReadOut {
             .collect();
         let labels = ArrayD::from_shape_vec(IxDyn(&core), labels)
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let links = Links::new(self, &grid, &kinds)?;
         let mut faces = Vec::with_capacity(shape.len());
         for axis in 0..shape.len() {
             let mut sides = Vec::with_capacity(2);
@@ -325,13 +326,8 @@ impl ReadOut {
 
     /// The components of the read-out's graph on the pixels of `grid`
     /// within `context` (steps 1-3), in C order over the block.
-    fn graph(
-        &self,
-        grid: &Grid,
-        kinds: &[u8],
-        context: &[(usize, usize)],
-    ) -> Result<(Vec<u32>, u32)> {
-        let links = Links::new(self, grid, kinds)?;
+    fn graph(links: &Links<'_>, context: &[(usize, usize)]) -> Result<(Vec<u32>, u32)> {
+        let (grid, kinds) = (links.grid, links.kinds);
         let core: Vec<usize> = grid
             .shape
             .iter()
