@@ -82,6 +82,56 @@ pub(crate) fn try_filled<T: Clone + Default>(
     Ok(v)
 }
 
+/// A CPU `f32` tensor, uninitialized, that only this value holds: network
+/// input is gathered straight into libtorch's memory, with no zero fill
+/// before and no copy into a tensor after. Allocating it runs no libtorch
+/// kernel, so no OpenMP pool starts on the calling thread.
+pub(crate) struct HostFloats(tch::Tensor);
+
+impl HostFloats {
+    /// Room for `len` values, or [`Error::InvalidArgument`] naming
+    /// `argument` (with the bytes `what` needed) when it cannot be
+    /// allocated.
+    pub(crate) fn uninit(len: usize, argument: &'static str, what: &str) -> Result<Self> {
+        let too_large = || Error::InvalidArgument {
+            argument,
+            message: format!(
+                "{what} needs {} of memory, which cannot be allocated",
+                format_bytes(bytes_of::<f32>(len))
+            ),
+        };
+        let size = i64::try_from(len).map_err(|_| too_large())?;
+        tch::Tensor::f_empty([size], (tch::Kind::Float, tch::Device::Cpu))
+            .map(Self)
+            .map_err(|_| too_large())
+    }
+
+    /// The values, to write (every one, before the tensor is read).
+    pub(crate) fn as_uninit_mut(&mut self) -> &mut [std::mem::MaybeUninit<f32>] {
+        let len = usize::try_from(self.0.numel()).unwrap_or(0);
+        if len == 0 {
+            return &mut [];
+        }
+        // SAFETY: `uninit` made a contiguous CPU float tensor of `len`
+        // elements, and no handle to it exists but this value's
+        // (`into_tensor` consumes it), so the data pointer addresses room
+        // for `len` `f32`s, suitably aligned, that libtorch keeps while the
+        // tensor lives and that nothing else reads or writes while `self` is
+        // borrowed. `MaybeUninit` asks nothing of the bytes it covers.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.0.data_ptr().cast::<std::mem::MaybeUninit<f32>>(),
+                len,
+            )
+        }
+    }
+
+    /// The tensor, to read (a flat `f32` tensor on the CPU).
+    pub(crate) fn into_tensor(self) -> tch::Tensor {
+        self.0
+    }
+}
+
 /// A zeroed array of `shape`, or [`Error::InvalidArgument`] (`image`) saying
 /// how much memory `what` needed when it cannot be allocated.
 pub(crate) fn try_zeros<T: Clone + Default>(

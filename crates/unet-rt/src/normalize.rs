@@ -49,14 +49,17 @@ impl Affine {
     /// Applies the map to one value.
     #[inline]
     pub fn apply(self, x: f32) -> f32 {
-        x.mul_add(self.scale, self.shift)
+        // Not `mul_add`: without FMA in the target's baseline that is a
+        // call to `fmaf` per value, which also keeps the gather's loops
+        // from vectorizing.
+        x * self.scale + self.shift
     }
 
     /// Applies the map to an `f64` value in `f64`, then narrows it to `f32`,
     /// saturating at the largest finite `f32` (NaN stays NaN).
     #[inline]
     pub fn apply_f64(self, x: f64) -> f32 {
-        let y = x.mul_add(self.scale64, self.shift64);
+        let y = x * self.scale64 + self.shift64;
         y.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32
     }
 

@@ -1,6 +1,8 @@
 //! Cutting tile windows out of the borrowed input: mirror at the borders,
 //! convert to `f32` and normalise, all in one pass per tile.
 
+use std::mem::MaybeUninit;
+
 use ndarray::ArrayViewD;
 
 use crate::error::{Error, Result};
@@ -22,6 +24,8 @@ pub(crate) struct Gatherer<'a, T: Pixel> {
     origin: Vec<usize>,
     image: Vec<usize>,
     check_finite: bool,
+    /// Threads that gather one tile (rows split between them).
+    workers: usize,
 }
 
 impl<'a, T: Pixel> Gatherer<'a, T> {
@@ -48,7 +52,14 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
             origin,
             image,
             check_finite: true,
+            workers: 1,
         }
+    }
+
+    /// Gathers each large tile with up to `workers` threads.
+    pub(crate) fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
     }
 
     /// Whether a tile with NaN or infinite network input is an error (the
@@ -63,13 +74,14 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
         shape.iter().product::<usize>() * self.channels
     }
 
-    /// Fills `dst` (of length [`Self::tile_len`]) with the tile's window.
+    /// Fills `dst` (of length [`Self::tile_len`]) with the tile's window:
+    /// every element is written (so `dst` may start uninitialized).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when the tile reads a pixel the input does
     /// not hold (a window without enough context; checked beforehand by
     /// [`crate::Window::check_context`], so this is a second line).
-    pub(crate) fn gather(&self, tile: &Tile, dst: &mut [f32]) -> Result<()> {
+    pub(crate) fn gather(&self, tile: &Tile, dst: &mut [MaybeUninit<f32>]) -> Result<()> {
         let shape = &tile.read_shape;
         let local = &self.input.shape()[1..];
         let strides = self.input.strides();
@@ -99,29 +111,52 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
         let channel_offsets: Vec<isize> = (0..self.channels)
             .map(|c| c as isize * strides[0])
             .collect();
-        let base = self.input.as_ptr();
         let Some((last, outer)) = offsets.split_last() else {
             return Ok(());
         };
+        let tables = Tables {
+            runs: unit_runs(last, strides[strides.len() - 1]),
+            last,
+            outer,
+            channel_offsets,
+        };
         let row_len = last.len() * self.channels;
-        let mut index = vec![0usize; outer.len()];
-        let mut finite = true;
-        for row in dst.chunks_exact_mut(row_len) {
-            let row_offset: isize = outer.iter().zip(&index).map(|(table, &i)| table[i]).sum();
-            for (pixel, &x) in row.chunks_exact_mut(self.channels).zip(last) {
-                for (value, &c) in pixel.iter_mut().zip(&channel_offsets) {
-                    // SAFETY: every table entry is `i * stride` for an index `i`
-                    // checked above to lie in `0..n` of its axis of the view, and
-                    // the channel index is below the channel count, so the offset
-                    // addresses an element of the view, which borrows the memory
-                    // for `'a`.
-                    let v = unsafe { *base.offset(row_offset + x + c) };
-                    *value = v.normalized(self.affine);
-                    finite &= value.is_finite();
+        let rows = dst.len() / row_len.max(1);
+        let workers = self
+            .workers
+            .min(rows * last.len() / MIN_PIXELS_PER_WORKER)
+            .max(1);
+        let finite = if workers == 1 {
+            self.gather_rows(&tables, 0, dst)
+        } else {
+            // Whole rows per worker, the last one takes the remainder; this
+            // thread gathers the first part itself.
+            let per_worker = rows.div_ceil(workers) * row_len;
+            std::thread::scope(|scope| -> Result<bool> {
+                let mut parts = dst.chunks_mut(per_worker).enumerate();
+                let (_, first) = parts.next().unwrap_or((0, &mut []));
+                let mut handles = Vec::new();
+                for (k, part) in parts {
+                    let tables = &tables;
+                    let first_row = k * per_worker / row_len;
+                    let handle = std::thread::Builder::new()
+                        .name("unet-rt-gather".to_owned())
+                        .spawn_scoped(scope, move || self.gather_rows(tables, first_row, part))
+                        .map_err(|e| {
+                            Error::Internal(format!("cannot start a gathering thread: {e}"))
+                        })?;
+                    handles.push(handle);
                 }
-            }
-            advance(&mut index, outer);
-        }
+                let mut finite = true;
+                finite &= self.gather_rows(&tables, 0, first);
+                for handle in handles {
+                    finite &= handle
+                        .join()
+                        .map_err(|_| Error::Internal("a gathering thread panicked".to_owned()))?;
+                }
+                Ok(finite)
+            })?
+        };
         if self.check_finite && !finite {
             return Err(Error::InvalidArgument {
                 argument: "image",
@@ -134,6 +169,164 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
         }
         Ok(())
     }
+
+    /// Gathers the tile rows (lines along the last axis) from `first_row`
+    /// on into `dst`, which holds whole rows; returns whether every value
+    /// came out finite.
+    fn gather_rows(
+        &self,
+        tables: &Tables<'_>,
+        first_row: usize,
+        dst: &mut [MaybeUninit<f32>],
+    ) -> bool {
+        let Tables {
+            last,
+            outer,
+            runs,
+            channel_offsets,
+        } = tables;
+        let base = self.input.as_ptr();
+        let channels = self.channels;
+        let row_len = last.len() * channels;
+        let mut index = unravel(first_row, outer);
+        let mut finite = true;
+        for row in dst.chunks_exact_mut(row_len.max(1)) {
+            let row_offset: isize = outer.iter().zip(&index).map(|(table, &i)| table[i]).sum();
+            for run in runs {
+                let pixels = &mut row[run.start * channels..run.end * channels];
+                if run.contiguous {
+                    // The run's pixels are consecutive in memory, channel by
+                    // channel: plain slices, which the compiler vectorizes.
+                    for (c, &channel) in channel_offsets.iter().enumerate() {
+                        // SAFETY: the run's table entries are `i * stride`,
+                        // `(i + 1) * stride`, ... for indices `i..i + len`
+                        // checked in `gather` to lie in their axis of the
+                        // view, with a stride of one element; the outer
+                        // offsets and the channel address the same view. So
+                        // the `len` elements from the first are all elements
+                        // of the view, which borrows them, immutably, for `'a`.
+                        let src = unsafe {
+                            std::slice::from_raw_parts(
+                                base.offset(row_offset + last[run.start] + channel),
+                                run.end - run.start,
+                            )
+                        };
+                        finite &= convert(src, pixels, c, channels, self.affine);
+                    }
+                    continue;
+                }
+                for (pixel, &x) in pixels.chunks_exact_mut(channels).zip(&last[run.range()]) {
+                    for (value, &c) in pixel.iter_mut().zip(channel_offsets) {
+                        // SAFETY: every table entry is `i * stride` for an
+                        // index `i` checked in `gather` to lie in `0..n` of
+                        // its axis of the view, and the channel index is below
+                        // the channel count, so the offset addresses an
+                        // element of the view, which borrows the memory for `'a`.
+                        let v = unsafe { *base.offset(row_offset + x + c) };
+                        let v = v.normalized(self.affine);
+                        finite &= v.is_finite();
+                        value.write(v);
+                    }
+                }
+            }
+            advance(&mut index, outer);
+        }
+        finite
+    }
+}
+
+/// Where a tile's values come from: the element offsets of its mirrored
+/// coordinates per axis (`outer` axes, and the `last` one split in `runs`)
+/// and of each channel.
+struct Tables<'t> {
+    last: &'t [isize],
+    outer: &'t [Vec<isize>],
+    runs: Vec<Run>,
+    channel_offsets: Vec<isize>,
+}
+
+/// Below this many pixels per worker a tile is gathered by one thread:
+/// starting a thread costs about as much as converting that many pixels.
+const MIN_PIXELS_PER_WORKER: usize = 1 << 16;
+
+/// The multi-index over the outer axes of row `row` (row-major).
+fn unravel(mut row: usize, tables: &[Vec<isize>]) -> Vec<usize> {
+    let mut index = vec![0usize; tables.len()];
+    for (i, table) in index.iter_mut().zip(tables).rev() {
+        let n = table.len().max(1);
+        *i = row % n;
+        row /= n;
+    }
+    index
+}
+
+/// A stretch of a tile row: pixels `start..end` of the row, `contiguous`
+/// when they are consecutive elements of the input (an interior stretch of
+/// a row stored with unit stride) rather than mirrored or strided.
+#[derive(Debug, PartialEq)]
+struct Run {
+    start: usize,
+    end: usize,
+    contiguous: bool,
+}
+
+impl Run {
+    fn range(&self) -> std::ops::Range<usize> {
+        self.start..self.end
+    }
+}
+
+/// Splits a row's element offsets into [`Run`]s: the longest stretches of
+/// consecutive elements (at least [`MIN_RUN`] long), and what lies between.
+fn unit_runs(offsets: &[isize], stride: isize) -> Vec<Run> {
+    const MIN_RUN: usize = 8;
+    let mut runs: Vec<Run> = Vec::new();
+    let mut push = |start: usize, end: usize, contiguous: bool| match runs.last_mut() {
+        Some(last) if !last.contiguous && !contiguous => last.end = end,
+        _ => runs.push(Run {
+            start,
+            end,
+            contiguous,
+        }),
+    };
+    let mut start = 0;
+    while start < offsets.len() {
+        let mut end = start + 1;
+        while stride == 1 && end < offsets.len() && offsets[end] == offsets[end - 1] + 1 {
+            end += 1;
+        }
+        push(start, end, stride == 1 && end - start >= MIN_RUN);
+        start = end;
+    }
+    runs
+}
+
+/// Normalizes `src` into channel `channel` of the channels-last `dst`;
+/// returns whether every value came out finite.
+#[inline]
+fn convert<T: Pixel>(
+    src: &[T],
+    dst: &mut [MaybeUninit<f32>],
+    channel: usize,
+    channels: usize,
+    affine: Affine,
+) -> bool {
+    // A fold of `&`, no early exit: the loops stay branch-free and vectorize.
+    let mut finite = true;
+    if channels == 1 {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            let v = s.normalized(affine);
+            finite &= v.is_finite();
+            d.write(v);
+        }
+        return finite;
+    }
+    for (d, &s) in dst[channel..].iter_mut().step_by(channels).zip(src) {
+        let v = s.normalized(affine);
+        finite &= v.is_finite();
+        d.write(v);
+    }
+    finite
 }
 
 /// Row-major increment of a multi-index over the outer axes.
@@ -150,6 +343,19 @@ fn advance(index: &mut [usize], tables: &[Vec<isize>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl<T: Pixel> Gatherer<'_, T> {
+        /// `gather` into initialized values, as the tests hold them.
+        fn gather_floats(&self, tile: &Tile, dst: &mut [f32]) -> Result<()> {
+            let mut uninit = vec![MaybeUninit::new(f32::NAN); dst.len()];
+            let result = self.gather(tile, &mut uninit);
+            for (d, u) in dst.iter_mut().zip(&uninit) {
+                // SAFETY: every element was initialized (with NaN) above.
+                *d = unsafe { u.assume_init() };
+            }
+            result
+        }
+    }
     use crate::geometry::TilePlan;
     use ndarray::{Array3, ArrayD, IxDyn};
 
@@ -162,7 +368,7 @@ mod tests {
         let g = Gatherer::new(view.clone(), Affine::IDENTITY);
         let tile = plan.tile(0).unwrap();
         let mut buf = vec![0f32; g.tile_len(&tile.read_shape)];
-        g.gather(&tile, &mut buf).unwrap();
+        g.gather_floats(&tile, &mut buf).unwrap();
         let padded = ArrayD::from_shape_fn(IxDyn(&[12, 12, 2]), |i| {
             let y = reflect_index(tile.read_start[0] + i[0] as isize, 5);
             let x = reflect_index(tile.read_start[1] + i[1] as isize, 7);
@@ -172,13 +378,92 @@ mod tests {
     }
 
     #[test]
+    fn runs_split_rows_into_consecutive_stretches_and_the_rest() {
+        let run = |start, end, contiguous| Run {
+            start,
+            end,
+            contiguous,
+        };
+        // Mirrored 3 pixels, 10 consecutive, mirrored 2.
+        let offsets: Vec<isize> = [3, 2, 1].into_iter().chain(0..10).chain([8, 7]).collect();
+        assert_eq!(
+            unit_runs(&offsets, 1),
+            vec![run(0, 3, false), run(3, 13, true), run(13, 15, false)]
+        );
+        // Strided rows and short stretches are never contiguous.
+        let strided: Vec<isize> = (0..20).map(|i| i * 5).collect();
+        assert_eq!(unit_runs(&strided, 5), vec![run(0, 20, false)]);
+        assert_eq!(unit_runs(&[0, 1, 2, 3], 1), vec![run(0, 4, false)]);
+        assert_eq!(unit_runs(&[], 1), vec![]);
+    }
+
+    /// The gathered tile against a reference built pixel by pixel.
+    fn check_against_reference<T: Pixel + From<u8>>(channels: usize) {
+        let (h, w) = (37, 53);
+        let data = ndarray::Array3::from_shape_fn((channels, h, w), |(c, y, x)| {
+            T::from(((c * 31 + y * 7 + x * 3) % 251) as u8)
+        });
+        let affine = Affine::new(0.25, -3.0);
+        let plan = TilePlan::valid(&[h, w], &[28, 28], 6, 4).unwrap();
+        let g = Gatherer::new(data.view().into_dyn(), affine);
+        for tile in plan.tiles() {
+            let mut buf = vec![0f32; g.tile_len(&tile.read_shape)];
+            g.gather_floats(&tile, &mut buf).unwrap();
+            let want = ArrayD::from_shape_fn(IxDyn(&[28, 28, channels]), |i| {
+                let y = reflect_index(tile.read_start[0] + i[0] as isize, h);
+                let x = reflect_index(tile.read_start[1] + i[1] as isize, w);
+                data[[i[2], y, x]].normalized(affine)
+            });
+            assert_eq!(buf, want.as_slice().unwrap(), "tile {}", tile.index);
+        }
+    }
+
+    #[test]
+    fn contiguous_rows_gather_as_the_pixel_by_pixel_reference() {
+        for channels in [1, 3] {
+            check_against_reference::<u8>(channels);
+            check_against_reference::<u16>(channels);
+            check_against_reference::<f32>(channels);
+            check_against_reference::<f64>(channels);
+        }
+    }
+
+    #[test]
+    fn workers_split_a_tile_by_rows_and_agree_with_one_thread() {
+        let data = Array3::from_shape_fn((2, 700, 300), |(c, y, x)| {
+            ((c * 7 + y * 3 + x) % 65_000) as u16
+        });
+        let plan = TilePlan::valid(&[700, 300], &[500, 340], 20, 4).unwrap();
+        let one = Gatherer::new(data.view().into_dyn(), Affine::new(0.01, 1.0));
+        for workers in [2, 3, 8] {
+            let many =
+                Gatherer::new(data.view().into_dyn(), Affine::new(0.01, 1.0)).workers(workers);
+            for tile in plan.tiles() {
+                let (mut a, mut b) = (vec![0f32; 340_000], vec![1f32; 340_000]);
+                one.gather_floats(&tile, &mut a).unwrap();
+                many.gather_floats(&tile, &mut b).unwrap();
+                assert_eq!(a, b, "{workers} workers, tile {}", tile.index);
+            }
+        }
+        // A non-finite value in the last worker's rows is still found.
+        let mut bad = Array3::<f32>::zeros((1, 600, 256));
+        bad[[0, 590, 100]] = f32::NAN;
+        let plan = TilePlan::valid(&[600, 256], &[600, 256], 0, 4).unwrap();
+        let mut buf = vec![0f32; 600 * 256];
+        assert!(Gatherer::new(bad.view().into_dyn(), Affine::IDENTITY)
+            .workers(4)
+            .gather_floats(&plan.tile(0).unwrap(), &mut buf)
+            .is_err());
+    }
+
+    #[test]
     fn applies_the_normalisation() {
         let data = ndarray::Array3::<u8>::from_elem((1, 3, 3), 10);
         let g = Gatherer::new(data.view().into_dyn(), Affine::new(0.5, 1.0));
         let plan = TilePlan::valid(&[3, 3], &[4, 4], 0, 4).unwrap();
         let tile = plan.tile(0).unwrap();
         let mut buf = vec![0f32; 16];
-        g.gather(&tile, &mut buf).unwrap();
+        g.gather_floats(&tile, &mut buf).unwrap();
         assert!(buf.iter().all(|&v| v == 6.0));
     }
 
@@ -192,12 +477,12 @@ mod tests {
         let tile = plan.tile(plan.len() - 1).unwrap(); // reads columns 4..=10, mirrored
 
         let (mut a, mut b) = (vec![0f32; 144], vec![0f32; 144]);
-        full.gather(&tile, &mut a).unwrap();
-        piece.gather(&tile, &mut b).unwrap();
+        full.gather_floats(&tile, &mut a).unwrap();
+        piece.gather_floats(&tile, &mut b).unwrap();
         assert_eq!(a, b);
         let first = plan.tile(0).unwrap(); // reads column 0, which the piece lacks
         assert!(piece
-            .gather(&first, &mut b)
+            .gather_floats(&first, &mut b)
             .unwrap_err()
             .to_string()
             .contains("outside the input"));
@@ -208,16 +493,28 @@ mod tests {
         let mut data = Array3::<f32>::from_elem((1, 6, 6), 1.0);
         data[[0, 2, 3]] = f32::NAN;
         let plan = TilePlan::valid(&[6, 6], &[8, 8], 0, 4).unwrap();
+        // The same in a row long enough to be read as a contiguous run.
+        let mut wide = Array3::<f32>::from_elem((1, 3, 40), 1.0);
+        wide[[0, 1, 20]] = f32::INFINITY;
+        let wide_plan = TilePlan::valid(&[3, 40], &[4, 40], 0, 4).unwrap();
+        let mut wide_buf = vec![0f32; 160];
+        let wide_tile = wide_plan.tile(0).unwrap();
+        assert!(Gatherer::new(wide.view().into_dyn(), Affine::IDENTITY)
+            .gather_floats(&wide_tile, &mut wide_buf)
+            .is_err());
         let tile = plan.tile(0).unwrap();
         let mut buf = vec![0f32; 64];
         let strict = Gatherer::new(data.view().into_dyn(), Affine::IDENTITY);
-        let message = strict.gather(&tile, &mut buf).unwrap_err().to_string();
+        let message = strict
+            .gather_floats(&tile, &mut buf)
+            .unwrap_err()
+            .to_string();
         assert!(
             message.contains("NaN or infinite") && message.contains("propagate"),
             "{message}"
         );
         let lenient = Gatherer::new(data.view().into_dyn(), Affine::IDENTITY).check_finite(false);
-        lenient.gather(&tile, &mut buf).unwrap();
+        lenient.gather_floats(&tile, &mut buf).unwrap();
         assert!(buf.iter().any(|v| v.is_nan()));
 
         let huge =
@@ -227,7 +524,7 @@ mod tests {
             );
         let affine = crate::normalize::affine_from_range(-1e308, 1e300);
         Gatherer::new(huge.view().into_dyn(), affine)
-            .gather(&tile, &mut buf)
+            .gather_floats(&tile, &mut buf)
             .unwrap();
         assert!(
             buf.iter()
@@ -235,7 +532,7 @@ mod tests {
             "{buf:?}"
         );
         Gatherer::new(huge.view().into_dyn(), Affine::IDENTITY)
-            .gather(&tile, &mut buf)
+            .gather_floats(&tile, &mut buf)
             .unwrap();
         assert!(buf.iter().all(|v| v.is_finite()));
     }

@@ -4,9 +4,9 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::{output, tta, Batch, NonFinite, OutputElement, OutputMode, Segmenter, Written};
+use super::{output, reduce, tta, Batch, NonFinite, OutputElement, OutputMode, Segmenter, Written};
 use crate::error::{Error, Result};
-use crate::geometry::{Blend, TilePlan};
+use crate::geometry::{Blend, Tile, TilePlan};
 use crate::metadata::Padding;
 
 impl Segmenter {
@@ -106,7 +106,20 @@ impl Segmenter {
                     .map_err(Error::inference)?;
             }
         }
-        if self.options.nonfinite == NonFinite::Raise {
+        let check = self.options.nonfinite == NonFinite::Raise;
+        let on_cpu = y.device() == Device::Cpu;
+        if on_cpu && reduce::reduces_on_host(mode, info.output) {
+            let (data, bad) = reduce::reduce_on_host::<U>(&y, info.output, &batch.slots, check)?;
+            return match bad {
+                Some(i) => Err(non_finite(&batch.tiles[i])),
+                None => Ok(data),
+            };
+        }
+        if check && on_cpu {
+            if let Some(i) = reduce::first_non_finite(&y, &batch.slots)? {
+                return Err(non_finite(&batch.tiles[i]));
+            }
+        } else if check {
             check_finite(&y, batch)?;
         }
         let mut reduced = output::reduce::<U>(&y, mode, info.output)?;
@@ -153,7 +166,7 @@ impl Segmenter {
 /// A batch tensor `(N, C, spatial...)` in channels-last memory layout from
 /// channels-last data, on `device` in `kind`.
 fn batch_tensor(
-    data: &[f32],
+    data: &Tensor,
     n: usize,
     tile: &[usize],
     channels: usize,
@@ -167,9 +180,7 @@ fn batch_tensor(
     // (N, spatial..., C) -> (N, C, spatial...): a view, channels-last strides.
     let mut order = vec![0i64, dims - 1];
     order.extend(1..dims - 1);
-    let host = Tensor::f_from_slice(data)
-        .and_then(|t| t.f_view(last.as_slice()))
-        .map_err(Error::inference)?;
+    let host = data.f_view(last.as_slice()).map_err(Error::inference)?;
     // A plain (pageable) copy: libtorch 2.11 warns on every pin_memory(device)
     // call, the only form tch exposes, and the copy is small beside the
     // forward pass (measured on an H100, see the README).
@@ -211,15 +222,20 @@ fn check_finite(y: &Tensor, batch: &Batch) -> Result<()> {
             .map_err(Error::inference)?
             == 0
         {
-            return Err(Error::NonFinite(format!(
-                "the network's output holds NaN or infinite values in tile {} (its input window starts at {:?} \
-                 and spans {:?}); check the model's weights and the input's value range, or pass \
-                 nonfinite=\"propagate\" to keep such values",
-                tile.index, tile.read_start, tile.read_shape
-            )));
+            return Err(non_finite(tile));
         }
     }
     // Only slots that repeat a tile to fill the batch went wrong: nothing
     // of theirs is written.
     Ok(())
+}
+
+/// The error for a tile whose network output is not finite.
+fn non_finite(tile: &Tile) -> Error {
+    Error::NonFinite(format!(
+        "the network's output holds NaN or infinite values in tile {} (its input window starts at {:?} \
+         and spans {:?}); check the model's weights and the input's value range, or pass \
+         nonfinite=\"propagate\" to keep such values",
+        tile.index, tile.read_start, tile.read_shape
+    ))
 }

@@ -9,7 +9,8 @@
 //! stage: `options` (what a call asks for), `layout` and `plan` (tile and
 //! batch size), `gather` (windows, mirroring, normalisation), `pipeline`
 //! (the three stages and stitching), `infer` (device, forward, reduction),
-//! `output` (what a result element is), `blend` (weighted same-padded
+//! `output` (what a result element is, the reduction on the device),
+//! `reduce` (the reduction of CPU output, one pass), `blend` (weighted same-padded
 //! tiles), `tta` (test-time augmentation).
 
 mod blend;
@@ -21,6 +22,7 @@ mod options;
 mod output;
 mod pipeline;
 mod plan;
+mod reduce;
 pub mod rescale;
 mod tta;
 
@@ -86,7 +88,8 @@ pub(crate) struct Batch {
     /// Samples in the forward pass: the whole plan's batch this one
     /// reproduces (see [`batch_groups`]).
     n: usize,
-    data: Vec<f32>,
+    /// The gathered tiles, channels-last: a flat CPU `f32` tensor.
+    data: tch::Tensor,
 }
 
 pub(crate) struct Written<U> {
@@ -250,7 +253,8 @@ impl Segmenter {
         let mut layout = self.layout(&window.image)?;
         let affine = self.affine(&input);
         let gatherer = Gatherer::piece(input, affine, window.origin.clone(), window.image.clone())
-            .check_finite(self.options.nonfinite == NonFinite::Raise);
+            .check_finite(self.options.nonfinite == NonFinite::Raise)
+            .workers(host_workers());
         if layout.plan.blends() {
             return blend::run_blended(self, &gatherer, &layout, out);
         }
@@ -488,6 +492,13 @@ impl Segmenter {
             .as_ref()
             .is_some_and(|c| c.load(Ordering::Relaxed))
     }
+}
+
+/// Threads for the host's share of a pipeline stage (gathering a tile):
+/// the machine's cores, up to 8 (beyond that the stage is bound by memory
+/// bandwidth, not by cores).
+fn host_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
 }
 
 pub(super) fn invalid(argument: &'static str, message: String) -> Error {

@@ -147,6 +147,11 @@ pub trait OutputElement: Copy + Default + Send + Sync + 'static {
     fn from_raw(raw: Self::Raw) -> Self;
     /// Converts a blended value (a class index for label types).
     fn from_f32(value: f32) -> Self;
+    /// Converts a class index (only called for label types, with classes
+    /// that fit).
+    fn from_class(class: u16) -> Self {
+        Self::from_f32(f32::from(class))
+    }
 }
 
 impl OutputElement for u8 {
@@ -159,6 +164,9 @@ impl OutputElement for u8 {
     }
     fn from_f32(value: f32) -> Self {
         value as u8
+    }
+    fn from_class(class: u16) -> Self {
+        class as u8
     }
     fn from_id(id: u32) -> Self {
         id as u8
@@ -177,6 +185,9 @@ impl OutputElement for u16 {
     }
     fn from_f32(value: f32) -> Self {
         value as u16
+    }
+    fn from_class(class: u16) -> Self {
+        class
     }
     fn from_id(id: u32) -> Self {
         id as u16

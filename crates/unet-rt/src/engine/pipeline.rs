@@ -45,52 +45,63 @@ impl Segmenter {
         std::thread::scope(|scope| {
             let (batch_tx, batch_rx) = sync_channel::<Batch>(QUEUE_DEPTH);
             let (out_tx, out_rx) = sync_channel::<Written<U>>(QUEUE_DEPTH);
-            let gathering = scope.spawn(move || -> Result<()> {
-                for group in groups {
-                    if self.cancelled() {
-                        return Ok(());
+            let spawn_failed =
+                |e: std::io::Error| Error::Internal(format!("cannot start a pipeline thread: {e}"));
+            let gathering = std::thread::Builder::new()
+                .name("unet-rt-gather".to_owned())
+                .spawn_scoped(scope, move || -> Result<()> {
+                    for group in groups {
+                        if self.cancelled() {
+                            return Ok(());
+                        }
+                        // group.n <= batch size, so this cannot overflow (checked above).
+                        let len = batch_len / layout.batch_size * group.n;
+                        let mut buffer =
+                            memory::HostFloats::uninit(len, "tile", "a batch of tiles")?;
+                        let data = buffer.as_uninit_mut();
+                        let chunk = &tiles[group.range.clone()];
+                        for (tile, &slot) in chunk.iter().zip(&group.slots) {
+                            gatherer
+                                .gather(tile, &mut data[slot * tile_len..(slot + 1) * tile_len])?;
+                        }
+                        // Slots of tiles outside a window repeat a gathered tile:
+                        // a sample's result does not depend on the other samples,
+                        // only the batch's size picks the kernels.
+                        let first = group.slots[0] * tile_len;
+                        for slot in (0..group.n).filter(|s| !group.slots.contains(s)) {
+                            data.copy_within(first..first + tile_len, slot * tile_len);
+                        }
+                        let data = buffer.into_tensor();
+                        let batch = Batch {
+                            tiles: chunk.to_vec(),
+                            slots: group.slots,
+                            n: group.n,
+                            data,
+                        };
+                        if batch_tx.send(batch).is_err() {
+                            return Ok(()); // inference stopped
+                        }
                     }
-                    // group.n <= batch size, so this cannot overflow (checked above).
-                    let mut data = memory::try_filled::<f32>(
-                        batch_len / layout.batch_size * group.n,
-                        "tile",
-                        "a batch of tiles",
-                    )?;
-                    let chunk = &tiles[group.range.clone()];
-                    for (tile, &slot) in chunk.iter().zip(&group.slots) {
-                        gatherer.gather(tile, &mut data[slot * tile_len..(slot + 1) * tile_len])?;
-                    }
-                    // Slots of tiles outside a window repeat a gathered tile:
-                    // a sample's result does not depend on the other samples,
-                    // only the batch's size picks the kernels.
-                    let first = group.slots[0] * tile_len;
-                    for slot in (0..group.n).filter(|s| !group.slots.contains(s)) {
-                        data.copy_within(first..first + tile_len, slot * tile_len);
-                    }
-                    let batch = Batch {
-                        tiles: chunk.to_vec(),
-                        slots: group.slots,
-                        n: group.n,
-                        data,
-                    };
-                    if batch_tx.send(batch).is_err() {
-                        return Ok(()); // inference stopped
-                    }
-                }
-                Ok(())
-            });
+                    Ok(())
+                })
+                .map_err(spawn_failed)?;
             let progress = self.options.progress.clone();
-            let stitcher = scope.spawn(move || {
-                let mut done = 0;
-                for written in out_rx {
-                    sink(&written);
-                    done += written.tiles.len();
-                    if let Some(report) = &progress {
-                        report(Progress { done, total });
+            // On failure, returning drops the queues: the gathering thread's
+            // next send fails and it ends, and the scope joins it.
+            let stitcher = std::thread::Builder::new()
+                .name("unet-rt-stitch".to_owned())
+                .spawn_scoped(scope, move || {
+                    let mut done = 0;
+                    for written in out_rx {
+                        sink(&written);
+                        done += written.tiles.len();
+                        if let Some(report) = &progress {
+                            report(Progress { done, total });
+                        }
                     }
-                }
-                done
-            });
+                    done
+                })
+                .map_err(spawn_failed)?;
             let result = self.infer_all(batch_rx, out_tx, plan, mode);
             let gathered = gathering.join().unwrap_or_else(|_| {
                 Err(Error::Internal("the gathering thread panicked".to_owned()))
