@@ -133,9 +133,12 @@ impl<'a> Planner<'a> {
     }
 
     /// The tiling for an image of spatial shape `image` on `device` in
-    /// `precision`: tiles follow the device only through its default memory
-    /// budget (and the memory check, which counts activations on the CPU
-    /// only), and the precision only through the bytes per value.
+    /// `precision`. On a GPU: the largest tiles within the memory budget
+    /// (the default budget is the device's), batches filling it. On the
+    /// CPU: the tile a closed-form throughput model finds fastest within
+    /// the budget (large tiles waste less on their halo, but their
+    /// activations leave the caches: see `docs/design.md`), and batches
+    /// of one such tile. The precision counts through the bytes per value.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an
@@ -174,12 +177,18 @@ impl<'a> Planner<'a> {
                 }
                 tile
             }
+            None if device == Device::Cpu => {
+                plan::choose_cpu_tile(info, image, halo, budget, element_bytes)
+                    .into_iter()
+                    .map(|t| t.max(info.min_tile()))
+                    .collect()
+            }
             None => plan::choose_tile(info, image, halo, budget, element_bytes)
                 .into_iter()
                 .map(|t| t.max(info.min_tile()))
                 .collect(),
         };
-        let layout = self.layout_with_tile(image, tile, budget, element_bytes)?;
+        let layout = self.layout_with_tile(image, tile, budget, element_bytes, device)?;
         self.check_memory(&layout, device, element_bytes)?;
         Ok(layout)
     }
@@ -248,6 +257,7 @@ impl<'a> Planner<'a> {
         tile: Vec<usize>,
         budget: usize,
         element_bytes: usize,
+        device: Device,
     ) -> Result<Layout> {
         let info = self.info;
         let halo = info.effective_halo();
@@ -260,7 +270,12 @@ impl<'a> Planner<'a> {
         let batch_size = self
             .options
             .batch_size
-            .unwrap_or_else(|| plan::choose_batch(info, &tile, plan.len(), budget, element_bytes))
+            .unwrap_or_else(|| match device {
+                Device::Cpu => {
+                    plan::choose_cpu_batch(info, &tile, plan.len(), budget, element_bytes)
+                }
+                _ => plan::choose_batch(info, &tile, plan.len(), budget, element_bytes),
+            })
             .min(plan.len().max(1));
         Ok(Layout { plan, batch_size })
     }
@@ -290,6 +305,8 @@ impl<'a> Planner<'a> {
             smaller,
             usize::MAX,
             element_bytes,
+            // Batches are set to one below.
+            Device::Cpu,
         )
         .map(|mut l| {
             l.batch_size = 1;
