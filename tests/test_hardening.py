@@ -137,8 +137,8 @@ def test_instances_accept_wide_integer_outputs(model):
         (lambda m: m.layout((2**64, 5)), unet_rt.InvalidArgumentError, "invalid shape"),
         (lambda m: m.layout((-1, 5)), unet_rt.InvalidArgumentError, "invalid shape: -1 is negative"),
         (lambda m: m.layout((100,)), unet_rt.InvalidArgumentError, "the model is 2-D"),
-        (lambda m: m.layout((100000, 100000), memory_budget=2**62), unet_rt.InvalidArgumentError,
-         "invalid memory_budget: .*chosen for the memory budget"),
+        (lambda m: m.layout((100000, 100000), memory_budget=2**62, device="cuda", batch_size=2**40),
+         unet_rt.InvalidArgumentError, "invalid batch_size: .*need about"),
         (lambda m: m.layout("ab"), TypeError, "shape must be"),
         (lambda m: m.needed_input(unet_rt.Window(image=(10**13, 10**13), start=(5, 5), shape=(10, 10))),
          unet_rt.InvalidArgumentError, "invalid image shape"),
@@ -430,23 +430,32 @@ def test_probing_stops_at_once_on_outputs_no_size_can_fix(module, message):
     assert time.perf_counter() - start < 2.0
 
 
-def test_complex_network_output_is_an_inference_error_not_a_dropped_imaginary_part(tmp_path):
-    class Complex(torch.nn.Module):
-        def __init__(self) -> None:
+@pytest.mark.parametrize("kind,message", [("complex", "returns ComplexFloat values"),
+                                          ("sparse", "returns a sparse"), ("mkldnn", "returns a mkldnn")])
+def test_complex_or_non_dense_network_output_is_an_inference_error(kind, message):
+    """Complex values would lose their imaginary part in the conversion to
+    float32; sparse and oneDNN tensors have no strides to read."""
+    class Exotic(torch.nn.Module):
+        def __init__(self, kind: str) -> None:
             super().__init__()
             self.conv = torch.nn.Conv2d(1, 2, 1)
+            self.kind = kind
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             y = self.conv(x)
-            return torch.complex(y, y)
+            if self.kind == "complex":
+                return torch.complex(y, y)
+            if self.kind == "sparse":
+                return y.to_sparse()
+            return y.contiguous().to_mkldnn()
 
     meta = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 2, "output": "softmax",
             "padding": "same", "halo": 4, "size_multiple": 1, "size_offset": 0, "normalization": {"kind": "none"}}
     buffer = io.BytesIO()
-    torch.jit.save(torch.jit.script(Complex()), buffer, _extra_files={"unet_rt.json": json.dumps(meta)})
+    torch.jit.save(torch.jit.script(Exotic(kind)), buffer, _extra_files={"unet_rt.json": json.dumps(meta)})
     model = unet_rt.Model.from_bytes(buffer.getvalue(), device="cpu", precision="fp32")
-    for output in ("raw", "probabilities", "labels"):
-        with pytest.raises(unet_rt.InferenceError, match="returns ComplexFloat values"):
+    for output in ("raw", "probabilities", "labels", "instances"):
+        with pytest.raises(unet_rt.InferenceError, match=message):
             model.segment(IMAGE, output=output)
 
 

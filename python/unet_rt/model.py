@@ -197,14 +197,17 @@ class Model:
 
         With ``device`` and ``precision`` (names as for loading), the tiling
         this model would get there, planned here: the device need not exist
-        on this machine (a Dask client plans its GPU workers' tiles so).
+        on this machine (a Dask client plans its GPU workers' tiles so). On a
+        GPU tiles are the largest within ``memory_budget``; on the CPU the
+        fastest by the planner's throughput model (smaller: their activations
+        stay in the caches), never above the budget.
 
         >>> import unet_rt
         >>> model = unet_rt.Model(tiny_model_path, device="cpu", precision="fp32")
         >>> model.layout((500, 300), tile=84)
         {'tile': [84, 84], 'tiles': 84, 'batch_size': 16, 'stride': [44, 44], 'output_tile': [44, 44], 'grid': [12, 7]}
-        >>> model.layout((4000, 4000))["batch_size"], model.layout((4000, 4000), device="cuda", precision="fp16")["batch_size"]
-        (1, 4)
+        >>> model.layout((4000, 4000))["tile"], model.layout((4000, 4000), device="cuda", precision="fp16")["tile"]
+        ([232, 232], [2088, 2088])
         """
         _check_device_precision(self.device if device is None else device,
                                 self.precision if precision is None else precision)
@@ -638,7 +641,7 @@ def plan(
     >>> import unet_rt
     >>> gpu = unet_rt.plan((4000, 4000), tiny_model_path, device="cuda", precision="fp16")
     >>> cpu = unet_rt.plan((4000, 4000), tiny_model_path, device="cpu", precision="fp32")
-    >>> gpu["batch_size"] > cpu["batch_size"]  # the GPU's larger memory budget
+    >>> gpu["tile"] > cpu["tile"]  # a GPU's largest tiles, the CPU's fastest
     True
     """
     if not (model is None or isinstance(model, (Model, str, os.PathLike))):

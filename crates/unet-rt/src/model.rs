@@ -332,10 +332,22 @@ fn forward_thread(device: Device, job: Job) -> Result<()> {
     Ok(())
 }
 
-/// The network's output if its values are real floating-point numbers:
-/// complex values would lose their imaginary part in the conversion to
-/// float32, and integers or booleans are no logits or probabilities.
+/// The network's output if its values are real floating-point numbers in a
+/// dense (strided) tensor: complex values would lose their imaginary part
+/// in the conversion to float32, integers or booleans are no logits or
+/// probabilities, and sparse or oneDNN tensors have no strides, which the
+/// engine reads (and libtorch throws when asked for them).
 fn floating(output: Tensor) -> Result<Tensor> {
+    for (layout, odd) in [
+        ("sparse", output.is_sparse()),
+        ("mkldnn", output.is_mkldnn()),
+    ] {
+        if odd {
+            return Err(Error::Inference(format!(
+                "the network returns a {layout} tensor; unet_rt needs a dense (strided) one (return .to_dense())"
+            )));
+        }
+    }
     match output.kind() {
         Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double => Ok(output),
         other => Err(Error::Inference(format!(

@@ -88,15 +88,24 @@ pub(crate) fn choose_tile(
 /// CPU forward pass at which its cost per pixel has doubled: see
 /// [`choose_cpu_tile`].
 const CPU_CACHE_SCALE: f64 = 48.0 * 1024.0 * 1024.0;
+/// What one forward pass costs on top of its pixels, in pixels: the
+/// passes' fixed costs (dispatch, thread hand-offs, the host stages' per
+/// tile work), which keep a model with little halo from choosing tiny tiles.
+const CPU_PASS_PIXELS: f64 = 4096.0;
+/// CPU tiles are at least this many pixels per side where the image and
+/// the budget allow: below it fixed costs dominate for any network, which
+/// the model above only estimates.
+const MIN_CPU_TILE_SIDE: usize = 256;
 
 /// The CPU tile: of the ladder tiles within `budget` (and the tile that
 /// covers a short axis whole), the one that computes the image fastest by
 /// the model below; on ties the smaller.
 ///
-/// Cost of an image = tiles x pixels per tile x cost per pixel, with the
-/// cost per pixel `1 + sqrt(A / CPU_CACHE_SCALE)` for `A` the tile's
-/// estimated activation bytes. Larger tiles waste less on their halo but
-/// their activations leave the caches: measured on the 2-core development
+/// Cost of an image = tiles x (pixels per tile + [`CPU_PASS_PIXELS`]) x cost
+/// per pixel, with the cost per pixel `1 + sqrt(A / CPU_CACHE_SCALE)` for
+/// `A` the tile's estimated activation bytes; sides from
+/// [`MIN_CPU_TILE_SIDE`] up unless the budget allows none of those. Larger
+/// tiles waste less on their halo but their activations leave the caches: measured on the 2-core development
 /// machine (32 MiB L3) with the bundled model (halo 44, fp32), throughput
 /// rose from 1.1 MP/s at the largest tile that fits 1 GiB (1116) to
 /// 1.7-1.8 MP/s at 348-476, and fell again below (1.3-1.5 at 220-284); the
@@ -115,54 +124,76 @@ pub(crate) fn choose_cpu_tile(
     if info.fixed_size > 0 {
         return vec![info.fixed_size; image.len()];
     }
+    if info.first_layer_width.is_none() {
+        // No convolution weights to size the activations by (a network of
+        // elementwise operations): nothing for the model to price, and the
+        // fixed costs of each pass dominate, so the largest tiles win.
+        return choose_tile(info, image, halo, budget, element_bytes);
+    }
     let bytes = bytes_per_pixel(info, element_bytes) as f64;
     let multiple = info.size_multiple.max(1);
     let smallest = info.smallest_valid_size();
     // The one tile that covers each axis whole.
     let whole: Vec<usize> = image
         .iter()
-        .map(|&n| info.round_up_valid(n.saturating_add(2 * halo)).max(smallest))
+        .map(|&n| {
+            info.round_up_valid(n.saturating_add(2 * halo))
+                .max(smallest)
+        })
         .collect();
     // One ladder side for every axis, except that an axis the side would
     // cover is covered by its own whole tile: square (cubic) tiles unless
     // the image is thin. Last, one tile for the whole image.
-    let sides = ladder_tiles(info, MAX_AUTO_TILE_SIDE, halo)
+    let sides: Vec<usize> = ladder_tiles(info, MAX_AUTO_TILE_SIDE, halo)
         .into_iter()
         .filter(|&t| t >= smallest)
-        .chain(std::iter::once(usize::MAX));
+        .chain(std::iter::once(usize::MAX))
+        .collect();
     let mut best: Option<(f64, Vec<usize>)> = None;
-    for side in sides {
-        let tile: Vec<usize> = whole.iter().map(|&w| w.min(side)).collect();
-        if tile.iter().any(|&t| t > MAX_AUTO_TILE_SIDE) {
-            continue;
+    // Sides below the floor only when none at or above it fits the budget.
+    for floor in [MIN_CPU_TILE_SIDE, 0] {
+        for &side in sides.iter().filter(|&&t| t >= floor) {
+            let tile: Vec<usize> = whole.iter().map(|&w| w.min(side)).collect();
+            if tile.iter().any(|&t| t > MAX_AUTO_TILE_SIDE) {
+                continue;
+            }
+            let Some(tiles) = tile
+                .iter()
+                .zip(image)
+                .zip(&whole)
+                .map(|((&t, &n), &w)| match t == w {
+                    true => Some(1.0),
+                    false => valid_tiles_along(n, t, halo, multiple).map(|c| c as f64),
+                })
+                .product::<Option<f64>>()
+            else {
+                continue;
+            };
+            let pixels: f64 = tile.iter().map(|&t| t as f64).product();
+            let activations = pixels * bytes;
+            if activations > budget as f64 {
+                continue;
+            }
+            let per_pixel = 1.0 + (activations / CPU_CACHE_SCALE).sqrt();
+            let cost = tiles * (pixels + CPU_PASS_PIXELS) * per_pixel;
+            // Sides come smallest first: a larger one must be strictly faster.
+            if best.as_ref().is_none_or(|(c, _)| cost < *c * (1.0 - 1e-9)) {
+                best = Some((cost, tile));
+            }
         }
-        let Some(tiles) = tile
-            .iter()
-            .zip(image)
-            .zip(&whole)
-            .map(|((&t, &n), &w)| match t == w {
-                true => Some(1.0),
-                false => valid_tiles_along(n, t, halo, multiple).map(|c| c as f64),
-            })
-            .product::<Option<f64>>()
-        else {
-            continue;
-        };
-        let pixels: f64 = tile.iter().map(|&t| t as f64).product();
-        let activations = pixels * bytes;
-        if activations > budget as f64 {
-            continue;
-        }
-        let cost = tiles * pixels * (1.0 + (activations / CPU_CACHE_SCALE).sqrt());
-        // Sides come smallest first: a larger one must be strictly faster.
-        if best.as_ref().is_none_or(|(c, _)| cost < *c * (1.0 - 1e-9)) {
-            best = Some((cost, tile));
+        if best.is_some() {
+            break;
         }
     }
     // Nothing within the budget: the smallest tiles (the memory check
     // speaks up if even they do not fit).
     best.map_or_else(
-        || whole.iter().map(|&w| w.min(smallest.max(info.min_tile()))).collect(),
+        || {
+            whole
+                .iter()
+                .map(|&w| w.min(smallest.max(info.min_tile())))
+                .collect()
+        },
         |(_, tile)| tile,
     )
 }
@@ -178,6 +209,9 @@ pub(crate) fn choose_cpu_batch(
     budget: usize,
     element_bytes: usize,
 ) -> usize {
+    if info.first_layer_width.is_none() {
+        return choose_batch(info, tile, tiles, budget, element_bytes);
+    }
     let within_cache = choose_batch(info, tile, tiles, CPU_CACHE_SCALE as usize, element_bytes);
     within_cache.min(choose_batch(info, tile, tiles, budget, element_bytes))
 }
@@ -352,15 +386,33 @@ mod tests {
     fn cpu_tiles_are_the_fastest_by_the_model_not_the_largest() {
         // Measured on the development machine: 1.7-1.8 MP/s at 348-476
         // against 1.1 at 1116, the largest within 1 GiB (fp32).
-        assert_eq!(choose_cpu_tile(&bundled(), &[4096, 4096], 44, 1 << 30, 4), vec![348, 348]);
-        assert_eq!(choose_tile(&bundled(), &[4096, 4096], 44, 1 << 30, 4), vec![1116, 1116]);
+        assert_eq!(
+            choose_cpu_tile(&bundled(), &[4096, 4096], 44, 1 << 30, 4),
+            vec![348, 348]
+        );
+        assert_eq!(
+            choose_tile(&bundled(), &[4096, 4096], 44, 1 << 30, 4),
+            vec![1116, 1116]
+        );
         // Half the bytes per value: larger tiles stay in the caches.
-        assert_eq!(choose_cpu_tile(&bundled(), &[16384, 16384], 44, 1 << 30, 2), vec![476, 476]);
+        assert_eq!(
+            choose_cpu_tile(&bundled(), &[16384, 16384], 44, 1 << 30, 2),
+            vec![476, 476]
+        );
         // The paper's U-Net: a larger halo asks for larger tiles.
-        assert_eq!(choose_cpu_tile(&paper(64), &[4096, 4096], 92, 1 << 30, 4), vec![572, 572]);
-        assert_eq!(choose_cpu_tile(&paper(64), &[4096, 4096], 92, 1 << 30, 2), vec![700, 700]);
+        assert_eq!(
+            choose_cpu_tile(&paper(64), &[4096, 4096], 92, 1 << 30, 4),
+            vec![572, 572]
+        );
+        assert_eq!(
+            choose_cpu_tile(&paper(64), &[4096, 4096], 92, 1 << 30, 2),
+            vec![700, 700]
+        );
         // Batches of one such tile; many small fixed-size tiles per batch.
-        assert_eq!(choose_cpu_batch(&bundled(), &[348, 348], 100, 1 << 30, 4), 1);
+        assert_eq!(
+            choose_cpu_batch(&bundled(), &[348, 348], 100, 1 << 30, 4),
+            1
+        );
         let mut fixed = bundled();
         fixed.fixed_size = 64;
         let tile = choose_cpu_tile(&fixed, &[4096, 4096], 44, 1 << 30, 4);
@@ -372,7 +424,10 @@ mod tests {
     #[test]
     fn cpu_tiles_cover_small_and_thin_images_whole_and_keep_ladder_strides() {
         let info = bundled();
-        assert_eq!(choose_cpu_tile(&info, &[200, 150], 44, 1 << 30, 4), vec![292, 244]);
+        assert_eq!(
+            choose_cpu_tile(&info, &[200, 150], 44, 1 << 30, 4),
+            vec![292, 244]
+        );
         let thin = choose_cpu_tile(&info, &[30, 100_000], 44, 1 << 30, 4);
         assert_eq!(thin[0], 124);
         assert!(thin[1] >= 348, "{thin:?}");
@@ -387,17 +442,52 @@ mod tests {
                         }
                         let unit = plan.stride()[0] / 8;
                         let odd = unit >> unit.trailing_zeros();
-                        assert!(odd == 1 || odd == 3, "stride {} for {image:?}", plan.stride()[0]);
+                        assert!(
+                            odd == 1 || odd == 3,
+                            "stride {} for {image:?}",
+                            plan.stride()[0]
+                        );
                     }
                     let pixels: usize = tile.iter().product();
                     let smallest = info.min_tile();
                     assert!(
-                        pixels * bytes_per_pixel(&info, bytes) <= budget || tile.contains(&smallest),
+                        pixels * bytes_per_pixel(&info, bytes) <= budget
+                            || tile.contains(&smallest),
                         "{tile:?} over {budget} for {image:?}"
                     );
                 }
             }
         }
+    }
+
+    #[test]
+    fn cpu_tiles_of_models_without_halo_are_not_tiny() {
+        // Nothing to lose on overlap, so only the floor and the per-pass
+        // cost keep the tiles from shrinking to a pixel.
+        let mut elementwise = paper(64);
+        elementwise.halo = 0;
+        elementwise.size_multiple = 1;
+        elementwise.size_offset = 0;
+        assert_eq!(
+            choose_cpu_tile(&elementwise, &[4096, 4096], 0, 1 << 30, 4),
+            vec![256, 256]
+        );
+        // Without convolution weights there is nothing to price: the
+        // largest tiles in the budget, as on a GPU.
+        let mut unknown = elementwise.clone();
+        unknown.first_layer_width = None;
+        let largest = choose_tile(&unknown, &[4096, 4096], 0, 1 << 30, 4);
+        assert_eq!(
+            choose_cpu_tile(&unknown, &[4096, 4096], 0, 1 << 30, 4),
+            largest
+        );
+        assert_eq!(largest, vec![512, 512]);
+        // Below the floor only when the budget leaves nothing else.
+        let tight = choose_cpu_tile(&elementwise, &[4096, 4096], 0, 100 << 10, 4);
+        assert!(
+            tight[0] < 256 && tight[0] * tight[1] * bytes_per_pixel(&elementwise, 4) <= 100 << 10,
+            "{tight:?}"
+        );
     }
 
     #[test]
@@ -408,7 +498,10 @@ mod tests {
         let mut volume = bundled();
         volume.spatial_dims = 3;
         let tile = choose_cpu_tile(&volume, &[512, 2048, 2048], 44, 1 << 30, 4);
-        assert!(tile.iter().all(|&t| (t - 4) % 8 == 0 && t >= 100), "{tile:?}");
+        assert!(
+            tile.iter().all(|&t| (t - 4) % 8 == 0 && t >= 100),
+            "{tile:?}"
+        );
         let voxels: usize = tile.iter().product();
         assert!(voxels * bytes_per_pixel(&volume, 4) <= 1 << 30);
     }
