@@ -207,7 +207,7 @@ class Model:
         >>> model.layout((500, 300), tile=84)
         {'tile': [84, 84], 'tiles': 84, 'batch_size': 16, 'stride': [44, 44], 'output_tile': [44, 44], 'grid': [12, 7]}
         >>> model.layout((4000, 4000))["tile"], model.layout((4000, 4000), device="cuda", precision="fp16")["tile"]
-        ([232, 232], [2088, 2088])
+        ([296, 296], [2088, 2088])
         """
         _check_device_precision(self.device if device is None else device,
                                 self.precision if precision is None else precision)
