@@ -43,6 +43,30 @@ const MIN_WEIGHT: f64 = 1e-6;
 // Mirroring
 // ---------------------------------------------------------------------------
 
+/// Steps a multi-index to the next element in row-major (C) order over
+/// axes of `sizes`; past the last element it wraps to all zeros.
+pub(crate) fn advance_index(index: &mut [usize], sizes: &[usize]) {
+    for (i, &n) in index.iter_mut().zip(sizes).rev() {
+        *i += 1;
+        if *i < n {
+            return;
+        }
+        *i = 0;
+    }
+}
+
+/// The multi-index of element `flat` in row-major (C) order over axes of
+/// `sizes` (empty axes count as one).
+pub(crate) fn unravel_index(mut flat: usize, sizes: &[usize]) -> Vec<usize> {
+    let mut index = vec![0usize; sizes.len()];
+    for (i, &n) in index.iter_mut().zip(sizes).rev() {
+        let n = n.max(1);
+        *i = flat % n;
+        flat /= n;
+    }
+    index
+}
+
 /// Maps a possibly out-of-range coordinate `i` on an axis of length `n` to the
 /// pixel that `numpy.pad(mode="reflect")` puts there.
 ///

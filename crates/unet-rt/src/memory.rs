@@ -71,15 +71,20 @@ pub(crate) fn try_filled<T: Clone + Default>(
 ) -> Result<Vec<T>> {
     let mut v: Vec<T> = Vec::new();
     v.try_reserve_exact(len)
-        .map_err(|_| Error::InvalidArgument {
-            argument,
-            message: format!(
-                "{what} needs {} of memory, which cannot be allocated",
-                format_bytes(bytes_of::<T>(len))
-            ),
-        })?;
+        .map_err(|_| unallocatable(argument, what, bytes_of::<T>(len)))?;
     v.resize(len, T::default());
     Ok(v)
+}
+
+/// The error for `bytes` that `what` needed and did not get.
+fn unallocatable(argument: &'static str, what: &str, bytes: u128) -> Error {
+    Error::InvalidArgument {
+        argument,
+        message: format!(
+            "{what} needs {} of memory, which cannot be allocated",
+            format_bytes(bytes)
+        ),
+    }
 }
 
 /// A CPU `f32` tensor, uninitialized, that only this value holds: network
@@ -93,13 +98,7 @@ impl HostFloats {
     /// `argument` (with the bytes `what` needed) when it cannot be
     /// allocated.
     pub(crate) fn uninit(len: usize, argument: &'static str, what: &str) -> Result<Self> {
-        let too_large = || Error::InvalidArgument {
-            argument,
-            message: format!(
-                "{what} needs {} of memory, which cannot be allocated",
-                format_bytes(bytes_of::<f32>(len))
-            ),
-        };
+        let too_large = || unallocatable(argument, what, bytes_of::<f32>(len));
         let size = i64::try_from(len).map_err(|_| too_large())?;
         tch::Tensor::f_empty([size], (tch::Kind::Float, tch::Device::Cpu))
             .map(Self)
@@ -108,7 +107,7 @@ impl HostFloats {
 
     /// The values, to write (every one, before the tensor is read).
     pub(crate) fn as_uninit_mut(&mut self) -> &mut [std::mem::MaybeUninit<f32>] {
-        let len = usize::try_from(self.0.numel()).unwrap_or(0);
+        let len = self.0.numel();
         if len == 0 {
             return &mut [];
         }

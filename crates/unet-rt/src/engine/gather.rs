@@ -6,7 +6,7 @@ use std::mem::MaybeUninit;
 use ndarray::ArrayViewD;
 
 use crate::error::{Error, Result};
-use crate::geometry::{reflect_index, Tile};
+use crate::geometry::{advance_index, reflect_index, unravel_index, Tile};
 use crate::normalize::Affine;
 use crate::pixel::Pixel;
 
@@ -118,6 +118,7 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
             runs: unit_runs(last, strides[strides.len() - 1]),
             last,
             outer,
+            outer_sizes: outer.iter().map(Vec::len).collect(),
             channel_offsets,
         };
         let row_len = last.len() * self.channels;
@@ -182,13 +183,14 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
         let Tables {
             last,
             outer,
+            outer_sizes,
             runs,
             channel_offsets,
         } = tables;
         let base = self.input.as_ptr();
         let channels = self.channels;
         let row_len = last.len() * channels;
-        let mut index = unravel(first_row, outer);
+        let mut index = unravel_index(first_row, outer_sizes);
         let mut finite = true;
         for row in dst.chunks_exact_mut(row_len.max(1)) {
             let row_offset: isize = outer.iter().zip(&index).map(|(table, &i)| table[i]).sum();
@@ -229,18 +231,19 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
                     }
                 }
             }
-            advance(&mut index, outer);
+            advance_index(&mut index, outer_sizes);
         }
         finite
     }
 }
 
 /// Where a tile's values come from: the element offsets of its mirrored
-/// coordinates per axis (`outer` axes, and the `last` one split in `runs`)
-/// and of each channel.
+/// coordinates per axis (`outer` axes, of `outer_sizes` entries, and the
+/// `last` one split in `runs`) and of each channel.
 struct Tables<'t> {
     last: &'t [isize],
     outer: &'t [Vec<isize>],
+    outer_sizes: Vec<usize>,
     runs: Vec<Run>,
     channel_offsets: Vec<isize>,
 }
@@ -248,17 +251,6 @@ struct Tables<'t> {
 /// Below this many pixels per worker a tile is gathered by one thread:
 /// starting a thread costs about as much as converting that many pixels.
 const MIN_PIXELS_PER_WORKER: usize = 1 << 16;
-
-/// The multi-index over the outer axes of row `row` (row-major).
-fn unravel(mut row: usize, tables: &[Vec<isize>]) -> Vec<usize> {
-    let mut index = vec![0usize; tables.len()];
-    for (i, table) in index.iter_mut().zip(tables).rev() {
-        let n = table.len().max(1);
-        *i = row % n;
-        row /= n;
-    }
-    index
-}
 
 /// A stretch of a tile row: pixels `start..end` of the row, `contiguous`
 /// when they are consecutive elements of the input (an interior stretch of
@@ -327,17 +319,6 @@ fn convert<T: Pixel>(
         d.write(v);
     }
     finite
-}
-
-/// Row-major increment of a multi-index over the outer axes.
-fn advance(index: &mut [usize], tables: &[Vec<isize>]) {
-    for (i, table) in index.iter_mut().zip(tables).rev() {
-        *i += 1;
-        if *i < table.len() {
-            return;
-        }
-        *i = 0;
-    }
 }
 
 #[cfg(test)]

@@ -320,6 +320,24 @@ mod tests {
         assert_eq!(choose_batch(&info, &[1 << 20; 3], 100, usize::MAX, 4), 1);
     }
 
+    /// Every axis that takes several tiles has a stride of `multiple` times
+    /// `2^k` or `3 * 2^k` (see [`ladder_tiles`]).
+    fn assert_ladder_strides(tile: &[usize], image: &[usize], halo: usize, multiple: usize) {
+        for (&t, &n) in tile.iter().zip(image) {
+            let plan = crate::TilePlan::valid(&[n], &[t], halo, multiple.max(1)).unwrap();
+            if plan.len() == 1 {
+                continue; // one tile covers the axis
+            }
+            let unit = plan.stride()[0] / multiple;
+            let odd = unit >> unit.trailing_zeros();
+            assert!(
+                odd == 1 || odd == 3,
+                "stride {} for multiple {multiple}: tile {tile:?} image {image:?}",
+                plan.stride()[0]
+            );
+        }
+    }
+
     #[test]
     fn auto_strides_are_on_the_ladder_and_lose_little() {
         for multiple in [1usize, 4, 8, 16] {
@@ -331,16 +349,7 @@ mod tests {
             for budget in [1usize << 22, 1 << 24, 3 << 25, 1 << 28, 1 << 30, 5 << 30] {
                 for image in [[100_000usize, 100_000], [90, 100_000]] {
                     let tile = choose_tile(&info, &image, halo, budget, 4);
-                    for (&t, &n) in tile.iter().zip(&image) {
-                        let plan =
-                            crate::TilePlan::valid(&[n], &[t], halo, multiple.max(1)).unwrap();
-                        if plan.len() == 1 {
-                            continue; // one tile covers the axis
-                        }
-                        let unit = plan.stride()[0] / multiple;
-                        let odd = unit >> unit.trailing_zeros();
-                        assert!(odd == 1 || odd == 3, "stride {} for multiple {multiple}: tile {tile:?} image {image:?} budget {budget}", plan.stride()[0]);
-                    }
+                    assert_ladder_strides(&tile, &image, halo, multiple);
                     let smallest = info.smallest_valid_size().max(2 * halo + multiple);
                     let pixels: usize = tile.iter().product();
                     let within = pixels * bytes_per_pixel(&info, 4) <= budget;
@@ -358,10 +367,7 @@ mod tests {
         // The bundled model's geometry in bf16 on a 4 GiB GPU budget: the
         // largest ladder tile (stride 3072) needs two per 4096 axis, and so
         // does stride 2048, which computes a third of the pixels.
-        let mut info = paper(16);
-        info.halo = 44;
-        info.size_multiple = 8;
-        info.size_offset = 4;
+        let info = bundled();
         assert_eq!(
             choose_tile(&info, &[4096, 4096], 44, 4 << 30, 2),
             vec![2140, 2140]
@@ -435,19 +441,7 @@ mod tests {
             for budget in [1usize << 24, 1 << 27, 1 << 30] {
                 for bytes in [2, 4] {
                     let tile = choose_cpu_tile(&info, &image, 44, budget, bytes);
-                    for (&t, &n) in tile.iter().zip(&image) {
-                        let plan = crate::TilePlan::valid(&[n], &[t], 44, 8).unwrap();
-                        if plan.len() == 1 {
-                            continue;
-                        }
-                        let unit = plan.stride()[0] / 8;
-                        let odd = unit >> unit.trailing_zeros();
-                        assert!(
-                            odd == 1 || odd == 3,
-                            "stride {} for {image:?}",
-                            plan.stride()[0]
-                        );
-                    }
+                    assert_ladder_strides(&tile, &image, 44, 8);
                     let pixels: usize = tile.iter().product();
                     let smallest = info.min_tile();
                     assert!(

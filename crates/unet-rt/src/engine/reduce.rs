@@ -14,6 +14,7 @@ use tch::{Kind, Tensor};
 
 use super::{OutputElement, OutputMode};
 use crate::error::{Error, Result};
+use crate::geometry::advance_index;
 use crate::memory;
 use crate::metadata::Activation;
 
@@ -209,7 +210,7 @@ impl<'t> Strided<'t> {
                 let slices: Vec<&[f32]> = scratch.chunks_exact(row_len).collect();
                 f(&slices);
             }
-            advance(&mut index, outer);
+            advance_index(&mut index, outer);
         }
     }
 }
@@ -281,17 +282,6 @@ fn first_largest(channels: &[&[f32]], best: &mut [f32], index: &mut [u16]) {
 #[inline]
 fn beats(value: f32, best: f32) -> bool {
     (value > best) | (value.is_nan() & !best.is_nan())
-}
-
-/// Row-major increment of a multi-index over `sizes`.
-fn advance(index: &mut [usize], sizes: &[usize]) {
-    for (i, &n) in index.iter_mut().zip(sizes).rev() {
-        *i += 1;
-        if *i < n {
-            return;
-        }
-        *i = 0;
-    }
 }
 
 #[cfg(test)]

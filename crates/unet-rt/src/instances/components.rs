@@ -17,6 +17,7 @@
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 use crate::error::{Error, Result};
+use crate::geometry::advance_index;
 
 /// An element of a mask: foreground when nonzero (or `true`).
 pub trait Foreground: Copy {
@@ -121,7 +122,7 @@ pub(super) fn label_graph(
             }
         }
         labels.push(label);
-        advance(&mut index, shape);
+        advance_index(&mut index, shape);
     }
     // A component's first pixel in raster order has no earlier neighbour in
     // it, so it opened the component's smallest provisional label, which is
@@ -159,17 +160,6 @@ pub(super) fn c_strides(shape: &[usize]) -> Vec<usize> {
         strides[axis] = strides[axis + 1] * shape[axis + 1];
     }
     strides
-}
-
-/// Steps a multi-index to the next element in C order.
-fn advance(index: &mut [usize], shape: &[usize]) {
-    for axis in (0..shape.len()).rev() {
-        index[axis] += 1;
-        if index[axis] < shape[axis] {
-            return;
-        }
-        index[axis] = 0;
-    }
 }
 
 /// The root of `label`, halving the path on the way.
