@@ -33,8 +33,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Segment a zarr array into a zarr group on a Dask cluster (resumable).",
         epilog="Rerun the same command to resume an interrupted run.",
     )
-    parser.add_argument("source", help="the input zarr array (path or URL)")
-    parser.add_argument("destination", help="the output zarr group (path or URL); created when missing")
+    parser.add_argument("source", help="the input zarr array or OME-Zarr image (path or URL)")
+    parser.add_argument("destination", help="the output zarr group (path or URL), or the OME-Zarr image to add labels to; "
+                        "created when missing")
     parser.add_argument("--model", "-m", default=None, help="model file (.pt), readable on every worker; default: the bundled model")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler, e.g. tcp://host:8786")
@@ -61,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--shards", type=int, default=None, help="spatial shard size of a new destination (zarr v3)")
     parser.add_argument("--resources", default=None, metavar="NAME=N[,NAME=N]",
                         help="worker resources each segmentation task claims, e.g. GPU=1 (workers started with --resources)")
+    ome = parser.add_mutually_exclusive_group()
+    ome.add_argument("--ome", dest="ome", action="store_true", default=None,
+                     help="write an OME-Zarr label image (destination/labels/<output>); default when the source is OME-Zarr")
+    ome.add_argument("--no-ome", dest="ome", action="store_false", help="write a plain zarr group even for OME-Zarr sources")
+    parser.add_argument("--levels", type=int, default=None,
+                        help="resolution levels of the OME-Zarr label image (default: the source image's, else 1)")
     parser.add_argument("--no-resume", dest="resume", action="store_false", help="overwrite the destination instead of resuming")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return parser
@@ -129,6 +136,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 min_size=args.min_size,
                 fill_holes=None if args.fill_holes is None else args.fill_holes == "yes",
                 resources=resources,
+                ome=args.ome,
+                levels=args.levels,
             )
     except KeyboardInterrupt:
         print("unet_rt.dask: interrupted; rerun the same command to resume", file=sys.stderr)
@@ -136,7 +145,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (UnetRtError, OSError, ValueError) as e:
         print(f"unet_rt.dask: error: {e}", file=sys.stderr)
         return 1
-    print(f"{args.destination}/{result.basename}: shape {tuple(result.shape)}, {result.dtype}, "
+    print(f"{args.destination.rstrip('/')}/{result.path}: shape {tuple(result.shape)}, {result.dtype}, "
           f"{time.perf_counter() - started:.1f} s")
     return 0
 

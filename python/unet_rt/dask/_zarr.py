@@ -42,6 +42,7 @@ from ._array import (
 from ._blocks import BlockPlan, segment_block
 from ._instances import block_summary, context_of, hole_summary, margin, merge_holes, merge_summaries, relabel_block
 from ._array_axes import ArrayAxes
+from ._ome import colors, label_image, open_source, write_metadata
 from ._spec import ModelSpec, ResolvedModel, load_model, resolve_model
 from ._runner import Runner
 from ._tiling import Tiling, block_shape
@@ -168,6 +169,8 @@ def segment_to_zarr(
     min_size: Optional[int] = None,
     fill_holes: Optional[bool] = None,
     object_size: Optional[float] = None,
+    ome: Optional[bool] = None,
+    levels: Optional[int] = None,
 ) -> Any:
     """Segments a zarr array into a zarr group, block by block, on a Dask
     cluster (or in this process), resumably.
@@ -181,8 +184,13 @@ def segment_to_zarr(
     no two tasks write the same chunk or shard.
 
     Args:
-        source: a zarr array, or the path/URL of one.
+        source: a zarr array, or the path/URL of one; or an OME-Zarr image
+            (a group with NGFF ``multiscales``), whose level 0 is read with
+            the axes its metadata names (length-1 ``t`` or ``z`` axes that a
+            2-D model cannot read as a batch are skipped).
         destination: a zarr group, or its path/URL; created when missing.
+            For OME-Zarr output, the image group to write labels into (the
+            source's own group, or any other).
         model: a :class:`unet_rt.Model`, a path (readable on the workers), or
             ``None`` for the bundled model.
         client: a ``distributed.Client``; ``None`` uses the current default
@@ -215,9 +223,23 @@ def segment_to_zarr(
         resources: worker resources each segmentation task claims, e.g.
             ``{"GPU": 1}`` on workers started with ``--resources GPU=1``
             (statistics and merging tasks claim none).
+        ome: write an OME-Zarr (NGFF) label image,
+            ``destination/labels/<output>/0`` with ``image-label`` metadata
+            (a colour and the class name per class for ``"labels"``),
+            which viewers open as labels; ``None`` (default) does so when
+            the source is an OME-Zarr image. Only for ``output="labels"``
+            and ``"instances"``. Zarr v3 destinations get NGFF 0.5, v2 ones
+            NGFF 0.4.
+        levels: resolution levels of the OME-Zarr label image, computed
+            by the workers from level 0 by nearest-neighbour subsampling
+            (level k keeps every f-th pixel). Default: those of the
+            OME-Zarr source image (same factors and shapes, as NGFF
+            readers expect of an image's labels), else 1; levels beyond
+            the image's halve the model's spatial axes again.
 
     Returns:
-        The result array (``destination[output]``).
+        The result array (``destination[output]``; for OME-Zarr output,
+        level 0 of the label image).
 
     Example:
 
@@ -236,20 +258,39 @@ def segment_to_zarr(
     check_tta(tta)
     check_normalize(normalize)
     check_object_size(object_size)
-    src = source if isinstance(source, zarr.Array) else zarr.open_array(_path(source), mode="r")
-    check_dtype(src.dtype)
+    levels = None if levels is None else _check_levels(levels)
     resolved = resolve_model(model, device, precision)
     info = resolved.info
+    src, ome_source = open_source(_path(source), int(info["spatial_dims"]))
+    check_dtype(src.dtype)
+    if ome_source is not None:
+        if axes is not None and axes != ome_source.axes:
+            raise InvalidArgumentError(f"invalid axes: {axes!r}; the OME-Zarr source's metadata says {ome_source.axes!r}")
+        axes = ome_source.axes
+    ngff = ome_source is not None if ome is None else bool(ome)
+    if ngff and output not in ("labels", "instances"):
+        raise InvalidArgumentError(
+            f"invalid output: {output!r}; OME-Zarr destinations hold label images (output='labels' or 'instances'); "
+            f"pass ome=False for a plain zarr group"
+        )
+    if levels is not None and levels > 1 and not ngff:
+        raise InvalidArgumentError(f"invalid levels: {levels}; resolution levels are written for OME-Zarr label images (ome=True)")
     array_axes = ArrayAxes.of(src.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
     read_out = json.dumps(resolved.local.read_out(min_size, fill_holes), sort_keys=True)
     shape = array_axes.canonical_shape(src.shape)
     _, tiling = resolved.plan(shape[2:], 0, tile, batch_size, memory_budget)
     engine_output = "labels" if output == "instances" else output
     mode = "a" if resume else "w"
-    if isinstance(destination, zarr.Group):
-        group = zarr.open_group(store=destination.store, path=destination.path, mode=mode)
+    if ngff:
+        # Never overwrite the destination itself: it may be the image.
+        root = _open_group(destination, "a")
+        labels_group = root.require_group("labels")
+        group = zarr.open_group(store=labels_group.store, path=f"{labels_group.path}/{output}".lstrip("/"), mode=mode,
+                                zarr_format=root.metadata.zarr_format)
+        layout = label_image(array_axes.axes, array_axes.spatial_dims, ome_source,
+                             ome_source is not None and _same_group(ome_source.group, root), levels)
     else:
-        group = zarr.open_group(_path(destination), mode=mode)
+        group, layout = _open_group(destination, mode), None
     config = {
         "format": _FORMAT,
         "output": output,
@@ -262,6 +303,8 @@ def segment_to_zarr(
         "tta": check_tta(tta),
         "read_out": json.loads(read_out) if output == "instances" else None,
         "normalize": normalize if isinstance(normalize, str) else given_ranges(normalize, shape[0]).tolist(),
+        "ome": ngff,
+        "levels": 1 if layout is None else layout.levels,
     }
     previous = dict(group.attrs.get(_ATTRS) or {})
     if previous:
@@ -277,8 +320,9 @@ def segment_to_zarr(
         blocks, spatial_chunks, spatial_shards = _choose_blocks(block, chunks, shards, shape[2:], tiling)
     plan = BlockPlan(spatial_dims=array_axes.spatial_dims, output=engine_output, tiling=tiling, memory_budget=memory_budget,
                      tta=config["tta"])
-    target = _array(group, engine_output, resolved.local.result_shape(src.shape, engine_output, array_axes.axes),
-                    resolved.local.result_dtype(engine_output), array_axes, spatial_chunks, spatial_shards, previous)
+    names = _names(output, ngff)
+    target = _array(group, names[engine_output], resolved.local.result_shape(src.shape, engine_output, array_axes.axes),
+                    resolved.local.result_dtype(engine_output), array_axes, spatial_chunks, spatial_shards, previous, layout)
     spatial_chunks = tuple(target.chunks[-array_axes.spatial_dims :])
     spatial_shards = None if target.shards is None else tuple(target.shards[-array_axes.spatial_dims :])
     numblocks = (shape[0],) + tuple(math.ceil(n / b) for n, b in zip(shape[2:], blocks))
@@ -296,16 +340,21 @@ def segment_to_zarr(
         desc=f"unet_rt {engine_output}",
         resources=resources,
     )
-    if output != "instances":
+    if output == "instances":
+        ids = (resolved.local.result_shape(src.shape, "instances", array_axes.axes), resolved.local.result_dtype("instances"))
+        target = _instances(group, names["instances"], target, ids, array_axes, shape, blocks, numblocks, spatial_chunks,
+                            spatial_shards, previous, runner, read_out, layout)
+    if layout is None:
         return target
-    ids = (resolved.local.result_shape(src.shape, "instances", array_axes.axes), resolved.local.result_dtype("instances"))
-    return _instances(group, target, ids, array_axes, shape, blocks, numblocks, spatial_chunks, spatial_shards, previous,
-                      runner, read_out)
+    _pyramid(group, layout, runner)
+    image_label = colors(resolved.local.classes) if output == "labels" else {}
+    write_metadata(root, labels_group, group, output, layout, image_label)
+    return group["0"]
 
 
-def _instances(group, labels, ids, array_axes, shape, blocks, numblocks, spatial_chunks, spatial_shards, previous,
-               runner, read_out) -> Any:
-    target = _array(group, "instances", ids[0], ids[1], array_axes, spatial_chunks, spatial_shards, previous)
+def _instances(group, name, labels, ids, array_axes, shape, blocks, numblocks, spatial_chunks, spatial_shards, previous,
+               runner, read_out, layout) -> Any:
+    target = _array(group, name, ids[0], ids[1], array_axes, spatial_chunks, spatial_shards, previous, layout)
     done = _markers(group, "_done_instances", numblocks)
     todo = _todo(done, numblocks)
     if not todo:
@@ -339,6 +388,64 @@ def _path(location: Any) -> Any:
     return os.fspath(location) if isinstance(location, os.PathLike) else location
 
 
+def _open_group(location: Any, mode: str) -> Any:
+    import zarr
+
+    if isinstance(location, zarr.Group):
+        return zarr.open_group(store=location.store, path=location.path, mode=mode)
+    return zarr.open_group(_path(location), mode=mode)
+
+
+def _same_group(a: Any, b: Any) -> bool:
+    return str(a.store) == str(b.store) and a.path.strip("/") == b.path.strip("/")
+
+
+def _names(output: str, ngff: bool) -> Dict[str, str]:
+    """Array names in the destination group: by kind in a plain group; in
+    an OME-Zarr label image, level 0 is ``0`` and the class map behind
+    instances is ``_classes``."""
+    if not ngff:
+        return {kind: kind for kind in ("labels", "probabilities", "raw", "instances")}
+    return {"labels": "0" if output == "labels" else "_classes", "instances": "0"}
+
+
+def _check_levels(levels: Any) -> int:
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or not 1 <= int(levels) <= 32:
+        raise InvalidArgumentError(f"invalid levels: expected an int from 1 to 32, got {levels!r}")
+    return int(levels)
+
+
+def _downsample_task(source: Any, target: Any, done: Any, index: Tuple[int, ...], step: Tuple[int, ...]) -> int:
+    region = [slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, target.chunks, target.shape)]
+    read = tuple(slice(r.start * f, r.stop * f, f) for r, f in zip(region, step))
+    target[tuple(region)] = np.asarray(source[read])
+    done[index] = 1
+    return 1
+
+
+def _pyramid(group, layout, runner) -> None:
+    """Resolution levels 1.. of a label image, each from the one before
+    (every f-th pixel: level k is level 0's pixels 0, f_k, 2 f_k, ...), one
+    task per chunk; resumable like the segmentation."""
+    previous = group["0"]
+    for level in range(1, layout.levels):
+        shape = layout.level_shape(previous.shape, level)
+        name = str(level)
+        if name in group and tuple(group[name].shape) == shape and f"_done_{name}" in group:
+            array = group[name]
+        else:
+            chunks = tuple(min(int(c), n) for c, n in zip(group["0"].chunks, shape))
+            extra = {"dimension_names": [a["name"] for a in layout.axes]} if group.metadata.zarr_format == 3 else {}
+            array = group.create_array(name, shape=shape, dtype=previous.dtype, chunks=chunks, fill_value=0,
+                                       overwrite=True, **extra)
+        numchunks = tuple(math.ceil(n / c) for n, c in zip(shape, array.chunks))
+        done = _markers(group, f"_done_{name}", numchunks)
+        todo = _todo(done, numchunks)
+        runner.run(_downsample_task, [((previous, array, done, index, layout.step(level)), {}) for index in todo], {},
+                   total=int(np.prod(numchunks)), desc=f"unet_rt level {level}")
+        previous = array
+
+
 def _model_digest(resolved: ResolvedModel) -> str:
     if resolved.data is not None:
         return hashlib.sha256(resolved.data).hexdigest()
@@ -350,7 +457,7 @@ def _model_digest(resolved: ResolvedModel) -> str:
 
 
 # What destinations written before a setting existed used.
-_BEFORE = {"tta": "none", "read_out": None}
+_BEFORE = {"tta": "none", "read_out": None, "ome": False, "levels": 1}
 
 
 def _check_same_job(previous: Dict[str, Any], config: Dict[str, Any], destination: Any) -> None:
@@ -391,9 +498,9 @@ def _choose_blocks(
     return blocks, chunk or blocks, shard
 
 
-def _array(group, name, shape, dtype, array_axes, spatial_chunks, spatial_shards, previous) -> Any:
+def _array(group, name, shape, dtype, array_axes, spatial_chunks, spatial_shards, previous, layout=None) -> Any:
     if previous and name in group:
-        array = group[name]
+        array = group[name] if layout is None else layout.view(group[name])
         if tuple(array.shape) != tuple(shape) or array.dtype != dtype:
             raise InvalidArgumentError(f"invalid destination: {name} has shape {array.shape} and dtype {array.dtype}, "
                                        f"expected {shape} and {dtype}; pass resume=False to start over")
@@ -402,7 +509,13 @@ def _array(group, name, shape, dtype, array_axes, spatial_chunks, spatial_shards
     head = tuple(1 if (array_axes.batched and i == 0) else int(shape[i]) for i in range(lead))
     chunks = head + tuple(spatial_chunks)
     shards = None if spatial_shards is None else head + tuple(spatial_shards)
-    return group.create_array(name, shape=tuple(shape), dtype=dtype, chunks=chunks, shards=shards, fill_value=0, overwrite=True)
+    if layout is None:
+        return group.create_array(name, shape=tuple(shape), dtype=dtype, chunks=chunks, shards=shards, fill_value=0,
+                                  overwrite=True)
+    extra = {"dimension_names": [a["name"] for a in layout.axes]} if group.metadata.zarr_format == 3 else {}
+    array = group.create_array(name, shape=layout.full(shape), dtype=dtype, chunks=layout.full(chunks),
+                               shards=None if shards is None else layout.full(shards), fill_value=0, overwrite=True, **extra)
+    return layout.view(array)
 
 
 def _markers(group, name: str, numblocks: Tuple[int, ...]) -> Any:

@@ -1,0 +1,186 @@
+"""OME-Zarr (NGFF): images read at level 0 with their axes, label images
+written into or next to them, checked with the NGFF readers and
+validators from PyPI (``ome-zarr``, ``ome-zarr-models``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import warnings
+
+import numpy as np
+import pytest
+import zarr
+from ome_zarr.format import FormatV04
+from ome_zarr.io import parse_url
+from ome_zarr.reader import Label, Reader
+from ome_zarr_models import open_ome_zarr
+
+with warnings.catch_warnings():
+    # ome-zarr's writer builds a deprecated default Scaler at import.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from ome_zarr.writer import write_image
+
+import unet_rt
+import unet_rt.dask as ud
+from unet_rt.errors import InvalidArgumentError
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    # Odd width: image pyramids round their level shapes.
+    return (rng.random((181, 203)) * 4000).astype(np.uint16)
+
+
+def _ome_image(path: Path, data: np.ndarray, axes: str, zarr_format: int = 3, levels: int = 3) -> zarr.Group:
+    root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+    fmt = {} if zarr_format == 3 else {"fmt": FormatV04()}
+    write_image(data, root, axes=axes, scale_factors=tuple(2**k for k in range(1, levels)), **fmt)
+    return root
+
+
+def _validated(path: Path) -> str:
+    """The ome-zarr-models class the group validates as (raises when none)."""
+    model = open_ome_zarr(zarr.open_group(str(path), mode="r"))
+    return f"{type(model).__module__.split('.')[-2]}.{type(model).__name__}"
+
+
+def _segment(path, destination, model, **kwargs):
+    return ud.segment_to_zarr(str(path), str(destination), model, client=False, device="cpu", progress=False,
+                              block=64, **kwargs)
+
+
+@pytest.mark.parametrize("zarr_format,version", [(3, "v05"), (2, "v04")])
+def test_labels_into_an_ome_zarr_image_validate_and_read_back(tmp_path, image, tiny_model_path, zarr_format, version):
+    src = tmp_path / "image.zarr"
+    _ome_image(src, image[None, None], "tcyx", zarr_format)
+    out = _segment(src, src, tiny_model_path)
+    want = unet_rt.segment(image, tiny_model_path, device="cpu")
+    # Level 0 keeps the image's axes but c, and equals the in-memory result.
+    assert out.shape == (1,) + image.shape
+    np.testing.assert_array_equal(out[0], want)
+    # Validators: the image with its labels, the labels group, the label image.
+    assert _validated(src) == f"{version}.Image"
+    assert _validated(src / "labels") == f"{version}.Labels"
+    assert _validated(src / "labels" / "labels") == f"{version}.ImageLabel"
+    # A maintained reader finds the label image with its levels and classes.
+    nodes = list(Reader(parse_url(str(src / "labels" / "labels")))())
+    label = next(n for n in nodes if any(isinstance(s, Label) for s in n.specs))
+    image_shapes = [a.shape for a in (zarr.open_array(str(src / d["path"])) for d in _datasets(src))]
+    assert [tuple(d.shape) for d in label.data] == [(s[0],) + tuple(s[2:]) for s in image_shapes]
+    np.testing.assert_array_equal(np.asarray(label.data[0])[0], want)
+    np.testing.assert_array_equal(np.asarray(label.data[2])[0], want[::4, ::4][: image_shapes[2][2], : image_shapes[2][3]])
+    props = label.metadata.get("properties") or {}
+    assert {p.get("class") for p in props.values()} >= {"background", "class_1"}
+    attrs = dict(zarr.open_group(str(src / "labels" / "labels")).attrs)
+    meta = attrs["ome"]["image-label"] if zarr_format == 3 else attrs["image-label"]
+    assert meta["source"] == {"image": "../../"}
+    assert [c["label-value"] for c in meta["colors"]] == [0, 1] and meta["colors"][0]["rgba"][3] == 0
+
+
+def _datasets(group_path: Path):
+    attrs = dict(zarr.open_group(str(group_path), mode="r").attrs)
+    return (attrs.get("ome") or attrs)["multiscales"][0]["datasets"]
+
+
+def test_instances_beside_labels_in_the_same_image(tmp_path, image, tiny_model_path):
+    src = tmp_path / "image.zarr"
+    _ome_image(src, image[None, None], "tcyx")
+    _segment(src, src, tiny_model_path)
+    out = _segment(src, src, tiny_model_path, output="instances", min_size=0)
+    want = unet_rt.segment(image, tiny_model_path, device="cpu", output="instances", min_size=0)
+    np.testing.assert_array_equal(out[0], want)
+    assert dict(zarr.open_group(str(src / "labels")).attrs)["ome"]["labels"] == ["labels", "instances"]
+    assert _validated(src) == "v05.Image"
+    assert _validated(src / "labels" / "instances") == "v05.ImageLabel"
+
+
+def test_plain_zarr_to_an_ome_zarr_label_image_with_levels(tmp_path, image, tiny_model_path):
+    src = zarr.create_array(str(tmp_path / "in.zarr"), data=image, chunks=(64, 64))
+    out = _segment(tmp_path / "in.zarr", tmp_path / "out.zarr", tiny_model_path, ome=True, levels=3)
+    want = unet_rt.segment(image, tiny_model_path, device="cpu")
+    np.testing.assert_array_equal(out[...], want)
+    level = zarr.open_group(str(tmp_path / "out.zarr" / "labels" / "labels"))
+    assert [level[str(k)].shape for k in range(3)] == [(181, 203), (91, 102), (46, 51)]
+    np.testing.assert_array_equal(level["2"][...], want[::4, ::4])
+    scales = [d["coordinateTransformations"][0]["scale"] for d in level.attrs["ome"]["multiscales"][0]["datasets"]]
+    assert scales == [[1.0, 1.0], [2.0, 2.0], [4.0, 4.0]]
+    assert [a["name"] for a in level.attrs["ome"]["multiscales"][0]["axes"]] == ["y", "x"]
+    assert _validated(tmp_path / "out.zarr" / "labels" / "labels") == "v05.ImageLabel"
+    assert src.shape == image.shape  # the source is untouched
+
+
+def test_ome_zarr_stack_of_planes_with_length_one_time(tmp_path, tiny_model_path):
+    stack = (np.random.default_rng(3).random((1, 1, 3, 90, 100)) * 255).astype(np.uint8)
+    src = tmp_path / "stack.zarr"
+    _ome_image(src, stack, "tczyx", levels=2)
+    out = _segment(src, src, tiny_model_path)
+    assert out.shape == (1, 3, 90, 100)
+    np.testing.assert_array_equal(out[0], unet_rt.segment(stack[0, 0], tiny_model_path, device="cpu", axes="zyx"))
+    assert _validated(src) == "v05.Image"
+
+
+def test_resume_skips_finished_work_and_refuses_foreign_labels(tmp_path, image, tiny_model_path):
+    src = tmp_path / "image.zarr"
+    root = _ome_image(src, image[None, None], "tcyx")
+    _segment(src, src, tiny_model_path)
+    calls = []
+    ud.segment_to_zarr(str(src), str(src), tiny_model_path, client=False, device="cpu", block=64,
+                       progress=lambda done, total: calls.append((done, total)))
+    assert all(done == total for done, total in calls)  # every block and level was already done
+    # A label image another tool wrote (here "instances") is not
+    # overwritten unless asked.
+    foreign = root.require_group("labels").require_group("instances")
+    foreign.create_array("0", shape=(1, 4, 4), dtype=np.uint8)
+    with pytest.raises(InvalidArgumentError, match="did not write"):
+        _segment(src, src, tiny_model_path, output="instances")
+    _segment(src, src, tiny_model_path, output="instances", resume=False)
+    assert zarr.open_array(str(src / "labels" / "instances" / "0")).shape == (1,) + image.shape
+    assert dict(root["labels"].attrs)["ome"]["labels"] == ["labels", "instances"]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"output": "probabilities"}, "invalid output"),
+    ({"levels": 0}, "invalid levels"),
+    ({"axes": "yx"}, "invalid axes"),
+])
+def test_ome_errors_name_the_argument(tmp_path, image, tiny_model_path, kwargs, match):
+    src = tmp_path / "image.zarr"
+    _ome_image(src, image[None, None], "tcyx", levels=1)
+    with pytest.raises(InvalidArgumentError, match=match):
+        _segment(src, tmp_path / "out.zarr", tiny_model_path, **kwargs)
+
+
+def test_levels_need_ome_output_and_groups_need_multiscales(tmp_path, image, tiny_model_path):
+    zarr.create_array(str(tmp_path / "in.zarr"), data=image, chunks=(64, 64))
+    with pytest.raises(InvalidArgumentError, match="invalid levels"):
+        _segment(tmp_path / "in.zarr", tmp_path / "out.zarr", tiny_model_path, levels=2)
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w").create_array("a", data=image)
+    with pytest.raises(InvalidArgumentError, match="without OME-Zarr multiscales"):
+        _segment(tmp_path / "plain.zarr", tmp_path / "out2.zarr", tiny_model_path)
+
+
+def test_two_batch_axes_are_refused(tmp_path, tiny_model_path):
+    src = tmp_path / "tz.zarr"
+    _ome_image(src, np.zeros((2, 1, 3, 64, 64), np.uint8), "tczyx", levels=1)
+    with pytest.raises(InvalidArgumentError, match="not both"):
+        _segment(src, src, tiny_model_path)
+
+
+def test_command_line_adds_labels_to_an_ome_zarr_image(tmp_path, image, tiny_model_path):
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "image.zarr"
+    _ome_image(src, image[None, None], "tcyx", levels=2)
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, "-m", "unet_rt.dask", str(src), str(src), "--model", str(tiny_model_path), "--device", "cpu",
+         "--block", "64", "--output", "instances", "--no-progress"],
+        capture_output=True, text=True, timeout=300, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert run.returncode == 0, run.stderr
+    assert "labels/instances/0: shape (1, 181, 203), uint32" in run.stdout
+    assert _validated(src) == "v05.Image"
