@@ -23,6 +23,7 @@ from .errors import (
     ModelError,
     ModelNotFoundError,
     NonFiniteError,
+    PackageError,
     UnetRtError,
     UnetRtIOError,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "ModelError",
     "ModelNotFoundError",
     "MetadataError",
+    "PackageError",
     "InvalidArgumentError",
     "DeviceError",
     "InferenceError",

@@ -17,6 +17,7 @@ __all__ = [
     "ModelError",
     "ModelNotFoundError",
     "MetadataError",
+    "PackageError",
     "InvalidArgumentError",
     "DeviceError",
     "InferenceError",
@@ -42,6 +43,11 @@ class ModelNotFoundError(UnetRtError, FileNotFoundError):
 
 class MetadataError(ModelError):
     """The model's embedded ``unet_rt.json`` metadata is malformed."""
+
+
+class PackageError(ModelError):
+    """A bioimage.io package is invalid, or asks for axes, sizes or a
+    processing step unet_rt cannot run (the message names it)."""
 
 
 class InvalidArgumentError(UnetRtError, ValueError):

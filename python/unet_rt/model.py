@@ -45,7 +45,9 @@ class Model:
 
     Args:
         path: a TorchScript file (``.pt``), ideally exported with unet_rt
-            metadata (``python -m training.export``); ``None`` loads the
+            metadata (``python -m training.export``); a bioimage.io package
+            with TorchScript weights (``.zip``, or a folder holding
+            ``rdf.yaml``; see :mod:`unet_rt.bioimageio`); ``None`` loads the
             bundled nuclei model.
         device: ``"auto"`` (the first GPU if there is one, else the CPU),
             ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
@@ -81,7 +83,14 @@ class Model:
             path = bundled_model_path()
             if not path.exists():
                 raise ModelNotFoundError(f"model file not found: {path} (the bundled nuclei model is not installed)")
-        self._inner = _unet_rt.Model(os.fspath(path), device, precision)
+        from .bioimageio import is_package
+
+        if is_package(path):
+            from .bioimageio import read_package
+
+            self._inner = _unet_rt.Model.from_bytes(read_package(path).archive, os.fspath(path), device, precision)
+        else:
+            self._inner = _unet_rt.Model(os.fspath(path), device, precision)
         self._source: Union[str, bytes] = os.path.abspath(os.fspath(path))
         self._device_request = device
         self._precision_request = precision

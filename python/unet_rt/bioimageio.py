@@ -1,0 +1,748 @@
+"""bioimage.io model packages (format 0.5), both ways.
+
+* :func:`export` writes a unet_rt model as a bioimage.io package: the
+  TorchScript weights, the axes and valid sizes, the pre-processing (the
+  model's normalization as ``scale_range``, ``fixed_zero_mean_unit_variance``
+  or ``scale_linear``), the post-processing (``softmax`` / ``sigmoid``), the
+  halo, test input and output arrays, a cover image, documentation, the U-Net
+  citation and a licence. The package is validated with ``bioimageio.spec``
+  (IO checks included, offline) before it is written, so it runs in
+  ``bioimageio.core``, ilastik, deepImageJ and the other zoo consumers.
+* ``unet_rt.Model("package.zip")`` (or a folder holding ``rdf.yaml`` /
+  ``bioimageio.yaml``) loads a package with TorchScript weights:
+  :func:`read_package` maps its axes, sizes, pre- and post-processing onto
+  the engine's metadata; a step the engine cannot run is a
+  :class:`~unet_rt.errors.PackageError` naming it.
+
+Both need ``bioimageio.spec`` (``pip install unet_rt[bioimageio]``).
+
+From the command line: ``python -m unet_rt.bioimageio export MODEL -o PKG.zip``
+and ``python -m unet_rt.bioimageio check PKG.zip``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import io
+import json
+import math
+import os
+import struct
+import tempfile
+import zipfile
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .errors import InvalidArgumentError, PackageError
+
+__all__ = ["export", "is_package", "read_package", "check", "Package", "quiet_leaks"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Ronneberger, Fischer and Brox, MICCAI 2015: the network every package cites.
+UNET_CITATION = {
+    "text": "Ronneberger, O., Fischer, P., Brox, T.: U-Net: Convolutional Networks for Biomedical Image "
+            "Segmentation. MICCAI 2015, LNCS 9351, 234-241",
+    "doi": "10.1007/978-3-319-24574-4_28",
+}
+_RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
+_INPUT_ID = "raw"
+_SPACE = "zyx"
+
+
+@contextlib.contextmanager
+def quiet_leaks() -> Iterator[None]:
+    """bioimageio.spec and bioimageio.core drop open files (a reader per
+    file they hash or check) without closing them: inside this block their
+    ResourceWarnings are ignored, and what is left is collected at its end
+    rather than at some later garbage collection in the caller's code."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            yield
+        finally:
+            gc.collect()
+
+
+def _spec() -> Any:
+    try:
+        import bioimageio.spec as spec
+    except ImportError as e:  # pragma: no cover - the dev environment has it
+        raise PackageError(
+            "bioimage.io packages need the bioimageio.spec package: pip install 'unet_rt[bioimageio]'"
+        ) from e
+    return spec
+
+
+# --- export -------------------------------------------------------------------
+
+
+def export(
+    model: Any = None,
+    path: PathLike = "model.zip",
+    *,
+    test_image: Optional[np.ndarray] = None,
+    name: Optional[str] = None,
+    description: Optional[str] = None,
+    authors: Optional[Sequence[Union[str, Dict[str, str]]]] = None,
+    license: str = "MIT",
+    tags: Optional[Sequence[str]] = None,
+    documentation: Optional[str] = None,
+) -> Path:
+    """Writes ``model`` as a bioimage.io package (a zip file) at ``path``.
+
+    Args:
+        model: a :class:`unet_rt.Model`, the path of a model file, or
+            ``None`` for the bundled nuclei model.
+        path: the package file to write (``.zip``); written only once the
+            package has passed validation.
+        test_image: the image (in the model's axes, as
+            :meth:`unet_rt.Model.segment` reads it) the package's test input
+            is cut from; default: the bundled nuclei image (models with one
+            input channel). Its top-left corner, of the valid input size
+            nearest 256 pixels per axis, is the test input; the test output
+            is the network's output on it after the package's own
+            pre-processing, so any consumer can reproduce it.
+        name, description: default: the model's metadata.
+        authors: names (or ``{"name": ..., "affiliation": ...}``); default
+            the unet_rt contributors.
+        license: an SPDX licence identifier for the weights (default MIT).
+        tags: extra tags (``"unet"``, ``"segmentation"`` and the model's
+            dimensionality are always there).
+        documentation: Markdown text for the package's documentation;
+            default: generated from the metadata (training, held-out scores,
+            usage).
+
+    Returns:
+        ``path``, as a :class:`pathlib.Path`.
+
+    Raises:
+        PackageError: the package did not pass ``bioimageio.spec``'s
+            validation (the message carries the validator's summary).
+
+    Example:
+
+        >>> import unet_rt, unet_rt.bioimageio
+        >>> pkg = unet_rt.bioimageio.export(None, getfixture("tmp_path") / "nuclei.zip")
+        >>> unet_rt.Model(pkg, device="cpu").classes
+        ['background', 'nucleus', 'boundary']
+    """
+    from .model import Model
+
+    spec = _spec()
+    if not isinstance(model, Model):
+        model = Model(model, device="cpu", precision="fp32")
+    target = Path(os.fspath(path))
+    if target.suffix.lower() != ".zip":
+        raise InvalidArgumentError(f"invalid path: {target}; a bioimage.io package is a .zip file")
+    meta = model.metadata or {}
+    name = name or str(meta.get("name") or Path(model.path).stem or "unet_rt model")
+    with quiet_leaks(), tempfile.TemporaryDirectory(prefix="unet_rt_bioimageio_") as tmp:
+        _write_package(spec, model, Path(tmp), target, test_image, name, description, authors, license, tags,
+                       documentation)
+    return target
+
+
+def _write_package(spec: Any, model: Any, folder: Path, target: Path, test_image: Optional[np.ndarray], name: str,
+                   description: Optional[str], authors: Any, license: str, tags: Any,
+                   documentation: Optional[str]) -> None:
+    """Writes the package's files into ``folder``, validates them, zips them
+    to ``target`` (a function of its own: what the validator keeps open
+    dies with its frame, before :func:`quiet_leaks` collects it)."""
+    info = model.info
+    meta = model.metadata or {}
+    weights = folder / "weights.pt"
+    if isinstance(model._source, bytes):
+        weights.write_bytes(model._source)
+    else:
+        weights.write_bytes(Path(model._source).read_bytes())
+    raw = _test_input(model, test_image)
+    normalized = _normalize_like_bioimageio(raw, meta.get("normalization") or {"kind": "none"})
+    output = model.forward(normalized[None])
+    output = _postprocess(output, info["output"])
+    np.save(folder / "test_input.npy", raw[None].astype(np.float32))
+    np.save(folder / "test_output.npy", output.astype(np.float32))
+    labels = np.argmax(output[0], axis=0) if output.shape[1] > 1 else (output[0, 0] > 0.5)
+    _write_png(folder / "cover.png", _cover(raw, labels, info))
+    (folder / "README.md").write_text(documentation or _documentation(name, model, meta), encoding="utf-8")
+    rdf = _rdf(model, name, description or meta.get("description") or f"{name}: a U-Net segmentation model",
+               authors, license, tags)
+    (folder / "rdf.yaml").write_text(json.dumps(rdf, indent=2), encoding="utf-8")  # JSON is YAML
+    descr = spec.load_description(folder / "rdf.yaml", perform_io_checks=True)
+    _raise_if_invalid(descr, "exported")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        spec.save_bioimageio_package(descr, output_path=partial)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _raise_if_invalid(descr: Any, what: str) -> None:
+    summary = getattr(descr, "validation_summary", None)
+    if type(descr).__name__ == "InvalidDescr" or (summary is not None and summary.status == "failed"):
+        text = summary.format() if summary is not None and hasattr(summary, "format") else str(summary)
+        raise PackageError(f"the {what} bioimage.io package is not valid:\n{text}")
+
+
+def _valid_size(info: Dict[str, Any], axis: int, want: int, have: int) -> int:
+    fixed = info.get("fixed_size")
+    if fixed is not None:
+        return int(fixed[axis] if isinstance(fixed, (list, tuple)) else fixed)
+    step = _per_axis(info["size_multiple"], axis)
+    smallest = int(info["smallest_size"])
+    if have < smallest:
+        raise InvalidArgumentError(f"invalid test_image: {have} pixels along an axis, the model needs at least {smallest}")
+    size = smallest + step * max(0, (min(want, have) - smallest) // step)
+    return size
+
+
+def _per_axis(value: Any, axis: int) -> int:
+    return int(value[axis] if isinstance(value, (list, tuple)) else value)
+
+
+def _test_input(model: Any, test_image: Optional[np.ndarray]) -> np.ndarray:
+    """The test input ``(C, spatial...)`` as float32: the top-left corner of
+    the test image, of the valid size nearest 256 pixels per axis."""
+    from ._axes import arrange
+
+    info = model.info
+    dims, channels = int(info["spatial_dims"]), int(info["in_channels"])
+    if test_image is None:
+        if dims != 2 or channels != 1:
+            raise InvalidArgumentError(
+                f"invalid test_image: None; the bundled nuclei image fits 2-D models with one input channel, this model "
+                f"is {dims}-D with {channels}: pass an image"
+            )
+        from .data import nuclei
+
+        test_image = nuclei()
+    view, batched, _ = arrange(np.asarray(test_image), None, dims, channels)
+    image = view[0]
+    sizes = [_valid_size(info, a, 256 if dims == 2 else 64, n) for a, n in enumerate(image.shape[1:])]
+    crop = image[(slice(None),) + tuple(slice(0, s) for s in sizes)]
+    return np.ascontiguousarray(crop, dtype=np.float32)
+
+
+def _normalize_like_bioimageio(image: np.ndarray, norm: Dict[str, Any]) -> np.ndarray:
+    """The package's pre-processing, computed as bioimage.io consumers do."""
+    kind = norm.get("kind", "none")
+    x = image.astype(np.float64)
+    if kind == "percentile":
+        lo, hi = np.percentile(x, [float(norm["low"]), float(norm["high"])])
+        x = (x - lo) / (hi - lo + 1e-6)
+    elif kind == "zscore":
+        x = (x - float(norm["mean"])) / (float(norm["std"]) + 1e-6)
+    elif kind == "scale":
+        x = x * float(norm["factor"])
+    return x.astype(np.float32)
+
+
+def _postprocess(output: np.ndarray, kind: str) -> np.ndarray:
+    x = output.astype(np.float64)
+    if kind == "softmax":
+        x = np.exp(x - x.max(axis=1, keepdims=True))
+        x /= x.sum(axis=1, keepdims=True)
+    elif kind == "sigmoid":
+        x = 1.0 / (1.0 + np.exp(-x))
+    return x.astype(np.float32)
+
+
+def _preprocessing(norm: Dict[str, Any], axes: List[str]) -> List[Dict[str, Any]]:
+    kind = norm.get("kind", "none")
+    steps: List[Dict[str, Any]] = [{"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}]
+    if kind == "percentile":
+        # unet_rt's percentiles are those of the whole image, all channels.
+        steps.append({"id": "scale_range", "kwargs": {
+            "axes": axes, "min_percentile": float(norm["low"]), "max_percentile": float(norm["high"]), "eps": 1e-6}})
+    elif kind == "zscore":
+        steps.append({"id": "fixed_zero_mean_unit_variance", "kwargs": {
+            "mean": float(norm["mean"]), "std": float(norm["std"]), "eps": 1e-6}})
+    elif kind == "scale":
+        steps.append({"id": "scale_linear", "kwargs": {"gain": float(norm["factor"]), "offset": 0.0}})
+    return steps
+
+
+def _rdf(model: Any, name: str, description: str, authors: Any, license: str, tags: Any) -> Dict[str, Any]:
+    info = model.info
+    meta = model.metadata or {}
+    dims = int(info["spatial_dims"])
+    space = list(_SPACE[-dims:])
+    halo = int(info["halo"])
+    valid = info["padding"] == "valid"
+    fixed = info.get("fixed_size")
+
+    def input_size(axis: int) -> Any:
+        if fixed is not None:
+            return _per_axis(fixed, axis)
+        smallest, step = int(info["smallest_size"]), _per_axis(info["size_multiple"], axis)
+        if not valid and smallest <= 2 * halo:
+            # The spec wants outputs larger than their halo on both sides.
+            smallest += step * ((2 * halo + 1 - smallest + step - 1) // step)
+        return {"min": smallest, "step": step}
+
+    in_axes: List[Dict[str, Any]] = [
+        {"type": "batch"},
+        {"type": "channel", "channel_names": [f"channel{i}" for i in range(int(info["in_channels"]))]},
+    ] + [{"type": "space", "id": a, "size": input_size(i)} for i, a in enumerate(space)]
+    out_axes: List[Dict[str, Any]] = [{"type": "batch"}, {"type": "channel", "channel_names": _channel_names(model)}]
+    for a in space:
+        ref = {"tensor_id": _INPUT_ID, "axis_id": a, "offset": -2 * halo if valid else 0}
+        axis: Dict[str, Any] = {"type": "space", "id": a, "size": ref}
+        if not valid and halo:
+            axis["halo"] = halo
+        out_axes.append(axis)
+    post = {"softmax": [{"id": "softmax", "kwargs": {"axis": "channel"}}], "sigmoid": [{"id": "sigmoid"}]}.get(
+        info["output"], [])
+    out_id = "probabilities" if post else "prediction"
+    people = [{"name": a} if isinstance(a, str) else dict(a) for a in (authors or ["unet_rt contributors"])]
+    config_meta = dict(meta)
+    config_meta.pop("training", None)  # provenance stays in the weights' own metadata
+    config_meta.pop("evaluation", None)
+    return {
+        "type": "model",
+        "format_version": "0.5.4",
+        "name": _package_name(name),
+        "description": description[:1000],
+        "authors": people,
+        "cite": [UNET_CITATION],
+        "license": license,
+        "tags": sorted({"unet", "segmentation", f"{dims}d", "pytorch", "torchscript", "unet_rt", *(tags or [])}),
+        "documentation": "README.md",
+        "covers": ["cover.png"],
+        "inputs": [{
+            "id": _INPUT_ID,
+            "description": "the image, its channels first",
+            "axes": in_axes,
+            "test_tensor": {"source": "test_input.npy"},
+            "data": {"type": "float32"},
+            "preprocessing": _preprocessing(meta.get("normalization") or {"kind": "none"}, ["channel"] + space),
+        }],
+        "outputs": [{
+            "id": out_id,
+            "description": f"per-class {'probabilities' if post else 'network outputs'}"
+                           + (f"; {2 * halo} pixels smaller than the input per axis (valid convolutions)" if valid else ""),
+            "axes": out_axes,
+            "test_tensor": {"source": "test_output.npy"},
+            "data": {"type": "float32"},
+            "postprocessing": post,
+        }],
+        "weights": {"torchscript": {"source": "weights.pt", "pytorch_version": _torch_version()}},
+        "config": {"unet_rt": config_meta},
+    }
+
+
+def _package_name(name: str) -> str:
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+- ()")
+    cleaned = "".join(c if c in allowed else " " for c in name).strip()
+    return (cleaned or "unet_rt model")[:128]
+
+
+def _channel_names(model: Any) -> List[str]:
+    names = [str(c) for c in model.classes]
+    # Channel names are identifiers in the spec: no spaces.
+    return [n.replace(" ", "_") or f"class{i}" for i, n in enumerate(names)]
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__.split("+")[0]
+
+
+def _documentation(name: str, model: Any, meta: Dict[str, Any]) -> str:
+    info = model.info
+    lines = [f"# {name}", "", str(meta.get("description") or "A U-Net segmentation model."), ""]
+    lines += [
+        "## Inputs and outputs", "",
+        f"- input `{_INPUT_ID}`: batch, {info['in_channels']} channel(s), {info['spatial_dims']}-D image; "
+        f"valid sizes {info['smallest_size']} + k * {info['size_multiple']} pixels per axis",
+        f"- output: {info['out_channels']} channels ({', '.join(map(str, model.classes))}), after {info['output']}",
+        f"- {'valid' if info['padding'] == 'valid' else 'same'} padding, halo {info['halo']} pixels per side",
+        "",
+    ]
+    held = (meta.get("training") or {}).get("held_out") or {}
+    if held:
+        lines += ["## Held-out scores", ""]
+        lines += [f"- {k}: {v}" for k, v in held.items() if isinstance(v, (int, float))]
+        lines.append("")
+    lines += [
+        "## Usage", "",
+        "With unet_rt (exact overlap-tile inference on images of any size):", "",
+        "```python", "import unet_rt", "model = unet_rt.Model(\"package.zip\")", "labels = model.segment(image)", "```", "",
+        "## Citation", "", f"{UNET_CITATION['text']}, doi:{UNET_CITATION['doi']}", "",
+    ]
+    return "\n".join(lines)
+
+
+def _cover(image: np.ndarray, labels: np.ndarray, info: Dict[str, Any]) -> np.ndarray:
+    """The cover: the test input beside its segmentation's outlines over it
+    (2:1, as the zoo shows covers), RGB uint8."""
+    plane = image[0]
+    while plane.ndim > 2:
+        plane = plane[plane.shape[0] // 2]
+    lab = labels
+    while lab.ndim > 2:
+        lab = lab[lab.shape[0] // 2]
+    crop = (plane.shape[0] - lab.shape[0]) // 2, (plane.shape[1] - lab.shape[1]) // 2
+    plane = plane[crop[0]: crop[0] + lab.shape[0], crop[1]: crop[1] + lab.shape[1]]
+    lo, hi = np.percentile(plane, [1, 99.8])
+    gray = (np.clip((plane - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    edge = np.zeros(lab.shape, bool)
+    edge[1:] |= lab[1:] != lab[:-1]
+    edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
+    overlay = rgb.copy()
+    overlay[edge & (lab > 0)] = (255, 200, 0)
+    overlay[edge & (lab == 0)] = (255, 200, 0)
+    return np.concatenate([rgb, overlay], axis=1)
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    height, width, _ = rgb.shape
+    rows = b"".join(b"\x00" + rgb[y].tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9))
+                     + chunk(b"IEND", b""))
+
+
+# --- import -------------------------------------------------------------------
+
+
+def is_package(path: PathLike) -> bool:
+    """Whether ``path`` is a bioimage.io package: a ``.zip`` holding an
+    ``rdf.yaml`` (or ``bioimageio.yaml``), such a folder, or the YAML file.
+
+    >>> is_package(tiny_model_path)
+    False
+    """
+    p = Path(os.fspath(path))
+    if p.is_dir():
+        return any((p / n).is_file() for n in _RDF_NAMES)
+    if p.name in _RDF_NAMES or p.name.endswith(".bioimageio.yaml"):
+        return p.is_file()
+    if p.suffix.lower() == ".zip" and p.is_file():
+        try:
+            with zipfile.ZipFile(p) as z:
+                return any(n in z.namelist() for n in _RDF_NAMES)
+        except zipfile.BadZipFile:
+            return False
+    return False
+
+
+@dataclass(frozen=True)
+class Package:
+    """A bioimage.io package as the engine runs it: the TorchScript weights
+    with ``unet_rt/1`` metadata derived from the package description, and
+    the package's test tensors."""
+
+    #: The TorchScript archive, with the derived metadata embedded.
+    archive: bytes
+    #: The derived ``unet_rt/1`` metadata.
+    metadata: Dict[str, Any]
+    #: The package's test input and output tensors (as the package stores them).
+    test_input: np.ndarray
+    test_output: np.ndarray
+
+
+def read_package(path: PathLike) -> Package:
+    """Reads a bioimage.io package (format 0.4 or 0.5, updated to 0.5 by
+    ``bioimageio.spec``) with TorchScript weights, for the engine.
+
+    Raises:
+        PackageError: the description is invalid, has no TorchScript
+            weights, or asks for axes, sizes or a processing step the engine
+            cannot run (the message names it).
+    """
+    spec = _spec()
+    source = Path(os.fspath(path))
+    with quiet_leaks():
+        return _package(spec, source)
+
+
+def _package(spec: Any, source: Path) -> Package:
+    descr = spec.load_description(source, perform_io_checks=False, format_version="latest")
+    _raise_if_invalid(descr, "given")
+    if type(descr).__name__ != "ModelDescr":
+        raise PackageError(f"{source}: a bioimage.io {getattr(descr, 'type', 'resource')} description, not a model")
+    weights = getattr(descr.weights, "torchscript", None)
+    if weights is None:
+        available = [k for k in type(descr.weights).model_fields if getattr(descr.weights, k, None) is not None]
+        raise PackageError(f"{source}: unet_rt runs TorchScript weights; this package has {', '.join(available)}")
+    if len(descr.inputs) != 1 or len(descr.outputs) != 1:
+        raise PackageError(f"{source}: unet_rt runs models with one input and one output tensor; this package has "
+                           f"{len(descr.inputs)} and {len(descr.outputs)}")
+    meta = _metadata(descr, source)
+    archive = _with_metadata(_read(weights.source), meta, source)
+    test_in = np.load(io.BytesIO(_read(descr.inputs[0].test_tensor.source)))
+    test_out = np.load(io.BytesIO(_read(descr.outputs[0].test_tensor.source)))
+    return Package(archive, meta, test_in, test_out)
+
+
+def _read(source: Any) -> bytes:
+    from bioimageio.spec.utils import get_reader
+
+    return get_reader(source).read()
+
+
+def _axis_kind(axis: Any) -> str:
+    return str(getattr(axis, "type", ""))
+
+
+def _metadata(descr: Any, source: Path) -> Dict[str, Any]:
+    """``unet_rt/1`` metadata from a package description."""
+    inp, out = descr.inputs[0], descr.outputs[0]
+    in_axes, out_axes = list(inp.axes), list(out.axes)
+    in_kinds = [_axis_kind(a) for a in in_axes]
+    space_ids = [str(a.id) for a in in_axes if _axis_kind(a) == "space"]
+    dims = len(space_ids)
+    expected = ["batch", "channel"] + ["space"] * dims
+    if in_kinds != expected or dims not in (2, 3) or [str(a.id) for a in in_axes[2:]] != list(_SPACE[-dims:]):
+        order = ",".join(str(a.id) for a in in_axes)
+        raise PackageError(f"{source}: input axes ({order}) are not supported; unet_rt runs batch, channel, "
+                           f"{'z, ' if dims == 3 else ''}y, x")
+    out_kinds = [_axis_kind(a) for a in out_axes]
+    if out_kinds[:2] != ["batch", "channel"] or [str(a.id) for a in out_axes[2:]] != space_ids:
+        order = ",".join(str(a.id) for a in out_axes)
+        raise PackageError(f"{source}: output axes ({order}) are not supported; unet_rt needs batch, channel and "
+                           f"the input's space axes")
+    in_channels = len(in_axes[1].channel_names)
+    class_names = [str(c) for c in out_axes[1].channel_names]
+    # Sizes: min + n * step, or fixed.
+    minimum, steps, fixed = [], [], []
+    for a in in_axes[2:]:
+        size = a.size
+        if isinstance(size, int):
+            fixed.append(int(size))
+        elif hasattr(size, "step"):
+            minimum.append(int(size.min))
+            steps.append(int(size.step))
+        else:
+            raise PackageError(f"{source}: input axis {a.id}: size {size!r} is not supported (a fixed size or min + n * step)")
+    meta: Dict[str, Any] = {
+        "format": "unet_rt/1",
+        "name": str(descr.name),
+        "description": str(descr.description)[:2000],
+        "architecture": "bioimage.io package",
+        "spatial_dims": dims,
+        "in_channels": in_channels,
+        "out_channels": len(class_names),
+        "class_names": class_names,
+    }
+    if fixed and (minimum or len(set(fixed)) > 1):
+        raise PackageError(f"{source}: input sizes mix fixed and parameterized axes ({[a.size for a in in_axes[2:]]})")
+    offsets, halos = [], []
+    for a in out_axes[2:]:
+        size = a.size
+        if hasattr(size, "tensor_id"):
+            if str(size.tensor_id) != str(inp.id) or str(size.axis_id) != str(a.id):
+                raise PackageError(f"{source}: output axis {a.id} refers to {size.tensor_id}.{size.axis_id}; unet_rt needs "
+                                   f"the input's own {a.id}")
+            offsets.append(int(size.offset))
+        elif isinstance(size, int) and fixed:
+            offsets.append(int(size) - fixed[0])
+        else:
+            raise PackageError(f"{source}: output axis {a.id}: size {size!r} is not supported (a reference to the input)")
+        halos.append(int(getattr(a, "halo", 0) or 0))
+    if len(set(offsets)) > 1 or offsets[0] > 0 or offsets[0] % 2:
+        raise PackageError(f"{source}: output sizes differ from the input by {offsets}; unet_rt needs the same even "
+                           f"crop on every axis")
+    crop = -offsets[0] // 2
+    if crop:
+        meta.update(padding="valid", halo=crop)
+    else:
+        meta.update(padding="same", halo=max(halos))
+    if fixed:
+        meta.update(fixed_size=fixed[0], size_multiple=1, size_offset=0)
+    else:
+        step = math.lcm(*steps)
+        meta.update(size_multiple=steps if len(set(steps)) > 1 else steps[0], size_offset=minimum[0] % step,
+                    min_size=max(minimum))
+    meta["normalization"] = _normalization(inp.preprocessing, source, in_axes)
+    meta["output"] = _output(out.postprocessing, source)
+    own = ((descr.config.model_dump() if hasattr(descr.config, "model_dump") else dict(descr.config)) or {}).get("unet_rt")
+    if isinstance(own, dict):
+        for key in ("instances", "object_size", "class_names"):
+            if key in own:
+                meta[key] = own[key]
+    return meta
+
+
+def _step_id(step: Any) -> str:
+    return str(getattr(step, "id", type(step).__name__))
+
+
+def _normalization(steps: Sequence[Any], source: Path, in_axes: Sequence[Any]) -> Dict[str, Any]:
+    norm: Dict[str, Any] = {"kind": "none"}
+    for step in steps:
+        sid = _step_id(step)
+        kw = step.kwargs
+        if sid == "ensure_dtype":
+            continue  # the engine feeds the network float32
+        if norm["kind"] != "none":
+            raise PackageError(f"{source}: preprocessing step {sid!r} after {norm['kind']!r}: unet_rt runs one normalization")
+        if sid == "scale_range":
+            axes = None if kw.axes is None else {str(a) for a in kw.axes}
+            whole = {str(a.id) for a in in_axes if _axis_kind(a) != "batch"}
+            if axes is not None and axes != whole and not (axes == whole - {"channel"} and len(in_axes[1].channel_names) == 1):
+                raise PackageError(f"{source}: preprocessing step 'scale_range' over axes {sorted(axes)}: unet_rt "
+                                   f"computes percentiles over the whole image ({sorted(whole)})")
+            if kw.reference_tensor is not None:
+                raise PackageError(f"{source}: preprocessing step 'scale_range' with a reference tensor is not supported")
+            norm = {"kind": "percentile", "low": float(kw.min_percentile), "high": float(kw.max_percentile)}
+        elif sid == "fixed_zero_mean_unit_variance":
+            mean, std = kw.mean, kw.std
+            if isinstance(mean, (list, tuple)) or isinstance(std, (list, tuple)):
+                raise PackageError(f"{source}: preprocessing step {sid!r} per channel is not supported")
+            norm = {"kind": "zscore", "mean": float(mean), "std": float(std)}
+        elif sid == "scale_linear":
+            gain, offset = kw.gain, kw.offset
+            if isinstance(gain, (list, tuple)) or isinstance(offset, (list, tuple)) or float(offset) != 0.0:
+                raise PackageError(f"{source}: preprocessing step 'scale_linear' with an offset or per-channel gain is "
+                                   f"not supported")
+            norm = {"kind": "scale", "factor": float(gain)}
+        else:
+            raise PackageError(f"{source}: preprocessing step {sid!r} is not supported by unet_rt (it runs "
+                               f"scale_range, fixed_zero_mean_unit_variance, scale_linear and ensure_dtype)")
+    return norm
+
+
+def _output(steps: Sequence[Any], source: Path) -> str:
+    kinds = [s for s in (_step_id(x) for x in steps) if s != "ensure_dtype"]
+    if not kinds:
+        return "identity"
+    if len(kinds) == 1 and kinds[0] in ("softmax", "sigmoid"):
+        if kinds[0] == "softmax" and str(steps[[_step_id(x) for x in steps].index("softmax")].kwargs.axis) != "channel":
+            raise PackageError(f"{source}: postprocessing step 'softmax' over an axis other than channel is not supported")
+        return kinds[0]
+    raise PackageError(f"{source}: postprocessing steps {kinds} are not supported by unet_rt (it runs one softmax or "
+                       f"sigmoid over the channels)")
+
+
+def _with_metadata(archive: bytes, meta: Dict[str, Any], source: Path) -> bytes:
+    """The TorchScript archive with ``extra/unet_rt.json`` set to ``meta``
+    (replacing the one a unet_rt export carries)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(archive)) as z:
+            infos = z.infolist()
+            names = [i.filename for i in infos]
+            prefix = names[0].split("/", 1)[0] if names and "/" in names[0] else "archive"
+            target = f"{prefix}/extra/unet_rt.json"
+            out = io.BytesIO()
+            with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as w:
+                for info in infos:
+                    if info.filename != target:
+                        w.writestr(info, z.read(info.filename), compress_type=zipfile.ZIP_STORED)
+                w.writestr(target, json.dumps(meta), compress_type=zipfile.ZIP_STORED)
+            return out.getvalue()
+    except zipfile.BadZipFile as e:
+        raise PackageError(f"{source}: the TorchScript weights are not a TorchScript archive (zip): {e}") from e
+
+
+def check(path: PathLike, device: str = "cpu") -> Dict[str, float]:
+    """Runs a package's test input through the package as unet_rt loads it
+    (the package's pre-processing, one forward pass of the TorchScript
+    weights in unet_rt's libtorch, the post-processing) and compares the
+    result with the package's test output: ``{"max_abs_difference": ...,
+    "label_agreement": ...}``.
+
+    A valid-padded network's output depends on where its pooling grid
+    starts; :meth:`unet_rt.Model.segment` starts it where overlap-tiling
+    with mirrored borders does (``halo`` pixels before the image), so on the
+    test input it agrees with this check only where the phase matches. To
+    compare with a consumer's whole-image prediction, give the consumer
+    the mirror-padded image (``numpy.pad(image, halo, "reflect")``).
+
+    >>> import unet_rt.bioimageio as bio
+    >>> pkg = bio.export(None, getfixture("tmp_path") / "nuclei.zip")
+    >>> result = bio.check(pkg)
+    >>> result["label_agreement"], result["max_abs_difference"] < 1e-4
+    (1.0, True)
+    """
+    from .model import Model
+
+    package = read_package(path)
+    meta = package.metadata
+    model = Model(path, device=device, precision="fp32")
+    image = np.asarray(package.test_input, dtype=np.float32)
+    got = _postprocess(model.forward(_normalize_like_bioimageio(image, meta["normalization"])), meta["output"])
+    want = np.asarray(package.test_output, dtype=np.float32)
+    if got.shape != want.shape:
+        raise PackageError(f"{path}: the test output has shape {want.shape}, unet_rt computes {got.shape}")
+    return {"max_abs_difference": float(np.max(np.abs(got - want))), "label_agreement": _agreement(got, want)}
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """The fraction of pixels whose label (argmax over channels, or > 0.5
+    for one channel) agrees; channels on axis 1."""
+    if a.shape[1] > 1:
+        return float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
+    return float(np.mean((a > 0.5) == (b > 0.5)))
+
+
+# --- command line -----------------------------------------------------------
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m unet_rt.bioimageio export MODEL -o PKG.zip`` and
+    ``python -m unet_rt.bioimageio check PKG``; returns the exit status
+    (0 done, 1 failure, 2 usage)."""
+    import argparse
+    import sys
+
+    from .errors import UnetRtError
+
+    parser = argparse.ArgumentParser(prog="python -m unet_rt.bioimageio",
+                                     description="bioimage.io model packages: export unet_rt models, check packages.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    exp = commands.add_parser("export", help="write a model as a validated bioimage.io package (.zip)")
+    exp.add_argument("model", nargs="?", default=None, help="model file (.pt) or package; default: the bundled model")
+    exp.add_argument("--output", "-o", required=True, help="the package to write (.zip)")
+    exp.add_argument("--name", default=None)
+    exp.add_argument("--author", action="append", default=None, help="an author's name (repeatable)")
+    exp.add_argument("--license", default="MIT", help="SPDX licence identifier of the weights (default MIT)")
+    exp.add_argument("--test-image", default=None, help="image (.npy, or .tif with tifffile) to cut the test input from")
+    chk = commands.add_parser("check", help="run a package's test input through unet_rt and compare with its test output")
+    chk.add_argument("package")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "export":
+            image = None
+            if args.test_image:
+                image = np.load(args.test_image) if args.test_image.endswith(".npy") else _read_tiff(args.test_image)
+            path = export(args.model, args.output, test_image=image, name=args.name, authors=args.author,
+                          license=args.license)
+            print(f"{path}: bioimage.io package, validated")
+        else:
+            result = check(args.package)
+            print(f"{args.package}: max |difference| {result['max_abs_difference']:.3g}, "
+                  f"label agreement {result['label_agreement']:.6f}")
+            if result["label_agreement"] < 1.0 and result["max_abs_difference"] > 1e-3:
+                return 1
+    except (UnetRtError, OSError) as e:
+        print(f"unet_rt.bioimageio: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _read_tiff(path: str) -> np.ndarray:
+    import tifffile
+
+    return tifffile.imread(path)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

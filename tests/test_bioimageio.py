@@ -1,0 +1,199 @@
+"""bioimage.io packages both ways: ours validated by ``bioimageio.spec`` and
+run by ``bioimageio.core``; a package made elsewhere (no unet_rt metadata)
+run by unet_rt; unsupported descriptions refused by name."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import unet_rt
+import unet_rt.bioimageio as bio
+from unet_rt.data import nuclei
+from unet_rt.errors import PackageError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    return bio.export(None, tmp_path_factory.mktemp("bio") / "nuclei.zip")
+
+
+def _described(package: Path) -> dict:
+    """What the spec's validator and bioimageio.core's test say of a
+    package, as plain values (their objects keep files open)."""
+    from bioimageio.core import test_model
+    from bioimageio.spec import load_description
+
+    descr = load_description(package, perform_io_checks=True)
+    summary = test_model(str(package))
+    return {
+        "kind": type(descr).__name__,
+        "validation": descr.validation_summary.status,
+        "core_test": summary.status,
+        "core_report": summary.format(),
+        "doi": str(descr.cite[0].doi),
+        # (the spec adds ensure_dtype steps of its own)
+        "pre": [p.id for p in descr.inputs[0].preprocessing if p.id != "ensure_dtype"],
+        "post": [p.id for p in descr.outputs[0].postprocessing if p.id != "ensure_dtype"],
+        "offset": descr.outputs[0].axes[2].size.offset,
+    }
+
+
+def test_exported_bundled_model_validates_and_passes_bioimageio_core(package):
+    with bio.quiet_leaks():
+        described = _described(package)
+    assert described["kind"] == "ModelDescr" and described["validation"] in ("passed", "valid-format")
+    assert described["core_test"] == "passed", described["core_report"]
+    assert described["doi"] == "10.1007/978-3-319-24574-4_28"
+    assert described["pre"] == ["scale_range"] and described["post"] == ["softmax"]
+    assert described["offset"] == -88  # the valid crop: 44 pixels per side
+    with zipfile.ZipFile(package) as z:
+        names = set(z.namelist())
+    assert {"rdf.yaml", "weights.pt", "test_input.npy", "test_output.npy", "cover.png", "README.md"} <= names
+
+
+def test_reloaded_package_segments_exactly_like_the_bundled_model(package):
+    image = nuclei()
+    bundled = unet_rt.Model(device="cpu")
+    loaded = unet_rt.Model(package, device="cpu")
+    assert loaded.classes == bundled.classes and loaded.halo == bundled.halo
+    np.testing.assert_array_equal(loaded.segment(image), bundled.segment(image))
+    np.testing.assert_array_equal(loaded.segment(image, output="instances"), bundled.segment(image, output="instances"))
+    # Models pickle to their path: a package reloads as a package.
+    again = pickle.loads(pickle.dumps(loaded))
+    assert again.path == loaded.path and again.info == loaded.info
+    assert bio.check(package) == {"max_abs_difference": 0.0, "label_agreement": 1.0}
+
+
+def test_bioimageio_core_prediction_agrees_with_unet_rt(package):
+    """bioimage.io consumers run the whole (mirror-padded) image in one
+    pass; unet_rt tiles it exactly, so the labels agree but for the few
+    pixels the percentiles of the padded image move."""
+    image = nuclei()
+    halo = 44
+    size = 512 + 2 * halo
+    size += (4 - size) % 8  # valid sizes are 4 + 8k
+    padded = np.pad(image.astype(np.float32), [(halo, size - 512 - halo)] * 2, mode="reflect")
+    with bio.quiet_leaks():
+        core = _core_prediction(package, padded)[0].argmax(0)[:512, :512]
+    ours = unet_rt.segment(image, package, device="cpu", tile=156)  # many tiles
+    np.testing.assert_array_equal(ours, unet_rt.segment(image, package, device="cpu", tile="whole"))
+    assert np.mean(core == ours) >= 0.999
+
+
+def _core_prediction(package: Path, image: np.ndarray) -> np.ndarray:
+    from bioimageio.core import load_model_description, predict
+
+    sample = predict(model=load_model_description(package), inputs={"raw": image[None, None]})
+    return np.array(next(iter(sample.members.values())).data)
+
+
+# --- a package made without unet_rt ------------------------------------------
+
+
+class _SameNet(torch.nn.Module):
+    """A small same-padded network: 2 input channels, 1 output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(2, 4, 3, padding=1)
+        self.b = torch.nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+def _foreign_package(folder: Path, pre=None, post=None, weights=None) -> Path:
+    """A package folder as another tool writes it: plain TorchScript weights
+    (no unet_rt metadata), fixed z-score pre-processing, sigmoid output."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    net = _SameNet().eval()
+    torch.jit.save(torch.jit.script(net), str(folder / "weights.pt"))
+    x = np.random.default_rng(1).normal(100, 20, (1, 2, 64, 80)).astype(np.float32)
+    with torch.no_grad():
+        y = torch.sigmoid(net(torch.from_numpy((x - 100.0) / (20.0 + 1e-6)))).numpy()
+    np.save(folder / "in.npy", x)
+    np.save(folder / "out.npy", y)
+    (folder / "doc.md").write_text("# a test network\n")
+    rdf = {
+        "type": "model", "format_version": "0.5.4", "name": "foreign net", "description": "made without unet_rt",
+        "authors": [{"name": "someone"}], "cite": [{"text": "a paper", "doi": "10.1007/978-3-319-24574-4_28"}],
+        "license": "CC-BY-4.0", "documentation": "doc.md", "tags": ["test"],
+        "inputs": [{
+            "id": "image",
+            "axes": [{"type": "batch"}, {"type": "channel", "channel_names": ["a", "b"]},
+                     {"type": "space", "id": "y", "size": {"min": 32, "step": 16}},
+                     {"type": "space", "id": "x", "size": {"min": 32, "step": 16}}],
+            "test_tensor": {"source": "in.npy"}, "data": {"type": "float32"},
+            "preprocessing": pre if pre is not None else [
+                {"id": "fixed_zero_mean_unit_variance", "kwargs": {"mean": 100.0, "std": 20.0}}],
+        }],
+        "outputs": [{
+            "id": "mask",
+            "axes": [{"type": "batch"}, {"type": "channel", "channel_names": ["foreground"]},
+                     {"type": "space", "id": "y", "size": {"tensor_id": "image", "axis_id": "y"}, "halo": 8},
+                     {"type": "space", "id": "x", "size": {"tensor_id": "image", "axis_id": "x"}, "halo": 8}],
+            "test_tensor": {"source": "out.npy"}, "data": {"type": "float32"},
+            "postprocessing": post if post is not None else [{"id": "sigmoid"}],
+        }],
+        "weights": weights or {"torchscript": {"source": "weights.pt", "pytorch_version": "2.11"}},
+    }
+    (folder / "rdf.yaml").write_text(json.dumps(rdf))
+    return folder
+
+
+def test_a_package_made_elsewhere_runs_and_reproduces_its_test_output(tmp_path):
+    folder = _foreign_package(tmp_path / "foreign")
+    assert bio.is_package(folder) and bio.is_package(folder / "rdf.yaml")
+    model = unet_rt.Model(folder, device="cpu")
+    info = model.info
+    assert (info["in_channels"], info["out_channels"], info["output"], info["padding"], info["halo"]) == (
+        2, 1, "sigmoid", "same", 8)
+    assert model.classes == ["foreground"]
+    result = bio.check(folder)
+    assert result["max_abs_difference"] < 1e-5 and result["label_agreement"] == 1.0
+    # And it segments images of any size.
+    image = np.random.default_rng(2).normal(100, 20, (2, 150, 170)).astype(np.float32)
+    assert model.segment(image).shape == (150, 170)
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"pre": [{"id": "zero_mean_unit_variance"}]}, "preprocessing step 'zero_mean_unit_variance'"),
+    ({"pre": [{"id": "binarize", "kwargs": {"threshold": 0.5}}]}, "preprocessing step 'binarize'"),
+    ({"post": [{"id": "sigmoid"}, {"id": "binarize", "kwargs": {"threshold": 0.5}}]}, "postprocessing steps"),
+    ({"weights": {"pytorch_state_dict": {
+        "source": "weights.pt", "pytorch_version": "2.11",
+        "architecture": {"callable": "Net", "source": "doc.md", "kwargs": {}}}}}, "TorchScript"),
+])
+def test_unsupported_package_descriptions_are_refused_by_name(tmp_path, change, match):
+    folder = _foreign_package(tmp_path / "p", **change)
+    with pytest.raises(PackageError, match=match):
+        unet_rt.Model(folder, device="cpu")
+
+
+def test_command_line_exports_and_checks(tmp_path, tiny_model_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "tiny.zip"
+    run = subprocess.run([sys.executable, "-m", "unet_rt.bioimageio", "export", str(tiny_model_path), "-o", str(out),
+                          "--author", "A. Person"], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert out.is_file() and "validated" in run.stdout
+    run = subprocess.run([sys.executable, "-m", "unet_rt.bioimageio", "check", str(out)], capture_output=True, text=True,
+                         timeout=300, env=env, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert "label agreement 1.000000" in run.stdout
+    bad = subprocess.run([sys.executable, "-m", "unet_rt.bioimageio", "export", "-o", str(tmp_path / "x.tar")],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert bad.returncode == 1 and "invalid path" in bad.stderr
