@@ -24,6 +24,19 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+# napari's canvas draws with OpenGL: on a machine without a display the
+# tests run it on a virtual X server (pytest-xvfb starts Xvfb).
+if [ -z "${DISPLAY:-}" ] && ! command -v Xvfb >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing Xvfb (Debian's xvfb) for the napari tests"
+    apt-get install -y -qq --no-install-recommends xvfb >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends xvfb >/dev/null 2>&1; } \
+      || say "could not install xvfb: the napari tests need a display (DISPLAY) or Xvfb"
+  else
+    say "no display and no Xvfb: install xvfb (e.g. apt-get install xvfb) for the napari tests"
+  fi
+fi
+
 if ! command -v cargo >/dev/null; then
   echo "[install] cargo not found: install Rust (https://rustup.rs) first" >&2
   exit 1
@@ -33,8 +46,10 @@ say "building the Python extension (release)"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 flags=(--release)
-# Once installed (editable), rebuilding the module in place is enough.
-if python -c "import importlib.metadata as m; m.version('unet_rt')" >/dev/null 2>&1; then
+# Once installed (editable), rebuilding the module in place is enough, until
+# pyproject.toml (entry points, extras) changes.
+meta_stamp="$VIRTUAL_ENV/.pyproject-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ -f "$meta_stamp" ] && python -c "import importlib.metadata as m; m.version('unet_rt')" >/dev/null 2>&1; then
   flags+=(--skip-install)
 fi
 if ! maturin develop "${flags[@]}" >"$log" 2>&1; then
@@ -43,6 +58,8 @@ if ! maturin develop "${flags[@]}" >"$log" 2>&1; then
   exit 1
 fi
 python -c "import unet_rt" || { echo "[install] the extension does not import" >&2; exit 1; }
+rm -f "$VIRTUAL_ENV"/.pyproject-*
+touch "$meta_stamp"
 
 say "building the unet-rt command-line tool (release)"
 cargo build --release --locked --quiet -p unet-rt-cli

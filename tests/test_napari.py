@@ -1,0 +1,112 @@
+"""The napari plugin, headless (Qt's offscreen platform): found through its
+npe2 manifest, the sample image, the Segment widget run off the GUI thread
+with progress, cancellation and errors in its status line."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import unet_rt  # noqa: E402
+from unet_rt.data import nuclei  # noqa: E402
+
+pytest.importorskip("napari", reason="the napari extra is part of the dev environment")
+from unet_rt.napari import SegmentWidget  # noqa: E402
+from unet_rt.napari._widget import FROM_FILE  # noqa: E402
+
+TIMEOUT_MS = 300_000
+
+
+def _wait(qtbot, widget: SegmentWidget) -> None:
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=TIMEOUT_MS)
+
+
+def _widget_picture(widget: SegmentWidget, path) -> np.ndarray:
+    """A screenshot of the widget (Qt's raster grab: no OpenGL needed)."""
+    image = widget.native.grab().toImage()
+    assert image.save(str(path))
+    from napari._qt.utils import QImg2array
+
+    return QImg2array(image)
+
+
+def test_one_click_segments_the_sample_into_a_labels_layer(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.open_sample("unet_rt", "nuclei")  # the manifest's sample data
+    _, widget = viewer.window.add_plugin_dock_widget("unet_rt", "Segment")  # the manifest's widget
+    assert isinstance(widget, SegmentWidget)
+    assert widget._image.value is viewer.layers["nuclei"]
+    widget._device.value = "cpu"
+    widget._tile.value = 156  # several tiles, so the bar moves
+    widget._run.clicked.emit()
+    _wait(qtbot, widget)
+    assert widget._status.value.startswith("done: nuclei instances (512, 512)"), widget._status.value
+    layer = viewer.layers["nuclei instances"]
+    assert type(layer).__name__ == "Labels" and layer.data.shape == (512, 512)
+    want = unet_rt.segment(nuclei(), device="cpu", output="instances", tile=156)
+    np.testing.assert_array_equal(layer.data, want)
+    assert layer.data.max() > 50  # the sample holds about 125 nuclei
+    assert widget._progress.max > 1 and widget._progress.value == widget._progress.max
+    assert widget._run.enabled and not widget._cancel.enabled
+    picture = _widget_picture(widget, tmp_path / "widget.png")
+    assert picture.shape[0] > 100 and picture.shape[1] > 100 and picture.std() > 0
+    assert (tmp_path / "widget.png").stat().st_size > 1000
+    # The canvas (OpenGL, on the virtual display) shows image and labels:
+    # coloured pixels where the labels are drawn over the gray image.
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    assert shot.ndim == 3 and shot.shape[0] > 100
+    rgb = shot[..., :3].astype(int)
+    assert (np.abs(rgb[..., 0] - rgb[..., 1]) + np.abs(rgb[..., 1] - rgb[..., 2]) > 30).mean() > 0.01
+
+
+def test_cancel_stops_without_adding_a_layer(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei(), name="nuclei")
+    widget = SegmentWidget(viewer)
+    widget._device.value = "cpu"
+    widget._tile.value = 156
+    worker = widget.run()
+    assert worker is not None
+    widget.cancel()
+    _wait(qtbot, widget)
+    assert widget._status.value == "cancelled"
+    assert [layer.name for layer in viewer.layers] == ["nuclei"]
+    assert widget._run.enabled
+
+
+def test_errors_and_missing_choices_show_in_the_status_line(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    assert widget.run() is None and "image layer" in widget._status.value
+    viewer.add_image(np.zeros((64, 64), np.float32), name="blank")
+    assert widget._image.value is viewer.layers["blank"]  # new layers show up in the chooser
+    widget._model.value = FROM_FILE
+    assert widget._file.native.isVisibleTo(widget.native)  # the file chooser appears
+    assert widget.run() is None and "model file" in widget._status.value
+    bad = tmp_path / "not_a_model.pt"
+    bad.write_bytes(b"not TorchScript")
+    widget._file.value = bad
+    widget._device.value = "cpu"
+    assert widget.run() is not None
+    _wait(qtbot, widget)
+    assert widget._status.value.startswith("failed:"), widget._status.value
+    assert [layer.name for layer in viewer.layers] == ["blank"]
+
+
+def test_probabilities_become_one_image_layer_per_class(make_napari_viewer, qtbot, tiny_model_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((120, 130)).astype(np.float32), name="noise")
+    widget = SegmentWidget(viewer)
+    widget._model.value = FROM_FILE
+    widget._file.value = tiny_model_path
+    widget._output.value = "probabilities"
+    widget._device.value = "cpu"
+    widget.run()
+    _wait(qtbot, widget)
+    names = [layer.name for layer in viewer.layers]
+    assert names == ["noise", "noise probabilities 0", "noise probabilities 1"], names
+    assert viewer.layers["noise probabilities 1"].data.shape == (120, 130)
