@@ -184,3 +184,68 @@ def test_command_line_adds_labels_to_an_ome_zarr_image(tmp_path, image, tiny_mod
     assert run.returncode == 0, run.stderr
     assert "labels/instances/0: shape (1, 181, 203), uint32" in run.stdout
     assert _validated(src) == "v05.Image"
+
+
+# --- the command line: unet-rt segment --format zarr --------------------------
+
+
+def _unet_rt(cli, *args):
+    import subprocess
+
+    return subprocess.run([str(cli), "segment", *map(str, args), "--quiet"], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("kind", ["instances", "labels"])
+def test_cli_writes_the_image_and_its_labels_as_ome_zarr(cli, tmp_path, kind):
+    import tifffile
+
+    from unet_rt.data import nuclei
+
+    image = nuclei()
+    tifffile.imwrite(tmp_path / "cells.tif", image)
+    run = _unet_rt(cli, tmp_path / "cells.tif", "-o", tmp_path / "out", "--format", "zarr", "--output-kind", kind,
+                   "--device", "cpu")
+    assert run.returncode == 0, run.stderr
+    store = tmp_path / "out" / "cells.zarr"
+    assert _validated(store) == "v05.Image"
+    assert _validated(store / "labels") == "v05.Labels"
+    assert _validated(store / f"labels/{kind}") == "v05.ImageLabel"
+    np.testing.assert_array_equal(zarr.open_array(str(store / "0"))[0], image)
+    got = zarr.open_array(str(store / f"labels/{kind}/0"))[...]
+    np.testing.assert_array_equal(got, unet_rt.segment(image, device="cpu", output=kind))
+    nodes = list(Reader(parse_url(str(store)))())
+    assert any(isinstance(s, Label) for n in nodes for s in n.specs)
+    if kind == "labels":
+        meta = dict(zarr.open_group(str(store / "labels/labels")).attrs)["ome"]["image-label"]
+        assert [p["class"] for p in meta["properties"]] == ["background", "nucleus", "boundary"]
+    # A second run replaces the store whole.
+    again = _unet_rt(cli, tmp_path / "cells.tif", "-o", tmp_path / "out", "--format", "zarr", "--output-kind", kind,
+                     "--device", "cpu")
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cells.zarr"]
+
+
+def test_cli_zarr_stacks_and_edge_chunks(cli, tmp_path, tiny_model_path):
+    """A stack of pages (2-D model) keeps its page axis as z; an image wider
+    than a chunk (1024) gets padded edge chunks that read back exactly."""
+    stack = (np.random.default_rng(5).random((2, 70, 1100)) * 255).astype(np.uint8)
+    np.save(tmp_path / "stack.npy", stack)
+    run = _unet_rt(cli, tmp_path / "stack.npy", "-o", tmp_path / "out", "--format", "zarr", "-m", tiny_model_path,
+                   "--axes", "zyx", "--device", "cpu")
+    assert run.returncode == 0, run.stderr
+    store = tmp_path / "out" / "stack.zarr"
+    assert _validated(store) == "v05.Image"
+    labels = zarr.open_array(str(store / "labels/labels/0"))
+    assert labels.shape == (2, 70, 1100) and labels.chunks == (2, 70, 1024)
+    np.testing.assert_array_equal(labels[...], unet_rt.segment(stack, tiny_model_path, device="cpu", axes="zyx"))
+    image = zarr.open_array(str(store / "0"))
+    assert image.shape == (1, 2, 70, 1100)  # NGFF's order: c, z, y, x
+    np.testing.assert_array_equal(image[0], stack)
+    axes = dict(zarr.open_group(str(store)).attrs)["ome"]["multiscales"][0]["axes"]
+    assert [a["name"] for a in axes] == ["c", "z", "y", "x"]
+
+
+def test_cli_zarr_refuses_float_outputs(cli, tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((64, 64), np.float32))
+    run = _unet_rt(cli, tmp_path / "a.npy", "-o", tmp_path / "out", "--format", "zarr", "--output-kind", "probabilities")
+    assert run.returncode == 2 and "--format zarr writes OME-Zarr label images" in run.stderr

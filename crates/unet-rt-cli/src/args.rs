@@ -11,6 +11,7 @@ Examples:
   unet-rt segment data/ -m my.pt -o out/ --device cuda  # every image in a folder, on the GPU
   unet-rt segment 'plate1/*.png' -o out/ --output-kind instances --overlay
   unet-rt segment stack.tif -o out/ --output-kind probabilities --format npy
+  unet-rt segment cells.tif -o out/ --output-kind instances --format zarr   # OME-Zarr for napari
   unet-rt segment volume.npy -m cells3d.pt --axes czyx -o out/
   unet-rt segment data/ -o out/ --skip-existing --json > log.jsonl   # resume a folder
 
@@ -25,6 +26,9 @@ classes). instances: the connected components (4-connectivity in 2-D, 6 in 3-D)
 of the non-background pixels (class > 0), numbered 1..N in raster order as
 scipy.ndimage.label does, uint16 (uint32 beyond 65535 objects). probabilities and
 raw: float32, channel-first (classes, [z,] y, x), TIFF pages or NPY.
+--format zarr writes <stem>.zarr, an OME-Zarr (NGFF 0.5) image holding the input
+(axes [t|z,] c, y, x) and the result as its label image labels/<kind> (a colour
+and a name per class), which napari and other NGFF readers open as labels.
 Each file is written to a hidden temporary file and renamed when complete.
 
 With --json, each input gives one line on stdout:
@@ -91,6 +95,9 @@ pub(crate) enum Format {
     Npy,
     /// PNG (2-D labels and instances only).
     Png,
+    /// OME-Zarr (NGFF 0.5): the image with the result as its label image
+    /// (labels and instances only).
+    Zarr,
 }
 
 impl Format {
@@ -100,6 +107,7 @@ impl Format {
             Self::Tif => "tif",
             Self::Npy => "npy",
             Self::Png => "png",
+            Self::Zarr => "zarr",
         }
     }
 }

@@ -62,27 +62,29 @@ fn folder(path: &Path) -> String {
         .unwrap_or_else(|| ".".to_owned())
 }
 
-fn register(tmp: &Path) {
+pub(crate) fn register(tmp: &Path) {
     if let Ok(mut live) = LIVE.lock() {
         live.push(tmp.to_owned());
     }
 }
 
-fn unregister(tmp: &Path) {
+pub(crate) fn unregister(tmp: &Path) {
     if let Ok(mut live) = LIVE.lock() {
         live.retain(|p| p != tmp);
     }
 }
 
-/// Removes every temporary file still being written (called before an
-/// immediate exit on a second interruption).
+/// Removes every temporary file (or `.zarr` folder) still being written
+/// (called before an immediate exit on a second interruption).
 pub(crate) fn remove_all() {
     let live = match LIVE.lock() {
         Ok(live) => live.clone(),
         Err(poisoned) => poisoned.into_inner().clone(),
     };
     for tmp in live {
-        let _ = std::fs::remove_file(tmp);
+        if std::fs::remove_file(&tmp).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
     }
 }
 

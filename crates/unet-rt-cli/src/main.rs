@@ -19,6 +19,7 @@ mod inputs;
 mod interrupt;
 mod limits;
 mod loader;
+mod ome_zarr;
 mod output;
 mod overlay;
 mod panics;

@@ -17,7 +17,7 @@ use crate::progress::Bars;
 use crate::read::{read_image, with_pixels};
 use crate::report::{Report, Status};
 use crate::write::{write_output, Output};
-use crate::{atomic, inputs, interrupt, loader, output, overlay, panics};
+use crate::{atomic, inputs, interrupt, loader, ome_zarr, output, overlay, panics};
 
 /// Everything a single input needs.
 struct Context<'a> {
@@ -125,6 +125,11 @@ fn check_flags(args: &SegmentArgs) -> Result<(), CliError> {
     if float && args.format == Format::Png {
         return Err(usage(
             "PNG cannot hold float probabilities or raw output: use --format tif or npy",
+        ));
+    }
+    if float && args.format == Format::Zarr {
+        return Err(usage(
+            "--format zarr writes OME-Zarr label images (labels or instances): use --format tif or npy for probabilities and raw output",
         ));
     }
     Ok(())
@@ -311,7 +316,17 @@ fn segment_file(
     let objects = with_pixels!(&image.pixels, a => {
         let arranged = axes::arrange(a.view(), &axes, info).map_err(|m| fail(FileError::new(input, m)))?;
         let result = compute(ctx, input, &arranged).map_err(fail)?;
-        write_output(output, &result.output, ctx.args.format).map_err(fail)?;
+        if ctx.args.format == Format::Zarr {
+            let classes = class_names(&ctx.model);
+            let label = ome_zarr::LabelInfo {
+                kind: if ctx.args.output_kind == OutputMode::Instances { "instances" } else { "labels" },
+                classes: (ctx.args.output_kind == OutputMode::Labels).then_some(classes.as_slice()),
+                page_axis: if axes.contains('z') { 'z' } else { 't' },
+            };
+            ome_zarr::write_ome_zarr(output, &arranged.view, arranged.stacked, &result.output, &label).map_err(fail)?;
+        } else {
+            write_output(output, &result.output, ctx.args.format).map_err(fail)?;
+        }
         if let (Some(path), Some(classes)) = (&overlay_path, &result.classes) {
             let plane = middle_plane(arranged.view.index_axis(Axis(1), 0)).map_err(|m| fail(FileError::new(input, m)))?;
             overlay::write_overlay(path, plane, classes.view(), &result.read_out).map_err(fail)?;
@@ -319,6 +334,21 @@ fn segment_file(
         result.objects
     });
     Ok((shape, objects))
+}
+
+/// The model's class names (its metadata's, else the channel numbers).
+fn class_names(model: &Model) -> Vec<String> {
+    let names = model
+        .metadata()
+        .map(|m| m.class_names.clone())
+        .unwrap_or_default();
+    if names.is_empty() {
+        (0..model.info().out_channels)
+            .map(|i| i.to_string())
+            .collect()
+    } else {
+        names
+    }
 }
 
 /// What [`compute`] returns.

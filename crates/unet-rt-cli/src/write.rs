@@ -63,6 +63,11 @@ pub(crate) fn write_output(path: &Path, output: &Output, format: Format) -> Resu
             })
         }
         Format::Png => write_png(path, output),
+        // Written with the image, by `ome_zarr::write_ome_zarr`.
+        Format::Zarr => Err(FileError::new(
+            path,
+            "internal error: OME-Zarr results are written with their image",
+        )),
     }
 }
 

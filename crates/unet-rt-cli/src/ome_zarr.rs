@@ -1,0 +1,366 @@
+//! `--format zarr`: the input image and its segmentation as one OME-Zarr
+//! (NGFF 0.5, zarr v3) that napari, ome-zarr and other NGFF readers open as
+//! an image with a labels layer:
+//!
+//! ```text
+//! <stem>.zarr/                 the image: multiscales, axes ([t,] c, [z,] y, x)
+//!     0/                       the input pixels
+//!     labels/                  ome.labels = [<kind>]
+//!         <kind>/              image-label (a colour and name per class)
+//!             0/               the result, axes as the image's but c
+//! ```
+//!
+//! Chunks are at most 1024 pixels per spatial axis, uncompressed
+//! (little-endian `bytes` codec). The store is written in a hidden folder
+//! renamed into place when complete, like every other result.
+
+use std::fs;
+use std::path::Path;
+
+use ndarray::{ArrayD, ArrayViewD, IxDyn, Slice};
+use serde_json::{json, Value};
+
+use crate::atomic::{self, temporary_path};
+use crate::errors::FileError;
+use crate::interrupt;
+use crate::write::Output;
+
+/// Largest chunk side along a spatial axis.
+const CHUNK: usize = 1024;
+
+/// Distinct class colours (RGB); class 0, the background, is transparent.
+const PALETTE: [[u8; 3]; 12] = [
+    [230, 25, 75],
+    [60, 180, 75],
+    [255, 225, 25],
+    [0, 130, 200],
+    [245, 130, 48],
+    [145, 30, 180],
+    [70, 240, 240],
+    [240, 50, 230],
+    [210, 245, 60],
+    [250, 190, 212],
+    [0, 128, 128],
+    [220, 190, 255],
+];
+
+/// An array element as zarr stores it.
+pub(crate) trait ZarrElement: Copy {
+    /// The zarr v3 data type name.
+    const DATA_TYPE: &'static str;
+    /// The fill value.
+    const ZERO: Self;
+    /// Appends the value's little-endian bytes.
+    fn put(self, out: &mut Vec<u8>);
+}
+
+macro_rules! zarr_element {
+    ($($t:ty => $name:literal),*) => {$(
+        impl ZarrElement for $t {
+            const DATA_TYPE: &'static str = $name;
+            const ZERO: Self = 0 as $t;
+            fn put(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+        }
+    )*};
+}
+zarr_element!(u8 => "uint8", u16 => "uint16", i16 => "int16", u32 => "uint32", f32 => "float32", f64 => "float64");
+
+/// What the label image says of its values.
+pub(crate) struct LabelInfo<'a> {
+    /// The result kind, the label image's name: `labels` or `instances`.
+    pub kind: &'a str,
+    /// Class names, for `labels` (colours and properties per class).
+    pub classes: Option<&'a [String]>,
+    /// The name of the leading page axis of stacks: `z` (space) or `t` (time).
+    pub page_axis: char,
+}
+
+/// Writes `path` (a `.zarr` folder): the image `(pages, channels,
+/// spatial...)` and `labels` (`([pages,] spatial...)`). `stacked` keeps the
+/// page axis (otherwise it has length 1 and is left out).
+pub(crate) fn write_ome_zarr<T: ZarrElement>(
+    path: &Path,
+    image: &ArrayViewD<'_, T>,
+    stacked: bool,
+    labels: &Output,
+    info: &LabelInfo<'_>,
+) -> Result<(), FileError> {
+    let tmp = temporary_path(path);
+    atomic::register(&tmp);
+    let result = write_into(&tmp, image, stacked, labels, info).and_then(|()| {
+        if interrupt::requested() {
+            return Err("interrupted".to_owned());
+        }
+        replace_folder(&tmp, path)
+    });
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    atomic::unregister(&tmp);
+    result.map_err(|message| FileError {
+        interrupted: interrupt::requested(),
+        ..FileError::new(path, message)
+    })
+}
+
+fn replace_folder(tmp: &Path, path: &Path) -> Result<(), String> {
+    if path.exists() {
+        // A previous result: move it aside first, so a result stays under
+        // the final name until the new one replaces it.
+        let old = path.with_file_name(format!(
+            ".{}.{}.old",
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("result"),
+            std::process::id()
+        ));
+        fs::rename(path, &old).map_err(|e| format!("cannot replace {}: {e}", path.display()))?;
+        fs::rename(tmp, path).map_err(|e| e.to_string())?;
+        fs::remove_dir_all(&old)
+            .or_else(|_| fs::remove_file(&old))
+            .map_err(|e| e.to_string())
+    } else {
+        fs::rename(tmp, path).map_err(|e| e.to_string())
+    }
+}
+
+fn write_into<T: ZarrElement>(
+    root: &Path,
+    image: &ArrayViewD<'_, T>,
+    stacked: bool,
+    labels: &Output,
+    info: &LabelInfo<'_>,
+) -> Result<(), String> {
+    let _ = fs::remove_dir_all(root);
+    let spatial = image.ndim() - 2;
+    let space = &"zyx"[3 - spatial..];
+    let page = if stacked { Some(info.page_axis) } else { None };
+    // The image, in NGFF's axis order t, c, z, y, x: (t, c, spatial...) for
+    // time points, (c, z, y, x) for the planes of a stack, (c, spatial...).
+    let channel = json!({"name": "c", "type": "channel"});
+    let (image_axes, image_view): (Vec<Value>, ArrayViewD<'_, T>) = match page {
+        Some('z') => {
+            let mut order: Vec<usize> = (0..image.ndim()).collect();
+            order.swap(0, 1);
+            let axes = [channel, axis('z')]
+                .into_iter()
+                .chain(space.chars().map(axis))
+                .collect();
+            (axes, image.view().permuted_axes(IxDyn(&order)))
+        }
+        Some(p) => {
+            let axes = [axis(p), channel]
+                .into_iter()
+                .chain(space.chars().map(axis))
+                .collect();
+            (axes, image.view())
+        }
+        None => {
+            let axes = std::iter::once(channel)
+                .chain(space.chars().map(axis))
+                .collect();
+            (axes, image.index_axis(ndarray::Axis(0), 0))
+        }
+    };
+    let label_axes: Vec<Value> = image_axes
+        .iter()
+        .filter(|a| a["name"] != "c")
+        .cloned()
+        .collect();
+    write_group(
+        root,
+        json!({"ome": {"version": "0.5", "multiscales": [multiscales("image", &image_axes)]}}),
+    )?;
+    write_array(&root.join("0"), &image_view, &image_axes)?;
+    let labels_root = root.join("labels");
+    write_group(
+        &labels_root,
+        json!({"ome": {"version": "0.5", "labels": [info.kind]}}),
+    )?;
+    let label_root = labels_root.join(info.kind);
+    let mut image_label = json!({"version": "0.5", "source": {"image": "../../"}});
+    if let Some(classes) = info.classes {
+        image_label["colors"] = Value::Array(
+            (0..classes.len())
+                .map(|i| json!({"label-value": i, "rgba": colour(i)}))
+                .collect(),
+        );
+        image_label["properties"] = Value::Array(
+            classes
+                .iter()
+                .enumerate()
+                .map(|(i, name)| json!({"label-value": i, "class": name}))
+                .collect(),
+        );
+    }
+    write_group(
+        &label_root,
+        json!({"ome": {
+            "version": "0.5",
+            "multiscales": [multiscales(info.kind, &label_axes)],
+            "image-label": image_label,
+        }}),
+    )?;
+    let target = label_root.join("0");
+    match labels {
+        Output::U8(a) => write_array(&target, &a.view(), &label_axes),
+        Output::U16(a) => write_array(&target, &a.view(), &label_axes),
+        Output::U32(a) => write_array(&target, &a.view(), &label_axes),
+        Output::F32(_) => Err("OME-Zarr label images hold integer labels or instances".to_owned()),
+    }
+}
+
+fn axis(name: char) -> Value {
+    let kind = if name == 't' { "time" } else { "space" };
+    json!({"name": name.to_string(), "type": kind})
+}
+
+fn colour(class: usize) -> [u8; 4] {
+    if class == 0 {
+        return [0, 0, 0, 0];
+    }
+    let [r, g, b] = PALETTE[(class - 1) % PALETTE.len()];
+    [r, g, b, 255]
+}
+
+fn multiscales(name: &str, axes: &[Value]) -> Value {
+    json!({
+        "name": name,
+        "axes": axes,
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": vec![1.0; axes.len()]}
+        ]}],
+    })
+}
+
+fn write_group(dir: &Path, attributes: Value) -> Result<(), String> {
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let meta = json!({"zarr_format": 3, "node_type": "group", "attributes": attributes});
+    write_json(&dir.join("zarr.json"), &meta)
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The chunk shape of an array: 1 along leading (page, channel) axes, at
+/// most [`CHUNK`] along the last (spatial) ones. Channels stay whole.
+fn chunk_shape(shape: &[usize], axes: &[Value]) -> Vec<usize> {
+    shape
+        .iter()
+        .zip(axes)
+        .map(|(&n, a)| match a["type"].as_str() {
+            Some("space") => n.clamp(1, CHUNK),
+            Some("channel") => n.max(1),
+            _ => 1,
+        })
+        .collect()
+}
+
+fn write_array<T: ZarrElement>(
+    dir: &Path,
+    array: &ArrayViewD<'_, T>,
+    axes: &[Value],
+) -> Result<(), String> {
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let shape = array.shape().to_vec();
+    let chunks = chunk_shape(&shape, axes);
+    let names: Vec<&Value> = axes.iter().map(|a| &a["name"]).collect();
+    let meta = json!({
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": shape,
+        "data_type": T::DATA_TYPE,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunks}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0,
+        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+        "dimension_names": names,
+        "attributes": {},
+    });
+    write_json(&dir.join("zarr.json"), &meta)?;
+    let grid: Vec<usize> = shape
+        .iter()
+        .zip(&chunks)
+        .map(|(&n, &c)| n.div_ceil(c))
+        .collect();
+    let count: usize = grid.iter().product();
+    let chunk_len: usize = chunks.iter().product();
+    let mut bytes = Vec::new();
+    for flat in 0..count {
+        if interrupt::requested() {
+            return Err("interrupted".to_owned());
+        }
+        let index = unravel(flat, &grid);
+        let start: Vec<usize> = index.iter().zip(&chunks).map(|(&i, &c)| i * c).collect();
+        let part = array.slice_each_axis(|ax| {
+            let a = ax.axis.index();
+            Slice::from(start[a]..(start[a] + chunks[a]).min(shape[a]))
+        });
+        bytes.clear();
+        bytes
+            .try_reserve(chunk_len * std::mem::size_of::<T>())
+            .map_err(|e| format!("cannot allocate a chunk: {e}"))?;
+        if part.shape() == chunks.as_slice() {
+            part.iter().for_each(|&v| v.put(&mut bytes));
+        } else {
+            // Edge chunks are stored whole, padded with the fill value.
+            let mut whole = ArrayD::from_elem(IxDyn(&chunks), T::ZERO);
+            whole
+                .slice_each_axis_mut(|ax| Slice::from(0..part.shape()[ax.axis.index()]))
+                .assign(&part);
+            whole.iter().for_each(|&v| v.put(&mut bytes));
+        }
+        let mut file = dir.join("c");
+        for i in &index {
+            file.push(i.to_string());
+        }
+        if let Some(parent) = file.parent() {
+            fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        fs::write(&file, &bytes).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    }
+    Ok(())
+}
+
+/// The row-major multi-index of `flat` in a grid of `shape`.
+fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
+    let mut index = vec![0; shape.len()];
+    for (i, &n) in shape.iter().enumerate().rev() {
+        index[i] = flat % n;
+        flat /= n;
+    }
+    index
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unravel_is_row_major() {
+        assert_eq!(unravel(5, &[2, 3]), vec![1, 2]);
+        assert_eq!(unravel(0, &[4]), vec![0]);
+    }
+
+    #[test]
+    fn chunks_cap_spatial_axes_and_keep_channels_whole() {
+        let axes = vec![
+            axis('t'),
+            json!({"name": "c", "type": "channel"}),
+            axis('y'),
+            axis('x'),
+        ];
+        assert_eq!(chunk_shape(&[5, 3, 2000, 70], &axes), vec![1, 3, 1024, 70]);
+    }
+
+    #[test]
+    fn colours_leave_the_background_transparent() {
+        assert_eq!(colour(0), [0, 0, 0, 0]);
+        assert_eq!(colour(1), [230, 25, 75, 255]);
+        assert_eq!(colour(13), colour(1));
+    }
+}
