@@ -196,4 +196,18 @@ def test_command_line_exports_and_checks(tmp_path, tiny_model_path):
     assert "label agreement 1.000000" in run.stdout
     bad = subprocess.run([sys.executable, "-m", "unet_rt.bioimageio", "export", "-o", str(tmp_path / "x.tar")],
                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
-    assert bad.returncode == 1 and "invalid path" in bad.stderr
+    assert bad.returncode == 2 and "invalid path" in bad.stderr
+
+
+def test_unet_rt_export_bioimageio_runs_the_python_exporter(cli, tmp_path):
+    out = tmp_path / "nuclei.zip"
+    run = subprocess.run([str(cli), "export-bioimageio", "-o", str(out), "--author", "A. Person"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert bio.check(out)["label_agreement"] == 1.0
+    missing = subprocess.run([str(cli), "export-bioimageio", str(tmp_path / "none.pt"), "-o", str(tmp_path / "x.zip")],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "model file not found" in missing.stderr
+    nowhere = subprocess.run([str(cli), "export-bioimageio", "-o", str(tmp_path / "y.zip")], capture_output=True,
+                             text=True, timeout=60, env={**os.environ, "UNET_RT_PYTHON": str(tmp_path / "no-python")})
+    assert nowhere.returncode == 2 and "UNET_RT_PYTHON" in nowhere.stderr

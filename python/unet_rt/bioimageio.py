@@ -701,7 +701,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
     import sys
 
-    from .errors import UnetRtError
+    from .errors import ModelNotFoundError, UnetRtError
 
     parser = argparse.ArgumentParser(prog="python -m unet_rt.bioimageio",
                                      description="bioimage.io model packages: export unet_rt models, check packages.")
@@ -730,6 +730,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"label agreement {result['label_agreement']:.6f}")
             if result["label_agreement"] < 1.0 and result["max_abs_difference"] > 1e-3:
                 return 1
+    except (InvalidArgumentError, ModelNotFoundError) as e:
+        print(f"unet_rt.bioimageio: error: {e}", file=sys.stderr)
+        return 2
     except (UnetRtError, OSError) as e:
         print(f"unet_rt.bioimageio: error: {e}", file=sys.stderr)
         return 1

@@ -70,6 +70,13 @@ pub(crate) enum Command {
         after_help = "Examples:\n  unet-rt bench\n  unet-rt bench -m my.pt --device cuda --precision bf16 --size 4096x4096 --tile 1024"
     )]
     Bench(BenchArgs),
+    /// Write a model as a bioimage.io package (.zip), validated by
+    /// bioimageio.spec (runs `python -m unet_rt.bioimageio export`).
+    #[command(
+        name = "export-bioimageio",
+        after_help = "Examples:\n  unet-rt export-bioimageio -o nuclei.zip            # the bundled model\n  unet-rt export-bioimageio my.pt -o my.zip --author 'A. Person' --license CC-BY-4.0\n\nThe package is built and validated by the Python package (pip install 'unet_rt[bioimageio]'):\nthe Python next to this binary, else $UNET_RT_PYTHON, else python3 on PATH."
+    )]
+    ExportBioimageio(ExportArgs),
 }
 
 /// `--output-kind`: the engine's [`OutputMode`], with the help of each value.
@@ -210,6 +217,30 @@ pub(crate) struct InfoArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `unet-rt export-bioimageio`.
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    /// The model (default: the bundled nuclei model).
+    #[arg(value_name = "MODEL")]
+    pub model: Option<PathBuf>,
+    /// The package to write (.zip).
+    #[arg(short, long, value_name = "PKG.zip")]
+    pub output: PathBuf,
+    /// The package's name (default: the model's).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// An author's name (repeatable; default: the unet_rt contributors).
+    #[arg(long)]
+    pub author: Vec<String>,
+    /// SPDX licence identifier of the weights.
+    #[arg(long, default_value = "MIT")]
+    pub license: String,
+    /// Image (.npy, .tif) whose top-left corner is the package's test input
+    /// (default: the bundled nuclei image).
+    #[arg(long, value_name = "IMAGE")]
+    pub test_image: Option<PathBuf>,
 }
 
 /// `unet-rt bench`.

@@ -14,6 +14,7 @@ mod atomic;
 mod axes;
 mod bench;
 mod errors;
+mod export;
 mod info;
 mod inputs;
 mod interrupt;
@@ -72,6 +73,7 @@ fn run() -> ExitCode {
         Command::Segment(args) => segment::run(&args),
         Command::Info(args) => info::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::ExportBioimageio(args) => export::run(&args),
     };
     match result {
         Ok(status) => ExitCode::from(status),
