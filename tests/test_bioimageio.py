@@ -99,6 +99,22 @@ def _core_prediction(package: Path, image: np.ndarray) -> np.ndarray:
     return np.array(next(iter(sample.members.values())).data)
 
 
+@pytest.mark.parametrize("normalization", [
+    {"kind": "zscore", "mean": 0.5, "std": 0.25},
+    {"kind": "scale", "factor": 0.5},
+    {"kind": "none"},
+])
+def test_every_normalization_exports_and_comes_back(tmp_path, normalization):
+    from training.tiny import export_tiny
+
+    model_path = export_tiny(tmp_path / "tiny.pt", seed=3, normalization=normalization)
+    pkg = bio.export(model_path, tmp_path / "tiny.zip")
+    assert unet_rt.Model(pkg, device="cpu").metadata["normalization"] == normalization
+    assert bio.check(pkg)["max_abs_difference"] < 1e-5
+    image = np.random.default_rng(4).random((150, 170)).astype(np.float32)
+    np.testing.assert_array_equal(unet_rt.segment(image, pkg, device="cpu"), unet_rt.segment(image, model_path, device="cpu"))
+
+
 # --- a package made without unet_rt ------------------------------------------
 
 
@@ -167,6 +183,33 @@ def test_a_package_made_elsewhere_runs_and_reproduces_its_test_output(tmp_path):
     # And it segments images of any size.
     image = np.random.default_rng(2).normal(100, 20, (2, 150, 170)).astype(np.float32)
     assert model.segment(image).shape == (150, 170)
+
+
+def test_a_format_0_4_package_runs_after_the_spec_updates_it(tmp_path):
+    """Most zoo packages are format 0.4 (axes as letters, shapes as
+    min/step and references with a scale); the spec updates them to 0.5."""
+    folder = _foreign_package(tmp_path / "old")
+    rdf = json.loads((folder / "rdf.yaml").read_text())
+    rdf.update(format_version="0.4.10", timestamp="2024-01-01T00:00:00")
+    rdf["authors"] = [{"name": "someone"}]
+    rdf["inputs"] = [{
+        "name": "image", "axes": "bcyx", "data_type": "float32", "data_range": [-1e9, 1e9],
+        "shape": {"min": [1, 2, 32, 32], "step": [0, 0, 16, 16]},
+        "preprocessing": [{"name": "zero_mean_unit_variance",
+                           "kwargs": {"mode": "fixed", "axes": "xy", "mean": 100.0, "std": 20.0}}],
+    }]
+    rdf["outputs"] = [{
+        "name": "mask", "axes": "bcyx", "data_type": "float32", "data_range": [0, 1],
+        "shape": {"reference_tensor": "image", "scale": [1, 0, 1, 1], "offset": [0, 0.5, 0, 0]},
+        "halo": [0, 0, 8, 8],
+        "postprocessing": [{"name": "sigmoid"}],
+    }]
+    rdf["test_inputs"], rdf["test_outputs"] = ["in.npy"], ["out.npy"]
+    rdf["weights"] = {"torchscript": {"source": "weights.pt", "pytorch_version": "2.11"}}
+    (folder / "rdf.yaml").write_text(json.dumps(rdf))
+    model = unet_rt.Model(folder, device="cpu")
+    assert (model.info["in_channels"], model.info["output"], model.info["halo"]) == (2, "sigmoid", 8)
+    assert bio.check(folder)["max_abs_difference"] < 1e-5
 
 
 @pytest.mark.parametrize("change,match", [

@@ -263,8 +263,9 @@ def _preprocessing(norm: Dict[str, Any], axes: List[str]) -> List[Dict[str, Any]
         steps.append({"id": "scale_range", "kwargs": {
             "axes": axes, "min_percentile": float(norm["low"]), "max_percentile": float(norm["high"]), "eps": 1e-6}})
     elif kind == "zscore":
+        # Consumers divide by std + 1e-6 (unet_rt by std): a 1e-6 relative difference.
         steps.append({"id": "fixed_zero_mean_unit_variance", "kwargs": {
-            "mean": float(norm["mean"]), "std": float(norm["std"]), "eps": 1e-6}})
+            "mean": float(norm["mean"]), "std": float(norm["std"])}})
     elif kind == "scale":
         steps.append({"id": "scale_linear", "kwargs": {"gain": float(norm["factor"]), "offset": 0.0}})
     return steps
@@ -602,10 +603,11 @@ def _normalization(steps: Sequence[Any], source: Path, in_axes: Sequence[Any]) -
                 raise PackageError(f"{source}: preprocessing step 'scale_range' with a reference tensor is not supported")
             norm = {"kind": "percentile", "low": float(kw.min_percentile), "high": float(kw.max_percentile)}
         elif sid == "fixed_zero_mean_unit_variance":
-            mean, std = kw.mean, kw.std
-            if isinstance(mean, (list, tuple)) or isinstance(std, (list, tuple)):
-                raise PackageError(f"{source}: preprocessing step {sid!r} per channel is not supported")
-            norm = {"kind": "zscore", "mean": float(mean), "std": float(std)}
+            mean, std = _one_value(getattr(kw, "mean", None)), _one_value(getattr(kw, "std", None))
+            if mean is None or std is None:
+                raise PackageError(f"{source}: preprocessing step {sid!r} with different values per channel is not "
+                                   f"supported (unet_rt normalizes every channel alike)")
+            norm = {"kind": "zscore", "mean": mean, "std": std}
         elif sid == "scale_linear":
             gain, offset = kw.gain, kw.offset
             if isinstance(gain, (list, tuple)) or isinstance(offset, (list, tuple)) or float(offset) != 0.0:
@@ -616,6 +618,15 @@ def _normalization(steps: Sequence[Any], source: Path, in_axes: Sequence[Any]) -
             raise PackageError(f"{source}: preprocessing step {sid!r} is not supported by unet_rt (it runs "
                                f"scale_range, fixed_zero_mean_unit_variance, scale_linear and ensure_dtype)")
     return norm
+
+
+def _one_value(value: Any) -> Optional[float]:
+    """A number, or a per-channel list of one repeated number (what the
+    spec makes of format 0.4's per-channel fixed values); else ``None``."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    values = {float(v) for v in (value or [])}
+    return values.pop() if len(values) == 1 else None
 
 
 def _output(steps: Sequence[Any], source: Path) -> str:
