@@ -254,3 +254,16 @@ def test_unet_rt_export_bioimageio_runs_the_python_exporter(cli, tmp_path):
     nowhere = subprocess.run([str(cli), "export-bioimageio", "-o", str(tmp_path / "y.zip")], capture_output=True,
                              text=True, timeout=60, env={**os.environ, "UNET_RT_PYTHON": str(tmp_path / "no-python")})
     assert nowhere.returncode == 2 and "UNET_RT_PYTHON" in nowhere.stderr
+
+
+def test_a_package_folder_segments_on_dask(tmp_path):
+    import zarr
+
+    import unet_rt.dask as ud
+
+    folder = _foreign_package(tmp_path / "pkg")
+    image = np.random.default_rng(6).normal(100, 20, (2, 150, 170)).astype(np.float32)
+    zarr.create_array(str(tmp_path / "in.zarr"), data=image, chunks=(2, 64, 64))
+    out = ud.segment_to_zarr(str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), str(folder), client=False,
+                             device="cpu", progress=False, block=64)
+    np.testing.assert_array_equal(out[...], unet_rt.segment(image, folder, device="cpu"))

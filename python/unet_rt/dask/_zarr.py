@@ -22,6 +22,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -450,9 +451,14 @@ def _model_digest(resolved: ResolvedModel) -> str:
     if resolved.data is not None:
         return hashlib.sha256(resolved.data).hexdigest()
     digest = hashlib.sha256()
-    with open(resolved.spec.source, "rb") as f:
-        for piece in iter(lambda: f.read(1 << 20), b""):
-            digest.update(piece)
+    source = resolved.spec.source
+    # A bioimage.io package may be a folder: its files, in name order.
+    files = sorted(p for p in Path(source).rglob("*") if p.is_file()) if os.path.isdir(source) else [Path(source)]
+    for path in files:
+        digest.update(str(path.relative_to(source) if path != Path(source) else "").encode())
+        with open(path, "rb") as f:
+            for piece in iter(lambda: f.read(1 << 20), b""):
+                digest.update(piece)
     return digest.hexdigest()
 
 
