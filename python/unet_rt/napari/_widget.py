@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
@@ -112,7 +112,7 @@ class SegmentWidget(Container):
         # Errors go to the status line (connecting "errored" here keeps the
         # worker from re-raising them in the event loop).
         worker = create_worker(_segment, job, self._report, _start_thread=False, _connect={
-            "returned": lambda result: self._add_result(layer, job, result),
+            "returned": lambda done: self._add_result(layer, job, *done),
             "errored": self._on_error,
             "finished": self._on_finished,
         })
@@ -138,11 +138,11 @@ class SegmentWidget(Container):
         self._progress.max = max(1, total)
         self._progress.value = min(done, self._progress.max)
 
-    def _add_result(self, layer: Any, job: Dict[str, Any], result: np.ndarray) -> None:
+    def _add_result(self, layer: Any, job: Dict[str, Any], result: np.ndarray, classes: List[str]) -> None:
         name = f"{layer.name} {job['output']}"
         spatial = dict(scale=tuple(layer.scale)[-result.ndim:], translate=tuple(layer.translate)[-result.ndim:])
         if job["output"] == "probabilities":
-            self._viewer.add_image(result, channel_axis=0, name=[f"{name} {c}" for c in range(result.shape[0])],
+            self._viewer.add_image(result, channel_axis=0, name=[f"{name} {c}" for c in classes],
                                    scale=tuple(layer.scale)[-(result.ndim - 1):],
                                    translate=tuple(layer.translate)[-(result.ndim - 1):])
         else:
@@ -163,10 +163,12 @@ class SegmentWidget(Container):
         self._worker = None
 
 
-def _segment(job: Dict[str, Any], report: Any) -> np.ndarray:
-    """Runs on the worker thread: loads (or reuses) the model, segments."""
+def _segment(job: Dict[str, Any], report: Any) -> Tuple[np.ndarray, List[str]]:
+    """Runs on the worker thread: loads (or reuses) the model, segments;
+    returns the result and the model's class names."""
     model = cached_model(job["model"], job["device"], job["precision"])
-    return model.segment(job["image"], output=job["output"], axes=job["axes"], tile=job["tile"], progress=report)
+    result = model.segment(job["image"], output=job["output"], axes=job["axes"], tile=job["tile"], progress=report)
+    return result, model.classes
 
 
 def _is_file(value: Any) -> bool:
