@@ -91,6 +91,10 @@ def test_errors_and_missing_choices_show_in_the_status_line(make_napari_viewer, 
     assert widget.run() is None and "image layer" in widget._status.value
     viewer.add_image(np.zeros((64, 64), np.float32), name="blank")
     assert widget._image.value is viewer.layers["blank"]  # new layers show up in the chooser
+    viewer.add_image(np.ones((32, 32), np.float32), name="other")
+    viewer.layers.selection.active = viewer.layers["blank"]
+    assert widget._image.value is viewer.layers["blank"]  # and it follows the selected layer
+    viewer.layers.remove("other")
     widget._model.value = FROM_FILE
     assert widget._file.native.isVisibleTo(widget.native)  # the file chooser appears
     assert widget.run() is None and "model file" in widget._status.value

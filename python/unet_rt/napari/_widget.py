@@ -74,12 +74,21 @@ class SegmentWidget(Container):
         # Layers added later show up in the chooser.
         viewer.layers.events.inserted.connect(self._image.reset_choices)
         viewer.layers.events.removed.connect(self._image.reset_choices)
+        # The chooser follows the layer selected in the layer list.
+        viewer.layers.selection.events.active.connect(self._follow_selection)
         self._image.reset_choices()
+        self._follow_selection()
 
     def _image_layers(self, _widget: Any = None) -> list:
         # The viewer's image layers, newest first (the one just opened is
         # the one to segment).
         return [(layer.name, layer) for layer in reversed(self._viewer.layers) if type(layer).__name__ == "Image"]
+
+    def _follow_selection(self, *_: Any) -> None:
+        active = self._viewer.layers.selection.active
+        if active is not None and type(active).__name__ == "Image":
+            self._image.reset_choices()
+            self._image.value = active
 
     # --- actions ---------------------------------------------------------------
 
