@@ -245,6 +245,24 @@ def test_cli_zarr_stacks_and_edge_chunks(cli, tmp_path, tiny_model_path):
     assert [a["name"] for a in axes] == ["c", "z", "y", "x"]
 
 
+def test_cli_zarr_resolution_levels(cli, tmp_path, tiny_model_path):
+    image = (np.random.default_rng(8).random((300, 203)) * 255).astype(np.uint8)
+    np.save(tmp_path / "a.npy", image)
+    run = _unet_rt(cli, tmp_path / "a.npy", "-o", tmp_path / "out", "--format", "zarr", "-m", tiny_model_path,
+                   "--levels", "3", "--device", "cpu")
+    assert run.returncode == 0, run.stderr
+    store = tmp_path / "out" / "a.zarr"
+    assert _validated(store) == "v05.Image"  # image and labels have the same levels
+    labels = unet_rt.segment(image, tiny_model_path, device="cpu")
+    for level, step in enumerate((1, 2, 4)):
+        np.testing.assert_array_equal(zarr.open_array(str(store / f"labels/labels/{level}"))[...], labels[::step, ::step])
+        np.testing.assert_array_equal(zarr.open_array(str(store / str(level)))[0], image[::step, ::step])
+    datasets = dict(zarr.open_group(str(store)).attrs)["ome"]["multiscales"][0]["datasets"]
+    assert [d["coordinateTransformations"][0]["scale"] for d in datasets] == [[1, 1, 1], [1, 2, 2], [1, 4, 4]]
+    usage = _unet_rt(cli, tmp_path / "a.npy", "-o", tmp_path / "out2", "--levels", "2")
+    assert usage.returncode == 2 and "--levels applies to --format zarr" in usage.stderr
+
+
 def test_cli_zarr_refuses_float_outputs(cli, tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((64, 64), np.float32))
     run = _unet_rt(cli, tmp_path / "a.npy", "-o", tmp_path / "out", "--format", "zarr", "--output-kind", "probabilities")

@@ -27,8 +27,9 @@ of the non-background pixels (class > 0), numbered 1..N in raster order as
 scipy.ndimage.label does, uint16 (uint32 beyond 65535 objects). probabilities and
 raw: float32, channel-first (classes, [z,] y, x), TIFF pages or NPY.
 --format zarr writes <stem>.zarr, an OME-Zarr (NGFF 0.5) image holding the input
-(axes [t|z,] c, y, x) and the result as its label image labels/<kind> (a colour
-and a name per class), which napari and other NGFF readers open as labels.
+(axes [t,] c, [z,] y, x) and the result as its label image labels/<kind> (a colour
+and a name per class), which napari and other NGFF readers open as labels;
+--levels N adds resolution levels (every 2^k-th pixel).
 Each file is written to a hidden temporary file and renamed when complete.
 
 With --json, each input gives one line on stdout:
@@ -174,6 +175,10 @@ pub(crate) struct SegmentArgs {
     /// Result file format.
     #[arg(short, long, value_enum, default_value_t = Format::Tif)]
     pub format: Format,
+    /// With --format zarr: resolution levels of image and labels (level k
+    /// keeps every 2^k-th pixel along the model's spatial axes).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub levels: u64,
     /// Axis order of the inputs, from b (batch), c (channels), z, y, x: e.g. yx,
     /// cyx, yxc, zyx, czyx; for a 2-D model z (like b) is a stack of images
     /// (default: from the file format, or guessed from the shape).

@@ -75,6 +75,9 @@ pub(crate) struct LabelInfo<'a> {
     pub classes: Option<&'a [String]>,
     /// The name of the leading page axis of stacks: `z` (space) or `t` (time).
     pub page_axis: char,
+    /// Resolution levels (1: only the full resolution); level k keeps every
+    /// 2^k-th pixel along the model's spatial axes, for image and labels.
+    pub levels: usize,
 }
 
 /// Writes `path` (a `.zarr` folder): the image `(pages, channels,
@@ -169,17 +172,25 @@ fn write_into<T: ZarrElement>(
         .filter(|a| a["name"] != "c")
         .cloned()
         .collect();
+    // The model's spatial axes are halved by each level; a stack's z is not.
+    let halved = |axes: &[Value]| -> Vec<bool> {
+        let n = axes.len();
+        (0..n).map(|i| i + spatial >= n).collect()
+    };
+    let levels = info.levels.max(1);
+    let image_halved = halved(&image_axes);
     write_group(
         root,
-        json!({"ome": {"version": "0.5", "multiscales": [multiscales("image", &image_axes)]}}),
+        json!({"ome": {"version": "0.5", "multiscales": [multiscales("image", &image_axes, &image_halved, levels)]}}),
     )?;
-    write_array(&root.join("0"), &image_view, &image_axes)?;
+    write_levels(root, &image_view, &image_axes, &image_halved, levels)?;
     let labels_root = root.join("labels");
     write_group(
         &labels_root,
         json!({"ome": {"version": "0.5", "labels": [info.kind]}}),
     )?;
     let label_root = labels_root.join(info.kind);
+    let label_halved = halved(&label_axes);
     let mut image_label = json!({"version": "0.5", "source": {"image": "../../"}});
     if let Some(classes) = info.classes {
         image_label["colors"] = Value::Array(
@@ -199,15 +210,14 @@ fn write_into<T: ZarrElement>(
         &label_root,
         json!({"ome": {
             "version": "0.5",
-            "multiscales": [multiscales(info.kind, &label_axes)],
+            "multiscales": [multiscales(info.kind, &label_axes, &label_halved, levels)],
             "image-label": image_label,
         }}),
     )?;
-    let target = label_root.join("0");
     match labels {
-        Output::U8(a) => write_array(&target, &a.view(), &label_axes),
-        Output::U16(a) => write_array(&target, &a.view(), &label_axes),
-        Output::U32(a) => write_array(&target, &a.view(), &label_axes),
+        Output::U8(a) => write_levels(&label_root, &a.view(), &label_axes, &label_halved, levels),
+        Output::U16(a) => write_levels(&label_root, &a.view(), &label_axes, &label_halved, levels),
+        Output::U32(a) => write_levels(&label_root, &a.view(), &label_axes, &label_halved, levels),
         Output::F32(_) => Err("OME-Zarr label images hold integer labels or instances".to_owned()),
     }
 }
@@ -225,14 +235,38 @@ fn colour(class: usize) -> [u8; 4] {
     [r, g, b, 255]
 }
 
-fn multiscales(name: &str, axes: &[Value]) -> Value {
-    json!({
-        "name": name,
-        "axes": axes,
-        "datasets": [{"path": "0", "coordinateTransformations": [
-            {"type": "scale", "scale": vec![1.0; axes.len()]}
-        ]}],
-    })
+/// Levels `0..levels` of `array` as arrays `0`, `1`, ... in `dir`: level k
+/// keeps pixels 0, 2^k, 2 * 2^k, ... along the `halved` axes.
+fn write_levels<T: ZarrElement>(
+    dir: &Path,
+    array: &ArrayViewD<'_, T>,
+    axes: &[Value],
+    halved: &[bool],
+    levels: usize,
+) -> Result<(), String> {
+    for level in 0..levels {
+        let step = 1isize << level;
+        let view = array.slice_each_axis(|ax| {
+            if halved[ax.axis.index()] {
+                Slice::new(0, None, step)
+            } else {
+                Slice::from(..)
+            }
+        });
+        write_array(&dir.join(level.to_string()), &view, axes)?;
+    }
+    Ok(())
+}
+
+fn multiscales(name: &str, axes: &[Value], halved: &[bool], levels: usize) -> Value {
+    let datasets: Vec<Value> = (0..levels)
+        .map(|level| {
+            let factor = f64::from(1u32 << level);
+            let scale: Vec<f64> = halved.iter().map(|&h| if h { factor } else { 1.0 }).collect();
+            json!({"path": level.to_string(), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+        })
+        .collect();
+    json!({"name": name, "axes": axes, "datasets": datasets})
 }
 
 fn write_group(dir: &Path, attributes: Value) -> Result<(), String> {

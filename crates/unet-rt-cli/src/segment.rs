@@ -127,6 +127,9 @@ fn check_flags(args: &SegmentArgs) -> Result<(), CliError> {
             "PNG cannot hold float probabilities or raw output: use --format tif or npy",
         ));
     }
+    if args.levels > 1 && args.format != Format::Zarr {
+        return Err(usage("--levels applies to --format zarr"));
+    }
     if float && args.format == Format::Zarr {
         return Err(usage(
             "--format zarr writes OME-Zarr label images (labels or instances): use --format tif or npy for probabilities and raw output",
@@ -322,6 +325,7 @@ fn segment_file(
                 kind: if ctx.args.output_kind == OutputMode::Instances { "instances" } else { "labels" },
                 classes: (ctx.args.output_kind == OutputMode::Labels).then_some(classes.as_slice()),
                 page_axis: if axes.contains('z') { 'z' } else { 't' },
+                levels: usize::try_from(ctx.args.levels).unwrap_or(1),
             };
             ome_zarr::write_ome_zarr(output, &arranged.view, arranged.stacked, &result.output, &label).map_err(fail)?;
         } else {
