@@ -150,7 +150,10 @@ def open_source(source: Any, spatial_dims: int) -> Tuple[Any, Optional[OmeSource
     datasets = first.get("datasets") or []
     if not datasets or "path" not in datasets[0]:
         raise InvalidArgumentError(f"invalid source: {source}: OME-Zarr multiscales without datasets")
-    level0 = node[datasets[0]["path"]]
+    try:
+        level0 = node[datasets[0]["path"]]
+    except KeyError as e:
+        raise InvalidArgumentError(f"invalid source: {source}: level 0 ({datasets[0]['path']}) is missing") from e
     axes = tuple(_axis(a) for a in first.get("axes") or _default_axes(len(level0.shape)))
     if len(axes) != len(level0.shape):
         raise InvalidArgumentError(
