@@ -425,10 +425,19 @@ def is_package(path: PathLike) -> bool:
     """Whether ``path`` is a bioimage.io package: a ``.zip`` holding an
     ``rdf.yaml`` (or ``bioimageio.yaml``), such a folder, or the YAML file.
 
-    >>> is_package(tiny_model_path)
-    False
+    >>> is_package(tiny_model_path), is_package("x" * 5000)
+    (False, False)
+
+    Never raises: a path the file system refuses (too long, no permission)
+    is not a package, and the model loader reports it.
     """
-    p = Path(os.fspath(path))
+    try:
+        return _is_package(Path(os.fspath(path)))
+    except (OSError, ValueError):
+        return False
+
+
+def _is_package(p: Path) -> bool:
     if p.is_dir():
         return any((p / n).is_file() for n in _RDF_NAMES)
     if p.name in _RDF_NAMES or p.name.endswith(".bioimageio.yaml"):
