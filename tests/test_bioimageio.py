@@ -267,3 +267,21 @@ def test_a_package_folder_segments_on_dask(tmp_path):
     out = ud.segment_to_zarr(str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), str(folder), client=False,
                              device="cpu", progress=False, block=64)
     np.testing.assert_array_equal(out[...], unet_rt.segment(image, folder, device="cpu"))
+
+
+def test_broken_packages_are_package_errors(tmp_path, package):
+    """Hostile packages: whatever the spec's parser raises inside, the
+    caller gets a PackageError naming the package."""
+    with zipfile.ZipFile(tmp_path / "empty.zip", "w") as z:
+        z.writestr("rdf.yaml", "")
+    with zipfile.ZipFile(tmp_path / "garbage.zip", "w") as z:
+        z.writestr("rdf.yaml", "::: not yaml [")
+    for name, drop, replace in (("no_weights.zip", "weights.pt", None), ("lying.zip", None, "weights.pt")):
+        with zipfile.ZipFile(package) as z, zipfile.ZipFile(tmp_path / name, "w") as w:
+            for info in z.infolist():
+                if info.filename == drop:
+                    continue
+                w.writestr(info, b"not TorchScript" if info.filename == replace else z.read(info.filename))
+    for name in ("empty.zip", "garbage.zip", "no_weights.zip", "lying.zip"):
+        with pytest.raises(PackageError, match=name):
+            unet_rt.Model(tmp_path / name, device="cpu")

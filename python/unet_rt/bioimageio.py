@@ -144,9 +144,13 @@ def export(
     meta = model.metadata or {}
     name = name or str(meta.get("name") or Path(model.path).stem or "unet_rt model")
     with quiet_leaks(), tempfile.TemporaryDirectory(prefix="unet_rt_bioimageio_") as tmp:
-        _write_package(spec, model, Path(tmp), target, test_image, name, description, authors, license, tags,
-                       documentation)
-    return target
+        try:
+            _write_package(spec, model, Path(tmp), target, test_image, name, description, authors, license, tags,
+                           documentation)
+            return target
+        except PackageError as e:
+            message = str(e)
+    raise PackageError(message)  # without the validator's frames (see read_package)
 
 
 def _write_package(spec: Any, model: Any, folder: Path, target: Path, test_image: Optional[np.ndarray], name: str,
@@ -169,13 +173,13 @@ def _write_package(spec: Any, model: Any, folder: Path, target: Path, test_image
     np.save(folder / "test_input.npy", raw[None].astype(np.float32))
     np.save(folder / "test_output.npy", output.astype(np.float32))
     labels = np.argmax(output[0], axis=0) if output.shape[1] > 1 else (output[0, 0] > 0.5)
-    _write_png(folder / "cover.png", _cover(raw, labels, info))
+    _write_png(folder / "cover.png", _cover(raw, labels))
     (folder / "README.md").write_text(documentation or _documentation(name, model, meta), encoding="utf-8")
     rdf = _rdf(model, name, description or meta.get("description") or f"{name}: a U-Net segmentation model",
                authors, license, tags)
     (folder / "rdf.yaml").write_text(json.dumps(rdf, indent=2), encoding="utf-8")  # JSON is YAML
     descr = spec.load_description(folder / "rdf.yaml", perform_io_checks=True)
-    _raise_if_invalid(descr, "exported")
+    _raise_if_invalid(descr, "the exported package")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     try:
@@ -186,10 +190,12 @@ def _write_package(spec: Any, model: Any, folder: Path, target: Path, test_image
 
 
 def _raise_if_invalid(descr: Any, what: str) -> None:
+    """Raises a PackageError with the validator's report for ``what`` (the
+    package's path, or a description of it)."""
     summary = getattr(descr, "validation_summary", None)
     if type(descr).__name__ == "InvalidDescr" or (summary is not None and summary.status == "failed"):
         text = summary.format() if summary is not None and hasattr(summary, "format") else str(summary)
-        raise PackageError(f"the {what} bioimage.io package is not valid:\n{text}")
+        raise PackageError(f"{what}: not a valid bioimage.io package:\n{text}")
 
 
 def _valid_size(info: Dict[str, Any], axis: int, want: int, have: int) -> int:
@@ -383,7 +389,7 @@ def _documentation(name: str, model: Any, meta: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _cover(image: np.ndarray, labels: np.ndarray, info: Dict[str, Any]) -> np.ndarray:
+def _cover(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """The cover: the test input beside its segmentation's outlines over it
     (2:1, as the zoo shows covers), RGB uint8."""
     plane = image[0]
@@ -401,8 +407,7 @@ def _cover(image: np.ndarray, labels: np.ndarray, info: Dict[str, Any]) -> np.nd
     edge[1:] |= lab[1:] != lab[:-1]
     edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
     overlay = rgb.copy()
-    overlay[edge & (lab > 0)] = (255, 200, 0)
-    overlay[edge & (lab == 0)] = (255, 200, 0)
+    overlay[edge] = (255, 200, 0)
     return np.concatenate([rgb, overlay], axis=1)
 
 
@@ -478,12 +483,22 @@ def read_package(path: PathLike) -> Package:
     spec = _spec()
     source = Path(os.fspath(path))
     with quiet_leaks():
-        return _package(spec, source)
+        try:
+            return _package(spec, source)
+        except PackageError as e:
+            message = str(e)
+        except Exception as e:  # noqa: BLE001 - the spec raises what its parsers raise
+            # An empty rdf.yaml is a ValueError there, a missing file a
+            # TypeError: whatever the library raises, the package is broken.
+            message = f"{source}: cannot read the package: {type(e).__name__}: {e}"
+    # Raised here, without the library's traceback: its frames hold the
+    # files it left open, which quiet_leaks has just closed.
+    raise PackageError(message)
 
 
 def _package(spec: Any, source: Path) -> Package:
     descr = spec.load_description(source, perform_io_checks=False, format_version="latest")
-    _raise_if_invalid(descr, "given")
+    _raise_if_invalid(descr, str(source))
     if type(descr).__name__ != "ModelDescr":
         raise PackageError(f"{source}: a bioimage.io {getattr(descr, 'type', 'resource')} description, not a model")
     weights = getattr(descr.weights, "torchscript", None)
@@ -694,7 +709,8 @@ def check(path: PathLike, device: str = "cpu") -> Dict[str, float]:
 
     package = read_package(path)
     meta = package.metadata
-    model = Model(path, device=device, precision="fp32")
+    # The package read once: its weights with the derived metadata.
+    model = Model.from_bytes(package.archive, device=device, precision="fp32", name=os.fspath(path))
     image = np.asarray(package.test_input, dtype=np.float32)
     got = _postprocess(model.forward(_normalize_like_bioimageio(image, meta["normalization"])), meta["output"])
     want = np.asarray(package.test_output, dtype=np.float32)

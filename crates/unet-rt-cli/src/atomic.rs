@@ -31,23 +31,52 @@ pub(crate) fn write_atomically(
     path: &Path,
     write: impl FnOnce(&mut Guarded<BufWriter<File>>) -> Result<(), String>,
 ) -> Result<(), FileError> {
-    let tmp = temporary_path(path);
-    register(&tmp);
-    let result = (|| {
-        let file = File::create(&tmp)
+    through_temporary(path, false, |tmp| {
+        let file = File::create(tmp)
             .map_err(|e| format!("cannot create a file in {}: {e}", folder(path)))?;
         let mut out = Guarded(BufWriter::new(file));
         write(&mut out)?;
         let file = out.0.into_inner().map_err(|e| e.error().to_string())?;
         file.sync_all().map_err(|e| e.to_string())?;
-        drop(file);
+        Ok(())
+    })
+}
+
+/// Writes the folder `path` (a `.zarr` store) through a temporary folder
+/// renamed into place at the end; a previous result is replaced only then.
+/// `write` should stop early once an interruption is requested.
+pub(crate) fn write_folder_atomically(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<(), FileError> {
+    through_temporary(path, true, |tmp| {
+        let _ = std::fs::remove_dir_all(tmp);
+        write(tmp)
+    })
+}
+
+/// The one way results reach their name: `write` fills the temporary for
+/// `path` (a file, or a folder when `folder`), which is renamed into place
+/// unless writing failed or an interruption came; otherwise it is removed.
+fn through_temporary(
+    path: &Path,
+    folder: bool,
+    write: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<(), FileError> {
+    let tmp = temporary_path(path);
+    register(&tmp);
+    let result = write(&tmp).and_then(|()| {
         if interrupt::requested() {
             return Err("interrupted".to_owned());
         }
-        std::fs::rename(&tmp, path).map_err(|e| e.to_string())
-    })();
+        if folder {
+            replace_folder(&tmp, path)
+        } else {
+            std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+        }
+    });
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        remove(&tmp);
     }
     unregister(&tmp);
     result.map_err(|message| FileError {
@@ -56,19 +85,43 @@ pub(crate) fn write_atomically(
     })
 }
 
+/// Renames the folder `tmp` to `path`. A folder already at `path` (a
+/// previous `.zarr` result) is moved aside first and removed after, so a
+/// whole result stays under the final name throughout.
+fn replace_folder(tmp: &Path, path: &Path) -> Result<(), String> {
+    if !path.is_dir() {
+        return std::fs::rename(tmp, path).map_err(|e| e.to_string());
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("result");
+    let old = path.with_file_name(format!(".{name}.{}.old", std::process::id()));
+    std::fs::rename(path, &old).map_err(|e| format!("cannot replace {}: {e}", path.display()))?;
+    std::fs::rename(tmp, path).map_err(|e| e.to_string())?;
+    std::fs::remove_dir_all(&old).map_err(|e| e.to_string())
+}
+
+/// Removes a temporary file or folder.
+fn remove(tmp: &Path) {
+    if std::fs::remove_file(tmp).is_err() {
+        let _ = std::fs::remove_dir_all(tmp);
+    }
+}
+
 fn folder(path: &Path) -> String {
     path.parent()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| ".".to_owned())
 }
 
-pub(crate) fn register(tmp: &Path) {
+fn register(tmp: &Path) {
     if let Ok(mut live) = LIVE.lock() {
         live.push(tmp.to_owned());
     }
 }
 
-pub(crate) fn unregister(tmp: &Path) {
+fn unregister(tmp: &Path) {
     if let Ok(mut live) = LIVE.lock() {
         live.retain(|p| p != tmp);
     }
@@ -82,9 +135,7 @@ pub(crate) fn remove_all() {
         Err(poisoned) => poisoned.into_inner().clone(),
     };
     for tmp in live {
-        if std::fs::remove_file(&tmp).is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
+        remove(&tmp);
     }
 }
 

@@ -12,15 +12,17 @@
 //!
 //! Chunks are at most 1024 pixels per spatial axis, uncompressed
 //! (little-endian `bytes` codec). The store is written in a hidden folder
-//! renamed into place when complete, like every other result.
+//! renamed into place when complete, like every other result
+//! ([`atomic::write_folder_atomically`]).
 
 use std::fs;
 use std::path::Path;
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn, Slice};
 use serde_json::{json, Value};
+use unet_rt::geometry::unravel_index;
 
-use crate::atomic::{self, temporary_path};
+use crate::atomic;
 use crate::errors::FileError;
 use crate::interrupt;
 use crate::write::Output;
@@ -90,43 +92,7 @@ pub(crate) fn write_ome_zarr<T: ZarrElement>(
     labels: &Output,
     info: &LabelInfo<'_>,
 ) -> Result<(), FileError> {
-    let tmp = temporary_path(path);
-    atomic::register(&tmp);
-    let result = write_into(&tmp, image, stacked, labels, info).and_then(|()| {
-        if interrupt::requested() {
-            return Err("interrupted".to_owned());
-        }
-        replace_folder(&tmp, path)
-    });
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&tmp);
-    }
-    atomic::unregister(&tmp);
-    result.map_err(|message| FileError {
-        interrupted: interrupt::requested(),
-        ..FileError::new(path, message)
-    })
-}
-
-fn replace_folder(tmp: &Path, path: &Path) -> Result<(), String> {
-    if path.exists() {
-        // A previous result: move it aside first, so a result stays under
-        // the final name until the new one replaces it.
-        let old = path.with_file_name(format!(
-            ".{}.{}.old",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("result"),
-            std::process::id()
-        ));
-        fs::rename(path, &old).map_err(|e| format!("cannot replace {}: {e}", path.display()))?;
-        fs::rename(tmp, path).map_err(|e| e.to_string())?;
-        fs::remove_dir_all(&old)
-            .or_else(|_| fs::remove_file(&old))
-            .map_err(|e| e.to_string())
-    } else {
-        fs::rename(tmp, path).map_err(|e| e.to_string())
-    }
+    atomic::write_folder_atomically(path, |tmp| write_into(tmp, image, stacked, labels, info))
 }
 
 fn write_into<T: ZarrElement>(
@@ -136,7 +102,6 @@ fn write_into<T: ZarrElement>(
     labels: &Output,
     info: &LabelInfo<'_>,
 ) -> Result<(), String> {
-    let _ = fs::remove_dir_all(root);
     let spatial = image.ndim() - 2;
     let space = &"zyx"[3 - spatial..];
     let page = if stacked { Some(info.page_axis) } else { None };
@@ -328,7 +293,7 @@ fn write_array<T: ZarrElement>(
         if interrupt::requested() {
             return Err("interrupted".to_owned());
         }
-        let index = unravel(flat, &grid);
+        let index = unravel_index(flat, &grid);
         let start: Vec<usize> = index.iter().zip(&chunks).map(|(&i, &c)| i * c).collect();
         let part = array.slice_each_axis(|ax| {
             let a = ax.axis.index();
@@ -360,25 +325,9 @@ fn write_array<T: ZarrElement>(
     Ok(())
 }
 
-/// The row-major multi-index of `flat` in a grid of `shape`.
-fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
-    let mut index = vec![0; shape.len()];
-    for (i, &n) in shape.iter().enumerate().rev() {
-        index[i] = flat % n;
-        flat /= n;
-    }
-    index
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unravel_is_row_major() {
-        assert_eq!(unravel(5, &[2, 3]), vec![1, 2]);
-        assert_eq!(unravel(0, &[4]), vec![0]);
-    }
 
     #[test]
     fn chunks_cap_spatial_axes_and_keep_channels_whole() {

@@ -57,7 +57,7 @@ pub(crate) fn advance_index(index: &mut [usize], sizes: &[usize]) {
 
 /// The multi-index of element `flat` in row-major (C) order over axes of
 /// `sizes` (empty axes count as one).
-pub(crate) fn unravel_index(mut flat: usize, sizes: &[usize]) -> Vec<usize> {
+pub fn unravel_index(mut flat: usize, sizes: &[usize]) -> Vec<usize> {
     let mut index = vec![0usize; sizes.len()];
     for (i, &n) in index.iter_mut().zip(sizes).rev() {
         let n = n.max(1);

@@ -113,9 +113,7 @@ class OmeSource:
 
     #: The image's group (labels written "into" the image go under it).
     group: Any
-    #: Level 0, without the length-1 axes the engine cannot read.
-    array: Any
-    #: The engine's axes letters of :attr:`array`.
+    #: The engine's axes letters of level 0 without the hidden axes.
     axes: str
     #: The image's NGFF axes, all of them.
     ngff_axes: Tuple[Dict[str, Any], ...]
@@ -173,8 +171,7 @@ def open_source(source: Any, spatial_dims: int) -> Tuple[Any, Optional[OmeSource
         )
     letters = "".join(_LETTERS[n] for i, n in enumerate(names) if i not in dropped)
     transforms = tuple(datasets[0].get("coordinateTransformations") or ())
-    return _view(level0, dropped), OmeSource(node, _view(level0, dropped), letters, axes, dropped, transforms,
-                                             tuple(datasets))
+    return _view(level0, dropped), OmeSource(node, letters, axes, dropped, transforms, tuple(datasets))
 
 
 def _axis(entry: Any) -> Dict[str, Any]:
