@@ -15,6 +15,11 @@ Sections:
               a paper-size U-Net (base 64, random weights), fp32 and bf16
   overhead    end-to-end time over the summed bare forward time of the same
               tiles (goal <= 1.05)
+  tiles       the CPU tile choice against its neighbours: MP/s of each
+              ladder tile (the planner's choice marked) for the bundled
+              model (SIZE^2) and the paper-size U-Net (PAPER_SIZE^2), fp32
+              and bf16, same run; the choice should be within ~5% of the
+              fastest tile that fits the default budget (issue 15)
   memory      peak anonymous memory above input + output for a 16384^2 uint8
               image with the bundled model (goal <= 256 MiB)
   tta         test-time augmentation on the sample image with the bundled
@@ -165,6 +170,33 @@ def throughput(models: Dict[str, Path], size: int, paper_size: int) -> None:
             rows.append([name, f"{side}x{side}", precision, layout["tile"][0], layout["tiles"], layout["batch_size"],
                          seconds, side * side / seconds / 1e6])
     table("throughput (CPU)", ["model", "image", "precision", "tile", "tiles", "batch", "seconds", "MP/s"], rows)
+
+
+#: Tiles to try around the planner's choice, per model (ladder tiles: strides
+#: 2^k and 3 * 2^k times the size multiple, plus the halo).
+SWEEP_TILES = {"nuclei (bundled)": [284, 348, 476, 604], "paper U-Net (base 64)": [444, 572, 700, 828]}
+
+
+def tile_sweep(models: Dict[str, Path], size: int, paper_size: int) -> None:
+    rows = []
+    for name, path in models.items():
+        side = paper_size if name.startswith("paper") else size
+        image = test_image(side)
+        for precision in ("fp32", "bf16"):
+            model = unet_rt.Model(path, device="cpu", precision=precision)
+            model.segment(image[:256, :256])  # warm-up
+            chosen = model.layout(image.shape)["tile"][0]
+            results = []
+            for tile in sorted(set(SWEEP_TILES[name]) | {chosen}):
+                layout = model.layout(image.shape, tile=tile)
+                seconds, _ = timed(lambda: model.segment(image, tile=tile))
+                results.append((tile, layout["tiles"], seconds, side * side / seconds / 1e6))
+            best = max(r[3] for r in results)
+            for tile, tiles, seconds, mps in results:
+                rows.append([name, f"{side}x{side}", precision, f"{tile}{' (chosen)' if tile == chosen else ''}", tiles,
+                             seconds, mps, mps / best])
+    table("CPU tile choice: each tile's throughput against the fastest (same run)",
+          ["model", "image", "precision", "tile", "tiles", "seconds", "MP/s", "x fastest"], rows)
 
 
 def overhead(models: Dict[str, Path], size: int) -> None:
@@ -339,7 +371,7 @@ def peers(path: Path, size: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["null", "throughput", "overhead", "memory", "tta", "peers"], action="append")
+    parser.add_argument("--only", choices=["null", "throughput", "tiles", "overhead", "memory", "tta", "peers"], action="append")
     parser.add_argument("--null", action="store_true", help="the host-side ceiling only (same as --only null)")
     parser.add_argument("--null-sizes", default="4096,16384", help="image sides for the null model (default %(default)s)")
     parser.add_argument("--size", type=int, default=4096, help="image side for throughput")
@@ -358,6 +390,8 @@ def main() -> None:
         models = {"nuclei (bundled)": BUNDLED, "paper U-Net (base 64)": paper_model(Path(tmp))}
         if "throughput" in sections:
             throughput(models, args.size, args.paper_size)
+        if "tiles" in sections:
+            tile_sweep(models, args.size, args.paper_size)
         if "overhead" in sections:
             overhead({"nuclei (bundled)": BUNDLED}, 2048)
         if "memory" in sections:

@@ -183,10 +183,17 @@ impl<'a> Planner<'a> {
                     .map(|t| t.max(info.min_tile()))
                     .collect()
             }
-            None => plan::choose_tile(info, image, halo, budget, element_bytes)
-                .into_iter()
-                .map(|t| t.max(info.min_tile()))
-                .collect(),
+            None => plan::choose_tile(
+                info,
+                image,
+                halo,
+                budget,
+                element_bytes,
+                plan::Processor::Gpu,
+            )
+            .into_iter()
+            .map(|t| t.max(info.min_tile()))
+            .collect(),
         };
         let layout = self.layout_with_tile(image, tile, budget, element_bytes, device)?;
         self.check_memory(&layout, device, element_bytes)?;
@@ -215,7 +222,7 @@ impl<'a> Planner<'a> {
         // even u128, and "more than can be counted" is still "too much".
         let per_pixel = |bytes: usize| pixels.saturating_mul(batch).saturating_mul(bytes as u128);
         let host = per_pixel(4 * (info.in_channels + info.out_channels));
-        let activations = per_pixel(plan::bytes_per_pixel(info, element));
+        let activations = per_pixel(plan::bytes_per_pixel(info, element, plan::Processor::Cpu));
         let need = match device {
             Device::Cuda(_) => host,
             _ => host.saturating_add(activations),
@@ -274,7 +281,14 @@ impl<'a> Planner<'a> {
                 Device::Cpu => {
                     plan::choose_cpu_batch(info, &tile, plan.len(), budget, element_bytes)
                 }
-                _ => plan::choose_batch(info, &tile, plan.len(), budget, element_bytes),
+                _ => plan::choose_batch(
+                    info,
+                    &tile,
+                    plan.len(),
+                    budget,
+                    element_bytes,
+                    plan::Processor::Gpu,
+                ),
             })
             .min(plan.len().max(1));
         Ok(Layout { plan, batch_size })

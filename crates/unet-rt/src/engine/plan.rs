@@ -5,12 +5,31 @@
 use crate::geometry::valid_tiles_along;
 use crate::info::ModelInfo;
 
-/// Live activations per input pixel, in units of the first layer's width:
-/// a U-Net level holds its skip map, two convolution outputs and, in the
-/// decoder, the concatenation of two maps; deeper levels add about as much
-/// again (half the pixels, twice the channels each), and libtorch's
-/// convolution workspaces come on top.
-const ACTIVATIONS_PER_WIDTH: usize = 12;
+/// Where a forward pass runs, as far as its memory estimate is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Processor {
+    Cpu,
+    Gpu,
+}
+
+impl Processor {
+    /// Live activations per input pixel, in units of the first layer's
+    /// width: a U-Net level holds its skip map, two convolution outputs
+    /// and, in the decoder, the concatenation of two maps; deeper levels add
+    /// about as much again (half the pixels, twice the channels each).
+    /// Measured peaks of a forward pass on the CPU (fp32, libtorch's
+    /// oneDNN kernels): 4.0-4.5 widths for the paper's U-Net (base 64,
+    /// tiles 444-700), 5.8-6.7 for the bundled model (base 16, tiles
+    /// 348-1116); 8 keeps a margin over both. On a GPU cuDNN's workspaces
+    /// and the caching allocator's rounding come on top.
+    fn activations_per_width(self) -> usize {
+        match self {
+            Processor::Cpu => 8,
+            Processor::Gpu => 12,
+        }
+    }
+}
+
 /// Assumed first-layer width when the model does not tell.
 const DEFAULT_WIDTH: usize = 64;
 /// The planner chooses no tile side beyond this (users may ask for more, up
@@ -20,15 +39,18 @@ const MAX_AUTO_TILE_SIDE: usize = 4096;
 /// At most this many tiles per batch.
 const MAX_BATCH: usize = 16;
 
-/// Estimated bytes per input pixel of a tile during one forward pass.
-pub(crate) fn bytes_per_pixel(info: &ModelInfo, element_bytes: usize) -> usize {
-    let width = info
-        .first_layer_width
+/// Estimated bytes per input pixel of a tile during one forward pass on
+/// `processor`.
+pub(crate) fn bytes_per_pixel(
+    info: &ModelInfo,
+    element_bytes: usize,
+    processor: Processor,
+) -> usize {
+    info.first_layer_width
         .unwrap_or(DEFAULT_WIDTH)
         .max(info.in_channels)
-        .max(1);
-    width
-        .saturating_mul(ACTIVATIONS_PER_WIDTH)
+        .max(1)
+        .saturating_mul(processor.activations_per_width())
         .saturating_mul(element_bytes)
         .max(1)
 }
@@ -43,11 +65,12 @@ pub(crate) fn choose_tile(
     halo: usize,
     budget: usize,
     element_bytes: usize,
+    processor: Processor,
 ) -> Vec<usize> {
     if info.fixed_size > 0 {
         return vec![info.fixed_size; image.len()];
     }
-    let max_pixels = (budget / bytes_per_pixel(info, element_bytes)).max(1) as f64;
+    let max_pixels = (budget / bytes_per_pixel(info, element_bytes, processor)).max(1) as f64;
     let smallest = info.smallest_valid_size();
     let needed: Vec<usize> = image
         .iter()
@@ -84,10 +107,15 @@ pub(crate) fn choose_tile(
     tile
 }
 
-/// Estimated activation bytes (as [`bytes_per_pixel`] counts them) of a
-/// CPU forward pass at which its cost per pixel has doubled: see
-/// [`choose_cpu_tile`].
-const CPU_CACHE_SCALE: f64 = 48.0 * 1024.0 * 1024.0;
+/// Estimated activation bytes (as [`bytes_per_pixel`] counts them on the
+/// CPU) of a forward pass of a network [`CPU_REFERENCE_WIDTH`] wide at which
+/// its cost per pixel has doubled: see [`choose_cpu_tile`].
+const CPU_CACHE_SCALE: f64 = 32.0 * 1024.0 * 1024.0;
+/// The first-layer width the cache term was measured at (the bundled
+/// model's). Wider networks spend more arithmetic per byte of activations
+/// (a convolution's work grows with the square of the width, its maps only
+/// with the width), so their cost per pixel grows less with the tile.
+const CPU_REFERENCE_WIDTH: f64 = 16.0;
 /// What one forward pass costs on top of its pixels, in pixels: the
 /// passes' fixed costs (dispatch, thread hand-offs, the host stages' per
 /// tile work), which keep a model with little halo from choosing tiny tiles.
@@ -102,18 +130,27 @@ const MIN_CPU_TILE_SIDE: usize = 256;
 /// the model below; on ties the smaller.
 ///
 /// Cost of an image = tiles x (pixels per tile + [`CPU_PASS_PIXELS`]) x cost
-/// per pixel, with the cost per pixel `1 + sqrt(A / CPU_CACHE_SCALE)` for
-/// `A` the tile's estimated activation bytes; sides from
-/// [`MIN_CPU_TILE_SIDE`] up unless the budget allows none of those. Larger
-/// tiles waste less on their halo but their activations leave the caches: measured on the 2-core development
-/// machine (32 MiB L3) with the bundled model (halo 44, fp32), throughput
-/// rose from 1.1 MP/s at the largest tile that fits 1 GiB (1116) to
-/// 1.7-1.8 MP/s at 348-476, and fell again below (1.3-1.5 at 220-284); the
-/// cost per input pixel grew about linearly with the tile side, which the
-/// square root expresses in bytes (so bf16, with half the bytes, prefers
-/// larger tiles, as measured: best at 476-604). The scale is a constant,
-/// not this machine's cache size: a plan must be the same on every machine
-/// (a Dask client plans the workers' blocks).
+/// per pixel, with the cost per pixel `1 + r * sqrt(A * e / 4 /
+/// CPU_CACHE_SCALE)` for `A` the tile's estimated activation bytes, `e` the
+/// bytes per element and `r` = [`CPU_REFERENCE_WIDTH`] / the first layer's
+/// width (at most 1); sides from [`MIN_CPU_TILE_SIDE`] up unless the budget
+/// allows none of those.
+///
+/// Larger tiles waste less on their halo but their activations leave the
+/// caches: measured on the 2-core development machine (32 MiB L3) with the
+/// bundled model (width 16, halo 44, fp32), throughput rose from 1.1 MP/s
+/// at the largest tile that fits 1 GiB (1116) to 1.7-1.8 MP/s at 348-476,
+/// and fell again below (1.3-1.5 at 220-284); the cost per input pixel grew
+/// about linearly with the tile side, which the square root expresses in
+/// bytes. bf16 grew less than half the bytes predicts: its cost per tile
+/// pixel stayed flat from 348 to 604 (the fastest, 1.4x 348's throughput
+/// at 4096^2; 860 and 1116 slower again) while fp32's grew 41%, so its
+/// bytes count at half weight once more (`e / 4`). The paper's U-Net (width 64, halo 92) computes 16
+/// times as much per pixel from 4 times the bytes: its cost per tile pixel
+/// grew only 10-15% from tile 444 to 828, and it runs fastest at 700
+/// (fp32, 2048-pixel images), which `r` expresses. The scale is a
+/// constant, not this machine's cache size: a plan must be the same on
+/// every machine (a Dask client plans the workers' blocks).
 pub(crate) fn choose_cpu_tile(
     info: &ModelInfo,
     image: &[usize],
@@ -128,9 +165,13 @@ pub(crate) fn choose_cpu_tile(
         // No convolution weights to size the activations by (a network of
         // elementwise operations): nothing for the model to price, and the
         // fixed costs of each pass dominate, so the largest tiles win.
-        return choose_tile(info, image, halo, budget, element_bytes);
+        return choose_tile(info, image, halo, budget, element_bytes, Processor::Cpu);
     }
-    let bytes = bytes_per_pixel(info, element_bytes) as f64;
+    let bytes = bytes_per_pixel(info, element_bytes, Processor::Cpu) as f64;
+    let precision_weight = (element_bytes as f64 / 4.0).min(1.0);
+    let cache_weight = info
+        .first_layer_width
+        .map_or(1.0, |w| (CPU_REFERENCE_WIDTH / w.max(1) as f64).min(1.0));
     let multiple = info.size_multiple.max(1);
     let smallest = info.smallest_valid_size();
     // The one tile that covers each axis whole.
@@ -174,7 +215,8 @@ pub(crate) fn choose_cpu_tile(
             if activations > budget as f64 {
                 continue;
             }
-            let per_pixel = 1.0 + (activations / CPU_CACHE_SCALE).sqrt();
+            let per_pixel =
+                1.0 + cache_weight * (activations * precision_weight / CPU_CACHE_SCALE).sqrt();
             let cost = tiles * (pixels + CPU_PASS_PIXELS) * per_pixel;
             // Sides come smallest first: a larger one must be strictly faster.
             if best.as_ref().is_none_or(|(c, _)| cost < *c * (1.0 - 1e-9)) {
@@ -209,11 +251,11 @@ pub(crate) fn choose_cpu_batch(
     budget: usize,
     element_bytes: usize,
 ) -> usize {
+    let batch = |budget| choose_batch(info, tile, tiles, budget, element_bytes, Processor::Cpu);
     if info.first_layer_width.is_none() {
-        return choose_batch(info, tile, tiles, budget, element_bytes);
+        return batch(budget);
     }
-    let within_cache = choose_batch(info, tile, tiles, CPU_CACHE_SCALE as usize, element_bytes);
-    within_cache.min(choose_batch(info, tile, tiles, budget, element_bytes))
+    batch(CPU_CACHE_SCALE as usize).min(batch(budget))
 }
 
 /// Tiles per batch within the budget, at most the number of tiles.
@@ -223,13 +265,14 @@ pub(crate) fn choose_batch(
     tiles: usize,
     budget: usize,
     element_bytes: usize,
+    processor: Processor,
 ) -> usize {
     // In u128: a user's tile of 2^20 per axis in 3-D overflows usize.
     let pixels = tile
         .iter()
         .fold(1u128, |n, &t| n.saturating_mul(t as u128))
         .max(1);
-    let per_tile = pixels.saturating_mul(bytes_per_pixel(info, element_bytes) as u128);
+    let per_tile = pixels.saturating_mul(bytes_per_pixel(info, element_bytes, processor) as u128);
     let fits = usize::try_from(budget as u128 / per_tile).unwrap_or(usize::MAX);
     fits.clamp(1, MAX_BATCH).min(tiles.max(1))
 }
@@ -295,7 +338,7 @@ mod tests {
 
     #[test]
     fn paper_net_in_fp32_gets_about_the_papers_tile_in_a_gigabyte() {
-        let tile = choose_tile(&paper(64), &[4096, 4096], 92, 1 << 30, 4);
+        let tile = choose_tile(&paper(64), &[4096, 4096], 92, 1 << 30, 4, Processor::Gpu);
         assert_eq!(tile, vec![572, 572]);
         assert!(tile.iter().all(|&t| (t - 12) % 16 == 0));
     }
@@ -303,9 +346,9 @@ mod tests {
     #[test]
     fn small_images_get_one_covering_tile_and_thin_axes_give_room() {
         let info = paper(64);
-        let tile = choose_tile(&info, &[100, 120], 92, 1 << 30, 4);
+        let tile = choose_tile(&info, &[100, 120], 92, 1 << 30, 4, Processor::Gpu);
         assert_eq!(tile, vec![284, 316]);
-        let thin = choose_tile(&info, &[7, 100_000], 92, 1 << 30, 4);
+        let thin = choose_tile(&info, &[7, 100_000], 92, 1 << 30, 4, Processor::Gpu);
         assert_eq!(thin[0], 204);
         assert!(thin[1] > 572, "{thin:?}");
     }
@@ -313,11 +356,23 @@ mod tests {
     #[test]
     fn tiny_budgets_still_give_a_valid_tile_and_batches_are_bounded() {
         let info = paper(64);
-        assert_eq!(choose_tile(&info, &[4096, 4096], 92, 1, 4), vec![188, 188]);
-        assert_eq!(choose_batch(&info, &[188, 188], 3, 1 << 40, 4), 3);
-        assert_eq!(choose_batch(&info, &[572, 572], 100, 1, 4), 1);
+        assert_eq!(
+            choose_tile(&info, &[4096, 4096], 92, 1, 4, Processor::Gpu),
+            vec![188, 188]
+        );
+        assert_eq!(
+            choose_batch(&info, &[188, 188], 3, 1 << 40, 4, Processor::Gpu),
+            3
+        );
+        assert_eq!(
+            choose_batch(&info, &[572, 572], 100, 1, 4, Processor::Gpu),
+            1
+        );
         // 2^60 pixels times the bytes per pixel overflows usize: still one tile, no division by zero.
-        assert_eq!(choose_batch(&info, &[1 << 20; 3], 100, usize::MAX, 4), 1);
+        assert_eq!(
+            choose_batch(&info, &[1 << 20; 3], 100, usize::MAX, 4, Processor::Gpu),
+            1
+        );
     }
 
     /// Every axis that takes several tiles has a stride of `multiple` times
@@ -348,11 +403,11 @@ mod tests {
             info.halo = halo;
             for budget in [1usize << 22, 1 << 24, 3 << 25, 1 << 28, 1 << 30, 5 << 30] {
                 for image in [[100_000usize, 100_000], [90, 100_000]] {
-                    let tile = choose_tile(&info, &image, halo, budget, 4);
+                    let tile = choose_tile(&info, &image, halo, budget, 4, Processor::Gpu);
                     assert_ladder_strides(&tile, &image, halo, multiple);
                     let smallest = info.smallest_valid_size().max(2 * halo + multiple);
                     let pixels: usize = tile.iter().product();
-                    let within = pixels * bytes_per_pixel(&info, 4) <= budget;
+                    let within = pixels * bytes_per_pixel(&info, 4, Processor::Gpu) <= budget;
                     assert!(
                         within || tile.contains(&smallest) || tile[0] <= smallest + multiple,
                         "{tile:?} over {budget}"
@@ -369,11 +424,11 @@ mod tests {
         // does stride 2048, which computes a third of the pixels.
         let info = bundled();
         assert_eq!(
-            choose_tile(&info, &[4096, 4096], 44, 4 << 30, 2),
+            choose_tile(&info, &[4096, 4096], 44, 4 << 30, 2, Processor::Gpu),
             vec![2140, 2140]
         );
         assert_eq!(
-            choose_tile(&info, &[5000, 5000], 44, 4 << 30, 2),
+            choose_tile(&info, &[5000, 5000], 44, 4 << 30, 2, Processor::Gpu),
             vec![3164, 3164]
         );
     }
@@ -397,23 +452,26 @@ mod tests {
             vec![348, 348]
         );
         assert_eq!(
-            choose_tile(&bundled(), &[4096, 4096], 44, 1 << 30, 4),
+            choose_tile(&bundled(), &[4096, 4096], 44, 1 << 30, 4, Processor::Gpu),
             vec![1116, 1116]
         );
-        // Half the bytes per value: larger tiles stay in the caches.
-        assert_eq!(
-            choose_cpu_tile(&bundled(), &[16384, 16384], 44, 1 << 30, 2),
-            vec![476, 476]
-        );
-        // The paper's U-Net: a larger halo asks for larger tiles.
-        assert_eq!(
-            choose_cpu_tile(&paper(64), &[4096, 4096], 92, 1 << 30, 4),
-            vec![572, 572]
-        );
-        assert_eq!(
-            choose_cpu_tile(&paper(64), &[4096, 4096], 92, 1 << 30, 2),
-            vec![700, 700]
-        );
+        // bf16: larger tiles (measured fastest at 604 on 4096^2; on 16384^2
+        // 476 covers the image with less mirrored margin).
+        for (side, tile) in [(4096, 604), (16384, 476)] {
+            assert_eq!(
+                choose_cpu_tile(&bundled(), &[side, side], 44, 1 << 30, 2),
+                vec![tile, tile]
+            );
+        }
+        // The paper's U-Net: a larger halo and more arithmetic per byte ask
+        // for larger tiles (measured at 2048^2: 700 fastest in fp32 and bf16).
+        for (side, bytes) in [(4096, 4), (4096, 2), (2048, 4), (2048, 2)] {
+            assert_eq!(
+                choose_cpu_tile(&paper(64), &[side, side], 92, 1 << 30, bytes),
+                vec![700, 700],
+                "{side} {bytes}"
+            );
+        }
         // Batches of one such tile; many small fixed-size tiles per batch.
         assert_eq!(
             choose_cpu_batch(&bundled(), &[348, 348], 100, 1 << 30, 4),
@@ -445,7 +503,7 @@ mod tests {
                     let pixels: usize = tile.iter().product();
                     let smallest = info.min_tile();
                     assert!(
-                        pixels * bytes_per_pixel(&info, bytes) <= budget
+                        pixels * bytes_per_pixel(&info, bytes, Processor::Cpu) <= budget
                             || tile.contains(&smallest),
                         "{tile:?} over {budget} for {image:?}"
                     );
@@ -470,16 +528,18 @@ mod tests {
         // largest tiles in the budget, as on a GPU.
         let mut unknown = elementwise.clone();
         unknown.first_layer_width = None;
-        let largest = choose_tile(&unknown, &[4096, 4096], 0, 1 << 30, 4);
+        let largest = choose_tile(&unknown, &[4096, 4096], 0, 1 << 30, 4, Processor::Cpu);
         assert_eq!(
             choose_cpu_tile(&unknown, &[4096, 4096], 0, 1 << 30, 4),
             largest
         );
-        assert_eq!(largest, vec![512, 512]);
+        assert_eq!(largest, vec![512, 1024]);
         // Below the floor only when the budget leaves nothing else.
         let tight = choose_cpu_tile(&elementwise, &[4096, 4096], 0, 100 << 10, 4);
         assert!(
-            tight[0] < 256 && tight[0] * tight[1] * bytes_per_pixel(&elementwise, 4) <= 100 << 10,
+            tight[0] < 256
+                && tight[0] * tight[1] * bytes_per_pixel(&elementwise, 4, Processor::Cpu)
+                    <= 100 << 10,
             "{tight:?}"
         );
     }
@@ -497,6 +557,6 @@ mod tests {
             "{tile:?}"
         );
         let voxels: usize = tile.iter().product();
-        assert!(voxels * bytes_per_pixel(&volume, 4) <= 1 << 30);
+        assert!(voxels * bytes_per_pixel(&volume, 4, Processor::Cpu) <= 1 << 30);
     }
 }
