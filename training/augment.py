@@ -6,7 +6,9 @@ dense displacement field; the image is resampled with bicubic interpolation
 and the labels with nearest neighbour, so no new label value can appear.
 Optionally a random zoom (``scale``: a patch pixel covers ``s`` image
 pixels, ``s`` log-uniform in the range) so that the network sees objects at
-other magnifications. Then flips, 90-degree rotations and gray-value changes
+other magnifications, and optionally a Gaussian blur (``blur``: sigma
+uniform in the range, on a ``blur_probability`` share of the patches), as
+an image resampled up from a lower magnification looks. Then flips, 90-degree rotations and gray-value changes
 (gamma, contrast, brightness) of the image only.
 
 Sampling is done straight from the whole image: a patch at ``origin`` reads
@@ -38,6 +40,7 @@ __all__ = [
     "sample_patch",
     "flip_rotate",
     "gray_values",
+    "blur",
     "Augmenter",
 ]
 
@@ -211,6 +214,24 @@ def gray_values(
     return x.astype(np.float32)
 
 
+def blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """``image`` (C, H, W) blurred per channel by a Gaussian of ``sigma``
+    pixels (mirrored at the edges); ``sigma <= 0`` returns it unchanged.
+
+    >>> img = np.zeros((1, 5, 5), np.float32); img[0, 2, 2] = 1.0
+    >>> out = blur(img, 1.0)
+    >>> out.shape, out.dtype, bool(out[0, 2, 2] < 1.0)
+    ((1, 5, 5), dtype('float32'), True)
+    >>> bool(np.allclose(blur(np.full((1, 5, 5), 3.0, np.float32), 2.0), 3.0))   # flat stays flat
+    True
+    """
+    if sigma <= 0:
+        return image
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(image, sigma=(0.0, sigma, sigma), mode="mirror").astype(image.dtype, copy=False)
+
+
 @dataclass
 class Augmenter:
     """The training augmentation, configurable from a JSON dict
@@ -224,6 +245,10 @@ class Augmenter:
         gamma, contrast, brightness: ranges for :func:`gray_values`, or None.
         scale: range of the zoom factor ``s`` (image pixels per patch
             pixel, log-uniform; 2 halves the objects' size), or None.
+        blur: range of a Gaussian blur's sigma in patch pixels (uniform),
+            or None; applied to ``blur_probability`` of the patches.
+            Upsampled images (``object_size=`` on small objects) look
+            blurred to the network; this shows it such images in training.
 
     >>> aug = Augmenter()
     >>> img = np.random.default_rng(1).random((1, 40, 40)).astype(np.float32)
@@ -241,6 +266,8 @@ class Augmenter:
     contrast: Optional[Tuple[float, float]] = (0.75, 1.33)
     brightness: Optional[Tuple[float, float]] = (-0.1, 0.1)
     scale: Optional[Tuple[float, float]] = None
+    blur: Optional[Tuple[float, float]] = None
+    blur_probability: float = 0.5
 
     def patch(
         self,
@@ -263,6 +290,10 @@ class Augmenter:
             disp = zoom if disp is None else disp + zoom
         img = sample_patch(image, origin, size, disp, order=3)
         others = [sample_patch(a, origin, size, disp, order=0) for a in nearest]
+        # Drawn only when enabled, so configurations without blur keep
+        # their random streams (and seeded runs their results).
+        if self.blur is not None and rng.random() < self.blur_probability:
+            img = blur(img, float(rng.uniform(self.blur[0], self.blur[1])))
         img, *others = flip_rotate([img, *others], rng, self.flips, self.rot90)
         img = gray_values(img, rng, self.gamma, self.contrast, self.brightness)
         return img, others

@@ -107,7 +107,8 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     # boundary) from instance labels; 0 for two.
     "loss": {"w0": 10.0, "sigma": 5.0, "balance": True, "separate": True, "boundary": 0},
     "augment": {"enabled": True, "elastic_std": 10.0, "elastic_grid": 3, "flips": True, "rot90": True,
-                "gamma": [0.7, 1.4], "contrast": [0.75, 1.33], "brightness": [-0.1, 0.1], "scale": None},
+                "gamma": [0.7, 1.4], "contrast": [0.75, 1.33], "brightness": [-0.1, 0.1], "scale": None,
+                "blur": None, "blur_probability": 0.5},
     "train": {
         "crop": None,  # input crop; default: smallest valid size >= 2 * halo + 96
         "batch_size": 4,

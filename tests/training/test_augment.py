@@ -123,3 +123,26 @@ def test_zoom_reads_a_larger_or_smaller_region_around_the_centre():
     assert b[0, 0] == 24 and b[0, -1] == 39  # the central half, each pixel twice
     zoomed = Augmenter(scale=(0.5, 2.0))
     assert Augmenter.from_config(zoomed.to_config()) == zoomed and zoomed.to_config()["scale"] == [0.5, 2.0]
+
+
+def test_blur_softens_the_image_only_and_leaves_streams_without_it_alone():
+    img = np.zeros((1, 32, 32), np.float32)
+    img[0, 16, 16] = 1.0
+    labels = (np.arange(32 * 32).reshape(32, 32) % 7).astype(np.int32)
+    plain = dict(elastic_std=0, flips=False, rot90=False, gamma=None, contrast=None, brightness=None)
+    a, (b,) = Augmenter(**plain, blur=(1.0, 1.0), blur_probability=1.0).patch(
+        img, [labels], (0, 0), (32, 32), np.random.default_rng(0))
+    assert np.array_equal(b, labels)  # labels are never blurred
+    assert a[0, 16, 16] < 0.5 and a[0, 15, 16] > 0 and a.dtype == np.float32
+    # Probability 0 draws once and leaves the image alone.
+    a, _ = Augmenter(**plain, blur=(1.0, 1.0), blur_probability=0.0).patch(
+        img, [labels], (0, 0), (32, 32), np.random.default_rng(0))
+    assert np.array_equal(a, img)
+    # Without blur nothing is drawn for it: seeded runs of older configs
+    # (the paper's augmentation) give the same patches as before.
+    rng1, rng2 = np.random.default_rng(3), np.random.default_rng(3)
+    x, _ = Augmenter().patch(img, [labels], (0, 0), (32, 32), rng1)
+    y, _ = Augmenter(blur=None, blur_probability=1.0).patch(img, [labels], (0, 0), (32, 32), rng2)
+    assert np.array_equal(x, y) and rng1.random() == rng2.random()
+    blurred = Augmenter(blur=(0.0, 1.5))
+    assert Augmenter.from_config(blurred.to_config()) == blurred and blurred.to_config()["blur"] == [0.0, 1.5]
