@@ -22,9 +22,10 @@ def sample():
 
 
 # Floors under what the bundled model measures on the held-out rows (whole
-# image segmented; the README's table): a retrained model that scores less
-# fails here. The issue's targets (AP@0.5 0.86, IoU 0.88) are not reached.
-FLOOR_IOU, FLOOR_AP = 0.87, 0.76
+# image segmented; the README's table: IoU 0.870 / AP@0.5 0.897 in fp32,
+# 0.872 / 0.895 in bf16): a retrained model that scores less fails here.
+# AP@0.5 meets the issue's target (0.86); foreground IoU does not (0.88).
+FLOOR_IOU, FLOOR_AP = 0.865, 0.88
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -53,6 +54,19 @@ def test_the_default_segment_call_uses_the_bundled_model(sample):
     meta = unet_rt.Model(device="cpu").metadata
     assert meta["name"] == "nuclei" and meta["class_names"] == ["background", "nucleus", "boundary"]
     assert unet_rt.bundled_model_path().stat().st_size < 5 * 2**20
+
+
+# The scale target: a user who gives the nuclei's diameter (object_size)
+# gets AP@0.5 >= 0.70 at every magnification from 0.5x to 2x.
+FLOOR_AP_AT_SCALE = 0.70
+
+
+def test_object_size_keeps_instances_good_at_every_magnification():
+    """The recorded scores (checked against a fresh run below) meet the
+    scale target at every magnification."""
+    recorded = unet_rt.Model(device="cpu", precision="fp32").metadata["evaluation"]["object_size"]
+    low = {scale: s["ap"]["0.5"] for scale, s in recorded.items() if s["ap"]["0.5"] < FLOOR_AP_AT_SCALE}
+    assert not low, f"AP@0.5 below {FLOOR_AP_AT_SCALE} with object_size at {low}"
 
 
 def test_recorded_evaluation_is_what_the_runtime_measures_now(sample):
