@@ -48,7 +48,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, Iterator, List, Tuple
 
 import numpy as np
 import torch
@@ -157,18 +157,27 @@ def table(title: str, header: List[str], rows: List[List[object]]) -> None:
     sys.stdout.flush()
 
 
-def throughput(models: Dict[str, Path], size: int, paper_size: int) -> None:
-    rows = []
+def warm_cpu_models(models: Dict[str, Path], size: int,
+                    paper_size: int) -> Iterator[Tuple[str, int, np.ndarray, str, "unet_rt.Model"]]:
+    """Each model on its test image (PAPER_SIZE for the paper U-Net, SIZE
+    for the others) in fp32 and bf16, loaded on the CPU and warmed up:
+    ``(name, side, image, precision, model)``."""
     for name, path in models.items():
         side = paper_size if name.startswith("paper") else size
         image = test_image(side)
         for precision in ("fp32", "bf16"):
             model = unet_rt.Model(path, device="cpu", precision=precision)
             model.segment(image[:256, :256])  # warm-up
-            layout = model.layout(image.shape)
-            seconds, _ = timed(lambda: model.segment(image))
-            rows.append([name, f"{side}x{side}", precision, layout["tile"][0], layout["tiles"], layout["batch_size"],
-                         seconds, side * side / seconds / 1e6])
+            yield name, side, image, precision, model
+
+
+def throughput(models: Dict[str, Path], size: int, paper_size: int) -> None:
+    rows = []
+    for name, side, image, precision, model in warm_cpu_models(models, size, paper_size):
+        layout = model.layout(image.shape)
+        seconds, _ = timed(lambda: model.segment(image))
+        rows.append([name, f"{side}x{side}", precision, layout["tile"][0], layout["tiles"], layout["batch_size"],
+                     seconds, side * side / seconds / 1e6])
     table("throughput (CPU)", ["model", "image", "precision", "tile", "tiles", "batch", "seconds", "MP/s"], rows)
 
 
@@ -179,22 +188,17 @@ SWEEP_TILES = {"nuclei (bundled)": [284, 348, 476, 604], "paper U-Net (base 64)"
 
 def tile_sweep(models: Dict[str, Path], size: int, paper_size: int) -> None:
     rows = []
-    for name, path in models.items():
-        side = paper_size if name.startswith("paper") else size
-        image = test_image(side)
-        for precision in ("fp32", "bf16"):
-            model = unet_rt.Model(path, device="cpu", precision=precision)
-            model.segment(image[:256, :256])  # warm-up
-            chosen = model.layout(image.shape)["tile"][0]
-            results = []
-            for tile in sorted(set(SWEEP_TILES[name]) | {chosen}):
-                layout = model.layout(image.shape, tile=tile)
-                seconds, _ = timed(lambda: model.segment(image, tile=tile))
-                results.append((tile, layout["tiles"], seconds, side * side / seconds / 1e6))
-            best = max(r[3] for r in results)
-            for tile, tiles, seconds, mps in results:
-                rows.append([name, f"{side}x{side}", precision, f"{tile}{' (chosen)' if tile == chosen else ''}", tiles,
-                             seconds, mps, mps / best])
+    for name, side, image, precision, model in warm_cpu_models(models, size, paper_size):
+        chosen = model.layout(image.shape)["tile"][0]
+        results = []
+        for tile in sorted(set(SWEEP_TILES[name]) | {chosen}):
+            tiles = model.layout(image.shape, tile=tile)["tiles"]
+            seconds, _ = timed(lambda: model.segment(image, tile=tile))
+            results.append((tile, tiles, seconds, side * side / seconds / 1e6))
+        best = max(r[3] for r in results)
+        for tile, tiles, seconds, mps in results:
+            rows.append([name, f"{side}x{side}", precision, f"{tile}{' (chosen)' if tile == chosen else ''}", tiles,
+                         seconds, mps, mps / best])
     table("CPU tile choice: each tile's throughput against the fastest (same run)",
           ["model", "image", "precision", "tile", "tiles", "seconds", "MP/s", "x fastest"], rows)
 

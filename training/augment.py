@@ -214,6 +214,11 @@ def gray_values(
     return x.astype(np.float32)
 
 
+#: The largest blur sigma a configuration may ask for, in pixels: far more
+#: than any resampling blur, and small enough that the kernel stays small.
+MAX_BLUR_SIGMA = 16.0
+
+
 def blur(image: np.ndarray, sigma: float) -> np.ndarray:
     """``image`` (C, H, W) blurred per channel by a Gaussian of ``sigma``
     pixels (mirrored at the edges); ``sigma <= 0`` returns it unchanged.
@@ -268,6 +273,22 @@ class Augmenter:
     scale: Optional[Tuple[float, float]] = None
     blur: Optional[Tuple[float, float]] = None
     blur_probability: float = 0.5
+
+    def __post_init__(self) -> None:
+        # Checked here, not when the first patch is drawn: a bad config
+        # fails before training starts, naming the setting (a huge sigma
+        # would otherwise ask scipy for a kernel of gigabytes).
+        if self.blur is not None:
+            try:
+                lo, hi = (float(v) for v in self.blur)
+            except (TypeError, ValueError):
+                raise ValueError(f"augment.blur must be two numbers (a sigma range in pixels), got {self.blur!r}") from None
+            if not (0.0 <= lo <= hi <= MAX_BLUR_SIGMA):
+                raise ValueError(f"augment.blur must satisfy 0 <= low <= high <= {MAX_BLUR_SIGMA:g}, got {self.blur!r}")
+            self.blur = (lo, hi)
+        p = self.blur_probability
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"augment.blur_probability must be a number between 0 and 1, got {p!r}")
 
     def patch(
         self,

@@ -146,3 +146,13 @@ def test_blur_softens_the_image_only_and_leaves_streams_without_it_alone():
     assert np.array_equal(x, y) and rng1.random() == rng2.random()
     blurred = Augmenter(blur=(0.0, 1.5))
     assert Augmenter.from_config(blurred.to_config()) == blurred and blurred.to_config()["blur"] == [0.0, 1.5]
+
+
+@pytest.mark.parametrize("settings", [
+    {"blur": (float("nan"), 1.0)}, {"blur": (1e9, 1e9)}, {"blur": "ab"}, {"blur": (2.0, 1.0)}, {"blur": (-1.0, 1.0)},
+    {"blur": (0.0, 1.0, 2.0)}, {"blur": (0.0, 1.0), "blur_probability": "x"}, {"blur_probability": 1.5},
+    {"blur_probability": float("nan")},
+])
+def test_bad_blur_settings_fail_when_configured_naming_the_setting(settings):
+    with pytest.raises(ValueError, match=r"augment\.blur"):
+        Augmenter(**settings)
