@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/gpu_out}"; mkdir -p "$OUT"
 status=0
 "$PY" -m pip install -q --no-deps --no-index --target /tmp/unet_rt_site .gpu/unet_rt-*.whl || exit 1
-if ! "$PY" -c "import dask.array" 2>/dev/null; then
+if ! "$PY" -c "import dask.array, monai" 2>/dev/null; then
     "$PY" -m pip install -q --no-deps --no-index --target /tmp/unet_rt_site .gpu/wheels/*.whl || status=1
 fi
 export PYTHONPATH="/tmp/unet_rt_site:$PWD"
@@ -36,6 +36,10 @@ print(line)
 (pathlib.Path(sys.argv[2]) / "cli.txt").write_text(line + "\n")
 sys.exit(0 if agree > 0.9999 else 1)
 PY
+echo "== conversion: pixels normalised on the host or on the device (CLI bench, bundled model, uint16)"
+for conversion in host device; do
+    .gpu/unet-rt bench --device cuda:0 --precision bf16 --size 4096 --repeats 3 --conversion "$conversion" --json || status=1
+done | tee "$OUT/conversion.txt"
 echo "== gpu tests"
 "$PY" -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider -o addopts="-ra --strict-markers" 2>&1 | tee "$OUT/gpu_tests.txt" || status=1
 echo "== engine"

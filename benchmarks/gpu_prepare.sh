@@ -9,12 +9,13 @@ rm -rf .gpu && mkdir -p .gpu
 maturin build --release --out .gpu --quiet
 cargo build --release --locked --quiet -p unet-rt-cli
 cp "$CARGO_TARGET_DIR/release/unet-rt" .gpu/
-# Dask for the GPU test of unet_rt.dask: the device's venv has torch and
+# Dask for the GPU test of unet_rt.dask, MONAI for the peer rows of
+# gpu_check.py: the device's venv has torch and
 # numpy only, and no internet. The versions installed here, as wheels for the
 # device's Python 3.12 (PyYAML is compiled).
 pins=$(python - <<'PY'
 from importlib.metadata import version
-names = ["dask", "toolz", "cloudpickle", "partd", "locket", "fsspec", "pyyaml", "packaging", "click", "zipp", "importlib_metadata"]
+names = ["monai", "dask", "toolz", "cloudpickle", "partd", "locket", "fsspec", "pyyaml", "packaging", "click", "zipp", "importlib_metadata"]
 print(" ".join(f"{n}=={version(n)}" for n in names))
 PY
 )

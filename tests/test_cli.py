@@ -355,7 +355,12 @@ def test_bench_prints_a_table_and_json(tiny_model_path, cli):
     assert "Mpx/s" in table.stdout and "median" in table.stdout and "128x128" in table.stdout
     data = json.loads(run([cli, "bench", "-m", tiny_model_path, "--size", "96x128", "--repeats", "1", "--tile", TILE, "--json"]).stdout)
     assert data["size"] == [96, 128] and data["tile"] == [64, 64] and len(data["seconds"]) == 1
-    assert data["tiles"] >= 4 and data["megapixels_per_second"] > 0
+    assert data["tiles"] >= 4 and data["megapixels_per_second"] > 0 and data["conversion"] == "auto"
+    device = run([cli, "bench", "-m", tiny_model_path, "--size", "96", "--repeats", "1", "--conversion", "device",
+                  "--json"])
+    assert device.returncode == 0, device.stderr
+    assert json.loads(device.stdout)["conversion"] == "device"
+    assert run([cli, "bench", "-m", tiny_model_path, "--conversion", "gpu"]).returncode == 2
 
 
 def test_help_has_examples(cli):

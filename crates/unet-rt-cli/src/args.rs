@@ -265,6 +265,32 @@ pub(crate) struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Where pixels become network input: auto (on a GPU for 8/16-bit
+    /// pixels), host or device (results are identical; this measures the
+    /// cost).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub conversion: ConversionArg,
+}
+
+/// `--conversion`: the engine's [`unet_rt::Conversion`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ConversionArg {
+    /// On the device for models on a GPU, on the host otherwise.
+    Auto,
+    /// f32 tiles made on the host.
+    Host,
+    /// Raw pixels to the device (the CPU's libtorch included).
+    Device,
+}
+
+impl From<ConversionArg> for unet_rt::Conversion {
+    fn from(arg: ConversionArg) -> Self {
+        match arg {
+            ConversionArg::Auto => Self::Auto,
+            ConversionArg::Host => Self::Host,
+            ConversionArg::Device => Self::Device,
+        }
+    }
 }
 
 /// Sizes per spatial axis, or one for all (`--tile`, `--size`). A newtype,

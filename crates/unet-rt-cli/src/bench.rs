@@ -36,6 +36,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<u8, CliError> {
         batch_size: loader::batch_size(&args.model),
         tta: args.model.tta,
         cancel: Some(interrupt::flag()),
+        conversion: args.conversion.into(),
         ..Options::default()
     };
     // The image is made here: its size is checked before anything else
@@ -94,6 +95,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<u8, CliError> {
                 "tiles": layout.plan.len(),
                 "tile": tile,
                 "batch": layout.batch_size,
+                "conversion": format!("{:?}", args.conversion).to_lowercase(),
                 "seconds": seconds,
                 "median_seconds": median,
                 "megapixels_per_second": mpx(median),
@@ -122,6 +124,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<u8, CliError> {
             layout.batch_size
         ),
         format!("output     {:?}", args.output_kind).to_lowercase(),
+        format!("conversion {:?}", args.conversion).to_lowercase(),
         String::new(),
         format!("{:>6}  {:>9}  {:>8}", "run", "seconds", "Mpx/s"),
     ];

@@ -36,8 +36,8 @@ mod window;
 
 pub use build_info::{build_info, BuildInfo};
 pub use engine::{
-    Layout, NaturalElement, NonFinite, Options, OutputElement, OutputMode, Planner, Progress,
-    ProgressFn, Segmenter, Tta, DEFAULT_CPU_BUDGET, DEFAULT_CUDA_BUDGET,
+    Conversion, Layout, NaturalElement, NonFinite, Options, OutputElement, OutputMode, Planner,
+    Progress, ProgressFn, Segmenter, Tta, DEFAULT_CPU_BUDGET, DEFAULT_CUDA_BUDGET,
 };
 pub use error::{Error, Result};
 pub use geometry::{Blend, TilePlan};
@@ -47,7 +47,7 @@ pub use metadata::{
     METADATA_ENTRY,
 };
 pub use model::Model;
-pub use pixel::Pixel;
+pub use pixel::{Pixel, RawKind};
 pub use precision::Precision;
 pub use tch::Device;
 pub use whole::{forward_whole, pad_reflect, whole_image_padding};

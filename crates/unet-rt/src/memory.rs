@@ -87,45 +87,68 @@ fn unallocatable(argument: &'static str, what: &str, bytes: u128) -> Error {
     }
 }
 
-/// A CPU `f32` tensor, uninitialized, that only this value holds: network
+/// A CPU tensor of `E`s, uninitialized, that only this value holds: network
 /// input is gathered straight into libtorch's memory, with no zero fill
 /// before and no copy into a tensor after. Allocating it runs no libtorch
 /// kernel, so no OpenMP pool starts on the calling thread.
-pub(crate) struct HostFloats(tch::Tensor);
+pub(crate) struct HostBuffer<E>(tch::Tensor, std::marker::PhantomData<E>);
+
+/// Gathered network input: `f32`.
+pub(crate) type HostFloats = HostBuffer<f32>;
 
 impl HostFloats {
-    /// Room for `len` values, or [`Error::InvalidArgument`] naming
-    /// `argument` (with the bytes `what` needed) when it cannot be
-    /// allocated.
-    pub(crate) fn uninit(len: usize, argument: &'static str, what: &str) -> Result<Self> {
-        let too_large = || unallocatable(argument, what, bytes_of::<f32>(len));
+    /// Room for `len` floats; see [`HostBuffer::uninit`].
+    pub(crate) fn floats(len: usize, argument: &'static str, what: &str) -> Result<Self> {
+        Self::uninit(len, tch::Kind::Float, argument, what)
+    }
+}
+
+impl<E: Copy> HostBuffer<E> {
+    /// Room for `len` values held by libtorch as `kind`, or
+    /// [`Error::InvalidArgument`] naming `argument` (with the bytes `what`
+    /// needed) when it cannot be allocated. `kind` must have the size of
+    /// `E` (the bits of `u16` travel as `i16`, for one).
+    pub(crate) fn uninit(
+        len: usize,
+        kind: tch::Kind,
+        argument: &'static str,
+        what: &str,
+    ) -> Result<Self> {
+        if kind.elt_size_in_bytes() != std::mem::size_of::<E>() {
+            return Err(Error::Internal(format!(
+                "a host buffer of {kind:?} cannot hold elements of {} bytes",
+                std::mem::size_of::<E>()
+            )));
+        }
+        let too_large = || unallocatable(argument, what, bytes_of::<E>(len));
         let size = i64::try_from(len).map_err(|_| too_large())?;
-        tch::Tensor::f_empty([size], (tch::Kind::Float, tch::Device::Cpu))
-            .map(Self)
+        tch::Tensor::f_empty([size], (kind, tch::Device::Cpu))
+            .map(|t| Self(t, std::marker::PhantomData))
             .map_err(|_| too_large())
     }
 
     /// The values, to write (every one, before the tensor is read).
-    pub(crate) fn as_uninit_mut(&mut self) -> &mut [std::mem::MaybeUninit<f32>] {
+    pub(crate) fn as_uninit_mut(&mut self) -> &mut [std::mem::MaybeUninit<E>] {
         let len = self.0.numel();
         if len == 0 {
             return &mut [];
         }
-        // SAFETY: `uninit` made a contiguous CPU float tensor of `len`
-        // elements, and no handle to it exists but this value's
-        // (`into_tensor` consumes it), so the data pointer addresses room
-        // for `len` `f32`s, suitably aligned, that libtorch keeps while the
-        // tensor lives and that nothing else reads or writes while `self` is
-        // borrowed. `MaybeUninit` asks nothing of the bytes it covers.
+        // SAFETY: `uninit` made a contiguous CPU tensor of `len` elements
+        // of `E`'s size (checked there), and no handle to it exists but this
+        // value's (`into_tensor` consumes it), so the data pointer addresses
+        // room for `len` `E`s that libtorch keeps while the tensor lives and
+        // that nothing else reads or writes while `self` is borrowed; its
+        // CPU allocator aligns to 64 bytes, more than any `E` here needs.
+        // `MaybeUninit` asks nothing of the bytes it covers.
         unsafe {
             std::slice::from_raw_parts_mut(
-                self.0.data_ptr().cast::<std::mem::MaybeUninit<f32>>(),
+                self.0.data_ptr().cast::<std::mem::MaybeUninit<E>>(),
                 len,
             )
         }
     }
 
-    /// The tensor, to read (a flat `f32` tensor on the CPU).
+    /// The tensor, to read (a flat tensor on the CPU).
     pub(crate) fn into_tensor(self) -> tch::Tensor {
         self.0
     }
@@ -172,6 +195,18 @@ mod tests {
         );
         assert!(element_count(&[1 << 40, 1 << 40], "image").is_err());
         assert_eq!(element_count(&[3, 4], "image").unwrap(), 12);
+    }
+
+    #[test]
+    fn host_buffers_hold_elements_of_their_kinds_size_only() {
+        let mut bytes = HostBuffer::<u16>::uninit(5, tch::Kind::Int16, "tile", "a batch").unwrap();
+        assert_eq!(bytes.as_uninit_mut().len(), 5);
+        assert_eq!(bytes.into_tensor().kind(), tch::Kind::Int16);
+        assert!(matches!(
+            HostBuffer::<u16>::uninit(5, tch::Kind::Float, "tile", "a batch"),
+            Err(Error::Internal(_))
+        ));
+        assert!(HostFloats::floats(usize::MAX / 2, "tile", "a batch").is_err());
     }
 
     #[test]

@@ -25,12 +25,53 @@ pub trait Pixel: Copy + Send + Sync + 'static {
     fn from_bin(bin: usize) -> f64 {
         bin as f64
     }
+    /// How the type travels to a device unconverted, when it can: the
+    /// network input is then made there (see [`crate::Conversion`]).
+    const RAW: Option<RawKind> = None;
+    /// Whether the value is finite (integers always are).
+    #[inline]
+    fn is_finite(self) -> bool {
+        true
+    }
+}
+
+/// A pixel type uploaded as it is, to be normalised on the device: a
+/// quarter (8-bit) or half (16-bit) of the bytes of `f32` network input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawKind {
+    /// `u8`.
+    U8,
+    /// `u16` (libtorch has no 16-bit unsigned kind on every device: the
+    /// bits travel as `i16` and are read back as unsigned there).
+    U16,
+    /// `i16`.
+    I16,
+    /// IEEE half precision.
+    F16,
+}
+
+impl RawKind {
+    /// Whether `affine` sends every finite value of the type to a finite
+    /// `f32` (the map is monotone, so its two extremes decide).
+    pub fn keeps_finite(self, affine: Affine) -> bool {
+        let (low, high) = match self {
+            Self::U8 => (0.0, 255.0),
+            Self::U16 => (0.0, 65535.0),
+            Self::I16 => (-32768.0, 32767.0),
+            Self::F16 => (-65504.0, 65504.0),
+        };
+        affine.apply(low).is_finite() && affine.apply(high).is_finite()
+    }
 }
 
 impl Pixel for f32 {
     #[inline]
     fn to_f32(self) -> f32 {
         self
+    }
+    #[inline]
+    fn is_finite(self) -> bool {
+        self.is_finite()
     }
     #[inline]
     fn to_f64(self) -> f64 {
@@ -53,12 +94,21 @@ impl Pixel for f64 {
     fn to_f64(self) -> f64 {
         self
     }
+    #[inline]
+    fn is_finite(self) -> bool {
+        self.is_finite()
+    }
 }
 
 impl Pixel for half::f16 {
+    const RAW: Option<RawKind> = Some(RawKind::F16);
     #[inline]
     fn to_f32(self) -> f32 {
         self.to_f32()
+    }
+    #[inline]
+    fn is_finite(self) -> bool {
+        self.is_finite()
     }
     #[inline]
     fn to_f64(self) -> f64 {
@@ -69,9 +119,10 @@ impl Pixel for half::f16 {
 /// 8- and 16-bit integers: exact percentiles from a histogram with one bin
 /// per value, shifted so that the smallest value lands in bin 0.
 macro_rules! integer_pixel {
-    ($($t:ty => $bins:expr, $shift:expr);* $(;)?) => {$(
+    ($($t:ty => $raw:expr, $bins:expr, $shift:expr);* $(;)?) => {$(
         impl Pixel for $t {
             const HISTOGRAM_BINS: Option<usize> = Some($bins);
+            const RAW: Option<RawKind> = Some($raw);
             #[inline]
             fn to_f32(self) -> f32 {
                 f32::from(self)
@@ -90,4 +141,33 @@ macro_rules! integer_pixel {
         }
     )*};
 }
-integer_pixel!(u8 => 256, 0; u16 => 65536, 0; i16 => 65536, 32768);
+integer_pixel!(
+    u8 => RawKind::U8, 256, 0;
+    u16 => RawKind::U16, 65536, 0;
+    i16 => RawKind::I16, 65536, 32768;
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_pixels_go_to_the_device_only_under_maps_that_stay_finite() {
+        let all = [RawKind::U8, RawKind::U16, RawKind::I16, RawKind::F16];
+        assert!(all.iter().all(|k| k.keeps_finite(Affine::new(1e-3, -0.5))));
+        assert!(all.iter().all(|k| k.keeps_finite(Affine::new(-2.0, 1e30))));
+        // 255 * 1e36 is finite, 65535 * 1e36 is not.
+        let steep = Affine::new(1e36, 0.0);
+        assert!(RawKind::U8.keeps_finite(steep));
+        assert!(!RawKind::U16.keeps_finite(steep));
+        assert!(!RawKind::I16.keeps_finite(steep));
+        assert!(!RawKind::F16.keeps_finite(steep));
+        // A shift at the edge of f32 overflows for the largest pixels only.
+        assert!(!RawKind::U8.keeps_finite(Affine::new(1e36, 3.4e38)));
+        assert!(!RawKind::U8.keeps_finite(Affine::new(f64::NAN, 0.0)));
+        assert_eq!(u16::RAW, Some(RawKind::U16));
+        assert_eq!(<f32 as Pixel>::RAW, None);
+        assert_eq!(<f64 as Pixel>::RAW, None);
+        assert!(!Pixel::is_finite(half::f16::NAN) && Pixel::is_finite(7u8));
+    }
+}

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ndarray::{ArrayD, Axis, IxDyn};
-use unet_rt::{Device, Error, Model, Options, OutputMode, Precision, Progress, Segmenter, Tta};
+use unet_rt::{
+    Conversion, Device, Error, Model, Options, OutputMode, Precision, Progress, Segmenter, Tta,
+};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -706,5 +708,75 @@ fn augmented_tiles_equal_the_augmented_whole_image_forward() {
             );
             assert!(max_abs_diff(&got, &plain) > 1e-4, "{tta:?} changed nothing");
         }
+    }
+}
+
+/// Raw logits of `image` with pixels converted where `conversion` says.
+fn raw_with<T: unet_rt::Pixel>(
+    model: &Model,
+    image: &ArrayD<T>,
+    conversion: Conversion,
+    input_range: Option<(f64, f64)>,
+) -> Result<ArrayD<f32>, Error> {
+    let options = Options {
+        output: OutputMode::Raw,
+        tile: Some(vec![48, 48]),
+        batch_size: Some(3),
+        input_range,
+        conversion,
+        ..Options::default()
+    };
+    Segmenter::new(model.clone(), options)?.segment(image.view())
+}
+
+#[test]
+fn pixels_normalised_on_the_device_give_the_hosts_result_bit_for_bit() {
+    // The CPU's libtorch stands in for a GPU: the same kernels run there.
+    let model = load("tiny_rgb.pt");
+    let base = Lcg(23).image(&[3, 70, 57]); // 0..4096
+    let same = |a: ArrayD<f32>, b: ArrayD<f32>, what: &str| {
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{what}: device conversion differs by {}",
+            max_abs_diff(&a, &b)
+        );
+    };
+    for range in [None, Some((17.0, 3001.5))] {
+        let u8s = base.mapv(|v| (v / 16.0) as u8);
+        // Values above 32767 travel as negative i16 and must come back.
+        let u16s = base.mapv(|v| (v * 16.0) as u16);
+        let i16s = base.mapv(|v| (v * 8.0 - 16000.0) as i16);
+        let f16s = base.mapv(|v| half::f16::from_f32(v / 7.0 - 100.0));
+        for conversion in [Conversion::Device, Conversion::Auto] {
+            let host = Conversion::Host;
+            same(
+                raw_with(&model, &u8s, conversion, range).unwrap(),
+                raw_with(&model, &u8s, host, range).unwrap(),
+                "u8",
+            );
+            same(
+                raw_with(&model, &u16s, conversion, range).unwrap(),
+                raw_with(&model, &u16s, host, range).unwrap(),
+                "u16",
+            );
+            same(
+                raw_with(&model, &i16s, conversion, range).unwrap(),
+                raw_with(&model, &i16s, host, range).unwrap(),
+                "i16",
+            );
+            same(
+                raw_with(&model, &f16s, conversion, range).unwrap(),
+                raw_with(&model, &f16s, host, range).unwrap(),
+                "f16",
+            );
+        }
+    }
+    // NaN in half-float pixels is refused the same way on both paths (a
+    // given range: no percentiles, the gathering itself finds it).
+    let mut bad = base.mapv(half::f16::from_f32);
+    bad[[1, 30, 40]] = half::f16::NAN;
+    for conversion in [Conversion::Host, Conversion::Device] {
+        let refused = raw_with(&model, &bad, conversion, Some((0.0, 100.0)));
+        assert_refused(refused, "image");
     }
 }

@@ -82,6 +82,27 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
     /// not hold (a window without enough context; checked beforehand by
     /// [`crate::Window::check_context`], so this is a second line).
     pub(crate) fn gather(&self, tile: &Tile, dst: &mut [MaybeUninit<f32>]) -> Result<()> {
+        self.gather_with(tile, dst, Normalized(self.affine))
+    }
+
+    /// Fills `dst` as [`Self::gather`] does, with the pixels as they are
+    /// (mirrored, not converted), to be normalised on the device by
+    /// [`Self::affine`]; NaN and infinity are refused here all the same.
+    pub(crate) fn gather_raw(&self, tile: &Tile, dst: &mut [MaybeUninit<T>]) -> Result<()> {
+        self.gather_with(tile, dst, Raw)
+    }
+
+    /// The map from pixel values to network input.
+    pub(crate) fn affine(&self) -> Affine {
+        self.affine
+    }
+
+    fn gather_with<S: Store<T>>(
+        &self,
+        tile: &Tile,
+        dst: &mut [MaybeUninit<S::Out>],
+        store: S,
+    ) -> Result<()> {
         let shape = &tile.read_shape;
         let local = &self.input.shape()[1..];
         let strides = self.input.strides();
@@ -128,7 +149,7 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
             .min(rows * last.len() / MIN_PIXELS_PER_WORKER)
             .max(1);
         let finite = if workers == 1 {
-            self.gather_rows(&tables, 0, dst)
+            self.gather_rows(&tables, 0, dst, store)
         } else {
             // Whole rows per worker, the last one takes the remainder; this
             // thread gathers the first part itself.
@@ -142,14 +163,16 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
                     let first_row = k * per_worker / row_len;
                     let handle = std::thread::Builder::new()
                         .name("unet-rt-gather".to_owned())
-                        .spawn_scoped(scope, move || self.gather_rows(tables, first_row, part))
+                        .spawn_scoped(scope, move || {
+                            self.gather_rows(tables, first_row, part, store)
+                        })
                         .map_err(|e| {
                             Error::Internal(format!("cannot start a gathering thread: {e}"))
                         })?;
                     handles.push(handle);
                 }
                 let mut finite = true;
-                finite &= self.gather_rows(&tables, 0, first);
+                finite &= self.gather_rows(&tables, 0, first, store);
                 for handle in handles {
                     finite &= handle
                         .join()
@@ -174,11 +197,12 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
     /// Gathers the tile rows (lines along the last axis) from `first_row`
     /// on into `dst`, which holds whole rows; returns whether every value
     /// came out finite.
-    fn gather_rows(
+    fn gather_rows<S: Store<T>>(
         &self,
         tables: &Tables<'_>,
         first_row: usize,
-        dst: &mut [MaybeUninit<f32>],
+        dst: &mut [MaybeUninit<S::Out>],
+        store: S,
     ) -> bool {
         let Tables {
             last,
@@ -213,7 +237,7 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
                                 run.end - run.start,
                             )
                         };
-                        finite &= convert(src, pixels, c, channels, self.affine);
+                        finite &= convert(src, pixels, c, channels, store);
                     }
                     continue;
                 }
@@ -225,9 +249,9 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
                         // the channel count, so the offset addresses an
                         // element of the view, which borrows the memory for `'a`.
                         let v = unsafe { *base.offset(row_offset + x + c) };
-                        let v = v.normalized(self.affine);
-                        finite &= v.is_finite();
-                        value.write(v);
+                        let out = store.store(v);
+                        finite &= S::finite(v, out);
+                        value.write(out);
                     }
                 }
             }
@@ -293,29 +317,70 @@ fn unit_runs(offsets: &[isize], stride: isize) -> Vec<Run> {
     runs
 }
 
-/// Normalizes `src` into channel `channel` of the channels-last `dst`;
-/// returns whether every value came out finite.
+/// What a gathered pixel becomes in the tile buffer.
+trait Store<T: Pixel>: Copy + Send + Sync {
+    type Out: Copy + Send;
+    fn store(self, x: T) -> Self::Out;
+    /// Whether the pixel `x`, stored as `out`, is usable network input.
+    fn finite(x: T, out: Self::Out) -> bool;
+}
+
+/// Network input made on the host: `f32`, normalised.
+#[derive(Clone, Copy)]
+struct Normalized(Affine);
+
+impl<T: Pixel> Store<T> for Normalized {
+    type Out = f32;
+    #[inline]
+    fn store(self, x: T) -> f32 {
+        x.normalized(self.0)
+    }
+    #[inline]
+    fn finite(_: T, out: f32) -> bool {
+        out.is_finite()
+    }
+}
+
+/// Pixels as they are, normalised later on the device (only where the map
+/// keeps every finite value finite, see [`crate::Conversion`]).
+#[derive(Clone, Copy)]
+struct Raw;
+
+impl<T: Pixel> Store<T> for Raw {
+    type Out = T;
+    #[inline]
+    fn store(self, x: T) -> T {
+        x
+    }
+    #[inline]
+    fn finite(x: T, _: T) -> bool {
+        x.is_finite()
+    }
+}
+
+/// Stores `src` into channel `channel` of the channels-last `dst`;
+/// returns whether every value is usable (see [`Store::finite`]).
 #[inline]
-fn convert<T: Pixel>(
+fn convert<T: Pixel, S: Store<T>>(
     src: &[T],
-    dst: &mut [MaybeUninit<f32>],
+    dst: &mut [MaybeUninit<S::Out>],
     channel: usize,
     channels: usize,
-    affine: Affine,
+    store: S,
 ) -> bool {
     // A fold of `&`, no early exit: the loops stay branch-free and vectorize.
     let mut finite = true;
     if channels == 1 {
         for (d, &s) in dst.iter_mut().zip(src) {
-            let v = s.normalized(affine);
-            finite &= v.is_finite();
+            let v = store.store(s);
+            finite &= S::finite(s, v);
             d.write(v);
         }
         return finite;
     }
     for (d, &s) in dst[channel..].iter_mut().step_by(channels).zip(src) {
-        let v = s.normalized(affine);
-        finite &= v.is_finite();
+        let v = store.store(s);
+        finite &= S::finite(s, v);
         d.write(v);
     }
     finite
@@ -435,6 +500,42 @@ mod tests {
             .workers(4)
             .gather_floats(&plan.tile(0).unwrap(), &mut buf)
             .is_err());
+    }
+
+    #[test]
+    fn raw_gathering_mirrors_the_pixels_as_they_are() {
+        let (h, w) = (37, 53);
+        for channels in [1, 3] {
+            let data = Array3::from_shape_fn((channels, h, w), |(c, y, x)| {
+                (c * 20_011 + y * 1_009 + x * 3) as u16
+            });
+            let plan = TilePlan::valid(&[h, w], &[28, 28], 6, 4).unwrap();
+            let g = Gatherer::new(data.view().into_dyn(), Affine::new(0.5, 1.0)).workers(3);
+            for tile in plan.tiles() {
+                let mut buf = vec![MaybeUninit::new(0u16); g.tile_len(&tile.read_shape)];
+                g.gather_raw(&tile, &mut buf).unwrap();
+                // SAFETY: initialized above.
+                let got: Vec<u16> = buf.iter().map(|v| unsafe { v.assume_init() }).collect();
+                let want = ArrayD::from_shape_fn(IxDyn(&[28, 28, channels]), |i| {
+                    let y = reflect_index(tile.read_start[0] + i[0] as isize, h);
+                    let x = reflect_index(tile.read_start[1] + i[1] as isize, w);
+                    data[[i[2], y, x]]
+                });
+                assert_eq!(got, want.as_slice().unwrap(), "tile {}", tile.index);
+            }
+        }
+        // Half floats: NaN is refused before it travels, unless let through.
+        let mut halves = Array3::from_elem((1, 6, 40), half::f16::ONE);
+        halves[[0, 3, 20]] = half::f16::NAN;
+        let plan = TilePlan::valid(&[6, 40], &[8, 40], 0, 4).unwrap();
+        let tile = plan.tile(0).unwrap();
+        let mut buf = vec![MaybeUninit::new(half::f16::ZERO); 320];
+        let strict = Gatherer::new(halves.view().into_dyn(), Affine::IDENTITY);
+        assert!(strict.gather_raw(&tile, &mut buf).is_err());
+        let lenient = strict.check_finite(false);
+        lenient.gather_raw(&tile, &mut buf).unwrap();
+        // SAFETY: initialized above.
+        assert!(buf.iter().any(|v| unsafe { v.assume_init() }.is_nan()));
     }
 
     #[test]

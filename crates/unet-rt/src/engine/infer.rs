@@ -8,6 +8,8 @@ use super::{output, reduce, tta, Batch, NonFinite, OutputElement, OutputMode, Se
 use crate::error::{Error, Result};
 use crate::geometry::{Blend, Tile, TilePlan};
 use crate::metadata::Padding;
+use crate::normalize::Affine;
+use crate::pixel::RawKind;
 
 impl Segmenter {
     /// Shape of one reduced tile output: `([classes,] spatial...)`.
@@ -72,6 +74,7 @@ impl Segmenter {
         let n = batch.n;
         let input = batch_tensor(
             &batch.data,
+            batch.raw,
             n,
             tile,
             info.in_channels,
@@ -164,9 +167,11 @@ impl Segmenter {
 }
 
 /// A batch tensor `(N, C, spatial...)` in channels-last memory layout from
-/// channels-last data, on `device` in `kind`.
+/// channels-last data, on `device` in `kind`; `raw` pixels are made network
+/// input there.
 fn batch_tensor(
     data: &Tensor,
+    raw: Option<(RawKind, Affine)>,
     n: usize,
     tile: &[usize],
     channels: usize,
@@ -184,13 +189,40 @@ fn batch_tensor(
     // A plain (pageable) copy: libtorch 2.11 warns on every pin_memory(device)
     // call, the only form tch exposes, and the copy is small beside the
     // forward pass (measured on an H100, see the README).
-    let moved = match device {
-        Device::Cuda(_) => host.f_to_device_(device, kind, false, false),
-        _ => host.f_to_kind(kind),
+    let moved = match (raw, device) {
+        (Some((pixels, affine)), _) => host
+            .f_to_device(device)
+            .and_then(|t| normalize_on_device(&t, pixels, affine))
+            .and_then(|t| t.f_to_kind(kind)),
+        (None, Device::Cuda(_)) => host.f_to_device_(device, kind, false, false),
+        (None, _) => host.f_to_kind(kind),
     };
     moved
         .and_then(|t| t.f_permute(order.as_slice()))
         .map_err(Error::inference)
+}
+
+/// Network input (`f32`) from raw pixels of `pixels`' type, by the same
+/// operations, in the same order and precision, as the host's
+/// [`Affine::apply`]: `x * scale`, rounded, then `+ shift`, rounded (two
+/// kernels, so nothing fuses them), which makes the result the host's bit
+/// for bit.
+fn normalize_on_device(
+    x: &Tensor,
+    pixels: RawKind,
+    affine: Affine,
+) -> std::result::Result<Tensor, tch::TchError> {
+    let x = match pixels {
+        // `u16` travelled as the `i16` of the same bits.
+        RawKind::U16 => x
+            .f_to_kind(Kind::Int)?
+            .f_bitwise_and(0xFFFF)?
+            .f_to_kind(Kind::Float)?,
+        _ => x.f_to_kind(Kind::Float)?,
+    };
+    // The scalars are exactly the host's `f32`s (widened losslessly).
+    x.f_mul_scalar(f64::from(affine.scale))?
+        .f_add_scalar(f64::from(affine.shift))
 }
 
 /// libtorch's words for a failed allocation: CUDA's, and the CPU

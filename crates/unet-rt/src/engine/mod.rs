@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD};
 
-pub use options::{Options, Progress, ProgressFn};
+pub use options::{Conversion, Options, Progress, ProgressFn};
 pub use output::{NaturalElement, NonFinite, OutputElement, OutputMode};
 pub use tta::Tta;
 
@@ -42,7 +42,7 @@ use crate::memory;
 use crate::metadata::{Normalization, Padding};
 use crate::model::Model;
 use crate::normalize::{self, Affine};
-use crate::pixel::Pixel;
+use crate::pixel::{Pixel, RawKind};
 use crate::window::Window;
 use gather::Gatherer;
 use infer::is_out_of_memory;
@@ -88,8 +88,12 @@ pub(crate) struct Batch {
     /// Samples in the forward pass: the whole plan's batch this one
     /// reproduces (see [`batch_groups`]).
     n: usize,
-    /// The gathered tiles, channels-last: a flat CPU `f32` tensor.
+    /// The gathered tiles, channels-last: a flat CPU tensor, `f32` network
+    /// input or, with `raw`, pixels as they are.
     data: tch::Tensor,
+    /// For pixels gathered as they are: their type and the map that makes
+    /// them network input on the device.
+    raw: Option<(RawKind, Affine)>,
 }
 
 pub(crate) struct Written<U> {
@@ -484,6 +488,20 @@ impl Segmenter {
             return Err(invalid("image", format!("empty image of shape {shape:?}")));
         }
         Ok(())
+    }
+
+    /// The type in which pixels of `T` go to the device, when they go as
+    /// they are (see [`Conversion`]): only where `affine` keeps every finite
+    /// value of the type finite, so that the host's check of the input
+    /// stays the whole check.
+    fn raw_upload<T: Pixel>(&self, affine: Affine) -> Option<RawKind> {
+        let raw = T::RAW?;
+        let wanted = match self.options.conversion {
+            Conversion::Auto => self.model.device() != tch::Device::Cpu,
+            Conversion::Host => false,
+            Conversion::Device => true,
+        };
+        (wanted && raw.keeps_finite(affine)).then_some(raw)
     }
 
     fn cancelled(&self) -> bool {

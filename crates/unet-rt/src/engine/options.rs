@@ -69,6 +69,26 @@ pub struct Options {
     /// Instances: whether background enclosed by one object joins it; the
     /// model's read-out default when `None`.
     pub fill_holes: Option<bool>,
+    /// Where pixels become network input (see [`Conversion`]).
+    pub conversion: Conversion,
+}
+
+/// Where the image's pixels are mirrored into tiles, converted to `f32` and
+/// normalised: the result is the same bit for bit either way, only the
+/// work moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Conversion {
+    /// On the device for models on a GPU, where the pixels can travel as
+    /// they are (8- and 16-bit integers, half floats: a quarter or half of
+    /// the bytes of `f32` tiles, and no conversion on the host); on the
+    /// host for the CPU and for other pixel types.
+    #[default]
+    Auto,
+    /// On the host: `f32` tiles go to the device.
+    Host,
+    /// Pixels as they are to the device, wherever their type allows (the
+    /// CPU's libtorch included: this is how the device path is tested).
+    Device,
 }
 
 impl std::fmt::Debug for Options {
@@ -89,6 +109,7 @@ impl std::fmt::Debug for Options {
             .field("object_size", &self.object_size)
             .field("min_size", &self.min_size)
             .field("fill_holes", &self.fill_holes)
+            .field("conversion", &self.conversion)
             .finish()
     }
 }

@@ -3,6 +3,7 @@
 //! (its own thread), so that a few batches are in flight whatever the image
 //! size.
 
+use std::mem::MaybeUninit;
 use std::sync::mpsc::sync_channel;
 
 use ndarray::{ArrayViewMutD, IxDyn, Slice};
@@ -14,7 +15,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::geometry::Tile;
 use crate::memory;
-use crate::pixel::Pixel;
+use crate::pixel::{Pixel, RawKind};
 
 impl Segmenter {
     /// Runs the pipeline over `tiles` (of `layout`'s plan, in plan order),
@@ -42,6 +43,7 @@ impl Segmenter {
             )
         })?;
         let groups = batch_groups(tiles, layout.batch_size, plan.len());
+        let raw = self.raw_upload::<T>(gatherer.affine());
         std::thread::scope(|scope| {
             let (batch_tx, batch_rx) = sync_channel::<Batch>(QUEUE_DEPTH);
             let (out_tx, out_rx) = sync_channel::<Written<U>>(QUEUE_DEPTH);
@@ -56,27 +58,14 @@ impl Segmenter {
                         }
                         // group.n <= batch size, so this cannot overflow (checked above).
                         let len = batch_len / layout.batch_size * group.n;
-                        let mut buffer =
-                            memory::HostFloats::uninit(len, "tile", "a batch of tiles")?;
-                        let data = buffer.as_uninit_mut();
                         let chunk = &tiles[group.range.clone()];
-                        for (tile, &slot) in chunk.iter().zip(&group.slots) {
-                            gatherer
-                                .gather(tile, &mut data[slot * tile_len..(slot + 1) * tile_len])?;
-                        }
-                        // Slots of tiles outside a window repeat a gathered tile:
-                        // a sample's result does not depend on the other samples,
-                        // only the batch's size picks the kernels.
-                        let first = group.slots[0] * tile_len;
-                        for slot in (0..group.n).filter(|s| !group.slots.contains(s)) {
-                            data.copy_within(first..first + tile_len, slot * tile_len);
-                        }
-                        let data = buffer.into_tensor();
+                        let data = gather_batch(gatherer, chunk, &group, tile_len, len, raw)?;
                         let batch = Batch {
                             tiles: chunk.to_vec(),
                             slots: group.slots,
                             n: group.n,
                             data,
+                            raw: raw.map(|kind| (kind, gatherer.affine())),
                         };
                         if batch_tx.send(batch).is_err() {
                             return Ok(()); // inference stopped
@@ -117,6 +106,65 @@ impl Segmenter {
             }
             Ok(())
         })
+    }
+}
+
+/// The tiles of `group` (`chunk` of the tile list), `len` values in all, as
+/// `f32` network input or, with `raw`, as pixels of that kind.
+fn gather_batch<T: Pixel>(
+    gatherer: &Gatherer<'_, T>,
+    chunk: &[Tile],
+    group: &Group,
+    tile_len: usize,
+    len: usize,
+    raw: Option<RawKind>,
+) -> Result<tch::Tensor> {
+    const WHAT: &str = "a batch of tiles";
+    Ok(match raw {
+        None => {
+            let mut buffer = memory::HostFloats::floats(len, "tile", WHAT)?;
+            let gather = |t: &Tile, d: &mut [MaybeUninit<f32>]| gatherer.gather(t, d);
+            fill_batch(buffer.as_uninit_mut(), chunk, group, tile_len, gather)?;
+            buffer.into_tensor()
+        }
+        Some(kind) => {
+            let mut buffer =
+                memory::HostBuffer::<T>::uninit(len, raw_tensor_kind(kind), "tile", WHAT)?;
+            let gather = |t: &Tile, d: &mut [MaybeUninit<T>]| gatherer.gather_raw(t, d);
+            fill_batch(buffer.as_uninit_mut(), chunk, group, tile_len, gather)?;
+            buffer.into_tensor()
+        }
+    })
+}
+
+/// Gathers the tiles of `group` (`chunk` of the tile list) into `data`, one
+/// `tile_len` slot each; slots of the forward pass that hold no tile of
+/// this call repeat the first one: a sample's result does not depend on the
+/// other samples, only the batch's size picks the kernels.
+fn fill_batch<E: Copy>(
+    data: &mut [MaybeUninit<E>],
+    chunk: &[Tile],
+    group: &Group,
+    tile_len: usize,
+    gather: impl Fn(&Tile, &mut [MaybeUninit<E>]) -> Result<()>,
+) -> Result<()> {
+    for (tile, &slot) in chunk.iter().zip(&group.slots) {
+        gather(tile, &mut data[slot * tile_len..(slot + 1) * tile_len])?;
+    }
+    let first = group.slots[0] * tile_len;
+    for slot in (0..group.n).filter(|s| !group.slots.contains(s)) {
+        data.copy_within(first..first + tile_len, slot * tile_len);
+    }
+    Ok(())
+}
+
+/// The libtorch kind that carries pixels of `kind` to the device.
+fn raw_tensor_kind(kind: RawKind) -> tch::Kind {
+    match kind {
+        RawKind::U8 => tch::Kind::Uint8,
+        // The same bits; made unsigned again on the device.
+        RawKind::U16 | RawKind::I16 => tch::Kind::Int16,
+        RawKind::F16 => tch::Kind::Half,
     }
 }
 
