@@ -131,7 +131,7 @@ def test_dask_blocks_on_the_gpu_equal_the_whole_gpu_result(wide_model_path, prec
                       output="raw", tile=300)
     got = lazy.compute(scheduler="sync")
     assert (got == gpu.segment(x, output="raw", tile=300)).all()
-    # The default tiling (a 4 GiB budget) as unet_rt.segment chooses it.
+    # The default tiling (a share of the GPU's free memory) as unet_rt.segment chooses it.
     default = ud.segment(da.from_array(x, chunks=400), gpu).compute(scheduler="sync")
     assert (default == gpu.segment(x)).all()
 

@@ -207,7 +207,10 @@ class Model:
         With ``device`` and ``precision`` (names as for loading), the tiling
         this model would get there, planned here: the device need not exist
         on this machine (a Dask client plans its GPU workers' tiles so). On a
-        GPU tiles are the largest within ``memory_budget``; on the CPU the
+        GPU tiles are the largest within ``memory_budget`` (by default a
+        quarter of the GPU's free memory when the process first asks, 1 to
+        16 GiB; ``DEFAULT_CUDA_BUDGET``, 4 GiB, for a GPU this machine does
+        not have); on the CPU the
         fastest by the planner's throughput model (smaller: their activations
         stay in the caches), never above the budget.
 

@@ -17,6 +17,7 @@ pub mod axes;
 mod build_info;
 mod container;
 mod convert;
+pub mod cuda_memory;
 mod engine;
 mod error;
 pub mod files;
@@ -36,8 +37,8 @@ mod window;
 
 pub use build_info::{build_info, BuildInfo};
 pub use engine::{
-    Conversion, Layout, NaturalElement, NonFinite, Options, OutputElement, OutputMode, Planner,
-    Progress, ProgressFn, Segmenter, Tta, DEFAULT_CPU_BUDGET, DEFAULT_CUDA_BUDGET,
+    cuda_budget, Conversion, Layout, NaturalElement, NonFinite, Options, OutputElement, OutputMode,
+    Planner, Progress, ProgressFn, Segmenter, Tta, DEFAULT_CPU_BUDGET, DEFAULT_CUDA_BUDGET,
 };
 pub use error::{Error, Result};
 pub use geometry::{Blend, TilePlan};

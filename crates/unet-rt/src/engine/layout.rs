@@ -4,7 +4,7 @@
 
 use tch::Device;
 
-use super::{invalid, plan, Layout, Options, Segmenter, DEFAULT_CPU_BUDGET, DEFAULT_CUDA_BUDGET};
+use super::{cuda_budget, invalid, plan, Layout, Options, Segmenter, DEFAULT_CPU_BUDGET};
 use crate::error::Result;
 use crate::geometry::TilePlan;
 use crate::info::ModelInfo;
@@ -151,7 +151,7 @@ impl<'a> Planner<'a> {
         let halo = info.effective_halo();
         let element_bytes = precision.kind().elt_size_in_bytes();
         let budget = self.options.memory_budget.unwrap_or(match device {
-            Device::Cuda(_) => DEFAULT_CUDA_BUDGET,
+            Device::Cuda(index) => cuda_budget(crate::cuda_memory::device_memory(index)),
             _ => DEFAULT_CPU_BUDGET,
         });
         let tile = match &self.options.tile {

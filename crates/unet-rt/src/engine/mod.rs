@@ -50,8 +50,20 @@ use pipeline::stitch;
 
 /// Default memory budget for one batch of activations on the CPU.
 pub const DEFAULT_CPU_BUDGET: usize = 1 << 30;
-/// Default memory budget on a GPU.
+/// Default memory budget on a GPU whose free memory is unknown (a plan made
+/// on a machine without it); see [`cuda_budget`] for a GPU that answers.
 pub const DEFAULT_CUDA_BUDGET: usize = 4 << 30;
+
+/// The default activation budget on a GPU with `memory` `(free, total)`
+/// bytes when first asked: a quarter of the free memory (the rest for
+/// libtorch's workspaces, its cache and the caller's own tensors), at least
+/// 1 GiB and at most 16 GiB (beyond that batches only grow, not speed).
+pub fn cuda_budget(memory: Option<(usize, usize)>) -> usize {
+    match memory {
+        Some((free, _)) => (free / 4).clamp(1 << 30, 16 << 30),
+        None => DEFAULT_CUDA_BUDGET,
+    }
+}
 /// Batches in flight between two stages.
 const QUEUE_DEPTH: usize = 2;
 
@@ -521,4 +533,19 @@ fn host_workers() -> usize {
 
 pub(super) fn invalid(argument: &'static str, message: String) -> Error {
     Error::InvalidArgument { argument, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gpu_budget_is_a_share_of_its_free_memory_within_bounds() {
+        const GIB: usize = 1 << 30;
+        assert_eq!(cuda_budget(None), DEFAULT_CUDA_BUDGET);
+        assert_eq!(cuda_budget(Some((20 * GIB, 24 * GIB))), 5 * GIB);
+        assert_eq!(cuda_budget(Some((2 * GIB, 8 * GIB))), GIB);
+        assert_eq!(cuda_budget(Some((0, 8 * GIB))), GIB);
+        assert_eq!(cuda_budget(Some((139 * GIB, 141 * GIB))), 16 * GIB);
+    }
 }
