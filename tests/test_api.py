@@ -236,9 +236,20 @@ def test_model_errors(tmp_path, tiny_model_path):
     with pytest.raises(ValueError, match="fp16 is supported on CUDA"):
         unet_rt.Model(tiny_model_path, device="cpu", precision="fp16")
     if not torch.cuda.is_available():
-        with pytest.raises(unet_rt.DeviceError):
-            unet_rt.Model(tiny_model_path, device="cuda:0")
+        for device in ("cuda:0", "cuda:all"):
+            with pytest.raises(unet_rt.DeviceError, match="CUDA device"):
+                unet_rt.Model(tiny_model_path, device=device)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="cuda:all"):
+        unet_rt.Model(tiny_model_path, device="cuda:every")
     assert issubclass(unet_rt.CancelledError, unet_rt.UnetRtError)
+
+
+def test_a_model_names_its_devices(tiny_model_path):
+    model = unet_rt.Model(tiny_model_path, device="cpu")
+    assert model.device == "cpu" and model.devices == ["cpu"]
+    # A plan for every GPU is the first GPU's plan, with or without one here.
+    assert model.layout((2000, 2000), device="cuda:all", precision="bf16") == model.layout(
+        (2000, 2000), device="cuda:0", precision="bf16")
 
 
 # --- threads, progress, interruption -----------------------------------------

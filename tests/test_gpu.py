@@ -4,11 +4,13 @@ available to unet_rt, as in CI."""
 
 from __future__ import annotations
 
+import pickle
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import unet_rt
 from training.tiny import export_tiny
@@ -149,3 +151,15 @@ def test_non_finite_output_on_the_gpu_raises_and_names_the_tile(tmp_path, precis
     with pytest.raises(unet_rt.NonFiniteError, match="tile 0"):
         gpu.segment(image((300, 200)), output="probabilities")
     assert not np.isfinite(gpu.segment(image((300, 200)), output="raw", nonfinite="propagate")).all()
+
+
+def test_every_gpu_at_once_gives_one_gpus_result(wide_model_path):
+    """device="cuda:all": batches spread over the GPUs (one here, perhaps),
+    stitched in order; the result is the first GPU's bit for bit."""
+    many = unet_rt.Model(wide_model_path, device="cuda:all", precision="fp32")
+    one = unet_rt.Model(wide_model_path, device="cuda:0", precision="fp32")
+    assert many.devices == [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    x = image((700, 900), seed=9)
+    np.testing.assert_array_equal(many.segment(x, output="raw", tile=220, batch_size=2),
+                                  one.segment(x, output="raw", tile=220, batch_size=2))
+    assert pickle.loads(pickle.dumps(many)).devices == many.devices

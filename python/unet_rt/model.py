@@ -50,7 +50,8 @@ class Model:
             ``rdf.yaml``; see :mod:`unet_rt.bioimageio`); ``None`` loads the
             bundled nuclei model.
         device: ``"auto"`` (the first GPU if there is one, else the CPU),
-            ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+            ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"cuda:all"`` (every
+            GPU: each call spreads its batches over them).
         precision: ``"fp32"`` (the default, exact to the whole-image
             forward), ``"auto"`` (bf16 on GPUs and on CPUs with bf16 units,
             about twice as fast there; a few boundary pixels may differ),
@@ -136,8 +137,21 @@ class Model:
 
     @property
     def device(self) -> str:
-        """The device the weights live on, e.g. ``"cpu"`` or ``"cuda:0"``."""
+        """The device the weights live on, e.g. ``"cpu"`` or ``"cuda:0"``;
+        ``"cuda:all"`` for a model loaded on every GPU (``device="cuda:all"``
+        on a machine with several), whose calls spread their batches over
+        the GPUs and give what one GPU gives."""
         return self._inner.device
+
+    @property
+    def devices(self) -> List[str]:
+        """Every device the model runs on, the first one planning the tiles.
+
+        >>> import unet_rt
+        >>> unet_rt.Model(tiny_model_path, device="cpu").devices
+        ['cpu']
+        """
+        return list(self._inner.devices)
 
     @property
     def precision(self) -> str:

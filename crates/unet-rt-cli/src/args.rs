@@ -126,7 +126,8 @@ pub(crate) struct ModelArgs {
     /// The TorchScript model (default: the bundled nuclei model).
     #[arg(short, long, value_name = "MODEL")]
     pub model: Option<PathBuf>,
-    /// cpu, cuda, cuda:N, or auto (the first GPU if there is one, else the CPU).
+    /// cpu, cuda, cuda:N, cuda:all (every GPU, sharing each image's
+    /// batches), or auto (the first GPU if there is one, else the CPU).
     #[arg(short, long, default_value = "auto")]
     pub device: String,
     /// fp32, bf16, fp16 (GPU only) or auto (bf16 where the hardware runs it

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use ndarray::{ArrayD, Dimension};
 use serde_json::json;
-use unet_rt::{Device, Options, OutputMode, Segmenter};
+use unet_rt::{Options, OutputMode, Segmenter};
 
 use crate::args::BenchArgs;
 use crate::errors::{usage, CliError, EXIT_OK};
@@ -82,12 +82,18 @@ pub(crate) fn run(args: &BenchArgs) -> Result<u8, CliError> {
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "model".to_owned());
     let threads = tch::get_num_threads();
+    let devices = model
+        .devices()
+        .into_iter()
+        .map(unet_rt::device_name)
+        .collect::<Vec<_>>()
+        .join(",");
     if args.json {
         stdout_line(
             &json!({
                 "model": model.path().display().to_string(),
                 "name": name,
-                "device": device_name(model.device()),
+                "device": devices,
                 "precision": model.precision().to_string(),
                 "threads": threads,
                 "size": size,
@@ -108,7 +114,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<u8, CliError> {
         format!("model      {name} ({})", model.path().display()),
         format!(
             "device     {}, {}, {threads} CPU threads",
-            device_name(model.device()),
+            devices,
             model.precision()
         ),
         format!(
@@ -181,13 +187,5 @@ fn median(values: &mut [f64]) -> f64 {
         0 => 0.0,
         n if n % 2 == 1 => values[n / 2],
         n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
-
-/// `cpu` or `cuda:N`, as `--device` takes it.
-pub(crate) fn device_name(device: Device) -> String {
-    match device {
-        Device::Cuda(i) => format!("cuda:{i}"),
-        _ => "cpu".to_owned(),
     }
 }

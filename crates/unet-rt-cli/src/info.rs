@@ -13,7 +13,7 @@ use crate::output::stdout_line;
 /// Runs the command; returns the exit status.
 pub(crate) fn run(args: &InfoArgs) -> Result<u8, CliError> {
     // The CPU in fp32 describes any model; nothing runs but a probe.
-    let model = loader::load_model(args.model.as_deref(), Device::Cpu, Precision::Fp32)?;
+    let model = loader::load_model(args.model.as_deref(), &[Device::Cpu], Precision::Fp32)?;
     let file_bytes = match args.model.as_deref() {
         Some(path) => std::fs::metadata(path).map(|m| m.len()).ok(),
         None => loader::bundled_bytes().and_then(|b| u64::try_from(b.len()).ok()),

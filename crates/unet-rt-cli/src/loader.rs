@@ -32,10 +32,10 @@ fn no_bundled_model() -> CliError {
     )
 }
 
-/// Loads `path`, or the bundled model when `None`.
+/// Loads `path`, or the bundled model when `None`, on `devices`.
 pub(crate) fn load_model(
     path: Option<&Path>,
-    device: unet_rt::Device,
+    devices: &[unet_rt::Device],
     precision: Precision,
 ) -> Result<Model, CliError> {
     match path {
@@ -44,11 +44,16 @@ pub(crate) fn load_model(
             // before the engine opens the path.
             refuse_special(path, "a model file")
                 .map_err(|m| usage(format!("the model {} {m}", path.display())))?;
-            Ok(Model::load_with_precision(path, device, precision)?)
+            Ok(Model::load_on_devices(path, devices, precision)?)
         }
         None => {
             let bytes = bundled_bytes().ok_or_else(no_bundled_model)?;
-            Ok(Model::load_bytes(bytes, BUNDLED_NAME, device, precision)?)
+            Ok(Model::load_bytes_on_devices(
+                bytes,
+                BUNDLED_NAME,
+                devices,
+                precision,
+            )?)
         }
     }
 }
@@ -58,9 +63,9 @@ pub(crate) fn load(args: &ModelArgs) -> Result<Model, CliError> {
     if let Some(threads) = args.threads {
         tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
     }
-    let device = unet_rt::parse_device(&args.device)?;
+    let devices = unet_rt::parse_devices(&args.device)?;
     let precision: Precision = args.precision.parse()?;
-    load_model(args.model.as_deref(), device, precision)
+    load_model(args.model.as_deref(), &devices, precision)
 }
 
 /// `--tile` for this model: one size repeated over the spatial axes, or one

@@ -64,16 +64,16 @@ fn sizing(
 
 #[pymethods]
 impl Model {
-    /// Loads `path` onto `device` (`"cpu"`, `"cuda"`, `"cuda:N"`, `"auto"`) in
-    /// `precision` (`"fp32"`, `"bf16"`, `"fp16"`, `"auto"`).
+    /// Loads `path` onto `device` (`"cpu"`, `"cuda"`, `"cuda:N"`, `"cuda:all"`,
+    /// `"auto"`) in `precision` (`"fp32"`, `"bf16"`, `"fp16"`, `"auto"`).
     #[new]
     #[pyo3(signature = (path, device = "auto", precision = unet_rt::Precision::DEFAULT_NAME))]
     fn new(py: Python<'_>, path: PathBuf, device: &str, precision: &str) -> PyResult<Self> {
-        let device = unet_rt::parse_device(device).map_err(to_py_err)?;
+        let devices = unet_rt::parse_devices(device).map_err(to_py_err)?;
         let precision: Precision = parse(precision)?;
         let cancel = Arc::new(AtomicBool::new(false));
         let inner = run_released(py, &cancel, || {
-            unet_rt::Model::load_with_precision(&path, device, precision)
+            unet_rt::Model::load_on_devices(&path, &devices, precision)
         })?;
         Ok(Self { inner })
     }
@@ -88,11 +88,11 @@ impl Model {
         device: &str,
         precision: &str,
     ) -> PyResult<Self> {
-        let device = unet_rt::parse_device(device).map_err(to_py_err)?;
+        let devices = unet_rt::parse_devices(device).map_err(to_py_err)?;
         let precision: Precision = parse(precision)?;
         let cancel = Arc::new(AtomicBool::new(false));
         let inner = run_released(py, &cancel, || {
-            unet_rt::Model::load_bytes(&data, &name, device, precision)
+            unet_rt::Model::load_bytes_on_devices(&data, &name, &devices, precision)
         })?;
         Ok(Self { inner })
     }
@@ -161,13 +161,24 @@ impl Model {
         self.inner.path().to_owned()
     }
 
-    /// The device as a string, e.g. `"cpu"` or `"cuda:0"`.
+    /// The device as a string, e.g. `"cpu"` or `"cuda:0"`; `"cuda:all"`
+    /// for a model on several GPUs.
     #[getter]
     fn device(&self) -> String {
-        match self.inner.device() {
-            unet_rt::Device::Cuda(i) => format!("cuda:{i}"),
-            other => format!("{other:?}").to_lowercase(),
+        match self.inner.devices().len() {
+            1 => unet_rt::device_name(self.inner.device()),
+            _ => "cuda:all".to_owned(),
         }
+    }
+
+    /// Every device the model runs on, e.g. `["cuda:0", "cuda:1"]`.
+    #[getter]
+    fn devices(&self) -> Vec<String> {
+        self.inner
+            .devices()
+            .into_iter()
+            .map(unet_rt::device_name)
+            .collect()
     }
 
     /// The precision the weights run in: `"fp32"`, `"bf16"` or `"fp16"`.

@@ -55,7 +55,8 @@ pub use whole::{forward_whole, pad_reflect, whole_image_padding};
 pub use window::{mirrored_bounds, Window};
 
 /// Parses a device name as users write it: `cpu`, `cuda`, `cuda:N`, or `auto`
-/// (the first GPU when one is available, else the CPU).
+/// (the first GPU when one is available, else the CPU); `cuda:all` is the
+/// first GPU here (see [`parse_devices`] for all of them).
 ///
 /// ```
 /// assert_eq!(unet_rt::parse_device("cpu").unwrap(), unet_rt::Device::Cpu);
@@ -82,17 +83,54 @@ pub fn parse_device_name(name: &str) -> Result<Device> {
     match lower.as_str() {
         "cpu" => Ok(Device::Cpu),
         "auto" => Ok(Device::cuda_if_available()),
-        "cuda" | "gpu" => Ok(Device::Cuda(0)),
+        // Every GPU runs the first one's plan.
+        "cuda" | "gpu" | ALL_GPUS => Ok(Device::Cuda(0)),
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(index)) => Ok(Device::Cuda(index)),
             _ => Err(Error::InvalidArgument {
                 argument: "device",
                 message: format!(
-                    "unknown device {name:?}; expected \"cpu\", \"cuda\", \"cuda:N\" or \"auto\""
+                    "unknown device {name:?}; expected \"cpu\", \"cuda\", \"cuda:N\", \"cuda:all\" or \"auto\""
                 ),
             }),
         },
     }
+}
+
+/// A device as users write it, which [`parse_device`] reads back: `cpu`,
+/// `cuda:N`.
+///
+/// ```
+/// assert_eq!(unet_rt::device_name(unet_rt::Device::Cuda(2)), "cuda:2");
+/// assert_eq!(unet_rt::device_name(unet_rt::Device::Cpu), "cpu");
+/// ```
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// The device name for every visible GPU at once.
+const ALL_GPUS: &str = "cuda:all";
+
+/// Parses a device name as [`parse_device`] does, into the devices a model
+/// is loaded on ([`Model::load_on_devices`]): one, or for `cuda:all` every
+/// CUDA device visible to libtorch (at least one).
+///
+/// ```
+/// assert_eq!(unet_rt::parse_devices("cpu").unwrap(), vec![unet_rt::Device::Cpu]);
+/// # if !tch::Cuda::is_available() {
+/// assert!(unet_rt::parse_devices("cuda:all").is_err()); // no GPU here
+/// # }
+/// ```
+pub fn parse_devices(name: &str) -> Result<Vec<Device>> {
+    if name.trim().eq_ignore_ascii_case(ALL_GPUS) {
+        let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+        cuda_device(0, name)?;
+        return Ok((0..count).map(Device::Cuda).collect());
+    }
+    Ok(vec![parse_device(name)?])
 }
 
 fn cuda_device(index: usize, name: &str) -> Result<Device> {

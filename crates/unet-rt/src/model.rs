@@ -33,6 +33,9 @@ struct Inner {
     path: PathBuf,
     metadata: Option<Metadata>,
     info: ModelInfo,
+    /// Copies on further devices, which share the work of a call (see
+    /// [`Model::load_on_devices`]); each has none of its own.
+    replicas: Vec<Model>,
 }
 
 impl std::fmt::Debug for Model {
@@ -40,6 +43,7 @@ impl std::fmt::Debug for Model {
         f.debug_struct("Model")
             .field("path", &self.inner.path)
             .field("device", &self.inner.device)
+            .field("replicas", &self.inner.replicas.len())
             .field("precision", &self.inner.precision)
             .field("name", &self.inner.metadata.as_ref().map(|m| &m.name))
             .finish()
@@ -79,6 +83,76 @@ impl Model {
         drop(zip);
         let module = CModule::load_on_device(path, device).map_err(|e| invalid_model(path, &e))?;
         Self::from_module(module, path, metadata, ops, device, precision)
+    }
+
+    /// Loads the model once per device of `devices` (the first one is
+    /// [`Model::device`]): a [`Segmenter`](crate::Segmenter) spreads its
+    /// batches over them, each device running its own forward passes, and
+    /// the result is the one each device would give alone (the tiling is
+    /// planned for the first device; the same tiles run everywhere).
+    ///
+    /// # Errors
+    /// As [`Model::load_with_precision`] on any of the devices;
+    /// [`Error::InvalidArgument`] for no device or for the CPU mixed with
+    /// GPUs.
+    pub fn load_on_devices(
+        path: impl AsRef<Path>,
+        devices: &[Device],
+        precision: Precision,
+    ) -> Result<Self> {
+        let path = path.as_ref();
+        Self::replicated(devices, |device| {
+            Self::load_with_precision(path, device, precision)
+        })
+    }
+
+    /// [`Model::load_bytes`] once per device of `devices`, as
+    /// [`Model::load_on_devices`].
+    ///
+    /// # Errors
+    /// As [`Model::load_on_devices`].
+    pub fn load_bytes_on_devices(
+        bytes: &[u8],
+        name: impl AsRef<Path>,
+        devices: &[Device],
+        precision: Precision,
+    ) -> Result<Self> {
+        let name = name.as_ref();
+        Self::replicated(devices, |device| {
+            Self::load_bytes(bytes, name, device, precision)
+        })
+    }
+
+    fn replicated(devices: &[Device], load: impl Fn(Device) -> Result<Self>) -> Result<Self> {
+        check_devices(devices)?;
+        let (&first, rest) = devices
+            .split_first()
+            .ok_or_else(|| Error::InvalidArgument {
+                argument: "device",
+                message: "no device to load the model on".to_owned(),
+            })?;
+        let mut model = load(first)?;
+        let replicas = rest.iter().map(|&d| load(d)).collect::<Result<Vec<_>>>()?;
+        match Arc::get_mut(&mut model.inner) {
+            Some(inner) => inner.replicas = replicas,
+            None => {
+                return Err(Error::Internal(
+                    "a freshly loaded model is shared".to_owned(),
+                ))
+            }
+        }
+        Ok(model)
+    }
+
+    /// Every device the model runs on: [`Model::device`], then those of
+    /// [`Model::load_on_devices`].
+    pub fn devices(&self) -> Vec<Device> {
+        self.replicas().map(Model::device).collect()
+    }
+
+    /// The model on each of its [`Model::devices`], this one first.
+    pub(crate) fn replicas(&self) -> impl Iterator<Item = &Model> {
+        std::iter::once(self).chain(self.inner.replicas.iter())
     }
 
     /// Loads a model from the bytes of a TorchScript archive (a model
@@ -134,6 +208,7 @@ impl Model {
                 path: path.to_owned(),
                 metadata,
                 info,
+                replicas: Vec::new(),
             }),
         })
     }
@@ -337,6 +412,21 @@ fn forward_thread(device: Device, job: Job) -> Result<()> {
 /// in the conversion to float32, integers or booleans are no logits or
 /// probabilities, and sparse or oneDNN tensors have no strides, which the
 /// engine reads (and libtorch throws when asked for them).
+/// Devices for one model: all of one kind (the tiling is planned once, for
+/// the first). A device listed twice only adds a worker that waits for the
+/// same device (its passes run one at a time).
+fn check_devices(devices: &[Device]) -> Result<()> {
+    match devices.iter().find(|d| d.is_cuda() != devices[0].is_cuda()) {
+        Some(_) => Err(Error::InvalidArgument {
+            argument: "device",
+            message: format!(
+                "{devices:?} mixes the CPU and GPUs; a model runs on GPUs or on the CPU"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 fn floating(output: Tensor) -> Result<Tensor> {
     for (layout, odd) in [
         ("sparse", output.is_sparse()),

@@ -780,3 +780,128 @@ fn pixels_normalised_on_the_device_give_the_hosts_result_bit_for_bit() {
         assert_refused(refused, "image");
     }
 }
+
+/// `name` loaded once per device of `devices`.
+fn load_on(name: &str, devices: &[Device]) -> Model {
+    Model::load_on_devices(fixture(name), devices, Precision::Fp32).expect("fixture model")
+}
+
+#[test]
+fn several_devices_share_a_call_and_give_one_devices_result_bit_for_bit() {
+    // Three CPU "devices" stand in for GPUs: three workers take batches in
+    // turn from one queue and finish them in any order.
+    let cpus = [Device::Cpu, Device::Cpu, Device::Cpu];
+    let bits = |a: &ArrayD<f32>, b: &ArrayD<f32>| {
+        a.shape() == b.shape() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    };
+    let mut rng = Lcg(31);
+    for name in ["tiny_valid.pt", "tiny_same.pt"] {
+        let one = load(name);
+        let many = load_on(name, &cpus);
+        assert_eq!(many.devices(), cpus.to_vec());
+        for round in 0..4 {
+            let shape = [1, 80 + rng.below(120), 80 + rng.below(120)];
+            let image = rng.image(&shape);
+            let options = Options {
+                output: OutputMode::Raw,
+                tile: Some(vec![64, 64]),
+                batch_size: Some(1 + round % 3),
+                // Same-padded tiles blend: sums of the batches, in order.
+                blend: if round % 2 == 0 {
+                    unet_rt::Blend::gaussian()
+                } else {
+                    unet_rt::Blend::Crop
+                },
+                ..Options::default()
+            };
+            let run = |model: &Model| -> ArrayD<f32> {
+                Segmenter::new(model.clone(), options.clone())
+                    .unwrap()
+                    .segment(image.view())
+                    .unwrap()
+            };
+            assert!(bits(&run(&many), &run(&one)), "{name}, round {round}");
+        }
+    }
+
+    // Progress still counts every tile once, in order, and ends at the total.
+    let many = load_on("tiny_valid.pt", &cpus);
+    let image = Lcg(37).image(&[1, 200, 230]);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let options = Options {
+        tile: Some(vec![60, 60]),
+        progress: Some(Arc::new(move |p: Progress| {
+            log.lock().unwrap().push((p.done, p.total))
+        })),
+        ..Options::default()
+    };
+    let seg = Segmenter::new(many.clone(), options).unwrap();
+    let total = seg.layout(&[200, 230]).unwrap().plan.len();
+    let labels: ArrayD<u8> = seg.segment(image.view()).unwrap();
+    let want: ArrayD<u8> = Segmenter::new(
+        load("tiny_valid.pt"),
+        Options {
+            tile: Some(vec![60, 60]),
+            ..Options::default()
+        },
+    )
+    .unwrap()
+    .segment(image.view())
+    .unwrap();
+    assert_eq!(labels, want);
+    let seen = seen.lock().unwrap();
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(seen.last(), Some(&(total, total)));
+
+    // A failure on one device stops the call with its error, and the
+    // model works again afterwards: pixels at the edge of f32 make the
+    // network's output overflow, which the workers find.
+    let huge = Lcg(41)
+        .image(&[1, 150, 170])
+        .mapv(|v| 1e300 * f64::from(v + 1.0));
+    let options = Options {
+        tile: Some(vec![64, 64]),
+        batch_size: Some(1),
+        input_range: Some((0.0, 1.0)),
+        ..Options::default()
+    };
+    let err = Segmenter::new(many.clone(), options)
+        .unwrap()
+        .segment::<f64, u8>(huge.view())
+        .unwrap_err();
+    assert!(matches!(err, Error::NonFinite(_)), "{err}");
+    let again: ArrayD<u8> = Segmenter::new(many, Options::default())
+        .unwrap()
+        .segment(image.view())
+        .unwrap();
+    assert_eq!(again.shape(), &[200, 230]);
+
+    // Cancelled before the start: every worker stops.
+    let cancel = Arc::new(AtomicBool::new(true));
+    let options = Options {
+        cancel: Some(cancel),
+        ..Options::default()
+    };
+    let err = Segmenter::new(load_on("tiny_valid.pt", &cpus), options)
+        .unwrap()
+        .segment::<f32, u8>(image.view())
+        .unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+}
+
+#[test]
+fn devices_of_one_model_are_of_one_kind() {
+    assert_refused(
+        Model::load_on_devices(fixture("tiny_valid.pt"), &[], Precision::Fp32),
+        "device",
+    );
+    assert_refused(
+        Model::load_on_devices(
+            fixture("tiny_valid.pt"),
+            &[Device::Cpu, Device::Cuda(0)],
+            Precision::Fp32,
+        ),
+        "device",
+    );
+}

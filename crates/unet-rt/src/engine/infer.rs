@@ -2,12 +2,17 @@
 //! halves on GPU out-of-memory), the non-finite check and the reduction to
 //! the requested output, back on the host.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Mutex, PoisonError};
+
 use tch::{Device, Kind, Tensor};
 
 use super::{output, reduce, tta, Batch, NonFinite, OutputElement, OutputMode, Segmenter, Written};
 use crate::error::{Error, Result};
 use crate::geometry::{Blend, Tile, TilePlan};
 use crate::metadata::Padding;
+use crate::model::Model;
 use crate::normalize::Affine;
 use crate::pixel::RawKind;
 
@@ -37,34 +42,95 @@ impl Segmenter {
         }
     }
 
+    /// Runs the batches of `batches` through the model on each of its
+    /// devices (one worker per device, this thread the first) and sends
+    /// the reduced results to `out`. The first failure stops every worker.
     pub(super) fn infer_all<U: OutputElement>(
         &self,
-        batches: std::sync::mpsc::Receiver<Batch>,
-        out: std::sync::mpsc::SyncSender<Written<U>>,
+        batches: Receiver<Batch>,
+        out: SyncSender<Written<U>>,
+        plan: &TilePlan,
+        mode: OutputMode,
+    ) -> Result<()> {
+        let batches = Mutex::new(batches);
+        let failed = AtomicBool::new(false);
+        let work = |model: &Model| -> Result<()> {
+            let result = self.infer_on(model, &batches, &out, &failed, plan, mode);
+            if result.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            result
+        };
+        let mut replicas = self.model.replicas();
+        let first = replicas.next();
+        std::thread::scope(|scope| {
+            let workers = replicas
+                .map(|model| {
+                    std::thread::Builder::new()
+                        .name("unet-rt-infer".to_owned())
+                        .spawn_scoped(scope, move || work(model))
+                        .map_err(|e| {
+                            Error::Internal(format!("cannot start an inference thread: {e}"))
+                        })
+                })
+                .collect::<Vec<_>>();
+            let mut result = first.map_or(Ok(()), work);
+            for worker in workers {
+                let joined = worker.and_then(|handle| {
+                    handle.join().unwrap_or_else(|_| {
+                        Err(Error::Internal("an inference thread panicked".to_owned()))
+                    })
+                });
+                // The first error is the cause; the others only followed it.
+                if result.is_ok() {
+                    result = joined;
+                }
+            }
+            result
+        })
+    }
+
+    /// One worker of [`Self::infer_all`]: batches taken in turn from the
+    /// shared queue, on `model`'s device.
+    fn infer_on<U: OutputElement>(
+        &self,
+        model: &Model,
+        batches: &Mutex<Receiver<Batch>>,
+        out: &SyncSender<Written<U>>,
+        failed: &AtomicBool,
         plan: &TilePlan,
         mode: OutputMode,
     ) -> Result<()> {
         let _guard = tch::no_grad_guard();
-        for batch in batches {
+        loop {
             if self.cancelled() {
                 return Err(Error::Cancelled);
             }
-            let data = self.infer_batch::<U>(&batch, plan, mode)?;
-            if out
-                .send(Written {
-                    tiles: batch.tiles,
-                    data,
-                })
-                .is_err()
-            {
-                break;
+            if failed.load(Ordering::Relaxed) {
+                return Ok(()); // another worker failed; it reports why
+            }
+            let next = batches
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .recv();
+            let Ok(batch) = next else {
+                return Ok(()); // every batch is taken
+            };
+            let data = self.infer_batch::<U>(model, &batch, plan, mode)?;
+            let written = Written {
+                seq: batch.seq,
+                tiles: batch.tiles,
+                data,
+            };
+            if out.send(written).is_err() {
+                return Ok(()); // the stitching stopped
             }
         }
-        Ok(())
     }
 
     pub(super) fn infer_batch<U: OutputElement>(
         &self,
+        model: &Model,
         batch: &Batch,
         plan: &TilePlan,
         mode: OutputMode,
@@ -78,11 +144,11 @@ impl Segmenter {
             n,
             tile,
             info.in_channels,
-            self.model.device(),
-            self.model.precision().kind(),
+            model.device(),
+            model.precision().kind(),
         )?;
         let y = tta::augmented(self.options.tta, info.spatial_dims, &input, |x| {
-            self.forward_splitting(x)
+            self.forward_splitting(model, x)
         })?;
         let expect_spatial = plan.output_tile_shape();
         let got = y.size();
@@ -146,18 +212,15 @@ impl Segmenter {
 
     /// One forward pass; on GPU out-of-memory the batch is split in halves and
     /// retried, which gives the same result with less memory.
-    pub(super) fn forward_splitting(&self, input: &Tensor) -> Result<Tensor> {
-        match self
-            .model
-            .forward_tensor(input, self.options.cancel.as_deref())
-        {
+    pub(super) fn forward_splitting(&self, model: &Model, input: &Tensor) -> Result<Tensor> {
+        match model.forward_tensor(input, self.options.cancel.as_deref()) {
             Err(Error::Inference(msg)) if msg.contains("out of memory") && input.size()[0] > 1 => {
                 let n = input.size()[0];
                 let halves = [(0, n / 2), (n / 2, n - n / 2)];
                 let mut parts = Vec::with_capacity(2);
                 for (start, len) in halves {
                     let part = input.f_narrow(0, start, len).map_err(Error::inference)?;
-                    parts.push(self.forward_splitting(&part)?);
+                    parts.push(self.forward_splitting(model, &part)?);
                 }
                 Tensor::f_cat(&parts, 0).map_err(Error::inference)
             }

@@ -93,6 +93,10 @@ pub struct Segmenter {
 }
 
 pub(crate) struct Batch {
+    /// Position in the call's sequence of batches: results are stitched in
+    /// this order whichever device finishes first (blending sums them, and
+    /// a sum's last bits depend on its order).
+    seq: usize,
     /// The tiles to write, in plan order.
     tiles: Vec<Tile>,
     /// Position of each tile in the forward pass.
@@ -109,6 +113,8 @@ pub(crate) struct Batch {
 }
 
 pub(crate) struct Written<U> {
+    /// The batch's [`Batch::seq`].
+    seq: usize,
     tiles: Vec<Tile>,
     data: Vec<U>,
 }

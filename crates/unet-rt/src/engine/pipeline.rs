@@ -52,7 +52,7 @@ impl Segmenter {
             let gathering = std::thread::Builder::new()
                 .name("unet-rt-gather".to_owned())
                 .spawn_scoped(scope, move || -> Result<()> {
-                    for group in groups {
+                    for (seq, group) in groups.into_iter().enumerate() {
                         if self.cancelled() {
                             return Ok(());
                         }
@@ -61,6 +61,7 @@ impl Segmenter {
                         let chunk = &tiles[group.range.clone()];
                         let data = gather_batch(gatherer, chunk, &group, tile_len, len, raw)?;
                         let batch = Batch {
+                            seq,
                             tiles: chunk.to_vec(),
                             slots: group.slots,
                             n: group.n,
@@ -81,12 +82,15 @@ impl Segmenter {
                 .name("unet-rt-stitch".to_owned())
                 .spawn_scoped(scope, move || {
                     let mut done = 0;
+                    let mut in_order = InOrder::default();
                     for written in out_rx {
-                        sink(&written);
-                        done += written.tiles.len();
-                        if let Some(report) = &progress {
-                            report(Progress { done, total });
-                        }
+                        in_order.push(written.seq, written, |written| {
+                            sink(&written);
+                            done += written.tiles.len();
+                            if let Some(report) = &progress {
+                                report(Progress { done, total });
+                            }
+                        });
                     }
                     done
                 })
@@ -168,6 +172,34 @@ fn raw_tensor_kind(kind: RawKind) -> tch::Kind {
     }
 }
 
+/// Batches from several devices arrive in any order: each waits here until
+/// those before it are released.
+struct InOrder<T> {
+    waiting: std::collections::BTreeMap<usize, T>,
+    next: usize,
+}
+
+impl<T> Default for InOrder<T> {
+    fn default() -> Self {
+        Self {
+            waiting: std::collections::BTreeMap::new(),
+            next: 0,
+        }
+    }
+}
+
+impl<T> InOrder<T> {
+    /// Takes item `seq` (numbered from 0) and releases, in order, every item
+    /// whose predecessors have all been released.
+    fn push(&mut self, seq: usize, item: T, mut release: impl FnMut(T)) {
+        self.waiting.insert(seq, item);
+        while let Some(item) = self.waiting.remove(&self.next) {
+            release(item);
+            self.next += 1;
+        }
+    }
+}
+
 /// Tiles of one forward pass: `range` of the tile list, at `slots` of a
 /// batch of `n` samples.
 struct Group {
@@ -241,6 +273,19 @@ mod tests {
     use super::*;
     use crate::geometry::TilePlan;
     use crate::window::Window;
+
+    #[test]
+    fn batches_are_released_in_order_whatever_order_they_arrive_in() {
+        let mut in_order = InOrder::default();
+        let mut released = Vec::new();
+        for seq in [2, 0, 4, 1, 3, 6, 5] {
+            in_order.push(seq, seq * 10, |item| released.push(item));
+            let n = released.len();
+            assert_eq!(released, (0..n).map(|i| i * 10).collect::<Vec<_>>());
+        }
+        assert_eq!(released.len(), 7);
+        assert!(in_order.waiting.is_empty());
+    }
 
     #[test]
     fn batch_groups_reproduce_the_whole_plans_batches() {
