@@ -48,6 +48,10 @@ class Checkpoint:
         optimizer: the optimizer's state dict, or ``None``.
         rng: the torch CPU RNG state, or ``None``.
         path: where it was read from.
+        ema: the exponential moving average of the weights (``train.ema``),
+            or ``None``; when present it is the network that is evaluated
+            and exported, and ``model`` holds the weights training resumes
+            from.
     """
 
     config: Dict[str, Any]
@@ -56,6 +60,13 @@ class Checkpoint:
     optimizer: Optional[Dict[str, Any]]
     rng: Optional[torch.Tensor]
     path: Optional[Path] = None
+    ema: Optional[Dict[str, torch.Tensor]] = None
+
+    @property
+    def weights(self) -> Dict[str, torch.Tensor]:
+        """The weights to evaluate and export: the average when the run
+        kept one, else the trained ones."""
+        return self.ema if self.ema is not None else self.model
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -79,20 +90,27 @@ def save_checkpoint(
     optimizer: Optional[torch.optim.Optimizer],
     config: Dict[str, Any],
     state: Dict[str, Any],
+    ema: Optional[nn.Module] = None,
 ) -> Path:
     """Writes a checkpoint atomically (temporary file, then rename) and
-    returns its path. ``config`` and ``state`` must be JSON-serialisable."""
+    returns its path. ``config`` and ``state`` must be JSON-serialisable;
+    ``ema`` is the weight average of a run that keeps one."""
     path = Path(path)
     obj = {
         "format": CHECKPOINT_FORMAT,
         "config": json.dumps(config),
         "state": json.dumps(state),
-        "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "model": _weights(model),
+        "ema": _weights(ema) if ema is not None else None,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "rng": torch.get_rng_state(),
     }
     _atomic_save(obj, path)
     return path
+
+
+def _weights(model: nn.Module) -> Dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
 def load_checkpoint(path: Union[str, os.PathLike]) -> Checkpoint:
@@ -111,13 +129,15 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> Checkpoint:
         optimizer=obj.get("optimizer"),
         rng=obj.get("rng"),
         path=path,
+        ema=obj.get("ema"),
     )
 
 
 def model_from_checkpoint(checkpoint: Union[str, os.PathLike, Checkpoint]) -> Tuple[nn.Module, Checkpoint]:
     """The network rebuilt from a checkpoint's config with its weights loaded
-    (eval mode), and the checkpoint."""
+    (:attr:`Checkpoint.weights`: the average when the run kept one; eval
+    mode), and the checkpoint."""
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     model = build_model(ck.config["model"])
-    model.load_state_dict(ck.model)
+    model.load_state_dict(ck.weights)
     return model.eval(), ck

@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from .unet import ARCHITECTURES, geometry, model_geometry
+from .unet import ARCHITECTURES, geometry, model_geometry, offset_logits
 
 __all__ = [
     "FORMAT",
@@ -374,6 +374,11 @@ def training_provenance(checkpoint: Any) -> Dict[str, Any]:
         "seed": c.get("seed"),
         "train_seconds": round(float(st.get("train_seconds", 0.0)), 1),
     }
+    if tc.get("ema"):
+        out["ema"] = tc["ema"]
+    if st.get("calibration"):
+        # Added to the output layer's bias (training.unet.offset_logits).
+        out["calibration"] = st["calibration"]
     if "test" in metrics:
         out["held_out"] = metrics["test"]
     if "validation" in metrics:
@@ -396,6 +401,9 @@ def export_checkpoint(
     from .checkpoint import model_from_checkpoint
 
     model, ck = model_from_checkpoint(checkpoint)
+    calibration = ck.state.get("calibration")
+    if calibration:
+        offset_logits(model, calibration["offsets"])
     cfg = ck.config
     ex = cfg.get("export") or {}
     model_cfg = dict(cfg["model"])

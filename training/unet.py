@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -39,6 +39,7 @@ __all__ = [
     "unetpp_geometry",
     "model_geometry",
     "build_model",
+    "offset_logits",
     "valid_sizes",
     "output_size",
     "crop_to",
@@ -484,3 +485,24 @@ def build_model(config: Dict[str, Any]) -> nn.Module:
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[arch](**kwargs)
+
+
+@torch.no_grad()
+def offset_logits(model: nn.Module, offsets: Sequence[float]) -> None:
+    """Adds ``offsets[c]`` to the logit of class ``c`` by shifting the bias of
+    the network's 1x1 output convolution (each of UNet++'s heads, whose mean
+    is the output), in place. Softmax then weighs class ``c`` by
+    ``exp(offsets[c])``: the calibration of :func:`training.train.calibrate`,
+    carried by the weights themselves so that every inference path of the
+    runtime (host or device reduction, tiles, Dask blocks) applies it.
+
+    >>> net = build_model({"depth": 1, "base": 2, "classes": 3})
+    >>> offset_logits(net, [0.5, 0.0, 0.0])
+    >>> round(float(net.head.bias.detach()[0]), 3)
+    0.5
+    """
+    heads = list(model.heads) if hasattr(model, "heads") else [model.head]
+    for head in heads:
+        if head.bias is None or head.bias.shape[0] != len(offsets):
+            raise ValueError(f"offsets need one value per class ({head.out_channels}), got {len(offsets)}")
+        head.bias.add_(torch.tensor(list(offsets), dtype=head.bias.dtype))

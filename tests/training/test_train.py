@@ -104,3 +104,60 @@ def test_boundary_run_exports_its_read_out_and_training_scale(tmp_path):
     # The median equivalent diameter of the training nuclei (rows 0..319).
     assert model.info["object_size"] == pytest.approx(23.59, abs=0.01)
     assert model.segment(np.zeros((100, 100), np.float32), output="instances").dtype == np.uint32
+
+
+def test_weight_average_is_what_is_evaluated_exported_and_resumed(tmp_path):
+    constant = {"steps": 6, "lr": 2e-3, "min_lr": 2e-3, "warmup": 0, "val_every": 3, "ema": 0.9}
+    straight = train(tiny_config(tmp_path / "a", **constant))
+    ck = load_checkpoint(straight["checkpoint"])
+    assert ck.ema is not None and set(ck.ema) == set(ck.model)
+    moved = [k for k in ck.model if ck.model[k].is_floating_point() and not torch.equal(ck.model[k], ck.ema[k])]
+    assert moved, "the average equals the trained weights"
+    model, _ = model_from_checkpoint(ck)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ck.ema[k]), k
+    # Resuming carries the average on exactly.
+    first = train(tiny_config(tmp_path / "b", **{**constant, "steps": 3}))
+    resumed = train(tiny_config(tmp_path / "b", **constant), resume=Path(first["checkpoint"]))
+    b = load_checkpoint(resumed["checkpoint"]).ema
+    for k in ck.ema:
+        assert torch.allclose(ck.ema[k].float(), b[k].float(), atol=1e-6), k
+
+
+@pytest.mark.parametrize("value", [1.0, 0.0, -0.5, True, "0.9", float("nan")])
+def test_invalid_ema_is_explained(tmp_path, value):
+    with pytest.raises(ValueError, match="train.ema must be a decay"):
+        train(tiny_config(tmp_path / "x", ema=value))
+
+
+def test_calibration_needs_a_validation_split_and_a_bool(tmp_path):
+    config = tiny_config(tmp_path / "x", calibrate=True)
+    config["data"]["split"]["val"] = None
+    with pytest.raises(ValueError, match="validation split"):
+        train(config)
+    with pytest.raises(ValueError, match="train.calibrate must be true or false"):
+        train(tiny_config(tmp_path / "y", calibrate="yes"))
+
+
+def test_calibration_is_chosen_on_validation_and_carried_by_the_weights(tmp_path):
+    config = tiny_config(tmp_path / "run", steps=6, val_every=6, calibrate=True)
+    config["export"]["path"] = str(tmp_path / "model.pt")
+    result = train(config)
+    cal = load_checkpoint(result["checkpoint"]).state["calibration"]
+    table = {round(r["offset"], 1): r for r in cal["candidates"]}
+    chosen = cal["offsets"][0]
+    assert cal["offsets"][1:] == [0.0] and chosen in table
+    # The rule: best IoU among the offsets that keep AP@0.5.
+    allowed = [r for r in table.values() if r["ap50"] >= table[0.0]["ap50"]]
+    assert table[chosen]["iou"] == max(r["iou"] for r in allowed)
+    # The exported network's logits are the checkpoint's plus the offset.
+    net, _ = model_from_checkpoint(result["checkpoint"])
+    exported = torch.jit.load(result["export"], map_location="cpu")
+    x = torch.from_numpy(np.random.default_rng(0).random((1, 1, 92, 92), dtype=np.float32))
+    with torch.no_grad():
+        got, want = exported(x), net(x)
+    want[:, 0] += chosen
+    assert torch.allclose(got, want, atol=1e-5)
+    from training.export import read_metadata
+
+    assert read_metadata(result["export"])["training"]["calibration"]["offsets"] == cal["offsets"]
