@@ -13,6 +13,7 @@ from training.unet import (
     build_model,
     geometry,
     model_geometry,
+    offset_logits,
     output_size,
     unetpp_geometry,
     valid_sizes,
@@ -140,3 +141,17 @@ def test_build_model_rejects_unknown():
         build_model({"architecture": "resnet"})
     with pytest.raises(TypeError):
         build_model({"architecture": "unet++", "dropout": 0.5})
+
+
+@pytest.mark.parametrize("arch, extra", [("unet", {}), ("unet++", {"deep_supervision": True})])
+def test_offset_logits_shifts_the_output_by_class(arch: str, extra: dict):
+    net = build_model({"architecture": arch, "depth": 2, "base": 4, "classes": 3, **extra}).eval()
+    x = torch.rand(1, 1, 60, 60)
+    with torch.no_grad():
+        before = net(x)
+        offset_logits(net, [0.75, 0.0, -0.25])
+        after = net(x)
+    want = before + torch.tensor([0.75, 0.0, -0.25]).view(1, 3, 1, 1)
+    assert torch.allclose(after, want, atol=1e-5)
+    with pytest.raises(ValueError, match="one value per class"):
+        offset_logits(net, [1.0, 0.0])
