@@ -24,6 +24,11 @@ image (:mod:`training.predict`) and reports the weighted loss, foreground IoU
 / Dice and AP@0.5 (:mod:`training.metrics`). At the end the test (held-out)
 part, if any, is evaluated the same way, recorded in the checkpoint, and the
 model is exported when ``export.path`` is set.
+
+What is scored and exported: the weights, or their moving average with
+``train.ema`` (:class:`WeightAverage`); with ``train.calibrate`` a background
+logit offset chosen on the validation split (:func:`calibrate`) is applied
+to both scores and export.
 """
 
 from __future__ import annotations
