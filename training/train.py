@@ -316,10 +316,10 @@ def _scores(logits: Sequence[np.ndarray], sets: Sequence[_EvalSet], read_out: Op
 CALIBRATION_OFFSETS: Sequence[float] = tuple(round(0.1 * i, 1) for i in range(21))
 
 
-def calibrate(model: torch.nn.Module, sets: Sequence[_EvalSet], read_out: Optional[Dict[str, Any]] = None,
+def calibrate(logits: Sequence[np.ndarray], sets: Sequence[_EvalSet], read_out: Optional[Dict[str, Any]] = None,
               candidates: Sequence[float] = CALIBRATION_OFFSETS) -> Dict[str, Any]:
-    """Chooses an offset for the background logit on the validation regions
-    ``sets`` (``train.calibrate``): the one of ``candidates`` with the best
+    """Chooses an offset for the background logit from the ``logits`` of the
+    validation regions ``sets`` (``train.calibrate``): the one of ``candidates`` with the best
     foreground IoU among those that keep AP@0.5 at least at its value without
     an offset (separating objects matters more than their outlines); the
     smallest such on ties.
@@ -335,13 +335,12 @@ def calibrate(model: torch.nn.Module, sets: Sequence[_EvalSet], read_out: Option
     "ap50"}, ...]}`` (``offsets`` per class, for
     :func:`training.unet.offset_logits`).
     """
-    logits = _logits(model, sets)
     classes = int(logits[0].shape[0])
     table = []
     for b in candidates:
         m = _scores(logits, sets, read_out, [float(b)] + [0.0] * (classes - 1))
         table.append({"offset": float(b), "iou": round(m["iou"], 6), "ap50": round(m["ap50"], 6)})
-    floor = next(r["ap50"] for r in table if r["offset"] == 0.0) if any(r["offset"] == 0.0 for r in table) else 0.0
+    floor = next((r["ap50"] for r in table if r["offset"] == 0.0), 0.0)
     best = max((r for r in table if r["ap50"] >= floor), key=lambda r: (r["iou"], -r["offset"]))
     return {"offsets": [best["offset"]] + [0.0] * (classes - 1), "candidates": table}
 
@@ -529,12 +528,13 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
     metrics: Dict[str, Any] = {}
     extra: Dict[str, Any] = {}
     offsets = None
-    if tc.get("calibrate") and val_sets:
-        extra["calibration"] = calibrate(evaluated, val_sets, read_out)
-        offsets = extra["calibration"]["offsets"]
-        _say(None, f"calibration: background logit offset {offsets[0]:g} (chosen on the validation split)")
     if val_sets:
-        metrics["validation"] = _public(validate(evaluated, val_sets, read_out=read_out, offsets=offsets))
+        val_logits = _logits(evaluated, val_sets)
+        if tc.get("calibrate"):
+            extra["calibration"] = calibrate(val_logits, val_sets, read_out)
+            offsets = extra["calibration"]["offsets"]
+            _say(None, f"calibration: background logit offset {offsets[0]:g} (chosen on the validation split)")
+        metrics["validation"] = _public(_scores(val_logits, val_sets, read_out, offsets))
     if test_sets:
         metrics["test"] = _public(validate(evaluated, test_sets, read_out=read_out, offsets=offsets))
         metrics["test"]["region"] = [s.sample.name for s in test_sets]
@@ -586,18 +586,20 @@ class WeightAverage:
     """
 
     def __init__(self, model: torch.nn.Module, decay: float, state: Optional[Dict[str, torch.Tensor]] = None):
-        self.source = model
         self.decay = float(decay)
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         if state is not None:
             self.model.load_state_dict(state)
+        # State-dict tensors share storage with the modules, which update
+        # them in place (optimiser, batch norm, load_state_dict): pair once.
+        self._pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
 
     @torch.no_grad()
     def update(self, step: int) -> None:
         weight = 1.0 - min(self.decay, (1.0 + step) / (10.0 + step))
-        for avg, new in zip(self.model.state_dict().values(), self.source.state_dict().values()):
+        for avg, new in self._pairs:
             if avg.is_floating_point():
                 avg.lerp_(new.detach(), weight)
             else:
@@ -704,8 +706,13 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``python -m training.train``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     config = config_from_args(args)
+    try:
+        resolve_config(config)  # a bad setting is a usage error, said before anything loads
+    except ValueError as e:
+        parser.error(str(e))
     command = "python -m training.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     t0 = time.perf_counter()
     result = train(config, resume=args.resume, command=command)

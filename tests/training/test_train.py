@@ -161,3 +161,11 @@ def test_calibration_is_chosen_on_validation_and_carried_by_the_weights(tmp_path
     from training.export import read_metadata
 
     assert read_metadata(result["export"])["training"]["calibration"]["offsets"] == cal["offsets"]
+
+
+def test_cli_refuses_a_bad_setting_as_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--sample", "--steps", "2", "--out", str(tmp_path / "x"), "--set", "train.ema=NaN"])
+    assert stop.value.code == 2
+    assert "train.ema must be a decay" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

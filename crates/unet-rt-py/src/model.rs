@@ -167,7 +167,7 @@ impl Model {
     fn device(&self) -> String {
         match self.inner.devices().len() {
             1 => unet_rt::device_name(self.inner.device()),
-            _ => "cuda:all".to_owned(),
+            _ => unet_rt::ALL_GPUS.to_owned(),
         }
     }
 

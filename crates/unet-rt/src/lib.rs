@@ -111,8 +111,8 @@ pub fn device_name(device: Device) -> String {
     }
 }
 
-/// The device name for every visible GPU at once.
-const ALL_GPUS: &str = "cuda:all";
+/// The device name for every visible GPU at once ([`parse_devices`]).
+pub const ALL_GPUS: &str = "cuda:all";
 
 /// Parses a device name as [`parse_device`] does, into the devices a model
 /// is loaded on ([`Model::load_on_devices`]): one, or for `cuda:all` every

@@ -124,13 +124,13 @@ impl Model {
     }
 
     fn replicated(devices: &[Device], load: impl Fn(Device) -> Result<Self>) -> Result<Self> {
-        check_devices(devices)?;
         let (&first, rest) = devices
             .split_first()
             .ok_or_else(|| Error::InvalidArgument {
                 argument: "device",
                 message: "no device to load the model on".to_owned(),
             })?;
+        check_devices(first, rest)?;
         let mut model = load(first)?;
         let replicas = rest.iter().map(|&d| load(d)).collect::<Result<Vec<_>>>()?;
         match Arc::get_mut(&mut model.inner) {
@@ -407,26 +407,27 @@ fn forward_thread(device: Device, job: Job) -> Result<()> {
     Ok(())
 }
 
-/// The network's output if its values are real floating-point numbers in a
-/// dense (strided) tensor: complex values would lose their imaginary part
-/// in the conversion to float32, integers or booleans are no logits or
-/// probabilities, and sparse or oneDNN tensors have no strides, which the
-/// engine reads (and libtorch throws when asked for them).
 /// Devices for one model: all of one kind (the tiling is planned once, for
 /// the first). A device listed twice only adds a worker that waits for the
 /// same device (its passes run one at a time).
-fn check_devices(devices: &[Device]) -> Result<()> {
-    match devices.iter().find(|d| d.is_cuda() != devices[0].is_cuda()) {
+fn check_devices(first: Device, rest: &[Device]) -> Result<()> {
+    match rest.iter().find(|d| d.is_cuda() != first.is_cuda()) {
         Some(_) => Err(Error::InvalidArgument {
             argument: "device",
             message: format!(
-                "{devices:?} mixes the CPU and GPUs; a model runs on GPUs or on the CPU"
+                "{:?} mixes the CPU and GPUs; a model runs on GPUs or on the CPU",
+                std::iter::once(&first).chain(rest).collect::<Vec<_>>()
             ),
         }),
         None => Ok(()),
     }
 }
 
+/// The network's output if its values are real floating-point numbers in a
+/// dense (strided) tensor: complex values would lose their imaginary part
+/// in the conversion to float32, integers or booleans are no logits or
+/// probabilities, and sparse or oneDNN tensors have no strides, which the
+/// engine reads (and libtorch throws when asked for them).
 fn floating(output: Tensor) -> Result<Tensor> {
     for (layout, odd) in [
         ("sparse", output.is_sparse()),
