@@ -64,7 +64,7 @@ from .data import (
     split_files,
     split_rows,
 )
-from .loss import boundary_targets, instance_targets, object_diameters, weight_map, weighted_cross_entropy
+from .loss import boundary_targets, instance_targets, object_diameters, segmentation_loss, weight_map
 from .metrics import connected_components, evaluate, pool
 from .predict import predict_logits
 from .unet import build_model, model_geometry, valid_sizes
@@ -199,6 +199,9 @@ def resolve_config(config: Dict[str, Any]) -> Dict[str, Any]:
     ema = c["train"].get("ema")
     if ema is not None and (isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0.0 < ema < 1.0):
         raise ValueError(f"train.ema must be a decay between 0 and 1 (e.g. 0.999) or null, got {ema!r}")
+    dice = c["loss"].get("dice", 0.0)
+    if isinstance(dice, bool) or not isinstance(dice, (int, float)) or not 0.0 <= dice < math.inf:
+        raise ValueError(f"loss.dice must be a weight >= 0 (0: the paper's loss alone), got {dice!r}")
     if not isinstance(c["train"].get("calibrate", False), bool):
         raise ValueError(f"train.calibrate must be true or false, got {c['train']['calibrate']!r}")
     if c["train"].get("calibrate") and not (c["data"].get("split") or {}).get("val"):
@@ -262,6 +265,7 @@ class _EvalSet:
         else:
             self.targets = sample.labels.astype(np.uint8)
             self.weights = class_weight.astype(np.float32)[self.targets]
+        self.dice = float(loss.get("dice") or 0.0)
         self.truth = sample.labels if sample.instances else None
 
 
@@ -302,7 +306,7 @@ def _scores(logits: Sequence[np.ndarray], sets: Sequence[_EvalSet], read_out: Op
             z = z + np.asarray(offsets, z.dtype).reshape((-1,) + (1,) * (z.ndim - 1))
         t = torch.from_numpy(s.targets.astype(np.int64))[None]
         w = torch.from_numpy(s.weights)[None]
-        loss_sum += float(weighted_cross_entropy(torch.from_numpy(z)[None], t, w)) * t.numel()
+        loss_sum += float(segmentation_loss(torch.from_numpy(z)[None], t, w, s.dice)) * t.numel()
         pixels += t.numel()
         truth = s.truth if s.truth is not None else connected_components(s.targets == 1)
         classes = z.argmax(0)
@@ -432,6 +436,7 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
         tc["steps"] = int(tc["epochs"]) * tc["steps_per_epoch"]
     steps = int(tc["steps"])
     loss_cfg = config["loss"]
+    dice = float(loss_cfg.get("dice") or 0.0)
     dataset = CropDataset(
         train_samples, crop, margin, steps * batch, Augmenter.from_config(config.get("augment")),
         seed=config["seed"], classes=config["model"].get("classes", 2), w0=loss_cfg["w0"],
@@ -500,7 +505,7 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast():
             logits = model(x)
-        loss = weighted_cross_entropy(logits, b["target"], b["weight"])
+        loss = segmentation_loss(logits, b["target"], b["weight"], dice)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

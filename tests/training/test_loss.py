@@ -13,8 +13,10 @@ from training.loss import (
     boundary_targets,
     object_diameters,
     class_weights,
+    foreground_dice_loss,
     instance_targets,
     separation_borders,
+    segmentation_loss,
     weight_map,
     weighted_cross_entropy,
 )
@@ -92,6 +94,35 @@ def test_weighted_cross_entropy():
     assert torch.allclose(weighted_cross_entropy(z, t, w), manual)
     assert torch.allclose(weighted_cross_entropy([z, z], t, w), manual)
     assert weighted_cross_entropy(z.bfloat16(), t, w).dtype == torch.float32
+
+
+def test_foreground_dice_loss_is_one_minus_the_pooled_soft_dice():
+    torch.manual_seed(0)
+    z = torch.randn(2, 3, 5, 6)
+    t = torch.randint(0, 3, (2, 5, 6))
+    p = 1 - torch.softmax(z, 1)[:, 0]
+    g = (t > 0).float()
+    manual = 1 - (2 * (p * g).sum() + 1) / (p.sum() + g.sum() + 1)
+    assert torch.allclose(foreground_dice_loss(z, t), manual)
+    assert torch.allclose(foreground_dice_loss([z, z], t), manual)
+    assert foreground_dice_loss(z.bfloat16(), t).dtype == torch.float32
+    # Raising the background logit on the object pixels worsens it; on the
+    # background pixels it improves it.
+    step = torch.zeros_like(z)
+    step[:, 0] = g
+    assert foreground_dice_loss(z + step, t) > manual
+    step[:, 0] = 1 - g
+    assert foreground_dice_loss(z + step, t) < manual
+
+
+def test_segmentation_loss_adds_the_dice_term_by_its_weight():
+    torch.manual_seed(1)
+    z = torch.randn(2, 3, 5, 6)
+    t = torch.randint(0, 3, (2, 5, 6))
+    w = torch.rand(2, 5, 6)
+    ce = weighted_cross_entropy(z, t, w)
+    assert torch.equal(segmentation_loss(z, t, w), ce)
+    assert torch.allclose(segmentation_loss(z, t, w, dice=0.5), ce + 0.5 * foreground_dice_loss(z, t))
 
 
 def test_boundary_targets_keep_touching_interiors_apart():

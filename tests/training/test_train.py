@@ -130,6 +130,25 @@ def test_invalid_ema_is_explained(tmp_path, value):
         train(tiny_config(tmp_path / "x", ema=value))
 
 
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf"), True, "1"])
+def test_invalid_dice_weight_is_explained(tmp_path, value):
+    config = tiny_config(tmp_path / "x")
+    config["loss"]["dice"] = value
+    with pytest.raises(ValueError, match="loss.dice must be a weight"):
+        train(config)
+
+
+def test_dice_weight_adds_the_dice_term_to_what_is_trained(tmp_path):
+    # Same seed, same first batch and weights: the first step's loss differs
+    # by exactly the Dice term, which lies strictly between 0 and 1.
+    plain = train(tiny_config(tmp_path / "plain", steps=1, val_every=0))
+    config = tiny_config(tmp_path / "dice", steps=1, val_every=0)
+    config["loss"]["dice"] = 1.0
+    with_dice = train(config)
+    added = with_dice["history"]["loss"][0] - plain["history"]["loss"][0]
+    assert 0.05 < added < 1.0
+
+
 def test_calibration_needs_a_validation_split_and_a_bool(tmp_path):
     config = tiny_config(tmp_path / "x", calibrate=True)
     config["data"]["split"]["val"] = None
