@@ -178,8 +178,7 @@ impl Segmenter {
         let check = self.options.nonfinite == NonFinite::Raise;
         let on_cpu = y.device() == Device::Cpu;
         if on_cpu && reduce::reduces_on_host(mode, info.output) {
-            let (data, bad) =
-                reduce::reduce_on_host::<U>(&y, mode, info.output, &batch.slots, check)?;
+            let (data, bad) = reduce::reduce_on_host::<U>(&y, info.output, &batch.slots, check)?;
             return match bad {
                 Some(i) => Err(non_finite(&batch.tiles[i])),
                 None => Ok(data),
