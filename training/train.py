@@ -110,7 +110,7 @@ DEFAULT_CONFIG: Dict[str, Any] = {
               "padding": "valid", "batch_norm": True, "dropout": 0.0},
     # boundary: a width in pixels > 0 for three classes (background, interior,
     # boundary) from instance labels; 0 for two.
-    "loss": {"w0": 10.0, "sigma": 5.0, "balance": True, "separate": True, "boundary": 0},
+    "loss": {"w0": 10.0, "sigma": 5.0, "balance": True, "separate": True, "boundary": 0, "dice": 0.0},
     "augment": {"enabled": True, "elastic_std": 10.0, "elastic_grid": 3, "flips": True, "rot90": True,
                 "gamma": [0.7, 1.4], "contrast": [0.75, 1.33], "brightness": [-0.1, 0.1], "scale": None,
                 "blur": None, "blur_probability": 0.5},
@@ -202,6 +202,7 @@ def resolve_config(config: Dict[str, Any]) -> Dict[str, Any]:
     dice = c["loss"].get("dice", 0.0)
     if isinstance(dice, bool) or not isinstance(dice, (int, float)) or not 0.0 <= dice < math.inf:
         raise ValueError(f"loss.dice must be a weight >= 0 (0: the paper's loss alone), got {dice!r}")
+    c["loss"]["dice"] = float(dice)
     if not isinstance(c["train"].get("calibrate", False), bool):
         raise ValueError(f"train.calibrate must be true or false, got {c['train']['calibrate']!r}")
     if c["train"].get("calibrate") and not (c["data"].get("split") or {}).get("val"):
@@ -265,7 +266,7 @@ class _EvalSet:
         else:
             self.targets = sample.labels.astype(np.uint8)
             self.weights = class_weight.astype(np.float32)[self.targets]
-        self.dice = float(loss.get("dice") or 0.0)
+        self.dice = loss["dice"]
         self.truth = sample.labels if sample.instances else None
 
 
@@ -436,7 +437,6 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
         tc["steps"] = int(tc["epochs"]) * tc["steps_per_epoch"]
     steps = int(tc["steps"])
     loss_cfg = config["loss"]
-    dice = float(loss_cfg.get("dice") or 0.0)
     dataset = CropDataset(
         train_samples, crop, margin, steps * batch, Augmenter.from_config(config.get("augment")),
         seed=config["seed"], classes=config["model"].get("classes", 2), w0=loss_cfg["w0"],
@@ -505,7 +505,7 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast():
             logits = model(x)
-        loss = segmentation_loss(logits, b["target"], b["weight"], dice)
+        loss = segmentation_loss(logits, b["target"], b["weight"], loss_cfg["dice"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -513,7 +513,8 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
             average.update(step)
         value = loss.detach().item()
         if not math.isfinite(value):
-            raise FloatingPointError(f"loss became {value} at step {step}; lower train.lr")
+            hint = f" or loss.dice ({loss_cfg['dice']:g})" if loss_cfg["dice"] else ""
+            raise FloatingPointError(f"loss became {value} at step {step}; lower train.lr{hint}")
         history["step"].append(step + 1)
         history["loss"].append(value)
         history["lr"].append(lr)

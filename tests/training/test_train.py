@@ -138,6 +138,13 @@ def test_invalid_dice_weight_is_explained(tmp_path, value):
         train(config)
 
 
+def test_an_overflowing_dice_weight_is_named_when_the_loss_overflows(tmp_path):
+    config = tiny_config(tmp_path / "x", steps=2, val_every=0)
+    config["loss"]["dice"] = 1e300
+    with pytest.raises(FloatingPointError, match=r"loss.dice \(1e\+300\)"):
+        train(config)
+
+
 def test_dice_weight_adds_the_dice_term_to_what_is_trained(tmp_path):
     # Same seed, same first batch and weights: the first step's loss differs
     # by exactly the Dice term, which lies strictly between 0 and 1.
