@@ -362,6 +362,41 @@ def test_bad_arguments_are_value_errors(model):
         ud.segment(da.zeros((64, 64), dtype=np.int64), model)
     with pytest.raises(unet_rt.InvalidArgumentError, match="axes"):
         ud.segment(da.zeros((3, 64, 64), dtype=np.uint8), model, axes="yxc")
+    # Found up front, not when the blocks are computed (an OverflowError or
+    # a ValueError about NaN there).
+    for constant in (300, -1, 2.5, float("nan")):
+        with pytest.raises(unet_rt.InvalidArgumentError, match="invalid boundary: .* dtype uint8"):
+            ud.segment(x, model, boundary=constant)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid boundary: .* dtype float16"):
+        ud.segment(x.astype(np.float16), model, boundary=1e6)
+    unknown = da.zeros((64, 64), dtype=np.uint8, chunks=32)
+    unknown = unknown[unknown[:, 0] == 0]  # chunk sizes unknown
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid arr: its chunk sizes are unknown"):
+        ud.segment(unknown, model)
+    with pytest.raises(TypeError, match="model must be a unet_rt.Model, a path or None, got int"):
+        ud.segment(x, 5)
+    # Choices are read as the engine reads them.
+    assert ud.segment(x, model, output=" Labels", tta="FLIPS").dtype == np.uint8
+
+
+def test_a_destination_that_is_or_holds_the_source_is_refused(model, tmp_path):
+    source = zarr.open_array(tmp_path / "src.zarr", mode="w", shape=(64, 72), chunks=(32, 32), dtype="f4")
+    source[:] = np.random.default_rng(0).random((64, 72))
+    group = zarr.open_group(tmp_path / "data.zarr", mode="w")
+    image = group.create_array("image", shape=(64, 72), chunks=(32, 32), dtype="f4")
+    image[:] = 1
+    # resume=False deleted the image it was reading (the first replaced it
+    # by a group of its labels, the second removed it from its group).
+    for src, dst in [(tmp_path / "src.zarr", tmp_path / "src.zarr"), (tmp_path / "data.zarr" / "image", tmp_path / "data.zarr"),
+                     (tmp_path / "src.zarr", tmp_path / "src.zarr" / "out")]:
+        for resume in (False, True):
+            with pytest.raises(unet_rt.InvalidArgumentError, match="invalid destination: .* overwrite or nest in the source"):
+                ud.segment_to_zarr(src, dst, model, resume=resume, progress=False)
+    assert zarr.open_array(tmp_path / "src.zarr", mode="r")[0, 0] == source[0, 0]
+    assert (zarr.open_array(tmp_path / "data.zarr" / "image", mode="r")[:] == 1).all()
+    (tmp_path / "plain").write_text("not a zarr store")
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid destination: .* cannot hold a zarr group"):
+        ud.segment_to_zarr(tmp_path / "src.zarr", tmp_path / "plain", model, progress=False)
 
 
 # --- the graph ---------------------------------------------------------------

@@ -35,6 +35,11 @@ def model(tiny_model_path) -> unet_rt.Model:
     return unet_rt.Model(tiny_model_path, device="cpu", precision="fp32")
 
 
+def BUNDLED() -> unet_rt.Model:
+    """The bundled model on the CPU (from the cache: loaded once)."""
+    return unet_rt.model.cached_model(None, "cpu", "fp32")
+
+
 def with_metadata(source: Path, target: Path, **changes) -> Path:
     """A copy of the archive ``source`` whose metadata has ``changes``
     (``None`` removes a field)."""
@@ -169,6 +174,16 @@ def test_instances_accept_wide_integer_outputs(model):
         (lambda m: m.segment(np.broadcast_to(np.array(1, ">f4"), (300000, 300000))), unet_rt.InvalidArgumentError,
          "byte order is not native, and the native copy .* needs 335.3 GiB"),
         (lambda m: m.forward(np.full((1, 1, 64, 64), 1e300)), unet_rt.InvalidArgumentError, "beyond the float32"),
+        # A broadcast batch: its copy aborted the process (40 GB) after minutes of checking its values.
+        (lambda m: m.forward(np.broadcast_to(np.float32(0), (1, 1, 100000, 100000))), unet_rt.InvalidArgumentError,
+         "invalid batch: the forward pass of this batch needs .* more than this machine's"),
+        # Upsampling allocated and filled its first axis (12 GB, 80 s) before the second failed.
+        (lambda m: BUNDLED().segment(np.broadcast_to(np.float32(1), (8192, 8192)), object_size=0.5),
+         unet_rt.InvalidArgumentError, "invalid object_size: the resampled image needs .* more than this machine's"),
+        (lambda m: m.segment(IMAGE, window=unet_rt.Window(image=(200, 180), start=(2**63, 0), shape=(2**63, 10))),
+         unet_rt.InvalidArgumentError, "invalid window: its region .* reaches beyond the image"),
+        (lambda m: m.segment(IMAGE, window=unet_rt.Window(image=(1, 200, 180), start=(0, 0, 0), shape=(1, 10, 10))),
+         unet_rt.InvalidArgumentError, "invalid window: it has 3 spatial axes"),
     ],
 )
 def test_absurd_sizes_answer_at_once_with_a_clear_error(model, call, error, message):
@@ -596,3 +611,89 @@ def test_forward_refuses_a_complex_batch_instead_of_dropping_its_imaginary_part(
         with pytest.raises(unet_rt.InvalidArgumentError, match="invalid batch: dtype"):
             model.forward(array)
     assert model.forward(np.zeros((1, 1, 44, 44), np.int16)).shape == (1, 2, 4, 4)
+
+
+def test_array_subclasses_are_read_as_plain_arrays(model):
+    # np.matrix indexes and transposes by its own rules: the layout code's
+    # views of it corrupted the heap (an abort at garbage collection).
+    import gc
+
+    want = model.segment(IMAGE)
+    with pytest.warns(PendingDeprecationWarning):
+        matrix = np.matrix(IMAGE)
+    assert np.array_equal(model.segment(matrix), want)
+    assert np.array_equal(model.segment(np.ma.masked_array(IMAGE)), want)  # nothing masked
+    assert model.percentile_range(matrix) == model.percentile_range(IMAGE)
+    gc.collect()
+
+
+@pytest.mark.parametrize(
+    "image,message",
+    [
+        ([[1.0, 2.0], [3.0]], "invalid image: cannot be read as one array"),
+        (torch.rand(64, 72, requires_grad=True), "invalid image: cannot be read as one array"),
+        (np.ma.masked_array(IMAGE, mask=IMAGE > 0.5), r"invalid image: a masked array .*filled"),
+    ],
+)
+def test_inputs_numpy_cannot_read_are_invalid_arguments_naming_the_image(model, image, message):
+    with pytest.raises(unet_rt.InvalidArgumentError, match=message):
+        model.segment(image)
+
+
+def test_out_whose_elements_share_memory_is_refused(model):
+    aliased = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), shape=IMAGE.shape, strides=(0, 0))
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid out: its elements overlap"):
+        model.segment(IMAGE, out=aliased)
+    rows = np.lib.stride_tricks.as_strided(np.zeros(200, np.uint8), shape=IMAGE.shape, strides=(1, 1))
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid out: its elements overlap"):
+        model.segment(IMAGE, out=rows)
+    # Views with gaps, reversed or transposed, are fine.
+    big = np.zeros((IMAGE.shape[1], IMAGE.shape[0] * 2), np.uint8)
+    view = big[:, ::-2].T
+    model.segment(IMAGE, out=view)
+    assert np.array_equal(view, model.segment(IMAGE))
+
+
+def test_float16_result_beyond_its_range_is_non_finite(tmp_path):
+    from training.tiny import export_tiny
+
+    scaled = unet_rt.Model(export_tiny(tmp_path / "scaled.pt", seed=0, normalization={"kind": "scale", "factor": 1e6}),
+                           device="cpu", precision="fp32")
+    raw = scaled.segment(IMAGE, output="raw")
+    assert np.isfinite(raw).all() and np.abs(raw).max() > 65504
+    with pytest.raises(unet_rt.NonFiniteError, match="beyond the range of float16"):
+        scaled.segment(IMAGE, output="raw", out=np.zeros(raw.shape, np.float16))
+    kept = np.zeros(raw.shape, np.float16)
+    scaled.segment(IMAGE, output="raw", out=kept, nonfinite="propagate")
+    assert np.isinf(kept).any()
+    # Probabilities always fit.
+    scaled.segment(IMAGE, output="probabilities", out=np.zeros(raw.shape, np.float16))
+    with pytest.raises(unet_rt.InvalidArgumentError, match=r'invalid input_range: .*\{"kind":"scale"'):
+        scaled.segment(IMAGE, input_range=(0, 1))
+
+
+@pytest.mark.parametrize("factor", [1e-21, 1e-30, 1e20])
+def test_percentile_normalisation_does_not_depend_on_the_images_scale(model, factor):
+    # A range under 1e-20 counted as flat: 98% of the labels changed.
+    want = model.segment(IMAGE.astype(np.float64), output="probabilities")
+    got = model.segment(IMAGE.astype(np.float64) * factor, output="probabilities")
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_choices_are_read_alike_everywhere(model):
+    want = model.segment(IMAGE)
+    for output, blend, tta in [("Labels", "CROP", "None"), (" labels ", "Crop ", " NONE")]:
+        assert np.array_equal(model.segment(IMAGE, output=output, blend=blend, tta=tta), want)
+    assert np.array_equal(model.segment(IMAGE, progress=np.False_), want)
+    with pytest.raises(TypeError, match="tta must be a str, got NoneType"):
+        model.segment(IMAGE, tta=None)
+
+
+def test_a_loaded_model_refuses_another_device_or_precision(model):
+    want = model.segment(IMAGE)
+    for device, precision in [("cpu", "fp32"), ("CPU ", "float32"), ("auto", None), (None, "FP32")]:
+        assert np.array_equal(unet_rt.segment(IMAGE, model, device=device, precision=precision), want)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid device: 'cuda:99', but the model was loaded"):
+        unet_rt.segment(IMAGE, model, device="cuda:99")
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid precision: 'bf16', but the model was loaded"):
+        unet_rt.segment(IMAGE, model, precision="bf16")

@@ -39,6 +39,7 @@ from .augment import Augmenter, sample_patch
 from .loss import boundary_targets, class_weights, instance_targets, weight_map
 
 __all__ = [
+    "percentile_affine",
     "SAMPLE_DATA_DIR",
     "IMAGE_SUFFIXES",
     "Sample",
@@ -93,6 +94,26 @@ def as_channels_first(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def percentile_affine(lo: float, hi: float) -> Tuple[float, float]:
+    """``(scale, shift)`` of the map sending ``lo`` to 0 and ``hi`` to 1, the
+    runtime's rule (``affine_from_range`` in ``crates/unet-rt/src/normalize.rs``):
+    a range it cannot map (empty, or so narrow that the scale or shift is
+    beyond float32) is flat, ``(1, -lo)``. Relative, never an absolute size:
+
+    >>> percentile_affine(0.0, 4e-21)
+    (2.5e+20, -0.0)
+    >>> percentile_affine(3.0, 3.0)
+    (1.0, -3.0)
+    """
+    rng = hi - lo
+    if rng > 0 and 1.0 / rng <= _F32_MAX and abs(lo / rng) <= _F32_MAX:
+        return 1.0 / rng, -lo / rng
+    return 1.0, -lo
+
+
 def normalize(image: np.ndarray, spec: Optional[Dict[str, Any]]) -> np.ndarray:
     """Applies a ``unet_rt/1`` normalisation (docs/design.md section 4) exactly as the
     runtime does, to the whole array at once: ``percentile`` maps the image's
@@ -106,7 +127,7 @@ def normalize(image: np.ndarray, spec: Optional[Dict[str, Any]]) -> np.ndarray:
     kind = (spec or {"kind": "none"}).get("kind", "none")
     if kind == "percentile":
         lo, hi = np.percentile(x, [spec["low"], spec["high"]])
-        scale, shift = (1.0 / (hi - lo), -lo / (hi - lo)) if hi - lo > 1e-20 else (1.0, -lo)
+        scale, shift = percentile_affine(lo, hi)
     elif kind == "zscore":
         std = spec["std"] if spec["std"] > 0 else 1.0
         scale, shift = 1.0 / std, -spec["mean"] / std

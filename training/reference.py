@@ -13,6 +13,8 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
+from .data import percentile_affine
+
 __all__ = ["normalize", "whole_image_padding", "reference_whole"]
 
 
@@ -22,8 +24,8 @@ def normalize(image: np.ndarray, spec: Dict) -> np.ndarray:
     x = image.astype(np.float64)
     if kind == "percentile":
         lo, hi = np.percentile(x, [spec["low"], spec["high"]])
-        rng = hi - lo if hi - lo > 1e-20 else 1.0
-        x = (x - lo) / rng
+        scale, shift = percentile_affine(lo, hi)
+        x = x * scale + shift
     elif kind == "zscore":
         x = (x - spec["mean"]) / (spec["std"] if spec["std"] > 0 else 1.0)
     elif kind == "scale":

@@ -737,7 +737,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
     import sys
 
-    from .errors import ModelNotFoundError, UnetRtError
+    from .errors import MetadataError, ModelError, ModelNotFoundError, UnetRtError
 
     parser = argparse.ArgumentParser(prog="python -m unet_rt.bioimageio",
                                      description="bioimage.io model packages: export unet_rt models, check packages.")
@@ -756,7 +756,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "export":
             image = None
             if args.test_image:
-                image = np.load(args.test_image) if args.test_image.endswith(".npy") else _read_tiff(args.test_image)
+                image = _read_test_image(args.test_image)
             path = export(args.model, args.output, test_image=image, name=args.name, authors=args.author,
                           license=args.license)
             print(f"{path}: bioimage.io package, validated")
@@ -766,7 +766,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"label agreement {result['label_agreement']:.6f}")
             if result["label_agreement"] < 1.0 and result["max_abs_difference"] > 1e-3:
                 return 1
-    except (InvalidArgumentError, ModelNotFoundError) as e:
+    except (InvalidArgumentError, ModelNotFoundError, ModelError, MetadataError) as e:
+        # What the command line must change (as unet-rt segment's usage errors).
         print(f"unet_rt.bioimageio: error: {e}", file=sys.stderr)
         return 2
     except (UnetRtError, OSError) as e:
@@ -775,10 +776,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _read_tiff(path: str) -> np.ndarray:
+def _read_test_image(path: str) -> np.ndarray:
+    """The ``--test-image`` file: ``.npy``, else TIFF. Special files (a FIFO
+    would block for ever) and files neither reader takes are
+    :class:`~unet_rt.InvalidArgumentError` naming the option."""
+    import stat
+
     import tifffile
 
-    return tifffile.imread(path)
+    try:
+        kind = os.stat(path).st_mode
+    except OSError as e:
+        raise InvalidArgumentError(f"invalid --test-image: {path}: {e.strerror}") from e
+    if not stat.S_ISREG(kind):
+        raise InvalidArgumentError(f"invalid --test-image: {path} is not a regular file")
+    try:
+        return np.load(path, allow_pickle=False) if path.endswith(".npy") else tifffile.imread(path)
+    except Exception as e:  # noqa: BLE001 - the readers raise what their parsers raise
+        raise InvalidArgumentError(f"invalid --test-image: {path} cannot be read ({type(e).__name__}: {e})") from e
 
 
 if __name__ == "__main__":

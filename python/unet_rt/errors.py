@@ -76,7 +76,9 @@ class UnetRtIOError(UnetRtError, OSError):
 
 
 class CancelledError(UnetRtError):
-    """The call was cancelled (by its progress callback raising, or Ctrl-C)."""
+    """The engine stopped at a cancellation with no exception of its own to
+    report. An exception a progress callback raises, and Ctrl-C's
+    ``KeyboardInterrupt``, come out as themselves."""
 
 
 class ApproximateTilingWarning(UserWarning):

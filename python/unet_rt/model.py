@@ -201,7 +201,7 @@ class Model:
         :meth:`segment`. NaN or infinity in the batch raises
         :class:`~unet_rt.InvalidArgumentError`, in the output
         :class:`~unet_rt.NonFiniteError`."""
-        array = np.asarray(batch)
+        array = as_plain_array(batch, "batch")
         # Integers and reals only: a complex batch would lose its imaginary part.
         if array.dtype.kind not in "iuf":
             raise InvalidArgumentError(f"invalid batch: dtype {array.dtype} is not an integer or real type")
@@ -226,7 +226,8 @@ class Model:
         16 GiB; ``DEFAULT_CUDA_BUDGET``, 4 GiB, for a GPU this machine does
         not have); on the CPU the
         fastest by the planner's throughput model (smaller: their activations
-        stay in the caches), never above the budget.
+        stay in the caches), never above the budget unless even the
+        smallest tile the model takes is (that tile, then).
 
         >>> import unet_rt
         >>> model = unet_rt.Model(tiny_model_path, device="cpu", precision="fp32")
@@ -343,9 +344,15 @@ class Model:
             batch_size: tiles per forward pass; chosen when ``None``.
             out: an array that receives the result in place (checked shape
                 and dtype; float16 is accepted for probabilities), for example
-                a ``np.memmap`` larger than memory. Returned as is.
+                a ``np.memmap`` larger than memory. Returned as is. Tiles
+                are written as they finish: when the call fails part way
+                (NaN found in a later tile, a progress callback that raises),
+                the parts written so far stay, and ``out``'s other contents
+                are as they were.
             progress: ``True`` for a progress bar (tqdm if installed), or a
-                callable ``progress(done, total)`` called as tiles complete.
+                callable ``progress(done, total)`` called as tiles complete;
+                an exception it raises stops the call and comes out as it
+                was raised (a ``KeyboardInterrupt`` as itself).
             memory_budget: bytes of activations one batch may use.
             blend: how the tiles of same-padded models combine: ``"crop"``
                 (keep each tile's centre; exact with the default margin),
@@ -389,8 +396,8 @@ class Model:
             InvalidArgumentError: an argument with an unusable value, e.g. a
                 tile the model does not accept, or a result larger than
                 memory.
-            NonFiniteError: the network produced NaN or infinity.
-            CancelledError: cancelled by the progress callback.
+            NonFiniteError: the network produced NaN or infinity, or raw
+                values beyond a float16 ``out``'s range.
 
         >>> import numpy as np, unet_rt
         >>> model = unet_rt.Model(tiny_model_path, device="cpu", precision="fp32")
@@ -399,17 +406,25 @@ class Model:
         ...
         unet_rt.errors.InvalidArgumentError: invalid image: holds NaN or infinite values ...
         """
-        check_output(output)
+        output = check_output(output)
         if out is not None and not isinstance(out, np.ndarray):
             raise TypeError(f"out must be a numpy array (or memmap), got {type(out).__name__}")
         if out is not None and not out.flags.writeable:
             raise InvalidArgumentError("invalid out: the array is read-only; pass a writeable array")
+        if out is not None and _overlaps_itself(out):
+            raise InvalidArgumentError(
+                "invalid out: its elements overlap in memory (zero or overlapping strides, as as_strided or "
+                "broadcast_to make); pass an array with one place per element, e.g. np.empty(shape, dtype)"
+            )
+        if isinstance(progress, np.bool_):
+            progress = bool(progress)
         if not (progress is None or isinstance(progress, bool) or callable(progress)):
             raise TypeError(f"progress must be a bool or a callable progress(done, total), got {type(progress).__name__}")
         if not isinstance(nonfinite, str):
             raise TypeError(f"nonfinite must be a str, got {type(nonfinite).__name__}")
         if not isinstance(blend, str):
             raise TypeError(f"blend must be a str, got {type(blend).__name__}")
+        tta = check_tta(tta)
         array = _check_image(image)
         info = self._inner.info
         view, batched, _ = arrange(array, axes, info["spatial_dims"], info["in_channels"])
@@ -449,7 +464,7 @@ class Model:
         >>> model.result_shape((3, 300, 400), "probabilities", axes="byx"), model.result_dtype("labels")
         ((3, 2, 300, 400), dtype('uint8'))
         """
-        check_output(output)
+        output = check_output(output)
         info = self._inner.info
         # The engine checks the shape (and names it) before it is used here.
         shape = shape if isinstance(shape, (str, bytes)) else tuple(shape)
@@ -461,6 +476,16 @@ class Model:
                              window: Optional[Window]) -> Tuple[int, ...]:
         """The result shape for an input already laid out ``(B, C, spatial...)``."""
         spatial = tuple(window.shape) if window is not None else tuple(canonical[2:])
+        dims = self._inner.info["spatial_dims"]
+        if window is not None and len(spatial) != dims:
+            raise InvalidArgumentError(
+                f"invalid window: it has {len(spatial)} spatial axes ({window!r}), the model {dims}"
+            )
+        if window is not None and any(a + n > i for a, n, i in zip(window.start, window.shape, window.image)):
+            raise InvalidArgumentError(
+                f"invalid window: its region (start {window.start}, shape {window.shape}) reaches beyond "
+                f"the image {window.image}"
+            )
         per_image = tuple(self._inner.result_shape(spatial, output))
         return ((canonical[0],) if batched else ()) + per_image
 
@@ -469,7 +494,7 @@ class Model:
         labels in the narrowest unsigned type that holds every class
         (uint8, uint16 beyond 256 classes), instances uint32, the rest
         float32."""
-        check_output(output)
+        output = check_output(output)
         return np.dtype(self._inner.result_dtype(output))
 
     def _run(self, view, output, tile, batch_size, out, progress, memory_budget, batched, shape, blend, piece,
@@ -531,23 +556,31 @@ def _rebuild(source: Union[str, bytes], device: str, precision: str) -> Model:
     return Model(source, device, precision)
 
 
-def check_output(output: Any) -> None:
-    """Refuses an ``output`` that is not one of :data:`OUTPUTS` (the
-    Python API and Dask check it before shaping results)."""
-    if not isinstance(output, str):
-        raise TypeError(f"output must be a str, got {type(output).__name__}")
-    if output not in OUTPUTS:
-        raise InvalidArgumentError(f"invalid output: {output!r}; expected one of {', '.join(map(repr, OUTPUTS))}")
+def _choice(value: Any, argument: str, choices: Sequence[str]) -> str:
+    """``value`` as one of ``choices``, read as every option string is (the
+    engine's rule): case and surrounding spaces do not matter."""
+    if not isinstance(value, str):
+        raise TypeError(f"{argument} must be a str, got {type(value).__name__}")
+    canonical = value.strip().lower()
+    if canonical not in choices:
+        raise InvalidArgumentError(f"invalid {argument}: {value!r}; expected one of {', '.join(map(repr, choices))}")
+    return canonical
+
+
+def check_output(output: Any) -> str:
+    """``output`` as one of :data:`OUTPUTS`, or an error (the Python API and
+    Dask check it before shaping results).
+
+    >>> check_output(" Labels")
+    'labels'
+    """
+    return _choice(output, "output", OUTPUTS)
 
 
 def check_tta(tta: Any) -> str:
-    """``tta`` when it is one of :data:`TTA_MODES` (the Dask layer records
-    it before any block runs)."""
-    if not isinstance(tta, str):
-        raise TypeError(f"tta must be a str, got {type(tta).__name__}")
-    if tta not in TTA_MODES:
-        raise InvalidArgumentError(f"invalid tta: {tta!r}; expected one of {', '.join(map(repr, TTA_MODES))}")
-    return tta
+    """``tta`` as one of :data:`TTA_MODES`, or an error (the Dask layer
+    records it before any block runs)."""
+    return _choice(tta, "tta", TTA_MODES)
 
 
 def check_dtype(dtype: Any) -> None:
@@ -563,9 +596,41 @@ def check_dtype(dtype: Any) -> None:
         )
 
 
+def as_plain_array(value: Any, argument: str) -> np.ndarray:
+    """``value`` as a plain ``np.ndarray`` (a view where it is one):
+    subclasses such as ``np.matrix`` keep their own indexing rules, which the
+    layout code does not expect. Anything NumPy cannot read as one array
+    (ragged lists, tensors that need grad, unknown scalar types) is an
+    :class:`~unet_rt.InvalidArgumentError` naming ``argument``; a masked
+    array with masked values too (the engine has no use for a mask and would
+    silently read what lies under it)."""
+    if isinstance(value, np.ma.MaskedArray) and np.ma.getmaskarray(value).any():
+        raise InvalidArgumentError(
+            f"invalid {argument}: a masked array with masked values; fill them first, e.g. {argument}.filled(0)"
+        )
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise InvalidArgumentError(f"invalid {argument}: cannot be read as one array ({err})") from err
+
+
+def _overlaps_itself(array: np.ndarray) -> bool:
+    """Whether two elements of ``array`` may share memory: true unless its
+    axes (longest stride first) each step past the whole of the next, which
+    every array NumPy allocates or slices does. Interleavings that happen
+    not to overlap are refused too: a result cannot be written into them
+    safely without checking every element."""
+    axes = sorted((abs(stride), size) for stride, size in zip(array.strides, array.shape) if size > 1)
+    reach = array.itemsize
+    for stride, size in axes:
+        if stride < reach:
+            return True
+        reach = stride * size
+    return False
+
+
 def _check_image(image: Any) -> np.ndarray:
-    if not isinstance(image, np.ndarray):
-        image = np.asarray(image)
+    image = as_plain_array(image, "image")
     check_dtype(image.dtype)
     if image.size == 0:
         raise InvalidArgumentError(f"invalid image: empty array of shape {image.shape}")
@@ -622,14 +687,18 @@ def segment(
     image: np.ndarray,
     model: Union[Model, PathLike, None] = None,
     *,
-    device: str = "auto",
-    precision: str = DEFAULT_PRECISION,
+    device: Optional[str] = None,
+    precision: Optional[str] = None,
     **options: Any,
 ) -> np.ndarray:
     """Segments ``image`` with ``model`` (the bundled nuclei model by default).
 
     ``model`` is a :class:`Model` or a path; paths are loaded once and kept in
     a small cache, so calling ``segment`` in a loop does not reload the model.
+    ``device`` and ``precision`` (default ``"auto"`` and
+    :data:`DEFAULT_PRECISION`) say how a path is loaded; a :class:`Model`
+    runs where and how it was loaded, and asking for another device or
+    precision with one is an :class:`~unet_rt.InvalidArgumentError`.
     ``options`` are those of :meth:`Model.segment` (``axes``, ``output``,
     ``tile``, ``batch_size``, ``out``, ``progress``, ``memory_budget``,
     ``tta``, ``object_size``, ``min_size``, ``fill_holes`` ...).
@@ -638,11 +707,40 @@ def segment(
     >>> unet_rt.segment(np.random.rand(100, 120), tiny_model_path, device="cpu").shape
     (100, 120)
     """
+    check_model_arg(model)
+    if isinstance(model, Model):
+        _check_loaded_as(model, device, precision)
+    else:
+        model = cached_model(model, "auto" if device is None else device,
+                             DEFAULT_PRECISION if precision is None else precision)
+    return model.segment(image, **options)
+
+
+def check_model_arg(model: Any) -> None:
+    """Refuses a ``model`` argument that is not a :class:`Model`, a path or
+    ``None`` (the bundled model)."""
     if not (model is None or isinstance(model, (Model, str, os.PathLike))):
         raise TypeError(f"model must be a unet_rt.Model, a path or None, got {type(model).__name__}")
-    if not isinstance(model, Model):
-        model = cached_model(model, device, precision)
-    return model.segment(image, **options)
+
+
+def _check_loaded_as(model: Model, device: Optional[str], precision: Optional[str]) -> None:
+    """Refuses a ``device`` or ``precision`` other than those ``model`` was
+    loaded with: the call could not honour them, and ignoring them would
+    run somewhere the caller did not ask for."""
+    for argument, asked, own in (("device", device, model.device), ("precision", precision, model.precision)):
+        if asked is None:
+            continue
+        if not isinstance(asked, str):
+            raise TypeError(f"{argument} must be a str, got {type(asked).__name__}")
+        if argument == "device":
+            canonical = {"cuda": "cuda:0"}.get(asked.strip().lower(), asked.strip().lower())
+        else:
+            canonical = _unet_rt.canonical_precision(asked)
+        if canonical not in ("auto", own):
+            raise InvalidArgumentError(
+                f"invalid {argument}: {asked!r}, but the model was loaded with {argument} {own!r}; load it with "
+                f"unet_rt.Model(path, {argument}={asked!r}) or pass the model's path"
+            )
 
 
 def plan(
@@ -670,8 +768,7 @@ def plan(
     >>> gpu["tile"] > cpu["tile"]  # a GPU's largest tiles, the CPU's fastest
     True
     """
-    if not (model is None or isinstance(model, (Model, str, os.PathLike))):
-        raise TypeError(f"model must be a unet_rt.Model, a path or None, got {type(model).__name__}")
+    check_model_arg(model)
     if isinstance(model, Model):
         device = model.device if device is None else device
         precision = model.precision if precision is None else precision

@@ -113,7 +113,7 @@ def segment_expect(model: Any, shape: Tuple[int, ...], kwargs: Dict[str, Any], n
                    must_fail: Optional[str] = None) -> Expect:
     """What ``model.segment(<array of shape>, **kwargs)`` must give."""
     output = kwargs.get("output", "labels")
-    output = output if isinstance(output, str) and output in OUTPUTS else None
+    output = output.strip().lower() if isinstance(output, str) and output.strip().lower() in OUTPUTS else None
     dims = int(model.info["spatial_dims"])
     for name, value in kwargs.items():
         if not acceptable(name, value, dims) and must_fail is None:

@@ -106,12 +106,12 @@ def acceptable(argument: str, value: Any, dims: int) -> bool:
         if argument == "tile" and isinstance(value, (tuple, list)):
             return len(value) == dims and all(is_int(v) and v >= 1 for v in value)
         return is_int(value) and bool(value >= _MIN_INT[argument])
-    if argument in _STRINGS:  # a different case of a known value is not an unknown value
-        return isinstance(value, str) and value.lower() in _STRINGS[argument]
+    if argument in _STRINGS:  # case and surrounding spaces do not make a known value unknown
+        return isinstance(value, str) and value.strip().lower() in _STRINGS[argument]
     if argument == "axes":
         return isinstance(value, str)
     if argument == "progress":
-        return value is False or value is True or callable(value)
+        return isinstance(value, (bool, np.bool_)) or callable(value)
     if argument == "input_range":
         return _is_range(value)
     if argument == "out":

@@ -49,6 +49,15 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(dict)
 }
 
+/// A precision's canonical name (`"fp32"`, `"bf16"`, `"fp16"` or
+/// `"auto"`) from any spelling the core accepts (`"float32"`, `" BF16"`).
+#[pyfunction]
+fn canonical_precision(text: &str) -> PyResult<String> {
+    text.parse::<unet_rt::Precision>()
+        .map(|p| p.to_string())
+        .map_err(errors::to_py_err)
+}
+
 #[pymodule]
 fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -63,6 +72,7 @@ fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("OUTPUTS", unet_rt::OutputMode::NAMES.to_vec())?;
     m.add("TTA_MODES", unet_rt::Tta::NAMES.to_vec())?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
+    m.add_function(wrap_pyfunction!(canonical_precision, m)?)?;
     m.add_class::<model::Model>()?;
     m.add_function(wrap_pyfunction!(instances::connected_components, m)?)?;
     m.add_function(wrap_pyfunction!(instances::instance_block, m)?)?;

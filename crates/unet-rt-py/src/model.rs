@@ -244,7 +244,11 @@ impl Model {
             .filter(|b| !b.is_none())
             .map(|b| args::text(b, "blend"))
             .transpose()?;
-        let blend = match blend.as_deref().unwrap_or("crop") {
+        let blend = match blend
+            .as_deref()
+            .map_or("crop".to_owned(), |b| b.trim().to_ascii_lowercase())
+            .as_str()
+        {
             "crop" => unet_rt::Blend::Crop,
             "gaussian" => unet_rt::Blend::gaussian(),
             "constant" => unet_rt::Blend::Constant,

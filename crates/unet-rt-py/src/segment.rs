@@ -131,8 +131,15 @@ fn run<'py, T: Pixel + Element, U: OutputElement + Element>(
         }
     };
     {
-        let mut writable = result.try_readwrite().map_err(|e| {
-            invalid("out", format!("cannot be written ({e}): it must be a writeable array that does not overlap the image"))
+        // rust-numpy refuses a second borrow of memory that is borrowed
+        // already: here the image (read) or another call's `out` (written).
+        let mut writable = result.try_readwrite().map_err(|_| {
+            invalid(
+                "out",
+                "is in use: it shares memory with the image, or another call is writing into it; \
+                 pass an array of its own"
+                    .to_owned(),
+            )
         })?;
         let view = input.as_array();
         let out_view = writable.as_array_mut();

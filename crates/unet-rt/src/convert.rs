@@ -4,6 +4,7 @@ use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::memory::HostFloats;
 
 /// Copies an `f32` view (any strides) into a new CPU tensor of the same shape.
 pub(crate) fn tensor_from_view(view: &ArrayViewD<'_, f32>) -> Result<Tensor> {
@@ -13,10 +14,19 @@ pub(crate) fn tensor_from_view(view: &ArrayViewD<'_, f32>) -> Result<Tensor> {
         .map(|&d| to_i64(d))
         .collect::<Result<_>>()?;
     let tensor = match view.as_slice() {
-        Some(slice) => Tensor::f_from_slice(slice),
-        None => Tensor::f_from_slice(view.as_standard_layout().as_slice().unwrap_or_default()),
-    }
-    .map_err(Error::inference)?;
+        Some(slice) => Tensor::f_from_slice(slice).map_err(Error::inference)?,
+        None => {
+            // Copied in logical order straight into libtorch's memory, which
+            // is allocated fallibly (a standard-layout copy would abort the
+            // process when it cannot be allocated).
+            let mut buffer =
+                HostFloats::floats(view.len(), "batch", "a contiguous copy of the batch")?;
+            for (slot, &value) in buffer.as_uninit_mut().iter_mut().zip(view.iter()) {
+                slot.write(value);
+            }
+            buffer.into_tensor()
+        }
+    };
     tensor.f_reshape(shape.as_slice()).map_err(Error::inference)
 }
 
@@ -33,7 +43,7 @@ pub(crate) fn array_from_tensor(tensor: &Tensor) -> Result<ArrayD<f32>> {
         .and_then(|t| t.f_contiguous())
         .map_err(Error::inference)?;
     let numel = shape.iter().product::<usize>();
-    let mut data = vec![0f32; numel];
+    let mut data = crate::memory::try_filled::<f32>(numel, "batch", "the network's output")?;
     host.f_copy_data(&mut data, numel)
         .map_err(Error::inference)?;
     ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|e| Error::Inference(e.to_string()))

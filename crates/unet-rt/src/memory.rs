@@ -62,13 +62,34 @@ pub(crate) fn bytes_of<T>(count: usize) -> u128 {
     count as u128 * std::mem::size_of::<T>() as u128
 }
 
+/// Refuses `bytes` that `what` would need when they exceed the machine's
+/// physical memory: with overcommit such an allocation can succeed and get
+/// the process killed once it is touched, and the filling alone can take
+/// minutes before a later step fails. Where the total is unknown, fallible
+/// allocation is the only check.
+pub(crate) fn check_fits(bytes: u128, argument: &'static str, what: &str) -> Result<()> {
+    match total_memory() {
+        Some(total) if bytes > total as u128 => Err(Error::InvalidArgument {
+            argument,
+            message: format!(
+                "{what} needs {} of memory, more than this machine's {}",
+                format_bytes(bytes),
+                format_bytes(total as u128)
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// A vector of `len` default values, or [`Error::InvalidArgument`] naming
-/// `argument` (with the bytes it needed) when it cannot be allocated.
+/// `argument` (with the bytes it needed) when it cannot be allocated or is
+/// larger than the machine ([`check_fits`]).
 pub(crate) fn try_filled<T: Clone + Default>(
     len: usize,
     argument: &'static str,
     what: &str,
 ) -> Result<Vec<T>> {
+    check_fits(bytes_of::<T>(len), argument, what)?;
     let mut v: Vec<T> = Vec::new();
     v.try_reserve_exact(len)
         .map_err(|_| unallocatable(argument, what, bytes_of::<T>(len)))?;
@@ -190,9 +211,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("invalid tile: a batch needs") && err.contains("cannot be allocated"),
+            err.starts_with("invalid tile: a batch needs")
+                && (err.contains("cannot be allocated")
+                    || err.contains("more than this machine's")),
             "{err}"
         );
+        if let Some(total) = total_memory() {
+            // Beyond the machine, refused before any allocation is tried.
+            let err = try_filled::<u8>(total + 1, "image", "the result")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("more than this machine's"), "{err}");
+            assert!(check_fits(total as u128, "image", "x").is_ok());
+        }
         assert!(element_count(&[1 << 40, 1 << 40], "image").is_err());
         assert_eq!(element_count(&[3, 4], "image").unwrap(), 12);
     }

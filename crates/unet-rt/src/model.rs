@@ -15,6 +15,7 @@ use crate::container;
 use crate::convert::{array_from_tensor, tensor_from_view};
 use crate::error::{first_line, Error, Result};
 use crate::info::ModelInfo;
+use crate::memory;
 use crate::metadata::Metadata;
 use crate::precision::Precision;
 use crate::probe;
@@ -184,6 +185,8 @@ impl Model {
         precision: Precision,
     ) -> Result<Self> {
         let invalid = |e: tch::TchError| invalid_model(path, &e);
+        // Probing runs the network on this thread.
+        align_cpu_threads();
         module.set_eval();
         let info = match &metadata {
             Some(m) => {
@@ -304,6 +307,20 @@ impl Model {
     /// the network's output [`Error::NonFinite`].
     pub fn forward_array(&self, input: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         self.check_batch_shape(input.shape())?;
+        // Before the values are read: a broadcast (zero-stride) batch can
+        // describe more than the machine holds, and scanning it alone would
+        // take minutes.
+        let pixels = input.shape()[2..]
+            .iter()
+            .fold(input.shape()[0] as u128, |n, &d| {
+                n.saturating_mul(d as u128)
+            });
+        let element = self.inner.precision.kind().elt_size_in_bytes();
+        memory::check_fits(
+            crate::engine::forward_host_bytes(&self.inner.info, pixels, element, self.inner.device),
+            "batch",
+            "the forward pass of this batch",
+        )?;
         if input.iter().any(|v| !v.is_finite()) {
             return Err(Error::InvalidArgument {
                 argument: "batch",
@@ -392,6 +409,7 @@ fn forward_thread(device: Device, job: Job) -> Result<()> {
     std::thread::Builder::new()
         .name(format!("unet-rt-forward-{slot}"))
         .spawn(move || {
+            align_cpu_threads();
             let _no_grad = tch::no_grad_guard();
             for job in rx {
                 // A panic in a job is a bug; it must not take the thread
@@ -496,4 +514,20 @@ fn convert_weights(
         p.f_set_data(&channels_last)?;
     }
     Ok(precision)
+}
+
+/// libtorch's CPU threads at most: beyond this no machine gains, and
+/// OpenMP starts a team on the calling thread's stack (tens of thousands of
+/// threads overflowed it and aborted the process).
+pub const MAX_CPU_THREADS: i32 = 1024;
+
+/// Gives the calling thread libtorch's CPU thread count (at most
+/// [`MAX_CPU_THREADS`]). OpenMP's count is per thread, and a thread that
+/// libtorch did not start begins with the environment's
+/// (`OMP_NUM_THREADS`), which oneDNN's convolutions use as they find it:
+/// `OMP_NUM_THREADS=32768` overflowed the forward thread's stack even with
+/// `--threads 2`.
+pub(crate) fn align_cpu_threads() {
+    let threads = tch::get_num_threads().clamp(1, MAX_CPU_THREADS);
+    tch::set_num_threads(threads);
 }

@@ -383,16 +383,22 @@ fn sample_step(n: usize) -> usize {
     n.div_ceil(PERCENTILE_SAMPLE).max(1)
 }
 
-/// The map that sends `lo` to 0 and `hi` to 1 (a flat range maps to 0).
+/// The map that sends `lo` to 0 and `hi` to 1. A range it cannot map is
+/// flat and maps `lo` to 0 unscaled: an empty range, or one so narrow that
+/// the map's scale or shift is beyond `f32` (the network's input type).
+/// The rule depends on the range against its values, never on an absolute
+/// size: an image scaled by 1e-21 is normalised like the image itself.
+/// `training/data.py` (`percentile_affine`) states the same rule.
 pub fn affine_from_range(lo: f64, hi: f64) -> Affine {
-    // A flat image maps to zero rather than dividing by zero.
     let range = hi - lo;
     if range.is_infinite() && range > 0.0 {
         // Extremes of f64 whose difference overflows: halve both first.
         let scale = 0.5 / (0.5 * hi - 0.5 * lo);
         return Affine::new(scale, -lo * scale);
     }
-    let range = if range > 1e-20 { range } else { 1.0 };
+    let limit = f64::from(f32::MAX);
+    let mappable = range > 0.0 && (1.0 / range) <= limit && (lo / range).abs() <= limit;
+    let range = if mappable { range } else { 1.0 };
     Affine::new(1.0 / range, -lo / range)
 }
 

@@ -180,7 +180,7 @@ fn instances_are_the_components_of_the_labels_in_wide_ids_only() {
     assert_eq!(wide, want.mapv(i64::from));
     match segmenter(OutputMode::Instances).segment::<f32, u16>(image.view()) {
         Err(Error::InvalidArgument {
-            argument: "output",
+            argument: "out",
             message,
         }) => assert!(message.contains("wrap"), "{message}"),
         other => panic!("uint16 ids were accepted: {other:?}"),

@@ -117,17 +117,22 @@ def segment(
         >>> bool((labels.compute(scheduler="sync") == want).all())
         True
     """
-    check_output(output)
-    check_tta(tta)
+    output = check_output(output)
+    tta = check_tta(tta)
     check_normalize(normalize)
     check_object_size(object_size)
     x = arr if isinstance(arr, da.Array) else da.asarray(arr)
     check_dtype(x.dtype)
+    if any(np.isnan(size) for sizes in x.chunks for size in sizes):
+        raise InvalidArgumentError(
+            "invalid arr: its chunk sizes are unknown (NaN, as after boolean indexing); call "
+            "arr.compute_chunk_sizes() first"
+        )
     resolved = resolve_model(model, device, precision)
     info = resolved.info
     read_out = json.dumps(resolved.local.read_out(min_size, fill_holes), sort_keys=True)
     array_axes = ArrayAxes.of(x.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
-    padded, dask_boundary = _boundary(boundary)
+    padded, dask_boundary = _boundary(boundary, x.dtype)
     canon = array_axes.to_canonical(x)
     planner, tiling = resolved.plan(canon.shape[2:], block_depth(info) if padded else 0,
                                     tile, batch_size, memory_budget)
@@ -244,6 +249,11 @@ def image_range(arr: Any, model: ModelArg = None, *, axes: Optional[str] = None)
     """
     x = arr if isinstance(arr, da.Array) else da.asarray(arr)
     check_dtype(x.dtype)
+    if any(np.isnan(size) for sizes in x.chunks for size in sizes):
+        raise InvalidArgumentError(
+            "invalid arr: its chunk sizes are unknown (NaN, as after boolean indexing); call "
+            "arr.compute_chunk_sizes() first"
+        )
     resolved = resolve_model(model, "cpu", "fp32")
     info = resolved.info
     array_axes = ArrayAxes.of(x.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
@@ -293,8 +303,10 @@ def tree_reduce(items: List[Any], combine: Callable[[List[Any]], Any], finish: C
     return finish(items)
 
 
-def _boundary(boundary: Union[str, float]) -> Tuple[bool, Any]:
-    """Whether the array is extended at its borders, and Dask's boundary."""
+def _boundary(boundary: Union[str, float], dtype: np.dtype) -> Tuple[bool, Any]:
+    """Whether the array is extended at its borders, and Dask's boundary. A
+    constant must be a value of the array's ``dtype`` (NumPy would refuse
+    it, or wrap it, only when the blocks are computed)."""
     if isinstance(boundary, str):
         if boundary in ("reflect", "none"):
             return False, "none"
@@ -303,9 +315,24 @@ def _boundary(boundary: Union[str, float]) -> Tuple[bool, Any]:
         raise InvalidArgumentError(
             f"invalid boundary: {boundary!r}; expected 'reflect', 'symmetric', 'periodic', 'nearest' or a number"
         )
-    if isinstance(boundary, (int, float, np.number)) and not isinstance(boundary, bool):
-        return True, boundary
+    if isinstance(boundary, (int, float, np.integer, np.floating)) and not isinstance(boundary, bool):
+        return True, _constant_of(boundary, np.dtype(dtype))
     raise InvalidArgumentError(f"invalid boundary: {boundary!r}")
+
+
+def _constant_of(value: Union[int, float, np.number], dtype: np.dtype) -> Any:
+    """``value`` as a pixel of ``dtype``, or an error naming ``boundary``."""
+    bad = InvalidArgumentError(f"invalid boundary: {value!r} is not a value of the array's dtype {dtype}")
+    if dtype.kind in "iu":
+        if not isinstance(value, (int, np.integer)) and not float(value).is_integer():
+            raise bad  # fractions, NaN, infinity
+        exact, limits = int(value), np.iinfo(dtype)
+        if not limits.min <= exact <= limits.max:
+            raise bad
+        return dtype.type(exact)
+    if not np.isfinite(float(value)) or abs(float(value)) > float(np.finfo(dtype).max):
+        raise bad
+    return dtype.type(value)
 
 
 def _ranges(canon: da.Array, resolved: ResolvedModel, normalize: Normalize, array_axes: ArrayAxes) -> Any:

@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from ..errors import InvalidArgumentError, ModelNotFoundError
 from .. import _cache
-from ..model import DEFAULT_PRECISION, Model, bundled_model_path, cached_model
+from ..model import DEFAULT_PRECISION, Model, bundled_model_path, cached_model, check_model_arg
 from ._tiling import Tiling, plan_tiling
 
 __all__ = ["ModelSpec", "load_model", "clear_cache"]
@@ -142,6 +142,7 @@ def resolve_model(model: Union[Model, str, "os.PathLike[str]", None], device: st
     ``None`` keep those it was created with; for a path, precision ``None``
     is :data:`unet_rt.DEFAULT_PRECISION`. A path is loaded once on the
     client, on the CPU, to read its geometry (metadata or probing)."""
+    check_model_arg(model)
     data: Optional[bytes] = None
     if isinstance(model, Model):
         _, (source, own_device, own_precision) = model.__reduce__()

@@ -255,8 +255,8 @@ def segment_to_zarr(
     """
     import zarr
 
-    check_output(output)
-    check_tta(tta)
+    output = check_output(output)
+    tta = check_tta(tta)
     check_normalize(normalize)
     check_object_size(object_size)
     levels = None if levels is None else _check_levels(levels)
@@ -281,6 +281,7 @@ def segment_to_zarr(
     shape = array_axes.canonical_shape(src.shape)
     _, tiling = resolved.plan(shape[2:], 0, tile, batch_size, memory_budget)
     engine_output = "labels" if output == "instances" else output
+    _check_apart(src, destination, f"labels/{output}" if ngff else "")
     mode = "a" if resume else "w"
     if ngff:
         # Never overwrite the destination itself: it may be the image.
@@ -392,9 +393,49 @@ def _path(location: Any) -> Any:
 def _open_group(location: Any, mode: str) -> Any:
     import zarr
 
-    if isinstance(location, zarr.Group):
-        return zarr.open_group(store=location.store, path=location.path, mode=mode)
-    return zarr.open_group(_path(location), mode=mode)
+    try:
+        if isinstance(location, zarr.Group):
+            return zarr.open_group(store=location.store, path=location.path, mode=mode)
+        return zarr.open_group(_path(location), mode=mode)
+    except (zarr.errors.ContainsArrayError, FileExistsError, NotADirectoryError) as err:
+        raise InvalidArgumentError(
+            f"invalid destination: {location} cannot hold a zarr group ({type(err).__name__}: {err}); "
+            f"choose a new path or an existing group"
+        ) from err
+
+
+def _local_location(location: Any) -> Optional[str]:
+    """The real local path of a zarr node or of a path, when it has one
+    (``None`` for URLs and stores that are not folders)."""
+    import zarr
+
+    if isinstance(location, (zarr.Array, zarr.Group)):
+        root = getattr(location.store, "root", None)
+        return None if root is None else os.path.realpath(os.path.join(os.fspath(root), location.path))
+    path = _path(location)
+    if isinstance(path, str) and "://" not in path:
+        return os.path.realpath(path)
+    return None
+
+
+def _check_apart(src: Any, destination: Any, written: str) -> None:
+    """Refuses a destination whose written part (``written`` below it: the
+    whole group, or an OME-Zarr image's label group) is the source array,
+    holds it or lies inside it: a fresh start (``resume=False``) would
+    delete the image it reads, a resumed one mix the two."""
+    source, target = _local_location(src), _local_location(destination)
+    if source is None or target is None:
+        return
+    target = os.path.join(target, written) if written else target
+
+    def within(inner: str, outer: str) -> bool:
+        return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+    if within(source, target) or within(target, source):
+        raise InvalidArgumentError(
+            f"invalid destination: {destination} would overwrite or nest in the source {source}; write the result "
+            f"to another path"
+        )
 
 
 def _same_group(a: Any, b: Any) -> bool:

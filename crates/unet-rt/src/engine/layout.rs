@@ -154,16 +154,24 @@ impl<'a> Planner<'a> {
             Device::Cuda(index) => cuda_budget(crate::cuda_memory::device_memory(index)),
             _ => DEFAULT_CPU_BUDGET,
         });
+        // Per axis, the smallest tile that covers the image at once.
+        let whole: Vec<usize> = image
+            .iter()
+            .map(|&n| {
+                info.round_up_valid(n.saturating_add(2 * halo))
+                    .max(info.min_tile())
+            })
+            .collect();
         let tile = match &self.options.tile {
+            // Larger than that only adds mirrored border to compute (a tile
+            // of 100004 on a 64-pixel axis took minutes), for one tile per
+            // axis all the same. Fixed-size models take their size only.
+            Some(t) if info.fixed_size == 0 => {
+                t.iter().zip(&whole).map(|(&t, &w)| t.min(w)).collect()
+            }
             Some(t) => t.clone(),
             None if self.options.whole => {
-                let tile: Vec<usize> = image
-                    .iter()
-                    .map(|&n| {
-                        info.round_up_valid(n.saturating_add(2 * halo))
-                            .max(info.min_tile())
-                    })
-                    .collect();
+                let tile = whole;
                 if info.fixed_size > 0 && tile.iter().any(|&t| t != info.fixed_size) {
                     return Err(invalid(
                         "tile",
@@ -217,16 +225,10 @@ impl<'a> Planner<'a> {
             .input_tile_shape()
             .iter()
             .fold(1u128, |n, &t| n.saturating_mul(t as u128));
-        let batch = layout.batch_size as u128;
         // Saturating: a 3-D tile of 2^20 per axis times a huge batch exceeds
         // even u128, and "more than can be counted" is still "too much".
-        let per_pixel = |bytes: usize| pixels.saturating_mul(batch).saturating_mul(bytes as u128);
-        let host = per_pixel(4 * (info.in_channels + info.out_channels));
-        let activations = per_pixel(plan::bytes_per_pixel(info, element, plan::Processor::Cpu));
-        let need = match device {
-            Device::Cuda(_) => host,
-            _ => host.saturating_add(activations),
-        };
+        let batch_pixels = pixels.saturating_mul(layout.batch_size as u128);
+        let need = plan::forward_host_bytes(info, batch_pixels, element, device);
         let limit = memory::total_memory().map_or(usize::MAX as u128, |m| m as u128);
         if need <= limit {
             return Ok(());

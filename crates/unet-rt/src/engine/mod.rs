@@ -22,6 +22,7 @@ mod options;
 mod output;
 mod pipeline;
 mod plan;
+pub(crate) use plan::forward_host_bytes;
 mod reduce;
 pub mod rescale;
 mod tta;
@@ -132,7 +133,10 @@ impl Segmenter {
             if !matches!(info.normalization, Normalization::Percentile { .. }) {
                 return Err(invalid(
                     "input_range",
-                    format!("the model's normalization is {:?}, which takes no range (only percentile normalization does)", info.normalization),
+                    format!(
+                        "the model's normalization is {}, which takes no range (only percentile normalization does)",
+                        serde_json::to_string(&info.normalization).unwrap_or_else(|_| format!("{:?}", info.normalization))
+                    ),
                 ));
             }
             if !(range.0.is_finite() && range.1.is_finite() && range.0 <= range.1) {
@@ -260,10 +264,32 @@ impl Segmenter {
         if self.options.output == OutputMode::Instances {
             return self.instances_into(input, out);
         }
-        if let Some(factor) = rescale::factor(info, self.options.object_size)? {
-            return self.rescaled_into(input, out, factor);
-        }
         let mut out = out;
+        if let Some(factor) = rescale::factor(info, self.options.object_size)? {
+            self.rescaled_into(input, out.view_mut(), factor)?;
+        } else {
+            self.tiled_into(input, out.view_mut())?;
+        }
+        if U::NARROWS
+            && self.options.nonfinite == NonFinite::Raise
+            && !out.iter().all(|v| v.is_finite())
+        {
+            return Err(Error::NonFinite(format!(
+                "the result holds values beyond the range of {} (the network's output is finite): \
+                 write it as float32, or pass nonfinite=\"propagate\" to keep them as infinity",
+                U::NAME
+            )));
+        }
+        Ok(())
+    }
+
+    /// [`Segmenter::segment_into`] past its checks, without object_size:
+    /// the image tiled, its tiles' results stitched into `out`.
+    fn tiled_into<T: Pixel, U: OutputElement>(
+        &self,
+        input: ArrayViewD<'_, T>,
+        mut out: ArrayViewMutD<'_, U>,
+    ) -> Result<()> {
         let local = input.shape()[1..].to_vec();
         let window = match &self.options.window {
             Some(window) => {
@@ -446,6 +472,8 @@ impl Segmenter {
     ) -> Result<()> {
         let info = self.model.info();
         let spatial = rescale::scaled_shape(&input.shape()[1..], factor)?;
+        // Before the statistics: they take seconds on an image this large.
+        rescale::check_peak(input.shape(), &spatial)?;
         // Statistics of the image as given: resampling must not move them.
         let input_range = match self.options.input_range {
             Some(range) => Some(range),

@@ -75,6 +75,16 @@ impl OutputMode {
         }
     }
 
+    /// The mode's name, as [`OutputMode::NAMES`] spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Labels => Self::NAMES[0],
+            Self::Probabilities => Self::NAMES[1],
+            Self::Raw => Self::NAMES[2],
+            Self::Instances => Self::NAMES[3],
+        }
+    }
+
     /// Whether the result has the spatial shape alone (no channel axis).
     pub fn is_spatial(self) -> bool {
         matches!(self, Self::Labels | Self::Instances)
@@ -141,6 +151,13 @@ pub trait OutputElement: Copy + Default + Send + Sync + 'static {
     /// True for the types instance ids are written in (wide enough never
     /// to wrap).
     const IS_ID: bool = false;
+    /// True for a floating type whose range is narrower than `f32`'s: a
+    /// finite network output can become infinite when written in it.
+    const NARROWS: bool = false;
+    /// Whether a written value is finite (true for every integer type).
+    fn is_finite(self) -> bool {
+        true
+    }
     /// Converts an instance id (only called when `IS_ID`).
     fn from_id(id: u32) -> Self;
     /// Converts the device's element.
@@ -213,6 +230,10 @@ impl OutputElement for half::f16 {
     type Raw = half::f16;
     const NAME: &'static str = "float16";
     const IS_LABEL: bool = false;
+    const NARROWS: bool = true;
+    fn is_finite(self) -> bool {
+        half::f16::is_finite(self)
+    }
     fn from_raw(raw: half::f16) -> Self {
         raw
     }
@@ -257,14 +278,19 @@ pub(crate) fn check_mode<U: OutputElement>(
         argument: "output",
         message,
     };
+    // A result type that does not suit the output is the `out` array's
+    // dtype (the natural type is chosen when there is none).
+    let wrong_type = |wanted: &str| Error::InvalidArgument {
+        argument: "out",
+        message: format!("has dtype {}; {wanted}", U::NAME),
+    };
     match mode {
         OutputMode::Instances => {
             check_mode::<u16>(OutputMode::Labels, kind, channels)?;
             if !U::IS_ID {
-                return Err(invalid(format!(
-                    "instance ids are written as uint32, uint64 or int64, not {} (narrower types would wrap them)",
-                    U::NAME
-                )));
+                return Err(wrong_type(
+                    "instance ids are written as uint32, uint64 or int64 (narrower types would wrap them)",
+                ));
             }
         }
         OutputMode::Labels => {
@@ -280,15 +306,11 @@ pub(crate) fn check_mode<U: OutputElement>(
                 )));
             }
             if !U::IS_LABEL {
-                return Err(invalid(format!(
-                    "labels are written as uint8 or uint16, not {}",
-                    U::NAME
-                )));
+                return Err(wrong_type("labels are written as uint8 or uint16"));
             }
             if channels > U::MAX_LABEL + 1 {
-                return Err(invalid(format!(
-                    "{channels} classes do not fit in {}: use uint16",
-                    U::NAME
+                return Err(wrong_type(&format!(
+                    "{channels} classes do not fit in it: use uint16"
                 )));
             }
         }
@@ -300,9 +322,9 @@ pub(crate) fn check_mode<U: OutputElement>(
                 ));
             }
             if U::IS_LABEL || U::IS_ID {
-                return Err(invalid(format!(
-                    "{mode:?} output is written as float32 or float16, not {}",
-                    U::NAME
+                return Err(wrong_type(&format!(
+                    "{} output is written as float32 or float16",
+                    mode.name()
                 )));
             }
         }

@@ -55,6 +55,24 @@ pub(crate) fn bytes_per_pixel(
         .max(1)
 }
 
+/// Estimated host memory of one forward pass over `pixels` input pixels
+/// (every sample of a batch together) in `element`-byte precision on
+/// `device`: its input and output as `f32` and, on the CPU, the
+/// activations ([`bytes_per_pixel`]); a device holds its own activations.
+pub(crate) fn forward_host_bytes(
+    info: &ModelInfo,
+    pixels: u128,
+    element: usize,
+    device: tch::Device,
+) -> u128 {
+    let per_pixel = |bytes: usize| pixels.saturating_mul(bytes as u128);
+    let host = per_pixel(4 * (info.in_channels + info.out_channels));
+    match device {
+        tch::Device::Cuda(_) => host,
+        _ => host.saturating_add(per_pixel(bytes_per_pixel(info, element, Processor::Cpu))),
+    }
+}
+
 /// The input tile per axis: the largest one within `budget` bytes whose
 /// stride is on the ladder (see [`ladder_tile`]), and never larger than
 /// needed to cover the image in one tile. Axes that need little leave room

@@ -40,7 +40,10 @@ pub fn factor(info: &ModelInfo, object_size: Option<f64>) -> Result<Option<f64>>
     if !(size.is_finite() && (MIN_OBJECT_SIZE..=MAX_OBJECT_SIZE).contains(&size)) {
         return Err(invalid(
             "object_size",
-            format!("is {size}; give the typical object diameter in pixels, between {MIN_OBJECT_SIZE} and {MAX_OBJECT_SIZE}"),
+            format!(
+                "is {}; give the typical object diameter in pixels, between {MIN_OBJECT_SIZE} and {MAX_OBJECT_SIZE}",
+                readable(size)
+            ),
         ));
     }
     let Some(trained) = info.object_size else {
@@ -105,12 +108,14 @@ fn nearest_taps(n: usize, m: usize) -> Vec<usize> {
 /// the pixels' own units), one axis after the other.
 ///
 /// # Errors
-/// [`crate::Error::InvalidArgument`] (`image`) when the result cannot be
-/// allocated.
+/// [`crate::Error::InvalidArgument`]: `object_size` when the steps' buffers
+/// exceed the machine's memory (nothing is allocated then), `image` when the
+/// result cannot be allocated.
 pub fn resample_image<T: Pixel>(
     image: ArrayViewD<'_, T>,
     spatial: &[usize],
 ) -> Result<ArrayD<f32>> {
+    check_peak(image.shape(), spatial)?;
     let mut current: ArrayD<f32> = {
         let mut a = memory::try_zeros::<f32>(image.shape(), "the image to resample")?;
         a.zip_mut_with(&image, |o, &v| *o = v.to_f32());
@@ -137,6 +142,39 @@ pub fn resample_image<T: Pixel>(
         current = next;
     }
     Ok(current)
+}
+
+/// `x` as people read it: plain for everyday sizes, in exponent form when
+/// plain would spell out hundreds of digits (`1e300`, `1e-300`).
+fn readable(x: f64) -> String {
+    if x != 0.0 && x.is_finite() && !(1e-4..1e9).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
+}
+
+/// Refuses a resampling whose buffers cannot fit the machine before any is
+/// allocated: one axis is resampled at a time, each step holding the last
+/// step's image and its own, and an early step that fits can take minutes
+/// to fill before a later one fails.
+pub(super) fn check_peak(shape: &[usize], spatial: &[usize]) -> Result<()> {
+    let elements = |s: &[usize]| s.iter().fold(1u128, |n, &d| n.saturating_mul(d as u128));
+    let mut current = shape.to_vec();
+    let mut peak = elements(&current);
+    for (k, &m) in spatial.iter().enumerate() {
+        let before = elements(&current);
+        let Some(side) = current.get_mut(k + 1) else {
+            break;
+        };
+        *side = m;
+        peak = peak.max(before.saturating_add(elements(&current)));
+    }
+    memory::check_fits(
+        peak.saturating_mul(std::mem::size_of::<f32>() as u128),
+        "object_size",
+        "the resampled image",
+    )
 }
 
 /// Writes `source` into `out` by nearest neighbour over the trailing
@@ -186,6 +224,28 @@ mod tests {
     }
 
     #[test]
+    fn resampling_beyond_memory_is_refused_before_any_step() {
+        if memory::total_memory().is_none() {
+            return; // the check needs to know the machine
+        }
+        // A broadcast (zero-stride) image: the first axis alone would fit
+        // most machines, the second needs exabytes.
+        let one = ndarray::Array3::<u8>::zeros((1, 1, 1)).into_dyn();
+        let image = one.broadcast(IxDyn(&[1, 8192, 8192])).unwrap();
+        let start = std::time::Instant::now();
+        let err = resample_image(image, &[1 << 30, 1 << 30])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("invalid object_size: the resampled image needs"),
+            "{err}"
+        );
+        // Nothing was filled (that takes seconds at this size).
+        assert!(start.elapsed().as_secs() < 5);
+        assert_eq!(check_peak(&[1, 4, 4], &[8, 2]).ok(), Some(()));
+    }
+
+    #[test]
     fn nearest_resampling_copies_values_and_keeps_leading_axes() {
         let labels = array![[[1u32, 2], [3, 4]], [[5, 6], [7, 8]]].into_dyn();
         let mut out = ndarray::ArrayD::<u32>::zeros(IxDyn(&[2, 4, 4]));
@@ -207,6 +267,8 @@ mod tests {
         info.object_size = Some(20.0);
         assert_eq!(factor(&info, Some(20.0)).unwrap(), None);
         assert_eq!(factor(&info, Some(40.0)).unwrap(), Some(0.5));
+        let err = factor(&info, Some(1e300)).unwrap_err().to_string();
+        assert!(err.contains("is 1e300;"), "{err}");
         for bad in [f64::NAN, f64::INFINITY, 0.0, -3.0, 1e9] {
             assert!(factor(&info, Some(bad))
                 .unwrap_err()
