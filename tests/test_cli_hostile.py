@@ -439,6 +439,10 @@ def test_bench_refuses_sizes_beyond_memory(cli, size):
         (["segment", "x.npy", "-o", "out", "--output-kind", "LABELS"], "--output-kind"),
         (["segment", "x.npy"], "--output"),
         (["frobnicate"], "frobnicate"),
+        # The engine's argument, named as the flag (it said object_size).
+        (["segment", "x.npy", "-o", "out", "--object-size", "nan"], "invalid --object-size: is NaN"),
+        (["segment", "x.npy", "-o", "out", "--object-size", "1e-320"], "is 1e-320;"),
+        (["segment", "x.npy", "-o", "out", "--tile", "45"], "invalid --tile: 45"),
     ],
 )
 def test_usage_errors_are_one_line_with_status_2(cli, tmp_path, args, named):
@@ -447,3 +451,139 @@ def test_usage_errors_are_one_line_with_status_2(cli, tmp_path, args, named):
     proc = subprocess.run([str(cli), *args], capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
     assert_refused(proc, named, status=(2,))
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+# --- Results that would destroy data ---------------------------------------
+
+
+def test_a_result_never_replaces_its_own_input(cli, tmp_path):
+    # `segment dir/a.tif -o dir` replaced the image by its labels (exit 0),
+    # and --skip-existing then took every input for done.
+    image = tmp_path / "a.tif"
+    tifffile.imwrite(image, (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
+    before = image.read_bytes()
+    for extra in ([], ["--skip-existing"]):
+        proc = segment(cli, image, out=tmp_path, extra=extra)
+        assert_refused(proc, "would replace the input itself")
+        assert image.read_bytes() == before
+
+
+def test_overlays_never_replace_inputs_or_other_results(cli, tmp_path):
+    images = tmp_path / "in"
+    images.mkdir()
+    tifffile.imwrite(images / "a.tif", (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
+    good_image(images / "a_overlay.npy")  # its result a_overlay.png is a.tif's overlay
+    out = tmp_path / "out"
+    proc = segment(cli, images, out=out, extra=["--overlay", "--format", "png", "--json"])
+    assert_refused(proc, "would replace that of")
+    reports = {Path(r["input"]).name: r["status"] for r in map(json.loads, proc.stdout.splitlines())}
+    assert sorted(reports.values()) == ["failed", "ok"], reports
+    # An input named like an overlay is never written over.
+    shutil_copy = (images / "a_overlay.npy").read_bytes()
+    proc = segment(cli, images / "a.tif", images / "a_overlay.npy", out=images, extra=["--overlay", "--format", "npy"])
+    assert_refused(proc, "would replace")
+    assert (images / "a_overlay.npy").read_bytes() == shutil_copy
+
+
+def test_a_failed_overlay_leaves_the_previous_result_in_place(cli, tmp_path):
+    # The result was renamed into place before the overlay failed, and
+    # --skip-existing then skipped the input for good.
+    out = tmp_path / "out"
+    (out / "good_overlay.png").mkdir(parents=True)
+    (out / "good.tif").write_text("old")
+    proc = segment(cli, good_image(tmp_path / "good.npy"), out=out, extra=["--overlay"])
+    assert_refused(proc, "good_overlay.png")
+    assert (out / "good.tif").read_text() == "old"
+
+
+def test_one_file_under_several_names_is_segmented_once(cli, tmp_path, monkeypatch):
+    good_image(tmp_path / "good.npy")
+    monkeypatch.chdir(tmp_path)
+    proc = segment(cli, "good.npy", "./good.npy", tmp_path / "good.npy", ".", out=tmp_path / "out", extra=["--json"])
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["status"] for line in proc.stdout.splitlines()] == ["ok"]
+
+
+def test_names_that_are_not_utf8_are_read_and_kept(cli, tmp_path):
+    # A pattern matching such a name panicked inside the glob crate (no
+    # input segmented); a folder skipped the file without a word.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good_image(folder / "ok.npy")
+    odd = os.fsencode(folder) + b"/\xff.npy"
+    with open(odd, "wb") as f:
+        np.save(f, (np.random.default_rng(1).random((64, 64)) * 255).astype(np.uint8))
+    for source in (folder, str(folder / "*.npy")):
+        out = tmp_path / f"out{len(str(source))}"
+        proc = segment(cli, source, out=out, extra=["--json"])
+        assert proc.returncode == 0, proc.stderr
+        assert sorted(os.listdir(os.fsencode(out))) == [b"ok.tif", b"\xff.tif"]
+
+
+def test_packed_one_bit_tiffs_are_refused_not_misread(cli, tmp_path):
+    # 1-bit pages came back packed eight to a byte and were segmented as
+    # bytes ("ok", with nonsense objects).
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 16:48] = True
+    path = tmp_path / "mask.tif"
+    tifffile.imwrite(path, mask)
+    stderr = refused_alone(cli, path, tmp_path)
+    assert "save packed 1-, 2- or 4-bit images as 8-bit" in stderr
+
+
+def test_a_full_stdout_fails_the_command(cli, tmp_path):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([str(cli), "segment", str(good_image(tmp_path / "g.npy")), "-o", str(tmp_path / "o"),
+                               "--device", "cpu", "--json"], stdout=full, stderr=subprocess.PIPE, text=True,
+                              timeout=TIMEOUT)
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot write to stdout" in proc.stderr
+    # A closed pipe is not a failure (`unet-rt info | head -1`).
+    proc = subprocess.run(f"'{cli}' info --json | head -c 1 > /dev/null; exit ${{PIPESTATUS[0]}}", shell=True,
+                          executable="/bin/bash", capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_tile_beyond_the_image_is_cut_to_it(cli, tmp_path):
+    # --tile 100x100004 on a 64-pixel image took 98 s and 4.8 GiB.
+    proc = segment(cli, good_image(tmp_path / "g.npy"), out=tmp_path / "o", extra=["--tile", "100x100004"])
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_thousands_of_openmp_threads_in_the_environment_do_not_abort(cli, tmp_path):
+    # OMP_NUM_THREADS=32768 overflowed the forward thread's stack (abort,
+    # exit 134), with --threads 2 too.
+    env = {**os.environ, "OMP_NUM_THREADS": "32768"}
+    for extra in ([], ["--threads", "2"]):
+        proc = subprocess.run([str(cli), "segment", str(good_image(tmp_path / "g.npy")), "-o", str(tmp_path / "o"),
+                               "--device", "cpu", *extra], capture_output=True, text=True, timeout=TIMEOUT, env=env)
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_export_refuses_a_special_or_unreadable_test_image(cli, tmp_path):
+    fifo = tmp_path / "fifo.tif"
+    os.mkfifo(fifo)
+    proc = run(cli, "export-bioimageio", "-o", tmp_path / "e.zip", "--test-image", fifo)
+    assert proc.returncode == 2 and "is a FIFO" in proc.stderr, proc.stderr
+    text = tmp_path / "text.tif"
+    text.write_text("not a tiff")
+    proc = run(cli, "export-bioimageio", "-o", tmp_path / "e.zip", "--test-image", text)
+    assert proc.returncode == 2, proc.stderr
+    assert "invalid --test-image" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_folder_that_is_not_a_zarr_store_is_never_replaced(cli, tmp_path):
+    out = tmp_path / "out"
+    (out / "good.zarr").mkdir(parents=True)
+    (out / "good.zarr" / "notes.txt").write_text("mine")
+    proc = segment(cli, good_image(tmp_path / "good.npy"), out=out, extra=["--format", "zarr"])
+    assert_refused(proc, "is not a zarr store")
+    assert (out / "good.zarr" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == ["good.zarr"]
+    # A previous result is replaced as before.
+    proc = segment(cli, good_image(tmp_path / "good.npy"), out=tmp_path / "o2", extra=["--format", "zarr"])
+    assert proc.returncode == 0, proc.stderr
+    proc = segment(cli, good_image(tmp_path / "good.npy"), out=tmp_path / "o2", extra=["--format", "zarr"])
+    assert proc.returncode == 0, proc.stderr

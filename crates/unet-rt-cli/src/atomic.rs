@@ -34,7 +34,7 @@ pub(crate) fn write_atomically(
     through_temporary(path, false, |tmp| {
         let file = File::create(tmp)
             .map_err(|e| format!("cannot create a file in {}: {e}", folder(path)))?;
-        let mut out = Guarded(BufWriter::new(file));
+        let mut out = Guarded(BufWriter::new(file), interrupt::requested);
         write(&mut out)?;
         let file = out.0.into_inner().map_err(|e| e.error().to_string())?;
         file.sync_all().map_err(|e| e.to_string())?;
@@ -92,6 +92,17 @@ fn replace_folder(tmp: &Path, path: &Path) -> Result<(), String> {
     if !path.is_dir() {
         return std::fs::rename(tmp, path).map_err(|e| e.to_string());
     }
+    // Only a store is a previous result: any other folder of that name is
+    // the user's, and it would be deleted.
+    if !["zarr.json", ".zgroup", ".zarray"]
+        .iter()
+        .any(|m| path.join(m).is_file())
+    {
+        return Err(format!(
+            "{} is a folder that is not a zarr store: it is not replaced; move it away",
+            path.display()
+        ));
+    }
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -139,14 +150,17 @@ pub(crate) fn remove_all() {
     }
 }
 
-/// A writer that fails once an interruption is requested.
+/// A writer that fails once `stop` says so (an interruption was
+/// requested).
 #[derive(Debug)]
-pub(crate) struct Guarded<W>(W);
+pub(crate) struct Guarded<W>(W, fn() -> bool);
 
 impl<W: Write> Write for Guarded<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if interrupt::requested() {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+        if (self.1)() {
+            // Not `ErrorKind::Interrupted`: `write_all` (and the encoders
+            // built on it) retry that kind for ever.
+            return Err(io::Error::other("interrupted"));
         }
         self.0.write(buf)
     }
@@ -159,5 +173,18 @@ impl<W: Write> Write for Guarded<W> {
 impl<W: Seek> Seek for Guarded<W> {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
         self.0.seek(pos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_write_all_stops_instead_of_retrying() {
+        let mut sink = Guarded(Vec::new(), || true);
+        let result = sink.write_all(b"pixels");
+        assert_eq!(result.unwrap_err().to_string(), "interrupted");
+        assert!(sink.0.is_empty());
     }
 }

@@ -21,7 +21,7 @@ pub(crate) enum CliError {
     #[error("{0}")]
     Usage(String),
     /// A failure of the engine outside any one input.
-    #[error(transparent)]
+    #[error("{}", in_flag_words(.0))]
     Engine(#[from] unet_rt::Error),
     /// Ctrl-C or a termination signal.
     #[error("interrupted")]
@@ -45,6 +45,31 @@ impl CliError {
             ) => EXIT_USAGE,
             Self::Engine(_) => EXIT_FAILURE,
         }
+    }
+}
+
+/// The engine's error as this command line says it: an argument that is
+/// a flag here is named as the flag (`invalid --object-size: ...`, where
+/// the library says `object_size`).
+pub(crate) fn in_flag_words(err: &unet_rt::Error) -> String {
+    const FLAGS: [(&str, &str); 8] = [
+        ("tile", "--tile"),
+        ("batch_size", "--batch-size"),
+        ("object_size", "--object-size"),
+        ("min_size", "--min-size"),
+        ("fill_holes", "--fill-holes"),
+        ("tta", "--tta"),
+        ("device", "--device"),
+        ("precision", "--precision"),
+    ];
+    match err {
+        unet_rt::Error::InvalidArgument { argument, message } => {
+            match FLAGS.iter().find(|(name, _)| name == argument) {
+                Some((_, flag)) => format!("invalid {flag}: {message}"),
+                None => err.to_string(),
+            }
+        }
+        _ => err.to_string(),
     }
 }
 
@@ -81,7 +106,7 @@ impl FileError {
         let interrupted = matches!(err, unet_rt::Error::Cancelled);
         Self {
             interrupted,
-            ..Self::new(path, err)
+            ..Self::new(path, in_flag_words(&err))
         }
     }
 }

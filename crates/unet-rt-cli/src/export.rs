@@ -9,6 +9,7 @@ use std::process::Command;
 
 use crate::args::ExportArgs;
 use crate::errors::{CliError, EXIT_FAILURE};
+use crate::special_files::refuse_special;
 
 /// The Python to run: `$UNET_RT_PYTHON`, the `python` beside this binary
 /// (a virtual environment's `bin/`), else `python3` on `PATH`.
@@ -42,6 +43,9 @@ pub(crate) fn run(args: &ExportArgs) -> Result<u8, CliError> {
     }
     command.arg("--license").arg(&args.license);
     if let Some(image) = &args.test_image {
+        // A FIFO would block the export for ever.
+        refuse_special(image, "an image file")
+            .map_err(|m| CliError::Usage(format!("--test-image {}: {m}", image.display())))?;
         command.arg("--test-image").arg(image);
     }
     let status = command.status().map_err(|e| {

@@ -1,7 +1,7 @@
 //! Which files the `segment` inputs name: files, folders and glob patterns.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::errors::FileError;
 use crate::read::{extension, EXTENSIONS};
@@ -32,7 +32,14 @@ pub(crate) fn discover(inputs: &[PathBuf]) -> Vec<Result<PathBuf, FileError>> {
             pattern(input)
         };
         match found {
-            Ok(files) => out.extend(files.into_iter().filter(|f| seen.insert(f.clone())).map(Ok)),
+            // One file under two names (`a.tif`, `./a.tif`, its folder) is
+            // segmented once.
+            Ok(files) => out.extend(
+                files
+                    .into_iter()
+                    .filter(|f| seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())))
+                    .map(Ok),
+            ),
             Err(e) => out.push(Err(e)),
         }
     }
@@ -51,10 +58,10 @@ fn is_pattern(path: &Path) -> bool {
 }
 
 fn is_image_name(path: &Path) -> bool {
+    // Names that are not UTF-8 are images like any other.
     let hidden = path
         .file_name()
-        .and_then(|n| n.to_str())
-        .is_none_or(|n| n.starts_with('.'));
+        .is_none_or(|n| n.to_string_lossy().starts_with('.'));
     !hidden && EXTENSIONS.contains(&extension(path).as_str())
 }
 
@@ -76,19 +83,45 @@ fn folder(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
 }
 
 fn pattern(input: &Path) -> Result<Vec<PathBuf>, FileError> {
-    let text = input.to_string_lossy();
     // Like a shell, `*` does not match a leading dot (hidden files, and the
     // temporaries of a run in progress).
     let options = glob::MatchOptions {
         require_literal_leading_dot: true,
         ..glob::MatchOptions::new()
     };
-    let paths = glob::glob_with(&text, options)
-        .map_err(|e| FileError::new(input, format!("not a valid pattern: {e}")))?;
-    let mut files: Vec<PathBuf> = paths
-        .filter_map(Result::ok)
-        .filter(|p| p.is_file())
-        .collect();
+    // Expanded one component at a time over the folders' listings (the
+    // glob crate's walk panics on names that are not UTF-8); names are
+    // matched as text, with such bytes replaced, and kept as they are.
+    let mut candidates = vec![PathBuf::new()];
+    for component in input.components() {
+        let text = component.as_os_str().to_string_lossy();
+        if !matches!(component, Component::Normal(_)) || !text.contains(['*', '?', '[']) {
+            for candidate in &mut candidates {
+                candidate.push(component);
+            }
+            continue;
+        }
+        let matcher = glob::Pattern::new(&text)
+            .map_err(|e| FileError::new(input, format!("not a valid pattern: {e}")))?;
+        let mut matched = Vec::new();
+        for dir in &candidates {
+            let listed = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir.as_path()
+            };
+            let Ok(entries) = std::fs::read_dir(listed) else {
+                continue;
+            };
+            for name in entries.filter_map(|e| e.ok().map(|e| e.file_name())) {
+                if matcher.matches_with(&name.to_string_lossy(), options) {
+                    matched.push(dir.join(name));
+                }
+            }
+        }
+        candidates = matched;
+    }
+    let mut files: Vec<PathBuf> = candidates.into_iter().filter(|p| p.is_file()).collect();
     if files.is_empty() {
         return Err(FileError::new(input, "no file matches this pattern"));
     }

@@ -76,7 +76,13 @@ fn run() -> ExitCode {
         Command::ExportBioimageio(args) => export::run(&args),
     };
     match result {
-        Ok(status) => ExitCode::from(status),
+        Ok(status) => match output::stdout_failure() {
+            Some(why) if status == EXIT_OK => {
+                output::stderr_line(&format!("unet-rt: error: cannot write to stdout: {why}"));
+                ExitCode::from(EXIT_FAILURE)
+            }
+            _ => ExitCode::from(status),
+        },
         Err(err) => {
             output::stderr_line(&format!("unet-rt: error: {err}"));
             ExitCode::from(err.exit_status())

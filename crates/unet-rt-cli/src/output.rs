@@ -4,10 +4,26 @@
 
 use std::io::Write;
 
-/// Writes one line on stdout, ignoring a closed pipe.
+/// The first failure to write stdout other than a closed pipe (a full
+/// disk under `--json > log.jsonl`): the command then fails, since the log
+/// a caller resumes from is incomplete.
+static STDOUT_FAILURE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Writes one line on stdout, ignoring a closed pipe; other failures are
+/// kept for [`stdout_failure`].
 pub(crate) fn stdout_line(line: &str) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    if let Err(err) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        if err.kind() != std::io::ErrorKind::BrokenPipe {
+            let _ = STDOUT_FAILURE.set(err.to_string());
+        }
+    }
+}
+
+/// Why a line could not be written on stdout, if one could not (a closed
+/// pipe aside).
+pub(crate) fn stdout_failure() -> Option<&'static str> {
+    STDOUT_FAILURE.get().map(String::as_str)
 }
 
 /// Writes `line` on stderr as one line (line breaks inside it, from a

@@ -1,6 +1,7 @@
 //! `unet-rt segment`: every input read, segmented and written in turn.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -181,6 +182,19 @@ fn prepare_folder(dir: &Path) -> Result<(), CliError> {
 
 /// A path's identity for comparisons: its folder resolved, so that `a.tif`
 /// and `./a.tif` are the same file.
+/// Where `--overlay` writes the overlay of the input named `stem` whose
+/// result is `output`.
+fn overlay_path(output: &Path, stem: &OsStr) -> PathBuf {
+    output.with_file_name(with_suffix(stem, "_overlay.png"))
+}
+
+/// `stem` followed by `suffix`, whatever its encoding.
+fn with_suffix(stem: &OsStr, suffix: &str) -> OsString {
+    let mut name = stem.to_owned();
+    name.push(suffix);
+    name
+}
+
 fn same_file_key(path: &Path) -> PathBuf {
     let parent = path
         .parent()
@@ -238,38 +252,57 @@ fn process(
     claimed: &mut HashMap<PathBuf, PathBuf>,
 ) -> Report {
     let start = Instant::now();
-    let stem = input
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("image");
-    let output = ctx
-        .args
-        .output
-        .join(format!("{stem}.{}", ctx.args.format.extension()));
-    let key = same_file_key(&output);
-    if let Some(first) = claimed.get(&key) {
-        let message = format!(
-            "its result {} would replace that of {}: rename one of them",
-            output.display(),
-            first.display()
-        );
-        return failed(input, FileError::new(input, message), start);
+    // Names that are not UTF-8 are kept as they are.
+    let stem = input.file_stem().unwrap_or(OsStr::new("image"));
+    let output = ctx.args.output.join(with_suffix(
+        stem,
+        &format!(".{}", ctx.args.format.extension()),
+    ));
+    let overlay = ctx.args.overlay.then(|| overlay_path(&output, stem));
+    // Every file this input writes: none may be an input (its own
+    // included: the image would be lost) or another input's result.
+    let writes: Vec<&Path> = std::iter::once(output.as_path())
+        .chain(overlay.as_deref())
+        .collect();
+    let keys: Vec<PathBuf> = writes.iter().map(|w| same_file_key(w)).collect();
+    for (written, key) in writes.iter().zip(&keys) {
+        let clash = if let Some(first) = claimed.get(key) {
+            format!(
+                "its result {} would replace that of {}: rename one of them",
+                written.display(),
+                first.display()
+            )
+        } else if all_inputs.contains(key) {
+            let whose = if *key == same_file_key(input) {
+                "the input itself"
+            } else {
+                "another input"
+            };
+            format!(
+                "its result {} would replace {whose}: choose another --output folder",
+                written.display()
+            )
+        } else {
+            continue;
+        };
+        return failed(input, FileError::new(input, clash), start);
     }
-    if key != same_file_key(input) && all_inputs.contains(&key) {
-        let message = format!(
-            "its result {} would replace another input: choose another --output folder",
-            output.display()
-        );
-        return failed(input, FileError::new(input, message), start);
+    for key in keys {
+        claimed.insert(key, input.to_owned());
     }
-    claimed.insert(key, input.to_owned());
-    if ctx.args.skip_existing && output.exists() {
+    // A finished result: a file, or for zarr a store (a folder of that
+    // name that is neither is no result).
+    let finished = match ctx.args.format {
+        Format::Zarr => output.join("zarr.json").is_file() || output.join(".zgroup").is_file(),
+        _ => output.is_file(),
+    };
+    if ctx.args.skip_existing && finished {
         let mut report = Report::new(input, Status::Skipped);
         report.output = Some(output);
         return report;
     }
     ctx.bars.start_file(&input.display().to_string(), 0);
-    match segment_file(ctx, input, &output, stem) {
+    match segment_file(ctx, input, &output, overlay.as_deref()) {
         Ok((shape, objects)) => {
             let mut report = Report::new(input, Status::Ok);
             report.output = Some(output);
@@ -294,7 +327,7 @@ fn segment_file(
     ctx: &Context<'_>,
     input: &Path,
     output: &Path,
-    stem: &str,
+    overlay_path: Option<&Path>,
 ) -> FileResult<(Vec<usize>, Option<usize>)> {
     let image = read_image(input).map_err(|m| (FileError::new(input, m), None))?;
     let shape = image.pixels.shape().to_vec();
@@ -312,13 +345,15 @@ fn segment_file(
             format!("{m} ({} image)", image.pixels.type_name()),
         ))
     })?;
-    let overlay_path = ctx
-        .args
-        .overlay
-        .then(|| output.with_file_name(format!("{stem}_overlay.png")));
     let objects = with_pixels!(&image.pixels, a => {
         let arranged = axes::arrange(a.view(), &axes, info).map_err(|m| fail(FileError::new(input, m)))?;
         let result = compute(ctx, input, &arranged).map_err(fail)?;
+        // The overlay first: the result's name is what --skip-existing
+        // takes for a finished input, so it comes last.
+        if let (Some(path), Some(classes)) = (overlay_path, &result.classes) {
+            let plane = middle_plane(arranged.view.index_axis(Axis(1), 0)).map_err(|m| fail(FileError::new(input, m)))?;
+            overlay::write_overlay(path, plane, classes.view(), &result.read_out).map_err(fail)?;
+        }
         if ctx.args.format == Format::Zarr {
             let classes = class_names(&ctx.model);
             let label = ome_zarr::LabelInfo {
@@ -330,10 +365,6 @@ fn segment_file(
             ome_zarr::write_ome_zarr(output, &arranged.view, arranged.stacked, &result.output, &label).map_err(fail)?;
         } else {
             write_output(output, &result.output, ctx.args.format).map_err(fail)?;
-        }
-        if let (Some(path), Some(classes)) = (&overlay_path, &result.classes) {
-            let plane = middle_plane(arranged.view.index_axis(Axis(1), 0)).map_err(|m| fail(FileError::new(input, m)))?;
-            overlay::write_overlay(path, plane, classes.view(), &result.read_out).map_err(fail)?;
         }
         result.objects
     });

@@ -199,7 +199,10 @@ fn check_page(
         .copied()
         .unwrap_or(1);
     let kind = sample_kind(format, bits).ok_or_else(|| {
-        format!("page {number} has unsupported samples: {bits} bits of sample format {format} (expected 1-64 bit integers or 32/64-bit floats)")
+        format!(
+            "page {number} has unsupported samples: {bits} bits of sample format {format} (expected 8, 16, 32 or \
+             64-bit integers or 32/64-bit floats; save packed 1-, 2- or 4-bit images as 8-bit)"
+        )
     })?;
     let declared = format!(
         "page {number} declares {width}x{height} pixels with {samples} sample(s) of {bits} bits"
@@ -344,8 +347,10 @@ fn samples_and_bits(color: ColorType) -> Result<(u16, u8), String> {
 /// float) and a bit depth, as the decoder reads them.
 fn sample_kind(format: u16, bits: u8) -> Option<Samples> {
     match (format, bits) {
-        (1, 1..=64) => Some(Samples::Uint(bits)),
-        (2, 1..=64) => Some(Samples::Int(bits)),
+        // Sub-byte samples come from the decoder packed, eight to a byte:
+        // read as bytes they were quietly wrong.
+        (1, 8 | 16 | 32 | 64) => Some(Samples::Uint(bits)),
+        (2, 8 | 16 | 32 | 64) => Some(Samples::Int(bits)),
         (3, 32 | 64) => Some(Samples::Float(bits)),
         _ => None,
     }
