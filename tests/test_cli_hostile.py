@@ -443,6 +443,8 @@ def test_bench_refuses_sizes_beyond_memory(cli, size):
         (["segment", "x.npy", "-o", "out", "--object-size", "nan"], "invalid --object-size: is NaN"),
         (["segment", "x.npy", "-o", "out", "--object-size", "1e-320"], "is 1e-320;"),
         (["segment", "x.npy", "-o", "out", "--tile", "45"], "invalid --tile: 45"),
+        # Ignored without a word with labels.
+        (["segment", "x.npy", "-o", "out", "--min-size", "5"], "--min-size and --fill-holes shape instances"),
     ],
 )
 def test_usage_errors_are_one_line_with_status_2(cli, tmp_path, args, named):
@@ -587,3 +589,29 @@ def test_a_folder_that_is_not_a_zarr_store_is_never_replaced(cli, tmp_path):
     assert proc.returncode == 0, proc.stderr
     proc = segment(cli, good_image(tmp_path / "good.npy"), out=tmp_path / "o2", extra=["--format", "zarr"])
     assert proc.returncode == 0, proc.stderr
+
+
+def test_imagej_hyperstacks_keep_their_channels_apart(cli, tmp_path):
+    # The channels of each plane are consecutive pages: read as a stack
+    # they were segmented as planes of their own (six "planes" here).
+    stack = (np.random.default_rng(0).random((3, 2, 64, 64)) * 255).astype(np.uint8)
+    path = tmp_path / "hyper.tif"
+    tifffile.imwrite(path, stack, imagej=True, metadata={"axes": "ZCYX"})
+    out = tmp_path / "out"
+    # The bundled model takes one channel: two are refused, naming them.
+    proc = segment(cli, path, out=out)
+    assert_refused(proc, "hyper.tif", "channel")
+    # One channel of it, as an ImageJ file, reads as three planes.
+    single = tmp_path / "one.tif"
+    tifffile.imwrite(single, stack[:, :1], imagej=True, metadata={"axes": "ZCYX"})
+    proc = segment(cli, single, out=out, extra=["--format", "npy"])
+    assert proc.returncode == 0, proc.stderr
+    assert np.load(out / "one.npy").shape == (3, 64, 64)
+
+
+def test_planar_separate_channels_are_refused_by_name(cli, tmp_path):
+    path = tmp_path / "planar.tif"
+    tifffile.imwrite(path, (np.random.default_rng(0).random((3, 64, 64)) * 255).astype(np.uint8),
+                     photometric="rgb", planarconfig="separate")
+    stderr = refused_alone(cli, path, tmp_path)
+    assert "planar configuration 2" in stderr

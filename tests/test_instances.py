@@ -180,7 +180,7 @@ def test_cli_reads_out_like_the_python_api(model, sample, cli, tmp_path):
     assert (segment("--object-size", size) == model.segment(image, output="instances", object_size=float(size))).all()
     bad = subprocess.run([str(cli), "segment", str(tmp_path / "img.tif"), "-o", str(tmp_path / "bad"), "--object-size",
                           "0"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "object_size" in bad.stderr
+    assert bad.returncode == 2 and "invalid --object-size" in bad.stderr
     info = subprocess.run([str(cli), "info"], capture_output=True, text=True, timeout=120)
     assert "grown up to" in info.stdout and "object size" in info.stdout
 

@@ -103,8 +103,8 @@ def percentile_affine(lo: float, hi: float) -> Tuple[float, float]:
     a range it cannot map (empty, or so narrow that the scale or shift is
     beyond float32) is flat, ``(1, -lo)``. Relative, never an absolute size:
 
-    >>> percentile_affine(0.0, 4e-21)
-    (2.5e+20, -0.0)
+    >>> percentile_affine(0.0, 0.25e-20)
+    (4e+20, -0.0)
     >>> percentile_affine(3.0, 3.0)
     (1.0, -3.0)
     """

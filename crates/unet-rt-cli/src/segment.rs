@@ -131,6 +131,13 @@ fn check_flags(args: &SegmentArgs) -> Result<(), CliError> {
     if args.levels > 1 && args.format != Format::Zarr {
         return Err(usage("--levels applies to --format zarr"));
     }
+    let shapes_instances = args.min_size.is_some() || args.fill_holes.is_some();
+    if shapes_instances && args.output_kind != OutputMode::Instances && !args.overlay {
+        // They would be ignored: labels are the classes, before any read-out.
+        return Err(usage(
+            "--min-size and --fill-holes shape instances: use them with --output-kind instances (or --overlay)",
+        ));
+    }
     if float && args.format == Format::Zarr {
         return Err(usage(
             "--format zarr writes OME-Zarr label images (labels or instances): use --format tif or npy for probabilities and raw output",

@@ -27,13 +27,33 @@ pub(super) fn read_tiff(file: File, file_len: u64, memory: Memory) -> Result<Ima
     let mut decoder = Decoder::new(BufReader::new(file))
         .map_err(|e| format!("not a readable TIFF file: {e}"))?
         .with_limits(limits(file_len, memory));
+    let channels = imagej_channels(&mut decoder);
     let (page, pages) = plan(&mut decoder, file_len, memory)?;
     let buffer = decode(&mut decoder, &page, pages)?;
     let mut shape = Vec::with_capacity(4);
     let mut axes = String::new();
-    if pages > 1 {
-        shape.push(pages);
-        axes.push('z');
+    match channels {
+        // An ImageJ hyperstack stores the channels of each plane as
+        // consecutive pages: read as a stack of pages they were mixed in
+        // with the planes.
+        Some(c) if page.samples == 1 => {
+            if pages % c != 0 {
+                return Err(format!(
+                    "its ImageJ description gives {c} channels, but the file holds {pages} pages (not a multiple)"
+                ));
+            }
+            if pages > c {
+                shape.push(pages / c);
+                axes.push('z');
+            }
+            shape.push(c);
+            axes.push('c');
+        }
+        _ if pages > 1 => {
+            shape.push(pages);
+            axes.push('z');
+        }
+        _ => {}
     }
     shape.extend([
         saturating_usize(page.height.into()),
@@ -49,6 +69,22 @@ pub(super) fn read_tiff(file: File, file_len: u64, memory: Memory) -> Result<Ima
         pixels: buffer.into_pixels(&shape)?,
         axes: Some(axes),
     })
+}
+
+/// The channel count of an ImageJ hyperstack (page 1's description
+/// `ImageJ=...` with `channels=N`, N > 1), else `None`.
+fn imagej_channels(decoder: &mut TiffDecoder) -> Option<usize> {
+    let text = decoder
+        .find_tag(Tag::ImageDescription)
+        .ok()??
+        .into_string()
+        .ok()?;
+    if !text.starts_with("ImageJ=") {
+        return None;
+    }
+    text.lines()
+        .find_map(|line| line.strip_prefix("channels=")?.trim().parse::<usize>().ok())
+        .filter(|&c| c > 1)
 }
 
 /// The decoder's limits: one decoded page within the memory available, and
@@ -204,6 +240,15 @@ fn check_page(
              64-bit integers or 32/64-bit floats; save packed 1-, 2- or 4-bit images as 8-bit)"
         )
     })?;
+    let planar = decoder
+        .find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
+        .map_err(tiff_err)?;
+    if samples > 1 && planar == Some(2) {
+        return Err(format!(
+            "page {number} stores its {samples} channels as separate planes (planar configuration 2), which is \
+             not read; save the channels interleaved (contiguous), or as pages"
+        ));
+    }
     let declared = format!(
         "page {number} declares {width}x{height} pixels with {samples} sample(s) of {bits} bits"
     );
