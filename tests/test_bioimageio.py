@@ -285,3 +285,38 @@ def test_broken_packages_are_package_errors(tmp_path, package):
     for name in ("empty.zip", "garbage.zip", "no_weights.zip", "lying.zip"):
         with pytest.raises(PackageError, match=name):
             unet_rt.Model(tmp_path / name, device="cpu")
+
+
+def test_a_test_output_that_is_not_finite_or_not_reproduced_fails_the_check(tmp_path, package):
+    import io
+
+    from unet_rt.bioimageio import check, package_output_scale, reproduces
+
+    def with_output(name: str, change) -> Path:
+        with zipfile.ZipFile(package) as z, zipfile.ZipFile(tmp_path / name, "w") as w:
+            for info in z.infolist():
+                data = z.read(info.filename)
+                if info.filename == "test_output.npy":
+                    buffer = io.BytesIO()
+                    np.save(buffer, change(np.load(io.BytesIO(data))))
+                    data = buffer.getvalue()
+                w.writestr(info, data)
+        return tmp_path / name
+
+    # Every comparison with NaN is false: such packages passed.
+    for name, value in (("nan.zip", np.nan), ("inf.zip", np.inf)):
+        with pytest.raises(PackageError, match="NaN or infinite"):
+            check(with_output(name, lambda a, v=value: np.full_like(a, v)))
+    # Halved probabilities kept every label and passed.
+    halved = with_output("halved.zip", lambda a: a * 0.5)
+    assert not reproduces(check(halved), package_output_scale(halved))
+    assert reproduces(check(package), package_output_scale(package))
+
+
+def test_short_names_are_padded_to_what_the_spec_takes():
+    from unet_rt.bioimageio import _package_name
+
+    # A training run's default name, "unet", failed validation (5 at least).
+    assert _package_name("unet") == "unet model"
+    assert _package_name("") == "unet_rt model"
+    assert _package_name("nuclei") == "nuclei"

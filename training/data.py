@@ -198,7 +198,7 @@ def find_pairs(image_dir: PathLike, label_dir: PathLike) -> List[Tuple[Path, Pat
 def load_folder(image_dir: PathLike, label_dir: PathLike, instances: bool = True) -> List[Sample]:
     """Samples from :func:`find_pairs` (images raw, not normalised)."""
     return [
-        Sample(as_channels_first(read_image(i)), np.asarray(read_image(l), np.int32), instances, i.name)
+        Sample(as_channels_first(read_image(i)), label_array(read_image(l), l.name), instances, i.name)
         for i, l in find_pairs(image_dir, label_dir)
     ]
 
@@ -214,7 +214,7 @@ def load_arrays(
         raise ValueError(f"{len(images)} images but {len(labels)} label arrays")
     names = list(names) if names is not None else [f"array{i}" for i in range(len(images))]
     return [
-        Sample(as_channels_first(i), np.asarray(l, np.int32), instances, n) for i, l, n in zip(images, labels, names)
+        Sample(as_channels_first(i), label_array(l, n), instances, n) for i, l, n in zip(images, labels, names)
     ]
 
 
@@ -230,11 +230,49 @@ def load_sample_data(folder: PathLike = SAMPLE_DATA_DIR) -> Sample:
     )
 
 
+def label_array(labels: Any, name: str) -> np.ndarray:
+    """``labels`` as int32 ids, or a ``ValueError`` naming them: fractions
+    (a mask saved as float), negative ids and ids beyond int32 were
+    truncated or wrapped into other objects (or background) without a word.
+
+    >>> label_array(np.array([[0, 2.0]]), "a").tolist()
+    [[0, 2]]
+    >>> label_array(np.array([[0, 0.5]]), "a")
+    Traceback (most recent call last):
+    ...
+    ValueError: labels a: holds values that are not whole numbers (ids must be integers)
+    """
+    array = np.asarray(labels)
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"labels {name}: dtype {array.dtype} is not a label image")
+    if array.dtype.kind == "f" and not (np.isfinite(array).all() and (array == np.round(array)).all()):
+        raise ValueError(f"labels {name}: holds values that are not whole numbers (ids must be integers)")
+    if array.size and (array.min() < 0 or array.max() > np.iinfo(np.int32).max):
+        raise ValueError(f"labels {name}: ids must be 0 (background) .. {np.iinfo(np.int32).max}, "
+                         f"got {array.min()} .. {array.max()}")
+    return array.astype(np.int32)
+
+
 def split_rows(samples: Sequence[Sample], ranges: Dict[str, Sequence[int]]) -> Dict[str, List[Sample]]:
     """Splits every sample by row ranges, ``{"train": [0, 320], "val": [320,
     384], "test": [384, 512]}`` (half-open; missing parts are omitted).
-    Overlapping ranges are an error: held-out rows must never be trained on."""
-    spans = sorted((int(r[0]), int(r[1]), k) for k, r in ranges.items() if r is not None)
+    Overlapping ranges are an error: held-out rows must never be trained on.
+    So are ranges that are empty, negative (Python would count them from the
+    end, and ``[-200, -1]`` overlapped training rows unseen) or beyond a
+    sample's rows."""
+    spans = []
+    for k, r in ranges.items():
+        if r is None:
+            continue
+        if isinstance(r, (str, bytes)) or len(r) != 2 or not all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in r):
+            raise ValueError(f"data.split.{k} must be [first, end) rows, two integers, got {r!r}")
+        r0, r1 = int(r[0]), int(r[1])
+        rows = min((s.image.shape[1] for s in samples), default=0)
+        if not 0 <= r0 < r1 <= rows:
+            raise ValueError(f"data.split.{k} [{r0}, {r1}) is not a range of rows within 0..{rows}")
+        spans.append((r0, r1, k))
+    spans.sort()
     for (a0, a1, ka), (b0, b1, kb) in zip(spans, spans[1:]):
         if b0 < a1:
             raise ValueError(f"row ranges {ka} [{a0}, {a1}) and {kb} [{b0}, {b1}) overlap")

@@ -389,6 +389,15 @@ def training_provenance(checkpoint: Any) -> Dict[str, Any]:
     return out
 
 
+def _refuse_same_file(source: os.PathLike | str, output: os.PathLike | str) -> None:
+    """Refuses to write the export over what it reads (a run folder means its
+    ``last.pt``): ``-o`` the checkpoint itself replaced it, and the run could
+    no longer be resumed or exported again."""
+    read = Path(source) / "last.pt" if Path(source).is_dir() else Path(source)
+    if Path(output).resolve() == read.resolve():
+        raise ValueError(f"the output {output} is the file being exported; write the model to another path")
+
+
 def export_checkpoint(
     checkpoint: os.PathLike | str,
     output: os.PathLike | str,
@@ -400,6 +409,7 @@ def export_checkpoint(
     model with metadata (see the module docstring); returns the path."""
     from .checkpoint import model_from_checkpoint
 
+    _refuse_same_file(checkpoint, output)
     model, ck = model_from_checkpoint(checkpoint)
     calibration = ck.state.get("calibration")
     if calibration:
@@ -437,6 +447,7 @@ def export_module_file(
     (:func:`probe_metadata`), with ``overrides`` on top (a halo, a size
     rule, class names, normalization ...), verified against the network
     before writing (:func:`verify_metadata`)."""
+    _refuse_same_file(source, output)
     module = torch.jit.load(str(source), map_location="cpu").eval()
     meta = {**probe_metadata(module), "name": Path(source).stem, **(overrides or {})}
     return export_torchscript(module, output, meta)

@@ -176,10 +176,60 @@ def _path(p: Optional[str]) -> Optional[Path]:
     return q if q.is_absolute() or q.exists() else REPO_ROOT / q
 
 
+#: Keys a run writes into its own config (resumed configs hold them).
+_DERIVED = {"train": {"steps_per_epoch"}, "export": {"instances", "object_size"}}
+
+
+def _check_known_keys(c: Dict[str, Any]) -> None:
+    """Refuses keys :data:`DEFAULT_CONFIG` does not have, at the top and in
+    the sections every option of which it lists: a misspelt ``--set
+    trian.steps=5`` was stored and ignored."""
+    unknown = sorted(set(c) - set(DEFAULT_CONFIG))
+    if unknown:
+        raise ValueError(f"unknown setting {unknown[0]!r}; the sections are {', '.join(sorted(DEFAULT_CONFIG))}")
+    for section in ("loss", "augment", "train", "export"):
+        values = c.get(section)
+        if not isinstance(values, dict):
+            raise ValueError(f"{section} must be a section of settings, got {values!r}")
+        extra = sorted(set(values) - set(DEFAULT_CONFIG[section]) - _DERIVED.get(section, set()))
+        if extra:
+            raise ValueError(f"unknown setting {section}.{extra[0]}; {section} has {', '.join(sorted(DEFAULT_CONFIG[section]))}")
+
+
+def _check_numbers(c: Dict[str, Any]) -> None:
+    """Refuses counts and rates a run cannot use (they ran: 0 or -3 steps
+    "succeeded", a negative ``w0`` rewarded errors), naming the setting."""
+
+    def number(section: str, key: str, low: float, integer: bool = False, strict: bool = False,
+               optional: bool = False) -> None:
+        value = c[section].get(key)
+        if value is None and optional:
+            return
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (value > low if strict else value >= low) and (not integer or float(value).is_integer())
+        if not ok:
+            kind = "an integer" if integer else "a number"
+            raise ValueError(f"{section}.{key} must be {kind} {'>' if strict else '>='} {low:g}, got {value!r}")
+
+    epochs = c["train"].get("epochs")
+    number("train", "epochs", 1, integer=True, optional=True)
+    number("train", "steps", 1, integer=True, optional=epochs is not None)
+    number("train", "batch_size", 1, integer=True)
+    number("train", "lr", 0, strict=True)
+    number("train", "min_lr", 0)
+    number("train", "warmup", 0, integer=True)
+    number("train", "val_every", 0, integer=True, optional=True)  # 0: at the end only
+    number("loss", "w0", 0)
+    number("loss", "sigma", 0, strict=True)
+    number("loss", "boundary", 0, integer=True, optional=True)
+
+
 def resolve_config(config: Dict[str, Any]) -> Dict[str, Any]:
     """Fills derived values: the crop size (checked against the size rule),
     the run folder, the sample's provenance. Returns a new dict."""
     c = copy.deepcopy(config)
+    _check_known_keys(c)
+    _check_numbers(c)
     geo = model_geometry(c["model"])
     padding = c["model"].get("padding", "valid")
     crop = c["train"].get("crop")
@@ -410,9 +460,10 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
     if tc.get("threads"):
         torch.set_num_threads(int(tc["threads"]))
     out = Path(config["out"])
-    if ck is None and (out / "last.pt").exists():
+    resumed = None if resume is None else (Path(resume) / "last.pt" if Path(resume).is_dir() else Path(resume))
+    if (out / "last.pt").exists() and (resumed is None or (out / "last.pt").resolve() != resumed.resolve()):
+        # Resuming another run into this folder would replace this one.
         raise SystemExit(f"{out} already holds a run: pass --resume {out / 'last.pt'} or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
 
     splits = load_splits(config["data"])
     norm = config["data"]["normalization"]
@@ -461,6 +512,9 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
         raise ValueError(f"train.optimizer must be 'adam' or 'sgd', got {tc['optimizer']!r}")
 
     start, history, elapsed = 0, {"step": [], "loss": [], "lr": [], "val": []}, 0.0
+    if ck is not None and steps < int(ck.state["step"]):
+        raise SystemExit(f"the run is already at step {int(ck.state['step'])}: ask for more train.steps "
+                         f"(--steps) than that to continue it, not {steps}")
     if ck is not None:
         model.load_state_dict(ck.model)
         if ck.optimizer is not None:
@@ -471,7 +525,6 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
         elapsed = float(ck.state.get("train_seconds", 0.0))
     average = WeightAverage(model, tc["ema"], ck.ema if ck is not None else None) if tc.get("ema") else None
     evaluated = average.model if average is not None else model
-    _write_json(out / "config.json", config)
 
     bf16 = bool(tc.get("bf16"))
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
@@ -480,6 +533,10 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
         num_workers=int(tc.get("workers") or 0), drop_last=True,
         persistent_workers=bool(tc.get("workers")),
     )
+    # Only now, with everything built: a run that cannot start leaves no
+    # folder, and a failed --resume leaves its run's config as it was.
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", config)
     state: Dict[str, Any] = {"step": start, "history": history}
     val_every = int(tc.get("val_every") or steps)
 
@@ -721,7 +778,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(str(e))
     command = "python -m training.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     t0 = time.perf_counter()
-    result = train(config, resume=args.resume, command=command)
+    try:
+        result = train(config, resume=args.resume, command=command)
+    except ValueError as e:
+        # Data and settings that do not fit (split rows, shapes, channels):
+        # said in one line, as the settings refused above.
+        parser.error(str(e))
+    except OSError as e:
+        print(f"training.train: error: {e}", file=sys.stderr)
+        return 1
     print(f"run {result['run']}: {result['step']} steps, {result['train_seconds']:.0f} s training, "
           f"{time.perf_counter() - t0:.0f} s in all")
     return 0

@@ -349,7 +349,11 @@ def _rdf(model: Any, name: str, description: str, authors: Any, license: str, ta
 def _package_name(name: str) -> str:
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+- ()")
     cleaned = "".join(c if c in allowed else " " for c in name).strip()
-    return (cleaned or "unet_rt model")[:128]
+    if len(cleaned) < 5:
+        # The spec wants 5 characters at least: a training run's default
+        # name, "unet", failed validation.
+        cleaned = f"{cleaned} model".strip() if cleaned else "unet_rt model"
+    return cleaned[:128]
 
 
 def _channel_names(model: Any) -> List[str]:
@@ -714,9 +718,32 @@ def check(path: PathLike, device: str = "cpu") -> Dict[str, float]:
     image = np.asarray(package.test_input, dtype=np.float32)
     got = _postprocess(model.forward(_normalize_like_bioimageio(image, meta["normalization"])), meta["output"])
     want = np.asarray(package.test_output, dtype=np.float32)
+    if not np.isfinite(want).all():
+        # Every comparison with NaN is false: such a package "passed".
+        raise PackageError(f"{path}: the package's test output holds NaN or infinite values")
     if got.shape != want.shape:
         raise PackageError(f"{path}: the test output has shape {want.shape}, unet_rt computes {got.shape}")
     return {"max_abs_difference": float(np.max(np.abs(got - want))), "label_agreement": _agreement(got, want)}
+
+
+def package_output_scale(path: Any) -> float:
+    """The largest magnitude of a package's test output (at least 1)."""
+    return max(1.0, float(np.max(np.abs(np.asarray(read_package(path).test_output, dtype=np.float32)))))
+
+
+def reproduces(result: Dict[str, float], scale: float = 1.0) -> bool:
+    """Whether :func:`check`'s ``result`` reproduces the package: outputs
+    within 1e-3, or labels that all agree with outputs within 5% of the
+    output's ``scale`` (a package whose probabilities were halved kept every
+    label and passed).
+
+    >>> reproduces({"max_abs_difference": 0.486, "label_agreement": 1.0})
+    False
+    >>> reproduces({"max_abs_difference": 0.004, "label_agreement": 1.0})
+    True
+    """
+    difference, agreement = result["max_abs_difference"], result["label_agreement"]
+    return difference <= 1e-3 or (agreement == 1.0 and difference <= 0.05 * scale)
 
 
 def _agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -764,7 +791,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             result = check(args.package)
             print(f"{args.package}: max |difference| {result['max_abs_difference']:.3g}, "
                   f"label agreement {result['label_agreement']:.6f}")
-            if result["label_agreement"] < 1.0 and result["max_abs_difference"] > 1e-3:
+            if not reproduces(result, package_output_scale(args.package)):
                 return 1
     except (InvalidArgumentError, ModelNotFoundError, ModelError, MetadataError) as e:
         # What the command line must change (as unet-rt segment's usage errors).

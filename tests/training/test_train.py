@@ -195,3 +195,77 @@ def test_cli_refuses_a_bad_setting_as_a_usage_error(tmp_path, capsys):
     assert stop.value.code == 2
     assert "train.ema must be a decay" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+# --- from a hostile review of the training command line -----------------------
+
+
+TINY = ["--sample", "--steps", "2", "--depth", "2", "--base", "2", "--batch-size", "1", "--no-progress",
+        "--threads", "1"]
+
+
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("trian.steps=5", "unknown setting 'trian'"),  # both were stored and ignored
+        ("train.stepz=5", "unknown setting train.stepz"),
+        ("train.steps=-3", "train.steps must be an integer >= 1"),  # ran "-3 steps"
+        ("train.steps=2.7", "train.steps must be an integer"),
+        ("train.batch_size=0", "train.batch_size must be an integer >= 1"),
+        ("train.lr=NaN", "train.lr must be a number > 0"),
+        ("loss.w0=-1000", "loss.w0 must be a number >= 0"),  # a negative loss rewarded errors
+        ("loss.boundary=-3", "loss.boundary must be an integer >= 0"),
+        ("data.split.test=[-200,-1]", r"data.split.test \[-200, -1\) is not a range of rows"),  # overlapped training
+        ("data.split.val=[380,330]", "data.split.val"),
+    ],
+)
+def test_settings_a_run_cannot_use_are_usage_errors_that_leave_nothing(tmp_path, capsys, setting, message):
+    import re
+
+    with pytest.raises(SystemExit) as stop:
+        main([*TINY, "--out", str(tmp_path / "x"), "--set", setting])
+    assert stop.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "x").exists()
+
+
+def test_resume_never_replaces_another_run_nor_rewrites_its_own_config(tmp_path, capsys):
+    first, second = tmp_path / "a", tmp_path / "b"
+    main([*TINY, "--out", str(first)])
+    main([*TINY, "--out", str(second), "--crop", "50"])
+    before = {p: (second / p).read_bytes() for p in ("last.pt", "config.json")}
+    # Resuming `a` into `b` replaced b's run without a word.
+    with pytest.raises(SystemExit, match="already holds a run"):
+        main(["--resume", str(first / "last.pt"), "--steps", "4", "--out", str(second), "--no-progress"])
+    assert {p: (second / p).read_bytes() for p in before} == before
+    # A failed resume rewrote the run's config.json (batch_size 0 in it).
+    config = (first / "config.json").read_bytes()
+    with pytest.raises(SystemExit):
+        main(["--resume", str(first / "last.pt"), "--steps", "4", "--set", "train.batch_size=0", "--no-progress"])
+    assert (first / "config.json").read_bytes() == config
+    # Fewer steps than done gave a checkpoint whose step contradicted its history.
+    with pytest.raises(SystemExit, match="already at step 2"):
+        main(["--resume", str(first / "last.pt"), "--steps", "1", "--no-progress"])
+
+
+def test_export_refuses_to_write_over_the_checkpoint(tmp_path, capsys):
+    from training.export import main as export_main
+
+    main([*TINY, "--out", str(tmp_path / "r")])
+    checkpoint = tmp_path / "r" / "last.pt"
+    before = checkpoint.read_bytes()
+    assert export_main([str(checkpoint), "-o", str(checkpoint)]) == 1
+    assert "is the file being exported" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == before
+
+
+@pytest.mark.parametrize("labels,message", [
+    (np.full((64, 64), 0.5, np.float32), "not whole numbers"),  # truncated to 0
+    (np.full((64, 64), -1, np.int16), "ids must be 0"),  # all background
+    (np.full((64, 64), 4_000_000_000, np.uint32), "ids must be 0"),  # wrapped negative
+])
+def test_label_images_that_are_not_ids_are_refused(labels, message):
+    from training.data import load_arrays
+
+    with pytest.raises(ValueError, match=message):
+        load_arrays([np.zeros((64, 64), np.float32)], [labels])
