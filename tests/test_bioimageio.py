@@ -320,3 +320,12 @@ def test_short_names_are_padded_to_what_the_spec_takes():
     assert _package_name("unet") == "unet model"
     assert _package_name("") == "unet_rt model"
     assert _package_name("nuclei") == "nuclei"
+
+
+def test_authors_and_tags_given_as_one_string_are_type_errors(tmp_path):
+    from unet_rt.bioimageio import export
+
+    for argument in ("authors", "tags"):
+        with pytest.raises(TypeError, match=f"{argument} must be a list, got str"):
+            export(None, tmp_path / "x.zip", **{argument: "Jane Doe"})
+    assert not (tmp_path / "x.zip").exists()

@@ -258,7 +258,12 @@ def resolve_config(config: Dict[str, Any]) -> Dict[str, Any]:
     if c["train"].get("calibrate") and not (c["data"].get("split") or {}).get("val"):
         raise ValueError("train.calibrate chooses its offset on the validation split: set data.split.val")
     if c.get("out") is None:
-        c["out"] = f"runs/{c['name']}"
+        name = str(c["name"])
+        if not name or name in (".", "..") or "/" in name or "\\" in name:
+            # It names the run folder under runs/: "../../x" wrote outside it.
+            raise ValueError(f"name must be a plain folder name (it names runs/<name>), got {name!r}; "
+                             f"use --out for another place")
+        c["out"] = f"runs/{name}"
     if c["data"].get("sample") and not c["data"].get("provenance"):
         c["data"]["provenance"] = SAMPLE_PROVENANCE
     return c

@@ -135,6 +135,10 @@ def export(
     """
     from .model import Model
 
+    for argument, value in (("authors", authors), ("tags", tags)):
+        # A string is a sequence too: "Jane Doe" made eight authors.
+        if isinstance(value, (str, bytes)) or (value is not None and not isinstance(value, Sequence)):
+            raise TypeError(f"{argument} must be a list, got {type(value).__name__} (e.g. [{value!r}])")
     spec = _spec()
     if not isinstance(model, Model):
         model = Model(model, device="cpu", precision="fp32")

@@ -269,3 +269,10 @@ def test_label_images_that_are_not_ids_are_refused(labels, message):
 
     with pytest.raises(ValueError, match=message):
         load_arrays([np.zeros((64, 64), np.float32)], [labels])
+
+
+def test_a_name_that_is_a_path_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main([*TINY, "--set", 'name="../../escape"'])
+    assert stop.value.code == 2 and "name must be a plain folder name" in capsys.readouterr().err
