@@ -252,7 +252,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--scales must be comma-separated numbers, got {args.scales!r}")
     if any(not (0.05 <= s <= 8.0) for s in scales):
         parser.error("--scales must lie between 0.05 and 8")
-    model = unet_rt.Model(str(path), device="cpu", precision="fp32")
+    # Checked before minutes of evaluation, whose scores a bad path lost.
+    if args.json is not None and (args.json.is_dir() or not args.json.resolve().parent.is_dir()):
+        parser.error(f"--json {args.json}: not a file in an existing folder")
+    try:
+        model = unet_rt.Model(str(path), device="cpu", precision="fp32")
+    except unet_rt.UnetRtError as e:
+        parser.error(f"--model: {e}")
+    if args.write and model.metadata is None:
+        parser.error(f"--write records the scores in the model's metadata, and {path} has none")
+    if model.metadata is None:
+        print(f"warning: {path} has no unet_rt metadata: its images are not normalized the way it was trained",
+              file=sys.stderr)
     image = tifffile.imread(SAMPLE_DATA_DIR / "image.tif")
     labels = tifffile.imread(SAMPLE_DATA_DIR / "labels.tif")
     evaluation = evaluate_model(model, image, labels, scales=scales)

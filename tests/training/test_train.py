@@ -276,3 +276,17 @@ def test_a_name_that_is_a_path_is_a_usage_error(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as stop:
         main([*TINY, "--set", 'name="../../escape"'])
     assert stop.value.code == 2 and "name must be a plain folder name" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_bad_paths_before_it_evaluates(tmp_path, capsys):
+    from training.evaluate import main as evaluate_main
+
+    # --json into a folder failed after minutes of evaluation (scores lost);
+    # a missing model was a traceback.
+    for args, message in ((["--json", str(tmp_path)], "--json"),
+                          (["--json", str(tmp_path / "none" / "x.json")], "--json"),
+                          (["--model", str(tmp_path / "missing.pt")], "--model: model file not found")):
+        with pytest.raises(SystemExit) as stop:
+            evaluate_main([*args, "--scales", "1"])
+        assert stop.value.code == 2
+        assert message in capsys.readouterr().err
