@@ -40,6 +40,7 @@ import datetime
 import json
 import math
 import os
+import pickle
 import platform
 import shlex
 import sys
@@ -741,9 +742,20 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     """DEFAULT_CONFIG <- checkpoint config (when resuming) <- --config <- flags <- --set."""
     config = copy.deepcopy(DEFAULT_CONFIG)
     if args.resume is not None:
-        config = merge_config(config, load_checkpoint(args.resume).config)
+        try:
+            checkpoint = load_checkpoint(args.resume)
+        except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"--resume {args.resume}: not a training checkpoint ({first})") from e
+        config = merge_config(config, checkpoint.config)
     if args.config is not None:
-        config = merge_config(config, json.loads(Path(args.config).read_text()))
+        try:
+            given = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--config {args.config}: {e}") from e
+        if not isinstance(given, dict):
+            raise ValueError(f"--config {args.config}: holds a {type(given).__name__}, not a JSON object of sections")
+        config = merge_config(config, given)
     flags = {
         "out": args.out, "name": args.name, "seed": args.seed,
         "data.image": args.image, "data.labels": args.labels,
@@ -776,7 +788,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``python -m training.train``."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
     try:
         resolve_config(config)  # a bad setting is a usage error, said before anything loads
     except ValueError as e:

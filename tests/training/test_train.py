@@ -290,3 +290,19 @@ def test_evaluate_refuses_bad_paths_before_it_evaluates(tmp_path, capsys):
             evaluate_main([*args, "--scales", "1"])
         assert stop.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_unreadable_config_and_checkpoint_files_are_usage_errors(tmp_path, capsys):
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    for args, message in ((["--config", str(tmp_path / "none.json")], "--config"),
+                          (["--config", str(tmp_path / "bad.json")], "--config"),
+                          (["--config", str(tmp_path / "list.json")], "not a JSON object"),
+                          (["--resume", str(tmp_path / "garbage.pt")], "not a training checkpoint"),
+                          (["--resume", str(tmp_path / "none.pt")], "not a training checkpoint")):
+        with pytest.raises(SystemExit) as stop:
+            main([*TINY, "--out", str(tmp_path / "x"), *args])
+        assert stop.value.code == 2, args
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
