@@ -258,8 +258,9 @@ def split_rows(samples: Sequence[Sample], ranges: Dict[str, Sequence[int]]) -> D
     384], "test": [384, 512]}`` (half-open; missing parts are omitted).
     Overlapping ranges are an error: held-out rows must never be trained on.
     So are ranges that are empty, negative (Python would count them from the
-    end, and ``[-200, -1]`` overlapped training rows unseen) or beyond a
-    sample's rows."""
+    end, and ``[-200, -1]`` overlapped training rows unseen) or that start
+    past a sample's last row (an empty region); an end past it is cut to
+    the sample (the default ``[0, 384]`` takes all of a smaller image)."""
     spans = []
     for k, r in ranges.items():
         if r is None:
@@ -269,8 +270,8 @@ def split_rows(samples: Sequence[Sample], ranges: Dict[str, Sequence[int]]) -> D
             raise ValueError(f"data.split.{k} must be [first, end) rows, two integers, got {r!r}")
         r0, r1 = int(r[0]), int(r[1])
         rows = min((s.image.shape[1] for s in samples), default=0)
-        if not 0 <= r0 < r1 <= rows:
-            raise ValueError(f"data.split.{k} [{r0}, {r1}) is not a range of rows within 0..{rows}")
+        if not 0 <= r0 < min(r1, rows):
+            raise ValueError(f"data.split.{k} [{r0}, {r1}) is not a range of rows starting within 0..{rows - 1}")
         spans.append((r0, r1, k))
     spans.sort()
     for (a0, a1, ka), (b0, b1, kb) in zip(spans, spans[1:]):

@@ -474,11 +474,14 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
     splits = load_splits(config["data"])
     norm = config["data"]["normalization"]
     train_samples = [s.normalized(norm) for s in splits["train"]]
-    if train_samples[0].image.shape[0] != config["model"].get("in_channels", 1):
-        raise ValueError(
-            f"images have {train_samples[0].image.shape[0]} channels but model.in_channels is "
-            f"{config['model'].get('in_channels', 1)}"
-        )
+    # Every image, of every part: only the first was checked, and an RGB
+    # image among gray ones crashed the run at its first batch.
+    channels = config["model"].get("in_channels", 1)
+    for sample in [s for part in splits.values() for s in part]:
+        if sample.image.shape[0] != channels:
+            raise ValueError(
+                f"image {sample.name} has {sample.image.shape[0]} channels but model.in_channels is {channels}"
+            )
     model = build_model(config["model"])
     channels_last = bool(tc.get("channels_last"))
     if channels_last:

@@ -306,3 +306,32 @@ def test_unreadable_config_and_checkpoint_files_are_usage_errors(tmp_path, capsy
         assert stop.value.code == 2, args
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_an_image_with_other_channels_than_the_rest_is_a_usage_error(tmp_path, capsys):
+    import tifffile
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    rng = np.random.default_rng(0)
+    labels = np.zeros((160, 160), np.uint16)
+    labels[40:80, 40:80] = 1
+    tifffile.imwrite(tmp_path / "img" / "a.tif", (rng.random((160, 160)) * 255).astype(np.uint8))
+    tifffile.imwrite(tmp_path / "img" / "b.tif", (rng.random((160, 160, 3)) * 255).astype(np.uint8))
+    for name in ("a", "b"):
+        tifffile.imwrite(tmp_path / "lab" / f"{name}.tif", labels)
+    # Only the first image was checked: the run crashed at its first batch.
+    with pytest.raises(SystemExit) as stop:
+        main(["--image-dir", str(tmp_path / "img"), "--label-dir", str(tmp_path / "lab"), "--steps", "2",
+              "--depth", "2", "--base", "2", "--batch-size", "2", "--no-progress", "--threads", "1",
+              "--out", str(tmp_path / "x")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "image b.tif" in err and "has 3 channels but model.in_channels is 1" in err
+    assert not (tmp_path / "x").exists()
+    # Images smaller than the default split's 384 rows train as before.
+    tifffile.imwrite(tmp_path / "img" / "b.tif", (rng.random((160, 160)) * 255).astype(np.uint8))
+    main(["--image-dir", str(tmp_path / "img"), "--label-dir", str(tmp_path / "lab"), "--steps", "2",
+          "--depth", "2", "--base", "2", "--batch-size", "2", "--no-progress", "--threads", "1",
+          "--out", str(tmp_path / "x")])
+    assert (tmp_path / "x" / "last.pt").is_file()
