@@ -94,10 +94,7 @@ fn replace_folder(tmp: &Path, path: &Path) -> Result<(), String> {
     }
     // Only a store is a previous result: any other folder of that name is
     // the user's, and it would be deleted.
-    if !["zarr.json", ".zgroup", ".zarray"]
-        .iter()
-        .any(|m| path.join(m).is_file())
-    {
+    if !is_zarr_store(path) {
         return Err(format!(
             "{} is a folder that is not a zarr store: it is not replaced; move it away",
             path.display()
@@ -111,6 +108,14 @@ fn replace_folder(tmp: &Path, path: &Path) -> Result<(), String> {
     std::fs::rename(path, &old).map_err(|e| format!("cannot replace {}: {e}", path.display()))?;
     std::fs::rename(tmp, path).map_err(|e| e.to_string())?;
     std::fs::remove_dir_all(&old).map_err(|e| e.to_string())
+}
+
+/// Whether `path` is a zarr store (v3 or v2 metadata at its top): a
+/// previous `.zarr` result, as opposed to a folder of the user's.
+pub(crate) fn is_zarr_store(path: &Path) -> bool {
+    ["zarr.json", ".zgroup", ".zarray"]
+        .iter()
+        .any(|m| path.join(m).is_file())
 }
 
 /// Removes a temporary file or folder.

@@ -300,7 +300,7 @@ fn process(
     // A finished result: a file, or for zarr a store (a folder of that
     // name that is neither is no result).
     let finished = match ctx.args.format {
-        Format::Zarr => output.join("zarr.json").is_file() || output.join(".zgroup").is_file(),
+        Format::Zarr => atomic::is_zarr_store(&output),
         _ => output.is_file(),
     };
     if ctx.args.skip_existing && finished {

@@ -149,7 +149,7 @@ def segment(
         depth=depth,
         padded=padded,
         memory_budget=memory_budget,
-        tta=check_tta(tta),
+        tta=tta,
     )
     kwargs: dict = {"spec": resolved.spec, "plan": plan}
     if ranges is not None:

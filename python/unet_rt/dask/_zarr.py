@@ -302,7 +302,7 @@ def segment_to_zarr(
         "source_shape": [int(s) for s in src.shape],
         "tile": list(tiling.tile),
         "batch_size": tiling.batch_size,
-        "tta": check_tta(tta),
+        "tta": tta,
         "read_out": json.loads(read_out) if output == "instances" else None,
         "normalize": normalize if isinstance(normalize, str) else given_ranges(normalize, shape[0]).tolist(),
         "ome": ngff,
