@@ -91,7 +91,8 @@ def as_channels_first(image: np.ndarray) -> np.ndarray:
         a = np.moveaxis(a, -1, 0)
     elif a.ndim != 3:
         raise ValueError(f"expected a 2D image with optional channels, got shape {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused by Sample
+        return np.ascontiguousarray(a, dtype=np.float32)
 
 
 _F32_MAX = float(np.finfo(np.float32).max)
@@ -157,10 +158,15 @@ class Sample:
     name: str = ""
 
     def __post_init__(self) -> None:
+        name = self.name or "sample"
         if self.image.shape[-2:] != self.labels.shape:
-            raise ValueError(
-                f"{self.name or 'sample'}: image {self.image.shape[-2:]} and labels {self.labels.shape} differ in size"
-            )
+            raise ValueError(f"{name}: image {self.image.shape[-2:]} and labels {self.labels.shape} differ in size")
+        if self.image.size == 0:
+            raise ValueError(f"{name}: the image is empty (shape {self.image.shape})")
+        # A NaN pixel made the first loss NaN, reported as a learning rate to lower.
+        bad = int(self.image.size - np.count_nonzero(np.isfinite(self.image)))
+        if bad:
+            raise ValueError(f"{name}: the image holds {bad} pixel value(s) that are NaN or infinite (as float32)")
 
     def region(self, rows: Optional[Sequence[int]] = None, cols: Optional[Sequence[int]] = None) -> "Sample":
         """The rows ``[r0, r1)`` and columns ``[c0, c1)`` of this sample (views)."""
@@ -184,7 +190,15 @@ def find_pairs(image_dir: PathLike, label_dir: PathLike) -> List[Tuple[Path, Pat
     def files(d: Path) -> Dict[str, Path]:
         if not d.is_dir():
             raise FileNotFoundError(f"{d} is not a folder")
-        return {p.stem: p for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+        found: Dict[str, Path] = {}
+        for p in sorted(d.iterdir()):
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if p.stem in found:
+                # One of the two was dropped without a word.
+                raise ValueError(f"{d}: {found[p.stem].name} and {p.name} share the name {p.stem!r}; keep one")
+            found[p.stem] = p
+        return found
 
     images, labels = files(image_dir), files(label_dir)
     missing = sorted(set(images) - set(labels))
@@ -372,6 +386,9 @@ class CropDataset(Dataset):
             else s.labels.astype(np.uint8) for s in self.samples
         ]
         top = max(int(t.max()) for t in self.targets)
+        if top == 0:
+            # Nothing to learn but background: the run went ahead, and its model found nothing.
+            raise ValueError("the training labels hold no objects (every pixel is background, 0)")
         if top >= classes:
             raise ValueError(f"labels contain class {top} but the network has {classes} classes")
         self.class_weight = class_weights(self.targets, classes) if balance else np.ones(classes)

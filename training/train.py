@@ -751,6 +751,7 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"--resume {args.resume}: not a training checkpoint ({first})") from e
         config = merge_config(config, checkpoint.config)
+    resumed_model = copy.deepcopy(config["model"]) if args.resume is not None else None
     if args.config is not None:
         try:
             given = json.loads(Path(args.config).read_text())
@@ -784,6 +785,15 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
             _set_path(config, f"{key}={json.dumps(value)}")
     for assignment in args.set:
         _set_path(config, assignment)
+    if resumed_model is not None:
+        # The checkpoint's weights fit its own network only: a change here
+        # was a page of state_dict size mismatches.
+        changed = sorted(k for k in set(config["model"]) | set(resumed_model)
+                         if config["model"].get(k) != resumed_model.get(k))
+        if changed:
+            was = ", ".join(f"model.{k}={json.dumps(resumed_model.get(k))}" for k in changed)
+            raise ValueError(f"--resume {args.resume} continues its own network ({was}); "
+                             f"model settings cannot change on resume")
     return config
 
 

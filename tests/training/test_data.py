@@ -137,3 +137,32 @@ def test_boundary_targets_are_derived_from_each_augmented_patch():
         assert not (grown & (target == 0))[1:-1, 1:-1].any()
     with pytest.raises(ValueError, match="class 2"):
         CropDataset([s], crop=92, margin=44, length=1, classes=2, boundary=1)
+
+
+@pytest.mark.parametrize("image,message", [
+    (np.zeros((0, 12), np.float32), "the image is empty"),
+    (np.where(np.eye(12) > 0, np.nan, 1.0), "12 pixel value"),  # the first loss was NaN: "lower train.lr"
+    (np.full((12, 12), 1e300), "NaN or infinite"),  # infinite once float32
+])
+def test_empty_and_non_finite_images_are_refused_at_load(image, message):
+    with pytest.raises(ValueError, match=message):
+        load_arrays([image], [np.zeros(image.shape, np.int32)], names=["bad.tif"])
+
+
+def test_two_images_of_one_name_are_refused(tmp_path):
+    imgs, labs = tmp_path / "images", tmp_path / "labels"
+    imgs.mkdir()
+    labs.mkdir()
+    a = np.zeros((8, 8), np.uint8)
+    tifffile.imwrite(imgs / "a.tif", a)
+    Image.fromarray(a).save(imgs / "a.png")
+    tifffile.imwrite(labs / "a.tif", a)
+    # One of the two was dropped without a word.
+    with pytest.raises(ValueError, match="a.png and a.tif share the name 'a'"):
+        find_pairs(imgs, labs)
+
+
+def test_labels_without_objects_are_refused():
+    samples = load_arrays([np.ones((40, 40), np.float32)], [np.zeros((40, 40), np.int32)])
+    with pytest.raises(ValueError, match="hold no objects"):
+        CropDataset(samples, 20, 2, 4)

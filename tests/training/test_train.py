@@ -246,6 +246,11 @@ def test_resume_never_replaces_another_run_nor_rewrites_its_own_config(tmp_path,
     # Fewer steps than done gave a checkpoint whose step contradicted its history.
     with pytest.raises(SystemExit, match="already at step 2"):
         main(["--resume", str(first / "last.pt"), "--steps", "1", "--no-progress"])
+    # Another network than the checkpoint's was a page of state_dict size mismatches.
+    with pytest.raises(SystemExit) as stop:
+        main(["--resume", str(first / "last.pt"), "--steps", "4", "--set", "model.base=3", "--no-progress"])
+    assert stop.value.code == 2
+    assert "model.base=2); model settings cannot change on resume" in capsys.readouterr().err
 
 
 def test_export_refuses_to_write_over_the_checkpoint(tmp_path, capsys):
