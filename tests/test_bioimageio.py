@@ -329,3 +329,18 @@ def test_authors_and_tags_given_as_one_string_are_type_errors(tmp_path):
         with pytest.raises(TypeError, match=f"{argument} must be a list, got str"):
             export(None, tmp_path / "x.zip", **{argument: "Jane Doe"})
     assert not (tmp_path / "x.zip").exists()
+
+
+def test_an_unknown_licence_is_refused_in_one_line_before_any_work(tmp_path):
+    from unet_rt.bioimageio import export
+    from unet_rt.errors import InvalidArgumentError
+
+    # The validator's answer was a 122 KB table of every identifier.
+    with pytest.raises(InvalidArgumentError, match=r"'mit' is not an SPDX licence identifier; did you mean MIT"):
+        export(None, tmp_path / "x.zip", license="mit")
+    with pytest.raises(TypeError, match="license must be a str"):
+        export(None, tmp_path / "x.zip", license=None)
+    assert not (tmp_path / "x.zip").exists()
+    run = subprocess.run([sys.executable, "-m", "unet_rt.bioimageio", "export", "-o", str(tmp_path / "x.zip"),
+                          "--license", "NOPE"], capture_output=True, text=True)
+    assert run.returncode == 2 and len(run.stderr) < 300 and "invalid license" in run.stderr

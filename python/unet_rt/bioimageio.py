@@ -80,6 +80,28 @@ def _spec() -> Any:
     return spec
 
 
+def _check_license(license: Any) -> None:
+    """Refuses a licence bioimage.io would refuse, before any work: the
+    validator's answer was a table of all 667 identifiers (122 KB)."""
+    if not isinstance(license, str):
+        raise TypeError(f"license must be a str (an SPDX identifier such as 'MIT'), got {type(license).__name__}")
+    try:
+        import typing
+
+        from bioimageio.spec._internal.license_id import DeprecatedLicenseIdLiteral, LicenseIdLiteral
+    except ImportError:  # pragma: no cover - another bioimageio.spec layout: its validation still says no
+        return
+    known = typing.get_args(LicenseIdLiteral) + typing.get_args(DeprecatedLicenseIdLiteral)
+    if license in known:
+        return
+    import difflib
+
+    folded = {k.lower(): k for k in known}
+    close = [folded[k] for k in difflib.get_close_matches(license.lower(), list(folded), n=3, cutoff=0.6)]
+    hint = f"; did you mean {', '.join(close)}?" if close else " (e.g. MIT, Apache-2.0, BSD-3-Clause, CC-BY-4.0)"
+    raise InvalidArgumentError(f"invalid license: {license!r} is not an SPDX licence identifier{hint}")
+
+
 # --- export -------------------------------------------------------------------
 
 
@@ -140,6 +162,7 @@ def export(
         if isinstance(value, (str, bytes)) or (value is not None and not isinstance(value, Sequence)):
             raise TypeError(f"{argument} must be a list, got {type(value).__name__} (e.g. [{value!r}])")
     spec = _spec()
+    _check_license(license)
     if not isinstance(model, Model):
         model = Model(model, device="cpu", precision="fp32")
     target = Path(os.fspath(path))
