@@ -106,6 +106,25 @@ pub struct BlockObjects {
     pub faces: Vec<(ArrayD<bool>, ArrayD<bool>)>,
 }
 
+/// Why `text` is not a read-out, naming the field where one is at fault:
+/// serde's own message gave a line and column of a one-line text
+/// ("invalid value: integer `-3`, expected u32 at line 1 column 11").
+fn explain(text: &str, error: &serde_json::Error) -> String {
+    let fields = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text);
+    if let Ok(fields) = fields {
+        for (name, value) in fields {
+            let alone =
+                serde_json::Value::Object([(name.clone(), value.clone())].into_iter().collect());
+            if let Err(e) = serde_json::from_value::<ReadOut>(alone) {
+                let why = e.to_string();
+                let why = why.split(" at line ").next().unwrap_or_default();
+                return format!("instances.{name} = {value}: {why}");
+            }
+        }
+    }
+    format!("is not a read-out (a JSON object of seed_classes, grow_classes, grow, fill_holes, min_size): {error}")
+}
+
 /// What a class is to the read-out.
 const NONE: u8 = 0;
 const SEED: u8 = 1;
@@ -159,8 +178,7 @@ impl ReadOut {
             argument: "read_out",
             message,
         };
-        let read_out: Self =
-            serde_json::from_str(text).map_err(|e| invalid(format!("is not a read-out: {e}")))?;
+        let read_out: Self = serde_json::from_str(text).map_err(|e| invalid(explain(text, &e)))?;
         read_out.check(1 << 16).map_err(invalid)?;
         Ok(read_out)
     }

@@ -465,3 +465,24 @@ fn block_context_is_checked() {
         .unwrap_err();
     assert!(err.to_string().contains("context"), "{err}");
 }
+
+#[test]
+fn a_read_out_that_does_not_parse_names_its_field() {
+    let message = |text: &str| ReadOut::from_json(text).unwrap_err().to_string();
+    let m = message(r#"{"grow": 5, "min_size": -3}"#);
+    assert!(
+        m.contains("instances.min_size = -3: invalid value: integer `-3`"),
+        "{m}"
+    );
+    assert!(!m.contains("line 1"), "{m}");
+    let m = message(r#"{"seed_classes": [1], "fill_hole": true}"#);
+    assert!(
+        m.contains("instances.fill_hole = true: unknown field `fill_hole`"),
+        "{m}"
+    );
+    let m = message("[1, 2]");
+    assert!(m.contains("is not a read-out (a JSON object of"), "{m}");
+    let read_out =
+        ReadOut::from_json(r#"{"seed_classes": [1], "grow_classes": [2], "grow": 5}"#).unwrap();
+    assert_eq!(read_out.grow, 5);
+}
