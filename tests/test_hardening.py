@@ -696,6 +696,24 @@ def test_a_loaded_model_refuses_another_device_or_precision(model):
         unet_rt.segment(IMAGE, model, device="cuda:99")
     with pytest.raises(unet_rt.InvalidArgumentError, match="invalid precision: 'bf16', but the model was loaded"):
         unet_rt.segment(IMAGE, model, precision="bf16")
+    for device in ("gpu", "cuda:all", " CUDA:00"):  # the same device as the core reads it, never "cpu"
+        with pytest.raises(unet_rt.InvalidArgumentError, match=f"invalid device: '{device}', but the model"):
+            unet_rt.segment(IMAGE, model, device=device)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="unknown device"):
+        unet_rt.segment(IMAGE, model, device="tpu")
+
+
+def test_device_names_are_read_as_the_core_reads_them():
+    from unet_rt import _unet_rt
+
+    # The Python side had its own rule ("cuda" only): "GPU" or "cuda:00"
+    # were refused for a model on cuda:0.
+    for name in ("cuda", " GPU", "cuda:00", "CUDA:0"):
+        assert _unet_rt.canonical_devices(name) == ["cuda:0"]
+    assert _unet_rt.canonical_devices("Cpu") == ["cpu"]
+    assert _unet_rt.canonical_devices("AUTO") == ["auto"]
+    count = unet_rt.build_info()["cuda_device_count"]
+    assert _unet_rt.canonical_devices("cuda:all") == [f"cuda:{i}" for i in range(count)]
 
 
 def test_a_tile_beyond_the_image_is_cut_to_the_whole_image_tile(model):

@@ -733,10 +733,11 @@ def _check_loaded_as(model: Model, device: Optional[str], precision: Optional[st
         if not isinstance(asked, str):
             raise TypeError(f"{argument} must be a str, got {type(asked).__name__}")
         if argument == "device":
-            canonical = {"cuda": "cuda:0"}.get(asked.strip().lower(), asked.strip().lower())
+            devices = _unet_rt.canonical_devices(asked)
+            same = devices == ["auto"] or devices == model.devices
         else:
-            canonical = _unet_rt.canonical_precision(asked)
-        if canonical not in ("auto", own):
+            same = _unet_rt.canonical_precision(asked) in ("auto", own)
+        if not same:
             raise InvalidArgumentError(
                 f"invalid {argument}: {asked!r}, but the model was loaded with {argument} {own!r}; load it with "
                 f"unet_rt.Model(path, {argument}={asked!r}) or pass the model's path"

@@ -58,6 +58,28 @@ fn canonical_precision(text: &str) -> PyResult<String> {
         .map_err(errors::to_py_err)
 }
 
+/// The devices a device name stands for, as a loaded model's `devices`
+/// reads them (`["cuda:0"]` for `"cuda"`, `"GPU"` or `"cuda:00"`; every
+/// visible GPU for `"cuda:all"`), or `["auto"]` for `"auto"`: what a
+/// call's `device=` is compared with when it is given a loaded model.
+/// The device need not exist here.
+#[pyfunction]
+fn canonical_devices(text: &str) -> PyResult<Vec<String>> {
+    let trimmed = text.trim();
+    if trimmed.eq_ignore_ascii_case("auto") {
+        return Ok(vec!["auto".to_owned()]);
+    }
+    if trimmed.eq_ignore_ascii_case(unet_rt::ALL_GPUS) {
+        let count = unet_rt::build_info().cuda_device_count;
+        return Ok((0..count)
+            .map(|i| unet_rt::device_name(unet_rt::Device::Cuda(i)))
+            .collect());
+    }
+    unet_rt::parse_device_name(text)
+        .map(|device| vec![unet_rt::device_name(device)])
+        .map_err(errors::to_py_err)
+}
+
 #[pymodule]
 fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -73,6 +95,7 @@ fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TTA_MODES", unet_rt::Tta::NAMES.to_vec())?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_precision, m)?)?;
+    m.add_function(wrap_pyfunction!(canonical_devices, m)?)?;
     m.add_class::<model::Model>()?;
     m.add_function(wrap_pyfunction!(instances::connected_components, m)?)?;
     m.add_function(wrap_pyfunction!(instances::instance_block, m)?)?;
