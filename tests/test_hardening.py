@@ -249,6 +249,10 @@ def test_nan_weights_raise_non_finite_error_naming_the_tile(tmp_path):
         (dict(normalization={"kind": "zscore", "mean": 0, "std": -1}), "std > 0"),
         (dict(normalization={"kind": "percentile", "low": 99, "high": 1}), "low < high"),
         (dict(format="unet_rt/9"), "format"),
+        # Loaded, then planning said "sizes are 0 + k * 4 from 18446744073709551615 up".
+        (dict(fixed_size=7), "fixed_size is 7, which is not an input size of its own rule"),
+        # Read whole without a bound: a megabyte file that unpacks to gigabytes was held in memory.
+        (dict(description=" " * (17 << 20)), "beyond the 16777216 metadata may have"),
     ],
 )
 def test_absurd_metadata_is_refused_at_load(tiny_model_path, tmp_path, changes, message):

@@ -19,6 +19,10 @@ pub const METADATA_ENTRY: &str = "unet_rt.json";
 /// The format tag this version understands.
 pub const FORMAT: &str = "unet_rt/1";
 
+/// The largest metadata document read (the bundled model's is a few KB;
+/// the evaluation tables and training record are the bulk).
+pub const MAX_METADATA_BYTES: u64 = 16 << 20;
+
 /// Largest channel count accepted on either side of a network. Labels are
 /// written as `uint16`, so more classes than this could not be told apart.
 pub const MAX_CHANNELS: usize = 1 << 16;
@@ -309,6 +313,26 @@ impl Metadata {
                 )));
             }
         }
+        if meta.fixed_size > 0 {
+            // Off the rule, planning failed later with "sizes are 0 + k * 4
+            // from 18446744073709551615 up".
+            let shrink = match meta.padding {
+                Padding::Valid => 2 * meta.halo,
+                Padding::Same => 0,
+            };
+            let on_rule = crate::geometry::is_valid_size(
+                meta.fixed_size,
+                meta.size_offset,
+                meta.size_multiple,
+            );
+            if !on_rule || meta.fixed_size <= shrink || meta.fixed_size < meta.min_size {
+                return Err(invalid(format!(
+                    "fixed_size is {}, which is not an input size of its own rule ({} + k * {}, \
+                     above {shrink}, at least min_size {})",
+                    meta.fixed_size, meta.size_offset, meta.size_multiple, meta.min_size
+                )));
+            }
+        }
         if let Some(read_out) = &meta.instances {
             read_out.check(meta.out_channels.max(2)).map_err(&invalid)?;
         }
@@ -354,18 +378,34 @@ impl Metadata {
         else {
             return Ok(None);
         };
+        let entry = archive.by_name(&name).map_err(|e| Error::InvalidModel {
+            path: origin.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let too_large = |bytes: u64| {
+            Error::InvalidMetadata {
+            path: origin.to_owned(),
+            reason: format!(
+                "{name} holds {bytes} bytes or more, beyond the {MAX_METADATA_BYTES} metadata may have"
+            ),
+        }
+        };
+        // Read without a bound, a megabyte that unpacks to gigabytes was
+        // held in memory whole (the pickles are bounded alike).
+        if entry.size() > MAX_METADATA_BYTES {
+            return Err(too_large(entry.size()));
+        }
         let mut text = String::new();
-        archive
-            .by_name(&name)
-            .map_err(|e| Error::InvalidModel {
-                path: origin.to_owned(),
-                reason: e.to_string(),
-            })?
+        entry
+            .take(MAX_METADATA_BYTES + 1)
             .read_to_string(&mut text)
             .map_err(|e| Error::InvalidMetadata {
                 path: origin.to_owned(),
                 reason: e.to_string(),
             })?;
+        if text.len() as u64 > MAX_METADATA_BYTES {
+            return Err(too_large(text.len() as u64));
+        }
         Self::from_json(&text, origin).map(Some)
     }
 
