@@ -290,6 +290,18 @@ def test_corrupt_archives_are_model_errors_without_cpp_frames(tiny_model_path, t
             unet_rt.Model.from_bytes(data[:cut], device="cpu")
 
 
+def test_torch_save_files_are_named_for_what_they_are(tmp_path):
+    net = torch.nn.Conv2d(1, 2, 3, padding=1)
+    torch.save(net.state_dict(), tmp_path / "weights.pt")
+    torch.save(net, tmp_path / "module.pt")
+    # libtorch said "failed locating file constants.pkl ... your checkpoint file is corrupted".
+    for name in ("weights.pt", "module.pt"):
+        with pytest.raises(unet_rt.ModelError, match="it is a torch.save file .* not a TorchScript archive; export"):
+            unet_rt.Model(tmp_path / name, device="cpu")
+    with pytest.raises(unet_rt.ModelError, match="it is a torch.save file"):
+        unet_rt.Model.from_bytes((tmp_path / "weights.pt").read_bytes(), device="cpu")
+
+
 def _rewrite_archive(source: str, change) -> bytes:
     """The archive at ``source`` with every entry's bytes passed through ``change(name, body)``."""
     out = io.BytesIO()

@@ -58,6 +58,41 @@ pub(crate) fn open_zip<R: Read + Seek>(reader: R, origin: &Path) -> Result<ZipAr
     })
 }
 
+/// Refuses a zip file that is not a TorchScript archive, saying what it is
+/// where that is clear: `torch.save` writes a pickle of weights (or of a
+/// Python module) without the network's code, `torch.export` a program in
+/// a format of its own; libtorch's answer to both was "PytorchStreamReader
+/// failed locating file constants.pkl ... your checkpoint file is corrupted".
+pub(crate) fn check_torchscript<R: Read + Seek>(
+    archive: &ZipArchive<R>,
+    origin: &Path,
+) -> Result<()> {
+    let has = |suffix: &str| archive.file_names().any(|name| name.ends_with(suffix));
+    let code = archive.file_names().any(|name| name.contains("/code/"));
+    if code && has("/constants.pkl") {
+        return Ok(());
+    }
+    let what = if has("/data.pkl") {
+        "a torch.save file (weights, or a pickled Python module, without the network's code)"
+    } else if has("archive_format")
+        || archive
+            .file_names()
+            .any(|name| name.contains("serialized_exported_program"))
+    {
+        "a torch.export program (.pt2)"
+    } else {
+        "a zip file without TorchScript code"
+    };
+    Err(invalid(
+        origin,
+        format!(
+            "it is {what}, not a TorchScript archive; export the network with \
+             torch.jit.save(torch.jit.script(model), path) (or torch.jit.trace), \
+             or with training/export.py"
+        ),
+    ))
+}
+
 /// Operations that mix every pixel of their input: a tile then sees other
 /// values than the whole image, at any overlap. Names as TorchScript code
 /// spells them (`torch.instance_norm(...)`, `torch.adaptive_avg_pool2d(...)`).

@@ -78,6 +78,7 @@ impl Model {
         // a broken network, with a message that says which, and refuses
         // damaged tensor records before libtorch reads past their ends.
         let mut zip = archive::open_zip(archive::open_file(path)?, path)?;
+        archive::check_torchscript(&zip, path)?;
         let metadata = Metadata::from_zip(&mut zip, path)?;
         archive::check_records(&mut zip, path)?;
         let ops = archive::whole_tile_ops(&mut zip);
@@ -168,6 +169,7 @@ impl Model {
         let name = name.as_ref();
         let precision = precision.resolve(device)?;
         let mut zip = archive::open_zip(std::io::Cursor::new(bytes), name)?;
+        archive::check_torchscript(&zip, name)?;
         let metadata = Metadata::from_zip(&mut zip, name)?;
         archive::check_records(&mut zip, name)?;
         let ops = archive::whole_tile_ops(&mut zip);

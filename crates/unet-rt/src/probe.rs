@@ -114,6 +114,10 @@ struct Prober<'a> {
     out_channels: usize,
     /// Input size -> output side, `None` where it failed.
     sides: HashMap<usize, Option<usize>>,
+    /// The network's own message at its last failing pass: said when no
+    /// size rule is found (a forward that takes other arguments fails at
+    /// every size, and "is it fully convolutional?" hid why).
+    last_failure: Option<String>,
 }
 
 /// Probes `module` (already in eval mode on `device`); `whole_tile_ops` are
@@ -249,6 +253,7 @@ impl<'a> Prober<'a> {
             key: key.flatten(),
             out_channels: 0,
             sides: HashMap::new(),
+            last_failure: None,
         }
     }
 
@@ -318,8 +323,12 @@ impl<'a> Prober<'a> {
                 self.started.elapsed().as_secs_f64()
             );
         }
-        let Ok(output) = result else {
-            return Ok(None);
+        let output = match result {
+            Ok(output) => output,
+            Err(e) => {
+                self.last_failure = Some(model_message(&e.to_string()));
+                return Ok(None);
+            }
         };
         let key = if self.keyed { self.key.as_ref() } else { None };
         let (tensor, used) = container::select(output, key).map_err(|e| self.invalid(e))?;
@@ -441,8 +450,12 @@ impl<'a> Prober<'a> {
     }
 
     fn no_rule(&self, detail: &str) -> Error {
+        let failure = match &self.last_failure {
+            Some(message) => format!("; its last failing pass said: {message}"),
+            None => String::new(),
+        };
         self.invalid(format!(
-            "its output follows no size rule ({detail}): is it fully convolutional, with {} input channel(s)?",
+            "its output follows no size rule ({detail}): is it fully convolutional, with {} input channel(s)?{failure}",
             self.channels
         ))
     }
@@ -1027,9 +1040,44 @@ impl<'a> Prober<'a> {
     }
 }
 
+/// The line of a libtorch error that is the network's own message: a
+/// TorchScript exception carries the traceback of the scripted code and
+/// then the Python exception's line ("RuntimeError: ..."); the first line
+/// otherwise.
+fn model_message(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let raised = lines.iter().rev().find(|l| {
+        l.split_once(':')
+            .is_some_and(|(kind, _)| kind.ends_with("Error") || kind.ends_with("Exception"))
+    });
+    let line = raised.or(lines.first()).copied().unwrap_or_default();
+    let mut message: String = line.chars().take(300).collect();
+    if line.chars().count() > 300 {
+        message.push_str("...");
+    }
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_model_message_is_the_raised_line_of_a_torchscript_error() {
+        let text = "The following operation failed in the TorchScript interpreter.\n\
+                    Traceback of TorchScript (most recent call last):\n  File \"code/x.py\", line 3\n\
+                    RuntimeError: forward() is missing value for argument 'y'.\n";
+        assert_eq!(
+            model_message(text),
+            "RuntimeError: forward() is missing value for argument 'y'."
+        );
+        assert_eq!(model_message("first\nsecond"), "first");
+        assert_eq!(model_message(""), "");
+    }
 
     #[test]
     fn strides_are_increasing_and_cover_eight_poolings() {
