@@ -372,6 +372,39 @@ def test_every_error_class_the_binding_raises_exists():
         assert issubclass(cls, unet_rt.UnetRtError) and name in errors.__all__ and name in unet_rt.__all__
 
 
+class _Doubling(torch.nn.Module):
+    """A same-padded convolution of twice the input: in place (as networks
+    that start with ``x.div_(255)`` do) or not."""
+
+    def __init__(self, in_place: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+        self.in_place = in_place
+
+    def forward(self, x):
+        if self.in_place:
+            x.mul_(2.0)
+            return self.conv(x)
+        return self.conv(x * 2.0)
+
+
+@pytest.mark.parametrize("tta", ["flips", "d4"])
+def test_a_network_that_changes_its_input_in_place_gets_the_same_augmented_result(tmp_path, tta):
+    meta = dict(format="unet_rt/1", spatial_dims=2, in_channels=1, out_channels=2, output="softmax",
+                padding="same", halo=1, size_multiple=1, size_offset=0)
+    models = {}
+    for in_place in (False, True):
+        path = tmp_path / f"in_place_{in_place}.pt"
+        torch.jit.save(torch.jit.script(_Doubling(in_place).eval()), str(path),
+                       _extra_files={"unet_rt.json": json.dumps(meta)})
+        models[in_place] = unet_rt.Model(path, device="cpu", precision="fp32")
+    image = np.random.default_rng(3).random((40, 44)).astype(np.float32)
+    want = models[False].segment(image, output="raw", tta=tta)
+    # The later flips were cut from the batch the first pass had doubled.
+    np.testing.assert_array_equal(models[True].segment(image, output="raw", tta=tta), want)
+
+
 SLOW_FORWARD = """
 import json, sys, time, numpy as np, torch, unet_rt
 

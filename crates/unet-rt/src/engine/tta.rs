@@ -135,7 +135,13 @@ pub(super) fn augmented(
     }
     let count = transforms.len() as f64;
     let mut sum: Option<Tensor> = None;
-    for transform in &transforms {
+    // The identity passes `input` itself, the others copies: it runs last,
+    // so that a network which changes its input in place (`x.div_(255)`)
+    // cannot change what the other transforms are cut from.
+    let (identity, others) = transforms
+        .split_first()
+        .ok_or_else(|| Error::Inference("no augmentation ran".to_owned()))?;
+    for transform in others.iter().chain(std::iter::once(identity)) {
         let x = transform.apply(input).map_err(Error::inference)?;
         let y = forward(&x)?;
         let y = transform
