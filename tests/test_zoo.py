@@ -395,3 +395,25 @@ def test_a_size_multiple_per_axis_tiles_on_every_axis_grid(tmp_path):
     image = np.random.default_rng(8).random((1, 150, 170), dtype=np.float32)
     want = whole_forward(net, image, 64, 16)
     assert relative_error(model.segment(image, axes="cyx", output="raw", tile=160), want) < 1e-5
+
+
+class _MaxScaled(torch.nn.Module):
+    """A same-padded network that divides its input by the input's maximum."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x / x.amax())
+
+
+def test_a_network_scaling_by_its_inputs_maximum_is_measured_approximate(tmp_path):
+    # Every tile of a uniform noise probe has the whole's maximum: it was
+    # measured exact, and 93% of the labels of a real image then differed.
+    path = tmp_path / "max_scaled.pt"
+    torch.jit.save(torch.jit.script(_MaxScaled().eval()), str(path))
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="depends on more than a tile's overlap"):
+        model = unet_rt.Model(path, device="cpu")
+    assert not model.info["exact"] and model.info["measured"]["label_agreement"] < 0.9
