@@ -133,6 +133,17 @@ pub fn parse_devices(name: &str) -> Result<Vec<Device>> {
     Ok(vec![parse_device(name)?])
 }
 
+/// Refuses a CUDA device this machine does not have, before anything is
+/// loaded on it: libtorch takes the index as a C `int`, where `Cuda(2^32 -
+/// 1)` reads as -1, the CPU, and the model ran there while claiming a GPU;
+/// without a driver, `Cuda(0)` failed as an invalid model.
+pub(crate) fn check_device_present(device: Device) -> Result<()> {
+    match device {
+        Device::Cuda(index) => cuda_device(index, &device_name(device)).map(|_| ()),
+        _ => Ok(()),
+    }
+}
+
 fn cuda_device(index: usize, name: &str) -> Result<Device> {
     let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
     if index < count {

@@ -73,6 +73,7 @@ impl Model {
         precision: Precision,
     ) -> Result<Self> {
         let path = path.as_ref();
+        crate::check_device_present(device)?;
         let precision = precision.resolve(device)?;
         // Reading the archive first tells a missing or non-zip file apart from
         // a broken network, with a message that says which, and refuses
@@ -167,6 +168,7 @@ impl Model {
         precision: Precision,
     ) -> Result<Self> {
         let name = name.as_ref();
+        crate::check_device_present(device)?;
         let precision = precision.resolve(device)?;
         let mut zip = archive::open_zip(std::io::Cursor::new(bytes), name)?;
         archive::check_torchscript(&zip, name)?;

@@ -905,3 +905,25 @@ fn devices_of_one_model_are_of_one_kind() {
         "device",
     );
 }
+
+#[test]
+fn a_gpu_this_machine_lacks_is_refused_at_load() {
+    // Cuda(2^32 - 1) reached libtorch as the C int -1, the CPU: the model
+    // ran there while its device said CUDA.
+    let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+    for index in [count, u32::MAX as usize, usize::MAX] {
+        let err = Model::load_with_precision(
+            fixture("tiny_valid.pt"),
+            Device::Cuda(index),
+            Precision::Fp32,
+        )
+        .err()
+        .expect("a missing GPU loads");
+        assert!(matches!(err, Error::DeviceUnavailable(_)), "{err}");
+        let bytes = std::fs::read(fixture("tiny_valid.pt")).unwrap();
+        let err = Model::load_bytes(&bytes, "tiny", Device::Cuda(index), Precision::Fp32)
+            .err()
+            .expect("a missing GPU loads");
+        assert!(matches!(err, Error::DeviceUnavailable(_)), "{err}");
+    }
+}
