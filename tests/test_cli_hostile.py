@@ -145,6 +145,15 @@ def test_every_supported_npy_type_reads_as_its_values(cli, tmp_path, dtype):
     np.testing.assert_allclose(np.load(out / "f.npy"), ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype,offset", [("<u8", 2**60), ("<i8", -(2**60)), (">i8", 2**53 + 1)])
+def test_64_bit_integers_beyond_float64_are_refused(cli, tmp_path, dtype, offset):
+    # Read as float64, an image offset by 2^60 lost its contrast: its nuclei vanished without a word.
+    image = (np.random.default_rng(1).random((64, 72)) * 100).astype(np.int64) + offset
+    np.save(tmp_path / "wide.npy", image.astype(dtype))
+    stderr = refused_alone(cli, tmp_path / "wide.npy", tmp_path)
+    assert "beyond 2^53 in magnitude" in stderr and str(int(image.flat[0])) in stderr, stderr
+
+
 # --- TIFF ------------------------------------------------------------------
 
 SHORT, LONG = 3, 4

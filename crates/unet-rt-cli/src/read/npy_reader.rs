@@ -205,6 +205,18 @@ impl Element {
                 })
             };
         }
+        // 64-bit integers, as float64 where it holds them exactly.
+        macro_rules! exact_values {
+            ($t:ty) => {
+                read_values(reader, len, |b| {
+                    super::exact_f64(if be {
+                        <$t>::from_be_bytes(b)
+                    } else {
+                        <$t>::from_le_bytes(b)
+                    })
+                })
+            };
+        }
         Ok(match self.kind {
             Kind::Bool => Pixels::U8(shaped(
                 read_values(reader, len, |[b]: [u8; 1]| bool_byte(b))?,
@@ -219,8 +231,8 @@ impl Element {
             Kind::F64 => Pixels::F64(shaped(values!(f64, |v| v)?, shape, fortran)?),
             Kind::U32 => Pixels::F64(shaped(values!(u32, f64::from)?, shape, fortran)?),
             Kind::I32 => Pixels::F64(shaped(values!(i32, f64::from)?, shape, fortran)?),
-            Kind::U64 => Pixels::F64(shaped(values!(u64, |v| v as f64)?, shape, fortran)?),
-            Kind::I64 => Pixels::F64(shaped(values!(i64, |v| v as f64)?, shape, fortran)?),
+            Kind::U64 => Pixels::F64(shaped(exact_values!(u64)?, shape, fortran)?),
+            Kind::I64 => Pixels::F64(shaped(exact_values!(i64)?, shape, fortran)?),
         })
     }
 }

@@ -517,9 +517,16 @@ impl Buffer {
             (Self::F64(a), DecodingResult::F64(b)) => a.extend_from_slice(&b),
             (Self::F64(a), DecodingResult::U32(b)) => a.extend(b.into_iter().map(f64::from)),
             (Self::F64(a), DecodingResult::I32(b)) => a.extend(b.into_iter().map(f64::from)),
-            // Integers beyond 2^53 round: float64 is what the engine reads.
-            (Self::F64(a), DecodingResult::U64(b)) => a.extend(b.into_iter().map(|x| x as f64)),
-            (Self::F64(a), DecodingResult::I64(b)) => a.extend(b.into_iter().map(|x| x as f64)),
+            (Self::F64(a), DecodingResult::U64(b)) => {
+                for x in b {
+                    a.push(super::exact_f64(x)?);
+                }
+            }
+            (Self::F64(a), DecodingResult::I64(b)) => {
+                for x in b {
+                    a.push(super::exact_f64(x)?);
+                }
+            }
             _ => {
                 return Err(
                     "the decoder returned another sample type than the page declares".to_owned(),
