@@ -103,7 +103,8 @@ pub struct Run {
     pub src: usize,
     /// Number of pixels in the run, at least 1.
     pub len: usize,
-    /// `+1` when the source is read forwards, `-1` when backwards (mirrored).
+    /// `+1` when the source is read forwards, `-1` when backwards (mirrored),
+    /// `0` when one pixel repeats (the only pixel of an axis of length 1).
     pub step: isize,
 }
 
@@ -115,31 +116,40 @@ pub struct Run {
 /// are maximal: each one continues up to a mirror turning point (pixel 0 or
 /// `n - 1`) or the window's end. Taking the longest run at every step is
 /// optimal because any piece of a run is itself a run. An axis of length 1
-/// yields one single-pixel run per position (its only pixel repeats, which no
-/// `±1` step describes), and an empty axis (`n == 0`) yields no runs.
-pub fn reflect_runs(start: isize, len: usize, n: usize) -> Vec<Run> {
-    match n {
-        0 => Vec::new(),
-        1 => (0..len)
-            .map(|dst| Run {
-                dst,
-                src: 0,
-                len: 1,
-                step: 1,
-            })
-            .collect(),
-        _ => mirrored_runs(start, len, n),
+/// yields one run of `step` 0 (its only pixel repeats), and an empty axis
+/// (`n == 0`) yields no runs.
+///
+/// The runs are produced one at a time: a window may be far longer than
+/// memory (`len` comes from callers' sizes), and its run count,
+/// `len / (n - 1)` or so, is then just as far out of reach; the iterator
+/// knows that count in closed form ([`ExactSizeIterator`]).
+pub fn reflect_runs(start: isize, len: usize, n: usize) -> ReflectRuns {
+    ReflectRuns {
+        start,
+        len,
+        n,
+        dst: 0,
     }
 }
 
-/// [`reflect_runs`] for `n >= 2`, walking the period run by run.
-fn mirrored_runs(start: isize, len: usize, n: usize) -> Vec<Run> {
-    let n = n as i128;
-    let period = 2 * (n - 1);
-    let mut runs = Vec::new();
-    let mut dst = 0usize;
-    while dst < len {
-        let phase = (start as i128 + dst as i128).rem_euclid(period);
+/// The runs of [`reflect_runs`], in window order.
+#[derive(Debug, Clone)]
+pub struct ReflectRuns {
+    start: isize,
+    len: usize,
+    n: usize,
+    /// Window position of the next run.
+    dst: usize,
+}
+
+impl ReflectRuns {
+    /// The next run's source pixel, step and the most pixels it can cover
+    /// before a turning point (`n >= 2`). i128 holds `2 (n - 1)` and any
+    /// window position, so nothing here can overflow.
+    fn next_shape(&self) -> (usize, isize, usize) {
+        let n = self.n as i128;
+        let period = 2 * (n - 1);
+        let phase = (self.start as i128 + self.dst as i128).rem_euclid(period);
         // The rising half of the period, phases 0 .. n-2, reads forwards up to
         // pixel n - 1; from phase n - 1 on the signal falls back to pixel 0.
         let (src, step, available) = if phase < n - 1 {
@@ -147,16 +157,60 @@ fn mirrored_runs(start: isize, len: usize, n: usize) -> Vec<Run> {
         } else {
             (period - phase, -1, period - phase + 1)
         };
-        let run_len = available.min((len - dst) as i128) as usize;
-        runs.push(Run {
-            dst,
-            src: src as usize,
-            len: run_len,
-            step,
-        });
-        dst += run_len;
+        // 0 <= src < n and 1 <= available <= n, so both fit in usize.
+        (src as usize, step, available as usize)
     }
-    runs
+}
+
+impl Iterator for ReflectRuns {
+    type Item = Run;
+
+    fn next(&mut self) -> Option<Run> {
+        if self.dst >= self.len || self.n == 0 {
+            return None;
+        }
+        let rest = self.len - self.dst;
+        let (src, step, len) = if self.n == 1 {
+            (0, 0, rest)
+        } else {
+            let (src, step, available) = self.next_shape();
+            (src, step, available.min(rest))
+        };
+        let run = Run {
+            dst: self.dst,
+            src,
+            len,
+            step,
+        };
+        self.dst += len;
+        Some(run)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let count = self.remaining();
+        (count, Some(count))
+    }
+}
+
+impl ExactSizeIterator for ReflectRuns {}
+
+impl ReflectRuns {
+    /// How many runs are left. After the first, every run but the last
+    /// spans a whole half period: `n - 1` pixels from one turning point to
+    /// the other (2 for `n == 2`, whose half periods start on the turning
+    /// points themselves).
+    fn remaining(&self) -> usize {
+        if self.dst >= self.len || self.n == 0 {
+            return 0;
+        }
+        if self.n == 1 {
+            return 1;
+        }
+        let rest = self.len - self.dst;
+        let first = self.next_shape().2.min(rest);
+        let half = if self.n == 2 { 2 } else { self.n - 1 };
+        1 + (rest - first).div_ceil(half)
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -122,7 +122,11 @@ impl Window {
     /// that holds every pixel the region's tiles read (after mirroring at the
     /// image's borders). A window whose input covers it gives the whole
     /// image's result.
-    pub fn needed_input(&self, plan: &TilePlan) -> (Vec<usize>, Vec<usize>) {
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] as [`mirrored_bounds`] (for an empty
+    /// region or image).
+    pub fn needed_input(&self, plan: &TilePlan) -> Result<(Vec<usize>, Vec<usize>)> {
         let rank = self.image.len();
         let (mut first, mut end) = (vec![0; rank], vec![0; rank]);
         for axis in 0..rank {
@@ -131,11 +135,11 @@ impl Window {
             let halo = plan.halo() as isize;
             let read_start = lo as isize * stride - halo;
             let read_len = (hi - lo) * plan.stride()[axis] + plan.input_tile_shape()[axis];
-            let (min, max) = mirrored_bounds(read_start, read_len, self.image[axis]);
+            let (min, max) = mirrored_bounds(read_start, read_len, self.image[axis])?;
             first[axis] = min;
             end[axis] = max + 1;
         }
-        (first, end)
+        Ok((first, end))
     }
 
     /// Checks that an input of spatial shape `input` holds what the region
@@ -144,7 +148,7 @@ impl Window {
     /// # Errors
     /// [`Error::InvalidArgument`] naming `window`, with the input needed.
     pub fn check_context(&self, plan: &TilePlan, input: &[usize]) -> Result<()> {
-        let (first, end) = self.needed_input(plan);
+        let (first, end) = self.needed_input(plan)?;
         let holds = (0..input.len())
             .all(|a| self.origin[a] <= first[a] && end[a] <= self.origin[a] + input[a]);
         if holds {
@@ -190,19 +194,46 @@ impl Window {
 }
 
 /// The smallest and largest source pixel read by the window
-/// `[start, start + len)` of an axis of length `n`, mirrored at its borders
-/// (`len >= 1`, `n >= 1`).
-pub fn mirrored_bounds(start: isize, len: usize, n: usize) -> (usize, usize) {
-    reflect_runs(start, len, n)
-        .iter()
-        .fold((usize::MAX, 0), |(min, max), run| {
-            let other = if run.step > 0 {
-                run.src + (run.len - 1)
-            } else {
-                run.src + 1 - run.len
-            };
-            (min.min(run.src).min(other), max.max(run.src).max(other))
-        })
+/// `[start, start + len)` of an axis of length `n`, mirrored at its borders.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming `len` or `n` when either is 0 (an
+/// empty window or axis has no pixel to bound).
+pub fn mirrored_bounds(start: isize, len: usize, n: usize) -> Result<(usize, usize)> {
+    if n == 0 {
+        return Err(Error::InvalidArgument {
+            argument: "n",
+            message: "an empty axis has no pixel to read".to_owned(),
+        });
+    }
+    if len == 0 {
+        return Err(Error::InvalidArgument {
+            argument: "len",
+            message: "an empty window reads no pixel".to_owned(),
+        });
+    }
+    let mut bounds = (usize::MAX, 0);
+    // Every run after the first spans a whole half period, from one end of
+    // the axis to the other, and with the first reaches both ends: the loop
+    // stops after two runs whatever `len` (folding every run took one step
+    // per pixel of the window, and first built them all in memory).
+    for run in reflect_runs(start, len, n) {
+        // A run stays inside the axis: `src + len - 1 < n` forwards,
+        // `src + 1 >= len` backwards.
+        let other = match run.step {
+            1 => run.src + (run.len - 1),
+            -1 => run.src + 1 - run.len,
+            _ => run.src,
+        };
+        bounds = (
+            bounds.0.min(run.src).min(other),
+            bounds.1.max(run.src).max(other),
+        );
+        if bounds == (0, n - 1) {
+            break;
+        }
+    }
+    Ok(bounds)
 }
 
 fn invalid(message: String) -> Error {
@@ -232,7 +263,7 @@ mod tests {
                         .collect();
                     let want = (*reads.iter().min().unwrap(), *reads.iter().max().unwrap());
                     assert_eq!(
-                        mirrored_bounds(start, len, n),
+                        mirrored_bounds(start, len, n).unwrap(),
                         want,
                         "start {start} len {len} n {n}"
                     );
@@ -357,7 +388,7 @@ mod tests {
                         vec![reads.iter().max().unwrap() + 1],
                     );
                     assert_eq!(
-                        window.needed_input(&plan),
+                        window.needed_input(&plan).unwrap(),
                         want,
                         "n {n} tile {tile} region {first}+{shape}"
                     );
@@ -408,5 +439,31 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("one value per spatial axis"));
+    }
+
+    fn argument(result: Result<impl std::fmt::Debug>) -> &'static str {
+        match result {
+            Err(Error::InvalidArgument { argument, .. }) => argument,
+            other => panic!("expected an invalid argument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn mirrored_bounds_of_windows_beyond_memory_are_closed_form() {
+        // These built one run per pixel (or per two) first: 35 TB for the
+        // first (an abort), "capacity overflow" for the second, the OOM
+        // killer for the others.
+        assert_eq!(mirrored_bounds(0, 1 << 40, 1).unwrap(), (0, 0));
+        assert_eq!(mirrored_bounds(0, usize::MAX, 1).unwrap(), (0, 0));
+        assert_eq!(mirrored_bounds(0, 1 << 40, 2).unwrap(), (0, 1));
+        assert_eq!(mirrored_bounds(isize::MIN, 1 << 36, 2).unwrap(), (0, 1));
+        assert_eq!(
+            mirrored_bounds(isize::MIN, usize::MAX, 1 << 62).unwrap(),
+            (0, (1 << 62) - 1)
+        );
+        assert_eq!(mirrored_bounds(-3, 2, 7).unwrap(), (2, 3));
+        // An empty window or axis has no bounds: it gave (usize::MAX, 0).
+        assert_eq!(argument(mirrored_bounds(0, 0, 5)), "len");
+        assert_eq!(argument(mirrored_bounds(0, 5, 0)), "n");
     }
 }

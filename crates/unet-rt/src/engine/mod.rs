@@ -192,7 +192,7 @@ impl Segmenter {
     /// As [`Segmenter::layout`] for the window's image.
     pub fn needed_input(&self, window: &Window) -> Result<(Vec<usize>, Vec<usize>)> {
         let layout = self.layout(&window.image)?;
-        Ok(window.needed_input(&layout.plan))
+        window.needed_input(&layout.plan)
     }
 
     /// [`Segmenter::needed_input`] of many windows, the tiling planned once
@@ -215,7 +215,7 @@ impl Segmenter {
                         layouts.len() - 1
                     }
                 };
-                Ok(window.needed_input(&layouts[index].1.plan))
+                window.needed_input(&layouts[index].1.plan)
             })
             .collect()
     }

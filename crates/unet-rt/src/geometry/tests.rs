@@ -179,7 +179,7 @@ fn expand(runs: &[Run]) -> Vec<usize> {
     let mut out = Vec::new();
     for run in runs {
         assert_eq!(run.dst, out.len(), "runs must tile the window in order");
-        assert!(run.len >= 1 && (run.step == 1 || run.step == -1), "{run:?}");
+        assert!(run.len >= 1 && (-1..=1).contains(&run.step), "{run:?}");
         for j in 0..run.len as isize {
             out.push((run.src as isize + j * run.step) as usize);
         }
@@ -194,7 +194,8 @@ fn reflect_runs_expand_to_reflect_index_and_are_maximal() {
         let n = rng.range(0, 12);
         let start = rng.range(0, 200) as isize - 100;
         let len = rng.range(0, 80);
-        let runs = reflect_runs(start, len, n);
+        let runs: Vec<Run> = reflect_runs(start, len, n).collect();
+        assert_eq!(reflect_runs(start, len, n).len(), runs.len());
         if n == 0 {
             assert!(runs.is_empty());
             continue;
@@ -215,7 +216,7 @@ fn reflect_runs_expand_to_reflect_index_and_are_maximal() {
 fn reflect_runs_are_few_for_ordinary_windows() {
     // The paper's first tile: 572 wide from -92 on a 512 image is one
     // mirrored run down to pixel 0 and one forward run.
-    let runs = reflect_runs(-92, 572, 512);
+    let runs: Vec<Run> = reflect_runs(-92, 572, 512).collect();
     assert_eq!(
         runs,
         vec![
@@ -235,6 +236,37 @@ fn reflect_runs_are_few_for_ordinary_windows() {
     );
     assert!(reflect_runs(isize::MAX - 3, 10, 7).len() <= 3);
     assert!(reflect_runs(isize::MIN, 10, usize::MAX).len() == 1);
+}
+
+#[test]
+fn reflect_runs_of_windows_beyond_memory_are_counted_not_built() {
+    // One run per pixel of a 2^40 window on a 1-pixel axis was 35 TB (it
+    // aborted), and 2^36 runs of a 2-pixel axis grew until the OOM killer.
+    let mut one = reflect_runs(0, 1 << 40, 1);
+    assert_eq!(one.len(), 1);
+    assert_eq!(
+        one.next(),
+        Some(Run {
+            dst: 0,
+            src: 0,
+            len: 1 << 40,
+            step: 0
+        })
+    );
+    assert_eq!(reflect_runs(3, usize::MAX, 1).len(), 1);
+    assert_eq!(reflect_runs(isize::MIN, 1 << 36, 2).len(), 1 << 35);
+    assert_eq!(reflect_runs(isize::MIN + 1, 1 << 36, 2).len(), 1 << 35);
+    assert_eq!(reflect_runs(0, usize::MAX, 2).len(), usize::MAX / 2 + 1);
+    // After the first run, one run per half period of n - 1 pixels.
+    assert_eq!(
+        reflect_runs(-92, 1 << 40, 512).len(),
+        1 + ((1 << 40) - 93usize).div_ceil(511)
+    );
+    let mut runs = reflect_runs(isize::MIN, usize::MAX, 7);
+    let before = runs.len();
+    let third = runs.nth(2).unwrap();
+    assert_eq!(runs.len(), before - 3);
+    assert_eq!(third.len, 6);
 }
 
 // -- size helpers ---------------------------------------------------------
@@ -773,7 +805,6 @@ fn box_sum_2d(
 fn gather_2d(pixels: &[i64], image: [usize; 2], start: &[isize], shape: &[usize]) -> Vec<i64> {
     let expand_axis = |axis: usize| -> Vec<usize> {
         reflect_runs(start[axis], shape[axis], image[axis])
-            .iter()
             .flat_map(|run| {
                 (0..run.len as isize).map(move |j| (run.src as isize + j * run.step) as usize)
             })
