@@ -89,11 +89,25 @@ pub(crate) fn try_filled<T: Clone + Default>(
     argument: &'static str,
     what: &str,
 ) -> Result<Vec<T>> {
-    check_fits(bytes_of::<T>(len), argument, what)?;
+    let mut v = try_with_capacity::<T>(len, bytes_of::<T>(len), argument, what)?;
+    v.resize(len, T::default());
+    Ok(v)
+}
+
+/// An empty vector with room for `len` elements that need `bytes` in all
+/// (with what each element owns on the heap), or [`Error::InvalidArgument`]
+/// naming `argument` as [`try_filled`]: `Vec::with_capacity` of a count
+/// derived from user sizes panics ("capacity overflow") or aborts instead.
+pub(crate) fn try_with_capacity<T>(
+    len: usize,
+    bytes: u128,
+    argument: &'static str,
+    what: &str,
+) -> Result<Vec<T>> {
+    check_fits(bytes, argument, what)?;
     let mut v: Vec<T> = Vec::new();
     v.try_reserve_exact(len)
-        .map_err(|_| unallocatable(argument, what, bytes_of::<T>(len)))?;
-    v.resize(len, T::default());
+        .map_err(|_| unallocatable(argument, what, bytes))?;
     Ok(v)
 }
 

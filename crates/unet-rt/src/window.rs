@@ -11,6 +11,7 @@
 
 use crate::error::{Error, Result};
 use crate::geometry::{reflect_runs, Tile, TilePlan};
+use crate::memory;
 
 /// One piece of a larger image: the input holds the pixels
 /// `origin .. origin + input shape` of an image of spatial shape `image`,
@@ -94,13 +95,36 @@ impl Window {
     /// region, in plan order, each clipped to the region: `write_start` is
     /// relative to the region's start and `src_start` moves with it;
     /// `index` stays the tile's position in the whole plan.
-    pub fn tiles(&self, plan: &TilePlan) -> Vec<Tile> {
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming `window` when the region's tiles
+    /// do not fit in memory.
+    pub fn tiles(&self, plan: &TilePlan) -> Result<Vec<Tile>> {
         let ranges: Vec<(usize, usize)> = (0..self.image.len())
             .map(|axis| self.grid_range(plan, axis))
             .collect();
         let grid = plan.grid_shape();
-        let count: usize = ranges.iter().map(|&(lo, hi)| hi - lo + 1).product();
-        let mut tiles = Vec::with_capacity(count);
+        // The region of a huge image can hold more tiles than a Vec can:
+        // its count and memory are checked before anything is reserved.
+        let count = ranges
+            .iter()
+            .try_fold(1usize, |n, &(lo, hi)| n.checked_mul(hi - lo + 1))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "the region of shape {:?} holds more tiles of {:?} than can be counted",
+                    self.shape,
+                    plan.input_tile_shape()
+                ))
+            })?;
+        // Each tile owns six vectors of one value per axis.
+        let per_tile = std::mem::size_of::<Tile>() + 6 * 8 * self.image.len();
+        let bytes = count as u128 * per_tile as u128;
+        let what = format!(
+            "the {count} tiles of {:?} that the region of shape {:?} needs",
+            plan.input_tile_shape(),
+            self.shape
+        );
+        let mut tiles = memory::try_with_capacity::<Tile>(count, bytes, "window", &what)?;
         let mut k: Vec<usize> = ranges.iter().map(|&(lo, _)| lo).collect();
         for _ in 0..count {
             let index = k.iter().zip(grid).fold(0, |flat, (&i, &n)| flat * n + i);
@@ -115,7 +139,7 @@ impl Window {
                 k[axis] = ranges[axis].0;
             }
         }
-        tiles
+        Ok(tiles)
     }
 
     /// The smallest input, `(first, end)` per axis in whole-image pixels,
@@ -319,7 +343,7 @@ mod tests {
         plan: &TilePlan,
     ) -> std::collections::HashMap<Vec<usize>, (usize, Vec<usize>)> {
         let mut map = std::collections::HashMap::new();
-        for tile in window.tiles(plan) {
+        for tile in window.tiles(plan).unwrap() {
             let mut offset = vec![0usize; region.len()];
             loop {
                 let pixel: Vec<usize> = offset
@@ -377,6 +401,7 @@ mod tests {
                     };
                     let reads: Vec<usize> = window
                         .tiles(&plan)
+                        .unwrap()
                         .iter()
                         .flat_map(|t| {
                             (0..t.read_shape[0])
@@ -465,5 +490,18 @@ mod tests {
         // An empty window or axis has no bounds: it gave (usize::MAX, 0).
         assert_eq!(argument(mirrored_bounds(0, 0, 5)), "len");
         assert_eq!(argument(mirrored_bounds(0, 5, 0)), "n");
+    }
+
+    #[test]
+    fn tiles_of_a_region_beyond_memory_are_refused() {
+        // Vec::with_capacity of 2^56 tiles panicked ("capacity overflow").
+        let plan = TilePlan::valid(&[1 << 40, 1 << 40], &[1 << 12, 1 << 12], 0, 1).unwrap();
+        let whole = Window::whole(&[1 << 40, 1 << 40]);
+        assert_eq!(argument(whole.tiles(&plan)), "window");
+        // Its needs are still answered, in closed form.
+        assert_eq!(
+            whole.needed_input(&plan).unwrap(),
+            (vec![0, 0], vec![1 << 40, 1 << 40])
+        );
     }
 }

@@ -308,7 +308,7 @@ impl Segmenter {
         }
         loop {
             window.check_context(&layout.plan, &local)?;
-            let tiles = window.tiles(&layout.plan);
+            let tiles = window.tiles(&layout.plan)?;
             let crop = self.device_crop();
             let mode = self.options.output;
             let tile_shape = self.reduced_tile_shape(&layout.plan);
