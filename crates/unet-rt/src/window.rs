@@ -46,25 +46,18 @@ impl Window {
         }
     }
 
-    /// Checks the window against an input of spatial shape `input`: one
-    /// value per axis everywhere, the input and the region inside the image,
-    /// a region that is not empty.
+    /// Checks the window against an input of spatial shape `input`: the
+    /// window itself ([`Window::check_region`]), one value per axis of the
+    /// input, the input inside the image.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] naming `window`.
     pub fn check(&self, input: &[usize]) -> Result<()> {
-        let rank = input.len();
-        if [
-            self.image.len(),
-            self.origin.len(),
-            self.start.len(),
-            self.shape.len(),
-        ]
-        .iter()
-        .any(|&n| n != rank)
-        {
+        self.check_region()?;
+        let rank = self.image.len();
+        if input.len() != rank {
             return Err(invalid(format!(
-                "{self:?} must give one value per spatial axis of the input ({rank} axes)"
+                "{self:?} must give one value per spatial axis of the input (spatial shape {input:?})"
             )));
         }
         for axis in 0..rank {
@@ -77,6 +70,29 @@ impl Window {
                     self.origin, self.image
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// Checks the window on its own, the rule every use of a window shares
+    /// (segmenting, planning, [`Window::tiles`], [`Window::needed_input`]):
+    /// one value per axis in each field, at least one axis, a region that
+    /// is not empty and lies inside the image.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming `window`.
+    pub fn check_region(&self) -> Result<()> {
+        let rank = self.image.len();
+        if rank == 0
+            || [self.origin.len(), self.start.len(), self.shape.len()]
+                .iter()
+                .any(|&n| n != rank)
+        {
+            return Err(invalid(format!(
+                "{self:?} must give one value per spatial axis of the image (at least one) in each field"
+            )));
+        }
+        for axis in 0..rank {
             if self.shape[axis] == 0
                 || self.start[axis]
                     .checked_add(self.shape[axis])
@@ -91,15 +107,33 @@ impl Window {
         Ok(())
     }
 
+    /// [`Window::check_region`], and `plan` made for the window's image:
+    /// the grid arithmetic below relies on both (a region past the image
+    /// gave tiles that wrote 2^64 - 400 pixels, a window of another rank
+    /// indexed past the plan's axes).
+    fn check_plan(&self, plan: &TilePlan) -> Result<()> {
+        self.check_region()?;
+        if plan.image_shape() != self.image.as_slice() {
+            return Err(invalid(format!(
+                "the tile plan is for an image of shape {:?}, the window's image has shape {:?}",
+                plan.image_shape(),
+                self.image
+            )));
+        }
+        Ok(())
+    }
+
     /// The tiles of `plan` (made for the whole image) that write into the
     /// region, in plan order, each clipped to the region: `write_start` is
     /// relative to the region's start and `src_start` moves with it;
     /// `index` stays the tile's position in the whole plan.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] naming `window` when the region's tiles
-    /// do not fit in memory.
+    /// [`Error::InvalidArgument`] naming `window` when the window fails
+    /// [`Window::check_region`], the plan is for another image, or the
+    /// region's tiles do not fit in memory.
     pub fn tiles(&self, plan: &TilePlan) -> Result<Vec<Tile>> {
+        self.check_plan(plan)?;
         let ranges: Vec<(usize, usize)> = (0..self.image.len())
             .map(|axis| self.grid_range(plan, axis))
             .collect();
@@ -148,13 +182,16 @@ impl Window {
     /// image's result.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] as [`mirrored_bounds`] (for an empty
-    /// region or image).
+    /// [`Error::InvalidArgument`] naming `window` when the window fails
+    /// [`Window::check_region`] or the plan is for another image.
     pub fn needed_input(&self, plan: &TilePlan) -> Result<(Vec<usize>, Vec<usize>)> {
+        self.check_plan(plan)?;
         let rank = self.image.len();
         let (mut first, mut end) = (vec![0; rank], vec![0; rank]);
         for axis in 0..rank {
             let (lo, hi) = self.grid_range(plan, axis);
+            // The plan bounds image and tile sides far below isize::MAX
+            // (geometry's MAX_EXTENT), so these products cannot overflow.
             let stride = plan.stride()[axis] as isize;
             let halo = plan.halo() as isize;
             let read_start = lo as isize * stride - halo;
@@ -170,9 +207,12 @@ impl Window {
     /// needs ([`Window::needed_input`]).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] naming `window`, with the input needed.
+    /// [`Error::InvalidArgument`] naming `window`: as [`Window::check`], or
+    /// with the input needed.
     pub fn check_context(&self, plan: &TilePlan, input: &[usize]) -> Result<()> {
+        self.check(input)?;
         let (first, end) = self.needed_input(plan)?;
+        // `check` put the input inside the image: these sums cannot overflow.
         let holds = (0..input.len())
             .all(|a| self.origin[a] <= first[a] && end[a] <= self.origin[a] + input[a]);
         if holds {
@@ -502,6 +542,76 @@ mod tests {
         assert_eq!(
             whole.needed_input(&plan).unwrap(),
             (vec![0, 0], vec![1 << 40, 1 << 40])
+        );
+    }
+
+    #[test]
+    fn windows_that_do_not_fit_their_plan_are_refused() {
+        let plan = plan(&[100, 100], 64);
+        let good = Window {
+            image: vec![100, 100],
+            origin: vec![0, 0],
+            start: vec![10, 10],
+            shape: vec![5, 5],
+        };
+        assert!(good.tiles(&plan).is_ok() && good.needed_input(&plan).is_ok());
+        let bad = [
+            // Outside the image: tiles wrote 2^64 - 400 pixels.
+            Window {
+                start: vec![500, 500],
+                shape: vec![10, 10],
+                ..good.clone()
+            },
+            // Empty: 49 tiles for no pixel.
+            Window {
+                shape: vec![0, 0],
+                ..good.clone()
+            },
+            // Fewer axes than the image: indexing panicked.
+            Window {
+                origin: vec![0],
+                start: vec![0],
+                shape: vec![5],
+                ..good.clone()
+            },
+            // Another image than the plan's.
+            Window {
+                image: vec![100, 200],
+                ..good.clone()
+            },
+            // The same rank as the fields but not the plan's.
+            Window {
+                image: vec![100],
+                origin: vec![0],
+                start: vec![0],
+                shape: vec![5],
+            },
+            Window {
+                image: vec![],
+                origin: vec![],
+                start: vec![],
+                shape: vec![],
+            },
+            Window {
+                start: vec![usize::MAX, 0],
+                shape: vec![2, 5],
+                ..good.clone()
+            },
+        ];
+        for window in bad {
+            assert_eq!(argument(window.tiles(&plan)), "window", "{window:?}");
+            assert_eq!(argument(window.needed_input(&plan)), "window", "{window:?}");
+            assert_eq!(
+                argument(window.check_context(&plan, &[100, 100])),
+                "window",
+                "{window:?}"
+            );
+        }
+        // An input of another rank than the window's indexed past it.
+        assert_eq!(argument(good.check_context(&plan, &[100])), "window");
+        assert_eq!(
+            argument(good.check_context(&plan, &[100, 100, 100])),
+            "window"
         );
     }
 }

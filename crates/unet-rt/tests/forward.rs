@@ -198,3 +198,107 @@ fn instances_are_the_components_of_the_labels_in_wide_ids_only() {
         .segment::<f32, u64>(image.view())
         .is_err());
 }
+
+fn argument<T: std::fmt::Debug>(result: Result<T, Error>) -> &'static str {
+    match result {
+        Err(Error::InvalidArgument { argument, .. }) => argument,
+        other => panic!("expected an invalid argument, got {other:?}"),
+    }
+}
+
+#[test]
+fn windows_and_shapes_that_do_not_fit_the_model_are_refused_by_name() {
+    use unet_rt::{Options, Segmenter, Window};
+    let model = Model::load(fixture("tiny_valid.pt"), Device::Cpu).expect("model");
+    let segmenter = Segmenter::new(model.clone(), Options::default()).expect("segmenter");
+    let good = Window {
+        image: vec![100, 100],
+        origin: vec![0, 0],
+        start: vec![10, 10],
+        shape: vec![5, 5],
+    };
+    assert!(segmenter.needed_input(&good).is_ok());
+    let bad = [
+        // Fields of different ranks: indexing panicked.
+        Window {
+            start: vec![0],
+            shape: vec![5],
+            ..good.clone()
+        },
+        // Outside the image, or empty: answered as if fine.
+        Window {
+            start: vec![1000, 1000],
+            ..good.clone()
+        },
+        Window {
+            shape: vec![0, 0],
+            ..good.clone()
+        },
+        Window {
+            image: vec![0, 100],
+            shape: vec![0, 5],
+            ..good.clone()
+        },
+        Window {
+            start: vec![usize::MAX - 1, 0],
+            shape: vec![5, 5],
+            ..good.clone()
+        },
+        // A 3-D window for a 2-D model: planned as a 3-D image.
+        Window {
+            image: vec![100, 100, 100],
+            origin: vec![0; 3],
+            start: vec![0; 3],
+            shape: vec![5; 3],
+        },
+    ];
+    for window in bad {
+        assert_eq!(
+            argument(segmenter.needed_input(&window)),
+            "window",
+            "{window:?}"
+        );
+        assert_eq!(
+            argument(segmenter.needed_inputs(&[good.clone(), window.clone()])),
+            "window",
+            "{window:?}"
+        );
+        let with = Options {
+            window: Some(window.clone()),
+            ..Default::default()
+        };
+        assert_eq!(
+            argument(Segmenter::new(model.clone(), with)),
+            "window",
+            "{window:?}"
+        );
+    }
+    // A 3-D shape for a 2-D model gave a 3-D plan.
+    assert_eq!(argument(segmenter.layout(&[5, 5, 5])), "image");
+    assert_eq!(argument(segmenter.layout(&[])), "image");
+    assert_eq!(
+        segmenter.layout(&[5, 5]).expect("2-D").plan.image_shape(),
+        &[5, 5]
+    );
+    // A window that fits the model but not the input names the window.
+    let wide = Options {
+        window: Some(Window {
+            image: vec![1000, 1000],
+            origin: vec![0, 0],
+            start: vec![0, 0],
+            shape: vec![1000, 1000],
+        }),
+        ..Default::default()
+    };
+    let segmenter = Segmenter::new(model, wide).expect("a fine window");
+    let image = ArrayD::<u8>::zeros(vec![1, 100, 100]);
+    assert_eq!(
+        argument(segmenter.segment::<u8, u8>(image.view())),
+        "window"
+    );
+    let image = ArrayD::<u8>::zeros(vec![1, 1001, 100]);
+    assert_eq!(
+        argument(segmenter.segment::<u8, u8>(image.view())),
+        "window"
+    );
+}

@@ -187,6 +187,8 @@ proptest! {
                 prop_assert!(first.iter().zip(&end).zip(&image).all(|((&f, &e), &n)| f < e && e <= n));
                 let _ = window.check_context(&plan, &input);
             }
+        } else if let Ok(plan) = TilePlan::valid(&image, &[252, 252], 20, 4) {
+            prop_assert!(window.needed_input(&plan).is_err() == window.check_region().is_err());
         }
         prop_assert!(began.elapsed() < QUICK);
     }

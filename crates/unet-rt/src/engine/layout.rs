@@ -142,10 +142,12 @@ impl<'a> Planner<'a> {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an
-    /// image the tiles cannot cover, for tiles and batches whose buffers
+    /// image of another rank than the model's or that the tiles cannot
+    /// cover, for tiles and batches whose buffers
     /// this machine cannot hold (checked before anything is allocated; the
     /// message gives the size needed), and for fp16 on the CPU.
     pub fn layout(&self, image: &[usize], device: Device, precision: Precision) -> Result<Layout> {
+        self.check_rank(image, "image")?;
         let precision = precision.resolve(device)?;
         let info = self.info;
         let halo = info.effective_halo();
@@ -206,6 +208,27 @@ impl<'a> Planner<'a> {
         let layout = self.layout_with_tile(image, tile, budget, element_bytes, device)?;
         self.check_memory(&layout, device, element_bytes)?;
         Ok(layout)
+    }
+
+    /// Refuses a spatial shape (of an image, or a window's image) that does
+    /// not give one size per spatial axis of the model: planned as it is, it
+    /// gave a tiling of another rank than the model's.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) naming
+    /// `argument`.
+    pub(crate) fn check_rank(&self, shape: &[usize], argument: &'static str) -> Result<()> {
+        let dims = self.info.spatial_dims;
+        if shape.len() == dims {
+            return Ok(());
+        }
+        Err(invalid(
+            argument,
+            format!(
+                "the spatial shape {shape:?} has {} axes; the model is {dims}-D",
+                shape.len()
+            ),
+        ))
     }
 
     /// Refuses a layout whose buffers cannot fit this machine: the gathered

@@ -125,10 +125,14 @@ impl Segmenter {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a tile of the wrong rank or not a valid
-    /// input size of the model, a zero batch size or memory budget.
+    /// input size of the model, a zero batch size or memory budget, a
+    /// window that does not fit the model.
     pub fn new(model: Model, options: Options) -> Result<Self> {
         let info = model.info();
-        Planner::new(info, &options)?;
+        let planner = Planner::new(info, &options)?;
+        if let Some(window) = &options.window {
+            check_window(planner, window)?;
+        }
         if let Some(range) = options.input_range {
             if !matches!(info.normalization, Normalization::Percentile { .. }) {
                 return Err(invalid(
@@ -189,8 +193,11 @@ impl Segmenter {
     /// the image (see [`Window::needed_input`]).
     ///
     /// # Errors
-    /// As [`Segmenter::layout`] for the window's image.
+    /// [`Error::InvalidArgument`] naming `window` for a window that does not
+    /// fit the model ([`Window::check_region`], one value per spatial axis
+    /// of the model); as [`Segmenter::layout`] for the window's image.
     pub fn needed_input(&self, window: &Window) -> Result<(Vec<usize>, Vec<usize>)> {
+        self.check_window(window)?;
         let layout = self.layout(&window.image)?;
         window.needed_input(&layout.plan)
     }
@@ -199,12 +206,13 @@ impl Segmenter {
     /// per image shape (a Dask client asks this of every block).
     ///
     /// # Errors
-    /// As [`Segmenter::layout`] for the windows' images.
+    /// As [`Segmenter::needed_input`] for each window.
     pub fn needed_inputs(&self, windows: &[Window]) -> Result<Vec<(Vec<usize>, Vec<usize>)>> {
         let mut layouts: Vec<(&[usize], Layout)> = Vec::new();
         windows
             .iter()
             .map(|window| {
+                self.check_window(window)?;
                 let index = match layouts
                     .iter()
                     .position(|(image, _)| *image == window.image.as_slice())
@@ -291,11 +299,9 @@ impl Segmenter {
         mut out: ArrayViewMutD<'_, U>,
     ) -> Result<()> {
         let local = input.shape()[1..].to_vec();
+        // `check_input` checked the window against the input.
         let window = match &self.options.window {
-            Some(window) => {
-                window.check(&local)?;
-                window.clone()
-            }
+            Some(window) => window.clone(),
             None => Window::whole(&local),
         };
         let mut layout = self.layout(&window.image)?;
@@ -533,7 +539,14 @@ impl Segmenter {
         if shape.contains(&0) {
             return Err(invalid("image", format!("empty image of shape {shape:?}")));
         }
-        Ok(())
+        match &self.options.window {
+            Some(window) => window.check(&shape[1..]),
+            None => Ok(()),
+        }
+    }
+
+    fn check_window(&self, window: &Window) -> Result<()> {
+        check_window(self.planner(), window)
     }
 
     /// The type in which pixels of `T` go to the device, when they go as
@@ -556,6 +569,15 @@ impl Segmenter {
             .as_ref()
             .is_some_and(|c| c.load(Ordering::Relaxed))
     }
+}
+
+/// Checks a window against the model: [`Window::check_region`] and one
+/// value per spatial axis of the model. Without the second, a window of
+/// another rank was planned as an image of that rank (a 3-D plan for a 2-D
+/// model) instead of refused.
+fn check_window(planner: Planner<'_>, window: &Window) -> Result<()> {
+    window.check_region()?;
+    planner.check_rank(&window.image, "window")
 }
 
 /// Threads for the host's share of a pipeline stage (gathering a tile):
