@@ -302,3 +302,33 @@ fn windows_and_shapes_that_do_not_fit_the_model_are_refused_by_name() {
         "window"
     );
 }
+
+#[test]
+fn whole_image_passes_refuse_empty_and_oversized_images_first() {
+    use ndarray::ShapeBuilder;
+    let model = Model::load(fixture("tiny_valid.pt"), Device::Cpu).expect("model");
+    // An empty axis panicked ("ndarray: index out of bounds").
+    for shape in [
+        vec![1, 0, 10],
+        vec![0, 10, 10],
+        vec![1, 10],
+        vec![2, 10, 10],
+    ] {
+        let image = ArrayD::<f32>::zeros(shape.clone());
+        assert_eq!(
+            argument(unet_rt::forward_whole(&model, image.view())),
+            "image",
+            "{shape:?}"
+        );
+    }
+    // A broadcast view of 2^40 pixels was scanned for percentiles for
+    // minutes before its normalized copy was allocated in one go.
+    let started = std::time::Instant::now();
+    let huge = ndarray::ArrayView::from_shape(
+        ndarray::IxDyn(&[1, 1 << 20, 1 << 20]).strides(ndarray::IxDyn(&[0, 0, 0])),
+        &[0f32][..],
+    )
+    .unwrap();
+    assert_eq!(argument(unet_rt::forward_whole(&model, huge)), "image");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}

@@ -512,33 +512,7 @@ impl Segmenter {
     }
 
     fn check_input(&self, shape: &[usize]) -> Result<()> {
-        let info = self.model.info();
-        if shape.len() != info.spatial_dims + 1 {
-            return Err(invalid(
-                "image",
-                format!(
-                    "expected (channels, {}) of rank {}, got shape {shape:?}",
-                    if info.spatial_dims == 2 {
-                        "y, x"
-                    } else {
-                        "z, y, x"
-                    },
-                    info.spatial_dims + 1
-                ),
-            ));
-        }
-        if shape[0] != info.in_channels {
-            return Err(invalid(
-                "image",
-                format!(
-                    "the model takes {} channel(s), the image has {} (shape {shape:?})",
-                    info.in_channels, shape[0]
-                ),
-            ));
-        }
-        if shape.contains(&0) {
-            return Err(invalid("image", format!("empty image of shape {shape:?}")));
-        }
+        check_image(self.model.info(), shape)?;
         match &self.options.window {
             Some(window) => window.check(&shape[1..]),
             None => Ok(()),
@@ -569,6 +543,42 @@ impl Segmenter {
             .as_ref()
             .is_some_and(|c| c.load(Ordering::Relaxed))
     }
+}
+
+/// Checks an image laid out `(C, spatial...)` against the model: its rank,
+/// its channel count, no empty axis. Every entry that takes one image
+/// ([`Segmenter::segment_into`], [`crate::forward_whole`]) applies it.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming `image`.
+pub(crate) fn check_image(info: &crate::info::ModelInfo, shape: &[usize]) -> Result<()> {
+    if shape.len() != info.spatial_dims + 1 {
+        return Err(invalid(
+            "image",
+            format!(
+                "expected (channels, {}) of rank {}, got shape {shape:?}",
+                if info.spatial_dims == 2 {
+                    "y, x"
+                } else {
+                    "z, y, x"
+                },
+                info.spatial_dims + 1
+            ),
+        ));
+    }
+    if shape[0] != info.in_channels {
+        return Err(invalid(
+            "image",
+            format!(
+                "the model takes {} channel(s), the image has {} (shape {shape:?})",
+                info.in_channels, shape[0]
+            ),
+        ));
+    }
+    if shape.contains(&0) {
+        return Err(invalid("image", format!("empty image of shape {shape:?}")));
+    }
+    Ok(())
 }
 
 /// Checks a window against the model: [`Window::check_region`] and one
