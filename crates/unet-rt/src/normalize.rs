@@ -84,7 +84,10 @@ pub fn resolve(norm: &Normalization, values: impl Iterator<Item = f64>) -> Affin
         Normalization::Percentile { low, high } => {
             let mut sorted: Vec<f64> = values.collect();
             sorted.sort_by(f64::total_cmp);
-            affine_from_range(percentile(&sorted, low), percentile(&sorted, high))
+            affine_from_range(
+                sorted_percentile(&sorted, low),
+                sorted_percentile(&sorted, high),
+            )
         }
     }
 }
@@ -242,7 +245,8 @@ impl PercentileStats {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] (`stats`) for no parts, parts of different
-    /// kinds, or histograms of different pixel types.
+    /// kinds, histograms of different pixel types, or counts that add up to
+    /// 2^64 or more.
     pub fn merge<'a>(parts: impl IntoIterator<Item = StatsView<'a>>) -> Result<Self> {
         let mismatch = |message: &str| Error::InvalidArgument {
             argument: "stats",
@@ -259,10 +263,15 @@ impl PercentileStats {
                         StatsView::Histogram { counts, first: f }
                             if counts.len() == bins && *f == first =>
                         {
-                            total
-                                .iter_mut()
-                                .zip(counts.iter())
-                                .for_each(|(t, c)| *t += c);
+                            // Counts come from callers (NumPy arrays through
+                            // Python): a sum past u64 wrapped to a few pixels.
+                            for (bin, (t, &c)) in total.iter_mut().zip(counts.iter()).enumerate() {
+                                *t = t.checked_add(c).ok_or_else(|| {
+                                    mismatch(&format!(
+                                        "the counts of bin {bin} add up to more pixels than any image has (2^64)"
+                                    ))
+                                })?;
+                            }
                         }
                         _ => {
                             return Err(mismatch(
@@ -313,14 +322,34 @@ impl PercentileStats {
         }
     }
 
-    /// [`PercentileStats::range`], refusing non-finite percentiles.
+    /// [`PercentileStats::range`], refusing what it would clamp or wrap and
+    /// non-finite percentiles.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] (`image`) when a percentile is NaN or
+    /// [`Error::InvalidArgument`] naming `low` or `high` when one is not a
+    /// percentile (NaN, outside 0..=100) or `low > high`; naming `stats` for
+    /// a histogram whose counts add up to 2^64 or more or whose values are
+    /// not finite; naming `image` when a percentile of a sample is NaN or
     /// infinite: the image holds such values, and no input range made of
     /// them normalizes anything.
     pub fn checked_range(self, low: f64, high: f64) -> Result<(f64, f64)> {
-        finite_range(self.range(low, high))
+        check_percentiles(low, high)?;
+        let argument = match &self {
+            Self::Histogram { counts, .. } => {
+                if histogram_total(counts) > u128::from(u64::MAX) {
+                    return Err(Error::InvalidArgument {
+                        argument: "stats",
+                        message: "its counts add up to more pixels than any image has (2^64)"
+                            .to_owned(),
+                    });
+                }
+                // Bins count integer pixel values: only a malformed `first`
+                // gives non-finite percentiles.
+                "stats"
+            }
+            Self::Sample(_) => "image",
+        };
+        finite_range(self.range(low, high), argument)
     }
 
     /// [`PercentileStats::checked_range`] of a sample held elsewhere (a NumPy
@@ -329,13 +358,19 @@ impl PercentileStats {
     /// # Errors
     /// As [`PercentileStats::checked_range`].
     pub fn checked_sample_range(values: &mut [f64], low: f64, high: f64) -> Result<(f64, f64)> {
-        finite_range((
-            select_percentile(values, low),
-            select_percentile(values, high),
-        ))
+        check_percentiles(low, high)?;
+        finite_range(
+            (
+                select_percentile(values, low),
+                select_percentile(values, high),
+            ),
+            "image",
+        )
     }
 
-    /// The `low` and `high` percentiles (`numpy.percentile`, linear).
+    /// The `low` and `high` percentiles (`numpy.percentile`, linear), each
+    /// clamped to 0..=100: for percentiles already checked (a model's
+    /// metadata); [`PercentileStats::checked_range`] checks them.
     pub fn range(self, low: f64, high: f64) -> (f64, f64) {
         match self {
             Self::Histogram { counts, first } => (
@@ -364,18 +399,45 @@ pub enum StatsView<'a> {
     Sample(&'a [f64]),
 }
 
-/// `range` unless a percentile is NaN or infinite.
-fn finite_range((lo, hi): (f64, f64)) -> Result<(f64, f64)> {
+/// `range` unless a percentile is NaN or infinite, blaming `argument`
+/// (the statistics' source).
+fn finite_range((lo, hi): (f64, f64), argument: &'static str) -> Result<(f64, f64)> {
     if lo.is_finite() && hi.is_finite() {
         return Ok((lo, hi));
     }
     Err(Error::InvalidArgument {
-        argument: "image",
+        argument,
         message: format!(
             "its percentiles are ({lo}, {hi}): it holds NaN or infinite values (or values beyond the range of its \
              dtype)"
         ),
     })
+}
+
+/// Refuses a `q` that is not a percentile, naming `argument`: NaN passed
+/// through every comparison and came back as a NaN range blamed on the
+/// image, and values outside 0..=100 were clamped silently.
+fn check_percentile(q: f64, argument: &'static str) -> Result<()> {
+    if (0.0..=100.0).contains(&q) {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument {
+        argument,
+        message: format!("{q} is not a percentile (0 to 100)"),
+    })
+}
+
+/// [`check_percentile`] for both bounds of a range, in order.
+fn check_percentiles(low: f64, high: f64) -> Result<()> {
+    check_percentile(low, "low")?;
+    check_percentile(high, "high")?;
+    if low > high {
+        return Err(Error::InvalidArgument {
+            argument: "low",
+            message: format!("{low} is above high ({high}): the range would be reversed"),
+        });
+    }
+    Ok(())
 }
 
 /// The stride of the float sample for an image of `n` values.
@@ -402,11 +464,18 @@ pub fn affine_from_range(lo: f64, hi: f64) -> Affine {
     Affine::new(1.0 / range, -lo / range)
 }
 
+/// The number of values a histogram counts. In u128, which no sum of
+/// fewer than 2^64 bins of u64 can overflow (in u64 a malformed histogram
+/// wrapped to a few pixels).
+fn histogram_total(counts: &[u64]) -> u128 {
+    counts.iter().map(|&c| u128::from(c)).sum()
+}
+
 /// The value of rank `k` (0-based) of the multiset a histogram describes.
-fn histogram_rank(counts: &[u64], first: f64, k: u64) -> f64 {
-    let mut seen = 0u64;
+fn histogram_rank(counts: &[u64], first: f64, k: u128) -> f64 {
+    let mut seen = 0u128;
     for (bin, &c) in counts.iter().enumerate() {
-        seen += c;
+        seen += u128::from(c);
         if seen > k {
             return first + bin as f64;
         }
@@ -415,12 +484,13 @@ fn histogram_rank(counts: &[u64], first: f64, k: u64) -> f64 {
 }
 
 fn histogram_percentile(counts: &[u64], first: f64, q: f64) -> f64 {
-    let n: u64 = counts.iter().sum();
+    let n = histogram_total(counts);
     if n == 0 {
         return 0.0;
     }
     let pos = (q.clamp(0.0, 100.0) / 100.0) * (n - 1) as f64;
-    let below = pos.floor() as u64;
+    // Beyond 2^53 values `n - 1` rounds up as a float: keep the rank in range.
+    let below = (pos.floor() as u128).min(n - 1);
     let a = histogram_rank(counts, first, below);
     let b = if below + 1 < n {
         histogram_rank(counts, first, below + 1)
@@ -436,20 +506,31 @@ fn select_percentile(values: &mut [f64], q: f64) -> f64 {
         return 0.0;
     }
     let pos = (q.clamp(0.0, 100.0) / 100.0) * (values.len() - 1) as f64;
-    let below = pos.floor() as usize;
+    let below = (pos.floor() as usize).min(values.len() - 1);
     let (_, &mut a, rest) = values.select_nth_unstable_by(below, f64::total_cmp);
     let b = rest.iter().copied().min_by(f64::total_cmp).unwrap_or(a);
     a + (b - a) * (pos - below as f64)
 }
 
 /// `numpy.percentile(values, q)` with its default linear interpolation, on
-/// already sorted values.
-pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+/// already sorted values; 0 for no values.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming `q` when it is not a percentile (NaN,
+/// or outside 0..=100).
+pub fn percentile(sorted: &[f64], q: f64) -> Result<f64> {
+    check_percentile(q, "q")?;
+    Ok(sorted_percentile(sorted, q))
+}
+
+/// [`percentile`] with `q` clamped to 0..=100: for percentiles already
+/// checked (a model's metadata).
+fn sorted_percentile(sorted: &[f64], q: f64) -> f64 {
     let Some(&last) = sorted.last() else {
         return 0.0;
     };
     let pos = (q.clamp(0.0, 100.0) / 100.0) * (sorted.len() - 1) as f64;
-    let below = pos.floor() as usize;
+    let below = (pos.floor() as usize).min(sorted.len() - 1);
     let frac = pos - below as f64;
     match sorted.get(below + 1) {
         Some(&next) => sorted[below] + (next - sorted[below]) * frac,
@@ -464,10 +545,10 @@ mod tests {
     #[test]
     fn percentile_matches_numpy_linear() {
         let v: Vec<f64> = (0..11).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), 5.0);
-        assert!((percentile(&v, 99.8) - 9.98).abs() < 1e-12);
-        assert_eq!(percentile(&[3.0], 1.0), 3.0);
-        assert_eq!(percentile(&[], 1.0), 0.0);
+        assert_eq!(percentile(&v, 50.0).unwrap(), 5.0);
+        assert!((percentile(&v, 99.8).unwrap() - 9.98).abs() < 1e-12);
+        assert_eq!(percentile(&[3.0], 1.0).unwrap(), 3.0);
+        assert_eq!(percentile(&[], 1.0).unwrap(), 0.0);
     }
 
     #[test]
@@ -506,7 +587,10 @@ mod tests {
         sorted.sort_by(f64::total_cmp);
         for (lo, hi) in [(1.0, 99.8), (0.0, 100.0), (37.3, 62.1)] {
             let norm = Normalization::Percentile { low: lo, high: hi };
-            let want = affine_from_range(percentile(&sorted, lo), percentile(&sorted, hi));
+            let want = affine_from_range(
+                percentile(&sorted, lo).unwrap(),
+                percentile(&sorted, hi).unwrap(),
+            );
             assert_eq!(resolve_view(&norm, &a.view()), want);
             assert_eq!(resolve_view(&norm, &f.view()), want);
         }
@@ -597,5 +681,94 @@ mod tests {
         assert!(h.combine(PercentileStats::Sample(vec![1.0])).is_err());
         let b = ndarray::ArrayD::<i16>::zeros(ndarray::IxDyn(&[1, 4, 4]));
         assert!(h.combine(PercentileStats::of_image(&b.view())).is_err());
+    }
+
+    fn argument<T: std::fmt::Debug>(result: Result<T>) -> &'static str {
+        match result {
+            Err(Error::InvalidArgument { argument, .. }) => argument,
+            other => panic!("expected an invalid argument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn histograms_whose_counts_overflow_are_refused() {
+        // The merge wrapped to [0, 1] and the range of [MAX, MAX] to (0, 0).
+        let (a, b) = (vec![u64::MAX, 1], vec![1u64, 0]);
+        let merged = PercentileStats::merge([
+            StatsView::Histogram {
+                counts: &a,
+                first: 0.0,
+            },
+            StatsView::Histogram {
+                counts: &b,
+                first: 0.0,
+            },
+        ]);
+        assert_eq!(argument(merged), "stats");
+        let full = PercentileStats::Histogram {
+            counts: vec![u64::MAX, u64::MAX],
+            first: 0.0,
+        };
+        assert_eq!(argument(full.clone().checked_range(1.0, 99.0)), "stats");
+        // Unchecked, the range no longer wraps: both bins hold half.
+        assert_eq!(full.range(0.0, 100.0), (0.0, 1.0));
+        // Up to 2^64 - 1 pixels in all is a histogram like any other.
+        let most = PercentileStats::Histogram {
+            counts: vec![u64::MAX - 1, 1],
+            first: 0.0,
+        };
+        assert_eq!(most.checked_range(0.0, 100.0).unwrap(), (0.0, 1.0));
+        // Bins count integer values: non-finite percentiles are the stats'.
+        for first in [f64::NAN, f64::INFINITY] {
+            let odd = PercentileStats::Histogram {
+                counts: vec![1, 1],
+                first,
+            };
+            assert_eq!(argument(odd.checked_range(1.0, 99.0)), "stats");
+        }
+    }
+
+    #[test]
+    fn percentiles_that_are_not_percentiles_are_refused_by_name() {
+        let image =
+            ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[1, 8, 8]), |i| (i[1] * 8 + i[2]) as u8);
+        let stats = PercentileStats::of_image(&image.view());
+        let floats = PercentileStats::Sample(vec![3.0, 1.0, 2.0]);
+        for s in [stats, floats] {
+            // NaN blamed the image, a reversed range was returned reversed,
+            // and bounds outside 0..=100 were clamped silently.
+            assert_eq!(argument(s.clone().checked_range(f64::NAN, 99.0)), "low");
+            assert_eq!(argument(s.clone().checked_range(1.0, f64::NAN)), "high");
+            assert_eq!(argument(s.clone().checked_range(99.0, 1.0)), "low");
+            assert_eq!(argument(s.clone().checked_range(-50.0, 50.0)), "low");
+            assert_eq!(argument(s.clone().checked_range(1.0, 500.0)), "high");
+            assert_eq!(
+                argument(s.clone().checked_range(1.0, f64::INFINITY)),
+                "high"
+            );
+            assert!(s.clone().checked_range(0.0, 100.0).is_ok());
+            assert!(s.checked_range(50.0, 50.0).is_ok());
+        }
+        assert_eq!(
+            argument(PercentileStats::checked_sample_range(
+                &mut [1.0, 2.0],
+                99.0,
+                1.0
+            )),
+            "low"
+        );
+        // percentile returned NaN for a NaN q, and clamped 500.
+        assert_eq!(argument(percentile(&[1.0, 2.0, 3.0], f64::NAN)), "q");
+        assert_eq!(argument(percentile(&[1.0, 2.0, 3.0], 500.0)), "q");
+        assert_eq!(
+            argument(percentile(&[1.0, 2.0, 3.0], f64::NEG_INFINITY)),
+            "q"
+        );
+        // A model's normalization that is not a percentile range is named too.
+        let nan = Normalization::Percentile {
+            low: f64::NAN,
+            high: 99.0,
+        };
+        assert_eq!(argument(percentile_range(&nan, &image.view())), "low");
     }
 }
