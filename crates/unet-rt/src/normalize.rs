@@ -545,10 +545,10 @@ mod tests {
     #[test]
     fn percentile_matches_numpy_linear() {
         let v: Vec<f64> = (0..11).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0).unwrap(), 5.0);
-        assert!((percentile(&v, 99.8).unwrap() - 9.98).abs() < 1e-12);
-        assert_eq!(percentile(&[3.0], 1.0).unwrap(), 3.0);
-        assert_eq!(percentile(&[], 1.0).unwrap(), 0.0);
+        assert_eq!(percentile(&v, 50.0).expect("a case that succeeds"), 5.0);
+        assert!((percentile(&v, 99.8).expect("a case that succeeds") - 9.98).abs() < 1e-12);
+        assert_eq!(percentile(&[3.0], 1.0).expect("a case that succeeds"), 3.0);
+        assert_eq!(percentile(&[], 1.0).expect("a case that succeeds"), 0.0);
     }
 
     #[test]
@@ -588,8 +588,8 @@ mod tests {
         for (lo, hi) in [(1.0, 99.8), (0.0, 100.0), (37.3, 62.1)] {
             let norm = Normalization::Percentile { low: lo, high: hi };
             let want = affine_from_range(
-                percentile(&sorted, lo).unwrap(),
-                percentile(&sorted, hi).unwrap(),
+                percentile(&sorted, lo).expect("a case that succeeds"),
+                percentile(&sorted, hi).expect("a case that succeeds"),
             );
             assert_eq!(resolve_view(&norm, &a.view()), want);
             assert_eq!(resolve_view(&norm, &f.view()), want);
@@ -717,7 +717,11 @@ mod tests {
             counts: vec![u64::MAX - 1, 1],
             first: 0.0,
         };
-        assert_eq!(most.checked_range(0.0, 100.0).unwrap(), (0.0, 1.0));
+        assert_eq!(
+            most.checked_range(0.0, 100.0)
+                .expect("a case that succeeds"),
+            (0.0, 1.0)
+        );
         // Bins count integer values: non-finite percentiles are the stats'.
         for first in [f64::NAN, f64::INFINITY] {
             let odd = PercentileStats::Histogram {

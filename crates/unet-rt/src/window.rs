@@ -327,7 +327,7 @@ mod tests {
                         .collect();
                     let want = (*reads.iter().min().unwrap(), *reads.iter().max().unwrap());
                     assert_eq!(
-                        mirrored_bounds(start, len, n).unwrap(),
+                        mirrored_bounds(start, len, n).expect("a case that succeeds"),
                         want,
                         "start {start} len {len} n {n}"
                     );
@@ -383,7 +383,7 @@ mod tests {
         plan: &TilePlan,
     ) -> std::collections::HashMap<Vec<usize>, (usize, Vec<usize>)> {
         let mut map = std::collections::HashMap::new();
-        for tile in window.tiles(plan).unwrap() {
+        for tile in window.tiles(plan).expect("a case that succeeds") {
             let mut offset = vec![0usize; region.len()];
             loop {
                 let pixel: Vec<usize> = offset
@@ -441,7 +441,7 @@ mod tests {
                     };
                     let reads: Vec<usize> = window
                         .tiles(&plan)
-                        .unwrap()
+                        .expect("a case that succeeds")
                         .iter()
                         .flat_map(|t| {
                             (0..t.read_shape[0])
@@ -453,7 +453,7 @@ mod tests {
                         vec![reads.iter().max().unwrap() + 1],
                     );
                     assert_eq!(
-                        window.needed_input(&plan).unwrap(),
+                        window.needed_input(&plan).expect("a case that succeeds"),
                         want,
                         "n {n} tile {tile} region {first}+{shape}"
                     );
@@ -518,15 +518,30 @@ mod tests {
         // These built one run per pixel (or per two) first: 35 TB for the
         // first (an abort), "capacity overflow" for the second, the OOM
         // killer for the others.
-        assert_eq!(mirrored_bounds(0, 1 << 40, 1).unwrap(), (0, 0));
-        assert_eq!(mirrored_bounds(0, usize::MAX, 1).unwrap(), (0, 0));
-        assert_eq!(mirrored_bounds(0, 1 << 40, 2).unwrap(), (0, 1));
-        assert_eq!(mirrored_bounds(isize::MIN, 1 << 36, 2).unwrap(), (0, 1));
         assert_eq!(
-            mirrored_bounds(isize::MIN, usize::MAX, 1 << 62).unwrap(),
+            mirrored_bounds(0, 1 << 40, 1).expect("a case that succeeds"),
+            (0, 0)
+        );
+        assert_eq!(
+            mirrored_bounds(0, usize::MAX, 1).expect("a case that succeeds"),
+            (0, 0)
+        );
+        assert_eq!(
+            mirrored_bounds(0, 1 << 40, 2).expect("a case that succeeds"),
+            (0, 1)
+        );
+        assert_eq!(
+            mirrored_bounds(isize::MIN, 1 << 36, 2).expect("a case that succeeds"),
+            (0, 1)
+        );
+        assert_eq!(
+            mirrored_bounds(isize::MIN, usize::MAX, 1 << 62).expect("a case that succeeds"),
             (0, (1 << 62) - 1)
         );
-        assert_eq!(mirrored_bounds(-3, 2, 7).unwrap(), (2, 3));
+        assert_eq!(
+            mirrored_bounds(-3, 2, 7).expect("a case that succeeds"),
+            (2, 3)
+        );
         // An empty window or axis has no bounds: it gave (usize::MAX, 0).
         assert_eq!(argument(mirrored_bounds(0, 0, 5)), "len");
         assert_eq!(argument(mirrored_bounds(0, 5, 0)), "n");
@@ -535,12 +550,13 @@ mod tests {
     #[test]
     fn tiles_of_a_region_beyond_memory_are_refused() {
         // Vec::with_capacity of 2^56 tiles panicked ("capacity overflow").
-        let plan = TilePlan::valid(&[1 << 40, 1 << 40], &[1 << 12, 1 << 12], 0, 1).unwrap();
+        let plan = TilePlan::valid(&[1 << 40, 1 << 40], &[1 << 12, 1 << 12], 0, 1)
+            .expect("a case that succeeds");
         let whole = Window::whole(&[1 << 40, 1 << 40]);
         assert_eq!(argument(whole.tiles(&plan)), "window");
         // Its needs are still answered, in closed form.
         assert_eq!(
-            whole.needed_input(&plan).unwrap(),
+            whole.needed_input(&plan).expect("a case that succeeds"),
             (vec![0, 0], vec![1 << 40, 1 << 40])
         );
     }

@@ -328,7 +328,7 @@ fn whole_image_passes_refuse_empty_and_oversized_images_first() {
         ndarray::IxDyn(&[1, 1 << 20, 1 << 20]).strides(ndarray::IxDyn(&[0, 0, 0])),
         &[0f32][..],
     )
-    .unwrap();
+    .expect("a case that succeeds");
     assert_eq!(argument(unet_rt::forward_whole(&model, huge)), "image");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }

@@ -639,7 +639,7 @@ fn augmented_oracle(model: &Model, image: &ArrayD<f32>, rotations: bool) -> Arra
         .iter()
         .map(|&s| unet_rt::whole_image_padding(s, info))
         .collect();
-    let padded = unet_rt::pad_reflect(&normalized.view(), &pads).unwrap();
+    let padded = unet_rt::pad_reflect(&normalized.view(), &pads).expect("a case that succeeds");
     let mut sum: Option<ArrayD<f32>> = None;
     let mut count = 0.0f32;
     for transpose in [false, true]

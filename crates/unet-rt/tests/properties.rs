@@ -183,7 +183,7 @@ proptest! {
         let began = Instant::now();
         if window.check(&input).is_ok() {
             if let Ok(plan) = TilePlan::valid(&image, &[252, 252], 20, 4) {
-                let (first, end) = window.needed_input(&plan).unwrap();
+                let (first, end) = window.needed_input(&plan).expect("a case that succeeds");
                 prop_assert!(first.iter().zip(&end).zip(&image).all(|((&f, &e), &n)| f < e && e <= n));
                 let _ = window.check_context(&plan, &input);
             }

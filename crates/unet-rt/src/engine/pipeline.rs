@@ -305,7 +305,7 @@ mod tests {
             start: vec![16, 16],
             shape: vec![34, 54],
         };
-        let tiles = window.tiles(&plan).unwrap();
+        let tiles = window.tiles(&plan).expect("a case that succeeds");
         let indices: Vec<usize> = tiles.iter().map(|t| t.index).collect();
         assert_eq!(indices, vec![6, 7, 8, 9, 11, 12, 13, 14, 16, 17, 18, 19]);
         let groups = batch_groups(&tiles, 3, plan.len());

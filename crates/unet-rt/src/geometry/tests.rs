@@ -264,7 +264,7 @@ fn reflect_runs_of_windows_beyond_memory_are_counted_not_built() {
     );
     let mut runs = reflect_runs(isize::MIN, usize::MAX, 7);
     let before = runs.len();
-    let third = runs.nth(2).unwrap();
+    let third = runs.nth(2).expect("a case that succeeds");
     assert_eq!(runs.len(), before - 3);
     assert_eq!(third.len, 6);
 }
