@@ -376,22 +376,10 @@ impl Model {
         batch_size: Option<&Bound<'_, PyAny>>,
         memory_budget: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<(Vec<usize>, Vec<usize>)>> {
-        let rank = self.inner.info().spatial_dims;
+        // The core checks each window (its rank against the model's too).
         let windows = windows
             .try_iter()?
-            .map(|window| {
-                let window = args::window(&window?)?;
-                if window.image.len() != rank {
-                    return Err(args::invalid(
-                        "window",
-                        format!(
-                            "{window:?} must give one value per spatial axis of the model ({rank})"
-                        ),
-                    ));
-                }
-                window.check(&window.image).map_err(to_py_err)?;
-                Ok(window)
-            })
+            .map(|window| args::window(&window?))
             .collect::<PyResult<Vec<_>>>()?;
         let options = sizing(&self.inner, tile, batch_size, memory_budget)?;
         let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;

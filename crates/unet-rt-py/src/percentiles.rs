@@ -118,14 +118,7 @@ pub(crate) fn percentile_ranges<'py>(
     high: f64,
 ) -> PyResult<Bound<'py, PyArray2<f64>>> {
     let images = args::size(images, "images")?;
-    for (argument, q) in [("low", low), ("high", high)] {
-        if !(0.0..=100.0).contains(&q) {
-            return Err(args::invalid(
-                argument,
-                format!("{q} is not a percentile (0 to 100)"),
-            ));
-        }
-    }
+    unet_rt::normalize::check_percentiles(low, high).map_err(crate::errors::to_py_err)?;
     let held = Held::of(parts)?;
     let views = held.views()?;
     if let Some(image) = views.keys().find(|&&i| i >= images) {

@@ -427,8 +427,12 @@ fn check_percentile(q: f64, argument: &'static str) -> Result<()> {
     })
 }
 
-/// [`check_percentile`] for both bounds of a range, in order.
-fn check_percentiles(low: f64, high: f64) -> Result<()> {
+/// [`check_percentile`] for both bounds of a range, in order: the one rule
+/// for percentile bounds given as arguments (here and in the binding).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming `low` or `high`.
+pub fn check_percentiles(low: f64, high: f64) -> Result<()> {
     check_percentile(low, "low")?;
     check_percentile(high, "high")?;
     if low > high {
