@@ -624,3 +624,25 @@ def test_planar_separate_channels_are_refused_by_name(cli, tmp_path):
                      photometric="rgb", planarconfig="separate")
     stderr = refused_alone(cli, path, tmp_path)
     assert "planar configuration 2" in stderr
+
+
+@pytest.mark.parametrize("flag", ["--object-size", "--min-size", "--batch-size", "--tile", "--threads", "--levels"])
+def test_a_negative_number_is_refused_naming_its_flag(cli, tmp_path, flag):
+    # "-1" after a flag read as an unknown option: "unexpected argument '-1' found".
+    proc = segment(cli, good_image(tmp_path / "a.npy"), out=tmp_path / "out", extra=[flag, "-1"])
+    assert proc.returncode == 2, proc.stderr
+    assert flag in proc.stderr and "unexpected argument" not in proc.stderr, proc.stderr
+
+
+def test_non_finite_pixels_are_refused_with_advice_the_command_line_can_follow(cli, tmp_path):
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    image[3, 3] = np.nan
+    np.save(tmp_path / "nan.npy", image)
+    # The advice was the Python API's (nonfinite="propagate"), which no flag took.
+    stderr = refused_alone(cli, tmp_path / "nan.npy", tmp_path)
+    assert "--nonfinite propagate" in stderr and 'nonfinite="' not in stderr, stderr
+    out = tmp_path / "kept"
+    proc = segment(cli, tmp_path / "nan.npy", out=out, extra=["--nonfinite", "propagate", "-f", "npy", "-k", "probabilities"])
+    assert proc.returncode == 0, proc.stderr
+    probabilities = np.load(out / "nan.npy")
+    assert np.isnan(probabilities).any() and np.isfinite(probabilities).any()

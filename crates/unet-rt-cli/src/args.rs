@@ -137,21 +137,27 @@ pub(crate) struct ModelArgs {
     /// Tile size: N for every axis, or per axis as YxX (ZxYxX for 3-D), or
     /// `whole` (one tile per image: exact for models whose tiles are
     /// approximate); default: chosen from the memory budget.
-    #[arg(short, long, value_name = "N|YxX|whole", value_parser = parse_model_tile)]
+    #[arg(short, long, value_name = "N|YxX|whole", value_parser = parse_model_tile, allow_negative_numbers = true)]
     pub tile: Option<Sizes>,
     /// Tiles per forward pass (default: chosen from the memory budget).
-    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), allow_negative_numbers = true)]
     pub batch_size: Option<u64>,
     /// CPU threads for libtorch, at most 1024 (default: libtorch's choice, one
     /// per core).
     // libtorch starts every thread asked for: -j 100000000 took all memory.
-    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024), allow_negative_numbers = true)]
     pub threads: Option<u64>,
     /// Test-time augmentation: none, flips (every flip of the spatial axes)
     /// or d4 (the 8 flips and quarter turns of the yx plane); the logits are
     /// averaged, costing one forward pass per transform.
     #[arg(long, value_name = "none|flips|d4", default_value = "none", value_parser = parse_tta)]
     pub tta: unet_rt::Tta,
+}
+
+/// `--nonfinite`, by the engine's names.
+fn parse_nonfinite(text: &str) -> Result<unet_rt::NonFinite, String> {
+    text.parse::<unet_rt::NonFinite>()
+        .map_err(|e| e.to_string())
 }
 
 /// `--tta`, by the engine's names.
@@ -178,7 +184,7 @@ pub(crate) struct SegmentArgs {
     pub format: Format,
     /// With --format zarr: resolution levels of image and labels (level k
     /// keeps every 2^k-th pixel along the model's spatial axes).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16), allow_negative_numbers = true)]
     pub levels: u64,
     /// Axis order of the inputs, from b (batch), c (channels), z, y, x: e.g. yx,
     /// cyx, yxc, zyx, czyx; for a 2-D model z (like b) is a stack of images
@@ -189,16 +195,21 @@ pub(crate) struct SegmentArgs {
     /// resampled to the model's training scale (its metadata's object_size)
     /// and the results back, so larger or smaller objects are segmented as
     /// well as the training ones.
-    #[arg(long, value_name = "PIXELS")]
+    #[arg(long, value_name = "PIXELS", allow_negative_numbers = true)]
     pub object_size: Option<f64>,
     /// Instances: remove objects of fewer pixels (default: the model's
     /// read-out, `unet-rt info`).
-    #[arg(long, value_name = "PIXELS")]
+    #[arg(long, value_name = "PIXELS", allow_negative_numbers = true)]
     pub min_size: Option<u64>,
     /// Instances: whether background enclosed by one object joins it
     /// (default: the model's read-out).
     #[arg(long, value_name = "yes|no", value_parser = clap::builder::BoolishValueParser::new())]
     pub fill_holes: Option<bool>,
+    /// NaN or infinite pixels, and such values in the network's output: raise
+    /// (refuse the image, naming it) or propagate (let them through to the
+    /// result).
+    #[arg(long, value_name = "raise|propagate", default_value = "raise", value_parser = parse_nonfinite)]
+    pub nonfinite: unet_rt::NonFinite,
     /// Also write <stem>_overlay.png: the image scaled to 8-bit gray with object
     /// outlines in colour (the middle slice of stacks and volumes).
     #[arg(long)]
@@ -255,10 +266,10 @@ pub(crate) struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Image size: N, YxX or ZxYxX (default 2048x2048; 128x512x512 for 3-D models).
-    #[arg(short, long, value_name = "YxX", value_parser = parse_tile)]
+    #[arg(short, long, value_name = "YxX", value_parser = parse_tile, allow_negative_numbers = true)]
     pub size: Option<Sizes>,
     /// Timed runs (after one untimed warm-up run).
-    #[arg(short, long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short, long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..), allow_negative_numbers = true)]
     pub repeats: u64,
     /// What to compute.
     #[arg(short = 'k', long, value_parser = output_modes(), default_value = "labels")]

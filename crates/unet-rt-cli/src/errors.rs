@@ -52,7 +52,17 @@ impl CliError {
 /// a flag here is named as the flag (`invalid --object-size: ...`, where
 /// the library says `object_size`).
 pub(crate) fn in_flag_words(err: &unet_rt::Error) -> String {
-    const FLAGS: [(&str, &str); 8] = [
+    // The library's advice names its own argument; here it is a flag.
+    flag_advice(&flag_argument(err))
+}
+
+/// `nonfinite="propagate"` (the library's spelling) as `--nonfinite propagate`.
+fn flag_advice(message: &str) -> String {
+    message.replace("nonfinite=\"propagate\"", "--nonfinite propagate")
+}
+
+fn flag_argument(err: &unet_rt::Error) -> String {
+    const FLAGS: [(&str, &str); 9] = [
         ("tile", "--tile"),
         ("batch_size", "--batch-size"),
         ("object_size", "--object-size"),
@@ -61,6 +71,7 @@ pub(crate) fn in_flag_words(err: &unet_rt::Error) -> String {
         ("tta", "--tta"),
         ("device", "--device"),
         ("precision", "--precision"),
+        ("nonfinite", "--nonfinite"),
     ];
     match err {
         unet_rt::Error::InvalidArgument { argument, message } => {

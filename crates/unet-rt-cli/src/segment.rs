@@ -55,6 +55,7 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
         object_size: args.object_size,
         min_size: args.min_size,
         fill_holes: args.fill_holes,
+        nonfinite: args.nonfinite,
         cancel: Some(interrupt::flag()),
         ..Options::default()
     };
