@@ -414,6 +414,54 @@ def test_a_network_scaling_by_its_inputs_maximum_is_measured_approximate(tmp_pat
     # measured exact, and 93% of the labels of a real image then differed.
     path = tmp_path / "max_scaled.pt"
     torch.jit.save(torch.jit.script(_MaxScaled().eval()), str(path))
-    with pytest.warns(unet_rt.ApproximateTilingWarning, match="depends on more than a tile's overlap"):
+    # (Its maximum is the whole batch's: it depends on the batch too.)
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="tiled results are approximate"):
         model = unet_rt.Model(path, device="cpu")
     assert not model.info["exact"] and model.info["measured"]["label_agreement"] < 0.9
+
+
+class _BatchScaled(torch.nn.Module):
+    """A same-padded convolution whose output grows with the batch size."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x) * float(x.shape[0])
+
+
+class _Noisy(torch.nn.Module):
+    """A same-padded convolution with noise added at every pass."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x) + torch.rand_like(x)
+
+
+def test_a_network_whose_output_depends_on_its_batch_runs_one_tile_per_pass(tmp_path):
+    # Probing ran one image at a time: called exact, then tiles in batches of 7 were off by 5x.
+    path = tmp_path / "batch_scaled.pt"
+    torch.jit.save(torch.jit.script(_BatchScaled().eval()), str(path))
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="depends on the other images of its batch"):
+        model = unet_rt.Model(path, device="cpu")
+    assert not model.info["exact"]
+    image = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
+    want = whole_forward(_BatchScaled().eval(), image[None], model.info["overlap"], model.info["size_multiple"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", unet_rt.ApproximateTilingWarning)
+        assert model.layout(image.shape)["batch_size"] == 1
+        assert relative_error(model.segment(image, output="raw"), want) < 1e-5
+
+
+def test_a_network_with_noise_in_evaluation_mode_is_said_nondeterministic(tmp_path):
+    path = tmp_path / "noisy.pt"
+    torch.jit.save(torch.jit.script(_Noisy().eval()), str(path))
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="two forward passes on one input differ"):
+        model = unet_rt.Model(path, device="cpu")
+    assert not model.info["exact"]

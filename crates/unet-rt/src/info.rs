@@ -41,6 +41,13 @@ pub struct Exactness {
     pub whole_tile_ops: Vec<String>,
     /// Measured when probing, and at load for networks with such operations.
     pub measured: Option<Agreement>,
+    /// Found at load: the output for one image depends on the other images
+    /// of its batch (batch statistics: `BatchNorm` without running
+    /// statistics, `x - x.mean(0)`). Tiles then run one per pass.
+    pub batch_dependent: bool,
+    /// Found at load: two passes on one input differ (dropout or noise left
+    /// active in evaluation mode).
+    pub nondeterministic: bool,
 }
 
 impl Exactness {
@@ -49,7 +56,10 @@ impl Exactness {
     /// random probe may barely reach its global path (untrained weights),
     /// a trained one does.
     pub fn is_exact(&self) -> bool {
-        self.whole_tile_ops.is_empty() && self.measured.as_ref().is_none_or(Agreement::is_exact)
+        self.whole_tile_ops.is_empty()
+            && self.measured.as_ref().is_none_or(Agreement::is_exact)
+            && !self.batch_dependent
+            && !self.nondeterministic
     }
 
     /// What a user should be told when tiles are not exact.
@@ -57,7 +67,14 @@ impl Exactness {
         if self.is_exact() {
             return None;
         }
-        let ops = if self.whole_tile_ops.is_empty() {
+        let ops = if self.nondeterministic {
+            "two forward passes on one input differ (dropout or noise active in evaluation mode?)"
+                .to_owned()
+        } else if self.batch_dependent {
+            "its output for one image depends on the other images of its batch (batch statistics, \
+             as BatchNorm without running statistics uses?): tiles run one per forward pass"
+                .to_owned()
+        } else if self.whole_tile_ops.is_empty() {
             "its output depends on more than a tile's overlap can hold".to_owned()
         } else {
             format!(
@@ -325,11 +342,13 @@ mod tests {
         let measured_only = Exactness {
             whole_tile_ops: vec![],
             measured: Some(agreement(1e-7)),
+            ..Exactness::default()
         };
         assert!(measured_only.is_exact() && measured_only.warning().is_none());
         let ops = Exactness {
             whole_tile_ops: vec!["instance_norm".into()],
             measured: Some(agreement(1e-7)),
+            ..Exactness::default()
         };
         assert!(!ops.is_exact());
         let warning = ops.warning().expect("warning");
@@ -340,6 +359,7 @@ mod tests {
         let inexact = Exactness {
             whole_tile_ops: vec![],
             measured: Some(agreement(0.3)),
+            ..Exactness::default()
         };
         assert!(inexact
             .warning()

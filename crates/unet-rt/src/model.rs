@@ -206,6 +206,11 @@ impl Model {
             }
             None => probe::probe(&module, device, path, whole_tile_ops)?,
         };
+        let mut info = info;
+        (
+            info.exactness.batch_dependent,
+            info.exactness.nondeterministic,
+        ) = probe::check_passes(&module, device, path, &info);
         let precision = convert_weights(&mut module, device, precision).map_err(invalid)?;
         Ok(Self {
             inner: Arc::new(Inner {

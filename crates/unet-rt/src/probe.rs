@@ -174,7 +174,7 @@ pub(crate) fn probe(
         probed: true,
         exactness: Exactness {
             whole_tile_ops,
-            measured: None,
+            ..Exactness::default()
         },
         read_out: crate::instances::ReadOut::default(),
         object_size: None,
@@ -226,7 +226,70 @@ pub(crate) fn measure(
     prober.with_structured(uniform, size, shift, inner, margin, info.shrink())
 }
 
+/// Runs `module` on two images at once and on the first alone (twice,
+/// where they differ): `(batch_dependent, nondeterministic)`. A network
+/// whose output for one image moves with the other images of its batch
+/// gave results that changed with the planner's batch size; one that
+/// differs between passes on one input cannot be tiled reproducibly. Three
+/// passes on small images at most; a failure here (a network that fails
+/// on this size) finds nothing, and the network's own checks stand.
+pub(crate) fn check_passes(
+    module: &CModule,
+    device: Device,
+    path: &Path,
+    info: &ModelInfo,
+) -> (bool, bool) {
+    let _guard = tch::no_grad_guard();
+    let _plain = PlainExecutor::enter();
+    let channels = i64::try_from(info.in_channels).unwrap_or(i64::MAX);
+    let mut prober = Prober::new(
+        module,
+        device,
+        path,
+        info.spatial_dims,
+        channels,
+        Some(info.output_key.clone()),
+    );
+    prober.out_channels = info.out_channels;
+    let size = info.round_up_valid(REACH_START[usize::from(info.spatial_dims == 3)] / 4);
+    prober.batch_and_repeat(size).unwrap_or((false, false))
+}
+
 impl<'a> Prober<'a> {
+    /// See [`check_passes`].
+    fn batch_and_repeat(&mut self, size: usize) -> Result<(bool, bool)> {
+        if !self.fits(size.saturating_mul(2)) {
+            return Ok((false, false));
+        }
+        let first = self.noise(size, 1)?;
+        let second = self.noise_with(size, 2, true)?;
+        let both = self.torch(Tensor::f_cat(&[&first, &second], 0))?;
+        // Copies: a network may change its input in place.
+        let alone = self.output(&self.torch(first.f_detach_copy())?)?;
+        let batched = self.output(&both)?;
+        let scale = self.scale(&alone)?;
+        // GPUs may run other kernels for another batch size, in TF32 by
+        // default (about 1e-3 of the range): a wider margin there. The
+        // networks this finds move by tens of percent.
+        let tolerance = match self.device {
+            Device::Cpu => APPROXIMATE_TOLERANCE,
+            _ => 20.0 * APPROXIMATE_TOLERANCE,
+        };
+        let differs = |prober: &Self, a: &Tensor, b: &Tensor| -> Result<bool> {
+            let difference = prober.scale(&prober.torch(a.f_sub(b))?)?;
+            Ok(difference > tolerance * scale)
+        };
+        let row = self.torch(batched.f_narrow(0, 0, 1))?;
+        if !differs(self, &row, &alone)? {
+            return Ok((false, false));
+        }
+        let again = self.output(&self.torch(first.f_detach_copy())?)?;
+        if differs(self, &again, &alone)? {
+            return Ok((false, true));
+        }
+        Ok((true, false))
+    }
+
     /// `key`: `None` to pick the output container's entry at the first
     /// forward, `Some(key)` to use the metadata's.
     fn new(

@@ -316,6 +316,12 @@ impl<'a> Planner<'a> {
                 ),
             })
             .min(plan.len().max(1));
+        // Such a network's output moves with the other tiles of a batch.
+        let batch_size = if info.exactness.batch_dependent {
+            1
+        } else {
+            batch_size
+        };
         Ok(Layout { plan, batch_size })
     }
 
