@@ -459,6 +459,62 @@ def test_ctrl_c_stops_a_single_long_forward_pass_within_a_second(tmp_path, clean
     assert float(line[1]) - sent < 1.0
 
 
+SLOW_PROBE = """
+import sys, time, torch, unet_rt
+
+class SlowProbe(torch.nn.Module):
+    # No metadata: probing runs it, and from 256 pixels a pass takes minutes.
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+    def forward(self, x):
+        n = 0
+        if x.shape[-1] >= 256:
+            for i in range(500000000):
+                n += 1
+        return self.conv(x) + float(n) * 0.0
+
+torch.jit.save(torch.jit.script(SlowProbe().eval()), sys.argv[1])
+print("start", flush=True)
+try:
+    unet_rt.Model(sys.argv[1], device="cpu")
+    print("loaded", time.perf_counter(), flush=True)
+except KeyboardInterrupt:
+    print("interrupted", time.perf_counter(), flush=True)
+"""
+
+
+def test_ctrl_c_stops_a_model_load_whose_probing_runs_a_long_pass(tmp_path, clean_env, cli):
+    script = tmp_path / "slow_probe.py"
+    script.write_text(SLOW_PROBE)
+    model = tmp_path / "slow_probe.pt"
+    # Ctrl-C waited for the probe's pass to end (a minute and more).
+    with subprocess.Popen([sys.executable, str(script), str(model)], stdout=subprocess.PIPE, text=True,
+                          env=clean_env, cwd=ROOT) as proc:
+        try:
+            assert proc.stdout.readline().split() == ["start"]
+            time.sleep(3.0)  # into the first long pass
+            sent = time.perf_counter()
+            proc.send_signal(signal.SIGINT)
+            line = proc.stdout.readline().split()
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert line and line[0] == "interrupted", line
+    assert float(line[1]) - sent < 2.0
+    # The command line alike: exit 130 at once, not after the pass.
+    with subprocess.Popen([str(cli), "info", str(model)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        time.sleep(3.0)
+        sent = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        finally:
+            proc.kill()
+    assert proc.returncode == 130 and time.perf_counter() - sent < 5.0, proc.stderr.read()
+
+
 class _DictOut(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()

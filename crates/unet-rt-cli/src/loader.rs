@@ -44,16 +44,50 @@ pub(crate) fn load_model(
             // before the engine opens the path.
             refuse_special(path, "a model file")
                 .map_err(|m| usage(format!("the model {} {m}", path.display())))?;
-            Ok(Model::load_on_devices(path, devices, precision)?)
+            let (path, devices) = (path.to_owned(), devices.to_vec());
+            interruptible(move || Model::load_on_devices(&path, &devices, precision))
         }
         None => {
             let bytes = bundled_bytes().ok_or_else(no_bundled_model)?;
-            Ok(Model::load_bytes_on_devices(
-                bytes,
-                BUNDLED_NAME,
-                devices,
-                precision,
-            )?)
+            let devices = devices.to_vec();
+            interruptible(move || {
+                Model::load_bytes_on_devices(bytes, BUNDLED_NAME, &devices, precision)
+            })
+        }
+    }
+}
+
+/// Runs a load on a thread of its own and returns at a signal: probing a
+/// model without metadata runs whole forward passes, which cannot stop
+/// early, and Ctrl-C (or SIGTERM) waited a minute for a slow one after
+/// saying "stopping after the current batch". Nothing is written yet, so
+/// nothing is left to clean.
+fn interruptible(
+    load: impl FnOnce() -> unet_rt::Result<Model> + Send + 'static,
+) -> Result<Model, CliError> {
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("unet-rt-load".to_owned())
+        .spawn(move || {
+            let _ = done_tx.send(load());
+        })
+        .map_err(|e| {
+            CliError::Engine(unet_rt::Error::Internal(format!(
+                "cannot start a thread: {e}"
+            )))
+        })?;
+    loop {
+        match done_rx.recv_timeout(std::time::Duration::from_millis(50)) {
+            Ok(loaded) => return Ok(loaded?),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if crate::interrupt::requested() => {
+                return Err(CliError::Interrupted)
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(CliError::Engine(unet_rt::Error::Internal(
+                    "the model load stopped without an answer".to_owned(),
+                )))
+            }
         }
     }
 }

@@ -6,7 +6,7 @@
 //! the class.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, RecvTimeoutError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,29 +115,67 @@ where
                 // The receiver only goes away after a signal; the result is moot then.
                 let _ = done_tx.send(catching(work));
             });
-            let mut interrupted: Option<PyErr> = None;
-            loop {
-                match done_rx.recv_timeout(SIGNAL_POLL) {
-                    Ok(result) => {
-                        return match (interrupted, result) {
-                            (Some(err), _) => Err(err),
-                            (None, result) => result.map_err(to_py_err),
-                        };
-                    }
-                    Err(RecvTimeoutError::Timeout) if interrupted.is_none() => {
-                        if let Err(err) = Python::attach(|py| py.check_signals()) {
-                            cancel.store(true, Ordering::Relaxed);
-                            interrupted = Some(err);
-                        }
-                    }
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => {
-                        return Err(interrupted.unwrap_or_else(|| {
-                            PyKeyboardInterrupt::new_err("engine thread ended")
-                        }));
-                    }
-                }
-            }
+            wait_for(&done_rx, cancel, true)
         })
     })
+}
+
+/// [`run_released`] for work that cannot stop early and owns what it uses
+/// (a model load, whose probing runs whole forward passes): on a signal the
+/// exception is raised at once, and the work finishes on its own thread
+/// with its result dropped. Ctrl-C waited for the whole load before.
+pub(crate) fn run_released_detached<T, F>(py: Python<'_>, work: F) -> PyResult<T>
+where
+    F: FnOnce() -> unet_rt::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    py.detach(|| {
+        let (done_tx, done_rx) = sync_channel::<unet_rt::Result<T>>(1);
+        std::thread::Builder::new()
+            .name("unet-rt-load".to_owned())
+            .spawn(move || {
+                let _ = done_tx.send(catching(work));
+            })
+            .map_err(|e| {
+                to_py_err(unet_rt::Error::Internal(format!(
+                    "cannot start a thread: {e}"
+                )))
+            })?;
+        wait_for(&done_rx, &Arc::new(AtomicBool::new(false)), false)
+    })
+}
+
+/// Waits for `done`, looking for signals every [`SIGNAL_POLL`]: on one,
+/// `cancel` is set and, unless `drain` (the worker must be waited for: it
+/// borrows), its exception is returned at once.
+fn wait_for<T>(
+    done: &Receiver<unet_rt::Result<T>>,
+    cancel: &Arc<AtomicBool>,
+    drain: bool,
+) -> PyResult<T> {
+    let mut interrupted: Option<PyErr> = None;
+    loop {
+        match done.recv_timeout(SIGNAL_POLL) {
+            Ok(result) => {
+                return match (interrupted, result) {
+                    (Some(err), _) => Err(err),
+                    (None, result) => result.map_err(to_py_err),
+                };
+            }
+            Err(RecvTimeoutError::Timeout) if interrupted.is_none() => {
+                if let Err(err) = Python::attach(|py| py.check_signals()) {
+                    cancel.store(true, Ordering::Relaxed);
+                    if !drain {
+                        return Err(err);
+                    }
+                    interrupted = Some(err);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(interrupted
+                    .unwrap_or_else(|| PyKeyboardInterrupt::new_err("engine thread ended")));
+            }
+        }
+    }
 }

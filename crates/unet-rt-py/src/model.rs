@@ -8,7 +8,7 @@ use pyo3::types::PyDict;
 use unet_rt::{OutputMode, Precision};
 
 use crate::args;
-use crate::errors::{catching, run_released, to_py_err};
+use crate::errors::{catching, run_released, run_released_detached, to_py_err};
 use crate::percentiles::percentile_range;
 use crate::segment::{new_natural_result, progress_callback, segment};
 
@@ -71,8 +71,7 @@ impl Model {
     fn new(py: Python<'_>, path: PathBuf, device: &str, precision: &str) -> PyResult<Self> {
         let devices = unet_rt::parse_devices(device).map_err(to_py_err)?;
         let precision: Precision = parse(precision)?;
-        let cancel = Arc::new(AtomicBool::new(false));
-        let inner = run_released(py, &cancel, || {
+        let inner = run_released_detached(py, move || {
             unet_rt::Model::load_on_devices(&path, &devices, precision)
         })?;
         Ok(Self { inner })
@@ -90,8 +89,7 @@ impl Model {
     ) -> PyResult<Self> {
         let devices = unet_rt::parse_devices(device).map_err(to_py_err)?;
         let precision: Precision = parse(precision)?;
-        let cancel = Arc::new(AtomicBool::new(false));
-        let inner = run_released(py, &cancel, || {
+        let inner = run_released_detached(py, move || {
             unet_rt::Model::load_bytes_on_devices(&data, &name, &devices, precision)
         })?;
         Ok(Self { inner })
