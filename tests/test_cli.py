@@ -262,6 +262,8 @@ def test_usage_errors_exit_2_before_writing_anything(tiny_model_path, cli, tmp_p
         "PNG cannot hold": [img, "-m", model, "-o", tmp_path / "o4", "-k", "probabilities", "--format", "png"],
         "model file not found": [img, "-m", tmp_path / "nope.pt", "-o", tmp_path / "o5"],
         "--output-kind": [img, "-m", model, "-o", tmp_path / "o6", "--output-kind", "blobs"],
+        # Said "cannot create the output folder ...: File exists".
+        "is a file: -o names the folder": [img, "-m", model, "-o", tmp_path / "a_file"],
     }
     for needle, args in cases.items():
         proc = run([cli, "segment", *args])

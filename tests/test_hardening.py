@@ -251,6 +251,10 @@ def test_nan_weights_raise_non_finite_error_naming_the_tile(tmp_path):
         (dict(format="unet_rt/9"), "format"),
         # Loaded, then planning said "sizes are 0 + k * 4 from 18446744073709551615 up".
         (dict(fixed_size=7), "fixed_size is 7, which is not an input size of its own rule"),
+        # Metadata the network contradicts loaded, and failed at the first image.
+        (dict(out_channels=3, class_names=None), r"declares 3 output channel\(s\)"),
+        (dict(halo=22), r"halo 22, an output of \[1, 2, 20, 20\] .* the network returns \[1, 2, 24, 24\]"),
+        (dict(padding="same"), "Same padding .* the network returns"),
         # Read whole without a bound: a megabyte file that unpacks to gigabytes was held in memory.
         (dict(description=" " * (17 << 20)), "beyond the 16777216 metadata may have"),
     ],
@@ -373,20 +377,24 @@ def test_every_error_class_the_binding_raises_exists():
 
 
 class _Doubling(torch.nn.Module):
-    """A same-padded convolution of twice the input: in place (as networks
-    that start with ``x.div_(255)`` do) or not."""
+    """A same-padded convolution of twice the input."""
 
-    def __init__(self, in_place: bool):
+    def __init__(self):
         super().__init__()
         torch.manual_seed(0)
         self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
-        self.in_place = in_place
 
     def forward(self, x):
-        if self.in_place:
-            x.mul_(2.0)
-            return self.conv(x)
         return self.conv(x * 2.0)
+
+
+class _DoublingInPlace(_Doubling):
+    """The same, doubling its input in place (as networks that start with
+    ``x.div_(255)`` do)."""
+
+    def forward(self, x):
+        x.mul_(2.0)
+        return self.conv(x)
 
 
 @pytest.mark.parametrize("tta", ["flips", "d4"])
@@ -394,10 +402,9 @@ def test_a_network_that_changes_its_input_in_place_gets_the_same_augmented_resul
     meta = dict(format="unet_rt/1", spatial_dims=2, in_channels=1, out_channels=2, output="softmax",
                 padding="same", halo=1, size_multiple=1, size_offset=0)
     models = {}
-    for in_place in (False, True):
+    for in_place, net in ((False, _Doubling()), (True, _DoublingInPlace())):
         path = tmp_path / f"in_place_{in_place}.pt"
-        torch.jit.save(torch.jit.script(_Doubling(in_place).eval()), str(path),
-                       _extra_files={"unet_rt.json": json.dumps(meta)})
+        torch.jit.save(torch.jit.script(net.eval()), str(path), _extra_files={"unet_rt.json": json.dumps(meta)})
         models[in_place] = unet_rt.Model(path, device="cpu", precision="fp32")
     image = np.random.default_rng(3).random((40, 44)).astype(np.float32)
     want = models[False].segment(image, output="raw", tta=tta)

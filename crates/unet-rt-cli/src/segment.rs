@@ -171,6 +171,14 @@ fn check_model(model: &Model, args: &SegmentArgs) -> Result<(), CliError> {
 
 /// Creates the output folder and checks that files can be created in it.
 fn prepare_folder(dir: &Path) -> Result<(), CliError> {
+    // "cannot create the output folder ok.png: File exists" read as a
+    // permission problem: -o names a folder, and this is a file.
+    if dir.exists() && !dir.is_dir() {
+        return Err(usage(format!(
+            "-o {} is a file: -o names the folder the results are written into",
+            dir.display()
+        )));
+    }
     std::fs::create_dir_all(dir).map_err(|e| {
         usage(format!(
             "cannot create the output folder {}: {e}",

@@ -210,7 +210,7 @@ impl Model {
         (
             info.exactness.batch_dependent,
             info.exactness.nondeterministic,
-        ) = probe::check_passes(&module, device, path, &info);
+        ) = probe::check_passes(&module, device, path, &info)?;
         let precision = convert_weights(&mut module, device, precision).map_err(invalid)?;
         Ok(Self {
             inner: Arc::new(Inner {

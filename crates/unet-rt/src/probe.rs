@@ -233,12 +233,19 @@ pub(crate) fn measure(
 /// differs between passes on one input cannot be tiled reproducibly. Three
 /// passes on small images at most; a failure here (a network that fails
 /// on this size) finds nothing, and the network's own checks stand.
+///
+/// For a model with metadata, the first pass also checks the output the
+/// metadata declares (channels, and the size its padding and halo give):
+/// a contradiction is an error at load, not at the first image.
+///
+/// # Errors
+/// [`Error::InvalidMetadata`] for such a contradiction.
 pub(crate) fn check_passes(
     module: &CModule,
     device: Device,
     path: &Path,
     info: &ModelInfo,
-) -> (bool, bool) {
+) -> Result<(bool, bool)> {
     let _guard = tch::no_grad_guard();
     let _plain = PlainExecutor::enter();
     let channels = i64::try_from(info.in_channels).unwrap_or(i64::MAX);
@@ -252,14 +259,34 @@ pub(crate) fn check_passes(
     );
     prober.out_channels = info.out_channels;
     let size = info.round_up_valid(REACH_START[usize::from(info.spatial_dims == 3)] / 4);
-    prober.batch_and_repeat(size).unwrap_or((false, false))
+    let Ok((batch_dependent, nondeterministic, shape)) = prober.batch_and_repeat(size) else {
+        return Ok((false, false));
+    };
+    let side = size.saturating_sub(info.shrink());
+    let mut expected = vec![1, info.out_channels];
+    expected.extend(std::iter::repeat_n(side, info.spatial_dims));
+    let got: Vec<usize> = shape
+        .iter()
+        .map(|&d| usize::try_from(d).unwrap_or(0))
+        .collect();
+    if !info.probed && got != expected {
+        return Err(Error::InvalidMetadata {
+            path: path.to_owned(),
+            reason: format!(
+                "it declares {} output channel(s) and, with {:?} padding and halo {}, an output of \
+                 {expected:?} for an input of {size} pixels per axis; the network returns {got:?}",
+                info.out_channels, info.padding, info.halo
+            ),
+        });
+    }
+    Ok((batch_dependent, nondeterministic))
 }
 
 impl<'a> Prober<'a> {
     /// See [`check_passes`].
-    fn batch_and_repeat(&mut self, size: usize) -> Result<(bool, bool)> {
+    fn batch_and_repeat(&mut self, size: usize) -> Result<(bool, bool, Vec<i64>)> {
         if !self.fits(size.saturating_mul(2)) {
-            return Ok((false, false));
+            return Err(self.too_large(size));
         }
         let first = self.noise(size, 1)?;
         let second = self.noise_with(size, 2, true)?;
@@ -279,15 +306,16 @@ impl<'a> Prober<'a> {
             let difference = prober.scale(&prober.torch(a.f_sub(b))?)?;
             Ok(difference > tolerance * scale)
         };
+        let shape = alone.size();
         let row = self.torch(batched.f_narrow(0, 0, 1))?;
         if !differs(self, &row, &alone)? {
-            return Ok((false, false));
+            return Ok((false, false, shape));
         }
         let again = self.output(&self.torch(first.f_detach_copy())?)?;
         if differs(self, &again, &alone)? {
-            return Ok((false, true));
+            return Ok((false, true, shape));
         }
-        Ok((true, false))
+        Ok((true, false, shape))
     }
 
     /// `key`: `None` to pick the output container's entry at the first
