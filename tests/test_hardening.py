@@ -835,3 +835,10 @@ def test_a_tile_beyond_the_image_is_cut_to_the_whole_image_tile(model):
     assert model.layout(IMAGE.shape, tile=1 << 20)["tile"] == whole
     assert model.layout(IMAGE.shape, tile=(100, 100004))["tile"][1] == whole[1]
     np.testing.assert_array_equal(model.segment(IMAGE, tile=1 << 20), model.segment(IMAGE, tile="whole"))
+
+
+def test_a_batch_too_large_for_memory_is_blamed_on_batch_size(model):
+    image = np.broadcast_to(np.float32(0.5), (20000, 20000))
+    # A tile that fits alone, in batches that do not, named the tile.
+    with pytest.raises(unet_rt.InvalidArgumentError, match=r"invalid batch_size: tiles of \[1004, 1004\] in batches"):
+        model.segment(image, tile=1004, batch_size=10**6)

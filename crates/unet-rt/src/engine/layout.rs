@@ -256,19 +256,31 @@ impl<'a> Planner<'a> {
         if need <= limit {
             return Ok(());
         }
+        // The batch is to blame when one tile alone fits (a tile of 1004
+        // in batches of 12100 named the tile); the planner's own tile is
+        // the smallest only when it is.
+        let one_fits = plan::forward_host_bytes(info, pixels, element, device) <= limit;
         let argument = match (
             &self.options.tile,
             self.options.batch_size,
             self.options.memory_budget,
         ) {
+            (_, Some(b), _) if b > 1 && one_fits => "batch_size",
+            (Some(_), _, _) => "tile",
             (None, Some(b), _) if b > 1 => "batch_size",
             (None, _, Some(_)) => "memory_budget",
             _ => "tile",
         };
+        let smallest = layout
+            .plan
+            .input_tile_shape()
+            .iter()
+            .all(|&t| t == info.min_tile());
         let whose = match (&self.options.tile, self.options.memory_budget) {
             (Some(_), _) => "",
             (None, Some(_)) => " (chosen for the memory budget)",
-            (None, None) => " (the smallest this model takes)",
+            (None, None) if smallest => " (the smallest this model takes)",
+            (None, None) => " (the planner's choice)",
         };
         Err(invalid(
             argument,
