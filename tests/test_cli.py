@@ -337,6 +337,7 @@ def test_info_describes_the_model(tiny_model_path, cli):
         assert needle in text.stdout, (needle, text.stdout)
     data = json.loads(run([cli, "info", tiny_model_path, "--json"]).stdout)
     assert (data["halo"], data["size_offset"], data["size_multiple"], data["smallest_input"]) == (20, 0, 4, 44)
+    assert data["smallest_tile"] == 44 and "in tiles (--tile) from 44 up" in text.stdout
     assert data["normalization"] == {"kind": "percentile", "low": 1.0, "high": 99.8}
     assert data["probed"] is False and data["training"]["trained"] is False
 
@@ -347,6 +348,10 @@ def test_info_without_a_model_describes_the_bundled_one(cli):
     no_panic(proc)
     if bundled:
         assert proc.returncode == 0 and "bundled:nuclei.pt" in proc.stdout
+        # Sizes from 92 were listed, and --tile 92 refused "from 100 up": the smallest tile is said too.
+        data = json.loads(run([cli, "info", "--json"]).stdout)
+        assert (data["smallest_input"], data["smallest_tile"]) == (92, 100)
+        assert "in tiles (--tile) from 100 up" in proc.stdout
     else:
         assert proc.returncode == 2 and "no bundled model" in proc.stderr and "--model" in proc.stderr
 

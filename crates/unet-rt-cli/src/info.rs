@@ -60,6 +60,9 @@ fn describe(model: &Model, path: Option<&Path>, file_bytes: Option<u64>) -> Valu
         "size_offset": info.size_offset,
         "size_multiple": info.size_multiple,
         "smallest_input": info.smallest_valid_size(),
+        // Tiles keep at least one step beyond the overlap: --tile 92 was
+        // refused ("from 100 up") where the sizes listed began at 92.
+        "smallest_tile": info.min_tile(),
         "fixed_size": (info.fixed_size > 0).then_some(info.fixed_size),
         "valid_sizes": valid,
         "output_shrink": info.shrink(),
@@ -144,10 +147,11 @@ fn text(d: &Value) -> Vec<String> {
         "input sizes".into(),
         if d["fixed_size"].is_null() {
             format!(
-                "{} + {}k ({}, ...) per axis; images of any size are tiled",
+                "{} + {}k ({}, ...) per axis; images of any size are tiled, in tiles (--tile) from {} up",
                 n("smallest_input"),
                 n("size_multiple"),
-                valid.join(", ")
+                valid.join(", "),
+                n("smallest_tile")
             )
         } else {
             format!(
