@@ -311,7 +311,13 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
         try:
             model = unet_rt.Model(path, device="cpu", precision="fp32")
         except unet_rt.MetadataError as e:
-            raise ExportGeometryError(str(e)) from None
+            # The runtime's own checks at load (bounds, and the declared
+            # output against one pass): said with what probing finds, as
+            # the checks below are; without the temporary file's name.
+            reason = str(e)
+            if reason.startswith("invalid metadata in ") and ": " in reason:
+                reason = reason.split(": ", 1)[1]
+            raise refuse(reason) from None
     info = model.info
     meta = model.metadata or {}
     rng = np.random.default_rng(0)
