@@ -465,3 +465,20 @@ def test_a_network_with_noise_in_evaluation_mode_is_said_nondeterministic(tmp_pa
     with pytest.warns(unet_rt.ApproximateTilingWarning, match="two forward passes on one input differ"):
         model = unet_rt.Model(path, device="cpu")
     assert not model.info["exact"]
+
+
+class _OneConvolution(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_tiles_that_agree_to_the_bit_measure_no_difference(tmp_path):
+    path = tmp_path / "one_convolution.pt"
+    torch.jit.save(torch.jit.script(_OneConvolution().eval()), str(path))
+    # Through the floor of the output's scale, a difference of none read 2e-308.
+    assert unet_rt.Model(path, device="cpu").info["measured"]["max_difference"] == 0.0

@@ -887,14 +887,20 @@ impl<'a> Prober<'a> {
     /// The largest magnitude of `t` (at least the smallest positive float,
     /// so that relative differences are defined).
     fn scale(&self, t: &Tensor) -> Result<f64> {
-        let max = self
-            .torch(t.f_abs().and_then(|a| a.f_max()))?
-            .double_value(&[]);
+        let max = self.largest(t)?;
         Ok(if max.is_finite() {
             max.max(f64::MIN_POSITIVE)
         } else {
             f64::INFINITY
         })
+    }
+
+    /// The largest magnitude of `t`, 0 for zeros (a difference that is
+    /// none was reported as 2e-308 through [`Self::scale`]'s floor).
+    fn largest(&self, t: &Tensor) -> Result<f64> {
+        Ok(self
+            .torch(t.f_abs().and_then(|a| a.f_max()))?
+            .double_value(&[]))
     }
 
     /// The float32 output for `input`; a failure here, on a size that
@@ -1024,7 +1030,7 @@ impl<'a> Prober<'a> {
             b = self.torch(b.f_narrow(dim, (shift + margin) as i64, kept as i64))?;
         }
         let scale = self.scale(whole)?;
-        let max_difference = self.scale(&self.torch(a.f_sub(&b))?)? / scale;
+        let max_difference = self.largest(&self.torch(a.f_sub(&b))?)? / scale;
         let several = self.out_channels > 1;
         let label_agreement = self
             .torch((|| {
