@@ -198,16 +198,7 @@ pub(crate) fn measure(
 ) -> Result<Agreement> {
     let _guard = tch::no_grad_guard();
     let _plain = PlainExecutor::enter();
-    let channels = i64::try_from(info.in_channels).unwrap_or(i64::MAX);
-    let mut prober = Prober::new(
-        module,
-        device,
-        path,
-        info.spatial_dims,
-        channels,
-        Some(info.output_key.clone()),
-    );
-    prober.out_channels = info.out_channels;
+    let mut prober = Prober::of_info(module, device, path, info);
     let dims = usize::from(info.spatial_dims == 3);
     let shift = info.size_multiple.max(1);
     let size = info.round_up_valid(
@@ -248,16 +239,7 @@ pub(crate) fn check_passes(
 ) -> Result<(bool, bool)> {
     let _guard = tch::no_grad_guard();
     let _plain = PlainExecutor::enter();
-    let channels = i64::try_from(info.in_channels).unwrap_or(i64::MAX);
-    let mut prober = Prober::new(
-        module,
-        device,
-        path,
-        info.spatial_dims,
-        channels,
-        Some(info.output_key.clone()),
-    );
-    prober.out_channels = info.out_channels;
+    let mut prober = Prober::of_info(module, device, path, info);
     let size = info.round_up_valid(REACH_START[usize::from(info.spatial_dims == 3)] / 4);
     let Ok((batch_dependent, nondeterministic, shape)) = prober.batch_and_repeat(size) else {
         return Ok((false, false));
@@ -341,6 +323,22 @@ impl<'a> Prober<'a> {
             sides: HashMap::new(),
             last_failure: None,
         }
+    }
+
+    /// A prober for a model whose geometry is known (its metadata, or
+    /// probed already): its channels and output key.
+    fn of_info(module: &'a CModule, device: Device, path: &'a Path, info: &ModelInfo) -> Self {
+        let channels = i64::try_from(info.in_channels).unwrap_or(i64::MAX);
+        let mut prober = Self::new(
+            module,
+            device,
+            path,
+            info.spatial_dims,
+            channels,
+            Some(info.output_key.clone()),
+        );
+        prober.out_channels = info.out_channels;
+        prober
     }
 
     /// A libtorch failure while probing (out of memory, a shape the network
