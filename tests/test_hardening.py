@@ -842,3 +842,41 @@ def test_a_batch_too_large_for_memory_is_blamed_on_batch_size(model):
     # A tile that fits alone, in batches that do not, named the tile.
     with pytest.raises(unet_rt.InvalidArgumentError, match=r"invalid batch_size: tiles of \[1004, 1004\] in batches"):
         model.segment(image, tile=1004, batch_size=10**6)
+
+
+FORKED_WORKERS = """
+import multiprocessing, sys, numpy as np, unet_rt
+
+images = [np.random.default_rng(i).random((150 + 20 * i, 170), np.float32) for i in range(3)]
+
+def work(i):
+    # A model loaded in the child and the parent's bundled one.
+    own = unet_rt.Model(sys.argv[1], device="cpu")
+    return unet_rt.segment(images[i]), own.segment(images[i], output="raw")
+
+if __name__ == "__main__":
+    own = unet_rt.Model(sys.argv[1], device="cpu")
+    # The parent's forward thread (and its OpenMP team) exists before the fork.
+    want = [(unet_rt.segment(im), own.segment(im, output="raw")) for im in images]
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        got = pool.map(work, range(len(images)))
+    for (a, b), (c, d) in zip(want, got):
+        assert (a == c).all() and (b == d).all()
+    # The parent goes on as before.
+    assert (unet_rt.segment(images[0]) == want[0][0]).all()
+    print("ok", flush=True)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork is the default start method on Linux")
+def test_forked_worker_processes_segment_like_their_parent(tmp_path, tiny_model_path, clean_env):
+    # A child of fork has none of its parent's threads: a call there waited
+    # for ever on the parent's forward thread (and its OpenMP team).
+    script = tmp_path / "forked.py"
+    script.write_text(FORKED_WORKERS)
+    try:
+        done = subprocess.run([sys.executable, str(script), str(tiny_model_path)], capture_output=True, text=True,
+                              env=clean_env, cwd=ROOT, timeout=180)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"forked workers hung: {e.stdout!r} {e.stderr!r}")
+    assert done.returncode == 0 and done.stdout.split() == ["ok"], done.stderr[-2000:]

@@ -21,6 +21,7 @@ pub mod cuda_memory;
 mod engine;
 mod error;
 pub mod files;
+mod forward_thread;
 pub mod geometry;
 mod info;
 pub mod instances;

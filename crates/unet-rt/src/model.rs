@@ -1,10 +1,9 @@
 //! Loading a TorchScript model and running it.
 
-use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, sync_channel, RecvTimeoutError, SendError, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ndarray::{ArrayD, ArrayViewD};
@@ -14,6 +13,7 @@ use crate::archive;
 use crate::container;
 use crate::convert::{array_from_tensor, tensor_from_view};
 use crate::error::{first_line, Error, Result};
+use crate::forward_thread;
 use crate::info::ModelInfo;
 use crate::memory;
 use crate::metadata::Metadata;
@@ -257,7 +257,7 @@ impl Model {
     /// passes would only oversubscribe the cores, each caller spinning its
     /// own OpenMP pool.
     ///
-    /// The pass runs on the device's forward thread (see [`forward_thread`]),
+    /// The pass runs on the device's forward thread (see [`forward_thread::run`]),
     /// which also serialises it. While it runs, the caller looks at `cancel`
     /// every [`CANCEL_POLL`]: once set, the call returns
     /// [`Error::Cancelled`] at once, and the pass finishes in the background
@@ -271,7 +271,7 @@ impl Model {
         let (reply_tx, reply_rx) = sync_channel::<Result<Tensor>>(1);
         let model = self.clone();
         let input = input.shallow_clone();
-        forward_thread(
+        forward_thread::run(
             self.inner.device,
             Box::new(move || {
                 let output = model
@@ -387,52 +387,6 @@ impl Model {
 
 /// How often a waiting forward pass looks at its cancel flag.
 const CANCEL_POLL: Duration = Duration::from_millis(20);
-
-/// Work for a forward thread.
-type Job = Box<dyn FnOnce() + Send + 'static>;
-
-/// Runs `job` on the forward thread of `device`, started on first use: one
-/// thread per device (the CPU, then CUDA devices by index) runs every
-/// forward pass of the process, one at a time. libtorch parallelises inside
-/// each pass (intra-op threads on the CPU, the whole GPU), and concurrent
-/// passes would only oversubscribe the cores, each caller spinning its own
-/// OpenMP pool; one long-lived thread also keeps one warm pool. Callers wait
-/// for their job's reply, so the queue holds at most one job per caller.
-fn forward_thread(device: Device, job: Job) -> Result<()> {
-    const DEVICES: usize = 65;
-    static QUEUES: [Mutex<Option<Sender<Job>>>; DEVICES] = [const { Mutex::new(None) }; DEVICES];
-    let slot = match device {
-        Device::Cuda(i) => (i + 1).min(DEVICES - 1),
-        _ => 0,
-    };
-    let mut queue = QUEUES[slot].lock().unwrap_or_else(PoisonError::into_inner);
-    let job = match queue.as_ref() {
-        Some(tx) => match tx.send(job) {
-            Ok(()) => return Ok(()),
-            // The thread is gone (it cannot panic, but be safe): start another.
-            Err(SendError(job)) => job,
-        },
-        None => job,
-    };
-    let (tx, rx) = channel::<Job>();
-    std::thread::Builder::new()
-        .name(format!("unet-rt-forward-{slot}"))
-        .spawn(move || {
-            align_cpu_threads();
-            let _no_grad = tch::no_grad_guard();
-            for job in rx {
-                // A panic in a job is a bug; it must not take the thread
-                // (and every later forward pass) with it. The job's reply
-                // channel closes, which its caller reports.
-                let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
-            }
-        })
-        .map_err(|e| Error::Internal(format!("cannot start the forward thread: {e}")))?;
-    tx.send(job)
-        .map_err(|_| Error::Internal("the forward thread stopped at its start".to_owned()))?;
-    *queue = Some(tx);
-    Ok(())
-}
 
 /// Devices for one model: all of one kind (the tiling is planned once, for
 /// the first). A device listed twice only adds a worker that waits for the
