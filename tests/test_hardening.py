@@ -880,3 +880,51 @@ def test_forked_worker_processes_segment_like_their_parent(tmp_path, tiny_model_
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"forked workers hung: {e.stdout!r} {e.stderr!r}")
     assert done.returncode == 0 and done.stdout.split() == ["ok"], done.stderr[-2000:]
+
+
+DAEMON_AT_EXIT = """
+import sys, threading, time, numpy as np, unet_rt
+
+image = np.random.default_rng(0).random((2000, 2000), np.float32)
+model = unet_rt.Model(unet_rt.bundled_model_path()) if sys.argv[1] == "segment" else None
+
+def work():
+    # A load (its check passes run the network), or a call of many batches.
+    (model or unet_rt.Model(unet_rt.bundled_model_path())).segment(image)
+
+threading.Thread(target=work, daemon=True).start()
+time.sleep(float(sys.argv[2]))
+print("exiting", flush=True)
+"""
+
+
+@pytest.mark.parametrize("call,delay", [("segment", 0.5), ("segment", 1.5), ("load", 0.05), ("load", 0.3)])
+def test_interpreter_exit_with_a_daemon_thread_inside_a_call_is_clean(tmp_path, clean_env, call, delay):
+    # Finalizing under the call freed what it read and tore libtorch down
+    # under its forward pass (segmentation fault), or attached a thread to a
+    # finalized interpreter (a panic, then abort).
+    script = tmp_path / "daemon.py"
+    script.write_text(DAEMON_AT_EXIT)
+    done = subprocess.run([sys.executable, str(script), call, str(delay)], capture_output=True, text=True,
+                          env=clean_env, cwd=ROOT, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["exiting"], (done.returncode, done.stderr[-3000:])
+    assert "panicked" not in done.stderr and "Fatal" not in done.stderr
+    # The thread's call ends as cancelled, if it was still running.
+    assert not done.stderr or "CancelledError" in done.stderr, done.stderr[-3000:]
+
+
+def test_ctrl_c_during_a_forward_pass_ends_the_command_line_with_130(tmp_path, cli):
+    # The abandoned pass kept running while the process exited: libtorch was
+    # torn down under it, and two runs in three died of SIGSEGV.
+    image = tmp_path / "big.npy"
+    np.save(image, (np.random.default_rng(0).random((3000, 3000)) * 60000).astype(np.uint16))
+    for attempt in range(3):
+        with subprocess.Popen([str(cli), "segment", str(image), "-o", str(tmp_path / f"out{attempt}"), "--quiet"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+            time.sleep(1.5 + 0.3 * attempt)
+            proc.send_signal(signal.SIGINT)
+            try:
+                _, stderr = proc.communicate(timeout=60)
+            finally:
+                proc.kill()
+        assert proc.returncode == 130, (attempt, proc.returncode, stderr)

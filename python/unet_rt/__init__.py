@@ -11,6 +11,8 @@ from __future__ import annotations
 # extension links against, so the process holds exactly one libtorch.
 import torch as _torch  # noqa: F401  (imported for its side effect)
 
+import atexit as _atexit
+
 from . import _unet_rt
 from .errors import (
     ApproximateTilingWarning,
@@ -31,6 +33,11 @@ from ._window import Window
 from .model import DEFAULT_PRECISION, Model, bundled_model_path, plan, segment
 
 __version__: str = _unet_rt.__version__
+
+# At interpreter exit, calls still running in daemon threads are cancelled
+# and waited for (a forward pass in progress finishes; a second Ctrl-C ends
+# the wait): finalizing under them crashed the process.
+_atexit.register(_unet_rt.stop_at_exit, 10.0)
 
 __all__ = [
     "__version__",

@@ -34,7 +34,10 @@ pub(crate) fn install(cleanup: fn()) {
     let _ = ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
             cleanup();
-            std::process::exit(i32::from(EXIT_INTERRUPTED));
+            // Not `exit`: it tears libtorch down under the running pass.
+            use std::io::Write;
+            let _ = std::io::stderr().flush();
+            unet_rt::process::exit_immediately(EXIT_INTERRUPTED);
         }
         // A line of its own, after whatever the terminal showed (`^C`).
         crate::output::stderr_line("");

@@ -41,7 +41,7 @@ use crate::errors::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 fn main() -> ExitCode {
     panics::install_hook();
     // A panic is a bug; it still ends the command with status 1 and one line.
-    match panics::catch(run) {
+    let status = match panics::catch(run) {
         Ok(status) => status,
         Err(message) => {
             atomic::remove_all();
@@ -49,24 +49,40 @@ fn main() -> ExitCode {
                 "unet-rt: internal error: {message}; {}",
                 panics::BUG
             ));
-            ExitCode::from(EXIT_FAILURE)
+            EXIT_FAILURE
         }
-    }
+    };
+    finish(status)
 }
 
-/// Parses the command line and runs the command.
-fn run() -> ExitCode {
+/// Ends the command with `status`. After Ctrl-C (or a load abandoned at a
+/// signal) a forward pass may still run on its own thread; exiting tore
+/// libtorch down under it and the command died of a segmentation fault
+/// after saying it was interrupted. Results are complete or removed by
+/// now, so what runs is only waited for briefly, then left unfinished.
+fn finish(status: u8) -> ExitCode {
+    if !unet_rt::process::stop(std::time::Duration::from_millis(200), || false) {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        unet_rt::process::exit_immediately(status);
+    }
+    ExitCode::from(status)
+}
+
+/// Parses the command line and runs the command; returns the exit status.
+fn run() -> u8 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => return usage_error(&err),
     };
     if cli.version {
         output::stdout_line(&long_version());
-        return ExitCode::from(EXIT_OK);
+        return EXIT_OK;
     }
     let Some(command) = cli.command else {
         let _ = Cli::command().print_help();
-        return ExitCode::from(EXIT_USAGE);
+        return EXIT_USAGE;
     };
     interrupt::install(atomic::remove_all);
     let result = match command {
@@ -79,13 +95,13 @@ fn run() -> ExitCode {
         Ok(status) => match output::stdout_failure() {
             Some(why) if status == EXIT_OK => {
                 output::stderr_line(&format!("unet-rt: error: cannot write to stdout: {why}"));
-                ExitCode::from(EXIT_FAILURE)
+                EXIT_FAILURE
             }
-            _ => ExitCode::from(status),
+            _ => status,
         },
         Err(err) => {
             output::stderr_line(&format!("unet-rt: error: {err}"));
-            ExitCode::from(err.exit_status())
+            err.exit_status()
         }
     }
 }
@@ -93,9 +109,9 @@ fn run() -> ExitCode {
 /// Reports a command line clap refused: help and version as clap prints
 /// them, a usage error as one `unet-rt: error:` line (what every other
 /// failure prints, so that scripts and logs see one line per problem).
-fn usage_error(err: &clap::Error) -> ExitCode {
+fn usage_error(err: &clap::Error) -> u8 {
     use clap::error::ErrorKind;
-    let status = ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(EXIT_USAGE));
+    let status = u8::try_from(err.exit_code()).unwrap_or(EXIT_USAGE);
     if !err.use_stderr() || err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
         let _ = err.print();
         return status;

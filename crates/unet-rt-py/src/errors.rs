@@ -108,6 +108,8 @@ where
     F: FnOnce() -> unet_rt::Result<T> + Send,
     T: Send,
 {
+    // Counted until this thread holds the GIL again (see `stop_at_exit`).
+    let _work = unet_rt::process::begin().map_err(to_py_err)?;
     py.detach(|| {
         std::thread::scope(|scope| {
             let (done_tx, done_rx) = sync_channel::<unet_rt::Result<T>>(1);
@@ -129,12 +131,18 @@ where
     F: FnOnce() -> unet_rt::Result<T> + Send + 'static,
     T: Send + 'static,
 {
+    // The caller's wait and the work, which may outlive it, count apart.
+    let _waiting = unet_rt::process::begin().map_err(to_py_err)?;
+    let working = unet_rt::process::begin().map_err(to_py_err)?;
     py.detach(|| {
         let (done_tx, done_rx) = sync_channel::<unet_rt::Result<T>>(1);
         std::thread::Builder::new()
             .name("unet-rt-load".to_owned())
             .spawn(move || {
-                let _ = done_tx.send(catching(work));
+                let result = catching(work);
+                // Counted until the result is dropped or handed over.
+                let _ = done_tx.send(result);
+                drop(working);
             })
             .map_err(|e| {
                 to_py_err(unet_rt::Error::Internal(format!(
@@ -162,6 +170,9 @@ fn wait_for<T>(
                     (None, result) => result.map_err(to_py_err),
                 };
             }
+            // A daemon thread's call outlasting `stop_at_exit`: the
+            // interpreter is finalizing, and attaching to it panicked.
+            Err(RecvTimeoutError::Timeout) if !interpreter_running() => {}
             Err(RecvTimeoutError::Timeout) if interrupted.is_none() => {
                 if let Err(err) = Python::attach(|py| py.check_signals()) {
                     cancel.store(true, Ordering::Relaxed);
@@ -178,4 +189,35 @@ fn wait_for<T>(
             }
         }
     }
+}
+
+/// Whether the interpreter runs (it is not finalizing): a thread that is not
+/// attached must not attach otherwise.
+fn interpreter_running() -> bool {
+    // SAFETY: `Py_IsInitialized` reads a flag of the runtime and may be
+    // called without holding the GIL, also during finalization.
+    unsafe { pyo3::ffi::Py_IsInitialized() != 0 }
+}
+
+/// Registered with `atexit` by the package: stops the engine's work (new
+/// calls are refused, running ones cancel at their next batch, probing at
+/// its next pass) and waits, without the GIL, up to `timeout` seconds for
+/// what runs (a forward pass in progress finishes) and for calls of other
+/// threads to hold the GIL again; a signal ends the wait. Interpreter exit
+/// with a daemon thread inside a call crashed the process (arrays it read
+/// were freed, libtorch torn down under its forward pass). Returns whether
+/// everything stopped.
+#[pyfunction]
+pub(crate) fn stop_at_exit(py: Python<'_>, timeout: f64) -> bool {
+    let wait = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::ZERO);
+    let mut last_check = std::time::Instant::now();
+    py.detach(|| {
+        unet_rt::process::stop(wait, || {
+            if last_check.elapsed() < SIGNAL_POLL {
+                return false;
+            }
+            last_check = std::time::Instant::now();
+            Python::attach(|py| py.check_signals()).is_err()
+        })
+    })
 }

@@ -102,6 +102,7 @@ fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(instances::read_out_instances, m)?)?;
     m.add_function(wrap_pyfunction!(instances::instance_context, m)?)?;
     m.add_function(wrap_pyfunction!(errors::error_class_names, m)?)?;
+    m.add_function(wrap_pyfunction!(errors::stop_at_exit, m)?)?;
     m.add_function(wrap_pyfunction!(segment::check_image_copy, m)?)?;
     m.add_function(wrap_pyfunction!(axes::infer_axes, m)?)?;
     m.add_function(wrap_pyfunction!(axes::arrangement, m)?)?;

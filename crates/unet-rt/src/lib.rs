@@ -21,7 +21,6 @@ pub mod cuda_memory;
 mod engine;
 mod error;
 pub mod files;
-mod forward_thread;
 pub mod geometry;
 mod info;
 pub mod instances;
@@ -33,6 +32,7 @@ mod pickle;
 mod pixel;
 mod precision;
 mod probe;
+pub mod process;
 mod whole;
 mod window;
 

@@ -13,12 +13,12 @@ use crate::archive;
 use crate::container;
 use crate::convert::{array_from_tensor, tensor_from_view};
 use crate::error::{first_line, Error, Result};
-use crate::forward_thread;
 use crate::info::ModelInfo;
 use crate::memory;
 use crate::metadata::Metadata;
 use crate::precision::Precision;
 use crate::probe;
+use crate::process;
 
 /// A TorchScript model loaded once onto one device, in one precision, and
 /// shared: cloning a `Model` is cheap and clones may be used from any thread.
@@ -188,8 +188,9 @@ impl Model {
         device: Device,
         precision: Precision,
     ) -> Result<Self> {
+        // Probing and the load-time checks run the network on this thread.
+        let _work = process::begin()?;
         let invalid = |e: tch::TchError| invalid_model(path, &e);
-        // Probing runs the network on this thread.
         align_cpu_threads();
         module.set_eval();
         let info = match &metadata {
@@ -257,7 +258,7 @@ impl Model {
     /// passes would only oversubscribe the cores, each caller spinning its
     /// own OpenMP pool.
     ///
-    /// The pass runs on the device's forward thread (see [`forward_thread::run`]),
+    /// The pass runs on the device's forward thread (see [`process::run_forward`]),
     /// which also serialises it. While it runs, the caller looks at `cancel`
     /// every [`CANCEL_POLL`]: once set, the call returns
     /// [`Error::Cancelled`] at once, and the pass finishes in the background
@@ -271,7 +272,7 @@ impl Model {
         let (reply_tx, reply_rx) = sync_channel::<Result<Tensor>>(1);
         let model = self.clone();
         let input = input.shallow_clone();
-        forward_thread::run(
+        process::run_forward(
             self.inner.device,
             Box::new(move || {
                 let output = model
@@ -297,7 +298,9 @@ impl Model {
         loop {
             match reply_rx.recv_timeout(CANCEL_POLL) {
                 Ok(output) => return output,
-                Err(RecvTimeoutError::Timeout) if cancel.load(Ordering::Relaxed) => {
+                Err(RecvTimeoutError::Timeout)
+                    if cancel.load(Ordering::Relaxed) || process::stopping() =>
+                {
                     return Err(Error::Cancelled)
                 }
                 Err(RecvTimeoutError::Timeout) => {}

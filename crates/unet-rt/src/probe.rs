@@ -388,6 +388,9 @@ impl<'a> Prober<'a> {
     /// (most often its size), an error when no input can fix what it
     /// returns, or when probing has used its time.
     fn forward(&mut self, input: Tensor) -> Result<Option<Tensor>> {
+        if crate::process::stopping() {
+            return Err(Error::Cancelled);
+        }
         if self.started.elapsed() > PROBE_BUDGET {
             return Err(self.invalid(format!(
                 "probing its geometry gave up after {} s (each forward pass is slow, or most sizes fail); \

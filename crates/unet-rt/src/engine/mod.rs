@@ -542,6 +542,7 @@ impl Segmenter {
             .cancel
             .as_ref()
             .is_some_and(|c| c.load(Ordering::Relaxed))
+            || crate::process::stopping()
     }
 }
 

@@ -1,11 +1,22 @@
-//! The forward threads: one per device runs every forward pass of the
-//! process, and a process made by `fork` starts its own.
+//! What belongs to one process: the forward threads (one per device runs
+//! every forward pass), the count of work in flight, and an orderly stop.
+//! A process made by `fork` starts its own of each.
+//!
+//! Work runs on threads of its own (forward passes, loads, the engine's
+//! stages), and a call may return before its forward pass has finished
+//! (cancelled, or interrupted). A process that exits meanwhile tears
+//! libtorch's globals down under the running pass, and a Python interpreter
+//! that finalizes frees arrays a daemon thread's call still reads: both
+//! crashed (the command line after Ctrl-C, a script ending with a daemon
+//! thread mid-call). [`stop`] cancels what runs and waits for it; the
+//! command line ends with it, the Python package at interpreter exit.
 
 use std::panic::AssertUnwindSafe;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, SendError, Sender};
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tch::Device;
 
@@ -36,6 +47,19 @@ struct Threads {
     /// A CUDA forward thread was started in an ancestor before it forked:
     /// CUDA cannot run in this process.
     cuda_before_fork: bool,
+    /// [`Work`] alive: calls, loads and forward passes.
+    in_flight: AtomicUsize,
+    /// [`stop`] was called: no new work starts, running work cancels.
+    stopping: AtomicBool,
+}
+
+impl std::fmt::Debug for Threads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Threads")
+            .field("pid", &self.pid)
+            .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 /// This process's [`Threads`] (or an ancestor's, until first use here).
@@ -59,6 +83,8 @@ fn threads() -> &'static Threads {
         queues: [const { Mutex::new(None) }; SLOTS],
         cuda_started: AtomicBool::new(false),
         cuda_before_fork,
+        in_flight: AtomicUsize::new(0),
+        stopping: AtomicBool::new(false),
     }));
     match CURRENT.compare_exchange(seen, fresh, Ordering::AcqRel, Ordering::Acquire) {
         // SAFETY: `fresh` was just made by `Box::into_raw` and is now
@@ -86,11 +112,19 @@ fn threads() -> &'static Threads {
 /// OpenMP pool; one long-lived thread also keeps one warm pool. Callers wait
 /// for their job's reply, so the queue holds at most one job per caller.
 ///
+/// The job counts as work in flight until it has run.
+///
 /// # Errors
 /// [`Error::DeviceUnavailable`] for a GPU in a process forked after CUDA
-/// started in its parent; [`Error::Internal`] when no thread can start.
-pub(crate) fn run(device: Device, job: Job) -> Result<()> {
+/// started in its parent; [`Error::Cancelled`] once [`stop`] was called;
+/// [`Error::Internal`] when no thread can start.
+pub(crate) fn run_forward(device: Device, job: Job) -> Result<()> {
     let threads = threads();
+    let work = begin()?;
+    let job: Job = Box::new(move || {
+        job();
+        drop(work);
+    });
     let slot = match device {
         Device::Cuda(i) => (i + 1).min(SLOTS - 1),
         _ => 0,
@@ -136,6 +170,74 @@ pub(crate) fn run(device: Device, job: Job) -> Result<()> {
     Ok(())
 }
 
+/// Work in flight (a call, a load, a forward pass): counted while alive, so
+/// that [`stop`] can wait for it. Made by [`begin`].
+#[must_use = "work counts while the guard is alive"]
+#[derive(Debug)]
+pub struct Work {
+    threads: &'static Threads,
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        self.threads.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Counts work that is about to start until the returned guard drops.
+///
+/// # Errors
+/// [`Error::Cancelled`] once [`stop`] was called: nothing new starts.
+pub fn begin() -> Result<Work> {
+    let threads = threads();
+    // Counted before the flag is read (both SeqCst): a `stop` that misses
+    // this work's count is one whose flag this load sees.
+    threads.in_flight.fetch_add(1, Ordering::SeqCst);
+    let work = Work { threads };
+    if threads.stopping.load(Ordering::SeqCst) {
+        return Err(Error::Cancelled);
+    }
+    Ok(work)
+}
+
+/// Whether [`stop`] was called in this process: running work cancels at its
+/// next check (the engine between batches, probing between passes).
+pub fn stopping() -> bool {
+    threads().stopping.load(Ordering::Relaxed)
+}
+
+/// Stops this process's work: new work is refused ([`Error::Cancelled`]),
+/// running calls cancel at their next check, and this waits up to `wait`
+/// (polling `interrupted` too, which ends the wait when it returns true)
+/// for what runs to finish. Returns whether nothing runs any longer; a
+/// forward pass already started cannot stop early and is waited for.
+///
+/// There is no way back: call it when the program ends.
+pub fn stop(wait: Duration, mut interrupted: impl FnMut() -> bool) -> bool {
+    let threads = threads();
+    threads.stopping.store(true, Ordering::SeqCst);
+    let start = Instant::now();
+    loop {
+        if threads.in_flight.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        if start.elapsed() >= wait || interrupted() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Ends the process at once with `code`, without running destructors or
+/// exit handlers: for a program whose work is still running on unet_rt's
+/// threads ([`stop`] returned false), where tearing libtorch down under a
+/// running forward pass would crash it. Flush what must be written first.
+pub fn exit_immediately(code: u8) -> ! {
+    // SAFETY: `_exit` ends the process without touching any state; it is
+    // async-signal-safe and sound to call from any thread at any time.
+    unsafe { libc::_exit(i32::from(code)) }
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
@@ -145,7 +247,7 @@ mod tests {
     /// Runs a job that returns `value` on `device`'s forward thread.
     fn round_trip(device: Device, value: u8) -> Result<u8> {
         let (tx, rx) = sync_channel(1);
-        run(
+        run_forward(
             device,
             Box::new(move || {
                 let _ = tx.send(value);
@@ -167,19 +269,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_forked_child_starts_its_own_threads_and_refuses_cuda() {
-        // The parent's threads exist before the fork. No CUDA is needed:
-        // the job itself never touches the device.
-        assert_eq!(round_trip(Device::Cpu, 1).unwrap(), 1);
-        assert_eq!(round_trip(Device::Cuda(0), 2).unwrap(), 2);
-        // SAFETY: the child runs only `in_child` (channels and one new
-        // thread; glibc's fork keeps malloc usable) and leaves with `_exit`,
-        // running no destructors or handlers the parent's threads own.
+    /// Runs `child` in a forked copy of this process and returns its exit
+    /// code (a hang past a minute fails the test).
+    fn in_fork(child: fn() -> i32) -> i32 {
+        // SAFETY: the child runs only `child` (channels and new threads;
+        // glibc's fork keeps malloc usable) and leaves with `_exit`, running
+        // no destructors or handlers the parent's threads own.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
-            let code = in_child();
+            let code = child();
             // SAFETY: ends the child at once, as above.
             unsafe { libc::_exit(code) };
         }
@@ -202,8 +301,62 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(libc::WIFEXITED(status), "child status {status}");
-        assert_eq!(libc::WEXITSTATUS(status), 0, "2: CUDA not refused, 3: CPU failed");
+        libc::WEXITSTATUS(status)
+    }
+
+    #[test]
+    fn a_forked_child_starts_its_own_threads_and_refuses_cuda() {
+        // The parent's threads exist before the fork. No CUDA is needed:
+        // the job itself never touches the device.
+        assert_eq!(round_trip(Device::Cpu, 1).unwrap(), 1);
+        assert_eq!(round_trip(Device::Cuda(0), 2).unwrap(), 2);
+        assert_eq!(in_fork(in_child), 0, "2: CUDA not refused, 3: CPU failed");
         // The parent's own threads still answer.
         assert_eq!(round_trip(Device::Cpu, 4).unwrap(), 4);
+    }
+
+    /// `stop` in a process of its own (it cannot be undone): it waits for
+    /// work alive, refuses new work, and cancels waiting passes.
+    fn stopping_child() -> i32 {
+        let work = begin().expect("work starts before stop");
+        let (release_tx, release_rx) = sync_channel::<()>(1);
+        // A forward pass that runs until released.
+        if run_forward(
+            Device::Cpu,
+            Box::new(move || {
+                let _ = release_rx.recv();
+            }),
+        )
+        .is_err()
+        {
+            return 2;
+        }
+        if stop(Duration::from_millis(50), || false) || !stopping() {
+            return 3; // it claimed idle with work alive
+        }
+        if !matches!(begin(), Err(Error::Cancelled)) || round_trip(Device::Cpu, 1).is_ok() {
+            return 4; // new work started after stop
+        }
+        drop(work);
+        if stop(Duration::from_millis(50), || false) {
+            return 5; // the pass still runs
+        }
+        let _ = release_tx.send(());
+        if !stop(Duration::from_secs(20), || false) {
+            return 6;
+        }
+        // An interruption ends the wait at once.
+        let _held = Work { threads: threads() };
+        threads().in_flight.fetch_add(1, Ordering::SeqCst);
+        let t0 = Instant::now();
+        if stop(Duration::from_secs(20), || true) || t0.elapsed() > Duration::from_secs(1) {
+            return 7;
+        }
+        0
+    }
+
+    #[test]
+    fn stop_waits_for_work_in_flight_and_refuses_new_work() {
+        assert_eq!(in_fork(stopping_child), 0);
     }
 }
