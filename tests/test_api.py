@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -405,8 +407,23 @@ def test_models_pickle_to_their_source_not_their_weights(model, tiny_model_path)
     clone = pickle.loads(data)
     image = np.random.default_rng(11).random((40, 50))
     assert (clone.segment(image) == model.segment(image)).all()
-    from_bytes = unet_rt.Model.from_bytes(Path(tiny_model_path).read_bytes(), device="cpu", precision="fp32")
-    assert (pickle.loads(pickle.dumps(from_bytes)).segment(image) == model.segment(image)).all()
+    from_bytes = unet_rt.Model.from_bytes(Path(tiny_model_path).read_bytes(), device="cpu", precision="fp32",
+                                          name="embedded tiny")
+    clone = pickle.loads(pickle.dumps(from_bytes))
+    assert (clone.segment(image) == model.segment(image)).all()
+    assert clone.path == "embedded tiny"  # it came back as "<bytes>"
+
+
+def test_a_model_at_a_path_that_is_not_utf8_loads(model, tiny_model_path, tmp_path, cli):
+    # libtorch takes its path as a string: a Latin-1 file name was a ModelError.
+    path = os.fsdecode(bytes(tmp_path) + b"/mod\xe9le.pt")
+    shutil.copyfile(tiny_model_path, path)
+    loaded = unet_rt.Model(path, device="cpu", precision="fp32")
+    image = np.random.default_rng(12).random((40, 50))
+    assert (loaded.segment(image) == model.segment(image)).all()
+    assert loaded.path == path
+    info = subprocess.run([os.fsencode(cli), b"info", os.fsencode(path)], capture_output=True)
+    assert info.returncode == 0 and b"tiny-random" in info.stdout, info.stderr
 
 
 def test_properties_and_typing_files(model):

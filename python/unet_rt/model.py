@@ -128,6 +128,9 @@ class Model:
             warnings.warn(f"{self.path}: {message}", ApproximateTilingWarning, stacklevel=3)
 
     def __reduce__(self):
+        if isinstance(self._source, bytes):
+            # The name too: it stands for the path in messages and in ``path``.
+            return (_rebuild, (self._source, self._device_request, self._precision_request, self.path))
         return (_rebuild, (self._source, self._device_request, self._precision_request))
 
     @property
@@ -550,9 +553,9 @@ def _check_device_precision(device: Any, precision: Any) -> None:
             raise TypeError(f"{name} must be a str, got {type(value).__name__}")
 
 
-def _rebuild(source: Union[str, bytes], device: str, precision: str) -> Model:
+def _rebuild(source: Union[str, bytes], device: str, precision: str, name: str = "<bytes>") -> Model:
     if isinstance(source, bytes):
-        return Model.from_bytes(source, device, precision)
+        return Model.from_bytes(source, device, precision, name)
     return Model(source, device, precision)
 
 

@@ -83,8 +83,20 @@ impl Model {
         let metadata = Metadata::from_zip(&mut zip, path)?;
         archive::check_records(&mut zip, path)?;
         let ops = archive::whole_tile_ops(&mut zip);
-        drop(zip);
-        let module = CModule::load_on_device(path, device).map_err(|e| invalid_model(path, &e))?;
+        let module = match path.to_str() {
+            Some(_) => {
+                drop(zip);
+                CModule::load_on_device(path, device)
+            }
+            // libtorch takes the path as a string, and this name is not
+            // UTF-8 (a Latin-1 file name on Linux): the archive already open
+            // is handed over as bytes.
+            None => CModule::load_data_on_device(
+                &mut std::io::Cursor::new(read_whole(zip.into_inner(), path)?),
+                device,
+            ),
+        }
+        .map_err(|e| invalid_model(path, &e))?;
         Self::from_module(module, path, metadata, ops, device, precision)
     }
 
@@ -429,6 +441,21 @@ fn floating(output: Tensor) -> Result<Tensor> {
             "the network returns {other:?} values; unet_rt needs real floating-point logits or probabilities"
         ))),
     }
+}
+
+/// The whole of an open model file, read into memory allocated fallibly.
+fn read_whole(mut file: std::fs::File, path: &Path) -> Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |source: std::io::Error| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let len = file.seek(SeekFrom::End(0)).map_err(io)?;
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    let mut bytes = memory::try_with_capacity(len, len as u128, "path", "the model file")?;
+    file.read_to_end(&mut bytes).map_err(io)?;
+    Ok(bytes)
 }
 
 fn invalid_model(path: &Path, err: &tch::TchError) -> Error {
