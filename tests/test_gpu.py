@@ -163,3 +163,71 @@ def test_every_gpu_at_once_gives_one_gpus_result(wide_model_path):
     np.testing.assert_array_equal(many.segment(x, output="raw", tile=220, batch_size=2),
                                   one.segment(x, output="raw", tile=220, batch_size=2))
     assert pickle.loads(pickle.dumps(many)).devices == many.devices
+
+
+FORK_AFTER_CUDA = """
+import multiprocessing, sys, numpy as np, unet_rt
+
+image = (np.random.default_rng(0).random((300, 300)) * 4000).astype(np.uint16)
+
+def child(_):
+    try:
+        unet_rt.Model(sys.argv[1], device="cuda:0").segment(image)
+        cuda = "ran"
+    except unet_rt.DeviceError as e:
+        cuda = "refused" if "spawn" in str(e) else f"DeviceError: {e}"
+    except Exception as e:
+        cuda = f"{type(e).__name__}: {e}"
+    return cuda, unet_rt.Model(sys.argv[1], device="cpu").segment(image)
+
+def spawned(_):
+    return unet_rt.Model(sys.argv[1], device="cuda:0").segment(image)
+
+if __name__ == "__main__":
+    want = unet_rt.Model(sys.argv[1], device="cuda:0").segment(image)
+    cpu = unet_rt.Model(sys.argv[1], device="cpu").segment(image)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        cuda, child_cpu = pool.map(child, [0])[0]
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        spawned_labels = pool.map(spawned, [0])[0]
+    print(cuda, bool((child_cpu == cpu).all()), float((spawned_labels == want).mean()), flush=True)
+"""
+
+
+def test_a_forked_child_of_a_cuda_process_is_told_to_spawn(tmp_path, wide_model_path):
+    # CUDA cannot run in a child forked after the parent used it: the child
+    # gets a DeviceError with advice (and the CPU), a spawned worker the GPU.
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "fork_cuda.py"
+    script.write_text(FORK_AFTER_CUDA)
+    done = subprocess.run([sys.executable, str(script), str(wide_model_path)], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cuda, cpu_same, spawned = done.stdout.split()
+    assert (cuda, cpu_same) == ("refused", "True") and float(spawned) > 0.9999, done.stdout
+
+
+DAEMON_CUDA_AT_EXIT = """
+import sys, threading, time, numpy as np, unet_rt
+model = unet_rt.Model(sys.argv[1], device="cuda:0")
+image = (np.random.default_rng(0).random((8000, 8000)) * 4000).astype(np.uint16)
+threading.Thread(target=lambda: model.segment(image), daemon=True).start()
+time.sleep(1.0)
+print("exiting", flush=True)
+"""
+
+
+def test_interpreter_exit_with_a_daemon_thread_on_the_gpu_is_clean(tmp_path, wide_model_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "daemon_cuda.py"
+    script.write_text(DAEMON_CUDA_AT_EXIT)
+    done = subprocess.run([sys.executable, str(script), str(wide_model_path)], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=300)
+    assert done.returncode == 0 and done.stdout.split() == ["exiting"], (done.returncode, done.stderr[-3000:])
+    assert "panicked" not in done.stderr

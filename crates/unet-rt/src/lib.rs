@@ -138,9 +138,15 @@ pub fn parse_devices(name: &str) -> Result<Vec<Device>> {
 /// loaded on it: libtorch takes the index as a C `int`, where `Cuda(2^32 -
 /// 1)` reads as -1, the CPU, and the model ran there while claiming a GPU;
 /// without a driver, `Cuda(0)` failed as an invalid model.
+///
+/// Every load asks it first, so a GPU in a process forked after its parent
+/// used CUDA is refused here with advice ([`process::claim_cuda`]).
 pub(crate) fn check_device_present(device: Device) -> Result<()> {
     match device {
-        Device::Cuda(index) => cuda_device(index, &device_name(device)).map(|_| ()),
+        Device::Cuda(index) => {
+            process::claim_cuda(device)?;
+            cuda_device(index, &device_name(device)).map(|_| ())
+        }
         _ => Ok(()),
     }
 }

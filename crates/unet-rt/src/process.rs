@@ -42,10 +42,10 @@ const SLOTS: usize = 65;
 struct Threads {
     pid: u32,
     queues: [Mutex<Option<Sender<Job>>>; SLOTS],
-    /// A CUDA forward thread was started here.
+    /// CUDA was used here (a load or a forward pass on a GPU).
     cuda_started: AtomicBool,
-    /// A CUDA forward thread was started in an ancestor before it forked:
-    /// CUDA cannot run in this process.
+    /// CUDA was used in an ancestor before it forked: it cannot run in this
+    /// process.
     cuda_before_fork: bool,
     /// [`Work`] alive: calls, loads and forward passes.
     in_flight: AtomicUsize,
@@ -115,8 +115,8 @@ fn threads() -> &'static Threads {
 /// The job counts as work in flight until it has run.
 ///
 /// # Errors
-/// [`Error::DeviceUnavailable`] for a GPU in a process forked after CUDA
-/// started in its parent; [`Error::Cancelled`] once [`stop`] was called;
+/// [`Error::DeviceUnavailable`] for a GPU in a process forked after its
+/// parent used CUDA ([`claim_cuda`]); [`Error::Cancelled`] once [`stop`] was called;
 /// [`Error::Internal`] when no thread can start.
 pub(crate) fn run_forward(device: Device, job: Job) -> Result<()> {
     let threads = threads();
@@ -129,16 +129,7 @@ pub(crate) fn run_forward(device: Device, job: Job) -> Result<()> {
         Device::Cuda(i) => (i + 1).min(SLOTS - 1),
         _ => 0,
     };
-    if slot > 0 {
-        if threads.cuda_before_fork {
-            return Err(Error::DeviceUnavailable(format!(
-                "{device:?}: this process was forked from one that had started CUDA, and CUDA cannot \
-                 run in such a child; start worker processes with the \"spawn\" or \"forkserver\" \
-                 method (Python: multiprocessing.get_context(\"spawn\"))"
-            )));
-        }
-        threads.cuda_started.store(true, Ordering::Relaxed);
-    }
+    claim_cuda(device)?;
     let mut queue = threads.queues[slot]
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
@@ -167,6 +158,31 @@ pub(crate) fn run_forward(device: Device, job: Job) -> Result<()> {
     tx.send(job)
         .map_err(|_| Error::Internal("the forward thread stopped at its start".to_owned()))?;
     *queue = Some(tx);
+    Ok(())
+}
+
+/// Notes that `device`, if a GPU, is about to be used by this process (a
+/// load or a forward pass), so that its forked children know CUDA is out of
+/// their reach.
+///
+/// # Errors
+/// [`Error::DeviceUnavailable`] in a process forked from one that had used
+/// CUDA: CUDA cannot run in such a child (a load there failed deep in
+/// libtorch, or said the machine had no GPU).
+pub(crate) fn claim_cuda(device: Device) -> Result<()> {
+    if !device.is_cuda() {
+        return Ok(());
+    }
+    let threads = threads();
+    if threads.cuda_before_fork {
+        return Err(Error::DeviceUnavailable(format!(
+            "{}: this process was forked from one that had used CUDA, and CUDA cannot run in \
+             such a child; start worker processes with the \"spawn\" or \"forkserver\" method \
+             (Python: multiprocessing.get_context(\"spawn\"))",
+            crate::device_name(device)
+        )));
+    }
+    threads.cuda_started.store(true, Ordering::Relaxed);
     Ok(())
 }
 
