@@ -175,10 +175,10 @@ def test_instances_accept_wide_integer_outputs(model):
         (lambda m: m.forward(np.full((1, 1, 64, 64), 1e300)), unet_rt.InvalidArgumentError, "beyond the float32"),
         # A broadcast batch: its copy aborted the process (40 GB) after minutes of checking its values.
         (lambda m: m.forward(np.broadcast_to(np.float32(0), (1, 1, 100000, 100000))), unet_rt.InvalidArgumentError,
-         "invalid batch: the forward pass of this batch needs .* more than this machine's"),
+         "invalid batch: the forward pass of this batch needs .* more than (this machine's|the .* this process's cgroup)"),
         # Upsampling allocated and filled its first axis (12 GB, 80 s) before the second failed.
         (lambda m: BUNDLED().segment(np.broadcast_to(np.float32(1), (8192, 8192)), object_size=0.5),
-         unet_rt.InvalidArgumentError, "invalid object_size: the resampled image needs .* more than this machine's"),
+         unet_rt.InvalidArgumentError, "invalid object_size: the resampled image needs .* more than (this machine's|the .* this process's cgroup)"),
         (lambda m: m.segment(IMAGE, window=unet_rt.Window(image=(200, 180), start=(2**63, 0), shape=(2**63, 10))),
          unet_rt.InvalidArgumentError, "invalid window: its region .* reaches beyond the image"),
         (lambda m: m.segment(IMAGE, window=unet_rt.Window(image=(1, 200, 180), start=(0, 0, 0), shape=(1, 10, 10))),
@@ -658,7 +658,7 @@ def test_block_statistics_refuse_hostile_arguments_by_name():
     for low, high, named in [(float("nan"), 99.0, "low"), (1.0, 101.0, "high"), (-1.0, 99.0, "low")]:
         with pytest.raises(unet_rt.InvalidArgumentError, match=f"invalid {named}: .* is not a percentile"):
             native.percentile_ranges([floats], 1, low, high)
-    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid images: .* more than this machine has"):
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid images: .* more than (this machine.s|the .* this process.s cgroup)"):
         native.percentile_ranges([], 10**15, 1.0, 99.8)
     # NaN in the image: the range is refused, not NaN passed on.
     nan = image.copy()
@@ -929,3 +929,58 @@ def test_ctrl_c_during_a_forward_pass_ends_the_command_line_with_130(tmp_path, c
             finally:
                 proc.kill()
         assert proc.returncode == 130, (attempt, proc.returncode, stderr)
+
+
+def _memory_cgroup(tmp_name: str, limit: int):
+    """A new memory cgroup under this process's with a limit of ``limit``
+    bytes (v1 or v2), or ``None`` where none can be made (not root, no
+    memory controller delegated)."""
+    lines = [line.split(":", 2) for line in Path("/proc/self/cgroup").read_text().splitlines()]
+    v1 = [path for _, controllers, path in lines if "memory" in controllers.split(",")]
+    if v1 and Path("/sys/fs/cgroup/memory").is_dir():
+        base, limit_file = Path("/sys/fs/cgroup/memory") / v1[0].lstrip("/"), "memory.limit_in_bytes"
+    else:
+        v2 = [path for hierarchy, _, path in lines if hierarchy == "0"]
+        if not v2:
+            return None
+        base, limit_file = Path("/sys/fs/cgroup") / v2[0].lstrip("/"), "memory.max"
+    group = base / tmp_name
+    try:
+        group.mkdir()
+        (group / limit_file).write_text(str(limit))
+    except OSError:
+        if group.is_dir():
+            group.rmdir()
+        return None
+    return group
+
+
+CGROUP_LIMITED = """
+import sys, numpy as np, unet_rt
+small = unet_rt.segment(np.zeros((300, 300), np.uint8))
+try:
+    unet_rt.segment(np.zeros((16000, 16000), np.uint8), output="probabilities")  # 2.9 GiB of result
+    print("granted", flush=True)
+except unet_rt.InvalidArgumentError as e:
+    print("refused", "cgroup" in str(e), flush=True)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="cgroups are Linux's")
+def test_a_cgroup_memory_limit_is_the_limit(tmp_path, clean_env):
+    # A container or a Slurm job limits memory through its cgroup; the
+    # checks read only the machine's memory, granted a 2.9 GiB result in a
+    # 2 GiB job, and the kernel killed the process (SIGKILL).
+    group = _memory_cgroup(f"unet_rt_test_{os.getpid()}", 2 << 30)
+    if group is None:
+        pytest.skip("no memory cgroup can be made here (needs root and a memory controller)")
+    script = tmp_path / "limited.py"
+    script.write_text(CGROUP_LIMITED)
+    try:
+        done = subprocess.run(["bash", "-c", f'echo $$ > "{group}/cgroup.procs" && exec "$0" "$1"',
+                               sys.executable, str(script)], capture_output=True, text=True, env=clean_env,
+                              cwd=ROOT, timeout=300)
+    finally:
+        group.rmdir()
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.split() == ["refused", "True"], done.stdout

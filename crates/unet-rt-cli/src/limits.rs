@@ -10,9 +10,10 @@
 
 use ndarray::{ArrayD, IxDyn};
 
-/// The memory an input may use: `MemAvailable` of `/proc/meminfo` when the
-/// command starts reading it. Where that cannot be read there is no memory
-/// limit (the file-size checks still apply).
+/// The memory an input may use: `MemAvailable` of `/proc/meminfo`, or the
+/// room under the process's cgroup limit when less (a container or batch
+/// job), when the command starts reading it. Where neither can be read
+/// there is no memory limit (the file-size checks still apply).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Memory {
     available: Option<u64>,

@@ -130,12 +130,13 @@ pub(crate) fn percentile_ranges<'py>(
     // The result is checked against memory, then made by NumPy (lazily
     // zeroed; a failure is a Python error, not an abort).
     let bytes = images.saturating_mul(16);
-    if unet_rt::memory::total_memory().is_some_and(|total| bytes > total) {
+    if let Some(total) = unet_rt::memory::total_memory().filter(|&total| bytes > total) {
         return Err(args::invalid(
             "images",
             format!(
-                "{images} images need {}, more than this machine has",
-                unet_rt::memory::format_bytes(bytes as u128)
+                "{images} images need {}, more than {}",
+                unet_rt::memory::format_bytes(bytes as u128),
+                unet_rt::memory::describe_total(total)
             ),
         ));
     }

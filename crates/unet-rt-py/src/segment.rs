@@ -156,19 +156,18 @@ fn run<'py, T: Pixel + Element, U: OutputElement + Element>(
 #[pyfunction]
 pub(crate) fn check_image_copy(nbytes: &Bound<'_, PyAny>) -> PyResult<()> {
     let nbytes = crate::args::size(nbytes, "nbytes")? as u128;
-    let limit = unet_rt::memory::total_memory().map_or(u128::MAX, |m| m as u128);
-    if nbytes > limit {
-        return Err(invalid(
+    match unet_rt::memory::total_memory() {
+        Some(total) if nbytes > total as u128 => Err(invalid(
             "image",
             format!(
                 "its byte order is not native, and the native copy the engine reads needs {} of memory, more \
-                 than this machine has: pass an array in native byte order (e.g. a numpy.memmap with dtype \
-                 '<f4')",
-                unet_rt::memory::format_bytes(nbytes)
+                 than {}: pass an array in native byte order (e.g. a numpy.memmap with dtype '<f4')",
+                unet_rt::memory::format_bytes(nbytes),
+                unet_rt::memory::describe_total(total)
             ),
-        ));
+        )),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// A zeroed array for the result, or an `InvalidArgumentError` that says
@@ -184,18 +183,28 @@ fn new_result<U: Element>(py: Python<'_>, shape: Vec<usize>) -> PyResult<Bound<'
         invalid(
             "image",
             format!(
-                "the result of shape {shape:?} needs {need} of memory, which cannot be allocated: segment a smaller \
-                 image, or pass out= (e.g. a numpy.memmap on disk)"
+                "the result of shape {shape:?} needs {need}: segment a smaller image, or pass out= (e.g. a \
+                 numpy.memmap on disk)"
             ),
         )
     };
-    let limit = unet_rt::memory::total_memory().map_or(u128::MAX, |m| m as u128);
-    match bytes {
-        None => return Err(too_large("more bytes than can be counted".to_owned())),
-        Some(b) if b > limit || b > isize::MAX as u128 => {
-            return Err(too_large(unet_rt::memory::format_bytes(b)))
+    let unallocatable = |b: u128| {
+        too_large(format!(
+            "{} of memory, which cannot be allocated",
+            unet_rt::memory::format_bytes(b)
+        ))
+    };
+    match (bytes, unet_rt::memory::total_memory()) {
+        (None, _) => return Err(too_large("more bytes than can be counted".to_owned())),
+        (Some(b), Some(total)) if b > total as u128 => {
+            return Err(too_large(format!(
+                "{} of memory, more than {}",
+                unet_rt::memory::format_bytes(b),
+                unet_rt::memory::describe_total(total)
+            )))
         }
-        Some(_) => {}
+        (Some(b), _) if b > isize::MAX as u128 => return Err(unallocatable(b)),
+        _ => {}
     }
     let dtype = numpy::dtype::<U>(py);
     let array = py
@@ -203,7 +212,7 @@ fn new_result<U: Element>(py: Python<'_>, shape: Vec<usize>) -> PyResult<Bound<'
         .call_method1("zeros", (shape.clone(), dtype))
         .map_err(|e| {
             if e.is_instance_of::<pyo3::exceptions::PyMemoryError>(py) {
-                too_large(bytes.map(unet_rt::memory::format_bytes).unwrap_or_default())
+                unallocatable(bytes.unwrap_or_default())
             } else {
                 e
             }

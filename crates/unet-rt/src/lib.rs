@@ -15,6 +15,7 @@
 mod archive;
 pub mod axes;
 mod build_info;
+mod cgroup;
 mod container;
 mod convert;
 pub mod cuda_memory;

@@ -9,17 +9,50 @@
 
 use crate::error::{Error, Result};
 
-/// Physical memory of the machine in bytes (`MemTotal`), when known. It
-/// does not change while the process runs, so it is read once.
+/// The memory this process may use in bytes, when known: the machine's
+/// (`MemTotal`), or the memory limit of its control group when that is
+/// lower (a container, a Slurm job, a systemd unit: the kernel kills a
+/// process beyond it). Read once: plans must not change from call to call.
 pub fn total_memory() -> Option<usize> {
-    static TOTAL: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    *TOTAL.get_or_init(|| meminfo_field("MemTotal:"))
+    limit().map(|(bytes, _)| bytes)
+}
+
+/// [`total_memory`] and whether it is a cgroup's limit.
+fn limit() -> Option<(usize, bool)> {
+    static TOTAL: std::sync::OnceLock<Option<(usize, bool)>> = std::sync::OnceLock::new();
+    *TOTAL.get_or_init(|| {
+        let machine = meminfo_field("MemTotal:");
+        let group = crate::cgroup::process_limit().and_then(|l| usize::try_from(l.bytes).ok());
+        match (machine, group) {
+            (Some(m), Some(g)) if g < m => Some((g, true)),
+            (None, Some(g)) => Some((g, true)),
+            (m, _) => m.map(|m| (m, false)),
+        }
+    })
+}
+
+/// [`total_memory`] as messages say it: "this machine's 23.5 GiB", or "the
+/// 2 GiB this process's cgroup allows (a container or job limit)".
+pub fn describe_total(total: usize) -> String {
+    match limit() {
+        Some((_, true)) => format!(
+            "the {} this process's cgroup allows (a container or job memory limit)",
+            format_bytes(total as u128)
+        ),
+        _ => format!("this machine's {}", format_bytes(total as u128)),
+    }
 }
 
 /// Memory available to new allocations without swapping (`MemAvailable`),
+/// or the room left under the process's cgroup limit when that is less,
 /// when known.
 pub fn available_memory() -> Option<usize> {
-    meminfo_field("MemAvailable:")
+    let machine = meminfo_field("MemAvailable:");
+    let group = crate::cgroup::process_limit().and_then(|l| usize::try_from(l.room).ok());
+    match (machine, group) {
+        (Some(m), Some(g)) => Some(m.min(g)),
+        (m, g) => m.or(g),
+    }
 }
 
 /// A field of `/proc/meminfo`, in bytes. Other systems report `None`, and
@@ -72,9 +105,9 @@ pub(crate) fn check_fits(bytes: u128, argument: &'static str, what: &str) -> Res
         Some(total) if bytes > total as u128 => Err(Error::InvalidArgument {
             argument,
             message: format!(
-                "{what} needs {} of memory, more than this machine's {}",
+                "{what} needs {} of memory, more than {}",
                 format_bytes(bytes),
-                format_bytes(total as u128)
+                describe_total(total)
             ),
         }),
         _ => Ok(()),
@@ -227,7 +260,10 @@ mod tests {
         assert!(
             err.starts_with("invalid tile: a batch needs")
                 && (err.contains("cannot be allocated")
-                    || err.contains("more than this machine's")),
+                    || err.contains(&format!(
+                        "more than {}",
+                        describe_total(total_memory().unwrap_or(0))
+                    ))),
             "{err}"
         );
         if let Some(total) = total_memory() {
@@ -235,7 +271,10 @@ mod tests {
             let err = try_filled::<u8>(total + 1, "image", "the result")
                 .unwrap_err()
                 .to_string();
-            assert!(err.contains("more than this machine's"), "{err}");
+            assert!(
+                err.contains(&format!("more than {}", describe_total(total))),
+                "{err}"
+            );
             assert!(check_fits(total as u128, "image", "x").is_ok());
         }
         assert!(element_count(&[1 << 40, 1 << 40], "image").is_err());

@@ -285,12 +285,12 @@ impl<'a> Planner<'a> {
         Err(invalid(
             argument,
             format!(
-                "tiles of {:?}{whose} in batches of {} need about {} of memory, more than this machine's {}: \
+                "tiles of {:?}{whose} in batches of {} need about {} of memory, more than {}: \
                  use a smaller tile or batch_size",
                 layout.plan.input_tile_shape(),
                 layout.batch_size,
                 memory::format_bytes(need),
-                memory::format_bytes(limit)
+                memory::describe_total(usize::try_from(limit).unwrap_or(usize::MAX))
             ),
         ))
     }
