@@ -984,3 +984,16 @@ def test_a_cgroup_memory_limit_is_the_limit(tmp_path, clean_env):
         group.rmdir()
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout.split() == ["refused", "True"], done.stdout
+
+
+def test_a_sparse_memory_map_beyond_the_free_disk_space_is_refused(model, tmp_path, monkeypatch):
+    # Each page of a sparse file gets disk space when first written; a page
+    # that gets none killed the process with SIGBUS in the middle of the call.
+    image = np.random.default_rng(5).random((300, 300)).astype(np.float32)
+    out = np.lib.format.open_memmap(tmp_path / "labels.npy", mode="w+", dtype=np.uint8, shape=(300, 300))
+    monkeypatch.setattr(unet_rt.model, "_free_bytes", lambda path: 1000)
+    with pytest.raises(unet_rt.InvalidArgumentError, match=r"invalid out: the memory-mapped file .* free; .*SIGBUS"):
+        model.segment(image, out=out)
+    monkeypatch.undo()
+    assert model.segment(image, out=out) is out
+    assert (out == model.segment(image)).all()

@@ -127,6 +127,11 @@ class Model:
         if message is not None:
             warnings.warn(f"{self.path}: {message}", ApproximateTilingWarning, stacklevel=3)
 
+    def _origin(self) -> Tuple[Union[str, bytes], str, str]:
+        """What the model was made from: its absolute path (or its bytes),
+        and the device and precision asked for."""
+        return self._source, self._device_request, self._precision_request
+
     def __reduce__(self):
         if isinstance(self._source, bytes):
             # The name too: it stands for the path in messages and in ``path``.
@@ -419,6 +424,8 @@ class Model:
                 "invalid out: its elements overlap in memory (zero or overlapping strides, as as_strided or "
                 "broadcast_to make); pass an array with one place per element, e.g. np.empty(shape, dtype)"
             )
+        if out is not None:
+            _check_mapped_file(out)
         if isinstance(progress, np.bool_):
             progress = bool(progress)
         if not (progress is None or isinstance(progress, bool) or callable(progress)):
@@ -630,6 +637,39 @@ def _overlaps_itself(array: np.ndarray) -> bool:
             return True
         reach = stride * size
     return False
+
+
+def _free_bytes(path: str) -> int:
+    """Bytes the calling process may still write on the file system of
+    ``path`` (root may use the blocks reserved for it)."""
+    st = os.statvfs(path)
+    blocks = st.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else st.f_bavail
+    return blocks * st.f_frsize
+
+
+def _check_mapped_file(out: np.ndarray) -> None:
+    """Refuses an ``out=`` memory map whose file is sparse (as
+    ``np.memmap(mode="w+")`` and ``open_memmap`` make it) by more than its
+    file system has free: each page is given disk space when first written,
+    and a page that gets none kills the process with SIGBUS, in the middle
+    of the call, with no Python error. Whatever else is written to that
+    file system meanwhile is not foreseen."""
+    filename = getattr(out, "filename", None) if isinstance(out, np.memmap) else None
+    if not filename:
+        return
+    try:
+        st = os.stat(filename)
+        free = _free_bytes(filename)
+    except OSError:
+        return
+    unallocated = st.st_size - st.st_blocks * 512
+    if unallocated > free:
+        missing, room = _unet_rt.format_bytes(unallocated), _unet_rt.format_bytes(free)
+        raise InvalidArgumentError(
+            f"invalid out: the memory-mapped file {filename} has {missing} not yet on disk and its file system "
+            f"has {room} free; writing the result would crash the process (SIGBUS). Free space there, or map a "
+            "file on a file system with room"
+        )
 
 
 def _check_image(image: Any) -> np.ndarray:

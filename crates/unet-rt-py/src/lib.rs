@@ -80,6 +80,12 @@ fn canonical_devices(text: &str) -> PyResult<Vec<String>> {
         .map_err(errors::to_py_err)
 }
 
+/// Bytes for people, as every message of the core says them (`1.5 GiB`).
+#[pyfunction]
+fn format_bytes(bytes: u128) -> String {
+    unet_rt::memory::format_bytes(bytes)
+}
+
 #[pymodule]
 fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -94,6 +100,7 @@ fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("OUTPUTS", unet_rt::OutputMode::NAMES.to_vec())?;
     m.add("TTA_MODES", unet_rt::Tta::NAMES.to_vec())?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
+    m.add_function(wrap_pyfunction!(format_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_precision, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_devices, m)?)?;
     m.add_class::<model::Model>()?;

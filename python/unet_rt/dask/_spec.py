@@ -145,7 +145,7 @@ def resolve_model(model: Union[Model, str, "os.PathLike[str]", None], device: st
     check_model_arg(model)
     data: Optional[bytes] = None
     if isinstance(model, Model):
-        _, (source, own_device, own_precision) = model.__reduce__()
+        source, own_device, own_precision = model._origin()
         device = own_device if device == "auto" else device
         precision = own_precision if precision is None else precision
         if isinstance(source, bytes):
