@@ -445,22 +445,29 @@ except KeyboardInterrupt:
 """
 
 
-def test_ctrl_c_stops_a_single_long_forward_pass_within_a_second(tmp_path, clean_env):
-    script = tmp_path / "slow_forward.py"  # torch.jit.script reads the module's source
-    script.write_text(SLOW_FORWARD)
-    args = [sys.executable, str(script), str(tmp_path / "slow.pt")]
-    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=clean_env, cwd=ROOT) as proc:
+def _interrupted(args, env, delay):
+    """Runs ``args``, reads its first line, sends SIGINT ``delay`` seconds
+    later and reads the next: (first line's words, when the signal was sent,
+    next line's words)."""
+    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT) as proc:
         try:
             first = proc.stdout.readline().split()
-            assert first and first[0] == "start", first
-            estimate = float(first[1])
-            time.sleep(1.0)  # well inside the one forward pass
+            time.sleep(delay)
             sent = time.perf_counter()
             proc.send_signal(signal.SIGINT)
-            line = proc.stdout.readline().split()
+            return first, sent, proc.stdout.readline().split()
         finally:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def test_ctrl_c_stops_a_single_long_forward_pass_within_a_second(tmp_path, clean_env):
+    script = tmp_path / "slow_forward.py"  # torch.jit.script reads the module's source
+    script.write_text(SLOW_FORWARD)
+    # Signalled well inside the one forward pass.
+    first, sent, line = _interrupted([sys.executable, str(script), str(tmp_path / "slow.pt")], clean_env, 1.0)
+    assert first and first[0] == "start", first
+    estimate = float(first[1])
     assert estimate > 2.0, f"the forward pass ({estimate} s) must outlast the signal for the test to tell"
     assert line and line[0] == "interrupted", line
     assert float(line[1]) - sent < 1.0
@@ -495,18 +502,10 @@ def test_ctrl_c_stops_a_model_load_whose_probing_runs_a_long_pass(tmp_path, clea
     script = tmp_path / "slow_probe.py"
     script.write_text(SLOW_PROBE)
     model = tmp_path / "slow_probe.pt"
-    # Ctrl-C waited for the probe's pass to end (a minute and more).
-    with subprocess.Popen([sys.executable, str(script), str(model)], stdout=subprocess.PIPE, text=True,
-                          env=clean_env, cwd=ROOT) as proc:
-        try:
-            assert proc.stdout.readline().split() == ["start"]
-            time.sleep(3.0)  # into the first long pass
-            sent = time.perf_counter()
-            proc.send_signal(signal.SIGINT)
-            line = proc.stdout.readline().split()
-        finally:
-            proc.kill()
-            proc.wait(timeout=30)
+    # Ctrl-C waited for the probe's pass to end (a minute and more); the
+    # signal comes in the first long pass.
+    first, sent, line = _interrupted([sys.executable, str(script), str(model)], clean_env, 3.0)
+    assert first == ["start"]
     assert line and line[0] == "interrupted", line
     assert float(line[1]) - sent < 2.0
     # The command line alike: exit 130 at once, not after the pass.

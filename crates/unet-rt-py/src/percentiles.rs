@@ -130,13 +130,12 @@ pub(crate) fn percentile_ranges<'py>(
     // The result is checked against memory, then made by NumPy (lazily
     // zeroed; a failure is a Python error, not an abort).
     let bytes = images.saturating_mul(16);
-    if let Some(total) = unet_rt::memory::total_memory().filter(|&total| bytes > total) {
+    if let Some(beyond) = unet_rt::memory::beyond_limit(bytes as u128) {
         return Err(args::invalid(
             "images",
             format!(
-                "{images} images need {}, more than {}",
-                unet_rt::memory::format_bytes(bytes as u128),
-                unet_rt::memory::describe_total(total)
+                "{images} images need {}, {beyond}",
+                unet_rt::memory::format_bytes(bytes as u128)
             ),
         ));
     }

@@ -156,17 +156,16 @@ fn run<'py, T: Pixel + Element, U: OutputElement + Element>(
 #[pyfunction]
 pub(crate) fn check_image_copy(nbytes: &Bound<'_, PyAny>) -> PyResult<()> {
     let nbytes = crate::args::size(nbytes, "nbytes")? as u128;
-    match unet_rt::memory::total_memory() {
-        Some(total) if nbytes > total as u128 => Err(invalid(
+    match unet_rt::memory::beyond_limit(nbytes) {
+        Some(beyond) => Err(invalid(
             "image",
             format!(
-                "its byte order is not native, and the native copy the engine reads needs {} of memory, more \
-                 than {}: pass an array in native byte order (e.g. a numpy.memmap with dtype '<f4')",
+                "its byte order is not native, and the native copy the engine reads needs {} of memory, \
+                 {beyond}: pass an array in native byte order (e.g. a numpy.memmap with dtype '<f4')",
                 unet_rt::memory::format_bytes(nbytes),
-                unet_rt::memory::describe_total(total)
             ),
         )),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 
@@ -194,17 +193,17 @@ fn new_result<U: Element>(py: Python<'_>, shape: Vec<usize>) -> PyResult<Bound<'
             unet_rt::memory::format_bytes(b)
         ))
     };
-    match (bytes, unet_rt::memory::total_memory()) {
-        (None, _) => return Err(too_large("more bytes than can be counted".to_owned())),
-        (Some(b), Some(total)) if b > total as u128 => {
-            return Err(too_large(format!(
-                "{} of memory, more than {}",
-                unet_rt::memory::format_bytes(b),
-                unet_rt::memory::describe_total(total)
-            )))
-        }
-        (Some(b), _) if b > isize::MAX as u128 => return Err(unallocatable(b)),
-        _ => {}
+    let Some(bytes) = bytes else {
+        return Err(too_large("more bytes than can be counted".to_owned()));
+    };
+    if let Some(beyond) = unet_rt::memory::beyond_limit(bytes) {
+        return Err(too_large(format!(
+            "{} of memory, {beyond}",
+            unet_rt::memory::format_bytes(bytes)
+        )));
+    }
+    if bytes > isize::MAX as u128 {
+        return Err(unallocatable(bytes));
     }
     let dtype = numpy::dtype::<U>(py);
     let array = py
@@ -212,7 +211,7 @@ fn new_result<U: Element>(py: Python<'_>, shape: Vec<usize>) -> PyResult<Bound<'
         .call_method1("zeros", (shape.clone(), dtype))
         .map_err(|e| {
             if e.is_instance_of::<pyo3::exceptions::PyMemoryError>(py) {
-                unallocatable(bytes.unwrap_or_default())
+                unallocatable(bytes)
             } else {
                 e
             }

@@ -31,16 +31,20 @@ fn limit() -> Option<(usize, bool)> {
     })
 }
 
-/// [`total_memory`] as messages say it: "this machine's 23.5 GiB", or "the
-/// 2 GiB this process's cgroup allows (a container or job limit)".
-pub fn describe_total(total: usize) -> String {
-    match limit() {
-        Some((_, true)) => format!(
-            "the {} this process's cgroup allows (a container or job memory limit)",
-            format_bytes(total as u128)
-        ),
-        _ => format!("this machine's {}", format_bytes(total as u128)),
-    }
+/// When `bytes` exceed [`total_memory`], the words that say so in every
+/// message: "more than this machine's 23.5 GiB", or "more than the 2 GiB
+/// this process's cgroup allows (...)"; `None` when they fit or the total
+/// is unknown.
+pub fn beyond_limit(bytes: u128) -> Option<String> {
+    let (total, cgroup) = limit().filter(|&(total, _)| bytes > total as u128)?;
+    let total = format_bytes(total as u128);
+    Some(if cgroup {
+        format!(
+            "more than the {total} this process's cgroup allows (a container or job memory limit)"
+        )
+    } else {
+        format!("more than this machine's {total}")
+    })
 }
 
 /// Memory available to new allocations without swapping (`MemAvailable`),
@@ -101,16 +105,12 @@ pub(crate) fn bytes_of<T>(count: usize) -> u128 {
 /// minutes before a later step fails. Where the total is unknown, fallible
 /// allocation is the only check.
 pub(crate) fn check_fits(bytes: u128, argument: &'static str, what: &str) -> Result<()> {
-    match total_memory() {
-        Some(total) if bytes > total as u128 => Err(Error::InvalidArgument {
+    match beyond_limit(bytes) {
+        Some(beyond) => Err(Error::InvalidArgument {
             argument,
-            message: format!(
-                "{what} needs {} of memory, more than {}",
-                format_bytes(bytes),
-                describe_total(total)
-            ),
+            message: format!("{what} needs {} of memory, {beyond}", format_bytes(bytes)),
         }),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 
@@ -260,10 +260,7 @@ mod tests {
         assert!(
             err.starts_with("invalid tile: a batch needs")
                 && (err.contains("cannot be allocated")
-                    || err.contains(&format!(
-                        "more than {}",
-                        describe_total(total_memory().unwrap_or(0))
-                    ))),
+                    || beyond_limit(u128::MAX).is_some_and(|words| err.contains(&words))),
             "{err}"
         );
         if let Some(total) = total_memory() {
@@ -271,10 +268,8 @@ mod tests {
             let err = try_filled::<u8>(total + 1, "image", "the result")
                 .unwrap_err()
                 .to_string();
-            assert!(
-                err.contains(&format!("more than {}", describe_total(total))),
-                "{err}"
-            );
+            let words = beyond_limit(total as u128 + 1).unwrap();
+            assert!(err.contains(&words), "{err}");
             assert!(check_fits(total as u128, "image", "x").is_ok());
         }
         assert!(element_count(&[1 << 40, 1 << 40], "image").is_err());

@@ -252,14 +252,14 @@ impl<'a> Planner<'a> {
         // even u128, and "more than can be counted" is still "too much".
         let batch_pixels = pixels.saturating_mul(layout.batch_size as u128);
         let need = plan::forward_host_bytes(info, batch_pixels, element, device);
-        let limit = memory::total_memory().map_or(usize::MAX as u128, |m| m as u128);
-        if need <= limit {
+        let Some(beyond) = memory::beyond_limit(need) else {
             return Ok(());
-        }
+        };
         // The batch is to blame when one tile alone fits (a tile of 1004
         // in batches of 12100 named the tile); the planner's own tile is
         // the smallest only when it is.
-        let one_fits = plan::forward_host_bytes(info, pixels, element, device) <= limit;
+        let one_fits =
+            memory::beyond_limit(plan::forward_host_bytes(info, pixels, element, device)).is_none();
         let argument = match (
             &self.options.tile,
             self.options.batch_size,
@@ -285,12 +285,11 @@ impl<'a> Planner<'a> {
         Err(invalid(
             argument,
             format!(
-                "tiles of {:?}{whose} in batches of {} need about {} of memory, more than {}: \
+                "tiles of {:?}{whose} in batches of {} need about {} of memory, {beyond}: \
                  use a smaller tile or batch_size",
                 layout.plan.input_tile_shape(),
                 layout.batch_size,
                 memory::format_bytes(need),
-                memory::describe_total(usize::try_from(limit).unwrap_or(usize::MAX))
             ),
         ))
     }
