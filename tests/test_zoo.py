@@ -318,6 +318,43 @@ def test_monai_basic_unet_is_exact_with_batch_norm_and_warns_with_instance_norm(
         assert 0.3 < info["measured"]["label_agreement"] < 1.0
 
 
+@pytest.mark.parametrize("halo,multiple", [(2, 16), (48, 1)])
+def test_metadata_whose_geometry_tiles_contradict_warns_with_what_probing_finds(halo, multiple, tmp_path):
+    """A same-padded network's reach and pooling grid show only in what
+    tiles compute: a halo below its reach, or a size multiple off its
+    pooling grid, tiled quietly wrong (5% of the output's range) with
+    ``exact: True``. Valid networks prove their halo by their output size."""
+    net = network("unet_same")
+    probed = unet_rt.Model(plain_export(net, tmp_path / "plain.pt"), device="cpu").info
+    declared = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 3,
+                "output": "softmax", "padding": "same"}
+    path = plain_export(net, tmp_path / "wrong.pt", {**declared, "halo": halo, "size_multiple": multiple})
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="metadata's geometry does not hold") as caught:
+        model = unet_rt.Model(path, device="cpu")
+    found = (probed["halo"], probed["size_multiple"])
+    assert f"finds halo {found[0]} and size_multiple {found[1]}" in str(caught[0].message)
+    info = model.info
+    assert not info["exact"] and info["measured"]["max_difference"] > 1e-3
+    assert info["undeclared_geometry"] == {"declared_halo": halo, "declared_size_multiple": multiple,
+                                           "found_halo": found[0], "found_size_multiple": found[1]}
+    if multiple == 16:
+        import subprocess
+
+        shown = json.loads(subprocess.run(["unet-rt", "info", str(path), "--json"], check=True,
+                                          capture_output=True, text=True).stdout)
+        assert shown["undeclared_geometry"] == info["undeclared_geometry"] and not shown["exact"]
+        text = subprocess.run(["unet-rt", "info", str(path)], check=True, capture_output=True, text=True).stdout
+        assert f"finds halo {found[0]} and size_multiple {found[1]}" in text and "--tile whole" in text
+    # The way out the warning names is exact.
+    image = np.random.default_rng(3).random((1, 150, 170), dtype=np.float32)
+    want = whole_forward(net, image, probed["overlap"], probed["size_multiple"])
+    exact = unet_rt.Model(plain_export(net, tmp_path / "right.pt", {**declared, "halo": found[0],
+                                                                     "size_multiple": found[1]}), device="cpu")
+    assert exact.info["exact"] and exact.info["undeclared_geometry"] is None and exact.info["measured"] is None
+    got = exact.segment(image, axes="cyx", output="raw", tile=small_tile(exact.info))
+    assert relative_error(got, want) < 1e-5
+
+
 def test_a_fixed_input_size_in_metadata_is_the_only_tile(tmp_path):
     class OneSize(torch.nn.Module):
         """Fails at every size but 96, as networks traced at one size do."""

@@ -333,6 +333,14 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
         if out.shape != want:
             raise refuse(f"at input size {size} the network returns shape {out.shape}, "
                          f"the metadata ({_geometry_text(meta)}) says {want}")
+    def tiles_differ(difference: float) -> ExportGeometryError:
+        return refuse(f"tiles at overlap {info['overlap']} and size multiple {info['size_multiple']} differ from "
+                      f"one whole-image pass by {difference:.2g} of the output's range (the halo is too small, "
+                      f"or the size multiple is not the pooling factor)")
+
+    # The runtime's load measured a same-padded network's tiles already.
+    if info["undeclared_geometry"] is not None:
+        raise tiles_differ(info["measured"]["max_difference"])
     if not info["exact"]:
         return
     # A tiny budget gives the smallest tiles: an image of one tile's output
@@ -346,9 +354,7 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
     scale = float(np.abs(whole).max()) or 1.0
     difference = float(np.abs(tiled - whole).max()) / scale
     if not difference <= 1e-4:
-        raise refuse(f"tiles at overlap {info['overlap']} and size multiple {info['size_multiple']} differ from "
-                     f"one whole-image pass by {difference:.2g} of the output's range (the halo is too small, "
-                     f"or the size multiple is not the pooling factor)")
+        raise tiles_differ(difference)
 
 
 def read_metadata(path: os.PathLike | str) -> Optional[Dict[str, Any]]:

@@ -187,7 +187,12 @@ class Model:
         ``whole_tile_ops`` (layers that see the whole tile, from the
         network's code), ``measured`` (tiles against the whole image on a
         random probe image: ``probe_size``, ``max_difference`` relative to
-        the output's range, ``label_agreement``) and ``warning``."""
+        the output's range, ``label_agreement``), ``undeclared_geometry``
+        (for a same-padded model whose metadata's ``halo`` or
+        ``size_multiple`` tiles showed wrong at load: ``declared_halo``,
+        ``declared_size_multiple``, and ``found_halo``,
+        ``found_size_multiple`` as probing finds them, else ``None``) and
+        ``warning``."""
         return dict(self._inner.info)
 
     @property

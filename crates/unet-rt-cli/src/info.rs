@@ -79,6 +79,12 @@ fn describe(model: &Model, path: Option<&Path>, file_bytes: Option<u64>) -> Valu
             "max_difference": m.max_difference,
             "label_agreement": m.label_agreement,
         })),
+        "undeclared_geometry": info.exactness.undeclared_geometry.as_ref().map(|g| json!({
+            "declared_halo": g.declared_halo,
+            "declared_size_multiple": g.declared_multiple,
+            "found_halo": g.found.map(|(halo, _)| halo),
+            "found_size_multiple": g.found.map(|(_, multiple)| multiple),
+        })),
         "warning": info.exactness.warning(),
         "probed": info.probed,
         "normalization": serde_json::to_value(&info.normalization).unwrap_or(Value::Null),
@@ -189,7 +195,13 @@ fn text(d: &Value) -> Vec<String> {
         if d["exact"].as_bool() == Some(true) {
             format!("exact: tiles reproduce the whole-image forward{measured}")
         } else {
-            format!("approximate{measured}; use --tile whole where the image fits in one pass")
+            match d["warning"].as_str() {
+                // The warning says why, with the measurement.
+                Some(warning) => warning.to_owned(),
+                None => format!(
+                    "approximate{measured}; use --tile whole where the image fits in one pass"
+                ),
+            }
         },
     ));
     rows.push((

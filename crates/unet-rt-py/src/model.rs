@@ -149,6 +149,17 @@ impl Model {
             }
             None => d.set_item("measured", py.None())?,
         }
+        match &exactness.undeclared_geometry {
+            Some(g) => {
+                let mismatch = PyDict::new(py);
+                mismatch.set_item("declared_halo", g.declared_halo)?;
+                mismatch.set_item("declared_size_multiple", g.declared_multiple)?;
+                mismatch.set_item("found_halo", g.found.map(|(halo, _)| halo))?;
+                mismatch.set_item("found_size_multiple", g.found.map(|(_, multiple)| multiple))?;
+                d.set_item("undeclared_geometry", mismatch)?;
+            }
+            None => d.set_item("undeclared_geometry", py.None())?,
+        }
         d.set_item("warning", exactness.warning())?;
         Ok(d)
     }

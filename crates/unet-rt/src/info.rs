@@ -39,7 +39,8 @@ pub struct Exactness {
     /// Operations in the network that see the whole tile (instance or group
     /// normalisation, adaptive pooling, attention), found in its code.
     pub whole_tile_ops: Vec<String>,
-    /// Measured when probing, and at load for networks with such operations.
+    /// Measured when probing, at load for networks with such operations,
+    /// and where a same-padded model's declared geometry failed.
     pub measured: Option<Agreement>,
     /// Found at load: the output for one image depends on the other images
     /// of its batch (batch statistics: `BatchNorm` without running
@@ -48,6 +49,23 @@ pub struct Exactness {
     /// Found at load: two passes on one input differ (dropout or noise left
     /// active in evaluation mode).
     pub nondeterministic: bool,
+    /// Found at load for a same-padded model with metadata: tiles at the
+    /// declared halo and size multiple differ from the whole-image forward
+    /// (the network sees farther, or pools on a coarser grid, than its
+    /// metadata says).
+    pub undeclared_geometry: Option<GeometryMismatch>,
+}
+
+/// A model's declared geometry that tiles showed wrong, and what probing
+/// the network finds instead.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeometryMismatch {
+    /// The metadata's halo.
+    pub declared_halo: usize,
+    /// The metadata's size multiple.
+    pub declared_multiple: usize,
+    /// `(halo, size_multiple)` probing finds; `None` where probing failed.
+    pub found: Option<(usize, usize)>,
 }
 
 impl Exactness {
@@ -60,6 +78,7 @@ impl Exactness {
             && self.measured.as_ref().is_none_or(Agreement::is_exact)
             && !self.batch_dependent
             && !self.nondeterministic
+            && self.undeclared_geometry.is_none()
     }
 
     /// What a user should be told when tiles are not exact.
@@ -74,6 +93,19 @@ impl Exactness {
             "its output for one image depends on the other images of its batch (batch statistics, \
              as BatchNorm without running statistics uses?): tiles run one per forward pass"
                 .to_owned()
+        } else if let Some(mismatch) = &self.undeclared_geometry {
+            let found = match mismatch.found {
+                Some((halo, multiple)) => format!(
+                    "; probing the network finds halo {halo} and size_multiple {multiple}: declare those \
+                     (training/export.py checks what it writes)"
+                ),
+                None => String::new(),
+            };
+            format!(
+                "its metadata's geometry does not hold: tiles overlapping by its halo {} on its size \
+                 multiple {} differ from one whole-image pass{found}",
+                mismatch.declared_halo, mismatch.declared_multiple
+            )
         } else if self.whole_tile_ops.is_empty() {
             "its output depends on more than a tile's overlap can hold".to_owned()
         } else {
@@ -365,5 +397,28 @@ mod tests {
             .warning()
             .expect("warning")
             .contains("more than a tile's overlap"));
+        let undeclared = |found| Exactness {
+            measured: Some(agreement(0.06)),
+            undeclared_geometry: Some(GeometryMismatch {
+                declared_halo: 2,
+                declared_multiple: 16,
+                found,
+            }),
+            ..Exactness::default()
+        };
+        let warning = undeclared(Some((46, 8))).warning().expect("warning");
+        assert!(
+            warning.contains("halo 2 on its size multiple 16")
+                && warning.contains("finds halo 46 and size_multiple 8")
+                && warning.contains("tile=\"whole\""),
+            "{warning}"
+        );
+        let unknown = undeclared(None).warning().expect("warning");
+        assert!(!unknown.contains("finds"), "{unknown}");
+        // Declared wrong even where the measurement alone looks exact (a
+        // GPU's wider rounding is judged on its own scale).
+        let mut quiet = undeclared(None);
+        quiet.measured = Some(agreement(1e-7));
+        assert!(!quiet.is_exact());
     }
 }

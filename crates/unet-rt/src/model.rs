@@ -15,7 +15,7 @@ use crate::convert::{array_from_tensor, tensor_from_view};
 use crate::error::{first_line, Error, Result};
 use crate::info::ModelInfo;
 use crate::memory;
-use crate::metadata::Metadata;
+use crate::metadata::{Metadata, Padding};
 use crate::precision::Precision;
 use crate::probe;
 use crate::process;
@@ -213,6 +213,16 @@ impl Model {
                     // how close tiles come. A failed measurement leaves the
                     // finding from the code alone.
                     info.exactness.measured = probe::measure(&module, device, path, &info).ok();
+                } else if info.padding == Padding::Same {
+                    // A valid network's output size proves its halo
+                    // (`check_passes`); a same-padded one's reach and
+                    // pooling grid show only in what tiles compute.
+                    if let Some((measured, mismatch)) =
+                        probe::check_declared(&module, device, path, &info)
+                    {
+                        info.exactness.measured = Some(measured);
+                        info.exactness.undeclared_geometry = Some(mismatch);
+                    }
                 }
                 info.exactness.whole_tile_ops = whole_tile_ops;
                 info

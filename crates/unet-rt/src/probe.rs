@@ -12,7 +12,7 @@ use tch::{CModule, Device, IValue, Kind, Tensor};
 
 use crate::container;
 use crate::error::{Error, Result};
-use crate::info::{Agreement, Exactness, ModelInfo};
+use crate::info::{Agreement, Exactness, GeometryMismatch, ModelInfo, EXACT_TOLERANCE};
 use crate::metadata::{Activation, Normalization, OutputKey, Padding};
 
 /// Input sizes tried for a first output: powers of two up to this (2-D)...
@@ -215,6 +215,42 @@ pub(crate) fn measure(
     let inner = info.min_tile().min(size.saturating_sub(shift));
     let uniform = prober.agreement(&image, &whole, shift, inner, margin, info.shrink())?;
     prober.with_structured(uniform, size, shift, inner, margin, info.shrink())
+}
+
+/// For a same-padded model with metadata: tiles at the declared halo and
+/// size multiple against the whole-image forward ([`measure`]). `None`
+/// where they agree, or where the measurement cannot run (the network's own
+/// checks stand); otherwise the agreement, the declared geometry and what
+/// probing the network finds (the probe runs only then).
+pub(crate) fn check_declared(
+    module: &CModule,
+    device: Device,
+    path: &Path,
+    info: &ModelInfo,
+) -> Option<(Agreement, GeometryMismatch)> {
+    let measured = measure(module, device, path, info).ok()?;
+    // A GPU's convolutions round in TF32 by default (about 1e-3 of the
+    // range over a deep network); an undeclared reach or pooling grid moves
+    // outputs by percents.
+    let tolerance = match device {
+        Device::Cpu => EXACT_TOLERANCE,
+        _ => 10.0 * APPROXIMATE_TOLERANCE,
+    };
+    if measured.max_difference <= tolerance {
+        return None;
+    }
+    let found = probe(module, device, path, Vec::new())
+        .ok()
+        .filter(|probed| probed.padding == Padding::Same)
+        .map(|probed| (probed.halo, probed.size_multiple));
+    Some((
+        measured,
+        GeometryMismatch {
+            declared_halo: info.halo,
+            declared_multiple: info.size_multiple,
+            found,
+        },
+    ))
 }
 
 /// Runs `module` on two images at once and on the first alone (twice,
