@@ -318,6 +318,22 @@ def test_monai_basic_unet_is_exact_with_batch_norm_and_warns_with_instance_norm(
         assert 0.3 < info["measured"]["label_agreement"] < 1.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_networks_saved_in_another_float_type_run_as_float32(dtype, tmp_path):
+    """``net.half()`` before saving (for a GPU) made every probe pass fail
+    on the float32 input ("Input type (float) and bias type (c10::Half)
+    should be the same"), and the model could not be loaded at all."""
+    net = network("unet_same").to(dtype)
+    model = unet_rt.Model(plain_export(net, tmp_path / "typed.pt"), device="cpu", precision="fp32")
+    info = model.info
+    assert info["exact"] and (info["halo"], info["size_multiple"]) == (46, 8)
+    image = np.random.default_rng(4).random((1, 150, 170), dtype=np.float32)
+    # The stored weights, widened to float32 exactly (float64 rounded once).
+    want = whole_forward(net.float(), image, info["overlap"], info["size_multiple"])
+    got = model.segment(image, axes="cyx", output="raw", tile=small_tile(info))
+    assert got.dtype == np.float32 and relative_error(got, want) < 1e-5
+
+
 @pytest.mark.parametrize("halo,multiple", [(2, 16), (48, 1)])
 def test_metadata_whose_geometry_tiles_contradict_warns_with_what_probing_finds(halo, multiple, tmp_path):
     """A same-padded network's reach and pooling grid show only in what

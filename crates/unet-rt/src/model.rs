@@ -205,6 +205,12 @@ impl Model {
         let invalid = |e: tch::TchError| invalid_model(path, &e);
         align_cpu_threads();
         module.set_eval();
+        if has_non_float32_weights(&module) {
+            // Saved after `.half()`, `.bfloat16()` or `.double()`: probing,
+            // the load-time checks and the pipeline feed float32, and the
+            // chosen precision converts from there.
+            module.to(device, Kind::Float, false);
+        }
         let info = match &metadata {
             Some(m) => {
                 let mut info = ModelInfo::from_metadata(m, first_layer_width(&module));
@@ -479,6 +485,16 @@ fn first_layer_width(module: &CModule) -> Option<usize> {
     let params = module.named_parameters().ok()?;
     let (_, weight) = params.iter().find(|(_, p)| matches!(p.dim(), 4 | 5))?;
     usize::try_from(weight.size()[0]).ok()
+}
+
+/// Whether a floating-point parameter of `module` is not float32. A frozen
+/// module (weights as graph constants) has none to find or convert.
+fn has_non_float32_weights(module: &CModule) -> bool {
+    module.named_parameters().is_ok_and(|params| {
+        params
+            .iter()
+            .any(|(_, p)| matches!(p.kind(), Kind::Half | Kind::BFloat16 | Kind::Double))
+    })
 }
 
 /// Converts parameters and buffers to `precision` and lays convolution
