@@ -318,6 +318,54 @@ def test_monai_basic_unet_is_exact_with_batch_norm_and_warns_with_instance_norm(
         assert 0.3 < info["measured"]["label_agreement"] < 1.0
 
 
+class _EndsIn(torch.nn.Module):
+    """A U-Net whose forward ends in ``torch.softmax`` or ``torch.sigmoid``,
+    as many published ones do."""
+
+    def __init__(self, classes: int, final: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = UNet(in_channels=1, classes=classes, depth=3, base=4, padding="same")
+        self.final = final
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        if self.final == "softmax":
+            return torch.softmax(y, 1)
+        if self.final == "sigmoid":
+            return torch.sigmoid(y)
+        return y
+
+
+@pytest.mark.parametrize("classes,final,kind", [(1, "sigmoid", "probabilities"), (3, "softmax", "probabilities"),
+                                                (1, "none", "sigmoid"), (3, "none", "softmax")])
+def test_networks_that_return_probabilities_are_not_activated_twice(classes, final, kind, tmp_path):
+    """Taken for logits, a sigmoid network's labels were every pixel (its
+    output is above the logit threshold 0 everywhere) and a softmax
+    network's probabilities got a second softmax (0.46 off)."""
+    net = _EndsIn(classes, final).eval()
+    model = unet_rt.Model(plain_export(net, tmp_path / "net.pt"), device="cpu")
+    info = model.info
+    assert info["output"] == kind and info["exact"], info
+    image = np.random.default_rng(5).random((1, 150, 170), dtype=np.float32)
+    raw = whole_forward(net, image, info["overlap"], info["size_multiple"])
+    if final == "none":
+        probabilities = torch.softmax(torch.from_numpy(raw), 0) if classes > 1 else torch.sigmoid(torch.from_numpy(raw))
+        probabilities, threshold = probabilities.numpy(), 0.0
+    else:
+        probabilities, threshold = raw, 0.5
+    labels = raw.argmax(0) if classes > 1 else (raw[0] > threshold)
+    for tile in (small_tile(info), "whole"):
+        got = model.segment(image, axes="cyx", output="probabilities", tile=tile)
+        assert np.abs(got - probabilities).max() < 1e-5
+        np.testing.assert_array_equal(model.segment(image, axes="cyx", tile=tile), labels)
+    # Blended tiles average probabilities, then take labels the same way.
+    blended = model.segment(image, axes="cyx", tile=small_tile(info), blend="gaussian")
+    assert (blended == labels).mean() > 0.95
+    if final != "none":
+        assert 0.05 < labels.mean() < 0.95 if classes == 1 else len(np.unique(labels)) > 1
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_networks_saved_in_another_float_type_run_as_float32(dtype, tmp_path):
     """``net.half()`` before saving (for a GPU) made every probe pass fail

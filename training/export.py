@@ -100,7 +100,7 @@ def build_metadata(
         geo = geometry(config.get("depth", 5), config.get("padding", "valid"))
     classes = int(config.get("classes", 2))
     if class_names is None:
-        class_names = ["background"] + [f"class_{i}" for i in range(1, classes)] if output == "softmax" else []
+        class_names = ["background"] + [f"class_{i}" for i in range(1, classes)] if output in ("softmax", "probabilities") and classes > 1 else []
     return {
         "format": FORMAT,
         "name": name,
@@ -495,7 +495,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     geometry_flags.add_argument("--halo", type=int)
     geometry_flags.add_argument("--size-multiple", type=int)
     geometry_flags.add_argument("--size-offset", type=int)
-    geometry_flags.add_argument("--output-kind", choices=["softmax", "sigmoid", "identity"], dest="output_kind")
+    geometry_flags.add_argument("--output-kind", choices=["softmax", "sigmoid", "identity", "probabilities"], dest="output_kind")
     geometry_flags.add_argument("--output-key", help="dict key (or tuple index) of the segmentation")
     geometry_flags.add_argument("--class-names", help="comma-separated, one per output channel")
     args = parser.parse_args(argv)

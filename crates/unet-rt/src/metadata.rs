@@ -51,6 +51,23 @@ pub enum Activation {
     Sigmoid,
     /// Raw values (regression, image-to-image).
     Identity,
+    /// Probabilities already: the network ends in a softmax over its
+    /// channels, or a sigmoid of its one channel. Labels are the largest
+    /// channel, or probability above 0.5 for one channel.
+    Probabilities,
+}
+
+impl Activation {
+    /// The value above which a one-channel output of `channels` is
+    /// foreground: logit 0 for sigmoid models, 0.5 for a network that
+    /// returns probabilities; `None` where labels are the largest channel.
+    pub fn mask_threshold(self, channels: usize) -> Option<f32> {
+        match self {
+            Self::Sigmoid => Some(0.0),
+            Self::Probabilities if channels == 1 => Some(0.5),
+            _ => None,
+        }
+    }
 }
 
 /// Whether the network's convolutions shrink the image.

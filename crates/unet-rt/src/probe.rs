@@ -118,6 +118,9 @@ struct Prober<'a> {
     /// size rule is found (a forward that takes other arguments fails at
     /// every size, and "is it fully convolutional?" hid why).
     last_failure: Option<String>,
+    /// Where a one-channel output becomes foreground when labels are
+    /// compared: logit 0, or 0.5 for a network that returns probabilities.
+    mask_at: f64,
 }
 
 /// Probes `module` (already in eval mode on `device`); `whole_tile_ops` are
@@ -179,6 +182,12 @@ pub(crate) fn probe(
         read_out: crate::instances::ReadOut::default(),
         object_size: None,
     };
+    if prober.returns_probabilities(
+        info.round_up_valid(REACH_START[usize::from(info.spatial_dims == 3)] / 4),
+    ) {
+        info.output = Activation::Probabilities;
+        prober.mask_at = 0.5;
+    }
     // Valid networks lose exactly their dependence radius (the paper's
     // proof); the others are measured.
     if rule.lost == 0 || rule.kind == Growth::AnySize || !info.exactness.whole_tile_ops.is_empty() {
@@ -301,6 +310,36 @@ pub(crate) fn check_passes(
 }
 
 impl<'a> Prober<'a> {
+    /// Whether the network returns probabilities already (it ends in a
+    /// softmax over its channels, or a sigmoid of its one channel): its
+    /// output stays within [0, 1], and sums to 1 over several channels, on
+    /// noise and on signed noise a thousand times as strong, which carries
+    /// logits far outside. Taken for logits, such an output got a second
+    /// softmax (probabilities off by up to 0.5) or, with one channel, the
+    /// logit threshold 0 (every pixel foreground). A failing pass says no.
+    fn returns_probabilities(&mut self, size: usize) -> bool {
+        let bounded = |prober: &mut Self, input: Result<Tensor>| -> Result<bool> {
+            let y = prober.output(&input?)?;
+            let low = prober.torch(y.f_min())?.double_value(&[]);
+            let high = prober.torch(y.f_max())?.double_value(&[]);
+            if !(low >= 0.0 && high <= 1.0) {
+                return Ok(false);
+            }
+            if prober.out_channels == 1 {
+                return Ok(true);
+            }
+            let sums = prober.torch(y.f_sum_dim_intlist(1, false, Kind::Float))?;
+            Ok(prober.largest(&prober.torch(sums.f_sub_scalar(1.0))?)? <= 1e-3)
+        };
+        let strong = self
+            .noise(size, 3)
+            .and_then(|t| self.torch(t.f_sub_scalar(0.5).and_then(|t| t.f_mul_scalar(2000.0))));
+        let inputs = [self.noise(size, 1), self.noise_with(size, 2, true), strong];
+        inputs
+            .into_iter()
+            .all(|input| bounded(self, input).unwrap_or(false))
+    }
+
     /// See [`check_passes`].
     fn batch_and_repeat(&mut self, size: usize) -> Result<(bool, bool, Vec<i64>)> {
         if !self.fits(size.saturating_mul(2)) {
@@ -358,6 +397,7 @@ impl<'a> Prober<'a> {
             out_channels: 0,
             sides: HashMap::new(),
             last_failure: None,
+            mask_at: 0.0,
         }
     }
 
@@ -374,6 +414,7 @@ impl<'a> Prober<'a> {
             Some(info.output_key.clone()),
         );
         prober.out_channels = info.out_channels;
+        prober.mask_at = f64::from(info.output.mask_threshold(info.out_channels).unwrap_or(0.0));
         prober
     }
 
@@ -1069,13 +1110,14 @@ impl<'a> Prober<'a> {
         let scale = self.scale(whole)?;
         let max_difference = self.largest(&self.torch(a.f_sub(&b))?)? / scale;
         let several = self.out_channels > 1;
+        let mask_at = self.mask_at;
         let label_agreement = self
             .torch((|| {
                 let labels = |t: &Tensor| {
                     if several {
                         t.f_argmax(1, false)
                     } else {
-                        t.f_gt(0.0)?.f_squeeze_dim(1)
+                        t.f_gt(mask_at)?.f_squeeze_dim(1)
                     }
                 };
                 labels(&a)?

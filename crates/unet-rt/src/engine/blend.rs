@@ -55,11 +55,12 @@ pub(super) fn run_blended<T: Pixel, U: OutputElement>(
     sum /= &weight.insert_axis(Axis(0));
     match segmenter.options.output {
         OutputMode::Labels | OutputMode::Instances => {
-            let sigmoid = info.output == Activation::Sigmoid;
+            // Averaged probabilities: one channel is a mask at 0.5.
+            let mask = info.output.mask_threshold(info.out_channels).is_some();
             Zip::from(&mut out)
                 .and(sum.lanes(Axis(0)))
                 .for_each(|o, lane| {
-                    let class = if sigmoid {
+                    let class = if mask {
                         usize::from(lane[0] > 0.5)
                     } else {
                         lane.iter()

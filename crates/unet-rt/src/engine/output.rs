@@ -9,7 +9,8 @@ use crate::metadata::Activation;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutputMode {
     /// One class index per pixel: argmax of softmax models, the thresholded
-    /// mask (logit > 0) of one-channel sigmoid models. Shape: spatial axes.
+    /// mask (logit > 0, or probability > 0.5) of one-channel models. Shape:
+    /// spatial axes.
     #[default]
     Labels,
     /// Softmax or sigmoid probabilities, channel-first: `(classes, spatial...)`.
@@ -340,15 +341,21 @@ pub(crate) fn reduce<U: OutputElement>(
     kind: Activation,
 ) -> Result<Tensor> {
     let target = <U::Raw as tch::kind::Element>::KIND;
-    let reduced = match (mode, kind) {
-        (OutputMode::Labels | OutputMode::Instances, Activation::Sigmoid) => {
-            y.f_gt(0.0).and_then(|m| m.f_squeeze_dim(1))
-        }
-        (OutputMode::Labels | OutputMode::Instances, _) => argmax_channels(y),
-        (OutputMode::Probabilities, Activation::Sigmoid) => {
-            y.f_to_kind(Kind::Float).and_then(|t| t.f_sigmoid())
-        }
-        (OutputMode::Probabilities, _) => y.f_softmax(1, Kind::Float),
+    let channels = y
+        .size()
+        .get(1)
+        .and_then(|&c| usize::try_from(c).ok())
+        .unwrap_or(0);
+    let reduced = match (mode, kind.mask_threshold(channels)) {
+        (OutputMode::Labels | OutputMode::Instances, Some(threshold)) => y
+            .f_gt(f64::from(threshold))
+            .and_then(|m| m.f_squeeze_dim(1)),
+        (OutputMode::Labels | OutputMode::Instances, None) => argmax_channels(y),
+        (OutputMode::Probabilities, _) => match kind {
+            Activation::Sigmoid => y.f_to_kind(Kind::Float).and_then(|t| t.f_sigmoid()),
+            Activation::Probabilities => y.f_to_kind(Kind::Float),
+            _ => y.f_softmax(1, Kind::Float),
+        },
         (OutputMode::Raw, _) => Ok(y.shallow_clone()),
     };
     reduced

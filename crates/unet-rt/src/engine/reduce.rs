@@ -31,8 +31,8 @@ pub(super) fn reduces_on_host(mode: OutputMode, activation: Activation) -> bool 
 /// the first sample holding NaN or infinity.
 ///
 /// Labels follow `torch.argmax(y, 1)` (the first largest channel; a NaN
-/// counts as largest, the first NaN wins) for softmax models and `y > 0`
-/// for one-channel sigmoid models.
+/// counts as largest, the first NaN wins) for softmax models and `y > t`
+/// for one-channel ones ([`Activation::mask_threshold`]).
 ///
 /// # Errors
 /// [`Error::Inference`] for a tensor that is not on the CPU, not of rank 3
@@ -63,13 +63,13 @@ pub(super) fn reduce_on_host<U: OutputElement>(
                 finite &= channels.iter().all(|row| all_finite(row));
             }
             let Some(dst) = rows.next() else { return };
-            match activation {
-                Activation::Sigmoid => {
+            match activation.mask_threshold(channels.len()) {
+                Some(threshold) => {
                     for (d, &v) in dst.iter_mut().zip(channels[0]) {
-                        *d = U::from_class(u16::from(v > 0.0));
+                        *d = U::from_class(u16::from(v > threshold));
                     }
                 }
-                _ => {
+                None => {
                     first_largest(channels, &mut best, &mut index);
                     for (d, &c) in dst.iter_mut().zip(&index) {
                         *d = U::from_class(c);
@@ -354,6 +354,27 @@ mod tests {
                 libtorch::<u8>(&t, Activation::Sigmoid, &[0, 1]),
             );
         }
+        // A network's own probabilities: one channel is a mask at 0.5,
+        // several take the largest.
+        let probabilities = Tensor::rand([2, 1, 7, 19], opts);
+        for t in layouts(&probabilities) {
+            let labels = host::<u8>(&t, Activation::Probabilities, &[0, 1]);
+            assert_eq!(
+                labels,
+                libtorch::<u8>(&t, Activation::Probabilities, &[0, 1])
+            );
+            let want: Vec<u8> = Vec::<f32>::try_from(t.contiguous().view([-1]))
+                .unwrap()
+                .iter()
+                .map(|&p| u8::from(p > 0.5))
+                .collect();
+            assert_eq!(labels, want);
+        }
+        let several = Tensor::rand([2, 3, 7, 19], opts).softmax(1, Kind::Float);
+        assert_eq!(
+            host::<u8>(&several, Activation::Probabilities, &[0, 1]),
+            host::<u8>(&several, Activation::Softmax, &[0, 1]),
+        );
         let line = Tensor::randn([1, 3, 10], opts);
         assert_eq!(
             host::<u8>(&line, Activation::Softmax, &[0]),
