@@ -306,6 +306,25 @@ def test_torch_save_files_are_named_for_what_they_are(tmp_path):
         unet_rt.Model.from_bytes((tmp_path / "weights.pt").read_bytes(), device="cpu")
 
 
+def test_files_that_are_not_zip_archives_say_what_they_are(tmp_path, cli):
+    """"invalid Zip archive: Could not find EOCD" was all a user learned of
+    a Git LFS pointer, a saved login page or a legacy torch.save file."""
+    net = torch.nn.Conv2d(1, 2, 3, padding=1)
+    torch.save(net.state_dict(), tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    (tmp_path / "lfs.pt").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 4242\n")
+    (tmp_path / "page.pt").write_text("<!DOCTYPE html>\n<html><body>Please sign in</body></html>\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    cases = {"legacy.pth": "a pickle .* torch.save", "lfs.pt": "Git LFS pointer.*git lfs pull",
+             "page.pt": "an HTML page", "empty.pt": "an empty file"}
+    for name, message in cases.items():
+        with pytest.raises(unet_rt.ModelError, match=message):
+            unet_rt.Model(tmp_path / name, device="cpu")
+        with pytest.raises(unet_rt.ModelError, match=message):
+            unet_rt.Model.from_bytes((tmp_path / name).read_bytes(), device="cpu")
+    proc = subprocess.run([cli, "info", str(tmp_path / "lfs.pt")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "git lfs pull" in proc.stderr, proc.stderr
+
+
 def _rewrite_archive(source: str, change) -> bytes:
     """The archive at ``source`` with every entry's bytes passed through ``change(name, body)``."""
     out = io.BytesIO()
@@ -410,6 +429,20 @@ def test_a_network_that_changes_its_input_in_place_gets_the_same_augmented_resul
     want = models[False].segment(image, output="raw", tta=tta)
     # The later flips were cut from the batch the first pass had doubled.
     np.testing.assert_array_equal(models[True].segment(image, output="raw", tta=tta), want)
+
+
+
+def test_a_network_that_changes_its_input_in_place_is_probed_and_measured_as_any_other(tmp_path):
+    """Probing cut tiles from a probe image the network had doubled: the
+    in-place network got the fallback geometry (halo 512, multiple 64) and,
+    with metadata, a warning that its halo does not hold."""
+    found = {}
+    for in_place, net in ((False, _Doubling()), (True, _DoublingInPlace())):
+        path = tmp_path / f"plain_{in_place}.pt"
+        torch.jit.save(torch.jit.script(net.eval()), str(path))
+        info = unet_rt.Model(path, device="cpu").info
+        found[in_place] = (info["halo"], info["size_multiple"], info["exact"], info["output"])
+    assert found[True] == found[False] == (1, 1, True, "softmax")
 
 
 SLOW_FORWARD = """
