@@ -49,13 +49,70 @@ pub(crate) fn open_file(path: &Path) -> Result<File> {
 }
 
 /// Reads the zip directory of an archive; `origin` names it in messages.
-pub(crate) fn open_zip<R: Read + Seek>(reader: R, origin: &Path) -> Result<ZipArchive<R>> {
+pub(crate) fn open_zip<R: Read + Seek>(mut reader: R, origin: &Path) -> Result<ZipArchive<R>> {
+    let mut head = Vec::with_capacity(SNIFF_BYTES);
+    let read = reader
+        .by_ref()
+        .take(SNIFF_BYTES as u64)
+        .read_to_end(&mut head)
+        .and_then(|_| reader.rewind());
     ZipArchive::new(reader).map_err(|e| {
-        invalid(
-            origin,
-            format!("not a TorchScript archive (a zip file is expected): {e}"),
-        )
+        let reason = match read.ok().and_then(|()| sniff(&head, origin)) {
+            Some(what) => format!("it is {what}"),
+            None => format!("not a TorchScript archive (a zip file is expected): {e}"),
+        };
+        invalid(origin, reason)
     })
+}
+
+/// Bytes read from the start of a file that is not a zip archive, to say
+/// what it is instead.
+const SNIFF_BYTES: usize = 512;
+
+/// What a file that is not a zip archive is, by its first bytes (and, for
+/// ONNX, whose protobuf has no magic number, its name), with what to do:
+/// "invalid Zip archive: Could not find EOCD" was all a user learned of a
+/// Git LFS pointer or a saved HTML error page.
+fn sniff(head: &[u8], origin: &Path) -> Option<String> {
+    let export = "export the PyTorch network with torch.jit.save(torch.jit.script(model), path) \
+                  (or torch.jit.trace), or with training/export.py";
+    let text = String::from_utf8_lossy(head);
+    let text = text.trim_start().to_ascii_lowercase();
+    let safetensors = head.len() > 8
+        && head[8] == b'{'
+        && head[..8]
+            .try_into()
+            .is_ok_and(|n| (2..1 << 30).contains(&u64::from_le_bytes(n)));
+    let what = if head.is_empty() {
+        "an empty file (an interrupted download or copy?)".to_owned()
+    } else if text.starts_with("version https://git-lfs") {
+        "a Git LFS pointer, not the model itself: fetch it with `git lfs pull`".to_owned()
+    } else if text.starts_with("<!doctype html") || text.starts_with("<html") {
+        "an HTML page, not a model (a download that got a login or error page?)".to_owned()
+    } else if head.starts_with(b"\x89HDF\r\n\x1a\n") {
+        format!("an HDF5 file (a Keras or TensorFlow model?), not TorchScript; unet_rt runs PyTorch networks: {export}")
+    } else if head.get(4..8) == Some(b"TFL3") {
+        format!("a TensorFlow Lite model, not TorchScript; unet_rt runs PyTorch networks: {export}")
+    } else if safetensors {
+        format!(
+            "a safetensors file (weights without the network's code), not TorchScript; {export}"
+        )
+    } else if head.first() == Some(&0x80) && head.get(1).is_some_and(|v| (2..=5).contains(v)) {
+        format!(
+            "a pickle (a torch.save file of weights or of a Python module, without the network's \
+             code), not TorchScript; {export}"
+        )
+    } else if head.starts_with(&[0x1f, 0x8b]) {
+        "gzip-compressed: decompress it first (TorchScript archives are zip files)".to_owned()
+    } else if origin
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    {
+        format!("an ONNX model, not TorchScript; unet_rt runs PyTorch networks: {export}")
+    } else {
+        return None;
+    };
+    Some(what)
 }
 
 /// Refuses a zip file that is not a TorchScript archive, saying what it is
@@ -281,6 +338,53 @@ mod tests {
             std::io::Write::write_all(&mut writer, text.as_bytes()).expect("write");
         }
         ZipArchive::new(writer.finish().expect("finish")).expect("zip")
+    }
+
+    #[test]
+    fn files_that_are_not_zip_archives_are_named_with_what_to_do() {
+        let said = |bytes: &[u8], name: &str| match open_zip(
+            std::io::Cursor::new(bytes.to_vec()),
+            Path::new(name),
+        ) {
+            Err(Error::InvalidModel { reason, .. }) => reason,
+            other => panic!("{name}: {:?}", other.map(|_| ())),
+        };
+        let mut safetensors = 70u64.to_le_bytes().to_vec();
+        safetensors.extend_from_slice(br#"{"conv.weight":{"dtype":"F32"}}"#);
+        let mut legacy = vec![0x80, 0x02, 0x8a, 0x0a];
+        legacy.extend_from_slice(&[0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19]);
+        let cases: [(&[u8], &str, &str); 9] = [
+            (b"", "m.pt", "an empty file"),
+            (
+                b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 12\n",
+                "m.pt",
+                "git lfs pull",
+            ),
+            (
+                b"\n  <!DOCTYPE html><html><body>Sign in",
+                "m.pt",
+                "an HTML page",
+            ),
+            (b"\x89HDF\r\n\x1a\n\0\0\0\0", "m.h5", "HDF5"),
+            (b"\x1c\0\0\0TFL3\0\0", "m.tflite", "TensorFlow Lite"),
+            (&safetensors, "m.safetensors", "safetensors"),
+            (&legacy, "m.pth", "a pickle"),
+            (&[0x1f, 0x8b, 0x08, 0x00], "m.pt.gz", "gzip"),
+            (
+                &[0x08, 0x07, 0x12, 0x07, b'p', b'y'],
+                "m.onnx",
+                "an ONNX model",
+            ),
+        ];
+        for (bytes, name, want) in cases {
+            let reason = said(bytes, name);
+            assert!(reason.contains(want), "{name}: {reason}");
+        }
+        // Nothing recognised: the zip reader's own words.
+        assert!(said(b"just some text", "m.pt").contains("a zip file is expected"));
+        // A zip archive is read from its start whatever was sniffed.
+        let zip = code_archive(&[("m/code/a.py", "x")]).into_inner();
+        assert!(open_zip(zip, Path::new("m.pt")).is_ok());
     }
 
     #[test]
