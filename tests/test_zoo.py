@@ -366,6 +366,19 @@ def test_networks_that_return_probabilities_are_not_activated_twice(classes, fin
         assert 0.05 < labels.mean() < 0.95 if classes == 1 else len(np.unique(labels)) > 1
 
 
+def test_declared_probabilities_are_checked_at_load(tmp_path):
+    declared = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 3,
+                "output": "probabilities", "padding": "same", "halo": 48, "size_multiple": 8}
+    ending = _EndsIn(3, "softmax").eval()
+    model = unet_rt.Model(plain_export(ending, tmp_path / "ok.pt", declared), device="cpu")
+    image = np.random.default_rng(5).random((1, 150, 170), dtype=np.float32)
+    want = whole_forward(ending, image, 48, 8)
+    assert np.abs(model.segment(image, axes="cyx", output="probabilities") - want).max() < 1e-5
+    # Logits taken at the metadata's word would be written as probabilities.
+    with pytest.raises(unet_rt.MetadataError, match=r"declares output \"probabilities\", but .* returns values from"):
+        unet_rt.Model(plain_export(_EndsIn(3, "none").eval(), tmp_path / "logits.pt", declared), device="cpu")
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_networks_saved_in_another_float_type_run_as_float32(dtype, tmp_path):
     """``net.half()`` before saving (for a GPU) made every probe pass fail

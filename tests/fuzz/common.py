@@ -127,7 +127,8 @@ def segment_expect(model: Any, shape: Tuple[int, ...], kwargs: Dict[str, Any], n
     if result_shape is not None and window is not None and hasattr(window, "shape"):
         per_image = tuple(window.shape) if output in ("labels", "instances") else (result_shape[-dims - 1],) + tuple(window.shape)
         result_shape = result_shape[: len(result_shape) - len(per_image)] + per_image
-    classes = int(model.info["out_channels"])
+    # A one-channel model's labels are a mask: 0 and 1.
+    classes = max(2, int(model.info["out_channels"]))
     return Expect(output=output, shape=result_shape, classes=classes,
                   nonfinite_ok=nonfinite_ok, must_fail=must_fail or why, out=kwargs.get("out"))
 

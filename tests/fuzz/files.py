@@ -135,8 +135,11 @@ def _clip(text: str, limit: int = 300) -> str:
 #: whole-image output is the truth for any tiling.
 POINTWISE = {"good", "nan_everywhere", "nan_somewhere", "inf_somewhere", "neg_inf_everywhere", "huge_finite",
              "double_output", "half_output", "int_output", "bool_output", "no_weights", "nan_weights", "inf_weights",
-             "five_channels", "one_channel", "many_channels", "tuple", "list", "dict"}
-META_CHOICES = ("truthful", "truthful", "same", "sigmoid", "identity")
+             "five_channels", "one_channel", "many_channels", "tuple", "list", "dict", "softmax_output",
+             "sigmoid_output"}
+#: Networks that end in their own softmax or sigmoid: probed as probabilities.
+RETURNS_PROBABILITIES = {"softmax_output", "sigmoid_output"}
+META_CHOICES = ("truthful", "truthful", "same", "sigmoid", "identity", "probabilities")
 
 
 _MODULES: Dict[str, Any] = {}
@@ -172,6 +175,8 @@ def _truth(raw: np.ndarray, output: str, kind: str) -> Optional[np.ndarray]:
     if output == "probabilities" and kind == "sigmoid":
         with np.errstate(all="ignore"):
             return 1 / (1 + np.exp(-raw))
+    if output == "probabilities" and kind == "probabilities":
+        return raw.astype(np.float32).astype(np.float64)
     return None
 
 
@@ -182,7 +187,7 @@ def _network_metadata(choice: str, channels: Optional[int]) -> Optional[Dict[str
     meta = dict(SAME_METADATA)
     if choice != "same" and channels:
         meta["out_channels"] = channels
-    if choice in ("sigmoid", "identity"):
+    if choice in ("sigmoid", "identity", "probabilities"):
         meta["output"] = choice
     return meta
 
@@ -235,6 +240,7 @@ def _network_expect(name: str, spec: Any, choice: str, meta: Optional[Dict[str, 
         return {"must_fail": "the network's output is non-finite (NonFiniteError expected)"}
     extra: Dict[str, Any] = {"nonfinite_ok": propagate}
     kind = "softmax" if meta is None and (raw is None or raw.shape[0] > 1) else "sigmoid"
+    kind = "probabilities" if meta is None and name in RETURNS_PROBABILITIES else kind
     kind = meta["output"] if meta is not None else kind
     if name in POINTWISE and raw is not None and int(model.info["out_channels"]) == raw.shape[0]:
         truth = _truth(raw, output, kind)

@@ -444,6 +444,20 @@ class OneChannel(_Base):
         return self.conv(x)[:, :1]
 
 
+class SoftmaxOutput(_Base):
+    """Ends in its own softmax: probabilities already."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.conv(x), 1)
+
+
+class SigmoidOutput(_Base):
+    """Ends in its own sigmoid of one channel: probabilities already."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.conv(x)[:, :1])
+
+
 class ManyChannels(_Base):
     """Returns 400 channels."""
 
@@ -665,6 +679,9 @@ NETWORKS: Dict[str, Network] = {
     "five_channels": Network(FiveChannels),
     "one_channel": Network(OneChannel),
     "many_channels": Network(ManyChannels),
+    # Probed as "probabilities": no second softmax, one channel a mask at 0.5.
+    "softmax_output": Network(SoftmaxOutput),
+    "sigmoid_output": Network(SigmoidOutput),
     "crop_one": Network(CropOne, _SHAPE),
     "pad_three": Network(PadThree, _SHAPE),
     "transposed": Network(Transposed),  # right only on square tiles: checked by shape

@@ -271,8 +271,9 @@ pub(crate) fn check_declared(
 /// on this size) finds nothing, and the network's own checks stand.
 ///
 /// For a model with metadata, the first pass also checks the output the
-/// metadata declares (channels, and the size its padding and halo give):
-/// a contradiction is an error at load, not at the first image.
+/// metadata declares (channels, and the size its padding and halo give;
+/// values that can be probabilities where it declares them): a
+/// contradiction is an error at load, not at the first image.
 ///
 /// # Errors
 /// [`Error::InvalidMetadata`] for such a contradiction.
@@ -286,6 +287,22 @@ pub(crate) fn check_passes(
     let _plain = PlainExecutor::enter();
     let mut prober = Prober::of_info(module, device, path, info);
     let size = info.round_up_valid(REACH_START[usize::from(info.spatial_dims == 3)] / 4);
+    if !info.probed && info.output == Activation::Probabilities {
+        // Taken at its word, logits would be written as probabilities.
+        let unlike = prober
+            .noise(size, 1)
+            .and_then(|x| prober.any_output(&x))
+            .and_then(|y| prober.unlike_probabilities(&y));
+        if let Ok(Some(unlike)) = unlike {
+            return Err(Error::InvalidMetadata {
+                path: path.to_owned(),
+                reason: format!(
+                    "it declares output \"probabilities\", but for a random input the network returns \
+                     {unlike}: declare \"softmax\" or \"sigmoid\" for logits"
+                ),
+            });
+        }
+    }
     let Ok((batch_dependent, nondeterministic, shape)) = prober.batch_and_repeat(size) else {
         return Ok((false, false));
     };
@@ -318,26 +335,34 @@ impl<'a> Prober<'a> {
     /// softmax (probabilities off by up to 0.5) or, with one channel, the
     /// logit threshold 0 (every pixel foreground). A failing pass says no.
     fn returns_probabilities(&mut self, size: usize) -> bool {
-        let bounded = |prober: &mut Self, input: Result<Tensor>| -> Result<bool> {
-            let y = prober.output(&input?)?;
-            let low = prober.torch(y.f_min())?.double_value(&[]);
-            let high = prober.torch(y.f_max())?.double_value(&[]);
-            if !(low >= 0.0 && high <= 1.0) {
-                return Ok(false);
-            }
-            if prober.out_channels == 1 {
-                return Ok(true);
-            }
-            let sums = prober.torch(y.f_sum_dim_intlist(1, false, Kind::Float))?;
-            Ok(prober.largest(&prober.torch(sums.f_sub_scalar(1.0))?)? <= 1e-3)
-        };
         let strong = self
             .noise(size, 3)
             .and_then(|t| self.torch(t.f_sub_scalar(0.5).and_then(|t| t.f_mul_scalar(2000.0))));
         let inputs = [self.noise(size, 1), self.noise_with(size, 2, true), strong];
-        inputs
-            .into_iter()
-            .all(|input| bounded(self, input).unwrap_or(false))
+        inputs.into_iter().all(|input| {
+            input
+                .and_then(|input| self.output(&input))
+                .and_then(|y| self.unlike_probabilities(&y))
+                .is_ok_and(|unlike| unlike.is_none())
+        })
+    }
+
+    /// `None` where the output `y` can be probabilities (within [0, 1],
+    /// summing to 1 over several channels); else what it is instead.
+    /// Non-finite values are left to the engine's own check.
+    fn unlike_probabilities(&self, y: &Tensor) -> Result<Option<String>> {
+        let y = &self.torch(y.f_nan_to_num(0.5, 0.5, 0.5))?;
+        let low = self.torch(y.f_min())?.double_value(&[]);
+        let high = self.torch(y.f_max())?.double_value(&[]);
+        if !(low >= 0.0 && high <= 1.0) {
+            return Ok(Some(format!("values from {low:.3} to {high:.3}")));
+        }
+        if self.out_channels == 1 {
+            return Ok(None);
+        }
+        let sums = self.torch(y.f_sum_dim_intlist(1, false, Kind::Float))?;
+        let off = self.largest(&self.torch(sums.f_sub_scalar(1.0))?)?;
+        Ok((off > 1e-3).then(|| format!("channels whose sums differ from 1 by up to {off:.3}")))
     }
 
     /// See [`check_passes`].
@@ -986,22 +1011,26 @@ impl<'a> Prober<'a> {
     /// changed the probe image that tiles are then cut from, and its
     /// geometry came out as the fallback's (halo 512, multiple 64).
     fn output(&mut self, input: &Tensor) -> Result<Tensor> {
-        let shape = input.size();
+        let t = self.any_output(input)?;
+        let finite = self.torch(t.f_isfinite().and_then(|f| f.f_all()))?;
+        if !bool::try_from(finite).unwrap_or(false) {
+            return Err(self.invalid(format!(
+                "its output holds NaN or infinite values for a random input of shape {:?} \
+                 (values in [0, 1), or up to 4): its geometry cannot be measured",
+                input.size()
+            )));
+        }
+        Ok(t)
+    }
+
+    /// [`Self::output`], non-finite values included.
+    fn any_output(&mut self, input: &Tensor) -> Result<Tensor> {
         let copy = self.torch(input.f_detach_copy())?;
         match self.forward(copy)? {
-            Some(t) => {
-                let t = self.torch(t.f_to_kind(Kind::Float))?;
-                let finite = self.torch(t.f_isfinite().and_then(|f| f.f_all()))?;
-                if !bool::try_from(finite).unwrap_or(false) {
-                    return Err(self.invalid(format!(
-                        "its output holds NaN or infinite values for a random input of shape {shape:?} \
-                         (values in [0, 1), or up to 4): its geometry cannot be measured"
-                    )));
-                }
-                Ok(t)
-            }
+            Some(t) => self.torch(t.f_to_kind(Kind::Float)),
             None => Err(self.invalid(format!(
-                "its forward fails on a random input of shape {shape:?}"
+                "its forward fails on a random input of shape {:?}",
+                input.size()
             ))),
         }
     }
