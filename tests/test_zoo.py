@@ -379,6 +379,40 @@ def test_declared_probabilities_are_checked_at_load(tmp_path):
         unet_rt.Model(plain_export(_EndsIn(3, "none").eval(), tmp_path / "logits.pt", declared), device="cpu")
 
 
+class _HeadFirst(torch.nn.Module):
+    """Registers its 1x1 head before its body: the first weight in the
+    archive takes 16 channels, the network 3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = torch.nn.Conv2d(16, 2, 1)
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                        torch.nn.Conv2d(16, 16, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def test_the_input_channels_are_found_when_the_first_weight_is_not_the_first_layer(tmp_path):
+    net = _HeadFirst().eval()
+    model = unet_rt.Model(plain_export(net, tmp_path / "head_first.pt"), device="cpu")
+    info = model.info
+    assert (info["in_channels"], info["halo"], info["exact"]) == (3, 2, True), info
+    image = np.random.default_rng(6).random((3, 70, 90), dtype=np.float32)
+    want = whole_forward(net, image, info["overlap"], info["size_multiple"])
+    assert relative_error(model.segment(image, axes="cyx", output="raw", tile=small_tile(info)), want) < 1e-5
+
+
+def test_a_network_without_its_upsampling_is_named_for_its_output_stride(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 2, 3, stride=2, padding=1)).eval()
+    # It said "it loses 3 pixels per axis, which cannot be split evenly".
+    with pytest.raises(unet_rt.ModelError, match="one pixel per 4 input pixels .*F.interpolate"):
+        unet_rt.Model(plain_export(net, tmp_path / "quarter.pt"), device="cpu")
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_networks_saved_in_another_float_type_run_as_float32(dtype, tmp_path):
     """``net.half()`` before saving (for a GPU) made every probe pass fail

@@ -57,6 +57,10 @@ const MAX_PROBE_VALUES: usize = 1 << 26;
 /// needs metadata, and a load must not take minutes.
 const PROBE_BUDGET: Duration = Duration::from_secs(30);
 
+/// Input channel counts tried (those of the first convolution weights, in
+/// the order the network registers them) before probing gives up.
+const MAX_CHANNEL_GUESSES: usize = 4;
+
 /// Turns the graph executor's optimisations off on this thread for a scope
 /// (they are per thread, and on by default): it specialises and keeps a
 /// plan per input shape, which over many probe sizes held gigabytes.
@@ -146,14 +150,46 @@ pub(crate) fn probe(
                 .to_owned(),
         ));
     };
-    let weight = first.size();
     let _guard = tch::no_grad_guard();
     let _plain = PlainExecutor::enter();
-    let mut prober = Prober::new(module, device, path, first.dim() - 2, weight[1], None);
-    let rule = prober.size_rule()?;
+    // The first weight's input channels are the network's where it is
+    // the first layer; a network that registers its head first (or a
+    // depthwise first layer) fails at every size with them: the next
+    // convolution's count is tried, on the same time budget.
+    let mut candidates: Vec<i64> = Vec::new();
+    for (_, p) in params.iter().filter(|(_, p)| p.dim() == first.dim()) {
+        let channels = p.size()[1];
+        if !candidates.contains(&channels) && candidates.len() < MAX_CHANNEL_GUESSES {
+            candidates.push(channels);
+        }
+    }
+    let dims = first.dim() - 2;
+    let started = Instant::now();
+    let mut found = None;
+    let mut failed: Option<Prober> = None;
+    for channels in candidates {
+        let mut prober = Prober::new(module, device, path, dims, channels, None);
+        prober.started = started;
+        match prober.first_size()? {
+            Some(size) => {
+                found = Some((prober, size));
+                break;
+            }
+            None => {
+                failed.get_or_insert(prober);
+            }
+        }
+    }
+    let Some((mut prober, first_size)) = found else {
+        return Err(failed.map_or_else(
+            || invalid("it has no convolution weights to probe".to_owned()),
+            |prober| prober.no_size(),
+        ));
+    };
+    let rule = prober.size_rule(first_size)?;
     let mut info = ModelInfo {
         spatial_dims: prober.dims,
-        in_channels: usize::try_from(weight[1]).unwrap_or(1),
+        in_channels: usize::try_from(prober.channels).unwrap_or(1),
         out_channels: prober.out_channels,
         // Without metadata the output is taken as logits.
         output: if prober.out_channels == 1 {
@@ -173,7 +209,11 @@ pub(crate) fn probe(
         min_size: 0,
         fixed_size: 0,
         output_key: prober.key.clone(),
-        first_layer_width: usize::try_from(weight[0]).ok(),
+        // The width of the layer that takes the input.
+        first_layer_width: params
+            .iter()
+            .find(|(_, p)| p.dim() == first.dim() && p.size()[1] == prober.channels)
+            .and_then(|(_, p)| usize::try_from(p.size()[0]).ok()),
         probed: true,
         exactness: Exactness {
             whole_tile_ops,
@@ -651,27 +691,65 @@ impl<'a> Prober<'a> {
     /// The size rule, from as few forward passes as the network allows:
     /// a first working size by doubling, then the next size tells how the
     /// output follows the input.
-    fn size_rule(&mut self) -> Result<Rule> {
-        let limit = if self.dims == 2 {
-            FIRST_LIMIT_2D
-        } else {
-            FIRST_LIMIT_3D
-        };
-        let mut first = None;
+    /// The first size of 1, 2, 4 ... that the network takes, if any.
+    fn first_size(&mut self) -> Result<Option<usize>> {
         let mut size = 1;
-        while size <= limit {
+        while size <= self.first_limit() {
             if self.lost(size)?.is_some() {
-                first = Some(size);
-                break;
+                return Ok(Some(size));
             }
             size *= 2;
         }
-        let first = first.ok_or_else(|| {
-            self.no_rule(&format!(
-                "no input size of 1, 2, 4 ... {limit} works; a network that takes one size only needs \
-                 metadata with fixed_size"
-            ))
-        })?;
+        Ok(None)
+    }
+
+    fn first_limit(&self) -> usize {
+        if self.dims == 2 {
+            FIRST_LIMIT_2D
+        } else {
+            FIRST_LIMIT_3D
+        }
+    }
+
+    /// The error for a network that takes none of [`Self::first_size`]'s
+    /// sizes.
+    fn no_size(&self) -> Error {
+        self.no_rule(&format!(
+            "no input size of 1, 2, 4 ... {} works; a network that takes one size only needs \
+             metadata with fixed_size",
+            self.first_limit()
+        ))
+    }
+
+    /// The size rule from `first`, the first size that works: the next
+    /// size tells how the output follows the input. Where no rule fits, an
+    /// output that grows one pixel per several input pixels (a network
+    /// without its upsampling) is named as such.
+    fn size_rule(&mut self, first: usize) -> Result<Rule> {
+        let rule = self.size_rule_from(first);
+        if rule.is_err() {
+            if let Some(stride) = self.output_stride() {
+                return Err(self.invalid(format!(
+                    "its output grows one pixel per {stride} input pixels (an output stride of {stride}): \
+                     unet_rt runs networks whose output covers their input pixel for pixel, or loses a \
+                     fixed margin; resize the output back to the input's size in the network \
+                     (F.interpolate) and export it again"
+                )));
+            }
+        }
+        rule
+    }
+
+    /// `k` where inputs of 256 and 512 pixels give outputs 256 / k pixels
+    /// apart (`k` of 2 or more); `None` otherwise, or where either fails.
+    fn output_stride(&mut self) -> Option<usize> {
+        let small = self.side(256).ok().flatten()?;
+        let large = self.side(512).ok().flatten()?;
+        let grown = large.checked_sub(small).filter(|&g| g > 0 && g < 256)?;
+        (256 % grown == 0).then_some(256 / grown)
+    }
+
+    fn size_rule_from(&mut self, first: usize) -> Result<Rule> {
         let lost_first = self.lost(first)?.unwrap_or(0);
         let side_first = first - lost_first;
         // The size below tells the class from a pass cheaper than the one
