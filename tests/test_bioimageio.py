@@ -115,6 +115,35 @@ def test_every_normalization_exports_and_comes_back(tmp_path, normalization):
     np.testing.assert_array_equal(unet_rt.segment(image, pkg, device="cpu"), unet_rt.segment(image, model_path, device="cpu"))
 
 
+class _SoftmaxNet(torch.nn.Module):
+    """A same-padded network that ends in its own softmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.b = torch.nn.Conv2d(4, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.b(torch.relu(self.a(x))), 1)
+
+
+def test_a_network_returning_probabilities_keeps_its_output_kind_through_a_package(tmp_path):
+    """Such a network has no postprocessing step to describe it: read back,
+    its output was "identity", and labels were refused."""
+    from training.export import export_torchscript, probe_metadata
+
+    torch.manual_seed(0)
+    net = _SoftmaxNet().eval()
+    meta = probe_metadata(torch.jit.script(net))
+    assert meta["output"] == "probabilities"
+    model_path = export_torchscript(net, tmp_path / "probs.pt", meta)
+    pkg = bio.export(model_path, tmp_path / "probs.zip")
+    assert unet_rt.Model(pkg, device="cpu").info["output"] == "probabilities"
+    image = np.random.default_rng(4).random((90, 70)).astype(np.float32)
+    np.testing.assert_array_equal(unet_rt.segment(image, pkg, device="cpu"),
+                                  unet_rt.segment(image, model_path, device="cpu"))
+
+
 # --- a package made without unet_rt ------------------------------------------
 
 

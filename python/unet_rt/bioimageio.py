@@ -632,6 +632,10 @@ def _metadata(descr: Any, source: Path) -> Dict[str, Any]:
         for key in ("instances", "object_size", "class_names"):
             if key in own:
                 meta[key] = own[key]
+        # A network that returns probabilities itself has no postprocessing
+        # step to say so: its own description does.
+        if own.get("output") == "probabilities" and meta["output"] == "identity":
+            meta["output"] = "probabilities"
     return meta
 
 
