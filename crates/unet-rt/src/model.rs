@@ -211,35 +211,39 @@ impl Model {
             // chosen precision converts from there.
             module.to(device, Kind::Float, false);
         }
-        let info = match &metadata {
+        let mut info = match &metadata {
             Some(m) => {
                 let mut info = ModelInfo::from_metadata(m, first_layer_width(&module));
-                if !whole_tile_ops.is_empty() {
-                    // Declared geometry cannot make such layers exact: say
-                    // how close tiles come. A failed measurement leaves the
-                    // finding from the code alone.
-                    info.exactness.measured = probe::measure(&module, device, path, &info).ok();
-                } else if info.padding == Padding::Same {
-                    // A valid network's output size proves its halo
-                    // (`check_passes`); a same-padded one's reach and
-                    // pooling grid show only in what tiles compute.
-                    if let Some((measured, mismatch)) =
-                        probe::check_declared(&module, device, path, &info)
-                    {
-                        info.exactness.measured = Some(measured);
-                        info.exactness.undeclared_geometry = Some(mismatch);
-                    }
-                }
                 info.exactness.whole_tile_ops = whole_tile_ops;
                 info
             }
             None => probe::probe(&module, device, path, whole_tile_ops)?,
         };
-        let mut info = info;
+        // Contradictions of the metadata are errors before anything is
+        // measured with it.
         (
             info.exactness.batch_dependent,
             info.exactness.nondeterministic,
         ) = probe::check_passes(&module, device, path, &info)?;
+        if metadata.is_some() {
+            if !info.exactness.whole_tile_ops.is_empty() {
+                // Declared geometry cannot make such layers exact: say how
+                // close tiles come. A failed measurement leaves the finding
+                // from the code alone.
+                info.exactness.measured = probe::measure(&module, device, path, &info).ok();
+            } else if info.padding == Padding::Same && !info.exactness.nondeterministic {
+                // A valid network's output size proves its halo
+                // (`check_passes`); a same-padded one's reach and pooling
+                // grid show only in what tiles compute (which differ
+                // anyway where passes do).
+                if let Some((measured, mismatch)) =
+                    probe::check_declared(&module, device, path, &info)
+                {
+                    info.exactness.measured = Some(measured);
+                    info.exactness.undeclared_geometry = Some(mismatch);
+                }
+            }
+        }
         let precision = convert_weights(&mut module, device, precision).map_err(invalid)?;
         Ok(Self {
             inner: Arc::new(Inner {
