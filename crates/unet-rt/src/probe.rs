@@ -688,10 +688,8 @@ impl<'a> Prober<'a> {
         ))
     }
 
-    /// The size rule, from as few forward passes as the network allows:
-    /// a first working size by doubling, then the next size tells how the
-    /// output follows the input.
-    /// The first size of 1, 2, 4 ... that the network takes, if any.
+    /// The first size of 1, 2, 4 ... that the network takes, if any: where
+    /// the size rule starts.
     fn first_size(&mut self) -> Result<Option<usize>> {
         let mut size = 1;
         while size <= self.first_limit() {
@@ -749,6 +747,8 @@ impl<'a> Prober<'a> {
         (256 % grown == 0).then_some(256 / grown)
     }
 
+    /// See [`Self::size_rule`]: from as few forward passes as the network
+    /// allows.
     fn size_rule_from(&mut self, first: usize) -> Result<Rule> {
         let lost_first = self.lost(first)?.unwrap_or(0);
         let side_first = first - lost_first;
