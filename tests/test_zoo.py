@@ -366,6 +366,38 @@ def test_networks_that_return_probabilities_are_not_activated_twice(classes, fin
         assert 0.05 < labels.mean() < 0.95 if classes == 1 else len(np.unique(labels)) > 1
 
 
+def test_the_exporters_record_spares_the_load_time_measurement_only_where_it_still_holds(tmp_path):
+    from training.export import export_torchscript, probe_metadata, read_metadata, weights_digest
+
+    net = network("unet_same")
+    meta = probe_metadata(torch.jit.script(net))
+    path = export_torchscript(net, tmp_path / "exported.pt", meta)
+    record = read_metadata(path)["verified"]
+    assert (record["halo"], record["size_multiple"]) == (meta["halo"], meta["size_multiple"])
+    assert record == {**record, **weights_digest(torch.jit.load(str(path)))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert unet_rt.Model(path, device="cpu").info["exact"]
+    module = torch.jit.load(str(path))
+    wrong = {**read_metadata(path), "halo": 2, "size_multiple": 16}
+    # A halo edited by hand: the record no longer matches, and loading measures.
+    torch.jit.save(module, str(tmp_path / "edited.pt"), _extra_files={"unet_rt.json": json.dumps(wrong)})
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="metadata's geometry does not hold"):
+        unet_rt.Model(tmp_path / "edited.pt", device="cpu")
+    # The record copied with the metadata onto another network: its weights differ.
+    torch.manual_seed(1)
+    deeper = UNet(in_channels=1, classes=3, depth=5, base=8, padding="same").eval()
+    copied = {**read_metadata(path)}
+    assert plain_export(deeper, tmp_path / "copied.pt", copied)
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="metadata's geometry does not hold"):
+        unet_rt.Model(tmp_path / "copied.pt", device="cpu")
+    # The record is trusted where it matches: a record written for the wrong
+    # geometry (never by the exporter, which verifies first) is not measured again.
+    forged = {**wrong, "verified": {"halo": 2, "size_multiple": 16, **weights_digest(module)}}
+    torch.jit.save(module, str(tmp_path / "forged.pt"), _extra_files={"unet_rt.json": json.dumps(forged)})
+    assert unet_rt.Model(tmp_path / "forged.pt", device="cpu").info["undeclared_geometry"] is None
+
+
 def test_declared_probabilities_are_checked_at_load(tmp_path):
     declared = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 3,
                 "output": "probabilities", "padding": "same", "halo": 48, "size_multiple": 8}

@@ -52,6 +52,7 @@ __all__ = [
     "export_torchscript",
     "probe_metadata",
     "verify_metadata",
+    "weights_digest",
     "export_module_file",
     "read_metadata",
     "training_provenance",
@@ -223,7 +224,14 @@ def export_torchscript(
     try:
         torch.jit.save(compiled, tmp, _extra_files={METADATA_ENTRY: json.dumps(metadata, indent=1)})
         if verify:
-            verify_metadata(tmp, compiled)
+            info = verify_metadata(tmp, compiled)
+            if info["exact"] and info["padding"] == "same":
+                # Loading measures a same-padded model's declared geometry
+                # unless this record still matches (two passes of a probe
+                # image: seconds for a large network, at every load).
+                verified = {"halo": info["halo"], "size_multiple": info["size_multiple"], **weights_digest(compiled)}
+                torch.jit.save(compiled, tmp, _extra_files={
+                    METADATA_ENTRY: json.dumps({**metadata, "verified": verified}, indent=1)})
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise users sharing models
@@ -287,7 +295,24 @@ def _refusal(what: str, module: Optional[torch.jit.ScriptModule]) -> ExportGeome
     return ExportGeometryError(f"the metadata does not fit the network: {what}{found}")
 
 
-def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptModule] = None) -> None:
+def weights_digest(module: torch.nn.Module) -> Dict[str, Any]:
+    """The count and total magnitude of ``module``'s parameters, as the
+    runtime computes them at load (float32 values, float64 sums, in the
+    module's order): with the geometry, the record that spares a verified
+    model the load-time measurement.
+
+    >>> weights_digest(torch.nn.Conv2d(1, 2, 3))["parameters"]
+    20
+    """
+    count, total = 0, 0.0
+    with torch.no_grad():
+        for p in module.parameters():
+            count += p.numel()
+            total += float(p.detach().float().abs().sum(dtype=torch.float64))
+    return {"parameters": count, "abs_sum": total}
+
+
+def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptModule] = None) -> Dict[str, Any]:
     """Checks the metadata embedded at ``path`` against its network, through
     the runtime itself: the network takes the two smallest sizes the
     metadata declares and returns the declared channels and output size
@@ -297,8 +322,9 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
     tiled exactly at any overlap: they pass, and the runtime warns when
     they are loaded.
 
-    Raises :class:`ExportGeometryError` saying what disagrees, and what
-    probing the network finds instead.
+    Returns the runtime's ``Model.info`` for the model. Raises
+    :class:`ExportGeometryError` saying what disagrees, and what probing
+    the network finds instead.
     """
     import numpy as np
     import unet_rt
@@ -342,7 +368,7 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
     if info["undeclared_geometry"] is not None:
         raise tiles_differ(info["measured"]["max_difference"])
     if not info["exact"]:
-        return
+        return info
     # A tiny budget gives the smallest tiles: an image of one tile's output
     # and one more pooling step takes two tiles per axis.
     layout = model.layout((1,) * dims, memory_budget=1)
@@ -355,6 +381,7 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
     difference = float(np.abs(tiled - whole).max()) / scale
     if not difference <= 1e-4:
         raise tiles_differ(difference)
+    return info
 
 
 def read_metadata(path: os.PathLike | str) -> Optional[Dict[str, Any]]:

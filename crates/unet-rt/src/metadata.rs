@@ -198,6 +198,25 @@ pub struct Metadata {
     /// scale that `object_size` at inference resamples images to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_size: Option<f64>,
+    /// Written by `training/export.py` once tiles at the declared geometry
+    /// reproduced the whole-image pass: the geometry and the weights it was
+    /// measured with. Where both still match, loading does not measure a
+    /// same-padded model again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verified>,
+}
+
+/// See [`Metadata::verified`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verified {
+    /// The halo the runtime used.
+    pub halo: usize,
+    /// The size multiple the runtime used.
+    pub size_multiple: usize,
+    /// Number of parameter values.
+    pub parameters: u64,
+    /// Sum of the parameters' magnitudes (float64, in float32 weights).
+    pub abs_sum: f64,
 }
 
 /// `size_multiple` as one number or one per axis, the latter reduced to

@@ -231,7 +231,10 @@ impl Model {
                 // close tiles come. A failed measurement leaves the finding
                 // from the code alone.
                 info.exactness.measured = probe::measure(&module, device, path, &info).ok();
-            } else if info.padding == Padding::Same && !info.exactness.nondeterministic {
+            } else if info.padding == Padding::Same
+                && !info.exactness.nondeterministic
+                && !verified_at_export(metadata.as_ref(), &info, &module)
+            {
                 // A valid network's output size proves its halo
                 // (`check_passes`); a same-padded one's reach and pooling
                 // grid show only in what tiles compute (which differ
@@ -489,6 +492,40 @@ fn first_layer_width(module: &CModule) -> Option<usize> {
     let params = module.named_parameters().ok()?;
     let (_, weight) = params.iter().find(|(_, p)| matches!(p.dim(), 4 | 5))?;
     usize::try_from(weight.size()[0]).ok()
+}
+
+/// Whether the exporter's record ([`crate::metadata::Verified`]) holds for
+/// this geometry and these weights: the same halo and size multiple, and
+/// parameters of the same count and total magnitude (relative 1e-9: sums
+/// in another order round differently). Metadata copied onto another
+/// network, or a halo edited by hand, is measured again.
+fn verified_at_export(metadata: Option<&Metadata>, info: &ModelInfo, module: &CModule) -> bool {
+    let Some(record) = metadata.and_then(|m| m.verified.as_ref()) else {
+        return false;
+    };
+    if record.halo != info.halo || record.size_multiple != info.size_multiple {
+        return false;
+    }
+    let Ok(params) = module.named_parameters() else {
+        return false;
+    };
+    let _guard = tch::no_grad_guard();
+    let mut count = 0u64;
+    let mut abs_sum = 0f64;
+    for (_, p) in &params {
+        count += u64::try_from(p.numel()).unwrap_or(u64::MAX);
+        let Ok(sum) = p
+            .f_abs()
+            .and_then(|a| a.f_sum(Kind::Double))
+            .map(|s| s.double_value(&[]))
+        else {
+            return false;
+        };
+        abs_sum += sum;
+    }
+    count > 0
+        && count == record.parameters
+        && (abs_sum - record.abs_sum).abs() <= 1e-9 * abs_sum.abs().max(f64::MIN_POSITIVE)
 }
 
 /// Whether a floating-point parameter of `module` is not float32. A frozen
