@@ -138,7 +138,12 @@ def test_a_network_returning_probabilities_keeps_its_output_kind_through_a_packa
     assert meta["output"] == "probabilities"
     model_path = export_torchscript(net, tmp_path / "probs.pt", meta)
     pkg = bio.export(model_path, tmp_path / "probs.zip")
-    assert unet_rt.Model(pkg, device="cpu").info["output"] == "probabilities"
+    reloaded = unet_rt.Model(pkg, device="cpu")
+    assert reloaded.info["output"] == "probabilities"
+    # The exporter's record of its verified geometry travels too.
+    from training.export import read_metadata
+
+    assert reloaded.metadata["verified"] == read_metadata(model_path)["verified"]
     image = np.random.default_rng(4).random((90, 70)).astype(np.float32)
     np.testing.assert_array_equal(unet_rt.segment(image, pkg, device="cpu"),
                                   unet_rt.segment(image, model_path, device="cpu"))

@@ -629,7 +629,8 @@ def _metadata(descr: Any, source: Path) -> Dict[str, Any]:
     meta["output"] = _output(out.postprocessing, source)
     own = ((descr.config.model_dump() if hasattr(descr.config, "model_dump") else dict(descr.config)) or {}).get("unet_rt")
     if isinstance(own, dict):
-        for key in ("instances", "object_size", "class_names"):
+        # "verified" holds only while its geometry and weights still match.
+        for key in ("instances", "object_size", "class_names", "verified"):
             if key in own:
                 meta[key] = own[key]
         # A network that returns probabilities itself has no postprocessing
