@@ -513,7 +513,7 @@ fn verified_at_export(metadata: Option<&Metadata>, info: &ModelInfo, module: &CM
     let mut count = 0u64;
     let mut abs_sum = 0f64;
     for (_, p) in &params {
-        count += u64::try_from(p.numel()).unwrap_or(u64::MAX);
+        count = count.saturating_add(u64::try_from(p.numel()).unwrap_or(u64::MAX));
         let Ok(sum) = p
             .f_abs()
             .and_then(|a| a.f_sum(Kind::Double))
