@@ -115,16 +115,19 @@ def test_every_normalization_exports_and_comes_back(tmp_path, normalization):
     np.testing.assert_array_equal(unet_rt.segment(image, pkg, device="cpu"), unet_rt.segment(image, model_path, device="cpu"))
 
 
-class _SoftmaxNet(torch.nn.Module):
-    """A same-padded network that ends in its own softmax."""
+class _SameNet(torch.nn.Module):
+    """A small same-padded network: 2 input channels and 1 output by
+    default; with ``softmax`` it ends in its own softmax."""
 
-    def __init__(self) -> None:
+    def __init__(self, in_channels: int = 2, out_channels: int = 1, softmax: bool = False) -> None:
         super().__init__()
-        self.a = torch.nn.Conv2d(1, 4, 3, padding=1)
-        self.b = torch.nn.Conv2d(4, 3, 3, padding=1)
+        self.a = torch.nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.b = torch.nn.Conv2d(4, out_channels, 3, padding=1)
+        self.softmax = softmax
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.b(torch.relu(self.a(x))), 1)
+        y = self.b(torch.relu(self.a(x)))
+        return torch.softmax(y, 1) if self.softmax else y
 
 
 def test_a_network_returning_probabilities_keeps_its_output_kind_through_a_package(tmp_path):
@@ -133,7 +136,7 @@ def test_a_network_returning_probabilities_keeps_its_output_kind_through_a_packa
     from training.export import export_torchscript, probe_metadata
 
     torch.manual_seed(0)
-    net = _SoftmaxNet().eval()
+    net = _SameNet(1, 3, softmax=True).eval()
     meta = probe_metadata(torch.jit.script(net))
     assert meta["output"] == "probabilities"
     model_path = export_torchscript(net, tmp_path / "probs.pt", meta)
@@ -150,18 +153,6 @@ def test_a_network_returning_probabilities_keeps_its_output_kind_through_a_packa
 
 
 # --- a package made without unet_rt ------------------------------------------
-
-
-class _SameNet(torch.nn.Module):
-    """A small same-padded network: 2 input channels, 1 output."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = torch.nn.Conv2d(2, 4, 3, padding=1)
-        self.b = torch.nn.Conv2d(4, 1, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(torch.relu(self.a(x)))
 
 
 def _foreign_package(folder: Path, pre=None, post=None, weights=None) -> Path:
