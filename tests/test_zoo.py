@@ -411,6 +411,64 @@ def test_declared_probabilities_are_checked_at_load(tmp_path):
         unet_rt.Model(plain_export(_EndsIn(3, "none").eval(), tmp_path / "logits.pt", declared), device="cpu")
 
 
+def test_networks_that_end_in_a_sigmoid_per_channel_are_masks(tmp_path):
+    """Several sigmoid channels (multi-label masks, which may overlap) stay
+    within [0, 1] but do not sum to 1: taken for softmax logits, their
+    probabilities were a softmax of the sigmoids and their labels the
+    largest channel, a class even where every mask was below 0.5."""
+    net = _EndsIn(3, "sigmoid").eval()
+    model = unet_rt.Model(plain_export(net, tmp_path / "masks.pt"), device="cpu")
+    info = model.info
+    assert info["output"] == "masks" and info["exact"], info
+    image = np.random.default_rng(5).random((1, 150, 170), dtype=np.float32)
+    want = whole_forward(net, image, info["overlap"], info["size_multiple"])
+    for tile in (small_tile(info), "whole"):
+        got = model.segment(image, axes="cyx", output="probabilities", tile=tile)
+        assert np.abs(got - want).max() < 1e-5
+    blended = model.segment(image, axes="cyx", output="probabilities", tile=small_tile(info), blend="gaussian")
+    assert np.abs(blended - want).max() < 0.05
+    for output in ("labels", "instances"):
+        with pytest.raises(ValueError, match=r"3-channel \"masks\" model are ambiguous .*: ask for probabilities output"):
+            model.segment(image, axes="cyx", output=output)
+    # Declared as metadata: kept, and checked against the network's output.
+    declared = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 3,
+                "output": "masks", "padding": "same", "halo": 48, "size_multiple": 8}
+    again = unet_rt.Model(plain_export(net, tmp_path / "declared.pt", declared), device="cpu")
+    assert again.info["output"] == "masks"
+    assert np.abs(again.segment(image, axes="cyx", output="probabilities") - want).max() < 1e-5
+    with pytest.raises(unet_rt.MetadataError, match=r"declares output \"masks\", but .* returns values from"):
+        unet_rt.Model(plain_export(_EndsIn(3, "none").eval(), tmp_path / "logits.pt", declared), device="cpu")
+    as_softmax = {**declared, "output": "probabilities"}
+    with pytest.raises(unet_rt.MetadataError, match=r"sums differ from 1 .*declare \"masks\" for independent masks"):
+        unet_rt.Model(plain_export(net, tmp_path / "wrong.pt", as_softmax), device="cpu")
+
+
+def test_the_cli_refuses_labels_of_masks_and_thresholds_raw_probabilities_at_one_half(cli, tmp_path):
+    """A one-channel network that returns probabilities, run with
+    ``--output-kind raw --overlay``: the overlay took raw values above 0
+    (the logit threshold) as foreground, which is every pixel."""
+    import subprocess
+
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(3).random((150, 170)) * 255).astype(np.uint8)).save(tmp_path / "cells.png")
+
+    def segment(model: Path, kind: str, out: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(cli), "segment", str(tmp_path / "cells.png"), "-m", str(model), "-o",
+                               str(tmp_path / out), "--output-kind", kind, "--overlay", "--format", "npy"],
+                              capture_output=True, text=True, timeout=120)
+
+    mask = plain_export(_EndsIn(1, "sigmoid").eval(), tmp_path / "mask.pt")
+    for kind in ("raw", "probabilities"):
+        assert segment(mask, kind, kind).returncode == 0
+    raw, probabilities = (np.asarray(Image.open(tmp_path / kind / "cells_overlay.png")) for kind in ("raw", "probabilities"))
+    np.testing.assert_array_equal(raw, probabilities)
+    several = plain_export(_EndsIn(3, "sigmoid").eval(), tmp_path / "masks.pt")
+    refused = segment(several, "labels", "labels")
+    assert refused.returncode == 2 and "3-channel \"masks\" model are ambiguous" in refused.stderr, refused.stderr
+    assert "--output-kind probabilities" in refused.stderr and not (tmp_path / "labels").exists()
+
+
 class _HeadFirst(torch.nn.Module):
     """Registers its 1x1 head before its body: the first weight in the
     archive takes 16 channels, the network 3."""

@@ -522,7 +522,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     geometry_flags.add_argument("--halo", type=int)
     geometry_flags.add_argument("--size-multiple", type=int)
     geometry_flags.add_argument("--size-offset", type=int)
-    geometry_flags.add_argument("--output-kind", choices=["softmax", "sigmoid", "identity", "probabilities"], dest="output_kind")
+    geometry_flags.add_argument("--output-kind", choices=["softmax", "sigmoid", "identity", "probabilities", "masks"], dest="output_kind")
     geometry_flags.add_argument("--output-key", help="dict key (or tuple index) of the segmentation")
     geometry_flags.add_argument("--class-names", help="comma-separated, one per output channel")
     args = parser.parse_args(argv)

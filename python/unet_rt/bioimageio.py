@@ -635,8 +635,8 @@ def _metadata(descr: Any, source: Path) -> Dict[str, Any]:
                 meta[key] = own[key]
         # A network that returns probabilities itself has no postprocessing
         # step to say so: its own description does.
-        if own.get("output") == "probabilities" and meta["output"] == "identity":
-            meta["output"] = "probabilities"
+        if own.get("output") in ("probabilities", "masks") and meta["output"] == "identity":
+            meta["output"] = own["output"]
     return meta
 
 

@@ -136,10 +136,11 @@ def _clip(text: str, limit: int = 300) -> str:
 POINTWISE = {"good", "nan_everywhere", "nan_somewhere", "inf_somewhere", "neg_inf_everywhere", "huge_finite",
              "double_output", "half_output", "int_output", "bool_output", "no_weights", "nan_weights", "inf_weights",
              "five_channels", "one_channel", "many_channels", "tuple", "list", "dict", "softmax_output",
-             "sigmoid_output"}
-#: Networks that end in their own softmax or sigmoid: probed as probabilities.
-RETURNS_PROBABILITIES = {"softmax_output", "sigmoid_output"}
-META_CHOICES = ("truthful", "truthful", "same", "sigmoid", "identity", "probabilities")
+             "sigmoid_output", "masks_output"}
+#: Networks that end in their own softmax or sigmoid, and the output kind probing finds.
+RETURNS_PROBABILITIES = {"softmax_output": "probabilities", "sigmoid_output": "probabilities",
+                         "masks_output": "masks"}
+META_CHOICES = ("truthful", "truthful", "same", "sigmoid", "identity", "probabilities", "masks")
 
 
 _MODULES: Dict[str, Any] = {}
@@ -175,7 +176,7 @@ def _truth(raw: np.ndarray, output: str, kind: str) -> Optional[np.ndarray]:
     if output == "probabilities" and kind == "sigmoid":
         with np.errstate(all="ignore"):
             return 1 / (1 + np.exp(-raw))
-    if output == "probabilities" and kind == "probabilities":
+    if output == "probabilities" and kind in ("probabilities", "masks"):
         return raw.astype(np.float32).astype(np.float64)
     return None
 
@@ -187,7 +188,7 @@ def _network_metadata(choice: str, channels: Optional[int]) -> Optional[Dict[str
     meta = dict(SAME_METADATA)
     if choice != "same" and channels:
         meta["out_channels"] = channels
-    if choice in ("sigmoid", "identity", "probabilities"):
+    if choice in ("sigmoid", "identity", "probabilities", "masks"):
         meta["output"] = choice
     return meta
 
@@ -240,7 +241,7 @@ def _network_expect(name: str, spec: Any, choice: str, meta: Optional[Dict[str, 
         return {"must_fail": "the network's output is non-finite (NonFiniteError expected)"}
     extra: Dict[str, Any] = {"nonfinite_ok": propagate}
     kind = "softmax" if meta is None and (raw is None or raw.shape[0] > 1) else "sigmoid"
-    kind = "probabilities" if meta is None and name in RETURNS_PROBABILITIES else kind
+    kind = RETURNS_PROBABILITIES.get(name, kind) if meta is None else kind
     kind = meta["output"] if meta is not None else kind
     if name in POINTWISE and raw is not None and int(model.info["out_channels"]) == raw.shape[0]:
         truth = _truth(raw, output, kind)

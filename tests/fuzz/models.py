@@ -458,6 +458,14 @@ class SigmoidOutput(_Base):
         return torch.sigmoid(self.conv(x)[:, :1])
 
 
+class MasksOutput(_Base):
+    """Ends in its own sigmoid per channel (multi-label masks): probabilities
+    already, not summing to 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.conv(x))
+
+
 class ManyChannels(_Base):
     """Returns 400 channels."""
 
@@ -682,6 +690,8 @@ NETWORKS: Dict[str, Network] = {
     # Probed as "probabilities": no second softmax, one channel a mask at 0.5.
     "softmax_output": Network(SoftmaxOutput),
     "sigmoid_output": Network(SigmoidOutput),
+    # Probed as "masks": probabilities as they are, labels refused.
+    "masks_output": Network(MasksOutput),
     "crop_one": Network(CropOne, _SHAPE),
     "pad_three": Network(PadThree, _SHAPE),
     "transposed": Network(Transposed),  # right only on square tiles: checked by shape

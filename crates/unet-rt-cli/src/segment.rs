@@ -160,11 +160,8 @@ fn check_model(model: &Model, args: &SegmentArgs) -> Result<(), CliError> {
         ));
     }
     let labels = matches!(args.output_kind, OutputMode::Labels | OutputMode::Instances);
-    if info.output == Activation::Sigmoid && info.out_channels > 1 && labels {
-        return Err(usage(format!(
-            "labels of a {}-channel sigmoid model are ambiguous (masks may overlap): use --output-kind probabilities",
-            info.out_channels
-        )));
+    if let Some((reason, instead)) = info.output.no_labels(info.out_channels).filter(|_| labels) {
+        return Err(usage(format!("{reason}: use --output-kind {instead}")));
     }
     Ok(())
 }
@@ -445,8 +442,13 @@ fn compute<T: Pixel>(
     let read_out = segmenter.read_out().map_err(engine)?;
     let classes = match ctx.args.overlay {
         true => Some(
-            class_plane(&result, arranged.stacked, ctx.args.output_kind)
-                .map_err(|m| FileError::new(input, m))?,
+            class_plane(
+                &result,
+                arranged.stacked,
+                ctx.args.output_kind,
+                segmenter.model().info().output,
+            )
+            .map_err(|m| FileError::new(input, m))?,
         ),
         false => None,
     };
@@ -556,15 +558,26 @@ fn middle_plane<A>(mut view: ArrayViewD<'_, A>) -> Result<ndarray::ArrayView2<'_
 }
 
 /// The class map of the overlay's plane, from labels or from channels: the
-/// argmax, or for one channel, probability > 0.5 or raw logit > 0.
-fn class_plane(result: &Output, stacked: bool, kind: OutputMode) -> Result<Array2<u16>, String> {
+/// argmax, or for one channel, probability > 0.5 or raw logit > 0
+/// ([`Activation::mask_threshold`]).
+fn class_plane(
+    result: &Output,
+    stacked: bool,
+    kind: OutputMode,
+    activation: Activation,
+) -> Result<Array2<u16>, String> {
     Ok(match result {
         Output::U8(l) => middle_plane(l.view())?.mapv(u16::from),
         Output::U16(l) => middle_plane(l.view())?.to_owned(),
         Output::U32(l) => middle_plane(l.view())?.mapv(|v| u16::try_from(v).unwrap_or(u16::MAX)),
         Output::F32(values) => {
             let channel_axis = Axis(usize::from(stacked));
-            let threshold = if kind == OutputMode::Raw { 0.0 } else { 0.5 };
+            // Raw one-channel output is the network's own: a logit (0) or,
+            // for a network returning probabilities, a probability (0.5).
+            let threshold = match kind {
+                OutputMode::Raw => activation.mask_threshold(1).unwrap_or(0.0),
+                _ => 0.5,
+            };
             let classes = values.map_axis(channel_axis, |c| {
                 if c.len() == 1 {
                     return u16::from(c[0] > threshold);

@@ -47,7 +47,7 @@ pub const MAX_OBJECT_SIZE: f64 = 2048.0;
 pub enum Activation {
     /// Class logits: softmax for probabilities, argmax for labels.
     Softmax,
-    /// Independent masks: sigmoid per channel.
+    /// Independent mask logits: sigmoid per channel.
     Sigmoid,
     /// Raw values (regression, image-to-image).
     Identity,
@@ -55,16 +55,48 @@ pub enum Activation {
     /// channels, or a sigmoid of its one channel. Labels are the largest
     /// channel, or probability above 0.5 for one channel.
     Probabilities,
+    /// Independent mask probabilities already: the network ends in a
+    /// sigmoid per channel (multi-label; masks may overlap, and need not
+    /// sum to 1). Probabilities are the output as it is; labels exist for
+    /// one channel only (above 0.5).
+    Masks,
 }
 
 impl Activation {
-    /// The value above which a one-channel output of `channels` is
-    /// foreground: logit 0 for sigmoid models, 0.5 for a network that
-    /// returns probabilities; `None` where labels are the largest channel.
+    /// The value above which a mask channel of an output of `channels` is
+    /// foreground: logit 0 for sigmoid models, 0.5 for masks and for a
+    /// one-channel network that returns probabilities; `None` where labels
+    /// are the largest channel.
     pub fn mask_threshold(self, channels: usize) -> Option<f32> {
         match self {
             Self::Sigmoid => Some(0.0),
             Self::Probabilities if channels == 1 => Some(0.5),
+            Self::Masks => Some(0.5),
+            _ => None,
+        }
+    }
+
+    /// Why an output of `channels` channels of this kind has no labels,
+    /// and the output kind to ask for instead; `None` where it has them.
+    /// The one statement of the rule: the engine and the CLI word it for
+    /// their own arguments.
+    pub fn no_labels(self, channels: usize) -> Option<(String, &'static str)> {
+        match self {
+            Self::Identity => Some((
+                "the model's output is \"identity\" (regression)".to_owned(),
+                "raw",
+            )),
+            Self::Sigmoid | Self::Masks if channels > 1 => Some((
+                format!(
+                    "labels of a {channels}-channel {} model are ambiguous (masks may overlap)",
+                    if self == Self::Sigmoid {
+                        "sigmoid"
+                    } else {
+                        "\"masks\""
+                    }
+                ),
+                "probabilities",
+            )),
             _ => None,
         }
     }
@@ -467,6 +499,32 @@ mod tests {
             "normalization": {"kind": "percentile", "low": 1.0, "high": 99.8}
         })
         .to_string()
+    }
+
+    #[test]
+    fn each_output_kind_says_how_its_labels_are_read() {
+        use Activation::*;
+        let kinds = [Softmax, Sigmoid, Identity, Probabilities, Masks];
+        let thresholds: Vec<_> = kinds.iter().map(|k| k.mask_threshold(1)).collect();
+        assert_eq!(thresholds, [None, Some(0.0), None, Some(0.5), Some(0.5)]);
+        let thresholds: Vec<_> = kinds.iter().map(|k| k.mask_threshold(3)).collect();
+        assert_eq!(thresholds, [None, Some(0.0), None, None, Some(0.5)]);
+        let one: Vec<_> = kinds
+            .iter()
+            .map(|k| k.no_labels(1).map(|(_, i)| i))
+            .collect();
+        assert_eq!(one, [None, None, Some("raw"), None, None]);
+        let three: Vec<_> = kinds
+            .iter()
+            .map(|k| k.no_labels(3).map(|(_, i)| i))
+            .collect();
+        let refused = Some("probabilities");
+        assert_eq!(three, [None, refused, Some("raw"), None, refused]);
+        for kind in kinds {
+            let name = serde_json::to_string(&kind).unwrap();
+            assert_eq!(serde_json::from_str::<Activation>(&name).unwrap(), kind);
+        }
+        assert_eq!(serde_json::to_string(&Masks).unwrap(), "\"masks\"");
     }
 
     #[test]

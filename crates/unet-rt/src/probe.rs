@@ -100,6 +100,16 @@ struct Rule {
     kind: Growth,
 }
 
+/// What a network's output can be read as (see `Prober::reading`).
+enum Reading {
+    /// Within [0, 1], several channels summing to 1.
+    Probabilities,
+    /// Within [0, 1], channels not summing to 1: how far they are off.
+    Masks(String),
+    /// Outside [0, 1]: the range found.
+    Unbounded(String),
+}
+
 /// Distances 1, 2, 4 ... below `first` that leave a size of at least 1.
 fn below(first: usize) -> impl Iterator<Item = usize> {
     std::iter::successors(Some(1usize), |d| d.checked_mul(2)).take_while(move |&d| d < first)
@@ -222,10 +232,10 @@ pub(crate) fn probe(
         read_out: crate::instances::ReadOut::default(),
         object_size: None,
     };
-    if prober.returns_probabilities(
+    if let Some(kind) = prober.returns_probabilities(
         info.round_up_valid(REACH_START[usize::from(info.spatial_dims == 3)] / 4),
     ) {
-        info.output = Activation::Probabilities;
+        info.output = kind;
         prober.mask_at = 0.5;
     }
     // Valid networks lose exactly their dependence radius (the paper's
@@ -345,17 +355,29 @@ pub(crate) fn check_passes(
     let _plain = PlainExecutor::enter();
     let mut prober = Prober::of_info(module, device, path, info);
     let size = info.round_up_valid(REACH_START[usize::from(info.spatial_dims == 3)] / 4);
-    if !info.probed && info.output == Activation::Probabilities {
+    let declared = match info.output {
+        Activation::Probabilities => Some("probabilities"),
+        Activation::Masks => Some("masks"),
+        _ => None,
+    };
+    if let Some(declared) = declared.filter(|_| !info.probed) {
         // Taken at its word, logits would be written as probabilities.
-        let unlike = prober
+        let reading = prober
             .noise(size, 1)
             .and_then(|x| prober.any_output(&x))
-            .and_then(|y| prober.unlike_probabilities(&y));
-        if let Ok(Some(unlike)) = unlike {
+            .and_then(|y| prober.reading(&y));
+        let unlike = match reading {
+            Ok(Reading::Unbounded(values)) => Some(values),
+            Ok(Reading::Masks(sums)) if info.output == Activation::Probabilities => {
+                Some(format!("{sums} (declare \"masks\" for independent masks)"))
+            }
+            _ => None,
+        };
+        if let Some(unlike) = unlike {
             return Err(Error::InvalidMetadata {
                 path: path.to_owned(),
                 reason: format!(
-                    "it declares output \"probabilities\", but for a random input the network returns \
+                    "it declares output \"{declared}\", but for a random input the network returns \
                      {unlike}: declare \"softmax\" or \"sigmoid\" for logits"
                 ),
             });
@@ -385,42 +407,57 @@ pub(crate) fn check_passes(
 }
 
 impl<'a> Prober<'a> {
-    /// Whether the network returns probabilities already (it ends in a
-    /// softmax over its channels, or a sigmoid of its one channel): its
-    /// output stays within [0, 1], and sums to 1 over several channels, on
-    /// noise and on signed noise a thousand times as strong, which carries
-    /// logits far outside. Taken for logits, such an output got a second
-    /// softmax (probabilities off by up to 0.5) or, with one channel, the
-    /// logit threshold 0 (every pixel foreground). A failing pass says no.
-    fn returns_probabilities(&mut self, size: usize) -> bool {
+    /// Whether the network returns probabilities already, and of which kind:
+    /// its output stays within [0, 1] on noise and on signed noise a
+    /// thousand times as strong, which carries logits far outside; it is
+    /// [`Activation::Probabilities`] (a softmax over its channels, or a
+    /// sigmoid of its one channel) where several channels also sum to 1 on
+    /// every input, [`Activation::Masks`] (a sigmoid per channel) where they
+    /// do not. Taken for logits, such an output got a second softmax
+    /// (probabilities off by up to 0.5) or, with one channel, the logit
+    /// threshold 0 (every pixel foreground). A failing pass says no.
+    fn returns_probabilities(&mut self, size: usize) -> Option<Activation> {
         let strong = self
             .noise(size, 3)
             .and_then(|t| self.torch(t.f_sub_scalar(0.5).and_then(|t| t.f_mul_scalar(2000.0))));
         let inputs = [self.noise(size, 1), self.noise_with(size, 2, true), strong];
-        inputs.into_iter().all(|input| {
-            input
+        let mut kind = Activation::Probabilities;
+        for input in inputs {
+            match input
                 .and_then(|input| self.output(&input))
-                .and_then(|y| self.unlike_probabilities(&y))
-                .is_ok_and(|unlike| unlike.is_none())
-        })
+                .and_then(|y| self.reading(&y))
+            {
+                Ok(Reading::Probabilities) => {}
+                Ok(Reading::Masks(_)) => kind = Activation::Masks,
+                Ok(Reading::Unbounded(_)) | Err(_) => return None,
+            }
+        }
+        Some(kind)
     }
 
-    /// `None` where the output `y` can be probabilities (within [0, 1],
-    /// summing to 1 over several channels); else what it is instead.
-    /// Non-finite values are left to the engine's own check.
-    fn unlike_probabilities(&self, y: &Tensor) -> Result<Option<String>> {
+    /// What the output `y` can be read as. Non-finite values are left to
+    /// the engine's own check.
+    fn reading(&self, y: &Tensor) -> Result<Reading> {
         let y = &self.torch(y.f_nan_to_num(0.5, 0.5, 0.5))?;
         let low = self.torch(y.f_min())?.double_value(&[]);
         let high = self.torch(y.f_max())?.double_value(&[]);
         if !(low >= 0.0 && high <= 1.0) {
-            return Ok(Some(format!("values from {low:.3} to {high:.3}")));
+            return Ok(Reading::Unbounded(format!(
+                "values from {low:.3} to {high:.3}"
+            )));
         }
         if self.out_channels == 1 {
-            return Ok(None);
+            return Ok(Reading::Probabilities);
         }
         let sums = self.torch(y.f_sum_dim_intlist(1, false, Kind::Float))?;
         let off = self.largest(&self.torch(sums.f_sub_scalar(1.0))?)?;
-        Ok((off > 1e-3).then(|| format!("channels whose sums differ from 1 by up to {off:.3}")))
+        Ok(if off > 1e-3 {
+            Reading::Masks(format!(
+                "channels whose sums differ from 1 by up to {off:.3}"
+            ))
+        } else {
+            Reading::Probabilities
+        })
     }
 
     /// See [`check_passes`].

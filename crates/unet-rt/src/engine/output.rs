@@ -295,16 +295,8 @@ pub(crate) fn check_mode<U: OutputElement>(
             }
         }
         OutputMode::Labels => {
-            if kind == Activation::Identity {
-                return Err(invalid(
-                    "the model's output is \"identity\" (regression): ask for raw output"
-                        .to_owned(),
-                ));
-            }
-            if kind == Activation::Sigmoid && channels > 1 {
-                return Err(invalid(format!(
-                    "labels of a {channels}-channel sigmoid model are ambiguous (masks may overlap): ask for probabilities"
-                )));
+            if let Some((reason, instead)) = kind.no_labels(channels) {
+                return Err(invalid(format!("{reason}: ask for {instead} output")));
             }
             if !U::IS_LABEL {
                 return Err(wrong_type("labels are written as uint8 or uint16"));
@@ -353,7 +345,7 @@ pub(crate) fn reduce<U: OutputElement>(
         (OutputMode::Labels | OutputMode::Instances, None) => argmax_channels(y),
         (OutputMode::Probabilities, _) => match kind {
             Activation::Sigmoid => y.f_to_kind(Kind::Float).and_then(|t| t.f_sigmoid()),
-            Activation::Probabilities => y.f_to_kind(Kind::Float),
+            Activation::Probabilities | Activation::Masks => y.f_to_kind(Kind::Float),
             _ => y.f_softmax(1, Kind::Float),
         },
         (OutputMode::Raw, _) => Ok(y.shallow_clone()),
