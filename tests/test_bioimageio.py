@@ -117,39 +117,43 @@ def test_every_normalization_exports_and_comes_back(tmp_path, normalization):
 
 class _SameNet(torch.nn.Module):
     """A small same-padded network: 2 input channels and 1 output by
-    default; with ``softmax`` it ends in its own softmax."""
+    default; ``final`` "softmax" or "sigmoid" ends it in its own."""
 
-    def __init__(self, in_channels: int = 2, out_channels: int = 1, softmax: bool = False) -> None:
+    def __init__(self, in_channels: int = 2, out_channels: int = 1, final: str = "none") -> None:
         super().__init__()
         self.a = torch.nn.Conv2d(in_channels, 4, 3, padding=1)
         self.b = torch.nn.Conv2d(4, out_channels, 3, padding=1)
-        self.softmax = softmax
+        self.final = final
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.b(torch.relu(self.a(x)))
-        return torch.softmax(y, 1) if self.softmax else y
+        if self.final == "softmax":
+            return torch.softmax(y, 1)
+        return torch.sigmoid(y) if self.final == "sigmoid" else y
 
 
-def test_a_network_returning_probabilities_keeps_its_output_kind_through_a_package(tmp_path):
+@pytest.mark.parametrize("final,kind", [("softmax", "probabilities"), ("sigmoid", "masks")])
+def test_a_network_returning_probabilities_keeps_its_output_kind_through_a_package(final, kind, tmp_path):
     """Such a network has no postprocessing step to describe it: read back,
-    its output was "identity", and labels were refused."""
+    its output was "identity", and labels and probabilities were refused."""
     from training.export import export_torchscript, probe_metadata
 
     torch.manual_seed(0)
-    net = _SameNet(1, 3, softmax=True).eval()
+    net = _SameNet(1, 3, final=final).eval()
     meta = probe_metadata(torch.jit.script(net))
-    assert meta["output"] == "probabilities"
+    assert meta["output"] == kind
     model_path = export_torchscript(net, tmp_path / "probs.pt", meta)
     pkg = bio.export(model_path, tmp_path / "probs.zip")
     reloaded = unet_rt.Model(pkg, device="cpu")
-    assert reloaded.info["output"] == "probabilities"
+    assert reloaded.info["output"] == kind
     # The exporter's record of its verified geometry travels too.
     from training.export import read_metadata
 
     assert reloaded.metadata["verified"] == read_metadata(model_path)["verified"]
     image = np.random.default_rng(4).random((90, 70)).astype(np.float32)
-    np.testing.assert_array_equal(unet_rt.segment(image, pkg, device="cpu"),
-                                  unet_rt.segment(image, model_path, device="cpu"))
+    output = "labels" if kind == "probabilities" else "probabilities"
+    np.testing.assert_array_equal(unet_rt.segment(image, pkg, device="cpu", output=output),
+                                  unet_rt.segment(image, model_path, device="cpu", output=output))
 
 
 # --- a package made without unet_rt ------------------------------------------
