@@ -379,6 +379,29 @@ def test_bad_arguments_are_value_errors(model):
     assert ud.segment(x, model, output=" Labels", tta="FLIPS").dtype == np.uint8
 
 
+def test_matrices_and_big_endian_arrays_are_read_as_the_in_memory_api_reads_them(model, tmp_path):
+    """np.matrix blocks corrupted NumPy's heap in the layout code (the
+    process aborted at the next garbage collection); big-endian blocks
+    failed in the percentile statistics ("dtype >u2 is not supported")."""
+    import gc
+
+    image = (np.random.default_rng(0).random((150, 170)) * 60000).astype(np.uint16)
+    want = model.segment(image)
+    with pytest.warns(PendingDeprecationWarning):
+        matrix = np.asmatrix(image)
+    with dask.config.set(scheduler="synchronous"):
+        for arr in (matrix, da.from_array(matrix, chunks=64)):
+            assert_identical(ud.segment(arr, model).compute(), want)
+            np.testing.assert_array_equal(ud.image_range(arr, model), ud.image_range(image, model))
+        gc.collect()
+        swapped = image.astype(">u2")
+        for arr in (swapped, da.from_array(swapped, chunks=64)):
+            assert_identical(ud.segment(arr, model).compute(), want)
+    zarr.create_array(tmp_path / "big.zarr", shape=image.shape, chunks=(64, 64), dtype=">u2", zarr_format=2)[:] = image
+    out = ud.segment_to_zarr(tmp_path / "big.zarr", tmp_path / "out.zarr", model, client=False, progress=False)
+    assert_identical(out[...], want)
+
+
 def test_a_destination_that_is_or_holds_the_source_is_refused(model, tmp_path):
     source = zarr.open_array(tmp_path / "src.zarr", mode="w", shape=(64, 72), chunks=(32, 32), dtype="f4")
     source[:] = np.random.default_rng(0).random((64, 72))
@@ -544,9 +567,19 @@ def test_killing_the_job_mid_run_then_resuming_gives_the_complete_result(client,
     assert_identical(out[...], model.segment(image, tile=104))
 
 
-def test_command_line_usage_errors_exit_2():
+def test_command_line_usage_errors_exit_2(tmp_path):
     run = subprocess.run([sys.executable, "-m", "unet_rt.dask", "a.zarr"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "destination" in run.stderr
+    # -1 local workers started none, and the run waited forever.
+    for flag, value in (("--local-workers", "-1"), ("--local-workers", "0"), ("--threads-per-worker", "-5")):
+        run = subprocess.run([sys.executable, "-m", "unet_rt.dask", "a.zarr", "b.zarr", flag, value],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2 and f"{flag}: expected 1 or more, got {int(value)}" in run.stderr, run.stderr
+    # The API's own argument errors are usage errors too, before anything is written.
+    zarr.create_array(tmp_path / "in.zarr", shape=(40, 50), chunks=(20, 20), dtype="uint8")
+    run = subprocess.run([sys.executable, "-m", "unet_rt.dask", str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"),
+                          "--device", "cpu", "--block", "0", "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "block" in run.stderr and not (tmp_path / "out.zarr").exists(), run.stderr
 
 
 # --- memory ------------------------------------------------------------------

@@ -682,11 +682,16 @@ def _check_image(image: Any) -> np.ndarray:
     check_dtype(image.dtype)
     if image.size == 0:
         raise InvalidArgumentError(f"invalid image: empty array of shape {image.shape}")
-    if not image.dtype.isnative:
-        # The one copy: the engine reads native byte order only.
-        _unet_rt.check_image_copy(image.nbytes)
-        image = image.astype(image.dtype.newbyteorder("="))
-    return image
+    return in_native_order(image)
+
+
+def in_native_order(array: np.ndarray) -> np.ndarray:
+    """``array`` itself, or a copy in native byte order (big-endian files,
+    ``>u2``, are common): the engine reads native byte order only."""
+    if array.dtype.isnative:
+        return array
+    _unet_rt.check_image_copy(array.nbytes)
+    return array.astype(array.dtype.newbyteorder("="))
 
 
 class _Progress:

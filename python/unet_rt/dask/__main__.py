@@ -27,6 +27,18 @@ from ..model import DEFAULT_PRECISION, OUTPUTS, TTA_MODES
 __all__ = ["main"]
 
 
+def _at_least_one(text: str) -> int:
+    """A count of workers or threads: a whole number, 1 or more (with -1 a
+    local cluster started no worker and the run waited forever)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m unet_rt.dask",
@@ -39,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", "-m", default=None, help="model file (.pt), readable on every worker; default: the bundled model")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler, e.g. tcp://host:8786")
-    where.add_argument("--local-workers", type=int, metavar="N", help="start N local worker processes for this run")
-    parser.add_argument("--threads-per-worker", type=int, default=None, metavar="T",
+    where.add_argument("--local-workers", type=_at_least_one, metavar="N", help="start N local worker processes for this run")
+    parser.add_argument("--threads-per-worker", type=_at_least_one, default=None, metavar="T",
                         help="libtorch threads per local worker (default: the cores divided among the workers)")
     parser.add_argument("--output", "-o", default="labels", choices=list(OUTPUTS))
     parser.add_argument("--axes", default=None, help="axes of the source, e.g. yx, cyx, yxc, zyx, byx (inferred when unambiguous)")
@@ -83,7 +95,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             resources = {k.strip(): float(v) for k, v in (item.split("=") for item in args.resources.split(","))}
         except ValueError:
             parser.error(f"--resources: expected NAME=N[,NAME=N], got {args.resources!r}")
-    from ..errors import UnetRtError
+    from ..errors import InvalidArgumentError, UnetRtError
     from . import segment_to_zarr
 
     started = time.perf_counter()
@@ -142,6 +154,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("unet_rt.dask: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except InvalidArgumentError as e:
+        # A usage error, as argparse's own (exit 2).
+        print(f"unet_rt.dask: error: {e}", file=sys.stderr)
+        return 2
     except (UnetRtError, OSError, ValueError) as e:
         print(f"unet_rt.dask: error: {e}", file=sys.stderr)
         return 1

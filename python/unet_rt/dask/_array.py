@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import _unet_rt
 from ..errors import InvalidArgumentError
-from ..model import Model, check_dtype, check_output, check_tta
+from ..model import Model, as_plain_array, check_dtype, check_output, check_tta, in_native_order
 from ._blocks import BlockPlan, dask_block
 from ._instances import block_summary, context_of, hole_summary, margin, merge_holes, merge_summaries, relabel_block
 from ._array_axes import ArrayAxes, block_depth
@@ -121,13 +121,7 @@ def segment(
     tta = check_tta(tta)
     check_normalize(normalize)
     check_object_size(object_size)
-    x = arr if isinstance(arr, da.Array) else da.asarray(arr)
-    check_dtype(x.dtype)
-    if any(np.isnan(size) for sizes in x.chunks for size in sizes):
-        raise InvalidArgumentError(
-            "invalid arr: its chunk sizes are unknown (NaN, as after boolean indexing); call "
-            "arr.compute_chunk_sizes() first"
-        )
+    x = _dask_input(arr)
     resolved = resolve_model(model, device, precision)
     info = resolved.info
     read_out = json.dumps(resolved.local.read_out(min_size, fill_holes), sort_keys=True)
@@ -247,13 +241,7 @@ def image_range(arr: Any, model: ModelArg = None, *, axes: Optional[str] = None)
     >>> unet_rt.dask.image_range(image, tiny_model_path).round(3).tolist()  # percentiles 1 and 99.8
     [99.99, 9979.002]
     """
-    x = arr if isinstance(arr, da.Array) else da.asarray(arr)
-    check_dtype(x.dtype)
-    if any(np.isnan(size) for sizes in x.chunks for size in sizes):
-        raise InvalidArgumentError(
-            "invalid arr: its chunk sizes are unknown (NaN, as after boolean indexing); call "
-            "arr.compute_chunk_sizes() first"
-        )
+    x = _dask_input(arr)
     resolved = resolve_model(model, "cpu", "fp32")
     info = resolved.info
     array_axes = ArrayAxes.of(x.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
@@ -277,12 +265,30 @@ def lazy_ranges(canon: da.Array, percentiles: Tuple[float, float]) -> Any:
     return tree_reduce(parts, lambda group: combine(*group), lambda group: finish(int(canon.shape[0]), percentiles, *group))
 
 
+def _dask_input(arr: Any) -> da.Array:
+    """``arr`` as a Dask array of plain ``np.ndarray`` blocks of a dtype the
+    engine reads, with known chunk sizes. Blocks of an ``np.matrix`` (or
+    another subclass) are viewed as plain arrays: the layout code's
+    indexing on a matrix corrupted NumPy's heap and aborted the process."""
+    x = arr if isinstance(arr, da.Array) else da.asarray(as_plain_array(arr, "arr"))
+    check_dtype(x.dtype)
+    if any(np.isnan(size) for sizes in x.chunks for size in sizes):
+        raise InvalidArgumentError(
+            "invalid arr: its chunk sizes are unknown (NaN, as after boolean indexing); call "
+            "arr.compute_chunk_sizes() first"
+        )
+    meta = getattr(x, "_meta", None)
+    if isinstance(meta, np.ndarray) and type(meta) is not np.ndarray:
+        x = x.map_blocks(np.asarray, dtype=x.dtype, meta=np.empty((0,) * x.ndim, x.dtype))
+    return x
+
+
 # The statistics' rules are the engine's (unet_rt::normalize::PercentileStats);
 # these module-level functions are Dask's tasks, which pickle by reference.
 def block_stats(block: np.ndarray, origin: Sequence[int], image_shape: Sequence[int]) -> Stats:
     """The percentile statistics of a canonical block ``(b, c, spatial...)``
     at ``origin`` of an array of ``image_shape`` images, per image index."""
-    return _unet_rt.percentile_stats(np.ascontiguousarray(block), origin, image_shape)
+    return _unet_rt.percentile_stats(np.ascontiguousarray(in_native_order(block)), origin, image_shape)
 
 
 def combine_stats(*parts: Stats) -> Stats:

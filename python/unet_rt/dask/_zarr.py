@@ -281,6 +281,8 @@ def segment_to_zarr(
     shape = array_axes.canonical_shape(src.shape)
     _, tiling = resolved.plan(shape[2:], 0, tile, batch_size, memory_budget)
     engine_output = "labels" if output == "instances" else output
+    # Checked before the destination is opened (a fresh one is created then).
+    fresh_blocks = _choose_blocks(block, chunks, shards, shape[2:], tiling)
     _check_apart(src, destination, f"labels/{output}" if ngff else "")
     mode = "a" if resume else "w"
     if ngff:
@@ -319,7 +321,7 @@ def segment_to_zarr(
                 f"invalid destination: {destination} holds data that unet_rt.dask did not write; "
                 f"choose an empty destination or pass resume=False to overwrite it"
             )
-        blocks, spatial_chunks, spatial_shards = _choose_blocks(block, chunks, shards, shape[2:], tiling)
+        blocks, spatial_chunks, spatial_shards = fresh_blocks
     plan = BlockPlan(spatial_dims=array_axes.spatial_dims, output=engine_output, tiling=tiling, memory_budget=memory_budget,
                      tta=config["tta"])
     names = _names(output, ngff)
