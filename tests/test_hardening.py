@@ -1026,6 +1026,21 @@ def test_a_sparse_memory_map_beyond_the_free_disk_space_is_refused(model, tmp_pa
     monkeypatch.setattr(unet_rt.model, "_free_bytes", lambda path: 1000)
     with pytest.raises(unet_rt.InvalidArgumentError, match=r"invalid out: the memory-mapped file .* free; .*SIGBUS"):
         model.segment(image, out=out)
+    # Plain views of the map, and a raw mmap's buffer, skipped the check.
+    import mmap
+
+    with open(tmp_path / "raw.bin", "w+b") as f:
+        f.truncate(300 * 300)
+        raw = mmap.mmap(f.fileno(), 300 * 300)
+    views = [np.asarray(out), out.view(np.ndarray), out[10:], np.frombuffer(raw, np.uint8).reshape(300, 300)]
+    for view in views:
+        with pytest.raises(unet_rt.InvalidArgumentError, match=r"invalid out: the memory-mapped file .*SIGBUS"):
+            model.segment(image, out=view)
+    # Copy-on-write maps never write the file.
+    private = np.lib.format.open_memmap(tmp_path / "labels.npy", mode="c")
+    assert model.segment(image, out=private) is private
+    del views, view, private
+    raw.close()
     monkeypatch.undo()
     assert model.segment(image, out=out) is out
     assert (out == model.segment(image)).all()

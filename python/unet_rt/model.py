@@ -652,6 +652,46 @@ def _free_bytes(path: str) -> int:
     return blocks * st.f_frsize
 
 
+def _mapped_file(out: np.ndarray) -> Optional[str]:
+    """The file ``out``'s memory is a shared, writable mapping of, if any:
+    an ``np.memmap`` anywhere along its ``base`` chain (a memmap's plain
+    views, ``np.asarray(memmap)``, skipped the check before), or for an
+    ``mmap.mmap`` buffer (``np.frombuffer(mmap)``) the file the process's
+    memory map lists at its address. Copy-on-write maps never write the
+    file."""
+    import mmap
+
+    node: Any = out
+    for _ in range(64):  # base chains are short; a cycle is not followed
+        if isinstance(node, np.memmap) and getattr(node, "filename", None):
+            return None if node.mode == "c" else node.filename
+        if isinstance(node, mmap.mmap):
+            return _shared_mapping_at(out.__array_interface__["data"][0])
+        # np.frombuffer keeps a memoryview of the buffer it was given.
+        node = node.obj if isinstance(node, memoryview) else getattr(node, "base", None)
+        if node is None:
+            return None
+    return None
+
+
+def _shared_mapping_at(address: int) -> Optional[str]:
+    """The file of the shared mapping holding ``address``, from
+    ``/proc/self/maps`` (``None`` elsewhere, or where it is not one)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) < 6 or "-" not in fields[0]:
+                    continue
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                if start <= address < end:
+                    path = fields[5].strip()
+                    return path if "s" in fields[1] and path.startswith("/") else None
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def _check_mapped_file(out: np.ndarray) -> None:
     """Refuses an ``out=`` memory map whose file is sparse (as
     ``np.memmap(mode="w+")`` and ``open_memmap`` make it) by more than its
@@ -659,7 +699,7 @@ def _check_mapped_file(out: np.ndarray) -> None:
     and a page that gets none kills the process with SIGBUS, in the middle
     of the call, with no Python error. Whatever else is written to that
     file system meanwhile is not foreseen."""
-    filename = getattr(out, "filename", None) if isinstance(out, np.memmap) else None
+    filename = _mapped_file(out)
     if not filename:
         return
     try:
