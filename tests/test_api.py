@@ -84,7 +84,27 @@ def test_module_function_uses_a_cached_model(tiny_model_path):
     from unet_rt import _cache
 
     tiny = str(Path(tiny_model_path).resolve())
-    assert len([k for k in _cache._CACHE if k[0] == tiny and k[3:] == ("cpu", "fp32")]) == 1
+    assert len([k for k in _cache._CACHE if k[0] == tiny and k[2:] == ("cpu", "fp32")]) == 1
+
+
+def test_a_model_file_replaced_with_its_size_and_modification_time_is_loaded_again(tmp_path):
+    """cp -p, rsync -a and tar x give a replaced file the old modification
+    time, and models of one architecture have one size: the cache, keyed on
+    those two, served the old model."""
+    from training.tiny import export_tiny
+
+    first, second = export_tiny(tmp_path / "a.pt", seed=0), export_tiny(tmp_path / "b.pt", seed=1)
+    assert first.stat().st_size == second.stat().st_size
+    path = tmp_path / "current.pt"
+    shutil.copy2(first, path)
+    image = np.random.default_rng(2).random((60, 70)).astype(np.float32)
+    before = unet_rt.segment(image, path, device="cpu", precision="fp32", output="probabilities")
+    old = path.stat()
+    shutil.copy2(second, path)
+    os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+    after = unet_rt.segment(image, path, device="cpu", precision="fp32", output="probabilities")
+    want = unet_rt.Model(second, device="cpu", precision="fp32").segment(image, output="probabilities")
+    assert np.array_equal(after, want) and not np.array_equal(after, before)
 
 
 # --- axes --------------------------------------------------------------------
@@ -412,6 +432,28 @@ def test_models_pickle_to_their_source_not_their_weights(model, tiny_model_path)
     clone = pickle.loads(pickle.dumps(from_bytes))
     assert (clone.segment(image) == model.segment(image)).all()
     assert clone.path == "embedded tiny"  # it came back as "<bytes>"
+
+
+def test_copies_of_a_model_whose_file_changed_since_it_loaded_are_refused(tmp_path):
+    """A copy (pickle, copy, multiprocessing, Dask) loads the model again
+    from its path: it got the weights of a file replaced since, with no word."""
+    import copy
+
+    import unet_rt.dask
+    from training.tiny import export_tiny
+
+    path = export_tiny(tmp_path / "model.pt", seed=0)
+    model = unet_rt.Model(path, device="cpu", precision="fp32")
+    assert np.array_equal(copy.copy(model).segment(np.ones((50, 50))), model.segment(np.ones((50, 50))))
+    export_tiny(path, seed=1)  # retrained in place
+    for make_copy in (copy.copy, copy.deepcopy, pickle.dumps, lambda m: unet_rt.dask.segment(np.ones((50, 50)), m)):
+        with pytest.raises(unet_rt.ModelError, match=r"model.pt has changed since this model was loaded: .*load the model again"):
+            make_copy(model)
+    path.unlink()
+    with pytest.raises(unet_rt.ModelError, match=r"model.pt is gone since this model was loaded"):
+        pickle.dumps(model)
+    # The model itself still holds the weights it loaded.
+    assert model.segment(np.ones((50, 50))).shape == (50, 50)
 
 
 def test_a_model_at_a_path_that_is_not_utf8_loads(model, tiny_model_path, tmp_path, cli):

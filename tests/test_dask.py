@@ -536,6 +536,41 @@ def test_an_interrupted_run_resumes_where_it_stopped(model, tmp_path):
     assert_identical(out[...], model.segment(image, tile=104))
 
 
+def test_resuming_from_other_source_data_is_refused(model, tmp_path):
+    """Resume kept the blocks (and percentiles) of the image first
+    segmented and filled the rest from another source, or from the same
+    source rewritten since, with no word."""
+    first, second = blobs((256, 256), 22), blobs((256, 256), 23)
+    zarr.create_array(tmp_path / "a.zarr", data=first, chunks=(64, 64))
+    zarr.create_array(tmp_path / "b.zarr", data=second, chunks=(64, 64))
+
+    def stop_after_three(done, total):
+        if done >= 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ud.segment_to_zarr(tmp_path / "a.zarr", tmp_path / "out.zarr", model, client=False, block=64,
+                           progress=stop_after_three)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="written from other source data .* resume=False"):
+        ud.segment_to_zarr(tmp_path / "b.zarr", tmp_path / "out.zarr", model, client=False, block=64, progress=False)
+    done = ud.segment_to_zarr(tmp_path / "a.zarr", tmp_path / "out.zarr", model, client=False, block=64, progress=False)
+    assert_identical(done[...], model.segment(first))
+    # The same path, rewritten.
+    zarr.open_array(tmp_path / "a.zarr", mode="r+")[:] = second
+    with pytest.raises(unet_rt.InvalidArgumentError, match="written from other source data"):
+        ud.segment_to_zarr(tmp_path / "a.zarr", tmp_path / "out.zarr", model, client=False, block=64, progress=False)
+    redone = ud.segment_to_zarr(tmp_path / "a.zarr", tmp_path / "out.zarr", model, client=False, block=64,
+                                progress=False, resume=False)
+    assert_identical(redone[...], model.segment(second))
+    # Destinations written before the sample was recorded still resume.
+    group = zarr.open_group(tmp_path / "out.zarr", mode="r+")
+    attrs = dict(group.attrs["unet_rt_dask"])
+    del attrs["source_sample"]
+    group.attrs["unet_rt_dask"] = attrs
+    again = ud.segment_to_zarr(tmp_path / "a.zarr", tmp_path / "out.zarr", model, client=False, block=64, progress=False)
+    assert_identical(again[...], model.segment(second))
+
+
 def test_killing_the_job_mid_run_then_resuming_gives_the_complete_result(client, model, tmp_path):
     """The command line on its own local workers is killed (SIGKILL, all its
     processes) after a few blocks; the rerun, with resume, finishes."""
@@ -565,6 +600,23 @@ def test_killing_the_job_mid_run_then_resuming_gives_the_complete_result(client,
                              progress=lambda d, t: seen.append(d))
     assert seen[0] == done.sum() and seen[-1] == total
     assert_identical(out[...], model.segment(image, tile=104))
+
+
+def test_workers_refuse_a_model_file_replaced_after_the_graph_was_built(tmp_path):
+    """Workers load the model from its path: a file replaced after the graph
+    was built (or another copy on a worker's machine) gave other weights'
+    results, with no word."""
+    path = export_tiny(tmp_path / "model.pt", seed=0)
+    image = np.random.default_rng(0).random((120, 130)).astype(np.float32)
+    for loaded in (False, True):
+        export_tiny(path, seed=0)
+        model = unet_rt.Model(path, device="cpu", precision="fp32") if loaded else path
+        lazy = ud.segment(image, model, device="cpu", precision="fp32", output="probabilities")
+        _spec.clear_cache()
+        export_tiny(path, seed=1)
+        with pytest.raises(unet_rt.ModelError, match="not the model file the task graph was built with .* rebuild"):
+            lazy.compute(scheduler="sync")
+    _spec.clear_cache()
 
 
 def test_command_line_usage_errors_exit_2(tmp_path):

@@ -318,6 +318,85 @@ def test_monai_basic_unet_is_exact_with_batch_norm_and_warns_with_instance_norm(
         assert 0.3 < info["measured"]["label_agreement"] < 1.0
 
 
+def test_a_3d_network_that_takes_any_size_is_probed_on_small_volumes(tmp_path):
+    """The first overlap probe was 256 voxels a side in 3-D (four times the
+    2-D pooling factor looked for): seconds a pass, and a small MONAI
+    BasicUNet gave up after 30 s."""
+    import time
+
+    nets = pytest.importorskip("monai.networks.nets")
+    torch.manual_seed(0)
+    net = nets.BasicUNet(spatial_dims=3, in_channels=1, out_channels=2, features=(4, 4, 8, 8, 16, 4), norm="batch")
+    net = zoo.he_init_(net).eval()
+    path = plain_export(net, tmp_path / "basic3d.pt")
+    started = time.perf_counter()
+    model = unet_rt.Model(path, device="cpu")
+    loaded = time.perf_counter() - started
+    info = model.info
+    assert info["exact"] and info["size_multiple"] == 16 and info["spatial_dims"] == 3, (info, loaded)
+    volume = np.random.default_rng(5).random((1, 40, 70, 60), dtype=np.float32)
+    want = whole_forward(net, volume, info["overlap"], info["size_multiple"])
+    got = model.segment(volume, axes="czyx", output="raw", tile=small_tile(info))
+    assert relative_error(got, want) < 1e-5
+
+
+class _ArgmaxInside(torch.nn.Module):
+    """Returns class numbers as floats: ``argmax(...).float()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = zoo.he_init_(UNet(in_channels=1, classes=3, depth=3, base=4, padding="same"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).argmax(1, keepdim=True).float()
+
+
+def test_a_network_returning_class_numbers_as_floats_is_refused(tmp_path):
+    """Read as one-channel logits, classes 1 and 2 became one class and the
+    "probabilities" were sigmoids of class numbers, with no warning."""
+    path = plain_export(_ArgmaxInside().eval(), tmp_path / "argmax.pt")
+    with pytest.raises(unet_rt.ModelError, match=r"whole numbers from 0 to 2 \(class numbers.*without its final argmax"):
+        unet_rt.Model(path, device="cpu")
+    declared = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 1,
+                "output": "probabilities", "padding": "same", "halo": 24, "size_multiple": 4}
+    with pytest.raises(unet_rt.MetadataError, match=r"returns values from 0 to 2"):
+        unet_rt.Model(plain_export(_ArgmaxInside().eval(), tmp_path / "declared.pt", declared), device="cpu")
+
+
+class _OneImage(torch.nn.Module):
+    """A same-padded U-Net whose traced head fixes the batch size at 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = UNet(in_channels=1, classes=3, depth=3, base=4, padding="same")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x).reshape(1, 3, -1)
+        return y.reshape(1, 3, x.shape[2], x.shape[3])
+
+
+def test_a_network_fixed_at_one_image_per_pass_runs_tiles_one_at_a_time(tmp_path):
+    """It loaded as exact and failed at the first batch of several tiles
+    (on a GPU the planner batches any large image) with libtorch's reshape
+    message."""
+    net = _OneImage().eval()
+    path = tmp_path / "one.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings about Python values
+        torch.jit.trace(net, torch.rand(1, 1, 96, 96)).save(str(path))
+    model = unet_rt.Model(path, device="cpu")
+    info = model.info
+    assert info["exact"] and info["one_image_per_pass"], info
+    image = np.random.default_rng(5).random((1, 150, 170), dtype=np.float32)
+    want = whole_forward(net, image, info["overlap"], info["size_multiple"])
+    got = model.segment(image, axes="cyx", output="raw", tile=small_tile(info), batch_size=4)
+    assert relative_error(got, want) < 1e-5
+    assert model.layout((4000, 4000), device="cuda")["batch_size"] == 1
+    assert not unet_rt.Model(plain_export(network("unet_same"), tmp_path / "any.pt"), device="cpu").info["one_image_per_pass"]
+
+
 class _EndsIn(torch.nn.Module):
     """A U-Net whose forward ends in ``torch.softmax`` or ``torch.sigmoid``,
     as many published ones do."""

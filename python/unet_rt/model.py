@@ -15,7 +15,7 @@ import numpy as np
 from . import _cache, _unet_rt
 from ._axes import arrange
 from ._window import Window
-from .errors import ApproximateTilingWarning, InvalidArgumentError, ModelNotFoundError
+from .errors import ApproximateTilingWarning, InvalidArgumentError, ModelError, ModelNotFoundError
 
 __all__ = ["Model", "segment", "plan", "bundled_model_path", "DEFAULT_PRECISION"]
 
@@ -72,7 +72,7 @@ class Model:
     sent to other processes (multiprocessing, dask).
     """
 
-    __slots__ = ("_inner", "_source", "_device_request", "_precision_request", "__weakref__")
+    __slots__ = ("_inner", "_source", "_stamp", "_device_request", "_precision_request", "__weakref__")
 
     def __init__(self, path: Optional[PathLike] = None, device: str = "auto", precision: str = DEFAULT_PRECISION) -> None:
         if path is not None and not isinstance(path, (str, os.PathLike)):
@@ -86,6 +86,11 @@ class Model:
                 raise ModelNotFoundError(f"model file not found: {path} (the bundled nuclei model is not installed)")
         from .bioimageio import is_package
 
+        # Taken before reading: a file replaced meanwhile counts as changed.
+        try:
+            self._stamp: Tuple[int, ...] = _cache.file_stamp(path)
+        except (OSError, ValueError):
+            self._stamp = ()  # loading says what is wrong with the path
         if is_package(path):
             from .bioimageio import read_package
 
@@ -117,6 +122,7 @@ class Model:
         self = cls.__new__(cls)
         self._inner = _unet_rt.Model.from_bytes(data, name, device, precision)
         self._source = data
+        self._stamp = ()
         self._device_request = device
         self._precision_request = precision
         self._warn_if_approximate()
@@ -132,10 +138,33 @@ class Model:
         and the device and precision asked for."""
         return self._source, self._device_request, self._precision_request
 
+    def _loaded_stamp(self) -> Tuple[int, ...]:
+        """The file's stamp (:func:`unet_rt._cache.file_stamp`) when the model
+        was loaded, after checking that the file still has it: copies,
+        pickles and Dask tasks load the model again from its path, and got
+        the weights of a file replaced since (retrained, checked out), with
+        no word. ``()`` for a model loaded from bytes.
+
+        Raises :class:`~unet_rt.ModelError` where the file changed."""
+        if isinstance(self._source, bytes):
+            return ()
+        try:
+            now = _cache.file_stamp(self._source)
+        except OSError:
+            now = ()
+        if now != self._stamp:
+            what = "is gone" if not now else "has changed"
+            raise ModelError(
+                f"{self._source} {what} since this model was loaded: a copy of it (pickle, copy, "
+                f"multiprocessing, Dask) would load other weights; load the model again"
+            )
+        return self._stamp
+
     def __reduce__(self):
         if isinstance(self._source, bytes):
             # The name too: it stands for the path in messages and in ``path``.
             return (_rebuild, (self._source, self._device_request, self._precision_request, self.path))
+        self._loaded_stamp()
         return (_rebuild, (self._source, self._device_request, self._precision_request))
 
     @property
@@ -185,7 +214,9 @@ class Model:
         ``output_key`` (where the segmentation is in a dict or tuple
         output); ``exact`` (whether tiles reproduce the whole-image forward),
         ``whole_tile_ops`` (layers that see the whole tile, from the
-        network's code), ``measured`` (tiles against the whole image on a
+        network's code), ``one_image_per_pass`` (a pass of two images
+        failed at load where one worked, as with a batch size fixed in a
+        traced network: tiles run one per pass), ``measured`` (tiles against the whole image on a
         random probe image: ``probe_size``, ``max_difference`` relative to
         the output's range, ``label_agreement``), ``undeclared_geometry``
         (for a same-padded model whose metadata's ``halo`` or
@@ -769,8 +800,7 @@ def cached_model(path: Optional[PathLike], device: str, precision: str) -> Model
     model cache, reloaded when the file changes."""
     resolved = bundled_model_path() if path is None else Path(path)
     try:
-        stat = resolved.stat()
-        key: Tuple[Any, ...] = (str(resolved.resolve()), stat.st_mtime_ns, stat.st_size, device, precision)
+        key: Tuple[Any, ...] = (str(resolved.resolve()), _cache.file_stamp(resolved), device, precision)
     except (OSError, ValueError):
         return Model(path, device, precision)  # raises the right error
     return _cache.cached(key, lambda: Model(resolved, device, precision))

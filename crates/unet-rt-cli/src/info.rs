@@ -74,6 +74,7 @@ fn describe(model: &Model, path: Option<&Path>, file_bytes: Option<u64>) -> Valu
         }),
         "exact": info.exactness.is_exact(),
         "whole_tile_ops": info.exactness.whole_tile_ops,
+        "one_image_per_pass": info.exactness.one_image_per_pass,
         "measured": info.exactness.measured.as_ref().map(|m| json!({
             "probe_size": m.probe_size,
             "max_difference": m.max_difference,

@@ -139,6 +139,7 @@ impl Model {
         let exactness = &i.exactness;
         d.set_item("exact", exactness.is_exact())?;
         d.set_item("whole_tile_ops", exactness.whole_tile_ops.clone())?;
+        d.set_item("one_image_per_pass", exactness.one_image_per_pass)?;
         match &exactness.measured {
             Some(m) => {
                 let measured = PyDict::new(py);

@@ -49,6 +49,10 @@ pub struct Exactness {
     /// Found at load: two passes on one input differ (dropout or noise left
     /// active in evaluation mode).
     pub nondeterministic: bool,
+    /// Found at load: a pass of two images fails where one works (a batch
+    /// size of 1 fixed in the network, as a traced `reshape(1, ...)`).
+    /// Tiles then run one per pass; it does not make tiles inexact.
+    pub one_image_per_pass: bool,
     /// Found at load for a same-padded model with metadata: tiles at the
     /// declared halo and size multiple differ from the whole-image forward
     /// (the network sees farther, or pools on a coarser grid, than its

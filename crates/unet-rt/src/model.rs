@@ -221,10 +221,10 @@ impl Model {
         };
         // Contradictions of the metadata are errors before anything is
         // measured with it.
-        (
-            info.exactness.batch_dependent,
-            info.exactness.nondeterministic,
-        ) = probe::check_passes(&module, device, path, &info)?;
+        let passes = probe::check_passes(&module, device, path, &info)?;
+        info.exactness.batch_dependent = passes.batch_dependent;
+        info.exactness.nondeterministic = passes.nondeterministic;
+        info.exactness.one_image_per_pass = passes.one_image_per_pass;
         if metadata.is_some() {
             if !info.exactness.whole_tile_ops.is_empty() {
                 // Declared geometry cannot make such layers exact: say how

@@ -24,8 +24,12 @@ const STRIDES: [usize; 17] = [
     2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512,
 ];
 /// The largest pooling factor looked for in networks that take any size
-/// (a power of two: shifts are bisected over their exponents).
-const MAX_HIDDEN_FACTOR: usize = 64;
+/// (a power of two: shifts are bisected over their exponents), in 2-D and
+/// in 3-D. The first overlap probe is four times as wide: 64 in 3-D made
+/// it 256 voxels a side, seconds a pass even for small networks, and a
+/// 3-D network that takes any size (MONAI's BasicUNet, VNet) gave up
+/// after 30 s; four poolings are what 3-D networks use.
+const MAX_HIDDEN_FACTOR: [usize; 2] = [64, 16];
 /// Probe images for the overlap start at this side and double up to the
 /// limit while a change still reaches their far edge.
 const REACH_START: [usize; 2] = [256, 64];
@@ -108,6 +112,10 @@ enum Reading {
     Masks(String),
     /// Outside [0, 1]: the range found.
     Unbounded(String),
+    /// One channel of whole numbers from 0 to this, 2 or more: class
+    /// numbers (a network ending in `argmax(...).float()`), which read as
+    /// logits merged every class above 0 into one.
+    ClassNumbers(f64),
 }
 
 /// Distances 1, 2, 4 ... below `first` that leave a size of at least 1.
@@ -234,7 +242,7 @@ pub(crate) fn probe(
     };
     if let Some(kind) = prober.returns_probabilities(
         info.round_up_valid(REACH_START[usize::from(info.spatial_dims == 3)] / 4),
-    ) {
+    )? {
         info.output = kind;
         prober.mask_at = 0.5;
     }
@@ -350,7 +358,7 @@ pub(crate) fn check_passes(
     device: Device,
     path: &Path,
     info: &ModelInfo,
-) -> Result<(bool, bool)> {
+) -> Result<Passes> {
     let _guard = tch::no_grad_guard();
     let _plain = PlainExecutor::enter();
     let mut prober = Prober::of_info(module, device, path, info);
@@ -368,6 +376,7 @@ pub(crate) fn check_passes(
             .and_then(|y| prober.reading(&y));
         let unlike = match reading {
             Ok(Reading::Unbounded(values)) => Some(values),
+            Ok(Reading::ClassNumbers(high)) => Some(format!("values from 0 to {high}")),
             Ok(Reading::Masks(sums)) if info.output == Activation::Probabilities => {
                 Some(format!("{sums} (declare \"masks\" for independent masks)"))
             }
@@ -383,8 +392,8 @@ pub(crate) fn check_passes(
             });
         }
     }
-    let Ok((batch_dependent, nondeterministic, shape)) = prober.batch_and_repeat(size) else {
-        return Ok((false, false));
+    let Ok((passes, shape)) = prober.batch_and_repeat(size) else {
+        return Ok(Passes::default());
     };
     let side = size.saturating_sub(info.shrink());
     let mut expected = vec![1, info.out_channels];
@@ -403,7 +412,21 @@ pub(crate) fn check_passes(
             ),
         });
     }
-    Ok((batch_dependent, nondeterministic))
+    Ok(passes)
+}
+
+/// What [`check_passes`] finds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Passes {
+    /// The output for one image moves with the other images of its batch.
+    pub batch_dependent: bool,
+    /// Two passes on one input differ.
+    pub nondeterministic: bool,
+    /// A pass of two images fails (or does not return two) where one works:
+    /// a batch size fixed in the network (a traced `reshape(1, ...)`),
+    /// which loaded as exact and failed at the first batch the planner
+    /// chose (on a GPU, for any large image).
+    pub one_image_per_pass: bool,
 }
 
 impl<'a> Prober<'a> {
@@ -416,7 +439,10 @@ impl<'a> Prober<'a> {
     /// do not. Taken for logits, such an output got a second softmax
     /// (probabilities off by up to 0.5) or, with one channel, the logit
     /// threshold 0 (every pixel foreground). A failing pass says no.
-    fn returns_probabilities(&mut self, size: usize) -> Option<Activation> {
+    ///
+    /// # Errors
+    /// [`Error::InvalidModel`] for a network returning class numbers.
+    fn returns_probabilities(&mut self, size: usize) -> Result<Option<Activation>> {
         let strong = self
             .noise(size, 3)
             .and_then(|t| self.torch(t.f_sub_scalar(0.5).and_then(|t| t.f_mul_scalar(2000.0))));
@@ -429,10 +455,16 @@ impl<'a> Prober<'a> {
             {
                 Ok(Reading::Probabilities) => {}
                 Ok(Reading::Masks(_)) => kind = Activation::Masks,
-                Ok(Reading::Unbounded(_)) | Err(_) => return None,
+                Ok(Reading::ClassNumbers(largest)) => {
+                    return Err(self.invalid(format!(
+                        "it returns one channel of whole numbers from 0 to {largest} (class numbers, as after \
+                         an argmax), not logits or probabilities: export the network without its final argmax"
+                    )))
+                }
+                Ok(Reading::Unbounded(_)) | Err(_) => return Ok(None),
             }
         }
-        Some(kind)
+        Ok(Some(kind))
     }
 
     /// What the output `y` can be read as. Non-finite values are left to
@@ -441,6 +473,12 @@ impl<'a> Prober<'a> {
         let y = &self.torch(y.f_nan_to_num(0.5, 0.5, 0.5))?;
         let low = self.torch(y.f_min())?.double_value(&[]);
         let high = self.torch(y.f_max())?.double_value(&[]);
+        if self.out_channels == 1 && low >= 0.0 && (2.0..=65535.0).contains(&high) {
+            let fractions = self.torch(y.f_frac())?;
+            if self.largest(&fractions)? == 0.0 {
+                return Ok(Reading::ClassNumbers(high));
+            }
+        }
         if !(low >= 0.0 && high <= 1.0) {
             return Ok(Reading::Unbounded(format!(
                 "values from {low:.3} to {high:.3}"
@@ -461,7 +499,7 @@ impl<'a> Prober<'a> {
     }
 
     /// See [`check_passes`].
-    fn batch_and_repeat(&mut self, size: usize) -> Result<(bool, bool, Vec<i64>)> {
+    fn batch_and_repeat(&mut self, size: usize) -> Result<(Passes, Vec<i64>)> {
         if !self.fits(size.saturating_mul(2)) {
             return Err(self.too_large(size));
         }
@@ -469,7 +507,17 @@ impl<'a> Prober<'a> {
         let second = self.noise_with(size, 2, true)?;
         let both = self.torch(Tensor::f_cat(&[&first, &second], 0))?;
         let alone = self.output(&first)?;
-        let batched = self.output(&both)?;
+        let shape = alone.size();
+        let batched = match self.output(&both) {
+            Ok(batched) if batched.size().first() == Some(&2) => batched,
+            _ => {
+                let passes = Passes {
+                    one_image_per_pass: true,
+                    ..Passes::default()
+                };
+                return Ok((passes, shape));
+            }
+        };
         let scale = self.scale(&alone)?;
         // GPUs may run other kernels for another batch size, in TF32 by
         // default (about 1e-3 of the range): a wider margin there. The
@@ -482,16 +530,18 @@ impl<'a> Prober<'a> {
             let difference = prober.scale(&prober.torch(a.f_sub(b))?)?;
             Ok(difference > tolerance * scale)
         };
-        let shape = alone.size();
         let row = self.torch(batched.f_narrow(0, 0, 1))?;
         if !differs(self, &row, &alone)? {
-            return Ok((false, false, shape));
+            return Ok((Passes::default(), shape));
         }
         let again = self.output(&first)?;
-        if differs(self, &again, &alone)? {
-            return Ok((false, true, shape));
-        }
-        Ok((true, false, shape))
+        let nondeterministic = differs(self, &again, &alone)?;
+        let passes = Passes {
+            batch_dependent: !nondeterministic,
+            nondeterministic,
+            ..Passes::default()
+        };
+        Ok((passes, shape))
     }
 
     /// `key`: `None` to pick the output container's entry at the first
@@ -1333,7 +1383,7 @@ impl<'a> Prober<'a> {
     fn settle_overlap(&mut self, info: &mut ModelInfo, rule: Rule) -> Result<()> {
         let axis_kind = usize::from(self.dims == 3);
         let factor = if rule.kind == Growth::AnySize {
-            MAX_HIDDEN_FACTOR
+            MAX_HIDDEN_FACTOR[axis_kind]
         } else {
             rule.multiple
         };
@@ -1472,6 +1522,8 @@ mod tests {
     fn strides_are_increasing_and_cover_eight_poolings() {
         assert!(STRIDES.windows(2).all(|w| w[0] < w[1]));
         assert!(STRIDES.contains(&256) && STRIDES.contains(&16));
-        assert!(MAX_HIDDEN_FACTOR.is_power_of_two());
+        assert!(MAX_HIDDEN_FACTOR.iter().all(|f| f.is_power_of_two()));
+        // The first overlap probe in 3-D stays at its start (64 voxels).
+        assert_eq!(REACH_START[1].max(4 * MAX_HIDDEN_FACTOR[1]), REACH_START[1]);
     }
 }

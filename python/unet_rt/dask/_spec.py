@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
-from ..errors import InvalidArgumentError, ModelNotFoundError
+from ..errors import InvalidArgumentError, ModelError, ModelNotFoundError
 from .. import _cache
 from ..model import DEFAULT_PRECISION, Model, bundled_model_path, cached_model, check_model_arg
 from ._tiling import Tiling, plan_tiling
@@ -30,8 +30,12 @@ class ModelSpec:
         device: the device each worker loads the model on (``"auto"`` picks the
             worker's GPU when it has one: run one worker process per GPU).
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``.
-        stamp: ``(mtime_ns, size)`` of the file when the spec was made, so a
-            model file replaced between two runs is reloaded.
+        digest: the SHA-256 of the model file when the spec was made (when
+            the model was loaded, for a :class:`~unet_rt.Model`): a file
+            replaced between two runs is loaded again, and a worker whose
+            file differs (replaced after the graph was built, or another
+            copy on another machine) refuses it rather than computing with
+            other weights.
 
     >>> spec = ModelSpec.of(tiny_model_path, device="cpu", precision="fp32")
     >>> spec.device, len(__import__("pickle").dumps(spec)) < 1000
@@ -41,22 +45,23 @@ class ModelSpec:
     source: str
     device: str = "auto"
     precision: str = DEFAULT_PRECISION
-    stamp: Tuple[int, int] = (0, 0)
+    digest: str = ""
 
     @classmethod
     def of(cls, path: Union[str, "os.PathLike[str]", None], device: str = "auto", precision: str = DEFAULT_PRECISION) -> "ModelSpec":
         """The spec of the model file ``path`` (``None``: the bundled model)."""
         resolved = os.path.abspath(os.fspath(bundled_model_path() if path is None else path))
         try:
-            stat = os.stat(resolved)
+            digest = _cache.file_digest(resolved)
         except OSError:
             raise ModelNotFoundError(f"model file not found: {resolved}") from None
-        return cls(resolved, device, precision, (stat.st_mtime_ns, stat.st_size))
+        return cls(resolved, device, precision, digest)
 
     @classmethod
     def of_bytes(cls, data: bytes, device: str = "auto", precision: str = DEFAULT_PRECISION) -> "ModelSpec":
         """The spec of a model given as the bytes of its archive (identified by digest)."""
-        return cls(_BYTES_PREFIX + hashlib.sha256(data).hexdigest(), device, precision, (0, len(data)))
+        digest = hashlib.sha256(data).hexdigest()
+        return cls(_BYTES_PREFIX + digest, device, precision, digest)
 
     @property
     def from_bytes(self) -> bool:
@@ -99,7 +104,19 @@ def load_counts() -> Dict[str, int]:
 
 def _load(spec: ModelSpec, data: Optional[bytes]) -> Model:
     if not spec.from_bytes:
-        return Model(spec.source, spec.device, spec.precision)
+        try:
+            stamp, digest = _cache.file_stamp(spec.source), _cache.file_digest(spec.source)
+        except OSError:
+            stamp, digest = (), ""  # loading says what is wrong with the path
+        model = Model(spec.source, spec.device, spec.precision)
+        # The digest is of the file loaded only if it was not replaced meanwhile.
+        if digest != spec.digest or model._stamp != stamp:
+            raise ModelError(
+                f"{spec.source} on this worker is not the model file the task graph was built with (it was replaced "
+                f"since, or this machine has another copy): its SHA-256 is {digest[:12] or 'unknown'}..., the "
+                f"graph's {spec.digest[:12]}...; rebuild the graph, or make every worker read the same file"
+            )
+        return model
     if data is None:
         raise InvalidArgumentError(f"the model {spec.source} was given as bytes, but its bytes did not reach this process")
     return Model.from_bytes(data, spec.device, spec.precision, name=spec.source)
@@ -151,6 +168,7 @@ def resolve_model(model: Union[Model, str, "os.PathLike[str]", None], device: st
         if isinstance(source, bytes):
             spec, data = ModelSpec.of_bytes(source, device, precision), source
         else:
+            model._loaded_stamp()  # the file is still what the model loaded
             spec = ModelSpec.of(source, device, precision)
         # Geometry and plans do not depend on where the model runs.
         local = model

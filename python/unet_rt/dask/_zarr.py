@@ -302,6 +302,7 @@ def segment_to_zarr(
         "precision": resolved.spec.precision,
         "axes": array_axes.axes,
         "source_shape": [int(s) for s in src.shape],
+        "source_sample": _source_sample(src),
         "tile": list(tiling.tile),
         "batch_size": tiling.batch_size,
         "tta": tta,
@@ -493,24 +494,49 @@ def _pyramid(group, layout, runner) -> None:
 def _model_digest(resolved: ResolvedModel) -> str:
     if resolved.data is not None:
         return hashlib.sha256(resolved.data).hexdigest()
-    digest = hashlib.sha256()
-    source = resolved.spec.source
-    # A bioimage.io package may be a folder: its files, in name order.
-    files = sorted(p for p in Path(source).rglob("*") if p.is_file()) if os.path.isdir(source) else [Path(source)]
-    for path in files:
-        digest.update(str(path.relative_to(source) if path != Path(source) else "").encode())
-        with open(path, "rb") as f:
-            for piece in iter(lambda: f.read(1 << 20), b""):
-                digest.update(piece)
-    return digest.hexdigest()
+    return resolved.spec.digest
 
 
 # What destinations written before a setting existed used.
 _BEFORE = {"tta": "none", "read_out": None, "ome": False, "levels": 1}
+# What destinations written before it was recorded cannot be checked for.
+_UNRECORDED = {"source_sample"}
+#: Chunks of the source whose pixels identify it (spread over the array).
+_SAMPLED_CHUNKS = 8
+#: Pixels per axis read from a sampled chunk (its corner).
+_SAMPLED_SIDE = 256
+
+
+def _source_sample(src: Any) -> str:
+    """A digest of the source's shape, dtype and the pixels of a few chunks
+    spread over it (the first, the last, and evenly between: a few reads).
+    Resuming compares it: a destination written from another source, or
+    from a source rewritten since, kept the old image's blocks and
+    percentiles and filled the rest from the new one, with no word. A
+    change confined to chunks not sampled is not seen."""
+    shape = tuple(int(n) for n in src.shape)
+    chunks = tuple(int(c) for c in (getattr(src, "chunks", None) or shape))
+    counts = [max(1, math.ceil(n / max(c, 1))) for n, c in zip(shape, chunks)]
+    total = int(np.prod(counts)) if counts else 1
+    picks = sorted({round(i * (total - 1) / max(_SAMPLED_CHUNKS - 1, 1)) for i in range(_SAMPLED_CHUNKS)})
+    digest = hashlib.sha256(json.dumps([list(shape), str(np.dtype(src.dtype))]).encode())
+    for flat in picks:
+        index = np.unravel_index(flat, counts) if counts else ()
+        window = tuple(slice(i * c, min(i * c + min(c, _SAMPLED_SIDE), n)) for i, c, n in zip(index, chunks, shape))
+        digest.update(np.ascontiguousarray(np.asarray(src[window])).tobytes())
+    return digest.hexdigest()
 
 
 def _check_same_job(previous: Dict[str, Any], config: Dict[str, Any], destination: Any) -> None:
     for key, value in config.items():
+        if key in _UNRECORDED and key not in previous:
+            continue
+        if key == "source_sample" and previous[key] != value:
+            raise InvalidArgumentError(
+                f"invalid destination: {destination} was written from other source data (sampled pixels differ: "
+                f"another source, or the source changed since); pass resume=False to start over, or write to "
+                f"another destination"
+            )
         if previous.get(key, _BEFORE.get(key)) != value:
             raise InvalidArgumentError(
                 f"invalid destination: {destination} was written with {key}={previous.get(key, _BEFORE.get(key))!r}, this run asks "

@@ -327,8 +327,9 @@ impl<'a> Planner<'a> {
                 ),
             })
             .min(plan.len().max(1));
-        // Such a network's output moves with the other tiles of a batch.
-        let batch_size = if info.exactness.batch_dependent {
+        // Such a network's output moves with the other tiles of a batch, or
+        // it fails on a batch of several.
+        let batch_size = if info.exactness.batch_dependent || info.exactness.one_image_per_pass {
             1
         } else {
             batch_size
