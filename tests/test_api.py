@@ -141,8 +141,12 @@ def test_result_shape_and_dtype_say_what_out_needs(model):
         assert model.result_shape(stack.shape, output, axes="byx") == got.shape
         assert model.result_dtype(output) == got.dtype
     assert model.result_shape((40, 50), window=unet_rt.Window(image=(40, 50), start=(3, 4), shape=(10, 12))) == (10, 12)
-    with pytest.raises(TypeError, match="shape must be an int or a sequence"):
-        model.result_shape("abc")
+    for shape in ("abc", None):  # None was "'NoneType' object is not iterable"
+        with pytest.raises(TypeError, match="shape must be an int or a sequence"):
+            model.result_shape(shape)
+    # segment() refuses an empty image: so does the shape of its result.
+    with pytest.raises(unet_rt.InvalidArgumentError, match=r"invalid shape: \(0, 5\) is an empty image"):
+        model.result_shape((0, 5))
     with pytest.raises(unet_rt.InvalidArgumentError, match="invalid shape: -1 is negative"):
         model.result_shape((-1, 5))
     with pytest.raises(unet_rt.InvalidArgumentError, match="invalid output"):

@@ -253,6 +253,7 @@ def test_runtime_errors_name_the_file_and_spare_the_others(tiny_model_path, cli,
 def test_usage_errors_exit_2_before_writing_anything(tiny_model_path, cli, tmp_path):
     tifffile.imwrite(tmp_path / "img.tif", np.zeros((50, 50), np.uint8))
     (tmp_path / "a_file").write_text("")
+    (tmp_path / "dangling").symlink_to(tmp_path / "missing")
     img, model = tmp_path / "img.tif", tiny_model_path
     cases = {
         "output folder": [img, "-m", model, "-o", tmp_path / "a_file" / "out"],
@@ -264,6 +265,8 @@ def test_usage_errors_exit_2_before_writing_anything(tiny_model_path, cli, tmp_p
         "--output-kind": [img, "-m", model, "-o", tmp_path / "o6", "--output-kind", "blobs"],
         # Said "cannot create the output folder ...: File exists".
         "is a file: -o names the folder": [img, "-m", model, "-o", tmp_path / "a_file"],
+        # Said "cannot create the output folder dangling: File exists" too.
+        "is a symbolic link to": [img, "-m", model, "-o", tmp_path / "dangling"],
     }
     for needle, args in cases.items():
         proc = run([cli, "segment", *args])

@@ -240,6 +240,9 @@ def hostile_tiffs() -> dict:
         "garbage": b"II*\x00" + bytes(range(256)) * 2,
         "truncated_header": b"II*\x00\x08\x00",
         "big_endian_garbage": b"MM\x00*" + b"\xff" * 64,
+        # "failed to fill whole buffer".
+        "no_pages": b"II*\x00\x00\x00\x00\x00",
+        "bigtiff_no_pages": b"II+\x00\x08\x00\x00\x00" + b"\x00" * 8,
     }
 
 
@@ -250,6 +253,8 @@ def test_hostile_tiff_is_refused(cli, tmp_path, name):
     stderr = refused_alone(cli, path, tmp_path)
     if name == "declares_200000_squared":
         assert "40000000000" in stderr, stderr
+    if name.endswith("no_pages"):
+        assert "a TIFF file without pages" in stderr, stderr
 
 
 def test_a_stack_whose_pages_add_up_to_more_than_memory_is_refused_before_decoding(cli, tmp_path):

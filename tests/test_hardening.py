@@ -828,6 +828,13 @@ def test_choices_are_read_alike_everywhere(model):
     for output, blend, tta in [("Labels", "CROP", "None"), (" labels ", "Crop ", " NONE")]:
         assert np.array_equal(model.segment(IMAGE, output=output, blend=blend, tta=tta), want)
     assert np.array_equal(model.segment(IMAGE, progress=np.False_), want)
+    # A NumPy array of sizes is a sequence ("tile must be an int, got ndarray").
+    assert np.array_equal(model.segment(IMAGE, tile=np.array([64, 64])), model.segment(IMAGE, tile=(64, 64)))
+    assert np.array_equal(model.segment(IMAGE, tile=np.int64(64)), model.segment(IMAGE, tile=64))
+    # "WHOLE" was "not a tile" in Python (the CLI took it).
+    whole = model.segment(IMAGE, tile="whole")
+    for word in ("WHOLE", " Whole "):
+        assert np.array_equal(model.segment(IMAGE, tile=word), whole)
     with pytest.raises(TypeError, match="tta must be a str, got NoneType"):
         model.segment(IMAGE, tta=None)
 

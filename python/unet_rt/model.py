@@ -513,9 +513,13 @@ class Model:
         output = check_output(output)
         info = self._inner.info
         # The engine checks the shape (and names it) before it is used here.
-        shape = shape if isinstance(shape, (str, bytes)) else tuple(shape)
+        if not isinstance(shape, (str, bytes)) and hasattr(shape, "__iter__"):
+            shape = tuple(shape)
         _, sources = _unet_rt.arrangement(shape, axes, info["spatial_dims"], info["in_channels"])
         canonical = tuple(1 if s is None else int(shape[s]) for s in sources)
+        if 0 in canonical:
+            # As segment() refuses such an image.
+            raise InvalidArgumentError(f"invalid shape: {tuple(shape)} is an empty image")
         return self._engine_result_shape(canonical, sources[0] is not None, output, window)
 
     def _engine_result_shape(self, canonical: Tuple[int, ...], batched: bool, output: str,
@@ -800,7 +804,8 @@ def cached_model(path: Optional[PathLike], device: str, precision: str) -> Model
     model cache, reloaded when the file changes."""
     resolved = bundled_model_path() if path is None else Path(path)
     try:
-        key: Tuple[Any, ...] = (str(resolved.resolve()), _cache.file_stamp(resolved), device, precision)
+        stamp = _cache.file_stamp(resolved)  # before resolve(): a symlink loop is an OSError here
+        key: Tuple[Any, ...] = (str(resolved.resolve()), stamp, device, precision)
     except (OSError, ValueError):
         return Model(path, device, precision)  # raises the right error
     return _cache.cached(key, lambda: Model(resolved, device, precision))

@@ -15,16 +15,19 @@ Examples:
   unet-rt segment volume.npy -m cells3d.pt --axes czyx -o out/
   unet-rt segment data/ -o out/ --skip-existing --json > log.jsonl   # resume a folder
 
-Inputs: TIFF (8/16/32-bit integer or float, multi-page, BigTIFF), PNG (8/16-bit)
-and NPY. A multi-page TIFF is a volume for a 3-D model and a stack of 2-D images,
-each segmented on its own, for a 2-D model (its result has one page per input page).
-Folders contribute their supported files (not recursively), in name order; glob
-patterns (* ? [..]) are expanded when the shell did not.
+Inputs: TIFF (8/16/32/64-bit integer, 32/64-bit float; multi-page, BigTIFF), PNG
+(8/16-bit) and NPY (integer, float32 or float64). A multi-page TIFF is a volume
+for a 3-D model and a stack of 2-D images, each segmented on its own, for a 2-D
+model (its result has one page per input page). Folders contribute their
+supported files (not recursively), in name order; glob patterns (* ? [..]) are
+expanded when the shell did not.
 
 Outputs: <output>/<stem>.<format>. labels: uint8 class indices (uint16 beyond 256
-classes). instances: the connected components (4-connectivity in 2-D, 6 in 3-D)
-of the non-background pixels (class > 0), numbered 1..N in raster order as
-scipy.ndimage.label does, uint16 (uint32 beyond 65535 objects). probabilities and
+classes). instances: objects as the model's read-out makes them (a model with a
+boundary class grows interiors into it; otherwise the connected components,
+4-connectivity in 2-D, 6 in 3-D, of the non-background pixels), small objects
+dropped and holes filled as the model's metadata or --min-size / --fill-holes say,
+numbered 1..N in raster order, uint16 (uint32 beyond 65535 objects). probabilities and
 raw: float32, channel-first (classes, [z,] y, x), TIFF pages or NPY.
 --format zarr writes <stem>.zarr, an OME-Zarr (NGFF 0.5) image holding the input
 (axes [t,] c, [z,] y, x) and the result as its label image labels/<kind> (a colour
@@ -87,7 +90,7 @@ fn output_modes() -> impl clap::builder::TypedValueParser<Value = OutputMode> {
         PossibleValue::new("labels").help("One class index per pixel"),
         PossibleValue::new("probabilities").help("Class probabilities, float32, channel-first"),
         PossibleValue::new("instances")
-            .help("Objects: connected components of the non-background classes"),
+            .help("Objects, as the model's read-out makes them (see --min-size, --fill-holes)"),
         PossibleValue::new("raw").help("The network's raw output, float32, channel-first"),
     ])
     .try_map(|name| name.parse::<OutputMode>())
@@ -314,7 +317,7 @@ pub(crate) struct Sizes(pub Vec<usize>);
 /// `--tile`: sizes, or `whole` (one tile for the whole image), which is
 /// the empty list.
 pub(crate) fn parse_model_tile(text: &str) -> Result<Sizes, String> {
-    if text.trim().eq_ignore_ascii_case("whole") {
+    if unet_rt::Options::names_whole(text) {
         return Ok(Sizes(Vec::new()));
     }
     parse_tile(text).map_err(|e| format!("{e}, or \"whole\""))

@@ -176,6 +176,18 @@ fn prepare_folder(dir: &Path) -> Result<(), CliError> {
             dir.display()
         )));
     }
+    // A symbolic link whose target is missing (or a loop) "exists" to
+    // create_dir_all, which then said "File exists".
+    if !dir.exists() && dir.symlink_metadata().is_ok() {
+        let target = std::fs::read_link(dir)
+            .map(|t| format!(" to {}", t.display()))
+            .unwrap_or_default();
+        return Err(usage(format!(
+            "-o {} is a symbolic link{target} that leads to no folder (its target is missing, or the links loop): \
+             create the target or name another folder",
+            dir.display()
+        )));
+    }
     std::fs::create_dir_all(dir).map_err(|e| {
         usage(format!(
             "cannot create the output folder {}: {e}",

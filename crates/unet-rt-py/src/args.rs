@@ -148,8 +148,13 @@ pub(crate) fn sizes(
         )));
     }
     if value.hasattr("__index__")? {
-        let one = size(value, argument)?;
-        return Ok(vec![one; dims.unwrap_or(1)]);
+        // NumPy arrays have __index__ too (for 0-d ones): a 1-d one is a
+        // sequence ("tile must be an int, got ndarray").
+        match size(value, argument) {
+            Ok(one) => return Ok(vec![one; dims.unwrap_or(1)]),
+            Err(e) if value.try_iter().is_err() => return Err(e),
+            Err(_) => {}
+        }
     }
     let items = value.try_iter().map_err(|_| {
         PyTypeError::new_err(format!(

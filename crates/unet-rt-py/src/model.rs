@@ -42,7 +42,7 @@ fn sizing(
     let whole = match tile {
         Some(t) if t.is_instance_of::<pyo3::types::PyString>() => {
             let text = args::text(t, "tile")?;
-            if text != "whole" {
+            if !unet_rt::Options::names_whole(&text) {
                 return Err(args::invalid(
                     "tile",
                     format!("{text:?} is not a tile: give sizes, or \"whole\" for one tile covering the image"),

@@ -118,6 +118,41 @@ enum Reading {
     ClassNumbers(f64),
 }
 
+/// How far a change reaches into the unchanged side of a probe, from
+/// `hits` (whether each output position moved) ordered by distance from
+/// the changed side: the distance past the farthest hit, or `None` where
+/// the change reaches the far edge. Hits at the far edge no wider than the
+/// near ones, across a gap at least as wide, came around the edge
+/// (circular padding wraps each tile onto itself): the near reach counts.
+/// Counted as reaching the edge, such a network's probes doubled to 2048
+/// pixels (seconds a pass; under load it gave up) for an overlap of 512
+/// where 14 held.
+fn side_reach(hits: &[bool]) -> Option<usize> {
+    let Some(last) = hits.iter().rposition(|&h| h) else {
+        return Some(0);
+    };
+    if last + 1 < hits.len() {
+        return Some(last + 1);
+    }
+    // The longest run without hits: [start, end).
+    let (mut best, mut run_start) = ((0, 0), None);
+    for (i, &h) in hits.iter().enumerate() {
+        match (h, run_start) {
+            (false, None) => run_start = Some(i),
+            (true, Some(start)) => {
+                if i - start > best.1 - best.0 {
+                    best = (start, i);
+                }
+                run_start = None;
+            }
+            _ => {}
+        }
+    }
+    let (near, far) = (best.0, hits.len() - best.1);
+    let wrapped = near > 0 && best.1 - best.0 >= near && far <= near + 2;
+    wrapped.then_some(near)
+}
+
 /// Distances 1, 2, 4 ... below `first` that leave a size of at least 1.
 fn below(first: usize) -> impl Iterator<Item = usize> {
     std::iter::successors(Some(1usize), |d| d.checked_mul(2)).take_while(move |&d| d < first)
@@ -1258,22 +1293,15 @@ impl<'a> Prober<'a> {
                     (REACH_TOLERANCE, &mut strict),
                     (APPROXIMATE_TOLERANCE, &mut loose),
                 ] {
-                    let hit = |i: &usize| f64::from(profile[*i]) > tolerance * scale;
-                    let distance = if low_half {
-                        (0..profile.len())
-                            .rev()
-                            .find(hit)
-                            .map(|i| (i + 1).saturating_sub(half))
+                    let hit = |v: &f32| f64::from(*v) > tolerance * scale;
+                    // The unchanged side, by distance from the changed one.
+                    let hits: Vec<bool> = if low_half {
+                        profile.iter().skip(half).map(hit).collect()
                     } else {
-                        (0..profile.len()).find(hit).map(|i| half.saturating_sub(i))
+                        profile.iter().take(half).rev().map(hit).collect()
                     };
-                    let at_edge = if low_half {
-                        profile.len().checked_sub(1).is_some_and(|last| hit(&last))
-                    } else {
-                        !profile.is_empty() && hit(&0)
-                    };
-                    *reach = match (*reach, at_edge) {
-                        (Some(r), false) => Some(r.max(distance.unwrap_or(0))),
+                    *reach = match (*reach, side_reach(&hits)) {
+                        (Some(r), Some(distance)) => Some(r.max(distance)),
                         _ => None,
                     };
                 }
@@ -1516,6 +1544,23 @@ mod tests {
         );
         assert_eq!(model_message("first\nsecond"), "first");
         assert_eq!(model_message(""), "");
+    }
+
+    #[test]
+    fn reach_is_the_farthest_hit_and_wrapped_hits_do_not_count() {
+        let side = |text: &str| side_reach(&text.chars().map(|c| c == 'x').collect::<Vec<_>>());
+        assert_eq!(side(""), Some(0));
+        assert_eq!(side("...."), Some(0));
+        assert_eq!(side("xx.x...."), Some(4));
+        assert_eq!(side("xxxxxxxx"), None);
+        assert_eq!(side("x......x"), Some(1));
+        // Around the edge: as wide as the near hits, across a wider gap.
+        assert_eq!(side("xxx.........xxx"), Some(3));
+        assert_eq!(side("xx.x.......xxxx"), Some(4));
+        // Far hits wider than the near ones, or no gap as wide: reaching.
+        assert_eq!(side("xx.........xxxxxx"), None);
+        assert_eq!(side("xxxx..xxxx"), None);
+        assert_eq!(side("......xx"), None);
     }
 
     #[test]

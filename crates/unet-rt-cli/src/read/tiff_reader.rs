@@ -9,7 +9,7 @@
 //! file size and the memory available, never unlimited.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 
 use ndarray::{ArrayD, IxDyn};
 use tiff::decoder::{ChunkType, Decoder, DecodingResult, Limits};
@@ -21,9 +21,40 @@ use crate::limits::{checked_product, saturating_usize, show_bytes, try_vec, Memo
 
 type TiffDecoder = Decoder<BufReader<File>>;
 
+/// Whether a TIFF (or BigTIFF) header says the file holds no page: its
+/// first directory offset is 0.
+fn first_directory_is_none(header: &[u8]) -> bool {
+    let zero = |bytes: &[u8]| bytes.iter().all(|&b| b == 0);
+    match header {
+        [b'I', b'I', 42, 0, rest @ ..] | [b'M', b'M', 0, 42, rest @ ..] if rest.len() >= 4 => {
+            zero(&rest[..4])
+        }
+        // BigTIFF: offset size (8) and a reserved word come first.
+        [b'I', b'I', 43, 0, _, _, _, _, rest @ ..] | [b'M', b'M', 0, 43, _, _, _, _, rest @ ..]
+            if rest.len() >= 8 =>
+        {
+            zero(&rest[..8])
+        }
+        _ => false,
+    }
+}
+
 /// Reads every page of a TIFF file of `file_len` bytes. Pages must share size
 /// and type; several pages make a stack with a leading page axis.
-pub(super) fn read_tiff(file: File, file_len: u64, memory: Memory) -> Result<Image, String> {
+pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result<Image, String> {
+    let mut header = [0u8; 16];
+    let got = file
+        .read(&mut header)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if first_directory_is_none(&header[..got]) {
+        // The decoder said "failed to fill whole buffer".
+        return Err(
+            "a TIFF file without pages (its first directory offset is 0): no image in it"
+                .to_owned(),
+        );
+    }
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| format!("cannot read it: {e}"))?;
     let mut decoder = Decoder::new(BufReader::new(file))
         .map_err(|e| format!("not a readable TIFF file: {e}"))?
         .with_limits(limits(file_len, memory));
@@ -546,5 +577,23 @@ impl Buffer {
             Self::F32(v) => Pixels::F32(ArrayD::from_shape_vec(shape, v).map_err(err)?),
             Self::F64(v) => Pixels::F64(ArrayD::from_shape_vec(shape, v).map_err(err)?),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_directory_is_none;
+
+    #[test]
+    fn a_header_whose_first_directory_offset_is_zero_holds_no_page() {
+        assert!(first_directory_is_none(b"II*\0\0\0\0\0"));
+        assert!(first_directory_is_none(b"MM\0*\0\0\0\0"));
+        assert!(first_directory_is_none(b"II+\0\x08\0\0\0\0\0\0\0\0\0\0\0"));
+        assert!(!first_directory_is_none(b"II*\0\x08\0\0\0"));
+        assert!(!first_directory_is_none(
+            b"MM\0+\0\x08\0\0\0\0\0\0\0\0\0\x10"
+        ));
+        assert!(!first_directory_is_none(b"II*\0"));
+        assert!(!first_directory_is_none(b"\x89PNG\r\n\x1a\n"));
     }
 }

@@ -31,7 +31,7 @@ pub struct Options {
     /// One tile covering the whole image and its overlap: the exact result
     /// for networks whose tiles are approximate (see
     /// [`Exactness`](crate::Exactness)), where the image fits in one pass.
-    /// Not with `tile`.
+    /// Not with `tile`. Asked for by the word [`Options::WHOLE`].
     pub whole: bool,
     /// Tiles per forward pass; chosen from the memory budget when `None`.
     pub batch_size: Option<usize>,
@@ -71,6 +71,24 @@ pub struct Options {
     pub fill_holes: Option<bool>,
     /// Where pixels become network input (see [`Conversion`]).
     pub conversion: Conversion,
+}
+
+impl Options {
+    /// The tile option's word for one tile covering the image
+    /// ([`Options::whole`]).
+    pub const WHOLE: &'static str = "whole";
+
+    /// Whether a tile option's text asks for [`Options::whole`]: read as
+    /// every option word is, in any case and with surrounding spaces (the
+    /// Python API took only "whole", the CLI any case).
+    ///
+    /// ```
+    /// assert!(unet_rt::Options::names_whole(" WHOLE"));
+    /// assert!(!unet_rt::Options::names_whole("256"));
+    /// ```
+    pub fn names_whole(text: &str) -> bool {
+        text.trim().eq_ignore_ascii_case(Self::WHOLE)
+    }
 }
 
 /// Where the image's pixels are mirrored into tiles, converted to `f32` and
