@@ -294,6 +294,14 @@ def test_skip_existing_resumes_a_folder(tiny_model_path, cli, tmp_path):
     assert statuses == {"img0.tif": "skipped", "img1.tif": "ok", "img2.tif": "skipped"}
     assert (out / "img0.tif").stat().st_mtime_ns == before
     assert (out / "img1.tif").exists()
+    # An overlay asked for now is part of the result: the earlier run wrote
+    # none, and resuming skipped every input all the same.
+    again = run([cli, "segment", src, "-m", tiny_model_path, "-o", out, "--json", "--skip-existing", "--overlay"])
+    assert again.returncode == 0, again.stderr
+    assert {r["status"] for r in map(json.loads, again.stdout.splitlines())} == {"ok"}
+    again = run([cli, "segment", src, "-m", tiny_model_path, "-o", out, "--json", "--skip-existing", "--overlay"])
+    assert {r["status"] for r in map(json.loads, again.stdout.splitlines())} == {"skipped"}
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"img{i}{s}" for i in range(3) for s in (".tif", "_overlay.png"))
 
 
 def test_glob_patterns_expand_without_a_shell(tiny_model_path, cli, tmp_path):

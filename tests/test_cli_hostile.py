@@ -458,7 +458,9 @@ def test_bench_refuses_sizes_beyond_memory(cli, size):
         (["segment", "x.npy", "-o", "out", "--object-size", "1e-320"], "is 1e-320;"),
         (["segment", "x.npy", "-o", "out", "--tile", "45"], "invalid --tile: 45"),
         # Ignored without a word with labels.
-        (["segment", "x.npy", "-o", "out", "--min-size", "5"], "--min-size and --fill-holes shape instances"),
+        (["segment", "x.npy", "-o", "out", "--min-size", "5"], "invalid --min-size: it shapes instances"),
+        (["segment", "x.npy", "-o", "out", "--fill-holes", "no", "--output-kind", "probabilities", "--format", "npy"],
+         "invalid --fill-holes: it shapes instances, and the output is probabilities"),
     ],
 )
 def test_usage_errors_are_one_line_with_status_2(cli, tmp_path, args, named):

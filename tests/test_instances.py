@@ -83,6 +83,14 @@ def test_read_out_arguments_are_checked(model):
         with pytest.raises(error, match=needle):
             model.segment(image, output="instances", **options)
     assert model.read_out(fill_holes=np.bool_(False))["fill_holes"] is False
+    # Other outputs have no instances: the options were ignored without a word.
+    for output in ("labels", "probabilities", "raw"):
+        for options in (dict(min_size=3), dict(fill_holes=False), dict(min_size=0, fill_holes=True)):
+            argument = next(iter(options))
+            with pytest.raises(unet_rt.InvalidArgumentError, match=f"invalid {argument}: it shapes instances, "
+                                                                    f"and the output is {output}"):
+                model.segment(image, output=output, **options)
+    model.segment(image, output="labels", min_size=None, fill_holes=None)
     for text, needle in [("{", "read_out"), ('{"grow": 2, "grow_classes": [2]}', "both"),
                          ('{"seed_classes": [1], "grow": 100, "grow_classes": [2]}', "grow"),
                          ('{"colour": 1}', "colour")]:
@@ -158,6 +166,12 @@ def test_dask_and_zarr_instances_equal_segment(model, sample, tmp_path):
         ud.segment_to_zarr(src, tmp_path / "out.zarr", model, output="instances", block=64, progress=False, min_size=3)
     with pytest.raises(unet_rt.InvalidArgumentError, match="object_size"):
         ud.segment(x, model, output="instances", object_size=30)
+    # As in segment: with labels the read-out options would be ignored.
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid min_size: it shapes instances"):
+        ud.segment(x, model, output="labels", min_size=3)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid fill_holes: it shapes instances"):
+        ud.segment_to_zarr(src, tmp_path / "labels.zarr", model, output="labels", fill_holes=True, progress=False)
+    assert not (tmp_path / "labels.zarr").exists()
 
 
 def test_cli_reads_out_like_the_python_api(model, sample, cli, tmp_path):

@@ -428,9 +428,11 @@ class Model:
                 ``window``.
             min_size: instances of fewer pixels (at the model's scale) are
                 removed; the model's default (``info["instances"]``) when
-                ``None``.
+                ``None``. For ``output="instances"`` only (other outputs
+                have no instances: an error there).
             fill_holes: whether background enclosed by one instance joins
-                it; the model's default when ``None``.
+                it; the model's default when ``None``. For
+                ``output="instances"`` only.
 
         Returns:
             The result array (``out`` itself when given).
@@ -496,6 +498,12 @@ class Model:
         5
         """
         return json.loads(self._inner.read_out(min_size, fill_holes))
+
+    def _read_out_for(self, output: str, min_size: Optional[int], fill_holes: Optional[bool]) -> Dict[str, Any]:
+        """:meth:`read_out` for a call asking for ``output``: ``min_size`` and
+        ``fill_holes`` are refused unless it is ``"instances"``, as
+        :meth:`segment` refuses them (they would be ignored)."""
+        return json.loads(self._inner.read_out(min_size, fill_holes, output))
 
     def result_shape(self, shape: Sequence[int], output: str = "labels", axes: Optional[str] = None,
                      window: Optional[Window] = None) -> Tuple[int, ...]:

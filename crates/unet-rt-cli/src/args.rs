@@ -217,7 +217,8 @@ pub(crate) struct SegmentArgs {
     /// outlines in colour (the middle slice of stacks and volumes).
     #[arg(long)]
     pub overlay: bool,
-    /// Skip inputs whose result file already exists (resume an interrupted folder).
+    /// Skip inputs whose result file (and overlay, with --overlay) already exists
+    /// (resume an interrupted folder; the files are taken as they are).
     #[arg(long)]
     pub skip_existing: bool,
     /// One JSON summary line per input on stdout, instead of text.

@@ -12,7 +12,9 @@ use unet_rt::{
 
 use crate::args::{Format, SegmentArgs};
 use crate::axes::{self, Arranged};
-use crate::errors::{usage, CliError, FileError, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK};
+use crate::errors::{
+    in_flag_words, usage, CliError, FileError, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK,
+};
 use crate::limits::{bytes_of, elements, try_filled, try_map, Memory};
 use crate::progress::Bars;
 use crate::read::{read_image, with_pixels};
@@ -132,13 +134,16 @@ fn check_flags(args: &SegmentArgs) -> Result<(), CliError> {
     if args.levels > 1 && args.format != Format::Zarr {
         return Err(usage("--levels applies to --format zarr"));
     }
-    let shapes_instances = args.min_size.is_some() || args.fill_holes.is_some();
-    if shapes_instances && args.output_kind != OutputMode::Instances && !args.overlay {
-        // They would be ignored: labels are the classes, before any read-out.
-        return Err(usage(
-            "--min-size and --fill-holes shape instances: use them with --output-kind instances (or --overlay)",
-        ));
-    }
+    let read_out = Options {
+        output: args.output_kind,
+        min_size: args.min_size,
+        fill_holes: args.fill_holes,
+        ..Options::default()
+    };
+    // The overlay outlines instances whatever the output kind.
+    read_out
+        .check_read_out_used(args.output_kind == OutputMode::Instances || args.overlay)
+        .map_err(|err| usage(in_flag_words(&err)))?;
     if float && args.format == Format::Zarr {
         return Err(usage(
             "--format zarr writes OME-Zarr label images (labels or instances): use --format tif or npy for probabilities and raw output",
@@ -316,11 +321,12 @@ fn process(
         claimed.insert(key, input.to_owned());
     }
     // A finished result: a file, or for zarr a store (a folder of that
-    // name that is neither is no result).
+    // name that is neither is no result), and the overlay asked for (a run
+    // without --overlay before left none, and resuming skipped it).
     let finished = match ctx.args.format {
         Format::Zarr => atomic::is_zarr_store(&output),
         _ => output.is_file(),
-    };
+    } && overlay.as_deref().is_none_or(Path::is_file);
     if ctx.args.skip_existing && finished {
         let mut report = Report::new(input, Status::Skipped);
         report.output = Some(output);

@@ -300,6 +300,9 @@ impl Model {
             fill_holes: args::optional_flag(fill_holes, "fill_holes")?,
             ..sizing(&self.inner, tile, batch_size, memory_budget)?
         };
+        options
+            .check_read_out_used(output == OutputMode::Instances)
+            .map_err(to_py_err)?;
         let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;
         let result = segment(py, &segmenter, image, out, input_range.as_deref(), &cancel);
         // An exception from the progress callback is the real cause of a cancel.
@@ -311,18 +314,32 @@ impl Model {
 
     /// The instance read-out `segment` applies (JSON text, see
     /// `unet_rt._unet_rt.instance_block`): the model's, with `min_size` and
-    /// `fill_holes` when given.
-    #[pyo3(signature = (min_size = None, fill_holes = None))]
+    /// `fill_holes` when given. With `output`, those two are refused where
+    /// it is not `"instances"` (they would be ignored).
+    #[pyo3(signature = (min_size = None, fill_holes = None, output = None))]
     fn read_out(
         &self,
         min_size: Option<&Bound<'_, PyAny>>,
         fill_holes: Option<&Bound<'_, PyAny>>,
+        output: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<String> {
+        let output = output
+            .filter(|o| !o.is_none())
+            .map(|o| parse_arg::<OutputMode>(o, "output"))
+            .transpose()?;
         let options = unet_rt::Options {
             min_size: args::optional_size(min_size, "min_size", 0)?.map(|m| m as u64),
             fill_holes: args::optional_flag(fill_holes, "fill_holes")?,
             ..unet_rt::Options::default()
         };
+        if let Some(output) = output {
+            unet_rt::Options {
+                output,
+                ..options.clone()
+            }
+            .check_read_out_used(output == OutputMode::Instances)
+            .map_err(to_py_err)?;
+        }
         let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;
         Ok(segmenter.read_out().map_err(to_py_err)?.to_json())
     }

@@ -124,7 +124,7 @@ def segment(
     x = _dask_input(arr)
     resolved = resolve_model(model, device, precision)
     info = resolved.info
-    read_out = json.dumps(resolved.local.read_out(min_size, fill_holes), sort_keys=True)
+    read_out = json.dumps(resolved.local._read_out_for(output, min_size, fill_holes), sort_keys=True)
     array_axes = ArrayAxes.of(x.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
     padded, dask_boundary = _boundary(boundary, x.dtype)
     canon = array_axes.to_canonical(x)

@@ -277,7 +277,7 @@ def segment_to_zarr(
     if levels is not None and levels > 1 and not ngff:
         raise InvalidArgumentError(f"invalid levels: {levels}; resolution levels are written for OME-Zarr label images (ome=True)")
     array_axes = ArrayAxes.of(src.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
-    read_out = json.dumps(resolved.local.read_out(min_size, fill_holes), sort_keys=True)
+    read_out = json.dumps(resolved.local._read_out_for(output, min_size, fill_holes), sort_keys=True)
     shape = array_axes.canonical_shape(src.shape)
     _, tiling = resolved.plan(shape[2:], 0, tile, batch_size, memory_budget)
     engine_output = "labels" if output == "instances" else output

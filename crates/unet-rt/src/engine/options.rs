@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use super::{NonFinite, OutputMode, Tta};
+use crate::error::{Error, Result};
 use crate::geometry::Blend;
 use crate::window::Window;
 
@@ -88,6 +89,38 @@ impl Options {
     /// ```
     pub fn names_whole(text: &str) -> bool {
         text.trim().eq_ignore_ascii_case(Self::WHOLE)
+    }
+
+    /// Refuses `min_size` and `fill_holes` where no instances are read out
+    /// of the result (`reads_instances` false, as for labels or
+    /// probabilities): they shape instances only, and other outputs
+    /// ignored them without a word. The command line reads instances out
+    /// for its overlay too, so it says when.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the first option given.
+    ///
+    /// ```
+    /// let options = unet_rt::Options { min_size: Some(5), ..Default::default() };
+    /// assert!(options.check_read_out_used(true).is_ok());
+    /// assert!(options.check_read_out_used(false).is_err());
+    /// ```
+    pub fn check_read_out_used(&self, reads_instances: bool) -> Result<()> {
+        let given = [
+            ("min_size", self.min_size.is_some()),
+            ("fill_holes", self.fill_holes.is_some()),
+        ];
+        match given.into_iter().find(|&(_, given)| given) {
+            Some((argument, _)) if !reads_instances => Err(Error::InvalidArgument {
+                argument,
+                message: format!(
+                    "it shapes instances, and the output is {}: ask for instances, or leave it out \
+                     (it would be ignored)",
+                    self.output.name()
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
