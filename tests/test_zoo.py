@@ -828,3 +828,98 @@ def test_tiles_that_agree_to_the_bit_measure_no_difference(tmp_path):
     torch.jit.save(torch.jit.script(_OneConvolution().eval()), str(path))
     # Through the floor of the output's scale, a difference of none read 2e-308.
     assert unet_rt.Model(path, device="cpu").info["measured"]["max_difference"] == 0.0
+
+
+class _ValidGlobal(torch.nn.Module):
+    """A valid network (it loses 2 pixels a side) with a computation over the
+    whole tile that no code scan names."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        torch.manual_seed(0)
+        self.kind = kind
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.score = torch.nn.Conv2d(4, 1, 1)
+        self.head = torch.nn.Conv2d(4, 2, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        if self.kind == "max":
+            y = y / y.amax()
+        elif self.kind == "layer_norm":
+            y = torch.nn.functional.layer_norm(y, y.shape[1:])
+        elif self.kind == "attention":
+            # Global context attention (GCNet): every pixel's weight in one
+            # softmax over the tile.
+            weights = torch.softmax(self.score(y).flatten(2), dim=2)
+            y = y + torch.bmm(y.flatten(2), weights.transpose(1, 2)).unsqueeze(3)
+        elif self.kind == "squeeze":
+            y = y * torch.sigmoid(y.mean((2, 3), keepdim=True))
+        return self.head(y)
+
+
+@pytest.mark.parametrize("kind", ["max", "layer_norm", "attention", "squeeze", "none"])
+def test_a_valid_network_computing_over_the_whole_tile_is_measured_approximate(kind, tmp_path):
+    # A valid network's output size proves its convolutions' reach, and was
+    # taken as proof of exact tiles: these loaded as exact, with or without
+    # metadata, and their tiles differed from one pass by up to 26% of the
+    # output's range.
+    net = _ValidGlobal(kind).eval()
+    declared = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                "padding": "valid", "halo": 2, "size_multiple": 1, "output": "softmax"}
+    image = np.random.default_rng(3).random((1, 150, 170), dtype=np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(np.pad(image, [(0, 0), (2, 2), (2, 2)], mode="reflect"))[None])[0].numpy()
+    for metadata in (None, declared):
+        path = plain_export(net, tmp_path / f"{kind}_{metadata is None}.pt", metadata)
+        if kind == "none":
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                model = unet_rt.Model(path, device="cpu")
+            assert model.info["exact"] and model.info["halo"] == 2
+            assert relative_error(model.segment(image, axes="cyx", output="raw", tile=40), want) < 1e-5
+            continue
+        with pytest.warns(unet_rt.ApproximateTilingWarning,
+                          match="depends on more than a tile's overlap can hold; on a .* probe image"):
+            model = unet_rt.Model(path, device="cpu")
+        assert not model.info["exact"] and model.info["measured"]["max_difference"] > 1e-4
+        # Not the geometry: a valid network's halo holds.
+        assert model.info["undeclared_geometry"] is None and model.info["halo"] == 2
+        tiled = model.segment(image, axes="cyx", output="raw", memory_budget=1)
+        assert relative_error(tiled, want) > 1e-4
+        assert relative_error(tiled, model.segment(image, axes="cyx", output="raw", tile="whole")) > 1e-4
+
+
+class _ImageMaxScaled(_MaxScaled):
+    """:class:`_MaxScaled` by each image's own maximum (not the batch's)."""
+
+    def forward(self, x):
+        return self.conv(x / x.amax(dim=(1, 2, 3), keepdim=True))
+
+
+def test_metadata_does_not_hide_a_network_scaling_by_its_inputs_maximum(tmp_path):
+    # Its tiles differ, and the warning blamed the declared geometry: "probing
+    # the network finds halo 1 and size_multiple 1: declare those", what it
+    # declared.
+    declared = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                "padding": "same", "halo": 1, "size_multiple": 1, "output": "softmax"}
+    path = plain_export(_ImageMaxScaled().eval(), tmp_path / "max_scaled.pt", declared)
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="depends on more than a tile's overlap can hold"):
+        model = unet_rt.Model(path, device="cpu")
+    # The declared geometry holds (probing finds the same): not named as wrong.
+    assert not model.info["exact"] and model.info["undeclared_geometry"] is None
+    assert model.info["measured"]["max_difference"] > 1e-3
+
+
+def test_the_exporter_records_valid_models_it_verified_only(tmp_path):
+    from training.export import export_torchscript, probe_metadata, read_metadata
+
+    net = _ValidGlobal("none").eval()
+    meta = probe_metadata(torch.jit.script(net))
+    path = export_torchscript(net, tmp_path / "valid.pt", meta)
+    assert read_metadata(path)["verified"]["halo"] == 2
+    # Approximate: written (the runtime warns at every load), without a record.
+    path = export_torchscript(_ValidGlobal("max").eval(), tmp_path / "max.pt", meta)
+    assert "verified" not in read_metadata(path)
+    with pytest.warns(unet_rt.ApproximateTilingWarning):
+        unet_rt.Model(path, device="cpu")

@@ -15,7 +15,7 @@ use crate::convert::{array_from_tensor, tensor_from_view};
 use crate::error::{first_line, Error, Result};
 use crate::info::ModelInfo;
 use crate::memory;
-use crate::metadata::{Metadata, Padding};
+use crate::metadata::Metadata;
 use crate::precision::Precision;
 use crate::probe;
 use crate::process;
@@ -231,19 +231,17 @@ impl Model {
                 // close tiles come. A failed measurement leaves the finding
                 // from the code alone.
                 info.exactness.measured = probe::measure(&module, device, path, &info).ok();
-            } else if info.padding == Padding::Same
-                && !info.exactness.nondeterministic
+            } else if !info.exactness.nondeterministic
                 && !verified_at_export(metadata.as_ref(), &info, &module)
             {
-                // A valid network's output size proves its halo
-                // (`check_passes`); a same-padded one's reach and pooling
-                // grid show only in what tiles compute (which differ
-                // anyway where passes do).
-                if let Some((measured, mismatch)) =
-                    probe::check_declared(&module, device, path, &info)
+                // A same-padded network's reach and pooling grid show only
+                // in what tiles compute, and so does what any network
+                // computes over the whole tile beyond the code scan's
+                // list (tiles differ anyway where passes do).
+                if let Some((measured, mismatch)) = probe::check_tiles(&module, device, path, &info)
                 {
                     info.exactness.measured = Some(measured);
-                    info.exactness.undeclared_geometry = Some(mismatch);
+                    info.exactness.undeclared_geometry = mismatch;
                 }
             }
         }

@@ -281,96 +281,153 @@ pub(crate) fn probe(
         info.output = kind;
         prober.mask_at = 0.5;
     }
-    // Valid networks lose exactly their dependence radius (the paper's
-    // proof); the others are measured.
-    if rule.lost == 0 || rule.kind == Growth::AnySize || !info.exactness.whole_tile_ops.is_empty() {
+    // Valid networks lose exactly their convolutions' reach (the paper's
+    // proof); the others are measured, and so is what else a valid one
+    // computes over the whole tile ([`check_tiles`]).
+    let settled =
+        rule.lost == 0 || rule.kind == Growth::AnySize || !info.exactness.whole_tile_ops.is_empty();
+    if settled {
         prober.settle_overlap(&mut info, rule)?;
     }
     info.min_size = prober.min_size(&info)?;
+    if !settled {
+        info.exactness.measured =
+            check_tiles(module, device, path, &info).map(|(measured, _)| measured);
+    }
     Ok(info)
 }
 
 /// Measures, for a model with metadata, how well tiles agree with the
-/// whole-image forward (for networks whose code has whole-tile layers).
+/// whole-image forward (for networks whose code has whole-tile layers), on
+/// uniform noise and on the structured probe.
 pub(crate) fn measure(
     module: &CModule,
     device: Device,
     path: &Path,
     info: &ModelInfo,
 ) -> Result<Agreement> {
-    measure_with(module, device, path, info, true)
-}
-
-/// [`measure`] on uniform noise, and with `structured` also on the
-/// structured probe ([`Prober::with_structured`]).
-fn measure_with(
-    module: &CModule,
-    device: Device,
-    path: &Path,
-    info: &ModelInfo,
-    structured: bool,
-) -> Result<Agreement> {
     let _guard = tch::no_grad_guard();
     let _plain = PlainExecutor::enter();
     let mut prober = Prober::of_info(module, device, path, info);
-    let dims = usize::from(info.spatial_dims == 3);
-    let shift = info.size_multiple.max(1);
-    let size = info.round_up_valid(
-        REACH_START[dims]
-            .max(2 * info.effective_halo() + 2 * shift)
-            .max(info.min_size + shift),
-    );
-    let image = prober.noise(size, 1)?;
-    let whole = prober.output(&image)?;
-    let margin = match info.padding {
-        Padding::Valid => 0,
-        Padding::Same => info.effective_halo(),
-    };
-    let inner = info.min_tile().min(size.saturating_sub(shift));
-    let uniform = prober.agreement(&image, &whole, shift, inner, margin, info.shrink())?;
-    if !structured {
-        return Ok(uniform);
-    }
-    prober.with_structured(uniform, size, shift, inner, margin, info.shrink())
+    let at = Placement::of(info);
+    let uniform = at.uniform(&mut prober)?;
+    at.structured(&mut prober, uniform)
 }
 
-/// For a same-padded model with metadata: tiles at the declared halo and
-/// size multiple against the whole-image forward ([`measure`]). `None`
-/// where they agree, or where the measurement cannot run (the network's own
-/// checks stand); otherwise the agreement, the declared geometry and what
-/// probing the network finds (the probe runs only then).
-pub(crate) fn check_declared(
+/// Where [`measure`] cuts its tile: a probe image wide enough for tiles
+/// beyond the overlap, and the smallest tile the engine makes.
+struct Placement {
+    size: usize,
+    shift: usize,
+    inner: usize,
+    margin: usize,
+    lost: usize,
+}
+
+impl Placement {
+    fn of(info: &ModelInfo) -> Self {
+        let dims = usize::from(info.spatial_dims == 3);
+        let shift = info.size_multiple.max(1);
+        let size = info.round_up_valid(
+            REACH_START[dims]
+                .max(2 * info.effective_halo() + 2 * shift)
+                .max(info.min_size + shift),
+        );
+        Self {
+            size,
+            shift,
+            inner: info.min_tile().min(size.saturating_sub(shift)),
+            margin: match info.padding {
+                Padding::Valid => 0,
+                Padding::Same => info.effective_halo(),
+            },
+            lost: info.shrink(),
+        }
+    }
+
+    /// The agreement on uniform noise.
+    fn uniform(&self, prober: &mut Prober<'_>) -> Result<Agreement> {
+        let image = prober.noise(self.size, 1)?;
+        let whole = prober.output(&image)?;
+        prober.agreement(
+            &image,
+            &whole,
+            self.shift,
+            self.inner,
+            self.margin,
+            self.lost,
+        )
+    }
+
+    /// The worse of `uniform` and the agreement on the structured probe.
+    fn structured(&self, prober: &mut Prober<'_>, uniform: Agreement) -> Result<Agreement> {
+        prober.with_structured(
+            uniform,
+            self.size,
+            self.shift,
+            self.inner,
+            self.margin,
+            self.lost,
+        )
+    }
+}
+
+/// For a model with metadata, or a valid network probed without it, whose
+/// code shows no whole-tile layer: tiles against the whole-image forward
+/// ([`measure`]). `None` where they agree to the device's rounding, or
+/// where the measurement cannot run (the network's own checks stand).
+/// Otherwise the agreement and, for a same-padded model whose tiles differ
+/// on uniform noise already (a reach or a pooling grid beyond the declared
+/// ones), its declared geometry and what probing the network finds (the
+/// probe runs only then).
+///
+/// A valid network's output size proves how far its convolutions reach,
+/// not that nothing else sees the whole tile: a division by the input's
+/// maximum, a layer norm over the image, attention or a squeeze-excitation
+/// written by hand (none of them in the code scan's list), bilinear
+/// upsampling reaching past what the network crops. Such networks loaded
+/// as exact, and their tiles were off by up to half the output's range.
+pub(crate) fn check_tiles(
     module: &CModule,
     device: Device,
     path: &Path,
     info: &ModelInfo,
-) -> Option<(Agreement, GeometryMismatch)> {
-    // Uniform noise shows a reach or a grid (the structured probe finds
-    // networks that scale by their input, which no overlap fixes): half the
-    // passes, at every load of such a model.
-    let measured = measure_with(module, device, path, info, false).ok()?;
+) -> Option<(Agreement, Option<GeometryMismatch>)> {
     // A GPU's convolutions round in TF32 by default (about 1e-3 of the
-    // range over a deep network); an undeclared reach or pooling grid moves
-    // outputs by percents.
+    // range over a deep network); an undeclared reach or pooling grid, or
+    // a layer that sees the whole tile, moves outputs by percents.
     let tolerance = match device {
         Device::Cpu => EXACT_TOLERANCE,
         _ => 10.0 * APPROXIMATE_TOLERANCE,
     };
-    if measured.max_difference <= tolerance {
-        return None;
-    }
-    let found = probe(module, device, path, Vec::new())
-        .ok()
-        .filter(|probed| probed.padding == Padding::Same)
-        .map(|probed| (probed.halo, probed.size_multiple));
-    Some((
-        measured,
-        GeometryMismatch {
+    let uniform = {
+        let _guard = tch::no_grad_guard();
+        let _plain = PlainExecutor::enter();
+        let mut prober = Prober::of_info(module, device, path, info);
+        let at = Placement::of(info);
+        let uniform = at.uniform(&mut prober).ok()?;
+        if uniform.max_difference <= tolerance {
+            // Uniform noise shows a reach or a grid; the structured probe
+            // finds networks that scale by their input, which no overlap
+            // fixes.
+            let both = at.structured(&mut prober, uniform).ok()?;
+            return (both.max_difference > tolerance).then_some((both, None));
+        }
+        uniform
+    };
+    let mismatch = (info.padding == Padding::Same)
+        .then(|| GeometryMismatch {
             declared_halo: info.halo,
             declared_multiple: info.size_multiple,
-            found,
-        },
-    ))
+            found: probe(module, device, path, Vec::new())
+                .ok()
+                .filter(|probed| probed.padding == Padding::Same)
+                .map(|probed| (probed.halo, probed.size_multiple)),
+        })
+        // Probing finds the declared geometry: the network itself is what
+        // tiles cannot reproduce (it told users to declare what they had).
+        .filter(|m| m.found != Some((m.declared_halo, m.declared_multiple)));
+    Some((uniform, mismatch))
 }
 
 /// Runs `module` on two images at once and on the first alone (twice,
