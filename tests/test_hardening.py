@@ -91,6 +91,11 @@ def with_metadata(source: Path, target: Path, **changes) -> Path:
         (dict(output="instances", out=np.zeros((64, 72), np.uint16)), unet_rt.InvalidArgumentError, "wrap"),
         (dict(output="instances", out=np.zeros((64, 72), bool)), unet_rt.InvalidArgumentError, "uint32"),
         (dict(input_range=(1.0, 0.0)), unet_rt.InvalidArgumentError, "low <= high"),
+        # Byte-swapped: "has dtype >u2; labels are written as uint8 or uint16" read as if uint16 were refused.
+        (dict(out=np.zeros((64, 72), ">u2")), unet_rt.InvalidArgumentError,
+         "invalid out: has dtype >u2, in the other byte order .*newbyteorder"),
+        # An int beyond float64 was "object_size must be a number, got int".
+        (dict(object_size=10**400), unet_rt.InvalidArgumentError, "invalid object_size: is an integer too large"),
         (dict(window=unet_rt.Window(image=(2**64, 72), start=(0, 0), shape=(64, 72))), unet_rt.InvalidArgumentError,
          "invalid window"),
     ],

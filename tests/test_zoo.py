@@ -536,7 +536,8 @@ def test_networks_that_end_in_a_sigmoid_per_channel_are_masks(tmp_path):
     blended = model.segment(image, axes="cyx", output="probabilities", tile=small_tile(info), blend="gaussian")
     assert np.abs(blended - want).max() < 0.05
     for output in ("labels", "instances"):
-        with pytest.raises(ValueError, match=r"3-channel \"masks\" model are ambiguous .*: ask for probabilities output"):
+        with pytest.raises(ValueError, match=r"labels and instances of a 3-channel \"masks\" model are ambiguous "
+                                             r".*: ask for probabilities output"):
             model.segment(image, axes="cyx", output=output)
     # Declared as metadata: kept, and checked against the network's output.
     declared = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 3,

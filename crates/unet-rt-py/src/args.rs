@@ -101,7 +101,14 @@ pub(crate) fn optional_number(
             "{argument} must be a number, got {name}"
         )));
     }
-    let number = value.call_method0("__float__").map_err(|_| {
+    let number = value.call_method0("__float__").map_err(|err| {
+        // An int beyond float64 (10**400) is a number, too large.
+        if err.is_instance_of::<pyo3::exceptions::PyOverflowError>(value.py()) {
+            return invalid(
+                argument,
+                "is an integer too large for a float64 (beyond 1.8e308)".to_owned(),
+            );
+        }
         PyTypeError::new_err(format!(
             "{argument} must be a number, got {}",
             type_name(value)

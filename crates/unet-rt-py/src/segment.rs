@@ -71,6 +71,15 @@ pub(crate) fn segment<'py>(
         "uint32" => by_input::<u32>(py, segmenter, image, out, ranges, cancel),
         "uint64" => by_input::<u64>(py, segmenter, image, out, ranges, cancel),
         "int64" => by_input::<i64>(py, segmenter, image, out, ranges, cancel),
+        // NumPy spells a byte-swapped dtype by its code (">u2"): the types
+        // above read as if that one were taken.
+        other if other.starts_with(['>', '<']) => Err(invalid(
+            "out",
+            format!(
+                "has dtype {other}, in the other byte order than this machine's; results are written in \
+                 native byte order: pass np.empty(shape, out.dtype.newbyteorder(\"=\")) and byte-swap it after"
+            ),
+        )),
         other => Err(invalid(
             "out",
             format!(

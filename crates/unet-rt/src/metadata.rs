@@ -88,7 +88,7 @@ impl Activation {
             )),
             Self::Sigmoid | Self::Masks if channels > 1 => Some((
                 format!(
-                    "labels of a {channels}-channel {} model are ambiguous (masks may overlap)",
+                    "labels and instances of a {channels}-channel {} model are ambiguous (masks may overlap)",
                     if self == Self::Sigmoid {
                         "sigmoid"
                     } else {
