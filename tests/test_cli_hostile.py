@@ -457,6 +457,8 @@ def test_bench_refuses_sizes_beyond_memory(cli, size):
         (["segment", "x.npy", "-o", "out", "--object-size", "nan"], "invalid --object-size: is NaN"),
         (["segment", "x.npy", "-o", "out", "--object-size", "1e-320"], "is 1e-320;"),
         (["segment", "x.npy", "-o", "out", "--tile", "45"], "invalid --tile: 45"),
+        # Was "is not a size", where --batch-size and Python say too large.
+        (["segment", "x.npy", "-o", "out", "--tile", "99999999999999999999"], "is too large (at most"),
         # Ignored without a word with labels.
         (["segment", "x.npy", "-o", "out", "--min-size", "5"], "invalid --min-size: it shapes instances"),
         (["segment", "x.npy", "-o", "out", "--fill-holes", "no", "--output-kind", "probabilities", "--format", "npy"],

@@ -321,10 +321,15 @@ pub(crate) fn parse_model_tile(text: &str) -> Result<Sizes, String> {
     if unet_rt::Options::names_whole(text) {
         return Ok(Sizes(Vec::new()));
     }
-    parse_tile(text).map_err(|e| format!("{e}, or \"whole\""))
+    sizes(text, "N, YxX or ZxYxX with positive integers, or \"whole\"")
 }
 
 pub(crate) fn parse_tile(text: &str) -> Result<Sizes, String> {
+    sizes(text, "N, YxX or ZxYxX with positive integers")
+}
+
+/// Sizes along up to three axes; `expected` says what else was taken.
+fn sizes(text: &str, expected: &str) -> Result<Sizes, String> {
     let sizes: Result<Vec<usize>, _> = text
         .split(['x', 'X', ','])
         .map(|s| s.trim().parse::<usize>())
@@ -333,9 +338,12 @@ pub(crate) fn parse_tile(text: &str) -> Result<Sizes, String> {
         Ok(sizes) if !sizes.is_empty() && sizes.len() <= 3 && sizes.iter().all(|&s| s > 0) => {
             Ok(Sizes(sizes))
         }
-        _ => Err(format!(
-            "{text:?} is not a size: expected N, YxX or ZxYxX with positive integers"
+        // A size, only too large: said as --batch-size and Python say it.
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Err(format!(
+            "{text:?} is too large (at most {} per axis)",
+            usize::MAX
         )),
+        _ => Err(format!("{text:?} is not a size: expected {expected}")),
     }
 }
 
@@ -377,5 +385,9 @@ mod tests {
         assert!(
             parse_tile("0").is_err() && parse_tile("a").is_err() && parse_tile("1x2x3x4").is_err()
         );
+        // A size too large for the machine is named so, not "not a size".
+        let huge = parse_model_tile("64x99999999999999999999").unwrap_err();
+        assert!(huge.contains("too large (at most"), "{huge}");
+        assert!(parse_model_tile("ab").unwrap_err().ends_with("or \"whole\""));
     }
 }
