@@ -924,3 +924,28 @@ def test_the_exporter_records_valid_models_it_verified_only(tmp_path):
     assert "verified" not in read_metadata(path)
     with pytest.warns(unet_rt.ApproximateTilingWarning):
         unet_rt.Model(path, device="cpu")
+
+
+class _CoordConv(torch.nn.Module):
+    """Adds a y and an x coordinate channel to its one-channel input."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        yy = torch.linspace(-1.0, 1.0, h).view(1, 1, h, 1).expand(n, 1, h, w)
+        xx = torch.linspace(-1.0, 1.0, w).view(1, 1, 1, w).expand(n, 1, h, w)
+        return self.conv(torch.cat([x, yy, xx], 1))
+
+
+def test_a_network_adding_coordinate_channels_is_probed_with_its_own_input(tmp_path):
+    # Its first layer takes 3 channels: "is it fully convolutional, with 3
+    # input channel(s)?", and the network needed metadata.
+    path = plain_export(_CoordConv().eval(), tmp_path / "coordconv.pt")
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="tiled results are approximate"):
+        model = unet_rt.Model(path, device="cpu")
+    # Coordinates follow the tile, not the image: never exact.
+    assert model.info["in_channels"] == 1 and not model.info["exact"]

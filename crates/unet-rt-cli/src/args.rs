@@ -388,6 +388,8 @@ mod tests {
         // A size too large for the machine is named so, not "not a size".
         let huge = parse_model_tile("64x99999999999999999999").unwrap_err();
         assert!(huge.contains("too large (at most"), "{huge}");
-        assert!(parse_model_tile("ab").unwrap_err().ends_with("or \"whole\""));
+        assert!(parse_model_tile("ab")
+            .unwrap_err()
+            .ends_with("or \"whole\""));
     }
 }

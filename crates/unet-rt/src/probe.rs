@@ -62,7 +62,8 @@ const MAX_PROBE_VALUES: usize = 1 << 26;
 const PROBE_BUDGET: Duration = Duration::from_secs(30);
 
 /// Input channel counts tried (those of the first convolution weights, in
-/// the order the network registers them) before probing gives up.
+/// the order the network registers them) before probing gives up; one
+/// more for coordinate channels (see [`probe`]).
 const MAX_CHANNEL_GUESSES: usize = 4;
 
 /// Turns the graph executor's optimisations off on this thread for a scope
@@ -217,6 +218,13 @@ pub(crate) fn probe(
         }
     }
     let dims = first.dim() - 2;
+    // A network that adds a coordinate channel per axis to its input
+    // (CoordConv) has a first layer of that many more: last, since the
+    // others are the common case.
+    let coordinates = first.size()[1] - dims as i64;
+    if coordinates > 0 && !candidates.contains(&coordinates) {
+        candidates.push(coordinates);
+    }
     let started = Instant::now();
     let mut found = None;
     let mut failed: Option<Prober> = None;
