@@ -519,6 +519,24 @@ def test_declared_probabilities_are_checked_at_load(tmp_path):
         unet_rt.Model(plain_export(_EndsIn(3, "none").eval(), tmp_path / "logits.pt", declared), device="cpu")
 
 
+@pytest.mark.parametrize("classes,final,declared,found", [(3, "softmax", "softmax", "probabilities"),
+                                                           (1, "sigmoid", "sigmoid", "probabilities"),
+                                                           (3, "sigmoid", "sigmoid", "masks")])
+def test_logits_declared_for_a_network_returning_probabilities_are_refused_at_load(classes, final, declared, found,
+                                                                                    tmp_path):
+    # Taken at the metadata's word, a softmax network's probabilities got a
+    # second softmax, and a sigmoid one's labels were every pixel.
+    meta = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": classes,
+            "output": declared, "padding": "same", "halo": 48, "size_multiple": 8}
+    path = plain_export(_EndsIn(classes, final).eval(), tmp_path / "declared.pt", meta)
+    with pytest.raises(unet_rt.MetadataError, match=f"declares output \"{declared}\" \\(logits\\), but the network "
+                                                    f"returns values within \\[0, 1\\] .*: declare \"{found}\""):
+        unet_rt.Model(path, device="cpu")
+    # The logits network itself loads as declared.
+    assert unet_rt.Model(plain_export(_EndsIn(classes, "none").eval(), tmp_path / "logits.pt", meta),
+                         device="cpu").info["output"] == declared
+
+
 def test_networks_that_end_in_a_sigmoid_per_channel_are_masks(tmp_path):
     """Several sigmoid channels (multi-label masks, which may overlap) stay
     within [0, 1] but do not sum to 1: taken for softmax logits, their

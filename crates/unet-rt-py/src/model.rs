@@ -109,7 +109,7 @@ impl Model {
         d.set_item("spatial_dims", i.spatial_dims)?;
         d.set_item("in_channels", i.in_channels)?;
         d.set_item("out_channels", i.out_channels)?;
-        d.set_item("output", format!("{:?}", i.output).to_lowercase())?;
+        d.set_item("output", i.output.name())?;
         d.set_item("padding", format!("{:?}", i.padding).to_lowercase())?;
         d.set_item("halo", i.halo)?;
         d.set_item("size_multiple", i.size_multiple)?;

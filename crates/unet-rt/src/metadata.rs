@@ -63,6 +63,17 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The kind as metadata spells it (`"softmax"`, `"masks"` ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Softmax => "softmax",
+            Self::Sigmoid => "sigmoid",
+            Self::Identity => "identity",
+            Self::Probabilities => "probabilities",
+            Self::Masks => "masks",
+        }
+    }
+
     /// The value above which a mask channel of an output of `channels` is
     /// foreground: logit 0 for sigmoid models, 0.5 for masks and for a
     /// one-channel network that returns probabilities; `None` where labels
@@ -488,6 +499,20 @@ impl Metadata {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn activation_names_are_the_metadata_spelling() {
+        for kind in [
+            Activation::Softmax,
+            Activation::Sigmoid,
+            Activation::Identity,
+            Activation::Probabilities,
+            Activation::Masks,
+        ] {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.name()));
+        }
+    }
     use super::*;
 
     fn paper() -> String {

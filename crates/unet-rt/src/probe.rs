@@ -492,6 +492,28 @@ pub(crate) fn check_passes(
             });
         }
     }
+    let logits = matches!(info.output, Activation::Softmax | Activation::Sigmoid);
+    if logits && !info.probed {
+        // Taken at its word, probabilities would get a second softmax (off
+        // by up to 0.5) or, with one channel, labels at logit 0 (every
+        // pixel). One pass for logits networks, whose output leaves [0, 1].
+        if let Ok(Some(kind)) = prober.returns_probabilities(size) {
+            return Err(Error::InvalidMetadata {
+                path: path.to_owned(),
+                reason: format!(
+                    "it declares output \"{}\" (logits), but the network returns values within [0, 1] \
+                     even for inputs a thousand times as strong{}: declare \"{}\"",
+                    info.output.name(),
+                    if kind == Activation::Probabilities && info.out_channels > 1 {
+                        ", summing to 1 over its channels"
+                    } else {
+                        ""
+                    },
+                    kind.name()
+                ),
+            });
+        }
+    }
     let Ok((passes, shape)) = prober.batch_and_repeat(size) else {
         return Ok(Passes::default());
     };
