@@ -64,6 +64,14 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
+def tiled_error(net, model: unet_rt.Model, image: np.ndarray, axes: str = "cyx", **options) -> float:
+    """:func:`relative_error` of ``model``'s raw output in small tiles
+    (:func:`small_tile`) against :func:`whole_forward` of ``net``."""
+    info = model.info
+    want = whole_forward(net, image, info["overlap"], info["size_multiple"])
+    return relative_error(model.segment(image, axes=axes, output="raw", tile=small_tile(info), **options), want)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_plain_torchscript_is_probed_and_tiles_exactly(name, tmp_path):
     padding, shape = CASES[name]
@@ -186,10 +194,8 @@ def test_a_traced_segnet_with_max_unpool_modules_is_probed_and_exported(tmp_path
     info = model.info
     assert info["probed"] and info["exact"] and (info["size_multiple"], info["padding"]) == (8, "same")
     image = np.random.default_rng(3).random((1, 150, 170), dtype=np.float32)
-    want = whole_forward(net, image, info["overlap"], info["size_multiple"])
-    got = model.segment(image, axes="cyx", output="raw", tile=small_tile(info))
     assert model.layout(image.shape[1:], tile=small_tile(info))["tiles"] > 1
-    assert relative_error(got, want) < 1e-5
+    assert tiled_error(net, model, image) < 1e-5
     # Exported with metadata by tracing on the example, verified on writing.
     meta = probe_metadata(traced)
     with warnings.catch_warnings():
@@ -197,8 +203,8 @@ def test_a_traced_segnet_with_max_unpool_modules_is_probed_and_exported(tmp_path
         path = export_torchscript(net, tmp_path / "segnet.pt", meta, example=example)
     exported = unet_rt.Model(path, device="cpu")
     assert not exported.info["probed"] and exported.info["size_multiple"] == 8
-    np.testing.assert_allclose(exported.segment(image, axes="cyx", output="raw", tile=small_tile(info)), got,
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(exported.segment(image, axes="cyx", output="raw", tile=small_tile(info)),
+                               model.segment(image, axes="cyx", output="raw", tile=small_tile(info)), rtol=0, atol=1e-6)
 
 
 def test_pspnet_warns_with_the_measured_agreement(tmp_path):
@@ -307,9 +313,7 @@ def test_monai_basic_unet_is_exact_with_batch_norm_and_warns_with_instance_norm(
         info = model.info
         # Four poolings, restored at any size by padding: found from shifts.
         assert info["exact"] and info["size_multiple"] == 16 and info["overlap"] % 16 == 0
-        want = whole_forward(net, image, info["overlap"], info["size_multiple"])
-        got = model.segment(image, axes="cyx", output="raw", tile=small_tile(info))
-        assert relative_error(got, want) < 1e-5
+        assert tiled_error(net, model, image) < 1e-5
     else:
         with pytest.warns(unet_rt.ApproximateTilingWarning, match="instance_norm"):
             model = unet_rt.Model(path, device="cpu")
@@ -335,9 +339,7 @@ def test_a_3d_network_that_takes_any_size_is_probed_on_small_volumes(tmp_path):
     info = model.info
     assert info["exact"] and info["size_multiple"] == 16 and info["spatial_dims"] == 3, (info, loaded)
     volume = np.random.default_rng(5).random((1, 40, 70, 60), dtype=np.float32)
-    want = whole_forward(net, volume, info["overlap"], info["size_multiple"])
-    got = model.segment(volume, axes="czyx", output="raw", tile=small_tile(info))
-    assert relative_error(got, want) < 1e-5
+    assert tiled_error(net, model, volume, axes="czyx") < 1e-5
 
 
 class _Circular(torch.nn.Module):
@@ -364,9 +366,7 @@ def test_circular_padding_is_probed_to_its_reach_not_to_the_probes_edge(tmp_path
     info = model.info
     assert info["exact"] and info["overlap"] <= 16, info
     image = np.random.default_rng(5).random((1, 150, 170), dtype=np.float32)
-    want = whole_forward(net, image, info["overlap"], info["size_multiple"])
-    got = model.segment(image, axes="cyx", output="raw", tile=small_tile(info))
-    assert relative_error(got, want) < 1e-5
+    assert tiled_error(net, model, image) < 1e-5
 
 
 class _ArgmaxInside(torch.nn.Module):
@@ -419,9 +419,7 @@ def test_a_network_fixed_at_one_image_per_pass_runs_tiles_one_at_a_time(tmp_path
     info = model.info
     assert info["exact"] and info["one_image_per_pass"], info
     image = np.random.default_rng(5).random((1, 150, 170), dtype=np.float32)
-    want = whole_forward(net, image, info["overlap"], info["size_multiple"])
-    got = model.segment(image, axes="cyx", output="raw", tile=small_tile(info), batch_size=4)
-    assert relative_error(got, want) < 1e-5
+    assert tiled_error(net, model, image, batch_size=4) < 1e-5
     assert model.layout((4000, 4000), device="cuda")["batch_size"] == 1
     assert not unet_rt.Model(plain_export(network("unet_same"), tmp_path / "any.pt"), device="cpu").info["one_image_per_pass"]
 
@@ -617,8 +615,7 @@ def test_the_input_channels_are_found_when_the_first_weight_is_not_the_first_lay
     info = model.info
     assert (info["in_channels"], info["halo"], info["exact"]) == (3, 2, True), info
     image = np.random.default_rng(6).random((3, 70, 90), dtype=np.float32)
-    want = whole_forward(net, image, info["overlap"], info["size_multiple"])
-    assert relative_error(model.segment(image, axes="cyx", output="raw", tile=small_tile(info)), want) < 1e-5
+    assert tiled_error(net, model, image) < 1e-5
 
 
 def test_a_network_without_its_upsampling_is_named_for_its_output_stride(tmp_path):
