@@ -373,3 +373,26 @@ def test_an_unknown_licence_is_refused_in_one_line_before_any_work(tmp_path):
     run = subprocess.run([sys.executable, "-m", "unet_rt.bioimageio", "export", "-o", str(tmp_path / "x.zip"),
                           "--license", "NOPE"], capture_output=True, text=True)
     assert run.returncode == 2 and len(run.stderr) < 300 and "invalid license" in run.stderr
+
+
+def test_hostile_test_images_names_and_authors_are_refused_by_name(tmp_path):
+    from unet_rt.bioimageio import export
+    from unet_rt.errors import InvalidArgumentError
+
+    image = nuclei().astype(np.float32)
+    rgb = np.stack([image] * 3, axis=-1)
+    holed = image.copy()
+    holed[5, 5] = np.nan
+    for kwargs, match in [
+        # Was "invalid batch: holds NaN", an argument of no call here.
+        (dict(test_image=holed), "invalid test_image: its test input holds NaN"),
+        # Was advice to pass axes= (--axes on the command line), which export does not take.
+        (dict(test_image=rgb), r"invalid test_image: an array of shape \[512, 512, 3\] .* pass one with axes yx"),
+        # An empty name fell back to the model's; an empty author was written as one.
+        (dict(name=" "), "invalid name"),
+        (dict(authors=["A. Person", ""]), "invalid authors: '' has no name"),
+        (dict(authors=[{"affiliation": "somewhere"}]), "invalid authors: .* has no name"),
+    ]:
+        with pytest.raises(InvalidArgumentError, match=match):
+            export(None, tmp_path / "x.zip", **kwargs)
+    assert not (tmp_path / "x.zip").exists()

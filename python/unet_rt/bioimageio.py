@@ -161,6 +161,15 @@ def export(
         # A string is a sequence too: "Jane Doe" made eight authors.
         if isinstance(value, (str, bytes)) or (value is not None and not isinstance(value, Sequence)):
             raise TypeError(f"{argument} must be a list, got {type(value).__name__} (e.g. [{value!r}])")
+    # An empty name fell back to the model's, and an empty author was
+    # written as one.
+    for argument, value in (("name", name), ("description", description)):
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            raise InvalidArgumentError(f"invalid {argument}: {value!r}; give some text, or None for the model's own")
+    for author in authors or ():
+        named = author.get("name") if isinstance(author, dict) else author
+        if not (isinstance(named, str) and named.strip()):
+            raise InvalidArgumentError(f"invalid authors: {author!r} has no name")
     spec = _spec()
     _check_license(license)
     if not isinstance(model, Model):
@@ -257,11 +266,22 @@ def _test_input(model: Any, test_image: Optional[np.ndarray]) -> np.ndarray:
         from .data import nuclei
 
         test_image = nuclei()
-    view, batched, _ = arrange(np.asarray(test_image), None, dims, channels)
+    try:
+        view, batched, _ = arrange(np.asarray(test_image), None, dims, channels)
+    except InvalidArgumentError:
+        # arrange's advice names axes=, which export does not take.
+        axes = ("c" if channels > 1 else "") + "zyx"[3 - dims:]
+        raise InvalidArgumentError(
+            f"invalid test_image: an array of shape {list(np.shape(test_image))} is not an image for this {dims}-D "
+            f"model with {channels} input channel(s): pass one with axes {axes}"
+        ) from None
     image = view[0]
     sizes = [_valid_size(info, a, 256 if dims == 2 else 64, n) for a, n in enumerate(image.shape[1:])]
-    crop = image[(slice(None),) + tuple(slice(0, s) for s in sizes)]
-    return np.ascontiguousarray(crop, dtype=np.float32)
+    crop = np.ascontiguousarray(image[(slice(None),) + tuple(slice(0, s) for s in sizes)], dtype=np.float32)
+    if not np.isfinite(crop).all():
+        # The network's input check said "invalid batch", an argument of no call here.
+        raise InvalidArgumentError("invalid test_image: its test input holds NaN or infinity; pass a finite image")
+    return crop
 
 
 def _normalize_like_bioimageio(image: np.ndarray, norm: Dict[str, Any]) -> np.ndarray:
