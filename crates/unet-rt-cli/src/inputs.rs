@@ -121,7 +121,20 @@ fn pattern(input: &Path) -> Result<Vec<PathBuf>, FileError> {
         }
         candidates = matched;
     }
+    let others = candidates.len();
+    let first_other = candidates.first().cloned();
     let mut files: Vec<PathBuf> = candidates.into_iter().filter(|p| p.is_file()).collect();
+    if let (true, Some(first)) = (files.is_empty(), first_other) {
+        // "no file matches" read as a typo where a FIFO or a folder matched.
+        return Err(FileError::new(
+            input,
+            format!(
+                "matches {others} entr{} but no regular file ({} is not one)",
+                if others == 1 { "y" } else { "ies" },
+                first.display()
+            ),
+        ));
+    }
     if files.is_empty() {
         return Err(FileError::new(input, "no file matches this pattern"));
     }
@@ -153,6 +166,7 @@ mod tests {
             dir.join("*.tif"),
             dir.join("none*.tif"),
             dir.join("gone.tif"),
+            dir.join("sub*"),
         ]);
         let names: Vec<String> = found
             .iter()
@@ -162,7 +176,7 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            names,
+            names[..5],
             [
                 "a.PNG",
                 "b.tif",
@@ -170,6 +184,12 @@ mod tests {
                 "error: no file matches this pattern",
                 "error: no such file"
             ]
+        );
+        // A pattern matching a folder (or a FIFO) only said "no file matches".
+        assert!(
+            names[5].starts_with("error: matches 1 entry but no regular file"),
+            "{}",
+            names[5]
         );
         let device = discover(&[PathBuf::from("/dev/null")]);
         assert!(matches!(&device[..], [Err(e)] if e.message.contains("character device")));
