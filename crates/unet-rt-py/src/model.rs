@@ -323,23 +323,19 @@ impl Model {
         fill_holes: Option<&Bound<'_, PyAny>>,
         output: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<String> {
-        let output = output
-            .filter(|o| !o.is_none())
-            .map(|o| parse_arg::<OutputMode>(o, "output"))
-            .transpose()?;
+        let output = match output.filter(|o| !o.is_none()) {
+            Some(o) => parse_arg::<OutputMode>(o, "output")?,
+            None => OutputMode::Instances,
+        };
         let options = unet_rt::Options {
+            output,
             min_size: args::optional_size(min_size, "min_size", 0)?.map(|m| m as u64),
             fill_holes: args::optional_flag(fill_holes, "fill_holes")?,
             ..unet_rt::Options::default()
         };
-        if let Some(output) = output {
-            unet_rt::Options {
-                output,
-                ..options.clone()
-            }
+        options
             .check_read_out_used(output == OutputMode::Instances)
             .map_err(to_py_err)?;
-        }
         let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;
         Ok(segmenter.read_out().map_err(to_py_err)?.to_json())
     }

@@ -314,12 +314,25 @@ pub(crate) fn measure(
     path: &Path,
     info: &ModelInfo,
 ) -> Result<Agreement> {
+    with_placement(module, device, path, info, |prober, at| {
+        let uniform = at.uniform(prober)?;
+        at.structured(prober, uniform)
+    })
+}
+
+/// Runs `measure` with a prober for the model of `info` and the
+/// [`Placement`] of its tile, gradients and graph optimisations off.
+fn with_placement<T>(
+    module: &CModule,
+    device: Device,
+    path: &Path,
+    info: &ModelInfo,
+    measure: impl FnOnce(&mut Prober<'_>, &Placement) -> T,
+) -> T {
     let _guard = tch::no_grad_guard();
     let _plain = PlainExecutor::enter();
     let mut prober = Prober::of_info(module, device, path, info);
-    let at = Placement::of(info);
-    let uniform = at.uniform(&mut prober)?;
-    at.structured(&mut prober, uniform)
+    measure(&mut prober, &Placement::of(info))
 }
 
 /// Where [`measure`] cuts its tile: a probe image wide enough for tiles
@@ -408,22 +421,21 @@ pub(crate) fn check_tiles(
         Device::Cpu => EXACT_TOLERANCE,
         _ => 10.0 * APPROXIMATE_TOLERANCE,
     };
-    let uniform = {
-        let _guard = tch::no_grad_guard();
-        let _plain = PlainExecutor::enter();
-        let mut prober = Prober::of_info(module, device, path, info);
-        let at = Placement::of(info);
-        let uniform = at.uniform(&mut prober).ok()?;
-        if uniform.max_difference <= tolerance {
-            // Uniform noise shows a reach or a grid; the structured probe
-            // finds networks that scale by their input, which no overlap
-            // fixes.
-            let both = at.structured(&mut prober, uniform).ok()?;
-            return (both.max_difference > tolerance).then_some((both, None));
+    // Uniform noise shows a reach or a grid; the structured probe finds
+    // networks that scale by their input, which no overlap fixes.
+    let (measured, on_uniform) = with_placement(module, device, path, info, |prober, at| {
+        let uniform = at.uniform(prober).ok()?;
+        if uniform.max_difference > tolerance {
+            return Some((uniform, true));
         }
-        uniform
-    };
-    let mismatch = (info.padding == Padding::Same)
+        Some((at.structured(prober, uniform).ok()?, false))
+    })?;
+    if measured.max_difference <= tolerance {
+        return None;
+    }
+    // Only a same-padded model whose tiles differ on uniform noise may
+    // reach, or pool, beyond what it declares.
+    let mismatch = (on_uniform && info.padding == Padding::Same)
         .then(|| GeometryMismatch {
             declared_halo: info.halo,
             declared_multiple: info.size_multiple,
@@ -435,11 +447,11 @@ pub(crate) fn check_tiles(
         // Probing finds the declared geometry: the network itself is what
         // tiles cannot reproduce (it told users to declare what they had).
         .filter(|m| m.found != Some((m.declared_halo, m.declared_multiple)));
-    Some((uniform, mismatch))
+    Some((measured, mismatch))
 }
 
 /// Runs `module` on two images at once and on the first alone (twice,
-/// where they differ): `(batch_dependent, nondeterministic)`. A network
+/// where they differ): the [`Passes`] found. A network
 /// whose output for one image moves with the other images of its batch
 /// gave results that changed with the planner's batch size; one that
 /// differs between passes on one input cannot be tiled reproducibly. Three
