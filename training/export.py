@@ -23,7 +23,12 @@ traced by its author::
 
 probes its geometry the way the runtime would, takes the flags on top,
 verifies the result against the network (:func:`verify_metadata`) and
-writes it; from Python, :func:`export_torchscript` takes an eager module
+writes it. A network too slow to probe (the runtime gives up after a
+minute) is exported with its geometry declared, which skips probing::
+
+    python -m training.export big.pt -o model.pt --padding same --halo 96 --size-multiple 32
+
+From Python, :func:`export_torchscript` takes an eager module
 (scripted, or traced with ``example=``) or a compiled one.
 """
 
@@ -51,6 +56,8 @@ __all__ = [
     "build_metadata",
     "export_torchscript",
     "probe_metadata",
+    "declared_metadata",
+    "GEOMETRY_FIELDS",
     "verify_metadata",
     "weights_digest",
     "export_module_file",
@@ -168,6 +175,7 @@ def export_torchscript(
     check_sizes: Optional[Sequence[int]] = None,
     seed: int = 0,
     verify: bool = True,
+    explain: bool = True,
 ) -> Path:
     """Compiles ``model`` in eval mode, checks it, and writes it atomically
     to ``path`` with ``metadata`` embedded. Returns the path.
@@ -182,7 +190,9 @@ def export_torchscript(
     random inputs of two valid sizes (:class:`ExportMismatchError`), then
     the metadata against the module through the runtime
     (:func:`verify_metadata`, :class:`ExportGeometryError`) unless
-    ``verify`` is false.
+    ``verify`` is false. A refusal says what probing the network finds
+    unless ``explain`` is false (for a declared geometry: probing may be
+    what was too slow).
 
     The module is deliberately not frozen: ``torch.jit.freeze`` folds the
     weights into graph constants, which libtorch cannot convert afterwards,
@@ -205,7 +215,7 @@ def export_torchscript(
                 raise _refusal(
                     f"at input size {size}, which it declares valid ({_geometry_text(metadata)}), "
                     f"the network fails: {str(e).splitlines()[0]}",
-                    compiled,
+                    compiled if explain else None,
                 ) from None
             for w, g in zip(want, got):
                 if w.shape != g.shape or not torch.allclose(w, g, atol=atol, rtol=1e-4):
@@ -224,7 +234,7 @@ def export_torchscript(
     try:
         torch.jit.save(compiled, tmp, _extra_files={METADATA_ENTRY: json.dumps(metadata, indent=1)})
         if verify:
-            info = verify_metadata(tmp, compiled)
+            info = verify_metadata(tmp, compiled if explain else None)
             if info["exact"]:
                 # Loading measures tiles against the whole-image pass unless
                 # this record still matches (four passes of a probe image:
@@ -277,6 +287,83 @@ def probe_metadata(module: torch.jit.ScriptModule) -> Dict[str, Any]:
     return meta
 
 
+#: The fields that declare a network's geometry: with all of them given,
+#: export does not probe (a network too slow to probe is what needs them).
+GEOMETRY_FIELDS = ("padding", "halo", "size_multiple")
+
+
+def declared_metadata(module: torch.jit.ScriptModule, declared: Dict[str, Any]) -> Dict[str, Any]:
+    """The metadata document of ``module`` for a ``declared`` geometry
+    (every field of :data:`GEOMETRY_FIELDS`, ``size_offset`` 0 unless
+    given), without probing: the input channels are the first convolution
+    weight's that run (the first weight's, then the next distinct counts),
+    the output channels those of one pass at the smallest declared size
+    (the ``output_key`` entry of a dict or tuple, or a dict's ``"out"``, or
+    its only tensor), and the output kind logits (``softmax``, or
+    ``sigmoid`` for one channel) unless declared. :func:`verify_metadata`
+    then checks it all against the runtime.
+
+    Probing a network whose passes take seconds gave up after a minute,
+    and the advice ("export it with metadata") led back to the same probe.
+
+    >>> from training.zoo import build
+    >>> m = declared_metadata(torch.jit.script(build("segnet").eval()),
+    ...                       {"padding": "same", "halo": 64, "size_multiple": 16})
+    >>> (m["spatial_dims"], m["in_channels"], m["out_channels"], m["output"])
+    (2, 1, 2, 'softmax')
+    """
+    missing = [f for f in GEOMETRY_FIELDS if declared.get(f) is None]
+    if missing:
+        raise ExportGeometryError(f"a declared geometry needs {', '.join(missing)} as well")
+    weights = [p for p in module.parameters() if p.dim() in (4, 5)]
+    if not weights:
+        raise ExportGeometryError("the network has no 2-D or 3-D convolution weights: its input is not an image")
+    dims = weights[0].dim() - 2
+    meta: Dict[str, Any] = {"format": FORMAT, "spatial_dims": dims, "size_offset": declared.get("size_offset") or 0,
+                            **{f: declared[f] for f in GEOMETRY_FIELDS}}
+    size = _check_sizes(meta)[0]
+    candidates = list(dict.fromkeys(int(w.shape[1]) for w in weights if w.dim() == dims + 2))[:4]
+    failures = []
+    for channels in candidates:
+        try:
+            with torch.no_grad():
+                result = module(torch.zeros((1, channels) + (size,) * dims))
+        except Exception as e:  # noqa: BLE001 - the network's own error, said below
+            failures.append(f"{channels} channel(s): {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
+            continue
+        output, key = _declared_output(result, declared.get("output_key"))
+        meta.update(in_channels=channels, out_channels=int(output.shape[1]))
+        meta["output"] = declared.get("output") or ("sigmoid" if output.shape[1] == 1 else "softmax")
+        if key is not None:
+            meta["output_key"] = key
+        return meta
+    raise ExportGeometryError(f"at input size {size}, the smallest the declared geometry allows, the network fails "
+                              f"with every input channel count its weights suggest ({'; '.join(failures)})")
+
+
+def _declared_output(result: Any, key: Any) -> tuple:
+    """The segmentation in a forward's ``result`` and the key it is under,
+    chosen as the runtime chooses it: ``key``, or a dict's ``"out"``, or
+    the only tensor of a dict or tuple (``None`` for a plain tensor)."""
+    if key is None and isinstance(result, dict):
+        key = "out" if "out" in result else None
+    if key is None and isinstance(result, (dict, tuple, list)):
+        keys = [k for k, v in (result.items() if isinstance(result, dict) else enumerate(result))
+                if isinstance(v, torch.Tensor)]
+        if len(keys) != 1:
+            raise ExportGeometryError(f"the network returns {len(keys)} tensors in a {type(result).__name__}: "
+                                      f"name the segmentation with --output-key")
+        key = keys[0]
+    if key is not None:
+        try:
+            result = result[key]
+        except (KeyError, IndexError, TypeError):
+            raise ExportGeometryError(f"the network's output has no entry {key!r}") from None
+    if not isinstance(result, torch.Tensor) or result.dim() < 3:
+        raise ExportGeometryError(f"the network's output is not (N, classes, spatial...): {type(result).__name__}")
+    return result, key
+
+
 def _geometry_text(m: Dict[str, Any]) -> str:
     return (f"padding {m['padding']}, halo {m['halo']}, sizes {m.get('size_offset', 0)} + k * {_multiple(m)}, "
             f"{m['in_channels']} -> {m['out_channels']} channels")
@@ -291,7 +378,8 @@ def _refusal(what: str, module: Optional[torch.jit.ScriptModule]) -> ExportGeome
         try:
             found = f"; probing the network finds {_geometry_text(probe_metadata(module))}"
         except unet_rt.UnetRtError as e:
-            found = f"; probing the network fails too: {e}"
+            # Its advice (export with metadata) is the command being run.
+            found = f"; probing the network fails too: {str(e).split('; export it with metadata')[0]}"
     return ExportGeometryError(f"the metadata does not fit the network: {what}{found}")
 
 
@@ -485,11 +573,19 @@ def export_module_file(
     network) to ``output`` with ``unet_rt/1`` metadata: what probing finds
     (:func:`probe_metadata`), with ``overrides`` on top (a halo, a size
     rule, class names, normalization ...), verified against the network
-    before writing (:func:`verify_metadata`)."""
+    before writing (:func:`verify_metadata`). Where ``overrides`` declare
+    the whole geometry (:data:`GEOMETRY_FIELDS`), nothing is probed
+    (:func:`declared_metadata`)."""
     _refuse_same_file(source, output)
     module = torch.jit.load(str(source), map_location="cpu").eval()
-    meta = {**probe_metadata(module), "name": Path(source).stem, **(overrides or {})}
-    return export_torchscript(module, output, meta)
+    overrides = dict(overrides or {})
+    declared = all(overrides.get(f) is not None for f in GEOMETRY_FIELDS)
+    if declared:
+        found = declared_metadata(module, overrides)
+    else:
+        found = probe_metadata(module)
+    meta = {**found, "name": Path(source).stem, **overrides}
+    return export_torchscript(module, output, meta, explain=not declared)
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -517,7 +613,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("-o", "--output", type=Path, required=True, help="the .pt file to write")
     parser.add_argument("--name", help="model name (default: the run's export.name or name)")
     parser.add_argument("--description")
-    geometry_flags = parser.add_argument_group("TorchScript input: declared geometry (default: probed)")
+    geometry_flags = parser.add_argument_group(
+        "TorchScript input: declared geometry (default: probed; --padding, --halo and --size-multiple "
+        "together skip probing, for networks too slow to probe)")
     geometry_flags.add_argument("--padding", choices=["valid", "same"])
     geometry_flags.add_argument("--halo", type=int)
     geometry_flags.add_argument("--size-multiple", type=int)

@@ -153,3 +153,78 @@ def test_cli_adds_verified_metadata_to_any_torchscript_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "export failed: the metadata does not fit the network" in err and "probing the network finds" in err
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_a_declared_geometry_exports_without_probing(tmp_path, capsys, monkeypatch):
+    """A network too slow to probe (the runtime gives up after a minute) is
+    exported by declaring its geometry; probing it again looped back to the
+    advice to export it with metadata."""
+    import unet_rt
+    import training.export as export
+    from training.zoo import build
+
+    def no_probe(module):
+        raise AssertionError("probed although the geometry was declared")
+
+    monkeypatch.setattr(export, "probe_metadata", no_probe)
+    torch.manual_seed(0)
+
+    class DictOut(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = build("segnet")
+
+        def forward(self, x: torch.Tensor):
+            return {"aux": x, "out": self.net(x)}
+
+    plain = tmp_path / "slow.pt"
+    torch.jit.script(DictOut().eval()).save(str(plain))
+    out = tmp_path / "declared.pt"
+    flags = ["--padding", "same", "--halo", "64", "--size-multiple", "16"]
+    assert main([str(plain), "-o", str(out), *flags]) == 0, capsys.readouterr().err
+    meta = read_metadata(out)
+    assert (meta["in_channels"], meta["out_channels"], meta["output"], meta["output_key"]) == (1, 2, "softmax", "out")
+    model = unet_rt.Model(out, device="cpu")
+    assert not model.info["probed"] and model.info["exact"] and model.info["halo"] == 64
+    # The declared values are still verified against the network.
+    assert main([str(plain), "-o", str(tmp_path / "bad.pt"), "--padding", "same", "--halo", "64",
+                 "--size-multiple", "8"]) == 1
+    assert "which it declares valid (padding same, halo 64" in capsys.readouterr().err
+    assert not (tmp_path / "bad.pt").exists()
+
+
+def test_declared_metadata_names_what_it_cannot_find(tmp_path):
+    from training.export import ExportGeometryError, declared_metadata
+    from training.zoo import build
+
+    net = torch.jit.script(build("segnet").eval())
+    with pytest.raises(ExportGeometryError, match="needs size_multiple as well"):
+        declared_metadata(net, {"padding": "same", "halo": 64})
+
+    class Sixteen(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            assert x.shape[-1] % 16 == 0, "sizes of 16 pixels only"
+            return self.conv(x)
+
+    # Size 17 (offset 1) is off its grid: the network's own error, per channel count tried.
+    with pytest.raises(ExportGeometryError, match=r"at input size 17, .* fails with every input channel count .*2 channel.*16 pixels only"):
+        declared_metadata(torch.jit.script(Sixteen().eval()), {"padding": "same", "halo": 4, "size_multiple": 16, "size_offset": 1})
+
+    class TwoOut(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = build("segnet")
+
+        def forward(self, x: torch.Tensor):
+            y = self.net(x)
+            return y, y
+
+    with pytest.raises(ExportGeometryError, match="returns 2 tensors in a tuple: name the segmentation with --output-key"):
+        declared_metadata(torch.jit.script(TwoOut().eval()), {"padding": "same", "halo": 64, "size_multiple": 16})
+    meta = declared_metadata(torch.jit.script(TwoOut().eval()),
+                             {"padding": "same", "halo": 64, "size_multiple": 16, "output_key": 1})
+    assert meta["output_key"] == 1 and meta["out_channels"] == 2

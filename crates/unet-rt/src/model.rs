@@ -586,7 +586,7 @@ pub const MAX_CPU_THREADS: i32 = 1024;
 /// they find it: `OMP_NUM_THREADS=32768` overflowed the forward thread's
 /// stack even with `--threads 2`. Otherwise nothing is set: setting the
 /// count that is already in force made probing a ResNet-50 half again as
-/// slow (20 s to past the 30 s probing limit here).
+/// slow (20 s to past the probing limit of the time, 30 s, here).
 pub(crate) fn align_cpu_threads() {
     let threads = tch::get_num_threads();
     let capped = threads.clamp(1, MAX_CPU_THREADS);

@@ -58,8 +58,19 @@ const SHIFT_FLOOR: f64 = 2.4e-7;
 const MAX_PROBE_VALUES: usize = 1 << 26;
 
 /// Probing gives up after this long: a model it cannot read in that time
-/// needs metadata, and a load must not take minutes.
-const PROBE_BUDGET: Duration = Duration::from_secs(30);
+/// needs metadata, and a load must not take minutes. FCN-ResNet50 (a
+/// dilated ResNet, passes of seconds at 512 px) probes in about 24 s on two
+/// cores; at 30 s it gave up whenever other work shared the machine.
+const PROBE_BUDGET: Duration = Duration::from_secs(60);
+
+/// A tensor shape as `1x3x512x512`.
+fn shape_text(shape: &[i64]) -> String {
+    shape
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join("x")
+}
 
 /// Input channel counts tried (those of the first convolution weights, in
 /// the order the network registers them) before probing gives up; one
@@ -179,6 +190,10 @@ struct Prober<'a> {
     /// Where a one-channel output becomes foreground when labels are
     /// compared: logit 0, or 0.5 for a network that returns probabilities.
     mask_at: f64,
+    /// The slowest pass so far (its input shape and time): said when
+    /// probing gives up, so that a slow network is told from a reach that
+    /// never settles.
+    slowest: Option<(Vec<i64>, Duration)>,
 }
 
 /// Probes `module` (already in eval mode on `device`); `whole_tile_ops` are
@@ -701,6 +716,7 @@ impl<'a> Prober<'a> {
             sides: HashMap::new(),
             last_failure: None,
             mask_at: 0.0,
+            slowest: None,
         }
     }
 
@@ -772,23 +788,25 @@ impl<'a> Prober<'a> {
             return Err(Error::Cancelled);
         }
         if self.started.elapsed() > PROBE_BUDGET {
+            let slowest = self.slowest.as_ref().map_or_else(String::new, |(shape, took)| {
+                format!(
+                    "; its slowest pass, on {}, took {:.1} s",
+                    shape_text(shape),
+                    took.as_secs_f64()
+                )
+            });
             return Err(self.invalid(format!(
-                "probing its geometry gave up after {} s (each forward pass is slow, or most sizes fail); \
-                 export it with metadata (training/export.py)",
+                "probing its geometry gave up after {} s (each forward pass is slow, or most sizes fail{slowest}); \
+                 export it with metadata (training/export.py), declaring --padding, --halo and --size-multiple",
                 PROBE_BUDGET.as_secs()
             )));
         }
-        let trace_size = input.size();
-        let t0 = Instant::now();
+        let shape = input.size();
+        let started = Instant::now();
         let result = self.module.forward_is(&[IValue::Tensor(input)]);
-        if std::env::var_os("PROBE_TRACE").is_some() {
-            eprintln!(
-                "TRACE {:?} {:.3} {} at {:.2}",
-                trace_size,
-                t0.elapsed().as_secs_f64(),
-                result.is_ok(),
-                self.started.elapsed().as_secs_f64()
-            );
+        let took = started.elapsed();
+        if self.slowest.as_ref().is_none_or(|(_, slowest)| took > *slowest) {
+            self.slowest = Some((shape, took));
         }
         let output = match result {
             Ok(output) => output,
@@ -1631,6 +1649,12 @@ fn model_message(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shape_is_said_as_its_sides() {
+        assert_eq!(shape_text(&[1, 3, 512, 640]), "1x3x512x640");
+        assert_eq!(shape_text(&[]), "");
+    }
 
     #[test]
     fn the_model_message_is_the_raised_line_of_a_torchscript_error() {
