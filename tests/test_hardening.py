@@ -256,6 +256,10 @@ def test_nan_weights_raise_non_finite_error_naming_the_tile(tmp_path):
         (dict(format="unet_rt/9"), "format"),
         # Loaded, then planning said "sizes are 0 + k * 4 from 18446744073709551615 up".
         (dict(fixed_size=7), "fixed_size is 7, which is not an input size of its own rule"),
+        # Same-padded, no output inside the halo: loaded, then every call said "tile: size 18446744073709551615".
+        (dict(padding="same", size_offset=0, size_multiple=8, fixed_size=40), "fixed_size 40 leaves no output inside the halo of 20"),
+        # A softmax over one channel is 1 everywhere: loaded, and every pixel was background.
+        (dict(out_channels=1, class_names=None), "softmax.* with one output channel, which is 1 everywhere"),
         # Metadata the network contradicts loaded, and failed at the first image.
         (dict(out_channels=3, class_names=None), r"declares 3 output channel\(s\)"),
         (dict(halo=22), r"halo 22, an output of \[1, 2, 20, 20\] .* the network returns \[1, 2, 24, 24\]"),

@@ -85,7 +85,7 @@ def build_metadata(
     name: str,
     description: str = "",
     architecture: Optional[str] = None,
-    output: str = "softmax",
+    output: Optional[str] = None,
     class_names: Optional[Sequence[str]] = None,
     normalization: Optional[Dict[str, Any]] = None,
     training: Optional[Dict[str, Any]] = None,
@@ -95,7 +95,9 @@ def build_metadata(
     :class:`training.unet.UNetPlusPlus`, optionally with ``"architecture"``).
     ``architecture`` defaults to ``config["architecture"]``, else ``"unet"``;
     for names other than ``"unet"``/``"unet++"`` the U-Net size rule of
-    ``depth``/``padding`` is assumed.
+    ``depth``/``padding`` is assumed. ``output`` defaults to the kind of
+    logits: ``"softmax"``, or ``"sigmoid"`` for one class (a softmax over
+    one channel is 1 everywhere, which the runtime refuses).
 
     >>> m = build_metadata({"in_channels": 1, "classes": 2, "depth": 5, "padding": "valid"}, name="paper")
     >>> (m["size_offset"], m["size_multiple"], m["halo"])
@@ -107,6 +109,8 @@ def build_metadata(
     else:
         geo = geometry(config.get("depth", 5), config.get("padding", "valid"))
     classes = int(config.get("classes", 2))
+    if output is None:
+        output = "sigmoid" if classes == 1 else "softmax"
     if class_names is None:
         class_names = ["background"] + [f"class_{i}" for i in range(1, classes)] if output in ("softmax", "probabilities") and classes > 1 else []
     return {
@@ -552,7 +556,6 @@ def export_checkpoint(
         {**model.config, "architecture": model_cfg.get("architecture", "unet")},
         name=name or ex.get("name") or cfg.get("name", "unet"),
         description=description or ex.get("description") or cfg.get("description", ""),
-        output="softmax",
         class_names=class_names,
         normalization=cfg.get("data", {}).get("normalization"),
         training=training_provenance(ck),

@@ -228,3 +228,17 @@ def test_declared_metadata_names_what_it_cannot_find(tmp_path):
     meta = declared_metadata(torch.jit.script(TwoOut().eval()),
                              {"padding": "same", "halo": 64, "size_multiple": 16, "output_key": 1})
     assert meta["output_key"] == 1 and meta["out_channels"] == 2
+
+
+def test_one_class_exports_sigmoid_logits(tmp_path):
+    """A softmax over one channel is 1 everywhere: one-class models were
+    written as "softmax" and labelled every pixel background."""
+    import numpy as np
+    import unet_rt
+    from training.tiny import export_tiny
+
+    model = unet_rt.Model(export_tiny(tmp_path / "one.pt", classes=1), device="cpu")
+    assert model.info["output"] == "sigmoid"
+    raw = model.segment(np.random.default_rng(0).random((120, 120)), output="raw")
+    labels = model.segment(np.random.default_rng(0).random((120, 120)))
+    assert np.array_equal(labels, (raw[0] > 0).astype(labels.dtype))

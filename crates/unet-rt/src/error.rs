@@ -84,8 +84,13 @@ pub(crate) fn first_line(message: &str) -> String {
     let mut kept: Vec<&str> = Vec::new();
     for line in message.lines() {
         let t = line.trim_start();
-        if t.starts_with("Exception raised from") || t.starts_with("frame #") || t.contains("c10::")
-        {
+        // Frames only: the exception's own words name C++ types too
+        // ("bias type (c10::Half)"), and cutting at them left the quoted
+        // source's last line (")") as the message.
+        let numbered_frame = t
+            .strip_prefix('#')
+            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()));
+        if t.starts_with("Exception raised from") || t.starts_with("frame #") || numbered_frame {
             break;
         }
         kept.push(line);
@@ -142,5 +147,14 @@ mod tests {
             "PytorchStreamReader failed reading zip archive: failed finding central directory"
         );
         assert!(!first_line("frame #0: c10::x\nframe #1: y").contains("frame #1"));
+        let half = "The following operation failed in the TorchScript interpreter.\n\
+                    Traceback of TorchScript (most recent call last):\n  File \"code/x.py\", line 9\n    \
+                    _0 = torch._convolution(x, w, b,\n    )\n\
+                    RuntimeError: Input type (float) and bias type (c10::Half) should be the same\n";
+        assert_eq!(
+            first_line(half),
+            "the model raised RuntimeError: Input type (float) and bias type (c10::Half) should be the same"
+        );
+        assert!(!first_line("oops\n#0 c10::Error::Error()\n#1 x").contains("#1"));
     }
 }

@@ -411,6 +411,24 @@ impl Metadata {
                     meta.fixed_size, meta.size_offset, meta.size_multiple, meta.min_size
                 )));
             }
+            // A same-padded tile keeps what lies inside its halo: none at
+            // all loaded, and every call then failed with a tile size of
+            // 2^64 - 1.
+            if meta.fixed_size <= 2 * meta.halo {
+                return Err(invalid(format!(
+                    "fixed_size {} leaves no output inside the halo of {} per side",
+                    meta.fixed_size, meta.halo
+                )));
+            }
+        }
+        if meta.output == Activation::Softmax && meta.out_channels == 1 {
+            // A softmax over one channel is 1 everywhere: every pixel
+            // background, every probability 1, whatever the image.
+            return Err(invalid(
+                "output is \"softmax\" with one output channel, which is 1 everywhere: \
+                 one-channel logits are \"sigmoid\""
+                    .to_owned(),
+            ));
         }
         if let Some(read_out) = &meta.instances {
             read_out.check(meta.out_channels.max(2)).map_err(&invalid)?;
