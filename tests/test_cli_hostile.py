@@ -627,6 +627,42 @@ def test_imagej_hyperstacks_keep_their_channels_apart(cli, tmp_path):
     assert np.load(out / "one.npy").shape == (3, 64, 64)
 
 
+def test_slices_and_channels_named_by_imagej_or_ome_are_read_as_named(cli, tmp_path):
+    """Only ImageJ's channels= was read: a z-stack of as many slices as a
+    model has channels was segmented as one image's channels, and an OME
+    file's channels as separate images."""
+    import unet_rt
+    from training.tiny import export_tiny
+
+    two = export_tiny(tmp_path / "two.pt", in_channels=2)
+    rng = np.random.default_rng(1)
+    slices = (rng.random((2, 64, 64)) * 255).astype(np.uint8)
+    out = tmp_path / "results"
+    # Unnamed pages, as many as the model's channels: one image's channels (as before).
+    tifffile.imwrite(tmp_path / "plain.tif", slices)
+    proc = segment(cli, tmp_path / "plain.tif", out=out, extra=["-m", str(two), "--format", "npy"])
+    assert proc.returncode == 0, proc.stderr
+    assert np.load(out / "plain.npy").shape == (64, 64)
+    # Two slices by ImageJ's or OME's word: one channel each, which this model does not take.
+    tifffile.imwrite(tmp_path / "ij.tif", slices, imagej=True, metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "ome.tif", slices, ome=True, metadata={"axes": "ZYX"})
+    for name in ("ij.tif", "ome.tif"):
+        proc = segment(cli, tmp_path / name, out=out, extra=["-m", str(two)])
+        assert_refused(proc, name, "channel")
+    # OME channels for a one-channel model: refused, naming them (were segmented one by one).
+    tifffile.imwrite(tmp_path / "cyx.ome.tif", slices, ome=True, metadata={"axes": "CYX"})
+    assert "channel" in refused_alone(cli, tmp_path / "cyx.ome.tif", tmp_path)
+    # OME channels stored as runs of slices (XYZCT): three planes of two channels.
+    planes = (rng.random((2, 3, 64, 64)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "czyx.ome.tif", planes, ome=True, metadata={"axes": "CZYX"})
+    with tifffile.TiffFile(tmp_path / "czyx.ome.tif") as tif:
+        assert 'DimensionOrder="XYZCT"' in tif.pages[0].description
+    proc = segment(cli, tmp_path / "czyx.ome.tif", out=out, extra=["-m", str(two), "--format", "npy"])
+    assert proc.returncode == 0, proc.stderr
+    want = unet_rt.segment(planes, unet_rt.Model(two, device="cpu"), axes="czyx")
+    assert np.array_equal(np.load(out / "czyx.ome.npy"), want)
+
+
 def test_planar_separate_channels_are_refused_by_name(cli, tmp_path):
     path = tmp_path / "planar.tif"
     tifffile.imwrite(path, (np.random.default_rng(0).random((3, 64, 64)) * 255).astype(np.uint8),

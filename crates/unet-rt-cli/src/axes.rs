@@ -29,6 +29,7 @@ pub(crate) struct Arranged<'a, T> {
 pub(crate) fn choose_axes(
     given: Option<&str>,
     natural: Option<&str>,
+    pages_named: bool,
     shape: &[usize],
     info: &ModelInfo,
 ) -> Result<String, String> {
@@ -44,8 +45,10 @@ pub(crate) fn choose_axes(
     }
     if let Some(axes) = natural {
         // A 2-D model with several input channels reads a stack of exactly
-        // that many pages as the channels of one image.
+        // that many pages as the channels of one image, unless the file
+        // says they are slices or time points.
         if info.spatial_dims == 2
+            && !pages_named
             && axes == "zyx"
             && info.in_channels > 1
             && shape.first() == Some(&info.in_channels)
@@ -117,23 +120,23 @@ mod tests {
     #[test]
     fn guesses_npy_axes_from_the_model() {
         let m = info(2, 1);
-        assert_eq!(choose_axes(None, None, &[5, 6], &m).unwrap(), "yx");
-        assert_eq!(choose_axes(None, None, &[1, 5, 6], &m).unwrap(), "cyx");
-        let err = choose_axes(None, None, &[4, 5, 6], &m).unwrap_err();
+        assert_eq!(choose_axes(None, None, false, &[5, 6], &m).unwrap(), "yx");
+        assert_eq!(choose_axes(None, None, false, &[1, 5, 6], &m).unwrap(), "cyx");
+        let err = choose_axes(None, None, false, &[4, 5, 6], &m).unwrap_err();
         assert!(err.contains("2-D") && err.contains("byx (or zyx)"), "{err}");
         assert_eq!(
-            choose_axes(None, None, &[5, 6, 3], &info(2, 3)).unwrap(),
+            choose_axes(None, None, false, &[5, 6, 3], &info(2, 3)).unwrap(),
             "yxc"
         );
         assert_eq!(
-            choose_axes(None, Some("zyx"), &[3, 5, 6], &info(2, 3)).unwrap(),
+            choose_axes(None, Some("zyx"), false, &[3, 5, 6], &info(2, 3)).unwrap(),
             "cyx"
         );
         assert_eq!(
-            choose_axes(None, Some("zyx"), &[4, 5, 6], &m).unwrap(),
+            choose_axes(None, Some("zyx"), false, &[4, 5, 6], &m).unwrap(),
             "zyx"
         );
-        assert!(choose_axes(Some("yx"), None, &[4, 5, 6], &m).is_err());
+        assert!(choose_axes(Some("yx"), None, false, &[4, 5, 6], &m).is_err());
     }
 
     #[test]

@@ -367,6 +367,7 @@ fn segment_file(
     let axes = axes::choose_axes(
         ctx.args.axes.as_deref(),
         image.axes.as_deref(),
+        image.pages_named,
         &shape,
         info,
     )

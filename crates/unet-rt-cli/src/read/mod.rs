@@ -94,6 +94,10 @@ pub(crate) struct Image {
     /// The axes the file format implies (`yx`, `yxc`, `zyx`, `zyxc`), `None`
     /// where it implies none (NPY).
     pub axes: Option<String>,
+    /// Whether the file names its pages (slices, time points, channels in
+    /// an ImageJ or OME description): a stack of pages it does not name may
+    /// be the channels of one image ([`crate::axes::choose_axes`]).
+    pub pages_named: bool,
 }
 
 /// Reads an image file, choosing the reader by extension.

@@ -66,7 +66,11 @@ pub(super) fn read_npy(file: File, file_len: u64, memory: Memory) -> Result<Imag
         &format!("the image (shape {shape:?}, {})", element.name),
     )?;
     let pixels = element.read(&mut reader, &shape, header.fortran_order)?;
-    Ok(Image { pixels, axes: None })
+    Ok(Image {
+        pixels,
+        axes: None,
+        pages_named: false,
+    })
 }
 
 /// Reads the header: magic, version, length and the header text, each

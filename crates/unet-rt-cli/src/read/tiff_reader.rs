@@ -58,29 +58,52 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
     let mut decoder = Decoder::new(BufReader::new(file))
         .map_err(|e| format!("not a readable TIFF file: {e}"))?
         .with_limits(limits(file_len, memory));
-    let channels = imagej_channels(&mut decoder);
+    let described = page_axes(&mut decoder);
     let (page, pages) = plan(&mut decoder, file_len, memory)?;
     let buffer = decode(&mut decoder, &page, pages)?;
     let mut shape = Vec::with_capacity(4);
     let mut axes = String::new();
-    match channels {
-        // An ImageJ hyperstack stores the channels of each plane as
-        // consecutive pages: read as a stack of pages they were mixed in
-        // with the planes.
-        Some(c) if page.samples == 1 => {
+    let mut pages_named = false;
+    match described {
+        // A hyperstack stores the channels of each plane as consecutive
+        // pages (ImageJ's order, OME's XYC..): read as a stack of pages
+        // they were mixed in with the planes.
+        PageAxes::Channels { count: c, fastest } if page.samples == 1 => {
             if pages % c != 0 {
                 return Err(format!(
-                    "its ImageJ description gives {c} channels, but the file holds {pages} pages (not a multiple)"
+                    "its description gives {c} channels, but the file holds {pages} pages (not a multiple)"
                 ));
             }
-            if pages > c {
-                shape.push(pages / c);
-                axes.push('z');
+            pages_named = true;
+            let planes = pages / c;
+            match (planes > 1, fastest) {
+                (false, _) => {
+                    shape.push(c);
+                    axes.push('c');
+                }
+                (true, true) => {
+                    shape.extend([planes, c]);
+                    axes.push_str("zc");
+                }
+                (true, false) => {
+                    shape.extend([c, planes]);
+                    axes.push_str("cz");
+                }
             }
-            shape.push(c);
-            axes.push('c');
         }
-        _ if pages > 1 => {
+        PageAxes::Interleaved => {
+            return Err(
+                "its OME description interleaves the channels between slices and time points \
+                 (DimensionOrder with C between Z and T, both longer than 1), which is not read: \
+                 save it as one file per time point"
+                    .to_owned(),
+            );
+        }
+        described if pages > 1 => {
+            // Slices or time points by the file's own word are never the
+            // channels of one image (a plain stack of as many pages as a
+            // model has channels is).
+            pages_named = described == PageAxes::Planes;
             shape.push(pages);
             axes.push('z');
         }
@@ -99,23 +122,116 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
     Ok(Image {
         pixels: buffer.into_pixels(&shape)?,
         axes: Some(axes),
+        pages_named,
     })
 }
 
-/// The channel count of an ImageJ hyperstack (page 1's description
-/// `ImageJ=...` with `channels=N`, N > 1), else `None`.
-fn imagej_channels(decoder: &mut TiffDecoder) -> Option<usize> {
-    let text = decoder
+/// What a TIFF's first description says its pages are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PageAxes {
+    /// Nothing (a plain stack).
+    Unknown,
+    /// Slices or time points, one channel (or the channels in each page's
+    /// samples).
+    Planes,
+    /// `count` channels per plane, as consecutive pages (`fastest`) or as
+    /// consecutive runs of pages (OME's `XYZTC`).
+    Channels { count: usize, fastest: bool },
+    /// OME's C between Z and T, both longer than 1.
+    Interleaved,
+}
+
+/// What page 1's description says the pages are: an ImageJ description
+/// (`channels=`, `slices=`, `frames=`) or OME-XML (`DimensionOrder`,
+/// `SizeC`, `SizeZ`, `SizeT` of its `Pixels`). Only ImageJ's `channels=`
+/// was read: an ImageJ or OME z-stack with as many slices as a model has
+/// channels was read as one image's channels, and an OME file's channels
+/// as separate images.
+fn page_axes(decoder: &mut TiffDecoder) -> PageAxes {
+    let Some(text) = decoder
         .find_tag(Tag::ImageDescription)
-        .ok()??
-        .into_string()
-        .ok()?;
-    if !text.starts_with("ImageJ=") {
+        .ok()
+        .flatten()
+        .and_then(|value| value.into_string().ok())
+    else {
+        return PageAxes::Unknown;
+    };
+    describe_pages(&text)
+}
+
+fn describe_pages(text: &str) -> PageAxes {
+    if text.starts_with("ImageJ=") {
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.trim().parse::<usize>().ok())
+                .unwrap_or(1)
+        };
+        return match (field("channels="), field("slices="), field("frames=")) {
+            (c, _, _) if c > 1 => PageAxes::Channels {
+                count: c,
+                fastest: true,
+            },
+            (_, z, t) if z > 1 || t > 1 => PageAxes::Planes,
+            _ => PageAxes::Unknown,
+        };
+    }
+    let Some(pixels) = ome_pixels(text) else {
+        return PageAxes::Unknown;
+    };
+    let attribute = |name: &str| -> Option<&str> {
+        let at = pixels.find(&format!(" {name}=\""))? + name.len() + 3;
+        pixels[at..].split('"').next()
+    };
+    let size = |name: &str| attribute(name).and_then(|v| v.trim().parse::<usize>().ok());
+    let (Some(order), Some(c), Some(z), Some(t)) = (
+        attribute("DimensionOrder"),
+        size("SizeC"),
+        size("SizeZ"),
+        size("SizeT"),
+    ) else {
+        return PageAxes::Unknown;
+    };
+    if c <= 1 {
+        return PageAxes::Planes;
+    }
+    // The order after XY, fastest first: C's place among Z and T.
+    let inner = order.trim().to_ascii_uppercase();
+    let Some(place) = inner.strip_prefix("XY").and_then(|rest| rest.find('C')) else {
+        return PageAxes::Unknown;
+    };
+    let before: usize = inner[2..2 + place]
+        .chars()
+        .map(|axis| if axis == 'Z' { z } else { t })
+        .product();
+    let after: usize = inner[3 + place..]
+        .chars()
+        .map(|axis| if axis == 'Z' { z } else { t })
+        .product();
+    match (before > 1, after > 1) {
+        (false, _) => PageAxes::Channels {
+            count: c,
+            fastest: true,
+        },
+        (true, false) => PageAxes::Channels {
+            count: c,
+            fastest: false,
+        },
+        (true, true) => PageAxes::Interleaved,
+    }
+}
+
+/// The attributes of the first `Pixels` element of an OME-XML document
+/// (any namespace prefix), up to its closing `>`.
+fn ome_pixels(text: &str) -> Option<&str> {
+    if !text.contains("<OME") && !text.contains(":OME") {
         return None;
     }
-    text.lines()
-        .find_map(|line| line.strip_prefix("channels=")?.trim().parse::<usize>().ok())
-        .filter(|&c| c > 1)
+    let start = text
+        .match_indices("Pixels ")
+        .map(|(at, _)| at)
+        .find(|&at| at > 0 && matches!(text.as_bytes()[at - 1], b'<' | b':'))?;
+    let rest = &text[start..];
+    Some(&rest[..rest.find('>')?])
 }
 
 /// The decoder's limits: one decoded page within the memory available, and
@@ -582,7 +698,34 @@ impl Buffer {
 
 #[cfg(test)]
 mod tests {
-    use super::first_directory_is_none;
+    use super::{describe_pages, first_directory_is_none, PageAxes};
+
+    #[test]
+    fn imagej_and_ome_descriptions_say_what_pages_are() {
+        let channels = |count, fastest| PageAxes::Channels { count, fastest };
+        assert_eq!(describe_pages("ImageJ=1.11a\nimages=6\nchannels=2\nslices=3\n"), channels(2, true));
+        assert_eq!(describe_pages("ImageJ=1.11a\nimages=2\nslices=2\n"), PageAxes::Planes);
+        assert_eq!(describe_pages("ImageJ=1.11a\nimages=4\nframes=4\n"), PageAxes::Planes);
+        assert_eq!(describe_pages("ImageJ=1.11a\n"), PageAxes::Unknown);
+        assert_eq!(describe_pages("{\"shape\": [2, 5, 6]}"), PageAxes::Unknown);
+        let ome = |order: &str, c: usize, z: usize, t: usize| {
+            format!(
+                "<?xml version=\"1.0\"?><OME xmlns=\"x\"><Image ID=\"Image:0\"><Pixels ID=\"Pixels:0\" \
+                 DimensionOrder=\"{order}\" Type=\"uint8\" SizeX=\"6\" SizeY=\"5\" SizeC=\"{c}\" SizeZ=\"{z}\" \
+                 SizeT=\"{t}\"><Channel ID=\"Channel:0:0\"/></Pixels></Image></OME>"
+            )
+        };
+        assert_eq!(describe_pages(&ome("XYCZT", 2, 1, 1)), channels(2, true));
+        assert_eq!(describe_pages(&ome("XYCZT", 2, 3, 1)), channels(2, true));
+        assert_eq!(describe_pages(&ome("XYZCT", 2, 3, 1)), channels(2, false));
+        assert_eq!(describe_pages(&ome("XYZTC", 2, 1, 4)), channels(2, false));
+        assert_eq!(describe_pages(&ome("XYZCT", 2, 1, 4)), channels(2, true));
+        assert_eq!(describe_pages(&ome("XYZCT", 2, 3, 4)), PageAxes::Interleaved);
+        assert_eq!(describe_pages(&ome("XYZCT", 1, 3, 1)), PageAxes::Planes);
+        let prefixed = ome("XYCZT", 3, 1, 1).replace("<OME", "<ome:OME").replace("<Pixels", "<ome:Pixels");
+        assert_eq!(describe_pages(&prefixed), channels(3, true));
+        assert_eq!(describe_pages("<OME><Pixels SizeC=\"2\"></Pixels></OME>"), PageAxes::Unknown);
+    }
 
     #[test]
     fn a_header_whose_first_directory_offset_is_zero_holds_no_page() {
