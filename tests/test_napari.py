@@ -121,3 +121,21 @@ def test_probabilities_become_one_image_layer_per_class(make_napari_viewer, qtbo
     names = [layer.name for layer in viewer.layers]
     assert names == ["noise", "noise probabilities background", "noise probabilities class_1"], names
     assert viewer.layers["noise probabilities class_1"].data.shape == (120, 130)
+
+
+def test_the_result_lies_where_its_rotated_image_lies(make_napari_viewer, qtbot, tiny_model_path):
+    """Only scale and translation were carried over: the labels of a
+    rotated (or sheared) image were drawn beside its objects."""
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.random.default_rng(0).random((90, 100)).astype(np.float32), name="turned",
+                             rotate=30, shear=[0.2], scale=(2, 3), translate=(5, 6))
+    widget = SegmentWidget(viewer)
+    widget._model.value = FROM_FILE
+    widget._file.value = tiny_model_path
+    widget._output.value = "labels"
+    widget._device.value = "cpu"
+    widget.run()
+    _wait(qtbot, widget)
+    labels = viewer.layers["turned labels"]
+    for position in ([0, 0], [10, 70], [89, 99]):
+        np.testing.assert_allclose(labels.data_to_world(position), image.data_to_world(position), atol=1e-9)

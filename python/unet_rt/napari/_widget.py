@@ -149,13 +149,11 @@ class SegmentWidget(Container):
 
     def _add_result(self, layer: Any, job: Dict[str, Any], result: np.ndarray, classes: List[str]) -> None:
         name = f"{layer.name} {job['output']}"
-        spatial = dict(scale=tuple(layer.scale)[-result.ndim:], translate=tuple(layer.translate)[-result.ndim:])
         if job["output"] == "probabilities":
             self._viewer.add_image(result, channel_axis=0, name=[f"{name} {c}" for c in classes],
-                                   scale=tuple(layer.scale)[-(result.ndim - 1):],
-                                   translate=tuple(layer.translate)[-(result.ndim - 1):])
+                                   **_placement(layer, result.ndim - 1))
         else:
-            self._viewer.add_labels(result, name=name, **spatial)
+            self._viewer.add_labels(result, name=name, **_placement(layer, result.ndim))
         objects = f", {int(result.max())} objects" if job["output"] == "instances" else ""
         self._status.value = f"done: {name} {result.shape}{objects}"
 
@@ -189,3 +187,32 @@ def _cuda_devices() -> list:
 
     count = int(build_info().get("cuda_device_count") or 0)
     return ["cuda"] + [f"cuda:{i}" for i in range(count)] if count else []
+
+
+def _placement(layer: Any, ndim: int) -> Dict[str, Any]:
+    """Where a result of ``ndim`` axes (the image layer's last ones) lies in
+    the world: the layer's scale and translation, or, where it is also
+    rotated, sheared or given an affine, its whole data-to-world transform
+    on those axes. Scale and translation alone drew the result of a
+    rotated image beside its nuclei.
+
+    >>> from types import SimpleNamespace
+    >>> plain = SimpleNamespace(ndim=2, scale=(1, 2), translate=(0, 5), rotate=np.eye(2), shear=np.zeros(1),
+    ...                         affine=SimpleNamespace(affine_matrix=np.eye(3)))
+    >>> _placement(plain, 2)
+    {'scale': (1, 2), 'translate': (0, 5)}
+    """
+    plain = dict(scale=tuple(layer.scale)[-ndim:], translate=tuple(layer.translate)[-ndim:])
+    if (np.allclose(np.asarray(layer.rotate), np.eye(layer.ndim)) and not np.any(np.asarray(layer.shear))
+            and np.allclose(layer.affine.affine_matrix, np.eye(layer.ndim + 1))):
+        return plain
+    from napari.utils.transforms import CompositeAffine
+
+    inner = CompositeAffine(scale=layer.scale, translate=layer.translate, rotate=layer.rotate, shear=layer.shear,
+                            ndim=layer.ndim)
+    whole = np.asarray(layer.affine.affine_matrix) @ inner.affine_matrix
+    n = layer.ndim
+    matrix = np.eye(ndim + 1)
+    matrix[:ndim, :ndim] = whole[n - ndim:n, n - ndim:n]
+    matrix[:ndim, ndim] = whole[n - ndim:n, n]
+    return dict(affine=matrix)
