@@ -8,6 +8,7 @@ The randomized campaign over the same contract is tests/test_fuzz.py."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import signal
@@ -206,9 +207,24 @@ def test_finite_float64_of_any_magnitude_gives_finite_probabilities(model):
         assert (probabilities >= 0).all() and (probabilities <= 1).all()
 
 
+def test_finite_float32_near_its_extremes_normalises_as_float64_does(model):
+    """A flat percentile range at -3e38 made x - low overflow float32: the
+    finite image was refused as holding NaN or infinite values."""
+    image = np.full((64, 72), -3e38, np.float32)
+    image[10, 20] = 3e38
+    # This tiny network's output overflows at the saturated pixel, as it does for the float64 image.
+    with pytest.raises(unet_rt.NonFiniteError, match="network's output"):
+        model.segment(image)
+    got = model.segment(image, output="raw", nonfinite="propagate")
+    np.testing.assert_array_equal(got, model.segment(image.astype(np.float64), output="raw", nonfinite="propagate"))
+    assert np.isfinite(got).mean() > 0.5
+
+
 def test_nan_or_infinite_input_raises_unless_propagated(model):
-    for bad in (np.nan, np.inf, -np.inf):
-        image = IMAGE.copy()
+    # float64 too: an infinite pixel was saturated to 3.4e38, reached the network and came out as
+    # NaN output blamed on the model's weights (NonFiniteError).
+    for bad, dtype in itertools.product((np.nan, np.inf, -np.inf), (np.float32, np.float64)):
+        image = IMAGE.astype(dtype)
         image[10, 20] = bad
         with pytest.raises(unet_rt.InvalidArgumentError, match="NaN or infinite"):
             model.segment(image)
@@ -261,9 +277,12 @@ def test_nan_weights_raise_non_finite_error_naming_the_tile(tmp_path):
         # A softmax over one channel is 1 everywhere: loaded, and every pixel was background.
         (dict(out_channels=1, class_names=None), "softmax.* with one output channel, which is 1 everywhere"),
         # Metadata the network contradicts loaded, and failed at the first image.
+        (dict(in_channels=3), r"declares 3 input channel\(s\).* the network fails: .*expected input\[1, 3, 64, 64\] to have 1 channels"),
+        (dict(spatial_dims=3), r"1 input channel\(s\), 3 spatial dimensions .* the network fails: .*conv2d"),
+        (dict(size_multiple=1), r"input sizes 0 \+ k \* 1, an output of \[1, 2, 25, 25\] for an input of 65 .* returns \[1, 2, 24, 24\]"),
         (dict(out_channels=3, class_names=None), r"declares 3 output channel\(s\)"),
-        (dict(halo=22), r"halo 22, an output of \[1, 2, 20, 20\] .* the network returns \[1, 2, 24, 24\]"),
-        (dict(padding="same"), "Same padding .* the network returns"),
+        (dict(halo=22), r"halo 22 and input sizes 0 \+ k \* 4, an output of \[1, 2, 20, 20\] .* the network returns \[1, 2, 24, 24\]"),
+        (dict(padding="same"), "Same padding, halo 20.* the network returns"),
         # Read whole without a bound: a megabyte file that unpacks to gigabytes was held in memory.
         (dict(description=" " * (17 << 20)), "beyond the 16777216 metadata may have"),
     ],

@@ -56,11 +56,17 @@ impl Affine {
     }
 
     /// Applies the map to an `f64` value in `f64`, then narrows it to `f32`,
-    /// saturating at the largest finite `f32` (NaN stays NaN).
+    /// saturating a finite value at the largest finite `f32` (NaN and
+    /// infinity stay what they are: saturated, an infinite pixel reached
+    /// the network as 3.4e38 and came out as NaN blamed on its weights).
     #[inline]
     pub fn apply_f64(self, x: f64) -> f32 {
         let y = x * self.scale64 + self.shift64;
-        y.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32
+        if x.is_finite() {
+            y.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32
+        } else {
+            y as f32
+        }
     }
 
     /// Whether the map sends finite values to finite values.

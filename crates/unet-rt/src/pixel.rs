@@ -69,6 +69,18 @@ impl Pixel for f32 {
     fn to_f32(self) -> f32 {
         self
     }
+    /// In `f32`, or in `f64` where that overflows for a finite value: a
+    /// flat range near the type's extremes (`x - low` for -3e38 and 3e38)
+    /// was refused as NaN or infinite pixels.
+    #[inline]
+    fn normalized(self, affine: Affine) -> f32 {
+        let y = affine.apply(self);
+        if y.is_finite() || !self.is_finite() {
+            y
+        } else {
+            affine.apply_f64(f64::from(self))
+        }
+    }
     #[inline]
     fn is_finite(self) -> bool {
         self.is_finite()
@@ -150,6 +162,21 @@ integer_pixel!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finite_pixels_normalise_to_finite_input_and_infinite_ones_stay_infinite() {
+        // A flat range at -3e38: x - low overflows f32 for x = 3e38.
+        let flat = Affine::new(1.0, 3e38);
+        assert_eq!(3e38f32.normalized(flat), f32::MAX);
+        assert_eq!((-3e38f32).normalized(flat), 0.0);
+        assert_eq!(2.0f32.normalized(Affine::new(0.5, 1.0)), 2.0);
+        assert!(f32::INFINITY.normalized(flat).is_infinite());
+        assert!(f32::NAN.normalized(flat).is_nan());
+        assert_eq!(1e300f64.normalized(Affine::new(1.0, 0.0)), f32::MAX);
+        assert!(f64::INFINITY.normalized(Affine::new(1e-3, 0.0)).is_infinite());
+        assert!(f64::NEG_INFINITY.normalized(Affine::new(1e-3, 0.0)).is_infinite());
+        assert!(f64::NAN.normalized(Affine::new(1e-3, 0.0)).is_nan());
+    }
 
     #[test]
     fn raw_pixels_go_to_the_device_only_under_maps_that_stay_finite() {
