@@ -60,6 +60,7 @@ __all__ = [
     "GEOMETRY_FIELDS",
     "verify_metadata",
     "weights_digest",
+    "code_digest",
     "export_module_file",
     "read_metadata",
     "training_provenance",
@@ -243,7 +244,8 @@ def export_torchscript(
                 # Loading measures tiles against the whole-image pass unless
                 # this record still matches (four passes of a probe image:
                 # seconds for a large network, at every load).
-                verified = {"halo": info["halo"], "size_multiple": info["size_multiple"], **weights_digest(compiled)}
+                verified = {"halo": info["halo"], "size_multiple": info["size_multiple"], **weights_digest(compiled),
+                            "code": code_digest(tmp)}
                 torch.jit.save(compiled, tmp, _extra_files={
                     METADATA_ENTRY: json.dumps({**metadata, "verified": verified}, indent=1)})
         umask = os.umask(0)
@@ -402,6 +404,31 @@ def weights_digest(module: torch.nn.Module) -> Dict[str, Any]:
             count += p.numel()
             total += float(p.detach().float().abs().sum(dtype=torch.float64))
     return {"parameters": count, "abs_sum": total}
+
+
+def code_digest(path: os.PathLike | str) -> str:
+    """The SHA-256 (hex) of what a TorchScript archive runs besides its
+    weights, as the runtime computes it at load: its code (``code/**.py``)
+    and ``constants.pkl``, each as its name below the archive's root, a
+    newline, its length, a newline and its bytes, in name order. The
+    verified record carries it: the same weights scripted from edited code
+    (a dilation, an upsampling mode) are measured again at load.
+    """
+    import hashlib
+    import zipfile
+
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(path) as archive:
+        entries = {}
+        for name in archive.namelist():
+            below = name.split("/", 1)[1] if "/" in name else None
+            if below is not None and ((below.startswith("code/") and below.endswith(".py")) or below == "constants.pkl"):
+                entries[below] = name
+        for below in sorted(entries, key=lambda n: n.encode()):
+            data = archive.read(entries[below])
+            digest.update(f"{below}\n{len(data)}\n".encode())
+            digest.update(data)
+    return digest.hexdigest()
 
 
 def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptModule] = None) -> Dict[str, Any]:

@@ -208,6 +208,51 @@ pub(crate) fn whole_tile_ops<R: Read + Seek>(archive: &mut ZipArchive<R>) -> Vec
     found.into_iter().collect()
 }
 
+/// The SHA-256 (hex) of what an archive runs besides its weights: its
+/// TorchScript code (`code/**.py`) and `constants.pkl`, each as its name
+/// below the archive's root, a newline, its length, a newline and its
+/// bytes, in name order (`training/export.py` computes the same). `None`
+/// where an entry cannot be read whole.
+///
+/// The exporter's verified record held the geometry and the weights only:
+/// the same weights scripted from edited code (a dilation, an upsampling
+/// mode, a layer over the whole tile) kept the record, and skipped the
+/// measurement that would have found tiles off by most of the range.
+pub(crate) fn code_digest<R: Read + Seek>(archive: &mut ZipArchive<R>) -> Option<String> {
+    use sha2::{Digest, Sha256};
+
+    let mut names: Vec<(String, String)> = archive
+        .file_names()
+        .filter_map(|name| {
+            let (_, below) = name.split_once('/')?;
+            let code = below.starts_with("code/") && below.ends_with(".py");
+            (code || below == "constants.pkl").then(|| (below.to_owned(), name.to_owned()))
+        })
+        .collect();
+    names.sort();
+    let mut digest = Sha256::new();
+    for (below, name) in names {
+        let entry = archive.by_name(&name).ok()?;
+        let mut bytes = Vec::new();
+        entry
+            .take(MAX_CODE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .ok()?;
+        if bytes.len() as u64 > MAX_CODE_BYTES {
+            return None;
+        }
+        digest.update(format!("{below}\n{}\n", bytes.len()).as_bytes());
+        digest.update(&bytes);
+    }
+    Some(
+        digest
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
+}
+
 /// Refuses an archive whose tensor records are shorter than its pickles
 /// declare, or whose tensors reach past their storages.
 ///

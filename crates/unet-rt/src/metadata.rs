@@ -260,6 +260,11 @@ pub struct Verified {
     pub parameters: u64,
     /// Sum of the parameters' magnitudes (float64, in float32 weights).
     pub abs_sum: f64,
+    /// The digest of the archive's code and constants
+    /// ([`crate::archive::code_digest`]); a record without it (written
+    /// before it was) does not hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// `size_multiple` as one number or one per axis, the latter reduced to

@@ -80,8 +80,9 @@ impl Model {
         // damaged tensor records before libtorch reads past their ends.
         let mut zip = archive::open_zip(archive::open_file(path)?, path)?;
         archive::check_torchscript(&zip, path)?;
-        let metadata = Metadata::from_zip(&mut zip, path)?;
+        let mut metadata = Metadata::from_zip(&mut zip, path)?;
         archive::check_records(&mut zip, path)?;
+        drop_verified_for_other_code(&mut metadata, &mut zip);
         let ops = archive::whole_tile_ops(&mut zip);
         let module = match path.to_str() {
             Some(_) => {
@@ -184,8 +185,9 @@ impl Model {
         let precision = precision.resolve(device)?;
         let mut zip = archive::open_zip(std::io::Cursor::new(bytes), name)?;
         archive::check_torchscript(&zip, name)?;
-        let metadata = Metadata::from_zip(&mut zip, name)?;
+        let mut metadata = Metadata::from_zip(&mut zip, name)?;
         archive::check_records(&mut zip, name)?;
+        drop_verified_for_other_code(&mut metadata, &mut zip);
         let ops = archive::whole_tile_ops(&mut zip);
         let module = CModule::load_data_on_device(&mut std::io::Cursor::new(bytes), device)
             .map_err(|e| invalid_model(name, &e))?;
@@ -490,6 +492,20 @@ fn first_layer_width(module: &CModule) -> Option<usize> {
     let params = module.named_parameters().ok()?;
     let (_, weight) = params.iter().find(|(_, p)| matches!(p.dim(), 4 | 5))?;
     usize::try_from(weight.size()[0]).ok()
+}
+
+/// Drops the exporter's verified record where this archive's code is not
+/// the code it was measured with ([`archive::code_digest`]).
+fn drop_verified_for_other_code<R: std::io::Read + std::io::Seek>(
+    metadata: &mut Option<Metadata>,
+    zip: &mut zip::ZipArchive<R>,
+) {
+    if let Some(m) = metadata.as_mut().filter(|m| m.verified.is_some()) {
+        let recorded = m.verified.as_ref().and_then(|v| v.code.clone());
+        if recorded.is_none() || recorded != archive::code_digest(zip) {
+            m.verified = None;
+        }
+    }
 }
 
 /// Whether the exporter's record ([`crate::metadata::Verified`]) holds for
