@@ -473,7 +473,7 @@ def test_networks_that_return_probabilities_are_not_activated_twice(classes, fin
 
 
 def test_the_exporters_record_spares_the_load_time_measurement_only_where_it_still_holds(tmp_path):
-    from training.export import export_torchscript, probe_metadata, read_metadata, weights_digest
+    from training.export import code_digest, export_torchscript, probe_metadata, read_metadata, weights_digest
 
     net = network("unet_same")
     meta = probe_metadata(torch.jit.script(net))
@@ -483,25 +483,68 @@ def test_the_exporters_record_spares_the_load_time_measurement_only_where_it_sti
     assert record == {**record, **weights_digest(torch.jit.load(str(path)))}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert unet_rt.Model(path, device="cpu").info["exact"]
+        info = unet_rt.Model(path, device="cpu").info
+    assert info["exact"] and info["measured"] is None  # the record holds: not measured
     module = torch.jit.load(str(path))
     wrong = {**read_metadata(path), "halo": 2, "size_multiple": 16}
     # A halo edited by hand: the record no longer matches, and loading measures.
     torch.jit.save(module, str(tmp_path / "edited.pt"), _extra_files={"unet_rt.json": json.dumps(wrong)})
     with pytest.warns(unet_rt.ApproximateTilingWarning, match="metadata's geometry does not hold"):
         unet_rt.Model(tmp_path / "edited.pt", device="cpu")
-    # The record copied with the metadata onto another network: its weights differ.
+    # The record copied with the metadata onto another network (its weights differ, and
+    # it pools by 32): the declared sizes give it other outputs, refused at load.
     torch.manual_seed(1)
     deeper = UNet(in_channels=1, classes=3, depth=5, base=8, padding="same").eval()
     copied = {**read_metadata(path)}
     assert plain_export(deeper, tmp_path / "copied.pt", copied)
-    with pytest.warns(unet_rt.ApproximateTilingWarning, match="metadata's geometry does not hold"):
+    with pytest.raises(unet_rt.MetadataError, match=r"an output of \[1, 3, 72, 72\] .* the network returns \[1, 3, 64, 64\]"):
         unet_rt.Model(tmp_path / "copied.pt", device="cpu")
     # The record is trusted where it matches: a record written for the wrong
     # geometry (never by the exporter, which verifies first) is not measured again.
-    forged = {**wrong, "verified": {"halo": 2, "size_multiple": 16, **weights_digest(module)}}
+    forged = {**wrong, "verified": {"halo": 2, "size_multiple": 16, **weights_digest(module),
+                                    "code": code_digest(tmp_path / "edited.pt")}}
     torch.jit.save(module, str(tmp_path / "forged.pt"), _extra_files={"unet_rt.json": json.dumps(forged)})
     assert unet_rt.Model(tmp_path / "forged.pt", device="cpu").info["undeclared_geometry"] is None
+    # A record without the code's digest (written before it was) is not trusted.
+    del forged["verified"]["code"]
+    torch.jit.save(module, str(tmp_path / "old.pt"), _extra_files={"unet_rt.json": json.dumps(forged)})
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="metadata's geometry does not hold"):
+        unet_rt.Model(tmp_path / "old.pt", device="cpu")
+
+
+class _Dilated(torch.nn.Module):
+    """Three same-padded convolutions, the middle one dilated."""
+
+    def __init__(self, dilation: int):
+        super().__init__()
+        self.a = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.b = torch.nn.Conv2d(8, 8, 3, padding=dilation, dilation=dilation)
+        self.c = torch.nn.Conv2d(8, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+def test_the_exporters_record_does_not_hold_for_edited_code(tmp_path):
+    """The same weights scripted from edited code (a dilation of 8 for 1)
+    kept the record, which holds the geometry and the weights: loaded as
+    exact, unmeasured, tiles off by most of the output's range."""
+    from training.export import export_torchscript, read_metadata
+
+    torch.manual_seed(0)
+    first = _Dilated(1).eval()
+    meta = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 2, "output": "softmax",
+            "padding": "same", "halo": 3, "size_multiple": 1}
+    path = export_torchscript(first, tmp_path / "first.pt", meta)
+    record = read_metadata(path)
+    model = unet_rt.Model(path, device="cpu")
+    assert model.info["exact"] and model.info["measured"] is None  # the record held: not measured
+    edited = _Dilated(8).eval()
+    edited.load_state_dict(first.state_dict())
+    plain_export(edited, tmp_path / "edited.pt", record)
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="metadata's geometry does not hold"):
+        model = unet_rt.Model(tmp_path / "edited.pt", device="cpu")
+    assert not model.info["exact"] and model.info["measured"]["max_difference"] > 0.01
 
 
 def test_declared_probabilities_are_checked_at_load(tmp_path):
@@ -643,7 +686,21 @@ def test_networks_saved_in_another_float_type_run_as_float32(dtype, tmp_path):
     assert got.dtype == np.float32 and relative_error(got, want) < 1e-5
 
 
-@pytest.mark.parametrize("halo,multiple", [(2, 16), (48, 1)])
+def test_metadata_whose_size_rule_the_network_contradicts_is_refused_with_what_probing_finds(tmp_path):
+    """A size multiple off the pooling grid: at a size it declares valid
+    the network returns another output size (it warned, and ran tiles of
+    sizes the network cannot keep)."""
+    net = network("unet_same")
+    declared = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 3,
+                "output": "softmax", "padding": "same", "halo": 48, "size_multiple": 1}
+    path = plain_export(net, tmp_path / "wrong.pt", declared)
+    with pytest.raises(unet_rt.MetadataError, match=r"an output of \[1, 3, 65, 65\] for an input of 65 .* returns "
+                       r"\[1, 3, 64, 64\]; probing the network finds 2 spatial dimensions, 1 input channel\(s\), "
+                       r"3 output channel\(s\), Same padding, halo 46 and input sizes 0 \+ k \* 8: declare those"):
+        unet_rt.Model(path, device="cpu")
+
+
+@pytest.mark.parametrize("halo,multiple", [(2, 16)])
 def test_metadata_whose_geometry_tiles_contradict_warns_with_what_probing_finds(halo, multiple, tmp_path):
     """A same-padded network's reach and pooling grid show only in what
     tiles compute: a halo below its reach, or a size multiple off its

@@ -473,10 +473,11 @@ pub(crate) fn check_tiles(
 /// passes on small images at most; a failure here (a network that fails
 /// on this size) finds nothing, and the network's own checks stand.
 ///
-/// For a model with metadata, the first pass also checks the output the
-/// metadata declares (channels, and the size its padding and halo give;
-/// values that can be probabilities where it declares them): a
-/// contradiction is an error at load, not at the first image.
+/// For a model with metadata, passes first check what the metadata
+/// declares (the network runs at two sizes its rule allows, and returns
+/// the channels and the size its padding and halo give there, values that
+/// can be probabilities where it declares them: [`check_declared_sizes`]):
+/// a contradiction is an error at load, not at the first image.
 ///
 /// # Errors
 /// [`Error::InvalidMetadata`] for such a contradiction.
@@ -541,27 +542,113 @@ pub(crate) fn check_passes(
             });
         }
     }
-    let Ok((passes, shape)) = prober.batch_and_repeat(size) else {
-        return Ok(Passes::default());
-    };
-    let side = size.saturating_sub(info.shrink());
-    let mut expected = vec![1, info.out_channels];
-    expected.extend(std::iter::repeat_n(side, info.spatial_dims));
-    let got: Vec<usize> = shape
-        .iter()
-        .map(|&d| usize::try_from(d).unwrap_or(0))
-        .collect();
-    if !info.probed && got != expected {
-        return Err(Error::InvalidMetadata {
-            path: path.to_owned(),
-            reason: format!(
-                "it declares {} output channel(s) and, with {:?} padding and halo {}, an output of \
-                 {expected:?} for an input of {size} pixels per axis; the network returns {got:?}",
-                info.out_channels, info.padding, info.halo
-            ),
-        });
+    if !info.probed {
+        check_declared_sizes(&mut prober, info, size)?;
     }
-    Ok(passes)
+    match prober.batch_and_repeat(size) {
+        Ok((passes, _)) => Ok(passes),
+        Err(Error::Cancelled) => Err(Error::Cancelled),
+        Err(_) => Ok(Passes::default()),
+    }
+}
+
+/// For a model with metadata: the network runs at `size` and at the next
+/// size its rule declares valid (one image each), and returns the
+/// channels and output size declared there. Metadata naming other
+/// input channels, another rank, or a size rule off the network's pooling
+/// grid loaded as exact, and every call then failed with libtorch's words
+/// ("Given groups=1 ...", "Sizes of tensors must match") naming no field.
+///
+/// # Errors
+/// [`Error::InvalidMetadata`] quoting the network's message;
+/// [`Error::Cancelled`]. A pass that cannot run for other reasons (too
+/// large to probe, a container the engine refuses with its own message)
+/// finds nothing.
+fn check_declared_sizes(prober: &mut Prober<'_>, info: &ModelInfo, size: usize) -> Result<()> {
+    let next = if info.fixed_size > 0 {
+        size
+    } else {
+        info.round_up_valid(size.saturating_add(1))
+    };
+    let mut sizes = vec![size];
+    if next != size {
+        sizes.push(next);
+    }
+    for size in sizes {
+        if !prober.fits(size) {
+            return Ok(());
+        }
+        let input = prober.noise(size, 1)?;
+        prober.last_failure = None;
+        match prober.forward(input) {
+            Ok(Some(output)) => {
+                let side = size.saturating_sub(info.shrink());
+                let mut expected = vec![1, info.out_channels];
+                expected.extend(std::iter::repeat_n(side, info.spatial_dims));
+                let got: Vec<usize> = output
+                    .size()
+                    .iter()
+                    .map(|&d| usize::try_from(d).unwrap_or(0))
+                    .collect();
+                if got != expected {
+                    return Err(Error::InvalidMetadata {
+                        path: prober.path.to_owned(),
+                        reason: format!(
+                            "it declares {} output channel(s) and, with {:?} padding, halo {} and input sizes \
+                             {} + k * {}, an output of {expected:?} for an input of {size} pixels per axis; \
+                             the network returns {got:?}{}",
+                            info.out_channels,
+                            info.padding,
+                            info.halo,
+                            info.size_offset,
+                            info.size_multiple,
+                            what_probing_finds(prober)
+                        ),
+                    });
+                }
+            }
+            Ok(None) => {
+                return Err(Error::InvalidMetadata {
+                    path: prober.path.to_owned(),
+                    reason: format!(
+                        "it declares {} input channel(s), {} spatial dimensions and input sizes {} + k * {} \
+                         ({:?} padding, halo {}), but at {size} pixels per axis the network fails: {}{}",
+                        info.in_channels,
+                        info.spatial_dims,
+                        info.size_offset,
+                        info.size_multiple,
+                        info.padding,
+                        info.halo,
+                        prober.last_failure.clone().unwrap_or_else(|| "(no message)".to_owned()),
+                        what_probing_finds(prober)
+                    ),
+                })
+            }
+            Err(Error::Cancelled) => return Err(Error::Cancelled),
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// "; probing the network finds ...": the geometry and channels probing
+/// finds, said with metadata the network contradicts (empty where probing
+/// fails too, or finds what is declared).
+fn what_probing_finds(prober: &Prober<'_>) -> String {
+    match probe(prober.module, prober.device, prober.path, Vec::new()) {
+        Ok(found) => format!(
+            "; probing the network finds {} spatial dimensions, {} input channel(s), {} output channel(s), \
+             {:?} padding, halo {} and input sizes {} + k * {}: declare those",
+            found.spatial_dims,
+            found.in_channels,
+            found.out_channels,
+            found.padding,
+            found.halo,
+            found.size_offset,
+            found.size_multiple
+        ),
+        Err(_) => String::new(),
+    }
 }
 
 /// What [`check_passes`] finds.
