@@ -124,6 +124,10 @@ def test_object_size_resamples_to_the_training_scale_and_back(model, sample, tin
             model.segment(image, object_size=bad)
     with pytest.raises(unet_rt.InvalidArgumentError, match="object_size.*window"):
         model.segment(image, object_size=30, window=unet_rt.Window(image=image.shape, start=(0, 0), shape=(50, 50)))
+    # Read out over the window alone, an object cut by its edge was its piece (min_size removed it, growth
+    # and hole filling differed) and ids were the window's own: not the whole image's result there.
+    with pytest.raises(unet_rt.InvalidArgumentError, match="window: instances are read out over the whole image"):
+        model.segment(image, output="instances", window=unet_rt.Window(image=image.shape, start=(0, 0), shape=(50, 50)))
     tiny = unet_rt.Model(tiny_model_path, device="cpu")
     with pytest.raises(unet_rt.InvalidArgumentError, match="records no object size"):
         tiny.segment(np.zeros((60, 60), np.float32), object_size=12)

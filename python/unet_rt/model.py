@@ -405,7 +405,9 @@ class Model:
                 Valid-padded models always crop.
             window: segment ``image`` as a piece of a larger image: the
                 result covers the window's region and equals the whole
-                image's result there bit for bit (see :class:`Window`).
+                image's result there bit for bit (see :class:`Window`);
+                not with ``output="instances"``, which are read out over
+                the whole image (``unet_rt.dask`` reads them across blocks).
             input_range: for models with percentile normalization, the
                 ``(low, high)`` pixel values to map to 0 and 1 instead of the
                 image's own percentiles (one pair, or one per image of a

@@ -156,6 +156,18 @@ impl Segmenter {
                 "resampling needs the whole image: it cannot be combined with window (resample the image first, or leave object_size out)".to_owned(),
             ));
         }
+        if options.window.is_some() && options.output == OutputMode::Instances {
+            // The read-out (growth, hole filling, min_size) took an object
+            // cut by the window's edge for the piece inside it, and ids
+            // were the window's own: not the whole image's result there.
+            return Err(invalid(
+                "window",
+                "instances are read out over the whole image: an object cut by the window's edge would be \
+                 read as its piece inside (segment labels through the window, or the whole image; \
+                 unet_rt.dask reads instances across blocks)"
+                    .to_owned(),
+            ));
+        }
         if options.window.is_some() && info.padding == Padding::Same && options.blend != Blend::Crop
         {
             return Err(invalid(
