@@ -304,6 +304,35 @@ def test_skip_existing_resumes_a_folder(tiny_model_path, cli, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(f"img{i}{s}" for i in range(3) for s in (".tif", "_overlay.png"))
 
 
+@pytest.mark.parametrize("fmt", ["tif", "npy", "png"])
+def test_skip_existing_does_not_take_another_output_kind_for_done(tiny_model_path, cli, tmp_path, fmt):
+    """A result's name depends on the input and the format only: instances
+    written before counted as this run's labels, and were kept."""
+    tifffile.imwrite(tmp_path / "img.tif", random_image((50, 50), np.uint8, 61))
+    out = tmp_path / "out"
+
+    def segment(kind: str) -> str:
+        proc = run([cli, "segment", tmp_path / "img.tif", "-m", tiny_model_path, "-o", out, "--json",
+                    "--skip-existing", "-k", kind, "--format", fmt])
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)["status"]
+
+    def stored() -> str:
+        path = out / f"img.{fmt}"
+        if fmt == "png":
+            with Image.open(path) as png:
+                return {"I;16": "uint16", "L": "uint8"}.get(png.mode, png.mode)
+        return str((np.load(path) if fmt == "npy" else tifffile.imread(path)).dtype)
+
+    assert segment("instances") == "ok" and stored() == "uint16"
+    assert segment("instances") == "skipped"
+    assert segment("labels") == "ok" and stored() == "uint8"
+    assert segment("labels") == "skipped"
+    if fmt != "png":  # PNG holds no float output
+        assert segment("probabilities") == "ok" and stored() == "float32"
+        assert segment("raw") == "skipped"  # the same element and layout: not told apart
+
+
 def test_glob_patterns_expand_without_a_shell(tiny_model_path, cli, tmp_path):
     for name in ("a.tif", "b.tif", "c.png"):
         (tmp_path / name).write_bytes(b"")

@@ -1079,3 +1079,38 @@ def test_a_sparse_memory_map_beyond_the_free_disk_space_is_refused(model, tmp_pa
     monkeypatch.undo()
     assert model.segment(image, out=out) is out
     assert (out == model.segment(image)).all()
+
+
+def test_out_of_another_dtype_is_told_the_rule_of_the_output_asked_for(model):
+    """A float64 out= for probabilities listed every output's dtypes, the
+    labels' first."""
+    for output, rule in (("probabilities", "probabilities output is written as float32 or float16"),
+                         ("raw", "raw output is written as float32 or float16"),
+                         ("labels", "labels are written as uint8 or uint16"),
+                         ("instances", "instance ids are written as uint32, uint64 or int64")):
+        shape = model.result_shape(IMAGE.shape, output=output)
+        with pytest.raises(unet_rt.InvalidArgumentError, match=f"invalid out: has dtype float64; {rule}"):
+            model.segment(IMAGE, output=output, out=np.zeros(shape, np.float64))
+
+
+def test_an_image_another_call_writes_into_is_refused_saying_so(model):
+    """rust-numpy's "The given array is already borrowed" named neither the
+    out= nor the other call."""
+    image = np.random.default_rng(0).random((600, 600)).astype(np.float32)
+    buf = np.zeros(image.shape, np.uint8)
+    started, release, outcome = threading.Event(), threading.Event(), []
+
+    def progress(done, total):
+        started.set()
+        release.wait(30)
+
+    writer = threading.Thread(target=lambda: model.segment(image, tile=64, out=buf, progress=progress))
+    writer.start()
+    try:
+        assert started.wait(30)
+        with pytest.raises(unet_rt.InvalidArgumentError,
+                           match="invalid image: cannot be read while another call writes into it .*out="):
+            model.segment(buf)
+    finally:
+        release.set()
+        writer.join(60)

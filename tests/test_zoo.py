@@ -14,6 +14,7 @@ from typing import Dict, Tuple
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import unet_rt
 from training import zoo
@@ -1021,3 +1022,62 @@ def test_a_network_adding_coordinate_channels_is_probed_with_its_own_input(tmp_p
         model = unet_rt.Model(path, device="cpu")
     # Coordinates follow the tile, not the image: never exact.
     assert model.info["in_channels"] == 1 and not model.info["exact"]
+
+
+class _SuperResolution(torch.nn.Module):
+    """Output twice the input's size (pixel_shuffle by 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+
+    def forward(self, x):
+        return F.pixel_shuffle(self.conv(x), 2)
+
+
+class _Unshuffled(torch.nn.Module):
+    """Folds 2x2 pixels into channels first (its first layer takes 4), then back."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(4, 8, 3, padding=1)
+
+    def forward(self, x):
+        return F.pixel_shuffle(self.conv(F.pixel_unshuffle(x, 2)), 2)
+
+
+class _OneD(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(1, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_networks_probing_cannot_read_say_what_they_are(tmp_path):
+    """Each was "no input size works ... is it fully convolutional?" or
+    "no convolution weights (a frozen module?)", whatever it was."""
+    with pytest.raises(unet_rt.ModelError, match=r"output is larger than its input \(\d+ pixels for \d+, a super-resolution"):
+        unet_rt.Model(plain_export(_SuperResolution().eval(), tmp_path / "sr.pt"), device="cpu")
+    with pytest.raises(unet_rt.ModelError, match=r"weights are 1-D \(Conv1d\): unet_rt segments 2-D and 3-D images"):
+        unet_rt.Model(plain_export(_OneD().eval(), tmp_path / "one_d.pt"), device="cpu")
+    frozen = torch.jit.freeze(torch.jit.script(network("unet_same")))
+    frozen.save(str(tmp_path / "frozen.pt"))
+    with pytest.raises(unet_rt.ModelError, match=r"a frozen module\?\): export the module before torch.jit.freeze"):
+        unet_rt.Model(tmp_path / "frozen.pt", device="cpu")
+    optimized = torch.jit.optimize_for_inference(torch.jit.script(network("unet_same")))
+    optimized.save(str(tmp_path / "optimized.pt"))
+    with pytest.raises(unet_rt.ModelError, match="cannot load what torch.jit.optimize_for_inference returns"):
+        unet_rt.Model(tmp_path / "optimized.pt", device="cpu")
+
+
+def test_a_network_that_folds_pixels_into_channels_first_is_probed_with_one_channel(tmp_path):
+    net = _Unshuffled().eval()
+    model = unet_rt.Model(plain_export(net, tmp_path / "unshuffled.pt"), device="cpu")
+    info = model.info
+    assert (info["in_channels"], info["out_channels"], info["size_multiple"]) == (1, 2, 2), info
+    image = np.random.default_rng(9).random((1, 97, 83), dtype=np.float32)
+    want = whole_forward(net, image, info["overlap"], info["size_multiple"])
+    assert relative_error(model.segment(image, axes="cyx", output="raw", tile=small_tile(info)), want) < 1e-5

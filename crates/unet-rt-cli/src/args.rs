@@ -218,7 +218,9 @@ pub(crate) struct SegmentArgs {
     #[arg(long)]
     pub overlay: bool,
     /// Skip inputs whose result file (and overlay, with --overlay) already exists
-    /// (resume an interrupted folder; the files are taken as they are).
+    /// and holds this run's output kind (by its element type: labels, instance
+    /// ids or float output); resumes an interrupted folder. The files are
+    /// otherwise taken as they are (another model's labels count as done).
     #[arg(long)]
     pub skip_existing: bool,
     /// One JSON summary line per input on stdout, instead of text.

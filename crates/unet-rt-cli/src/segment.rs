@@ -325,7 +325,7 @@ fn process(
     // without --overlay before left none, and resuming skipped it).
     let finished = match ctx.args.format {
         Format::Zarr => atomic::is_zarr_store(&output),
-        _ => output.is_file(),
+        _ => output.is_file() && holds_this_kind(ctx, &output),
     } && overlay.as_deref().is_none_or(Path::is_file);
     if ctx.args.skip_existing && finished {
         let mut report = Report::new(input, Status::Skipped);
@@ -351,6 +351,22 @@ fn process(
 }
 
 type FileResult<T> = Result<T, (FileError, Option<Vec<usize>>)>;
+
+/// Whether the result file at `output` holds this run's output kind, by
+/// the element type its header declares: labels (uint8, or uint16 beyond
+/// 256 classes), instance ids (uint16 or uint32), probabilities and raw
+/// output (float32). `--skip-existing` counted a result of another kind
+/// (`-k instances` before, `-k labels` now) as done.
+fn holds_this_kind(ctx: &Context<'_>, output: &Path) -> bool {
+    let Some(element) = crate::read::stored_element(output) else {
+        return false;
+    };
+    match ctx.args.output_kind {
+        // `u16` when the objects fit, else `u32` (see `instances`).
+        OutputMode::Instances => matches!(element, "uint16" | "uint32"),
+        kind => element == kind.natural_element(ctx.model.info().out_channels).name(),
+    }
+}
 
 /// Reads, segments and writes one file; returns the input shape and the
 /// number of objects (instances).

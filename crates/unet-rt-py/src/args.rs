@@ -15,6 +15,19 @@ pub(crate) fn invalid(argument: &'static str, message: String) -> PyErr {
     to_py_err(unet_rt::Error::InvalidArgument { argument, message })
 }
 
+/// The error for an array that cannot be read because a call still
+/// running writes into it (it is that call's `out=`): rust-numpy's own
+/// words ("The given array is already borrowed") named neither.
+pub(crate) fn being_written(argument: &'static str, error: numpy::BorrowError) -> PyErr {
+    invalid(
+        argument,
+        format!(
+            "cannot be read while another call writes into it (it is that call's out=): wait for that call, \
+             or pass a copy ({error})"
+        ),
+    )
+}
+
 fn type_name(value: &Bound<'_, PyAny>) -> String {
     value
         .get_type()

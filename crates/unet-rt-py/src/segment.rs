@@ -83,8 +83,8 @@ pub(crate) fn segment<'py>(
         other => Err(invalid(
             "out",
             format!(
-                "has dtype {other}; labels are written as uint8 or uint16, instance ids as uint32, uint64 or \
-                 int64, probabilities and raw output as float32 or float16"
+                "has dtype {other}; {}",
+                segmenter.options().output.written_as()
             ),
         )),
     }
@@ -126,7 +126,7 @@ fn run<'py, T: Pixel + Element, U: OutputElement + Element>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let input = image
         .try_readonly()
-        .map_err(|e| invalid("image", e.to_string()))?;
+        .map_err(|e| crate::args::being_written("image", e))?;
     let result: Bound<'py, PyArrayDyn<U>> = match out {
         Some(o) => o
             .cast::<PyArrayDyn<U>>()

@@ -482,9 +482,18 @@ fn read_whole(mut file: std::fs::File, path: &Path) -> Result<Vec<u8>> {
 }
 
 fn invalid_model(path: &Path, err: &tch::TchError) -> Error {
+    let mut reason = first_line(&err.to_string());
+    if reason.contains("required keyword attribute") {
+        // What libtorch says of the archives torch.jit.optimize_for_inference
+        // writes (torch.jit.load fails on them the same way).
+        reason.push_str(
+            " (libtorch cannot load what torch.jit.optimize_for_inference returns: \
+             save the scripted or traced module instead)",
+        );
+    }
     Error::InvalidModel {
         path: path.to_owned(),
-        reason: first_line(&err.to_string()),
+        reason,
     }
 }
 

@@ -73,8 +73,9 @@ fn shape_text(shape: &[i64]) -> String {
 }
 
 /// Input channel counts tried (those of the first convolution weights, in
-/// the order the network registers them) before probing gives up; one
-/// more for coordinate channels (see [`probe`]).
+/// the order the network registers them) before probing gives up; then
+/// one for coordinate channels, and an image's usual 1 and 3 (see
+/// [`probe`]).
 const MAX_CHANNEL_GUESSES: usize = 4;
 
 /// Turns the graph executor's optimisations off on this thread for a scope
@@ -194,6 +195,9 @@ struct Prober<'a> {
     /// probing gives up, so that a slow network is told from a reach that
     /// never settles.
     slowest: Option<(Vec<i64>, Duration)>,
+    /// An input side and the larger output side a pass returned for it
+    /// (a super-resolution network): said where no size works.
+    grown: Option<(usize, usize)>,
 }
 
 /// Probes `module` (already in eval mode on `device`); `whole_tile_ops` are
@@ -213,9 +217,18 @@ pub(crate) fn probe(
         .named_parameters()
         .map_err(|e| invalid(e.to_string()))?;
     let Some((_, first)) = params.iter().find(|(_, p)| matches!(p.dim(), 4 | 5)) else {
+        if params.iter().any(|(_, p)| p.dim() == 3) {
+            return Err(invalid(
+                "it has no unet_rt metadata and its convolution weights are 1-D (Conv1d): unet_rt \
+                 segments 2-D and 3-D images"
+                    .to_owned(),
+            ));
+        }
         return Err(invalid(
             "it has no unet_rt metadata and no convolution weights to probe \
-             (a frozen module?); export it with metadata (training/export.py)"
+             (a frozen module?): export the module before torch.jit.freeze with metadata \
+             (training/export.py), or save the frozen one with its unet_rt.json \
+             (torch.jit.save(module, path, _extra_files=...), README: Model files)"
                 .to_owned(),
         ));
     };
@@ -239,6 +252,14 @@ pub(crate) fn probe(
     let coordinates = first.size()[1] - dims as i64;
     if coordinates > 0 && !candidates.contains(&coordinates) {
         candidates.push(coordinates);
+    }
+    // A network that folds pixels into channels first (pixel_unshuffle:
+    // its first layer takes 4 or 16 channels of a one-channel image) takes
+    // an image's usual counts: grey, then RGB.
+    for usual in [1, 3] {
+        if !candidates.contains(&usual) {
+            candidates.push(usual);
+        }
     }
     let started = Instant::now();
     let mut found = None;
@@ -607,6 +628,15 @@ fn check_declared_sizes(prober: &mut Prober<'_>, info: &ModelInfo, size: usize) 
                     });
                 }
             }
+            // A device short of memory says nothing of the metadata.
+            Ok(None)
+                if prober
+                    .last_failure
+                    .as_deref()
+                    .is_some_and(crate::error::says_out_of_memory) =>
+            {
+                return Ok(())
+            }
             Ok(None) => {
                 return Err(Error::InvalidMetadata {
                     path: prober.path.to_owned(),
@@ -804,6 +834,7 @@ impl<'a> Prober<'a> {
             last_failure: None,
             mask_at: 0.0,
             slowest: None,
+            grown: None,
         }
     }
 
@@ -998,11 +1029,11 @@ impl<'a> Prober<'a> {
             .iter()
             .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
             .collect();
-        if sides
-            .iter()
-            .zip(&axes)
-            .any(|(&side, &size)| side == 0 || side > size)
-        {
+        if let Some((&side, &size)) = sides.iter().zip(&axes).find(|(&side, &size)| side > size) {
+            self.grown = Some((size, side));
+            return Ok(None);
+        }
+        if sides.contains(&0) {
             return Ok(None);
         }
         // Equal input sizes must give equal outputs (a network that treats
@@ -1056,6 +1087,13 @@ impl<'a> Prober<'a> {
     /// The error for a network that takes none of [`Self::first_size`]'s
     /// sizes.
     fn no_size(&self) -> Error {
+        if let Some((size, side)) = self.grown {
+            return self.invalid(format!(
+                "its output is larger than its input ({side} pixels for {size}, a super-resolution \
+                 network?): unet_rt segments at the input's resolution; resize the output back to the \
+                 input's size in the network (F.interpolate), or enlarge the image first"
+            ));
+        }
         self.no_rule(&format!(
             "no input size of 1, 2, 4 ... {} works; a network that takes one size only needs \
              metadata with fixed_size",

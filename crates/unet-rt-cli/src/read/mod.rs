@@ -121,6 +121,19 @@ pub(crate) fn read_image(path: &Path) -> Result<Image, String> {
     }
 }
 
+/// numpy's name of the element type a result file holds, read from its
+/// header only (`--skip-existing` tells another output kind's result from
+/// this run's by it); `None` where it cannot be read.
+pub(crate) fn stored_element(path: &Path) -> Option<&'static str> {
+    let (file, len) = open(path).ok()?;
+    match extension(path).as_str() {
+        "npy" => npy_reader::npy_element(file, len),
+        "png" => png_reader::png_element(file),
+        "tif" | "tiff" => tiff_reader::tiff_element(file),
+        _ => None,
+    }
+}
+
 /// The lower-case extension of `path` ("" when none).
 pub(crate) fn extension(path: &Path) -> String {
     path.extension()

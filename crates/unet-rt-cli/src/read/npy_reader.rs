@@ -27,6 +27,13 @@ const MAX_HEADER_LEN: usize = 10_000;
 const CHUNK_BYTES: usize = 1 << 20;
 
 /// Reads an NPY file of `file_len` bytes.
+/// numpy's name of the element type a `.npy` file declares (its header
+/// only), `None` where it cannot be read.
+pub(super) fn npy_element(file: File, file_len: u64) -> Option<&'static str> {
+    let (header, _) = read_header(&mut BufReader::new(file), file_len).ok()?;
+    header.descr.as_deref().and_then(Element::parse).map(|e| e.name)
+}
+
 pub(super) fn read_npy(file: File, file_len: u64, memory: Memory) -> Result<Image, String> {
     let mut reader = BufReader::new(file);
     let (header, data_start) = read_header(&mut reader, file_len)?;

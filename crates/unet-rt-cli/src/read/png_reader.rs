@@ -18,6 +18,21 @@ use crate::limits::{checked_product, show_bytes, try_vec, Memory};
 const DEFLATE_MAX_RATIO: u64 = 1032;
 
 /// Reads a PNG of `file_len` bytes.
+/// numpy's name of the element type of a greyscale PNG (its header only),
+/// `None` for colour or unreadable files.
+pub(super) fn png_element(file: File) -> Option<&'static str> {
+    let reader = png::Decoder::new(BufReader::new(file)).read_info().ok()?;
+    let info = reader.info();
+    if info.color_type != png::ColorType::Grayscale {
+        return None;
+    }
+    match info.bit_depth {
+        png::BitDepth::Eight => Some("uint8"),
+        png::BitDepth::Sixteen => Some("uint16"),
+        _ => None,
+    }
+}
+
 pub(super) fn read_png(file: File, file_len: u64, memory: Memory) -> Result<Image, String> {
     let mut decoder = png::Decoder::new(BufReader::new(file));
     // Palettes become RGB and 1/2/4-bit gray becomes 8-bit; 16 bits stay.

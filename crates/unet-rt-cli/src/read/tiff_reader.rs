@@ -39,6 +39,30 @@ fn first_directory_is_none(header: &[u8]) -> bool {
     }
 }
 
+/// numpy's name of the element type of a TIFF's first page (its directory
+/// only: unsigned or floating-point samples of 8 to 64 bits), `None` where
+/// it cannot be read.
+pub(super) fn tiff_element(file: File) -> Option<&'static str> {
+    let mut decoder = Decoder::new(BufReader::new(file)).ok()?;
+    let bits = match decoder.colortype().ok()? {
+        ColorType::Gray(bits) => bits,
+        _ => return None,
+    };
+    let float = decoder
+        .find_tag_unsigned::<u16>(Tag::SampleFormat)
+        .ok()
+        .flatten()
+        == Some(3);
+    Some(match (float, bits) {
+        (false, 8) => "uint8",
+        (false, 16) => "uint16",
+        (false, 32) => "uint32",
+        (true, 32) => "float32",
+        (true, 64) => "float64",
+        _ => return None,
+    })
+}
+
 /// Reads every page of a TIFF file of `file_len` bytes. Pages must share size
 /// and type; several pages make a stack with a leading page axis.
 pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result<Image, String> {

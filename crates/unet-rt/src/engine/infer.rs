@@ -291,7 +291,7 @@ fn normalize_on_device(
 /// libtorch's words for a failed allocation: CUDA's, and the CPU
 /// allocator's.
 pub(super) fn is_out_of_memory(err: &Error) -> bool {
-    matches!(err, Error::Inference(msg) if ["out of memory", "not enough memory", "can't allocate memory"].iter().any(|m| msg.contains(m)))
+    matches!(err, Error::Inference(msg) if crate::error::says_out_of_memory(msg))
 }
 
 /// Fails with [`Error::NonFinite`] naming the first tile of `batch` whose

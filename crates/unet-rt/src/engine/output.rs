@@ -65,6 +65,22 @@ impl OutputMode {
         }
     }
 
+    /// What the mode's results are written as, said where an `out` array
+    /// of another dtype is refused ("labels are written as uint8 or
+    /// uint16"): one sentence per mode, for every entry point.
+    pub fn written_as(self) -> String {
+        match self {
+            Self::Labels => "labels are written as uint8 or uint16".to_owned(),
+            Self::Instances => {
+                "instance ids are written as uint32, uint64 or int64 (narrower types would wrap them)"
+                    .to_owned()
+            }
+            Self::Probabilities | Self::Raw => {
+                format!("{} output is written as float32 or float16", self.name())
+            }
+        }
+    }
+
     /// The shape of one image's result for `spatial` pixels: the spatial
     /// shape, channel-first with `out_channels` for per-class outputs.
     pub fn result_shape(self, out_channels: usize, spatial: &[usize]) -> Vec<usize> {
@@ -289,9 +305,7 @@ pub(crate) fn check_mode<U: OutputElement>(
         OutputMode::Instances => {
             check_mode::<u16>(OutputMode::Labels, kind, channels)?;
             if !U::IS_ID {
-                return Err(wrong_type(
-                    "instance ids are written as uint32, uint64 or int64 (narrower types would wrap them)",
-                ));
+                return Err(wrong_type(&mode.written_as()));
             }
         }
         OutputMode::Labels => {
@@ -299,7 +313,7 @@ pub(crate) fn check_mode<U: OutputElement>(
                 return Err(invalid(format!("{reason}: ask for {instead} output")));
             }
             if !U::IS_LABEL {
-                return Err(wrong_type("labels are written as uint8 or uint16"));
+                return Err(wrong_type(&mode.written_as()));
             }
             if channels > U::MAX_LABEL + 1 {
                 return Err(wrong_type(&format!(
@@ -315,10 +329,7 @@ pub(crate) fn check_mode<U: OutputElement>(
                 ));
             }
             if U::IS_LABEL || U::IS_ID {
-                return Err(wrong_type(&format!(
-                    "{} output is written as float32 or float16",
-                    mode.name()
-                )));
+                return Err(wrong_type(&mode.written_as()));
             }
         }
     }
