@@ -121,7 +121,10 @@ mod tests {
     fn guesses_npy_axes_from_the_model() {
         let m = info(2, 1);
         assert_eq!(choose_axes(None, None, false, &[5, 6], &m).unwrap(), "yx");
-        assert_eq!(choose_axes(None, None, false, &[1, 5, 6], &m).unwrap(), "cyx");
+        assert_eq!(
+            choose_axes(None, None, false, &[1, 5, 6], &m).unwrap(),
+            "cyx"
+        );
         let err = choose_axes(None, None, false, &[4, 5, 6], &m).unwrap_err();
         assert!(err.contains("2-D") && err.contains("byx (or zyx)"), "{err}");
         assert_eq!(

@@ -79,9 +79,13 @@ impl Error {
 /// Whether a libtorch message is a failed allocation: CUDA's words, and
 /// the CPU allocator's.
 pub(crate) fn says_out_of_memory(message: &str) -> bool {
-    ["out of memory", "not enough memory", "can't allocate memory"]
-        .iter()
-        .any(|m| message.contains(m))
+    [
+        "out of memory",
+        "not enough memory",
+        "can't allocate memory",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }
 
 /// libtorch messages carry a C++ backtrace after the first lines, and

@@ -173,8 +173,12 @@ mod tests {
         assert!(f32::INFINITY.normalized(flat).is_infinite());
         assert!(f32::NAN.normalized(flat).is_nan());
         assert_eq!(1e300f64.normalized(Affine::new(1.0, 0.0)), f32::MAX);
-        assert!(f64::INFINITY.normalized(Affine::new(1e-3, 0.0)).is_infinite());
-        assert!(f64::NEG_INFINITY.normalized(Affine::new(1e-3, 0.0)).is_infinite());
+        assert!(f64::INFINITY
+            .normalized(Affine::new(1e-3, 0.0))
+            .is_infinite());
+        assert!(f64::NEG_INFINITY
+            .normalized(Affine::new(1e-3, 0.0))
+            .is_infinite());
         assert!(f64::NAN.normalized(Affine::new(1e-3, 0.0)).is_nan());
     }
 

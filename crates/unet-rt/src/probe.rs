@@ -906,13 +906,16 @@ impl<'a> Prober<'a> {
             return Err(Error::Cancelled);
         }
         if self.started.elapsed() > PROBE_BUDGET {
-            let slowest = self.slowest.as_ref().map_or_else(String::new, |(shape, took)| {
-                format!(
-                    "; its slowest pass, on {}, took {:.1} s",
-                    shape_text(shape),
-                    took.as_secs_f64()
-                )
-            });
+            let slowest = self
+                .slowest
+                .as_ref()
+                .map_or_else(String::new, |(shape, took)| {
+                    format!(
+                        "; its slowest pass, on {}, took {:.1} s",
+                        shape_text(shape),
+                        took.as_secs_f64()
+                    )
+                });
             return Err(self.invalid(format!(
                 "probing its geometry gave up after {} s (each forward pass is slow, or most sizes fail{slowest}); \
                  export it with metadata (training/export.py), declaring --padding, --halo and --size-multiple",
@@ -923,7 +926,11 @@ impl<'a> Prober<'a> {
         let started = Instant::now();
         let result = self.module.forward_is(&[IValue::Tensor(input)]);
         let took = started.elapsed();
-        if self.slowest.as_ref().is_none_or(|(_, slowest)| took > *slowest) {
+        if self
+            .slowest
+            .as_ref()
+            .is_none_or(|(_, slowest)| took > *slowest)
+        {
             self.slowest = Some((shape, took));
         }
         let output = match result {

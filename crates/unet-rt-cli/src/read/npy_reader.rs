@@ -31,7 +31,11 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// only), `None` where it cannot be read.
 pub(super) fn npy_element(file: File, file_len: u64) -> Option<&'static str> {
     let (header, _) = read_header(&mut BufReader::new(file), file_len).ok()?;
-    header.descr.as_deref().and_then(Element::parse).map(|e| e.name)
+    header
+        .descr
+        .as_deref()
+        .and_then(Element::parse)
+        .map(|e| e.name)
 }
 
 pub(super) fn read_npy(file: File, file_len: u64, memory: Memory) -> Result<Image, String> {

@@ -727,9 +727,18 @@ mod tests {
     #[test]
     fn imagej_and_ome_descriptions_say_what_pages_are() {
         let channels = |count, fastest| PageAxes::Channels { count, fastest };
-        assert_eq!(describe_pages("ImageJ=1.11a\nimages=6\nchannels=2\nslices=3\n"), channels(2, true));
-        assert_eq!(describe_pages("ImageJ=1.11a\nimages=2\nslices=2\n"), PageAxes::Planes);
-        assert_eq!(describe_pages("ImageJ=1.11a\nimages=4\nframes=4\n"), PageAxes::Planes);
+        assert_eq!(
+            describe_pages("ImageJ=1.11a\nimages=6\nchannels=2\nslices=3\n"),
+            channels(2, true)
+        );
+        assert_eq!(
+            describe_pages("ImageJ=1.11a\nimages=2\nslices=2\n"),
+            PageAxes::Planes
+        );
+        assert_eq!(
+            describe_pages("ImageJ=1.11a\nimages=4\nframes=4\n"),
+            PageAxes::Planes
+        );
         assert_eq!(describe_pages("ImageJ=1.11a\n"), PageAxes::Unknown);
         assert_eq!(describe_pages("{\"shape\": [2, 5, 6]}"), PageAxes::Unknown);
         let ome = |order: &str, c: usize, z: usize, t: usize| {
@@ -744,11 +753,19 @@ mod tests {
         assert_eq!(describe_pages(&ome("XYZCT", 2, 3, 1)), channels(2, false));
         assert_eq!(describe_pages(&ome("XYZTC", 2, 1, 4)), channels(2, false));
         assert_eq!(describe_pages(&ome("XYZCT", 2, 1, 4)), channels(2, true));
-        assert_eq!(describe_pages(&ome("XYZCT", 2, 3, 4)), PageAxes::Interleaved);
+        assert_eq!(
+            describe_pages(&ome("XYZCT", 2, 3, 4)),
+            PageAxes::Interleaved
+        );
         assert_eq!(describe_pages(&ome("XYZCT", 1, 3, 1)), PageAxes::Planes);
-        let prefixed = ome("XYCZT", 3, 1, 1).replace("<OME", "<ome:OME").replace("<Pixels", "<ome:Pixels");
+        let prefixed = ome("XYCZT", 3, 1, 1)
+            .replace("<OME", "<ome:OME")
+            .replace("<Pixels", "<ome:Pixels");
         assert_eq!(describe_pages(&prefixed), channels(3, true));
-        assert_eq!(describe_pages("<OME><Pixels SizeC=\"2\"></Pixels></OME>"), PageAxes::Unknown);
+        assert_eq!(
+            describe_pages("<OME><Pixels SizeC=\"2\"></Pixels></OME>"),
+            PageAxes::Unknown
+        );
     }
 
     #[test]
