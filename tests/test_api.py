@@ -477,6 +477,11 @@ def test_properties_and_typing_files(model):
     assert model.metadata["format"] == "unet_rt/1"
     assert model.device == "cpu" and model.precision == "fp32"
     assert model.info["smallest_size"] == 44 and not model.info["probed"]
+    # The smallest tile= the planner takes (the smallest input is not one).
+    smallest = model.info["smallest_tile"]
+    model.segment(np.zeros((120, 120), np.float32), tile=smallest)
+    with pytest.raises(unet_rt.InvalidArgumentError, match=f"from {smallest} up"):
+        model.segment(np.zeros((120, 120), np.float32), tile=smallest - model.info["size_multiple"])
     package = Path(unet_rt.__file__).parent
     assert (package / "py.typed").exists() and (package / "_unet_rt.pyi").exists()
     assert set(unet_rt.__all__) >= {"segment", "Model", "UnetRtError", "build_info"}

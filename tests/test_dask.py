@@ -632,6 +632,11 @@ def test_command_line_usage_errors_exit_2(tmp_path):
     run = subprocess.run([sys.executable, "-m", "unet_rt.dask", str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"),
                           "--device", "cpu", "--block", "0", "--no-progress"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "block" in run.stderr and not (tmp_path / "out.zarr").exists(), run.stderr
+    # Messages of segment_to_zarr spell its keyword arguments as this command's flags.
+    zarr.create_group(tmp_path / "theirs.zarr").create_array("notes", shape=(3,), dtype="uint8")
+    run = subprocess.run([sys.executable, "-m", "unet_rt.dask", str(tmp_path / "in.zarr"), str(tmp_path / "theirs.zarr"),
+                          "--device", "cpu", "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert run.returncode in (1, 2) and "--no-resume" in run.stderr and "resume=False" not in run.stderr, run.stderr
 
 
 # --- memory ------------------------------------------------------------------

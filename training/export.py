@@ -141,6 +141,8 @@ def _multiple(metadata: Dict[str, Any]) -> int:
 
 
 def _check_sizes(metadata: Dict[str, Any]) -> Sequence[int]:
+    if metadata.get("fixed_size"):
+        return (int(metadata["fixed_size"]),)
     m, o, h = _multiple(metadata), metadata.get("size_offset", 0), metadata["halo"]
     smallest = o
     while smallest <= 2 * h or smallest == 0:
@@ -258,9 +260,11 @@ def export_torchscript(
     return path
 
 
-def probe_metadata(module: torch.jit.ScriptModule) -> Dict[str, Any]:
+def probe_metadata(module: torch.jit.ScriptModule, name: str = "the network") -> Dict[str, Any]:
     """What the runtime finds when it probes ``module`` without metadata
     (size rule, overlap, channels, output entry), as a metadata document.
+    Errors name the module ``name`` (its file), not the temporary copy
+    probed.
 
     >>> from training.zoo import build
     >>> m = probe_metadata(torch.jit.script(build("segnet").eval()))
@@ -274,7 +278,10 @@ def probe_metadata(module: torch.jit.ScriptModule) -> Dict[str, Any]:
         torch.jit.save(module, str(plain))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", unet_rt.ApproximateTilingWarning)
-            info = unet_rt.Model(plain, device="cpu", precision="fp32").info
+            try:
+                info = unet_rt.Model(plain, device="cpu", precision="fp32").info
+            except unet_rt.UnetRtError as e:
+                raise type(e)(str(e).replace(str(plain), name)) from None
     meta: Dict[str, Any] = {
         "format": FORMAT,
         "spatial_dims": info["spatial_dims"],
@@ -327,7 +334,9 @@ def declared_metadata(module: torch.jit.ScriptModule, declared: Dict[str, Any]) 
     dims = weights[0].dim() - 2
     meta: Dict[str, Any] = {"format": FORMAT, "spatial_dims": dims, "size_offset": declared.get("size_offset") or 0,
                             **{f: declared[f] for f in GEOMETRY_FIELDS}}
-    size = _check_sizes(meta)[0]
+    if declared.get("fixed_size"):
+        meta["fixed_size"] = int(declared["fixed_size"])
+    size = meta.get("fixed_size") or _check_sizes(meta)[0]
     candidates = list(dict.fromkeys(int(w.shape[1]) for w in weights if w.dim() == dims + 2))[:4]
     failures = []
     for channels in candidates:
@@ -467,7 +476,8 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
     meta = model.metadata or {}
     rng = np.random.default_rng(0)
     dims, lost = info["spatial_dims"], 2 * info["halo"] if info["padding"] == "valid" else 0
-    for size in (info["smallest_size"], info["smallest_size"] + info["size_multiple"]):
+    sizes = (info["fixed_size"],) if info["fixed_size"] else (info["smallest_size"], info["smallest_size"] + info["size_multiple"])
+    for size in sizes:
         batch = rng.random((1, info["in_channels"]) + (size,) * dims, dtype=np.float32)
         try:
             out = model.forward(batch)
@@ -486,7 +496,9 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
     # The runtime's load measured a same-padded network's tiles already.
     if info["undeclared_geometry"] is not None:
         raise tiles_differ(info["measured"]["max_difference"])
-    if not info["exact"]:
+    if not info["exact"] or info["fixed_size"]:
+        # A network of one size has no whole-image pass to compare with
+        # beyond one tile: the runtime's load-time measurement stands.
         return info
     # A tiny budget gives the smallest tiles: an image of one tile's output
     # and one more pooling step takes two tiles per axis.
@@ -613,7 +625,18 @@ def export_module_file(
     if declared:
         found = declared_metadata(module, overrides)
     else:
-        found = probe_metadata(module)
+        import unet_rt
+
+        try:
+            found = probe_metadata(module, str(source))
+        except unet_rt.ModelError as e:
+            if "output_key" in overrides and "output_key" in str(e):
+                # Probing runs the network as the runtime would without
+                # metadata, which cannot choose among its outputs.
+                raise ExportGeometryError(
+                    f"{e}; with --output-key, declare the geometry too (--padding, --halo, --size-multiple): "
+                    f"probing cannot choose among the network's outputs") from None
+            raise
     meta = {**found, "name": Path(source).stem, **overrides}
     return export_torchscript(module, output, meta, explain=not declared)
 
@@ -650,6 +673,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     geometry_flags.add_argument("--halo", type=int)
     geometry_flags.add_argument("--size-multiple", type=int)
     geometry_flags.add_argument("--size-offset", type=int)
+    geometry_flags.add_argument("--fixed-size", type=int, help="the one input size the network takes (ViT-style)")
     geometry_flags.add_argument("--output-kind", choices=["softmax", "sigmoid", "identity", "probabilities", "masks"], dest="output_kind")
     geometry_flags.add_argument("--output-key", help="dict key (or tuple index) of the segmentation")
     geometry_flags.add_argument("--class-names", help="comma-separated, one per output channel")
@@ -659,7 +683,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             overrides: Dict[str, Any] = {
                 key: value for key, value in {
                     "padding": args.padding, "halo": args.halo, "size_multiple": args.size_multiple,
-                    "size_offset": args.size_offset, "output": args.output_kind, "name": args.name,
+                    "size_offset": args.size_offset, "fixed_size": args.fixed_size, "output": args.output_kind,
+                    "name": args.name,
                     "description": args.description,
                 }.items() if value is not None
             }

@@ -206,7 +206,9 @@ class Model:
         """Geometry and meaning of the network, from its metadata or, for plain
         TorchScript, found by probing it: ``spatial_dims``, ``in_channels``,
         ``out_channels``, ``output``, ``padding``, ``halo``, ``size_multiple``,
-        ``size_offset``, ``smallest_size``, ``fixed_size`` (the only input
+        ``size_offset``, ``smallest_size`` (the smallest input the network
+        takes), ``smallest_tile`` (the smallest ``tile=``: one pooling step
+        of output beyond the overlap), ``fixed_size`` (the only input
         size, or ``None``), ``probed``; ``overlap`` (the
         pixels per side tiles really overlap) and ``overlap_reason``;
         ``block_depth`` (the halo rounded up to ``size_multiple``: see
@@ -373,6 +375,10 @@ class Model:
                 (channels), ``z``, ``y``, ``x`` in any order: ``"yx"``,
                 ``"cyx"``, ``"yxc"``, ``"zyx"``, ``"czyx"``, ``"byx"``...; a
                 2-D model reads ``z`` as a batch. Inferred when unambiguous.
+                The result's axes are in the model's order whatever the
+                input's: batch, then channels (per-class outputs), then
+                ``z``, ``y``, ``x`` (an ``"xy"`` image gives a ``(y, x)``
+                result; :meth:`result_shape` says which).
             output: ``"labels"`` (uint8, uint16 beyond 256 classes; shape of
                 the spatial axes), ``"probabilities"`` (float32, channel-first),
                 ``"raw"`` (the network output, channel-first) or
@@ -396,7 +402,10 @@ class Model:
             progress: ``True`` for a progress bar (tqdm if installed), or a
                 callable ``progress(done, total)`` called as tiles complete;
                 an exception it raises stops the call and comes out as it
-                was raised (a ``KeyboardInterrupt`` as itself).
+                was raised (a ``KeyboardInterrupt`` as itself). It runs on
+                the engine's worker thread, not the caller's (with the GIL
+                held): thread-local and context-variable state of the
+                caller is not visible there.
             memory_budget: bytes of activations one batch may use.
             blend: how the tiles of same-padded models combine: ``"crop"``
                 (keep each tile's centre; exact with the default margin),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -242,3 +243,56 @@ def test_one_class_exports_sigmoid_logits(tmp_path):
     raw = model.segment(np.random.default_rng(0).random((120, 120)), output="raw")
     labels = model.segment(np.random.default_rng(0).random((120, 120)))
     assert np.array_equal(labels, (raw[0] > 0).astype(labels.dtype))
+
+
+def test_an_output_key_for_several_outputs_asks_for_the_geometry_too(tmp_path, capsys):
+    """The runtime asks for --output-key where a network returns several
+    tensors; the exporter then probed it as the runtime would, which
+    cannot choose among them, and failed with the same advice (naming its
+    temporary copy)."""
+    from training.zoo import build
+
+    torch.manual_seed(0)
+
+    class Deep(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = build("segnet")
+
+        def forward(self, x: torch.Tensor):
+            y = self.net(x)
+            return [y, y[:, :1]]
+
+    plain = tmp_path / "deep.pt"
+    torch.jit.script(Deep().eval()).save(str(plain))
+    assert main([str(plain), "-o", str(tmp_path / "x.pt"), "--output-key", "0"]) == 1
+    err = capsys.readouterr().err
+    assert str(plain) in err and "plain.pt" not in err
+    assert "declare the geometry too (--padding, --halo, --size-multiple)" in err
+    assert main([str(plain), "-o", str(tmp_path / "x.pt"), "--output-key", "0", "--padding", "same",
+                 "--halo", "64", "--size-multiple", "16"]) == 0, capsys.readouterr().err
+    assert read_metadata(tmp_path / "x.pt")["output_key"] == 0
+
+
+def test_a_network_of_one_size_exports_with_its_fixed_size_declared(tmp_path, capsys):
+    import unet_rt
+
+    class OneSize(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+            self.position = torch.nn.Parameter(torch.zeros(1, 2, 96, 96))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x) + self.position
+
+    plain = tmp_path / "vit.pt"
+    torch.jit.script(OneSize().eval()).save(str(plain))
+    with pytest.raises(unet_rt.ModelError, match="fixed_size"):
+        unet_rt.Model(plain, device="cpu")
+    out = tmp_path / "fixed.pt"
+    assert main([str(plain), "-o", str(out), "--padding", "same", "--halo", "8", "--size-multiple", "8",
+                 "--fixed-size", "96"]) == 0, capsys.readouterr().err
+    model = unet_rt.Model(out, device="cpu")
+    assert model.info["fixed_size"] == 96
+    assert model.segment(np.random.default_rng(0).random((150, 130), dtype=np.float32)).shape == (150, 130)

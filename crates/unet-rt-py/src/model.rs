@@ -115,6 +115,9 @@ impl Model {
         d.set_item("size_multiple", i.size_multiple)?;
         d.set_item("size_offset", i.size_offset)?;
         d.set_item("smallest_size", i.smallest_valid_size())?;
+        // The CLI's `info` says it too: the smallest size is a network
+        // input, not a tile the planner takes (tile=smallest_size failed).
+        d.set_item("smallest_tile", i.min_tile())?;
         d.set_item("fixed_size", (i.fixed_size > 0).then_some(i.fixed_size))?;
         d.set_item("overlap", i.effective_halo())?;
         d.set_item("overlap_reason", i.overlap_reason())?;

@@ -39,7 +39,9 @@ pub(crate) fn select(
     value: IValue,
     key: Option<&OutputKey>,
 ) -> Result<(Tensor, Option<OutputKey>), String> {
-    let hint = "set output_key in the model's metadata (training/export.py --output-key)";
+    let hint = "set output_key in the model's metadata (training/export.py --output-key, with \
+                --padding, --halo and --size-multiple for a model without metadata: probing cannot \
+                choose among its outputs)";
     match (value, key) {
         (IValue::Tensor(t), None) => Ok((t, None)),
         (IValue::Tensor(_), Some(key)) => Err(format!(

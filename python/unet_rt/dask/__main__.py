@@ -85,6 +85,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _in_flags(message: str) -> str:
+    """``segment_to_zarr``'s message with its keyword arguments spelled as
+    this command's flags ("pass resume=False" named no flag here).
+
+    >>> _in_flags("pass resume=False to start over")
+    'pass --no-resume to start over'
+    """
+    return message.replace("resume=False", "--no-resume")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Runs the command line; returns the exit status."""
     parser = _parser()
@@ -156,10 +166,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     except InvalidArgumentError as e:
         # A usage error, as argparse's own (exit 2).
-        print(f"unet_rt.dask: error: {e}", file=sys.stderr)
+        print(f"unet_rt.dask: error: {_in_flags(str(e))}", file=sys.stderr)
         return 2
     except (UnetRtError, OSError, ValueError) as e:
-        print(f"unet_rt.dask: error: {e}", file=sys.stderr)
+        print(f"unet_rt.dask: error: {_in_flags(str(e))}", file=sys.stderr)
         return 1
     print(f"{args.destination.rstrip('/')}/{result.path}: shape {tuple(result.shape)}, {result.dtype}, "
           f"{time.perf_counter() - started:.1f} s")

@@ -223,14 +223,13 @@ fn describe_pages(text: &str) -> PageAxes {
     let Some(place) = inner.strip_prefix("XY").and_then(|rest| rest.find('C')) else {
         return PageAxes::Unknown;
     };
-    let before: usize = inner[2..2 + place]
-        .chars()
-        .map(|axis| if axis == 'Z' { z } else { t })
-        .product();
-    let after: usize = inner[3 + place..]
-        .chars()
-        .map(|axis| if axis == 'Z' { z } else { t })
-        .product();
+    // Saturating: the sizes are the file's word, any number.
+    let planes = |axes: &str| {
+        axes.chars()
+            .map(|axis| if axis == 'Z' { z } else { t })
+            .fold(1usize, usize::saturating_mul)
+    };
+    let (before, after) = (planes(&inner[2..2 + place]), planes(&inner[3 + place..]));
     match (before > 1, after > 1) {
         (false, _) => PageAxes::Channels {
             count: c,
@@ -765,6 +764,16 @@ mod tests {
         assert_eq!(
             describe_pages("<OME><Pixels SizeC=\"2\"></Pixels></OME>"),
             PageAxes::Unknown
+        );
+        let max = usize::MAX;
+        assert_eq!(describe_pages(&ome("XYZCT", 2, max, 1)), channels(2, false));
+        assert_eq!(
+            describe_pages(&ome("XYZTC", 2, max, max)),
+            channels(2, false)
+        );
+        assert_eq!(
+            describe_pages(&ome("XY\u{e9}C", 2, 3, 1)),
+            channels(2, true)
         );
     }
 
