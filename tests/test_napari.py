@@ -34,6 +34,18 @@ def _wait(qtbot, widget: SegmentWidget) -> None:
     qtbot.waitUntil(lambda: widget._worker is None, timeout=TIMEOUT_MS)
 
 
+def _run_tiny(viewer, qtbot, model_path, output: str) -> SegmentWidget:
+    """Runs the widget on the viewer's image layer with the model file ``model_path``, on the CPU."""
+    widget = SegmentWidget(viewer)
+    widget._model.value = FROM_FILE
+    widget._file.value = model_path
+    widget._output.value = output
+    widget._device.value = "cpu"
+    widget.run()
+    _wait(qtbot, widget)
+    return widget
+
+
 def _widget_picture(widget: SegmentWidget, path) -> np.ndarray:
     """A screenshot of the widget (Qt's raster grab: no OpenGL needed)."""
     image = widget.native.grab().toImage()
@@ -111,13 +123,7 @@ def test_errors_and_missing_choices_show_in_the_status_line(make_napari_viewer, 
 def test_probabilities_become_one_image_layer_per_class(make_napari_viewer, qtbot, tiny_model_path):
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(0).random((120, 130)).astype(np.float32), name="noise")
-    widget = SegmentWidget(viewer)
-    widget._model.value = FROM_FILE
-    widget._file.value = tiny_model_path
-    widget._output.value = "probabilities"
-    widget._device.value = "cpu"
-    widget.run()
-    _wait(qtbot, widget)
+    _run_tiny(viewer, qtbot, tiny_model_path, "probabilities")
     names = [layer.name for layer in viewer.layers]
     assert names == ["noise", "noise probabilities background", "noise probabilities class_1"], names
     assert viewer.layers["noise probabilities class_1"].data.shape == (120, 130)
@@ -129,13 +135,7 @@ def test_the_result_lies_where_its_rotated_image_lies(make_napari_viewer, qtbot,
     viewer = make_napari_viewer()
     image = viewer.add_image(np.random.default_rng(0).random((90, 100)).astype(np.float32), name="turned",
                              rotate=30, shear=[0.2], scale=(2, 3), translate=(5, 6))
-    widget = SegmentWidget(viewer)
-    widget._model.value = FROM_FILE
-    widget._file.value = tiny_model_path
-    widget._output.value = "labels"
-    widget._device.value = "cpu"
-    widget.run()
-    _wait(qtbot, widget)
+    _run_tiny(viewer, qtbot, tiny_model_path, "labels")
     labels = viewer.layers["turned labels"]
     for position in ([0, 0], [10, 70], [89, 99]):
         np.testing.assert_allclose(labels.data_to_world(position), image.data_to_world(position), atol=1e-9)

@@ -93,15 +93,8 @@ def test_traced_and_dict_output_modules_export_and_verify(tmp_path):
 
     torch.manual_seed(0)
 
-    class DictOut(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = build("segnet")
 
-        def forward(self, x: torch.Tensor):
-            return {"out": self.net(x), "aux": x}
-
-    net = DictOut().eval()
+    net = _OutAndAux().eval()
     meta = probe_metadata(torch.jit.script(net))
     assert meta["output_key"] == "out" and meta["size_multiple"] == 16 and meta["padding"] == "same"
     path = export_torchscript(net, tmp_path / "dict.pt", meta)
@@ -162,7 +155,6 @@ def test_a_declared_geometry_exports_without_probing(tmp_path, capsys, monkeypat
     advice to export it with metadata."""
     import unet_rt
     import training.export as export
-    from training.zoo import build
 
     def no_probe(module):
         raise AssertionError("probed although the geometry was declared")
@@ -170,16 +162,9 @@ def test_a_declared_geometry_exports_without_probing(tmp_path, capsys, monkeypat
     monkeypatch.setattr(export, "probe_metadata", no_probe)
     torch.manual_seed(0)
 
-    class DictOut(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = build("segnet")
-
-        def forward(self, x: torch.Tensor):
-            return {"aux": x, "out": self.net(x)}
 
     plain = tmp_path / "slow.pt"
-    torch.jit.script(DictOut().eval()).save(str(plain))
+    torch.jit.script(_AuxAndOut().eval()).save(str(plain))
     out = tmp_path / "declared.pt"
     flags = ["--padding", "same", "--halo", "64", "--size-multiple", "16"]
     assert main([str(plain), "-o", str(out), *flags]) == 0, capsys.readouterr().err
@@ -215,18 +200,10 @@ def test_declared_metadata_names_what_it_cannot_find(tmp_path):
     with pytest.raises(ExportGeometryError, match=r"at input size 17, .* fails with every input channel count .*2 channel.*16 pixels only"):
         declared_metadata(torch.jit.script(Sixteen().eval()), {"padding": "same", "halo": 4, "size_multiple": 16, "size_offset": 1})
 
-    class TwoOut(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = build("segnet")
-
-        def forward(self, x: torch.Tensor):
-            y = self.net(x)
-            return y, y
 
     with pytest.raises(ExportGeometryError, match="returns 2 tensors in a tuple: name the segmentation with --output-key"):
-        declared_metadata(torch.jit.script(TwoOut().eval()), {"padding": "same", "halo": 64, "size_multiple": 16})
-    meta = declared_metadata(torch.jit.script(TwoOut().eval()),
+        declared_metadata(torch.jit.script(_Twice().eval()), {"padding": "same", "halo": 64, "size_multiple": 16})
+    meta = declared_metadata(torch.jit.script(_Twice().eval()),
                              {"padding": "same", "halo": 64, "size_multiple": 16, "output_key": 1})
     assert meta["output_key"] == 1 and meta["out_channels"] == 2
 
@@ -250,21 +227,12 @@ def test_an_output_key_for_several_outputs_asks_for_the_geometry_too(tmp_path, c
     tensors; the exporter then probed it as the runtime would, which
     cannot choose among them, and failed with the same advice (naming its
     temporary copy)."""
-    from training.zoo import build
 
     torch.manual_seed(0)
 
-    class Deep(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = build("segnet")
-
-        def forward(self, x: torch.Tensor):
-            y = self.net(x)
-            return [y, y[:, :1]]
 
     plain = tmp_path / "deep.pt"
-    torch.jit.script(Deep().eval()).save(str(plain))
+    torch.jit.script(_DeepSupervision().eval()).save(str(plain))
     assert main([str(plain), "-o", str(tmp_path / "x.pt"), "--output-key", "0"]) == 1
     err = capsys.readouterr().err
     assert str(plain) in err and "plain.pt" not in err
@@ -296,3 +264,35 @@ def test_a_network_of_one_size_exports_with_its_fixed_size_declared(tmp_path, ca
     model = unet_rt.Model(out, device="cpu")
     assert model.info["fixed_size"] == 96
     assert model.segment(np.random.default_rng(0).random((150, 130), dtype=np.float32)).shape == (150, 130)
+
+
+class _Segnet(torch.nn.Module):
+    """The zoo's SegNet inside a wrapper; subclasses return it in a container."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from training.zoo import build
+
+        self.net = build("segnet")
+
+
+class _OutAndAux(_Segnet):
+    def forward(self, x: torch.Tensor):
+        return {"out": self.net(x), "aux": x}
+
+
+class _AuxAndOut(_Segnet):
+    def forward(self, x: torch.Tensor):
+        return {"aux": x, "out": self.net(x)}
+
+
+class _Twice(_Segnet):
+    def forward(self, x: torch.Tensor):
+        y = self.net(x)
+        return y, y
+
+
+class _DeepSupervision(_Segnet):
+    def forward(self, x: torch.Tensor):
+        y = self.net(x)
+        return [y, y[:, :1]]
