@@ -449,6 +449,12 @@ def test_copies_of_a_model_whose_file_changed_since_it_loaded_are_refused(tmp_pa
     path = export_tiny(tmp_path / "model.pt", seed=0)
     model = unet_rt.Model(path, device="cpu", precision="fp32")
     assert np.array_equal(copy.copy(model).segment(np.ones((50, 50))), model.segment(np.ones((50, 50))))
+    # chmod, touch and a copy of the same bytes change its stamp, not the model (they were refused).
+    os.chmod(path, 0o600)
+    os.utime(path)
+    shutil.copy(path, tmp_path / "same.pt")
+    os.replace(tmp_path / "same.pt", path)
+    assert np.array_equal(pickle.loads(pickle.dumps(model)).segment(np.ones((50, 50))), model.segment(np.ones((50, 50))))
     export_tiny(path, seed=1)  # retrained in place
     for make_copy in (copy.copy, copy.deepcopy, pickle.dumps, lambda m: unet_rt.dask.segment(np.ones((50, 50)), m)):
         with pytest.raises(unet_rt.ModelError, match=r"model.pt has changed since this model was loaded: .*load the model again"):

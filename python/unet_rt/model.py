@@ -72,7 +72,7 @@ class Model:
     sent to other processes (multiprocessing, dask).
     """
 
-    __slots__ = ("_inner", "_source", "_stamp", "_device_request", "_precision_request", "__weakref__")
+    __slots__ = ("_inner", "_source", "_stamp", "_fingerprint", "_device_request", "_precision_request", "__weakref__")
 
     def __init__(self, path: Optional[PathLike] = None, device: str = "auto", precision: str = DEFAULT_PRECISION) -> None:
         if path is not None and not isinstance(path, (str, os.PathLike)):
@@ -91,6 +91,7 @@ class Model:
             self._stamp: Tuple[int, ...] = _cache.file_stamp(path)
         except (OSError, ValueError):
             self._stamp = ()  # loading says what is wrong with the path
+        self._fingerprint = _cache.file_fingerprint(path)
         if is_package(path):
             from .bioimageio import read_package
 
@@ -123,6 +124,7 @@ class Model:
         self._inner = _unet_rt.Model.from_bytes(data, name, device, precision)
         self._source = data
         self._stamp = ()
+        self._fingerprint = None
         self._device_request = device
         self._precision_request = precision
         self._warn_if_approximate()
@@ -152,7 +154,11 @@ class Model:
             now = _cache.file_stamp(self._source)
         except OSError:
             now = ()
-        if now != self._stamp:
+        # chmod, touch, a copy of the same bytes: the same entries (names,
+        # CRC-32s, sizes) are the same model.
+        same = (bool(now) and self._fingerprint is not None
+                and _cache.file_fingerprint(self._source) == self._fingerprint)
+        if now != self._stamp and not same:
             what = "is gone" if not now else "has changed"
             raise ModelError(
                 f"{self._source} {what} since this model was loaded: a copy of it (pickle, copy, "
