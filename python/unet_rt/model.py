@@ -665,9 +665,11 @@ def check_dtype(dtype: Any) -> None:
     if dtype == np.bool_:
         raise InvalidArgumentError("invalid image: boolean arrays are not images; convert with .astype(np.uint8)")
     if dtype.type not in _SUPPORTED:
+        # float32 holds integers exactly only up to 2^24: wider ones as float64.
+        exact = "np.float64" if dtype.kind in "iu" and dtype.itemsize >= 4 else "np.float32"
         raise InvalidArgumentError(
             f"invalid image: dtype {dtype} is not supported; use {', '.join(_unet_rt.PIXEL_DTYPES)} "
-            f"(e.g. image.astype(np.float32))"
+            f"(e.g. image.astype({exact}))"
         )
 
 
