@@ -285,6 +285,29 @@ def test_unet_rt_export_bioimageio_runs_the_python_exporter(cli, tmp_path):
     assert nowhere.returncode == 2 and "UNET_RT_PYTHON" in nowhere.stderr
 
 
+def test_unet_rt_export_bioimageio_passes_values_whole_and_signals_on(cli, tmp_path):
+    """Values starting with "-" went to Python's argparse as flags; a
+    SIGTERM reached only unet-rt, whose Python child wrote the package
+    after it said it was interrupted (and a second one orphaned it)."""
+    import signal
+    import time
+
+    out = tmp_path / "dash.zip"
+    run = subprocess.run([str(cli), "export-bioimageio", "-o", str(out), "--name=-dash", "--author=-A. Person"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert bio.read_package(out).metadata["name"] == "-dash"
+    stopped = tmp_path / "stopped.zip"
+    job = subprocess.Popen([str(cli), "export-bioimageio", "-o", str(stopped)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 130, err
+    time.sleep(1)
+    assert not stopped.exists() and not any(p.name.startswith("stopped.zip") for p in tmp_path.iterdir())
+
+
 def test_a_package_folder_segments_on_dask(tmp_path):
     import zarr
 

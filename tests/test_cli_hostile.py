@@ -560,6 +560,12 @@ def test_a_full_stdout_fails_the_command(cli, tmp_path):
                               timeout=TIMEOUT)
     assert proc.returncode == 1, proc.stderr
     assert "cannot write to stdout" in proc.stderr
+    # Said when an input failed too: the --json log, which a resume reads, is lost all the same.
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([str(cli), "segment", str(good_image(tmp_path / "g.npy")), str(tmp_path / "missing.npy"),
+                               "-o", str(tmp_path / "o"), "--device", "cpu", "--json"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 1 and "cannot write to stdout" in proc.stderr, proc.stderr
     # A closed pipe is not a failure (`unet-rt info | head -1`).
     proc = subprocess.run(f"'{cli}' info --json | head -c 1 > /dev/null; exit ${{PIPESTATUS[0]}}", shell=True,
                           executable="/bin/bash", capture_output=True, text=True, timeout=TIMEOUT)
@@ -691,3 +697,23 @@ def test_non_finite_pixels_are_refused_with_advice_the_command_line_can_follow(c
     assert proc.returncode == 0, proc.stderr
     probabilities = np.load(out / "nan.npy")
     assert np.isnan(probabilities).any() and np.isfinite(probabilities).any()
+
+
+def test_a_long_but_legal_result_name_is_written(cli, tmp_path):
+    """The temporary name adds the pid and ".partial": a 244-byte input name
+    failed with "File name too long", blamed on the (legal) result."""
+    name = "n" * 240 + ".npy"
+    good_image(tmp_path / name)
+    out = tmp_path / "out"
+    proc = segment(cli, tmp_path / name, out=out, extra=["--format", "npy", "--overlay"])
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted([name, "n" * 240 + "_overlay.png"])
+
+
+def test_a_model_that_cannot_be_read_is_a_usage_error_naming_the_model(cli, tmp_path):
+    """A symlink loop (or a file without read permission) exited 1, "some
+    input failed", with the bare OS error."""
+    (tmp_path / "loop1.pt").symlink_to(tmp_path / "loop2.pt")
+    (tmp_path / "loop2.pt").symlink_to(tmp_path / "loop1.pt")
+    proc = segment(cli, good_image(tmp_path / "g.npy"), out=tmp_path / "o", extra=["-m", tmp_path / "loop1.pt"])
+    assert_refused(proc, "cannot load model", "loop1.pt", status=(2,))

@@ -17,11 +17,31 @@ static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 /// file systems would not be atomic), unique per process, and with a suffix
 /// no reader takes for a result.
 pub(crate) fn temporary_path(path: &Path) -> PathBuf {
+    hidden_beside(path, "partial")
+}
+
+/// `.<name>.<pid>.<suffix>` beside `path`; a name too long to take the
+/// additions (file names stop at 255 bytes) keeps its first part and a
+/// hash of the whole: a legal result name of 244 bytes failed with "File
+/// name too long", blamed on the result.
+fn hidden_beside(path: &Path, suffix: &str) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+
     let name = path
         .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("output");
-    path.with_file_name(format!(".{name}.{}.partial", std::process::id()))
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".to_owned());
+    let mut short = name.clone();
+    if name.len() > 180 {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut hasher);
+        let mut end = 160;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        short = format!("{}~{:016x}", &name[..end], hasher.finish());
+    }
+    path.with_file_name(format!(".{short}.{}.{suffix}", std::process::id()))
 }
 
 /// Writes `path` through a temporary file renamed into place at the end.
@@ -100,14 +120,47 @@ fn replace_folder(tmp: &Path, path: &Path) -> Result<(), String> {
             path.display()
         ));
     }
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("result");
-    let old = path.with_file_name(format!(".{name}.{}.old", std::process::id()));
+    // One step where the file system can: the name never stands empty
+    // (in two, a process killed between them left only `.x.zarr.<pid>.old`).
+    if exchange(tmp, path).is_ok() {
+        // `tmp` holds the previous result now; left behind, it is clutter.
+        let _ = std::fs::remove_dir_all(tmp);
+        return Ok(());
+    }
+    let old = hidden_beside(path, "old");
     std::fs::rename(path, &old).map_err(|e| format!("cannot replace {}: {e}", path.display()))?;
-    std::fs::rename(tmp, path).map_err(|e| e.to_string())?;
+    if let Err(e) = std::fs::rename(tmp, path) {
+        // The previous result goes back under its name.
+        let _ = std::fs::rename(&old, path);
+        return Err(format!("cannot replace {}: {e}", path.display()));
+    }
     std::fs::remove_dir_all(&old).map_err(|e| e.to_string())
+}
+
+/// Swaps the entries `a` and `b` in one step (Linux's `renameat2` with
+/// `RENAME_EXCHANGE`); an error where the file system cannot.
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+
+    let nul = |path: &Path| CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (a, b) = (nul(a)?, nul(b)?);
+    // SAFETY: both are NUL-terminated C strings that outlive the call,
+    // which only reads them; AT_FDCWD resolves relative paths as std does.
+    let done = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Whether `path` is a zarr store (v3 or v2 metadata at its top): a
@@ -184,6 +237,33 @@ impl<W: Seek> Seek for Guarded<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folders_are_exchanged_in_one_step() {
+        let root = std::env::temp_dir().join(format!("unet_rt_exchange_{}", std::process::id()));
+        let (a, b) = (root.join("a"), root.join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::write(a.join("new"), b"").unwrap();
+        std::fs::write(b.join("old"), b"").unwrap();
+        exchange(&a, &b).unwrap();
+        assert!(b.join("new").is_file() && a.join("old").is_file());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn temporary_names_of_long_results_stay_within_a_file_name() {
+        let long = "n".repeat(250);
+        let tmp = temporary_path(&Path::new("out").join(format!("{long}.tif")));
+        let name = tmp.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.len() <= 255 && name.starts_with(".nnn") && name.ends_with(".partial"), "{name}");
+        let other = temporary_path(&Path::new("out").join(format!("{long}.npy")));
+        assert_ne!(tmp, other);
+        assert_eq!(
+            temporary_path(Path::new("out/a.tif")),
+            Path::new("out").join(format!(".a.tif.{}.partial", std::process::id()))
+        );
+    }
 
     #[test]
     fn an_interrupted_write_all_stops_instead_of_retrying() {

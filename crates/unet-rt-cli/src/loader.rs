@@ -45,7 +45,18 @@ pub(crate) fn load_model(
             refuse_special(path, "a model file")
                 .map_err(|m| usage(format!("the model {} {m}", path.display())))?;
             let (path, devices) = (path.to_owned(), devices.to_vec());
-            interruptible(move || Model::load_on_devices(&path, &devices, precision))
+            interruptible(move || Model::load_on_devices(&path, &devices, precision)).map_err(|e| {
+                match e {
+                    // A model that cannot be read (permissions, a symlink
+                    // loop) is the command line's to change, as a missing
+                    // one is: exit 2, named as the model (exit 1 read as
+                    // "some input failed").
+                    CliError::Engine(unet_rt::Error::Io { path, source }) => {
+                        usage(format!("cannot load model {}: {source}", path.display()))
+                    }
+                    other => other,
+                }
+            })
         }
         None => {
             let bytes = bundled_bytes().ok_or_else(no_bundled_model)?;

@@ -92,12 +92,17 @@ fn run() -> u8 {
         Command::ExportBioimageio(args) => export::run(&args),
     };
     match result {
+        // Said whatever else failed: the --json log is what a resume reads.
         Ok(status) => match output::stdout_failure() {
-            Some(why) if status == EXIT_OK => {
+            Some(why) => {
                 output::stderr_line(&format!("unet-rt: error: cannot write to stdout: {why}"));
-                EXIT_FAILURE
+                if status == EXIT_OK {
+                    EXIT_FAILURE
+                } else {
+                    status
+                }
             }
-            _ => status,
+            None => status,
         },
         Err(err) => {
             output::stderr_line(&format!("unet-rt: error: {err}"));
