@@ -274,7 +274,7 @@ def split_rows(samples: Sequence[Sample], ranges: Dict[str, Sequence[int]]) -> D
     So are ranges that are empty, negative (Python would count them from the
     end, and ``[-200, -1]`` overlapped training rows unseen) or that start
     past a sample's last row (an empty region); an end past it is cut to
-    the sample (the default ``[0, 384]`` takes all of a smaller image)."""
+    the sample (the sample's ``[0, 384]`` takes all of a smaller image)."""
     spans = []
     for k, r in ranges.items():
         if r is None:

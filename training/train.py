@@ -37,6 +37,7 @@ import argparse
 import contextlib
 import copy
 import datetime
+import inspect
 import json
 import math
 import os
@@ -53,6 +54,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .augment import Augmenter
+from .evaluate import HELD_OUT_ROWS
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import (
     SAMPLE_DATA_DIR,
@@ -68,7 +70,7 @@ from .data import (
 from .loss import boundary_targets, instance_targets, object_diameters, segmentation_loss, weight_map
 from .metrics import connected_components, evaluate, pool
 from .predict import predict_logits
-from .unet import build_model, model_geometry, valid_sizes
+from .unet import ARCHITECTURES, build_model, model_geometry, valid_sizes
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -103,7 +105,9 @@ DEFAULT_CONFIG: Dict[str, Any] = {
         "image_dir": None,  # or folders of pairs matched by file name
         "label_dir": None,
         "instances": True,  # labels are instance ids (else class ids)
-        "split": {"by": "rows", "train": [0, 384], "val": None, "test": None},
+        # Every row of the data given (the sample keeps rows 384.. held out:
+        # resolve_config); rows 384.. of everyone's images were dropped.
+        "split": {"by": "rows", "train": None, "val": None, "test": None},
         "normalization": {"kind": "percentile", "low": 1.0, "high": 99.8},
         "provenance": "",
     },
@@ -188,13 +192,32 @@ def _check_known_keys(c: Dict[str, Any]) -> None:
     unknown = sorted(set(c) - set(DEFAULT_CONFIG))
     if unknown:
         raise ValueError(f"unknown setting {unknown[0]!r}; the sections are {', '.join(sorted(DEFAULT_CONFIG))}")
-    for section in ("loss", "augment", "train", "export"):
+    for section in ("data", "loss", "augment", "train", "export"):
         values = c.get(section)
         if not isinstance(values, dict):
             raise ValueError(f"{section} must be a section of settings, got {values!r}")
         extra = sorted(set(values) - set(DEFAULT_CONFIG[section]) - _DERIVED.get(section, set()))
         if extra:
             raise ValueError(f"unknown setting {section}.{extra[0]}; {section} has {', '.join(sorted(DEFAULT_CONFIG[section]))}")
+    # A misspelt split part (data.split.tset) trained on the images meant
+    # for the test; a misspelt model setting ended in a TypeError.
+    split = c["data"].get("split")
+    if split is not None:
+        if not isinstance(split, dict):
+            raise ValueError(f"data.split must be a section of settings or null, got {split!r}")
+        parts = {"by", "train", "val", "test"} | ({"seed"} if split.get("by") == "files" else set())
+        extra = sorted(set(split) - parts)
+        if extra:
+            raise ValueError(f"unknown setting data.split.{extra[0]}; data.split has {', '.join(sorted(parts))}")
+    model = c.get("model")
+    if not isinstance(model, dict):
+        raise ValueError(f"model must be a section of settings, got {model!r}")
+    network = ARCHITECTURES.get(model.get("architecture", "unet"))
+    if network is not None:  # an unknown architecture is named where it is built
+        takes = set(inspect.signature(network.__init__).parameters) - {"self"}
+        extra = sorted(set(model) - takes - {"architecture"})
+        if extra:
+            raise ValueError(f"unknown setting model.{extra[0]}; model has {', '.join(sorted(takes | {'architecture'}))}")
 
 
 def _check_numbers(c: Dict[str, Any]) -> None:
@@ -225,12 +248,32 @@ def _check_numbers(c: Dict[str, Any]) -> None:
     number("loss", "boundary", 0, integer=True, optional=True)
 
 
+def _check_normalization(norm: Any) -> None:
+    """Refuses a normalization the runtime would refuse in the exported
+    metadata (it trained through a whole run, and the export blamed the
+    network), by the runtime's own rules."""
+    import unet_rt
+    from unet_rt import _unet_rt
+
+    try:
+        _unet_rt.check_normalization(json.dumps(norm))
+    except (TypeError, ValueError, unet_rt.InvalidArgumentError) as e:
+        message = str(e).removeprefix("invalid normalization: ")
+        raise ValueError(f"data.normalization {json.dumps(norm)}: {message}") from None
+
+
 def resolve_config(config: Dict[str, Any]) -> Dict[str, Any]:
     """Fills derived values: the crop size (checked against the size rule),
     the run folder, the sample's provenance. Returns a new dict."""
     c = copy.deepcopy(config)
     _check_known_keys(c)
     _check_numbers(c)
+    _check_normalization(c["data"].get("normalization"))
+    split = c["data"].get("split")
+    if (c["data"].get("sample") and isinstance(split, dict) and split.get("by", "rows") == "rows"
+            and all(split.get(k) is None for k in ("train", "val", "test"))):
+        # The sample's rows from 384 are its held-out test: never trained on.
+        split["train"] = [0, HELD_OUT_ROWS[0]]
     geo = model_geometry(c["model"])
     padding = c["model"].get("padding", "valid")
     crop = c["train"].get("crop")
@@ -785,6 +828,12 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
             _set_path(config, f"{key}={json.dumps(value)}")
     for assignment in args.set:
         _set_path(config, assignment)
+    if args.steps is not None:
+        if args.epochs is not None:
+            raise ValueError("give --steps or --epochs, not both")
+        # A run set by epochs recomputed its steps from them: --steps (the
+        # way to extend a resumed run) was ignored, and it "succeeded".
+        config["train"]["epochs"] = None
     if resumed_model is not None:
         # The checkpoint's weights fit its own network only: a change here
         # was a page of state_dict size mismatches.

@@ -217,6 +217,15 @@ TINY = ["--sample", "--steps", "2", "--depth", "2", "--base", "2", "--batch-size
         ("loss.boundary=-3", "loss.boundary must be an integer >= 0"),
         ("data.split.test=[-200,-1]", r"data.split.test \[-200, -1\) is not a range of rows"),  # overlapped training
         ("data.split.val=[380,330]", "data.split.val"),
+        # A misspelt test part trained on the images meant for the test; the others were ignored or a TypeError.
+        ('data.split={"by":"files","tset":["im2"]}', "unknown setting data.split.tset"),
+        ("data.instance=false", "unknown setting data.instance"),
+        ('data.normalisation={"kind":"none"}', "unknown setting data.normalisation"),
+        ("model.dropuot=0.5", "unknown setting model.dropuot"),
+        # Trained through a whole run, then the export blamed the network.
+        ('data.normalization={"kind":"percentile","low":90,"high":10}', "data.normalization .*0 <= low < high"),
+        ('data.normalization={"kind":"zscore","mean":0,"std":0}', "data.normalization .*std > 0"),
+        ('data.normalization={"kind":"percentile","low":1}', "data.normalization .*missing field `high`"),
     ],
 )
 def test_settings_a_run_cannot_use_are_usage_errors_that_leave_nothing(tmp_path, capsys, setting, message):
@@ -340,3 +349,34 @@ def test_an_image_with_other_channels_than_the_rest_is_a_usage_error(tmp_path, c
           "--depth", "2", "--base", "2", "--batch-size", "2", "--no-progress", "--threads", "1",
           "--out", str(tmp_path / "x")])
     assert (tmp_path / "x" / "last.pt").is_file()
+
+
+def test_the_default_split_trains_on_every_row_of_given_data_and_keeps_the_samples_test_out(tmp_path):
+    """Rows from 384 of everyone's images were in no split (the sample's
+    held-out rule applied to all data), with no word."""
+    from training.train import DEFAULT_CONFIG, load_splits, resolve_config
+
+    own = resolve_config({**DEFAULT_CONFIG, "data": {**DEFAULT_CONFIG["data"], "image": "a.tif", "labels": "b.tif"}})
+    assert own["data"]["split"]["train"] is None
+    sample = resolve_config({**DEFAULT_CONFIG, "data": {**DEFAULT_CONFIG["data"], "sample": True}})
+    assert sample["data"]["split"]["train"] == [0, 384]
+    assert [s.labels.shape[0] for s in load_splits(sample["data"])["train"]] == [384]
+
+
+def test_steps_extend_a_run_set_by_epochs(tmp_path):
+    """--resume RUN --steps N on a run set by epochs recomputed its steps
+    from the epochs: nothing ran, and it said it had."""
+    import argparse
+
+    from training.train import config_from_args
+
+    by_epochs = tmp_path / "epochs.json"
+    by_epochs.write_text('{"train": {"epochs": 2}}')  # as a checkpoint's config holds it
+    parser_args = dict(config=str(by_epochs), resume=None, sample=True, class_masks=False, no_progress=True, set=[], arch=None,
+                       out=None, name=None, seed=None, image=None, labels=None, image_dir=None, label_dir=None,
+                       depth=None, base=None, padding=None, batch_norm=None, crop=None, batch_size=None, lr=None,
+                       val_every=None, bf16=None, channels_last=None, threads=None, workers=None, export=None)
+    config = config_from_args(argparse.Namespace(**parser_args, steps=50, epochs=None))
+    assert config["train"]["steps"] == 50 and config["train"]["epochs"] is None
+    with pytest.raises(ValueError, match="--steps or --epochs, not both"):
+        config_from_args(argparse.Namespace(**parser_args, steps=50, epochs=2))

@@ -81,6 +81,15 @@ fn canonical_devices(text: &str) -> PyResult<Vec<String>> {
 }
 
 /// Bytes for people, as every message of the core says them (`1.5 GiB`).
+/// Checks a normalization document (JSON) by the rules metadata is held
+/// to at load; `InvalidArgumentError` naming `normalization` otherwise.
+#[pyfunction]
+fn check_normalization(text: &str) -> PyResult<()> {
+    unet_rt::Normalization::parse_checked(text)
+        .map(|_| ())
+        .map_err(|e| args::invalid("normalization", e))
+}
+
 #[pyfunction]
 fn format_bytes(bytes: u128) -> String {
     unet_rt::memory::format_bytes(bytes)
@@ -101,6 +110,7 @@ fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TTA_MODES", unet_rt::Tta::NAMES.to_vec())?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     m.add_function(wrap_pyfunction!(format_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(check_normalization, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_precision, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_devices, m)?)?;
     m.add_class::<model::Model>()?;

@@ -303,6 +303,19 @@ fn default_normalization() -> Normalization {
 }
 
 impl Normalization {
+    /// Parses a normalization document (`{"kind": "percentile", "low": 1,
+    /// "high": 99.8}`) and checks it ([`Self::check`]): the rules metadata
+    /// is held to at load, for the tools that write it (training checked
+    /// them only when its finished run was exported).
+    ///
+    /// # Errors
+    /// A message naming the unknown field, kind or out-of-bounds parameter.
+    pub fn parse_checked(text: &str) -> std::result::Result<Self, String> {
+        let norm: Self = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        norm.check()?;
+        Ok(norm)
+    }
+
     /// Checks that the parameters give finite network input for any pixel
     /// value: percentiles `0 <= low < high <= 100`, a finite positive
     /// standard deviation, a finite non-zero factor of at most
