@@ -26,6 +26,7 @@ the output part of a crop covers the image uniformly, edges included.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -310,8 +311,13 @@ def split_files(
     for part, spec in (("test", test), ("val", val)):
         if spec is None:
             continue
-        if isinstance(spec, (int, float)):
-            count = int(round(float(spec) * len(samples)))
+        if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+            # -0.2 took all but two of ten files ([:-2]); 0.04 of ten took
+            # none, with no word.
+            count = int(round(float(spec) * len(samples))) if math.isfinite(spec) else 0
+            if not (0.0 < spec < 1.0 and count >= 1):
+                raise ValueError(f"data.split.{part} {spec!r} must be a fraction in (0, 1) that picks at least one "
+                                 f"of the {len(samples)} files (or a list of file names)")
             picked = [int(i) for i in order if int(i) not in used][:count]
         else:
             wanted = set(spec)
@@ -320,12 +326,35 @@ def split_files(
             unknown = wanted - found
             if unknown:
                 raise ValueError(f"{part} files not found: {', '.join(sorted(unknown))}")
+            twice = sorted(names[i] for i in set(picked) & used)
+            if twice:
+                # A file scored as the test and chosen on as validation is
+                # not held out.
+                raise ValueError(f"data.split.val and data.split.test both name {twice[0]}")
         used.update(picked)
         taken[part] = picked
     out = {"train": [s for i, s in enumerate(samples) if i not in used]}
     for part, idx in taken.items():
         out[part] = [samples[i] for i in sorted(idx)]
     return out
+
+
+def class_targets(sample: Sample, classes: int) -> np.ndarray:
+    """A class-mask sample's labels as targets, after checking that the
+    network has each class: ids of 256 and above wrapped to ``id - 256``
+    (a 0/257 mask trained as class 1), and a class found only in the
+    validation images was an ``IndexError``.
+
+    >>> s = load_arrays([np.zeros((2, 2))], [np.array([[0, 257], [0, 0]])], False, ["m.tif"])[0]
+    >>> class_targets(s, 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: labels m.tif contain class 257 but the network has 2 classes
+    """
+    top = int(sample.labels.max()) if sample.labels.size else 0
+    if top >= classes or int(sample.labels.min(initial=0)) < 0:
+        raise ValueError(f"labels {sample.name} contain class {top} but the network has {classes} classes")
+    return sample.labels.astype(np.uint8 if classes <= 256 else np.uint16)
 
 
 class CropDataset(Dataset):
@@ -383,7 +412,7 @@ class CropDataset(Dataset):
         self.boundary = int(boundary)
         self.targets = [
             (boundary_targets(s.labels, boundary) if boundary else instance_targets(s.labels, separate)) if s.instances
-            else s.labels.astype(np.uint8) for s in self.samples
+            else class_targets(s, classes) for s in self.samples
         ]
         top = max(int(t.max()) for t in self.targets)
         if top == 0:

@@ -54,12 +54,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from .augment import Augmenter
-from .evaluate import HELD_OUT_ROWS
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import (
     SAMPLE_DATA_DIR,
     CropDataset,
     Sample,
+    class_targets,
     load_arrays,
     load_folder,
     load_sample_data,
@@ -67,6 +67,7 @@ from .data import (
     split_files,
     split_rows,
 )
+from .evaluate import HELD_OUT_ROWS
 from .loss import boundary_targets, instance_targets, object_diameters, segmentation_loss, weight_map
 from .metrics import connected_components, evaluate, pool
 from .predict import predict_logits
@@ -363,7 +364,7 @@ class _EvalSet:
                             instance_targets(sample.labels, loss.get("separate", True)))
             self.weights = weight_map(sample.labels, loss["w0"], loss["sigma"], class_weight, self.targets)
         else:
-            self.targets = sample.labels.astype(np.uint8)
+            self.targets = class_targets(sample, int(config["model"]["classes"]))
             self.weights = class_weight.astype(np.float32)[self.targets]
         self.dice = loss["dice"]
         self.truth = sample.labels if sample.instances else None

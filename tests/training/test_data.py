@@ -81,6 +81,12 @@ def test_split_files():
     parts = split_files(samples, val=0.4, seed=2)
     assert len(parts["val"]) == 2 and len(parts["train"]) == 3
     assert not {s.name for s in parts["val"]} & {s.name for s in parts["train"]}
+    # -0.2 took all but one file for validation, 0.04 none; a file both validation and test is not held out.
+    for bad in (-0.2, 0.04, 1.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"data.split.val .* must be a fraction in \(0, 1\)"):
+            split_files(samples, val=bad)
+    with pytest.raises(ValueError, match="data.split.val and data.split.test both name f1.tif"):
+        split_files(samples, val=["f1"], test=["f1.tif"])
 
 
 def test_crops_are_aligned_and_cover_the_edges():
