@@ -574,9 +574,13 @@ def export_checkpoint(
     *,
     name: Optional[str] = None,
     description: Optional[str] = None,
+    class_names: Optional[Sequence[str]] = None,
 ) -> Path:
     """Exports a training checkpoint (file or run folder) to a TorchScript
-    model with metadata (see the module docstring); returns the path."""
+    model with metadata (see the module docstring); returns the path.
+    ``class_names`` replace the run's ``export.class_names`` and must name
+    every class; the run's names that do not are replaced by ``class_N``
+    names, with a warning (it was without a word)."""
     from .checkpoint import model_from_checkpoint
 
     _refuse_same_file(checkpoint, output)
@@ -588,9 +592,17 @@ def export_checkpoint(
     ex = cfg.get("export") or {}
     model_cfg = dict(cfg["model"])
     classes = int(model_cfg.get("classes", 2))
-    class_names = ex.get("class_names")
-    if not class_names or len(class_names) != classes:
-        class_names = None
+    if class_names is not None:
+        class_names = list(class_names)
+        if len(class_names) != classes:
+            raise ExportGeometryError(f"--class-names name {len(class_names)} classes; the network has {classes}")
+    else:
+        class_names = ex.get("class_names")
+        if class_names and len(class_names) != classes:
+            # The default names (two) under a three-class boundary run.
+            warnings.warn(f"the run's export.class_names {class_names} name {len(class_names)} classes, the "
+                          f"network has {classes}: written as class_1 ... (give --class-names)", stacklevel=2)
+            class_names = None
     meta = build_metadata(
         {**model.config, "architecture": model_cfg.get("architecture", "unet")},
         name=name or ex.get("name") or cfg.get("name", "unet"),
@@ -694,7 +706,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 overrides["class_names"] = [c.strip() for c in args.class_names.split(",")]
             path = export_module_file(args.checkpoint, args.output, overrides)
         else:
-            path = export_checkpoint(args.checkpoint, args.output, name=args.name, description=args.description)
+            # A checkpoint's geometry and output are its network's: the
+            # flags were ignored without a word.
+            ignored = [flag for flag, value in (("--padding", args.padding), ("--halo", args.halo),
+                                                ("--size-multiple", args.size_multiple),
+                                                ("--size-offset", args.size_offset), ("--fixed-size", args.fixed_size),
+                                                ("--output-kind", args.output_kind), ("--output-key", args.output_key))
+                       if value is not None]
+            if ignored:
+                raise ExportGeometryError(f"{ignored[0]} is for TorchScript files: a training checkpoint's network "
+                                          f"has its own geometry and output")
+            names = [c.strip() for c in args.class_names.split(",")] if args.class_names else None
+            path = export_checkpoint(args.checkpoint, args.output, name=args.name, description=args.description,
+                                     class_names=names)
     except (ExportMismatchError, ExportGeometryError) as e:
         print(f"export failed: {e}", file=sys.stderr)
         return 1

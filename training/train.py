@@ -247,6 +247,17 @@ def _check_numbers(c: Dict[str, Any]) -> None:
     number("loss", "w0", 0)
     number("loss", "sigma", 0, strict=True)
     number("loss", "boundary", 0, integer=True, optional=True)
+    # Each of these ended in a traceback (IndexError, torch's RuntimeError, numpy's TypeError).
+    number("model", "classes", 2, integer=True, optional=True)
+    number("train", "threads", 1, integer=True, optional=True)
+    seed = c.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    data = c["data"]
+    for one, other, flags in (("image", "labels", "--image and --labels"),
+                              ("image_dir", "label_dir", "--image-dir and --label-dir")):
+        if (data.get(one) is None) != (data.get(other) is None):
+            raise ValueError(f"give {flags} together (data.{one} and data.{other})")
 
 
 def _check_normalization(norm: Any) -> None:
@@ -796,6 +807,7 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
             raise ValueError(f"--resume {args.resume}: not a training checkpoint ({first})") from e
         config = merge_config(config, checkpoint.config)
     resumed_model = copy.deepcopy(config["model"]) if args.resume is not None else None
+    resumed_norm = copy.deepcopy(config["data"].get("normalization")) if args.resume is not None else None
     if args.config is not None:
         try:
             given = json.loads(Path(args.config).read_text())
@@ -844,6 +856,11 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
             was = ", ".join(f"model.{k}={json.dumps(resumed_model.get(k))}" for k in changed)
             raise ValueError(f"--resume {args.resume} continues its own network ({was}); "
                              f"model settings cannot change on resume")
+        # Its weights learned this input scaling: the export recorded the
+        # new one for every step.
+        if config["data"].get("normalization") != resumed_norm:
+            raise ValueError(f"--resume {args.resume} was trained with data.normalization "
+                             f"{json.dumps(resumed_norm)}; it cannot change on resume")
     return config
 
 

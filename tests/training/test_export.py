@@ -296,3 +296,17 @@ class _DeepSupervision(_Segnet):
     def forward(self, x: torch.Tensor):
         y = self.net(x)
         return [y, y[:, :1]]
+
+
+def test_checkpoint_export_takes_class_names_and_refuses_torchscript_flags(tiny_run, tmp_path, capsys):
+    """--class-names, --output-kind and the geometry flags were ignored for
+    checkpoints without a word."""
+    out = tmp_path / "named.pt"
+    assert main([tiny_run["checkpoint"], "-o", str(out), "--class-names", "bg,nucleus"]) == 0
+    assert read_metadata(out)["class_names"] == ["bg", "nucleus"]
+    assert main([tiny_run["checkpoint"], "-o", str(tmp_path / "x.pt"), "--class-names", "bg,nucleus,edge"]) == 1
+    assert "--class-names name 3 classes; the network has 2" in capsys.readouterr().err
+    for flag, value in (("--output-kind", "sigmoid"), ("--halo", "8"), ("--fixed-size", "64")):
+        assert main([tiny_run["checkpoint"], "-o", str(tmp_path / "x.pt"), flag, value]) == 1
+        assert f"{flag} is for TorchScript files" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()

@@ -226,6 +226,10 @@ TINY = ["--sample", "--steps", "2", "--depth", "2", "--base", "2", "--batch-size
         ('data.normalization={"kind":"percentile","low":90,"high":10}', "data.normalization .*0 <= low < high"),
         ('data.normalization={"kind":"zscore","mean":0,"std":0}', "data.normalization .*std > 0"),
         ('data.normalization={"kind":"percentile","low":1}', "data.normalization .*missing field `high`"),
+        ("model.classes=0", "model.classes must be an integer >= 2"),
+        ("train.threads=-2", "train.threads must be an integer >= 1"),
+        ("seed=1.5", "seed must be an integer >= 0"),
+        ('data.image="a.tif"', "give --image and --labels together"),
     ],
 )
 def test_settings_a_run_cannot_use_are_usage_errors_that_leave_nothing(tmp_path, capsys, setting, message):
@@ -260,6 +264,13 @@ def test_resume_never_replaces_another_run_nor_rewrites_its_own_config(tmp_path,
         main(["--resume", str(first / "last.pt"), "--steps", "4", "--set", "model.base=3", "--no-progress"])
     assert stop.value.code == 2
     assert "model.base=2); model settings cannot change on resume" in capsys.readouterr().err
+    # Its weights learned one input scaling; the export recorded the new one for every step.
+    with pytest.raises(SystemExit) as stop:
+        main(["--resume", str(first / "last.pt"), "--steps", "4", "--no-progress",
+              "--set", 'data.normalization={"kind":"scale","factor":1000}'])
+    assert stop.value.code == 2
+    assert 'data.normalization {"kind": "percentile", "low": 1.0, "high": 99.8}; it cannot change on resume' in \
+        capsys.readouterr().err
 
 
 def test_export_refuses_to_write_over_the_checkpoint(tmp_path, capsys):
