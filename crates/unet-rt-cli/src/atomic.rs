@@ -256,7 +256,10 @@ mod tests {
         let long = "n".repeat(250);
         let tmp = temporary_path(&Path::new("out").join(format!("{long}.tif")));
         let name = tmp.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(name.len() <= 255 && name.starts_with(".nnn") && name.ends_with(".partial"), "{name}");
+        assert!(
+            name.len() <= 255 && name.starts_with(".nnn") && name.ends_with(".partial"),
+            "{name}"
+        );
         let other = temporary_path(&Path::new("out").join(format!("{long}.npy")));
         assert_ne!(tmp, other);
         assert_eq!(
