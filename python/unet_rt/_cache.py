@@ -58,7 +58,7 @@ def file_stamp(path: Union[str, "os.PathLike[str]"]) -> Tuple[int, ...]:
 def file_fingerprint(path: Union[str, "os.PathLike[str]"]) -> Optional[Tuple[Tuple[str, int, int], ...]]:
     """What a model archive holds, from its zip central directory alone
     (milliseconds for any size): each entry's name, CRC-32 and size.
-    ``None`` for what is not a zip file (a package folder).
+    ``None`` for what is not a regular zip file (a package folder).
 
     A changed :func:`file_stamp` with the same fingerprint is the same
     model: ``chmod``, ``touch`` or a copy of the same bytes change the
@@ -67,9 +67,13 @@ def file_fingerprint(path: Union[str, "os.PathLike[str]"]) -> Optional[Tuple[Tup
     >>> file_fingerprint(tiny_model_path) == file_fingerprint(tiny_model_path)
     True
     """
+    import stat
     import zipfile
 
     try:
+        # Never a FIFO or a device: opening one blocks, or reads for ever.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
         with zipfile.ZipFile(path) as archive:
             return tuple((i.filename, i.CRC, i.file_size) for i in archive.infolist())
     except (OSError, ValueError, zipfile.BadZipFile):

@@ -91,7 +91,6 @@ class Model:
             self._stamp: Tuple[int, ...] = _cache.file_stamp(path)
         except (OSError, ValueError):
             self._stamp = ()  # loading says what is wrong with the path
-        self._fingerprint = _cache.file_fingerprint(path)
         if is_package(path):
             from .bioimageio import read_package
 
@@ -99,6 +98,14 @@ class Model:
         else:
             self._inner = _unet_rt.Model(os.fspath(path), device, precision)
         self._source: Union[str, bytes] = os.path.abspath(os.fspath(path))
+        # Read after the load refused special files; kept only where the
+        # file was not replaced meanwhile (else it may not be what loaded).
+        fingerprint = _cache.file_fingerprint(path)
+        try:
+            unchanged = bool(self._stamp) and _cache.file_stamp(path) == self._stamp
+        except (OSError, ValueError):
+            unchanged = False
+        self._fingerprint = fingerprint if unchanged else None
         self._device_request = device
         self._precision_request = precision
         self._warn_if_approximate()
