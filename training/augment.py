@@ -29,6 +29,7 @@ True
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -286,6 +287,20 @@ class Augmenter:
             if not (0.0 <= lo <= hi <= MAX_BLUR_SIGMA):
                 raise ValueError(f"augment.blur must satisfy 0 <= low <= high <= {MAX_BLUR_SIGMA:g}, got {self.blur!r}")
             self.blur = (lo, hi)
+        # A reversed range failed at the first batch ("high - low < 0"),
+        # naming no setting, after the run folder was made.
+        for name, positive in (("gamma", True), ("contrast", True), ("scale", True), ("brightness", False)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            try:
+                lo, hi = (float(v) for v in value)
+            except (TypeError, ValueError):
+                raise ValueError(f"augment.{name} must be two numbers (a range) or null, got {value!r}") from None
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi and (lo > 0 or not positive)):
+                bound = "0 < low <= high" if positive else "low <= high"
+                raise ValueError(f"augment.{name} must satisfy {bound}, got {value!r}")
+            setattr(self, name, (lo, hi))
         p = self.blur_probability
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
             raise ValueError(f"augment.blur_probability must be a number between 0 and 1, got {p!r}")

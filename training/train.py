@@ -281,6 +281,7 @@ def resolve_config(config: Dict[str, Any]) -> Dict[str, Any]:
     _check_known_keys(c)
     _check_numbers(c)
     _check_normalization(c["data"].get("normalization"))
+    Augmenter.from_config(c.get("augment"))  # its ranges, before the run folder is made
     split = c["data"].get("split")
     if (c["data"].get("sample") and isinstance(split, dict) and split.get("by", "rows") == "rows"
             and all(split.get(k) is None for k in ("train", "val", "test"))):

@@ -227,6 +227,8 @@ TINY = ["--sample", "--steps", "2", "--depth", "2", "--base", "2", "--batch-size
         ('data.normalization={"kind":"zscore","mean":0,"std":0}', "data.normalization .*std > 0"),
         ('data.normalization={"kind":"percentile","low":1}', "data.normalization .*missing field `high`"),
         ("model.classes=0", "model.classes must be an integer >= 2"),
+        ("augment.gamma=[2,0.1]", r"augment.gamma must satisfy 0 < low <= high"),  # failed at the first batch
+        ("augment.brightness=[0.1,-0.1]", r"augment.brightness must satisfy low <= high"),
         ("train.threads=-2", "train.threads must be an integer >= 1"),
         ("seed=1.5", "seed must be an integer >= 0"),
         ('data.image="a.tif"', "give --image and --labels together"),
