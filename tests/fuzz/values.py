@@ -103,7 +103,9 @@ def acceptable(argument: str, value: Any, dims: int) -> bool:
     if value is None:
         return argument in _OPTIONAL
     if argument in _MIN_INT:
-        if argument == "tile" and isinstance(value, (tuple, list)):
+        # A NumPy array of sizes is read as a list is (the CLI's rule).
+        sizes = isinstance(value, (tuple, list)) or (isinstance(value, np.ndarray) and value.ndim == 1)
+        if argument == "tile" and sizes:
             return len(value) == dims and all(is_int(v) and v >= 1 for v in value)
         return is_int(value) and bool(value >= _MIN_INT[argument])
     if argument in _STRINGS:  # case and surrounding spaces do not make a known value unknown
