@@ -691,32 +691,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     geometry_flags.add_argument("--class-names", help="comma-separated, one per output channel")
     args = parser.parse_args(argv)
     try:
-        if _is_torchscript(args.checkpoint):
-            overrides: Dict[str, Any] = {
-                key: value for key, value in {
-                    "padding": args.padding, "halo": args.halo, "size_multiple": args.size_multiple,
+        # The TorchScript-only flags (metadata field -> given value).
+        declared = {"padding": args.padding, "halo": args.halo, "size_multiple": args.size_multiple,
                     "size_offset": args.size_offset, "fixed_size": args.fixed_size, "output": args.output_kind,
-                    "name": args.name,
-                    "description": args.description,
-                }.items() if value is not None
-            }
+                    "output_key": args.output_key}
+        names = [c.strip() for c in args.class_names.split(",")] if args.class_names else None
+        if _is_torchscript(args.checkpoint):
+            overrides: Dict[str, Any] = {key: value for key, value in {
+                **declared, "name": args.name, "description": args.description, "class_names": names,
+            }.items() if value is not None}
             if args.output_key is not None:
                 overrides["output_key"] = int(args.output_key) if args.output_key.isdigit() else args.output_key
-            if args.class_names:
-                overrides["class_names"] = [c.strip() for c in args.class_names.split(",")]
             path = export_module_file(args.checkpoint, args.output, overrides)
         else:
             # A checkpoint's geometry and output are its network's: the
             # flags were ignored without a word.
-            ignored = [flag for flag, value in (("--padding", args.padding), ("--halo", args.halo),
-                                                ("--size-multiple", args.size_multiple),
-                                                ("--size-offset", args.size_offset), ("--fixed-size", args.fixed_size),
-                                                ("--output-kind", args.output_kind), ("--output-key", args.output_key))
-                       if value is not None]
-            if ignored:
-                raise ExportGeometryError(f"{ignored[0]} is for TorchScript files: a training checkpoint's network "
+            given = [key for key, value in declared.items() if value is not None]
+            if given:
+                flag = "--output-kind" if given[0] == "output" else "--" + given[0].replace("_", "-")
+                raise ExportGeometryError(f"{flag} is for TorchScript files: a training checkpoint's network "
                                           f"has its own geometry and output")
-            names = [c.strip() for c in args.class_names.split(",")] if args.class_names else None
             path = export_checkpoint(args.checkpoint, args.output, name=args.name, description=args.description,
                                      class_names=names)
     except (ExportMismatchError, ExportGeometryError) as e:

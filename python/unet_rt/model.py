@@ -162,10 +162,10 @@ class Model:
         except OSError:
             now = ()
         # chmod, touch, a copy of the same bytes: the same entries (names,
-        # CRC-32s, sizes) are the same model.
-        same = (bool(now) and self._fingerprint is not None
-                and _cache.file_fingerprint(self._source) == self._fingerprint)
-        if now != self._stamp and not same:
+        # CRC-32s, sizes) are the same model. Read only where the stamp
+        # moved: every pickle and Dask graph comes through here.
+        if now != self._stamp and not (bool(now) and self._fingerprint is not None
+                                       and _cache.file_fingerprint(self._source) == self._fingerprint):
             what = "is gone" if not now else "has changed"
             raise ModelError(
                 f"{self._source} {what} since this model was loaded: a copy of it (pickle, copy, "
