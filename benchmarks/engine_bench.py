@@ -225,11 +225,11 @@ def overhead(models: Dict[str, Path], size: int) -> None:
 def augmentation() -> None:
     import tifffile
 
-    from training.evaluate import HELD_OUT_ROWS, score
+    from training.evaluate import score, scored_region
 
     data = ROOT / "data" / "dsb2018-nuclei"
     image, labels = tifffile.imread(data / "image.tif"), tifffile.imread(data / "labels.tif")
-    lo, hi = HELD_OUT_ROWS
+    region = scored_region(labels.shape)
     rows, base = [], None
     for precision in ("fp32", "bf16"):
         model = unet_rt.Model(BUNDLED, device="cpu", precision=precision)
@@ -237,7 +237,7 @@ def augmentation() -> None:
         for tta in ("none", "flips", "d4"):
             seconds, instances = timed(lambda: model.segment(image, output="instances", tta=tta), repeats=2)
             base = seconds if tta == "none" else base
-            s = score(instances[lo:hi], labels[lo:hi])
+            s = score(instances[region], labels[region])
             rows.append([precision, tta, seconds, seconds / base, s["iou"], s["ap"]["0.5"], s["ap"]["0.75"]])
     table("test-time augmentation, 512x512 sample (held-out rows scored)",
           ["precision", "tta", "seconds", "x none", "IoU", "AP@0.5", "AP@0.75"], rows)
