@@ -269,7 +269,7 @@ def _table(evaluation: Dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = [(f"{k}x", v) for k, v in evaluation["whole"].items()]
     rows += [(f"{k}x, object_size", v) for k, v in evaluation.get("object_size", {}).items() if k != "1"]
-    rows += [("1x crop", evaluation["crop"])]
+    rows += [("1x, held-out rows segmented alone", evaluation["crop"])]
     for name, s in rows:
         lines.append(f"| {name} | {s['iou']:.3f} | {s['ap']['0.5']:.3f} | {s['ap']['0.75']:.3f} | {s['ap']['0.9']:.3f} "
                      f"| {s['n_true']} | {s['n_pred']} | {s['merges']} ({s['merged']}) | {s['splits']} "

@@ -162,7 +162,7 @@ def merge_config(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]
 def _set_path(config: Dict[str, Any], assignment: str) -> None:
     key, sep, raw = assignment.partition("=")
     if not sep:
-        raise SystemExit(f"--set expects section.key=value, got {assignment!r}")
+        raise ValueError(f"--set expects section.key=value, got {assignment!r}")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
@@ -337,7 +337,7 @@ def load_splits(data: Dict[str, Any]) -> Dict[str, List[Sample]]:
         img, lab = _path(data["image"]), _path(data["labels"])
         samples = load_arrays([read_image(img)], [read_image(lab)], data.get("instances", True), [img.name])
     else:
-        raise SystemExit("no data: give --sample, --image/--labels or --image-dir/--label-dir")
+        raise ValueError("no data: give --sample, --image/--labels or --image-dir/--label-dir")
     split = dict(data.get("split") or {"by": "rows", "train": None})
     by = split.pop("by", "rows")
     if by == "rows":
@@ -525,7 +525,7 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
     resumed = None if resume is None else (Path(resume) / "last.pt" if Path(resume).is_dir() else Path(resume))
     if (out / "last.pt").exists() and (resumed is None or (out / "last.pt").resolve() != resumed.resolve()):
         # Resuming another run into this folder would replace this one.
-        raise SystemExit(f"{out} already holds a run: pass --resume {out / 'last.pt'} or choose another --out")
+        raise ValueError(f"{out} already holds a run: pass --resume {out / 'last.pt'} or choose another --out")
 
     splits = load_splits(config["data"])
     norm = config["data"]["normalization"]
@@ -578,7 +578,7 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
 
     start, history, elapsed = 0, {"step": [], "loss": [], "lr": [], "val": []}, 0.0
     if ck is not None and steps < int(ck.state["step"]):
-        raise SystemExit(f"the run is already at step {int(ck.state['step'])}: ask for more train.steps "
+        raise ValueError(f"the run is already at step {int(ck.state['step'])}: ask for more train.steps "
                          f"(--steps) than that to continue it, not {steps}")
     if ck is not None:
         model.load_state_dict(ck.model)

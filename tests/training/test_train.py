@@ -43,7 +43,7 @@ def test_resume_continues_exactly(tmp_path):
     straight = train(tiny_config(tmp_path / "a", **constant))
     first = train(tiny_config(tmp_path / "b", **{**constant, "steps": 3}))
     assert first["step"] == 3
-    with pytest.raises(SystemExit, match="already holds a run"):
+    with pytest.raises(ValueError, match="already holds a run"):
         train(tiny_config(tmp_path / "b", **constant))
     resumed = train(tiny_config(tmp_path / "b", **constant), resume=Path(first["checkpoint"]))
     assert resumed["history"]["loss"][:3] == first["history"]["loss"]
@@ -250,8 +250,13 @@ def test_resume_never_replaces_another_run_nor_rewrites_its_own_config(tmp_path,
     main([*TINY, "--out", str(second), "--crop", "50"])
     before = {p: (second / p).read_bytes() for p in ("last.pt", "config.json")}
     # Resuming `a` into `b` replaced b's run without a word.
-    with pytest.raises(SystemExit, match="already holds a run"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
         main(["--resume", str(first / "last.pt"), "--steps", "4", "--out", str(second), "--no-progress"])
+    # A usage error as every other refusal: one `error:` line, exit status 2.
+    assert stop.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert "error: " in last and "already holds a run" in last
     assert {p: (second / p).read_bytes() for p in before} == before
     # A failed resume rewrote the run's config.json (batch_size 0 in it).
     config = (first / "config.json").read_bytes()
@@ -259,8 +264,10 @@ def test_resume_never_replaces_another_run_nor_rewrites_its_own_config(tmp_path,
         main(["--resume", str(first / "last.pt"), "--steps", "4", "--set", "train.batch_size=0", "--no-progress"])
     assert (first / "config.json").read_bytes() == config
     # Fewer steps than done gave a checkpoint whose step contradicted its history.
-    with pytest.raises(SystemExit, match="already at step 2"):
+    with pytest.raises(SystemExit) as stop:
         main(["--resume", str(first / "last.pt"), "--steps", "1", "--no-progress"])
+    assert stop.value.code == 2
+    assert "error: the run is already at step 2" in capsys.readouterr().err
     # Another network than the checkpoint's was a page of state_dict size mismatches.
     with pytest.raises(SystemExit) as stop:
         main(["--resume", str(first / "last.pt"), "--steps", "4", "--set", "model.base=3", "--no-progress"])
