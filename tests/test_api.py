@@ -84,7 +84,13 @@ def test_module_function_uses_a_cached_model(tiny_model_path):
     from unet_rt import _cache
 
     tiny = str(Path(tiny_model_path).resolve())
-    assert len([k for k in _cache._CACHE if k[0] == tiny and k[2:] == ("cpu", "fp32")]) == 1
+    # Other spellings of the same device and precision are the same entry
+    # (each was a load of its own, with its own copy of the weights).
+    entries = len([k for k in _cache._CACHE if k[0] == tiny])
+    for device, precision in (("CPU", "FP32"), (" cpu ", "fp32")):
+        unet_rt.segment(image, tiny_model_path, device=device, precision=precision)
+    assert len([k for k in _cache._CACHE if k[0] == tiny]) == entries
+    assert len([k for k in _cache._CACHE if k[0] == tiny and k[2:] == (("cpu",), "fp32")]) == 1
 
 
 def test_a_model_file_replaced_with_its_size_and_modification_time_is_loaded_again(tmp_path):

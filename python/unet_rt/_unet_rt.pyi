@@ -55,17 +55,17 @@ class Model:
     def segment(
         self,
         image: npt.NDArray[Any],  # a batch (N, C, spatial...); the result is (N, ...)
-        output: str = "labels",
+        output: Optional[str] = None,  # labels
         tile: Union[int, Sequence[int], str, None] = None,
         batch_size: Optional[int] = None,
         memory_budget: Optional[int] = None,
         out: Optional[npt.NDArray[Any]] = None,
         progress: Optional[Callable[[int, int], object]] = None,
-        blend: str = "crop",
+        blend: Optional[str] = None,  # crop
         window: Optional[Tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int]]] = None,
         input_range: Optional[Sequence[Tuple[float, float]]] = None,
-        nonfinite: str = "raise",
-        tta: str = "none",
+        nonfinite: Optional[str] = None,  # raise
+        tta: Optional[str] = None,  # none
         object_size: Optional[float] = None,
         min_size: Optional[int] = None,
         fill_holes: Optional[bool] = None,

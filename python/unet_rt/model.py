@@ -839,8 +839,11 @@ def cached_model(path: Optional[PathLike], device: str, precision: str) -> Model
     resolved = bundled_model_path() if path is None else Path(path)
     try:
         stamp = _cache.file_stamp(resolved)  # before resolve(): a symlink loop is an OSError here
-        key: Tuple[Any, ...] = (str(resolved.resolve()), stamp, device, precision)
-    except (OSError, ValueError):
+        # Spellings of one device or precision ("cpu", "CPU", " cpu") share
+        # an entry: each was a full load with its own copy of the weights.
+        key: Tuple[Any, ...] = (str(resolved.resolve()), stamp, tuple(_unet_rt.canonical_devices(device)),
+                                _unet_rt.canonical_precision(precision))
+    except (OSError, ValueError, TypeError):
         return Model(path, device, precision)  # raises the right error
     return _cache.cached(key, lambda: Model(resolved, device, precision))
 

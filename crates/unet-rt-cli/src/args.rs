@@ -206,7 +206,8 @@ pub(crate) struct SegmentArgs {
     pub min_size: Option<u64>,
     /// Instances: whether background enclosed by one object joins it
     /// (default: the model's read-out).
-    #[arg(long, value_name = "yes|no", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, value_name = "yes|no", value_parser = clap::builder::BoolishValueParser::new(),
+          hide_possible_values = true)]
     pub fill_holes: Option<bool>,
     /// NaN or infinite pixels, and such values in the network's output: raise
     /// (refuse the image, naming it) or propagate (let them through to the

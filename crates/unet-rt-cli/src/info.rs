@@ -308,11 +308,33 @@ fn scalar(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() => format!("{}", (f * 1e4).round() / 1e4),
+            Some(f) if n.is_f64() => short_number(f),
             _ => n.to_string(),
         },
         other => other.to_string(),
     }
+}
+
+/// `f` to four decimals, or to four significant digits where it is smaller
+/// than 0.1 (a learning rate of 2e-5 printed as 0 at four decimals), in
+/// exponent form below 1e-6.
+fn short_number(f: f64) -> String {
+    let size = f.abs();
+    if !f.is_finite() || size < 1e-6 && size > 0.0 {
+        return if f.is_finite() {
+            format!("{f:.3e}")
+        } else {
+            format!("{f}")
+        };
+    }
+    // 4 decimals from 0.1 up, up to 9 below: 10^9 scales nothing out of range.
+    let decimals = if size >= 0.1 || size == 0.0 {
+        4
+    } else {
+        3 - size.log10().floor() as i32
+    };
+    let scale = 10f64.powi(decimals);
+    format!("{}", (f * scale).round() / scale)
 }
 
 fn human_bytes(bytes: u64) -> String {
@@ -344,5 +366,16 @@ mod tests {
         assert!(
             text.contains(&"epochs: 40".to_owned()) && text.contains(&"sizes: 1, 2".to_owned())
         );
+    }
+
+    #[test]
+    fn small_numbers_keep_four_significant_digits() {
+        assert_eq!(short_number(2e-5), "0.00002");
+        assert_eq!(short_number(1.234567e-7), "1.235e-7");
+        assert_eq!(short_number(1.234567e-6), "0.000001235");
+        assert_eq!(short_number(0.812345), "0.8123");
+        assert_eq!(short_number(1234.56789), "1234.5679");
+        assert_eq!(short_number(-0.0421234), "-0.04212");
+        assert_eq!(short_number(0.0), "0");
     }
 }

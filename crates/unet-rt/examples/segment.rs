@@ -10,14 +10,17 @@
 use std::process::ExitCode;
 
 use ndarray::{ArrayD, Axis};
-use unet_rt::{Model, Options, Precision, Segmenter};
+use unet_rt::{Model, Options, Segmenter};
 
 fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let [model_path, image_path, output_path, rest @ ..] = args else {
         return Err("usage: segment MODEL.pt IMAGE.npy LABELS.npy [cpu|cuda|auto]".into());
     };
     let device = unet_rt::parse_device(rest.first().map_or("auto", String::as_str))?;
-    let model = Model::load_with_precision(model_path, device, Precision::Auto)?;
+    // fp32, as every entry point defaults to (the labels the CLI and Python
+    // give); `Model::load_with_precision(.., Precision::Auto)` trades a few
+    // boundary pixels for bf16's speed.
+    let model = Model::load(model_path, device)?;
     println!(
         "{} on {:?} in {}",
         model_path,

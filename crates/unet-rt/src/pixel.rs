@@ -4,7 +4,11 @@ use crate::normalize::Affine;
 
 /// A pixel type of an input image. Conversion to `f32` happens tile by tile
 /// while gathering, so the caller's array is never copied whole.
-pub trait Pixel: Copy + Send + Sync + 'static {
+///
+/// Sealed: the engine indexes its histograms with [`Pixel::bin`] and
+/// uploads [`Pixel::RAW`] kinds as their bytes, promises only the types
+/// here keep (`u8`, `u16`, `i16`, `f16`, `f32`, `f64`).
+pub trait Pixel: sealed::Sealed + Copy + Send + Sync + 'static {
     /// The value as `f32`.
     fn to_f32(self) -> f32;
     /// The network input for this value under `affine`.
@@ -33,6 +37,17 @@ pub trait Pixel: Copy + Send + Sync + 'static {
     fn is_finite(self) -> bool {
         true
     }
+}
+
+mod sealed {
+    /// Implemented for the pixel types of this module only.
+    pub trait Sealed {}
+    impl Sealed for u8 {}
+    impl Sealed for u16 {}
+    impl Sealed for i16 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
 }
 
 /// A pixel type uploaded as it is, to be normalised on the device: a

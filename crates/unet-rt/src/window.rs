@@ -120,6 +120,15 @@ impl Window {
                 self.image
             )));
         }
+        // A blending plan's tiles overlap: several write each pixel, and the
+        // grid ranges below (tile k writes from k * stride) would miss some.
+        if plan.blends() {
+            return Err(invalid(
+                "pieces of an image are segmented with crop plans: a blending plan's tiles overlap \
+                 (use blend crop)"
+                    .to_owned(),
+            ));
+        }
         Ok(())
     }
 
@@ -130,8 +139,8 @@ impl Window {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] naming `window` when the window fails
-    /// [`Window::check_region`], the plan is for another image, or the
-    /// region's tiles do not fit in memory.
+    /// [`Window::check_region`], the plan is for another image or blends,
+    /// or the region's tiles do not fit in memory.
     pub fn tiles(&self, plan: &TilePlan) -> Result<Vec<Tile>> {
         self.check_plan(plan)?;
         let ranges: Vec<(usize, usize)> = (0..self.image.len())
@@ -183,7 +192,7 @@ impl Window {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] naming `window` when the window fails
-    /// [`Window::check_region`] or the plan is for another image.
+    /// [`Window::check_region`] or the plan is for another image or blends.
     pub fn needed_input(&self, plan: &TilePlan) -> Result<(Vec<usize>, Vec<usize>)> {
         self.check_plan(plan)?;
         let rank = self.image.len();
@@ -629,5 +638,33 @@ mod tests {
             argument(good.check_context(&plan, &[100, 100, 100])),
             "window"
         );
+    }
+
+    /// A blending plan writes pixels from several tiles: the region's tiles
+    /// and the input they need would be those of a crop plan, too few (the
+    /// Rust API sized a client's overlap from them).
+    #[test]
+    fn blending_plans_are_refused() {
+        use crate::geometry::Blend;
+        for blend in [Blend::Constant, Blend::Gaussian { sigma_scale: 0.125 }] {
+            let plan = TilePlan::same(&[100], &[24], 2, 1, blend).unwrap();
+            assert!(plan.blends());
+            let region = Window {
+                image: vec![100],
+                origin: vec![0],
+                start: vec![15],
+                shape: vec![1],
+            };
+            assert_eq!(argument(region.tiles(&plan)), "window");
+            assert_eq!(argument(region.needed_input(&plan)), "window");
+        }
+        let crop = TilePlan::same(&[100], &[24], 2, 1, Blend::Crop).unwrap();
+        let region = Window {
+            image: vec![100],
+            origin: vec![0],
+            start: vec![15],
+            shape: vec![1],
+        };
+        assert_eq!(region.tiles(&crop).unwrap().len(), 1);
     }
 }

@@ -263,6 +263,40 @@ fn bf16_keeps_the_labels() {
     assert!(agree > 0.97, "bf16 agreement {agree}");
 }
 
+/// A panic in the caller's progress callback is the caller's: raised again
+/// on the calling thread with its own message (it was an internal error
+/// that "the stitching thread panicked", the message lost), and the model
+/// serves the next call.
+#[test]
+fn a_panicking_progress_callback_panics_the_caller() {
+    let model = load("tiny_valid.pt");
+    let image = Lcg(23).image(&[1, 200, 200]);
+    let options = Options {
+        tile: Some(vec![60, 60]),
+        progress: Some(Arc::new(|p: Progress| {
+            if p.done >= 2 {
+                panic!("the caller's own bug at {}", p.done);
+            }
+        })),
+        ..Options::default()
+    };
+    let seg = Segmenter::new(model.clone(), options).unwrap();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _: ArrayD<u8> = seg.segment(image.view()).unwrap();
+    }))
+    .expect_err("the callback's panic reaches the caller");
+    let message = caught.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        message.starts_with("the caller's own bug at "),
+        "{message:?}"
+    );
+    let again: ArrayD<u8> = Segmenter::new(model, Options::default())
+        .unwrap()
+        .segment(image.view())
+        .unwrap();
+    assert_eq!(again.shape(), &[200, 200]);
+}
+
 #[test]
 fn progress_is_reported_and_cancellation_stops_the_call() {
     let model = load("tiny_valid.pt");

@@ -317,6 +317,11 @@ impl Segmenter {
             None => Window::whole(&local),
         };
         let mut layout = self.layout(&window.image)?;
+        // The statistics pass reads the whole input: a call cancelled before
+        // it starts ends here, not after it.
+        if self.cancelled() {
+            return Err(Error::Cancelled);
+        }
         let affine = self.affine(&input);
         let gatherer = Gatherer::piece(input, affine, window.origin.clone(), window.image.clone())
             .check_finite(self.options.nonfinite == NonFinite::Raise)
@@ -607,7 +612,10 @@ fn check_window(planner: Planner<'_>, window: &Window) -> Result<()> {
 /// the machine's cores, up to 8 (beyond that the stage is bound by memory
 /// bandwidth, not by cores).
 fn host_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+    // Asked once: std reads the cgroup's files on every call (three opens
+    // per segment call, a million calls in a pipeline's life).
+    static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *WORKERS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
 }
 
 pub(super) fn invalid(argument: &'static str, message: String) -> Error {

@@ -10,7 +10,8 @@ use ndarray::{ArrayViewMutD, IxDyn, Slice};
 
 use super::gather::Gatherer;
 use super::{
-    invalid, Batch, Layout, OutputElement, OutputMode, Progress, Segmenter, Written, QUEUE_DEPTH,
+    invalid, Batch, Layout, OutputElement, OutputMode, Progress, ProgressFn, Segmenter, Written,
+    QUEUE_DEPTH,
 };
 use crate::error::{Error, Result};
 use crate::geometry::Tile;
@@ -83,16 +84,20 @@ impl Segmenter {
                 .spawn_scoped(scope, move || {
                     let mut done = 0;
                     let mut in_order = InOrder::default();
+                    let mut user_panic = None;
                     for written in out_rx {
                         in_order.push(written.seq, written, |written| {
                             sink(&written);
                             done += written.tiles.len();
-                            if let Some(report) = &progress {
-                                report(Progress { done, total });
+                            if let (Some(report), None) = (&progress, &user_panic) {
+                                user_panic = call_progress(report, Progress { done, total });
                             }
                         });
+                        if user_panic.is_some() {
+                            break; // dropping the queue stops inference
+                        }
                     }
-                    done
+                    (done, user_panic)
                 })
                 .map_err(spawn_failed)?;
             let result = self.infer_all(batch_rx, out_tx, plan, mode);
@@ -102,6 +107,12 @@ impl Segmenter {
             let written = stitcher
                 .join()
                 .map_err(|_| Error::Internal("the stitching thread panicked".to_owned()));
+            if let Ok((_, Some(payload))) = written {
+                // The caller's own panic, raised where the caller is (as a
+                // scoped thread's is), not a library error that drops it.
+                std::panic::resume_unwind(payload);
+            }
+            let written = written.map(|(done, _)| done);
             result?;
             gathered?;
             let written = written?;
@@ -111,6 +122,15 @@ impl Segmenter {
             Ok(())
         })
     }
+}
+
+/// Calls the caller's progress callback; its panic, if any, to be raised
+/// again on the calling thread once the pipeline has stopped.
+fn call_progress(
+    report: &ProgressFn,
+    progress: Progress,
+) -> Option<Box<dyn std::any::Any + Send + 'static>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| report(progress))).err()
 }
 
 /// The tiles of `group` (`chunk` of the tile list), `len` values in all, as

@@ -65,11 +65,14 @@ pub(crate) fn forward_host_bytes(
     element: usize,
     device: tch::Device,
 ) -> u128 {
-    let per_pixel = |bytes: usize| pixels.saturating_mul(bytes as u128);
-    let host = per_pixel(4 * (info.in_channels + info.out_channels));
+    let per_pixel = |bytes: u128| pixels.saturating_mul(bytes);
+    // In u128: channel counts of a hand-built ModelInfo can be anything.
+    let host = per_pixel(4 * (info.in_channels as u128 + info.out_channels as u128));
     match device {
         tch::Device::Cuda(_) => host,
-        _ => host.saturating_add(per_pixel(bytes_per_pixel(info, element, Processor::Cpu))),
+        _ => host.saturating_add(per_pixel(
+            bytes_per_pixel(info, element, Processor::Cpu) as u128
+        )),
     }
 }
 

@@ -238,8 +238,15 @@ impl ReadOut {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] (`image`) when the working memory cannot
-    /// be allocated or there are more objects than a `u32` numbers.
+    /// be allocated or there are more objects than a `u32` numbers;
+    /// (`read_out`) for a read-out [`ReadOut::check`] refuses (a struct
+    /// built by hand: growth beyond the maximum, a class both seed and grow).
     pub fn apply<L: ClassIndex>(&self, classes: ArrayViewD<'_, L>) -> Result<(ArrayD<u32>, usize)> {
+        self.check(1 << 16)
+            .map_err(|message| Error::InvalidArgument {
+                argument: "read_out",
+                message,
+            })?;
         if self.is_components() {
             // The same objects in the same order (tested), without the
             // growth bookkeeping: twice as fast.

@@ -325,6 +325,14 @@ fn checks_name_the_field() {
     assert!(implicit.check(3).unwrap_err().contains("both"));
     let far = boundary_read_out(MAX_GROW + 1);
     assert!(far.check(3).unwrap_err().contains("instances.grow"));
+    // A read-out built by hand is checked where it is applied, too.
+    let classes = random_classes(&[8, 8], 1, 3);
+    for bad in [far, both] {
+        match bad.apply(classes.view()) {
+            Err(Error::InvalidArgument { argument, .. }) => assert_eq!(argument, "read_out"),
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 /// Joins the objects of blocks across their faces the way a block-wise
