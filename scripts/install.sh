@@ -7,22 +7,48 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 
 say() { printf '[install] %s\n' "$*"; }
+fail() { printf '[install] %s\n' "$*" >&2; exit 1; }
+# What to do about a venv that cannot be used: it is this clone's own, made
+# by this script, and nothing in it is lost by making it again.
+remake=". Remove it (rm -rf '$VIRTUAL_ENV') and run this again"
+
+# The tools the build needs, before minutes of downloads.
+command -v cargo >/dev/null \
+  || fail "cargo not found: install Rust 1.85 or newer (https://rustup.rs) first"
+rust="$(cargo --version 2>&1)" || fail "cargo does not run: $rust"
+rust="${rust#cargo }"
+rust="${rust%% *}"
+[ "$(printf '%s\n1.85.0\n' "$rust" | sort -V | head -1)" = 1.85.0 ] \
+  || fail "cargo $rust is older than 1.85, which the build needs: 'rustup update' (or install Rust from https://rustup.rs)"
+command -v c++ >/dev/null || command -v g++ >/dev/null || command -v clang++ >/dev/null \
+  || fail "no C++ compiler (c++, g++ or clang++): libtorch's bindings are C++ (Debian: apt-get install g++)"
 
 PYTHON="${PYTHON:-python3}"
+too_old() { ! "$1" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; }
 if [ ! -x "$VIRTUAL_ENV/bin/python" ]; then
+  command -v "$PYTHON" >/dev/null || fail "$PYTHON not found: install Python 3.10 or newer, or set PYTHON=/path/to/python3"
+  too_old "$PYTHON" && fail "$PYTHON is $("$PYTHON" -V 2>&1); torch 2.11 needs Python 3.10 or newer (set PYTHON=python3.11, say)"
   say "creating $VIRTUAL_ENV"
-  "$PYTHON" -m venv "$VIRTUAL_ENV"
+  "$PYTHON" -m venv "$VIRTUAL_ENV" \
+    || fail "could not create a venv with $PYTHON (Debian: apt-get install python3-venv)$remake"
 fi
+too_old python && fail "$VIRTUAL_ENV holds $(python -V 2>&1); torch 2.11 needs Python 3.10 or newer$remake with PYTHON=python3.11, say"
+python -m pip --version >/dev/null 2>&1 \
+  || fail "$VIRTUAL_ENV has no pip (an interrupted set-up, or Debian without python3-venv)$remake"
 
 # Reinstall the dependencies only when their list changed.
 stamp="$VIRTUAL_ENV/.deps-$(sha256sum requirements-dev.txt | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  say "installing Python dependencies (torch 2.11.0 is a few GB the first time)"
+  say "installing Python dependencies (torch 2.11.0 is a few GB the first time; pip is quiet meanwhile)"
   python -m pip install --quiet --upgrade pip
   python -m pip install --quiet -r requirements-dev.txt
   rm -f "$VIRTUAL_ENV"/.deps-*
   touch "$stamp"
 fi
+# An interrupted install or a deleted file leaves the list's stamp but not
+# its packages: the build below would fail far from the cause.
+python -c "import torch, numpy" 2>/dev/null \
+  || fail "torch or numpy in $VIRTUAL_ENV does not import ($(python -c 'import torch, numpy' 2>&1 | tail -1))$remake"
 
 # napari's canvas draws with OpenGL: on a machine without a display the
 # tests run it on a virtual X server (pytest-xvfb starts Xvfb).
@@ -35,11 +61,6 @@ if [ -z "${DISPLAY:-}" ] && ! command -v Xvfb >/dev/null; then
   else
     say "no display and no Xvfb: install xvfb (e.g. apt-get install xvfb) for the napari tests"
   fi
-fi
-
-if ! command -v cargo >/dev/null; then
-  echo "[install] cargo not found: install Rust (https://rustup.rs) first" >&2
-  exit 1
 fi
 
 say "building the Python extension (release)"
@@ -57,11 +78,13 @@ if ! maturin develop "${flags[@]}" >"$log" 2>&1; then
   echo "[install] building the extension failed" >&2
   exit 1
 fi
-python -c "import unet_rt" || { echo "[install] the extension does not import" >&2; exit 1; }
+python -c "import unet_rt" || fail "the extension does not import (see above)"
 rm -f "$VIRTUAL_ENV"/.pyproject-*
 touch "$meta_stamp"
 
 say "building the unet-rt command-line tool (release)"
 cargo build --release --locked --quiet -p unet-rt-cli
 install -m 755 "$CARGO_TARGET_DIR/release/unet-rt" "$VIRTUAL_ENV/bin/unet-rt"
-say "done: $(unet-rt --version | head -1), python $(python -c 'import unet_rt; print(unet_rt.__version__)')"
+# A binary that cannot start (a libtorch it cannot load) fails here, by name.
+cli="$("$VIRTUAL_ENV/bin/unet-rt" --version 2>&1)" || fail "$VIRTUAL_ENV/bin/unet-rt does not start: $cli"
+say "done: ${cli%%$'\n'*} ($VIRTUAL_ENV/bin/unet-rt), python $(python -c 'import unet_rt; print(unet_rt.__version__)')"

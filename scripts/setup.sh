@@ -10,5 +10,7 @@ scripts/install.sh
 sample=data/dsb2018-nuclei/image.tif
 unet-rt segment "$sample" --output out/labels --quiet
 unet-rt segment "$sample" --output out/instances --output-kind instances --overlay
-echo "[setup] wrote out/labels/image.tif (classes), out/instances/image.tif (one id per nucleus)"
-echo "[setup]   and out/instances/image_overlay.png (outlines over the image)"
+echo "[setup] wrote $ROOT/out/labels/image.tif (classes),"
+echo "[setup]   $ROOT/out/instances/image.tif (one id per nucleus)"
+echo "[setup]   and $ROOT/out/instances/image_overlay.png (outlines over the image)"
+echo "[setup] the command-line tool is $VIRTUAL_ENV/bin/unet-rt (source scripts/env.sh puts it on PATH)"

@@ -382,6 +382,17 @@ def test_info_describes_the_model(tiny_model_path, cli):
     assert data["probed"] is False and data["training"]["trained"] is False
 
 
+def test_another_libtorch_on_ld_library_path_does_not_replace_the_built_one(cli, clean_env, tmp_path):
+    """A user's LD_LIBRARY_PATH naming another libtorch (here: empty files
+    of its names) came before the CLI's run path, and it failed to start
+    with a loader error; its own libtorch is now looked up first."""
+    for name in ("libtorch_cpu.so", "libtorch.so", "libc10.so"):
+        (tmp_path / name).write_bytes(b"")
+    proc = run([cli, "--version"], env=dict(clean_env, LD_LIBRARY_PATH=str(tmp_path)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("unet-rt ")
+
+
 def test_info_without_a_model_describes_the_bundled_one(cli):
     bundled = "bundled model: yes" in run([cli, "--version"]).stdout
     proc = run([cli, "info"])

@@ -18,9 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_wheel_installs_and_segments_in_a_fresh_venv(tmp_path, clean_env):
     env = dict(clean_env, PATH=f"{Path(sys.executable).parent}:{clean_env.get('PATH', '')}")
     dist = tmp_path / "dist"
+    # As scripts/env.sh sets them: the venv's value keeps torch-sys's build
+    # (in a target folder shared with the install) from running again.
+    venv = str(Path(sys.executable).parents[1])
     build = subprocess.run(
         [sys.executable, "-m", "maturin", "build", "--release", "--out", str(dist)],
-        cwd=ROOT, env=dict(env, VIRTUAL_ENV=str(Path(sys.executable).parents[1]), LIBTORCH_USE_PYTORCH="1"),
+        cwd=ROOT, env=dict(env, VIRTUAL_ENV=venv, LIBTORCH_USE_PYTORCH=venv),
         capture_output=True, text=True, timeout=1800,
     )
     assert build.returncode == 0, build.stderr[-3000:]

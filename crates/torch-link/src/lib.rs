@@ -52,6 +52,14 @@ pub fn emit(install: Install) {
     ) {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{rpath}");
     }
+    if let Install::VenvBin = install {
+        // DT_RPATH rather than DT_RUNPATH: the loader then looks here before
+        // LD_LIBRARY_PATH, so a user's other libtorch on it cannot replace
+        // the one this binary was built against (an undefined symbol at
+        // start). Where these paths do not exist (a copied binary), the
+        // loader goes on to LD_LIBRARY_PATH as before.
+        println!("cargo:rustc-link-arg=-Wl,--disable-new-dtags");
+    }
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-L{}", lib.display());
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

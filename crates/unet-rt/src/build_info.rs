@@ -51,13 +51,25 @@ fn loaded_libtorch_version() -> Option<String> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
     let lib = maps
         .lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
+        .filter_map(mapped_path)
         .find(|path| path.ends_with("/libtorch_cpu.so"))?;
     let version_py = std::path::Path::new(lib)
         .parent()?
         .parent()?
         .join("version.py");
     parse_version_py(&std::fs::read_to_string(version_py).ok()?)
+}
+
+/// The path of a `/proc/self/maps` line: everything after its five fields
+/// (address, permissions, offset, device, inode), spaces included (a
+/// checkout under "my projects/" split there and reported no version).
+fn mapped_path(line: &str) -> Option<&str> {
+    let mut rest = line;
+    for _ in 0..5 {
+        rest = rest.trim_start();
+        rest = &rest[rest.find(char::is_whitespace)?..];
+    }
+    Some(rest.trim_start()).filter(|path| !path.is_empty())
 }
 
 fn parse_version_py(text: &str) -> Option<String> {
@@ -74,6 +86,24 @@ fn parse_version_py(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mapped_paths_keep_their_spaces() {
+        let line = "7f1c2a000000-7f1c2b000000 r-xp 00000000 fd:01 1234567                    \
+                    /home/a b/my projects/.venv/torch/lib/libtorch_cpu.so";
+        assert_eq!(
+            mapped_path(line),
+            Some("/home/a b/my projects/.venv/torch/lib/libtorch_cpu.so")
+        );
+        assert_eq!(
+            mapped_path("7ffd4000-7ffd5000 rw-p 00000000 00:00 0 "),
+            None
+        );
+        assert_eq!(
+            mapped_path("7ffd4000-7ffd5000 rw-p 00000000 00:00 0    [stack]"),
+            Some("[stack]")
+        );
+    }
 
     #[test]
     fn reads_the_wheel_version_file() {
