@@ -36,12 +36,12 @@ too_old python && fail "$VIRTUAL_ENV holds $(python -V 2>&1); torch 2.11 needs P
 python -m pip --version >/dev/null 2>&1 \
   || fail "$VIRTUAL_ENV has no pip (an interrupted set-up, or Debian without python3-venv)$remake"
 
-# Reinstall the dependencies only when their list changed.
-stamp="$VIRTUAL_ENV/.deps-$(sha256sum requirements-dev.txt | cut -c1-16)"
+# Reinstall the dependencies only when their list or their pins changed.
+stamp="$VIRTUAL_ENV/.deps-$(cat requirements-dev.txt requirements-lock.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   say "installing Python dependencies (torch 2.11.0 is a few GB the first time; pip is quiet meanwhile)"
   python -m pip install --quiet --upgrade pip
-  python -m pip install --quiet -r requirements-dev.txt
+  python -m pip install --quiet -r requirements-dev.txt -c requirements-lock.txt
   rm -f "$VIRTUAL_ENV"/.deps-*
   touch "$stamp"
 fi
