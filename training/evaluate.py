@@ -74,17 +74,19 @@ def rescale(image: np.ndarray, labels: np.ndarray, scale: float) -> Tuple[np.nda
     """
     if scale == 1.0:
         return image.astype(np.float32), labels.copy()
-    factors = _factors(image.shape, scale)
-    out = ndimage.zoom(image.astype(np.float32), factors, order=1, mode="mirror", grid_mode=True)
-    return out, _zoom_labels(labels, factors)
+    out = ndimage.zoom(image.astype(np.float32), _factors(image.shape, scale), order=1, mode="mirror",
+                       grid_mode=True)
+    return out, _rescale_labels(labels, scale)
 
 
 def _factors(shape: Tuple[int, ...], scale: float) -> List[float]:
     return [max(1, int(round(n * scale))) / n for n in shape]
 
 
-def _zoom_labels(labels: np.ndarray, factors: Sequence[float]) -> np.ndarray:
-    return ndimage.zoom(labels, factors, order=0, mode="nearest", grid_mode=True)
+def _rescale_labels(labels: np.ndarray, scale: float) -> np.ndarray:
+    if scale == 1.0:
+        return labels.copy()
+    return ndimage.zoom(labels, _factors(labels.shape, scale), order=0, mode="nearest", grid_mode=True)
 
 
 def scored_region(shape: Tuple[int, int], scale: float = 1.0, rows: Tuple[int, int] = HELD_OUT_ROWS,
@@ -102,14 +104,12 @@ def scored_region(shape: Tuple[int, int], scale: float = 1.0, rows: Tuple[int, i
     (slice(384, 512, None), slice(0, 512, None))
     """
     lo, hi = (int(round(r * scale)) for r in rows)
-    height, width = (max(1, int(round(n * scale))) for n in shape)
-    if annotated is not None:
-        mask = np.zeros(shape, np.uint8)
-        mask[: annotated[0], : annotated[1]] = 1
-        if scale != 1.0:
-            mask = _zoom_labels(mask, _factors(shape, scale))
-        height = int(np.count_nonzero(mask.any(axis=1)))
-        width = int(np.count_nonzero(mask.any(axis=0)))
+    # The annotated part is carried through the labels' own resampling.
+    mask = np.zeros(shape, np.uint8)
+    mask[tuple(slice(0, n) for n in (annotated or shape))] = 1
+    mask = _rescale_labels(mask, scale)
+    height = int(np.count_nonzero(mask.any(axis=1)))
+    width = int(np.count_nonzero(mask.any(axis=0)))
     return slice(lo, min(hi, height)), slice(0, width)
 
 

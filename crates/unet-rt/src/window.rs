@@ -123,11 +123,7 @@ impl Window {
         // A blending plan's tiles overlap: several write each pixel, and the
         // grid ranges below (tile k writes from k * stride) would miss some.
         if plan.blends() {
-            return Err(invalid(
-                "pieces of an image are segmented with crop plans: a blending plan's tiles overlap \
-                 (use blend crop)"
-                    .to_owned(),
-            ));
+            return Err(blending_refused());
         }
         Ok(())
     }
@@ -264,6 +260,16 @@ impl Window {
         }
         tile
     }
+}
+
+/// The one answer to a window with a blending plan (the engine refuses the
+/// options at `Segmenter::new`, the geometry the plan here).
+pub(crate) fn blending_refused() -> Error {
+    invalid(
+        "pieces of an image are segmented with crop plans: a blending plan's tiles overlap, and \
+         blending needs the whole image (use blend crop)"
+            .to_owned(),
+    )
 }
 
 /// The smallest and largest source pixel read by the window

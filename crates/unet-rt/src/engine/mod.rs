@@ -170,10 +170,7 @@ impl Segmenter {
         }
         if options.window.is_some() && info.padding == Padding::Same && options.blend != Blend::Crop
         {
-            return Err(invalid(
-                "window",
-                "pieces of an image are segmented with crop plans: blending needs the whole image (use blend crop)".to_owned(),
-            ));
+            return Err(crate::window::blending_refused());
         }
         Ok(Self { model, options })
     }
