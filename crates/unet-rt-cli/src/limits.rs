@@ -11,8 +11,8 @@
 use ndarray::{ArrayD, IxDyn};
 
 /// The memory an input may use: `MemAvailable` of `/proc/meminfo`, or the
-/// room under the process's cgroup limit when less (a container or batch
-/// job), when the command starts reading it. Where neither can be read
+/// room under the process's cgroup limit (a container or batch job) or its
+/// own `ulimit -v`/`-d` when less, when the command starts reading it. Where neither can be read
 /// there is no memory limit (the file-size checks still apply).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Memory {

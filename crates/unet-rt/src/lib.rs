@@ -29,6 +29,7 @@ pub mod memory;
 mod metadata;
 mod model;
 pub mod normalize;
+mod pass_memory;
 mod pickle;
 mod pixel;
 mod precision;

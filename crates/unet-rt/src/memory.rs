@@ -48,15 +48,47 @@ pub fn beyond_limit(bytes: u128) -> Option<String> {
 }
 
 /// Memory available to new allocations without swapping (`MemAvailable`),
-/// or the room left under the process's cgroup limit when that is less,
-/// when known.
+/// or the room left under the process's cgroup limit or its own resource
+/// limits (`ulimit -v`, `ulimit -d`) when that is less, when known.
 pub fn available_memory() -> Option<usize> {
     let machine = meminfo_field("MemAvailable:");
     let group = crate::cgroup::process_limit().and_then(|l| usize::try_from(l.room).ok());
-    match (machine, group) {
-        (Some(m), Some(g)) => Some(m.min(g)),
-        (m, g) => m.or(g),
-    }
+    [machine, group, rlimit_room()].into_iter().flatten().min()
+}
+
+/// The room left under this process's address-space and data limits
+/// (`RLIMIT_AS`, `RLIMIT_DATA`: `ulimit -v`, `ulimit -d`), where either is
+/// set: beyond it an allocation fails, however much the machine has free.
+#[cfg(target_os = "linux")]
+fn rlimit_room() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    [(libc::RLIMIT_AS, "VmSize:"), (libc::RLIMIT_DATA, "VmData:")]
+        .into_iter()
+        .filter_map(|(resource, used)| {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes one `rlimit` into the struct it is
+            // given, which is valid and lives for the call.
+            if unsafe { libc::getrlimit(resource, &mut limit) } != 0
+                || limit.rlim_cur == libc::RLIM_INFINITY
+            {
+                return None;
+            }
+            let used = parse_meminfo(&status, used).unwrap_or(0);
+            Some(
+                usize::try_from(limit.rlim_cur)
+                    .unwrap_or(usize::MAX)
+                    .saturating_sub(used),
+            )
+        })
+        .min()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn rlimit_room() -> Option<usize> {
+    None
 }
 
 /// A field of `/proc/meminfo`, in bytes. Other systems report `None`, and

@@ -14,6 +14,7 @@ use crate::container;
 use crate::error::{Error, Result};
 use crate::info::{Agreement, Exactness, GeometryMismatch, ModelInfo, EXACT_TOLERANCE};
 use crate::metadata::{Activation, Normalization, OutputKey, Padding};
+use crate::pass_memory::PassMemory;
 
 /// Input sizes tried for a first output: powers of two up to this (2-D)...
 const FIRST_LIMIT_2D: usize = 1024;
@@ -62,6 +63,14 @@ const MAX_PROBE_VALUES: usize = 1 << 26;
 /// dilated ResNet, passes of seconds at 512 px) probes in about 24 s on two
 /// cores; at 30 s it gave up whenever other work shared the machine.
 const PROBE_BUDGET: Duration = Duration::from_secs(60);
+
+/// The values of a tensor of `shape` (negative sides as none).
+fn values_of(shape: &[i64]) -> u128 {
+    shape
+        .iter()
+        .map(|&side| u128::try_from(side).unwrap_or(0))
+        .fold(1u128, u128::saturating_mul)
+}
 
 /// A tensor shape as `1x3x512x512`.
 fn shape_text(shape: &[i64]) -> String {
@@ -198,6 +207,8 @@ struct Prober<'a> {
     /// An input side and the larger output side a pass returned for it
     /// (a super-resolution network): said where no size works.
     grown: Option<(usize, usize)>,
+    /// The memory of its CPU passes, and whether a larger one fits.
+    memory: PassMemory,
 }
 
 /// Probes `module` (already in eval mode on `device`); `whole_tile_ops` are
@@ -835,6 +846,7 @@ impl<'a> Prober<'a> {
             mask_at: 0.0,
             slowest: None,
             grown: None,
+            memory: PassMemory::start(device == Device::Cpu),
         }
     }
 
@@ -884,6 +896,12 @@ impl<'a> Prober<'a> {
             .is_some_and(|n| n <= MAX_PROBE_VALUES)
     }
 
+    /// Whether a pass on a probe of side `size` is predicted to fit in the
+    /// memory free now ([`PassMemory::refusal`]).
+    fn affordable(&self, size: usize) -> bool {
+        self.memory.refusal(values_of(&self.shape(size))).is_none()
+    }
+
     fn too_large(&self, size: usize) -> Error {
         self.invalid(format!(
             "probing it needs images of {size} pixels per axis, more than can be probed in memory \
@@ -923,8 +941,19 @@ impl<'a> Prober<'a> {
             )));
         }
         let shape = input.size();
+        let values = values_of(&shape);
+        if let Some(why) = self.memory.refusal(values) {
+            return Err(self.invalid(format!(
+                "probing it on {} {why}; export it with metadata (training/export.py), declaring \
+                 --padding, --halo and --size-multiple",
+                shape_text(&shape)
+            )));
+        }
         let started = Instant::now();
-        let result = self.module.forward_is(&[IValue::Tensor(input)]);
+        let module = self.module;
+        let result = self
+            .memory
+            .measure(values, || module.forward_is(&[IValue::Tensor(input)]));
         let took = started.elapsed();
         if self
             .slowest
@@ -1675,12 +1704,24 @@ impl<'a> Prober<'a> {
                 let next = on_grid(size * 2);
                 // Layers that see the whole tile reach every edge at any
                 // size: larger probes would only cost time.
-                let last =
-                    next > limit || !self.fits(next) || !info.exactness.whole_tile_ops.is_empty();
-                let (strict, loose) = self.reach(size, last)?;
+                // A larger probe must also fit in memory: passes are
+                // measured, and a network whose memory grows with the
+                // square of its pixels (global attention) stops here.
+                let planned_last = next > limit
+                    || !self.fits(next)
+                    || !info.exactness.whole_tile_ops.is_empty()
+                    || !self.affordable(next);
+                let (strict, mut loose) = self.reach(size, planned_last)?;
                 if strict.is_some() {
                     halo = strict;
                     break;
+                }
+                // The passes just run may show that the next size would
+                // not fit after all: this size is the last one, and its
+                // loose reach is wanted.
+                let last = planned_last || !self.affordable(next);
+                if last && !planned_last {
+                    loose = self.reach(size, true)?.1;
                 }
                 fallback = loose.unwrap_or(size / 4);
                 if last {

@@ -1,0 +1,335 @@
+//! The memory of probe passes, measured, and what a larger pass would take.
+//!
+//! Probing doubles its images (up to 2048 pixels a side) while a change
+//! still reaches their far edge. A convolutional network's memory grows
+//! with its pixels, four times per doubling; one with global attention
+//! (every position against every other, written by hand, so no code scan
+//! finds it) grows with their square, sixteen times: such a network needed
+//! about 1 GiB at 1024 pixels and 48 GiB at 2048, and loading it got the
+//! process killed by the kernel. Each CPU pass is therefore measured (the
+//! process's resident memory, sampled while it runs) and a larger pass is
+//! run only where its memory, extrapolated from the passes before it, fits
+//! in what the machine has free.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::memory::{available_memory, format_bytes};
+
+/// A largest pass that took less than this beyond what every pass holds
+/// says little about how memory grows (allocator caches are of this
+/// order): growth up to it is taken as linear.
+const NOISE_FLOOR: u128 = 16 << 20;
+/// Passes over this many times fewer values than the largest show what
+/// every pass holds whatever its size.
+const FAR_SMALLER: u128 = 64;
+/// How often the resident memory is read while a pass runs.
+const SAMPLE_EVERY: Duration = Duration::from_millis(2);
+/// The share of the free memory a pass may be predicted to take: the
+/// prediction comes from sampled peaks, and other processes allocate too.
+const SHARE_OF_FREE: (u128, u128) = (9, 10);
+
+/// One measured pass: its input values and its peak resident memory above
+/// the process's at the start of probing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Pass {
+    values: u128,
+    peak: u128,
+}
+
+/// A prediction for a pass larger than every measured one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Prediction {
+    /// Bytes above the start of probing.
+    peak: u128,
+    /// The measured pass it extrapolates from.
+    from: Pass,
+    /// Whether the passes show memory growing faster than the image.
+    quadratic: bool,
+}
+
+/// The passes of one prober, measured on the CPU (a GPU's out-of-memory is
+/// an error libtorch raises, not a killed process: nothing is measured
+/// there).
+#[derive(Debug)]
+pub(crate) struct PassMemory {
+    /// Resident bytes when probing started; `None` where they cannot be
+    /// read (not Linux) or nothing is measured.
+    base: Option<u128>,
+    passes: Vec<Pass>,
+}
+
+impl PassMemory {
+    /// Measures from now on, where `measured` (a CPU prober) and the
+    /// process's resident memory can be read.
+    pub(crate) fn start(measured: bool) -> Self {
+        Self {
+            base: if measured { resident_bytes() } else { None },
+            passes: Vec::new(),
+        }
+    }
+
+    /// Runs `work`, a pass over `values` input values, and records its peak.
+    pub(crate) fn measure<T>(&mut self, values: u128, work: impl FnOnce() -> T) -> T {
+        let Some(base) = self.base else {
+            return work();
+        };
+        let (out, peak) = peak_resident(work);
+        if let Some(peak) = peak {
+            self.passes.push(Pass {
+                values,
+                peak: peak.saturating_sub(base),
+            });
+        }
+        out
+    }
+
+    /// Where a pass over `values` input values is predicted to need more
+    /// than the memory free now, the words that say so ("would need about
+    /// 21.3 GiB (...), more than the 17.9 GiB free"); `None` where it fits,
+    /// is no larger than a measured pass, or nothing can be told.
+    pub(crate) fn refusal(&self, values: u128) -> Option<String> {
+        let base = self.base?;
+        let prediction = extrapolate(&self.passes, values)?;
+        let held = resident_bytes()?.saturating_sub(base);
+        let free = available_memory()? as u128;
+        let extra = prediction.peak.saturating_sub(held);
+        (extra.saturating_mul(SHARE_OF_FREE.1) > free.saturating_mul(SHARE_OF_FREE.0)).then(|| {
+            let growth = if prediction.quadratic {
+                "memory that grows faster than the image, as global attention's does"
+            } else {
+                "memory that grows with the image"
+            };
+            format!(
+                "would need about {} of memory (its pass over {} values took {}, {growth}), more \
+                 than the {} free",
+                format_bytes(prediction.peak),
+                prediction.from.values,
+                format_bytes(prediction.from.peak),
+                format_bytes(free)
+            )
+        })
+    }
+}
+
+/// The peak of a pass over `values` input values, from the measured
+/// `passes`, where it is larger than all of them: memory as `a n + b n^2`
+/// of the input values `n` (convolutions and global attention), through
+/// the largest pass and the largest one at most half its size, neither
+/// term negative, over what every pass holds; linear through the largest
+/// pass where no such pair is measured or the largest is below
+/// [`NOISE_FLOOR`]. A power law through the two
+/// passes predicted 20 GiB where 48 GiB were needed: at small sizes the
+/// convolutions' linear memory hides the attention's square.
+fn extrapolate(passes: &[Pass], values: u128) -> Option<Prediction> {
+    let by_size = |a: &Pass, b: &Pass| a.values.cmp(&b.values).then(a.peak.cmp(&b.peak));
+    let largest = passes.iter().copied().max_by(by_size)?;
+    if values <= largest.values || largest.values == 0 {
+        return None;
+    }
+    let smaller = passes
+        .iter()
+        .copied()
+        .filter(|p| p.values.saturating_mul(2) <= largest.values && p.values > 0)
+        .max_by(by_size);
+    // What every pass holds whatever its size (thread stacks, allocator
+    // and kernel caches): counted as neither term, it would pass for
+    // linear memory at small sizes and hide the square.
+    // It is read from passes far smaller than the largest, and is at
+    // most what the two compared took.
+    let fixed = passes
+        .iter()
+        .filter(|p| p.values.saturating_mul(FAR_SMALLER) <= largest.values)
+        .map(|p| p.peak)
+        .min()
+        .unwrap_or(0)
+        .min(smaller.map_or(largest.peak, |s| s.peak.min(largest.peak)));
+    let (n2, p2) = (largest.values as f64, (largest.peak - fixed) as f64);
+    // p1 = a n1 + b n1^2 and p2 = a n2 + b n2^2, so with r = n2 / n1:
+    // p2 - r p1 = b n2 (n2 - n1).
+    let square = match smaller {
+        Some(s) if largest.peak - fixed >= NOISE_FLOOR => {
+            let (n1, p1) = (s.values as f64, (s.peak - fixed) as f64);
+            ((p2 - n2 / n1 * p1) / (n2 * (n2 - n1))).max(0.0)
+        }
+        _ => 0.0,
+    };
+    let linear = ((p2 - square * n2 * n2) / n2).max(0.0);
+    let n = values as f64;
+    Some(Prediction {
+        // `as` saturates: a prediction beyond u128 is still "too much".
+        peak: fixed.saturating_add((linear * n + square * n * n) as u128),
+        from: largest,
+        quadratic: square > 0.0,
+    })
+}
+
+/// This process's resident memory (`VmRSS`) in bytes; `None` off Linux.
+fn resident_bytes() -> Option<u128> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let mut words = line.split_whitespace();
+    let kib: u128 = words.next()?.parse().ok()?;
+    (words.next() == Some("kB")).then_some(kib * 1024)
+}
+
+/// Runs `work` while a thread samples the resident memory: its result and
+/// the highest reading (`None` where no thread could be started or nothing
+/// could be read). Sampling, not the kernel's high-water mark: resetting
+/// that (`/proc/self/clear_refs`) would change the peak the caller's own
+/// tools report.
+fn peak_resident<T>(work: impl FnOnce() -> T) -> (T, Option<u128>) {
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let sampler = std::thread::Builder::new()
+            .name("unet-rt-probe-memory".to_owned())
+            .spawn_scoped(scope, || {
+                let mut peak = resident_bytes();
+                while !done.load(Ordering::Acquire) {
+                    peak = peak.max(resident_bytes());
+                    std::thread::park_timeout(SAMPLE_EVERY);
+                }
+                peak
+            });
+        let out = work();
+        let after = resident_bytes();
+        let peak = match sampler {
+            Ok(handle) => {
+                done.store(true, Ordering::Release);
+                handle.thread().unpark();
+                handle.join().ok().flatten().max(after)
+            }
+            Err(_) => None,
+        };
+        (out, peak)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u128 = 1 << 20;
+
+    fn pass(values: u128, peak_mib: u128) -> Pass {
+        Pass {
+            values,
+            peak: peak_mib * MIB,
+        }
+    }
+
+    #[test]
+    fn nothing_is_predicted_without_passes_or_within_the_measured_sizes() {
+        assert_eq!(extrapolate(&[], 100), None);
+        let passes = [pass(1000, 50), pass(4000, 200)];
+        assert_eq!(extrapolate(&passes, 4000), None);
+        assert_eq!(extrapolate(&passes, 10), None);
+    }
+
+    #[test]
+    fn convolutions_grow_linearly() {
+        let passes = [pass(1 << 16, 30), pass(1 << 18, 120)];
+        let p = extrapolate(&passes, 1 << 20).unwrap();
+        assert!(!p.quadratic);
+        assert_eq!(p.peak, 480 * MIB);
+        assert_eq!(p.from, passes[1]);
+    }
+
+    #[test]
+    fn attention_grows_with_the_square_under_the_convolutions() {
+        // 32 MiB of convolutions per 2^16 values, 8 MiB of attention per
+        // 2^32 values squared.
+        let at = |n: u128| pass(n, 32 * n / (1 << 16) + 8 * n * n / (1 << 32));
+        let passes = [at(1 << 16), at(1 << 18)];
+        let p = extrapolate(&passes, 1 << 22).unwrap();
+        assert!(p.quadratic);
+        assert_eq!(p.peak, at(1 << 22).peak);
+        // The measured case: 251 MiB at 512 px, 2235 MiB at 1024 px.
+        let measured = [pass(1 << 18, 251), pass(1 << 20, 2235)];
+        let p = extrapolate(&measured, 1 << 22).unwrap();
+        assert!(p.peak > 27 << 30 && p.peak < 29 << 30, "{p:?}");
+    }
+
+    #[test]
+    fn small_or_shrinking_passes_are_taken_as_linear() {
+        // Below the noise floor, a ratio of 1 MiB to 8 MiB is the allocator's.
+        let small = [pass(1 << 10, 1), pass(1 << 12, 8)];
+        assert!(!extrapolate(&small, 1 << 14).unwrap().quadratic);
+        // A larger pass that took less (memory reused) says nothing either.
+        let shrinking = [pass(1 << 16, 100), pass(1 << 18, 90)];
+        let p = extrapolate(&shrinking, 1 << 20).unwrap();
+        assert!(!p.quadratic);
+        assert_eq!(p.peak, 360 * MIB);
+        // Passes closer than twice apart are not compared.
+        let close = [pass(3000, 100), pass(4000, 400)];
+        assert!(!extrapolate(&close, 8000).unwrap().quadratic);
+    }
+
+    #[test]
+    fn the_largest_pass_and_the_largest_one_half_its_size_are_compared() {
+        let passes = [
+            pass(1 << 13, 100),
+            pass(1 << 14, 20),
+            pass(1 << 16, 20),
+            pass(1 << 18, 320),
+            pass((1 << 17) + 1, 999),
+        ];
+        let p = extrapolate(&passes, 1 << 20).unwrap();
+        // (1<<17)+1 is within twice of 1<<18: 1<<16 is the one compared.
+        assert!(p.quadratic);
+        assert_eq!(p.from, pass(1 << 18, 320));
+        // Through (1, 20) and (4, 320) in units of 2^16 values:
+        // b = (320 - 4 * 20) / (4 * 3) = 20, a = 0; at 16 units 20 * 256.
+        assert_eq!(p.peak, 20 * 256 * MIB);
+    }
+
+    #[test]
+    fn what_every_pass_holds_is_neither_linear_nor_square() {
+        // 14 MiB whatever the size, 64 MiB of attention per 2^12 values
+        // squared: the 1x1 pass shows the fixed part, and the 64 px pass's
+        // 78 MiB against the 24 px one's 15 MiB is then seen as square.
+        let fixed = 14;
+        let at = |n: u128| pass(n, fixed + 64 * n * n / (1 << 24));
+        let passes = [at(1), at(576), at(4096)];
+        let p = extrapolate(&passes, 1 << 16).unwrap();
+        assert!(p.quadratic);
+        let want = at(1 << 16).peak;
+        assert!(
+            p.peak > want / 10 * 9 && p.peak < want / 10 * 11,
+            "{p:?} {want}"
+        );
+        // Without the small pass, the same two passes look nearly linear.
+        let unseen = extrapolate(&passes[1..], 1 << 16).unwrap();
+        assert!(unseen.peak < want / 2, "{unseen:?}");
+    }
+
+    #[test]
+    fn huge_sizes_saturate_rather_than_overflow() {
+        let passes = [pass(1 << 16, 20), pass(1 << 18, 320)];
+        let p = extrapolate(&passes, u128::MAX).unwrap();
+        assert_eq!(p.peak, u128::MAX);
+        let linear = [pass(1 << 16, 20), pass(1 << 18, 30)];
+        assert_eq!(extrapolate(&linear, u128::MAX).unwrap().peak, u128::MAX);
+    }
+
+    #[test]
+    fn a_pass_that_allocates_is_seen() {
+        if resident_bytes().is_none() {
+            return; // not Linux: nothing is measured
+        }
+        let mut memory = PassMemory::start(true);
+        let len = 256 << 20;
+        let touched = memory.measure(1, || {
+            let v = vec![1u8; len];
+            std::hint::black_box(&v);
+            std::thread::sleep(Duration::from_millis(20));
+            v.iter().map(|&b| u64::from(b)).sum::<u64>()
+        });
+        assert_eq!(touched, len as u64);
+        assert!(memory.passes[0].peak >= 128 * MIB, "{:?}", memory.passes);
+        // A pass a million times larger cannot fit anywhere.
+        let refusal = memory.refusal(1 << 40).unwrap();
+        assert!(refusal.contains("would need about"), "{refusal}");
+        assert!(PassMemory::start(false).refusal(1 << 40).is_none());
+    }
+}
