@@ -71,8 +71,31 @@ pub(crate) fn write_folder_atomically(
 ) -> Result<(), FileError> {
     through_temporary(path, true, |tmp| {
         let _ = std::fs::remove_dir_all(tmp);
-        write(tmp)
+        write(tmp)?;
+        sync_tree(tmp).map_err(|e| format!("cannot flush {} to disk: {e}", tmp.display()))
     })
+}
+
+/// Flushes every file and folder under `root` to the disk, as a single
+/// result file is before its rename: renamed first, a store whose chunks
+/// were still in the page cache could stand whole under its final name
+/// and lose them in a power cut.
+fn sync_tree(root: &Path) -> io::Result<()> {
+    let mut folders = vec![root.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                folders.push(entry.path());
+            } else if kind.is_file() {
+                File::open(entry.path())?.sync_all()?;
+            }
+        }
+        // A folder's entries (the chunk names) are its own data.
+        File::open(&folder)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// The one way results reach their name: `write` fills the temporary for
@@ -237,6 +260,18 @@ impl<W: Seek> Seek for Guarded<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tree_is_flushed_through_every_level() {
+        let root = std::env::temp_dir().join(format!("unet_rt_sync_{}", std::process::id()));
+        std::fs::create_dir_all(root.join("0/1/2")).unwrap();
+        std::fs::write(root.join("0/1/2/c"), b"chunk").unwrap();
+        std::fs::write(root.join("zarr.json"), b"{}").unwrap();
+        sync_tree(&root).unwrap();
+        // A store that is gone is an error, not one taken as flushed.
+        std::fs::remove_dir_all(&root).unwrap();
+        assert!(sync_tree(&root).is_err());
+    }
 
     #[test]
     fn folders_are_exchanged_in_one_step() {
