@@ -20,3 +20,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # PYTHONPATH can put another unet_rt first, and LD_LIBRARY_PATH overrides
 # the CLI's run path to its libtorch.
 unset PYTHONHOME PYTHONPATH CONDA_PREFIX LD_LIBRARY_PATH
+# Builds are for this machine: a cross-compilation target would put the CLI
+# under target/<triple>/ (the copy below found none) and build an extension
+# this Python cannot load.
+unset CARGO_BUILD_TARGET

@@ -63,6 +63,18 @@ if [ -z "${DISPLAY:-}" ] && ! command -v Xvfb >/dev/null; then
   fi
 fi
 
+# Clones share the target folder: one clone's build could replace the
+# binary another had just built and not yet copied (linked to the other's
+# libtorch). Builds and copies take turns.
+mkdir -p "$CARGO_TARGET_DIR"
+if command -v flock >/dev/null; then
+  exec 9>"$CARGO_TARGET_DIR/.unet_rt-install.lock"
+  if ! flock -n 9 2>/dev/null; then
+    say "waiting for another clone's build in $CARGO_TARGET_DIR"
+    flock 9 2>/dev/null || say "could not lock $CARGO_TARGET_DIR: a clone building at once may swap binaries"
+  fi
+fi
+
 say "building the Python extension (release)"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -51,6 +51,22 @@ def test_cli_version_in_a_new_shell(cli, clean_env):
     assert "CUDA" in proc.stdout and "CPU threads" in proc.stdout
 
 
+def test_the_build_environment_drops_other_environments_settings(clean_env):
+    # Each of these broke a build or the result once: a cross target put the
+    # CLI where the copy did not look, a PYTHONPATH or CONDA_PREFIX another
+    # unet_rt or refused maturin, LD_LIBRARY_PATH another libtorch, CDPATH
+    # a doubled folder name.
+    foreign = {"CARGO_BUILD_TARGET": "aarch64-unknown-linux-gnu", "PYTHONPATH": "/elsewhere",
+               "CONDA_PREFIX": "/opt/conda", "LD_LIBRARY_PATH": "/opt/other/lib", "CDPATH": "/tmp",
+               "PYTHONHOME": "/opt/python"}
+    names = " ".join(f"{name}=${{{name}-unset}}" for name in foreign)
+    root = Path(__file__).resolve().parents[1]
+    proc = run(["bash", "-c", f'source scripts/env.sh && echo "$ROOT" {names}'], env={**clean_env, **foreign},
+               cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(root)] + [f"{name}=unset" for name in foreign]
+
+
 @pytest.mark.parametrize("binary", ["cli", "extension"])
 def test_libtorch_cuda_stays_linked(binary, cli):
     path = cli if binary == "cli" else EXTENSION
