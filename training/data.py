@@ -256,10 +256,32 @@ def label_array(labels: Any, name: str) -> np.ndarray:
     Traceback (most recent call last):
     ...
     ValueError: labels a: holds values that are not whole numbers (ids must be integers)
+
+    A grey label image saved with colour channels (RGB or RGBA PNGs with
+    equal channels) is read as its one channel; a colour one is refused
+    (it was called "differs in size" from its image):
+
+    >>> label_array(np.stack([np.array([[0, 7]])] * 3, axis=-1), "a").tolist()
+    [[0, 7]]
+    >>> label_array(np.array([[[0, 0, 0], [255, 0, 0]]]), "a.png")
+    Traceback (most recent call last):
+    ...
+    ValueError: labels a.png: a colour image (shape (1, 2, 3), 2 colours); labels are one channel of ids, 0 for background: save them as a grey (or indexed) PNG or TIFF
     """
     array = np.asarray(labels)
     if array.dtype.kind not in "biuf":
         raise ValueError(f"labels {name}: dtype {array.dtype} is not a label image")
+    if array.ndim == 3 and array.shape[-1] in (2, 3, 4) and array.shape[0] > 0:
+        # Grey plus alpha (2), RGB (3), RGBA (4): the alpha channel is not a label.
+        colour = array[..., :3] if array.shape[-1] >= 3 else array[..., :1]
+        if (colour == colour[..., :1]).all():
+            array = colour[..., 0]
+        else:
+            colours = len(np.unique(colour.reshape(-1, colour.shape[-1]), axis=0))
+            raise ValueError(f"labels {name}: a colour image (shape {array.shape}, {colours} colours); labels are "
+                             "one channel of ids, 0 for background: save them as a grey (or indexed) PNG or TIFF")
+    if array.ndim != 2:
+        raise ValueError(f"labels {name}: shape {array.shape}; labels are one 2-D image of ids (height, width)")
     if array.dtype.kind == "f" and not (np.isfinite(array).all() and (array == np.round(array)).all()):
         raise ValueError(f"labels {name}: holds values that are not whole numbers (ids must be integers)")
     if array.size and (array.min() < 0 or array.max() > np.iinfo(np.int32).max):

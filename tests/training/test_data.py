@@ -168,6 +168,28 @@ def test_two_images_of_one_name_are_refused(tmp_path):
         find_pairs(imgs, labs)
 
 
+def test_colour_label_pngs_are_named_for_what_they_are(tmp_path):
+    # An RGB label PNG was read as (H, W, 3) and refused as "differ in
+    # size" from its image; a grey one saved as RGB(A) was refused too.
+    imgs, labs = tmp_path / "images", tmp_path / "labels"
+    imgs.mkdir()
+    labs.mkdir()
+    ids = np.zeros((20, 24), np.uint8)
+    ids[2:8, 3:9], ids[10:15, 12:20] = 1, 2
+    Image.fromarray(ids * 40).save(imgs / "a.png")
+    Image.fromarray(np.stack([ids] * 3 + [np.full_like(ids, 255)], axis=-1), "RGBA").save(labs / "a.png")
+    sample = load_folder(imgs, labs)[0]
+    np.testing.assert_array_equal(sample.labels, ids)
+    colour = np.zeros((20, 24, 3), np.uint8)
+    colour[2:8, 3:9] = (255, 0, 0)
+    colour[10:15, 12:20] = (0, 255, 0)
+    Image.fromarray(colour, "RGB").save(labs / "a.png")
+    with pytest.raises(ValueError, match=r"labels a.png: a colour image \(shape \(20, 24, 3\), 3 colours\); .*grey"):
+        load_folder(imgs, labs)
+    with pytest.raises(ValueError, match=r"labels x: shape \(2, 20, 24\); labels are one 2-D image"):
+        load_arrays([np.zeros((20, 24))], [np.zeros((2, 20, 24))], names=["x"])
+
+
 def test_labels_without_objects_are_refused():
     samples = load_arrays([np.ones((40, 40), np.float32)], [np.zeros((40, 40), np.int32)])
     with pytest.raises(ValueError, match="hold no objects"):
