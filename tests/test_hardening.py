@@ -1034,7 +1034,12 @@ except unet_rt.InvalidArgumentError as e:
 
 
 GLOBAL_ATTENTION = """
-import resource, sys, warnings, torch, torch.nn.functional as F, unet_rt
+import resource
+# 8 GiB of data for the whole process (it holds under 1 GiB after its
+# imports): beyond it an allocation fails, where the kernel would otherwise
+# kill the process, as it did on a 24 GiB machine at the 2048 px probe.
+resource.setrlimit(resource.RLIMIT_DATA, (8 << 30, resource.RLIM_INFINITY))
+import sys, warnings, numpy as np, torch, torch.nn.functional as F, unet_rt
 
 class GlobalAttention(torch.nn.Module):
     # Every position of the 1/8 level against every other, written by hand
@@ -1073,15 +1078,22 @@ class GlobalAttention(torch.nn.Module):
 
 torch.manual_seed(0)
 torch.jit.save(torch.jit.script(GlobalAttention().eval()), sys.argv[1])
-# 6 GiB more than the process holds now: beyond it an allocation fails
-# (where the kernel would otherwise kill the process, as it did on a
-# 24 GiB machine at the 2048 px probe).
-data = int(next(l for l in open("/proc/self/status") if l.startswith("VmData:")).split()[1]) * 1024
-resource.setrlimit(resource.RLIMIT_DATA, (data + (6 << 30), resource.RLIM_INFINITY))
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     model = unet_rt.Model(sys.argv[1], device="cpu")
-print([type(w.message).__name__ for w in caught], model.info["exact"], flush=True)
+print([type(w.message).__name__ for w in caught], model.info["exact"], model.info["square_memory"] > 0, flush=True)
+image = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
+# One 2048 px pass: refused, naming the limit, not attempted.
+try:
+    model.segment(image, tile="whole")
+    print("whole: ran", flush=True)
+except unet_rt.InvalidArgumentError as e:
+    print("whole:", "ulimit" in str(e) and 'tile="whole"' in str(e), flush=True)
+# The planner's tiles stay within the default budget's memory.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    labels = model.segment(image)
+print("tiled:", labels.shape, model.layout(image.shape)["tile"], flush=True)
 """
 
 
@@ -1093,13 +1105,19 @@ def test_probing_a_network_whose_memory_grows_with_the_square_stops_before_it_ru
     # killed the process (or, under a limit, the failed allocation was
     # reported as a network that fails at that size). Passes are measured
     # and a larger one runs only where it fits: it stops at 1024 px and
-    # loads as approximate.
+    # loads as approximate. A whole-image pass was then planned as linear
+    # (2 GiB) and killed the process the same way.
     script = tmp_path / "attention.py"  # torch.jit.script reads the module's source
     script.write_text(GLOBAL_ATTENTION)
     done = subprocess.run([sys.executable, str(script), str(tmp_path / "attention.pt")], capture_output=True,
                           text=True, env=clean_env, cwd=ROOT, timeout=300)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
-    assert done.stdout.split("\n")[0] == "['ApproximateTilingWarning'] False", done.stdout
+    lines = done.stdout.splitlines()
+    assert lines[0] == "['ApproximateTilingWarning'] False True", done.stdout
+    # A tile counts the memory that grows with its square, as probing
+    # measured it: the whole 2048 px pass (~35 GiB) is refused up front.
+    assert lines[1] == "whole: True", done.stdout
+    assert lines[2].startswith("tiled: (2048, 2048)"), done.stdout
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="cgroups are Linux's")

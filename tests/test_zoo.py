@@ -81,6 +81,8 @@ def test_plain_torchscript_is_probed_and_tiles_exactly(name, tmp_path):
     info = model.info
     assert info["probed"] and info["padding"] == padding
     assert info["exact"] and info["measured"]["max_difference"] < 1e-4, info
+    # Convolutions' memory grows with the pixels: no square term to plan by.
+    assert info["square_memory"] == 0.0
     # The overlap is what tiles use, and at least what the network sees.
     assert model.halo == info["overlap"] >= info["halo"] > 0
     assert info["overlap"] % info["size_multiple"] == 0
@@ -796,6 +798,7 @@ def test_torchvision_fcn_resnet50_is_probed_exact_and_tiles_exactly(tmp_path):
     model = unet_rt.Model(plain_export(net, tmp_path / "fcn_resnet50.pt"), device="cpu")
     info = model.info
     assert (info["output_key"], info["size_multiple"], info["whole_tile_ops"]) == ("out", 8, [])
+    assert info["square_memory"] == 0.0
     assert info["exact"] and info["measured"]["max_difference"] < 1e-4, info
     image = np.random.default_rng(8).random((3, 250, 230), dtype=np.float32)
     want = whole_forward(lambda x: net(x)["out"], image, info["overlap"], info["size_multiple"])

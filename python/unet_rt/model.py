@@ -222,7 +222,10 @@ class Model:
         ``size_offset``, ``smallest_size`` (the smallest input the network
         takes), ``smallest_tile`` (the smallest ``tile=``: one pooling step
         of output beyond the overlap), ``fixed_size`` (the only input
-        size, or ``None``), ``probed``; ``overlap`` (the
+        size, or ``None``), ``probed``, ``square_memory`` (bytes of a
+        pass per pixel squared of a tile that probing measured growing
+        faster than its pixels, as global attention's does; 0.0 where none
+        was seen: tile plans and memory checks count it); ``overlap`` (the
         pixels per side tiles really overlap) and ``overlap_reason``;
         ``block_depth`` (the halo rounded up to ``size_multiple``: see
         :func:`unet_rt.dask.block_depth`);

@@ -105,6 +105,7 @@ mod tests {
             exactness: Default::default(),
             read_out: Default::default(),
             object_size: None,
+            square_memory: 0.0,
         }
     }
 

@@ -88,6 +88,7 @@ fn describe(model: &Model, path: Option<&Path>, file_bytes: Option<u64>) -> Valu
         })),
         "warning": info.exactness.warning(),
         "probed": info.probed,
+        "square_memory": info.square_memory,
         "normalization": serde_json::to_value(&info.normalization).unwrap_or(Value::Null),
         "instances": serde_json::to_value(&info.read_out).unwrap_or(Value::Null),
         "object_size": info.object_size,

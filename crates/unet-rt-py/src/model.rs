@@ -139,6 +139,7 @@ impl Model {
             },
         )?;
         d.set_item("probed", i.probed)?;
+        d.set_item("square_memory", i.square_memory)?;
         let exactness = &i.exactness;
         d.set_item("exact", exactness.is_exact())?;
         d.set_item("whole_tile_ops", exactness.whole_tile_ops.clone())?;

@@ -10,24 +10,38 @@
 use crate::error::{Error, Result};
 
 /// The memory this process may use in bytes, when known: the machine's
-/// (`MemTotal`), or the memory limit of its control group when that is
-/// lower (a container, a Slurm job, a systemd unit: the kernel kills a
-/// process beyond it). Read once: plans must not change from call to call.
+/// (`MemTotal`), or the memory limit of its control group (a container, a
+/// Slurm job, a systemd unit: the kernel kills a process beyond it) or its
+/// own resource limit (`ulimit -d`, `ulimit -v`: an allocation beyond it
+/// fails) when lower. Read once: plans must not change from call to call.
 pub fn total_memory() -> Option<usize> {
     limit().map(|(bytes, _)| bytes)
 }
 
-/// [`total_memory`] and whether it is a cgroup's limit.
-fn limit() -> Option<(usize, bool)> {
-    static TOTAL: std::sync::OnceLock<Option<(usize, bool)>> = std::sync::OnceLock::new();
+/// Whose limit [`total_memory`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Limiter {
+    Machine,
+    Cgroup,
+    Rlimit,
+}
+
+/// [`total_memory`] and whose limit it is.
+fn limit() -> Option<(usize, Limiter)> {
+    static TOTAL: std::sync::OnceLock<Option<(usize, Limiter)>> = std::sync::OnceLock::new();
     *TOTAL.get_or_init(|| {
-        let machine = meminfo_field("MemTotal:");
-        let group = crate::cgroup::process_limit().and_then(|l| usize::try_from(l.bytes).ok());
-        match (machine, group) {
-            (Some(m), Some(g)) if g < m => Some((g, true)),
-            (None, Some(g)) => Some((g, true)),
-            (m, _) => m.map(|m| (m, false)),
-        }
+        let machine = meminfo_field("MemTotal:").map(|m| (m, Limiter::Machine));
+        let group = crate::cgroup::process_limit()
+            .and_then(|l| usize::try_from(l.bytes).ok())
+            .map(|g| (g, Limiter::Cgroup));
+        let rlimit = rlimits()
+            .map(|(limit, _)| limit)
+            .min()
+            .map(|r| (r, Limiter::Rlimit));
+        [machine, group, rlimit]
+            .into_iter()
+            .flatten()
+            .min_by_key(|&(bytes, _)| bytes)
     })
 }
 
@@ -36,14 +50,16 @@ fn limit() -> Option<(usize, bool)> {
 /// this process's cgroup allows (...)"; `None` when they fit or the total
 /// is unknown.
 pub fn beyond_limit(bytes: u128) -> Option<String> {
-    let (total, cgroup) = limit().filter(|&(total, _)| bytes > total as u128)?;
+    let (total, limiter) = limit().filter(|&(total, _)| bytes > total as u128)?;
     let total = format_bytes(total as u128);
-    Some(if cgroup {
-        format!(
+    Some(match limiter {
+        Limiter::Cgroup => format!(
             "more than the {total} this process's cgroup allows (a container or job memory limit)"
-        )
-    } else {
-        format!("more than this machine's {total}")
+        ),
+        Limiter::Rlimit => {
+            format!("more than the {total} this process's resource limit allows (ulimit -d or -v)")
+        }
+        Limiter::Machine => format!("more than this machine's {total}"),
     })
 }
 
@@ -59,12 +75,20 @@ pub fn available_memory() -> Option<usize> {
 /// The room left under this process's address-space and data limits
 /// (`RLIMIT_AS`, `RLIMIT_DATA`: `ulimit -v`, `ulimit -d`), where either is
 /// set: beyond it an allocation fails, however much the machine has free.
-#[cfg(target_os = "linux")]
 fn rlimit_room() -> Option<usize> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    rlimits()
+        .map(|(limit, used)| limit.saturating_sub(used))
+        .min()
+}
+
+/// Each resource limit on this process's memory that is set, with what the
+/// process uses of it now.
+#[cfg(target_os = "linux")]
+fn rlimits() -> impl Iterator<Item = (usize, usize)> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     [(libc::RLIMIT_AS, "VmSize:"), (libc::RLIMIT_DATA, "VmData:")]
         .into_iter()
-        .filter_map(|(resource, used)| {
+        .filter_map(move |(resource, used)| {
             let mut limit = libc::rlimit {
                 rlim_cur: 0,
                 rlim_max: 0,
@@ -77,18 +101,13 @@ fn rlimit_room() -> Option<usize> {
                 return None;
             }
             let used = parse_meminfo(&status, used).unwrap_or(0);
-            Some(
-                usize::try_from(limit.rlim_cur)
-                    .unwrap_or(usize::MAX)
-                    .saturating_sub(used),
-            )
+            Some((usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX), used))
         })
-        .min()
 }
 
 #[cfg(not(target_os = "linux"))]
-fn rlimit_room() -> Option<usize> {
-    None
+fn rlimits() -> impl Iterator<Item = (usize, usize)> {
+    std::iter::empty()
 }
 
 /// A field of `/proc/meminfo`, in bytes. Other systems report `None`, and

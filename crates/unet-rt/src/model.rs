@@ -359,12 +359,16 @@ impl Model {
         // take minutes.
         let pixels = input.shape()[2..]
             .iter()
-            .fold(input.shape()[0] as u128, |n, &d| {
-                n.saturating_mul(d as u128)
-            });
+            .fold(1u128, |n, &d| n.saturating_mul(d as u128));
         let element = self.inner.precision.kind().elt_size_in_bytes();
         memory::check_fits(
-            crate::engine::forward_host_bytes(&self.inner.info, pixels, element, self.inner.device),
+            crate::engine::forward_host_bytes(
+                &self.inner.info,
+                pixels,
+                input.shape()[0] as u128,
+                element,
+                self.inner.device,
+            ),
             "batch",
             "the forward pass of this batch",
         )?;

@@ -92,6 +92,13 @@ impl PassMemory {
         out
     }
 
+    /// The bytes a pass holds per input value squared, beyond what grows
+    /// with the values: global attention's, as the passes so far show it
+    /// (0 where they show none, or nothing was measured).
+    pub(crate) fn square_bytes(&self) -> f64 {
+        fit(&self.passes).map_or(0.0, |f| f.square)
+    }
+
     /// Where a pass over `values` input values is predicted to need more
     /// than the memory free now, the words that say so ("would need about
     /// 21.3 GiB (...), more than the 17.9 GiB free"); `None` where it fits,
@@ -131,9 +138,36 @@ impl PassMemory {
 /// passes predicted 20 GiB where 48 GiB were needed: at small sizes the
 /// convolutions' linear memory hides the attention's square.
 fn extrapolate(passes: &[Pass], values: u128) -> Option<Prediction> {
+    let fit = fit(passes)?;
+    if values <= fit.from.values {
+        return None;
+    }
+    let n = values as f64;
+    Some(Prediction {
+        // `as` saturates: a prediction beyond u128 is still "too much".
+        peak: fit
+            .fixed
+            .saturating_add((fit.linear * n + fit.square * n * n) as u128),
+        from: fit.from,
+        quadratic: fit.square > 0.0,
+    })
+}
+
+/// Memory as `fixed + linear n + square n^2` bytes of `n` input values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Fit {
+    fixed: u128,
+    linear: f64,
+    square: f64,
+    /// The largest pass, which the fit goes through.
+    from: Pass,
+}
+
+/// The fit [`extrapolate`] extends, through the largest of `passes`.
+fn fit(passes: &[Pass]) -> Option<Fit> {
     let by_size = |a: &Pass, b: &Pass| a.values.cmp(&b.values).then(a.peak.cmp(&b.peak));
     let largest = passes.iter().copied().max_by(by_size)?;
-    if values <= largest.values || largest.values == 0 {
+    if largest.values == 0 {
         return None;
     }
     let smaller = passes
@@ -143,9 +177,9 @@ fn extrapolate(passes: &[Pass], values: u128) -> Option<Prediction> {
         .max_by(by_size);
     // What every pass holds whatever its size (thread stacks, allocator
     // and kernel caches): counted as neither term, it would pass for
-    // linear memory at small sizes and hide the square.
-    // It is read from passes far smaller than the largest, and is at
-    // most what the two compared took.
+    // linear memory at small sizes and hide the square. It is read from
+    // passes far smaller than the largest, and is at most what the two
+    // compared took.
     let fixed = passes
         .iter()
         .filter(|p| p.values.saturating_mul(FAR_SMALLER) <= largest.values)
@@ -167,13 +201,11 @@ fn extrapolate(passes: &[Pass], values: u128) -> Option<Prediction> {
         }
         _ => 0.0,
     };
-    let linear = ((p2 - square * n2 * n2) / n2).max(0.0);
-    let n = values as f64;
-    Some(Prediction {
-        // `as` saturates: a prediction beyond u128 is still "too much".
-        peak: fixed.saturating_add((linear * n + square * n * n) as u128),
+    Some(Fit {
+        fixed,
+        linear: ((p2 - square * n2 * n2) / n2).max(0.0),
+        square,
         from: largest,
-        quadratic: square > 0.0,
     })
 }
 

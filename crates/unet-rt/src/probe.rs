@@ -329,6 +329,7 @@ pub(crate) fn probe(
         },
         read_out: crate::instances::ReadOut::default(),
         object_size: None,
+        square_memory: 0.0,
     };
     if let Some(kind) = prober.returns_probabilities(
         info.round_up_valid(REACH_START[usize::from(info.spatial_dims == 3)] / 4),
@@ -345,6 +346,9 @@ pub(crate) fn probe(
         prober.settle_overlap(&mut info, rule)?;
     }
     info.min_size = prober.min_size(&info)?;
+    // Per input value squared in the passes (one image of C channels):
+    // per pixel squared, C^2 times that.
+    info.square_memory = prober.memory.square_bytes() * (prober.channels as f64).powi(2);
     if !settled {
         info.exactness.measured =
             check_tiles(module, device, path, &info).map(|(measured, _)| measured);

@@ -144,6 +144,7 @@ pub fn forward_whole(model: &Model, image: ArrayViewD<'_, f32>) -> Result<ArrayD
         .saturating_add(crate::engine::forward_host_bytes(
             info,
             padded,
+            1,
             element,
             model.device(),
         ))

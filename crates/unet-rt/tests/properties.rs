@@ -90,6 +90,7 @@ fn info(halo: usize, multiple: usize, offset: usize, same: bool) -> ModelInfo {
         exactness: Default::default(),
         read_out: Default::default(),
         object_size: None,
+        square_memory: 0.0,
     }
 }
 

@@ -58,7 +58,7 @@ impl Segmenter {
 ///     padding: Padding::Valid, halo: 92, size_multiple: 16, size_offset: 12,
 ///     normalization: Normalization::None, min_size: 0, fixed_size: 0, output_key: None,
 ///     first_layer_width: Some(64), probed: false, exactness: Default::default(),
-///     read_out: Default::default(), object_size: None,
+///     read_out: Default::default(), object_size: None, square_memory: 0.0,
 /// };
 /// let options = Options::default();
 /// let planner = Planner::new(&info, &options)?;
@@ -250,8 +250,8 @@ impl<'a> Planner<'a> {
             .fold(1u128, |n, &t| n.saturating_mul(t as u128));
         // Saturating: a 3-D tile of 2^20 per axis times a huge batch exceeds
         // even u128, and "more than can be counted" is still "too much".
-        let batch_pixels = pixels.saturating_mul(layout.batch_size as u128);
-        let need = plan::forward_host_bytes(info, batch_pixels, element, device);
+        let need =
+            plan::forward_host_bytes(info, pixels, layout.batch_size as u128, element, device);
         let Some(beyond) = memory::beyond_limit(need) else {
             return Ok(());
         };
@@ -259,16 +259,18 @@ impl<'a> Planner<'a> {
         // in batches of 12100 named the tile); the planner's own tile is
         // the smallest only when it is.
         let one_fits =
-            memory::beyond_limit(plan::forward_host_bytes(info, pixels, element, device)).is_none();
+            memory::beyond_limit(plan::forward_host_bytes(info, pixels, 1, element, device))
+                .is_none();
+        let asked_tile = self.options.tile.is_some() || self.options.whole;
         let argument = match (
-            &self.options.tile,
+            asked_tile,
             self.options.batch_size,
             self.options.memory_budget,
         ) {
             (_, Some(b), _) if b > 1 && one_fits => "batch_size",
-            (Some(_), _, _) => "tile",
-            (None, Some(b), _) if b > 1 => "batch_size",
-            (None, _, Some(_)) => "memory_budget",
+            (true, _, _) => "tile",
+            (false, Some(b), _) if b > 1 => "batch_size",
+            (false, _, Some(_)) => "memory_budget",
             _ => "tile",
         };
         let smallest = layout
@@ -277,6 +279,7 @@ impl<'a> Planner<'a> {
             .iter()
             .all(|&t| t == info.min_tile());
         let whose = match (&self.options.tile, self.options.memory_budget) {
+            _ if self.options.whole => " (one tile for the whole image: tile=\"whole\")",
             (Some(_), _) => "",
             (None, Some(_)) => " (chosen for the memory budget)",
             (None, None) if smallest => " (the smallest this model takes)",

@@ -55,24 +55,66 @@ pub(crate) fn bytes_per_pixel(
         .max(1)
 }
 
-/// Estimated host memory of one forward pass over `pixels` input pixels
-/// (every sample of a batch together) in `element`-byte precision on
-/// `device`: its input and output as `f32` and, on the CPU, the
-/// activations ([`bytes_per_pixel`]); a device holds its own activations.
+/// Estimated activation bytes of one forward pass over one tile of
+/// `pixels` input pixels: [`bytes_per_pixel`] each, and the measured memory
+/// that grows with their square ([`ModelInfo::square_memory`], scaled to
+/// the precision as the rest).
+pub(crate) fn activation_bytes(
+    info: &ModelInfo,
+    pixels: f64,
+    element_bytes: usize,
+    processor: Processor,
+) -> f64 {
+    pixels * bytes_per_pixel(info, element_bytes, processor) as f64
+        + square_bytes(info, element_bytes) * pixels * pixels
+}
+
+/// [`ModelInfo::square_memory`] (measured in float32) at `element_bytes`.
+fn square_bytes(info: &ModelInfo, element_bytes: usize) -> f64 {
+    info.square_memory.max(0.0) * element_bytes as f64 / 4.0
+}
+
+/// The most pixels a tile may have for its [`activation_bytes`] to stay
+/// within `budget`: the root of `a p + b p^2 = budget`.
+fn pixels_within(
+    info: &ModelInfo,
+    budget: usize,
+    element_bytes: usize,
+    processor: Processor,
+) -> f64 {
+    let a = bytes_per_pixel(info, element_bytes, processor) as f64;
+    let b = square_bytes(info, element_bytes);
+    let budget = budget as f64;
+    let pixels = if b > 0.0 {
+        // The stable form of (-a + sqrt(a^2 + 4 b B)) / 2b.
+        2.0 * budget / (a + (a * a + 4.0 * b * budget).sqrt())
+    } else {
+        budget / a
+    };
+    pixels.floor().max(1.0)
+}
+
+/// Estimated host memory of one forward pass over `batch` tiles of
+/// `pixels` input pixels each, in `element`-byte precision on `device`: its
+/// input and output as `f32` and, on the CPU, the activations
+/// ([`activation_bytes`]); a device holds its own activations.
 pub(crate) fn forward_host_bytes(
     info: &ModelInfo,
     pixels: u128,
+    batch: u128,
     element: usize,
     device: tch::Device,
 ) -> u128 {
-    let per_pixel = |bytes: u128| pixels.saturating_mul(bytes);
+    let all = pixels.saturating_mul(batch);
     // In u128: channel counts of a hand-built ModelInfo can be anything.
-    let host = per_pixel(4 * (info.in_channels as u128 + info.out_channels as u128));
+    let host = all.saturating_mul(4 * (info.in_channels as u128 + info.out_channels as u128));
     match device {
         tch::Device::Cuda(_) => host,
-        _ => host.saturating_add(per_pixel(
-            bytes_per_pixel(info, element, Processor::Cpu) as u128
-        )),
+        _ => {
+            // `as` saturates: beyond u128 is still "too much".
+            let per_tile = activation_bytes(info, pixels as f64, element, Processor::Cpu) as u128;
+            host.saturating_add(per_tile.saturating_mul(batch))
+        }
     }
 }
 
@@ -91,7 +133,7 @@ pub(crate) fn choose_tile(
     if info.fixed_size > 0 {
         return vec![info.fixed_size; image.len()];
     }
-    let max_pixels = (budget / bytes_per_pixel(info, element_bytes, processor)).max(1) as f64;
+    let max_pixels = pixels_within(info, budget, element_bytes, processor);
     let smallest = info.smallest_valid_size();
     let needed: Vec<usize> = image
         .iter()
@@ -188,7 +230,6 @@ pub(crate) fn choose_cpu_tile(
         // fixed costs of each pass dominate, so the largest tiles win.
         return choose_tile(info, image, halo, budget, element_bytes, Processor::Cpu);
     }
-    let bytes = bytes_per_pixel(info, element_bytes, Processor::Cpu) as f64;
     let precision_weight = (element_bytes as f64 / 4.0).min(1.0);
     let cache_weight = info
         .first_layer_width
@@ -232,7 +273,7 @@ pub(crate) fn choose_cpu_tile(
                 continue;
             };
             let pixels: f64 = tile.iter().map(|&t| t as f64).product();
-            let activations = pixels * bytes;
+            let activations = activation_bytes(info, pixels, element_bytes, Processor::Cpu);
             if activations > budget as f64 {
                 continue;
             }
@@ -293,7 +334,7 @@ pub(crate) fn choose_batch(
         .iter()
         .fold(1u128, |n, &t| n.saturating_mul(t as u128))
         .max(1);
-    let per_tile = pixels.saturating_mul(bytes_per_pixel(info, element_bytes, processor) as u128);
+    let per_tile = (activation_bytes(info, pixels as f64, element_bytes, processor) as u128).max(1);
     let fits = usize::try_from(budget as u128 / per_tile).unwrap_or(usize::MAX);
     fits.clamp(1, MAX_BATCH).min(tiles.max(1))
 }
@@ -354,6 +395,7 @@ mod tests {
             exactness: Default::default(),
             read_out: Default::default(),
             object_size: None,
+            square_memory: 0.0,
         }
     }
 
@@ -579,5 +621,48 @@ mod tests {
         );
         let voxels: usize = tile.iter().product();
         assert!(voxels * bytes_per_pixel(&volume, 4, Processor::Cpu) <= 1 << 30);
+    }
+
+    #[test]
+    fn memory_that_grows_with_the_square_keeps_tiles_within_the_budget() {
+        // The attention network of the probe tests: 16 wide, and 2.2 GiB
+        // at a 1024 px pass, about 2 GB of it the square.
+        let mut attention = bundled();
+        attention.square_memory = 2.0e9 / (1024.0f64 * 1024.0).powi(2);
+        let budget = 1usize << 30;
+        for processor in [Processor::Cpu, Processor::Gpu] {
+            let tile = choose_tile(&attention, &[4096, 4096], 44, budget, 4, processor);
+            let pixels = (tile[0] * tile[1]) as f64;
+            assert!(
+                activation_bytes(&attention, pixels, 4, processor) <= budget as f64,
+                "{tile:?}"
+            );
+            // Without the square, the same budget took tiles of over 1000.
+            let linear = choose_tile(&bundled(), &[4096, 4096], 44, budget, 4, processor);
+            assert!(tile[0] < linear[0] && tile[0] >= 8, "{tile:?} {linear:?}");
+        }
+        let tile = choose_cpu_tile(&attention, &[4096, 4096], 44, budget, 4);
+        let pixels = (tile[0] * tile[1]) as f64;
+        assert!(activation_bytes(&attention, pixels, 4, Processor::Cpu) <= budget as f64);
+        assert_eq!(
+            choose_batch(&attention, &tile, 100, budget, 4, Processor::Gpu).max(1),
+            {
+                let per_tile = activation_bytes(&attention, pixels, 4, Processor::Gpu);
+                ((budget as f64 / per_tile) as usize).clamp(1, MAX_BATCH)
+            }
+        );
+        // A whole 2048 px pass: the square's 32 GiB are counted, per image
+        // of a batch (not the batch's pixels squared).
+        let one = forward_host_bytes(&attention, 2048 * 2048, 1, 4, tch::Device::Cpu);
+        assert!(one > 30 << 30, "{one}");
+        let two = forward_host_bytes(&attention, 2048 * 2048, 2, 4, tch::Device::Cpu);
+        assert_eq!(two, 2 * one);
+        // bf16 halves it, as it halves the rest.
+        let half = forward_host_bytes(&attention, 2048 * 2048, 1, 2, tch::Device::Cpu);
+        assert!(half < one / 10 * 6, "{half} {one}");
+        // The root is the largest tile area within the budget.
+        let most = pixels_within(&attention, budget, 4, Processor::Cpu);
+        assert!(activation_bytes(&attention, most, 4, Processor::Cpu) <= budget as f64);
+        assert!(activation_bytes(&attention, most + 1.0, 4, Processor::Cpu) > budget as f64);
     }
 }
