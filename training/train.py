@@ -565,6 +565,19 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
         diameters = np.concatenate([object_diameters(labels) for labels in instance_samples])
         if diameters.size:
             config.setdefault("export", {})["object_size"] = round(float(np.median(diameters)), 2)
+    boundary = int(loss_cfg.get("boundary") or 0)
+    if boundary and instance_samples and not (config.get("export") or {}).get("instances"):
+        # Without a read-out the exported model gave the runtime's default
+        # (every class but 0 as one component: touching objects merged
+        # across their band) while the held-out AP was scored on class 1's
+        # components alone (interiors, smaller than every object: 0.0):
+        # neither was what a boundary model is for. Growth twice the band
+        # (the bundled model's band of 3 left fragments of it as objects
+        # at growth 3, and scored alike from 5 up).
+        grow = 2 * boundary
+        config.setdefault("export", {})["instances"] = {"seed_classes": [1], "grow_classes": [2], "grow": grow}
+        _say(None, f"instances: interiors grown over the {boundary}-pixel boundary band by up to {grow} pixels "
+                   "(export.instances sets another read-out)")
     read_out = (config.get("export") or {}).get("instances")
     val_sets = [_EvalSet(s, config, dataset.class_weight) for s in splits.get("val", [])]
     test_sets = [_EvalSet(s, config, dataset.class_weight) for s in splits.get("test", [])]

@@ -106,6 +106,26 @@ def test_boundary_run_exports_its_read_out_and_training_scale(tmp_path):
     assert model.segment(np.zeros((100, 100), np.float32), output="instances").dtype == np.uint32
 
 
+def test_a_boundary_run_without_a_read_out_exports_and_scores_interiors_grown_over_the_band(tmp_path, capsys):
+    # Without export.instances the model was exported with the default
+    # read-out (touching objects merged across the band) and its held-out
+    # AP scored on the interiors alone (0.0 for a model whose read-out
+    # gave 0.83): both now use the interiors grown over the band.
+    import unet_rt
+
+    config = tiny_config(tmp_path / "run", steps=2, val_every=2)
+    config["model"]["classes"] = 3
+    config["loss"]["boundary"] = 2
+    config["export"].update(path=str(tmp_path / "model.pt"), class_names=["background", "nucleus", "boundary"])
+    result = train(config)
+    want = {"seed_classes": [1], "grow_classes": [2], "grow": 4, "fill_holes": False, "min_size": 0}
+    assert unet_rt.Model(result["export"], device="cpu").read_out() == want
+    assert "interiors grown over the 2-pixel boundary band by up to 4 pixels" in capsys.readouterr().out
+    assert result["metrics"]["instances"].startswith("the runtime's read-out")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["export"]["instances"] == {"seed_classes": [1], "grow_classes": [2], "grow": 4}
+
+
 def test_weight_average_is_what_is_evaluated_exported_and_resumed(tmp_path):
     constant = {"steps": 6, "lr": 2e-3, "min_lr": 2e-3, "warmup": 0, "val_every": 3, "ema": 0.9}
     straight = train(tiny_config(tmp_path / "a", **constant))
