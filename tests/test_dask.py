@@ -481,6 +481,17 @@ def test_instances_are_consistent_across_block_faces(client, blob_model):
     assert_identical(got, blob_model.segment(stack, axes="byx", output="instances", tile=84))
 
 
+@pytest.mark.skipif(unet_rt.build_info()["cuda_available"], reason="needs a machine without CUDA")
+def test_a_device_this_machine_lacks_is_refused_before_the_destination_is_made(tiny_model_path, tmp_path):
+    # In this process the blocks run here: device="cuda" without CUDA
+    # failed at the first block, after the destination was created.
+    zarr.create_array(tmp_path / "src.zarr", data=np.zeros((96, 80), np.float32), chunks=(64, 64))
+    with pytest.raises(unet_rt.DeviceError, match="cuda"):
+        ud.segment_to_zarr(tmp_path / "src.zarr", tmp_path / "out.zarr", tiny_model_path, client=False,
+                           progress=False, device="cuda")
+    assert not (tmp_path / "out.zarr").exists()
+
+
 def test_zarr_to_zarr_equals_the_in_memory_result(client, model, tmp_path):
     image = blobs((300, 270), 20, dtype=np.uint16)
     source = zarr.create_array(tmp_path / "in.zarr", data=image, chunks=(100, 100))

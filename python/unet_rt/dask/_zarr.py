@@ -284,6 +284,12 @@ def segment_to_zarr(
     # Checked before the destination is opened (a fresh one is created then).
     fresh_blocks = _choose_blocks(block, chunks, shards, shape[2:], tiling)
     _check_apart(src, destination, f"labels/{output}" if ngff else "")
+    runner = Runner(client, progress)
+    if runner.client is None:
+        # The blocks run here: a device this machine lacks (device="cuda"
+        # without CUDA) failed at the first block, after the destination
+        # was created. Workers elsewhere check their own.
+        load_model(resolved.spec, resolved.data)
     mode = "a" if resume else "w"
     if ngff:
         # Never overwrite the destination itself: it may be the image.
@@ -334,7 +340,6 @@ def segment_to_zarr(
     done = _markers(group, "_done_" + engine_output, numblocks)
     if not previous:
         group.attrs[_ATTRS] = {**config, "block": list(blocks), "ranges": None}
-    runner = Runner(client, progress)
     ranges = _ranges(group, resolved, normalize, array_axes, shape, blocks, runner, src, plan)
     job = _Job(src, target, done, array_axes, plan, resolved.spec, blocks, shape)
     runner.run(
