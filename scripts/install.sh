@@ -51,16 +51,28 @@ python -c "import torch, numpy" 2>/dev/null \
   || fail "torch or numpy in $VIRTUAL_ENV does not import ($(python -c 'import torch, numpy' 2>&1 | tail -1))$remake"
 
 # napari's canvas draws with OpenGL: on a machine without a display the
-# tests run it on a virtual X server (pytest-xvfb starts Xvfb).
-if [ -z "${DISPLAY:-}" ] && ! command -v Xvfb >/dev/null; then
+# tests run it on a virtual X server (pytest-xvfb starts Xvfb), through Qt's
+# X11 plugin, whose system libraries a bare machine lacks (the wheel
+# brings Qt, not libxcb's extensions, libxkbcommon-x11 or libGL).
+apt_install() {  # what, packages...
+  local what="$1"; shift
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    say "installing Xvfb (Debian's xvfb) for the napari tests"
-    apt-get install -y -qq --no-install-recommends xvfb >/dev/null 2>&1 \
-      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends xvfb >/dev/null 2>&1; } \
-      || say "could not install xvfb: the napari tests need a display (DISPLAY) or Xvfb"
+    say "installing $what (Debian: $*) for the napari tests"
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1; } \
+      || say "could not install $what: the napari tests need them"
   else
-    say "no display and no Xvfb: install xvfb (e.g. apt-get install xvfb) for the napari tests"
+    say "missing $what: install them (e.g. apt-get install $*) for the napari tests"
   fi
+}
+if [ -z "${DISPLAY:-}" ] && ! command -v Xvfb >/dev/null; then
+  apt_install Xvfb xvfb
+fi
+qxcb="$(python -c 'import os, PyQt5; print(os.path.join(os.path.dirname(PyQt5.__file__), "Qt5/plugins/platforms/libqxcb.so"))' 2>/dev/null)"
+if [ -f "$qxcb" ] && command -v ldd >/dev/null && ldd "$qxcb" 2>/dev/null | grep -q "not found"; then
+  apt_install "Qt's X11 libraries" libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libx11-xcb1 libxext6 \
+    libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 \
+    libxcb-shape0 libxcb-sync1 libxcb-xfixes0 libxcb-xinerama0 libxcb-xkb1 libxcb-cursor0
 fi
 
 # Clones share the target folder: one clone's build could replace the
