@@ -236,18 +236,30 @@ fn peak_resident<T>(work: impl FnOnce() -> T) -> (T, Option<u128>) {
                 }
                 peak
             });
+        // Stops the sampler however `work` ends: the scope waits for its
+        // threads, and one never told to stop (a panic in `work`) would
+        // hold it, and the caller, forever.
+        let stop = StopSampler(&done, sampler.as_ref().ok().map(|h| h.thread().clone()));
         let out = work();
         let after = resident_bytes();
-        let peak = match sampler {
-            Ok(handle) => {
-                done.store(true, Ordering::Release);
-                handle.thread().unpark();
-                handle.join().ok().flatten().max(after)
-            }
-            Err(_) => None,
-        };
+        drop(stop);
+        let peak = sampler
+            .ok()
+            .and_then(|handle| handle.join().ok().flatten().max(after));
         (out, peak)
     })
+}
+
+/// Tells the sampler of [`peak_resident`] to stop, when dropped.
+struct StopSampler<'a>(&'a AtomicBool, Option<std::thread::Thread>);
+
+impl Drop for StopSampler<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+        if let Some(thread) = &self.1 {
+            thread.unpark();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -367,6 +379,13 @@ mod tests {
         assert_eq!(p.peak, u128::MAX);
         let linear = [pass(1 << 16, 20), pass(1 << 18, 30)];
         assert_eq!(extrapolate(&linear, u128::MAX).unwrap().peak, u128::MAX);
+    }
+
+    #[test]
+    fn a_pass_that_panics_stops_its_sampler() {
+        // Without the stop on unwind, the scope waited for the sampler forever.
+        let caught = std::panic::catch_unwind(|| peak_resident(|| panic!("in the pass")));
+        assert!(caught.is_err());
     }
 
     #[test]
