@@ -231,3 +231,35 @@ def test_interpreter_exit_with_a_daemon_thread_on_the_gpu_is_clean(tmp_path, wid
                           env=dict(os.environ), timeout=300)
     assert done.returncode == 0 and done.stdout.split() == ["exiting"], (done.returncode, done.stderr[-3000:])
     assert "panicked" not in done.stderr
+
+
+ATTENTION_ON_THE_GPU = """
+import sys, warnings, torch, unet_rt
+from training.zoo import GlobalAttentionUNet
+torch.manual_seed(0)
+torch.jit.save(torch.jit.script(GlobalAttentionUNet(16, 2).eval()), sys.argv[1])
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    model = unet_rt.Model(sys.argv[1], device="cuda:0")
+print([type(w.message).__name__ for w in caught], model.info["exact"], model.info["measured"]["probe_size"], flush=True)
+"""
+
+
+def test_probing_on_the_gpu_stops_before_the_device_runs_out(tmp_path):
+    # Attention at the 1/4 level: two 16 GiB matrices at a 1024 px probe,
+    # 256 GiB each at 2048. The device's out-of-memory error was read as a
+    # network that fails at that size, and the load failed; the passes'
+    # device memory (what the caching allocator holds after each) now
+    # stops the probes at the last size that fits.
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "attention_cuda.py"
+    script.write_text(ATTENTION_ON_THE_GPU)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "attention.pt")], capture_output=True,
+                          text=True, env=dict(os.environ), timeout=300)
+    assert done.returncode == 0, (done.returncode, done.stderr[-3000:])
+    warned, exact, probe_size = done.stdout.split("] ")[0] + "]", *done.stdout.split("] ")[1].split()
+    assert (warned, exact) == ("['ApproximateTilingWarning']", "False"), done.stdout
+    assert 256 <= int(probe_size) <= 1024, done.stdout

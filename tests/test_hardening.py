@@ -1039,45 +1039,11 @@ import resource
 # imports): beyond it an allocation fails, where the kernel would otherwise
 # kill the process, as it did on a 24 GiB machine at the 2048 px probe.
 resource.setrlimit(resource.RLIMIT_DATA, (8 << 30, resource.RLIM_INFINITY))
-import sys, warnings, numpy as np, torch, torch.nn.functional as F, unet_rt
-
-class GlobalAttention(torch.nn.Module):
-    # Every position of the 1/8 level against every other, written by hand
-    # (no code scan finds it): 2.2 GiB of memory at a 1024 px probe, about
-    # 35 GiB at 2048 px.
-    def __init__(self, c: int = 16):
-        super().__init__()
-        self.inc = torch.nn.Conv2d(1, c, 3, padding=1)
-        self.down = torch.nn.ModuleList([torch.nn.Conv2d(c, c, 3, padding=1) for _ in range(3)])
-        self.q = torch.nn.Conv2d(c, c, 1)
-        self.k = torch.nn.Conv2d(c, c, 1)
-        self.v = torch.nn.Conv2d(c, c, 1)
-        self.up = torch.nn.ModuleList([torch.nn.Conv2d(2 * c, c, 3, padding=1) for _ in range(3)])
-        self.out = torch.nn.Conv2d(c, 2, 1)
-
-    def forward(self, x):
-        x = F.relu(self.inc(x))
-        skips = []
-        for d in self.down:
-            skips.append(x)
-            x = F.relu(d(F.max_pool2d(x, 2)))
-        n, c, h, w = x.shape
-        q = self.q(x).flatten(2).transpose(1, 2)
-        k = self.k(x).flatten(2)
-        v = self.v(x).flatten(2).transpose(1, 2)
-        a = torch.matmul(q, k) / (c ** 0.5)
-        a = torch.exp(a - a.amax(-1, keepdim=True))
-        a = a / a.sum(-1, keepdim=True)
-        x = x + torch.matmul(a, v).transpose(1, 2).reshape(n, c, h, w)
-        i = len(skips) - 1
-        for u in self.up:
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-            x = F.relu(u(torch.cat([x, skips[i]], 1)))
-            i -= 1
-        return self.out(x)
+import sys, warnings, numpy as np, torch, unet_rt
+from training.zoo import GlobalAttentionUNet
 
 torch.manual_seed(0)
-torch.jit.save(torch.jit.script(GlobalAttention().eval()), sys.argv[1])
+torch.jit.save(torch.jit.script(GlobalAttentionUNet(16, 3).eval()), sys.argv[1])
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     model = unet_rt.Model(sys.argv[1], device="cpu")
@@ -1107,10 +1073,10 @@ def test_probing_a_network_whose_memory_grows_with_the_square_stops_before_it_ru
     # and a larger one runs only where it fits: it stops at 1024 px and
     # loads as approximate. A whole-image pass was then planned as linear
     # (2 GiB) and killed the process the same way.
-    script = tmp_path / "attention.py"  # torch.jit.script reads the module's source
+    script = tmp_path / "attention.py"
     script.write_text(GLOBAL_ATTENTION)
     done = subprocess.run([sys.executable, str(script), str(tmp_path / "attention.pt")], capture_output=True,
-                          text=True, env=clean_env, cwd=ROOT, timeout=300)
+                          text=True, env={**clean_env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, timeout=300)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     lines = done.stdout.splitlines()
     assert lines[0] == "['ApproximateTilingWarning'] False True", done.stdout

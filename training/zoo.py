@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FCN8s", "SegNet", "PSPNet", "Pix2PixGenerator", "ARCHITECTURES", "build", "he_init_"]
+__all__ = ["FCN8s", "SegNet", "PSPNet", "Pix2PixGenerator", "GlobalAttentionUNet", "ARCHITECTURES", "build", "he_init_"]
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int = 3, dilation: int = 1) -> nn.Sequential:
@@ -222,6 +222,52 @@ class Pix2PixGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+
+class GlobalAttentionUNet(nn.Module):
+    """A same-padded U-Net with global self-attention written by hand
+    (``softmax(q k^T / sqrt(c)) v`` as matmul, exp and sum, which no code
+    scan names) at its deepest level, ``2**levels`` times smaller than the
+    image: its memory grows with the square of a tile's pixels (two
+    ``(h w / 4**levels)^2`` matrices; at ``levels=3`` 2.2 GiB for a 1024 px
+    image, ~31 GiB at 2048). Not in :data:`ARCHITECTURES`: it is for the
+    memory tests, where tiles are approximate by design.
+
+    >>> GlobalAttentionUNet(width=4, levels=2)(torch.zeros(1, 1, 32, 32)).shape
+    torch.Size([1, 2, 32, 32])
+    """
+
+    def __init__(self, width: int = 16, levels: int = 3) -> None:
+        super().__init__()
+        c = width
+        self.inc = nn.Conv2d(1, c, 3, padding=1)
+        self.down = nn.ModuleList([nn.Conv2d(c, c, 3, padding=1) for _ in range(levels)])
+        self.q = nn.Conv2d(c, c, 1)
+        self.k = nn.Conv2d(c, c, 1)
+        self.v = nn.Conv2d(c, c, 1)
+        self.up = nn.ModuleList([nn.Conv2d(2 * c, c, 3, padding=1) for _ in range(levels)])
+        self.out = nn.Conv2d(c, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.inc(x))
+        skips: List[torch.Tensor] = []
+        for d in self.down:
+            skips.append(x)
+            x = F.relu(d(F.max_pool2d(x, 2)))
+        n, c, h, w = x.shape
+        q = self.q(x).flatten(2).transpose(1, 2)
+        k = self.k(x).flatten(2)
+        v = self.v(x).flatten(2).transpose(1, 2)
+        a = torch.matmul(q, k) / (c**0.5)
+        a = torch.exp(a - a.amax(-1, keepdim=True))
+        a = a / a.sum(-1, keepdim=True)
+        x = x + torch.matmul(a, v).transpose(1, 2).reshape(n, c, h, w)
+        i = len(skips) - 1
+        for u in self.up:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+            x = F.relu(u(torch.cat([x, skips[i]], 1)))
+            i -= 1
+        return self.out(x)
 
 
 #: name -> (constructor, its keyword arguments for a small test network,

@@ -24,6 +24,16 @@ pub fn device_memory(index: usize) -> Option<(usize, usize)> {
     })
 }
 
+/// Bytes `(free, total)` of CUDA device `index` now (not remembered, unlike
+/// [`device_memory`]): what probe passes measure their memory by, as
+/// libtorch's caching allocator keeps what each pass reserved.
+pub(crate) fn device_memory_now(index: usize) -> Option<(usize, usize)> {
+    std::thread::spawn(move || query(index))
+        .join()
+        .ok()
+        .flatten()
+}
+
 #[cfg(target_os = "linux")]
 fn query(index: usize) -> Option<(usize, usize)> {
     use std::ffi::{c_int, c_void, CStr};

@@ -7,9 +7,12 @@
 //! finds it) grows with their square, sixteen times: such a network needed
 //! about 1 GiB at 1024 pixels and 48 GiB at 2048, and loading it got the
 //! process killed by the kernel. Each CPU pass is therefore measured (the
-//! process's resident memory, sampled while it runs) and a larger pass is
-//! run only where its memory, extrapolated from the passes before it, fits
-//! in what the machine has free.
+//! process's resident memory, sampled while it runs; on a GPU the device
+//! memory libtorch's caching allocator holds after it, which keeps what the
+//! pass reserved) and a larger pass is run only where its memory,
+//! extrapolated from the passes before it, fits in what the machine (or the
+//! device) has free. A GPU that runs out is not a killed process, but its
+//! error read as a network that fails at that size, and the load failed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -56,23 +59,72 @@ struct Prediction {
     quadratic: bool,
 }
 
-/// The passes of one prober, measured on the CPU (a GPU's out-of-memory is
-/// an error libtorch raises, not a killed process: nothing is measured
-/// there).
+/// Where passes run, and so what their memory is measured by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gauge {
+    /// The process's resident memory, against the machine's free memory.
+    Host,
+    /// The memory used on CUDA device `n`, against its free memory.
+    Cuda(usize),
+}
+
+impl Gauge {
+    /// Bytes in use now.
+    fn used(self) -> Option<u128> {
+        match self {
+            Gauge::Host => resident_bytes(),
+            Gauge::Cuda(index) => crate::cuda_memory::device_memory_now(index)
+                .map(|(free, total)| (total - free) as u128),
+        }
+    }
+
+    /// Bytes free for a larger pass now.
+    fn free(self) -> Option<u128> {
+        match self {
+            Gauge::Host => available_memory().map(|bytes| bytes as u128),
+            Gauge::Cuda(index) => {
+                crate::cuda_memory::device_memory_now(index).map(|(free, _)| free as u128)
+            }
+        }
+    }
+
+    /// Runs `work` and returns the most memory in use while it ran: sampled
+    /// on the host; on a GPU what is in use after it (the caching
+    /// allocator keeps what the pass reserved, and a pass's allocations are
+    /// all made by the time its launches return).
+    fn peak_of<T>(self, work: impl FnOnce() -> T) -> (T, Option<u128>) {
+        match self {
+            Gauge::Host => peak_resident(work),
+            Gauge::Cuda(_) => {
+                let out = work();
+                (out, self.used())
+            }
+        }
+    }
+}
+
+/// The passes of one prober and what they took.
 #[derive(Debug)]
 pub(crate) struct PassMemory {
-    /// Resident bytes when probing started; `None` where they cannot be
-    /// read (not Linux) or nothing is measured.
+    gauge: Gauge,
+    /// Bytes in use when probing started; `None` where they cannot be read
+    /// (not Linux, no CUDA runtime, another device kind).
     base: Option<u128>,
     passes: Vec<Pass>,
 }
 
 impl PassMemory {
-    /// Measures from now on, where `measured` (a CPU prober) and the
-    /// process's resident memory can be read.
-    pub(crate) fn start(measured: bool) -> Self {
+    /// Measures the passes on `device` from now on, where its memory can be
+    /// read.
+    pub(crate) fn start(device: tch::Device) -> Self {
+        let gauge = match device {
+            tch::Device::Cuda(index) => Some(Gauge::Cuda(index)),
+            tch::Device::Cpu => Some(Gauge::Host),
+            _ => None,
+        };
         Self {
-            base: if measured { resident_bytes() } else { None },
+            gauge: gauge.unwrap_or(Gauge::Host),
+            base: gauge.and_then(Gauge::used),
             passes: Vec::new(),
         }
     }
@@ -82,7 +134,7 @@ impl PassMemory {
         let Some(base) = self.base else {
             return work();
         };
-        let (out, peak) = peak_resident(work);
+        let (out, peak) = self.gauge.peak_of(work);
         if let Some(peak) = peak {
             self.passes.push(Pass {
                 values,
@@ -106,8 +158,8 @@ impl PassMemory {
     pub(crate) fn refusal(&self, values: u128) -> Option<String> {
         let base = self.base?;
         let prediction = extrapolate(&self.passes, values)?;
-        let held = resident_bytes()?.saturating_sub(base);
-        let free = available_memory()? as u128;
+        let held = self.gauge.used()?.saturating_sub(base);
+        let free = self.gauge.free()?;
         let extra = prediction.peak.saturating_sub(held);
         (extra.saturating_mul(SHARE_OF_FREE.1) > free.saturating_mul(SHARE_OF_FREE.0)).then(|| {
             let growth = if prediction.quadratic {
@@ -393,7 +445,7 @@ mod tests {
         if resident_bytes().is_none() {
             return; // not Linux: nothing is measured
         }
-        let mut memory = PassMemory::start(true);
+        let mut memory = PassMemory::start(tch::Device::Cpu);
         let len = 256 << 20;
         let touched = memory.measure(1, || {
             let v = vec![1u8; len];
@@ -406,6 +458,8 @@ mod tests {
         // A pass a million times larger cannot fit anywhere.
         let refusal = memory.refusal(1 << 40).unwrap();
         assert!(refusal.contains("would need about"), "{refusal}");
-        assert!(PassMemory::start(false).refusal(1 << 40).is_none());
+        assert!(PassMemory::start(tch::Device::Mps)
+            .refusal(1 << 40)
+            .is_none());
     }
 }

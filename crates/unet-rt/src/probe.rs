@@ -850,7 +850,7 @@ impl<'a> Prober<'a> {
             mask_at: 0.0,
             slowest: None,
             grown: None,
-            memory: PassMemory::start(device == Device::Cpu),
+            memory: PassMemory::start(device),
         }
     }
 
