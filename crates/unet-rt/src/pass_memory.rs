@@ -135,7 +135,14 @@ impl PassMemory {
             return work();
         };
         let (out, peak) = self.gauge.peak_of(work);
-        if let Some(peak) = peak {
+        // What a GPU's allocator holds only grows: after a larger pass, a
+        // smaller one's reading is the larger one's, and would hide how
+        // memory grows.
+        let attributable = match self.gauge {
+            Gauge::Host => true,
+            Gauge::Cuda(_) => self.passes.iter().all(|p| p.values < values),
+        };
+        if let (Some(peak), true) = (peak, attributable) {
             self.passes.push(Pass {
                 values,
                 peak: peak.saturating_sub(base),
