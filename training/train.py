@@ -175,11 +175,17 @@ def _set_path(config: Dict[str, Any], assignment: str) -> None:
 
 
 def _path(p: Optional[str]) -> Optional[Path]:
-    """A path from the config: as given if it exists, else relative to the repository."""
+    """A path from the config: as given if it exists, else relative to the
+    repository where it exists there (the configs name the sample data so),
+    else as given, so that the error names what was given (a missing
+    ``--image x.tif`` was reported as the repository's ``x.tif``)."""
     if p is None:
         return None
     q = Path(p)
-    return q if q.is_absolute() or q.exists() else REPO_ROOT / q
+    if q.is_absolute() or q.exists():
+        return q
+    in_repo = REPO_ROOT / q
+    return in_repo if in_repo.exists() else q
 
 
 #: Keys a run writes into its own config (resumed configs hold them).
@@ -258,6 +264,11 @@ def _check_numbers(c: Dict[str, Any]) -> None:
                               ("image_dir", "label_dir", "--image-dir and --label-dir")):
         if (data.get(one) is None) != (data.get(other) is None):
             raise ValueError(f"give {flags} together (data.{one} and data.{other})")
+    # One source: --sample beside --image-dir trained on the sample alone, without a word.
+    sources = [flag for key, flag in (("sample", "--sample"), ("image", "--image"), ("image_dir", "--image-dir"))
+               if data.get(key)]
+    if len(sources) > 1:
+        raise ValueError(f"give one data source, not {' and '.join(sources)} (data.sample, data.image, data.image_dir)")
 
 
 def _check_normalization(norm: Any) -> None:
@@ -899,7 +910,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # said in one line, as the settings refused above.
         parser.error(str(e))
     except OSError as e:
-        print(f"training.train: error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     print(f"run {result['run']}: {result['step']} steps, {result['train_seconds']:.0f} s training, "
           f"{time.perf_counter() - t0:.0f} s in all")

@@ -217,6 +217,20 @@ def test_cli_refuses_a_bad_setting_as_a_usage_error(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_one_data_source_and_missing_files_named_as_given(tmp_path, capsys, monkeypatch):
+    # --sample beside --image-dir trained on the sample alone, without a word.
+    with pytest.raises(SystemExit) as stop:
+        main(["--sample", "--image-dir", str(tmp_path), "--label-dir", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert stop.value.code == 2
+    assert "give one data source, not --sample and --image-dir" in capsys.readouterr().err
+    # A missing relative --image was named as a file of the repository.
+    monkeypatch.chdir(tmp_path)
+    assert main(["--image", "missing.tif", "--labels", "missing_labels.tif", "--steps", "1",
+                 "--out", str(tmp_path / "y")]) == 1
+    err = capsys.readouterr().err
+    assert "python -m training.train: error:" in err and str(tmp_path / "missing.tif") in err, err
+
+
 # --- from a hostile review of the training command line -----------------------
 
 
