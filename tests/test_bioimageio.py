@@ -339,6 +339,18 @@ def test_broken_packages_are_package_errors(tmp_path, package):
             unet_rt.Model(tmp_path / name, device="cpu")
 
 
+def test_a_package_zipped_inside_a_folder_says_how_to_load_it(tmp_path, package, cli):
+    # Zipped with its folder, or given to the command-line tool: both were
+    # "a zip file without TorchScript code, not a TorchScript archive".
+    with zipfile.ZipFile(package) as z, zipfile.ZipFile(tmp_path / "nested.zip", "w") as w:
+        for info in z.infolist():
+            w.writestr("nuclei/" + info.filename, z.read(info.filename))
+    with pytest.raises(unet_rt.ModelError, match=r"rdf.yaml in the folder nuclei/ of the zip: unzip it"):
+        unet_rt.Model(tmp_path / "nested.zip", device="cpu")
+    done = subprocess.run([str(cli), "info", str(package)], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "a bioimage.io package (rdf.yaml)" in done.stderr, done.stderr
+
+
 def test_a_test_output_that_is_not_finite_or_not_reproduced_fails_the_check(tmp_path, package):
     import io
 

@@ -129,6 +129,9 @@ pub(crate) fn check_torchscript<R: Read + Seek>(
     if code && has("/constants.pkl") {
         return Ok(());
     }
+    if let Some(refusal) = bioimageio_refusal(archive) {
+        return Err(invalid(origin, refusal));
+    }
     let what = if has("/data.pkl") {
         "a torch.save file (weights, or a pickled Python module, without the network's code)"
     } else if has("archive_format")
@@ -148,6 +151,32 @@ pub(crate) fn check_torchscript<R: Read + Seek>(
              or with training/export.py"
         ),
     ))
+}
+
+/// For a bioimage.io package (a zip with an `rdf.yaml`), what to do with it:
+/// both were refused as "a zip file without TorchScript code". The Python
+/// package loads one whose description is at the top, with its pre- and
+/// post-processing; the runtime's own loader (the command-line tool) takes
+/// TorchScript files, and the weights alone would lose that processing.
+fn bioimageio_refusal<R: Read + Seek>(archive: &ZipArchive<R>) -> Option<String> {
+    let is_description = |name: &str| {
+        let base = name.rsplit('/').next().unwrap_or(name);
+        base == "rdf.yaml" || base == "bioimageio.yaml" || base.ends_with(".bioimageio.yaml")
+    };
+    let name = archive
+        .file_names()
+        .filter(|name| is_description(name))
+        .min_by_key(|name| name.matches('/').count())?;
+    Some(match name.rsplit_once('/') {
+        None => format!(
+            "it is a bioimage.io package ({name}): the Python package loads it with its pre- and \
+             post-processing (unet_rt.Model(path)); the command-line tool takes TorchScript files"
+        ),
+        Some((folder, base)) => format!(
+            "it is a bioimage.io package with its {base} in the folder {folder}/ of the zip: unzip it \
+             and load that folder, or zip the folder's contents so that {base} is at the top"
+        ),
+    })
 }
 
 /// Operations that mix every pixel of their input: a tile then sees other
@@ -383,6 +412,35 @@ mod tests {
             std::io::Write::write_all(&mut writer, text.as_bytes()).expect("write");
         }
         ZipArchive::new(writer.finish().expect("finish")).expect("zip")
+    }
+
+    #[test]
+    fn bioimageio_packages_are_named_with_what_to_do() {
+        let said = |files: &[(&str, &str)]| match check_torchscript(
+            &code_archive(files),
+            Path::new("p.zip"),
+        ) {
+            Err(Error::InvalidModel { reason, .. }) => reason,
+            other => panic!("{other:?}"),
+        };
+        let top = said(&[("rdf.yaml", "{}"), ("weights.pt", "")]);
+        assert!(
+            top.contains("a bioimage.io package (rdf.yaml)") && top.contains("Python"),
+            "{top}"
+        );
+        let nested = said(&[
+            ("nuclei/bioimageio.yaml", "{}"),
+            ("nuclei/deeper/rdf.yaml", "{}"),
+        ]);
+        assert!(
+            nested.contains("its bioimageio.yaml in the folder nuclei/ of the zip"),
+            "{nested}"
+        );
+        let plain = said(&[("notes/readme.txt", "")]);
+        assert!(
+            plain.contains("a zip file without TorchScript code"),
+            "{plain}"
+        );
     }
 
     #[test]
