@@ -62,7 +62,7 @@ impl Report {
 
     /// One JSON object on one line.
     pub(crate) fn json(&self) -> String {
-        let path = |p: &Path| p.display().to_string();
+        let path = |p: &Path| shown(p);
         let mut value = serde_json::json!({
             "input": path(&self.input),
             "output": self.output.as_deref().map(path),
@@ -79,11 +79,7 @@ impl Report {
 
     /// A line for people (`None` for failures, which go to stderr).
     pub(crate) fn text(&self) -> Option<String> {
-        let output = self
-            .output
-            .as_deref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
+        let output = self.output.as_deref().map(shown).unwrap_or_default();
         match self.status {
             Status::Ok => {
                 let shape = self
@@ -97,22 +93,77 @@ impl Report {
                     .unwrap_or_default();
                 Some(format!(
                     "{} -> {output} ({shape}, {:.2} s{objects})",
-                    self.input.display(),
+                    shown(&self.input),
                     self.seconds
                 ))
             }
             Status::Skipped => Some(format!(
                 "{} -> {output} (exists, skipped)",
-                self.input.display()
+                shown(&self.input)
             )),
             Status::Failed | Status::Cancelled => None,
         }
     }
 }
 
+/// A path as one line of text that tells it from every other: as it is
+/// where it is UTF-8 without control characters; otherwise with `\\`, `\n`,
+/// `\t`, other control characters (`\u{1b}`) and bytes that are not UTF-8
+/// (`\xff`) escaped. `Path::display` replaced such bytes with U+FFFD, so two
+/// inputs could be reported alike, and a newline split a report line in two.
+pub(crate) fn shown(path: &Path) -> String {
+    use std::fmt::Write;
+    use std::os::unix::ffi::OsStrExt;
+
+    let bytes = path.as_os_str().as_bytes();
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        if !text.chars().any(char::is_control) {
+            return text.to_owned();
+        }
+    }
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                c if c.is_control() => {
+                    let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+                }
+                c => out.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            let _ = write!(out, "\\x{byte:02x}");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_that_are_not_plain_text_are_escaped_and_stay_apart() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+
+        assert_eq!(shown(Path::new("in/a b\\é.tif")), "in/a b\\é.tif");
+        assert_eq!(shown(Path::new("in/a\nb.tif")), "in/a\\nb.tif");
+        assert_eq!(shown(Path::new("x\u{1b}[31m\\y")), "x\\u{1b}[31m\\\\y");
+        let latin1 = Path::new(OsStr::from_bytes(b"caf\xe9.tif"));
+        let other = Path::new(OsStr::from_bytes(b"caf\xe8.tif"));
+        assert_eq!(shown(latin1), "caf\\xe9.tif");
+        assert_ne!(shown(latin1), shown(other));
+        let mut r = Report::new(Path::new("in/a\nb.tif"), Status::Ok);
+        r.output = Some(PathBuf::from(OsStr::from_bytes(b"out/\xff.tif")));
+        assert!(!r.text().unwrap().contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
+        assert_eq!(v["input"], "in/a\\nb.tif");
+        assert_eq!(v["output"], "out/\\xff.tif");
+    }
 
     #[test]
     fn json_lines_have_every_field() {
