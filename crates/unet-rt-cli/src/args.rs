@@ -37,6 +37,8 @@ Each file is written to a hidden temporary file and renamed when complete.
 
 With --json, each input gives one line on stdout:
   {\"input\", \"output\", \"shape\", \"seconds\", \"status\": ok|skipped|failed|cancelled, \"error\"}
+File names that are not plain UTF-8 text are escaped there and in text lines
+(\\n, \\t, \\u{1b}, \\xff for a byte that is not UTF-8; \\\\ then for a backslash).
 
 Exit status: 0 all inputs done, 1 some input failed (the others were processed),
 2 usage error (flags, model, device, output folder), 130 interrupted (Ctrl-C).";
