@@ -113,10 +113,19 @@ where
     py.detach(|| {
         std::thread::scope(|scope| {
             let (done_tx, done_rx) = sync_channel::<unet_rt::Result<T>>(1);
-            scope.spawn(move || {
-                // The receiver only goes away after a signal; the result is moot then.
-                let _ = done_tx.send(catching(work));
-            });
+            // Builder, not `scope.spawn`: a thread that cannot be started
+            // (a process limit) panicked there, a PanicException to Python.
+            std::thread::Builder::new()
+                .name("unet-rt-call".to_owned())
+                .spawn_scoped(scope, move || {
+                    // The receiver only goes away after a signal; the result is moot then.
+                    let _ = done_tx.send(catching(work));
+                })
+                .map_err(|e| {
+                    to_py_err(unet_rt::Error::Internal(format!(
+                        "cannot start a thread: {e}"
+                    )))
+                })?;
             wait_for(&done_rx, cancel, true)
         })
     })

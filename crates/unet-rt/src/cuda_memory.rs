@@ -14,21 +14,24 @@ pub fn device_memory(index: usize) -> Option<(usize, usize)> {
     static SEEN: [std::sync::OnceLock<Option<(usize, usize)>>; DEVICES] =
         [const { std::sync::OnceLock::new() }; DEVICES];
     let slot = SEEN.get(index)?;
-    // On a thread of its own: selecting the device changes only that
-    // thread's current device, never a caller's.
-    *slot.get_or_init(|| {
-        std::thread::spawn(move || query(index))
-            .join()
-            .ok()
-            .flatten()
-    })
+    *slot.get_or_init(|| on_own_thread(index))
 }
 
 /// Bytes `(free, total)` of CUDA device `index` now (not remembered, unlike
 /// [`device_memory`]): what probe passes measure their memory by, as
 /// libtorch's caching allocator keeps what each pass reserved.
 pub(crate) fn device_memory_now(index: usize) -> Option<(usize, usize)> {
-    std::thread::spawn(move || query(index))
+    on_own_thread(index)
+}
+
+/// [`query`] on a thread of its own (selecting the device changes only
+/// that thread's current device, never a caller's); `None` where no thread
+/// can be started (`std::thread::spawn` would panic).
+fn on_own_thread(index: usize) -> Option<(usize, usize)> {
+    std::thread::Builder::new()
+        .name("unet-rt-cuda-memory".to_owned())
+        .spawn(move || query(index))
+        .ok()?
         .join()
         .ok()
         .flatten()
