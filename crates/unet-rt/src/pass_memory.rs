@@ -4,9 +4,10 @@
 //! still reaches their far edge. A convolutional network's memory grows
 //! with its pixels, four times per doubling; one with global attention
 //! (every position against every other, written by hand, so no code scan
-//! finds it) grows with their square, sixteen times: such a network needed
-//! about 1 GiB at 1024 pixels and 48 GiB at 2048, and loading it got the
-//! process killed by the kernel. Each CPU pass is therefore measured (the
+//! finds it) grows with their square, sixteen times: such a network
+//! (attention at its 1/8 level) took 2.2 GiB at 1024 pixels and wanted some
+//! 31 GiB at 2048, and loading it got the process killed by the kernel.
+//! Each CPU pass is therefore measured (the
 //! process's resident memory, sampled while it runs; on a GPU the device
 //! memory libtorch's caching allocator holds after it, which keeps what the
 //! pass reserved) and a larger pass is run only where its memory,
