@@ -1067,7 +1067,7 @@ print("tiled:", labels.shape, model.layout(image.shape)["tile"], flush=True)
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
 def test_probing_a_network_whose_memory_grows_with_the_square_stops_before_it_runs_out(tmp_path, clean_env):
     # Probing doubled its images up to 2048 px while changes reached their
-    # edge; with global attention that pass wanted ~35 GiB and the kernel
+    # edge; with global attention that pass wanted over 30 GiB and the kernel
     # killed the process (or, under a limit, the failed allocation was
     # reported as a network that fails at that size). Passes are measured
     # and a larger one runs only where it fits: it stops at 1024 px and
@@ -1081,7 +1081,7 @@ def test_probing_a_network_whose_memory_grows_with_the_square_stops_before_it_ru
     lines = done.stdout.splitlines()
     assert lines[0] == "['ApproximateTilingWarning'] False True", done.stdout
     # A tile counts the memory that grows with its square, as probing
-    # measured it: the whole 2048 px pass (~35 GiB) is refused up front.
+    # measured it: the whole 2048 px pass (over 30 GiB) is refused up front.
     assert lines[1] == "whole: True", done.stdout
     assert lines[2].startswith("tiled: (2048, 2048)"), done.stdout
 

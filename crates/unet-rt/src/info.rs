@@ -178,7 +178,7 @@ pub struct ModelInfo {
     /// measured by probing on the CPU (float32); 0 where none was seen.
     /// Tile planning and the memory checks add it to the estimate that
     /// grows with the pixels: without it a 2048 px tile of such a network
-    /// was planned at 2 GiB, needed 35 GiB, and the process was killed.
+    /// was planned at 2 GiB, needed over 30 GiB, and the process was killed.
     pub square_memory: f64,
 }
 

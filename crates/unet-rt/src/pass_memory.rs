@@ -195,7 +195,7 @@ impl PassMemory {
 /// pass where no such pair is measured, either is below [`NOISE_FLOOR`],
 /// or memory grew too little faster than the values to tell
 /// ([`SQUARE_EVIDENCE`]). A power law through the two
-/// passes predicted 20 GiB where 48 GiB were needed: at small sizes the
+/// passes predicted 20 GiB where over 30 GiB were needed: at small sizes the
 /// convolutions' linear memory hides the attention's square.
 fn extrapolate(passes: &[Pass], values: u128) -> Option<Prediction> {
     let fit = fit(passes)?;
