@@ -30,8 +30,11 @@ const NOISE_FLOOR: u128 = 16 << 20;
 /// grew at least this much faster than them between the two passes
 /// compared: a few MiB of noise on passes of tens of MiB, extrapolated as
 /// a square over two doublings, made a convolutional network look like it
-/// needed gigabytes.
-const SQUARE_EVIDENCE: f64 = 1.5;
+/// needed gigabytes, and a sampled peak of a short pass is low (the
+/// sampler misses what lives under its interval): at 1.5 a busy test
+/// process read pix2pix as a square. The attention network grew 2.4 times
+/// faster than its pixels from 512 to 1024 px.
+const SQUARE_EVIDENCE: f64 = 2.0;
 /// Passes over this many times fewer values than the largest show what
 /// every pass holds whatever its size.
 const FAR_SMALLER: u128 = 64;
@@ -354,9 +357,9 @@ mod tests {
 
     #[test]
     fn attention_grows_with_the_square_under_the_convolutions() {
-        // 32 MiB of convolutions per 2^16 values, 8 MiB of attention per
+        // 32 MiB of convolutions per 2^16 values, 32 MiB of attention per
         // 2^32 values squared.
-        let at = |n: u128| pass(n, 32 * n / (1 << 16) + 8 * n * n / (1 << 32));
+        let at = |n: u128| pass(n, 32 * n / (1 << 16) + 32 * n * n / (1 << 32));
         let passes = [at(1 << 16), at(1 << 18)];
         let p = extrapolate(&passes, 1 << 22).unwrap();
         assert!(p.quadratic);

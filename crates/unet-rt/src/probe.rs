@@ -346,12 +346,19 @@ pub(crate) fn probe(
         prober.settle_overlap(&mut info, rule)?;
     }
     info.min_size = prober.min_size(&info)?;
-    // Per input value squared in the passes (one image of C channels):
-    // per pixel squared, C^2 times that.
-    info.square_memory = prober.memory.square_bytes() * (prober.channels as f64).powi(2);
     if !settled {
         info.exactness.measured =
             check_tiles(module, device, path, &info).map(|(measured, _)| measured);
+    }
+    // Per input value squared in the passes (one image of C channels):
+    // per pixel squared, C^2 times that. Only for a network whose tiles are
+    // not exact: memory that grows with the square is every position seen
+    // from every other, which no overlap holds. An exact one read as a
+    // square is the sampler missing a short pass's peak (pix2pix read
+    // 4e-5 bytes per pixel squared once in a busy test process), and would
+    // only shrink its tiles and make its plan differ between loads.
+    if !info.exactness.is_exact() {
+        info.square_memory = prober.memory.square_bytes() * (prober.channels as f64).powi(2);
     }
     Ok(info)
 }
