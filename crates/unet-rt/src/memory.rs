@@ -116,6 +116,12 @@ fn meminfo_field(name: &str) -> Option<usize> {
     parse_meminfo(&std::fs::read_to_string("/proc/meminfo").ok()?, name)
 }
 
+/// A field of this process's `/proc/self/status` (`VmRSS:`), in bytes, in
+/// the same `kB` lines as `/proc/meminfo`; `None` off Linux.
+pub(crate) fn status_field(name: &str) -> Option<usize> {
+    parse_meminfo(&std::fs::read_to_string("/proc/self/status").ok()?, name)
+}
+
 /// The field `name` (with its colon) of `/proc/meminfo`'s text, in bytes;
 /// `None` when it is missing, not in kB, or beyond `usize`.
 fn parse_meminfo(text: &str, name: &str) -> Option<usize> {

@@ -82,13 +82,13 @@ impl Gauge {
         }
     }
 
-    /// Bytes free for a larger pass now.
-    fn free(self) -> Option<u128> {
+    /// Bytes in use and bytes free for a larger pass now (on a GPU, one
+    /// query of the device for both).
+    fn now(self) -> Option<(u128, u128)> {
         match self {
-            Gauge::Host => available_memory().map(|bytes| bytes as u128),
-            Gauge::Cuda(index) => {
-                crate::cuda_memory::device_memory_now(index).map(|(free, _)| free as u128)
-            }
+            Gauge::Host => Some((resident_bytes()?, available_memory()? as u128)),
+            Gauge::Cuda(index) => crate::cuda_memory::device_memory_now(index)
+                .map(|(free, total)| ((total - free) as u128, free as u128)),
         }
     }
 
@@ -169,8 +169,8 @@ impl PassMemory {
     pub(crate) fn refusal(&self, values: u128) -> Option<String> {
         let base = self.base?;
         let prediction = extrapolate(&self.passes, values)?;
-        let held = self.gauge.used()?.saturating_sub(base);
-        let free = self.gauge.free()?;
+        let (used, free) = self.gauge.now()?;
+        let held = used.saturating_sub(base);
         let extra = prediction.peak.saturating_sub(held);
         (extra.saturating_mul(SHARE_OF_FREE.1) > free.saturating_mul(SHARE_OF_FREE.0)).then(|| {
             let growth = if prediction.quadratic {
@@ -274,11 +274,7 @@ fn fit(passes: &[Pass]) -> Option<Fit> {
 
 /// This process's resident memory (`VmRSS`) in bytes; `None` off Linux.
 fn resident_bytes() -> Option<u128> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
-    let mut words = line.split_whitespace();
-    let kib: u128 = words.next()?.parse().ok()?;
-    (words.next() == Some("kB")).then_some(kib * 1024)
+    crate::memory::status_field("VmRSS:").map(|bytes| bytes as u128)
 }
 
 /// Runs `work` while a thread samples the resident memory: its result and
