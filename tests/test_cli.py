@@ -370,6 +370,39 @@ def test_interrupt_leaves_only_complete_results(tiny_model_path, cli, tmp_path):
     no_debris(out)
 
 
+def test_a_run_clears_what_a_killed_run_left(tiny_model_path, cli, tmp_path):
+    """A run killed outright (SIGKILL, the kernel's out-of-memory killer)
+    left its temporaries, a whole `.zarr` store of chunks at times, in the
+    output folder for good; the next run there removes them (their process
+    is gone and their lock is free), and puts back a previous result that
+    was moved aside, with a note on stderr."""
+    tifffile.imwrite(tmp_path / "a.tif", random_image((64, 64), np.uint8, 5))
+    out = tmp_path / "out"
+    out.mkdir()
+    killed = subprocess.Popen(["sleep", "60"])
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    pid = killed.pid
+    (out / f".a.tif.{pid}.partial").write_bytes(b"half a tiff")
+    for store in (f".b.zarr.{pid}.partial", f".c.zarr.{pid}.old"):
+        (out / store / "0").mkdir(parents=True)
+        (out / store / "zarr.json").write_text("{}")
+        (out / store / "0" / "c").write_bytes(b"chunk")
+    live = out / f".d.tif.{os.getpid()}.partial"  # this test's own process is running
+    live.write_bytes(b"")
+    proc = run([cli, "segment", tmp_path / "a.tif", "-m", tiny_model_path, "-o", out, "--tile", TILE])
+    assert proc.returncode == 0, proc.stderr
+    assert f"removed 2 unfinished file(s) that runs killed before they ended left in {out}: " \
+        f".a.tif.{pid}.partial, .b.zarr.{pid}.partial" in proc.stderr, proc.stderr
+    assert f"put back 1 previous result(s) in {out} that a killed run had moved aside: c.zarr" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(["a.tif", "c.zarr", live.name])
+    assert (out / "c.zarr" / "0" / "c").read_bytes() == b"chunk"
+    live.unlink()
+    no_debris(out)
+    quiet = run([cli, "segment", tmp_path / "a.tif", "-m", tiny_model_path, "-o", out, "--tile", TILE, "-q"])
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
 def test_info_describes_the_model(tiny_model_path, cli):
     text = run([cli, "info", tiny_model_path])
     assert text.returncode == 0, text.stderr

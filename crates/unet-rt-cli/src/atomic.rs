@@ -52,6 +52,7 @@ pub(crate) fn write_atomically(
     write: impl FnOnce(&mut Guarded<BufWriter<File>>) -> Result<(), String>,
 ) -> Result<(), FileError> {
     through_temporary(path, false, |tmp| {
+        // The file `through_temporary` created and holds locked.
         let file = File::create(tmp)
             .map_err(|e| format!("cannot create a file in {}: {e}", folder(path)))?;
         let mut out = Guarded(BufWriter::new(file), interrupt::requested);
@@ -70,7 +71,6 @@ pub(crate) fn write_folder_atomically(
     write: impl FnOnce(&Path) -> Result<(), String>,
 ) -> Result<(), FileError> {
     through_temporary(path, true, |tmp| {
-        let _ = std::fs::remove_dir_all(tmp);
         write(tmp)?;
         sync_tree(tmp).map_err(|e| format!("cannot flush {} to disk: {e}", tmp.display()))
     })
@@ -108,15 +108,21 @@ fn through_temporary(
 ) -> Result<(), FileError> {
     let tmp = temporary_path(path);
     register(&tmp);
-    let result = write(&tmp).and_then(|()| {
-        if interrupt::requested() {
-            return Err("interrupted".to_owned());
-        }
-        if folder {
-            replace_folder(&tmp, path)
-        } else {
-            std::fs::rename(&tmp, path).map_err(|e| e.to_string())
-        }
+    // Held until the result has its name: a later run's sweep takes a
+    // temporary whose lock it gets for one a killed run left.
+    let claim = claim(&tmp, folder)
+        .map_err(|e| format!("cannot create a file in {}: {e}", self::folder(path)));
+    let result = claim.and_then(|_lock| {
+        write(&tmp).and_then(|()| {
+            if interrupt::requested() {
+                return Err("interrupted".to_owned());
+            }
+            if folder {
+                replace_folder(&tmp, path)
+            } else {
+                std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+            }
+        })
     });
     if result.is_err() {
         remove(&tmp);
@@ -127,6 +133,166 @@ fn through_temporary(
         ..FileError::new(path, message)
     })
 }
+
+/// Creates the temporary `tmp` (an empty file, or an empty folder when
+/// `folder`; one of a previous process of this pid is replaced) and locks
+/// it for as long as the returned handle lives.
+fn claim(tmp: &Path, folder: bool) -> io::Result<File> {
+    remove(tmp);
+    if folder {
+        std::fs::create_dir(tmp)?;
+    } else {
+        File::create(tmp)?;
+    }
+    let handle = File::open(tmp)?;
+    // A file system without locks leaves it unlocked: a sweep then cannot
+    // lock it either, and leaves it alone.
+    let _ = try_lock(&handle);
+    Ok(handle)
+}
+
+/// Takes an exclusive `flock` on `file` without waiting; false when another
+/// open file holds one (or the file system has no locks).
+fn try_lock(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for the whole call (`file` is
+    // borrowed); flock only acts on it and reads no memory of ours.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// What [`sweep_stale`] did in a folder: the names it removed, and the
+/// previous results it put back under their names.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Swept {
+    pub(crate) removed: Vec<String>,
+    pub(crate) restored: Vec<String>,
+}
+
+/// Clears what runs killed outright (SIGKILL, out of memory, power cut)
+/// left in `dir`: their temporaries (`.<name>.<pid>.partial`, a whole
+/// `.zarr` store's worth of chunks at times) are removed, and a previous
+/// `.zarr` result moved aside (`.<name>.<pid>.old`) is put back where its
+/// name stands empty. A temporary counts as left only when its process is
+/// gone from this machine and its lock (held while it is written) is free:
+/// a run of another machine writing into a shared folder keeps its own.
+pub(crate) fn sweep_stale(dir: &Path) -> Swept {
+    let mut swept = Swept::default();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return swept;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let Some(left) = left_behind(name) else {
+            continue;
+        };
+        let path = entry.path();
+        if process_alive(left.pid) {
+            continue;
+        }
+        // Held until the entry is gone, so no writer can claim it between.
+        let Ok(handle) = File::open(&path) else {
+            continue;
+        };
+        if !try_lock(&handle) {
+            continue;
+        }
+        match left.kind {
+            Left::Partial => {
+                remove(&path);
+                if path.symlink_metadata().is_err() {
+                    swept.removed.push(name.to_owned());
+                }
+            }
+            Left::Old { result } => {
+                let target = dir.join(result);
+                if target.symlink_metadata().is_err() && !shortened(result) {
+                    if std::fs::rename(&path, &target).is_ok() {
+                        swept.restored.push(result.to_owned());
+                    }
+                } else if is_zarr_store(&target) {
+                    remove(&path);
+                    if path.symlink_metadata().is_err() {
+                        swept.removed.push(name.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    swept.removed.sort();
+    swept.restored.sort();
+    swept
+}
+
+/// A name this module (or the output folder's write test) gives to what
+/// lives only while a run does, with the process that made it.
+#[derive(Debug, PartialEq, Eq)]
+struct LeftBehind<'a> {
+    pid: i32,
+    kind: Left<'a>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Left<'a> {
+    /// A result being written, or the output folder's write test.
+    Partial,
+    /// A previous `.zarr` result moved aside, of the result name given.
+    Old { result: &'a str },
+}
+
+fn left_behind(name: &str) -> Option<LeftBehind<'_>> {
+    let pid_of = |text: &str| {
+        (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| text.parse::<i32>().ok())
+            .flatten()
+            .filter(|&pid| pid > 0)
+    };
+    if let Some(pid) = name.strip_prefix(WRITE_TEST).and_then(pid_of) {
+        return Some(LeftBehind {
+            pid,
+            kind: Left::Partial,
+        });
+    }
+    let inner = name.strip_prefix('.')?;
+    let (rest, suffix) = inner.rsplit_once('.')?;
+    let (result, pid) = rest.rsplit_once('.')?;
+    let pid = pid_of(pid)?;
+    if result.is_empty() {
+        return None;
+    }
+    let kind = match suffix {
+        "partial" => Left::Partial,
+        "old" => Left::Old { result },
+        _ => return None,
+    };
+    Some(LeftBehind { pid, kind })
+}
+
+/// Whether `result` is the shortened form [`hidden_beside`] gives long
+/// names (first part, `~`, 16 hex digits): the full name is not known.
+fn shortened(result: &str) -> bool {
+    result
+        .rsplit_once('~')
+        .is_some_and(|(_, hash)| hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Whether process `pid` exists on this machine (one of another user's
+/// counts: `kill` then fails with EPERM, not ESRCH).
+fn process_alive(pid: i32) -> bool {
+    if pid == std::process::id() as i32 {
+        return true;
+    }
+    // SAFETY: signal 0 sends nothing; kill only checks that the process
+    // exists and may be signalled, and touches no memory of ours.
+    let status = unsafe { libc::kill(pid, 0) };
+    status == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// The prefix of the output folder's write test, a file made and removed
+/// at once (`.unet-rt-write-test.<pid>`).
+pub(crate) const WRITE_TEST: &str = ".unet-rt-write-test.";
 
 /// Renames the folder `tmp` to `path`. A folder already at `path` (a
 /// previous `.zarr` result) is moved aside first and removed after, so a
@@ -301,6 +467,154 @@ mod tests {
             temporary_path(Path::new("out/a.tif")),
             Path::new("out").join(format!(".a.tif.{}.partial", std::process::id()))
         );
+    }
+
+    /// The pid of a process that has ended.
+    fn dead_pid() -> i32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
+        pid
+    }
+
+    #[test]
+    fn a_sweep_clears_what_killed_runs_left_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("unet_rt_sweep_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let dead = dead_pid();
+        let write = |name: &str| std::fs::write(dir.join(name), b"x").unwrap();
+        let store = |name: &str| {
+            std::fs::create_dir_all(dir.join(name).join("0")).unwrap();
+            std::fs::write(dir.join(name).join("zarr.json"), b"{}").unwrap();
+            std::fs::write(dir.join(name).join("0/c"), b"chunk").unwrap();
+        };
+        write(&format!(".a.tif.{dead}.partial"));
+        store(&format!(".b.zarr.{dead}.partial"));
+        write(&format!("{WRITE_TEST}{dead}"));
+        // A previous result moved aside: put back where its name is empty,
+        // removed where a newer result stands.
+        store(&format!(".c.zarr.{dead}.old"));
+        store(&format!(".d.zarr.{dead}.old"));
+        store("d.zarr");
+        // Kept: a live process's (pid 1), this process's, one whose lock is
+        // held (a run of another machine with a pid free here), names of
+        // other kinds, and a long name whose result is not known.
+        write(".e.tif.1.partial");
+        write(&format!(".f.tif.{}.partial", std::process::id()));
+        write(&format!(".g.tif.{dead}.partial"));
+        let held = File::open(dir.join(format!(".g.tif.{dead}.partial"))).unwrap();
+        assert!(try_lock(&held));
+        for name in [
+            "notes.partial",
+            ".h.tif",
+            ".i.tif.x1.partial",
+            ".j.tif.12.tmp",
+            "k.tif",
+        ] {
+            write(name);
+        }
+        let long = format!(".{}~0123456789abcdef.{dead}.old", "n".repeat(160));
+        store(&long);
+
+        let swept = sweep_stale(&dir);
+        assert_eq!(
+            swept,
+            Swept {
+                removed: vec![
+                    format!(".a.tif.{dead}.partial"),
+                    format!(".b.zarr.{dead}.partial"),
+                    format!(".d.zarr.{dead}.old"),
+                    format!("{WRITE_TEST}{dead}"),
+                ],
+                restored: vec!["c.zarr".to_owned()],
+            }
+        );
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut expected = vec![
+            ".e.tif.1.partial".to_owned(),
+            format!(".f.tif.{}.partial", std::process::id()),
+            format!(".g.tif.{dead}.partial"),
+            ".h.tif".to_owned(),
+            ".i.tif.x1.partial".to_owned(),
+            ".j.tif.12.tmp".to_owned(),
+            long,
+            "c.zarr".to_owned(),
+            "d.zarr".to_owned(),
+            "k.tif".to_owned(),
+            "notes.partial".to_owned(),
+        ];
+        expected.sort();
+        assert_eq!(left, expected);
+        assert!(is_zarr_store(&dir.join("c.zarr")));
+        drop(held);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_temporary_being_written_is_locked_against_sweeps() {
+        let dir = std::env::temp_dir().join(format!("unet_rt_claim_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for folder in [false, true] {
+            let path = dir.join(if folder { "a.zarr" } else { "a.tif" });
+            through_temporary(&path, folder, |tmp| {
+                let other = File::open(tmp).map_err(|e| e.to_string())?;
+                assert!(!try_lock(&other), "a sweep could take {}", tmp.display());
+                if folder {
+                    std::fs::write(tmp.join("zarr.json"), b"{}").map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })
+            .unwrap();
+            assert!(path.exists());
+        }
+        // A temporary of this pid from a run before (a reused pid) is
+        // replaced, not written into.
+        let stale = temporary_path(&dir.join("b.zarr"));
+        std::fs::create_dir_all(stale.join("old")).unwrap();
+        through_temporary(&dir.join("b.zarr"), true, |tmp| {
+            assert!(!tmp.join("old").exists());
+            std::fs::write(tmp.join("zarr.json"), b"{}").map_err(|e| e.to_string())
+        })
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn names_left_behind_are_read_strictly() {
+        assert_eq!(
+            left_behind(".a.b.tif.42.partial"),
+            Some(LeftBehind {
+                pid: 42,
+                kind: Left::Partial
+            })
+        );
+        assert_eq!(
+            left_behind(".x.zarr.7.old"),
+            Some(LeftBehind {
+                pid: 7,
+                kind: Left::Old { result: "x.zarr" }
+            })
+        );
+        for name in [
+            ".a.tif.0.partial",
+            "..42.partial",
+            ".a.tif.-1.partial",
+            ".a.tif.+1.partial",
+            "a.tif.42.partial",
+            ".42.partial",
+            ".a.tif.99999999999.partial",
+            ".unet-rt-write-test.",
+        ] {
+            assert_eq!(left_behind(name), None, "{name}");
+        }
+        assert!(shortened(&format!("{}~0123456789abcdef", "n".repeat(160))));
+        assert!(!shortened("plain~name.zarr"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::errors::{
 use crate::limits::{bytes_of, elements, try_filled, try_map, Memory};
 use crate::progress::Bars;
 use crate::read::{read_image, with_pixels};
-use crate::report::{Report, Status};
+use crate::report::{self, Report, Status};
 use crate::write::{write_output, Output};
 use crate::{atomic, inputs, interrupt, loader, ome_zarr, output, overlay, panics};
 
@@ -64,6 +64,12 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
     // Checks the tile against the model once, as a usage error.
     Segmenter::new(model.clone(), options.clone())?;
     prepare_folder(&args.output)?;
+    let swept = atomic::sweep_stale(&args.output);
+    if !args.quiet {
+        for line in swept_lines(&args.output, &swept) {
+            output::stderr_line(&line);
+        }
+    }
 
     let found = inputs::discover(&args.inputs);
     let bars = Bars::new(found.len(), !args.quiet);
@@ -199,7 +205,7 @@ fn prepare_folder(dir: &Path) -> Result<(), CliError> {
             dir.display()
         ))
     })?;
-    let probe = dir.join(format!(".unet-rt-write-test.{}", std::process::id()));
+    let probe = dir.join(format!("{}{}", atomic::WRITE_TEST, std::process::id()));
     std::fs::File::create(&probe).map_err(|e| {
         usage(format!(
             "the output folder {} is not writable: {e}",
@@ -210,8 +216,36 @@ fn prepare_folder(dir: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-/// A path's identity for comparisons: its folder resolved, so that `a.tif`
-/// and `./a.tif` are the same file.
+/// What the sweep of the output folder did, said as notes (names as
+/// [`report::shown`] prints them).
+fn swept_lines(dir: &Path, swept: &atomic::Swept) -> Vec<String> {
+    let names = |names: &[String]| {
+        names
+            .iter()
+            .map(|n| report::shown(Path::new(n)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut lines = Vec::new();
+    if !swept.removed.is_empty() {
+        lines.push(format!(
+            "unet-rt: note: removed {} unfinished file(s) that runs killed before they ended left in {}: {}",
+            swept.removed.len(),
+            report::shown(dir),
+            names(&swept.removed)
+        ));
+    }
+    if !swept.restored.is_empty() {
+        lines.push(format!(
+            "unet-rt: note: put back {} previous result(s) in {} that a killed run had moved aside: {}",
+            swept.restored.len(),
+            report::shown(dir),
+            names(&swept.restored)
+        ));
+    }
+    lines
+}
+
 /// Where `--overlay` writes the overlay of the input named `stem` whose
 /// result is `output`.
 fn overlay_path(output: &Path, stem: &OsStr) -> PathBuf {
@@ -225,6 +259,8 @@ fn with_suffix(stem: &OsStr, suffix: &str) -> OsString {
     name
 }
 
+/// A path's identity for comparisons: its folder resolved, so that `a.tif`
+/// and `./a.tif` are the same file.
 fn same_file_key(path: &Path) -> PathBuf {
     let parent = path
         .parent()
