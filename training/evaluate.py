@@ -59,7 +59,8 @@ HELD_OUT_ROWS: Tuple[int, int] = (384, 512)
 #: continue into row 511 at nucleus brightness (a mean of 69 against 23 for
 #: the background) and are labelled 0 there, and column 511 holds no label
 #: at all. Scores leave that frame out: there the labels are wrong, whatever
-#: a model draws.
+#: a model draws; and training on the sample (``training.train``) never
+#: reads it.
 ANNOTATED: Tuple[int, int] = (511, 511)
 METADATA_ENTRY = "unet_rt.json"
 

@@ -417,6 +417,23 @@ def test_the_default_split_trains_on_every_row_of_given_data_and_keeps_the_sampl
     assert [s.labels.shape[0] for s in load_splits(sample["data"])["train"]] == [384]
 
 
+def test_the_samples_unannotated_frame_is_neither_trained_on_nor_scored():
+    """The sample's last row and column are unannotated (nuclei labelled
+    background; checked in the data by test_bundled_model): training read
+    the column in every training row, and its held-out record counted the
+    row and column as errors, where ``training.evaluate`` leaves them out."""
+    from training.evaluate import ANNOTATED
+    from training.train import DEFAULT_CONFIG, load_splits, resolve_config
+
+    split = {"by": "rows", "train": [0, 320], "val": [320, 384], "test": [384, 512]}
+    sample = resolve_config({**DEFAULT_CONFIG, "data": {**DEFAULT_CONFIG["data"], "sample": True, "split": split}})
+    splits = load_splits(sample["data"])
+    assert [s.labels.shape for s in splits["val"]] == [(64, ANNOTATED[1])]
+    assert [s.labels.shape for s in splits["train"]] == [(320, ANNOTATED[1])]
+    assert [s.labels.shape for s in splits["test"]] == [(ANNOTATED[0] - 384, ANNOTATED[1])]
+    assert all(s.image.shape[-2:] == s.labels.shape for part in splits.values() for s in part)
+
+
 def test_steps_extend_a_run_set_by_epochs(tmp_path):
     """--resume RUN --steps N on a run set by epochs recomputed its steps
     from the epochs: nothing ran, and it said it had."""
