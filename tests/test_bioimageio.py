@@ -214,6 +214,17 @@ def test_a_package_made_elsewhere_runs_and_reproduces_its_test_output(tmp_path):
     assert model.segment(image).shape == (150, 170)
 
 
+def test_casts_that_keep_the_values_are_accepted(tmp_path):
+    """ensure_dtype to a float type anywhere, or to the input's own type
+    before any normalization, changes nothing the network sees."""
+    folder = _foreign_package(tmp_path / "casts", pre=[
+        {"id": "ensure_dtype", "kwargs": {"dtype": "float64"}},
+        {"id": "fixed_zero_mean_unit_variance", "kwargs": {"mean": 100.0, "std": 20.0}},
+        {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}])
+    assert unet_rt.Model(folder, device="cpu").metadata["normalization"]["kind"] == "zscore"
+    assert bio.check(folder)["max_abs_difference"] < 1e-5
+
+
 def test_a_format_0_4_package_runs_after_the_spec_updates_it(tmp_path):
     """Most zoo packages are format 0.4 (axes as letters, shapes as
     min/step and references with a scale); the spec updates them to 0.5."""
@@ -244,6 +255,13 @@ def test_a_format_0_4_package_runs_after_the_spec_updates_it(tmp_path):
 @pytest.mark.parametrize("change,match", [
     ({"pre": [{"id": "zero_mean_unit_variance"}]}, "preprocessing step 'zero_mean_unit_variance'"),
     ({"pre": [{"id": "binarize", "kwargs": {"threshold": 0.5}}]}, "preprocessing step 'binarize'"),
+    # Other tools cast the 0..1 values to 0 and 1: skipped, the network saw other input than there.
+    ({"pre": [{"id": "scale_range", "kwargs": {"min_percentile": 1, "max_percentile": 99}},
+              {"id": "ensure_dtype", "kwargs": {"dtype": "uint8"}}]},
+     "'ensure_dtype' to uint8 after 'percentile' normalization rounds the values"),
+    ({"pre": [{"id": "ensure_dtype", "kwargs": {"dtype": "int16"}},
+              {"id": "fixed_zero_mean_unit_variance", "kwargs": {"mean": 100.0, "std": 20.0}}]},
+     "'ensure_dtype' to int16 of float32 input rounds the values"),
     ({"post": [{"id": "sigmoid"}, {"id": "binarize", "kwargs": {"threshold": 0.5}}]}, "postprocessing steps"),
     ({"weights": {"pytorch_state_dict": {
         "source": "weights.pt", "pytorch_version": "2.11",

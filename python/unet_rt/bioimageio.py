@@ -645,7 +645,7 @@ def _metadata(descr: Any, source: Path) -> Dict[str, Any]:
         step = math.lcm(*steps)
         meta.update(size_multiple=steps if len(set(steps)) > 1 else steps[0], size_offset=minimum[0] % step,
                     min_size=max(minimum))
-    meta["normalization"] = _normalization(inp.preprocessing, source, in_axes)
+    meta["normalization"] = _normalization(inp.preprocessing, source, in_axes, _data_types(inp))
     meta["output"] = _output(out.postprocessing, source)
     own = ((descr.config.model_dump() if hasattr(descr.config, "model_dump") else dict(descr.config)) or {}).get("unet_rt")
     if isinstance(own, dict):
@@ -664,13 +664,31 @@ def _step_id(step: Any) -> str:
     return str(getattr(step, "id", type(step).__name__))
 
 
-def _normalization(steps: Sequence[Any], source: Path, in_axes: Sequence[Any]) -> Dict[str, Any]:
+def _data_types(tensor: Any) -> set:
+    """The element types a tensor description declares (one per channel
+    where the spec lists several)."""
+    data = getattr(tensor, "data", None)
+    return {str(getattr(d, "type", "")) for d in (data if isinstance(data, (list, tuple)) else [data])}
+
+
+def _normalization(steps: Sequence[Any], source: Path, in_axes: Sequence[Any],
+                   in_types: set) -> Dict[str, Any]:
     norm: Dict[str, Any] = {"kind": "none"}
     for step in steps:
         sid = _step_id(step)
         kw = step.kwargs
         if sid == "ensure_dtype":
-            continue  # the engine feeds the network float32
+            dtype = str(kw.dtype)
+            # The engine feeds the network float32; a cast to a float type
+            # keeps the values, and so does one to the input's own type.
+            if dtype.startswith("float") or (norm["kind"] == "none" and in_types == {dtype}):
+                continue
+            # Skipped, a cast to uint8 after scale_range (values in 0..1)
+            # would have fed the network what other tools binarize.
+            where = f"after {norm['kind']!r} normalization" if norm["kind"] != "none" else \
+                f"of {'/'.join(sorted(in_types))} input"
+            raise PackageError(f"{source}: preprocessing step 'ensure_dtype' to {dtype} {where} rounds the values "
+                               f"the network is given: unet_rt feeds it float32 and casts nothing between steps")
         if norm["kind"] != "none":
             raise PackageError(f"{source}: preprocessing step {sid!r} after {norm['kind']!r}: unet_rt runs one normalization")
         if sid == "scale_range":
