@@ -132,6 +132,53 @@ def test_read_only_out_is_refused_for_every_output(model):
             model.segment(IMAGE, output=output, out=out)
 
 
+def _record_field(image: np.ndarray, tag: str = "u1") -> np.ndarray:
+    """``image`` as one field of a record array: strides that are not
+    multiples of its item size (3 bytes for uint16, 5 for float32)."""
+    records = np.zeros(image.shape, dtype=[("pixels", image.dtype), ("tag", tag)])
+    records["pixels"] = image
+    return records["pixels"]
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.float16, np.float32, np.float64])
+def test_images_laid_out_unlike_their_item_size_are_read_as_numpy_reads_them(model, dtype):
+    """rust-numpy's views divide byte strides by the item size: one field
+    of a record array was read at other pixels (8% of the labels differed,
+    with no word) or refused as holding NaN, and so were percentiles and
+    forward batches; data not aligned to its type was undefined behaviour."""
+    from numpy.lib.stride_tricks import as_strided
+
+    plain = (np.random.default_rng(3).random((2, 64, 72)) * 1000).astype(dtype)
+    buffer = np.zeros(plain.nbytes + plain.itemsize, np.uint8)
+    misaligned = np.frombuffer(buffer.data, dtype=dtype, count=plain.size, offset=1).reshape(plain.shape)
+    misaligned[...] = plain
+    odd = as_strided(_record_field(plain), plain.shape, _record_field(plain).strides, writeable=False)
+    for view in (_record_field(plain), misaligned, odd):
+        assert np.array_equal(view, plain)
+        for output in ("labels", "probabilities"):
+            assert np.array_equal(model.segment(view, axes="byx", output=output),
+                                  model.segment(plain, axes="byx", output=output)), (view.strides, output)
+        assert model.percentile_range(view[0]) == model.percentile_range(plain[0])
+    batch = np.ascontiguousarray(plain[:, None, :44, :44], dtype=np.float32)
+    assert np.array_equal(model.forward(_record_field(batch)), model.forward(batch))
+
+
+def test_an_out_laid_out_unlike_its_item_size_is_refused_by_name(model):
+    """``out=`` as one field of a record array was written at other
+    addresses than NumPy's: the result was garbage and the array's other
+    field overwritten, with no error."""
+    records = np.zeros((2, 64, 72), dtype=[("p", "f4"), ("tag", "u1")])
+    records["tag"] = 7
+    with pytest.raises(errors.InvalidArgumentError, match=r"invalid out: its strides .* not multiples of its item "
+                                                          r"size \(4 bytes\).*array of its own"):
+        model.segment(IMAGE, output="probabilities", out=records["p"])
+    assert (records["tag"] == 7).all() and (records["p"] == 0).all()
+    from unet_rt import _unet_rt
+
+    with pytest.raises(errors.InvalidArgumentError, match="invalid labels: its strides"):
+        _unet_rt.connected_components(_record_field(np.ones((8, 8), np.uint16)))
+
+
 def test_instances_accept_wide_integer_outputs(model):
     want = model.segment(IMAGE, output="instances")
     for dtype in (np.uint32, np.uint64, np.int64):

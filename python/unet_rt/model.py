@@ -269,7 +269,7 @@ class Model:
             raise InvalidArgumentError(f"invalid batch: dtype {array.dtype} is not an integer or real type")
         with np.errstate(over="ignore", invalid="ignore"):
             # Values beyond float32 become infinite here; the engine refuses them.
-            batch32 = np.asarray(array, dtype=np.float32)
+            batch32 = in_engine_layout(np.asarray(array, dtype=np.float32), "batch")
         return self._inner.forward(batch32)
 
     def layout(self, shape: Sequence[int], tile: Union[int, Sequence[int], None] = None,
@@ -794,16 +794,24 @@ def _check_image(image: Any) -> np.ndarray:
     check_dtype(image.dtype)
     if image.size == 0:
         raise InvalidArgumentError(f"invalid image: empty array of shape {image.shape}")
-    return in_native_order(image)
+    return in_engine_layout(image)
 
 
-def in_native_order(array: np.ndarray) -> np.ndarray:
-    """``array`` itself, or a copy in native byte order (big-endian files,
-    ``>u2``, are common): the engine reads native byte order only."""
-    if array.dtype.isnative:
-        return array
-    _unet_rt.check_image_copy(array.nbytes)
-    return array.astype(array.dtype.newbyteorder("="))
+def in_engine_layout(array: np.ndarray, argument: str = "image") -> np.ndarray:
+    """``array`` itself, or a copy the engine can read: in native byte order
+    (big-endian files, ``>u2``, are common) and aligned, with strides that
+    are multiples of the item size (one field of a record array is not;
+    NumPy's ``aligned`` flag, for the engine's pixel types). A copy beyond
+    memory is refused naming ``argument``."""
+    if not array.dtype.isnative:
+        _unet_rt.check_image_copy(array.nbytes, argument=argument)
+        return array.astype(array.dtype.newbyteorder("="))
+    if not array.flags.aligned:
+        _unet_rt.check_image_copy(
+            array.nbytes, "its strides are not multiples of its item size or its data is not aligned to it (as "
+            "in one field of a record array)", "pass a plain array", argument)
+        return np.array(array, order="C")
+    return array
 
 
 class _Progress:

@@ -9,10 +9,53 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyFloat, PyString};
 
 use crate::errors::to_py_err;
+use numpy::ndarray::Dimension;
+use numpy::{Element, PyArray, PyArrayMethods, PyReadonlyArray, PyUntypedArrayMethods};
 
 /// An `InvalidArgumentError` about `argument`.
 pub(crate) fn invalid(argument: &'static str, message: String) -> PyErr {
     to_py_err(unet_rt::Error::InvalidArgument { argument, message })
+}
+
+/// `array` borrowed for reading by the engine, or the error naming
+/// `argument`: written by another call (see [`being_written`]), or laid out
+/// so that it cannot be read as elements of its type ([`check_layout`]).
+pub(crate) fn readable<'py, T: Element, D: Dimension>(
+    array: &Bound<'py, PyArray<T, D>>,
+    argument: &'static str,
+) -> PyResult<PyReadonlyArray<'py, T, D>> {
+    check_layout(array, argument)?;
+    array.try_readonly().map_err(|e| being_written(argument, e))
+}
+
+/// Refuses an array whose elements do not lie where rust-numpy's views
+/// look for them: byte strides that are not multiples of the item size
+/// (one field of a record array, some `as_strided` views) are divided by
+/// it and truncated there, and data not aligned to its type is undefined
+/// behaviour to read. Such an image was read at other pixels than NumPy's
+/// and such an `out=` written over its neighbours' bytes, both silently.
+pub(crate) fn check_layout<T: Element, D: Dimension>(
+    array: &Bound<'_, PyArray<T, D>>,
+    argument: &'static str,
+) -> PyResult<()> {
+    let item = std::mem::size_of::<T>();
+    let strides = array.strides();
+    let problem = if strides.iter().any(|s| s.unsigned_abs() % item != 0) {
+        format!(
+            "its strides {strides:?} (bytes) are not multiples of its item size ({item} bytes), as in one \
+             field of a record array"
+        )
+    } else if (array.data() as usize) % std::mem::align_of::<T>() != 0 {
+        format!("its data does not start on a multiple of its item size ({item} bytes) in memory")
+    } else {
+        return Ok(());
+    };
+    let remedy = if argument == "out" {
+        "write into an array of its own and copy the result over"
+    } else {
+        "pass a copy (numpy.ascontiguousarray)"
+    };
+    Err(invalid(argument, format!("{problem}: {remedy}")))
 }
 
 /// The error for an array that cannot be read because a call still

@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use numpy::{PyArrayDyn, PyReadonlyArrayDyn};
+use numpy::PyArrayDyn;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 use unet_rt::instances::{BlockObjects, ReadOut};
@@ -22,13 +22,16 @@ fn wrong_labels() -> PyErr {
 /// type (uint8, uint16 or uint32), or the labels error.
 macro_rules! with_labels {
     ($labels:expr, $view:ident => $body:expr) => {
-        if let Ok(array) = $labels.extract::<PyReadonlyArrayDyn<'_, u8>>() {
+        if let Ok(array) = $labels.cast::<PyArrayDyn<u8>>() {
+            let array = crate::args::readable(array, "labels")?;
             let $view = array.as_array();
             $body
-        } else if let Ok(array) = $labels.extract::<PyReadonlyArrayDyn<'_, u16>>() {
+        } else if let Ok(array) = $labels.cast::<PyArrayDyn<u16>>() {
+            let array = crate::args::readable(array, "labels")?;
             let $view = array.as_array();
             $body
-        } else if let Ok(array) = $labels.extract::<PyReadonlyArrayDyn<'_, u32>>() {
+        } else if let Ok(array) = $labels.cast::<PyArrayDyn<u32>>() {
+            let array = crate::args::readable(array, "labels")?;
             let $view = array.as_array();
             $body
         } else {

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use numpy::{PyArrayDyn, PyReadonlyArrayDyn};
+use numpy::PyArrayDyn;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use unet_rt::{OutputMode, Precision};
@@ -206,8 +206,9 @@ impl Model {
     fn forward<'py>(
         &self,
         py: Python<'py>,
-        batch: PyReadonlyArrayDyn<'py, f32>,
+        batch: &Bound<'py, PyArrayDyn<f32>>,
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let batch = crate::args::readable(batch, "batch")?;
         let view = batch.as_array();
         let model = &self.inner;
         let cancel = Arc::new(AtomicBool::new(false));

@@ -33,7 +33,7 @@ pub(crate) fn percentile_range(
     let norm = &model.info().normalization;
     let cancel = Arc::new(AtomicBool::new(false));
     with_pixel_array!(image, array: _T => {
-        let input = array.try_readonly().map_err(|e| args::being_written("image", e))?;
+        let input = args::readable(array, "image")?;
         let view = input.as_array();
         run_released(py, &cancel, move || unet_rt::normalize::percentile_range(norm, &view))
     })
@@ -54,7 +54,7 @@ pub(crate) fn percentile_stats<'py>(
     let image_shape = args::sizes(image_shape, "image_shape", None)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let stats = with_pixel_array!(block, array: _T => {
-        let input = array.try_readonly().map_err(|e| args::being_written("block", e))?;
+        let input = args::readable(array, "block")?;
         let view = input.as_array();
         if view.ndim() != origin.len() || view.ndim() != image_shape.len() + 1 {
             return Err(args::invalid(
@@ -207,16 +207,15 @@ fn slice_ready<'py, T: numpy::Element>(
 ) -> Option<PyResult<PyReadonlyArray1<'py, T>>> {
     let array = values.cast::<PyArray1<T>>().ok()?;
     let ready = |array: &Bound<'py, PyArray1<T>>| -> PyResult<PyReadonlyArray1<'py, T>> {
-        array
-            .try_readonly()
-            .map_err(|e| args::being_written("parts", e))
+        args::readable(array, "parts")
     };
     Some((|| {
-        let readonly = ready(array)?;
-        if readonly.as_slice().is_ok() {
-            return Ok(readonly);
+        if args::check_layout(array, "parts").is_ok() {
+            let readonly = ready(array)?;
+            if readonly.as_slice().is_ok() {
+                return Ok(readonly);
+            }
         }
-        drop(readonly);
         let copy = array.call_method0("copy")?;
         ready(copy.cast::<PyArray1<T>>()?)
     })())

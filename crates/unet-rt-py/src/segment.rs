@@ -124,9 +124,7 @@ fn run<'py, T: Pixel + Element, U: OutputElement + Element>(
     ranges: Option<&[(f64, f64)]>,
     cancel: &Arc<AtomicBool>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let input = image
-        .try_readonly()
-        .map_err(|e| crate::args::being_written("image", e))?;
+    let input = crate::args::readable(image, "image")?;
     let result: Bound<'py, PyArrayDyn<U>> = match out {
         Some(o) => o
             .cast::<PyArrayDyn<U>>()
@@ -139,6 +137,7 @@ fn run<'py, T: Pixel + Element, U: OutputElement + Element>(
             new_result::<U>(py, result)?
         }
     };
+    crate::args::check_layout(&result, "out")?;
     {
         // rust-numpy refuses a second borrow of memory that is borrowed
         // already: here the image (read) or another call's `out` (written).
@@ -159,18 +158,34 @@ fn run<'py, T: Pixel + Element, U: OutputElement + Element>(
     Ok(result.into_any())
 }
 
-/// Refuses a copy of the image of `nbytes` (one in native byte order) that
-/// this machine cannot hold, before NumPy tries: its `MemoryError` names
-/// nothing, and with overcommit the copy may be granted and then killed.
+/// Refuses a copy of the image of `nbytes` (one the engine can read, made
+/// because `why`) that this machine cannot hold, before NumPy tries: its
+/// `MemoryError` names nothing, and with overcommit the copy may be granted
+/// and then killed.
 #[pyfunction]
-pub(crate) fn check_image_copy(nbytes: &Bound<'_, PyAny>) -> PyResult<()> {
+#[pyo3(signature = (
+    nbytes,
+    why = "its byte order is not native",
+    remedy = "pass an array in native byte order (e.g. a numpy.memmap with dtype '<f4')",
+    argument = "image",
+))]
+pub(crate) fn check_image_copy(
+    nbytes: &Bound<'_, PyAny>,
+    why: &str,
+    remedy: &str,
+    argument: &str,
+) -> PyResult<()> {
     let nbytes = crate::args::size(nbytes, "nbytes")? as u128;
+    let argument = match argument {
+        "batch" => "batch",
+        "block" => "block",
+        _ => "image",
+    };
     match unet_rt::memory::beyond_limit(nbytes) {
         Some(beyond) => Err(invalid(
-            "image",
+            argument,
             format!(
-                "its byte order is not native, and the native copy the engine reads needs {} of memory, \
-                 {beyond}: pass an array in native byte order (e.g. a numpy.memmap with dtype '<f4')",
+                "{why}, and the copy the engine reads needs {} of memory, {beyond}: {remedy}",
                 unet_rt::memory::format_bytes(nbytes),
             ),
         )),

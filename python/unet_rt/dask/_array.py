@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import _unet_rt
 from ..errors import InvalidArgumentError
-from ..model import Model, as_plain_array, check_dtype, check_output, check_tta, in_native_order
+from ..model import Model, as_plain_array, check_dtype, check_output, check_tta, in_engine_layout
 from ._blocks import BlockPlan, dask_block
 from ._instances import block_summary, context_of, hole_summary, margin, merge_holes, merge_summaries, relabel_block
 from ._array_axes import ArrayAxes, block_depth
@@ -288,7 +288,7 @@ def _dask_input(arr: Any) -> da.Array:
 def block_stats(block: np.ndarray, origin: Sequence[int], image_shape: Sequence[int]) -> Stats:
     """The percentile statistics of a canonical block ``(b, c, spatial...)``
     at ``origin`` of an array of ``image_shape`` images, per image index."""
-    return _unet_rt.percentile_stats(np.ascontiguousarray(in_native_order(block)), origin, image_shape)
+    return _unet_rt.percentile_stats(np.ascontiguousarray(in_engine_layout(block, "block")), origin, image_shape)
 
 
 def combine_stats(*parts: Stats) -> Stats:
