@@ -79,6 +79,10 @@ def test_read_out_arguments_are_checked(model):
         (dict(fill_holes="yes"), TypeError, "fill_holes must be a bool"),
         (dict(object_size="20"), TypeError, "object_size must be a number"),
         (dict(object_size=True), TypeError, "object_size must be a number"),
+        # NumPy's bool (type "bool" in NumPy 2) and timedelta convert to floats, and were taken for sizes.
+        (dict(object_size=np.bool_(True)), TypeError, "object_size must be a number, got bool"),
+        (dict(object_size=np.timedelta64(20)), TypeError, "object_size must be a number, got timedelta64"),
+        (dict(object_size=np.array(True)), TypeError, "object_size must be a number"),
     ]:
         with pytest.raises(error, match=needle):
             model.segment(image, output="instances", **options)
@@ -98,6 +102,19 @@ def test_read_out_arguments_are_checked(model):
             _unet_rt.read_out_instances(image, text)
     with pytest.raises(unet_rt.InvalidArgumentError, match="labels"):
         _unet_rt.read_out_instances(image.astype(np.float32), "{}")
+
+
+def test_instances_of_objects_far_larger_than_the_training_scale(model, sample):
+    """The model's growth steps scale with ``object_size``: from about 300
+    px they passed the bound a block-wise read-out has (64 steps), and the
+    call failed with "invalid read_out: instances.grow is 85", naming an
+    argument nobody passed. Objects of any valid size now read out whole."""
+    image = sample[0][:96, :96]
+    for size in (np.float32(400), 2048):
+        labels = model.segment(image, object_size=size)
+        found = model.segment(image, output="instances", object_size=size)
+        assert found.shape == image.shape and found.dtype == np.uint32
+        assert not (found[labels == 0] > 0).any()  # objects lie on the labels' foreground
 
 
 def test_object_size_resamples_to_the_training_scale_and_back(model, sample, tiny_model_path):

@@ -148,8 +148,16 @@ pub(crate) fn optional_number(
         .getattr("ndim")
         .and_then(|n| n.extract::<usize>())
         .is_ok_and(|n| n > 0);
+    // NumPy scalars say what they hold by their dtype's kind: a bool (whose
+    // type is named `bool` in NumPy 2), a timedelta or a datetime converts
+    // to a float too, and was taken for a size.
+    let numpy_kind = value
+        .getattr("dtype")
+        .and_then(|d| d.getattr("kind"))
+        .and_then(|k| k.extract::<String>())
+        .ok();
     if value.is_instance_of::<PyBool>()
-        || name == "bool_"
+        || numpy_kind.is_some_and(|k| !matches!(k.as_str(), "i" | "u" | "f"))
         || value.is_instance_of::<PyString>()
         || shaped
     {
