@@ -38,6 +38,15 @@ const SQUARE_EVIDENCE: f64 = 2.0;
 /// Passes over this many times fewer values than the largest show what
 /// every pass holds whatever its size.
 const FAR_SMALLER: u128 = 64;
+/// A pass is predicted only from a measured one at least this many times
+/// fewer values smaller (two doublings of a 2-D probe's side). The first
+/// passes are a few pixels, and what they take is the one-time set-up of
+/// kernels and allocator caches (10-30 MiB), not growth: read as linear
+/// over 12 values, it predicted 288-421 GiB for a 256 px pass of
+/// FCN-ResNet50 or LR-ASPP, and a fresh process refused to load them.
+/// Beyond this, the larger pass runs and is measured; the attention
+/// network's 31 GiB pass is predicted from one four times smaller.
+const MAX_EXTRAPOLATION: u128 = 16;
 /// How often the resident memory is read while a pass runs.
 const SAMPLE_EVERY: Duration = Duration::from_millis(2);
 /// The share of the free memory a pass may be predicted to take: the
@@ -197,12 +206,13 @@ impl PassMemory {
 /// term negative, over what every pass holds; linear through the largest
 /// pass where no such pair is measured, either is below [`NOISE_FLOOR`],
 /// or memory grew too little faster than the values to tell
-/// ([`SQUARE_EVIDENCE`]). A power law through the two
+/// ([`SQUARE_EVIDENCE`]); nothing for a pass over more than
+/// [`MAX_EXTRAPOLATION`] times the largest measured one's values. A power law through the two
 /// passes predicted 20 GiB where over 30 GiB were needed: at small sizes the
 /// convolutions' linear memory hides the attention's square.
 fn extrapolate(passes: &[Pass], values: u128) -> Option<Prediction> {
     let fit = fit(passes)?;
-    if values <= fit.from.values {
+    if values <= fit.from.values || values > fit.from.values.saturating_mul(MAX_EXTRAPOLATION) {
         return None;
     }
     let n = values as f64;
@@ -423,21 +433,40 @@ mod tests {
         // MiB (kernel workspaces): read as a square, it predicted 180 GiB
         // for a 512 px pass of a convolutional network.
         let passes = [pass(3, 0), pass(12, 0), pass(1728, 0), pass(12288, 45)];
-        let p = extrapolate(&passes, 786_432).unwrap();
+        let p = extrapolate(&passes, 196_608).unwrap();
         assert!(!p.quadratic);
-        assert_eq!(p.peak, 45 * 64 * MIB);
+        assert_eq!(p.peak, 45 * 16 * MIB);
         // Noise on passes of tens of MiB is not a square either.
         let noisy = [pass(1 << 16, 16), pass(1 << 18, 80)];
         assert!(!extrapolate(&noisy, 1 << 22).unwrap().quadratic);
     }
 
     #[test]
+    fn the_set_up_of_a_fresh_process_is_not_extrapolated_far() {
+        // A fresh process: the first passes (3 and 12 values, 1x1 and 2x2
+        // RGB) took the kernels' one-time set-up; read as linear, a 256 px
+        // pass of LR-ASPP "would need 421 GiB" and the load was refused.
+        for passes in [vec![pass(12, 26)], vec![pass(3, 0), pass(12, 26)], vec![pass(3, 26), pass(12, 27)]] {
+            assert_eq!(extrapolate(&passes, 3 * 256 * 256), None, "{passes:?}");
+            assert!(extrapolate(&passes, 12 * 16).is_some(), "{passes:?}");
+        }
+        // Beyond 16 times the values nothing is told; within, it is.
+        let passes = [pass(1 << 16, 30), pass(1 << 18, 120)];
+        assert_eq!(extrapolate(&passes, (1 << 22) + 1), None);
+        assert_eq!(extrapolate(&passes, 1 << 22).unwrap().peak, 1920 * MIB);
+    }
+
+    #[test]
     fn huge_sizes_saturate_rather_than_overflow() {
-        let passes = [pass(1 << 16, 20), pass(1 << 18, 320)];
-        let p = extrapolate(&passes, u128::MAX).unwrap();
+        let huge = |values: u128, peak: u128| Pass { values, peak };
+        let passes = [huge(1 << 100, u128::MAX >> 12), huge(1 << 102, u128::MAX >> 2)];
+        let p = extrapolate(&passes, 1 << 106).unwrap();
+        assert!(p.quadratic);
         assert_eq!(p.peak, u128::MAX);
-        let linear = [pass(1 << 16, 20), pass(1 << 18, 30)];
-        assert_eq!(extrapolate(&linear, u128::MAX).unwrap().peak, u128::MAX);
+        let linear = [huge(1 << 100, u128::MAX >> 3), huge(1 << 102, u128::MAX >> 1)];
+        let p = extrapolate(&linear, 1 << 106).unwrap();
+        assert!(!p.quadratic);
+        assert_eq!(p.peak, u128::MAX);
     }
 
     #[test]
@@ -462,9 +491,12 @@ mod tests {
         });
         assert_eq!(touched, len as u64);
         assert!(memory.passes[0].peak >= 128 * MIB, "{:?}", memory.passes);
-        // A pass a million times larger cannot fit anywhere.
-        let refusal = memory.refusal(1 << 40).unwrap();
-        assert!(refusal.contains("would need about"), "{refusal}");
+        // Too far beyond the measured pass to tell.
+        assert_eq!(memory.refusal(1 << 40), None);
+        // A pass twice the size of one that took a pebibyte fits nowhere.
+        memory.passes.push(Pass { values: 1 << 30, peak: 1 << 50 });
+        let refusal = memory.refusal(1 << 31).unwrap();
+        assert!(refusal.contains("would need about 2.0 PiB"), "{refusal}");
         assert!(PassMemory::start(tch::Device::Mps)
             .refusal(1 << 40)
             .is_none());
