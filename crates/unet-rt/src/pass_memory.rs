@@ -446,7 +446,11 @@ mod tests {
         // A fresh process: the first passes (3 and 12 values, 1x1 and 2x2
         // RGB) took the kernels' one-time set-up; read as linear, a 256 px
         // pass of LR-ASPP "would need 421 GiB" and the load was refused.
-        for passes in [vec![pass(12, 26)], vec![pass(3, 0), pass(12, 26)], vec![pass(3, 26), pass(12, 27)]] {
+        for passes in [
+            vec![pass(12, 26)],
+            vec![pass(3, 0), pass(12, 26)],
+            vec![pass(3, 26), pass(12, 27)],
+        ] {
             assert_eq!(extrapolate(&passes, 3 * 256 * 256), None, "{passes:?}");
             assert!(extrapolate(&passes, 12 * 16).is_some(), "{passes:?}");
         }
@@ -459,11 +463,17 @@ mod tests {
     #[test]
     fn huge_sizes_saturate_rather_than_overflow() {
         let huge = |values: u128, peak: u128| Pass { values, peak };
-        let passes = [huge(1 << 100, u128::MAX >> 12), huge(1 << 102, u128::MAX >> 2)];
+        let passes = [
+            huge(1 << 100, u128::MAX >> 12),
+            huge(1 << 102, u128::MAX >> 2),
+        ];
         let p = extrapolate(&passes, 1 << 106).unwrap();
         assert!(p.quadratic);
         assert_eq!(p.peak, u128::MAX);
-        let linear = [huge(1 << 100, u128::MAX >> 3), huge(1 << 102, u128::MAX >> 1)];
+        let linear = [
+            huge(1 << 100, u128::MAX >> 3),
+            huge(1 << 102, u128::MAX >> 1),
+        ];
         let p = extrapolate(&linear, 1 << 106).unwrap();
         assert!(!p.quadratic);
         assert_eq!(p.peak, u128::MAX);
@@ -494,7 +504,10 @@ mod tests {
         // Too far beyond the measured pass to tell.
         assert_eq!(memory.refusal(1 << 40), None);
         // A pass twice the size of one that took a pebibyte fits nowhere.
-        memory.passes.push(Pass { values: 1 << 30, peak: 1 << 50 });
+        memory.passes.push(Pass {
+            values: 1 << 30,
+            peak: 1 << 50,
+        });
         let refusal = memory.refusal(1 << 31).unwrap();
         assert!(refusal.contains("would need about 2.0 PiB"), "{refusal}");
         assert!(PassMemory::start(tch::Device::Mps)

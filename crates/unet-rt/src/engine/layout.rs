@@ -5,6 +5,11 @@
 use tch::Device;
 
 use super::{cuda_budget, invalid, plan, Layout, Options, Segmenter, DEFAULT_CPU_BUDGET};
+
+/// How many times the pixels of one tile over the whole image the default
+/// plan may compute before larger budgets are tried: overlap-tiling with
+/// ordinary halos computes 1.5-2.5 times them.
+const MAX_RECOMPUTATION: f64 = 8.0;
 use crate::error::Result;
 use crate::geometry::TilePlan;
 use crate::info::ModelInfo;
@@ -187,25 +192,94 @@ impl<'a> Planner<'a> {
                 }
                 tile
             }
-            None if device == Device::Cpu => {
-                plan::choose_cpu_tile(info, image, halo, budget, element_bytes)
-                    .into_iter()
-                    .map(|t| t.max(info.min_tile()))
-                    .collect()
+            None => {
+                let choose = |budget: usize| -> Vec<usize> {
+                    let tile = if device == Device::Cpu {
+                        plan::choose_cpu_tile(info, image, halo, budget, element_bytes)
+                    } else {
+                        plan::choose_tile(
+                            info,
+                            image,
+                            halo,
+                            budget,
+                            element_bytes,
+                            plan::Processor::Gpu,
+                        )
+                    };
+                    tile.into_iter().map(|t| t.max(info.min_tile())).collect()
+                };
+                let tile = choose(budget);
+                if self.options.memory_budget.is_some() {
+                    tile
+                } else {
+                    return self.beyond_the_default_budget(
+                        image,
+                        tile,
+                        budget,
+                        choose,
+                        element_bytes,
+                        device,
+                    );
+                }
             }
-            None => plan::choose_tile(
-                info,
-                image,
-                halo,
-                budget,
-                element_bytes,
-                plan::Processor::Gpu,
-            )
-            .into_iter()
-            .map(|t| t.max(info.min_tile()))
-            .collect(),
         };
         let layout = self.layout_with_tile(image, tile, budget, element_bytes, device)?;
+        self.check_memory(&layout, device, element_bytes)?;
+        Ok(layout)
+    }
+
+    /// The layout of the tile chosen within the default `budget`, unless
+    /// its tiles compute more than [`MAX_RECOMPUTATION`] times the pixels of
+    /// one tile over the whole image: then the tile chosen within 4 and 16
+    /// times the budget, the first that does not (or computes the least),
+    /// where this machine holds it. A network whose overlap is most of its
+    /// largest tile within the default budget (a gate over the whole image
+    /// read by probing as an overlap of 1022 px) was planned as 39,375
+    /// tiles of 2052 px for a 700x900 image, where one pass of 2748x2948
+    /// does it all: a load that looked like a hang. Fixed steps, not the
+    /// free memory, so that the plan is the same on every machine that can
+    /// hold it.
+    fn beyond_the_default_budget(
+        &self,
+        image: &[usize],
+        tile: Vec<usize>,
+        budget: usize,
+        choose: impl Fn(usize) -> Vec<usize>,
+        element_bytes: usize,
+        device: Device,
+    ) -> Result<Layout> {
+        let info = self.info;
+        let halo = info.effective_halo();
+        let whole: f64 = image
+            .iter()
+            .map(|&n| {
+                info.round_up_valid(n.saturating_add(2 * halo))
+                    .max(info.min_tile()) as f64
+            })
+            .product();
+        let computed = |layout: &Layout| -> f64 {
+            layout.plan.len() as f64
+                * layout
+                    .plan
+                    .input_tile_shape()
+                    .iter()
+                    .map(|&t| t as f64)
+                    .product::<f64>()
+        };
+        let mut layout = self.layout_with_tile(image, tile, budget, element_bytes, device)?;
+        let mut best = computed(&layout);
+        for scale in [4usize, 16] {
+            if best <= MAX_RECOMPUTATION * whole {
+                break;
+            }
+            let larger = budget.saturating_mul(scale);
+            let candidate =
+                self.layout_with_tile(image, choose(larger), larger, element_bytes, device)?;
+            let cost = computed(&candidate);
+            if cost < best && self.check_memory(&candidate, device, element_bytes).is_ok() {
+                (layout, best) = (candidate, cost);
+            }
+        }
         self.check_memory(&layout, device, element_bytes)?;
         Ok(layout)
     }
@@ -372,5 +446,59 @@ impl<'a> Planner<'a> {
             l.batch_size = 1;
             Some(l)
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::metadata::{Activation, Normalization};
+
+    /// A same-padded network whose overlap (1022 px) is most of the
+    /// largest tile within the default budget.
+    fn wide_overlap() -> ModelInfo {
+        ModelInfo {
+            spatial_dims: 2,
+            in_channels: 1,
+            out_channels: 2,
+            output: Activation::Softmax,
+            padding: Padding::Same,
+            halo: 1022,
+            size_multiple: 4,
+            size_offset: 0,
+            normalization: Normalization::None,
+            min_size: 0,
+            fixed_size: 0,
+            output_key: None,
+            first_layer_width: Some(16),
+            probed: true,
+            exactness: Default::default(),
+            read_out: Default::default(),
+            object_size: None,
+            square_memory: 0.0,
+        }
+    }
+
+    fn tiles(options: &Options) -> usize {
+        let info = wide_overlap();
+        let planner = Planner::new(&info, options).unwrap();
+        planner
+            .layout(&[700, 900], Device::Cpu, Precision::Fp32)
+            .unwrap()
+            .plan
+            .len()
+    }
+
+    #[test]
+    fn a_plan_recomputing_the_image_thousands_of_times_takes_a_larger_budget() {
+        // Within 1 GiB: tiles of 2052 px keeping 8 px each, 39,375 of them.
+        let one_gib = Options {
+            memory_budget: Some(DEFAULT_CPU_BUDGET),
+            ..Options::default()
+        };
+        assert!(tiles(&one_gib) > 10_000, "{}", tiles(&one_gib));
+        // By default: one pass over the whole image (2748 x 2948).
+        assert_eq!(tiles(&Options::default()), 1);
     }
 }

@@ -350,7 +350,10 @@ fn growth_beyond_the_block_bound_applies_whole() {
     // The seed claims `steps` pixels of the band; the rest is one object.
     assert_eq!(count, 2);
     assert!(ids.iter().take(steps + 1).all(|&id| id == 1), "{ids:?}");
-    assert!(ids.iter().skip(steps + 1).take(10).all(|&id| id == 2), "{ids:?}");
+    assert!(
+        ids.iter().skip(steps + 1).take(10).all(|&id| id == 2),
+        "{ids:?}"
+    );
 }
 
 /// Joins the objects of blocks across their faces the way a block-wise
