@@ -815,6 +815,53 @@ def test_torchvision_fcn_resnet50_is_probed_exact_and_tiles_exactly(tmp_path):
     assert relative_error(got, want) < 1e-5
 
 
+class _ChannelGateUNet(torch.nn.Module):
+    """A two-level same-padded U-Net whose bottom features are gated by
+    their mean over the image (squeeze-excitation): a whole-tile statistic
+    that no code scan names (``Tensor.mean`` over the spatial axes)."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+
+        def block(i: int, o: int) -> torch.nn.Module:
+            return torch.nn.Sequential(torch.nn.Conv2d(i, o, 3, padding=1), torch.nn.ReLU())
+
+        w = width
+        self.e1, self.e2, self.bottom = block(1, w), block(w, 2 * w), block(2 * w, 2 * w)
+        self.d1, self.d0, self.head = block(4 * w, w), block(2 * w, w), torch.nn.Conv2d(w, 3, 1)
+        self.squeeze, self.excite = torch.nn.Conv2d(2 * w, 4, 1), torch.nn.Conv2d(4, 2 * w, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.e1(x)
+        b = self.e2(F.max_pool2d(a, 2))
+        c = self.bottom(F.max_pool2d(b, 2))
+        c = c * torch.sigmoid(self.excite(F.relu(self.squeeze(c.mean((2, 3), keepdim=True)))))
+        d = self.d1(torch.cat([F.interpolate(c, scale_factor=2.0), b], 1))
+        return self.head(self.d0(torch.cat([F.interpolate(d, scale_factor=2.0), a], 1)))
+
+
+def test_a_gate_from_the_images_mean_is_found_by_probing_and_said_approximate(tmp_path):
+    """The gate moves every pixel a little, up to the far edge of the
+    largest (2048 px) probe; tiles of the convolutions' overlap agreed with
+    the whole image to 3.6e-6 on noise, and it was called exact. (Other
+    weights moved only scattered far pixels: an overlap of 1022 px, called
+    exact, and a default plan of 39,375 tiles of 2052 px for a 700x900
+    image; see probe.rs's `scattered`.)"""
+    torch.manual_seed(0)
+    net = _ChannelGateUNet().eval()
+    path = plain_export(net, tmp_path / "gate.pt")
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match=r"\(found by probing\)"):
+        model = unet_rt.Model(path, device="cpu")
+    info = model.info
+    # Changes moved every pixel of the largest probe: tiles cannot be shown exact.
+    assert not info["exact"] and info["whole_tile_ops"] == ["a reach beyond its largest probe (found by probing)"]
+    assert info["overlap"] < 64, info["overlap"]
+    image = np.random.default_rng(3).random((1, 300, 340), dtype=np.float32)
+    assert model.layout(image.shape[1:])["tiles"] <= 4
+    want = whole_forward(net, image, info["overlap"], info["size_multiple"])
+    assert relative_error(model.segment(image, axes="cyx", output="raw", tile="whole"), want) < 1e-5
+
+
 def test_a_size_multiple_per_axis_tiles_on_every_axis_grid(tmp_path):
     net = network("segnet")
     metadata = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,

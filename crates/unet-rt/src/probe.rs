@@ -175,6 +175,48 @@ fn side_reach(hits: &[bool]) -> Option<usize> {
     wrapped.then_some(near)
 }
 
+/// The strict and loose reach of a probe ([`Prober::reach`]), and whether
+/// a change reaches scattered pixels far away.
+type Reach = (Option<usize>, Option<usize>, bool);
+
+/// Named among a probed network's whole-tile operations where probing
+/// finds [`scattered`] far hits.
+const WHOLE_TILE_STATISTIC: &str = "a statistic of the whole tile (found by probing)";
+
+/// Named among a probed network's whole-tile operations where changes
+/// reach the far edge of a 2048 px probe (2-D).
+const REACH_BEYOND_PROBES: &str = "a reach beyond its largest probe (found by probing)";
+
+/// Hits farther than this past the last one still extend the near reach.
+const NEAR_GAP: usize = 4;
+/// Far hits count as scattered over at least this many pixels.
+const SCATTER_SPAN: usize = 32;
+
+/// Whether a change reaches, beyond its dense near reach, scattered single
+/// pixels over a long span: what a statistic of the whole tile does (a
+/// channel gate from a global mean moves every pixel a little, above the
+/// rounding floor at a few); a convolution's reach is dense up to where
+/// it ends, and a dilated one's far taps come in runs, as do hits that
+/// came around the edge (circular padding).
+fn scattered(hits: &[bool]) -> bool {
+    let mut near_end = 0;
+    for (i, &h) in hits.iter().enumerate() {
+        if h {
+            if i > near_end + NEAR_GAP {
+                break;
+            }
+            near_end = i + 1;
+        }
+    }
+    let far: Vec<usize> = (near_end..hits.len()).filter(|&i| hits[i]).collect();
+    let Some(&last) = far.last() else {
+        return false;
+    };
+    let alone = |i: usize| !(i > 0 && hits[i - 1] || hits.get(i + 1).copied().unwrap_or(false));
+    let isolated = far.iter().filter(|&&i| alone(i)).count();
+    far.len() >= 3 && 4 * isolated >= 3 * far.len() && last - near_end >= SCATTER_SPAN
+}
+
 /// Distances 1, 2, 4 ... below `first` that leave a size of at least 1.
 fn below(first: usize) -> impl Iterator<Item = usize> {
     std::iter::successors(Some(1usize), |d| d.checked_mul(2)).take_while(move |&d| d < first)
@@ -1547,8 +1589,9 @@ impl<'a> Prober<'a> {
     /// moves the output by more than `tolerance` (relative), or `None`
     /// when changes reach the far edge of the probe. Without `loose` (a
     /// larger probe follows), it stops at the first change that reaches
-    /// the edge.
-    fn reach(&mut self, size: usize, loose_needed: bool) -> Result<(Option<usize>, Option<usize>)> {
+    /// the edge. Last, whether on some side the change reaches
+    /// [`scattered`] pixels far beyond where it reaches densely.
+    fn reach(&mut self, size: usize, loose_needed: bool) -> Result<Reach> {
         let image = self.noise(size, 1)?;
         let other = self.noise(size, 2)?;
         let whole = self.output(&image)?;
@@ -1556,6 +1599,7 @@ impl<'a> Prober<'a> {
         let half = size / 2;
         let mut strict = Some(0usize);
         let mut loose = Some(0usize);
+        let mut global = false;
         for axis in 0..self.dims {
             let dim = (axis + 2) as i64;
             for low_half in [true, false] {
@@ -1589,17 +1633,20 @@ impl<'a> Prober<'a> {
                     } else {
                         profile.iter().take(half).rev().map(hit).collect()
                     };
+                    if tolerance == REACH_TOLERANCE {
+                        global |= scattered(&hits);
+                    }
                     *reach = match (*reach, side_reach(&hits)) {
                         (Some(r), Some(distance)) => Some(r.max(distance)),
                         _ => None,
                     };
                 }
-                if strict.is_none() && !loose_needed {
-                    return Ok((None, None));
+                if strict.is_none() && !loose_needed && !global {
+                    return Ok((None, None, false));
                 }
             }
         }
-        Ok((strict, loose))
+        Ok((strict, loose, global))
     }
 
     /// A tile of `image` cut `shift` pixels in on every axis against the
@@ -1709,6 +1756,8 @@ impl<'a> Prober<'a> {
         let mut size = on_grid(REACH_START[axis_kind].max(4 * factor));
         let mut halo = None;
         let mut fallback = size / 4;
+        // Half the last probe whose changes reached its far edge.
+        let mut edge_before = 0;
         if rule.lost == 0 {
             let limit = REACH_LIMIT[axis_kind].max(4 * factor);
             loop {
@@ -1722,7 +1771,28 @@ impl<'a> Prober<'a> {
                     || !self.fits(next)
                     || !info.exactness.whole_tile_ops.is_empty()
                     || !self.affordable(next);
-                let (strict, mut loose) = self.reach(size, planned_last)?;
+                let (strict, mut loose, scattered) = self.reach(size, planned_last)?;
+                // A convolution that reached the far edge of the last probe
+                // reaches at least that far in this one; a change that
+                // reached it there and falls short of it here is a
+                // statistic of the whole tile, weaker the more pixels it
+                // averages (a channel gate from the mean: at 2048 px it
+                // moved only the pixels its convolutions reach, and tiles
+                // of that overlap were called exact).
+                let faded = strict.is_some_and(|r| r < edge_before);
+                if scattered || faded {
+                    // A statistic of the whole tile that no code scan
+                    // names (a mean gating the channels): larger probes
+                    // only reach farther (an overlap of 1022 px at 2048,
+                    // called exact on noise, for a network whose
+                    // convolutions see 14 px), and no overlap makes tiles
+                    // exact.
+                    info.exactness
+                        .whole_tile_ops
+                        .push(WHOLE_TILE_STATISTIC.to_owned());
+                    fallback = strict.or(loose).unwrap_or(size / 4);
+                    break;
+                }
                 if strict.is_some() {
                     halo = strict;
                     break;
@@ -1738,7 +1808,24 @@ impl<'a> Prober<'a> {
                 if last {
                     break;
                 }
+                edge_before = size / 2;
                 size = next;
+            }
+            // Changes still reach the far edge of a 2048 px probe: tiles
+            // cannot be shown exact, however small the difference measured
+            // on noise (a channel gate from the image's mean moved every
+            // pixel of it, and tiles of 12 px overlap were called exact at
+            // 3.6e-6). No 2-D convolution reaches 1024 px without metadata
+            // saying so; 3-D probes stop at 128 voxels, which a 3-D U-Net's
+            // weak deep paths pass (measured exact to 1e-6 all the same).
+            if halo.is_none()
+                && info.exactness.whole_tile_ops.is_empty()
+                && self.dims == 2
+                && size >= REACH_LIMIT[0]
+            {
+                info.exactness
+                    .whole_tile_ops
+                    .push(REACH_BEYOND_PROBES.to_owned());
             }
         } else {
             halo = Some(rule.lost / 2);
@@ -1868,6 +1955,25 @@ mod tests {
         assert_eq!(side("xx.........xxxxxx"), None);
         assert_eq!(side("xxxx..xxxx"), None);
         assert_eq!(side("......xx"), None);
+    }
+
+    #[test]
+    fn far_hits_are_scattered_when_single_pixels_over_a_long_span() {
+        let side = |text: &str| scattered(&text.chars().map(|c| c == 'x').collect::<Vec<_>>());
+        let gap = ".".repeat(40);
+        // A mean gate: dense near, single pixels far.
+        assert!(side(&format!("xxxxxxxx{gap}x{gap}x{gap}x..")));
+        // Convolutions: dense, with small gaps; nothing far.
+        assert!(!side(
+            "xxxx.xxxx..x.x......................................"
+        ));
+        // A dilated tap: a run far away; hits around the edge: a run.
+        assert!(!side(&format!("xxx{gap}xxxxxx{gap}")));
+        assert!(!side(&format!("xxx{gap}{gap}xxx")));
+        // Two far pixels, or scattered hits close by, are not enough.
+        assert!(!side(&format!("xxxx{gap}x{gap}x")));
+        assert!(!side("xxxx......x...x...x......................"));
+        assert!(!side(""));
     }
 
     #[test]
