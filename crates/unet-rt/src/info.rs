@@ -303,6 +303,11 @@ pub(crate) mod tests_support {
     pub(crate) fn info() -> ModelInfo {
         super::tests::same(4, 1)
     }
+
+    /// A probed same-padded 2-D two-class model of `halo` and `multiple`.
+    pub(crate) fn same(halo: usize, multiple: usize) -> ModelInfo {
+        super::tests::same(halo, multiple)
+    }
 }
 
 #[cfg(test)]

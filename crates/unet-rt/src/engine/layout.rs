@@ -453,30 +453,13 @@ impl<'a> Planner<'a> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::metadata::{Activation, Normalization};
 
     /// A same-padded network whose overlap (1022 px) is most of the
     /// largest tile within the default budget.
     fn wide_overlap() -> ModelInfo {
         ModelInfo {
-            spatial_dims: 2,
-            in_channels: 1,
-            out_channels: 2,
-            output: Activation::Softmax,
-            padding: Padding::Same,
-            halo: 1022,
-            size_multiple: 4,
-            size_offset: 0,
-            normalization: Normalization::None,
-            min_size: 0,
-            fixed_size: 0,
-            output_key: None,
             first_layer_width: Some(16),
-            probed: true,
-            exactness: Default::default(),
-            read_out: Default::default(),
-            object_size: None,
-            square_memory: 0.0,
+            ..crate::info::tests_support::same(1022, 4)
         }
     }
 
