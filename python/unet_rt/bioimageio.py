@@ -35,7 +35,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Union
 
 import numpy as np
 
@@ -664,7 +664,7 @@ def _step_id(step: Any) -> str:
     return str(getattr(step, "id", type(step).__name__))
 
 
-def _data_types(tensor: Any) -> set:
+def _data_types(tensor: Any) -> Set[str]:
     """The element types a tensor description declares (one per channel
     where the spec lists several)."""
     data = getattr(tensor, "data", None)
@@ -672,7 +672,7 @@ def _data_types(tensor: Any) -> set:
 
 
 def _normalization(steps: Sequence[Any], source: Path, in_axes: Sequence[Any],
-                   in_types: set) -> Dict[str, Any]:
+                   in_types: Set[str]) -> Dict[str, Any]:
     norm: Dict[str, Any] = {"kind": "none"}
     for step in steps:
         sid = _step_id(step)
