@@ -21,9 +21,13 @@ const FIRST_LIMIT_2D: usize = 1024;
 /// ... and in 3-D.
 const FIRST_LIMIT_3D: usize = 256;
 /// Strides tried for networks that only take sizes on their pooling grid.
-const STRIDES: [usize; 17] = [
-    2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512,
+const STRIDES: [usize; 20] = [
+    2, 3, 4, 6, 8, 9, 12, 16, 24, 27, 32, 48, 64, 81, 96, 128, 192, 256, 384, 512,
 ];
+/// Where no power of two is a size the network takes, the first size is
+/// looked for among these times powers of two: networks that pool by 3
+/// take multiples of 3, 9, 27 or 81 only.
+const ODD_GRIDS: [usize; 4] = [3, 9, 27, 81];
 /// The largest pooling factor looked for in networks that take any size
 /// (a power of two: shifts are bisected over their exponents), in 2-D and
 /// in 3-D. The first overlap probe is four times as wide: 64 in 3-D made
@@ -1152,15 +1156,17 @@ impl<'a> Prober<'a> {
         ))
     }
 
-    /// The first size of 1, 2, 4 ... that the network takes, if any: where
-    /// the size rule starts.
+    /// The first size of 1, 2, 4 ... that the network takes, if any, else
+    /// of [`ODD_GRIDS`] times those: where the size rule starts.
     fn first_size(&mut self) -> Result<Option<usize>> {
-        let mut size = 1;
-        while size <= self.first_limit() {
-            if self.lost(size)?.is_some() {
-                return Ok(Some(size));
+        for base in std::iter::once(1).chain(ODD_GRIDS) {
+            let mut size = base;
+            while size <= self.first_limit() {
+                if self.lost(size)?.is_some() {
+                    return Ok(Some(size));
+                }
+                size *= 2;
             }
-            size *= 2;
         }
         Ok(None)
     }
@@ -1184,8 +1190,8 @@ impl<'a> Prober<'a> {
             ));
         }
         self.no_rule(&format!(
-            "no input size of 1, 2, 4 ... {} works; a network that takes one size only needs \
-             metadata with fixed_size",
+            "no input size of 1, 2, 4 ... {} (nor 3, 9, 27 or 81 times those) works; a network \
+             that takes one size only needs metadata with fixed_size",
             self.first_limit()
         ))
     }
