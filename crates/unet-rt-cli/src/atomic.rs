@@ -199,25 +199,24 @@ pub(crate) fn sweep_stale(dir: &Path) -> Swept {
         if !try_lock(&handle) {
             continue;
         }
-        match left.kind {
-            Left::Partial => {
-                remove(&path);
-                if path.symlink_metadata().is_err() {
-                    swept.removed.push(name.to_owned());
-                }
-            }
+        let discard = match left.kind {
+            Left::Partial => true,
             Left::Old { result } => {
                 let target = dir.join(result);
                 if target.symlink_metadata().is_err() && !shortened(result) {
                     if std::fs::rename(&path, &target).is_ok() {
                         swept.restored.push(result.to_owned());
                     }
-                } else if is_zarr_store(&target) {
-                    remove(&path);
-                    if path.symlink_metadata().is_err() {
-                        swept.removed.push(name.to_owned());
-                    }
+                    false
+                } else {
+                    is_zarr_store(&target)
                 }
+            }
+        };
+        if discard {
+            remove(&path);
+            if path.symlink_metadata().is_err() {
+                swept.removed.push(name.to_owned());
             }
         }
     }

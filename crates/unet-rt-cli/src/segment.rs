@@ -226,24 +226,31 @@ fn swept_lines(dir: &Path, swept: &atomic::Swept) -> Vec<String> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let mut lines = Vec::new();
-    if !swept.removed.is_empty() {
-        lines.push(format!(
-            "unet-rt: note: removed {} unfinished file(s) that runs killed before they ended left in {}: {}",
-            swept.removed.len(),
-            report::shown(dir),
-            names(&swept.removed)
-        ));
-    }
-    if !swept.restored.is_empty() {
-        lines.push(format!(
-            "unet-rt: note: put back {} previous result(s) in {} that a killed run had moved aside: {}",
-            swept.restored.len(),
-            report::shown(dir),
-            names(&swept.restored)
-        ));
-    }
-    lines
+    let dir = report::shown(dir);
+    [
+        (
+            &swept.removed,
+            "removed",
+            "unfinished file(s) that runs killed before they ended left in",
+            "",
+        ),
+        (
+            &swept.restored,
+            "put back",
+            "previous result(s) in",
+            " that a killed run had moved aside",
+        ),
+    ]
+    .into_iter()
+    .filter(|(list, ..)| !list.is_empty())
+    .map(|(list, verb, what, why)| {
+        format!(
+            "unet-rt: note: {verb} {} {what} {dir}{why}: {}",
+            list.len(),
+            names(list)
+        )
+    })
+    .collect()
 }
 
 /// Where `--overlay` writes the overlay of the input named `stem` whose

@@ -212,9 +212,10 @@ impl<'a> Planner<'a> {
                 if self.options.memory_budget.is_some() {
                     tile
                 } else {
+                    let whole_pixels = whole.iter().map(|&w| w as f64).product();
                     return self.beyond_the_default_budget(
                         image,
-                        tile,
+                        (tile, whole_pixels),
                         budget,
                         choose,
                         element_bytes,
@@ -228,9 +229,9 @@ impl<'a> Planner<'a> {
         Ok(layout)
     }
 
-    /// The layout of the tile chosen within the default `budget`, unless
+    /// The layout of `tile`, chosen within the default `budget`, unless
     /// its tiles compute more than [`MAX_RECOMPUTATION`] times the pixels of
-    /// one tile over the whole image: then the tile chosen within 4 and 16
+    /// one tile over the whole image (`whole`): then the tile chosen within 4 and 16
     /// times the budget, the first that does not (or computes the least),
     /// where this machine holds it. A network whose overlap is most of its
     /// largest tile within the default budget (a gate over the whole image
@@ -242,21 +243,12 @@ impl<'a> Planner<'a> {
     fn beyond_the_default_budget(
         &self,
         image: &[usize],
-        tile: Vec<usize>,
+        (tile, whole): (Vec<usize>, f64),
         budget: usize,
         choose: impl Fn(usize) -> Vec<usize>,
         element_bytes: usize,
         device: Device,
     ) -> Result<Layout> {
-        let info = self.info;
-        let halo = info.effective_halo();
-        let whole: f64 = image
-            .iter()
-            .map(|&n| {
-                info.round_up_valid(n.saturating_add(2 * halo))
-                    .max(info.min_tile()) as f64
-            })
-            .product();
         let computed = |layout: &Layout| -> f64 {
             layout.plan.len() as f64
                 * layout
