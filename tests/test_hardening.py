@@ -440,6 +440,24 @@ def test_tensors_reaching_past_their_storage_are_refused(tiny_model_path):
         unet_rt.Model.from_bytes(damaged, device="cpu")
 
 
+def test_a_pickle_length_past_its_end_is_refused_before_libtorch_allocates_it(tiny_model_path):
+    # One flipped bit made a NEWFALSE (0x89) a BINUNICODE8 (0x8d) whose next
+    # 8 bytes read as a length of 5.8 GB: libtorch allocated it before finding
+    # the pickle too short (3.5 s here, 11 s on a busy machine, and an abort
+    # where that much memory is not there).
+    def flip(name: str, body: bytes) -> bytes:
+        if not name.endswith("/data.pkl"):
+            return body
+        at = body.index(b"\x89h\x02NX")
+        return body[:at] + b"\x8d" + body[at + 1:]
+
+    damaged = _rewrite_archive(tiny_model_path, flip)
+    start = time.perf_counter()
+    with pytest.raises(unet_rt.ModelError, match=r"data.pkl ends before its pickle does: \d+ bytes wanted .* damaged"):
+        unet_rt.Model.from_bytes(damaged, device="cpu")
+    assert time.perf_counter() - start < 1.0
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
 def test_special_files_are_not_models(tmp_path):
     fifo = tmp_path / "model.pt"

@@ -285,9 +285,10 @@ pub(crate) fn code_digest<R: Read + Seek>(archive: &mut ZipArchive<R>) -> Option
 /// Refuses an archive whose tensor records are shorter than its pickles
 /// declare, or whose tensors reach past their storages.
 ///
-/// Pickles this reader cannot follow (an opcode torch's pickler does not
-/// write, a malformed stream) are left to libtorch, which refuses them
-/// itself; see [`crate::pickle`].
+/// A pickle cut short is refused here (libtorch would first allocate the
+/// length a damaged byte declares); pickles this reader cannot follow (an
+/// opcode torch's pickler does not write, a malformed stream) are left to
+/// libtorch, which refuses them itself; see [`crate::pickle`].
 pub(crate) fn check_records<R: Read + Seek>(
     archive: &mut ZipArchive<R>,
     origin: &Path,
@@ -304,10 +305,17 @@ pub(crate) fn check_records<R: Read + Seek>(
         .collect();
     for (name, folder) in pickles {
         let bytes = read_entry(archive, &name, origin)?;
-        let records = match scan(&bytes) {
-            Scan::Complete(records) => records,
-            Scan::Unknown { .. } | Scan::Malformed(_) => continue,
-        };
+        let records =
+            match scan(&bytes) {
+                Scan::Complete(records) => records,
+                Scan::Truncated(why) => return Err(invalid(
+                    origin,
+                    format!(
+                        "{name} ends before its pickle does: {why} (a truncated or damaged file)"
+                    ),
+                )),
+                Scan::Unknown { .. } | Scan::Malformed(_) => continue,
+            };
         for storage in &records.storages {
             let record = format!("{folder}{}", storage.key);
             let needed = storage.numel.checked_mul(storage.element_size());

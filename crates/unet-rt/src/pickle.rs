@@ -68,8 +68,13 @@ pub(crate) enum Scan {
     /// An opcode this reader does not know (at the given offset): nothing
     /// can be said about the records.
     Unknown { opcode: u8, offset: usize },
-    /// The bytes are not a well-formed pickle (truncated, stack underflow,
-    /// a memo key that was never set, bounds exceeded).
+    /// The bytes end before the pickle does: an argument's length runs past
+    /// them, or no `STOP` comes. Every reader fails on such bytes, but
+    /// libtorch's only after allocating the length it read (gigabytes, for a
+    /// flipped bit in a length), so the loader refuses these itself.
+    Truncated(String),
+    /// The bytes are not a well-formed pickle (stack underflow, a memo key
+    /// that was never set, bounds exceeded).
     Malformed(String),
 }
 
@@ -99,12 +104,14 @@ pub(crate) fn scan(bytes: &[u8]) -> Scan {
     match Machine::default().run(bytes) {
         Ok(records) => Scan::Complete(records),
         Err(Stop::Unknown { opcode, offset }) => Scan::Unknown { opcode, offset },
+        Err(Stop::Truncated(why)) => Scan::Truncated(why),
         Err(Stop::Malformed(why)) => Scan::Malformed(why),
     }
 }
 
 enum Stop {
     Unknown { opcode: u8, offset: usize },
+    Truncated(String),
     Malformed(String),
 }
 
@@ -131,8 +138,8 @@ impl<'a> Reader<'a> {
             .checked_add(n)
             .filter(|&e| e <= self.bytes.len())
             .ok_or_else(|| {
-                malformed(format!(
-                    "truncated: {n} bytes wanted at offset {} of {}",
+                Stop::Truncated(format!(
+                    "{n} bytes wanted at offset {} of {}",
                     self.at,
                     self.bytes.len()
                 ))
@@ -160,10 +167,9 @@ impl<'a> Reader<'a> {
 
     fn line(&mut self) -> Result<String, Stop> {
         let rest = &self.bytes[self.at..];
-        let end = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or_else(|| malformed("unterminated text line"))?;
+        let end = rest.iter().position(|&b| b == b'\n').ok_or_else(|| {
+            Stop::Truncated(format!("a text line at offset {} has no end", self.at))
+        })?;
         let text = String::from_utf8_lossy(&rest[..end]).into_owned();
         self.at += end + 1;
         Ok(text)
@@ -405,7 +411,7 @@ impl Machine {
                 _ => return Err(Stop::Unknown { opcode, offset }),
             }
         }
-        Err(malformed(format!(
+        Err(Stop::Truncated(format!(
             "no STOP opcode in {} bytes",
             bytes.len()
         )))
@@ -580,7 +586,7 @@ mod tests {
         let good = weight_pickle(36, &[4, 1, 3, 3], &[9, 9, 3, 1]);
         for cut in 0..good.len() {
             assert!(
-                !matches!(scan(&good[..cut]), Scan::Complete(_)),
+                matches!(scan(&good[..cut]), Scan::Truncated(_)),
                 "cut at {cut}"
             );
         }
@@ -600,6 +606,16 @@ mod tests {
         ));
         assert!(matches!(scan(b"h\x07."), Scan::Malformed(_)));
         assert!(matches!(scan(b"t."), Scan::Malformed(_)));
+        // A flipped bit that makes NEWFALSE (0x89) a BINUNICODE8 (0x8d): the
+        // next 8 bytes read as a length of gigabytes.
+        let mut flipped = good.clone();
+        let newfalse = flipped.iter().rposition(|&b| b == 0x89).expect("NEWFALSE");
+        flipped[newfalse] = 0x8d;
+        assert!(
+            matches!(scan(&flipped), Scan::Truncated(ref why) if why.contains("bytes wanted")),
+            "{:?}",
+            scan(&flipped)
+        );
     }
 
     #[test]
