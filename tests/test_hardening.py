@@ -453,9 +453,23 @@ def test_a_pickle_length_past_its_end_is_refused_before_libtorch_allocates_it(ti
 
     damaged = _rewrite_archive(tiny_model_path, flip)
     start = time.perf_counter()
-    with pytest.raises(unet_rt.ModelError, match=r"data.pkl ends before its pickle does: \d+ bytes wanted .* damaged"):
+    with pytest.raises(unet_rt.ModelError, match=r"data.pkl is damaged: it ends before its pickle does \(\d+ bytes wanted"):
         unet_rt.Model.from_bytes(damaged, device="cpu")
     assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("key", [2**28, 2**31 - 1, 2**32 - 1])
+def test_a_memo_key_beyond_any_picklers_count_is_refused(tiny_model_path, key):
+    # libtorch sized its memo table to the key: 2^28 filled 4 GiB (2.5 s,
+    # and the model loaded), 2^31 and above raised "std::bad_alloc".
+    def put(name: str, body: bytes) -> bytes:
+        if not name.endswith("/data.pkl"):
+            return body
+        at = body.index(b"q\x00") + 2
+        return body[:at] + b"r" + key.to_bytes(4, "little") + body[at:]
+
+    with pytest.raises(unet_rt.ModelError, match=rf"data.pkl is damaged: its memo key {key} is beyond"):
+        unet_rt.Model.from_bytes(_rewrite_archive(tiny_model_path, put), device="cpu")
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")

@@ -285,8 +285,8 @@ pub(crate) fn code_digest<R: Read + Seek>(archive: &mut ZipArchive<R>) -> Option
 /// Refuses an archive whose tensor records are shorter than its pickles
 /// declare, or whose tensors reach past their storages.
 ///
-/// A pickle cut short is refused here (libtorch would first allocate the
-/// length a damaged byte declares); pickles this reader cannot follow (an
+/// A pickle cut short or with an absurd memo key is refused here (libtorch
+/// would first allocate what a damaged byte declares); pickles this reader cannot follow (an
 /// opcode torch's pickler does not write, a malformed stream) are left to
 /// libtorch, which refuses them itself; see [`crate::pickle`].
 pub(crate) fn check_records<R: Read + Seek>(
@@ -305,17 +305,16 @@ pub(crate) fn check_records<R: Read + Seek>(
         .collect();
     for (name, folder) in pickles {
         let bytes = read_entry(archive, &name, origin)?;
-        let records =
-            match scan(&bytes) {
-                Scan::Complete(records) => records,
-                Scan::Truncated(why) => return Err(invalid(
+        let records = match scan(&bytes) {
+            Scan::Complete(records) => records,
+            Scan::Damaged(why) => {
+                return Err(invalid(
                     origin,
-                    format!(
-                        "{name} ends before its pickle does: {why} (a truncated or damaged file)"
-                    ),
-                )),
-                Scan::Unknown { .. } | Scan::Malformed(_) => continue,
-            };
+                    format!("{name} is damaged: {why} (a truncated or damaged file)"),
+                ))
+            }
+            Scan::Unknown { .. } | Scan::Malformed(_) => continue,
+        };
         for storage in &records.storages {
             let record = format!("{folder}{}", storage.key);
             let needed = storage.numel.checked_mul(storage.element_size());

@@ -68,11 +68,13 @@ pub(crate) enum Scan {
     /// An opcode this reader does not know (at the given offset): nothing
     /// can be said about the records.
     Unknown { opcode: u8, offset: usize },
-    /// The bytes end before the pickle does: an argument's length runs past
-    /// them, or no `STOP` comes. Every reader fails on such bytes, but
-    /// libtorch's only after allocating the length it read (gigabytes, for a
-    /// flipped bit in a length), so the loader refuses these itself.
-    Truncated(String),
+    /// Damage libtorch trusts before it fails, or never fails on: an
+    /// argument's length running past the bytes (it allocates the length
+    /// first: gigabytes, for a flipped bit), no `STOP`, or a memo key far
+    /// beyond any pickler's count (it sizes its memo table to the key: a
+    /// `std::bad_alloc`, or gigabytes filled). The loader refuses these
+    /// itself; the text says which, as a sentence's end.
+    Damaged(String),
     /// The bytes are not a well-formed pickle (stack underflow, a memo key
     /// that was never set, bounds exceeded).
     Malformed(String),
@@ -94,8 +96,9 @@ enum Value {
     Other,
 }
 
-/// Deepest stack and largest memo the scanner accepts: torch's pickles of
-/// real networks stay in the hundreds.
+/// Deepest stack and largest memo (count and key) the scanner accepts:
+/// torch's pickles of real networks stay in the hundreds, and picklers
+/// number memo keys from 0 up.
 const MAX_STACK: usize = 1 << 20;
 const MAX_MEMO: usize = 1 << 22;
 
@@ -104,14 +107,14 @@ pub(crate) fn scan(bytes: &[u8]) -> Scan {
     match Machine::default().run(bytes) {
         Ok(records) => Scan::Complete(records),
         Err(Stop::Unknown { opcode, offset }) => Scan::Unknown { opcode, offset },
-        Err(Stop::Truncated(why)) => Scan::Truncated(why),
+        Err(Stop::Damaged(why)) => Scan::Damaged(why),
         Err(Stop::Malformed(why)) => Scan::Malformed(why),
     }
 }
 
 enum Stop {
     Unknown { opcode: u8, offset: usize },
-    Truncated(String),
+    Damaged(String),
     Malformed(String),
 }
 
@@ -138,8 +141,8 @@ impl<'a> Reader<'a> {
             .checked_add(n)
             .filter(|&e| e <= self.bytes.len())
             .ok_or_else(|| {
-                Stop::Truncated(format!(
-                    "{n} bytes wanted at offset {} of {}",
+                Stop::Damaged(format!(
+                    "it ends before its pickle does ({n} bytes wanted at offset {} of {})",
                     self.at,
                     self.bytes.len()
                 ))
@@ -162,13 +165,17 @@ impl<'a> Reader<'a> {
     }
 
     fn len(&mut self, n: usize) -> Result<usize, Stop> {
-        usize::try_from(self.le(n)?).map_err(|_| malformed("length beyond the address space"))
+        usize::try_from(self.le(n)?).map_err(|_| {
+            Stop::Damaged(
+                "it ends before its pickle does (a length beyond the address space)".into(),
+            )
+        })
     }
 
     fn line(&mut self) -> Result<String, Stop> {
         let rest = &self.bytes[self.at..];
         let end = rest.iter().position(|&b| b == b'\n').ok_or_else(|| {
-            Stop::Truncated(format!("a text line at offset {} has no end", self.at))
+            Stop::Damaged(format!("a text line at offset {} has no end", self.at))
         })?;
         let text = String::from_utf8_lossy(&rest[..end]).into_owned();
         self.at += end + 1;
@@ -214,6 +221,11 @@ impl Machine {
     }
 
     fn put(&mut self, key: u64) -> Result<(), Stop> {
+        if key >= MAX_MEMO as u64 {
+            return Err(Stop::Damaged(format!(
+                "its memo key {key} is beyond the {MAX_MEMO} any model's pickle numbers"
+            )));
+        }
         if self.memo.len() >= MAX_MEMO && !self.memo.contains_key(&key) {
             return Err(malformed("memo larger than the scanner accepts"));
         }
@@ -411,8 +423,8 @@ impl Machine {
                 _ => return Err(Stop::Unknown { opcode, offset }),
             }
         }
-        Err(Stop::Truncated(format!(
-            "no STOP opcode in {} bytes",
+        Err(Stop::Damaged(format!(
+            "it ends before its pickle does (no STOP opcode in {} bytes)",
             bytes.len()
         )))
     }
@@ -582,11 +594,11 @@ mod tests {
     }
 
     #[test]
-    fn damaged_pickles_are_malformed_or_unknown_never_a_panic() {
+    fn damaged_pickles_are_refused_malformed_or_unknown_never_a_panic() {
         let good = weight_pickle(36, &[4, 1, 3, 3], &[9, 9, 3, 1]);
         for cut in 0..good.len() {
             assert!(
-                matches!(scan(&good[..cut]), Scan::Truncated(_)),
+                matches!(scan(&good[..cut]), Scan::Damaged(_)),
                 "cut at {cut}"
             );
         }
@@ -606,13 +618,18 @@ mod tests {
         ));
         assert!(matches!(scan(b"h\x07."), Scan::Malformed(_)));
         assert!(matches!(scan(b"t."), Scan::Malformed(_)));
+        // LONG_BINPUT 2^28: libtorch would fill a memo table of 4 GiB.
+        assert!(
+            matches!(scan(b"N\x72\x00\x00\x00\x10."), Scan::Damaged(ref why) if why.contains("memo key 268435456"))
+        );
+        assert!(matches!(scan(b"N\x72\xff\xff\x3f\x00."), Scan::Complete(_)));
         // A flipped bit that makes NEWFALSE (0x89) a BINUNICODE8 (0x8d): the
         // next 8 bytes read as a length of gigabytes.
         let mut flipped = good.clone();
         let newfalse = flipped.iter().rposition(|&b| b == 0x89).expect("NEWFALSE");
         flipped[newfalse] = 0x8d;
         assert!(
-            matches!(scan(&flipped), Scan::Truncated(ref why) if why.contains("bytes wanted")),
+            matches!(scan(&flipped), Scan::Damaged(ref why) if why.contains("bytes wanted at offset 136")),
             "{:?}",
             scan(&flipped)
         );
