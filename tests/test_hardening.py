@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -470,6 +471,46 @@ def test_a_memo_key_beyond_any_picklers_count_is_refused(tiny_model_path, key):
 
     with pytest.raises(unet_rt.ModelError, match=rf"data.pkl is damaged: its memo key {key} is beyond"):
         unet_rt.Model.from_bytes(_rewrite_archive(tiny_model_path, put), device="cpu")
+
+
+UNPACKED_BEYOND_MEMORY = """
+import resource, sys, unet_rt
+# Room for 256 MiB more than the process holds after its imports.
+used = next(int(line.split()[1]) << 10 for line in open("/proc/self/status") if line.startswith("VmData:"))
+resource.setrlimit(resource.RLIMIT_DATA, (used + (256 << 20), resource.RLIM_INFINITY))
+try:
+    unet_rt.Model(sys.argv[1], device="cpu")
+    print("loaded", flush=True)
+except unet_rt.ModelError as e:
+    print(e, flush=True)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA and /proc are Linux's")
+def test_records_unpacking_beyond_the_memory_available_are_refused(tiny_model_path, tmp_path):
+    # libtorch allocates each record at its unpacked size: a compressed record
+    # of zeros (4 MiB in the file, 4 GiB unpacked) filled 8.7 GiB before it
+    # loaded, and a few more megabytes of file would have had the process killed.
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(tiny_model_path) as src, zipfile.ZipFile(path, "w") as dst:
+        for entry in src.infolist():
+            body = src.read(entry.filename)
+            if not entry.filename.endswith("/data/0"):
+                dst.writestr(entry.filename, body)
+                continue
+            info = zipfile.ZipInfo(entry.filename)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with dst.open(info, "w", force_zip64=True) as out:
+                out.write(body)
+                zeros = bytes(16 << 20)
+                for _ in range(32):  # 512 MiB
+                    out.write(zeros)
+    assert path.stat().st_size < 4 << 20
+    proc = subprocess.run([sys.executable, "-c", UNPACKED_BEYOND_MEMORY, str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"its records unpack to 512\.\d MiB from \S+ \w+ in the file, more than the \d+\.\d MiB of "
+                     r"memory available now", proc.stdout), proc.stdout
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")

@@ -303,6 +303,7 @@ pub(crate) fn check_records<R: Read + Seek>(
             Some((name.to_owned(), format!("{root}/{stem}/")))
         })
         .collect();
+    check_unpacked_size(archive, origin, crate::memory::available_memory())?;
     for (name, folder) in pickles {
         let bytes = read_entry(archive, &name, origin)?;
         let records = match scan(&bytes) {
@@ -362,6 +363,42 @@ pub(crate) fn check_records<R: Read + Seek>(
         }
     }
     Ok(())
+}
+
+/// Refuses an archive whose entries unpack to more than the memory
+/// `available`: libtorch allocates each record it reads at its unpacked
+/// size, so a compressed record of zeros (4 MiB in the file, 4 GiB unpacked)
+/// filled memory until the process was killed.
+fn check_unpacked_size<R: Read + Seek>(
+    archive: &mut ZipArchive<R>,
+    origin: &Path,
+    available: Option<usize>,
+) -> Result<()> {
+    let (mut unpacked, mut packed) = (0u128, 0u128);
+    for index in 0..archive.len() {
+        let entry = archive
+            .by_index_raw(index)
+            .map_err(|e| invalid(origin, format!("entry {index}: {e}")))?;
+        unpacked += u128::from(entry.size());
+        packed += u128::from(entry.compressed_size());
+    }
+    match available {
+        Some(available) if unpacked > available as u128 => Err(invalid(
+            origin,
+            format!(
+                "its records unpack to {}{}, more than the {} of memory available now \
+                 (a damaged or hostile file, or too large a model for this machine)",
+                crate::memory::format_bytes(unpacked),
+                if packed < unpacked {
+                    format!(" from {} in the file", crate::memory::format_bytes(packed))
+                } else {
+                    String::new()
+                },
+                crate::memory::format_bytes(available as u128)
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn read_entry<R: Read + Seek>(
@@ -525,6 +562,26 @@ mod tests {
             whole_tile_ops(&mut { pyramid_net }),
             vec!["adaptive_avg_pool".to_owned(), "instance_norm".to_owned()]
         );
+    }
+
+    #[test]
+    fn archives_unpacking_beyond_the_memory_available_are_refused() {
+        let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let deflated =
+            zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        writer.start_file("m/data/0", deflated).expect("entry");
+        std::io::Write::write_all(&mut writer, &vec![0u8; 8 << 20]).expect("write");
+        let mut zip = ZipArchive::new(writer.finish().expect("finish")).expect("zip");
+        let origin = Path::new("bomb.pt");
+        let err = check_unpacked_size(&mut zip, origin, Some(4 << 20)).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("its records unpack to 8.0 MiB from ")
+                && text.contains("in the file, more than the 4.0 MiB of memory available now"),
+            "{text}"
+        );
+        assert!(check_unpacked_size(&mut zip, origin, Some(9 << 20)).is_ok());
+        assert!(check_unpacked_size(&mut zip, origin, None).is_ok());
     }
 
     /// Every archive torch writes must be followed to its end: a pickle the

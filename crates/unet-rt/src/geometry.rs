@@ -432,8 +432,8 @@ impl TilePlan {
     }
 
     /// Plans a same-padded network: its output tile has the input tile's
-    /// shape, but the outer `halo` pixels are damaged by zero padding and are
-    /// never written.
+    /// shape, but the outer `halo` pixels are damaged by the padding beyond
+    /// the tile (zeros, reflected or wrapped) and are never written.
     ///
     /// * [`Blend::Crop`]: the valid plan with the network's output tile being
     ///   `tile_in` and the kept centre `tile_in - 2 * halo` starting at `halo`:

@@ -273,11 +273,11 @@ impl ModelInfo {
                 self.halo
             ),
             Padding::Same if self.effective_halo() == self.halo => format!(
-                "same convolutions: the {} pixels at each tile edge see zero padding and are discarded",
+                "same convolutions: the {} pixels at each tile edge see the padding beyond the tile and are discarded",
                 self.halo
             ),
             Padding::Same => format!(
-                "same convolutions: the {} pixels at each tile edge see zero padding, rounded up to the \
+                "same convolutions: the {} pixels at each tile edge see the padding beyond the tile, rounded up to the \
                  size multiple {} so that tiles pool on the image's grid",
                 self.halo, self.size_multiple
             ),
