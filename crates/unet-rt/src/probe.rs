@@ -1597,12 +1597,18 @@ impl<'a> Prober<'a> {
     /// larger probe follows), it stops at the first change that reaches
     /// the edge. Last, whether on some side the change reaches
     /// [`scattered`] pixels far beyond where it reaches densely.
-    fn reach(&mut self, size: usize, loose_needed: bool) -> Result<Reach> {
+    ///
+    /// The change stops on a line of the pooling grid `grid`, as tile edges
+    /// do: a pixel's reach depends on where it sits in its pooling cells,
+    /// and a split inside a cell measured a U-Net pooling by 3 twice one
+    /// cell short (tiles then differed by 8e-5).
+    fn reach(&mut self, size: usize, grid: usize, loose_needed: bool) -> Result<Reach> {
         let image = self.noise(size, 1)?;
         let other = self.noise(size, 2)?;
         let whole = self.output(&image)?;
         let scale = self.scale(&whole)?;
-        let half = size / 2;
+        let grid = grid.clamp(1, (size / 2).max(1));
+        let half = size / 2 / grid * grid;
         let mut strict = Some(0usize);
         let mut loose = Some(0usize);
         let mut global = false;
@@ -1777,7 +1783,7 @@ impl<'a> Prober<'a> {
                     || !self.fits(next)
                     || !info.exactness.whole_tile_ops.is_empty()
                     || !self.affordable(next);
-                let (strict, mut loose, scattered) = self.reach(size, planned_last)?;
+                let (strict, mut loose, scattered) = self.reach(size, factor, planned_last)?;
                 // A convolution that reached the far edge of the last probe
                 // reaches at least that far in this one; a change that
                 // reached it there and falls short of it here is a
@@ -1808,7 +1814,7 @@ impl<'a> Prober<'a> {
                 // loose reach is wanted.
                 let last = planned_last || !self.affordable(next);
                 if last && !planned_last {
-                    loose = self.reach(size, true)?.1;
+                    loose = self.reach(size, factor, true)?.1;
                 }
                 fallback = loose.unwrap_or(size / 4);
                 if last {
