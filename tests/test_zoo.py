@@ -918,6 +918,39 @@ def test_a_size_multiple_per_axis_tiles_on_every_axis_grid(tmp_path):
     assert relative_error(model.segment(image, axes="cyx", output="raw", tile=160), want) < 1e-5
 
 
+class _DilatedAtStride16(torch.nn.Module):
+    """Four stride-2 convolutions, one context convolution of dilation 18
+    (a reach of 288 px) and a bilinear upsampling back to the input size."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.stem = torch.nn.ModuleList(
+            [torch.nn.Conv2d(1 if i == 0 else width, width, 3, stride=2, padding=1) for i in range(4)])
+        self.context = torch.nn.Conv2d(width, width, 3, padding=18, dilation=18)
+        self.head = torch.nn.Conv2d(width, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        for conv in self.stem:
+            y = torch.relu(conv(y))
+        y = torch.relu(self.context(y) + y)
+        return F.interpolate(self.head(y), size=[x.shape[2], x.shape[3]], mode="bilinear", align_corners=False)
+
+
+def test_a_reach_beyond_the_first_probe_is_found_by_the_next(tmp_path):
+    # On the 256 px probe the feature map is 16 px and every dilated tap
+    # reads padding: the reach measured was 24 px, tiles of 32 px overlap
+    # were called exact, and a quarter of the labels differed.
+    torch.manual_seed(0)
+    net = _DilatedAtStride16().eval()
+    model = unet_rt.Model(plain_export(net, tmp_path / "dilated.pt"), device="cpu")
+    info = model.info
+    assert info["exact"] and info["overlap"] >= 288, info
+    image = np.random.default_rng(1).random((1, 800, 760), dtype=np.float32)
+    assert model.layout(image.shape[1:], tile=small_tile(info))["tiles"] > 1
+    assert tiled_error(net, model, image) < 1e-5
+
+
 class _MaxScaled(torch.nn.Module):
     """A same-padded network that divides its input by the input's maximum."""
 
