@@ -473,6 +473,26 @@ def test_a_memo_key_beyond_any_picklers_count_is_refused(tiny_model_path, key):
         unet_rt.Model.from_bytes(_rewrite_archive(tiny_model_path, put), device="cpu")
 
 
+class _TwiceTheBatch(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).repeat(2, 1, 1, 1)
+
+
+def test_a_network_returning_another_batch_is_refused_at_once(tmp_path):
+    # Its second copy read as a change reaching every pixel: probing went on
+    # to 2048 px and took 15 s (with metadata too, to say what it finds).
+    path = tmp_path / "twice.pt"
+    torch.jit.save(torch.jit.script(_TwiceTheBatch().eval()), str(path))
+    start = time.perf_counter()
+    with pytest.raises(unet_rt.ModelError, match=r"it returns a batch of 2 for an input batch of 1"):
+        unet_rt.Model(path, device="cpu")
+    assert time.perf_counter() - start < 3.0
+
+
 UNPACKED_BEYOND_MEMORY = """
 import resource, sys, unet_rt
 # Room for 256 MiB more than the process holds after its imports.

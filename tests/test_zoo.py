@@ -951,6 +951,47 @@ def test_a_reach_beyond_the_first_probe_is_found_by_the_next(tmp_path):
     assert tiled_error(net, model, image) < 1e-5
 
 
+class _RawPixelUNet(torch.nn.Module):
+    """A U-Net that scales its own 8-bit input (``x / 255``) and whose
+    deeper levels carry negative biases: quiet on input below a few grey
+    levels, as probes in [0, 1) are to it."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.e1 = torch.nn.Conv2d(1, width, 3, padding=1)
+        self.e2 = torch.nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.e3 = torch.nn.Conv2d(2 * width, 2 * width, 3, padding=1)
+        self.up = torch.nn.ConvTranspose2d(2 * width, width, 2, stride=2)
+        self.d = torch.nn.Conv2d(2 * width, width, 3, padding=1)
+        self.h = torch.nn.Conv2d(width, 2, 1)
+        with torch.no_grad():
+            for conv in (self.e1, self.e2, self.e3):
+                torch.nn.init.kaiming_normal_(conv.weight)
+            self.e1.bias.zero_()
+            self.e2.bias.fill_(-0.05)
+            self.e3.bias.fill_(-0.05)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.e1(x / 255.0))
+        b = torch.relu(self.e2(F.max_pool2d(a, 2)))
+        b = torch.relu(self.e3(F.max_pool2d(b, 2)))
+        b = F.interpolate(b, scale_factor=2.0, mode="nearest")
+        return self.h(torch.relu(self.d(torch.cat([a, self.up(b)], 1))))
+
+
+def test_a_network_quiet_on_probes_below_the_8_bit_range_is_measured_on_it(tmp_path):
+    # Without metadata the network sees 8-bit pixels as 0..255; on the
+    # probes (values below 4) its deep level never fired, it was measured
+    # exact with an overlap of 4 px, and a real 8-bit image tiled 6% of the
+    # range off without a word.
+    torch.manual_seed(0)
+    net = _RawPixelUNet().eval()
+    path = plain_export(net, tmp_path / "raw_pixels.pt")
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="approximate"):
+        model = unet_rt.Model(path, device="cpu")
+    assert not model.info["exact"] and model.info["measured"]["max_difference"] > 1e-3, model.info
+
+
 class _MaxScaled(torch.nn.Module):
     """A same-padded network that divides its input by the input's maximum."""
 

@@ -392,6 +392,7 @@ pub(crate) fn probe(
         prober.settle_overlap(&mut info, rule)?;
     }
     info.min_size = prober.min_size(&info)?;
+
     if !settled {
         info.exactness.measured =
             check_tiles(module, device, path, &info).map(|(measured, _)| measured);
@@ -1578,10 +1579,21 @@ impl<'a> Prober<'a> {
         Ok(t)
     }
 
-    /// [`Self::output`], non-finite values included.
+    /// [`Self::output`], non-finite values included. An output of another
+    /// batch than the input's is refused: no result can be read from it,
+    /// and its other images read as changes that reach every pixel (a
+    /// network returning twice its batch probed up to 2048 px for 15 s).
     fn any_output(&mut self, input: &Tensor) -> Result<Tensor> {
         let copy = self.torch(input.f_detach_copy())?;
+        let batch = input.size().first().copied();
         match self.forward(copy)? {
+            Some(t) if t.size().first().copied() != batch => Err(self.invalid(format!(
+                "it returns a batch of {} for an input batch of {} (shape {:?}): a segmentation \
+                 network returns one result per image",
+                t.size().first().copied().unwrap_or(0),
+                batch.unwrap_or(0),
+                input.size()
+            ))),
             Some(t) => self.torch(t.f_to_kind(Kind::Float)),
             None => Err(self.invalid(format!(
                 "its forward fails on a random input of shape {:?}",
@@ -1646,16 +1658,20 @@ impl<'a> Prober<'a> {
     }
 
     /// Whether `passes` more passes as slow as the slowest so far end
-    /// within half the probing budget, leaving the rest for the tile
-    /// comparisons that follow: confirming a reach is worth less than
-    /// loading at all (FCN-ResNet50 probes in 23 s on 2 idle cores, and ran
-    /// out of its 60 s on busy ones when it confirmed its reach).
-    fn time_for_passes(&self, passes: u32) -> bool {
+    /// within `share` of the probing budget. The checks that only add to
+    /// what probing finds (a reach confirmed on a longer probe, tiles
+    /// compared on bright input) run where they leave the budget's rest
+    /// for the comparisons every network needs, with room for a machine
+    /// twice as busy: FCN-ResNet50 probed in 38 s on 2 idle cores with both
+    /// (25 s without), ran out of its 60 s on busy ones when it confirmed
+    /// its reach regardless, and now confirms none (its reach is no
+    /// dilation's artefact) and compares bright tiles where it has time.
+    fn time_for_passes(&self, passes: u32, share: f64) -> bool {
         let slowest = self
             .slowest
             .as_ref()
             .map_or(Duration::ZERO, |(_, took)| *took);
-        self.started.elapsed() + slowest * passes <= PROBE_BUDGET / 2
+        self.started.elapsed() + slowest * passes <= PROBE_BUDGET.mul_f64(share)
     }
 
     /// [`Self::reach`] of `image` changed to `other` on either half
@@ -1818,6 +1834,45 @@ impl<'a> Prober<'a> {
         })
     }
 
+    /// `so_far` and the agreement on the structured probe at 255 times its
+    /// values: without metadata a network sees an image's raw values (0 to
+    /// 255 for 8-bit pixels), and one that scales its input itself can be
+    /// quiet on probes below 4 (a deep level whose biases silence it on
+    /// dark input was measured exact, and real 8-bit images tiled 8% of
+    /// the range off). A network that fails or overflows there, or too slow
+    /// for the budget's rest ([`Self::time_for_passes`]), is left to the
+    /// probes it ran.
+    #[allow(clippy::too_many_arguments)]
+    fn with_raw_range(
+        &mut self,
+        so_far: Agreement,
+        size: usize,
+        shift: usize,
+        inner: usize,
+        margin: usize,
+        lost: usize,
+    ) -> Result<Agreement> {
+        if !self.time_for_passes(3, 0.6) {
+            return Ok(so_far);
+        }
+        let noise = self.noise_with(size, 3, true)?;
+        let image = self.torch(noise.f_mul_scalar(255.0))?;
+        let whole = match self.output(&image) {
+            Ok(whole) => whole,
+            Err(Error::Cancelled) => return Err(Error::Cancelled),
+            Err(_) => return Ok(so_far),
+        };
+        if !self.largest(&whole)?.is_finite() {
+            return Ok(so_far);
+        }
+        let bright = self.agreement(&image, &whole, shift, inner, margin, lost)?;
+        Ok(Agreement {
+            probe_size: so_far.probe_size,
+            max_difference: so_far.max_difference.max(bright.max_difference),
+            label_agreement: so_far.label_agreement.min(bright.label_agreement),
+        })
+    }
+
     /// For networks that keep the input size or take any size: the overlap
     /// from how far input changes reach, the pooling factor from the tile
     /// shifts that reproduce the whole image, and the measured agreement.
@@ -1874,7 +1929,9 @@ impl<'a> Prober<'a> {
                     // A reach short of the probe's edge holds on a longer
                     // probe, or the longer probes are measured in full.
                     if planned_last
-                        || !self.time_for_passes(4)
+                        // Its 2 passes of twice the pixels, and the tile
+                        // comparisons after them (about 10 passes).
+                        || !self.time_for_passes(14, 0.5)
                         || self.reach_holds(reach, size, next, factor)?
                     {
                         halo = strict;
@@ -1976,6 +2033,8 @@ impl<'a> Prober<'a> {
         let (shift, uniform) = measured;
         let measured =
             self.with_structured(uniform, size, shift, inner, margin(shift), rule.lost)?;
+        let measured =
+            self.with_raw_range(measured, size, shift, inner, margin(shift), rule.lost)?;
         info.exactness.measured = Some(measured);
         Ok(())
     }
