@@ -992,6 +992,30 @@ def test_a_network_quiet_on_probes_below_the_8_bit_range_is_measured_on_it(tmp_p
     assert not model.info["exact"] and model.info["measured"]["max_difference"] > 1e-3, model.info
 
 
+class _HalfResolution(torch.nn.Module):
+    """A convolution, a 2x2 max-pooling and a head: its output has half the
+    input's pixels per axis (no upsampling back)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.head = torch.nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.max_pool2d(torch.relu(self.conv(x)), 2))
+
+
+@pytest.mark.parametrize("pool", ["max_pool", "strided"])
+def test_a_network_at_half_resolution_is_refused_naming_its_output_stride(pool, tmp_path):
+    # The max-pooled one read as a valid network losing 2 pixels (3 -> 1,
+    # 4 -> 2) and returned full-size results that were not its output.
+    torch.manual_seed(0)
+    net = _HalfResolution() if pool == "max_pool" else torch.nn.Conv2d(1, 2, 3, stride=2, padding=1)
+    path = plain_export(net.eval(), tmp_path / f"{pool}.pt")
+    with pytest.raises(unet_rt.ModelError, match=r"an output stride of 2\): .* resize the output back"):
+        unet_rt.Model(path, device="cpu")
+
+
 class _MaxScaled(torch.nn.Module):
     """A same-padded network that divides its input by the input's maximum."""
 

@@ -1202,7 +1202,9 @@ impl<'a> Prober<'a> {
     /// output that grows one pixel per several input pixels (a network
     /// without its upsampling) is named as such.
     fn size_rule(&mut self, first: usize) -> Result<Rule> {
-        let rule = self.size_rule_from(first);
+        let rule = self
+            .size_rule_from(first)
+            .and_then(|rule| self.rule_holds_further(first, rule));
         if rule.is_err() {
             if let Some(stride) = self.output_stride() {
                 return Err(self.invalid(format!(
@@ -1214,6 +1216,29 @@ impl<'a> Prober<'a> {
             }
         }
         rule
+    }
+
+    /// `rule`, where the network loses what it says at the third grid
+    /// size after `first` too: a rule is read off two or three sizes, and
+    /// a network whose output grows one pixel per two input pixels
+    /// (`max_pool2d` before its head) read as valid, losing 2 pixels, and
+    /// returned full-size results that were not its output.
+    fn rule_holds_further(&mut self, first: usize, rule: Rule) -> Result<Rule> {
+        let multiple = rule.multiple.max(1);
+        let far = (first / multiple + 3)
+            .checked_mul(multiple)
+            .and_then(|size| size.checked_add(rule.offset % multiple))
+            .ok_or_else(|| self.no_rule("its size rule overflows"))?;
+        match self.lost(far)? {
+            Some(lost) if lost == rule.lost => Ok(rule),
+            Some(lost) => Err(self.no_rule(&format!(
+                "inputs of {first} and {far} pixels lose {} and {lost}",
+                rule.lost
+            ))),
+            None => Err(self.no_rule(&format!(
+                "input size {far} fails where its rule says it works"
+            ))),
+        }
     }
 
     /// `k` where inputs of 256 and 512 pixels give outputs 256 / k pixels
