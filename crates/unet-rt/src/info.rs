@@ -30,6 +30,16 @@ impl Agreement {
     pub fn is_exact(&self) -> bool {
         self.max_difference <= EXACT_TOLERANCE
     }
+
+    /// The worse of this agreement and `other` (another probe image at the
+    /// same probe size): the larger difference, the smaller agreement.
+    pub(crate) fn or_worse(self, other: &Agreement) -> Agreement {
+        Agreement {
+            probe_size: self.probe_size,
+            max_difference: self.max_difference.max(other.max_difference),
+            label_agreement: self.label_agreement.min(other.label_agreement),
+        }
+    }
 }
 
 /// Whether tiled inference reproduces one whole-image forward pass: what

@@ -487,14 +487,7 @@ impl Placement {
 
     /// The worse of `uniform` and the agreement on the structured probe.
     fn structured(&self, prober: &mut Prober<'_>, uniform: Agreement) -> Result<Agreement> {
-        prober.with_structured(
-            uniform,
-            self.size,
-            self.shift,
-            self.inner,
-            self.margin,
-            self.lost,
-        )
+        prober.with_structured(uniform, self)
     }
 }
 
@@ -1839,24 +1832,11 @@ impl<'a> Prober<'a> {
     /// misses what the other finds (a network scaling by its input's
     /// maximum is exact on uniform noise; an untrained network's global
     /// path may barely move labels on the structured one).
-    #[allow(clippy::too_many_arguments)]
-    fn with_structured(
-        &mut self,
-        uniform: Agreement,
-        size: usize,
-        shift: usize,
-        inner: usize,
-        margin: usize,
-        lost: usize,
-    ) -> Result<Agreement> {
-        let image = self.noise_with(size, 1, true)?;
+    fn with_structured(&mut self, uniform: Agreement, at: &Placement) -> Result<Agreement> {
+        let image = self.noise_with(at.size, 1, true)?;
         let whole = self.output(&image)?;
-        let structured = self.agreement(&image, &whole, shift, inner, margin, lost)?;
-        Ok(Agreement {
-            probe_size: uniform.probe_size,
-            max_difference: uniform.max_difference.max(structured.max_difference),
-            label_agreement: uniform.label_agreement.min(structured.label_agreement),
-        })
+        let structured = self.agreement(&image, &whole, at.shift, at.inner, at.margin, at.lost)?;
+        Ok(uniform.or_worse(&structured))
     }
 
     /// `so_far` and the agreement on the structured probe at 255 times its
@@ -1867,20 +1847,11 @@ impl<'a> Prober<'a> {
     /// the range off). A network that fails or overflows there, or too slow
     /// for the budget's rest ([`Self::time_for_passes`]), is left to the
     /// probes it ran.
-    #[allow(clippy::too_many_arguments)]
-    fn with_raw_range(
-        &mut self,
-        so_far: Agreement,
-        size: usize,
-        shift: usize,
-        inner: usize,
-        margin: usize,
-        lost: usize,
-    ) -> Result<Agreement> {
+    fn with_raw_range(&mut self, so_far: Agreement, at: &Placement) -> Result<Agreement> {
         if !self.time_for_passes(3, 0.6) {
             return Ok(so_far);
         }
-        let noise = self.noise_with(size, 3, true)?;
+        let noise = self.noise_with(at.size, 3, true)?;
         let image = self.torch(noise.f_mul_scalar(255.0))?;
         let whole = match self.output(&image) {
             Ok(whole) => whole,
@@ -1890,12 +1861,8 @@ impl<'a> Prober<'a> {
         if !self.largest(&whole)?.is_finite() {
             return Ok(so_far);
         }
-        let bright = self.agreement(&image, &whole, shift, inner, margin, lost)?;
-        Ok(Agreement {
-            probe_size: so_far.probe_size,
-            max_difference: so_far.max_difference.max(bright.max_difference),
-            label_agreement: so_far.label_agreement.min(bright.label_agreement),
-        })
+        let bright = self.agreement(&image, &whole, at.shift, at.inner, at.margin, at.lost)?;
+        Ok(so_far.or_worse(&bright))
     }
 
     /// For networks that keep the input size or take any size: the overlap
@@ -2056,10 +2023,15 @@ impl<'a> Prober<'a> {
             )
         };
         let (shift, uniform) = measured;
-        let measured =
-            self.with_structured(uniform, size, shift, inner, margin(shift), rule.lost)?;
-        let measured =
-            self.with_raw_range(measured, size, shift, inner, margin(shift), rule.lost)?;
+        let at = Placement {
+            size,
+            shift,
+            inner,
+            margin: margin(shift),
+            lost: rule.lost,
+        };
+        let measured = self.with_structured(uniform, &at)?;
+        let measured = self.with_raw_range(measured, &at)?;
         info.exactness.measured = Some(measured);
         Ok(())
     }
