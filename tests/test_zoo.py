@@ -1016,6 +1016,33 @@ def test_a_network_at_half_resolution_is_refused_naming_its_output_stride(pool, 
         unet_rt.Model(path, device="cpu")
 
 
+class _NothingOnFlatInput(torch.nn.Module):
+    """A same-padded network that returns zeros for an image without
+    contrast ("nothing to segment"), judged per image from its whole input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.h = torch.nn.Conv2d(8, 2, 1)
+        with torch.no_grad():
+            self.h.bias.copy_(torch.tensor([0.0, 1.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.h(torch.relu(self.a(x)))
+        empty = x.std(dim=(1, 2, 3), keepdim=True) < 1e-3
+        return torch.where(empty, torch.zeros_like(out), out)
+
+
+def test_a_network_judging_its_whole_tile_flat_is_measured_on_a_flat_tile(tmp_path):
+    # Every probe was noise, never flat: it was called exact, and tiles in
+    # the black part of an image returned zeros (half the labels differed).
+    torch.manual_seed(0)
+    path = plain_export(_NothingOnFlatInput().eval(), tmp_path / "flat.pt")
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="approximate"):
+        model = unet_rt.Model(path, device="cpu")
+    assert not model.info["exact"] and model.info["measured"]["label_agreement"] < 0.5, model.info
+
+
 class _MaxScaled(torch.nn.Module):
     """A same-padded network that divides its input by the input's maximum."""
 

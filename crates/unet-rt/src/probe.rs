@@ -1865,6 +1865,36 @@ impl<'a> Prober<'a> {
         Ok(so_far.or_worse(&bright))
     }
 
+    /// `so_far` and the agreement where the compared tile is flat (zeros)
+    /// inside a noisy probe, as a tile in a mosaic's border or a masked
+    /// well is: a network that returns zeros for a flat input ("nothing to
+    /// segment", from `x.std()` over its tile) never met one on noise, was
+    /// called exact, and half the labels of an image with a black part
+    /// differed. Skipped as [`Self::with_raw_range`] is.
+    fn with_flat_tile(&mut self, so_far: Agreement, at: &Placement) -> Result<Agreement> {
+        if !self.time_for_passes(2, 0.7) {
+            return Ok(so_far);
+        }
+        let image = self.noise(at.size, 4)?;
+        let mut region = image.shallow_clone();
+        for axis in 0..self.dims {
+            region =
+                self.torch(region.f_narrow((axis + 2) as i64, at.shift as i64, at.inner as i64))?;
+        }
+        let _ = self.torch(region.f_zero_())?;
+        let whole = match self.output(&image) {
+            Ok(whole) => whole,
+            Err(Error::Cancelled) => return Err(Error::Cancelled),
+            Err(_) => return Ok(so_far),
+        };
+        let flat = match self.agreement(&image, &whole, at.shift, at.inner, at.margin, at.lost) {
+            Ok(flat) => flat,
+            Err(Error::Cancelled) => return Err(Error::Cancelled),
+            Err(_) => return Ok(so_far),
+        };
+        Ok(so_far.or_worse(&flat))
+    }
+
     /// For networks that keep the input size or take any size: the overlap
     /// from how far input changes reach, the pooling factor from the tile
     /// shifts that reproduce the whole image, and the measured agreement.
@@ -2032,6 +2062,7 @@ impl<'a> Prober<'a> {
         };
         let measured = self.with_structured(uniform, &at)?;
         let measured = self.with_raw_range(measured, &at)?;
+        let measured = self.with_flat_tile(measured, &at)?;
         info.exactness.measured = Some(measured);
         Ok(())
     }
