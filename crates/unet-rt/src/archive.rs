@@ -286,9 +286,10 @@ pub(crate) fn code_digest<R: Read + Seek>(archive: &mut ZipArchive<R>) -> Option
 /// declare, or whose tensors reach past their storages.
 ///
 /// A pickle cut short or with an absurd memo key is refused here (libtorch
-/// would first allocate what a damaged byte declares); pickles this reader cannot follow (an
-/// opcode torch's pickler does not write, a malformed stream) are left to
-/// libtorch, which refuses them itself; see [`crate::pickle`].
+/// would first allocate what a damaged byte declares); pickles this reader
+/// cannot follow (an opcode torch's pickler does not write, a malformed
+/// stream) are left to libtorch, which refuses them itself; see
+/// [`crate::pickle`].
 pub(crate) fn check_records<R: Read + Seek>(
     archive: &mut ZipArchive<R>,
     origin: &Path,

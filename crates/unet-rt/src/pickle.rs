@@ -118,6 +118,11 @@ enum Stop {
     Malformed(String),
 }
 
+/// The pickle ends before its `STOP`: `detail` says where.
+fn cut_short(detail: impl std::fmt::Display) -> Stop {
+    Stop::Damaged(format!("it ends before its pickle does ({detail})"))
+}
+
 fn malformed(why: impl Into<String>) -> Stop {
     Stop::Malformed(why.into())
 }
@@ -141,8 +146,8 @@ impl<'a> Reader<'a> {
             .checked_add(n)
             .filter(|&e| e <= self.bytes.len())
             .ok_or_else(|| {
-                Stop::Damaged(format!(
-                    "it ends before its pickle does ({n} bytes wanted at offset {} of {})",
+                cut_short(format!(
+                    "{n} bytes wanted at offset {} of {}",
                     self.at,
                     self.bytes.len()
                 ))
@@ -165,18 +170,15 @@ impl<'a> Reader<'a> {
     }
 
     fn len(&mut self, n: usize) -> Result<usize, Stop> {
-        usize::try_from(self.le(n)?).map_err(|_| {
-            Stop::Damaged(
-                "it ends before its pickle does (a length beyond the address space)".into(),
-            )
-        })
+        usize::try_from(self.le(n)?).map_err(|_| cut_short("a length beyond the address space"))
     }
 
     fn line(&mut self) -> Result<String, Stop> {
         let rest = &self.bytes[self.at..];
-        let end = rest.iter().position(|&b| b == b'\n').ok_or_else(|| {
-            Stop::Damaged(format!("a text line at offset {} has no end", self.at))
-        })?;
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| cut_short(format!("a text line at offset {} has no end", self.at)))?;
         let text = String::from_utf8_lossy(&rest[..end]).into_owned();
         self.at += end + 1;
         Ok(text)
@@ -423,8 +425,8 @@ impl Machine {
                 _ => return Err(Stop::Unknown { opcode, offset }),
             }
         }
-        Err(Stop::Damaged(format!(
-            "it ends before its pickle does (no STOP opcode in {} bytes)",
+        Err(cut_short(format!(
+            "no STOP opcode in {} bytes",
             bytes.len()
         )))
     }

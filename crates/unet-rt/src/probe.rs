@@ -392,7 +392,6 @@ pub(crate) fn probe(
         prober.settle_overlap(&mut info, rule)?;
     }
     info.min_size = prober.min_size(&info)?;
-
     if !settled {
         info.exactness.measured =
             check_tiles(module, device, path, &info).map(|(measured, _)| measured);
@@ -1853,16 +1852,7 @@ impl<'a> Prober<'a> {
         }
         let noise = self.noise_with(at.size, 3, true)?;
         let image = self.torch(noise.f_mul_scalar(255.0))?;
-        let whole = match self.output(&image) {
-            Ok(whole) => whole,
-            Err(Error::Cancelled) => return Err(Error::Cancelled),
-            Err(_) => return Ok(so_far),
-        };
-        if !self.largest(&whole)?.is_finite() {
-            return Ok(so_far);
-        }
-        let bright = self.agreement(&image, &whole, at.shift, at.inner, at.margin, at.lost)?;
-        Ok(so_far.or_worse(&bright))
+        self.or_worse_on(so_far, &image, at)
     }
 
     /// `so_far` and the agreement where the compared tile is flat (zeros)
@@ -1882,17 +1872,27 @@ impl<'a> Prober<'a> {
                 self.torch(region.f_narrow((axis + 2) as i64, at.shift as i64, at.inner as i64))?;
         }
         let _ = self.torch(region.f_zero_())?;
-        let whole = match self.output(&image) {
-            Ok(whole) => whole,
-            Err(Error::Cancelled) => return Err(Error::Cancelled),
-            Err(_) => return Ok(so_far),
-        };
-        let flat = match self.agreement(&image, &whole, at.shift, at.inner, at.margin, at.lost) {
-            Ok(flat) => flat,
-            Err(Error::Cancelled) => return Err(Error::Cancelled),
-            Err(_) => return Ok(so_far),
-        };
-        Ok(so_far.or_worse(&flat))
+        self.or_worse_on(so_far, &image, at)
+    }
+
+    /// `so_far` and the agreement of tiles of `image` placed `at`; `so_far`
+    /// alone where the network fails on `image` or returns NaN or infinite
+    /// values there ([`Self::output`]): the extra probes only add to what
+    /// the others found.
+    fn or_worse_on(
+        &mut self,
+        so_far: Agreement,
+        image: &Tensor,
+        at: &Placement,
+    ) -> Result<Agreement> {
+        let measured = self.output(image).and_then(|whole| {
+            self.agreement(image, &whole, at.shift, at.inner, at.margin, at.lost)
+        });
+        match measured {
+            Ok(measured) => Ok(so_far.or_worse(&measured)),
+            Err(Error::Cancelled) => Err(Error::Cancelled),
+            Err(_) => Ok(so_far),
+        }
     }
 
     /// For networks that keep the input size or take any size: the overlap
