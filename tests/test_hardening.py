@@ -327,7 +327,7 @@ def test_nan_weights_raise_non_finite_error_naming_the_tile(tmp_path):
         # Metadata the network contradicts loaded, and failed at the first image.
         (dict(in_channels=3), r"declares 3 input channel\(s\).* the network fails: .*expected input\[1, 3, 64, 64\] to have 1 channels"),
         (dict(spatial_dims=3), r"1 input channel\(s\), 3 spatial dimensions .* the network fails: .*conv2d"),
-        (dict(size_multiple=1), r"input sizes 0 \+ k \* 1, an output of \[1, 2, 25, 25\] for an input of 65 .* returns \[1, 2, 24, 24\]"),
+        (dict(size_multiple=1), r"input sizes 0 \+ k \* 1, an output of \[1, 2, 24, 25\] for an input of 64x65 .* returns \[1, 2, 24, 24\]"),
         (dict(out_channels=3, class_names=None), r"declares 3 output channel\(s\)"),
         (dict(halo=22), r"halo 22 and input sizes 0 \+ k \* 4, an output of \[1, 2, 20, 20\] .* the network returns \[1, 2, 24, 24\]"),
         (dict(padding="same"), "Same padding, halo 20.* the network returns"),

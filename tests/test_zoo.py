@@ -501,7 +501,7 @@ def test_the_exporters_record_spares_the_load_time_measurement_only_where_it_sti
     deeper = UNet(in_channels=1, classes=3, depth=5, base=8, padding="same").eval()
     copied = {**read_metadata(path)}
     assert plain_export(deeper, tmp_path / "copied.pt", copied)
-    with pytest.raises(unet_rt.MetadataError, match=r"an output of \[1, 3, 72, 72\] .* the network returns \[1, 3, 64, 64\]"):
+    with pytest.raises(unet_rt.MetadataError, match=r"an output of \[1, 3, 64, 72\] for an input of 64x72 pixels; the network returns \[1, 3, 64, 64\]"):
         unet_rt.Model(tmp_path / "copied.pt", device="cpu")
     # The record is trusted where it matches: a record written for the wrong
     # geometry (never by the exporter, which verifies first) is not measured again.
@@ -698,7 +698,7 @@ def test_metadata_whose_size_rule_the_network_contradicts_is_refused_with_what_p
     declared = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 3,
                 "output": "softmax", "padding": "same", "halo": 48, "size_multiple": 1}
     path = plain_export(net, tmp_path / "wrong.pt", declared)
-    with pytest.raises(unet_rt.MetadataError, match=r"an output of \[1, 3, 65, 65\] for an input of 65 .* returns "
+    with pytest.raises(unet_rt.MetadataError, match=r"an output of \[1, 3, 64, 65\] for an input of 64x65 pixels; the network returns "
                        r"\[1, 3, 64, 64\]; probing the network finds 2 spatial dimensions, 1 input channel\(s\), "
                        r"3 output channel\(s\), Same padding, halo 46 and input sizes 0 \+ k \* 8: declare those"):
         unet_rt.Model(path, device="cpu")
@@ -1282,11 +1282,33 @@ class _OneD(torch.nn.Module):
         return self.conv(x)
 
 
+class _PoolBy5(torch.nn.Module):
+    """Pools by 5 and concatenates the upsampled map with its input: only
+    multiples of 5 work."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.head = torch.nn.Conv2d(5, 2, 1)
+
+    def forward(self, x):
+        deep = F.interpolate(F.max_pool2d(self.conv(x), 5), scale_factor=5.0)
+        return self.head(torch.cat([x, deep], 1))
+
+
 def test_networks_probing_cannot_read_say_what_they_are(tmp_path):
     """Each was "no input size works ... is it fully convolutional?" or
     "no convolution weights (a frozen module?)", whatever it was."""
     with pytest.raises(unet_rt.ModelError, match=r"output is larger than its input \(\d+ pixels for \d+, a super-resolution"):
         unet_rt.Model(plain_export(_SuperResolution().eval(), tmp_path / "sr.pt"), device="cpu")
+    # Told that it took one size only, and to declare fixed_size.
+    with pytest.raises(unet_rt.ModelError, match=r"on another grid needs metadata with its size_multiple and size_offset"):
+        unet_rt.Model(plain_export(_PoolBy5().eval(), tmp_path / "pool5.pt"), device="cpu")
+    # A convolution padded beyond its kernel's reach was asked whether it
+    # was a super-resolution network.
+    overpadded = torch.nn.Conv2d(1, 2, 3, padding=2).eval()
+    with pytest.raises(unet_rt.ModelError, match=r"output is 2 pixels larger than its input .*\(padding 2 on a 3x3"):
+        unet_rt.Model(plain_export(overpadded, tmp_path / "overpadded.pt"), device="cpu")
     with pytest.raises(unet_rt.ModelError, match=r"weights are 1-D \(Conv1d\): unet_rt segments 2-D and 3-D images"):
         unet_rt.Model(plain_export(_OneD().eval(), tmp_path / "one_d.pt"), device="cpu")
     frozen = torch.jit.freeze(torch.jit.script(network("unet_same")))
@@ -1307,3 +1329,79 @@ def test_a_network_that_folds_pixels_into_channels_first_is_probed_with_one_chan
     image = np.random.default_rng(9).random((1, 97, 83), dtype=np.float32)
     want = whole_forward(net, image, info["overlap"], info["size_multiple"])
     assert relative_error(model.segment(image, axes="cyx", output="raw", tile=small_tile(info)), want) < 1e-5
+
+
+class _Transposing(torch.nn.Module):
+    """A same-padded network that swaps its image axes, as a channels-last
+    port can by mistake; ``pool`` puts a pooling level in between."""
+
+    def __init__(self, pool: bool) -> None:
+        super().__init__()
+        self.pool = pool
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if self.pool:
+            y = F.interpolate(F.max_pool2d(y, 2), scale_factor=2.0)
+        return y.transpose(-1, -2)
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_a_network_swapping_its_axes_is_refused(pool, tmp_path):
+    # Square probes never showed it: it loaded (warned, for another reason)
+    # and returned every tile mirrored about its diagonal.
+    path = plain_export(_Transposing(pool).eval(), tmp_path / "transposing.pt")
+    with pytest.raises(unet_rt.ModelError, match=r"returns its spatial axes in another order: an input of \d+x\d+"):
+        unet_rt.Model(path, device="cpu")
+    metadata = dict(format="unet_rt/1", spatial_dims=2, in_channels=1, out_channels=2, output="softmax",
+                    padding="same", halo=4, size_multiple=2, size_offset=0)
+    path = plain_export(_Transposing(pool).eval(), tmp_path / "transposing_declared.pt", metadata)
+    with pytest.raises(unet_rt.MetadataError, match=r"for an input of (\d+)x(\d+) pixels; the network returns \[1, 2, \2, \1\]"):
+        unet_rt.Model(path, device="cpu")
+
+
+class _RunningInstanceNorm(torch.nn.Module):
+    """An instance norm with running statistics: in evaluation mode a
+    per-channel affine map, which sees one pixel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.norm = torch.nn.InstanceNorm2d(4, affine=True, track_running_stats=True)
+        self.head = torch.nn.Conv2d(4, 2, 1)
+        with torch.no_grad():
+            self.norm.running_mean.uniform_(-0.5, 0.5)
+            self.norm.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.norm(self.conv(x))))
+
+
+@pytest.mark.parametrize("export", ["script", "trace"])
+def test_an_instance_norm_with_running_statistics_is_exact(export, tmp_path):
+    # The code scan named instance_norm and loading warned "approximate"
+    # with a measured difference of 0.
+    torch.manual_seed(0)
+    net = _RunningInstanceNorm().eval()
+    path = tmp_path / f"{export}.pt"
+    if export == "script":
+        plain_export(net, path)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's warnings about Python values
+            torch.jit.trace(net, torch.rand(1, 1, 32, 32)).save(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = unet_rt.Model(path, device="cpu")
+    info = model.info
+    assert info["exact"] and info["whole_tile_ops"] == [], info
+    image = np.random.default_rng(2).random((1, 96, 80), dtype=np.float32)
+    want = whole_forward(net, image, info["overlap"], info["size_multiple"])
+    assert relative_error(model.segment(image, axes="cyx", output="raw", tile=small_tile(info)), want) < 1e-5
+    # Tracking statistics but normalising by the tile's own (training mode
+    # exported) still sees the whole tile.
+    net.norm.track_running_stats = False
+    path = plain_export(net, tmp_path / "own_statistics.pt")
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="instance_norm"):
+        assert not unet_rt.Model(path, device="cpu").info["exact"]

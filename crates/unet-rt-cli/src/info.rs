@@ -187,9 +187,9 @@ fn text(d: &Value) -> Vec<String> {
     let measured = match &d["measured"] {
         Value::Null => String::new(),
         m => format!(
-            "; measured on a {} px probe image with the smallest tiles: {:.2}% of labels as the whole image",
+            "; measured on a {} px probe image with the smallest tiles: {} of labels as the whole image",
             m["probe_size"],
-            100.0 * m["label_agreement"].as_f64().unwrap_or(0.0)
+            unet_rt::labels_percent(m["label_agreement"].as_f64().unwrap_or(0.0))
         ),
     };
     rows.push((

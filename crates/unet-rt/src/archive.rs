@@ -229,12 +229,65 @@ pub(crate) fn whole_tile_ops<R: Read + Seek>(archive: &mut ZipArchive<R>) -> Vec
             continue;
         }
         for op in WHOLE_TILE_OPS {
-            if text.contains(op) {
+            if text.contains(op) && (op != "instance_norm" || instance_norm_sees_the_tile(&text)) {
                 found.insert(op.trim_end_matches('_').to_owned());
             }
         }
     }
     found.into_iter().collect()
+}
+
+/// Whether the instance norm a code file calls normalises by the tile's
+/// own statistics. `InstanceNorm2d(track_running_stats=True)` in
+/// evaluation mode uses its running statistics, a per-pixel affine map:
+/// traced, its call passes `use_input_stats` (the sixth argument) as a
+/// literal `False`; scripted, its class declares `track_running_stats`
+/// final and true (`use_input_stats` is `training or not
+/// track_running_stats`, and models run in evaluation mode). Such networks
+/// were warned about as approximate with a measured difference of 0.
+fn instance_norm_sees_the_tile(text: &str) -> bool {
+    const NAME: &str = "instance_norm";
+    let scripted_running_stats = text.contains("track_running_stats : Final[bool] = True")
+        && !text.contains("track_running_stats : Final[bool] = False");
+    let mut rest = text;
+    while let Some(at) = rest.find(NAME) {
+        let after = &rest[at + NAME.len()..];
+        let per_pixel = match after.strip_prefix('(') {
+            Some(arguments) if rest[..at].ends_with("torch.") => call_arguments(arguments)
+                .get(5)
+                .is_some_and(|arg| *arg == "False"),
+            _ => scripted_running_stats,
+        };
+        if !per_pixel {
+            return true;
+        }
+        rest = after;
+    }
+    false
+}
+
+/// The top-level arguments of a call whose text follows its `(`, trimmed
+/// (up to the matching `)`, or the text's end).
+fn call_arguments(text: &str) -> Vec<&str> {
+    let mut arguments = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' if depth == 0 => {
+                arguments.push(text[start..i].trim());
+                return arguments;
+            }
+            ')' | ']' | '}' => depth -= 1,
+            ',' if depth == 0 => {
+                arguments.push(text[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    arguments.push(text[start..].trim());
+    arguments
 }
 
 /// The SHA-256 (hex) of what an archive runs besides its weights: its
@@ -562,6 +615,47 @@ mod tests {
         assert_eq!(
             whole_tile_ops(&mut { pyramid_net }),
             vec!["adaptive_avg_pool".to_owned(), "instance_norm".to_owned()]
+        );
+    }
+
+    #[test]
+    fn instance_norms_with_running_statistics_do_not_see_the_tile() {
+        let traced = |use_input_stats: &str| {
+            format!(
+                "input = torch.instance_norm(x, None, None, running_mean, running_var, \
+                 {use_input_stats}, 0.1, 1.0e-05, True)\n"
+            )
+        };
+        assert!(!instance_norm_sees_the_tile(&traced("False")));
+        assert!(instance_norm_sees_the_tile(&traced("True")));
+        // A traced network with both kinds sees the tile.
+        assert!(instance_norm_sees_the_tile(
+            &(traced("False") + &traced("True"))
+        ));
+        // Nested brackets do not shift the arguments counted.
+        assert!(!instance_norm_sees_the_tile(
+            "y = torch.instance_norm(f(x, [1, 2]), None, None, m, v, False, 0.1, 1e-5, True)"
+        ));
+        let scripted = |track: &str| {
+            format!(
+                "class InstanceNorm2d(Module):\n  track_running_stats : Final[bool] = {track}\n  \
+                 def _apply_instance_norm(self, input: Tensor) -> Tensor:\n    \
+                 _12 = __torch__.torch.nn.functional.instance_norm\n"
+            )
+        };
+        assert!(!instance_norm_sees_the_tile(&scripted("True")));
+        assert!(instance_norm_sees_the_tile(&scripted("False")));
+        let net = code_archive(&[
+            (
+                "m/code/__torch__/torch/nn/modules/instancenorm.py",
+                &scripted("True"),
+            ),
+            ("m/code/__torch__/net.py", &traced("False")),
+        ]);
+        assert!(whole_tile_ops(&mut { net }).is_empty());
+        assert_eq!(
+            call_arguments("a, (b, c), d) + 1"),
+            vec!["a", "(b, c)", "d"]
         );
     }
 

@@ -130,10 +130,10 @@ impl Exactness {
         };
         let measured = match &self.measured {
             Some(m) => format!(
-                "; on a {} pixel probe image the smallest tiles agree with the whole-image forward on {:.2}% \
+                "; on a {} pixel probe image the smallest tiles agree with the whole-image forward on {} \
                  of the labels (largest difference {:.1e} of the output's range; larger tiles agree more)",
                 m.probe_size,
-                100.0 * m.label_agreement,
+                labels_percent(m.label_agreement),
                 m.max_difference
             ),
             None => String::new(),
@@ -143,6 +143,13 @@ impl Exactness {
              for the exact result where the image fits in one pass"
         ))
     }
+}
+
+/// A fraction of labels as a percentage of two decimals, rounded down: a
+/// label in 100,000 differing read "100.00%" beside a difference of half
+/// the output's range.
+pub fn labels_percent(fraction: f64) -> String {
+    format!("{:.2}%", (fraction * 10_000.0).floor() / 100.0)
 }
 
 /// What the runtime needs to know about a network: taken from its metadata,
@@ -323,6 +330,14 @@ pub(crate) mod tests_support {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_percentages_never_round_up_to_all() {
+        assert_eq!(labels_percent(1.0), "100.00%");
+        assert_eq!(labels_percent(0.99999), "99.99%");
+        assert_eq!(labels_percent(0.5), "50.00%");
+        assert_eq!(labels_percent(0.0), "0.00%");
+    }
 
     pub(super) fn same(halo: usize, multiple: usize) -> ModelInfo {
         ModelInfo {

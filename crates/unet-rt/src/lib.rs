@@ -45,7 +45,9 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use geometry::{Blend, TilePlan};
-pub use info::{Agreement, Exactness, GeometryMismatch, ModelInfo, EXACT_TOLERANCE};
+pub use info::{
+    labels_percent, Agreement, Exactness, GeometryMismatch, ModelInfo, EXACT_TOLERANCE,
+};
 pub use metadata::{
     Activation, Metadata, Normalization, OutputKey, Padding, MAX_CHANNELS, MAX_GEOMETRY, MAX_SCALE,
     METADATA_ENTRY,

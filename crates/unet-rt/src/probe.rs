@@ -652,21 +652,28 @@ fn check_declared_sizes(prober: &mut Prober<'_>, info: &ModelInfo, size: usize) 
     } else {
         info.round_up_valid(size.saturating_add(1))
     };
-    let mut sizes = vec![size];
+    // The second pass is `size` along the first axis and `next` along the
+    // others: a network that swaps its axes returns them the other way.
+    let mut passes = vec![vec![size; info.spatial_dims]];
     if next != size {
-        sizes.push(next);
+        let mut axes = vec![next; info.spatial_dims];
+        axes[0] = size;
+        passes.push(axes);
     }
-    for size in sizes {
-        if !prober.fits(size) {
+    for axes in passes {
+        let largest = axes.iter().copied().max().unwrap_or(size);
+        if !prober.fits(largest) {
             return Ok(());
         }
-        let input = prober.noise(size, 1)?;
+        let input = prober
+            .noise(largest, 1)
+            .and_then(|cube| prober.torch(cube.f_narrow(2, 0, axes[0] as i64)))?;
+        let size = shape_text(&input.size()[2..]);
         prober.last_failure = None;
         match prober.forward(input) {
             Ok(Some(output)) => {
-                let side = size.saturating_sub(info.shrink());
                 let mut expected = vec![1, info.out_channels];
-                expected.extend(std::iter::repeat_n(side, info.spatial_dims));
+                expected.extend(axes.iter().map(|side| side.saturating_sub(info.shrink())));
                 let got: Vec<usize> = output
                     .size()
                     .iter()
@@ -677,7 +684,7 @@ fn check_declared_sizes(prober: &mut Prober<'_>, info: &ModelInfo, size: usize) 
                         path: prober.path.to_owned(),
                         reason: format!(
                             "it declares {} output channel(s) and, with {:?} padding, halo {} and input sizes \
-                             {} + k * {}, an output of {expected:?} for an input of {size} pixels per axis; \
+                             {} + k * {}, an output of {expected:?} for an input of {size} pixels; \
                              the network returns {got:?}{}",
                             info.out_channels,
                             info.padding,
@@ -703,7 +710,7 @@ fn check_declared_sizes(prober: &mut Prober<'_>, info: &ModelInfo, size: usize) 
                     path: prober.path.to_owned(),
                     reason: format!(
                         "it declares {} input channel(s), {} spatial dimensions and input sizes {} + k * {} \
-                         ({:?} padding, halo {}), but at {size} pixels per axis the network fails: {}{}",
+                         ({:?} padding, halo {}), but at {size} pixels the network fails: {}{}",
                         info.in_channels,
                         info.spatial_dims,
                         info.size_offset,
@@ -1115,6 +1122,22 @@ impl<'a> Prober<'a> {
             .iter()
             .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
             .collect();
+        // A convolutional network's output side grows with the input's
+        // along the same axis: a longer axis giving the shorter side is a
+        // network that swaps its axes (a transpose or permute inside). On
+        // square tiles it ran, and returned every tile mirrored about its
+        // diagonal, with a warning that said nothing of why.
+        let swapped =
+            (0..axes.len()).any(|i| (0..i).any(|j| axes[j] < axes[i] && sides[j] > sides[i]));
+        if swapped {
+            return Err(self.invalid(format!(
+                "it returns its spatial axes in another order: an input of {} gives an output of {} \
+                 (a transpose or permute of the image axes inside the network?): unet_rt needs the \
+                 output's axes in the input's order",
+                shape_text(&shape[2..]),
+                shape_text(&sizes[2..])
+            )));
+        }
         if let Some((&side, &size)) = sides.iter().zip(&axes).find(|(&side, &size)| side > size) {
             self.grown = Some((size, side));
             return Ok(None);
@@ -1176,6 +1199,18 @@ impl<'a> Prober<'a> {
     /// sizes.
     fn no_size(&self) -> Error {
         if let Some((size, side)) = self.grown {
+            // A whole multiple is an upscaling; a few pixels more are
+            // convolutions padded beyond their reach (a 3x3 convolution
+            // with padding 2), which were asked whether they upscale.
+            if side % size.max(1) != 0 {
+                return self.invalid(format!(
+                    "its output is {} pixels larger than its input ({side} for {size}): a convolution \
+                     pads more than its kernel reaches (padding 2 on a 3x3 kernel?); unet_rt runs networks \
+                     whose output covers their input pixel for pixel, or loses a margin: pad each \
+                     convolution by kernel_size // 2 (same) or 0 (valid)",
+                    side - size
+                ));
+            }
             return self.invalid(format!(
                 "its output is larger than its input ({side} pixels for {size}, a super-resolution \
                  network?): unet_rt segments at the input's resolution; resize the output back to the \
@@ -1184,7 +1219,8 @@ impl<'a> Prober<'a> {
         }
         self.no_rule(&format!(
             "no input size of 1, 2, 4 ... {} (nor 3, 9, 27 or 81 times those) works; a network \
-             that takes one size only needs metadata with fixed_size",
+             that takes sizes on another grid needs metadata with its size_multiple and size_offset, \
+             and one that takes one size only, with fixed_size",
             self.first_limit()
         ))
     }
@@ -1215,12 +1251,26 @@ impl<'a> Prober<'a> {
     /// a network whose output grows one pixel per two input pixels
     /// (`max_pool2d` before its head) read as valid, losing 2 pixels, and
     /// returned full-size results that were not its output.
+    ///
+    /// The pass runs `first` and `far` along different axes (and a size
+    /// between them on a third): a network that swaps its axes is refused
+    /// there ([`Self::pass`]), where square probes never showed it.
     fn rule_holds_further(&mut self, first: usize, rule: Rule) -> Result<Rule> {
         let multiple = rule.multiple.max(1);
-        let far = (first / multiple + 3)
-            .checked_mul(multiple)
-            .and_then(|size| size.checked_add(rule.offset % multiple))
-            .ok_or_else(|| self.no_rule("its size rule overflows"))?;
+        let on_rule = |steps: usize| {
+            (first / multiple + steps)
+                .checked_mul(multiple)
+                .and_then(|size| size.checked_add(rule.offset % multiple))
+        };
+        let (Some(far), Some(between)) = (on_rule(3), on_rule(2)) else {
+            return Err(self.no_rule("its size rule overflows"));
+        };
+        let group = [first, far, between];
+        if let Some(sides) = self.pass(&group[..self.dims.min(3)])? {
+            for (&size, side) in group.iter().zip(sides).skip(1) {
+                self.sides.insert(size, Some(side));
+            }
+        }
         match self.lost(far)? {
             Some(lost) if lost == rule.lost => Ok(rule),
             Some(lost) => Err(self.no_rule(&format!(
