@@ -229,12 +229,36 @@ pub(crate) fn whole_tile_ops<R: Read + Seek>(archive: &mut ZipArchive<R>) -> Vec
             continue;
         }
         for op in WHOLE_TILE_OPS {
-            if text.contains(op) && (op != "instance_norm" || instance_norm_sees_the_tile(&text)) {
+            let called = if op == "instance_norm" {
+                instance_norm_sees_the_tile(&text)
+            } else {
+                calls_of(&text, op).next().is_some()
+            };
+            if called {
                 found.insert(op.trim_end_matches('_').to_owned());
             }
         }
     }
     found.into_iter().collect()
+}
+
+/// How TorchScript code names an operation it calls: `torch.group_norm(`
+/// (traced), `__torch__.torch.nn.functional.group_norm` (scripted),
+/// `functional._adaptive_max_pool2d`, `torch._native_multi_head_attention(`.
+const CALL_PREFIXES: [&str; 4] = ["torch.", "functional.", "functional._", "torch._native_"];
+
+/// Where `text` calls `op` (the offsets just past its name): a name
+/// elsewhere is not a call. A batch norm stored as `self.group_norm` was
+/// read as a group norm, and its network warned about as approximate with
+/// a measured difference of 0.
+fn calls_of<'t>(text: &'t str, op: &'t str) -> impl Iterator<Item = usize> + 't {
+    text.match_indices(op)
+        .filter(|&(at, _)| {
+            CALL_PREFIXES
+                .iter()
+                .any(|prefix| text[..at].ends_with(prefix))
+        })
+        .map(move |(at, _)| at + op.len())
 }
 
 /// Whether the instance norm a code file calls normalises by the tile's
@@ -246,24 +270,19 @@ pub(crate) fn whole_tile_ops<R: Read + Seek>(archive: &mut ZipArchive<R>) -> Vec
 /// track_running_stats`, and models run in evaluation mode). Such networks
 /// were warned about as approximate with a measured difference of 0.
 fn instance_norm_sees_the_tile(text: &str) -> bool {
-    const NAME: &str = "instance_norm";
     let scripted_running_stats = text.contains("track_running_stats : Final[bool] = True")
         && !text.contains("track_running_stats : Final[bool] = False");
-    let mut rest = text;
-    while let Some(at) = rest.find(NAME) {
-        let after = &rest[at + NAME.len()..];
-        let per_pixel = match after.strip_prefix('(') {
-            Some(arguments) if rest[..at].ends_with("torch.") => call_arguments(arguments)
-                .get(5)
-                .is_some_and(|arg| *arg == "False"),
+    calls_of(text, "instance_norm").any(|end| {
+        let per_pixel = match text[end..].strip_prefix('(') {
+            Some(arguments) if text[..end].ends_with("torch.instance_norm") => {
+                call_arguments(arguments)
+                    .get(5)
+                    .is_some_and(|arg| *arg == "False")
+            }
             _ => scripted_running_stats,
         };
-        if !per_pixel {
-            return true;
-        }
-        rest = after;
-    }
-    false
+        !per_pixel
+    })
 }
 
 /// The top-level arguments of a call whose text follows its `(`, trimmed
@@ -656,6 +675,31 @@ mod tests {
         assert_eq!(
             call_arguments("a, (b, c), d) + 1"),
             vec!["a", "(b, c)", "d"]
+        );
+    }
+
+    #[test]
+    fn only_calls_of_whole_tile_ops_count_not_names_that_contain_them() {
+        let named = code_archive(&[(
+            "m/code/__torch__/net.py",
+            "group_norm = self.group_norm\n  _0 = (group_norm).forward(x, )\n  \
+             _1 = (self)._apply_instance_norm(x, )\n  pooled_fft_ = self.adaptive_avg_pool\n",
+        )]);
+        assert!(whole_tile_ops(&mut { named }).is_empty());
+        let called = code_archive(&[(
+            "m/code/__torch__/net.py",
+            "_0 = torch.group_norm(x, 2, w, b, 1e-05, True)\n  \
+             _1 = __torch__.torch.nn.functional._adaptive_max_pool2d\n  \
+             _2, _3 = torch._native_multi_head_attention(q, k, v)\n  _4 = torch.fft_rfft2(x)\n",
+        )]);
+        assert_eq!(
+            whole_tile_ops(&mut { called }),
+            vec![
+                "adaptive_max_pool".to_owned(),
+                "fft".to_owned(),
+                "group_norm".to_owned(),
+                "multi_head_attention".to_owned()
+            ]
         );
     }
 

@@ -131,7 +131,7 @@ impl Exactness {
         let measured = match &self.measured {
             Some(m) => format!(
                 "; on a {} pixel probe image the smallest tiles agree with the whole-image forward on {} \
-                 of the labels (largest difference {:.1e} of the output's range; larger tiles agree more)",
+                 of the labels (largest difference {:.1e} of the output's range there; images unlike the probe can differ more)",
                 m.probe_size,
                 labels_percent(m.label_agreement),
                 m.max_difference
