@@ -45,6 +45,15 @@ def plain_export(net: torch.nn.Module, path: Path, metadata: Dict | None = None)
     return path
 
 
+def probed_approximate(net: torch.nn.Module, path: Path, match: str = "approximate") -> Dict:
+    """``model.info`` of ``net`` exported without metadata, whose load must
+    warn ``match`` and find its tiles not exact."""
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match=match):
+        info = unet_rt.Model(plain_export(net, path), device="cpu").info
+    assert not info["exact"], info
+    return info
+
+
 def whole_forward(net: torch.nn.Module, image: np.ndarray, overlap: int, multiple: int) -> np.ndarray:
     """One forward pass over the whole image, mirror-padded by ``overlap``
     and up to the size multiple, cropped back: the oracle of same-padded
@@ -985,11 +994,8 @@ def test_a_network_quiet_on_probes_below_the_8_bit_range_is_measured_on_it(tmp_p
     # exact with an overlap of 4 px, and a real 8-bit image tiled 6% of the
     # range off without a word.
     torch.manual_seed(0)
-    net = _RawPixelUNet().eval()
-    path = plain_export(net, tmp_path / "raw_pixels.pt")
-    with pytest.warns(unet_rt.ApproximateTilingWarning, match="approximate"):
-        model = unet_rt.Model(path, device="cpu")
-    assert not model.info["exact"] and model.info["measured"]["max_difference"] > 1e-3, model.info
+    info = probed_approximate(_RawPixelUNet().eval(), tmp_path / "raw_pixels.pt")
+    assert info["measured"]["max_difference"] > 1e-3, info
 
 
 class _HalfResolution(torch.nn.Module):
@@ -1037,10 +1043,8 @@ def test_a_network_judging_its_whole_tile_flat_is_measured_on_a_flat_tile(tmp_pa
     # Every probe was noise, never flat: it was called exact, and tiles in
     # the black part of an image returned zeros (half the labels differed).
     torch.manual_seed(0)
-    path = plain_export(_NothingOnFlatInput().eval(), tmp_path / "flat.pt")
-    with pytest.warns(unet_rt.ApproximateTilingWarning, match="approximate"):
-        model = unet_rt.Model(path, device="cpu")
-    assert not model.info["exact"] and model.info["measured"]["label_agreement"] < 0.5, model.info
+    info = probed_approximate(_NothingOnFlatInput().eval(), tmp_path / "flat.pt")
+    assert info["measured"]["label_agreement"] < 0.5, info
 
 
 class _MaxScaled(torch.nn.Module):
@@ -1557,7 +1561,5 @@ def test_a_path_silent_on_noise_is_measured_on_a_smooth_field(tmp_path):
     # with dark discs) tiles were 20% of the range off.
     torch.manual_seed(0)
     net = _GatedOnBrightBackground().eval()
-    path = plain_export(net, tmp_path / "gated.pt")
-    with pytest.warns(unet_rt.ApproximateTilingWarning, match="depends on more than a tile's overlap"):
-        model = unet_rt.Model(path, device="cpu")
-    assert not model.info["exact"] and model.info["measured"]["max_difference"] > 1e-4, model.info
+    info = probed_approximate(net, tmp_path / "gated.pt", "depends on more than a tile's overlap")
+    assert info["measured"]["max_difference"] > 1e-4, info
