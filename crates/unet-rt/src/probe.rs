@@ -1988,7 +1988,7 @@ impl<'a> Prober<'a> {
     /// overlap of 16, and tiles were 20% of the range off on a bright-field
     /// image. Skipped as [`Self::with_raw_range`] is.
     fn with_smooth_field(&mut self, so_far: Agreement, at: &Placement) -> Result<Agreement> {
-        if !self.time_for_passes(2, 0.8) {
+        if !self.time_for_passes(2, 0.6) {
             return Ok(so_far);
         }
         let image = self.smooth_field(at.size)?;
