@@ -1563,3 +1563,30 @@ def test_a_path_silent_on_noise_is_measured_on_a_smooth_field(tmp_path):
     net = _GatedOnBrightBackground().eval()
     info = probed_approximate(net, tmp_path / "gated.pt", "depends on more than a tile's overlap")
     assert info["measured"]["max_difference"] > 1e-4, info
+
+
+class _ViewsItsInput(torch.nn.Module):
+    """Its input flattened with ``view``, which needs it contiguous."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        flat = x.view(b, c * h * w)
+        return self.conv(flat.view(b, c, h, w))
+
+
+def test_a_network_viewing_its_input_gets_contiguous_tiles(tmp_path):
+    # It loaded, then every call failed ("view size is not compatible with
+    # input tensor's size and stride"): the engine's batches are laid out
+    # channels-last. The load-time pass on that layout finds it.
+    declared = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 3, "out_channels": 2,
+                "padding": "same", "halo": 1, "size_multiple": 1, "output": "softmax"}
+    path = plain_export(_ViewsItsInput().eval(), tmp_path / "views.pt", declared)
+    model = unet_rt.Model(path, device="cpu")
+    image = np.random.default_rng(0).random((3, 40, 52), dtype=np.float32)
+    assert model.segment(image, axes="cyx", output="raw", tile=16).shape == (2, 40, 52)
+    probed = unet_rt.Model(plain_export(_ViewsItsInput().eval(), tmp_path / "probed.pt"), device="cpu")
+    assert probed.segment(image, axes="cyx", output="raw", tile=16).shape == (2, 40, 52)

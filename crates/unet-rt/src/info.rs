@@ -63,6 +63,10 @@ pub struct Exactness {
     /// size of 1 fixed in the network, as a traced `reshape(1, ...)`).
     /// Tiles then run one per pass; it does not make tiles inexact.
     pub one_image_per_pass: bool,
+    /// Found at load: a pass on a channels-last input (the engine's
+    /// layout) fails where a contiguous one works (a network that `view`s
+    /// its input across channels). Its inputs are then made contiguous.
+    pub contiguous_input: bool,
     /// Found at load for a same-padded model with metadata: tiles at the
     /// declared halo and size multiple differ from the whole-image forward
     /// (the network sees farther, or pools on a coarser grid, than its

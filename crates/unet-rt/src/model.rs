@@ -227,6 +227,7 @@ impl Model {
         info.exactness.batch_dependent = passes.batch_dependent;
         info.exactness.nondeterministic = passes.nondeterministic;
         info.exactness.one_image_per_pass = passes.one_image_per_pass;
+        info.exactness.contiguous_input = passes.contiguous_input;
         if metadata.is_some() {
             if !info.exactness.whole_tile_ops.is_empty() {
                 // Declared geometry cannot make such layers exact: say how
@@ -306,7 +307,11 @@ impl Model {
     ) -> Result<Tensor> {
         let (reply_tx, reply_rx) = sync_channel::<Result<Tensor>>(1);
         let model = self.clone();
-        let input = input.shallow_clone();
+        let input = if self.inner.info.exactness.contiguous_input {
+            input.f_contiguous().map_err(Error::inference)?
+        } else {
+            input.shallow_clone()
+        };
         process::run_forward(
             self.inner.device,
             Box::new(move || {

@@ -642,11 +642,17 @@ pub(crate) fn check_passes(
     if !info.probed {
         check_declared_sizes(&mut prober, info, size)?;
     }
-    match prober.batch_and_repeat(size) {
-        Ok((passes, _)) => Ok(passes),
-        Err(Error::Cancelled) => Err(Error::Cancelled),
-        Err(_) => Ok(Passes::default()),
-    }
+    let mut passes = match prober.batch_and_repeat(size) {
+        Ok((passes, _)) => passes,
+        Err(Error::Cancelled) => return Err(Error::Cancelled),
+        Err(_) => return Ok(Passes::default()),
+    };
+    passes.contiguous_input = match prober.fails_channels_last(size) {
+        Ok(fails) => fails,
+        Err(Error::Cancelled) => return Err(Error::Cancelled),
+        Err(_) => false,
+    };
+    Ok(passes)
 }
 
 /// For a model with metadata: the network runs at `size` and at the next
@@ -682,7 +688,14 @@ fn check_declared_sizes(prober: &mut Prober<'_>, info: &ModelInfo, size: usize) 
         }
         let input = prober
             .noise(largest, 1)
-            .and_then(|cube| prober.torch(cube.f_narrow(2, 0, axes[0] as i64)))?;
+            // Contiguous, as the engine's tiles are: a network viewing its
+            // input (`x.view(...)`) fails on a strided one.
+            .and_then(|cube| {
+                prober.torch(
+                    cube.f_narrow(2, 0, axes[0] as i64)
+                        .and_then(|t| t.f_contiguous()),
+                )
+            })?;
         let size = shape_text(&input.size()[2..]);
         prober.last_failure = None;
         match prober.forward(input) {
@@ -789,6 +802,11 @@ pub(crate) struct Passes {
     /// which loaded as exact and failed at the first batch the planner
     /// chose (on a GPU, for any large image).
     pub one_image_per_pass: bool,
+    /// A pass on a channels-last input, the layout the engine's batches
+    /// have, fails where the contiguous one worked: a network that `view`s
+    /// its input across channels loaded, then failed at every call
+    /// ("view size is not compatible with input tensor's size and stride").
+    pub contiguous_input: bool,
 }
 
 impl<'a> Prober<'a> {
@@ -858,6 +876,25 @@ impl<'a> Prober<'a> {
         } else {
             Reading::Probabilities
         })
+    }
+
+    /// Whether one pass on noise of `size` laid out channels-last fails
+    /// (the contiguous one has run in [`Self::batch_and_repeat`]).
+    fn fails_channels_last(&mut self, size: usize) -> Result<bool> {
+        let dims = self.dims as i64 + 2;
+        let mut to_last = vec![0i64];
+        to_last.extend(2..dims);
+        to_last.push(1);
+        let mut back = vec![0i64, dims - 1];
+        back.extend(1..dims - 1);
+        let input = self.noise(size, 1).and_then(|t| {
+            self.torch(
+                t.f_permute(to_last.as_slice())
+                    .and_then(|t| t.f_contiguous())
+                    .and_then(|t| t.f_permute(back.as_slice())),
+            )
+        })?;
+        Ok(self.forward(input)?.is_none())
     }
 
     /// See [`check_passes`].
