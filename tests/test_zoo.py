@@ -1351,12 +1351,30 @@ class _Transposing(torch.nn.Module):
         return y.transpose(-1, -2)
 
 
+class _Swapping3d(torch.nn.Module):
+    """A 3-D convolution whose output has its last two axes swapped."""
+
+    def __init__(self, conv: torch.nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).transpose(-1, -2)
+
+
 @pytest.mark.parametrize("pool", [False, True])
 def test_a_network_swapping_its_axes_is_refused(pool, tmp_path):
     # Square probes never showed it: it loaded (warned, for another reason)
     # and returned every tile mirrored about its diagonal.
     path = plain_export(_Transposing(pool).eval(), tmp_path / "transposing.pt")
     with pytest.raises(unet_rt.ModelError, match=r"returns its spatial axes in another order: an input of \d+x\d+"):
+        unet_rt.Model(path, device="cpu")
+    # In 3-D, the last two axes swapped (the first pass's unequal sides were
+    # compared one way round only, and missed it).
+    volume = torch.nn.Conv3d(1, 2, 3, padding=1).eval()
+    path = tmp_path / "transposing_3d.pt"
+    torch.jit.trace(_Swapping3d(volume), torch.rand(1, 1, 8, 8, 8)).save(str(path))
+    with pytest.raises(unet_rt.ModelError, match=r"returns its spatial axes in another order"):
         unet_rt.Model(path, device="cpu")
     metadata = dict(format="unet_rt/1", spatial_dims=2, in_channels=1, out_channels=2, output="softmax",
                     padding="same", halo=4, size_multiple=2, size_offset=0)

@@ -11,6 +11,33 @@ use ndarray::{ArrayViewD, Axis, IxDyn};
 
 use crate::error::{Error, Result};
 
+/// The permutation of a tensor of `rank` axes laid out `(N, spatial...,
+/// C)` that reads it as `(N, C, spatial...)`: the engine's channels-last
+/// batches are such views.
+pub(crate) fn channels_first_order(rank: usize) -> Vec<i64> {
+    let last = i64::try_from(rank)
+        .unwrap_or(i64::MAX)
+        .saturating_sub(1)
+        .max(1);
+    std::iter::once(0)
+        .chain(std::iter::once(last))
+        .chain(1..last)
+        .collect()
+}
+
+/// The inverse of [`channels_first_order`]: `(N, C, spatial...)` read as
+/// `(N, spatial..., C)`.
+pub(crate) fn channels_last_order(rank: usize) -> Vec<i64> {
+    let last = i64::try_from(rank)
+        .unwrap_or(i64::MAX)
+        .saturating_sub(1)
+        .max(1);
+    std::iter::once(0)
+        .chain(2..=last)
+        .chain(std::iter::once(1))
+        .collect()
+}
+
 /// Every letter an axis can be named with.
 pub const LETTERS: &str = "bczyx";
 
@@ -229,6 +256,19 @@ pub fn infer_axes(shape: &[usize], spatial_dims: usize, in_channels: usize) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channels_last_orders_are_inverse_permutations() {
+        assert_eq!(channels_first_order(4), vec![0, 3, 1, 2]);
+        assert_eq!(channels_last_order(4), vec![0, 2, 3, 1]);
+        assert_eq!(channels_first_order(5), vec![0, 4, 1, 2, 3]);
+        assert_eq!(channels_last_order(5), vec![0, 2, 3, 4, 1]);
+        for rank in 3..=5 {
+            let (first, last) = (channels_first_order(rank), channels_last_order(rank));
+            let composed: Vec<i64> = first.iter().map(|&i| last[i as usize]).collect();
+            assert_eq!(composed, (0..rank as i64).collect::<Vec<_>>());
+        }
+    }
 
     #[test]
     fn spatial_channels_first_or_last_and_ambiguity() {

@@ -446,6 +446,7 @@ fn with_placement<T>(
 
 /// Where [`measure`] cuts its tile: a probe image wide enough for tiles
 /// beyond the overlap, and the smallest tile the engine makes.
+#[derive(Debug, Clone, Copy)]
 struct Placement {
     size: usize,
     shift: usize,
@@ -479,14 +480,7 @@ impl Placement {
     fn uniform(&self, prober: &mut Prober<'_>) -> Result<Agreement> {
         let image = prober.noise(self.size, 1)?;
         let whole = prober.output(&image)?;
-        prober.agreement(
-            &image,
-            &whole,
-            self.shift,
-            self.inner,
-            self.margin,
-            self.lost,
-        )
+        prober.agreement(&image, &whole, self)
     }
 
     /// The worse of `uniform` and the agreement on the structured probe.
@@ -692,7 +686,7 @@ fn check_declared_sizes(prober: &mut Prober<'_>, info: &ModelInfo, size: usize) 
             // input (`x.view(...)`) fails on a strided one.
             .and_then(|cube| {
                 prober.torch(
-                    cube.f_narrow(2, 0, axes[0] as i64)
+                    cube.f_narrow(2, 0, i64::try_from(axes[0]).unwrap_or(i64::MAX))
                         .and_then(|t| t.f_contiguous()),
                 )
             })?;
@@ -708,17 +702,10 @@ fn check_declared_sizes(prober: &mut Prober<'_>, info: &ModelInfo, size: usize) 
                     .map(|&d| usize::try_from(d).unwrap_or(0))
                     .collect();
                 if got != expected {
-                    // The declared sides in another order: the network
-                    // swaps its axes, which no metadata can fix (and which
-                    // probing refuses, so it would say nothing).
-                    let mut sorted_got = got.get(2..).unwrap_or_default().to_vec();
-                    let mut sorted_expected = expected[2..].to_vec();
-                    sorted_got.sort_unstable();
-                    sorted_expected.sort_unstable();
-                    let found = if got.get(..2) == Some(&expected[..2]) && sorted_got == sorted_expected {
-                        ": its spatial axes in another order (a transpose or permute of the image axes \
-                         inside the network?); unet_rt needs the output's axes in the input's order"
-                            .to_owned()
+                    // No metadata fixes a network that swaps its axes (and
+                    // probing refuses it, so it would say nothing).
+                    let found = if swaps_axes(&axes, got.get(2..).unwrap_or_default()) {
+                        format!(": its spatial axes in another order {SWAPPED_AXES}")
                     } else {
                         what_probing_finds(prober)
                     };
@@ -789,6 +776,28 @@ fn what_probing_finds(prober: &Prober<'_>) -> String {
         Err(_) => String::new(),
     }
 }
+
+/// Whether a pass with `inputs` pixels per axis that returned `outputs`
+/// swaps its axes: a convolutional network's output side grows with the
+/// input's along the same axis, and here a longer axis gave the shorter
+/// side (a transpose or permute inside). On square tiles such a network
+/// ran, and returned every tile mirrored about its diagonal.
+fn swaps_axes(inputs: &[usize], outputs: &[usize]) -> bool {
+    let pairs: Vec<(usize, usize)> = inputs
+        .iter()
+        .copied()
+        .zip(outputs.iter().copied())
+        .collect();
+    pairs.iter().enumerate().any(|(i, a)| {
+        pairs[..i]
+            .iter()
+            .any(|b| (b.0 < a.0 && b.1 > a.1) || (b.0 > a.0 && b.1 < a.1))
+    })
+}
+
+/// What to do about a network [`swaps_axes`] finds.
+const SWAPPED_AXES: &str = "(a transpose or permute of the image axes inside the network?): \
+                            unet_rt needs the output's axes in the input's order";
 
 /// What [`check_passes`] finds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -879,19 +888,18 @@ impl<'a> Prober<'a> {
     }
 
     /// Whether one pass on noise of `size` laid out channels-last fails
-    /// (the contiguous one has run in [`Self::batch_and_repeat`]).
+    /// (the contiguous one has run in [`Self::batch_and_repeat`]). One
+    /// channel is laid out alike either way: no pass.
     fn fails_channels_last(&mut self, size: usize) -> Result<bool> {
-        let dims = self.dims as i64 + 2;
-        let mut to_last = vec![0i64];
-        to_last.extend(2..dims);
-        to_last.push(1);
-        let mut back = vec![0i64, dims - 1];
-        back.extend(1..dims - 1);
+        if self.channels <= 1 {
+            return Ok(false);
+        }
+        let rank = self.dims + 2;
         let input = self.noise(size, 1).and_then(|t| {
             self.torch(
-                t.f_permute(to_last.as_slice())
+                t.f_permute(crate::axes::channels_last_order(rank).as_slice())
                     .and_then(|t| t.f_contiguous())
-                    .and_then(|t| t.f_permute(back.as_slice())),
+                    .and_then(|t| t.f_permute(crate::axes::channels_first_order(rank).as_slice())),
             )
         })?;
         Ok(self.forward(input)?.is_none())
@@ -1213,18 +1221,10 @@ impl<'a> Prober<'a> {
             .iter()
             .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
             .collect();
-        // A convolutional network's output side grows with the input's
-        // along the same axis: a longer axis giving the shorter side is a
-        // network that swaps its axes (a transpose or permute inside). On
-        // square tiles it ran, and returned every tile mirrored about its
-        // diagonal, with a warning that said nothing of why.
-        let swapped =
-            (0..axes.len()).any(|i| (0..i).any(|j| axes[j] < axes[i] && sides[j] > sides[i]));
-        if swapped {
+        if swaps_axes(&axes, &sides) {
             return Err(self.invalid(format!(
                 "it returns its spatial axes in another order: an input of {} gives an output of {} \
-                 (a transpose or permute of the image axes inside the network?): unet_rt needs the \
-                 output's axes in the input's order",
+                 {SWAPPED_AXES}",
                 shape_text(&shape[2..]),
                 shape_text(&sizes[2..])
             )));
@@ -1900,31 +1900,36 @@ impl<'a> Prober<'a> {
         Ok((strict, loose, global))
     }
 
-    /// A tile of `image` cut `shift` pixels in on every axis against the
-    /// whole image's output `whole`, on the pixels the engine would keep:
-    /// `margin` discarded at each tile edge (same-padded), `lost` the
-    /// network's own crop (valid).
-    #[allow(clippy::too_many_arguments)]
-    fn agreement(
-        &mut self,
-        image: &Tensor,
-        whole: &Tensor,
-        shift: usize,
-        inner: usize,
-        margin: usize,
-        lost: usize,
-    ) -> Result<Agreement> {
+    /// The tile of `image` placed `at` (`at.inner` pixels from `at.shift`
+    /// on every axis), a view. Every size here is below
+    /// [`MAX_PROBE_VALUES`]: the casts cannot wrap.
+    fn tile_of(&self, image: &Tensor, at: &Placement) -> Result<Tensor> {
+        let mut tile = image.shallow_clone();
+        for axis in 0..self.dims {
+            tile =
+                self.torch(tile.f_narrow((axis + 2) as i64, at.shift as i64, at.inner as i64))?;
+        }
+        Ok(tile)
+    }
+
+    /// The tile of `image` placed `at` against the whole image's output
+    /// `whole`, on the pixels the engine would keep: `at.margin` discarded
+    /// at each tile edge (same-padded), `at.lost` the network's own crop
+    /// (valid).
+    fn agreement(&mut self, image: &Tensor, whole: &Tensor, at: &Placement) -> Result<Agreement> {
+        let Placement {
+            shift,
+            inner,
+            margin,
+            lost,
+            ..
+        } = *at;
         let size = image
             .size()
             .get(2)
             .and_then(|&s| usize::try_from(s).ok())
             .unwrap_or(0);
-        // Every size here is below MAX_PROBE_VALUES: the casts cannot wrap.
-        let mut tile = image.shallow_clone();
-        for axis in 0..self.dims {
-            tile = self.torch(tile.f_narrow((axis + 2) as i64, shift as i64, inner as i64))?;
-        }
-        let part = self.output(&tile)?;
+        let part = self.output(&self.tile_of(image, at)?)?;
         let kept = inner.saturating_sub(lost).saturating_sub(2 * margin);
         if kept == 0 {
             return Err(self.invalid(format!(
@@ -1975,7 +1980,7 @@ impl<'a> Prober<'a> {
     fn with_structured(&mut self, uniform: Agreement, at: &Placement) -> Result<Agreement> {
         let image = self.noise_with(at.size, 1, true)?;
         let whole = self.output(&image)?;
-        let structured = self.agreement(&image, &whole, at.shift, at.inner, at.margin, at.lost)?;
+        let structured = self.agreement(&image, &whole, at)?;
         Ok(uniform.or_worse(&structured))
     }
 
@@ -2007,11 +2012,7 @@ impl<'a> Prober<'a> {
             return Ok(so_far);
         }
         let image = self.noise(at.size, 4)?;
-        let mut region = image.shallow_clone();
-        for axis in 0..self.dims {
-            region =
-                self.torch(region.f_narrow((axis + 2) as i64, at.shift as i64, at.inner as i64))?;
-        }
+        let mut region = self.tile_of(&image, at)?;
         let _ = self.torch(region.f_zero_())?;
         self.or_worse_on(so_far, &image, at)
     }
@@ -2072,9 +2073,9 @@ impl<'a> Prober<'a> {
         image: &Tensor,
         at: &Placement,
     ) -> Result<Agreement> {
-        let measured = self.output(image).and_then(|whole| {
-            self.agreement(image, &whole, at.shift, at.inner, at.margin, at.lost)
-        });
+        let measured = self
+            .output(image)
+            .and_then(|whole| self.agreement(image, &whole, at));
         match measured {
             Ok(measured) => Ok(so_far.or_worse(&measured)),
             Err(Error::Cancelled) => Err(Error::Cancelled),
@@ -2199,7 +2200,14 @@ impl<'a> Prober<'a> {
         // Tiles as small as the engine makes them: the agreement reported is
         // the worst a user meets (larger tiles see more of the image).
         let inner = on_grid(2 * overlap.next_multiple_of(factor) + factor).min(size - factor);
-        let measured = if rule.kind == Growth::AnySize {
+        let place = |shift: usize, inner: usize| Placement {
+            size,
+            shift,
+            inner,
+            margin: margin(shift),
+            lost: rule.lost,
+        };
+        let (at, uniform) = if rule.kind == Growth::AnySize {
             // A shift by the largest factor looked for is on every pooling
             // grid: its difference is the baseline (rounding, or what
             // global layers add). The smallest shift that does about as
@@ -2213,10 +2221,9 @@ impl<'a> Prober<'a> {
             // pooling by 4), shifts its pooling grid on them. Tiles that
             // were all multiples of 64 never showed it: multiple 4, called
             // exact, and 10% of the range off at image sides off 16.
-            let baseline =
-                self.agreement(&image, &whole, factor, inner, margin(factor), rule.lost)?;
+            let baseline = self.agreement(&image, &whole, &place(factor, inner))?;
             let bound = SHIFT_RATIO * baseline.max_difference + SHIFT_FLOOR;
-            let mut chosen = (factor, baseline.clone(), inner);
+            let mut chosen = (place(factor, inner), baseline.clone());
             // Where even the baseline is not exact (global layers), shifts
             // cannot be told apart: the largest factor is on every grid.
             // Else a power of two is on the grid when it is at least the
@@ -2230,34 +2237,21 @@ impl<'a> Prober<'a> {
                 let shift = 1usize << exponent;
                 // Within the probe: `inner` leaves a factor beyond it, and
                 // the shift is at most half the factor.
-                let tile = inner + shift;
-                let agreement =
-                    self.agreement(&image, &whole, shift, tile, margin(shift), rule.lost)?;
+                let at = place(shift, inner + shift);
+                let agreement = self.agreement(&image, &whole, &at)?;
                 if agreement.max_difference <= bound {
-                    chosen = (shift, agreement, tile);
+                    chosen = (at, agreement);
                     high = exponent;
                 } else {
                     low = exponent + 1;
                 }
             }
-            info.size_multiple = chosen.0;
+            info.size_multiple = chosen.0.shift;
             info.size_offset = 0;
             chosen
         } else {
-            let shift = rule.multiple;
-            (
-                shift,
-                self.agreement(&image, &whole, shift, inner, margin(shift), rule.lost)?,
-                inner,
-            )
-        };
-        let (shift, uniform, inner) = measured;
-        let at = Placement {
-            size,
-            shift,
-            inner,
-            margin: margin(shift),
-            lost: rule.lost,
+            let at = place(rule.multiple, inner);
+            (at, self.agreement(&image, &whole, &at)?)
         };
         let measured = self.with_structured(uniform, &at)?;
         let measured = self.with_raw_range(measured, &at)?;
@@ -2293,6 +2287,18 @@ fn model_message(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn axes_are_swapped_where_a_longer_axis_gives_the_shorter_side() {
+        assert!(swaps_axes(&[64, 80], &[80, 64]));
+        assert!(swaps_axes(&[64, 80, 72], &[64, 72, 80]));
+        // Same-padded, valid (a margin lost), and equal sides: not swapped.
+        assert!(!swaps_axes(&[64, 80], &[64, 80]));
+        assert!(!swaps_axes(&[64, 80], &[60, 76]));
+        assert!(!swaps_axes(&[64, 64], &[60, 60]));
+        // Floor pooling steps keep the order (or tie it).
+        assert!(!swaps_axes(&[65, 66], &[64, 64]));
+    }
 
     #[test]
     fn a_shape_is_said_as_its_sides() {

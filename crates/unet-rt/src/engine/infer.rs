@@ -244,10 +244,8 @@ fn batch_tensor(
     let mut last: Vec<i64> = vec![n as i64];
     last.extend(tile.iter().map(|&t| t as i64));
     last.push(channels as i64);
-    let dims = last.len() as i64;
     // (N, spatial..., C) -> (N, C, spatial...): a view, channels-last strides.
-    let mut order = vec![0i64, dims - 1];
-    order.extend(1..dims - 1);
+    let order = crate::axes::channels_first_order(last.len());
     let host = data.f_view(last.as_slice()).map_err(Error::inference)?;
     // A plain (pageable) copy: libtorch 2.11 warns on every pin_memory(device)
     // call, the only form tch exposes, and the copy is small beside the
