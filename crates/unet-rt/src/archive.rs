@@ -275,7 +275,7 @@ fn instance_norm_sees_the_tile(text: &str) -> bool {
     calls_of(text, "instance_norm").any(|end| {
         let per_pixel = match text[end..].strip_prefix('(') {
             Some(arguments) if text[..end].ends_with("torch.instance_norm") => {
-                call_arguments(arguments)
+                call_arguments(arguments, 6)
                     .get(5)
                     .is_some_and(|arg| *arg == "False")
             }
@@ -285,17 +285,23 @@ fn instance_norm_sees_the_tile(text: &str) -> bool {
     })
 }
 
-/// The top-level arguments of a call whose text follows its `(`, trimmed
-/// (up to the matching `)`, or the text's end).
-fn call_arguments(text: &str) -> Vec<&str> {
+/// How far [`call_arguments`] reads: generated calls spell their first
+/// arguments in tens of characters, and a code file of millions of
+/// unclosed calls must not be read once per call.
+const MAX_CALL_TEXT: usize = 512;
+
+/// The first `wanted` top-level arguments of a call whose text follows its
+/// `(`, trimmed; fewer where the call ends sooner, or runs past
+/// [`MAX_CALL_TEXT`] first.
+fn call_arguments(text: &str, wanted: usize) -> Vec<&str> {
     let mut arguments = Vec::new();
     let (mut depth, mut start) = (0usize, 0usize);
-    for (i, c) in text.char_indices() {
+    for (i, c) in text.char_indices().take_while(|&(i, _)| i < MAX_CALL_TEXT) {
         match c {
             '(' | '[' | '{' => depth += 1,
             ')' | ']' | '}' if depth == 0 => {
                 arguments.push(text[start..i].trim());
-                return arguments;
+                break;
             }
             ')' | ']' | '}' => depth -= 1,
             ',' if depth == 0 => {
@@ -304,8 +310,10 @@ fn call_arguments(text: &str) -> Vec<&str> {
             }
             _ => {}
         }
+        if arguments.len() == wanted {
+            break;
+        }
     }
-    arguments.push(text[start..].trim());
     arguments
 }
 
@@ -673,9 +681,18 @@ mod tests {
         ]);
         assert!(whole_tile_ops(&mut { net }).is_empty());
         assert_eq!(
-            call_arguments("a, (b, c), d) + 1"),
+            call_arguments("a, (b, c), d) + 1", 6),
             vec!["a", "(b, c)", "d"]
         );
+        assert_eq!(call_arguments("a, b, c, d", 2), vec!["a", "b"]);
+        // Unclosed or endless calls (a hostile code file) are read a
+        // bounded length each, and count as seeing the tile.
+        assert!(call_arguments(&"(".repeat(10_000), 6).is_empty());
+        assert!(instance_norm_sees_the_tile(
+            &"torch.instance_norm(".repeat(200_000)
+        ));
+        let per_pixel = "torch.instance_norm(x, None, None, m, v, False, 0.1, 1e-5, True)\n";
+        assert!(!instance_norm_sees_the_tile(&per_pixel.repeat(100_000)));
     }
 
     #[test]
