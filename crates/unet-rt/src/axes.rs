@@ -28,13 +28,14 @@ pub(crate) fn channels_first_order(rank: usize) -> Vec<i64> {
 /// The inverse of [`channels_first_order`]: `(N, C, spatial...)` read as
 /// `(N, spatial..., C)`.
 pub(crate) fn channels_last_order(rank: usize) -> Vec<i64> {
-    let last = i64::try_from(rank)
-        .unwrap_or(i64::MAX)
-        .saturating_sub(1)
-        .max(1);
-    std::iter::once(0)
-        .chain(2..=last)
-        .chain(std::iter::once(1))
+    let first = channels_first_order(rank);
+    (0..first.len())
+        .map(|axis| {
+            first
+                .iter()
+                .position(|&a| usize::try_from(a) == Ok(axis))
+                .map_or(0, |at| at as i64)
+        })
         .collect()
 }
 
