@@ -870,6 +870,51 @@ def test_a_gate_from_the_images_mean_is_found_by_probing_and_said_approximate(tm
     want = whole_forward(net, image, info["overlap"], info["size_multiple"])
     assert relative_error(model.segment(image, axes="cyx", output="raw", tile="whole"), want) < 1e-5
 
+class _DeepNarrowUNet(torch.nn.Module):
+    """A same-padded U-Net pooling 6 times, 4 channels wide, upsampling to
+    each skip's size (any image size): through its ReLUs and max-pooling
+    the deepest paths pass a change to single pixels far apart, the
+    pattern of a statistic of the whole tile at the strict tolerance."""
+
+    def __init__(self, levels: int = 6, width: int = 4) -> None:
+        super().__init__()
+        self.levels = levels
+        self.down = torch.nn.ModuleList([torch.nn.Conv2d(1 if i == 0 else width, width, 3, padding=1)
+                                         for i in range(levels + 1)])
+        self.up = torch.nn.ModuleList([torch.nn.Conv2d(2 * width, width, 3, padding=1) for _ in range(levels)])
+        self.head = torch.nn.Conv2d(width, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips: List[torch.Tensor] = []
+        for i, down in enumerate(self.down):
+            x = F.relu(down(x))
+            if i < self.levels:
+                skips.append(x)
+                x = F.max_pool2d(x, 2)
+        for i, up in enumerate(self.up):
+            skip = skips[self.levels - 1 - i]
+            x = F.relu(up(torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="nearest"), skip], 1)))
+        return self.head(x)
+
+
+def test_a_deep_narrow_unet_is_not_taken_for_a_statistic_of_the_whole_tile(tmp_path):
+    """Its changes reached single pixels out to 181 px of a 512 px probe:
+    called a statistic of the whole tile and warned approximate, with tiles
+    measured exact. Past its receptive field the output is the same to the
+    bit on a longer probe, which a statistic's is not (probe.rs
+    `deep_path_reach`)."""
+    torch.manual_seed(0)
+    net = _DeepNarrowUNet().eval()
+    model = unet_rt.Model(plain_export(net, tmp_path / "deep.pt"), device="cpu")
+    info = model.info
+    assert info["exact"] and info["whole_tile_ops"] == [], info
+    assert info["size_multiple"] == 64 and 128 <= info["halo"] <= 256, info
+    image = np.random.default_rng(3).random((1, 700, 650), dtype=np.float32)
+    assert model.layout(image.shape[1:], tile=info["smallest_tile"])["tiles"] >= 4
+    want = whole_forward(net, image, info["overlap"], info["size_multiple"])
+    got = model.segment(image, axes="cyx", output="raw", tile=info["smallest_tile"])
+    assert relative_error(got, want) < 1e-5
+
 
 class _PoolBy3UNet(torch.nn.Module):
     """A same-padded U-Net pooling by 3 (``max_pool2d(x, 3)``, up-convolution

@@ -179,9 +179,20 @@ fn side_reach(hits: &[bool]) -> Option<usize> {
     wrapped.then_some(near)
 }
 
-/// The strict and loose reach of a probe ([`Prober::reach`]), and whether
-/// a change reaches scattered pixels far away.
-type Reach = (Option<usize>, Option<usize>, bool);
+/// How far a change to part of a probe moves the output
+/// ([`Prober::reach`]): each `None` where it reaches the far edge.
+#[derive(Debug, Clone, Copy)]
+struct Reach {
+    /// By [`REACH_TOLERANCE`] of the output's scale.
+    strict: Option<usize>,
+    /// By [`APPROXIMATE_TOLERANCE`].
+    loose: Option<usize>,
+    /// By any amount: past a convolution's receptive field the output is
+    /// the same to the bit; a statistic of the whole tile moves it all.
+    any: Option<usize>,
+    /// Whether the strict reach ends in [`scattered`] single pixels.
+    scattered: bool,
+}
 
 /// Named among a probed network's whole-tile operations where probing
 /// finds [`scattered`] far hits.
@@ -219,6 +230,14 @@ fn scattered(hits: &[bool]) -> bool {
     let alone = |i: usize| !(i > 0 && hits[i - 1] || hits.get(i + 1).copied().unwrap_or(false));
     let isolated = far.iter().filter(|&&i| alone(i)).count();
     far.len() >= 3 && 4 * isolated >= 3 * far.len() && last - near_end >= SCATTER_SPAN
+}
+
+/// The length of the half of a probe side of `size` pixels that a reach
+/// probe changes: half the side, on the pooling grid so that the change
+/// does not move the grid's windows on the other side.
+fn changed_half(size: usize, grid: usize) -> usize {
+    let grid = grid.clamp(1, (size / 2).max(1));
+    size / 2 / grid * grid
 }
 
 /// Distances 1, 2, 4 ... below `first` that leave a size of at least 1.
@@ -1794,6 +1813,43 @@ impl<'a> Prober<'a> {
     /// labels differed). Two passes of twice the pixels, on one side of one
     /// axis: confirming on a square probe cost FCN-ResNet50 its time budget.
     fn reach_holds(&mut self, reach: usize, size: usize, next: usize, grid: usize) -> Result<bool> {
+        let longer = self.reach_along_last(size, next, grid)?;
+        // The loose reach: a deep network's strict one creeps outwards on
+        // longer probes by amounts far below what tiles would show
+        // (FCN-ResNet50's 232 px), where taps that read padding before
+        // move the output by a sizeable fraction.
+        Ok(!longer.scattered
+            && longer
+                .loose
+                .is_some_and(|r| r.next_multiple_of(grid) <= reach.next_multiple_of(grid) + grid))
+    }
+
+    /// The strict reach on a probe twice as long on the last axis (`next`
+    /// pixels) where the scattered far reach found at `size` is a deep
+    /// path's, not a statistic of the whole tile; `None` where it may be
+    /// one. Through ReLUs and max-pooling a narrow network's deepest
+    /// paths pass a change to a few pixels only (a U-Net pooling 6 times,
+    /// 4 channels wide: single pixels out to 181 px on a 512 px probe,
+    /// called a statistic of the whole tile with tiles measured exact).
+    /// A statistic moves every pixel by some bits however far; a
+    /// convolution leaves the pixels past its receptive field the same to
+    /// the bit, and the longer probe has room for such a run at its far
+    /// end.
+    fn deep_path_reach(&mut self, size: usize, next: usize, grid: usize) -> Result<Option<usize>> {
+        let longer = self.reach_along_last(size, next, grid)?;
+        let unchanged_side = next - changed_half(next, grid);
+        Ok(match (longer.strict, longer.any) {
+            (Some(strict), Some(any)) if any + SCATTER_SPAN <= unchanged_side => Some(strict),
+            _ => None,
+        })
+    }
+
+    /// [`Self::reach_in`] of the low half of the last axis on noise
+    /// `next` pixels long on that axis and `size` on the others: two
+    /// passes of twice the pixels, where a square probe would cost four
+    /// of four times (confirming on square probes cost FCN-ResNet50 its
+    /// time budget).
+    fn reach_along_last(&mut self, size: usize, next: usize, grid: usize) -> Result<Reach> {
         let strip = |prober: &mut Self, seed: u64| -> Result<Tensor> {
             let mut t = prober.noise(next, seed)?;
             for axis in 0..prober.dims.saturating_sub(1) {
@@ -1804,15 +1860,7 @@ impl<'a> Prober<'a> {
         let image = strip(self, 1)?;
         let other = strip(self, 2)?;
         let last = self.dims.saturating_sub(1);
-        let (_, loose, scattered) =
-            self.reach_in(&image, &other, last..self.dims, &[true], grid, true)?;
-        // The loose reach: a deep network's strict one creeps outwards on
-        // longer probes by amounts far below what tiles would show
-        // (FCN-ResNet50's 232 px), where taps that read padding before
-        // move the output by a sizeable fraction.
-        Ok(!scattered
-            && loose
-                .is_some_and(|r| r.next_multiple_of(grid) <= reach.next_multiple_of(grid) + grid))
+        self.reach_in(&image, &other, last..self.dims, &[true], grid, true)
     }
 
     /// Whether `passes` more passes as slow as the slowest so far end
@@ -1847,12 +1895,12 @@ impl<'a> Prober<'a> {
         let scale = self.scale(&whole)?;
         let mut strict = Some(0usize);
         let mut loose = Some(0usize);
+        let mut any = Some(0usize);
         let mut global = false;
         for axis in axes {
             let dim = (axis + 2) as i64;
             let size = usize::try_from(image.size()[axis + 2]).unwrap_or(0);
-            let grid = grid.clamp(1, (size / 2).max(1));
-            let half = size / 2 / grid * grid;
+            let half = changed_half(size, grid);
             for &low_half in low_halves {
                 let (start, len) = if low_half {
                     (0, half)
@@ -1876,6 +1924,7 @@ impl<'a> Prober<'a> {
                 for (tolerance, reach) in [
                     (REACH_TOLERANCE, &mut strict),
                     (APPROXIMATE_TOLERANCE, &mut loose),
+                    (0.0, &mut any),
                 ] {
                     let hit = |v: &f32| f64::from(*v) > tolerance * scale;
                     // The unchanged side, by distance from the changed one.
@@ -1893,11 +1942,21 @@ impl<'a> Prober<'a> {
                     };
                 }
                 if strict.is_none() && !loose_needed && !global {
-                    return Ok((None, None, false));
+                    return Ok(Reach {
+                        strict,
+                        loose: None,
+                        any: None,
+                        scattered: false,
+                    });
                 }
             }
         }
-        Ok((strict, loose, global))
+        Ok(Reach {
+            strict,
+            loose,
+            any,
+            scattered: global,
+        })
     }
 
     /// The tile of `image` placed `at` (`at.inner` pixels from `at.shift`
@@ -2113,7 +2172,12 @@ impl<'a> Prober<'a> {
                     || !self.fits(next)
                     || !info.exactness.whole_tile_ops.is_empty()
                     || !self.affordable(next);
-                let (strict, mut loose, scattered) = self.reach(size, factor, planned_last)?;
+                let Reach {
+                    strict,
+                    mut loose,
+                    scattered,
+                    ..
+                } = self.reach(size, factor, planned_last)?;
                 // A convolution that reached the far edge of the last probe
                 // reaches at least that far in this one; a change that
                 // reached it there and falls short of it here is a
@@ -2122,6 +2186,24 @@ impl<'a> Prober<'a> {
                 // moved only the pixels its convolutions reach, and tiles
                 // of that overlap were called exact).
                 let faded = strict.is_some_and(|r| r < edge_before);
+                // Its 2 passes of twice the pixels, and the tile
+                // comparisons after them, as for `reach_holds` below.
+                let deep_path = match strict {
+                    Some(reach)
+                        if scattered
+                            && !faded
+                            && !planned_last
+                            && self.time_for_passes(14, 0.5) =>
+                    {
+                        self.deep_path_reach(size, next, factor)?
+                            .map(|longer| reach.max(longer))
+                    }
+                    _ => None,
+                };
+                if deep_path.is_some() {
+                    halo = deep_path;
+                    break;
+                }
                 if scattered || faded {
                     // A statistic of the whole tile that no code scan
                     // names (a mean gating the channels): larger probes
@@ -2155,7 +2237,7 @@ impl<'a> Prober<'a> {
                 // loose reach is wanted.
                 let last = planned_last || !self.affordable(next);
                 if last && !planned_last {
-                    loose = self.reach(size, factor, true)?.1;
+                    loose = self.reach(size, factor, true)?.loose;
                 }
                 fallback = loose.unwrap_or(size / 4);
                 if last {
