@@ -4,11 +4,13 @@ run by unet_rt; unsupported descriptions refused by name."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -449,3 +451,76 @@ def test_hostile_test_images_names_and_authors_are_refused_by_name(tmp_path):
         with pytest.raises(InvalidArgumentError, match=match):
             export(None, tmp_path / "x.zip", **kwargs)
     assert not (tmp_path / "x.zip").exists()
+
+
+def _package_with(tmp_path: Path, package: Path, name: str, replace: dict) -> Path:
+    """``package`` rewritten as ``name`` with the members in ``replace``
+    (name -> bytes) replaced or added."""
+    with zipfile.ZipFile(package) as z, zipfile.ZipFile(tmp_path / name, "w") as w:
+        for info in z.infolist():
+            if info.filename not in replace:
+                w.writestr(info, z.read(info.filename))
+        for member, data in replace.items():
+            w.writestr(member, data)
+    return tmp_path / name
+
+
+def test_a_package_cannot_make_loading_hang_or_exhaust_memory(tmp_path, package):
+    """A FIFO or ``/dev/zero`` as the weights blocked the loader for good or
+    read until memory ran out; 4 KB of nested YAML aliases ran for minutes
+    towards every byte of memory; a URL downloaded at load. Each is now a
+    PackageError naming it, before anything is read."""
+    folder = _foreign_package(tmp_path / "fifo")
+    (folder / "weights.pt").unlink()
+    os.mkfifo(folder / "weights.pt")
+    with pytest.raises(PackageError, match=r"weights .*weights.pt is not a regular file \(it is a FIFO"):
+        unet_rt.Model(folder, device="cpu")
+    folder = _foreign_package(tmp_path / "zero")
+    (folder / "weights.pt").unlink()
+    (folder / "weights.pt").symlink_to("/dev/zero")
+    with pytest.raises(PackageError, match=r"not a regular file"):
+        unet_rt.Model(folder, device="cpu")
+    folder = _foreign_package(tmp_path / "url", weights={
+        "torchscript": {"source": "https://example.com/weights.pt", "pytorch_version": "2.11"}})
+    with pytest.raises(PackageError, match=r"weights is at https://example.com/weights.pt: .* downloads nothing"):
+        unet_rt.Model(folder, device="cpu")
+    with zipfile.ZipFile(package) as z:
+        rdf = z.read("rdf.yaml").decode()
+    lines = ['  lol0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]'] + [
+        f"  lol{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    bomb = _package_with(tmp_path, package, "aliases.zip", {"rdf.yaml": rdf.replace(
+        "\nconfig:\n", "\nconfig:\n  bomb:\n" + "\n".join("  " + line for line in lines) + "\n", 1)})
+    started = time.monotonic()
+    with pytest.raises(PackageError, match=r"expands to more than 1,000,000 YAML nodes"):
+        unet_rt.Model(bomb, device="cpu")
+    assert time.monotonic() - started < 30
+    big = _package_with(tmp_path, package, "big_description.zip", {"rdf.yaml": rdf + "#" * (5 << 20)})
+    with pytest.raises(PackageError, match=r"description is 5.0 MiB, more than the 4.0 MiB"):
+        unet_rt.Model(big, device="cpu")
+
+
+def test_package_weights_beyond_the_memory_available_are_refused_with_sizes(tmp_path, package, monkeypatch):
+    """A 7.5 MB package whose weights held a 1.5 GiB record of zeros peaked
+    at 8 GiB; five times the records beyond the memory available now is
+    refused, naming both sizes (the limit made small here)."""
+    from unet_rt import _package_files
+
+    limit = 64 << 20
+    monkeypatch.setattr(_package_files._unet_rt, "beyond_available_memory",
+                        lambda nbytes: "more than the 64.0 MiB of memory available now" if nbytes > limit else None)
+    with zipfile.ZipFile(package) as z:
+        weights = z.read("weights.pt")
+    padded = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(weights)) as inner, zipfile.ZipFile(padded, "w") as out:
+        for info in inner.infolist():
+            out.writestr(info, inner.read(info.filename))
+        prefix = inner.namelist()[0].split("/")[0]
+        out.writestr(f"{prefix}/extra/padding", bytes(16 << 20), compress_type=zipfile.ZIP_DEFLATED)
+    bomb = _package_with(tmp_path, package, "padded.zip", {"weights.pt": padded.getvalue()})
+    assert bomb.stat().st_size < 4 << 20
+    with pytest.raises(PackageError, match=r"loading the TorchScript weights needs \d+\.\d MiB of memory, "
+                                           r"more than the 64.0 MiB of memory available now"):
+        unet_rt.Model(bomb, device="cpu")
+    # Within the limit, the same package loads.
+    limit = 1 << 30
+    assert unet_rt.Model(bomb, device="cpu").classes == unet_rt.Model(package, device="cpu").classes

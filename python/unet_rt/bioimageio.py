@@ -28,6 +28,7 @@ import io
 import json
 import math
 import os
+import shutil
 import struct
 import tempfile
 import zipfile
@@ -39,6 +40,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Union
 
 import numpy as np
 
+from ._package_files import check_description, check_memory, read_referenced
 from .errors import InvalidArgumentError, PackageError
 
 __all__ = ["export", "is_package", "read_package", "check", "Package", "quiet_leaks"]
@@ -52,6 +54,10 @@ UNET_CITATION = {
     "doi": "10.1007/978-3-319-24574-4_28",
 }
 _RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
+#: How many times loading a package holds the records of its weights: the
+#: archive rewritten here with the metadata, and the copies the loader
+#: makes of those bytes (a 1.5 GiB record peaked at 5 times its size).
+_LOAD_COPIES = 5
 _INPUT_ID = "raw"
 _SPACE = "zyx"
 
@@ -548,6 +554,7 @@ def read_package(path: PathLike) -> Package:
 
 
 def _package(spec: Any, source: Path) -> Package:
+    check_description(source, list(_RDF_NAMES))
     descr = spec.load_description(source, perform_io_checks=False, format_version="latest")
     _raise_if_invalid(descr, str(source))
     if type(descr).__name__ != "ModelDescr":
@@ -560,16 +567,18 @@ def _package(spec: Any, source: Path) -> Package:
         raise PackageError(f"{source}: unet_rt runs models with one input and one output tensor; this package has "
                            f"{len(descr.inputs)} and {len(descr.outputs)}")
     meta = _metadata(descr, source)
-    archive = _with_metadata(_read(weights.source), meta, source)
-    test_in = np.load(io.BytesIO(_read(descr.inputs[0].test_tensor.source)))
-    test_out = np.load(io.BytesIO(_read(descr.outputs[0].test_tensor.source)))
+    archive = _with_metadata(read_referenced(source, weights.source, "weights"), meta, source)
+    test_in = _test_tensor(source, descr.inputs[0].test_tensor.source, "test input")
+    test_out = _test_tensor(source, descr.outputs[0].test_tensor.source, "test output")
     return Package(archive, meta, test_in, test_out)
 
 
-def _read(source: Any) -> bytes:
-    from bioimageio.spec.utils import get_reader
-
-    return get_reader(source).read()
+def _test_tensor(source: Path, reference: Any, what: str) -> np.ndarray:
+    data = read_referenced(source, reference, what)
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise PackageError(f"{source}: {what} is not a NumPy .npy file: {e}") from None
 
 
 def _axis_kind(axis: Any) -> str:
@@ -745,6 +754,7 @@ def _with_metadata(archive: bytes, meta: Dict[str, Any], source: Path) -> bytes:
     try:
         with zipfile.ZipFile(io.BytesIO(archive)) as z:
             infos = z.infolist()
+            check_memory(source, "the TorchScript weights", _LOAD_COPIES * sum(i.file_size for i in infos))
             names = [i.filename for i in infos]
             prefix = names[0].split("/", 1)[0] if names and "/" in names[0] else "archive"
             target = f"{prefix}/extra/unet_rt.json"
@@ -752,11 +762,25 @@ def _with_metadata(archive: bytes, meta: Dict[str, Any], source: Path) -> bytes:
             with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as w:
                 for info in infos:
                     if info.filename != target:
-                        w.writestr(info, z.read(info.filename), compress_type=zipfile.ZIP_STORED)
+                        _copy_record(z, info, w)
                 w.writestr(target, json.dumps(meta), compress_type=zipfile.ZIP_STORED)
+            # The buffer, not a copy of it: nothing else refers to it.
             return out.getvalue()
     except zipfile.BadZipFile as e:
         raise PackageError(f"{source}: the TorchScript weights are not a TorchScript archive (zip): {e}") from e
+    except (OSError, EOFError, NotImplementedError, RuntimeError) as e:
+        raise PackageError(f"{source}: cannot read the TorchScript weights: {type(e).__name__}: {e}") from e
+
+
+def _copy_record(archive: zipfile.ZipFile, info: zipfile.ZipInfo, out: zipfile.ZipFile) -> None:
+    """Record ``info`` of ``archive`` stored into ``out``, a megabyte at a
+    time (``ZipFile.read`` held each record whole beside the archive)."""
+    stored = zipfile.ZipInfo(info.filename, info.date_time)
+    stored.compress_type = zipfile.ZIP_STORED
+    stored.external_attr = info.external_attr
+    stored.file_size = info.file_size
+    with archive.open(info) as src, out.open(stored, "w") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def check(path: PathLike, device: str = "cpu") -> Dict[str, float]:

@@ -95,6 +95,14 @@ fn format_bytes(bytes: u128) -> String {
     unet_rt::memory::format_bytes(bytes)
 }
 
+/// The words that say `bytes` exceed the memory available now, `None`
+/// where they fit: the Python side's package reader refuses what the
+/// core's archive loader would, in the core's words.
+#[pyfunction]
+fn beyond_available_memory(bytes: u128) -> Option<String> {
+    unet_rt::memory::beyond_available(bytes)
+}
+
 #[pymodule]
 fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -110,6 +118,7 @@ fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TTA_MODES", unet_rt::Tta::NAMES.to_vec())?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     m.add_function(wrap_pyfunction!(format_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(beyond_available_memory, m)?)?;
     m.add_function(wrap_pyfunction!(check_normalization, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_precision, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_devices, m)?)?;

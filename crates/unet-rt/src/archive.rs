@@ -467,7 +467,7 @@ fn check_unpacked_size<R: Read + Seek>(
         Some(available) if unpacked > available as u128 => Err(invalid(
             origin,
             format!(
-                "its records unpack to {}{}, more than the {} of memory available now \
+                "its records unpack to {}{}, {} \
                  (a damaged or hostile file, or too large a model for this machine)",
                 crate::memory::format_bytes(unpacked),
                 if packed < unpacked {
@@ -475,7 +475,7 @@ fn check_unpacked_size<R: Read + Seek>(
                 } else {
                     String::new()
                 },
-                crate::memory::format_bytes(available as u128)
+                crate::memory::available_now(available)
             ),
         )),
         _ => Ok(()),

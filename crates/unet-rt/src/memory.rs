@@ -63,6 +63,24 @@ pub fn beyond_limit(bytes: u128) -> Option<String> {
     })
 }
 
+/// When `bytes` exceed the memory [`available_memory`] finds now, the
+/// words that say so ([`available_now`]); `None` when they fit or it is
+/// unknown. For what is read whole before anything checks it (a model
+/// inside a package): the total, which [`beyond_limit`] compares with,
+/// may be far from free.
+pub fn beyond_available(bytes: u128) -> Option<String> {
+    let available = available_memory()?;
+    (bytes > available as u128).then(|| available_now(available))
+}
+
+/// "more than the 21.3 GiB of memory available now".
+pub fn available_now(available: usize) -> String {
+    format!(
+        "more than the {} of memory available now",
+        format_bytes(available as u128)
+    )
+}
+
 /// Memory available to new allocations without swapping (`MemAvailable`),
 /// or the room left under the process's cgroup limit or its own resource
 /// limits (`ulimit -v`, `ulimit -d`) when that is less, when known.
