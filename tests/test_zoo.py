@@ -768,7 +768,9 @@ def test_a_fixed_input_size_in_metadata_is_the_only_tile(tmp_path):
         unet_rt.Model(plain_export(net, tmp_path / "plain.pt"), device="cpu")
     metadata = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
                 "output": "softmax", "padding": "same", "halo": 16, "size_multiple": 16, "fixed_size": 96}
-    model = unet_rt.Model(plain_export(net, tmp_path / "fixed.pt", metadata), device="cpu")
+    # SegNet sees farther than 16 pixels: overlapping tiles of 96 differ.
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="two overlapping tiles of its one input size"):
+        model = unet_rt.Model(plain_export(net, tmp_path / "fixed.pt", metadata), device="cpu")
     assert model.info["fixed_size"] == 96 and model.info["smallest_size"] == 96
     image = np.random.default_rng(6).random((1, 150, 130), dtype=np.float32)
     assert model.layout(image.shape[1:])["tile"] == [96, 96]
@@ -778,6 +780,43 @@ def test_a_fixed_input_size_in_metadata_is_the_only_tile(tmp_path):
         model.segment(image, axes="cyx", tile=112)
     with pytest.raises(unet_rt.InvalidArgumentError, match="whole.*only tiles of 96"):
         model.segment(image, axes="cyx", tile="whole")
+
+
+class _FixedSize(torch.nn.Module):
+    """Three same-padded 3x3 convolutions (reach 3) that take 64 x 64 inputs only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+                                       torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
+                                       torch.nn.Conv2d(8, 2, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != 64 or x.shape[-2] != 64:
+            raise RuntimeError("this network takes 64 x 64 inputs")
+        return self.net(x)
+
+
+def test_a_fixed_input_size_with_too_small_a_halo_is_measured_on_overlapping_tiles(tmp_path):
+    # Never checked: declared halo 0, it loaded as exact with nothing
+    # measured, and outputs at tile seams were off by half the range.
+    torch.manual_seed(0)
+    net = _FixedSize().eval()
+    declared = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                "output": "softmax", "padding": "same", "size_multiple": 1, "fixed_size": 64}
+    path = plain_export(net, tmp_path / "halo0.pt", {**declared, "halo": 0})
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="two overlapping tiles of its one input size") as caught:
+        info = unet_rt.Model(path, device="cpu").info
+    assert "declare the halo" in str(caught[0].message) and "whole" not in str(caught[0].message)
+    assert not info["exact"] and info["measured"]["max_difference"] > 1e-3, info
+    # The halo it needs: exact, and the engine's tiles are what the network
+    # gives on any tile around each pixel's neighbourhood.
+    model = unet_rt.Model(plain_export(net, tmp_path / "halo3.pt", {**declared, "halo": 3}), device="cpu")
+    assert model.info["exact"] and model.info["measured"] is None
+    image = np.random.default_rng(4).random((1, 100, 90), dtype=np.float32)
+    got = model.segment(image, axes="cyx", output="raw")
+    want = whole_forward(net.net, image, 3, 1)
+    assert relative_error(got, want) < 1e-5
 
 
 def test_a_torchvision_segmentation_model_runs_from_its_out_entry(tmp_path, cli):
@@ -1041,6 +1080,27 @@ def test_a_network_quiet_on_probes_below_the_8_bit_range_is_measured_on_it(tmp_p
     torch.manual_seed(0)
     info = probed_approximate(_RawPixelUNet().eval(), tmp_path / "raw_pixels.pt")
     assert info["measured"]["max_difference"] > 1e-3, info
+
+
+@pytest.mark.parametrize("normalization, warns", [({"kind": "none"}, True), ({"kind": "scale", "factor": 1.0}, True),
+                                                  ({"kind": "percentile", "low": 1.0, "high": 99.8}, False)])
+def test_metadata_is_checked_on_the_8_bit_range_where_the_network_sees_it(tmp_path, normalization, warns):
+    # Metadata declaring the reach the network has on input below 4 (halo 4),
+    # without normalization: loaded as exact, checked on [0, 1] noise only,
+    # and 8-bit images tiled 8% of the range off (a network whose wide path
+    # opens above 5, declared halo 1). Normalized to [0, 1], the network
+    # never sees such values: exact, and no warning.
+    torch.manual_seed(0)
+    declared = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 2, "padding": "same",
+                "halo": 4, "size_multiple": 4, "output": "softmax", "normalization": normalization}
+    path = plain_export(_RawPixelUNet().eval(), tmp_path / "raw_pixels.pt", declared)
+    if warns:
+        with pytest.warns(unet_rt.ApproximateTilingWarning, match="depends on more than a tile's overlap can hold"):
+            info = unet_rt.Model(path, device="cpu").info
+        assert not info["exact"] and info["measured"]["max_difference"] > 1e-3, info
+    else:
+        info = unet_rt.Model(path, device="cpu").info
+        assert info["exact"] and info["measured"] is None, info
 
 
 class _HalfResolution(torch.nn.Module):

@@ -72,6 +72,9 @@ pub struct Exactness {
     /// (the network sees farther, or pools on a coarser grid, than its
     /// metadata says).
     pub undeclared_geometry: Option<GeometryMismatch>,
+    /// The network takes one input size (`fixed_size`): there is no
+    /// whole-image pass, and `measured` compares two overlapping tiles.
+    pub one_input_size: bool,
 }
 
 /// A model's declared geometry that tiles showed wrong, and what probing
@@ -132,19 +135,28 @@ impl Exactness {
                 self.whole_tile_ops.join(", ")
             )
         };
+        let compared = if self.one_input_size {
+            "two overlapping tiles of its one input size agree with each other where both keep pixels"
+        } else {
+            "the smallest tiles agree with the whole-image forward"
+        };
         let measured = match &self.measured {
             Some(m) => format!(
-                "; on a {} pixel probe image the smallest tiles agree with the whole-image forward on {} \
-                 of the labels (largest difference {:.1e} of the output's range there; images unlike the probe can differ more)",
+                "; on a {} pixel probe image {compared} on {} of the labels (largest difference {:.1e} \
+                 of the output's range there; images unlike the probe can differ more)",
                 m.probe_size,
                 labels_percent(m.label_agreement),
                 m.max_difference
             ),
             None => String::new(),
         };
+        let remedy = if self.one_input_size {
+            "declare the halo the network needs (the pixels each output sees around it)"
+        } else {
+            "use tile=\"whole\" (--tile whole) for the exact result where the image fits in one pass"
+        };
         Some(format!(
-            "tiled results are approximate: {ops}{measured}; use tile=\"whole\" (--tile whole) \
-             for the exact result where the image fits in one pass"
+            "tiled results are approximate: {ops}{measured}; {remedy}"
         ))
     }
 }
@@ -444,6 +456,19 @@ mod tests {
             .warning()
             .expect("warning")
             .contains("more than a tile's overlap"));
+        // A network of one input size has no whole-image pass to offer.
+        let one_size = Exactness {
+            one_input_size: true,
+            ..inexact
+        }
+        .warning()
+        .expect("warning");
+        assert!(
+            one_size.contains("two overlapping tiles of its one input size")
+                && one_size.contains("declare the halo")
+                && !one_size.contains("whole"),
+            "{one_size}"
+        );
         let undeclared = |found| Exactness {
             measured: Some(agreement(0.06)),
             undeclared_geometry: Some(GeometryMismatch {

@@ -217,6 +217,7 @@ impl Model {
             Some(m) => {
                 let mut info = ModelInfo::from_metadata(m, first_layer_width(&module));
                 info.exactness.whole_tile_ops = whole_tile_ops;
+                info.exactness.one_input_size = info.fixed_size > 0;
                 info
             }
             None => probe::probe(&module, device, path, whole_tile_ops)?,

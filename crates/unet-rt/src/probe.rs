@@ -435,7 +435,7 @@ pub(crate) fn probe(
 
 /// Measures, for a model with metadata, how well tiles agree with the
 /// whole-image forward (for networks whose code has whole-tile layers), on
-/// uniform noise and on the structured probe.
+/// uniform noise and the probes beyond it ([`Placement::beyond_uniform`]).
 pub(crate) fn measure(
     module: &CModule,
     device: Device,
@@ -444,8 +444,21 @@ pub(crate) fn measure(
 ) -> Result<Agreement> {
     with_placement(module, device, path, info, |prober, at| {
         let uniform = at.uniform(prober)?;
-        at.structured(prober, uniform)
+        at.beyond_uniform(prober, uniform, sees_raw_values(info))
     })
+}
+
+/// Whether the network of `info` sees pixel values as they are, 0 to 255
+/// for 8-bit images and beyond (no normalization, or a scale that leaves
+/// them above 1): metadata declaring halo 1 for a network whose wide path
+/// opens only above 5 loaded as exact, and 8-bit images tiled 7.8% of the
+/// range off.
+fn sees_raw_values(info: &ModelInfo) -> bool {
+    match info.normalization {
+        Normalization::None => true,
+        Normalization::Scale { factor } => factor.abs() * 255.0 > 1.0 + 1e-6,
+        _ => false,
+    }
 }
 
 /// Runs `measure` with a prober for the model of `info` and the
@@ -502,9 +515,25 @@ impl Placement {
         prober.agreement(&image, &whole, self)
     }
 
-    /// The worse of `uniform` and the agreement on the structured probe.
-    fn structured(&self, prober: &mut Prober<'_>, uniform: Agreement) -> Result<Agreement> {
-        prober.with_structured(uniform, self)
+    /// The worse of `uniform` and the agreements on the probes that find
+    /// what uniform noise does not: the structured probe, the raw 8-bit
+    /// range where the network sees it (`raw_values`), a flat tile and a
+    /// smooth field. Models with metadata were checked on the first alone,
+    /// and those the others find loaded as exact.
+    fn beyond_uniform(
+        &self,
+        prober: &mut Prober<'_>,
+        uniform: Agreement,
+        raw_values: bool,
+    ) -> Result<Agreement> {
+        let measured = prober.with_structured(uniform, self)?;
+        let measured = if raw_values {
+            prober.with_raw_range(measured, self)?
+        } else {
+            measured
+        };
+        let measured = prober.with_flat_tile(measured, self)?;
+        prober.with_smooth_field(measured, self)
     }
 }
 
@@ -536,14 +565,27 @@ pub(crate) fn check_tiles(
         Device::Cpu => EXACT_TOLERANCE,
         _ => 10.0 * APPROXIMATE_TOLERANCE,
     };
-    // Uniform noise shows a reach or a grid; the structured probe finds
-    // networks that scale by their input, which no overlap fixes.
+    if info.fixed_size > 0 {
+        // No whole-image forward to compare with: tiles the engine cuts
+        // overlap, and must agree where they do. Metadata of a fixed size
+        // was never checked: declared halo 0 for a network that sees 20
+        // pixels around each, it loaded as exact and outputs at a tile seam
+        // were half the range off.
+        let measured = with_placement(module, device, path, info, |prober, _| {
+            prober.overlapping_fixed_tiles(info).ok().flatten()
+        })?;
+        return (measured.max_difference > tolerance).then_some((measured, None));
+    }
+    // Uniform noise shows a reach or a grid; the probes beyond it find
+    // networks that scale by their input, which no overlap fixes, and
+    // paths that uniform noise leaves closed.
     let (measured, on_uniform) = with_placement(module, device, path, info, |prober, at| {
         let uniform = at.uniform(prober).ok()?;
         if uniform.max_difference > tolerance {
             return Some((uniform, true));
         }
-        Some((at.structured(prober, uniform).ok()?, false))
+        let measured = at.beyond_uniform(prober, uniform, sees_raw_values(info));
+        Some((measured.ok()?, false))
     })?;
     if measured.max_difference <= tolerance {
         return None;
@@ -1995,14 +2037,62 @@ impl<'a> Prober<'a> {
                 "a probe of {size} pixels leaves no pixel beyond an overlap of {margin}"
             )));
         }
-        let (mut a, mut b) = (part, whole.shallow_clone());
+        let a = self.cube(&part, margin, kept)?;
+        let b = self.cube(whole, shift + margin, kept)?;
+        self.compared(&a, &b, whole, size)
+    }
+
+    /// `kept` pixels of `t` from `start` on every spatial axis, a view.
+    fn cube(&self, t: &Tensor, start: usize, kept: usize) -> Result<Tensor> {
+        let mut t = t.shallow_clone();
         for axis in 0..self.dims {
-            let dim = (axis + 2) as i64;
-            a = self.torch(a.f_narrow(dim, margin as i64, kept as i64))?;
-            b = self.torch(b.f_narrow(dim, (shift + margin) as i64, kept as i64))?;
+            // Below MAX_PROBE_VALUES: the casts cannot wrap.
+            t = self.torch(t.f_narrow((axis + 2) as i64, start as i64, kept as i64))?;
         }
+        Ok(t)
+    }
+
+    /// For a network of one input size (`info.fixed_size`): two passes on
+    /// tiles of one noise image (uniform, then structured) shifted by half
+    /// a tile on every axis, against each other on the pixels both keep
+    /// beyond the declared overlap, the worse of the two probes. `None`
+    /// where the overlap leaves no such pixel.
+    fn overlapping_fixed_tiles(&mut self, info: &ModelInfo) -> Result<Option<Agreement>> {
+        let size = info.fixed_size;
+        let out = size.saturating_sub(info.shrink());
+        let margin = match info.padding {
+            Padding::Valid => 0,
+            Padding::Same => info.effective_halo(),
+        };
+        let multiple = info.size_multiple.max(1);
+        let shift = (out / 2 / multiple * multiple).max(multiple);
+        let kept = out.saturating_sub(shift + 2 * margin);
+        if kept == 0 {
+            return Ok(None);
+        }
+        let mut worst: Option<Agreement> = None;
+        for structured in [false, true] {
+            let image = self.noise_with(size + shift, 1, structured)?;
+            let first = self.output(&self.torch(self.cube(&image, 0, size)?.f_contiguous())?)?;
+            let second =
+                self.output(&self.torch(self.cube(&image, shift, size)?.f_contiguous())?)?;
+            let a = self.cube(&second, margin, kept)?;
+            let b = self.cube(&first, shift + margin, kept)?;
+            let agreement = self.compared(&a, &b, &first, size)?;
+            worst = Some(match worst {
+                Some(so_far) => so_far.or_worse(&agreement),
+                None => agreement,
+            });
+        }
+        Ok(worst)
+    }
+
+    /// The agreement of a tile's output `a` with `b`, the same pixels of
+    /// the reference output `whole` (its largest magnitude the scale), on a
+    /// probe of `size` pixels.
+    fn compared(&self, a: &Tensor, b: &Tensor, whole: &Tensor, size: usize) -> Result<Agreement> {
         let scale = self.scale(whole)?;
-        let max_difference = self.largest(&self.beyond_rounding(&a, &b)?)? / scale;
+        let max_difference = self.largest(&self.beyond_rounding(a, b)?)? / scale;
         let several = self.out_channels > 1;
         let mask_at = self.mask_at;
         let label_agreement = self
@@ -2014,8 +2104,8 @@ impl<'a> Prober<'a> {
                         t.f_gt(mask_at)?.f_squeeze_dim(1)
                     }
                 };
-                labels(&a)?
-                    .f_eq_tensor(&labels(&b)?)?
+                labels(a)?
+                    .f_eq_tensor(&labels(b)?)?
                     .f_to_kind(Kind::Double)?
                     .f_mean(Kind::Double)
             })())?
@@ -2044,8 +2134,9 @@ impl<'a> Prober<'a> {
     }
 
     /// `so_far` and the agreement on the structured probe at 255 times its
-    /// values: without metadata a network sees an image's raw values (0 to
-    /// 255 for 8-bit pixels), and one that scales its input itself can be
+    /// values: without metadata, or with none that normalizes, a network
+    /// sees an image's raw values (0 to 255 for 8-bit pixels), and one that
+    /// scales its input itself can be
     /// quiet on probes below 4 (a deep level whose biases silence it on
     /// dark input was measured exact, and real 8-bit images tiled 8% of
     /// the range off). A network that fails or overflows there, or too slow
@@ -2335,11 +2426,8 @@ impl<'a> Prober<'a> {
             let at = place(rule.multiple, inner);
             (at, self.agreement(&image, &whole, &at)?)
         };
-        let measured = self.with_structured(uniform, &at)?;
-        let measured = self.with_raw_range(measured, &at)?;
-        let measured = self.with_flat_tile(measured, &at)?;
-        let measured = self.with_smooth_field(measured, &at)?;
-        info.exactness.measured = Some(measured);
+        // Without metadata the network sees the raw values.
+        info.exactness.measured = Some(at.beyond_uniform(self, uniform, true)?);
         Ok(())
     }
 }
