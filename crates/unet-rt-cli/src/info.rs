@@ -79,6 +79,7 @@ fn describe(model: &Model, path: Option<&Path>, file_bytes: Option<u64>) -> Valu
             "probe_size": m.probe_size,
             "max_difference": m.max_difference,
             "label_agreement": m.label_agreement,
+            "pixels": m.pixels,
         })),
         "undeclared_geometry": info.exactness.undeclared_geometry.as_ref().map(|g| json!({
             "declared_halo": g.declared_halo,
@@ -187,9 +188,15 @@ fn text(d: &Value) -> Vec<String> {
     let measured = match &d["measured"] {
         Value::Null => String::new(),
         m => format!(
-            "; measured on a {} px probe image with the smallest tiles: {} of labels as the whole image",
+            "; measured on a {} px probe image with the smallest tiles: {} as the whole image",
             m["probe_size"],
-            unet_rt::labels_percent(m["label_agreement"].as_f64().unwrap_or(0.0))
+            unet_rt::labels_compared(
+                m["label_agreement"].as_f64().unwrap_or(0.0),
+                m["pixels"]
+                    .as_u64()
+                    .and_then(|p| usize::try_from(p).ok())
+                    .unwrap_or(0)
+            )
         ),
     };
     rows.push((

@@ -150,6 +150,7 @@ impl Model {
                 measured.set_item("probe_size", m.probe_size)?;
                 measured.set_item("max_difference", m.max_difference)?;
                 measured.set_item("label_agreement", m.label_agreement)?;
+                measured.set_item("pixels", m.pixels)?;
                 d.set_item("measured", measured)?;
             }
             None => d.set_item("measured", py.None())?,

@@ -46,7 +46,8 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use geometry::{Blend, TilePlan};
 pub use info::{
-    labels_percent, Agreement, Exactness, GeometryMismatch, ModelInfo, EXACT_TOLERANCE,
+    labels_compared, labels_percent, Agreement, Exactness, GeometryMismatch, ModelInfo,
+    EXACT_TOLERANCE,
 };
 pub use metadata::{
     Activation, Metadata, Normalization, OutputKey, Padding, MAX_CHANNELS, MAX_GEOMETRY, MAX_SCALE,

@@ -2110,8 +2110,15 @@ impl<'a> Prober<'a> {
                     .f_mean(Kind::Double)
             })())?
             .double_value(&[]);
+        let pixels = a
+            .size()
+            .iter()
+            .skip(2)
+            .map(|&s| usize::try_from(s).unwrap_or(0))
+            .product();
         Ok(Agreement {
             probe_size: size,
+            pixels,
             max_difference: if max_difference.is_finite() {
                 max_difference
             } else {
