@@ -369,6 +369,10 @@ def test_a_package_zipped_inside_a_folder_says_how_to_load_it(tmp_path, package,
         unet_rt.Model(tmp_path / "nested.zip", device="cpu")
     done = subprocess.run([str(cli), "info", str(package)], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "a bioimage.io package (rdf.yaml)" in done.stderr, done.stderr
+    # A package folder was "not a regular file (it is a directory)".
+    folder = _foreign_package(tmp_path / "folder")
+    done = subprocess.run([str(cli), "info", str(folder)], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "a bioimage.io package (rdf.yaml)" in done.stderr, done.stderr
 
 
 def test_a_test_output_that_is_not_finite_or_not_reproduced_fails_the_check(tmp_path, package):

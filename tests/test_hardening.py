@@ -951,6 +951,20 @@ def test_inputs_numpy_cannot_read_are_invalid_arguments_naming_the_image(model, 
         model.segment(image)
 
 
+def test_arguments_that_are_not_arrays_or_numbers_are_named(model):
+    # None and a dict were "dtype object is not supported"; 10**400 in
+    # input_range was Python's "int too large to convert to float", naming
+    # nothing; a fully masked out= was filled and came back all masked.
+    for image in (None, {"a": 1}):
+        with pytest.raises(TypeError, match=r"image must be an array .* got (NoneType|dict)"):
+            model.segment(image)
+    with pytest.raises(unet_rt.InvalidArgumentError, match=r"invalid input_range: expected \(low, high\)"):
+        model.segment(IMAGE, input_range=(0, 10**400))
+    out = np.ma.masked_array(np.zeros(IMAGE.shape, np.uint8), mask=True)
+    with pytest.raises(unet_rt.InvalidArgumentError, match=r"invalid out: a masked array .* out.data"):
+        model.segment(IMAGE, out=out)
+
+
 def test_out_whose_elements_share_memory_is_refused(model):
     aliased = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), shape=IMAGE.shape, strides=(0, 0))
     with pytest.raises(unet_rt.InvalidArgumentError, match="invalid out: its elements overlap"):

@@ -236,7 +236,8 @@ class Model:
         failed at load where one worked, as with a batch size fixed in a
         traced network: tiles run one per pass), ``measured`` (tiles against the whole image on a
         random probe image: ``probe_size``, ``max_difference`` relative to
-        the output's range, ``label_agreement``), ``undeclared_geometry``
+        the output's range, ``label_agreement``, and ``pixels``, how many
+        output pixels the tiles kept beyond their overlap), ``undeclared_geometry``
         (for a same-padded model whose metadata's ``halo`` or
         ``size_multiple`` tiles showed wrong at load: ``declared_halo``,
         ``declared_size_multiple``, and ``found_halo``,
@@ -484,6 +485,11 @@ class Model:
             raise TypeError(f"out must be a numpy array (or memmap), got {type(out).__name__}")
         if out is not None and not out.flags.writeable:
             raise InvalidArgumentError("invalid out: the array is read-only; pass a writeable array")
+        if isinstance(out, np.ma.MaskedArray):
+            # Written under its mask, a masked result stays hidden where
+            # the mask was set: a fully masked out= came back all masked.
+            raise InvalidArgumentError("invalid out: a masked array (the result would stay hidden under its mask); "
+                                       "pass its data, out.data, or a plain array")
         if out is not None and _overlaps_itself(out):
             raise InvalidArgumentError(
                 "invalid out: its elements overlap in memory (zero or overlapping strides, as as_strided or "
@@ -619,7 +625,8 @@ def _ranges(input_range: Any, images: int, batched: bool) -> Optional[np.ndarray
         return None
     try:
         values = np.asarray(input_range, np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
+        # OverflowError: an int beyond float64 (10**400).
         values = np.zeros(0)
     if values.shape == (2,):
         values = np.broadcast_to(values, (images, 2))
@@ -696,9 +703,14 @@ def as_plain_array(value: Any, argument: str) -> np.ndarray:
             f"invalid {argument}: a masked array with masked values; fill them first, e.g. {argument}.filled(0)"
         )
     try:
-        return np.asarray(value)
+        array = np.asarray(value)
     except (ValueError, TypeError, RuntimeError) as err:
         raise InvalidArgumentError(f"invalid {argument}: cannot be read as one array ({err})") from err
+    if array.dtype == object and array.ndim == 0:
+        # None or a dict was "dtype object is not supported".
+        raise TypeError(f"{argument} must be an array (NumPy's, or anything numpy.asarray reads as one), "
+                        f"got {type(value).__name__}")
+    return array
 
 
 def _overlaps_itself(array: np.ndarray) -> bool:

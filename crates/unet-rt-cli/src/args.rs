@@ -145,12 +145,12 @@ pub(crate) struct ModelArgs {
     #[arg(short, long, value_name = "N|YxX|whole", value_parser = parse_model_tile, allow_negative_numbers = true)]
     pub tile: Option<Sizes>,
     /// Tiles per forward pass (default: chosen from the memory budget).
-    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), allow_negative_numbers = true)]
+    #[arg(short, long, value_name = "N", value_parser = whole_number(1, u64::MAX), allow_negative_numbers = true)]
     pub batch_size: Option<u64>,
     /// CPU threads for libtorch, at most 1024 (default: libtorch's choice, one
     /// per core).
     // libtorch starts every thread asked for: -j 100000000 took all memory.
-    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024), allow_negative_numbers = true)]
+    #[arg(short = 'j', long, value_name = "N", value_parser = whole_number(1, 1024), allow_negative_numbers = true)]
     pub threads: Option<u64>,
     /// Test-time augmentation: none, flips (every flip of the spatial axes)
     /// or d4 (the 8 flips and quarter turns of the yx plane); the logits are
@@ -189,7 +189,7 @@ pub(crate) struct SegmentArgs {
     pub format: Format,
     /// With --format zarr: resolution levels of image and labels (level k
     /// keeps every 2^k-th pixel along the model's spatial axes).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16), allow_negative_numbers = true)]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = whole_number(1, 16), allow_negative_numbers = true)]
     pub levels: u64,
     /// Axis order of the inputs, from b (batch), c (channels), z, y, x: e.g. yx,
     /// cyx, yxc, zyx, czyx; for a 2-D model z (like b) is a stack of images
@@ -204,7 +204,7 @@ pub(crate) struct SegmentArgs {
     pub object_size: Option<f64>,
     /// Instances: remove objects of fewer pixels (default: the model's
     /// read-out, `unet-rt info`).
-    #[arg(long, value_name = "PIXELS", allow_negative_numbers = true)]
+    #[arg(long, value_name = "PIXELS", value_parser = whole_number(0, u64::MAX), allow_negative_numbers = true)]
     pub min_size: Option<u64>,
     /// Instances: whether background enclosed by one object joins it
     /// (default: the model's read-out).
@@ -278,7 +278,7 @@ pub(crate) struct BenchArgs {
     #[arg(short, long, value_name = "YxX", value_parser = parse_tile, allow_negative_numbers = true)]
     pub size: Option<Sizes>,
     /// Timed runs (after one untimed warm-up run).
-    #[arg(short, long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..), allow_negative_numbers = true)]
+    #[arg(short, long, default_value_t = 3, value_parser = whole_number(1, u64::MAX), allow_negative_numbers = true)]
     pub repeats: u64,
     /// What to compute.
     #[arg(short = 'k', long, value_parser = output_modes(), default_value = "labels")]
@@ -333,6 +333,26 @@ pub(crate) fn parse_tile(text: &str) -> Result<Sizes, String> {
     sizes(text, "N, YxX or ZxYxX with positive integers")
 }
 
+/// A parser of whole numbers from `low` to `high` whose refusals say what
+/// the flag takes: clap's own called -1 "invalid digit found in string"
+/// and 10^23 "number too large to fit in target type".
+fn whole_number(low: u64, high: u64) -> impl Fn(&str) -> Result<u64, String> + Clone {
+    move |text: &str| {
+        let range = if high == u64::MAX {
+            format!("a whole number from {low}")
+        } else {
+            format!("a whole number from {low} to {high}")
+        };
+        match text.trim().parse::<u64>() {
+            Ok(n) if (low..=high).contains(&n) => Ok(n),
+            Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => {
+                Err(format!("{text:?} is too large: expected {range}"))
+            }
+            _ => Err(format!("{text:?} is not {range}")),
+        }
+    }
+}
+
 /// Sizes along up to three axes; `expected` says what else was taken.
 fn sizes(text: &str, expected: &str) -> Result<Sizes, String> {
     let sizes: Result<Vec<usize>, _> = text
@@ -378,6 +398,32 @@ mod tests {
             panic!("not bench")
         };
         assert_eq!((args.size, args.repeats), (Some(Sizes(vec![512])), 2));
+    }
+
+    #[test]
+    fn whole_numbers_are_refused_saying_what_the_flag_takes() {
+        let threads = whole_number(1, 1024);
+        assert_eq!(threads("8"), Ok(8));
+        assert_eq!(
+            threads("-1").unwrap_err(),
+            "\"-1\" is not a whole number from 1 to 1024"
+        );
+        assert_eq!(
+            threads("1025").unwrap_err(),
+            "\"1025\" is not a whole number from 1 to 1024"
+        );
+        let pixels = whole_number(0, u64::MAX);
+        assert_eq!(
+            pixels("99999999999999999999999").unwrap_err(),
+            "\"99999999999999999999999\" is too large: expected a whole number from 0"
+        );
+        let refused = Cli::try_parse_from(["unet-rt", "bench", "--repeats", "-1"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("'--repeats <REPEATS>': \"-1\" is not a whole number from 1"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -36,6 +36,16 @@ pub(crate) fn open_file(path: &Path) -> Result<File> {
         },
     };
     let kind = std::fs::metadata(path).map_err(io_error)?.file_type();
+    if kind.is_dir() {
+        // A package folder was only "not a regular file", where its zip
+        // was told what to do.
+        if let Some(name) = PACKAGE_DESCRIPTIONS
+            .iter()
+            .find(|name| path.join(name).is_file())
+        {
+            return Err(invalid(path, package_advice(name)));
+        }
+    }
     if !kind.is_file() {
         return Err(invalid(
             path,
@@ -153,6 +163,18 @@ pub(crate) fn check_torchscript<R: Read + Seek>(
     ))
 }
 
+/// The names a bioimage.io package's description has at its top.
+const PACKAGE_DESCRIPTIONS: [&str; 2] = ["rdf.yaml", "bioimageio.yaml"];
+
+/// What to do with a bioimage.io package (zip or folder) whose description
+/// is `name`.
+fn package_advice(name: &str) -> String {
+    format!(
+        "it is a bioimage.io package ({name}): the Python package loads it with its pre- and \
+         post-processing (unet_rt.Model(path)); the command-line tool takes TorchScript files"
+    )
+}
+
 /// For a bioimage.io package (a zip with an `rdf.yaml`), what to do with it:
 /// both were refused as "a zip file without TorchScript code". The Python
 /// package loads one whose description is at the top, with its pre- and
@@ -161,17 +183,14 @@ pub(crate) fn check_torchscript<R: Read + Seek>(
 fn bioimageio_refusal<R: Read + Seek>(archive: &ZipArchive<R>) -> Option<String> {
     let is_description = |name: &str| {
         let base = name.rsplit('/').next().unwrap_or(name);
-        base == "rdf.yaml" || base == "bioimageio.yaml" || base.ends_with(".bioimageio.yaml")
+        PACKAGE_DESCRIPTIONS.contains(&base) || base.ends_with(".bioimageio.yaml")
     };
     let name = archive
         .file_names()
         .filter(|name| is_description(name))
         .min_by_key(|name| name.matches('/').count())?;
     Some(match name.rsplit_once('/') {
-        None => format!(
-            "it is a bioimage.io package ({name}): the Python package loads it with its pre- and \
-             post-processing (unet_rt.Model(path)); the command-line tool takes TorchScript files"
-        ),
+        None => package_advice(name),
         Some((folder, base)) => format!(
             "it is a bioimage.io package with its {base} in the folder {folder}/ of the zip: unzip it \
              and load that folder, or zip the folder's contents so that {base} is at the top"

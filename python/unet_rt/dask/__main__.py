@@ -92,7 +92,7 @@ def _in_flags(message: str) -> str:
     >>> _in_flags("pass resume=False to start over")
     'pass --no-resume to start over'
     """
-    return message.replace("resume=False", "--no-resume")
+    return message.replace("resume=False", "--no-resume").replace("chunks=)", "--chunks)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -569,6 +569,8 @@ def _choose_blocks(
     # By default a block holds at least one tile stride: tiles crossing block
     # faces would run once per block they write into.
     target = per_axis(block, "block") or tuple(max(_TARGET_BLOCK[dims], s) for s in tiling.stride)
+    if block is not None:
+        _check_block_against_tiles(target, tiling.stride, spatial)
     if shard is not None and chunk is not None and any(s % c for s, c in zip(shard, chunk)):
         raise InvalidArgumentError(f"invalid shards: {shard} must be multiples of the chunks {chunk}")
     unit = shard or chunk
@@ -576,6 +578,27 @@ def _choose_blocks(
         block_shape(t, stride, u, n) for t, stride, n, u in zip(target, tiling.stride, spatial, unit or (None,) * dims)
     )
     return blocks, chunk or blocks, shard
+
+
+def _check_block_against_tiles(block: Sequence[int], stride: Sequence[int], spatial: Sequence[int]) -> None:
+    """Refuses blocks under a quarter of the tile stride on an axis: each
+    block runs whole tiles, overlap included, for its few pixels (a block of
+    3 px on a 300 px image ran past 100 s where the default took 4).
+
+    >>> _check_block_against_tiles((16, 16), (60, 60), (300, 300))
+    >>> _check_block_against_tiles((3, 64), (60, 60), (300, 300))
+    Traceback (most recent call last):
+    ...
+    unet_rt.errors.InvalidArgumentError: invalid block: 3 px is under a quarter of the tiles' stride (60 px): each block would run whole tiles, overlap included, for a few of their pixels (about 20 times the work along that axis); pass a block of at least 60, or leave it out (the destination's chunks can still be small: chunks=)
+    """
+    for size, step, length in zip(block, stride, spatial):
+        least = min(step, length)
+        if 4 * size < least:
+            raise InvalidArgumentError(
+                f"invalid block: {size} px is under a quarter of the tiles' stride ({least} px): each block would run "
+                f"whole tiles, overlap included, for a few of their pixels (about {least // size} times the work "
+                f"along that axis); pass a block of at least {least}, or leave it out (the destination's "
+                f"chunks can still be small: chunks=)")
 
 
 def _array(group, name, shape, dtype, array_axes, spatial_chunks, spatial_shards, previous, layout=None) -> Any:
