@@ -647,7 +647,7 @@ def test_command_line_usage_errors_exit_2(tmp_path):
     zarr.create_array(tmp_path / "big.zarr", shape=(300, 300), chunks=(100, 100), dtype="uint8")
     run = subprocess.run([sys.executable, "-m", "unet_rt.dask", str(tmp_path / "big.zarr"), str(tmp_path / "out.zarr"),
                           "--device", "cpu", "--block", "3", "--no-progress"], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 2 and "invalid block: 3 px is under a quarter of the tiles' stride" in run.stderr, run.stderr
+    assert run.returncode == 2 and "invalid block: 3 px is under a sixteenth of the tiles' stride" in run.stderr, run.stderr
     assert "--chunks)" in run.stderr and not (tmp_path / "out.zarr").exists(), run.stderr
     # Messages of segment_to_zarr spell its keyword arguments as this command's flags.
     zarr.create_group(tmp_path / "theirs.zarr").create_array("notes", shape=(3,), dtype="uint8")

@@ -581,21 +581,24 @@ def _choose_blocks(
 
 
 def _check_block_against_tiles(block: Sequence[int], stride: Sequence[int], spatial: Sequence[int]) -> None:
-    """Refuses blocks under a quarter of the tile stride on an axis: each
+    """Refuses blocks under a sixteenth of the tile stride on an axis: each
     block runs whole tiles, overlap included, for its few pixels (a block of
-    3 px on a 300 px image ran past 100 s where the default took 4).
+    3 px on a 300 px image ran past 100 s where the default took 4). Blocks
+    of a few tiles' fraction (64 px beside a stride of 296) only cost some
+    work twice, and tests of many blocks use them.
 
     >>> _check_block_against_tiles((16, 16), (60, 60), (300, 300))
+    >>> _check_block_against_tiles((64, 64), (296, 296), (1000, 1000))
     >>> _check_block_against_tiles((3, 64), (60, 60), (300, 300))
     Traceback (most recent call last):
     ...
-    unet_rt.errors.InvalidArgumentError: invalid block: 3 px is under a quarter of the tiles' stride (60 px): each block would run whole tiles, overlap included, for a few of their pixels (about 20 times the work along that axis); pass a block of at least 60, or leave it out (the destination's chunks can still be small: chunks=)
+    unet_rt.errors.InvalidArgumentError: invalid block: 3 px is under a sixteenth of the tiles' stride (60 px): each block would run whole tiles, overlap included, for a few of their pixels (about 20 times the work along that axis); pass a block of at least 60, or leave it out (the destination's chunks can still be small: chunks=)
     """
     for size, step, length in zip(block, stride, spatial):
         least = min(step, length)
-        if 4 * size < least:
+        if 16 * size < least:
             raise InvalidArgumentError(
-                f"invalid block: {size} px is under a quarter of the tiles' stride ({least} px): each block would run "
+                f"invalid block: {size} px is under a sixteenth of the tiles' stride ({least} px): each block would run "
                 f"whole tiles, overlap included, for a few of their pixels (about {least // size} times the work "
                 f"along that axis); pass a block of at least {least}, or leave it out (the destination's "
                 f"chunks can still be small: chunks=)")
