@@ -720,3 +720,21 @@ def test_a_model_that_cannot_be_read_is_a_usage_error_naming_the_model(cli, tmp_
     (tmp_path / "loop2.pt").symlink_to(tmp_path / "loop1.pt")
     proc = segment(cli, good_image(tmp_path / "g.npy"), out=tmp_path / "o", extra=["-m", tmp_path / "loop1.pt"])
     assert_refused(proc, "cannot load model", "loop1.pt", status=(2,))
+
+
+@pytest.mark.parametrize("code,name", [(50000, "Zstandard (zstd)"), (34925, "LZMA"), (33003, "JPEG 2000"), (60000, "a codec")])
+def test_a_compression_the_reader_lacks_is_named_with_a_way_out(cli, tmp_path, code, name):
+    # Was the decoder's "Compression method Unknown(50000) is unsupported".
+    import tifffile
+
+    path = tmp_path / "packed.tif"
+    tifffile.imwrite(path, (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages[0].tags["Compression"]
+        offset, byteorder = tag.valueoffset, tif.byteorder
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(struct.pack(byteorder + "H", code))
+    stderr = refused_alone(cli, path, tmp_path)
+    assert f"compressed with {name} (TIFF compression {code})" in stderr, stderr
+    assert "compression='zlib'" in stderr and "Unknown(" not in stderr, stderr

@@ -383,6 +383,31 @@ fn plan(decoder: &mut TiffDecoder, file_len: u64, memory: Memory) -> Result<(Pag
     Ok((first, pages))
 }
 
+/// The TIFF compressions the `tiff` crate decodes: none, LZW, JPEG,
+/// deflate (both codes) and PackBits. Others were refused in its words,
+/// "Compression method Unknown(50000) is unsupported", naming no codec and
+/// no way out.
+const DECODED_COMPRESSIONS: [u16; 6] = [1, 5, 7, 8, 32773, 32946];
+
+/// The name of a TIFF compression code, as tifffile and libtiff call it.
+fn compression_name(code: u16) -> &'static str {
+    match code {
+        2 => "CCITT RLE",
+        3 => "CCITT Group 3 fax",
+        4 => "CCITT Group 4 fax",
+        6 => "old-style JPEG",
+        33003 | 33004 | 33005 | 34712 => "JPEG 2000",
+        34887 => "LERC",
+        34892 => "lossy deflate",
+        34925 => "LZMA",
+        34933 => "PNG",
+        34934 => "JPEG XR",
+        50000 => "Zstandard (zstd)",
+        50001 => "WebP",
+        50002 | 52546 => "JPEG XL",
+        _ => "a codec",
+    }
+}
 /// Checks what the current page declares: a supported sample type, a size
 /// that can be computed and fits in memory, strips or tiles within the file,
 /// and for uncompressed data, no more than the file and its strips hold.
@@ -435,6 +460,14 @@ fn check_page(
         .find_tag_unsigned::<u16>(Tag::Compression)
         .map_err(tiff_err)?
         .unwrap_or(1);
+    if !DECODED_COMPRESSIONS.contains(&compression) {
+        return Err(format!(
+            "page {number} is compressed with {} (TIFF compression {compression}), which unet-rt does not \
+             decode: re-save it uncompressed or with zlib (deflate), LZW, PackBits or JPEG, e.g. \
+             tifffile.imwrite(path, tifffile.imread(path), compression='zlib')",
+            compression_name(compression)
+        ));
+    }
     let (offsets_tag, counts_tag) = match decoder.get_chunk_type() {
         ChunkType::Strip => (Tag::StripOffsets, Tag::StripByteCounts),
         ChunkType::Tile => (Tag::TileOffsets, Tag::TileByteCounts),
