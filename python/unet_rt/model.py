@@ -706,8 +706,9 @@ def as_plain_array(value: Any, argument: str) -> np.ndarray:
         array = np.asarray(value)
     except (ValueError, TypeError, RuntimeError) as err:
         raise InvalidArgumentError(f"invalid {argument}: cannot be read as one array ({err})") from err
-    if array.dtype == object and array.ndim == 0:
-        # None or a dict was "dtype object is not supported".
+    if array.dtype == object and array.ndim == 0 and not isinstance(value, np.ndarray):
+        # None or a dict was "dtype object is not supported" (an object
+        # array is one, and is told its dtype).
         raise TypeError(f"{argument} must be an array (NumPy's, or anything numpy.asarray reads as one), "
                         f"got {type(value).__name__}")
     return array
