@@ -2005,12 +2005,7 @@ impl<'a> Prober<'a> {
     /// on every axis), a view. Every size here is below
     /// [`MAX_PROBE_VALUES`]: the casts cannot wrap.
     fn tile_of(&self, image: &Tensor, at: &Placement) -> Result<Tensor> {
-        let mut tile = image.shallow_clone();
-        for axis in 0..self.dims {
-            tile =
-                self.torch(tile.f_narrow((axis + 2) as i64, at.shift as i64, at.inner as i64))?;
-        }
-        Ok(tile)
+        self.cube(image, at.shift, at.inner)
     }
 
     /// The tile of `image` placed `at` against the whole image's output
