@@ -406,6 +406,33 @@ def test_a_network_returning_class_numbers_as_floats_is_refused(tmp_path):
         unet_rt.Model(plain_export(_ArgmaxInside().eval(), tmp_path / "declared.pt", declared), device="cpu")
 
 
+class _DoubleInside(torch.nn.Module):
+    """A same-padded U-Net saved in float64 that casts its input to match."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = UNet(in_channels=1, classes=2, depth=2, base=4, padding="same")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.to(torch.float64))
+
+
+def test_a_network_casting_its_input_to_another_type_is_refused_naming_the_cast(tmp_path):
+    """Its weights run in float32, so every pass failed on the cast; the
+    refusal said "follows no size rule" (or that metadata was contradicted)
+    with the type error at its tail."""
+    match = r"fails at every input size with a type error \(.*double.*\): the network casts its input .*remove the cast"
+    with pytest.raises(unet_rt.ModelError, match=match) as refused:
+        unet_rt.Model(plain_export(_DoubleInside().double().eval(), tmp_path / "double.pt"), device="cpu")
+    assert not isinstance(refused.value, unet_rt.MetadataError)
+    declared = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                "output": "softmax", "padding": "same", "halo": 8, "size_multiple": 4}
+    with pytest.raises(unet_rt.ModelError, match=match) as refused:
+        unet_rt.Model(plain_export(_DoubleInside().double().eval(), tmp_path / "declared.pt", declared), device="cpu")
+    assert not isinstance(refused.value, unet_rt.MetadataError)
+
+
 class _OneImage(torch.nn.Module):
     """A same-padded U-Net whose traced head fixes the batch size at 1."""
 

@@ -88,6 +88,16 @@ pub(crate) fn says_out_of_memory(message: &str) -> bool {
     .any(|m| message.contains(m))
 }
 
+/// Whether a libtorch message is two tensors of different floating types
+/// meeting in one operation: input against weights ("Input type (double)
+/// and bias type (float) should be the same"), or two matrices.
+pub(crate) fn says_dtype_mismatch(message: &str) -> bool {
+    (message.contains("type (") && message.contains("should be the same"))
+        || message.contains("same dtype")
+        || message.contains("expected scalar type")
+        || message.contains("must share same datatype")
+}
+
 /// libtorch messages carry a C++ backtrace after the first lines, and
 /// TorchScript errors a script traceback before the exception itself; users
 /// need the exception's own words.
@@ -136,7 +146,28 @@ pub(crate) fn first_line(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::first_line;
+    use super::{first_line, says_dtype_mismatch};
+
+    #[test]
+    fn dtype_mismatches_are_told_from_other_failures() {
+        for message in [
+            "RuntimeError: Input type (double) and bias type (float) should be the same",
+            "RuntimeError: Input type (double) and bias type (c10::BFloat16) should be the same",
+            "mat1 and mat2 must have the same dtype, but got Double and Float",
+            "expected m1 and m2 to have the same dtype, but got: double != float",
+            "mixed dtype (CPU): all inputs must share same datatype.",
+            "expected scalar type Double but found Float",
+        ] {
+            assert!(says_dtype_mismatch(message), "{message}");
+        }
+        for message in [
+            "Sizes of tensors must match except in dimension 1",
+            "Given groups=1, weight of size [8, 1, 3, 3], expected input[1, 3, 8, 8] to have 1 channels",
+            "CUDA out of memory. Tried to allocate 2 GiB",
+        ] {
+            assert!(!says_dtype_mismatch(message), "{message}");
+        }
+    }
 
     #[test]
     fn keeps_the_exception_of_a_script_traceback() {

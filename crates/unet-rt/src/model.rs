@@ -234,7 +234,8 @@ impl Model {
                 // Declared geometry cannot make such layers exact: say how
                 // close tiles come. A failed measurement leaves the finding
                 // from the code alone.
-                info.exactness.measured = probe::measure(&module, device, path, &info).ok();
+                info.exactness.measured =
+                    probe::unless_cancelled(probe::measure(&module, device, path, &info))?;
             } else if !info.exactness.nondeterministic
                 && !verified_at_export(metadata.as_ref(), &info, &module)
             {
@@ -242,7 +243,8 @@ impl Model {
                 // in what tiles compute, and so does what any network
                 // computes over the whole tile beyond the code scan's
                 // list (tiles differ anyway where passes do).
-                if let Some((measured, mismatch)) = probe::check_tiles(&module, device, path, &info)
+                if let Some((measured, mismatch)) =
+                    probe::check_tiles(&module, device, path, &info)?
                 {
                     info.exactness.measured = Some(measured);
                     info.exactness.undeclared_geometry = mismatch;

@@ -418,7 +418,7 @@ pub(crate) fn probe(
     info.min_size = prober.min_size(&info)?;
     if !settled {
         info.exactness.measured =
-            check_tiles(module, device, path, &info).map(|(measured, _)| measured);
+            check_tiles(module, device, path, &info)?.map(|(measured, _)| measured);
     }
     // Per input value squared in the passes (one image of C channels):
     // per pixel squared, C^2 times that. Only for a network whose tiles are
@@ -557,7 +557,7 @@ pub(crate) fn check_tiles(
     device: Device,
     path: &Path,
     info: &ModelInfo,
-) -> Option<(Agreement, Option<GeometryMismatch>)> {
+) -> Result<Option<(Agreement, Option<GeometryMismatch>)>> {
     // A GPU's convolutions round in TF32 by default (about 1e-3 of the
     // range over a deep network); an undeclared reach or pooling grid, or
     // a layer that sees the whole tile, moves outputs by percents.
@@ -572,37 +572,41 @@ pub(crate) fn check_tiles(
         // pixels around each, it loaded as exact and outputs at a tile seam
         // were half the range off.
         let measured = with_placement(module, device, path, info, |prober, _| {
-            prober.overlapping_fixed_tiles(info).ok().flatten()
+            unless_cancelled(prober.overlapping_fixed_tiles(info)).map(Option::flatten)
         })?;
-        return (measured.max_difference > tolerance).then_some((measured, None));
+        return Ok(measured
+            .filter(|measured| measured.max_difference > tolerance)
+            .map(|measured| (measured, None)));
     }
     // Uniform noise shows a reach or a grid; the probes beyond it find
     // networks that scale by their input, which no overlap fixes, and
     // paths that uniform noise leaves closed.
-    let (measured, on_uniform) = with_placement(module, device, path, info, |prober, at| {
-        let uniform = at.uniform(prober).ok()?;
+    let measured = with_placement(module, device, path, info, |prober, at| {
+        let Some(uniform) = unless_cancelled(at.uniform(prober))? else {
+            return Ok(None);
+        };
         if uniform.max_difference > tolerance {
-            return Some((uniform, true));
+            return Ok(Some((uniform, true)));
         }
         let measured = at.beyond_uniform(prober, uniform, sees_raw_values(info));
-        Some((measured.ok()?, false))
+        Ok(unless_cancelled(measured)?.map(|measured| (measured, false)))
     })?;
-    if measured.max_difference <= tolerance {
-        return None;
-    }
+    let Some((measured, on_uniform)) = measured.filter(|(m, _)| m.max_difference > tolerance)
+    else {
+        return Ok(None);
+    };
     // Only a same-padded model whose tiles differ on uniform noise may
     // reach, or pool, beyond what it declares.
     if !(on_uniform && info.padding == Padding::Same) {
-        return Some((measured, None));
+        return Ok(Some((measured, None)));
     }
-    let probed = probe(module, device, path, Vec::new())
-        .ok()
+    let probed = unless_cancelled(probe(module, device, path, Vec::new()))?
         .filter(|probed| probed.padding == Padding::Same);
     let declared = (info.halo, info.size_multiple);
     // Probing finds the declared geometry: the network itself is what
     // tiles cannot reproduce (it told users to declare what they had).
     if probed.as_ref().map(|p| (p.halo, p.size_multiple)) == Some(declared) {
-        return Some((measured, None));
+        return Ok(Some((measured, None)));
     }
     let mismatch = GeometryMismatch {
         declared_halo: info.halo,
@@ -614,7 +618,19 @@ pub(crate) fn check_tiles(
             .filter(|p| p.exactness.is_exact())
             .map(|p| (p.halo, p.size_multiple)),
     };
-    Some((measured, Some(mismatch)))
+    Ok(Some((measured, Some(mismatch))))
+}
+
+/// `result`'s value, `None` where its pass failed (a measurement that
+/// could not be made finds nothing), and the error where the work was
+/// cancelled: a load that ran on after an exit-time cancellation reached
+/// libtorch while the interpreter was tearing down.
+pub(crate) fn unless_cancelled<T>(result: Result<T>) -> Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(Error::Cancelled) => Err(Error::Cancelled),
+        Err(_) => Ok(None),
+    }
 }
 
 /// Runs `module` on two images at once and on the first alone (twice,
@@ -697,16 +713,10 @@ pub(crate) fn check_passes(
     if !info.probed {
         check_declared_sizes(&mut prober, info, size)?;
     }
-    let mut passes = match prober.batch_and_repeat(size) {
-        Ok((passes, _)) => passes,
-        Err(Error::Cancelled) => return Err(Error::Cancelled),
-        Err(_) => return Ok(Passes::default()),
+    let Some((mut passes, _)) = unless_cancelled(prober.batch_and_repeat(size))? else {
+        return Ok(Passes::default());
     };
-    passes.contiguous_input = match prober.fails_channels_last(size) {
-        Ok(fails) => fails,
-        Err(Error::Cancelled) => return Err(Error::Cancelled),
-        Err(_) => false,
-    };
+    passes.contiguous_input = unless_cancelled(prober.fails_channels_last(size))?.unwrap_or(false);
     Ok(passes)
 }
 
@@ -795,6 +805,9 @@ fn check_declared_sizes(prober: &mut Prober<'_>, info: &ModelInfo, size: usize) 
                 return Ok(())
             }
             Ok(None) => {
+                if let Some(error) = type_error(prober) {
+                    return Err(error);
+                }
                 return Err(Error::InvalidMetadata {
                     path: prober.path.to_owned(),
                     reason: format!(
@@ -809,13 +822,34 @@ fn check_declared_sizes(prober: &mut Prober<'_>, info: &ModelInfo, size: usize) 
                         prober.last_failure.clone().unwrap_or_else(|| "(no message)".to_owned()),
                         what_probing_finds(prober)
                     ),
-                })
+                });
             }
             Err(Error::Cancelled) => return Err(Error::Cancelled),
             Err(_) => return Ok(()),
         }
     }
     Ok(())
+}
+
+/// The error for a network whose last pass failed on two floating types
+/// meeting (`None` for other failures): a cast inside it (x.double())
+/// fails at every size once its weights run in float32, and was reported
+/// as a size rule the network does not follow, or metadata it contradicts,
+/// with the type error at the message's tail.
+fn type_error(prober: &Prober<'_>) -> Option<Error> {
+    let failure = prober
+        .last_failure
+        .as_deref()
+        .filter(|m| crate::error::says_dtype_mismatch(m))?;
+    Some(Error::InvalidModel {
+        path: prober.path.to_owned(),
+        reason: format!(
+            "it fails at every input size with a type error ({failure}): the network casts its input to a \
+             floating type its weights are not in. unet_rt feeds float32 and runs the weights in the chosen \
+             precision (fp32, bf16 or fp16); remove the cast (x.double(), x.to(...)) from forward, or cast to \
+             the weights' dtype (x.to(self.conv.weight.dtype))"
+        ),
+    })
 }
 
 /// "; probing the network finds ...": the geometry and channels probing
@@ -1368,6 +1402,9 @@ impl<'a> Prober<'a> {
                  network?): unet_rt segments at the input's resolution; resize the output back to the \
                  input's size in the network (F.interpolate), or enlarge the image first"
             ));
+        }
+        if let Some(error) = type_error(self) {
+            return error;
         }
         self.no_rule(&format!(
             "no input size of 1, 2, 4 ... {} (nor 3, 9, 27 or 81 times those) works; a network \
@@ -2228,11 +2265,10 @@ impl<'a> Prober<'a> {
         let measured = self
             .output(image)
             .and_then(|whole| self.agreement(image, &whole, at));
-        match measured {
-            Ok(measured) => Ok(so_far.or_worse(&measured)),
-            Err(Error::Cancelled) => Err(Error::Cancelled),
-            Err(_) => Ok(so_far),
-        }
+        Ok(match unless_cancelled(measured)? {
+            Some(measured) => so_far.or_worse(&measured),
+            None => so_far,
+        })
     }
 
     /// For networks that keep the input size or take any size: the overlap
