@@ -95,6 +95,8 @@ def inputs(tmp_path_factory):
         "gray8.png": random_image((45, 80), np.uint8, 5),
         "gray16.png": random_image((64, 50), np.uint16, 6),
         "array.npy": random_image((58, 44), np.float64, 7),
+        # Refused by the reader once, though the Python API takes float16.
+        "half.npy": random_image((54, 62), np.float16, 8),
     }
     for name, image in images.items():
         if name == "big.tif":
@@ -125,7 +127,7 @@ def test_every_format_gives_the_reference_labels(tiny_model_path, cli, inputs, o
 
 def test_probabilities_equal_the_reference_as_npy_and_float_tiff(tiny_model_path, cli, inputs, oracle, tmp_path):
     folder, images = inputs
-    names = ["u16.tif", "gray8.png", "array.npy"]
+    names = ["u16.tif", "gray8.png", "array.npy", "half.npy"]
     for fmt in ("npy", "tif"):
         out = tmp_path / fmt
         cmd = [cli, "segment", *[folder / n for n in names], "-m", tiny_model_path, "-o", out]

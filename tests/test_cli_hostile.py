@@ -95,7 +95,7 @@ HOSTILE_NPY = {
     "deep_nesting": npy(shape="(" * 3000 + ")" * 3000),
     "fortran_order_not_bool": npy(fortran="'yes'", shape="(8, 8)", data=b"\0" * 512),
     "complex": npy(descr="'<c8'", shape="(8, 8)", data=b"\0" * 512),
-    "float16": npy(descr="'<f2'", shape="(8, 8)", data=b"\0" * 128),
+    "float128": npy(descr="'<f16'", shape="(8, 8)", data=b"\0" * 1024),
     "structured": npy(descr="[('a', '<i4'), ('b', '<f8')]", shape="(8, 8)", data=b"\0" * 768),
     "object": npy(descr="'|O'", shape="(8, 8)", data=b"\0" * 512),
     "unicode": npy(descr="'<U4'", shape="(8, 8)", data=b"\0" * 1024),
@@ -127,7 +127,7 @@ def test_truncated_npy_is_refused(cli, tmp_path):
     assert "16384" in stderr, stderr  # the bytes the header declares
 
 
-@pytest.mark.parametrize("dtype", ["bool", "u1", "i1", "<u2", ">u2", "<i2", ">i4", "<u4", "<i8", "<u8", "<f4", ">f8"])
+@pytest.mark.parametrize("dtype", ["bool", "u1", "i1", "<u2", ">u2", "<i2", ">i4", "<u4", "<i8", "<u8", "<f2", ">f2", "<f4", ">f8"])
 def test_every_supported_npy_type_reads_as_its_values(cli, tmp_path, dtype):
     """The NPY reader reads each type, either byte order and Fortran order
     into the same values: the same labels as the reference uint8 image."""

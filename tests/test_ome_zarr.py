@@ -161,6 +161,18 @@ def test_levels_need_ome_output_and_groups_need_multiscales(tmp_path, image, tin
         _segment(tmp_path / "plain.zarr", tmp_path / "out2.zarr", tiny_model_path)
 
 
+def test_levels_beyond_one_pixel_are_refused_naming_the_argument(tmp_path, tiny_model_path):
+    # 100 x 60 pixels: levels of 100, 50, 25, 13, 7, 4, 2 and 1 pixels; a
+    # ninth would repeat the last (ten identical-looking 1x1 levels before).
+    small = np.zeros((100, 60), np.uint8)
+    zarr.create_array(str(tmp_path / "in.zarr"), data=small, chunks=(64, 64))
+    with pytest.raises(InvalidArgumentError, match=r"invalid levels: 9; an image of 100x60 pixels has 8 distinct"):
+        _segment(tmp_path / "in.zarr", tmp_path / "out.zarr", tiny_model_path, ome=True, levels=9)
+    assert not (tmp_path / "out.zarr").exists()
+    _segment(tmp_path / "in.zarr", tmp_path / "out.zarr", tiny_model_path, ome=True, levels=8)
+    assert zarr.open_array(str(tmp_path / "out.zarr" / "labels" / "labels" / "7")).shape == (1, 1)
+
+
 def test_two_batch_axes_are_refused(tmp_path, tiny_model_path):
     src = tmp_path / "tz.zarr"
     _ome_image(src, np.zeros((2, 1, 3, 64, 64), np.uint8), "tczyx", levels=1)
@@ -261,6 +273,19 @@ def test_cli_zarr_resolution_levels(cli, tmp_path, tiny_model_path):
     assert [d["coordinateTransformations"][0]["scale"] for d in datasets] == [[1, 1, 1], [1, 2, 2], [1, 4, 4]]
     usage = _unet_rt(cli, tmp_path / "a.npy", "-o", tmp_path / "out2", "--levels", "2")
     assert usage.returncode == 2 and "--levels applies to --format zarr" in usage.stderr
+
+
+def test_cli_zarr_levels_beyond_one_pixel_fail_the_image_naming_the_flag(cli, tmp_path, tiny_model_path):
+    np.save(tmp_path / "a.npy", np.zeros((100, 60), np.uint8))
+    run = _unet_rt(cli, tmp_path / "a.npy", "-o", tmp_path / "out", "--format", "zarr", "-m", tiny_model_path,
+                   "--levels", "9", "--device", "cpu")
+    assert run.returncode == 1, run.stderr
+    assert "--levels 9: an image of 100x60 pixels has 8 distinct resolution level(s)" in run.stderr
+    assert not (tmp_path / "out" / "a.zarr").exists()
+    run = _unet_rt(cli, tmp_path / "a.npy", "-o", tmp_path / "out", "--format", "zarr", "-m", tiny_model_path,
+                   "--levels", "8", "--device", "cpu")
+    assert run.returncode == 0, run.stderr
+    assert zarr.open_array(str(tmp_path / "out" / "a.zarr" / "labels" / "labels" / "7")).shape == (1, 1)
 
 
 def test_cli_zarr_refuses_float_outputs(cli, tmp_path):

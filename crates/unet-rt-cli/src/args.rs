@@ -16,7 +16,7 @@ Examples:
   unet-rt segment data/ -o out/ --skip-existing --json > log.jsonl   # resume a folder
 
 Inputs: TIFF (8/16/32/64-bit integer, 32/64-bit float; multi-page, BigTIFF), PNG
-(8/16-bit) and NPY (integer, float32 or float64). A multi-page TIFF is a volume
+(8/16-bit) and NPY (bool, integer, float16, float32 or float64). A multi-page TIFF is a volume
 for a 3-D model and a stack of 2-D images, each segmented on its own, for a 2-D
 model (its result has one page per input page). Folders contribute their
 supported files (not recursively), in name order; glob patterns (* ? [..]) are
@@ -32,7 +32,8 @@ raw: float32, channel-first (classes, [z,] y, x), TIFF pages or NPY.
 --format zarr writes <stem>.zarr, an OME-Zarr (NGFF 0.5) image holding the input
 (axes [t,] c, [z,] y, x) and the result as its label image labels/<kind> (a colour
 and a name per class), which napari and other NGFF readers open as labels;
---levels N adds resolution levels (every 2^k-th pixel).
+--levels N adds resolution levels (every 2^k-th pixel; at most as many as end at one
+pixel).
 Each file is written to a hidden temporary file and renamed when complete.
 
 With --json, each input gives one line on stdout:

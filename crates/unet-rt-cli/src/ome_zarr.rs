@@ -69,6 +69,14 @@ macro_rules! zarr_element {
 }
 zarr_element!(u8 => "uint8", u16 => "uint16", i16 => "int16", u32 => "uint32", f32 => "float32", f64 => "float64");
 
+impl ZarrElement for half::f16 {
+    const DATA_TYPE: &'static str = "float16";
+    const ZERO: Self = half::f16::ZERO;
+    fn put(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+}
+
 /// What the label image says of its values.
 pub(crate) struct LabelInfo<'a> {
     /// The result kind, the label image's name: `labels` or `instances`.
@@ -104,6 +112,19 @@ fn write_into<T: ZarrElement>(
 ) -> Result<(), String> {
     let spatial = image.ndim() - 2;
     let space = &"zyx"[3 - spatial..];
+    let sides = &image.shape()[2..];
+    let distinct = distinct_levels(sides);
+    if info.levels > distinct {
+        // Levels beyond one pixel along every halved axis repeat the last:
+        // a 100-pixel image asked for 10 got three identical 1x1 levels.
+        let shown: Vec<String> = sides.iter().map(usize::to_string).collect();
+        return Err(format!(
+            "--levels {}: an image of {} pixels has {distinct} distinct resolution level(s) (the last one pixel \
+             wide); ask for at most {distinct}",
+            info.levels,
+            shown.join("x")
+        ));
+    }
     let page = if stacked { Some(info.page_axis) } else { None };
     // The image, in NGFF's axis order t, c, z, y, x: (t, c, spatial...) for
     // time points, (c, z, y, x) for the planes of a stack, (c, spatial...).
@@ -185,6 +206,13 @@ fn write_into<T: ZarrElement>(
         Output::U32(a) => write_levels(&label_root, &a.view(), &label_axes, &label_halved, levels),
         Output::F32(_) => Err("OME-Zarr label images hold integer labels or instances".to_owned()),
     }
+}
+
+/// How many resolution levels of `sides` differ: level k keeps every 2^k-th
+/// pixel, `ceil(n / 2^k)` of `n`, and the last is one pixel along each side.
+fn distinct_levels(sides: &[usize]) -> usize {
+    let widest = sides.iter().copied().max().unwrap_or(1).max(1);
+    1 + (usize::BITS - (widest - 1).leading_zeros()) as usize
 }
 
 fn axis(name: char) -> Value {
@@ -328,6 +356,29 @@ fn write_array<T: ZarrElement>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn distinct_levels_end_at_one_pixel() {
+        for (sides, levels) in [
+            (&[1][..], 1),
+            (&[2], 2),
+            (&[3, 1], 3),
+            (&[4], 3),
+            (&[5], 4),
+            (&[100, 60], 8),
+            (&[128], 8),
+            (&[129], 9),
+            (&[0], 1),
+        ] {
+            assert_eq!(distinct_levels(sides), levels, "{sides:?}");
+            let widest = sides.iter().copied().max().unwrap().max(1);
+            // The last distinct level is one pixel, the one before is not.
+            assert_eq!(widest.div_ceil(1 << (levels - 1)), 1, "{sides:?}");
+            if levels > 1 {
+                assert!(widest.div_ceil(1 << (levels - 2)) > 1, "{sides:?}");
+            }
+        }
+    }
 
     #[test]
     fn chunks_cap_spatial_axes_and_keep_channels_whole() {

@@ -48,6 +48,9 @@ pub(crate) enum Pixels {
     U16(ArrayD<u16>),
     /// 16-bit signed (also 8-bit signed).
     I16(ArrayD<i16>),
+    /// IEEE half precision (NPY), uploaded as it is where the device
+    /// normalises.
+    F16(ArrayD<half::f16>),
     /// 32-bit float.
     F32(ArrayD<f32>),
     /// 64-bit float (also 32/64-bit integers).
@@ -61,6 +64,7 @@ macro_rules! with_pixels {
             $crate::read::Pixels::U8($a) => $body,
             $crate::read::Pixels::U16($a) => $body,
             $crate::read::Pixels::I16($a) => $body,
+            $crate::read::Pixels::F16($a) => $body,
             $crate::read::Pixels::F32($a) => $body,
             $crate::read::Pixels::F64($a) => $body,
         }
@@ -80,6 +84,7 @@ impl Pixels {
             Self::U8(_) => "uint8",
             Self::U16(_) => "uint16",
             Self::I16(_) => "int16",
+            Self::F16(_) => "float16",
             Self::F32(_) => "float32",
             Self::F64(_) => "float64",
         }

@@ -137,6 +137,7 @@ enum Kind {
     I32,
     U64,
     I64,
+    F16,
     F32,
     F64,
 }
@@ -169,6 +170,7 @@ impl Element {
             "i4" => (Kind::I32, 4, "int32"),
             "u8" => (Kind::U64, 8, "uint64"),
             "i8" => (Kind::I64, 8, "int64"),
+            "f2" | "e" => (Kind::F16, 2, "float16"),
             "f4" => (Kind::F32, 4, "float32"),
             "f8" => (Kind::F64, 8, "float64"),
             _ => return None,
@@ -188,7 +190,7 @@ impl Element {
     fn decoded_bytes(self, len: usize) -> Option<u64> {
         match self.kind {
             Kind::Bool | Kind::U8 => bytes_of::<u8>(len),
-            Kind::U16 => bytes_of::<u16>(len),
+            Kind::U16 | Kind::F16 => bytes_of::<u16>(len),
             Kind::I8 | Kind::I16 => bytes_of::<i16>(len),
             Kind::F32 => bytes_of::<f32>(len),
             Kind::U32 | Kind::I32 | Kind::U64 | Kind::I64 | Kind::F64 => bytes_of::<f64>(len),
@@ -242,6 +244,7 @@ impl Element {
             Kind::I8 => Pixels::I16(shaped(values!(i8, i16::from)?, shape, fortran)?),
             Kind::U16 => Pixels::U16(shaped(values!(u16, |v| v)?, shape, fortran)?),
             Kind::I16 => Pixels::I16(shaped(values!(i16, |v| v)?, shape, fortran)?),
+            Kind::F16 => Pixels::F16(shaped(values!(half::f16, |v| v)?, shape, fortran)?),
             Kind::F32 => Pixels::F32(shaped(values!(f32, |v| v)?, shape, fortran)?),
             Kind::F64 => Pixels::F64(shaped(values!(f64, |v| v)?, shape, fortran)?),
             Kind::U32 => Pixels::F64(shaped(values!(u32, f64::from)?, shape, fortran)?),
