@@ -656,6 +656,43 @@ def test_command_line_usage_errors_exit_2(tmp_path):
     assert run.returncode in (1, 2) and "--no-resume" in run.stderr and "resume=False" not in run.stderr, run.stderr
 
 
+def test_nonfinite_values_are_refused_or_propagated_as_the_api_does(model, tmp_path):
+    image = np.random.default_rng(0).random((200, 150)).astype(np.float32)
+    image[150, 100] = np.nan
+    x = da.from_array(image, chunks=64)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="nonfinite"):
+        ud.segment(x, model, nonfinite="ignore")  # before anything is computed
+    with pytest.raises(unet_rt.InvalidArgumentError, match="holds NaN or infinite values"):
+        sync(ud.segment(x, model))
+    want = unet_rt.segment(image, model, nonfinite="propagate")
+    assert_identical(sync(ud.segment(x, model, nonfinite=" Propagate")), want)
+    zarr.create_array(tmp_path / "nan.zarr", data=image, chunks=(64, 64))
+    out = ud.segment_to_zarr(str(tmp_path / "nan.zarr"), str(tmp_path / "out.zarr"), model, client=False,
+                             nonfinite="propagate", progress=False)
+    assert_identical(out[...], want)
+
+
+def test_command_line_errors_are_one_line(tiny_model_path, tmp_path):
+    image = np.random.default_rng(0).random((200, 150)).astype(np.float32)
+    image[150, 100] = np.nan
+    zarr.create_array(tmp_path / "nan.zarr", data=image, chunks=(64, 64))
+    command = [sys.executable, "-m", "unet_rt.dask", str(tmp_path / "nan.zarr"), str(tmp_path / "out.zarr"),
+               "--model", str(tiny_model_path), "--device", "cpu", "--no-progress"]
+    # The workers' own report of the failed task (Dask's traceback) came
+    # before the error, and the error named the Python keyword.
+    run = subprocess.run(command + ["--local-workers", "1"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().count("\n") == 0 and "Traceback" not in run.stderr, run.stderr
+    assert "holds NaN or infinite values" in run.stderr and "pass --nonfinite propagate" in run.stderr, run.stderr
+    run = subprocess.run(command + ["--nonfinite", "propagate"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    # An operating system's refusal names the file, not "[Errno 2]".
+    run = subprocess.run(command[:4] + ["/proc/unet-rt-test.zarr"] + command[5:], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.strip() == "unet_rt.dask: error: /proc/unet-rt-test.zarr: No such file or directory", run.stderr
+
+
 # --- memory ------------------------------------------------------------------
 
 

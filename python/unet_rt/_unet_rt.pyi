@@ -20,6 +20,8 @@ PIXEL_DTYPES: List[str]
 OUTPUTS: List[str]
 #: The test-time augmentation modes' names.
 TTA_MODES: List[str]
+#: The non-finite output policies' names.
+NONFINITE_MODES: List[str]
 
 def canonical_precision(text: str) -> str: ...
 def canonical_devices(text: str) -> List[str]: ...

@@ -29,6 +29,7 @@ ProgressArg = Union[bool, Callable[[int, int], Any], None]
 _SUPPORTED = tuple(np.dtype(name).type for name in _unet_rt.PIXEL_DTYPES)
 OUTPUTS: Tuple[str, ...] = tuple(_unet_rt.OUTPUTS)
 TTA_MODES: Tuple[str, ...] = tuple(_unet_rt.TTA_MODES)
+NONFINITE_MODES: Tuple[str, ...] = tuple(_unet_rt.NONFINITE_MODES)
 
 
 def bundled_model_path() -> Path:
@@ -673,6 +674,12 @@ def check_tta(tta: Any) -> str:
     """``tta`` as one of :data:`TTA_MODES`, or an error (the Dask layer
     records it before any block runs)."""
     return _choice(tta, "tta", TTA_MODES)
+
+
+def check_nonfinite(nonfinite: Any) -> str:
+    """``nonfinite`` as one of :data:`NONFINITE_MODES`, or an error (the Dask
+    layer checks it before any block runs)."""
+    return _choice(nonfinite, "nonfinite", NONFINITE_MODES)
 
 
 def check_dtype(dtype: Any) -> None:

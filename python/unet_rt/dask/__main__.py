@@ -16,13 +16,14 @@ written are skipped. Exit status: 0 done, 1 failure, 2 usage, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
 from contextlib import ExitStack
 from typing import List, Optional
 
-from ..model import DEFAULT_PRECISION, OUTPUTS, TTA_MODES
+from ..model import DEFAULT_PRECISION, NONFINITE_MODES, OUTPUTS, TTA_MODES
 
 __all__ = ["main"]
 
@@ -66,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default: chosen)")
     parser.add_argument("--tta", default="none", choices=list(TTA_MODES),
                         help="test-time augmentation: flips (4 passes per tile in 2-D) or d4 (8); default none")
+    parser.add_argument("--nonfinite", default="raise", choices=list(NONFINITE_MODES),
+                        help="NaN or infinity in the source or the network's output: raise (stop at that block, "
+                             "naming it; default) or propagate (let them through to the result)")
     parser.add_argument("--min-size", type=int, default=None,
                         help="instances: remove objects of fewer pixels (default: the model's read-out)")
     parser.add_argument("--fill-holes", default=None, choices=["yes", "no"],
@@ -92,7 +96,24 @@ def _in_flags(message: str) -> str:
     >>> _in_flags("pass resume=False to start over")
     'pass --no-resume to start over'
     """
-    return message.replace("resume=False", "--no-resume").replace("chunks=)", "--chunks)")
+    for keyword, flag in (("resume=False", "--no-resume"), ("chunks=)", "--chunks)"),
+                          ('nonfinite="propagate"', "--nonfinite propagate")):
+        message = message.replace(keyword, flag)
+    return message
+
+
+def _os_error(error: OSError) -> str:
+    """An operating system's refusal as the file and its reason (Python's
+    own text leads with "[Errno 2]").
+
+    >>> _os_error(FileNotFoundError(2, "No such file or directory", "/proc/x.zarr"))
+    '/proc/x.zarr: No such file or directory'
+    >>> _os_error(OSError("no such bucket"))
+    'no such bucket'
+    """
+    if error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -132,6 +153,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                             threads_per_worker=1,
                             processes=True,
                             dashboard_address=None,
+                            # A failed task is this command's one-line
+                            # error; the workers' own report of it (its
+                            # traceback, logged as an error) came first.
+                            silence_logs=logging.CRITICAL,
                             # /health and /metrics on a free port, not 8787.
                             scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                         )
@@ -155,6 +180,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 tile=args.tile,
                 batch_size=args.batch_size,
                 tta=args.tta,
+                nonfinite=args.nonfinite,
                 min_size=args.min_size,
                 fill_holes=None if args.fill_holes is None else args.fill_holes == "yes",
                 resources=resources,
@@ -169,7 +195,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"unet_rt.dask: error: {_in_flags(str(e))}", file=sys.stderr)
         return 2
     except (UnetRtError, OSError, ValueError) as e:
-        print(f"unet_rt.dask: error: {_in_flags(str(e))}", file=sys.stderr)
+        text = _os_error(e) if isinstance(e, OSError) and not isinstance(e, UnetRtError) else str(e)
+        print(f"unet_rt.dask: error: {_in_flags(text)}", file=sys.stderr)
         return 1
     print(f"{args.destination.rstrip('/')}/{result.path}: shape {tuple(result.shape)}, {result.dtype}, "
           f"{time.perf_counter() - started:.1f} s")

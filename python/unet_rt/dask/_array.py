@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import _unet_rt
 from ..errors import InvalidArgumentError
-from ..model import Model, as_plain_array, check_dtype, check_output, check_tta, in_engine_layout
+from ..model import Model, as_plain_array, check_dtype, check_nonfinite, check_output, check_tta, in_engine_layout
 from ._blocks import BlockPlan, dask_block
 from ._instances import block_summary, context_of, hole_summary, margin, merge_holes, merge_summaries, relabel_block
 from ._array_axes import ArrayAxes, block_depth
@@ -47,6 +47,7 @@ def segment(
     batch_size: Optional[int] = None,
     memory_budget: Optional[int] = None,
     tta: str = "none",
+    nonfinite: str = "raise",
     min_size: Optional[int] = None,
     fill_holes: Optional[bool] = None,
     object_size: Optional[float] = None,
@@ -97,6 +98,9 @@ def segment(
         tile, batch_size, memory_budget: choose the tiling as in
             :meth:`unet_rt.Model.segment` (for the whole array, once).
         tta: test-time augmentation, as in :meth:`unet_rt.Model.segment`.
+        nonfinite: ``"raise"`` (default: NaN or infinity in the input or
+            the network's output fails the computation, naming the block's
+            image) or ``"propagate"``, as in :meth:`unet_rt.Model.segment`.
         min_size, fill_holes: the instance read-out's options, as in
             :meth:`unet_rt.Model.segment`.
         object_size: not available for Dask arrays (resampling needs the
@@ -119,6 +123,7 @@ def segment(
     """
     output = check_output(output)
     tta = check_tta(tta)
+    nonfinite = check_nonfinite(nonfinite)
     check_normalize(normalize)
     check_object_size(object_size)
     x = _dask_input(arr)
@@ -144,6 +149,7 @@ def segment(
         padded=padded,
         memory_budget=memory_budget,
         tta=tta,
+        nonfinite=nonfinite,
     )
     kwargs: dict = {"spec": resolved.spec, "plan": plan}
     if ranges is not None:

@@ -33,6 +33,8 @@ class BlockPlan:
             out of device memory).
         tta: test-time augmentation, as in :meth:`unet_rt.Model.segment`
             (tile by tile, so blocks stay exact).
+        nonfinite: what NaN or infinity in a block's input or output does,
+            as in :meth:`unet_rt.Model.segment`.
     """
 
     spatial_dims: int
@@ -42,6 +44,7 @@ class BlockPlan:
     padded: bool = False
     memory_budget: Optional[int] = None
     tta: str = "none"
+    nonfinite: str = "raise"
 
 
 def overlaps(start: int, stop: int, size: int, depth: int, padded: bool) -> Tuple[int, int]:
@@ -79,6 +82,7 @@ def segment_block(
         input_range=ranges,
         memory_budget=plan.memory_budget,
         tta=plan.tta,
+        nonfinite=plan.nonfinite,
         **plan.tiling.options(),
     )
     return np.ascontiguousarray(result)

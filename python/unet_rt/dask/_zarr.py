@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from ..model import ProgressArg, check_dtype, check_output, check_tta
+from ..model import ProgressArg, check_dtype, check_nonfinite, check_output, check_tta
 from ._array import (
     ModelArg,
     Normalize,
@@ -167,6 +167,7 @@ def segment_to_zarr(
     memory_budget: Optional[int] = None,
     resources: Optional[Dict[str, float]] = None,
     tta: str = "none",
+    nonfinite: str = "raise",
     min_size: Optional[int] = None,
     fill_holes: Optional[bool] = None,
     object_size: Optional[float] = None,
@@ -218,6 +219,11 @@ def segment_to_zarr(
             (default: chunks of one block, no shards). A resumed destination
             keeps its own block, chunks and shards.
         tta: test-time augmentation, as in :meth:`unet_rt.Model.segment`.
+        nonfinite: ``"raise"`` (default: NaN or infinity in the source or
+            the network's output stops the run at that block, whose result
+            is not written; blocks written before stay done) or
+            ``"propagate"``, as in :meth:`unet_rt.Model.segment`. Not
+            recorded: a resumed run may pass either.
         min_size, fill_holes: the instance read-out's options, as in
             :meth:`unet_rt.Model.segment`; recorded, like ``tta``.
         object_size: not available (see :func:`unet_rt.dask.segment`).
@@ -257,6 +263,7 @@ def segment_to_zarr(
 
     output = check_output(output)
     tta = check_tta(tta)
+    nonfinite = check_nonfinite(nonfinite)
     check_normalize(normalize)
     check_object_size(object_size)
     levels = None if levels is None else _check_levels(levels)
@@ -279,6 +286,11 @@ def segment_to_zarr(
     array_axes = ArrayAxes.of(src.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
     read_out = json.dumps(resolved.local._read_out_for(output, min_size, fill_holes), sort_keys=True)
     shape = array_axes.canonical_shape(src.shape)
+    if levels is not None and levels > distinct_levels(shape[2:]):
+        raise InvalidArgumentError(
+            f"invalid levels: {levels}; an image of {'x'.join(map(str, shape[2:]))} pixels has "
+            f"{distinct_levels(shape[2:])} distinct resolution level(s) (the last one pixel wide)"
+        )
     _, tiling = resolved.plan(shape[2:], 0, tile, batch_size, memory_budget)
     engine_output = "labels" if output == "instances" else output
     # Checked before the destination is opened (a fresh one is created then).
@@ -330,7 +342,7 @@ def segment_to_zarr(
             )
         blocks, spatial_chunks, spatial_shards = fresh_blocks
     plan = BlockPlan(spatial_dims=array_axes.spatial_dims, output=engine_output, tiling=tiling, memory_budget=memory_budget,
-                     tta=config["tta"])
+                     tta=config["tta"], nonfinite=nonfinite)
     names = _names(output, ngff)
     target = _array(group, names[engine_output], resolved.local.result_shape(src.shape, engine_output, array_axes.axes),
                     resolved.local.result_dtype(engine_output), array_axes, spatial_chunks, spatial_shards, previous, layout)
@@ -457,6 +469,17 @@ def _names(output: str, ngff: bool) -> Dict[str, str]:
     if not ngff:
         return {kind: kind for kind in ("labels", "probabilities", "raw", "instances")}
     return {"labels": "0" if output == "labels" else "_classes", "instances": "0"}
+
+
+def distinct_levels(sides: Sequence[int]) -> int:
+    """How many resolution levels of an image of ``sides`` differ when
+    each halves the sides (``ceil(n / 2**k)``): the last is one pixel wide.
+
+    >>> distinct_levels((100, 60)), distinct_levels((128,)), distinct_levels((129,)), distinct_levels((1,))
+    (8, 8, 9, 1)
+    """
+    widest = max(1, max(sides, default=1))
+    return 1 + (widest - 1).bit_length()
 
 
 def _check_levels(levels: Any) -> int:

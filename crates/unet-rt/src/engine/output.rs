@@ -139,6 +139,11 @@ pub enum NonFinite {
     Propagate,
 }
 
+impl NonFinite {
+    /// The name of each policy, as every entry point spells it.
+    pub const NAMES: [&'static str; 2] = ["raise", "propagate"];
+}
+
 impl std::str::FromStr for NonFinite {
     type Err = Error;
 
@@ -437,6 +442,9 @@ mod tests {
         );
         for name in OutputMode::NAMES {
             assert!(name.parse::<OutputMode>().is_ok(), "{name}");
+        }
+        for name in NonFinite::NAMES {
+            assert!(name.parse::<NonFinite>().is_ok(), "{name}");
         }
     }
 }
