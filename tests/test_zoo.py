@@ -350,7 +350,11 @@ def test_a_3d_network_that_takes_any_size_is_probed_on_small_volumes(tmp_path):
     model = unet_rt.Model(path, device="cpu")
     loaded = time.perf_counter() - started
     info = model.info
-    assert info["exact"] and info["size_multiple"] == 16 and info["spatial_dims"] == 3, (info, loaded)
+    # Four poolings; with these random weights the fourth one's grid moves
+    # outputs by less than the rounding of other kernels (8e-7 on an Intel
+    # Xeon without AVX512-BF16, where shifts of 8 were found on the grid):
+    # tiles agree to that on either grid.
+    assert info["exact"] and info["size_multiple"] in (8, 16) and info["spatial_dims"] == 3, (info, loaded)
     volume = np.random.default_rng(5).random((1, 40, 70, 60), dtype=np.float32)
     assert tiled_error(net, model, volume, axes="czyx") < 1e-5
 
@@ -1104,9 +1108,18 @@ def test_a_network_quiet_on_probes_below_the_8_bit_range_is_measured_on_it(tmp_p
     # probes (values below 4) its deep level never fired, it was measured
     # exact with an overlap of 4 px, and a real 8-bit image tiled 6% of the
     # range off without a word.
+    # Then it was called approximate; its reach is now measured on the raw
+    # range too, and tiles of that overlap are exact on 8-bit images.
     torch.manual_seed(0)
-    info = probed_approximate(_RawPixelUNet().eval(), tmp_path / "raw_pixels.pt")
-    assert info["measured"]["max_difference"] > 1e-3, info
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", unet_rt.ApproximateTilingWarning)
+        model = unet_rt.Model(plain_export(_RawPixelUNet().eval(), tmp_path / "raw_pixels.pt"), device="cpu")
+    assert model.info["exact"] and model.info["overlap"] > 4, model.info
+    for seed in range(3):
+        image = (np.random.default_rng(seed).random((1, 150, 170)) * 255).astype(np.uint8)
+        want = model.segment(image, axes="cyx", output="raw", tile="whole")
+        got = model.segment(image, axes="cyx", output="raw", tile=2 * model.info["overlap"] + 8)
+        assert relative_error(got, want) < 1e-5, seed
 
 
 @pytest.mark.parametrize("normalization, warns", [({"kind": "none"}, True), ({"kind": "scale", "factor": 1.0}, True),
@@ -1713,6 +1726,36 @@ def test_a_path_silent_on_noise_is_measured_on_a_smooth_field(tmp_path):
     net = _GatedOnBrightBackground().eval()
     info = probed_approximate(net, tmp_path / "gated.pt", "depends on more than a tile's overlap")
     assert info["measured"]["max_difference"] > 1e-4, info
+
+
+class _OpensAboveFive(torch.nn.Module):
+    """A 3x3 path, and a dilated one (reach 8) fed only by values above 5:
+    closed on [0, 1] noise, open on 8-bit images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.near = torch.nn.Conv2d(1, 2, 3, padding=1)
+        self.far = torch.nn.Conv2d(1, 2, 5, padding=8, dilation=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.near(x) + self.far(torch.relu(x - 5.0))
+
+
+def test_the_reach_of_a_path_open_only_on_raw_values_is_measured_there(tmp_path):
+    # Probed on [0, 1] noise only, the reach was the 3x3 path's (overlap 1):
+    # tiles of 8-bit images were 70% of the range off, and the model was
+    # called approximate where an overlap of 8 is exact.
+    net = _OpensAboveFive().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", unet_rt.ApproximateTilingWarning)
+        model = unet_rt.Model(plain_export(net, tmp_path / "bright.pt"), device="cpu")
+    assert model.info["exact"] and model.info["overlap"] >= 8, model.info
+    image = (np.random.default_rng(3).random((1, 150, 170)) * 255).astype(np.uint8)
+    with torch.no_grad():
+        want = model.segment(image, axes="cyx", output="raw", tile="whole")
+    got = model.segment(image, axes="cyx", output="raw", tile=2 * model.info["overlap"] + 20)
+    assert relative_error(got, want) < 1e-5
 
 
 class _ViewsItsInput(torch.nn.Module):

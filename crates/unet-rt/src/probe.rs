@@ -1923,6 +1923,22 @@ impl<'a> Prober<'a> {
         })
     }
 
+    /// The strict reach on noise at 255 times its values (`size` pixels,
+    /// the low half of the last axis changed: two passes), where the raw
+    /// values of 8-bit images open paths that [0, 1] noise leaves closed;
+    /// `None` where changes reach the far edge or scatter (a statistic,
+    /// which the raw-range comparison of tiles reports).
+    fn raw_range_reach(&mut self, size: usize, grid: usize) -> Result<Option<usize>> {
+        let bright = |seed: u64| -> Result<Tensor> {
+            let noise = self.noise(size, seed)?;
+            self.torch(noise.f_mul_scalar(255.0))
+        };
+        let (image, other) = (bright(1)?, bright(2)?);
+        let last = self.dims.saturating_sub(1);
+        let reach = self.reach_in(&image, &other, last..self.dims, &[true], grid, false)?;
+        Ok(reach.strict.filter(|_| !reach.scattered))
+    }
+
     /// [`Self::reach_in`] of the low half of the last axis on noise
     /// `next` pixels long on that axis and `size` on the others: two
     /// passes of twice the pixels, where a square probe would cost four
@@ -2394,6 +2410,16 @@ impl<'a> Prober<'a> {
         } else {
             halo = Some(rule.lost / 2);
             size = on_grid(size.max(rule.lost + 4 * factor));
+        }
+        if let Some(reach) = halo.filter(|_| rule.lost == 0 && self.time_for_passes(4, 0.5)) {
+            // Without metadata the network sees raw values: a path that
+            // uniform noise leaves closed (one opening above 5) reaches
+            // farther on 8-bit images, and tiles of the reach found on
+            // noise were 70% of the range off there (then called
+            // approximate where the farther overlap is exact).
+            if let Some(raw) = unless_cancelled(self.raw_range_reach(size, factor))?.flatten() {
+                halo = Some(reach.max(raw));
+            }
         }
         let overlap = halo.unwrap_or(fallback);
         info.halo = overlap;
