@@ -1135,6 +1135,137 @@ def test_interpreter_exit_with_a_daemon_thread_inside_a_call_is_clean(tmp_path, 
     assert not done.stderr or done.stderr.startswith("Exception in thread"), done.stderr[-3000:]
 
 
+class _SlowOnASentinel(torch.nn.Module):
+    """A 1x1 convolution whose forward pass takes tens of seconds when a
+    pixel is beyond 1e8 (never on the load's probes), with little memory:
+    a pass that outlasts every wait of these tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if bool(x.max() > 1e8):
+            for _ in range(3_000_000):
+                y = y * 1.0
+        return y
+
+
+@pytest.fixture(scope="module")
+def slow_model_path(tmp_path_factory) -> Path:
+    metadata = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 2, "output": "softmax",
+                "padding": "same", "halo": 0, "size_multiple": 1, "normalization": {"kind": "none"}}
+    path = tmp_path_factory.mktemp("slow") / "slow.pt"
+    torch.jit.save(torch.jit.script(_SlowOnASentinel().eval()), str(path),
+                   _extra_files={"unet_rt.json": json.dumps(metadata)})
+    return path
+
+
+SLOW_AT_EXIT = """
+import signal, sys, threading, time, numpy as np, unet_rt
+
+model = unet_rt.Model(sys.argv[1], device="cpu")
+image = np.zeros((64, 64), np.float32)
+image[0, 0] = 1e9  # the slow pass
+
+def interrupt(after):
+    time.sleep(after)
+    signal.raise_signal(signal.SIGINT)
+
+def busy(done, total):
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        pass
+
+if sys.argv[2] == "second-ctrl-c":
+    # Ctrl-C ends the call (its pass runs on, abandoned); a second one ends
+    # the wait for it at exit.
+    threading.Thread(target=interrupt, args=(1.0,), daemon=True).start()
+    threading.Thread(target=interrupt, args=(2.5,), daemon=True).start()
+    try:
+        model.segment(image)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+else:
+    # A daemon thread's progress callback runs Python code past the wait.
+    small = np.zeros((64, 64), np.float32)
+    threading.Thread(target=lambda: model.segment(small, progress=busy), daemon=True).start()
+    time.sleep(1.0)
+    print("exiting", flush=True)
+"""
+
+
+@pytest.mark.parametrize("case,code,said", [("second-ctrl-c", 130, "interrupted while waiting for its work to stop"),
+                                            ("busy-callback", 1, "its work did not stop within 10 s")])
+def test_work_still_running_when_the_exit_wait_ends_ends_the_process_cleanly(tmp_path, clean_env, slow_model_path,
+                                                                              case, code, said):
+    # Finalizing under it crashed: SIGSEGV when the abandoned pass ended (7
+    # runs in 9 after a second Ctrl-C), SIGABRT ("PyGILState_Release ...
+    # finalizing") when the callback's thread took the GIL again.
+    script = tmp_path / "slow_exit.py"
+    script.write_text(SLOW_AT_EXIT)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, str(script), str(slow_model_path), case], capture_output=True, text=True,
+                          env=clean_env, cwd=ROOT, timeout=120)
+    took = time.monotonic() - started
+    assert done.returncode == code, (done.returncode, done.stderr[-3000:])
+    assert done.stdout.split() == ["interrupted" if code == 130 else "exiting"], done.stdout
+    assert f"unet_rt: {said} at interpreter exit" in done.stderr, done.stderr[-3000:]
+    assert "Fatal" not in done.stderr and "panicked" not in done.stderr, done.stderr[-3000:]
+    assert took < 60, took  # not the pass's (nor the callback's) whole time
+
+
+def test_ctrl_c_interrupts_model_forward_at_once(tmp_path, clean_env, slow_model_path):
+    # The forward pass was waited for whole (9.5 s for a batch of five).
+    script = tmp_path / "forward.py"
+    script.write_text(
+        "import signal, sys, threading, time, numpy as np, unet_rt\n"
+        "model = unet_rt.Model(sys.argv[1], device='cpu')\n"
+        "batch = np.zeros((1, 1, 32, 32), np.float32)\n"
+        "batch[0, 0, 0, 0] = 1e9\n"
+        "threading.Timer(1.0, signal.raise_signal, (signal.SIGINT,)).start()\n"
+        "started = time.monotonic()\n"
+        "try:\n"
+        "    model.forward(batch)\n"
+        "except KeyboardInterrupt:\n"
+        "    print(f'interrupted {time.monotonic() - started:.1f}', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, str(script), str(slow_model_path)], capture_output=True, text=True,
+                          env=clean_env, cwd=ROOT, timeout=120)
+    words = done.stdout.split()
+    assert words[:1] == ["interrupted"] and float(words[1]) < 5, (done.stdout, done.stderr[-3000:])
+
+
+def test_a_progress_callable_of_another_signature_is_refused_before_anything_runs(tiny_model_path):
+    # progress=len failed after the first batch ("len() takes exactly one
+    # argument"), naming no argument, with out= partly written.
+    model = unet_rt.Model(tiny_model_path, device="cpu")
+    image = np.random.default_rng(0).random((300, 300), np.float32)
+    out = np.full((300, 300), 7, np.uint8)
+    for progress, shown in ((len, "len takes (obj, /)"), (lambda: None, "<lambda> takes ()")):
+        with pytest.raises(TypeError, match=re.escape(f"progress must be callable as progress(done, total): {shown}")):
+            model.segment(image, out=out, tile=64, progress=progress)
+        assert (out == 7).all()
+    model.segment(image, out=out, tile=64, progress=lambda *counts: None)
+
+
+def test_the_progress_callback_is_not_called_after_it_raised(tiny_model_path):
+    model = unet_rt.Model(tiny_model_path, device="cpu")
+    image = np.random.default_rng(0).random((600, 600), np.float32)
+    for _ in range(5):
+        calls = []
+
+        def progress(done, total):
+            calls.append(done)
+            if len(calls) == 2:
+                raise ValueError("stop here")
+
+        with pytest.raises(ValueError, match="stop here"):
+            model.segment(image, tile=64, batch_size=1, progress=progress)
+        assert len(calls) == 2, calls
+
+
 def test_ctrl_c_during_a_forward_pass_ends_the_command_line_with_130(tmp_path, cli):
     # The abandoned pass kept running while the process exited: libtorch was
     # torn down under it, and two runs in three died of SIGSEGV.

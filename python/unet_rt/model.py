@@ -502,6 +502,8 @@ class Model:
             progress = bool(progress)
         if not (progress is None or isinstance(progress, bool) or callable(progress)):
             raise TypeError(f"progress must be a bool or a callable progress(done, total), got {type(progress).__name__}")
+        if callable(progress) and not isinstance(progress, bool):
+            _check_progress_signature(progress)
         if not isinstance(nonfinite, str):
             raise TypeError(f"nonfinite must be a str, got {type(nonfinite).__name__}")
         if not isinstance(blend, str):
@@ -674,6 +676,31 @@ def check_tta(tta: Any) -> str:
     """``tta`` as one of :data:`TTA_MODES`, or an error (the Dask layer
     records it before any block runs)."""
     return _choice(tta, "tta", TTA_MODES)
+
+
+def _check_progress_signature(progress: Callable[..., Any]) -> None:
+    """Refuses a ``progress`` callable that cannot take ``(done, total)``,
+    before anything runs (``progress=len`` failed after the first batch,
+    ``out=`` partly written, naming no argument). Callables without a
+    signature to read (some builtins) are taken at their word.
+
+    >>> _check_progress_signature(lambda done, total: None)
+    >>> _check_progress_signature(len)
+    Traceback (most recent call last):
+    ...
+    TypeError: progress must be callable as progress(done, total): len takes (obj, /)
+    """
+    import inspect
+
+    try:
+        signature = inspect.signature(progress)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(0, 0)
+    except TypeError:
+        name = getattr(progress, "__name__", None) or type(progress).__name__
+        raise TypeError(f"progress must be callable as progress(done, total): {name} takes {signature}") from None
 
 
 def check_nonfinite(nonfinite: Any) -> str:

@@ -202,7 +202,7 @@ fn wait_for<T>(
 
 /// Whether the interpreter runs (it is not finalizing): a thread that is not
 /// attached must not attach otherwise.
-fn interpreter_running() -> bool {
+pub(crate) fn interpreter_running() -> bool {
     // SAFETY: `Py_IsInitialized` reads a flag of the runtime and may be
     // called without holding the GIL, also during finalization.
     unsafe { pyo3::ffi::Py_IsInitialized() != 0 }
@@ -214,19 +214,50 @@ fn interpreter_running() -> bool {
 /// what runs (a forward pass in progress finishes) and for calls of other
 /// threads to hold the GIL again; a signal ends the wait. Interpreter exit
 /// with a daemon thread inside a call crashed the process (arrays it read
-/// were freed, libtorch torn down under its forward pass). Returns whether
-/// everything stopped.
+/// were freed, libtorch torn down under its forward pass). Returns true
+/// when everything stopped.
+///
+/// Where work still runs when the wait ends (a signal: exit status 130;
+/// the timeout: 1), the process ends at once, after one line on stderr and
+/// flushing Python's standard streams: finalizing under it crashed (a
+/// segmentation fault when the abandoned pass ended, an abort when a
+/// daemon thread's progress callback ran Python code meanwhile).
 #[pyfunction]
 pub(crate) fn stop_at_exit(py: Python<'_>, timeout: f64) -> bool {
     let wait = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::ZERO);
     let mut last_check = std::time::Instant::now();
-    py.detach(|| {
+    let mut signalled = false;
+    let stopped = py.detach(|| {
         unet_rt::process::stop(wait, || {
             if last_check.elapsed() < SIGNAL_POLL {
                 return false;
             }
             last_check = std::time::Instant::now();
-            Python::attach(|py| py.check_signals()).is_err()
+            signalled = Python::attach(|py| py.check_signals()).is_err();
+            signalled
         })
-    })
+    });
+    if stopped {
+        return true;
+    }
+    let (why, code) = if signalled {
+        ("interrupted while waiting for its work to stop".to_owned(), 130)
+    } else {
+        (format!("its work did not stop within {timeout} s"), 1)
+    };
+    let line = format!(
+        "unet_rt: {why} at interpreter exit (a forward pass, or another thread's call); the process \
+         ends without finalizing, exit status {code}\n"
+    );
+    if let Ok(sys) = py.import("sys") {
+        for (stream, text) in [("stdout", ""), ("stderr", line.as_str())] {
+            if let Ok(stream) = sys.getattr(stream) {
+                if !text.is_empty() {
+                    let _ = stream.call_method1("write", (text,));
+                }
+                let _ = stream.call_method0("flush");
+            }
+        }
+    }
+    unet_rt::process::exit_immediately(code)
 }

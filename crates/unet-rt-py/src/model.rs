@@ -213,7 +213,10 @@ impl Model {
         let view = batch.as_array();
         let model = &self.inner;
         let cancel = Arc::new(AtomicBool::new(false));
-        let output = run_released(py, &cancel, || model.forward_array(view))?;
+        let flag = Arc::clone(&cancel);
+        let output = run_released(py, &cancel, || {
+            model.forward_array_cancellable(view, Some(&flag))
+        })?;
         // Moves the Vec into NumPy: no copy of the result.
         Ok(PyArrayDyn::from_owned_array(py, output))
     }

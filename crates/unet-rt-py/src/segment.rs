@@ -17,13 +17,20 @@ fn invalid(argument: &'static str, message: String) -> PyErr {
 
 /// A Python progress callable, called as `callback(done, total)` from the
 /// engine's stitching thread. An exception it raises cancels the call and
-/// is re-raised.
+/// is re-raised; once the call is cancelled (so, or by Ctrl-C) it is not
+/// called again (batches already in flight called it after it raised), nor
+/// while the interpreter finalizes.
 pub(crate) fn progress_callback(
     callback: Py<PyAny>,
     cancel: Arc<AtomicBool>,
     failure: Arc<Mutex<Option<PyErr>>>,
 ) -> unet_rt::ProgressFn {
     Arc::new(move |p: Progress| {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed)
+            || !crate::errors::interpreter_running()
+        {
+            return;
+        }
         Python::attach(|py| {
             if let Err(err) = callback.call1(py, (p.done, p.total)) {
                 cancel.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -361,6 +361,21 @@ impl Model {
     /// NaN or infinity in the batch is [`Error::InvalidArgument`], and in
     /// the network's output [`Error::NonFinite`].
     pub fn forward_array(&self, input: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
+        self.forward_array_cancellable(input, None)
+    }
+
+    /// [`Self::forward_array`], returning [`Error::Cancelled`] within
+    /// [`CANCEL_POLL`] once `cancel` is set: the pass finishes in the
+    /// background on its own copy of the batch, its result dropped (Ctrl-C
+    /// waited for the whole pass, seconds for a large batch).
+    ///
+    /// # Errors
+    /// As [`Self::forward_array`], and [`Error::Cancelled`].
+    pub fn forward_array_cancellable(
+        &self,
+        input: ArrayViewD<'_, f32>,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<ArrayD<f32>> {
         self.check_batch_shape(input.shape())?;
         // Before the values are read: a broadcast (zero-stride) batch can
         // describe more than the machine holds, and scanning it alone would
@@ -392,7 +407,7 @@ impl Model {
             .f_to_device(self.inner.device)
             .and_then(|t| t.f_to_kind(self.inner.precision.kind()))
             .map_err(Error::inference)?;
-        let output = array_from_tensor(&self.forward_tensor(&tensor, None)?)?;
+        let output = array_from_tensor(&self.forward_tensor(&tensor, cancel)?)?;
         if output.iter().any(|v| !v.is_finite()) {
             return Err(Error::NonFinite(
                 "the network's output holds NaN or infinite values".to_owned(),

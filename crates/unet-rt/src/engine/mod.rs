@@ -499,7 +499,7 @@ impl Segmenter {
             Some(range) => Some(range),
             None => normalize::percentile_range(&info.normalization, &input)?,
         };
-        let resampled = rescale::resample_image(input, &spatial)?;
+        let resampled = rescale::resample_image(input, &spatial, || self.cancelled())?;
         let inner = Self {
             model: self.model.clone(),
             options: Options {
@@ -512,8 +512,7 @@ impl Segmenter {
         let mut small = memory::try_zeros::<U>(&shape, "the result at the model's scale")?;
         inner.segment_into(resampled.view(), small.view_mut())?;
         drop(resampled);
-        rescale::resample_nearest(small.view(), out.view_mut());
-        Ok(())
+        rescale::resample_nearest(small.view(), out.view_mut(), || self.cancelled())
     }
 
     /// The input's normalization: the model's, or the caller's range.

@@ -105,15 +105,19 @@ fn nearest_taps(n: usize, m: usize) -> Vec<usize> {
 }
 
 /// `image` `(C, spatial...)` resampled linearly to `spatial` (as `f32`, in
-/// the pixels' own units), one axis after the other.
+/// the pixels' own units), one axis after the other. `cancelled` is asked
+/// between output slices: resampling a large image takes seconds, and
+/// Ctrl-C waited for all of it.
 ///
 /// # Errors
 /// [`crate::Error::InvalidArgument`]: `object_size` when the steps' buffers
 /// exceed the machine's memory (nothing is allocated then), `image` when the
-/// result cannot be allocated.
+/// result cannot be allocated; [`crate::Error::Cancelled`] once `cancelled`
+/// says so.
 pub fn resample_image<T: Pixel>(
     image: ArrayViewD<'_, T>,
     spatial: &[usize],
+    cancelled: impl Fn() -> bool,
 ) -> Result<ArrayD<f32>> {
     check_peak(image.shape(), spatial)?;
     let mut current: ArrayD<f32> = {
@@ -131,6 +135,9 @@ pub fn resample_image<T: Pixel>(
         shape[axis] = m;
         let mut next = memory::try_zeros::<f32>(&shape, "the resampled image")?;
         for (i, (lo, hi, w)) in linear_taps(n, m).into_iter().enumerate() {
+            if cancelled() {
+                return Err(crate::Error::Cancelled);
+            }
             let a = current.index_axis(Axis(axis), lo);
             let b = current.index_axis(Axis(axis), hi);
             let mut out = next.index_axis_mut(Axis(axis), i);
@@ -178,20 +185,37 @@ pub(super) fn check_peak(shape: &[usize], spatial: &[usize]) -> Result<()> {
 }
 
 /// Writes `source` into `out` by nearest neighbour over the trailing
-/// `spatial` axes (leading axes, such as channels, are copied as they are).
-pub fn resample_nearest<U: Copy>(source: ArrayViewD<'_, U>, mut out: ArrayViewMutD<'_, U>) {
+/// `spatial` axes (leading axes, such as channels, are copied as they are),
+/// asking `cancelled` every [`CANCEL_EVERY`] pixels.
+///
+/// # Errors
+/// [`crate::Error::Cancelled`] once `cancelled` says so (`out` is then
+/// partly written).
+pub fn resample_nearest<U: Copy>(
+    source: ArrayViewD<'_, U>,
+    mut out: ArrayViewMutD<'_, U>,
+    cancelled: impl Fn() -> bool,
+) -> Result<()> {
     let rank = out.ndim();
     let taps: Vec<Vec<usize>> = (0..rank)
         .map(|a| nearest_taps(source.shape()[a], out.shape()[a]))
         .collect();
     let mut at = vec![0usize; rank];
-    for (index, o) in out.indexed_iter_mut() {
+    for (n, (index, o)) in out.indexed_iter_mut().enumerate() {
+        if n % CANCEL_EVERY == 0 && cancelled() {
+            return Err(crate::Error::Cancelled);
+        }
         for (a, t) in taps.iter().enumerate() {
             at[a] = t[index[a]];
         }
         *o = source[IxDyn(&at)];
     }
+    Ok(())
 }
+
+/// Pixels [`resample_nearest`] writes between looks at cancellation (a few
+/// milliseconds of work).
+const CANCEL_EVERY: usize = 1 << 16;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -215,10 +239,10 @@ mod tests {
     #[test]
     fn linear_resampling_keeps_ramps_and_constants() {
         let ramp = Array2::from_shape_fn((1, 8), |(_, x)| x as u16).into_dyn();
-        let half = resample_image(ramp.view(), &[4]).unwrap();
+        let half = resample_image(ramp.view(), &[4], || false).unwrap();
         assert_eq!(half, array![[0.5f32, 2.5, 4.5, 6.5]].into_dyn());
         let flat = ndarray::Array3::<u8>::from_elem((2, 5, 7), 9).into_dyn();
-        let out = resample_image(flat.view(), &[11, 3]).unwrap();
+        let out = resample_image(flat.view(), &[11, 3], || false).unwrap();
         assert_eq!(out.shape(), &[2, 11, 3]);
         assert!(out.iter().all(|&v| v == 9.0));
     }
@@ -233,7 +257,7 @@ mod tests {
         let one = ndarray::Array3::<u8>::zeros((1, 1, 1)).into_dyn();
         let image = one.broadcast(IxDyn(&[1, 8192, 8192])).unwrap();
         let start = std::time::Instant::now();
-        let err = resample_image(image, &[1 << 30, 1 << 30])
+        let err = resample_image(image, &[1 << 30, 1 << 30], || false)
             .unwrap_err()
             .to_string();
         assert!(
@@ -249,10 +273,25 @@ mod tests {
     fn nearest_resampling_copies_values_and_keeps_leading_axes() {
         let labels = array![[[1u32, 2], [3, 4]], [[5, 6], [7, 8]]].into_dyn();
         let mut out = ndarray::ArrayD::<u32>::zeros(IxDyn(&[2, 4, 4]));
-        resample_nearest(labels.view(), out.view_mut());
+        resample_nearest(labels.view(), out.view_mut(), || false).unwrap();
         assert_eq!(out.index_axis(Axis(0), 1)[[3, 0]], 7);
         assert_eq!(out.index_axis(Axis(0), 0)[[0, 3]], 2);
         assert_eq!(out.iter().filter(|&&v| v == 4).count(), 4);
+    }
+
+    #[test]
+    fn resampling_stops_when_cancelled() {
+        let image = ndarray::Array3::<u8>::zeros((1, 64, 64)).into_dyn();
+        let stop = || true;
+        assert!(matches!(
+            resample_image(image.view(), &[128, 128], stop),
+            Err(crate::Error::Cancelled)
+        ));
+        let mut out = ndarray::ArrayD::<u8>::zeros(IxDyn(&[1, 128, 128]));
+        assert!(matches!(
+            resample_nearest(image.view(), out.view_mut(), stop),
+            Err(crate::Error::Cancelled)
+        ));
     }
 
     #[test]
