@@ -241,7 +241,10 @@ pub(crate) fn stop_at_exit(py: Python<'_>, timeout: f64) -> bool {
         return true;
     }
     let (why, code) = if signalled {
-        ("interrupted while waiting for its work to stop".to_owned(), 130)
+        (
+            "interrupted while waiting for its work to stop".to_owned(),
+            130,
+        )
     } else {
         (format!("its work did not stop within {timeout} s"), 1)
     };
