@@ -461,3 +461,16 @@ def test_help_has_examples(cli):
     assert proc.returncode == 0 and "Examples:" in proc.stdout and "--skip-existing" in proc.stdout
     assert "stack of 2-D images" in proc.stdout  # what a multi-page TIFF is for a 2-D model
     assert run([cli, "segment", "--no-such-flag"]).returncode == 2
+
+
+def test_min_is_white_tiffs_are_read_as_displayed(tiny_model_path, cli, tmp_path):
+    # What the help says: inverted, as a viewer shows them (tifffile.imread
+    # returns the stored values).
+    stored = random_image((60, 70), np.uint8, 31)
+    tifffile.imwrite(tmp_path / "white.tif", stored, photometric="miniswhite")
+    tifffile.imwrite(tmp_path / "black.tif", 255 - stored, photometric="minisblack")
+    out = tmp_path / "out"
+    proc = run([cli, "segment", tmp_path / "white.tif", tmp_path / "black.tif", "-m", tiny_model_path, "-o", out,
+                "-k", "probabilities", "-f", "npy", "--device", "cpu"])
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(np.load(out / "white.npy"), np.load(out / "black.npy"))

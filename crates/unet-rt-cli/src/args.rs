@@ -16,11 +16,12 @@ Examples:
   unet-rt segment data/ -o out/ --skip-existing --json > log.jsonl   # resume a folder
 
 Inputs: TIFF (8/16/32/64-bit integer, 32/64-bit float; multi-page, BigTIFF), PNG
-(8/16-bit) and NPY (bool, integer, float16, float32 or float64). A multi-page TIFF is a volume
-for a 3-D model and a stack of 2-D images, each segmented on its own, for a 2-D
-model (its result has one page per input page). Folders contribute their
-supported files (not recursively), in name order; glob patterns (* ? [..]) are
-expanded when the shell did not.
+(8/16-bit) and NPY (bool, integer, float16, float32 or float64). TIFFs stored
+MinIsWhite (0 is white) are read as displayed, inverted (tifffile.imread returns
+the stored values). A multi-page TIFF is a volume for a 3-D model and a stack of
+2-D images, each segmented on its own, for a 2-D model (its result has one page
+per input page). Folders contribute their supported files (not recursively), in
+name order; glob patterns (* ? [..]) are expanded when the shell did not.
 
 Outputs: <output>/<stem>.<format>. labels: uint8 class indices (uint16 beyond 256
 classes). instances: objects as the model's read-out makes them (a model with a
@@ -194,7 +195,9 @@ pub(crate) struct SegmentArgs {
     pub levels: u64,
     /// Axis order of the inputs, from b (batch), c (channels), z, y, x: e.g. yx,
     /// cyx, yxc, zyx, czyx; for a 2-D model z (like b) is a stack of images
-    /// (default: from the file format, or guessed from the shape).
+    /// (default: from the file format, or guessed from the shape). Results are
+    /// written in the model's order ([z,] y, x) whatever the input's: with
+    /// --axes xy the result is the input transposed.
     #[arg(long, value_name = "AXES", value_parser = crate::axes::parse_axes)]
     pub axes: Option<String>,
     /// The typical object diameter in the images, in pixels: images are
