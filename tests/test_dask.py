@@ -670,6 +670,11 @@ def test_nonfinite_values_are_refused_or_propagated_as_the_api_does(model, tmp_p
     out = ud.segment_to_zarr(str(tmp_path / "nan.zarr"), str(tmp_path / "out.zarr"), model, client=False,
                              nonfinite="propagate", progress=False)
     assert_identical(out[...], want)
+    # A progress callable of another signature, before anything is written.
+    with pytest.raises(TypeError, match=r"progress must be callable as progress\(done, total\): len takes"):
+        ud.segment_to_zarr(str(tmp_path / "nan.zarr"), str(tmp_path / "other.zarr"), model, client=False,
+                           nonfinite="propagate", progress=len)
+    assert not (tmp_path / "other.zarr").exists()
 
 
 def test_command_line_errors_are_one_line(tiny_model_path, tmp_path):

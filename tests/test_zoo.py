@@ -426,7 +426,7 @@ def test_a_network_casting_its_input_to_another_type_is_refused_naming_the_cast(
     """Its weights run in float32, so every pass failed on the cast; the
     refusal said "follows no size rule" (or that metadata was contradicted)
     with the type error at its tail."""
-    match = r"fails at every input size with a type error \(.*double.*\): the network casts its input .*remove the cast"
+    match = r"its forward pass fails with a type error \(.*double.*\): the network casts its input .*remove the cast"
     with pytest.raises(unet_rt.ModelError, match=match) as refused:
         unet_rt.Model(plain_export(_DoubleInside().double().eval(), tmp_path / "double.pt"), device="cpu")
     assert not isinstance(refused.value, unet_rt.MetadataError)

@@ -498,12 +498,7 @@ class Model:
             )
         if out is not None:
             _check_mapped_file(out)
-        if isinstance(progress, np.bool_):
-            progress = bool(progress)
-        if not (progress is None or isinstance(progress, bool) or callable(progress)):
-            raise TypeError(f"progress must be a bool or a callable progress(done, total), got {type(progress).__name__}")
-        if callable(progress) and not isinstance(progress, bool):
-            _check_progress_signature(progress)
+        progress = check_progress(progress)
         if not isinstance(nonfinite, str):
             raise TypeError(f"nonfinite must be a str, got {type(nonfinite).__name__}")
         if not isinstance(blend, str):
@@ -678,29 +673,40 @@ def check_tta(tta: Any) -> str:
     return _choice(tta, "tta", TTA_MODES)
 
 
-def _check_progress_signature(progress: Callable[..., Any]) -> None:
-    """Refuses a ``progress`` callable that cannot take ``(done, total)``,
-    before anything runs (``progress=len`` failed after the first batch,
-    ``out=`` partly written, naming no argument). Callables without a
-    signature to read (some builtins) are taken at their word.
+def check_progress(progress: Any) -> ProgressArg:
+    """``progress`` as a bool, ``None`` or a callable that can take
+    ``(done, total)``, or a ``TypeError`` before anything runs
+    (``progress=len`` failed after the first batch, ``out=`` partly
+    written, naming no argument). Callables without a signature to read
+    (some builtins) are taken at their word.
 
-    >>> _check_progress_signature(lambda done, total: None)
-    >>> _check_progress_signature(len)
+    >>> check_progress(lambda done, total: None) is not None, check_progress(np.True_)
+    (True, True)
+    >>> check_progress(len)
     Traceback (most recent call last):
     ...
     TypeError: progress must be callable as progress(done, total): len takes (obj, /)
     """
     import inspect
 
+    if isinstance(progress, np.bool_):
+        progress = bool(progress)
+    if progress is None or isinstance(progress, bool):
+        return progress
+    if not callable(progress):
+        raise TypeError(f"progress must be a bool or a callable progress(done, total), got {type(progress).__name__}")
     try:
-        signature = inspect.signature(progress)
+        # The callable itself: a functools.wraps adapter taking *args is
+        # called, not what it wraps.
+        signature = inspect.signature(progress, follow_wrapped=False)
     except (TypeError, ValueError):
-        return
+        return progress
     try:
         signature.bind(0, 0)
     except TypeError:
         name = getattr(progress, "__name__", None) or type(progress).__name__
         raise TypeError(f"progress must be callable as progress(done, total): {name} takes {signature}") from None
+    return progress
 
 
 def check_nonfinite(nonfinite: Any) -> str:

@@ -16,12 +16,14 @@ Examples:
   unet-rt segment data/ -o out/ --skip-existing --json > log.jsonl   # resume a folder
 
 Inputs: TIFF (8/16/32/64-bit integer, 32/64-bit float; multi-page, BigTIFF), PNG
-(8/16-bit) and NPY (bool, integer, float16, float32 or float64). TIFFs stored
-MinIsWhite (0 is white) are read as displayed, inverted (tifffile.imread returns
-the stored values). A multi-page TIFF is a volume for a 3-D model and a stack of
-2-D images, each segmented on its own, for a 2-D model (its result has one page
-per input page). Folders contribute their supported files (not recursively), in
-name order; glob patterns (* ? [..]) are expanded when the shell did not.
+(8/16-bit) and NPY (bool, integer, float16, float32 or float64).
+Unsigned-integer TIFFs stored MinIsWhite (0 is white) are read as displayed,
+inverted (max - v; float ones as 1 - v, signed ones as stored; tifffile.imread
+returns the stored values). A multi-page TIFF is a volume for a 3-D model and a
+stack of 2-D images, each segmented on its own, for a 2-D model (its result has
+one page per input page). Folders contribute their supported files (not
+recursively), in name order; glob patterns (* ? [..]) are expanded when the
+shell did not.
 
 Outputs: <output>/<stem>.<format>. labels: uint8 class indices (uint16 beyond 256
 classes). instances: objects as the model's read-out makes them (a model with a

@@ -112,19 +112,6 @@ fn write_into<T: ZarrElement>(
 ) -> Result<(), String> {
     let spatial = image.ndim() - 2;
     let space = &"zyx"[3 - spatial..];
-    let sides = &image.shape()[2..];
-    let distinct = distinct_levels(sides);
-    if info.levels > distinct {
-        // Levels beyond one pixel along every halved axis repeat the last:
-        // a 100-pixel image asked for 10 got three identical 1x1 levels.
-        let shown: Vec<String> = sides.iter().map(usize::to_string).collect();
-        return Err(format!(
-            "--levels {}: an image of {} pixels has {distinct} distinct resolution level(s) (the last one pixel \
-             wide); ask for at most {distinct}",
-            info.levels,
-            shown.join("x")
-        ));
-    }
     let page = if stacked { Some(info.page_axis) } else { None };
     // The image, in NGFF's axis order t, c, z, y, x: (t, c, spatial...) for
     // time points, (c, z, y, x) for the planes of a stack, (c, spatial...).
@@ -206,6 +193,23 @@ fn write_into<T: ZarrElement>(
         Output::U32(a) => write_levels(&label_root, &a.view(), &label_axes, &label_halved, levels),
         Output::F32(_) => Err("OME-Zarr label images hold integer labels or instances".to_owned()),
     }
+}
+
+/// Refuses `levels` beyond the last distinct level of an image of spatial
+/// `sides` (checked before the image is segmented): levels beyond one
+/// pixel along every halved axis repeat the last, and a 100-pixel image
+/// asked for 10 got three identical 1x1 levels.
+pub(crate) fn check_levels(levels: u64, sides: &[usize]) -> Result<(), String> {
+    let distinct = distinct_levels(sides);
+    if levels <= distinct as u64 {
+        return Ok(());
+    }
+    let shown: Vec<String> = sides.iter().map(usize::to_string).collect();
+    Err(format!(
+        "--levels {levels}: an image of {} pixels has {distinct} distinct resolution level(s) (the last one \
+         pixel wide); ask for at most {distinct}",
+        shown.join("x")
+    ))
 }
 
 /// How many resolution levels of `sides` differ: level k keeps every 2^k-th

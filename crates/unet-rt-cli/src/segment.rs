@@ -438,6 +438,10 @@ fn segment_file(
     })?;
     let objects = with_pixels!(&image.pixels, a => {
         let arranged = axes::arrange(a.view(), &axes, info).map_err(|m| fail(FileError::new(input, m)))?;
+        if ctx.args.format == Format::Zarr {
+            ome_zarr::check_levels(ctx.args.levels, arranged.view.shape().get(2..).unwrap_or_default())
+                .map_err(|m| fail(FileError::new(input, m)))?;
+        }
         let result = compute(ctx, input, &arranged).map_err(fail)?;
         // The overlay first: the result's name is what --skip-existing
         // takes for a finished input, so it comes last.

@@ -214,16 +214,17 @@ pub(crate) fn interpreter_running() -> bool {
 /// what runs (a forward pass in progress finishes) and for calls of other
 /// threads to hold the GIL again; a signal ends the wait. Interpreter exit
 /// with a daemon thread inside a call crashed the process (arrays it read
-/// were freed, libtorch torn down under its forward pass). Returns true
-/// when everything stopped.
+/// were freed, libtorch torn down under its forward pass).
 ///
 /// Where work still runs when the wait ends (a signal: exit status 130;
-/// the timeout: 1), the process ends at once, after one line on stderr and
-/// flushing Python's standard streams: finalizing under it crashed (a
-/// segmentation fault when the abandoned pass ended, an abort when a
-/// daemon thread's progress callback ran Python code meanwhile).
+/// the timeout: 1), the process ends at once, after one line on stderr,
+/// Python's standard streams flushed and logging shut down: finalizing
+/// under it crashed (a segmentation fault when the abandoned pass ended,
+/// an abort when a daemon thread's progress callback ran Python code
+/// meanwhile). Exit handlers registered before unet_rt was imported do not
+/// run then, and the exit status the program set is replaced.
 #[pyfunction]
-pub(crate) fn stop_at_exit(py: Python<'_>, timeout: f64) -> bool {
+pub(crate) fn stop_at_exit(py: Python<'_>, timeout: f64) {
     let wait = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::ZERO);
     let mut last_check = std::time::Instant::now();
     let mut signalled = false;
@@ -238,7 +239,7 @@ pub(crate) fn stop_at_exit(py: Python<'_>, timeout: f64) -> bool {
         })
     });
     if stopped {
-        return true;
+        return;
     }
     let (why, code) = if signalled {
         (
@@ -253,6 +254,11 @@ pub(crate) fn stop_at_exit(py: Python<'_>, timeout: f64) -> bool {
          ends without finalizing, exit status {code}\n"
     );
     if let Ok(sys) = py.import("sys") {
+        // Handlers that write files (logging.FileHandler) keep what they
+        // buffered; only where the program used logging.
+        if let Ok(logging) = sys.getattr("modules").and_then(|m| m.get_item("logging")) {
+            let _ = logging.call_method0("shutdown");
+        }
         for (stream, text) in [("stdout", ""), ("stderr", line.as_str())] {
             if let Ok(stream) = sys.getattr(stream) {
                 if !text.is_empty() {

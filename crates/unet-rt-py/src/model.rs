@@ -213,9 +213,8 @@ impl Model {
         let view = batch.as_array();
         let model = &self.inner;
         let cancel = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&cancel);
         let output = run_released(py, &cancel, || {
-            model.forward_array_cancellable(view, Some(&flag))
+            model.forward_array_cancellable(view, Some(&cancel))
         })?;
         // Moves the Vec into NumPy: no copy of the result.
         Ok(PyArrayDyn::from_owned_array(py, output))

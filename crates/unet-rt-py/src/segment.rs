@@ -19,14 +19,17 @@ fn invalid(argument: &'static str, message: String) -> PyErr {
 /// engine's stitching thread. An exception it raises cancels the call and
 /// is re-raised; once the call is cancelled (so, or by Ctrl-C) it is not
 /// called again (batches already in flight called it after it raised), nor
-/// while the interpreter finalizes.
+/// once the process stops its work at exit.
 pub(crate) fn progress_callback(
     callback: Py<PyAny>,
     cancel: Arc<AtomicBool>,
     failure: Arc<Mutex<Option<PyErr>>>,
 ) -> unet_rt::ProgressFn {
     Arc::new(move |p: Progress| {
+        // Nor during the exit wait: a daemon thread's callback running
+        // Python code then is what the wait cannot end.
         if cancel.load(std::sync::atomic::Ordering::Relaxed)
+            || unet_rt::process::stopping()
             || !crate::errors::interpreter_running()
         {
             return;

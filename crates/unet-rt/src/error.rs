@@ -90,12 +90,31 @@ pub(crate) fn says_out_of_memory(message: &str) -> bool {
 
 /// Whether a libtorch message is two tensors of different floating types
 /// meeting in one operation: input against weights ("Input type (double)
-/// and bias type (float) should be the same"), or two matrices.
+/// and bias type (float) should be the same"), or two matrices. Not a
+/// device mismatch ("Input type (CUDAFloatType) and weight type
+/// (CPUFloatType)": a network moving its input to a GPU) nor integer input
+/// ("expected scalar type Long").
 pub(crate) fn says_dtype_mismatch(message: &str) -> bool {
-    (message.contains("type (") && message.contains("should be the same"))
-        || message.contains("same dtype")
-        || message.contains("expected scalar type")
-        || message.contains("must share same datatype")
+    let text = message.to_ascii_lowercase();
+    let mismatch = (text.contains("type (") && text.contains("should be the same"))
+        || text.contains("same dtype")
+        || text.contains("expected scalar type")
+        || text.contains("must share same datatype");
+    let words: Vec<&str> = text
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let floating = text.contains("mixed dtype")
+        || words.iter().any(|w| {
+            ["double", "half", "bfloat16", "float64", "float16"]
+                .iter()
+                .any(|k| w.contains(k))
+        });
+    let other = text.contains("cuda")
+        || words
+            .iter()
+            .any(|w| ["long", "int", "bool", "byte", "char", "short"].contains(w));
+    mismatch && floating && !other
 }
 
 /// libtorch messages carry a C++ backtrace after the first lines, and
@@ -157,6 +176,7 @@ mod tests {
             "expected m1 and m2 to have the same dtype, but got: double != float",
             "mixed dtype (CPU): all inputs must share same datatype.",
             "expected scalar type Double but found Float",
+            "Input type (CPUDoubleType) and weight type (CPUFloatType) should be the same",
         ] {
             assert!(says_dtype_mismatch(message), "{message}");
         }
@@ -164,6 +184,9 @@ mod tests {
             "Sizes of tensors must match except in dimension 1",
             "Given groups=1, weight of size [8, 1, 3, 3], expected input[1, 3, 8, 8] to have 1 channels",
             "CUDA out of memory. Tried to allocate 2 GiB",
+            "Input type (CUDAFloatType) and weight type (CPUFloatType) should be the same",
+            "Input type (CPUDoubleType) and weight type (CUDAFloatType) should be the same",
+            "expected scalar type Long but found Float",
         ] {
             assert!(!says_dtype_mismatch(message), "{message}");
         }

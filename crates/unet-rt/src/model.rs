@@ -220,7 +220,8 @@ impl Model {
                 info.exactness.one_input_size = info.fixed_size > 0;
                 info
             }
-            None => probe::probe(&module, device, path, whole_tile_ops)?,
+            // Without metadata the network sees pixel values as they are.
+            None => probe::probe(&module, device, path, whole_tile_ops, true)?,
         };
         // Contradictions of the metadata are errors before anything is
         // measured with it.

@@ -283,12 +283,16 @@ struct Prober<'a> {
 
 /// Probes `module` (already in eval mode on `device`); `whole_tile_ops` are
 /// the operations of its code that see the whole tile
-/// ([`crate::archive::whole_tile_ops`]).
+/// ([`crate::archive::whole_tile_ops`]). `raw_values`: whether the network
+/// sees pixel values as they are (a model without metadata, or metadata
+/// without a normalization to [0, 1]): its reach and tiles are measured on
+/// the 8-bit range then too.
 pub(crate) fn probe(
     module: &CModule,
     device: Device,
     path: &Path,
     whole_tile_ops: Vec<String>,
+    raw_values: bool,
 ) -> Result<ModelInfo> {
     let invalid = |reason: String| Error::InvalidModel {
         path: path.to_owned(),
@@ -413,7 +417,7 @@ pub(crate) fn probe(
     let settled =
         rule.lost == 0 || rule.kind == Growth::AnySize || !info.exactness.whole_tile_ops.is_empty();
     if settled {
-        prober.settle_overlap(&mut info, rule)?;
+        prober.settle_overlap(&mut info, rule, raw_values)?;
     }
     info.min_size = prober.min_size(&info)?;
     if !settled {
@@ -600,8 +604,14 @@ pub(crate) fn check_tiles(
     if !(on_uniform && info.padding == Padding::Same) {
         return Ok(Some((measured, None)));
     }
-    let probed = unless_cancelled(probe(module, device, path, Vec::new()))?
-        .filter(|probed| probed.padding == Padding::Same);
+    let probed = unless_cancelled(probe(
+        module,
+        device,
+        path,
+        Vec::new(),
+        sees_raw_values(info),
+    ))?
+    .filter(|probed| probed.padding == Padding::Same);
     let declared = (info.halo, info.size_multiple);
     // Probing finds the declared geometry: the network itself is what
     // tiles cannot reproduce (it told users to declare what they had).
@@ -693,7 +703,7 @@ pub(crate) fn check_passes(
         // Taken at its word, probabilities would get a second softmax (off
         // by up to 0.5) or, with one channel, labels at logit 0 (every
         // pixel). One pass for logits networks, whose output leaves [0, 1].
-        if let Ok(Some(kind)) = prober.returns_probabilities(size) {
+        if let Some(kind) = unless_cancelled(prober.returns_probabilities(size))?.flatten() {
             return Err(Error::InvalidMetadata {
                 path: path.to_owned(),
                 reason: format!(
@@ -778,7 +788,7 @@ fn check_declared_sizes(prober: &mut Prober<'_>, info: &ModelInfo, size: usize) 
                     let found = if swaps_axes(&axes, got.get(2..).unwrap_or_default()) {
                         format!(": its spatial axes in another order {SWAPPED_AXES}")
                     } else {
-                        what_probing_finds(prober)
+                        what_probing_finds(prober, info)?
                     };
                     return Err(Error::InvalidMetadata {
                         path: prober.path.to_owned(),
@@ -820,7 +830,7 @@ fn check_declared_sizes(prober: &mut Prober<'_>, info: &ModelInfo, size: usize) 
                         info.padding,
                         info.halo,
                         prober.last_failure.clone().unwrap_or_else(|| "(no message)".to_owned()),
-                        what_probing_finds(prober)
+                        what_probing_finds(prober, info)?
                     ),
                 });
             }
@@ -844,7 +854,7 @@ fn type_error(prober: &Prober<'_>) -> Option<Error> {
     Some(Error::InvalidModel {
         path: prober.path.to_owned(),
         reason: format!(
-            "it fails at every input size with a type error ({failure}): the network casts its input to a \
+            "its forward pass fails with a type error ({failure}): the network casts its input to a \
              floating type its weights are not in. unet_rt feeds float32 and runs the weights in the chosen \
              precision (fp32, bf16 or fp16); remove the cast (x.double(), x.to(...)) from forward, or cast to \
              the weights' dtype (x.to(self.conv.weight.dtype))"
@@ -855,9 +865,19 @@ fn type_error(prober: &Prober<'_>) -> Option<Error> {
 /// "; probing the network finds ...": the geometry and channels probing
 /// finds, said with metadata the network contradicts (empty where probing
 /// fails too, or finds what is declared).
-fn what_probing_finds(prober: &Prober<'_>) -> String {
-    match probe(prober.module, prober.device, prober.path, Vec::new()) {
-        Ok(found) => format!(
+///
+/// # Errors
+/// [`Error::Cancelled`] where the work was cancelled meanwhile.
+fn what_probing_finds(prober: &Prober<'_>, info: &ModelInfo) -> Result<String> {
+    let found = probe(
+        prober.module,
+        prober.device,
+        prober.path,
+        Vec::new(),
+        sees_raw_values(info),
+    );
+    Ok(match unless_cancelled(found)? {
+        Some(found) => format!(
             "; probing the network finds {} spatial dimensions, {} input channel(s), {} output channel(s), \
              {:?} padding, halo {} and input sizes {} + k * {}: declare those",
             found.spatial_dims,
@@ -868,8 +888,8 @@ fn what_probing_finds(prober: &Prober<'_>) -> String {
             found.size_offset,
             found.size_multiple
         ),
-        Err(_) => String::new(),
-    }
+        None => String::new(),
+    })
 }
 
 /// Whether a pass with `inputs` pixels per axis that returned `outputs`
@@ -945,6 +965,7 @@ impl<'a> Prober<'a> {
                          an argmax), not logits or probabilities: export the network without its final argmax"
                     )))
                 }
+                Err(Error::Cancelled) => return Err(Error::Cancelled),
                 Ok(Reading::Unbounded(_)) | Err(_) => return Ok(None),
             }
         }
@@ -1422,8 +1443,11 @@ impl<'a> Prober<'a> {
         let rule = self
             .size_rule_from(first)
             .and_then(|rule| self.rule_holds_further(first, rule));
+        if matches!(rule, Err(Error::Cancelled)) {
+            return rule;
+        }
         if rule.is_err() {
-            if let Some(stride) = self.output_stride() {
+            if let Some(stride) = self.output_stride()? {
                 return Err(self.invalid(format!(
                     "its output grows one pixel per {stride} input pixels (an output stride of {stride}): \
                      unet_rt runs networks whose output covers their input pixel for pixel, or loses a \
@@ -1474,11 +1498,18 @@ impl<'a> Prober<'a> {
 
     /// `k` where inputs of 256 and 512 pixels give outputs 256 / k pixels
     /// apart (`k` of 2 or more); `None` otherwise, or where either fails.
-    fn output_stride(&mut self) -> Option<usize> {
-        let small = self.side(256).ok().flatten()?;
-        let large = self.side(512).ok().flatten()?;
-        let grown = large.checked_sub(small).filter(|&g| g > 0 && g < 256)?;
-        (256 % grown == 0).then_some(256 / grown)
+    ///
+    /// # Errors
+    /// [`Error::Cancelled`] where the work was cancelled.
+    fn output_stride(&mut self) -> Result<Option<usize>> {
+        let Some(small) = unless_cancelled(self.side(256))?.flatten() else {
+            return Ok(None);
+        };
+        let Some(large) = unless_cancelled(self.side(512))?.flatten() else {
+            return Ok(None);
+        };
+        let grown = large.checked_sub(small).filter(|&g| g > 0 && g < 256);
+        Ok(grown.and_then(|g| (256 % g == 0).then_some(256 / g)))
     }
 
     /// See [`Self::size_rule`]: from as few forward passes as the network
@@ -2290,7 +2321,7 @@ impl<'a> Prober<'a> {
     /// For networks that keep the input size or take any size: the overlap
     /// from how far input changes reach, the pooling factor from the tile
     /// shifts that reproduce the whole image, and the measured agreement.
-    fn settle_overlap(&mut self, info: &mut ModelInfo, rule: Rule) -> Result<()> {
+    fn settle_overlap(&mut self, info: &mut ModelInfo, rule: Rule, raw_values: bool) -> Result<()> {
         let axis_kind = usize::from(self.dims == 3);
         let factor = if rule.kind == Growth::AnySize {
             MAX_HIDDEN_FACTOR[axis_kind]
@@ -2411,8 +2442,10 @@ impl<'a> Prober<'a> {
             halo = Some(rule.lost / 2);
             size = on_grid(size.max(rule.lost + 4 * factor));
         }
-        if let Some(reach) = halo.filter(|_| rule.lost == 0 && self.time_for_passes(4, 0.5)) {
-            // Without metadata the network sees raw values: a path that
+        if let Some(reach) =
+            halo.filter(|_| raw_values && rule.lost == 0 && self.time_for_passes(4, 0.5))
+        {
+            // A network that sees raw values: a path that
             // uniform noise leaves closed (one opening above 5) reaches
             // farther on 8-bit images, and tiles of the reach found on
             // noise were 70% of the range off there (then called
@@ -2490,8 +2523,7 @@ impl<'a> Prober<'a> {
             let at = place(rule.multiple, inner);
             (at, self.agreement(&image, &whole, &at)?)
         };
-        // Without metadata the network sees the raw values.
-        info.exactness.measured = Some(at.beyond_uniform(self, uniform, true)?);
+        info.exactness.measured = Some(at.beyond_uniform(self, uniform, raw_values)?);
         Ok(())
     }
 }

@@ -97,7 +97,7 @@ def _in_flags(message: str) -> str:
     'pass --no-resume to start over'
     """
     for keyword, flag in (("resume=False", "--no-resume"), ("chunks=)", "--chunks)"),
-                          ('nonfinite="propagate"', "--nonfinite propagate")):
+                          ('nonfinite="propagate"', "--nonfinite propagate"), ("invalid levels:", "invalid --levels:")):
         message = message.replace(keyword, flag)
     return message
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..model import ProgressArg
+from ..model import ProgressArg, check_progress
 from ._array import tree_reduce
 
 __all__ = ["Runner", "FAN_IN"]
@@ -34,7 +34,7 @@ class Runner:
             except (ImportError, ValueError):
                 client = None
         self.client = client
-        self.progress = progress
+        self.progress = check_progress(progress)
         self.token = uuid.uuid4().hex[:8]
         self._count = 0
 

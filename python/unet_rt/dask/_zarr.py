@@ -286,10 +286,10 @@ def segment_to_zarr(
     array_axes = ArrayAxes.of(src.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
     read_out = json.dumps(resolved.local._read_out_for(output, min_size, fill_holes), sort_keys=True)
     shape = array_axes.canonical_shape(src.shape)
-    if levels is not None and levels > distinct_levels(shape[2:]):
+    if levels is not None and levels > (distinct := distinct_levels(shape[2:])):
         raise InvalidArgumentError(
             f"invalid levels: {levels}; an image of {'x'.join(map(str, shape[2:]))} pixels has "
-            f"{distinct_levels(shape[2:])} distinct resolution level(s) (the last one pixel wide)"
+            f"{distinct} distinct resolution level(s) (the last one pixel wide)"
         )
     _, tiling = resolved.plan(shape[2:], 0, tile, batch_size, memory_budget)
     engine_output = "labels" if output == "instances" else output
