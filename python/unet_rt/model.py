@@ -423,7 +423,11 @@ class Model:
                 was raised (a ``KeyboardInterrupt`` as itself). It runs on
                 the engine's worker thread, not the caller's (with the GIL
                 held): thread-local and context-variable state of the
-                caller is not visible there.
+                caller is not visible there. The call waits for it to
+                return, Ctrl-C included: keep it short (a callback that
+                blocks holds the call). A callable that cannot take
+                ``(done, total)`` is a ``TypeError`` before anything runs;
+                after it raised it is not called again.
             memory_budget: bytes of activations one batch may use.
             blend: how the tiles of same-padded models combine: ``"crop"``
                 (keep each tile's centre; exact with the default margin),
