@@ -1923,7 +1923,7 @@ impl<'a> Prober<'a> {
     /// labels differed). Two passes of twice the pixels, on one side of one
     /// axis: confirming on a square probe cost FCN-ResNet50 its time budget.
     fn reach_holds(&mut self, reach: usize, size: usize, next: usize, grid: usize) -> Result<bool> {
-        let longer = self.reach_along_last(size, next, grid)?;
+        let longer = self.reach_along_last(size, next, grid, 1.0)?;
         // The loose reach: a deep network's strict one creeps outwards on
         // longer probes by amounts far below what tiles would show
         // (FCN-ResNet50's 232 px), where taps that read padding before
@@ -1946,7 +1946,7 @@ impl<'a> Prober<'a> {
     /// the bit, and the longer probe has room for such a run at its far
     /// end.
     fn deep_path_reach(&mut self, size: usize, next: usize, grid: usize) -> Result<Option<usize>> {
-        let longer = self.reach_along_last(size, next, grid)?;
+        let longer = self.reach_along_last(size, next, grid, 1.0)?;
         let unchanged_side = next - changed_half(next, grid);
         Ok(match (longer.strict, longer.any) {
             (Some(strict), Some(any)) if any + SCATTER_SPAN <= unchanged_side => Some(strict),
@@ -1960,26 +1960,29 @@ impl<'a> Prober<'a> {
     /// `None` where changes reach the far edge or scatter (a statistic,
     /// which the raw-range comparison of tiles reports).
     fn raw_range_reach(&mut self, size: usize, grid: usize) -> Result<Option<usize>> {
-        let bright = |seed: u64| -> Result<Tensor> {
-            let noise = self.noise(size, seed)?;
-            self.torch(noise.f_mul_scalar(255.0))
-        };
-        let (image, other) = (bright(1)?, bright(2)?);
-        let last = self.dims.saturating_sub(1);
-        let reach = self.reach_in(&image, &other, last..self.dims, &[true], grid, false)?;
+        let reach = self.reach_along_last(size, size, grid, 255.0)?;
         Ok(reach.strict.filter(|_| !reach.scattered))
     }
 
     /// [`Self::reach_in`] of the low half of the last axis on noise
-    /// `next` pixels long on that axis and `size` on the others: two
-    /// passes of twice the pixels, where a square probe would cost four
-    /// of four times (confirming on square probes cost FCN-ResNet50 its
-    /// time budget).
-    fn reach_along_last(&mut self, size: usize, next: usize, grid: usize) -> Result<Reach> {
+    /// `next` pixels long on that axis and `size` on the others, its values
+    /// times `scale`: two passes of twice the pixels, where a square probe
+    /// would cost four of four times (confirming on square probes cost
+    /// FCN-ResNet50 its time budget).
+    fn reach_along_last(
+        &mut self,
+        size: usize,
+        next: usize,
+        grid: usize,
+        scale: f64,
+    ) -> Result<Reach> {
         let strip = |prober: &mut Self, seed: u64| -> Result<Tensor> {
             let mut t = prober.noise(next, seed)?;
             for axis in 0..prober.dims.saturating_sub(1) {
                 t = prober.torch(t.f_narrow((axis + 2) as i64, 0, size as i64))?;
+            }
+            if scale != 1.0 {
+                t = prober.torch(t.f_mul_scalar(scale))?;
             }
             prober.torch(t.f_contiguous())
         };
