@@ -10,7 +10,9 @@ Examples::
         --scheduler tcp://scheduler:8786 --output probabilities
 
 Rerunning the same command after an interruption resumes: blocks already
-written are skipped. Exit status: 0 done, 1 failure, 2 usage, 130 interrupted.
+written are skipped. Exit status: 0 done, 1 failure (the source's pixels
+included: NaN without ``--nonfinite propagate``, a type the engine does not
+read), 2 usage (a flag, the model, the destination), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -102,6 +104,19 @@ def _in_flags(message: str) -> str:
     return message
 
 
+def _usage_status(error: Exception) -> int:
+    """The exit status of an invalid argument: 1 where it is the source's
+    data (as the ``unet-rt`` command's failed input), 2 where the command
+    line must change.
+
+    >>> _usage_status(ValueError("invalid image: holds NaN or infinite values"))
+    1
+    >>> _usage_status(ValueError("invalid tile: 3 is below the smallest tile"))
+    2
+    """
+    return 1 if str(error).startswith(("invalid image:", "invalid source:")) else 2
+
+
 def _os_error(error: OSError) -> str:
     """An operating system's refusal as the file and its reason (Python's
     own text leads with "[Errno 2]").
@@ -191,9 +206,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("unet_rt.dask: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except InvalidArgumentError as e:
-        # A usage error, as argparse's own (exit 2).
         print(f"unet_rt.dask: error: {_in_flags(str(e))}", file=sys.stderr)
-        return 2
+        return _usage_status(e)
     except (UnetRtError, OSError, ValueError) as e:
         text = _os_error(e) if isinstance(e, OSError) and not isinstance(e, UnetRtError) else str(e)
         print(f"unet_rt.dask: error: {_in_flags(text)}", file=sys.stderr)
