@@ -246,9 +246,11 @@ def test_read_only_out_is_refused(model):
     "image,message",
     [
         (np.zeros((10, 10), bool), "boolean"),
-        # float32 rounds integers beyond 2^24: the advice for wide integers is float64.
-        (np.zeros((10, 10), np.int64), r"int64 is not supported; .*image.astype\(np.float64\)"),
-        (np.zeros((10, 10), np.int8), r"int8 is not supported; .*image.astype\(np.float32\)"),
+        (np.zeros((10, 10), np.complex64), r"complex64 is not supported; .*image.astype\(np.float32\)"),
+        (np.zeros((10, 10), np.longdouble), r"float128 is not supported"),
+        # float64 rounds integers beyond 2^53: 64-bit ones there are refused, not rounded.
+        (np.full((10, 10), 2**60, np.int64), r"invalid image: a pixel holds 1152921504606846976, beyond 2\^53"),
+        (np.full((10, 10), 2**64 - 1, np.uint64), r"a pixel holds 18446744073709551615, beyond 2\^53"),
         (np.zeros((0, 10), np.float32), "empty"),
         (np.zeros((2, 3, 4, 5, 6), np.float32), "axes"),
         ("not an image", "not supported"),
@@ -577,6 +579,31 @@ def test_one_default_precision_for_python_cli_and_rust(tiny_model_path, cli, tmp
     assert np.array_equal(from_cli, unet_rt.segment(image, tiny_model_path, device="cpu"))
     help_text = subprocess.run([str(cli), "segment", "--help"], capture_output=True, text=True, timeout=60).stdout
     assert f"[default: {unet_rt.DEFAULT_PRECISION}]" in help_text
+
+
+def test_integer_types_the_engine_does_not_read_are_widened_as_the_cli_widens_them(tiny_model_path, cli, tmp_path):
+    # Python refused int8 and 32/64-bit integers (the command line read them
+    # widened): one rule now, the core's table.
+    assert dict(unet_rt._unet_rt.WIDENED_DTYPES) == {"int8": "int16", "uint32": "float64", "int32": "float64",
+                                                     "uint64": "float64", "int64": "float64"}
+    image = (np.random.default_rng(5).random((90, 110)) * 120).astype(np.uint8)
+    want = unet_rt.segment(image, tiny_model_path, device="cpu")
+    for dtype in ("<i1", "<i4", ">i4", "<u4", "<i8", ">u8"):
+        stored = image.astype(dtype)
+        assert np.array_equal(unet_rt.segment(stored, tiny_model_path, device="cpu"), want), dtype
+        np.save(tmp_path / f"{dtype[1:]}.npy", stored)
+    proc = subprocess.run([str(cli), "segment", str(tmp_path), "-o", str(tmp_path / "out"), "-m", str(tiny_model_path),
+                           "--device", "cpu", "--format", "npy", "-q"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for dtype in ("i1", "i4", "u4", "i8", "u8"):
+        assert np.array_equal(np.load(tmp_path / "out" / f"{dtype}.npy"), want), dtype
+    # Exactly 2^53 is still a float64; one beyond it is not.
+    edge = image.astype(np.int64)
+    edge[0, 0] = -(2**53)
+    unet_rt.segment(edge, tiny_model_path, device="cpu")
+    edge[0, 0] = 2**53 + 1
+    with pytest.raises(unet_rt.InvalidArgumentError, match="9007199254740993, beyond 2\\^53"):
+        unet_rt.segment(edge, tiny_model_path, device="cpu")
 
 
 def test_python_and_the_cli_read_an_unnamed_leading_axis_alike(tiny_model_path, cli, tmp_path):

@@ -360,7 +360,7 @@ def test_bad_arguments_are_value_errors(model):
     with pytest.raises(unet_rt.InvalidArgumentError, match="output"):
         ud.segment(x, model, output="masks")
     with pytest.raises(unet_rt.InvalidArgumentError, match="dtype"):
-        ud.segment(da.zeros((64, 64), dtype=np.int64), model)
+        ud.segment(da.zeros((64, 64), dtype=np.complex64), model)
     with pytest.raises(unet_rt.InvalidArgumentError, match="axes"):
         ud.segment(da.zeros((3, 64, 64), dtype=np.uint8), model, axes="yxc")
     # Found up front, not when the blocks are computed (an OverflowError or
@@ -648,13 +648,25 @@ def test_command_line_usage_errors_exit_2(tmp_path):
     zarr.create_array(tmp_path / "big.zarr", shape=(300, 300), chunks=(100, 100), dtype="uint8")
     run = subprocess.run([sys.executable, "-m", "unet_rt.dask", str(tmp_path / "big.zarr"), str(tmp_path / "out.zarr"),
                           "--device", "cpu", "--block", "3", "--no-progress"], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 2 and "invalid block: 3 px is under a sixteenth of the tiles' stride" in run.stderr, run.stderr
+    assert run.returncode == 2 and "invalid --block: 3 px is under a sixteenth of the tiles' stride" in run.stderr, run.stderr
     assert "--chunks)" in run.stderr and not (tmp_path / "out.zarr").exists(), run.stderr
     # Messages of segment_to_zarr spell its keyword arguments as this command's flags.
     zarr.create_group(tmp_path / "theirs.zarr").create_array("notes", shape=(3,), dtype="uint8")
     run = subprocess.run([sys.executable, "-m", "unet_rt.dask", str(tmp_path / "in.zarr"), str(tmp_path / "theirs.zarr"),
                           "--device", "cpu", "--no-progress"], capture_output=True, text=True, timeout=120)
     assert run.returncode in (1, 2) and "--no-resume" in run.stderr and "resume=False" not in run.stderr, run.stderr
+
+
+def test_integer_types_are_read_widened_as_the_api_reads_them(model, tmp_path):
+    # Percentile statistics and blocks both read int32 as float64 (Dask
+    # refused it before any block ran).
+    image = (np.random.default_rng(2).random((200, 150)) * 3000).astype(np.int32)
+    want = unet_rt.segment(image, model)
+    assert_identical(sync(ud.segment(da.from_array(image, chunks=64), model)), want)
+    zarr.create_array(tmp_path / "int.zarr", data=image.astype(np.uint32), chunks=(64, 64))
+    out = ud.segment_to_zarr(str(tmp_path / "int.zarr"), str(tmp_path / "out.zarr"), model, client=False,
+                             progress=False)
+    assert_identical(out[...], want)
 
 
 def test_nonfinite_values_are_refused_or_propagated_as_the_api_does(model, tmp_path):

@@ -850,6 +850,39 @@ def test_a_fixed_input_size_with_too_small_a_halo_is_measured_on_overlapping_til
     assert relative_error(got, want) < 1e-5
 
 
+class _FixedSizeReach24(torch.nn.Module):
+    """24 same-padded 3x3 convolutions (reach 24) that take 64 x 64 inputs only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list = [torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU()]
+        for _ in range(22):
+            layers += [torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU()]
+        self.net = torch.nn.Sequential(*layers, torch.nn.Conv2d(4, 2, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != 64 or x.shape[-2] != 64:
+            raise RuntimeError("this network takes 64 x 64 inputs")
+        return self.net(x)
+
+
+def test_a_fixed_size_halo_that_leaves_half_a_tile_no_shared_pixel_is_still_measured(tmp_path):
+    # Tiles of 64 keeping 32 (halo 16): the two tiles half a tile apart
+    # shared no kept pixel, nothing was measured, and a network seeing 24
+    # pixels loaded as exact with tiles 4% off. They are now one grid step
+    # (16) apart.
+    torch.manual_seed(0)
+    net = _FixedSizeReach24().eval()
+    for layer in net.net:
+        if isinstance(layer, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(layer.weight)
+    metadata = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                "output": "softmax", "padding": "same", "halo": 16, "size_multiple": 16, "fixed_size": 64}
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="two overlapping tiles of its one input size"):
+        info = unet_rt.Model(plain_export(net, tmp_path / "fixed.pt", metadata), device="cpu").info
+    assert not info["exact"] and info["measured"]["max_difference"] > 1e-3, info
+
+
 def test_a_torchvision_segmentation_model_runs_from_its_out_entry(tmp_path, cli):
     segmentation = pytest.importorskip("torchvision.models.segmentation")
     torch.manual_seed(0)
@@ -1572,6 +1605,52 @@ def test_an_instance_norm_with_running_statistics_is_exact(export, tmp_path):
     path = plain_export(net, tmp_path / "own_statistics.pt")
     with pytest.warns(unet_rt.ApproximateTilingWarning, match="instance_norm"):
         assert not unet_rt.Model(path, device="cpu").info["exact"]
+
+
+class _HoldsAnUnusedPool(torch.nn.Module):
+    """A small U-Net that holds a global pooling head its forward never
+    calls, as MONAI's ResNet encoders (inside FlexibleUNet) hold theirs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU())
+        self.mid = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU())
+        self.head = torch.nn.Conv2d(16, 2, 3, padding=1)
+        self.avgpool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.enc(x)
+        m = torch.nn.functional.interpolate(self.mid(torch.nn.functional.max_pool2d(e, 2)), scale_factor=2.0)
+        return self.head(torch.cat([e, m], 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+class _CallsItsPool(_HoldsAnUnusedPool):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x) + self.avgpool(x).mean(1)[:, None, None, None]
+
+
+def test_a_scripted_layer_the_network_holds_but_never_calls_is_not_taken_for_one_it_runs(tmp_path):
+    # The code scan read every class the archive holds: the unused pooling
+    # head made the scripted network "approximate", its overlap capped,
+    # while the same network traced was exact.
+    torch.manual_seed(0)
+    net = _HoldsAnUnusedPool().eval()
+    path = plain_export(net, tmp_path / "holds.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = unet_rt.Model(path, device="cpu")
+    info = model.info
+    assert info["exact"] and info["whole_tile_ops"] == [], info
+    image = np.random.default_rng(3).random((1, 97, 131), dtype=np.float32)
+    want = whole_forward(net, image, info["overlap"], info["size_multiple"])
+    assert relative_error(model.segment(image, axes="cyx", output="raw", tile=small_tile(info)), want) < 1e-5
+    # Called, the same layer is found.
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="adaptive_avg_pool"):
+        assert not unet_rt.Model(plain_export(_CallsItsPool().eval(), tmp_path / "calls.pt"),
+                                 device="cpu").info["exact"]
 
 
 class _GlobalGate(torch.nn.Module):

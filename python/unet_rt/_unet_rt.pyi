@@ -16,6 +16,8 @@ DEFAULT_PRECISION: str
 DEFAULT_CUDA_BUDGET: int
 #: NumPy dtype names of the pixels the engine reads.
 PIXEL_DTYPES: List[str]
+# (stored, read as): integer types widened without loss, one copy.
+WIDENED_DTYPES: List[Tuple[str, str]]
 #: The output modes' names.
 OUTPUTS: List[str]
 #: The test-time augmentation modes' names.
@@ -98,6 +100,7 @@ class Model:
     def result_array(self, shape: Sequence[int], output: str) -> npt.NDArray[Any]: ...
 
 def check_image_copy(nbytes: int, why: str = ..., remedy: str = ..., argument: str = ...) -> None: ...
+def check_exact_f64(low: int, high: int) -> None: ...
 def arrangement(shape: Sequence[int], axes: Optional[str], spatial_dims: int, in_channels: int) -> Tuple[str, List[Optional[int]]]: ...
 def infer_axes(shape: Sequence[int], spatial_dims: int, in_channels: int) -> str: ...
 

@@ -27,6 +27,9 @@ ProgressArg = Union[bool, Callable[[int, int], Any], None]
 
 # The engine's names (one list each, in the binding).
 _SUPPORTED = tuple(np.dtype(name).type for name in _unet_rt.PIXEL_DTYPES)
+# Integer types the engine reads widened, as the command line does: int8 as
+# int16, 32/64-bit integers as float64 (the core's table).
+_WIDENED = {np.dtype(stored).type: np.dtype(wide) for stored, wide in _unet_rt.WIDENED_DTYPES}
 OUTPUTS: Tuple[str, ...] = tuple(_unet_rt.OUTPUTS)
 TTA_MODES: Tuple[str, ...] = tuple(_unet_rt.TTA_MODES)
 NONFINITE_MODES: Tuple[str, ...] = tuple(_unet_rt.NONFINITE_MODES)
@@ -388,7 +391,9 @@ class Model:
             image: a NumPy array (or memmap) of uint8, uint16, int16, float16,
                 float32 or float64. It is read in place, tile by tile: strided
                 and non-contiguous views are fine. The one copy made is for
-                arrays in non-native byte order.
+                arrays in non-native byte order, and for other integer types,
+                read widened as the command line reads them (int8 as int16,
+                32/64-bit integers as float64; beyond 2^53 refused).
             axes: the axes of ``image``, letters ``b`` (batch), ``c``
                 (channels), ``z``, ``y``, ``x`` in any order: ``"yx"``,
                 ``"cyx"``, ``"yxc"``, ``"zyx"``, ``"czyx"``, ``"byx"``...; a
@@ -405,8 +410,10 @@ class Model:
                 grown over a boundary class; without one, the connected
                 components of the non-background labels, 4-connected in 2-D
                 and 6-connected in 3-D).
-            tile: input tile size (an int, or one per spatial axis); chosen
-                from a memory budget when ``None``; ``"whole"`` for one tile
+            tile: input tile size (an int, or one per spatial axis); when
+                ``None``, on the CPU the fastest by the engine's throughput
+                model, on a GPU the largest within its memory budget;
+                ``"whole"`` for one tile
                 covering the image and its overlap (the exact result for
                 models whose tiles are approximate, see ``info["exact"]``).
             batch_size: tiles per forward pass; chosen when ``None``.
@@ -720,17 +727,15 @@ def check_nonfinite(nonfinite: Any) -> str:
 
 
 def check_dtype(dtype: Any) -> None:
-    """Refuses pixels of a dtype the engine does not read (checked before
-    a lazy array is computed)."""
+    """Refuses pixels of a dtype the engine neither reads nor widens
+    (checked before a lazy array is computed)."""
     dtype = np.dtype(dtype)
     if dtype == np.bool_:
         raise InvalidArgumentError("invalid image: boolean arrays are not images; convert with .astype(np.uint8)")
-    if dtype.type not in _SUPPORTED:
-        # float32 holds integers exactly only up to 2^24: wider ones as float64.
-        exact = "np.float64" if dtype.kind in "iu" and dtype.itemsize >= 4 else "np.float32"
+    if dtype.type not in _SUPPORTED and dtype.type not in _WIDENED:
         raise InvalidArgumentError(
-            f"invalid image: dtype {dtype} is not supported; use {', '.join(_unet_rt.PIXEL_DTYPES)} "
-            f"(e.g. image.astype({exact}))"
+            f"invalid image: dtype {dtype} is not supported; use {', '.join(_unet_rt.PIXEL_DTYPES)} or another "
+            "integer type (read widened), e.g. image.astype(np.float32)"
         )
 
 
@@ -859,7 +864,11 @@ def in_engine_layout(array: np.ndarray, argument: str = "image") -> np.ndarray:
     (big-endian files, ``>u2``, are common) and aligned, with strides that
     are multiples of the item size (one field of a record array is not;
     NumPy's ``aligned`` flag, for the engine's pixel types). A copy beyond
-    memory is refused naming ``argument``."""
+    memory is refused naming ``argument``. Integer types the engine does
+    not read are copied widened (:func:`_widened`)."""
+    wide = _WIDENED.get(array.dtype.type)
+    if wide is not None:
+        return _widened(array, wide, argument)
     if not array.dtype.isnative:
         _unet_rt.check_image_copy(array.nbytes, argument=argument)
         return array.astype(array.dtype.newbyteorder("="))
@@ -869,6 +878,18 @@ def in_engine_layout(array: np.ndarray, argument: str = "image") -> np.ndarray:
             "in one field of a record array)", "pass a plain array", argument)
         return np.array(array, order="C")
     return array
+
+
+def _widened(array: np.ndarray, wide: np.dtype, argument: str) -> np.ndarray:
+    """``array`` as ``wide``, the type the engine reads its integers as
+    (``_unet_rt.WIDENED_DTYPES``), without loss: 64-bit integers beyond 2^53,
+    which float64 rounds, are refused, and so is a copy beyond memory."""
+    if array.dtype.itemsize == 8 and array.size:
+        _unet_rt.check_exact_f64(int(array.min()), int(array.max()))
+    _unet_rt.check_image_copy(
+        array.size * wide.itemsize, f"its type {array.dtype.name} is read as {wide.name}",
+        "pass a type the engine reads where the values fit one (e.g. image.astype(np.float32) below 2^24)", argument)
+    return array.astype(wide)
 
 
 class _Progress:

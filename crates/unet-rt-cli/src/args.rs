@@ -41,6 +41,7 @@ Each file is written to a hidden temporary file and renamed when complete.
 
 With --json, each input gives one line on stdout:
   {\"input\", \"output\", \"shape\", \"seconds\", \"status\": ok|skipped|failed|cancelled, \"error\"}
+  (and \"objects\", the count, with --output-kind instances)
 File names that are not plain UTF-8 text are escaped there and in text lines
 (\\n, \\t, \\u{1b}, \\xff for a byte that is not UTF-8; \\\\ then for a backslash).
 
@@ -145,10 +146,12 @@ pub(crate) struct ModelArgs {
     pub precision: String,
     /// Tile size: N for every axis, or per axis as YxX (ZxYxX for 3-D), or
     /// `whole` (one tile per image: exact for models whose tiles are
-    /// approximate); default: chosen from the memory budget.
+    /// approximate); default: on the CPU the fastest by the engine's
+    /// throughput model, on a GPU the largest within its memory budget.
     #[arg(short, long, value_name = "N|YxX|whole", value_parser = parse_model_tile, allow_negative_numbers = true)]
     pub tile: Option<Sizes>,
-    /// Tiles per forward pass (default: chosen from the memory budget).
+    /// Tiles per forward pass (default: chosen with the tile, within the
+    /// memory budget).
     #[arg(short, long, value_name = "N", value_parser = whole_number(1, u64::MAX), allow_negative_numbers = true)]
     pub batch_size: Option<u64>,
     /// CPU threads for libtorch, at most 1024 (default: libtorch's choice, one

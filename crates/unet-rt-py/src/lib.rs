@@ -114,6 +114,7 @@ fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DEFAULT_PRECISION", unet_rt::Precision::DEFAULT_NAME)?;
     // The names Python checks arguments against before converting them.
     m.add("PIXEL_DTYPES", PIXEL_DTYPES.to_vec())?;
+    m.add("WIDENED_DTYPES", unet_rt::pixel::WIDENED.to_vec())?;
     m.add("OUTPUTS", unet_rt::OutputMode::NAMES.to_vec())?;
     m.add("TTA_MODES", unet_rt::Tta::NAMES.to_vec())?;
     m.add("NONFINITE_MODES", unet_rt::NonFinite::NAMES.to_vec())?;
@@ -131,6 +132,7 @@ fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(errors::error_class_names, m)?)?;
     m.add_function(wrap_pyfunction!(errors::stop_at_exit, m)?)?;
     m.add_function(wrap_pyfunction!(segment::check_image_copy, m)?)?;
+    m.add_function(wrap_pyfunction!(segment::check_exact_f64, m)?)?;
     m.add_function(wrap_pyfunction!(axes::infer_axes, m)?)?;
     m.add_function(wrap_pyfunction!(axes::arrangement, m)?)?;
     m.add_function(wrap_pyfunction!(percentiles::percentile_stats, m)?)?;

@@ -203,6 +203,17 @@ pub(crate) fn check_image_copy(
     }
 }
 
+/// Refuses 64-bit integer pixels from `low` to `high` (an image's
+/// extremes) that float64, the type they are widened to, cannot hold
+/// exactly: the core's rule, as the command line keeps it.
+#[pyfunction]
+pub(crate) fn check_exact_f64(low: i128, high: i128) -> PyResult<()> {
+    for value in [low, high] {
+        unet_rt::pixel::exact_f64(value).map_err(to_py_err)?;
+    }
+    Ok(())
+}
+
 /// A zeroed array for the result, or an `InvalidArgumentError` that says
 /// how much memory it needed when it cannot be allocated (NumPy's own
 /// constructor raises `MemoryError`, PyO3's panics).

@@ -225,33 +225,34 @@ const MAX_CODE_BYTES: u64 = 64 << 20;
 /// into every network that resizes. A network that calls one of these
 /// functions names it in its own code (`...functional.adaptive_avg_pool2d`).
 pub(crate) fn whole_tile_ops<R: Read + Seek>(archive: &mut ZipArchive<R>) -> Vec<String> {
-    let names: Vec<String> = archive
+    let names: Vec<(String, String)> = archive
         .file_names()
         .filter(|name| name.ends_with(".py"))
-        .filter(|name| {
-            name.split_once("/code/")
-                .is_some_and(|(_, file)| !file.starts_with("__torch__/torch/nn/functional"))
+        .filter_map(|name| {
+            let (_, file) = name.split_once("/code/")?;
+            let own = !file.starts_with("__torch__/torch/nn/functional");
+            own.then(|| (name.to_owned(), file.to_owned()))
         })
-        .map(str::to_owned)
         .collect();
-    let mut found = std::collections::BTreeSet::new();
-    for name in names {
+    let mut files = Vec::new();
+    for (name, file) in names {
         let Ok(entry) = archive.by_name(&name) else {
             continue;
         };
         let mut text = String::new();
-        if entry
-            .take(MAX_CODE_BYTES)
-            .read_to_string(&mut text)
-            .is_err()
-        {
-            continue;
+        if entry.take(MAX_CODE_BYTES).read_to_string(&mut text).is_ok() {
+            files.push((file, text));
         }
+    }
+    let mut found = std::collections::BTreeSet::new();
+    // Classes held but never read (a ResNet encoder's unused head) are not
+    // the network's code.
+    for text in crate::code_classes::runnable_code(&files) {
         for op in WHOLE_TILE_OPS {
             let called = if op == "instance_norm" {
-                instance_norm_sees_the_tile(&text)
+                instance_norm_sees_the_tile(text)
             } else {
-                calls_of(&text, op).next().is_some()
+                calls_of(text, op).next().is_some()
             };
             if called {
                 found.insert(op.trim_end_matches('_').to_owned());

@@ -1,6 +1,45 @@
 //! Input element types the engine reads without converting the whole image.
 
+use crate::error::{Error, Result};
 use crate::normalize::Affine;
+
+/// Stored integer types the engine does not read, each with the type it is
+/// read as without loss. Every entry point widens them the same way: the
+/// command line as it decodes a file, Python with one copy of the array.
+/// 64-bit integers beyond 2^53 are refused ([`exact_f64`]).
+pub const WIDENED: [(&str, &str); 5] = [
+    ("int8", "int16"),
+    ("uint32", "float64"),
+    ("int32", "float64"),
+    ("uint64", "float64"),
+    ("int64", "float64"),
+];
+
+/// The largest integer magnitude float64 holds exactly, with all below it.
+const EXACT_F64: i128 = 1 << 53;
+
+/// A 64-bit integer pixel as the float64 it is read as, or an error naming
+/// the image beyond 2^53 in magnitude, where float64 rounds (an image offset
+/// by 2^60 lost its contrast, nuclei vanished, without a word).
+///
+/// ```
+/// assert_eq!(unet_rt::pixel::exact_f64(-(1 << 53)).unwrap(), -9007199254740992.0);
+/// assert!(unet_rt::pixel::exact_f64((1 << 53) + 1).is_err());
+/// ```
+pub fn exact_f64(value: i128) -> Result<f64> {
+    if (-EXACT_F64..=EXACT_F64).contains(&value) {
+        // Exact: within 2^53 every integer is a float64.
+        Ok(value as f64)
+    } else {
+        Err(Error::InvalidArgument {
+            argument: "image",
+            message: format!(
+                "a pixel holds {value}, beyond 2^53 in magnitude: float64, which 64-bit integer images are read \
+                 as, cannot hold it exactly (scale the image into 32-bit integers or floats)"
+            ),
+        })
+    }
+}
 
 /// A pixel type of an input image. Conversion to `f32` happens tile by tile
 /// while gathering, so the caller's array is never copied whole.
@@ -195,6 +234,32 @@ mod tests {
             .normalized(Affine::new(1e-3, 0.0))
             .is_infinite());
         assert!(f64::NAN.normalized(Affine::new(1e-3, 0.0)).is_nan());
+    }
+
+    #[test]
+    fn widened_types_are_not_pixel_types_and_widen_to_one() {
+        let read = ["uint8", "uint16", "int16", "float16", "float32", "float64"];
+        for (stored, wide) in WIDENED {
+            assert!(
+                !read.contains(&stored) && read.contains(&wide),
+                "{stored} -> {wide}"
+            );
+        }
+        for beyond in [i128::from(u64::MAX), -(1 << 53) - 1] {
+            let err = exact_f64(beyond).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidArgument {
+                        argument: "image",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert!(err.to_string().contains(&beyond.to_string()), "{err}");
+        }
+        assert_eq!(exact_f64(1 << 53).unwrap(), 9007199254740992.0);
     }
 
     #[test]

@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--normalize", default="global", choices=["global", "block"],
                         help="percentile normalization over the whole image (default) or per block")
     parser.add_argument("--block", type=int, default=None, help="spatial block size per task (default ~1024 in 2-D, 128 in 3-D)")
-    parser.add_argument("--tile", type=int, default=None, help="input tile size (default: chosen for the whole image from a memory budget)")
+    parser.add_argument("--tile", type=int, default=None, help="input tile size (default: chosen for the whole image as unet-rt chooses it: "
+                        "the fastest on the CPU, the largest within the memory budget on a GPU)")
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default: chosen)")
     parser.add_argument("--tta", default="none", choices=list(TTA_MODES),
                         help="test-time augmentation: flips (4 passes per tile in 2-D) or d4 (8); default none")
@@ -91,16 +92,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# segment_to_zarr's keywords that are flags here, as "invalid NAME:" names them.
+_FLAGS = ("axes", "block", "tile", "batch_size", "min_size", "chunks", "shards", "levels", "model", "output",
+          "device", "precision", "normalize", "tta", "nonfinite", "fill_holes", "resources")
+
+
 def _in_flags(message: str) -> str:
     """``segment_to_zarr``'s message with its keyword arguments spelled as
     this command's flags ("pass resume=False" named no flag here).
 
     >>> _in_flags("pass resume=False to start over")
     'pass --no-resume to start over'
+    >>> _in_flags("invalid block: 3 px is under ...; pass a block of at least 60 (chunks=)")
+    'invalid --block: 3 px is under ...; pass a block of at least 60 (--chunks)'
+    >>> _in_flags("invalid batch_size: 0")
+    'invalid --batch-size: 0'
     """
     for keyword, flag in (("resume=False", "--no-resume"), ("chunks=)", "--chunks)"),
-                          ('nonfinite="propagate"', "--nonfinite propagate"), ("invalid levels:", "invalid --levels:")):
+                          ('nonfinite="propagate"', "--nonfinite propagate")):
         message = message.replace(keyword, flag)
+    for name in _FLAGS:
+        if message.startswith(f"invalid {name}:"):
+            return f"invalid --{name.replace('_', '-')}:{message[len(name) + 9:]}"
     return message
 
 

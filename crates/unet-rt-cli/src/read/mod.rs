@@ -22,19 +22,12 @@ use crate::special_files::{refuse_special, refuse_special_metadata};
 pub(crate) const EXTENSIONS: &[&str] = &["tif", "tiff", "png", "npy"];
 
 /// A 64-bit integer pixel as the float64 the engine reads, refused beyond
-/// 2^53, where float64 rounds: an image offset by 2^60 lost its contrast
-/// (nuclei vanished) without a word.
-pub(crate) fn exact_f64<T: Copy + Into<i128> + std::fmt::Display>(value: T) -> Result<f64, String> {
-    const EXACT: i128 = 1 << 53;
-    let wide: i128 = value.into();
-    if (-EXACT..=EXACT).contains(&wide) {
-        Ok(wide as f64)
-    } else {
-        Err(format!(
-            "a pixel holds {value}, beyond 2^53 in magnitude: float64, which 64-bit integer images are read as, \
-             cannot hold it exactly (store the image as 32-bit integers or floats)"
-        ))
-    }
+/// 2^53 ([`unet_rt::pixel::exact_f64`], the rule every entry point keeps).
+pub(crate) fn exact_f64<T: Into<i128>>(value: T) -> Result<f64, String> {
+    unet_rt::pixel::exact_f64(value.into()).map_err(|e| match e {
+        unet_rt::Error::InvalidArgument { message, .. } => message,
+        other => other.to_string(),
+    })
 }
 
 /// Pixels in one of the element types the engine reads directly; other

@@ -293,3 +293,25 @@ fn read_values<T, const N: usize>(
     }
     Ok(values)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_types_are_read_as_the_engine_widens_them() {
+        let codes = [
+            "u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f2", "f4", "f8",
+        ];
+        for code in codes {
+            let element = Element::parse(&format!("<{code}")).unwrap();
+            let zeros = [0u8; 8];
+            let pixels = element.read(&mut &zeros[..], &[1], false).unwrap();
+            let wide = unet_rt::pixel::WIDENED
+                .iter()
+                .find(|(stored, _)| *stored == element.name)
+                .map_or(element.name, |(_, wide)| wide);
+            assert_eq!(pixels.type_name(), wide, "{code}");
+        }
+    }
+}
