@@ -42,7 +42,8 @@ pub(crate) fn runnable_code(files: &[CodeFile]) -> Vec<&str> {
         let module = path.strip_suffix(".py").unwrap_or(path).replace('/', ".");
         split_classes(&module, text, &mut free, &mut classes);
     }
-    let holds: Vec<Vec<Held>> = classes.iter().map(|c| held(c.text)).collect();
+    let read = attributes_read(files);
+    let holds: Vec<Vec<Held>> = classes.iter().map(|c| held(c.text, &read)).collect();
     let unrun = unrun_classes(&classes, &holds);
     free.extend(
         classes
@@ -89,8 +90,9 @@ fn split_classes<'t>(
     }
 }
 
-/// The submodules a class's text declares, and whether it reads each.
-fn held(text: &str) -> Vec<Held<'_>> {
+/// The submodules a class's text declares, and whether any code reads
+/// each (`read`: the names of [`attributes_read`]).
+fn held<'t>(text: &'t str, read: &HashSet<&str>) -> Vec<Held<'t>> {
     let mut found = Vec::new();
     for line in text.lines() {
         let Some(declaration) = line.strip_prefix("  ") else {
@@ -114,7 +116,7 @@ fn held(text: &str) -> Vec<Held<'_>> {
             if is_identifier(name) && class.starts_with("__torch__.") && !class.contains('[') {
                 found.push(Held {
                     class,
-                    read: reads(text, name),
+                    read: read.contains(name),
                 });
             }
         }
@@ -122,14 +124,33 @@ fn held(text: &str) -> Vec<Held<'_>> {
     found
 }
 
-/// Whether a class's code reads its attribute `name`: `self.name` (the
-/// code TorchScript writes, `avgpool = self.avgpool`) or
-/// `getattr(self, "name")`.
-fn reads(text: &str, name: &str) -> bool {
-    let dotted = format!("self.{name}");
-    text.match_indices(&dotted).any(|(at, _)| {
-        !text[at + dotted.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
-    }) || text.contains(&format!("getattr(self, \"{name}\")"))
+/// Every attribute name any code reads, from any object: `x.name` (the
+/// code TorchScript writes, `avgpool = self.avgpool`, and
+/// `layer1 = encoder.layer1` where an outer module reaches into an inner
+/// one) and `getattr(x, "name")`. Read from anything, a name counts as
+/// read for every class that declares it: a layer is left out only where
+/// no code anywhere names it.
+fn attributes_read(files: &[CodeFile]) -> HashSet<&str> {
+    let mut read = HashSet::new();
+    for (_, text) in files {
+        for (at, _) in text.match_indices('.') {
+            let rest = &text[at + 1..];
+            let end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            if end > 0 {
+                read.insert(&rest[..end]);
+            }
+        }
+        for (at, _) in text.match_indices("getattr(") {
+            let call = &text[at..];
+            let call = &call[..call.find(')').unwrap_or(call.len())];
+            if let Some((_, quoted)) = call.split_once(", \"") {
+                read.insert(quoted.trim_end_matches('"'));
+            }
+        }
+    }
+    read
 }
 
 fn is_identifier(name: &str) -> bool {
@@ -225,6 +246,8 @@ mod tests {
         assert!(runs_pooling(&net("    _0 = getattr(self, \"avgpool\")\n")));
         // Another attribute whose name starts alike is not a read.
         assert!(!runs_pooling(&net("    avgpool2 = self.avgpool2\n")));
+        // Read from another object (an outer module reaching in) counts.
+        assert!(runs_pooling(&net("    pool = enc.avgpool\n")));
         // The conv and the root class run.
         let files = net("");
         let code = runnable_code(&files);
@@ -313,13 +336,13 @@ mod tests {
         let mut text = String::new();
         for i in 0..n {
             text.push_str(&format!(
-                "class C{i}(Module):\n  next : __torch__.big.C{}\n  \
-                 def forward(self, x: Tensor) -> Tensor:\n    next = self.next\n    return x\n",
+                "class C{i}(Module):\n  n{i} : __torch__.big.C{}\n  \
+                 def forward(self, x: Tensor) -> Tensor:\n    n{i} = self.n{i}\n    return x\n",
                 i + 1
             ));
         }
         // The root C0 holds C1 unread: nothing below it runs.
-        let text = text.replacen("    next = self.next\n", "", 1);
+        let text = text.replacen("    n0 = self.n0\n", "", 1);
         let files = [file("__torch__/big.py", &text)];
         let runnable = runnable_code(&files);
         assert_eq!(runnable.len(), 1, "only C0 runs");
