@@ -1501,6 +1501,21 @@ def test_networks_probing_cannot_read_say_what_they_are(tmp_path):
     optimized.save(str(tmp_path / "optimized.pt"))
     with pytest.raises(unet_rt.ModelError, match="cannot load what torch.jit.optimize_for_inference returns"):
         unet_rt.Model(tmp_path / "optimized.pt", device="cpu")
+    # Sizes found on zeros, then a random input fails: the network's own
+    # words say why (SwinUNETR traced at one size said nothing more).
+    with pytest.raises(unet_rt.ModelError, match=r"fails on a random input of shape .*: .*blank images only"):
+        unet_rt.Model(plain_export(_BlankOnly().eval(), tmp_path / "blank.pt"), device="cpu")
+
+
+class _BlankOnly(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.abs().max() > 0):
+            raise RuntimeError("this network takes blank images only")
+        return self.conv(x)
 
 
 def test_a_network_that_folds_pixels_into_channels_first_is_probed_with_one_channel(tmp_path):

@@ -1882,9 +1882,13 @@ impl<'a> Prober<'a> {
                 input.size()
             ))),
             Some(t) => self.torch(t.f_to_kind(Kind::Float)),
+            // A size that worked with zeros: what the pass said is the cause.
             None => Err(self.invalid(format!(
-                "its forward fails on a random input of shape {:?}",
-                input.size()
+                "its forward fails on a random input of shape {:?}{}",
+                input.size(),
+                self.last_failure
+                    .as_deref()
+                    .map_or_else(String::new, |m| format!(": {m}"))
             ))),
         }
     }
