@@ -75,6 +75,19 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
+def assert_exact_and_quiet(net: torch.nn.Module, path: Path, image: np.ndarray) -> None:
+    """``path`` (``net`` exported) loads without a warning, names no layer
+    that sees the whole tile, and its small tiles give ``net``'s
+    whole-image forward of ``image`` (``cyx``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = unet_rt.Model(path, device="cpu")
+    info = model.info
+    assert info["exact"] and info["whole_tile_ops"] == [], info
+    want = whole_forward(net, image, info["overlap"], info["size_multiple"])
+    assert relative_error(model.segment(image, axes="cyx", output="raw", tile=small_tile(info)), want) < 1e-5
+
+
 def tiled_error(net, model: unet_rt.Model, image: np.ndarray, axes: str = "cyx", **options) -> float:
     """:func:`relative_error` of ``model``'s raw output in small tiles
     (:func:`small_tile`) against :func:`whole_forward` of ``net``."""
@@ -814,13 +827,15 @@ def test_a_fixed_input_size_in_metadata_is_the_only_tile(tmp_path):
 
 
 class _FixedSize(torch.nn.Module):
-    """Three same-padded 3x3 convolutions (reach 3) that take 64 x 64 inputs only."""
+    """``convs`` same-padded 3x3 convolutions (reach ``convs``) that take
+    64 x 64 inputs only."""
 
-    def __init__(self) -> None:
+    def __init__(self, convs: int = 3, channels: int = 8) -> None:
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
-                                       torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
-                                       torch.nn.Conv2d(8, 2, 3, padding=1))
+        layers: list = [torch.nn.Conv2d(1, channels, 3, padding=1), torch.nn.ReLU()]
+        for _ in range(convs - 2):
+            layers += [torch.nn.Conv2d(channels, channels, 3, padding=1), torch.nn.ReLU()]
+        self.net = torch.nn.Sequential(*layers, torch.nn.Conv2d(channels, 2, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != 64 or x.shape[-2] != 64:
@@ -850,29 +865,13 @@ def test_a_fixed_input_size_with_too_small_a_halo_is_measured_on_overlapping_til
     assert relative_error(got, want) < 1e-5
 
 
-class _FixedSizeReach24(torch.nn.Module):
-    """24 same-padded 3x3 convolutions (reach 24) that take 64 x 64 inputs only."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        layers: list = [torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU()]
-        for _ in range(22):
-            layers += [torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU()]
-        self.net = torch.nn.Sequential(*layers, torch.nn.Conv2d(4, 2, 3, padding=1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != 64 or x.shape[-2] != 64:
-            raise RuntimeError("this network takes 64 x 64 inputs")
-        return self.net(x)
-
-
 def test_a_fixed_size_halo_that_leaves_half_a_tile_no_shared_pixel_is_still_measured(tmp_path):
     # Tiles of 64 keeping 32 (halo 16): the two tiles half a tile apart
     # shared no kept pixel, nothing was measured, and a network seeing 24
     # pixels loaded as exact with tiles 4% off. They are now one grid step
     # (16) apart.
     torch.manual_seed(0)
-    net = _FixedSizeReach24().eval()
+    net = _FixedSize(convs=24, channels=4).eval()
     for layer in net.net:
         if isinstance(layer, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(layer.weight)
@@ -1606,14 +1605,7 @@ def test_an_instance_norm_with_running_statistics_is_exact(export, tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's warnings about Python values
             torch.jit.trace(net, torch.rand(1, 1, 32, 32)).save(str(path))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        model = unet_rt.Model(path, device="cpu")
-    info = model.info
-    assert info["exact"] and info["whole_tile_ops"] == [], info
-    image = np.random.default_rng(2).random((1, 96, 80), dtype=np.float32)
-    want = whole_forward(net, image, info["overlap"], info["size_multiple"])
-    assert relative_error(model.segment(image, axes="cyx", output="raw", tile=small_tile(info)), want) < 1e-5
+    assert_exact_and_quiet(net, path, np.random.default_rng(2).random((1, 96, 80), dtype=np.float32))
     # Tracking statistics but normalising by the tile's own (training mode
     # exported) still sees the whole tile.
     net.norm.track_running_stats = False
@@ -1654,14 +1646,7 @@ def test_a_scripted_layer_the_network_holds_but_never_calls_is_not_taken_for_one
     torch.manual_seed(0)
     net = _HoldsAnUnusedPool().eval()
     path = plain_export(net, tmp_path / "holds.pt")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        model = unet_rt.Model(path, device="cpu")
-    info = model.info
-    assert info["exact"] and info["whole_tile_ops"] == [], info
-    image = np.random.default_rng(3).random((1, 97, 131), dtype=np.float32)
-    want = whole_forward(net, image, info["overlap"], info["size_multiple"])
-    assert relative_error(model.segment(image, axes="cyx", output="raw", tile=small_tile(info)), want) < 1e-5
+    assert_exact_and_quiet(net, path, np.random.default_rng(3).random((1, 97, 131), dtype=np.float32))
     # Called, the same layer is found.
     with pytest.warns(unet_rt.ApproximateTilingWarning, match="adaptive_avg_pool"):
         assert not unet_rt.Model(plain_export(_CallsItsPool().eval(), tmp_path / "calls.pt"),
