@@ -46,9 +46,9 @@ const MAX_GETATTR: usize = 512;
 struct Held<'t> {
     /// The class of the submodule.
     class: &'t str,
-    /// Whether the holder's code reads it: a container's entries are read
-    /// by the code that holds the container (`getattr(pools, "0")`), so
-    /// they count as read.
+    /// Whether code reads it: its attribute name read from any object, or
+    /// an entry of a container (read by the container's holder,
+    /// `getattr(pools, "0")`, or by a run-time key).
     read: bool,
 }
 
