@@ -23,6 +23,7 @@ with warnings.catch_warnings():
 
 import unet_rt
 import unet_rt.dask as ud
+from training.tiny import export_tiny
 from unet_rt.errors import InvalidArgumentError
 
 
@@ -255,6 +256,26 @@ def test_cli_zarr_stacks_and_edge_chunks(cli, tmp_path, tiny_model_path):
     np.testing.assert_array_equal(image[0], stack)
     axes = dict(zarr.open_group(str(store)).attrs)["ome"]["multiscales"][0]["axes"]
     assert [a["name"] for a in axes] == ["c", "z", "y", "x"]
+
+
+def test_cli_zarr_batch_of_volumes_is_time_not_a_second_z(cli, tmp_path):
+    # A 3-D model's batch was named z beside the volumes' own z
+    # ("czzyx"): a file unet_rt.dask then refused.
+    model = export_tiny(tmp_path / "vol.pt", seed=3, depth=2, base=2, dims=3)
+    batch = (np.random.default_rng(9).random((2, 9, 45, 31)) * 1000).astype(np.uint16)
+    np.save(tmp_path / "batch.npy", batch)
+    run = _unet_rt(cli, tmp_path / "batch.npy", "-o", tmp_path / "out", "--format", "zarr", "-m", model,
+                   "--axes", "bzyx", "--device", "cpu")
+    assert run.returncode == 0, run.stderr
+    store = tmp_path / "out" / "batch.zarr"
+    assert _validated(store) == "v05.Image"
+    axes = dict(zarr.open_group(str(store)).attrs)["ome"]["multiscales"][0]["axes"]
+    assert [a["name"] for a in axes] == ["t", "c", "z", "y", "x"]
+    want = unet_rt.segment(batch, model, device="cpu", axes="bzyx")
+    np.testing.assert_array_equal(zarr.open_array(str(store / "labels/labels/0"))[...], want)
+    again = ud.segment_to_zarr(str(store), str(tmp_path / "again.zarr"), model, client=False, device="cpu",
+                               progress=False, ome=False)
+    np.testing.assert_array_equal(again[...], want)
 
 
 def test_cli_zarr_resolution_levels(cli, tmp_path, tiny_model_path):

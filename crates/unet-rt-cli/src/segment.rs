@@ -454,7 +454,8 @@ fn segment_file(
             let label = ome_zarr::LabelInfo {
                 kind: if ctx.args.output_kind == OutputMode::Instances { "instances" } else { "labels" },
                 classes: (ctx.args.output_kind == OutputMode::Labels).then_some(classes.as_slice()),
-                page_axis: if axes.contains('z') { 'z' } else { 't' },
+                // A 2-D model reads z as pages; a 3-D model's batch is time.
+                page_axis: if info.spatial_dims == 2 && axes.contains('z') { 'z' } else { 't' },
                 levels: usize::try_from(ctx.args.levels).unwrap_or(1),
             };
             ome_zarr::write_ome_zarr(output, &arranged.view, arranged.stacked, &result.output, &label).map_err(fail)?;
