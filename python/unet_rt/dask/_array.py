@@ -212,7 +212,7 @@ def instances(labels: da.Array, read_out: str) -> da.Array:
         stop = [int(b[i + 1]) for b, i in zip(bounds, idx)]
         context = context_of(start[1:], stop[1:], shape[1:], depth)
         ext = labels[(slice(start[0], stop[0]),) + tuple(slice(a - c[0], b + c[1]) for a, b, c in zip(start[1:], stop[1:], context))]
-        blocks.append((idx, ext, context, tuple(start), tuple(b - a for a, b in zip(start, stop))))
+        blocks.append((idx, _assembled(ext), context, tuple(start), tuple(b - a for a, b in zip(start, stop))))
     delayed = lambda f: dask.delayed(f, pure=True)  # noqa: E731
     summaries = [delayed(block_summary)(ext, ctx, origin, shape, read_out) for _, ext, ctx, origin, _ in blocks]
     mapping = delayed(merge_summaries)(summaries, numblocks, shape, int(settings.get("min_size", 0)))
@@ -226,6 +226,16 @@ def instances(labels: da.Array, read_out: str) -> da.Array:
         for idx, ext, ctx, origin, size in blocks
     }
     return da.block(_nested(pieces, numblocks))
+
+
+def _assembled(piece: da.Array) -> Any:
+    """``piece`` (a slice of the labels) as one delayed array built from
+    its blocks' own tasks. Passed to ``dask.delayed`` as an array, each use
+    was optimized apart, its blocks' segmentation fused into new tasks: a
+    block's inference ran once per use (11 times per block in 2-D, 22 in
+    3-D)."""
+    cells = piece.to_delayed(optimize_graph=False)
+    return dask.delayed(np.block, pure=True)(cells.tolist())
 
 
 def _nested(pieces: Dict[Tuple[int, ...], da.Array], numblocks: Tuple[int, ...], prefix: Tuple[int, ...] = ()) -> Any:
