@@ -474,3 +474,31 @@ def test_min_is_white_tiffs_are_read_as_displayed(tiny_model_path, cli, tmp_path
                 "-k", "probabilities", "-f", "npy", "--device", "cpu"])
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_array_equal(np.load(out / "white.npy"), np.load(out / "black.npy"))
+
+
+def test_a_single_plane_is_a_volume_of_one_plane_for_a_3d_model(cli, tmp_path):
+    # A one-page TIFF read as yx was refused by a 3-D model, whose advice
+    # (zyx) --axes then refused too: "names 3 axes, the image has 2".
+    from training.tiny import export_tiny
+
+    model = export_tiny(tmp_path / "vol.pt", seed=3, depth=2, base=2, dims=3)
+    plane = (np.random.default_rng(7).random((40, 52)) * 255).astype(np.uint8)
+    want = unet_rt.segment(plane[None], model, device="cpu", axes="zyx")
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "plane.tif", plane)
+    np.save(tmp_path / "in" / "plane.npy", plane)
+    proc = run([cli, "segment", tmp_path / "in" / "plane.tif", "-o", tmp_path / "out", "-m", model, "--device", "cpu",
+                "-f", "npy", "-q"])
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "plane.npy"), want)
+    # An NPY names no axes: refused with the advice, which then works.
+    proc = run([cli, "segment", tmp_path / "in" / "plane.npy", "-o", tmp_path / "out2", "-m", model, "--device", "cpu",
+                "-f", "npy", "-q"])
+    assert proc.returncode == 1 and "--axes zyx on the command line reads a plane so" in proc.stderr, proc.stderr
+    proc = run([cli, "segment", tmp_path / "in" / "plane.npy", "-o", tmp_path / "out2", "-m", model, "--device", "cpu",
+                "-f", "npy", "-q", "--axes", "zyx"])
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "out2" / "plane.npy"), want)
+    # Python is told how (image[None]).
+    with pytest.raises(unet_rt.InvalidArgumentError, match=r"image\[None\] in Python"):
+        unet_rt.segment(plane, model, device="cpu")

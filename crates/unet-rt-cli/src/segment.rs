@@ -419,10 +419,12 @@ fn segment_file(
     output: &Path,
     overlay_path: Option<&Path>,
 ) -> FileResult<(Vec<usize>, Option<usize>)> {
-    let image = read_image(input).map_err(|m| (FileError::new(input, m), None))?;
+    let info = ctx.model.info();
+    let image = read_image(input)
+        .map_err(|m| (FileError::new(input, m), None))?
+        .as_volume_for(info.spatial_dims, ctx.args.axes.as_deref());
     let shape = image.pixels.shape().to_vec();
     let fail = |e: FileError| (e, Some(shape.clone()));
-    let info = ctx.model.info();
     let axes = axes::choose_axes(
         ctx.args.axes.as_deref(),
         image.axes.as_deref(),

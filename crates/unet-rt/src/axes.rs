@@ -242,6 +242,10 @@ pub fn infer_axes(shape: &[usize], spatial_dims: usize, in_channels: usize) -> R
     };
     let stack = if spatial_dims == 2 {
         "; a stack of 2-D images is byx (or zyx)"
+    } else if shape.len() < spatial_dims {
+        // "zyx" alone does not fit a plane's two axes.
+        "; a single plane is a volume of one plane: add a leading axis of length 1 (image[None] in Python; \
+         --axes zyx on the command line reads a plane so)"
     } else {
         ""
     };

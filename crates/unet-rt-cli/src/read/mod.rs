@@ -71,6 +71,19 @@ impl Pixels {
         with_pixels!(self, a => a.shape())
     }
 
+    /// The same pixels with a leading axis of length 1.
+    pub(crate) fn with_leading_axis(self) -> Self {
+        let lead = ndarray::Axis(0);
+        match self {
+            Self::U8(a) => Self::U8(a.insert_axis(lead)),
+            Self::U16(a) => Self::U16(a.insert_axis(lead)),
+            Self::I16(a) => Self::I16(a.insert_axis(lead)),
+            Self::F16(a) => Self::F16(a.insert_axis(lead)),
+            Self::F32(a) => Self::F32(a.insert_axis(lead)),
+            Self::F64(a) => Self::F64(a.insert_axis(lead)),
+        }
+    }
+
     /// The stored type, for messages.
     pub(crate) fn type_name(&self) -> &'static str {
         match self {
@@ -96,6 +109,29 @@ pub(crate) struct Image {
     /// an ImageJ or OME description): a stack of pages it does not name may
     /// be the channels of one image ([`crate::axes::choose_axes`]).
     pub pages_named: bool,
+}
+
+impl Image {
+    /// A single plane (a one-page file, `yx` or `yxc`; or any image whose
+    /// `--axes`, `given`, name one more axis than it has, starting with
+    /// `z`) as a volume of one plane, for a 3-D model: it refused the plane
+    /// and then `--axes zyx`, which its advice named.
+    pub(crate) fn as_volume_for(self, spatial_dims: usize, given: Option<&str>) -> Self {
+        let ndim = self.pixels.shape().len();
+        let plane = spatial_dims == 3
+            && match given {
+                Some(axes) => axes.len() == ndim + 1 && axes.starts_with('z'),
+                None => matches!(self.axes.as_deref(), Some("yx" | "yxc")),
+            };
+        if !plane {
+            return self;
+        }
+        Self {
+            pixels: self.pixels.with_leading_axis(),
+            axes: self.axes.map(|axes| format!("z{axes}")),
+            pages_named: self.pages_named,
+        }
+    }
 }
 
 /// Reads an image file, choosing the reader by extension.
