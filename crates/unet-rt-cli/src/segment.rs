@@ -422,7 +422,7 @@ fn segment_file(
     let info = ctx.model.info();
     let image = read_image(input)
         .map_err(|m| (FileError::new(input, m), None))?
-        .as_volume_for(info.spatial_dims, ctx.args.axes.as_deref());
+        .into_volume_for(info.spatial_dims, ctx.args.axes.as_deref());
     let shape = image.pixels.shape().to_vec();
     let fail = |e: FileError| (e, Some(shape.clone()));
     let axes = axes::choose_axes(

@@ -116,7 +116,7 @@ impl Image {
     /// `--axes`, `given`, name one more axis than it has, starting with
     /// `z`) as a volume of one plane, for a 3-D model: it refused the plane
     /// and then `--axes zyx`, which its advice named.
-    pub(crate) fn as_volume_for(self, spatial_dims: usize, given: Option<&str>) -> Self {
+    pub(crate) fn into_volume_for(self, spatial_dims: usize, given: Option<&str>) -> Self {
         let ndim = self.pixels.shape().len();
         let plane = spatial_dims == 3
             && match given {
