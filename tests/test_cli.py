@@ -502,3 +502,25 @@ def test_a_single_plane_is_a_volume_of_one_plane_for_a_3d_model(cli, tmp_path):
     # Python is told how (image[None]).
     with pytest.raises(unet_rt.InvalidArgumentError, match=r"image\[None\] in Python"):
         unet_rt.segment(plane, model, device="cpu")
+    # tifffile's shape of a one-plane volume, (1, y, x), is read as it.
+    tifffile.imwrite(tmp_path / "in" / "volume.tif", plane[None])
+    proc = run([cli, "segment", tmp_path / "in" / "volume.tif", "-o", tmp_path / "out3", "-m", model, "--device",
+                "cpu", "-f", "npy", "-q"])
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "out3" / "volume.npy"), want)
+
+
+def test_a_stack_tifffile_names_is_read_by_its_axes(cli, tmp_path):
+    # A ZCYX stack written by tifffile (not ImageJ) was a plain stack of
+    # 18 pages, its channels mixed in with its planes.
+    from training.tiny import export_tiny
+
+    model = export_tiny(tmp_path / "vol2.pt", seed=3, depth=2, base=2, dims=3, in_channels=2)
+    stack = (np.random.default_rng(8).random((9, 2, 45, 31)) * 1000).astype(np.uint16)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "zcyx.tif", stack, metadata={"axes": "ZCYX"})
+    proc = run([cli, "segment", tmp_path / "in", "-o", tmp_path / "out", "-m", model, "--device", "cpu", "-f", "npy",
+                "-q", "-k", "raw"])
+    assert proc.returncode == 0, proc.stderr
+    want = unet_rt.segment(stack, model, device="cpu", axes="zcyx", output="raw")
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "zcyx.npy"), want)

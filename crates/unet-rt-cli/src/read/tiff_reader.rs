@@ -82,7 +82,10 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
     let mut decoder = Decoder::new(BufReader::new(file))
         .map_err(|e| format!("not a readable TIFF file: {e}"))?
         .with_limits(limits(file_len, memory));
-    let described = page_axes(&mut decoder);
+    let description = description(&mut decoder);
+    let described = description
+        .as_deref()
+        .map_or(PageAxes::Unknown, describe_pages);
     let (page, pages) = plan(&mut decoder, file_len, memory)?;
     let buffer = decode(&mut decoder, &page, pages)?;
     let mut shape = Vec::with_capacity(4);
@@ -143,11 +146,94 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
         axes.push('c');
     }
     refuse_empty(&shape)?;
+    let mut axes = Some(axes);
+    if described == PageAxes::Unknown {
+        // A plain stack: `(pages, y, x[, samples])`, or one page.
+        let page_shape = &shape[usize::from(pages > 1)..];
+        if let Some(shaped) = description
+            .as_deref()
+            .and_then(|text| shaped(text, pages, page_shape))
+        {
+            pages_named = shaped
+                .axes
+                .as_deref()
+                .is_some_and(|a| a.contains(['z', 'b']));
+            shape = shaped.shape;
+            axes = shaped.axes;
+        }
+    }
     Ok(Image {
         pixels: buffer.into_pixels(&shape)?,
-        axes: Some(axes),
+        axes,
         pages_named,
     })
+}
+
+/// What a description written by Python's tifffile says of the array the
+/// pages hold: its shape, and its axes where the writer named them.
+struct Shaped {
+    shape: Vec<usize>,
+    /// In this tool's letters; `None` where the file names axes this tool
+    /// has no letter for (they are then guessed, or named with --axes).
+    axes: Option<String>,
+}
+
+/// tifffile's description of a shaped array (`{"shape": [9, 2, 45, 31],
+/// "axes": "ZCYX"}`), where it holds what the file does: `pages` pages of
+/// `page` (`(y, x)` or `(y, x, samples)`). tifffile reads such a file back
+/// in that shape; read as a plain stack of pages, a one-plane volume
+/// `(1, y, x)` could not be given to a 3-D model, nor a ZCYX stack named.
+fn shaped(text: &str, pages: usize, page: &[usize]) -> Option<Shaped> {
+    if !text.starts_with('{') {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    let shape: Vec<usize> = value
+        .get("shape")?
+        .as_array()?
+        .iter()
+        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+        .collect::<Option<_>>()?;
+    let elements = |s: &[usize]| s.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    let leading = shape.len().checked_sub(page.len())?;
+    if !shape.ends_with(page) || elements(&shape)? != elements(page)?.checked_mul(pages)? {
+        return None;
+    }
+    let page_axes = if page.len() == 3 { "yxc" } else { "yx" };
+    // Axes the file names but this tool cannot (Q, two channel axes) are
+    // left to --axes, not guessed from the shape.
+    let axes = match value.get("axes") {
+        Some(named) => named
+            .as_str()
+            .filter(|a| a.chars().count() == shape.len())
+            .and_then(our_letters),
+        // Unnamed: one page axis is a stack's z; several stay one stack of
+        // pages, as they were read before (a 2-D model reads them all).
+        None => match leading {
+            0 => Some(page_axes.to_owned()),
+            1 => Some(format!("z{page_axes}")),
+            _ => return None,
+        },
+    };
+    Some(Shaped { shape, axes })
+}
+
+/// tifffile's axis letters as this tool's (`T` is a batch, `S` samples
+/// are channels); `None` for others (`Q`, unknown) or a letter twice.
+fn our_letters(axes: &str) -> Option<String> {
+    let letters: String = axes
+        .chars()
+        .map(|c| match c.to_ascii_uppercase() {
+            'Y' => Some('y'),
+            'X' => Some('x'),
+            'Z' => Some('z'),
+            'C' | 'S' => Some('c'),
+            'T' => Some('b'),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let distinct: std::collections::BTreeSet<char> = letters.chars().collect();
+    (distinct.len() == letters.len()).then_some(letters)
 }
 
 /// What a TIFF's first description says its pages are.
@@ -165,24 +251,21 @@ enum PageAxes {
     Interleaved,
 }
 
+/// Page 1's description, if it has one in text.
+fn description(decoder: &mut TiffDecoder) -> Option<String> {
+    decoder
+        .find_tag(Tag::ImageDescription)
+        .ok()
+        .flatten()
+        .and_then(|value| value.into_string().ok())
+}
+
 /// What page 1's description says the pages are: an ImageJ description
 /// (`channels=`, `slices=`, `frames=`) or OME-XML (`DimensionOrder`,
 /// `SizeC`, `SizeZ`, `SizeT` of its `Pixels`). Only ImageJ's `channels=`
 /// was read: an ImageJ or OME z-stack with as many slices as a model has
 /// channels was read as one image's channels, and an OME file's channels
 /// as separate images.
-fn page_axes(decoder: &mut TiffDecoder) -> PageAxes {
-    let Some(text) = decoder
-        .find_tag(Tag::ImageDescription)
-        .ok()
-        .flatten()
-        .and_then(|value| value.into_string().ok())
-    else {
-        return PageAxes::Unknown;
-    };
-    describe_pages(&text)
-}
-
 fn describe_pages(text: &str) -> PageAxes {
     if text.starts_with("ImageJ=") {
         let field = |name: &str| {
@@ -754,7 +837,52 @@ impl Buffer {
 
 #[cfg(test)]
 mod tests {
-    use super::{describe_pages, first_directory_is_none, PageAxes};
+    use super::{describe_pages, first_directory_is_none, shaped, PageAxes};
+
+    #[test]
+    fn tifffile_shapes_are_read_where_they_hold_the_pages() {
+        let read = |text: &str, pages: usize, page: &[usize]| {
+            shaped(text, pages, page).map(|s| (s.shape, s.axes))
+        };
+        // A one-plane volume, a named ZCYX stack, an unnamed one, colour.
+        assert_eq!(
+            read(r#"{"shape": [1, 40, 52]}"#, 1, &[40, 52]),
+            Some((vec![1, 40, 52], Some("zyx".to_owned())))
+        );
+        assert_eq!(
+            read(r#"{"shape": [9, 2, 5, 6], "axes": "ZCYX"}"#, 18, &[5, 6]),
+            Some((vec![9, 2, 5, 6], Some("zcyx".to_owned())))
+        );
+        // Unnamed page axes, several: read as one stack of pages.
+        assert_eq!(read(r#"{"shape": [9, 2, 5, 6]}"#, 18, &[5, 6]), None);
+        assert_eq!(
+            read(r#"{"shape": [4, 5, 6, 3]}"#, 4, &[5, 6, 3]),
+            Some((vec![4, 5, 6, 3], Some("zyxc".to_owned())))
+        );
+        assert_eq!(
+            read(r#"{"shape": [2, 3, 5, 6], "axes": "TZYX"}"#, 6, &[5, 6]),
+            Some((vec![2, 3, 5, 6], Some("bzyx".to_owned())))
+        );
+        // Unknown or repeated letters: the shape without names.
+        assert_eq!(
+            read(r#"{"shape": [9, 2, 5, 6], "axes": "QQYX"}"#, 18, &[5, 6]).map(|s| s.1),
+            Some(None)
+        );
+        assert_eq!(
+            read(r#"{"shape": [2, 5, 6, 3], "axes": "CYXS"}"#, 2, &[5, 6, 3]).map(|s| s.1),
+            Some(None)
+        );
+        // Descriptions that do not hold the pages, or are not tifffile's.
+        assert_eq!(read(r#"{"shape": [7, 5, 6]}"#, 6, &[5, 6]), None);
+        assert_eq!(read(r#"{"shape": [6, 6, 5]}"#, 6, &[5, 6]), None);
+        assert_eq!(
+            read(r#"{"shape": [18446744073709551615, 2, 5, 6]}"#, 6, &[5, 6]),
+            None
+        );
+        assert_eq!(read(r#"{"shape": "x"}"#, 1, &[5, 6]), None);
+        assert_eq!(read("ImageJ=1.11a", 1, &[5, 6]), None);
+        assert_eq!(read("{not json", 1, &[5, 6]), None);
+    }
 
     #[test]
     fn imagej_and_ome_descriptions_say_what_pages_are() {
