@@ -1506,6 +1506,26 @@ def test_networks_probing_cannot_read_say_what_they_are(tmp_path):
         unet_rt.Model(plain_export(_BlankOnly().eval(), tmp_path / "blank.pt"), device="cpu")
 
 
+class _ThickSlices(torch.nn.Module):
+    """A valid 3-D network convolving 1x3x3: z loses nothing, y and x 4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = torch.nn.Conv3d(1, 2, (1, 3, 3))
+        self.c2 = torch.nn.Conv3d(2, 2, (1, 3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c2(torch.relu(self.c1(x)))
+
+
+def test_a_network_whose_axes_lose_different_margins_is_told_so(tmp_path):
+    # It was "no input size of 1, 2, 4 ... works; is it fully
+    # convolutional?", though every size above 4 works.
+    with pytest.raises(unet_rt.ModelError, match=r"its axes lose different margins: an input of (\d+)x\1x\1 gives "
+                                                 r"an output of \1x"):
+        unet_rt.Model(plain_export(_ThickSlices().eval(), tmp_path / "thick.pt"), device="cpu")
+
+
 class _BlankOnly(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()

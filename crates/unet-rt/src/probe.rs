@@ -262,6 +262,11 @@ struct Prober<'a> {
     /// size rule is found (a forward that takes other arguments fails at
     /// every size, and "is it fully convolutional?" hid why).
     last_failure: Option<String>,
+    /// The first pass whose equal input sides gave unequal output sides
+    /// (input and output spatial shapes): a network whose axes lose
+    /// different margins (thick-slice 3-D networks convolving 1x3x3 on
+    /// top), which was told only that no size worked.
+    uneven: Option<(Vec<i64>, Vec<i64>)>,
     /// Where a one-channel output becomes foreground when labels are
     /// compared: logit 0, or 0.5 for a network that returns probabilities.
     mask_at: f64,
@@ -1089,6 +1094,7 @@ impl<'a> Prober<'a> {
             out_channels: 0,
             sides: HashMap::new(),
             last_failure: None,
+            uneven: None,
             mask_at: 0.0,
             slowest: None,
             grown: None,
@@ -1357,6 +1363,8 @@ impl<'a> Prober<'a> {
         let uneven =
             (0..axes.len()).any(|i| (0..i).any(|j| axes[i] == axes[j] && sides[i] != sides[j]));
         if uneven {
+            self.uneven
+                .get_or_insert_with(|| (shape[2..].to_vec(), sizes[2..].to_vec()));
             return Ok(None);
         }
         self.out_channels = usize::try_from(sizes[1]).unwrap_or(0);
@@ -1426,6 +1434,17 @@ impl<'a> Prober<'a> {
         }
         if let Some(error) = type_error(self) {
             return error;
+        }
+        if let Some((input, output)) = &self.uneven {
+            return self.invalid(format!(
+                "its axes lose different margins: an input of {} gives an output of {} (valid \
+                 convolutions of other extents along some axes, such as 1x3x3 on a 3-D network's \
+                 top level?). unet_rt's geometry has one halo and one size rule for all axes: pad \
+                 the convolutions (same padding, kernel_size // 2) so that every axis keeps its size, \
+                 or give every axis the same kernels",
+                shape_text(input),
+                shape_text(output)
+            ));
         }
         self.no_rule(&format!(
             "no input size of 1, 2, 4 ... {} (nor 3, 9, 27 or 81 times those) works; a network \
