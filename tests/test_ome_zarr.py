@@ -238,16 +238,22 @@ def test_cli_writes_the_image_and_its_labels_as_ome_zarr(cli, tmp_path, kind):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cells.zarr"]
 
 
+def _cli_zarr(cli, tmp_path: Path, name: str, array: np.ndarray, model, axes: str) -> Path:
+    """``array`` saved as NPY and segmented by the CLI into a validated OME-Zarr; its path."""
+    np.save(tmp_path / f"{name}.npy", array)
+    run = _unet_rt(cli, tmp_path / f"{name}.npy", "-o", tmp_path / "out", "--format", "zarr", "-m", model,
+                   "--axes", axes, "--device", "cpu")
+    assert run.returncode == 0, run.stderr
+    store = tmp_path / "out" / f"{name}.zarr"
+    assert _validated(store) == "v05.Image"
+    return store
+
+
 def test_cli_zarr_stacks_and_edge_chunks(cli, tmp_path, tiny_model_path):
     """A stack of pages (2-D model) keeps its page axis as z; an image wider
     than a chunk (1024) gets padded edge chunks that read back exactly."""
     stack = (np.random.default_rng(5).random((2, 70, 1100)) * 255).astype(np.uint8)
-    np.save(tmp_path / "stack.npy", stack)
-    run = _unet_rt(cli, tmp_path / "stack.npy", "-o", tmp_path / "out", "--format", "zarr", "-m", tiny_model_path,
-                   "--axes", "zyx", "--device", "cpu")
-    assert run.returncode == 0, run.stderr
-    store = tmp_path / "out" / "stack.zarr"
-    assert _validated(store) == "v05.Image"
+    store = _cli_zarr(cli, tmp_path, "stack", stack, tiny_model_path, "zyx")
     labels = zarr.open_array(str(store / "labels/labels/0"))
     assert labels.shape == (2, 70, 1100) and labels.chunks == (2, 70, 1024)
     np.testing.assert_array_equal(labels[...], unet_rt.segment(stack, tiny_model_path, device="cpu", axes="zyx"))
@@ -263,12 +269,7 @@ def test_cli_zarr_batch_of_volumes_is_time_not_a_second_z(cli, tmp_path):
     # ("czzyx"): a file unet_rt.dask then refused.
     model = export_tiny(tmp_path / "vol.pt", seed=3, depth=2, base=2, dims=3)
     batch = (np.random.default_rng(9).random((2, 9, 45, 31)) * 1000).astype(np.uint16)
-    np.save(tmp_path / "batch.npy", batch)
-    run = _unet_rt(cli, tmp_path / "batch.npy", "-o", tmp_path / "out", "--format", "zarr", "-m", model,
-                   "--axes", "bzyx", "--device", "cpu")
-    assert run.returncode == 0, run.stderr
-    store = tmp_path / "out" / "batch.zarr"
-    assert _validated(store) == "v05.Image"
+    store = _cli_zarr(cli, tmp_path, "batch", batch, model, "bzyx")
     axes = dict(zarr.open_group(str(store)).attrs)["ome"]["multiscales"][0]["axes"]
     assert [a["name"] for a in axes] == ["t", "c", "z", "y", "x"]
     want = unet_rt.segment(batch, model, device="cpu", axes="bzyx")
