@@ -154,10 +154,14 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
             .as_deref()
             .and_then(|text| shaped(text, pages, page_shape))
         {
-            pages_named = shaped
-                .axes
-                .as_deref()
-                .is_some_and(|a| a.contains(['z', 'b']));
+            // Only axes the file names say its pages are planes: an
+            // unnamed stack of as many pages as the model has channels
+            // stays one image's channels.
+            pages_named = shaped.named
+                && shaped
+                    .axes
+                    .as_deref()
+                    .is_some_and(|a| a.contains(['z', 'b']));
             shape = shaped.shape;
             axes = shaped.axes;
         }
@@ -176,6 +180,8 @@ struct Shaped {
     /// In this tool's letters; `None` where the file names axes this tool
     /// has no letter for (they are then guessed, or named with --axes).
     axes: Option<String>,
+    /// Whether the file names its axes (tifffile's `axes`).
+    named: bool,
 }
 
 /// tifffile's description of a shaped array (`{"shape": [9, 2, 45, 31],
@@ -215,7 +221,8 @@ fn shaped(text: &str, pages: usize, page: &[usize]) -> Option<Shaped> {
             _ => return None,
         },
     };
-    Some(Shaped { shape, axes })
+    let named = value.get("axes").is_some();
+    Some(Shaped { shape, axes, named })
 }
 
 /// tifffile's axis letters as this tool's (`T` is a batch, `S` samples
@@ -863,6 +870,10 @@ mod tests {
             read(r#"{"shape": [2, 3, 5, 6], "axes": "TZYX"}"#, 6, &[5, 6]),
             Some((vec![2, 3, 5, 6], Some("bzyx".to_owned())))
         );
+        // Only a file that names its axes names its pages.
+        let named = |text: &str| shaped(text, 2, &[5, 6]).map(|s| s.named);
+        assert_eq!(named(r#"{"shape": [2, 5, 6]}"#), Some(false));
+        assert_eq!(named(r#"{"shape": [2, 5, 6], "axes": "ZYX"}"#), Some(true));
         // Unknown or repeated letters: the shape without names.
         assert_eq!(
             read(r#"{"shape": [9, 2, 5, 6], "axes": "QQYX"}"#, 18, &[5, 6]).map(|s| s.1),
