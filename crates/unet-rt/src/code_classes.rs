@@ -220,7 +220,13 @@ fn attributes_read(files: &[CodeFile]) -> HashSet<&str> {
         }
         for (at, _) in text.match_indices("getattr(") {
             let call = &text[at..];
-            let call = &call[..call.len().min(MAX_GETATTR)];
+            // On a character's boundary: a name of non-ASCII letters that
+            // crossed MAX_GETATTR panicked here (a bug, on any model file).
+            let mut end = call.len().min(MAX_GETATTR);
+            while !call.is_char_boundary(end) {
+                end -= 1;
+            }
+            let call = &call[..end];
             let call = call.split(['\n', ')']).next().unwrap_or_default();
             if let Some((_, quoted)) = call.split_once(", \"") {
                 read.insert(quoted.trim_end_matches('"'));
@@ -463,6 +469,12 @@ mod tests {
             "__torch__/junk2.py",
             &format!("x = getattr(a, \"{}", "a".repeat(1 << 20)),
         ));
+        assert!(!runs_pooling(&files));
+        // Multi-byte characters across the getattr bound.
+        for pad in 0..4 {
+            let text = format!("x = getattr(a, \"{}{}", "a".repeat(pad), "é".repeat(600));
+            files.push(file("__torch__/wide.py", &text));
+        }
         assert!(!runs_pooling(&files));
         // Names of many parts, each read once.
         let dotted = format!("x = __torch__.{}\n", "a.".repeat(MAX_NAME / 2 - 8)).repeat(1 << 14);
