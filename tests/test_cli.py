@@ -510,6 +510,43 @@ def test_a_single_plane_is_a_volume_of_one_plane_for_a_3d_model(cli, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "out3" / "volume.npy"), want)
 
 
+def test_tiff_results_read_back_in_their_shape_and_axes(cli, tiny_model_path, tmp_path):
+    # A volume's probabilities were classes x z flat pages: tifffile.imread
+    # gave a 3-D array, the classes mixed in with the planes.
+    from training.tiny import export_tiny
+
+    model = export_tiny(tmp_path / "vol.pt", seed=3, depth=2, base=2, dims=3)
+    volume = (np.random.default_rng(9).random((6, 40, 44)) * 255).astype(np.uint8)
+    stack = (np.random.default_rng(10).random((3, 50, 60)) * 255).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "volume.tif", volume, metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "in" / "stack.tif", stack, photometric="minisblack", metadata={"axes": "ZYX"})
+    cases = [  # (input, model, kind, result's axes, the same result from Python)
+        ("volume", model, "probabilities", "CZYX",
+         unet_rt.segment(volume, model, device="cpu", axes="zyx", output="probabilities")),
+        ("volume", model, "labels", "ZYX", unet_rt.segment(volume, model, device="cpu", axes="zyx")),
+        ("stack", tiny_model_path, "raw", "ZCYX",
+         unet_rt.segment(stack, tiny_model_path, device="cpu", axes="zyx", output="raw")),
+    ]
+    for name, net, kind, axes, want in cases:
+        out = tmp_path / f"out_{name}_{kind}"
+        proc = run([cli, "segment", tmp_path / "in" / f"{name}.tif", "-o", out, "-m", net, "--device", "cpu", "-q",
+                    "-k", kind])
+        assert proc.returncode == 0, proc.stderr
+        with tifffile.TiffFile(out / f"{name}.tif") as tif:
+            assert tif.series[0].axes == axes and tif.series[0].shape == want.shape, (kind, tif.series[0])
+            np.testing.assert_array_equal(tif.asarray(), want)
+    # The command line reads its own result in that shape: a volume's
+    # classes as channels (one model's probabilities into another's input).
+    two = export_tiny(tmp_path / "vol2.pt", seed=4, depth=2, base=2, dims=3, in_channels=2)
+    again = tmp_path / "again"
+    proc = run([cli, "segment", tmp_path / "out_volume_probabilities" / "volume.tif", "-o", again, "-m", two,
+                "--device", "cpu", "-q", "-f", "npy"])
+    assert proc.returncode == 0, proc.stderr
+    want = unet_rt.segment(cases[0][4], two, device="cpu", axes="czyx")
+    np.testing.assert_array_equal(np.load(again / "volume.npy"), want)
+
+
 def test_a_stack_tifffile_names_is_read_by_its_axes(cli, tmp_path):
     # A ZCYX stack written by tifffile (not ImageJ) was a plain stack of
     # 18 pages, its channels mixed in with its planes.

@@ -31,7 +31,9 @@ boundary class grows interiors into it; otherwise the connected components,
 4-connectivity in 2-D, 6 in 3-D, of the non-background pixels), small objects
 dropped and holes filled as the model's metadata or --min-size / --fill-holes say,
 numbered 1..N in raster order, uint16 (uint32 beyond 65535 objects). probabilities and
-raw: float32, channel-first (classes, [z,] y, x), TIFF pages or NPY.
+raw: float32, channel-first (classes, [z,] y, x), TIFF pages or NPY. A TIFF result
+of several pages says its shape and axes as tifffile writes them (ZYX, CZYX, ...),
+so tifffile and this tool read it back in that shape.
 --format zarr writes <stem>.zarr, an OME-Zarr (NGFF 0.5) image holding the input
 (axes [t,] c, [z,] y, x) and the result as its label image labels/<kind> (a colour
 and a name per class), which napari and other NGFF readers open as labels;

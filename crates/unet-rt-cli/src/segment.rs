@@ -456,17 +456,40 @@ fn segment_file(
             let label = ome_zarr::LabelInfo {
                 kind: if ctx.args.output_kind == OutputMode::Instances { "instances" } else { "labels" },
                 classes: (ctx.args.output_kind == OutputMode::Labels).then_some(classes.as_slice()),
-                // A 2-D model reads z as pages; a 3-D model's batch is time.
-                page_axis: if info.spatial_dims == 2 && axes.contains('z') { 'z' } else { 't' },
+                page_axis: page_axis(info, &axes),
                 levels: usize::try_from(ctx.args.levels).unwrap_or(1),
             };
             ome_zarr::write_ome_zarr(output, &arranged.view, arranged.stacked, &result.output, &label).map_err(fail)?;
         } else {
-            write_output(output, &result.output, ctx.args.format).map_err(fail)?;
+            let letters = result_axes(info, &axes, arranged.stacked, &result.output);
+            write_output(output, &result.output, ctx.args.format, &letters).map_err(fail)?;
         }
         result.objects
     });
     Ok((shape, objects))
+}
+
+/// The axis a stack's pages are in a result: a 2-D model reads `z` as
+/// pages; a 3-D model's batch is time.
+fn page_axis(info: &unet_rt::ModelInfo, axes: &str) -> char {
+    if info.spatial_dims == 2 && axes.contains('z') {
+        'z'
+    } else {
+        't'
+    }
+}
+
+/// The axes of `output` in tifffile's letters: its pages ([`page_axis`])
+/// where `stacked`, the classes of float results, the model's spatial axes.
+fn result_axes(info: &unet_rt::ModelInfo, axes: &str, stacked: bool, output: &Output) -> String {
+    let pages = stacked.then(|| page_axis(info, axes).to_ascii_uppercase());
+    let classes = matches!(output, Output::F32(_)).then_some('C');
+    let spatial = if info.spatial_dims == 3 { "ZYX" } else { "YX" };
+    pages
+        .into_iter()
+        .chain(classes)
+        .chain(spatial.chars())
+        .collect()
 }
 
 /// The model's class names (its metadata's, else the channel numbers).

@@ -6,6 +6,7 @@ use std::path::Path;
 use ndarray::ArrayD;
 use ndarray_npy::WriteNpyExt;
 use tiff::encoder::{colortype, TiffEncoder, TiffKind, TiffValue};
+use tiff::tags::Tag;
 
 use crate::args::Format;
 use crate::atomic::write_atomically;
@@ -40,8 +41,16 @@ impl Output {
 /// are 32-bit; the margin leaves room for the directories).
 const BIGTIFF_FROM: usize = 4_000_000_000;
 
-/// Writes `output` to `path` in `format`.
-pub(crate) fn write_output(path: &Path, output: &Output, format: Format) -> Result<(), FileError> {
+/// Writes `output` to `path` in `format`; a TIFF's first page describes
+/// its shape and `axes` (tifffile's letters, one per axis of `output`) as
+/// tifffile does, so that a result of more than three axes (a volume's
+/// probabilities, a batch's) reads back in its shape, not as flat pages.
+pub(crate) fn write_output(
+    path: &Path,
+    output: &Output,
+    format: Format,
+    axes: &str,
+) -> Result<(), FileError> {
     match format {
         Format::Npy => write_atomically(path, |w| {
             match output {
@@ -55,11 +64,12 @@ pub(crate) fn write_output(path: &Path, output: &Output, format: Format) -> Resu
         Format::Tif => {
             // Check the shape before creating anything.
             pages(output.shape()).map_err(|m| FileError::new(path, m))?;
+            let described = shape_description(output.shape(), axes);
             write_atomically(path, |w| match output {
-                Output::U8(a) => write_tiff::<colortype::Gray8, _>(w, a),
-                Output::U16(a) => write_tiff::<colortype::Gray16, _>(w, a),
-                Output::U32(a) => write_tiff::<colortype::Gray32, _>(w, a),
-                Output::F32(a) => write_tiff::<colortype::Gray32Float, _>(w, a),
+                Output::U8(a) => write_tiff::<colortype::Gray8, _>(w, a, &described),
+                Output::U16(a) => write_tiff::<colortype::Gray16, _>(w, a, &described),
+                Output::U32(a) => write_tiff::<colortype::Gray32, _>(w, a, &described),
+                Output::F32(a) => write_tiff::<colortype::Gray32Float, _>(w, a, &described),
             })
         }
         Format::Png => write_png(path, output),
@@ -89,7 +99,17 @@ fn pages(shape: &[usize]) -> Result<(usize, u32, u32), String> {
     ))
 }
 
-fn write_tiff<C, W>(w: &mut W, array: &ArrayD<C::Inner>) -> Result<(), String>
+/// tifffile's description of a shaped array: `{"shape": [...], "axes":
+/// "..."}`, the axes left out where they do not name every axis.
+fn shape_description(shape: &[usize], axes: &str) -> String {
+    let mut description = serde_json::json!({ "shape": shape });
+    if axes.chars().count() == shape.len() {
+        description["axes"] = serde_json::Value::from(axes);
+    }
+    description.to_string()
+}
+
+fn write_tiff<C, W>(w: &mut W, array: &ArrayD<C::Inner>, description: &str) -> Result<(), String>
 where
     C: colortype::ColorType,
     C::Inner: Copy,
@@ -101,11 +121,13 @@ where
         write_pages::<C, _, tiff::encoder::TiffKindBig>(
             TiffEncoder::new_big(w).map_err(|e| e.to_string())?,
             array,
+            description,
         )
     } else {
         write_pages::<C, _, tiff::encoder::TiffKindStandard>(
             TiffEncoder::new(w).map_err(|e| e.to_string())?,
             array,
+            description,
         )
     }
 }
@@ -113,6 +135,7 @@ where
 fn write_pages<C, W, K>(
     mut encoder: TiffEncoder<W, K>,
     array: &ArrayD<C::Inner>,
+    description: &str,
 ) -> Result<(), String>
 where
     C: colortype::ColorType,
@@ -133,10 +156,17 @@ where
             array.shape()
         ));
     }
-    for page in data.chunks_exact(page_len) {
-        encoder
-            .write_image::<C>(width, height, page)
+    for (index, page) in data.chunks_exact(page_len).enumerate() {
+        let mut image = encoder
+            .new_image::<C>(width, height)
             .map_err(|e| e.to_string())?;
+        if index == 0 {
+            image
+                .encoder()
+                .write_tag(Tag::ImageDescription, description)
+                .map_err(|e| e.to_string())?;
+        }
+        image.write_data(page).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
