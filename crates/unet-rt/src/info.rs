@@ -155,7 +155,12 @@ impl Exactness {
             ),
             None => String::new(),
         };
-        let remedy = if self.one_input_size {
+        let remedy = if self.one_input_size && !self.whole_tile_ops.is_empty() {
+            // Attention over the whole input (UNETR) was told to declare a
+            // halo, which no halo short of the input itself satisfies.
+            "no halo makes layers that see the whole tile exact: tiles of its one input size stay \
+             approximate (a larger halo gives them more shared context)"
+        } else if self.one_input_size {
             "declare the halo the network needs (the pixels each output sees around it)"
         } else {
             "use tile=\"whole\" (--tile whole) for the exact result where the image fits in one pass"
@@ -504,6 +509,21 @@ mod tests {
                 && one_size.contains("declare the halo")
                 && !one_size.contains("whole"),
             "{one_size}"
+        );
+        // One input size and attention over it: no halo is the remedy.
+        let attention = Exactness {
+            one_input_size: true,
+            whole_tile_ops: vec!["scaled_dot_product_attention".to_owned()],
+            measured: Some(agreement(0.3)),
+            ..Exactness::default()
+        }
+        .warning()
+        .expect("warning");
+        assert!(
+            attention.contains("no halo makes layers that see the whole tile exact")
+                && !attention.contains("declare the halo")
+                && !attention.contains("tile=\"whole\""),
+            "{attention}"
         );
         let undeclared = |found| Exactness {
             measured: Some(agreement(0.06)),
