@@ -972,6 +972,47 @@ def test_a_gate_from_the_images_mean_is_found_by_probing_and_said_approximate(tm
     want = whole_forward(net, image, info["overlap"], info["size_multiple"])
     assert relative_error(model.segment(image, axes="cyx", output="raw", tile="whole"), want) < 1e-5
 
+class _SlowerThanItsPixels(torch.nn.Module):
+    """A style vector from the tile's mean (as Cellpose's network has),
+    and a convolution repeated once per 64 px of width: a pass costs the
+    cube of the side, 8 times more for each doubling."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.inp = torch.nn.Conv2d(1, width, 3, padding=1)
+        self.again = torch.nn.Conv2d(width, width, 3, padding=1)
+        self.head = torch.nn.Conv2d(width, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.inp(x))
+        for _ in range(x.shape[-1] // 64):
+            h = h + 1e-3 * self.again(h)
+        return self.head(h + h.mean(dim=(2, 3), keepdim=True))
+
+
+@pytest.mark.slow
+def test_a_network_too_slow_for_larger_probes_stops_probing_in_time_and_is_said_approximate(tmp_path):
+    # Changes reach the far edge of every probe, so probing doubled it up
+    # to 2048 px regardless of the time a pass there takes: Cellpose's
+    # network, smp's UNet++ and timm encoders (squeeze-excitation from a
+    # mean) were refused after 65 s ("gave up after 60 s"), Segformer after
+    # a 91 s, 9 GB pass. It now stops where the next probe's passes would
+    # not fit the budget, grown as the last doubling grew them.
+    import time
+
+    torch.manual_seed(0)
+    path = plain_export(_SlowerThanItsPixels().eval(), tmp_path / "slow.pt")
+    started = time.perf_counter()
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="a reach beyond its largest probe"):
+        info = unet_rt.Model(path, device="cpu").info
+    seconds = time.perf_counter() - started
+    assert not info["exact"] and info["whole_tile_ops"] == ["a reach beyond its largest probe (found by probing)"]
+    assert info["measured"]["probe_size"] < 2048, info["measured"]
+    # Not a timing assertion of the suite: the 60 s budget, which the
+    # 2048 px probe (a pass of minutes here) overran.
+    assert seconds < 60, seconds
+
+
 class _DeepNarrowUNet(torch.nn.Module):
     """A same-padded U-Net pooling 6 times, 4 channels wide, upsampling to
     each skip's size (any image size): through its ReLUs and max-pooling

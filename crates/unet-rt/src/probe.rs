@@ -2028,11 +2028,21 @@ impl<'a> Prober<'a> {
     /// its reach regardless, and now confirms none (its reach is no
     /// dilation's artefact) and compares bright tiles where it has time.
     fn time_for_passes(&self, passes: u32, share: f64) -> bool {
-        let slowest = self
-            .slowest
+        self.time_for_slowest(f64::from(passes), share)
+    }
+
+    /// [`Self::time_for_passes`] for `passes` as slow as the slowest so far,
+    /// a fraction of one included.
+    fn time_for_slowest(&self, passes: f64, share: f64) -> bool {
+        let needed = self.slowest_took().as_secs_f64() * passes;
+        self.started.elapsed().as_secs_f64() + needed <= PROBE_BUDGET.as_secs_f64() * share
+    }
+
+    /// How long the slowest pass so far took.
+    fn slowest_took(&self) -> Duration {
+        self.slowest
             .as_ref()
-            .map_or(Duration::ZERO, |(_, took)| *took);
-        self.started.elapsed() + slowest * passes <= PROBE_BUDGET.mul_f64(share)
+            .map_or(Duration::ZERO, |(_, took)| *took)
     }
 
     /// [`Self::reach`] of `image` changed to `other` on either half
@@ -2385,8 +2395,14 @@ impl<'a> Prober<'a> {
         let mut fallback = size / 4;
         // Half the last probe whose changes reached its far edge.
         let mut edge_before = 0;
+        // Whether changes still reached the far edge of the last probe when
+        // the budget's rest left no time for a larger one.
+        let mut out_of_time = false;
         if rule.lost == 0 {
             let limit = REACH_LIMIT[axis_kind].max(4 * factor);
+            // The slowest pass before the last probe, where that was half
+            // its side: how a pass grows with the side.
+            let mut half_side_took: Option<Duration> = None;
             loop {
                 let next = on_grid(size * 2);
                 // Layers that see the whole tile reach every edge at any
@@ -2455,13 +2471,29 @@ impl<'a> Prober<'a> {
                         halo = strict;
                         break;
                     }
+                    // Its passes were of another shape: no growth to read.
+                    half_side_took = None;
                     size = next;
                     continue;
                 }
                 // The passes just run may show that the next size would
                 // not fit after all: this size is the last one, and its
                 // loose reach is wanted.
-                let last = planned_last || !self.affordable(next);
+                // The larger probe's reach passes and the comparisons after
+                // it, each slower by 2^dims (the pixels) or by what the last
+                // doubling cost, if more (attention grows with their
+                // square): Cellpose's network (a style vector from the
+                // whole tile) ran out of its 60 s on the 2048 px probe and
+                // was refused as too slow, and Segformer's 2048 px pass took
+                // 91 s and 9 GB before it was.
+                let took = self.slowest_took();
+                let growth = half_side_took
+                    .filter(|before| !before.is_zero())
+                    .map_or(0.0, |before| took.as_secs_f64() / before.as_secs_f64())
+                    .max(f64::from(1u32 << self.dims));
+                out_of_time = !planned_last
+                    && !self.time_for_slowest(f64::from(2 * self.dims as u32 + 7) * growth, 0.6);
+                let last = planned_last || !self.affordable(next) || out_of_time;
                 if last && !planned_last {
                     loose = self.reach(size, factor, true)?.loose;
                 }
@@ -2470,6 +2502,7 @@ impl<'a> Prober<'a> {
                     break;
                 }
                 edge_before = size / 2;
+                half_side_took = Some(took);
                 size = next;
             }
             // Changes still reach the far edge of a 2048 px probe: tiles
@@ -2479,10 +2512,12 @@ impl<'a> Prober<'a> {
             // 3.6e-6). No 2-D convolution reaches 1024 px without metadata
             // saying so; 3-D probes stop at 128 voxels, which a 3-D U-Net's
             // weak deep paths pass (measured exact to 1e-6 all the same).
+            // A 2-D network too slow for the larger probes is no better
+            // known.
             if halo.is_none()
                 && info.exactness.whole_tile_ops.is_empty()
                 && self.dims == 2
-                && size >= REACH_LIMIT[0]
+                && (size >= REACH_LIMIT[0] || out_of_time)
             {
                 info.exactness
                     .whole_tile_ops
