@@ -322,6 +322,8 @@ def test_cli_info_tells_the_overlap_and_the_exactness(tmp_path):
     psp = plain_export(network("pspnet"), tmp_path / "pspnet.pt")
     text = subprocess.run(["unet-rt", "info", str(psp)], check=True, capture_output=True, text=True).stdout
     assert "approximate" in text and "--tile whole" in text
+    # Its overlap is not a measured reach, and is not said to be one.
+    assert "chosen by probing" in text and "see the padding" not in text
 
 
 @pytest.mark.parametrize("norm", ["batch", "instance"])

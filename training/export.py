@@ -491,7 +491,9 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
     def tiles_differ(difference: float) -> ExportGeometryError:
         return refuse(f"tiles at overlap {info['overlap']} and size multiple {info['size_multiple']} differ from "
                       f"one whole-image pass by {difference:.2g} of the output's range (the halo is too small, "
-                      f"or the size multiple is not the pooling factor)")
+                      f"the size multiple is not the pooling factor, or the network computes over its whole "
+                      f"input, as a mean over its spatial axes in squeeze-excitation or attention does, which no "
+                      f"halo holds: loading it without metadata probes it and says so)")
 
     # The runtime's load measured a same-padded network's tiles already.
     if info["undeclared_geometry"] is not None:

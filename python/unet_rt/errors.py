@@ -85,5 +85,7 @@ class ApproximateTilingWarning(UserWarning):
     """Tiles do not reproduce the whole-image forward exactly for this model
     (layers that see the whole tile, such as instance normalisation or
     pyramid pooling); the message gives the measured label agreement.
-    Segment with ``tile="whole"`` for the exact result, or silence it with
+    Segment with ``tile="whole"`` for the whole-image result (one pass over
+    the mirror-padded image, whose global layers see its mirrored border
+    too), or silence it with
     :func:`warnings.filterwarnings` when the agreement is enough."""

@@ -163,7 +163,8 @@ impl Exactness {
         } else if self.one_input_size {
             "declare the halo the network needs (the pixels each output sees around it)"
         } else {
-            "use tile=\"whole\" (--tile whole) for the exact result where the image fits in one pass"
+            "use tile=\"whole\" (--tile whole) for the whole-image result, one pass over the mirror-padded \
+             image, where it fits"
         };
         Some(format!(
             "tiled results are approximate: {ops}{measured}; {remedy}"
@@ -327,6 +328,20 @@ impl ModelInfo {
 
     /// Why [`ModelInfo::effective_halo`] is what it is, for `info` output.
     pub fn overlap_reason(&self) -> String {
+        if self.probed && self.padding == Padding::Same && !self.exactness.whole_tile_ops.is_empty()
+        {
+            // The halo of a network with layers that see the whole tile is
+            // what probing could measure before their changes reached
+            // everywhere, or a quarter of its probe: said as measured
+            // ("the 64 pixels ... see the padding"), it read as the
+            // convolutions' reach (an FPN-ResNet18's is 287).
+            return format!(
+                "{} pixels per side, chosen by probing: its layers that see the whole tile move every \
+                 pixel, so how far its convolutions reach cannot be measured, and no overlap makes its \
+                 tiles exact",
+                self.effective_halo()
+            );
+        }
         match self.padding {
             Padding::Valid => format!(
                 "valid convolutions: each tile loses {} pixels per side",
@@ -416,6 +431,19 @@ mod tests {
         assert_eq!(info.effective_halo(), 64);
         assert!(!info.overlap_reason().contains("rounded"));
         assert_eq!(info.min_tile(), 144);
+        // Probed beside layers that see the whole tile: not a reach.
+        let mut global = same(64, 16);
+        global.exactness.whole_tile_ops = vec!["adaptive_avg_pool".to_owned()];
+        let reason = global.overlap_reason();
+        assert!(
+            reason.contains("64 pixels per side, chosen by probing")
+                && reason.contains("cannot be measured")
+                && !reason.contains("see the padding"),
+            "{reason}"
+        );
+        // Declared in metadata, the halo is the network's own word.
+        global.probed = false;
+        assert!(global.overlap_reason().contains("see the padding"));
     }
 
     #[test]
