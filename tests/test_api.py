@@ -627,3 +627,45 @@ def test_python_and_the_cli_read_an_unnamed_leading_axis_alike(tiny_model_path, 
     proc = subprocess.run([str(cli), "segment", str(tmp_path / "square.npy"), "-o", str(tmp_path / "out"), "-m",
                            str(tiny_model_path), "--device", "cpu", "-q"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "cannot tell the axes" in proc.stderr, proc.stderr
+
+
+def test_the_installed_exporter_writes_metadata_for_any_torchscript(tmp_path):
+    # Every message about a network without metadata advised
+    # "training/export.py", which an installed package does not have.
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3, padding=1))
+    plain = tmp_path / "plain.pt"
+    torch.jit.script(net.eval()).save(str(plain))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    command = [sys.executable, "-m", "unet_rt.export"]
+    # From a folder without the repository's training package.
+    run = subprocess.run([*command, str(plain), "-o", str(tmp_path / "with.pt"), "--class-names", "background,cell"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "wrote" in run.stdout and "halo 2" in run.stdout
+    meta = read_metadata(tmp_path / "with.pt")
+    assert (meta["padding"], meta["halo"], meta["class_names"]) == ("same", 2, ["background", "cell"])
+    assert not unet_rt.Model(tmp_path / "with.pt", device="cpu").info["probed"]
+    # A declared geometry the network contradicts, a file that is not
+    # TorchScript, one that is missing: one line each, exit status 1.
+    for args, said in [([str(plain), "--padding", "same", "--halo", "0", "--size-multiple", "1"], "does not fit"),
+                       ([str(tmp_path / "with.pt") + ".json"], "no such file")]:
+        run = subprocess.run([*command, *args, "-o", str(tmp_path / "bad.pt")], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 1 and said in run.stderr and run.stderr.startswith("export failed"), run.stderr
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    run = subprocess.run([*command, str(tmp_path / "junk.pt"), "-o", str(tmp_path / "bad.pt")], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1 and "not a TorchScript archive" in run.stderr, run.stderr
+    assert not (tmp_path / "bad.pt").exists()
+    # The runtime's advice names it.
+    class TwoOutputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+        def forward(self, x: torch.Tensor):
+            return self.conv(x), self.conv(x) * 2
+
+    torch.jit.script(TwoOutputs().eval()).save(str(tmp_path / "two.pt"))
+    with pytest.raises(unet_rt.ModelError, match=r"python -m unet_rt\.export --output-key"):
+        unet_rt.Model(tmp_path / "two.pt", device="cpu")

@@ -45,6 +45,14 @@ def test_wheel_installs_and_segments_in_a_fresh_venv(tmp_path, clean_env):
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip() == "(300, 400)"
+    # The metadata writer comes with the package (the runtime's advice
+    # for a network without metadata names it).
+    import torch
+
+    torch.jit.script(torch.nn.Conv2d(1, 2, 3, padding=1).eval()).save(str(tmp_path / "plain.pt"))
+    export = subprocess.run([str(python), "-m", "unet_rt.export", "plain.pt", "-o", "with.pt"], env=fresh_env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert export.returncode == 0 and "wrote" in export.stdout, export.stderr[-3000:]
     assert "site-packages" in subprocess.run(
         [str(python), "-c", "import unet_rt; print(unet_rt.__file__)"], env=fresh_env, cwd=tmp_path,
         capture_output=True, text=True, timeout=600,

@@ -49,7 +49,7 @@ class Model:
 
     Args:
         path: a TorchScript file (``.pt``), ideally exported with unet_rt
-            metadata (``python -m training.export``); a bioimage.io package
+            metadata (``python -m unet_rt.export``); a bioimage.io package
             with TorchScript weights (``.zip``, or a folder holding
             ``rdf.yaml``; see :mod:`unet_rt.bioimageio`); ``None`` loads the
             bundled nuclei model.

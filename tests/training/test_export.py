@@ -154,7 +154,7 @@ def test_a_declared_geometry_exports_without_probing(tmp_path, capsys, monkeypat
     exported by declaring its geometry; probing it again looped back to the
     advice to export it with metadata."""
     import unet_rt
-    import training.export as export
+    import unet_rt.export as export
 
     def no_probe(module):
         raise AssertionError("probed although the geometry was declared")

@@ -85,7 +85,7 @@ const SNIFF_BYTES: usize = 512;
 /// Git LFS pointer or a saved HTML error page.
 fn sniff(head: &[u8], origin: &Path) -> Option<String> {
     let export = "export the PyTorch network with torch.jit.save(torch.jit.script(model), path) \
-                  (or torch.jit.trace), or with training/export.py";
+                  (or torch.jit.trace), or with python -m unet_rt.export";
     let text = String::from_utf8_lossy(head);
     let text = text.trim_start().to_ascii_lowercase();
     let safetensors = head.len() > 8
@@ -158,7 +158,7 @@ pub(crate) fn check_torchscript<R: Read + Seek>(
         format!(
             "it is {what}, not a TorchScript archive; export the network with \
              torch.jit.save(torch.jit.script(model), path) (or torch.jit.trace), \
-             or with training/export.py"
+             or with python -m unet_rt.export"
         ),
     ))
 }
@@ -340,7 +340,7 @@ fn call_arguments(text: &str, wanted: usize) -> Vec<&str> {
 /// The SHA-256 (hex) of what an archive runs besides its weights: its
 /// TorchScript code (`code/**.py`) and `constants.pkl`, each as its name
 /// below the archive's root, a newline, its length, a newline and its
-/// bytes, in name order (`training/export.py` computes the same). `None`
+/// bytes, in name order (`unet_rt.export` computes the same). `None`
 /// where an entry cannot be read whole.
 ///
 /// The exporter's verified record held the geometry and the weights only:

@@ -39,7 +39,8 @@ pub(crate) fn select(
     value: IValue,
     key: Option<&OutputKey>,
 ) -> Result<(Tensor, Option<OutputKey>), String> {
-    let hint = "set output_key in the model's metadata (training/export.py --output-key, with \
+    let hint =
+        "set output_key in the model's metadata (python -m unet_rt.export --output-key, with \
                 --padding, --halo and --size-multiple for a model without metadata: probing cannot \
                 choose among its outputs)";
     match (value, key) {

@@ -123,7 +123,7 @@ impl Exactness {
             let found = match mismatch.found {
                 Some((halo, multiple)) => format!(
                     "; probing the network finds halo {halo} and size_multiple {multiple}: declare those \
-                     (training/export.py checks what it writes)"
+                     (python -m unet_rt.export checks what it writes)"
                 ),
                 None => String::new(),
             };
@@ -163,8 +163,8 @@ impl Exactness {
         } else if self.one_input_size {
             "declare the halo the network needs (the pixels each output sees around it)"
         } else {
-            "use tile=\"whole\" (--tile whole) for the whole-image result, one pass over the mirror-padded \
-             image, where it fits"
+            "its default tiles are the largest the memory budget holds (one pass where the image fits \
+             it), and tile=\"whole\" (--tile whole) is one pass over the whole mirror-padded image"
         };
         Some(format!(
             "tiled results are approximate: {ops}{measured}; {remedy}"

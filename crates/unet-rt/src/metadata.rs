@@ -241,7 +241,7 @@ pub struct Metadata {
     /// scale that `object_size` at inference resamples images to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_size: Option<f64>,
-    /// Written by `training/export.py` once tiles at the declared geometry
+    /// Written by `unet_rt.export` once tiles at the declared geometry
     /// reproduced the whole-image pass: the geometry and the weights it was
     /// measured with. Where both still match, loading does not measure a
     /// same-padded model again.

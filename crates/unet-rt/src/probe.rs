@@ -317,7 +317,7 @@ pub(crate) fn probe(
         return Err(invalid(
             "it has no unet_rt metadata and no convolution weights to probe \
              (a frozen module, or one without convolution layers?): export the module with metadata \
-             (training/export.py; before torch.jit.freeze for a frozen one), or save it with its \
+             (python -m unet_rt.export; before torch.jit.freeze for a frozen one), or save it with its \
              unet_rt.json (torch.jit.save(module, path, _extra_files=...), README: Model files)"
                 .to_owned(),
         ));
@@ -1161,7 +1161,7 @@ impl<'a> Prober<'a> {
     fn too_large(&self, size: usize) -> Error {
         self.invalid(format!(
             "probing it needs images of {size} pixels per axis, more than can be probed in memory \
-             ({MAX_PROBE_VALUES} values); export it with metadata (training/export.py)"
+             ({MAX_PROBE_VALUES} values); export it with metadata (python -m unet_rt.export)"
         ))
     }
 
@@ -1192,7 +1192,7 @@ impl<'a> Prober<'a> {
                 });
             return Err(self.invalid(format!(
                 "probing its geometry gave up after {} s (each forward pass is slow, or most sizes fail{slowest}); \
-                 export it with metadata (training/export.py), declaring --padding, --halo and --size-multiple",
+                 export it with metadata (python -m unet_rt.export), declaring --padding, --halo and --size-multiple",
                 PROBE_BUDGET.as_secs()
             )));
         }
@@ -1200,7 +1200,7 @@ impl<'a> Prober<'a> {
         let values = values_of(&shape);
         if let Some(why) = self.memory.refusal(values) {
             return Err(self.invalid(format!(
-                "probing it on {} {why}; export it with metadata (training/export.py), declaring \
+                "probing it on {} {why}; export it with metadata (python -m unet_rt.export), declaring \
                  --padding, --halo and --size-multiple",
                 shape_text(&shape)
             )));
