@@ -222,11 +222,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("checkpoint", type=Path,
                         help="checkpoint file (or run folder: its last.pt), or a TorchScript archive")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="the .pt file to write")
-    parser.add_argument("--name", help="model name (default: the run's export.name or name)")
-    parser.add_argument("--description")
     add_torchscript_flags(parser, "TorchScript input: declared geometry (default: probed; --padding, --halo and "
-                                  "--size-multiple together skip probing, for networks too slow to probe)")
+                                  "--size-multiple together skip probing, for networks too slow to probe)",
+                          "the run's export.name or name")
     args = parser.parse_args(argv)
 
     def export() -> Path:

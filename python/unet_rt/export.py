@@ -518,10 +518,14 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
-def add_torchscript_flags(parser: argparse.ArgumentParser, title: str) -> None:
-    """Adds the flags of a TorchScript network's metadata to ``parser``, in
-    a group titled ``title``: its declared geometry, output, output entry
-    and class names (read back by :func:`torchscript_overrides`)."""
+def add_torchscript_flags(parser: argparse.ArgumentParser, title: str, name_default: str) -> None:
+    """Adds an export's flags to ``parser``: ``-o``, ``--name`` (whose
+    default ``name_default`` says) and ``--description``, and in a group
+    titled ``title`` a TorchScript network's declared geometry, output,
+    output entry and class names (read back by :func:`torchscript_overrides`)."""
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the .pt file to write")
+    parser.add_argument("--name", help=f"model name (default: {name_default})")
+    parser.add_argument("--description")
     group = parser.add_argument_group(title)
     group.add_argument("--padding", choices=["valid", "same"])
     group.add_argument("--halo", type=int)
@@ -589,11 +593,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "before it is written.",
     )
     parser.add_argument("model", type=Path, help="a TorchScript archive (torch.jit.script or torch.jit.trace, saved)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="the .pt file to write")
-    parser.add_argument("--name", help="model name (default: the file's stem)")
-    parser.add_argument("--description")
     add_torchscript_flags(parser, "declared geometry (default: probed; --padding, --halo and --size-multiple "
-                                  "together skip probing, for networks too slow to probe)")
+                                  "together skip probing, for networks too slow to probe)", "the file's stem")
     args = parser.parse_args(argv)
 
     def export() -> Path:
