@@ -246,6 +246,11 @@ def test_pspnet_warns_with_the_measured_agreement(tmp_path):
     want = whole_forward(net, image, info["overlap"], info["size_multiple"]).argmax(0)
     got = model.segment(image, axes="cyx", tile=small_tile(info))
     assert 0.3 < (got == want).mean() < 1.0
+    # By default its tiles are the largest the memory budget holds, not
+    # the fastest: here one pass, the whole-image result.
+    assert model.layout(image.shape[1:])["tiles"] == 1
+    raw = model.segment(image, axes="cyx", output="raw")
+    np.testing.assert_array_equal(raw, model.segment(image, axes="cyx", output="raw", tile="whole"))
 
 
 def test_dict_outputs_use_the_out_entry_with_or_without_metadata(tmp_path):

@@ -198,28 +198,27 @@ impl<'a> Planner<'a> {
                 // the fastest CPU tiles gave smp's FPN 22% of the range
                 // off by default where one pass of the same memory is the
                 // whole-image result.
+                // (One tile over the whole image where it fits, off the
+                // tile ladder that keeps exact networks' tiles in line
+                // across Dask blocks: 1344 px of image took two ladder
+                // tiles of 896 within a budget that held one.)
                 let exact = info.exactness.is_exact();
+                let processor = match device {
+                    Device::Cpu => plan::Processor::Cpu,
+                    _ => plan::Processor::Gpu,
+                };
+                let whole_pixels: f64 = whole.iter().map(|&w| w as f64).product();
                 let choose = |budget: usize| -> Vec<usize> {
-                    let tile = match device {
-                        Device::Cpu if exact => {
-                            plan::choose_cpu_tile(info, image, halo, budget, element_bytes)
-                        }
-                        Device::Cpu => plan::choose_tile(
-                            info,
-                            image,
-                            halo,
-                            budget,
-                            element_bytes,
-                            plan::Processor::Cpu,
-                        ),
-                        _ => plan::choose_tile(
-                            info,
-                            image,
-                            halo,
-                            budget,
-                            element_bytes,
-                            plan::Processor::Gpu,
-                        ),
+                    let one_pass = || {
+                        plan::activation_bytes(info, whole_pixels, element_bytes, processor)
+                            <= budget as f64
+                    };
+                    let tile = if exact && device == Device::Cpu {
+                        plan::choose_cpu_tile(info, image, halo, budget, element_bytes)
+                    } else if !exact && info.fixed_size == 0 && one_pass() {
+                        whole.clone()
+                    } else {
+                        plan::choose_tile(info, image, halo, budget, element_bytes, processor)
                     };
                     tile.into_iter().map(|t| t.max(info.min_tile())).collect()
                 };
@@ -227,7 +226,6 @@ impl<'a> Planner<'a> {
                 if self.options.memory_budget.is_some() {
                     tile
                 } else {
-                    let whole_pixels = whole.iter().map(|&w| w as f64).product();
                     return self.beyond_the_default_budget(
                         image,
                         (tile, whole_pixels),
@@ -275,15 +273,31 @@ impl<'a> Planner<'a> {
         };
         let mut layout = self.layout_with_tile(image, tile, budget, element_bytes, device)?;
         let mut best = computed(&layout);
-        for scale in [4usize, 16] {
-            if best <= MAX_RECOMPUTATION * whole {
+        // A network that tiles approximately also takes 4 times the budget
+        // for fewer tiles, where this machine holds them: smp's FPN needs
+        // 1.7 GB for one pass over 704x896 pixels, and its 4 tiles within
+        // 1 GiB were 34% of the range off the whole-image result.
+        let exact = self.info.exactness.is_exact();
+        let scales: &[usize] = if exact { &[4, 16] } else { &[4] };
+        for &scale in scales {
+            let enough = if exact {
+                best <= MAX_RECOMPUTATION * whole
+            } else {
+                layout.plan.len() == 1
+            };
+            if enough {
                 break;
             }
             let larger = budget.saturating_mul(scale);
             let candidate =
                 self.layout_with_tile(image, choose(larger), larger, element_bytes, device)?;
             let cost = computed(&candidate);
-            if cost < best && self.check_memory(&candidate, device, element_bytes).is_ok() {
+            let better = if exact {
+                cost < best
+            } else {
+                candidate.plan.len() < layout.plan.len()
+            };
+            if better && self.check_memory(&candidate, device, element_bytes).is_ok() {
                 (layout, best) = (candidate, cost);
             }
         }
@@ -511,7 +525,26 @@ mod tests {
         // whole-image result, for the other.
         assert!(plan(&exact, &[900, 1000]).plan.len() > 1);
         assert_eq!(plan(&approximate, &[900, 1000]).plan.len(), 1);
-        // Beyond the budget, the fewest tiles it holds.
+        // One pass within 4 times the budget, where the machine holds it
+        // (one pass over 1200 x 1200 pixels of the width-64 network takes about 4 GB).
+        let wide = |info: &ModelInfo| ModelInfo {
+            first_layer_width: Some(64),
+            ..info.clone()
+        };
+        assert!(plan(&wide(&exact), &[1200, 1200]).plan.len() > 1);
+        let within = Options {
+            memory_budget: Some(DEFAULT_CPU_BUDGET),
+            ..Options::default()
+        };
+        let fixed = Planner::new(&wide(&approximate), &within)
+            .unwrap()
+            .layout(&[1200, 1200], Device::Cpu, Precision::Fp32)
+            .unwrap();
+        assert!(fixed.plan.len() > 1);
+        if crate::memory::available_memory().is_some_and(|free| free > 8 << 30) {
+            assert_eq!(plan(&wide(&approximate), &[1200, 1200]).plan.len(), 1);
+        }
+        // Beyond that, the fewest tiles the budget holds.
         let large = plan(&approximate, &[20_000, 20_000]);
         let fast = plan(&exact, &[20_000, 20_000]);
         assert!(
