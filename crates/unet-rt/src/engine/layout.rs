@@ -273,12 +273,17 @@ impl<'a> Planner<'a> {
         };
         let mut layout = self.layout_with_tile(image, tile, budget, element_bytes, device)?;
         let mut best = computed(&layout);
-        // A network that tiles approximately also takes 4 times the budget
-        // for fewer tiles, where this machine holds them: smp's FPN needs
-        // 1.7 GB for one pass over 704x896 pixels, and its 4 tiles within
-        // 1 GiB were 34% of the range off the whole-image result.
+        // A network that tiles approximately also takes 4 times the CPU
+        // budget for fewer tiles, where this machine holds them: smp's FPN
+        // needs 1.7 GB for one pass over 704x896 pixels, and its 4 tiles
+        // within 1 GiB were 34% of the range off the whole-image result. (A
+        // GPU's budget is already a share of its free memory.)
         let exact = self.info.exactness.is_exact();
-        let scales: &[usize] = if exact { &[4, 16] } else { &[4] };
+        let scales: &[usize] = match (exact, device) {
+            (true, _) => &[4, 16],
+            (false, Device::Cpu) => &[4],
+            (false, _) => &[],
+        };
         for &scale in scales {
             let enough = if exact {
                 best <= MAX_RECOMPUTATION * whole
