@@ -538,14 +538,18 @@ def add_torchscript_flags(parser: argparse.ArgumentParser, title: str, name_defa
     group.add_argument("--class-names", help="comma-separated, one per output channel")
 
 
+#: The flags of a TorchScript network's declared geometry and output: the
+#: metadata field, the flag, and its argparse destination.
+_DECLARED = (("padding", "--padding", "padding"), ("halo", "--halo", "halo"),
+             ("size_multiple", "--size-multiple", "size_multiple"), ("size_offset", "--size-offset", "size_offset"),
+             ("fixed_size", "--fixed-size", "fixed_size"), ("output", "--output-kind", "output_kind"),
+             ("output_key", "--output-key", "output_key"))
+
+
 def declared_flags(args: argparse.Namespace) -> Dict[str, str]:
     """The geometry and output flags given on the command line, as their
     metadata fields mapped to the flags' names (``{"halo": "--halo"}``)."""
-    fields = {"padding": "--padding", "halo": "--halo", "size_multiple": "--size-multiple",
-              "size_offset": "--size-offset", "fixed_size": "--fixed-size", "output": "--output-kind",
-              "output_key": "--output-key"}
-    values = {"output": args.output_kind}
-    return {field: flag for field, flag in fields.items() if values.get(field, getattr(args, field, None)) is not None}
+    return {field: flag for field, flag, dest in _DECLARED if getattr(args, dest) is not None}
 
 
 def class_names_flag(args: argparse.Namespace) -> Optional[List[str]]:
@@ -556,9 +560,8 @@ def class_names_flag(args: argparse.Namespace) -> Optional[List[str]]:
 def torchscript_overrides(args: argparse.Namespace) -> Dict[str, Any]:
     """The metadata fields the flags of :func:`add_torchscript_flags` (and
     ``--name``/``--description``) give, for :func:`export_module_file`."""
-    given = {"padding": args.padding, "halo": args.halo, "size_multiple": args.size_multiple,
-             "size_offset": args.size_offset, "fixed_size": args.fixed_size, "output": args.output_kind,
-             "name": args.name, "description": args.description, "class_names": class_names_flag(args)}
+    given = {field: getattr(args, dest) for field, _, dest in _DECLARED}
+    given.update(name=args.name, description=args.description, class_names=class_names_flag(args))
     overrides: Dict[str, Any] = {key: value for key, value in given.items() if value is not None}
     if args.output_key is not None:
         overrides["output_key"] = int(args.output_key) if args.output_key.isdigit() else args.output_key

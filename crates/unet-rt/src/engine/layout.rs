@@ -194,14 +194,12 @@ impl<'a> Planner<'a> {
             }
             None => {
                 // Tiles of a network that tiles approximately are the
-                // largest the budget holds, the whole image where it fits:
-                // the fastest CPU tiles gave smp's FPN 22% of the range
-                // off by default where one pass of the same memory is the
-                // whole-image result.
-                // (One tile over the whole image where it fits, off the
-                // tile ladder that keeps exact networks' tiles in line
-                // across Dask blocks: 1344 px of image took two ladder
-                // tiles of 896 within a budget that held one.)
+                // largest the budget holds, and one tile over the whole
+                // image where it fits (off the tile ladder, which keeps
+                // only exact networks' tiles in line across Dask blocks;
+                // 1344 px took two ladder tiles of 896 within a budget that
+                // held one): the fastest CPU tiles put smp's FPN 34% of the
+                // range off the whole-image result.
                 let exact = info.exactness.is_exact();
                 let processor = match device {
                     Device::Cpu => plan::Processor::Cpu,
