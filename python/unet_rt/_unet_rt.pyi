@@ -24,6 +24,7 @@ OUTPUTS: List[str]
 TTA_MODES: List[str]
 #: The non-finite output policies' names.
 NONFINITE_MODES: List[str]
+MAX_GEOMETRY: int
 
 def canonical_precision(text: str) -> str: ...
 def canonical_devices(text: str) -> List[str]: ...

@@ -71,20 +71,39 @@ class ExportGeometryError(ValueError):
     """The metadata declares a geometry the network does not have."""
 
 
+def _geometry_field(metadata: Dict[str, Any], field: str, least: int = 0) -> int:
+    """``metadata[field]`` (0 where absent), an integer from ``least`` to
+    the runtime's ``MAX_GEOMETRY``: a ``size_multiple`` of 0 looped forever
+    looking for a size, and a halo of 10^30 for 10^30 steps."""
+    from ._unet_rt import MAX_GEOMETRY
+
+    value = metadata.get(field, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= MAX_GEOMETRY:
+        raise ExportGeometryError(f"{field} is {value!r}: an integer from {least} to {MAX_GEOMETRY} is expected")
+    return value
+
+
 def _multiple(metadata: Dict[str, Any]) -> int:
     """``size_multiple``, one number or one per axis (their least common
-    multiple, as the runtime takes it)."""
-    m = metadata["size_multiple"]
-    return math.lcm(*m) if isinstance(m, (list, tuple)) else int(m)
+    multiple, as the runtime takes it), each at least 1."""
+    m = metadata.get("size_multiple")
+    axes = list(m) if isinstance(m, (list, tuple)) else [m]
+    return math.lcm(*(_geometry_field({"size_multiple": a}, "size_multiple", least=1) for a in axes))
 
 
 def _check_sizes(metadata: Dict[str, Any]) -> Sequence[int]:
+    """The two smallest input sizes of ``metadata``'s rule that leave an
+    output (its one size for a fixed-size network), in closed form.
+
+    >>> _check_sizes({"halo": 92, "size_multiple": 16, "size_offset": 12})
+    (188, 204)
+    """
     if metadata.get("fixed_size"):
-        return (int(metadata["fixed_size"]),)
-    m, o, h = _multiple(metadata), metadata.get("size_offset", 0), metadata["halo"]
-    smallest = o
-    while smallest <= 2 * h or smallest == 0:
-        smallest += m
+        return (_geometry_field(metadata, "fixed_size", least=1),)
+    m = _multiple(metadata)
+    o, h = _geometry_field(metadata, "size_offset"), _geometry_field(metadata, "halo")
+    # The first o + k * m beyond 2h, and beyond 0.
+    smallest = o if o > 2 * h else o + ((2 * h - o) // m + 1) * m
     return (smallest, smallest + m)
 
 

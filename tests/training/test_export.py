@@ -310,3 +310,16 @@ def test_checkpoint_export_takes_class_names_and_refuses_torchscript_flags(tiny_
         assert main([tiny_run["checkpoint"], "-o", str(tmp_path / "x.pt"), flag, value]) == 1
         assert f"{flag} is for TorchScript files" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_a_declared_geometry_out_of_bounds_is_refused_at_once(tmp_path, capsys):
+    # A size multiple of 0 looked for a first size forever, and a halo of
+    # 10^30 for 10^30 steps.
+    plain = tmp_path / "conv.pt"
+    torch.jit.script(torch.nn.Conv2d(1, 2, 3, padding=1).eval()).save(str(plain))
+    for flags, said in [(["--size-multiple", "0", "--halo", "1"], "size_multiple is 0: an integer from 1"),
+                        (["--size-multiple", "1", "--halo", str(10**30)], "halo is 1000000000000000000000000000000"),
+                        (["--size-multiple", "1", "--halo", "-5"], "halo is -5")]:
+        assert main([str(plain), "-o", str(tmp_path / "out.pt"), "--padding", "same", *flags]) == 1
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "out.pt").exists()
