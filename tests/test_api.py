@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -642,6 +643,11 @@ def test_the_installed_exporter_writes_metadata_for_any_torchscript(tmp_path):
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert "wrote" in run.stdout and "halo 2" in run.stdout
+    # Each step is said before it runs (a large network's take minutes;
+    # one ran over ten without a word).
+    steps = run.stderr.splitlines()
+    assert [s.split("] ", 1)[1].split(" ")[0] for s in steps] == ["probing", "loading", "one", "comparing"], steps
+    assert all(re.match(r"\[ *\d+ s\] ", s) for s in steps), steps
     meta = read_metadata(tmp_path / "with.pt")
     assert (meta["padding"], meta["halo"], meta["class_names"]) == ("same", 2, ["background", "cell"])
     assert not unet_rt.Model(tmp_path / "with.pt", device="cpu").info["probed"]
@@ -651,7 +657,9 @@ def test_the_installed_exporter_writes_metadata_for_any_torchscript(tmp_path):
                        ([str(tmp_path / "with.pt") + ".json"], "no such file")]:
         run = subprocess.run([*command, *args, "-o", str(tmp_path / "bad.pt")], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=600)
-        assert run.returncode == 1 and said in run.stderr and run.stderr.startswith("export failed"), run.stderr
+        *steps, failed = run.stderr.splitlines()
+        assert run.returncode == 1 and said in failed and failed.startswith("export failed"), run.stderr
+        assert all(s.startswith("[") for s in steps), run.stderr
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     run = subprocess.run([*command, str(tmp_path / "junk.pt"), "-o", str(tmp_path / "bad.pt")], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=600)

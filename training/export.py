@@ -29,6 +29,7 @@ from unet_rt.export import (
     FORMAT,
     GEOMETRY_FIELDS,
     METADATA_ENTRY,
+    Progress,
     ExportGeometryError,
     ExportMismatchError,
     _is_torchscript,
@@ -168,12 +169,14 @@ def export_checkpoint(
     name: Optional[str] = None,
     description: Optional[str] = None,
     class_names: Optional[Sequence[str]] = None,
+    progress: Optional[Progress] = None,
 ) -> Path:
     """Exports a training checkpoint (file or run folder) to a TorchScript
     model with metadata (see the module docstring); returns the path.
     ``class_names`` replace the run's ``export.class_names`` and must name
     every class; the run's names that do not are replaced by ``class_N``
-    names, with a warning (it was without a word)."""
+    names, with a warning (it was without a word). ``progress`` is told
+    each step of the export's checks."""
     from .checkpoint import model_from_checkpoint
 
     _refuse_same_file(checkpoint, output)
@@ -208,7 +211,7 @@ def export_checkpoint(
     for key in ("instances", "object_size"):
         if ex.get(key) is not None:
             meta[key] = ex[key]
-    return export_torchscript(model, output, meta)
+    return export_torchscript(model, output, meta, progress=progress)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -227,9 +230,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           "the run's export.name or name")
     args = parser.parse_args(argv)
 
-    def export() -> Path:
+    def export(progress: Progress) -> Path:
         if _is_torchscript(args.checkpoint):
-            return export_module_file(args.checkpoint, args.output, torchscript_overrides(args))
+            return export_module_file(args.checkpoint, args.output, torchscript_overrides(args), progress)
         # A checkpoint's geometry and output are its network's: the flags
         # were ignored without a word.
         given = list(declared_flags(args).values())
@@ -237,7 +240,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ExportGeometryError(f"{given[0]} is for TorchScript files: a training checkpoint's network "
                                       f"has its own geometry and output")
         return export_checkpoint(args.checkpoint, args.output, name=args.name, description=args.description,
-                                 class_names=class_names_flag(args))
+                                 class_names=class_names_flag(args), progress=progress)
 
     path = run_export(export)
     if path is None:

@@ -31,6 +31,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -61,6 +62,14 @@ __all__ = [
 
 FORMAT = "unet_rt/1"
 METADATA_ENTRY = "unet_rt.json"
+
+
+#: Told each step of an export before it runs (a line for a person).
+Progress = Callable[[str], None]
+
+
+def _silent(step: str) -> None:
+    """The progress of a call that was given none."""
 
 
 class ExportMismatchError(RuntimeError):
@@ -140,6 +149,7 @@ def export_torchscript(
     seed: int = 0,
     verify: bool = True,
     explain: bool = True,
+    progress: Optional[Progress] = None,
 ) -> Path:
     """Compiles ``model`` in eval mode, checks it, and writes it atomically
     to ``path`` with ``metadata`` embedded. Returns the path.
@@ -156,7 +166,8 @@ def export_torchscript(
     (:func:`verify_metadata`, :class:`ExportGeometryError`) unless
     ``verify`` is false. A refusal says what probing the network finds
     unless ``explain`` is false (for a declared geometry: probing may be
-    what was too slow).
+    what was too slow). ``progress`` is told each step before it runs
+    (passes of a large network take minutes).
 
     The module is deliberately not frozen: ``torch.jit.freeze`` folds the
     weights into graph constants, which libtorch cannot convert afterwards,
@@ -169,7 +180,9 @@ def export_torchscript(
     compiled = _compile(model, example)
     gen = torch.Generator().manual_seed(seed)
     dims = metadata["spatial_dims"]
+    say = progress or _silent
     if compiled is not model:
+        say("comparing the compiled network with the eager one")
         for size in check_sizes or _check_sizes(metadata):
             x = torch.rand((1, metadata["in_channels"]) + (size,) * dims, generator=gen)
             try:
@@ -198,7 +211,7 @@ def export_torchscript(
     try:
         torch.jit.save(compiled, tmp, _extra_files={METADATA_ENTRY: json.dumps(metadata, indent=1)})
         if verify:
-            info = verify_metadata(tmp, compiled if explain else None)
+            info = verify_metadata(tmp, compiled if explain else None, progress=say)
             if info["exact"]:
                 # Loading measures tiles against the whole-image pass unless
                 # this record still matches (four passes of a probe image:
@@ -397,7 +410,8 @@ def code_digest(path: os.PathLike | str) -> str:
     return digest.hexdigest()
 
 
-def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptModule] = None) -> Dict[str, Any]:
+def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptModule] = None,
+                    progress: Optional[Progress] = None) -> Dict[str, Any]:
     """Checks the metadata embedded at ``path`` against its network, through
     the runtime itself: the network takes the two smallest sizes the
     metadata declares and returns the declared channels and output size
@@ -409,7 +423,8 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
 
     Returns the runtime's ``Model.info`` for the model. Raises
     :class:`ExportGeometryError` saying what disagrees, and what probing
-    the network finds instead.
+    the network finds instead. ``progress`` is told each step before it
+    runs, with the time the last one takes, scaled from the passes before.
     """
     import numpy as np
     import unet_rt
@@ -417,6 +432,8 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
     def refuse(what: str) -> ExportGeometryError:
         return _refusal(what, module)
 
+    say = progress or _silent
+    say("loading it with the runtime (which checks the metadata with passes of its own)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", unet_rt.ApproximateTilingWarning)
         try:
@@ -434,8 +451,10 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
     rng = np.random.default_rng(0)
     dims, lost = info["spatial_dims"], 2 * info["halo"] if info["padding"] == "valid" else 0
     sizes = (info["fixed_size"],) if info["fixed_size"] else (info["smallest_size"], info["smallest_size"] + info["size_multiple"])
+    say(f"one pass at each declared size ({', '.join(map(str, sizes))} px)")
     for size in sizes:
         batch = rng.random((1, info["in_channels"]) + (size,) * dims, dtype=np.float32)
+        started = time.monotonic()
         try:
             out = model.forward(batch)
         except unet_rt.UnetRtError as e:
@@ -445,6 +464,7 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
         if out.shape != want:
             raise refuse(f"at input size {size} the network returns shape {out.shape}, "
                          f"the metadata ({_geometry_text(meta)}) says {want}")
+        pass_took, pass_size = time.monotonic() - started, size
     def tiles_differ(difference: float) -> ExportGeometryError:
         return refuse(f"tiles at overlap {info['overlap']} and size multiple {info['size_multiple']} differ from "
                       f"one whole-image pass by {difference:.2g} of the output's range (the halo is too small, "
@@ -464,6 +484,12 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
     layout = model.layout((1,) * dims, memory_budget=1)
     side = layout["output_tile"][0] + info["size_multiple"]
     image = rng.random((info["in_channels"],) + (side,) * dims, dtype=np.float32)
+    # The whole image's pass and its tiles' (about the same area again with
+    # their overlaps), scaled from the last pass by area or volume where
+    # that pass was long enough to be its compute, not its overhead.
+    about = 2 * pass_took * ((side + lost) / pass_size) ** dims
+    say(f"comparing tiles with one whole-image pass over a {side}-px image"
+        + (f" (about {about:.0f} s)" if pass_took >= 0.25 else ""))
     axes = "c" + "zyx"[3 - dims:]
     whole = model.segment(image, axes=axes, output="raw", tile="whole")
     tiled = model.segment(image, axes=axes, output="raw", memory_budget=1)
@@ -494,6 +520,7 @@ def export_module_file(
     source: os.PathLike | str,
     output: os.PathLike | str,
     overrides: Optional[Dict[str, Any]] = None,
+    progress: Optional[Progress] = None,
 ) -> Path:
     """Writes the TorchScript archive ``source`` (any scripted or traced
     network) to ``output`` with ``unet_rt/1`` metadata: what probing finds
@@ -501,16 +528,20 @@ def export_module_file(
     rule, class names, normalization ...), verified against the network
     before writing (:func:`verify_metadata`). Where ``overrides`` declare
     the whole geometry (:data:`GEOMETRY_FIELDS`), nothing is probed
-    (:func:`declared_metadata`)."""
+    (:func:`declared_metadata`). ``progress`` is told each step."""
+    say = progress or _silent
     _refuse_same_file(source, output)
     module = torch.jit.load(str(source), map_location="cpu").eval()
     overrides = dict(overrides or {})
     declared = all(overrides.get(f) is not None for f in GEOMETRY_FIELDS)
     if declared:
+        say("one pass at the smallest declared size, for the network's channels")
         found = declared_metadata(module, overrides)
     else:
         import unet_rt
 
+        say("probing the network's geometry as the runtime does (a minute at most; declare --padding, --halo "
+            "and --size-multiple to skip it)")
         try:
             found = probe_metadata(module, str(source))
         except unet_rt.ModelError as e:
@@ -522,7 +553,7 @@ def export_module_file(
                     f"probing cannot choose among the network's outputs") from None
             raise
     meta = {**found, "name": Path(source).stem, **overrides}
-    return export_torchscript(module, output, meta, explain=not declared)
+    return export_torchscript(module, output, meta, explain=not declared, progress=say)
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -587,12 +618,19 @@ def torchscript_overrides(args: argparse.Namespace) -> Dict[str, Any]:
     return overrides
 
 
-def run_export(export: Callable[[], Path]) -> Optional[Path]:
-    """Runs ``export`` for a command line: prints what it wrote (the
-    geometry of its metadata) and returns the path, or prints ``export
-    failed: ...`` on one line and returns ``None``."""
+def run_export(export: Callable[[Progress], Path]) -> Optional[Path]:
+    """Runs ``export`` for a command line: prints each step it reports to
+    its progress argument on stderr with the seconds since the start,
+    prints what it wrote (the geometry of its metadata) and returns the
+    path, or prints ``export failed: ...`` on one line and returns
+    ``None``."""
+    started = time.monotonic()
+
+    def say(step: str) -> None:
+        print(f"[{time.monotonic() - started:4.0f} s] {step}", file=sys.stderr, flush=True)
+
     try:
-        path = export()
+        path = export(say)
     except (ExportMismatchError, ExportGeometryError) as e:
         print(f"export failed: {e}", file=sys.stderr)
         return None
@@ -619,13 +657,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   "together skip probing, for networks too slow to probe)", "the file's stem")
     args = parser.parse_args(argv)
 
-    def export() -> Path:
+    def export(progress: Progress) -> Path:
         if not args.model.is_file():
             raise ExportGeometryError(f"{args.model}: no such file")
         if not _is_torchscript(args.model):
             raise ExportGeometryError(f"{args.model} is not a TorchScript archive (save the network with "
                                       f"torch.jit.script(net).save(path) or torch.jit.trace)")
-        return export_module_file(args.model, args.output, torchscript_overrides(args))
+        return export_module_file(args.model, args.output, torchscript_overrides(args), progress)
 
     return 0 if run_export(export) is not None else 1
 
