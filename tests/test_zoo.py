@@ -964,7 +964,7 @@ def test_a_gate_from_the_images_mean_is_found_by_probing_and_said_approximate(tm
     the whole image to 3.6e-6 on noise, and it was called exact. (Other
     weights moved only scattered far pixels: an overlap of 1022 px, called
     exact, and a default plan of 39,375 tiles of 2052 px for a 700x900
-    image; see probe.rs's `scattered`.)"""
+    image; see probe/overlap.rs's `scattered`.)"""
     torch.manual_seed(0)
     net = _ChannelGateUNet().eval()
     path = plain_export(net, tmp_path / "gate.pt")
@@ -1051,7 +1051,7 @@ def test_a_deep_narrow_unet_is_not_taken_for_a_statistic_of_the_whole_tile(tmp_p
     """Its changes reached single pixels out to 181 px of a 512 px probe:
     called a statistic of the whole tile and warned approximate, with tiles
     measured exact. Past its receptive field the output is the same to the
-    bit on a longer probe, which a statistic's is not (probe.rs
+    bit on a longer probe, which a statistic's is not (probe/overlap.rs
     `deep_path_reach`)."""
     torch.manual_seed(0)
     net = _DeepNarrowUNet().eval()
