@@ -24,7 +24,10 @@ OUTPUTS: List[str]
 TTA_MODES: List[str]
 #: The non-finite output policies' names.
 NONFINITE_MODES: List[str]
+#: The largest halo, size multiple, size offset or fixed size metadata may declare.
 MAX_GEOMETRY: int
+#: The largest tensor (values) a probe or an export's check pass may take.
+MAX_PROBE_VALUES: int
 
 def canonical_precision(text: str) -> str: ...
 def canonical_devices(text: str) -> List[str]: ...

@@ -116,6 +116,36 @@ def _check_sizes(metadata: Dict[str, Any]) -> Sequence[int]:
     return (smallest, smallest + m)
 
 
+def _smallest_size(metadata: Dict[str, Any]) -> int:
+    """The smallest input size ``metadata``'s rule allows, as the runtime
+    takes it: beyond twice the halo for a valid network, the first size on
+    the grid for a same-padded one (whose output keeps the input's size),
+    the one size of a fixed-size network.
+
+    >>> _smallest_size({"padding": "same", "halo": 640, "size_multiple": 32})
+    32
+    """
+    if metadata.get("fixed_size") or metadata.get("padding") != "same":
+        return _check_sizes(metadata)[0]
+    m, o = _multiple(metadata), _geometry_field(metadata, "size_offset")
+    _geometry_field(metadata, "halo")  # within bounds, though it does not decide the size
+    return o if o > 0 else m
+
+
+def _check_pass_fits(channels: int, size: int, dims: int, what: str) -> None:
+    """Refuses a check pass whose input would exceed the runtime's probe
+    bound (``MAX_PROBE_VALUES``): a declared halo of 6000 ran a pass of
+    12002 px and asked for 9 GB before its first word."""
+    from ._unet_rt import MAX_PROBE_VALUES
+
+    values = channels * size**dims
+    if values > MAX_PROBE_VALUES:
+        raise ExportGeometryError(
+            f"{what} needs a pass at input size {size} ({values:,} values), beyond the {MAX_PROBE_VALUES:,} the "
+            f"exporter checks: is the halo right? (a convolution network's is the pixels each output sees on one "
+            f"side, 92 for the paper's U-Net)")
+
+
 def _tensors(value: Any) -> List[torch.Tensor]:
     """Every tensor in a forward's result (a tensor, or dicts, tuples and
     lists of them), in order: scripted and eager results are compared
@@ -184,6 +214,7 @@ def export_torchscript(
     if compiled is not model:
         say("comparing the compiled network with the eager one")
         for size in check_sizes or _check_sizes(metadata):
+            _check_pass_fits(metadata["in_channels"], size, dims, f"the metadata ({_geometry_text(metadata)})")
             x = torch.rand((1, metadata["in_channels"]) + (size,) * dims, generator=gen)
             try:
                 with torch.no_grad():
@@ -306,10 +337,12 @@ def declared_metadata(module: torch.jit.ScriptModule, declared: Dict[str, Any]) 
                             **{f: declared[f] for f in GEOMETRY_FIELDS}}
     if declared.get("fixed_size"):
         meta["fixed_size"] = int(declared["fixed_size"])
-    size = meta.get("fixed_size") or _check_sizes(meta)[0]
+    size = _smallest_size(meta)
     candidates = list(dict.fromkeys(int(w.shape[1]) for w in weights if w.dim() == dims + 2))[:4]
     failures = []
     for channels in candidates:
+        _check_pass_fits(channels, size, dims, f"the declared geometry ({meta['padding']}, halo {meta['halo']}, "
+                                               f"sizes {meta['size_offset']} + k * {_multiple(meta)})")
         try:
             with torch.no_grad():
                 result = module(torch.zeros((1, channels) + (size,) * dims))
@@ -481,8 +514,19 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
         return info
     # A tiny budget gives the smallest tiles: an image of one tile's output
     # and one more pooling step takes two tiles per axis.
-    layout = model.layout((1,) * dims, memory_budget=1)
+    def unchecked(e: Exception) -> ExportGeometryError:
+        # Memory, mostly: a declared halo of 2000 needs tiles of 4000 px
+        # and a whole-image pass of 8000, beyond what this machine holds.
+        return ExportGeometryError(f"the tiles at overlap {info['overlap']} could not be compared with one "
+                                   f"whole-image pass: {e}")
+
+    try:
+        layout = model.layout((1,) * dims, memory_budget=1)
+    except unet_rt.UnetRtError as e:
+        raise unchecked(e) from None
     side = layout["output_tile"][0] + info["size_multiple"]
+    _check_pass_fits(info["in_channels"], side + lost, dims,
+                     f"comparing tiles at overlap {info['overlap']} with one whole-image pass")
     image = rng.random((info["in_channels"],) + (side,) * dims, dtype=np.float32)
     # The whole image's pass and its tiles' (about the same area again with
     # their overlaps), scaled from the last pass by area or volume where
@@ -491,8 +535,11 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
     say(f"comparing tiles with one whole-image pass over a {side}-px image"
         + (f" (about {about:.0f} s)" if pass_took >= 0.25 else ""))
     axes = "c" + "zyx"[3 - dims:]
-    whole = model.segment(image, axes=axes, output="raw", tile="whole")
-    tiled = model.segment(image, axes=axes, output="raw", memory_budget=1)
+    try:
+        whole = model.segment(image, axes=axes, output="raw", tile="whole")
+        tiled = model.segment(image, axes=axes, output="raw", memory_budget=1)
+    except unet_rt.UnetRtError as e:
+        raise unchecked(e) from None
     scale = float(np.abs(whole).max()) or 1.0
     difference = float(np.abs(tiled - whole).max()) / scale
     if not difference <= 1e-4:

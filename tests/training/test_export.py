@@ -175,7 +175,7 @@ def test_a_declared_geometry_exports_without_probing(tmp_path, capsys, monkeypat
     # The declared values are still verified against the network.
     assert main([str(plain), "-o", str(tmp_path / "bad.pt"), "--padding", "same", "--halo", "64",
                  "--size-multiple", "8"]) == 1
-    assert "which it declares valid (padding same, halo 64" in capsys.readouterr().err
+    assert "at input size 8, the smallest the declared geometry allows, the network fails" in capsys.readouterr().err
     assert not (tmp_path / "bad.pt").exists()
 
 
@@ -196,8 +196,9 @@ def test_declared_metadata_names_what_it_cannot_find(tmp_path):
             assert x.shape[-1] % 16 == 0, "sizes of 16 pixels only"
             return self.conv(x)
 
-    # Size 17 (offset 1) is off its grid: the network's own error, per channel count tried.
-    with pytest.raises(ExportGeometryError, match=r"at input size 17, .* fails with every input channel count .*2 channel.*16 pixels only"):
+    # Size 1 (offset 1, the smallest a same-padded network of that rule
+    # takes) is off its grid: the network's own error, per channel count tried.
+    with pytest.raises(ExportGeometryError, match=r"at input size 1, .* fails with every input channel count .*2 channel.*16 pixels only"):
         declared_metadata(torch.jit.script(Sixteen().eval()), {"padding": "same", "halo": 4, "size_multiple": 16, "size_offset": 1})
 
 
@@ -323,3 +324,35 @@ def test_a_declared_geometry_out_of_bounds_is_refused_at_once(tmp_path, capsys):
         assert main([str(plain), "-o", str(tmp_path / "out.pt"), "--padding", "same", *flags]) == 1
         assert said in capsys.readouterr().err
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_declared_halos_are_checked_on_passes_the_machine_holds(tmp_path, capsys):
+    """A declared halo of 6000 ran a first pass of 12002 px (9 GB asked
+    before a word) where a same-padded network takes 2 px; a valid one
+    that needs such passes, or tiles no machine holds, is refused at once."""
+
+    class SmallOnly(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            assert x.shape[-1] <= 100, "a pass of more than 100 px"
+            return self.conv(x)
+
+    from unet_rt.export import declared_metadata
+
+    net = torch.jit.script(SmallOnly().eval())
+    meta = declared_metadata(net, {"padding": "same", "halo": 6000, "size_multiple": 2})
+    assert (meta["in_channels"], meta["out_channels"]) == (1, 2)
+    plain = tmp_path / "conv.pt"
+    torch.jit.script(torch.nn.Conv2d(1, 2, 3, padding=1).eval()).save(str(plain))
+    for padding, said in [("valid", "needs a pass at input size 24002 (576,096,004 values), beyond the 67,108,864"),
+                          # Tiles of 24002 px and a whole-image pass of 48004 px: about 500 GiB.
+                          ("same", "the tiles at overlap 12000 could not be compared with one whole-image pass: ")]:
+        flags = ["--padding", padding, "--halo", "12000", "--size-multiple", "2"]
+        assert main([str(plain), "-o", str(tmp_path / "out.pt"), *flags]) == 1
+        failed = capsys.readouterr().err.splitlines()[-1]
+        assert failed.startswith("export failed") and said in failed, failed
+    assert not (tmp_path / "out.pt").exists()
+

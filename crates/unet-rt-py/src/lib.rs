@@ -119,6 +119,7 @@ fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TTA_MODES", unet_rt::Tta::NAMES.to_vec())?;
     m.add("NONFINITE_MODES", unet_rt::NonFinite::NAMES.to_vec())?;
     m.add("MAX_GEOMETRY", unet_rt::MAX_GEOMETRY)?;
+    m.add("MAX_PROBE_VALUES", unet_rt::MAX_PROBE_VALUES)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     m.add_function(wrap_pyfunction!(format_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(beyond_available_memory, m)?)?;

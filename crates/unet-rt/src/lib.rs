@@ -57,6 +57,7 @@ pub use metadata::{
 pub use model::Model;
 pub use pixel::{Pixel, RawKind};
 pub use precision::Precision;
+pub use probe::MAX_PROBE_VALUES;
 pub use tch::Device;
 pub use whole::{forward_whole, pad_reflect, whole_image_padding};
 pub use window::{mirrored_bounds, Window};

@@ -37,8 +37,8 @@ use tiles::{sees_raw_values, Placement};
 /// The largest probe tensor (values of a probe image or its output): a
 /// network with thousands of channels, or metadata asking for a huge
 /// overlap, gets an error instead of gigabytes allocated (or the process
-/// killed by the kernel).
-const MAX_PROBE_VALUES: usize = 1 << 26;
+/// killed by the kernel). The exporter bounds its own check passes by it.
+pub const MAX_PROBE_VALUES: usize = 1 << 26;
 
 /// Probing gives up after this long: a model it cannot read in that time
 /// needs metadata, and a load must not take minutes. FCN-ResNet50 (a
