@@ -16,6 +16,7 @@ use tiff::decoder::{ChunkType, Decoder, DecodingResult, Limits};
 use tiff::tags::Tag;
 use tiff::ColorType;
 
+use super::tiff_description::{describe_pages, shaped, PageAxes};
 use super::{refuse_empty, Image, Pixels};
 use crate::limits::{checked_product, saturating_usize, show_bytes, try_vec, Memory};
 
@@ -173,91 +174,6 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
     })
 }
 
-/// What a description written by Python's tifffile says of the array the
-/// pages hold: its shape, and its axes where the writer named them.
-struct Shaped {
-    shape: Vec<usize>,
-    /// In this tool's letters; `None` where the file names axes this tool
-    /// has no letter for (they are then guessed, or named with --axes).
-    axes: Option<String>,
-    /// Whether the file names its axes (tifffile's `axes`).
-    named: bool,
-}
-
-/// tifffile's description of a shaped array (`{"shape": [9, 2, 45, 31],
-/// "axes": "ZCYX"}`), where it holds what the file does: `pages` pages of
-/// `page` (`(y, x)` or `(y, x, samples)`). tifffile reads such a file back
-/// in that shape; read as a plain stack of pages, a one-plane volume
-/// `(1, y, x)` could not be given to a 3-D model, nor a ZCYX stack named.
-fn shaped(text: &str, pages: usize, page: &[usize]) -> Option<Shaped> {
-    if !text.starts_with('{') {
-        return None;
-    }
-    let value: serde_json::Value = serde_json::from_str(text).ok()?;
-    let shape: Vec<usize> = value
-        .get("shape")?
-        .as_array()?
-        .iter()
-        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
-        .collect::<Option<_>>()?;
-    let elements = |s: &[usize]| s.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
-    let leading = shape.len().checked_sub(page.len())?;
-    if !shape.ends_with(page) || elements(&shape)? != elements(page)?.checked_mul(pages)? {
-        return None;
-    }
-    let page_axes = if page.len() == 3 { "yxc" } else { "yx" };
-    // Axes the file names but this tool cannot (Q, two channel axes) are
-    // left to --axes, not guessed from the shape.
-    let axes = match value.get("axes") {
-        Some(named) => named
-            .as_str()
-            .filter(|a| a.chars().count() == shape.len())
-            .and_then(our_letters),
-        // Unnamed: one page axis is a stack's z; several stay one stack of
-        // pages, as they were read before (a 2-D model reads them all).
-        None => match leading {
-            0 => Some(page_axes.to_owned()),
-            1 => Some(format!("z{page_axes}")),
-            _ => return None,
-        },
-    };
-    let named = value.get("axes").is_some();
-    Some(Shaped { shape, axes, named })
-}
-
-/// tifffile's axis letters as this tool's (`T` is a batch, `S` samples
-/// are channels); `None` for others (`Q`, unknown) or a letter twice.
-fn our_letters(axes: &str) -> Option<String> {
-    let letters: String = axes
-        .chars()
-        .map(|c| match c.to_ascii_uppercase() {
-            'Y' => Some('y'),
-            'X' => Some('x'),
-            'Z' => Some('z'),
-            'C' | 'S' => Some('c'),
-            'T' => Some('b'),
-            _ => None,
-        })
-        .collect::<Option<_>>()?;
-    let distinct: std::collections::BTreeSet<char> = letters.chars().collect();
-    (distinct.len() == letters.len()).then_some(letters)
-}
-
-/// What a TIFF's first description says its pages are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PageAxes {
-    /// Nothing (a plain stack).
-    Unknown,
-    /// Slices or time points, one channel (or the channels in each page's
-    /// samples).
-    Planes,
-    /// `count` channels per plane, as consecutive pages (`fastest`) or as
-    /// consecutive runs of pages (OME's `XYZTC`).
-    Channels { count: usize, fastest: bool },
-    /// OME's C between Z and T, both longer than 1.
-    Interleaved,
-}
-
 /// Page 1's description, if it has one in text.
 fn description(decoder: &mut TiffDecoder) -> Option<String> {
     decoder
@@ -265,86 +181,6 @@ fn description(decoder: &mut TiffDecoder) -> Option<String> {
         .ok()
         .flatten()
         .and_then(|value| value.into_string().ok())
-}
-
-/// What page 1's description says the pages are: an ImageJ description
-/// (`channels=`, `slices=`, `frames=`) or OME-XML (`DimensionOrder`,
-/// `SizeC`, `SizeZ`, `SizeT` of its `Pixels`). Only ImageJ's `channels=`
-/// was read: an ImageJ or OME z-stack with as many slices as a model has
-/// channels was read as one image's channels, and an OME file's channels
-/// as separate images.
-fn describe_pages(text: &str) -> PageAxes {
-    if text.starts_with("ImageJ=") {
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|line| line.strip_prefix(name)?.trim().parse::<usize>().ok())
-                .unwrap_or(1)
-        };
-        return match (field("channels="), field("slices="), field("frames=")) {
-            (c, _, _) if c > 1 => PageAxes::Channels {
-                count: c,
-                fastest: true,
-            },
-            (_, z, t) if z > 1 || t > 1 => PageAxes::Planes,
-            _ => PageAxes::Unknown,
-        };
-    }
-    let Some(pixels) = ome_pixels(text) else {
-        return PageAxes::Unknown;
-    };
-    let attribute = |name: &str| -> Option<&str> {
-        let at = pixels.find(&format!(" {name}=\""))? + name.len() + 3;
-        pixels[at..].split('"').next()
-    };
-    let size = |name: &str| attribute(name).and_then(|v| v.trim().parse::<usize>().ok());
-    let (Some(order), Some(c), Some(z), Some(t)) = (
-        attribute("DimensionOrder"),
-        size("SizeC"),
-        size("SizeZ"),
-        size("SizeT"),
-    ) else {
-        return PageAxes::Unknown;
-    };
-    if c <= 1 {
-        return PageAxes::Planes;
-    }
-    // The order after XY, fastest first: C's place among Z and T.
-    let inner = order.trim().to_ascii_uppercase();
-    let Some(place) = inner.strip_prefix("XY").and_then(|rest| rest.find('C')) else {
-        return PageAxes::Unknown;
-    };
-    // Saturating: the sizes are the file's word, any number.
-    let planes = |axes: &str| {
-        axes.chars()
-            .map(|axis| if axis == 'Z' { z } else { t })
-            .fold(1usize, usize::saturating_mul)
-    };
-    let (before, after) = (planes(&inner[2..2 + place]), planes(&inner[3 + place..]));
-    match (before > 1, after > 1) {
-        (false, _) => PageAxes::Channels {
-            count: c,
-            fastest: true,
-        },
-        (true, false) => PageAxes::Channels {
-            count: c,
-            fastest: false,
-        },
-        (true, true) => PageAxes::Interleaved,
-    }
-}
-
-/// The attributes of the first `Pixels` element of an OME-XML document
-/// (any namespace prefix), up to its closing `>`.
-fn ome_pixels(text: &str) -> Option<&str> {
-    if !text.contains("<OME") && !text.contains(":OME") {
-        return None;
-    }
-    let start = text
-        .match_indices("Pixels ")
-        .map(|(at, _)| at)
-        .find(|&at| at > 0 && matches!(text.as_bytes()[at - 1], b'<' | b':'))?;
-    let rest = &text[start..];
-    Some(&rest[..rest.find('>')?])
 }
 
 /// The decoder's limits: one decoded page within the memory available, and
@@ -844,110 +680,7 @@ impl Buffer {
 
 #[cfg(test)]
 mod tests {
-    use super::{describe_pages, first_directory_is_none, shaped, PageAxes};
-
-    #[test]
-    fn tifffile_shapes_are_read_where_they_hold_the_pages() {
-        let read = |text: &str, pages: usize, page: &[usize]| {
-            shaped(text, pages, page).map(|s| (s.shape, s.axes))
-        };
-        // A one-plane volume, a named ZCYX stack, an unnamed one, colour.
-        assert_eq!(
-            read(r#"{"shape": [1, 40, 52]}"#, 1, &[40, 52]),
-            Some((vec![1, 40, 52], Some("zyx".to_owned())))
-        );
-        assert_eq!(
-            read(r#"{"shape": [9, 2, 5, 6], "axes": "ZCYX"}"#, 18, &[5, 6]),
-            Some((vec![9, 2, 5, 6], Some("zcyx".to_owned())))
-        );
-        // Unnamed page axes, several: read as one stack of pages.
-        assert_eq!(read(r#"{"shape": [9, 2, 5, 6]}"#, 18, &[5, 6]), None);
-        assert_eq!(
-            read(r#"{"shape": [4, 5, 6, 3]}"#, 4, &[5, 6, 3]),
-            Some((vec![4, 5, 6, 3], Some("zyxc".to_owned())))
-        );
-        assert_eq!(
-            read(r#"{"shape": [2, 3, 5, 6], "axes": "TZYX"}"#, 6, &[5, 6]),
-            Some((vec![2, 3, 5, 6], Some("bzyx".to_owned())))
-        );
-        // Only a file that names its axes names its pages.
-        let named = |text: &str| shaped(text, 2, &[5, 6]).map(|s| s.named);
-        assert_eq!(named(r#"{"shape": [2, 5, 6]}"#), Some(false));
-        assert_eq!(named(r#"{"shape": [2, 5, 6], "axes": "ZYX"}"#), Some(true));
-        // Unknown or repeated letters: the shape without names.
-        assert_eq!(
-            read(r#"{"shape": [9, 2, 5, 6], "axes": "QQYX"}"#, 18, &[5, 6]).map(|s| s.1),
-            Some(None)
-        );
-        assert_eq!(
-            read(r#"{"shape": [2, 5, 6, 3], "axes": "CYXS"}"#, 2, &[5, 6, 3]).map(|s| s.1),
-            Some(None)
-        );
-        // Descriptions that do not hold the pages, or are not tifffile's.
-        assert_eq!(read(r#"{"shape": [7, 5, 6]}"#, 6, &[5, 6]), None);
-        assert_eq!(read(r#"{"shape": [6, 6, 5]}"#, 6, &[5, 6]), None);
-        assert_eq!(
-            read(r#"{"shape": [18446744073709551615, 2, 5, 6]}"#, 6, &[5, 6]),
-            None
-        );
-        assert_eq!(read(r#"{"shape": "x"}"#, 1, &[5, 6]), None);
-        assert_eq!(read("ImageJ=1.11a", 1, &[5, 6]), None);
-        assert_eq!(read("{not json", 1, &[5, 6]), None);
-    }
-
-    #[test]
-    fn imagej_and_ome_descriptions_say_what_pages_are() {
-        let channels = |count, fastest| PageAxes::Channels { count, fastest };
-        assert_eq!(
-            describe_pages("ImageJ=1.11a\nimages=6\nchannels=2\nslices=3\n"),
-            channels(2, true)
-        );
-        assert_eq!(
-            describe_pages("ImageJ=1.11a\nimages=2\nslices=2\n"),
-            PageAxes::Planes
-        );
-        assert_eq!(
-            describe_pages("ImageJ=1.11a\nimages=4\nframes=4\n"),
-            PageAxes::Planes
-        );
-        assert_eq!(describe_pages("ImageJ=1.11a\n"), PageAxes::Unknown);
-        assert_eq!(describe_pages("{\"shape\": [2, 5, 6]}"), PageAxes::Unknown);
-        let ome = |order: &str, c: usize, z: usize, t: usize| {
-            format!(
-                "<?xml version=\"1.0\"?><OME xmlns=\"x\"><Image ID=\"Image:0\"><Pixels ID=\"Pixels:0\" \
-                 DimensionOrder=\"{order}\" Type=\"uint8\" SizeX=\"6\" SizeY=\"5\" SizeC=\"{c}\" SizeZ=\"{z}\" \
-                 SizeT=\"{t}\"><Channel ID=\"Channel:0:0\"/></Pixels></Image></OME>"
-            )
-        };
-        assert_eq!(describe_pages(&ome("XYCZT", 2, 1, 1)), channels(2, true));
-        assert_eq!(describe_pages(&ome("XYCZT", 2, 3, 1)), channels(2, true));
-        assert_eq!(describe_pages(&ome("XYZCT", 2, 3, 1)), channels(2, false));
-        assert_eq!(describe_pages(&ome("XYZTC", 2, 1, 4)), channels(2, false));
-        assert_eq!(describe_pages(&ome("XYZCT", 2, 1, 4)), channels(2, true));
-        assert_eq!(
-            describe_pages(&ome("XYZCT", 2, 3, 4)),
-            PageAxes::Interleaved
-        );
-        assert_eq!(describe_pages(&ome("XYZCT", 1, 3, 1)), PageAxes::Planes);
-        let prefixed = ome("XYCZT", 3, 1, 1)
-            .replace("<OME", "<ome:OME")
-            .replace("<Pixels", "<ome:Pixels");
-        assert_eq!(describe_pages(&prefixed), channels(3, true));
-        assert_eq!(
-            describe_pages("<OME><Pixels SizeC=\"2\"></Pixels></OME>"),
-            PageAxes::Unknown
-        );
-        let max = usize::MAX;
-        assert_eq!(describe_pages(&ome("XYZCT", 2, max, 1)), channels(2, false));
-        assert_eq!(
-            describe_pages(&ome("XYZTC", 2, max, max)),
-            channels(2, false)
-        );
-        assert_eq!(
-            describe_pages(&ome("XY\u{e9}C", 2, 3, 1)),
-            channels(2, true)
-        );
-    }
+    use super::first_directory_is_none;
 
     #[test]
     fn a_header_whose_first_directory_offset_is_zero_holds_no_page() {
