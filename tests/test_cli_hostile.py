@@ -270,7 +270,50 @@ def test_a_stack_whose_pages_add_up_to_more_than_memory_is_refused_before_decodi
     with tifffile.TiffFile(path) as tif:  # the file is well formed
         assert len(tif.pages) == 4096
     stderr = refused_alone(cli, path, tmp_path)
-    assert "memory" in stderr, stderr
+    # Refused within a few pages now: they need more compressed data than
+    # the file holds (the memory check refused it at the page crossing it).
+    assert "decode to more than their compression can make of the file's" in stderr, stderr
+
+
+def test_pages_that_decode_to_more_than_their_file_can_hold_are_refused_before_decoding(cli, tmp_path):
+    """Eight pages share one deflated strip of 256 MiB of zeros: 2 GiB
+    declared in a file of 260 KB, within the memory check, was decoded
+    (an 800 KB file of one page whose 100,000 strips shared one stream
+    took 20 GB). Deflate makes at most 1032 bytes of one."""
+    side = 16384
+    strip = deflated_zeros(side * side)
+    page = {"width": side, "height": side, "compression": 8, "strip_offset": 8, "strip_bytes": len(strip)}
+    path = tmp_path / "shared.tif"
+    path.write_bytes(tiff({**page, "data": strip}, *[page] * 7))
+    with tifffile.TiffFile(path) as tif:  # the file is well formed
+        assert len(tif.pages) == 8
+    stderr = refused_alone(cli, path, tmp_path)
+    assert "decode to more than their compression can make of the file's" in stderr, stderr
+    # One page of its own strip, as compressible as deflate makes it, reads.
+    tifffile.imwrite(tmp_path / "zeros.tif", np.zeros((1500, 1500), np.uint8), compression="zlib",
+                     compressionargs={"level": 9}, rowsperstrip=1500)
+    proc = segment(cli, tmp_path / "zeros.tif", out=tmp_path / "out", extra=["-f", "npy"])
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_files_whose_description_declares_other_pages_are_refused(cli, tmp_path):
+    """A stack kept in one page (tifffile's truncate=True, ImageJ's stacks
+    over 4 GB) gave plane 1 alone; several series, one stack of them all;
+    a (y, x, 2) array tifffile stores as y pages of x by 2, a stack of
+    slivers. Each was read without a word."""
+    stack = (np.random.default_rng(3).random((3, 48, 40)) * 200).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "imagej.tif", stack, imagej=True, truncate=True, metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "truncated.tif", stack, truncate=True, photometric="minisblack")
+    with tifffile.TiffWriter(tmp_path / "series.ome.tif", ome=True) as tif:
+        tif.write(stack[0])
+        tif.write(stack, photometric="minisblack", metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "yxc.tif", np.moveaxis(stack[:2], 0, -1))
+    for name, said in [("imagej", "declares 3 planes, but the file holds 1 page(s)"),
+                       ("truncated", "declares 3 planes, but the file holds 1 page(s)"),
+                       ("series.ome", "holds 2 images (series)"),
+                       ("yxc", "cannot tell the axes of an array of shape [48, 40, 2]")]:
+        stderr = refused_alone(cli, tmp_path / f"{name}.tif", tmp_path)
+        assert said in stderr, (name, stderr)
 
 
 def test_a_real_multipage_tiff_still_reads(cli, tmp_path):

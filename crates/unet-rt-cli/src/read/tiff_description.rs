@@ -20,17 +20,7 @@ pub(super) struct Shaped {
 /// in that shape; read as a plain stack of pages, a one-plane volume
 /// `(1, y, x)` could not be given to a 3-D model, nor a ZCYX stack named.
 pub(super) fn shaped(text: &str, pages: usize, page: &[usize]) -> Option<Shaped> {
-    if !text.starts_with('{') {
-        return None;
-    }
-    let value: serde_json::Value = serde_json::from_str(text).ok()?;
-    let shape: Vec<usize> = value
-        .get("shape")?
-        .as_array()?
-        .iter()
-        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
-        .collect::<Option<_>>()?;
-    let elements = |s: &[usize]| s.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    let (value, shape) = tifffile_shape(text)?;
     let leading = shape.len().checked_sub(page.len())?;
     if !shape.ends_with(page) || elements(&shape)? != elements(page)?.checked_mul(pages)? {
         return None;
@@ -47,12 +37,107 @@ pub(super) fn shaped(text: &str, pages: usize, page: &[usize]) -> Option<Shaped>
         // pages, as they were read before (a 2-D model reads them all).
         None => match leading {
             0 => Some(page_axes.to_owned()),
+            // Unless the pages are slivers: tifffile stores an array of
+            // `(y, x, c)` with 2 or more than 4 channels as `y` pages of
+            // `x` by `c`, which read as a stack was 96 images of 128x2 px.
+            // The shape rule (Python's for the same array) decides.
+            1 if page.len() == 2 && page[1] <= CHANNEL_LIKE && page[1] < page[0] => None,
             1 => Some(format!("z{page_axes}")),
             _ => return None,
         },
     };
     let named = value.get("axes").is_some();
     Some(Shaped { shape, axes, named })
+}
+
+/// The widest page whose unnamed tifffile shape may be a `(y, x, c)` array
+/// stored as pages (see [`shaped`]).
+const CHANNEL_LIKE: usize = 8;
+
+/// The JSON document and shape of a tifffile description.
+fn tifffile_shape(text: &str) -> Option<(serde_json::Value, Vec<usize>)> {
+    if !text.starts_with('{') {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    let shape: Vec<usize> = value
+        .get("shape")?
+        .as_array()?
+        .iter()
+        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+        .collect::<Option<_>>()?;
+    Some((value, shape))
+}
+
+/// The number of elements of `shape`, `None` where that overflows.
+fn elements(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
+/// How many pages the image of a TIFF's first description takes, where it
+/// says: ImageJ's `images=`, the planes of OME's one image (`SizeZ` x
+/// `SizeT` x the channels not held in a page's samples), or the pages a
+/// tifffile shape covers (`page` is `(y, x)` or `(y, x, samples)`). A file
+/// of more pages holds other images after it (series), one of fewer keeps a
+/// stack in one page (tifffile's `truncate=True`, ImageJ's stacks beyond 4
+/// GB): read as a plain stack, the first gave every series as one stack and
+/// the second plane 1 alone, without a word.
+///
+/// # Errors
+/// For an OME document of several images (series).
+pub(super) fn declared_pages(text: &str, page: &[usize]) -> Result<Option<usize>, String> {
+    if text.starts_with("ImageJ=") {
+        return Ok(text
+            .lines()
+            .find_map(|line| line.strip_prefix("images=")?.trim().parse::<usize>().ok()));
+    }
+    if let Some(pixels) = ome_pixels(text) {
+        let images = text
+            .match_indices("Image ")
+            .filter(|&(at, _)| at > 0 && matches!(text.as_bytes()[at - 1], b'<' | b':'))
+            .count();
+        if images > 1 {
+            return Err(format!(
+                "its OME description holds {images} images (series), which are not read as one: save \
+                 each as its own file (tifffile.imread(path, series=n) reads the n-th)"
+            ));
+        }
+        let samples = page.get(2).copied().unwrap_or(1).max(1);
+        let size = |name| ome_size(pixels, name);
+        return Ok(match (size("SizeC"), size("SizeZ"), size("SizeT")) {
+            (Some(c), Some(z), Some(t)) => Some(
+                [c.div_ceil(samples), z, t]
+                    .into_iter()
+                    .fold(1usize, usize::saturating_mul),
+            ),
+            _ => None,
+        });
+    }
+    let Some((_, shape)) = tifffile_shape(text) else {
+        return Ok(None);
+    };
+    let (Some(all), Some(one)) = (elements(&shape), elements(page)) else {
+        return Ok(None);
+    };
+    Ok((shape.ends_with(page) && one > 0 && all % one == 0).then_some(all / one))
+}
+
+/// Why a file of `pages` pages whose description says its image takes
+/// `declared` (see [`declared_pages`]) is not read.
+pub(super) fn pages_differ(declared: usize, pages: usize) -> String {
+    if declared > pages {
+        format!(
+            "its description declares {declared} planes, but the file holds {pages} page(s): a stack kept \
+             in one page (tifffile's truncate=True, ImageJ's stacks over 4 GB) or spread over several \
+             files is not read; save it with one page per plane (tifffile.imwrite(path, stack)) or as OME-Zarr"
+        )
+    } else {
+        format!(
+            "its description covers the first {declared} of its {pages} pages: the file holds several images \
+             (series), which are not read as one; save each as its own file (tifffile.imread(path, \
+             series=n) reads the n-th)"
+        )
+    }
 }
 
 /// tifffile's axis letters as this tool's (`T` is a batch, `S` samples
@@ -113,13 +198,9 @@ pub(super) fn describe_pages(text: &str) -> PageAxes {
     let Some(pixels) = ome_pixels(text) else {
         return PageAxes::Unknown;
     };
-    let attribute = |name: &str| -> Option<&str> {
-        let at = pixels.find(&format!(" {name}=\""))? + name.len() + 3;
-        pixels[at..].split('"').next()
-    };
-    let size = |name: &str| attribute(name).and_then(|v| v.trim().parse::<usize>().ok());
+    let size = |name| ome_size(pixels, name);
     let (Some(order), Some(c), Some(z), Some(t)) = (
-        attribute("DimensionOrder"),
+        ome_attribute(pixels, "DimensionOrder"),
         size("SizeC"),
         size("SizeZ"),
         size("SizeT"),
@@ -154,6 +235,17 @@ pub(super) fn describe_pages(text: &str) -> PageAxes {
     }
 }
 
+/// The value of attribute `name` among `pixels` (see [`ome_pixels`]).
+fn ome_attribute<'a>(pixels: &'a str, name: &str) -> Option<&'a str> {
+    let at = pixels.find(&format!(" {name}=\""))? + name.len() + 3;
+    pixels[at..].split('"').next()
+}
+
+/// A size attribute of `pixels` (`SizeC` ...), where it is a number.
+fn ome_size(pixels: &str, name: &str) -> Option<usize> {
+    ome_attribute(pixels, name).and_then(|v| v.trim().parse::<usize>().ok())
+}
+
 /// The attributes of the first `Pixels` element of an OME-XML document
 /// (any namespace prefix), up to its closing `>`.
 fn ome_pixels(text: &str) -> Option<&str> {
@@ -170,7 +262,7 @@ fn ome_pixels(text: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::{describe_pages, shaped, PageAxes};
+    use super::{declared_pages, describe_pages, shaped, PageAxes};
 
     #[test]
     fn tifffile_shapes_are_read_where_they_hold_the_pages() {
@@ -272,6 +364,58 @@ mod tests {
         assert_eq!(
             describe_pages(&ome("XY\u{e9}C", 2, 3, 1)),
             channels(2, true)
+        );
+    }
+
+    #[test]
+    fn descriptions_say_how_many_pages_the_image_takes() {
+        let pages = |text: &str, page: &[usize]| declared_pages(text, page);
+        assert_eq!(
+            pages("ImageJ=1.11a\nimages=6\nslices=6\n", &[5, 6]),
+            Ok(Some(6))
+        );
+        assert_eq!(pages("ImageJ=1.11a\n", &[5, 6]), Ok(None));
+        assert_eq!(pages(r#"{"shape": [9, 2, 5, 6]}"#, &[5, 6]), Ok(Some(18)));
+        assert_eq!(pages(r#"{"shape": [4, 5, 6, 3]}"#, &[5, 6, 3]), Ok(Some(4)));
+        assert_eq!(pages(r#"{"shape": [5, 6]}"#, &[5, 6]), Ok(Some(1)));
+        // Shapes that do not end with the page say nothing.
+        assert_eq!(pages(r#"{"shape": [6, 5]}"#, &[5, 6]), Ok(None));
+        assert_eq!(
+            pages(r#"{"shape": [18446744073709551615, 5, 6]}"#, &[5, 6]),
+            Ok(None)
+        );
+        let ome = |images: usize, c: usize, z: usize| {
+            let image = format!(
+                "<Image ID=\"Image:0\"><Pixels DimensionOrder=\"XYCZT\" SizeX=\"6\" SizeY=\"5\" \
+                 SizeC=\"{c}\" SizeZ=\"{z}\" SizeT=\"1\"></Pixels></Image>"
+            );
+            format!(
+                "<?xml version=\"1.0\"?><OME xmlns=\"x\">{}</OME>",
+                image.repeat(images)
+            )
+        };
+        assert_eq!(pages(&ome(1, 2, 3), &[5, 6]), Ok(Some(6)));
+        // RGB pages hold three channels each.
+        assert_eq!(pages(&ome(1, 3, 4), &[5, 6, 3]), Ok(Some(4)));
+        assert!(pages(&ome(2, 1, 3), &[5, 6]).is_err_and(|e| e.contains("holds 2 images")));
+    }
+
+    #[test]
+    fn an_unnamed_stack_of_slivers_is_left_to_the_shape_rule() {
+        let axes =
+            |text: &str, pages: usize, page: &[usize]| shaped(text, pages, page).map(|s| s.axes);
+        assert_eq!(
+            axes(r#"{"shape": [96, 128, 2]}"#, 96, &[128, 2]),
+            Some(None)
+        );
+        assert_eq!(
+            axes(r#"{"shape": [96, 128, 9]}"#, 96, &[128, 9]),
+            Some(Some("zyx".to_owned()))
+        );
+        assert_eq!(axes(r#"{"shape": [3, 4, 2]}"#, 3, &[4, 2]), Some(None));
+        assert_eq!(
+            axes(r#"{"shape": [3, 2, 4]}"#, 3, &[2, 4]),
+            Some(Some("zyx".to_owned()))
         );
     }
 }

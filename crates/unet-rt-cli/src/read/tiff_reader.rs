@@ -4,7 +4,8 @@
 //! page's directory and checks what it declares (size computed with checked
 //! arithmetic, strips or tiles within the file, uncompressed data no larger
 //! than the file, pages equal to the first, the running total within the
-//! memory available); the second pass decodes the pages into one buffer
+//! memory available and within what the file's bytes can decompress to, the
+//! pages as many as the file's description declares); the second pass decodes the pages into one buffer
 //! reserved fallibly for them all. The decoder's own limits come from the
 //! file size and the memory available, never unlimited.
 
@@ -16,7 +17,7 @@ use tiff::decoder::{ChunkType, Decoder, DecodingResult, Limits};
 use tiff::tags::Tag;
 use tiff::ColorType;
 
-use super::tiff_description::{describe_pages, shaped, PageAxes};
+use super::tiff_description::{declared_pages, describe_pages, pages_differ, shaped, PageAxes};
 use super::{refuse_empty, Image, Pixels};
 use crate::limits::{checked_product, saturating_usize, show_bytes, try_vec, Memory};
 
@@ -88,6 +89,21 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
         .as_deref()
         .map_or(PageAxes::Unknown, describe_pages);
     let (page, pages) = plan(&mut decoder, file_len, memory)?;
+    let page_shape: Vec<usize> = [page.height, page.width]
+        .into_iter()
+        .map(|side| saturating_usize(side.into()))
+        .chain((page.samples > 1).then_some(usize::from(page.samples)))
+        .collect();
+    if let Some(declared) = description
+        .as_deref()
+        .map(|text| declared_pages(text, &page_shape))
+        .transpose()?
+        .flatten()
+    {
+        if declared != pages {
+            return Err(pages_differ(declared, pages));
+        }
+    }
     let buffer = decode(&mut decoder, &page, pages)?;
     let mut shape = Vec::with_capacity(4);
     let mut axes = String::new();
@@ -263,15 +279,33 @@ struct Page {
 }
 
 /// Reads and checks the directory of every page; returns the first page and
-/// the number of pages. Nothing is decoded.
+/// the number of pages. Nothing is decoded. The pages together must need no
+/// more compressed data than the file holds ([`most_expanded`]): an 800 KB
+/// file whose 100,000 strips all pointed at one deflate stream of 100
+/// bytes declared 10 GB, which fit the memory check and were decoded.
 fn plan(decoder: &mut TiffDecoder, file_len: u64, memory: Memory) -> Result<(Page, usize), String> {
-    let first = check_page(decoder, 0, file_len, memory)?;
+    let (first, mut needed) = check_page(decoder, 0, file_len, memory)?;
+    let within_file = |needed: u64, pages: usize| {
+        if needed <= file_len.saturating_add(EXPANSION_SLACK) {
+            return Ok(());
+        }
+        Err(format!(
+            "its first {pages} page(s) decode to more than their compression can make of the file's {} \
+             (they need at least {} of compressed data: their strips or tiles share data, or claim more \
+             than they hold): a damaged or crafted file, not read",
+            show_bytes(file_len),
+            show_bytes(needed)
+        ))
+    };
+    within_file(needed, 1)?;
     let mut pages = 1usize;
     while decoder.more_images() {
         decoder
             .next_image()
             .map_err(|e| format!("cannot read TIFF page {}: {e}", pages + 1))?;
-        let page = check_page(decoder, pages, file_len, memory)?;
+        let (page, page_needs) = check_page(decoder, pages, file_len, memory)?;
+        needed = needed.saturating_add(page_needs);
+        within_file(needed, pages + 1)?;
         if (page.width, page.height, page.samples) != (first.width, first.height, first.samples) {
             return Err(format!(
                 "page {} is {}x{} with {} sample(s), page 1 is {}x{} with {} (only stacks of equal pages are read)",
@@ -309,6 +343,26 @@ fn plan(decoder: &mut TiffDecoder, file_len: u64, memory: Memory) -> Result<(Pag
     Ok((first, pages))
 }
 
+/// The most one byte of data compressed with TIFF compression `code`
+/// decodes to: deflate's limit (258 bytes from 2 bits), about 2,700 for
+/// LZW's 12-bit codes of strings up to 4,096 bytes (with room), 64 for
+/// PackBits (128 bytes from 2), 1,024 for JPEG (two bits per 8x8 block at
+/// best, subsampled), 1 for none.
+fn most_expanded(code: u16) -> u64 {
+    match code {
+        8 | 32946 => 1032,
+        5 => 4096,
+        7 => 1024,
+        32773 => 64,
+        _ => 1,
+    }
+}
+
+/// Bytes allowed beyond [`most_expanded`]'s bound: the bound is a least
+/// size (a real file's streams are longer, with their headers), rounded up
+/// per page.
+const EXPANSION_SLACK: u64 = 4096;
+
 /// The TIFF compressions the `tiff` crate decodes: none, LZW, JPEG,
 /// deflate (both codes) and PackBits. Others were refused in its words,
 /// "Compression method Unknown(50000) is unsupported", naming no codec and
@@ -337,12 +391,13 @@ fn compression_name(code: u16) -> &'static str {
 /// Checks what the current page declares: a supported sample type, a size
 /// that can be computed and fits in memory, strips or tiles within the file,
 /// and for uncompressed data, no more than the file and its strips hold.
+/// Returns the page and the least compressed data it decodes from.
 fn check_page(
     decoder: &mut TiffDecoder,
     index: usize,
     file_len: u64,
     memory: Memory,
-) -> Result<Page, String> {
+) -> Result<(Page, u64), String> {
     let number = index + 1;
     let tiff_err = |e: tiff::TiffError| format!("cannot read TIFF page {number}: {e}");
     let (width, height) = decoder.dimensions().map_err(tiff_err)?;
@@ -448,7 +503,7 @@ fn check_page(
         decoded_bytes.saturating_add(copy),
         &format!("page {number} ({width}x{height}, {samples} sample(s) of {bits} bits)"),
     )?;
-    Ok(Page {
+    let page = Page {
         width,
         height,
         samples,
@@ -457,7 +512,8 @@ fn check_page(
         len,
         decoded_bytes,
         stored_bytes,
-    })
+    };
+    Ok((page, decoded_bytes.div_ceil(most_expanded(compression))))
 }
 
 /// The bytes uncompressed data of the page takes at least: whole tiles
