@@ -463,6 +463,23 @@ def test_help_has_examples(cli):
     assert run([cli, "segment", "--no-such-flag"]).returncode == 2
 
 
+def test_a_transparent_colour_is_not_a_channel(tiny_model_path, cli, tmp_path):
+    """A gray (or RGB) PNG with a tRNS chunk was refused as an image of 2
+    channels: the decoder made an alpha channel of its transparent colour.
+    PIL and imageio read its values."""
+    image = (np.random.default_rng(5).random((40, 44)) * 255).astype(np.uint8)
+    for mode, values in [("L", image), ("I;16", image.astype(np.uint16) * 200)]:
+        path = tmp_path / f"trns_{mode[0]}.png"
+        Image.fromarray(values).save(path, transparency=int(values[0, 0]))
+        with Image.open(path) as written:
+            assert "transparency" in written.info
+        proc = run([cli, "segment", path, "-o", tmp_path / "out", "-m", tiny_model_path, "--device", "cpu", "-q",
+                    "-f", "npy", "-k", "raw"])
+        assert proc.returncode == 0, proc.stderr
+        want = unet_rt.segment(values, tiny_model_path, device="cpu", output="raw")
+        np.testing.assert_array_equal(np.load(tmp_path / "out" / f"{path.stem}.npy"), want)
+
+
 def test_min_is_white_tiffs_are_read_as_displayed(tiny_model_path, cli, tmp_path):
     # What the help says: inverted, as a viewer shows them (tifffile.imread
     # returns the stored values).

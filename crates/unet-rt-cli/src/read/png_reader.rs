@@ -17,7 +17,6 @@ use crate::limits::{checked_product, show_bytes, try_vec, Memory};
 /// A PNG of `n` bytes cannot hold more than this times `n` bytes of pixels.
 const DEFLATE_MAX_RATIO: u64 = 1032;
 
-/// Reads a PNG of `file_len` bytes.
 /// numpy's name of the element type of a greyscale PNG (its header only),
 /// `None` for colour or unreadable files.
 pub(super) fn png_element(file: File) -> Option<&'static str> {
@@ -33,6 +32,9 @@ pub(super) fn png_element(file: File) -> Option<&'static str> {
     }
 }
 
+/// Reads a PNG of `file_len` bytes. A transparent colour (tRNS) of a gray
+/// or RGB image is not read as an alpha channel: a gray PNG with one was
+/// refused as an image of 2 channels (PIL and imageio read its values).
 pub(super) fn read_png(file: File, file_len: u64, memory: Memory) -> Result<Image, String> {
     let mut decoder = png::Decoder::new(BufReader::new(file));
     // Palettes become RGB and 1/2/4-bit gray becomes 8-bit; 16 bits stay.
@@ -76,7 +78,14 @@ pub(super) fn read_png(file: File, file_len: u64, memory: Memory) -> Result<Imag
         .next_frame(&mut bytes)
         .map_err(|e| format!("cannot read the PNG image: {e}"))?;
     bytes.truncate(frame.buffer_size());
-    let samples = frame.color_type.samples();
+    let mut samples = frame.color_type.samples();
+    let stored = reader.info().color_type;
+    if matches!(stored, png::ColorType::Grayscale | png::ColorType::Rgb)
+        && samples == stored.samples() + 1
+    {
+        drop_last_sample(&mut bytes, samples, frame.bit_depth);
+        samples -= 1;
+    }
     let (h, w) = (
         usize::try_from(frame.height).map_err(|_| overflow())?,
         usize::try_from(frame.width).map_err(|_| overflow())?,
@@ -106,6 +115,23 @@ pub(super) fn read_png(file: File, file_len: u64, memory: Memory) -> Result<Imag
         axes: Some(axes.to_owned()),
         pages_named: false,
     })
+}
+
+/// Removes the last of the `samples` samples of every pixel of `bytes` (the
+/// alpha channel the decoder made of a tRNS chunk), in place.
+fn drop_last_sample(bytes: &mut Vec<u8>, samples: usize, depth: png::BitDepth) {
+    let width = if depth == png::BitDepth::Sixteen {
+        2
+    } else {
+        1
+    };
+    let (pixel, kept) = (samples * width, (samples - 1) * width);
+    let pixels = bytes.len() / pixel;
+    for i in 0..pixels {
+        // Forward: pixel i's kept bytes move to i * kept <= i * pixel.
+        bytes.copy_within(i * pixel..i * pixel + kept, i * kept);
+    }
+    bytes.truncate(pixels * kept);
 }
 
 fn bit_depth(depth: png::BitDepth) -> u8 {
