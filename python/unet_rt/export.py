@@ -525,13 +525,15 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
     except unet_rt.UnetRtError as e:
         raise unchecked(e) from None
     side = layout["output_tile"][0] + info["size_multiple"]
-    _check_pass_fits(info["in_channels"], side + lost, dims,
+    # The whole-image pass takes the image mirror-padded by the overlap.
+    padded = side + 2 * info["overlap"]
+    _check_pass_fits(info["in_channels"], padded, dims,
                      f"comparing tiles at overlap {info['overlap']} with one whole-image pass")
     image = rng.random((info["in_channels"],) + (side,) * dims, dtype=np.float32)
     # The whole image's pass and its tiles' (about the same area again with
     # their overlaps), scaled from the last pass by area or volume where
     # that pass was long enough to be its compute, not its overhead.
-    about = 2 * pass_took * ((side + lost) / pass_size) ** dims
+    about = 2 * pass_took * (padded / pass_size) ** dims
     say(f"comparing tiles with one whole-image pass over a {side}-px image"
         + (f" (about {about:.0f} s)" if pass_took >= 0.25 else ""))
     axes = "c" + "zyx"[3 - dims:]
