@@ -594,6 +594,14 @@ def test_packed_one_bit_tiffs_are_refused_not_misread(cli, tmp_path):
     assert "save packed 1-, 2- or 4-bit images as 8-bit" in stderr
 
 
+def test_half_float_tiffs_are_refused_with_advice_for_them(cli, tmp_path):
+    # They were told to save packed 1-bit images as 8-bit.
+    path = tmp_path / "half.tif"
+    tifffile.imwrite(path, np.ones((40, 44), np.float16))
+    stderr = refused_alone(cli, path, tmp_path)
+    assert "16-bit floats are not read from TIFF: save it as float32" in stderr and "packed" not in stderr, stderr
+
+
 def test_a_full_stdout_fails_the_command(cli, tmp_path):
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")

@@ -411,10 +411,16 @@ fn check_page(
         .copied()
         .unwrap_or(1);
     let kind = sample_kind(format, bits).ok_or_else(|| {
-        format!(
-            "page {number} has unsupported samples: {bits} bits of sample format {format} (expected 8, 16, 32 or \
-             64-bit integers or 32/64-bit floats; save packed 1-, 2- or 4-bit images as 8-bit)"
-        )
+        // Advice for the file at hand: a half-float page was told to save
+        // packed 1-bit images as 8-bit.
+        let advice = match (format, bits) {
+            (3, 16) => "16-bit floats are not read from TIFF: save it as float32 \
+                        (tifffile.imwrite(path, image.astype('float32'))) or as NPY"
+                .to_owned(),
+            (_, 1..=7) => "save packed 1-, 2- or 4-bit images as 8-bit".to_owned(),
+            _ => "expected 8, 16, 32 or 64-bit integers or 32/64-bit floats".to_owned(),
+        };
+        format!("page {number} has unsupported samples: {bits} bits of sample format {format} ({advice})")
     })?;
     let planar = decoder
         .find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
