@@ -87,9 +87,7 @@ fn elements(shape: &[usize]) -> Option<usize> {
 /// For an OME document of several images (series).
 pub(super) fn declared_pages(text: &str, page: &[usize]) -> Result<Option<usize>, String> {
     if text.starts_with("ImageJ=") {
-        return Ok(text
-            .lines()
-            .find_map(|line| line.strip_prefix("images=")?.trim().parse::<usize>().ok()));
+        return Ok(imagej_field(text, "images="));
     }
     if let Some(pixels) = ome_pixels(text) {
         let images = text
@@ -181,11 +179,7 @@ pub(super) enum PageAxes {
 /// as separate images.
 pub(super) fn describe_pages(text: &str) -> PageAxes {
     if text.starts_with("ImageJ=") {
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|line| line.strip_prefix(name)?.trim().parse::<usize>().ok())
-                .unwrap_or(1)
-        };
+        let field = |name| imagej_field(text, name).unwrap_or(1);
         return match (field("channels="), field("slices="), field("frames=")) {
             (c, _, _) if c > 1 => PageAxes::Channels {
                 count: c,
@@ -233,6 +227,12 @@ pub(super) fn describe_pages(text: &str) -> PageAxes {
         },
         (true, true) => PageAxes::Interleaved,
     }
+}
+
+/// The number after `name` (`"slices="`) on a line of an ImageJ description.
+fn imagej_field(text: &str, name: &str) -> Option<usize> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse::<usize>().ok())
 }
 
 /// The value of attribute `name` among `pixels` (see [`ome_pixels`]).

@@ -5,8 +5,8 @@
 //! arithmetic, strips or tiles within the file, uncompressed data no larger
 //! than the file, pages equal to the first, the running total within the
 //! memory available and within what the file's bytes can decompress to, the
-//! pages as many as the file's description declares); the second pass decodes the pages into one buffer
-//! reserved fallibly for them all. The decoder's own limits come from the
+//! pages as many as the file's description declares); the second pass
+//! decodes the pages into one buffer reserved fallibly for them all. The decoder's own limits come from the
 //! file size and the memory available, never unlimited.
 
 use std::fs::File;
@@ -89,6 +89,8 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
         .as_deref()
         .map_or(PageAxes::Unknown, describe_pages);
     let (page, pages) = plan(&mut decoder, file_len, memory)?;
+    // `(y, x)` or `(y, x, samples)`: what the description must hold, and
+    // the end of the image's shape.
     let page_shape: Vec<usize> = [page.height, page.width]
         .into_iter()
         .map(|side| saturating_usize(side.into()))
@@ -153,23 +155,15 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
         }
         _ => {}
     }
-    shape.extend([
-        saturating_usize(page.height.into()),
-        saturating_usize(page.width.into()),
-    ]);
-    axes.push_str("yx");
-    if page.samples > 1 {
-        shape.push(usize::from(page.samples));
-        axes.push('c');
-    }
+    shape.extend_from_slice(&page_shape);
+    axes.push_str(if page.samples > 1 { "yxc" } else { "yx" });
     refuse_empty(&shape)?;
     let mut axes = Some(axes);
     if described == PageAxes::Unknown {
         // A plain stack: `(pages, y, x[, samples])`, or one page.
-        let page_shape = &shape[usize::from(pages > 1)..];
         if let Some(shaped) = description
             .as_deref()
-            .and_then(|text| shaped(text, pages, page_shape))
+            .and_then(|text| shaped(text, pages, &page_shape))
         {
             // Only axes the file names say its pages are planes: an
             // unnamed stack of as many pages as the model has channels
