@@ -674,6 +674,42 @@ def test_ctrl_c_stops_a_single_long_forward_pass_within_a_second(tmp_path, clean
     assert float(line[1]) - sent < 1.0
 
 
+SLOW_READ_OUT = """
+import json, sys, time
+import numpy as np
+import unet_rt
+from unet_rt import _unet_rt
+
+read_out = json.dumps(unet_rt.Model(device="cpu").read_out())
+rng = np.random.default_rng(0)
+small = rng.integers(0, 3, (1024, 1024), dtype=np.uint8)
+t0 = time.perf_counter()
+_unet_rt.read_out_instances(small, read_out)
+per_pixel = (time.perf_counter() - t0) / small.size
+# A read-out of about 8 s on this machine.
+side = int(min(16384, max(2048, (8.0 / per_pixel) ** 0.5)))
+labels = rng.integers(0, 3, (side, side), dtype=np.uint8)
+print("start", round(per_pixel * side**2, 2), flush=True)
+try:
+    _unet_rt.read_out_instances(labels, read_out)
+    print("finished", time.perf_counter(), flush=True)
+except KeyboardInterrupt:
+    print("interrupted", time.perf_counter(), flush=True)
+"""
+
+
+def test_ctrl_c_stops_an_instance_read_out_within_a_second(tmp_path, clean_env):
+    # The read-out looked at Ctrl-C only before it began: half a second per 10 megapixels
+    # of waiting, what output="instances" runs after the network.
+    script = tmp_path / "slow_read_out.py"
+    script.write_text(SLOW_READ_OUT)
+    first, sent, line = _interrupted([sys.executable, str(script)], clean_env, 1.5)
+    assert first and first[0] == "start", first
+    assert float(first[1]) > 3.0, f"the read-out ({first[1]} s) must outlast the signal for the test to tell"
+    assert line and line[0] == "interrupted", line
+    assert float(line[1]) - sent < 1.0
+
+
 SLOW_PROBE = """
 import sys, time, torch, unet_rt
 
@@ -997,12 +1033,23 @@ def test_float16_result_beyond_its_range_is_non_finite(tmp_path):
         scaled.segment(IMAGE, input_range=(0, 1))
 
 
-@pytest.mark.parametrize("factor", [1e-21, 1e-30, 1e20])
+@pytest.mark.parametrize("factor", [1e-21, 1e-30, 1e20, 1e-44, 1e-300])
 def test_percentile_normalisation_does_not_depend_on_the_images_scale(model, factor):
-    # A range under 1e-20 counted as flat: 98% of the labels changed.
+    # A range under 1e-20 counted as flat: 98% of the labels changed. Then one under 2.9e-39
+    # (beyond float32's map, mapped in float64 now): every label background.
     want = model.segment(IMAGE.astype(np.float64), output="probabilities")
     got = model.segment(IMAGE.astype(np.float64) * factor, output="probabilities")
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_a_steep_input_range_saturates_16_bit_pixels_as_float64_ones(model):
+    # The map of (0, 1e-35) sends uint16's 60000 beyond float32: the image was refused as
+    # "holding NaN or infinite values". Its pixels saturate now, as float64 pixels do.
+    for dtype in (np.uint16, np.int16):
+        pixels = (IMAGE * 30000).astype(dtype)
+        want = model.segment(pixels.astype(np.float64), input_range=(0, 1e-35), output="raw", nonfinite="propagate")
+        got = model.segment(pixels, input_range=(0, 1e-35), output="raw", nonfinite="propagate")
+        np.testing.assert_array_equal(got, want)
 
 
 def test_choices_are_read_alike_everywhere(model):

@@ -103,15 +103,18 @@ def percentile_affine(lo: float, hi: float) -> Tuple[float, float]:
     """``(scale, shift)`` of the map sending ``lo`` to 0 and ``hi`` to 1, the
     runtime's rule (``affine_from_range`` in ``crates/unet-rt/src/normalize.rs``):
     a range it cannot map (empty, or so narrow that the scale or shift is
-    beyond float32) is flat, ``(1, -lo)``. Relative, never an absolute size:
+    beyond float64) is flat, ``(1, -lo)``; a map beyond float32 is applied in
+    float64, as :func:`normalize` does. Relative, never an absolute size:
 
     >>> percentile_affine(0.0, 0.25e-20)
     (4e+20, -0.0)
+    >>> percentile_affine(0.0, 0.25e-40)
+    (4e+40, -0.0)
     >>> percentile_affine(3.0, 3.0)
     (1.0, -3.0)
     """
     rng = hi - lo
-    if rng > 0 and 1.0 / rng <= _F32_MAX and abs(lo / rng) <= _F32_MAX:
+    if rng > 0 and math.isfinite(1.0 / rng) and math.isfinite(lo / rng):
         return 1.0 / rng, -lo / rng
     return 1.0, -lo
 
@@ -139,7 +142,10 @@ def normalize(image: np.ndarray, spec: Optional[Dict[str, Any]]) -> np.ndarray:
         scale, shift = 1.0, 0.0
     else:
         raise ValueError(f"unknown normalization kind {kind!r}")
-    return (x * scale + shift).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = x * scale + shift
+        # Finite pixels saturate at float32's extremes, as the runtime's do.
+        return np.where(np.isfinite(x), np.clip(y, -_F32_MAX, _F32_MAX), y).astype(np.float32)
 
 
 @dataclass

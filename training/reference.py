@@ -13,24 +13,9 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
-from .data import percentile_affine
+from .data import normalize
 
 __all__ = ["normalize", "whole_image_padding", "reference_whole"]
-
-
-def normalize(image: np.ndarray, spec: Dict) -> np.ndarray:
-    """Applies a metadata ``normalization`` entry the way the runtime must."""
-    kind = spec.get("kind", "none")
-    x = image.astype(np.float64)
-    if kind == "percentile":
-        lo, hi = np.percentile(x, [spec["low"], spec["high"]])
-        scale, shift = percentile_affine(lo, hi)
-        x = x * scale + shift
-    elif kind == "zscore":
-        x = (x - spec["mean"]) / (spec["std"] if spec["std"] > 0 else 1.0)
-    elif kind == "scale":
-        x = x * spec["factor"]
-    return x.astype(np.float32)
 
 
 def whole_image_padding(size: int, halo: int, multiple: int, offset: int) -> Tuple[int, int]:

@@ -51,7 +51,7 @@ pub(crate) fn connected_components<'py>(
     let cancel = Arc::new(AtomicBool::new(false));
     with_labels!(labels, view => {
         let (ids, _) = run_released(py, &cancel, || {
-            unet_rt::instances::connected_components(view)
+            unet_rt::instances::connected_components_cancellable(view, Some(&cancel))
         })?;
         Ok(PyArrayDyn::from_owned_array(py, ids))
     })
@@ -77,7 +77,7 @@ pub(crate) fn instance_block<'py>(
     let read_out = parse_read_out(read_out)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let found: BlockObjects = with_labels!(labels, view => {
-        run_released(py, &cancel, || read_out.block_objects(view, &context))
+        run_released(py, &cancel, || read_out.block_objects_cancellable(view, &context, Some(&cancel)))
     })?;
     let faces = PyList::empty(py);
     for (low, high) in found.faces {
@@ -105,7 +105,7 @@ pub(crate) fn read_out_instances<'py>(
     let read_out = parse_read_out(read_out)?;
     let cancel = Arc::new(AtomicBool::new(false));
     with_labels!(labels, view => {
-        let (ids, _) = run_released(py, &cancel, || read_out.apply(view))?;
+        let (ids, _) = run_released(py, &cancel, || read_out.apply_cancellable(view, Some(&cancel)))?;
         Ok(PyArrayDyn::from_owned_array(py, ids))
     })
 }

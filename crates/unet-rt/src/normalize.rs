@@ -478,10 +478,13 @@ fn strided_sample<T: Pixel>(image: &ArrayViewD<'_, T>, step: usize) -> Vec<f64> 
 }
 
 /// The map that sends `lo` to 0 and `hi` to 1. A range it cannot map is
-/// flat and maps `lo` to 0 unscaled: an empty range, or one so narrow that
-/// the map's scale or shift is beyond `f32` (the network's input type).
+/// flat and maps `lo` to 0 unscaled: an empty range, or one so narrow
+/// (below about 1e-308, or 1e-308 of its values) that the map's scale or
+/// shift is beyond `f64`. A map beyond `f32` (the network's input type) is
+/// applied in `f64` (see [`crate::pixel::Pixel::normalized`]): a float64
+/// image of values near 1e-44 was called flat, every label background.
 /// The rule depends on the range against its values, never on an absolute
-/// size: an image scaled by 1e-21 is normalised like the image itself.
+/// size: an image scaled by 1e-300 is normalised like the image itself.
 /// `training/data.py` (`percentile_affine`) states the same rule.
 pub fn affine_from_range(lo: f64, hi: f64) -> Affine {
     let range = hi - lo;
@@ -490,8 +493,7 @@ pub fn affine_from_range(lo: f64, hi: f64) -> Affine {
         let scale = 0.5 / (0.5 * hi - 0.5 * lo);
         return Affine::new(scale, -lo * scale);
     }
-    let limit = f64::from(f32::MAX);
-    let mappable = range > 0.0 && (1.0 / range) <= limit && (lo / range).abs() <= limit;
+    let mappable = range > 0.0 && (1.0 / range).is_finite() && (lo / range).is_finite();
     let range = if mappable { range } else { 1.0 };
     Affine::new(1.0 / range, -lo / range)
 }
@@ -601,6 +603,29 @@ mod tests {
             [5.0; 4].into_iter(),
         );
         assert_eq!(flat.apply(5.0), 0.0);
+    }
+
+    #[test]
+    fn ranges_beyond_f32_are_mapped_in_f64_and_only_empty_or_f64_overflowing_ones_are_flat() {
+        let tiny = affine_from_range(1e-44, 3e-44);
+        assert!(!tiny.scale.is_finite());
+        assert_eq!(tiny.apply_f64(1e-44), 0.0);
+        assert_eq!(tiny.apply_f64(3e-44), 1.0);
+        assert_eq!(1e-44f64.normalized(tiny), 0.0);
+        // Denormal f32 pixels too: 2^-141 is half of a range of 2^-140.
+        let denormal = affine_from_range(0.0, 2f64.powi(-140));
+        assert_eq!((2f32.powi(-141)).normalized(denormal), 0.5);
+        let offset = affine_from_range(1.0, 1.0 + 1e-15);
+        assert_eq!(offset.apply_f64(1.0 + 1e-15), 1.0);
+        for (lo, hi) in [(3.0, 3.0), (0.0, 5e-324), (1.0, 1.0 + 2.0 * f64::EPSILON)] {
+            let a = affine_from_range(lo, hi);
+            let want = if hi > lo && (1.0 / (hi - lo)).is_finite() {
+                Affine::new(1.0 / (hi - lo), -lo / (hi - lo))
+            } else {
+                Affine::new(1.0, -lo)
+            };
+            assert_eq!(a, want, "{lo} {hi}");
+        }
     }
 
     #[test]

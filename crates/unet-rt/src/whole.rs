@@ -10,6 +10,7 @@ use crate::info::ModelInfo;
 use crate::memory;
 use crate::model::Model;
 use crate::normalize;
+use crate::pixel::Pixel;
 
 /// The mirror padding `(before, after)` that makes an axis of `size` pixels a
 /// valid network input covering the whole axis: the halo before (rounded up
@@ -153,7 +154,7 @@ pub fn forward_whole(model: &Model, image: ArrayViewD<'_, f32>) -> Result<ArrayD
         );
     memory::check_fits(need, "image", "the whole image in one forward pass")?;
     let affine = normalize::resolve_view(&info.normalization, &image);
-    let normalized = image.mapv(|v| affine.apply(v));
+    let normalized = image.mapv(|v| v.normalized(affine));
     let padded = pad_reflect(&normalized.view(), &pads)?.insert_axis(Axis(0));
     let output = model
         .forward_array(padded.view())?

@@ -26,6 +26,8 @@ pub(crate) struct Gatherer<'a, T: Pixel> {
     check_finite: bool,
     /// Threads that gather one tile (rows split between them).
     workers: usize,
+    /// Whether pixels are normalised in `f64` (see [`Widened`]).
+    widened: bool,
 }
 
 impl<'a, T: Pixel> Gatherer<'a, T> {
@@ -53,6 +55,7 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
             image,
             check_finite: true,
             workers: 1,
+            widened: T::RAW.is_some_and(|raw| !raw.keeps_finite(affine)),
         }
     }
 
@@ -82,7 +85,11 @@ impl<'a, T: Pixel> Gatherer<'a, T> {
     /// not hold (a window without enough context; checked beforehand by
     /// [`crate::Window::check_context`], so this is a second line).
     pub(crate) fn gather(&self, tile: &Tile, dst: &mut [MaybeUninit<f32>]) -> Result<()> {
-        self.gather_with(tile, dst, Normalized(self.affine))
+        if self.widened {
+            self.gather_with(tile, dst, Widened(self.affine))
+        } else {
+            self.gather_with(tile, dst, Normalized(self.affine))
+        }
     }
 
     /// Fills `dst` as [`Self::gather`] does, with the pixels as they are
@@ -334,6 +341,27 @@ impl<T: Pixel> Store<T> for Normalized {
     #[inline]
     fn store(self, x: T) -> f32 {
         x.normalized(self.0)
+    }
+    #[inline]
+    fn finite(_: T, out: f32) -> bool {
+        out.is_finite()
+    }
+}
+
+/// Network input made on the host in `f64`, for 8- and 16-bit pixels whose
+/// map sends the type's extremes beyond `f32` (a caller's `input_range` of
+/// 1e-34 on `u16`): in `f32` they became infinite and the image was refused
+/// as holding NaN or infinite values; here they saturate, as `f64` pixels do
+/// (see [`Affine::apply_f64`]). Chosen per image, so that the common map
+/// keeps its branch-free `f32` loop.
+#[derive(Clone, Copy)]
+struct Widened(Affine);
+
+impl<T: Pixel> Store<T> for Widened {
+    type Out = f32;
+    #[inline]
+    fn store(self, x: T) -> f32 {
+        self.0.apply_f64(x.to_f64())
     }
     #[inline]
     fn finite(_: T, out: f32) -> bool {
@@ -617,5 +645,28 @@ mod tests {
             .gather_floats(&tile, &mut buf)
             .unwrap();
         assert!(buf.iter().all(|v| v.is_finite()));
+
+        // A range too narrow for f32's map: f64 pixels near 1e-44 map to
+        // [0, 1]; u16 pixels under a steep map saturate (they were refused
+        // as NaN or infinite).
+        let tiny = Array3::<f64>::from_shape_fn((1, 6, 6), |(_, y, x)| (y * 6 + x) as f64 * 1e-44);
+        Gatherer::new(
+            tiny.view().into_dyn(),
+            crate::normalize::affine_from_range(0.0, 35e-44),
+        )
+        .gather_floats(&tile, &mut buf)
+        .unwrap();
+        assert!(
+            buf.iter().all(|v| (0.0..=1.0).contains(v)) && buf.contains(&1.0),
+            "{buf:?}"
+        );
+        let steep = Array3::<u16>::from_shape_fn((1, 6, 6), |(_, y, x)| (y * 6 + x) as u16 * 1000);
+        Gatherer::new(
+            steep.view().into_dyn(),
+            crate::normalize::affine_from_range(0.0, 1e-34),
+        )
+        .gather_floats(&tile, &mut buf)
+        .unwrap();
+        assert!(buf.contains(&0.0) && buf.contains(&f32::MAX), "{buf:?}");
     }
 }

@@ -437,10 +437,9 @@ impl Segmenter {
         };
         let mut labels = memory::try_zeros::<u16>(out.shape(), "the labels behind its instances")?;
         labeller.segment_into(input, labels.view_mut())?;
-        if self.cancelled() {
-            return Err(Error::Cancelled);
-        }
-        let (ids, _) = self.read_out()?.apply(labels.view())?;
+        let (ids, _) = self
+            .read_out()?
+            .apply_cancellable(labels.view(), self.options.cancel.as_deref())?;
         out.zip_mut_with(&ids, |o, &id| *o = U::from_id(id));
         Ok(())
     }

@@ -16,6 +16,9 @@
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
+use std::sync::atomic::AtomicBool;
+
+use super::Stop;
 use crate::error::{Error, Result};
 use crate::geometry::advance_index;
 
@@ -56,8 +59,25 @@ nonzero_foreground!(u8, u16, u32, i32, i64);
 pub fn connected_components<M: Foreground>(
     mask: ArrayViewD<'_, M>,
 ) -> Result<(ArrayD<u32>, usize)> {
+    connected_components_cancellable(mask, None)
+}
+
+/// [`connected_components`], returning [`Error::Cancelled`] within
+/// milliseconds once `cancel` is set.
+///
+/// # Errors
+/// As [`connected_components`], and [`Error::Cancelled`].
+pub fn connected_components_cancellable<M: Foreground>(
+    mask: ArrayViewD<'_, M>,
+    cancel: Option<&AtomicBool>,
+) -> Result<(ArrayD<u32>, usize)> {
     let shape = mask.shape().to_vec();
-    let (labels, count) = label_graph(&shape, mask.iter().map(|m| m.is_foreground()), |_, _| true)?;
+    let (labels, count) = label_graph(
+        &shape,
+        mask.iter().map(|m| m.is_foreground()),
+        |_, _| true,
+        Stop(cancel),
+    )?;
     let array =
         ArrayD::from_shape_vec(IxDyn(&shape), labels).map_err(|e| Error::InvalidArgument {
             argument: "mask",
@@ -72,11 +92,12 @@ pub fn connected_components<M: Foreground>(
 /// says so (flat C-order indices; `earlier` precedes `pixel`). Components
 /// are numbered as [`connected_components`] numbers them, in the raster
 /// order of their first pixel. Returns the labels in C order and their
-/// count.
+/// count, or [`Error::Cancelled`] once `stop` says so.
 pub(super) fn label_graph(
     shape: &[usize],
     members: impl Iterator<Item = bool>,
     mut joined: impl FnMut(usize, usize) -> bool,
+    stop: Stop<'_>,
 ) -> Result<(Vec<u32>, u32)> {
     let foreground = members;
     // Provisional labels in raster order; `parent` is a union-find forest over
@@ -96,6 +117,7 @@ pub(super) fn label_graph(
     let strides = c_strides(shape);
     let mut index = vec![0usize; shape.len()];
     for (flat, is_foreground) in foreground.enumerate() {
+        stop.check_at(flat)?;
         let mut label = 0u32;
         if is_foreground {
             // The one earlier face neighbour along each axis.

@@ -20,10 +20,13 @@
 //! assert_eq!(ids.into_raw_vec_and_offset().0, vec![1, 1, 1, 2, 2, 2, 1, 1, 1, 2, 2, 2, 1, 1, 1, 2, 2, 2]);
 //! ```
 
+use std::sync::atomic::AtomicBool;
+
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use serde::{Deserialize, Serialize};
 
 use super::components::{c_strides, label_graph, Foreground};
+use super::Stop;
 use crate::error::{Error, Result};
 use crate::memory;
 
@@ -228,12 +231,13 @@ impl ReadOut {
     }
 
     /// The kind of each pixel of `classes`, in C order.
-    fn kinds<L: ClassIndex>(&self, classes: &ArrayViewD<'_, L>) -> Result<Vec<u8>> {
+    fn kinds<L: ClassIndex>(&self, classes: &ArrayViewD<'_, L>, stop: Stop<'_>) -> Result<Vec<u8>> {
         // A table for small class values keeps the per-pixel lookup cheap.
         let table: Vec<u8> = (0..256u32).map(|c| self.kind(c)).collect();
         let mut kinds: Vec<u8> =
             memory::try_filled(classes.len(), "image", "the instance read-out")?;
-        for (k, c) in kinds.iter_mut().zip(classes.iter()) {
+        for (i, (k, c)) in kinds.iter_mut().zip(classes.iter()).enumerate() {
+            stop.check_at(i)?;
             let c = c.class();
             *k = table
                 .get(c as usize)
@@ -252,6 +256,20 @@ impl ReadOut {
     /// (`read_out`) for a read-out [`ReadOut::check`] refuses other than
     /// for its growth (a struct built by hand: a class both seed and grow).
     pub fn apply<L: ClassIndex>(&self, classes: ArrayViewD<'_, L>) -> Result<(ArrayD<u32>, usize)> {
+        self.apply_cancellable(classes, None)
+    }
+
+    /// [`ReadOut::apply`], returning [`Error::Cancelled`] within
+    /// milliseconds once `cancel` is set.
+    ///
+    /// # Errors
+    /// As [`ReadOut::apply`], and [`Error::Cancelled`].
+    pub fn apply_cancellable<L: ClassIndex>(
+        &self,
+        classes: ArrayViewD<'_, L>,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<(ArrayD<u32>, usize)> {
+        let stop = Stop(cancel);
         self.check_classes(1 << 16)
             .map_err(|message| Error::InvalidArgument {
                 argument: "read_out",
@@ -260,20 +278,24 @@ impl ReadOut {
         if self.is_components() {
             // The same objects in the same order (tested), without the
             // growth bookkeeping: twice as fast.
-            return super::connected_components(classes);
+            return super::connected_components_cancellable(classes, cancel);
         }
         let shape = classes.shape().to_vec();
-        let kinds = self.kinds(&classes)?;
+        let kinds = self.kinds(&classes, stop)?;
         let grid = Grid::new(&shape);
         let no_context = vec![(0, 0); shape.len()];
-        let (mut labels, count) = Self::graph(&Links::new(self, &grid, &kinds)?, &no_context)?;
+        let links = Links::new(self, &grid, &kinds, stop)?;
+        let (mut labels, count) = Self::graph(&links, &no_context, stop)?;
+        drop(links);
         drop(kinds);
         if self.min_size > 1 {
+            stop.check()?;
             remove_small(&mut labels, count, self.min_size)?;
         }
         if self.fill_holes {
-            fill_holes(&grid, &mut labels)?;
+            fill_holes(&grid, &mut labels, stop)?;
         }
+        stop.check()?;
         let count = renumber(&mut labels, count)?;
         let array = ArrayD::from_shape_vec(IxDyn(&shape), labels)
             .map_err(|e| Error::Internal(e.to_string()))?;
@@ -295,6 +317,21 @@ impl ReadOut {
         classes: ArrayViewD<'_, L>,
         context: &[(usize, usize)],
     ) -> Result<BlockObjects> {
+        self.block_objects_cancellable(classes, context, None)
+    }
+
+    /// [`ReadOut::block_objects`], returning [`Error::Cancelled`] within
+    /// milliseconds once `cancel` is set.
+    ///
+    /// # Errors
+    /// As [`ReadOut::block_objects`], and [`Error::Cancelled`].
+    pub fn block_objects_cancellable<L: ClassIndex>(
+        &self,
+        classes: ArrayViewD<'_, L>,
+        context: &[(usize, usize)],
+        cancel: Option<&AtomicBool>,
+    ) -> Result<BlockObjects> {
+        let stop = Stop(cancel);
         let shape = classes.shape().to_vec();
         if context.len() != shape.len()
             || context
@@ -307,11 +344,12 @@ impl ReadOut {
                 message: format!("{context:?} does not fit in a block of shape {shape:?}"),
             });
         }
-        let kinds = self.kinds(&classes)?;
+        let kinds = self.kinds(&classes, stop)?;
         let grid = Grid::new(&shape);
         // One growth for the block's objects and its faces.
-        let links = Links::new(self, &grid, &kinds)?;
-        let (labels, count) = Self::graph(&links, context)?;
+        let links = Links::new(self, &grid, &kinds, stop)?;
+        let (labels, count) = Self::graph(&links, context, stop)?;
+        stop.check()?;
         let core: Vec<usize> = shape
             .iter()
             .zip(context)
@@ -361,7 +399,11 @@ impl ReadOut {
 
     /// The components of the read-out's graph on the pixels of `grid`
     /// within `context` (steps 1-3), in C order over the block.
-    fn graph(links: &Links<'_>, context: &[(usize, usize)]) -> Result<(Vec<u32>, u32)> {
+    fn graph(
+        links: &Links<'_>,
+        context: &[(usize, usize)],
+        stop: Stop<'_>,
+    ) -> Result<(Vec<u32>, u32)> {
         let (grid, kinds) = (links.grid, links.kinds);
         let core: Vec<usize> = grid
             .shape
@@ -388,6 +430,7 @@ impl ReadOut {
             &core,
             (0..count).map(|i| kinds[outer(i)] != NONE),
             |i, j| links.joined(outer(i), outer(j)),
+            stop,
         )
     }
 }
@@ -401,7 +444,7 @@ struct Links<'a> {
 }
 
 impl<'a> Links<'a> {
-    fn new(read_out: &ReadOut, grid: &'a Grid, kinds: &'a [u8]) -> Result<Self> {
+    fn new(read_out: &ReadOut, grid: &'a Grid, kinds: &'a [u8], stop: Stop<'_>) -> Result<Self> {
         let mut distance: Vec<u32> =
             memory::try_filled(kinds.len(), "image", "the growth distances")?;
         let mut frontier: Vec<usize> = Vec::new();
@@ -413,8 +456,10 @@ impl<'a> Links<'a> {
         }
         if !read_out.grow_classes.is_empty() {
             for step in 1..=read_out.grow {
+                stop.check()?;
                 let mut next = Vec::new();
-                for &i in &frontier {
+                for (n, &i) in frontier.iter().enumerate() {
+                    stop.check_at(n)?;
                     grid.neighbours(i, |j| {
                         if kinds[j] == GROW && distance[j] == FAR {
                             distance[j] = step;
@@ -524,9 +569,9 @@ fn remove_small(labels: &mut [u32], count: u32, min_size: u64) -> Result<()> {
 
 /// Joins every background region that does not touch the array's faces and
 /// borders exactly one object to that object.
-fn fill_holes(grid: &Grid, labels: &mut [u32]) -> Result<()> {
+fn fill_holes(grid: &Grid, labels: &mut [u32], stop: Stop<'_>) -> Result<()> {
     let shape = &grid.shape;
-    let (regions, count) = label_graph(shape, labels.iter().map(|&l| l == 0), |_, _| true)?;
+    let (regions, count) = label_graph(shape, labels.iter().map(|&l| l == 0), |_, _| true, stop)?;
     if count == 0 {
         return Ok(());
     }
@@ -535,6 +580,7 @@ fn fill_holes(grid: &Grid, labels: &mut [u32]) -> Result<()> {
     // does, OPEN when it touches the array's faces or several objects.
     let mut owner: Vec<u32> = memory::try_filled(count as usize + 1, "image", "the hole search")?;
     for (i, &r) in regions.iter().enumerate() {
+        stop.check_at(i)?;
         if r == 0 || owner[r as usize] == OPEN {
             continue;
         }

@@ -515,3 +515,47 @@ fn a_read_out_that_does_not_parse_names_its_field() {
         ReadOut::from_json(r#"{"seed_classes": [1], "grow_classes": [2], "grow": 5}"#).unwrap();
     assert_eq!(read_out.grow, 5);
 }
+
+#[test]
+fn a_set_cancel_flag_stops_every_labelling_and_a_clear_one_changes_nothing() {
+    use std::sync::atomic::AtomicBool;
+    let classes = random_classes(&[40, 70], 3, 3);
+    let view = classes.view();
+    let holes = ReadOut {
+        min_size: 2,
+        fill_holes: true,
+        ..boundary_read_out(3)
+    };
+    let set = AtomicBool::new(true);
+    let clear = AtomicBool::new(false);
+    for read_out in [&holes, &ReadOut::default()] {
+        assert!(matches!(
+            read_out.apply_cancellable(view.clone(), Some(&set)),
+            Err(Error::Cancelled)
+        ));
+        assert_eq!(
+            read_out.apply_cancellable(view.clone(), Some(&clear)).unwrap(),
+            read_out.apply(view.clone()).unwrap()
+        );
+        assert!(matches!(
+            read_out.block_objects_cancellable(view.clone(), &[(0, 0), (0, 0)], Some(&set)),
+            Err(Error::Cancelled)
+        ));
+    }
+    assert!(matches!(
+        crate::instances::connected_components_cancellable(view.clone(), Some(&set)),
+        Err(Error::Cancelled)
+    ));
+    // Stopped within the labelling, not only between its steps: the flag set
+    // by the growth of a read-out whose kinds step has passed.
+    let late = AtomicBool::new(false);
+    let stop = Stop(Some(&late));
+    let kinds = holes.kinds(&view, stop).unwrap();
+    let grid = Grid::new(view.shape());
+    let links = Links::new(&holes, &grid, &kinds, stop).unwrap();
+    late.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(matches!(
+        ReadOut::graph(&links, &[(0, 0), (0, 0)], stop),
+        Err(Error::Cancelled)
+    ));
+}
