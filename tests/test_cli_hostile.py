@@ -116,6 +116,18 @@ def test_hostile_npy_is_refused(cli, tmp_path, name):
     if name.startswith("huge_shape"):
         # Says what the file declares and what it holds.
         assert "320000000000" in stderr and "declares" in stderr, stderr
+    if name == "scalar":
+        # It was told to name its axes.
+        assert "a single value (shape []), not an image" in stderr and "--axes" not in stderr, stderr
+    if name == "complex":
+        # float16 was listed among the types not read, which it is.
+        assert "float16/32/64" in stderr and "complex" in stderr and "float16," not in stderr, stderr
+
+
+def test_a_one_axis_npy_is_refused_as_not_an_image(cli, tmp_path):
+    path = tmp_path / "line.npy"
+    np.save(path, np.arange(64, dtype=np.uint8))
+    assert "one axis (shape [64]), not an image" in refused_alone(cli, path, tmp_path)
 
 
 def test_truncated_npy_is_refused(cli, tmp_path):
@@ -600,6 +612,51 @@ def test_half_float_tiffs_are_refused_with_advice_for_them(cli, tmp_path):
     tifffile.imwrite(path, np.ones((40, 44), np.float16))
     stderr = refused_alone(cli, path, tmp_path)
     assert "16-bit floats are not read from TIFF: save it as float32" in stderr and "packed" not in stderr, stderr
+
+
+def test_tiff_colour_layouts_the_reader_does_not_decode_are_refused_with_advice(cli, tmp_path):
+    # They were refused in the decoder's words: "The Decoder does not support the image format
+    # `BlackIsZero with [8, 8] bits per sample is unsupported`".
+    image = (np.random.default_rng(0).random((40, 44)) * 255).astype(np.uint8)
+    grey_alpha = tmp_path / "grey_alpha.tif"
+    tifffile.imwrite(grey_alpha, np.stack([image, image], -1), photometric="minisblack", extrasamples=["unassalpha"])
+    stderr = refused_alone(cli, grey_alpha, tmp_path)
+    assert "2 samples of 8 bits per pixel (grey and 1 extra" in stderr and "moveaxis" in stderr, stderr
+    palette = tmp_path / "palette.tif"
+    tifffile.imwrite(palette, image, photometric="palette", colormap=np.tile(np.arange(256, dtype=np.uint16) * 257, (3, 1)))
+    stderr = refused_alone(cli, palette, tmp_path)
+    assert "palette (indexed-colour) image" in stderr and "convert" in stderr, stderr
+    for text in (grey_alpha, palette):
+        assert "Decoder" not in refused_alone(cli, text, tmp_path)
+
+
+@pytest.mark.parametrize("keep", [4, 7, 12])
+def test_a_tiff_cut_inside_its_header_says_so(cli, tmp_path, keep):
+    # It said "failed to fill whole buffer".
+    whole = tmp_path / "whole.tif"
+    tifffile.imwrite(whole, np.ones((40, 44), np.uint8))
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.read_bytes()[:keep])
+    stderr = refused_alone(cli, cut, tmp_path)
+    assert f"it ends ({keep} bytes) before its header and first directory do (truncated?)" in stderr, stderr
+
+
+def test_time_points_and_slices_of_a_tifffile_stack_are_pages_for_a_2d_model(cli, tmp_path):
+    # tifffile's TZYX was refused quoting "bzyx", letters the user never typed; the same stack
+    # as an ImageJ hyperstack was read as its 10 planes. Both read alike now, in the file's order.
+    stack = (np.random.default_rng(0).random((2, 5, 48, 52)) * 255).astype(np.uint8)
+    out = tmp_path / "out"
+    tifffile.imwrite(tmp_path / "tz.tif", stack, metadata={"axes": "TZYX"})
+    tifffile.imwrite(tmp_path / "zt.tif", stack, metadata={"axes": "ZTYX"})
+    tifffile.imwrite(tmp_path / "imagej.tif", stack, imagej=True, metadata={"axes": "TZYX"})
+    tifffile.imwrite(tmp_path / "planes.tif", stack.reshape(10, 48, 52))
+    proc = segment(cli, *(tmp_path / f"{n}.tif" for n in ("tz", "zt", "imagej", "planes")), out=out,
+                   extra=["--format", "npy"])
+    assert proc.returncode == 0, proc.stderr
+    want = np.load(out / "planes.npy")
+    assert want.shape == (10, 48, 52) and len(np.unique(want)) > 1
+    for name in ("tz", "zt", "imagej"):
+        np.testing.assert_array_equal(np.load(out / f"{name}.npy"), want, err_msg=name)
 
 
 def test_a_full_stdout_fails_the_command(cli, tmp_path):

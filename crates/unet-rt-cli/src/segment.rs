@@ -421,6 +421,7 @@ fn segment_file(
 ) -> FileResult<(Vec<usize>, Option<usize>)> {
     let info = ctx.model.info();
     let image = read_image(input)
+        .and_then(|image| image.into_pages_for(info.spatial_dims, ctx.args.axes.as_deref()))
         .map_err(|m| (FileError::new(input, m), None))?
         .into_volume_for(info.spatial_dims, ctx.args.axes.as_deref());
     let shape = image.pixels.shape().to_vec();

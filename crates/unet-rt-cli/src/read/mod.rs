@@ -85,6 +85,29 @@ impl Pixels {
         }
     }
 
+    /// The same pixels with the first two axes as one (C order: the second
+    /// runs fastest), without a copy.
+    fn with_first_axes_merged(self) -> Result<Self, String> {
+        fn merged<T>(a: ArrayD<T>) -> Result<ArrayD<T>, String> {
+            let shape = a.shape().to_vec();
+            let mut new = shape.get(1..).unwrap_or_default().to_vec();
+            let (Some(first), Some(&outer)) = (new.first_mut(), shape.first()) else {
+                return Err(format!("shape {shape:?} has no two axes to merge"));
+            };
+            *first *= outer;
+            a.into_shape_with_order(new)
+                .map_err(|e| format!("cannot merge the first two axes of shape {shape:?}: {e}"))
+        }
+        Ok(match self {
+            Self::U8(a) => Self::U8(merged(a)?),
+            Self::U16(a) => Self::U16(merged(a)?),
+            Self::I16(a) => Self::I16(merged(a)?),
+            Self::F16(a) => Self::F16(merged(a)?),
+            Self::F32(a) => Self::F32(merged(a)?),
+            Self::F64(a) => Self::F64(merged(a)?),
+        })
+    }
+
     /// The stored type, for messages.
     pub(crate) fn type_name(&self) -> &'static str {
         match self {
@@ -113,6 +136,30 @@ pub(crate) struct Image {
 }
 
 impl Image {
+    /// For a 2-D model, the time points and slices of a stack whose
+    /// description names both, next to each other (tifffile's `TZYX`, read
+    /// as `bzyx`), as one axis of pages, in the file's order: as an ImageJ
+    /// hyperstack's are read. They were refused quoting `"bzyx"`, letters the
+    /// user never typed. Unchanged otherwise, and where `--axes` (`given`)
+    /// names the axes.
+    pub(crate) fn into_pages_for(
+        self,
+        spatial_dims: usize,
+        given: Option<&str>,
+    ) -> Result<Self, String> {
+        let both = |axes: &str| axes.starts_with("bz") || axes.starts_with("zb");
+        if spatial_dims != 2 || given.is_some() || !self.axes.as_deref().is_some_and(both) {
+            return Ok(self);
+        }
+        Ok(Self {
+            pixels: self.pixels.with_first_axes_merged()?,
+            axes: self
+                .axes
+                .map(|axes| format!("z{}", axes.get(2..).unwrap_or_default())),
+            pages_named: self.pages_named,
+        })
+    }
+
     /// A single plane (a one-page file, `yx` or `yxc`; or any image whose
     /// `--axes`, `given`, name one more axis than it has, starting with
     /// `z`) as a volume of one plane, for a 3-D model: it refused the plane
@@ -196,9 +243,21 @@ fn open(path: &Path) -> Result<(File, u64), String> {
     Ok((file, meta.len()))
 }
 
-/// Refuses an image with no pixels: nothing to segment, and a zero-length
+/// Refuses an image with no pixels or fewer than two axes: nothing to
+/// segment (a 0-d array was told to name its axes), and a zero-length
 /// axis has no middle plane for the overlay.
 fn refuse_empty(shape: &[usize]) -> Result<(), String> {
+    if shape.len() < 2 {
+        // A 0-d array was told to name its axes.
+        let what = if shape.is_empty() {
+            "a single value"
+        } else {
+            "one axis"
+        };
+        return Err(format!(
+            "the file holds {what} (shape {shape:?}), not an image: an image has at least two axes (y, x)"
+        ));
+    }
     if shape.contains(&0) {
         return Err(format!("the image is empty (shape {shape:?})"));
     }

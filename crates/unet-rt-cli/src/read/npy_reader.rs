@@ -47,8 +47,8 @@ pub(super) fn read_npy(file: File, file_len: u64, memory: Memory) -> Result<Imag
         .and_then(Element::parse)
         .ok_or_else(|| {
             format!(
-            "unsupported .npy element type {}: expected bool, (u)int8/16/32/64, float32 or float64 \
-             (structured, complex, float16, string and object arrays are not images)",
+            "unsupported .npy element type {}: expected bool, (u)int8/16/32/64 or float16/32/64 \
+             (structured, complex, string and object arrays are not images)",
             header.descr_text
         )
         })?;

@@ -82,7 +82,18 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
     file.seek(SeekFrom::Start(0))
         .map_err(|e| format!("cannot read it: {e}"))?;
     let mut decoder = Decoder::new(BufReader::new(file))
-        .map_err(|e| format!("not a readable TIFF file: {e}"))?
+        .map_err(|e| match e {
+            // A header or first directory cut short said "failed to fill
+            // whole buffer".
+            tiff::TiffError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                format!(
+                    "not a readable TIFF file: it ends ({}) before its header and first directory do \
+                     (truncated?)",
+                    show_bytes(file_len)
+                )
+            }
+            e => format!("not a readable TIFF file: {e}"),
+        })?
         .with_limits(limits(file_len, memory));
     let description = description(&mut decoder);
     let described = description
@@ -395,7 +406,10 @@ fn check_page(
     let number = index + 1;
     let tiff_err = |e: tiff::TiffError| format!("cannot read TIFF page {number}: {e}");
     let (width, height) = decoder.dimensions().map_err(tiff_err)?;
-    let (samples, bits) = samples_and_bits(decoder.colortype().map_err(tiff_err)?)?;
+    let colour = decoder
+        .colortype()
+        .map_err(|e| colour_refusal(e, number).unwrap_or_else(|e| tiff_err(e)))?;
+    let (samples, bits) = samples_and_bits(colour)?;
     let format = decoder
         .find_tag_unsigned_vec::<u16>(Tag::SampleFormat)
         .map_err(tiff_err)?;
@@ -571,6 +585,44 @@ fn samples_and_bits(color: ColorType) -> Result<(u16, u8), String> {
             "unsupported TIFF colour type {other:?}: expected grayscale, RGB or RGBA"
         )),
     }
+}
+
+/// The refusal of a page whose colour layout the decoder does not decode,
+/// with advice for it (it said "The Decoder does not support the image
+/// format `BlackIsZero with [8, 8] bits per sample is unsupported`"); the
+/// error itself for other errors.
+fn colour_refusal(error: tiff::TiffError, number: usize) -> Result<String, tiff::TiffError> {
+    use tiff::tags::PhotometricInterpretation as Photometric;
+    let tiff::TiffError::UnsupportedError(tiff::TiffUnsupportedError::InterpretationWithBits(
+        photometric,
+        ref bits,
+    )) = error
+    else {
+        return Err(error);
+    };
+    let samples = bits.len();
+    let depth = bits.first().copied().unwrap_or(0);
+    let as_pages = "save its channels as pages (tifffile.imwrite(path, numpy.moveaxis(image, -1, 0))) or as NPY";
+    Ok(match photometric {
+        Photometric::RGBPalette => format!(
+            "page {number} is a palette (indexed-colour) image, which is not read: convert it to grayscale \
+             or RGB (PIL: Image.open(path).convert('L').save(path))"
+        ),
+        Photometric::BlackIsZero | Photometric::WhiteIsZero if samples > 1 => format!(
+            "page {number} holds {samples} samples of {depth} bits per pixel (grey and {} extra: alpha or \
+             more channels), which the TIFF reader does not decode: {as_pages}",
+            samples - 1
+        ),
+        Photometric::RGB if samples > 4 => format!(
+            "page {number} holds {samples} samples of {depth} bits per pixel (RGB and {} extra), which the \
+             TIFF reader does not decode: {as_pages}",
+            samples - 3
+        ),
+        other => format!(
+            "page {number} is {other:?} with {samples} sample(s) of {depth} bits per pixel, which is not \
+             read: save it as grayscale or RGB, or as NPY"
+        ),
+    })
 }
 
 /// The sample type for a `SampleFormat` value (1 unsigned, 2 signed, 3 IEEE

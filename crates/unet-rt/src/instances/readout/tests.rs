@@ -534,7 +534,9 @@ fn a_set_cancel_flag_stops_every_labelling_and_a_clear_one_changes_nothing() {
             Err(Error::Cancelled)
         ));
         assert_eq!(
-            read_out.apply_cancellable(view.clone(), Some(&clear)).unwrap(),
+            read_out
+                .apply_cancellable(view.clone(), Some(&clear))
+                .unwrap(),
             read_out.apply(view.clone()).unwrap()
         );
         assert!(matches!(
