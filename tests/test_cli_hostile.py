@@ -723,6 +723,82 @@ def test_a_folder_that_is_not_a_zarr_store_is_never_replaced(cli, tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+def test_a_zarr_store_unet_rt_did_not_write_is_never_replaced(cli, tmp_path):
+    # A store of the user's of a result's name (their raw data) was deleted, chunks and all,
+    # as a previous result; and --skip-existing took any store for this run's result.
+    image = good_image(tmp_path / "a.npy")
+    out = tmp_path / "out"
+    (out / "a.zarr" / "raw").mkdir(parents=True)
+    (out / "a.zarr" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+    (out / "a.zarr" / "raw" / "c").write_bytes(b"chunk")
+    proc = segment(cli, image, out=out, extra=["--format", "zarr", "--json"])
+    assert_refused(proc, "a.zarr is a zarr store unet-rt did not write: it is not replaced")
+    assert json.loads(proc.stdout)["shape"] is None  # refused before the image was read
+    assert (out / "a.zarr" / "raw" / "c").read_bytes() == b"chunk"
+    # Its own results are replaced, and skipped only when they hold this run's kind and levels.
+    mine = tmp_path / "mine"
+    assert segment(cli, image, out=mine, extra=["--format", "zarr"]).returncode == 0
+    status = lambda *extra: json.loads(segment(cli, image, out=mine, extra=["--format", "zarr", "--skip-existing",
+                                                                            "--json", *extra]).stdout)["status"]
+    assert status() == "skipped"
+    assert status("-k", "instances") == "ok" and (mine / "a.zarr" / "labels" / "instances").is_dir()
+    assert status("-k", "instances") == "skipped"
+    assert status("-k", "instances", "--levels", "2") == "ok"
+    assert status("-k", "instances", "--levels", "2") == "skipped"
+
+
+def test_a_result_name_taken_by_a_folder_or_a_protected_file_is_refused_before_segmenting(cli, tmp_path):
+    # Both were found after the image was segmented; the protected file was replaced (a rename
+    # ignores its mode).
+    image = good_image(tmp_path / "a.npy")
+    folder, protected = tmp_path / "folder", tmp_path / "protected"
+    (folder / "a.tif").mkdir(parents=True)
+    protected.mkdir()
+    (protected / "a.tif").write_bytes(b"precious")
+    (protected / "a.tif").chmod(0o444)
+    for out, says in ((folder, "a.tif is a folder: it is not replaced"), (protected, "a.tif is write-protected")):
+        proc = segment(cli, image, out=out, extra=["--json"])
+        assert_refused(proc, says)
+        assert json.loads(proc.stdout)["shape"] is None  # before the image was read
+    assert (protected / "a.tif").read_bytes() == b"precious"
+
+
+def test_an_input_reached_through_a_link_is_never_replaced_by_its_result(cli, tmp_path):
+    # data/a.npy leads to raw/a.npy; results into raw/ replaced the image with its labels.
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "data").mkdir()
+    image = good_image(tmp_path / "raw" / "a.npy")
+    original = image.read_bytes()
+    (tmp_path / "data" / "a.npy").symlink_to(image)
+    proc = segment(cli, tmp_path / "data" / "a.npy", out=tmp_path / "raw", extra=["--format", "npy"])
+    assert_refused(proc, "would replace the input itself")
+    assert image.read_bytes() == original
+
+
+def test_a_file_size_limit_fails_one_result_not_the_batch(cli, tmp_path):
+    # SIGXFSZ killed the command mid-batch: no message, status 153, the rest never read and the
+    # temporary left behind.
+    small, large = tmp_path / "a.npy", tmp_path / "b.npy"
+    good_image(small)
+    np.save(large, np.zeros((400, 400), np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run(f"ulimit -f 100; exec '{cli}' segment '{large}' '{small}' -o '{out}' --device cpu",
+                          shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=TIMEOUT)
+    assert_refused(proc, "b.npy", "File too large")
+    assert sorted(p.name for p in out.iterdir()) == ["a.tif"]
+
+
+def test_a_stack_for_png_is_refused_before_it_is_segmented(cli, tmp_path):
+    # It was segmented, then refused, and its overlay was left behind.
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.zeros((5, 64, 64), np.uint8))
+    out = tmp_path / "out"
+    proc = segment(cli, stack, out=out, extra=["--format", "png", "--overlay", "--json"])
+    assert_refused(proc, "PNG holds one 2-D image, the result has shape [5, 64, 64]")
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_imagej_hyperstacks_keep_their_channels_apart(cli, tmp_path):
     # The channels of each plane are consecutive pages: read as a stack
     # they were segmented as planes of their own (six "planes" here).

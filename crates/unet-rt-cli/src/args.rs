@@ -39,7 +39,10 @@ so tifffile and this tool read it back in that shape.
 and a name per class), which napari and other NGFF readers open as labels;
 --levels N adds resolution levels (every 2^k-th pixel; at most as many as end at one
 pixel).
-Each file is written to a hidden temporary file and renamed when complete.
+Each file is written to a hidden temporary file and renamed when complete. A file
+of a result's name is replaced (another run's result, or any file: keep results in
+a folder of their own), except an input, a write-protected file, a folder, and a
+.zarr store this tool did not write (its top zarr.json marks it \"unet_rt\").
 
 With --json, each input gives one line on stdout:
   {\"input\", \"output\", \"shape\", \"seconds\", \"status\": ok|skipped|failed|cancelled, \"error\"}
@@ -233,8 +236,9 @@ pub(crate) struct SegmentArgs {
     pub overlay: bool,
     /// Skip inputs whose result file (and overlay, with --overlay) already exists
     /// and holds this run's output kind (by its element type: labels, instance
-    /// ids or float output); resumes an interrupted folder. The files are
-    /// otherwise taken as they are (another model's labels count as done).
+    /// ids or float output; for zarr, the kind and --levels its store records);
+    /// resumes an interrupted folder. The files are otherwise taken as they are
+    /// (another model's labels count as done).
     #[arg(long)]
     pub skip_existing: bool,
     /// One JSON summary line per input on stdout, instead of text.

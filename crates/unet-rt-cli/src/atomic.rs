@@ -3,7 +3,7 @@
 //! its final name is always whole, whatever interrupts the run.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -117,6 +117,7 @@ fn through_temporary(
             if interrupt::requested() {
                 return Err("interrupted".to_owned());
             }
+            check_replaceable(path, folder)?;
             if folder {
                 replace_folder(&tmp, path)
             } else {
@@ -300,14 +301,7 @@ fn replace_folder(tmp: &Path, path: &Path) -> Result<(), String> {
     if !path.is_dir() {
         return std::fs::rename(tmp, path).map_err(|e| e.to_string());
     }
-    // Only a store is a previous result: any other folder of that name is
-    // the user's, and it would be deleted.
-    if !is_zarr_store(path) {
-        return Err(format!(
-            "{} is a folder that is not a zarr store: it is not replaced; move it away",
-            path.display()
-        ));
-    }
+    // `through_temporary` checked that the folder is a previous result.
     // One step where the file system can: the name never stands empty
     // (in two, a process killed between them left only `.x.zarr.<pid>.old`).
     if exchange(tmp, path).is_ok() {
@@ -351,8 +345,83 @@ fn exchange(a: &Path, b: &Path) -> io::Result<()> {
     }
 }
 
+/// The attribute of a `.zarr` result's top group that says this tool wrote
+/// it, with its output kind and levels.
+pub(crate) const STORE_MARK: &str = "unet_rt";
+
+/// What a `.zarr` result of this tool records of itself.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct StoreMark {
+    /// `labels` or `instances`.
+    pub output: String,
+    /// Resolution levels.
+    pub levels: u64,
+}
+
+/// The mark of the `.zarr` result at `path` ([`STORE_MARK`] in its top
+/// `zarr.json`); `None` for any other folder or store: a store of the
+/// user's of that name (their raw data, say) was deleted as a previous
+/// result, and `--skip-existing` took any store for this run's result.
+pub(crate) fn result_store(path: &Path) -> Option<StoreMark> {
+    // Ours is a few kilobytes; a large file is someone else's.
+    let mut text = String::new();
+    File::open(path.join("zarr.json"))
+        .ok()?
+        .take(1 << 20)
+        .read_to_string(&mut text)
+        .ok()?;
+    let meta: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let mark = meta.get("attributes")?.get(STORE_MARK)?;
+    Some(StoreMark {
+        output: mark.get("output")?.as_str()?.to_owned(),
+        levels: mark.get("levels")?.as_u64()?,
+    })
+}
+
+/// Checks that the result `path` (a file, or a `.zarr` folder when
+/// `folder`) may be written: nothing there, or a previous result of its
+/// kind that is not write-protected. Called before an input is segmented
+/// (these were found after it, the work lost) and again before the rename.
+pub(crate) fn check_replaceable(path: &Path, folder: bool) -> Result<(), String> {
+    let Ok(meta) = path.symlink_metadata() else {
+        return Ok(());
+    };
+    let shown = path.display();
+    if meta.is_dir() && !folder {
+        return Err(format!(
+            "{shown} is a folder: it is not replaced; move it away"
+        ));
+    }
+    if folder && meta.is_dir() && result_store(path).is_none() {
+        return Err(if is_zarr_store(path) {
+            format!(
+                "{shown} is a zarr store unet-rt did not write: it is not replaced; move it away or choose \
+                 another --output folder"
+            )
+        } else {
+            format!(
+                "{shown} is a folder that is not a zarr store: it is not replaced; move it away"
+            )
+        });
+    }
+    if folder && !meta.is_dir() {
+        return Err(format!(
+            "{shown} is a file, not a previous .zarr result: it is not replaced; move it away"
+        ));
+    }
+    // A link of the result's name is replaced itself (its target is left
+    // alone): only a file's own protection counts.
+    if meta.is_file() && meta.permissions().readonly() {
+        return Err(format!(
+            "{shown} is write-protected: it is not replaced; make it writable (chmod u+w) or choose another \
+             --output folder"
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `path` is a zarr store (v3 or v2 metadata at its top): a
-/// previous `.zarr` result, as opposed to a folder of the user's.
+/// previous `.zarr` result or a store of the user's.
 pub(crate) fn is_zarr_store(path: &Path) -> bool {
     ["zarr.json", ".zgroup", ".zarray"]
         .iter()

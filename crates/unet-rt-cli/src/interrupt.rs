@@ -46,3 +46,15 @@ pub(crate) fn install(cleanup: fn()) {
         );
     });
 }
+
+/// Makes a write beyond the file-size limit (`ulimit -f`) an error of that
+/// write (`EFBIG`), reported for its input like a full disk, instead of
+/// SIGXFSZ, which killed the command mid-batch: no message, exit status
+/// 153, the remaining inputs never read and the temporary left behind.
+pub(crate) fn ignore_file_size_signal() {
+    // SAFETY: SIG_IGN installs no handler of ours (no code runs on the
+    // signal), and setting a disposition reads and writes no memory of ours.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}

@@ -85,6 +85,7 @@ fn run() -> u8 {
         return EXIT_USAGE;
     };
     interrupt::install(atomic::remove_all);
+    interrupt::ignore_file_size_signal();
     let result = match command {
         Command::Segment(args) => segment::run(&args),
         Command::Info(args) => info::run(&args),

@@ -154,7 +154,11 @@ fn write_into<T: ZarrElement>(
     let image_halved = halved(&image_axes);
     write_group(
         root,
-        json!({"ome": {"version": "0.5", "multiscales": [multiscales("image", &image_axes, &image_halved, levels)]}}),
+        json!({
+            "ome": {"version": "0.5", "multiscales": [multiscales("image", &image_axes, &image_halved, levels)]},
+            // What makes the store a result of this tool (see `atomic::result_store`).
+            crate::atomic::STORE_MARK: {"output": info.kind, "levels": levels},
+        }),
     )?;
     write_levels(root, &image_view, &image_axes, &image_halved, levels)?;
     let labels_root = root.join("labels");

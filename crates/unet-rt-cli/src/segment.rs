@@ -82,7 +82,7 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
     let all_inputs: HashSet<PathBuf> = found
         .iter()
         .filter_map(|f| f.as_ref().ok())
-        .map(|p| same_file_key(p))
+        .flat_map(|p| input_keys(p))
         .collect();
     let mut claimed: HashMap<PathBuf, PathBuf> = HashMap::new();
     let mut failures = 0usize;
@@ -266,8 +266,18 @@ fn with_suffix(stem: &OsStr, suffix: &str) -> OsString {
     name
 }
 
+/// The names an input must not be replaced under: its own (the folder
+/// resolved) and, for a symbolic link, the file it leads to. An input read
+/// through a link in another folder was replaced by its own labels when
+/// results went to the folder of the file itself.
+fn input_keys(path: &Path) -> impl Iterator<Item = PathBuf> {
+    let target = std::fs::canonicalize(path).ok();
+    std::iter::once(same_file_key(path)).chain(target)
+}
+
 /// A path's identity for comparisons: its folder resolved, so that `a.tif`
-/// and `./a.tif` are the same file.
+/// and `./a.tif` are the same file. A result's name itself is not resolved:
+/// a result replaces a link of its name, never the file it leads to.
 fn same_file_key(path: &Path) -> PathBuf {
     let parent = path
         .parent()
@@ -346,7 +356,7 @@ fn process(
                 first.display()
             )
         } else if all_inputs.contains(key) {
-            let whose = if *key == same_file_key(input) {
+            let whose = if input_keys(input).any(|own| own == *key) {
                 "the input itself"
             } else {
                 "another input"
@@ -367,13 +377,25 @@ fn process(
     // name that is neither is no result), and the overlay asked for (a run
     // without --overlay before left none, and resuming skipped it).
     let finished = match ctx.args.format {
-        Format::Zarr => atomic::is_zarr_store(&output),
+        // Its kind and levels as this run's (any store was taken).
+        Format::Zarr => atomic::result_store(&output).is_some_and(|mark| {
+            mark.output == zarr_label_kind(ctx) && mark.levels == ctx.args.levels.max(1)
+        }),
         _ => output.is_file() && holds_this_kind(ctx, &output),
     } && overlay.as_deref().is_none_or(Path::is_file);
     if ctx.args.skip_existing && finished {
         let mut report = Report::new(input, Status::Skipped);
         report.output = Some(output);
         return report;
+    }
+    let replaceable =
+        atomic::check_replaceable(&output, ctx.args.format == Format::Zarr).and_then(|()| {
+            overlay
+                .as_deref()
+                .map_or(Ok(()), |o| atomic::check_replaceable(o, false))
+        });
+    if let Err(message) = replaceable {
+        return failed(input, FileError::new(input, message), start);
     }
     ctx.bars.start_file(&input.display().to_string(), 0);
     match segment_file(ctx, input, &output, overlay.as_deref()) {
@@ -411,6 +433,15 @@ fn holds_this_kind(ctx: &Context<'_>, output: &Path) -> bool {
     }
 }
 
+/// The name of a `.zarr` result's label image: its output kind.
+fn zarr_label_kind(ctx: &Context<'_>) -> &'static str {
+    if ctx.args.output_kind == OutputMode::Instances {
+        "instances"
+    } else {
+        "labels"
+    }
+}
+
 /// Reads, segments and writes one file; returns the input shape and the
 /// number of objects (instances).
 fn segment_file(
@@ -441,9 +472,14 @@ fn segment_file(
     })?;
     let objects = with_pixels!(&image.pixels, a => {
         let arranged = axes::arrange(a.view(), &axes, info).map_err(|m| fail(FileError::new(input, m)))?;
+        let spatial = arranged.view.shape().get(2..).unwrap_or_default();
         if ctx.args.format == Format::Zarr {
-            ome_zarr::check_levels(ctx.args.levels, arranged.view.shape().get(2..).unwrap_or_default())
-                .map_err(|m| fail(FileError::new(input, m)))?;
+            ome_zarr::check_levels(ctx.args.levels, spatial).map_err(|m| fail(FileError::new(input, m)))?;
+        }
+        if ctx.args.format == Format::Png {
+            let pages = arranged.stacked.then(|| arranged.view.shape()[0]);
+            let shape: Vec<usize> = pages.into_iter().chain(spatial.iter().copied()).collect();
+            crate::write::check_png_shape(&shape).map_err(|m| fail(FileError::new(input, m)))?;
         }
         let result = compute(ctx, input, &arranged).map_err(fail)?;
         // The overlay first: the result's name is what --skip-existing
@@ -455,7 +491,7 @@ fn segment_file(
         if ctx.args.format == Format::Zarr {
             let classes = class_names(&ctx.model);
             let label = ome_zarr::LabelInfo {
-                kind: if ctx.args.output_kind == OutputMode::Instances { "instances" } else { "labels" },
+                kind: zarr_label_kind(ctx),
                 classes: (ctx.args.output_kind == OutputMode::Labels).then_some(classes.as_slice()),
                 page_axis: page_axis(info, &axes),
                 levels: usize::try_from(ctx.args.levels).unwrap_or(1),

@@ -171,15 +171,23 @@ where
     Ok(())
 }
 
+/// Refuses a result of `shape` for PNG, which holds one 2-D image: checked
+/// before an input is segmented too (a 3000-page stack was segmented, then
+/// refused).
+pub(crate) fn check_png_shape(shape: &[usize]) -> Result<(), String> {
+    if shape.len() != 2 {
+        return Err(format!(
+            "PNG holds one 2-D image, the result has shape {shape:?}: use --format tif or npy"
+        ));
+    }
+    Ok(())
+}
+
 /// PNG holds one 2-D gray image of 8 or 16 bits.
 fn write_png(path: &Path, output: &Output) -> Result<(), FileError> {
     let fail = |m: String| FileError::new(path, m);
     let shape = output.shape();
-    if shape.len() != 2 {
-        return Err(fail(format!(
-            "PNG holds one 2-D image, the result has shape {shape:?}: use --format tif or npy"
-        )));
-    }
+    check_png_shape(shape).map_err(fail)?;
     let (height, width) = (
         u32::try_from(shape[0]).map_err(|e| fail(e.to_string()))?,
         u32::try_from(shape[1]).map_err(|e| fail(e.to_string()))?,

@@ -408,7 +408,7 @@ fn check_page(
     let (width, height) = decoder.dimensions().map_err(tiff_err)?;
     let colour = decoder
         .colortype()
-        .map_err(|e| colour_refusal(e, number).unwrap_or_else(|e| tiff_err(e)))?;
+        .map_err(|e| colour_refusal(e, number).unwrap_or_else(&tiff_err))?;
     let (samples, bits) = samples_and_bits(colour)?;
     let format = decoder
         .find_tag_unsigned_vec::<u16>(Tag::SampleFormat)
