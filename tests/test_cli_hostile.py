@@ -579,6 +579,31 @@ def test_one_file_under_several_names_is_segmented_once(cli, tmp_path, monkeypat
     assert [json.loads(line)["status"] for line in proc.stdout.splitlines()] == ["ok"]
 
 
+def test_a_file_and_a_link_to_it_are_segmented_once_under_the_files_own_name(cli, tmp_path):
+    # alias.tif sorts first: the result was alias.tif, and no line said a word of img.tif.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "img.tif", np.zeros((40, 44), np.uint8))
+    (folder / "alias.tif").symlink_to("img.tif")
+    for inputs in ([folder], [folder / "alias.tif", folder / "img.tif"]):
+        out = tmp_path / f"out{len(inputs)}"
+        proc = segment(cli, *inputs, out=out, extra=["--json"])
+        assert proc.returncode == 0, proc.stderr
+        assert [json.loads(line)["input"] for line in proc.stdout.splitlines()] == [str(folder / "img.tif")]
+        assert sorted(p.name for p in out.iterdir()) == ["img.tif"]
+
+
+def test_a_stack_cut_inside_a_page_says_so(cli, tmp_path):
+    # It said "cannot read TIFF page 2: failed to fill whole buffer".
+    whole = tmp_path / "whole.tif"
+    tifffile.imwrite(whole, np.ones((3, 64, 64), np.uint8), photometric="minisblack")
+    cut = tmp_path / "cut.tif"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    stderr = refused_alone(cli, cut, tmp_path)
+    assert "the file ends inside it (truncated?)" in stderr and "fill whole buffer" not in stderr, stderr
+
+
 def test_names_that_are_not_utf8_are_read_and_kept(cli, tmp_path):
     # A pattern matching such a name panicked inside the glob crate (no
     # input segmented); a folder skipped the file without a word.

@@ -48,6 +48,8 @@ __all__ = [
     "export_module_file",
     "probe_metadata",
     "declared_metadata",
+    "check_overrides",
+    "METADATA_FIELDS",
     "verify_metadata",
     "weights_digest",
     "code_digest",
@@ -90,6 +92,92 @@ def _geometry_field(metadata: Dict[str, Any], field: str, least: int = 0) -> int
     if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= MAX_GEOMETRY:
         raise ExportGeometryError(f"{field} is {value!r}: an integer from {least} to {MAX_GEOMETRY} is expected")
     return value
+
+
+#: The fields of a ``unet_rt/1`` document (docs/design.md section 4): a
+#: field outside them was dropped without a word (``size_mulitple``).
+METADATA_FIELDS = frozenset({
+    "format", "name", "description", "architecture", "spatial_dims", "in_channels", "out_channels", "output",
+    "class_names", "padding", "halo", "size_multiple", "size_offset", "min_size", "fixed_size", "output_key",
+    "normalization", "training", "evaluation", "instances", "object_size", "verified",
+})
+
+
+def check_overrides(overrides: Dict[str, Any]) -> None:
+    """Refuses metadata fields an export is given that no ``unet_rt/1``
+    document holds, geometry numbers out of the runtime's bounds, empty or
+    repeated class names, and values JSON cannot hold (NaN, NumPy scalars),
+    each naming its field. They were dropped, or written and then refused
+    by the runtime's parser ("invalid value: integer -1, expected usize at
+    line 8 column 32" of a file nobody sees), after probing.
+
+    >>> check_overrides({"size_mulitple": 2})
+    Traceback (most recent call last):
+    ...
+    unet_rt.export.ExportGeometryError: size_mulitple is not a metadata field (size_multiple?)
+    """
+    import difflib
+
+    for key, value in overrides.items():
+        if key not in METADATA_FIELDS:
+            close = difflib.get_close_matches(key, METADATA_FIELDS, n=1)
+            raise ExportGeometryError(f"{key} is not a metadata field"
+                                      + (f" ({close[0]}?)" if close else f": the fields are {', '.join(sorted(METADATA_FIELDS))}"))
+        try:
+            # UTF-8 too: a lone surrogate (a name from undecodable bytes) was
+            # written, then refused by the runtime's parser.
+            json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        except (TypeError, ValueError) as e:
+            raise ExportGeometryError(f"{key} is {value!r}, which metadata (JSON) cannot hold: {e}") from None
+    for key in ("halo", "size_offset", "min_size"):
+        if key in overrides:
+            _geometry_field(overrides, key)
+    if "fixed_size" in overrides:
+        _geometry_field(overrides, "fixed_size", least=1)
+    if "size_multiple" in overrides:
+        _multiple(overrides)
+    for key in ("name", "description"):
+        if key in overrides and not isinstance(overrides[key], str):
+            raise ExportGeometryError(f"{key} is {overrides[key]!r}: a string is expected")
+    names = overrides.get("class_names")
+    if names is not None:
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise ExportGeometryError(f"class_names is {names!r}: a list of strings is expected")
+        empty = [i for i, n in enumerate(names) if not n.strip()]
+        if empty:
+            raise ExportGeometryError(f"class name {empty[0]} of {list(names)!r} is empty")
+        repeated = sorted({n for n in names if list(names).count(n) > 1})
+        if repeated:
+            raise ExportGeometryError(f"class names repeat {', '.join(map(repr, repeated))}: each class needs its own")
+
+
+def _check_output_path(output: os.PathLike | str) -> None:
+    """Refuses an output that cannot be a file, before any work: a folder
+    (``-o existing_dir``, ``-o .``, a trailing slash) or one inside a file.
+    They failed after probing and checking (minutes), naming a temporary."""
+    text = os.fspath(output)
+    path = Path(text)
+    if not text or text.endswith(os.sep) or path.is_dir():
+        raise ExportGeometryError(f"the output {text!r} is a folder: name the .pt file to write")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ExportGeometryError(f"the output {text} lies inside {parent}, which is a file")
+            break
+
+
+def _nondeterministic(info: Dict[str, Any], name: str) -> Optional[ExportGeometryError]:
+    """The refusal of a network whose output changes between two passes on
+    one input, as the runtime's load found (``info["warning"]``): probing
+    made up a geometry for it (halo 512, sizes k * 64), written without a
+    word. ``None`` for other networks."""
+    warning = info.get("warning") or ""
+    if "two forward passes on one input differ" not in warning:
+        return None
+    return ExportGeometryError(
+        f"{name}: its output changes between two passes on one input (dropout or noise active in evaluation "
+        f"mode?): its geometry cannot be measured and no tiling reproduces it; export it in evaluation mode "
+        f"without random layers")
 
 
 def _multiple(metadata: Dict[str, Any]) -> int:
@@ -205,6 +293,7 @@ def export_torchscript(
     fp16) and to channels-last layout when it loads a model. Eval mode and
     the compiled graph are what inference needs.
     """
+    _check_output_path(path)
     path = Path(path)
     model = model.eval()
     compiled = _compile(model, example)
@@ -284,6 +373,9 @@ def probe_metadata(module: torch.jit.ScriptModule, name: str = "the network") ->
                 info = unet_rt.Model(plain, device="cpu", precision="fp32").info
             except unet_rt.UnetRtError as e:
                 raise type(e)(str(e).replace(str(plain), name)) from None
+    refusal = _nondeterministic(info, name)
+    if refusal is not None:
+        raise refusal
     meta: Dict[str, Any] = {
         "format": FORMAT,
         "spatial_dims": info["spatial_dims"],
@@ -480,6 +572,14 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
                 reason = reason.split(": ", 1)[1]
             raise refuse(reason) from None
     info = model.info
+    refusal = _nondeterministic(info, "the network")
+    if refusal is not None:
+        raise refusal
+    if info["warning"]:
+        # The runtime says so at every load of the file; the export said
+        # nothing (a declared fixed size with too small a halo, tiles 0.57
+        # of the output's range off, was "wrote ... halo 0").
+        say(f"warning: {info['warning']}")
     meta = model.metadata or {}
     rng = np.random.default_rng(0)
     dims, lost = info["spatial_dims"], 2 * info["halo"] if info["padding"] == "valid" else 0
@@ -512,19 +612,24 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
         # A network of one size has no whole-image pass to compare with
         # beyond one tile: the runtime's load-time measurement stands.
         return info
-    # A tiny budget gives the smallest tiles: an image of one tile's output
-    # and one more pooling step takes two tiles per axis.
     def unchecked(e: Exception) -> ExportGeometryError:
         # Memory, mostly: a declared halo of 2000 needs tiles of 4000 px
         # and a whole-image pass of 8000, beyond what this machine holds.
         return ExportGeometryError(f"the tiles at overlap {info['overlap']} could not be compared with one "
                                    f"whole-image pass: {e}")
 
+    # The smallest tile that keeps at least CHECK_STRIDE pixels, and an
+    # image of what it keeps and one more size step: two tiles per axis.
+    # The smallest tile alone keeps one pixel of a same-padded network of
+    # size multiple 1, and its (2 * halo + 2)^2 tiles took ten minutes.
     try:
-        layout = model.layout((1,) * dims, memory_budget=1)
+        smallest = model.layout((1,) * dims, memory_budget=1)
+        short = max(0, CHECK_STRIDE - smallest["stride"][0])
+        tile = smallest["tile"][0] + -(-short // info["size_multiple"]) * info["size_multiple"]
+        layout = model.layout((tile,) * dims, tile=tile)
     except unet_rt.UnetRtError as e:
         raise unchecked(e) from None
-    side = layout["output_tile"][0] + info["size_multiple"]
+    side = layout["stride"][0] + info["size_multiple"]
     # The whole-image pass takes the image mirror-padded by the overlap.
     padded = side + 2 * info["overlap"]
     _check_pass_fits(info["in_channels"], padded, dims,
@@ -539,7 +644,7 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
     axes = "c" + "zyx"[3 - dims:]
     try:
         whole = model.segment(image, axes=axes, output="raw", tile="whole")
-        tiled = model.segment(image, axes=axes, output="raw", memory_budget=1)
+        tiled = model.segment(image, axes=axes, output="raw", tile=tile)
     except unet_rt.UnetRtError as e:
         raise unchecked(e) from None
     scale = float(np.abs(whole).max()) or 1.0
@@ -547,6 +652,10 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
     if not difference <= 1e-4:
         raise tiles_differ(difference)
     return info
+
+
+#: The least pixels each tile of the export's tile check keeps.
+CHECK_STRIDE = 16
 
 
 def read_metadata(path: os.PathLike | str) -> Optional[Dict[str, Any]]:
@@ -580,8 +689,10 @@ def export_module_file(
     (:func:`declared_metadata`). ``progress`` is told each step."""
     say = progress or _silent
     _refuse_same_file(source, output)
-    module = torch.jit.load(str(source), map_location="cpu").eval()
+    _check_output_path(output)
     overrides = dict(overrides or {})
+    check_overrides(overrides)
+    module = torch.jit.load(str(source), map_location="cpu").eval()
     declared = all(overrides.get(f) is not None for f in GEOMETRY_FIELDS)
     if declared:
         say("one pass at the smallest declared size, for the network's channels")
@@ -617,12 +728,19 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+def _output_arg(text: str) -> os.PathLike | str:
+    """``-o`` as typed where it names a folder (``out/``, empty): ``Path``
+    drops the trailing slash, and ``out/new/`` was written as a file named
+    ``new``. :func:`_check_output_path` refuses it."""
+    return text if not text or text.endswith(os.sep) else Path(text)
+
+
 def add_torchscript_flags(parser: argparse.ArgumentParser, title: str, name_default: str) -> None:
     """Adds an export's flags to ``parser``: ``-o``, ``--name`` (whose
     default ``name_default`` says) and ``--description``, and in a group
     titled ``title`` a TorchScript network's declared geometry, output,
     output entry and class names (read back by :func:`torchscript_overrides`)."""
-    parser.add_argument("-o", "--output", type=Path, required=True, help="the .pt file to write")
+    parser.add_argument("-o", "--output", type=_output_arg, required=True, help="the .pt file to write")
     parser.add_argument("--name", help=f"model name (default: {name_default})")
     parser.add_argument("--description")
     group = parser.add_argument_group(title)
@@ -653,7 +771,8 @@ def declared_flags(args: argparse.Namespace) -> Dict[str, str]:
 
 def class_names_flag(args: argparse.Namespace) -> Optional[List[str]]:
     """``--class-names`` as a list, or ``None``."""
-    return [c.strip() for c in args.class_names.split(",")] if args.class_names else None
+    # "" too: it was taken as no names at all.
+    return [c.strip() for c in args.class_names.split(",")] if args.class_names is not None else None
 
 
 def torchscript_overrides(args: argparse.Namespace) -> Dict[str, Any]:

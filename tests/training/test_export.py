@@ -358,3 +358,100 @@ def test_declared_halos_are_checked_on_passes_the_machine_holds(tmp_path, capsys
         assert failed.startswith("export failed") and any(s in failed for s in said), failed
     assert not (tmp_path / "out.pt").exists()
 
+
+
+class _Noisy(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y + torch.rand_like(y)
+
+
+def test_a_network_whose_output_changes_between_passes_is_refused(tmp_path, capsys):
+    # Probing made up a geometry for it (same, halo 512, sizes k * 64), written with "wrote".
+    plain = tmp_path / "noisy.pt"
+    torch.jit.script(_Noisy().eval()).save(str(plain))
+    assert main([str(plain), "-o", str(tmp_path / "out.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "its output changes between two passes on one input" in err and "evaluation mode" in err, err
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_an_approximate_result_is_said_before_it_is_written(tmp_path, capsys):
+    # A declared fixed size with too small a halo (the network reaches 1 px) was "wrote ...
+    # halo 0" without a word, though every load of the file warns.
+    plain = tmp_path / "conv.pt"
+    torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
+                                         torch.nn.Conv2d(4, 2, 1)).eval()).save(str(plain))
+    assert main([str(plain), "-o", str(tmp_path / "fixed.pt"), "--fixed-size", "64", "--halo", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: tiled results are approximate" in captured.err and "wrote" in captured.out, captured
+    assert main([str(plain), "-o", str(tmp_path / "probed.pt")]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_metadata_overrides_are_checked_before_any_work(tmp_path, capsys):
+    # A misspelt field was dropped; bad numbers and names were written, then refused by the
+    # runtime's parser ("invalid value: integer -1, expected usize at line 8 column 32").
+    from unet_rt.export import ExportGeometryError, check_overrides, export_module_file
+
+    plain = tmp_path / "conv.pt"
+    torch.jit.script(torch.nn.Conv2d(1, 2, 3, padding=1).eval()).save(str(plain))
+    for overrides, said in [({"size_mulitple": 2}, "size_mulitple is not a metadata field (size_multiple?)"),
+                            ({"halo": -1}, "halo is -1: an integer from 0"),
+                            ({"size_offset": 10**23}, "size_offset is 100000000000000000000000"),
+                            ({"fixed_size": 0}, "fixed_size is 0: an integer from 1"),
+                            ({"halo": np.int64(1)}, "halo is np.int64(1), which metadata (JSON) cannot hold"),
+                            ({"object_size": float("nan")}, "object_size is nan, which metadata (JSON) cannot hold"),
+                            ({"name": "\udcff"}, "name is '\\udcff', which metadata (JSON) cannot hold"),
+                            ({"name": 5}, "name is 5: a string is expected"),
+                            ({"class_names": ["a", "", "c"]}, "class name 1 of ['a', '', 'c'] is empty"),
+                            ({"class_names": ["a", "a"]}, "class names repeat 'a'")]:
+        with pytest.raises(ExportGeometryError, match="^" + __import__("re").escape(said)):
+            check_overrides(overrides)
+        with pytest.raises(ExportGeometryError):
+            export_module_file(plain, tmp_path / "out.pt", overrides)
+    # On the command line too, with the flag's value named.
+    assert main([str(plain), "-o", str(tmp_path / "out.pt"), "--halo", "-1"]) == 1
+    assert "export failed: halo is -1" in capsys.readouterr().err
+    assert main([str(plain), "-o", str(tmp_path / "out.pt"), "--class-names", ""]) == 1
+    assert "class name 0 of [''] is empty" in capsys.readouterr().err
+    # An output that cannot be a file, before probing (it failed after, naming a temporary).
+    for output in (tmp_path, f"{tmp_path}/new/", ""):
+        assert main([str(plain), "-o", str(output)]) == 1
+        assert "is a folder: name the .pt file to write" in capsys.readouterr().err
+    assert main([str(plain), "-o", str(plain / "x.pt")]) == 1
+    assert f"lies inside {plain}, which is a file" in capsys.readouterr().err
+    assert not (tmp_path / "out.pt").exists() and not (tmp_path / "new").exists()
+
+
+def test_the_tile_check_keeps_a_few_tiles_per_axis(tmp_path, monkeypatch):
+    """A same-padded network of size multiple 1 was checked with its smallest
+    tiles, one pixel kept each: (2 * halo + 2)^2 passes, ten minutes for a
+    halo of 89. Tiles keep 16 pixels now; a too-small halo is still caught."""
+    import unet_rt
+    from unet_rt.export import CHECK_STRIDE, ExportGeometryError, export_module_file
+
+    layers = []
+    for dilation in (1, 2, 4, 8):
+        layers += [torch.nn.Conv2d(1 if not layers else 4, 4, 3, padding=dilation, dilation=dilation), torch.nn.ReLU()]
+    plain = tmp_path / "dilated.pt"
+    torch.jit.script(torch.nn.Sequential(*layers, torch.nn.Conv2d(4, 2, 1)).eval()).save(str(plain))
+    tiles = []
+    segment = unet_rt.Model.segment
+
+    def spy(self, image, *args, **kwargs):
+        if kwargs.get("tile") != "whole":
+            tiles.append(self.layout(image.shape[1:], tile=kwargs["tile"]))
+        return segment(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(unet_rt.Model, "segment", spy)
+    meta = read_metadata(export_module_file(plain, tmp_path / "out.pt"))
+    assert (meta["padding"], meta["halo"], meta["size_multiple"]) == ("same", 15, 1)
+    (layout,) = tiles
+    assert layout["stride"][0] >= CHECK_STRIDE and layout["tiles"] <= 4, layout
+    with pytest.raises(ExportGeometryError, match="differ from one whole-image pass"):
+        export_module_file(plain, tmp_path / "small.pt", {"padding": "same", "halo": 12, "size_multiple": 1})

@@ -23,7 +23,8 @@ returns the stored values). A multi-page TIFF is a volume for a 3-D model and a
 stack of 2-D images, each segmented on its own, for a 2-D model (its result has
 one page per input page). Folders contribute their supported files (not
 recursively), in name order; glob patterns (* ? [..]) are expanded when the
-shell did not.
+shell did not (** is *: one folder level). One file under several names (a link
+to it, ./a.tif) is segmented once, under its own name.
 
 Outputs: <output>/<stem>.<format>. labels: uint8 class indices (uint16 beyond 256
 classes). instances: objects as the model's read-out makes them (a model with a

@@ -17,7 +17,6 @@ use crate::special_files::refuse_special;
 /// place, so the other inputs are still processed. Repeated files are kept
 /// once.
 pub(crate) fn discover(inputs: &[PathBuf]) -> Vec<Result<PathBuf, FileError>> {
-    let mut seen = HashSet::new();
     let mut out = Vec::new();
     for input in inputs {
         let found = if input.is_dir() {
@@ -32,18 +31,39 @@ pub(crate) fn discover(inputs: &[PathBuf]) -> Vec<Result<PathBuf, FileError>> {
             pattern(input)
         };
         match found {
-            // One file under two names (`a.tif`, `./a.tif`, its folder) is
-            // segmented once.
-            Ok(files) => out.extend(
-                files
-                    .into_iter()
-                    .filter(|f| seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())))
-                    .map(Ok),
-            ),
+            Ok(files) => out.extend(files.into_iter().map(Ok)),
             Err(e) => out.push(Err(e)),
         }
     }
-    out
+    once_each(out)
+}
+
+/// One file under several names (`a.tif`, `./a.tif`, its folder, a link to
+/// it) is segmented once, where its first name stands, under a name that is
+/// not a symbolic link when it has one: `alias.tif -> img.tif` in a folder
+/// made the result `alias.tif` and left no word of `img.tif`.
+fn once_each(found: Vec<Result<PathBuf, FileError>>) -> Vec<Result<PathBuf, FileError>> {
+    let key = |f: &Path| std::fs::canonicalize(f).unwrap_or_else(|_| f.to_owned());
+    let is_link = |f: &Path| f.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink());
+    let mut preferred: std::collections::HashMap<PathBuf, PathBuf> = std::collections::HashMap::new();
+    for file in found.iter().filter_map(|f| f.as_ref().ok()) {
+        let chosen = preferred.entry(key(file)).or_insert_with(|| file.clone());
+        if is_link(chosen) && !is_link(file) {
+            *chosen = file.clone();
+        }
+    }
+    let mut seen = HashSet::new();
+    found
+        .into_iter()
+        .filter_map(|item| match item {
+            Ok(file) => {
+                let k = key(&file);
+                let name = preferred.get(&k).cloned().unwrap_or(file);
+                seen.insert(k).then_some(Ok(name))
+            }
+            Err(e) => Some(Err(e)),
+        })
+        .collect()
 }
 
 /// A file named on the command line: special files (a FIFO, `/dev/zero`)

@@ -307,7 +307,7 @@ fn plan(decoder: &mut TiffDecoder, file_len: u64, memory: Memory) -> Result<(Pag
     while decoder.more_images() {
         decoder
             .next_image()
-            .map_err(|e| format!("cannot read TIFF page {}: {e}", pages + 1))?;
+            .map_err(|e| page_error(pages + 1, e))?;
         let (page, page_needs) = check_page(decoder, pages, file_len, memory)?;
         needed = needed.saturating_add(page_needs);
         within_file(needed, pages + 1)?;
@@ -404,7 +404,7 @@ fn check_page(
     memory: Memory,
 ) -> Result<(Page, u64), String> {
     let number = index + 1;
-    let tiff_err = |e: tiff::TiffError| format!("cannot read TIFF page {number}: {e}");
+    let tiff_err = |e: tiff::TiffError| page_error(number, e);
     let (width, height) = decoder.dimensions().map_err(tiff_err)?;
     let colour = decoder
         .colortype()
@@ -587,6 +587,17 @@ fn samples_and_bits(color: ColorType) -> Result<(u16, u8), String> {
     }
 }
 
+/// Why page `number` could not be read: a page cut short by the file's end
+/// said "failed to fill whole buffer".
+fn page_error(number: usize, error: tiff::TiffError) -> String {
+    match error {
+        tiff::TiffError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            format!("cannot read TIFF page {number}: the file ends inside it (truncated?)")
+        }
+        e => format!("cannot read TIFF page {number}: {e}"),
+    }
+}
+
 /// The refusal of a page whose colour layout the decoder does not decode,
 /// with advice for it (it said "The Decoder does not support the image
 /// format `BlackIsZero with [8, 8] bits per sample is unsupported`"); the
@@ -644,10 +655,10 @@ fn decode(decoder: &mut TiffDecoder, page: &Page, pages: usize) -> Result<Buffer
     if pages == 1 {
         decoder
             .seek_to_image(0)
-            .map_err(|e| format!("cannot read TIFF page 1: {e}"))?;
+            .map_err(|e| page_error(1, e))?;
         let decoded = decoder
             .read_image()
-            .map_err(|e| format!("cannot read TIFF page 1: {e}"))?;
+            .map_err(|e| page_error(1, e))?;
         return Buffer::from_page(decoded, page.kind, page.len);
     }
     let total = page
@@ -657,7 +668,7 @@ fn decode(decoder: &mut TiffDecoder, page: &Page, pages: usize) -> Result<Buffer
     let mut buffer = Buffer::reserve(page.kind, total)?;
     for index in 0..pages {
         let number = index + 1;
-        let tiff_err = |e: tiff::TiffError| format!("cannot read TIFF page {number}: {e}");
+        let tiff_err = |e: tiff::TiffError| page_error(number, e);
         decoder.seek_to_image(index).map_err(tiff_err)?;
         // Checked again: the directory is read again.
         let (width, height) = decoder.dimensions().map_err(tiff_err)?;
