@@ -293,13 +293,31 @@ def export_torchscript(
     fp16) and to channels-last layout when it loads a model. Eval mode and
     the compiled graph are what inference needs.
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    missing = [f for f in ("spatial_dims", "in_channels") if f not in metadata]
+    if missing:
+        raise ExportGeometryError(f"the metadata lacks {', '.join(missing)} (probe_metadata or "
+                                  f"declared_metadata give every field)")
     _check_output_path(path)
-    path = Path(path)
-    model = model.eval()
+    # The caller's module is left in the mode it came in (it was left in
+    # evaluation mode, its dropout off for training that went on).
+    training = model.training
+    try:
+        return _write_torchscript(model.eval(), Path(path), metadata, example=example, atol=atol,
+                                  check_sizes=check_sizes, seed=seed, verify=verify, explain=explain,
+                                  say=progress or _silent)
+    finally:
+        model.train(training)
+
+
+def _write_torchscript(model: torch.nn.Module, path: Path, metadata: Dict[str, Any], *,
+                       example: Optional[torch.Tensor], atol: float, check_sizes: Optional[Sequence[int]],
+                       seed: int, verify: bool, explain: bool, say: Progress) -> Path:
+    """:func:`export_torchscript` of a module in evaluation mode."""
     compiled = _compile(model, example)
     gen = torch.Generator().manual_seed(seed)
     dims = metadata["spatial_dims"]
-    say = progress or _silent
     if compiled is not model:
         say("comparing the compiled network with the eager one")
         for size in check_sizes or _check_sizes(metadata):
@@ -325,6 +343,8 @@ def export_torchscript(
                 raise ExportMismatchError(
                     f"TorchScript returns {len(got)} tensors where the eager model returns {len(want)}"
                 )
+    # The folders made for it go again if it fails (they were left).
+    made = [p for p in reversed(path.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -346,6 +366,11 @@ def export_torchscript(
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        for folder in reversed(made):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
     return path
 
@@ -558,6 +583,9 @@ def verify_metadata(path: os.PathLike | str, module: Optional[torch.jit.ScriptMo
         return _refusal(what, module)
 
     say = progress or _silent
+    if path is None:
+        # `Model(None)` is the bundled model: it was checked instead.
+        raise TypeError("path must name the model file to check, got None")
     say("loading it with the runtime (which checks the metadata with passes of its own)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", unet_rt.ApproximateTilingWarning)
@@ -797,6 +825,16 @@ def run_export(export: Callable[[Progress], Path]) -> Optional[Path]:
     def say(step: str) -> None:
         print(f"[{time.monotonic() - started:4.0f} s] {step}", file=sys.stderr, flush=True)
 
+    def terminated(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    # SIGTERM (`timeout`, a job scheduler) as Ctrl-C: the temporary file is
+    # removed on the way out (it was left, `.NAME.pt.XXXX.tmp`).
+    import signal
+    import threading
+
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminated) if on_main else None
     try:
         path = export(say)
     except (ExportMismatchError, ExportGeometryError) as e:
@@ -805,6 +843,9 @@ def run_export(export: Callable[[Progress], Path]) -> Optional[Path]:
     except Exception as e:  # noqa: BLE001 - a one-line message, whatever failed
         print(f"export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
         return None
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
     meta = read_metadata(path) or {}
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB; {meta['padding']}, halo {meta['halo']}, "
           f"sizes {meta['size_offset']} + k * {meta['size_multiple']})")

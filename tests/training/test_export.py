@@ -455,3 +455,72 @@ def test_the_tile_check_keeps_a_few_tiles_per_axis(tmp_path, monkeypatch):
     assert layout["stride"][0] >= CHECK_STRIDE and layout["tiles"] <= 4, layout
     with pytest.raises(ExportGeometryError, match="differ from one whole-image pass"):
         export_module_file(plain, tmp_path / "small.pt", {"padding": "same", "halo": 12, "size_multiple": 1})
+
+
+def test_export_leaves_the_callers_module_and_folders_as_they_were(tmp_path):
+    # The module was left in evaluation mode (dropout off for training that went on); folders
+    # made for a failed export stayed; None was checked as the bundled model.
+    from unet_rt.export import ExportGeometryError, export_torchscript, probe_metadata, verify_metadata
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.Dropout()).train()
+    meta = probe_metadata(torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1)).eval()))
+    assert export_torchscript(net, tmp_path / "a" / "m.pt", meta).is_file() and net.training
+    with pytest.raises(ExportGeometryError, match="differ from one whole-image pass"):
+        export_torchscript(net, tmp_path / "x" / "y" / "m.pt", {**meta, "halo": 0})
+    assert net.training and not (tmp_path / "x").exists()
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got NoneType"):
+        export_torchscript(None, tmp_path / "n.pt", meta)
+    with pytest.raises(ExportGeometryError, match="the metadata lacks spatial_dims, in_channels"):
+        export_torchscript(net, tmp_path / "n.pt", {})
+    with pytest.raises(TypeError, match="path must name the model file to check, got None"):
+        verify_metadata(None)
+
+
+SLOW_CHECK = """
+import sys, torch
+
+class SlowWhenLarge(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+    def forward(self, x):
+        n = 0
+        if x.shape[-1] >= 16:
+            for i in range(500000000):
+                n += 1
+        return self.conv(x) + float(n) * 0.0
+
+torch.jit.save(torch.jit.script(SlowWhenLarge().eval()), sys.argv[1])
+"""
+
+
+def test_sigterm_during_an_export_removes_its_temporary(tmp_path):
+    # `timeout` or a scheduler's SIGTERM left `.NAME.pt.XXXX.tmp` beside the output.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    plain = tmp_path / "slow.pt"
+    script = tmp_path / "slow_check.py"  # torch.jit.script reads the module's source
+    script.write_text(SLOW_CHECK)
+    subprocess.run([sys.executable, str(script), str(plain)], check=True, timeout=120)
+    out = tmp_path / "out"
+    out.mkdir()
+    # Declared: the passes at 1 and 2 px are quick, the tile check's are not.
+    with subprocess.Popen([sys.executable, "-m", "unet_rt.export", str(plain), "-o", str(out / "m.pt"), "--padding",
+                           "same", "--halo", "1", "--size-multiple", "1"], stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}) as proc:
+        try:
+            deadline = time.monotonic() + 120
+            while not any(out.iterdir()) and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.2)
+            assert [p.name for p in out.iterdir()][0].endswith(".tmp")
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+            # 143; or 1 where the load's pass outlasts the 10 s the interpreter's exit waits for it.
+            assert proc.wait(timeout=60) in (128 + signal.SIGTERM, 1), proc.stderr.read()
+        finally:
+            proc.kill()
+    assert list(out.iterdir()) == []
