@@ -814,6 +814,28 @@ def test_a_file_size_limit_fails_one_result_not_the_batch(cli, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["a.tif"]
 
 
+def test_inputs_after_the_output_folder_is_removed_fail_before_they_are_segmented(cli, tmp_path):
+    # Each was segmented in full, then failed: "cannot create a file in out".
+    import shutil
+
+    inputs = []
+    for i in range(4):
+        inputs.append(tmp_path / f"{i}.npy")
+        np.save(inputs[-1], (np.random.default_rng(i).random((400, 400)) * 255).astype(np.uint8))
+    out = tmp_path / "out"
+    with subprocess.Popen([str(cli), "segment", *map(str, inputs), "-o", str(out), "--device", "cpu", "--json"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        lines = [proc.stdout.readline()]
+        shutil.rmtree(out)
+        lines += proc.stdout.read().splitlines()
+        proc.wait(timeout=TIMEOUT)
+    reports = [json.loads(line) for line in lines]
+    assert reports[0]["status"] == "ok" and proc.returncode == 1
+    last = reports[-1]
+    assert last["status"] == "failed" and last["shape"] is None, last
+    assert f"the output folder {out} is gone (removed or renamed during the run)" in last["error"]
+
+
 def test_a_stack_for_png_is_refused_before_it_is_segmented(cli, tmp_path):
     # It was segmented, then refused, and its overlay was left behind.
     stack = tmp_path / "stack.tif"

@@ -44,8 +44,12 @@ pub(crate) fn discover(inputs: &[PathBuf]) -> Vec<Result<PathBuf, FileError>> {
 /// made the result `alias.tif` and left no word of `img.tif`.
 fn once_each(found: Vec<Result<PathBuf, FileError>>) -> Vec<Result<PathBuf, FileError>> {
     let key = |f: &Path| std::fs::canonicalize(f).unwrap_or_else(|_| f.to_owned());
-    let is_link = |f: &Path| f.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink());
-    let mut preferred: std::collections::HashMap<PathBuf, PathBuf> = std::collections::HashMap::new();
+    let is_link = |f: &Path| {
+        f.symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+    };
+    let mut preferred: std::collections::HashMap<PathBuf, PathBuf> =
+        std::collections::HashMap::new();
     for file in found.iter().filter_map(|f| f.as_ref().ok()) {
         let chosen = preferred.entry(key(file)).or_insert_with(|| file.clone());
         if is_link(chosen) && !is_link(file) {

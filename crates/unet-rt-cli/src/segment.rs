@@ -388,6 +388,15 @@ fn process(
         report.output = Some(output);
         return report;
     }
+    // A folder removed or renamed during the run: each input was segmented
+    // in full, then failed to be written.
+    if !ctx.args.output.is_dir() {
+        let gone = format!(
+            "the output folder {} is gone (removed or renamed during the run)",
+            ctx.args.output.display()
+        );
+        return failed(input, FileError::new(input, gone), start);
+    }
     let replaceable =
         atomic::check_replaceable(&output, ctx.args.format == Format::Zarr).and_then(|()| {
             overlay

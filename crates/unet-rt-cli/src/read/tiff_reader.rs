@@ -305,9 +305,7 @@ fn plan(decoder: &mut TiffDecoder, file_len: u64, memory: Memory) -> Result<(Pag
     within_file(needed, 1)?;
     let mut pages = 1usize;
     while decoder.more_images() {
-        decoder
-            .next_image()
-            .map_err(|e| page_error(pages + 1, e))?;
+        decoder.next_image().map_err(|e| page_error(pages + 1, e))?;
         let (page, page_needs) = check_page(decoder, pages, file_len, memory)?;
         needed = needed.saturating_add(page_needs);
         within_file(needed, pages + 1)?;
@@ -653,12 +651,8 @@ fn sample_kind(format: u16, bits: u8) -> Option<Samples> {
 /// single page of a type the engine reads is kept as decoded (no copy).
 fn decode(decoder: &mut TiffDecoder, page: &Page, pages: usize) -> Result<Buffer, String> {
     if pages == 1 {
-        decoder
-            .seek_to_image(0)
-            .map_err(|e| page_error(1, e))?;
-        let decoded = decoder
-            .read_image()
-            .map_err(|e| page_error(1, e))?;
+        decoder.seek_to_image(0).map_err(|e| page_error(1, e))?;
+        let decoded = decoder.read_image().map_err(|e| page_error(1, e))?;
         return Buffer::from_page(decoded, page.kind, page.len);
     }
     let total = page
