@@ -49,11 +49,12 @@ DEFAULT_EXAMPLES: Dict[str, int] = {
     "probing": 3,
     "paths": 1,
     "cli": 60,
+    "export": 12,
 }
 #: Worst-case seconds per example, for the subprocess timeout (a hung call
 #: ends its worker after at most 30 s: the timeout only catches the rest).
 SECONDS_PER_EXAMPLE: Dict[str, float] = {"probing": 40.0, "corrupt": 1.0, "metadata": 1.0, "networks": 1.0,
-                                          "cli": 3.0}
+                                          "cli": 3.0, "export": 30.0}
 #: Exit status of a worker whose watchdog caught a hung call (tests/fuzz/recorder.py).
 HANG_EXIT = 124
 #: Exit statuses that mean the process died: abort (134), segfault (139), Rust's panic=abort (101).

@@ -3,7 +3,7 @@
 Each *campaign* (:mod:`tests.fuzz.worker`) throws generated hostile input at
 one part of the API (arrays, arguments, planning, ``out=`` arrays, corrupt
 model files, lying metadata, misbehaving networks with and without
-metadata, odd model paths, the ``unet-rt`` command line) and
+metadata, odd model paths, the ``unet-rt`` command line, the exporter) and
 checks every outcome against the contract in :mod:`tests.fuzz.contract`.
 ``tests/test_fuzz.py`` runs each campaign in a subprocess with a timeout, so a
 crash or a hang fails the test instead of the test run.
@@ -17,7 +17,7 @@ Modules:
 * :mod:`tests.fuzz.models`: valid, corrupt and lying model files.
 * :mod:`tests.fuzz.common`: the campaigns' shared context and checked calls.
 * :mod:`tests.fuzz.inputs`, :mod:`tests.fuzz.arguments`, :mod:`tests.fuzz.files`,
-  :mod:`tests.fuzz.cli`:
+  :mod:`tests.fuzz.cli`, :mod:`tests.fuzz.export`:
   the campaigns.
 * :mod:`tests.fuzz.worker`: the command line that runs one campaign.
 """

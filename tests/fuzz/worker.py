@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from .arguments import arguments, planning
 from .cli import cli
 from .common import Context, Limits
+from .export import export
 from .files import corrupt, metadata, networks, paths, probing
 from .inputs import arrays, numerics, outputs
 from .recorder import Recorder
@@ -49,6 +50,7 @@ CAMPAIGNS: Dict[str, Campaign] = {
     "probing": probing,
     "paths": paths,
     "cli": cli,
+    "export": export,
 }
 
 #: Address space a worker may map (GiB): a runtime that tries to allocate a
