@@ -699,6 +699,19 @@ def test_nonfinite_values_are_refused_or_propagated_as_the_api_does(model, tmp_p
     out = ud.segment_to_zarr(str(tmp_path / "nan.zarr"), str(tmp_path / "out.zarr"), model, client=False,
                              nonfinite="propagate", progress=False)
     assert_identical(out[...], want)
+    # NaN over 0.2% of the pixels made the high percentile NaN: refused here, and every finite pixel
+    # normalised flat in memory. Percentiles are those of the finite values now, everywhere.
+    patch = np.random.default_rng(1).random((200, 150)).astype(np.float32)
+    patch[100:110, 50:60] = np.nan
+    want = unet_rt.segment(patch, model, nonfinite="propagate", output="probabilities")
+    clean = unet_rt.segment(np.nan_to_num(patch, nan=np.nanmedian(patch)), model, output="probabilities",
+                            input_range=model.percentile_range(patch))
+    finite = np.isfinite(want).all(0)
+    # NaN within the network's reach of the patch; every other pixel as the image without it.
+    assert 0.85 < finite.mean() < 1 and finite[:75].all() and finite[140:].all()
+    assert np.array_equal(want[:, finite], clean[:, finite])
+    np.testing.assert_array_equal(sync(ud.segment(da.from_array(patch, chunks=64), model, nonfinite="propagate",
+                                                  output="probabilities")), want)
     # A progress callable of another signature, before anything is written.
     with pytest.raises(TypeError, match=r"progress must be callable as progress\(done, total\): len takes"):
         ud.segment_to_zarr(str(tmp_path / "nan.zarr"), str(tmp_path / "other.zarr"), model, client=False,

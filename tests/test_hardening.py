@@ -824,17 +824,22 @@ def test_complex_or_non_dense_network_output_is_an_inference_error(kind, message
 @pytest.mark.parametrize(
     "image",
     [
-        np.where(np.arange(100) == 0, np.inf, 5.0).astype(np.float16).reshape(10, 10),
         np.full((10, 10), -np.inf, np.float32),
         np.full((10, 10), np.nan, np.float64),
+        np.where(np.arange(100) % 2 == 0, np.inf, np.nan).astype(np.float16).reshape(10, 10),
     ],
 )
-def test_percentile_range_refuses_non_finite_percentiles(tmp_path, tiny_model_path, image):
+def test_percentile_range_refuses_images_without_a_finite_value(tmp_path, tiny_model_path, image):
     percentile = with_metadata(Path(tiny_model_path), tmp_path / "p.pt",
                                normalization={"kind": "percentile", "low": 1.0, "high": 99.8})
     model = unet_rt.Model(percentile, device="cpu", precision="fp32")
-    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid image: its percentiles are .* NaN or infinite"):
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid image: it holds no finite value"):
         model.percentile_range(image)
+    # Others are ranged by their finite values, as numpy.nanpercentile does (an infinite pixel
+    # among 5.0s was refused; NaN made the range NaN).
+    some = np.where(np.arange(100) == 0, np.inf, np.arange(100) % 7).astype(np.float16).reshape(10, 10)
+    finite = some[np.isfinite(some)].astype(np.float64)
+    assert model.percentile_range(some) == pytest.approx(tuple(np.percentile(finite, [1.0, 99.8])))
 
 
 
@@ -896,11 +901,15 @@ def test_block_statistics_refuse_hostile_arguments_by_name():
             native.percentile_ranges([floats], 1, low, high)
     with pytest.raises(unet_rt.InvalidArgumentError, match="invalid images: .* more than (this machine.s|the .* this process.s cgroup)"):
         native.percentile_ranges([], 10**15, 1.0, 99.8)
-    # NaN in the image: the range is refused, not NaN passed on.
+    # NaN in the image: the range of its finite values (it was refused), never NaN passed on;
+    # nothing finite, refused.
     nan = image.copy()
     nan[0, 0, :] = np.nan
-    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid image: its percentiles are .* NaN"):
-        native.percentile_ranges([native.percentile_stats(nan[None], (0, 0, 0, 0), nan.shape)], 1, 1.0, 99.8)
+    got = native.percentile_ranges([native.percentile_stats(nan[None], (0, 0, 0, 0), nan.shape)], 1, 1.0, 99.8)
+    assert np.isfinite(np.asarray(got, dtype=float)).all(), got
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid image: it holds no finite value"):
+        empty = np.full_like(image, np.nan)
+        native.percentile_ranges([native.percentile_stats(empty[None], (0, 0, 0, 0), empty.shape)], 1, 1.0, 99.8)
     # Statistics that crossed a network may be misaligned or strided: read all the same.
     buffer = np.zeros(floats[0][1].size * 8 + 1, np.uint8)
     misaligned = buffer[1:].view(np.float64)

@@ -88,7 +88,8 @@ pub fn resolve(norm: &Normalization, values: impl Iterator<Item = f64>) -> Affin
         // Metadata validation guarantees a finite std > 0.
         Normalization::Zscore { mean, std } => Affine::new(1.0 / std, -mean / std),
         Normalization::Percentile { low, high } => {
-            let mut sorted: Vec<f64> = values.collect();
+            // Of the finite values, as `select_percentile` takes them.
+            let mut sorted: Vec<f64> = values.filter(|v| v.is_finite()).collect();
             sorted.sort_by(f64::total_cmp);
             affine_from_range(
                 sorted_percentile(&sorted, low),
@@ -332,9 +333,9 @@ impl PercentileStats {
     /// [`Error::InvalidArgument`] naming `low` or `high` when one is not a
     /// percentile (NaN, outside 0..=100) or `low > high`; naming `stats` for
     /// a histogram whose counts add up to 2^64 or more or whose values are
-    /// not finite; naming `image` when a percentile of a sample is NaN or
-    /// infinite: the image holds such values, and no input range made of
-    /// them normalizes anything.
+    /// not finite; naming `image` when a sample holds no finite value (the
+    /// percentiles are those of its finite values) or a percentile
+    /// overflows.
     pub fn checked_range(self, low: f64, high: f64) -> Result<(f64, f64)> {
         check_percentiles(low, high)?;
         let argument = match &self {
@@ -350,7 +351,12 @@ impl PercentileStats {
                 // gives non-finite percentiles.
                 "stats"
             }
-            Self::Sample(_) => "image",
+            Self::Sample(values) => {
+                if !values.iter().any(|v| v.is_finite()) {
+                    return Err(no_finite_value("image"));
+                }
+                "image"
+            }
         };
         finite_range(self.range(low, high), argument)
     }
@@ -362,6 +368,9 @@ impl PercentileStats {
     /// As [`PercentileStats::checked_range`].
     pub fn checked_sample_range(values: &mut [f64], low: f64, high: f64) -> Result<(f64, f64)> {
         check_percentiles(low, high)?;
+        if !values.iter().any(|v| v.is_finite()) {
+            return Err(no_finite_value("image"));
+        }
         finite_range(
             (
                 select_percentile(values, low),
@@ -536,6 +545,8 @@ fn histogram_percentile(counts: &[u64], first: f64, q: f64) -> f64 {
 
 /// `numpy.percentile` by selection (linear time); reorders `values`.
 fn select_percentile(values: &mut [f64], q: f64) -> f64 {
+    let finite = finite_first(values);
+    let values = &mut values[..finite];
     if values.is_empty() {
         return 0.0;
     }
@@ -544,6 +555,33 @@ fn select_percentile(values: &mut [f64], q: f64) -> f64 {
     let (_, &mut a, rest) = values.select_nth_unstable_by(below, f64::total_cmp);
     let b = rest.iter().copied().min_by(f64::total_cmp).unwrap_or(a);
     a + (b - a) * (pos - below as f64)
+}
+
+/// Moves the finite values of `values` to its front; returns their count.
+/// Percentiles are those of the finite values (`numpy.nanpercentile`, and
+/// infinities left out too): with `nonfinite="propagate"`, an image of
+/// NaN over 0.2% of its pixels had a NaN high percentile, and every finite
+/// pixel was normalised flat (the labels wrong, without a word), or was
+/// refused by the Dask layer.
+fn finite_first(values: &mut [f64]) -> usize {
+    let mut finite = 0;
+    for i in 0..values.len() {
+        if values[i].is_finite() {
+            values.swap(finite, i);
+            finite += 1;
+        }
+    }
+    finite
+}
+
+/// The refusal of statistics without one finite value, blaming `argument`:
+/// no percentile of them normalizes anything.
+fn no_finite_value(argument: &'static str) -> Error {
+    Error::InvalidArgument {
+        argument,
+        message: "it holds no finite value (every pixel NaN or infinite): it has no percentiles"
+            .to_owned(),
+    }
 }
 
 /// `numpy.percentile(values, q)` with its default linear interpolation, on
@@ -603,6 +641,49 @@ mod tests {
             [5.0; 4].into_iter(),
         );
         assert_eq!(flat.apply(5.0), 0.0);
+    }
+
+    #[test]
+    fn percentiles_are_those_of_the_finite_values() {
+        let mut values = vec![
+            f64::NAN,
+            4.0,
+            f64::INFINITY,
+            0.0,
+            2.0,
+            f64::NEG_INFINITY,
+            8.0,
+            f64::NAN,
+        ];
+        assert_eq!(select_percentile(&mut values, 0.0), 0.0);
+        assert_eq!(select_percentile(&mut values, 100.0), 8.0);
+        assert_eq!(select_percentile(&mut values, 50.0), 3.0);
+        let norm = Normalization::Percentile {
+            low: 0.0,
+            high: 100.0,
+        };
+        let with_nan = ndarray::arr2(&[[f32::NAN, 2.0], [6.0, f32::NAN]]).into_dyn();
+        assert_eq!(
+            resolve_view(&norm, &with_nan.view()),
+            affine_from_range(2.0, 6.0)
+        );
+        assert_eq!(
+            resolve(&norm, [f64::NAN, 2.0, 6.0].into_iter()),
+            affine_from_range(2.0, 6.0)
+        );
+        assert_eq!(
+            PercentileStats::of_image(&with_nan.view())
+                .checked_range(0.0, 100.0)
+                .unwrap(),
+            (2.0, 6.0)
+        );
+        let none = ndarray::arr1(&[f64::NAN, f64::INFINITY]).into_dyn();
+        let refused = PercentileStats::of_image(&none.view())
+            .checked_range(1.0, 99.0)
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("no finite value"), "{refused}");
+        assert!(PercentileStats::checked_sample_range(&mut [f64::NAN], 1.0, 99.0).is_err());
     }
 
     #[test]
