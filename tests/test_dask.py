@@ -810,3 +810,37 @@ def test_a_zarr_of_gigabytes_keeps_worker_memory_bounded(tmp_path):
     finally:
         shutil.rmtree(tmp_path / "big.zarr", ignore_errors=True)
         shutil.rmtree(tmp_path / "out.zarr", ignore_errors=True)
+
+
+def test_segment_to_zarr_never_deletes_what_it_did_not_write_nor_trusts_markers_of_deleted_results(model, tmp_path):
+    image = np.random.default_rng(0).random((200, 150)).astype(np.float32)
+    source = tmp_path / "in.zarr"
+    zarr.create_array(source, data=image, chunks=(64, 64))
+    # resume=False emptied a folder of other files (a typo, or ".").
+    project = tmp_path / "project"
+    (project / "code").mkdir(parents=True)
+    (project / "code" / "a.py").write_text("x")
+    with pytest.raises(unet_rt.InvalidArgumentError, match="holding files but no zarr store; resume=False would delete"):
+        ud.segment_to_zarr(source, project, model, client=False, progress=False, resume=False)
+    assert (project / "code" / "a.py").read_text() == "x"
+    # The source through a file:// URL, or in a store that is not a folder, was deleted.
+    url = "file://" + str(source.resolve())
+    with pytest.raises(unet_rt.InvalidArgumentError, match="would overwrite or nest in the source"):
+        ud.segment_to_zarr(url, url, model, client=False, progress=False, resume=False)
+    assert np.array_equal(zarr.open_array(source, mode="r")[...], image)
+    memory = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+    raw = memory.create_array("raw", data=image)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="would overwrite or nest in the source"):
+        ud.segment_to_zarr(raw, memory, model, client=False, progress=False, resume=False)
+    assert np.array_equal(raw[...], image)
+    # A result array deleted under its markers: redone (it was zeros, complete), or for the
+    # result itself refused (a bare TypeError).
+    out = tmp_path / "out.zarr"
+    want = ud.segment_to_zarr(source, out, model, client=False, progress=False, output="instances", block=64)[...]
+    assert want.any()
+    shutil.rmtree(out / "instances")
+    again = ud.segment_to_zarr(source, out, model, client=False, progress=False, output="instances", block=64)
+    assert_identical(again[...], want)
+    shutil.rmtree(out / "labels")
+    with pytest.raises(unet_rt.InvalidArgumentError, match="its result array labels is missing"):
+        ud.segment_to_zarr(source, out, model, client=False, progress=False, output="instances", block=64)

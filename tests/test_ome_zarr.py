@@ -4,6 +4,7 @@ validators from PyPI (``ome-zarr``, ``ome-zarr-models``)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import warnings
@@ -314,3 +315,21 @@ def test_cli_zarr_refuses_float_outputs(cli, tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((64, 64), np.float32))
     run = _unet_rt(cli, tmp_path / "a.npy", "-o", tmp_path / "out", "--format", "zarr", "--output-kind", "probabilities")
     assert run.returncode == 2 and "--format zarr writes OME-Zarr label images" in run.stderr
+
+
+def test_a_deleted_level_is_made_again_on_resume(tmp_path, image, tiny_model_path):
+    # Its markers stayed: resuming recreated it all zeros, as complete.
+    out = tmp_path / "out.zarr"
+    _segment(_plain(tmp_path, image), out, tiny_model_path, ome=True, levels=3)
+    level = out / "labels" / "labels" / "1"
+    want = zarr.open_array(str(level))[...]
+    assert want.any()
+    shutil.rmtree(level)
+    _segment(tmp_path / "in.zarr", out, tiny_model_path, ome=True, levels=3)
+    assert np.array_equal(zarr.open_array(str(level))[...], want)
+
+
+def _plain(tmp_path: Path, image: np.ndarray) -> Path:
+    path = tmp_path / "in.zarr"
+    zarr.create_array(path, data=image, chunks=(64, 64))
+    return path

@@ -202,7 +202,8 @@ def segment_to_zarr(
         resume: skip the blocks a previous run completed (their markers are
             written after their data, so a block cut short is redone); a
             destination made for a different job is refused. ``False``
-            overwrites the destination.
+            overwrites the destination (a zarr store, or a new or empty path:
+            a folder of other files is refused).
         progress: ``True`` for progress bars on the client (tqdm when
             installed), or a callable ``progress(done, total)`` called as
             blocks are written (blocks skipped by ``resume`` count as done).
@@ -312,6 +313,8 @@ def segment_to_zarr(
         layout = label_image(array_axes.axes, array_axes.spatial_dims, ome_source,
                              ome_source is not None and _same_group(ome_source.group, root), levels)
     else:
+        if not resume:
+            _refuse_plain_folder(destination)
         group, layout = _open_group(destination, mode), None
     config = {
         "format": _FORMAT,
@@ -345,7 +348,8 @@ def segment_to_zarr(
                      tta=config["tta"], nonfinite=nonfinite)
     names = _names(output, ngff)
     target = _array(group, names[engine_output], resolved.local.result_shape(src.shape, engine_output, array_axes.axes),
-                    resolved.local.result_dtype(engine_output), array_axes, spatial_chunks, spatial_shards, previous, layout)
+                    resolved.local.result_dtype(engine_output), array_axes, spatial_chunks, spatial_shards, previous, layout,
+                    markers="_done_" + engine_output)
     spatial_chunks = tuple(target.chunks[-array_axes.spatial_dims :])
     spatial_shards = None if target.shards is None else tuple(target.shards[-array_axes.spatial_dims :])
     numblocks = (shape[0],) + tuple(math.ceil(n / b) for n, b in zip(shape[2:], blocks))
@@ -376,7 +380,8 @@ def segment_to_zarr(
 
 def _instances(group, name, labels, ids, array_axes, shape, blocks, numblocks, spatial_chunks, spatial_shards, previous,
                runner, read_out, layout) -> Any:
-    target = _array(group, name, ids[0], ids[1], array_axes, spatial_chunks, spatial_shards, previous, layout)
+    target = _array(group, name, ids[0], ids[1], array_axes, spatial_chunks, spatial_shards, previous, layout,
+                    markers="_done_instances")
     done = _markers(group, "_done_instances", numblocks)
     todo = _todo(done, numblocks)
     if not todo:
@@ -424,17 +429,62 @@ def _open_group(location: Any, mode: str) -> Any:
         ) from err
 
 
+def _refuse_plain_folder(destination: Any) -> None:
+    """Refuses to start a destination over (``resume=False``) where it is a
+    local folder holding files but no zarr store: opening it afresh
+    deleted everything in it (a typo, or ``.``, wiped a project folder).
+    Zarr data another tool wrote is replaced, as asked."""
+    local = _local_location(destination)
+    if local is None or not os.path.isdir(local) or not os.listdir(local):
+        return
+    if not any(os.path.isfile(os.path.join(local, m)) for m in ("zarr.json", ".zgroup", ".zarray")):
+        raise InvalidArgumentError(
+            f"invalid destination: {destination} is a folder holding files but no zarr store; resume=False "
+            f"would delete them all: choose a new or empty path"
+        )
+
+
 def _local_location(location: Any) -> Optional[str]:
-    """The real local path of a zarr node or of a path, when it has one
-    (``None`` for URLs and stores that are not folders)."""
+    """The real local path of a zarr node or of a path (``file://`` URLs
+    too), when it has one (``None`` for other URLs and stores that are not
+    folders)."""
     import zarr
 
     if isinstance(location, (zarr.Array, zarr.Group)):
-        root = getattr(location.store, "root", None)
+        store = location.store
+        root = getattr(store, "root", None)
+        protocol = getattr(getattr(store, "fs", None), "protocol", ())
+        if root is None and "file" in ((protocol,) if isinstance(protocol, str) else tuple(protocol)):
+            root = getattr(store, "path", None)  # a file:// URL, opened through fsspec
         return None if root is None else os.path.realpath(os.path.join(os.fspath(root), location.path))
     path = _path(location)
+    if isinstance(path, str) and path.startswith("file://"):
+        path = path[len("file://"):]
     if isinstance(path, str) and "://" not in path:
         return os.path.realpath(path)
+    return None
+
+
+def _location_key(location: Any) -> Optional[Tuple[str, str]]:
+    """Where a zarr node or path lies, comparable with another's: a local
+    path, a URL's scheme and path, or a store object and the path in it
+    (``None`` where it cannot be told)."""
+    import zarr
+
+    local = _local_location(location)
+    if local is not None:
+        return "local", local
+    if isinstance(location, (zarr.Array, zarr.Group)):
+        store = location.store
+        protocol = getattr(getattr(store, "fs", None), "protocol", None)
+        if protocol and getattr(store, "path", None) is not None:
+            scheme = protocol if isinstance(protocol, str) else protocol[0]
+            return scheme, "/" + f"{store.path.strip('/')}/{location.path.strip('/')}".strip("/")
+        return f"store {id(store)}", "/" + location.path.strip("/")
+    path = _path(location)
+    if isinstance(path, str) and "://" in path:
+        scheme, rest = path.split("://", 1)
+        return scheme, "/" + rest.strip("/")
     return None
 
 
@@ -442,19 +492,24 @@ def _check_apart(src: Any, destination: Any, written: str) -> None:
     """Refuses a destination whose written part (``written`` below it: the
     whole group, or an OME-Zarr image's label group) is the source array,
     holds it or lies inside it: a fresh start (``resume=False``) would
-    delete the image it reads, a resumed one mix the two."""
-    source, target = _local_location(src), _local_location(destination)
-    if source is None or target is None:
+    delete the image it reads, a resumed one mix the two. Through URLs and
+    in-memory stores too (only local paths were compared, and the source
+    was deleted)."""
+    source, target = _location_key(src), _location_key(destination)
+    if source is None or target is None or source[0] != target[0]:
         return
-    target = os.path.join(target, written) if written else target
+    place = target[1]
+    if written:
+        place = place.rstrip("/") + "/" + written if source[0] != "local" else os.path.join(place, written)
+    sep = os.sep if source[0] == "local" else "/"
 
     def within(inner: str, outer: str) -> bool:
-        return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+        return inner == outer or inner.startswith(outer.rstrip(sep) + sep)
 
-    if within(source, target) or within(target, source):
+    if within(source[1], place) or within(place, source[1]):
         raise InvalidArgumentError(
-            f"invalid destination: {destination} would overwrite or nest in the source {source}; write the result "
-            f"to another path"
+            f"invalid destination: {destination} would overwrite or nest in the source {source[1]}; write the "
+            f"result to another path"
         )
 
 
@@ -511,6 +566,10 @@ def _pyramid(group, layout, runner) -> None:
             extra = {"dimension_names": [a["name"] for a in layout.axes]} if group.metadata.zarr_format == 3 else {}
             array = group.create_array(name, shape=shape, dtype=previous.dtype, chunks=chunks, fill_value=0,
                                        overwrite=True, **extra)
+            # A level made afresh is not done, whatever markers a deleted
+            # one left: resuming gave a level of zeros.
+            if f"_done_{name}" in group:
+                del group[f"_done_{name}"]
         numchunks = tuple(math.ceil(n / c) for n, c in zip(shape, array.chunks))
         done = _markers(group, f"_done_{name}", numchunks)
         todo = _todo(done, numchunks)
@@ -627,7 +686,17 @@ def _check_block_against_tiles(block: Sequence[int], stride: Sequence[int], spat
                 f"chunks can still be small: chunks=)")
 
 
-def _array(group, name, shape, dtype, array_axes, spatial_chunks, spatial_shards, previous, layout=None) -> Any:
+def _array(group, name, shape, dtype, array_axes, spatial_chunks, spatial_shards, previous, layout=None,
+           markers: Optional[str] = None) -> Any:
+    if previous and name not in group:
+        if spatial_chunks is None:
+            # The result itself, whose chunks only it recorded: a TypeError.
+            raise InvalidArgumentError(f"invalid destination: its result array {name} is missing (deleted?) though "
+                                       f"its record says it was begun; pass resume=False to start over")
+        # Made afresh, it is not done, whatever markers a deleted one left:
+        # resuming returned zeros as the result.
+        if markers is not None and markers in group:
+            del group[markers]
     if previous and name in group:
         array = group[name] if layout is None else layout.view(group[name])
         if tuple(array.shape) != tuple(shape) or array.dtype != dtype:
