@@ -844,3 +844,18 @@ def test_segment_to_zarr_never_deletes_what_it_did_not_write_nor_trusts_markers_
     shutil.rmtree(out / "labels")
     with pytest.raises(unet_rt.InvalidArgumentError, match="its result array labels is missing"):
         ud.segment_to_zarr(source, out, model, client=False, progress=False, output="instances", block=64)
+
+
+def test_segment_to_zarr_names_an_array_source_and_shards_without_chunks_work(model, tmp_path):
+    image = np.random.default_rng(0).random((200, 150)).astype(np.float32)
+    # zarr said "Unsupported type for store_like: 'ndarray'".
+    for source in (image, da.from_array(image)):
+        with pytest.raises(TypeError, match="source must be a zarr array or group, or a path or URL of one, got"):
+            ud.segment_to_zarr(source, tmp_path / "never.zarr", model, client=False, progress=False)
+    assert not (tmp_path / "never.zarr").exists()
+    # Shards alone: zarr refused the blocks' chunks, which did not divide them.
+    zarr.create_array(tmp_path / "in.zarr", data=image, chunks=(64, 64))
+    out = ud.segment_to_zarr(tmp_path / "in.zarr", tmp_path / "sharded.zarr", model, client=False, progress=False,
+                             shards=64)
+    assert (out.chunks, out.shards) == ((64, 64), (64, 64))
+    assert_identical(out[...], model.segment(image))

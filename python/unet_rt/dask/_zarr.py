@@ -268,6 +268,11 @@ def segment_to_zarr(
     check_normalize(normalize)
     check_object_size(object_size)
     levels = None if levels is None else _check_levels(levels)
+    if hasattr(source, "shape") and hasattr(source, "dtype") and not isinstance(source, zarr.Array):
+        # zarr said "Unsupported type for store_like: 'ndarray'".
+        raise TypeError(f"source must be a zarr array or group, or a path or URL of one, got "
+                        f"{type(source).__module__}.{type(source).__qualname__}; for an array in memory use "
+                        f"unet_rt.dask.segment(dask.array.from_array(a), model).to_zarr(path)")
     resolved = resolve_model(model, device, precision)
     info = resolved.info
     src, ome_source = open_source(_path(source), int(info["spatial_dims"]))
@@ -659,7 +664,9 @@ def _choose_blocks(
     blocks = tuple(
         block_shape(t, stride, u, n) for t, stride, n, u in zip(target, tiling.stride, spatial, unit or (None,) * dims)
     )
-    return blocks, chunk or blocks, shard
+    # Shards without chunks: one chunk per shard (the blocks' chunks did
+    # not divide the shards, and zarr refused them in its words).
+    return blocks, chunk or shard or blocks, shard
 
 
 def _check_block_against_tiles(block: Sequence[int], stride: Sequence[int], spatial: Sequence[int]) -> None:
