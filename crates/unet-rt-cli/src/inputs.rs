@@ -43,27 +43,37 @@ pub(crate) fn discover(inputs: &[PathBuf]) -> Vec<Result<PathBuf, FileError>> {
 /// not a symbolic link when it has one: `alias.tif -> img.tif` in a folder
 /// made the result `alias.tif` and left no word of `img.tif`.
 fn once_each(found: Vec<Result<PathBuf, FileError>>) -> Vec<Result<PathBuf, FileError>> {
-    let key = |f: &Path| std::fs::canonicalize(f).unwrap_or_else(|_| f.to_owned());
-    let is_link = |f: &Path| {
-        f.symlink_metadata()
-            .is_ok_and(|m| m.file_type().is_symlink())
-    };
-    let mut preferred: std::collections::HashMap<PathBuf, PathBuf> =
+    // Each name resolved and looked at once: (the file, whether the name is a link).
+    let keyed: Vec<Result<(PathBuf, PathBuf, bool), FileError>> = found
+        .into_iter()
+        .map(|item| {
+            item.map(|name| {
+                let file = std::fs::canonicalize(&name).unwrap_or_else(|_| name.clone());
+                let link = name
+                    .symlink_metadata()
+                    .is_ok_and(|m| m.file_type().is_symlink());
+                (name, file, link)
+            })
+        })
+        .collect();
+    // Per file, the first of its names that is not a link, else its first.
+    let mut preferred: std::collections::HashMap<PathBuf, (PathBuf, bool)> =
         std::collections::HashMap::new();
-    for file in found.iter().filter_map(|f| f.as_ref().ok()) {
-        let chosen = preferred.entry(key(file)).or_insert_with(|| file.clone());
-        if is_link(chosen) && !is_link(file) {
-            *chosen = file.clone();
+    for (name, file, link) in keyed.iter().flatten() {
+        let chosen = preferred
+            .entry(file.clone())
+            .or_insert_with(|| (name.clone(), *link));
+        if chosen.1 && !link {
+            *chosen = (name.clone(), false);
         }
     }
     let mut seen = HashSet::new();
-    found
+    keyed
         .into_iter()
         .filter_map(|item| match item {
-            Ok(file) => {
-                let k = key(&file);
-                let name = preferred.get(&k).cloned().unwrap_or(file);
-                seen.insert(k).then_some(Ok(name))
+            Ok((name, file, _)) => {
+                let chosen = preferred.remove(&file).map_or(name, |(chosen, _)| chosen);
+                seen.insert(file).then_some(Ok(chosen))
             }
             Err(e) => Some(Err(e)),
         })

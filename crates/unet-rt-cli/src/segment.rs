@@ -376,14 +376,15 @@ fn process(
     // A finished result: a file, or for zarr a store (a folder of that
     // name that is neither is no result), and the overlay asked for (a run
     // without --overlay before left none, and resuming skipped it).
-    let finished = match ctx.args.format {
+    // Looked at only for --skip-existing (it reads the result's header).
+    let finished = || match ctx.args.format {
         // Its kind and levels as this run's (any store was taken).
         Format::Zarr => atomic::result_store(&output).is_some_and(|mark| {
             mark.output == zarr_label_kind(ctx) && mark.levels == ctx.args.levels.max(1)
         }),
         _ => output.is_file() && holds_this_kind(ctx, &output),
     } && overlay.as_deref().is_none_or(Path::is_file);
-    if ctx.args.skip_existing && finished {
+    if ctx.args.skip_existing && finished() {
         let mut report = Report::new(input, Status::Skipped);
         report.output = Some(output);
         return report;

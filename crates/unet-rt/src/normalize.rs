@@ -337,28 +337,20 @@ impl PercentileStats {
     /// percentiles are those of its finite values) or a percentile
     /// overflows.
     pub fn checked_range(self, low: f64, high: f64) -> Result<(f64, f64)> {
-        check_percentiles(low, high)?;
-        let argument = match &self {
-            Self::Histogram { counts, .. } => {
-                if histogram_total(counts) > u128::from(u64::MAX) {
-                    return Err(Error::InvalidArgument {
-                        argument: "stats",
-                        message: "its counts add up to more pixels than any image has (2^64)"
-                            .to_owned(),
-                    });
-                }
-                // Bins count integer pixel values: only a malformed `first`
-                // gives non-finite percentiles.
-                "stats"
-            }
-            Self::Sample(values) => {
-                if !values.iter().any(|v| v.is_finite()) {
-                    return Err(no_finite_value("image"));
-                }
-                "image"
-            }
+        let counts = match self {
+            Self::Sample(mut values) => return Self::checked_sample_range(&mut values, low, high),
+            Self::Histogram { ref counts, .. } => counts,
         };
-        finite_range(self.range(low, high), argument)
+        check_percentiles(low, high)?;
+        if histogram_total(counts) > u128::from(u64::MAX) {
+            return Err(Error::InvalidArgument {
+                argument: "stats",
+                message: "its counts add up to more pixels than any image has (2^64)".to_owned(),
+            });
+        }
+        // Bins count integer pixel values: only a malformed `first` gives
+        // non-finite percentiles.
+        finite_range(self.range(low, high), "stats")
     }
 
     /// [`PercentileStats::checked_range`] of a sample held elsewhere (a NumPy

@@ -85,13 +85,10 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
         .map_err(|e| match e {
             // A header or first directory cut short said "failed to fill
             // whole buffer".
-            tiff::TiffError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-                format!(
-                    "not a readable TIFF file: it ends ({}) before its header and first directory do \
-                     (truncated?)",
-                    show_bytes(file_len)
-                )
-            }
+            e if cut_short(&e) => format!(
+                "not a readable TIFF file: it ends ({}) before its header and first directory do (truncated?)",
+                show_bytes(file_len)
+            ),
             e => format!("not a readable TIFF file: {e}"),
         })?
         .with_limits(limits(file_len, memory));
@@ -588,12 +585,16 @@ fn samples_and_bits(color: ColorType) -> Result<(u16, u8), String> {
 /// Why page `number` could not be read: a page cut short by the file's end
 /// said "failed to fill whole buffer".
 fn page_error(number: usize, error: tiff::TiffError) -> String {
-    match error {
-        tiff::TiffError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            format!("cannot read TIFF page {number}: the file ends inside it (truncated?)")
-        }
-        e => format!("cannot read TIFF page {number}: {e}"),
+    if cut_short(&error) {
+        format!("cannot read TIFF page {number}: the file ends inside it (truncated?)")
+    } else {
+        format!("cannot read TIFF page {number}: {error}")
     }
+}
+
+/// Whether the decoder met the file's end where it needed more.
+fn cut_short(error: &tiff::TiffError) -> bool {
+    matches!(error, tiff::TiffError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof)
 }
 
 /// The refusal of a page whose colour layout the decoder does not decode,
