@@ -24,12 +24,14 @@ use crate::pass_memory::PassMemory;
 
 mod declared;
 mod overlap;
+mod pass_times;
 mod size_rule;
 mod tiles;
 
 pub(crate) use declared::{check_passes, Passes};
 use declared::{swaps_axes, type_error, SWAPPED_AXES};
 use overlap::{APPROXIMATE_TOLERANCE, REACH_START};
+use pass_times::PassTimes;
 use size_rule::{Growth, Rule};
 pub(crate) use tiles::{check_tiles, measure, unless_cancelled};
 use tiles::{sees_raw_values, Placement};
@@ -42,7 +44,7 @@ pub const MAX_PROBE_VALUES: usize = 1 << 26;
 
 /// Probing gives up after this long: a model it cannot read in that time
 /// needs metadata, and a load must not take minutes. FCN-ResNet50 (a
-/// dilated ResNet, passes of seconds at 512 px) probes in about 24 s on two
+/// dilated ResNet, passes of seconds at 512 px) probes in about 35 s on two
 /// cores; at 30 s it gave up whenever other work shared the machine.
 const PROBE_BUDGET: Duration = Duration::from_secs(60);
 
@@ -126,10 +128,9 @@ struct Prober<'a> {
     /// Where a one-channel output becomes foreground when labels are
     /// compared: logit 0, or 0.5 for a network that returns probabilities.
     mask_at: f64,
-    /// The slowest pass so far (its input shape and time): said when
-    /// probing gives up, so that a slow network is told from a reach that
-    /// never settles.
-    slowest: Option<(Vec<i64>, Duration)>,
+    /// How long its passes took: what the time-based decisions read, and
+    /// the slowest pass, said when probing gives up.
+    times: PassTimes,
     /// An input side and the larger output side a pass returned for it
     /// (a super-resolution network): said where no size works.
     grown: Option<(usize, usize)>,
@@ -478,7 +479,7 @@ impl<'a> Prober<'a> {
             last_failure: None,
             uneven: None,
             mask_at: 0.0,
-            slowest: None,
+            times: PassTimes::default(),
             grown: None,
             output_rounding: 0.0,
             memory: PassMemory::start(device),
@@ -560,8 +561,8 @@ impl<'a> Prober<'a> {
         }
         if self.started.elapsed() > PROBE_BUDGET {
             let slowest = self
-                .slowest
-                .as_ref()
+                .times
+                .slowest()
                 .map_or_else(String::new, |(shape, took)| {
                     format!(
                         "; its slowest pass, on {}, took {:.1} s",
@@ -589,14 +590,8 @@ impl<'a> Prober<'a> {
         let result = self
             .memory
             .measure(values, || module.forward_is(&[IValue::Tensor(input)]));
-        let took = started.elapsed();
-        if self
-            .slowest
-            .as_ref()
-            .is_none_or(|(_, slowest)| took > *slowest)
-        {
-            self.slowest = Some((shape, took));
-        }
+        self.times
+            .record(&shape, values, started.elapsed(), result.is_ok());
         let output = match result {
             Ok(output) => output,
             Err(e) => {

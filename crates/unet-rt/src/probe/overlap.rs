@@ -238,7 +238,7 @@ impl<'a> Prober<'a> {
         self.reach_in(&image, &other, last..self.dims, &[true], grid, true)
     }
 
-    /// Whether `passes` more passes as slow as the slowest so far end
+    /// Whether `passes` more passes as slow as the last probe's end
     /// within `share` of the probing budget. The checks that only add to
     /// what probing finds (a reach confirmed on a longer probe, tiles
     /// compared on bright input) run where they leave the budget's rest
@@ -248,21 +248,15 @@ impl<'a> Prober<'a> {
     /// its reach regardless, and now confirms none (its reach is no
     /// dilation's artefact) and compares bright tiles where it has time.
     pub(super) fn time_for_passes(&self, passes: u32, share: f64) -> bool {
-        self.time_for_slowest(f64::from(passes), share)
+        self.time_for(f64::from(passes), share)
     }
 
-    /// [`Self::time_for_passes`] for `passes` as slow as the slowest so far,
-    /// a fraction of one included.
-    fn time_for_slowest(&self, passes: f64, share: f64) -> bool {
-        let needed = self.slowest_took().as_secs_f64() * passes;
+    /// [`Self::time_for_passes`] for `passes` as slow as the last probe's
+    /// (the typical pass on the largest input so far), a fraction of one
+    /// included.
+    fn time_for(&self, passes: f64, share: f64) -> bool {
+        let needed = self.times.typical().as_secs_f64() * passes;
         self.started.elapsed().as_secs_f64() + needed <= PROBE_BUDGET.as_secs_f64() * share
-    }
-
-    /// How long the slowest pass so far took.
-    fn slowest_took(&self) -> Duration {
-        self.slowest
-            .as_ref()
-            .map_or(Duration::ZERO, |(_, took)| *took)
     }
 
     /// [`Self::reach`] of `image` changed to `other` on either half
@@ -371,7 +365,7 @@ impl<'a> Prober<'a> {
         let mut out_of_time = false;
         if rule.lost == 0 {
             let limit = REACH_LIMIT[axis_kind].max(4 * factor);
-            // The slowest pass before the last probe, where that was half
+            // The typical pass of the probe before the last, where that was half
             // its side: how a pass grows with the side.
             let mut half_side_took: Option<Duration> = None;
             loop {
@@ -457,13 +451,13 @@ impl<'a> Prober<'a> {
                 // whole tile) ran out of its 60 s on the 2048 px probe and
                 // was refused as too slow, and Segformer's 2048 px pass took
                 // 91 s and 9 GB before it was.
-                let took = self.slowest_took();
+                let took = self.times.typical();
                 let growth = half_side_took
                     .filter(|before| !before.is_zero())
                     .map_or(0.0, |before| took.as_secs_f64() / before.as_secs_f64())
                     .max(f64::from(1u32 << self.dims));
                 out_of_time = !planned_last
-                    && !self.time_for_slowest(f64::from(2 * self.dims as u32 + 7) * growth, 0.6);
+                    && !self.time_for(f64::from(2 * self.dims as u32 + 7) * growth, 0.6);
                 let last = planned_last || !self.affordable(next) || out_of_time;
                 if last && !planned_last {
                     loose = self.reach(size, factor, true)?.loose;
