@@ -321,7 +321,10 @@ def test_nan_weights_raise_non_finite_error_naming_the_tile(tmp_path):
         # Loaded, then planning said "sizes are 0 + k * 4 from 18446744073709551615 up".
         (dict(fixed_size=7), "fixed_size is 7, which is not an input size of its own rule"),
         # Same-padded, no output inside the halo: loaded, then every call said "tile: size 18446744073709551615".
-        (dict(padding="same", size_offset=0, size_multiple=8, fixed_size=40), "fixed_size 40 leaves no output inside the halo of 20"),
+        (dict(padding="same", size_offset=0, size_multiple=8, fixed_size=40), r"fixed_size 40 leaves no output: a tile needs its overlap of 24 per side \(the halo 20, rounded up"),
+        # The same with the halo inside the tile but its overlap, rounded up to the multiple, not: loaded, and
+        # every call said "tile: size 18446744073709551615".
+        (dict(padding="same", size_offset=0, size_multiple=8, halo=3, fixed_size=8), "fixed_size 8 leaves no output: a tile needs its overlap of 8"),
         # A softmax over one channel is 1 everywhere: loaded, and every pixel was background.
         (dict(out_channels=1, class_names=None), "softmax.* with one output channel, which is 1 everywhere"),
         # Metadata the network contradicts loaded, and failed at the first image.
@@ -1508,3 +1511,211 @@ def test_an_image_another_call_writes_into_is_refused_saying_so(model):
     finally:
         release.set()
         writer.join(60)
+
+
+def _load_in_subprocess(path: Path, *, cli: bool = False, cli_path: Path = None) -> subprocess.CompletedProcess:
+    """Loads ``path`` in a child process: a regression here is a crash
+    (a stack overflow, an abort), which must fail one test, not the run."""
+    if cli:
+        command = [str(cli_path), "info", str(path)]
+    else:
+        command = [sys.executable, "-c",
+                   "import sys, unet_rt\n"
+                   "try:\n    unet_rt.Model(sys.argv[1], device='cpu')\n"
+                   "except unet_rt.ModelError as e:\n    print('ModelError:', e)\n",
+                   str(path)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("case", ["parentheses", "sum"])
+def test_code_nested_beyond_any_networks_is_refused_not_a_stack_overflow(tiny_model_path, tmp_path, cli, case):
+    """1,500 nested parentheses (or 20,000 terms of one sum) in a code file
+    overflowed the load thread's 2 MiB stack inside libtorch's compiler:
+    SIGSEGV in Python, "fatal runtime error: stack overflow" in the CLI."""
+    line = "(" * 1500 + "1" + ")" * 1500 if case == "parentheses" else "+".join(["1"] * 20_000)
+
+    def nest(name: str, body: bytes) -> bytes:
+        if "/code/" not in name or not name.endswith(".py"):
+            return body
+        anchor = b"    skips = annotate(List[Tensor], [])\n"
+        return body.replace(anchor, anchor + b"    _deep = " + line.encode() + b"\n", 1)
+
+    path = tmp_path / "deep.pt"
+    path.write_bytes(_rewrite_archive(tiny_model_path, nest))
+    want = "brackets nested 1500 deep" if case == "parentheses" else "a chain of 20000 operators on one line"
+    for done in (_load_in_subprocess(path), _load_in_subprocess(path, cli=True, cli_path=cli)):
+        assert want in done.stdout + done.stderr, (done.returncode, done.stdout, done.stderr[-2000:])
+        assert done.returncode in (0, 2), (done.returncode, done.stderr[-2000:])
+
+
+@pytest.mark.parametrize("case", ["nested tuples", "copied string"])
+def test_pickles_that_exhausted_the_scanner_are_refused(tiny_model_path, tmp_path, cli, case):
+    """60,000 nested tuples overflowed the stack dropping them (SIGSEGV),
+    and DUP of a 32 MiB string deep-copied it each time (a 106 KB file
+    asked for 12.8 GB and aborted)."""
+    if case == "nested tuples":
+        pickle, which, want = b"\x80\x02)" + b"\x85" * 60_000 + b".", "/constants.pkl", "nests tuples deeper"
+    else:
+        pickle = b"\x80\x02X" + (8 << 20).to_bytes(4, "little") + b"a" * (8 << 20) + b"2" * 2000 + b"."
+        which, want = "/data.pkl", None
+
+    def replace(name: str, body: bytes) -> bytes:
+        return pickle if name.endswith(which) else body
+
+    path = tmp_path / "pickle.pt"
+    path.write_bytes(_rewrite_archive(tiny_model_path, replace))
+    python, command = _load_in_subprocess(path), _load_in_subprocess(path, cli=True, cli_path=cli)
+    # Refused (2000 copies of 8 MiB would be 16 GB: refused by libtorch,
+    # whose file this is not, within memory).
+    assert python.returncode == 0 and "ModelError" in python.stdout, (python.returncode, python.stderr[-2000:])
+    assert command.returncode == 2, (command.returncode, command.stderr[-2000:])
+    if want:
+        assert want in python.stdout and want in command.stderr, (python.stdout, command.stderr)
+
+
+def test_a_weight_record_changed_after_saving_is_refused(tiny_model_path):
+    """libtorch does not check the zip's CRC-32: four bytes of a weight
+    changed loaded and changed 327 labels of the sample image silently."""
+    def change(name: str, body: bytes) -> bytes:
+        return (b"\x00\x00\x80\x3f" + body[4:]) if name.endswith("/data/0") else body
+
+    damaged = bytearray(_rewrite_archive(tiny_model_path, lambda name, body: body))
+    changed = _rewrite_archive(tiny_model_path, change)
+    # Same layout, other bytes: put the changed record's bytes under the
+    # original entry's CRC-32.
+    with zipfile.ZipFile(io.BytesIO(bytes(damaged))) as good, zipfile.ZipFile(io.BytesIO(changed)) as bad:
+        entry = next(e for e in good.infolist() if e.filename.endswith("/data/0"))
+        start = entry.header_offset + 30 + len(entry.filename.encode()) + len(entry.extra)
+        new = bad.read(entry.filename)
+    assert len(new) == entry.file_size
+    damaged[start:start + len(new)] = new
+    with pytest.raises(unet_rt.ModelError, match=r"its entry \S*data/0 does not match its CRC-32"):
+        unet_rt.Model.from_bytes(bytes(damaged), device="cpu")
+
+
+def test_a_module_whose_buffers_cannot_be_converted_is_refused_not_a_panic(tmp_path):
+    """A float64 weight (converted to float32 at load) beside a quantized
+    buffer: tch's CModule::to panicked, an InternalError with a Rust
+    backtrace."""
+
+    class Quantized(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3, padding=1).double()
+            self.register_buffer("q", torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.quint8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x.double()).float()
+
+    path = tmp_path / "quantized.pt"
+    torch.jit.save(torch.jit.script(Quantized().eval()), str(path))
+    with pytest.raises(unet_rt.ModelError, match="its tensors cannot be converted to float32: .*quantized"):
+        unet_rt.Model(path, device="cpu")
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_a_network_returning_a_compressed_sparse_tensor_is_refused_not_a_panic(tmp_path):
+    """A CSR output passed the sparse (COO) check and panicked reading its
+    strides: InternalError."""
+
+    class Sparse(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x).to_sparse_csr()
+
+    path = tmp_path / "sparse.pt"
+    # Probing refuses it in libtorch's words; declared geometry reached the
+    # engine.
+    meta = {"format": "unet_rt/1", "name": "sparse", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+            "output": "softmax", "padding": "same", "halo": 1, "size_multiple": 1, "size_offset": 0}
+    torch.jit.save(torch.jit.script(Sparse().eval()), str(path), _extra_files={"unet_rt.json": json.dumps(meta)})
+    with pytest.raises((unet_rt.ModelError, unet_rt.InferenceError), match="non-strided tensor"):
+        unet_rt.Model(path, device="cpu").segment(np.zeros((40, 50), np.float32))
+    with pytest.raises(unet_rt.ModelError, match="probing it failed in libtorch: .*unsupported tensor layout"):
+        torch.jit.save(torch.jit.script(Sparse().eval()), str(path))
+        unet_rt.Model(path, device="cpu")
+
+
+def test_percentiles_between_the_extremes_of_float64_are_finite(model):
+    """(b - a) * frac overflowed: a low percentile of +inf, refused by
+    percentile_range and used by segment without a word."""
+    image = np.full((10, 10), 1.7e308)
+    image[0, 0] = -1.7e308
+    low, high = model.percentile_range(image)
+    assert np.isfinite(low) and np.isfinite(high) and low <= high, (low, high)
+
+
+def test_ctrl_c_stops_the_percentile_statistics_of_a_huge_image(model):
+    """The histogram of a 10^10-pixel view ignored Ctrl-C for 28 s (50
+    minutes at 2^20 x 2^20)."""
+    import _thread
+
+    image = np.broadcast_to(np.uint16(7), (60_000, 60_000))
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    timer.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            model.percentile_range(image)
+    finally:
+        timer.cancel()
+    # Not a timing test of the statistics: a count that stops at the signal
+    # ends well before the whole one (about 10 s here).
+    assert time.perf_counter() - started < 5.0
+
+
+@pytest.mark.parametrize("alias", ["frombuffer", "as_strided", "torch", "memmap"])
+def test_an_out_aliasing_the_image_through_another_base_is_refused(model, tmp_path, alias):
+    """Only the same base chain was refused: an out= reaching the image's
+    memory another way was written while it was read, labels wrong on a
+    third of the image without a word."""
+    if alias == "memmap":
+        image = np.lib.format.open_memmap(tmp_path / "image.npy", mode="w+", dtype=np.uint8, shape=(256, 256))
+        image[:] = np.random.default_rng(0).integers(0, 255, image.shape, dtype=np.uint8)
+        image.flush()
+        out = np.lib.format.open_memmap(tmp_path / "image.npy", mode="r+")
+        match = "invalid out: it and the image are memory maps of one file"
+    else:
+        image = np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8)
+        out = {"frombuffer": lambda: np.frombuffer(image.data, np.uint8).reshape(image.shape),
+               "as_strided": lambda: np.lib.stride_tricks.as_strided(image, image.shape, image.strides),
+               "torch": lambda: torch.from_numpy(image).numpy()}[alias]()
+        match = "invalid out: it shares memory with the image"
+    before = np.array(image)
+    with pytest.raises(unet_rt.InvalidArgumentError, match=match):
+        model.segment(image, out=out)
+    assert (np.asarray(image) == before).all()
+
+
+def test_an_image_aliasing_another_calls_out_is_refused(model):
+    """The engine's check caught the out= itself, not a view of its memory
+    through another base (np.frombuffer)."""
+    image = np.random.default_rng(0).random((600, 600)).astype(np.float32)
+    buf = np.zeros(image.shape, np.uint8)
+    started, release = threading.Event(), threading.Event()
+
+    def progress(done, total):
+        started.set()
+        release.wait(30)
+
+    writer = threading.Thread(target=lambda: model.segment(image, tile=64, out=buf, progress=progress))
+    writer.start()
+    try:
+        assert started.wait(30)
+        alias = np.frombuffer(buf.data, np.uint8).reshape(buf.shape)
+        with pytest.raises(unet_rt.InvalidArgumentError, match="invalid image: cannot be read while another call"):
+            model.segment(alias)
+        with pytest.raises(unet_rt.InvalidArgumentError, match="invalid out: another call is writing into it"):
+            model.segment(image, out=alias)
+        # An out= over the bytes of the image another call reads.
+        over_image = np.frombuffer(image.data, np.uint8)[:buf.size].reshape(buf.shape)
+        with pytest.raises(unet_rt.InvalidArgumentError, match="invalid out: another call is reading it"):
+            model.segment(np.zeros_like(image), out=over_image)
+    finally:
+        release.set()
+        writer.join(60)
+    assert (buf == model.segment(image)).all()

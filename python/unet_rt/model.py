@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import threading
 import warnings
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -599,6 +601,7 @@ class Model:
 
     def _run(self, view, output, tile, batch_size, out, progress, memory_budget, batched, shape, blend, piece,
              nonfinite, tta, read_out):
+        given = out is not None
         if out is not None:
             if tuple(out.shape) != tuple(shape):
                 raise InvalidArgumentError(f"invalid out: has shape {out.shape}, the result has shape {tuple(shape)}")
@@ -610,7 +613,7 @@ class Model:
         # image straight into its part of the result, and counts the tiles
         # of the whole batch.
         images, target = (view, out) if batched else (view[:1], out[None])
-        with _Progress(progress) as report:
+        with _Progress(progress) as report, _writing_into(view, out if given else None):
             self._inner.segment(images, output, tile, batch_size, memory_budget, target, report, blend,
                                 piece.engine_window, piece.ranges, nonfinite, tta, **read_out)
         return out
@@ -786,19 +789,71 @@ def _free_bytes(path: str) -> int:
     return blocks * st.f_frsize
 
 
-def _mapped_file(out: np.ndarray) -> Optional[str]:
+#: The images and ``out=`` arrays of the calls running now, as ``(array,
+#: is_out)`` (see :func:`_writing_into`).
+_IN_USE: List[Tuple[np.ndarray, bool]] = []
+_IN_USE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _writing_into(image: np.ndarray, out: Optional[np.ndarray]) -> Iterator[None]:
+    """Refuses an ``out=`` that shares memory with the image or with what
+    another running call reads or writes, and an image that shares memory
+    with another running call's ``out=``; holds both as in use until the
+    block ends. The engine's own check follows NumPy's ``base`` chains, and
+    an alias through another chain (``np.frombuffer(a.data)``,
+    ``as_strided``, ``torch.from_numpy(a).numpy()``, two memory maps of one
+    file) was read while it was written: labels wrong on a third of the
+    image, without a word. Memory is compared by its bounds
+    (``numpy.may_share_memory``): interleaved views that do not overlap are
+    refused too."""
+    if out is not None and np.may_share_memory(image, out):
+        raise InvalidArgumentError("invalid out: it shares memory with the image (one is a view of the other's "
+                                   "memory); pass an array of its own")
+    image_file = _mapped_file(image, copy_on_write=True)
+    out_file = _mapped_file(out) if out is not None else None
+    if image_file and out_file and _same_file(image_file, out_file):
+        raise InvalidArgumentError(f"invalid out: it and the image are memory maps of one file, {out_file}; write "
+                                   "into another file")
+    entries = [(image, False)] + ([(out, True)] if out is not None else [])
+    with _IN_USE_LOCK:
+        for used, is_out in _IN_USE:
+            if is_out and np.may_share_memory(image, used):
+                raise InvalidArgumentError("invalid image: cannot be read while another call writes into it (it "
+                                           "shares memory with that call's out=): wait for that call, or pass a copy")
+            if out is not None and np.may_share_memory(out, used):
+                role = "writing into it (it shares memory with that call's out=)" if is_out else \
+                    "reading it (it shares memory with that call's image)"
+                raise InvalidArgumentError(f"invalid out: another call is {role}: wait for that call, or pass an "
+                                           "array of its own")
+        _IN_USE.extend(entries)
+    try:
+        yield
+    finally:
+        with _IN_USE_LOCK:
+            _IN_USE[:] = [entry for entry in _IN_USE if not any(entry is mine for mine in entries)]
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a == b
+
+
+def _mapped_file(out: np.ndarray, copy_on_write: bool = False) -> Optional[str]:
     """The file ``out``'s memory is a shared, writable mapping of, if any:
     an ``np.memmap`` anywhere along its ``base`` chain (a memmap's plain
     views, ``np.asarray(memmap)``, skipped the check before), or for an
     ``mmap.mmap`` buffer (``np.frombuffer(mmap)``) the file the process's
     memory map lists at its address. Copy-on-write maps never write the
-    file."""
+    file (``copy_on_write``: count them, as maps that read it)."""
     import mmap
 
     node: Any = out
     for _ in range(64):  # base chains are short; a cycle is not followed
         if isinstance(node, np.memmap) and getattr(node, "filename", None):
-            return None if node.mode == "c" else node.filename
+            return None if node.mode == "c" and not copy_on_write else node.filename
         if isinstance(node, mmap.mmap):
             return _shared_mapping_at(out.__array_interface__["data"][0])
         # np.frombuffer keeps a memoryview of the buffer it was given.

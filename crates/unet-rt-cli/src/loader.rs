@@ -79,6 +79,7 @@ fn interruptible(
     let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("unet-rt-load".to_owned())
+        .stack_size(unet_rt::LOAD_THREAD_STACK)
         .spawn(move || {
             let _ = done_tx.send(load());
         })

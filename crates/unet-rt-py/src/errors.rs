@@ -147,6 +147,7 @@ where
         let (done_tx, done_rx) = sync_channel::<unet_rt::Result<T>>(1);
         std::thread::Builder::new()
             .name("unet-rt-load".to_owned())
+            .stack_size(unet_rt::LOAD_THREAD_STACK)
             .spawn(move || {
                 let result = catching(work);
                 // Counted until the result is dropped or handed over.

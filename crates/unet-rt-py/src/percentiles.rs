@@ -35,7 +35,8 @@ pub(crate) fn percentile_range(
     with_pixel_array!(image, array: _T => {
         let input = args::readable(array, "image")?;
         let view = input.as_array();
-        run_released(py, &cancel, move || unet_rt::normalize::percentile_range(norm, &view))
+        let flag = Arc::clone(&cancel);
+        run_released(py, &cancel, move || unet_rt::normalize::percentile_range(norm, &view, Some(&flag)))
     })
 }
 

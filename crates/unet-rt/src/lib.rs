@@ -36,9 +36,12 @@ pub mod pixel;
 mod precision;
 mod probe;
 pub mod process;
+mod stop;
+mod torch_calls;
 mod whole;
 mod window;
 
+pub use archive::MAX_CODE_NESTING;
 pub use build_info::{build_info, BuildInfo};
 pub use engine::{
     cuda_budget, Conversion, Layout, NaturalElement, NonFinite, Options, OutputElement, OutputMode,
@@ -54,7 +57,7 @@ pub use metadata::{
     Activation, Metadata, Normalization, OutputKey, Padding, MAX_CHANNELS, MAX_GEOMETRY, MAX_SCALE,
     METADATA_ENTRY,
 };
-pub use model::Model;
+pub use model::{Model, LOAD_THREAD_STACK};
 pub use pixel::{Pixel, RawKind};
 pub use precision::Precision;
 pub use probe::MAX_PROBE_VALUES;

@@ -429,13 +429,26 @@ impl Metadata {
                     meta.fixed_size, meta.size_offset, meta.size_multiple, meta.min_size
                 )));
             }
-            // A same-padded tile keeps what lies inside its halo: none at
-            // all loaded, and every call then failed with a tile size of
-            // 2^64 - 1.
-            if meta.fixed_size <= 2 * meta.halo {
+            // A tile keeps what lies inside its overlap, and strides by
+            // whole pooling steps: a tile of the fixed size without one
+            // step's output inside it loaded, and every call then failed
+            // with a tile size of 2^64 - 1 (a same-padded halo of 3 is an
+            // overlap of 8 at a multiple of 8). The rule is the planner's
+            // own (`ModelInfo::min_tile`).
+            let info = crate::info::ModelInfo::from_metadata(&meta, None);
+            if info.min_tile() > meta.fixed_size {
                 return Err(invalid(format!(
-                    "fixed_size {} leaves no output inside the halo of {} per side",
-                    meta.fixed_size, meta.halo
+                    "fixed_size {} leaves no output: a tile needs its overlap of {} per side \
+                     (the halo {}{}) and one size_multiple ({}) of output inside it",
+                    meta.fixed_size,
+                    info.effective_halo(),
+                    meta.halo,
+                    if meta.padding == Padding::Same {
+                        ", rounded up to the size multiple"
+                    } else {
+                        ""
+                    },
+                    meta.size_multiple
                 )));
             }
         }

@@ -19,6 +19,7 @@ use crate::metadata::Metadata;
 use crate::precision::Precision;
 use crate::probe;
 use crate::process;
+use crate::torch_calls;
 
 /// A TorchScript model loaded once onto one device, in one precision, and
 /// shared: cloning a `Model` is cheap and clones may be used from any thread.
@@ -51,9 +52,20 @@ impl std::fmt::Debug for Model {
     }
 }
 
+/// The stack a thread that loads models should have: libtorch's
+/// TorchScript compiler recurses once per level of the code's nesting, and
+/// Rust's default 2 MiB stack overflowed (killing the process) at a sum of
+/// a few thousand terms that an 8 MiB main thread loaded. The loader
+/// refuses code nested beyond [`MAX_CODE_NESTING`](crate::MAX_CODE_NESTING)
+/// levels; this leaves room for what it does not count. The pages are only
+/// reserved until touched.
+pub const LOAD_THREAD_STACK: usize = 64 << 20;
+
 impl Model {
     /// Loads a TorchScript archive onto `device` in eval mode, in
-    /// [`Precision::DEFAULT`] (fp32).
+    /// [`Precision::DEFAULT`] (fp32). Call it on a thread of at least
+    /// [`LOAD_THREAD_STACK`] bytes of stack (the main thread's 8 MiB does
+    /// for files of real networks).
     ///
     /// # Errors
     /// [`Error::ModelNotFound`] when the file is missing, [`Error::InvalidModel`]
@@ -82,6 +94,8 @@ impl Model {
         archive::check_torchscript(&zip, path)?;
         let mut metadata = Metadata::from_zip(&mut zip, path)?;
         archive::check_records(&mut zip, path)?;
+        archive::check_checksums(&mut zip, path)?;
+        archive::check_code_nesting(&mut zip, path)?;
         drop_verified_for_other_code(&mut metadata, &mut zip);
         let ops = archive::whole_tile_ops(&mut zip);
         let module = match path.to_str() {
@@ -187,6 +201,8 @@ impl Model {
         archive::check_torchscript(&zip, name)?;
         let mut metadata = Metadata::from_zip(&mut zip, name)?;
         archive::check_records(&mut zip, name)?;
+        archive::check_checksums(&mut zip, name)?;
+        archive::check_code_nesting(&mut zip, name)?;
         drop_verified_for_other_code(&mut metadata, &mut zip);
         let ops = archive::whole_tile_ops(&mut zip);
         let module = CModule::load_data_on_device(&mut std::io::Cursor::new(bytes), device)
@@ -206,12 +222,13 @@ impl Model {
         let _work = process::begin()?;
         let invalid = |e: tch::TchError| invalid_model(path, &e);
         align_cpu_threads();
-        module.set_eval();
+        module.f_set_eval().map_err(invalid)?;
         if has_non_float32_weights(&module) {
             // Saved after `.half()`, `.bfloat16()` or `.double()`: probing,
             // the load-time checks and the pipeline feed float32, and the
             // chosen precision converts from there.
-            module.to(device, Kind::Float, false);
+            torch_calls::module_to(&mut module, device, Kind::Float)
+                .map_err(|why| unconvertible(path, "float32", &why))?;
         }
         let mut info = match &metadata {
             Some(m) => {
@@ -252,7 +269,7 @@ impl Model {
                 }
             }
         }
-        let precision = convert_weights(&mut module, device, precision).map_err(invalid)?;
+        let precision = convert_weights(&mut module, device, precision, path)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 module,
@@ -479,6 +496,9 @@ fn floating(output: Tensor) -> Result<Tensor> {
     for (layout, odd) in [
         ("sparse", output.is_sparse()),
         ("mkldnn", output.is_mkldnn()),
+        // Sparse CSR/CSC/BSR and nested tensors: libtorch has no strides
+        // to give.
+        ("non-strided", torch_calls::strides(&output).is_err()),
     ] {
         if odd {
             return Err(Error::Inference(format!(
@@ -507,6 +527,19 @@ fn read_whole(mut file: std::fs::File, path: &Path) -> Result<Vec<u8>> {
     let mut bytes = memory::try_with_capacity(len, len as u128, "path", "the model file")?;
     file.read_to_end(&mut bytes).map_err(io)?;
     Ok(bytes)
+}
+
+/// A module whose tensors libtorch cannot convert to `to` (a quantized
+/// buffer).
+fn unconvertible(path: &Path, to: &str, why: &str) -> Error {
+    Error::InvalidModel {
+        path: path.to_owned(),
+        reason: format!(
+            "its tensors cannot be converted to {to}: {} (unet_rt runs float networks; \
+             a quantized tensor among its buffers cannot be)",
+            first_line(why)
+        ),
+    }
 }
 
 fn invalid_model(path: &Path, err: &tch::TchError) -> Error {
@@ -597,14 +630,17 @@ fn convert_weights(
     module: &mut CModule,
     device: Device,
     precision: Precision,
-) -> Result<Precision, tch::TchError> {
-    let mut params = module.named_parameters()?;
+    path: &Path,
+) -> Result<Precision> {
+    let invalid = |e: tch::TchError| invalid_model(path, &e);
+    let mut params = module.named_parameters().map_err(invalid)?;
     if params.is_empty() {
         return Ok(Precision::Fp32);
     }
     if precision != Precision::Fp32 {
-        module.to(device, precision.kind(), false);
-        params = module.named_parameters()?;
+        torch_calls::module_to(module, device, precision.kind())
+            .map_err(|why| unconvertible(path, &precision.to_string(), &why))?;
+        params = module.named_parameters().map_err(invalid)?;
     }
     let _guard = tch::no_grad_guard();
     for (_, p) in params.iter_mut() {
@@ -619,10 +655,11 @@ fn convert_weights(
         }
         // A channels-last tensor is the NCHW view of a contiguous NHWC one.
         let channels_last = p
-            .f_permute(to_last)?
-            .f_contiguous()?
-            .f_permute(back.as_slice())?;
-        p.f_set_data(&channels_last)?;
+            .f_permute(to_last)
+            .and_then(|t| t.f_contiguous())
+            .and_then(|t| t.f_permute(back.as_slice()))
+            .map_err(invalid)?;
+        p.f_set_data(&channels_last).map_err(invalid)?;
     }
     Ok(precision)
 }

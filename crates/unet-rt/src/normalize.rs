@@ -1,10 +1,14 @@
 //! Raw pixels to network input, as the model's metadata prescribes.
 
-use ndarray::ArrayViewD;
+use std::convert::Infallible;
+use std::sync::atomic::AtomicBool;
+
+use ndarray::{ArrayViewD, Axis};
 
 use crate::error::{Error, Result};
 use crate::metadata::Normalization;
 use crate::pixel::Pixel;
+use crate::stop::Stop;
 
 /// Above this many pixels, percentiles of float images are taken from an
 /// evenly strided sample of this size instead of every pixel, which bounds
@@ -102,11 +106,19 @@ pub fn resolve(norm: &Normalization, values: impl Iterator<Item = f64>) -> Affin
 /// Resolves `norm` for an image view of any pixel type, reading it once
 /// without copying it: an exact histogram for 8- and 16-bit pixels, a
 /// selection over (at most [`PERCENTILE_SAMPLE`]) values for floats.
-pub fn resolve_view<T: Pixel>(norm: &Normalization, image: &ArrayViewD<'_, T>) -> Affine {
-    match range_of(norm, image) {
+///
+/// # Errors
+/// [`Error::Cancelled`] once `cancel` is set (the histogram of a large
+/// image takes seconds).
+pub fn resolve_view<T: Pixel>(
+    norm: &Normalization,
+    image: &ArrayViewD<'_, T>,
+    cancel: Option<&AtomicBool>,
+) -> Result<Affine> {
+    Ok(match range_of(norm, image, cancel)? {
         Some((lo, hi)) => affine_from_range(lo, hi),
         None => resolve(norm, std::iter::empty()),
-    }
+    })
 }
 
 /// For percentile normalization, the pixel values it maps to 0 and 1 in
@@ -117,24 +129,31 @@ pub fn resolve_view<T: Pixel>(norm: &Normalization, image: &ArrayViewD<'_, T>) -
 /// # Errors
 /// [`Error::InvalidArgument`] (`image`) when a percentile is NaN or
 /// infinite: the image holds such values, and no input range made of them
-/// normalizes anything.
+/// normalizes anything; [`Error::Cancelled`] once `cancel` is set.
 pub fn percentile_range<T: Pixel>(
     norm: &Normalization,
     image: &ArrayViewD<'_, T>,
+    cancel: Option<&AtomicBool>,
 ) -> Result<Option<(f64, f64)>> {
     let Normalization::Percentile { low, high } = *norm else {
         return Ok(None);
     };
-    PercentileStats::of_image(image)
+    PercentileStats::of_image_cancellable(image, cancel)?
         .checked_range(low, high)
         .map(Some)
 }
 
-fn range_of<T: Pixel>(norm: &Normalization, image: &ArrayViewD<'_, T>) -> Option<(f64, f64)> {
+fn range_of<T: Pixel>(
+    norm: &Normalization,
+    image: &ArrayViewD<'_, T>,
+    cancel: Option<&AtomicBool>,
+) -> Result<Option<(f64, f64)>> {
     let Normalization::Percentile { low, high } = *norm else {
-        return None;
+        return Ok(None);
     };
-    Some(PercentileStats::of_image(image).range(low, high))
+    Ok(Some(
+        PercentileStats::of_image_cancellable(image, cancel)?.range(low, high),
+    ))
 }
 
 /// What percentile normalization needs to know of (part of) one image: an
@@ -161,17 +180,49 @@ pub enum PercentileStats {
 impl PercentileStats {
     /// The statistics of a whole image (`(C, spatial...)`).
     pub fn of_image<T: Pixel>(image: &ArrayViewD<'_, T>) -> Self {
-        match T::HISTOGRAM_BINS {
-            Some(bins) => {
-                let mut counts = vec![0u64; bins];
-                image.iter().for_each(|&v| counts[v.bin()] += 1);
-                Self::Histogram {
-                    counts,
-                    first: T::from_bin(0),
+        let Ok(stats) = Self::counted(image, || Ok::<(), Infallible>(()));
+        stats
+    }
+
+    /// [`PercentileStats::of_image`], looking at `cancel` as it counts.
+    ///
+    /// # Errors
+    /// [`Error::Cancelled`] once `cancel` is set.
+    pub fn of_image_cancellable<T: Pixel>(
+        image: &ArrayViewD<'_, T>,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Self> {
+        let stop = Stop(cancel);
+        Self::counted(image, || stop.check())
+    }
+
+    /// The histogram or sample of `image`; `check` runs before each row of
+    /// the histogram (the sample is a bounded number of values).
+    fn counted<T: Pixel, E>(
+        image: &ArrayViewD<'_, T>,
+        mut check: impl FnMut() -> std::result::Result<(), E>,
+    ) -> std::result::Result<Self, E> {
+        let Some(bins) = T::HISTOGRAM_BINS else {
+            return Ok(Self::Sample(strided_sample(
+                image,
+                sample_step(image.len()),
+            )));
+        };
+        let mut counts = vec![0u64; bins];
+        let mut count = |v: &T| counts[v.bin()] += 1;
+        match image.ndim().checked_sub(1) {
+            Some(last) => {
+                for row in image.lanes(Axis(last)) {
+                    check()?;
+                    row.for_each(&mut count);
                 }
             }
-            None => Self::Sample(strided_sample(image, sample_step(image.len()))),
+            None => image.for_each(&mut count),
         }
+        Ok(Self::Histogram {
+            counts,
+            first: T::from_bin(0),
+        })
     }
 
     /// The statistics of `part`, the region from `origin` on of an image of
@@ -532,7 +583,21 @@ fn histogram_percentile(counts: &[u64], first: f64, q: f64) -> f64 {
     } else {
         a
     };
-    a + (b - a) * (pos - below as f64)
+    interpolate(a, b, pos - below as f64)
+}
+
+/// The value `frac` of the way from `a` to `b` (`a <= b`), as numpy's
+/// percentiles interpolate, and finite between finite ends: where `b - a`
+/// overflows (-1.7e308 to 1.7e308) numpy's formula gave infinity, a
+/// percentile range refused as holding infinite values, or a low end of
+/// +inf that segment normalised with.
+fn interpolate(a: f64, b: f64, frac: f64) -> f64 {
+    let step = b - a;
+    if step.is_finite() {
+        a + step * frac
+    } else {
+        a * (1.0 - frac) + b * frac
+    }
 }
 
 /// `numpy.percentile` by selection (linear time); reorders `values`.
@@ -546,7 +611,7 @@ fn select_percentile(values: &mut [f64], q: f64) -> f64 {
     let below = (pos.floor() as usize).min(values.len() - 1);
     let (_, &mut a, rest) = values.select_nth_unstable_by(below, f64::total_cmp);
     let b = rest.iter().copied().min_by(f64::total_cmp).unwrap_or(a);
-    a + (b - a) * (pos - below as f64)
+    interpolate(a, b, pos - below as f64)
 }
 
 /// Moves the finite values of `values` to its front; returns their count.
@@ -597,7 +662,7 @@ fn sorted_percentile(sorted: &[f64], q: f64) -> f64 {
     let below = (pos.floor() as usize).min(sorted.len() - 1);
     let frac = pos - below as f64;
     match sorted.get(below + 1) {
-        Some(&next) => sorted[below] + (next - sorted[below]) * frac,
+        Some(&next) => interpolate(sorted[below], next, frac),
         None => last,
     }
 }
@@ -613,6 +678,24 @@ mod tests {
         assert!((percentile(&v, 99.8).expect("a case that succeeds") - 9.98).abs() < 1e-12);
         assert_eq!(percentile(&[3.0], 1.0).expect("a case that succeeds"), 3.0);
         assert_eq!(percentile(&[], 1.0).expect("a case that succeeds"), 0.0);
+    }
+
+    #[test]
+    fn percentiles_between_the_extremes_of_f64_are_finite() {
+        let extremes = [-1.7e308, 1.7e308];
+        for q in [0.0, 1.0, 50.0, 99.8, 100.0] {
+            let sorted = percentile(&extremes, q).expect("a valid q");
+            let mut values = extremes.to_vec();
+            let selected = select_percentile(&mut values, q);
+            assert!(
+                sorted.is_finite() && sorted == selected,
+                "{q}: {sorted} {selected}"
+            );
+        }
+        assert_eq!(percentile(&extremes, 50.0).expect("a valid q"), 0.0);
+        assert_eq!(percentile(&extremes, 100.0).expect("a valid q"), 1.7e308);
+        // Ordinary ranges keep numpy's formula to the bit.
+        assert_eq!(interpolate(1.0, 3.0, 0.25), 1.0 + 2.0 * 0.25);
     }
 
     #[test]
@@ -656,7 +739,7 @@ mod tests {
         };
         let with_nan = ndarray::arr2(&[[f32::NAN, 2.0], [6.0, f32::NAN]]).into_dyn();
         assert_eq!(
-            resolve_view(&norm, &with_nan.view()),
+            resolve_view(&norm, &with_nan.view(), None).unwrap(),
             affine_from_range(2.0, 6.0)
         );
         assert_eq!(
@@ -721,8 +804,8 @@ mod tests {
                 percentile(&sorted, lo).expect("a case that succeeds"),
                 percentile(&sorted, hi).expect("a case that succeeds"),
             );
-            assert_eq!(resolve_view(&norm, &a.view()), want);
-            assert_eq!(resolve_view(&norm, &f.view()), want);
+            assert_eq!(resolve_view(&norm, &a.view(), None).unwrap(), want);
+            assert_eq!(resolve_view(&norm, &f.view(), None).unwrap(), want);
         }
         let signed = ndarray::arr1(&[-5i16, 3, -100, 7]).into_dyn();
         let norm = Normalization::Percentile {
@@ -730,7 +813,7 @@ mod tests {
             high: 100.0,
         };
         assert_eq!(
-            resolve_view(&norm, &signed.view()),
+            resolve_view(&norm, &signed.view(), None).unwrap(),
             affine_from_range(-100.0, 7.0)
         );
     }
@@ -928,6 +1011,6 @@ mod tests {
             low: f64::NAN,
             high: 99.0,
         };
-        assert_eq!(argument(percentile_range(&nan, &image.view())), "low");
+        assert_eq!(argument(percentile_range(&nan, &image.view(), None)), "low");
     }
 }

@@ -19,9 +19,9 @@ use std::rc::Rc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Storage {
     /// The record's name inside the pickle's data folder (`data/<key>`).
-    pub key: String,
+    pub key: Rc<str>,
     /// The storage class, e.g. `FloatStorage`.
-    pub class: String,
+    pub class: Rc<str>,
     /// Elements the pickle declares.
     pub numel: u64,
 }
@@ -30,7 +30,7 @@ impl Storage {
     /// Bytes per element of the storage class (1 for classes not known here:
     /// the bound is then weaker but still sound).
     pub fn element_size(&self) -> u64 {
-        match self.class.as_str() {
+        match &*self.class {
             "DoubleStorage" | "LongStorage" | "ComplexFloatStorage" => 8,
             "ComplexDoubleStorage" => 16,
             "FloatStorage" | "IntStorage" | "QInt32Storage" => 4,
@@ -45,7 +45,7 @@ impl Storage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct View {
     /// The storage's key.
-    pub key: String,
+    pub key: Rc<str>,
     /// Elements of the storage the pickle declares.
     pub storage_numel: u64,
     /// One past the last element the view reaches, or `None` when the view
@@ -80,16 +80,21 @@ pub(crate) enum Scan {
     Malformed(String),
 }
 
+/// A value on the scanner's stack. Strings and tuples are shared: `DUP`
+/// and memo reads copy values, and a 106 KB pickle that copied one 32 MiB
+/// string 400 times took 12.8 GB (the process aborted when allocation
+/// failed).
 #[derive(Debug, Clone)]
 enum Value {
-    Str(String),
+    Str(Rc<str>),
     Int(i128),
-    /// Shared: `DUP` and memo reads copy values, and a hostile pickle could
-    /// otherwise copy one large tuple over and over.
-    Tuple(Rc<Vec<Value>>),
-    Global(String, String),
+    /// Its items, and how deeply tuples nest in it (1 for a tuple of no
+    /// tuple): dropping nested `Rc`s recurses, and 60,000 levels overflowed
+    /// the loading thread's stack.
+    Tuple(Rc<Vec<Value>>, usize),
+    Global(Rc<str>, Rc<str>),
     Storage {
-        key: String,
+        key: Rc<str>,
         numel: u64,
     },
     Mark,
@@ -101,6 +106,15 @@ enum Value {
 /// number memo keys from 0 up.
 const MAX_STACK: usize = 1 << 20;
 const MAX_MEMO: usize = 1 << 22;
+
+/// Deepest nesting of tuples the scanner accepts: torch's pickles nest a
+/// few (a tensor's arguments, its size).
+const MAX_TUPLE_DEPTH: usize = 1000;
+
+/// Longest storage key the scanner accepts: torch names storages by their
+/// index ("0", "17"), and every key becomes a record name looked up in the
+/// archive.
+const MAX_KEY: usize = 1024;
 
 /// Replays `bytes` and collects its storages and tensor views.
 pub(crate) fn scan(bytes: &[u8]) -> Scan {
@@ -173,21 +187,19 @@ impl<'a> Reader<'a> {
         usize::try_from(self.le(n)?).map_err(|_| cut_short("a length beyond the address space"))
     }
 
-    fn line(&mut self) -> Result<String, Stop> {
+    fn line(&mut self) -> Result<Rc<str>, Stop> {
         let rest = &self.bytes[self.at..];
         let end = rest
             .iter()
             .position(|&b| b == b'\n')
             .ok_or_else(|| cut_short(format!("a text line at offset {} has no end", self.at)))?;
-        let text = String::from_utf8_lossy(&rest[..end]).into_owned();
+        let text = Rc::from(String::from_utf8_lossy(&rest[..end]));
         self.at += end + 1;
         Ok(text)
     }
 
     fn text(&mut self, n: usize) -> Result<Value, Stop> {
-        Ok(Value::Str(
-            String::from_utf8_lossy(self.take(n)?).into_owned(),
-        ))
+        Ok(Value::Str(Rc::from(String::from_utf8_lossy(self.take(n)?))))
     }
 }
 
@@ -198,6 +210,24 @@ impl Machine {
         }
         self.stack.push(value);
         Ok(())
+    }
+
+    /// Pushes a tuple of `items`.
+    fn push_tuple(&mut self, items: Vec<Value>) -> Result<(), Stop> {
+        let inner = items
+            .iter()
+            .map(|item| match item {
+                Value::Tuple(_, depth) => *depth,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        if inner >= MAX_TUPLE_DEPTH {
+            return Err(Stop::Damaged(format!(
+                "it nests tuples deeper than the {MAX_TUPLE_DEPTH} levels any model's pickle has"
+            )));
+        }
+        self.push(Value::Tuple(Rc::new(items), inner + 1))
     }
 
     fn pop(&mut self) -> Result<Value, Stop> {
@@ -259,11 +289,11 @@ impl Machine {
                 }
                 b'.' => return Ok(self.records), // STOP
                 b'(' => self.push(Value::Mark)?,
-                b')' => self.push(Value::Tuple(Rc::default()))?,
+                b')' => self.push_tuple(Vec::new())?,
                 b']' | b'}' | 0x8f | b'N' | 0x88 | 0x89 => self.push(Value::Other)?, // empty list/dict/set, None, bools
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.push(Value::Tuple(Rc::new(items)))?;
+                    self.push_tuple(items)?;
                 }
                 0x85..=0x87 => {
                     let n = usize::from(opcode - 0x84);
@@ -271,7 +301,7 @@ impl Machine {
                         return Err(malformed("stack underflow"));
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
-                    self.push(Value::Tuple(Rc::new(items)))?;
+                    self.push_tuple(items)?;
                 }
                 b'a' => {
                     self.pop()?; // APPEND
@@ -320,7 +350,7 @@ impl Machine {
                 }
                 b'Q' => {
                     let pid = self.pop()?; // BINPERSID
-                    let value = self.persistent(pid);
+                    let value = self.persistent(pid)?;
                     self.push(value)?;
                 }
                 b'R' => {
@@ -433,17 +463,23 @@ impl Machine {
 
     /// The value a persistent id stands for: torch writes a storage as
     /// `("storage", torch.<Class>Storage, key, location, numel)`.
-    fn persistent(&mut self, pid: Value) -> Value {
-        let Value::Tuple(items) = pid else {
-            return Value::Other;
+    fn persistent(&mut self, pid: Value) -> Result<Value, Stop> {
+        let Value::Tuple(items, _) = pid else {
+            return Ok(Value::Other);
         };
         let [Value::Str(tag), Value::Global(module, class), Value::Str(key), _, Value::Int(numel)] =
             items.as_slice()
         else {
-            return Value::Other;
+            return Ok(Value::Other);
         };
-        if tag != "storage" || module != "torch" {
-            return Value::Other;
+        if &**tag != "storage" || &**module != "torch" {
+            return Ok(Value::Other);
+        }
+        if key.len() > MAX_KEY {
+            return Err(Stop::Damaged(format!(
+                "a storage key of {} bytes, beyond the {MAX_KEY} any model's pickle has",
+                key.len()
+            )));
         }
         // A negative count is recorded as an impossible one, so that the
         // record check refuses it.
@@ -453,10 +489,10 @@ impl Machine {
             class: class.clone(),
             numel,
         });
-        Value::Storage {
+        Ok(Value::Storage {
             key: key.clone(),
             numel,
-        }
+        })
     }
 
     /// Records the view of a tensor rebuilt from a storage.
@@ -464,11 +500,11 @@ impl Machine {
         let Value::Global(module, name) = callable else {
             return;
         };
-        if module != "torch._utils" || !name.starts_with("_rebuild_tensor") {
+        if &**module != "torch._utils" || !name.starts_with("_rebuild_tensor") {
             return;
         }
-        let Value::Tuple(args) = args else { return };
-        let [Value::Storage { key, numel }, Value::Int(offset), Value::Tuple(size), Value::Tuple(stride), ..] =
+        let Value::Tuple(args, _) = args else { return };
+        let [Value::Storage { key, numel }, Value::Int(offset), Value::Tuple(size, _), Value::Tuple(stride, _), ..] =
             args.as_slice()
         else {
             return;
@@ -529,7 +565,10 @@ fn view_extent(offset: i128, size: &[i128], stride: &[i128]) -> Result<Option<u6
             .and_then(|d| last.checked_add(d))
             .ok_or_else(overflow)?;
     }
-    u64::try_from(last + 1).map(Some).map_err(|_| overflow())
+    last.checked_add(1)
+        .and_then(|end| u64::try_from(end).ok())
+        .map(Some)
+        .ok_or_else(overflow)
 }
 
 #[cfg(test)]
@@ -593,6 +632,59 @@ mod tests {
         assert!(view_extent(0, &[2], &[-1]).is_err());
         assert!(view_extent(0, &[i128::MAX, 3], &[i128::MAX, 1]).is_err());
         assert!(view_extent(0, &[1 << 70], &[1 << 10]).is_err());
+        // An offset from a LONG of more than 16 bytes: one past it overflows.
+        assert!(view_extent(i128::MAX, &[1], &[1]).is_err());
+    }
+
+    #[test]
+    fn tuples_nested_beyond_any_models_are_refused_not_a_stack_overflow() {
+        let nested = |levels: usize| {
+            let mut p = vec![0x80, 2, b')'];
+            p.extend(std::iter::repeat_n(0x85, levels)); // TUPLE1
+            p.push(b'.');
+            p
+        };
+        assert!(matches!(
+            scan(&nested(MAX_TUPLE_DEPTH - 1)),
+            Scan::Complete(_)
+        ));
+        for levels in [MAX_TUPLE_DEPTH, 60_000] {
+            assert!(
+                matches!(scan(&nested(levels)), Scan::Damaged(ref why) if why.contains("nests tuples deeper")),
+                "{levels}"
+            );
+        }
+    }
+
+    #[test]
+    fn copies_of_a_large_string_share_it() {
+        // One 32 MiB string duplicated 400 times took 12.8 GB.
+        let mut p = vec![0x80, 2, 0x8d];
+        p.extend_from_slice(&(32u64 << 20).to_le_bytes());
+        p.resize(p.len() + (32 << 20), b'a');
+        p.extend(std::iter::repeat_n(b'2', 400)); // DUP
+        p.push(b'.');
+        let started = std::time::Instant::now();
+        assert!(matches!(scan(&p), Scan::Complete(_)));
+        assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn a_storage_key_beyond_any_models_is_refused() {
+        let mut p = weight_pickle(36, &[4, 1, 3, 3], &[9, 9, 3, 1]);
+        // The key "0" (BINUNICODE of 1 byte) becomes 2000 bytes.
+        let at = 2;
+        assert_eq!(&p[at..at + 6], b"X\x01\x00\x00\x000");
+        let key = vec![b'7'; 2000];
+        let mut long_key = vec![b'X'];
+        long_key.extend_from_slice(&2000u32.to_le_bytes());
+        long_key.extend_from_slice(&key);
+        p.splice(at..at + 6, long_key);
+        assert!(
+            matches!(scan(&p), Scan::Damaged(ref why) if why.contains("a storage key of 2000 bytes")),
+            "{:?}",
+            scan(&p)
+        );
     }
 
     #[test]

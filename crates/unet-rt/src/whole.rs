@@ -153,7 +153,7 @@ pub fn forward_whole(model: &Model, image: ArrayViewD<'_, f32>) -> Result<ArrayD
             (pixels / image.shape()[0] as u128).saturating_mul(4 * info.out_channels as u128),
         );
     memory::check_fits(need, "image", "the whole image in one forward pass")?;
-    let affine = normalize::resolve_view(&info.normalization, &image);
+    let affine = normalize::resolve_view(&info.normalization, &image, None)?;
     let normalized = image.mapv(|v| v.normalized(affine));
     let padded = pad_reflect(&normalized.view(), &pads)?.insert_axis(Axis(0));
     let output = model

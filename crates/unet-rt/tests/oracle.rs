@@ -505,8 +505,12 @@ fn windows_give_the_whole_images_result_bit_for_bit() {
                 };
                 // A piece cannot know the whole image's percentiles: pass them.
                 let whole_range = range.or_else(|| {
-                    unet_rt::normalize::percentile_range(&model.info().normalization, &image.view())
-                        .expect("finite image")
+                    unet_rt::normalize::percentile_range(
+                        &model.info().normalization,
+                        &image.view(),
+                        None,
+                    )
+                    .expect("finite image")
                 });
                 let piece_options = Options {
                     window: Some(window),
@@ -667,7 +671,8 @@ fn symmetry(image: &ArrayD<f32>, flip_y: bool, flip_x: bool, transpose: bool) ->
 /// input `X` of [`unet_rt::forward_whole`], cropped to the image, softmaxed.
 fn augmented_oracle(model: &Model, image: &ArrayD<f32>, rotations: bool) -> ArrayD<f32> {
     let info = model.info();
-    let affine = unet_rt::normalize::resolve_view(&info.normalization, &image.view());
+    let affine =
+        unet_rt::normalize::resolve_view(&info.normalization, &image.view(), None).unwrap();
     let normalized = image.mapv(|v| affine.apply(v));
     let pads: Vec<(usize, usize)> = image.shape()[1..]
         .iter()

@@ -319,7 +319,7 @@ impl Segmenter {
         if self.cancelled() {
             return Err(Error::Cancelled);
         }
-        let affine = self.affine(&input);
+        let affine = self.affine(&input)?;
         let gatherer = Gatherer::piece(input, affine, window.origin.clone(), window.image.clone())
             .check_finite(self.options.nonfinite == NonFinite::Raise)
             .workers(host_workers());
@@ -496,7 +496,11 @@ impl Segmenter {
         // Statistics of the image as given: resampling must not move them.
         let input_range = match self.options.input_range {
             Some(range) => Some(range),
-            None => normalize::percentile_range(&info.normalization, &input)?,
+            None => normalize::percentile_range(
+                &info.normalization,
+                &input,
+                self.options.cancel.as_deref(),
+            )?,
         };
         let resampled = rescale::resample_image(input, &spatial, || self.cancelled())?;
         let inner = Self {
@@ -515,11 +519,15 @@ impl Segmenter {
     }
 
     /// The input's normalization: the model's, or the caller's range.
-    fn affine<T: Pixel>(&self, input: &ArrayViewD<'_, T>) -> Affine {
+    fn affine<T: Pixel>(&self, input: &ArrayViewD<'_, T>) -> Result<Affine> {
         match self.options.input_range {
             // `new` accepted the range for percentile models only.
-            Some((low, high)) => normalize::affine_from_range(low, high),
-            None => normalize::resolve_view(&self.model.info().normalization, input),
+            Some((low, high)) => Ok(normalize::affine_from_range(low, high)),
+            None => normalize::resolve_view(
+                &self.model.info().normalization,
+                input,
+                self.options.cancel.as_deref(),
+            ),
         }
     }
 

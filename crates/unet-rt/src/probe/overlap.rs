@@ -95,6 +95,13 @@ const WHOLE_TILE_STATISTIC: &str = "a statistic of the whole tile (found by prob
 /// reach the far edge of a 2048 px probe (2-D).
 const REACH_BEYOND_PROBES: &str = "a reach beyond its largest probe (found by probing)";
 
+/// Named instead of [`REACH_BEYOND_PROBES`] where the larger probes would
+/// not have fit in probing's time: a busy machine, or a slow network, and
+/// not a reach measured (metadata, or a load on an idle machine, can
+/// still call it exact).
+const REACH_BEYOND_TIMELY_PROBES: &str =
+    "a reach beyond its largest probe in probing's time (found by probing)";
+
 /// Hits farther than this past the last one still extend the near reach.
 const NEAR_GAP: usize = 4;
 
@@ -484,9 +491,12 @@ impl<'a> Prober<'a> {
                 && self.dims == 2
                 && (size >= REACH_LIMIT[0] || out_of_time)
             {
-                info.exactness
-                    .whole_tile_ops
-                    .push(REACH_BEYOND_PROBES.to_owned());
+                let reason = if size >= REACH_LIMIT[0] {
+                    REACH_BEYOND_PROBES
+                } else {
+                    REACH_BEYOND_TIMELY_PROBES
+                };
+                info.exactness.whole_tile_ops.push(reason.to_owned());
             }
         } else {
             halo = Some(rule.lost / 2);
