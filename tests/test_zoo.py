@@ -1204,6 +1204,34 @@ def test_a_network_quiet_on_probes_below_the_8_bit_range_is_measured_on_it(tmp_p
         assert relative_error(got, want) < 1e-5, seed
 
 
+class _StdFloor(torch.nn.Module):
+    """Divides by the tile's standard deviation floored at 100: a constant
+    on [0, 1] and 8-bit input, a statistic of the whole tile on 16-bit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.head = torch.nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spread = torch.clamp(x.std(dim=(1, 2, 3), keepdim=True), min=100.0)
+        return self.head(F.relu(self.conv(x / spread)))
+
+
+def test_a_statistic_that_switches_on_in_the_16_bit_range_is_measured_there(tmp_path):
+    # Every probe stayed below 1020 (std about 74): called exact, and a
+    # uint16 image tiled 13 times the output's range off, 15% of its
+    # labels wrong, without a word.
+    torch.manual_seed(0)
+    net = _StdFloor().eval()
+    with pytest.warns(unet_rt.ApproximateTilingWarning, match="depends on more than a tile's overlap can hold"):
+        model = unet_rt.Model(plain_export(net, tmp_path / "std_floor.pt"), device="cpu")
+    assert not model.info["exact"] and model.info["measured"]["max_difference"] > 1e-2, model.info
+    image = (200 + 3000 * (np.arange(277) > 166) + 50 * np.random.default_rng(1).random((300, 277))).astype(np.uint16)
+    want = whole_forward(net, image[None].astype(np.float32), model.info["overlap"], model.info["size_multiple"])
+    assert relative_error(model.segment(image, axes="yx", output="raw", tile="whole"), want) < 1e-5
+
+
 @pytest.mark.parametrize("normalization, warns", [({"kind": "none"}, True), ({"kind": "scale", "factor": 1.0}, True),
                                                   ({"kind": "percentile", "low": 1.0, "high": 99.8}, False)])
 def test_metadata_is_checked_on_the_8_bit_range_where_the_network_sees_it(tmp_path, normalization, warns):

@@ -554,9 +554,12 @@ pub(crate) fn check_checksums<R: Read + Seek>(
     origin: &Path,
 ) -> Result<()> {
     for index in 0..archive.len() {
-        let mut entry = archive
-            .by_index(index)
-            .map_err(|e| invalid(origin, format!("entry {index} cannot be read: {e} (a damaged file)")))?;
+        let mut entry = archive.by_index(index).map_err(|e| {
+            invalid(
+                origin,
+                format!("entry {index} cannot be read: {e} (a damaged file)"),
+            )
+        })?;
         if let Err(e) = std::io::copy(&mut entry, &mut std::io::sink()) {
             let why = if e.to_string().contains("Invalid checksum") {
                 "does not match its CRC-32 (a damaged or altered file)".to_owned()

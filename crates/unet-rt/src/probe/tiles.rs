@@ -19,6 +19,11 @@ pub(crate) fn measure(
     })
 }
 
+/// The largest value of an 8-bit and of a 16-bit pixel: the scales of
+/// the raw-range probes ([`Prober::with_raw_range`]).
+const EIGHT_BIT_MAX: f64 = 255.0;
+const SIXTEEN_BIT_MAX: f64 = 65535.0;
+
 /// Whether the network of `info` sees pixel values as they are, 0 to 255
 /// for 8-bit images and beyond (no normalization, or a scale that leaves
 /// them above 1): metadata declaring halo 1 for a network whose wide path
@@ -89,10 +94,10 @@ impl Placement {
     /// The worse of `uniform` and the agreements on the probes that find
     /// what uniform noise does not: the structured probe, the raw 8-bit
     /// range where the network sees it (`raw_values`), a flat tile, a
-    /// smooth field and the structured probe negated (last: the probe a
-    /// slow network on a busy machine can most easily do without). Models
-    /// with metadata were checked on the first alone, and those the others
-    /// find loaded as exact.
+    /// smooth field, the structured probe negated, and the raw 16-bit
+    /// range (last: the probes a slow network on a busy machine can most
+    /// easily do without). Models with metadata were checked on the first
+    /// alone, and those the others find loaded as exact.
     pub(super) fn beyond_uniform(
         &self,
         prober: &mut Prober<'_>,
@@ -101,13 +106,18 @@ impl Placement {
     ) -> Result<Agreement> {
         let measured = prober.with_structured(uniform, self)?;
         let measured = if raw_values {
-            prober.with_raw_range(measured, self)?
+            prober.with_raw_range(measured, self, EIGHT_BIT_MAX)?
         } else {
             measured
         };
         let measured = prober.with_flat_tile(measured, self)?;
         let measured = prober.with_smooth_field(measured, self)?;
-        prober.with_negative(measured, self)
+        let measured = prober.with_negative(measured, self)?;
+        if raw_values {
+            prober.with_raw_range(measured, self, SIXTEEN_BIT_MAX)
+        } else {
+            Ok(measured)
+        }
     }
 }
 
@@ -389,21 +399,31 @@ impl<'a> Prober<'a> {
         self.or_worse_on(so_far, &image, at)
     }
 
-    /// `so_far` and the agreement on the structured probe at 255 times its
-    /// values: without metadata, or with none that normalizes, a network
-    /// sees an image's raw values (0 to 255 for 8-bit pixels), and one that
-    /// scales its input itself can be
+    /// `so_far` and the agreement on the structured probe at `scale` times
+    /// its values: without metadata, or with none that normalizes, a
+    /// network sees an image's raw values (0 to 255 for 8-bit pixels, to
+    /// 65535 for 16-bit ones). One that scales its input itself can be
     /// quiet on probes below 4 (a deep level whose biases silence it on
     /// dark input was measured exact, and real 8-bit images tiled 8% of
-    /// the range off). A network that fails or overflows there, or too slow
-    /// for the budget's rest ([`Self::time_for_passes`]), is left to the
-    /// probes it ran.
-    fn with_raw_range(&mut self, so_far: Agreement, at: &Placement) -> Result<Agreement> {
-        if !self.time_for_passes(3, 0.6) {
+    /// the range off), and one whose statistic of the tile switches on
+    /// only in the 16-bit range was called exact on every other probe
+    /// (`x / clamp(x.std(), min=100)`: a uint16 image tiled 13 times the
+    /// range off, 15% of its labels wrong). A network that fails or
+    /// overflows there, or too slow for the budget's rest
+    /// ([`Self::time_for_passes`]), is left to the probes it ran; the
+    /// 16-bit probe runs last, with the smaller share.
+    fn with_raw_range(
+        &mut self,
+        so_far: Agreement,
+        at: &Placement,
+        scale: f64,
+    ) -> Result<Agreement> {
+        let share = if scale > EIGHT_BIT_MAX { 0.5 } else { 0.6 };
+        if !self.time_for_passes(3, share) {
             return Ok(so_far);
         }
         let noise = self.noise_with(at.size, 3, true)?;
-        let image = self.torch(noise.f_mul_scalar(255.0))?;
+        let image = self.torch(noise.f_mul_scalar(scale))?;
         self.or_worse_on(so_far, &image, at)
     }
 
