@@ -81,7 +81,12 @@ fn interruptible(
         .name("unet-rt-load".to_owned())
         .stack_size(unet_rt::LOAD_THREAD_STACK)
         .spawn(move || {
-            let _ = done_tx.send(load());
+            // Inside `catch`, a panic the core catches itself (tch's
+            // panicking `CModule::to`) is recorded, not printed as a bug,
+            // and one it does not is this load's error.
+            let loaded = crate::panics::catch(load)
+                .unwrap_or_else(|message| Err(unet_rt::Error::Internal(message)));
+            let _ = done_tx.send(loaded);
         })
         .map_err(|e| {
             CliError::Engine(unet_rt::Error::Internal(format!(

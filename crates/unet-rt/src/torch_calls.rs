@@ -56,18 +56,34 @@ pub(crate) fn module_to(module: &mut CModule, device: Device, kind: Kind) -> Res
             .cloned()
             .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
             .unwrap_or_else(|| "libtorch failed".to_owned());
-        // tch's panic reads `called Result::unwrap() on an Err value:
-        // Torch("...")`: the quoted part is libtorch's message.
-        match text.split_once("Torch(\"") {
-            Some((_, rest)) => rest.trim_end_matches("\")").to_owned(),
-            None => text,
-        }
+        libtorch_message(&text)
     })
+}
+
+/// libtorch's message in the text of tch's panic, `called Result::unwrap()
+/// on an Err value: Torch("...")`: the quoted part, its line breaks
+/// escaped, whose first line says what failed (a C++ backtrace follows).
+fn libtorch_message(panic: &str) -> String {
+    let message = match panic.split_once("Torch(\"") {
+        Some((_, rest)) => rest.trim_end_matches("\")"),
+        None => panic,
+    };
+    message.split("\\n").next().unwrap_or(message).to_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_message_of_a_tch_panic_is_libtorchs_first_line() {
+        let panic = r#"called `Result::unwrap()` on an `Err` value: Torch("Creation of quantized tensor requires quantized dtype\nException raised from x at y.cpp:115\nframe #0: ...")"#;
+        assert_eq!(
+            libtorch_message(panic),
+            "Creation of quantized tensor requires quantized dtype"
+        );
+        assert_eq!(libtorch_message("boom"), "boom");
+    }
 
     #[test]
     fn dense_tensors_have_strides() {
