@@ -171,45 +171,6 @@ pub(crate) fn check_torchscript<R: Read + Seek>(
 /// terms.
 pub const MAX_CODE_NESTING: usize = 500;
 
-/// Refuses an archive whose TorchScript code nests deeper than
-/// [`MAX_CODE_NESTING`] (see there). Files beyond [`MAX_CODE_BYTES`] are
-/// read that far.
-pub(crate) fn check_code_nesting<R: Read + Seek>(
-    archive: &mut ZipArchive<R>,
-    origin: &Path,
-) -> Result<()> {
-    let names: Vec<String> = archive
-        .file_names()
-        .filter(|name| name.contains("/code/") && name.ends_with(".py"))
-        .map(str::to_owned)
-        .collect();
-    for name in names {
-        let Ok(entry) = archive.by_name(&name) else {
-            continue;
-        };
-        let mut code = Vec::new();
-        if entry.take(MAX_CODE_BYTES).read_to_end(&mut code).is_err() {
-            continue;
-        }
-        let (depth, chain) = code_nesting(&code);
-        if depth > MAX_CODE_NESTING || chain > MAX_CODE_NESTING {
-            let what = if depth > MAX_CODE_NESTING {
-                format!("brackets nested {depth} deep")
-            } else {
-                format!("a chain of {chain} operators on one line")
-            };
-            return Err(invalid(
-                origin,
-                format!(
-                    "its code {name} has {what}, beyond the {MAX_CODE_NESTING} that TorchScript's compiler \
-                     is given here (generated code of real networks has a few; a damaged or hostile file)"
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// The deepest bracket nesting of `code`, and the most binary operators
 /// on one line (an operator character after an operand: `a+b`, `a + b`,
 /// not the unary `-1` or `*args`).
@@ -543,13 +504,15 @@ pub(crate) fn check_records<R: Read + Seek>(
     Ok(())
 }
 
-/// Refuses an archive with an entry whose bytes do not match its CRC-32:
-/// libtorch does not check them, and a weight record with four bytes
-/// changed loaded and changed 327 labels of the sample image without a
-/// word. Every entry is read once (a stream, no allocation: about a
-/// second per gigabyte); [`check_unpacked_size`] has bounded what they
+/// Refuses an archive with an entry whose bytes do not match its CRC-32,
+/// or with TorchScript code nested deeper than [`MAX_CODE_NESTING`] (see
+/// there). libtorch does not check the CRC-32s, and a weight record with
+/// four bytes changed loaded and changed 327 labels of the sample image
+/// without a word. Every entry is read once (a stream, no allocation: about
+/// a second per gigabyte; code files are held to be scanned, up to
+/// [`MAX_CODE_BYTES`]); [`check_unpacked_size`] has bounded what they
 /// unpack to.
-pub(crate) fn check_checksums<R: Read + Seek>(
+pub(crate) fn check_entries<R: Read + Seek>(
     archive: &mut ZipArchive<R>,
     origin: &Path,
 ) -> Result<()> {
@@ -560,13 +523,39 @@ pub(crate) fn check_checksums<R: Read + Seek>(
                 format!("entry {index} cannot be read: {e} (a damaged file)"),
             )
         })?;
-        if let Err(e) = std::io::copy(&mut entry, &mut std::io::sink()) {
+        let name = entry.name().to_owned();
+        let is_code = name.contains("/code/") && name.ends_with(".py");
+        let mut code = Vec::new();
+        let read = if is_code {
+            std::io::Read::by_ref(&mut entry)
+                .take(MAX_CODE_BYTES)
+                .read_to_end(&mut code)
+                .and_then(|_| std::io::copy(&mut entry, &mut std::io::sink()))
+        } else {
+            std::io::copy(&mut entry, &mut std::io::sink())
+        };
+        if let Err(e) = read {
             let why = if e.to_string().contains("Invalid checksum") {
                 "does not match its CRC-32 (a damaged or altered file)".to_owned()
             } else {
                 format!("cannot be read: {e} (a damaged file)")
             };
-            return Err(invalid(origin, format!("its entry {} {why}", entry.name())));
+            return Err(invalid(origin, format!("its entry {name} {why}")));
+        }
+        let (depth, chain) = code_nesting(&code);
+        if depth > MAX_CODE_NESTING || chain > MAX_CODE_NESTING {
+            let what = if depth > MAX_CODE_NESTING {
+                format!("brackets nested {depth} deep")
+            } else {
+                format!("a chain of {chain} operators on one line")
+            };
+            return Err(invalid(
+                origin,
+                format!(
+                    "its code {name} has {what}, beyond the {MAX_CODE_NESTING} that TorchScript's compiler \
+                     is given here (generated code of real networks has a few; a damaged or hostile file)"
+                ),
+            ));
         }
     }
     Ok(())

@@ -94,8 +94,7 @@ impl Model {
         archive::check_torchscript(&zip, path)?;
         let mut metadata = Metadata::from_zip(&mut zip, path)?;
         archive::check_records(&mut zip, path)?;
-        archive::check_checksums(&mut zip, path)?;
-        archive::check_code_nesting(&mut zip, path)?;
+        archive::check_entries(&mut zip, path)?;
         drop_verified_for_other_code(&mut metadata, &mut zip);
         let ops = archive::whole_tile_ops(&mut zip);
         let module = match path.to_str() {
@@ -201,8 +200,7 @@ impl Model {
         archive::check_torchscript(&zip, name)?;
         let mut metadata = Metadata::from_zip(&mut zip, name)?;
         archive::check_records(&mut zip, name)?;
-        archive::check_checksums(&mut zip, name)?;
-        archive::check_code_nesting(&mut zip, name)?;
+        archive::check_entries(&mut zip, name)?;
         drop_verified_for_other_code(&mut metadata, &mut zip);
         let ops = archive::whole_tile_ops(&mut zip);
         let module = CModule::load_data_on_device(&mut std::io::Cursor::new(bytes), device)
