@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -562,6 +563,36 @@ def test_an_interrupted_run_resumes_where_it_stopped(model, tmp_path):
                              progress=lambda done, total: seen.append(done))
     assert seen[0] == 2 and seen[-1] == 16  # two blocks skipped, fourteen done
     assert_identical(out[...], model.segment(image, tile=104))
+
+
+def test_a_second_run_into_a_destination_being_written_is_refused(model, tmp_path):
+    # Two threads writing one new destination: one failed with "holds data
+    # that unet_rt.dask did not write" (the other's) or zarr's own error.
+    src, out = tmp_path / "in.zarr", tmp_path / "results" / "out.zarr"
+    zarr.create_array(src, data=blobs((128, 128), 5), chunks=(64, 64))
+    refused = []
+
+    def second_runs(done, total):
+        if done != 1:
+            return
+        for dst in (out, out / "inner", out.parent):
+            def run(dst=dst):
+                try:
+                    ud.segment_to_zarr(src, dst, model, client=False, block=64, progress=False)
+                except unet_rt.InvalidArgumentError as e:
+                    refused.append(str(e))
+            thread = threading.Thread(target=run)
+            thread.start()
+            thread.join()
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ud.segment_to_zarr(src, out, model, client=False, block=64, progress=second_runs)
+    assert len(refused) == 3 and all("is being written by another unet_rt.dask.segment_to_zarr call" in e
+                                     for e in refused), refused
+    # The interrupted run let go of it: a rerun resumes and completes.
+    result = ud.segment_to_zarr(src, out, model, client=False, block=64, progress=False)
+    assert_identical(result[...], model.segment(blobs((128, 128), 5)))
 
 
 def test_resuming_from_other_source_data_is_refused(model, tmp_path):

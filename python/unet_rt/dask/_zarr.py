@@ -16,14 +16,16 @@ resumed run can refuse to mix two different jobs."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -301,86 +303,88 @@ def segment_to_zarr(
     engine_output = "labels" if output == "instances" else output
     # Checked before the destination is opened (a fresh one is created then).
     fresh_blocks = _choose_blocks(block, chunks, shards, shape[2:], tiling)
-    _check_apart(src, destination, f"labels/{output}" if ngff else "")
-    runner = Runner(client, progress)
-    if runner.client is None:
-        # The blocks run here: a device this machine lacks (device="cuda"
-        # without CUDA) failed at the first block, after the destination
-        # was created. Workers elsewhere check their own.
-        load_model(resolved.spec, resolved.data)
-    mode = "a" if resume else "w"
-    if ngff:
-        # Never overwrite the destination itself: it may be the image.
-        root = _open_group(destination, "a")
-        labels_group = root.require_group("labels")
-        group = zarr.open_group(store=labels_group.store, path=f"{labels_group.path}/{output}".lstrip("/"), mode=mode,
-                                zarr_format=root.metadata.zarr_format)
-        layout = label_image(array_axes.axes, array_axes.spatial_dims, ome_source,
-                             ome_source is not None and _same_group(ome_source.group, root), levels)
-    else:
-        if not resume:
-            _refuse_plain_folder(destination)
-        group, layout = _open_group(destination, mode), None
-    config = {
-        "format": _FORMAT,
-        "output": output,
-        "model_sha256": _model_digest(resolved),
-        "precision": resolved.spec.precision,
-        "axes": array_axes.axes,
-        "source_shape": [int(s) for s in src.shape],
-        "source_sample": _source_sample(src),
-        "tile": list(tiling.tile),
-        "batch_size": tiling.batch_size,
-        "tta": tta,
-        "read_out": json.loads(read_out) if output == "instances" else None,
-        "normalize": normalize if isinstance(normalize, str) else given_ranges(normalize, shape[0]).tolist(),
-        "ome": ngff,
-        "levels": 1 if layout is None else layout.levels,
-    }
-    previous = dict(group.attrs.get(_ATTRS) or {})
-    if previous:
-        _check_same_job(previous, config, destination)
-        blocks = tuple(int(b) for b in previous["block"])
-        spatial_chunks = spatial_shards = None
-    else:
-        if len(group) and resume:
-            raise InvalidArgumentError(
-                f"invalid destination: {destination} holds data that unet_rt.dask did not write; "
-                f"choose an empty destination or pass resume=False to overwrite it"
-            )
-        blocks, spatial_chunks, spatial_shards = fresh_blocks
-    plan = BlockPlan(spatial_dims=array_axes.spatial_dims, output=engine_output, tiling=tiling, memory_budget=memory_budget,
-                     tta=config["tta"], nonfinite=nonfinite)
-    names = _names(output, ngff)
-    target = _array(group, names[engine_output], resolved.local.result_shape(src.shape, engine_output, array_axes.axes),
-                    resolved.local.result_dtype(engine_output), array_axes, spatial_chunks, spatial_shards, previous, layout,
-                    markers="_done_" + engine_output)
-    spatial_chunks = tuple(target.chunks[-array_axes.spatial_dims :])
-    spatial_shards = None if target.shards is None else tuple(target.shards[-array_axes.spatial_dims :])
-    numblocks = (shape[0],) + tuple(math.ceil(n / b) for n, b in zip(shape[2:], blocks))
-    done = _markers(group, "_done_" + engine_output, numblocks)
-    if not previous:
-        group.attrs[_ATTRS] = {**config, "block": list(blocks), "ranges": None}
-    ranges = _ranges(group, resolved, normalize, array_axes, shape, blocks, runner, src, plan)
-    job = _Job(src, target, done, array_axes, plan, resolved.spec, blocks, shape)
-    runner.run(
-        _segment_task,
-        [((job, index), {}) for index in _todo(done, numblocks)],
-        shared={"ranges": ranges, "model_data": resolved.data},
-        total=int(np.prod(numblocks)),
-        desc=f"unet_rt {engine_output}",
-        resources=resources,
-    )
-    if output == "instances":
-        ids = (resolved.local.result_shape(src.shape, "instances", array_axes.axes), resolved.local.result_dtype("instances"))
-        target = _instances(group, names["instances"], target, ids, array_axes, shape, blocks, numblocks, spatial_chunks,
-                            spatial_shards, previous, runner, read_out, layout)
-    if layout is None:
-        return target
-    _pyramid(group, layout, runner)
-    image_label = colors(resolved.local.classes) if output == "labels" else {}
-    write_metadata(root, labels_group, group, output, layout, image_label)
-    return group["0"]
+    written = f"labels/{output}" if ngff else ""
+    _check_apart(src, destination, written)
+    with _claimed(destination):
+        runner = Runner(client, progress)
+        if runner.client is None:
+            # The blocks run here: a device this machine lacks (device="cuda"
+            # without CUDA) failed at the first block, after the destination
+            # was created. Workers elsewhere check their own.
+            load_model(resolved.spec, resolved.data)
+        mode = "a" if resume else "w"
+        if ngff:
+            # Never overwrite the destination itself: it may be the image.
+            root = _open_group(destination, "a")
+            labels_group = root.require_group("labels")
+            group = zarr.open_group(store=labels_group.store, path=f"{labels_group.path}/{output}".lstrip("/"), mode=mode,
+                                    zarr_format=root.metadata.zarr_format)
+            layout = label_image(array_axes.axes, array_axes.spatial_dims, ome_source,
+                                 ome_source is not None and _same_group(ome_source.group, root), levels)
+        else:
+            if not resume:
+                _refuse_plain_folder(destination)
+            group, layout = _open_group(destination, mode), None
+        config = {
+            "format": _FORMAT,
+            "output": output,
+            "model_sha256": _model_digest(resolved),
+            "precision": resolved.spec.precision,
+            "axes": array_axes.axes,
+            "source_shape": [int(s) for s in src.shape],
+            "source_sample": _source_sample(src),
+            "tile": list(tiling.tile),
+            "batch_size": tiling.batch_size,
+            "tta": tta,
+            "read_out": json.loads(read_out) if output == "instances" else None,
+            "normalize": normalize if isinstance(normalize, str) else given_ranges(normalize, shape[0]).tolist(),
+            "ome": ngff,
+            "levels": 1 if layout is None else layout.levels,
+        }
+        previous = dict(group.attrs.get(_ATTRS) or {})
+        if previous:
+            _check_same_job(previous, config, destination)
+            blocks = tuple(int(b) for b in previous["block"])
+            spatial_chunks = spatial_shards = None
+        else:
+            if len(group) and resume:
+                raise InvalidArgumentError(
+                    f"invalid destination: {destination} holds data that unet_rt.dask did not write; "
+                    f"choose an empty destination or pass resume=False to overwrite it"
+                )
+            blocks, spatial_chunks, spatial_shards = fresh_blocks
+        plan = BlockPlan(spatial_dims=array_axes.spatial_dims, output=engine_output, tiling=tiling, memory_budget=memory_budget,
+                         tta=config["tta"], nonfinite=nonfinite)
+        names = _names(output, ngff)
+        target = _array(group, names[engine_output], resolved.local.result_shape(src.shape, engine_output, array_axes.axes),
+                        resolved.local.result_dtype(engine_output), array_axes, spatial_chunks, spatial_shards, previous, layout,
+                        markers="_done_" + engine_output)
+        spatial_chunks = tuple(target.chunks[-array_axes.spatial_dims :])
+        spatial_shards = None if target.shards is None else tuple(target.shards[-array_axes.spatial_dims :])
+        numblocks = (shape[0],) + tuple(math.ceil(n / b) for n, b in zip(shape[2:], blocks))
+        done = _markers(group, "_done_" + engine_output, numblocks)
+        if not previous:
+            group.attrs[_ATTRS] = {**config, "block": list(blocks), "ranges": None}
+        ranges = _ranges(group, resolved, normalize, array_axes, shape, blocks, runner, src, plan)
+        job = _Job(src, target, done, array_axes, plan, resolved.spec, blocks, shape)
+        runner.run(
+            _segment_task,
+            [((job, index), {}) for index in _todo(done, numblocks)],
+            shared={"ranges": ranges, "model_data": resolved.data},
+            total=int(np.prod(numblocks)),
+            desc=f"unet_rt {engine_output}",
+            resources=resources,
+        )
+        if output == "instances":
+            ids = (resolved.local.result_shape(src.shape, "instances", array_axes.axes), resolved.local.result_dtype("instances"))
+            target = _instances(group, names["instances"], target, ids, array_axes, shape, blocks, numblocks, spatial_chunks,
+                                spatial_shards, previous, runner, read_out, layout)
+        if layout is None:
+            return target
+        _pyramid(group, layout, runner)
+        image_label = colors(resolved.local.classes) if output == "labels" else {}
+        write_metadata(root, labels_group, group, output, layout, image_label)
+        return group["0"]
 
 
 def _instances(group, name, labels, ids, array_axes, shape, blocks, numblocks, spatial_chunks, spatial_shards, previous,
@@ -500,22 +504,67 @@ def _check_apart(src: Any, destination: Any, written: str) -> None:
     delete the image it reads, a resumed one mix the two. Through URLs and
     in-memory stores too (only local paths were compared, and the source
     was deleted)."""
-    source, target = _location_key(src), _location_key(destination)
+    source, target = _location_key(src), _written_key(destination, written)
     if source is None or target is None or source[0] != target[0]:
         return
-    place = target[1]
-    if written:
-        place = place.rstrip("/") + "/" + written if source[0] != "local" else os.path.join(place, written)
-    sep = os.sep if source[0] == "local" else "/"
-
-    def within(inner: str, outer: str) -> bool:
-        return inner == outer or inner.startswith(outer.rstrip(sep) + sep)
-
-    if within(source[1], place) or within(place, source[1]):
+    if _overlap(source, target):
         raise InvalidArgumentError(
             f"invalid destination: {destination} would overwrite or nest in the source {source[1]}; write the "
             f"result to another path"
         )
+
+
+def _written_key(destination: Any, written: str) -> Optional[Tuple[str, str]]:
+    """:func:`_location_key` of the part of ``destination`` a run writes
+    (``written`` below it, or all of it)."""
+    key = _location_key(destination)
+    if key is None or not written:
+        return key
+    scheme, place = key
+    return scheme, (os.path.join(place, written) if scheme == "local" else place.rstrip("/") + "/" + written)
+
+
+def _overlap(a: Tuple[str, str], b: Tuple[str, str]) -> bool:
+    """Whether two location keys are one place, or one lies inside the other."""
+    if a[0] != b[0]:
+        return False
+    sep = os.sep if a[0] == "local" else "/"
+
+    def within(inner: str, outer: str) -> bool:
+        return inner == outer or inner.startswith(outer.rstrip(sep) + sep)
+
+    return within(a[1], b[1]) or within(b[1], a[1])
+
+
+_WRITING: List[Tuple[str, str]] = []
+_WRITING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _claimed(destination: Any) -> Iterator[None]:
+    """Holds ``destination`` for one run: a second run into it (or into a
+    group inside it, or holding it) from another thread of this process is
+    refused while the first runs. Two such runs wrote correct data, but one
+    failed with "holds data that unet_rt.dask did not write" (the other's,
+    a moment old) or zarr's ``ContainsGroupError``; two label images written
+    into one OME-Zarr image at once would both rewrite its ``labels`` list.
+    Runs from other processes are not seen."""
+    key = _location_key(destination)
+    if key is None:
+        yield
+        return
+    with _WRITING_LOCK:
+        if any(_overlap(key, other) for other in _WRITING):
+            raise InvalidArgumentError(
+                f"invalid destination: {destination} is being written by another unet_rt.dask.segment_to_zarr "
+                f"call of this process; wait for it to finish (a rerun then resumes) or choose another destination"
+            )
+        _WRITING.append(key)
+    try:
+        yield
+    finally:
+        with _WRITING_LOCK:
+            _WRITING.remove(key)
 
 
 def _same_group(a: Any, b: Any) -> bool:
