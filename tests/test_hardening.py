@@ -1194,6 +1194,37 @@ def test_interpreter_exit_with_a_daemon_thread_inside_a_call_is_clean(tmp_path, 
     assert not done.stderr or done.stderr.startswith("Exception in thread"), done.stderr[-3000:]
 
 
+CALL_AFTER_EXIT_HANDLER = """
+import atexit, sys
+
+def late():
+    # Registered before unet_rt's own exit handler, so it runs after it.
+    import numpy as np, unet_rt
+    for what, call in [("segment", lambda: unet_rt.segment(np.zeros((64, 64), np.float32), sys.argv[1], device="cpu")),
+                       ("load", lambda: unet_rt.Model(sys.argv[1], device="cpu"))]:
+        try:
+            call()
+            print(what, "ran")
+        except unet_rt.errors.CancelledError as e:
+            print(what, "refused:", e)
+
+atexit.register(late)
+import unet_rt
+"""
+
+
+def test_a_call_after_the_exit_handler_says_the_interpreter_is_exiting(tmp_path, clean_env, tiny_model_path):
+    # It said only "cancelled", leaving the user looking for who cancelled.
+    script = tmp_path / "late.py"
+    script.write_text(CALL_AFTER_EXIT_HANDLER)
+    done = subprocess.run([sys.executable, str(script), str(tiny_model_path)], capture_output=True, text=True,
+                          env=clean_env, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["segment refused", "load refused"], done.stdout
+    assert all("the interpreter is exiting (unet_rt's exit handler ran)" in line for line in lines), done.stdout
+
+
 class _SlowOnASentinel(torch.nn.Module):
     """A 1x1 convolution whose forward pass takes tens of seconds when a
     pixel is beyond 1e8 (never on the load's probes), with little memory:

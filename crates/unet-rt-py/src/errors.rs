@@ -70,7 +70,17 @@ pub(crate) fn error_class_names() -> Vec<&'static str> {
 /// Converts a core error into the matching `unet_rt.errors` exception.
 pub(crate) fn to_py_err(err: unet_rt::Error) -> PyErr {
     Python::attach(|py| {
-        let message = err.to_string();
+        let message = match err {
+            // After `stop_at_exit` every call is refused or cancelled for
+            // that reason; "cancelled" alone left the user looking for the
+            // caller that cancelled it.
+            unet_rt::Error::Cancelled if unet_rt::process::stopping() => {
+                "cancelled: the interpreter is exiting (unet_rt's exit handler ran), so unet_rt \
+                 refuses new work and stops what runs"
+                    .to_owned()
+            }
+            _ => err.to_string(),
+        };
         let class = py
             .import("unet_rt.errors")
             .and_then(|m| m.getattr(class_name(&err)))
