@@ -1054,6 +1054,16 @@ def test_percentile_normalisation_does_not_depend_on_the_images_scale(model, fac
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype,offset,span", [(np.float32, 1e6, 10.0), (np.float32, 1e4, 1.0), (np.uint16, 30000, 100)])
+def test_images_far_from_zero_are_normalised_as_their_float64_copies(model, dtype, offset, span):
+    # The float32 map x * scale + shift cancelled two large terms: pixels near 1e6 of a range
+    # of 10 reached the network 0.6% of the range off, and labels flipped.
+    pixels = (IMAGE * span + offset).astype(dtype)
+    want = model.segment(pixels.astype(np.float64), output="probabilities")
+    got = model.segment(pixels, output="probabilities")
+    np.testing.assert_allclose(got, want, atol=2e-6)
+
+
 def test_a_steep_input_range_saturates_16_bit_pixels_as_float64_ones(model):
     # The map of (0, 1e-35) sends uint16's 60000 beyond float32: the image was refused as
     # "holding NaN or infinite values". Its pixels saturate now, as float64 pixels do.

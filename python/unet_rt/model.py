@@ -61,7 +61,8 @@ class Model:
         precision: ``"fp32"`` (the default, exact to the whole-image
             forward), ``"auto"`` (bf16 on GPUs and on CPUs with bf16 units,
             about twice as fast there; a few boundary pixels may differ),
-            ``"bf16"`` or ``"fp16"`` (GPUs only).
+            ``"bf16"`` (GPUs, and CPUs: slow on one without bf16 units) or
+            ``"fp16"`` (GPUs only).
 
     Example:
 
@@ -405,7 +406,11 @@ class Model:
                 ``z``, ``y``, ``x`` (an ``"xy"`` image gives a ``(y, x)``
                 result; :meth:`result_shape` says which).
             output: ``"labels"`` (uint8, uint16 beyond 256 classes; shape of
-                the spatial axes), ``"probabilities"`` (float32, channel-first),
+                the spatial axes: the class of the largest logit, the lowest
+                such class on a tie; for one-channel sigmoid outputs 1 where
+                the logit is above 0, for one-channel probability outputs 1
+                where it is above 0.5; under ``nonfinite="propagate"`` a NaN
+                output is labelled 0), ``"probabilities"`` (float32, channel-first),
                 ``"raw"`` (the network output, channel-first) or
                 ``"instances"`` (uint32 object ids, 0 for background: the
                 model's read-out, ``info["instances"]``, e.g. nucleus interiors
@@ -452,6 +457,10 @@ class Model:
                 ``(low, high)`` pixel values to map to 0 and 1 instead of the
                 image's own percentiles (one pair, or one per image of a
                 batch), e.g. from :meth:`percentile_range` of a whole image.
+                The image's own percentiles are taken over all its pixels
+                and channels at once, separately for each image of a batch
+                (each ``z`` plane, for a 2-D model reading a stack: pass one
+                ``input_range`` for the stack's own).
             nonfinite: ``"raise"`` (the default): NaN or infinity in the
                 image (after normalization) raises
                 :class:`~unet_rt.InvalidArgumentError`, and in the network's
@@ -459,8 +468,9 @@ class Model:
                 affected; ``"propagate"`` lets such values through.
             tta: test-time augmentation: ``"none"`` (the default),
                 ``"flips"`` (every flip of the spatial axes, 4 forward passes
-                per tile in 2-D) or ``"d4"`` (flips and quarter turns in the
-                yx plane, 8 passes); the logits are averaged, and the result
+                per tile in 2-D, 8 in 3-D) or ``"d4"`` (flips and quarter
+                turns in the yx plane, 8 passes; in 3-D ``z`` is not
+                flipped); the logits are averaged, and the result
                 equals the augmented whole-image forward.
             object_size: the typical object diameter in ``image``, in
                 pixels. The image is resampled to the model's training scale

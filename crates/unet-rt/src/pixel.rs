@@ -219,8 +219,9 @@ mod tests {
 
     #[test]
     fn finite_pixels_normalise_to_finite_input_and_infinite_ones_stay_infinite() {
-        // A flat range at -3e38: x - low overflows f32 for x = 3e38.
-        let flat = Affine::new(1.0, 3e38);
+        // A flat range at -3e38 (a pixel's value, as a percentile is): x -
+        // low overflows f32 for x = 3e38.
+        let flat = Affine::new(1.0, -f64::from(-3e38f32));
         assert_eq!(3e38f32.normalized(flat), f32::MAX);
         assert_eq!((-3e38f32).normalized(flat), 0.0);
         assert_eq!(2.0f32.normalized(Affine::new(0.5, 1.0)), 2.0);

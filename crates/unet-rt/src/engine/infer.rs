@@ -265,9 +265,9 @@ fn batch_tensor(
 
 /// Network input (`f32`) from raw pixels of `pixels`' type, by the same
 /// operations, in the same order and precision, as the host's
-/// [`Affine::apply`]: `x * scale`, rounded, then `+ shift`, rounded (two
-/// kernels, so nothing fuses them), which makes the result the host's bit
-/// for bit.
+/// [`Affine::apply`]: two subtractions then a multiplication, each rounded
+/// (three kernels, so nothing fuses them), which makes the result the
+/// host's bit for bit.
 fn normalize_on_device(
     x: &Tensor,
     pixels: RawKind,
@@ -282,8 +282,10 @@ fn normalize_on_device(
         _ => x.f_to_kind(Kind::Float)?,
     };
     // The scalars are exactly the host's `f32`s (widened losslessly).
-    x.f_mul_scalar(f64::from(affine.scale))?
-        .f_add_scalar(f64::from(affine.shift))
+    let (first, second, scale) = affine.f32_parts();
+    x.f_sub_scalar(f64::from(first))?
+        .f_sub_scalar(f64::from(second))?
+        .f_mul_scalar(f64::from(scale))
 }
 
 /// libtorch's words for a failed allocation: CUDA's, and the CPU
