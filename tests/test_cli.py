@@ -527,6 +527,35 @@ def test_a_single_plane_is_a_volume_of_one_plane_for_a_3d_model(cli, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "out3" / "volume.npy"), want)
 
 
+def test_imagej_and_ome_time_series_are_a_batch_of_volumes_for_a_3d_model(cli, tmp_path):
+    # ImageJ's and OME's frames were read as slices: two time points of four slices reached a
+    # 3-D model as one volume of eight (the convolutions mixed them), and a series of 2-D frames
+    # as a volume, where tifffile's own TYX was refused.
+    from training.tiny import export_tiny
+
+    model = export_tiny(tmp_path / "vol.pt", seed=3, depth=2, base=2, dims=3)
+    series = (np.random.default_rng(11).random((2, 4, 24, 30)) * 255).astype(np.uint8)
+    want = unet_rt.segment(series, model, device="cpu", axes="bzyx", output="raw")
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "plain.tif", series, photometric="minisblack", metadata={"axes": "TZYX"})
+    tifffile.imwrite(tmp_path / "in" / "imagej.tif", series, imagej=True, metadata={"axes": "TZYX"})
+    tifffile.imwrite(tmp_path / "in" / "ome.tif", series, ome=True, metadata={"axes": "TZYX"})
+    tifffile.imwrite(tmp_path / "in" / "zt.ome.tif", np.swapaxes(series, 0, 1), ome=True, metadata={"axes": "ZTYX"})
+    out = tmp_path / "out"
+    proc = run([cli, "segment", *sorted((tmp_path / "in").iterdir()), "-o", out, "-m", model, "--device", "cpu",
+                "-f", "npy", "-q", "-k", "raw"])
+    assert proc.returncode == 0, proc.stderr
+    for name in ("plain", "imagej", "ome", "zt.ome"):
+        np.testing.assert_array_equal(np.load(out / f"{name}.npy"), want, err_msg=name)
+    # Frames of 2-D images are no volume: refused naming the file's axes and the way out.
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    tifffile.imwrite(frames / "tyx.tif", series[:, 0], imagej=True, metadata={"axes": "TYX"})
+    proc = run([cli, "segment", frames / "tyx.tif", "-o", tmp_path / "out2", "-m", model, "--device", "cpu", "-q"])
+    assert proc.returncode == 1 and "time points of 2-D images (axes TYX)" in proc.stderr, proc.stderr
+    assert "--axes zyx" in proc.stderr, proc.stderr
+
+
 def test_tiff_results_read_back_in_their_shape_and_axes(cli, tiny_model_path, tmp_path):
     # A volume's probabilities were classes x z flat pages: tifffile.imread
     # gave a 3-D array, the classes mixed in with the planes.

@@ -44,6 +44,16 @@ pub(crate) fn choose_axes(
         return Ok(axes.to_owned());
     }
     if let Some(axes) = natural {
+        if info.spatial_dims == 3 && axes.contains('b') && !axes.contains('z') {
+            // The core's refusal quoted letters ("byx") the user never typed.
+            return Err(format!(
+                "the file's description says its pages are time points of 2-D images (axes {}), not the \
+                 slices of a volume, which a 3-D model reads; pass --axes {} to read them as one volume's \
+                 slices",
+                axes.replace('b', "t").to_ascii_uppercase(),
+                axes.replace('b', "z"),
+            ));
+        }
         // A 2-D model with several input channels reads a stack of exactly
         // that many pages as the channels of one image, unless the file
         // says they are slices or time points.
@@ -141,6 +151,17 @@ mod tests {
             "zyx"
         );
         assert!(choose_axes(Some("yx"), None, false, &[4, 5, 6], &m).is_err());
+        // A file's time series of 2-D frames is no volume: the refusal
+        // speaks of the file and of --axes, not of the core's letters.
+        let err = choose_axes(None, Some("byx"), true, &[4, 5, 6], &info(3, 1)).unwrap_err();
+        assert!(
+            err.contains("(axes TYX)") && err.contains("--axes zyx"),
+            "{err}"
+        );
+        assert_eq!(
+            choose_axes(None, Some("byx"), true, &[4, 5, 6], &m).unwrap(),
+            "byx"
+        );
     }
 
     #[test]

@@ -157,37 +157,60 @@ fn our_letters(axes: &str) -> Option<String> {
 }
 
 /// What a TIFF's first description says its pages are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum PageAxes {
     /// Nothing (a plain stack).
     Unknown,
     /// Slices or time points, one channel (or the channels in each page's
-    /// samples).
+    /// samples), in an order the description does not say.
     Planes,
-    /// `count` channels per plane, as consecutive pages (`fastest`) or as
-    /// consecutive runs of pages (OME's `XYZTC`).
-    Channels { count: usize, fastest: bool },
+    /// The axes the pages run along, slowest first, in this tool's letters
+    /// (`b` time points, `z` slices, `c` channels) with their lengths; only
+    /// those longer than 1.
+    Named(Vec<(char, usize)>),
     /// OME's C between Z and T, both longer than 1.
     Interleaved,
 }
 
+impl PageAxes {
+    /// The length of the `c` axis, where the pages have one.
+    pub(super) fn channels(&self) -> Option<usize> {
+        match self {
+            Self::Named(axes) => axes.iter().find(|(l, _)| *l == 'c').map(|&(_, n)| n),
+            _ => None,
+        }
+    }
+}
+
+/// The axes of `sizes` (`(letter, length)`, slowest first) longer than 1,
+/// as [`PageAxes::Named`]; [`PageAxes::Planes`] where only their order
+/// would be named.
+fn named(sizes: impl IntoIterator<Item = (char, usize)>) -> PageAxes {
+    let axes: Vec<(char, usize)> = sizes.into_iter().filter(|&(_, n)| n > 1).collect();
+    if axes.is_empty() {
+        PageAxes::Planes
+    } else {
+        PageAxes::Named(axes)
+    }
+}
+
 /// What page 1's description says the pages are: an ImageJ description
-/// (`channels=`, `slices=`, `frames=`) or OME-XML (`DimensionOrder`,
-/// `SizeC`, `SizeZ`, `SizeT` of its `Pixels`). Only ImageJ's `channels=`
-/// was read: an ImageJ or OME z-stack with as many slices as a model has
-/// channels was read as one image's channels, and an OME file's channels
-/// as separate images.
+/// (`channels=`, `slices=`, `frames=`, pages in that order, channels
+/// fastest) or OME-XML (`DimensionOrder`, `SizeC`, `SizeZ`, `SizeT` of its
+/// `Pixels`). Only ImageJ's `channels=` was read: an ImageJ or OME z-stack
+/// with as many slices as a model has channels was read as one image's
+/// channels, and an OME file's channels as separate images. Time points
+/// are a batch (`b`), as in tifffile's `T`: read as slices, a time series
+/// of volumes reached a 3-D model as one volume of every time point's
+/// slices.
 pub(super) fn describe_pages(text: &str) -> PageAxes {
     if text.starts_with("ImageJ=") {
         let field = |name| imagej_field(text, name).unwrap_or(1);
-        return match (field("channels="), field("slices="), field("frames=")) {
-            (c, _, _) if c > 1 => PageAxes::Channels {
-                count: c,
-                fastest: true,
-            },
-            (_, z, t) if z > 1 || t > 1 => PageAxes::Planes,
-            _ => PageAxes::Unknown,
-        };
+        let (c, z, t) = (field("channels="), field("slices="), field("frames="));
+        if c <= 1 && z <= 1 && t <= 1 {
+            return PageAxes::Unknown;
+        }
+        return named([('b', t), ('z', z), ('c', c)]);
     }
     let Some(pixels) = ome_pixels(text) else {
         return PageAxes::Unknown;
@@ -201,32 +224,31 @@ pub(super) fn describe_pages(text: &str) -> PageAxes {
     ) else {
         return PageAxes::Unknown;
     };
-    if c <= 1 {
-        return PageAxes::Planes;
-    }
-    // The order after XY, fastest first: C's place among Z and T.
+    // The order after XY, fastest first.
     let inner = order.trim().to_ascii_uppercase();
-    let Some(place) = inner.strip_prefix("XY").and_then(|rest| rest.find('C')) else {
-        return PageAxes::Unknown;
+    let letters = inner
+        .strip_prefix("XY")
+        .filter(|rest| rest.len() == 3 && ["C", "Z", "T"].iter().all(|l| rest.contains(l)));
+    let Some(letters) = letters else {
+        return if c <= 1 {
+            PageAxes::Planes
+        } else {
+            PageAxes::Unknown
+        };
     };
-    // Saturating: the sizes are the file's word, any number.
-    let planes = |axes: &str| {
-        axes.chars()
-            .map(|axis| if axis == 'Z' { z } else { t })
-            .fold(1usize, usize::saturating_mul)
+    let axes = named(letters.chars().rev().map(|l| match l {
+        'C' => ('c', c),
+        'Z' => ('z', z),
+        _ => ('b', t),
+    }));
+    let order: String = match &axes {
+        PageAxes::Named(axes) => axes.iter().map(|&(l, _)| l).collect(),
+        _ => String::new(),
     };
-    let (before, after) = (planes(&inner[2..2 + place]), planes(&inner[3 + place..]));
-    match (before > 1, after > 1) {
-        (false, _) => PageAxes::Channels {
-            count: c,
-            fastest: true,
-        },
-        (true, false) => PageAxes::Channels {
-            count: c,
-            fastest: false,
-        },
-        (true, true) => PageAxes::Interleaved,
+    if order == "bcz" || order == "zcb" {
+        return PageAxes::Interleaved;
     }
+    axes
 }
 
 /// The number after `name` (`"slices="`) on a line of an ImageJ description.
@@ -315,18 +337,23 @@ mod tests {
 
     #[test]
     fn imagej_and_ome_descriptions_say_what_pages_are() {
-        let channels = |count, fastest| PageAxes::Channels { count, fastest };
+        let named = |axes: &[(char, usize)]| PageAxes::Named(axes.to_vec());
         assert_eq!(
             describe_pages("ImageJ=1.11a\nimages=6\nchannels=2\nslices=3\n"),
-            channels(2, true)
+            named(&[('z', 3), ('c', 2)])
         );
         assert_eq!(
             describe_pages("ImageJ=1.11a\nimages=2\nslices=2\n"),
-            PageAxes::Planes
+            named(&[('z', 2)])
         );
+        // Time points are a batch, slowest: never slices of one volume.
         assert_eq!(
             describe_pages("ImageJ=1.11a\nimages=4\nframes=4\n"),
-            PageAxes::Planes
+            named(&[('b', 4)])
+        );
+        assert_eq!(
+            describe_pages("ImageJ=1.11a\nimages=24\nchannels=3\nslices=4\nframes=2\n"),
+            named(&[('b', 2), ('z', 4), ('c', 3)])
         );
         assert_eq!(describe_pages("ImageJ=1.11a\n"), PageAxes::Unknown);
         assert_eq!(describe_pages("{\"shape\": [2, 5, 6]}"), PageAxes::Unknown);
@@ -337,34 +364,60 @@ mod tests {
                  SizeT=\"{t}\"><Channel ID=\"Channel:0:0\"/></Pixels></Image></OME>"
             )
         };
-        assert_eq!(describe_pages(&ome("XYCZT", 2, 1, 1)), channels(2, true));
-        assert_eq!(describe_pages(&ome("XYCZT", 2, 3, 1)), channels(2, true));
-        assert_eq!(describe_pages(&ome("XYZCT", 2, 3, 1)), channels(2, false));
-        assert_eq!(describe_pages(&ome("XYZTC", 2, 1, 4)), channels(2, false));
-        assert_eq!(describe_pages(&ome("XYZCT", 2, 1, 4)), channels(2, true));
+        assert_eq!(describe_pages(&ome("XYCZT", 2, 1, 1)), named(&[('c', 2)]));
+        assert_eq!(
+            describe_pages(&ome("XYCZT", 2, 3, 1)),
+            named(&[('z', 3), ('c', 2)])
+        );
+        assert_eq!(
+            describe_pages(&ome("XYZCT", 2, 3, 1)),
+            named(&[('c', 2), ('z', 3)])
+        );
+        assert_eq!(
+            describe_pages(&ome("XYZTC", 2, 1, 4)),
+            named(&[('c', 2), ('b', 4)])
+        );
+        assert_eq!(
+            describe_pages(&ome("XYZCT", 2, 1, 4)),
+            named(&[('b', 4), ('c', 2)])
+        );
+        assert_eq!(
+            describe_pages(&ome("XYZTC", 1, 3, 2)),
+            named(&[('b', 2), ('z', 3)])
+        );
+        assert_eq!(
+            describe_pages(&ome("XYTZC", 1, 3, 2)),
+            named(&[('z', 3), ('b', 2)])
+        );
         assert_eq!(
             describe_pages(&ome("XYZCT", 2, 3, 4)),
             PageAxes::Interleaved
         );
-        assert_eq!(describe_pages(&ome("XYZCT", 1, 3, 1)), PageAxes::Planes);
+        assert_eq!(describe_pages(&ome("XYZCT", 1, 3, 1)), named(&[('z', 3)]));
+        assert_eq!(describe_pages(&ome("XYZCT", 1, 1, 1)), PageAxes::Planes);
         let prefixed = ome("XYCZT", 3, 1, 1)
             .replace("<OME", "<ome:OME")
             .replace("<Pixels", "<ome:Pixels");
-        assert_eq!(describe_pages(&prefixed), channels(3, true));
+        assert_eq!(describe_pages(&prefixed), named(&[('c', 3)]));
         assert_eq!(
             describe_pages("<OME><Pixels SizeC=\"2\"></Pixels></OME>"),
             PageAxes::Unknown
         );
         let max = usize::MAX;
-        assert_eq!(describe_pages(&ome("XYZCT", 2, max, 1)), channels(2, false));
+        assert_eq!(
+            describe_pages(&ome("XYZCT", 2, max, 1)),
+            named(&[('c', 2), ('z', max)])
+        );
         assert_eq!(
             describe_pages(&ome("XYZTC", 2, max, max)),
-            channels(2, false)
+            named(&[('c', 2), ('b', max), ('z', max)])
         );
+        // An order that is not XY and the three others names nothing.
         assert_eq!(
             describe_pages(&ome("XY\u{e9}C", 2, 3, 1)),
-            channels(2, true)
+            PageAxes::Unknown
         );
+        assert_eq!(describe_pages(&ome("XY\u{e9}C", 1, 3, 1)), PageAxes::Planes);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tiff::ColorType;
 
 use super::tiff_description::{declared_pages, describe_pages, pages_differ, shaped, PageAxes};
 use super::{refuse_empty, Image, Pixels};
-use crate::limits::{checked_product, saturating_usize, show_bytes, try_vec, Memory};
+use crate::limits::{checked_product, elements, saturating_usize, show_bytes, try_vec, Memory};
 
 type TiffDecoder = Decoder<BufReader<File>>;
 
@@ -118,31 +118,43 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
     let mut shape = Vec::with_capacity(4);
     let mut axes = String::new();
     let mut pages_named = false;
-    match described {
+    match &described {
         // A hyperstack stores the channels of each plane as consecutive
-        // pages (ImageJ's order, OME's XYC..): read as a stack of pages
-        // they were mixed in with the planes.
-        PageAxes::Channels { count: c, fastest } if page.samples == 1 => {
-            if pages % c != 0 {
-                return Err(format!(
-                    "its description gives {c} channels, but the file holds {pages} pages (not a multiple)"
-                ));
-            }
+        // pages (ImageJ's order, OME's XYC..), its slices within each time
+        // point: read as a stack of pages they were mixed in with the planes.
+        PageAxes::Named(named) if page.samples == 1 || described.channels().is_none() => {
+            let sizes: Vec<usize> = named.iter().map(|&(_, n)| n).collect();
             pages_named = true;
-            let planes = pages / c;
-            match (planes > 1, fastest) {
-                (false, _) => {
-                    shape.push(c);
-                    axes.push('c');
+            if elements(&sizes) == Some(pages) {
+                shape.extend(sizes);
+                axes.extend(named.iter().map(|&(l, _)| l));
+            } else if let Some(c) = described.channels() {
+                // A description whose sizes do not multiply to the pages:
+                // its channels still come in runs of `c` pages.
+                if pages % c != 0 {
+                    return Err(format!(
+                        "its description gives {c} channels, but the file holds {pages} pages (not a multiple)"
+                    ));
                 }
-                (true, true) => {
-                    shape.extend([planes, c]);
-                    axes.push_str("zc");
+                let fastest = named.last().is_some_and(|&(l, _)| l == 'c');
+                let planes = pages / c;
+                match (planes > 1, fastest) {
+                    (false, _) => {
+                        shape.push(c);
+                        axes.push('c');
+                    }
+                    (true, true) => {
+                        shape.extend([planes, c]);
+                        axes.push_str("zc");
+                    }
+                    (true, false) => {
+                        shape.extend([c, planes]);
+                        axes.push_str("cz");
+                    }
                 }
-                (true, false) => {
-                    shape.extend([c, planes]);
-                    axes.push_str("cz");
-                }
+            } else if pages > 1 {
+                shape.push(pages);
+                axes.push('z');
             }
         }
         PageAxes::Interleaved => {
@@ -157,7 +169,7 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
             // Slices or time points by the file's own word are never the
             // channels of one image (a plain stack of as many pages as a
             // model has channels is).
-            pages_named = described == PageAxes::Planes;
+            pages_named = *described == PageAxes::Planes;
             shape.push(pages);
             axes.push('z');
         }
