@@ -908,6 +908,56 @@ def test_planar_separate_channels_are_refused_by_name(cli, tmp_path):
     assert "planar configuration 2" in stderr
 
 
+def test_bits_stored_in_reverse_order_are_refused_by_name(cli, tmp_path):
+    # FillOrder 2 (least significant bit first): the bytes were read as they are, 8-bit pixels
+    # up to 225 off without a word. tifffile does not write the tag: a private one is renamed.
+    path = tmp_path / "fill.tif"
+    tifffile.imwrite(path, np.arange(40 * 44, dtype=np.uint8).reshape(40, 44), extratags=[(65000, "H", 1, 2, True)])
+    data = bytearray(path.read_bytes())
+    at = data.index(struct.pack("<HHI", 65000, 3, 1))
+    data[at : at + 2] = struct.pack("<H", 266)
+    path.write_bytes(bytes(data))
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].fillorder == 2
+    assert "stores the bits of each byte in reverse (FillOrder 2)" in refused_alone(cli, path, tmp_path)
+
+
+def test_colour_read_as_tifffile_and_pil_read_it(cli, tmp_path):
+    # tifffile's RGB JPEG is YCbCr, which was refused ("unsupported TIFF colour type YCbCr(8)");
+    # a palette PNG with transparency was read as RGBA, four channels, which an RGB model refused.
+    from PIL import Image
+    from scipy import ndimage
+
+    import unet_rt
+    from training.tiny import export_tiny
+
+    rgb_model = export_tiny(tmp_path / "rgb.pt", in_channels=3)
+    rng = np.random.default_rng(3)
+    smooth = (ndimage.gaussian_filter(rng.random((64, 80, 3)), (3, 3, 0)) * 400).clip(0, 255).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "ycbcr.tif", smooth, photometric="rgb", compression="jpeg")
+    with tifffile.TiffFile(tmp_path / "in" / "ycbcr.tif") as tif:
+        assert tif.pages[0].photometric == tifffile.PHOTOMETRIC.YCBCR
+        decoded = tif.asarray()
+    indices = rng.integers(0, 16, (40, 48), dtype=np.uint8)
+    entries = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    palette = Image.new("P", (48, 40))
+    palette.putdata(indices.ravel().tolist())
+    palette.putpalette(entries.ravel().tolist())
+    palette.save(tmp_path / "in" / "palette.png", transparency=bytes(rng.integers(0, 256, 256).astype(np.uint8)))
+    assert np.array_equal(np.asarray(palette), indices)
+    colours = entries[indices]
+    out = tmp_path / "out"
+    proc = segment(cli, tmp_path / "in" / "ycbcr.tif", tmp_path / "in" / "palette.png", out=out,
+                   extra=["-m", str(rgb_model), "--format", "npy", "-k", "raw"])
+    assert proc.returncode == 0, proc.stderr
+    model = unet_rt.Model(rgb_model, device="cpu")
+    np.testing.assert_array_equal(np.load(out / "palette.npy"), model.segment(colours, output="raw"))
+    # JPEG decoders round apart by a level or so; the colours are the same.
+    got, want = np.load(out / "ycbcr.npy"), model.segment(decoded, output="raw")
+    assert np.abs(got - want).max() < 0.05 * np.ptp(want), np.abs(got - want).max()
+
+
 @pytest.mark.parametrize("flag", ["--object-size", "--min-size", "--batch-size", "--tile", "--threads", "--levels"])
 def test_a_negative_number_is_refused_naming_its_flag(cli, tmp_path, flag):
     # "-1" after a flag read as an unknown option: "unexpected argument '-1' found".

@@ -33,8 +33,11 @@ pub(super) fn png_element(file: File) -> Option<&'static str> {
 }
 
 /// Reads a PNG of `file_len` bytes. A transparent colour (tRNS) of a gray
-/// or RGB image is not read as an alpha channel: a gray PNG with one was
-/// refused as an image of 2 channels (PIL and imageio read its values).
+/// or RGB image, or the transparency of a palette's entries, is not read as
+/// an alpha channel: a gray PNG with one was refused as an image of 2
+/// channels, a palette one read as RGBA (PIL and imageio read its colours).
+/// 1-, 2- and 4-bit gray are scaled to 8 bits as libpng expands them (1-bit
+/// white is 255).
 pub(super) fn read_png(file: File, file_len: u64, memory: Memory) -> Result<Image, String> {
     let mut decoder = png::Decoder::new(BufReader::new(file));
     // Palettes become RGB and 1/2/4-bit gray becomes 8-bit; 16 bits stay.
@@ -80,8 +83,15 @@ pub(super) fn read_png(file: File, file_len: u64, memory: Memory) -> Result<Imag
     bytes.truncate(frame.buffer_size());
     let mut samples = frame.color_type.samples();
     let stored = reader.info().color_type;
-    if matches!(stored, png::ColorType::Grayscale | png::ColorType::Rgb)
-        && samples == stored.samples() + 1
+    // A palette expands to RGB, and to RGBA where it has a tRNS chunk.
+    let colours = match stored {
+        png::ColorType::Indexed => 3,
+        other => other.samples(),
+    };
+    if matches!(
+        stored,
+        png::ColorType::Grayscale | png::ColorType::Rgb | png::ColorType::Indexed
+    ) && samples == colours + 1
     {
         drop_last_sample(&mut bytes, samples, frame.bit_depth);
         samples -= 1;

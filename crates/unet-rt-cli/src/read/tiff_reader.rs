@@ -416,7 +416,11 @@ fn check_page(
     let colour = decoder
         .colortype()
         .map_err(|e| colour_refusal(e, number).unwrap_or_else(&tiff_err))?;
-    let (samples, bits) = samples_and_bits(colour)?;
+    let compression = decoder
+        .find_tag_unsigned::<u16>(Tag::Compression)
+        .map_err(tiff_err)?
+        .unwrap_or(1);
+    let (samples, bits) = samples_and_bits(colour, compression, number)?;
     let format = decoder
         .find_tag_unsigned_vec::<u16>(Tag::SampleFormat)
         .map_err(tiff_err)?;
@@ -446,6 +450,18 @@ fn check_page(
              not read; save the channels interleaved (contiguous), or as pages"
         ));
     }
+    // Bits stored least significant first: every byte read as it is was
+    // another value (8-bit pixels 225 off, without a word).
+    let fill_order = decoder
+        .find_tag_unsigned::<u16>(Tag::FillOrder)
+        .map_err(tiff_err)?;
+    if fill_order.is_some_and(|order| order != 1) {
+        return Err(format!(
+            "page {number} stores the bits of each byte in reverse (FillOrder {}), which is not read; \
+             re-save it, e.g. tifffile.imwrite(path, tifffile.imread(path))",
+            fill_order.unwrap_or_default()
+        ));
+    }
     let declared = format!(
         "page {number} declares {width}x{height} pixels with {samples} sample(s) of {bits} bits"
     );
@@ -458,10 +474,6 @@ fn check_page(
     let stored_bytes = count.checked_mul(kind.stored_size()).ok_or_else(overflow)?;
     let len = usize::try_from(count).map_err(|_| overflow())?;
 
-    let compression = decoder
-        .find_tag_unsigned::<u16>(Tag::Compression)
-        .map_err(tiff_err)?
-        .unwrap_or(1);
     if !DECODED_COMPRESSIONS.contains(&compression) {
         return Err(format!(
             "page {number} is compressed with {} (TIFF compression {compression}), which unet-rt does not \
@@ -581,15 +593,32 @@ fn raw_bytes(
     )
 }
 
-/// Samples per pixel and bits per sample of the colour types read.
-fn samples_and_bits(color: ColorType) -> Result<(u16, u8), String> {
+/// The TIFF code of JPEG compression (new style).
+const JPEG: u16 = 7;
+
+/// Samples per pixel and bits per sample of the colour types read, on page
+/// `number` compressed with `compression`.
+fn samples_and_bits(
+    color: ColorType,
+    compression: u16,
+    number: usize,
+) -> Result<(u16, u8), String> {
     match color {
         ColorType::Gray(b) => Ok((1, b)),
         ColorType::GrayA(b) => Ok((2, b)),
         ColorType::RGB(b) => Ok((3, b)),
         ColorType::RGBA(b) | ColorType::CMYK(b) => Ok((4, b)),
+        // The JPEG decoder returns YCbCr as RGB: tifffile's RGB JPEG (its
+        // default colour space) was refused.
+        ColorType::YCbCr(8) if compression == JPEG => Ok((3, 8)),
+        ColorType::YCbCr(b) => Err(format!(
+            "page {number} stores YCbCr colour of {b} bits{}, which is read from JPEG compression only: \
+             save it as RGB, e.g. tifffile.imwrite(path, tifffile.imread(path), photometric='rgb', \
+             compression='zlib')",
+            if compression == JPEG { "" } else { " without JPEG compression" }
+        )),
         other => Err(format!(
-            "unsupported TIFF colour type {other:?}: expected grayscale, RGB or RGBA"
+            "page {number} has the unsupported TIFF colour type {other:?}: expected grayscale, RGB or RGBA"
         )),
     }
 }
