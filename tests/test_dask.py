@@ -381,6 +381,46 @@ def test_bad_arguments_are_value_errors(model):
     assert ud.segment(x, model, output=" Labels", tta="FLIPS").dtype == np.uint8
 
 
+def test_arguments_the_engine_would_refuse_are_refused_at_the_call(model, tmp_path):
+    # Given ranges for a model without percentiles were ignored without a word (segment refuses
+    # input_range); reversed ones failed only at compute, and segment_to_zarr had recorded them, so
+    # the corrected rerun was refused as another job; masked values were segmented as data; zarr
+    # format 2 with shards failed in zarr's words.
+    plain = unet_rt.Model(export_tiny(tmp_path / "plain.pt", seed=0, normalization={"kind": "none"}), device="cpu")
+    x = da.from_array(blobs((96, 96), 3), chunks=48)
+    zarr.create_array(tmp_path / "in.zarr", data=blobs((96, 96), 3), chunks=(48, 48))
+    with pytest.raises(unet_rt.InvalidArgumentError, match=r'invalid normalize: the model\'s normalization is \{"kind": "none"\}'):
+        ud.segment(x, plain, normalize=(0.0, 1.0))
+    for normalize in [(10.0, 1.0), [(0.0, 1.0), (3.0, 2.0)]]:
+        batch = da.stack([x, x]) if len(np.shape(normalize)) == 2 else x
+        with pytest.raises(unet_rt.InvalidArgumentError, match=r"invalid normalize: .* must be low <= high"):
+            ud.segment(batch, model, normalize=normalize, axes="byx" if batch.ndim == 3 else None)
+    for dst, normalize, shards in [("a.zarr", (10.0, 1.0), None), ("b.zarr", (0.0, 1.0), None)]:
+        kind = model if normalize != (0.0, 1.0) else plain
+        with pytest.raises(unet_rt.InvalidArgumentError, match="invalid normalize"):
+            ud.segment_to_zarr(tmp_path / "in.zarr", tmp_path / dst, kind, normalize=normalize, progress=False)
+        assert not (tmp_path / dst).exists()
+    masked = da.ma.masked_greater(x, 0.5)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid arr: a masked Dask array"):
+        ud.segment(masked, model)
+    assert_identical(ud.segment(masked.map_blocks(np.ma.getdata), model).compute(), model.segment(blobs((96, 96), 3)))
+    zarr.open_group(tmp_path / "v2.zarr", mode="w", zarr_format=2)
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid shards: .* zarr format 2"):
+        ud.segment_to_zarr(tmp_path / "in.zarr", tmp_path / "v2.zarr", model, chunks=48, shards=96, block=96,
+                           client=False, progress=False)
+
+
+def test_an_in_memory_store_is_refused_where_workers_are_other_processes(client, model, tmp_path):
+    # Each worker wrote into its own copy: the call returned zeros, no block done, without a word.
+    zarr.create_array(tmp_path / "in.zarr", data=blobs((96, 96), 3), chunks=(48, 48))
+    for destination in (zarr.storage.MemoryStore(), "memory://unet_rt_test/out.zarr"):
+        with pytest.raises(unet_rt.InvalidArgumentError, match="invalid destination: an in-memory zarr store"):
+            ud.segment_to_zarr(tmp_path / "in.zarr", destination, model, client=client, progress=False)
+    # In this process it works.
+    out = ud.segment_to_zarr(tmp_path / "in.zarr", zarr.storage.MemoryStore(), model, client=False, progress=False)
+    assert_identical(out[...], model.segment(blobs((96, 96), 3)))
+
+
 def test_matrices_and_big_endian_arrays_are_read_as_the_in_memory_api_reads_them(model, tmp_path):
     """np.matrix blocks corrupted NumPy's heap in the layout code (the
     process aborted at the next garbage collection); big-endian blocks

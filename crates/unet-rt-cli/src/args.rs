@@ -32,12 +32,15 @@ boundary class grows interiors into it; otherwise the connected components,
 4-connectivity in 2-D, 6 in 3-D, of the non-background pixels), small objects
 dropped and holes filled as the model's metadata or --min-size / --fill-holes say,
 numbered 1..N in raster order, uint16 (uint32 beyond 65535 objects). probabilities and
-raw: float32, channel-first (classes, [z,] y, x), TIFF pages or NPY. A TIFF result
+raw: float32, channel-first (classes, [z,] y, x), after the pages of a stack or the
+time points of a series ((pages, classes, y, x); (t, classes, z, y, x)), TIFF pages
+or NPY. A TIFF result
 of several pages says its shape and axes as tifffile writes them (ZYX, CZYX, ...),
 so tifffile and this tool read it back in that shape.
 --format zarr writes <stem>.zarr, an OME-Zarr (NGFF 0.5) image holding the input
 (axes [t,] c, [z,] y, x) and the result as its label image labels/<kind> (a colour
-and a name per class), which napari and other NGFF readers open as labels;
+and a name per class), which NGFF readers (ome-zarr, napari with its napari-ome-zarr
+plugin) open as labels;
 --levels N adds resolution levels (every 2^k-th pixel; at most as many as end at one
 pixel).
 Each file is written to a hidden temporary file and renamed when complete. A file

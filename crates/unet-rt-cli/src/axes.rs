@@ -84,10 +84,27 @@ pub(crate) fn arrange<'a, T>(
         info.spatial_dims,
         info.in_channels,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| with_alpha_advice(e.to_string(), view.shape(), axes, info))?;
     let stacked = arrangement.batched();
     let view = arrangement.arrange(view).map_err(|e| e.to_string())?;
     Ok(Arranged { view, stacked })
+}
+
+/// `message` (a refusal of the image's channels), with advice where the
+/// image's last channel is likely an alpha channel: colour or grey samples
+/// and one more (RGBA, grey and alpha), a model of one or three channels.
+fn with_alpha_advice(message: String, shape: &[usize], axes: &str, info: &ModelInfo) -> String {
+    let last = shape.last().copied().unwrap_or(0);
+    let alpha =
+        axes.ends_with('c') && matches!(info.in_channels, 1 | 3) && last == info.in_channels + 1;
+    if !alpha {
+        return message;
+    }
+    let convert = if info.in_channels == 3 { "RGB" } else { "L" };
+    format!(
+        "{message} (the last is likely an alpha channel, which counts as one: drop it, e.g. with PIL: \
+         Image.open(path).convert('{convert}').save(path))"
+    )
 }
 
 #[cfg(test)]
@@ -162,6 +179,22 @@ mod tests {
             choose_axes(None, Some("byx"), true, &[4, 5, 6], &m).unwrap(),
             "byx"
         );
+    }
+
+    #[test]
+    fn an_alpha_channel_too_many_is_named() {
+        let rgba = ArrayD::<u8>::zeros(ndarray::IxDyn(&[5, 6, 4]));
+        let err = arrange(rgba.view(), "yxc", &info(2, 3)).unwrap_err();
+        assert!(
+            err.contains("has 4") && err.contains("convert('RGB')"),
+            "{err}"
+        );
+        let grey_alpha = ArrayD::<u8>::zeros(ndarray::IxDyn(&[5, 6, 2]));
+        let err = arrange(grey_alpha.view(), "yxc", &info(2, 1)).unwrap_err();
+        assert!(err.contains("convert('L')"), "{err}");
+        let five = ArrayD::<u8>::zeros(ndarray::IxDyn(&[5, 6, 5]));
+        let err = arrange(five.view(), "yxc", &info(2, 3)).unwrap_err();
+        assert!(!err.contains("alpha"), "{err}");
     }
 
     #[test]

@@ -133,6 +133,7 @@ def segment(
     array_axes = ArrayAxes.of(x.shape, axes, int(info["spatial_dims"]), int(info["in_channels"]))
     padded, dask_boundary = _boundary(boundary, x.dtype)
     canon = array_axes.to_canonical(x)
+    check_given_ranges(normalize, resolved, canon.shape[0])
     planner, tiling = resolved.plan(canon.shape[2:], block_depth(info) if padded else 0,
                                     tile, batch_size, memory_budget)
     spatial_chunks, depth = fitted_chunks(planner, tiling, canon.chunks[2:])
@@ -294,6 +295,14 @@ def _dask_input(arr: Any) -> da.Array:
             "arr.compute_chunk_sizes() first"
         )
     meta = getattr(x, "_meta", None)
+    if isinstance(meta, np.ma.MaskedArray):
+        # Its blocks were viewed as plain arrays: the data under the mask
+        # was segmented without a word (unet_rt.segment refuses masked values).
+        raise InvalidArgumentError(
+            "invalid arr: a masked Dask array (its blocks may hide masked values, which are not read as "
+            "missing): fill them first, e.g. dask.array.ma.filled(arr, value), or pass "
+            "arr.map_blocks(numpy.ma.getdata) to segment the data under the mask"
+        )
     if isinstance(meta, np.ndarray) and type(meta) is not np.ndarray:
         x = x.map_blocks(np.asarray, dtype=x.dtype, meta=np.empty((0,) * x.ndim, x.dtype))
     return x
@@ -376,7 +385,10 @@ def check_normalize(normalize: Any) -> None:
 
 
 def given_ranges(normalize: Any, images: int) -> np.ndarray:
-    """Checks user-given ``(low, high)`` values: one pair, or one per image."""
+    """Checks user-given ``(low, high)`` values: one pair, or one per image,
+    finite, low <= high (the engine's rule for ``input_range``, checked
+    here so that the call fails, not its computation, and a destination
+    does not record them)."""
     try:
         values = np.asarray(normalize, np.float64)
     except (TypeError, ValueError):
@@ -388,4 +400,23 @@ def given_ranges(normalize: Any, images: int) -> np.ndarray:
             f"invalid normalize: expected 'global', 'block' or (low, high) values of shape "
             f"{(2,) if images == 1 else (images, 2)}, got {normalize!r}"
         )
+    reversed_ = np.flatnonzero(values[:, 0] > values[:, 1])
+    if reversed_.size:
+        low, high = values[reversed_[0]]
+        where = f" (image {reversed_[0]})" if images > 1 else ""
+        raise InvalidArgumentError(f"invalid normalize: ({low!r}, {high!r}){where} must be low <= high")
     return values
+
+
+def check_given_ranges(normalize: Normalize, resolved: ResolvedModel, images: int) -> None:
+    """Refuses ``(low, high)`` values the call cannot use: for a model
+    without percentile normalization (they were ignored without a word, where
+    ``unet_rt.segment`` refuses ``input_range``), or not ``given_ranges``'."""
+    if isinstance(normalize, str):
+        return
+    if resolved.percentiles is None:
+        raise InvalidArgumentError(
+            f"invalid normalize: the model's normalization is {json.dumps(resolved.normalization)}, which takes "
+            f"no range (only percentile normalization does)"
+        )
+    given_ranges(normalize, images)

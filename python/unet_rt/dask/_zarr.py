@@ -36,6 +36,7 @@ from ._array import (
     Normalize,
     Stats,
     block_stats,
+    check_given_ranges,
     check_normalize,
     check_object_size,
     combine_stats,
@@ -299,6 +300,7 @@ def segment_to_zarr(
             f"invalid levels: {levels}; an image of {'x'.join(map(str, shape[2:]))} pixels has "
             f"{distinct} distinct resolution level(s) (the last one pixel wide)"
         )
+    check_given_ranges(normalize, resolved, shape[0])
     _, tiling = resolved.plan(shape[2:], 0, tile, batch_size, memory_budget)
     engine_output = "labels" if output == "instances" else output
     # Checked before the destination is opened (a fresh one is created then).
@@ -307,6 +309,7 @@ def segment_to_zarr(
     _check_apart(src, destination, written)
     with _claimed(destination):
         runner = Runner(client, progress)
+        _check_shared_memory(runner, source, destination)
         if runner.client is None:
             # The blocks run here: a device this machine lacks (device="cuda"
             # without CUDA) failed at the first block, after the destination
@@ -353,6 +356,12 @@ def segment_to_zarr(
                     f"choose an empty destination or pass resume=False to overwrite it"
                 )
             blocks, spatial_chunks, spatial_shards = fresh_blocks
+            if spatial_shards is not None and group.metadata.zarr_format == 2:
+                # zarr's own refusal named its `shard_shape`, not this call's argument.
+                raise InvalidArgumentError(
+                    f"invalid shards: {destination} is a zarr format 2 group, whose arrays have no shards; leave "
+                    f"shards out, or write to a new (zarr format 3) destination"
+                )
         plan = BlockPlan(spatial_dims=array_axes.spatial_dims, output=engine_output, tiling=tiling, memory_budget=memory_budget,
                          tta=config["tta"], nonfinite=nonfinite)
         names = _names(output, ngff)
@@ -418,6 +427,40 @@ def _instances(group, name, labels, ids, array_axes, shape, blocks, numblocks, s
 
 
 # --- helpers ----------------------------------------------------------------
+
+
+def _in_memory(location: Any) -> bool:
+    """Whether ``location`` is (in) an in-memory store: a ``memory://`` URL,
+    or a zarr node or store held by this process."""
+    import zarr
+
+    if isinstance(location, (zarr.Array, zarr.Group)):
+        location = location.store
+    if isinstance(location, zarr.storage.MemoryStore):
+        return True
+    path = _path(location)
+    return isinstance(path, str) and path.startswith("memory://")
+
+
+def _check_shared_memory(runner: Runner, source: Any, destination: Any) -> None:
+    """Refuses an in-memory source or destination where the blocks run in
+    other processes (a distributed client's workers, unless in-process):
+    each worker wrote into its own copy of the store, and the call returned
+    a result of zeros without a word."""
+    if runner.client is None:
+        return
+    try:
+        workers = list(runner.client.scheduler_info().get("workers", {}))
+    except Exception:  # noqa: BLE001 - a client that cannot say: assume other processes
+        workers = []
+    if workers and all(str(address).startswith("inproc://") for address in workers):
+        return
+    for name, location in (("source", source), ("destination", destination)):
+        if _in_memory(location):
+            raise InvalidArgumentError(
+                f"invalid {name}: an in-memory zarr store, which the client's workers (other processes) "
+                f"cannot share; use a store on disk or a URL the workers reach, or client=False"
+            )
 
 
 def _path(location: Any) -> Any:
