@@ -742,6 +742,15 @@ def test_command_line_usage_errors_exit_2(tmp_path):
     run = subprocess.run([sys.executable, "-m", "unet_rt.dask", str(tmp_path / "in.zarr"), str(tmp_path / "theirs.zarr"),
                           "--device", "cpu", "--no-progress"], capture_output=True, text=True, timeout=120)
     assert run.returncode in (1, 2) and "--no-resume" in run.stderr and "resume=False" not in run.stderr, run.stderr
+    # A model file missing is a usage error, as unet-rt says (was: exit 1); ome=True is --ome.
+    run = subprocess.run([sys.executable, "-m", "unet_rt.dask", str(tmp_path / "in.zarr"), str(tmp_path / "o.zarr"),
+                          "--model", str(tmp_path / "missing.pt"), "--no-progress"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and "model file not found" in run.stderr, run.stderr
+    run = subprocess.run([sys.executable, "-m", "unet_rt.dask", str(tmp_path / "in.zarr"), str(tmp_path / "o.zarr"),
+                          "--device", "cpu", "--levels", "3", "--no-progress"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and "(--ome)" in run.stderr and "ome=True" not in run.stderr, run.stderr
 
 
 def test_integer_types_are_read_widened_as_the_api_reads_them(model, tmp_path):

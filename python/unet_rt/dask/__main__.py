@@ -12,7 +12,8 @@ Examples::
 Rerunning the same command after an interruption resumes: blocks already
 written are skipped. Exit status: 0 done, 1 failure (the source's pixels
 included: NaN without ``--nonfinite propagate``, a type the engine does not
-read), 2 usage (a flag, the model, the destination), 130 interrupted.
+read; a destination that cannot be written), 2 usage (a flag, a model file missing or
+not a model, a device this machine lacks, a destination refused), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -107,9 +108,12 @@ def _in_flags(message: str) -> str:
     'invalid --block: 3 px is under ...; pass a block of at least 60 (--chunks)'
     >>> _in_flags("invalid batch_size: 0")
     'invalid --batch-size: 0'
+    >>> _in_flags("invalid levels: 3; ... for OME-Zarr label images (ome=True)")
+    'invalid --levels: 3; ... for OME-Zarr label images (--ome)'
     """
     for keyword, flag in (("resume=False", "--no-resume"), ("chunks=)", "--chunks)"),
-                          ('nonfinite="propagate"', "--nonfinite propagate")):
+                          ('nonfinite="propagate"', "--nonfinite propagate"), ("ome=False", "--no-ome"),
+                          ("ome=True", "--ome")):
         message = message.replace(keyword, flag)
     for name in _FLAGS:
         if message.startswith(f"invalid {name}:"):
@@ -154,7 +158,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             resources = {k.strip(): float(v) for k, v in (item.split("=") for item in args.resources.split(","))}
         except ValueError:
             parser.error(f"--resources: expected NAME=N[,NAME=N], got {args.resources!r}")
-    from ..errors import InvalidArgumentError, UnetRtError
+    from ..errors import DeviceError, InvalidArgumentError, MetadataError, ModelError, ModelNotFoundError, UnetRtError
     from . import segment_to_zarr
 
     started = time.perf_counter()
@@ -221,6 +225,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except InvalidArgumentError as e:
         print(f"unet_rt.dask: error: {_in_flags(str(e))}", file=sys.stderr)
         return _usage_status(e)
+    except (ModelNotFoundError, ModelError, MetadataError, DeviceError) as e:
+        # The command line must change, as unet-rt's exit status says (was 1).
+        print(f"unet_rt.dask: error: {_in_flags(str(e))}", file=sys.stderr)
+        return 2
     except (UnetRtError, OSError, ValueError) as e:
         text = _os_error(e) if isinstance(e, OSError) and not isinstance(e, UnetRtError) else str(e)
         print(f"unet_rt.dask: error: {_in_flags(text)}", file=sys.stderr)
