@@ -556,6 +556,44 @@ def test_imagej_and_ome_time_series_are_a_batch_of_volumes_for_a_3d_model(cli, t
     assert "--axes zyx" in proc.stderr, proc.stderr
 
 
+def test_results_carry_the_physical_pixel_size_of_a_tiff(cli, tmp_path):
+    # Results said 1 pixel per unit and OME-Zarr scales of 1: measured in pixels, and an
+    # anisotropic volume's labels showed squashed beside the image at its true scale.
+    import zarr
+    from ome_zarr_models import open_ome_zarr
+    from training.tiny import export_tiny
+
+    model = export_tiny(tmp_path / "vol.pt", seed=3, depth=2, base=2, dims=3)
+    volume = (np.random.default_rng(5).random((6, 40, 48)) * 255).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "imagej.tif", volume, imagej=True, resolution=(4.0, 4.0),
+                     metadata={"axes": "ZYX", "spacing": 2.0, "unit": "um"})
+    tifffile.imwrite(tmp_path / "in" / "ome.tif", volume, ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25, "PhysicalSizeZ": 2.0})
+    tifffile.imwrite(tmp_path / "in" / "plain.tif", volume, photometric="minisblack", metadata={"axes": "ZYX"})
+    for fmt in ("zarr", "tif"):
+        levels = ["--levels", "2"] if fmt == "zarr" else []
+        proc = run([cli, "segment", tmp_path / "in", "-o", tmp_path / fmt, "-m", model, "--device", "cpu", "-q",
+                    "-f", fmt, *levels])
+        assert proc.returncode == 0, proc.stderr
+    for name in ("imagej", "ome"):
+        group = zarr.open_group(str(tmp_path / "zarr" / f"{name}.zarr"), mode="r")
+        for node, unit_axes in ((group, ["c", "z", "y", "x"]), (group["labels/labels"], ["z", "y", "x"])):
+            multiscales = node.attrs["ome"]["multiscales"][0]
+            assert [a["name"] for a in multiscales["axes"]] == unit_axes
+            assert [a.get("unit") for a in multiscales["axes"] if a["name"] != "c"] == ["micrometer"] * 3
+            scales = [d["coordinateTransformations"][0]["scale"][-3:] for d in multiscales["datasets"]]
+            assert scales == [[2.0, 0.25, 0.25], [4.0, 0.5, 0.5]], (name, scales)  # a 3-D model halves z too
+        open_ome_zarr(group)  # validates
+        with tifffile.TiffFile(tmp_path / "tif" / f"{name}.tif") as tif:
+            page = tif.pages[0]
+            assert page.tags["ResolutionUnit"].value == 3 and page.resolution == (40000.0, 40000.0), page.resolution
+    # A file that says nothing gives results that say nothing.
+    plain = zarr.open_group(str(tmp_path / "zarr" / "plain.zarr"), mode="r").attrs["ome"]["multiscales"][0]
+    assert plain["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 1.0, 1.0, 1.0]
+    assert all("unit" not in a for a in plain["axes"])
+
+
 def test_tiff_results_read_back_in_their_shape_and_axes(cli, tiny_model_path, tmp_path):
     # A volume's probabilities were classes x z flat pages: tifffile.imread
     # gave a 3-D array, the classes mixed in with the planes.

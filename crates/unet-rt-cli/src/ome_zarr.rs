@@ -88,6 +88,9 @@ pub(crate) struct LabelInfo<'a> {
     /// Resolution levels (1: only the full resolution); level k keeps every
     /// 2^k-th pixel along the model's spatial axes, for image and labels.
     pub levels: usize,
+    /// A pixel's size in micrometres along `z`, `y` and `x`, where the
+    /// input says it: the scale of level 0, and the axes' unit.
+    pub micrometres: [Option<f64>; 3],
 }
 
 /// Writes `path` (a `.zarr` folder): the image `(pages, channels,
@@ -140,6 +143,8 @@ fn write_into<T: ZarrElement>(
             (axes, image.index_axis(ndarray::Axis(0), 0))
         }
     };
+    let image_axes = with_units(image_axes, info.micrometres);
+    let base = base_scale(&image_axes, info.micrometres);
     let label_axes: Vec<Value> = image_axes
         .iter()
         .filter(|a| a["name"] != "c")
@@ -155,7 +160,7 @@ fn write_into<T: ZarrElement>(
     write_group(
         root,
         json!({
-            "ome": {"version": "0.5", "multiscales": [multiscales("image", &image_axes, &image_halved, levels)]},
+            "ome": {"version": "0.5", "multiscales": [multiscales("image", &image_axes, &image_halved, levels, &base)]},
             // What makes the store a result of this tool (see `atomic::result_store`).
             crate::atomic::STORE_MARK: {"output": info.kind, "levels": levels},
         }),
@@ -187,7 +192,7 @@ fn write_into<T: ZarrElement>(
         &label_root,
         json!({"ome": {
             "version": "0.5",
-            "multiscales": [multiscales(info.kind, &label_axes, &label_halved, levels)],
+            "multiscales": [multiscales(info.kind, &label_axes, &label_halved, levels, &base_scale(&label_axes, info.micrometres))],
             "image-label": image_label,
         }}),
     )?;
@@ -259,11 +264,42 @@ fn write_levels<T: ZarrElement>(
     Ok(())
 }
 
-fn multiscales(name: &str, axes: &[Value], halved: &[bool], levels: usize) -> Value {
+/// The spatial axes among `axes` whose pixel size `micrometres` (`z`, `y`,
+/// `x`) gives, with NGFF's unit; the input's own size, which viewers
+/// scale image and labels by (an anisotropic volume showed squashed).
+fn with_units(axes: Vec<Value>, micrometres: [Option<f64>; 3]) -> Vec<Value> {
+    axes.into_iter()
+        .map(|mut axis| {
+            if size_of(&axis, micrometres).is_some() {
+                axis["unit"] = Value::from("micrometer");
+            }
+            axis
+        })
+        .collect()
+}
+
+/// The pixel size along `axis`, where `micrometres` says it.
+fn size_of(axis: &Value, micrometres: [Option<f64>; 3]) -> Option<f64> {
+    let at = ["z", "y", "x"].iter().position(|&n| axis["name"] == n)?;
+    micrometres[at]
+}
+
+/// Level 0's scale along each of `axes`: the pixel size where known, else 1.
+fn base_scale(axes: &[Value], micrometres: [Option<f64>; 3]) -> Vec<f64> {
+    axes.iter()
+        .map(|a| size_of(a, micrometres).unwrap_or(1.0))
+        .collect()
+}
+
+fn multiscales(name: &str, axes: &[Value], halved: &[bool], levels: usize, base: &[f64]) -> Value {
     let datasets: Vec<Value> = (0..levels)
         .map(|level| {
             let factor = f64::from(1u32 << level);
-            let scale: Vec<f64> = halved.iter().map(|&h| if h { factor } else { 1.0 }).collect();
+            let scale: Vec<f64> = halved
+                .iter()
+                .zip(base)
+                .map(|(&h, &b)| if h { b * factor } else { b })
+                .collect();
             json!({"path": level.to_string(), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
         })
         .collect();

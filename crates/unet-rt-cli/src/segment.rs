@@ -505,11 +505,13 @@ fn segment_file(
                 classes: (ctx.args.output_kind == OutputMode::Labels).then_some(classes.as_slice()),
                 page_axis: page_axis(info, &axes),
                 levels: usize::try_from(ctx.args.levels).unwrap_or(1),
+                micrometres: image.calibration.as_ref().map_or([None; 3], |c| c.micrometres),
             };
             ome_zarr::write_ome_zarr(output, &arranged.view, arranged.stacked, &result.output, &label).map_err(fail)?;
         } else {
             let letters = result_axes(info, &axes, arranged.stacked, &result.output);
-            write_output(output, &result.output, ctx.args.format, &letters).map_err(fail)?;
+            let tags = image.calibration.as_ref().and_then(|c| c.result_tags());
+            write_output(output, &result.output, ctx.args.format, &letters, tags).map_err(fail)?;
         }
         result.objects
     });

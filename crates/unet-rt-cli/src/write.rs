@@ -5,8 +5,8 @@ use std::path::Path;
 
 use ndarray::ArrayD;
 use ndarray_npy::WriteNpyExt;
-use tiff::encoder::{colortype, TiffEncoder, TiffKind, TiffValue};
-use tiff::tags::Tag;
+use tiff::encoder::{colortype, Rational, TiffEncoder, TiffKind, TiffValue};
+use tiff::tags::{ResolutionUnit, Tag};
 
 use crate::args::Format;
 use crate::atomic::write_atomically;
@@ -45,11 +45,14 @@ const BIGTIFF_FROM: usize = 4_000_000_000;
 /// its shape and `axes` (tifffile's letters, one per axis of `output`) as
 /// tifffile does, so that a result of more than three axes (a volume's
 /// probabilities, a batch's) reads back in its shape, not as flat pages.
+/// A TIFF result's pages say the input's resolution (`tags`, see
+/// [`crate::read::Calibration`]).
 pub(crate) fn write_output(
     path: &Path,
     output: &Output,
     format: Format,
     axes: &str,
+    tags: Option<ResolutionTags>,
 ) -> Result<(), FileError> {
     match format {
         Format::Npy => write_atomically(path, |w| {
@@ -65,11 +68,15 @@ pub(crate) fn write_output(
             // Check the shape before creating anything.
             pages(output.shape()).map_err(|m| FileError::new(path, m))?;
             let described = shape_description(output.shape(), axes);
+            let page = Page {
+                description: &described,
+                tags,
+            };
             write_atomically(path, |w| match output {
-                Output::U8(a) => write_tiff::<colortype::Gray8, _>(w, a, &described),
-                Output::U16(a) => write_tiff::<colortype::Gray16, _>(w, a, &described),
-                Output::U32(a) => write_tiff::<colortype::Gray32, _>(w, a, &described),
-                Output::F32(a) => write_tiff::<colortype::Gray32Float, _>(w, a, &described),
+                Output::U8(a) => write_tiff::<colortype::Gray8, _>(w, a, page),
+                Output::U16(a) => write_tiff::<colortype::Gray16, _>(w, a, page),
+                Output::U32(a) => write_tiff::<colortype::Gray32, _>(w, a, page),
+                Output::F32(a) => write_tiff::<colortype::Gray32Float, _>(w, a, page),
             })
         }
         Format::Png => write_png(path, output),
@@ -109,7 +116,18 @@ fn shape_description(shape: &[usize], axes: &str) -> String {
     description.to_string()
 }
 
-fn write_tiff<C, W>(w: &mut W, array: &ArrayD<C::Inner>, description: &str) -> Result<(), String>
+/// `XResolution`, `YResolution` and `ResolutionUnit` of a page.
+pub(crate) type ResolutionTags = ((u32, u32), (u32, u32), u16);
+
+/// What every page of a TIFF result says besides its pixels.
+#[derive(Clone, Copy)]
+struct Page<'a> {
+    /// The first page's description (the result's shape and axes).
+    description: &'a str,
+    tags: Option<ResolutionTags>,
+}
+
+fn write_tiff<C, W>(w: &mut W, array: &ArrayD<C::Inner>, page: Page<'_>) -> Result<(), String>
 where
     C: colortype::ColorType,
     C::Inner: Copy,
@@ -121,13 +139,13 @@ where
         write_pages::<C, _, tiff::encoder::TiffKindBig>(
             TiffEncoder::new_big(w).map_err(|e| e.to_string())?,
             array,
-            description,
+            page,
         )
     } else {
         write_pages::<C, _, tiff::encoder::TiffKindStandard>(
             TiffEncoder::new(w).map_err(|e| e.to_string())?,
             array,
-            description,
+            page,
         )
     }
 }
@@ -135,7 +153,7 @@ where
 fn write_pages<C, W, K>(
     mut encoder: TiffEncoder<W, K>,
     array: &ArrayD<C::Inner>,
-    description: &str,
+    described: Page<'_>,
 ) -> Result<(), String>
 where
     C: colortype::ColorType,
@@ -163,8 +181,13 @@ where
         if index == 0 {
             image
                 .encoder()
-                .write_tag(Tag::ImageDescription, description)
+                .write_tag(Tag::ImageDescription, described.description)
                 .map_err(|e| e.to_string())?;
+        }
+        if let Some(((xn, xd), (yn, yd), unit)) = described.tags {
+            image.x_resolution(Rational { n: xn, d: xd });
+            image.y_resolution(Rational { n: yn, d: yd });
+            image.resolution_unit(ResolutionUnit::from_u16(unit).unwrap_or(ResolutionUnit::None));
         }
         image.write_data(page).map_err(|e| e.to_string())?;
     }

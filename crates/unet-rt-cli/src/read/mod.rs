@@ -5,6 +5,7 @@
 //! memory available before allocating anything (see [`crate::limits`]), and
 //! special files are refused before they are opened.
 
+mod calibration;
 mod npy_header;
 mod npy_reader;
 mod png_reader;
@@ -18,6 +19,7 @@ use ndarray::ArrayD;
 
 use crate::limits::Memory;
 use crate::special_files::{refuse_special, refuse_special_metadata};
+pub(crate) use calibration::Calibration;
 
 /// File extensions read as images (lower case).
 pub(crate) const EXTENSIONS: &[&str] = &["tif", "tiff", "png", "npy"];
@@ -133,6 +135,8 @@ pub(crate) struct Image {
     /// an ImageJ or OME description): a stack of pages it does not name may
     /// be the channels of one image ([`crate::axes::choose_axes`]).
     pub pages_named: bool,
+    /// The physical size of its pixels, where a TIFF says it.
+    pub calibration: Option<Calibration>,
 }
 
 impl Image {
@@ -157,6 +161,7 @@ impl Image {
                 .axes
                 .map(|axes| format!("z{}", axes.get(2..).unwrap_or_default())),
             pages_named: self.pages_named,
+            calibration: self.calibration,
         })
     }
 
@@ -178,6 +183,7 @@ impl Image {
             pixels: self.pixels.with_leading_axis(),
             axes: self.axes.map(|axes| format!("z{axes}")),
             pages_named: self.pages_named,
+            calibration: self.calibration,
         }
     }
 }

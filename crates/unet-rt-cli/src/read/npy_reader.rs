@@ -81,6 +81,7 @@ pub(super) fn read_npy(file: File, file_len: u64, memory: Memory) -> Result<Imag
         pixels,
         axes: None,
         pages_named: false,
+        calibration: None,
     })
 }
 

@@ -124,6 +124,7 @@ pub(super) fn read_png(file: File, file_len: u64, memory: Memory) -> Result<Imag
         pixels,
         axes: Some(axes.to_owned()),
         pages_named: false,
+        calibration: None,
     })
 }
 

@@ -18,7 +18,7 @@ use tiff::tags::Tag;
 use tiff::ColorType;
 
 use super::tiff_description::{declared_pages, describe_pages, pages_differ, shaped, PageAxes};
-use super::{refuse_empty, Image, Pixels};
+use super::{calibration, refuse_empty, Calibration, Image, Pixels};
 use crate::limits::{checked_product, elements, saturating_usize, show_bytes, try_vec, Memory};
 
 type TiffDecoder = Decoder<BufReader<File>>;
@@ -96,6 +96,7 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
     let described = description
         .as_deref()
         .map_or(PageAxes::Unknown, describe_pages);
+    let calibration = page_calibration(&mut decoder, description.as_deref());
     let (page, pages) = plan(&mut decoder, file_len, memory)?;
     // `(y, x)` or `(y, x, samples)`: what the description must hold, and
     // the end of the image's shape.
@@ -201,7 +202,23 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
         pixels: buffer.into_pixels(&shape)?,
         axes,
         pages_named,
+        calibration,
     })
+}
+
+/// What page 1's resolution tags and `description` say of the pixels'
+/// physical size (tags that cannot be read say nothing).
+fn page_calibration(decoder: &mut TiffDecoder, description: Option<&str>) -> Option<Calibration> {
+    let mut rational = |tag| match decoder.find_tag(tag) {
+        Ok(Some(tiff::decoder::ifd::Value::Rational(n, d))) => Some((n, d)),
+        _ => None,
+    };
+    let (x, y) = (rational(Tag::XResolution), rational(Tag::YResolution));
+    let unit = decoder
+        .find_tag_unsigned::<u16>(Tag::ResolutionUnit)
+        .ok()
+        .flatten();
+    calibration::calibration(x, y, unit, description)
 }
 
 /// Page 1's description, if it has one in text.
