@@ -145,10 +145,10 @@ pub(crate) fn percentile_ranges<'py>(
         views
             .into_iter()
             .map(|(image, parts)| {
-                Ok((
-                    image,
-                    PercentileStats::merge(parts)?.checked_range(low, high)?,
-                ))
+                let range = PercentileStats::merge(parts)?
+                    .checked_range(low, high)
+                    .map_err(|err| of_image(err, image, images))?;
+                Ok((image, range))
             })
             .collect::<unet_rt::Result<Vec<_>>>()
     })?;
@@ -168,6 +168,22 @@ pub(crate) fn percentile_ranges<'py>(
         }
     }
     Ok(ranges)
+}
+
+/// `err` (about an image's pixels) naming image `image` of `images`: one
+/// image without a finite value failed a batch, and the message did not
+/// say which.
+fn of_image(err: unet_rt::Error, image: usize, images: usize) -> unet_rt::Error {
+    match err {
+        unet_rt::Error::InvalidArgument {
+            argument: "image",
+            message,
+        } if images > 1 => unet_rt::Error::InvalidArgument {
+            argument: "image",
+            message: format!("image {image} of the batch: {message}"),
+        },
+        other => other,
+    }
 }
 
 /// `{image index: (first, values)}`.

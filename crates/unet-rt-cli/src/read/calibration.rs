@@ -8,6 +8,8 @@
 //! `unit=` and `spacing=`, or OME's `PhysicalSizeX/Y/Z` (for OME-Zarr
 //! results).
 
+use super::tiff_description::{ome_attribute, ome_pixels};
+
 /// Pixels per unit along one axis, as a TIFF rational.
 pub(crate) type Resolution = (u32, u32);
 
@@ -55,10 +57,10 @@ pub(super) fn calibration(
     }
     if let Some(pixels) = description.and_then(ome_pixels) {
         for (slot, name) in micrometres.iter_mut().zip(["Z", "Y", "X"]) {
-            let size = attribute(pixels, &format!("PhysicalSize{name}"))
+            let size = ome_attribute(pixels, &format!("PhysicalSize{name}"))
                 .and_then(|v| v.parse::<f64>().ok());
             // OME's default unit is the micrometre.
-            let per = attribute(pixels, &format!("PhysicalSize{name}Unit"))
+            let per = ome_attribute(pixels, &format!("PhysicalSize{name}Unit"))
                 .map_or(Some(1.0), micrometres_per);
             if let (Some(size), Some(per)) = (size, per) {
                 *slot = Some(size * per);
@@ -115,25 +117,6 @@ fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     text.lines()
         .find_map(|line| line.strip_prefix(name))
         .map(str::trim)
-}
-
-/// The attributes of the first OME `Pixels` element (any prefix).
-fn ome_pixels(text: &str) -> Option<&str> {
-    if !text.contains("<OME") && !text.contains(":OME") {
-        return None;
-    }
-    let start = text
-        .match_indices("Pixels ")
-        .map(|(at, _)| at)
-        .find(|&at| at > 0 && matches!(text.as_bytes()[at - 1], b'<' | b':'))?;
-    let rest = &text[start..];
-    Some(&rest[..rest.find('>')?])
-}
-
-/// The value of attribute `name` among `attributes`.
-fn attribute<'a>(attributes: &'a str, name: &str) -> Option<&'a str> {
-    let at = attributes.find(&format!(" {name}=\""))? + name.len() + 3;
-    attributes[at..].split('"').next()
 }
 
 #[cfg(test)]

@@ -258,7 +258,7 @@ fn imagej_field(text: &str, name: &str) -> Option<usize> {
 }
 
 /// The value of attribute `name` among `pixels` (see [`ome_pixels`]).
-fn ome_attribute<'a>(pixels: &'a str, name: &str) -> Option<&'a str> {
+pub(super) fn ome_attribute<'a>(pixels: &'a str, name: &str) -> Option<&'a str> {
     let at = pixels.find(&format!(" {name}=\""))? + name.len() + 3;
     pixels[at..].split('"').next()
 }
@@ -270,7 +270,7 @@ fn ome_size(pixels: &str, name: &str) -> Option<usize> {
 
 /// The attributes of the first `Pixels` element of an OME-XML document
 /// (any namespace prefix), up to its closing `>`.
-fn ome_pixels(text: &str) -> Option<&str> {
+pub(super) fn ome_pixels(text: &str) -> Option<&str> {
     if !text.contains("<OME") && !text.contains(":OME") {
         return None;
     }
