@@ -30,12 +30,15 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// numpy's name of the element type a `.npy` file declares (its header
 /// only), `None` where it cannot be read.
 pub(super) fn npy_element(file: File, file_len: u64) -> Option<&'static str> {
-    let (header, _) = read_header(&mut BufReader::new(file), file_len).ok()?;
-    header
-        .descr
-        .as_deref()
-        .and_then(Element::parse)
-        .map(|e| e.name)
+    let (header, data_start) = read_header(&mut BufReader::new(file), file_len).ok()?;
+    let element = header.descr.as_deref().and_then(Element::parse)?;
+    // A file cut short (not by this tool, which writes atomically: a copy
+    // or a full disk elsewhere) is no finished result; `--skip-existing`
+    // took it for one and left it unreadable.
+    let declared = u64::try_from(elements(&header.shape)?)
+        .ok()?
+        .checked_mul(element.size)?;
+    (declared == file_len.saturating_sub(data_start)).then_some(element.name)
 }
 
 pub(super) fn read_npy(file: File, file_len: u64, memory: Memory) -> Result<Image, String> {
