@@ -8,7 +8,7 @@
 //! `unit=` and `spacing=`, or OME's `PhysicalSizeX/Y/Z` (for OME-Zarr
 //! results).
 
-use super::tiff_description::{ome_attribute, ome_pixels};
+use super::tiff_description::{imagej_text, ome_attribute, ome_pixels};
 
 /// Pixels per unit along one axis, as a TIFF rational.
 pub(crate) type Resolution = (u32, u32);
@@ -44,7 +44,7 @@ pub(super) fn calibration(
         2 => Some(25_400.0),
         3 => Some(10_000.0),
         _ => imagej
-            .and_then(|d| field(d, "unit="))
+            .and_then(|d| imagej_text(d, "unit="))
             .and_then(micrometres_per),
     };
     let size = |r: Resolution| f64::from(r.1) / f64::from(r.0);
@@ -52,7 +52,8 @@ pub(super) fn calibration(
         (Some((x, y, _)), Some(per)) => [None, Some(size(y) * per), Some(size(x) * per)],
         _ => [None; 3],
     };
-    if let (Some(spacing), Some(per)) = (imagej.and_then(|d| field(d, "spacing=")), per_unit) {
+    if let (Some(spacing), Some(per)) = (imagej.and_then(|d| imagej_text(d, "spacing=")), per_unit)
+    {
         micrometres[0] = spacing.parse::<f64>().ok().map(|s| s * per);
     }
     if let Some(pixels) = description.and_then(ome_pixels) {
@@ -110,13 +111,6 @@ fn micrometres_per(unit: &str) -> Option<f64> {
         "inch" | "in" => Some(25_400.0),
         _ => None,
     }
-}
-
-/// The text after `name` on a line of an ImageJ description.
-fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name))
-        .map(str::trim)
 }
 
 #[cfg(test)]

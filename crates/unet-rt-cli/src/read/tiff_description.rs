@@ -253,8 +253,15 @@ pub(super) fn describe_pages(text: &str) -> PageAxes {
 
 /// The number after `name` (`"slices="`) on a line of an ImageJ description.
 fn imagej_field(text: &str, name: &str) -> Option<usize> {
+    imagej_text(text, name)?.parse::<usize>().ok()
+}
+
+/// The text after `name` (`"unit="`) on the first line of an ImageJ
+/// description that starts with it, trimmed.
+pub(super) fn imagej_text<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     text.lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse::<usize>().ok())
+        .find_map(|line| line.strip_prefix(name))
+        .map(str::trim)
 }
 
 /// The value of attribute `name` among `pixels` (see [`ome_pixels`]).
