@@ -900,12 +900,40 @@ def test_slices_and_channels_named_by_imagej_or_ome_are_read_as_named(cli, tmp_p
     assert np.array_equal(np.load(out / "czyx.ome.npy"), want)
 
 
-def test_planar_separate_channels_are_refused_by_name(cli, tmp_path):
-    path = tmp_path / "planar.tif"
-    tifffile.imwrite(path, (np.random.default_rng(0).random((3, 64, 64)) * 255).astype(np.uint8),
-                     photometric="rgb", planarconfig="separate")
-    stderr = refused_alone(cli, path, tmp_path)
-    assert "planar configuration 2" in stderr
+def test_channels_stored_as_separate_planes_are_read_as_tifffile_reads_them(cli, tmp_path):
+    # Planar configuration 2 (tifffile's default for a (3, y, x) array, GDAL's INTERLEAVE=BAND) was
+    # refused: the decoder reads only the first plane. Strips, tiles cut at the page's edge, a
+    # predictor, big-endian samples and a stack of such pages are read exactly.
+    import unet_rt
+    from training.tiny import export_tiny
+
+    rgb_model = export_tiny(tmp_path / "rgb.pt", in_channels=3)
+    rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
+    cases = {
+        "strips": ((rng.random((3, 45, 70)) * 255).astype(np.uint8), {"rowsperstrip": 7}),
+        "tiles": ((rng.random((3, 45, 70)) * 60000).astype(np.uint16), {"tile": (16, 32), "compression": "zlib"}),
+        "predicted": (rng.random((3, 45, 70)).astype(np.float32), {"compression": "lzw", "predictor": True}),
+        "stack": ((rng.random((2, 3, 40, 50)) * 60000).astype(np.uint16), {"byteorder": ">"}),
+    }
+    for name, (image, options) in cases.items():
+        tifffile.imwrite(tmp_path / "in" / f"{name}.tif", image, photometric="rgb", planarconfig="separate",
+                         **options)
+        with tifffile.TiffFile(tmp_path / "in" / f"{name}.tif") as tif:
+            assert tif.pages[0].planarconfig == 2
+    out = tmp_path / "out"
+    proc = segment(cli, tmp_path / "in", out=out, extra=["-m", str(rgb_model), "--format", "npy", "-k", "raw"])
+    assert proc.returncode == 0, proc.stderr
+    model = unet_rt.Model(rgb_model, device="cpu")
+    for name, (image, _) in cases.items():
+        want = model.segment(image, output="raw", axes="bcyx" if image.ndim == 4 else "cyx")
+        np.testing.assert_array_equal(np.load(out / f"{name}.npy"), want, err_msg=name)
+    # JPEG planes are not decoded: refused by name.
+    path = tmp_path / "jpeg" / "jpeg.tif"
+    path.parent.mkdir()
+    tifffile.imwrite(path, (rng.random((3, 64, 64)) * 255).astype(np.uint8), photometric="rgb",
+                     planarconfig="separate", compression="jpeg")
+    assert "separate JPEG planes (planar configuration 2)" in refused_alone(cli, path, path.parent)
 
 
 def test_bits_stored_in_reverse_order_are_refused_by_name(cli, tmp_path):

@@ -10,6 +10,7 @@ mod npy_header;
 mod npy_reader;
 mod png_reader;
 mod tiff_description;
+mod tiff_planar;
 mod tiff_reader;
 
 use std::fs::File;

@@ -18,6 +18,7 @@ use tiff::tags::Tag;
 use tiff::ColorType;
 
 use super::tiff_description::{declared_pages, describe_pages, pages_differ, shaped, PageAxes};
+use super::tiff_planar::{read_planar, PlaneGrid};
 use super::{calibration, refuse_empty, Calibration, Image, Pixels};
 use crate::limits::{checked_product, elements, saturating_usize, show_bytes, try_vec, Memory};
 
@@ -458,13 +459,10 @@ fn check_page(
         };
         format!("page {number} has unsupported samples: {bits} bits of sample format {format} ({advice})")
     })?;
-    let planar = decoder
-        .find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
-        .map_err(tiff_err)?;
-    if samples > 1 && planar == Some(2) {
+    if compression == JPEG && is_planar(decoder, samples).map_err(tiff_err)? {
         return Err(format!(
-            "page {number} stores its {samples} channels as separate planes (planar configuration 2), which is \
-             not read; save the channels interleaved (contiguous), or as pages"
+            "page {number} stores its {samples} channels as separate JPEG planes (planar configuration 2), \
+             which is not read; save the channels interleaved (contiguous), or as pages"
         ));
     }
     // Bits stored least significant first: every byte read as it is was
@@ -711,7 +709,7 @@ fn sample_kind(format: u16, bits: u8) -> Option<Samples> {
 fn decode(decoder: &mut TiffDecoder, page: &Page, pages: usize) -> Result<Buffer, String> {
     if pages == 1 {
         decoder.seek_to_image(0).map_err(|e| page_error(1, e))?;
-        let decoded = decoder.read_image().map_err(|e| page_error(1, e))?;
+        let decoded = read_page(decoder, page, 1)?;
         return Buffer::from_page(decoded, page.kind, page.len);
     }
     let total = page
@@ -728,12 +726,35 @@ fn decode(decoder: &mut TiffDecoder, page: &Page, pages: usize) -> Result<Buffer
         if (width, height) != (page.width, page.height) {
             return Err(format!("page {number} changed size while it was read"));
         }
-        let decoded = decoder.read_image().map_err(tiff_err)?;
+        let decoded = read_page(decoder, page, number)?;
         buffer
             .append(decoded, page.len)
             .map_err(|m| format!("page {number}: {m}"))?;
     }
     Ok(buffer)
+}
+
+/// Decodes the decoder's current page, page `number` of the file, which
+/// declares what `page` does.
+fn read_page(
+    decoder: &mut TiffDecoder,
+    page: &Page,
+    number: usize,
+) -> Result<DecodingResult, String> {
+    let tiff_err = |e: tiff::TiffError| page_error(number, e);
+    if is_planar(decoder, page.samples).map_err(tiff_err)? {
+        let grid = PlaneGrid::of_page(decoder, page.width, page.height, page.samples);
+        return read_planar(decoder, grid, page.len, tiff_err);
+    }
+    decoder.read_image().map_err(tiff_err)
+}
+
+/// Whether the decoder's current page of `samples` channels stores them as
+/// separate planes (planar configuration 2), which the decoder's
+/// `read_image` reads only the first of.
+fn is_planar(decoder: &mut TiffDecoder, samples: u16) -> Result<bool, tiff::TiffError> {
+    let planar = decoder.find_tag_unsigned::<u16>(Tag::PlanarConfiguration)?;
+    Ok(samples > 1 && planar == Some(2))
 }
 
 /// Pages of a TIFF appended one after the other, in the stored type.
