@@ -304,15 +304,20 @@ def test_skip_existing_resumes_a_folder(tiny_model_path, cli, tmp_path):
     again = run([cli, "segment", src, "-m", tiny_model_path, "-o", out, "--json", "--skip-existing", "--overlay"])
     assert {r["status"] for r in map(json.loads, again.stdout.splitlines())} == {"skipped"}
     assert sorted(p.name for p in out.iterdir()) == sorted(f"img{i}{s}" for i in range(3) for s in (".tif", "_overlay.png"))
-    # An NPY result cut short (a copy, a full disk) is redone: it was taken as done, left unreadable.
-    first = run([cli, "segment", src / "img0.tif", "-m", tiny_model_path, "-o", tmp_path / "npy", "-f", "npy", "-q"])
-    assert first.returncode == 0, first.stderr
-    result = tmp_path / "npy" / "img0.npy"
-    whole = result.read_bytes()
-    result.write_bytes(whole[:-100])
-    again = run([cli, "segment", src / "img0.tif", "-m", tiny_model_path, "-o", tmp_path / "npy", "-f", "npy",
-                 "--json", "--skip-existing"])
-    assert json.loads(again.stdout)["status"] == "ok" and result.read_bytes() == whole, again.stdout
+    # A result cut short (a copy, a full disk) is redone: it was taken as done by its header, left
+    # unreadable. A stack's TIFF loses its last page.
+    tifffile.imwrite(src / "stack.tif", random_image((3, 50, 50), np.uint8, 70), photometric="minisblack")
+    for fmt, name in (("npy", "img0"), ("png", "img0"), ("tif", "stack")):
+        first = run([cli, "segment", src / f"{name}.tif", "-m", tiny_model_path, "-o", tmp_path / fmt, "-f", fmt,
+                     "-q"])
+        assert first.returncode == 0, first.stderr
+        result = tmp_path / fmt / f"{name}.{fmt}"
+        whole = result.read_bytes()
+        for cut in (100, 20):
+            result.write_bytes(whole[:-cut])
+            again = run([cli, "segment", src / f"{name}.tif", "-m", tiny_model_path, "-o", tmp_path / fmt, "-f",
+                         fmt, "--json", "--skip-existing"])
+            assert json.loads(again.stdout)["status"] == "ok" and result.read_bytes() == whole, (fmt, cut, again.stdout)
 
 
 @pytest.mark.parametrize("fmt", ["tif", "npy", "png"])

@@ -27,8 +27,7 @@ impl Memory {
         }
     }
 
-    /// No limit (the memory available is unknown).
-    #[cfg(test)]
+    /// No limit (the memory available is unknown, or nothing is allocated).
     pub(crate) fn unlimited() -> Self {
         Self { available: None }
     }

@@ -210,15 +210,16 @@ pub(crate) fn read_image(path: &Path) -> Result<Image, String> {
     }
 }
 
-/// numpy's name of the element type a result file holds, read from its
-/// header only (`--skip-existing` tells another output kind's result from
-/// this run's by it); `None` where it cannot be read.
+/// numpy's name of the element type a result file holds (`--skip-existing`
+/// tells another output kind's result from this run's by it); `None` where
+/// it cannot be read or holds less than it declares (an NPY's data, a
+/// TIFF's pages and strips, a PNG's rows and end).
 pub(crate) fn stored_element(path: &Path) -> Option<&'static str> {
     let (file, len) = open(path).ok()?;
     match extension(path).as_str() {
         "npy" => npy_reader::npy_element(file, len),
         "png" => png_reader::png_element(file),
-        "tif" | "tiff" => tiff_reader::tiff_element(file),
+        "tif" | "tiff" => tiff_reader::tiff_element(file, len),
         _ => None,
     }
 }

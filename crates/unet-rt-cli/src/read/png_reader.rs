@@ -17,19 +17,26 @@ use crate::limits::{checked_product, show_bytes, try_vec, Memory};
 /// A PNG of `n` bytes cannot hold more than this times `n` bytes of pixels.
 const DEFLATE_MAX_RATIO: u64 = 1032;
 
-/// numpy's name of the element type of a greyscale PNG (its header only),
-/// `None` for colour or unreadable files.
+/// numpy's name of the element type of a greyscale PNG, `None` for colour,
+/// unreadable or incomplete files. Every row is decoded (one at a time) and
+/// the end chunk read: a file cut short (not by this tool, which writes
+/// atomically: a copy or a full disk elsewhere) is no finished result, and
+/// `--skip-existing` took one for done by its header and left it
+/// unreadable.
 pub(super) fn png_element(file: File) -> Option<&'static str> {
-    let reader = png::Decoder::new(BufReader::new(file)).read_info().ok()?;
+    let mut reader = png::Decoder::new(BufReader::new(file)).read_info().ok()?;
     let info = reader.info();
     if info.color_type != png::ColorType::Grayscale {
         return None;
     }
-    match info.bit_depth {
-        png::BitDepth::Eight => Some("uint8"),
-        png::BitDepth::Sixteen => Some("uint16"),
-        _ => None,
-    }
+    let element = match info.bit_depth {
+        png::BitDepth::Eight => "uint8",
+        png::BitDepth::Sixteen => "uint16",
+        _ => return None,
+    };
+    while reader.next_row().ok()?.is_some() {}
+    reader.finish().ok()?;
+    Some(element)
 }
 
 /// Reads a PNG of `file_len` bytes. A transparent colour (tRNS) of a gray

@@ -42,10 +42,10 @@ fn first_directory_is_none(header: &[u8]) -> bool {
     }
 }
 
-/// numpy's name of the element type of a TIFF's first page (its directory
-/// only: unsigned or floating-point samples of 8 to 64 bits), `None` where
-/// it cannot be read.
-pub(super) fn tiff_element(file: File) -> Option<&'static str> {
+/// numpy's name of the element type of a TIFF's first page (unsigned or
+/// floating-point samples of 8 to 64 bits), `None` where it cannot be read
+/// or is cut short. Directories only: nothing is decoded.
+pub(super) fn tiff_element(file: File, file_len: u64) -> Option<&'static str> {
     let mut decoder = Decoder::new(BufReader::new(file)).ok()?;
     let bits = match decoder.colortype().ok()? {
         ColorType::Gray(bits) => bits,
@@ -56,14 +56,20 @@ pub(super) fn tiff_element(file: File) -> Option<&'static str> {
         .ok()
         .flatten()
         == Some(3);
-    Some(match (float, bits) {
+    let element = match (float, bits) {
         (false, 8) => "uint8",
         (false, 16) => "uint16",
         (false, 32) => "uint32",
         (true, 32) => "float32",
         (true, 64) => "float64",
         _ => return None,
-    })
+    };
+    // Every page's directory read and its strips within the file: a file
+    // cut short (not by this tool, which writes atomically: a copy or a
+    // full disk elsewhere) is no finished result; `--skip-existing` took
+    // one for done by its first page and left it unreadable.
+    plan(&mut decoder, file_len, Memory::unlimited()).ok()?;
+    Some(element)
 }
 
 /// Reads every page of a TIFF file of `file_len` bytes. Pages must share size
