@@ -333,3 +333,21 @@ def _plain(tmp_path: Path, image: np.ndarray) -> Path:
     path = tmp_path / "in.zarr"
     zarr.create_array(path, data=image, chunks=(64, 64))
     return path
+
+
+def test_every_class_has_a_colour_of_its_own_and_every_writer_gives_the_same(cli, tmp_path, image):
+    # Class 13 took class 1's colour (12 colours, cycled), and the command line and unet_rt.dask
+    # each kept a copy of the palette.
+    from training.tiny import export_tiny
+
+    model = export_tiny(tmp_path / "many.pt", classes=20)
+    zarr.create_array(str(tmp_path / "in.zarr"), data=image, chunks=(64, 64))
+    _segment(tmp_path / "in.zarr", tmp_path / "dask.zarr", model, ome=True)
+    store = _cli_zarr(cli, tmp_path, "cli", image, model, "yx")
+    colours = []
+    for group in (tmp_path / "dask.zarr" / "labels" / "labels", store / "labels" / "labels"):
+        meta = dict(zarr.open_group(str(group), mode="r").attrs)["ome"]["image-label"]
+        assert [c["label-value"] for c in meta["colors"]] == list(range(20))
+        colours.append([tuple(c["rgba"]) for c in meta["colors"]])
+    assert colours[0] == colours[1]
+    assert colours[0][0] == (0, 0, 0, 0) and len(set(colours[0])) == 20, colours[0]

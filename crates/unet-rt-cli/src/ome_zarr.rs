@@ -20,6 +20,7 @@ use std::path::Path;
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn, Slice};
 use serde_json::{json, Value};
+use unet_rt::class_colours::class_colour;
 use unet_rt::geometry::unravel_index;
 
 use crate::atomic;
@@ -29,22 +30,6 @@ use crate::write::Output;
 
 /// Largest chunk side along a spatial axis.
 const CHUNK: usize = 1024;
-
-/// Distinct class colours (RGB); class 0, the background, is transparent.
-const PALETTE: [[u8; 3]; 12] = [
-    [230, 25, 75],
-    [60, 180, 75],
-    [255, 225, 25],
-    [0, 130, 200],
-    [245, 130, 48],
-    [145, 30, 180],
-    [70, 240, 240],
-    [240, 50, 230],
-    [210, 245, 60],
-    [250, 190, 212],
-    [0, 128, 128],
-    [220, 190, 255],
-];
 
 /// An array element as zarr stores it.
 pub(crate) trait ZarrElement: Copy {
@@ -177,7 +162,7 @@ fn write_into<T: ZarrElement>(
     if let Some(classes) = info.classes {
         image_label["colors"] = Value::Array(
             (0..classes.len())
-                .map(|i| json!({"label-value": i, "rgba": colour(i)}))
+                .map(|i| json!({"label-value": i, "rgba": class_colour(i as u64)}))
                 .collect(),
         );
         image_label["properties"] = Value::Array(
@@ -231,14 +216,6 @@ fn distinct_levels(sides: &[usize]) -> usize {
 fn axis(name: char) -> Value {
     let kind = if name == 't' { "time" } else { "space" };
     json!({"name": name.to_string(), "type": kind})
-}
-
-fn colour(class: usize) -> [u8; 4] {
-    if class == 0 {
-        return [0, 0, 0, 0];
-    }
-    let [r, g, b] = PALETTE[(class - 1) % PALETTE.len()];
-    [r, g, b, 255]
 }
 
 /// Levels `0..levels` of `array` as arrays `0`, `1`, ... in `dir`: level k
@@ -433,12 +410,5 @@ mod tests {
             axis('x'),
         ];
         assert_eq!(chunk_shape(&[5, 3, 2000, 70], &axes), vec![1, 3, 1024, 70]);
-    }
-
-    #[test]
-    fn colours_leave_the_background_transparent() {
-        assert_eq!(colour(0), [0, 0, 0, 0]);
-        assert_eq!(colour(1), [230, 25, 75, 255]);
-        assert_eq!(colour(13), colour(1));
     }
 }

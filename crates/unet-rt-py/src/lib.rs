@@ -90,6 +90,15 @@ fn check_normalization(text: &str) -> PyResult<()> {
         .map_err(|e| args::invalid("normalization", e))
 }
 
+/// The RGBA display colour of a class (OME-Zarr `image-label` colours):
+/// the core's rule, shared with the command line's OME-Zarr results.
+#[pyfunction]
+fn class_colour(class_id: u64) -> (u8, u8, u8, u8) {
+    // A tuple: PyO3 gives an array of bytes as `bytes`.
+    let [r, g, b, a] = unet_rt::class_colours::class_colour(class_id);
+    (r, g, b, a)
+}
+
 #[pyfunction]
 fn format_bytes(bytes: u128) -> String {
     unet_rt::memory::format_bytes(bytes)
@@ -122,6 +131,7 @@ fn _unet_rt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_PROBE_VALUES", unet_rt::MAX_PROBE_VALUES)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     m.add_function(wrap_pyfunction!(format_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(class_colour, m)?)?;
     m.add_function(wrap_pyfunction!(beyond_available_memory, m)?)?;
     m.add_function(wrap_pyfunction!(check_normalization, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_precision, m)?)?;

@@ -16,6 +16,7 @@ mod archive;
 pub mod axes;
 mod build_info;
 mod cgroup;
+pub mod class_colours;
 mod code_classes;
 mod container;
 mod convert;

@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .. import _unet_rt
 from ..errors import InvalidArgumentError
 
 __all__ = ["Squeezed", "OmeSource", "LabelImage", "open_source", "label_image", "colors", "write_metadata"]
@@ -32,11 +33,6 @@ __all__ = ["Squeezed", "OmeSource", "LabelImage", "open_source", "label_image", 
 # NGFF axis names onto the engine's letters; time points are a batch.
 _LETTERS = {"t": "b", "c": "c", "z": "z", "y": "y", "x": "x"}
 _ORDER = "tczyx"
-# Distinct class colours (RGB); class 0, the background, is transparent.
-_PALETTE = [
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-]
 
 
 @dataclass(frozen=True)
@@ -329,14 +325,14 @@ def _without(transform: Dict[str, Any], positions: List[int]) -> Dict[str, Any]:
 
 def colors(classes: Sequence[str]) -> Dict[str, Any]:
     """``image-label`` colours and properties of a class map: one colour per
-    class (the background, 0, transparent), and each value's class name.
+    class (the background, 0, transparent; the core's rule, which the
+    command line's OME-Zarr results follow too), and each value's class name.
 
     >>> colors(["background", "nucleus"])["colors"]
     [{'label-value': 0, 'rgba': [0, 0, 0, 0]}, {'label-value': 1, 'rgba': [230, 25, 75, 255]}]
     """
     return {
-        "colors": [{"label-value": i, "rgba": list(_PALETTE[(i - 1) % len(_PALETTE)]) + [255] if i else [0, 0, 0, 0]}
-                   for i in range(len(classes))],
+        "colors": [{"label-value": i, "rgba": list(_unet_rt.class_colour(i))} for i in range(len(classes))],
         "properties": [{"label-value": i, "class": str(name)} for i, name in enumerate(classes)],
     }
 
