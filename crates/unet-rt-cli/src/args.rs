@@ -55,7 +55,8 @@ File names that are not plain UTF-8 text are escaped there and in text lines
 (\\n, \\t, \\u{1b}, \\xff for a byte that is not UTF-8; \\\\ then for a backslash).
 
 Exit status: 0 all inputs done, 1 some input failed (the others were processed),
-2 usage error (flags, model, device, output folder), 130 interrupted (Ctrl-C).";
+2 usage error (flags, model, device, output folder), 130 interrupted by Ctrl-C
+(143 by SIGTERM, 129 by SIGHUP: 128 + the signal's number, as shells report it).";
 
 /// Segment images with U-Net models (TorchScript) on CPU or GPU.
 #[derive(Debug, Parser)]

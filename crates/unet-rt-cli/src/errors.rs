@@ -11,7 +11,8 @@ pub(crate) const EXIT_FAILURE: u8 = 1;
 /// Exit status: the command line must change (bad flag, model, device,
 /// output folder).
 pub(crate) const EXIT_USAGE: u8 = 2;
-/// Exit status after Ctrl-C or a termination signal (128 + SIGINT).
+/// Exit status after Ctrl-C (128 + SIGINT); other signals give 128 + their
+/// number (`interrupt::exit_status`).
 pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 
 /// An error that stops the whole command.
@@ -33,7 +34,9 @@ impl CliError {
     pub(crate) fn exit_status(&self) -> u8 {
         match self {
             Self::Usage(_) => EXIT_USAGE,
-            Self::Interrupted | Self::Engine(unet_rt::Error::Cancelled) => EXIT_INTERRUPTED,
+            Self::Interrupted | Self::Engine(unet_rt::Error::Cancelled) => {
+                crate::interrupt::exit_status()
+            }
             // A model that is missing or not a model, an unknown device, a bad
             // option: the command line must change, so they are usage errors.
             Self::Engine(

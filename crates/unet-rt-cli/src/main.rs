@@ -1,8 +1,8 @@
 //! `unet-rt`: segment images with U-Net models from the command line.
 //!
 //! Exit status: 0 when every input was processed, 1 when some input failed
-//! at run time (the others are still processed), 2 for usage errors, 130
-//! when interrupted. Never 101 or a signal: a panic is caught and reported
+//! at run time (the others are still processed), 2 for usage errors, 128 +
+//! the signal's number when interrupted (130 Ctrl-C, 143 SIGTERM). Never 101 or a signal: a panic is caught and reported
 //! in one line with status 1, and what an input declares is checked before
 //! it is allocated (see `limits`).
 

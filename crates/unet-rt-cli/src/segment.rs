@@ -12,9 +12,7 @@ use unet_rt::{
 
 use crate::args::{Format, SegmentArgs};
 use crate::axes::{self, Arranged};
-use crate::errors::{
-    in_flag_words, usage, CliError, FileError, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK,
-};
+use crate::errors::{in_flag_words, usage, CliError, FileError, EXIT_FAILURE, EXIT_OK};
 use crate::limits::{bytes_of, elements, try_filled, try_map, Memory};
 use crate::progress::Bars;
 use crate::read::{read_image, with_pixels};
@@ -121,7 +119,7 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
     if interrupt::requested() {
         atomic::remove_all();
         output::stderr_line("unet-rt: interrupted; results written so far are complete");
-        return Ok(EXIT_INTERRUPTED);
+        return Ok(interrupt::exit_status());
     }
     Ok(if failures == 0 { EXIT_OK } else { EXIT_FAILURE })
 }
