@@ -608,6 +608,43 @@ def test_results_carry_the_physical_pixel_size_of_a_tiff(cli, tmp_path):
     assert all("unit" not in a for a in plain["axes"])
 
 
+def test_results_of_ome_tiffs_are_ome_tiffs(cli, tmp_path):
+    # x.ome.tif's result is named x.ome.tif: it held no OME-XML, which readers that go by the name
+    # (Bio-Formats) expect, and a stack's pages were flat. Now its axes, classes (as channels) and
+    # pixel size are there, and tifffile reads it as an OME series.
+    import xml.etree.ElementTree as ET
+
+    rng = np.random.default_rng(12)
+    image = (rng.random((64, 80)) * 255).astype(np.uint8)
+    stack = (rng.random((3, 64, 80)) * 255).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "a.ome.tif", image, ome=True,
+                     metadata={"axes": "YX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+    tifffile.imwrite(tmp_path / "in" / "s.ome.tif", stack, ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0})
+    tifffile.imwrite(tmp_path / "in" / "plain.tif", image)
+    classes = ["background", "nucleus", "boundary"]
+    cases = [("labels", "a", "YX", image), ("labels", "s", "ZYX", stack), ("probabilities", "a", "CYX", image),
+             ("probabilities", "s", "ZCYX", stack)]
+    for kind in ("labels", "probabilities"):
+        proc = run([cli, "segment", tmp_path / "in", "-o", tmp_path / kind, "-k", kind, "--device", "cpu", "-q"])
+        assert proc.returncode == 0, proc.stderr
+        with tifffile.TiffFile(tmp_path / kind / "plain.tif") as tif:
+            assert not tif.is_ome
+    for kind, name, axes, source in cases:
+        with tifffile.TiffFile(tmp_path / kind / f"{name}.ome.tif") as tif:
+            assert tif.is_ome and tif.series[0].axes == axes, (kind, name, tif.series[0].axes)
+            got = tif.series[0].asarray()
+            ET.fromstring(tif.ome_metadata)  # well-formed
+            pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
+        want = unet_rt.segment(source, device="cpu", output=kind, axes="zyx" if source.ndim == 3 else "yx")
+        np.testing.assert_array_equal(got, want, err_msg=f"{kind} {name}")
+        assert (pixels["PhysicalSizeX"], pixels["PhysicalSizeY"]) == (0.5, 0.5)
+        assert pixels.get("PhysicalSizeZ") == (2.0 if name == "s" else None)
+        channels = pixels["Channel"] if isinstance(pixels["Channel"], list) else [pixels["Channel"]]
+        assert [c.get("Name") for c in channels] == (classes if kind == "probabilities" else [None])
+
+
 def test_tiff_results_read_back_in_their_shape_and_axes(cli, tiny_model_path, tmp_path):
     # A volume's probabilities were classes x z flat pages: tifffile.imread
     # gave a 3-D array, the classes mixed in with the planes.

@@ -20,6 +20,7 @@ mod inputs;
 mod interrupt;
 mod limits;
 mod loader;
+mod ome_tiff;
 mod ome_zarr;
 mod output;
 mod overlay;

@@ -14,6 +14,7 @@ use crate::args::{Format, SegmentArgs};
 use crate::axes::{self, Arranged};
 use crate::errors::{in_flag_words, usage, CliError, FileError, EXIT_FAILURE, EXIT_OK};
 use crate::limits::{bytes_of, elements, try_filled, try_map, Memory};
+use crate::ome_tiff::OmeResult;
 use crate::progress::Bars;
 use crate::read::{read_image, with_pixels};
 use crate::report::{self, Report, Status};
@@ -509,7 +510,14 @@ fn segment_file(
         } else {
             let letters = result_axes(info, &axes, arranged.stacked, &result.output);
             let tags = image.calibration.as_ref().and_then(|c| c.result_tags());
-            write_output(output, &result.output, ctx.args.format, &letters, tags).map_err(fail)?;
+            let classes = class_names(&ctx.model);
+            let name = input.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+            let ome = OmeResult {
+                micrometres: image.calibration.as_ref().map_or([None; 3], |c| c.micrometres),
+                channel_names: &classes,
+                name: &name,
+            };
+            write_output(output, &result.output, ctx.args.format, &letters, tags, &ome).map_err(fail)?;
         }
         result.objects
     });

@@ -11,6 +11,7 @@ use tiff::tags::{ResolutionUnit, Tag};
 use crate::args::Format;
 use crate::atomic::write_atomically;
 use crate::errors::FileError;
+use crate::ome_tiff::{self, OmeResult};
 
 /// A result ready to be written.
 #[derive(Debug)]
@@ -27,6 +28,16 @@ pub(crate) enum Output {
 
 impl Output {
     /// The result's shape.
+    /// OME's name of the element type.
+    fn ome_type(&self) -> &'static str {
+        match self {
+            Self::U8(_) => "uint8",
+            Self::U16(_) => "uint16",
+            Self::U32(_) => "uint32",
+            Self::F32(_) => "float",
+        }
+    }
+
     pub(crate) fn shape(&self) -> &[usize] {
         match self {
             Self::U8(a) => a.shape(),
@@ -46,13 +57,15 @@ const BIGTIFF_FROM: usize = 4_000_000_000;
 /// tifffile does, so that a result of more than three axes (a volume's
 /// probabilities, a batch's) reads back in its shape, not as flat pages.
 /// A TIFF result's pages say the input's resolution (`tags`, see
-/// [`crate::read::Calibration`]).
+/// [`crate::read::Calibration`]); a TIFF named `*.ome.tif` is described by
+/// OME-XML instead, from `ome` (see [`crate::ome_tiff`]).
 pub(crate) fn write_output(
     path: &Path,
     output: &Output,
     format: Format,
     axes: &str,
     tags: Option<ResolutionTags>,
+    ome: &OmeResult<'_>,
 ) -> Result<(), FileError> {
     match format {
         Format::Npy => write_atomically(path, |w| {
@@ -67,7 +80,14 @@ pub(crate) fn write_output(
         Format::Tif => {
             // Check the shape before creating anything.
             pages(output.shape()).map_err(|m| FileError::new(path, m))?;
-            let described = shape_description(output.shape(), axes);
+            let named_ome = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(ome_tiff::is_ome_tiff_name);
+            let described = named_ome
+                .then(|| ome_tiff::ome_xml(output.shape(), axes, output.ome_type(), ome))
+                .flatten()
+                .unwrap_or_else(|| shape_description(output.shape(), axes));
             let page = Page {
                 description: &described,
                 tags,
