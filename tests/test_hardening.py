@@ -992,6 +992,12 @@ def test_array_subclasses_are_read_as_plain_arrays(model):
         ([[1.0, 2.0], [3.0]], "invalid image: cannot be read as one array"),
         (torch.rand(64, 72, requires_grad=True), "invalid image: cannot be read as one array"),
         (np.ma.masked_array(IMAGE, mask=IMAGE > 0.5), r"invalid image: a masked array .*filled"),
+        # No axes make a value or a row an image: axes= was blamed, with examples that could not fit.
+        (np.array(1.0, np.float32), r"invalid image: holds a single value \(shape \[\]\), not an image"),
+        (np.float32(1), r"invalid image: holds a single value"),
+        (np.ones(5, np.float32), r"invalid image: holds one axis \(shape \[5\]\), not an image"),
+        # NumPy has no bfloat16.
+        (torch.ones(64, 72, dtype=torch.bfloat16), r"invalid image: cannot be read .*; pass image.float\(\)"),
     ],
 )
 def test_inputs_numpy_cannot_read_are_invalid_arguments_naming_the_image(model, image, message):

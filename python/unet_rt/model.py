@@ -767,7 +767,9 @@ def as_plain_array(value: Any, argument: str) -> np.ndarray:
     try:
         array = np.asarray(value)
     except (ValueError, TypeError, RuntimeError) as err:
-        raise InvalidArgumentError(f"invalid {argument}: cannot be read as one array ({err})") from err
+        # NumPy has no bfloat16: a torch tensor of it cannot be read.
+        advice = f"; pass {argument}.float()" if str(getattr(value, "dtype", "")) == "torch.bfloat16" else ""
+        raise InvalidArgumentError(f"invalid {argument}: cannot be read as one array ({err}){advice}") from err
     if array.dtype == object and array.ndim == 0 and not isinstance(value, np.ndarray):
         # None or a dict was "dtype object is not supported" (an object
         # array is one, and is told its dtype).

@@ -218,10 +218,25 @@ pub fn spatial_axes(spatial_dims: usize) -> &'static str {
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] (`axes`) when the shape does not say, with
-/// the choices that would fit.
+/// the choices that would fit; (`image`) for fewer than two axes.
 pub fn infer_axes(shape: &[usize], spatial_dims: usize, in_channels: usize) -> Result<String> {
     let spatial = spatial_axes(spatial_dims);
     let ndim = shape.len();
+    if ndim < 2 {
+        // No naming of axes makes a value or a row an image: `axes` was
+        // blamed, with examples that could not fit.
+        let what = if ndim == 0 {
+            "a single value"
+        } else {
+            "one axis"
+        };
+        return Err(Error::InvalidArgument {
+            argument: "image",
+            message: format!(
+                "holds {what} (shape {shape:?}), not an image: an image has at least two axes (y, x)"
+            ),
+        });
+    }
     if ndim == spatial_dims {
         return Ok(spatial.to_owned());
     }
@@ -261,6 +276,18 @@ pub fn infer_axes(shape: &[usize], spatial_dims: usize, in_channels: usize) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_or_a_row_is_no_image_whatever_its_axes() {
+        for shape in [&[][..], &[5][..]] {
+            let err = infer_axes(shape, 2, 1).unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidArgument { argument: "image", message } if message.contains("not an image")),
+                "{err:?}"
+            );
+        }
+        assert_eq!(infer_axes(&[5, 6], 2, 1).unwrap(), "yx");
+    }
 
     #[test]
     fn channels_last_orders_are_inverse_permutations() {
