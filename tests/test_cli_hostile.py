@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
+import time
 import zlib
 from pathlib import Path
 
@@ -497,6 +499,28 @@ def test_good_inputs_are_segmented_next_to_hostile_ones(cli, tmp_path):
 def test_bench_refuses_sizes_beyond_memory(cli, size):
     proc = run(cli, "bench", "--size", size, "--device", "cpu", "-r", "1")
     assert_refused(proc, status=(2,))
+
+
+def test_bench_counts_its_result_and_stops_at_ctrl_c_while_it_makes_its_image(cli):
+    # Only the image was counted: an image of 60% of the memory available was admitted, and its
+    # labels then filled the machine. Making a 20000^2 image took half a minute, deaf to Ctrl-C
+    # (SIGTERM alike; at 100000^2 the process grew to 20 GB after it).
+    available = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                     if line.startswith("MemAvailable:"))
+    side = int((0.6 * available / 2) ** 0.5)  # uint16 image: 60%; with uint16 labels: 120%
+    proc = run(cli, "bench", "--size", str(side), "--device", "cpu", "-r", "1")
+    assert_refused(proc, status=(2,))
+    assert "image and its result" in proc.stderr, proc.stderr
+    job = subprocess.Popen([str(cli), "bench", "--size", "20000", "--device", "cpu", "-r", "1", "-j", "1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    job.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    try:
+        _, stderr = job.communicate(timeout=60)
+    finally:
+        job.kill()
+    assert job.returncode == 130 and time.monotonic() - start < 5, (job.returncode, time.monotonic() - start, stderr)
 
 
 @pytest.mark.parametrize(

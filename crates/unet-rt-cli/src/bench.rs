@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use ndarray::{ArrayD, Dimension};
+use ndarray::ArrayD;
 use serde_json::json;
 use unet_rt::{Options, OutputMode, Segmenter};
 
@@ -51,17 +51,29 @@ pub(crate) fn run(args: &BenchArgs) -> Result<u8, CliError> {
             "--size {shown} has more pixels than this machine can address"
         ))
     })?;
+    // The image and the result of each run, held together (a 100000^2
+    // image alone was admitted, and the run then filled the machine).
+    let result_values = match args.output_kind {
+        OutputMode::Labels => pixels.checked_mul(2),
+        OutputMode::Instances => pixels.checked_mul(4),
+        _ => pixels
+            .checked_mul(info.out_channels.max(1))
+            .and_then(|v| v.checked_mul(4)),
+    };
     let image_bytes = pixels
         .checked_mul(info.in_channels)
         .and_then(bytes_of::<u16>)
+        .zip(result_values.and_then(|v| u64::try_from(v).ok()))
+        .and_then(|(image, result)| image.checked_add(result))
         .unwrap_or(u64::MAX);
     Memory::available()
-        .check(image_bytes, &format!("a {shown} image"))
+        .check(image_bytes, &format!("a {shown} image and its result"))
         .map_err(|m| usage(format!("--size: {m}")))?;
     let segmenter = Segmenter::new(model.clone(), options)?;
     let layout = segmenter.layout(&size)?;
-    let image =
-        synthetic(info.in_channels, &size).map_err(|m| usage(format!("--size {shown}: {m}")))?;
+    let image = synthetic(info.in_channels, &size, interrupt::requested)
+        .map_err(|m| usage(format!("--size {shown}: {m}")))?
+        .ok_or(CliError::Interrupted)?;
 
     // One untimed run: libtorch builds its kernels (oneDNN primitives, cuDNN
     // plans) on first use.
@@ -164,21 +176,34 @@ fn run_once(segmenter: &Segmenter, image: &ArrayD<u16>) -> Result<(), CliError> 
 }
 
 /// Deterministic 12-bit noise with a smooth background, so that percentile
-/// normalization sees a spread of values (`(C, spatial...)`).
-fn synthetic(channels: usize, size: &[usize]) -> Result<ArrayD<u16>, String> {
+/// normalization sees a spread of values (`(C, spatial...)`); `None` when
+/// `stop()` says so (it is asked every million pixels: a 20000^2 image took
+/// half a minute, deaf to Ctrl-C).
+fn synthetic(
+    channels: usize,
+    size: &[usize],
+    stop: impl Fn() -> bool,
+) -> Result<Option<ArrayD<u16>>, String> {
     let mut shape = vec![channels];
     shape.extend_from_slice(size);
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut image = try_filled(&shape, 0u16)?;
-    for (index, v) in image.indexed_iter_mut() {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let x = index.slice().last().copied().unwrap_or(0) as f64;
-        let wave = (x / 37.0).sin() * 800.0 + 1600.0;
-        *v = (wave + (state % 1024) as f64) as u16;
+    let width = size.last().copied().unwrap_or(1).max(1);
+    let values = image.as_slice_mut().ok_or("the image is not contiguous")?;
+    for (block, values) in values.chunks_mut(1 << 20).enumerate() {
+        if stop() {
+            return Ok(None);
+        }
+        for (i, v) in values.iter_mut().enumerate() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let x = ((block << 20) + i) % width;
+            let wave = (x as f64 / 37.0).sin() * 800.0 + 1600.0;
+            *v = (wave + (state % 1024) as f64) as u16;
+        }
     }
-    Ok(image)
+    Ok(Some(image))
 }
 
 fn median(values: &mut [f64]) -> f64 {
