@@ -368,7 +368,8 @@ def test_interrupt_leaves_only_complete_results(tiny_model_path, cli, tmp_path):
     out = tmp_path / "out"
     # The smallest tile makes each image take a while: 2,500 tiles, about a
     # second, so the signal comes while the second image is processed.
-    cmd = [cli, "segment", src, "-m", tiny_model_path, "-o", out, "--tile", "48", "--batch-size", "4", "--threads", "1"]
+    cmd = [cli, "segment", src, "-m", tiny_model_path, "-o", out, "--tile", "48", "--batch-size", "4", "--threads", "1",
+           "--json"]
     proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (out.exists() and any(p.suffix == ".tif" for p in out.iterdir())):
@@ -380,6 +381,9 @@ def test_interrupt_leaves_only_complete_results(tiny_model_path, cli, tmp_path):
     assert "panicked" not in stderr
     done = sorted(p.name for p in out.iterdir())
     assert 1 <= len(done) < 6, done
+    # Every input has its --json line, those never started too (they had none).
+    statuses = [json.loads(line)["status"] for line in stdout.splitlines()]
+    assert statuses == ["ok"] * len(done) + ["cancelled"] * (6 - len(done)), statuses
     for name in done:
         assert name.endswith(".tif"), f"stray file {name}"
         assert tifffile.imread(out / name).shape == (400, 400)

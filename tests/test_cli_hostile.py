@@ -644,6 +644,38 @@ def test_names_that_are_not_utf8_are_read_and_kept(cli, tmp_path):
         assert sorted(os.listdir(os.fsencode(out))) == [b"ok.tif", b"\xff.tif"]
 
 
+def test_names_are_escaped_in_errors_and_every_unreadable_entry_is_reported(cli, tmp_path):
+    # Error lines printed names raw: a name's terminal escapes cleared the screen, a byte that is not
+    # UTF-8 became U+FFFD. A literal backslash-n and a newline read alike in --json. A folder's
+    # broken links were left out without a word (exit 0), and each unreadable name was "no such
+    # file" (a link loop), or a pattern error for a missing name with "[".
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good_image(folder / "good.npy")
+    hostile = os.fsencode(folder) + b"/bad\x1b[2J\x1b[31m\n\xff.tif"
+    with open(hostile, "wb") as f:
+        f.write(b"not a tiff")
+    for name in ("slash\\nl.npy", "slash\nl.npy"):
+        good_image(folder / name)
+    (folder / "dangling.tif").symlink_to(folder / "missing.tif")
+    (folder / "loop1.tif").symlink_to(folder / "loop2.tif")
+    (folder / "loop2.tif").symlink_to(folder / "loop1.tif")
+    proc = segment(cli, folder, out=tmp_path / "out", extra=["--json"])
+    assert proc.returncode == 1, proc.stderr
+    assert "\x1b" not in proc.stderr and "\ufffd" not in proc.stderr, proc.stderr
+    assert "bad\\u{1b}[2J\\u{1b}[31m\\n\\xff.tif: not a readable TIFF file" in proc.stderr, proc.stderr
+    reports = {r["input"].rsplit("/", 1)[-1]: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert reports["slash\\\\nl.npy"]["status"] == reports["slash\\nl.npy"]["status"] == "ok", reports.keys()
+    assert reports["dangling.tif"]["status"] == "failed"
+    assert "a symbolic link to a file that does not exist" in reports["dangling.tif"]["error"]
+    assert "Too many levels of symbolic links" in reports["loop1.tif"]["error"]
+    # Named on their own.
+    for name, said in (("loop1.tif", "cannot be read: Too many levels"), ("[gone.tif", "no such file")):
+        proc = segment(cli, folder / name, out=tmp_path / "out2")
+        assert_refused(proc, name)
+        assert said in proc.stderr and "not a valid pattern" not in proc.stderr, proc.stderr
+
+
 def test_packed_one_bit_tiffs_are_refused_not_misread(cli, tmp_path):
     # 1-bit pages came back packed eight to a byte and were segmented as
     # bytes ("ok", with nonsense objects).

@@ -22,9 +22,11 @@ inverted (max - v; float ones as 1 - v, signed ones as stored; tifffile.imread
 returns the stored values). A multi-page TIFF is a volume for a 3-D model and a
 stack of 2-D images, each segmented on its own, for a 2-D model (its result has
 one page per input page). Folders contribute their supported files (not
-recursively), in name order; glob patterns (* ? [..]) are expanded when the
-shell did not (** is *: one folder level). One file under several names (a link
-to it, ./a.tif) is segmented once, under its own name.
+recursively, not hidden ones: names starting with '.'), in name order, and an
+error for each that cannot be read (a broken link); glob patterns (* ? [..])
+are expanded when the shell did not (** is *: one folder level). One file under
+several names (a symbolic link to it, ./a.tif) is segmented once, under its own
+name; hard links are files of their own.
 
 Outputs: <output>/<stem>.<format>. labels: uint8 class indices (uint16 beyond 256
 classes). instances: objects as the model's read-out makes them (a model with a
@@ -51,8 +53,9 @@ a folder of their own), except an input, a write-protected file, a folder, and a
 With --json, each input gives one line on stdout:
   {\"input\", \"output\", \"shape\", \"seconds\", \"status\": ok|skipped|failed|cancelled, \"error\"}
   (and \"objects\", the count, with --output-kind instances)
-File names that are not plain UTF-8 text are escaped there and in text lines
-(\\n, \\t, \\u{1b}, \\xff for a byte that is not UTF-8; \\\\ then for a backslash).
+File names that are not plain UTF-8 text are escaped there, in text lines and
+in error messages (\\n, \\t, \\u{1b}, \\xff for a byte that is not UTF-8, and \\\\ for
+a backslash, so that no two names read alike).
 
 Exit status: 0 all inputs done, 1 some input failed (the others were processed),
 2 usage error (flags, model, device, output folder), 130 interrupted by Ctrl-C
@@ -95,7 +98,7 @@ pub(crate) enum Command {
     /// bioimageio.spec (runs `python -m unet_rt.bioimageio export`).
     #[command(
         name = "export-bioimageio",
-        after_help = "Examples:\n  unet-rt export-bioimageio -o nuclei.zip            # the bundled model\n  unet-rt export-bioimageio my.pt -o my.zip --author 'A. Person' --license CC-BY-4.0\n\nThe package is built and validated by the Python package (pip install 'unet_rt[bioimageio]'):\nthe Python next to this binary, else $UNET_RT_PYTHON, else python3 on PATH."
+        after_help = "Examples:\n  unet-rt export-bioimageio -o nuclei.zip            # the bundled model\n  unet-rt export-bioimageio my.pt -o my.zip --author 'A. Person' --license CC-BY-4.0\n\nThe package is built and validated by the Python package (pip install 'unet_rt[bioimageio]'):\n$UNET_RT_PYTHON where set, else the Python next to this binary, else python3 on PATH."
     )]
     ExportBioimageio(ExportArgs),
 }

@@ -94,7 +94,7 @@ pub(crate) fn usage(message: impl Into<String>) -> CliError {
 
 /// A failure tied to one file: its message names the file.
 #[derive(Debug, thiserror::Error)]
-#[error("{}: {message}", path.display())]
+#[error("{}: {message}", crate::report::shown(path))]
 pub(crate) struct FileError {
     /// The file concerned.
     pub path: PathBuf,

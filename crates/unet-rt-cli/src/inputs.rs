@@ -19,23 +19,44 @@ use crate::special_files::refuse_special;
 pub(crate) fn discover(inputs: &[PathBuf]) -> Vec<Result<PathBuf, FileError>> {
     let mut out = Vec::new();
     for input in inputs {
+        // A name that is there (a broken link included) is never a pattern.
         let found = if input.is_dir() {
             folder(input)
-        } else if input.exists() || !is_pattern(input) {
-            if input.exists() {
-                single(input)
-            } else {
-                Err(FileError::new(input, "no such file"))
+        } else if input.symlink_metadata().is_ok() || !is_pattern(input) {
+            match unreadable(input) {
+                Some(e) => Err(e),
+                None => single(input).map(|files| files.into_iter().map(Ok).collect()),
             }
         } else {
-            pattern(input)
+            pattern(input).map(|files| files.into_iter().map(Ok).collect())
         };
         match found {
-            Ok(files) => out.extend(files.into_iter().map(Ok)),
+            Ok(files) => out.extend(files),
             Err(e) => out.push(Err(e)),
         }
     }
     once_each(out)
+}
+
+/// Why the file at `path` cannot be read, in the system's words where it
+/// has any: "no such file" was said of a symbolic link to nothing or in a
+/// loop, of a path beyond the system's limit and of a folder that cannot
+/// be searched. `None` where it can be looked at.
+fn unreadable(path: &Path) -> Option<FileError> {
+    let err = std::fs::metadata(path).err()?;
+    let link = path
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink());
+    Some(FileError::new(
+        path,
+        match err.kind() {
+            std::io::ErrorKind::NotFound if link => {
+                "a symbolic link to a file that does not exist".to_owned()
+            }
+            std::io::ErrorKind::NotFound => "no such file".to_owned(),
+            _ => format!("cannot be read: {err}"),
+        },
+    ))
 }
 
 /// One file under several names (`a.tif`, `./a.tif`, its folder, a link to
@@ -99,12 +120,23 @@ fn is_image_name(path: &Path) -> bool {
     !hidden && EXTENSIONS.contains(&extension(path).as_str())
 }
 
-fn folder(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
+/// A folder's image files, and an error for each image name in it that
+/// cannot be read (a broken link, a folder that can be listed but not
+/// searched): those were left out without a word.
+fn folder(dir: &Path) -> Result<Vec<Result<PathBuf, FileError>>, FileError> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| FileError::new(dir, format!("cannot list the folder: {e}")))?;
-    let mut files: Vec<PathBuf> = entries
+    let mut names: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && is_image_name(p))
+        .filter(|p| is_image_name(p))
+        .collect();
+    names.sort();
+    let files: Vec<Result<PathBuf, FileError>> = names
+        .into_iter()
+        .filter_map(|p| match unreadable(&p) {
+            Some(e) => Some(Err(e)),
+            None => p.is_file().then_some(Ok(p)),
+        })
         .collect();
     if files.is_empty() {
         return Err(FileError::new(
@@ -112,7 +144,6 @@ fn folder(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
             "the folder holds no .tif, .tiff, .png or .npy file",
         ));
     }
-    files.sort();
     Ok(files)
 }
 
@@ -135,8 +166,9 @@ fn pattern(input: &Path) -> Result<Vec<PathBuf>, FileError> {
             }
             continue;
         }
-        let matcher = glob::Pattern::new(&text)
-            .map_err(|e| FileError::new(input, format!("not a valid pattern: {e}")))?;
+        let matcher = glob::Pattern::new(&text).map_err(|e| {
+            FileError::new(input, format!("no such file, nor a valid pattern ({e})"))
+        })?;
         let mut matched = Vec::new();
         for dir in &candidates {
             let listed = if dir.as_os_str().is_empty() {

@@ -32,16 +32,29 @@ pub(crate) fn stderr_line(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{}", one_line(line));
 }
 
-/// `text` on one line: its lines trimmed and joined by spaces.
+/// `text` on one line: its lines trimmed and joined by spaces, and other
+/// control characters but tabs escaped (`\u{1b}`): a file name's terminal
+/// escapes, quoted in a message, cleared the screen or coloured the text.
 pub(crate) fn one_line(text: &str) -> String {
-    if !text.contains(['\n', '\r']) {
-        return text.to_owned();
+    let joined = if text.contains(['\n', '\r']) {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    } else {
+        text.to_owned()
+    };
+    if !joined.chars().any(|c| c.is_control() && c != '\t') {
+        return joined;
     }
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    joined
+        .chars()
+        .map(|c| match c {
+            c if c.is_control() && c != '\t' => format!("\\u{{{:x}}}", u32::from(c)),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -51,6 +64,7 @@ mod tests {
     #[test]
     fn joins_lines() {
         assert_eq!(one_line("a: b"), "a: b");
+        assert_eq!(one_line("x\u{1b}[2J\ty"), "x\\u{1b}[2J\ty");
         assert_eq!(
             one_line("syntax error:\n --> 1:3\n  |\n\n"),
             "syntax error: --> 1:3 |"

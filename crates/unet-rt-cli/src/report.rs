@@ -107,17 +107,19 @@ impl Report {
 }
 
 /// A path as one line of text that tells it from every other: as it is
-/// where it is UTF-8 without control characters; otherwise with `\\`, `\n`,
-/// `\t`, other control characters (`\u{1b}`) and bytes that are not UTF-8
-/// (`\xff`) escaped. `Path::display` replaced such bytes with U+FFFD, so two
-/// inputs could be reported alike, and a newline split a report line in two.
+/// where it is UTF-8 without control characters or backslashes; otherwise
+/// with `\\`, `\n`, `\t`, other control characters (`\u{1b}`) and bytes that
+/// are not UTF-8 (`\xff`) escaped. `Path::display` replaced such bytes with
+/// U+FFFD, so two inputs could be reported alike, and a newline split a
+/// report line in two; a backslash shown as it is made `a\nb` (two
+/// characters) read as `a<newline>b` escaped.
 pub(crate) fn shown(path: &Path) -> String {
     use std::fmt::Write;
     use std::os::unix::ffi::OsStrExt;
 
     let bytes = path.as_os_str().as_bytes();
     if let Ok(text) = std::str::from_utf8(bytes) {
-        if !text.chars().any(char::is_control) {
+        if !text.chars().any(|c| c.is_control() || c == '\\') {
             return text.to_owned();
         }
     }
@@ -150,7 +152,12 @@ mod tests {
         use std::ffi::OsStr;
         use std::os::unix::ffi::OsStrExt;
 
-        assert_eq!(shown(Path::new("in/a b\\é.tif")), "in/a b\\é.tif");
+        assert_eq!(shown(Path::new("in/a bé.tif")), "in/a bé.tif");
+        assert_eq!(shown(Path::new("in/a\\nb.tif")), "in/a\\\\nb.tif");
+        assert_ne!(
+            shown(Path::new("in/a\\nb.tif")),
+            shown(Path::new("in/a\nb.tif"))
+        );
         assert_eq!(shown(Path::new("in/a\nb.tif")), "in/a\\nb.tif");
         assert_eq!(shown(Path::new("x\u{1b}[31m\\y")), "x\\u{1b}[31m\\\\y");
         let latin1 = Path::new(OsStr::from_bytes(b"caf\xe9.tif"));

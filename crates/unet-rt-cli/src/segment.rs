@@ -85,8 +85,10 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
         .collect();
     let mut claimed: HashMap<PathBuf, PathBuf> = HashMap::new();
     let mut failures = 0usize;
-    for item in found {
+    let mut found = found.into_iter();
+    for item in found.by_ref() {
         if interrupt::requested() {
+            cancelled_line(args, &item);
             break;
         }
         let report = match item {
@@ -104,7 +106,7 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
         {
             bars.eprintln(&format!(
                 "unet-rt: error: {}: {error}",
-                report.input.display()
+                report::shown(&report.input)
             ));
         }
         if args.json {
@@ -116,6 +118,10 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
             break;
         }
     }
+    // With --json every input has its line: those never started too.
+    for item in found {
+        cancelled_line(args, &item);
+    }
     bars.finish();
     if interrupt::requested() {
         atomic::remove_all();
@@ -123,6 +129,18 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
         return Ok(interrupt::exit_status());
     }
     Ok(if failures == 0 { EXIT_OK } else { EXIT_FAILURE })
+}
+
+/// The `cancelled` JSON line of an input an interruption left unstarted
+/// (nothing without `--json`).
+fn cancelled_line(args: &SegmentArgs, item: &Result<PathBuf, FileError>) {
+    if args.json {
+        let path = match item {
+            Ok(path) => path,
+            Err(e) => &e.path,
+        };
+        output::stdout_line(&Report::new(path, Status::Cancelled).json());
+    }
 }
 
 /// Flag combinations that cannot work, whatever the model.
