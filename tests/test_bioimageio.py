@@ -288,7 +288,12 @@ def test_command_line_exports_and_checks(tmp_path, tiny_model_path):
     assert "label agreement 1.000000" in run.stdout
     bad = subprocess.run([sys.executable, "-m", "unet_rt.bioimageio", "export", "-o", str(tmp_path / "x.tar")],
                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
-    assert bad.returncode == 2 and "invalid path" in bad.stderr
+    assert bad.returncode == 2 and "invalid --output" in bad.stderr
+    # A place that cannot be written: named as given, exit 2 (was: exit 1, "[Errno 2] ... x.zip.partial").
+    bad = subprocess.run([sys.executable, "-m", "unet_rt.bioimageio", "export", "-o", "/proc/x.zip"],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert bad.returncode == 2 and "invalid --output: cannot write /proc/x.zip" in bad.stderr, bad.stderr
+    assert ".partial" not in bad.stderr and "Errno" not in bad.stderr, bad.stderr
 
 
 def test_unet_rt_export_bioimageio_runs_the_python_exporter(cli, tmp_path):
@@ -431,7 +436,7 @@ def test_an_unknown_licence_is_refused_in_one_line_before_any_work(tmp_path):
     assert not (tmp_path / "x.zip").exists()
     run = subprocess.run([sys.executable, "-m", "unet_rt.bioimageio", "export", "-o", str(tmp_path / "x.zip"),
                           "--license", "NOPE"], capture_output=True, text=True)
-    assert run.returncode == 2 and len(run.stderr) < 300 and "invalid license" in run.stderr
+    assert run.returncode == 2 and len(run.stderr) < 300 and "invalid --license" in run.stderr
 
 
 def test_hostile_test_images_names_and_authors_are_refused_by_name(tmp_path):

@@ -222,11 +222,15 @@ def _write_package(spec: Any, model: Any, folder: Path, target: Path, test_image
     (folder / "rdf.yaml").write_text(json.dumps(rdf, indent=2), encoding="utf-8")  # JSON is YAML
     descr = spec.load_description(folder / "rdf.yaml", perform_io_checks=True)
     _raise_if_invalid(descr, "the exported package")
-    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         spec.save_bioimageio_package(descr, output_path=partial)
         os.replace(partial, target)
+    except OSError as e:
+        # Named as the caller named it: the error was of our temporary
+        # (".partial"), in Python's "[Errno 2]" words.
+        raise InvalidArgumentError(f"invalid path: cannot write {target}: {e.strerror or e}") from e
     finally:
         partial.unlink(missing_ok=True)
 
@@ -888,8 +892,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not reproduces(result, package_output_scale(args.package)):
                 return 1
     except (InvalidArgumentError, ModelNotFoundError, ModelError, MetadataError) as e:
-        # What the command line must change (as unet-rt segment's usage errors).
-        print(f"unet_rt.bioimageio: error: {e}", file=sys.stderr)
+        # What the command line must change (as unet-rt segment's usage errors),
+        # named by its flag.
+        message = str(e)
+        for argument, flag in (("path", "--output"), ("license", "--license"), ("authors", "--author"),
+                               ("name", "--name"), ("test_image", "--test-image")):
+            if message.startswith(f"invalid {argument}:"):
+                message = f"invalid {flag}:" + message[len(f"invalid {argument}:"):]
+        print(f"unet_rt.bioimageio: error: {message}", file=sys.stderr)
         return 2
     except (UnetRtError, OSError) as e:
         print(f"unet_rt.bioimageio: error: {e}", file=sys.stderr)
