@@ -971,8 +971,11 @@ def test_a_gate_from_the_images_mean_is_found_by_probing_and_said_approximate(tm
     with pytest.warns(unet_rt.ApproximateTilingWarning, match=r"\(found by probing\)"):
         model = unet_rt.Model(path, device="cpu")
     info = model.info
-    # Changes moved every pixel of the largest probe: tiles cannot be shown exact.
-    assert not info["exact"] and info["whole_tile_ops"] == ["a reach beyond its largest probe (found by probing)"]
+    # Changes moved every pixel of the largest probe: tiles cannot be shown exact. On a busy machine
+    # the largest probe does not fit probing's time, and the words say so (as fresh CI once did).
+    assert not info["exact"] and info["whole_tile_ops"] in (
+        ["a reach beyond its largest probe (found by probing)"],
+        ["a reach beyond its largest probe in probing's time (found by probing)"]), info["whole_tile_ops"]
     assert info["overlap"] < 64, info["overlap"]
     image = np.random.default_rng(3).random((1, 300, 340), dtype=np.float32)
     assert model.layout(image.shape[1:])["tiles"] <= 4
