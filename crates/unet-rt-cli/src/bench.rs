@@ -53,13 +53,15 @@ pub(crate) fn run(args: &BenchArgs) -> Result<u8, CliError> {
     })?;
     // The image and the result of each run, held together (a 100000^2
     // image alone was admitted, and the run then filled the machine).
-    let result_values = match args.output_kind {
-        OutputMode::Labels => pixels.checked_mul(2),
-        OutputMode::Instances => pixels.checked_mul(4),
-        _ => pixels
-            .checked_mul(info.out_channels.max(1))
-            .and_then(|v| v.checked_mul(4)),
-    };
+    // `run_once` holds labels as u16, the other outputs in 4 bytes.
+    let result_values = elements(&args.output_kind.result_shape(info.out_channels, &size))
+        .and_then(|n| {
+            n.checked_mul(if args.output_kind == OutputMode::Labels {
+                2
+            } else {
+                4
+            })
+        });
     let image_bytes = pixels
         .checked_mul(info.in_channels)
         .and_then(bytes_of::<u16>)

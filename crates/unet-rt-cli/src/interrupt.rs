@@ -57,9 +57,10 @@ extern "C" fn on_signal(signal: libc::c_int) {
     let fd = PIPE.load(Ordering::Relaxed);
     let byte = u8::try_from(signal).unwrap_or(0);
     // SAFETY: `write` is async-signal-safe; `fd` is the pipe's writing
-    // end, open for the life of the process, and the buffer is one byte on
-    // this stack frame. A full pipe (signals far faster than the thread
-    // reads them) loses the byte: the earlier ones already stop the command.
+    // end, open for the life of the process and non-blocking, and the
+    // buffer is one byte on this stack frame. A full pipe (signals far
+    // faster than the thread reads them) loses the byte at once: the
+    // earlier ones already stop the command.
     unsafe {
         libc::write(fd, std::ptr::addr_of!(byte).cast(), 1);
         *libc::__errno_location() = saved;
@@ -80,6 +81,14 @@ pub(crate) fn install(cleanup: fn()) {
         return;
     }
     let [read_end, write_end] = fds;
+    // The handler must never wait: with the writing end blocking, a pipe
+    // filled by signals faster than the thread reads them would hang the
+    // process inside the handler.
+    // SAFETY: `fcntl` on a descriptor this function just opened; F_SETFL
+    // takes an int of flags.
+    if unsafe { libc::fcntl(write_end, libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+        return;
+    }
     let flag = flag();
     let listener = std::thread::Builder::new()
         .name("unet-rt-signals".to_owned())

@@ -113,9 +113,14 @@ pub(crate) fn try_filled<T: Clone>(shape: &[usize], value: T) -> Result<ArrayD<T
     let len = elements(shape).ok_or_else(|| {
         format!("an array of shape {shape:?} has more elements than this machine can address")
     })?;
+    ArrayD::from_shape_vec(IxDyn(shape), try_filled_vec(len, value)?).map_err(|e| e.to_string())
+}
+
+/// `len` copies of `value`, allocated fallibly.
+pub(crate) fn try_filled_vec<T: Clone>(len: usize, value: T) -> Result<Vec<T>, String> {
     let mut data = try_vec(len)?;
     data.resize(len, value);
-    ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| e.to_string())
+    Ok(data)
 }
 
 /// `f` applied to every element of `array` (in logical order) into a new

@@ -51,10 +51,15 @@ pub(crate) fn one_line(text: &str) -> String {
     joined
         .chars()
         .map(|c| match c {
-            c if c.is_control() && c != '\t' => format!("\\u{{{:x}}}", u32::from(c)),
+            c if c.is_control() && c != '\t' => escaped(c),
             c => c.to_string(),
         })
         .collect()
+}
+
+/// A control character as text (`\u{1b}`), as every line written shows it.
+pub(crate) fn escaped(c: char) -> String {
+    format!("\\u{{{:x}}}", u32::from(c))
 }
 
 #[cfg(test)]

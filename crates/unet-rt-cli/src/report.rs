@@ -130,9 +130,7 @@ pub(crate) fn shown(path: &Path) -> String {
                 '\\' => out.push_str("\\\\"),
                 '\n' => out.push_str("\\n"),
                 '\t' => out.push_str("\\t"),
-                c if c.is_control() => {
-                    let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
-                }
+                c if c.is_control() => out.push_str(&crate::output::escaped(c)),
                 c => out.push(c),
             }
         }

@@ -11,7 +11,7 @@ use std::io::BufReader;
 use tiff::decoder::{ChunkType, Decoder, DecodingResult};
 use tiff::tags::Tag;
 
-use crate::limits::try_vec;
+use crate::limits::{elements, try_filled_vec};
 
 /// Where the chunks of one plane lie in the page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +114,7 @@ pub(super) fn read_planar(
     len: usize,
     tiff_err: impl Fn(tiff::TiffError) -> String,
 ) -> Result<DecodingResult, String> {
-    if grid.width * grid.height * grid.samples != len || len == 0 {
+    if elements(&[grid.width, grid.height, grid.samples]) != Some(len) || len == 0 {
         return Err(format!("a page of {len} samples is not {grid:?}"));
     }
     let mut page: Option<DecodingResult> = None;
@@ -134,23 +134,17 @@ pub(super) fn read_planar(
 /// A page of `len` zeros of `chunk`'s sample type (allocated fallibly).
 fn zeros_like(chunk: &DecodingResult, len: usize) -> Result<DecodingResult, String> {
     Ok(match chunk {
-        DecodingResult::U8(_) => DecodingResult::U8(filled(len)?),
-        DecodingResult::U16(_) => DecodingResult::U16(filled(len)?),
-        DecodingResult::U32(_) => DecodingResult::U32(filled(len)?),
-        DecodingResult::U64(_) => DecodingResult::U64(filled(len)?),
-        DecodingResult::I8(_) => DecodingResult::I8(filled(len)?),
-        DecodingResult::I16(_) => DecodingResult::I16(filled(len)?),
-        DecodingResult::I32(_) => DecodingResult::I32(filled(len)?),
-        DecodingResult::I64(_) => DecodingResult::I64(filled(len)?),
-        DecodingResult::F32(_) => DecodingResult::F32(filled(len)?),
-        DecodingResult::F64(_) => DecodingResult::F64(filled(len)?),
+        DecodingResult::U8(_) => DecodingResult::U8(try_filled_vec(len, 0)?),
+        DecodingResult::U16(_) => DecodingResult::U16(try_filled_vec(len, 0)?),
+        DecodingResult::U32(_) => DecodingResult::U32(try_filled_vec(len, 0)?),
+        DecodingResult::U64(_) => DecodingResult::U64(try_filled_vec(len, 0)?),
+        DecodingResult::I8(_) => DecodingResult::I8(try_filled_vec(len, 0)?),
+        DecodingResult::I16(_) => DecodingResult::I16(try_filled_vec(len, 0)?),
+        DecodingResult::I32(_) => DecodingResult::I32(try_filled_vec(len, 0)?),
+        DecodingResult::I64(_) => DecodingResult::I64(try_filled_vec(len, 0)?),
+        DecodingResult::F32(_) => DecodingResult::F32(try_filled_vec(len, 0.0)?),
+        DecodingResult::F64(_) => DecodingResult::F64(try_filled_vec(len, 0.0)?),
     })
-}
-
-fn filled<T: Copy + Default>(len: usize) -> Result<Vec<T>, String> {
-    let mut v = try_vec(len)?;
-    v.resize(len, T::default());
-    Ok(v)
 }
 
 /// Copies `chunk`, the pixels of `region` (rows of `region.columns`; a

@@ -42,34 +42,24 @@ fn first_directory_is_none(header: &[u8]) -> bool {
     }
 }
 
-/// numpy's name of the element type of a TIFF's first page (unsigned or
-/// floating-point samples of 8 to 64 bits), `None` where it cannot be read
-/// or is cut short. Directories only: nothing is decoded.
+/// numpy's name of the element type of a TIFF's one-channel pages
+/// (unsigned or floating-point samples of 8 to 64 bits), `None` where it
+/// cannot be read or is cut short: every page's directory is read and its
+/// strips must lie in the file (`plan`; nothing is decoded). A file cut
+/// short (not by this tool, which writes atomically: a copy or a full disk
+/// elsewhere) is no finished result; `--skip-existing` took one for done by
+/// its first page and left it unreadable.
 pub(super) fn tiff_element(file: File, file_len: u64) -> Option<&'static str> {
     let mut decoder = Decoder::new(BufReader::new(file)).ok()?;
-    let bits = match decoder.colortype().ok()? {
-        ColorType::Gray(bits) => bits,
-        _ => return None,
-    };
-    let float = decoder
-        .find_tag_unsigned::<u16>(Tag::SampleFormat)
-        .ok()
-        .flatten()
-        == Some(3);
-    let element = match (float, bits) {
-        (false, 8) => "uint8",
-        (false, 16) => "uint16",
-        (false, 32) => "uint32",
-        (true, 32) => "float32",
-        (true, 64) => "float64",
-        _ => return None,
-    };
-    // Every page's directory read and its strips within the file: a file
-    // cut short (not by this tool, which writes atomically: a copy or a
-    // full disk elsewhere) is no finished result; `--skip-existing` took
-    // one for done by its first page and left it unreadable.
-    plan(&mut decoder, file_len, Memory::unlimited()).ok()?;
-    Some(element)
+    let (page, _) = plan(&mut decoder, file_len, Memory::unlimited()).ok()?;
+    match (page.samples, page.kind) {
+        (1, Samples::Uint(8)) => Some("uint8"),
+        (1, Samples::Uint(16)) => Some("uint16"),
+        (1, Samples::Uint(32)) => Some("uint32"),
+        (1, Samples::Float(32)) => Some("float32"),
+        (1, Samples::Float(64)) => Some("float64"),
+        _ => None,
+    }
 }
 
 /// Reads every page of a TIFF file of `file_len` bytes. Pages must share size
