@@ -183,7 +183,7 @@ pub fn labels_percent(fraction: f64) -> String {
 pub const MIN_LABEL_PIXELS: usize = 1024;
 
 /// What a label agreement on `pixels` compared pixels says: "99.65% of the
-/// labels", or, below [`MIN_LABEL_PIXELS`], "100.00% of the only 4 pixels
+/// labels", or, below `MIN_LABEL_PIXELS` (1024), "100.00% of the only 4 pixels
 /// they keep beyond the overlap".
 pub fn labels_compared(fraction: f64, pixels: usize) -> String {
     if pixels < MIN_LABEL_PIXELS {

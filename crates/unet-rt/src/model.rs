@@ -381,7 +381,7 @@ impl Model {
     }
 
     /// [`Self::forward_array`], returning [`Error::Cancelled`] within
-    /// [`CANCEL_POLL`] once `cancel` is set: the pass finishes in the
+    /// `CANCEL_POLL` (20 ms) once `cancel` is set: the pass finishes in the
     /// background on its own copy of the batch, its result dropped (Ctrl-C
     /// waited for the whole pass, seconds for a large batch).
     ///

@@ -513,7 +513,7 @@ fn check_percentile(q: f64, argument: &'static str) -> Result<()> {
     })
 }
 
-/// [`check_percentile`] for both bounds of a range, in order: the one rule
+/// `check_percentile` for both bounds of a range, in order: the one rule
 /// for percentile bounds given as arguments (here and in the binding).
 ///
 /// # Errors

@@ -1,6 +1,6 @@
 //! Reading NPY files.
 //!
-//! The header is read with a bounded read and parsed by [`npy_header`]; the
+//! The header is read with a bounded read and parsed by [`npy_header`](super::npy_header); the
 //! data it declares (shape times element size, checked) must be
 //! exactly what the file holds after it, and its decoded size must fit in
 //! memory, before anything is allocated. The data is then read in chunks

@@ -451,7 +451,8 @@ impl Segmenter {
     /// scaled with them; a `min_size` option is in the image's pixels.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] (`object_size`) as [`rescale::factor`].
+    /// [`Error::InvalidArgument`] (`object_size`) where the options' object
+    /// size is not a finite diameter within the accepted range.
     pub fn read_out(&self) -> Result<instances::ReadOut> {
         let info = self.model.info();
         let mut read_out = info.read_out.clone();

@@ -62,7 +62,7 @@ pub struct Options {
     pub tta: Tta,
     /// The typical object diameter in the input, in pixels: the image is
     /// resampled to the model's training scale (its metadata's
-    /// `object_size`) and the result back (see [`rescale`](super::rescale)).
+    /// `object_size`) and the result back (the engine's `rescale` module).
     pub object_size: Option<f64>,
     /// Instances: objects of fewer pixels (at the model's scale) are
     /// removed; the model's read-out default when `None`.
