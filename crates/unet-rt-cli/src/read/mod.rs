@@ -6,6 +6,8 @@
 //! special files are refused before they are opened.
 
 mod calibration;
+#[cfg(test)]
+mod fuzz;
 mod npy_header;
 mod npy_reader;
 mod png_reader;
