@@ -95,7 +95,7 @@ def test_read_out_arguments_are_checked(model):
                                                                     f"and the output is {output}"):
                 model.segment(image, output=output, **options)
     model.segment(image, output="labels", min_size=None, fill_holes=None)
-    for text, needle in [("{", "read_out"), ('{"grow": 2, "grow_classes": [2]}', "both"),
+    for text, needle in [("{", "read_out"), ('{"grow": 2, "grow_classes": [2]}', "seed_classes is empty"),
                          ('{"seed_classes": [1], "grow": 100, "grow_classes": [2]}', "grow"),
                          ('{"colour": 1}', "colour")]:
         with pytest.raises(unet_rt.InvalidArgumentError, match=needle):
@@ -229,6 +229,11 @@ def test_read_out_and_object_size_in_metadata_are_checked_at_load(tiny_model_pat
     for field, value, needle in [
         ("instances", {"seed_classes": [5]}, "names class 5"),
         ("instances", {"seed_classes": [1], "grow_classes": [1]}, "both a seed class and a grow class"),
+        # An empty seed list makes every class but 0 a seed: said so, not
+        # "both a seed class and a grow class" of a class never named a seed.
+        ("instances", {"seed_classes": [], "grow_classes": [1]}, "seed_classes is empty, which makes every class"),
+        # Seeds of the background made one object of all of it.
+        ("instances", {"seed_classes": [0]}, "class 0, the background"),
         ("instances", {"seed_classes": [1], "grow_classes": [0], "grow": 65}, "instances.grow is 65"),
         ("instances", {"colour": 1}, "unknown field `colour`"),
         ("object_size", 0.1, "object_size is 0.1"),
@@ -238,3 +243,44 @@ def test_read_out_and_object_size_in_metadata_are_checked_at_load(tiny_model_pat
         torch.jit.save(module, str(path), _extra_files={"unet_rt.json": json.dumps({**meta, field: value})})
         with pytest.raises(unet_rt.MetadataError, match=needle):
             unet_rt.Model(path, device="cpu")
+
+
+def _class_of_the_pixel_model(path: Path, read_out: dict, object_size: float) -> Path:
+    """A same-padded network whose label is the pixel's value rounded (0, 1
+    or 2), with a read-out and a training object size."""
+    import torch
+
+    class Nearest(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return -((x - torch.arange(3, dtype=x.dtype).view(1, 3, 1, 1)) ** 2)
+
+    meta = {"format": "unet_rt/1", "spatial_dims": 2, "in_channels": 1, "out_channels": 3, "output": "softmax",
+            "class_names": ["background", "interior", "boundary"], "padding": "same", "halo": 0,
+            "size_multiple": 1, "size_offset": 0, "normalization": {"kind": "none"},
+            "instances": read_out, "object_size": object_size}
+    torch.jit.save(torch.jit.script(Nearest().eval()), str(path), _extra_files={"unet_rt.json": json.dumps(meta)})
+    return path
+
+
+def test_the_models_min_size_is_scaled_up_and_a_given_one_counts_the_images_pixels(tmp_path):
+    """``object_size=5`` on a model trained at 10 segments the image at twice
+    its size: the model's ``min_size`` 5 is 1.25 image pixels, so a 1-pixel
+    object (4 at the model's scale, under 5) goes and a 2-pixel one (8)
+    stays. Rounded to the nearest pixel, the threshold was 1 and kept the
+    1-pixel object. A ``min_size`` given counts the image's pixels."""
+    model = unet_rt.Model(_class_of_the_pixel_model(
+        tmp_path / "nearest.pt", {"seed_classes": [1], "grow_classes": [], "grow": 0, "fill_holes": False,
+                                  "min_size": 5}, 10.0), device="cpu")
+    image = np.zeros((32, 32), np.float32)
+    image[8, 8] = 1            # one pixel
+    image[20, 10:12] = 1       # two
+    image[4, 20:23] = 1        # three
+    labels = model.segment(image, object_size=5)
+    assert (labels == image).all(), "the labels come back to the image's grid unchanged"
+    found = model.segment(image, output="instances", object_size=5)
+    sizes = sorted(np.bincount(found.ravel())[1:].tolist())
+    assert sizes == [2, 3], sizes
+    # Given, min_size is in the image's pixels: 3 keeps the three-pixel object only.
+    found = model.segment(image, output="instances", object_size=5, min_size=3)
+    assert sorted(np.bincount(found.ravel())[1:].tolist()) == [3]
+    assert model.segment(image, output="instances", object_size=5, min_size=0).max() == 3

@@ -478,9 +478,10 @@ class Model:
                 back (nearest neighbour), so objects larger or smaller than
                 the training ones are segmented as well as those. Not with
                 ``window``.
-            min_size: instances of fewer pixels (at the model's scale) are
-                removed; the model's default (``info["instances"]``) when
-                ``None``. For ``output="instances"`` only (other outputs
+            min_size: instances of fewer pixels of the image are removed;
+                the model's default (``info["instances"]``) when ``None``
+                (that one is counted at the model's training scale, so with
+                ``object_size`` it is scaled to the image's pixels). For ``output="instances"`` only (other outputs
                 have no instances: an error there).
             fill_holes: whether background enclosed by one instance joins
                 it; the model's default when ``None``. For

@@ -224,8 +224,9 @@ pub(crate) struct SegmentArgs {
     /// well as the training ones.
     #[arg(long, value_name = "PIXELS", allow_negative_numbers = true)]
     pub object_size: Option<f64>,
-    /// Instances: remove objects of fewer pixels (default: the model's
-    /// read-out, `unet-rt info`).
+    /// Instances: remove objects of fewer pixels of the image (default: the
+    /// model's read-out, `unet-rt info`, at its training scale: scaled with
+    /// --object-size).
     #[arg(long, value_name = "PIXELS", value_parser = whole_number(0, u64::MAX), allow_negative_numbers = true)]
     pub min_size: Option<u64>,
     /// Instances: whether background enclosed by one object joins it

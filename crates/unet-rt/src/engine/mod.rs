@@ -464,7 +464,11 @@ impl Segmenter {
             } else {
                 steps as u32
             };
-            let area = (read_out.min_size as f64 / factor.powi(info.spatial_dims as i32)).round();
+            // Up: an object under `min_size` at the model's scale is under
+            // this many image pixels (1.25 rounded to 1 kept a 1-pixel
+            // object that is 4 at the model's scale, below its 5).
+            let area =
+                up_to_whole(read_out.min_size as f64 / factor.powi(info.spatial_dims as i32));
             read_out.min_size = if area >= u64::MAX as f64 {
                 u64::MAX
             } else {
@@ -626,6 +630,17 @@ pub(super) fn invalid(argument: &'static str, message: String) -> Error {
     Error::InvalidArgument { argument, message }
 }
 
+/// `x` rounded up to a whole number, except where it is one already to
+/// within rounding (a factor of 0.5 gives 160.00000000000003 for 40).
+fn up_to_whole(x: f64) -> f64 {
+    let nearest = x.round();
+    if (x - nearest).abs() <= 1e-9 * nearest.abs().max(1.0) {
+        nearest
+    } else {
+        x.ceil()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -638,5 +653,15 @@ mod tests {
         assert_eq!(cuda_budget(Some((2 * GIB, 8 * GIB))), GIB);
         assert_eq!(cuda_budget(Some((0, 8 * GIB))), GIB);
         assert_eq!(cuda_budget(Some((139 * GIB, 141 * GIB))), 16 * GIB);
+    }
+
+    #[test]
+    fn scaled_sizes_round_up_unless_whole_to_within_rounding() {
+        assert_eq!(up_to_whole(1.25), 2.0);
+        assert_eq!(up_to_whole(10.35), 11.0);
+        assert_eq!(up_to_whole(40.0 / (0.1_f64 * 5.0).powi(2)), 160.0);
+        assert_eq!(up_to_whole(160.000_000_000_000_03), 160.0);
+        assert_eq!(up_to_whole(0.0), 0.0);
+        assert_eq!(up_to_whole(1e-3), 1.0);
     }
 }

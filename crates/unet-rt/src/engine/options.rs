@@ -64,8 +64,9 @@ pub struct Options {
     /// resampled to the model's training scale (its metadata's
     /// `object_size`) and the result back (the engine's `rescale` module).
     pub object_size: Option<f64>,
-    /// Instances: objects of fewer pixels (at the model's scale) are
-    /// removed; the model's read-out default when `None`.
+    /// Instances: objects of fewer pixels of the image are removed; the
+    /// model's read-out default when `None` (given at the model's training
+    /// scale, and scaled with `object_size`).
     pub min_size: Option<u64>,
     /// Instances: whether background enclosed by one object joins it; the
     /// model's read-out default when `None`.

@@ -6,8 +6,9 @@
 //! resampled back to the image's grid (nearest neighbour: labels stay
 //! labels, instance ids stay ids). Normalization statistics come from the
 //! original image, so resampling never shifts them. Instances are read out
-//! at the model's scale, where the read-out's sizes (growth, `min_size`)
-//! mean what they meant at training.
+//! of the labels on the image's grid, with the read-out's sizes (growth,
+//! the model's `min_size`) scaled to mean what they meant at training
+//! ([`super::Segmenter::read_out`]).
 //!
 //! Both directions map pixel centres the same way (`scipy.ndimage.zoom`
 //! with `grid_mode=True`): output pixel `i` of `m` samples the input at

@@ -168,13 +168,31 @@ impl ReadOut {
                 ));
             }
         }
+        // Class 0 is the background: seeds of it make one object of all
+        // the background (growing into it, a grow class 0, is a dilation).
+        if self.seed_classes.contains(&0) {
+            return Err(
+                "instances.seed_classes names class 0, the background: seeds are object classes"
+                    .to_owned(),
+            );
+        }
         if let Some(c) = self
             .grow_classes
             .iter()
-            .find(|c| self.seed_classes.is_empty() && **c != 0 || self.seed_classes.contains(c))
+            .find(|c| self.seed_classes.contains(c))
         {
             return Err(format!(
                 "instances: class {c} is both a seed class and a grow class"
+            ));
+        }
+        if let Some(c) = self
+            .grow_classes
+            .iter()
+            .find(|&&c| self.seed_classes.is_empty() && c != 0)
+        {
+            return Err(format!(
+                "instances: grow_classes names class {c} but seed_classes is empty, which makes \
+                 every class but 0 a seed (class {c} too): name the seed classes"
             ));
         }
         Ok(())

@@ -322,7 +322,20 @@ fn checks_name_the_field() {
         grow: 1,
         ..ReadOut::default()
     };
-    assert!(implicit.check(3).unwrap_err().contains("both"));
+    // Every class but 0 is a seed where none is named: said so, not
+    // "both a seed class and a grow class" of a class never named a seed.
+    assert!(implicit
+        .check(3)
+        .unwrap_err()
+        .contains("seed_classes is empty"));
+    let background = ReadOut {
+        seed_classes: vec![0],
+        ..ReadOut::default()
+    };
+    assert!(background
+        .check(3)
+        .unwrap_err()
+        .contains("class 0, the background"));
     let far = boundary_read_out(MAX_GROW + 1);
     assert!(far.check(3).unwrap_err().contains("instances.grow"));
     // A read-out built by hand is checked where it is applied, too, less
