@@ -956,6 +956,53 @@ def test_slices_and_channels_named_by_imagej_or_ome_are_read_as_named(cli, tmp_p
     assert np.array_equal(np.load(out / "czyx.ome.npy"), want)
 
 
+def test_a_stack_tifffile_stored_as_separate_planes_keeps_the_axes_its_description_names(cli, tmp_path):
+    # tifffile stores any (3, y, x) or (4, y, x) array as one page of separate planes (planar RGB),
+    # whatever it holds, and writes the axes it was given in its description. Read interleaved as
+    # (y, x, c), three slices named "ZYX" went to a 3-channel model as one colour image, and to a
+    # 1-channel model as an image of 3 channels; `--axes zyx` then named the wrong axes of it.
+    import warnings
+
+    import unet_rt
+    from training.tiny import export_tiny
+
+    rng = np.random.default_rng(3)
+    one = export_tiny(tmp_path / "one.pt")
+    three = export_tiny(tmp_path / "three.pt", in_channels=3)
+    stack = (rng.random((3, 50, 60)) * 255).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # tifffile: such data will be pages one day
+        tifffile.imwrite(tmp_path / "in" / "slices.tif", stack, metadata={"axes": "ZYX"})
+        tifffile.imwrite(tmp_path / "in" / "plain.tif", stack)
+        tifffile.imwrite(tmp_path / "in" / "volumes.tif", np.stack([stack, stack[::-1]]), metadata={"axes": "ZCYX"})
+    with tifffile.TiffFile(tmp_path / "in" / "slices.tif") as tif:
+        assert len(tif.pages) == 1 and tif.pages[0].planarconfig == 2 and tif.series[0].axes == "ZYX"
+    per_slice = np.stack([unet_rt.segment(s, unet_rt.Model(one, device="cpu")) for s in stack])
+    out = tmp_path / "out"
+    proc = segment(cli, tmp_path / "in" / "slices.tif", out=out, extra=["-m", str(one), "--format", "npy"])
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(np.load(out / "slices.npy"), per_slice)
+    # A 3-channel model is told the file holds slices, not channels.
+    proc = segment(cli, tmp_path / "in" / "slices.tif", out=out, extra=["-m", str(three)])
+    assert proc.returncode == 1 and '"zyx"' in proc.stderr, proc.stderr
+    # Without axes the planes are tifffile's samples (SYX): channels, or slices by --axes zyx.
+    proc = segment(cli, tmp_path / "in" / "plain.tif", out=out, extra=["-m", str(three), "--format", "npy", "-k", "raw"])
+    assert proc.returncode == 0, proc.stderr
+    want = unet_rt.segment(stack, unet_rt.Model(three, device="cpu"), output="raw", axes="cyx")
+    np.testing.assert_array_equal(np.load(out / "plain.npy"), want)
+    proc = segment(cli, tmp_path / "in" / "plain.tif", out=out, extra=["-m", str(one), "--format", "npy",
+                                                                      "--axes", "zyx"])
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(np.load(out / "plain.npy"), per_slice)
+    # ZCYX: pages of separate planes, each a volume's channels.
+    proc = segment(cli, tmp_path / "in" / "volumes.tif", out=out, extra=["-m", str(three), "--format", "npy", "-k", "raw"])
+    assert proc.returncode == 0, proc.stderr
+    want = unet_rt.segment(np.stack([stack, stack[::-1]]), unet_rt.Model(three, device="cpu"), output="raw",
+                           axes="bcyx")
+    np.testing.assert_array_equal(np.load(out / "volumes.npy"), want)
+
+
 def test_channels_stored_as_separate_planes_are_read_as_tifffile_reads_them(cli, tmp_path):
     # Planar configuration 2 (tifffile's default for a (3, y, x) array, GDAL's INTERLEAVE=BAND) was
     # refused: the decoder reads only the first plane. Strips, tiles cut at the page's edge, a

@@ -16,16 +16,16 @@ pub(super) struct Shaped {
 
 /// tifffile's description of a shaped array (`{"shape": [9, 2, 45, 31],
 /// "axes": "ZCYX"}`), where it holds what the file does: `pages` pages of
-/// `page` (`(y, x)` or `(y, x, samples)`). tifffile reads such a file back
-/// in that shape; read as a plain stack of pages, a one-plane volume
+/// `page`, whose axes are `page_axes` (`yx`, `yxc`, or `cyx` for planes
+/// read plane after plane, [`planes_first`]). tifffile reads such a file
+/// back in that shape; read as a plain stack of pages, a one-plane volume
 /// `(1, y, x)` could not be given to a 3-D model, nor a ZCYX stack named.
-pub(super) fn shaped(text: &str, pages: usize, page: &[usize]) -> Option<Shaped> {
+pub(super) fn shaped(text: &str, pages: usize, page: &[usize], page_axes: &str) -> Option<Shaped> {
     let (value, shape) = tifffile_shape(text)?;
     let leading = shape.len().checked_sub(page.len())?;
     if !shape.ends_with(page) || elements(&shape)? != elements(page)?.checked_mul(pages)? {
         return None;
     }
-    let page_axes = if page.len() == 3 { "yxc" } else { "yx" };
     // Axes the file names but this tool cannot (Q, two channel axes) are
     // left to --axes, not guessed from the shape.
     let axes = match value.get("axes") {
@@ -48,6 +48,39 @@ pub(super) fn shaped(text: &str, pages: usize, page: &[usize]) -> Option<Shaped>
     };
     let named = value.get("axes").is_some();
     Some(Shaped { shape, axes, named })
+}
+
+/// The axes of a page of `samples` channels read as it is stored
+/// (interleaved: `yxc`).
+pub(super) fn contiguous_axes(samples: usize) -> &'static str {
+    if samples > 1 {
+        "yxc"
+    } else {
+        "yx"
+    }
+}
+
+/// Whether tifffile's description says the channels of `pages` pages of
+/// `samples` separate planes (planar configuration 2) of `height` x `width`
+/// are an axis before y and x: tifffile stores a `(3, y, x)` array as one
+/// planar RGB page, whatever its axes (`{"shape": [3, 30, 40], "axes":
+/// "ZYX"}` is three slices; without axes, tifffile's own `SYX`). Read
+/// interleaved into `(y, x, c)`, three slices went to a 3-channel model as
+/// one colour image.
+pub(super) fn planes_first(
+    text: &str,
+    pages: usize,
+    samples: usize,
+    height: usize,
+    width: usize,
+) -> bool {
+    let Some((_, shape)) = tifffile_shape(text) else {
+        return false;
+    };
+    let page = [samples, height, width];
+    samples > 1
+        && shape.ends_with(&page)
+        && elements(&shape) == elements(&page).and_then(|n| n.checked_mul(pages))
 }
 
 /// The widest page whose unnamed tifffile shape may be a `(y, x, c)` array
@@ -291,12 +324,19 @@ pub(super) fn ome_pixels(text: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+    use super::contiguous_axes;
     use super::{declared_pages, describe_pages, shaped, PageAxes};
 
     #[test]
     fn tifffile_shapes_are_read_where_they_hold_the_pages() {
         let read = |text: &str, pages: usize, page: &[usize]| {
-            shaped(text, pages, page).map(|s| (s.shape, s.axes))
+            shaped(
+                text,
+                pages,
+                page,
+                contiguous_axes(page.get(2).copied().unwrap_or(1)),
+            )
+            .map(|s| (s.shape, s.axes))
         };
         // A one-plane volume, a named ZCYX stack, an unnamed one, colour.
         assert_eq!(
@@ -318,7 +358,7 @@ mod tests {
             Some((vec![2, 3, 5, 6], Some("bzyx".to_owned())))
         );
         // Only a file that names its axes names its pages.
-        let named = |text: &str| shaped(text, 2, &[5, 6]).map(|s| s.named);
+        let named = |text: &str| shaped(text, 2, &[5, 6], "yx").map(|s| s.named);
         assert_eq!(named(r#"{"shape": [2, 5, 6]}"#), Some(false));
         assert_eq!(named(r#"{"shape": [2, 5, 6], "axes": "ZYX"}"#), Some(true));
         // Unknown or repeated letters: the shape without names.
@@ -462,8 +502,15 @@ mod tests {
 
     #[test]
     fn an_unnamed_stack_of_slivers_is_left_to_the_shape_rule() {
-        let axes =
-            |text: &str, pages: usize, page: &[usize]| shaped(text, pages, page).map(|s| s.axes);
+        let axes = |text: &str, pages: usize, page: &[usize]| {
+            shaped(
+                text,
+                pages,
+                page,
+                contiguous_axes(page.get(2).copied().unwrap_or(1)),
+            )
+            .map(|s| s.axes)
+        };
         assert_eq!(
             axes(r#"{"shape": [96, 128, 2]}"#, 96, &[128, 2]),
             Some(None)

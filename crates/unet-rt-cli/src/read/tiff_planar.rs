@@ -3,7 +3,9 @@
 //! default for a `(3, y, x)` array and GDAL's `INTERLEAVE=BAND`. The `tiff`
 //! decoder reads only the first plane of such a page, so each strip or tile
 //! of every plane is decoded on its own and interleaved here into
-//! `(y, x, channel)`, the order of a contiguous page.
+//! `(y, x, channel)`, the order of a contiguous page, or placed plane after
+//! plane, `(channel, y, x)`, where the file says its planes are an axis of
+//! their own (tifffile's `{"shape": [3, y, x], "axes": "ZYX"}`).
 
 use std::fs::File;
 use std::io::BufReader;
@@ -25,6 +27,9 @@ pub(super) struct PlaneGrid {
     /// the tile size for tiles.
     pub chunk_width: usize,
     pub chunk_height: usize,
+    /// Whether the page is read plane after plane, `(channel, y, x)`,
+    /// rather than interleaved.
+    pub planes_first: bool,
 }
 
 /// The pixels of one chunk of a plane within its page.
@@ -47,6 +52,7 @@ impl PlaneGrid {
         width: u32,
         height: u32,
         samples: u16,
+        planes_first: bool,
     ) -> Self {
         let chunk_type = decoder.get_chunk_type();
         let mut tag = |tag: Tag| {
@@ -70,6 +76,7 @@ impl PlaneGrid {
             samples: usize::from(samples),
             chunk_width: chunk_width.clamp(1, width.max(1)),
             chunk_height: chunk_height.clamp(1, height.max(1)),
+            planes_first,
         }
     }
 
@@ -176,8 +183,13 @@ fn place(
             .take(region.rows)
             .enumerate()
         {
-            let start =
-                ((region.row + r) * grid.width + region.column) * grid.samples + region.plane;
+            let pixel = (region.row + r) * grid.width + region.column;
+            if grid.planes_first {
+                let start = region.plane * grid.width * grid.height + pixel;
+                page[start..start + row.len()].copy_from_slice(row);
+                continue;
+            }
+            let start = pixel * grid.samples + region.plane;
             for (c, &value) in row.iter().enumerate() {
                 page[start + c * grid.samples] = value;
             }
@@ -210,6 +222,7 @@ mod tests {
             samples: 3,
             chunk_width: chunk.0,
             chunk_height: chunk.1,
+            planes_first: false,
         }
     }
 
@@ -266,17 +279,27 @@ mod tests {
             samples: 2,
             chunk_width: 3,
             chunk_height: 1,
+            planes_first: false,
         };
-        let mut page = zeros_like(&DecodingResult::U16(vec![]), 12).unwrap();
-        for index in 0..g.chunks() {
-            let base = (index * 10) as u16;
-            let chunk = DecodingResult::U16(vec![base, base + 1, base + 2]);
-            place(&mut page, &chunk, g, g.region(index)).unwrap();
-        }
-        let DecodingResult::U16(v) = page else {
-            unreachable!()
+        let placed = |g: PlaneGrid| {
+            let mut page = zeros_like(&DecodingResult::U16(vec![]), 12).unwrap();
+            for index in 0..g.chunks() {
+                let base = (index * 10) as u16;
+                let chunk = DecodingResult::U16(vec![base, base + 1, base + 2]);
+                place(&mut page, &chunk, g, g.region(index)).unwrap();
+            }
+            let DecodingResult::U16(v) = page else {
+                unreachable!()
+            };
+            v
         };
-        assert_eq!(v, [0, 20, 1, 21, 2, 22, 10, 30, 11, 31, 12, 32]);
+        assert_eq!(placed(g), [0, 20, 1, 21, 2, 22, 10, 30, 11, 31, 12, 32]);
+        // Plane after plane where the file says the planes are an axis.
+        let first = PlaneGrid {
+            planes_first: true,
+            ..g
+        };
+        assert_eq!(placed(first), [0, 1, 2, 10, 11, 12, 20, 21, 22, 30, 31, 32]);
         let mut page = zeros_like(&DecodingResult::U8(vec![]), 12).unwrap();
         let short = DecodingResult::U8(vec![1, 2]);
         assert!(place(&mut page, &short, g, g.region(0)).is_err());

@@ -17,7 +17,9 @@ use tiff::decoder::{ChunkType, Decoder, DecodingResult, Limits};
 use tiff::tags::Tag;
 use tiff::ColorType;
 
-use super::tiff_description::{declared_pages, describe_pages, pages_differ, shaped, PageAxes};
+use super::tiff_description::{
+    contiguous_axes, declared_pages, describe_pages, pages_differ, planes_first, shaped, PageAxes,
+};
 use super::tiff_planar::{read_planar, PlaneGrid};
 use super::{calibration, refuse_empty, Calibration, Image, Pixels};
 use crate::limits::{checked_product, elements, saturating_usize, show_bytes, try_vec, Memory};
@@ -112,7 +114,27 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
             return Err(pages_differ(declared, pages));
         }
     }
-    let buffer = decode(&mut decoder, &page, pages)?;
+    let planes_first = description.as_deref().is_some_and(|text| {
+        planes_first(
+            text,
+            pages,
+            usize::from(page.samples),
+            page_shape[0],
+            page_shape[1],
+        )
+    }) && {
+        decoder.seek_to_image(0).map_err(|e| page_error(1, e))?;
+        is_planar(&mut decoder, page.samples).map_err(|e| page_error(1, e))?
+    };
+    let (page_shape, page_axes) = if planes_first {
+        (
+            vec![usize::from(page.samples), page_shape[0], page_shape[1]],
+            "cyx",
+        )
+    } else {
+        (page_shape, contiguous_axes(usize::from(page.samples)))
+    };
+    let buffer = decode(&mut decoder, &page, pages, planes_first)?;
     let mut shape = Vec::with_capacity(4);
     let mut axes = String::new();
     let mut pages_named = false;
@@ -174,14 +196,14 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
         _ => {}
     }
     shape.extend_from_slice(&page_shape);
-    axes.push_str(if page.samples > 1 { "yxc" } else { "yx" });
+    axes.push_str(page_axes);
     refuse_empty(&shape)?;
     let mut axes = Some(axes);
     if described == PageAxes::Unknown {
         // A plain stack: `(pages, y, x[, samples])`, or one page.
         if let Some(shaped) = description
             .as_deref()
-            .and_then(|text| shaped(text, pages, &page_shape))
+            .and_then(|text| shaped(text, pages, &page_shape, page_axes))
         {
             // Only axes the file names say its pages are planes: an
             // unnamed stack of as many pages as the model has channels
@@ -702,10 +724,16 @@ fn sample_kind(format: u16, bits: u8) -> Option<Samples> {
 
 /// Decodes every page into one buffer, reserved for them all at once; a
 /// single page of a type the engine reads is kept as decoded (no copy).
-fn decode(decoder: &mut TiffDecoder, page: &Page, pages: usize) -> Result<Buffer, String> {
+/// Separate planes are read plane after plane where `planes_first`.
+fn decode(
+    decoder: &mut TiffDecoder,
+    page: &Page,
+    pages: usize,
+    planes_first: bool,
+) -> Result<Buffer, String> {
     if pages == 1 {
         decoder.seek_to_image(0).map_err(|e| page_error(1, e))?;
-        let decoded = read_page(decoder, page, 1)?;
+        let decoded = read_page(decoder, page, 1, planes_first)?;
         return Buffer::from_page(decoded, page.kind, page.len);
     }
     let total = page
@@ -722,7 +750,7 @@ fn decode(decoder: &mut TiffDecoder, page: &Page, pages: usize) -> Result<Buffer
         if (width, height) != (page.width, page.height) {
             return Err(format!("page {number} changed size while it was read"));
         }
-        let decoded = read_page(decoder, page, number)?;
+        let decoded = read_page(decoder, page, number, planes_first)?;
         buffer
             .append(decoded, page.len)
             .map_err(|m| format!("page {number}: {m}"))?;
@@ -731,16 +759,24 @@ fn decode(decoder: &mut TiffDecoder, page: &Page, pages: usize) -> Result<Buffer
 }
 
 /// Decodes the decoder's current page, page `number` of the file, which
-/// declares what `page` does.
+/// declares what `page` does; its separate planes (if it has them) plane
+/// after plane where `planes_first`, as the first page's are.
 fn read_page(
     decoder: &mut TiffDecoder,
     page: &Page,
     number: usize,
+    planes_first: bool,
 ) -> Result<DecodingResult, String> {
     let tiff_err = |e: tiff::TiffError| page_error(number, e);
     if is_planar(decoder, page.samples).map_err(tiff_err)? {
-        let grid = PlaneGrid::of_page(decoder, page.width, page.height, page.samples);
+        let grid = PlaneGrid::of_page(decoder, page.width, page.height, page.samples, planes_first);
         return read_planar(decoder, grid, page.len, tiff_err);
+    }
+    if planes_first {
+        return Err(format!(
+            "page {number} stores its channels interleaved, page 1 as separate planes: \
+             the pages do not make one array"
+        ));
     }
     decoder.read_image().map_err(tiff_err)
 }
