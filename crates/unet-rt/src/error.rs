@@ -119,8 +119,30 @@ pub(crate) fn says_dtype_mismatch(message: &str) -> bool {
 
 /// libtorch messages carry a C++ backtrace after the first lines, and
 /// TorchScript errors a script traceback before the exception itself; users
-/// need the exception's own words.
+/// need the exception's own words, with torch's names for C++ types.
 pub(crate) fn first_line(message: &str) -> String {
+    readable_types(&exception_words(message))
+}
+
+/// libtorch's C++ element types by torch's names ("bias type
+/// (c10::complex<float>)" is complex64); any other `c10::` prefix dropped.
+fn readable_types(message: &str) -> String {
+    [
+        ("c10::complex<c10::Half>", "complex32"),
+        ("c10::complex<float>", "complex64"),
+        ("c10::complex<double>", "complex128"),
+        ("c10::Half", "float16"),
+        ("c10::BFloat16", "bfloat16"),
+        ("c10::", ""),
+    ]
+    .iter()
+    .fold(message.to_owned(), |text, (cpp, torch)| {
+        text.replace(cpp, torch)
+    })
+}
+
+/// [`first_line`] before the types are named.
+fn exception_words(message: &str) -> String {
     // Everything from the first C++ frame on is for libtorch's developers.
     let mut kept: Vec<&str> = Vec::new();
     for line in message.lines() {
@@ -219,8 +241,14 @@ mod tests {
                     RuntimeError: Input type (float) and bias type (c10::Half) should be the same\n";
         assert_eq!(
             first_line(half),
-            "the model raised RuntimeError: Input type (float) and bias type (c10::Half) should be the same"
+            "the model raised RuntimeError: Input type (float) and bias type (float16) should be the same"
         );
+        // A weight made complex (a damaged archive) named it in C++.
+        assert_eq!(
+            first_line("RuntimeError: Input type (float) and bias type (c10::complex<float>) should be the same"),
+            "RuntimeError: Input type (float) and bias type (complex64) should be the same"
+        );
+        assert!(!first_line("frame #0: c10::x\nframe #1: y").contains("c10::"));
         assert!(!first_line("oops\n#0 c10::Error::Error()\n#1 x").contains("#1"));
     }
 }
