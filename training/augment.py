@@ -219,6 +219,10 @@ def gray_values(
 #: than any resampling blur, and small enough that the kernel stays small.
 MAX_BLUR_SIGMA = 16.0
 
+#: The most coarse grid points per axis of the elastic field: a grid finer than
+#: any patch's pixels deforms nothing more, and its draws grow with its square.
+MAX_ELASTIC_GRID = 256
+
 
 def blur(image: np.ndarray, sigma: float) -> np.ndarray:
     """``image`` (C, H, W) blurred per channel by a Gaussian of ``sigma``
@@ -304,6 +308,18 @@ class Augmenter:
         p = self.blur_probability
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
             raise ValueError(f"augment.blur_probability must be a number between 0 and 1, got {p!r}")
+        # A grid of 0 points failed at the first batch (IndexError), 2.5 with
+        # a TypeError; a negative or NaN std turned the deformation off.
+        std = self.elastic_std
+        if isinstance(std, bool) or not isinstance(std, (int, float)) or not (math.isfinite(std) and std >= 0):
+            raise ValueError(f"augment.elastic_std must be a number >= 0 (pixels; 0: no elastic deformation), "
+                             f"got {std!r}")
+        grid = self.elastic_grid
+        if (isinstance(grid, bool) or not isinstance(grid, (int, float)) or not math.isfinite(grid)
+                or not float(grid).is_integer() or not 2 <= grid <= MAX_ELASTIC_GRID):
+            raise ValueError(f"augment.elastic_grid must be an integer from 2 to {MAX_ELASTIC_GRID} (points per axis "
+                             f"of the coarse grid, 3 in the paper), got {grid!r}")
+        self.elastic_std, self.elastic_grid = float(std), int(grid)
 
     def patch(
         self,

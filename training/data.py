@@ -407,9 +407,18 @@ class CropDataset(Dataset):
         separate: separation borders between touching objects in the targets.
         boundary: a width > 0: three-class targets
             (:func:`training.loss.boundary_targets` of that width:
-            background, interior, boundary) instead of two; they are derived
-            from each augmented patch's instance labels, so zooming and
-            warping never thin the boundary class away.
+            background, interior, boundary) instead of two.
+
+    For instance labels, the targets and the weight map are made from each
+    augmented patch's instance labels (warped by nearest neighbour), so
+    zooming and warping never thin a boundary class or close a separation
+    border, and every pixel's weight is that of its own target: a weight map
+    made on the whole image and warped beside targets made on the patch gave
+    9% of the interior the boundary's class weight. The border term sees the
+    objects of the input patch: exact on the output of valid-padded networks
+    (their margin, the halo, is wider than the term's reach of about
+    ``5.3 * sigma``), near the patch's edge an approximation for same-padded
+    ones.
 
     Items are dicts: ``image`` (C, crop, crop) float32, ``target``
     (out, out) int64, ``weight`` (out, out) float32, ``out = crop - 2 * margin``.
@@ -438,6 +447,7 @@ class CropDataset(Dataset):
         self.crop, self.margin, self.length = int(crop), int(margin), int(length)
         self.augmenter, self.seed = augmenter, int(seed)
         self.boundary = int(boundary)
+        self.separate, self.w0, self.sigma = bool(separate), float(w0), float(sigma)
         self.targets = [
             (boundary_targets(s.labels, boundary) if boundary else instance_targets(s.labels, separate)) if s.instances
             else class_targets(s, classes) for s in self.samples
@@ -449,34 +459,38 @@ class CropDataset(Dataset):
         if top >= classes:
             raise ValueError(f"labels contain class {top} but the network has {classes} classes")
         self.class_weight = class_weights(self.targets, classes) if balance else np.ones(classes)
-        self.weights = [
-            weight_map(s.labels, w0, sigma, self.class_weight, t) if s.instances
-            else self.class_weight.astype(np.float32)[t]
-            for s, t in zip(self.samples, self.targets)
-        ]
         area = np.array([t.size for t in self.targets], np.float64)
         self.p = area / area.sum()
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
+    def patch(self, index: int) -> Tuple[np.ndarray, np.ndarray, bool]:
+        """Item ``index``'s augmented input patch (C, crop, crop), the same
+        patch of its labels (crop, crop), and whether those are instance ids
+        (else class targets)."""
         rng = np.random.default_rng([self.seed, int(index)])
         k = int(rng.choice(len(self.samples), p=self.p))
-        image, target, weight = self.samples[k].image, self.targets[k], self.weights[k]
+        sample, target = self.samples[k], self.targets[k]
         m, size = self.margin, (self.crop, self.crop)
-        # Any output position of the image is equally likely to be covered.
+        # Every crop position is equally likely (the output's own
+        # coverage then falls off within a crop of the image's edges).
         origin = tuple(int(rng.integers(-m, max(n - self.crop + m, -m) + 1)) for n in target.shape)
-        sample = self.samples[k]
-        derive = self.boundary and sample.instances
-        source = sample.labels if derive else target
+        source = sample.labels if sample.instances else target
         if self.augmenter is not None:
-            img, (tgt, w) = self.augmenter.patch(image, [source, weight], origin, size, rng)
+            img, (labels,) = self.augmenter.patch(sample.image, [source], origin, size, rng)
         else:
-            img = sample_patch(image, origin, size)
-            tgt, w = sample_patch(source, origin, size), sample_patch(weight, origin, size)
-        if derive:
-            tgt = boundary_targets(tgt, self.boundary)
+            img, labels = sample_patch(sample.image, origin, size), sample_patch(source, origin, size)
+        return img, labels, sample.instances
+
+    def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
+        img, labels, instances = self.patch(index)
+        m = self.margin
+        if instances:
+            tgt = boundary_targets(labels, self.boundary) if self.boundary else instance_targets(labels, self.separate)
+            w = weight_map(labels, self.w0, self.sigma, self.class_weight, tgt)
+        else:
+            tgt, w = labels, self.class_weight.astype(np.float32)[labels]
         if m:
             tgt, w = tgt[m:-m, m:-m], w[m:-m, m:-m]
         return {

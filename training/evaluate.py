@@ -12,8 +12,10 @@ column, which are not annotated (:data:`ANNOTATED`). Two protocols:
 
 * ``whole``: segment the whole image, score its held-out rows (what a user
   segmenting a whole image gets; percentiles of the whole image);
-* ``crop``: segment the held-out rows alone (the protocol of the training
-  run's ``held_out`` record).
+* ``crop``: segment the held-out rows alone, 128x512 pixels (the training
+  run's ``held_out`` record segments them without the unannotated last row
+  and column, 127x511, normalised on those pixels: the two differ in the
+  third decimal of the IoU for the bundled model).
 
 The ``whole`` protocol runs again on copies rescaled by 0.5, 0.75, 1.5 and 2
 (image bilinear, labels nearest), which is how a user's images at another
@@ -23,7 +25,10 @@ the rescaled copies once more as a user who knows their nuclei's size would:
 ``object_size=`` the training scale times the magnification.
 
 Per run: foreground IoU and Dice, AP at IoU thresholds 0.5..0.9 (``TP / (TP
-+ FP + FN)``, StarDist's definition) and the errors at 0.5 broken down
++ FP + FN)``, StarDist's definition, but a match needs an IoU above the
+threshold where StarDist's needs one at least equal: only an object split
+exactly in half reaches 0.5 twice, and strict matches are one-to-one
+without an assignment) and the errors at 0.5 broken down
 (:func:`error_breakdown`): merges, splits, misses and false positives.
 ``--write`` stores the result as ``evaluation`` in the model's metadata,
 which ``tests/test_bundled_model.py`` checks against a fresh run.

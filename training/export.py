@@ -20,6 +20,7 @@ package (:mod:`unet_rt.export`), which this module re-exports.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path

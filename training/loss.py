@@ -123,8 +123,9 @@ def object_diameters(instances: np.ndarray) -> np.ndarray:
 
 def class_weights(targets: Union[np.ndarray, Iterable[np.ndarray]], classes: int) -> np.ndarray:
     """Class-balancing weights ``n / (classes * n_k)`` from the pixel counts of
-    ``targets`` (one array or several): the mean weight over all pixels is 1.
-    A class that never occurs gets weight 1.
+    ``targets`` (one array or several): each class weighs as much in all, and
+    the mean weight over all pixels is the share of the classes present (1
+    when every class occurs). A class that never occurs gets weight 1.
 
     >>> class_weights(np.array([0, 0, 0, 1]), 2).tolist()
     [0.6666666666666666, 2.0]
@@ -163,13 +164,18 @@ def border_term(
     out = np.zeros(inst.shape, np.float32)
     if len(ids) < 2 or w0 == 0:
         return out
+    # Ids 1..len(ids): find_objects makes a list as long as the largest id
+    # (an id of 10^8 in a 20x20 image took gigabytes).
+    compact = np.zeros(inst.shape, np.int64)
+    compact[inst > 0] = np.searchsorted(ids, inst[inst > 0]) + 1
+    inst = compact
     # The term exceeds eps * w0 only where d1 + d2 < reach, so both objects
     # then lie within `reach` of the pixel.
     reach = sigma * math.sqrt(2.0 * math.log(1.0 / eps))
     margin = int(math.ceil(reach)) + 1
     d1 = np.full(inst.shape, np.inf)
     d2 = np.full(inst.shape, np.inf)
-    for k, sl in enumerate(ndimage.find_objects(inst.astype(np.int64))):
+    for k, sl in enumerate(ndimage.find_objects(inst)):
         if sl is None:
             continue
         box = tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(sl, inst.shape))

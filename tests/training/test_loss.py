@@ -163,3 +163,13 @@ def test_object_diameters():
     assert d == pytest.approx([np.sqrt(400 / np.pi), np.sqrt(64 / np.pi)])
     assert object_diameters(np.zeros((4, 4, 4), np.int32)).size == 0
     assert object_diameters(np.ones((4, 4, 4), np.int32)) == pytest.approx([np.cbrt(6 * 64 / np.pi)])
+
+
+def test_the_border_term_takes_any_instance_ids():
+    # find_objects made a list as long as the largest id: an id of 10^8 in a 20x20 image took
+    # gigabytes (a MemoryError under a 6 GB limit), naming nothing.
+    small = np.zeros((20, 20), np.int64)
+    small[2:8, 2:8], small[10:16, 2:8], small[2:8, 11:18] = 1, 2, 3
+    big = np.where(small > 0, np.array([0, 7, 2**31 - 1, 10**8])[small], 0)
+    np.testing.assert_array_equal(border_term(big), border_term(small))
+    np.testing.assert_array_equal(weight_map(big), weight_map(small))

@@ -38,14 +38,22 @@ def test_checkpoint_loads_weights_only(tiny_run):
     assert not model.training
 
 
-def test_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_resume_continues_exactly(tmp_path, dropout):
+    # With dropout, the loader's iterator drew its seed from the global generator after the resumed
+    # state was restored: the masks, and the weights (by 3e-3), differed from the straight run's.
+    def config(out, **train_settings):
+        c = tiny_config(out, **train_settings)
+        c["model"]["dropout"] = dropout
+        return c
+
     constant = {"steps": 6, "lr": 2e-3, "min_lr": 2e-3, "warmup": 0, "val_every": 3}
-    straight = train(tiny_config(tmp_path / "a", **constant))
-    first = train(tiny_config(tmp_path / "b", **{**constant, "steps": 3}))
+    straight = train(config(tmp_path / "a", **constant))
+    first = train(config(tmp_path / "b", **{**constant, "steps": 3}))
     assert first["step"] == 3
     with pytest.raises(ValueError, match="already holds a run"):
-        train(tiny_config(tmp_path / "b", **constant))
-    resumed = train(tiny_config(tmp_path / "b", **constant), resume=Path(first["checkpoint"]))
+        train(config(tmp_path / "b", **constant))
+    resumed = train(config(tmp_path / "b", **constant), resume=Path(first["checkpoint"]))
     assert resumed["history"]["loss"][:3] == first["history"]["loss"]
     assert np.allclose(resumed["history"]["loss"], straight["history"]["loss"], rtol=1e-5)
     a = load_checkpoint(straight["checkpoint"]).model
@@ -266,6 +274,13 @@ TINY = ["--sample", "--steps", "2", "--depth", "2", "--base", "2", "--batch-size
         ("train.threads=-2", "train.threads must be an integer >= 1"),
         ("seed=1.5", "seed must be an integer >= 0"),
         ('data.image="a.tif"', "give --image and --labels together"),
+        # Each of these failed at the first batch (conv3d, IndexError, TypeError), its run folder made,
+        # or (negative or NaN std) turned the deformation off.
+        ("model.dims=3", "model.dims must be 2: training crops 2-D images"),
+        ("augment.elastic_grid=0", "augment.elastic_grid must be an integer from 2"),
+        ("augment.elastic_grid=2.5", "augment.elastic_grid must be an integer from 2"),
+        ("augment.elastic_std=-10", "augment.elastic_std must be a number >= 0"),
+        ("augment.elastic_std=NaN", "augment.elastic_std must be a number >= 0"),
     ],
 )
 def test_settings_a_run_cannot_use_are_usage_errors_that_leave_nothing(tmp_path, capsys, setting, message):
@@ -276,6 +291,19 @@ def test_settings_a_run_cannot_use_are_usage_errors_that_leave_nothing(tmp_path,
     assert stop.value.code == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_config_file_naming_unet_plus_plus_trains_it(tmp_path, capsys):
+    # Refused as "unknown setting model.dropout": the default config's U-Net setting, never written.
+    config = tmp_path / "upp.json"
+    config.write_text(json.dumps({"model": {"architecture": "unet++", "depth": 2, "base": 2}}))
+    assert main([*TINY, "--out", str(tmp_path / "a"), "--config", str(config)]) == 0
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["model"]["architecture"] == "unet++"
+    # Resumed, and with a dropout U-Net++ does not take refused by name.
+    assert main(["--resume", str(tmp_path / "a"), "--steps", "3", "--no-progress", "--threads", "1"]) == 0
+    with pytest.raises(SystemExit):
+        main([*TINY, "--out", str(tmp_path / "b"), "--arch", "unet++", "--set", "model.dropout=0.1"])
+    assert "unknown setting model.dropout" in capsys.readouterr().err
 
 
 def test_resume_never_replaces_another_run_nor_rewrites_its_own_config(tmp_path, capsys):
