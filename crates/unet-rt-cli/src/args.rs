@@ -247,7 +247,9 @@ pub(crate) struct SegmentArgs {
     /// and holds this run's output kind (by its element type: labels, instance
     /// ids or float output; for zarr, the kind and --levels its store records);
     /// resumes an interrupted folder. The files are otherwise taken as they are
-    /// (another model's labels count as done).
+    /// (another model's labels count as done, and a model of more than 256
+    /// classes stores labels as uint16, as instance ids are stored: its two
+    /// kinds of TIFF, PNG or NPY result are not told apart).
     #[arg(long)]
     pub skip_existing: bool,
     /// One JSON summary line per input on stdout, instead of text.
