@@ -986,21 +986,56 @@ def test_a_stack_tifffile_stored_as_separate_planes_keeps_the_axes_its_descripti
     # A 3-channel model is told the file holds slices, not channels.
     proc = segment(cli, tmp_path / "in" / "slices.tif", out=out, extra=["-m", str(three)])
     assert proc.returncode == 1 and '"zyx"' in proc.stderr, proc.stderr
-    # Without axes the planes are tifffile's samples (SYX): channels, or slices by --axes zyx.
+    # Without axes (scikit-image's and imageio's z-stacks are such files) the model decides, as for an
+    # NPY of the same array: a 3-channel model's channels, a grey model's slices; --axes names them as
+    # tifffile.imread gives them.
     proc = segment(cli, tmp_path / "in" / "plain.tif", out=out, extra=["-m", str(three), "--format", "npy", "-k", "raw"])
     assert proc.returncode == 0, proc.stderr
     want = unet_rt.segment(stack, unet_rt.Model(three, device="cpu"), output="raw", axes="cyx")
     np.testing.assert_array_equal(np.load(out / "plain.npy"), want)
-    proc = segment(cli, tmp_path / "in" / "plain.tif", out=out, extra=["-m", str(one), "--format", "npy",
-                                                                      "--axes", "zyx"])
+    for axes in ([], ["--axes", "zyx"]):
+        proc = segment(cli, tmp_path / "in" / "plain.tif", out=out, extra=["-m", str(one), "--format", "npy", *axes])
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_array_equal(np.load(out / "plain.npy"), per_slice)
+    # Without any description (GDAL's INTERLEAVE=BAND), separate planes are channels in tifffile's order.
+    tifffile.imwrite(tmp_path / "bands.tif", stack, photometric="rgb", planarconfig="separate", metadata=None)
+    proc = segment(cli, tmp_path / "bands.tif", out=out, extra=["-m", str(one), "--format", "npy", "--axes", "zyx"])
     assert proc.returncode == 0, proc.stderr
-    np.testing.assert_array_equal(np.load(out / "plain.npy"), per_slice)
+    np.testing.assert_array_equal(np.load(out / "bands.npy"), per_slice)
     # ZCYX: pages of separate planes, each a volume's channels.
     proc = segment(cli, tmp_path / "in" / "volumes.tif", out=out, extra=["-m", str(three), "--format", "npy", "-k", "raw"])
     assert proc.returncode == 0, proc.stderr
     want = unet_rt.segment(np.stack([stack, stack[::-1]]), unet_rt.Model(three, device="cpu"), output="raw",
                            axes="bcyx")
     np.testing.assert_array_equal(np.load(out / "volumes.npy"), want)
+
+
+def test_files_of_other_writers_are_refused_with_advice_that_works(cli, tmp_path):
+    # From an audit of files written by PIL, GDAL and OpenCV. A CMYK JPEG page was read with every ink
+    # inverted (the decoder took Adobe's convention, PIL's stream has none); a YCbCr page was told to
+    # re-save tifffile.imread's samples as RGB, which labels YCbCr values RGB; a float page with the
+    # horizontal predictor (GDAL's and OpenCV's PREDICTOR=2) got the decoder's bare words.
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    rgb = (rng.random((20, 30, 3)) * 255).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "in" / "cmyk.tif", compression="jpeg")
+    Image.fromarray(rgb).convert("YCbCr").save(tmp_path / "in" / "ycbcr.tif", compression="tiff_lzw")
+    path = tmp_path / "in" / "predicted.tif"
+    tifffile.imwrite(path, rng.random((20, 30)).astype(np.float32), compression="zlib", predictor=3)
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages[0].tags["Predictor"]
+        at, byteorder = tag.valueoffset, tif.byteorder
+    data = bytearray(path.read_bytes())
+    data[at:at + 2] = (2).to_bytes(2, "little" if byteorder == "<" else "big")  # horizontal, on floats
+    path.write_bytes(bytes(data))
+    proc = segment(cli, tmp_path / "in", out=tmp_path / "out")
+    assert proc.returncode == 1, proc.stderr
+    lines = {line.split(":")[2].strip(): line for line in proc.stderr.splitlines() if line.startswith("unet-rt: error:")}
+    assert "CMYK inks compressed with JPEG" in lines[str(tmp_path / "in" / "cmyk.tif")]
+    assert "convert('RGB')" in lines[str(tmp_path / "in" / "ycbcr.tif")]
+    assert "horizontal predictor on" in lines[str(path)] and "re-save it" in lines[str(path)]
 
 
 def test_channels_stored_as_separate_planes_are_read_as_tifffile_reads_them(cli, tmp_path):

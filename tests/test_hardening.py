@@ -360,6 +360,24 @@ def test_large_but_valid_geometry_plans_in_closed_form(tiny_model_path, tmp_path
     assert time.perf_counter() - start < 2.0
 
 
+def test_a_weight_of_a_type_torch_names_is_named_as_torch_does(tiny_model_path, tmp_path):
+    # A damaged archive made a bias complex (a 3000-example fuzz run): the refusal quoted libtorch's
+    # "bias type (c10::complex<float>)", at load (probing's message) as at segment.
+    extra = {"unet_rt.json": ""}
+    module = torch.jit.load(str(tiny_model_path), _extra_files=extra)
+    name = next(n for n, _ in module.named_parameters() if n.endswith("bias"))
+    owner, attribute = name.rsplit(".", 1)
+    layer = dict(module.named_modules())[owner]
+    setattr(layer, attribute, torch.nn.Parameter(getattr(layer, attribute).detach().to(torch.complex64),
+                                                 requires_grad=False))
+    torch.jit.save(module, str(tmp_path / "meta.pt"), _extra_files=extra)
+    torch.jit.save(module, str(tmp_path / "bare.pt"))
+    for path in (tmp_path / "meta.pt", tmp_path / "bare.pt"):
+        with pytest.raises(unet_rt.UnetRtError) as info:
+            unet_rt.Model(path, device="cpu")
+        assert "c10::" not in str(info.value) and "complex64" in str(info.value), info.value
+
+
 def test_corrupt_archives_are_model_errors_without_cpp_frames(tiny_model_path, tmp_path):
     data = Path(tiny_model_path).read_bytes()
     for i, cut in enumerate((len(data) // 2, len(data) - 30, 100)):

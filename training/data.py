@@ -415,10 +415,12 @@ class CropDataset(Dataset):
     border, and every pixel's weight is that of its own target: a weight map
     made on the whole image and warped beside targets made on the patch gave
     9% of the interior the boundary's class weight. The border term sees the
-    objects of the input patch: exact on the output of valid-padded networks
-    (their margin, the halo, is wider than the term's reach of about
-    ``5.3 * sigma``), near the patch's edge an approximation for same-padded
-    ones.
+    objects of the input patch: exact on the output where the margin (a
+    valid-padded network's halo: 44 px for the bundled model, 92 for the
+    paper's) is wider than the term's reach, about ``5.3 * sigma`` (26 px at
+    sigma 5); within that reach of the patch's edge an approximation
+    otherwise (shallow or same-padded networks), as are, for same-padded
+    ones, separation borders and boundary bands at the edge.
 
     Items are dicts: ``image`` (C, crop, crop) float32, ``target``
     (out, out) int64, ``weight`` (out, out) float32, ``out = crop - 2 * margin``.

@@ -544,9 +544,11 @@ class Model:
     def read_out(self, min_size: Optional[int] = None, fill_holes: Optional[bool] = None) -> Dict[str, Any]:
         """The instance read-out :meth:`segment` applies for
         ``output="instances"``: the model's (``info["instances"]``) with
-        ``min_size`` and ``fill_holes`` when given. Keys: ``seed_classes``
-        (empty: every class but 0), ``grow_classes``, ``grow``,
-        ``fill_holes``, ``min_size``.
+        ``min_size`` and ``fill_holes`` when given, at the model's scale:
+        with ``object_size``, :meth:`segment` scales the model's ``grow`` and
+        ``min_size`` to the image's pixels (a given ``min_size`` is taken as
+        it is). Keys: ``seed_classes`` (empty: every class but 0),
+        ``grow_classes``, ``grow``, ``fill_holes``, ``min_size``.
 
         >>> import unet_rt
         >>> unet_rt.Model(tiny_model_path, device="cpu").read_out(min_size=5)["min_size"]

@@ -124,15 +124,18 @@ pub(crate) fn first_line(message: &str) -> String {
     readable_types(&exception_words(message))
 }
 
-/// libtorch's C++ element types by torch's names ("bias type
+/// libtorch's `c10::` element types by torch's names ("bias type
 /// (c10::complex<float>)" is complex64); any other `c10::` prefix dropped.
-fn readable_types(message: &str) -> String {
+/// Every message of libtorch's that reaches a user passes here (through
+/// [`first_line`], or probing's own cut).
+pub(crate) fn readable_types(message: &str) -> String {
     [
         ("c10::complex<c10::Half>", "complex32"),
         ("c10::complex<float>", "complex64"),
         ("c10::complex<double>", "complex128"),
         ("c10::Half", "float16"),
         ("c10::BFloat16", "bfloat16"),
+        ("c10::Float8_", "float8_"),
         ("c10::", ""),
     ]
     .iter()

@@ -101,6 +101,15 @@ fn long(tag: u16, values: &[u32]) -> Entry {
     }
 }
 
+/// An ImageDescription (ASCII, NUL-terminated).
+fn description(text: &str) -> Entry {
+    Entry {
+        tag: 270,
+        kind: 2,
+        values: text.bytes().chain([0]).map(u32::from).collect(),
+    }
+}
+
 /// A little-endian TIFF of one page, uncompressed, from `entries` and the
 /// chunks (strips or tiles) it stores: the tiff crate's encoder writes
 /// neither tiles nor separate planes, the layouts of two of our readers.
@@ -126,13 +135,17 @@ fn raw_tiff(mut entries: Vec<Entry>, chunks: &[Vec<u8>], tiled: bool) -> Vec<u8>
     let mut tail = Vec::new();
     out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
     for e in &entries {
-        let size = if e.kind == 3 { 2 } else { 4 };
+        let size = match e.kind {
+            2 => 1,
+            3 => 2,
+            _ => 4,
+        };
         let mut data = Vec::new();
         for &v in &e.values {
-            if e.kind == 3 {
-                data.extend_from_slice(&(v as u16).to_le_bytes());
-            } else {
-                data.extend_from_slice(&v.to_le_bytes());
+            match e.kind {
+                2 => data.push(v as u8),
+                3 => data.extend_from_slice(&(v as u16).to_le_bytes()),
+                _ => data.extend_from_slice(&v.to_le_bytes()),
             }
         }
         out.extend_from_slice(&e.tag.to_le_bytes());
@@ -181,8 +194,16 @@ fn tiled_seed(rng: &mut Rng, width: u32, height: u32, samples: u32, planar: bool
     raw_tiff(tags, &chunks, true)
 }
 
-/// Separate planes in strips of `rows` rows.
-fn planar_strips_seed(rng: &mut Rng, width: u32, height: u32, samples: u32, rows: u32) -> Vec<u8> {
+/// Separate planes in strips of `rows` rows, with `text` as the page's
+/// description where given.
+fn planar_strips_seed(
+    rng: &mut Rng,
+    width: u32,
+    height: u32,
+    samples: u32,
+    rows: u32,
+    text: Option<&str>,
+) -> Vec<u8> {
     let mut chunks = Vec::new();
     for _ in 0..samples {
         let mut y = 0;
@@ -194,6 +215,7 @@ fn planar_strips_seed(rng: &mut Rng, width: u32, height: u32, samples: u32, rows
     }
     let mut tags = page_tags(width, height, samples, 8, true);
     tags.push(long(278, &[rows]));
+    tags.extend(text.map(description));
     raw_tiff(tags, &chunks, false)
 }
 
@@ -214,7 +236,7 @@ macro_rules! random_from_bits {
         }
     )*};
 }
-random_from_bits!(u8, i8, u16, i16, u32, f32, f64);
+random_from_bits!(u8, i8, u16, i16, u32, i32, f32, f64);
 
 impl Random for u64 {
     /// Within 2^53: a 64-bit image is read as float64 where it fits.
@@ -409,8 +431,34 @@ fn seeds(rng: &mut Rng) -> Vec<Seed> {
     tiff("tiled gray8", tiled_seed(rng, 40, 24, 1, false));
     tiff("tiled rgb8", tiled_seed(rng, 33, 17, 3, false));
     tiff("tiled planar rgb8", tiled_seed(rng, 40, 24, 3, true));
-    tiff("planar rgb8 strips", planar_strips_seed(rng, 20, 10, 3, 4));
-    tiff("planar rgba8 strips", planar_strips_seed(rng, 9, 7, 4, 1));
+    tiff(
+        "planar rgb8 strips",
+        planar_strips_seed(rng, 20, 10, 3, 4, None),
+    );
+    tiff(
+        "planar rgba8 strips",
+        planar_strips_seed(rng, 9, 7, 4, 1, None),
+    );
+    // Descriptions: the reader takes shapes, axes and page counts from them.
+    let zyx = r#"{"shape": [3, 10, 20], "axes": "ZYX"}"#;
+    tiff(
+        "planar slices named ZYX",
+        planar_strips_seed(rng, 20, 10, 3, 4, Some(zyx)),
+    );
+    let unnamed = r#"{"shape": [3, 10, 20]}"#;
+    tiff(
+        "planar unnamed",
+        planar_strips_seed(rng, 20, 10, 3, 10, Some(unnamed)),
+    );
+    let imagej = "ImageJ=1.11a\nunit=micron\nspacing=2.5\n";
+    tiff(
+        "planar ImageJ text",
+        planar_strips_seed(rng, 20, 10, 3, 5, Some(imagej)),
+    );
+    tiff(
+        "int32",
+        encoded::<colortype::GrayI32, _>(rng, 1, false, Lzw),
+    );
     use png::{BitDepth, ColorType};
     for (what, color, depth, palette, frames) in [
         ("gray8", ColorType::Grayscale, BitDepth::Eight, false, 1),
@@ -612,7 +660,10 @@ fn read_checked(path: &Path, ext: &str) -> Result<bool, String> {
     let Ok(image) = image else {
         return Ok(false);
     };
-    let bytes = with_pixels!(&image.pixels, a => std::mem::size_of_val(a.as_slice_memory_order().unwrap_or_default()));
+    fn bytes_of<T>(a: &ndarray::ArrayD<T>) -> usize {
+        a.len() * std::mem::size_of::<T>()
+    }
+    let bytes = with_pixels!(&image.pixels, a => bytes_of(a));
     if bytes as u64 > LIMIT {
         return Err(format!(
             "read {bytes} bytes of pixels, over the limit of {LIMIT}"

@@ -17,7 +17,7 @@ pub(super) struct Shaped {
 /// tifffile's description of a shaped array (`{"shape": [9, 2, 45, 31],
 /// "axes": "ZCYX"}`), where it holds what the file does: `pages` pages of
 /// `page`, whose axes are `page_axes` (`yx`, `yxc`, or `cyx` for planes
-/// read plane after plane, [`planes_first`]). tifffile reads such a file
+/// read plane after plane). tifffile reads such a file
 /// back in that shape; read as a plain stack of pages, a one-plane volume
 /// `(1, y, x)` could not be given to a 3-D model, nor a ZCYX stack named.
 pub(super) fn shaped(text: &str, pages: usize, page: &[usize], page_axes: &str) -> Option<Shaped> {
@@ -58,29 +58,6 @@ pub(super) fn contiguous_axes(samples: usize) -> &'static str {
     } else {
         "yx"
     }
-}
-
-/// Whether tifffile's description says the channels of `pages` pages of
-/// `samples` separate planes (planar configuration 2) of `height` x `width`
-/// are an axis before y and x: tifffile stores a `(3, y, x)` array as one
-/// planar RGB page, whatever its axes (`{"shape": [3, 30, 40], "axes":
-/// "ZYX"}` is three slices; without axes, tifffile's own `SYX`). Read
-/// interleaved into `(y, x, c)`, three slices went to a 3-channel model as
-/// one colour image.
-pub(super) fn planes_first(
-    text: &str,
-    pages: usize,
-    samples: usize,
-    height: usize,
-    width: usize,
-) -> bool {
-    let Some((_, shape)) = tifffile_shape(text) else {
-        return false;
-    };
-    let page = [samples, height, width];
-    samples > 1
-        && shape.ends_with(&page)
-        && elements(&shape) == elements(&page).and_then(|n| n.checked_mul(pages))
 }
 
 /// The widest page whose unnamed tifffile shape may be a `(y, x, c)` array

@@ -18,7 +18,7 @@ use tiff::tags::Tag;
 use tiff::ColorType;
 
 use super::tiff_description::{
-    contiguous_axes, declared_pages, describe_pages, pages_differ, planes_first, shaped, PageAxes,
+    contiguous_axes, declared_pages, describe_pages, pages_differ, shaped, PageAxes,
 };
 use super::tiff_planar::{read_planar, PlaneGrid};
 use super::{calibration, refuse_empty, Calibration, Image, Pixels};
@@ -97,16 +97,38 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
         .map_or(PageAxes::Unknown, describe_pages);
     let calibration = page_calibration(&mut decoder, description.as_deref());
     let (page, pages) = plan(&mut decoder, file_len, memory)?;
-    // `(y, x)` or `(y, x, samples)`: what the description must hold, and
-    // the end of the image's shape.
-    let page_shape: Vec<usize> = [page.height, page.width]
-        .into_iter()
-        .map(|side| saturating_usize(side.into()))
-        .chain((page.samples > 1).then_some(usize::from(page.samples)))
-        .collect();
+    let (height, width) = (
+        saturating_usize(page.height.into()),
+        saturating_usize(page.width.into()),
+    );
+    let samples = usize::from(page.samples);
+    // Separate planes are read as tifffile reads them, `(planes, y, x)`:
+    // interleaved into `(y, x, c)`, the axes a description or `--axes`
+    // names (tifffile's order) fell on the wrong dimensions, and three
+    // slices named "ZYX" went to a 3-channel model as one colour image.
+    let planes_first = samples > 1 && {
+        decoder.seek_to_image(0).map_err(|e| page_error(1, e))?;
+        is_planar(&mut decoder, page.samples).map_err(|e| page_error(1, e))?
+    };
+    // What the description must hold, and the end of the image's shape.
+    let (page_shape, page_axes) = if planes_first {
+        (vec![samples, height, width], "cyx")
+    } else if samples > 1 {
+        (vec![height, width, samples], contiguous_axes(samples))
+    } else {
+        (vec![height, width], contiguous_axes(samples))
+    };
     if let Some(declared) = description
         .as_deref()
-        .map(|text| declared_pages(text, &page_shape))
+        .map(|text| {
+            // ImageJ's and OME's counts take the samples last.
+            let counted = if text.starts_with('{') || !planes_first {
+                page_shape.clone()
+            } else {
+                vec![height, width, samples]
+            };
+            declared_pages(text, &counted)
+        })
         .transpose()?
         .flatten()
     {
@@ -114,26 +136,6 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
             return Err(pages_differ(declared, pages));
         }
     }
-    let planes_first = description.as_deref().is_some_and(|text| {
-        planes_first(
-            text,
-            pages,
-            usize::from(page.samples),
-            page_shape[0],
-            page_shape[1],
-        )
-    }) && {
-        decoder.seek_to_image(0).map_err(|e| page_error(1, e))?;
-        is_planar(&mut decoder, page.samples).map_err(|e| page_error(1, e))?
-    };
-    let (page_shape, page_axes) = if planes_first {
-        (
-            vec![usize::from(page.samples), page_shape[0], page_shape[1]],
-            "cyx",
-        )
-    } else {
-        (page_shape, contiguous_axes(usize::from(page.samples)))
-    };
     let buffer = decode(&mut decoder, &page, pages, planes_first)?;
     let mut shape = Vec::with_capacity(4);
     let mut axes = String::new();
@@ -215,6 +217,14 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
                     .is_some_and(|a| a.contains(['z', 'b']));
             shape = shaped.shape;
             axes = shaped.axes;
+            // tifffile stores any `(3, y, x)` or `(4, y, x)` array as one
+            // page of separate planes, slices as well as colours (scikit-
+            // image's and imageio's z-stacks): unnamed, its planes are an
+            // unnamed stack's pages, a model's channels where it takes as
+            // many, else slices ([`crate::axes::choose_axes`]).
+            if planes_first && pages == 1 && !shaped.named {
+                axes = Some("zyx".to_owned());
+            }
         }
     }
     Ok(Image {
@@ -640,14 +650,23 @@ fn samples_and_bits(
         ColorType::Gray(b) => Ok((1, b)),
         ColorType::GrayA(b) => Ok((2, b)),
         ColorType::RGB(b) => Ok((3, b)),
+        // JPEG decoders disagree on a CMYK stream's inks (Adobe's
+        // inverted convention or not): PIL's came back with every ink
+        // inverted, 8,850 of 8,960 samples off.
+        ColorType::CMYK(_) if compression == JPEG => Err(format!(
+            "page {number} stores CMYK inks compressed with JPEG, whose inks decoders read two ways (Adobe's \
+             inverted convention or not), so it is not read: re-save it with LZW or zlib (deflate) \
+             compression, e.g. PIL: Image.open(path).save(new, compression='tiff_lzw')"
+        )),
         ColorType::RGBA(b) | ColorType::CMYK(b) => Ok((4, b)),
         // The JPEG decoder returns YCbCr as RGB: tifffile's RGB JPEG (its
         // default colour space) was refused.
         ColorType::YCbCr(8) if compression == JPEG => Ok((3, 8)),
+        // tifffile.imread returns such samples as stored, YCbCr: saved as
+        // RGB (the advice this gave) they were colours up to 255 off.
         ColorType::YCbCr(b) => Err(format!(
             "page {number} stores YCbCr colour of {b} bits{}, which is read from JPEG compression only: \
-             save it as RGB, e.g. tifffile.imwrite(path, tifffile.imread(path), photometric='rgb', \
-             compression='zlib')",
+             convert it to RGB, e.g. PIL: Image.open(path).convert('RGB').save(new)",
             if compression == JPEG { "" } else { " without JPEG compression" }
         )),
         other => Err(format!(
@@ -659,6 +678,18 @@ fn samples_and_bits(
 /// Why page `number` could not be read: a page cut short by the file's end
 /// said "failed to fill whole buffer".
 fn page_error(number: usize, error: tiff::TiffError) -> String {
+    use tiff::TiffUnsupportedError::{FloatingPointPredictor, HorizontalPredictor};
+    if let tiff::TiffError::UnsupportedError(HorizontalPredictor(_) | FloatingPointPredictor(_)) =
+        &error
+    {
+        // The decoder said "Horizontal predictor for Gray(32) is
+        // unsupported": GDAL's and OpenCV's PREDICTOR=2 on floats.
+        return format!(
+            "cannot read TIFF page {number}: {error} (the decoder undoes the horizontal predictor on \
+             integers and the floating-point one on floats only): re-save it, e.g. \
+             tifffile.imwrite(new, tifffile.imread(path), compression='zlib')"
+        );
+    }
     if cut_short(&error) {
         format!("cannot read TIFF page {number}: the file ends inside it (truncated?)")
     } else {
@@ -686,11 +717,17 @@ fn colour_refusal(error: tiff::TiffError, number: usize) -> Result<String, tiff:
     };
     let samples = bits.len();
     let depth = bits.first().copied().unwrap_or(0);
-    let as_pages = "save its channels as pages (tifffile.imwrite(path, numpy.moveaxis(image, -1, 0))) or as NPY";
+    // tifffile.imread gives (y, x, channels) for a page whose channels are
+    // interleaved, (channels, y, x) for separate planes (GDAL's
+    // INTERLEAVE=BAND): moving the last axis of that made (x, channels, y).
+    let as_pages = "save its channels as pages: tifffile.imwrite(new, image) where image = \
+                    tifffile.imread(path) is (channels, y, x), numpy.moveaxis(image, -1, 0) where it is \
+                    (y, x, channels); or as NPY";
     Ok(match photometric {
         Photometric::RGBPalette => format!(
-            "page {number} is a palette (indexed-colour) image, which is not read: convert it to grayscale \
-             or RGB (PIL: Image.open(path).convert('L').save(path))"
+            "page {number} is a palette (indexed-colour) image, which is not read: convert it to its colours \
+             (PIL: Image.open(path).convert('RGB').save(new)), or to grayscale where they are grey \
+             (.convert('L'))"
         ),
         Photometric::BlackIsZero | Photometric::WhiteIsZero if samples > 1 => format!(
             "page {number} holds {samples} samples of {depth} bits per pixel (grey and {} extra: alpha or \

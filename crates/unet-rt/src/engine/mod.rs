@@ -458,7 +458,7 @@ impl Segmenter {
         let mut read_out = info.read_out.clone();
         if let Some(factor) = rescale::factor(info, self.options.object_size)? {
             // `factor` is model pixels per image pixel.
-            let steps = (f64::from(read_out.grow) / factor).ceil();
+            let steps = up_to_whole(f64::from(read_out.grow) / factor);
             read_out.grow = if steps >= f64::from(u32::MAX) {
                 u32::MAX
             } else {

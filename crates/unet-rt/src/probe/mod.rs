@@ -313,7 +313,7 @@ fn model_message(text: &str) -> String {
         l.split_once(':')
             .is_some_and(|(kind, _)| kind.ends_with("Error") || kind.ends_with("Exception"))
     });
-    let line = raised.or(lines.first()).copied().unwrap_or_default();
+    let line = crate::error::readable_types(raised.or(lines.first()).copied().unwrap_or_default());
     let mut message: String = line.chars().take(300).collect();
     if line.chars().count() > 300 {
         message.push_str("...");
