@@ -1038,6 +1038,23 @@ def test_files_of_other_writers_are_refused_with_advice_that_works(cli, tmp_path
     assert "horizontal predictor on" in lines[str(path)] and "re-save it" in lines[str(path)]
 
 
+def test_reduced_resolution_pages_are_left_out_as_tifffile_leaves_them(cli, tmp_path):
+    # GDAL's overviews (and masks) are pages marked by NewSubfileType: refused as "page 2 is 40x32 ...
+    # only stacks of equal pages are read", where tifffile.imread reads the full resolution alone.
+    import unet_rt
+
+    image = (np.random.default_rng(6).random((64, 80)) * 255).astype(np.uint8)
+    path = tmp_path / "overviews.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(image)
+        tif.write(image[::2, ::2], subfiletype=1)
+        tif.write(image[::4, ::4], subfiletype=1)
+    assert tifffile.imread(path).shape == image.shape
+    proc = segment(cli, path, out=tmp_path / "out", extra=["--format", "npy"])
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "overviews.npy"), unet_rt.segment(image))
+
+
 def test_channels_stored_as_separate_planes_are_read_as_tifffile_reads_them(cli, tmp_path):
     # Planar configuration 2 (tifffile's default for a (3, y, x) array, GDAL's INTERLEAVE=BAND) was
     # refused: the decoder reads only the first plane. Strips, tiles cut at the page's edge, a

@@ -96,7 +96,8 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
         .as_deref()
         .map_or(PageAxes::Unknown, describe_pages);
     let calibration = page_calibration(&mut decoder, description.as_deref());
-    let (page, pages) = plan(&mut decoder, file_len, memory)?;
+    let (page, indices) = plan(&mut decoder, file_len, memory)?;
+    let pages = indices.len();
     let (height, width) = (
         saturating_usize(page.height.into()),
         saturating_usize(page.width.into()),
@@ -136,7 +137,7 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
             return Err(pages_differ(declared, pages));
         }
     }
-    let buffer = decode(&mut decoder, &page, pages, planes_first)?;
+    let buffer = decode(&mut decoder, &page, &indices, planes_first)?;
     let mut shape = Vec::with_capacity(4);
     let mut axes = String::new();
     let mut pages_named = false;
@@ -339,11 +340,16 @@ struct Page {
 }
 
 /// Reads and checks the directory of every page; returns the first page and
-/// the number of pages. Nothing is decoded. The pages together must need no
+/// the indices of the pages of the image (all but reduced-resolution copies
+/// and transparency masks, [`is_auxiliary`]). Nothing is decoded. The pages together must need no
 /// more compressed data than the file holds ([`most_expanded`]): an 800 KB
 /// file whose 100,000 strips all pointed at one deflate stream of 100
 /// bytes declared 10 GB, which fit the memory check and were decoded.
-fn plan(decoder: &mut TiffDecoder, file_len: u64, memory: Memory) -> Result<(Page, usize), String> {
+fn plan(
+    decoder: &mut TiffDecoder,
+    file_len: u64,
+    memory: Memory,
+) -> Result<(Page, Vec<usize>), String> {
     let (first, mut needed) = check_page(decoder, 0, file_len, memory)?;
     let within_file = |needed: u64, pages: usize| {
         if needed <= file_len.saturating_add(EXPANSION_SLACK) {
@@ -358,16 +364,22 @@ fn plan(decoder: &mut TiffDecoder, file_len: u64, memory: Memory) -> Result<(Pag
         ))
     };
     within_file(needed, 1)?;
-    let mut pages = 1usize;
+    let mut read = vec![0usize];
+    let mut index = 0usize;
     while decoder.more_images() {
-        decoder.next_image().map_err(|e| page_error(pages + 1, e))?;
-        let (page, page_needs) = check_page(decoder, pages, file_len, memory)?;
+        decoder.next_image().map_err(|e| page_error(index + 2, e))?;
+        index += 1;
+        if is_auxiliary(decoder).map_err(|e| page_error(index + 1, e))? {
+            continue;
+        }
+        let pages = read.len();
+        let (page, page_needs) = check_page(decoder, index, file_len, memory)?;
         needed = needed.saturating_add(page_needs);
         within_file(needed, pages + 1)?;
         if (page.width, page.height, page.samples) != (first.width, first.height, first.samples) {
             return Err(format!(
                 "page {} is {}x{} with {} sample(s), page 1 is {}x{} with {} (only stacks of equal pages are read)",
-                pages + 1,
+                index + 1,
                 page.width,
                 page.height,
                 page.samples,
@@ -379,12 +391,13 @@ fn plan(decoder: &mut TiffDecoder, file_len: u64, memory: Memory) -> Result<(Pag
         if page != first {
             return Err(format!(
                 "page {} has {} samples, page 1 has {} (only stacks of equal pages are read)",
-                pages + 1,
+                index + 1,
                 page.kind,
                 first.kind
             ));
         }
-        pages += 1;
+        read.push(index);
+        let pages = read.len();
         // The running total: all pages so far, and one more being decoded.
         let total = u64::try_from(pages)
             .ok()
@@ -398,7 +411,16 @@ fn plan(decoder: &mut TiffDecoder, file_len: u64, memory: Memory) -> Result<(Pag
             ),
         )?;
     }
-    Ok((first, pages))
+    Ok((first, read))
+}
+
+/// Whether the decoder's current page is a reduced-resolution copy of
+/// another or a transparency mask (NewSubfileType bits 0 and 2): GDAL's
+/// overviews and masks, which tifffile leaves out of the image's series
+/// too (they were refused as "only stacks of equal pages are read").
+fn is_auxiliary(decoder: &mut TiffDecoder) -> Result<bool, tiff::TiffError> {
+    let kind = decoder.find_tag_unsigned::<u32>(Tag::NewSubfileType)?;
+    Ok(kind.is_some_and(|k| k & 0b101 != 0))
 }
 
 /// The most one byte of data compressed with TIFF compression `code`
@@ -759,26 +781,28 @@ fn sample_kind(format: u16, bits: u8) -> Option<Samples> {
     }
 }
 
-/// Decodes every page into one buffer, reserved for them all at once; a
-/// single page of a type the engine reads is kept as decoded (no copy).
-/// Separate planes are read plane after plane where `planes_first`.
+/// Decodes the pages at `indices` into one buffer, reserved for them all at
+/// once; a single page of a type the engine reads is kept as decoded (no
+/// copy). Separate planes are read plane after plane where `planes_first`.
 fn decode(
     decoder: &mut TiffDecoder,
     page: &Page,
-    pages: usize,
+    indices: &[usize],
     planes_first: bool,
 ) -> Result<Buffer, String> {
-    if pages == 1 {
-        decoder.seek_to_image(0).map_err(|e| page_error(1, e))?;
-        let decoded = read_page(decoder, page, 1, planes_first)?;
+    if let [index] = indices {
+        decoder
+            .seek_to_image(*index)
+            .map_err(|e| page_error(index + 1, e))?;
+        let decoded = read_page(decoder, page, index + 1, planes_first)?;
         return Buffer::from_page(decoded, page.kind, page.len);
     }
     let total = page
         .len
-        .checked_mul(pages)
+        .checked_mul(indices.len())
         .ok_or("the pages hold more samples than this machine can address")?;
     let mut buffer = Buffer::reserve(page.kind, total)?;
-    for index in 0..pages {
+    for &index in indices {
         let number = index + 1;
         let tiff_err = |e: tiff::TiffError| page_error(number, e);
         decoder.seek_to_image(index).map_err(tiff_err)?;
