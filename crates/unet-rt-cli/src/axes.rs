@@ -100,10 +100,16 @@ fn with_alpha_advice(message: String, shape: &[usize], axes: &str, info: &ModelI
     if !alpha {
         return message;
     }
-    let convert = if info.in_channels == 3 { "RGB" } else { "L" };
+    // Four channels for a colour model are RGBA or a CMYK file's inks
+    // (called "likely an alpha channel" too); PIL converts either.
+    let (what, convert) = if info.in_channels == 3 {
+        ("the 4th is likely alpha, or a CMYK image's black ink", "RGB")
+    } else {
+        ("the 2nd is likely alpha", "L")
+    };
     format!(
-        "{message} (the last is likely an alpha channel, which counts as one: drop it, e.g. with PIL: \
-         Image.open(path).convert('{convert}').save(path))"
+        "{message} ({what}, which counts as a channel: convert the image, e.g. with PIL: \
+         Image.open(path).convert('{convert}').save(new))"
     )
 }
 
@@ -186,7 +192,7 @@ mod tests {
         let rgba = ArrayD::<u8>::zeros(ndarray::IxDyn(&[5, 6, 4]));
         let err = arrange(rgba.view(), "yxc", &info(2, 3)).unwrap_err();
         assert!(
-            err.contains("has 4") && err.contains("convert('RGB')"),
+            err.contains("has 4") && err.contains("convert('RGB')") && err.contains("CMYK"),
             "{err}"
         );
         let grey_alpha = ArrayD::<u8>::zeros(ndarray::IxDyn(&[5, 6, 2]));
