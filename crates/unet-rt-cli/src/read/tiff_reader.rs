@@ -341,8 +341,9 @@ struct Page {
 
 /// Reads and checks the directory of every page; returns the first page and
 /// the indices of the pages of the image (all but reduced-resolution copies
-/// and transparency masks, [`is_auxiliary`]). Nothing is decoded. The pages together must need no
-/// more compressed data than the file holds ([`most_expanded`]): an 800 KB
+/// and transparency masks, [`is_auxiliary`]). Nothing is decoded. The pages
+/// together must need no more compressed data than the file holds
+/// ([`most_expanded`]): an 800 KB
 /// file whose 100,000 strips all pointed at one deflate stream of 100
 /// bytes declared 10 GB, which fit the memory check and were decoded.
 fn plan(
