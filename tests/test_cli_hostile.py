@@ -1022,6 +1022,7 @@ def test_files_of_other_writers_are_refused_with_advice_that_works(cli, tmp_path
     (tmp_path / "in").mkdir()
     Image.fromarray(rgb).convert("CMYK").save(tmp_path / "in" / "cmyk.tif", compression="jpeg")
     Image.fromarray(rgb).convert("YCbCr").save(tmp_path / "in" / "ycbcr.tif", compression="tiff_lzw")
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "in" / "rgba.tif", compression="jpeg")
     path = tmp_path / "in" / "predicted.tif"
     tifffile.imwrite(path, rng.random((20, 30)).astype(np.float32), compression="zlib", predictor=3)
     with tifffile.TiffFile(path) as tif:
@@ -1035,6 +1036,7 @@ def test_files_of_other_writers_are_refused_with_advice_that_works(cli, tmp_path
     lines = {line.split(":")[2].strip(): line for line in proc.stderr.splitlines() if line.startswith("unet-rt: error:")}
     assert "CMYK inks compressed with JPEG" in lines[str(tmp_path / "in" / "cmyk.tif")]
     assert "convert('RGB')" in lines[str(tmp_path / "in" / "ycbcr.tif")]
+    assert "RGBA compressed with JPEG" in lines[str(tmp_path / "in" / "rgba.tif")]
     assert "horizontal predictor on" in lines[str(path)] and "re-save it" in lines[str(path)]
 
 

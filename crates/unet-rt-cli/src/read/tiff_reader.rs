@@ -681,6 +681,13 @@ fn samples_and_bits(
              inverted convention or not), so it is not read: re-save it with LZW or zlib (deflate) \
              compression, e.g. PIL: Image.open(path).save(new, compression='tiff_lzw')"
         )),
+        // The JPEG decoder takes four channels as inks only: PIL's RGBA
+        // JPEG pages got its words ("Invalid number of channels (4) for
+        // RGB data").
+        ColorType::RGBA(_) if compression == JPEG => Err(format!(
+            "page {number} stores RGBA compressed with JPEG, which is not read: re-save it with LZW or zlib \
+             (deflate) compression, e.g. PIL: Image.open(path).save(new, compression='tiff_lzw')"
+        )),
         ColorType::RGBA(b) | ColorType::CMYK(b) => Ok((4, b)),
         // The JPEG decoder returns YCbCr as RGB: tifffile's RGB JPEG (its
         // default colour space) was refused.
