@@ -139,3 +139,74 @@ def test_the_result_lies_where_its_rotated_image_lies(make_napari_viewer, qtbot,
     labels = viewer.layers["turned labels"]
     for position in ([0, 0], [10, 70], [89, 99]):
         np.testing.assert_allclose(labels.data_to_world(position), image.data_to_world(position), atol=1e-9)
+
+
+def test_a_stack_is_segmented_plane_by_plane_and_its_probabilities_split_by_class(make_napari_viewer, qtbot,
+                                                                                 tiny_model_path):
+    # A z-stack or time series had no way through: the widget passed no axes, and the core asked for
+    # them ("cannot tell the axes"); a stack's probabilities are (planes, classes, y, x).
+    viewer = make_napari_viewer()
+    stack = np.random.default_rng(1).random((3, 70, 80)).astype(np.float32)
+    viewer.add_image(stack, name="stack", units=("s", "µm", "µm"), scale=(1, 0.5, 0.5))
+    model = unet_rt.Model(tiny_model_path, device="cpu")
+    widget = _run_tiny(viewer, qtbot, tiny_model_path, "labels")
+    assert widget._status.value.startswith("done: stack labels (3, 70, 80)"), widget._status.value
+    labels = viewer.layers["stack labels"]
+    np.testing.assert_array_equal(labels.data, model.segment(stack, axes="byx"))
+    assert tuple(labels.units) == tuple(viewer.layers["stack"].units)  # µm was dropped for pixels
+    widget._output.value = "probabilities"
+    widget.run()
+    _wait(qtbot, widget)
+    want = model.segment(stack, axes="byx", output="probabilities")
+    for c, name in enumerate(["background", "class_1"]):
+        layer = viewer.layers[f"stack probabilities {name}"]
+        np.testing.assert_array_equal(layer.data, want[:, c])
+        assert tuple(layer.contrast_limits) == (0.0, 1.0)  # each class on one scale
+    assert widget._image.value is viewer.layers["stack"]  # the chooser stayed on the image segmented
+
+
+def test_a_lazy_layer_is_read_on_the_worker_and_a_closed_dock_cancels(make_napari_viewer, qtbot, tiny_model_path):
+    # A Dask layer was computed on the GUI thread (the window froze); a run went on after its dock was
+    # closed and added its layer.
+    import threading
+
+    import dask.array as da
+
+    read_on = []
+
+    def note(block):
+        read_on.append(threading.current_thread() is threading.main_thread())
+        return block
+
+    viewer = make_napari_viewer()
+    image = np.random.default_rng(2).random((96, 96)).astype(np.float32)
+    viewer.add_image(da.from_array(image, chunks=48).map_blocks(note, dtype=np.float32), name="lazy",
+                     contrast_limits=(0, 1))
+    read_on.clear()  # napari may look at the layer while adding it
+    widget = _run_tiny(viewer, qtbot, tiny_model_path, "labels")
+    assert widget._status.value.startswith("done"), widget._status.value
+    assert read_on and not any(read_on), read_on
+    viewer.open_sample("unet_rt", "nuclei")
+    dock, widget = viewer.window.add_plugin_dock_widget("unet_rt", "Segment")
+    widget._device.value = "cpu"
+    widget._tile.value = 100
+    widget.run()
+    viewer.window.remove_dock_widget(dock)
+    _wait(qtbot, widget)
+    assert "nuclei instances" not in [layer.name for layer in viewer.layers]
+
+
+def test_the_tile_box_gives_the_nearest_usable_tile(make_napari_viewer, qtbot):
+    # The box steps by 8 from 0; the bundled model takes 4 + 8k from 100: every value it stepped to failed.
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei()[:200, :200], name="nuclei")
+    widget = SegmentWidget(viewer)
+    widget._device.value = "cpu"
+    widget._tile.value = 104
+    widget.cancel()  # idle: nothing to cancel, nothing said
+    assert widget._status.value == ""
+    widget.run()
+    _wait(qtbot, widget)
+    assert widget._status.value.endswith("tile 100 (the nearest usable to 104)"), widget._status.value
+    np.testing.assert_array_equal(viewer.layers["nuclei instances"].data,
+                                  unet_rt.segment(nuclei()[:200, :200], device="cpu", output="instances", tile=100))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QEvent, QObject, Signal
 
 from ..errors import CancelledError, UnetRtError
 from ..model import OUTPUTS, cached_model
@@ -28,6 +28,21 @@ class _Relay(QObject):
     emitted on another thread is delivered through the GUI's event loop)."""
 
     progressed = Signal(int, int)
+
+
+class _Unparented(QObject):
+    """Calls ``then`` when the watched widget loses its parent: napari's
+    ``remove_dock_widget`` (closing the dock) takes the widget out of its
+    dock without deleting it, and the run went on to add its layer."""
+
+    def __init__(self, then: Any) -> None:
+        super().__init__()
+        self._then = then
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.ParentChange and watched.parent() is None:
+            self._then()
+        return False
 
 
 class SegmentWidget(Container):
@@ -68,6 +83,15 @@ class SegmentWidget(Container):
         self._relay.progressed.connect(self._on_progress)
         self._stop = threading.Event()
         self._worker: Any = None
+        # Set while the widget adds its own result layers (the chooser must
+        # not follow them) and once its Qt widget is gone (closing the dock
+        # or the viewer mid-run: the worker is stopped, and the signals
+        # still queued for the deleted controls are dropped).
+        self._adding = False
+        self._closed = False
+        self.native.destroyed.connect(self._on_destroyed)
+        self._unparented = _Unparented(self.cancel)
+        self.native.installEventFilter(self._unparented)
         self._model.changed.connect(lambda value: setattr(self._file, "visible", value == FROM_FILE))
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
@@ -86,6 +110,8 @@ class SegmentWidget(Container):
 
     def _follow_selection(self, *_: Any) -> None:
         active = self._viewer.layers.selection.active
+        if self._adding or self._closed:
+            return
         if active is not None and type(active).__name__ == "Image":
             self._image.reset_choices()
             self._image.value = active
@@ -104,10 +130,11 @@ class SegmentWidget(Container):
             return None
         from napari.qt.threading import create_worker
 
-        image = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+        # Read on the worker: a Dask or otherwise lazy layer froze the
+        # window while it was computed here.
         job = {
-            "image": image,
-            "axes": "yxc" if layer.rgb else None,
+            "data": layer.data[0] if layer.multiscale else layer.data,
+            "rgb": bool(layer.rgb),
             "model": None if self._model.value == BUNDLED else str(self._file.value),
             "output": self._output.value,
             "device": self._device.value,
@@ -121,7 +148,7 @@ class SegmentWidget(Container):
         # Errors go to the status line (connecting "errored" here keeps the
         # worker from re-raising them in the event loop).
         worker = create_worker(_segment, job, self._report, _start_thread=False, _connect={
-            "returned": lambda done: self._add_result(layer, job, *done),
+            "returned": lambda done: self._add_result(layer, job, done),
             "errored": self._on_error,
             "finished": self._on_finished,
         })
@@ -131,6 +158,8 @@ class SegmentWidget(Container):
 
     def cancel(self, *_: Any) -> None:
         """Stops the running segmentation at its next tile."""
+        if self._worker is None:
+            return
         self._stop.set()
         self._status.value = "cancelling…"
 
@@ -143,21 +172,44 @@ class SegmentWidget(Container):
 
     # --- GUI side ------------------------------------------------------------------
 
+    def _on_destroyed(self, *_: Any) -> None:
+        self._closed = True
+        self._stop.set()
+
     def _on_progress(self, done: int, total: int) -> None:
+        if self._closed:
+            return
         self._progress.max = max(1, total)
         self._progress.value = min(done, self._progress.max)
 
-    def _add_result(self, layer: Any, job: Dict[str, Any], result: np.ndarray, classes: List[str]) -> None:
+    def _add_result(self, layer: Any, job: Dict[str, Any], done: "_Done") -> None:
+        if self._closed:
+            return
+        result = done.result
         name = f"{layer.name} {job['output']}"
-        if job["output"] == "probabilities":
-            self._viewer.add_image(result, channel_axis=0, name=[f"{name} {c}" for c in classes],
-                                   **_placement(layer, result.ndim - 1))
-        else:
-            self._viewer.add_labels(result, name=name, **_placement(layer, result.ndim))
+        self._adding = True
+        try:
+            if job["output"] == "probabilities":
+                # Probabilities on one scale, 0 to 1, blended alike (each
+                # layer's own range drew 0.4 black).
+                added = self._viewer.add_image(
+                    result, channel_axis=done.channel_axis, name=[f"{name} {c}" for c in done.classes],
+                    contrast_limits=[(0.0, 1.0)] * len(done.classes), blending="additive",
+                    **_placement(layer, result.ndim - 1))
+                shown = added[0].name if added else name
+            else:
+                shown = self._viewer.add_labels(result, name=name, **_placement(layer, result.ndim)).name
+        finally:
+            self._adding = False
+        if layer in self._viewer.layers:
+            self._image.value = layer  # the chooser stays on the image segmented
         objects = f", {int(result.max())} objects" if job["output"] == "instances" else ""
-        self._status.value = f"done: {name} {result.shape}{objects}"
+        used = f"; tile {done.tile} (the nearest usable to {job['tile']})" if done.tile != job["tile"] else ""
+        self._status.value = f"done: {shown} {result.shape}{objects}{used}"
 
     def _on_error(self, error: BaseException) -> None:
+        if self._closed:
+            return
         if isinstance(error, CancelledError):
             self._status.value = "cancelled"
         elif isinstance(error, UnetRtError):
@@ -166,16 +218,79 @@ class SegmentWidget(Container):
             self._status.value = f"failed: {type(error).__name__}: {error}"
 
     def _on_finished(self) -> None:
-        self._run.enabled, self._cancel.enabled = True, False
         self._worker = None
+        if self._closed:
+            return
+        self._run.enabled, self._cancel.enabled = True, False
 
 
-def _segment(job: Dict[str, Any], report: Any) -> Tuple[np.ndarray, List[str]]:
-    """Runs on the worker thread: loads (or reuses) the model, segments;
-    returns the result and the model's class names."""
+class _Done(NamedTuple):
+    """What a run gives the GUI: the result, the model's class names, the
+    result's class axis (probabilities) and the tile used."""
+
+    result: np.ndarray
+    classes: List[str]
+    channel_axis: int
+    tile: Optional[int]
+
+
+def _segment(job: Dict[str, Any], report: Any) -> _Done:
+    """Runs on the worker thread: reads the layer's data, loads (or reuses)
+    the model, segments."""
+    image = np.asarray(job["data"])
     model = cached_model(job["model"], job["device"], job["precision"])
-    result = model.segment(job["image"], output=job["output"], axes=job["axes"], tile=job["tile"], progress=report)
-    return result, model.classes
+    info = model.info
+    axes = _axes(image.ndim, job["rgb"], info)
+    tile = _usable_tile(job["tile"], info)
+    result = model.segment(image, output=job["output"], axes=axes, tile=tile, progress=report)
+    # A stack's probabilities are (planes, classes, y, x).
+    channel_axis = 1 if axes is not None and axes.startswith("b") else 0
+    return _Done(result, model.classes, channel_axis, tile)
+
+
+def _axes(ndim: int, rgb: bool, info: Dict[str, Any]) -> Optional[str]:
+    """The axes of a layer of ``ndim`` dimensions for a model: napari's
+    leading axes beyond the model's (a z-stack or time series of images, a
+    time series of volumes) are a batch, an RGB layer's last axis its
+    channels; ``None`` (the array's own rule) otherwise. There is no axes
+    control: a stack failed with advice to name them.
+
+    >>> _axes(3, False, {"spatial_dims": 2, "in_channels": 1})
+    'byx'
+    >>> _axes(4, True, {"spatial_dims": 2, "in_channels": 3})
+    'byxc'
+    >>> _axes(3, False, {"spatial_dims": 3, "in_channels": 1}) is None
+    True
+    """
+    spatial = "zyx"[-int(info["spatial_dims"]):]
+    inner = spatial + ("c" if rgb else "")
+    if rgb:
+        return {len(inner): inner, len(inner) + 1: "b" + inner}.get(ndim)
+    if int(info["in_channels"]) == 1 and ndim == len(spatial) + 1:
+        return "b" + spatial
+    return None
+
+
+def _usable_tile(tile: Optional[int], info: Dict[str, Any]) -> Optional[int]:
+    """The usable tile nearest ``tile`` for the model (its sizes are
+    ``size_offset + k * size_multiple`` from ``smallest_tile``): the box
+    steps by 8 from 0, and for the bundled model (4 + 8k from 100) every
+    value it stepped to was refused.
+
+    >>> _usable_tile(104, {"size_multiple": 8, "size_offset": 4, "smallest_tile": 100, "fixed_size": None})
+    100
+    >>> _usable_tile(None, {"size_multiple": 8, "size_offset": 4, "smallest_tile": 100, "fixed_size": None}) is None
+    True
+    """
+    try:
+        multiple, offset = int(info.get("size_multiple") or 1), int(info.get("size_offset") or 0)
+        smallest = int(info.get("smallest_tile") or 1)
+    except (TypeError, ValueError):  # sizes per axis: the engine says what it takes
+        return tile
+    if tile is None or info.get("fixed_size") or multiple < 1:
+        return tile
+    k = max(0, round((tile - offset) / multiple))
+    return max(offset + k * multiple, smallest)
 
 
 def _is_file(value: Any) -> bool:
@@ -201,8 +316,17 @@ def _placement(layer: Any, ndim: int) -> Dict[str, Any]:
     ...                         affine=SimpleNamespace(affine_matrix=np.eye(3)))
     >>> _placement(plain, 2)
     {'scale': (1, 2), 'translate': (0, 5)}
+
+    The layer's units and axis labels go with it (napari stops drawing
+    units when the layers' differ: a result in pixels took the image's µm
+    away).
     """
-    plain = dict(scale=tuple(layer.scale)[-ndim:], translate=tuple(layer.translate)[-ndim:])
+    named: Dict[str, Any] = {}
+    for attribute in ("units", "axis_labels"):
+        value = getattr(layer, attribute, None)
+        if value is not None and len(tuple(value)) >= ndim:
+            named[attribute] = tuple(value)[-ndim:]
+    plain = dict(scale=tuple(layer.scale)[-ndim:], translate=tuple(layer.translate)[-ndim:], **named)
     if (np.allclose(np.asarray(layer.rotate), np.eye(layer.ndim)) and not np.any(np.asarray(layer.shear))
             and np.allclose(layer.affine.affine_matrix, np.eye(layer.ndim + 1))):
         return plain
@@ -215,4 +339,4 @@ def _placement(layer: Any, ndim: int) -> Dict[str, Any]:
     matrix = np.eye(ndim + 1)
     matrix[:ndim, :ndim] = whole[n - ndim:n, n - ndim:n]
     matrix[:ndim, ndim] = whole[n - ndim:n, n]
-    return dict(affine=matrix)
+    return dict(affine=matrix, **named)
