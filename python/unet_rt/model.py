@@ -562,6 +562,18 @@ class Model:
         :meth:`segment` refuses them (they would be ignored)."""
         return json.loads(self._inner.read_out(min_size, fill_holes, output))
 
+    def usable_tile(self, tile: int) -> int:
+        """The tile size nearest ``tile`` that :meth:`segment` takes for this
+        model (``tile=`` must be one: sizes follow the network's pooling, from
+        the smallest that leaves output after the overlap).
+
+        >>> import unet_rt
+        >>> model = unet_rt.Model(device="cpu")  # the bundled model: 4 + 8k from 100
+        >>> model.usable_tile(104), model.usable_tile(105), model.usable_tile(8)
+        (100, 108, 100)
+        """
+        return self._inner.usable_tile(tile)
+
     def result_shape(self, shape: Sequence[int], output: str = "labels", axes: Optional[str] = None,
                      window: Optional[Window] = None) -> Tuple[int, ...]:
         """The shape of :meth:`segment`'s result for an image of ``shape``

@@ -103,7 +103,10 @@ fn with_alpha_advice(message: String, shape: &[usize], axes: &str, info: &ModelI
     // Four channels for a colour model are RGBA or a CMYK file's inks
     // (called "likely an alpha channel" too); PIL converts either.
     let (what, convert) = if info.in_channels == 3 {
-        ("the 4th is likely alpha, or a CMYK image's black ink", "RGB")
+        (
+            "the 4th is likely alpha, or a CMYK image's black ink",
+            "RGB",
+        )
     } else {
         ("the 2nd is likely alpha", "L")
     };

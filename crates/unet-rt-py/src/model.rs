@@ -374,6 +374,12 @@ impl Model {
             .name())
     }
 
+    /// The tile size the engine takes nearest `tile`.
+    fn usable_tile(&self, tile: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let tile = args::size(tile, "tile")?;
+        Ok(self.inner.info().nearest_usable_tile(tile))
+    }
+
     /// The shape of one image's `output` result for `spatial` pixels.
     fn result_shape(
         &self,

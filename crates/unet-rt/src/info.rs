@@ -368,6 +368,25 @@ impl ModelInfo {
             .saturating_add(self.size_multiple.max(1));
         self.round_up_valid(need)
     }
+
+    /// The usable tile nearest `size` (the smaller of two as near): a tile
+    /// size the engine takes for this model, at least [`ModelInfo::min_tile`].
+    /// For a choice made by steps that do not follow the model's sizes (a
+    /// GUI's spin box: the bundled model takes 4 + 8k from 100).
+    pub fn nearest_usable_tile(&self, size: usize) -> usize {
+        let smallest = self.min_tile();
+        let up = self.round_up_valid(size.max(smallest));
+        let down = up.saturating_sub(self.size_multiple.max(1));
+        if self.fixed_size == 0
+            && down >= smallest
+            && self.is_valid_size(down)
+            && size.saturating_sub(down) <= up.saturating_sub(size)
+        {
+            down
+        } else {
+            up
+        }
+    }
 }
 
 #[cfg(test)]
@@ -418,6 +437,37 @@ mod tests {
             object_size: None,
             square_memory: 0.0,
         }
+    }
+
+    #[test]
+    fn the_nearest_usable_tile_is_a_size_the_engine_takes() {
+        // The bundled model's geometry: valid, halo 44, sizes 4 + 8k, from 100.
+        let mut info = same(44, 8);
+        info.padding = Padding::Valid;
+        info.size_offset = 4;
+        assert_eq!(info.min_tile(), 100);
+        for (asked, usable) in [
+            (0, 100),
+            (104, 100),
+            (105, 108),
+            (108, 108),
+            (usize::MAX, usize::MAX),
+        ] {
+            assert_eq!(info.nearest_usable_tile(asked), usable, "{asked}");
+        }
+        for size in [0, 1, 99, 100, 101, 300, 10_000] {
+            let tile = info.nearest_usable_tile(size);
+            assert!(
+                info.is_valid_size(tile) && tile >= info.min_tile(),
+                "{size} -> {tile}"
+            );
+        }
+        let mut fixed = same(0, 1);
+        fixed.fixed_size = 256;
+        assert_eq!(
+            (fixed.nearest_usable_tile(8), fixed.nearest_usable_tile(256)),
+            (256, 256)
+        );
     }
 
     #[test]

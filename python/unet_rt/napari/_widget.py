@@ -239,9 +239,10 @@ def _segment(job: Dict[str, Any], report: Any) -> _Done:
     the model, segments."""
     image = np.asarray(job["data"])
     model = cached_model(job["model"], job["device"], job["precision"])
-    info = model.info
-    axes = _axes(image.ndim, job["rgb"], info)
-    tile = _usable_tile(job["tile"], info)
+    axes = _axes(image.ndim, job["rgb"], model.info)
+    # The box steps by 8 from 0: for the bundled model (4 + 8k from 100)
+    # every value it stepped to was refused.
+    tile = None if job["tile"] is None else model.usable_tile(job["tile"])
     result = model.segment(image, output=job["output"], axes=axes, tile=tile, progress=report)
     # A stack's probabilities are (planes, classes, y, x).
     channel_axis = 1 if axes is not None and axes.startswith("b") else 0
@@ -269,28 +270,6 @@ def _axes(ndim: int, rgb: bool, info: Dict[str, Any]) -> Optional[str]:
     if int(info["in_channels"]) == 1 and ndim == len(spatial) + 1:
         return "b" + spatial
     return None
-
-
-def _usable_tile(tile: Optional[int], info: Dict[str, Any]) -> Optional[int]:
-    """The usable tile nearest ``tile`` for the model (its sizes are
-    ``size_offset + k * size_multiple`` from ``smallest_tile``): the box
-    steps by 8 from 0, and for the bundled model (4 + 8k from 100) every
-    value it stepped to was refused.
-
-    >>> _usable_tile(104, {"size_multiple": 8, "size_offset": 4, "smallest_tile": 100, "fixed_size": None})
-    100
-    >>> _usable_tile(None, {"size_multiple": 8, "size_offset": 4, "smallest_tile": 100, "fixed_size": None}) is None
-    True
-    """
-    try:
-        multiple, offset = int(info.get("size_multiple") or 1), int(info.get("size_offset") or 0)
-        smallest = int(info.get("smallest_tile") or 1)
-    except (TypeError, ValueError):  # sizes per axis: the engine says what it takes
-        return tile
-    if tile is None or info.get("fixed_size") or multiple < 1:
-        return tile
-    k = max(0, round((tile - offset) / multiple))
-    return max(offset + k * multiple, smallest)
 
 
 def _is_file(value: Any) -> bool:

@@ -86,8 +86,9 @@ fn elements(shape: &[usize]) -> Option<usize> {
 
 /// How many pages the image of a TIFF's first description takes, where it
 /// says: ImageJ's `images=`, the planes of OME's one image (`SizeZ` x
-/// `SizeT` x the channels not held in a page's samples), or the pages a
-/// tifffile shape covers (`page` is `(y, x)` or `(y, x, samples)`). A file
+/// `SizeT` x the channels not held in a page's `samples`), or the pages a
+/// tifffile shape covers (`page`: `(y, x)`, `(y, x, samples)`, or
+/// `(samples, y, x)` for separate planes). A file
 /// of more pages holds other images after it (series), one of fewer keeps a
 /// stack in one page (tifffile's `truncate=True`, ImageJ's stacks beyond 4
 /// GB): read as a plain stack, the first gave every series as one stack and
@@ -95,7 +96,11 @@ fn elements(shape: &[usize]) -> Option<usize> {
 ///
 /// # Errors
 /// For an OME document of several images (series).
-pub(super) fn declared_pages(text: &str, page: &[usize]) -> Result<Option<usize>, String> {
+pub(super) fn declared_pages(
+    text: &str,
+    page: &[usize],
+    samples: usize,
+) -> Result<Option<usize>, String> {
     if text.starts_with("ImageJ=") {
         return Ok(imagej_field(text, "images="));
     }
@@ -110,7 +115,7 @@ pub(super) fn declared_pages(text: &str, page: &[usize]) -> Result<Option<usize>
                  each as its own file (tifffile.imread(path, series=n) reads the n-th)"
             ));
         }
-        let samples = page.get(2).copied().unwrap_or(1).max(1);
+        let samples = samples.max(1);
         let size = |name| ome_size(pixels, name);
         return Ok(match (size("SizeC"), size("SizeZ"), size("SizeT")) {
             (Some(c), Some(z), Some(t)) => Some(
@@ -446,7 +451,9 @@ mod tests {
 
     #[test]
     fn descriptions_say_how_many_pages_the_image_takes() {
-        let pages = |text: &str, page: &[usize]| declared_pages(text, page);
+        let pages = |text: &str, page: &[usize]| {
+            declared_pages(text, page, page.get(2).copied().unwrap_or(1))
+        };
         assert_eq!(
             pages("ImageJ=1.11a\nimages=6\nslices=6\n", &[5, 6]),
             Ok(Some(6))

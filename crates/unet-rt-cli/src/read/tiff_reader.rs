@@ -112,24 +112,22 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
         is_planar(&mut decoder, page.samples).map_err(|e| page_error(1, e))?
     };
     // What the description must hold, and the end of the image's shape.
-    let (page_shape, page_axes) = if planes_first {
-        (vec![samples, height, width], "cyx")
-    } else if samples > 1 {
-        (vec![height, width, samples], contiguous_axes(samples))
+    let page_axes = if planes_first {
+        "cyx"
     } else {
-        (vec![height, width], contiguous_axes(samples))
+        contiguous_axes(samples)
     };
+    let page_shape: Vec<usize> = page_axes
+        .chars()
+        .map(|axis| match axis {
+            'y' => height,
+            'x' => width,
+            _ => samples,
+        })
+        .collect();
     if let Some(declared) = description
         .as_deref()
-        .map(|text| {
-            // ImageJ's and OME's counts take the samples last.
-            let counted = if text.starts_with('{') || !planes_first {
-                page_shape.clone()
-            } else {
-                vec![height, width, samples]
-            };
-            declared_pages(text, &counted)
-        })
+        .map(|text| declared_pages(text, &page_shape, samples))
         .transpose()?
         .flatten()
     {
