@@ -711,6 +711,21 @@ def test_tiff_colour_layouts_the_reader_does_not_decode_are_refused_with_advice(
         assert "Decoder" not in refused_alone(cli, text, tmp_path)
 
 
+def test_colour_pngs_for_the_grey_bundled_model_are_refused_with_advice(cli, tmp_path):
+    # A palette PNG (read as its colours, as PIL's convert('RGB') does) and an RGB one said only
+    # "the model takes 1 input channel(s), ... has 3", nothing on what to do.
+    from PIL import Image
+
+    image = (np.random.default_rng(0).random((40, 44)) * 255).astype(np.uint8)
+    palette = tmp_path / "palette.png"
+    Image.fromarray(image).convert("P").save(palette)
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(np.stack([image] * 3, -1)).save(rgb)
+    for path in (palette, rgb):
+        stderr = refused_alone(cli, path, tmp_path)
+        assert "has 3" in stderr and "colour image" in stderr and "convert('L')" in stderr, stderr
+
+
 @pytest.mark.parametrize("keep", [4, 7, 12])
 def test_a_tiff_cut_inside_its_header_says_so(cli, tmp_path, keep):
     # It said "failed to fill whole buffer".
@@ -736,8 +751,45 @@ def test_time_points_and_slices_of_a_tifffile_stack_are_pages_for_a_2d_model(cli
     assert proc.returncode == 0, proc.stderr
     want = np.load(out / "planes.npy")
     assert want.shape == (10, 48, 52) and len(np.unique(want)) > 1
+    # Their results keep the file's two page axes, in its order.
     for name in ("tz", "zt", "imagej"):
-        np.testing.assert_array_equal(np.load(out / f"{name}.npy"), want, err_msg=name)
+        np.testing.assert_array_equal(np.load(out / f"{name}.npy"), want.reshape(2, 5, 48, 52), err_msg=name)
+
+
+def test_a_hyperstacks_results_keep_its_time_points_and_slices_apart(cli, tmp_path):
+    # From an audit: an ImageJ TZYX hyperstack segmented by a 2-D model gave a TIFF result of 6
+    # planes labelled ZYX, and an OME-Zarr result of one 6-slice volume at the slices' spacing (12 um
+    # deep where the file holds two volumes of 6 um). The pixels were right; the geometry was not.
+    import json
+
+    import zarr
+
+    import unet_rt
+
+    stack = (np.random.default_rng(1).random((2, 3, 40, 44)) * 255).astype(np.uint8)
+    path = tmp_path / "tz.tif"
+    tifffile.imwrite(path, stack, imagej=True, resolution=(4.0, 4.0),
+                     metadata={"axes": "TZYX", "spacing": 2.0, "unit": "um", "finterval": 60})
+    out = tmp_path / "out"
+    for extra in ([], ["-k", "probabilities", "-f", "npy"], ["-f", "zarr"], ["--json"]):
+        proc = segment(cli, path, out=out, extra=extra)
+        assert proc.returncode == 0, proc.stderr
+    with tifffile.TiffFile(out / "tz.tif") as labels:
+        assert (labels.series[0].shape, labels.series[0].axes) == ((2, 3, 40, 44), "TZYX")
+        written = labels.asarray()
+    planes = unet_rt.segment(stack.reshape(6, 40, 44), axes="zyx", device="cpu")
+    np.testing.assert_array_equal(written, planes.reshape(2, 3, 40, 44))
+    assert np.load(out / "tz.npy").shape == (2, 3, 3, 40, 44)
+    group = zarr.open_group(out / "tz.zarr", mode="r")
+    image = group.attrs["ome"]["multiscales"][0]
+    assert [a["name"] for a in image["axes"]] == ["t", "c", "z", "y", "x"]
+    assert image["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 1.0, 2.0, 0.25, 0.25]
+    np.testing.assert_array_equal(group["0"][:, 0], stack)
+    label = group["labels/labels"].attrs["ome"]["multiscales"][0]
+    assert [a["name"] for a in label["axes"]] == ["t", "z", "y", "x"]
+    np.testing.assert_array_equal(group["labels/labels/0"][:], planes.reshape(2, 3, 40, 44))
+    # The report gives the file's shape, not the pages'.
+    assert json.loads(proc.stdout.splitlines()[0])["shape"] == [2, 3, 40, 44], proc.stdout
 
 
 def test_a_full_stdout_fails_the_command(cli, tmp_path):

@@ -84,35 +84,43 @@ pub(crate) fn arrange<'a, T>(
         info.spatial_dims,
         info.in_channels,
     )
-    .map_err(|e| with_alpha_advice(e.to_string(), view.shape(), axes, info))?;
+    .map_err(|e| with_channel_advice(e.to_string(), view.shape(), axes, info))?;
     let stacked = arrangement.batched();
     let view = arrangement.arrange(view).map_err(|e| e.to_string())?;
     Ok(Arranged { view, stacked })
 }
 
 /// `message` (a refusal of the image's channels), with advice where the
-/// image's last channel is likely an alpha channel: colour or grey samples
-/// and one more (RGBA, grey and alpha), a model of one or three channels.
-fn with_alpha_advice(message: String, shape: &[usize], axes: &str, info: &ModelInfo) -> String {
-    let last = shape.last().copied().unwrap_or(0);
-    let alpha =
-        axes.ends_with('c') && matches!(info.in_channels, 1 | 3) && last == info.in_channels + 1;
-    if !alpha {
+/// image's channels are a common picture format the model does not take:
+/// one more than a grey or colour model's (grey and alpha, RGBA or CMYK),
+/// colour (RGB or RGBA, palettes included) for a grey model, or grey for a
+/// colour model. PIL converts each (the advice names the call).
+fn with_channel_advice(message: String, shape: &[usize], axes: &str, info: &ModelInfo) -> String {
+    if !axes.ends_with('c') && !(info.in_channels == 3 && !axes.contains('c')) {
         return message;
     }
-    // Four channels for a colour model are RGBA or a CMYK file's inks
-    // (called "likely an alpha channel" too); PIL converts either.
-    let (what, convert) = if info.in_channels == 3 {
-        (
-            "the 4th is likely alpha, or a CMYK image's black ink",
-            "RGB",
-        )
+    let channels = if axes.contains('c') {
+        shape.last().copied().unwrap_or(0)
     } else {
-        ("the 2nd is likely alpha", "L")
+        1
+    };
+    let (what, convert) = match (info.in_channels, channels) {
+        // Four channels for a colour model are RGBA or a CMYK file's inks.
+        (3, 4) => (
+            "the 4th is likely alpha, or a CMYK image's black ink, which counts as a channel",
+            "RGB",
+        ),
+        (1, 2) => ("the 2nd is likely alpha, which counts as a channel", "L"),
+        (1, 3 | 4) => (
+            "a colour image (RGB or RGBA; palette images are read as colour) for a grey model: convert it to \
+             grey, or keep the one channel that holds the stain",
+            "L",
+        ),
+        (3, 1) => ("a grey image for a colour model", "RGB"),
+        _ => return message,
     };
     format!(
-        "{message} ({what}, which counts as a channel: convert the image, e.g. with PIL: \
-         Image.open(path).convert('{convert}').save(new))"
+        "{message} ({what}: convert the image, e.g. with PIL: Image.open(path).convert('{convert}').save(new))"
     )
 }
 
@@ -191,7 +199,7 @@ mod tests {
     }
 
     #[test]
-    fn an_alpha_channel_too_many_is_named() {
+    fn channels_of_picture_formats_get_advice() {
         let rgba = ArrayD::<u8>::zeros(ndarray::IxDyn(&[5, 6, 4]));
         let err = arrange(rgba.view(), "yxc", &info(2, 3)).unwrap_err();
         assert!(
@@ -203,7 +211,27 @@ mod tests {
         assert!(err.contains("convert('L')"), "{err}");
         let five = ArrayD::<u8>::zeros(ndarray::IxDyn(&[5, 6, 5]));
         let err = arrange(five.view(), "yxc", &info(2, 3)).unwrap_err();
-        assert!(!err.contains("alpha"), "{err}");
+        assert!(!err.contains("alpha") && !err.contains("PIL"), "{err}");
+        // Colour for a grey model (palette PNGs are read as RGB), grey
+        // for a colour one.
+        for channels in [3, 4] {
+            let colour = ArrayD::<u8>::zeros(ndarray::IxDyn(&[5, 6, channels]));
+            let err = arrange(colour.view(), "yxc", &info(2, 1)).unwrap_err();
+            assert!(
+                err.contains("colour image") && err.contains("convert('L')"),
+                "{err}"
+            );
+        }
+        let grey = ArrayD::<u8>::zeros(ndarray::IxDyn(&[5, 6]));
+        let err = arrange(grey.view(), "yx", &info(2, 3)).unwrap_err();
+        assert!(
+            err.contains("has 1") && err.contains("convert('RGB')"),
+            "{err}"
+        );
+        // A channel-first array is no picture format: no PIL advice.
+        let planes = ArrayD::<u8>::zeros(ndarray::IxDyn(&[3, 5, 6]));
+        let err = arrange(planes.view(), "cyx", &info(2, 1)).unwrap_err();
+        assert!(!err.contains("PIL"), "{err}");
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub(crate) fn discover(inputs: &[PathBuf]) -> Vec<Result<PathBuf, FileError>> {
                 None => single(input).map(|files| files.into_iter().map(Ok).collect()),
             }
         } else {
-            pattern(input).map(|files| files.into_iter().map(Ok).collect())
+            pattern(input)
         };
         match found {
             Ok(files) => out.extend(files),
@@ -131,13 +131,7 @@ fn folder(dir: &Path) -> Result<Vec<Result<PathBuf, FileError>>, FileError> {
         .filter(|p| is_image_name(p))
         .collect();
     names.sort();
-    let files: Vec<Result<PathBuf, FileError>> = names
-        .into_iter()
-        .filter_map(|p| match unreadable(&p) {
-            Some(e) => Some(Err(e)),
-            None => p.is_file().then_some(Ok(p)),
-        })
-        .collect();
+    let files = regular_files(names);
     if files.is_empty() {
         return Err(FileError::new(
             dir,
@@ -147,7 +141,23 @@ fn folder(dir: &Path) -> Result<Vec<Result<PathBuf, FileError>>, FileError> {
     Ok(files)
 }
 
-fn pattern(input: &Path) -> Result<Vec<PathBuf>, FileError> {
+/// Of `names` (sorted), the regular files, and an error in place for each
+/// that cannot be looked at (a broken link): folders, FIFOs and devices
+/// are left out.
+fn regular_files(names: Vec<PathBuf>) -> Vec<Result<PathBuf, FileError>> {
+    names
+        .into_iter()
+        .filter_map(|p| match unreadable(&p) {
+            Some(e) => Some(Err(e)),
+            None => p.is_file().then_some(Ok(p)),
+        })
+        .collect()
+}
+
+/// The names a pattern matches, as [`regular_files`] takes them: a broken
+/// link among them is an error in place, as in a folder (it was left out
+/// without a word).
+fn pattern(input: &Path) -> Result<Vec<Result<PathBuf, FileError>>, FileError> {
     // Like a shell, `*` does not match a leading dot (hidden files, and the
     // temporaries of a run in progress).
     let options = glob::MatchOptions {
@@ -189,7 +199,8 @@ fn pattern(input: &Path) -> Result<Vec<PathBuf>, FileError> {
     }
     let others = candidates.len();
     let first_other = candidates.first().cloned();
-    let mut files: Vec<PathBuf> = candidates.into_iter().filter(|p| p.is_file()).collect();
+    candidates.sort();
+    let files = regular_files(candidates);
     if let (true, Some(first)) = (files.is_empty(), first_other) {
         // "no file matches" read as a typo where a FIFO or a folder matched.
         return Err(FileError::new(
@@ -204,7 +215,6 @@ fn pattern(input: &Path) -> Result<Vec<PathBuf>, FileError> {
     if files.is_empty() {
         return Err(FileError::new(input, "no file matches this pattern"));
     }
-    files.sort();
     Ok(files)
 }
 
@@ -256,6 +266,14 @@ mod tests {
             names[5].starts_with("error: matches 1 entry but no regular file"),
             "{}",
             names[5]
+        );
+        // A broken link a pattern matches is named, not left out.
+        std::os::unix::fs::symlink(dir.join("away.tif"), dir.join("link.tif")).unwrap();
+        let found = discover(&[dir.join("*.tif")]);
+        assert!(
+            matches!(&found[..], [Ok(b), Err(e)] if b.ends_with("b.tif")
+                && e.path.ends_with("link.tif") && e.message.contains("does not exist")),
+            "{found:?}"
         );
         let device = discover(&[PathBuf::from("/dev/null")]);
         assert!(matches!(&device[..], [Err(e)] if e.message.contains("character device")));

@@ -68,8 +68,10 @@ pub(crate) struct LabelInfo<'a> {
     pub kind: &'a str,
     /// Class names, for `labels` (colours and properties per class).
     pub classes: Option<&'a [String]>,
-    /// The name of the leading page axis of stacks: `z` (space) or `t` (time).
-    pub page_axis: char,
+    /// The names of the leading page axes of stacks, in the arrays' order:
+    /// `z` (space) or `t` (time), or both where a hyperstack's time points
+    /// and slices were segmented as pages.
+    pub pages: &'a str,
     /// Resolution levels (1: only the full resolution); level k keeps every
     /// 2^k-th pixel along the model's spatial axes, for image and labels.
     pub levels: usize,
@@ -78,9 +80,10 @@ pub(crate) struct LabelInfo<'a> {
     pub micrometres: [Option<f64>; 3],
 }
 
-/// Writes `path` (a `.zarr` folder): the image `(pages, channels,
-/// spatial...)` and `labels` (`([pages,] spatial...)`). `stacked` keeps the
-/// page axis (otherwise it has length 1 and is left out).
+/// Writes `path` (a `.zarr` folder): the image `(pages..., channels,
+/// spatial...)` and `labels` (`([pages...,] spatial...)`), the page axes
+/// those `info.pages` names. `stacked` keeps them (otherwise the image has
+/// one page axis of length 1, left out, and the labels none).
 pub(crate) fn write_ome_zarr<T: ZarrElement>(
     path: &Path,
     image: &ArrayViewD<'_, T>,
@@ -98,36 +101,51 @@ fn write_into<T: ZarrElement>(
     labels: &Output,
     info: &LabelInfo<'_>,
 ) -> Result<(), String> {
-    let spatial = image.ndim() - 2;
-    let space = &"zyx"[3 - spatial..];
-    let page = if stacked { Some(info.page_axis) } else { None };
-    // The image, in NGFF's axis order t, c, z, y, x: (t, c, spatial...) for
-    // time points, (c, z, y, x) for the planes of a stack, (c, spatial...).
-    let channel = json!({"name": "c", "type": "channel"});
-    let (image_axes, image_view): (Vec<Value>, ArrayViewD<'_, T>) = match page {
-        Some('z') => {
-            let mut order: Vec<usize> = (0..image.ndim()).collect();
-            order.swap(0, 1);
-            let axes = [channel, axis('z')]
-                .into_iter()
-                .chain(space.chars().map(axis))
-                .collect();
-            (axes, image.view().permuted_axes(IxDyn(&order)))
-        }
-        Some(p) => {
-            let axes = [axis(p), channel]
-                .into_iter()
-                .chain(space.chars().map(axis))
-                .collect();
-            (axes, image.view())
-        }
-        None => {
-            let axes = std::iter::once(channel)
-                .chain(space.chars().map(axis))
-                .collect();
-            (axes, image.index_axis(ndarray::Axis(0), 0))
-        }
+    let page_count = if stacked {
+        info.pages.chars().count()
+    } else {
+        1
     };
+    let spatial = image.ndim().saturating_sub(page_count + 1);
+    let Some(space) = (2..=3).contains(&spatial).then(|| &"zyx"[3 - spatial..]) else {
+        return Err(format!(
+            "internal error: an image of shape {:?} for page axes {:?}",
+            image.shape(),
+            info.pages
+        ));
+    };
+    // The image, in NGFF's axis order t, c, z, y, x: the page axes and the
+    // channels ordered so ((t, c, spatial...) for time points, (c, z, y, x)
+    // for the planes of a stack, (t, c, z, y, x) for both), (c, spatial...)
+    // without pages.
+    let pages: Vec<char> = if stacked {
+        info.pages.chars().collect()
+    } else {
+        Vec::new()
+    };
+    let image = if stacked {
+        image.view()
+    } else {
+        image.index_axis(ndarray::Axis(0), 0)
+    };
+    let leading: Vec<char> = pages.iter().copied().chain(std::iter::once('c')).collect();
+    let rank = |l: char| "tcz".find(l).unwrap_or(3);
+    let mut order: Vec<usize> = (0..leading.len()).collect();
+    order.sort_by_key(|&i| rank(leading[i]));
+    let image_axes: Vec<Value> = order
+        .iter()
+        .map(|&i| match leading[i] {
+            'c' => json!({"name": "c", "type": "channel"}),
+            l => axis(l),
+        })
+        .chain(space.chars().map(axis))
+        .collect();
+    let full_order: Vec<usize> = order
+        .iter()
+        .copied()
+        .chain(leading.len()..image.ndim())
+        .collect();
+    let image_view = image.permuted_axes(IxDyn(&full_order));
     let image_axes = with_units(image_axes, info.micrometres);
     let base = base_scale(&image_axes, info.micrometres);
     let label_axes: Vec<Value> = image_axes

@@ -483,7 +483,15 @@ fn segment_file(
         .map_err(|m| (FileError::new(input, m), None))?
         .into_volume_for(info.spatial_dims, ctx.args.axes.as_deref());
     let shape = image.pixels.shape().to_vec();
-    let fail = |e: FileError| (e, Some(shape.clone()));
+    // Reported as the file has it (a hyperstack's time points and slices).
+    let file_shape: Vec<usize> = match image.merged_pages {
+        Some([(_, outer), (_, inner)]) => [outer, inner]
+            .into_iter()
+            .chain(shape.iter().skip(1).copied())
+            .collect(),
+        None => shape.clone(),
+    };
+    let fail = |e: FileError| (e, Some(file_shape.clone()));
     let axes = axes::choose_axes(
         ctx.args.axes.as_deref(),
         image.axes.as_deref(),
@@ -508,7 +516,15 @@ fn segment_file(
             let shape: Vec<usize> = pages.into_iter().chain(spatial.iter().copied()).collect();
             crate::write::check_png_shape(&shape).map_err(|m| fail(FileError::new(input, m)))?;
         }
-        let result = compute(ctx, input, &arranged).map_err(fail)?;
+        let mut result = compute(ctx, input, &arranged).map_err(fail)?;
+        // A hyperstack's time points and slices, segmented as one axis of
+        // pages, are two axes again in the result (its labels said one
+        // volume of every plane, the slices' spacing across time points).
+        let merged = image.merged_pages.filter(|_| arranged.stacked);
+        if let Some([(_, outer), (_, inner)]) = merged {
+            result.output = result.output.with_pages_split([outer, inner]).map_err(|m| fail(FileError::new(input, m)))?;
+        }
+        let pages = page_axes(info, &axes, merged);
         // The overlay first: the result's name is what --skip-existing
         // takes for a finished input, so it comes last.
         if let (Some(path), Some(classes)) = (overlay_path, &result.classes) {
@@ -520,13 +536,20 @@ fn segment_file(
             let label = ome_zarr::LabelInfo {
                 kind: zarr_label_kind(ctx),
                 classes: (ctx.args.output_kind == OutputMode::Labels).then_some(classes.as_slice()),
-                page_axis: page_axis(info, &axes),
+                pages: &pages,
                 levels: usize::try_from(ctx.args.levels).unwrap_or(1),
                 micrometres: image.calibration.as_ref().map_or([None; 3], |c| c.micrometres),
             };
-            ome_zarr::write_ome_zarr(output, &arranged.view, arranged.stacked, &result.output, &label).map_err(fail)?;
+            let image_view = match merged {
+                Some([(_, outer), (_, inner)]) => {
+                    let shape: Vec<usize> = [outer, inner].into_iter().chain(arranged.view.shape()[1..].iter().copied()).collect();
+                    arranged.view.to_shape(shape).map_err(|e| fail(FileError::new(input, format!("internal error: {e}"))))?
+                }
+                None => ndarray::CowArray::from(arranged.view.view()),
+            };
+            ome_zarr::write_ome_zarr(output, &image_view.view(), arranged.stacked, &result.output, &label).map_err(fail)?;
         } else {
-            let letters = result_axes(info, &axes, arranged.stacked, &result.output);
+            let letters = result_axes(&pages, info, arranged.stacked, &result.output);
             let tags = image.calibration.as_ref().and_then(|c| c.result_tags());
             let classes = class_names(&ctx.model);
             let name = input.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
@@ -539,27 +562,35 @@ fn segment_file(
         }
         result.objects
     });
-    Ok((shape, objects))
+    Ok((file_shape, objects))
 }
 
-/// The axis a stack's pages are in a result: a 2-D model reads `z` as
-/// pages; a 3-D model's batch is time.
-fn page_axis(info: &unet_rt::ModelInfo, axes: &str) -> char {
+/// The axes a stack's pages are in a result, lower case: a 2-D model
+/// reads `z` as pages; a 3-D model's batch is time; a hyperstack's time
+/// points and slices (`merged`) are both, in the file's order.
+fn page_axes(info: &unet_rt::ModelInfo, axes: &str, merged: Option<[(char, usize); 2]>) -> String {
+    if let Some([(outer, _), (inner, _)]) = merged {
+        return [outer, inner].iter().collect();
+    }
     if info.spatial_dims == 2 && axes.contains('z') {
-        'z'
+        "z".to_owned()
     } else {
-        't'
+        "t".to_owned()
     }
 }
 
-/// The axes of `output` in tifffile's letters: its pages ([`page_axis`])
+/// The axes of `output` in tifffile's letters: its `pages` ([`page_axes`])
 /// where `stacked`, the classes of float results, the model's spatial axes.
-fn result_axes(info: &unet_rt::ModelInfo, axes: &str, stacked: bool, output: &Output) -> String {
-    let pages = stacked.then(|| page_axis(info, axes).to_ascii_uppercase());
+fn result_axes(pages: &str, info: &unet_rt::ModelInfo, stacked: bool, output: &Output) -> String {
+    let pages = if stacked {
+        pages.to_ascii_uppercase()
+    } else {
+        String::new()
+    };
     let classes = matches!(output, Output::F32(_)).then_some('C');
     let spatial = if info.spatial_dims == 3 { "ZYX" } else { "YX" };
     pages
-        .into_iter()
+        .chars()
         .chain(classes)
         .chain(spatial.chars())
         .collect()

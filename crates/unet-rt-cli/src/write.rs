@@ -27,7 +27,6 @@ pub(crate) enum Output {
 }
 
 impl Output {
-    /// The result's shape.
     /// OME's name of the element type.
     fn ome_type(&self) -> &'static str {
         match self {
@@ -38,6 +37,7 @@ impl Output {
         }
     }
 
+    /// The result's shape.
     pub(crate) fn shape(&self) -> &[usize] {
         match self {
             Self::U8(a) => a.shape(),
@@ -45,6 +45,37 @@ impl Output {
             Self::U32(a) => a.shape(),
             Self::F32(a) => a.shape(),
         }
+    }
+}
+
+impl Output {
+    /// The result with its first axis (the pages of a stack) split in two
+    /// of lengths `split` (slowest first, C order), where the input's time
+    /// points and slices were merged into one axis of pages.
+    pub(crate) fn with_pages_split(self, split: [usize; 2]) -> Result<Self, String> {
+        fn split_first<T: Clone>(a: ArrayD<T>, split: [usize; 2]) -> Result<ArrayD<T>, String> {
+            let shape = a.shape().to_vec();
+            if shape.first() != split[0].checked_mul(split[1]).as_ref() {
+                return Err(format!(
+                    "internal error: cannot split the pages of a result of shape {shape:?} into {split:?}"
+                ));
+            }
+            let new: Vec<usize> = split.iter().chain(&shape[1..]).copied().collect();
+            let standard = if a.is_standard_layout() {
+                a
+            } else {
+                a.as_standard_layout().into_owned()
+            };
+            standard.into_shape_with_order(new).map_err(|e| {
+                format!("internal error: cannot split the pages of shape {shape:?}: {e}")
+            })
+        }
+        Ok(match self {
+            Self::U8(a) => Self::U8(split_first(a, split)?),
+            Self::U16(a) => Self::U16(split_first(a, split)?),
+            Self::U32(a) => Self::U32(split_first(a, split)?),
+            Self::F32(a) => Self::F32(split_first(a, split)?),
+        })
     }
 }
 

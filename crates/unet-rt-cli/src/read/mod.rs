@@ -140,6 +140,10 @@ pub(crate) struct Image {
     pub pages_named: bool,
     /// The physical size of its pixels, where a TIFF says it.
     pub calibration: Option<Calibration>,
+    /// Where [`Image::into_pages_for`] merged time points and slices into
+    /// one axis of pages: the two axes it was (`t` or `z`, and its length,
+    /// slowest first), which the results are split back into.
+    pub merged_pages: Option<[(char, usize); 2]>,
 }
 
 impl Image {
@@ -158,7 +162,18 @@ impl Image {
         if spatial_dims != 2 || given.is_some() || !self.axes.as_deref().is_some_and(both) {
             return Ok(self);
         }
+        let shape = self.pixels.shape();
+        let letter = |axis: Option<char>| if axis == Some('b') { 't' } else { 'z' };
+        let axes = self.axes.as_deref().unwrap_or_default();
+        let merged_pages = match (shape.first(), shape.get(1)) {
+            (Some(&outer), Some(&inner)) => Some([
+                (letter(axes.chars().next()), outer),
+                (letter(axes.chars().nth(1)), inner),
+            ]),
+            _ => None,
+        };
         Ok(Self {
+            merged_pages,
             pixels: self.pixels.with_first_axes_merged()?,
             axes: self
                 .axes
@@ -187,6 +202,7 @@ impl Image {
             axes: self.axes.map(|axes| format!("z{axes}")),
             pages_named: self.pages_named,
             calibration: self.calibration,
+            merged_pages: self.merged_pages,
         }
     }
 }

@@ -85,6 +85,7 @@ pub(super) fn read_npy(file: File, file_len: u64, memory: Memory) -> Result<Imag
         axes: None,
         pages_named: false,
         calibration: None,
+        merged_pages: None,
     })
 }
 

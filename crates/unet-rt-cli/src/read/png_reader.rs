@@ -132,6 +132,7 @@ pub(super) fn read_png(file: File, file_len: u64, memory: Memory) -> Result<Imag
         axes: Some(axes.to_owned()),
         pages_named: false,
         calibration: None,
+        merged_pages: None,
     })
 }
 

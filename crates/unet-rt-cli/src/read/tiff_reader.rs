@@ -231,6 +231,7 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
         axes,
         pages_named,
         calibration,
+        merged_pages: None,
     })
 }
 
