@@ -920,6 +920,14 @@ def test_a_file_size_limit_fails_one_result_not_the_batch(cli, tmp_path):
                           shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=TIMEOUT)
     assert_refused(proc, "b.npy", "File too large")
     assert sorted(p.name for p in out.iterdir()) == ["a.tif"]
+    # The overlay, written first, went on beside no result (from an audit).
+    overlays = tmp_path / "overlays"
+    overlays.mkdir()
+    proc = subprocess.run(f"ulimit -f 100; exec '{cli}' segment '{large}' '{small}' -o '{overlays}' --device cpu "
+                          "--overlay", shell=True, executable="/bin/bash", capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert_refused(proc, "b.npy", "b.tif: File too large")
+    assert sorted(p.name for p in overlays.iterdir()) == ["a.tif", "a_overlay.png"]
 
 
 def test_inputs_after_the_output_folder_is_removed_fail_before_they_are_segmented(cli, tmp_path):

@@ -525,13 +525,22 @@ fn segment_file(
             result.output = result.output.with_pages_split([outer, inner]).map_err(|m| fail(FileError::new(input, m)))?;
         }
         let pages = page_axes(info, &axes, merged);
+        let image_view = match merged {
+            Some([(_, outer), (_, inner)]) if ctx.args.format == Format::Zarr => {
+                let shape: Vec<usize> = [outer, inner].into_iter().chain(arranged.view.shape()[1..].iter().copied()).collect();
+                arranged.view.to_shape(shape).map_err(|e| fail(FileError::new(input, format!("internal error: {e}"))))?
+            }
+            _ => ndarray::CowArray::from(arranged.view.view()),
+        };
         // The overlay first: the result's name is what --skip-existing
         // takes for a finished input, so it comes last.
+        let mut overlay_written = None;
         if let (Some(path), Some(classes)) = (overlay_path, &result.classes) {
             let plane = middle_plane(arranged.view.index_axis(Axis(1), 0)).map_err(|m| fail(FileError::new(input, m)))?;
             overlay::write_overlay(path, plane, classes.view(), &result.read_out).map_err(fail)?;
+            overlay_written = Some(path);
         }
-        if ctx.args.format == Format::Zarr {
+        let written = if ctx.args.format == Format::Zarr {
             let classes = class_names(&ctx.model);
             let label = ome_zarr::LabelInfo {
                 kind: zarr_label_kind(ctx),
@@ -540,14 +549,7 @@ fn segment_file(
                 levels: usize::try_from(ctx.args.levels).unwrap_or(1),
                 micrometres: image.calibration.as_ref().map_or([None; 3], |c| c.micrometres),
             };
-            let image_view = match merged {
-                Some([(_, outer), (_, inner)]) => {
-                    let shape: Vec<usize> = [outer, inner].into_iter().chain(arranged.view.shape()[1..].iter().copied()).collect();
-                    arranged.view.to_shape(shape).map_err(|e| fail(FileError::new(input, format!("internal error: {e}"))))?
-                }
-                None => ndarray::CowArray::from(arranged.view.view()),
-            };
-            ome_zarr::write_ome_zarr(output, &image_view.view(), arranged.stacked, &result.output, &label).map_err(fail)?;
+            ome_zarr::write_ome_zarr(output, &image_view.view(), arranged.stacked, &result.output, &label)
         } else {
             let letters = result_axes(&pages, info, arranged.stacked, &result.output);
             let tags = image.calibration.as_ref().and_then(|c| c.result_tags());
@@ -558,7 +560,15 @@ fn segment_file(
                 channel_names: &classes,
                 name: &name,
             };
-            write_output(output, &result.output, ctx.args.format, &letters, tags, &ome).map_err(fail)?;
+            write_output(output, &result.output, ctx.args.format, &letters, tags, &ome)
+        };
+        if let Err(e) = written {
+            // The overlay of a result that could not be written would stay
+            // beside nothing (a full disk, a file size limit).
+            if let Some(path) = overlay_written {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(fail(e));
         }
         result.objects
     });
