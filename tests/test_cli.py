@@ -320,6 +320,63 @@ def test_skip_existing_resumes_a_folder(tiny_model_path, cli, tmp_path):
             assert json.loads(again.stdout)["status"] == "ok" and result.read_bytes() == whole, (fmt, cut, again.stdout)
 
 
+def test_a_run_over_several_inputs_closes_with_its_totals(tiny_model_path, cli, tmp_path):
+    # Dozens of lines were to be counted to know how a folder went (from an audit).
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2):
+        tifffile.imwrite(src / f"img{i}.tif", random_image((50, 50), np.uint8, 60 + i))
+    (src / "broken.tif").write_bytes(b"II*\x00")
+    out = tmp_path / "out"
+    first = run([cli, "segment", src, "-m", tiny_model_path, "-o", out])
+    assert first.returncode == 1 and first.stdout.splitlines()[-1] == "3 inputs: 2 written, 1 failed (errors above)"
+    again = run([cli, "segment", src, "-m", tiny_model_path, "-o", out, "--skip-existing"])
+    assert again.stdout.splitlines()[-1] == "3 inputs: 0 written, 2 skipped, 1 failed (errors above)", again.stdout
+    one = run([cli, "segment", src / "img0.tif", "-m", tiny_model_path, "-o", out])
+    assert one.returncode == 0 and len(one.stdout.splitlines()) == 1 and "inputs:" not in one.stdout
+    for flag in ("--json", "-q"):
+        proc = run([cli, "segment", src, "-m", tiny_model_path, "-o", out, flag])
+        assert "inputs:" not in proc.stdout, (flag, proc.stdout)
+
+
+@pytest.mark.parametrize("fmt", ["tif", "png", "zarr"])
+def test_skip_existing_does_not_take_another_inputs_result_for_done(tiny_model_path, cli, tmp_path, fmt):
+    """From an audit: `a.tif` segmented alone, then its folder resumed, and
+    `a.npy` (the first of the names that share the result `a.tif`) was
+    skipped: its result held `a.tif`'s labels. Results record their input's
+    name (TIFF DocumentName, a PNG text chunk, the store's mark)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    tifffile.imwrite(src / "a.tif", random_image((50, 50), np.uint8, 61))
+    np.save(src / "a.npy", random_image((50, 50), np.uint8, 62))
+    tifffile.imwrite(src / "é b%.tif", random_image((50, 50), np.uint8, 63))
+    out = tmp_path / "out"
+
+    def segment(*inputs) -> dict:
+        proc = run([cli, "segment", *inputs, "-m", tiny_model_path, "-o", out, "--json", "--skip-existing",
+                    "--format", fmt])
+        return {Path(r["input"]).name: r["status"] for r in map(json.loads, proc.stdout.splitlines())}
+
+    assert segment(src / "a.tif", src / "é b%.tif") == {"a.tif": "ok", "é b%.tif": "ok"}
+    assert segment(src / "a.tif", src / "é b%.tif") == {"a.tif": "skipped", "é b%.tif": "skipped"}
+    # The folder: a.npy comes first and is segmented over a.tif's result; a.tif is refused (the clash).
+    assert segment(src) == {"a.npy": "ok", "a.tif": "failed", "é b%.tif": "skipped"}
+    want = unet_rt.segment(np.load(src / "a.npy"), tiny_model_path, device="cpu")
+    if fmt == "zarr":
+        import zarr
+
+        got = zarr.open_group(out / "a.zarr", mode="r")["labels/labels/0"][:]
+    elif fmt == "png":
+        got = np.asarray(Image.open(out / "a.png"))
+    else:
+        got = tifffile.imread(out / "a.tif")
+    np.testing.assert_array_equal(got, want)
+    assert segment(src / "a.npy") == {"a.npy": "skipped"}
+    if fmt == "tif":
+        with tifffile.TiffFile(out / "a.tif") as tif:
+            assert tif.pages[0].tags["DocumentName"].value == "a.npy"
+
+
 @pytest.mark.parametrize("fmt", ["tif", "npy", "png"])
 def test_skip_existing_does_not_take_another_output_kind_for_done(tiny_model_path, cli, tmp_path, fmt):
     """A result's name depends on the input and the format only: instances

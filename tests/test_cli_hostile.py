@@ -322,7 +322,13 @@ def test_files_whose_description_declares_other_pages_are_refused(cli, tmp_path)
         tif.write(stack[0])
         tif.write(stack, photometric="minisblack", metadata={"axes": "ZYX"})
     tifffile.imwrite(tmp_path / "yxc.tif", np.moveaxis(stack[:2], 0, -1))
-    for name, said in [("imagej", "declares 3 planes, but the file holds 1 page(s)"),
+    # Series of unlike pages said "only stacks of equal pages are read" (from an audit).
+    with tifffile.TiffWriter(tmp_path / "unlike.tif") as tif:
+        tif.write(stack[:2], photometric="minisblack")
+        tif.write(stack[0, :30], photometric="minisblack")
+    for name, said in [("unlike", "covers the first 2 page(s), and page 3 is unlike them: the file holds several "
+                                  "images (series), which are not read as one"),
+                       ("imagej", "declares 3 planes, but the file holds 1 page(s)"),
                        ("truncated", "declares 3 planes, but the file holds 1 page(s)"),
                        ("series.ome", "holds 2 images (series)"),
                        ("yxc", "cannot tell the axes of an array of shape [48, 40, 2]")]:

@@ -245,11 +245,13 @@ pub(crate) struct SegmentArgs {
     pub overlay: bool,
     /// Skip inputs whose result file (and overlay, with --overlay) already exists
     /// and holds this run's output kind (by its element type: labels, instance
-    /// ids or float output; for zarr, the kind and --levels its store records);
-    /// resumes an interrupted folder. The files are otherwise taken as they are
-    /// (another model's labels count as done, and a model of more than 256
-    /// classes stores labels as uint16, as instance ids are stored: its two
-    /// kinds of TIFF, PNG or NPY result are not told apart).
+    /// ids or float output; for zarr, the kind and --levels its store records)
+    /// for this input (TIFF, PNG and zarr results record the input's file name:
+    /// a.tif's result is not a.npy's); resumes an interrupted folder. The files
+    /// are otherwise taken as they are (another model's labels count as done, as
+    /// do NPY results of another input, and a model of more than 256 classes
+    /// stores labels as uint16, as instance ids are stored: its two kinds of
+    /// TIFF, PNG or NPY result are not told apart).
     #[arg(long)]
     pub skip_existing: bool,
     /// One JSON summary line per input on stdout, instead of text.

@@ -356,6 +356,9 @@ pub(crate) struct StoreMark {
     pub output: String,
     /// Resolution levels.
     pub levels: u64,
+    /// The input's name ([`crate::write::source_name`]); `None` in stores
+    /// written before results recorded it.
+    pub source: Option<String>,
 }
 
 /// The mark of the `.zarr` result at `path` ([`STORE_MARK`] in its top
@@ -375,6 +378,10 @@ pub(crate) fn result_store(path: &Path) -> Option<StoreMark> {
     Some(StoreMark {
         output: mark.get("output")?.as_str()?.to_owned(),
         levels: mark.get("levels")?.as_u64()?,
+        source: mark
+            .get("source")
+            .and_then(|s| s.as_str())
+            .map(str::to_owned),
     })
 }
 

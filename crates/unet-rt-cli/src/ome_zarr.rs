@@ -78,6 +78,8 @@ pub(crate) struct LabelInfo<'a> {
     /// A pixel's size in micrometres along `z`, `y` and `x`, where the
     /// input says it: the scale of level 0, and the axes' unit.
     pub micrometres: [Option<f64>; 3],
+    /// The input's name as results record it ([`crate::write::source_name`]).
+    pub source: &'a str,
 }
 
 /// Writes `path` (a `.zarr` folder): the image `(pages..., channels,
@@ -165,7 +167,7 @@ fn write_into<T: ZarrElement>(
         json!({
             "ome": {"version": "0.5", "multiscales": [multiscales("image", &image_axes, &image_halved, levels, &base)]},
             // What makes the store a result of this tool (see `atomic::result_store`).
-            crate::atomic::STORE_MARK: {"output": info.kind, "levels": levels},
+            crate::atomic::STORE_MARK: {"output": info.kind, "levels": levels, "source": info.source},
         }),
     )?;
     write_levels(root, &image_view, &image_axes, &image_halved, levels)?;

@@ -45,11 +45,11 @@ pub(crate) fn write_overlay<T: Pixel>(
     );
     write_png_bytes(
         path,
-        w32,
-        h32,
+        (w32, h32),
         png::ColorType::Rgb,
         png::BitDepth::Eight,
         &rgb,
+        None,
     )
 }
 

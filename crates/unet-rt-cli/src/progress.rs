@@ -48,8 +48,14 @@ impl Bars {
     pub(crate) fn start_file(&self, name: &str, tiles: usize) {
         self.files.set_message(name.to_owned());
         self.tiles.reset();
-        self.tiles
-            .set_length(u64::try_from(tiles).unwrap_or(u64::MAX));
+        // Not yet counted (0): no length, where a length of 0 drew a full
+        // bar at "0/0" before each image's tiles were counted.
+        if tiles == 0 {
+            self.tiles.unset_length();
+        } else {
+            self.tiles
+                .set_length(u64::try_from(tiles).unwrap_or(u64::MAX));
+        }
         self.tiles.set_position(0);
     }
 
@@ -58,6 +64,9 @@ impl Bars {
     pub(crate) fn tile_callback(&self) -> ProgressFn {
         let tiles = self.tiles.clone();
         Arc::new(move |p: Progress| {
+            if tiles.length().is_none() {
+                tiles.set_length(u64::try_from(p.total).unwrap_or(u64::MAX));
+            }
             tiles.set_position(u64::try_from(p.done).unwrap_or(u64::MAX));
         })
     }

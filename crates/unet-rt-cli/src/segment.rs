@@ -18,7 +18,7 @@ use crate::ome_tiff::OmeResult;
 use crate::progress::Bars;
 use crate::read::{read_image, with_pixels};
 use crate::report::{self, Report, Status};
-use crate::write::{write_output, Output};
+use crate::write::{source_name, write_output, Output};
 use crate::{atomic, inputs, interrupt, loader, ome_zarr, output, overlay, panics};
 
 /// Everything a single input needs.
@@ -85,6 +85,8 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
         .collect();
     let mut claimed: HashMap<PathBuf, PathBuf> = HashMap::new();
     let mut failures = 0usize;
+    // Written and skipped inputs, for the closing totals.
+    let (mut written, mut skipped) = (0usize, 0usize);
     let mut found = found.into_iter();
     for item in found.by_ref() {
         if interrupt::requested() {
@@ -96,8 +98,11 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
             Ok(input) => process_caught(&context, &input, &all_inputs, &mut claimed),
         };
         bars.file_done();
-        if matches!(report.status, Status::Failed) {
-            failures += 1;
+        match report.status {
+            Status::Failed => failures += 1,
+            Status::Ok => written += 1,
+            Status::Skipped => skipped += 1,
+            Status::Cancelled => {}
         }
         if let Some(error) = report
             .error
@@ -128,7 +133,24 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
         output::stderr_line("unet-rt: interrupted; results written so far are complete");
         return Ok(interrupt::exit_status());
     }
+    // Closing totals for people: dozens of lines were to be counted.
+    let inputs = written + skipped + failures;
+    if !args.json && !args.quiet && inputs > 1 {
+        output::stdout_line(&totals_line(written, skipped, failures));
+    }
     Ok(if failures == 0 { EXIT_OK } else { EXIT_FAILURE })
+}
+
+/// The closing line of a run over several inputs: `5 inputs: 3 written, 1
+/// skipped, 1 failed` (categories with none left out, but the written).
+fn totals_line(written: usize, skipped: usize, failed: usize) -> String {
+    let mut line = format!("{} inputs: {written} written", written + skipped + failed);
+    for (n, what) in [(skipped, "skipped"), (failed, "failed (errors above)")] {
+        if n > 0 {
+            line.push_str(&format!(", {n} {what}"));
+        }
+    }
+    line
 }
 
 /// The `cancelled` JSON line of an input an interruption left unstarted
@@ -394,12 +416,17 @@ fn process(
     // name that is neither is no result), and the overlay asked for (a run
     // without --overlay before left none, and resuming skipped it).
     // Looked at only for --skip-existing (it reads the result's header).
+    // Its kind (and a store's levels) as this run's, and this input's: a
+    // result recording another input's name (`a.tif`'s, where the input is
+    // `a.npy`) is not this one's.
+    let source = source_name(&input.file_name().unwrap_or_default().to_string_lossy());
     let finished = || match ctx.args.format {
-        // Its kind and levels as this run's (any store was taken).
         Format::Zarr => atomic::result_store(&output).is_some_and(|mark| {
-            mark.output == zarr_label_kind(ctx) && mark.levels == ctx.args.levels.max(1)
+            mark.output == zarr_label_kind(ctx)
+                && mark.levels == ctx.args.levels.max(1)
+                && mark.source.is_none_or(|s| s == source)
         }),
-        _ => output.is_file() && holds_this_kind(ctx, &output),
+        _ => output.is_file() && holds_this_kind(ctx, &output, &source),
     } && overlay.as_deref().is_none_or(Path::is_file);
     if ctx.args.skip_existing && finished() {
         let mut report = Report::new(input, Status::Skipped);
@@ -447,12 +474,16 @@ type FileResult<T> = Result<T, (FileError, Option<Vec<usize>>)>;
 /// Whether the result file at `output` holds this run's output kind, by
 /// the element type its header declares: labels (uint8, or uint16 beyond
 /// 256 classes), instance ids (uint16 or uint32), probabilities and raw
-/// output (float32). `--skip-existing` counted a result of another kind
-/// (`-k instances` before, `-k labels` now) as done.
-fn holds_this_kind(ctx: &Context<'_>, output: &Path) -> bool {
-    let Some(element) = crate::read::stored_element(output) else {
+/// output (float32), recording `source` as its input where it records one.
+/// `--skip-existing` counted a result of another kind (`-k instances`
+/// before, `-k labels` now) as done, and another input's result.
+fn holds_this_kind(ctx: &Context<'_>, output: &Path, source: &str) -> bool {
+    let Some((element, recorded)) = crate::read::stored_result(output) else {
         return false;
     };
+    if recorded.is_some_and(|r| r != source) {
+        return false;
+    }
     match ctx.args.output_kind {
         // `u16` when the objects fit, else `u32` (see `instances`).
         OutputMode::Instances => matches!(element, "uint16" | "uint32"),
@@ -548,6 +579,7 @@ fn segment_file(
                 pages: &pages,
                 levels: usize::try_from(ctx.args.levels).unwrap_or(1),
                 micrometres: image.calibration.as_ref().map_or([None; 3], |c| c.micrometres),
+                source: &source_name(&input.file_name().unwrap_or_default().to_string_lossy()),
             };
             ome_zarr::write_ome_zarr(output, &image_view.view(), arranged.stacked, &result.output, &label)
         } else {

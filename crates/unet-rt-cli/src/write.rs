@@ -79,6 +79,30 @@ impl Output {
     }
 }
 
+/// The input's file name as a result records it (TIFF's `DocumentName`,
+/// a PNG `tEXt` chunk `Source`, an OME-Zarr result's mark): bytes outside
+/// printable ASCII and `%` percent-encoded, since TIFF's text is ASCII.
+/// `--skip-existing` takes a result for done only where it records the
+/// input's name: `a.tif`'s result was taken for `a.npy`'s.
+pub(crate) fn source_name(file_name: &str) -> String {
+    let mut out = String::with_capacity(file_name.len());
+    for byte in file_name.bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// TIFF's `DocumentName` tag (269), which the tiff crate does not name:
+/// where a TIFF result records its input.
+pub(crate) const DOCUMENT_NAME: Tag = Tag::Unknown(269);
+
+/// The keyword of the PNG text chunk that records a result's input.
+pub(crate) const PNG_SOURCE_KEYWORD: &str = "Source";
+
 /// TIFF files beyond this size are written as BigTIFF (classic TIFF offsets
 /// are 32-bit; the margin leaves room for the directories).
 const BIGTIFF_FROM: usize = 4_000_000_000;
@@ -119,9 +143,11 @@ pub(crate) fn write_output(
                 .then(|| ome_tiff::ome_xml(output.shape(), axes, output.ome_type(), ome))
                 .flatten()
                 .unwrap_or_else(|| shape_description(output.shape(), axes));
+            let source = source_name(ome.name);
             let page = Page {
                 description: &described,
                 tags,
+                source: &source,
             };
             write_atomically(path, |w| match output {
                 Output::U8(a) => write_tiff::<colortype::Gray8, _>(w, a, page),
@@ -130,7 +156,7 @@ pub(crate) fn write_output(
                 Output::F32(a) => write_tiff::<colortype::Gray32Float, _>(w, a, page),
             })
         }
-        Format::Png => write_png(path, output),
+        Format::Png => write_png(path, output, &source_name(ome.name)),
         // Written with the image, by `ome_zarr::write_ome_zarr`.
         Format::Zarr => Err(FileError::new(
             path,
@@ -176,6 +202,8 @@ struct Page<'a> {
     /// The first page's description (the result's shape and axes).
     description: &'a str,
     tags: Option<ResolutionTags>,
+    /// The first page's `DocumentName`: the input's name ([`source_name`]).
+    source: &'a str,
 }
 
 fn write_tiff<C, W>(w: &mut W, array: &ArrayD<C::Inner>, page: Page<'_>) -> Result<(), String>
@@ -234,6 +262,10 @@ where
                 .encoder()
                 .write_tag(Tag::ImageDescription, described.description)
                 .map_err(|e| e.to_string())?;
+            image
+                .encoder()
+                .write_tag(DOCUMENT_NAME, described.source)
+                .map_err(|e| e.to_string())?;
         }
         if let Some(((xn, xd), (yn, yd), unit)) = described.tags {
             image.x_resolution(Rational { n: xn, d: xd });
@@ -258,7 +290,7 @@ pub(crate) fn check_png_shape(shape: &[usize]) -> Result<(), String> {
 }
 
 /// PNG holds one 2-D gray image of 8 or 16 bits.
-fn write_png(path: &Path, output: &Output) -> Result<(), FileError> {
+fn write_png(path: &Path, output: &Output, source: &str) -> Result<(), FileError> {
     let fail = |m: String| FileError::new(path, m);
     let shape = output.shape();
     check_png_shape(shape).map_err(fail)?;
@@ -292,27 +324,33 @@ fn write_png(path: &Path, output: &Output) -> Result<(), FileError> {
     };
     write_png_bytes(
         path,
-        width,
-        height,
+        (width, height),
         png::ColorType::Grayscale,
         depth,
         &bytes,
+        Some(source),
     )
 }
 
-/// Writes raw PNG sample bytes (big-endian for 16 bits).
+/// Writes raw PNG sample bytes (big-endian for 16 bits), with the input's
+/// name ([`source_name`]) in a text chunk where `source` is given.
 pub(crate) fn write_png_bytes(
     path: &Path,
-    width: u32,
-    height: u32,
+    (width, height): (u32, u32),
     color: png::ColorType,
     depth: png::BitDepth,
     bytes: &[u8],
+    source: Option<&str>,
 ) -> Result<(), FileError> {
     write_atomically(path, |w| {
         let mut encoder = png::Encoder::new(w, width, height);
         encoder.set_color(color);
         encoder.set_depth(depth);
+        if let Some(source) = source {
+            encoder
+                .add_text_chunk(PNG_SOURCE_KEYWORD.to_owned(), source.to_owned())
+                .map_err(|e| e.to_string())?;
+        }
         let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
         writer.write_image_data(bytes).map_err(|e| e.to_string())?;
         writer.finish().map_err(|e| e.to_string())

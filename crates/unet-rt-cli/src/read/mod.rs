@@ -228,14 +228,17 @@ pub(crate) fn read_image(path: &Path) -> Result<Image, String> {
     }
 }
 
-/// numpy's name of the element type a result file holds (`--skip-existing`
-/// tells another output kind's result from this run's by it); `None` where
-/// it cannot be read or holds less than it declares (an NPY's data, a
-/// TIFF's pages and strips, a PNG's rows and end).
-pub(crate) fn stored_element(path: &Path) -> Option<&'static str> {
+/// What a result file says of itself: numpy's name of the element type it
+/// holds (`--skip-existing` tells another output kind's result from this
+/// run's by it) and the input it records (see
+/// [`crate::write::source_name`]; `None` for NPY results and those written
+/// before results recorded it). `None` where it cannot be read or holds
+/// less than it declares (an NPY's data, a TIFF's pages and strips, a
+/// PNG's rows and end).
+pub(crate) fn stored_result(path: &Path) -> Option<(&'static str, Option<String>)> {
     let (file, len) = open(path).ok()?;
     match extension(path).as_str() {
-        "npy" => npy_reader::npy_element(file, len),
+        "npy" => npy_reader::npy_element(file, len).map(|e| (e, None)),
         "png" => png_reader::png_element(file),
         "tif" | "tiff" => tiff_reader::tiff_element(file, len),
         _ => None,

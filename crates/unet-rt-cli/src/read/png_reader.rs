@@ -23,7 +23,7 @@ const DEFLATE_MAX_RATIO: u64 = 1032;
 /// atomically: a copy or a full disk elsewhere) is no finished result, and
 /// `--skip-existing` took one for done by its header and left it
 /// unreadable.
-pub(super) fn png_element(file: File) -> Option<&'static str> {
+pub(super) fn png_element(file: File) -> Option<(&'static str, Option<String>)> {
     let mut reader = png::Decoder::new(BufReader::new(file)).read_info().ok()?;
     let info = reader.info();
     if info.color_type != png::ColorType::Grayscale {
@@ -36,7 +36,13 @@ pub(super) fn png_element(file: File) -> Option<&'static str> {
     };
     while reader.next_row().ok()?.is_some() {}
     reader.finish().ok()?;
-    Some(element)
+    let source = reader
+        .info()
+        .uncompressed_latin1_text
+        .iter()
+        .find(|chunk| chunk.keyword == crate::write::PNG_SOURCE_KEYWORD)
+        .map(|chunk| chunk.text.clone());
+    Some((element, source))
 }
 
 /// Reads a PNG of `file_len` bytes. A transparent colour (tRNS) of a gray

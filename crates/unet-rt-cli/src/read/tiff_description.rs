@@ -135,6 +135,11 @@ pub(super) fn declared_pages(
     Ok((shape.ends_with(page) && one > 0 && all % one == 0).then_some(all / one))
 }
 
+/// What a file of several images (series) is told.
+pub(super) const SERIES: &str =
+    "the file holds several images (series), which are not read as one; save each \
+     as its own file (tifffile.imread(path, series=n) reads the n-th)";
+
 /// Why a file of `pages` pages whose description says its image takes
 /// `declared` (see [`declared_pages`]) is not read.
 pub(super) fn pages_differ(declared: usize, pages: usize) -> String {
@@ -145,11 +150,7 @@ pub(super) fn pages_differ(declared: usize, pages: usize) -> String {
              files is not read; save it with one page per plane (tifffile.imwrite(path, stack)) or as OME-Zarr"
         )
     } else {
-        format!(
-            "its description covers the first {declared} of its {pages} pages: the file holds several images \
-             (series), which are not read as one; save each as its own file (tifffile.imread(path, \
-             series=n) reads the n-th)"
-        )
+        format!("its description covers the first {declared} of its {pages} pages: {SERIES}")
     }
 }
 

@@ -18,7 +18,7 @@ use tiff::tags::Tag;
 use tiff::ColorType;
 
 use super::tiff_description::{
-    contiguous_axes, declared_pages, describe_pages, pages_differ, shaped, PageAxes,
+    contiguous_axes, declared_pages, describe_pages, pages_differ, shaped, PageAxes, SERIES,
 };
 use super::tiff_planar::{read_planar, PlaneGrid};
 use super::{calibration, refuse_empty, Calibration, Image, Pixels};
@@ -51,17 +51,22 @@ fn first_directory_is_none(header: &[u8]) -> bool {
 /// short (not by this tool, which writes atomically: a copy or a full disk
 /// elsewhere) is no finished result; `--skip-existing` took one for done by
 /// its first page and left it unreadable.
-pub(super) fn tiff_element(file: File, file_len: u64) -> Option<&'static str> {
+pub(super) fn tiff_element(file: File, file_len: u64) -> Option<(&'static str, Option<String>)> {
     let mut decoder = Decoder::new(BufReader::new(file)).ok()?;
     let (page, _) = plan(&mut decoder, file_len, Memory::unlimited()).ok()?;
-    match (page.samples, page.kind) {
+    decoder.seek_to_image(0).ok()?;
+    let source = decoder
+        .get_tag_ascii_string(crate::write::DOCUMENT_NAME)
+        .ok();
+    let element = match (page.samples, page.kind) {
         (1, Samples::Uint(8)) => Some("uint8"),
         (1, Samples::Uint(16)) => Some("uint16"),
         (1, Samples::Uint(32)) => Some("uint32"),
         (1, Samples::Float(32)) => Some("float32"),
         (1, Samples::Float(64)) => Some("float64"),
         _ => None,
-    }
+    }?;
+    Some((element, source))
 }
 
 /// Reads every page of a TIFF file of `file_len` bytes. Pages must share size
@@ -364,6 +369,24 @@ fn plan(
         ))
     };
     within_file(needed, 1)?;
+    // The pages the first image's description covers, where it says: a
+    // page unlike the first beyond them starts another image (series).
+    let first_covers = decoder
+        .get_tag_ascii_string(Tag::ImageDescription)
+        .ok()
+        .and_then(|text| {
+            let (h, w) = (
+                saturating_usize(first.height.into()),
+                saturating_usize(first.width.into()),
+            );
+            let samples = usize::from(first.samples);
+            let shape = if samples == 1 {
+                vec![h, w]
+            } else {
+                vec![h, w, samples]
+            };
+            declared_pages(&text, &shape, samples).ok().flatten()
+        });
     let mut read = vec![0usize];
     let mut index = 0usize;
     while decoder.more_images() {
@@ -376,6 +399,14 @@ fn plan(
         let (page, page_needs) = check_page(decoder, index, file_len, memory)?;
         needed = needed.saturating_add(page_needs);
         within_file(needed, pages + 1)?;
+        let unlike = (page.width, page.height, page.samples, page.kind)
+            != (first.width, first.height, first.samples, first.kind);
+        if let (true, Some(covered)) = (unlike, first_covers.filter(|&d| d == pages)) {
+            return Err(format!(
+                "its description covers the first {covered} page(s), and page {} is unlike them: {SERIES}",
+                index + 1
+            ));
+        }
         if (page.width, page.height, page.samples) != (first.width, first.height, first.samples) {
             return Err(format!(
                 "page {} is {}x{} with {} sample(s), page 1 is {}x{} with {} (only stacks of equal pages are read)",
