@@ -69,6 +69,12 @@ pub(crate) fn open_zip<R: Read + Seek>(mut reader: R, origin: &Path) -> Result<Z
     ZipArchive::new(reader).map_err(|e| {
         let reason = match read.ok().and_then(|()| sniff(&head, origin)) {
             Some(what) => format!("it is {what}"),
+            // A zip's first entry, no directory: the file was cut short,
+            // which "not a TorchScript archive" did not say.
+            None if head.starts_with(b"PK\x03\x04") => format!(
+                "a zip archive without its directory (which comes last): cut short, copied or downloaded \
+                 in part? ({e})"
+            ),
             None => format!("not a TorchScript archive (a zip file is expected): {e}"),
         };
         invalid(origin, reason)
@@ -737,6 +743,9 @@ mod tests {
         }
         // Nothing recognised: the zip reader's own words.
         assert!(said(b"just some text", "m.pt").contains("a zip file is expected"));
+        // The first half of a real archive.
+        let whole = code_archive(&[("m/code/a.py", &"x = 1\n".repeat(500))]).into_inner().into_inner();
+        assert!(said(&whole[..whole.len() / 2], "m.pt").contains("cut short"));
         // A zip archive is read from its start whatever was sniffed.
         let zip = code_archive(&[("m/code/a.py", "x")]).into_inner();
         assert!(open_zip(zip, Path::new("m.pt")).is_ok());
