@@ -375,6 +375,11 @@ def test_skip_existing_does_not_take_another_inputs_result_for_done(tiny_model_p
     if fmt == "tif":
         with tifffile.TiffFile(out / "a.tif") as tif:
             assert tif.pages[0].tags["DocumentName"].value == "a.npy"
+        with tifffile.TiffFile(out / "é b%.tif") as tif:  # TIFF text is ASCII: percent-encoded
+            assert tif.pages[0].tags["DocumentName"].value == "%C3%A9 b%25.tif"
+    elif fmt == "png":
+        with Image.open(out / "a.png") as png:
+            assert png.text["unet-rt input"] == "a.npy"
 
 
 @pytest.mark.parametrize("fmt", ["tif", "npy", "png"])

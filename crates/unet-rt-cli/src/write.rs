@@ -80,7 +80,7 @@ impl Output {
 }
 
 /// The input's file name as a result records it (TIFF's `DocumentName`,
-/// a PNG `tEXt` chunk `Source`, an OME-Zarr result's mark): bytes outside
+/// a PNG `tEXt` chunk `unet-rt input`, an OME-Zarr result's mark): bytes outside
 /// printable ASCII and `%` percent-encoded, since TIFF's text is ASCII.
 /// `--skip-existing` takes a result for done only where it records the
 /// input's name: `a.tif`'s result was taken for `a.npy`'s.
@@ -100,8 +100,9 @@ pub(crate) fn source_name(file_name: &str) -> String {
 /// where a TIFF result records its input.
 pub(crate) const DOCUMENT_NAME: Tag = Tag::Unknown(269);
 
-/// The keyword of the PNG text chunk that records a result's input.
-pub(crate) const PNG_SOURCE_KEYWORD: &str = "Source";
+/// The keyword of the PNG text chunk that records a result's input (PNG's
+/// registered `Source` means the device that made the image).
+pub(crate) const PNG_SOURCE_KEYWORD: &str = "unet-rt input";
 
 /// TIFF files beyond this size are written as BigTIFF (classic TIFF offsets
 /// are 32-bit; the margin leaves room for the directories).
