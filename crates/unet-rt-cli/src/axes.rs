@@ -96,7 +96,9 @@ pub(crate) fn arrange<'a, T>(
 /// colour (RGB or RGBA, palettes included) for a grey model, or grey for a
 /// colour model. PIL converts each (the advice names the call).
 fn with_channel_advice(message: String, shape: &[usize], axes: &str, info: &ModelInfo) -> String {
-    if !axes.ends_with('c') && !(info.in_channels == 3 && !axes.contains('c')) {
+    let channels_last = axes.ends_with('c');
+    let grey_for_colour = info.in_channels == 3 && !axes.contains('c');
+    if !channels_last && !grey_for_colour {
         return message;
     }
     let channels = if axes.contains('c') {
