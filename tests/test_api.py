@@ -677,3 +677,32 @@ def test_the_installed_exporter_writes_metadata_for_any_torchscript(tmp_path):
     torch.jit.script(TwoOutputs().eval()).save(str(tmp_path / "two.pt"))
     with pytest.raises(unet_rt.ModelError, match=r"python -m unet_rt\.export --output-key"):
         unet_rt.Model(tmp_path / "two.pt", device="cpu")
+
+
+def test_documented_errors_of_the_helpers_are_the_packages_own(tmp_path, tiny_model_path):
+    # From an audit of the docs against the behaviour: is_package "never raises" raised TypeError;
+    # read_metadata let torch's ValueError / RuntimeError through; the export's errors were plain
+    # ValueError / RuntimeError where the README says every error derives from UnetRtError; a
+    # ModelSpec made by its constructor (no digest) was refused as "not the model file the task
+    # graph was built with".
+    import unet_rt.bioimageio
+    import unet_rt.dask
+    import unet_rt.export
+
+    for value in (None, 123, b"/tmp"):
+        assert unet_rt.bioimageio.is_package(value) is False
+    with pytest.raises(unet_rt.ModelNotFoundError):
+        unet_rt.export.read_metadata(tmp_path / "missing.pt")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(Path(tiny_model_path).read_bytes()[:1000])
+    with pytest.raises(unet_rt.ModelError, match="cannot load model"):
+        unet_rt.export.read_metadata(cut)
+    assert issubclass(unet_rt.export.ExportGeometryError, (unet_rt.MetadataError, ValueError))
+    assert issubclass(unet_rt.export.ExportMismatchError, unet_rt.UnetRtError)
+    assert issubclass(unet_rt.export.ExportMismatchError, RuntimeError)
+    spec = unet_rt.dask.ModelSpec(str(tiny_model_path), device="cpu")
+    with pytest.raises(unet_rt.InvalidArgumentError, match=r"ModelSpec.of\(path\)"):
+        unet_rt.dask.load_model(spec)
+    model = unet_rt.Model(device="cpu")
+    assert model.usable_tile(10**9) == model.usable_tile(2**20 + 3) == 1048572
+    assert {"instances", "object_size"} <= set(model.info)

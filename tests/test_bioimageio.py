@@ -533,3 +533,82 @@ def test_package_weights_beyond_the_memory_available_are_refused_with_sizes(tmp_
     # Within the limit, the same package loads.
     limit = 1 << 30
     assert unet_rt.Model(bomb, device="cpu").classes == unet_rt.Model(package, device="cpu").classes
+
+
+def test_a_same_padded_package_is_padded_as_the_runtime_mirrors(tmp_path):
+    # From an audit: the package declared no padding, bioimageio.core padded the halo by
+    # repeating the edge pixel ("symmetric") where the runtime mirrors without repeating it
+    # ("reflect"): the border band differed by up to 0.15 in probability.
+    from bioimageio.core import Tensor, load_model_description, predict
+    from training.tiny import export_tiny
+
+    model_path = export_tiny(tmp_path / "same.pt", seed=5, padding="same", normalization={"kind": "scale", "factor": 0.01})
+    pkg = bio.export(model_path, tmp_path / "same.zip")
+    import yaml
+
+    with zipfile.ZipFile(pkg) as z:
+        assert yaml.safe_load(z.read("rdf.yaml"))["inputs"][0]["pad"] == {"mode": "reflect"}
+    image = (np.random.default_rng(0).random((96, 96)) * 200).astype(np.float32)
+    ours = unet_rt.segment(image, model_path, device="cpu", output="probabilities", tile="whole")
+    with bio.quiet_leaks():
+        sample = predict(model=load_model_description(pkg),
+                         inputs={"raw": Tensor.from_numpy(image[None, None], dims=("batch", "channel", "y", "x"))})
+        core = np.asarray(next(iter(sample.members.values())).data)[0]
+    assert np.abs(core - ours).max() < 1e-4
+
+
+def test_packages_and_bf16_models_export_their_float32_archive(tmp_path, package):
+    # From an audit: a package given to export had the whole package written as its weights
+    # (consumers refused it), and a model loaded in bf16 wrote bf16 test outputs, which
+    # bioimageio.core's test failed on 7.5% of the elements.
+    again = bio.export(package, tmp_path / "again.zip")
+    with zipfile.ZipFile(again) as second, zipfile.ZipFile(io.BytesIO(second.read("weights.pt"))) as weights:
+        assert not any(n.endswith(("rdf.yaml", "cover.png")) for n in weights.namelist()), weights.namelist()
+    bf16 = bio.export(unet_rt.Model(device="cpu", precision="bf16"), tmp_path / "bf16.zip")
+    with zipfile.ZipFile(package) as first, zipfile.ZipFile(bf16) as second:
+        assert np.array_equal(np.load(io.BytesIO(second.read("test_output.npy"))),
+                              np.load(io.BytesIO(first.read("test_output.npy"))))
+    with bio.quiet_leaks():
+        for pkg in (again, bf16):
+            described = _described(pkg)
+            assert described["core_test"] == "passed", described["core_report"]
+
+
+def test_what_a_package_cannot_hold_is_refused_by_name(tmp_path):
+    # From an audit: a network returning a dict made a package every consumer failed to run; a
+    # complex test image lost its imaginary part; a target under a file said "[Errno 20]" of a
+    # temporary; "cell a" and "cell_a" became one channel name twice.
+    from training.tiny import export_tiny, tiny_unet
+    from unet_rt.export import export_torchscript
+
+    class _Dict(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_unet(1)
+
+        def forward(self, x):
+            return {"out": self.net(x)}
+
+    scripted = torch.jit.script(_Dict().eval())
+    scripted.save(str(tmp_path / "dict.pt"))
+    with pytest.raises(unet_rt.InvalidArgumentError, match=r"invalid model: .* returns a dict or tuple"):
+        bio.export(tmp_path / "dict.pt", tmp_path / "dict.zip")
+    tiny = export_tiny(tmp_path / "tiny.pt", seed=2)
+    image = np.random.default_rng(0).random((300, 300))
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid test_image: .* complex128"):
+        bio.export(tiny, tmp_path / "c.zip", test_image=image + 1j)
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(unet_rt.InvalidArgumentError, match="invalid path: cannot write"):
+        bio.export(tiny, tmp_path / "file" / "x.zip", test_image=image)
+    assert not list(tmp_path.glob("**/*.partial"))
+    import yaml
+
+    from training.export import build_metadata
+
+    net = tiny_unet(3, classes=3)
+    meta = build_metadata(net.config, name="named", class_names=["background", "cell a", "cell_a"])
+    named = export_torchscript(net, tmp_path / "named.pt", meta)
+    pkg = bio.export(named, tmp_path / "named.zip", test_image=image)
+    with zipfile.ZipFile(pkg) as z:
+        channels = yaml.safe_load(z.read("rdf.yaml"))["outputs"][0]["axes"][1]["channel_names"]
+    assert len(set(channels)) == 3, channels

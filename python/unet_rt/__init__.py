@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch as _torch  # noqa: F401  (imported for its side effect)
 
 import atexit as _atexit
+from typing import Any as _Any, Dict as _Dict
 
 from . import _unet_rt
 from .errors import (
@@ -64,7 +65,7 @@ __all__ = [
 ]
 
 
-def build_info() -> dict:
+def build_info() -> _Dict[str, _Any]:
     """Versions and devices of this build: the unet_rt version, the libtorch
     version loaded, whether CUDA is available, the CUDA device count and the
     CPU thread count.

@@ -38,6 +38,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from .errors import MetadataError, ModelError, ModelNotFoundError, UnetRtError
+
 __all__ = [
     "FORMAT",
     "METADATA_ENTRY",
@@ -74,12 +76,15 @@ def _silent(step: str) -> None:
     """The progress of a call that was given none."""
 
 
-class ExportMismatchError(RuntimeError):
-    """The TorchScript module disagrees with the eager model."""
+class ExportMismatchError(UnetRtError, RuntimeError):
+    """The TorchScript module disagrees with the eager model (a
+    :class:`unet_rt.UnetRtError`, and a ``RuntimeError`` as it always was)."""
 
 
-class ExportGeometryError(ValueError):
-    """The metadata declares a geometry the network does not have."""
+class ExportGeometryError(MetadataError, ValueError):
+    """The metadata declares a geometry the network does not have, or is no
+    valid metadata (a :class:`unet_rt.MetadataError`, and a ``ValueError``
+    as it always was)."""
 
 
 def _geometry_field(metadata: Dict[str, Any], field: str, least: int = 0) -> int:
@@ -270,7 +275,8 @@ def export_torchscript(
     progress: Optional[Progress] = None,
 ) -> Path:
     """Compiles ``model`` in eval mode, checks it, and writes it atomically
-    to ``path`` with ``metadata`` embedded. Returns the path.
+    to ``path`` (its missing folders created) with ``metadata`` embedded.
+    Returns the path.
 
     ``model`` is an eager module (scripted, or traced on ``example`` when
     one is given: models TorchScript cannot script), or an already scripted
@@ -687,10 +693,28 @@ CHECK_STRIDE = 16
 
 
 def read_metadata(path: os.PathLike | str) -> Optional[Dict[str, Any]]:
-    """The metadata embedded in a TorchScript archive, or ``None``."""
+    """The metadata embedded in a TorchScript archive as stored, or ``None``
+    where it has none.
+
+    Raises:
+        ModelNotFoundError: no file at ``path``.
+        ModelError: the file is no TorchScript archive torch can load (torch's
+            first line of why), or its metadata is no JSON.
+    """
+    if not Path(path).is_file():
+        raise ModelNotFoundError(f"no model file at {path}")
     extra = {METADATA_ENTRY: ""}
-    torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    return json.loads(extra[METADATA_ENTRY]) if extra[METADATA_ENTRY] else None
+    try:
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except (RuntimeError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(f"cannot load model {path}: {first}") from None
+    if not extra[METADATA_ENTRY]:
+        return None
+    try:
+        return json.loads(extra[METADATA_ENTRY])
+    except ValueError as e:
+        raise ModelError(f"{path}: its {METADATA_ENTRY} is no JSON ({e})") from None
 
 
 def _refuse_same_file(source: os.PathLike | str, output: os.PathLike | str) -> None:

@@ -56,8 +56,9 @@ class Model:
             ``rdf.yaml``; see :mod:`unet_rt.bioimageio`); ``None`` loads the
             bundled nuclei model.
         device: ``"auto"`` (the first GPU if there is one, else the CPU),
-            ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"cuda:all"`` (every
-            GPU: each call spreads its batches over them).
+            ``"cpu"``, ``"cuda"`` (or ``"gpu"``: the first GPU), ``"cuda:N"``
+            or ``"cuda:all"`` (every GPU: each call spreads its batches over
+            them).
         precision: ``"fp32"`` (the default, exact to the whole-image
             forward), ``"auto"`` (bf16 on GPUs and on CPUs with bf16 units,
             about twice as fast there; a few boundary pixels may differ),
@@ -118,7 +119,7 @@ class Model:
         self._warn_if_approximate()
 
     @classmethod
-    def from_bytes(cls, data: bytes, device: str = "auto", precision: str = DEFAULT_PRECISION, name: str = "<bytes>") -> "Model":
+    def from_bytes(cls, data: Union[bytes, bytearray, memoryview], device: str = "auto", precision: str = DEFAULT_PRECISION, name: str = "<bytes>") -> "Model":
         """Loads a model from the bytes of a TorchScript archive (``bytes``,
         ``bytearray`` or ``memoryview``); ``name`` stands for its path in
         messages.
@@ -217,7 +218,10 @@ class Model:
 
     @property
     def metadata(self) -> Optional[Dict[str, Any]]:
-        """The embedded ``unet_rt/1`` metadata, or ``None`` for plain TorchScript."""
+        """The embedded ``unet_rt/1`` metadata as the runtime reads it (checked
+        and completed with its defaults, e.g. ``min_size``), or ``None`` for
+        plain TorchScript; :func:`unet_rt.export.read_metadata` gives the
+        stored text's values as written."""
         text = self._inner.metadata_json
         return None if text is None else json.loads(text)
 
@@ -237,7 +241,8 @@ class Model:
         ``block_depth`` (the halo rounded up to ``size_multiple``: see
         :func:`unet_rt.dask.block_depth`);
         ``output_key`` (where the segmentation is in a dict or tuple
-        output); ``exact`` (whether tiles reproduce the whole-image forward),
+        output); ``exact`` (whether tiles reproduce the whole-image forward,
+        up to float rounding),
         ``whole_tile_ops`` (layers that see the whole tile, from the
         network's code), ``one_image_per_pass`` (a pass of two images
         failed at load where one worked, as with a batch size fixed in a
@@ -248,7 +253,13 @@ class Model:
         (for a same-padded model whose metadata's ``halo`` or
         ``size_multiple`` tiles showed wrong at load: ``declared_halo``,
         ``declared_size_multiple``, and ``found_halo``,
-        ``found_size_multiple`` as probing finds them, else ``None``) and
+        ``found_size_multiple`` as probing finds them, else ``None``),
+        ``instances`` (how ``output="instances"`` reads objects out of the
+        classes: ``seed_classes``, ``grow_classes``, ``grow``,
+        ``fill_holes``, ``min_size``, from the metadata's read-out or the
+        default), ``object_size`` (the typical object diameter in pixels the
+        model was trained at, which ``segment(..., object_size=)`` scales
+        images to; ``None`` where the metadata gives none) and
         ``warning``."""
         return dict(self._inner.info)
 
@@ -280,7 +291,7 @@ class Model:
             batch32 = in_engine_layout(np.asarray(array, dtype=np.float32), "batch")
         return self._inner.forward(batch32)
 
-    def layout(self, shape: Sequence[int], tile: Union[int, Sequence[int], None] = None,
+    def layout(self, shape: Sequence[int], tile: Union[int, Sequence[int], str, None] = None,
                batch_size: Optional[int] = None, memory_budget: Optional[int] = None,
                device: Optional[str] = None, precision: Optional[str] = None) -> Dict[str, Any]:
         """The tiling :meth:`segment` would use for an image of spatial
@@ -310,7 +321,7 @@ class Model:
                                 self.precision if precision is None else precision)
         return dict(self._inner.layout(shape, tile, batch_size, memory_budget, device, precision))
 
-    def needed_input(self, window: Window, tile: Union[int, Sequence[int], None] = None,
+    def needed_input(self, window: Window, tile: Union[int, Sequence[int], str, None] = None,
                      batch_size: Optional[int] = None, memory_budget: Optional[int] = None) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
         """The pixels, ``(first, end)`` per spatial axis of the whole image,
         that segmenting ``window``'s region reads (mirrored at the image's
@@ -326,7 +337,7 @@ class Model:
             raise InvalidArgumentError(f"invalid window: expected a unet_rt.Window, got {type(window).__name__}")
         return self.needed_inputs([window], tile, batch_size, memory_budget)[0]
 
-    def needed_inputs(self, windows: Sequence[Window], tile: Union[int, Sequence[int], None] = None,
+    def needed_inputs(self, windows: Sequence[Window], tile: Union[int, Sequence[int], str, None] = None,
                       batch_size: Optional[int] = None,
                       memory_budget: Optional[int] = None) -> List[Tuple[Tuple[int, ...], Tuple[int, ...]]]:
         """:meth:`needed_input` of each of ``windows``, the tiling planned
@@ -421,8 +432,10 @@ class Model:
                 ``None``, on the CPU the fastest by the engine's throughput
                 model, on a GPU the largest within its memory budget;
                 ``"whole"`` for one tile
-                covering the image and its overlap (the exact result for
-                models whose tiles are approximate, see ``info["exact"]``).
+                covering the image and its overlap (the whole-image
+                forward, for models whose tiles are approximate, see
+                ``info["exact"]``: where tiles are exact they differ from it
+                by float rounding only, ~1e-6 of the logits).
             batch_size: tiles per forward pass; chosen when ``None``.
             out: an array that receives the result in place (checked shape
                 and dtype; float16 is accepted for probabilities), for example
@@ -471,7 +484,9 @@ class Model:
                 per tile in 2-D, 8 in 3-D) or ``"d4"`` (flips and quarter
                 turns in the yx plane, 8 passes; in 3-D ``z`` is not
                 flipped); the logits are averaged, and the result
-                equals the augmented whole-image forward.
+                equals the augmented whole-image forward (up to float
+                rounding, ~1e-6 of the logits: kernels are chosen by tensor
+                shape).
             object_size: the typical object diameter in ``image``, in
                 pixels. The image is resampled to the model's training scale
                 (``info["object_size"]``), segmented, and the result resampled
@@ -565,12 +580,15 @@ class Model:
     def usable_tile(self, tile: int) -> int:
         """The tile size nearest ``tile`` that :meth:`segment` takes for this
         model (``tile=`` must be one: sizes follow the network's pooling, from
-        the smallest that leaves output after the overlap).
+        the smallest that leaves output after the overlap, up to the largest
+        tile side the engine takes, 2**20).
 
         >>> import unet_rt
         >>> model = unet_rt.Model(device="cpu")  # the bundled model: 4 + 8k from 100
         >>> model.usable_tile(104), model.usable_tile(105), model.usable_tile(8)
         (100, 108, 100)
+        >>> model.usable_tile(10**9)
+        1048572
         """
         return self._inner.usable_tile(tile)
 

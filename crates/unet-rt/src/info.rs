@@ -373,14 +373,18 @@ impl ModelInfo {
     /// size the engine takes for this model, at least [`ModelInfo::min_tile`].
     /// For a choice made by steps that do not follow the model's sizes (a
     /// GUI's spin box: the bundled model takes 4 + 8k from 100).
+    /// Never beyond [`crate::geometry::MAX_TILE_SIDE`], the largest tile
+    /// side the engine takes (10^9 gave 10^9, which segmenting refused).
     pub fn nearest_usable_tile(&self, size: usize) -> usize {
+        let max = crate::geometry::MAX_TILE_SIDE;
+        let size = size.min(max);
         let smallest = self.min_tile();
         let up = self.round_up_valid(size.max(smallest));
         let down = up.saturating_sub(self.size_multiple.max(1));
         if self.fixed_size == 0
             && down >= smallest
             && self.is_valid_size(down)
-            && size.saturating_sub(down) <= up.saturating_sub(size)
+            && (size.saturating_sub(down) <= up.saturating_sub(size) || up > max)
         {
             down
         } else {
@@ -451,14 +455,20 @@ mod tests {
             (104, 100),
             (105, 108),
             (108, 108),
-            (usize::MAX, usize::MAX),
+            // The largest side the engine takes is 2^20: 4 + 8k below it.
+            (1 << 20, 1_048_572),
+            ((1 << 20) + 3, 1_048_572),
+            (1_000_000_000, 1_048_572),
+            (usize::MAX, 1_048_572),
         ] {
             assert_eq!(info.nearest_usable_tile(asked), usable, "{asked}");
         }
-        for size in [0, 1, 99, 100, 101, 300, 10_000] {
+        for size in [0, 1, 99, 100, 101, 300, 10_000, 1 << 20, usize::MAX] {
             let tile = info.nearest_usable_tile(size);
             assert!(
-                info.is_valid_size(tile) && tile >= info.min_tile(),
+                info.is_valid_size(tile)
+                    && tile >= info.min_tile()
+                    && tile <= crate::geometry::MAX_TILE_SIDE,
                 "{size} -> {tile}"
             );
         }

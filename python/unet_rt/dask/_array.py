@@ -43,7 +43,7 @@ def segment(
     precision: Optional[str] = None,
     boundary: Union[str, float] = "reflect",
     normalize: Normalize = "global",
-    tile: Union[int, Sequence[int], None] = None,
+    tile: Union[int, Sequence[int], str, None] = None,
     batch_size: Optional[int] = None,
     memory_budget: Optional[int] = None,
     tta: str = "none",
@@ -87,6 +87,9 @@ def segment(
             padded by :func:`block_depth` pixels with ``numpy.pad`` (modes
             ``symmetric``, ``wrap``, ``edge``, ``constant``) over the
             original pixels; percentiles are those of the array itself.
+            NumPy's and Dask's names are taken too: ``"wrap"``
+            (``"periodic"``), ``"edge"`` (``"nearest"``) and ``"none"``
+            (``"reflect"``: Dask adds nothing, the engine mirrors).
         normalize: for models with percentile normalization: ``"global"``
             (the whole image's percentiles, as ``unet_rt.segment``; computed in
             the same graph, which then keeps the array's blocks in cluster
@@ -344,7 +347,8 @@ def _boundary(boundary: Union[str, float], dtype: np.dtype) -> Tuple[bool, Any]:
         if boundary in _BOUNDARIES:
             return True, _BOUNDARIES[boundary]
         raise InvalidArgumentError(
-            f"invalid boundary: {boundary!r}; expected 'reflect', 'symmetric', 'periodic', 'nearest' or a number"
+            f"invalid boundary: {boundary!r}; expected 'reflect', 'symmetric', 'periodic', 'nearest' or a number "
+            "(or NumPy's and Dask's names: 'wrap', 'edge', 'none')"
         )
     if isinstance(boundary, (int, float, np.integer, np.floating)) and not isinstance(boundary, bool):
         return True, _constant_of(boundary, np.dtype(dtype))

@@ -37,6 +37,10 @@ class ModelSpec:
             copy on another machine) refuses it rather than computing with
             other weights.
 
+    Made by :meth:`of` (a path) or :meth:`of_bytes` (an archive's bytes),
+    which compute the digest: one constructed directly without it is
+    refused when loaded.
+
     >>> spec = ModelSpec.of(tiny_model_path, device="cpu", precision="fp32")
     >>> spec.device, len(__import__("pickle").dumps(spec)) < 1000
     ('cpu', True)
@@ -103,6 +107,11 @@ def load_counts() -> Dict[str, int]:
 
 
 def _load(spec: ModelSpec, data: Optional[bytes]) -> Model:
+    if not spec.digest:
+        raise InvalidArgumentError(
+            f"invalid spec: {spec!r} has no digest, so no worker can tell its file from another: make it with "
+            "ModelSpec.of(path) or ModelSpec.of_bytes(data)"
+        )
     if not spec.from_bytes:
         try:
             stamp, digest = _cache.file_stamp(spec.source), _cache.file_digest(spec.source)
