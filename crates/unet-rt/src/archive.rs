@@ -744,7 +744,9 @@ mod tests {
         // Nothing recognised: the zip reader's own words.
         assert!(said(b"just some text", "m.pt").contains("a zip file is expected"));
         // The first half of a real archive.
-        let whole = code_archive(&[("m/code/a.py", &"x = 1\n".repeat(500))]).into_inner().into_inner();
+        let whole = code_archive(&[("m/code/a.py", &"x = 1\n".repeat(500))])
+            .into_inner()
+            .into_inner();
         assert!(said(&whole[..whole.len() / 2], "m.pt").contains("cut short"));
         // A zip archive is read from its start whatever was sniffed.
         let zip = code_archive(&[("m/code/a.py", "x")]).into_inner();
