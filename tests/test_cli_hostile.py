@@ -590,6 +590,20 @@ def test_overlays_never_replace_inputs_or_other_results(cli, tmp_path):
     assert (images / "a_overlay.npy").read_bytes() == shutil_copy
 
 
+def test_a_failed_input_leaves_its_result_name_to_the_next(cli, tmp_path):
+    # From an audit: a truncated a.png (first by name) failed, and a.tif was then refused as
+    # "would replace that of a.png", a result never written.
+    images = tmp_path / "in"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    good_image(images / "b.npy")
+    tifffile.imwrite(images / "a.tif", (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
+    proc = segment(cli, images, out=tmp_path / "out", extra=["--json"])
+    reports = {Path(r["input"]).name: r["status"] for r in map(json.loads, proc.stdout.splitlines())}
+    assert reports == {"a.png": "failed", "a.tif": "ok", "b.npy": "ok"}, proc.stderr
+    assert "would replace" not in proc.stderr
+
+
 def test_a_failed_overlay_leaves_the_previous_result_in_place(cli, tmp_path):
     # The result was renamed into place before the overlay failed, and
     # --skip-existing then skipped the input for good.

@@ -95,7 +95,16 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
         }
         let report = match item {
             Err(e) => failed(&e.path.clone(), e, Instant::now()),
-            Ok(input) => process_caught(&context, &input, &all_inputs, &mut claimed),
+            Ok(input) => {
+                let report = process_caught(&context, &input, &all_inputs, &mut claimed);
+                // A failed input wrote nothing: its result names are free
+                // for the next input (a truncated a.png kept a.tif's result
+                // from being written, refused as "would replace that of a.png").
+                if report.status == Status::Failed {
+                    claimed.retain(|_, owner| *owner != input);
+                }
+                report
+            }
         };
         bars.file_done();
         match report.status {
