@@ -318,8 +318,7 @@ def _test_input(model: Any, test_image: Optional[np.ndarray]) -> np.ndarray:
         # A complex image lost its imaginary part, a boolean one was taken
         # as 0 and 1, without a word.
         raise InvalidArgumentError(
-            f"invalid test_image: an image of dtype {np.asarray(test_image).dtype} is no image; pass integers or "
-            "floats"
+            f"invalid test_image: dtype {np.asarray(test_image).dtype}; pass an image of integers or floats"
         )
     try:
         view, batched, _ = arrange(np.asarray(test_image), None, dims, channels)
