@@ -640,7 +640,7 @@ fn read_checked(path: &Path, ext: &str) -> Result<bool, String> {
         };
         // What `--skip-existing` reads of a result must not panic either.
         let _ = match ext {
-            "npy" => npy_reader::npy_element(open()?, len),
+            "npy" => npy_reader::npy_element(open()?, len).map(|e| (e, None)),
             "png" => png_reader::png_element(open()?),
             _ => tiff_reader::tiff_element(open()?, len),
         };
