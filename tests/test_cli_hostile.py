@@ -731,6 +731,14 @@ def test_tiff_colour_layouts_the_reader_does_not_decode_are_refused_with_advice(
         assert "Decoder" not in refused_alone(cli, text, tmp_path)
 
 
+def test_a_min_is_white_value_beyond_float64_is_said_to_be_inverted(cli, tmp_path):
+    # The refusal quoted 18446744073709551610 for a file holding 5: MinIsWhite is read as displayed.
+    path = tmp_path / "white.tif"
+    tifffile.imwrite(path, np.full((40, 44), 5, np.uint64), photometric="miniswhite")
+    stderr = refused_alone(cli, path, tmp_path)
+    assert "beyond 2^53" in stderr and "stored MinIsWhite (0 is white) and read inverted" in stderr, stderr
+
+
 def test_colour_pngs_for_the_grey_bundled_model_are_refused_with_advice(cli, tmp_path):
     # A palette PNG (read as its colours, as PIL's convert('RGB') does) and an RGB one said only
     # "the model takes 1 input channel(s), ... has 3", nothing on what to do.

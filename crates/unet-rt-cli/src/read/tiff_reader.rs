@@ -833,7 +833,8 @@ fn decode(
             .seek_to_image(*index)
             .map_err(|e| page_error(index + 1, e))?;
         let decoded = read_page(decoder, page, index + 1, planes_first)?;
-        return Buffer::from_page(decoded, page.kind, page.len);
+        return Buffer::from_page(decoded, page.kind, page.len)
+            .map_err(|m| as_displayed(decoder, m));
     }
     let total = page
         .len
@@ -852,9 +853,27 @@ fn decode(
         let decoded = read_page(decoder, page, number, planes_first)?;
         buffer
             .append(decoded, page.len)
-            .map_err(|m| format!("page {number}: {m}"))?;
+            .map_err(|m| format!("page {number}: {}", as_displayed(decoder, m)))?;
     }
     Ok(buffer)
+}
+
+/// `message`, a refusal of a sample of the decoder's current page, saying
+/// that a MinIsWhite page's values are quoted as displayed: the decoder
+/// inverts them, and a refused value was quoted unlike any in the file.
+fn as_displayed(decoder: &mut TiffDecoder, message: String) -> String {
+    let min_is_white = decoder
+        .find_tag_unsigned::<u16>(Tag::PhotometricInterpretation)
+        .ok()
+        .flatten()
+        == Some(0);
+    if min_is_white {
+        format!(
+            "{message}; the value is as displayed: the page is stored MinIsWhite (0 is white) and read inverted"
+        )
+    } else {
+        message
+    }
 }
 
 /// Decodes the decoder's current page, page `number` of the file, which
