@@ -428,7 +428,7 @@ fn process(
     // Its kind (and a store's levels) as this run's, and this input's: a
     // result recording another input's name (`a.tif`'s, where the input is
     // `a.npy`) is not this one's.
-    let source = source_name(&input.file_name().unwrap_or_default().to_string_lossy());
+    let source = recorded_source(input);
     let finished = || match ctx.args.format {
         Format::Zarr => atomic::result_store(&output).is_some_and(|mark| {
             mark.output == zarr_label_kind(ctx)
@@ -588,7 +588,7 @@ fn segment_file(
                 pages: &pages,
                 levels: usize::try_from(ctx.args.levels).unwrap_or(1),
                 micrometres: image.calibration.as_ref().map_or([None; 3], |c| c.micrometres),
-                source: &source_name(&input.file_name().unwrap_or_default().to_string_lossy()),
+                source: &recorded_source(input),
             };
             ome_zarr::write_ome_zarr(output, &image_view.view(), arranged.stacked, &result.output, &label)
         } else {
@@ -614,6 +614,11 @@ fn segment_file(
         result.objects
     });
     Ok((file_shape, objects))
+}
+
+/// The input's file name as its results record it ([`source_name`]).
+fn recorded_source(input: &Path) -> String {
+    source_name(&input.file_name().unwrap_or_default().to_string_lossy())
 }
 
 /// The axes a stack's pages are in a result, lower case: a 2-D model

@@ -103,10 +103,6 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
     let calibration = page_calibration(&mut decoder, description.as_deref());
     let (page, indices) = plan(&mut decoder, file_len, memory)?;
     let pages = indices.len();
-    let (height, width) = (
-        saturating_usize(page.height.into()),
-        saturating_usize(page.width.into()),
-    );
     let samples = usize::from(page.samples);
     // Separate planes are read as tifffile reads them, `(planes, y, x)`:
     // interleaved into `(y, x, c)`, the axes a description or `--axes`
@@ -122,14 +118,7 @@ pub(super) fn read_tiff(mut file: File, file_len: u64, memory: Memory) -> Result
     } else {
         contiguous_axes(samples)
     };
-    let page_shape: Vec<usize> = page_axes
-        .chars()
-        .map(|axis| match axis {
-            'y' => height,
-            'x' => width,
-            _ => samples,
-        })
-        .collect();
+    let page_shape = page_shape(&page, planes_first);
     if let Some(declared) = description
         .as_deref()
         .map(|text| declared_pages(text, &page_shape, samples))
@@ -375,17 +364,11 @@ fn plan(
         .get_tag_ascii_string(Tag::ImageDescription)
         .ok()
         .and_then(|text| {
-            let (h, w) = (
-                saturating_usize(first.height.into()),
-                saturating_usize(first.width.into()),
-            );
-            let samples = usize::from(first.samples);
-            let shape = if samples == 1 {
-                vec![h, w]
-            } else {
-                vec![h, w, samples]
-            };
-            declared_pages(&text, &shape, samples).ok().flatten()
+            let planes_first = is_planar(decoder, first.samples).ok()?;
+            let shape = page_shape(&first, planes_first);
+            declared_pages(&text, &shape, usize::from(first.samples))
+                .ok()
+                .flatten()
         });
     let mut read = vec![0usize];
     let mut index = 0usize;
@@ -897,6 +880,28 @@ fn read_page(
         ));
     }
     decoder.read_image().map_err(tiff_err)
+}
+
+/// The shape of one page as the image's shape ends: `(y, x)`, `(y, x, c)`
+/// or, for separate planes (`planes_first`), `(c, y, x)`.
+fn page_shape(page: &Page, planes_first: bool) -> Vec<usize> {
+    let (height, width) = (
+        saturating_usize(page.height.into()),
+        saturating_usize(page.width.into()),
+    );
+    let samples = usize::from(page.samples);
+    let axes = if planes_first {
+        "cyx"
+    } else {
+        contiguous_axes(samples)
+    };
+    axes.chars()
+        .map(|axis| match axis {
+            'y' => height,
+            'x' => width,
+            _ => samples,
+        })
+        .collect()
 }
 
 /// Whether the decoder's current page of `samples` channels stores them as
