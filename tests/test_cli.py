@@ -491,10 +491,28 @@ def test_info_describes_the_model(tiny_model_path, cli):
     for needle in ("tiny-random", "44 + 4k", "20 px per side", "percentiles 1", "from the model's metadata", "seed: 0"):
         assert needle in text.stdout, (needle, text.stdout)
     data = json.loads(run([cli, "info", tiny_model_path, "--json"]).stdout)
-    assert (data["halo"], data["size_offset"], data["size_multiple"], data["smallest_input"]) == (20, 0, 4, 44)
+    assert (data["halo"], data["size_offset"], data["size_multiple"], data["smallest_size"]) == (20, 0, 4, 44)
     assert data["smallest_tile"] == 44 and "in tiles (--tile) from 44 up" in text.stdout
     assert data["normalization"] == {"kind": "percentile", "low": 1.0, "high": 99.8}
     assert data["probed"] is False and data["training"]["trained"] is False
+
+
+def test_info_json_and_the_python_model_info_agree(tiny_model_path, cli, tmp_path):
+    """One description, two doors: the command line's `smallest_input` was
+    the Python API's `smallest_size`, and a model without class names had
+    none on one side and their indices on the other."""
+    plain = tmp_path / "plain.pt"
+    torch.jit.script(torch.nn.Conv2d(1, 2, 3, padding=1).eval()).save(str(plain))
+    for path in (tiny_model_path, plain):
+        model = unet_rt.Model(path, device="cpu")
+        proc = run([cli, "info", path, "--json"])
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads(proc.stdout)
+        assert {k: data[k] for k in model.info} == model.info
+        assert data["class_names"] == model.classes
+    assert data["class_names"] == ["0", "1"] and data["probed"] is True
+    # The text leaves out the indices-for-names row.
+    assert "\nclasses" not in run([cli, "info", plain]).stdout
 
 
 def test_another_libtorch_on_ld_library_path_does_not_replace_the_built_one(cli, clean_env, tmp_path):
@@ -516,7 +534,7 @@ def test_info_without_a_model_describes_the_bundled_one(cli):
         assert proc.returncode == 0 and "bundled:nuclei.pt" in proc.stdout
         # Sizes from 92 were listed, and --tile 92 refused "from 100 up": the smallest tile is said too.
         data = json.loads(run([cli, "info", "--json"]).stdout)
-        assert (data["smallest_input"], data["smallest_tile"]) == (92, 100)
+        assert (data["smallest_size"], data["smallest_tile"]) == (92, 100)
         assert "in tiles (--tile) from 100 up" in proc.stdout
     else:
         assert proc.returncode == 2 and "no bundled model" in proc.stderr and "--model" in proc.stderr

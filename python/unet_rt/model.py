@@ -231,7 +231,10 @@ class Model:
         TorchScript, found by probing it: ``spatial_dims``, ``in_channels``,
         ``out_channels``, ``output``, ``padding``, ``halo``, ``size_multiple``,
         ``size_offset``, ``smallest_size`` (the smallest input the network
-        takes), ``smallest_tile`` (the smallest ``tile=``: one pooling step
+        takes), ``valid_sizes`` (the first four input sizes it takes),
+        ``output_shrink`` (the pixels a tile's output is smaller than its
+        input, both sides together: 0 for same-padded networks),
+        ``smallest_tile`` (the smallest ``tile=``: one pooling step
         of output beyond the overlap), ``fixed_size`` (the only input
         size, or ``None``), ``probed``, ``square_memory`` (bytes of a
         pass per pixel squared of a tile that probing measured growing
@@ -254,13 +257,20 @@ class Model:
         ``size_multiple`` tiles showed wrong at load: ``declared_halo``,
         ``declared_size_multiple``, and ``found_halo``,
         ``found_size_multiple`` as probing finds them, else ``None``),
-        ``instances`` (how ``output="instances"`` reads objects out of the
+        ``normalization`` (how raw pixels become network input: ``kind``
+        and its parameters), ``instances`` (how ``output="instances"`` reads objects out of the
         classes: ``seed_classes``, ``grow_classes``, ``grow``,
         ``fill_holes``, ``min_size``, from the metadata's read-out or the
         default), ``object_size`` (the typical object diameter in pixels the
         model was trained at, which ``segment(..., object_size=)`` scales
         images to; ``None`` where the metadata gives none) and
-        ``warning``."""
+        ``warning``. ``unet-rt info --json`` prints the same keys, beside
+        the file's and the metadata's.
+
+        >>> import unet_rt
+        >>> info = unet_rt.Model().info
+        >>> info["smallest_size"], info["valid_sizes"], info["smallest_tile"]
+        (92, [92, 100, 108, 116], 100)"""
         return dict(self._inner.info)
 
     @property
@@ -273,8 +283,7 @@ class Model:
     @property
     def classes(self) -> List[str]:
         """The names of the output channels."""
-        names = (self.metadata or {}).get("class_names") or []
-        return list(names) or [str(i) for i in range(self._inner.info["out_channels"])]
+        return list(self._inner.class_names)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """One forward pass of the network on a batch ``(N, C, spatial...)`` of

@@ -29,20 +29,11 @@ pub(crate) fn run(args: &InfoArgs) -> Result<u8, CliError> {
     Ok(EXIT_OK)
 }
 
-/// Everything known about the model, as JSON.
+/// Everything known about the model, as JSON: the file and its metadata's
+/// words, then the description the Python API's `Model.info` gives too.
 fn describe(model: &Model, path: Option<&Path>, file_bytes: Option<u64>) -> Value {
-    let info = model.info();
     let meta = model.metadata();
-    // Checked steps: a model's geometry may put the sizes near usize::MAX,
-    // where an open range would overflow, or admit none.
-    let step = info.size_multiple.max(1);
-    let valid: Vec<usize> =
-        std::iter::successors(Some(info.smallest_valid_size()), |s| s.checked_add(step))
-            .take(64)
-            .filter(|&s| info.is_valid_size(s))
-            .take(4)
-            .collect();
-    json!({
+    let mut description = json!({
         "model": path.map_or_else(|| BUNDLED_NAME.to_owned(), |p| p.display().to_string()),
         "bundled": path.is_none(),
         "file_bytes": file_bytes,
@@ -50,51 +41,13 @@ fn describe(model: &Model, path: Option<&Path>, file_bytes: Option<u64>) -> Valu
         "name": meta.map(|m| m.name.clone()),
         "description": meta.map(|m| m.description.clone()),
         "architecture": meta.map(|m| m.architecture.clone()),
-        "spatial_dims": info.spatial_dims,
-        "in_channels": info.in_channels,
-        "out_channels": info.out_channels,
-        "output": serde_json::to_value(info.output).unwrap_or(Value::Null),
-        "class_names": meta.map(|m| m.class_names.clone()).unwrap_or_default(),
-        "padding": serde_json::to_value(info.padding).unwrap_or(Value::Null),
-        "halo": info.halo,
-        "size_offset": info.size_offset,
-        "size_multiple": info.size_multiple,
-        "smallest_input": info.smallest_valid_size(),
-        // Tiles keep at least one step beyond the overlap: --tile 92 was
-        // refused ("from 100 up") where the sizes listed began at 92.
-        "smallest_tile": info.min_tile(),
-        "fixed_size": (info.fixed_size > 0).then_some(info.fixed_size),
-        "valid_sizes": valid,
-        "output_shrink": info.shrink(),
-        "overlap": info.effective_halo(),
-        "overlap_reason": info.overlap_reason(),
-        "output_key": info.output_key.as_ref().map(|k| match k {
-            unet_rt::OutputKey::Name(n) => json!(n),
-            unet_rt::OutputKey::Index(i) => json!(i),
-        }),
-        "exact": info.exactness.is_exact(),
-        "whole_tile_ops": info.exactness.whole_tile_ops,
-        "one_image_per_pass": info.exactness.one_image_per_pass,
-        "measured": info.exactness.measured.as_ref().map(|m| json!({
-            "probe_size": m.probe_size,
-            "max_difference": m.max_difference,
-            "label_agreement": m.label_agreement,
-            "pixels": m.pixels,
-        })),
-        "undeclared_geometry": info.exactness.undeclared_geometry.as_ref().map(|g| json!({
-            "declared_halo": g.declared_halo,
-            "declared_size_multiple": g.declared_multiple,
-            "found_halo": g.found.map(|(halo, _)| halo),
-            "found_size_multiple": g.found.map(|(_, multiple)| multiple),
-        })),
-        "warning": info.exactness.warning(),
-        "probed": info.probed,
-        "square_memory": info.square_memory,
-        "normalization": serde_json::to_value(&info.normalization).unwrap_or(Value::Null),
-        "instances": serde_json::to_value(&info.read_out).unwrap_or(Value::Null),
-        "object_size": info.object_size,
+        "class_names": model.class_names(),
         "training": meta.map(|m| m.training.clone()).unwrap_or(Value::Null),
-    })
+    });
+    if let (Value::Object(all), Value::Object(info)) = (&mut description, model.info().describe()) {
+        all.extend(info);
+    }
+    description
 }
 
 /// The description for people, one `label  value` row per line.
@@ -136,16 +89,18 @@ fn text(d: &Value) -> Vec<String> {
             s("output")
         ),
     ));
-    let classes: Vec<String> = d["class_names"]
+    // A model without names has its channel indices for names: "0 0, 1 1"
+    // says nothing, so the row is left out.
+    let names: Vec<&str> = d["class_names"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .enumerate()
-                .map(|(i, c)| format!("{i} {}", c.as_str().unwrap_or("")))
-                .collect()
-        })
+        .map(|a| a.iter().map(|c| c.as_str().unwrap_or("")).collect())
         .unwrap_or_default();
-    if !classes.is_empty() {
+    let classes: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{i} {c}"))
+        .collect();
+    if names.iter().enumerate().any(|(i, c)| *c != i.to_string()) {
         rows.push(("classes".into(), classes.join(", ")));
     }
     let valid: Vec<String> = d["valid_sizes"]
@@ -157,7 +112,7 @@ fn text(d: &Value) -> Vec<String> {
         if d["fixed_size"].is_null() {
             format!(
                 "{} + {}k ({}, ...) per axis; images of any size are tiled, in tiles (--tile) from {} up",
-                n("smallest_input"),
+                n("smallest_size"),
                 n("size_multiple"),
                 valid.join(", "),
                 n("smallest_tile")

@@ -101,73 +101,19 @@ impl Model {
         self.inner.metadata().and_then(|m| m.to_json().ok())
     }
 
-    /// Geometry and meaning of the network (from metadata or probing).
+    /// Geometry and meaning of the network (from metadata or probing): the
+    /// core's description, the keys `unet-rt info --json` prints too.
     #[getter]
     fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let i = self.inner.info();
-        let d = PyDict::new(py);
-        d.set_item("spatial_dims", i.spatial_dims)?;
-        d.set_item("in_channels", i.in_channels)?;
-        d.set_item("out_channels", i.out_channels)?;
-        d.set_item("output", i.output.name())?;
-        d.set_item("padding", format!("{:?}", i.padding).to_lowercase())?;
-        d.set_item("halo", i.halo)?;
-        d.set_item("size_multiple", i.size_multiple)?;
-        d.set_item("size_offset", i.size_offset)?;
-        d.set_item("smallest_size", i.smallest_valid_size())?;
-        // The CLI's `info` says it too: the smallest size is a network
-        // input, not a tile the planner takes (tile=smallest_size failed).
-        d.set_item("smallest_tile", i.min_tile())?;
-        d.set_item("fixed_size", (i.fixed_size > 0).then_some(i.fixed_size))?;
-        d.set_item("overlap", i.effective_halo())?;
-        d.set_item("overlap_reason", i.overlap_reason())?;
-        d.set_item("block_depth", i.block_depth())?;
-        let read_out = PyDict::new(py);
-        read_out.set_item("seed_classes", i.read_out.seed_classes.clone())?;
-        read_out.set_item("grow_classes", i.read_out.grow_classes.clone())?;
-        read_out.set_item("grow", i.read_out.grow)?;
-        read_out.set_item("fill_holes", i.read_out.fill_holes)?;
-        read_out.set_item("min_size", i.read_out.min_size)?;
-        d.set_item("instances", read_out)?;
-        d.set_item("object_size", i.object_size)?;
-        d.set_item(
-            "output_key",
-            match &i.output_key {
-                None => None,
-                Some(unet_rt::OutputKey::Name(k)) => Some(k.clone().into_pyobject(py)?.into_any()),
-                Some(unet_rt::OutputKey::Index(n)) => Some(n.into_pyobject(py)?.into_any()),
-            },
-        )?;
-        d.set_item("probed", i.probed)?;
-        d.set_item("square_memory", i.square_memory)?;
-        let exactness = &i.exactness;
-        d.set_item("exact", exactness.is_exact())?;
-        d.set_item("whole_tile_ops", exactness.whole_tile_ops.clone())?;
-        d.set_item("one_image_per_pass", exactness.one_image_per_pass)?;
-        match &exactness.measured {
-            Some(m) => {
-                let measured = PyDict::new(py);
-                measured.set_item("probe_size", m.probe_size)?;
-                measured.set_item("max_difference", m.max_difference)?;
-                measured.set_item("label_agreement", m.label_agreement)?;
-                measured.set_item("pixels", m.pixels)?;
-                d.set_item("measured", measured)?;
-            }
-            None => d.set_item("measured", py.None())?,
-        }
-        match &exactness.undeclared_geometry {
-            Some(g) => {
-                let mismatch = PyDict::new(py);
-                mismatch.set_item("declared_halo", g.declared_halo)?;
-                mismatch.set_item("declared_size_multiple", g.declared_multiple)?;
-                mismatch.set_item("found_halo", g.found.map(|(halo, _)| halo))?;
-                mismatch.set_item("found_size_multiple", g.found.map(|(_, multiple)| multiple))?;
-                d.set_item("undeclared_geometry", mismatch)?;
-            }
-            None => d.set_item("undeclared_geometry", py.None())?,
-        }
-        d.set_item("warning", exactness.warning())?;
-        Ok(d)
+        let text = self.inner.info().describe().to_string();
+        let value = py.import("json")?.call_method1("loads", (text,))?;
+        Ok(value.cast_into::<PyDict>()?)
+    }
+
+    /// The names of the output channels: the metadata's, else the indices.
+    #[getter]
+    fn class_names(&self) -> Vec<String> {
+        self.inner.class_names()
     }
 
     /// The file the model was loaded from.

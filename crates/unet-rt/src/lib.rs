@@ -21,6 +21,7 @@ mod code_classes;
 mod container;
 mod convert;
 pub mod cuda_memory;
+mod description;
 mod engine;
 mod error;
 pub mod files;
