@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -37,6 +38,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .augment import Augmenter, sample_patch
+from .files import IMAGE_SUFFIXES, read_image, read_labels
+from .instance_labels import as_instances
 from .loss import boundary_targets, class_weights, instance_targets, weight_map
 
 __all__ = [
@@ -45,6 +48,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "Sample",
     "read_image",
+    "read_labels",
     "as_channels_first",
     "normalize",
     "find_pairs",
@@ -57,25 +61,8 @@ __all__ = [
 ]
 
 SAMPLE_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "dsb2018-nuclei"
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
 PathLike = Union[str, os.PathLike]
-
-
-def read_image(path: PathLike) -> np.ndarray:
-    """Reads a TIFF (tifffile) or PNG (Pillow) file into an array, dtype kept."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        return np.asarray(tifffile.imread(path))
-    if suffix == ".png":
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return np.asarray(im)
-    raise ValueError(f"{path}: unsupported image type {suffix!r}; use one of {IMAGE_SUFFIXES}")
 
 
 def as_channels_first(image: np.ndarray) -> np.ndarray:
@@ -196,10 +183,11 @@ def find_pairs(image_dir: PathLike, label_dir: PathLike) -> List[Tuple[Path, Pat
 
     def files(d: Path) -> Dict[str, Path]:
         if not d.is_dir():
-            raise FileNotFoundError(f"{d} is not a folder")
+            raise ValueError(f"{d} is not a folder")
         found: Dict[str, Path] = {}
         for p in sorted(d.iterdir()):
-            if p.suffix.lower() not in IMAGE_SUFFIXES:
+            # "._name.png": the resource forks macOS leaves on other disks.
+            if p.suffix.lower() not in IMAGE_SUFFIXES or p.name.startswith("._"):
                 continue
             if p.stem in found:
                 # One of the two was dropped without a word.
@@ -217,11 +205,11 @@ def find_pairs(image_dir: PathLike, label_dir: PathLike) -> List[Tuple[Path, Pat
 
 
 def load_folder(image_dir: PathLike, label_dir: PathLike, instances: bool = True) -> List[Sample]:
-    """Samples from :func:`find_pairs` (images raw, not normalised)."""
-    return [
-        Sample(as_channels_first(read_image(i)), label_array(read_image(l), l.name), instances, i.name)
-        for i, l in find_pairs(image_dir, label_dir)
-    ]
+    """Samples from :func:`find_pairs` (images raw, not normalised; instance
+    labels checked by :func:`training.instance_labels.as_instances`)."""
+    pairs = find_pairs(image_dir, label_dir)
+    return load_arrays([read_image(i) for i, _ in pairs], [read_labels(l) for _, l in pairs], instances,
+                       [i.name for i, _ in pairs], [l.name for _, l in pairs])
 
 
 def load_arrays(
@@ -229,14 +217,30 @@ def load_arrays(
     labels: Sequence[np.ndarray],
     instances: bool = True,
     names: Optional[Sequence[str]] = None,
+    label_names: Optional[Sequence[str]] = None,
 ) -> List[Sample]:
-    """Samples from arrays (``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` images)."""
+    """Samples from arrays (``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` images).
+    Instance labels that are binary masks become their connected objects,
+    said in a note on stderr; labels that are no instance labels are
+    refused (:func:`training.instance_labels.as_instances`)."""
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} label arrays")
     names = list(names) if names is not None else [f"array{i}" for i in range(len(images))]
-    return [
-        Sample(as_channels_first(i), label_array(l, n), instances, n) for i, l, n in zip(images, labels, names)
-    ]
+    label_names = list(label_names) if label_names is not None else names
+    samples, binary = [], []
+    for image, raw, name, label_name in zip(images, labels, names, label_names):
+        ids = label_array(raw, label_name)
+        if instances:
+            ids, was_binary = as_instances(ids, label_name)
+            if was_binary:
+                binary.append(label_name)
+        samples.append(Sample(as_channels_first(image), ids, instances, name))
+    if binary:
+        shown = ", ".join(binary[:3]) + (f" and {len(binary) - 3} more" if len(binary) > 3 else "")
+        print(f"note: {len(binary)} label file(s) hold one value over several objects (binary masks: {shown}): "
+              "each connected object is taken as an object of its own; touching objects merge into one (give "
+              "them ids of their own to keep them apart)", file=sys.stderr)
+    return samples
 
 
 def load_sample_data(folder: PathLike = SAMPLE_DATA_DIR) -> Sample:
@@ -245,7 +249,7 @@ def load_sample_data(folder: PathLike = SAMPLE_DATA_DIR) -> Sample:
     folder = Path(folder)
     return Sample(
         as_channels_first(read_image(folder / "image.tif")),
-        np.asarray(read_image(folder / "labels.tif"), np.int32),
+        np.asarray(read_labels(folder / "labels.tif"), np.int32),
         True,
         folder.name,
     )

@@ -64,6 +64,7 @@ from .data import (
     load_folder,
     load_sample_data,
     read_image,
+    read_labels,
     split_files,
     split_rows,
 )
@@ -373,7 +374,8 @@ def load_splits(data: Dict[str, Any]) -> Dict[str, List[Sample]]:
         samples = load_folder(_path(data["image_dir"]), _path(data["label_dir"]), data.get("instances", True))
     elif data.get("image"):
         img, lab = _path(data["image"]), _path(data["labels"])
-        samples = load_arrays([read_image(img)], [read_image(lab)], data.get("instances", True), [img.name])
+        samples = load_arrays([read_image(img)], [read_labels(lab)], data.get("instances", True), [img.name],
+                              [lab.name])
     else:
         raise ValueError("no data: give --sample, --image/--labels or --image-dir/--label-dir")
     split = dict(data.get("split") or {"by": "rows", "train": None})

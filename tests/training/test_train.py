@@ -231,10 +231,13 @@ def test_one_data_source_and_missing_files_named_as_given(tmp_path, capsys, monk
         main(["--sample", "--image-dir", str(tmp_path), "--label-dir", str(tmp_path), "--out", str(tmp_path / "x")])
     assert stop.value.code == 2
     assert "give one data source, not --sample and --image-dir" in capsys.readouterr().err
-    # A missing relative --image was named as a file of the repository.
+    # A missing relative --image was named as a file of the repository;
+    # it is a usage error (exit 2) as other data errors are, not exit 1.
     monkeypatch.chdir(tmp_path)
-    assert main(["--image", "missing.tif", "--labels", "missing_labels.tif", "--steps", "1",
-                 "--out", str(tmp_path / "y")]) == 1
+    with pytest.raises(SystemExit) as stop:
+        main(["--image", "missing.tif", "--labels", "missing_labels.tif", "--steps", "1",
+                 "--out", str(tmp_path / "y")])
+    assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "python -m training.train: error:" in err and str(tmp_path / "missing.tif") in err, err
 
