@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +120,16 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> Checkpoint:
     path = Path(path)
     if path.is_dir():
         path = path / "last.pt"
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message advises weights_only=False, which runs whatever
+        # code the file holds: never the advice for a file of unknown origin.
+        raise ValueError(f"{path} is not a training checkpoint ({CHECKPOINT_FORMAT}): torch.load reads no weights from it "
+                         "(a file torch.save did not write, or one holding more than tensors and numbers)") from None
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a training checkpoint ({CHECKPOINT_FORMAT}; {first})") from None
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
     return Checkpoint(

@@ -342,6 +342,18 @@ def resolve_config(config: Dict[str, Any]) -> Dict[str, Any]:
     if isinstance(dice, bool) or not isinstance(dice, (int, float)) or not 0.0 <= dice < math.inf:
         raise ValueError(f"loss.dice must be a weight >= 0 (0: the paper's loss alone), got {dice!r}")
     c["loss"]["dice"] = float(dice)
+    boundary = c["loss"].get("boundary") or 0
+    if boundary:
+        # Blamed on the labels ("contain class 2 but the network has 2 classes").
+        if c["model"].get("classes", 2) != 3:
+            raise ValueError(f"loss.boundary={boundary} trains three classes (background, interior, boundary): "
+                             f"set model.classes=3 too (it is {c['model'].get('classes', 2)})")
+        if not c["data"].get("instances", True):
+            raise ValueError("loss.boundary makes its classes from instance labels: not with class masks "
+                             "(--class-masks)")
+        if (c.get("export") or {}).get("class_names") == DEFAULT_CONFIG["export"]["class_names"]:
+            # The two default names, written as class_1, class_2 under three classes.
+            c.setdefault("export", {})["class_names"] = ["background", "interior", "boundary"]
     if not isinstance(c["train"].get("calibrate", False), bool):
         raise ValueError(f"train.calibrate must be true or false, got {c['train']['calibrate']!r}")
     if c["train"].get("calibrate") and not (c["data"].get("split") or {}).get("val"):
@@ -861,7 +873,9 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     if args.resume is not None:
         try:
             checkpoint = load_checkpoint(args.resume)
-        except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
+        except ValueError as e:  # load_checkpoint's refusal names the file and why
+            raise ValueError(f"--resume: {e}") from e
+        except (OSError, RuntimeError, pickle.UnpicklingError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"--resume {args.resume}: not a training checkpoint ({first})") from e
         config = merge_config(config, checkpoint.config)

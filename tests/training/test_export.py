@@ -524,3 +524,17 @@ def test_sigterm_during_an_export_removes_its_temporary(tmp_path):
         finally:
             proc.kill()
     assert list(out.iterdir()) == []
+
+
+def test_a_file_that_is_no_checkpoint_is_named_without_torchs_advice(tmp_path, capsys):
+    # torch.load's message advised re-running with weights_only=False, which
+    # runs whatever code a file of unknown origin holds.
+    import tifffile
+
+    from training.export import main as export_main
+
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((8, 8), np.uint8))
+    assert export_main([str(tmp_path / "img.tif"), "-o", str(tmp_path / "x.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "img.tif is not a training checkpoint" in err and "weights_only" not in err, err
+    assert not (tmp_path / "x.pt").exists()
