@@ -867,6 +867,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _move_export_with_the_run(config: Dict[str, Any], run_folder: Any, export_path: Any) -> None:
+    """An export path inside the run folder a config file names follows the
+    run to another ``--out``: the bundled model's config, run with ``--out
+    runs/try``, wrote its export over ``runs/nuclei/nuclei.pt`` all the same
+    (another run's). A path set with ``--export`` (or ``--set``) stays."""
+    if not (run_folder and export_path) or config.get("out") == run_folder:
+        return
+    if (config.get("export") or {}).get("path") != export_path:
+        return
+    try:
+        inside = Path(export_path).relative_to(Path(run_folder))
+    except ValueError:
+        return
+    config["export"]["path"] = str(Path(config["out"]) / inside)
+
+
 def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     """DEFAULT_CONFIG <- checkpoint config (when resuming) <- --config <- flags <- --set."""
     config = copy.deepcopy(DEFAULT_CONFIG)
@@ -880,6 +896,9 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
             raise ValueError(f"--resume {args.resume}: not a training checkpoint ({first})") from e
         config = merge_config(config, checkpoint.config)
         _drop_foreign_defaults(config["model"], set(checkpoint.config.get("model", {})))
+        # The run goes on where its checkpoint is: the folder it recorded
+        # was written again after the run was moved (and the copy refused).
+        config["out"] = str(checkpoint.path.parent)
     resumed_model = copy.deepcopy(config["model"]) if args.resume is not None else None
     resumed_norm = copy.deepcopy(config["data"].get("normalization")) if args.resume is not None else None
     file_model: Dict[str, Any] = {}
@@ -911,11 +930,13 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
         config["data"]["instances"] = False
     if args.no_progress:
         config["train"]["progress"] = False
+    run_folder, export_path = config.get("out"), (config.get("export") or {}).get("path")
     for key, value in flags.items():
         if value is not None:
             _set_path(config, f"{key}={json.dumps(value)}")
     for assignment in args.set:
         _set_path(config, assignment)
+    _move_export_with_the_run(config, run_folder, export_path)
     # The model settings the user wrote (a config file's, --set's).
     written = set(file_model) | {a.partition("=")[0].split(".", 1)[1] for a in args.set if a.startswith("model.")}
     if isinstance(config.get("model"), dict):

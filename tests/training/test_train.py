@@ -366,6 +366,30 @@ def test_resume_never_replaces_another_run_nor_rewrites_its_own_config(tmp_path,
         capsys.readouterr().err
 
 
+def test_a_moved_run_resumes_where_it_now_is(tmp_path):
+    # It resumed into the folder it recorded: the old place was made again
+    # and the moved folder kept its old step (and a copy was refused).
+    main([*TINY, "--out", str(tmp_path / "before")])
+    (tmp_path / "before").rename(tmp_path / "after")
+    main(["--resume", str(tmp_path / "after" / "last.pt"), "--steps", "4", "--no-progress"])
+    assert not (tmp_path / "before").exists()
+    assert load_checkpoint(tmp_path / "after" / "last.pt").state["step"] == 4
+
+
+def test_an_export_in_the_configs_run_folder_follows_the_run_elsewhere(tmp_path):
+    from training.train import build_parser, config_from_args
+
+    config_file = tmp_path / "c.json"
+    config_file.write_text(json.dumps({"out": "runs/nuclei", "export": {"path": "runs/nuclei/nuclei.pt"}}))
+
+    def export_path(*flags: str) -> str:
+        return config_from_args(build_parser().parse_args(["--config", str(config_file), *flags]))["export"]["path"]
+
+    assert export_path() == "runs/nuclei/nuclei.pt"
+    assert export_path("--out", "runs/try") == "runs/try/nuclei.pt"
+    assert export_path("--out", "runs/try", "--export", "mine.pt") == "mine.pt"
+
+
 def test_export_refuses_to_write_over_the_checkpoint(tmp_path, capsys):
     from training.export import main as export_main
 
