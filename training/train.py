@@ -72,6 +72,7 @@ from .evaluate import ANNOTATED, HELD_OUT_ROWS
 from .loss import boundary_targets, instance_targets, object_diameters, segmentation_loss, weight_map
 from .metrics import connected_components, evaluate, pool
 from .predict import predict_logits
+from .stopping import Interrupted, StopRequest
 from .unet import ARCHITECTURES, build_model, model_geometry, valid_sizes
 
 __all__ = [
@@ -687,40 +688,45 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
     progress = _progress(range(start, steps), tc.get("progress", True), config["name"])
     t0 = time.perf_counter()
     batches = _batches(loader)
-    for step in progress:
-        b = next(batches)
-        lr = lr_at(step, tc)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        x = b["image"]
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            logits = model(x)
-        loss = segmentation_loss(logits, b["target"], b["weight"], loss_cfg["dice"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if average is not None:
-            average.update(step)
-        value = loss.detach().item()
-        if not math.isfinite(value):
-            hint = f" or loss.dice ({loss_cfg['dice']:g})" if loss_cfg["dice"] else ""
-            raise FloatingPointError(f"loss became {value} at step {step}; lower train.lr{hint}")
-        history["step"].append(step + 1)
-        history["loss"].append(value)
-        history["lr"].append(lr)
-        if hasattr(progress, "set_postfix"):
-            progress.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.1e}")
-        done = step + 1
-        if done % val_every == 0 or done == steps:
-            if val_sets:
-                v = validate(evaluated, val_sets, read_out=read_out)
-                v["step"] = done
-                history["val"].append(v)
-                _say(progress, f"step {done}: val loss {v['loss']:.4f}  iou {v['iou']:.3f}  "
-                               f"dice {v['dice']:.3f}  AP50 {v['ap50']:.3f}")
-            checkpoint(done, elapsed + time.perf_counter() - t0)
+    with StopRequest() as stop:
+        for step in progress:
+            b = next(batches)
+            lr = lr_at(step, tc)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x = b["image"]
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                logits = model(x)
+            loss = segmentation_loss(logits, b["target"], b["weight"], loss_cfg["dice"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if average is not None:
+                average.update(step)
+            value = loss.detach().item()
+            if not math.isfinite(value):
+                hint = f" or loss.dice ({loss_cfg['dice']:g})" if loss_cfg["dice"] else ""
+                raise FloatingPointError(f"loss became {value} at step {step}; lower train.lr{hint}")
+            history["step"].append(step + 1)
+            history["loss"].append(value)
+            history["lr"].append(lr)
+            if hasattr(progress, "set_postfix"):
+                progress.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.1e}")
+            done = step + 1
+            if done % val_every == 0 or done == steps:
+                if val_sets:
+                    v = validate(evaluated, val_sets, read_out=read_out)
+                    v["step"] = done
+                    history["val"].append(v)
+                    _say(progress, f"step {done}: val loss {v['loss']:.4f}  iou {v['iou']:.3f}  "
+                                   f"dice {v['dice']:.3f}  AP50 {v['ap50']:.3f}")
+                checkpoint(done, elapsed + time.perf_counter() - t0)
+            if stop.signum is not None:
+                saved = out / "last.pt" if done % val_every == 0 or done == steps else \
+                    checkpoint(done, elapsed + time.perf_counter() - t0)
+                raise Interrupted(stop.signum, done, steps, saved)
     train_seconds = elapsed + time.perf_counter() - t0
 
     metrics: Dict[str, Any] = {}
@@ -987,6 +993,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OSError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
+    except Interrupted as e:
+        print(f"{parser.prog}: {e}", file=sys.stderr)
+        return 128 + e.signum
     print(f"run {result['run']}: {result['step']} steps, {result['train_seconds']:.0f} s training, "
           f"{time.perf_counter() - t0:.0f} s in all")
     return 0

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +16,8 @@ import torch
 from conftest import tiny_config
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.train import lr_at, main, train
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_tiny_run_loss_decreases(tiny_run):
@@ -527,3 +533,26 @@ def test_steps_extend_a_run_set_by_epochs(tmp_path):
     assert config["train"]["steps"] == 50 and config["train"]["epochs"] is None
     with pytest.raises(ValueError, match="--steps or --epochs, not both"):
         config_from_args(argparse.Namespace(**parser_args, steps=50, epochs=2))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_saves_its_last_step_and_resumes(tmp_path, signum):
+    # The checkpoint came every val_every steps (200 by default): Ctrl-C lost
+    # the steps since, with a KeyboardInterrupt traceback, and a run stopped
+    # before its first checkpoint left a folder --resume could not read.
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "training.train", *TINY, "--out", str(out), "--steps", "100000",
+               "--val-every", "100000"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "config.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # a few steps in
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err and f"interrupted ({signal.Signals(signum).name}) after step" in err, err
+    step = load_checkpoint(out / "last.pt").state["step"]
+    assert 1 <= step < 100000 and f"after step {step} of 100000" in err
+    assert main(["--resume", str(out / "last.pt"), "--steps", str(step + 2), "--no-progress"]) == 0
+    assert load_checkpoint(out / "last.pt").state["step"] == step + 2
