@@ -63,6 +63,8 @@ __all__ = [
 SAMPLE_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "dsb2018-nuclei"
 
 PathLike = Union[str, os.PathLike]
+# Image files find_pairs does not read, said when it leaves them out.
+OTHER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".jp2", ".npy", ".czi", ".nd2", ".lif")
 
 
 def as_channels_first(image: np.ndarray) -> np.ndarray:
@@ -187,7 +189,11 @@ def find_pairs(image_dir: PathLike, label_dir: PathLike) -> List[Tuple[Path, Pat
         found: Dict[str, Path] = {}
         for p in sorted(d.iterdir()):
             # "._name.png": the resource forks macOS leaves on other disks.
-            if p.suffix.lower() not in IMAGE_SUFFIXES or p.name.startswith("._"):
+            if p.name.startswith("._"):
+                continue
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                if p.suffix.lower() in OTHER_IMAGE_SUFFIXES:
+                    skipped.append(p.name)
                 continue
             if p.stem in found:
                 # One of the two was dropped without a word.
@@ -195,7 +201,13 @@ def find_pairs(image_dir: PathLike, label_dir: PathLike) -> List[Tuple[Path, Pat
             found[p.stem] = p
         return found
 
+    skipped: List[str] = []
     images, labels = files(image_dir), files(label_dir)
+    if skipped:
+        # A folder of JPEGs beside TIFFs trained on the TIFFs alone, without a word.
+        shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        print(f"note: {len(skipped)} image file(s) of other types than {', '.join(IMAGE_SUFFIXES)} are left out "
+              f"({shown})", file=sys.stderr)
     missing = sorted(set(images) - set(labels))
     if missing:
         raise ValueError(f"no labels in {label_dir} for {len(missing)} image(s): {', '.join(missing[:5])}")

@@ -988,8 +988,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result = train(config, resume=args.resume, command=command)
     except ValueError as e:
         # Data and settings that do not fit (split rows, shapes, channels):
-        # said in one line, as the settings refused above.
-        parser.error(str(e))
+        # one line, without the usage block (the flags were fine).
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     except OSError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1

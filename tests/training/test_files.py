@@ -140,3 +140,28 @@ def test_labels_that_are_no_instance_labels_are_refused():
     objects[29, 0] = 1
     labels, binary = as_instances(objects, "objects.png")
     assert labels is objects and not binary
+
+
+def test_image_files_of_other_types_are_said_to_be_left_out(tmp_path, capsys):
+    imgs, labs = tmp_path / "imgs", tmp_path / "labs"
+    imgs.mkdir()
+    labs.mkdir()
+    for folder in (imgs, labs):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "a.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(imgs / "b.jpg")
+    assert [i.name for i, _ in find_pairs(imgs, labs)] == ["a.png"]
+    assert "1 image file(s) of other types than .tif, .tiff, .png are left out (b.jpg)" in capsys.readouterr().err
+
+
+def test_a_data_error_is_one_line_without_the_usage(tmp_path, capsys):
+    from training.train import main
+
+    imgs, labs = tmp_path / "imgs", tmp_path / "labs"
+    imgs.mkdir()
+    labs.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(imgs / "a.png")
+    Image.fromarray(np.zeros((9, 8), np.uint8)).save(labs / "a.png")
+    with pytest.raises(SystemExit) as stop:
+        main(["--image-dir", str(imgs), "--label-dir", str(labs), "--out", str(tmp_path / "run"), "--steps", "1"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "usage:" not in err and "differ in size" in err, err
