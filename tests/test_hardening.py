@@ -1474,6 +1474,57 @@ print("tiled:", labels.shape, model.layout(image.shape)["tile"], flush=True)
 """
 
 
+OUT_OF_MEMORY_BEYOND_PROBING = """import resource, sys
+resource.setrlimit(resource.RLIMIT_DATA, (6 << 30, resource.RLIM_INFINITY))
+import warnings, numpy as np, torch, unet_rt
+from torch import nn
+
+class Grows(nn.Module):
+    # A network that cannot allocate its pass beyond 2100 pixels (beyond probing's images).
+    def __init__(self, whole: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.whole = whole
+    def forward(self, x):
+        if x.shape[-1] > 2100:
+            x = x + torch.zeros([1 << 40]).sum()
+        y = self.conv(x)
+        if self.whole:
+            y = y - y.mean()
+        return y
+
+image = np.random.default_rng(0).random((256, 2200), dtype=np.float32)
+for whole in (False, True):
+    torch.manual_seed(0)
+    path = f"{sys.argv[1]}/grows{int(whole)}.pt"
+    torch.jit.script(Grows(whole).eval()).save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = unet_rt.Model(path, device="cpu")
+    try:
+        got = model.segment(image, tile="whole", output="probabilities")
+        print(whole, model.info["exact"], "ran", np.abs(got - model.segment(image, tile=1024, output="probabilities")).max())
+    except unet_rt.UnetRtError as e:
+        print(whole, model.info["exact"], type(e).__name__, "approximate" in str(e), str(e)[-200:])
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_DATA bounds allocations on Linux")
+def test_a_pass_out_of_memory_shrinks_tiles_only_where_they_are_exact(tmp_path, clean_env):
+    # A pass that ran out of memory was run again in smaller tiles, "the
+    # tiling is exact": for an approximate model (a global mean here) that
+    # changed the result without a word, and tile="whole" came back tiled.
+    script = tmp_path / "grows.py"
+    script.write_text(OUT_OF_MEMORY_BEYOND_PROBING)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
+                          env=clean_env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    exact, approximate = done.stdout.splitlines()
+    assert exact.startswith("False True ran") and float(exact.split()[-1]) < 1e-5, exact
+    assert approximate.startswith("True False InferenceError True"), approximate
+    assert "smaller tiles were not tried in their place: give a smaller tile to accept that" in approximate
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
 def test_probing_a_network_whose_memory_grows_with_the_square_stops_before_it_runs_out(tmp_path, clean_env):

@@ -36,7 +36,7 @@ pub use options::{Conversion, Options, Progress, ProgressFn};
 pub use output::{NaturalElement, NonFinite, OutputElement, OutputMode};
 pub use tta::Tta;
 
-use crate::error::{Error, Result};
+use crate::error::{says_out_of_memory, Error, Result};
 use crate::geometry::{Blend, Tile, TilePlan};
 use crate::instances;
 use crate::memory;
@@ -337,7 +337,17 @@ impl Segmenter {
                 move |written: &Written<U>| stitch(&mut target, written, &tile_shape, mode, crop);
             match self.run(&gatherer, &layout, &tiles, mode, sink) {
                 // Batches already shrank to one tile: smaller tiles give the
-                // same result (the tiling is exact) in less memory.
+                // same result (where the tiling is exact) in less memory. An
+                // approximate model's result changes with its tiles: a whole
+                // image asked for (tile="whole") came back as tiles.
+                Err(Error::Inference(message))
+                    if says_out_of_memory(&message) && !self.model.info().exactness.is_exact() =>
+                {
+                    return Err(Error::Inference(format!(
+                        "{message}; this model's tiles are approximate (its result changes with them), so \
+                         smaller tiles were not tried in their place: give a smaller tile to accept that"
+                    )));
+                }
                 Err(err) if is_out_of_memory(&err) => {
                     match self.planner().halved(&layout, self.model.precision())? {
                         Some(smaller) if window.check_context(&smaller.plan, &local).is_ok() => {
