@@ -338,14 +338,18 @@ impl Segmenter {
             match self.run(&gatherer, &layout, &tiles, mode, sink) {
                 // Batches already shrank to one tile: smaller tiles give the
                 // same result (where the tiling is exact) in less memory. An
-                // approximate model's result changes with its tiles: a whole
-                // image asked for (tile="whole") came back as tiles.
+                // approximate model's result changes with its tiles: tiles
+                // asked for (a whole image, tile="whole") came back smaller.
+                // Its default tiles already follow the memory at hand.
                 Err(Error::Inference(message))
-                    if says_out_of_memory(&message) && !self.model.info().exactness.is_exact() =>
+                    if says_out_of_memory(&message)
+                        && !self.model.info().exactness.is_exact()
+                        && (self.options.whole || self.options.tile.is_some()) =>
                 {
                     return Err(Error::Inference(format!(
                         "{message}; this model's tiles are approximate (its result changes with them), so \
-                         smaller tiles were not tried in their place: give a smaller tile to accept that"
+                         tiles smaller than those asked for were not tried in their place: give a smaller tile \
+                         to accept that"
                     )));
                 }
                 Err(err) if is_out_of_memory(&err) => {
