@@ -873,6 +873,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The settings that say which files a run trains on.
+_RUN_DATA = ("sample", "image", "labels", "image_dir", "label_dir", "instances")
+
+
 def _move_export_with_the_run(config: Dict[str, Any], run_folder: Any, export_path: Any) -> None:
     """An export path inside the run folder a config file names follows the
     run to another ``--out``: the bundled model's config, run with ``--out
@@ -907,6 +911,7 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
         config["out"] = str(checkpoint.path.parent)
     resumed_model = copy.deepcopy(config["model"]) if args.resume is not None else None
     resumed_norm = copy.deepcopy(config["data"].get("normalization")) if args.resume is not None else None
+    resumed_data = {k: config["data"].get(k) for k in _RUN_DATA} if args.resume is not None else None
     file_model: Dict[str, Any] = {}
     if args.config is not None:
         try:
@@ -967,6 +972,13 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
         if config["data"].get("normalization") != resumed_norm:
             raise ValueError(f"--resume {args.resume} was trained with data.normalization "
                              f"{json.dumps(resumed_norm)}; it cannot change on resume")
+        # Other data went on training under the first data's object_size
+        # (the scale the export records), without a word.
+        changed = [k for k in _RUN_DATA if config["data"].get(k) != resumed_data[k]]
+        if changed and resumed_data is not None:
+            was = ", ".join(f"data.{k}={json.dumps(resumed_data[k])}" for k in changed)
+            raise ValueError(f"--resume {args.resume} continues its run on its own data ({was}); "
+                             f"start a new run for other data")
     return config
 
 

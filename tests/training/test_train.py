@@ -370,6 +370,11 @@ def test_resume_never_replaces_another_run_nor_rewrites_its_own_config(tmp_path,
     assert stop.value.code == 2
     assert 'data.normalization {"kind": "percentile", "low": 1.0, "high": 99.8}; it cannot change on resume' in \
         capsys.readouterr().err
+    # Other data trained on under the first data's object_size, without a word.
+    with pytest.raises(SystemExit) as stop:
+        main(["--resume", str(first / "last.pt"), "--steps", "4", "--no-progress", "--sample", "--class-masks"])
+    assert stop.value.code == 2
+    assert "continues its run on its own data (data.instances=true); start a new run" in capsys.readouterr().err
 
 
 def test_a_moved_run_resumes_where_it_now_is(tmp_path):
