@@ -71,18 +71,25 @@ def scattered_ids(labels: np.ndarray) -> List[Tuple[int, int]]:
     >>> scattered_ids(np.array([[1, 0, 1], [0, 7, 0], [0, 0, 7]]))
     [(1, 2)]
     """
-    ids, compact = np.unique(labels, return_inverse=True)
-    compact = compact.reshape(labels.shape)
-    if ids[0] != 0:
-        compact += 1  # no background: every id numbered from 1
+    ids = np.unique(labels)
+    ids = ids[ids != 0][:_IDS_SEEN]
+    if len(ids) == 0:
+        return []
+    if int(ids[-1]) <= 4 * _IDS_SEEN + len(ids):
+        # Ids numbered from 1 (as labelling tools write them): a slot each.
+        numbered, value_of = labels, None
     else:
-        ids = ids[1:]
+        # find_objects makes a slot for every value up to the largest: ids
+        # up to 2**31 made as many. Numbered 1..n here, in their order.
+        numbered = np.searchsorted(ids, labels) + 1
+        numbered[(labels == 0) | (numbered > len(ids)) | (ids[np.minimum(numbered, len(ids)) - 1] != labels)] = 0
+        value_of = ids
     corners = ndimage.generate_binary_structure(2, 2)
     found: List[Tuple[int, int]] = []
-    # Numbered 1..n, ids make n slots (their own values, up to 2**31, made as many).
-    for index, box in enumerate(ndimage.find_objects(compact, max_label=min(len(ids), _IDS_SEEN))):
+    top = int(ids[-1]) if value_of is None else len(ids)
+    for index, box in enumerate(ndimage.find_objects(numbered, max_label=top)):
         if box is not None:
-            count = ndimage.label(compact[box] == index + 1, structure=corners)[1]
+            count = ndimage.label(numbered[box] == index + 1, structure=corners)[1]
             if count > 1:
-                found.append((int(ids[index]), int(count)))
+                found.append((int(index + 1 if value_of is None else value_of[index]), int(count)))
     return found
