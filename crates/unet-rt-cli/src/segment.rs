@@ -26,6 +26,8 @@ struct Context<'a> {
     args: &'a SegmentArgs,
     model: Model,
     options: Options,
+    /// How labels become objects (instances, the overlay's outlines).
+    read_out: unet_rt::instances::ReadOut,
     bars: &'a Bars,
 }
 
@@ -54,14 +56,26 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
         batch_size: loader::batch_size(&args.model),
         tta: args.model.tta,
         object_size: args.object_size,
-        min_size: args.min_size,
-        fill_holes: args.fill_holes,
         nonfinite: args.nonfinite,
         cancel: Some(interrupt::flag()),
         ..Options::default()
     };
     // Checks the tile against the model once, as a usage error.
     Segmenter::new(model.clone(), options.clone())?;
+    // The read-out the labels are turned into objects by (the overlay
+    // outlines instances whatever the output kind; check_flags refused
+    // --min-size and --fill-holes where nothing reads them).
+    let read_out = Segmenter::new(
+        model.clone(),
+        Options {
+            output: OutputMode::Instances,
+            object_size: args.object_size,
+            min_size: args.min_size,
+            fill_holes: args.fill_holes,
+            ..Options::default()
+        },
+    )?
+    .read_out()?;
     prepare_folder(&args.output)?;
     let swept = atomic::sweep_stale(&args.output);
     if !args.quiet {
@@ -76,6 +90,7 @@ pub(crate) fn run(args: &SegmentArgs) -> Result<u8, CliError> {
         args,
         model,
         options,
+        read_out,
         bars: &bars,
     };
     let all_inputs: HashSet<PathBuf> = found
@@ -707,7 +722,7 @@ fn compute<T: Pixel>(
         })
     };
     let result = run(&segmenter)?;
-    let read_out = segmenter.read_out().map_err(engine)?;
+    let read_out = ctx.read_out.clone();
     let classes = match ctx.args.overlay {
         true => Some(
             class_plane(

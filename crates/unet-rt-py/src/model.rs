@@ -254,9 +254,7 @@ impl Model {
             fill_holes: args::optional_flag(fill_holes, "fill_holes")?,
             ..sizing(&self.inner, tile, batch_size, memory_budget)?
         };
-        options
-            .check_read_out_used(output == OutputMode::Instances)
-            .map_err(to_py_err)?;
+        // Segmenter::new refuses min_size and fill_holes for other outputs.
         let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;
         let result = segment(py, &segmenter, image, out, input_range.as_deref(), &cancel);
         // An exception from the progress callback is the real cause of a cancel.
@@ -287,9 +285,6 @@ impl Model {
             fill_holes: args::optional_flag(fill_holes, "fill_holes")?,
             ..unet_rt::Options::default()
         };
-        options
-            .check_read_out_used(output == OutputMode::Instances)
-            .map_err(to_py_err)?;
         let segmenter = unet_rt::Segmenter::new(self.inner.clone(), options).map_err(to_py_err)?;
         Ok(segmenter.read_out().map_err(to_py_err)?.to_json())
     }

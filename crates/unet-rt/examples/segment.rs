@@ -28,7 +28,21 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         model.precision()
     );
 
-    let image: ArrayD<f32> = ndarray_npy::read_npy(image_path)?;
+    // Where the result goes is checked before the work, not after it.
+    let folder = std::path::Path::new(output_path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !folder.is_dir() {
+        return Err(format!(
+            "{output_path}: its folder {} does not exist",
+            folder.display()
+        )
+        .into());
+    }
+    let image: ArrayD<f32> = ndarray_npy::read_npy(image_path).map_err(|e| {
+        format!("{image_path}: cannot be read as a float32 .npy array ({e}); save it with numpy.save(path, image.astype(numpy.float32))")
+    })?;
     if image.ndim() != 2 {
         return Err(format!(
             "{image_path}: expected a 2-D image, got shape {:?}",
@@ -48,7 +62,7 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let segmenter = Segmenter::new(model, options)?;
     let labels: ArrayD<u8> = segmenter.segment(input)?;
     eprintln!();
-    ndarray_npy::write_npy(output_path, &labels)?;
+    ndarray_npy::write_npy(output_path, &labels).map_err(|e| format!("{output_path}: {e}"))?;
     println!("wrote {output_path} {:?}", labels.shape());
     Ok(())
 }

@@ -159,7 +159,20 @@ pub(crate) fn check_device_present(device: Device) -> Result<()> {
             process::claim_cuda(device)?;
             cuda_device(index, &device_name(device)).map(|_| ())
         }
-        _ => Ok(()),
+        Device::Cpu => Ok(()),
+        // MPS, Vulkan: a libtorch built without one failed the load as an
+        // invalid model file ("PyTorch is not linked with support for mps
+        // devices"); a one-element tensor there asks the build.
+        other => tch::Tensor::f_zeros([1], (tch::Kind::Float, other))
+            .map(|_| ())
+            .map_err(|e| {
+                let first = e.to_string();
+                let first = first.lines().next().unwrap_or("").trim().to_owned();
+                Error::DeviceUnavailable(format!(
+                    "device {:?} was requested but this libtorch cannot use it ({first})",
+                    device_name(other)
+                ))
+            }),
     }
 }
 
@@ -171,5 +184,25 @@ fn cuda_device(index: usize, name: &str) -> Result<Device> {
         Err(Error::DeviceUnavailable(format!(
             "device {name:?} was requested but this machine has {count} CUDA device(s) visible to libtorch"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(not(target_os = "macos"))]
+    fn a_device_this_libtorch_was_built_without_is_unavailable_not_an_invalid_model() {
+        match check_device_present(Device::Mps) {
+            Err(Error::DeviceUnavailable(message)) => {
+                assert!(
+                    message.contains("device \"mps\" was requested"),
+                    "{message}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(check_device_present(Device::Cpu).is_ok());
     }
 }

@@ -52,7 +52,7 @@ impl std::fmt::Debug for Model {
     }
 }
 
-/// The stack a thread that loads models should have: libtorch's
+/// The stack the thread each load runs on has (see [`Model::load`]): libtorch's
 /// TorchScript compiler recurses once per level of the code's nesting, and
 /// Rust's default 2 MiB stack overflowed (killing the process) at a sum of
 /// a few thousand terms that an 8 MiB main thread loaded. The loader
@@ -63,9 +63,8 @@ pub const LOAD_THREAD_STACK: usize = 64 << 20;
 
 impl Model {
     /// Loads a TorchScript archive onto `device` in eval mode, in
-    /// [`Precision::DEFAULT`] (fp32). Call it on a thread of at least
-    /// [`LOAD_THREAD_STACK`] bytes of stack (the main thread's 8 MiB does
-    /// for files of real networks).
+    /// [`Precision::DEFAULT`] (fp32). The load runs on a thread of its own
+    /// with [`LOAD_THREAD_STACK`] bytes of stack, whatever the caller's.
     ///
     /// # Errors
     /// [`Error::ModelNotFound`] when the file is missing, [`Error::InvalidModel`]
@@ -85,6 +84,10 @@ impl Model {
         precision: Precision,
     ) -> Result<Self> {
         let path = path.as_ref();
+        on_load_stack(|| Self::load_here(path, device, precision))
+    }
+
+    fn load_here(path: &Path, device: Device, precision: Precision) -> Result<Self> {
         crate::check_device_present(device)?;
         let precision = precision.resolve(device)?;
         // Reading the archive first tells a missing or non-zip file apart from
@@ -194,6 +197,15 @@ impl Model {
         precision: Precision,
     ) -> Result<Self> {
         let name = name.as_ref();
+        on_load_stack(|| Self::load_bytes_here(bytes, name, device, precision))
+    }
+
+    fn load_bytes_here(
+        bytes: &[u8],
+        name: &Path,
+        device: Device,
+        precision: Precision,
+    ) -> Result<Self> {
         crate::check_device_present(device)?;
         let precision = precision.resolve(device)?;
         let mut zip = archive::open_zip(std::io::Cursor::new(bytes), name)?;
@@ -468,6 +480,25 @@ impl Model {
 
 /// How often a waiting forward pass looks at its cancel flag.
 const CANCEL_POLL: Duration = Duration::from_millis(20);
+
+/// Runs a load on a thread of [`LOAD_THREAD_STACK`] bytes of stack: on a
+/// caller's small one (a service's worker threads, 256 KiB) libtorch's
+/// compiler overflowed it and the process was killed (SIGABRT). A panic
+/// in the load is the caller's again.
+fn on_load_stack<T: Send>(load: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("unet-rt-load".to_owned())
+            .stack_size(LOAD_THREAD_STACK)
+            .spawn_scoped(scope, load)
+            .map_err(|e| {
+                Error::Internal(format!("cannot start a thread to load the model: {e}"))
+            })?;
+        worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
 
 /// Devices for one model: all of one kind (the tiling is planned once, for
 /// the first). A device listed twice only adds a worker that waits for the

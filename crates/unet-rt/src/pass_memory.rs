@@ -491,18 +491,29 @@ mod tests {
         if resident_bytes().is_none() {
             return; // not Linux: nothing is measured
         }
-        let mut memory = PassMemory::start(tch::Device::Cpu);
         let len = 256 << 20;
-        let touched = memory.measure(1, || {
-            let v = vec![1u8; len];
-            std::hint::black_box(&v);
-            // Held long enough for a sampler starved by a busy machine (the
-            // test suite's own threads on 2 cores: 20 ms saw 121 of 256 MiB).
-            std::thread::sleep(Duration::from_millis(300));
-            v.iter().map(|&b| u64::from(b)).sum::<u64>()
-        });
-        assert_eq!(touched, len as u64);
-        assert!(memory.passes[0].peak >= 128 * MIB, "{:?}", memory.passes);
+        // Resident memory is the process's: the other tests, threads of this
+        // process, free memory while a pass runs (one run saw 99 of 256 MiB
+        // with a 300 ms hold), so a pass is measured up to three times.
+        let mut seen = Vec::new();
+        let mut memory = PassMemory::start(tch::Device::Cpu);
+        for _ in 0..3 {
+            memory = PassMemory::start(tch::Device::Cpu);
+            let touched = memory.measure(1, || {
+                let v = vec![1u8; len];
+                std::hint::black_box(&v);
+                // Held long enough for a sampler starved by a busy machine (the
+                // test suite's own threads on 2 cores: 20 ms saw 121 of 256 MiB).
+                std::thread::sleep(Duration::from_millis(300));
+                v.iter().map(|&b| u64::from(b)).sum::<u64>()
+            });
+            assert_eq!(touched, len as u64);
+            seen.push(memory.passes[0]);
+            if memory.passes[0].peak >= 128 * MIB {
+                break;
+            }
+        }
+        assert!(memory.passes[0].peak >= 128 * MIB, "{seen:?}");
         // Too far beyond the measured pass to tell.
         assert_eq!(memory.refusal(1 << 40), None);
         // A pass twice the size of one that took a pebibyte fits nowhere.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, Axis};
 use ndarray_npy::read_npy;
-use unet_rt::{Device, Error, Model};
+use unet_rt::{Device, Error, Model, Options, OutputMode, Segmenter};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -331,4 +331,49 @@ fn whole_image_passes_refuse_empty_and_oversized_images_first() {
     .expect("a case that succeeds");
     assert_eq!(argument(unet_rt::forward_whole(&model, huge)), "image");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn a_model_loads_from_a_thread_with_a_small_stack() {
+    // libtorch's compiler overflowed a service worker's 256 KiB stack and
+    // the process was killed (SIGABRT); loads run on a stack of their own.
+    let bundled =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../python/unet_rt/models/nuclei.pt");
+    let loaded = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(move || Model::load(bundled, Device::Cpu).map(|m| m.info().out_channels))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(loaded.unwrap(), 3);
+}
+
+#[test]
+fn a_read_out_option_no_output_reads_is_refused() {
+    // Labels and probabilities ignored min_size and fill_holes without a word.
+    let model = Model::load(fixture("tiny_valid.pt"), Device::Cpu).unwrap();
+    for (output, min_size, fill_holes, refused) in [
+        (OutputMode::Labels, Some(5), None, Some("min_size")),
+        (
+            OutputMode::Probabilities,
+            None,
+            Some(true),
+            Some("fill_holes"),
+        ),
+        (OutputMode::Instances, Some(5), Some(true), None),
+    ] {
+        let options = Options {
+            output,
+            min_size,
+            fill_holes,
+            ..Options::default()
+        };
+        match (Segmenter::new(model.clone(), options), refused) {
+            (Err(Error::InvalidArgument { argument, .. }), Some(want)) => {
+                assert_eq!(argument, want)
+            }
+            (Ok(_), None) => {}
+            (other, _) => panic!("{output:?}: {:?}", other.map(|_| ())),
+        }
+    }
 }

@@ -126,10 +126,13 @@ impl Segmenter {
     /// # Errors
     /// [`Error::InvalidArgument`] for a tile of the wrong rank or not a valid
     /// input size of the model, a zero batch size or memory budget, a
-    /// window that does not fit the model.
+    /// window that does not fit the model, `min_size` or `fill_holes` with
+    /// an output other than instances (nothing would read them).
     pub fn new(model: Model, options: Options) -> Result<Self> {
         let info = model.info();
         let planner = Planner::new(info, &options)?;
+        // Labels and probabilities ignored them without a word.
+        options.check_read_out_used(options.output == OutputMode::Instances)?;
         if let Some(window) = &options.window {
             check_window(planner, window)?;
         }

@@ -40,7 +40,9 @@ pub struct Options {
     pub memory_budget: Option<usize>,
     /// How tiles of same-padded models are combined (crop by default).
     pub blend: Blend,
-    /// Called after each batch is written.
+    /// Called after each batch is written. A panic in it stops the call
+    /// and is resumed on the calling thread (it is the caller's panic, not
+    /// an error of the engine); the segmenter stays usable.
     pub progress: Option<ProgressFn>,
     /// Set to `true` (from any thread) to stop the call with
     /// [`Error::Cancelled`](crate::Error::Cancelled) at the next batch.

@@ -17,11 +17,14 @@ pub enum OutputMode {
     Probabilities,
     /// The network's output as it is, channel-first.
     Raw,
-    /// Objects: the connected components (face connectivity: 4 neighbours
-    /// in 2-D, 6 in 3-D) of the pixels whose label is not 0, numbered
-    /// `1..=N` in raster order as `scipy.ndimage.label` numbers them, as
-    /// `uint32` (or `uint64`/`int64`). Shape: spatial axes. With a window,
-    /// the components of the window's labels.
+    /// Objects, read out of the labels by the model's read-out
+    /// ([`Segmenter::read_out`](crate::Segmenter::read_out): the components,
+    /// face connectivity, of its seed classes, grown over its grow classes,
+    /// holes filled and objects under `min_size` removed as it says; by
+    /// default every class but 0 as seeds, nothing else), numbered `1..=N`
+    /// in raster order of their first pixel, as `uint32` (or
+    /// `uint64`/`int64`). Shape: spatial axes. Not with a window (an object
+    /// crossing the window's edge would be read out of part of itself).
     Instances,
 }
 
