@@ -377,3 +377,29 @@ fn a_read_out_option_no_output_reads_is_refused() {
         }
     }
 }
+
+#[test]
+fn the_layout_is_that_of_the_image_the_network_sees() {
+    // With object_size the call runs on the resampled image: the layout
+    // gave the tiles of the image as given (4 where the call ran 1).
+    let bundled =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../python/unet_rt/models/nuclei.pt");
+    let model = Model::load(bundled, Device::Cpu).unwrap();
+    let trained = model.info().object_size.unwrap();
+    let halved = Options {
+        object_size: Some(2.0 * trained),
+        ..Options::default()
+    };
+    let scaled = Segmenter::new(model.clone(), halved)
+        .unwrap()
+        .layout(&[2048, 2048])
+        .unwrap();
+    let plain = Segmenter::new(model, Options::default())
+        .unwrap()
+        .layout(&[1024, 1024])
+        .unwrap();
+    assert_eq!(
+        (scaled.plan.clone(), scaled.batch_size),
+        (plain.plan.clone(), plain.batch_size)
+    );
+}

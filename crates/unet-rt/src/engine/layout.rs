@@ -18,7 +18,9 @@ use crate::metadata::Padding;
 use crate::precision::Precision;
 
 impl Segmenter {
-    /// The tiling for an image of spatial shape `image`.
+    /// The tiling for an image of spatial shape `image`: of the image as
+    /// the network sees it, resampled where `object_size` asks for that
+    /// (it gave the tiles of the image as given: 4 where the call ran 1).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an image the tiles cannot cover, and
@@ -28,8 +30,16 @@ impl Segmenter {
         self.layout_on(image, self.model.device(), self.model.precision())
     }
 
+    /// The tiling for the network's input of spatial shape `image` (after
+    /// any resampling).
+    pub(super) fn layout_of_input(&self, image: &[usize]) -> Result<Layout> {
+        self.planner()
+            .layout(image, self.model.device(), self.model.precision())
+    }
+
     /// The tiling this segmenter would use on `device` in `precision`
-    /// ([`Planner::layout`]).
+    /// ([`Planner::layout`] of the image as the network sees it, as
+    /// [`Segmenter::layout`]).
     ///
     /// # Errors
     /// As [`Planner::layout`].
@@ -39,7 +49,14 @@ impl Segmenter {
         device: Device,
         precision: Precision,
     ) -> Result<Layout> {
-        self.planner().layout(image, device, precision)
+        match super::rescale::factor(self.model.info(), self.options.object_size)? {
+            Some(factor) => self.planner().layout(
+                &super::rescale::scaled_shape(image, factor)?,
+                device,
+                precision,
+            ),
+            None => self.planner().layout(image, device, precision),
+        }
     }
 
     /// The planner of this segmenter's model and options.

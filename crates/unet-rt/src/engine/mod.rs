@@ -210,7 +210,7 @@ impl Segmenter {
     /// of the model); as [`Segmenter::layout`] for the window's image.
     pub fn needed_input(&self, window: &Window) -> Result<(Vec<usize>, Vec<usize>)> {
         self.check_window(window)?;
-        let layout = self.layout(&window.image)?;
+        let layout = self.layout_of_input(&window.image)?;
         window.needed_input(&layout.plan)
     }
 
@@ -231,7 +231,7 @@ impl Segmenter {
                 {
                     Some(index) => index,
                     None => {
-                        layouts.push((&window.image, self.layout(&window.image)?));
+                        layouts.push((&window.image, self.layout_of_input(&window.image)?));
                         layouts.len() - 1
                     }
                 };
@@ -316,7 +316,7 @@ impl Segmenter {
             Some(window) => window.clone(),
             None => Window::whole(&local),
         };
-        let mut layout = self.layout(&window.image)?;
+        let mut layout = self.layout_of_input(&window.image)?;
         // The statistics pass reads the whole input: a call cancelled before
         // it starts ends here, not after it.
         if self.cancelled() {
