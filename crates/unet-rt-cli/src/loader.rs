@@ -78,7 +78,7 @@ fn interruptible(
 ) -> Result<Model, CliError> {
     let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
-        .name("unet-rt-load".to_owned())
+        .name(unet_rt::LOAD_THREAD_NAME.to_owned())
         .stack_size(unet_rt::LOAD_THREAD_STACK)
         .spawn(move || {
             // Inside `catch`, a panic the core catches itself (tch's

@@ -156,7 +156,7 @@ where
     py.detach(|| {
         let (done_tx, done_rx) = sync_channel::<unet_rt::Result<T>>(1);
         std::thread::Builder::new()
-            .name("unet-rt-load".to_owned())
+            .name(unet_rt::LOAD_THREAD_NAME.to_owned())
             .stack_size(unet_rt::LOAD_THREAD_STACK)
             .spawn(move || {
                 let result = catching(work);

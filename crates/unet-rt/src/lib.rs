@@ -59,7 +59,7 @@ pub use metadata::{
     Activation, Metadata, Normalization, OutputKey, Padding, MAX_CHANNELS, MAX_GEOMETRY, MAX_SCALE,
     METADATA_ENTRY,
 };
-pub use model::{Model, LOAD_THREAD_STACK};
+pub use model::{Model, LOAD_THREAD_NAME, LOAD_THREAD_STACK};
 pub use pixel::{Pixel, RawKind};
 pub use precision::Precision;
 pub use probe::MAX_PROBE_VALUES;

@@ -61,6 +61,11 @@ impl std::fmt::Debug for Model {
 /// reserved until touched.
 pub const LOAD_THREAD_STACK: usize = 64 << 20;
 
+/// The name of a thread of [`LOAD_THREAD_STACK`] bytes of stack that loads
+/// models: a load on a thread of this name runs there, any other load on
+/// a thread of its own.
+pub const LOAD_THREAD_NAME: &str = "unet-rt-load";
+
 impl Model {
     /// Loads a TorchScript archive onto `device` in eval mode, in
     /// [`Precision::DEFAULT`] (fp32). The load runs on a thread of its own
@@ -485,10 +490,17 @@ const CANCEL_POLL: Duration = Duration::from_millis(20);
 /// caller's small one (a service's worker threads, 256 KiB) libtorch's
 /// compiler overflowed it and the process was killed (SIGABRT). A panic
 /// in the load is the caller's again.
+/// A thread of [`LOAD_THREAD_NAME`] (the command line's and the Python
+/// binding's loads, which wait for theirs interruptibly) is taken to have
+/// that stack already, and loads on itself: a panic the core catches there
+/// stays within the thread whose panic hook knows it is caught.
 fn on_load_stack<T: Send>(load: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    if std::thread::current().name() == Some(LOAD_THREAD_NAME) {
+        return load();
+    }
     std::thread::scope(|scope| {
         let worker = std::thread::Builder::new()
-            .name("unet-rt-load".to_owned())
+            .name(LOAD_THREAD_NAME.to_owned())
             .stack_size(LOAD_THREAD_STACK)
             .spawn_scoped(scope, load)
             .map_err(|e| {
