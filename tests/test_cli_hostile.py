@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 import tifffile
 
+from tests.fuzz.cli import png_chunk
+
 TIMEOUT = 60
 
 # What a panic, an abort or a backtrace prints; none may appear.
@@ -371,13 +373,10 @@ def png_with_size(width: int, height: int, bit_depth=8, color_type=0) -> bytes:
     """A valid 1x1 PNG whose IHDR then claims another size (its CRC fixed)."""
     ihdr = struct.pack(">IIBBBBB", 1, 1, bit_depth, color_type, 0, 0, 0)
     row = b"\0" + b"\0" * (bit_depth // 8 * {0: 1, 2: 3, 4: 2, 6: 4}[color_type])
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    good = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(row)) + chunk(b"IEND", b"")
+    good = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(row))
+            + png_chunk(b"IEND", b""))
     claimed = struct.pack(">II", width, height) + ihdr[8:]
-    return good.replace(chunk(b"IHDR", ihdr), chunk(b"IHDR", claimed))
+    return good.replace(png_chunk(b"IHDR", ihdr), png_chunk(b"IHDR", claimed))
 
 
 HOSTILE_PNG = {

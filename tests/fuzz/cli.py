@@ -126,7 +126,8 @@ def tiff_files(draw: st.DrawFn) -> File:
     return "tif", bytes(content), f"tiff {dtype} {shape} {damage}@{where}"
 
 
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    """One PNG chunk: length, kind, body and CRC (the tests' PNG writer)."""
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
 
@@ -140,9 +141,9 @@ def png_files(draw: st.DrawFn) -> File:
     color = draw(st.sampled_from([0, 2, 4, 6, 3, 7]), label="colour type")
     rows = b"".join(b"\x00" + bytes(44) for _ in range(40))
     idat = zlib.compress(rows)
-    content = bytearray(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth,
+    content = bytearray(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth,
                                                                                 color, 0, 0, 0))
-                        + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
+                        + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b""))
     damage = draw(st.sampled_from(["none", "flip", "cut"]), label="png damage")
     where = draw(st.integers(0, len(content) - 1), label="offset")
     if damage == "flip":

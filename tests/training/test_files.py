@@ -16,6 +16,7 @@ from PIL import Image
 from scipy import ndimage
 
 import unet_rt
+from tests.fuzz.cli import png_chunk
 from training.data import find_pairs, load_folder
 from training.files import read_image, read_labels
 from training.instance_labels import as_instances
@@ -23,14 +24,11 @@ from training.instance_labels import as_instances
 
 def _png(path, rows: np.ndarray, depth: int, colour: int) -> None:
     """A PNG written by hand (Pillow writes no 16-bit colour)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
     height, width = rows.shape[:2]
     raw = b"".join(b"\0" + row.astype(">u2" if depth == 16 else np.uint8).tobytes() for row in rows)
     header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(raw))
+                     + png_chunk(b"IEND", b""))
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])

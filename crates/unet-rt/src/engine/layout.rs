@@ -49,14 +49,11 @@ impl Segmenter {
         device: Device,
         precision: Precision,
     ) -> Result<Layout> {
-        match super::rescale::factor(self.model.info(), self.options.object_size)? {
-            Some(factor) => self.planner().layout(
-                &super::rescale::scaled_shape(image, factor)?,
-                device,
-                precision,
-            ),
-            None => self.planner().layout(image, device, precision),
-        }
+        let seen = match super::rescale::factor(self.model.info(), self.options.object_size)? {
+            Some(factor) => super::rescale::scaled_shape(image, factor)?,
+            None => image.to_vec(),
+        };
+        self.planner().layout(&seen, device, precision)
     }
 
     /// The planner of this segmenter's model and options.

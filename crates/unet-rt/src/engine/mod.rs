@@ -36,7 +36,7 @@ pub use options::{Conversion, Options, Progress, ProgressFn};
 pub use output::{NaturalElement, NonFinite, OutputElement, OutputMode};
 pub use tta::Tta;
 
-use crate::error::{says_out_of_memory, Error, Result};
+use crate::error::{Error, Result};
 use crate::geometry::{Blend, Tile, TilePlan};
 use crate::instances;
 use crate::memory;
@@ -340,22 +340,18 @@ impl Segmenter {
                 move |written: &Written<U>| stitch(&mut target, written, &tile_shape, mode, crop);
             match self.run(&gatherer, &layout, &tiles, mode, sink) {
                 // Batches already shrank to one tile: smaller tiles give the
-                // same result (where the tiling is exact) in less memory. An
-                // approximate model's result changes with its tiles: tiles
-                // asked for (a whole image, tile="whole") came back smaller.
-                // Its default tiles already follow the memory at hand.
-                Err(Error::Inference(message))
-                    if says_out_of_memory(&message)
-                        && !self.model.info().exactness.is_exact()
-                        && (self.options.whole || self.options.tile.is_some()) =>
-                {
-                    return Err(Error::Inference(format!(
-                        "{message}; this model's tiles are approximate (its result changes with them), so \
-                         tiles smaller than those asked for were not tried in their place: give a smaller tile \
-                         to accept that"
-                    )));
-                }
+                // same result (where the tiling is exact) in less memory.
                 Err(err) if is_out_of_memory(&err) => {
+                    if !self.tiles_may_shrink() {
+                        return Err(match err {
+                            Error::Inference(message) => Error::Inference(format!(
+                                "{message}; this model's tiles are approximate (its result changes with \
+                                 them), so tiles smaller than those asked for were not tried in their \
+                                 place: give a smaller tile to accept that"
+                            )),
+                            other => other,
+                        });
+                    }
                     match self.planner().halved(&layout, self.model.precision())? {
                         Some(smaller) if window.check_context(&smaller.plan, &local).is_ok() => {
                             layout = smaller
@@ -366,6 +362,15 @@ impl Segmenter {
                 other => return other,
             }
         }
+    }
+
+    /// Whether a pass out of memory may run again in smaller tiles: where
+    /// the tiling is exact, or the tiles are the planner's (which follow the
+    /// memory at hand anyway). An approximate model's result changes with
+    /// its tiles: tiles asked for (tile="whole") came back smaller, silently.
+    fn tiles_may_shrink(&self) -> bool {
+        self.model.info().exactness.is_exact()
+            || !(self.options.whole || self.options.tile.is_some())
     }
 
     /// Segments a batch of images laid out `(N, C, spatial...)` into `out`
