@@ -287,12 +287,39 @@ fn resident_bytes() -> Option<u128> {
     crate::memory::status_field("VmRSS:").map(|bytes| bytes as u128)
 }
 
+/// This process's resident high-water mark (`VmHWM`) in bytes.
+fn resident_high_water() -> Option<u128> {
+    crate::memory::status_field("VmHWM:").map(|bytes| bytes as u128)
+}
+
 /// Runs `work` while a thread samples the resident memory: its result and
 /// the highest reading (`None` where no thread could be started or nothing
-/// could be read). Sampling, not the kernel's high-water mark: resetting
-/// that (`/proc/self/clear_refs`) would change the peak the caller's own
-/// tools report.
+/// could be read). The kernel's high-water mark is read too, not reset
+/// (resetting it through `/proc/self/clear_refs` would change the peak the
+/// caller's own tools report): where it rose while `work` ran, that rise
+/// is the pass's peak exactly. A sampler starved of the CPU by other
+/// processes missed the peak of a 1024 px attention pass, and probing took
+/// memory that grows with the square for linear.
 fn peak_resident<T>(work: impl FnOnce() -> T) -> (T, Option<u128>) {
+    let before = resident_high_water();
+    let (out, sampled) = sample_peak(work);
+    (out, pass_peak(sampled, before, resident_high_water()))
+}
+
+/// The peak of a pass: the sampled one, or the high-water mark where it
+/// rose from `before` to `after` while the pass ran (then no reading in
+/// the pass was higher).
+fn pass_peak(sampled: Option<u128>, before: Option<u128>, after: Option<u128>) -> Option<u128> {
+    let rose = match (before, after) {
+        (Some(before), Some(after)) if after > before => Some(after),
+        _ => None,
+    };
+    sampled.max(rose)
+}
+
+/// Runs `work` while a thread samples the resident memory every
+/// [`SAMPLE_EVERY`].
+fn sample_peak<T>(work: impl FnOnce() -> T) -> (T, Option<u128>) {
     let done = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let sampler = std::thread::Builder::new()
@@ -319,7 +346,7 @@ fn peak_resident<T>(work: impl FnOnce() -> T) -> (T, Option<u128>) {
     })
 }
 
-/// Tells the sampler of [`peak_resident`] to stop, when dropped.
+/// Tells the sampler of [`sample_peak`] to stop, when dropped.
 struct StopSampler<'a>(&'a AtomicBool, Option<std::thread::Thread>);
 
 impl Drop for StopSampler<'_> {
@@ -477,6 +504,29 @@ mod tests {
         let p = extrapolate(&linear, 1 << 106).unwrap();
         assert!(!p.quadratic);
         assert_eq!(p.peak, u128::MAX);
+    }
+
+    #[test]
+    fn a_rise_of_the_high_water_mark_is_the_pass_peak() {
+        // The sampler saw 300 MiB; the mark rose to 2 GiB meanwhile.
+        let (mib, gib) = (1u128 << 20, 1u128 << 30);
+        assert_eq!(
+            pass_peak(Some(300 * mib), Some(gib), Some(2 * gib)),
+            Some(2 * gib)
+        );
+        // A mark that did not rise was set before the pass.
+        assert_eq!(
+            pass_peak(Some(300 * mib), Some(2 * gib), Some(2 * gib)),
+            Some(300 * mib)
+        );
+        // Reset meanwhile (clear_refs), or unreadable: the sampled peak.
+        assert_eq!(
+            pass_peak(Some(300 * mib), Some(2 * gib), Some(gib)),
+            Some(300 * mib)
+        );
+        assert_eq!(pass_peak(Some(300 * mib), None, Some(gib)), Some(300 * mib));
+        assert_eq!(pass_peak(None, Some(gib), Some(2 * gib)), Some(2 * gib));
+        assert_eq!(pass_peak(None, None, None), None);
     }
 
     #[test]

@@ -266,6 +266,45 @@ impl<'a> Prober<'a> {
         self.started.elapsed().as_secs_f64() + needed <= PROBE_BUDGET.as_secs_f64() * share
     }
 
+    /// One pass at each doubling of `size` up to `limit` while it fits in
+    /// memory and time, only to measure its memory: where the reach probes
+    /// ran out of time, their memory alone says nothing of a square. A busy
+    /// machine stopped global attention's probes at 256 px, whose memory
+    /// grows with the square only beyond 512 (a 1024 px pass took 2.2 GiB,
+    /// nine times the 512 px one's), and a whole 2048 px pass, planned as
+    /// linear, asked for 18 GB. A pass costs what the last doubling did
+    /// (`growth` times the last pass); the reach probes wanted eleven.
+    fn measure_memory_beyond(
+        &mut self,
+        mut size: usize,
+        limit: usize,
+        on_grid: &dyn Fn(usize) -> usize,
+        mut growth: f64,
+    ) -> Result<()> {
+        let least_growth = f64::from(1u32 << self.dims);
+        loop {
+            let next = on_grid(size.saturating_mul(2));
+            if next > limit
+                || !self.fits(next)
+                || !self.affordable(next)
+                || !self.time_for(growth, 0.6)
+            {
+                return Ok(());
+            }
+            let took = self.times.typical().as_secs_f64();
+            let input = self.noise(next, 1)?;
+            if self.forward(input)?.is_none() {
+                return Ok(());
+            }
+            growth = if took > 0.0 {
+                (self.times.typical().as_secs_f64() / took).max(least_growth)
+            } else {
+                least_growth
+            };
+            size = next;
+        }
+    }
+
     /// [`Self::reach`] of `image` changed to `other` on either half
     /// (`low_halves`: the low one, the high one or both) of each of `axes`.
     fn reach_in(
@@ -375,6 +414,8 @@ impl<'a> Prober<'a> {
             // The typical pass of the probe before the last, where that was half
             // its side: how a pass grows with the side.
             let mut half_side_took: Option<Duration> = None;
+            // What the last doubling cost, at least the pixels' growth.
+            let mut last_growth = f64::from(1u32 << self.dims);
             loop {
                 let next = on_grid(size * 2);
                 // Layers that see the whole tile reach every edge at any
@@ -463,6 +504,7 @@ impl<'a> Prober<'a> {
                     .filter(|before| !before.is_zero())
                     .map_or(0.0, |before| took.as_secs_f64() / before.as_secs_f64())
                     .max(f64::from(1u32 << self.dims));
+                last_growth = growth;
                 out_of_time = !planned_last
                     && !self.time_for(f64::from(2 * self.dims as u32 + 7) * growth, 0.6);
                 let last = planned_last || !self.affordable(next) || out_of_time;
@@ -476,6 +518,9 @@ impl<'a> Prober<'a> {
                 edge_before = size / 2;
                 half_side_took = Some(took);
                 size = next;
+            }
+            if out_of_time {
+                self.measure_memory_beyond(size, limit, &on_grid, last_growth)?;
             }
             // Changes still reach the far edge of a 2048 px probe: tiles
             // cannot be shown exact, however small the difference measured
