@@ -264,6 +264,18 @@ def test_boundary_modes_extend_the_array_like_numpy_pad(tmp_path, mode, numpy_mo
         ud.segment(da.from_array(image), plain, boundary="mirror")
 
 
+@pytest.mark.parametrize("mode,numpy_mode", [("symmetric", "symmetric"), ("nearest", "edge")])
+def test_boundary_modes_normalize_by_the_array_not_its_padding(model, mode, numpy_mode):
+    # The padding adds no pixels to the percentiles: the padded array
+    # normalized with the array's own range, as docs/dask.md says.
+    image = blobs((120, 100), 13, dtype=np.uint16)
+    d = ud.block_depth(model.info)
+    padded = np.pad(image, d, mode=numpy_mode)
+    want = model.segment(padded, output="raw", tile=84, input_range=model.percentile_range(image))[:, d:-d, d:-d]
+    got = sync(ud.segment(da.from_array(image, chunks=48), model, boundary=mode, output="raw", tile=84))
+    assert_identical(got, want)
+
+
 def test_normalize_options(model):
     image = blobs((140, 120), 14, dtype=np.uint16)
     x = da.from_array(image, chunks=64)
@@ -917,6 +929,12 @@ def test_segment_to_zarr_never_deletes_what_it_did_not_write_nor_trusts_markers_
     with pytest.raises(unet_rt.InvalidArgumentError, match="holding files but no zarr store; resume=False would delete"):
         ud.segment_to_zarr(source, project, model, client=False, progress=False, resume=False)
     assert (project / "code" / "a.py").read_text() == "x"
+    # A resumed run (the default, with or without OME-Zarr) wrote its store among them.
+    for ome in (False, True):
+        with pytest.raises(unet_rt.InvalidArgumentError,
+                           match="holding files but no zarr store; its zarr store would be written among them"):
+            ud.segment_to_zarr(source, project, model, client=False, progress=False, ome=ome)
+        assert sorted(p.name for p in project.iterdir()) == ["code"]
     # The source through a file:// URL, or in a store that is not a folder, was deleted.
     url = "file://" + str(source.resolve())
     with pytest.raises(unet_rt.InvalidArgumentError, match="would overwrite or nest in the source"):

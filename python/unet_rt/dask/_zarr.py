@@ -316,6 +316,7 @@ def segment_to_zarr(
             # was created. Workers elsewhere check their own.
             load_model(resolved.spec, resolved.data)
         mode = "a" if resume else "w"
+        _refuse_plain_folder(destination, resume)
         if ngff:
             # Never overwrite the destination itself: it may be the image.
             root = _open_group(destination, "a")
@@ -325,8 +326,6 @@ def segment_to_zarr(
             layout = label_image(array_axes.axes, array_axes.spatial_dims, ome_source,
                                  ome_source is not None and _same_group(ome_source.group, root), levels)
         else:
-            if not resume:
-                _refuse_plain_folder(destination)
             group, layout = _open_group(destination, mode), None
         config = {
             "format": _FORMAT,
@@ -481,18 +480,20 @@ def _open_group(location: Any, mode: str) -> Any:
         ) from err
 
 
-def _refuse_plain_folder(destination: Any) -> None:
-    """Refuses to start a destination over (``resume=False``) where it is a
-    local folder holding files but no zarr store: opening it afresh
-    deleted everything in it (a typo, or ``.``, wiped a project folder).
-    Zarr data another tool wrote is replaced, as asked."""
+def _refuse_plain_folder(destination: Any, resume: bool) -> None:
+    """Refuses a destination that is a local folder holding files but no
+    zarr store: starting it over (``resume=False``) deleted everything in
+    it (a typo, or ``.``, wiped a project folder), and a resumed run wrote
+    its store's files among them. Zarr data another tool wrote is replaced
+    (``resume=False``) or refused by the resumed run's own checks."""
     local = _local_location(destination)
     if local is None or not os.path.isdir(local) or not os.listdir(local):
         return
     if not any(os.path.isfile(os.path.join(local, m)) for m in ("zarr.json", ".zgroup", ".zarray")):
+        harm = "resume=False would delete them all" if not resume else "its zarr store would be written among them"
         raise InvalidArgumentError(
-            f"invalid destination: {destination} is a folder holding files but no zarr store; resume=False "
-            f"would delete them all: choose a new or empty path"
+            f"invalid destination: {destination} is a folder holding files but no zarr store; {harm}: "
+            f"choose a new or empty path"
         )
 
 
