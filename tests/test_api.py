@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import pickle
 import re
@@ -502,6 +503,38 @@ def test_properties_and_typing_files(model):
     package = Path(unet_rt.__file__).parent
     assert (package / "py.typed").exists() and (package / "_unet_rt.pyi").exists()
     assert set(unet_rt.__all__) >= {"segment", "Model", "UnetRtError", "build_info"}
+
+
+def _stub_type(annotation: ast.expr, names: dict) -> Any:
+    """The runtime type a stub's return annotation names (its outer type)."""
+    if isinstance(annotation, ast.Subscript):
+        outer = ast.unparse(annotation.value).split(".")[-1]
+        if outer == "Optional":
+            return (_stub_type(annotation.slice, names), type(None))
+        return {"List": list, "list": list, "Dict": dict, "dict": dict, "Tuple": tuple}[outer]
+    return names[ast.unparse(annotation)]
+
+
+def test_the_extension_stub_names_what_the_extension_has_and_returns(model):
+    # The stub said Model.path was a str where the extension returns a
+    # pathlib.Path: typed code was told the wrong type without a word.
+    import pathlib
+
+    from unet_rt import _unet_rt
+
+    tree = ast.parse((Path(_unet_rt.__file__).parent / "_unet_rt.pyi").read_text())
+    stub = {node.name: node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    public = {name for name in dir(_unet_rt) if not name.startswith("_") and callable(getattr(_unet_rt, name))}
+    assert public - set(stub) == set() and set(stub) - public == set()
+    methods = {n.name: n for n in stub["Model"].body if isinstance(n, ast.FunctionDef)}
+    runtime = {name for name in dir(_unet_rt.Model) if not name.startswith("_")}
+    assert runtime == set(methods) - {"__init__"}
+    names = {"str": str, "int": int, "bool": bool, "float": float, "pathlib.Path": pathlib.Path}
+    inner = model._inner
+    for name, node in methods.items():
+        if any(ast.unparse(d) == "property" for d in node.decorator_list):
+            value = getattr(inner, name)
+            assert isinstance(value, _stub_type(node.returns, names)), (name, type(value), ast.unparse(node.returns))
 
 
 # --- memory ------------------------------------------------------------------
