@@ -176,7 +176,9 @@ fn pattern(input: &Path) -> Result<Vec<Result<PathBuf, FileError>>, FileError> {
             }
             continue;
         }
-        let matcher = glob::Pattern::new(&text).map_err(|e| {
+        // `**` is `*` within one name, as in a shell without globstar (the
+        // glob crate refused `**.npy`, which the help says is `*.npy`).
+        let matcher = glob::Pattern::new(&one_star_runs(&text)).map_err(|e| {
             FileError::new(input, format!("no such file, nor a valid pattern ({e})"))
         })?;
         let mut matched = Vec::new();
@@ -216,6 +218,18 @@ fn pattern(input: &Path) -> Result<Vec<Result<PathBuf, FileError>>, FileError> {
         return Err(FileError::new(input, "no file matches this pattern"));
     }
     Ok(files)
+}
+
+/// `text` with each run of `*` as one `*` (the same pattern within one
+/// name, a `[**]` class included).
+fn one_star_runs(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if !(c == '*' && out.ends_with('*')) {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -267,6 +281,14 @@ mod tests {
             "{}",
             names[5]
         );
+        // `**` within a name is `*`, as the help says (it was refused).
+        for pattern in ["**.tif", "s**/../**b.t[*i]f"] {
+            let found = discover(&[dir.join(pattern)]);
+            assert!(
+                matches!(&found[..], [Ok(b)] if b.ends_with("b.tif")),
+                "{found:?}"
+            );
+        }
         // A broken link a pattern matches is named, not left out.
         std::os::unix::fs::symlink(dir.join("away.tif"), dir.join("link.tif")).unwrap();
         let found = discover(&[dir.join("*.tif")]);
