@@ -47,7 +47,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Set
+from typing import Any, Dict, Iterator, List, NoReturn, Optional, Sequence, Set
 
 import numpy as np
 import torch
@@ -986,22 +986,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``python -m training.train``."""
     parser = build_parser()
     args = parser.parse_args(argv)
+
+    def refuse(e: ValueError) -> NoReturn:
+        # Settings and data that do not fit: one line, without the usage
+        # block (the flags themselves parsed), exit status 2.
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+
     try:
         config = config_from_args(args)
-    except ValueError as e:
-        parser.error(str(e))
-    try:
         resolve_config(config)  # a bad setting is a usage error, said before anything loads
     except ValueError as e:
-        parser.error(str(e))
+        refuse(e)
     command = "python -m training.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     t0 = time.perf_counter()
     try:
         result = train(config, resume=args.resume, command=command)
     except ValueError as e:
-        # Data and settings that do not fit (split rows, shapes, channels):
-        # one line, without the usage block (the flags were fine).
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
+        refuse(e)  # data that do not fit (split rows, shapes, channels)
     except OSError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1

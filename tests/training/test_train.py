@@ -317,7 +317,9 @@ def test_settings_a_run_cannot_use_are_usage_errors_that_leave_nothing(tmp_path,
     with pytest.raises(SystemExit) as stop:
         main([*TINY, "--out", str(tmp_path / "x"), "--set", setting])
     assert stop.value.code == 2
-    assert re.search(message, capsys.readouterr().err)
+    # One `error:` line, as training/README.md says: the usage block came first.
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.count("\n") == 1 and err.startswith("python -m training.train: error:"), err
     assert not (tmp_path / "x").exists()
 
 
