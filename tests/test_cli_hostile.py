@@ -547,6 +547,8 @@ def test_bench_counts_its_result_and_stops_at_ctrl_c_while_it_makes_its_image(cl
         (["segment", "x.npy", "-o", "out", "--min-size", "5"], "invalid --min-size: it shapes instances"),
         (["segment", "x.npy", "-o", "out", "--fill-holes", "no", "--output-kind", "probabilities", "--format", "npy"],
          "invalid --fill-holes: it shapes instances, and the output is probabilities"),
+        # Was "value was not a boolean", of a flag whose values read yes|no.
+        (["segment", "x.npy", "-o", "out", "--fill-holes", "maybe"], "'maybe' for '--fill-holes <yes|no>': expected yes or no"),
     ],
 )
 def test_usage_errors_are_one_line_with_status_2(cli, tmp_path, args, named):

@@ -185,6 +185,16 @@ fn parse_nonfinite(text: &str) -> Result<unet_rt::NonFinite, String> {
         .map_err(|e| e.to_string())
 }
 
+/// `yes` or `no` (clap's boolish words too: true/false, on/off, 1/0); its
+/// own refusal said "value was not a boolean" of `maybe`.
+fn parse_yes_no(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "yes" | "y" | "true" | "t" | "on" | "1" => Ok(true),
+        "no" | "n" | "false" | "f" | "off" | "0" => Ok(false),
+        _ => Err("expected yes or no".to_owned()),
+    }
+}
+
 /// `--tta`, by the engine's names.
 fn parse_tta(text: &str) -> Result<unet_rt::Tta, String> {
     text.parse::<unet_rt::Tta>().map_err(|e| e.to_string())
@@ -231,8 +241,7 @@ pub(crate) struct SegmentArgs {
     pub min_size: Option<u64>,
     /// Instances: whether background enclosed by one object joins it
     /// (default: the model's read-out).
-    #[arg(long, value_name = "yes|no", value_parser = clap::builder::BoolishValueParser::new(),
-          hide_possible_values = true)]
+    #[arg(long, value_name = "yes|no", value_parser = parse_yes_no)]
     pub fill_holes: Option<bool>,
     /// NaN or infinite pixels, and such values in the network's output: raise
     /// (refuse the image, naming it) or propagate (let them through to the
