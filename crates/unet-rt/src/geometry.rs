@@ -354,6 +354,18 @@ impl Blend {
         }
     }
 
+    /// Refuses a Gaussian `sigma_scale` that is not a finite positive
+    /// number, whatever network it is given for.
+    pub fn check(self) -> Result<()> {
+        match self {
+            Self::Gaussian { sigma_scale } if !(sigma_scale.is_finite() && sigma_scale > 0.0) => Err(invalid(
+                "sigma_scale",
+                format!("{sigma_scale} must be a finite number greater than 0 (default {DEFAULT_SIGMA_SCALE})"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether tiles overlap in the output and must be accumulated.
     fn accumulates(self) -> bool {
         !matches!(self, Self::Crop)
@@ -467,14 +479,7 @@ impl TilePlan {
         multiple: usize,
         blend: Blend,
     ) -> Result<Self> {
-        if let Blend::Gaussian { sigma_scale } = blend {
-            if !(sigma_scale.is_finite() && sigma_scale > 0.0) {
-                return Err(invalid(
-                    "sigma_scale",
-                    format!("{sigma_scale} must be a finite number greater than 0 (default {DEFAULT_SIGMA_SCALE})"),
-                ));
-            }
-        }
+        blend.check()?;
         Self::build(image, tile_in, halo, multiple, TileMode::Same(blend))
     }
 

@@ -207,6 +207,27 @@ fn argument<T: std::fmt::Debug>(result: Result<T, Error>) -> &'static str {
 }
 
 #[test]
+fn a_gaussian_blend_without_a_sigma_is_refused_for_every_network() {
+    // A valid network never blends: it took a NaN sigma without a word.
+    let model = Model::load(fixture("tiny_valid.pt"), Device::Cpu).expect("model");
+    for sigma_scale in [f64::NAN, 0.0, -1.0, f64::INFINITY] {
+        let options = Options {
+            blend: unet_rt::Blend::Gaussian { sigma_scale },
+            ..Default::default()
+        };
+        assert_eq!(
+            argument(Segmenter::new(model.clone(), options)),
+            "sigma_scale"
+        );
+    }
+    let fine = Options {
+        blend: unet_rt::Blend::gaussian(),
+        ..Default::default()
+    };
+    assert!(Segmenter::new(model, fine).is_ok());
+}
+
+#[test]
 fn windows_and_shapes_that_do_not_fit_the_model_are_refused_by_name() {
     use unet_rt::{Options, Segmenter, Window};
     let model = Model::load(fixture("tiny_valid.pt"), Device::Cpu).expect("model");

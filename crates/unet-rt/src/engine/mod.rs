@@ -127,9 +127,12 @@ impl Segmenter {
     /// [`Error::InvalidArgument`] for a tile of the wrong rank or not a valid
     /// input size of the model, a zero batch size or memory budget, a
     /// window that does not fit the model, `min_size` or `fill_holes` with
-    /// an output other than instances (nothing would read them).
+    /// an output other than instances (nothing would read them), a Gaussian
+    /// blend's `sigma_scale` that is not a finite positive number.
     pub fn new(model: Model, options: Options) -> Result<Self> {
         let info = model.info();
+        // A valid network never blends, and took a NaN sigma without a word.
+        options.blend.check()?;
         let planner = Planner::new(info, &options)?;
         // Labels and probabilities ignored them without a word.
         options.check_read_out_used(options.output == OutputMode::Instances)?;
