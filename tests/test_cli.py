@@ -695,6 +695,35 @@ def test_results_carry_the_physical_pixel_size_of_a_tiff(cli, tmp_path):
     assert all("unit" not in a for a in plain["axes"])
 
 
+def test_png_results_and_overlays_carry_the_pixel_size(cli, tmp_path):
+    # PNG results (and overlays) said nothing of the pixel size, and a PNG's pHYs was not read: its
+    # TIFF and OME-Zarr results were measured in pixels.
+    rng = np.random.default_rng(8)
+    image = (rng.random((64, 80)) * 255).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(image).save(tmp_path / "in" / "a.png", dpi=(25.4 / 0.0005, 25.4 / 0.0005))  # 0.5 um pixels
+    tifffile.imwrite(tmp_path / "in" / "b.tif", image, resolution=(20000.0, 40000.0), resolutionunit=3)
+    Image.fromarray(image).save(tmp_path / "in" / "c.png")
+    for fmt in ("png", "tif"):
+        proc = run([cli, "segment", tmp_path / "in", "-o", tmp_path / fmt, "-f", fmt, "--device", "cpu", "-q",
+                    "--overlay"])
+        assert proc.returncode == 0, proc.stderr
+    per_metre = {"a": (2_000_000, 2_000_000), "b": (2_000_000, 4_000_000)}
+    for stem, (x, y) in per_metre.items():
+        for path in (tmp_path / "png" / f"{stem}.png", tmp_path / "png" / f"{stem}_overlay.png"):
+            with Image.open(path) as png:
+                png.load()
+                assert png.info.get("dpi") is not None, path
+                assert np.allclose(png.info["dpi"], (x * 0.0254, y * 0.0254)), (path, png.info["dpi"])
+    with tifffile.TiffFile(tmp_path / "tif" / "a.tif") as tif:
+        page = tif.pages[0]
+        assert page.tags["ResolutionUnit"].value == 3 and page.resolution == (20000.0, 20000.0), page.resolution
+    # A file that says nothing gives results that say nothing.
+    with Image.open(tmp_path / "png" / "c.png") as png:
+        png.load()
+        assert "dpi" not in png.info
+
+
 def test_results_of_ome_tiffs_are_ome_tiffs(cli, tmp_path):
     # x.ome.tif's result is named x.ome.tif: it held no OME-XML, which readers that go by the name
     # (Bio-Formats) expect, and a stack's pages were flat. Now its axes, classes (as channels) and

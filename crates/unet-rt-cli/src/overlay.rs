@@ -36,6 +36,7 @@ pub(crate) fn write_overlay<T: Pixel>(
     image: ArrayView2<'_, T>,
     classes: ArrayView2<'_, u16>,
     read_out: &ReadOut,
+    per_metre: Option<(u32, u32)>,
 ) -> Result<(), FileError> {
     let (h, w) = image.dim();
     let rgb = render(image, classes, read_out).map_err(|m| FileError::new(path, m))?;
@@ -50,6 +51,7 @@ pub(crate) fn write_overlay<T: Pixel>(
         png::BitDepth::Eight,
         &rgb,
         None,
+        per_metre,
     )
 }
 

@@ -16,7 +16,7 @@ use crate::errors::{in_flag_words, usage, CliError, FileError, EXIT_FAILURE, EXI
 use crate::limits::{bytes_of, elements, try_filled, try_map, Memory};
 use crate::ome_tiff::OmeResult;
 use crate::progress::Bars;
-use crate::read::{read_image, with_pixels};
+use crate::read::{png_pixels_per_metre, read_image, with_pixels};
 use crate::report::{self, Report, Status};
 use crate::write::{source_name, write_output, Output};
 use crate::{atomic, inputs, interrupt, loader, ome_zarr, output, overlay, panics};
@@ -592,7 +592,8 @@ fn segment_file(
         let mut overlay_written = None;
         if let (Some(path), Some(classes)) = (overlay_path, &result.classes) {
             let plane = middle_plane(arranged.view.index_axis(Axis(1), 0)).map_err(|m| fail(FileError::new(input, m)))?;
-            overlay::write_overlay(path, plane, classes.view(), &result.read_out).map_err(fail)?;
+            let per_metre = image.calibration.as_ref().and_then(|c| png_pixels_per_metre(c.micrometres));
+            overlay::write_overlay(path, plane, classes.view(), &result.read_out, per_metre).map_err(fail)?;
             overlay_written = Some(path);
         }
         let written = if ctx.args.format == Format::Zarr {

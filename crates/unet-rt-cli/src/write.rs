@@ -157,7 +157,7 @@ pub(crate) fn write_output(
                 Output::F32(a) => write_tiff::<colortype::Gray32Float, _>(w, a, page),
             })
         }
-        Format::Png => write_png(path, output, &source_name(ome.name)),
+        Format::Png => write_png(path, output, &source_name(ome.name), ome.micrometres),
         // Written with the image, by `ome_zarr::write_ome_zarr`.
         Format::Zarr => Err(FileError::new(
             path,
@@ -290,8 +290,14 @@ pub(crate) fn check_png_shape(shape: &[usize]) -> Result<(), String> {
     Ok(())
 }
 
-/// PNG holds one 2-D gray image of 8 or 16 bits.
-fn write_png(path: &Path, output: &Output, source: &str) -> Result<(), FileError> {
+/// PNG holds one 2-D gray image of 8 or 16 bits; its pHYs chunk says the
+/// input's pixel size where it is known (`micrometres`: `z`, `y`, `x`).
+fn write_png(
+    path: &Path,
+    output: &Output,
+    source: &str,
+    micrometres: [Option<f64>; 3],
+) -> Result<(), FileError> {
     let fail = |m: String| FileError::new(path, m);
     let shape = output.shape();
     check_png_shape(shape).map_err(fail)?;
@@ -330,11 +336,13 @@ fn write_png(path: &Path, output: &Output, source: &str) -> Result<(), FileError
         depth,
         &bytes,
         Some(source),
+        crate::read::png_pixels_per_metre(micrometres),
     )
 }
 
 /// Writes raw PNG sample bytes (big-endian for 16 bits), with the input's
-/// name ([`source_name`]) in a text chunk where `source` is given.
+/// name ([`source_name`]) in a text chunk where `source` is given, and the
+/// pixels per metre along `x` and `y` where `per_metre` is.
 pub(crate) fn write_png_bytes(
     path: &Path,
     (width, height): (u32, u32),
@@ -342,11 +350,17 @@ pub(crate) fn write_png_bytes(
     depth: png::BitDepth,
     bytes: &[u8],
     source: Option<&str>,
+    per_metre: Option<(u32, u32)>,
 ) -> Result<(), FileError> {
     write_atomically(path, |w| {
         let mut encoder = png::Encoder::new(w, width, height);
         encoder.set_color(color);
         encoder.set_depth(depth);
+        encoder.set_pixel_dims(per_metre.map(|(xppu, yppu)| png::PixelDimensions {
+            xppu,
+            yppu,
+            unit: png::Unit::Meter,
+        }));
         if let Some(source) = source {
             encoder
                 .add_text_chunk(PNG_SOURCE_KEYWORD.to_owned(), source.to_owned())

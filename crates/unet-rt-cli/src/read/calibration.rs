@@ -75,6 +75,27 @@ pub(super) fn calibration(
     (said || micrometres.iter().any(Option::is_some)).then_some(Calibration { tags, micrometres })
 }
 
+/// The calibration of a PNG whose pHYs chunk says `x` and `y` pixels per
+/// metre (`None` where either is 0).
+pub(super) fn png_calibration(x: u32, y: u32) -> Option<Calibration> {
+    let size = |per_metre: u32| (per_metre > 0).then(|| 1e6 / f64::from(per_metre));
+    Some(Calibration {
+        tags: None,
+        micrometres: [None, Some(size(y)?), Some(size(x)?)],
+    })
+}
+
+/// Pixels per metre along `x` and `y` (a PNG's pHYs chunk) of pixels
+/// `micrometres` (`z`, `y`, `x`) in size, where `y` and `x` are known and
+/// the rounded counts fit PNG's 31 bits.
+pub(crate) fn png_pixels_per_metre(micrometres: [Option<f64>; 3]) -> Option<(u32, u32)> {
+    let per_metre = |size: Option<f64>| {
+        let n = (1e6 / size?).round();
+        (n >= 1.0 && n <= f64::from(i32::MAX as u32)).then_some(n as u32)
+    };
+    Some((per_metre(micrometres[2])?, per_metre(micrometres[1])?))
+}
+
 impl Calibration {
     /// The resolution tags of a TIFF result: pixels per centimetre where
     /// the pixel size in micrometres is known (TIFF's own unit, which every

@@ -22,7 +22,7 @@ use ndarray::ArrayD;
 
 use crate::limits::Memory;
 use crate::special_files::{refuse_special, refuse_special_metadata};
-pub(crate) use calibration::Calibration;
+pub(crate) use calibration::{png_pixels_per_metre, Calibration};
 
 /// File extensions read as images (lower case).
 pub(crate) const EXTENSIONS: &[&str] = &["tif", "tiff", "png", "npy"];

@@ -60,6 +60,10 @@ pub(super) fn read_png(file: File, file_len: u64, memory: Memory) -> Result<Imag
         .map_err(|e| format!("not a readable PNG file: {e}"))?;
     let info = reader.info();
     let (width, height) = info.size();
+    let calibration = info
+        .pixel_dims
+        .filter(|d| d.unit == png::Unit::Meter)
+        .and_then(|d| super::calibration::png_calibration(d.xppu, d.yppu));
     let declared = format!("the PNG declares {width}x{height} pixels");
     let overflow = || format!("{declared}: more than this machine can address");
     // The pixel data before expansion, in bits: what the compressed data
@@ -137,7 +141,7 @@ pub(super) fn read_png(file: File, file_len: u64, memory: Memory) -> Result<Imag
         pixels,
         axes: Some(axes.to_owned()),
         pages_named: false,
-        calibration: None,
+        calibration,
         merged_pages: None,
     })
 }
