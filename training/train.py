@@ -566,7 +566,37 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
     """Runs training as ``config`` describes (resolved with
     :func:`resolve_config`), optionally resuming from a checkpoint. Returns
     the final state: step, history, validation and test metrics, run folder,
-    checkpoint and export paths."""
+    checkpoint and export paths. A run folder another run is writing is
+    refused (``ValueError``)."""
+    with contextlib.ExitStack() as held:
+        return _train(config, resume, command, held)
+
+
+@contextlib.contextmanager
+def _run_folder_claimed(out: Path) -> Iterator[None]:
+    """Holds an exclusive lock on the run folder ``out`` (on the folder
+    itself: no file is left behind) while a run writes it. Two runs given
+    one ``--out`` both passed the "already holds a run" check before either
+    had saved, then wrote each other's checkpoints and curves in turn."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: nothing to lock with
+        yield
+        return
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"another run is writing into {out}: wait for it to finish, or choose another --out") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _train(config: Dict[str, Any], resume: Optional[Path], command: Optional[str],
+           held: contextlib.ExitStack) -> Dict[str, Any]:
+    """:func:`train`, with the run folder's lock entered on ``held``."""
     ck = load_checkpoint(resume) if resume is not None else None
     config = resolve_config(config)
     tc = config["train"]
@@ -672,6 +702,7 @@ def train(config: Dict[str, Any], resume: Optional[Path] = None, command: Option
     # Only now, with everything built: a run that cannot start leaves no
     # folder, and a failed --resume leaves its run's config as it was.
     out.mkdir(parents=True, exist_ok=True)
+    held.enter_context(_run_folder_claimed(out))
     _write_json(out / "config.json", config)
     state: Dict[str, Any] = {"step": start, "history": history}
     val_every = int(tc.get("val_every") or steps)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -334,6 +335,28 @@ def test_a_config_file_naming_unet_plus_plus_trains_it(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*TINY, "--out", str(tmp_path / "b"), "--arch", "unet++", "--set", "model.dropout=0.1"])
     assert "unknown setting model.dropout" in capsys.readouterr().err
+
+
+def test_a_run_folder_another_run_is_writing_is_refused(tmp_path, capsys):
+    # Two runs given one --out both passed "already holds a run" before either
+    # saved, then wrote each other's checkpoints in turn.
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a run in progress holds it
+        with pytest.raises(SystemExit) as stop:
+            main([*TINY, "--out", str(out)])
+        assert stop.value.code == 2
+        assert f"another run is writing into {out}" in capsys.readouterr().err
+        assert list(out.iterdir()) == []
+    finally:
+        os.close(fd)
+    # Once it is done, the folder is free; a finished run holds nothing.
+    assert main([*TINY, "--out", str(out)]) == 0
+    assert main(["--resume", str(out), "--steps", "3", "--no-progress", "--threads", "1"]) == 0
 
 
 def test_resume_never_replaces_another_run_nor_rewrites_its_own_config(tmp_path, capsys):
