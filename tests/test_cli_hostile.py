@@ -720,15 +720,29 @@ def test_tiff_colour_layouts_the_reader_does_not_decode_are_refused_with_advice(
     # They were refused in the decoder's words: "The Decoder does not support the image format
     # `BlackIsZero with [8, 8] bits per sample is unsupported`".
     image = (np.random.default_rng(0).random((40, 44)) * 255).astype(np.uint8)
+    # Grey and alpha is read (two channels, as tifffile reads it): the grey bundled model refuses
+    # its two channels with advice for alpha.
     grey_alpha = tmp_path / "grey_alpha.tif"
     tifffile.imwrite(grey_alpha, np.stack([image, image], -1), photometric="minisblack", extrasamples=["unassalpha"])
     stderr = refused_alone(cli, grey_alpha, tmp_path)
-    assert "2 samples of 8 bits per pixel (grey and 1 extra" in stderr and "moveaxis" in stderr, stderr
+    assert "the 2nd is likely alpha" in stderr and "convert('L')" in stderr, stderr
+    # Several MinIsWhite samples: the decoder inverts grey alone.
+    white = tmp_path / "white_bands.tif"
+    tifffile.imwrite(white, np.stack([image, image], -1), photometric="miniswhite", planarconfig="contig")
+    stderr = refused_alone(cli, white, tmp_path)
+    assert "2 samples of 8 bits per pixel stored MinIsWhite" in stderr and "moveaxis" in stderr, stderr
+    # RGB with an extra sample not named alpha: the decoder leaves it out (a (y, x, 4) image read
+    # as (y, x, 3)).
+    extra = tmp_path / "rgb_extra.tif"
+    tifffile.imwrite(extra, np.stack([image] * 4, -1), photometric="rgb", extrasamples=["unspecified"])
+    stderr = refused_alone(cli, extra, tmp_path)
+    assert "4 samples per pixel, 3 of them its RGB(A) colour and 1 extra" in stderr, stderr
+    assert "photometric='minisblack'" in stderr, stderr
     palette = tmp_path / "palette.tif"
     tifffile.imwrite(palette, image, photometric="palette", colormap=np.tile(np.arange(256, dtype=np.uint16) * 257, (3, 1)))
     stderr = refused_alone(cli, palette, tmp_path)
     assert "palette (indexed-colour) image" in stderr and "convert" in stderr, stderr
-    for text in (grey_alpha, palette):
+    for text in (grey_alpha, white, extra, palette):
         assert "Decoder" not in refused_alone(cli, text, tmp_path)
 
 
@@ -1180,6 +1194,56 @@ def test_channels_stored_as_separate_planes_are_read_as_tifffile_reads_them(cli,
     tifffile.imwrite(path, (rng.random((3, 64, 64)) * 255).astype(np.uint8), photometric="rgb",
                      planarconfig="separate", compression="jpeg")
     assert "separate JPEG planes (planar configuration 2)" in refused_alone(cli, path, path.parent)
+
+
+def test_grey_pages_of_several_bands_are_read_as_tifffile_reads_them(cli, tmp_path):
+    # MinIsBlack pages of 2 or more samples per pixel (GDAL's multi-band rasters, tifffile's
+    # minisblack (y, x, c) arrays, grey with extra samples) were refused: "page 1 holds 2 samples
+    # of 8 bits per pixel (grey and 1 extra ...), which the TIFF reader does not decode". Each is
+    # the image tifffile.imread gives, its channels moved first: labels and raw output equal the
+    # Python API's on it, for strips, tiles, compression, predictors, separate planes and stacks.
+    import unet_rt
+    from training.tiny import export_tiny
+
+    rng = np.random.default_rng(5)
+    contig = {"photometric": "minisblack", "planarconfig": "contig"}
+    cases = {}
+    for bands in (2, 4):
+        cases[f"u8_{bands}"] = ((rng.random((45, 70, bands)) * 255).astype(np.uint8), contig)
+        cases[f"u16_tiles_{bands}"] = ((rng.random((45, 70, bands)) * 60000).astype(np.uint16),
+                                       {**contig, "tile": (16, 32), "compression": "zlib"})
+        cases[f"f32_lzw_{bands}"] = (rng.random((45, 70, bands)).astype(np.float32),
+                                     {**contig, "compression": "lzw", "predictor": True, "rowsperstrip": 7})
+        cases[f"i16_extra_{bands}"] = ((rng.random((45, 70, bands)) * 2000 - 1000).astype(np.int16),
+                                       {**contig, "extrasamples": ["unspecified"] * (bands - 1), "byteorder": ">"})
+        cases[f"u16_planes_{bands}"] = ((rng.random((bands, 45, 70)) * 60000).astype(np.uint16),
+                                        {"photometric": "minisblack", "planarconfig": "separate"})
+        cases[f"stack_{bands}"] = ((rng.random((2, 40, 50, bands)) * 255).astype(np.uint8), contig)
+    for bands in (2, 4):
+        model_path = export_tiny(tmp_path / f"m{bands}.pt", in_channels=bands)
+        model = unet_rt.Model(model_path, device="cpu")
+        names = [name for name in cases if name.endswith(f"_{bands}")]
+        folder = tmp_path / f"in{bands}"
+        folder.mkdir()
+        for name in names:
+            image, options = cases[name]
+            tifffile.imwrite(folder / f"{name}.tif", image, **options)
+            assert tifffile.imread(folder / f"{name}.tif").shape == image.shape, name
+        for kind in ("raw", "labels"):
+            out = tmp_path / f"out{bands}_{kind}"
+            proc = segment(cli, folder, out=out, extra=["-m", str(model_path), "--format", "npy", "-k", kind])
+            assert proc.returncode == 0, proc.stderr
+            for name in names:
+                image = tifffile.imread(folder / f"{name}.tif")
+                planes = cases[name][1].get("planarconfig") == "separate"
+                first = image if planes else np.moveaxis(image, -1, -3)
+                want = model.segment(np.ascontiguousarray(first), output=kind, axes="bcyx" if first.ndim == 4 else "cyx")
+                np.testing.assert_array_equal(np.load(out / f"{name}.npy"), want, err_msg=f"{name} {kind}")
+    # Grey channels in JPEG are not decoded: refused by name.
+    path = tmp_path / "jpeg" / "jpeg.tif"
+    path.parent.mkdir()
+    tifffile.imwrite(path, (rng.random((64, 64, 2)) * 255).astype(np.uint8), compression="jpeg", **contig)
+    assert "2 grey channels compressed with JPEG" in refused_alone(cli, path, path.parent)
 
 
 def test_bits_stored_in_reverse_order_are_refused_by_name(cli, tmp_path):

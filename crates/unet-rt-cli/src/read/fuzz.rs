@@ -18,7 +18,7 @@ use std::io::{Cursor, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use tiff::encoder::{colortype, compression, TiffEncoder};
+use tiff::encoder::{colortype, Compression, TiffEncoder};
 
 use super::{npy_reader, png_reader, tiff_reader, with_pixels, Memory};
 
@@ -247,43 +247,41 @@ impl Random for u64 {
 
 /// `pages` pages of one colour type and compression, written by the tiff
 /// crate (as a standard TIFF, or a BigTIFF where `big`).
-fn encoded<C, D>(rng: &mut Rng, pages: usize, big: bool, compression: D) -> Vec<u8>
+fn encoded<C>(rng: &mut Rng, pages: usize, big: bool, compression: Compression) -> Vec<u8>
 where
     C: colortype::ColorType,
     [C::Inner]: tiff::encoder::TiffValue,
     C::Inner: Random,
-    D: compression::Compression + Clone,
 {
-    fn write<C, D, K>(
-        mut enc: TiffEncoder<&mut Cursor<Vec<u8>>, K>,
+    fn write<C, K>(
+        enc: TiffEncoder<&mut Cursor<Vec<u8>>, K>,
         rng: &mut Rng,
         pages: usize,
-        compression: D,
+        compression: Compression,
     ) where
         C: colortype::ColorType,
         [C::Inner]: tiff::encoder::TiffValue,
         C::Inner: Random,
-        D: compression::Compression + Clone,
         K: tiff::encoder::TiffKind,
     {
+        let mut enc = enc.with_compression(compression);
         let (width, height) = (23u32, 17u32);
         let n = (width * height) as usize * C::BITS_PER_SAMPLE.len();
         for _ in 0..pages {
             let data: Vec<C::Inner> = (0..n).map(|_| C::Inner::random(rng)).collect();
-            enc.write_image_with_compression::<C, D>(width, height, compression.clone(), &data)
-                .expect("page");
+            enc.write_image::<C>(width, height, &data).expect("page");
         }
     }
     let mut out = Cursor::new(Vec::new());
     if big {
-        write::<C, D, _>(
+        write::<C, _>(
             TiffEncoder::new_big(&mut out).expect("encoder"),
             rng,
             pages,
             compression,
         );
     } else {
-        write::<C, D, _>(
+        write::<C, _>(
             TiffEncoder::new(&mut out).expect("encoder"),
             rng,
             pages,
@@ -367,7 +365,8 @@ fn npy_seed(rng: &mut Rng, descr: &str, size: usize, shape: &[usize], fortran: b
 }
 
 fn seeds(rng: &mut Rng) -> Vec<Seed> {
-    use compression::{Deflate, Lzw, Packbits, Uncompressed};
+    use Compression::{Lzw, Packbits, Uncompressed};
+    let deflate = Compression::Deflate(Default::default());
     let mut seeds = Vec::new();
     let mut tiff = |what: &str, bytes: Vec<u8>| {
         seeds.push(Seed {
@@ -378,55 +377,49 @@ fn seeds(rng: &mut Rng) -> Vec<Seed> {
     };
     tiff(
         "gray8",
-        encoded::<colortype::Gray8, _>(rng, 1, false, Uncompressed),
+        encoded::<colortype::Gray8>(rng, 1, false, Uncompressed),
     );
     tiff(
         "gray8 3 pages lzw",
-        encoded::<colortype::Gray8, _>(rng, 3, false, Lzw),
+        encoded::<colortype::Gray8>(rng, 3, false, Lzw),
     );
     tiff(
         "gray16 deflate",
-        encoded::<colortype::Gray16, _>(rng, 1, false, Deflate::default()),
+        encoded::<colortype::Gray16>(rng, 1, false, deflate),
     );
     tiff(
         "int8 packbits",
-        encoded::<colortype::GrayI8, _>(rng, 2, false, Packbits),
+        encoded::<colortype::GrayI8>(rng, 2, false, Packbits),
     );
     tiff(
         "int16",
-        encoded::<colortype::GrayI16, _>(rng, 1, false, Uncompressed),
+        encoded::<colortype::GrayI16>(rng, 1, false, Uncompressed),
     );
-    tiff(
-        "uint32",
-        encoded::<colortype::Gray32, _>(rng, 1, false, Lzw),
-    );
+    tiff("uint32", encoded::<colortype::Gray32>(rng, 1, false, Lzw));
     tiff(
         "float32",
-        encoded::<colortype::Gray32Float, _>(rng, 2, false, Uncompressed),
+        encoded::<colortype::Gray32Float>(rng, 2, false, Uncompressed),
     );
     tiff(
         "float64 deflate",
-        encoded::<colortype::Gray64Float, _>(rng, 1, false, Deflate::default()),
+        encoded::<colortype::Gray64Float>(rng, 1, false, deflate),
     );
     tiff(
         "uint64",
-        encoded::<colortype::Gray64, _>(rng, 1, false, Uncompressed),
+        encoded::<colortype::Gray64>(rng, 1, false, Uncompressed),
     );
-    tiff(
-        "rgb8 lzw",
-        encoded::<colortype::RGB8, _>(rng, 1, false, Lzw),
-    );
+    tiff("rgb8 lzw", encoded::<colortype::RGB8>(rng, 1, false, Lzw));
     tiff(
         "rgba16",
-        encoded::<colortype::RGBA16, _>(rng, 1, false, Uncompressed),
+        encoded::<colortype::RGBA16>(rng, 1, false, Uncompressed),
     );
     tiff(
         "bigtiff gray16",
-        encoded::<colortype::Gray16, _>(rng, 1, true, Uncompressed),
+        encoded::<colortype::Gray16>(rng, 1, true, Uncompressed),
     );
     tiff(
         "bigtiff rgb8 deflate",
-        encoded::<colortype::RGB8, _>(rng, 1, true, Deflate::default()),
+        encoded::<colortype::RGB8>(rng, 1, true, deflate),
     );
     tiff("tiled gray8", tiled_seed(rng, 40, 24, 1, false));
     tiff("tiled rgb8", tiled_seed(rng, 33, 17, 3, false));
@@ -455,10 +448,7 @@ fn seeds(rng: &mut Rng) -> Vec<Seed> {
         "planar ImageJ text",
         planar_strips_seed(rng, 20, 10, 3, 5, Some(imagej)),
     );
-    tiff(
-        "int32",
-        encoded::<colortype::GrayI32, _>(rng, 1, false, Lzw),
-    );
+    tiff("int32", encoded::<colortype::GrayI32>(rng, 1, false, Lzw));
     use png::{BitDepth, ColorType};
     for (what, color, depth, palette, frames) in [
         ("gray8", ColorType::Grayscale, BitDepth::Eight, false, 1),

@@ -151,6 +151,10 @@ fn zeros_like(chunk: &DecodingResult, len: usize) -> Result<DecodingResult, Stri
         DecodingResult::I64(_) => DecodingResult::I64(try_filled_vec(len, 0)?),
         DecodingResult::F32(_) => DecodingResult::F32(try_filled_vec(len, 0.0)?),
         DecodingResult::F64(_) => DecodingResult::F64(try_filled_vec(len, 0.0)?),
+        // Refused by their sample kind before anything is decoded.
+        DecodingResult::F16(_) => {
+            return Err("16-bit float samples are not read from TIFF".to_owned())
+        }
     })
 }
 

@@ -502,7 +502,35 @@ fn check_page(
         .find_tag_unsigned::<u16>(Tag::Compression)
         .map_err(tiff_err)?
         .unwrap_or(1);
-    let (samples, bits) = samples_and_bits(colour, compression, number)?;
+    let photometric = decoder
+        .find_tag_unsigned::<u16>(Tag::PhotometricInterpretation)
+        .map_err(tiff_err)?;
+    // The samples the decoder returns per pixel: the colour type counts
+    // the colour's own (3 for RGB with an extra sample the file leaves
+    // unnamed), the decoder all of them.
+    let per_pixel = decoder
+        .find_tag_unsigned::<u16>(Tag::SamplesPerPixel)
+        .map_err(tiff_err)?
+        .unwrap_or(1);
+    let (samples, bits) = samples_and_bits(colour, per_pixel, photometric, compression, number)?;
+    // The decoder returns a colour's own samples only, leaving out extra
+    // samples it does not take for alpha (GDAL's 4-band RGB without
+    // ALPHA=YES): read so, a (y, x, 4) image came back (y, x, 3). Separate
+    // planes are read plane by plane here, every one of them.
+    if samples != colour.num_samples() && !is_planar(decoder, samples).map_err(tiff_err)? {
+        return Err(format!(
+            "page {number} holds {samples} samples per pixel, {} of them its {} colour and {} extra \
+             (not alpha), which the TIFF reader does not decode: save them as channels of a grey \
+             page, e.g. tifffile.imwrite(new, tifffile.imread(path), photometric='minisblack')",
+            colour.num_samples(),
+            match colour {
+                ColorType::RGB(_) | ColorType::RGBA(_) => "RGB(A)",
+                ColorType::CMYK(_) | ColorType::CMYKA(_) => "CMYK",
+                _ => "photometric",
+            },
+            samples - colour.num_samples().min(samples),
+        ));
+    }
     let format = decoder
         .find_tag_unsigned_vec::<u16>(Tag::SampleFormat)
         .map_err(tiff_err)?;
@@ -676,20 +704,46 @@ fn raw_bytes(
 const JPEG: u16 = 7;
 
 /// Samples per pixel and bits per sample of the colour types read, on page
-/// `number` compressed with `compression`.
+/// `number` of `per_pixel` samples (SamplesPerPixel), photometric
+/// interpretation `photometric`, compressed with `compression`.
 fn samples_and_bits(
     color: ColorType,
+    per_pixel: u16,
+    photometric: Option<u16>,
     compression: u16,
     number: usize,
 ) -> Result<(u16, u8), String> {
+    let jpeg_channels = |what: &str| {
+        format!(
+            "page {number} stores {what} compressed with JPEG, which is not read: re-save it with LZW or zlib \
+             (deflate) compression, e.g. tifffile.imwrite(new, tifffile.imread(path), compression='zlib')"
+        )
+    };
     match color {
         ColorType::Gray(b) => Ok((1, b)),
         ColorType::GrayA(b) => Ok((2, b)),
-        ColorType::RGB(b) => Ok((3, b)),
+        // The decoder inverts MinIsWhite grey only ("unknown interpretation"
+        // for more samples), and which of several samples are inverted is
+        // no one's convention.
+        ColorType::Multiband { bit_depth, num_samples } if photometric == Some(0) => Err(format!(
+            "page {number} holds {num_samples} samples of {bit_depth} bits per pixel stored MinIsWhite \
+             (0 is white; grey and {} extra), which the TIFF reader does not decode: {AS_PAGES}",
+            num_samples.saturating_sub(1)
+        )),
+        ColorType::Multiband { num_samples, .. } if compression == JPEG => {
+            Err(jpeg_channels(&format!("{num_samples} grey channels")))
+        }
+        // Grey with extra samples (alpha or more channels) and multi-band
+        // rasters (GDAL's INTERLEAVE=PIXEL, tifffile's minisblack (y, x, c)):
+        // read as tifffile reads them, every sample a channel.
+        ColorType::Multiband {
+            bit_depth,
+            num_samples,
+        } => Ok((num_samples, bit_depth)),
         // JPEG decoders disagree on a CMYK stream's inks (Adobe's
         // inverted convention or not): PIL's came back with every ink
         // inverted, 8,850 of 8,960 samples off.
-        ColorType::CMYK(_) if compression == JPEG => Err(format!(
+        ColorType::CMYK(_) | ColorType::CMYKA(_) if compression == JPEG => Err(format!(
             "page {number} stores CMYK inks compressed with JPEG, whose inks decoders read two ways (Adobe's \
              inverted convention or not), so it is not read: re-save it with LZW or zlib (deflate) \
              compression, e.g. PIL: Image.open(path).save(new, compression='tiff_lzw')"
@@ -697,11 +751,17 @@ fn samples_and_bits(
         // The JPEG decoder takes four channels as inks only: PIL's RGBA
         // JPEG pages got its words ("Invalid number of channels (4) for
         // RGB data").
-        ColorType::RGBA(_) if compression == JPEG => Err(format!(
+        ColorType::RGBA(_) | ColorType::RGB(_) if compression == JPEG && per_pixel == 4 => Err(format!(
             "page {number} stores RGBA compressed with JPEG, which is not read: re-save it with LZW or zlib \
              (deflate) compression, e.g. PIL: Image.open(path).save(new, compression='tiff_lzw')"
         )),
-        ColorType::RGBA(b) | ColorType::CMYK(b) => Ok((4, b)),
+        // RGB(A) with more samples than its colour's: JPEG holds 3 only.
+        ColorType::RGB(_) | ColorType::RGBA(_) | ColorType::YCbCr(_) if compression == JPEG && per_pixel != 3 => {
+            Err(jpeg_channels(&format!("{per_pixel} channels (RGB and {} extra)", per_pixel.saturating_sub(3))))
+        }
+        ColorType::RGB(b) => Ok((per_pixel.max(3), b)),
+        ColorType::RGBA(b) | ColorType::CMYK(b) => Ok((per_pixel.max(4), b)),
+        ColorType::CMYKA(b) => Ok((per_pixel.max(5), b)),
         // The JPEG decoder returns YCbCr as RGB: tifffile's RGB JPEG (its
         // default colour space) was refused.
         ColorType::YCbCr(8) if compression == JPEG => Ok((3, 8)),
@@ -711,6 +771,11 @@ fn samples_and_bits(
             "page {number} stores YCbCr colour of {b} bits{}, which is read from JPEG compression only: \
              convert it to RGB, e.g. PIL: Image.open(path).convert('RGB').save(new)",
             if compression == JPEG { "" } else { " without JPEG compression" }
+        )),
+        // As the decoder refused it before it named ICC Lab.
+        ColorType::Lab(b) => Err(format!(
+            "page {number} is IccLab with {per_pixel} sample(s) of {b} bits per pixel, which is not \
+             read: save it as grayscale or RGB, or as NPY"
         )),
         other => Err(format!(
             "page {number} has the unsupported TIFF colour type {other:?}: expected grayscale, RGB or RGBA"
@@ -760,12 +825,7 @@ fn colour_refusal(error: tiff::TiffError, number: usize) -> Result<String, tiff:
     };
     let samples = bits.len();
     let depth = bits.first().copied().unwrap_or(0);
-    // tifffile.imread gives (y, x, channels) for a page whose channels are
-    // interleaved, (channels, y, x) for separate planes (GDAL's
-    // INTERLEAVE=BAND): moving the last axis of that made (x, channels, y).
-    let as_pages = "save its channels as pages: tifffile.imwrite(new, image) where image = \
-                    tifffile.imread(path) is (channels, y, x), numpy.moveaxis(image, -1, 0) where it is \
-                    (y, x, channels); or as NPY";
+    let as_pages = AS_PAGES;
     Ok(match photometric {
         Photometric::RGBPalette => format!(
             "page {number} is a palette (indexed-colour) image, which is not read: convert it to its colours \
@@ -788,6 +848,14 @@ fn colour_refusal(error: tiff::TiffError, number: usize) -> Result<String, tiff:
         ),
     })
 }
+
+/// Advice for channels the reader does not decode as they are stored.
+// tifffile.imread gives (y, x, channels) for a page whose channels are
+// interleaved, (channels, y, x) for separate planes (GDAL's
+// INTERLEAVE=BAND): moving the last axis of that made (x, channels, y).
+const AS_PAGES: &str = "save its channels as pages: tifffile.imwrite(new, image) where image = \
+                        tifffile.imread(path) is (channels, y, x), numpy.moveaxis(image, -1, 0) where it is \
+                        (y, x, channels); or as NPY";
 
 /// The sample type for a `SampleFormat` value (1 unsigned, 2 signed, 3 IEEE
 /// float) and a bit depth, as the decoder reads them.
@@ -981,6 +1049,10 @@ impl Buffer {
             DecodingResult::I64(v) => v.len(),
             DecodingResult::F32(v) => v.len(),
             DecodingResult::F64(v) => v.len(),
+            // Refused by their sample kind before anything is decoded.
+            DecodingResult::F16(_) => {
+                return Err("16-bit float samples are not read from TIFF".to_owned())
+            }
         };
         if got != len {
             return Err(format!("the page holds {got} samples, expected {len}"));
@@ -1029,6 +1101,79 @@ impl Buffer {
 #[cfg(test)]
 mod tests {
     use super::first_directory_is_none;
+    use super::read_tiff;
+    use crate::limits::Memory;
+    use crate::read::Pixels;
+    use tiff::encoder::{colortype::ColorType, Compression, TiffEncoder};
+    use tiff::tags::{PhotometricInterpretation, SampleFormat};
+
+    /// Grey pages of `N` 16-bit samples per pixel (MinIsBlack, no
+    /// ExtraSamples tag), as GDAL writes multi-band rasters.
+    struct Bands<const N: usize>;
+
+    impl<const N: usize> ColorType for Bands<N> {
+        type Inner = u16;
+        const TIFF_VALUE: PhotometricInterpretation = PhotometricInterpretation::BlackIsZero;
+        const BITS_PER_SAMPLE: &'static [u16] = &[16; N];
+        const SAMPLE_FORMAT: &'static [SampleFormat] = &[SampleFormat::Uint; N];
+
+        fn horizontal_predict(row: &[u16], result: &mut Vec<u16>) {
+            result.extend_from_slice(row);
+        }
+    }
+
+    /// Writes `pages` pages of `N` bands to a file and reads it back.
+    fn bands<const N: usize>(
+        pages: usize,
+        compression: Compression,
+    ) -> (Vec<u16>, crate::read::Image) {
+        let (width, height) = (7u32, 5u32);
+        let data: Vec<u16> = (0..pages * (width * height) as usize * N)
+            .map(|i| (i * 37 % 65521) as u16)
+            .collect();
+        let path = std::env::temp_dir().join(format!(
+            "unet-rt-bands-{N}-{pages}-{}-{}.tif",
+            std::process::id(),
+            compression != Compression::Uncompressed
+        ));
+        {
+            let file = std::fs::File::create(&path).unwrap();
+            let mut encoder = TiffEncoder::new(file)
+                .unwrap()
+                .with_compression(compression);
+            for page in data.chunks((width * height) as usize * N) {
+                encoder
+                    .write_image::<Bands<N>>(width, height, page)
+                    .unwrap();
+            }
+        }
+        let file = std::fs::File::open(&path).unwrap();
+        let len = file.metadata().unwrap().len();
+        let image = read_tiff(file, len, Memory::unlimited());
+        std::fs::remove_file(&path).unwrap();
+        (data, image.unwrap())
+    }
+
+    #[test]
+    fn grey_pages_of_several_samples_are_read_as_channels_last() {
+        // They were refused: "page 1 holds 2 samples of 16 bits per pixel
+        // (grey and 1 extra ...), which the TIFF reader does not decode".
+        let (data, image) = bands::<2>(1, Compression::Uncompressed);
+        let Pixels::U16(pixels) = image.pixels else {
+            panic!("not uint16")
+        };
+        assert_eq!(pixels.shape(), [5, 7, 2]);
+        assert_eq!(image.axes.as_deref(), Some("yxc"));
+        assert_eq!(pixels.iter().copied().collect::<Vec<_>>(), data);
+        // Four bands, compressed, three pages: a stack of them.
+        let (data, image) = bands::<4>(3, Compression::Deflate(Default::default()));
+        let Pixels::U16(pixels) = image.pixels else {
+            panic!("not uint16")
+        };
+        assert_eq!(pixels.shape(), [3, 5, 7, 4]);
+        assert_eq!(image.axes.as_deref(), Some("zyxc"));
+        assert_eq!(pixels.iter().copied().collect::<Vec<_>>(), data);
+    }
 
     #[test]
     fn a_header_whose_first_directory_offset_is_zero_holds_no_page() {
