@@ -424,6 +424,16 @@ fn seeds(rng: &mut Rng) -> Vec<Seed> {
     tiff("tiled gray8", tiled_seed(rng, 40, 24, 1, false));
     tiff("tiled rgb8", tiled_seed(rng, 33, 17, 3, false));
     tiff("tiled planar rgb8", tiled_seed(rng, 40, 24, 3, true));
+    // Grey bands (MinIsBlack, 2 samples per pixel): interleaved and planar.
+    tiff("tiled grey 2 bands", tiled_seed(rng, 40, 24, 2, false));
+    tiff(
+        "tiled planar grey 2 bands",
+        tiled_seed(rng, 33, 17, 2, true),
+    );
+    tiff(
+        "planar grey 2 bands strips",
+        planar_strips_seed(rng, 20, 10, 2, 3, None),
+    );
     tiff(
         "planar rgb8 strips",
         planar_strips_seed(rng, 20, 10, 3, 4, None),
