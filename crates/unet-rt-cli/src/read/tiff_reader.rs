@@ -324,6 +324,9 @@ struct Page {
     samples: u16,
     bits: u8,
     kind: Samples,
+    /// Whether its samples are YCbCr in JPEG, which the decoder returns
+    /// as stored (tiff 0.11 turns the JPEG decoder's conversion off).
+    ycbcr_jpeg: bool,
     /// Samples in the page (width x height x samples).
     len: usize,
     /// Bytes the decoder returns for the page.
@@ -649,6 +652,7 @@ fn check_page(
         samples,
         bits,
         kind,
+        ycbcr_jpeg: compression == JPEG && photometric == Some(YCBCR),
         len,
         decoded_bytes,
         stored_bytes,
@@ -702,6 +706,9 @@ fn raw_bytes(
 
 /// The TIFF code of JPEG compression (new style).
 const JPEG: u16 = 7;
+
+/// The TIFF code of the YCbCr photometric interpretation.
+const YCBCR: u16 = 6;
 
 /// Samples per pixel and bits per sample of the colour types read, on page
 /// `number` of `per_pixel` samples (SamplesPerPixel), photometric
@@ -947,7 +954,27 @@ fn read_page(
              the pages do not make one array"
         ));
     }
-    decoder.read_image().map_err(tiff_err)
+    let mut decoded = decoder.read_image().map_err(tiff_err)?;
+    if let (true, DecodingResult::U8(samples)) = (page.ycbcr_jpeg, &mut decoded) {
+        ycbcr_to_rgb(samples);
+    }
+    Ok(decoded)
+}
+
+/// Converts interleaved 8-bit YCbCr samples to RGB in place, as libjpeg
+/// does (JFIF's full-range BT.601), the colours tifffile and PIL read: the
+/// decoder of tiff 0.11 returns a JPEG's YCbCr as stored (tifffile's RGB
+/// JPEG came back with colours up to 0.55 of the range off).
+fn ycbcr_to_rgb(samples: &mut [u8]) {
+    for pixel in samples.chunks_exact_mut(3) {
+        let y = f32::from(pixel[0]);
+        let cb = f32::from(pixel[1]) - 128.0;
+        let cr = f32::from(pixel[2]) - 128.0;
+        // `as u8` saturates: the sums are clamped to 0..=255.
+        pixel[0] = (y + 1.402 * cr).round() as u8;
+        pixel[1] = (y - 0.344_136 * cb - 0.714_136 * cr).round() as u8;
+        pixel[2] = (y + 1.772 * cb).round() as u8;
+    }
 }
 
 /// The shape of one page as the image's shape ends: `(y, x)`, `(y, x, c)`
