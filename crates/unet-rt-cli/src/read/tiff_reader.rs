@@ -554,6 +554,23 @@ fn check_page(
         };
         format!("page {number} has unsupported samples: {bits} bits of sample format {format} ({advice})")
     })?;
+    // tiff 0.9 refused the horizontal predictor on floats (GDAL's and
+    // OpenCV's PREDICTOR=2) and the floating-point one on integers; 0.11
+    // undoes them, into values neither tifffile nor GDAL reads: refused as
+    // before, with the advice that works.
+    let predictor = decoder
+        .find_tag_unsigned::<u16>(Tag::Predictor)
+        .map_err(tiff_err)?
+        .unwrap_or(1);
+    let is_float = matches!(kind, Samples::Float(_));
+    if (predictor == 2 && is_float) || (predictor == 3 && !is_float) {
+        return Err(format!(
+            "cannot read TIFF page {number}: the {} predictor on {kind} samples is not undone (the decoder \
+             undoes the horizontal predictor on integers and the floating-point one on floats only): \
+             re-save it, e.g. tifffile.imwrite(new, tifffile.imread(path), compression='zlib')",
+            if predictor == 2 { "horizontal" } else { "floating-point" }
+        ));
+    }
     if compression == JPEG && is_planar(decoder, samples).map_err(tiff_err)? {
         return Err(format!(
             "page {number} stores its {samples} channels as separate JPEG planes (planar configuration 2), \
