@@ -80,7 +80,7 @@ class Model:
     sent to other processes (multiprocessing, dask).
     """
 
-    __slots__ = ("_inner", "_source", "_stamp", "_fingerprint", "_device_request", "_precision_request", "__weakref__")
+    __slots__ = ("_inner", "_info", "_source", "_stamp", "_fingerprint", "_device_request", "_precision_request", "__weakref__")
 
     def __init__(self, path: Optional[PathLike] = None, device: str = "auto", precision: str = DEFAULT_PRECISION) -> None:
         if path is not None and not isinstance(path, (str, os.PathLike)):
@@ -145,8 +145,18 @@ class Model:
         self._warn_if_approximate()
         return self
 
+    def _described(self) -> Dict[str, Any]:
+        """The engine's description of the network, parsed once (every call
+        read it, parsing its JSON twice): for reading only; :attr:`info`
+        gives callers a copy of their own."""
+        try:
+            return self._info
+        except AttributeError:
+            self._info = self._inner.info
+            return self._info
+
     def _warn_if_approximate(self) -> None:
-        message = self._inner.info["warning"]
+        message = self._described()["warning"]
         if message is not None:
             warnings.warn(f"{self.path}: {message}", ApproximateTilingWarning, stacklevel=3)
 
@@ -278,7 +288,7 @@ class Model:
         """Pixels of context per side tiles really use (``info["overlap"]``):
         the crop of valid models; for same-padded ones the margin the network
         needs (``info["halo"]``) rounded up to its pooling factor."""
-        return int(self._inner.info["overlap"])
+        return int(self._described()["overlap"])
 
     @property
     def classes(self) -> List[str]:
@@ -382,7 +392,7 @@ class Model:
         (99.99, 9979.002)
         """
         array = _check_image(image)
-        info = self._inner.info
+        info = self._described()
         view, batched, _ = arrange(array, axes, info["spatial_dims"], info["in_channels"])
         ranges = [self._inner.percentile_range(view[i]) for i in range(view.shape[0])]
         if ranges[0] is None:
@@ -553,7 +563,7 @@ class Model:
             raise TypeError(f"blend must be a str, got {type(blend).__name__}")
         tta = check_tta(tta)
         array = _check_image(image)
-        info = self._inner.info
+        info = self._described()
         view, batched, _ = arrange(array, axes, info["spatial_dims"], info["in_channels"])
         tiles = tile
         if window is not None and not isinstance(window, Window):
@@ -615,7 +625,7 @@ class Model:
         ((3, 2, 300, 400), dtype('uint8'))
         """
         output = check_output(output)
-        info = self._inner.info
+        info = self._described()
         # The engine checks the shape (and names it) before it is used here.
         if not isinstance(shape, (str, bytes)) and hasattr(shape, "__iter__"):
             shape = tuple(shape)
@@ -630,7 +640,7 @@ class Model:
                              window: Optional[Window]) -> Tuple[int, ...]:
         """The result shape for an input already laid out ``(B, C, spatial...)``."""
         spatial = tuple(window.shape) if window is not None else tuple(canonical[2:])
-        dims = self._inner.info["spatial_dims"]
+        dims = self._described()["spatial_dims"]
         if window is not None and len(spatial) != dims:
             raise InvalidArgumentError(
                 f"invalid window: it has {len(spatial)} spatial axes ({window!r}), the model {dims}"
