@@ -520,7 +520,8 @@ fn check_page(
     // samples it does not take for alpha (GDAL's 4-band RGB without
     // ALPHA=YES): read so, a (y, x, 4) image came back (y, x, 3). Separate
     // planes are read plane by plane here, every one of them.
-    if samples != colour.num_samples() && !is_planar(decoder, samples).map_err(tiff_err)? {
+    let planar = is_planar(decoder, samples).map_err(tiff_err)?;
+    if samples != colour.num_samples() && !planar {
         return Err(format!(
             "page {number} holds {samples} samples per pixel, {} of them its {} colour and {} extra \
              (not alpha), which the TIFF reader does not decode: save them as channels of a grey \
@@ -571,7 +572,7 @@ fn check_page(
             if predictor == 2 { "horizontal" } else { "floating-point" }
         ));
     }
-    if compression == JPEG && is_planar(decoder, samples).map_err(tiff_err)? {
+    if compression == JPEG && planar {
         return Err(format!(
             "page {number} stores its {samples} channels as separate JPEG planes (planar configuration 2), \
              which is not read; save the channels interleaved (contiguous), or as pages"

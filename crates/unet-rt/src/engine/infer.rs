@@ -101,7 +101,6 @@ impl Segmenter {
         plan: &TilePlan,
         mode: OutputMode,
     ) -> Result<()> {
-        let _guard = tch::no_grad_guard();
         loop {
             if self.cancelled() {
                 return Err(Error::Cancelled);
@@ -116,16 +115,28 @@ impl Segmenter {
             let Ok(batch) = next else {
                 return Ok(()); // every batch is taken
             };
-            let data = self.infer_batch::<U>(model, &batch, plan, mode)?;
-            let written = Written {
-                seq: batch.seq,
-                tiles: batch.tiles,
-                data,
-            };
+            let written = self.infer_written::<U>(model, batch, plan, mode)?;
             if out.send(written).is_err() {
                 return Ok(()); // the stitching stopped
             }
         }
+    }
+
+    /// `batch` through `model`, reduced as `mode` says, with its tiles.
+    pub(super) fn infer_written<U: OutputElement>(
+        &self,
+        model: &Model,
+        batch: Batch,
+        plan: &TilePlan,
+        mode: OutputMode,
+    ) -> Result<Written<U>> {
+        let _guard = tch::no_grad_guard();
+        let data = self.infer_batch::<U>(model, &batch, plan, mode)?;
+        Ok(Written {
+            seq: batch.seq,
+            tiles: batch.tiles,
+            data,
+        })
     }
 
     pub(super) fn infer_batch<U: OutputElement>(

@@ -45,23 +45,31 @@ impl Segmenter {
         })?;
         let mut groups = batch_groups(tiles, layout.batch_size, plan.len());
         let raw = self.raw_upload::<T>(gatherer.affine());
+        // Batch `seq` of the call: its tiles gathered.
+        let gather = |seq: usize, group: Group| -> Result<Batch> {
+            // group.n <= batch size, so this cannot overflow (checked above).
+            let len = batch_len / layout.batch_size * group.n;
+            let chunk = &tiles[group.range.clone()];
+            let data = gather_batch(gatherer, chunk, &group, tile_len, len, raw)?;
+            Ok(Batch {
+                seq,
+                tiles: chunk.to_vec(),
+                slots: group.slots,
+                n: group.n,
+                data,
+                raw: raw.map(|kind| (kind, gatherer.affine())),
+            })
+        };
         if groups.len() == 1 {
             // One batch (an image within one pass): its gathering and
             // stitching threads overlapped nothing, and starting them and
             // handing the batch on cost 0.6-1.4 ms a call on 64-256 px
             // images, half a small network's pass.
-            let group = groups.remove(0);
-            let len = batch_len / layout.batch_size * group.n;
-            return self.run_one(
-                gatherer,
-                tiles,
-                group,
-                (tile_len, len),
-                raw,
-                plan,
-                mode,
-                sink,
-            );
+            if self.cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let batch = gather(0, groups.remove(0))?;
+            return self.run_one(batch, tiles.len(), plan, mode, sink);
         }
         std::thread::scope(|scope| {
             let (batch_tx, batch_rx) = sync_channel::<Batch>(QUEUE_DEPTH);
@@ -75,19 +83,7 @@ impl Segmenter {
                         if self.cancelled() {
                             return Ok(());
                         }
-                        // group.n <= batch size, so this cannot overflow (checked above).
-                        let len = batch_len / layout.batch_size * group.n;
-                        let chunk = &tiles[group.range.clone()];
-                        let data = gather_batch(gatherer, chunk, &group, tile_len, len, raw)?;
-                        let batch = Batch {
-                            seq,
-                            tiles: chunk.to_vec(),
-                            slots: group.slots,
-                            n: group.n,
-                            data,
-                            raw: raw.map(|kind| (kind, gatherer.affine())),
-                        };
-                        if batch_tx.send(batch).is_err() {
+                        if batch_tx.send(gather(seq, group)?).is_err() {
                             return Ok(()); // inference stopped
                         }
                     }
@@ -143,45 +139,19 @@ impl Segmenter {
 }
 
 impl Segmenter {
-    /// [`Self::run`] of tiles that make one batch, on this thread: gather,
-    /// infer, reduce and stitch in turn. `lens` is the values of one tile
-    /// and of the batch.
-    #[allow(clippy::too_many_arguments)]
-    fn run_one<T: Pixel, U: OutputElement, S: FnMut(&Written<U>)>(
+    /// [`Self::run`] of `batch`, all `total` tiles of the call, on this
+    /// thread: infer, reduce and stitch in turn.
+    fn run_one<U: OutputElement, S: FnMut(&Written<U>)>(
         &self,
-        gatherer: &Gatherer<'_, T>,
-        tiles: &[Tile],
-        group: Group,
-        (tile_len, len): (usize, usize),
-        raw: Option<RawKind>,
+        batch: Batch,
+        total: usize,
         plan: &crate::geometry::TilePlan,
         mode: OutputMode,
         mut sink: S,
     ) -> Result<()> {
-        if self.cancelled() {
-            return Err(Error::Cancelled);
-        }
-        let chunk = &tiles[group.range.clone()];
-        let data = gather_batch(gatherer, chunk, &group, tile_len, len, raw)?;
-        let batch = Batch {
-            seq: 0,
-            tiles: chunk.to_vec(),
-            slots: group.slots,
-            n: group.n,
-            data,
-            raw: raw.map(|kind| (kind, gatherer.affine())),
-        };
-        let data = {
-            let _guard = tch::no_grad_guard();
-            self.infer_batch::<U>(&self.model, &batch, plan, mode)?
-        };
-        let written = Written {
-            seq: 0,
-            tiles: batch.tiles,
-            data,
-        };
+        let written = self.infer_written::<U>(&self.model, batch, plan, mode)?;
         sink(&written);
-        let (done, total) = (written.tiles.len(), tiles.len());
+        let done = written.tiles.len();
         if let Some(report) = &self.options.progress {
             if let Some(payload) = call_progress(report, Progress { done, total }) {
                 // The caller's own panic, raised where the caller is.

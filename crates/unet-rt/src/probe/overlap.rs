@@ -266,6 +266,16 @@ impl<'a> Prober<'a> {
         self.started.elapsed().as_secs_f64() + needed <= PROBE_BUDGET.as_secs_f64() * share
     }
 
+    /// How much slower a pass became over a doubling of the side: the
+    /// typical pass `after` it against the one `before` (none known: its
+    /// pixels' growth), at least the pixels' growth.
+    fn growth(&self, before: Option<Duration>, after: Duration) -> f64 {
+        before
+            .filter(|before| !before.is_zero())
+            .map_or(0.0, |before| after.as_secs_f64() / before.as_secs_f64())
+            .max(f64::from(1u32 << self.dims))
+    }
+
     /// One pass at each doubling of `size` up to `limit` while it fits in
     /// memory and time, only to measure its memory: where the reach probes
     /// ran out of time, their memory alone says nothing of a square. A busy
@@ -281,7 +291,6 @@ impl<'a> Prober<'a> {
         on_grid: &dyn Fn(usize) -> usize,
         mut growth: f64,
     ) -> Result<()> {
-        let least_growth = f64::from(1u32 << self.dims);
         loop {
             let next = on_grid(size.saturating_mul(2));
             if next > limit
@@ -291,16 +300,12 @@ impl<'a> Prober<'a> {
             {
                 return Ok(());
             }
-            let took = self.times.typical().as_secs_f64();
+            let took = self.times.typical();
             let input = self.noise(next, 1)?;
             if self.forward(input)?.is_none() {
                 return Ok(());
             }
-            growth = if took > 0.0 {
-                (self.times.typical().as_secs_f64() / took).max(least_growth)
-            } else {
-                least_growth
-            };
+            growth = self.growth(Some(took), self.times.typical());
             size = next;
         }
     }
@@ -500,10 +505,7 @@ impl<'a> Prober<'a> {
                 // was refused as too slow, and Segformer's 2048 px pass took
                 // 91 s and 9 GB before it was.
                 let took = self.times.typical();
-                let growth = half_side_took
-                    .filter(|before| !before.is_zero())
-                    .map_or(0.0, |before| took.as_secs_f64() / before.as_secs_f64())
-                    .max(f64::from(1u32 << self.dims));
+                let growth = self.growth(half_side_took, took);
                 last_growth = growth;
                 out_of_time = !planned_last
                     && !self.time_for(f64::from(2 * self.dims as u32 + 7) * growth, 0.6);
